@@ -1,0 +1,273 @@
+"""`from openrknn.api import RKNN`: a drop-in for RKNN-Toolkit scripts.
+
+A thin facade: it checks call order, turns exceptions into the vendor's return codes (0 = ok, -1 = failed) with one
+clear logged error, and delegates every real step to frontends/, builder, quant/, runtime/ and analysis/.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, List, Optional
+
+from . import __version__
+from .config import BuildConfig, make_config
+from .errors import ConfigError, OpenRKNNError, RuntimeStateError
+
+log = logging.getLogger("openrknn")
+
+FAILED = -1
+
+
+class _VendorStyleFormatter(logging.Formatter):
+    """'E openrknn: ...' like the vendor's 'E RKNN: ...', so users' log greps keep working."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname[0]} openrknn: {record.getMessage()}"
+
+
+def _guarded(default_fail: Any = FAILED):
+    """Run an API method; a failure is logged once, clearly, and returned as the vendor's error value."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(self: "RKNN", *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except OpenRKNNError as e:
+                log.error("%s: %s", fn.__name__, e)
+                self.last_error = e
+            except FileNotFoundError as e:
+                log.error("%s: file not found: %s", fn.__name__, e.filename or e)
+                self.last_error = e
+            except Exception as e:  # a bug of ours: keep the traceback in verbose logs, one line otherwise
+                log.error("%s failed unexpectedly: %s: %s (run with verbose=True for the traceback; please report "
+                          "it)", fn.__name__, type(e).__name__, e)
+                log.debug("traceback", exc_info=True)
+                self.last_error = e
+            return default_fail
+
+        return inner
+
+    return wrap
+
+
+class RKNN:
+    """The RKNN-Toolkit API on openrknn's pipeline. Usable as a context manager."""
+
+    def __init__(self, verbose: bool = False, verbose_file: Optional[str] = None):
+        self.verbose = bool(verbose)
+        self._handlers: List[logging.Handler] = []
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(_VendorStyleFormatter())
+        console.setLevel(logging.DEBUG if self.verbose else logging.WARNING)
+        self._handlers.append(console)
+        if verbose_file:
+            fh = logging.FileHandler(verbose_file, encoding="utf-8")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            fh.setLevel(logging.DEBUG)
+            self._handlers.append(fh)
+        for h in self._handlers:
+            log.addHandler(h)
+        log.setLevel(logging.DEBUG if (self.verbose or verbose_file) else logging.INFO)
+        log.propagate = False
+        self.last_error: Optional[BaseException] = None
+        self._config: BuildConfig = make_config()
+        self._config_error: Optional[ConfigError] = None
+        self._loaded = None  # frontends.LoadedModel
+        self._build = None  # builder.BuildResult
+        self._package = None  # package.RknnPackage (built or loaded)
+        self._runtime = None  # runtime.Simulator or remote client
+        self._runtime_opts: dict = {}
+
+    # ---- configuration -------------------------------------------------------------------------------------------
+    def config(self, **kwargs) -> int:
+        try:
+            self._config = make_config(**kwargs)
+            self._config_error = None
+        except ConfigError as e:
+            # remembered: a build after a failed config() must not silently use defaults
+            self._config_error = e
+            log.error("config: %s", e)
+            self.last_error = e
+            return FAILED
+        log.debug("config: %s", self._config)
+        return 0
+
+    # ---- loaders -------------------------------------------------------------------------------------------------
+    @_guarded()
+    def load_pytorch(self, model: str, input_size_list=None, inputs: Optional[List[str]] = None,
+                     outputs: Optional[List[str]] = None, **_ignored) -> int:
+        from .frontends.pytorch import load_pytorch
+
+        loaded = load_pytorch(model, input_size_list)
+        if inputs or outputs:
+            from .frontends.onnx import cut_loaded
+
+            loaded = cut_loaded(loaded, inputs, outputs)
+        self._set_loaded(loaded)
+        return 0
+
+    @_guarded()
+    def load_onnx(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
+                  outputs: Optional[List[str]] = None, **_ignored) -> int:
+        from .frontends.onnx import load_onnx
+
+        self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs))
+        return 0
+
+    @_guarded()
+    def load_rknn(self, path: str, load_model_in_npu: bool = False) -> int:
+        from .package import read_package
+
+        self._release_runtime()
+        self._package = read_package(path)
+        self._loaded, self._build = None, None
+        meta = self._package.metadata
+        log.info("loaded %s: target %s, inputs %s", path, ",".join(meta["target_platform"]),
+                 [(i["name"], i["shape"]) for i in meta["inputs"]])
+        return 0
+
+    def _set_loaded(self, loaded) -> None:
+        self._release_runtime()
+        self._loaded, self._build, self._package = loaded, None, None
+        for note in loaded.notes:
+            log.info("%s", note)
+
+    # ---- build / export ------------------------------------------------------------------------------------------
+    @_guarded()
+    def build(self, do_quantization: bool = True, dataset: Optional[str] = "dataset.txt", pre_compile: bool = False,
+              rknn_batch_size: Optional[int] = None, **_ignored) -> int:
+        from . import builder
+
+        if self._config_error is not None:
+            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it and call config() again "
+                                    "before build()")
+        if self._loaded is None:
+            raise RuntimeStateError("build() needs a model: call load_pytorch() or load_onnx() first"
+                                    + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
+        self._release_runtime()
+        self._build = builder.build(self._loaded, self._config, do_quantization=bool(do_quantization),
+                                    dataset=dataset, pre_compile=pre_compile, rknn_batch_size=rknn_batch_size)
+        self._package = self._build.package
+        return 0
+
+    @_guarded()
+    def export_rknn(self, export_path: str, **_ignored) -> int:
+        from .package import write_package
+
+        if self._package is None:
+            raise RuntimeStateError("export_rknn() needs a built model: call build() first")
+        n = write_package(export_path, self._package)
+        log.info("exported %s (%.2f MB)", export_path, n / 1e6)
+        return 0
+
+    # ---- runtime -------------------------------------------------------------------------------------------------
+    @_guarded()
+    def init_runtime(self, target: Optional[str] = None, device_id: Optional[str] = None, perf_debug: bool = False,
+                     eval_mem: bool = False, async_mode: bool = False, **_ignored) -> int:
+        if self._package is None:
+            raise RuntimeStateError("init_runtime() needs a model: build() one or load_rknn() a file first")
+        self._release_runtime()
+        self._runtime_opts = {"target": target, "device_id": device_id, "perf_debug": bool(perf_debug),
+                              "eval_mem": bool(eval_mem)}
+        if target is None:
+            from .runtime.simulator import Simulator
+
+            self._runtime = Simulator(self._package.model_bytes, self._package.metadata)
+            log.info("simulator ready (onnxruntime %s, CPU)", _ort_version())
+            return 0
+        from .runtime.connect import connect_board
+
+        self._runtime = connect_board(target, device_id, self._package)
+        return 0
+
+    def inference(self, inputs, data_type: Optional[str] = None, data_format: str = "nhwc",
+                  inputs_pass_through: Optional[List[int]] = None, **_ignored):
+        """Returns a list of numpy arrays, or None on failure (logged), like the vendor."""
+        return self._inference(inputs, data_type, data_format, inputs_pass_through)
+
+    @_guarded(default_fail=None)
+    def _inference(self, inputs, data_type, data_format, inputs_pass_through):
+        if self._runtime is None:
+            raise RuntimeStateError("inference() needs init_runtime() first")
+        return self._runtime.run(inputs, data_type=data_type, data_format=data_format,
+                                 pass_through=inputs_pass_through)
+
+    # ---- analysis ------------------------------------------------------------------------------------------------
+    @_guarded(default_fail=None)
+    def eval_perf(self, inputs=None, is_print: bool = True, **_ignored):
+        from .analysis_bridge import eval_perf
+
+        if self._runtime is None:
+            raise RuntimeStateError("eval_perf() needs init_runtime() first")
+        return eval_perf(self._package, self._runtime, inputs, self._runtime_opts.get("perf_debug", False), is_print)
+
+    @_guarded(default_fail=None)
+    def eval_memory(self, is_print: bool = True, **_ignored):
+        from .analysis_bridge import eval_memory
+
+        if self._runtime is None:
+            raise RuntimeStateError("eval_memory() needs init_runtime() first")
+        return eval_memory(self._package, self._runtime, is_print)
+
+    @_guarded()
+    def accuracy_analysis(self, inputs, output_dir: str = "./snapshot", target: Optional[str] = None,
+                          device_id: Optional[str] = None, **_ignored) -> int:
+        from .analysis_bridge import accuracy_analysis
+
+        if self._package is None:
+            raise RuntimeStateError("accuracy_analysis() needs a model: build() one or load_rknn() a file first")
+        accuracy_analysis(self._package, inputs, output_dir)
+        return 0
+
+    # ---- devices and versions ------------------------------------------------------------------------------------
+    @_guarded(default_fail=None)
+    def list_devices(self):
+        from .runtime.connect import list_devices
+
+        return list_devices()
+
+    @_guarded(default_fail=None)
+    def get_sdk_version(self) -> str:
+        if self._runtime is not None and hasattr(self._runtime, "sdk_version"):
+            return self._runtime.sdk_version()
+        return (f"openrknn {__version__} (simulator: onnxruntime {_ort_version()}, python "
+                f"{sys.version.split()[0]}, {os.uname().machine if hasattr(os, 'uname') else ''})")
+
+    # ---- lifetime ------------------------------------------------------------------------------------------------
+    def _release_runtime(self) -> None:
+        if self._runtime is not None:
+            try:
+                self._runtime.release()
+            finally:
+                self._runtime = None
+
+    def release(self) -> None:
+        self._release_runtime()
+        self._loaded = self._build = self._package = None
+        for h in self._handlers:
+            log.removeHandler(h)
+            h.close()
+        self._handlers = []
+
+    def __enter__(self) -> "RKNN":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):  # handlers must not pile up across objects in long sessions
+        try:
+            for h in self._handlers:
+                log.removeHandler(h)
+        except Exception:
+            pass
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

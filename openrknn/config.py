@@ -1,0 +1,214 @@
+"""The build configuration set by RKNN.config(), validated once with errors that name the key and the allowed values.
+
+Pre-processing contract (docs/preprocessing.md has the long form):
+- The deployed model's input is what the board feeds: uint8 (or float) NHWC, channels in the *feed* order.
+- `reorder_channel` lists, for each model channel, which fed channel it takes: '2 1 0' turns a BGR feed into RGB.
+- `mean_values` / `std_values` are given in the model's channel order (after the reorder), on the 0..255 scale:
+  model_input[c] = (fed[reorder[c]] - mean[c]) / std[c].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+from . import targets
+from .errors import ConfigError
+
+QUANTIZED_ALGORITHMS = ("normal", "kl_divergence", "mmse")
+QUANTIZED_METHODS = ("layer", "channel")
+ALL_QUANTIZED_DTYPES = tuple(d for gen in ("rknpu1", "rknpu2") for d in targets.QUANTIZED_DTYPES[gen])
+
+
+@dataclass
+class BuildConfig:
+    mean_values: Optional[List[List[float]]] = None  # one list per input, model channel order
+    std_values: Optional[List[List[float]]] = None
+    reorder_channel: Optional[List[List[int]]] = None  # one permutation per input; None = keep the feed order
+    target_platform: List[str] = field(default_factory=lambda: ["rk1808"])
+    quantized_dtype: str = ""  # "" = the generation's default, filled in by validate()
+    quantized_algorithm: str = "normal"
+    quantized_method: str = ""  # "" = the generation's default
+    optimization_level: int = 3
+    batch_size: int = 100
+    epochs: int = -1
+    quantize_input_node: bool = False
+    output_optimize: int = 0
+    force_builtin_perm: bool = False
+    quant_img_RGB2BGR: bool = False
+    auto_hybrid_cos_thresh: float = 0.98
+
+    @property
+    def target(self) -> str:
+        return self.target_platform[0]
+
+    @property
+    def generation(self) -> str:
+        return targets.generation(self.target)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check_channels(self, channels: Sequence[int]) -> None:
+        """Check per-input pre-processing against the model's input channel counts (known only after load)."""
+        n = len(channels)
+        for key in ("mean_values", "std_values", "reorder_channel"):
+            per_input = getattr(self, key)
+            if per_input is None:
+                continue
+            if len(per_input) == 1 and n > 1:
+                raise ConfigError(key, per_input, hint=f"the model has {n} inputs: give one list per input "
+                                  f"(or '#'-joined orders for reorder_channel)")
+            if len(per_input) != n:
+                raise ConfigError(key, per_input, hint=f"the model has {n} inputs but {len(per_input)} were given")
+            for i, (vals, c) in enumerate(zip(per_input, channels)):
+                # mean/std may be one value for all channels; a reorder must name every channel
+                ok = len(vals) == c or (len(vals) == 1 and key != "reorder_channel")
+                if not ok:
+                    raise ConfigError(key, vals, hint=f"input {i} has {c} channels but {len(vals)} values were "
+                                      f"given; give {c} values (one per channel, model channel order)")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _per_input_floats(key: str, value: Any) -> Optional[List[List[float]]]:
+    """Accept [a, b, c] (one input) or [[a, b, c], [d]] (one list per input)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(key, value, "a list of numbers, or one list of numbers per input", "e.g. [123.675, 116.28, "
+                          "103.53] or [[123.675, 116.28, 103.53]]")
+    if all(_is_number(v) for v in value):
+        groups = [list(value)]
+    elif all(isinstance(v, (list, tuple)) for v in value):
+        groups = [list(v) for v in value]
+    else:
+        raise ConfigError(key, value, "a flat list of numbers or a list of lists of numbers",
+                          "do not mix numbers and lists")
+    for g in groups:
+        if not g or not all(_is_number(v) for v in g):
+            raise ConfigError(key, value, "numbers only", "each per-input list must hold at least one number")
+    if key == "std_values" and any(float(v) == 0.0 for g in groups for v in g):
+        raise ConfigError(key, value, hint="a std of 0 would divide by zero; use 1 for 'no scaling'")
+    return [[float(v) for v in g] for g in groups]
+
+
+def _reorder(value: Any) -> Optional[List[List[int]]]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError("reorder_channel", value, "a string such as '0 1 2' or '2 1 0' ('#'-joined per input)")
+    orders = []
+    for part in value.split("#"):
+        tokens = part.split()
+        try:
+            perm = [int(t) for t in tokens]
+        except ValueError:
+            raise ConfigError("reorder_channel", value, "space-separated channel indices such as '0 1 2' or '2 1 0'",
+                              f"'{part.strip()}' has a token that is not an integer") from None
+        if sorted(perm) != list(range(len(perm))) or not perm:
+            raise ConfigError("reorder_channel", value, "a permutation of 0..C-1 such as '0 1 2' or '2 1 0'",
+                              f"'{part.strip()}' is not a permutation")
+        orders.append(perm)
+    return orders
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise ConfigError(key, value, "True or False")
+
+
+def _int(key: str, value: Any, lo: int, hi: Optional[int] = None, extra: Sequence[int] = ()) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(key, value, f"an integer {lo}..{hi if hi is not None else ''}".rstrip("."))
+    v = int(value)
+    if v in extra:
+        return v
+    if v < lo or (hi is not None and v > hi):
+        allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        if extra:
+            allowed += " or " + ", ".join(str(e) for e in extra)
+        raise ConfigError(key, value, allowed)
+    return v
+
+
+def _targets(value: Any) -> List[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("target_platform", value, targets.PLATFORMS, "give a chip name or a list of chip names")
+    out = []
+    for n in names:
+        for part in n.replace(",", " ").split():  # 'rk1808,rk3399pro' as some scripts write it
+            low = part.strip().lower()
+            if low not in targets.NPU_GENERATION:
+                raise ConfigError("target_platform", part, targets.PLATFORMS)
+            out.append(low)
+    gens = {targets.generation(t) for t in out}
+    if len(gens) > 1:
+        raise ConfigError("target_platform", value, hint="all targets of one model must share an NPU generation "
+                          f"(RKNPU1: {', '.join(t for t in targets.PLATFORMS if targets.generation(t) == 'rknpu1')}; "
+                          "RKNPU2: the others); build one model per generation")
+    return out
+
+
+KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(BuildConfig))
+
+
+def make_config(**kwargs: Any) -> BuildConfig:
+    """Validate config() keyword arguments into a BuildConfig (unset keys take their defaults)."""
+    unknown = [k for k in kwargs if k not in KNOWN_KEYS]
+    if unknown:
+        raise ConfigError(unknown[0], kwargs[unknown[0]], KNOWN_KEYS, "unknown config key")
+    cfg = BuildConfig()
+    if "target_platform" in kwargs and kwargs["target_platform"] is not None:
+        cfg.target_platform = _targets(kwargs["target_platform"])
+    gen = cfg.generation
+    cfg.mean_values = _per_input_floats("mean_values", kwargs.get("mean_values"))
+    cfg.std_values = _per_input_floats("std_values", kwargs.get("std_values"))
+    cfg.reorder_channel = _reorder(kwargs.get("reorder_channel"))
+
+    dtype = kwargs.get("quantized_dtype")
+    if dtype is None:
+        cfg.quantized_dtype = targets.DEFAULT_QUANTIZED_DTYPE[gen]
+    else:
+        allowed = targets.QUANTIZED_DTYPES[gen]
+        if dtype not in allowed:
+            hint = ""
+            if dtype in ALL_QUANTIZED_DTYPES:
+                hint = f"'{dtype}' belongs to the other NPU generation; {cfg.target} is {gen.upper()}"
+            raise ConfigError("quantized_dtype", dtype, allowed, hint)
+        cfg.quantized_dtype = dtype
+    algo = kwargs.get("quantized_algorithm", "normal")
+    if algo not in QUANTIZED_ALGORITHMS:
+        raise ConfigError("quantized_algorithm", algo, QUANTIZED_ALGORITHMS)
+    cfg.quantized_algorithm = algo
+    method = kwargs.get("quantized_method")
+    if method is None:
+        # RKNPU1's asymmetric u8 is per-tensor by definition; RKNPU2's w8a8 is per-channel.
+        method = "channel" if gen == "rknpu2" else "layer"
+    if method not in QUANTIZED_METHODS:
+        raise ConfigError("quantized_method", method, QUANTIZED_METHODS)
+    cfg.quantized_method = method
+
+    if "optimization_level" in kwargs:
+        cfg.optimization_level = _int("optimization_level", kwargs["optimization_level"], 0, 3)
+    if "batch_size" in kwargs:
+        cfg.batch_size = _int("batch_size", kwargs["batch_size"], 1)
+    if "epochs" in kwargs:
+        cfg.epochs = _int("epochs", kwargs["epochs"], 1, extra=(-1,))
+    for key in ("quantize_input_node", "force_builtin_perm", "quant_img_RGB2BGR"):
+        if key in kwargs:
+            setattr(cfg, key, _bool(key, kwargs[key]))
+    if "output_optimize" in kwargs:
+        cfg.output_optimize = int(_bool("output_optimize", kwargs["output_optimize"]))
+    if "auto_hybrid_cos_thresh" in kwargs:
+        v = kwargs["auto_hybrid_cos_thresh"]
+        if not _is_number(v) or not 0.0 < float(v) <= 1.0:
+            raise ConfigError("auto_hybrid_cos_thresh", v, "a number in (0, 1]")
+        cfg.auto_hybrid_cos_thresh = float(v)
+    return cfg

@@ -1,0 +1,70 @@
+"""Frontends turn a user's model file into one ONNX graph (opset OPSET, static shapes, float inputs)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+import onnx
+
+# One working opset for everything downstream: new enough for the ops we need (e.g. int16 QDQ needs 21).
+OPSET = 17
+
+
+@dataclass
+class LoadedModel:
+    model: onnx.ModelProto
+    framework: str  # "pytorch" | "onnx"
+    source_file: str
+    source_sha256: str
+    notes: List[str] = field(default_factory=list)  # what the loader changed, for the log and the report
+
+    @property
+    def input_names(self) -> List[str]:
+        return [i.name for i in self.model.graph.input]
+
+    @property
+    def input_shapes(self) -> List[List[int]]:
+        return [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in self.model.graph.input]
+
+    @property
+    def output_names(self) -> List[str]:
+        return [o.name for o in self.model.graph.output]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def normalize_size_list(input_size_list, n_inputs: int | None = None) -> List[List[int]]:
+    """[[3,416,416]] (Toolkit v1) and [[1,3,416,416]] (Toolkit2) both mean one NCHW input of batch 1."""
+    from ..errors import ModelLoadError
+
+    if input_size_list is None:
+        return []
+    if not isinstance(input_size_list, (list, tuple)) or not input_size_list:
+        raise ModelLoadError(f"input_size_list={input_size_list!r} is not a list of shapes; give one shape per input, "
+                             "e.g. [[3, 416, 416]] or [[1, 3, 416, 416]]")
+    if all(isinstance(v, int) for v in input_size_list):  # a single shape without the outer list
+        input_size_list = [input_size_list]
+    shapes = []
+    for s in input_size_list:
+        if (not isinstance(s, (list, tuple)) or len(s) not in (1, 2, 3, 4)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
+            raise ModelLoadError(f"input_size_list entry {s!r} is not a shape of positive integers; give [C, H, W] "
+                                 "or [1, C, H, W] per input")
+        s = list(s)
+        if len(s) == 4 and s[0] != 1:
+            raise ModelLoadError(f"input_size_list entry {s} has batch {s[0]}; give batch 1 (use "
+                                 "build(rknn_batch_size=N) for batched inference)")
+        shapes.append(s if len(s) == 4 else [1] + s)
+    if n_inputs is not None and len(shapes) != n_inputs:
+        raise ModelLoadError(f"input_size_list has {len(shapes)} shapes but the model has {n_inputs} inputs; give "
+                             "one shape per input, in the model's input order")
+    return shapes

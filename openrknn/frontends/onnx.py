@@ -1,0 +1,157 @@
+"""ONNX files -> one clean ONNX graph at OPSET with static shapes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import onnx
+from onnx import version_converter
+
+from ..errors import ModelLoadError
+from . import OPSET, LoadedModel, file_sha256, normalize_size_list
+
+log = logging.getLogger("openrknn.frontends.onnx")
+
+MIN_OPSET, MAX_OPSET = 9, 21
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX model file not found: '{path}'. Check the path (relative paths are resolved "
+                             f"against the current folder, {Path.cwd()}).")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        raise ModelLoadError(f"'{path}' is a zip archive (a PyTorch .pt file?), not ONNX; use load_pytorch() for "
+                             "TorchScript files.")
+    if head.startswith(b"RKNN") or head.startswith(b"ORKNN"):
+        raise ModelLoadError(f"'{path}' is an .rknn model; use load_rknn() for it.")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}). Re-export "
+                             "it, e.g. with torch.onnx.export.") from None
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelLoadError("the ONNX model declares no default-domain opset; it was not written by a standard exporter")
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Old exporters list weights as graph inputs too; they are constants, not things the user feeds."""
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return dropped
+
+
+def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[str]:
+    notes = []
+    inputs = list(model.graph.input)
+    if shapes and len(shapes) != len(inputs):
+        raise ModelLoadError(f"input_size_list has {len(shapes)} shapes but the model has {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}); give one shape per input, in this order")
+    for idx, inp in enumerate(inputs):
+        dims = inp.type.tensor_type.shape.dim
+        want = shapes[idx] if shapes else None
+        if want is not None and len(want) != len(dims):
+            raise ModelLoadError(f"input '{inp.name}' has {len(dims)} dimensions but input_size_list gives "
+                                 f"{want}; give a shape with {len(dims)} dimensions")
+        for k, d in enumerate(dims):
+            static = d.HasField("dim_value") and d.dim_value > 0
+            if want is not None:
+                if static and d.dim_value != want[k]:
+                    seen = [x.dim_value if x.HasField("dim_value") else x.dim_param for x in dims]
+                    raise ModelLoadError(f"input_size_list gives {want} for input '{inp.name}' but the model's input "
+                                         f"shape is {seen}; the model cannot run at that size. Fix input_size_list "
+                                         "(or leave it out for models with static shapes).")
+                if not static:
+                    d.Clear()
+                    d.dim_value = want[k]
+            elif not static:
+                if k == 0:
+                    d.Clear()
+                    d.dim_value = 1
+                    notes.append(f"input '{inp.name}': dynamic batch fixed to 1")
+                else:
+                    raise ModelLoadError(f"input '{inp.name}' has a dynamic dimension {k} ('{d.dim_param or '?'}'); "
+                                         "give input_size_list to fix it, e.g. input_size_list=[[1, 3, 416, 416]]")
+    return notes
+
+
+def _clear_value_info_shapes(model: onnx.ModelProto) -> None:
+    # Stale intermediate shapes from a dynamic export would conflict with the fixed input sizes.
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        for d in o.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+
+
+def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> onnx.ModelProto:
+    names = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    for role, req in (("inputs", inputs), ("outputs", outputs)):
+        for name in req or []:
+            if name not in names:
+                sample = ", ".join(sorted(names)[:12])
+                raise ModelLoadError(f"{role}=[... '{name}' ...] names no tensor of this model; tensor names include: "
+                                     f"{sample} ... (open the model in Netron to see all)")
+    in_names = list(inputs) if inputs else [i.name for i in model.graph.input]
+    out_names = list(outputs) if outputs else [o.name for o in model.graph.output]
+    model = onnx.shape_inference.infer_shapes(model)
+    try:
+        return onnx.utils.Extractor(model).extract_model(in_names, out_names)
+    except Exception as e:
+        raise ModelLoadError(f"cutting the sub-graph {in_names} -> {out_names} failed: {e}. The outputs must be "
+                             "reachable from the given inputs alone.") from None
+
+
+def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
+              outputs: Optional[Sequence[str]] = None) -> LoadedModel:
+    path = Path(path)
+    model = _read(path)
+    notes: List[str] = []
+    opset = _default_opset(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelLoadError(f"'{path}' uses opset {opset}; supported are {MIN_OPSET}..{MAX_OPSET}. Re-export the "
+                             f"model with opset_version={OPSET}.")
+    dropped = _drop_initializer_inputs(model)
+    if dropped:
+        notes.append(f"{dropped} weights listed as graph inputs treated as constants")
+    if inputs or outputs:
+        model = _cut(model, inputs, outputs)
+        notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
+    shapes = normalize_size_list(input_size_list) if input_size_list is not None else []
+    notes += _fix_input_shapes(model, shapes)
+    _clear_value_info_shapes(model)
+    if opset != OPSET:
+        try:
+            model = version_converter.convert_version(model, OPSET)
+        except Exception as e:
+            raise ModelLoadError(f"converting '{path}' from opset {opset} to {OPSET} failed ({str(e)[:200]}). "
+                                 f"Re-export the model with opset_version={OPSET}.") from None
+        notes.append(f"converted from opset {opset} to {OPSET}")
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ModelLoadError(f"'{path}' is not a valid ONNX model after loading: {str(e)[:300]}") from None
+    log.info("loaded ONNX %s (opset %d): inputs %s", path, opset,
+             [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input])
+    return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
+
+
+def cut_loaded(loaded: LoadedModel, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> LoadedModel:
+    """Cut a loaded model (e.g. a TorchScript export) to the sub-graph between the named tensors."""
+    model = _cut(loaded.model, inputs, outputs)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    note = f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}"
+    return LoadedModel(model, loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + [note])

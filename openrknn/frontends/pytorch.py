@@ -1,0 +1,127 @@
+"""TorchScript (.pt from torch.jit.trace / torch.jit.script) -> ONNX. torch is imported here only, lazily."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+import zipfile
+from pathlib import Path
+from typing import List, Optional
+
+import onnx
+
+from ..errors import ModelLoadError
+from . import OPSET, LoadedModel, file_sha256, normalize_size_list
+
+log = logging.getLogger("openrknn.frontends.pytorch")
+
+_TRACE_HINT = (
+    "load_pytorch needs a TorchScript file made by torch.jit.trace (or torch.jit.script), which holds the network "
+    "structure. Make one with:\n"
+    "    model = YourNet(...); model.load_state_dict(torch.load('weights.pth')); model.eval()\n"
+    "    torch.jit.trace(model, torch.rand(1, 3, H, W)).save('model.pt')\n"
+    "For YOLOX weights from the yolox-pytorch code use `openrknn yolox export --weights W.pth --phi nano "
+    "--num-classes N -o model.pt`."
+)
+
+
+def _sniff_torch_file(path: Path) -> str:
+    """Tell a TorchScript archive from a torch.save file without unpickling anything."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any("/code/" in n or n.startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch.save"
+        return "zip"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:1] == b"\x80":  # legacy (non-zip) torch.save: a raw pickle stream
+        return "torch.save"
+    if head.startswith(b"\x08") or b"onnx" in head.lower():
+        return "maybe-onnx"
+    return "unknown"
+
+
+def load_torchscript(path: str | Path):
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"PyTorch model file not found: '{path}'. Check the path (relative paths are resolved "
+                             f"against the current folder, {Path.cwd()}).")
+    kind = _sniff_torch_file(path)
+    if kind == "torch.save":
+        raise ModelLoadError(f"'{path}' is a torch.save file (a state dict or a pickled nn.Module), not TorchScript. "
+                             + _TRACE_HINT)
+    if kind == "maybe-onnx" and path.suffix.lower() == ".onnx":
+        raise ModelLoadError(f"'{path}' looks like an ONNX model; use load_onnx(model='{path}') instead.")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # torch raises RuntimeError with long C++ traces; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"'{path}' could not be loaded as TorchScript ({first}). " + _TRACE_HINT) from None
+    module.eval()
+    return module
+
+
+def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
+    import torch
+
+    shapes = normalize_size_list(input_size_list)
+    if not shapes:
+        raise ModelLoadError("load_pytorch needs input_size_list (TorchScript files do not record input shapes), "
+                             "e.g. input_size_list=[[3, 416, 416]]")
+    module = load_torchscript(path)
+    torch.manual_seed(0)
+    dummy = tuple(torch.rand(*s) for s in shapes)
+    try:
+        with torch.no_grad():
+            sample_out = module(*dummy)
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        msg = next((ln for ln in reversed(first) if ln.strip()), type(e).__name__)
+        raise ModelLoadError(f"the TorchScript model in '{path}' does not run on inputs of shape "
+                             f"{[list(s) for s in shapes]} from input_size_list: {msg.strip()}. Check the channel count "
+                             "and size the model was traced with.") from None
+    n_out = len(_flatten_outputs(sample_out))
+    buf = io.BytesIO()
+    input_names = [f"input{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
+    output_names = [f"output{i}" for i in range(n_out)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace warnings
+            torch.onnx.export(module, dummy, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
+                              output_names=output_names, do_constant_folding=True)
+    except Exception as e:
+        raise ModelLoadError(f"exporting '{path}' to ONNX failed: {str(e).strip().splitlines()[0]}. An operator may "
+                             f"lack an ONNX mapping at opset {OPSET}; exporting the model to ONNX yourself and "
+                             "calling load_onnx() gives you more control.") from None
+    model = onnx.load_from_string(buf.getvalue())
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    notes = [f"TorchScript exported to ONNX opset {OPSET} with {len(model.graph.node)} nodes"]
+    log.info("loaded TorchScript %s: inputs %s, %d outputs", path, shapes, n_out)
+    return LoadedModel(model, "pytorch", str(path), file_sha256(path), notes)
+
+
+def _flatten_outputs(out) -> List:
+    if isinstance(out, (list, tuple)):
+        flat: List = []
+        for o in out:
+            flat.extend(_flatten_outputs(o))
+        return flat
+    if isinstance(out, dict):
+        return _flatten_outputs(list(out.values()))
+    return [out]
+
+
+def reference_outputs(path: str | Path, inputs_nchw: List, device: Optional[str] = None) -> List:
+    """Run the original TorchScript on float NCHW numpy inputs (for verification in tests and reports)."""
+    import torch
+
+    module = load_torchscript(path)
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(x) for x in inputs_nchw])
+    return [o.numpy() for o in _flatten_outputs(out)]

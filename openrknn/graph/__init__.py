@@ -1,0 +1,1 @@
+"""Graph passes on the ONNX intermediate representation: optimisation and pre-processing fusion."""

@@ -1,0 +1,58 @@
+"""optimization_level 0-3 mapped onto onnxslim's passes (constant folding, dead nodes, fusions)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import onnx
+
+log = logging.getLogger("openrknn.graph")
+
+# What each level adds (the pre-processing fold into the first conv happens at level 3, in preprocess.py).
+LEVELS = {
+    0: "no graph changes",
+    1: "constant folding, identity/dropout/dead-node removal, common sub-expressions",
+    2: "level 1 + fusions (Conv+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains)",
+    3: "level 2 + mean/std/channel-reorder folded into the first convolution where exact",
+}
+
+
+def _drop_inference_noops(model: onnx.ModelProto) -> int:
+    """Dropout (inference) and Identity are pure pass-throughs; rewire their consumers."""
+    graph_outputs = {o.name for o in model.graph.output}
+    rename = {}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type in ("Identity", "Dropout") and node.output[0] not in graph_outputs:
+            src = node.input[0]
+            rename[node.output[0]] = rename.get(src, src)
+            continue
+        keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    removed = len(model.graph.node) - len(keep)
+    if removed:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return removed
+
+
+def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
+    if level <= 0:
+        return model
+    import onnxslim
+
+    before = Counter(n.op_type for n in model.graph.node)
+    _drop_inference_noops(model)
+    skip = [] if level >= 2 else ["graph_fusion"]
+    out = onnxslim.slim(model, skip_optimizations=skip or None)
+    if out is None:  # onnxslim returns None only when it failed internally; keep the input graph
+        log.warning("onnxslim could not optimise the graph; continuing with the unoptimised graph")
+        return model
+    after = Counter(n.op_type for n in out.graph.node)
+    log.info("optimization_level %d: %d -> %d nodes (%s)", level, sum(before.values()), sum(after.values()),
+             LEVELS[level])
+    return out

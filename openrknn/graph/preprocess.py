@@ -1,0 +1,213 @@
+"""Put the board's pre-processing inside the graph, as the NPU does.
+
+The built model takes what the board feeds: NHWC pixels (0..255) in the feed's channel order. For each 4-D float input
+the graph starts with  Transpose(NHWC->NCHW) -> Gather(reorder) -> Sub(mean) -> Div(std)  and at optimization level 3
+those are folded into the first convolution(s) where that is exact:
+- channel reorder and 1/std always fold into the conv weights (a permutation and a per-input-channel scale);
+- the mean folds into the conv bias only when the conv has no padding (padded zeros would otherwise stand for a
+  pixel value of `mean`, not 0); with padding the Sub stays, moved before the conv in feed channel order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, TensorProto
+
+log = logging.getLogger("openrknn.graph")
+
+PREFIX = "openrknn_pre"
+
+
+@dataclass
+class InputPreprocess:
+    name: str
+    channels: int
+    mean: List[float]  # model channel order, len == channels
+    std: List[float]
+    reorder: Optional[List[int]]  # model channel c takes fed channel reorder[c]; None = identity
+
+
+def _dims(value_info) -> List[int]:
+    return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def is_image_input(value_info) -> bool:
+    t = value_info.type.tensor_type
+    return len(t.shape.dim) == 4 and t.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+
+
+def make_specs(model: onnx.ModelProto, mean_values, std_values, reorder_channel) -> List[Optional[InputPreprocess]]:
+    """One spec per graph input (None for inputs that are not 4-D float images)."""
+    specs: List[Optional[InputPreprocess]] = []
+    for i, inp in enumerate(model.graph.input):
+        if not is_image_input(inp):
+            specs.append(None)
+            continue
+        c = _dims(inp)[1]
+
+        def pick(values, default):
+            if values is None:
+                return [default] * c
+            v = values[i] if i < len(values) else values[-1]
+            return [float(x) for x in (v * c if len(v) == 1 else v)]
+
+        reorder = reorder_channel[i] if reorder_channel is not None else None
+        specs.append(InputPreprocess(inp.name, c, pick(mean_values, 0.0), pick(std_values, 1.0),
+                                     list(reorder) if reorder is not None else None))
+    return specs
+
+
+def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> List[dict]:
+    """Rewrite the model in place so that image inputs are float32 NHWC with the pre-processing inside.
+
+    Returns per-input metadata for the container (deployed shape, layout, pre-processing).
+    """
+    graph = model.graph
+    new_nodes: List[onnx.NodeProto] = []
+    metas: List[dict] = []
+    for inp, spec in zip(list(graph.input), specs):
+        shape = _dims(inp)
+        if spec is None:
+            metas.append({"name": inp.name, "shape": shape,
+                          "dtype": helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name,
+                          "layout": "raw", "model_shape": shape, "preprocess": None})
+            continue
+        n, c, h, w = shape
+        inner = f"{PREFIX}/{spec.name}/model_input"
+        for node in graph.node:  # the original body now reads the pre-processed tensor
+            for k, name in enumerate(node.input):
+                if name == spec.name:
+                    node.input[k] = inner
+        for out in graph.output:
+            if out.name == spec.name:
+                raise ValueError(f"input '{spec.name}' is also a graph output; cannot attach pre-processing")
+        cur = f"{PREFIX}/{spec.name}/nchw"
+        new_nodes.append(helper.make_node("Transpose", [spec.name], [cur], perm=[0, 3, 1, 2],
+                                          name=f"{PREFIX}/{spec.name}/transpose"))
+        if spec.reorder is not None and spec.reorder != list(range(c)):
+            idx = f"{PREFIX}/{spec.name}/reorder_idx"
+            graph.initializer.append(numpy_helper.from_array(np.array(spec.reorder, np.int64), idx))
+            nxt = f"{PREFIX}/{spec.name}/reordered"
+            new_nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=1, name=f"{PREFIX}/{spec.name}/reorder"))
+            cur = nxt
+        if any(spec.mean):
+            m = f"{PREFIX}/{spec.name}/mean"
+            graph.initializer.append(numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(1, c, 1, 1), m))
+            nxt = f"{PREFIX}/{spec.name}/centered"
+            new_nodes.append(helper.make_node("Sub", [cur, m], [nxt], name=f"{PREFIX}/{spec.name}/sub_mean"))
+            cur = nxt
+        if any(s != 1.0 for s in spec.std):
+            s_name = f"{PREFIX}/{spec.name}/std"
+            graph.initializer.append(numpy_helper.from_array(np.array(spec.std, np.float32).reshape(1, c, 1, 1),
+                                                             s_name))
+            nxt = f"{PREFIX}/{spec.name}/scaled"
+            new_nodes.append(helper.make_node("Div", [cur, s_name], [nxt], name=f"{PREFIX}/{spec.name}/div_std"))
+            cur = nxt
+        new_nodes[-1].output[0] = inner  # the last step writes the tensor the model body reads
+        inp.type.tensor_type.elem_type = TensorProto.FLOAT
+        dims = inp.type.tensor_type.shape.dim
+        for d, v in zip(dims, (n, h, w, c)):
+            d.Clear()
+            d.dim_value = v
+        metas.append({"name": spec.name, "shape": [n, h, w, c], "dtype": "uint8", "layout": "nhwc",
+                      "model_shape": shape,
+                      "preprocess": {"reorder_channel": spec.reorder, "mean": spec.mean, "std": spec.std,
+                                     "folded_into": None}})
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return metas
+
+
+def _consumers(graph, name: str) -> List[onnx.NodeProto]:
+    return [n for n in graph.node if name in n.input]
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _is_identity(pre: dict) -> bool:
+    c = len(pre["mean"])
+    return (not any(pre["mean"]) and all(v == 1.0 for v in pre["std"])
+            and (pre["reorder_channel"] is None or list(pre["reorder_channel"]) == list(range(c))))
+
+
+def fold_into_first_conv(model: onnx.ModelProto, metas: List[dict]) -> List[str]:
+    """Fold reorder/mean/std into the convolutions that read the pre-processed input, where exact. In place."""
+    graph = model.graph
+    inits: Dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+    folded_notes = []
+    for meta in metas:
+        pre = meta.get("preprocess")
+        if not pre or _is_identity(pre):
+            continue
+        name = meta["name"]
+        inner = f"{PREFIX}/{name}/model_input"
+        convs = _consumers(graph, inner)
+        graph_outs = {o.name for o in graph.output}
+        if not convs or inner in graph_outs or any(
+            n.op_type != "Conv" or _attr(n, "group", 1) != 1 or n.input[1] not in inits
+            or (len(n.input) > 2 and n.input[2] and n.input[2] not in inits) for n in convs
+        ):
+            continue
+        c = len(pre["mean"])
+        reorder = pre["reorder_channel"] or list(range(c))
+        inv = np.argsort(reorder)
+        mean_fed = np.array(pre["mean"], np.float64)[inv]  # mean of fed channel j
+        std_fed = np.array(pre["std"], np.float64)[inv]
+        pads_zero = all(not any(_attr(n, "pads", [0])) and _attr(n, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET",
+                                                                                                b"VALID", "VALID")
+                        for n in convs)
+        fold_mean = pads_zero or not mean_fed.any()
+        for conv in convs:
+            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+            w_new = w[:, inv] / std_fed.reshape(1, c, 1, 1)
+            b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                 if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
+            if fold_mean:
+                b = b - (w_new * mean_fed.reshape(1, c, 1, 1)).sum(axis=(1, 2, 3))
+            w_name = f"{conv.input[1]}/{PREFIX}_folded"
+            b_name = f"{conv.input[1]}/{PREFIX}_folded_bias"
+            graph.initializer.append(numpy_helper.from_array(w_new.astype(np.float32), w_name))
+            graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), b_name))
+            conv.input[1] = w_name
+            if len(conv.input) > 2:
+                conv.input[2] = b_name
+            else:
+                conv.input.append(b_name)
+        # Rebuild the pre-processing chain: Transpose [-> Sub(mean in feed order)] -> convs
+        prefix = f"{PREFIX}/{name}/"
+        keep = [n for n in graph.node if not (n.name.startswith(prefix) and n.op_type != "Transpose")]
+        del graph.node[:]
+        graph.node.extend(keep)
+        src = f"{PREFIX}/{name}/nchw"
+        if not fold_mean:
+            m = f"{PREFIX}/{name}/mean_fed"
+            graph.initializer.append(numpy_helper.from_array(mean_fed.astype(np.float32).reshape(1, c, 1, 1), m))
+            sub = helper.make_node("Sub", [src, m], [inner], name=f"{PREFIX}/{name}/sub_mean")
+            transpose_idx = next(i for i, n in enumerate(graph.node) if n.name == f"{PREFIX}/{name}/transpose")
+            graph.node.insert(transpose_idx + 1, sub)
+        else:
+            for n in graph.node:
+                for k, x in enumerate(n.input):
+                    if x == inner:
+                        n.input[k] = src
+        pre["folded_into"] = [n.name for n in convs]
+        pre["mean_folded"] = bool(fold_mean)
+        what = "reorder, std" + (" and mean" if fold_mean and mean_fed.any() else "")
+        folded_notes.append(f"input '{name}': {what} folded into {', '.join(n.name or '?' for n in convs)}"
+                            + ("" if fold_mean else " (mean kept as a Sub: the conv pads its input)"))
+    used = {x for n in graph.node for x in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return folded_notes

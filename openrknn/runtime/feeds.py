@@ -1,0 +1,102 @@
+"""Turn what a user passes to inference() into the tensors the model's graph takes, checking everything."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InferenceInputError
+
+DATA_TYPES = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16, "float16": np.float16, "float32": np.float32}
+DATA_FORMATS = ("nhwc", "nchw")
+
+
+def _check_args(inputs, n_inputs: int, data_type, data_format, pass_through) -> tuple:
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(x, np.ndarray) for x in inputs):
+        raise InferenceInputError(f"inputs must be a list of numpy arrays, got {type(inputs).__name__}; e.g. "
+                                  "inference(inputs=[img]) with img from cv2.imread")
+    if len(inputs) != n_inputs:
+        raise InferenceInputError(f"the model has {n_inputs} input(s) but {len(inputs)} were given")
+    formats = [data_format] * n_inputs if isinstance(data_format, str) or data_format is None else list(data_format)
+    if len(formats) != n_inputs:
+        raise InferenceInputError(f"data_format has {len(formats)} entries for {n_inputs} inputs")
+    formats = [(f or "nhwc").lower() for f in formats]
+    for f in formats:
+        if f not in DATA_FORMATS:
+            raise InferenceInputError(f"data_format={f!r} is not valid; allowed: 'nhwc', 'nchw'")
+    types = [data_type] * n_inputs if isinstance(data_type, str) or data_type is None else list(data_type)
+    if len(types) != n_inputs:
+        raise InferenceInputError(f"data_type has {len(types)} entries for {n_inputs} inputs")
+    for t in types:
+        if t is not None and t not in DATA_TYPES:
+            raise InferenceInputError(f"data_type={t!r} is not valid; allowed: {', '.join(DATA_TYPES)}")
+    if pass_through is None:
+        pass_through = [0] * n_inputs
+    if not isinstance(pass_through, (list, tuple)) or len(pass_through) != n_inputs:
+        raise InferenceInputError(f"inputs_pass_through={pass_through!r} must be a list with one 0/1 per input "
+                                  f"({n_inputs} here), e.g. [0]")
+    return list(inputs), formats, types, [bool(p) for p in pass_through]
+
+
+def _to_nhwc(x: np.ndarray, fmt: str, deployed: Sequence[int], name: str) -> np.ndarray:
+    """Bring an image input to the deployed [N,H,W,C] shape; accept a missing batch dim."""
+    n, h, w, c = deployed
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise InferenceInputError(f"input '{name}' must be an image of shape [H,W,C] or [N,H,W,C] (nhwc) / [N,C,H,W] "
+                                  f"(nchw); got {list(x.shape)}")
+    if fmt == "nchw":
+        x = x.transpose(0, 2, 3, 1)
+    if list(x.shape[1:]) != [h, w, c] or x.shape[0] != n:
+        hint = ""
+        if fmt == "nhwc" and list(x.shape[1:]) == [c, h, w] and c != w:
+            hint = " It looks NCHW: pass data_format='nchw'."
+        elif list(x.shape[1:3]) != [h, w]:
+            hint = f" Resize or letterbox the image to {w}x{h} first."
+        raise InferenceInputError(f"input '{name}' has shape {list(x.shape)} ({fmt}) but the model takes "
+                                  f"[{n}, {h}, {w}, {c}] (nhwc).{hint}")
+    return x
+
+
+def _undo_preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
+    """inputs_pass_through: the user gives the already normalised tensor in model channel order (NHWC here).
+    The graph applies reorder/mean/std itself, so map the tensor back to what a raw feed would have been."""
+    c = x.shape[-1]
+    mean = np.asarray(pre["mean"], np.float32).reshape(1, 1, 1, -1)
+    std = np.asarray(pre["std"], np.float32).reshape(1, 1, 1, -1)
+    raw_model_order = x.astype(np.float32) * std + mean
+    reorder = pre.get("reorder_channel") or list(range(c))
+    inv = np.argsort(reorder)
+    return raw_model_order[..., inv]
+
+
+def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="nhwc",
+                  pass_through: Optional[Sequence[int]] = None, batch: int = 1) -> List[np.ndarray]:
+    """Return one float32 (or raw-typed) array per model input, in the graph's layout."""
+    inputs, formats, types, passes = _check_args(inputs, len(input_meta), data_type, data_format, pass_through)
+    feeds = []
+    for x, meta, fmt, dtype, passed in zip(inputs, input_meta, formats, types, passes):
+        name = meta["name"]
+        if dtype is not None and x.dtype != DATA_TYPES[dtype]:
+            if np.issubdtype(x.dtype, np.floating) and dtype in ("uint8", "int8", "int16"):
+                x = np.clip(np.rint(x), np.iinfo(DATA_TYPES[dtype]).min, np.iinfo(DATA_TYPES[dtype]).max)
+            x = x.astype(DATA_TYPES[dtype])
+        if x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
+            raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
+        if meta["layout"] != "nhwc":
+            shape = [batch * meta["shape"][0]] + list(meta["shape"][1:])
+            if list(x.shape) != shape and list(x.shape) != shape[1:]:
+                raise InferenceInputError(f"input '{name}' has shape {list(x.shape)}, the model takes {shape}")
+            feeds.append(np.ascontiguousarray(x.reshape(shape).astype(np.dtype(meta["dtype"]), copy=False)))
+            continue
+        deployed = [batch * meta["shape"][0]] + list(meta["shape"][1:])
+        x = _to_nhwc(x, fmt, deployed, name)
+        x = x.astype(np.float32, copy=False)
+        if passed and meta.get("preprocess"):
+            x = _undo_preprocess(x, meta["preprocess"])
+        feeds.append(np.ascontiguousarray(x))
+    return feeds
