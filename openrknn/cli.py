@@ -1,0 +1,65 @@
+"""`openrknn` command line. Each subcommand lives in openrknn/commands/<name>.py with register() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+from . import __version__
+
+# Subcommands in help order; each module defines register(subparsers) and run(args) -> int.
+COMMANDS = ["convert", "info", "run", "check", "perf", "detect", "yolox", "demo", "serve", "gui"]
+
+
+def _available_commands() -> List[str]:
+    found = []
+    for name in COMMANDS:
+        spec = importlib.util.find_spec(f"openrknn.commands.{name}")
+        if spec is not None:
+            found.append(name)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openrknn", description="Open deployment toolkit for Rockchip NPUs "
+                                     "(RKNN-Toolkit compatible).")
+    parser.add_argument("--version", action="version", version=f"openrknn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _available_commands():
+        importlib.import_module(f"openrknn.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname).1s openrknn: %(message)s"))
+    root = logging.getLogger("openrknn")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root.propagate = False
+    from .errors import OpenRKNNError
+
+    try:
+        return int(args.func(args) or 0)
+    except OpenRKNNError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

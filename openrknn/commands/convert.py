@@ -1,0 +1,49 @@
+"""`openrknn convert config.yml`: convert a model as the YAML file says (config()/load/build keys)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLE = """example config.yml:
+  model: yolox_nano.pt             # .pt (TorchScript) or .onnx; relative to this file
+  input_size_list: [[3, 416, 416]]
+  output: yolox_nano.rknn
+  config:                          # any config() option
+    mean_values: [123.675, 116.28, 103.53]
+    std_values: [58.395, 57.12, 57.375]
+    reorder_channel: '2 1 0'
+    target_platform: rk1808
+  build:                           # any build() option
+    do_quantization: true
+    dataset: dataset.txt
+The vendor's rknn_convert layout (models: name/platform/model_file_path/quantize/dataset/configs) works too."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a .pt/.onnx model to .rknn from a YAML config",
+                       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML conversion file")
+    p.add_argument("-o", "--output", help="output .rknn path (overrides the file's 'output')")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..errors import ConfigError
+    from ..package import describe_package
+    from ..workflow import parse_spec, run_spec
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise ConfigError("config", str(path), hint="the YAML file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError("<yaml>", str(path), hint=f"not valid YAML: {e}") from None
+    spec = parse_spec(data, path.parent, args.output)
+    result = run_spec(spec)
+    print(describe_package(result.package, str(spec.output)))
+    print(f"\nwrote {spec.output} in {result.timings['total_s']:.2f} s")
+    return 0

@@ -1,0 +1,110 @@
+"""`openrknn run model.rknn img.jpg ... --out dir`: run a model in the simulator and save its outputs as .npy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a .rknn model on images or .npy files and save the outputs as .npy")
+    p.add_argument("model", help=".rknn file")
+    p.add_argument("samples", nargs="+", help="image or .npy per sample; for several inputs join them with commas "
+                   "(a.jpg,b.npy)")
+    p.add_argument("--out", default="outputs", help="folder for <sample>_out<k>.npy files (default: outputs)")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--rgb", action="store_true", help="decode images as RGB (default: as the model was "
+                       "calibrated: RGB unless it was built with quant_img_RGB2BGR)")
+    order.add_argument("--bgr", action="store_true", help="feed images in OpenCV's BGR order")
+    p.add_argument("--resize", choices=("stretch", "letterbox", "none"), default="stretch",
+                   help="how to fit images to the model input (default: stretch)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def _read_image(path: Path, size_hw, bgr: bool, resize: str) -> np.ndarray:
+    import cv2
+
+    from ..errors import InferenceInputError
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InferenceInputError(f"'{path}' could not be decoded as an image (missing, empty or corrupt)")
+    h, w = size_hw
+    if img.shape[:2] != (h, w):
+        if resize == "none":
+            raise InferenceInputError(f"'{path}' is {img.shape[1]}x{img.shape[0]} but the model takes {w}x{h}; use "
+                                      "--resize stretch or letterbox")
+        if resize == "stretch":
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            from ..vision.letterbox import letterbox
+
+            img, _ = letterbox(img, (w, h))
+    return img if bgr else img[:, :, ::-1].copy()
+
+
+def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str) -> List[np.ndarray]:
+    from ..errors import InferenceInputError
+
+    parts = [Path(p) for p in spec.split(",")]
+    if len(parts) != len(metas):
+        raise InferenceInputError(f"sample '{spec}' gives {len(parts)} file(s) but the model has {len(metas)} inputs; "
+                                  "join one file per input with commas")
+    arrays = []
+    for p, meta in zip(parts, metas):
+        if not p.is_file():
+            raise InferenceInputError(f"sample file not found: '{p}'")
+        if p.suffix.lower() == ".npy":
+            arrays.append(np.load(p, allow_pickle=False))
+        elif p.suffix.lower() in IMAGE_SUFFIXES and meta["layout"] == "nhwc":
+            arrays.append(_read_image(p, meta["shape"][1:3], bgr, resize))
+        else:
+            raise InferenceInputError(f"'{p}': give an image ({', '.join(IMAGE_SUFFIXES)}) for image inputs or a "
+                                      ".npy file")
+    return arrays
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..package import read_package
+    from ..runtime.simulator import Simulator
+
+    pkg = read_package(args.model)
+    metas = pkg.metadata["inputs"]
+    bgr = args.bgr or (not args.rgb and bool(pkg.metadata.get("build", {}).get("quant_img_RGB2BGR")))
+    samples = [_load_sample(s, metas, bgr, args.resize) for s in args.samples]  # all read before anything is written
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=args.threads)
+    results = []
+    for spec, arrays in zip(args.samples, samples):
+        t = time.perf_counter()
+        outs = sim.run(arrays)
+        results.append((spec, outs, (time.perf_counter() - t) * 1e3))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{'sample':40s} {'ms':>8s}  outputs")
+    for spec, outs, ms in results:
+        stem = "+".join(Path(p).stem for p in spec.split(","))
+        for k, o in enumerate(outs):
+            _save_npy(out_dir / f"{stem}_out{k}.npy", o)
+        print(f"{spec[-40:]:40s} {ms:8.2f}  " + ", ".join(f"{list(o.shape)} {o.dtype}" for o in outs))
+    print(f"channel order fed: {'BGR' if bgr else 'RGB'}; outputs saved in {out_dir}/")
+    return 0

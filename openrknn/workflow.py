@@ -1,0 +1,135 @@
+"""Whole-conversion helpers shared by the CLI and the GUI: pick a loader by file type, run a YAML conversion spec."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .config import KNOWN_KEYS, make_config
+from .errors import ConfigError, ModelLoadError
+
+log = logging.getLogger("openrknn.convert")
+
+PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
+
+
+def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str]] = None,
+               outputs: Optional[List[str]] = None):
+    """Dispatch on the file type: TorchScript .pt or ONNX."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from .frontends.onnx import load_onnx
+
+        return load_onnx(path, inputs=inputs, input_size_list=input_size_list, outputs=outputs)
+    if suffix in PYTORCH_SUFFIXES:
+        from .frontends.pytorch import load_pytorch
+
+        loaded = load_pytorch(path, input_size_list)
+        if inputs or outputs:
+            from .frontends.onnx import cut_loaded
+
+            loaded = cut_loaded(loaded, inputs, outputs)
+        return loaded
+    if suffix == ".rknn":
+        raise ModelLoadError(f"'{path}' is already an .rknn model; nothing to convert (use `openrknn info` or "
+                             "`openrknn run` on it)")
+    raise ModelLoadError(f"'{path}': unknown model type '{suffix}'; give a TorchScript .pt or an .onnx file")
+
+
+@dataclass
+class ConvertSpec:
+    model: Path
+    output: Path
+    input_size_list: Optional[List[List[int]]] = None
+    inputs: Optional[List[str]] = None
+    outputs: Optional[List[str]] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    do_quantization: bool = False
+    dataset: Optional[Path] = None
+    rknn_batch_size: Optional[int] = None
+    pre_compile: bool = False
+
+
+_TOP_KEYS = {"model", "output", "input_size_list", "inputs", "outputs", "config", "build"}
+_BUILD_KEYS = {"do_quantization", "dataset", "rknn_batch_size", "pre_compile"}
+# The vendor's rknn_convert layout: models: {name, platform, model_file_path, quantize, dataset, configs, ...}
+_VENDOR_KEYS = {"name", "platform", "model_file_path", "quantize", "dataset", "configs", "subgraphs",
+                "input_size_list", "output_path"}
+
+
+def _resolve(base: Path, p: Optional[str]) -> Optional[Path]:
+    if p is None:
+        return None
+    q = Path(str(p)).expanduser()
+    return q if q.is_absolute() else (base / q)
+
+
+def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSpec:
+    """Validate a conversion spec (our flat layout or the vendor's `models:` layout); paths are relative to `base`."""
+    if not isinstance(data, dict):
+        raise ConfigError("<yaml>", type(data).__name__, hint="the YAML file must be a mapping with 'model:' (or the "
+                          "vendor's 'models:') at the top")
+    if "models" in data:
+        m = data["models"]
+        if isinstance(m, list):
+            if len(m) != 1:
+                raise ConfigError("models", f"{len(m)} entries", hint="convert one model per file")
+            m = m[0]
+        if not isinstance(m, dict):
+            raise ConfigError("models", m, hint="'models:' must be a mapping")
+        unknown = set(m) - _VENDOR_KEYS
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], m[sorted(unknown)[0]], sorted(_VENDOR_KEYS))
+        if "model_file_path" not in m:
+            raise ConfigError("models.model_file_path", None, hint="name the .pt or .onnx file to convert")
+        sub = m.get("subgraphs") or {}
+        flat = {"model": m["model_file_path"], "input_size_list": m.get("input_size_list") or sub.get("input_size_list"),
+                "inputs": sub.get("inputs"), "outputs": sub.get("outputs"), "config": m.get("configs") or {},
+                "build": {"do_quantization": bool(m.get("quantize", False)), "dataset": m.get("dataset")}}
+        out_default = Path(m.get("output_path") or ".") / f"{m.get('name') or Path(m['model_file_path']).stem}.rknn"
+        flat["output"] = str(out_default)
+        data = flat
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        hint = ""
+        if key in KNOWN_KEYS:
+            hint = f"'{key}' is a config() option: put it under 'config:'"
+        elif key in _BUILD_KEYS:
+            hint = f"'{key}' is a build() option: put it under 'build:'"
+        raise ConfigError(key, data[key], sorted(_TOP_KEYS), hint)
+    if not data.get("model"):
+        raise ConfigError("model", None, hint="name the .pt or .onnx file to convert")
+    cfg = data.get("config") or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError("config", cfg, hint="'config:' must be a mapping of config() options")
+    make_config(**cfg)  # validate now, so a bad value fails before the slow load
+    build = data.get("build") or {}
+    if not isinstance(build, dict) or set(build) - _BUILD_KEYS:
+        bad = sorted(set(build) - _BUILD_KEYS) if isinstance(build, dict) else ["build"]
+        raise ConfigError(f"build.{bad[0]}", build.get(bad[0]) if isinstance(build, dict) else build,
+                          sorted(_BUILD_KEYS))
+    model = _resolve(base, data["model"])
+    out = Path(output) if output else (_resolve(base, data.get("output")) or model.with_suffix(".rknn"))
+    return ConvertSpec(model=model, output=out, input_size_list=data.get("input_size_list"),
+                       inputs=data.get("inputs"), outputs=data.get("outputs"), config=cfg,
+                       do_quantization=bool(build.get("do_quantization", False)),
+                       dataset=_resolve(base, build.get("dataset")), rknn_batch_size=build.get("rknn_batch_size"),
+                       pre_compile=bool(build.get("pre_compile", False)))
+
+
+def run_spec(spec: ConvertSpec):
+    """Load, build and export; returns the BuildResult. The output file appears only when everything succeeded."""
+    from . import builder
+    from .package import write_package
+
+    cfg = make_config(**spec.config)
+    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs)
+    result = builder.build(loaded, cfg, do_quantization=spec.do_quantization,
+                           dataset=str(spec.dataset) if spec.dataset else None, pre_compile=spec.pre_compile,
+                           rknn_batch_size=spec.rknn_batch_size)
+    write_package(spec.output, result.package)
+    return result
