@@ -65,12 +65,14 @@ def draw_detections(
     thickness: int = 2,
     font_scale: float = 0.5,
     show_score: bool = True,
+    show_label: bool = True,
 ) -> np.ndarray:
     """Return a new BGR uint8 image with the detections drawn; `image` (H x W x 3 BGR or H x W gray) is not modified.
 
     style "box" draws rectangles, "ellipse" the ellipse inscribed in each box (the seed's eye display). Boxes are
     clipped to the image first; boxes fully outside it or with non-finite coordinates are skipped. colors: None for
-    a built-in palette, one (b, g, r) for all classes, or one per class id (cycled when shorter).
+    a built-in palette, one (b, g, r) for all classes, or one per class id (cycled when shorter). Labels read
+    "name score" (class_names[class_id], or the id), above the box when there is room; show_label=False omits them.
     """
     if style not in DRAW_STYLES:
         raise ConfigError("style", style, DRAW_STYLES)
@@ -97,9 +99,11 @@ def draw_detections(
         if style == "box":
             cv2.rectangle(img, (left, top), (right, bottom), color, thickness)
         else:
-            center = ((left + right) // 2, (top + bottom) // 2)
-            axes = (max((right - left) // 2, 1), max((bottom - top) // 2, 1))
-            cv2.ellipse(img, center, axes, 0, 0, 360, color, thickness)
-        _draw_label(img, _label_text(cid, score, class_names, show_score), left, top, color,
-                    font_scale, max(1, thickness // 2))
+            # 4 fractional bits (coordinates x16) so odd-sized boxes get the centre and axes exactly right
+            center = ((left + right) * 8, (top + bottom) * 8)
+            axes = (max((right - left) * 8, 8), max((bottom - top) * 8, 8))
+            cv2.ellipse(img, center, axes, 0, 0, 360, color, thickness, cv2.LINE_8, 4)
+        text = _label_text(cid, score, class_names, show_score) if show_label else ""
+        if text:
+            _draw_label(img, text, left, top, color, font_scale, max(1, thickness // 2))
     return img
