@@ -27,12 +27,13 @@ import stat
 import struct
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from openrknn import __version__
 from openrknn.errors import CorruptPackageError, PackageError, PackageVersionError, VendorPackageError
 
 FORMAT_VERSION = 1
+SECTIONS_KEY = "payload_sections"  # present only when a float reference follows the model
 MAGIC = b"ORKNN\x00\r\n"
 # magic, version, flags, metadata length, payload length, sha256(metadata + payload)
 _HEADER = struct.Struct("<8sIIQQ32s")
@@ -58,6 +59,8 @@ class PackageNotFoundError(PackageError, FileNotFoundError):
 class RknnPackage:
     metadata: dict  # JSON-able; schema in docs/model-format.md
     model_bytes: bytes  # serialized onnx.ModelProto
+    # Optional float graph kept beside a quantized one, so accuracy_analysis works on a loaded file too.
+    float_model_bytes: Optional[bytes] = None
 
 
 # ---------------------------------------------------------------- encoding
@@ -124,7 +127,12 @@ def _encode(pkg: RknnPackage) -> tuple[bytes, bytes, bytes]:
     payload = bytes(pkg.model_bytes)
     if not payload:
         raise PackageError("RknnPackage.model_bytes is empty: there is no model to write")
-    meta_bytes = _encode_metadata(pkg.metadata)
+    metadata = dict(pkg.metadata)
+    metadata.pop(SECTIONS_KEY, None)
+    if pkg.float_model_bytes:
+        metadata[SECTIONS_KEY] = {"model": len(payload), "float_reference": len(pkg.float_model_bytes)}
+        payload += bytes(pkg.float_model_bytes)
+    meta_bytes = _encode_metadata(metadata)
     # validate what a reader will see (tuples -> lists, numpy -> lists), so we never write a file we would refuse
     problems = _metadata_problems(json.loads(meta_bytes))
     if problems:
@@ -388,7 +396,18 @@ def read_package_bytes(data: bytes, source: str = "<bytes>") -> RknnPackage:
         raise CorruptPackageError(
             f"{source} has invalid metadata: {'; '.join(problems)}. It was not written by a compatible openrknn or "
             f"was edited by hand; re-export it")
-    return RknnPackage(metadata=metadata, model_bytes=bytes(body[meta_len:]))
+    payload = body[meta_len:]
+    sections = metadata.pop(SECTIONS_KEY, None)
+    if sections is None:
+        return RknnPackage(metadata=metadata, model_bytes=bytes(payload))
+    sizes_ok = (isinstance(sections, dict) and all(isinstance(sections.get(k), int) and sections[k] > 0
+                                                   for k in ("model", "float_reference"))
+                and sections["model"] + sections["float_reference"] == len(payload))
+    if not sizes_ok:
+        raise CorruptPackageError(f"{source} has payload sections {sections!r} that do not add up to the payload size "
+                                  f"{len(payload)}; {_DAMAGED}")
+    cut = sections["model"]
+    return RknnPackage(metadata=metadata, model_bytes=bytes(payload[:cut]), float_model_bytes=bytes(payload[cut:]))
 
 
 def read_package(path: PathLike) -> RknnPackage:
@@ -415,7 +434,8 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
     """A JSON-able overview of pkg (what `openrknn info --json` prints). Missing optional fields become None."""
     meta = pkg.metadata
     meta_len = len(_encode_metadata(meta))
-    size = HEADER_SIZE + meta_len + len(pkg.model_bytes)
+    float_len = len(pkg.float_model_bytes or b"")
+    size = HEADER_SIZE + meta_len + len(pkg.model_bytes) + float_len
     if path is not None:
         try:
             size = os.path.getsize(path)
@@ -449,6 +469,7 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         "quantization": quant_summary, "source": meta.get("source"),
         "metadata_bytes": meta_len, "payload_bytes": len(pkg.model_bytes),
         "payload_sha256": hashlib.sha256(pkg.model_bytes).hexdigest(),
+        "float_reference_bytes": float_len,
     }
 
 

@@ -490,3 +490,18 @@ def test_package_module_works_without_onnx_or_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stdout
     assert "openrknn package: (in memory)" in out.stdout
+
+
+def test_float_reference_section_round_trips_and_is_checked(tmp_path):
+    model, ref = _tiny_onnx(), _tiny_onnx() + b""
+    pkg = RknnPackage(metadata=_meta(), model_bytes=model, float_model_bytes=ref)
+    path = tmp_path / "q.rknn"
+    write_package(path, pkg)
+    back = read_package(path)
+    assert back.model_bytes == model and back.float_model_bytes == ref
+    assert "payload_sections" not in back.metadata
+    # sections that do not add up to the payload are corruption, not a silent mis-split
+    meta = dict(_meta(), payload_sections={"model": len(model) + 1, "float_reference": len(ref)})
+    data = _container(_meta_json(meta), model + ref)
+    with pytest.raises(CorruptPackageError, match="payload sections"):
+        read_package_bytes(data)
