@@ -7,6 +7,7 @@ clear logged error, and delegates every real step to frontends/, builder, quant/
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -32,8 +33,17 @@ def _guarded(default_fail: Any = FAILED):
     """Run an API method; a failure is logged once, clearly, and returned as the vendor's error value."""
 
     def wrap(fn):
+        sig = inspect.signature(fn)
+
         @functools.wraps(fn)
         def inner(self: "RKNN", *args, **kwargs):
+            try:
+                sig.bind(self, *args, **kwargs)
+            except TypeError as e:  # a typo in a keyword must not be silently ignored
+                allowed = ", ".join(p for p in sig.parameters if p != "self")
+                log.error("%s: %s; its arguments are: %s", fn.__name__.lstrip("_"), e, allowed)
+                self.last_error = e
+                return default_fail
             try:
                 return fn(self, *args, **kwargs)
             except OpenRKNNError as e:
@@ -55,7 +65,11 @@ def _guarded(default_fail: Any = FAILED):
 
 
 class RKNN:
-    """The RKNN-Toolkit API on openrknn's pipeline. Usable as a context manager."""
+    """The RKNN-Toolkit API on openrknn's pipeline. Usable as a context manager.
+
+    Vendor arguments that have no meaning here are accepted so scripts run unchanged: load_pytorch(convert_engine)
+    (the TorchScript exporter is always used), load_rknn(load_model_in_npu), init_runtime(async_mode, core_mask).
+    """
 
     def __init__(self, verbose: bool = False, verbose_file: Optional[str] = None):
         self.verbose = bool(verbose)
@@ -99,7 +113,7 @@ class RKNN:
     # ---- loaders -------------------------------------------------------------------------------------------------
     @_guarded()
     def load_pytorch(self, model: str, input_size_list=None, inputs: Optional[List[str]] = None,
-                     outputs: Optional[List[str]] = None, **_ignored) -> int:
+                     outputs: Optional[List[str]] = None, convert_engine: str = "torch") -> int:
         from .frontends.pytorch import load_pytorch
 
         loaded = load_pytorch(model, input_size_list)
@@ -112,7 +126,7 @@ class RKNN:
 
     @_guarded()
     def load_onnx(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
-                  outputs: Optional[List[str]] = None, **_ignored) -> int:
+                  outputs: Optional[List[str]] = None) -> int:
         from .frontends.onnx import load_onnx
 
         self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs))
@@ -139,7 +153,7 @@ class RKNN:
     # ---- build / export ------------------------------------------------------------------------------------------
     @_guarded()
     def build(self, do_quantization: bool = True, dataset: Optional[str] = "dataset.txt", pre_compile: bool = False,
-              rknn_batch_size: Optional[int] = None, **_ignored) -> int:
+              rknn_batch_size: Optional[int] = None) -> int:
         from . import builder
 
         if self._config_error is not None:
@@ -155,7 +169,7 @@ class RKNN:
         return 0
 
     @_guarded()
-    def export_rknn(self, export_path: str, **_ignored) -> int:
+    def export_rknn(self, export_path: str) -> int:
         from .package import write_package
 
         if self._package is None:
@@ -167,7 +181,7 @@ class RKNN:
     # ---- runtime -------------------------------------------------------------------------------------------------
     @_guarded()
     def init_runtime(self, target: Optional[str] = None, device_id: Optional[str] = None, perf_debug: bool = False,
-                     eval_mem: bool = False, async_mode: bool = False, **_ignored) -> int:
+                     eval_mem: bool = False, async_mode: bool = False, core_mask: int = 0) -> int:
         if self._package is None:
             raise RuntimeStateError("init_runtime() needs a model: build() one or load_rknn() a file first")
         self._release_runtime()
@@ -184,13 +198,10 @@ class RKNN:
         self._runtime = connect_board(target, device_id, self._package)
         return 0
 
-    def inference(self, inputs, data_type: Optional[str] = None, data_format: str = "nhwc",
-                  inputs_pass_through: Optional[List[int]] = None, **_ignored):
-        """Returns a list of numpy arrays, or None on failure (logged), like the vendor."""
-        return self._inference(inputs, data_type, data_format, inputs_pass_through)
-
     @_guarded(default_fail=None)
-    def _inference(self, inputs, data_type, data_format, inputs_pass_through):
+    def inference(self, inputs, data_type: Optional[str] = None, data_format: str = "nhwc",
+                  inputs_pass_through: Optional[List[int]] = None):
+        """Returns a list of numpy arrays, or None on failure (logged), like the vendor."""
         if self._runtime is None:
             raise RuntimeStateError("inference() needs init_runtime() first")
         return self._runtime.run(inputs, data_type=data_type, data_format=data_format,
@@ -198,7 +209,7 @@ class RKNN:
 
     # ---- analysis ------------------------------------------------------------------------------------------------
     @_guarded(default_fail=None)
-    def eval_perf(self, inputs=None, is_print: bool = True, **_ignored):
+    def eval_perf(self, inputs=None, is_print: bool = True, loop_cnt: int = 10):
         from .analysis_bridge import eval_perf
 
         if self._runtime is None:
@@ -206,7 +217,7 @@ class RKNN:
         return eval_perf(self._package, self._runtime, inputs, self._runtime_opts.get("perf_debug", False), is_print)
 
     @_guarded(default_fail=None)
-    def eval_memory(self, is_print: bool = True, **_ignored):
+    def eval_memory(self, is_print: bool = True):
         from .analysis_bridge import eval_memory
 
         if self._runtime is None:
@@ -215,7 +226,7 @@ class RKNN:
 
     @_guarded()
     def accuracy_analysis(self, inputs, output_dir: str = "./snapshot", target: Optional[str] = None,
-                          device_id: Optional[str] = None, **_ignored) -> int:
+                          device_id: Optional[str] = None) -> int:
         from .analysis_bridge import accuracy_analysis
 
         if self._package is None:

@@ -124,7 +124,9 @@ def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, d
                    "notes": loaded.notes + notes},
     }
     model.producer_name, model.producer_version = "openrknn", __version__
-    pkg = RknnPackage(metadata=metadata, model_bytes=model.SerializeToString())
+    # A quantized model keeps its float graph beside it so accuracy_analysis also works after load_rknn.
+    float_ref = float_model.SerializeToString() if do_quantization else None
+    pkg = RknnPackage(metadata=metadata, model_bytes=model.SerializeToString(), float_model_bytes=float_ref)
     timings["total_s"] = time.perf_counter() - t0
     log.info("build done in %.2f s (%s)", timings["total_s"], "int8" if do_quantization else "float")
     return BuildResult(pkg, float_model, model, loaded.notes + notes, timings, quant_report)

@@ -10,6 +10,7 @@ Pre-processing contract (docs/preprocessing.md has the long form):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
@@ -163,7 +164,9 @@ def make_config(**kwargs: Any) -> BuildConfig:
     """Validate config() keyword arguments into a BuildConfig (unset keys take their defaults)."""
     unknown = [k for k in kwargs if k not in KNOWN_KEYS]
     if unknown:
-        raise ConfigError(unknown[0], kwargs[unknown[0]], KNOWN_KEYS, "unknown config key")
+        close = difflib.get_close_matches(unknown[0], KNOWN_KEYS, n=1)
+        hint = "unknown config key" + (f"; did you mean '{close[0]}'?" if close else "")
+        raise ConfigError(unknown[0], kwargs[unknown[0]], KNOWN_KEYS, hint)
     cfg = BuildConfig()
     if "target_platform" in kwargs and kwargs["target_platform"] is not None:
         cfg.target_platform = _targets(kwargs["target_platform"])

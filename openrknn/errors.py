@@ -14,7 +14,7 @@ class ConfigError(OpenRKNNError, ValueError):
 
     def __init__(self, key: str, value: Any, allowed: Optional[Iterable[Any] | str] = None, hint: str = ""):
         self.key, self.value = key, value
-        msg = f"config: {key}={value!r} is not valid"
+        msg = f"{key}={value!r} is not valid"
         if allowed is not None:
             allowed_s = allowed if isinstance(allowed, str) else ", ".join(repr(a) for a in allowed)
             msg += f"; allowed: {allowed_s}"

@@ -80,7 +80,8 @@ def _encode_metadata(metadata: Any) -> bytes:
         )
     except (TypeError, ValueError) as e:
         # ValueError: NaN/inf (not JSON; a reader in another language would reject it)
-        raise PackageError(f"package metadata cannot be stored as JSON: {e}. Use plain numbers, strings, lists, dicts")
+        raise PackageError(f"package metadata cannot be stored as JSON: {e}. Use plain numbers, strings, lists, "
+                           "dicts") from None
     return text.encode("utf-8")
 
 
@@ -300,7 +301,8 @@ def _foreign_kind(data: bytes) -> tuple[str, str]:
         if b"data.pkl" in data:
             return ("a torch.save() checkpoint (state dict or pickled module)",
                     "Trace the model with torch.jit.trace(model, example).save('model.pt'), then use load_pytorch()")
-        return "a zip archive", "Unpack it and pass the .rknn file inside, or load the model with load_onnx/load_pytorch"
+        return "a zip archive", ("Unpack it and pass the .rknn file inside, or load the model with "
+                                 "load_onnx/load_pytorch")
     if len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5:
         advice = ("openrknn never loads pickles; export the model to TorchScript (torch.jit.trace) or ONNX and load "
                   "it with load_pytorch/load_onnx")
@@ -313,7 +315,8 @@ def _foreign_kind(data: bytes) -> tuple[str, str]:
         return "a Git LFS pointer, not the model itself", "Run `git lfs pull` to fetch the real file"
     if data.startswith(b"\x1f\x8b"):
         return "gzip-compressed data", "Decompress it first"
-    advice = "Pass a .rknn file written by openrknn export_rknn(), or load the original model with load_onnx/load_pytorch"
+    advice = ("Pass a .rknn file written by openrknn export_rknn(), or load the original model with "
+              "load_onnx/load_pytorch")
     return f"an unknown format (first bytes {data[:8].hex(' ')})", advice
 
 
@@ -459,7 +462,8 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         quant_summary = {
             "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
             "quantized_tensors": len(tensors),
-            "per_channel_tensors": sum(1 for t in tensors.values() if isinstance(t, dict) and t.get("axis") is not None),
+            "per_channel_tensors": sum(1 for t in tensors.values()
+                                       if isinstance(t, dict) and t.get("axis") is not None),
         }
     return {
         "file": path, "size_bytes": size, "format_version": FORMAT_VERSION,

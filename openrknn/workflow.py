@@ -86,7 +86,8 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
         if "model_file_path" not in m:
             raise ConfigError("models.model_file_path", None, hint="name the .pt or .onnx file to convert")
         sub = m.get("subgraphs") or {}
-        flat = {"model": m["model_file_path"], "input_size_list": m.get("input_size_list") or sub.get("input_size_list"),
+        flat = {"model": m["model_file_path"],
+                "input_size_list": m.get("input_size_list") or sub.get("input_size_list"),
                 "inputs": sub.get("inputs"), "outputs": sub.get("outputs"), "config": m.get("configs") or {},
                 "build": {"do_quantization": bool(m.get("quantize", False)), "dataset": m.get("dataset")}}
         out_default = Path(m.get("output_path") or ".") / f"{m.get('name') or Path(m['model_file_path']).stem}.rknn"

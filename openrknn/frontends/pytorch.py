@@ -31,7 +31,7 @@ def _sniff_torch_file(path: Path) -> str:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-        if any("/code/" in n or n.startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
+        if any("/code/" in n or n.startswith("code/") or n.endswith("constants.pkl") for n in names):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "torch.save"
@@ -84,7 +84,8 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
         first = str(e).strip().splitlines()
         msg = next((ln for ln in reversed(first) if ln.strip()), type(e).__name__)
         raise ModelLoadError(f"the TorchScript model in '{path}' does not run on inputs of shape "
-                             f"{[list(s) for s in shapes]} from input_size_list: {msg.strip()}. Check the channel count "
+                             f"{[list(s) for s in shapes]} from input_size_list: {msg.strip()}. Check the channel "
+                             "count "
                              "and size the model was traced with.") from None
     n_out = len(_flatten_outputs(sample_out))
     buf = io.BytesIO()

@@ -50,11 +50,11 @@ def make_specs(model: onnx.ModelProto, mean_values, std_values, reorder_channel)
             continue
         c = _dims(inp)[1]
 
-        def pick(values, default):
+        def pick(values, default, i=i, c=c):
             if values is None:
                 return [default] * c
             v = values[i] if i < len(values) else values[-1]
-            return [float(x) for x in (v * c if len(v) == 1 else v)]
+            return [float(x) for x in (v * c if len(v) == 1 else v)]  # one value stands for every channel
 
         reorder = reorder_channel[i] if reorder_channel is not None else None
         specs.append(InputPreprocess(inp.name, c, pick(mean_values, 0.0), pick(std_values, 1.0),
@@ -93,7 +93,8 @@ def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> Li
             idx = f"{PREFIX}/{spec.name}/reorder_idx"
             graph.initializer.append(numpy_helper.from_array(np.array(spec.reorder, np.int64), idx))
             nxt = f"{PREFIX}/{spec.name}/reordered"
-            new_nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=1, name=f"{PREFIX}/{spec.name}/reorder"))
+            new_nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=1,
+                                              name=f"{PREFIX}/{spec.name}/reorder"))
             cur = nxt
         if any(spec.mean):
             m = f"{PREFIX}/{spec.name}/mean"
