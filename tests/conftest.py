@@ -1,0 +1,280 @@
+"""Shared fixtures: the shared data folder, tiny ONNX / TorchScript model builders, the traced reference YOLOX-nano,
+reference runners, and log capture for the `openrknn` logger (which does not propagate to the root logger)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+# Keep onnxruntime to one thread in tests and in the subprocesses they start: the machine is shared.
+os.environ.setdefault("OPENRKNN_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+NANO_PTH = SHARED_DATA / "yolox_pytorch_ref" / "yolox_nano_3cls_seed0.pth"
+
+
+
+# ---------------------------------------------------------------- shared data
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip the test with the reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (real models and images live there)")
+    return SHARED_DATA
+
+
+# ---------------------------------------------------------------- logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_openrknn_logger():
+    """RKNN() adds handlers and sets level/propagate on the 'openrknn' logger; undo whatever a test left behind."""
+    log = logging.getLogger("openrknn")
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    yield
+    for h in list(log.handlers):
+        if h not in handlers:
+            log.removeHandler(h)
+            h.close()
+    log.setLevel(level)
+    log.propagate = propagate
+
+
+@pytest.fixture
+def rknn_log(caplog):
+    """caplog that sees the 'openrknn' logger's records (RKNN() turns propagation off, like the vendor's logger)."""
+    log = logging.getLogger("openrknn")
+    log.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.DEBUG)
+    yield caplog
+    log.removeHandler(caplog.handler)
+
+
+def errors_logged(caplog) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def logged_errors():
+    """Function: caplog -> list of ERROR messages."""
+    return errors_logged
+
+
+# ---------------------------------------------------------------- tiny ONNX models
+
+
+def _const(rng: np.random.Generator, shape: Sequence[int], scale: float = 0.5) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def make_conv_onnx(path: Path, *, cin: int = 3, cout: int = 4, hw=(8, 10), pads: int = 0, opset: int = 17,
+                   batchnorm: bool = False, dynamic: Optional[Sequence[object]] = None, weights_as_inputs: bool = False,
+                   input_name: str = "x", seed: int = 0) -> Path:
+    """x [1,cin,H,W] -> Conv 3x3 (pads) [-> BatchNorm] -> Relu -> Conv 1x1 -> y.
+
+    Tensor names: conv1_out, (bn_out), relu_out, y. `dynamic` replaces the input dims by these (ints or names).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    w1, b1 = _const(rng, [cout, cin, 3, 3]), _const(rng, [cout])
+    w2, b2 = _const(rng, [2, cout, 1, 1]), _const(rng, [2])
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    nodes = [helper.make_node("Conv", [input_name, "w1", "b1"], ["conv1_out"], name="conv1", kernel_shape=[3, 3],
+                              pads=[pads] * 4)]
+    cur = "conv1_out"
+    if batchnorm:
+        for n, a in (("bn_s", rng.uniform(0.5, 1.5, cout)), ("bn_b", rng.standard_normal(cout) * 0.1),
+                     ("bn_m", rng.standard_normal(cout) * 0.1), ("bn_v", rng.uniform(0.5, 2.0, cout))):
+            inits.append(numpy_helper.from_array(a.astype(np.float32), n))
+        nodes.append(helper.make_node("BatchNormalization", [cur, "bn_s", "bn_b", "bn_m", "bn_v"], ["bn_out"],
+                                      name="bn", epsilon=1e-3))
+        cur = "bn_out"
+    nodes.append(helper.make_node("Relu", [cur], ["relu_out"], name="relu"))
+    nodes.append(helper.make_node("Conv", ["relu_out", "w2", "b2"], ["y"], name="conv2", kernel_shape=[1, 1]))
+    in_dims = list(dynamic) if dynamic is not None else [1, cin, h, w]
+    oh, ow = h - 2 + 2 * pads, w - 2 + 2 * pads
+    out_dims = [1, 2, oh, ow] if dynamic is None else ["n_out", 2, "h_out", "w_out"]
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_dims)]
+    if weights_as_inputs:  # what old exporters did: every weight is also a graph input
+        inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "tiny_conv", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                          out_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 10 if opset >= 21 else 8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_two_input_onnx(path: Path, hw=(6, 6), seed: int = 1) -> Path:
+    """a [1,3,H,W] and b [1,1,H,W] -> conv(a) + conv(b) -> y [1,2,H-2,W-2]."""
+    rng = np.random.default_rng(seed)
+    wa, wb = _const(rng, [2, 3, 3, 3]), _const(rng, [2, 1, 3, 3])
+    inits = [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb")]
+    nodes = [helper.make_node("Conv", ["a", "wa"], ["ca"], kernel_shape=[3, 3], name="conv_a"),
+             helper.make_node("Conv", ["b", "wb"], ["cb"], kernel_shape=[3, 3], name="conv_b"),
+             helper.make_node("Add", ["ca", "cb"], ["y"], name="add")]
+    h, w = hw
+    graph = helper.make_graph(nodes, "two_inputs",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3, h, w]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, h - 2, w - 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def conv_onnx(tmp_path) -> Callable[..., Path]:
+    """Factory: conv_onnx(name='m.onnx', **make_conv_onnx options) -> path in tmp_path."""
+
+    def make(name: str = "conv.onnx", **kw) -> Path:
+        return make_conv_onnx(tmp_path / name, **kw)
+
+    return make
+
+
+@pytest.fixture
+def two_input_onnx(tmp_path) -> Path:
+    return make_two_input_onnx(tmp_path / "two_inputs.onnx")
+
+
+def ort_run(model: "str | Path | bytes | onnx.ModelProto", feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    """Reference: a bare onnxruntime session on the original model."""
+    import onnxruntime as ort
+
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, Path):
+        model = str(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+@pytest.fixture(scope="session")
+def ort_reference() -> Callable[..., List[np.ndarray]]:
+    return ort_run
+
+
+def normalise(pixels_nhwc: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              reorder: Optional[Sequence[int]] = None) -> np.ndarray:
+    """The documented contract, written independently: model channel c = (fed[reorder[c]] - mean[c]) / std[c];
+    returns float32 NCHW."""
+    x = pixels_nhwc.astype(np.float64)
+    if reorder is not None:
+        x = x[..., list(reorder)]
+    x = (x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
+def reference_normalise():
+    return normalise
+
+
+@pytest.fixture
+def pixels():
+    """Factory: random uint8 NHWC pixels."""
+
+    def make(h: int, w: int, c: int = 3, n: int = 1, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+    return make
+
+
+# ---------------------------------------------------------------- TorchScript models
+
+
+@pytest.fixture(scope="session")
+def torch_mod():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+def _tiny_net(torch):
+    # Built from torch's own classes so that torch.save(net) (a pickled module) works too.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_files(tmp_path_factory, torch_mod) -> Dict[str, Path]:
+    """A small conv net as: traced TorchScript ('pt', input [1,3,16,20]), state dict ('state_dict'), pickled module
+    ('pickled'), plus 'net' (the nn.Module itself)."""
+    torch = torch_mod
+    folder = tmp_path_factory.mktemp("tiny_torch")
+    net = _tiny_net(torch)
+    traced = torch.jit.trace(net, torch.rand(1, 3, 16, 20))
+    traced.save(str(folder / "tiny.pt"))
+    torch.save(net.state_dict(), folder / "tiny_state_dict.pth")
+    torch.save(net, folder / "tiny_pickled.pt")
+    return {"pt": folder / "tiny.pt", "state_dict": folder / "tiny_state_dict.pth",
+            "pickled": folder / "tiny_pickled.pt", "net": net}
+
+
+@pytest.fixture(scope="session")
+def nano_pt(tmp_path_factory, shared_data, torch_mod) -> Path:
+    """The reference yolox-pytorch nano (3 classes, seed 0) traced at 416x416 by our own export code."""
+    from openrknn.vision.yolox.export import export_torchscript
+
+    out = tmp_path_factory.mktemp("nano") / "myself_nano.pt"
+    info = export_torchscript(NANO_PTH, "nano", 3, 416, out)
+    assert info["output_shapes"] == [[1, 8, 52, 52], [1, 8, 26, 26], [1, 8, 13, 13]]
+    return out
+
+
+@pytest.fixture(scope="session")
+def torchscript_run(torch_mod):
+    """Function: (pt path, float32 NCHW array) -> list of numpy outputs, from torch itself."""
+    cache: dict = {}
+
+    def run(pt: Path, x: np.ndarray) -> List[np.ndarray]:
+        torch = torch_mod
+        key = str(pt)
+        if key not in cache:
+            cache[key] = torch.jit.load(key, map_location="cpu").eval()
+        with torch.no_grad():
+            out = cache[key](torch.from_numpy(np.ascontiguousarray(x)))
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [o.numpy() for o in out]
+
+    return run
+
+
+# ---------------------------------------------------------------- subprocesses
+
+
+def run_python(args: Sequence[str], cwd: Optional[Path] = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `python args...` in a fresh process with this interpreter and the repository importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, *map(str, args)], cwd=str(cwd or ROOT), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def python_subprocess():
+    return run_python
