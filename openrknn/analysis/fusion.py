@@ -1,0 +1,138 @@
+"""Which layers the NPU fuses into the conv before them, per generation. Shared by the cost model and the checker.
+
+A fused layer costs no separate pass over memory: its work happens in the conv's output stage.
+Rules (FACTS.md, seed): RKNPU1 fuses conv + ReLU, and conv + max-pool when the pool is 2x2 or 3x3 with stride 2
+(2x2: even input, no padding; 3x3: odd input other than 1, no padding, width < 64 for 8-bit / < 32 for 16-bit).
+RKNPU2 fuses the activations in its table and a residual Add. x * sigmoid(x) (SiLU) is not a fusable activation: it
+runs as one elementwise pass of its own (its Sigmoid is folded into the Mul).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Callable, Optional
+
+from ..targets.chips import DTYPE_BYTES, Generation
+from .graph_info import GraphInfo, Layer
+
+
+def _pair(v: object, default: int) -> list[int]:
+    if v is None:
+        return [default, default]
+    vals = list(v) if isinstance(v, (list, tuple)) else [int(v)]
+    return vals if len(vals) >= 2 else vals * 2
+
+
+def maxpool_fusion_problems(pool: Layer, gi: GraphInfo) -> list[str]:
+    """Why an RKNPU1 conv cannot absorb this MaxPool (empty list = it can). Sizes are of the pool's input, NCHW."""
+    kernel = _pair(pool.attrs.get("kernel_shape"), 1)[:2]
+    strides = _pair(pool.attrs.get("strides"), 1)[:2]
+    pads = list(pool.attrs.get("pads") or [0, 0, 0, 0])
+    auto_pad = pool.attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    shape = gi.tensors[pool.inputs[0]].shape if pool.inputs else ()
+    h, w = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
+    bits = 8 * DTYPE_BYTES.get(gi.tensors[pool.inputs[0]].dtype, 2) if pool.inputs else 16
+    problems = []
+    if kernel not in ([2, 2], [3, 3]) or strides != [2, 2]:
+        problems.append(f"pool {kernel[0]}x{kernel[1]} stride {strides[0]}x{strides[1]}; fusion needs 2x2 or 3x3 "
+                        f"with stride 2")
+        return problems
+    if any(pads) or auto_pad not in ("NOTSET", "VALID"):
+        problems.append(f"pool has padding {pads if any(pads) else auto_pad}; fusion needs none")
+    if kernel == [2, 2] and (h % 2 or w % 2):
+        problems.append(f"2x2 pool input {h}x{w} is not even")
+    if kernel == [3, 3]:
+        if h % 2 == 0 or w % 2 == 0 or h == 1 or w == 1:
+            problems.append(f"3x3 pool input {h}x{w} must be odd and not 1")
+        limit = 64 if bits <= 8 else 32
+        if w >= limit:
+            problems.append(f"3x3 pool input width {w} must be < {limit} for {int(bits)}-bit")
+    return problems
+
+
+def _single_consumer_host(layer: Layer, gi: GraphInfo, fused: dict[int, int], hosts: Collection[str]) -> int | None:
+    """The group that `layer` can join: its input comes from a host op (or its group) and nobody else reads it."""
+    if not layer.inputs:
+        return None
+    prod = gi.producer(layer.inputs[0])
+    if prod is None or len(gi.tensors[layer.inputs[0]].consumers) != 1 or layer.inputs[0] in gi.outputs:
+        return None
+    host = fused.get(prod.index, prod.index)
+    return host if gi.layers[host].op_type in hosts else None
+
+
+FusionRule = Callable[[Layer, GraphInfo, Generation, dict[int, int]], Optional[int]]
+FUSION_RULES: dict[str, FusionRule] = {}
+
+
+def fusion_rule(*ops: str) -> Callable[[FusionRule], FusionRule]:
+    def deco(fn: FusionRule) -> FusionRule:
+        for op in ops:
+            FUSION_RULES[op] = fn
+        return fn
+    return deco
+
+
+@fusion_rule("Relu", "Clip", "PRelu", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh")
+def _activation(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    if layer.op_type == "Sigmoid" and _silu_mul(layer, gi) is not None:
+        return _silu_mul(layer, gi)
+    if layer.op_type not in gen.fused_activations:
+        return None
+    return _single_consumer_host(layer, gi, fused, gen.activation_hosts)
+
+
+def _silu_mul(sig: Layer, gi: GraphInfo) -> int | None:
+    """x * sigmoid(x): the Sigmoid joins its Mul, which becomes one SiLU pass."""
+    if not sig.inputs or not sig.outputs:
+        return None
+    cons = gi.consumers(sig.outputs[0])
+    if len(cons) == 1 and cons[0].op_type == "Mul" and set(cons[0].inputs) == {sig.inputs[0], sig.outputs[0]}:
+        return cons[0].index
+    return None
+
+
+@fusion_rule("Add")
+def _residual_add(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    if not gen.fuses_residual_add or len(layer.inputs) != 2:
+        return None
+    shapes = {gi.tensors[t].shape for t in layer.inputs}
+    if len(shapes) != 1:  # broadcasting adds are not residuals
+        return None
+    for t in layer.inputs:
+        prod = gi.producer(t)
+        if prod is None or len(gi.tensors[t].consumers) != 1:
+            continue
+        host = fused.get(prod.index, prod.index)
+        if gi.layers[host].op_type == "Conv":
+            return host
+    return None
+
+
+@fusion_rule("MaxPool")
+def _maxpool(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    if not gen.fuses_max_pool or maxpool_fusion_problems(layer, gi):
+        return None
+    return _single_consumer_host(layer, gi, fused, ("Conv",))
+
+
+def fuse(gi: GraphInfo, gen: Generation) -> dict[int, int]:
+    """Map fused layer index -> index of the layer that absorbs it (a conv, or the Mul of a SiLU)."""
+    fused: dict[int, int] = {}
+    for layer in gi.layers:
+        if layer.role != "compute":
+            continue
+        rule = FUSION_RULES.get(layer.op_type)
+        host = rule(layer, gi, gen, fused) if rule else None
+        if host is not None and host != layer.index:
+            fused[layer.index] = fused.get(host, host)
+    return fused
+
+
+def logical_op(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> str:
+    """The op a layer runs as: a Mul that absorbed its Sigmoid is a SiLU; a conv with groups == channels is
+    depthwise."""
+    if layer.op_type == "Mul" and any(gi.layers[i].op_type == "Sigmoid" for i, h in fused.items() if h == layer.index):
+        return "SiLU"
+    return layer.op_type

@@ -1,0 +1,442 @@
+"""Speed: the estimated per-layer time on a target NPU (a roofline cost model) and the measured time on this host.
+
+Estimate, per layer group (a conv and what the NPU fuses into it):
+    compute = MACs / (MACs per cycle for the dtype x clock x utilisation)       (conv, gemm)
+            = bytes / (elementwise bytes per cycle x clock)                      (everything else on the NPU)
+    memory  = (weights + activations read + written) / modelled DDR bandwidth
+    time    = max(compute, memory) + per-layer overhead;  CPU-fallback ops use the board CPU's modelled speed.
+Utilisation rules live in the `COST_RULES` registry keyed by op type; their parameters in targets/chips.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..errors import InferenceInputError, ModelLoadError
+from ..targets.chips import ChipSpec, chip, placement
+from .fusion import fuse, logical_op
+from .graph_info import GraphInfo, Layer, analyze, with_node_names
+
+log = logging.getLogger("openrknn.analysis.perf")
+
+
+@dataclass
+class PerfRow:
+    layer_id: int
+    name: str
+    op_type: str
+    time_us: float
+    unit: str              # NPU | CPU | fused (into the layer named in `fused_into`) | free
+    bound: str = ""        # compute | memory | overhead
+    macs: int = 0
+    bytes: int = 0
+    dtype: str = ""
+    fused_into: str = ""
+
+
+@dataclass
+class PerfEstimate:
+    target: str
+    quant_dtype: str | None
+    rows: list[PerfRow]
+    total_us: float
+    macs: int
+    cores: int = 1
+
+    @property
+    def fps(self) -> float:
+        return 1e6 / self.total_us if self.total_us > 0 else float("inf")
+
+    def by_op_type(self) -> list[tuple[str, float]]:
+        acc: dict[str, float] = defaultdict(float)
+        for r in self.rows:
+            acc[r.op_type] += r.time_us
+        return sorted(acc.items(), key=lambda kv: -kv[1])
+
+
+@dataclass
+class HostPerf:
+    total_us: float                     # median wall time of one run
+    per_node_us: dict[str, float]       # model node name -> median kernel time
+    unmapped_us: float                  # kernel time the profiler reported under names not in the model
+    runs: int
+    threads: int | None
+    runs_us: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return 1e6 / self.total_us if self.total_us > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cost rules: op type -> (compute seconds, bytes moved), given a layer group
+@dataclass
+class Group:
+    host: Layer
+    members: list[Layer]
+    op: str                 # logical op (SiLU, Conv, ...)
+    in_bytes: int
+    out_bytes: int
+    weight_bytes: int
+    macs: int
+
+
+CostRule = Callable[[Group, GraphInfo, ChipSpec], float]
+COST_RULES: dict[str, CostRule] = {}
+
+
+def cost_rule(*ops: str) -> Callable[[CostRule], CostRule]:
+    def deco(fn: CostRule) -> CostRule:
+        for op in ops:
+            COST_RULES[op] = fn
+        return fn
+    return deco
+
+
+def _align(n: int, lane: int) -> int:
+    return int(math.ceil(n / lane) * lane) if n > 0 else lane
+
+
+def conv_utilisation(layer: Layer, gi: GraphInfo, spec: ChipSpec) -> float:
+    """Share of peak MACs a conv achieves: kernel family (3x3 best) x channel-lane alignment; depthwise is poor."""
+    cm = spec.gen.cost
+    w = gi.weights[layer.weights[0]].shape if layer.weights else ()
+    if len(w) < 3:
+        return cm.util_1x1
+    cout, cin_g, kernel = w[0], w[1], tuple(w[2:])
+    group = int(layer.attrs.get("group", 1))
+    if layer.op_type == "ConvTranspose":
+        cout, cin_g = w[1] * group, w[0] // max(group, 1)
+    if group > 1 and cin_g == 1:
+        return cm.util_depthwise
+    family = cm.util_3x3 if kernel == (3, 3) else cm.util_1x1 if all(k == 1 for k in kernel) else cm.util_other
+    # the array reduces over Cin x kh x kw and pays for whole lane blocks of it and of Cout
+    k = cin_g * int(np.prod(kernel))
+    cout_g = cout // max(group, 1)
+    return family * (k / _align(k, cm.lane_in)) * (cout_g / _align(cout_g, cm.lane_out))
+
+
+@cost_rule("Conv", "ConvTranspose")
+def _conv_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
+    util = conv_utilisation(g.host, gi, spec)
+    return g.macs / (spec.macs_per_second(_mac_mode(g.host, spec)) * util)
+
+
+@cost_rule("Gemm", "MatMul")
+def _gemm_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
+    return g.macs / (spec.macs_per_second(_mac_mode(g.host, spec)) * spec.gen.cost.util_gemm)
+
+
+def _elementwise_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
+    # vector unit: streams the larger of what it reads and writes
+    return max(g.in_bytes, g.out_bytes) / (spec.gen.cost.elementwise_bytes_per_cycle * spec.npu_clock_mhz * 1e6)
+
+
+@cost_rule("MaxPool", "AveragePool")
+def _pool_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
+    k = g.host.attrs.get("kernel_shape") or [1, 1]
+    return _elementwise_cost(g, gi, spec) * max(1.0, float(np.prod(k)) / 4.0)
+
+
+def concat_in_place(layer: Layer, gi: GraphInfo, spec: ChipSpec) -> bool:
+    """A channel Concat whose parts are whole channel blocks of the NPU layout (NC1HWC2, C2 = the output lane width)
+    costs nothing: the producers write straight into their slice of the output."""
+    shapes = [gi.tensors[t].shape for t in layer.inputs]
+    rank = len(shapes[0]) if shapes else 0
+    axis = int(layer.attrs.get("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    lane = spec.gen.cost.lane_out
+    return rank == 4 and axis == 1 and all(len(s) == 4 and s[1] % lane == 0 for s in shapes) \
+        and all(gi.producer(t) is not None for t in layer.inputs)
+
+
+def _mac_mode(layer: Layer, spec: ChipSpec) -> str:
+    mode = layer.mac_mode
+    return mode if mode in spec.macs_per_cycle else "float16"
+
+
+def _groups(gi: GraphInfo, fused: Mapping[int, int]) -> dict[int, list[Layer]]:
+    members: dict[int, list[Layer]] = defaultdict(list)
+    for layer in gi.layers:
+        members[fused.get(layer.index, layer.index)].append(layer)
+    return members
+
+
+def _group(host: Layer, members: list[Layer], gi: GraphInfo, fused: Mapping[int, int]) -> Group:
+    produced = {t for m in members for t in m.outputs}
+    ins = {t for m in members for t in m.inputs if t not in produced}
+    outs = set()
+    for m in members:
+        for t in m.outputs:
+            if t in gi.outputs or any(fused.get(c, c) != host.index for c in gi.tensors[t].consumers):
+                outs.add(t)
+    wts = {w for m in members for w in m.weights}
+    return Group(
+        host=host, members=members, op=logical_op(host, gi, fused),
+        in_bytes=sum(gi.tensors[t].nbytes for t in ins),
+        out_bytes=sum(gi.tensors[t].nbytes for t in outs),
+        weight_bytes=sum(gi.weights[w].nbytes + gi.weights[w].quant_param_bytes for w in wts),
+        macs=sum(m.macs for m in members),
+    )
+
+
+def estimate_perf(model: onnx.ModelProto, target: str, quant_dtype: str | None, cores: int = 1,
+                  info: GraphInfo | None = None) -> PerfEstimate:
+    """Estimated per-layer NPU time of `model` on `target` (one NPU core unless `cores` says more).
+
+    quant_dtype: the config's quantized_dtype (None = float, which the NPU runs in fp16). A QDQ graph's own types
+    win layer by layer.
+    """
+    spec = chip(target)
+    gi = info if info is not None else analyze(model, quant_dtype)
+    fused = fuse(gi, spec.gen)
+    groups = _groups(gi, fused)
+    cm = spec.gen.cost
+    bw = spec.ddr_bytes_per_second  # cores share the board's DDR, so more cores do not add bandwidth
+    rows: list[PerfRow] = []
+    for layer in gi.layers:
+        host_idx = fused.get(layer.index)
+        if host_idx is not None:
+            rows.append(PerfRow(layer.index, layer.name, layer.op_type, 0.0, "fused", macs=layer.macs,
+                                dtype=layer.act_dtype, fused_into=gi.layers[host_idx].name))
+            continue
+        if layer.role in ("preprocess", "view", "const"):
+            unit = "fused" if layer.role == "preprocess" else "free"
+            into = _first_consumer_name(layer, gi) if layer.role == "preprocess" else ""
+            rows.append(PerfRow(layer.index, layer.name, layer.op_type, 0.0, unit, dtype=layer.act_dtype,
+                                fused_into=into))
+            continue
+        if layer.op_type == "Concat" and concat_in_place(layer, gi, spec):
+            rows.append(PerfRow(layer.index, layer.name, layer.op_type, 0.0, "free", dtype=layer.act_dtype))
+            continue
+        g = _group(layer, groups[layer.index], gi, fused)
+        moved = g.in_bytes + g.out_bytes + g.weight_bytes
+        where = placement(layer.op_type, spec.generation)
+        if where in ("cpu", "unsupported"):
+            # board CPU: streams the data, plus the NPU -> CPU -> NPU hand-over
+            t = moved / (cm.cpu_gbps * 1e9) + cm.cpu_op_us * 1e-6
+            rows.append(PerfRow(layer.index, layer.name, g.op, t * 1e6, "CPU", "memory", g.macs, moved,
+                                layer.act_dtype))
+            continue
+        compute = COST_RULES.get(g.op, _elementwise_cost)(g, gi, spec) / max(1, min(cores, spec.cores))
+        memory = moved / bw
+        t = max(compute, memory) + cm.layer_overhead_us * 1e-6
+        bound = "compute" if compute >= memory else "memory"
+        if cm.layer_overhead_us * 1e-6 > max(compute, memory):
+            bound = "overhead"
+        rows.append(PerfRow(layer.index, layer.name, g.op, t * 1e6, "NPU", bound, g.macs, moved, layer.act_dtype))
+    total = sum(r.time_us for r in rows)
+    return PerfEstimate(spec.name, quant_dtype, rows, total, sum(layer.macs for layer in gi.layers),
+                        min(cores, spec.cores))
+
+
+def _first_consumer_name(layer: Layer, gi: GraphInfo) -> str:
+    for t in layer.outputs:
+        for c in gi.consumers(t):
+            if c.role == "compute":
+                return c.name
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# measured on this host
+def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs: int = 10,
+                      threads: int | None = None, warmup: int = 1) -> HostPerf:
+    """Profile the model with onnxruntime on this host: median wall time and median per-node kernel time.
+
+    Node names are those of `graph_info.node_names` (unnamed nodes get '<op>_<index>'). Kernels that onnxruntime
+    fused or rewrote are mapped back to the model node whose output they produce (or the nearest one downstream).
+    """
+    import onnxruntime as ort
+
+    if runs < 1:
+        raise InferenceInputError(f"runs={runs}: need at least one run to measure")
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except Exception as e:
+        raise ModelLoadError(f"measure_host_perf: model bytes are not an ONNX model ({e})") from e
+    model = with_node_names(model)
+    with tempfile.TemporaryDirectory(prefix="openrknn_prof_") as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "prof")
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        wanted = {i.name for i in sess.get_inputs()}
+        if set(feeds) != wanted:
+            raise InferenceInputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(wanted)}")
+        for _ in range(warmup):
+            sess.run(None, dict(feeds))
+        start_marks = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, dict(feeds))
+            start_marks.append((time.perf_counter() - t0) * 1e6)
+        prof_path = sess.end_profiling()
+        with open(prof_path) as f:
+            events = json.load(f)
+        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+    mapping = _map_optimized_nodes(model, optimized)
+    per_run: dict[str, list[float]] = defaultdict(list)
+    unmapped: list[float] = []
+    # one profiler event per kernel per run; the first `warmup` runs are left out
+    seen: dict[str, int] = defaultdict(int)
+    per_kernel: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        kname = e["name"][: -len("_kernel_time")]
+        seen[kname] += 1
+        if seen[kname] <= warmup:
+            continue
+        per_kernel[kname].append(float(e["dur"]))
+    for kname, durs in per_kernel.items():
+        target = mapping.get(kname)
+        med = statistics.median(durs)
+        if target is None:
+            unmapped.append(med)
+        else:
+            per_run[target].append(med)
+    per_node = {k: float(sum(v)) for k, v in per_run.items()}
+    return HostPerf(statistics.median(start_marks), per_node, float(sum(unmapped)), runs, threads, start_marks)
+
+
+def _map_optimized_nodes(model: onnx.ModelProto, optimized: onnx.ModelProto) -> dict[str, str]:
+    """onnxruntime kernel name -> model node name, through tensor names the two graphs share."""
+    names = {n.name for n in model.graph.node}
+    producer = {t: n.name for n in model.graph.node for t in n.output}
+    orig_inputs = {n.name: list(n.input) for n in model.graph.node}
+    orig_op = {n.name: n.op_type for n in model.graph.node}
+    opt_consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in optimized.graph.node:
+        for t in n.input:
+            opt_consumers[t].append(n)
+    out: dict[str, str] = {}
+    for n in optimized.graph.node:
+        # onnxruntime names rewritten nodes after the original node ('Mul_43/QuickGeluFusion/') or after the
+        # original output tensor ('conv_out_nchwc')
+        stem = n.name.split("/")[0]
+        stem_t = stem.removesuffix("_nchwc")
+        if n.name in names or stem in names:
+            out[n.name] = n.name if n.name in names else stem
+            continue
+        if stem_t in producer:
+            out[n.name] = producer[stem_t]
+            continue
+        # walk downstream until a tensor the model knows; then prefer an upstream node of the same kind
+        frontier, seen, hit = list(n.output), set(), None
+        while frontier and hit is None:
+            t = frontier.pop(0)
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in producer:
+                hit = producer[t]
+                break
+            for c in opt_consumers.get(t, []):
+                frontier.extend(c.output)
+        if hit is None:
+            continue
+        base = n.op_type.replace("QLinear", "").replace("Fused", "").replace("Integer", "")
+        cand, depth = hit, 0
+        while depth < 4 and orig_op.get(cand) != base:
+            ups = [producer[t] for t in orig_inputs.get(cand, []) if t in producer]
+            if not ups:
+                break
+            cand, depth = ups[0], depth + 1
+        out[n.name] = cand if orig_op.get(cand) == base else hit
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def eval_perf_report(model: onnx.ModelProto, model_bytes: bytes | None, target: str, quant_dtype: str | None,
+                     feeds: Mapping[str, np.ndarray] | None, perf_debug: bool = False, is_print: bool = True,
+                     runs: int = 5, threads: int | None = None) -> dict:
+    """What RKNN.eval_perf prints and returns: the NPU estimate, and the host measurement when feeds are given.
+
+    model_bytes: what the simulator runs (default: `model` serialized); its node names must be `model`'s.
+    Returns {"target", "quantized_dtype", "cores", "npu_estimate": {total_us, fps, gmacs}, "host_measured":
+    {total_us, fps, runs, unmapped_us} | None, "top_op_types": [...5], "layers": [...] (perf_debug only)}.
+    """
+    gi = analyze(model, quant_dtype)
+    est = estimate_perf(model, target, quant_dtype, info=gi)
+    host = None
+    if feeds is not None:
+        host = measure_host_perf(model_bytes or model.SerializeToString(), feeds, runs=runs, threads=threads)
+    # host kernel times per layer: a layer owns its node and the Q/DQ nodes folded into it
+    host_layer_us: dict[int, float] = defaultdict(float)
+    if host is not None:
+        for node, us in host.per_node_us.items():
+            if node in gi.node_layer:
+                host_layer_us[gi.node_layer[node]] += us
+    report: dict = {
+        "target": est.target, "quantized_dtype": quant_dtype, "cores": est.cores,
+        "npu_estimate": {"total_us": round(est.total_us, 1), "fps": round(est.fps, 2),
+                         "gmacs": round(est.macs / 1e9, 3)},
+        "host_measured": None if host is None else {"total_us": round(host.total_us, 1), "fps": round(host.fps, 2),
+                                                     "runs": host.runs, "unmapped_us": round(host.unmapped_us, 1)},
+        "top_op_types": [{"op_type": op, "time_us": round(t, 1), "share": round(t / est.total_us, 4)
+                          if est.total_us else 0.0} for op, t in est.by_op_type()[:5]],
+    }
+    if perf_debug:
+        report["layers"] = [
+            {"id": r.layer_id, "name": r.name, "op_type": r.op_type, "npu_us": round(r.time_us, 1),
+             "host_us": None if host is None else round(host_layer_us.get(r.layer_id, 0.0), 1),
+             "unit": r.unit, "bound": r.bound, "macs": r.macs, "fused_into": r.fused_into}
+            for r in est.rows]
+    if is_print:
+        print(format_perf_report(report))
+    return report
+
+
+def format_perf_report(report: dict) -> str:
+    lines = []
+    w = 110
+    lines.append("=" * w)
+    est = report["npu_estimate"]
+    lines.append(f"Performance  target {report['target']} ({report['cores']} core), "
+                 f"dtype {report['quantized_dtype'] or 'float (fp16 on the NPU)'}")
+    if "layers" in report:
+        lines.append(f"{'ID':>5}  {'Name':<44} {'Op type':<18} {'NPU est (us)':>12} {'Host (us)':>10}  Unit")
+        for r in report["layers"]:
+            if r["unit"] == "free":
+                continue
+            host = "" if r["host_us"] is None else f"{r['host_us']:.1f}"
+            unit = r["unit"] if r["unit"] != "fused" else f"fused->{r['fused_into']}"
+            lines.append(f"{r['id']:>5}  {r['name'][:44]:<44} {r['op_type'][:18]:<18} {r['npu_us']:>12.1f} "
+                         f"{host:>10}  {unit}")
+        lines.append("-" * w)
+        lines.append("Top op types (NPU estimate):")
+        for t in report["top_op_types"]:
+            lines.append(f"  {t['op_type']:<20} {t['time_us']:>12.1f} us  {100 * t['share']:5.1f}%")
+    lines.append(f"Total NPU time (estimated, board-free): {est['total_us']:.1f} us   FPS: {est['fps']:.2f}   "
+                 f"({est['gmacs']} GMAC)")
+    host = report.get("host_measured")
+    if host:
+        lines.append(f"Total time on this host (onnxruntime, measured, median of {host['runs']}): "
+                     f"{host['total_us']:.1f} us   FPS: {host['fps']:.2f}")
+    lines.append("=" * w)
+    return "\n".join(lines)
+
+
+def estimate_to_dict(est: PerfEstimate) -> dict:
+    d = asdict(est)
+    d["fps"] = est.fps
+    return d
