@@ -293,6 +293,10 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
         return t
 
     for n in g.node:
+        if n.op_type in ("Identity", "Dropout") and n.input and (canon(n.input[0]) in inits
+                                                                or canon(n.input[0]) in consts):
+            alias[n.output[0]] = canon(n.input[0])  # exporters share one weight between layers this way
+            continue
         if n.op_type not in QDQ_OPS:
             continue
         src = canon(n.input[0])
@@ -317,17 +321,18 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
     tensor_producer: dict[str, int] = {}
     pending_qdq: list[tuple[str, onnx.NodeProto]] = []
     for n, name in zip(g.node, names):
-        if n.op_type in QDQ_OPS or n.op_type == "Constant":
+        if n.op_type in QDQ_OPS or n.op_type == "Constant" or (n.output and n.output[0] in alias):
             pending_qdq.append((name, n))
             continue
         ins = [canon(t) for t in n.input if t]
         acts = [t for t in ins if t not in const_names]
         wts = [t for t in ins if t in const_names and _is_weight(t, inits, consts)]
         role = "compute"
-        if n.op_type in VIEW_OPS:
+        if n.op_type in CONST_OPS or not acts:
+            role = "const"  # computed from constants only: folded at build time
+            const_names.update(t for t in n.output if t)
+        elif n.op_type in VIEW_OPS:
             role = "view"
-        elif n.op_type in CONST_OPS or not acts:
-            role = "const"
         layer = Layer(index=len(layers), name=name, op_type=n.op_type, nodes=[name], inputs=acts,
                       outputs=[t for t in n.output if t], weights=wts, attrs=_attrs(n), role=role)
         layers.append(layer)

@@ -9,6 +9,7 @@ reported apart; pre-processing the NPU folds into the first conv reads the input
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -158,8 +159,9 @@ def build_buffers(gi: GraphInfo, in_place_ops: bool = True) -> tuple[list[Buffer
 
 # ---------------------------------------------------------------------------------------------------------------------
 # offsets
-def _place(buffers: list[Buffer], order: list[Buffer]) -> int:
-    """Best fit: each buffer goes into the smallest gap left by the already placed buffers it meets in time."""
+def _place(order: list[Buffer], best_fit: bool) -> int:
+    """Each buffer goes into a gap left by the already placed buffers it meets in time: the smallest gap that holds it
+    (best fit) or the lowest (first fit); above them all when no gap does. Returns the arena size."""
     placed: list[Buffer] = []
     top = 0
     for b in order:
@@ -167,7 +169,7 @@ def _place(buffers: list[Buffer], order: list[Buffer]) -> int:
         best_off, best_gap, cursor = None, None, 0
         for p in busy:
             gap = p.offset - cursor
-            if gap >= b.size and (best_gap is None or gap < best_gap):
+            if gap >= b.size and (best_gap is None or (best_fit and gap < best_gap)):
                 best_off, best_gap = cursor, gap
             cursor = max(cursor, p.offset + p.size)
         b.offset = best_off if best_off is not None else cursor
@@ -184,15 +186,34 @@ _ORDERS: dict[str, Callable[[Buffer], tuple]] = {
 }
 
 
-def assign_offsets(buffers: list[Buffer]) -> tuple[int, str]:
-    """Try a few orderings of the best-fit placement and keep the smallest arena. Returns (arena bytes, strategy)."""
-    best: Optional[tuple[int, str, dict[str, int]]] = None
-    for name, key in _ORDERS.items():
-        top = _place(buffers, sorted(buffers, key=key))
-        if best is None or top < best[0]:
-            best = (top, name, {b.name: b.offset for b in buffers})
-    if best is None:
+def assign_offsets(buffers: list[Buffer], lower_bound: int = 0, restarts: Optional[int] = None,
+                   seed: int = 0) -> tuple[int, str]:
+    """Place the buffers with a few orderings and both fit policies, then seeded random perturbations of the size
+    order, keeping the smallest arena; stops as soon as the arena reaches `lower_bound` (the liveness peak, which no
+    plan can beat). Deterministic for a given graph. Returns (arena bytes, strategy)."""
+    if not buffers:
         return 0, ""
+    best: Optional[tuple[int, str, dict[str, int]]] = None
+
+    def attempt(order: list[Buffer], name: str) -> bool:
+        nonlocal best
+        for best_fit in (True, False):
+            top = _place(order, best_fit)
+            if best is None or top < best[0]:
+                best = (top, f"{name}/{'best' if best_fit else 'first'} fit", {b.name: b.offset for b in buffers})
+            if best[0] <= lower_bound:
+                return True
+        return False
+
+    done = any(attempt(sorted(buffers, key=key), name) for name, key in _ORDERS.items())
+    if not done:
+        rng = random.Random(seed)
+        n = restarts if restarts is not None else max(4, min(64, 8000 // len(buffers)))
+        for i in range(n):
+            jitter = {b.name: rng.uniform(0.5, 1.5) for b in buffers}
+            if attempt(sorted(buffers, key=lambda b: (-b.size * jitter[b.name], b.name)), f"random #{i}"):
+                break
+    assert best is not None
     for b in buffers:
         b.offset = best[2][b.name]
     return best[0], best[1]
@@ -212,9 +233,9 @@ def plan_memory(model: onnx.ModelProto, quant_dtype: Optional[str], in_place_ops
     """
     gi = info if info is not None else analyze(model, quant_dtype)
     buffers, tensor_root, ext_in, ext_out = build_buffers(gi, in_place_ops)
-    arena, strategy = assign_offsets(buffers)
     live = live_profile(buffers, len(gi.layers))
     peak = max(live) if live else 0
+    arena, strategy = assign_offsets(buffers, lower_bound=peak)
     step = live.index(peak) if live else 0
     roots = {b.name for b in buffers}
     tensor_buffer = {t: (r if r in roots else "<input>" if r in ext_in else "<output>" if r in ext_out else "")

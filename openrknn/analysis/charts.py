@@ -1,0 +1,102 @@
+"""Charts for the HTML report: per-layer time (NPU estimate vs host) and the activation memory plan.
+
+matplotlib's object API with the Agg canvas: no pyplot, no global backend switch, safe in servers and threads.
+The format follows the file extension (.png or .svg); files are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..errors import NotSupportedError
+from .memory import MemoryPlan
+
+PathLike = Union[str, os.PathLike]
+_FORMATS = (".png", ".svg")
+
+
+def _save(fig: Figure, path: PathLike) -> str:
+    path = Path(path)
+    if path.suffix.lower() not in _FORMATS:
+        raise NotSupportedError(f"chart file {str(path)!r}: use a .png or .svg name")
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=path.suffix[1:].lower(), dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return str(path)
+
+
+def perf_chart(report: dict, path: PathLike, top: int = 25) -> str:
+    """Bar charts from an eval_perf report: the slowest layers (NPU estimate, and host time when measured) and the
+    time per op type. Needs the report made with perf_debug=True for the per-layer panel."""
+    layers = [r for r in report.get("layers", []) if r["unit"] in ("NPU", "CPU")]
+    layers = sorted(layers, key=lambda r: -r["npu_us"])[:top][::-1]
+    fig = Figure(figsize=(11, 3 + 0.28 * max(len(layers), 6)))
+    gs = fig.add_gridspec(1, 2, width_ratios=[3, 1.3])
+    ax = fig.add_subplot(gs[0])
+    if layers:
+        ys = range(len(layers))
+        has_host = any(r.get("host_us") is not None for r in layers)
+        h = 0.4 if has_host else 0.8
+        ax.barh([y + (h / 2 if has_host else 0) for y in ys], [r["npu_us"] for r in layers], height=h,
+                color=["#d9534f" if r["unit"] == "CPU" else "#337ab7" for r in layers],
+                label=f"{report['target']} NPU (estimated)")
+        if has_host:
+            ax.barh([y - h / 2 for y in ys], [r.get("host_us") or 0 for r in layers], height=h, color="#999999",
+                    label="this host (measured)")
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels([f"{r['name'][-28:]} ({r['op_type']})" for r in layers], fontsize=7)
+        ax.set_xlabel("time per layer (us)")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "per-layer times need perf_debug=True", ha="center", va="center")
+        ax.set_axis_off()
+    est = report["npu_estimate"]
+    ax.set_title(f"Slowest layers: {report['target']} total {est['total_us'] / 1e3:.2f} ms ({est['fps']:.1f} FPS)",
+                 fontsize=10)
+    ax2 = fig.add_subplot(gs[1])
+    ops = report.get("top_op_types", [])[::-1]
+    ax2.barh([o["op_type"] for o in ops], [o["time_us"] / 1e3 for o in ops], color="#5cb85c")
+    ax2.set_xlabel("ms (NPU estimate)")
+    ax2.set_title("Time by op type", fontsize=10)
+    ax2.tick_params(axis="y", labelsize=8)
+    return _save(fig, path)
+
+
+def memory_chart(plan: MemoryPlan, path: PathLike, layer_names: Optional[list[str]] = None) -> str:
+    """Two panels: bytes alive at each layer (with the arena size) and where each buffer sits in the arena over
+    time (the plan itself: x = layer, y = offset)."""
+    fig = Figure(figsize=(11, 7))
+    ax = fig.add_subplot(2, 1, 1)
+    steps = list(range(len(plan.live_bytes)))
+    mib = 2 ** 20
+    ax.fill_between(steps, [b / mib for b in plan.live_bytes], step="mid", color="#337ab7", alpha=0.6,
+                    label="activations alive")
+    ax.axhline(plan.arena_bytes / mib, color="#d9534f", linestyle="--",
+               label=f"arena (internal memory) {plan.arena_bytes / mib:.3f} MiB")
+    ax.set_ylabel("MiB")
+    ax.set_xlim(-0.5, max(len(steps) - 0.5, 0.5))
+    peak = plan.peak_layer if layer_names is None else layer_names[plan.peak_step]
+    ax.set_title(f"Activation memory per layer (peak {plan.peak_live_bytes / mib:.3f} MiB at {peak})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax2 = fig.add_subplot(2, 1, 2, sharex=ax)
+    for i, b in enumerate(plan.buffers):
+        ax2.broken_barh([(b.start - 0.4, b.end - b.start + 0.8)], (b.offset / mib, b.size / mib),
+                        facecolors=f"C{i % 10}", edgecolor="black", linewidth=0.2)
+    ax2.set_ylim(0, max(plan.arena_bytes / mib, 1e-6))
+    ax2.set_xlabel("layer (execution order)")
+    ax2.set_ylabel("offset (MiB)")
+    ax2.set_title(f"Buffer plan: {len(plan.buffers)} buffers ({plan.strategy} placement)", fontsize=10)
+    return _save(fig, path)
