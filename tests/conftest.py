@@ -24,6 +24,12 @@ NANO_PTH = SHARED_DATA / "yolox_pytorch_ref" / "yolox_nano_3cls_seed0.pth"
 
 
 
+def pytest_configure(config):
+    # torch 2.x deprecates the TorchScript API that RKNN users (and load_pytorch) depend on; the warning is noise here
+    for api in ("torch.jit.trace", "torch.jit.trace_method", "torch.jit.load", "torch.jit.save"):
+        config.addinivalue_line("filterwarnings", f"ignore:`{api}` is deprecated:DeprecationWarning")
+
+
 # ---------------------------------------------------------------- shared data
 
 
