@@ -1,0 +1,367 @@
+"""The openrknn board protocol, version 1: framing, array encoding, handshake MACs and the remote error types.
+
+docs/protocol.md is the specification. Every message is one frame:
+
+    offset  size  field
+         0     4  magic b"ORKP"
+         4     2  uint16 protocol version (PROTOCOL_VERSION)
+         6     2  uint16 flags (0; reserved)
+         8     4  uint32 header length H
+        12     8  uint64 body length B
+        20     H  header: one UTF-8 JSON object
+      20+H     B  body: an optional raw blob, then arrays (raw little-endian C-order bytes, each at an 8-byte offset)
+
+The header's "arrays" list gives each array's dtype (a name from DTYPES) and shape; "blob" gives the blob length.
+Nothing is ever unpickled or evaluated: a frame is JSON plus bytes that numpy views with a whitelisted dtype.
+Both sides check the lengths against their limits before reading (or allocating) anything.
+
+Board side: imports only the standard library, numpy and openrknn.errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import OpenRKNNError
+
+PROTOCOL_VERSION = 1
+MAGIC = b"ORKP"
+# magic, protocol version, flags, header length, body length; this prefix layout never changes between versions, so
+# either side can always tell a version mismatch from garbage
+PREFIX = struct.Struct("<4sHHIQ")
+PREFIX_SIZE = PREFIX.size  # 20
+DEFAULT_PORT = 8765
+MAX_HEADER_BYTES = 1 << 20  # a header is a small JSON object; 1 MiB leaves room for big metadata
+HANDSHAKE_MAX_HEADER = 16 << 10  # before authentication only a tiny auth frame is accepted
+DEFAULT_MAX_MESSAGE = 512 << 20  # header + body; a model upload is the largest message
+ARRAY_ALIGN = 8
+MAX_NDIM = 32
+AUTH_CONTEXT = b"openrknn-auth-v1:"  # domain separation: the MACs are useless for anything but this handshake
+
+# dtype names on the wire -> numpy dtypes, always little-endian
+DTYPES: Dict[str, np.dtype] = {name: np.dtype(code) for name, code in (
+    ("bool", "?"), ("uint8", "u1"), ("int8", "i1"), ("uint16", "<u2"), ("int16", "<i2"), ("uint32", "<u4"),
+    ("int32", "<i4"), ("uint64", "<u8"), ("int64", "<i8"), ("float16", "<f2"), ("float32", "<f4"),
+    ("float64", "<f8"))}
+
+
+# ---------------------------------------------------------------- errors
+
+
+class RemoteError(OpenRKNNError):
+    """Something went wrong talking to a board running `openrknn serve`."""
+
+
+class BoardConnectionError(RemoteError, ConnectionError):
+    """No usable connection: the board is unreachable, refused it, or the connection was lost."""
+
+
+class BoardUnreachableError(BoardConnectionError):
+    """The address did not answer (no route, DNS failure, connect timeout)."""
+
+
+class BoardRefusedError(BoardConnectionError):
+    """The address answered but nothing listens on the port."""
+
+
+class ConnectionLostError(BoardConnectionError):
+    """The peer closed the connection or stopped answering within the timeout."""
+
+
+class PeerClosedError(ConnectionLostError):
+    """The peer closed the connection cleanly between two frames."""
+
+
+class AuthError(RemoteError):
+    """The handshake failed: wrong or missing token, or a request before authentication."""
+
+
+class ProtocolError(RemoteError):
+    """A frame broke the protocol (bad magic, bad header, bad array spec, lengths that do not add up)."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """The two sides speak different protocol versions."""
+
+
+class MessageTooLargeError(ProtocolError):
+    """A frame (usually a model upload) is larger than the receiver accepts."""
+
+
+class RemoteServerError(RemoteError):
+    """The server ran the request and it failed there; carries the server's error kind and message."""
+
+    def __init__(self, message: str, kind: str = "ServerError", server_message: str = ""):
+        super().__init__(message)
+        self.kind, self.server_message = kind, server_message
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def dtype_name(dt: np.dtype) -> Optional[str]:
+    """The wire name of a numpy dtype (any byte order), or None when it cannot travel."""
+    dt = np.dtype(dt)
+    for name, wire in DTYPES.items():
+        if dt.kind == wire.kind and dt.itemsize == wire.itemsize:
+            return name
+    return None
+
+
+def to_wire_array(a: np.ndarray, what: str = "array") -> np.ndarray:
+    """A C-contiguous little-endian copy (or the array itself when it already is one) with a wire dtype."""
+    name = dtype_name(a.dtype)
+    if name is None:
+        raise ProtocolError(f"{what} has dtype {a.dtype}, which the protocol cannot carry; use one of "
+                            f"{', '.join(DTYPES)}")
+    wire = DTYPES[name]
+    if a.dtype != wire:
+        a = a.astype(wire)
+    return np.ascontiguousarray(a)
+
+
+def _align(n: int) -> int:
+    return -(-n // ARRAY_ALIGN) * ARRAY_ALIGN
+
+
+@dataclass
+class ArraySpec:
+    dtype: np.dtype
+    shape: Tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def array_layout(specs: object, blob_len: int) -> Tuple[List[ArraySpec], int]:
+    """Check a header's "arrays" list and place each array in the body. Returns (specs, body length they need).
+
+    Pure: runs before the body is read, so a bad spec is refused without allocating anything."""
+    if specs is None:
+        specs = []
+    if not isinstance(specs, list):
+        raise ProtocolError(f"header 'arrays' must be a list, got {type(specs).__name__}")
+    if not isinstance(blob_len, int) or isinstance(blob_len, bool) or blob_len < 0:
+        raise ProtocolError(f"header 'blob' must be a byte count >= 0, got {blob_len!r}")
+    out, pos = [], blob_len
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise ProtocolError(f"arrays[{i}] must be an object with 'dtype' and 'shape', got {spec!r:.80}")
+        name, shape = spec.get("dtype"), spec.get("shape")
+        if not isinstance(name, str) or name not in DTYPES:
+            raise ProtocolError(f"arrays[{i}].dtype={name!r:.80} is not allowed; allowed: {', '.join(DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ProtocolError(f"arrays[{i}].shape={shape!r:.80} must be a list of at most {MAX_NDIM} ints >= 0")
+        dt = DTYPES[name]
+        nbytes = dt.itemsize
+        for d in shape:
+            nbytes *= d
+        pos = _align(pos)
+        out.append(ArraySpec(dt, tuple(shape), pos, nbytes))
+        pos += nbytes
+    return out, pos
+
+
+def array_specs(arrays: Sequence[np.ndarray]) -> List[dict]:
+    return [{"dtype": dtype_name(a.dtype), "shape": list(a.shape)} for a in arrays]
+
+
+# ---------------------------------------------------------------- frames
+
+
+@dataclass
+class Frame:
+    header: dict
+    blob: memoryview = field(default_factory=lambda: memoryview(b""))
+    arrays: List[np.ndarray] = field(default_factory=list)
+    size: int = 0  # bytes on the wire
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} value {obj!r:.60} cannot be sent; use plain numbers, strings and lists")
+
+
+def encode_header(header: dict) -> bytes:
+    try:
+        return json.dumps(header, separators=(",", ":"), allow_nan=False, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"request cannot be encoded as JSON: {e}") from e
+
+
+def frame_buffers(header: dict, arrays: Sequence[np.ndarray] = (), blob: bytes = b"") -> List[memoryview]:
+    """The buffers of one frame, in order, without copying the blob or the arrays."""
+    arrays = [to_wire_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+    header = dict(header)
+    if arrays:
+        header["arrays"] = array_specs(arrays)
+    if blob:
+        header["blob"] = len(blob)
+    head = encode_header(header)
+    specs, body_len = array_layout(header.get("arrays"), len(blob))
+    buffers = [memoryview(PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, len(head), body_len) + head)]
+    pos = 0
+    if blob:
+        buffers.append(memoryview(blob).cast("B"))
+        pos = len(blob)
+    for spec, a in zip(specs, arrays):
+        if spec.offset > pos:
+            buffers.append(memoryview(bytes(spec.offset - pos)))
+        if spec.nbytes:
+            buffers.append(memoryview(a).cast("B"))
+        pos = spec.offset + spec.nbytes
+    return buffers
+
+
+def send_frame(sock: socket.socket, header: dict, arrays: Sequence[np.ndarray] = (), blob: bytes = b"") -> int:
+    """Send one frame; returns its size in bytes. Socket errors propagate (callers know what they were doing)."""
+    buffers = frame_buffers(header, arrays, blob)
+    # small pieces (prefix + header + padding) are coalesced; big arrays go out as they are, never copied
+    pending: List[memoryview] = []
+    for buf in buffers:
+        if buf.nbytes < 64 << 10:
+            pending.append(buf)
+            continue
+        if pending:
+            sock.sendall(b"".join(pending))
+            pending = []
+        sock.sendall(buf)
+    if pending:
+        sock.sendall(b"".join(pending))
+    return sum(b.nbytes for b in buffers)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """No Nagle delay for small replies, and socket buffers that hold a whole image or output at once (fewer
+    wake-ups per frame; the kernel caps the size at its own limit)."""
+    for level, opt, value in ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+                              (socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20),
+                              (socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)):
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:
+            pass
+
+
+def recv_exact_into(sock: socket.socket, view: memoryview, what: str) -> None:
+    got, n = 0, view.nbytes
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            if got == 0 and what == "frame":
+                raise PeerClosedError("the peer closed the connection")
+            raise ConnectionLostError(f"the connection closed after {got} of {n} bytes of the {what}")
+        got += k
+
+
+def parse_prefix(data: bytes, max_header: int, max_message: int) -> Tuple[int, int]:
+    """(header length, body length) from a 20-byte prefix, refusing bad magic, other versions and oversize frames."""
+    magic, version, flags, head_len, body_len = PREFIX.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"not an openrknn protocol frame (first bytes {data[:4]!r}, expected {MAGIC!r}); is "
+                            "this port an openrknn server/client?")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolVersionError(f"the peer speaks protocol version {version}, this side speaks "
+                                   f"{PROTOCOL_VERSION}; install the same openrknn version on the board and the PC")
+    if flags != 0:
+        raise ProtocolError(f"frame flags {flags:#x} are not defined in protocol version {PROTOCOL_VERSION}")
+    if head_len == 0 or head_len > max_header:
+        raise ProtocolError(f"frame header length {head_len} is outside 1..{max_header} bytes")
+    if head_len + body_len > max_message:
+        raise MessageTooLargeError(f"frame of {head_len + body_len:,} bytes is larger than the {max_message:,}-byte "
+                                   "limit of the receiver")
+    return head_len, body_len
+
+
+def decode_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"frame header is not UTF-8 JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise ProtocolError(f"frame header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def recv_frame(sock: socket.socket, max_message: int = DEFAULT_MAX_MESSAGE, max_header: int = MAX_HEADER_BYTES,
+               first_timeout: Optional[float] = None, io_timeout: Optional[float] = None) -> Frame:
+    """Read one frame. first_timeout bounds the wait for its first bytes (idle time between requests), io_timeout
+    every later read. The header and array specs are checked before the body is read; a frame that breaks the rules
+    raises ProtocolError and leaves the connection unusable (the caller closes it)."""
+    if first_timeout is not None:
+        sock.settimeout(first_timeout)
+    prefix = bytearray(PREFIX_SIZE)
+    view = memoryview(prefix)
+    k = sock.recv_into(view, PREFIX_SIZE)  # the first bytes wait up to first_timeout ...
+    if k == 0:
+        raise PeerClosedError("the peer closed the connection")
+    if io_timeout is not None:
+        sock.settimeout(io_timeout)  # ... the rest of the frame must follow promptly
+    if k < PREFIX_SIZE:
+        recv_exact_into(sock, view[k:], "frame prefix")
+    head_len, body_len = parse_prefix(bytes(prefix), max_header, max_message)
+    raw_head = bytearray(head_len)
+    recv_exact_into(sock, memoryview(raw_head), "frame header")
+    header = decode_header(bytes(raw_head))
+    specs, needed = array_layout(header.get("arrays"), header.get("blob", 0))
+    if needed != body_len:
+        raise ProtocolError(f"the header describes {needed:,} body bytes (blob + arrays) but the frame carries "
+                            f"{body_len:,}: the array shapes/dtypes do not match the data")
+    body = np.empty(body_len, np.uint8)  # not bytearray: that zero-fills megabytes we overwrite at once
+    bview = memoryview(body)
+    if body_len:
+        recv_exact_into(sock, bview, "frame body")
+    blob_len = header.get("blob", 0)
+    arrays = [np.frombuffer(body, dtype=s.dtype, count=s.nbytes // s.dtype.itemsize, offset=s.offset).reshape(s.shape)
+              if s.nbytes else np.zeros(s.shape, s.dtype) for s in specs]
+    return Frame(header, bview[:blob_len], arrays, PREFIX_SIZE + head_len + body_len)
+
+
+# ---------------------------------------------------------------- replies and errors
+
+
+def error_header(kind: str, message: str) -> dict:
+    return {"ok": False, "error": {"kind": kind, "message": message}}
+
+
+def reply_error(header: dict) -> Tuple[str, str]:
+    """(kind, message) of an error reply; tolerant of malformed ones."""
+    err = header.get("error")
+    if not isinstance(err, dict):
+        return "ServerError", f"malformed error reply {header!r:.200}"
+    return str(err.get("kind", "ServerError")), str(err.get("message", ""))
+
+
+# ---------------------------------------------------------------- handshake
+
+
+def client_mac(token: str, nonce: str) -> str:
+    """What the client sends to prove it knows the token (the token itself never travels)."""
+    return hmac.new(token.encode("utf-8"), AUTH_CONTEXT + b"client:" + nonce.encode("ascii"), hashlib.sha256
+                    ).hexdigest()
+
+
+def server_mac(token: str, nonce: str, client_nonce: str) -> str:
+    """What the server sends back to prove it knows the token too (the client checks it)."""
+    msg = AUTH_CONTEXT + b"server:" + nonce.encode("ascii") + b":" + client_nonce.encode("ascii")
+    return hmac.new(token.encode("utf-8"), msg, hashlib.sha256).hexdigest()
+
+
+def macs_equal(expected: str, given: object) -> bool:
+    """Constant-time comparison; anything that is not an ASCII string is simply unequal."""
+    if not isinstance(given, str):
+        return False
+    try:
+        given_b = given.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(expected.encode("ascii"), given_b)
