@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -318,8 +319,16 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
     return HostPerf(statistics.median(start_marks), per_node, float(sum(unmapped)), runs, threads, start_marks)
 
 
+_ORT_SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")  # layout-transformed copies of a node or tensor
+
+
 def _map_optimized_nodes(model: onnx.ModelProto, optimized: onnx.ModelProto) -> dict[str, str]:
-    """onnxruntime kernel name -> model node name, through tensor names the two graphs share."""
+    """onnxruntime kernel name -> model node name, through the names the two graphs share.
+
+    onnxruntime names a rewritten node after the original node ('Mul_43/QuickGeluFusion/', 'conv1_token_1') or
+    after the original output tensor ('conv_out_nchwc'); failing both, the first tensor downstream that the model
+    knows. A fused kernel (Conv+Relu named after the Relu's output) goes to the upstream node of its own kind.
+    """
     names = {n.name for n in model.graph.node}
     producer = {t: n.name for n in model.graph.node for t in n.output}
     orig_inputs = {n.name: list(n.input) for n in model.graph.node}
@@ -328,21 +337,29 @@ def _map_optimized_nodes(model: onnx.ModelProto, optimized: onnx.ModelProto) -> 
     for n in optimized.graph.node:
         for t in n.input:
             opt_consumers[t].append(n)
+
+    def same_kind_upstream(hit: str, op_type: str) -> str:
+        base = op_type.replace("QLinear", "").replace("Fused", "").replace("Integer", "")
+        cand = hit
+        for _ in range(4):
+            if orig_op.get(cand) == base:
+                return cand
+            ups = [producer[t] for t in orig_inputs.get(cand, []) if t in producer]
+            if not ups:
+                break
+            cand = ups[0]
+        return hit
+
     out: dict[str, str] = {}
     for n in optimized.graph.node:
-        # onnxruntime names rewritten nodes after the original node ('Mul_43/QuickGeluFusion/') or after the
-        # original output tensor ('conv_out_nchwc')
-        stem = n.name.split("/")[0]
-        stem_t = stem.removesuffix("_nchwc")
+        stem = _ORT_SUFFIX.sub("", n.name.split("/")[0])
+        stem_t = stem
         if n.name in names or stem in names:
             out[n.name] = n.name if n.name in names else stem
             continue
-        if stem_t in producer:
-            out[n.name] = producer[stem_t]
-            continue
-        # walk downstream until a tensor the model knows; then prefer an upstream node of the same kind
-        frontier, seen, hit = list(n.output), set(), None
-        while frontier and hit is None:
+        hit = producer.get(stem_t)
+        frontier, seen = list(n.output), set()
+        while hit is None and frontier:
             t = frontier.pop(0)
             if t in seen:
                 continue
@@ -352,16 +369,8 @@ def _map_optimized_nodes(model: onnx.ModelProto, optimized: onnx.ModelProto) -> 
                 break
             for c in opt_consumers.get(t, []):
                 frontier.extend(c.output)
-        if hit is None:
-            continue
-        base = n.op_type.replace("QLinear", "").replace("Fused", "").replace("Integer", "")
-        cand, depth = hit, 0
-        while depth < 4 and orig_op.get(cand) != base:
-            ups = [producer[t] for t in orig_inputs.get(cand, []) if t in producer]
-            if not ups:
-                break
-            cand, depth = ups[0], depth + 1
-        out[n.name] = cand if orig_op.get(cand) == base else hit
+        if hit is not None:
+            out[n.name] = same_kind_upstream(hit, n.op_type)
     return out
 
 

@@ -1,0 +1,261 @@
+"""Speed analysis: MAC counts, utilisation and fusion rules of the NPU estimate, host profiling, the eval_perf report,
+and the chip tables they read."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.analysis.charts import memory_chart, perf_chart
+from openrknn.analysis.graph_info import analyze, node_names
+from openrknn.analysis.memory import plan_memory
+from openrknn.analysis.perf import conv_utilisation, estimate_perf, eval_perf_report, measure_host_perf
+from openrknn.errors import ConfigError, InferenceInputError, NotSupportedError
+from openrknn.targets import PLATFORMS
+from openrknn.targets.chips import CHIPS, chip, placement, scheme
+
+
+class G:
+    """A tiny NCHW graph builder: every op returns its output name."""
+
+    def __init__(self, shape=(1, 32, 16, 16), seed=0):
+        self.nodes, self.inits, self.n = [], [], 0
+        self.rng = np.random.default_rng(seed)
+        self.inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
+
+    def op(self, op_type, inputs, name=None, **attrs):
+        self.n += 1
+        out = name or f"{op_type.lower()}{self.n}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def const(self, arr, dtype=np.float32):
+        self.n += 1
+        name = f"w{self.n}"
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), name))
+        return name
+
+    def conv(self, x, cin, cout, k=3, s=1, group=1, pad=None):
+        w = self.const(self.rng.standard_normal((cout, cin // group, k, k)))
+        p = k // 2 if pad is None else pad
+        return self.op("Conv", [x, w], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=group)
+
+    def model(self, outputs):
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        g = helper.make_graph(self.nodes, "g", self.inputs, outs, self.inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def rows(est):
+    return {r.name: r for r in est.rows}
+
+
+# --------------------------------------------------------------------------------------------------- chip tables
+def test_every_platform_has_a_table_and_unknown_names_fail_clearly():
+    assert set(CHIPS) == set(PLATFORMS)
+    for name, spec in CHIPS.items():
+        assert spec.macs_per_cycle["int8"] > 0 and spec.npu_clock_mhz > 0 and spec.ddr_peak_gbps > 0
+        # the tables agree with the published peak: MACs x 2 x clock x cores within 25% of the TOPS figure
+        tops = spec.macs_per_cycle["int8"] * 2 * spec.npu_clock_mhz * 1e6 * spec.cores / 1e12
+        assert 0.75 < tops / spec.tops_int8 < 1.3, name
+    assert chip("RK1808").macs_per_cycle == {"int8": 1920, "int16": 192, "float16": 64}  # FACTS.md
+    with pytest.raises(ConfigError, match="rk9999"):
+        chip("rk9999")
+    with pytest.raises(ConfigError, match="quantized_dtype"):
+        scheme("int3")
+    assert scheme("w8a16").mac == "int16" and scheme("asymmetric_quantized-u8").mac == "int8"
+    assert placement("TopK", "rknpu2") == "cpu" and placement("Conv", "rknpu1") == "npu"
+    assert placement("Reshape", "rknpu1") == "free" and placement("MyCustomOp", "rknpu2") == "unsupported"
+
+
+# --------------------------------------------------------------------------------------------------- graph info
+def test_mac_counts_are_exact():
+    g = G(shape=(1, 16, 20, 20))
+    c = g.conv("x", 16, 32, k=3, s=2)                       # out 32 x 10 x 10
+    d = g.conv(c, 32, 32, k=3, group=32)                    # depthwise
+    f = g.op("Flatten", [d])
+    y = g.op("Gemm", [f, g.const(np.zeros((10, 3200))), g.const(np.zeros(10))], transB=1)
+    gi = analyze(g.model([y]), "w8a8")
+    macs = {layer.op_type + str(i): layer.macs for i, layer in enumerate(gi.layers)}
+    assert macs["Conv0"] == 32 * 10 * 10 * 16 * 9
+    assert macs["Conv1"] == 32 * 10 * 10 * 9
+    assert macs["Gemm3"] == 10 * 3200
+    assert gi.tensors[c].dtype == "int8" and gi.weights[gi.layers[0].weights[0]].dtype == "int8"
+
+
+def test_unnamed_nodes_get_stable_unique_names():
+    g = G()
+    a = g.op("Relu", ["x"])
+    b = g.op("Relu", [a])
+    m = g.model([b])
+    m.graph.node[0].name = ""
+    m.graph.node[1].name = "dup"
+    m.graph.node.append(helper.make_node("Relu", [b], ["c"], name="dup"))
+    assert node_names(m) == ["Relu_0", "dup", "dup_2"]
+
+
+# --------------------------------------------------------------------------------------------------- NPU estimate
+def test_utilisation_prefers_3x3_aligned_channels_and_punishes_depthwise():
+    spec = chip("rk1808")
+    g = G(shape=(1, 64, 16, 16))
+    c3 = g.conv("x", 64, 64, k=3)
+    c1 = g.conv("x", 64, 64, k=1)
+    c5 = g.conv("x", 64, 64, k=5)
+    odd = g.conv("x", 64, 20, k=3)
+    dw = g.conv("x", 64, 64, k=3, group=64)
+    gi = analyze(g.model([c3, c1, c5, odd, dw]), "asymmetric_quantized-u8")
+    u = {layer.outputs[0]: conv_utilisation(layer, gi, spec) for layer in gi.layers}
+    assert u[c3] > u[c1] > u[c5] > 0
+    assert u[odd] == pytest.approx(u[c3] * 20 / 32)  # 20 output channels pay for two lanes of 16
+    assert u[dw] < u[c1] / 5
+
+
+def test_int8_is_faster_than_int16_and_fp16_on_a_compute_bound_conv():
+    g = G(shape=(1, 64, 64, 64))
+    m = g.model([g.conv("x", 64, 64, k=3)])
+    t = {q: estimate_perf(m, "rk1808", q).total_us for q in ("asymmetric_quantized-u8", "dynamic_fixed_point-i16",
+                                                             None)}
+    assert t["asymmetric_quantized-u8"] < t["dynamic_fixed_point-i16"] < t[None]
+    # RK3588: one core by default; three cores split the compute
+    one, three = estimate_perf(m, "rk3588", "w8a8"), estimate_perf(m, "rk3588", "w8a8", cores=3)
+    assert one.cores == 1 and three.cores == 3 and three.total_us < one.total_us
+
+
+def test_relu_fuses_into_the_conv_but_sigmoid_only_on_rknpu2():
+    g = G()
+    c = g.conv("x", 32, 32)
+    r = g.op("Relu", [c], name="relu")
+    s = g.op("Sigmoid", [g.conv(r, 32, 32)], name="sig")
+    m = g.model([s])
+    v1, v2 = rows(estimate_perf(m, "rk1808", "asymmetric_quantized-u8")), rows(estimate_perf(m, "rk3588", "w8a8"))
+    assert v1["relu"].unit == "fused" and v1["relu"].time_us == 0 and v1["relu"].fused_into == c
+    assert v1["sig"].unit == "NPU" and v1["sig"].time_us > 0
+    assert v2["sig"].unit == "fused"
+
+
+def test_silu_is_one_pass_and_a_shared_conv_output_does_not_fuse():
+    g = G()
+    c = g.conv("x", 32, 32)
+    sig = g.op("Sigmoid", [c], name="sig")
+    mul = g.op("Mul", [c, sig], name="mul")
+    c2 = g.conv(mul, 32, 32)
+    r = g.op("Relu", [c2], name="relu")
+    m = g.model([g.op("Add", [r, c2], name="add")])
+    est = rows(estimate_perf(m, "rk1808", "asymmetric_quantized-u8"))
+    assert est["sig"].unit == "fused" and est["sig"].fused_into == "mul"
+    assert est["mul"].op_type == "SiLU" and est["mul"].unit == "NPU"
+    assert est["relu"].unit == "NPU"  # c2 has two readers: the relu cannot live in the conv's output stage
+
+
+@pytest.mark.parametrize("h,w,fused", [(16, 16, True), (15, 16, False)])
+def test_maxpool_2x2_fuses_on_rknpu1_only_with_even_input(h, w, fused):
+    g = G(shape=(1, 32, h, w))
+    r = g.op("Relu", [g.conv("x", 32, 32)])
+    p = g.op("MaxPool", [r], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    m = g.model([g.conv(p, 32, 8)])
+    assert (rows(estimate_perf(m, "rk1808", "asymmetric_quantized-u8"))["pool"].unit == "fused") is fused
+    assert rows(estimate_perf(m, "rk3588", "w8a8"))["pool"].unit == "NPU"
+
+
+def test_cpu_fallback_and_in_place_concat():
+    g = G()
+    a, b = g.conv("x", 32, 16), g.conv("x", 32, 16)
+    cat = g.op("Concat", [a, b], name="cat", axis=1)
+    odd = g.op("Concat", [g.conv("x", 32, 5), g.conv("x", 32, 3)], name="odd", axis=1)
+    flat = g.op("Flatten", [cat], name="flat")
+    m = g.model([odd, g.op("CumSum", [flat, g.const(np.array(1, np.int64), np.int64)], name="cumsum")])
+    est = rows(estimate_perf(m, "rk3588", "w8a8"))
+    assert est["cumsum"].unit == "CPU" and est["cumsum"].time_us >= chip("rk3588").gen.cost.cpu_op_us
+    assert est["cat"].unit == "free" and est["odd"].unit == "NPU"
+    assert est["flat"].unit == "free"
+
+
+def test_qdq_graph_is_costed_with_its_own_types():
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    g = G(shape=(1, 8, 16, 16))
+    m = g.model([g.op("Relu", [g.conv(g.op("Relu", [g.conv("x", 8, 16)]), 16, 16)])])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": np.random.default_rng(i).random((1, 8, 16, 16), np.float32)} for i in range(2)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        onnx.save(m, src)
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+        q = onnx.load(dst)
+    gi = analyze(q, None)
+    convs = [layer for layer in gi.layers if layer.op_type == "Conv"]
+    assert [c.act_dtype for c in convs] == ["uint8", "uint8"] and {c.weight_dtype for c in convs} == {"int8"}
+    assert all(gi.weights[c.weights[0]].quant_params == 2 * 16 for c in convs)  # per channel: scale + zp each
+    qdq_nodes = {n.name for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    assert qdq_nodes <= set(gi.node_layer)  # every Q/DQ node is folded into a layer
+    est = estimate_perf(q, "rk1808", None)
+    assert {r.op_type for r in est.rows} <= {"Conv", "Relu"}
+    assert est.total_us == pytest.approx(estimate_perf(m, "rk1808", "asymmetric_quantized-u8").total_us, rel=0.05)
+    # onnxruntime runs QLinearConv kernels named '<conv>_token_N': they still land on the model's conv nodes
+    host = measure_host_perf(q.SerializeToString(), {"x": np.zeros((1, 8, 16, 16), np.float32)}, runs=2, threads=1)
+    assert {c.name for c in convs} <= set(host.per_node_us)
+
+
+# --------------------------------------------------------------------------------------------------- host + report
+def _small_model():
+    g = G(shape=(1, 8, 32, 32))
+    r = g.op("Relu", [g.conv("x", 8, 16)])
+    p = g.op("MaxPool", [r], kernel_shape=[2, 2], strides=[2, 2])
+    m = g.model([g.op("Sigmoid", [g.conv(p, 16, 8)])])
+    m.graph.node[1].name = ""  # unnamed: reported as Relu_1
+    return m, {"x": np.random.default_rng(0).random((1, 8, 32, 32), np.float32)}
+
+
+def test_host_profile_maps_kernels_back_to_model_node_names():
+    m, feeds = _small_model()
+    host = measure_host_perf(m.SerializeToString(), feeds, runs=3, threads=1)
+    assert host.total_us > 0 and len(host.runs_us) == 3
+    assert set(host.per_node_us) <= set(node_names(m))
+    first_conv = m.graph.node[0].name
+    assert first_conv in host.per_node_us  # the first conv survives any onnxruntime fusion under some name
+    assert sum(host.per_node_us.values()) + host.unmapped_us <= 3 * host.total_us
+    with pytest.raises(InferenceInputError, match="feeds"):
+        measure_host_perf(m.SerializeToString(), {"y": feeds["x"]}, runs=1)
+
+
+def test_eval_perf_report_prints_totals_and_the_debug_table(capsys, tmp_path):
+    m, feeds = _small_model()
+    r = eval_perf_report(m, None, "rk1808", "asymmetric_quantized-u8", feeds, perf_debug=True, is_print=True,
+                         runs=2, threads=1)
+    out = capsys.readouterr().out
+    assert "FPS" in out and "Name" in out and "Top op types" in out
+    assert r["npu_estimate"]["fps"] == pytest.approx(1e6 / r["npu_estimate"]["total_us"], rel=1e-3)
+    assert r["host_measured"]["total_us"] > 0
+    assert [x["name"] for x in r["layers"]] == node_names(m)
+    assert len(r["top_op_types"]) <= 5 and r["top_op_types"][0]["time_us"] >= r["top_op_types"][-1]["time_us"]
+    assert "Relu_1" in out and f"fused->{m.graph.node[0].name}" in out
+    quiet = eval_perf_report(m, None, "rk3588", "w8a8", None, perf_debug=False, is_print=False)
+    assert "layers" not in quiet and quiet["host_measured"] is None and capsys.readouterr().out == ""
+    png, svg = perf_chart(r, tmp_path / "perf.png"), memory_chart(plan_memory(m, "w8a8"), tmp_path / "mem.svg")
+    assert open(png, "rb").read(4) == b"\x89PNG" and b"<svg" in open(svg, "rb").read()
+    with pytest.raises(NotSupportedError, match="png"):
+        perf_chart(r, tmp_path / "perf.gif")
+
+
+def test_eval_perf_on_yolox_nano(shared_data):
+    m = onnx.load(str(shared_data / "models" / "yolox_nano_coco.onnx"))
+    feeds = {"images": np.random.default_rng(0).random((1, 3, 416, 416), np.float32) * 255}
+    r = eval_perf_report(m, None, "rk1808", "asymmetric_quantized-u8", feeds, perf_debug=True, is_print=False,
+                         runs=2, threads=1)
+    est = r["npu_estimate"]
+    assert est["gmacs"] == pytest.approx(0.52, abs=0.03)  # YOLOX-nano @416: ~1.08 GFLOPs
+    assert 20 < est["fps"] < 400
+    host_layers = sum(x["host_us"] for x in r["layers"])
+    assert host_layers > 0.3 * r["host_measured"]["total_us"]  # most kernel time lands on named layers
