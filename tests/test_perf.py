@@ -259,3 +259,19 @@ def test_eval_perf_on_yolox_nano(shared_data):
     assert 20 < est["fps"] < 400
     host_layers = sum(x["host_us"] for x in r["layers"])
     assert host_layers > 0.3 * r["host_measured"]["total_us"]  # most kernel time lands on named layers
+
+
+def test_input_preprocessing_is_folded_into_the_first_conv():
+    """The facade's graph: float NHWC raw pixels -> Transpose -> Sub(mean) -> Mul(1/std) -> Conv."""
+    g = G(shape=(1, 32, 32, 3))
+    t = g.op("Transpose", ["x"], name="to_nchw", perm=[0, 3, 1, 2])
+    s = g.op("Sub", [t, g.const(np.full((1, 3, 1, 1), 127.5))], name="mean")
+    n = g.op("Mul", [s, g.const(np.full((1, 3, 1, 1), 1 / 58.0))], name="std")
+    c = g.conv(n, 3, 16)
+    m = g.model([g.op("Relu", [c])])
+    est = rows(estimate_perf(m, "rk1808", "asymmetric_quantized-u8"))
+    for name in ("to_nchw", "mean", "std"):
+        assert est[name].unit == "fused" and est[name].time_us == 0 and est[name].fused_into == c
+    plan = plan_memory(m, "asymmetric_quantized-u8")
+    assert plan.tensor_buffer[n] == "<input>" and plan.input_bytes == {"x": 32 * 32 * 3}
+    assert plan.arena_bytes == 0  # conv + relu write straight into the output buffer

@@ -60,8 +60,12 @@ class Tensor:
     producer: int | None = None       # layer index; None = graph input or initializer
     consumers: list[int] = field(default_factory=list)
 
+    known: bool = True
+
     @property
     def numel(self) -> int:
+        if not self.known:
+            return 0
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
     @property
@@ -361,17 +365,23 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
     need = {t for layer in layers for t in layer.inputs + layer.outputs} | set(graph_inputs) | set(graph_outputs)
     missing = [t for t in need if t not in shapes]
     if missing:
-        shapes.update(_runtime_shapes(model, missing))
+        try:
+            shapes.update(_runtime_shapes(model, missing))
+        except Exception as e:  # noqa: BLE001 - custom ops etc.: analyse what is known rather than fail
+            log.warning("shapes of %d tensors are unknown (%s...): onnx could not infer them and onnxruntime could "
+                        "not run the model (%s); their sizes count as 0", len(missing), missing[0],
+                        str(e).splitlines()[0][:200])
     tensors: dict[str, Tensor] = {}
     for t in need:
         shp, onnx_dt = shapes.get(t, ((), "float32"))
+        known = t in shapes
         if t in act_qdtype:
             dt = act_qdtype[t]
         elif quantized:  # left float inside a quantized graph (hybrid): the NPU runs it in fp16
             dt = "float16" if onnx_dt.startswith("float") else onnx_dt
         else:
             dt = sch.activation if onnx_dt.startswith("float") else onnx_dt
-        tensors[t] = Tensor(t, tuple(int(d) for d in shp), dt, tensor_producer.get(t))
+        tensors[t] = Tensor(t, tuple(int(d) for d in shp), dt, tensor_producer.get(t), known=known)
     for layer in layers:
         for t in layer.inputs:
             tensors[t].consumers.append(layer.index)

@@ -245,10 +245,13 @@ def estimate_perf(model: onnx.ModelProto, target: str, quant_dtype: str | None, 
 
 
 def _first_consumer_name(layer: Layer, gi: GraphInfo) -> str:
-    for t in layer.outputs:
-        for c in gi.consumers(t):
+    """The compute layer that a pre-processing chain (Transpose -> Sub -> Mul) feeds: where the NPU folds it."""
+    frontier = list(layer.outputs)
+    while frontier:
+        for c in gi.consumers(frontier.pop(0)):
             if c.role == "compute":
                 return c.name
+            frontier.extend(c.outputs)
     return ""
 
 
