@@ -268,7 +268,29 @@ def main(argv: list[str] | None = None) -> int:
               f"{ok:<8} {t_est:>5.2f}")
     inside = sum(0.75 <= r <= 1.33 for r in ratios)
     print(f"{inside}/{len(ratios)} ratios within 0.75-1.33; worst {min(ratios):.2f} / {max(ratios):.2f}")
+    _time_eval_perf_yolox_nano()
     return 0
+
+
+def _time_eval_perf_yolox_nano() -> None:
+    """Wall time of a full eval_perf (estimate + host profile, perf_debug table) on the shared YOLOX-nano."""
+    import numpy as np
+
+    from openrknn.analysis.perf import eval_perf_report
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "yolox_nano_coco.onnx"
+    if not path.exists():
+        print(f"eval_perf(yolox_nano): skipped, {path} not found")
+        return
+    model = onnx.load(str(path))
+    feeds = {"images": np.random.default_rng(0).random((1, 3, 416, 416), np.float32) * 255}
+    t0 = time.perf_counter()
+    r = eval_perf_report(model, None, "rk1808", "asymmetric_quantized-u8", feeds, perf_debug=True, is_print=False,
+                         threads=1)
+    wall = time.perf_counter() - t0
+    print(f"eval_perf(yolox_nano @416, rk1808, perf_debug, {r['host_measured']['runs']} host runs, 1 thread): "
+          f"{wall:.2f} s wall (target < 2 s); NPU estimate {r['npu_estimate']['fps']:.1f} FPS, "
+          f"host {r['host_measured']['fps']:.1f} FPS")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,21 @@ def test_first_layer_cosine(cos, fires):
         assert "mean_values" in f.what_to_do and "reorder_channel" in f.what_to_do
 
 
+@pytest.mark.parametrize("mean,std,fires", [
+    ([[0.485, 0.456, 0.406]], [[0.229, 0.224, 0.225]], True),
+    ([[0, 0, 0]], [[0.0039, 0.0039, 0.0039]], True),
+    ([[123.675, 116.28, 103.53]], [[58.395, 57.12, 57.375]], False),
+    ([[0, 0, 0]], [[1, 1, 1]], False),
+    (None, None, False),
+])
+def test_preprocess_scale(mean, std, fires):
+    g = G()
+    fs = fired(g.model([g.conv("x", 16, 16)]), "preprocess-scale", mean_values=mean, std_values=std)
+    assert bool(fs) is fires
+    if fires:
+        assert "255" in fs[0].what_to_do and fs[0].severity == "warning"
+
+
 # --------------------------------------------------------------------------------------------------- output
 def test_findings_table_and_json():
     g = G()

@@ -42,6 +42,8 @@ class Context:
     calib_count: Optional[int]
     first_layer_cosine: Optional[float]
     fused: dict[int, int]
+    mean_values: Optional[list] = None   # config(): one list per input, model channel order, 0..255 scale
+    std_values: Optional[list] = None
 
     @property
     def gen(self) -> Generation:
@@ -311,6 +313,22 @@ def _calibration_size(ctx: Context) -> Iterator[Finding]:
                   "list 100-500 representative images from the training or validation set in dataset.txt")
 
 
+@rule("preprocess-scale")
+def _preprocess_scale(ctx: Context) -> Iterator[Finding]:
+    """mean/std given on the 0..1 scale (0.485, 0.229) while the model's input is raw 0..255 pixels."""
+    means, stds = ctx.mean_values or [], ctx.std_values or []
+    for i in range(max(len(means), len(stds))):
+        mean = [float(v) for v in (means[i] if i < len(means) else [])]
+        std = [float(v) for v in (stds[i] if i < len(stds) else [])]
+        small_mean = bool(mean) and all(0 < abs(v) < 1 for v in mean)
+        small_std = bool(std) and all(0 < v < 1 for v in std)
+        if small_mean or small_std:
+            yield Finding("warning", "preprocess-scale", "", "",
+                          f"input {i}: mean_values {mean or '-'} / std_values {std or '-'} look like 0..1-scale "
+                          f"values, but they apply to raw 0..255 pixels",
+                          "multiply them by 255 (ImageNet: mean 123.675 116.28 103.53, std 58.395 57.12 57.375)")
+
+
 @rule("first-layer-cosine")
 def _first_layer_cosine(ctx: Context) -> Iterator[Finding]:
     c = ctx.first_layer_cosine
@@ -327,11 +345,17 @@ def _first_layer_cosine(ctx: Context) -> Iterator[Finding]:
 # ---------------------------------------------------------------------------------------------------------------------
 def check_model(model: onnx.ModelProto, target: str, quant_dtype: Optional[str] = None,
                 calib_count: Optional[int] = None, first_layer_cosine: Optional[float] = None,
-                rules: Optional[Iterable[str]] = None) -> list[Finding]:
-    """Run the checker's rules (all, or the named ones) and return findings, errors first."""
+                rules: Optional[Iterable[str]] = None, mean_values: Optional[list] = None,
+                std_values: Optional[list] = None) -> list[Finding]:
+    """Run the checker's rules (all, or the named ones) and return findings, errors first.
+
+    calib_count: images in dataset.txt; first_layer_cosine: from accuracy_analysis; mean/std_values: the config's,
+    one list per input. Facts left None skip the rules that need them.
+    """
     spec = chip(target)
     gi = analyze(model, quant_dtype)
-    ctx = Context(model, gi, spec, quant_dtype, calib_count, first_layer_cosine, fuse(gi, spec.gen))
+    ctx = Context(model, gi, spec, quant_dtype, calib_count, first_layer_cosine, fuse(gi, spec.gen), mean_values,
+                  std_values)
     wanted = list(RULES) if rules is None else list(rules)
     unknown = [r for r in wanted if r not in RULES]
     if unknown:

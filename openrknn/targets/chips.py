@@ -117,6 +117,11 @@ class CostModel:
     layer_overhead_us: fixed cost per NPU task (descriptor fetch, sync); why tiny layers are not free.
     ddr_efficiency: share of the board's peak DDR bandwidth the NPU sees.
     cpu_gbps / cpu_op_us: the board CPU's speed on fallback ops and the NPU<->CPU hand-over per op.
+
+    How they were set: util_3x3, util_depthwise, layer_overhead_us and ddr_efficiency by a coarse grid search (round
+    values) minimising the worst |log(estimate / published)| over the four INT8 models of the brief (mobilenetv2,
+    resnet50-v2, yolov5s_relu, yolox_s) on RK1808 (rknpu1) and one RK3588 core (rknpu2); yolov5s with SiLU was held
+    out as a check. The rest are round guesses. Other chips of a generation reuse its parameters unfitted.
     """
 
     util_3x3: float
