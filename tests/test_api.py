@@ -98,6 +98,15 @@ def test_init_runtime_with_a_board_target_says_how_boards_connect(built, rknn_lo
     assert built.init_runtime() == 0  # the simulator still works afterwards
 
 
+def test_unknown_keyword_is_refused_by_name(conv_onnx, rknn_log, logged_errors):
+    rknn = _loaded(conv_onnx())
+    assert rknn.build(do_quantisation=False) == -1  # a typo must not fall back to the default (quantize)
+    msg = logged_errors(rknn_log)[-1]
+    assert "do_quantisation" in msg and "do_quantization" in msg
+    assert rknn._package is None
+    rknn.release()
+
+
 def test_get_sdk_version_names_the_toolkit_and_simulator():
     rknn = RKNN()
     version = rknn.get_sdk_version()
@@ -196,6 +205,28 @@ def test_verbose_file_gets_debug_lines(conv_onnx, tmp_path):
     assert " DEBUG openrknn: config: " in text
     assert " INFO " in text and "build done" in text
     assert " ERROR openrknn: load_onnx: " in text
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: RKNN.__init__ sets the shared 'openrknn' logger's level; a second, "
+                   "non-verbose RKNN() resets it to INFO, so the first object's verbose_file stops getting DEBUG lines")
+def test_a_second_object_does_not_silence_the_first_verbose_file(tmp_path):
+    log_path = tmp_path / "first.log"
+    first = RKNN(verbose_file=str(log_path))
+    second = RKNN()
+    assert first.config(mean_values=[MEAN]) == 0
+    first.release()
+    second.release()
+    assert " DEBUG openrknn: config: " in log_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: every RKNN() adds its own console handler to the shared 'openrknn' "
+                   "logger, so with two objects alive each message is printed twice")
+def test_each_error_is_printed_once_with_two_objects_alive(tmp_path, capsys):
+    first, second = RKNN(), RKNN()
+    assert first.load_onnx(str(tmp_path / "missing.onnx")) == -1
+    assert capsys.readouterr().err.count("E openrknn: load_onnx: ") == 1
+    first.release()
+    second.release()
 
 
 def test_verbose_prints_debug_on_the_console(conv_onnx, capsys):
