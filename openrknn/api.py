@@ -214,7 +214,8 @@ class RKNN:
 
         if self._runtime is None:
             raise RuntimeStateError("eval_perf() needs init_runtime() first")
-        return eval_perf(self._package, self._runtime, inputs, self._runtime_opts.get("perf_debug", False), is_print)
+        return eval_perf(self._package, self._runtime, inputs, self._runtime_opts.get("perf_debug", False), is_print,
+                         target=self._runtime_opts.get("target"), runs=max(1, int(loop_cnt)))
 
     @_guarded(default_fail=None)
     def eval_memory(self, is_print: bool = True):
@@ -222,7 +223,7 @@ class RKNN:
 
         if self._runtime is None:
             raise RuntimeStateError("eval_memory() needs init_runtime() first")
-        return eval_memory(self._package, self._runtime, is_print)
+        return eval_memory(self._package, self._runtime, is_print, target=self._runtime_opts.get("target"))
 
     @_guarded()
     def accuracy_analysis(self, inputs, output_dir: str = "./snapshot", target: Optional[str] = None,

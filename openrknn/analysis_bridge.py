@@ -1,0 +1,131 @@
+"""The seam between the RKNN facade and analysis/: which model, target, dtype and inputs each report uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional
+
+import numpy as np
+import onnx
+
+from .package import RknnPackage
+
+log = logging.getLogger("openrknn.analysis")
+
+
+def model_facts(pkg: RknnPackage, target: Optional[str] = None):
+    """(model proto, target chip, quantized dtype or None) for a built or loaded package."""
+    meta = pkg.metadata
+    quant = meta.get("quantization") or None
+    return onnx.load_from_string(pkg.model_bytes), (target or meta["target_platform"][0]), (quant or {}).get("dtype")
+
+
+def sample_inputs(metas: List[dict], seed: int = 0) -> List[np.ndarray]:
+    """Random inputs of the deployed shapes (speed and memory do not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in metas:
+        if m["layout"] == "nhwc":
+            out.append(rng.integers(0, 256, m["shape"], dtype=np.uint8))
+        else:
+            out.append(rng.standard_normal(m["shape"]).astype(np.dtype(m["dtype"])))
+    return out
+
+
+def _feeds(pkg: RknnPackage, inputs) -> dict:
+    from .runtime.feeds import prepare_feeds
+
+    metas = pkg.metadata["inputs"]
+    arrays = prepare_feeds(inputs if inputs is not None else sample_inputs(metas), metas)
+    return {m["name"]: a for m, a in zip(metas, arrays)}
+
+
+def host_rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: bool, target: Optional[str] = None,
+              runs: int = 10) -> dict:
+    from .analysis.perf import eval_perf_report
+
+    model, chip, qd = model_facts(pkg, target)
+    feeds = _feeds(pkg, inputs)
+    remote_perf = getattr(runtime, "perf", None)
+    if remote_perf is not None:  # a board: measure there, estimate here
+        report = eval_perf_report(model, None, chip, qd, None, perf_debug, is_print=False)
+        report["host_measured"] = remote_perf(list(feeds.values()))
+        if is_print:
+            from .analysis.perf import format_perf_report
+
+            print(format_perf_report(report))
+        return report
+    return eval_perf_report(model, pkg.model_bytes, chip, qd, feeds, perf_debug, is_print, runs=runs)
+
+
+def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str] = None) -> dict:
+    from .analysis.memory import eval_memory_report
+
+    model, chip, qd = model_facts(pkg, target)
+    remote_memory = getattr(runtime, "memory", None)
+    rss = remote_memory().get("rss_bytes") if remote_memory is not None else host_rss_bytes()
+    return eval_memory_report(model, chip, qd, is_print, host_rss_bytes=rss)
+
+
+def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[int] = None,
+          first_layer_cosine: Optional[float] = None):
+    from .analysis.lint import check_model
+
+    model, chip, qd = model_facts(pkg, target)
+    pre = [(m.get("preprocess") or {}) for m in pkg.metadata["inputs"]]
+    means = [p["mean"] for p in pre if p] or None
+    stds = [p["std"] for p in pre if p] or None
+    return check_model(model, chip, qd, calib_count=calib_count, first_layer_cosine=first_layer_cosine,
+                       mean_values=means, std_values=stds)
+
+
+def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:
+    from .quant.accuracy import accuracy_analysis as run_analysis
+
+    if not pkg.metadata.get("quantization"):
+        log.warning("accuracy_analysis: the model is not quantized; float vs float will match exactly")
+    float_bytes = pkg.float_model_bytes or pkg.model_bytes
+    feeds = [_feeds(pkg, _one_sample(inputs, pkg))]
+    return run_analysis(onnx.load_from_string(float_bytes), onnx.load_from_string(pkg.model_bytes), feeds, output_dir)
+
+
+def _one_sample(inputs, pkg: RknnPackage) -> list:
+    """accuracy_analysis(inputs=...) takes, as the vendor, one entry per model input: an image path, a .npy path or
+    an array. Images are decoded like the calibration images (RGB unless built with quant_img_RGB2BGR)."""
+    import cv2
+
+    from .errors import InferenceInputError
+
+    if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    metas = pkg.metadata["inputs"]
+    rgb2bgr = bool(pkg.metadata.get("build", {}).get("quant_img_RGB2BGR"))
+    if len(inputs) != len(metas):
+        raise InferenceInputError(f"accuracy_analysis: the model has {len(metas)} input(s) but {len(inputs)} were "
+                                  "given; pass one image path, .npy path or array per input")
+    samples = []
+    for item, meta in zip(inputs, metas):
+        if isinstance(item, (str, os.PathLike)):
+            path = str(item)
+            if path.endswith(".npy"):
+                samples.append(np.load(path, allow_pickle=False))
+                continue
+            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            if img is None:
+                raise InferenceInputError(f"accuracy_analysis: '{path}' is not a readable image")
+            h, w = meta["shape"][1:3]
+            if img.shape[:2] != (h, w):
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            samples.append(img if rgb2bgr else img[:, :, ::-1].copy())  # decoded like the calibration images
+        else:
+            samples.append(item)
+    return samples

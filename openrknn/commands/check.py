@@ -1,0 +1,45 @@
+"""`openrknn check MODEL --target rk1808`: the NPU design checker (unsupported ops, kernel limits, fusion, int8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="check a model against a target NPU's rules and the design advice")
+    p.add_argument("model", help=".rknn, .onnx or .pt (TorchScript; needs --input-size)")
+    p.add_argument("--target", default=None, help="chip (default: the .rknn's target, else rk1808)")
+    p.add_argument("--dtype", default=None, help="quantized dtype to check for (default: the .rknn's; float for "
+                   ".onnx/.pt)")
+    p.add_argument("--input-size", default=None, help="C,H,W for TorchScript models, e.g. 3,416,416")
+    p.add_argument("--calib-count", type=int, default=None, help="number of calibration images you plan to use")
+    p.add_argument("--json", action="store_true", help="print findings as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.lint import check_model, findings_json, findings_table
+
+    if args.model.lower().endswith(".rknn"):
+        from ..analysis_bridge import check
+        from ..package import read_package
+
+        pkg = read_package(args.model)
+        findings = check(pkg, target=args.target, calib_count=args.calib_count)
+        if args.dtype:
+            from ..analysis_bridge import model_facts
+
+            model, chip, _ = model_facts(pkg, args.target)
+            findings = check_model(model, chip, args.dtype, calib_count=args.calib_count)
+    else:
+        from ..workflow import load_model
+
+        size = [[int(v) for v in args.input_size.split(",")]] if args.input_size else None
+        loaded = load_model(args.model, size)
+        findings = check_model(loaded.model, args.target or "rk1808", args.dtype, calib_count=args.calib_count)
+    if args.json:
+        print(json.dumps(findings_json(findings), indent=2))
+    else:
+        print(findings_table(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0

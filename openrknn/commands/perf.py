@@ -1,0 +1,32 @@
+"""`openrknn perf model.rknn`: estimated NPU time and memory on the target, and measured time on this host."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perf", help="eval_perf + eval_memory of a .rknn: NPU estimate per layer and host measurement")
+    p.add_argument("model", help=".rknn file")
+    p.add_argument("--target", default=None, help="chip to estimate for (default: the model's target)")
+    p.add_argument("--debug", action="store_true", help="per-layer table (perf_debug=True)")
+    p.add_argument("--runs", type=int, default=10, help="host timing runs (default 10)")
+    p.add_argument("--json", default=None, help="also write both reports to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis_bridge import eval_memory, eval_perf
+    from ..package import read_package
+    from ..runtime.simulator import Simulator
+
+    pkg = read_package(args.model)
+    sim = Simulator(pkg.model_bytes, pkg.metadata)
+    perf = eval_perf(pkg, sim, None, args.debug, True, target=args.target, runs=args.runs)
+    memory = eval_memory(pkg, sim, True, target=args.target)
+    if args.json:
+        from ..reporting import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({"perf": perf, "memory": memory}, indent=2, default=str))
+    return 0
