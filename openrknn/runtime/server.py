@@ -25,17 +25,21 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnxruntime as ort
 
 from .. import __version__
 from ..errors import InferenceInputError, OpenRKNNError, RuntimeStateError
 from ..package import read_package_bytes
 from . import protocol as P
 from .feeds import prepare_feeds
-from .simulator import Simulator, make_session
+
+# onnxruntime (and the simulator, which imports it) load lazily: `openrknn --help` must not pay for them; serve()
+# imports them before it listens, so a board without onnxruntime fails at start, not at the first request.
+
+if TYPE_CHECKING:
+    from .simulator import Simulator
 
 log = logging.getLogger("openrknn.server")
 
@@ -109,6 +113,8 @@ def _board_model() -> Optional[str]:
 
 
 def device_facts() -> dict:
+    import onnxruntime as ort
+
     mem = _meminfo()
     return {
         "openrknn": __version__,
@@ -159,6 +165,8 @@ def profile_model(model_bytes: bytes, feeds: Dict[str, np.ndarray], runs: int, t
     """Run the model `runs` times (plus one warm-up) under onnxruntime's profiler on this machine."""
     import json
 
+    from .simulator import make_session
+
     with tempfile.TemporaryDirectory(prefix="openrknn-prof-") as tmp:
         session = make_session(model_bytes, threads, profile_prefix=os.path.join(tmp, "profile"))
         names = [o.name for o in session.get_outputs()]
@@ -182,7 +190,7 @@ def profile_model(model_bytes: bytes, feeds: Dict[str, np.ndarray], runs: int, t
 @dataclass
 class LoadedModel:
     key: str  # SHA-256 of the package bytes
-    simulator: Simulator
+    simulator: "Simulator"
     model_bytes: bytes  # kept for profiling sessions
     package_bytes: int
     rss_delta_bytes: Optional[int]
@@ -225,6 +233,8 @@ class ModelRegistry:
                 raise RuntimeStateError(f"the server already holds {len(self._models)} models (its limit); release "
                                         "models you no longer use (rknn.release()) or restart it with a larger "
                                         "--max-models")
+        from .simulator import Simulator
+
         pkg = read_package_bytes(data, source)
         before = process_memory()["rss_bytes"]
         sim = Simulator(pkg.model_bytes, pkg.metadata, threads=self.threads)
@@ -312,7 +322,7 @@ class Connection:
                    "nonce": nonce, "auth": bool(cfg.token), "max_message": cfg.max_message})
         try:
             frame = P.recv_frame(self.sock, max_message=P.HANDSHAKE_MAX_HEADER, max_header=P.HANDSHAKE_MAX_HEADER,
-                                 first_timeout=cfg.auth_timeout, io_timeout=cfg.auth_timeout)
+                                 first_timeout=cfg.auth_timeout, io_timeout=min(cfg.auth_timeout, cfg.io_timeout))
         except P.PeerClosedError:
             log.info("conn %d %s: closed before authenticating", self.number, self.peer)
             return False
@@ -642,6 +652,11 @@ def make_server(config: ServerConfig) -> RuntimeServer:
 
 def serve(config: ServerConfig, ready: Optional[Callable[[RuntimeServer], None]] = None) -> None:
     """Run until SIGINT/SIGTERM. `ready` is called once the socket listens (tests, embedding)."""
+    try:
+        import onnxruntime  # noqa: F401  (fail now, not at the first request)
+    except ImportError as e:
+        raise ServerSetupError(f"onnxruntime is not installed ({e}); on the board: pip install numpy onnxruntime"
+                               ) from e
     server = make_server(config)
     host, port = server.server_address[:2]
 
@@ -695,7 +710,8 @@ def spawn_server(args: Sequence[str] = (), env: Optional[dict] = None, timeout: 
 # ---------------------------------------------------------------- command line
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, verbose_flag: bool = True) -> None:
+    """The server's options; `openrknn serve` reuses them (its top-level parser already has -v)."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this board only; "
                    "reach it through `adb forward` / SSH, or bind another address with --allow-remote)")
     p.add_argument("--port", type=int, default=P.DEFAULT_PORT, help=f"TCP port (default {P.DEFAULT_PORT}; 0 = any "
@@ -713,7 +729,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(repeatable; default: the current folder)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads per model (default: all cores)")
     p.add_argument("--log-file", help="also write the request log to this file")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    if verbose_flag:
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -724,21 +741,26 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         threads=args.threads)
 
 
-def setup_logging(verbose: bool = False, log_file: Optional[str] = None) -> None:
-    root = logging.getLogger("openrknn")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+def setup_logging(verbose: bool = False, log_file: Optional[str] = None, standalone: bool = True) -> None:
+    """Timestamped request log on stderr (and log_file). standalone: also show other openrknn modules' messages
+    (under `openrknn serve` the command line already does)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
-        root.addHandler(h)
-    root.propagate = False
+    names = ["openrknn"] if standalone else ["openrknn.server"]
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        for h in handlers:
+            logger.addHandler(h)
+        logger.propagate = False
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose, args.log_file)
+def run_from_args(args: argparse.Namespace, standalone: bool = True) -> int:
+    setup_logging(getattr(args, "verbose", False), args.log_file, standalone)
     try:
         config = config_from_args(args)
         serve(config)
