@@ -4,6 +4,7 @@ manager), logging (verbose, verbose_file), load_rknn + init_runtime, batch, expo
 from __future__ import annotations
 
 import logging
+import socket
 
 import numpy as np
 import pytest
@@ -87,14 +88,25 @@ def test_inference_before_init_runtime_returns_none(built, pixels, rknn_log, log
     assert isinstance(built.last_error, RuntimeStateError)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api.RKNN.init_runtime(target=...) imports openrknn.runtime.connect, "
-                   "which does not exist: the user sees 'failed unexpectedly: ModuleNotFoundError' instead of a "
-                   "clear 'no board connection yet' error that says how boards will connect")
-def test_init_runtime_with_a_board_target_says_how_boards_connect(built, rknn_log, logged_errors):
-    assert built.init_runtime(target="rk1808", device_id="0123456789ABCDEF") == -1
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("device", ["none", "refused"])
+def test_init_runtime_with_a_board_target_but_no_board_says_how_boards_connect(built, tmp_path, monkeypatch, device,
+                                                                               rknn_log, logged_errors):
+    from openrknn.runtime import devices
+
+    monkeypatch.setenv(devices.DEVICES_ENV, str(tmp_path / "devices.json"))  # no devices file: hermetic
+    device_id = None if device == "none" else f"127.0.0.1:{_free_port()}"
+    assert built.init_runtime(target="rk1808", device_id=device_id) == -1
     msg = logged_errors(rknn_log)[-1]
-    assert "No module named" not in msg and "unexpectedly" not in msg
-    assert "board" in msg and ("server" in msg or "device_id" in msg)
+    assert msg.startswith("init_runtime: ") and "unexpectedly" not in msg
+    assert "openrknn serve" in msg  # what to start on the board
+    if device_id:
+        assert device_id in msg
     assert built.init_runtime() == 0  # the simulator still works afterwards
 
 
@@ -131,9 +143,11 @@ def test_load_rknn_then_init_runtime_gives_the_build_time_outputs(built, tmp_pat
     other.release()
 
 
-def test_load_rknn_of_a_vendor_file(tmp_path, rknn_log, logged_errors):
+@pytest.mark.parametrize("junk", [b"\x00" * 4 + b"\x01\x00\x00\x00\x00\x00\x00\x00" + b"junk" * 64,
+                                  np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes(), b""])
+def test_load_rknn_of_a_vendor_file(tmp_path, rknn_log, logged_errors, junk):
     path = tmp_path / "vendor.rknn"
-    path.write_bytes(b"RKNN" + b"\x00" * 4 + b"\x01\x00\x00\x00\x00\x00\x00\x00" + b"junk" * 64)
+    path.write_bytes(b"RKNN" + junk)
     rknn = RKNN()
     assert rknn.load_rknn(str(path)) == -1
     msg = logged_errors(rknn_log)[-1]
