@@ -13,6 +13,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared reports unreadable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

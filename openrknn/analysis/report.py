@@ -1,0 +1,167 @@
+"""HTML reports: one self-contained file (images embedded) that a person can open, mail or attach to a ticket.
+
+A report is a list of sections; each section is a title plus HTML (tables, text) and images. `model_report` builds
+the standard sections for a .rknn package (model card, design findings, NPU time and memory with charts).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+from .. import __version__
+from ..reporting import write_text_atomic
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1c2430}
+header{background:#17324d;color:#fff;padding:18px 32px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;opacity:.8}main{max-width:1180px;margin:0 auto;padding:20px 32px}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);margin:0 0 18px;padding:16px 20px}
+h2{font-size:17px;margin:0 0 10px;color:#17324d}table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e6e9ee;vertical-align:top}
+th{background:#f0f3f7;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #e6e9ee;border-radius:4px;margin:6px 0}
+.sev-error{color:#b42318;font-weight:600}.sev-warning{color:#b54708;font-weight:600}.sev-info{color:#475467}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
+.kv td:first-child{width:220px;color:#475467}.muted{color:#667085}code{background:#f0f3f7;padding:1px 4px}
+"""
+
+
+@dataclass
+class Section:
+    title: str
+    html: str = ""
+    images: List[str] = field(default_factory=list)  # paths to PNG/SVG/JPG files, embedded inline
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[int] = ()) -> str:
+    """An HTML table; columns listed in `numeric` are right-aligned."""
+    head = "".join(f"<th class='num'>{esc(h)}</th>" if i in numeric else f"<th>{esc(h)}</th>"
+                   for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = "".join(f"<td class='num'>{esc(c)}</td>" if i in numeric else f"<td>{c if _is_html(c) else esc(c)}</td>"
+                        for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+class RawHTML(str):
+    """A table cell that is already HTML (e.g. a coloured severity)."""
+
+
+def _is_html(value) -> bool:
+    return isinstance(value, RawHTML)
+
+
+def key_values(pairs: Iterable[Sequence]) -> str:
+    return "<table class='kv'>" + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in pairs) + "</table>"
+
+
+def _embed(path: str) -> str:
+    p = Path(path)
+    data = p.read_bytes()
+    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+        p.suffix.lower(), "application/octet-stream")
+    return f"<img alt='{esc(p.name)}' src='data:{mime};base64,{base64.b64encode(data).decode()}'>"
+
+
+def render(title: str, subtitle: str, sections: Sequence[Section]) -> str:
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><main>"]
+    for s in sections:
+        imgs = "".join(_embed(i) for i in s.images)
+        parts.append(f"<section><h2>{esc(s.title)}</h2>{s.html}{imgs}</section>")
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts.append(f"<p class='muted'>openrknn {esc(__version__)} · {esc(stamp)}</p></main></body></html>")
+    return "".join(parts)
+
+
+def write_report(path: str | Path, title: str, subtitle: str, sections: Sequence[Section]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, render(title, subtitle, sections))
+    return path
+
+
+# ---- standard sections for a model ------------------------------------------------------------------------------
+
+def model_section(pkg, path: Optional[str] = None) -> Section:
+    from ..package import package_summary
+
+    s = package_summary(pkg, path)
+    rows = [("file", s["file"] or "(in memory)"), ("size", f"{s['size_bytes'] / 1e6:.2f} MB"),
+            ("target", ", ".join(s["target_platform"])),
+            ("quantization", "float" if not s["quantization"] else
+             f"{s['quantization']['dtype']} / {s['quantization']['algorithm']} / {s['quantization']['method']} "
+             f"({s['quantization']['quantized_tensors']} tensors)"),
+            ("source", f"{(s['source'] or {}).get('framework', '?')} {(s['source'] or {}).get('file', '')}")]
+    for i in s["inputs"]:
+        rows.append((f"input {i['name']}", f"{i['shape']} {i['dtype']} {i['layout']}; reorder "
+                     f"{i['reorder_channel'] or 'none'}, mean {i['mean']}, std {i['std']}"))
+    for o in s["outputs"]:
+        rows.append((f"output {o['name']}", f"{o['shape']} {o['dtype']}"))
+    return Section("Model", key_values(rows))
+
+
+def findings_section(findings) -> Section:
+    if not findings:
+        return Section("NPU design check", "<p>No findings: the model fits the target's rules.</p>")
+    rows = [(RawHTML(f"<span class='sev-{esc(f.severity)}'>{esc(f.severity)}</span>"), f.rule,
+             f"{f.layer} ({f.op_type})" if f.op_type else f.layer, f.why, f.what_to_do) for f in findings]
+    counts = {sev: sum(1 for f in findings if f.severity == sev) for sev in ("error", "warning", "info")}
+    summary = f"<p>{counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes.</p>"
+    return Section("NPU design check", summary + table(["severity", "rule", "layer", "why", "what to do"], rows))
+
+
+def perf_section(perf: dict, chart: Optional[str]) -> Section:
+    est, host = perf["npu_estimate"], perf.get("host_measured")
+    rows = [("NPU estimate (board-free)", f"{est['total_us'] / 1e3:.2f} ms, {est['fps']:.1f} FPS, "
+             f"{est['gmacs']:.3f} GMAC on {perf['target']} ({perf.get('quantized_dtype') or 'float'})")]
+    if host:
+        rows.append(("measured on this host", f"{host['total_us'] / 1e3:.2f} ms, {host['fps']:.1f} FPS"))
+    top = table(["op type", "NPU time (us)", "share"],
+                [(t["op_type"], f"{t['time_us']:.1f}", f"{t['share'] * 100:.1f}%") for t in perf["top_op_types"]],
+                numeric=(1, 2))
+    return Section("Speed (eval_perf)", key_values(rows) + "<h3>Top op types</h3>" + top,
+                   [chart] if chart else [])
+
+
+def memory_section(mem: dict, chart: Optional[str]) -> Section:
+    mib = 2 ** 20
+    rows = [("weights", f"{mem['weight']['total'] / mib:.3f} MiB"),
+            ("internal (activations, planned)", f"{mem['internal']['total'] / mib:.3f} MiB"),
+            ("inputs + outputs", f"{(mem['input']['total'] + mem['output']['total']) / mib:.3f} MiB"),
+            ("total on the NPU side", f"{mem['total'] / mib:.3f} MiB")]
+    if mem.get("host_rss"):
+        rows.append(("simulator RSS on this host", f"{mem['host_rss'] / mib:.1f} MiB"))
+    return Section("Memory (eval_memory)", key_values(rows), [chart] if chart else [])
+
+
+def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, extra: Sequence[Section] = (),
+                 title: str = "openrknn model report", calib_count: Optional[int] = None) -> Path:
+    """Model card, design check, speed and memory (with charts), then any extra sections."""
+    from ..analysis_bridge import check, model_facts
+    from .charts import memory_chart, perf_chart
+    from .memory import eval_memory_report, plan_memory
+    from .perf import eval_perf_report
+
+    model, chip, qd = model_facts(pkg)
+    perf = eval_perf_report(model, None, chip, qd, None, perf_debug=True, is_print=False)
+    mem = eval_memory_report(model, chip, qd, is_print=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        perf_png = perf_chart(perf, Path(tmp) / "perf.png")
+        mem_png = memory_chart(plan_memory(model, qd), Path(tmp) / "memory.png")
+        sections = [model_section(pkg, model_path), *extra, perf_section(perf, perf_png),
+                    memory_section(mem, mem_png), findings_section(check(pkg, calib_count=calib_count))]
+        return write_report(out_path, title, f"{Path(model_path).name if model_path else 'model'} on {chip}",
+                            sections)
