@@ -175,6 +175,7 @@ def test_postprocess_zero_one_and_many():
     place(maps, 0, gx=20, gy=20)  # cx = cy = 164, w = h = e * 8
     one = postprocess_yolox(maps, t, num_classes=3)
     assert len(one) == 1 and one.boxes.shape == (1, 4) and one.class_ids.tolist() == [0]
+    assert (one.boxes.dtype, one.scores.dtype, one.class_ids.dtype) == (np.float32, np.float32, np.int64)
     half = math.e * 8 / 2
     np.testing.assert_allclose(one.boxes[0], [(164 - half) / 0.5, (164 - half - 8) / 0.5,
                                               (164 + half) / 0.5, (164 + half - 8) / 0.5], rtol=1e-5)

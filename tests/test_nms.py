@@ -67,10 +67,23 @@ def test_large_candidate_set_uses_blocks_and_stays_exact():
     assert got.tolist() == reference_nms(boxes.astype(np.float64).tolist(), scores.tolist(), 0.5)
 
 
-def test_suppressed_box_does_not_suppress_chain():
+def test_large_class_aware_set_with_many_classes():
+    rng = np.random.default_rng(8)
+    boxes, scores = clustered_boxes(rng, 2000, clusters=20, size=600.0)
+    classes = rng.integers(0, 30, len(boxes))
+    got = nms(boxes, scores, 0.4, class_ids=classes)
+    assert got.tolist() == reference_nms(boxes.astype(np.float64).tolist(), scores.tolist(), 0.4, classes.tolist())
+    # top-k is taken by score before the class grouping
+    top = nms(boxes, scores, 0.4, class_ids=classes, pre_nms_topk=300)
+    best = np.argsort(-scores, kind="stable")[:300]
+    want = reference_nms(boxes[best].astype(np.float64).tolist(), scores[best].tolist(), 0.4, classes[best].tolist())
+    assert top.tolist() == best[want].tolist()
+
+
+@pytest.mark.parametrize("n", [50, 400])  # the dense path and the blocked pairs path
+def test_suppressed_box_does_not_suppress_chain(n):
     # neighbours overlap with IoU 0.6, next-but-one with 1/3; greedy keeps 0, 2, 4, ... because a suppressed box
-    # never suppresses (Fast-NMS would keep only box 0); the 50-long chain checks that the rounds reach greedy
-    n = 50
+    # never suppresses (Fast-NMS would keep only box 0); the n-long chain checks that the rounds reach greedy
     x = np.arange(n, dtype=np.float32) * 25.0
     boxes = np.stack([x, np.zeros(n), x + 100, np.full(n, 10)], axis=1).astype(np.float32)
     scores = np.linspace(1.0, 0.5, n).astype(np.float32)

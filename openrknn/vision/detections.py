@@ -33,10 +33,10 @@ class Detections:
             boxes = boxes.reshape(0, 4)
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         class_ids = np.asarray(self.class_ids).reshape(-1)
-        whole = np.issubdtype(class_ids.dtype, np.integer) or np.all(np.equal(np.mod(class_ids, 1), 0))
-        if class_ids.size and not whole:
-            raise ConfigError("class_ids", class_ids.dtype, "integer class indices")
-        class_ids = class_ids.astype(np.int64)
+        if class_ids.dtype.kind not in "iu":
+            if class_ids.size and not np.all(np.mod(class_ids, 1) == 0):
+                raise ConfigError("class_ids", class_ids.dtype, "integer class indices")
+        class_ids = class_ids.astype(np.int64, copy=False)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ConfigError("boxes", boxes.shape, "an [N, 4] array of x1, y1, x2, y2")
         if scores.shape[0] != boxes.shape[0] or class_ids.shape[0] != boxes.shape[0]:
@@ -45,6 +45,16 @@ class Detections:
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "class_ids", class_ids)
+
+    @classmethod
+    def _trusted(cls, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> Detections:
+        """Wrap arrays that are already float32 [N, 4], float32 [N] and int64 [N] without re-checking them (the
+        post-processing hot path, where they are made that way)."""
+        det = object.__new__(cls)
+        object.__setattr__(det, "boxes", boxes)
+        object.__setattr__(det, "scores", scores)
+        object.__setattr__(det, "class_ids", class_ids)
+        return det
 
     @classmethod
     def empty(cls) -> Detections:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Union
 
 import cv2
@@ -50,6 +51,14 @@ class LetterboxTransform:
     def input_size(self) -> tuple[int, int]:
         """(width, height) of the letterboxed image, the order cv2 and the network-size arguments use."""
         return self.input_shape[1], self.input_shape[0]
+
+    @cached_property
+    def _to_original(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(multiplier, offset, upper bound) per x1, y1, x2, y2 for mapping input boxes back; computed once."""
+        inv = np.array([1 / self.scale_x, 1 / self.scale_y] * 2, np.float32)
+        offset = -np.array([self.pad_left, self.pad_top] * 2, np.float32) * inv
+        h, w = self.orig_shape
+        return inv, offset, np.array([w, h, w, h], np.float32)
 
     @classmethod
     def identity(cls, height: int, width: int) -> LetterboxTransform:
@@ -158,15 +167,12 @@ def unletterbox_boxes(boxes: np.ndarray, transform: LetterboxTransform, clip: bo
 
     clip=True limits them to the original image, which also drops the parts that lay in the padding.
     """
-    out = _as_boxes(boxes).copy()
-    out[:, 0::2] -= transform.pad_left
-    out[:, 1::2] -= transform.pad_top
-    out[:, 0::2] /= transform.scale_x
-    out[:, 1::2] /= transform.scale_y
+    inv, offset, bound = transform._to_original
+    out = _as_boxes(boxes) * inv
+    out += offset
     if clip:
-        h, w = transform.orig_shape
-        np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
-        np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
+        np.maximum(out, 0, out=out)
+        np.minimum(out, bound, out=out)
     return out
 
 

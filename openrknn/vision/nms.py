@@ -2,23 +2,29 @@
 
 The result equals classic greedy NMS (highest score first, drop every later box whose IoU with a kept box exceeds the
 threshold), computed without a Python loop per box:
-1. all "j may suppress i" pairs (j scores higher, IoU > threshold, same class when class-aware) are found at once from
-   the IoU matrix, built in row blocks so memory stays bounded for thousands of candidates;
-2. greedy keep/drop is the fixed point of "i is kept iff no kept j suppresses it". Iterating that rule from
+1. all "i may suppress j" relations (i scores higher, IoU > threshold, same class when class-aware) come at once
+   from the IoU matrix: whole for up to ~180 boxes, else in cache-sized row blocks kept as (i, j) pairs, so memory
+   stays bounded for thousands of candidates;
+2. greedy keep/drop is the fixed point of "j is kept iff no kept i suppresses it". Iterating that rule from
    "all kept" is exact after as many rounds as the longest suppression chain (Cluster-NMS, Zheng et al. 2021),
-   typically 2-4 and never more than the number of boxes; each round is one vectorised pass over the pairs.
-Class-aware NMS masks pairs of different classes, which is what the usual "offset boxes by class id" trick achieves,
-without the float32 precision loss of adding large offsets to coordinates.
+   typically 2-4 and never more than the number of boxes; each round is one vectorised pass.
+Class-aware NMS masks out pairs of different classes; for many candidates it first sorts them by class (score order
+kept within each class), so each class is a contiguous run and only same-class column ranges are computed. That gives
+what the usual "offset boxes by class id" trick gives (no cross-class suppression) without its float32 precision
+loss on large offsets, and with less work instead of more when there are many classes.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
 from openrknn.errors import ConfigError
 
-# Upper bound on IoU-matrix entries computed at once (4 MB of float32 per temporary).
-_BLOCK_ELEMENTS = 1 << 20
+# IoU-matrix entries computed at once: temporaries of 128 KB stay in cache (measured faster than larger blocks for
+# thousands of boxes) and memory stays bounded for any count.
+_BLOCK_ELEMENTS = 1 << 15
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:
@@ -37,45 +43,97 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)  # coordinate rows: broadcasting on them is the fast path
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
+    w = np.minimum(ax2[:, None], bx2) - np.maximum(ax1[:, None], bx1)
+    h = np.minimum(ay2[:, None], by2) - np.maximum(ay1[:, None], by1)
     np.maximum(w, 0, out=w)
     np.maximum(h, 0, out=h)
-    return w * h
+    return np.multiply(w, h, out=w)
 
 
-def _suppression_pairs(boxes: np.ndarray, iou_thr: float, classes: np.ndarray | None):
-    """(src, dst) index pairs with src < dst (boxes sorted by score) and IoU(src, dst) > iou_thr."""
+def _corners_and_areas(boxes: np.ndarray, iou_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """[4, K] coordinate rows (broadcasting then runs on contiguous rows) and t / (1 + t) * area per box, the
+    per-box term of the IoU test in _hits."""
+    corners = np.ascontiguousarray(boxes.T)
+    sides = corners[2:] - corners[:2]
+    np.maximum(sides, 0, out=sides)
+    return corners, sides[0] * sides[1] * np.float32(iou_thr / (1.0 + iou_thr))
+
+
+def _hits(a: np.ndarray, b: np.ndarray, w_area_a: np.ndarray, w_area_b: np.ndarray) -> np.ndarray:
+    """IoU > t for corner rows a [4, R, 1] against b [4, 1, C], tested as
+    inter > t * (area_a + area_b - inter)  <=>  inter > t / (1 + t) * area_a + t / (1 + t) * area_b
+    (w_area = t / (1 + t) * area): no division, and never true when both boxes are empty."""
+    overlap = np.minimum(a[2:], b[2:])
+    overlap -= np.maximum(a[:2], b[:2])
+    np.maximum(overlap, 0, out=overlap)  # [2, R, C]: overlap widths and heights
+    return overlap[0] * overlap[1] > w_area_a[:, None] + w_area_b
+
+
+@lru_cache(maxsize=32)
+def _strict_upper(k: int) -> np.ndarray:
+    mask = np.triu(np.ones((k, k), dtype=bool), 1)
+    mask.setflags(write=False)
+    return mask
+
+
+def _dense_keep(boxes: np.ndarray, iou_thr: float, classes: np.ndarray | None) -> np.ndarray:
+    """Greedy keep mask for boxes in score order, from the whole [K, K] suppression matrix (small K)."""
     k = len(boxes)
-    areas = box_area(boxes)
+    corners, w_area = _corners_and_areas(boxes, iou_thr)
+    sup = _hits(corners[:, :, None], corners[:, None, :], w_area, w_area)  # sup[i, j]: i may suppress j
+    if classes is not None:
+        sup &= classes[:, None] == classes
+    sup &= _strict_upper(k)
+    keep = ~sup.any(axis=0)  # round 1: every box still counts as kept
+    for _ in range(k):  # bounded by the longest suppression chain; see the module docstring
+        following = ~sup[keep].any(axis=0)
+        if (following == keep).all():
+            break
+        keep = following
+    return keep
+
+
+def _suppression_pairs(boxes: np.ndarray, iou_thr: float, group_end: np.ndarray | None = None):
+    """(src, dst) index pairs with src < dst and IoU(src, dst) > iou_thr, boxes in processing order, computed in
+    cache-sized blocks of rows (large K).
+
+    group_end[i] (boxes sorted into class runs): one past the last box of box i's class run; only same-class pairs
+    count, and whole column ranges past a block's last run are skipped. None: class-agnostic.
+    """
+    k = len(boxes)
+    corners, w_area = _corners_and_areas(boxes, iou_thr)
     rows = max(1, _BLOCK_ELEMENTS // max(k, 1))
     srcs, dsts = [], []
-    for start in range(0, k, rows):  # a loop over memory blocks, not over boxes
+    for start in range(0, k, rows):  # a loop over blocks of rows, not over boxes
         stop = min(start + rows, k)
-        a, b = boxes[start:stop], boxes[start:]  # only columns >= start can lie above the diagonal
-        inter = _intersection(a, b)
-        union = areas[start:stop, None] + areas[None, start:] - inter
-        # inter > thr * union  <=>  IoU > thr, without a division (and never true for empty unions)
-        hit = inter > iou_thr * union
-        hit &= np.arange(b.shape[0])[None, :] > np.arange(a.shape[0])[:, None]
-        if classes is not None:
-            hit &= classes[start:stop, None] == classes[None, start:]
-        r, c = np.nonzero(hit)
-        srcs.append(r + start)
-        dsts.append(c + start)
+        # columns before `start` lie below the diagonal; columns past the last row's class run never match
+        end = k if group_end is None else int(group_end[stop - 1])
+        hit = _hits(corners[:, start:stop, None], corners[:, None, start:end], w_area[start:stop], w_area[start:end])
+        if group_end is not None:  # same class <=> column inside the row's class run (column > row holds below)
+            hit &= np.arange(start, end) < group_end[start:stop, None]
+        r, c = np.nonzero(hit)  # block row r is box start + r, column c is box start + c
+        upper = c > r
+        srcs.append(r[upper] + start)
+        dsts.append(c[upper] + start)
     return np.concatenate(srcs), np.concatenate(dsts)
 
 
 def _greedy_keep(k: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Iterate "kept = not suppressed by a kept box" to its fixed point; see the module docstring."""
     keep = np.ones(k, dtype=bool)
-    if src.size == 0:
+    keep[dst] = False  # round 1: every box still counts as kept
+    active = keep[src]
+    if active.all():  # round 2 would see the same suppressors as round 1: already the fixed point
         return keep
-    for _ in range(k):  # bounded by the longest suppression chain; see the module docstring
-        new = np.ones(k, dtype=bool)
-        new[dst[keep[src]]] = False
-        if np.array_equal(new, keep):
+    for _ in range(k):  # bounded by the longest suppression chain
+        keep = np.ones(k, dtype=bool)
+        keep[dst[active]] = False
+        following = keep[src]
+        if (following == active).all():  # the next round would repeat this one
             break
-        keep = new
+        active = following
     return keep
 
 
@@ -120,15 +178,28 @@ def nms(
         if value is not None and int(value) < 0:
             raise ConfigError(name, value, "None or an int >= 0")
 
-    valid = scores >= score_thr if score_thr is not None else ~np.isnan(scores)
-    candidates = np.flatnonzero(valid)
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    if score_thr is None:
+        order = np.argsort(-scores, kind="stable")  # ties: lower index first; NaN sorts last
+        if order.size and np.isnan(scores[order[-1]]):
+            order = order[~np.isnan(scores[order])]
+    else:
+        candidates = np.flatnonzero(scores >= score_thr)
+        order = candidates[np.argsort(-scores[candidates], kind="stable")]
     if pre_nms_topk is not None:
         order = order[: int(pre_nms_topk)]
     if order.size == 0:
         return order.astype(np.int64)
-    src, dst = _suppression_pairs(boxes[order], iou_thr, None if classes is None else classes[order])
-    kept = order[_greedy_keep(order.size, src, dst)]
+    if order.size ** 2 <= _BLOCK_ELEMENTS:  # small: the whole matrix at once, fewest numpy calls
+        kept = order[_dense_keep(boxes[order], iou_thr, None if classes is None else classes[order])]
+    elif classes is None:
+        src, dst = _suppression_pairs(boxes[order], iou_thr)
+        kept = order[_greedy_keep(order.size, src, dst)]
+    else:
+        by_class = np.argsort(classes[order], kind="stable")  # class runs, score order inside each
+        run_classes = classes[order[by_class]]
+        group_end = np.searchsorted(run_classes, run_classes, side="right")
+        src, dst = _suppression_pairs(boxes[order[by_class]], iou_thr, group_end=group_end)
+        kept = order[np.sort(by_class[_greedy_keep(order.size, src, dst)])]  # back to score order
     if max_det is not None:
         kept = kept[: int(max_det)]
     return kept.astype(np.int64)

@@ -58,22 +58,26 @@ class YoloxDecoded:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.negative(x)
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf for very negative logits; 1 / inf is the right 0
-        return 1.0 / (1.0 + np.exp(-x))
+        np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
 
 
 @lru_cache(maxsize=64)
 def _anchor_grid(levels: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(grid [N, 2] float32 of cell x, y; stride [N] float32) for levels ((h, w, stride), ...), cached per shape."""
-    grids, strides = [], []
+    """(cell origins [N, 2] float32 in input pixels, gx * s and gy * s; strides [N, 1] float32) for levels
+    ((h, w, stride), ...), cached per shape."""
+    origins, strides = [], []
     for h, w, s in levels:
         gy, gx = np.mgrid[0:h, 0:w]
-        grids.append(np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32))
-        strides.append(np.full(h * w, s, dtype=np.float32))
-    grid, stride = np.concatenate(grids), np.concatenate(strides)
-    grid.setflags(write=False)  # shared by every call with these shapes
+        origins.append(np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32) * np.float32(s))
+        strides.append(np.full((h * w, 1), s, dtype=np.float32))
+    origin, stride = np.concatenate(origins), np.concatenate(strides)
+    origin.setflags(write=False)  # shared by every call with these shapes
     stride.setflags(write=False)
-    return grid, stride
+    return origin, stride
 
 
 def _as_list(outputs: Outputs) -> list[np.ndarray]:
@@ -83,30 +87,31 @@ def _as_list(outputs: Outputs) -> list[np.ndarray]:
     return [np.asarray(o, dtype=np.float32) for o in outputs]
 
 
-def _resolve_layout(arrays: list[np.ndarray], layout: str) -> str:
+Shapes = tuple[tuple[int, ...], ...]
+
+
+def _resolve_layout(shapes: Shapes, layout: str) -> str:
     if layout not in YOLOX_LAYOUTS:
         raise ConfigError("layout", layout, YOLOX_LAYOUTS)
-    shapes = [a.shape for a in arrays]
     if layout == "auto":
-        if len(arrays) == 1 and arrays[0].ndim in (2, 3):
+        if len(shapes) == 1 and len(shapes[0]) in (2, 3):
             return "flat"
-        if arrays and all(a.ndim == 4 for a in arrays):
+        if shapes and all(len(sh) == 4 for sh in shapes):
             return "maps"
-        raise ConfigError("outputs (shapes)", shapes, "one [1, N, 5+nc] array (layout 'flat') or one "
+        raise ConfigError("outputs (shapes)", list(shapes), "one [1, N, 5+nc] array (layout 'flat') or one "
                           "[1, 5+nc, h, w] array per level (layout 'maps')")
     return layout
 
 
-def _strides_for_maps(arrays: list[np.ndarray], in_w: int, in_h: int,
-                      strides: Sequence[int] | None) -> tuple[tuple[int, int, int], ...]:
-    if strides is not None and len(strides) != len(arrays):
-        raise ConfigError("strides", list(strides), f"one stride per output map ({len(arrays)} maps)")
+def _strides_for_maps(shapes: Shapes, in_w: int, in_h: int,
+                      strides: tuple[int, ...] | None) -> tuple[tuple[int, int, int], ...]:
+    if strides is not None and len(strides) != len(shapes):
+        raise ConfigError("strides", list(strides), f"one stride per output map ({len(shapes)} maps)")
     levels = []
-    for i, a in enumerate(arrays):
-        h, w = a.shape[2], a.shape[3]
+    for i, (_, _, h, w) in enumerate(shapes):
         s = int(strides[i]) if strides is not None else max(1, round(in_h / h))
         if math.ceil(in_h / s) != h or math.ceil(in_w / s) != w:
-            raise ConfigError("outputs (shapes)", [x.shape for x in arrays],
+            raise ConfigError("outputs (shapes)", list(shapes),
                               f"maps whose h, w equal input size {in_w}x{in_h} divided by a stride",
                               f"Map {i} is {h}x{w}: check input_size (width, height), or pass strides=.")
         levels.append((h, w, s))
@@ -114,8 +119,8 @@ def _strides_for_maps(arrays: list[np.ndarray], in_w: int, in_h: int,
 
 
 def _strides_for_flat(n: int, in_w: int, in_h: int,
-                      strides: Sequence[int] | None) -> tuple[tuple[int, int, int], ...]:
-    tried = [tuple(strides)] if strides is not None else list(CANDIDATE_STRIDES)
+                      strides: tuple[int, ...] | None) -> tuple[tuple[int, int, int], ...]:
+    tried = [strides] if strides is not None else list(CANDIDATE_STRIDES)
     for cand in tried:
         levels = tuple((math.ceil(in_h / s), math.ceil(in_w / s), int(s)) for s in cand)
         if sum(h * w for h, w, _ in levels) == n:
@@ -125,13 +130,32 @@ def _strides_for_flat(n: int, in_w: int, in_h: int,
                       "Check input_size (width, height) or pass the model's strides=.")
 
 
-def _check_classes(channels: int, num_classes: int | None, shapes) -> int:
+def _check_classes(channels: int, num_classes: int | None, shapes: Shapes) -> int:
     nc = channels - 5
     if nc < 1 or (num_classes is not None and nc != int(num_classes)):
         want = "5 + num_classes" if num_classes is None else f"5 + {int(num_classes)} = {5 + int(num_classes)}"
-        raise ConfigError("outputs (shapes)", shapes, f"{want} channels (x, y, log w, log h, obj, classes)",
+        raise ConfigError("outputs (shapes)", list(shapes), f"{want} channels (x, y, log w, log h, obj, classes)",
                           "Check num_classes; maps must be NCHW [1, C, h, w] and flat outputs [1, N, C].")
     return nc
+
+
+@lru_cache(maxsize=64)
+def _plan(shapes: Shapes, in_w: int, in_h: int, layout: str, num_classes: int | None,
+          strides: tuple[int, ...] | None) -> tuple[str, int, tuple[tuple[int, int, int], ...]]:
+    """(layout, num_classes, levels) for outputs of these shapes; validated once per shape (a video reuses it)."""
+    layout = _resolve_layout(shapes, layout)
+    if layout == "flat":
+        if len(shapes) != 1 or len(shapes[0]) not in (2, 3) or (len(shapes[0]) == 3 and shapes[0][0] != 1):
+            raise ConfigError("outputs (shapes)", list(shapes), "one [1, N, 5+nc] or [N, 5+nc] array for layout "
+                              "'flat'", "Decode a batch one image at a time.")
+        n, channels = shapes[0][-2], shapes[0][-1]
+        return layout, _check_classes(channels, num_classes, shapes), _strides_for_flat(n, in_w, in_h, strides)
+    if not shapes or any(len(sh) != 4 or sh[0] != 1 for sh in shapes):
+        raise ConfigError("outputs (shapes)", list(shapes), "[1, 5+nc, h, w] arrays for layout 'maps'",
+                          "Decode a batch one image at a time.")
+    if len({sh[1] for sh in shapes}) != 1:
+        raise ConfigError("outputs (shapes)", list(shapes), "maps with the same channel count 5 + nc")
+    return layout, _check_classes(shapes[0][1], num_classes, shapes), _strides_for_maps(shapes, in_w, in_h, strides)
 
 
 def decode_yolox(
@@ -154,68 +178,63 @@ def decode_yolox(
     """
     in_w, in_h = normalize_size(input_size, "input_size")
     arrays = _as_list(outputs)
-    layout = _resolve_layout(arrays, layout)
-    shapes = [a.shape for a in arrays]
-
+    shapes = tuple(a.shape for a in arrays)
+    layout, nc, levels = _plan(shapes, in_w, in_h, layout, None if num_classes is None else int(num_classes),
+                               None if strides is None else tuple(int(x) for x in strides))
     if layout == "flat":
-        if len(arrays) != 1 or arrays[0].ndim not in (2, 3) or (arrays[0].ndim == 3 and arrays[0].shape[0] != 1):
-            raise ConfigError("outputs (shapes)", shapes, "one [1, N, 5+nc] or [N, 5+nc] array for layout 'flat'",
-                              "Decode a batch one image at a time.")
-        rows = arrays[0].reshape(arrays[0].shape[-2], arrays[0].shape[-1])
-        nc = _check_classes(rows.shape[1], num_classes, shapes)
-        levels = _strides_for_flat(rows.shape[0], in_w, in_h, strides)
-        obj, cls = rows[:, 4], rows[:, 5:]
-        best_cls = cls.max(axis=1)
+        rows = arrays[0].reshape(shapes[0][-2], shapes[0][-1])
+        obj_planes = [rows[:, 4].copy()]  # one strided pass; the tests below then run on contiguous memory
         activated = True if scores_activated is None else bool(scores_activated)
     else:
-        if not arrays or any(a.ndim != 4 or a.shape[0] != 1 for a in arrays):
-            raise ConfigError("outputs (shapes)", shapes, "[1, 5+nc, h, w] arrays for layout 'maps'",
-                              "Decode a batch one image at a time.")
-        channels = {a.shape[1] for a in arrays}
-        if len(channels) != 1:
-            raise ConfigError("outputs (shapes)", shapes, "maps with the same channel count 5 + nc")
-        nc = _check_classes(arrays[0].shape[1], num_classes, shapes)
-        levels = _strides_for_maps(arrays, in_w, in_h, strides)
-        # channel-first [C, N]: the per-channel rows are contiguous, so the class max is a fast row reduction
-        planes = np.concatenate([a.reshape(a.shape[1], -1) for a in arrays], axis=1)
-        obj, cls = planes[4], planes[5:]
-        best_cls = cls.max(axis=0)
+        planes = [a.reshape(a.shape[1], -1) for a in arrays]  # [C, h*w] views, no copy
+        obj_planes = [p[4] for p in planes]
         activated = False if scores_activated is None else bool(scores_activated)
 
     if activated:
-        lo, hi = float(obj.min()), float(obj.max())
+        lo, hi = min(float(o.min()) for o in obj_planes), max(float(o.max()) for o in obj_planes)
         if lo < _ACTIVATED_RANGE[0] or hi > _ACTIVATED_RANGE[1]:
             raise ConfigError("scores_activated", True, hint=(
                 f"objectness spans [{lo:.3g}, {hi:.3g}], which is not a sigmoid output; these look like raw logits: "
                 "pass scores_activated=False (or the right layout)"))
-        best_score = obj * best_cls
+
+    # Objectness first: score = obj * class score <= obj because class scores are probabilities (activated ones are
+    # clipped to [0, 1] below), so anchors with obj < score_thr cannot pass. Only the few survivors get their class
+    # scores read; that skips ~99% of the [N, nc] work on a trained model.
+    if score_thr <= 0:
+        obj_thr = -math.inf
+    elif activated:
+        obj_thr = score_thr * (1 - 1e-6)  # the slack keeps anchors that float rounding puts exactly on the threshold
     else:
-        best_score = _sigmoid(obj) * _sigmoid(best_cls)  # sigmoid is monotonic: max of logits gives the best class
+        obj_thr = math.log(score_thr / (1.0 - score_thr)) - 1e-5 if score_thr < 1 else math.inf
+    if layout == "flat":
+        n = rows.shape[0]
+        keep = np.flatnonzero(obj_planes[0] >= obj_thr)
+        sel = rows[keep]
+    else:
+        n = sum(p.shape[1] for p in planes)
+        picks, parts, offset = [], [], 0
+        for p in planes:
+            idx = np.flatnonzero(p[4] >= obj_thr)
+            parts.append(p[:, idx])
+            picks.append(idx + offset)
+            offset += p.shape[1]
+        keep = np.concatenate(picks)
+        sel = np.concatenate(parts, axis=1).T
+    probs = np.clip(sel[:, 4:5 + nc], 0, 1) if activated else _sigmoid(sel[:, 4:5 + nc])
+    if score_thr > 0:  # the exact test, now on the candidates only
+        passed = probs[:, 0] * probs[:, 1:].max(axis=1, initial=0) >= score_thr
+        if not passed.all():
+            keep, sel, probs = keep[passed], sel[passed], probs[passed]
+    objectness, class_scores = probs[:, 0], probs[:, 1:]
 
-    n = best_score.shape[0]
-    keep = np.flatnonzero(best_score >= score_thr) if score_thr > 0 else np.arange(n)
-    sel = rows[keep] if layout == "flat" else planes[:, keep].T
-    sel = sel.astype(np.float32, copy=False)
+    origin, stride = _anchor_grid(levels)
+    s = stride[keep]
+    center = sel[:, :2] * s + origin[keep]
+    half = np.exp(np.minimum(sel[:, 2:4], _MAX_LOG_WH)) * (s * 0.5)
+    boxes = np.concatenate([center - half, center + half], axis=1)
 
-    grid, stride = _anchor_grid(levels)
-    g, s = grid[keep], stride[keep]
-    cx = (sel[:, 0] + g[:, 0]) * s
-    cy = (sel[:, 1] + g[:, 1]) * s
-    half_w = np.exp(np.minimum(sel[:, 2], _MAX_LOG_WH)) * s * 0.5
-    half_h = np.exp(np.minimum(sel[:, 3], _MAX_LOG_WH)) * s * 0.5
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
-
-    objectness = sel[:, 4]
-    class_scores = sel[:, 5:5 + nc]
-    if not activated:
-        objectness, class_scores = _sigmoid(objectness), _sigmoid(class_scores)
-    return YoloxDecoded(
-        boxes=boxes.astype(np.float32, copy=False),
-        objectness=np.ascontiguousarray(objectness, dtype=np.float32),
-        class_scores=np.ascontiguousarray(class_scores, dtype=np.float32),
-        anchor_index=keep.astype(np.int64),
-        num_anchors=n,
-    )
+    return YoloxDecoded(boxes=boxes, objectness=objectness, class_scores=class_scores,
+                        anchor_index=keep.astype(np.int64, copy=False), num_anchors=n)
 
 
 def postprocess_yolox(
@@ -255,14 +274,16 @@ def postprocess_yolox(
         anchor, class_ids = np.nonzero(per_class >= score_thr)
         boxes, scores = dec.boxes[anchor], per_class[anchor, class_ids]
     else:
-        class_ids = dec.class_scores.argmax(axis=1) if len(dec) else np.zeros(0, np.int64)
-        scores = dec.objectness * dec.class_scores[np.arange(len(dec)), class_ids]
+        class_ids = dec.class_scores.argmax(axis=1)
+        scores = dec.objectness * dec.class_scores.max(axis=1)
         boxes = dec.boxes
-    keep = nms(boxes, scores, nms_thr, None if class_agnostic else class_ids, score_thr=score_thr, max_det=max_det)
+    # every score already passed score_thr in decode_yolox
+    keep = nms(boxes, scores, nms_thr, None if class_agnostic else class_ids, max_det=max_det)
     boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
     if transform is not None:
         boxes = unletterbox_boxes(boxes, transform, clip=True)
         # a box that lay entirely in the padding has no area left in the image
-        visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, class_ids = boxes[visible], scores[visible], class_ids[visible]
-    return Detections(boxes, scores, class_ids)
+        visible = (boxes[:, 2:] > boxes[:, :2]).all(axis=1)
+        if not visible.all():
+            boxes, scores, class_ids = boxes[visible], scores[visible], class_ids[visible]
+    return Detections._trusted(boxes, scores.astype(np.float32, copy=False), class_ids.astype(np.int64, copy=False))
