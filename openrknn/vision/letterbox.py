@@ -58,7 +58,10 @@ class LetterboxTransform:
         inv = np.array([1 / self.scale_x, 1 / self.scale_y] * 2, np.float32)
         offset = -np.array([self.pad_left, self.pad_top] * 2, np.float32) * inv
         h, w = self.orig_shape
-        return inv, offset, np.array([w, h, w, h], np.float32)
+        arrays = inv, offset, np.array([w, h, w, h], np.float32)
+        for a in arrays:
+            a.setflags(write=False)
+        return arrays
 
     @classmethod
     def identity(cls, height: int, width: int) -> LetterboxTransform:

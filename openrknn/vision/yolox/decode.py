@@ -174,7 +174,7 @@ def decode_yolox(
     scores_activated: whether objectness/class scores already went through a sigmoid; None = the layout's convention
     (maps raw, flat activated). strides: per level; None infers them from the map sizes (maps) or N (flat).
     score_thr: candidates whose best score (objectness * best class) is below it are dropped before the boxes are
-    decoded, which is where the speed comes from; 0 keeps all N.
+    decoded, which is where the speed comes from; 0 keeps all N (except anchors whose objectness is NaN).
     """
     in_w, in_h = normalize_size(input_size, "input_size")
     arrays = _as_list(outputs)
