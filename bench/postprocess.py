@@ -9,7 +9,10 @@ rebuilt per call, then a per-box Python NMS loop, then box correction) and runs 
     python bench/postprocess.py [--runs 1000]
 
 Target: the median of the full post-processing (decode + threshold + NMS + mapping back) under 1 ms, and at least 10x
-faster than the baseline. Prints a table; exits 0 (numbers are reported, not asserted).
+faster than the baseline, at deployment thresholds. At an mAP-evaluation threshold (0.01) hundreds of candidates
+survive and the ratio is lower; that row is printed too. Our calls are short and made of many small numpy calls, so
+other processes on a shared machine slow them down relatively more than the baseline's few large array operations:
+read the load figure next to the numbers. Prints a table; exits 0 (numbers are reported, not asserted).
 """
 
 from __future__ import annotations

@@ -66,18 +66,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _anchor_grid(levels: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(cell origins [N, 2] float32 in input pixels, gx * s and gy * s; strides [N, 1] float32) for levels
-    ((h, w, stride), ...), cached per shape."""
-    origins, strides = [], []
+def _anchor_grid(levels: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """[N, 4] float32 per anchor: cell origin x, y in input pixels (gx * s, gy * s), stride s and s / 2, for levels
+    ((h, w, stride), ...); cached per shape and read-only. One gather of it serves the whole box decode."""
+    parts = []
     for h, w, s in levels:
         gy, gx = np.mgrid[0:h, 0:w]
-        origins.append(np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32) * np.float32(s))
-        strides.append(np.full((h * w, 1), s, dtype=np.float32))
-    origin, stride = np.concatenate(origins), np.concatenate(strides)
-    origin.setflags(write=False)  # shared by every call with these shapes
-    stride.setflags(write=False)
-    return origin, stride
+        part = np.empty((h * w, 4), np.float32)
+        part[:, 0], part[:, 1], part[:, 2], part[:, 3] = gx.ravel() * s, gy.ravel() * s, s, s / 2
+        parts.append(part)
+    grid = np.concatenate(parts)
+    grid.setflags(write=False)  # shared by every call with these shapes
+    return grid
 
 
 def _as_list(outputs: Outputs) -> list[np.ndarray]:
@@ -227,10 +227,11 @@ def decode_yolox(
             keep, sel, probs = keep[passed], sel[passed], probs[passed]
     objectness, class_scores = probs[:, 0], probs[:, 1:]
 
-    origin, stride = _anchor_grid(levels)
-    s = stride[keep]
-    center = sel[:, :2] * s + origin[keep]
-    half = np.exp(np.minimum(sel[:, 2:4], _MAX_LOG_WH)) * (s * 0.5)
+    grid = _anchor_grid(levels)[keep]
+    center = sel[:, :2] * grid[:, 2:3]
+    center += grid[:, :2]
+    half = np.exp(np.minimum(sel[:, 2:4], _MAX_LOG_WH))
+    half *= grid[:, 3:4]
     boxes = np.concatenate([center - half, center + half], axis=1)
 
     return YoloxDecoded(boxes=boxes, objectness=objectness, class_scores=class_scores,
