@@ -1,0 +1,154 @@
+"""The config form: one field per BuildConfig option, typed from its default, and the form -> config() kwargs
+conversion. Validation is make_config's alone: text that does not parse is passed through unchanged, so the
+validator names the key, the value and what is allowed, exactly as RKNN.config() would."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .. import targets
+from ..config import QUANTIZED_ALGORITHMS, QUANTIZED_METHODS, BuildConfig, make_config
+from ..errors import ConfigError
+
+# (label, help, section). Keys missing here still get a field (typed from the default) in "Advanced".
+FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
+    "target_platform": ("Target platform", "The NPU chip; it decides the quantized dtypes available.", "target"),
+    "quantized_dtype": ("Quantized dtype", "Leave on default for the generation's usual choice.", "quant"),
+    "quantized_algorithm": ("Algorithm", "How activation ranges are picked from the calibration data.", "quant"),
+    "quantized_method": ("Method", "One weight scale per tensor (layer) or per output channel.", "quant"),
+    "mean_values": ("Mean values", "Model channel order, 0..255 scale, e.g. 123.675 116.28 103.53; '#' between "
+                    "inputs.", "pre"),
+    "std_values": ("Std values", "Model channel order, e.g. 58.395 57.12 57.375 (1 = no scaling).", "pre"),
+    "reorder_channel": ("Reorder channel", "'2 1 0' turns a BGR feed into an RGB model input; empty = keep.", "pre"),
+    "quant_img_RGB2BGR": ("Calibration images as BGR", "Decode dataset images in BGR order (Toolkit2's "
+                          "quant_img_RGB2BGR).", "pre"),
+    "optimization_level": ("Optimization level", "0 = none .. 3 = all graph passes and pre-processing folding.",
+                           "advanced"),
+    "batch_size": ("Calibration batch size", "Images per calibration step.", "quant"),
+    "epochs": ("Calibration epochs", "-1 = one pass over the dataset.", "quant"),
+    "quantize_input_node": ("Quantize input node", "Quantize the model input itself.", "advanced"),
+    "output_optimize": ("Output optimize", "Vendor option kept for compatibility.", "advanced"),
+    "force_builtin_perm": ("Force builtin perm", "Vendor option kept for compatibility.", "advanced"),
+    "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
+                               "higher precision.", "quant"),
+}
+SECTIONS = (("target", "Target"), ("pre", "Pre-processing"), ("quant", "Quantization"), ("advanced", "Advanced"))
+_FLOAT_LIST_KEYS = ("mean_values", "std_values")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _kind(name: str, default: Any) -> str:
+    if name in ("target_platform", "quantized_dtype", "quantized_algorithm", "quantized_method"):
+        return "select"
+    if name in _FLOAT_LIST_KEYS:
+        return "floats"
+    if name == "output_optimize" or isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "float"
+    return "text"
+
+
+def _options(name: str) -> Optional[List[dict]]:
+    if name == "target_platform":
+        return [{"value": p, "label": p, "group": targets.generation(p).upper()} for p in targets.PLATFORMS]
+    if name == "quantized_dtype":
+        opts = [{"value": "", "label": "default for the target", "group": ""}]
+        for gen, dtypes in targets.QUANTIZED_DTYPES.items():
+            opts += [{"value": d, "label": d, "group": gen.upper()} for d in dtypes]
+        return opts
+    if name == "quantized_algorithm":
+        return [{"value": a, "label": a, "group": ""} for a in QUANTIZED_ALGORITHMS]
+    if name == "quantized_method":
+        return [{"value": "", "label": "default for the dtype", "group": ""}] + [
+            {"value": m, "label": m, "group": ""} for m in QUANTIZED_METHODS]
+    return None
+
+
+def _display_default(name: str, value: Any) -> Any:
+    if name == "target_platform":
+        return value[0]
+    if value is None:
+        return ""
+    if isinstance(value, bool) or name == "output_optimize":
+        return "on" if value else "off"
+    return value
+
+
+def config_schema() -> dict:
+    """Every config() option with its kind, default, options and help; plus dtypes per NPU generation."""
+    defaults = BuildConfig()
+    fields = []
+    for f in dataclasses.fields(BuildConfig):
+        default = getattr(defaults, f.name)
+        label, help_text, section = FIELD_INFO.get(f.name, (f.name, "", "advanced"))
+        fields.append({"key": f.name, "label": label, "help": help_text, "section": section,
+                       "kind": _kind(f.name, default), "default": _display_default(f.name, default),
+                       "options": _options(f.name)})
+    return {
+        "fields": fields,
+        "sections": [{"key": k, "label": lbl} for k, lbl in SECTIONS],
+        "generations": {p: targets.generation(p) for p in targets.PLATFORMS},
+        "dtypes": {gen: list(d) for gen, d in targets.QUANTIZED_DTYPES.items()},
+        "default_dtype": dict(targets.DEFAULT_QUANTIZED_DTYPE),
+    }
+
+
+def _floats(text: str) -> Any:
+    """'1 2 3' -> [1, 2, 3]; '1,2,3#4' -> [[1, 2, 3], [4]]; anything else stays text for the validator to name."""
+    groups = []
+    for part in text.split("#"):
+        tokens = [t for t in re.split(r"[\s,;]+", part.strip().strip("[]")) if t]
+        if not tokens or not all(_NUMBER.match(t) for t in tokens):
+            return text
+        groups.append([float(t) for t in tokens])
+    return groups[0] if len(groups) == 1 else groups
+
+
+def _number(text: str, integer: bool) -> Any:
+    t = text.strip()
+    if integer and re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    if not integer and _NUMBER.match(t):
+        return float(t)
+    return t
+
+
+def form_to_kwargs(form: Mapping[str, Any]) -> dict:
+    """Form values (strings, booleans) -> config() keyword arguments. Empty text = option not given (default)."""
+    kinds = {f.name: _kind(f.name, getattr(BuildConfig(), f.name)) for f in dataclasses.fields(BuildConfig)}
+    kwargs: dict = {}
+    for key, raw in form.items():
+        kind = kinds.get(key)
+        if kind is None:
+            kwargs[key] = raw  # unknown key: make_config says so and lists the known ones
+            continue
+        if kind == "bool":
+            value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "on", "yes")
+            kwargs[key] = int(value) if key == "output_optimize" else value
+            continue
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        if not isinstance(raw, str):
+            kwargs[key] = raw
+        elif kind == "floats":
+            kwargs[key] = _floats(raw)
+        elif kind in ("int", "float"):
+            kwargs[key] = _number(raw, kind == "int")
+        else:
+            kwargs[key] = raw.strip()
+    return kwargs
+
+
+def validate_form(form: Mapping[str, Any]) -> dict:
+    """{'ok': True, 'config': resolved options} or {'ok': False, 'key', 'value', 'message'} from make_config."""
+    kwargs = form_to_kwargs(form)
+    try:
+        cfg = make_config(**kwargs)
+    except ConfigError as e:
+        return {"ok": False, "key": e.key, "value": repr(e.value), "message": str(e)}
+    return {"ok": True, "config": cfg.to_dict(), "kwargs": kwargs}

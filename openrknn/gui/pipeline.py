@@ -1,0 +1,254 @@
+"""What the GUI does with a model: inspect it, turn a calibration folder into a dataset.txt, build + export through
+the same functions the API and the CLI use, and ask RKNN.eval_perf / eval_memory for charts when they are wired."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from ..config import make_config
+from ..errors import ConfigError, DatasetError, NotSupportedError
+from .jobs import Job
+from .sessions import CALIB_SUFFIXES, write_text_atomic
+
+log = logging.getLogger("openrknn.gui")
+
+BUILD_STAGES = ["Validate config", "Load model", "Calibration data", "Build", "Export .rknn", "Analyse"]
+
+
+# ---------------------------------------------------------------- models
+
+
+def _onnx_io(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def dims(vi) -> List[Any]:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+    inputs = [{"name": i.name, "shape": dims(i)} for i in model.graph.input if i.name not in inits]
+    outputs = [{"name": o.name, "shape": dims(o)} for o in model.graph.output]
+    needs = any(not (isinstance(d, int) and d > 0) for i in inputs for d in i["shape"])
+    ops = sorted({n.op_type for n in model.graph.node})
+    return {"inputs": inputs, "outputs": outputs, "needs_input_size": needs, "nodes": len(model.graph.node),
+            "op_types": ops, "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                                          default=None)}
+
+
+def inspect_model(path: Path, framework: str) -> dict:
+    """What the model picker shows: inputs/outputs when the file records them, and whether input sizes are needed."""
+    info: dict = {"framework": framework, "size_bytes": path.stat().st_size}
+    if framework == "onnx":
+        info.update(_onnx_io(path))
+    elif framework == "pytorch":
+        # TorchScript archives record no input shapes; the user gives them (input_size_list) as for load_pytorch.
+        info.update({"inputs": None, "outputs": None, "needs_input_size": True,
+                     "torchscript_archive": zipfile.is_zipfile(path)})
+    else:
+        from ..package import package_summary, read_package
+
+        summary = package_summary(read_package(path), str(path))
+        info.update({"inputs": summary["inputs"], "outputs": summary["outputs"], "needs_input_size": False,
+                     "summary": summary})
+    return info
+
+
+def parse_input_size(text: Optional[str]) -> Optional[List[List[int]]]:
+    """'3,224,224' or '1 3 224 224', '#' between inputs -> [[...], ...]; empty -> None (the model's own shapes)."""
+    if text is None or not str(text).strip():
+        return None
+    shapes = []
+    for part in str(text).split("#"):
+        tokens = [t for t in re.split(r"[\s,x×\[\]]+", part.strip()) if t]
+        if not tokens or not all(re.fullmatch(r"\d+", t) for t in tokens):
+            raise ConfigError("input_size_list", text, "positive integers per input such as '3,224,224' or "
+                              "'1,3,224,224', with '#' between inputs")
+        shapes.append([int(t) for t in tokens])
+    return shapes
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".copy-", dir=str(dest.parent))
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- calibration data
+
+
+def _folder_samples(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CALIB_SUFFIXES)
+
+
+def describe_dataset(path: Path) -> dict:
+    """A dataset.txt (lines counted) or a folder of images / .npy files (files counted); DatasetError otherwise."""
+    if path.is_dir():
+        samples = _folder_samples(path)
+        if not samples:
+            raise DatasetError(f"folder '{path}' holds no calibration files ({', '.join(CALIB_SUFFIXES)}); pick a "
+                               "folder of images or a dataset.txt")
+        return {"kind": "folder", "path": str(path), "count": len(samples), "examples": [p.name for p in samples[:5]]}
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not entries:
+            raise DatasetError(f"'{path}' lists no calibration files; write one image or .npy path per line")
+        return {"kind": "file", "path": str(path), "count": len(entries), "examples": entries[:5]}
+    raise DatasetError(f"'{path}' does not exist; give a dataset.txt or a folder of calibration images")
+
+
+def dataset_from_folder(folder: Path, dest: Path) -> int:
+    """Write dest (a dataset.txt) listing the folder's calibration files by absolute path; returns the count."""
+    samples = _folder_samples(folder)
+    if not samples:
+        raise DatasetError(f"folder '{folder}' holds no calibration files ({', '.join(CALIB_SUFFIXES)})")
+    write_text_atomic(dest, "".join(f"{p.resolve()}\n" for p in samples))
+    return len(samples)
+
+
+# ---------------------------------------------------------------- hybrid seam
+
+
+def hybrid_support() -> dict:
+    """Per-layer 'keep in higher precision' needs the quantizer to accept a layer list; probe, do not assume."""
+    from .. import quant_bridge
+
+    params = inspect.signature(quant_bridge.quantize_for_build).parameters
+    if "keep_float" in params:
+        return {"available": True, "reason": ""}
+    return {"available": False, "reason": "per-layer hybrid quantization is not in this openrknn yet "
+            "(quant_bridge.quantize_for_build takes no keep_float list)"}
+
+
+def _quantize_fn(keep_float: Sequence[str]):
+    if not keep_float:
+        return None
+    if not hybrid_support()["available"]:
+        raise NotSupportedError(f"{len(keep_float)} layer(s) were marked to keep in higher precision, but "
+                                f"{hybrid_support()['reason']}; clear the marks and build again")
+    from functools import partial
+
+    from .. import quant_bridge
+
+    return partial(quant_bridge.quantize_for_build, keep_float=list(keep_float))
+
+
+# ---------------------------------------------------------------- build
+
+
+@dataclass
+class BuildRequest:
+    model_path: Path
+    config: dict  # config() keyword arguments
+    output: Path
+    input_size_list: Optional[List[List[int]]] = None
+    do_quantization: bool = False
+    dataset: Optional[dict] = None  # {"kind": "file" | "folder", "path": ...}
+    rknn_batch_size: Optional[int] = None
+    keep_float: List[str] = field(default_factory=list)
+    calib_dir: Optional[Path] = None  # where a folder's dataset.txt is written
+
+
+def jsonable(value: Any) -> Any:
+    """numpy scalars/arrays, paths and other odd values in reports -> plain JSON types (NaN/inf -> None)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _dataset_path(req: BuildRequest) -> Optional[str]:
+    if not req.do_quantization:
+        return None
+    if not req.dataset:
+        raise DatasetError("quantization needs calibration data: pick a dataset.txt or a folder of images, or "
+                           "switch quantization off for a float model")
+    path = Path(req.dataset["path"])
+    if req.dataset.get("kind") == "folder":
+        dest = (req.calib_dir or path) / "dataset.txt"
+        n = dataset_from_folder(path, dest)
+        log.info("calibration: %d file(s) from %s -> %s", n, path, dest)
+        return str(dest)
+    describe_dataset(path)
+    return str(path)
+
+
+def run_build(job: Job, req: BuildRequest) -> dict:
+    """The whole conversion, stage by stage; returns what the page shows."""
+    from .. import builder
+    from ..package import package_summary, write_package
+    from ..workflow import load_model
+
+    job.stage("Validate config")
+    cfg = make_config(**req.config)
+    quantize_fn = _quantize_fn(req.keep_float) if req.do_quantization else None
+    job.stage("Load model")
+    loaded = load_model(req.model_path, req.input_size_list)
+    log.info("loaded %s: inputs %s", req.model_path.name, list(zip(loaded.input_names, loaded.input_shapes)))
+    job.stage("Calibration data")
+    dataset = _dataset_path(req)
+    job.stage("Build")
+    result = builder.build(loaded, cfg, do_quantization=req.do_quantization, dataset=dataset,
+                           rknn_batch_size=req.rknn_batch_size, quantize_fn=quantize_fn)
+    job.stage("Export .rknn")
+    size = write_package(req.output, result.package)
+    log.info("exported %s (%.2f MB)", req.output.name, size / 1e6)
+    job.stage("Analyse")
+    analysis = analyse(req.output)
+    return jsonable({
+        "rknn": req.output.name, "size_bytes": size, "summary": package_summary(result.package, str(req.output)),
+        "timings": result.timings, "notes": result.notes, "quant_report": result.quant_report,
+        "keep_float": list(req.keep_float), **analysis,
+    })
+
+
+def analyse(rknn_path: Path) -> dict:
+    """perf / memory dicts from the RKNN facade when its analysis bridge exists; a reason otherwise."""
+    if importlib.util.find_spec("openrknn.analysis_bridge") is None:
+        reason = "board-free perf/memory estimates are not wired into RKNN.eval_perf / eval_memory yet"
+        return {"perf": None, "memory": None, "perf_note": reason, "memory_note": reason}
+    from ..api import RKNN
+
+    out: dict = {"perf": None, "memory": None, "perf_note": "", "memory_note": ""}
+    rknn = RKNN()
+    try:
+        if rknn.load_rknn(str(rknn_path)) != 0 or rknn.init_runtime(perf_debug=True, eval_mem=True) != 0:
+            out["perf_note"] = out["memory_note"] = f"the simulator could not start: {rknn.last_error}"
+            return out
+        for key, call in (("perf", lambda: rknn.eval_perf(is_print=False)),
+                          ("memory", lambda: rknn.eval_memory(is_print=False))):
+            value = call()
+            if isinstance(value, dict):
+                out[key] = value
+            else:
+                out[f"{key}_note"] = f"eval_{key if key == 'perf' else 'memory'} returned no report: {rknn.last_error}"
+    finally:
+        rknn.release()
+    return out

@@ -1,0 +1,179 @@
+"""Per-browser sessions: a random cookie token names a private folder. Uploads land there under sanitized names,
+written atomically and size-limited while they stream; downloads resolve inside it or are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import tempfile
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Dict, Iterable, Optional, Tuple
+
+from ..errors import OpenRKNNError
+
+SESSION_COOKIE = "openrknn_session"
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".rknn")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CALIB_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+_MAX_NAME = 100
+
+
+class RequestRefused(OpenRKNNError):
+    """A request the GUI will not serve; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def framework_of(name: str) -> str:
+    """'onnx', 'pytorch' or 'rknn' from the file name, as workflow.load_model dispatches."""
+    suffix = Path(name).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".rknn":
+        return "rknn"
+    if suffix in (".pt", ".pth", ".torchscript", ".jit"):
+        return "pytorch"
+    raise RequestRefused(400, f"'{name}': unknown model type '{suffix}'; pick a TorchScript .pt, an .onnx or an "
+                         ".rknn file")
+
+
+def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:
+    """The base name only, reduced to [A-Za-z0-9._-], no leading dots, at most 100 characters, suffix kept."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    stem, suffix = os.path.splitext(base.strip())
+    suffix = suffix.lower()
+    allowed = tuple(allowed_suffixes)
+    bad_type = (allowed and suffix not in allowed) or not re.fullmatch(r"\.[a-z0-9]{1,12}", suffix or ".")
+    if bad_type or not stem.strip("."):
+        raise RequestRefused(400, f"file name {name!r}: type '{suffix or '(none)'}' is not accepted here; allowed: "
+                             f"{', '.join(allowed) or 'a name with a file type'}")
+    # accents fold to ASCII (e.g. 'codé' -> 'code'); other characters become '_'
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._")
+    if not cleaned.strip("_"):  # e.g. a name written in Chinese: keep it distinct, not empty
+        cleaned = "upload-" + hashlib.sha256(stem.encode("utf-8")).hexdigest()[:10]
+    return cleaned[: _MAX_NAME - len(suffix)] + suffix
+
+
+def contained_path(root: Path, name: str) -> Path:
+    """root/name, resolved (symlinks too), refused unless it stays strictly inside root."""
+    if "\x00" in name:
+        raise RequestRefused(400, "file name contains a NUL byte")
+    root_r = root.resolve()
+    candidate = (root_r / name).resolve()
+    if candidate == root_r or root_r not in candidate.parents:
+        raise RequestRefused(403, f"'{name}' is outside this session's folder; only files this session produced can "
+                             "be downloaded")
+    return candidate
+
+
+async def save_stream(chunks: AsyncIterator[bytes], dest: Path, limit: int) -> int:
+    """Stream request body chunks to dest atomically; stop and delete at `limit` bytes (HTTP 413)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=str(dest.parent))
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise RequestRefused(413, f"upload of '{dest.name}' is over the {limit / 1e6:.0f} MB limit; give "
+                                         "a path on this machine instead, or restart the GUI with a larger "
+                                         "--max-upload-mb")
+                f.write(chunk)
+        if size == 0:
+            raise RequestRefused(400, f"upload of '{dest.name}' is empty")
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return size
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class Session:
+    """What one browser has picked and built. Mutated under `lock` (requests and the build worker share it)."""
+
+    key: str
+    root: Path
+    model: Optional[dict] = None  # {"name", "path", "framework", "source", "inputs", "needs_input_size"}
+    dataset: Optional[dict] = None  # {"kind", "path", "count", "source"}
+    rknn: Optional[str] = None  # file name under outputs/ of the current .rknn (built or picked)
+    result: Optional[dict] = None  # the last build's result
+    last_feeds: Optional[dict] = None  # graph inputs of the last inference (for per-layer accuracy)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def calib(self) -> Path:
+        return self.root / "calibration"
+
+    def rknn_path(self) -> Optional[Path]:
+        return self.outputs / self.rknn if self.rknn else None
+
+
+class SessionStore:
+    """token -> Session. The folder is named by a hash of the token, so the secret never appears on disk."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._sessions: Dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode("ascii")).hexdigest()[:32]
+
+    def get(self, token: Optional[str]) -> Optional[Session]:
+        if not token or not _TOKEN_RE.match(token):
+            return None
+        with self._lock:
+            return self._sessions.get(self._key(token))
+
+    def create(self) -> Tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        key = self._key(token)
+        root = self.workdir / key
+        for sub in ("uploads", "outputs", "calibration"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        session = Session(key=key, root=root)
+        with self._lock:
+            self._sessions[key] = session
+        return token, session
+
+    def by_key(self, key: str) -> Optional[Session]:
+        with self._lock:
+            return self._sessions.get(key)

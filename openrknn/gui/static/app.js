@@ -1,0 +1,718 @@
+// openrknn GUI: plain DOM code, no framework. Every text from the server goes through textContent.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+const ui = {
+  schema: null,
+  state: {},
+  configOk: false,
+  validateTimer: null,
+  validateSeq: 0,
+  job: null,
+  inferred: false,
+  layers: null,
+};
+
+// ---------------------------------------------------------------- helpers
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+async function api(method, url, body, raw) {
+  const opts = { method, headers: {}, credentials: "same-origin" };
+  if (raw !== undefined) {
+    opts.body = raw;
+    opts.headers["Content-Type"] = "application/octet-stream";
+  } else if (body !== undefined) {
+    opts.body = JSON.stringify(body);
+    opts.headers["Content-Type"] = "application/json";
+  }
+  const res = await fetch(url, opts);
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) {
+    const err = new Error((data && data.error) || `${res.status} ${res.statusText}`);
+    err.status = res.status;
+    err.data = data;
+    throw err;
+  }
+  return data;
+}
+
+function showMsg(el, text, isError) {
+  if (!text) { el.hidden = true; el.textContent = ""; return; }
+  el.hidden = false;
+  el.textContent = text;
+  el.classList.toggle("msg-error", !!isError);
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "—";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(2)} MB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+}
+
+function fmtNum(v, digits = 4) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v !== "number") return String(v);
+  if (Number.isInteger(v)) return String(v);
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
+  return v.toFixed(digits).replace(/\.?0+$/, "");
+}
+
+const fmtShape = (s) => (Array.isArray(s) ? `[${s.join(", ")}]` : "—");
+const fmtList = (s) => (Array.isArray(s) ? s.map((v) => fmtNum(v, 3)).join(" ") : "—");
+
+function fillTable(table, rows, emptyText) {
+  const tbody = $("tbody", table);
+  tbody.replaceChildren();
+  if (!rows.length) {
+    const cols = $$("thead th", table).length;
+    tbody.append(h("tr", { class: "empty" }, h("td", { colspan: cols, text: emptyText || "Nothing to show." })));
+    return;
+  }
+  for (const r of rows) tbody.append(r);
+}
+
+function td(text, cls) { return h("td", { class: cls, text: text === undefined ? "" : String(text) }); }
+
+// ---------------------------------------------------------------- state
+
+function applyState(s) {
+  ui.state = s || {};
+  renderModel(ui.state.model);
+  renderDataset(ui.state.dataset);
+  if (ui.state.result) renderResult(ui.state.result);
+  updateControls();
+}
+
+async function refreshState() {
+  try { applyState(await api("GET", "/api/state")); } catch (e) { console.error(e); }
+}
+
+function updateControls() {
+  const s = ui.state;
+  const m = s.model;
+  const isRknn = m && m.framework === "rknn";
+  const building = ui.job !== null;
+  const build = $("#build-btn");
+  build.disabled = !m || isRknn || !ui.configOk || building;
+  build.textContent = building ? "Building…" : "Build";
+  build.title = !m ? "Pick a model first" : isRknn ? "An .rknn model is already built" :
+    !ui.configOk ? "Fix the configuration first" : "";
+  $("#infer-btn").disabled = !s.rknn || !$("#infer-file").files.length;
+  const status = $("#top-status");
+  status.replaceChildren();
+  if (!m) status.append("No model loaded");
+  else {
+    status.append(h("strong", { text: m.name }), ` · ${m.framework.toUpperCase()}`);
+    if (s.rknn) status.append(" → ", h("strong", { text: s.rknn }));
+    if (building) status.append(" · building…");
+  }
+  setStep("model", m ? "done" : "");
+  setStep("config", ui.configOk ? "done" : "");
+  setStep("calibration", s.dataset ? "done" : "");
+  setStep("build", s.rknn ? "done" : building ? "active" : "");
+  setStep("inference", ui.inferred ? "done" : "");
+  setStep("layers", ui.layers && ui.layers.rows && ui.layers.rows.length ? "done" : "");
+  setStep("perf", s.result && (s.result.perf || s.result.memory) ? "done" : "");
+}
+
+function setStep(name, mode) {
+  const el = $(`.step[data-step="${name}"]`);
+  el.classList.toggle("done", mode === "done");
+  el.classList.toggle("active", mode === "active");
+  el.classList.toggle("failed", mode === "failed");
+}
+
+// ---------------------------------------------------------------- model
+
+function renderModel(m) {
+  const info = $("#model-info");
+  if (!m) { info.hidden = true; return; }
+  info.hidden = false;
+  $("#model-framework").textContent = m.framework;
+  $("#model-name").textContent = m.name;
+  const meta = [fmtBytes(m.size_bytes)];
+  if (m.nodes) meta.push(`${m.nodes} nodes`);
+  if (m.opset) meta.push(`opset ${m.opset}`);
+  if (m.source === "path" && m.path) meta.push(m.path);
+  $("#model-meta").textContent = meta.join(" · ");
+  const io = (list) => (list || []).map((x) => h("tr", {}, td(x.name, "mono"), td(fmtShape(x.shape), "mono")));
+  const unknown = m.framework === "pytorch" ? "TorchScript does not record shapes." : "—";
+  fillTable($("#model-inputs"), io(m.inputs), unknown);
+  fillTable($("#model-outputs"), io(m.outputs), m.framework === "pytorch" ? "Known after the build." : "—");
+  $("#input-size-field").hidden = !m.needs_input_size;
+  const out = $("#output-name");
+  if (!out.value || out.dataset.auto === "1") {
+    out.value = m.name.replace(/\.[^.]+$/, "") + ".rknn";
+    out.dataset.auto = "1";
+  }
+  if (m.framework === "rknn") {
+    showMsg($("#model-msg"), "This .rknn model is already built: run it in the inference panel or download it below.");
+  }
+}
+
+async function pickModelFile(file) {
+  if (!file) return;
+  showMsg($("#model-msg"), `Uploading ${file.name} (${fmtBytes(file.size)})…`);
+  try {
+    const s = await api("POST", `/api/model/upload?filename=${encodeURIComponent(file.name)}`, undefined, file);
+    $("#output-name").dataset.auto = "1";
+    $("#output-name").value = "";
+    clearResult();
+    applyState(s);
+    if (s.model.framework !== "rknn") showMsg($("#model-msg"), "");
+    if (s.model.framework === "rknn") afterRknnReady();
+  } catch (e) {
+    showMsg($("#model-msg"), e.message, true);
+  }
+}
+
+async function pickModelPath(path) {
+  showMsg($("#model-msg"), `Opening ${path}…`);
+  try {
+    const s = await api("POST", "/api/model/path", { path });
+    $("#output-name").dataset.auto = "1";
+    $("#output-name").value = "";
+    clearResult();
+    applyState(s);
+    if (s.model.framework !== "rknn") showMsg($("#model-msg"), "");
+    if (s.model.framework === "rknn") afterRknnReady();
+  } catch (e) {
+    showMsg($("#model-msg"), e.message, true);
+  }
+}
+
+function afterRknnReady() {
+  const summary = ui.state.model && ui.state.model.summary;
+  if (summary) renderResult({ rknn: ui.state.rknn, size_bytes: summary.size_bytes, summary, timings: {}, perf: null,
+    memory: null, perf_note: "perf/memory estimates are computed when the GUI builds the model",
+    memory_note: "perf/memory estimates are computed when the GUI builds the model" });
+  loadLayers(false);
+}
+
+// ---------------------------------------------------------------- config
+
+function collectConfig() {
+  const cfg = {};
+  for (const field of $$("#config-form .field[data-key]")) {
+    const key = field.dataset.key;
+    const input = $(`[name="${key}"]`, field);
+    cfg[key] = input.type === "checkbox" ? input.checked : input.value;
+  }
+  return cfg;
+}
+
+function filterDtypes() {
+  const target = $("#cfg-target_platform").value;
+  const gen = ((ui.schema && ui.schema.generations[target]) || "").toUpperCase();
+  const select = $("#cfg-quantized_dtype");
+  for (const opt of $$("option", select)) {
+    const group = opt.dataset.group || "";
+    const ok = group === "" || group === gen;
+    opt.hidden = !ok;
+    opt.disabled = !ok;
+  }
+  for (const og of $$("optgroup", select)) og.hidden = og.label !== gen;
+  if (select.selectedOptions[0] && select.selectedOptions[0].disabled) select.value = "";
+  const def = ui.schema && ui.schema.default_dtype[gen.toLowerCase()];
+  if (def) select.options[0].textContent = `default for ${target} (${def})`;
+}
+
+function clearFieldErrors() {
+  for (const f of $$("#config-form .field.invalid")) {
+    f.classList.remove("invalid");
+    $(".field-error", f).hidden = true;
+  }
+}
+
+function markFieldError(key, message) {
+  clearFieldErrors();
+  const field = $(`#config-form .field[data-key="${key}"]`);
+  if (!field) return false;
+  field.classList.add("invalid");
+  const p = $(".field-error", field);
+  p.textContent = message;
+  p.hidden = false;
+  return true;
+}
+
+function scheduleValidate() {
+  clearTimeout(ui.validateTimer);
+  ui.validateTimer = setTimeout(validateConfig, 220);
+}
+
+async function validateConfig() {
+  const seq = ++ui.validateSeq;
+  const status = $("#config-status");
+  try {
+    const r = await api("POST", "/api/validate", { config: collectConfig() });
+    if (seq !== ui.validateSeq) return;
+    if (r.ok) {
+      ui.configOk = true;
+      clearFieldErrors();
+      const c = r.config;
+      const gen = ui.schema ? ui.schema.generations[c.target_platform[0]] : "";
+      status.dataset.state = "ok";
+      status.textContent = `Configuration valid · ${c.target_platform.join(", ")} (${(gen || "").toUpperCase()}) · ` +
+        `${c.quantized_dtype} · ${c.quantized_algorithm} · per-${c.quantized_method} · optimization level ` +
+        `${c.optimization_level}`;
+    } else {
+      ui.configOk = false;
+      markFieldError(r.key, r.message);
+      status.dataset.state = "error";
+      status.textContent = r.message;
+    }
+  } catch (e) {
+    ui.configOk = false;
+    status.dataset.state = "error";
+    status.textContent = e.message;
+  }
+  updateControls();
+}
+
+function syncQuantSection() {
+  const on = $("#do-quantization").checked;
+  $('.cfg-section[data-section="quant"]').classList.toggle("dimmed", !on);
+}
+
+// ---------------------------------------------------------------- calibration
+
+function renderDataset(d) {
+  const box = $("#dataset-status");
+  if (!d) { box.hidden = true; return; }
+  box.hidden = false;
+  $("#dataset-count").textContent = `${d.count} sample${d.count === 1 ? "" : "s"}`;
+  const where = d.source === "upload" ? "uploaded to this session" : d.path;
+  const kind = d.kind === "folder" ? "folder" : "dataset.txt";
+  $("#dataset-desc").textContent = `${kind} · ${where} · e.g. ${(d.examples || []).slice(0, 3).join(", ")}`;
+}
+
+async function pickDatasetPath(path) {
+  showMsg($("#dataset-msg"), `Reading ${path}…`);
+  try {
+    applyState(await api("POST", "/api/dataset/path", { path }));
+    $("#do-quantization").checked = true;
+    syncQuantSection();
+    showMsg($("#dataset-msg"), "");
+  } catch (e) {
+    showMsg($("#dataset-msg"), e.message, true);
+  }
+}
+
+async function uploadDataset(files) {
+  let done = 0;
+  try {
+    for (const f of files) {
+      showMsg($("#dataset-msg"), `Uploading ${f.name} (${done + 1}/${files.length})…`);
+      applyState(await api("POST", `/api/dataset/upload?filename=${encodeURIComponent(f.name)}`, undefined, f));
+      done += 1;
+    }
+    $("#do-quantization").checked = true;
+    syncQuantSection();
+    showMsg($("#dataset-msg"), `${done} image${done === 1 ? "" : "s"} uploaded.`);
+  } catch (e) {
+    showMsg($("#dataset-msg"), e.message, true);
+  }
+}
+
+// ---------------------------------------------------------------- build
+
+function resetProgress() {
+  $("#build-progress").hidden = false;
+  showMsg($("#build-error"), "");
+  $("#build-log").replaceChildren();
+  for (const li of $$("#stages li")) li.className = "";
+  const fill = $("#progress-fill");
+  fill.className = "progress-fill";
+  fill.style.width = "0%";
+  $("#progress-text").textContent = "Queued…";
+  $("#progress-time").textContent = "";
+}
+
+function setStage(index, total, label) {
+  $$("#stages li").forEach((li, i) => {
+    li.classList.toggle("done", i < index);
+    li.classList.toggle("active", i === index);
+  });
+  ui.stageIndex = index;
+  ui.stageTotal = total;
+  $("#progress-fill").style.width = `${Math.round((100 * index) / total)}%`;
+  $("#progress-text").textContent = `${label}…`;
+}
+
+function onProgress(bars) {
+  if (ui.stageIndex === undefined || !bars.length) return;
+  const b = bars[bars.length - 1];
+  const frac = b.total ? Math.min(1, b.n / b.total) : 0;
+  $("#progress-fill").style.width = `${Math.round((100 * (ui.stageIndex + frac)) / ui.stageTotal)}%`;
+  const stage = $$("#stages li")[ui.stageIndex];
+  $("#progress-text").textContent = `${stage ? stage.textContent : ""} · ${b.desc || "working"} ${b.n}/${b.total}`;
+}
+
+function appendLog(e) {
+  const log = $("#build-log");
+  const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+  log.append(h("div", { class: `log-line ${e.level}` },
+    h("span", { class: "t", text: e.t.toFixed(2).padStart(6, " ") }),
+    h("span", { class: "lvl", text: e.level[0] }),
+    h("span", { class: "src", text: e.logger.replace(/^openrknn\.?/, "") || "openrknn" }),
+    e.message));
+  if (stick) log.scrollTop = log.scrollHeight;
+}
+
+async function startBuild(keepFloat) {
+  const m = ui.state.model;
+  if (!m) return;
+  resetProgress();
+  clearResult();
+  const body = {
+    config: collectConfig(),
+    input_size: $("#input-size").value,
+    do_quantization: $("#do-quantization").checked,
+    rknn_batch_size: $("#rknn-batch").value,
+    output_name: $("#output-name").value,
+    keep_float: keepFloat || [],
+  };
+  let r;
+  try {
+    r = await api("POST", "/api/build", body);
+  } catch (e) {
+    $("#build-progress").hidden = true;
+    if (e.data && e.data.key && markFieldError(e.data.key, e.message)) {
+      $("#sec-config").scrollIntoView();
+    }
+    showMsg($("#build-error"), e.message, true);
+    return;
+  }
+  followJob(r.job_id);
+}
+
+function followJob(jobId) {
+  ui.job = jobId;
+  const started = Date.now();
+  ui.timer = setInterval(() => {
+    $("#progress-time").textContent = `${((Date.now() - started) / 1000).toFixed(1)} s`;
+  }, 200);
+  updateControls();
+  const es = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events`);
+  const data = (ev) => JSON.parse(ev.data);
+  es.addEventListener("stage", (ev) => { const d = data(ev); setStage(d.index, d.total, d.name); });
+  es.addEventListener("log", (ev) => appendLog(data(ev)));
+  es.addEventListener("progress", (ev) => onProgress(data(ev).bars));
+  es.addEventListener("failure", (ev) => {
+    const d = data(ev);
+    showMsg($("#build-error"), d.message, true);
+    const active = $("#stages li.active");
+    if (active) { active.classList.remove("active"); active.classList.add("failed"); }
+    $("#progress-fill").classList.add("failed");
+    $("#progress-text").textContent = "Build failed";
+  });
+  es.addEventListener("done", (ev) => {
+    const d = data(ev);
+    for (const li of $$("#stages li")) { li.className = "done"; }
+    const fill = $("#progress-fill");
+    fill.style.width = "100%";
+    fill.classList.add("done");
+    $("#progress-text").textContent = `Done · ${d.result.rknn}`;
+    renderResult(d.result);
+  });
+  es.addEventListener("state", (ev) => {
+    const d = data(ev);
+    if (d.state === "done" || d.state === "failed") {
+      es.close();
+      clearInterval(ui.timer);
+      ui.job = null;
+      refreshState().then(() => loadLayers(false));
+    }
+  });
+}
+
+function clearResult() {
+  $("#build-result").hidden = true;
+  renderPerf(null, "Build a model to see its estimate.");
+  renderMemory(null, "Build a model to see its memory plan.");
+}
+
+function kv(k, v) { return h("div", { class: "kv" }, h("div", { class: "k", text: k }), h("div", { class: "v", text: v })); }
+
+function renderResult(r) {
+  if (!r || !r.summary) return;
+  const s = r.summary;
+  $("#build-result").hidden = false;
+  $("#result-name").textContent = r.rknn;
+  const link = $("#download-link");
+  link.href = `/api/download/${encodeURIComponent(r.rknn)}`;
+  link.setAttribute("download", r.rknn);
+  const q = s.quantization;
+  const precision = q ? `${q.dtype} · ${q.algorithm} · per-${q.method}` : "float (fp16 on the NPU)";
+  $("#result-meta").textContent = `${(s.target_platform || []).join(", ")} · ${precision} · created ${s.created_utc || ""}`;
+  const t = r.timings || {};
+  const kvs = [
+    kv("Target", (s.target_platform || []).join(", ")),
+    kv("Precision", q ? q.dtype : "float"),
+    kv("File size", fmtBytes(r.size_bytes || s.size_bytes)),
+    kv("Build time", t.total_s !== undefined ? `${t.total_s.toFixed(2)} s` : "—"),
+    kv("Inputs / outputs", `${(s.inputs || []).length} / ${(s.outputs || []).length}`),
+  ];
+  if (q) kvs.push(kv("Quantized tensors", String(q.quantized_tensors)));
+  if (r.keep_float && r.keep_float.length) kvs.push(kv("Kept in float", `${r.keep_float.length} layer(s)`));
+  $("#result-kv").replaceChildren(...kvs);
+  fillTable($("#result-inputs"), (s.inputs || []).map((i) => {
+    const pre = [];
+    if (i.reorder_channel) pre.push(`reorder ${i.reorder_channel.join(" ")}`);
+    if (i.mean) pre.push(`mean ${fmtList(i.mean)}`);
+    if (i.std) pre.push(`std ${fmtList(i.std)}`);
+    return h("tr", {}, td(i.name, "mono"), td(`${fmtShape(i.shape)} ${i.dtype || ""} ${(i.layout || "").toUpperCase()}`, "mono"),
+      td(pre.join(" · ") || "none", "mono"));
+  }));
+  fillTable($("#result-outputs"), (s.outputs || []).map((o) =>
+    h("tr", {}, td(o.name, "mono"), td(fmtShape(o.shape), "mono"), td(o.dtype, "mono"))));
+  renderPerf(r.perf, r.perf_note);
+  renderMemory(r.memory, r.memory_note);
+  updateControls();
+}
+
+// ---------------------------------------------------------------- performance and memory
+
+function bars(rows, unit) {
+  const max = Math.max(...rows.map((r) => r.value), 1e-12);
+  return rows.map((r) => {
+    const fill = h("div", { class: "bar-fill" });
+    fill.style.width = `${Math.max(1, (100 * r.value) / max)}%`;
+    return h("div", { class: "bar-row" }, h("div", { class: "bar-name", title: r.name, text: r.name }),
+      h("div", { class: "bar-track" }, fill), h("div", { class: "bar-val", text: r.label || `${fmtNum(r.value, 1)} ${unit}` }));
+  });
+}
+
+function renderPerf(perf, note) {
+  const box = $("#perf-chart");
+  if (!perf) {
+    box.replaceChildren(h("p", { class: "empty-note", text: note || "No performance estimate." }));
+    return;
+  }
+  const est = perf.npu_estimate || {};
+  const host = perf.host_measured;
+  const totals = [kv("NPU estimate", est.total_us !== undefined ? `${(est.total_us / 1000).toFixed(2)} ms` : "—"),
+    kv("FPS (est.)", fmtNum(est.fps, 1)), kv("GMAC", fmtNum(est.gmacs, 3))];
+  if (host) totals.push(kv("This host", `${(host.total_us / 1000).toFixed(2)} ms`));
+  const rows = (perf.top_op_types || []).map((t) => ({ name: t.op_type, value: t.time_us,
+    label: `${fmtNum(t.time_us, 1)} µs · ${(100 * t.share).toFixed(0)}%` }));
+  const children = [h("div", { class: "chart-total" }, ...totals), ...bars(rows, "µs")];
+  if (perf.layers && perf.layers.length) {
+    const slow = perf.layers.filter((l) => l.unit !== "free" && l.unit !== "fused")
+      .sort((a, b) => b.npu_us - a.npu_us).slice(0, 8)
+      .map((l) => ({ name: l.name, value: l.npu_us, label: `${fmtNum(l.npu_us, 1)} µs` }));
+    if (slow.length) children.push(h("h3", { text: "Slowest layers" }), ...bars(slow, "µs"));
+  }
+  box.replaceChildren(...children);
+}
+
+function renderMemory(mem, note) {
+  const box = $("#mem-chart");
+  if (!mem) {
+    box.replaceChildren(h("p", { class: "empty-note", text: note || "No memory estimate." }));
+    return;
+  }
+  const rows = [];
+  for (const [k, v] of Object.entries(mem)) {
+    if (typeof v === "number" && v >= 0) rows.push({ name: k, value: v, label: /byte|mem|size|weight|internal|total/i.test(k) ? fmtBytes(v) : fmtNum(v) });
+  }
+  box.replaceChildren(...(rows.length ? bars(rows, "") : [h("p", { class: "empty-note", text: "eval_memory returned no numbers." })]));
+}
+
+// ---------------------------------------------------------------- inference
+
+async function runInference() {
+  const file = $("#infer-file").files[0];
+  if (!file) return;
+  const btn = $("#infer-btn");
+  btn.disabled = true;
+  btn.textContent = "Running…";
+  showMsg($("#infer-msg"), "");
+  const q = new URLSearchParams({
+    filename: file.name, feed_order: $("#infer-feed").value, resize: $("#infer-resize").value,
+    score_thr: $("#infer-score").value || "0.3", nms_thr: $("#infer-nms").value || "0.45",
+    class_names: $("#infer-names").value,
+  });
+  try {
+    const r = await api("POST", `/api/infer?${q}`, undefined, file);
+    renderInference(r);
+    ui.inferred = true;
+    $("#accuracy-btn").disabled = !(ui.layers && ui.layers.accuracy && ui.layers.accuracy.available);
+  } catch (e) {
+    showMsg($("#infer-msg"), e.message, true);
+  } finally {
+    btn.textContent = "Run";
+    updateControls();
+  }
+}
+
+function swatchCell(d) {
+  const sw = h("span", { class: "swatch" });
+  sw.style.background = d.color || "#999";
+  return h("td", {}, sw, d.label);
+}
+
+function renderInference(r) {
+  $("#infer-result").hidden = false;
+  const fig = $("#infer-figure");
+  if (r.drawn) {
+    fig.hidden = false;
+    $("#infer-image").src = `/api/download/${encodeURIComponent(r.drawn)}?inline=1&v=${Date.now()}`;
+    const n = (r.detections || []).length;
+    $("#infer-caption").textContent = `${n} detection${n === 1 ? "" : "s"} · YOLOX ${r.yolox.layout} layout, ` +
+      `${r.yolox.num_classes} classes · ${r.resize} · ${r.feed_order.toUpperCase()} feed · ${r.image.width}×${r.image.height}`;
+  } else {
+    fig.hidden = true;
+  }
+  const dets = r.detections;
+  $("#det-title").hidden = !dets;
+  $("#det-table").hidden = !dets;
+  if (dets) {
+    fillTable($("#det-table"), dets.slice(0, 50).map((d) => h("tr", {}, swatchCell(d), td(d.score.toFixed(3), "num"),
+      td(d.box.map((v) => v.toFixed(0)).join(", "), "mono"))), "No detection above the score threshold.");
+  }
+  fillTable($("#out-table"), r.outputs.map((o) => h("tr", {}, td(o.name, "mono"), td(fmtShape(o.shape), "mono"),
+    td(fmtNum(o.min), "num"), td(fmtNum(o.max), "num"), td(fmtNum(o.mean), "num"),
+    td(o.top ? o.top.slice(0, 3).map((t) => `#${t.index}: ${fmtNum(t.value, 3)}`).join("  ") : "", "mono"))));
+}
+
+// ---------------------------------------------------------------- layers
+
+async function loadLayers(withAccuracy) {
+  try {
+    const r = await api("GET", `/api/layers${withAccuracy ? "?accuracy=1" : ""}`);
+    ui.layers = r;
+    renderLayers(r);
+  } catch (e) {
+    $("#layers-note").textContent = e.message;
+  }
+  updateControls();
+}
+
+function renderLayers(r) {
+  const kept = new Set(r.kept_float || []);
+  const hybridOk = r.hybrid && r.hybrid.available;
+  const rows = (r.rows || []).map((row) => {
+    const box = h("input", { type: "checkbox", value: row.name, "aria-label": `keep ${row.name} in float` });
+    box.checked = kept.has(row.name);
+    box.disabled = !hybridOk;
+    box.addEventListener("change", () => { tr.classList.toggle("kept", box.checked); updateHybridButton(); });
+    let cos = td("—", "muted");
+    if (row.cosine !== null && row.cosine !== undefined) {
+      const fill = h("div", { class: `cos-fill ${row.cosine < 0.98 ? (row.cosine < 0.9 ? "bad" : "low") : ""}` });
+      fill.style.width = `${Math.max(0, Math.min(1, row.cosine)) * 100}%`;
+      cos = h("td", {}, h("div", { class: "cos" }, h("div", { class: "cos-bar" }, fill), h("span", { class: "mono", text: row.cosine.toFixed(4) })));
+    }
+    const quant = row.precision !== "float";
+    const tr = h("tr", { "data-name": row.name, "data-op": row.op_type, class: kept.has(row.name) ? "kept" : "" },
+      td(row.index, "num"), td(row.name, "mono"), td(row.op_type),
+      h("td", {}, h("span", { class: `prec ${quant ? "quant" : "float"}`, text: row.precision })), cos,
+      h("td", { class: "num" }, box));
+    return tr;
+  });
+  fillTable($("#layers-table"), rows, "Build a model to see its layers.");
+  const notes = [];
+  if (r.rows && r.rows.length) {
+    const q = r.rows.filter((x) => x.precision !== "float").length;
+    notes.push(`${r.rows.length} layers in ${r.model}${r.quantized ? `, ${q} quantized` : " (float model)"}.`);
+  }
+  if (r.accuracy && !r.accuracy.measured && r.accuracy.reason) notes.push(`Accuracy: ${r.accuracy.reason}.`);
+  if (r.hybrid && !r.hybrid.available && r.hybrid.reason) notes.push(`Keep-float toggles: ${r.hybrid.reason}.`);
+  $("#layers-note").textContent = notes.join(" ");
+  $("#accuracy-btn").disabled = !(r.accuracy && r.accuracy.available && r.rows && r.rows.length);
+  filterLayers();
+  updateHybridButton();
+}
+
+function updateHybridButton() {
+  const n = $$("#layers-table tbody input[type=checkbox]:checked").length;
+  const ok = ui.layers && ui.layers.hybrid && ui.layers.hybrid.available;
+  const btn = $("#hybrid-btn");
+  btn.disabled = !ok || ui.job !== null || !ui.state.model || ui.state.model.framework === "rknn";
+  btn.textContent = n ? `Rebuild with ${n} layer${n === 1 ? "" : "s"} in float` : "Rebuild with marked layers in float";
+}
+
+function filterLayers() {
+  const q = $("#layer-filter").value.trim().toLowerCase();
+  for (const tr of $$("#layers-table tbody tr[data-name]")) {
+    tr.hidden = q && !tr.dataset.name.toLowerCase().includes(q) && !tr.dataset.op.toLowerCase().includes(q);
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function wireDropzone(zone) {
+  zone.addEventListener("dragover", () => zone.classList.add("dragover"));
+  for (const ev of ["dragleave", "drop"]) zone.addEventListener(ev, () => zone.classList.remove("dragover"));
+}
+
+async function init() {
+  for (const z of $$(".dropzone")) wireDropzone(z);
+  $("#model-file").addEventListener("change", (e) => pickModelFile(e.target.files[0]));
+  $("#model-path-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = $("#model-path").value.trim();
+    if (p) pickModelPath(p);
+  });
+  $("#config-form").addEventListener("input", scheduleValidate);
+  $("#config-form").addEventListener("change", scheduleValidate);
+  $("#cfg-target_platform").addEventListener("change", filterDtypes);
+  $("#do-quantization").addEventListener("change", syncQuantSection);
+  $("#dataset-path-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = $("#dataset-path").value.trim();
+    if (p) pickDatasetPath(p);
+  });
+  $("#dataset-files").addEventListener("change", (e) => uploadDataset(Array.from(e.target.files)));
+  $("#dataset-clear").addEventListener("click", async () => {
+    try { applyState(await api("POST", "/api/dataset/clear", {})); } catch (e) { showMsg($("#dataset-msg"), e.message, true); }
+  });
+  $("#output-name").addEventListener("input", (e) => { e.target.dataset.auto = "0"; });
+  $("#build-btn").addEventListener("click", () => startBuild([]));
+  $("#infer-file").addEventListener("change", (e) => {
+    const f = e.target.files[0];
+    $("#infer-file-name").textContent = f ? `${f.name} · ${fmtBytes(f.size)}` : "JPEG, PNG, BMP or WebP";
+    updateControls();
+  });
+  $("#infer-btn").addEventListener("click", runInference);
+  $("#layer-filter").addEventListener("input", filterLayers);
+  $("#accuracy-btn").addEventListener("click", () => loadLayers(true));
+  $("#hybrid-btn").addEventListener("click", () => {
+    const names = $$("#layers-table tbody input[type=checkbox]:checked").map((b) => b.value);
+    $("#sec-build").scrollIntoView();
+    startBuild(names);
+  });
+  try {
+    ui.schema = await api("GET", "/api/schema");
+  } catch (e) {
+    console.error(e);
+  }
+  filterDtypes();
+  syncQuantSection();
+  await refreshState();
+  if (ui.state.rknn) loadLayers(false);
+  validateConfig();
+}
+
+document.addEventListener("DOMContentLoaded", init);

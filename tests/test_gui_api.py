@@ -1,0 +1,495 @@
+"""The GUI server without a browser: guards (Origin, Host, upload limits, path traversal, session isolation), the
+config form against make_config, the build event stream, and the CLI entry points. Runs a real uvicorn server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("fastapi", reason="the GUI needs fastapi (pip install fastapi uvicorn)")
+pytest.importorskip("uvicorn", reason="the GUI needs uvicorn (pip install fastapi uvicorn)")
+
+from openrknn.config import KNOWN_KEYS, make_config  # noqa: E402
+from openrknn.errors import ConfigError, OpenRKNNError  # noqa: E402
+from openrknn.gui.app import GuiSettings  # noqa: E402
+from openrknn.gui.forms import config_schema, form_to_kwargs, validate_form  # noqa: E402
+from openrknn.gui.infer import yolox_layout  # noqa: E402
+from openrknn.gui.pipeline import parse_input_size  # noqa: E402
+from openrknn.gui.server import BackgroundServer, free_port  # noqa: E402
+from openrknn.gui.sessions import RequestRefused, contained_path, sanitize_filename  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_LIMIT = 2 * 1024 * 1024
+IMAGE_LIMIT = 256 * 1024
+
+
+def tiny_image_model(path: Path, hw: int = 16, seed: int = 3) -> Path:
+    """x [1,3,hw,hw] -> 3x3 conv (pad 1) -> Relu -> y [1,4,hw,hw]: an image model that builds in well under a second."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(4) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, hw, hw])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def reference_output(model_path: Path, pixels_nhwc: np.ndarray, mean, std) -> np.ndarray:
+    """The float model on the documented contract: (pixel - mean) / std per channel, NCHW."""
+    import onnxruntime as ort
+
+    x = ((pixels_nhwc.astype(np.float32) - np.float32(mean)) / np.float32(std)).transpose(0, 3, 1, 2)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": np.ascontiguousarray(x)})[0]
+
+
+class Client:
+    """http.client with the page's cookie and Origin; raw paths are sent as given (no dot-segment cleanup)."""
+
+    def __init__(self, base: str):
+        parts = urlsplit(base)
+        self.host, self.port = parts.hostname, parts.port
+        self.origin = f"http://{self.host}:{self.port}"
+        self.cookie: Optional[str] = None
+
+    def request(self, method: str, path: str, body=None, headers: Optional[dict] = None, origin: Optional[str] = "",
+                chunked: bool = False):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        h = {"Host": f"{self.host}:{self.port}"}
+        if origin == "":
+            origin = self.origin
+        if origin is not None and method != "GET":
+            h["Origin"] = origin
+        if self.cookie:
+            h["Cookie"] = self.cookie
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        h.update(headers or {})
+        conn.request(method, path, body=body, headers=h, encode_chunked=chunked)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def json(self, method: str, path: str, body=None, **kw):
+        status, _, data = self.request(method, path, body, **kw)
+        return status, (json.loads(data) if data else None)
+
+    def open_session(self) -> "Client":
+        status, headers, _ = self.request("GET", "/")
+        assert status == 200
+        self.cookie = headers["set-cookie"].split(";")[0]
+        return self
+
+    @property
+    def token(self) -> str:
+        return self.cookie.split("=", 1)[1]
+
+    def events(self, job_id: str, timeout: float = 120) -> list:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn.request("GET", f"/api/jobs/{job_id}/events", headers={"Cookie": self.cookie})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+        events = []
+        for block in resp.read().decode().split("\n\n"):
+            data = [ln[6:] for ln in block.splitlines() if ln.startswith("data: ")]
+            if data:
+                events.append(json.loads(data[0]))
+        conn.close()
+        return events
+
+
+@pytest.fixture(scope="module")
+def gui(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gui_work")
+    server = BackgroundServer(GuiSettings(port=0, workdir=workdir, max_upload_bytes=MODEL_LIMIT,
+                                          max_image_bytes=IMAGE_LIMIT))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(gui) -> Client:
+    return Client(gui.url).open_session()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return tiny_image_model(tmp_path_factory.mktemp("gui_models") / "tiny.onnx")
+
+
+def session_dir(gui, client: Client) -> Path:
+    return gui.app.state.store.get(client.token).root
+
+
+def upload(client: Client, kind: str, name: str, data: bytes, **kw):
+    return client.json("POST", f"/api/{kind}/upload?filename={quote(name)}", data,
+                       headers={"Content-Type": "application/octet-stream"}, **kw)
+
+
+def build_and_wait(client: Client, body: dict) -> tuple:
+    status, r = client.json("POST", "/api/build", body)
+    assert status == 200, r
+    events = client.events(r["job_id"])
+    return r["job_id"], events
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("model.onnx", "model.onnx"), ("../../evil.onnx", "evil.onnx"), ("..\\..\\win.ONNX", "win.onnx"),
+    ("my model (1).pt", "my_model_1.pt"), ("/etc/passwd.rknn", "passwd.rknn"), ("ünï cödé.onnx", "uni_code.onnx"),
+    (" .hidden.onnx", "hidden.onnx"),
+])
+def test_sanitize_filename_keeps_a_safe_base_name(name, expected):
+    assert sanitize_filename(name, (".onnx", ".pt", ".rknn")) == expected
+
+
+def test_sanitize_filename_keeps_non_latin_names_distinct():
+    a, b = sanitize_filename("模型.onnx", (".onnx",)), sanitize_filename("眼睛.onnx", (".onnx",))
+    assert a != b and a.startswith("upload-") and a.endswith(".onnx")
+
+
+@pytest.mark.parametrize("name", ["evil.exe", ".bashrc", "....", "model", "a.onnx.sh", ".onnx"])
+def test_sanitize_filename_refuses_other_types(name):
+    with pytest.raises(RequestRefused) as e:
+        sanitize_filename(name, (".onnx", ".pt"))
+    assert e.value.status == 400
+
+
+def test_contained_path_refuses_escapes(tmp_path):
+    root = tmp_path / "s" / "outputs"
+    root.mkdir(parents=True)
+    (root / "ok.rknn").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", root / "link.rknn")
+    assert contained_path(root, "ok.rknn") == (root / "ok.rknn").resolve()
+    for bad in ("../../secret.txt", "/etc/passwd", "link.rknn", ".", "", "sub/../../x", "a\x00b"):
+        with pytest.raises(RequestRefused) as e:
+            contained_path(root, bad)
+        assert e.value.status in (400, 403)
+
+
+def test_schema_has_every_config_option_with_its_default():
+    schema = config_schema()
+    assert [f["key"] for f in schema["fields"]] == list(KNOWN_KEYS)
+    by_key = {f["key"]: f for f in schema["fields"]}
+    assert by_key["target_platform"]["default"] == "rk1808"
+    assert by_key["optimization_level"]["default"] == 3
+    assert {o["value"] for o in by_key["target_platform"]["options"]} >= {"rk1808", "rk3588", "rv1106"}
+    assert set(schema["dtypes"]["rknpu2"]) == {"w8a8", "w8a16", "w16a16i", "float16"}
+
+
+def test_form_values_become_config_kwargs():
+    kw = form_to_kwargs({"mean_values": "123.675, 116.28 103.53", "std_values": "58 57 57#1", "optimization_level": "2",
+                         "quant_img_RGB2BGR": True, "output_optimize": False, "reorder_channel": " 2 1 0 ",
+                         "quantized_dtype": "", "auto_hybrid_cos_thresh": "0.95"})
+    assert kw == {"mean_values": [123.675, 116.28, 103.53], "std_values": [[58.0, 57.0, 57.0], [1.0]],
+                  "optimization_level": 2, "quant_img_RGB2BGR": True, "output_optimize": 0,
+                  "reorder_channel": "2 1 0", "auto_hybrid_cos_thresh": 0.95}
+
+
+@pytest.mark.parametrize("form, kwargs", [
+    ({"optimization_level": "7"}, {"optimization_level": 7}),
+    ({"optimization_level": "two"}, {"optimization_level": "two"}),
+    ({"mean_values": "abc"}, {"mean_values": "abc"}),
+    ({"std_values": "1 0 1"}, {"std_values": [1.0, 0.0, 1.0]}),
+    ({"target_platform": "rk3588", "quantized_dtype": "asymmetric_quantized-u8"},
+     {"target_platform": "rk3588", "quantized_dtype": "asymmetric_quantized-u8"}),
+    ({"reorder_channel": "0 1 1"}, {"reorder_channel": "0 1 1"}),
+])
+def test_form_errors_are_make_configs_own(form, kwargs):
+    with pytest.raises(ConfigError) as e:
+        make_config(**kwargs)
+    result = validate_form(form)
+    assert result["ok"] is False
+    assert result["message"] == str(e.value) and result["key"] == e.value.key
+
+
+def test_parse_input_size():
+    assert parse_input_size("3,224,224") == [[3, 224, 224]]
+    assert parse_input_size("1 3 32 32 # 1 1 8 8") == [[1, 3, 32, 32], [1, 1, 8, 8]]
+    assert parse_input_size("  ") is None
+    with pytest.raises(ConfigError):
+        parse_input_size("3,a,224")
+
+
+def test_yolox_layout_is_recognised_from_shapes_only():
+    inp = [{"name": "images", "shape": [1, 416, 416, 3]}]
+    assert yolox_layout(inp, [{"shape": [1, 3549, 85]}]) == {"layout": "flat", "num_classes": 80}
+    maps = [{"shape": [1, 8, 52, 52]}, {"shape": [1, 8, 26, 26]}, {"shape": [1, 8, 13, 13]}]
+    assert yolox_layout(inp, maps) == {"layout": "maps", "num_classes": 3}
+    assert yolox_layout(inp, [{"shape": [1, 1000]}]) is None
+    assert yolox_layout(inp, [{"shape": [1, 3548, 85]}]) is None
+    assert yolox_layout(inp, maps[:2]) is None
+
+
+# ---------------------------------------------------------------- guards
+
+
+def test_page_sets_a_strict_session_cookie_and_security_headers(gui):
+    c = Client(gui.url)
+    status, headers, body = c.request("GET", "/")
+    assert status == 200
+    cookie = headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    page = body.decode()
+    for key in KNOWN_KEYS:  # every config() option has a form control
+        assert f'name="{key}"' in page
+
+
+def test_cross_site_and_originless_posts_are_refused(gui, client, tiny_model):
+    for origin in ("http://evil.example", "null", None, f"https://{client.host}:{client.port}",
+                   f"http://{client.host}:{client.port + 1}"):
+        status, r = client.json("POST", "/api/model/path", {"path": str(tiny_model)}, origin=origin)
+        assert status == 403, (origin, r)
+        assert "refused" in r["error"]
+    assert client.json("GET", "/api/state")[1]["model"] is None  # nothing changed
+    status, r = client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    assert status == 200 and r["model"]["name"] == "tiny.onnx"
+
+
+def test_foreign_host_header_is_refused(gui):
+    c = Client(gui.url)
+    status, _, body = c.request("GET", "/", headers={"Host": f"attacker.example:{c.port}"})
+    assert status == 421
+    assert b"not this GUI" in body
+
+
+def test_download_cannot_leave_the_session_folder(gui, client, tiny_model):
+    secret = Path(gui.settings.workdir) / "secret.txt"
+    secret.write_text("TOPSECRET")
+    outputs = session_dir(gui, client) / "outputs"
+    os.symlink(secret, outputs / "link.rknn")
+    attempts = ["/api/download/../secret.txt", "/api/download/../../secret.txt", "/api/download/..%2F..%2Fsecret.txt",
+                "/api/download/%2e%2e/%2e%2e/secret.txt", "/api/download//etc/passwd", "/api/download/link.rknn",
+                "/api/download/..%5c..%5csecret.txt", "/api/download/%2Fetc%2Fpasswd"]
+    for path in attempts:
+        status, _, body = client.request("GET", path)
+        assert status in (403, 404), path
+        assert b"TOPSECRET" not in body and b"root:" not in body, path
+    assert client.request("GET", "/api/download/..%2F..%2Fsecret.txt")[0] == 403
+
+
+def test_uploads_are_size_limited_while_streaming(gui, client):
+    big = b"\0" * (MODEL_LIMIT + 1)
+    status, r = upload(client, "model", "big.onnx", big)  # announced by Content-Length: refused before reading
+    assert status == 413 and "limit" in r["error"]
+
+    def chunks() -> Iterable[bytes]:
+        for _ in range(MODEL_LIMIT // 65536 + 2):
+            yield b"\0" * 65536
+
+    status, r = client.json("POST", "/api/model/upload?filename=big.onnx", chunks(), chunked=True,
+                            headers={"Content-Type": "application/octet-stream"})
+    assert status == 413 and "limit" in r["error"]
+    status, r = upload(client, "dataset", "huge.png", b"\0" * (IMAGE_LIMIT + 1))
+    assert status == 413
+    leftovers = [p.name for p in session_dir(gui, client).rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_upload_names_are_sanitized_into_the_session_folder(gui, client, tiny_model):
+    status, r = upload(client, "model", "../../../escaped.onnx", tiny_model.read_bytes())
+    assert status == 200 and r["model"]["name"] == "escaped.onnx"
+    assert (session_dir(gui, client) / "uploads" / "escaped.onnx").is_file()
+    assert not (Path(gui.settings.workdir).parent / "escaped.onnx").exists()
+    assert "path" not in r["model"]  # the page is not told where the session folder is
+    status, r = upload(client, "model", "payload.sh", b"#!/bin/sh")
+    assert status == 400 and "not accepted" in r["error"]
+
+
+def test_api_needs_a_session(gui, tiny_model):
+    c = Client(gui.url)
+    status, r = c.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    assert status == 401 and "reload the page" in r["error"]
+
+
+# ---------------------------------------------------------------- build, events, download
+
+
+def test_build_streams_progress_and_the_download_runs(gui, client, tiny_model, tmp_path):
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+
+    assert upload(client, "model", "tiny.onnx", tiny_model.read_bytes())[0] == 200
+    mean, std = [10.0, 100.0, 200.0], [2.0, 4.0, 8.0]
+    job_id, events = build_and_wait(client, {"config": {"mean_values": "10 100 200", "std_values": "2,4,8"},
+                                             "output_name": "tiny model.rknn"})
+    kinds = [e["type"] for e in events]
+    stages = [e["name"] for e in events if e["type"] == "stage"]
+    assert stages == ["Validate config", "Load model", "Calibration data", "Build", "Export .rknn", "Analyse"]
+    assert kinds[-2:] == ["done", "state"] and events[-1]["state"] == "done"
+    logs = [e["message"] for e in events if e["type"] == "log"]
+    assert any("exported tiny_model.rknn" in m for m in logs) and any("build done" in m for m in logs)
+    result = next(e for e in events if e["type"] == "done")["result"]
+    assert result["rknn"] == "tiny_model.rknn"
+    assert result["summary"]["inputs"][0]["shape"] == [1, 16, 16, 3]
+
+    status, headers, data = client.request("GET", "/api/download/tiny_model.rknn")
+    assert status == 200 and "attachment" in headers["content-disposition"]
+    path = tmp_path / "dl.rknn"
+    path.write_bytes(data)
+    pkg = read_package(path)
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=1)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    out = sim.run([pixels])[0]
+    np.testing.assert_allclose(out, reference_output(tiny_model, pixels, mean, std), rtol=1e-4, atol=1e-4)
+
+    # a replayed stream (Last-Event-ID) starts after the given event
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=30)
+    conn.request("GET", f"/api/jobs/{job_id}/events", headers={"Cookie": client.cookie, "Last-Event-ID": "3"})
+    replay = conn.getresponse().read().decode()
+    assert "id: 3\n" not in replay and f"id: {len(events) - 1}\n" in replay
+
+
+def test_build_with_a_bad_value_is_refused_with_the_validators_words(gui, client, tiny_model):
+    client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    status, r = client.json("POST", "/api/build", {"config": {"quantized_algorithm": "magic"}})
+    with pytest.raises(ConfigError) as e:
+        make_config(quantized_algorithm="magic")
+    assert status == 422 and r["error"] == str(e.value) and r["key"] == "quantized_algorithm"
+
+
+def test_model_level_config_error_fails_the_job_with_the_message(gui, client, tiny_model):
+    client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    _, events = build_and_wait(client, {"config": {"mean_values": "1 2"}})  # 2 values for a 3-channel input
+    failure = next(e for e in events if e["type"] == "failure")
+    assert "mean_values" in failure["message"] and "3 channels" in failure["message"]
+    assert events[-1]["state"] == "failed"
+    assert client.json("GET", "/api/state")[1]["rknn"] is None
+
+
+def test_quantized_build_reports_what_the_backend_does(gui, client, tiny_model, tmp_path):
+    """Whatever state quantization is in, the GUI's outcome is the backend's: a quantized package or its error."""
+    import cv2
+
+    from openrknn import builder
+    from openrknn.workflow import load_model
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        ok, png = cv2.imencode(".png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        assert upload(client, "dataset", f"calib {i}.png", png.tobytes())[0] == 200
+    state = client.json("GET", "/api/state")[1]
+    assert state["dataset"]["count"] == 3 and state["dataset"]["kind"] == "folder"
+    client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    _, events = build_and_wait(client, {"config": {"std_values": "255"}, "do_quantization": True})
+
+    (tmp_path / "c").mkdir()
+    for p in (session_dir(gui, client) / "calibration").glob("*.png"):
+        (tmp_path / "c" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "c" / "dataset.txt").write_text("".join(f"{p.name}\n" for p in sorted((tmp_path / "c").glob("*.png"))))
+    try:
+        direct = builder.build(load_model(tiny_model), make_config(std_values=[255]), do_quantization=True,
+                               dataset=str(tmp_path / "c" / "dataset.txt"))
+        expected_error = None
+    except OpenRKNNError as e:
+        expected_error = str(e)
+    except Exception as e:  # the quantizer is still being written: the GUI must show the same failure
+        expected_error = f"{type(e).__name__}: {e}"
+    if expected_error is None:
+        result = next(e for e in events if e["type"] == "done")["result"]
+        assert result["summary"]["quantization"]["dtype"] == direct.package.metadata["quantization"]["dtype"]
+        layers = client.json("GET", "/api/layers")[1]
+        assert any(r["precision"] != "float" for r in layers["rows"])
+    else:
+        failure = next(e for e in events if e["type"] == "failure")
+        assert failure["message"] == expected_error
+
+
+def test_sessions_are_isolated(gui, tiny_model):
+    a, b = Client(gui.url).open_session(), Client(gui.url).open_session()
+    a.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    job_id, events = build_and_wait(a, {"config": {}})
+    assert events[-1]["state"] == "done"
+    assert a.request("GET", "/api/download/tiny.rknn")[0] == 200
+    assert b.request("GET", "/api/download/tiny.rknn")[0] == 404
+    assert b.request("GET", f"/api/jobs/{job_id}")[0] == 404
+    assert b.request("GET", f"/api/jobs/{job_id}/events")[0] == 404
+
+
+def test_layers_and_inference_endpoints(gui, client, tiny_model):
+    import cv2
+
+    client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    assert build_and_wait(client, {"config": {}})[1][-1]["state"] == "done"
+    layers = client.json("GET", "/api/layers")[1]
+    assert [(r["name"], r["op_type"], r["precision"]) for r in layers["rows"]][-2:] == [("conv", "Conv", "float"),
+                                                                                        ("relu", "Relu", "float")]
+    assert layers["hybrid"]["available"] is False and layers["hybrid"]["reason"]
+    img = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    ok, jpg = cv2.imencode(".png", img)
+    status, r = client.json("POST", "/api/infer?filename=pic.png&resize=stretch&feed_order=rgb", jpg.tobytes(),
+                            headers={"Content-Type": "application/octet-stream"})
+    assert status == 200, r
+    assert r["outputs"][0]["shape"] == [1, 4, 16, 16] and r["yolox"] is None and r["detections"] is None
+    status, r = client.json("POST", "/api/infer?filename=pic.png", b"not an image",
+                            headers={"Content-Type": "application/octet-stream"})
+    assert status == 400 and "could not be decoded" in r["error"]
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def test_python_m_openrknn_gui_prints_the_url_and_serves(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "openrknn.gui", "--port", str(port), "--workdir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(ROOT))
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, _, body = Client(f"http://127.0.0.1:{port}").request("GET", "/")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "server did not answer"
+                time.sleep(0.1)
+        assert status == 200 and b"openrknn" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_openrknn_gui_cli_validates_its_arguments():
+    from openrknn.cli import build_parser
+
+    args = build_parser().parse_args(["gui"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000) and args.func.__module__ == "openrknn.commands.gui"
+    proc = subprocess.run([sys.executable, "-m", "openrknn", "gui", "--port", "70000"], capture_output=True, text=True,
+                          env=_env(), cwd=str(ROOT), timeout=60)
+    assert proc.returncode == 2 and "70000 is not in 1..65535" in proc.stderr
