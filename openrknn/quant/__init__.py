@@ -1,0 +1,101 @@
+"""Post-training int8/int16/fp16 quantization of a float ONNX model into an NPU-faithful QDQ graph.
+
+Pipeline (each stage a module): normalize the graph (ir) -> plan the quantization points (plan) -> optional
+cross-layer equalization (algorithms.equalize) -> streaming calibration (calibrate) -> activation ranges
+(algorithms.activations) -> weight quantization, bias correction, optional AdaRound (algorithms.*) -> QDQ graph (qdq).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional
+
+import onnx
+
+from ..errors import ConfigError
+from .dataset import CalibrationData, InputSpec, read_dataset
+from .schemes import SCHEMES, get_scheme
+
+log = logging.getLogger("openrknn.quant")
+
+ALGORITHMS = ("normal", "kl_divergence", "mmse")
+METHODS = ("layer", "channel")
+
+
+@dataclass
+class QuantOptions:
+    """What to quantize to and how.
+
+    dtype: asymmetric_quantized-u8 | dynamic_fixed_point-i8 | dynamic_fixed_point-i16 | w8a8 | w8a16 | w16a16i |
+        float16.
+    algorithm: activation ranges: 'normal' (min/max), 'kl_divergence' (2048-bin histogram KL), 'mmse' (least
+        squared error clipping); mmse also picks MSE-optimal weight clipping.
+    method: 'layer' (one weight scale per tensor) or 'channel' (one per output channel); None picks the dtype's
+        hardware default: 'layer' for the RKNPU1 dtypes (u8, dynamic fixed point), 'channel' for the RKNPU2 ones.
+    equalization: cross-layer equalization of conv pairs joined by a scale-equivariant activation (ReLU,
+        LeakyReLU, none); 'auto' = only with per-layer weights, where it matters.
+    bias_correction: 'empirical' (default: one extra pass measures each layer's own output shift from weight
+        rounding and input quantization, and folds it into the bias), 'analytical' (weight rounding only, from
+        E[x]; free), or False.
+    adaround: learned weight rounding (layer-wise, opt-in, slower).
+    keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
+    """
+
+    dtype: str = "asymmetric_quantized-u8"
+    algorithm: str = "normal"
+    method: Optional[str] = None
+    target: str = "rk1808"
+    equalization: object = "auto"
+    bias_correction: object = "empirical"
+    bias_correction_samples: int = 32
+    adaround: bool = False
+    adaround_iters: int = 200
+    keep_mixed_concat_float: bool = True
+    histogram_bins: int = 2048
+    histogram_samples: int = 1 << 16   # values per tensor per image folded into the histograms
+    threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = its default)
+
+    def validate(self) -> None:
+        if self.dtype not in SCHEMES:
+            raise ConfigError("quantized_dtype", self.dtype, list(SCHEMES))
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError("quantized_algorithm", self.algorithm, ALGORITHMS)
+        if self.method is not None and self.method not in METHODS:
+            raise ConfigError("quantized_method", self.method, METHODS)
+        if self.equalization not in (True, False, "auto"):
+            raise ConfigError("equalization", self.equalization, (True, False, "auto"))
+        if self.bias_correction not in (True, False, "empirical", "analytical"):
+            raise ConfigError("bias_correction", self.bias_correction, (True, False, "empirical", "analytical"))
+        if self.histogram_bins < 256:
+            raise ConfigError("histogram_bins", self.histogram_bins, ">= 256")
+
+    @property
+    def resolved_method(self) -> str:
+        return self.method or get_scheme(self.dtype).default_method
+
+
+@dataclass
+class QuantResult:
+    model: onnx.ModelProto      # QDQ graph (or fp16 graph); same float inputs and outputs as the float model
+    tensors: Dict[str, dict]    # tensor name -> {dtype, scale, zero_point, axis, kind}
+    report: Dict = field(default_factory=dict)
+
+
+def quantize(model: onnx.ModelProto, data: CalibrationData, options: QuantOptions,
+             progress: bool = True) -> QuantResult:
+    """Quantize ``model`` (float ONNX, inputs as deployed) with calibration ``data``; see QuantOptions."""
+    from .pipeline import run
+
+    options.validate()
+    t0 = time.perf_counter()
+    result = run(model, data, options, progress)
+    result.report["seconds"] = round(time.perf_counter() - t0, 3)
+    result.report["options"] = asdict(options)
+    log.info("quantized to %s (%s, %s) in %.1f s", options.dtype, options.algorithm, options.resolved_method,
+             result.report["seconds"])
+    return result
+
+
+__all__ = ["QuantOptions", "QuantResult", "quantize", "read_dataset", "InputSpec", "CalibrationData"]

@@ -1,0 +1,1 @@
+"""Calibration and weight-rounding algorithms: pure functions on histograms and weight arrays."""

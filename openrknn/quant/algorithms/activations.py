@@ -1,0 +1,117 @@
+"""Activation clipping ranges from a fixed-range histogram: KL divergence and MSE searches, vectorised.
+
+Both take ``hist`` (counts in equal bins over [lo, hi]) and return the chosen [lo', hi'] inside [lo, hi].
+A tensor whose negative side is small next to its positive side (ReLU, SiLU, sigmoid) keeps its lower end and only
+the upper end is searched; a two-sided tensor is folded to |x| and clipped symmetrically.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from ..schemes import TensorFormat, qparams
+
+ONE_SIDED = 1 / 16  # negative extent below 1/16 of the positive one: search the upper end only
+
+
+def _centers(lo: float, hi: float, nb: int) -> np.ndarray:
+    w = (hi - lo) / nb
+    return lo + (np.arange(nb) + 0.5) * w
+
+
+def _fold(hist: np.ndarray, lo: float, hi: float) -> Tuple[np.ndarray, float]:
+    """|x| histogram over [0, amax] with the same number of bins."""
+    nb = hist.size
+    amax = max(-lo, hi)
+    c = np.abs(_centers(lo, hi, nb))
+    idx = np.minimum((c / amax * nb).astype(np.int64), nb - 1)
+    return np.bincount(idx, weights=hist.astype(np.float64), minlength=nb), amax
+
+
+def _kl_threshold_bins(hist: np.ndarray, levels: int, step: int = 0) -> int:
+    """TensorRT-style search: the number of leading bins whose clipped distribution, requantized to ``levels``
+    bins, stays closest (KL) to the reference."""
+    hist = np.asarray(hist, np.float64)
+    nb = hist.size
+    if nb <= levels or hist.sum() == 0:
+        return nb
+    step = step or max(1, (nb - levels) // 256)
+    nz = (hist > 0).astype(np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(hist)])
+    cnz = np.concatenate([[0.0], np.cumsum(nz)])
+    total = csum[-1]
+    best_i, best_kl = nb, np.inf
+    for i in range(levels, nb + 1, step):
+        p = hist[:i].copy()
+        p[i - 1] += total - csum[i]
+        edges = (np.arange(levels + 1) * i) // levels
+        sums = csum[edges[1:]] - csum[edges[:-1]]
+        cnts = cnz[edges[1:]] - cnz[edges[:-1]]
+        avg = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
+        q = np.repeat(avg, np.diff(edges)) * nz[:i]
+        ps = p / p.sum()
+        qs = q / max(q.sum(), 1e-30)
+        mask = ps > 0
+        kl = float(np.sum(ps[mask] * np.log(ps[mask] / np.maximum(qs[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i
+
+
+def kl_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat) -> Tuple[float, float]:
+    nb = hist.size
+    if hi <= lo:
+        return lo, hi
+    if not fmt.symmetric and lo >= -ONE_SIDED * hi:
+        i = _kl_threshold_bins(hist, fmt.levels)
+        return lo, lo + (hi - lo) * i / nb
+    if not fmt.symmetric and hi <= -ONE_SIDED * lo:
+        i = _kl_threshold_bins(hist[::-1], fmt.levels)
+        return hi - (hi - lo) * i / nb, hi
+    folded, amax = _fold(hist, lo, hi)
+    i = _kl_threshold_bins(folded, (fmt.levels + 1) // 2)
+    t = amax * i / nb
+    return max(lo, -t), min(hi, t)
+
+
+def mse_of_ranges(hist: np.ndarray, lo: float, hi: float, clo: np.ndarray, chi: np.ndarray,
+                  fmt: TensorFormat) -> np.ndarray:
+    """Expected squared error of quantizing the histogram with each candidate range [clo, chi] (arrays):
+    clipping error from prefix sums, rounding error as step^2 / 12 per value inside the range."""
+    c = _centers(lo, hi, hist.size)
+    h = np.asarray(hist, np.float64)
+    s0 = np.concatenate([[0.0], np.cumsum(h)])
+    s1 = np.concatenate([[0.0], np.cumsum(h * c)])
+    s2 = np.concatenate([[0.0], np.cumsum(h * c * c)])
+    scale, zp = qparams(clo, chi, fmt)
+    scale = scale.astype(np.float64)
+    lo_eff = (fmt.qmin - zp) * scale
+    hi_eff = (fmt.qmax - zp) * scale
+    kb = np.searchsorted(c, lo_eff)               # bins [0, kb) clip to lo_eff
+    ka = np.searchsorted(c, hi_eff, side="right")  # bins [ka, n) clip to hi_eff
+    below = s2[kb] - 2 * lo_eff * s1[kb] + lo_eff ** 2 * s0[kb]
+    above = (s2[-1] - s2[ka]) - 2 * hi_eff * (s1[-1] - s1[ka]) + hi_eff ** 2 * (s0[-1] - s0[ka])
+    inside = (s0[ka] - s0[kb]) * scale ** 2 / 12.0
+    return below + above + inside
+
+
+def mmse_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat, grid: int = 96) -> Tuple[float, float]:
+    if hi <= lo:
+        return lo, hi
+    r = np.linspace(1.0 / grid, 1.0, grid)
+    if fmt.symmetric or (lo < -ONE_SIDED * hi and hi > -ONE_SIDED * lo):
+        if fmt.symmetric:
+            amax = max(-lo, hi)
+            clo, chi = -amax * r, amax * r
+        else:  # two-sided asymmetric: search both ends on a grid
+            a, b = np.meshgrid(r, r, indexing="ij")
+            clo, chi = (lo * a).ravel(), (hi * b).ravel()
+    elif lo >= -ONE_SIDED * hi:
+        clo, chi = np.full(grid, lo), hi * r
+    else:
+        clo, chi = lo * r, np.full(grid, hi)
+    err = mse_of_ranges(hist, lo, hi, clo, chi, fmt)
+    k = int(np.argmin(err))
+    return float(max(clo[k], lo)), float(min(chi[k], hi))

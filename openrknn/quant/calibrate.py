@@ -1,0 +1,159 @@
+"""Streaming calibration statistics: one float pass per statistic, memory bounded by the model, not the dataset.
+
+Pass 1 (every algorithm) adds ReduceMin / ReduceMax (and per-channel ReduceMean for bias correction) nodes to a copy
+of the float model, so onnxruntime computes the statistics where the tensors live and only scalars come back.
+Pass 2 (kl_divergence, mmse) fetches the quantization-point tensors and folds a fixed-stride sample of each (at most
+``samples_per_tensor`` values per image) into a fixed-range histogram whose range pass 1 found. Nothing is stored
+per image, so peak memory is one image's activations plus ``bins`` counts per tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper
+
+log = logging.getLogger("openrknn.quant.calibrate")
+
+
+@dataclass
+class Stats:
+    """What calibration learned about the float model's tensors."""
+
+    minmax: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    channel_mean: Dict[str, np.ndarray] = field(default_factory=dict)
+    hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
+    samples: int = 0
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def make_session(model: onnx.ModelProto, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+
+def _reduce(op: str, src: str, dst: str, axes: Optional[Sequence[int]], opset: int, extra: List) -> onnx.NodeProto:
+    if axes is None:
+        return helper.make_node(op, [src], [dst], keepdims=0)
+    if opset >= 18 or (op == "ReduceSum" and opset >= 13):
+        name = dst + "__axes"
+        extra.append(onnx.numpy_helper.from_array(np.asarray(axes, np.int64), name))
+        return helper.make_node(op, [src, name], [dst], keepdims=0)
+    return helper.make_node(op, [src], [dst], keepdims=0, axes=list(axes))
+
+
+def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[Sequence[int]]]],
+             fetch: Iterable[str] = ()) -> onnx.ModelProto:
+    """Copy of model with extra outputs: {new output: (op, source tensor, axes)} reductions, plus raw tensors."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    opset = _opset(m)
+    extra: List = []
+    existing = {o.name for o in g.output}
+    for dst, (op, src, axes) in outputs.items():
+        g.node.append(_reduce(op, src, dst, axes, opset, extra))
+        g.output.append(helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None))
+    for name in fetch:
+        if name not in existing:
+            g.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    g.initializer.extend(extra)
+    return m
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+
+
+def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs: Dict[str, Sequence[int]],
+                   stats: Stats, progress: bool = True, threads: int = 0) -> None:
+    """Pass 1: global min/max of every tensor, and per-channel means of ``mean_inputs`` {tensor: reduce axes}."""
+    t0 = time.perf_counter()
+    outs: Dict[str, Tuple[str, str, Optional[Sequence[int]]]] = {}
+    for t in tensors:
+        outs[t + "__qmin"] = ("ReduceMin", t, None)
+        outs[t + "__qmax"] = ("ReduceMax", t, None)
+    for t, axes in mean_inputs.items():
+        outs[t + "__qmean"] = ("ReduceMean", t, axes)
+    sess = make_session(augment(model, outs), threads)
+    names = list(outs)
+    lo = np.full(len(tensors), np.inf)
+    hi = np.full(len(tensors), -np.inf)
+    sums: Dict[str, np.ndarray] = {}
+    n = 0
+    with _bar(len(data), "calibrate min/max", progress) as bar:
+        for feed in data:
+            res = sess.run(names, feed)
+            k = 2 * len(tensors)
+            lo = np.minimum(lo, np.asarray(res[0:k:2], np.float64))
+            hi = np.maximum(hi, np.asarray(res[1:k:2], np.float64))
+            for t, v in zip(mean_inputs, res[k:]):
+                sums[t] = sums.get(t, 0.0) + np.asarray(v, np.float64)
+            n += 1
+            bar.update()
+    if n == 0:
+        from ..errors import DatasetError
+
+        raise DatasetError("calibration dataset yielded no samples; list at least one image or .npy per line")
+    for t, a, b in zip(tensors, lo, hi):
+        if not (np.isfinite(a) and np.isfinite(b)):
+            log.warning("tensor %s had non-finite values during calibration (min %s, max %s)", t, a, b)
+            a, b = (0.0 if not np.isfinite(a) else a), (0.0 if not np.isfinite(b) else b)
+        stats.minmax[t] = (float(a), float(b))
+    for t, s in sums.items():
+        stats.channel_mean[t] = (s / n).astype(np.float32)
+    stats.samples = n
+    stats.seconds["minmax_pass"] = time.perf_counter() - t0
+
+
+def _strided_sample(x: np.ndarray, limit: int, phase: int) -> np.ndarray:
+    flat = x.reshape(-1)
+    if flat.size <= limit:
+        return flat
+    step = -(-flat.size // limit)
+    step |= 1  # odd stride: no lock-step with even channel/row sizes
+    return flat[phase % step::step]
+
+
+def histogram_fixed(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts of x over [lo, hi] in ``bins`` equal bins (values outside go to the end bins)."""
+    if hi <= lo:
+        out = np.zeros(bins, np.int64)
+        out[0] = x.size
+        return out
+    idx = ((x - np.float32(lo)) * np.float32(bins / (hi - lo))).astype(np.int32)
+    np.clip(idx, 0, bins - 1, out=idx)
+    return np.bincount(idx, minlength=bins)
+
+
+def collect_histograms(model: onnx.ModelProto, tensors: Sequence[str], data, stats: Stats, bins: int = 2048,
+                       samples_per_tensor: int = 1 << 16, progress: bool = True, threads: int = 0) -> None:
+    """Pass 2: fixed-range histograms (range from pass 1) of every tensor in ``tensors``."""
+    t0 = time.perf_counter()
+    sess = make_session(augment(model, {}, tensors), threads)
+    hists = {t: np.zeros(bins, np.int64) for t in tensors}
+    ranges = [stats.minmax[t] for t in tensors]
+    with _bar(len(data), "calibrate histograms", progress) as bar:
+        for n, feed in enumerate(data):
+            res = sess.run(list(tensors), feed)
+            for t, x, (lo, hi) in zip(tensors, res, ranges):
+                hists[t] += histogram_fixed(_strided_sample(x, samples_per_tensor, n), lo, hi, bins)
+            bar.update()
+    stats.hist.update(hists)
+    stats.seconds["histogram_pass"] = time.perf_counter() - t0

@@ -1,0 +1,166 @@
+"""The quantization stages in order; each stage is a function of the previous stage's output."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Dict, Set, Tuple
+
+import numpy as np
+import onnx
+
+from .algorithms import activations as act_alg
+from .algorithms.weights import quantize_weight
+from .calibrate import Stats, collect_histograms, collect_minmax
+from .ir import GraphInfo, normalize
+from .plan import Plan, build_plan
+from .qdq import ActQuant, WeightQuant, build_qdq, to_float16
+from .schemes import Scheme, TensorFormat, get_scheme, qparams
+
+if TYPE_CHECKING:
+    from . import QuantOptions, QuantResult
+
+log = logging.getLogger("openrknn.quant")
+
+# Activations with a fixed output range: calibration clipping (KL/MSE) would only cut real values (e.g. scores).
+BOUNDED = {"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Clip"}
+
+
+def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -> "QuantResult":
+    from . import QuantResult
+
+    scheme = get_scheme(options.dtype)
+    report: Dict = {"dtype": options.dtype, "algorithm": options.algorithm, "method": options.resolved_method,
+                    "warnings": [], "stages": {}}
+    t = time.perf_counter()
+    m = normalize(model)
+    if scheme.float16:
+        out = to_float16(m)
+        report["stages"]["float16"] = round(time.perf_counter() - t, 3)
+        return QuantResult(out, _float16_tensors(out), report)
+
+    info = GraphInfo(m)
+    plan = build_plan(info, options.keep_mixed_concat_float)
+    per_channel = options.resolved_method == "channel"
+    if options.equalization is True or (options.equalization == "auto" and not per_channel):
+        from .algorithms.equalize import equalize
+
+        m, eq_report = equalize(m, info, plan)
+        report["equalization"] = eq_report
+        info = GraphInfo(m)
+        plan = build_plan(info, options.keep_mixed_concat_float)
+    report["stages"]["plan"] = round(time.perf_counter() - t, 3)
+    report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
+                      "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
+                      "float_concats": plan.split_concats}
+    if plan.split_concats:
+        log.info("keeping one scale per input of output concat(s) %s (mixed ranges, e.g. boxes and scores)",
+                 ", ".join(plan.split_concats))
+
+    stats = Stats()
+    means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
+    collect_minmax(m, plan.points, data, means, stats, progress, options.threads)
+    if options.algorithm != "normal":
+        collect_histograms(m, plan.points, data, stats, options.histogram_bins, options.histogram_samples,
+                           progress, options.threads)
+    report["calibration_samples"] = stats.samples
+    report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
+
+    t = time.perf_counter()
+    acts = activation_params(info, plan, stats, scheme, options.algorithm)
+    report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    weights = weight_params(info, plan, scheme, per_channel, options.algorithm)
+    if options.adaround:
+        from .algorithms.adaround import adaround_weights
+
+        adaround_weights(m, info, plan, weights, acts, data, options, progress)
+    if options.bias_correction == "analytical":
+        from .algorithms.bias_correction import correct_biases
+
+        report["bias_correction"] = correct_biases(info, plan, weights, stats.channel_mean)
+    elif options.bias_correction in (True, "empirical"):
+        from .algorithms.bias_correction import empirical_bias_correction
+
+        report["bias_correction"] = empirical_bias_correction(m, info, plan, acts, weights, data,
+                                                              options.bias_correction_samples, progress,
+                                                              options.threads)
+    report["stages"]["weights"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    qmodel, tensors = build_qdq(m, plan, acts, weights)
+    report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
+    return QuantResult(qmodel, tensors, report)
+
+
+def _mean_axes(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[int, ...]]:
+    """Per-channel mean axes of each weighted op's input (all but axis 1 for NCHW, all but the last otherwise)."""
+    out = {}
+    for w in plan.weighted:
+        r = info.rank(w.x)
+        op = info.nodes[w.node].op_type
+        if r is None or w.x not in plan.points:
+            continue
+        if op in ("Conv", "ConvTranspose"):
+            out[w.x] = tuple(a for a in range(r) if a != 1)
+        else:
+            out[w.x] = tuple(range(r - 1))
+    return out
+
+
+def _fmt_for(scheme: Scheme) -> TensorFormat:
+    assert scheme.act is not None
+    return scheme.act
+
+
+def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
+    """Groups whose range must not be clipped: bounded activations, graph outputs and what feeds a float concat."""
+    exempt = set()
+    for t in plan.points:
+        p = info.producer.get(t)
+        op = info.nodes[p].op_type if p is not None else ""
+        feeds_tail = any(o in plan.float_tail for c in info.consumers.get(t, []) for o in info.nodes[c].output)
+        if op in BOUNDED or plan.fused.get(t) in BOUNDED or t in info.output_set or feeds_tail:
+            exempt.add(plan.group_of[t])
+    return exempt
+
+
+def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
+                      algorithm: str) -> Dict[str, ActQuant]:
+    fmt = _fmt_for(scheme)
+    exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
+    chosen: Dict[str, Tuple[float, float]] = {}
+    for t in plan.points:
+        lo, hi = stats.minmax[t]
+        if algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
+            pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
+            lo, hi = pick(stats.hist[t], lo, hi, fmt)
+        chosen[t] = (lo, hi)
+    acts: Dict[str, ActQuant] = {}
+    for members in plan.groups.values():
+        lo = min(chosen[t][0] for t in members)
+        hi = max(chosen[t][1] for t in members)
+        scale, zp = qparams(np.float64(lo), np.float64(hi), fmt)
+        for t in members:
+            acts[t] = ActQuant(float(scale), int(zp), fmt)
+    return acts
+
+
+def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool,
+                  algorithm: str) -> Dict[int, WeightQuant]:
+    fmt = scheme.weight
+    assert fmt is not None
+    out: Dict[int, WeightQuant] = {}
+    for w in plan.weighted:
+        arr = info.const(w.w).astype(np.float32)
+        axis = w.axis if per_channel else None
+        q, scale, zp = quantize_weight(arr, axis, fmt, "mmse" if algorithm == "mmse" else "minmax")
+        out[w.node] = WeightQuant(q, scale, zp, axis, fmt)
+    return out
+
+
+def _float16_tensors(model: onnx.ModelProto) -> Dict[str, dict]:
+    info = GraphInfo(model)
+    return {name: {"dtype": "float16", "scale": [], "zero_point": [], "axis": None, "kind": "weight"}
+            for name, t in info.inits.items() if t.data_type == onnx.TensorProto.FLOAT16}

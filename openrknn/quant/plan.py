@@ -1,0 +1,269 @@
+"""Where the NPU holds integers: the quantization plan of a float graph.
+
+Per-op behaviour lives in the small registries below, keyed by op type. The plan decides, for every float
+activation tensor, whether it is
+- a *quantization point* (stored as an integer tensor with its own or its group's scale),
+- *internal* to a fused op (a conv output feeding its fused activation; the sigmoid inside SiLU): never quantized,
+  as the NPU applies the activation before requantizing,
+- *prefix*: the pre-processing chain from a graph input (transpose, channel reorder, mean/std), which the NPU's input
+  stage evaluates before the first layer; only the tensor that leaves the prefix is quantized,
+- *float tail*: a Concat whose result only reaches graph outputs through layout ops (the detector head that glues
+  pixel-scale boxes to 0..1 scores), and the layout ops after it. Its inputs keep one scale each and are dequantized
+  before the concat, so the scores are not erased by the boxes' range.
+Quantization points are grouped (union-find) where the NPU shares one scale: layout/pooling/resize ops keep their
+input's scale and a Concat's inputs share the output's scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Set
+
+from .ir import GraphInfo
+
+# Ops whose output reuses the input's scale (no requantization on the NPU: pure data movement or max/min).
+SAME_SCALE = {"MaxPool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
+              "Split", "Gather", "Resize", "Upsample", "Identity", "Pad", "DepthToSpace", "SpaceToDepth", "Expand",
+              "Tile", "ReduceMax", "ReduceMin"}
+# Ops the input stage evaluates before the first layer (mean/std, reorder, NHWC->NCHW, Focus-style slicing).
+PREFIX_OPS = {"Transpose", "Sub", "Add", "Mul", "Div", "Slice", "Gather", "Concat", "Reshape", "Cast", "Identity",
+              "Split", "Squeeze", "Unsqueeze"}
+# Layout ops allowed between a mixed-range Concat and a graph output for it to stay float.
+TAIL_OPS = {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+# Activations the NPU applies inside the conv/matmul before requantizing.
+FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+              "Softplus", "Mish", "Gelu"}
+# x * gate(x) written out as two nodes (SiLU = x*sigmoid(x), HardSwish = x*hardsigmoid(x)): one activation.
+GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
+# Ops whose output values do not depend on the input data (shape arithmetic).
+STATIC_OPS = {"Shape", "Size"}
+
+
+@dataclass
+class WeightedOp:
+    """A node with a constant weight: its activation input, weight, per-channel axis, bias."""
+
+    node: int
+    x: str
+    w: str
+    axis: int  # output-channel axis of the weight
+    bias: Optional[str] = None
+    depthwise: bool = False
+
+
+def _conv(info: GraphInfo, i: int) -> Optional[WeightedOp]:
+    node = info.nodes[i]
+    if len(node.input) < 2 or not info.is_const(node.input[1]) or info.is_const(node.input[0]):
+        return None
+    w = info.const(node.input[1])
+    group = int(info.attr(i, "group", 1))
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] and info.is_const(node.input[2]) else None
+    return WeightedOp(i, node.input[0], node.input[1], 0, bias, depthwise=group > 1 and w.shape[1] == 1)
+
+
+def _conv_transpose(info: GraphInfo, i: int) -> Optional[WeightedOp]:
+    node = info.nodes[i]
+    if len(node.input) < 2 or not info.is_const(node.input[1]) or info.is_const(node.input[0]):
+        return None
+    if int(info.attr(i, "group", 1)) != 1:
+        return None  # grouped transposed conv: output channels are not one axis of the weight
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] and info.is_const(node.input[2]) else None
+    return WeightedOp(i, node.input[0], node.input[1], 1, bias)
+
+
+def _gemm(info: GraphInfo, i: int) -> Optional[WeightedOp]:
+    node = info.nodes[i]
+    if not info.is_const(node.input[1]) or info.is_const(node.input[0]) or int(info.attr(i, "transA", 0)):
+        return None
+    axis = 0 if int(info.attr(i, "transB", 0)) else 1
+    n_out = info.const(node.input[1]).shape[axis]
+    bias = None
+    if len(node.input) > 2 and node.input[2] and info.is_const(node.input[2]):
+        c = info.const(node.input[2])
+        if c.ndim == 1 and c.shape[0] == n_out and float(info.attr(i, "beta", 1.0)) == 1.0:
+            bias = node.input[2]
+    if float(info.attr(i, "alpha", 1.0)) != 1.0:
+        return None
+    return WeightedOp(i, node.input[0], node.input[1], axis, bias)
+
+
+def _matmul(info: GraphInfo, i: int) -> Optional[WeightedOp]:
+    node = info.nodes[i]
+    if not info.is_const(node.input[1]) or info.is_const(node.input[0]) or info.const(node.input[1]).ndim != 2:
+        return None
+    return WeightedOp(i, node.input[0], node.input[1], 1, None)
+
+
+WEIGHTED: Dict[str, Callable[[GraphInfo, int], Optional[WeightedOp]]] = {
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
+}
+
+
+@dataclass
+class Plan:
+    points: List[str]                       # quantization points in topological order
+    group_of: Dict[str, int]                # point -> group id
+    groups: Dict[int, List[str]]            # group id -> member points
+    weighted: List[WeightedOp]
+    internal: Set[str] = field(default_factory=set)
+    prefix: Set[str] = field(default_factory=set)
+    float_tail: Set[str] = field(default_factory=set)
+    fused: Dict[str, str] = field(default_factory=dict)   # fused output point -> activation name ('SiLU', 'Relu')
+    split_concats: List[str] = field(default_factory=list)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: Dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _dynamic_tensors(info: GraphInfo) -> Set[str]:
+    """Tensors whose values depend on the input data (not constants, not shape arithmetic)."""
+    dyn = set(info.inputs)
+    for node in info.nodes:
+        if node.op_type in STATIC_OPS:
+            continue
+        if any(n in dyn for n in node.input if n):
+            dyn.update(o for o in node.output if o)
+    return dyn
+
+
+def _prefix(info: GraphInfo, dyn: Set[str]) -> Set[str]:
+    prefix = {n for n in info.inputs if info.is_float(n)}
+    for node in info.nodes:
+        if node.op_type not in PREFIX_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        acts = [n for n in node.input if n in dyn]
+        if acts and all(n in prefix for n in acts):
+            prefix.update(o for o in node.output if o and info.is_float(o))
+    return prefix
+
+
+def _gated(info: GraphInfo) -> Dict[int, tuple]:
+    """Mul nodes computing x * gate(x): mul index -> (x, gate output, activation name)."""
+    found = {}
+    for i, node in enumerate(info.nodes):
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for a, b in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+            g = info.producer.get(b)
+            if g is None or info.nodes[g].op_type not in GATES or info.nodes[g].input[0] != a:
+                continue
+            if info.consumers[b] == [i] and b not in info.output_set:
+                found[i] = (a, b, GATES[info.nodes[g].op_type])
+                break
+    return found
+
+
+def _tail_ok(info: GraphInfo) -> Dict[str, bool]:
+    """tensor -> True when it only reaches graph outputs through TAIL_OPS."""
+    ok: Dict[str, bool] = {}
+    for node in reversed(info.nodes):
+        for t in node.output:
+            if not t:
+                continue
+            cons = info.consumers.get(t, [])
+            good = t in info.output_set or bool(cons)
+            for c in cons:
+                cn = info.nodes[c]
+                if cn.op_type not in TAIL_OPS or not all(ok.get(o, False) for o in cn.output if o):
+                    good = False
+                    break
+            ok[t] = good
+    return ok
+
+
+def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
+    dyn = _dynamic_tensors(info)
+    prefix = _prefix(info, dyn)
+    weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
+                if w is not None]
+    internal: Set[str] = set()
+    fused: Dict[str, str] = {}
+
+    gated = _gated(info)
+    for mul_i, (_x, gate_out, name) in gated.items():
+        internal.add(gate_out)
+        fused[info.nodes[mul_i].output[0]] = name
+
+    # conv/matmul output consumed only by its activation: the activation output is the quantization point
+    for w in weighted:
+        y = info.nodes[w.node].output[0]
+        if y in info.output_set:
+            continue
+        cons = info.consumers.get(y, [])
+        if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS and info.nodes[cons[0]].input[0] == y:
+            internal.add(y)
+            fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
+        elif len(cons) == 2:
+            muls = [c for c in cons if c in gated and gated[c][0] == y]
+            gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
+            if len(muls) == 1 and len(gates) == 1 and gated[muls[0]][1] == info.nodes[gates[0]].output[0]:
+                internal.add(y)
+
+    float_tail: Set[str] = set()
+    split_concats: List[str] = []
+    if keep_mixed_concat_float:
+        ok = _tail_ok(info)
+        for i, node in enumerate(info.nodes):
+            out = node.output[0] if node.output else ""
+            if out in prefix or out not in dyn:
+                continue
+            if node.op_type == "Concat" and ok.get(out, False):
+                float_tail.add(out)
+                split_concats.append(info.node_label(i))
+            elif node.op_type in TAIL_OPS and any(n in float_tail for n in node.input):
+                float_tail.update(o for o in node.output if o)
+
+    points: List[str] = []
+    seen: Set[str] = set()
+
+    def add(t: str) -> None:
+        if t not in seen and info.is_float(t) and t in dyn:
+            seen.add(t)
+            points.append(t)
+
+    prefix_nodes = {i for i, n in enumerate(info.nodes)
+                    if n.op_type in PREFIX_OPS and all(o in prefix for o in n.output if o)}
+    for i, node in enumerate(info.nodes):
+        if i in prefix_nodes:
+            continue
+        for t in node.input:  # prefix boundary: the (normalized) input of the first layer
+            if t in prefix:
+                add(t)
+        for t in node.output:
+            if t and t not in internal and t not in float_tail:
+                add(t)
+
+    uf = _UnionFind()
+    for t in points:
+        uf.find(t)
+    for node in info.nodes:
+        if node.op_type in SAME_SCALE and node.input and node.input[0] in seen:
+            for o in node.output:
+                if o in seen:
+                    uf.union(node.input[0], o)
+        elif node.op_type == "Concat" and node.output[0] in seen:
+            for t in node.input:
+                if t in seen:
+                    uf.union(node.output[0], t)
+    ids: Dict[str, int] = {}
+    group_of: Dict[str, int] = {}
+    groups: Dict[int, List[str]] = {}
+    for t in points:
+        gid = ids.setdefault(uf.find(t), len(ids))
+        group_of[t] = gid
+        groups.setdefault(gid, []).append(t)
+    return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats)
