@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openrknn.vision.eyes import DEFAULT_INPUT_SIZE, DEFAULT_MEAN_RGB, DEFAULT_PAD_VALUE, DEFAULT_STD_RGB
 from openrknn.vision.eyes.synth import CLASS_NAMES, generate_sample, read_dataset, write_dataset
 from openrknn.vision.letterbox import letterbox, letterbox_boxes
 from openrknn.vision.yolox.decode import postprocess_yolox
@@ -35,10 +36,10 @@ from openrknn.vision.yolox.model import STRIDES, YoloBody
 
 log = logging.getLogger("openrknn.vision.yolox.train")
 
-MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
-STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
-PAD_VALUE = 128
-EVAL_SIZE = 416
+MEAN_RGB = np.array(DEFAULT_MEAN_RGB, np.float32)
+STD_RGB = np.array(DEFAULT_STD_RGB, np.float32)
+PAD_VALUE = DEFAULT_PAD_VALUE
+EVAL_SIZE = DEFAULT_INPUT_SIZE
 # frame shapes (w/h) the training images take before letterboxing, so the model sees padding bands as deployed
 _ASPECTS = (1.0, 4 / 3, 3 / 4, 16 / 9)
 
@@ -252,11 +253,14 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[int] = (256, 288, 320),
           lr: float = 2e-3, seed: int = 0, minutes: float | None = None, val_images: int = 64,
-          val_every: int = 250, threads: int | None = 1, warmup: int = 200) -> dict:
+          val_every: int = 250, threads: int | None = 1, warmup: int = 200,
+          init: str | Path | None = None) -> dict:
     """Train YoloBody(3, 'nano') from scratch; keep the EMA weights with the best validation mAP at `out`.
 
     Stops at `steps` or after `minutes` of wall time, whichever comes first (the cosine schedule is laid out over
-    `steps`, so give a step count that fits the time). Returns a summary dict (also written next to `out` as JSON).
+    `steps`, so give a step count that fits the time). init: start from these weights (fine-tuning / continuing a
+    stopped run with a fresh schedule) instead of from scratch.
+    Returns a summary dict (also written next to `out` as JSON).
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -264,6 +268,8 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
     rng = np.random.default_rng(seed)
     model = YoloBody(len(CLASS_NAMES), "nano")
     init_detector(model)
+    if init is not None:
+        model.load_state_dict(torch.load(str(init), map_location="cpu", weights_only=True), strict=True)
     model.train()
     ema = ModelEMA(model)
     opt = torch.optim.AdamW(_param_groups(model, 5e-4), lr=lr, betas=(0.9, 0.999))
@@ -310,9 +316,12 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
         if last:
             break
     summary = {"steps_done": step + 1, "minutes": round((time.time() - t0) / 60, 2), "best_val_map": best,
-               "batch": batch, "sizes": list(sizes), "lr": lr, "seed": seed, "history": history}
-    tmp = out.with_suffix(".train.json")
+               "batch": batch, "sizes": list(sizes), "lr": lr, "seed": seed,
+               "init": None if init is None else str(init), "history": history}
+    report = out.with_suffix(".train.json")
+    tmp = report.with_name(f".{report.name}.tmp")
     tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, report)
     return summary
 
 
@@ -333,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=None, help="wall-time limit")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default=None, help="start from these weights instead of from scratch")
     ev = sub.add_parser("eval", help="mAP@0.5 of weights on a synthetic held-out set")
     ev.add_argument("weights")
     ev.add_argument("--folder", help="a write_dataset folder; generated (seed 12345, 640x480) when missing")
@@ -354,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.out:
         ap.error("--out is required for training")
     summary = train(args.out, steps=args.steps, batch=args.batch, sizes=[int(s) for s in args.sizes.split(",")],
-                    lr=args.lr, seed=args.seed, minutes=args.minutes, threads=args.threads)
+                    lr=args.lr, seed=args.seed, minutes=args.minutes, threads=args.threads, init=args.init)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
