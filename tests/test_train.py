@@ -75,7 +75,7 @@ def test_smoke_training_lowers_the_loss(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         assert parts["num_fg"] >= 1 and np.isfinite(losses[-1])
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
     out = tmp_path / "w.pth"

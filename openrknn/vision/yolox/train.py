@@ -300,14 +300,15 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         ema.update(model)
-        bar.set_postfix(loss=f"{float(loss):.3f}", fg=parts["num_fg"], refresh=False)
+        loss_v = float(loss.detach())
+        bar.set_postfix(loss=f"{loss_v:.3f}", fg=parts["num_fg"], refresh=False)
         elapsed = time.time() - t0
         last = step == steps - 1 or (minutes is not None and elapsed > minutes * 60)
         if (step + 1) % val_every == 0 or last:
             res = evaluate_model(ema.ema, [v[0] for v in val], [v[1] for v in val], [v[2] for v in val])
-            history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(float(loss), 4),
+            history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(loss_v, 4),
                             "val_map": round(res.map, 4), "val_ap": [round(float(a), 4) for a in res.ap]})
-            log.info("step %d  %.1f min  loss %.3f  val mAP@0.5 %.4f  AP %s", step + 1, elapsed / 60, float(loss),
+            log.info("step %d  %.1f min  loss %.3f  val mAP@0.5 %.4f  AP %s", step + 1, elapsed / 60, loss_v,
                      res.map, np.round(res.ap, 3).tolist())
             if res.map > best:
                 best = res.map
