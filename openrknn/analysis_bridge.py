@@ -38,7 +38,9 @@ def _feeds(pkg: RknnPackage, inputs) -> dict:
 
     metas = pkg.metadata["inputs"]
     arrays = prepare_feeds(inputs if inputs is not None else sample_inputs(metas), metas)
-    return {m["name"]: a for m, a in zip(metas, arrays)}
+    batch = int(pkg.metadata.get("build", {}).get("rknn_batch_size") or 1)
+    # the graph runs one frame of an rknn_batch_size=N model at a time; analyse that frame
+    return {m["name"]: np.split(a, batch)[0] for m, a in zip(metas, arrays)}
 
 
 def host_rss_bytes() -> Optional[int]:

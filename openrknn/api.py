@@ -13,20 +13,13 @@ import os
 import sys
 from typing import Any, List, Optional
 
-from . import __version__
+from . import __version__, logs
 from .config import BuildConfig, make_config
 from .errors import ConfigError, OpenRKNNError, RuntimeStateError
 
-log = logging.getLogger("openrknn")
+log = logs.LOGGER
 
 FAILED = -1
-
-
-class _VendorStyleFormatter(logging.Formatter):
-    """'E openrknn: ...' like the vendor's 'E RKNN: ...', so users' log greps keep working."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname[0]} openrknn: {record.getMessage()}"
 
 
 def _guarded(default_fail: Any = FAILED):
@@ -74,19 +67,13 @@ class RKNN:
     def __init__(self, verbose: bool = False, verbose_file: Optional[str] = None):
         self.verbose = bool(verbose)
         self._handlers: List[logging.Handler] = []
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(_VendorStyleFormatter())
-        console.setLevel(logging.DEBUG if self.verbose else logging.WARNING)
-        self._handlers.append(console)
+        logs.request_console_level(self, logging.DEBUG if self.verbose else logs.DEFAULT_LEVEL)
         if verbose_file:
             fh = logging.FileHandler(verbose_file, encoding="utf-8")
             fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             fh.setLevel(logging.DEBUG)
             self._handlers.append(fh)
-        for h in self._handlers:
-            log.addHandler(h)
-        log.setLevel(logging.DEBUG if (self.verbose or verbose_file) else logging.INFO)
-        log.propagate = False
+            log.addHandler(fh)
         self.last_error: Optional[BaseException] = None
         self._config: BuildConfig = make_config()
         self._config_error: Optional[ConfigError] = None
@@ -264,6 +251,7 @@ class RKNN:
             log.removeHandler(h)
             h.close()
         self._handlers = []
+        logs.release_console_level(self)
 
     def __enter__(self) -> "RKNN":
         return self

@@ -97,6 +97,13 @@ def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, d
     if pre_compile:
         log.warning("pre_compile=True has no effect with openrknn: the model stays runnable in the simulator and on "
                     "boards running the openrknn runtime server")
+    # Vendor options kept for script compatibility; say so rather than silently ignoring them.
+    for key, default, why in (("force_builtin_perm", False, "inputs are always NHWC with the permute inside the graph"),
+                              ("quantize_input_node", False, "the input is always quantized by the graph's first "
+                               "quantize step"),
+                              ("output_optimize", 0, "outputs keep their float layout")):
+        if getattr(cfg, key) != default:
+            log.info("%s=%r is recorded but changes nothing in openrknn: %s", key, getattr(cfg, key), why)
     float_model, metas, notes = build_float_graph(loaded, cfg)
     timings = {"float_graph_s": time.perf_counter() - t0}
     model = float_model
@@ -108,6 +115,11 @@ def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, d
         t1 = time.perf_counter()
         model, quant_meta, quant_report = quantize_fn(float_model, metas, cfg, dataset)
         timings["quantize_s"] = time.perf_counter() - t1
+    batch = rknn_batch_size or 1
+    outputs = _output_meta(model)
+    if batch > 1:  # the file records what the application feeds and gets back: N frames per call
+        for m in metas + outputs:
+            m["shape"] = [m["shape"][0] * batch] + list(m["shape"][1:])
     build_opts = {k: v for k, v in cfg.to_dict().items() if k not in ("mean_values", "std_values", "reorder_channel")}
     build_opts.update({"do_quantization": bool(do_quantization), "dataset": str(dataset) if dataset else None,
                        "pre_compile": bool(pre_compile), "rknn_batch_size": rknn_batch_size or 1})
@@ -117,7 +129,7 @@ def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, d
         "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "target_platform": list(cfg.target_platform),
         "inputs": metas,
-        "outputs": _output_meta(model),
+        "outputs": outputs,
         "build": build_opts,
         "quantization": quant_meta,
         "source": {"framework": loaded.framework, "file": loaded.source_file, "sha256": loaded.source_sha256,

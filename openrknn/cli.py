@@ -40,13 +40,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname).1s openrknn: %(message)s"))
-    root = logging.getLogger("openrknn")
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    root.propagate = False
+    from . import logs
     from .errors import OpenRKNNError
+
+    logs.request_console_level(main, logging.DEBUG if args.verbose else logging.INFO)
 
     try:
         return int(args.func(args) or 0)

@@ -519,7 +519,9 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         f"inputs ({len(s['inputs'])}):",
     ]
     for i in s["inputs"]:
-        folded = f"yes, into {i['folded_into']}" if i["folded_into"] else "no"
+        into = i["folded_into"]
+        into = ", ".join(into) if isinstance(into, list) else into
+        folded = f"yes, into {into}" if into else "no (applied by graph nodes)"
         lines.append(f"  {i['name']}: deployed {_fmt_list(i['shape'])} {i['dtype'] or '?'} {i['layout'] or '?'}; "
                      f"model-side {_fmt_list(i['model_shape'])}")
         lines.append(f"      reorder_channel: {_fmt_reorder(i['reorder_channel'])}; mean {_fmt_list(i['mean'])}; "

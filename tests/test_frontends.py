@@ -195,8 +195,6 @@ def test_rank2_input_without_batch_in_input_size_list(tmp_path):
     assert loaded.input_shapes == [[1, 10]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: normalize_size_list prepends a batch to every non-4-D shape, so the "
-                   "full shape [[1, 10]] of a rank-2 ONNX input becomes [1, 1, 10] and is refused")
 def test_rank2_input_with_batch_in_input_size_list(tmp_path):
     loaded = load_onnx(_matmul_model(tmp_path / "mm.onnx"), input_size_list=[[1, 10]])
     assert loaded.input_shapes == [[1, 10]]

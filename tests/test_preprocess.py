@@ -286,9 +286,6 @@ def _fp16_model(path):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: graph/preprocess.attach turns a float16 image input into float32 but the "
-                   "body still expects float16 (and fold_into_first_conv writes float32 weights into the float16 "
-                   "conv): build() returns 0, then init_runtime() fails 'unexpectedly' with an onnxruntime type error")
 @pytest.mark.parametrize("level", [0, 3])
 def test_float16_model_builds_and_runs(tmp_path, pixels, ort_reference, level):
     path = _fp16_model(tmp_path / "fp16.onnx")

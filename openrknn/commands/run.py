@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
@@ -107,4 +108,10 @@ def run(args: argparse.Namespace) -> int:
             _save_npy(out_dir / f"{stem}_out{k}.npy", o)
         print(f"{spec[-40:]:40s} {ms:8.2f}  " + ", ".join(f"{list(o.shape)} {o.dtype}" for o in outs))
     print(f"channel order fed: {'BGR' if bgr else 'RGB'}; outputs saved in {out_dir}/")
+    reorders = [m["preprocess"]["reorder_channel"] for m in metas if m.get("preprocess")]
+    if not (args.rgb or args.bgr) and any(r and r != sorted(r) for r in reorders):
+        logging.getLogger("openrknn").warning(
+            "this model reorders channels (%s) and images are decoded %s, as its calibration images were; if the board "
+            "feeds OpenCV %s frames, pass --%s", reorders[0], "BGR" if bgr else "RGB", "RGB" if bgr else "BGR",
+            "rgb" if bgr else "bgr")
     return 0

@@ -42,8 +42,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def normalize_size_list(input_size_list, n_inputs: int | None = None) -> List[List[int]]:
-    """[[3,416,416]] (Toolkit v1) and [[1,3,416,416]] (Toolkit2) both mean one NCHW input of batch 1."""
+def normalize_size_list(input_size_list, n_inputs: int | None = None,
+                        ranks: List[int] | None = None) -> List[List[int]]:
+    """[[3,416,416]] (Toolkit v1) and [[1,3,416,416]] (Toolkit2) both mean one NCHW input of batch 1.
+
+    With `ranks` (known for ONNX inputs) a shape one shorter than its input's rank gets the batch dim prepended;
+    without them (TorchScript) every shape shorter than 4-D is taken as given without the batch dim.
+    """
     from ..errors import ModelLoadError
 
     if input_size_list is None:
@@ -54,16 +59,18 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None) -> List[Li
     if all(isinstance(v, int) for v in input_size_list):  # a single shape without the outer list
         input_size_list = [input_size_list]
     shapes = []
-    for s in input_size_list:
+    for k, s in enumerate(input_size_list):
         if (not isinstance(s, (list, tuple)) or len(s) not in (1, 2, 3, 4)
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
             raise ModelLoadError(f"input_size_list entry {s!r} is not a shape of positive integers; give [C, H, W] "
                                  "or [1, C, H, W] per input")
         s = list(s)
-        if len(s) == 4 and s[0] != 1:
+        rank = ranks[k] if ranks is not None and k < len(ranks) else 4
+        has_batch = len(s) == rank
+        if has_batch and s[0] != 1:
             raise ModelLoadError(f"input_size_list entry {s} has batch {s[0]}; give batch 1 (use "
                                  "build(rknn_batch_size=N) for batched inference)")
-        shapes.append(s if len(s) == 4 else [1] + s)
+        shapes.append(s if has_batch else [1] + s)
     if n_inputs is not None and len(shapes) != n_inputs:
         raise ModelLoadError(f"input_size_list has {len(shapes)} shapes but the model has {n_inputs} inputs; give "
                              "one shape per input, in the model's input order")

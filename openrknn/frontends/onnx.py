@@ -129,7 +129,8 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     if inputs or outputs:
         model = _cut(model, inputs, outputs)
         notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
-    shapes = normalize_size_list(input_size_list) if input_size_list is not None else []
+    ranks = [len(i.type.tensor_type.shape.dim) for i in model.graph.input]
+    shapes = normalize_size_list(input_size_list, ranks=ranks) if input_size_list is not None else []
     notes += _fix_input_shapes(model, shapes)
     _clear_value_info_shapes(model)
     if opset != OPSET:

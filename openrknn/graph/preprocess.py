@@ -109,14 +109,18 @@ def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> Li
             nxt = f"{PREFIX}/{spec.name}/scaled"
             new_nodes.append(helper.make_node("Div", [cur, s_name], [nxt], name=f"{PREFIX}/{spec.name}/div_std"))
             cur = nxt
-        new_nodes[-1].output[0] = inner  # the last step writes the tensor the model body reads
+        model_type = inp.type.tensor_type.elem_type
+        if model_type != TensorProto.FLOAT:  # pixels arrive as float32; the body keeps its own float type
+            new_nodes.append(helper.make_node("Cast", [cur], [inner], to=model_type, name=f"{PREFIX}/{spec.name}/cast"))
+        else:
+            new_nodes[-1].output[0] = inner  # the last step writes the tensor the model body reads
         inp.type.tensor_type.elem_type = TensorProto.FLOAT
         dims = inp.type.tensor_type.shape.dim
         for d, v in zip(dims, (n, h, w, c)):
             d.Clear()
             d.dim_value = v
         metas.append({"name": spec.name, "shape": [n, h, w, c], "dtype": "uint8", "layout": "nhwc",
-                      "model_shape": shape,
+                      "model_shape": shape, "model_dtype": helper.tensor_dtype_to_np_dtype(model_type).name,
                       "preprocess": {"reorder_channel": spec.reorder, "mean": spec.mean, "std": spec.std,
                                      "folded_into": None}})
     nodes = new_nodes + list(graph.node)
@@ -149,8 +153,8 @@ def fold_into_first_conv(model: onnx.ModelProto, metas: List[dict]) -> List[str]
     folded_notes = []
     for meta in metas:
         pre = meta.get("preprocess")
-        if not pre or _is_identity(pre):
-            continue
+        if not pre or _is_identity(pre) or meta.get("model_dtype", "float32") != "float32":
+            continue  # nothing to fold, or a float16/double body whose weights we leave in their own type
         name = meta["name"]
         inner = f"{PREFIX}/{name}/model_input"
         convs = _consumers(graph, inner)

@@ -75,8 +75,8 @@ def _undo_preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
 
 
 def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="nhwc",
-                  pass_through: Optional[Sequence[int]] = None, batch: int = 1) -> List[np.ndarray]:
-    """Return one float32 (or raw-typed) array per model input, in the graph's layout."""
+                  pass_through: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+    """Return one float32 (or raw-typed) array per model input, shaped as the metadata records (batch included)."""
     inputs, formats, types, passes = _check_args(inputs, len(input_meta), data_type, data_format, pass_through)
     feeds = []
     for x, meta, fmt, dtype, passed in zip(inputs, input_meta, formats, types, passes):
@@ -88,13 +88,12 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
         if x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
             raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
         if meta["layout"] != "nhwc":
-            shape = [batch * meta["shape"][0]] + list(meta["shape"][1:])
+            shape = list(meta["shape"])
             if list(x.shape) != shape and list(x.shape) != shape[1:]:
                 raise InferenceInputError(f"input '{name}' has shape {list(x.shape)}, the model takes {shape}")
             feeds.append(np.ascontiguousarray(x.reshape(shape).astype(np.dtype(meta["dtype"]), copy=False)))
             continue
-        deployed = [batch * meta["shape"][0]] + list(meta["shape"][1:])
-        x = _to_nhwc(x, fmt, deployed, name)
+        x = _to_nhwc(x, fmt, meta["shape"], name)
         x = x.astype(np.float32, copy=False)
         if passed and meta.get("preprocess"):
             x = _undo_preprocess(x, meta["preprocess"])

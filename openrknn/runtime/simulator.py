@@ -48,12 +48,13 @@ class Simulator:
             ) -> List[np.ndarray]:
         if self.session is None:
             raise RuntimeStateError("the runtime was released; call init_runtime() again")
-        feeds = prepare_feeds(inputs, self.inputs_meta, data_type, data_format, pass_through, self.batch)
+        feeds = prepare_feeds(inputs, self.inputs_meta, data_type, data_format, pass_through)
         if self.batch == 1:
             return self.session.run(self._output_names, dict(zip(self._input_names, feeds)))
         # rknn_batch_size=N: the graph is batch 1; run each frame and stack, as the NPU does frame by frame
-        per_frame = [self.session.run(self._output_names, {k: f[i:i + 1] for k, f in zip(self._input_names, feeds)})
-                     for i in range(feeds[0].shape[0])]
+        per_frame = [self.session.run(self._output_names, {k: np.split(f, self.batch)[i]
+                                                           for k, f in zip(self._input_names, feeds)})
+                     for i in range(self.batch)]
         return [np.concatenate([fr[k] for fr in per_frame], axis=0) for k in range(len(self._output_names))]
 
     def run_feeds(self, feeds: dict) -> List[np.ndarray]:

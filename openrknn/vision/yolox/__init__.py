@@ -16,6 +16,9 @@ _LAZY = {
     "build_random_yolox": "openrknn.vision.yolox.export",
     "load_yolox": "openrknn.vision.yolox.export",
     "describe_state_dict": "openrknn.vision.yolox.export",
+    "decode_yolox": "openrknn.vision.yolox.decode",
+    "postprocess_yolox": "openrknn.vision.yolox.decode",
+    "YoloxDecoded": "openrknn.vision.yolox.decode",
 }
 
 __all__ = list(_LAZY)

@@ -42,7 +42,8 @@ def load_state_dict_file(weights: str | Path) -> dict[str, torch.Tensor]:
     """Read a `.pth` that is a state dict or a checkpoint dict wrapping one; tensors only, no code unpickled."""
     path = Path(weights)
     if not path.is_file():
-        raise ModelLoadError(f"weights file not found: '{path}'. Pass the .pth written by torch.save(model.state_dict())")
+        raise ModelLoadError(f"weights file not found: '{path}'. Pass the .pth written by "
+                             "torch.save(model.state_dict())")
     if _is_torchscript_archive(path):
         raise ModelLoadError(
             f"'{path}' is already a TorchScript model, not a state dict: pass it to load_pytorch directly"
