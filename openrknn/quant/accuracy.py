@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from .calibrate import make_session
-from .qdq import node_outputs, quant_points, single_layer_model, with_outputs
+from .qdq import channel_scales, node_outputs, quant_points, single_layer_model, with_outputs
 
 log = logging.getLogger("openrknn.quant.accuracy")
 
@@ -91,6 +91,8 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
         s_sess = make_session(with_outputs(s_model, [s_outs.get(t, t) for t in layers]))
         s_names = [o.name for o in s_sess.get_outputs()]
 
+    # tensors rescaled per channel by cross-layer equalization: quant value * factor is comparable to float
+    factor = {t: f.reshape(1, -1, *([1] * 2)) for t, f in channel_scales(quant_model).items()}
     acc = {t: np.zeros(4) for t in layers}
     out_cos: Dict[str, List[float]] = {o: [] for o in outputs}
     dumped, skipped, budget = [], [], dump_limit_mb * 1024 * 1024
@@ -103,12 +105,14 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
             sfeed = dict(feed)
             for t, name in s_feeds.items():
                 if t in fv:
-                    sfeed[name] = fv[t].astype(np.float32)
+                    sfeed[name] = (fv[t] / factor[t] if t in factor else fv[t]).astype(np.float32)
             sv = dict(zip(s_names, s_sess.run(None, sfeed)))
         for t in layers:
             a = np.asarray(fv[t], np.float32)
             b = np.asarray(qv[t], np.float32)
             c = np.asarray(sv.get(s_outs.get(t, t), b), np.float32) if single_ok else b
+            if t in factor:
+                b, c = b * factor[t], c * factor[t]
             acc[t] += [_cos(a, b), _euc(a, b), _cos(a, c), _euc(a, c)]
             if k == 0:
                 if a.nbytes + b.nbytes <= budget:

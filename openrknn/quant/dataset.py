@@ -74,6 +74,7 @@ class CalibrationData:
         self._cache: Dict[Tuple[int, int], np.ndarray] = {}
         self._cache_bytes = 0
         self._resized: Dict[Tuple[int, int], int] = {}
+        self._images = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -132,6 +133,7 @@ class CalibrationData:
         _, h, w, c = spec.shape
         flag = cv2.IMREAD_GRAYSCALE if c == 1 else (cv2.IMREAD_UNCHANGED if c == 4 else cv2.IMREAD_COLOR)
         img = cv2.imread(str(path), flag)
+        self._images += 1
         if img is None:
             raise DatasetError(f"{where}: cannot decode image {str(path)!r} (not an image OpenCV can read, or "
                                "damaged); replace it or remove the line")
@@ -237,7 +239,7 @@ def read_dataset(path: Union[str, os.PathLike], inputs: List[InputSpec], rgb2bgr
         targets = ", ".join(f"{s.name} {s.shape[2]}x{s.shape[1]}" for s in inputs if s.is_image)
         log.warning("calibration images resized (cv2.INTER_LINEAR, no letterbox) to the input size %s from %s%s; "
                     "resize them the way the deployed pipeline does if that differs", targets, sizes, more)
-    if any(s.is_image and s.shape[3] >= 3 for s in inputs):
+    if data._images and any(s.is_image and s.shape[3] >= 3 for s in inputs):
         order_name = "BGR (quant_img_RGB2BGR=True)" if rgb2bgr else "RGB (OpenCV BGR converted; set " \
             "quant_img_RGB2BGR=True to keep BGR)"
         log.info("calibration images decoded as %s, raw 0..255, mean/std applied inside the model", order_name)

@@ -14,7 +14,7 @@ from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
 from .plan import Plan, build_plan
-from .qdq import ActQuant, WeightQuant, build_qdq, to_float16
+from .qdq import ActQuant, WeightQuant, build_qdq, set_channel_scales, to_float16
 from .schemes import Scheme, TensorFormat, get_scheme, qparams
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
+    scales = report.get("equalization", {}).pop("channel_scales", None)
+    if scales:
+        set_channel_scales(qmodel, scales)
     report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
     return QuantResult(qmodel, tensors, report)
 

@@ -267,6 +267,30 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 
+CHANNEL_SCALES_KEY = "openrknn.channel_scales"
+
+
+def set_channel_scales(model: onnx.ModelProto, scales: Dict[str, np.ndarray]) -> None:
+    """Record per-channel factors (axis 1) such that float tensor = quantized-model tensor * factor, for tensors
+    that cross-layer equalization rescaled; accuracy analysis reads them back."""
+    import json
+
+    entry = next((p for p in model.metadata_props if p.key == CHANNEL_SCALES_KEY), None)
+    if entry is None:
+        entry = model.metadata_props.add()
+        entry.key = CHANNEL_SCALES_KEY
+    entry.value = json.dumps({k: np.asarray(v, float).round(8).tolist() for k, v in scales.items()})
+
+
+def channel_scales(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    import json
+
+    entry = next((p for p in model.metadata_props if p.key == CHANNEL_SCALES_KEY), None)
+    if entry is None:
+        return {}
+    return {k: np.asarray(v, np.float32) for k, v in json.loads(entry.value).items()}
+
+
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and activations, float32 inputs/outputs; onnxruntime computes each fp16 node (casting where
     its CPU kernels are float32 only), so every tensor is rounded to fp16 as on the NPU."""

@@ -1,0 +1,47 @@
+"""One real model end to end: MobileNetV2 (ImageNet) quantized to w8a8 keeps its top-1 on held-out images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "models" / "mobilenet_v2_imagenet.pt").is_file(),
+                                reason=f"real models not found under {DATA} (shared data folder absent)")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quant_accuracy  # the bench's float-model helper (the stand-in for build())
+
+    return quant_accuracy
+
+
+def test_mobilenet_w8a8_top1_agreement(bench, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    from openrknn.quant import QuantOptions, quantize
+    from openrknn.quant.dataset import read_dataset
+
+    model, inputs = bench.float_model("mobilenet")
+    calib, evals = bench.split("mobilenet")
+    ds, rgb2bgr = bench.write_dataset("mobilenet", calib[:8], tmp_path)
+    data = read_dataset(ds, inputs, rgb2bgr=rgb2bgr)
+    res = quantize(model, data, QuantOptions(dtype="w8a8", threads=1), progress=False)
+    f_sess, q_sess = bench.session(model, 1), bench.session(res.model, 1)
+    agree, cos = 0, []
+    for p in evals[:6]:
+        x, _ = bench.model_input("mobilenet", p)
+        a = f_sess.run(None, {inputs[0].name: x})[0].ravel()
+        b = q_sess.run(None, {inputs[0].name: x})[0].ravel()
+        agree += int(a.argmax() == b.argmax())
+        cos.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert agree >= 5, f"top-1 agreement {agree}/6"
+    assert np.mean(cos) > 0.98
