@@ -97,12 +97,16 @@ def test_remote_inference_equals_local_and_reports_perf_memory_version(server, m
     rt = connect_board("rk1808", f"127.0.0.1:{server.port}", read_package(str(models["tiny"])))
     try:
         perf = rt.perf(runs=3)
-        assert perf["runs"] == 3 and perf["total_us"] > 0
+        assert perf["runs"] == 3 and perf["total_us"] > 0 and perf["fps"] > 0
         ops = {row["op_type"] for row in perf["layers"]}
         assert "Conv" in ops and all(row["time_us"] >= 0 and row["name"] for row in perf["layers"])
+        feeds = {"x": np.zeros((1, TINY_HW, TINY_HW, 3), np.float32)}  # graph-ready tensors, as run_feeds takes
+        assert rt.perf(feeds, runs=2)["runs"] == 2
+        with pytest.raises(E.InferenceInputError, match="graph inputs"):
+            rt.perf({"wrong": feeds["x"]}, runs=1)
         mem = rt.memory()
         assert mem["package_bytes"] == os.path.getsize(models["tiny"])
-        assert mem["server_rss_bytes"] > 10 << 20 and mem["models_loaded"] >= 1
+        assert mem["rss_bytes"] > 10 << 20 and mem["peak_rss_bytes"] >= mem["rss_bytes"] and mem["models_loaded"] >= 1
         assert rt.device_info()["cpu_cores"] == os.cpu_count()
     finally:
         rt.release()

@@ -241,13 +241,11 @@ def send_frame(sock: socket.socket, header: dict, arrays: Sequence[np.ndarray] =
 
 
 def tune_socket(sock: socket.socket) -> None:
-    """No Nagle delay for small replies, and socket buffers that hold a whole image or output at once (fewer
-    wake-ups per frame; the kernel caps the size at its own limit)."""
-    for level, opt, value in ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-                              (socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20),
-                              (socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)):
+    """No Nagle delay for small frames. Buffer sizes are left to the kernel's autotuning (setting them would switch
+    it off, and boards cap them low)."""
+    for level, opt in ((socket.IPPROTO_TCP, socket.TCP_NODELAY), (socket.SOL_SOCKET, socket.SO_KEEPALIVE)):
         try:
-            sock.setsockopt(level, opt, value)
+            sock.setsockopt(level, opt, 1)
         except OSError:
             pass
 
@@ -257,8 +255,6 @@ def recv_exact_into(sock: socket.socket, view: memoryview, what: str) -> None:
     while got < n:
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
-            if got == 0 and what == "frame":
-                raise PeerClosedError("the peer closed the connection")
             raise ConnectionLostError(f"the connection closed after {got} of {n} bytes of the {what}")
         got += k
 

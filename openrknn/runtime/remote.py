@@ -242,6 +242,7 @@ class RemoteRuntime:
 
     def __init__(self, client: BoardClient, handle: str, metadata: dict, shared: bool = False):
         self.client, self.handle, self.metadata, self.shared = client, handle, metadata, shared
+        self.last_run_us: Optional[float] = None  # the board's own time for the last run (the rest is transfer)
 
     def _check(self) -> None:
         if self.handle is None:
@@ -253,20 +254,28 @@ class RemoteRuntime:
         arrays = _input_list(inputs)
         reply = self.client.request({"op": "run", "handle": self.handle, "data_type": data_type,
                                      "data_format": data_format, "pass_through": _plain(pass_through)}, arrays)
+        self.last_run_us = reply.header.get("run_us")
         return list(reply.arrays)
 
     def perf(self, inputs=None, runs: int = 10, data_type=None, data_format="nhwc",
              pass_through: Optional[Sequence[int]] = None) -> dict:
         """Per-layer times measured on the board by onnxruntime's profiler: {"layers": [{"name", "op_type",
-        "time_us"}], "total_us", "layers_total_us", "runs", "wall_median_us", "host"}. inputs=None: zeros."""
+        "time_us"}], "total_us", "fps", "layers_total_us", "runs", "wall_median_us", "host"}.
+        inputs: what inference() takes, or a dict {graph input name: graph-ready tensor} (Simulator.run_feeds'
+        feeds, one frame), or None (zeros of the deployed shapes)."""
         self._check()
-        arrays = _input_list(inputs) if inputs is not None else []
-        reply = self.client.request({"op": "perf", "handle": self.handle, "runs": int(runs), "data_type": data_type,
-                                     "data_format": data_format, "pass_through": _plain(pass_through)}, arrays)
-        return reply.header["perf"]
+        header = {"op": "perf", "handle": self.handle, "runs": int(runs)}
+        if isinstance(inputs, dict):
+            header["feed_names"] = list(inputs)
+            arrays = _input_list(list(inputs.values()))
+        else:
+            header.update(data_type=data_type, data_format=data_format, pass_through=_plain(pass_through))
+            arrays = _input_list(inputs) if inputs is not None else []
+        return self.client.request(header, arrays).header["perf"]
 
     def memory(self) -> dict:
-        """The server's RSS (now and peak), this model's package/ONNX sizes and the RSS it added when loaded."""
+        """{"rss_bytes", "peak_rss_bytes"} of the server process, this model's "package_bytes" / "model_bytes" (ONNX),
+        "load_rss_delta_bytes" (RSS it added when loaded), "models_loaded", "ram_bytes", "ram_available_bytes"."""
         self._check()
         return self.client.request({"op": "memory", "handle": self.handle}).header["memory"]
 

@@ -180,6 +180,7 @@ def profile_model(model_bytes: bytes, feeds: Dict[str, np.ndarray], runs: int, t
             events = json.load(f)
     result = parse_profile(events, skip_runs=1)
     result["wall_median_us"] = round(float(np.median(wall[1:])), 3)
+    result["fps"] = round(1e6 / result["total_us"], 2) if result["total_us"] > 0 else None
     result["host"] = socket.gethostname()
     return result
 
@@ -308,9 +309,12 @@ class Connection:
             self.send(P.error_header(kind, message))
             self.sock.shutdown(socket.SHUT_WR)
             self.sock.settimeout(0.5)
-            drained = 0
-            while drained < 1 << 20 and self.sock.recv(65536):
-                drained += 65536
+            drained, deadline = 0, time.monotonic() + 2.0  # bounded: a flood cannot keep this thread
+            while drained < 8 << 20 and time.monotonic() < deadline:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
         except (OSError, OpenRKNNError):
             pass  # the peer is gone or broken; closing is all that is left
 
@@ -488,14 +492,22 @@ class Connection:
         if not isinstance(runs, int) or isinstance(runs, bool) or not 1 <= runs <= 1000:
             raise InferenceInputError(f"perf runs={runs!r:.40} must be an int in 1..1000")
         sim = entry.simulator
-        inputs = list(frame.arrays) or [np.zeros(m["shape"], np.dtype(m.get("dtype", "float32")))
-                                        for m in sim.inputs_meta]
-        data_type, data_format, passes = _check_run_options(frame.header)
-        feeds = prepare_feeds(inputs, sim.inputs_meta, data_type, data_format, passes, sim.batch)
-        # a batched model's graph takes one frame at a time: time one frame
-        named = {m["name"]: f[:1] if sim.batch > 1 else f for m, f in zip(sim.inputs_meta, feeds)}
+        names = [m["name"] for m in sim.inputs_meta]
+        feed_names = frame.header.get("feed_names")
+        if feed_names is not None:  # graph-ready tensors, as Simulator.run_feeds takes them
+            if feed_names != names or len(frame.arrays) != len(names):
+                raise InferenceInputError(f"perf feeds are named {feed_names!r:.200}; the model's graph inputs are "
+                                          f"{names}")
+            named = dict(zip(names, frame.arrays))
+        else:
+            inputs = list(frame.arrays) or [np.zeros(m["shape"], np.dtype(m.get("dtype", "float32")))
+                                            for m in sim.inputs_meta]
+            data_type, data_format, passes = _check_run_options(frame.header)
+            feeds = prepare_feeds(inputs, sim.inputs_meta, data_type=data_type, data_format=data_format,
+                                  pass_through=passes)
+            # a batched model's graph takes one frame at a time (as the simulator runs it): time one frame
+            named = {n: np.split(f, sim.batch)[0] if sim.batch > 1 else f for n, f in zip(names, feeds)}
         result = profile_model(entry.model_bytes, named, runs, self.cfg.threads)
-        result["batch_frames_timed"] = 1
         return {"ok": True, "perf": result}, []
 
     def op_memory(self, frame: P.Frame):
@@ -503,7 +515,7 @@ class Connection:
         mem = _meminfo()
         proc = process_memory()
         return {"ok": True, "memory": {
-            "server_rss_bytes": proc["rss_bytes"], "server_peak_rss_bytes": proc["peak_rss_bytes"],
+            "rss_bytes": proc["rss_bytes"], "peak_rss_bytes": proc["peak_rss_bytes"],
             "package_bytes": entry.package_bytes, "model_bytes": len(entry.model_bytes),
             "load_rss_delta_bytes": entry.rss_delta_bytes, "models_loaded": len(self.server.registry),
             "ram_bytes": mem.get("MemTotal"), "ram_available_bytes": mem.get("MemAvailable")}}, []
