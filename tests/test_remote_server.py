@@ -493,3 +493,30 @@ def test_malformed_frames_and_wrong_token_never_crash_or_load(server):
 def test_serve_command_refuses_a_network_address_without_allow_remote(python_subprocess):
     res = python_subprocess(["-m", "openrknn", "serve", "--host", "0.0.0.0", "--port", "0"], timeout=60)
     assert res.returncode != 0 and "--allow-remote" in res.stderr
+
+
+def test_adb_serial_as_device_id_forwards_to_the_server(server, models, tmp_path, monkeypatch, capsys):
+    # a stand-in for adb: lists one ready device and one offline, and "forwards" to the real server's port
+    adb = tmp_path / "adb"
+    adb.write_text("#!/bin/sh\n"
+                   "if [ \"$1\" = devices ]; then printf 'List of devices attached\\nFAKE123\\tdevice\\n"
+                   "OFF456\\toffline\\n'; exit 0; fi\n"
+                   f"if [ \"$1\" = -s ] && [ \"$2\" = FAKE123 ] && [ \"$3\" = forward ] && [ \"$5\" = tcp:8765 ]; "
+                   f"then echo {server.port}; exit 0; fi\n"
+                   "echo \"error: device '$2' not found\" >&2; exit 1\n")
+    adb.chmod(0o755)
+    monkeypatch.setenv("OPENRKNN_ADB", str(adb))
+    monkeypatch.setenv("OPENRKNN_TOKEN", server.token)
+    monkeypatch.setenv("OPENRKNN_DEVICES", str(tmp_path / "no-devices.json"))
+    x = images(1)
+    want = local_outputs(models["tiny"], [x])[0]
+    for device_id in ("FAKE123", None):  # None: the only adb device
+        r = RKNN()
+        try:
+            r.load_rknn(str(models["tiny"]))
+            assert r.init_runtime(target="rk1808", device_id=device_id) == 0, r.last_error
+            assert outputs_equal(r.inference(inputs=x), want)
+        finally:
+            r.release()
+    assert list_devices() == ["FAKE123"]
+    assert "adb devices: FAKE123" in capsys.readouterr().out
