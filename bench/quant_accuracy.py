@@ -3,7 +3,8 @@
 Split (../shared/data/README.md): YOLOX-nano calibrates on the even-numbered COCO images (sorted order, 0-based
 positions 0, 2, ...) and is evaluated on the odd ones plus misc/*.jpg; MobileNetV2 calibrates on the first 20 ImageNet
 images (sorted) and is evaluated on the other 20. The float model's own outputs are the reference: YOLOX detections at
-score >= 0.3 matched by class and IoU >= 0.5 ("kept" = share of float detections found again), mAP@0.5 with the float
+score >= 0.3 (class-agnostic NMS at IoU 0.45, top-left letterbox pad 114: 118 float detections, as in the
+README) matched by class and IoU >= 0.5 ("kept" = share of float detections found again), mAP@0.5 with the float
 detections as ground truth, MobileNetV2 top-1 / top-5 agreement, and the cosine of the raw outputs.
 The build-speed section calibrates YOLOX-nano on 100 samples: the 15 calibration images cycled
 (batch_size=100, epochs=1), each build in its own process so its peak RSS is measured alone.
@@ -97,7 +98,7 @@ def float_model(name: str) -> Tuple[onnx.ModelProto, List[InputSpec]]:
 def letterbox(img: np.ndarray, size: int, pad: int = 114) -> Tuple[np.ndarray, float]:
     """Top-left letterbox (official YOLOX export): resize keeping aspect, pad right/bottom."""
     r = min(size / img.shape[0], size / img.shape[1])
-    nh, nw = int(round(img.shape[0] * r)), int(round(img.shape[1] * r))
+    nh, nw = int(img.shape[0] * r), int(img.shape[1] * r)
     out = np.full((size, size, 3), pad, np.uint8)
     out[:nh, :nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return out, r
@@ -169,9 +170,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, thr: float = 0.45) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, thr: float = 0.45) -> np.ndarray:
+    """Class-agnostic greedy NMS (the README's reference count of 118 float detections uses it)."""
     order = np.argsort(-scores)
-    boxes, classes = boxes[order] + classes[order, None] * 4096.0, classes[order]  # class offset: per-class NMS
+    boxes = boxes[order]
     keep = np.ones(len(order), bool)
     ious = iou(boxes, boxes)
     for i in range(len(order)):
@@ -190,7 +192,7 @@ def decode_yolox(out: np.ndarray, ratio: float, conf: float) -> np.ndarray:
     m = score >= conf
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)[m] / ratio
     score, cls = score[m], cls[m]
-    k = nms(boxes, score, cls)
+    k = nms(boxes, score)
     return np.concatenate([boxes[k], score[k, None], cls[k, None].astype(np.float32)], 1)
 
 

@@ -283,8 +283,8 @@ def test_histogram_algorithms_clip_inside_the_observed_range(calib, algorithm):
 @pytest.mark.parametrize("mode", ["empirical", "analytical"])
 def test_bias_correction_changes_only_biases(calib, mode):
     model = tiny_model()
-    base = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False)
-    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=mode)
+    base = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, equalization=False)
+    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=mode, equalization=False)
     assert res.report["bias_correction"]["layers"] >= 5
     assert res.tensors["w1"] == base.tensors["w1"] and res.tensors["silu"] == base.tensors["silu"]
     def biases(r):
@@ -292,10 +292,12 @@ def test_bias_correction_changes_only_biases(calib, mode):
 
     b0, b1 = biases(base), biases(res)
     assert b0.keys() == b1.keys() and any(not np.array_equal(b0[k], b1[k]) for k in b0)
-    if mode == "empirical":  # the measured correction removes the mean output error on the calibration data
+    if mode == "empirical":  # the first conv's pre-activation mean error per channel mostly goes
         feeds = list(calib)
-        err = [np.mean([np.mean(_run(r.model, f)[0] - _run(model, f)[0]) for f in feeds]) for r in (base, res)]
-        assert abs(err[1]) <= abs(err[0]) + 1e-3
+        ref = _float_values(model, feeds, ["c1"])["c1"].mean(axis=(0, 1, 3, 4))
+        err = [np.abs(_float_values(r.model, feeds, ["c1"])["c1"].mean(axis=(0, 1, 3, 4)) - ref).max()
+               for r in (base, res)]
+        assert err[1] < 0.3 * err[0]  # not 0: zero-padded borders see fewer taps (8x8 input, 3x3 kernel)
 
 
 @pytest.mark.parametrize("group", [1, 4])

@@ -39,6 +39,9 @@ class QuantOptions:
     bias_correction: 'empirical' (default: one extra pass measures each layer's own output shift from weight
         rounding and input quantization, and folds it into the bias), 'analytical' (weight rounding only, from
         E[x]; free), or False.
+    range_split: a conv output read only by depthwise convs whose channel ranges span more than
+        ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
+        (algorithms/split.py); the op count grows a little, the function does not change.
     adaround: learned weight rounding (layer-wise, opt-in, slower).
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
     """
@@ -50,6 +53,8 @@ class QuantOptions:
     equalization: object = "auto"
     bias_correction: object = "empirical"
     bias_correction_samples: int = 32
+    range_split: bool = True
+    range_split_ratio: float = 16.0
     adaround: bool = False
     adaround_iters: int = 200
     keep_mixed_concat_float: bool = True

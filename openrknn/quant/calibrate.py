@@ -42,11 +42,11 @@ def make_session(model: onnx.ModelProto, threads: int = 0):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
-def _reduce(op: str, src: str, dst: str, axes: Optional[Sequence[int]], opset: int, extra: List) -> onnx.NodeProto:
+def reduce_node(op: str, src: str, dst: str, axes: Optional[Sequence[int]], opset: int, extra: List) -> onnx.NodeProto:
     if axes is None:
         return helper.make_node(op, [src], [dst], keepdims=0)
     if opset >= 18 or (op == "ReduceSum" and opset >= 13):
@@ -62,11 +62,11 @@ def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    opset = _opset(m)
+    opset = opset_of(m)
     extra: List = []
     existing = {o.name for o in g.output}
     for dst, (op, src, axes) in outputs.items():
-        g.node.append(_reduce(op, src, dst, axes, opset, extra))
+        g.node.append(reduce_node(op, src, dst, axes, opset, extra))
         g.output.append(helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None))
     for name in fetch:
         if name not in existing:

@@ -49,6 +49,13 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         report["equalization"] = eq_report
         info = GraphInfo(m)
         plan = build_plan(info, options.keep_mixed_concat_float)
+    if options.range_split:
+        from .algorithms.split import range_split
+
+        m, report["range_split"] = range_split(m, data, options.range_split_ratio, threads=options.threads)
+        if report["range_split"]["tensors"]:
+            info = GraphInfo(m)
+            plan = build_plan(info, options.keep_mixed_concat_float)
     report["stages"]["plan"] = round(time.perf_counter() - t, 3)
     report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
                       "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),

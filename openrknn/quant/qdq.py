@@ -40,7 +40,7 @@ class WeightQuant:
     bias: Optional[np.ndarray] = None       # float bias after corrections (None: keep the model's)
 
 
-def _act_storage(fmt: TensorFormat) -> Tuple[type, int]:
+def act_storage(fmt: TensorFormat) -> Tuple[type, int]:
     return (np.uint8 if fmt.bits == 8 else np.uint16), fmt.storage_shift
 
 
@@ -49,7 +49,7 @@ def _weight_storage(fmt: TensorFormat) -> Tuple[type, int]:
     return dtype, (0 if fmt.signed else -(1 << (fmt.bits - 1)))
 
 
-def _domain(bits: int) -> str:
+def storage_domain(bits: int) -> str:
     return "" if bits == 8 else MS_DOMAIN
 
 
@@ -109,11 +109,11 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
     def qdq_pair(src: str, dst: str, t: str) -> List[onnx.NodeProto]:
         nonlocal uses_ms
         a = acts[t]
-        dtype, shift = _act_storage(a.fmt)
+        dtype, shift = act_storage(a.fmt)
         s = b.const(t + "__scale", np.float32(a.scale))
         z = b.const(t + "__zp", np.asarray(a.zero_point + shift, dtype))
         q = b.unique(t + "__q")
-        dom = _domain(a.fmt.bits)
+        dom = storage_domain(a.fmt.bits)
         uses_ms |= dom == MS_DOMAIN
         tensors[t] = {"dtype": a.fmt.nominal, "scale": [float(a.scale)], "zero_point": [int(a.zero_point)],
                       "axis": None, "kind": "activation"}
@@ -143,7 +143,7 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
             zname = b.const(wop.w + "__zp", (np.asarray(wq.zero_point) + shift).astype(dtype))
             dq_out = b.unique(wop.w + "__dq")
             attrs = {"axis": int(wq.axis)} if per_axis else {}
-            dom = _domain(wq.fmt.bits)
+            dom = storage_domain(wq.fmt.bits)
             uses_ms |= dom == MS_DOMAIN
             nodes.append(helper.make_node("DequantizeLinear", [qname, sname, zname], [dq_out],
                                           name=b.unique(wop.w + "__DQ"), domain=dom, **attrs))

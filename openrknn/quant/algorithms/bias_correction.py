@@ -6,8 +6,7 @@ no extra pass. Border effects of padding are ignored (the interior dominates).
 
 from __future__ import annotations
 
-import itertools
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 import onnx
@@ -53,55 +52,88 @@ def correct_biases(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant],
     return {"layers": len(shifts), "max_shift": max(shifts.values(), default=0.0)}
 
 
+def _qdq_mean_nodes(x: str, act, axes, opset: int, tag: str) -> Tuple[List[onnx.NodeProto], List]:
+    """Nodes computing the per-channel mean of Q/DQ(x) with the activation's storage type (a side branch)."""
+    from ..calibrate import reduce_node
+    from ..qdq import act_storage, storage_domain
+
+    dtype, shift = act_storage(act.fmt)
+    inits = [onnx.numpy_helper.from_array(np.float32(act.scale), f"{tag}_s"),
+             onnx.numpy_helper.from_array(np.asarray(act.zero_point + shift, dtype), f"{tag}_z")]
+    dom = storage_domain(act.fmt.bits)
+    nodes = [onnx.helper.make_node("QuantizeLinear", [x, f"{tag}_s", f"{tag}_z"], [f"{tag}_q"], domain=dom),
+             onnx.helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_s", f"{tag}_z"], [f"{tag}_dq"],
+                                   domain=dom)]
+    nodes.append(reduce_node("ReduceMean", f"{tag}_dq", f"{tag}_qmean", axes, opset, inits))
+    nodes.append(reduce_node("ReduceMean", x, f"{tag}_fmean", axes, opset, inits))
+    return nodes, inits
+
+
 def empirical_bias_correction(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict,
                               data, max_samples: int = 32, progress: bool = True, threads: int = 0) -> Dict:
-    """Measured bias correction: each layer's own output shift, from weight rounding *and* the quantization of its
-    inputs, in one pass. Every layer runs on the float model's inputs (quantized at their own scales, the
-    'single' model of accuracy analysis), so the per-layer shifts E[y_float] - E[y_quant] are independent and all
-    corrected at once. Sets ``WeightQuant.bias``; returns a small report."""
-    from ..calibrate import augment, make_session
-    from ..qdq import build_qdq, quant_points, single_layer_model
+    """Measured bias correction: each layer's own mean output shift, from weight rounding *and* from quantizing
+    its input, is removed. A layer's pre-activation output is linear in its input, so the shift is exactly
+    W_q . E[Q(x)] - W . E[x] per output channel (up to zero-padded borders); one extra float pass measures the
+    per-channel means E[x] and E[Q(x)] of every layer input (Q at the scale calibration chose). Each layer is
+    corrected for the float input it should see, so the corrections are independent and applied at once.
+    Sets ``WeightQuant.bias``; returns a small report."""
+    import itertools
 
-    qm, _ = build_qdq(model, plan, acts, weights)
-    points = quant_points(qm)
-    single, feed_of, _ = single_layer_model(qm, points, info.inputs)
-    out_in_single = {n.name: n.output[0] for n in single.graph.node}
-    targets = []  # (weighted op, float pre-activation name, single-model name, axes)
-    for w in plan.weighted:
-        node = info.nodes[w.node]
-        if node.op_type not in ("Conv", "Gemm") or w.node not in weights or node.name not in out_in_single:
-            continue
-        r = info.rank(node.output[0])
-        if r is None:
-            continue
-        axes = tuple(a for a in range(r) if a != 1)
-        targets.append((w, node.output[0], out_in_single[node.name], axes))
-    if not targets:
-        return {"layers": 0}
-    f_outs = {f"bc{k}__f": ("ReduceMean", t[1], t[3]) for k, t in enumerate(targets)}
-    s_outs = {f"bc{k}__s": ("ReduceMean", t[2], t[3]) for k, t in enumerate(targets)}
-    f_sess = make_session(augment(model, f_outs, list(feed_of)), threads)
-    s_sess = make_session(augment(single, s_outs), threads)
-    f_names, s_names, fetch = list(f_outs), list(s_outs), list(feed_of)
-    diff = [0.0] * len(targets)
-    n = 0
     from tqdm import tqdm
 
+    from ..calibrate import make_session, opset_of
+
+    targets = []
+    for w in plan.weighted:
+        op = info.nodes[w.node].op_type
+        r = info.rank(w.x)
+        if op not in ("Conv", "Gemm") or w.node not in weights or w.x not in acts or r is None:
+            continue
+        if op == "Gemm" and (r != 2 or bool(info.attr(w.node, "transA", 0))):
+            continue
+        targets.append((w, tuple(a for a in range(r) if a != 1)))
+    if not targets:
+        return {"layers": 0}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    opset = opset_of(m)
+    tags: Dict[str, str] = {}
+    for w, axes in targets:
+        if w.x in tags:
+            continue
+        tag = f"bc{len(tags)}"
+        nodes, inits = _qdq_mean_nodes(w.x, acts[w.x], axes, opset, tag)
+        m.graph.node.extend(nodes)
+        m.graph.initializer.extend(inits)
+        for suffix in ("_qmean", "_fmean"):
+            m.graph.output.append(onnx.ValueInfoProto(name=tag + suffix))
+        tags[w.x] = tag
+    if any(a.fmt.bits == 16 for a in acts.values()) and not any(o.domain == "com.microsoft"
+                                                                 for o in m.opset_import):
+        m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    sess = make_session(m, threads)
+    names = [tags[x] + s for x in tags for s in ("_qmean", "_fmean")]
+    sums = [0.0] * len(names)
     total = min(max_samples, len(data))
+    n = 0
     for feed in tqdm(itertools.islice(data, total), total=total, desc="bias correction", disable=not progress,
                      leave=False):
-        res = f_sess.run(f_names + fetch, feed)
-        f_means, f_vals = res[:len(f_names)], res[len(f_names):]
-        s_feed = dict(feed)
-        s_feed.update({feed_of[t]: v for t, v in zip(fetch, f_vals)})
-        s_means = s_sess.run(s_names, s_feed)
-        diff = [d + (np.asarray(a, np.float64) - np.asarray(b, np.float64)) for d, a, b in zip(diff, f_means, s_means)]
+        sums = [a + np.asarray(b, np.float64) for a, b in zip(sums, sess.run(names, feed))]
         n += 1
+    means = {name: v / max(n, 1) for name, v in zip(names, sums)}
     largest = 0.0
-    for (w, *_), d in zip(targets, diff):
+    for w, _ in targets:
+        op = info.nodes[w.node].op_type
         wq = weights[w.node]
-        shift = d / max(n, 1)
+        wf = info.const(w.w).astype(np.float64)
+        wd = dequantized(wq.q, wq.scale, wq.zero_point, wq.axis).astype(np.float64)
+        mq, mf = means[tags[w.x] + "_qmean"].reshape(-1), means[tags[w.x] + "_fmean"].reshape(-1)
+        group = int(info.attr(w.node, "group", 1))
+        trans_b = bool(info.attr(w.node, "transB", 0))
+        if op == "Conv" and mq.size != wf.shape[1] * group:
+            continue
+        shift = output_shift(op, wd, mq, group, trans_b) - output_shift(op, wf, mf, group, trans_b)
         base = wq.bias if wq.bias is not None else (info.const(w.bias).astype(np.float64) if w.bias else 0.0)
-        wq.bias = (base + shift).astype(np.float32)
+        wq.bias = (base - shift).astype(np.float32)
         largest = max(largest, float(np.abs(shift).max()))
     return {"layers": len(targets), "samples": n, "max_shift": largest}
