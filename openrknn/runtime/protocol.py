@@ -225,19 +225,20 @@ def frame_buffers(header: dict, arrays: Sequence[np.ndarray] = (), blob: bytes =
 def send_frame(sock: socket.socket, header: dict, arrays: Sequence[np.ndarray] = (), blob: bytes = b"") -> int:
     """Send one frame; returns its size in bytes. Socket errors propagate (callers know what they were doing)."""
     buffers = frame_buffers(header, arrays, blob)
-    # small pieces (prefix + header + padding) are coalesced; big arrays go out as they are, never copied
-    pending: List[memoryview] = []
+    total = sum(b.nbytes for b in buffers)
+    if hasattr(sock, "sendmsg"):
+        # one gathering syscall for header and arrays: no copies, and the peer is not woken for the header alone
+        while buffers:
+            sent = sock.sendmsg(buffers[:1024])  # IOV_MAX
+            while buffers and sent >= buffers[0].nbytes:
+                sent -= buffers[0].nbytes
+                buffers.pop(0)
+            if sent:
+                buffers[0] = buffers[0][sent:]
+        return total
     for buf in buffers:
-        if buf.nbytes < 64 << 10:
-            pending.append(buf)
-            continue
-        if pending:
-            sock.sendall(b"".join(pending))
-            pending = []
         sock.sendall(buf)
-    if pending:
-        sock.sendall(b"".join(pending))
-    return sum(b.nbytes for b in buffers)
+    return total
 
 
 def tune_socket(sock: socket.socket) -> None:
