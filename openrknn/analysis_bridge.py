@@ -60,7 +60,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
     remote_perf = getattr(runtime, "perf", None)
     if remote_perf is not None:  # a board: measure there, estimate here
         report = eval_perf_report(model, None, chip, qd, None, perf_debug, is_print=False)
-        report["host_measured"] = remote_perf(list(feeds.values()))
+        report["host_measured"] = remote_perf(feeds)
         if is_print:
             from .analysis.perf import format_perf_report
 

@@ -238,7 +238,7 @@ class ModelRegistry:
 
         pkg = read_package_bytes(data, source)
         before = process_memory()["rss_bytes"]
-        sim = Simulator(pkg.model_bytes, pkg.metadata, threads=self.threads)
+        sim = Simulator(pkg.model_bytes, pkg.metadata, threads=self.threads, allow_spinning=False)
         after = process_memory()["rss_bytes"]
         delta = after - before if before is not None and after is not None else None
         fresh = LoadedModel(key, sim, pkg.model_bytes, len(data), delta, source)

@@ -15,9 +15,11 @@ from .feeds import prepare_feeds
 log = logging.getLogger("openrknn.runtime")
 
 
-def make_session(model_bytes: bytes, threads: Optional[int] = None, profile_prefix: Optional[str] = None
-                 ) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, threads: Optional[int] = None, profile_prefix: Optional[str] = None,
+                 allow_spinning: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    if not allow_spinning:  # a server sharing cores with its clients: idle threads must sleep, not spin
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # onnxruntime's own warnings are about its internals, not the user's model
     threads = threads if threads is not None else int(os.environ.get("OPENRKNN_THREADS", "0"))
@@ -32,11 +34,13 @@ def make_session(model_bytes: bytes, threads: Optional[int] = None, profile_pref
 class Simulator:
     """One model, one onnxruntime session. `run` takes user inputs as inference() does."""
 
-    def __init__(self, model_bytes: bytes, metadata: dict, threads: Optional[int] = None):
+    def __init__(self, model_bytes: bytes, metadata: dict, threads: Optional[int] = None,
+                 allow_spinning: bool = True):
         self.metadata = metadata
         self.inputs_meta: List[dict] = metadata["inputs"]
         self.batch = int(metadata.get("build", {}).get("rknn_batch_size") or 1)
-        self.session: Optional[ort.InferenceSession] = make_session(model_bytes, threads)
+        self.session: Optional[ort.InferenceSession] = make_session(model_bytes, threads,
+                                                                    allow_spinning=allow_spinning)
         self._input_names = [i.name for i in self.session.get_inputs()]
         self._output_names = [o.name for o in self.session.get_outputs()]
         expected = [m["name"] for m in self.inputs_meta]
