@@ -22,7 +22,7 @@ pytest.importorskip("fastapi", reason="the GUI needs fastapi (pip install fastap
 pytest.importorskip("uvicorn", reason="the GUI needs uvicorn (pip install fastapi uvicorn)")
 
 from openrknn.config import KNOWN_KEYS, make_config  # noqa: E402
-from openrknn.errors import ConfigError, OpenRKNNError  # noqa: E402
+from openrknn.errors import ConfigError  # noqa: E402
 from openrknn.gui.app import GuiSettings  # noqa: E402
 from openrknn.gui.forms import config_schema, form_to_kwargs, validate_form  # noqa: E402
 from openrknn.gui.infer import yolox_layout  # noqa: E402
@@ -386,42 +386,58 @@ def test_model_level_config_error_fails_the_job_with_the_message(gui, client, ti
     assert client.json("GET", "/api/state")[1]["rknn"] is None
 
 
-def test_quantized_build_reports_what_the_backend_does(gui, client, tiny_model, tmp_path):
-    """Whatever state quantization is in, the GUI's outcome is the backend's: a quantized package or its error."""
+def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny_model, tmp_path):
+    """Calibration images uploaded to the page give the same quantized model as build() on the same files; the
+    layer table then shows the stored precision and, after an inference, per-layer cosine."""
     import cv2
 
     from openrknn import builder
+    from openrknn.package import read_package
     from openrknn.workflow import load_model
 
     rng = np.random.default_rng(1)
+    (tmp_path / "c").mkdir()
     for i in range(3):
         ok, png = cv2.imencode(".png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
-        assert upload(client, "dataset", f"calib {i}.png", png.tobytes())[0] == 200
+        (tmp_path / "c" / f"calib{i}.png").write_bytes(png.tobytes())
+        assert upload(client, "dataset", f"calib{i}.png", png.tobytes())[0] == 200
     state = client.json("GET", "/api/state")[1]
     assert state["dataset"]["count"] == 3 and state["dataset"]["kind"] == "folder"
     client.json("POST", "/api/model/path", {"path": str(tiny_model)})
-    _, events = build_and_wait(client, {"config": {"std_values": "255"}, "do_quantization": True})
+    status, r = client.json("POST", "/api/layers/accuracy", {})
+    assert status == 409  # nothing built yet
+    _, events = build_and_wait(client, {"config": {"std_values": "255", "quantized_algorithm": "mmse"},
+                                        "do_quantization": True})
+    failure = [e["message"] for e in events if e["type"] == "failure"]
+    assert not failure, failure
+    assert any(e["type"] == "log" and "calibration: 3 file(s)" in e["message"] for e in events)
 
-    (tmp_path / "c").mkdir()
-    for p in (session_dir(gui, client) / "calibration").glob("*.png"):
-        (tmp_path / "c" / p.name).write_bytes(p.read_bytes())
-    (tmp_path / "c" / "dataset.txt").write_text("".join(f"{p.name}\n" for p in sorted((tmp_path / "c").glob("*.png"))))
-    try:
-        direct = builder.build(load_model(tiny_model), make_config(std_values=[255]), do_quantization=True,
-                               dataset=str(tmp_path / "c" / "dataset.txt"))
-        expected_error = None
-    except OpenRKNNError as e:
-        expected_error = str(e)
-    except Exception as e:  # the quantizer is still being written: the GUI must show the same failure
-        expected_error = f"{type(e).__name__}: {e}"
-    if expected_error is None:
-        result = next(e for e in events if e["type"] == "done")["result"]
-        assert result["summary"]["quantization"]["dtype"] == direct.package.metadata["quantization"]["dtype"]
-        layers = client.json("GET", "/api/layers")[1]
-        assert any(r["precision"] != "float" for r in layers["rows"])
-    else:
-        failure = next(e for e in events if e["type"] == "failure")
-        assert failure["message"] == expected_error
+    (tmp_path / "c" / "dataset.txt").write_text("".join(f"calib{i}.png\n" for i in range(3)))
+    direct = builder.build(load_model(tiny_model), make_config(std_values=[255], quantized_algorithm="mmse"),
+                           do_quantization=True, dataset=str(tmp_path / "c" / "dataset.txt"))
+    gui_pkg = read_package(session_dir(gui, client) / "outputs" / "tiny.rknn")
+    ours, theirs = gui_pkg.metadata["quantization"], direct.package.metadata["quantization"]
+    assert (ours["dtype"], ours["algorithm"], ours["calibration_samples"]) == ("asymmetric_quantized-u8", "mmse", 3)
+    assert ours["tensors"].keys() == theirs["tensors"].keys()
+    for name, t in theirs["tensors"].items():
+        np.testing.assert_allclose(ours["tensors"][name]["scale"], t["scale"], rtol=1e-6, err_msg=name)
+
+    layers = client.json("GET", "/api/layers")[1]
+    rows = {r["name"]: r for r in layers["rows"]}
+    assert rows["conv"]["precision"] == "uint8" and rows["conv"]["fused_into"] == "relu"
+    assert rows["relu"]["quantized"] and rows["relu"]["cosine"] is None
+    assert layers["accuracy"]["available"] and not layers["accuracy"]["measured"]
+    status, r = client.json("POST", "/api/layers/accuracy", {})
+    assert status == 409 and "inference" in r["error"]
+    ok, png = cv2.imencode(".png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    assert client.json("POST", "/api/infer?filename=probe.png", png.tobytes(),
+                       headers={"Content-Type": "application/octet-stream"})[0] == 200
+    status, measured = client.json("POST", "/api/layers/accuracy", {})
+    assert status == 200, measured
+    rows = {r["name"]: r for r in measured["rows"]}
+    assert measured["accuracy"]["measured"] and measured["accuracy"]["image"] == "probe.png"
+    assert 0.9 < rows["relu"]["cosine"] <= 1.0 + 1e-9 and rows["conv"]["cosine"] == rows["relu"]["cosine"]
+    assert client.json("GET", "/api/layers")[1]["rows"] == measured["rows"]  # kept for the page's next load
 
 
 def test_sessions_are_isolated(gui, tiny_model):

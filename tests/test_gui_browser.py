@@ -176,6 +176,45 @@ def test_bad_config_value_shows_the_validators_message(page, tmp_path):
     screenshot(page, "bad_config_value.png")
 
 
+def test_quantized_build_with_uploaded_calibration_and_layer_accuracy(page, tmp_path):
+    import cv2
+
+    model = tiny_image_model(tmp_path / "tiny_q.onnx", hw=24)
+    rng = np.random.default_rng(7)
+    images = []
+    for i in range(4):
+        images.append(tmp_path / f"calib_{i}.png")
+        cv2.imwrite(str(images[-1]), rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    open_model(page, model)
+    assert not page.is_checked("#do-quantization")
+    page.set_input_files("#dataset-files", [str(p) for p in images])
+    page.wait_for_selector("#dataset-count:text-is('4 samples')")
+    assert page.is_checked("#do-quantization")  # picking calibration data turns quantization on
+    page.fill("#cfg-std_values", "255")
+    page.select_option("#cfg-quantized_algorithm", "kl_divergence")
+    page.wait_for_selector("#config-status[data-state=ok]:has-text('kl_divergence')")
+    page.click("#build-btn")
+    page.wait_for_selector("#progress-text:text-matches('^Done')")
+    assert "asymmetric_quantized-u8 · kl_divergence · per-layer" in page.inner_text("#result-meta")
+    assert "calibration: 4 file(s)" in page.inner_text("#build-log")
+    page.wait_for_selector("#layers-table tr[data-name='conv'] .prec.quant")
+    assert page.inner_text("#layers-table tr[data-name='relu'] .prec") == "uint8"
+    assert page.is_disabled("#accuracy-btn")  # measured on an inference image: none yet
+
+    page.set_input_files("#infer-file", str(images[0]))
+    page.click("#infer-btn")
+    page.wait_for_selector("#infer-result:not([hidden])")
+    page.wait_for_selector("#accuracy-btn:not([disabled])")
+    page.click("#accuracy-btn")
+    page.wait_for_selector("#layers-note:has-text('Accuracy measured on calib_0.png')")
+    cosine = float(page.inner_text("#layers-table tr[data-name='relu'] .cos .mono"))
+    assert 0.9 < cosine <= 1.0
+    reason = page.inner_text("#layers-note")
+    hybrid_disabled = page.is_disabled("#layers-table tr[data-name='relu'] input[type=checkbox]")
+    assert hybrid_disabled == ("Keep-float toggles:" in reason)  # toggles are off exactly when the note says why
+    screenshot(page, "quantized_layers.png")
+
+
 def test_yolox_nano_inference_draws_boxes(page, shared_data):
     model = shared_data / "models" / "yolox_nano_coco.onnx"
     image = shared_data / "images" / "misc" / "dog.jpg"

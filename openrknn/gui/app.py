@@ -25,7 +25,7 @@ from . import DEFAULT_HOST, DEFAULT_PORT
 from .forms import config_schema, validate_form
 from .infer import InferOptions, SimulatorCache, decode_image, run_image, yolox_layout
 from .jobs import TERMINAL, JobRunner
-from .layers import accuracy_provider, layer_rows, merge_accuracy
+from .layers import accuracy_provider, layer_rows, measure_accuracy, merge_accuracy
 from .pipeline import (BUILD_STAGES, BuildRequest, copy_atomic, describe_dataset, hybrid_support, inspect_model,
                        jsonable, parse_input_size, run_build)
 from .sessions import (CALIB_SUFFIXES, IMAGE_SUFFIXES, MODEL_SUFFIXES, SESSION_COOKIE, RequestRefused, Session,
@@ -376,41 +376,65 @@ def create_app(settings: Optional[GuiSettings] = None) -> FastAPI:
                     tmp.replace(out)
                     report["drawn"] = out.name
             with session.lock:
-                session.last_feeds = {"inputs": feeds}
+                session.last_feeds = {"inputs": feeds, "image": name}
             return jsonable(report)
 
         return await run_in_threadpool(work)
 
     # ------------------------------------------------------------ per-layer table
 
-    @app.get("/api/layers")
-    def layers(request: Request, accuracy: int = 0):
-        session = session_of(request)
+    def layer_report(session: Session, measure: bool) -> dict:
         with session.lock:
             rknn, feeds = session.rknn_path(), session.last_feeds
+            kept = list((session.result or {}).get("keep_float") or [])
         hybrid = hybrid_support()
         fn, reason = accuracy_provider()
         if rknn is None or not rknn.is_file():
-            return {"rows": [], "model": None, "hybrid": hybrid, "accuracy": {"available": fn is not None,
-                                                                              "reason": reason, "measured": False}}
-        sim, pkg = sims.get(session.key, rknn)
-        rows = layer_rows(pkg.model_bytes, pkg.metadata.get("quantization"))
-        measured = False
-        if accuracy and fn is not None:
-            if feeds is None:
-                reason = "run inference on an image first: accuracy is measured on that image"
-            else:
-                merge_accuracy(rows, fn(pkg, feeds["inputs"]))
-                measured = True
-        quantized = pkg.metadata.get("quantization") is not None
-        if not quantized:
+            if measure:
+                raise RequestRefused(409, "build a model (or pick an .rknn file) first")
+            return {"rows": [], "model": None, "quantized": False, "kept_float": [], "hybrid": hybrid,
+                    "accuracy": {"available": False, "reason": "", "measured": False}}
+        _, pkg = sims.get(session.key, rknn)
+        quant = pkg.metadata.get("quantization")
+        rows = layer_rows(pkg.model_bytes, quant)
+        if not quant:
+            fn, reason = None, "the model is float, so there is nothing to compare; build with quantization"
             hybrid = {"available": False, "reason": "the model is float: build with quantization to choose layers "
                       "to keep in higher precision"}
+        cache_key = (rknn.name, rknn.stat().st_mtime_ns)
+        if measure:
+            if fn is None:
+                raise RequestRefused(409, f"accuracy cannot be measured: {reason}")
+            if feeds is None:
+                raise RequestRefused(409, "run inference on an image first: accuracy is measured on that image")
+            try:
+                measured = measure_accuracy(fn, pkg, feeds["inputs"], session.root / "accuracy")
+            except OpenRKNNError:
+                raise
+            except Exception as e:  # the analysis failed on this model: say so on the page, keep the trace in the log
+                log.warning("accuracy analysis failed", exc_info=True)
+                raise RequestRefused(500, f"accuracy analysis failed on this model: {type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:300]}") from None
+            with session.lock:
+                session.accuracy = (cache_key, measured)
         with session.lock:
-            kept = list((session.result or {}).get("keep_float") or [])
-        return jsonable({"rows": rows, "model": rknn.name, "quantized": quantized, "kept_float": kept,
-                         "hybrid": hybrid, "accuracy": {"available": fn is not None, "reason": reason,
-                                                        "measured": measured}})
+            cached = session.accuracy if session.accuracy and session.accuracy[0] == cache_key else None
+        if cached:
+            merge_accuracy(rows, cached[1])
+        build = pkg.metadata.get("build") or {}
+        return jsonable({"rows": rows, "model": rknn.name, "quantized": bool(quant), "kept_float": kept,
+                         "hybrid": hybrid, "cos_threshold": build.get("auto_hybrid_cos_thresh"),
+                         "accuracy": {"available": fn is not None, "reason": reason, "measured": cached is not None,
+                                      "image": (feeds or {}).get("image")}})
+
+    @app.get("/api/layers")
+    def layers(request: Request):
+        return layer_report(session_of(request), measure=False)
+
+    @app.post("/api/layers/accuracy")
+    def layers_accuracy(request: Request):
+        """Measure per-layer cosine on the last inference image (writes the analysis files in the session)."""
+        return layer_report(session_of(request), measure=True)
 
     # ------------------------------------------------------------ state
 

@@ -125,7 +125,8 @@ class Session:
     dataset: Optional[dict] = None  # {"kind", "path", "count", "source"}
     rknn: Optional[str] = None  # file name under outputs/ of the current .rknn (built or picked)
     result: Optional[dict] = None  # the last build's result
-    last_feeds: Optional[dict] = None  # graph inputs of the last inference (for per-layer accuracy)
+    last_feeds: Optional[dict] = None  # {"inputs": arrays fed, "image": name} of the last inference
+    accuracy: Optional[tuple] = None  # ((rknn name, mtime), per-layer rows) of the last accuracy analysis
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property

@@ -533,11 +533,40 @@ function renderMemory(mem, note) {
     box.replaceChildren(h("p", { class: "empty-note", text: note || "No memory estimate." }));
     return;
   }
-  const rows = [];
-  for (const [k, v] of Object.entries(mem)) {
-    if (typeof v === "number" && v >= 0) rows.push({ name: k, value: v, label: /byte|mem|size|weight|internal|total/i.test(k) ? fmtBytes(v) : fmtNum(v) });
+  const part = (k) => (mem[k] && typeof mem[k].total === "number" ? mem[k].total : 0);
+  const weights = part("weight") + ((mem.weight && mem.weight.quant_param_bytes) || 0);
+  const parts = [
+    { name: "Weights", value: weights, cls: "seg-w" },
+    { name: "Internal (activations)", value: part("internal"), cls: "seg-i" },
+    { name: "Input buffers", value: part("input"), cls: "seg-in" },
+    { name: "Output buffers", value: part("output"), cls: "seg-out" },
+  ];
+  const total = typeof mem.total === "number" ? mem.total : parts.reduce((a, p) => a + p.value, 0);
+  const totals = [kv("Total (est.)", fmtBytes(total))];
+  const chip = mem.chip || {};
+  if (typeof chip.share_of_dram === "number") {
+    totals.push(kv("Of board DRAM", `${(100 * chip.share_of_dram).toFixed(2)}%`));
   }
-  box.replaceChildren(...(rows.length ? bars(rows, "") : [h("p", { class: "empty-note", text: "eval_memory returned no numbers." })]));
+  if (typeof mem.host_rss === "number") totals.push(kv("This process (RSS)", fmtBytes(mem.host_rss)));
+  const stack = h("div", { class: "stack-bar" });
+  const legend = h("div", { class: "legend" });
+  for (const p of parts) {
+    if (!p.value) continue;
+    const seg = h("div", { class: `seg ${p.cls}`, title: `${p.name}: ${fmtBytes(p.value)}` });
+    seg.style.width = `${Math.max(0.5, (100 * p.value) / Math.max(total, 1))}%`;
+    stack.append(seg);
+    legend.append(h("span", { class: "legend-item" }, h("span", { class: `legend-dot ${p.cls}` }),
+      `${p.name} `, h("strong", { text: fmtBytes(p.value) })));
+  }
+  const children = [h("div", { class: "chart-total" }, ...totals), stack, legend];
+  const byDtype = (mem.weight && mem.weight.by_dtype) || {};
+  const rows = Object.entries(byDtype).map(([k, v]) => ({ name: k, value: v, label: fmtBytes(v) }));
+  if (rows.length) children.push(h("h3", { text: "Weights by stored type" }), ...bars(rows, ""));
+  if (mem.internal && mem.internal.peak_layer) {
+    children.push(h("p", { class: "hint", text: `Peak activation memory at ${mem.internal.peak_layer}; ` +
+      `${mem.internal.buffers} buffers planned (${mem.internal.strategy || "greedy"}).` }));
+  }
+  box.replaceChildren(...children);
 }
 
 // ---------------------------------------------------------------- inference
@@ -558,7 +587,7 @@ async function runInference() {
     const r = await api("POST", `/api/infer?${q}`, undefined, file);
     renderInference(r);
     ui.inferred = true;
-    $("#accuracy-btn").disabled = !(ui.layers && ui.layers.accuracy && ui.layers.accuracy.available);
+    if (ui.layers) renderLayers(ui.layers);
   } catch (e) {
     showMsg($("#infer-msg"), e.message, true);
   } finally {
@@ -599,48 +628,87 @@ function renderInference(r) {
 
 // ---------------------------------------------------------------- layers
 
-async function loadLayers(withAccuracy) {
+async function loadLayers(measure) {
+  const btn = $("#accuracy-btn");
   try {
-    const r = await api("GET", `/api/layers${withAccuracy ? "?accuracy=1" : ""}`);
+    if (measure) {
+      btn.disabled = true;
+      btn.textContent = "Measuring…";
+    }
+    const r = measure ? await api("POST", "/api/layers/accuracy", {}) : await api("GET", "/api/layers");
     ui.layers = r;
     renderLayers(r);
   } catch (e) {
     $("#layers-note").textContent = e.message;
+    $("#layers-note").classList.add("note-error");
+  } finally {
+    btn.textContent = "Measure accuracy";
   }
   updateControls();
+}
+
+function cosineCell(v, threshold) {
+  if (v === null || v === undefined) return td("—", "muted");
+  const cls = v < threshold ? (v < 0.9 ? "bad" : "low") : "";
+  const fill = h("div", { class: `cos-fill ${cls}` });
+  fill.style.width = `${Math.max(0, Math.min(1, v)) * 100}%`;
+  return h("td", {}, h("div", { class: "cos" }, h("div", { class: "cos-bar" }, fill),
+    h("span", { class: "mono", text: v.toFixed(4) })));
+}
+
+function perfByLayer() {
+  const perf = ui.state.result && ui.state.result.perf;
+  const out = new Map();
+  for (const l of (perf && perf.layers) || []) out.set(l.name, l);
+  return out;
 }
 
 function renderLayers(r) {
   const kept = new Set(r.kept_float || []);
   const hybridOk = r.hybrid && r.hybrid.available;
+  const threshold = r.cos_threshold || 0.98;
+  const perf = perfByLayer();
   const rows = (r.rows || []).map((row) => {
     const box = h("input", { type: "checkbox", value: row.name, "aria-label": `keep ${row.name} in float` });
     box.checked = kept.has(row.name);
     box.disabled = !hybridOk;
+    const weak = row.cosine_single !== null && row.cosine_single !== undefined && row.cosine_single < threshold;
+    const cls = [kept.has(row.name) ? "kept" : "", weak ? "weak" : ""].join(" ").trim();
+    const tr = h("tr", { "data-name": row.name, "data-op": row.op_type, class: cls || null });
     box.addEventListener("change", () => { tr.classList.toggle("kept", box.checked); updateHybridButton(); });
-    let cos = td("—", "muted");
-    if (row.cosine !== null && row.cosine !== undefined) {
-      const fill = h("div", { class: `cos-fill ${row.cosine < 0.98 ? (row.cosine < 0.9 ? "bad" : "low") : ""}` });
-      fill.style.width = `${Math.max(0, Math.min(1, row.cosine)) * 100}%`;
-      cos = h("td", {}, h("div", { class: "cos" }, h("div", { class: "cos-bar" }, fill), h("span", { class: "mono", text: row.cosine.toFixed(4) })));
-    }
-    const quant = row.precision !== "float";
-    const tr = h("tr", { "data-name": row.name, "data-op": row.op_type, class: kept.has(row.name) ? "kept" : "" },
-      td(row.index, "num"), td(row.name, "mono"), td(row.op_type),
-      h("td", {}, h("span", { class: `prec ${quant ? "quant" : "float"}`, text: row.precision })), cos,
-      h("td", { class: "num" }, box));
+    const prec = row.fused_into ? `${row.precision} · fused` : row.precision;
+    const p = perf.get(row.name);
+    let npu = "—";
+    if (p) npu = p.unit === "fused" ? "fused" : `${fmtNum(p.npu_us, 1)} µs`;
+    tr.append(td(row.index, "num"), td(row.name, "mono"), td(row.op_type),
+      h("td", { title: row.fused_into ? `fused into ${row.fused_into}` : "" },
+        h("span", { class: `prec ${row.quantized ? "quant" : "float"}`, text: prec })),
+      cosineCell(row.cosine, threshold),
+      td(row.cosine_single === null || row.cosine_single === undefined ? "—" : row.cosine_single.toFixed(4),
+        `num mono ${weak ? "weak-val" : ""}`),
+      td(npu, "num mono"), h("td", { class: "num" }, box));
     return tr;
   });
   fillTable($("#layers-table"), rows, "Build a model to see its layers.");
+  const note = $("#layers-note");
+  note.classList.remove("note-error");
   const notes = [];
   if (r.rows && r.rows.length) {
-    const q = r.rows.filter((x) => x.precision !== "float").length;
+    const q = r.rows.filter((x) => x.quantized).length;
     notes.push(`${r.rows.length} layers in ${r.model}${r.quantized ? `, ${q} quantized` : " (float model)"}.`);
+    if (r.accuracy.measured) {
+      const weak = r.rows.filter((x) => x.cosine_single !== null && x.cosine_single < threshold).length;
+      notes.push(`Accuracy measured on ${r.accuracy.image || "the last inference image"}: ${weak} layer(s) below ` +
+        `the ${threshold} cosine threshold on their own.`);
+    } else if (r.accuracy.available) {
+      notes.push("Run inference on an image, then measure accuracy.");
+    } else if (r.accuracy.reason) {
+      notes.push(`Accuracy: ${r.accuracy.reason}.`);
+    }
+    if (r.hybrid && !r.hybrid.available && r.hybrid.reason) notes.push(`Keep-float toggles: ${r.hybrid.reason}.`);
   }
-  if (r.accuracy && !r.accuracy.measured && r.accuracy.reason) notes.push(`Accuracy: ${r.accuracy.reason}.`);
-  if (r.hybrid && !r.hybrid.available && r.hybrid.reason) notes.push(`Keep-float toggles: ${r.hybrid.reason}.`);
-  $("#layers-note").textContent = notes.join(" ");
-  $("#accuracy-btn").disabled = !(r.accuracy && r.accuracy.available && r.rows && r.rows.length);
+  note.textContent = notes.join(" ");
+  $("#accuracy-btn").disabled = !(r.accuracy && r.accuracy.available && ui.inferred);
   filterLayers();
   updateHybridButton();
 }
