@@ -287,20 +287,21 @@ class Reference:
 # ---------------------------------------------------------------------------------------------------------------
 # Builders: ours and onnxruntime's. Each runs in a child process (fresh peak RSS).
 # ---------------------------------------------------------------------------------------------------------------
-OUR_ROWS = [
-    ("asymmetric_quantized-u8", "normal", "layer"),
-    ("asymmetric_quantized-u8", "kl_divergence", "layer"),
-    ("asymmetric_quantized-u8", "mmse", "layer"),
-    ("asymmetric_quantized-u8", "normal", "channel"),
-    ("dynamic_fixed_point-i8", "normal", "layer"),
-    ("dynamic_fixed_point-i16", "normal", "layer"),
-    ("w8a8", "normal", "channel"),
-    ("w8a8", "kl_divergence", "channel"),
-    ("w8a8", "mmse", "channel"),
-    ("w8a8", "normal", "layer"),
-    ("w8a16", "normal", "channel"),
-    ("w16a16i", "normal", "channel"),
-    ("float16", "normal", "layer"),
+OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
+    ("asymmetric_quantized-u8", "normal", "layer", {}),
+    ("asymmetric_quantized-u8", "kl_divergence", "layer", {}),
+    ("asymmetric_quantized-u8", "mmse", "layer", {}),
+    ("asymmetric_quantized-u8", "normal", "channel", {}),
+    ("dynamic_fixed_point-i8", "normal", "layer", {}),
+    ("dynamic_fixed_point-i16", "normal", "layer", {}),
+    ("w8a8", "normal", "channel", {}),
+    ("w8a8", "kl_divergence", "channel", {}),
+    ("w8a8", "mmse", "channel", {}),
+    ("w8a8", "normal", "layer", {}),
+    ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
+    ("w8a16", "normal", "channel", {}),
+    ("w16a16i", "normal", "channel", {}),
+    ("float16", "normal", "layer", {}),
 ]
 ORT_ROWS = [(m, pc) for pc in (False, True) for m in ("MinMax", "Entropy", "Percentile")]
 
@@ -378,7 +379,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="quant_bench_"))
     header = ["model", "builder", "dtype / method", "algorithm", "kept / top1", "mAP50 / top5", "cosine",
               "build s", "peak RSS MB", "infer ms"]
-    widths = [9, 12, 30, 13, 12, 12, 7, 7, 11, 8]
+    widths = [9, 11, 33, 13, 12, 12, 7, 7, 11, 8]
     print(fmt_row(header, widths))
     print("-+-".join("-" * w for w in widths))
     for name in args.models.split(","):
@@ -388,7 +389,7 @@ def main() -> None:
         folder.mkdir()
         ds, rgb2bgr = write_dataset(name, split(name)[0], folder)
         specs = [dict(kind="ours", model=name, dataset=str(ds), rgb2bgr=rgb2bgr, dtype=d, algorithm=a, method=m,
-                      extra=json.loads(args.extra)) for d, a, m in OUR_ROWS if args.only in f"{d} {a} {m}"]
+                      extra={**x, **json.loads(args.extra)}) for d, a, m, x in OUR_ROWS if args.only in f"{d} {a} {m}"]
         if not args.no_ort:
             specs += [dict(kind="ort", model=name, method=m, per_channel=pc) for m, pc in ORT_ROWS]
         for k, spec in enumerate(specs):
@@ -405,6 +406,8 @@ def main() -> None:
                 acc, acc2 = f"{ev['top1']}/{ev['n']}", f"{ev['top5']}/{ev['n']}"
             if spec["kind"] == "ours":
                 builder, what, alg = "openrknn", f"{spec['dtype']} / {spec['method']}", spec["algorithm"]
+                if spec["extra"]:
+                    alg += " (" + ",".join(f"{k}={v}" for k, v in spec["extra"].items()) + ")"
             else:
                 builder = "onnxruntime"
                 what, alg = f"U8S8 / {'channel' if spec['per_channel'] else 'tensor'}", spec["method"]

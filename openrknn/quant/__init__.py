@@ -32,6 +32,7 @@ class QuantOptions:
         float16.
     algorithm: activation ranges: 'normal' (min/max), 'kl_divergence' (2048-bin histogram KL), 'mmse' (least
         squared error clipping); mmse also picks MSE-optimal weight clipping.
+    weight_algorithm: 'minmax' | 'mmse' weight ranges; 'auto' = mmse with algorithm 'mmse', else minmax.
     method: 'layer' (one weight scale per tensor) or 'channel' (one per output channel); None picks the dtype's
         hardware default: 'layer' for the RKNPU1 dtypes (u8, dynamic fixed point), 'channel' for the RKNPU2 ones.
     equalization: cross-layer equalization of conv pairs joined by a scale-equivariant activation (ReLU,
@@ -49,6 +50,7 @@ class QuantOptions:
     dtype: str = "asymmetric_quantized-u8"
     algorithm: str = "normal"
     method: Optional[str] = None
+    weight_algorithm: str = "auto"
     target: str = "rk1808"
     equalization: object = "auto"
     bias_correction: object = "empirical"
@@ -59,7 +61,7 @@ class QuantOptions:
     adaround_iters: int = 200
     keep_mixed_concat_float: bool = True
     histogram_bins: int = 2048
-    histogram_samples: int = 1 << 16   # values per tensor per image folded into the histograms
+    histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18
     threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = its default)
 
     def validate(self) -> None:
@@ -69,6 +71,8 @@ class QuantOptions:
             raise ConfigError("quantized_algorithm", self.algorithm, ALGORITHMS)
         if self.method is not None and self.method not in METHODS:
             raise ConfigError("quantized_method", self.method, METHODS)
+        if self.weight_algorithm not in ("auto", "minmax", "mmse"):
+            raise ConfigError("weight_algorithm", self.weight_algorithm, ("auto", "minmax", "mmse"))
         if self.equalization not in (True, False, "auto"):
             raise ConfigError("equalization", self.equalization, (True, False, "auto"))
         if self.bias_correction not in (True, False, "empirical", "analytical"):

@@ -74,12 +74,12 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
         raise DatasetError("accuracy_analysis: no inputs given; pass at least one input (image or array)")
     float_types = node_outputs(float_model)
     quant_types = node_outputs(quant_model)
-    points = quant_points(quant_model)
+    # points the float model also computes (range split adds parts that exist only in the quantized model)
+    points = {t: v for t, v in quant_points(quant_model).items() if t in float_types}
     graph_inputs = [i.name for i in quant_model.graph.input]
     outputs = [o.name for o in float_model.graph.output]
     # rows: tensors computed by both, quantization points first-class; in the float model's order
     layers = [t for t in float_types if t in quant_types and (t in points or t in outputs or not points)]
-    layers += [t for t in points if t not in float_types and t in graph_inputs]
 
     f_sess = make_session(with_outputs(float_model, layers + list(points)))
     f_names = [o.name for o in f_sess.get_outputs()]

@@ -68,8 +68,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
     collect_minmax(m, plan.points, data, means, stats, progress, options.threads)
     if options.algorithm != "normal":
-        collect_histograms(m, plan.points, data, stats, options.histogram_bins, options.histogram_samples,
-                           progress, options.threads)
+        per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
+        collect_histograms(m, plan.points, data, stats, options.histogram_bins, per_image, progress,
+                           options.threads)
     report["calibration_samples"] = stats.samples
     report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
 
@@ -78,7 +79,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    weights = weight_params(info, plan, scheme, per_channel, options.algorithm)
+    weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
+        "mmse" if options.algorithm == "mmse" else "minmax")
+    weights = weight_params(info, plan, scheme, per_channel, weight_alg)
     if options.adaround:
         from .algorithms.adaround import adaround_weights
 
@@ -159,13 +162,14 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
 
 def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool,
                   algorithm: str) -> Dict[int, WeightQuant]:
+    """Quantized weights of every weighted op; ``algorithm`` 'minmax' or 'mmse' (MSE-optimal clipping)."""
     fmt = scheme.weight
     assert fmt is not None
     out: Dict[int, WeightQuant] = {}
     for w in plan.weighted:
         arr = info.const(w.w).astype(np.float32)
         axis = w.axis if per_channel else None
-        q, scale, zp = quantize_weight(arr, axis, fmt, "mmse" if algorithm == "mmse" else "minmax")
+        q, scale, zp = quantize_weight(arr, axis, fmt, algorithm)
         out[w.node] = WeightQuant(q, scale, zp, axis, fmt)
     return out
 

@@ -186,6 +186,11 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     del g.node[:]
     g.node.extend(nodes_out)
     g.initializer.extend(inits)
+    known = {v.name for v in g.value_info}
+    for n in (n for ns in new_nodes.values() for n in ns):  # types now, shapes once at the end (normalize)
+        for o in n.output:
+            if o not in known and o not in info.output_set:
+                g.value_info.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))
     return out
 
 
@@ -252,8 +257,8 @@ def range_split(model: onnx.ModelProto, data, max_ratio: float = 16.0, max_group
         if t not in cur:
             continue
         prod, cons = cur[t]
-        model = normalize(split_tensor(model, info, t, prod, cons, groups))
+        model = split_tensor(model, info, t, prod, cons, groups)
         r = np.maximum(ranges[t][1], 0) - np.minimum(ranges[t][0], 0)
         done.append({"tensor": t, "groups": [len(g) for g in groups],
                      "range_ratio": round(float(r.max() / max(r.min(), 1e-12)), 1)})
-    return model, {"tensors": done}
+    return (normalize(model) if done else model), {"tensors": done}
