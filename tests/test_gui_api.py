@@ -141,8 +141,8 @@ def tiny_model(tmp_path_factory) -> Path:
     return tiny_image_model(tmp_path_factory.mktemp("gui_models") / "tiny.onnx")
 
 
-def session_dir(gui, client: Client) -> Path:
-    return gui.app.state.store.get(client.token).root
+def session_of(gui, client: Client):
+    return gui.app.state.store.get(client.token)
 
 
 def upload(client: Client, kind: str, name: str, data: bytes, **kw):
@@ -285,7 +285,7 @@ def test_foreign_host_header_is_refused(gui):
 def test_download_cannot_leave_the_session_folder(gui, client, tiny_model):
     secret = Path(gui.settings.workdir) / "secret.txt"
     secret.write_text("TOPSECRET")
-    outputs = session_dir(gui, client) / "outputs"
+    outputs = session_of(gui, client).outputs
     os.symlink(secret, outputs / "link.rknn")
     attempts = ["/api/download/../secret.txt", "/api/download/../../secret.txt", "/api/download/..%2F..%2Fsecret.txt",
                 "/api/download/%2e%2e/%2e%2e/secret.txt", "/api/download//etc/passwd", "/api/download/link.rknn",
@@ -311,14 +311,14 @@ def test_uploads_are_size_limited_while_streaming(gui, client):
     assert status == 413 and "limit" in r["error"]
     status, r = upload(client, "dataset", "huge.png", b"\0" * (IMAGE_LIMIT + 1))
     assert status == 413
-    leftovers = [p.name for p in session_dir(gui, client).rglob("*") if p.is_file()]
+    leftovers = [p.name for p in session_of(gui, client).root.rglob("*") if p.is_file()]
     assert leftovers == []
 
 
 def test_upload_names_are_sanitized_into_the_session_folder(gui, client, tiny_model):
     status, r = upload(client, "model", "../../../escaped.onnx", tiny_model.read_bytes())
     assert status == 200 and r["model"]["name"] == "escaped.onnx"
-    assert (session_dir(gui, client) / "uploads" / "escaped.onnx").is_file()
+    assert (session_of(gui, client).uploads / "escaped.onnx").is_file()
     assert not (Path(gui.settings.workdir).parent / "escaped.onnx").exists()
     assert "path" not in r["model"]  # the page is not told where the session folder is
     status, r = upload(client, "model", "payload.sh", b"#!/bin/sh")
@@ -415,7 +415,7 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     (tmp_path / "c" / "dataset.txt").write_text("".join(f"calib{i}.png\n" for i in range(3)))
     direct = builder.build(load_model(tiny_model), make_config(std_values=[255], quantized_algorithm="mmse"),
                            do_quantization=True, dataset=str(tmp_path / "c" / "dataset.txt"))
-    gui_pkg = read_package(session_dir(gui, client) / "outputs" / "tiny.rknn")
+    gui_pkg = read_package(session_of(gui, client).outputs / "tiny.rknn")
     ours, theirs = gui_pkg.metadata["quantization"], direct.package.metadata["quantization"]
     assert (ours["dtype"], ours["algorithm"], ours["calibration_samples"]) == ("asymmetric_quantized-u8", "mmse", 3)
     assert ours["tensors"].keys() == theirs["tensors"].keys()
@@ -438,6 +438,69 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     assert measured["accuracy"]["measured"] and measured["accuracy"]["image"] == "probe.png"
     assert 0.9 < rows["relu"]["cosine"] <= 1.0 + 1e-9 and rows["conv"]["cosine"] == rows["relu"]["cosine"]
     assert client.json("GET", "/api/layers")[1]["rows"] == measured["rows"]  # kept for the page's next load
+
+
+def test_calibration_paths_on_this_machine(gui, client, tmp_path):
+    import cv2
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.jpg"), np.full((8, 8, 3), 40 * i, np.uint8))
+    (folder / "notes.md").write_text("not an image")
+    status, r = client.json("POST", "/api/dataset/path", {"path": str(folder)})
+    assert status == 200 and (r["dataset"]["kind"], r["dataset"]["count"]) == ("folder", 2)
+    txt = tmp_path / "dataset.txt"
+    txt.write_text("# calibration\nimgs/0.jpg\n\nimgs/1.jpg\nimgs/0.jpg\n")
+    status, r = client.json("POST", "/api/dataset/path", {"path": str(txt)})
+    assert status == 200 and (r["dataset"]["kind"], r["dataset"]["count"]) == ("file", 3)
+    status, r = client.json("POST", "/api/dataset/path", {"path": str(tmp_path / "missing")})
+    assert status == 400 and "does not exist" in r["error"]
+    assert client.json("GET", "/api/state")[1]["dataset"]["count"] == 3  # a bad pick keeps the last good one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, r = client.json("POST", "/api/dataset/path", {"path": str(empty)})
+    assert status == 400 and "no calibration files" in r["error"]
+
+
+def test_torchscript_model_takes_its_input_size_from_the_form(gui, client, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    pt = tmp_path / "tiny_net.pt"
+    torch.jit.trace(net, torch.rand(1, 3, 16, 20)).save(str(pt))
+    status, r = upload(client, "model", "tiny_net.pt", pt.read_bytes())
+    assert status == 200 and r["model"]["framework"] == "pytorch" and r["model"]["needs_input_size"]
+    _, events = build_and_wait(client, {"config": {}})
+    failure = next(e for e in events if e["type"] == "failure")
+    assert "input_size_list" in failure["message"]
+    status, r = client.json("POST", "/api/build", {"config": {}, "input_size": "3,16,x"})
+    assert status == 400 and r["key"] == "input_size_list"
+    _, events = build_and_wait(client, {"config": {}, "input_size": "3, 16, 20"})
+    result = next(e for e in events if e["type"] == "done")["result"]
+    assert result["summary"]["inputs"][0]["shape"] == [1, 16, 20, 3]
+    assert result["summary"]["source"]["framework"] == "pytorch"
+
+
+def test_an_rknn_file_is_ready_for_inference_without_a_build(gui, client, tiny_model):
+    client.json("POST", "/api/model/path", {"path": str(tiny_model)})
+    assert build_and_wait(client, {"config": {}})[1][-1]["state"] == "done"
+    data = client.request("GET", "/api/download/tiny.rknn")[2]
+    other = Client(gui.url).open_session()
+    status, r = upload(other, "model", "given.rknn", data)
+    assert status == 200 and r["model"]["framework"] == "rknn" and r["rknn"] == "given.rknn"
+    assert r["model"]["inputs"][0]["shape"] == [1, 16, 16, 3]
+    assert other.json("POST", "/api/build", {"config": {}})[0] == 409
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    import cv2
+
+    ok, png = cv2.imencode(".png", pixels)
+    status, r = other.json("POST", "/api/infer?filename=z.png", png.tobytes(),
+                           headers={"Content-Type": "application/octet-stream"})
+    assert status == 200 and r["outputs"][0]["shape"] == [1, 4, 16, 16]
+    assert other.request("GET", "/api/download/given.rknn")[2] == data
+    status, r = upload(other, "model", "junk.rknn", b"RKNN\0\0not really a model")
+    assert status == 400 and "rknn" in r["error"].lower()
 
 
 def test_sessions_are_isolated(gui, tiny_model):

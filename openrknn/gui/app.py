@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -280,7 +281,7 @@ def create_app(settings: Optional[GuiSettings] = None) -> FastAPI:
                            input_size_list=parse_input_size(data.get("input_size")),
                            do_quantization=bool(data.get("do_quantization")), dataset=dataset,
                            rknn_batch_size=int(batch) if batch else None, keep_float=keep_float,
-                           calib_dir=session.root)
+                           calib_dir=session.calib)
 
         def on_done(job) -> None:
             with session.lock:
@@ -471,16 +472,21 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workdir: Optional[
     """Run the GUI until interrupted; prints the URL."""
     import uvicorn
 
-    settings = GuiSettings(host=host, port=port, max_upload_bytes=max_upload_mb * 1024 * 1024)
-    if workdir:
-        settings.workdir = Path(workdir).expanduser().resolve()
+    temporary = not workdir
+    folder = Path(tempfile.mkdtemp(prefix="openrknn-gui-")) if temporary else Path(workdir).expanduser().resolve()
+    settings = GuiSettings(workdir=folder, host=host, port=port, max_upload_bytes=max_upload_mb * 1024 * 1024)
     _ensure_loopback_warning(host)
     root = logging.getLogger("openrknn")
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)
     app = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
-    print(f"openrknn GUI {__version__}: http://{shown}:{port}/  (session files in {settings.workdir}; Ctrl+C stops)",
+    keep = "removed when the GUI stops: download what you want to keep" if temporary else "kept"
+    print(f"openrknn GUI {__version__}: http://{shown}:{port}/  (session files in {folder}, {keep}; Ctrl+C stops)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0

@@ -71,11 +71,11 @@ def parse_input_size(text: Optional[str]) -> Optional[List[List[int]]]:
         return None
     shapes = []
     for part in str(text).split("#"):
-        tokens = [t for t in re.split(r"[\s,x×\[\]]+", part.strip()) if t]
-        if not tokens or not all(re.fullmatch(r"\d+", t) for t in tokens):
-            raise ConfigError("input_size_list", text, "positive integers per input such as '3,224,224' or "
-                              "'1,3,224,224', with '#' between inputs")
-        shapes.append([int(t) for t in tokens])
+        body = part.strip().strip("[]").strip()
+        if not re.fullmatch(r"\d+(\s*[,x×\s]\s*\d+)*", body):
+            raise ConfigError("input_size_list", text, "positive integers per input such as '3,224,224', "
+                              "'1 3 224 224' or '3x224x224', with '#' between inputs")
+        shapes.append([int(t) for t in re.findall(r"\d+", body)])
     return shapes
 
 

@@ -129,17 +129,23 @@ class Session:
     accuracy: Optional[tuple] = None  # ((rknn name, mtime), per-layer rows) of the last accuracy analysis
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
+    def _folder(self, name: str) -> Path:
+        # created on first use, so a page view alone (or a stray cross-site GET) leaves nothing on disk
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     @property
     def uploads(self) -> Path:
-        return self.root / "uploads"
+        return self._folder("uploads")
 
     @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        return self._folder("outputs")
 
     @property
     def calib(self) -> Path:
-        return self.root / "calibration"
+        return self._folder("calibration")
 
     def rknn_path(self) -> Optional[Path]:
         return self.outputs / self.rknn if self.rknn else None
@@ -167,10 +173,7 @@ class SessionStore:
     def create(self) -> Tuple[str, Session]:
         token = secrets.token_urlsafe(32)
         key = self._key(token)
-        root = self.workdir / key
-        for sub in ("uploads", "outputs", "calibration"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        session = Session(key=key, root=root)
+        session = Session(key=key, root=self.workdir / key)
         with self._lock:
             self._sessions[key] = session
         return token, session
