@@ -26,7 +26,7 @@ from openrknn.errors import ConfigError  # noqa: E402
 from openrknn.gui.app import GuiSettings  # noqa: E402
 from openrknn.gui.forms import config_schema, form_to_kwargs, validate_form  # noqa: E402
 from openrknn.gui.infer import yolox_layout  # noqa: E402
-from openrknn.gui.pipeline import parse_input_size  # noqa: E402
+from openrknn.gui.pipeline import hybrid_support, parse_input_size  # noqa: E402
 from openrknn.gui.server import BackgroundServer, free_port  # noqa: E402
 from openrknn.gui.sessions import RequestRefused, contained_path, sanitize_filename  # noqa: E402
 
@@ -438,6 +438,16 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     assert measured["accuracy"]["measured"] and measured["accuracy"]["image"] == "probe.png"
     assert 0.9 < rows["relu"]["cosine"] <= 1.0 + 1e-9 and rows["conv"]["cosine"] == rows["relu"]["cosine"]
     assert client.json("GET", "/api/layers")[1]["rows"] == measured["rows"]  # kept for the page's next load
+
+    # keep-float marks go to the quantizer only when it takes them; otherwise the build says why and stops
+    _, events = build_and_wait(client, {"config": {"std_values": "255"}, "do_quantization": True,
+                                        "keep_float": ["relu"], "output_name": "hybrid.rknn"})
+    if hybrid_support()["available"]:
+        assert next(e for e in events if e["type"] == "done")["result"]["keep_float"] == ["relu"]
+    else:
+        failure = next(e for e in events if e["type"] == "failure")["message"]
+        assert "1 layer(s) were marked" in failure and "keep_float" in failure
+        assert layers["hybrid"] == {"available": False, "reason": hybrid_support()["reason"]}
 
 
 def test_calibration_paths_on_this_machine(gui, client, tmp_path):
