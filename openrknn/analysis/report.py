@@ -80,6 +80,8 @@ def render(title: str, subtitle: str, sections: Sequence[Section]) -> str:
              f"<style>{_CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><main>"]
     for s in sections:
         imgs = "".join(_embed(i) for i in s.images)
+        if len(s.images) > 1:  # several pictures read better side by side than as one long column
+            imgs = f"<div class='grid'>{imgs}</div>"
         parts.append(f"<section><h2>{esc(s.title)}</h2>{s.html}{imgs}</section>")
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts.append(f"<p class='muted'>openrknn {esc(__version__)} · {esc(stamp)}</p></main></body></html>")
