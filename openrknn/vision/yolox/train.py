@@ -254,7 +254,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[int] = (256, 288, 320),
           lr: float = 2e-3, seed: int = 0, minutes: float | None = None, val_images: int = 64,
           val_every: int = 250, threads: int | None = 1, warmup: int = 200,
-          init: str | Path | None = None) -> dict:
+          init: str | Path | None = None, tag: str = "train") -> dict:
     """Train YoloBody(3, 'nano') from scratch; keep the EMA weights with the best validation mAP at `out`.
 
     Stops at `steps` or after `minutes` of wall time, whichever comes first (the cosine schedule is laid out over
@@ -285,6 +285,10 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
     val = [generate_sample(vrng, (640, 480)) for _ in range(val_images)]
     out = Path(out)
     best, history, t0 = -1.0, [], time.time()
+    if init is not None:  # a continued run only replaces `out` when it beats the weights it started from
+        best = evaluate_model(ema.ema, [v[0] for v in val], [v[1] for v in val], [v[2] for v in val]).map
+        history.append({"step": 0, "minutes": 0.0, "val_map": round(best, 4)})
+        log.info("starting from %s: val mAP@0.5 %.4f", init, best)
     from tqdm import tqdm
 
     bar = tqdm(range(steps), desc="train", unit="step", mininterval=10)
@@ -319,7 +323,7 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
     summary = {"steps_done": step + 1, "minutes": round((time.time() - t0) / 60, 2), "best_val_map": best,
                "batch": batch, "sizes": list(sizes), "lr": lr, "seed": seed,
                "init": None if init is None else str(init), "history": history}
-    report = out.with_suffix(".train.json")
+    report = out.with_suffix(f".{tag}.json")
     tmp = report.with_name(f".{report.name}.tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, report)
@@ -344,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=None, help="wall-time limit")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init", default=None, help="start from these weights instead of from scratch")
+    ap.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps")
+    ap.add_argument("--then-steps", type=int, default=0,
+                    help="then continue from the best weights with a fresh cosine schedule of this many steps")
+    ap.add_argument("--then-sizes", default="320,352,384", help="training sizes of the second phase")
+    ap.add_argument("--then-lr", type=float, default=4e-4)
+    ap.add_argument("--then-minutes", type=float, default=None)
     ev = sub.add_parser("eval", help="mAP@0.5 of weights on a synthetic held-out set")
     ev.add_argument("weights")
     ev.add_argument("--folder", help="a write_dataset folder; generated (seed 12345, 640x480) when missing")
@@ -365,8 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.out:
         ap.error("--out is required for training")
     summary = train(args.out, steps=args.steps, batch=args.batch, sizes=[int(s) for s in args.sizes.split(",")],
-                    lr=args.lr, seed=args.seed, minutes=args.minutes, threads=args.threads, init=args.init)
+                    lr=args.lr, seed=args.seed, minutes=args.minutes, threads=args.threads, init=args.init,
+                    warmup=args.warmup)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    if args.then_steps > 0:
+        # larger inputs late in training sharpen the small pupil boxes at the 416 deployment size
+        summary = train(args.out, steps=args.then_steps, batch=args.batch,
+                        sizes=[int(s) for s in args.then_sizes.split(",")], lr=args.then_lr, seed=args.seed + 1,
+                        minutes=args.then_minutes, threads=args.threads, init=args.out, warmup=50, tag="train2")
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
 
