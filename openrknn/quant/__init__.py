@@ -59,6 +59,7 @@ class QuantOptions:
     range_split_ratio: float = 16.0
     adaround: bool = False
     adaround_iters: int = 200
+    adaround_samples: int = 16
     keep_mixed_concat_float: bool = True
     histogram_bins: int = 2048
     histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18

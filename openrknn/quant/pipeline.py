@@ -85,7 +85,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     if options.adaround:
         from .algorithms.adaround import adaround_weights
 
-        adaround_weights(m, info, plan, weights, acts, data, options, progress)
+        report["adaround"] = adaround_weights(m, info, plan, weights, acts, data, options, progress)
     if options.bias_correction == "analytical":
         from .algorithms.bias_correction import correct_biases
 
