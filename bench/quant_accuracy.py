@@ -66,10 +66,13 @@ def _prepend_preprocess(model: onnx.ModelProto, input_name: str, hw: Tuple[int, 
     return model
 
 
-def float_model(name: str) -> Tuple[onnx.ModelProto, List[InputSpec]]:
-    """'yolox' or 'mobilenet' as an opset-17 float model with NHWC 0..255 input and pre-processing inside."""
+def float_model(name: str, via_api: bool = False) -> Tuple[onnx.ModelProto, List[InputSpec]]:
+    """'yolox' or 'mobilenet' as an opset-17 float model with NHWC 0..255 input and pre-processing inside.
+    via_api=True takes it from openrknn's own RKNN.build(do_quantization=False) instead of the hand wrapping."""
     from onnx import version_converter
 
+    if via_api:
+        return _float_model_via_api(name)
     if name == "yolox":
         m = onnx.load(str(DATA / "models" / "yolox_nano_coco.onnx"))
         m = version_converter.convert_version(m, 17)
@@ -90,6 +93,23 @@ def float_model(name: str) -> Tuple[onnx.ModelProto, List[InputSpec]]:
         m = _prepend_preprocess(m, "input", (MNV2_SIZE, MNV2_SIZE), IMAGENET_MEAN, IMAGENET_STD)
         return m, [InputSpec("raw_input", (1, MNV2_SIZE, MNV2_SIZE, 3))]
     raise ValueError(name)
+
+
+def _float_model_via_api(name: str) -> Tuple[onnx.ModelProto, List[InputSpec]]:
+    from openrknn.api import RKNN
+
+    rknn = RKNN()
+    if name == "yolox":
+        rknn.config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], reorder_channel="0 1 2")
+        rc = rknn.load_onnx(str(DATA / "models" / "yolox_nano_coco.onnx"))
+    else:
+        rknn.config(mean_values=[IMAGENET_MEAN], std_values=[IMAGENET_STD], reorder_channel="0 1 2")
+        rc = rknn.load_pytorch(str(DATA / "models" / "mobilenet_v2_imagenet.pt"), [[1, 3, MNV2_SIZE, MNV2_SIZE]])
+    if rc != 0 or rknn.build(do_quantization=False) != 0:
+        raise RuntimeError(f"openrknn could not load/build {name}")
+    model = rknn._build.float_model
+    inp = model.graph.input[0]
+    return model, [InputSpec(inp.name, tuple(d.dim_value for d in inp.type.tensor_type.shape.dim))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,10 +333,11 @@ def _peak_rss_mb() -> float:
 def build_child(spec: dict) -> dict:
     """Run in a fresh process: build one quantized model, save it, report seconds and peak RSS."""
     name, out_path = spec["model"], spec["out"]
-    model, inputs = float_model(name)
+    model, inputs = float_model(name, spec.get("via_api", False))
     import onnxruntime  # noqa: F401  (import cost is not build time)
 
     base_rss = _peak_rss_mb()
+    cpu0 = time.process_time()
     if spec["kind"] == "ours":
         t = time.perf_counter()
         data = read_dataset(spec["dataset"], inputs, rgb2bgr=spec["rgb2bgr"], batch_size=spec.get("batch", 100),
@@ -326,7 +347,8 @@ def build_child(spec: dict) -> dict:
         res = quantize(model, data, opts, progress=False)
         secs = time.perf_counter() - t
         onnx.save(res.model, out_path)
-        return {"seconds": secs, "peak_rss_mb": _peak_rss_mb(), "base_rss_mb": base_rss, "samples": len(data),
+        return {"seconds": secs, "cpu_s": time.process_time() - cpu0, "peak_rss_mb": _peak_rss_mb(),
+                "base_rss_mb": base_rss, "samples": len(data),
                 "report": {k: res.report[k] for k in ("stages", "plan") if k in res.report}}
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
@@ -369,6 +391,7 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--only", default="", help="run only our rows whose label contains this")
     ap.add_argument("--extra", default="{}", help="JSON of extra QuantOptions fields for our rows")
+    ap.add_argument("--via-api", action="store_true", help="float models from openrknn's RKNN.build()")
     ap.add_argument("--child", default="")
     args = ap.parse_args()
     if args.child:
@@ -383,7 +406,7 @@ def main() -> None:
     print(fmt_row(header, widths))
     print("-+-".join("-" * w for w in widths))
     for name in args.models.split(","):
-        model, _ = float_model(name)
+        model, _ = float_model(name, args.via_api)
         ref = Reference(name, model)
         folder = tmp / name
         folder.mkdir()
@@ -392,6 +415,8 @@ def main() -> None:
                       extra={**x, **json.loads(args.extra)}) for d, a, m, x in OUR_ROWS if args.only in f"{d} {a} {m}"]
         if not args.no_ort:
             specs += [dict(kind="ort", model=name, method=m, per_channel=pc) for m, pc in ORT_ROWS]
+        for spec in specs:
+            spec["via_api"] = args.via_api
         for k, spec in enumerate(specs):
             spec["out"] = str(folder / f"q{k}.onnx")
             res = run_child(spec)
@@ -428,7 +453,8 @@ def main() -> None:
                 if "error" in res:
                     print(f"{dtype} {alg}: ERROR {res['error']}")
                     continue
-                print(f"{dtype:24s} {alg:14s} samples {res['samples']:4d}  build {res['seconds']:5.2f} s  "
+                print(f"{dtype:24s} {alg:14s} samples {res['samples']:4d}  build {res['seconds']:5.2f} s "
+                      f"(CPU {res['cpu_s']:5.2f} s, load avg {os.getloadavg()[0]:.1f})  "
                       f"peak RSS {res['peak_rss_mb']:.0f} MB (after imports + model load {res['base_rss_mb']:.0f})"
                       f"  stages {res['report'].get('stages')}", flush=True)
 
