@@ -314,3 +314,21 @@ def test_analytical_output_shift_matches_a_conv_of_the_mean(group):
     np.testing.assert_allclose(output_shift("Conv", dw, mean, group), y[0, :, 1, 1], rtol=1e-4, atol=1e-4)
     w = RNG.normal(size=(5, 8))
     np.testing.assert_allclose(output_shift("Gemm", w, mean, trans_b=True), w @ mean)
+
+
+def test_hybrid_overrides(calib):
+    model = tiny_model()
+    res = _q(model, calib, dtype="w8a8", overrides={"feat": "int16", "silu": "float", "w3": "int16"},
+             bias_correction=False)
+    t = res.tensors
+    assert t["feat"]["dtype"] == "int16" and t["w3"]["dtype"] == "int16" and t["w1"]["dtype"] == "int8"
+    # 'float' drops the whole scale group (silu -> pool -> cat <- branch): no Q/DQ, the tensors stay float
+    for name in ("silu", "pool", "cat", "branch"):
+        assert name not in t
+    assert _nodes_by_output(res.model)["silu"].op_type == "Mul"
+    out, ref = _run(res.model, next(iter(calib))), _run(model, next(iter(calib)))
+    assert _cos(out[1], ref[1]) > 0.995
+    with pytest.raises(ConfigError, match="overrides"):
+        _q(model, calib, dtype="w8a8", overrides={"no_such_tensor": "int16"})
+    with pytest.raises(ConfigError, match="overrides"):
+        _q(model, calib, dtype="w8a8", overrides={"feat": "int4"})

@@ -44,6 +44,8 @@ class QuantOptions:
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
     adaround: learned weight rounding (layer-wise, opt-in, slower).
+    overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}; an activation
+        override applies to its whole scale group (the widest request wins); unknown names are an error.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
     """
 
@@ -61,6 +63,7 @@ class QuantOptions:
     adaround_iters: int = 200
     adaround_samples: int = 16
     keep_mixed_concat_float: bool = True
+    overrides: Dict[str, str] = field(default_factory=dict)
     histogram_bins: int = 2048
     histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18
     threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = its default)
@@ -78,6 +81,9 @@ class QuantOptions:
             raise ConfigError("equalization", self.equalization, (True, False, "auto"))
         if self.bias_correction not in (True, False, "empirical", "analytical"):
             raise ConfigError("bias_correction", self.bias_correction, (True, False, "empirical", "analytical"))
+        bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
+        if bad:
+            raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
         if self.histogram_bins < 256:
             raise ConfigError("histogram_bins", self.histogram_bins, ">= 256")
 

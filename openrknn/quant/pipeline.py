@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -64,6 +64,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         log.info("keeping one scale per input of output concat(s) %s (mixed ranges, e.g. boxes and scores)",
                  ", ".join(plan.split_concats))
 
+    overrides = _expand_overrides(options.overrides, plan)
     stats = Stats()
     means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
     collect_minmax(m, plan.points, data, means, stats, progress, options.threads)
@@ -75,13 +76,13 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
-    acts = activation_params(info, plan, stats, scheme, options.algorithm)
+    acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides)
     report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
         "mmse" if options.algorithm == "mmse" else "minmax")
-    weights = weight_params(info, plan, scheme, per_channel, weight_alg)
+    weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides)
     if options.adaround:
         from .algorithms.adaround import adaround_weights
 
@@ -105,6 +106,25 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         set_channel_scales(qmodel, scales)
     report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
     return QuantResult(qmodel, tensors, report)
+
+
+def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
+    """Check override names; a tensor that range split cut into parts applies to every part."""
+    from ..errors import ConfigError
+
+    points = set(plan.points)
+    weights = {w.w for w in plan.weighted}
+    out = {}
+    for name, value in overrides.items():
+        parts = [p for p in plan.points if p.startswith(name + "__split")]
+        if name in points or name in weights:
+            out[name] = value
+        elif parts:
+            out.update({p: value for p in parts})
+        else:
+            raise ConfigError("overrides", name, hint="not a quantized tensor or weight of this model; use names "
+                              f"from QuantResult.tensors (e.g. {', '.join(plan.points[:3])})")
+    return out
 
 
 def _mean_axes(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[int, ...]]:
@@ -139,9 +159,25 @@ def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
     return exempt
 
 
-def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
-                      algorithm: str) -> Dict[str, ActQuant]:
+OVERRIDE_FORMATS = {"int8": TensorFormat(8, True, False), "uint8": TensorFormat(8, False, False),
+                    "int16": TensorFormat(16, True, False)}
+
+
+def _override_format(kind: str, value: str, default: TensorFormat) -> Optional[TensorFormat]:
+    """Hybrid quantization: 'float' -> None (left unquantized), 'int8'/'uint8'/'int16' -> that format (weights stay
+    symmetric when the scheme's are)."""
+    if value == "float":
+        return None
+    fmt = OVERRIDE_FORMATS[value]
+    if kind == "weight" and default.symmetric:
+        return TensorFormat(fmt.bits, True, True, default.pow2)
+    return TensorFormat(fmt.bits, fmt.signed, fmt.symmetric, default.pow2) if default.pow2 else fmt
+
+
+def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
+                      overrides: Optional[Dict[str, str]] = None) -> Dict[str, ActQuant]:
     fmt = _fmt_for(scheme)
+    overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
     chosen: Dict[str, Tuple[float, float]] = {}
     for t in plan.points:
@@ -154,19 +190,30 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     for members in plan.groups.values():
         lo = min(chosen[t][0] for t in members)
         hi = max(chosen[t][1] for t in members)
-        scale, zp = qparams(np.float64(lo), np.float64(hi), fmt)
+        gfmt: Optional[TensorFormat] = fmt
+        asked = [overrides[t] for t in members if t in overrides]
+        if asked:  # a scale group is one NPU tensor format: the widest request wins ('float' over 16 over 8 bits)
+            gfmt = _override_format("activation", max(asked, key=("uint8", "int8", "int16", "float").index), fmt)
+        if gfmt is None:
+            continue
+        scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
         for t in members:
-            acts[t] = ActQuant(float(scale), int(zp), fmt)
+            acts[t] = ActQuant(float(scale), int(zp), gfmt)
     return acts
 
 
-def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool,
-                  algorithm: str) -> Dict[int, WeightQuant]:
+def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool, algorithm: str,
+                  overrides: Optional[Dict[str, str]] = None) -> Dict[int, WeightQuant]:
     """Quantized weights of every weighted op; ``algorithm`` 'minmax' or 'mmse' (MSE-optimal clipping)."""
-    fmt = scheme.weight
-    assert fmt is not None
+    assert scheme.weight is not None
+    overrides = overrides or {}
     out: Dict[int, WeightQuant] = {}
     for w in plan.weighted:
+        fmt = scheme.weight
+        if w.w in overrides:
+            fmt = _override_format("weight", overrides[w.w], scheme.weight)
+            if fmt is None:
+                continue
         arr = info.const(w.w).astype(np.float32)
         axis = w.axis if per_channel else None
         q, scale, zp = quantize_weight(arr, axis, fmt, algorithm)
