@@ -66,7 +66,7 @@ class QuantOptions:
     overrides: Dict[str, str] = field(default_factory=dict)
     histogram_bins: int = 2048
     histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18
-    threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = its default)
+    threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = the idle cores)
 
     def validate(self) -> None:
         if self.dtype not in SCHEMES:

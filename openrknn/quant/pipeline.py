@@ -67,10 +67,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     overrides = _expand_overrides(options.overrides, plan)
     stats = Stats()
     means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
-    collect_minmax(m, plan.points, data, means, stats, progress, options.threads)
+    collect_minmax(m, plan.sources, data, means, stats, progress, options.threads)
     if options.algorithm != "normal":
         per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
-        collect_histograms(m, plan.points, data, stats, options.histogram_bins, per_image, progress,
+        collect_histograms(m, plan.sources, data, stats, options.histogram_bins, per_image, progress,
                            options.threads)
     report["calibration_samples"] = stats.samples
     report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
@@ -181,6 +181,8 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
     chosen: Dict[str, Tuple[float, float]] = {}
     for t in plan.points:
+        if t not in stats.minmax:
+            continue  # derived (plan.derived): inside the range of its group's other members
         lo, hi = stats.minmax[t]
         if algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
             pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
@@ -188,8 +190,8 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         chosen[t] = (lo, hi)
     acts: Dict[str, ActQuant] = {}
     for members in plan.groups.values():
-        lo = min(chosen[t][0] for t in members)
-        hi = max(chosen[t][1] for t in members)
+        lo = min(chosen[t][0] for t in members if t in chosen)
+        hi = max(chosen[t][1] for t in members if t in chosen)
         gfmt: Optional[TensorFormat] = fmt
         asked = [overrides[t] for t in members if t in overrides]
         if asked:  # a scale group is one NPU tensor format: the widest request wins ('float' over 16 over 8 bits)

@@ -110,6 +110,13 @@ class Plan:
     float_tail: Set[str] = field(default_factory=set)
     fused: Dict[str, str] = field(default_factory=dict)   # fused output point -> activation name ('SiLU', 'Relu')
     split_concats: List[str] = field(default_factory=list)
+    # points whose values lie inside their group's other members' range (a max-pool, reshape or resize of a
+    # member; a concat of members): calibration skips them, the group range is the union of the rest
+    derived: Set[str] = field(default_factory=set)
+
+    @property
+    def sources(self) -> List[str]:
+        return [t for t in self.points if t not in self.derived]
 
 
 class _UnionFind:
@@ -250,15 +257,22 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
     uf = _UnionFind()
     for t in points:
         uf.find(t)
-    for node in info.nodes:
+    derived: Set[str] = set()
+    for i, node in enumerate(info.nodes):
         if node.op_type in SAME_SCALE and node.input and node.input[0] in seen:
+            overshoots = node.op_type in ("Resize", "Upsample") and info.attr(i, "mode", b"nearest") == b"cubic"
             for o in node.output:
                 if o in seen:
                     uf.union(node.input[0], o)
+                    if not overshoots:
+                        derived.add(o)
         elif node.op_type == "Concat" and node.output[0] in seen:
-            for t in node.input:
+            acts = [t for t in node.input if t and not info.is_const(t)]
+            for t in acts:
                 if t in seen:
                     uf.union(node.output[0], t)
+            if acts and all(t in seen for t in acts):
+                derived.add(node.output[0])
     ids: Dict[str, int] = {}
     group_of: Dict[str, int] = {}
     groups: Dict[int, List[str]] = {}
@@ -266,4 +280,4 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
         gid = ids.setdefault(uf.find(t), len(ids))
         group_of[t] = gid
         groups.setdefault(gid, []).append(t)
-    return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats)
+    return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived)
