@@ -56,7 +56,7 @@ class QuantOptions:
     target: str = "rk1808"
     equalization: object = "auto"
     bias_correction: object = "empirical"
-    bias_correction_samples: int = 32
+    bias_correction_samples: int = 16
     range_split: bool = True
     range_split_ratio: float = 16.0
     adaround: bool = False

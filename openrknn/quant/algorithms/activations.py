@@ -37,7 +37,7 @@ def _kl_threshold_bins(hist: np.ndarray, levels: int, step: int = 0) -> int:
     nb = hist.size
     if nb <= levels or hist.sum() == 0:
         return nb
-    step = step or max(1, (nb - levels) // 256)
+    step = step or max(1, (nb - levels) // 128)
     nz = (hist > 0).astype(np.float64)
     csum = np.concatenate([[0.0], np.cumsum(hist)])
     cnz = np.concatenate([[0.0], np.cumsum(nz)])
