@@ -24,17 +24,18 @@ def _init(name, arr):
 def tiny_model() -> onnx.ModelProto:
     """NHWC raw input -> Transpose -> Sub/Mul (pre-processing) -> Conv+Relu -> depthwise Conv+SiLU -> MaxPool
     -> Concat(with a 1x1 conv branch) -> Conv 1x1 -> head: Concat(box conv, Sigmoid(score conv)) -> Reshape ->
-    output; plus a Gemm classifier on a GlobalAveragePool as a second output."""
+    output; plus a Gemm classifier on a GlobalAveragePool as a second output. Same weights on every call."""
+    rng = np.random.default_rng(0)
     inits = [
         _init("mean", np.full((1, 3, 1, 1), 100.0)), _init("istd", np.full((1, 3, 1, 1), 1 / 50.0)),
-        _init("w1", RNG.normal(0, 0.5, (8, 3, 3, 3))), _init("b1", RNG.normal(0, 0.1, 8)),
-        _init("wdw", RNG.normal(0, 1.0, (8, 1, 3, 3)) * np.logspace(-1, 0.5, 8)[:, None, None, None]),
-        _init("bdw", RNG.normal(0, 0.1, 8)),
-        _init("wb", RNG.normal(0, 0.3, (4, 8, 1, 1))), _init("bb", np.zeros(4)),
-        _init("w3", RNG.normal(0, 0.3, (8, 12, 1, 1))), _init("b3", RNG.normal(0, 0.1, 8)),
-        _init("wbox", RNG.normal(0, 3.0, (4, 8, 1, 1))), _init("bbox", np.full(4, 20.0)),
-        _init("wcls", RNG.normal(0, 0.3, (2, 8, 1, 1))), _init("bcls", np.zeros(2)),
-        _init("wfc", RNG.normal(0, 0.3, (5, 8))), _init("bfc", RNG.normal(0, 0.1, 5)),
+        _init("w1", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b1", rng.normal(0, 0.1, 8)),
+        _init("wdw", rng.normal(0, 1.0, (8, 1, 3, 3)) * np.logspace(-1, 0.5, 8)[:, None, None, None]),
+        _init("bdw", rng.normal(0, 0.1, 8)),
+        _init("wb", rng.normal(0, 0.3, (4, 8, 1, 1))), _init("bb", np.zeros(4)),
+        _init("w3", rng.normal(0, 0.3, (8, 12, 1, 1))), _init("b3", rng.normal(0, 0.1, 8)),
+        _init("wbox", rng.normal(0, 3.0, (4, 8, 1, 1))), _init("bbox", np.full(4, 20.0)),
+        _init("wcls", rng.normal(0, 0.3, (2, 8, 1, 1))), _init("bcls", np.zeros(2)),
+        _init("wfc", rng.normal(0, 0.3, (5, 8))), _init("bfc", rng.normal(0, 0.1, 5)),
         numpy_helper.from_array(np.array([1, 6, -1], np.int64), "shape"),
     ]
     n = helper.make_node
@@ -69,8 +70,9 @@ SPEC = [InputSpec("raw", (1, H, W, 3))]
 def calib(tmp_path_factory):
     d = tmp_path_factory.mktemp("calib")
     lines = []
+    rng = np.random.default_rng(1)
     for k in range(6):
-        np.save(d / f"{k}.npy", RNG.uniform(0, 255, (H, W, 3)).astype(np.float32))
+        np.save(d / f"{k}.npy", rng.uniform(0, 255, (H, W, 3)).astype(np.float32))
         lines.append(f"{k}.npy")
     (d / "dataset.txt").write_text("\n".join(lines) + "\n")
     return read_dataset(d / "dataset.txt", SPEC)
@@ -180,7 +182,8 @@ def test_16_bit_activations(calib, dtype, wbits):
     assert res.tensors["w1"]["axis"] == 0
     assert any(n.domain == "com.microsoft" for n in res.model.graph.node)  # int16 Q/DQ at opset 17
     out, ref = _run(res.model, next(iter(calib))), _run(model, next(iter(calib)))
-    assert _cos(out[1], ref[1]) > 0.9999 and _cos(out[0], ref[0]) > 0.9999
+    limit = 0.9999 if wbits == 16 else 0.999  # w8a16: the 8-bit weights dominate the error
+    assert _cos(out[1], ref[1]) > limit and _cos(out[0], ref[0]) > limit
 
 
 def test_float16_casts_weights(calib):
@@ -244,11 +247,13 @@ def test_qparams_edge_cases():
 
 def test_equalization_keeps_the_function_and_evens_depthwise_ranges(calib):
     model = tiny_model()
-    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False)  # 'auto': on for 'layer'
+    # range split off: it would also rescue the uneven depthwise channels, by another route
+    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, range_split=False)  # auto: on
     assert res.report["equalization"]["pairs"] == 1  # conv -> ReLU -> depthwise; SiLU/ReLU6 pairs are not exact
     eq = res.report["equalization"]
     assert eq["range_precision_after"] > eq["range_precision_before"]
-    plain = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, equalization=False)
+    plain = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, equalization=False,
+               range_split=False)
     feeds = list(calib)
     ref = [_run(model, f)[1] for f in feeds]
     err = [np.mean([np.abs(_run(r.model, f)[1] - y).mean() for f, y in zip(feeds, ref)]) for r in (res, plain)]
