@@ -83,3 +83,18 @@ def test_smoke_training_lowers_the_loss(tmp_path):
     again = YoloBody(3, "nano")
     again.load_state_dict(torch.load(out, weights_only=True), strict=True)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_shipped_default_weights_load_and_find_eyes():
+    from openrknn.vision.eyes import DEFAULT_WEIGHTS, sample_at
+    from openrknn.vision.yolox.train import evaluate_model
+
+    assert DEFAULT_WEIGHTS.is_file(), f"{DEFAULT_WEIGHTS} is missing: it is committed with the code"
+    assert DEFAULT_WEIGHTS.stat().st_size <= 4 * 1024 * 1024
+    torch.set_num_threads(1)
+    model = YoloBody(3, "nano")
+    model.load_state_dict(torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True), strict=True)
+    samples = [sample_at(777, i, (640, 480)) for i in range(16)]  # a stream never used in training
+    res = evaluate_model(model, [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
+    # the model card's >= 0.9 is measured on 200 images; 16 are noisier, so this guards against a broken file only
+    assert res.map >= 0.8, res.as_dict()
