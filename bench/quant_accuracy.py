@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from openrknn.quant import QuantOptions, quantize  # noqa: E402
 from openrknn.quant.dataset import InputSpec, read_dataset  # noqa: E402
+from openrknn.targets import QUANTIZED_DTYPES  # noqa: E402
 
 YOLOX_SIZE = 416
 MNV2_SIZE = 224
@@ -342,7 +343,8 @@ def build_child(spec: dict) -> dict:
         t = time.perf_counter()
         data = read_dataset(spec["dataset"], inputs, rgb2bgr=spec["rgb2bgr"], batch_size=spec.get("batch", 100),
                             epochs=spec.get("epochs", -1))
-        opts = QuantOptions(dtype=spec["dtype"], algorithm=spec["algorithm"], method=spec["method"],
+        target = "rk1808" if spec["dtype"] in QUANTIZED_DTYPES["rknpu1"] else "rk3588"
+        opts = QuantOptions(dtype=spec["dtype"], algorithm=spec["algorithm"], method=spec["method"], target=target,
                             **spec.get("extra", {}))
         res = quantize(model, data, opts, progress=False)
         secs = time.perf_counter() - t

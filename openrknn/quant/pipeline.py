@@ -32,6 +32,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     scheme = get_scheme(options.dtype)
     report: Dict = {"dtype": options.dtype, "algorithm": options.algorithm, "method": options.resolved_method,
                     "warnings": [], "stages": {}}
+    _check_target(options, report)
     t = time.perf_counter()
     m = normalize(model)
     if scheme.float16:
@@ -106,6 +107,18 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         set_channel_scales(qmodel, scales)
     report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
     return QuantResult(qmodel, tensors, report)
+
+
+def _check_target(options: "QuantOptions", report: Dict) -> None:
+    """A dtype the target NPU does not run is still simulated, with a warning (the checker/config may refuse it)."""
+    from ..targets import NPU_GENERATION, QUANTIZED_DTYPES
+
+    gen = NPU_GENERATION.get(str(options.target).lower())
+    if gen and options.dtype not in QUANTIZED_DTYPES[gen]:
+        msg = (f"quantized_dtype {options.dtype!r} is not a {gen.upper()} dtype (target {options.target}: "
+               f"{', '.join(QUANTIZED_DTYPES[gen])}); simulated anyway")
+        log.warning(msg)
+        report["warnings"].append(msg)
 
 
 def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:

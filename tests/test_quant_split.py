@@ -1,0 +1,91 @@
+"""Range split: an exact graph rewrite that gives channel groups of very different ranges their own scales."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.quant import QuantOptions, quantize
+from openrknn.quant.algorithms.split import group_channels, range_split
+from openrknn.quant.dataset import InputSpec, read_dataset
+from openrknn.quant.ir import normalize
+
+SPEC = [InputSpec("raw", (1, 12, 12, 3))]
+
+
+def stem_model() -> onnx.ModelProto:
+    """Like YOLOX-nano's stem: conv + SiLU whose channels span 1000x in range, read by a depthwise conv + SiLU,
+    then a pointwise conv. The tiny channels matter: the depthwise weights amplify them."""
+    rng = np.random.default_rng(0)
+    gain = np.logspace(0, -3, 8)                                  # channel ranges 1 .. 0.001
+    w1 = rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None]
+    wdw = rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
+             [("w1", w1), ("b1", np.zeros(8)), ("wdw", wdw), ("bdw", np.zeros(8)),
+              ("wpw", rng.normal(0, 0.5, (4, 8, 1, 1))), ("bpw", np.zeros(4))]]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
+             n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c1"], ["g1"]),
+             n("Mul", ["c1", "g1"], ["stem"]),
+             n("Conv", ["stem", "wdw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8), n("Sigmoid", ["c2"], ["g2"]),
+             n("Mul", ["c2", "g2"], ["dw"]),
+             n("Conv", ["dw", "wpw", "bpw"], ["out"])]
+    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    d = tmp_path_factory.mktemp("split")
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        np.save(d / f"{k}.npy", rng.uniform(0, 255, (12, 12, 3)).astype(np.float32))
+    (d / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(6)))
+    return read_dataset(d / "d.txt", SPEC)
+
+
+def _run(model, feed):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_group_channels_cuts_at_the_largest_gaps():
+    r = np.array([100.0, 90.0, 80.0, 1.0, 0.9, 0.01])
+    groups = group_channels(-0.0 * r, r, max_ratio=16, max_groups=3)
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4], [5]]
+    assert group_channels(np.zeros(3), np.array([1.0, 2.0, 3.0])) is None
+
+
+def test_split_is_exact_in_float(calib):
+    model = normalize(stem_model())
+    split, report = range_split(model, calib, max_ratio=16)
+    assert report["tensors"] and report["tensors"][0]["tensor"] == "stem"
+    assert sum(report["tensors"][0]["groups"]) == 8
+    ops = [n.op_type for n in split.graph.node]
+    assert ops.count("Conv") > 3 and "Gather" in ops
+    for feed in calib:
+        np.testing.assert_allclose(_run(split, feed), _run(model, feed), rtol=1e-4, atol=1e-4)
+
+
+def test_split_rescues_small_channels_after_quantization(calib):
+    model = stem_model()
+    feeds = list(calib)
+    ref = [_run(model, f) for f in feeds]
+
+    def err(res):
+        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+
+    on = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588"), progress=False)
+    off = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, range_split=False,
+                                              target="rk3588"), progress=False)
+    assert on.report["range_split"]["tensors"]
+    assert "stem" not in on.tensors and "stem__split0" in on.tensors
+    assert on.tensors["stem__split0"]["scale"] != on.tensors["stem__split1"]["scale"]
+    assert "dw" in on.tensors  # consumers' outputs keep their names
+    assert err(on) < 0.5 * err(off)
