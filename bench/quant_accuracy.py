@@ -320,6 +320,7 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "mmse", "channel", {}),
     ("w8a8", "normal", "layer", {}),
     ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
+    ("w8a8", "normal", "channel", {"adaround": True}),
     ("w8a16", "normal", "channel", {}),
     ("w16a16i", "normal", "channel", {}),
     ("float16", "normal", "layer", {}),
@@ -328,6 +329,14 @@ ORT_ROWS = [(m, pc) for pc in (False, True) for m in ("MinMax", "Entropy", "Perc
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the
+    bench parent's size at fork time."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -8,14 +8,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from openrknn.quant import QuantOptions, quantize
-from openrknn.quant.algorithms.split import group_channels, range_split
+from openrknn.quant.algorithms.split import channel_ranges, group_channels, range_split, split_candidates
 from openrknn.quant.dataset import InputSpec, read_dataset
 from openrknn.quant.ir import normalize
 
 SPEC = [InputSpec("raw", (1, 12, 12, 3))]
 
 
-def stem_model() -> onnx.ModelProto:
+def stem_model(extra_reader: bool = False) -> onnx.ModelProto:
     """Like YOLOX-nano's stem: conv + SiLU whose channels span 1000x in range, read by a depthwise conv + SiLU,
     then a pointwise conv. The tiny channels matter: the depthwise weights amplify them."""
     rng = np.random.default_rng(0)
@@ -32,8 +32,12 @@ def stem_model() -> onnx.ModelProto:
              n("Conv", ["stem", "wdw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8), n("Sigmoid", ["c2"], ["g2"]),
              n("Mul", ["c2", "g2"], ["dw"]),
              n("Conv", ["dw", "wpw", "bpw"], ["out"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])]
+    if extra_reader:  # a non-conv reader of the depthwise output: channels must come back in order
+        nodes.append(n("MaxPool", ["dw"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]))
+        outputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 8, 6, 6]))
     g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+                          outputs, inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -62,13 +66,18 @@ def test_group_channels_cuts_at_the_largest_gaps():
     assert group_channels(np.zeros(3), np.array([1.0, 2.0, 3.0])) is None
 
 
-def test_split_is_exact_in_float(calib):
-    model = normalize(stem_model())
-    split, report = range_split(model, calib, max_ratio=16)
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_split_is_exact_in_float(calib, extra_reader):
+    model = normalize(stem_model(extra_reader))
+    cands = split_candidates(model)
+    assert cands == ["stem"]
+    split, report, parts = range_split(model, channel_ranges(model, cands, calib), max_ratio=16)
+    assert set(parts) >= {"stem__split0", "stem__split1", "dw__split0"}
     assert report["tensors"] and report["tensors"][0]["tensor"] == "stem"
     assert sum(report["tensors"][0]["groups"]) == 8
     ops = [n.op_type for n in split.graph.node]
-    assert ops.count("Conv") > 3 and "Gather" in ops
+    # conv readers take the group order through permuted weights; any other reader needs the Gather
+    assert ops.count("Conv") > 3 and ("Gather" in ops) == extra_reader
     for feed in calib:
         np.testing.assert_allclose(_run(split, feed), _run(model, feed), rtol=1e-4, atol=1e-4)
 

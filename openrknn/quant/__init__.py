@@ -58,7 +58,7 @@ class QuantOptions:
     bias_correction: object = "empirical"
     bias_correction_samples: int = 16
     range_split: bool = True
-    range_split_ratio: float = 16.0
+    range_split_ratio: float = 8.0
     adaround: bool = False
     adaround_iters: int = 200
     adaround_samples: int = 16

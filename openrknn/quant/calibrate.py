@@ -27,6 +27,7 @@ class Stats:
 
     minmax: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     channel_mean: Dict[str, np.ndarray] = field(default_factory=dict)
+    channel_minmax: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
     samples: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -96,42 +97,66 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs: Dict[str, Sequence[int]],
-                   stats: Stats, progress: bool = True, threads: int = 0) -> None:
-    """Pass 1: global min/max of every tensor, and per-channel means of ``mean_inputs`` {tensor: reduce axes}."""
+                   stats: Stats, progress: bool = True, threads: int = 0,
+                   known_min: Optional[Dict[str, float]] = None, channel_tensors: Sequence[str] = ()) -> None:
+    """Pass 1: global min/max of every tensor, per-channel means of ``mean_inputs`` {tensor: reduce axes} and
+    per-channel (axis 1) min/max of the NCHW ``channel_tensors`` (range split candidates).
+    ``known_min`` {tensor: bound}: activations whose minimum is known in closed form (ReLU 0, SiLU -0.2785) are
+    not reduced for it; the bound is used instead (one reduction less per such tensor)."""
     t0 = time.perf_counter()
+    known_min = known_min or {}
     outs: Dict[str, Tuple[str, str, Optional[Sequence[int]]]] = {}
     for t in tensors:
-        outs[t + "__qmin"] = ("ReduceMin", t, None)
-        outs[t + "__qmax"] = ("ReduceMax", t, None)
+        if t not in known_min and t not in channel_tensors:
+            outs[t + "__qmin"] = ("ReduceMin", t, None)
+        if t not in channel_tensors:
+            outs[t + "__qmax"] = ("ReduceMax", t, None)
     for t, axes in mean_inputs.items():
         outs[t + "__qmean"] = ("ReduceMean", t, axes)
+    for t in channel_tensors:
+        outs[t + "__cmin"] = ("ReduceMin", t, (0, 2, 3))
+        outs[t + "__cmax"] = ("ReduceMax", t, (0, 2, 3))
     sess = make_session(augment(model, outs), threads)
+    cmin: Dict[str, np.ndarray] = {}
+    cmax: Dict[str, np.ndarray] = {}
     names = list(outs)
-    lo = np.full(len(tensors), np.inf)
-    hi = np.full(len(tensors), -np.inf)
+    lo = {t: np.inf for t in tensors}
+    hi = {t: -np.inf for t in tensors}
     sums: Dict[str, np.ndarray] = {}
     n = 0
     with _bar(len(data), "calibrate min/max", progress) as bar:
         for feed in data:
-            res = sess.run(names, feed)
-            k = 2 * len(tensors)
-            lo = np.minimum(lo, np.asarray(res[0:k:2], np.float64))
-            hi = np.maximum(hi, np.asarray(res[1:k:2], np.float64))
-            for t, v in zip(mean_inputs, res[k:]):
-                sums[t] = sums.get(t, 0.0) + np.asarray(v, np.float64)
+            res = dict(zip(names, sess.run(names, feed)))
+            for t in tensors:
+                if t in channel_tensors:  # per-channel reductions below give the global range too
+                    lo[t] = min(lo[t], float(np.min(res[t + "__cmin"])))
+                    hi[t] = max(hi[t], float(np.max(res[t + "__cmax"])))
+                    continue
+                if t not in known_min:
+                    lo[t] = min(lo[t], float(res[t + "__qmin"]))
+                hi[t] = max(hi[t], float(res[t + "__qmax"]))
+            for t in mean_inputs:
+                sums[t] = sums.get(t, 0.0) + np.asarray(res[t + "__qmean"], np.float64)
+            for t in channel_tensors:
+                a, b = res[t + "__cmin"], res[t + "__cmax"]
+                cmin[t] = a if t not in cmin else np.minimum(cmin[t], a)
+                cmax[t] = b if t not in cmax else np.maximum(cmax[t], b)
             n += 1
             bar.update()
     if n == 0:
         from ..errors import DatasetError
 
         raise DatasetError("calibration dataset yielded no samples; list at least one image or .npy per line")
-    for t, a, b in zip(tensors, lo, hi):
+    for t in tensors:
+        a, b = (lo[t] if t in channel_tensors else known_min.get(t, lo[t])), hi[t]
         if not (np.isfinite(a) and np.isfinite(b)):
             log.warning("tensor %s had non-finite values during calibration (min %s, max %s)", t, a, b)
             a, b = (0.0 if not np.isfinite(a) else a), (0.0 if not np.isfinite(b) else b)
-        stats.minmax[t] = (float(a), float(b))
+        stats.minmax[t] = (float(min(a, b)), float(b))
     for t, s in sums.items():
         stats.channel_mean[t] = (s / n).astype(np.float32)
+    for t in cmin:
+        stats.channel_minmax[t] = (cmin[t], cmax[t])
     stats.samples = n
     stats.seconds["minmax_pass"] = time.perf_counter() - t0
 

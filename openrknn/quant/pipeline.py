@@ -50,25 +50,27 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         report["equalization"] = eq_report
         info = GraphInfo(m)
         plan = build_plan(info, options.keep_mixed_concat_float)
-    if options.range_split:
-        from .algorithms.split import range_split
-
-        m, report["range_split"] = range_split(m, data, options.range_split_ratio, threads=options.threads)
-        if report["range_split"]["tensors"]:
-            info = GraphInfo(m)
-            plan = build_plan(info, options.keep_mixed_concat_float)
     report["stages"]["plan"] = round(time.perf_counter() - t, 3)
-    report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
-                      "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
-                      "float_concats": plan.split_concats}
     if plan.split_concats:
         log.info("keeping one scale per input of output concat(s) %s (mixed ranges, e.g. boxes and scores)",
                  ", ".join(plan.split_concats))
 
-    overrides = _expand_overrides(options.overrides, plan)
+    _expand_overrides(options.overrides, plan)  # bad names fail before the slow pass
     stats = Stats()
     means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
-    collect_minmax(m, plan.sources, data, means, stats, progress, options.threads)
+    split_cands = []
+    if options.range_split:
+        from .algorithms.split import split_candidates
+
+        split_cands = [t for t in split_candidates(m) if t in plan.sources]
+    collect_minmax(m, plan.sources, data, means, stats, progress, options.threads, known_minimum(info, plan),
+                   split_cands)
+    if split_cands:
+        m, info, plan = _apply_range_split(m, stats, options, report)
+    overrides = _expand_overrides(options.overrides, plan)
+    report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
+                      "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
+                      "float_concats": plan.split_concats}
     if options.algorithm != "normal":
         per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
         collect_histograms(m, plan.sources, data, stats, options.histogram_bins, per_image, progress,
@@ -109,6 +111,25 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     return QuantResult(qmodel, tensors, report)
 
 
+def _apply_range_split(m: onnx.ModelProto, stats: Stats, options: "QuantOptions", report: Dict):
+    """Cut the candidates whose channel ranges (from pass 1) are too uneven; the new parts' ranges come from the
+    per-channel statistics, so no extra pass is needed."""
+    from .algorithms.split import range_split
+
+    t = time.perf_counter()
+    m, report["range_split"], parts = range_split(m, stats.channel_minmax, options.range_split_ratio)
+    for part, (orig, idx) in parts.items():
+        if idx is None:
+            stats.minmax[part] = stats.minmax[orig]
+        else:
+            lo, hi = stats.channel_minmax[orig]
+            stats.minmax[part] = (float(np.min(lo[idx])), float(np.max(hi[idx])))
+    info = GraphInfo(m)
+    plan = build_plan(info, options.keep_mixed_concat_float)
+    report["stages"]["range_split"] = round(time.perf_counter() - t, 3)
+    return m, info, plan
+
+
 def _check_target(options: "QuantOptions", report: Dict) -> None:
     """A dtype the target NPU does not run is still simulated, with a warning (the checker/config may refuse it)."""
     from ..targets import NPU_GENERATION, QUANTIZED_DTYPES
@@ -119,6 +140,29 @@ def _check_target(options: "QuantOptions", report: Dict) -> None:
                f"{', '.join(QUANTIZED_DTYPES[gen])}); simulated anyway")
         log.warning(msg)
         report["warnings"].append(msg)
+
+
+# Closed-form minimum of activations, so calibration needs no ReduceMin for them (x * sigmoid(x) >= -0.27846,
+# x * hardsigmoid(x) >= -0.375).
+ACT_MIN = {"Relu": 0.0, "Sigmoid": 0.0, "HardSigmoid": 0.0, "Softmax": 0.0, "SiLU": -0.2784645427610738,
+           "HardSwish": -0.375}
+
+
+def known_minimum(info: GraphInfo, plan: Plan) -> Dict[str, float]:
+    out = {}
+    for t in plan.sources:
+        act = plan.fused.get(t)
+        if act is None:
+            p = info.producer.get(t)
+            act = info.nodes[p].op_type if p is not None else None
+        if act in ACT_MIN:
+            out[t] = ACT_MIN[act]
+        elif act == "Clip":
+            node = info.nodes[info.producer[t]]
+            lo = info.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            if lo is not None and np.size(lo) == 1:
+                out[t] = float(lo)
+    return out
 
 
 def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
@@ -203,8 +247,11 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         chosen[t] = (lo, hi)
     acts: Dict[str, ActQuant] = {}
     for members in plan.groups.values():
-        lo = min(chosen[t][0] for t in members if t in chosen)
-        hi = max(chosen[t][1] for t in members if t in chosen)
+        have = [chosen[t] for t in members if t in chosen]
+        if not have:
+            raise RuntimeError(f"internal error: no calibration statistics for scale group {members[:3]}")
+        lo = min(r[0] for r in have)
+        hi = max(r[1] for r in have)
         gfmt: Optional[TensorFormat] = fmt
         asked = [overrides[t] for t in members if t in overrides]
         if asked:  # a scale group is one NPU tensor format: the widest request wins ('float' over 16 over 8 bits)

@@ -5,7 +5,8 @@ and its information is gone (YOLOX-nano's stem output: channels up to 136 next t
 network amplifies). When every consumer of such a tensor is a depthwise conv, the tensor can be cut by channels
 without changing the function: the producing conv (with its fused activation) becomes one conv per channel
 group, each depthwise consumer becomes one depthwise conv per group, and their activated outputs are concatenated
-and put back in channel order (a Gather, pure data movement). Every new tensor is an ordinary per-tensor
+in group order; the convs that read them get their input channels permuted to match (or, for other readers, a
+Gather puts the channels back in order, pure data movement). Every new tensor is an ordinary per-tensor
 quantized NPU tensor; only the op count grows. SiLU/ReLU6 need no homogeneity here (unlike equalization).
 """
 
@@ -152,7 +153,9 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             prod_nodes.append(n)
         point_parts.append(mapping[point])
     new_nodes[max(producer)] = prod_nodes
-    inv = np.argsort(np.concatenate(groups)).astype(np.int64)
+    order = np.concatenate(groups).astype(np.int64)
+    inv = np.argsort(order).astype(np.int64)
+    replaced: Dict[int, onnx.NodeProto] = {}
     for chain in consumers:
         out_point = None
         nodes = []
@@ -168,11 +171,24 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 nodes.append(n)
             out_point = _chain_output(info, chain)
             parts.append(mapping[out_point])
-        cat = out_point + "__split_cat"
-        perm = out_point + "__split_perm"
-        inits.append(numpy_helper.from_array(inv, perm))
-        nodes.append(helper.make_node("Concat", parts, [cat], axis=1, name=out_point + "_split_concat"))
-        nodes.append(helper.make_node("Gather", [cat, perm], [out_point], axis=1, name=out_point + "_split_order"))
+        readers = info.consumers.get(out_point, [])
+        if readers and out_point not in info.output_set and all(_plain_conv(info, r) for r in readers):
+            # the readers take the channels in group order: permute their weights' input axis, no Gather
+            nodes.append(helper.make_node("Concat", parts, [out_point], axis=1, name=out_point + "_split_concat"))
+            for r in readers:
+                node = onnx.NodeProto()
+                node.CopyFrom(info.nodes[r])
+                wname = node.input[1] + f"__perm_{_safe_suffix(out_point)}"
+                inits.append(numpy_helper.from_array(info.const(node.input[1])[:, order], wname))
+                node.input[1] = wname
+                replaced[r] = node
+        else:
+            cat = out_point + "__split_cat"
+            perm = out_point + "__split_perm"
+            inits.append(numpy_helper.from_array(inv, perm))
+            nodes.append(helper.make_node("Concat", parts, [cat], axis=1, name=out_point + "_split_concat"))
+            nodes.append(helper.make_node("Gather", [cat, perm], [out_point], axis=1,
+                                          name=out_point + "_split_order"))
         new_nodes[max(chain)] = nodes
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -181,6 +197,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     for i, node in enumerate(info.nodes):
         if i in new_nodes:
             nodes_out.extend(new_nodes[i])
+        elif i in replaced:
+            nodes_out.append(replaced[i])
         elif i not in drop:
             nodes_out.append(node)
     del g.node[:]
@@ -192,6 +210,16 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             if o not in known and o not in info.output_set:
                 g.value_info.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))
     return out
+
+
+def _plain_conv(info: GraphInfo, i: int) -> bool:
+    node = info.nodes[i]
+    return (node.op_type == "Conv" and int(info.attr(i, "group", 1)) == 1 and len(node.input) > 1
+            and info.is_const(node.input[1]) and node.input[0] != node.input[1])
+
+
+def _safe_suffix(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)[-40:]
 
 
 def _chain_output(info: GraphInfo, chain: List[int]) -> str:
@@ -235,21 +263,27 @@ def channel_ranges(model: onnx.ModelProto, tensors: List[str], data, samples: in
     return {t: (lo[t], hi[t]) for t in tensors if lo[t] is not None}
 
 
-def range_split(model: onnx.ModelProto, data, max_ratio: float = 16.0, max_groups: int = 3,
-                threads: int = 0) -> Tuple[onnx.ModelProto, Dict]:
-    """Split every conv-made, depthwise-read tensor whose channel ranges span more than ``max_ratio``."""
-    from ..ir import normalize
+def split_candidates(model: onnx.ModelProto) -> List[str]:
+    """The NCHW tensors range split could cut (made by a conv, read only by depthwise convs)."""
     from ..plan import build_plan
 
     info = GraphInfo(model)
-    cands = candidates(info, build_plan(info))
-    rank4 = [t for t in cands if info.rank(t) == 4]
-    if not rank4:
-        return model, {"tensors": []}
-    ranges = channel_ranges(model, rank4, data, threads=threads)
+    return [t for t in candidates(info, build_plan(info)) if info.rank(t) == 4]
+
+
+def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.ndarray]], max_ratio: float = 8.0,
+                max_groups: int = 3) -> Tuple[onnx.ModelProto, Dict, Dict[str, Tuple[str, Optional[np.ndarray]]]]:
+    """Split every candidate whose per-channel ranges (``ranges``: tensor -> (min[C], max[C]), from calibration)
+    span more than ``max_ratio``. Returns the model, a report, and the new tensors: {part: (original tensor,
+    channel indices)} for the split tensor's parts, {part: (original, None)} for the depthwise outputs' parts
+    (a subset of the original's channels, so within its range)."""
+    from ..ir import normalize
+    from ..plan import build_plan
+
     done = []
-    for t in rank4:
-        groups = group_channels(*ranges[t], max_ratio=max_ratio, max_groups=max_groups)
+    parts: Dict[str, Tuple[str, Optional[np.ndarray]]] = {}
+    for t, (lo, hi) in ranges.items():
+        groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups)
         if groups is None:
             continue
         info = GraphInfo(model)
@@ -258,7 +292,12 @@ def range_split(model: onnx.ModelProto, data, max_ratio: float = 16.0, max_group
             continue
         prod, cons = cur[t]
         model = split_tensor(model, info, t, prod, cons, groups)
-        r = np.maximum(ranges[t][1], 0) - np.minimum(ranges[t][0], 0)
+        for g, idx in enumerate(groups):
+            parts[f"{t}__split{g}"] = (t, idx)
+            for chain in cons:
+                out = _chain_output(info, chain)
+                parts[f"{out}__split{g}"] = (out, None)
+        r = np.maximum(hi, 0) - np.minimum(lo, 0)
         done.append({"tensor": t, "groups": [len(g) for g in groups],
                      "range_ratio": round(float(r.max() / max(r.min(), 1e-12)), 1)})
-    return (normalize(model) if done else model), {"tensors": done}
+    return (normalize(model) if done else model), {"tensors": done}, parts
