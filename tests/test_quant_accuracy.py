@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(4)))
     data = read_dataset(d / "dataset.txt", SPEC)
     model = tiny_model()
-    res = quantize(model, data, QuantOptions(dtype="asymmetric_quantized-u8"), progress=False)
+    res = quantize(model, data, QuantOptions(dtype="asymmetric_quantized-u8", range_split=False), progress=False)
     return model, res, list(data)
 
 
@@ -54,6 +54,18 @@ def test_single_mode_isolates_a_layer(setup, tmp_path):
     out = accuracy_analysis(model, res.model, feeds, tmp_path / "aa", progress=False)
     rows = {r["name"]: r for r in out["layers"]}
     assert rows["logits"]["single_euc"] <= rows["logits"]["entire_euc"] * 1.5 + 1e-6
+
+
+def test_split_parts_are_not_rows(setup, tmp_path):
+    """Range split adds tensors the float model does not have: analysis compares what both compute."""
+    model, _, feeds = setup
+    res = quantize(model, feeds_to_data(feeds, tmp_path), QuantOptions(dtype="w8a8", range_split_ratio=2.0),
+                   progress=False)
+    parts = [t for t in res.tensors if "__split" in t]
+    assert parts
+    out = accuracy_analysis(model, res.model, feeds[:1], tmp_path / "aa", progress=False)
+    names = {r["name"] for r in out["layers"]}
+    assert not names & set(parts) and "silu" in names and "logits" in names
 
 
 def test_dump_limit_is_respected(setup, tmp_path):

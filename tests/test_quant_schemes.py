@@ -198,9 +198,10 @@ def test_float16_casts_weights(calib):
 
 
 def test_layer_method_gives_one_scale_per_weight(calib):
-    res = _q(tiny_model(), calib, dtype="w8a8", method="layer", bias_correction=False)
+    res = _q(tiny_model(), calib, dtype="w8a8", method="layer", bias_correction=False, range_split=False)
     assert res.tensors["wdw"]["axis"] is None and len(res.tensors["wdw"]["scale"]) == 1
-    res = _q(tiny_model(), calib, dtype="asymmetric_quantized-u8", method="channel", bias_correction=False)
+    res = _q(tiny_model(), calib, dtype="asymmetric_quantized-u8", method="channel", bias_correction=False,
+             range_split=False)
     assert res.tensors["wdw"]["axis"] == 0 and len(res.tensors["wdw"]["scale"]) == 8
 
 
