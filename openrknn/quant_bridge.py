@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import onnx
 
@@ -13,7 +13,9 @@ from .errors import DatasetError
 log = logging.getLogger("openrknn.build")
 
 
-def quantize_for_build(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: Optional[str]):
+def quantize_for_build(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: Optional[str],
+                       overrides: Optional[Dict[str, str]] = None):
+    """overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}."""
     from .quant import QuantOptions, quantize
     from .quant.dataset import InputSpec, read_dataset
 
@@ -24,8 +26,8 @@ def quantize_for_build(float_model: onnx.ModelProto, metas: List[dict], cfg: Bui
     specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
     data = read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
     opts = QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
-                        target=cfg.target)
+                        target=cfg.target, overrides=dict(overrides or {}))
     result = quantize(float_model, data, opts)
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
-            "calibration_samples": len(data), "tensors": result.tensors}
+            "calibration_samples": len(data), "tensors": result.tensors, "overrides": dict(overrides or {})}
     return result.model, meta, result.report
