@@ -89,7 +89,9 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig):
 
 
 def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, dataset: Optional[str] = None,
-          pre_compile: bool = False, rknn_batch_size: Optional[int] = None, quantize_fn=None) -> BuildResult:
+          pre_compile: bool = False, rknn_batch_size: Optional[int] = None, quantize_fn=None,
+          quant_overrides: Optional[dict] = None) -> BuildResult:
+    """quant_overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}."""
     t0 = time.perf_counter()
     if rknn_batch_size is not None and (isinstance(rknn_batch_size, bool) or not isinstance(rknn_batch_size, int)
                                         or rknn_batch_size < 1):
@@ -113,7 +115,7 @@ def build(loaded: LoadedModel, cfg: BuildConfig, do_quantization: bool = True, d
         if quantize_fn is None:
             from .quant_bridge import quantize_for_build as quantize_fn
         t1 = time.perf_counter()
-        model, quant_meta, quant_report = quantize_fn(float_model, metas, cfg, dataset)
+        model, quant_meta, quant_report = quantize_fn(float_model, metas, cfg, dataset, overrides=quant_overrides)
         timings["quantize_s"] = time.perf_counter() - t1
     batch = rknn_batch_size or 1
     outputs = _output_meta(model)
