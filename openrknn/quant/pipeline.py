@@ -79,13 +79,14 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
-    acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides)
+    fixed = _expand_overrides(getattr(options, "fixed", {}), plan)  # hybrid step2: scale/zero point as given
+    acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed)
     report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
         "mmse" if options.algorithm == "mmse" else "minmax")
-    weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides)
+    weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides, fixed)
     if options.adaround:
         from .algorithms.adaround import adaround_weights
 
@@ -232,7 +233,9 @@ def _override_format(kind: str, value: str, default: TensorFormat) -> Optional[T
 
 
 def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
-                      overrides: Optional[Dict[str, str]] = None) -> Dict[str, ActQuant]:
+                      overrides: Optional[Dict[str, str]] = None,
+                      fixed: Optional[Dict[str, tuple]] = None) -> Dict[str, ActQuant]:
+    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits)."""
     fmt = _fmt_for(scheme)
     overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
@@ -259,14 +262,19 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         if gfmt is None:
             continue
         scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
+        given = [fixed[t] for t in members if fixed and t in fixed]
+        if given:
+            scale, zp = float(np.ravel(given[0][0])[0]), int(np.ravel(given[0][1])[0])
         for t in members:
             acts[t] = ActQuant(float(scale), int(zp), gfmt)
     return acts
 
 
 def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool, algorithm: str,
-                  overrides: Optional[Dict[str, str]] = None) -> Dict[int, WeightQuant]:
-    """Quantized weights of every weighted op; ``algorithm`` 'minmax' or 'mmse' (MSE-optimal clipping)."""
+                  overrides: Optional[Dict[str, str]] = None,
+                  fixed: Optional[Dict[str, tuple]] = None) -> Dict[int, WeightQuant]:
+    """Quantized weights of every weighted op; ``algorithm`` 'minmax' or 'mmse' (MSE-optimal clipping).
+    fixed: {weight: (scales, zero_points)} (one value, or one per output channel) used as given."""
     assert scheme.weight is not None
     overrides = overrides or {}
     out: Dict[int, WeightQuant] = {}
@@ -279,8 +287,30 @@ def weight_params(info: GraphInfo, plan: Plan, scheme: Scheme, per_channel: bool
         arr = info.const(w.w).astype(np.float32)
         axis = w.axis if per_channel else None
         q, scale, zp = quantize_weight(arr, axis, fmt, algorithm)
+        if fixed and w.w in fixed:
+            scale, zp = _fixed_weight_params(fixed[w.w], np.shape(scale))
+            q = _requantize(arr, scale, zp, axis, fmt)
         out[w.node] = WeightQuant(q, scale, zp, axis, fmt)
     return out
+
+
+def _fixed_weight_params(given: tuple, shape: tuple) -> Tuple[np.ndarray, np.ndarray]:
+    from ..errors import ConfigError
+
+    s, z = (np.asarray(v, np.float64).ravel() for v in given)
+    n = int(np.prod(shape)) if shape else 1
+    if s.size not in (1, n) or z.size not in (1, n) or np.any(s <= 0):
+        raise ConfigError("fixed weight scale", given, hint=f"give {n} positive scale(s) and zero point(s)")
+    return np.broadcast_to(s, (n,)).reshape(shape).copy(), np.broadcast_to(z, (n,)).reshape(shape).astype(np.int64)
+
+
+def _requantize(arr: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: Optional[int],
+                fmt: TensorFormat) -> np.ndarray:
+    shape = [1] * arr.ndim
+    if axis is not None and np.ndim(scale) == 1:
+        shape[axis] = -1
+    s, z = np.reshape(scale, shape) if np.ndim(scale) else scale, np.reshape(zp, shape) if np.ndim(zp) else zp
+    return np.clip(np.round(arr / s) + z, fmt.qmin, fmt.qmax).astype(np.int64)
 
 
 def _float16_tensors(model: onnx.ModelProto) -> Dict[str, dict]:
