@@ -1,0 +1,384 @@
+"""Hybrid quantization for the RKNN facade: step1 writes editable files, step2 builds from them, auto_hybrid picks the
+fewest layers to promote so every output meets a cosine threshold.
+
+Files written by step1 (``<name>`` = the model file's stem):
+- ``<name>.model``: the float ONNX graph with pre-processing (build_float_graph), with a metadata_props entry
+  ``openrknn.hybrid`` (JSON: input metas, notes, source, the build config).
+- ``<name>.data``: an .npz (no pickle) holding the calibration feeds as the quantizer saw them (``s<i>/<input>``,
+  stored as uint8 when lossless) and ``__meta__`` (JSON: quantization settings and step1's tensor parameters, so
+  step2 can tell which scales / zero points were edited).
+- ``<name>.quantization.cfg``: YAML; ``custom_quantize_layers`` {layer, tensor or weight: dtype} is what users edit
+  (dtypes: float16 | float | int16 | int8 | uint8 and the vendor's dtype names); ``quantize_parameters`` lists
+  every quantized tensor (dtype, method, min/max, scale, zero point); an edited scale / zero point is used as given.
+Step2 re-runs the quantizer on the same feeds with the same settings, so an unedited cfg reproduces step1's model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+
+from .builder import BuildResult, build, build_float_graph
+from .config import BuildConfig
+from .errors import ConfigError, DatasetError, PackageError
+from .frontends import LoadedModel
+from .quant import QuantOptions, quantize
+from .quant import hybrid as hq
+
+log = logging.getLogger("openrknn.hybrid")
+META_KEY = "openrknn.hybrid"
+
+
+@dataclasses.dataclass
+class HybridOptions(QuantOptions):
+    """QuantOptions plus fixed {tensor or weight: (scales, zero points)} used as given (edited in the cfg)."""
+
+    fixed: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _options(cfg: BuildConfig, overrides=None, fixed=None) -> HybridOptions:
+    return HybridOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
+                         target=cfg.target, overrides=dict(overrides or {}), fixed=dict(fixed or {}))
+
+
+def _calibration_feeds(dataset: Optional[str], metas: List[dict], cfg: BuildConfig) -> List[Dict[str, np.ndarray]]:
+    from .quant.dataset import InputSpec, read_dataset
+
+    if not dataset:
+        raise DatasetError("hybrid quantization needs dataset='dataset.txt' (one calibration image or .npy per line)")
+    specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
+    data = read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
+    return list(data)
+
+
+def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, List[str]]:
+    """Layer name -> quantizer names, one entry per distinct set of activation points (conv+act is one unit)."""
+    seen = set()
+    out = {}
+    for name, names in hq.layer_map(float_model).items():
+        known = [t for t in names if t in tensors]
+        acts = frozenset(t for t in known if tensors[t]["kind"] == "activation")
+        if not known or (acts and acts in seen):
+            continue
+        seen.add(acts)
+        out[name] = known
+    return out
+
+
+def _activations(names: Sequence[str], tensors: Dict[str, dict]) -> List[str]:
+    return [t for t in names if tensors.get(t, {}).get("kind") == "activation"]
+
+
+# ---------------------------------------------------------------- packaging a prepared float graph
+
+
+def _package(float_model: onnx.ModelProto, model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig,
+             quant_meta: dict, report: dict, notes: List[str], source: dict, dataset_label: str) -> BuildResult:
+    """What builder.build does after quantizing, for a float graph that step1 already prepared."""
+    import datetime as _dt
+
+    from . import __version__
+    from .builder import _output_meta
+    from .package import RknnPackage
+
+    build_opts = {k: v for k, v in cfg.to_dict().items() if k not in ("mean_values", "std_values", "reorder_channel")}
+    build_opts.update({"do_quantization": True, "dataset": dataset_label, "pre_compile": False, "rknn_batch_size": 1})
+    metadata = {
+        "toolkit": "openrknn", "toolkit_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "target_platform": list(cfg.target_platform), "inputs": metas, "outputs": _output_meta(model),
+        "build": build_opts, "quantization": quant_meta, "source": source,
+    }
+    model.producer_name, model.producer_version = "openrknn", __version__
+    pkg = RknnPackage(metadata=metadata, model_bytes=model.SerializeToString(),
+                      float_model_bytes=float_model.SerializeToString())
+    return BuildResult(pkg, float_model, model, list(notes), {}, report)
+
+
+# ---------------------------------------------------------------- step 1
+
+
+def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: str = ".", proposal: bool = False,
+                 progress: bool = True) -> Dict[str, str]:
+    """Write <name>.model, <name>.data and <name>.quantization.cfg into out_dir; returns {'model','data','cfg'}.
+    proposal=True pre-fills custom_quantize_layers with the layers auto selection would promote (at least the most
+    sensitive one)."""
+    import yaml
+
+    float_model, metas, notes = build_float_graph(loaded, cfg)
+    feeds = _calibration_feeds(dataset, metas, cfg)
+    result = quantize(float_model, feeds, _options(cfg), progress)
+    custom: Dict[str, str] = {}
+    if proposal:
+        custom = {name: "float16" for name in _propose(float_model, result, feeds, cfg, progress)}
+    name = Path(loaded.source_file).stem if loaded.source_file else "model"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"model": out / f"{name}.model", "data": out / f"{name}.data", "cfg": out / f"{name}.quantization.cfg"}
+
+    m = onnx.ModelProto()
+    m.CopyFrom(float_model)
+    info = {"metas": metas, "notes": loaded.notes + notes, "config": cfg.to_dict(),
+            "source": {"framework": loaded.framework, "file": loaded.source_file, "sha256": loaded.source_sha256}}
+    onnx.helper.set_model_props(m, {META_KEY: json.dumps(info, default=_jsonable)})
+    _atomic_write_bytes(paths["model"], m.SerializeToString())
+
+    arrays = {}
+    for i, feed in enumerate(feeds):
+        for k, v in feed.items():
+            as_u8 = v.astype(np.uint8)
+            arrays[f"s{i}/{k}"] = as_u8 if np.array_equal(as_u8, v) else v
+    meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
+            "target": cfg.target, "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
+            "input_dtypes": {k: str(v.dtype) for k, v in feeds[0].items()}, "tensors": result.tensors}
+    arrays["__meta__"] = np.array(json.dumps(meta, default=_jsonable))
+    with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as f:
+        np.savez(f, **arrays)
+    os.replace(f.name, paths["data"])
+
+    doc = hq.cfg_document(result.tensors, hq.qparam_ranges(result.tensors), result.report.get("method", ""), custom)
+    text = ("# openrknn hybrid quantization. Edit custom_quantize_layers ({layer, tensor or weight: float16 | int16 |"
+            " int8 | uint8}) or a scale / zero_point below, then run hybrid_quantization_step2.\n"
+            + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120))
+    _atomic_write_bytes(paths["cfg"], text.encode())
+    log.info("hybrid step1: wrote %s", ", ".join(str(p) for p in paths.values()))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndarray]], cfg: BuildConfig,
+             progress: bool) -> List[str]:
+    """The fewest layers that, left float, bring every output to cfg.auto_hybrid_cos_thresh on the first 8
+    calibration feeds (empty when plain quantization already does)."""
+    sample = feeds[:8]
+    ref = hq.run_outputs(float_model, sample)
+    if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample))) >= cfg.auto_hybrid_cos_thresh:
+        return []
+    picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
+                             progress, ref)
+    units = _units(float_model, result.tensors)
+    k, _ = _smallest_prefix(detail["order"], units, "float",
+                            lambda ov: quantize(float_model, feeds, _options(cfg, ov), False), ref, sample,
+                            cfg.auto_hybrid_cos_thresh, len(picked))
+    return detail["order"][:k]
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+# ---------------------------------------------------------------- step 2
+
+
+def _read_model(path: str) -> Tuple[onnx.ModelProto, dict]:
+    try:
+        model = onnx.load(path)
+    except Exception as e:
+        raise PackageError(f"cannot read hybrid model '{path}' ({e}); pass the .model file hybrid step1 "
+                           "wrote") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise PackageError(f"'{path}' has no {META_KEY} record: it was not written by hybrid_quantization_step1")
+    return model, json.loads(props[META_KEY])
+
+
+def _read_data(path: str) -> Tuple[List[Dict[str, np.ndarray]], dict]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["__meta__"]))
+            feeds = [{k: z[f"s{i}/{k}"].astype(meta["input_dtypes"][k]) for k in meta["inputs"]}
+                     for i in range(meta["samples"])]
+    except (OSError, KeyError, ValueError) as e:
+        raise PackageError(f"cannot read hybrid data '{path}' ({e}); pass the .data file hybrid step1 wrote") from None
+    return feeds, meta
+
+
+def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional[BuildConfig] = None,
+                 progress: bool = True) -> BuildResult:
+    """Build from step1's files after the user edited the .quantization.cfg. The quantization settings are step1's
+    (its tensors are what the cfg describes); other config (target...) from ``cfg`` when given."""
+    import yaml
+
+    from .config import make_config
+
+    float_model, info = _read_model(model_input)
+    feeds, meta = _read_data(data_input)
+    try:
+        doc = yaml.safe_load(Path(cfg_path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("model_quantization_cfg", str(cfg_path), hint=f"cannot read it as YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("model_quantization_cfg", str(cfg_path), hint="must be a YAML map")
+    if cfg is None:
+        cfg = make_config(**{k: v for k, v in info["config"].items()
+                             if k not in ("mean_values", "std_values", "reorder_channel")})
+    quant = {"quantized_dtype": meta["dtype"], "quantized_algorithm": meta["algorithm"],
+             "quantized_method": meta["method"]}
+    if any(getattr(cfg, k) != v for k, v in quant.items()):
+        log.warning("hybrid step2 uses step1's quantization settings %s (the cfg's parameters were made with them)",
+                    quant)
+    cfg = dataclasses.replace(cfg, **quant)
+    original = {k: v for k, v in meta["tensors"].items() if v.get("kind") != "bias"}
+    overrides = hq.resolve_layers(doc.get("custom_quantize_layers") or {}, float_model, original)
+    fixed = hq.edited_params(doc, original)
+    for name in set(fixed) & set(overrides):
+        log.warning("'%s': dtype changed to %s and scale edited; the edited scale is used as given", name,
+                    overrides[name])
+    result = quantize(float_model, feeds, _options(cfg, overrides, fixed), progress)
+    quant_meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
+                  "calibration_samples": len(feeds), "tensors": result.tensors, "overrides": overrides,
+                  "fixed": {k: {"scale": s, "zero_point": z} for k, (s, z) in fixed.items()},
+                  "hybrid": {"custom_quantize_layers": dict(doc.get("custom_quantize_layers") or {})}}
+    del float_model.metadata_props[:]
+    return _package(float_model, result.model, info["metas"], cfg, quant_meta, result.report, info.get("notes", []),
+                    {**info.get("source", {}), "notes": info.get("notes", [])}, str(data_input))
+
+
+# ---------------------------------------------------------------- automatic
+
+
+def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
+            feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
+            reference: Optional[List[list]] = None) -> Tuple[List[str], dict]:
+    """Rank units by sensitivity (each one's activations alone left float) and return the shortest prefix of the
+    ranking whose activations, left float together, lift every output cosine to ``thresh`` (binary search; at least
+    the most sensitive unit)."""
+    units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
+    ref = reference if reference is not None else hq.run_outputs(float_model, feeds)
+    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) for k, v in units.items()}, ref, feeds, progress)
+    order = sorted(units, key=lambda k: -sens[k])
+
+    def ok(k: int) -> bool:
+        acts = [t for u in order[:k] for t in _activations(units[u], tensors)]
+        return min(hq.output_cosines(ref, hq.run_outputs(hq.bypass(qmodel, acts), feeds))) >= thresh
+
+    lo, hi = 1, len(order)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return order[:lo] if order else [], {"sensitivity": {k: sens[k] for k in order}, "order": order}
+
+
+def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str, make, ref: List[list],
+                     feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int) -> Tuple[int, tuple]:
+    """Smallest k such that quantizing with the k most sensitive units promoted (``make(overrides)`` -> object with
+    .model) meets ``thresh`` on every output; the real quantizer decides (weights promoted too). ``hint`` (the
+    activation-only estimate) is tried first to narrow the binary search. Returns (k, (made, cosines))."""
+    done: Dict[int, tuple] = {}
+
+    def trial(k: int) -> bool:
+        if k not in done:
+            made = make({t: promote for u in order[:k] for t in units[u]})
+            done[k] = (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds)))
+            log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", k, min(done[k][1]))
+        return min(done[k][1]) >= thresh
+
+    lo, hi = 1, max(len(order), 1)
+    if 0 < hint < hi and trial(hint):
+        hi = hint
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if trial(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    trial(lo)
+    return lo, done[lo]
+
+
+def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
+    """Estimated NPU latency and memory of a (QDQ) model; None where the analysis cannot estimate it."""
+    out: dict = {"latency_us": None, "memory_bytes": None}
+    try:
+        from .analysis.perf import estimate_perf
+
+        out["latency_us"] = float(estimate_perf(model, cfg.target, cfg.quantized_dtype).total_us)
+    except Exception as e:  # the estimate is a report extra; never fail the build for it
+        log.info("latency estimate unavailable: %s", e)
+    try:
+        from .analysis.memory import eval_memory_report
+
+        out["memory_bytes"] = int(eval_memory_report(model, cfg.target, cfg.quantized_dtype, is_print=False)["total"])
+    except Exception as e:
+        log.info("memory estimate unavailable: %s", e)
+    return out
+
+
+def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh: Optional[float] = None,
+                eval_feeds: Optional[Sequence[Dict[str, np.ndarray]]] = None, promote: str = "int16",
+                sensitivity_samples: int = 8, progress: bool = True, **build_kwargs) -> Tuple[BuildResult, dict]:
+    """Build int8, then promote the fewest layers (to ``promote``: 'int16' or 'float') until every output's cosine
+    float vs quantized on ``eval_feeds`` (default: the first calibration samples) reaches ``cos_thresh`` (default
+    cfg.auto_hybrid_cos_thresh). Returns (BuildResult, report with the layers, cosines and cost before/after)."""
+    thresh = cfg.auto_hybrid_cos_thresh if cos_thresh is None else float(cos_thresh)
+    if promote not in ("int16", "float"):
+        raise ConfigError("promote", promote, ("int16", "float"))
+    plain = build(loaded, cfg, True, dataset, **build_kwargs)
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
+                                                                   cfg)[:sensitivity_samples]
+    ref = hq.run_outputs(plain.float_model, feeds)
+    base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds))
+    report = {"threshold": thresh, "promote": promote, "cosine_before": base, "cosine_after": base,
+              "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
+              "units_total": len(_units(plain.float_model, tensors))}
+    report["cost_after"] = report["cost_before"]
+    if min(base) >= thresh:
+        log.info("auto hybrid: plain quantization already meets cosine %.4f (worst %.5f)", thresh, min(base))
+        return plain, report
+    picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
+                             ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref)
+    order = detail["order"]
+    units = _units(plain.float_model, tensors)
+
+    def make(overrides):
+        report["builds"] += 1
+        return build(loaded, cfg, True, dataset, quant_overrides=overrides, **build_kwargs)
+
+    k, (result, cos) = _smallest_prefix(order, units, promote, make, ref, feeds, thresh, len(picked))
+    overrides = {t: promote for u in order[:k] for t in units[u]}
+    report.update({"layers": order[:k], "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
+                   "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},
+                   "cost_after": _cost(result.model, cfg)})
+    if not report["met"]:
+        log.warning("auto hybrid: every layer promoted and the worst output cosine is %.5f < %.4f", min(cos), thresh)
+    if result.package.metadata.get("quantization") is not None:
+        result.package.metadata["quantization"]["auto_hybrid"] = {
+            k_: report[k_] for k_ in ("threshold", "promote", "layers", "cosine_before", "cosine_after", "cost_before",
+                                      "cost_after")}
+    return result, report
+
+
+def gui_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str]) -> Dict[str, str]:
+    """GUI toggles (node names of the built float graph) -> QuantOptions.overrides with 'float'."""
+    lmap = hq.layer_map(float_model)
+    out = {}
+    for name in keep_float:
+        if name not in lmap:
+            raise ConfigError("keep_float", name, hint="not a quantized layer of the built graph")
+        out.update({t: "float" for t in lmap[name]})
+    return out

@@ -1,0 +1,218 @@
+"""Hybrid quantization helpers: which quantizer names make up a layer, the user-editable .quantization.cfg, and
+per-layer sensitivity measured on a QDQ graph (one layer's quantization bypassed at a time).
+
+A "layer" is a node of the float graph; its quantizer names are the quantization points it produces (for a conv
+fused with its activation, the activation's output) and its weight. Edits name layers, tensors or weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import ConfigError
+from .ir import GraphInfo, normalize
+from .plan import build_plan
+
+log = logging.getLogger("openrknn.quant.hybrid")
+
+# custom_quantize_layers values -> QuantOptions.overrides values. float16 / float32 layers are left unquantized:
+# the simulator runs them in float, the NPU in fp16.
+DTYPE_ALIASES = {
+    "float": "float", "float16": "float", "float32": "float", "fp16": "float",
+    "int16": "int16", "dynamic_fixed_point-i16": "int16", "w16a16i": "int16",
+    "int8": "int8", "dynamic_fixed_point-i8": "int8",
+    "uint8": "uint8", "asymmetric_quantized-u8": "uint8",
+}
+
+
+def layer_map(float_model: onnx.ModelProto) -> Dict[str, List[str]]:
+    """Node name -> the quantizer's names for that layer (points and weight), for nodes that have any."""
+    m = normalize(float_model)
+    info = GraphInfo(m)
+    plan = build_plan(info)
+    points = set(plan.points)
+    weight_of = {w.node: w.w for w in plan.weighted}
+
+    def forward(t: str, depth: int = 0) -> List[str]:
+        """The quantization points a non-point output reaches through fused activations (conv -> act, SiLU)."""
+        if t in points:
+            return [t]
+        if depth > 2 or t not in plan.internal:
+            return []
+        out: List[str] = []
+        for c in info.consumers.get(t, []):
+            for o in info.nodes[c].output:
+                out += [x for x in forward(o, depth + 1) if x not in out]
+        return out
+
+    def backward_weight(i: int, depth: int = 0) -> Optional[str]:
+        """The weight of the conv fused into activation node i (its input is an internal tensor)."""
+        if i in weight_of:
+            return weight_of[i]
+        if depth > 2:
+            return None
+        for t in info.nodes[i].input:
+            p = info.producer.get(t)
+            if t in plan.internal and p is not None:
+                w = backward_weight(p, depth + 1)
+                if w:
+                    return w
+        return None
+
+    out: Dict[str, List[str]] = {}
+    for i, node in enumerate(info.nodes):
+        names: List[str] = []
+        for t in node.output:
+            names += [x for x in forward(t) if x not in names]
+        w = weight_of.get(i)
+        if w is None and any(t in plan.fused for t in node.output):
+            w = backward_weight(i)
+        if w:
+            names.append(w)
+        if names:
+            out[node.name] = names
+    return out
+
+
+def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: Iterable[str],
+                   where: str = "custom_quantize_layers") -> Dict[str, str]:
+    """{layer, tensor or weight name: dtype} -> QuantOptions.overrides; unknown names or dtypes raise ConfigError."""
+    known = set(known)
+    lmap = layer_map(float_model)
+    out: Dict[str, str] = {}
+    for name, dtype in (layers or {}).items():
+        value = DTYPE_ALIASES.get(str(dtype).strip().lower())
+        if value is None:
+            raise ConfigError(f"{where}[{name!r}]", dtype, sorted(DTYPE_ALIASES))
+        if name in known:
+            targets = [name]
+        elif name in lmap:
+            targets = [t for t in lmap[name] if t in known] or lmap[name]
+        else:
+            raise ConfigError(where, name, hint="not a layer, tensor or weight of this model; use a node name "
+                              f"or a tensor listed under quantize_parameters (e.g. {', '.join(sorted(known)[:3])})")
+        for t in targets:
+            out[t] = value
+    return out
+
+
+# ---------------------------------------------------------------- the .quantization.cfg file
+
+
+def cfg_document(tensors: Dict[str, dict], ranges: Dict[str, Tuple[float, float]], method: str,
+                 custom: Optional[Dict[str, str]] = None) -> dict:
+    """The YAML document: the editable custom_quantize_layers map first, then every quantized tensor."""
+    params = {}
+    for name, t in tensors.items():
+        if t.get("kind") == "bias":
+            continue  # derived from input and weight scales; not an independent parameter
+        entry = {"kind": t["kind"], "dtype": t["dtype"],
+                 "method": "channel" if t.get("axis") is not None else "layer",
+                 "scale": [float(s) for s in t["scale"]], "zero_point": [int(z) for z in t["zero_point"]]}
+        if name in ranges:
+            entry["min_value"], entry["max_value"] = [float(ranges[name][0])], [float(ranges[name][1])]
+        params[name] = entry
+    return {"custom_quantize_layers": dict(custom or {}), "quantized_method": method, "quantize_parameters": params}
+
+
+def qparam_ranges(tensors: Dict[str, dict]) -> Dict[str, Tuple[float, float]]:
+    """Representable [min, max] of each per-tensor quantized tensor, from its scale, zero point and dtype."""
+    out = {}
+    for name, t in tensors.items():
+        if t.get("kind") == "bias" or len(t["scale"]) != 1:
+            continue
+        bits = int("".join(c for c in t["dtype"] if c.isdigit()) or 8)
+        signed = t["dtype"].startswith("int")
+        qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        s, z = t["scale"][0], t["zero_point"][0]
+        out[name] = ((qmin - z) * s, (qmax - z) * s)
+    return out
+
+
+def edited_params(doc: dict, original: Dict[str, dict]) -> Dict[str, Tuple[list, list]]:
+    """Scale / zero point entries the user changed -> QuantOptions.fixed; unknown tensors raise ConfigError."""
+    params = doc.get("quantize_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError("quantize_parameters", type(params).__name__, hint="must be a map of tensor name -> entry")
+    fixed = {}
+    for name, entry in params.items():
+        if name not in original:
+            raise ConfigError("quantize_parameters", name, hint="not a quantized tensor of this model (step1 "
+                              "wrote every tensor; only edit values, do not rename entries)")
+        try:
+            s = [float(v) for v in np.ravel(entry.get("scale", original[name]["scale"]))]
+            z = [int(v) for v in np.ravel(entry.get("zero_point", original[name]["zero_point"]))]
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(f"quantize_parameters[{name!r}]", entry, hint="scale and zero_point must be numbers "
+                              "or lists of numbers") from None
+        if s != list(original[name]["scale"]) or z != list(original[name]["zero_point"]):
+            fixed[name] = (s, z)
+    return fixed
+
+
+# ---------------------------------------------------------------- sensitivity on a QDQ graph
+
+
+def bypass(qmodel: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the QDQ graph with the activation quantization of ``names`` removed (Q/DQ -> Identity)."""
+    names = set(names)
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    inits = {t.name for t in g.initializer}
+    q_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    keep = []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.output[0] in names and n.input[0] in q_in:
+            keep.append(helper.make_node("Identity", [q_in[n.input[0]]], [n.output[0]], name=n.name + "__bypass"))
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], threads: int = 1) -> List[list]:
+    sess = _session(model, threads)
+    return [sess.run(None, f) for f in feeds]
+
+
+def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
+    """Per graph output: mean over samples of the cosine float vs quantized."""
+    n_out = len(reference[0])
+    return [float(np.mean([cosine(r[k], o[k]) for r, o in zip(reference, outputs)])) for k in range(n_out)]
+
+
+def sensitivity(qmodel: onnx.ModelProto, units: Dict[str, List[str]], reference: List[list],
+                feeds: Sequence[Dict[str, np.ndarray]], progress: bool = True, threads: int = 1) -> Dict[str, float]:
+    """Per unit: how much the worst output cosine rises when that unit's activations alone stay float."""
+    from tqdm import tqdm
+
+    base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads)))
+    out = {}
+    for name, members in tqdm(units.items(), desc="layer sensitivity", disable=not progress, leave=False):
+        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members), feeds, threads)))
+        out[name] = worst - base
+    return out

@@ -1,0 +1,176 @@
+"""Hybrid quantization: step1 files, step2 edits taking effect (also in a fresh process), bad names/dtypes, auto."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn import hybrid_bridge as hb
+from openrknn.config import make_config
+from openrknn.errors import ConfigError
+from openrknn.quant import hybrid as hq
+from openrknn.workflow import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def outlier_model() -> onnx.ModelProto:
+    """conv1 + ReLU whose channel 0 spans ~300x the others; conv2 reads only the small channels. With one scale per
+    tensor the small channels of 'r1' lose their resolution, so the output needs 'conv1' in higher precision."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.01, (8, 3, 3, 3))
+    w1[0] *= 300.0
+    w2 = rng.normal(0, 0.5, (4, 8, 1, 1))
+    w2[:, 0] = 0.0
+    inits = [numpy_helper.from_array(a.astype(np.float32), k) for k, a in
+             [("w1", w1), ("b1", np.zeros(8)), ("w2", w2), ("b2", np.zeros(4))]]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             n("Relu", ["c1"], ["r1"], name="relu1"),
+             n("Conv", ["r1", "w2", "b2"], ["out"], name="conv2")]
+    g = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hybrid")
+    onnx.save(outlier_model(), d / "outlier.onnx")
+    rng = np.random.default_rng(1)
+    for k in range(8):
+        np.save(d / f"{k}.npy", rng.integers(0, 256, (8, 8, 3)).astype(np.float32))
+    (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(8)))
+    return d
+
+
+def _cfg():
+    # w8a8: per-channel weights, so no cross-layer equalization hides the outlier channel
+    return make_config(target_platform="rk3588", quantized_dtype="w8a8")
+
+
+def _loaded(d):
+    return load_model(d / "outlier.onnx")
+
+
+def _inits(model: onnx.ModelProto) -> dict:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def step1(setup):
+    out = setup / "s1"
+    paths = hb.hybrid_step1(_loaded(setup), _cfg(), str(setup / "dataset.txt"), str(out), progress=False)
+    return paths
+
+
+def test_step1_writes_the_three_files(step1):
+    assert [Path(step1[k]).name for k in ("model", "data", "cfg")] == \
+        ["outlier.model", "outlier.data", "outlier.quantization.cfg"]
+    doc = yaml.safe_load(Path(step1["cfg"]).read_text())
+    assert doc["custom_quantize_layers"] == {}
+    r1 = doc["quantize_parameters"]["r1"]
+    assert r1["kind"] == "activation" and r1["dtype"] == "int8" and r1["method"] == "layer"
+    assert r1["min_value"][0] <= 0 < r1["max_value"][0] and len(r1["scale"]) == 1
+    w1 = doc["quantize_parameters"]["w1"]
+    assert w1["method"] == "channel" and len(w1["scale"]) == 8
+    with np.load(step1["data"], allow_pickle=False) as z:  # no pickle, calibration feeds stored losslessly as uint8
+        assert z["s0/x"].dtype == np.uint8
+
+
+def _edit(step1, tmp_path, fn) -> str:
+    doc = yaml.safe_load(Path(step1["cfg"]).read_text())
+    fn(doc)
+    p = tmp_path / "edited.quantization.cfg"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def test_unedited_step2_reproduces_step1_in_a_fresh_process(step1, setup, tmp_path):
+    here = hb.hybrid_step2(step1["model"], step1["data"], step1["cfg"], progress=False)
+    out = tmp_path / "fresh.onnx"
+    code = ("import sys, onnx; from openrknn import hybrid_bridge as hb; "
+            "r = hb.hybrid_step2(sys.argv[1], sys.argv[2], sys.argv[3], progress=False); "
+            "onnx.save(r.model, sys.argv[4])")
+    subprocess.run([sys.executable, "-c", code, step1["model"], step1["data"], step1["cfg"], str(out)], check=True,
+                   cwd=ROOT, timeout=120)
+    a, b = _inits(here.model), _inits(onnx.load(out))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # ... and equals a plain build from the original model (step1's quantization)
+    from openrknn.builder import build
+
+    plain = build(_loaded(setup), _cfg(), True, str(setup / "dataset.txt"))
+    c = _inits(plain.model)
+    assert c.keys() == a.keys() and all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_edit_one_layer_changes_exactly_that_layer(step1, tmp_path):
+    base = hb.hybrid_step2(step1["model"], step1["data"], step1["cfg"], progress=False)
+    cfg = _edit(step1, tmp_path, lambda d: d["custom_quantize_layers"].update({"conv1": "int16"}))
+    res = hb.hybrid_step2(step1["model"], step1["data"], cfg, progress=False)
+    t0, t1 = base.package.metadata["quantization"]["tensors"], res.package.metadata["quantization"]["tensors"]
+    changed = {k for k in t0 if t0[k]["dtype"] != t1.get(k, {}).get("dtype")}
+    assert changed == {"r1", "w1"} and t1["r1"]["dtype"] == "int16" and t1["w1"]["dtype"] == "int16"
+    # the QDQ graph stores r1 in 16 bits; the input and output points keep theirs
+    q = {n.output[0]: n for n in res.model.graph.node if n.op_type == "QuantizeLinear"}
+    zp = _inits(res.model)
+    assert zp[q["r1__q"].input[2]].dtype == np.uint16 and zp[q["out__q"].input[2]].dtype == np.uint8
+
+
+def test_float16_layer_is_left_unquantized(step1, tmp_path):
+    cfg = _edit(step1, tmp_path, lambda d: d["custom_quantize_layers"].update({"relu1": "float16"}))
+    res = hb.hybrid_step2(step1["model"], step1["data"], cfg, progress=False)
+    tensors = res.package.metadata["quantization"]["tensors"]
+    assert "r1" not in tensors and "w1" not in tensors and "out" in tensors and "w2" in tensors
+    assert not any(n.output[0] == "r1" and n.op_type == "DequantizeLinear" for n in res.model.graph.node)
+
+
+def test_edited_scale_is_used_as_given(step1, tmp_path):
+    def edit(doc):
+        doc["quantize_parameters"]["out"]["scale"] = [0.125]
+        doc["quantize_parameters"]["out"]["zero_point"] = [3]
+        doc["quantize_parameters"]["w2"]["scale"] = [0.01] * 4
+    res = hb.hybrid_step2(step1["model"], step1["data"], _edit(step1, tmp_path, edit), progress=False)
+    t = res.package.metadata["quantization"]["tensors"]
+    assert t["out"]["scale"] == [0.125] and t["out"]["zero_point"] == [3] and t["w2"]["scale"] == [0.01] * 4
+    dq = next(n for n in res.model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "out")
+    assert float(_inits(res.model)[dq.input[1]]) == 0.125
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d["custom_quantize_layers"].update({"no_such_layer": "int16"}), "no_such_layer"),
+    (lambda d: d["custom_quantize_layers"].update({"conv1": "int4"}), "int4"),
+    (lambda d: d["quantize_parameters"].update({"ghost": {"scale": [1.0], "zero_point": [0]}}), "ghost"),
+    (lambda d: d["quantize_parameters"]["r1"].update({"scale": "big"}), "r1"),
+])
+def test_bad_cfg_entries_name_the_problem(step1, tmp_path, edit, needle):
+    with pytest.raises(ConfigError, match=needle):
+        hb.hybrid_step2(step1["model"], step1["data"], _edit(step1, tmp_path, edit), progress=False)
+
+
+def test_layer_map_follows_fused_activations():
+    lm = hq.layer_map(outlier_model())
+    assert lm["conv1"] == ["r1", "w1"] and lm["relu1"] == ["r1", "w1"] and lm["conv2"] == ["out", "w2"]
+
+
+def test_auto_hybrid_reaches_the_threshold_where_int8_does_not(setup):
+    cfg = _cfg()
+    res, report = hb.auto_hybrid(_loaded(setup), cfg, str(setup / "dataset.txt"), cos_thresh=0.999, progress=False)
+    assert min(report["cosine_before"]) < 0.999 <= min(report["cosine_after"])
+    assert report["met"] and report["layers"] == ["conv1"]
+    assert res.package.metadata["quantization"]["tensors"]["r1"]["dtype"] == "int16"
+    assert res.package.metadata["quantization"]["auto_hybrid"]["layers"] == ["conv1"]
+
+
+def test_proposal_prefills_the_sensitive_layer(setup, tmp_path):
+    paths = hb.hybrid_step1(_loaded(setup), make_config(target_platform="rk3588", quantized_dtype="w8a8",
+                                                        auto_hybrid_cos_thresh=0.999),
+                            str(setup / "dataset.txt"), str(tmp_path), proposal=True, progress=False)
+    assert yaml.safe_load(Path(paths["cfg"]).read_text())["custom_quantize_layers"] == {"conv1": "float16"}
