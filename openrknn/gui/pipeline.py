@@ -130,27 +130,31 @@ def dataset_from_folder(folder: Path, dest: Path) -> int:
 
 
 def hybrid_support() -> dict:
-    """Per-layer 'keep in higher precision' needs the quantizer to accept a layer list; probe, do not assume."""
-    from .. import quant_bridge
+    """Per-layer 'keep in higher precision' needs build() to take quantizer overrides; probe, do not assume."""
+    from .. import builder
 
-    params = inspect.signature(quant_bridge.quantize_for_build).parameters
-    if "keep_float" in params:
+    if "quant_overrides" in inspect.signature(builder.build).parameters:
         return {"available": True, "reason": ""}
     return {"available": False, "reason": "per-layer hybrid quantization is not in this openrknn yet "
-            "(quant_bridge.quantize_for_build takes no keep_float list)"}
+            "(builder.build takes no quant_overrides)"}
 
 
 def _quantize_fn(keep_float: Sequence[str]):
+    """The node names toggled on the page name nodes of the float graph build() makes; map each to the quantizer's
+    names for it (its output point and weight) with 'float' once that graph exists, then quantize as usual."""
     if not keep_float:
         return None
     if not hybrid_support()["available"]:
         raise NotSupportedError(f"{len(keep_float)} layer(s) were marked to keep in higher precision, but "
                                 f"{hybrid_support()['reason']}; clear the marks and build again")
-    from functools import partial
-
     from .. import quant_bridge
+    from ..hybrid_bridge import gui_overrides
 
-    return partial(quant_bridge.quantize_for_build, keep_float=list(keep_float))
+    def quantize_fn(float_model, metas, cfg, dataset, overrides=None):
+        merged = {**gui_overrides(float_model, keep_float), **(overrides or {})}
+        return quant_bridge.quantize_for_build(float_model, metas, cfg, dataset, overrides=merged)
+
+    return quantize_fn
 
 
 # ---------------------------------------------------------------- build
