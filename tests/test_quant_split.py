@@ -64,6 +64,10 @@ def test_group_channels_cuts_at_the_largest_gaps():
     groups = group_channels(-0.0 * r, r, max_ratio=16, max_groups=3)
     assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4], [5]]
     assert group_channels(np.zeros(3), np.array([1.0, 2.0, 3.0])) is None
+    # dead (constant zero) channels need no scale of their own: they join the widest group
+    assert group_channels(np.zeros(3), np.array([1.0, 2.0, 0.0])) is None
+    groups = group_channels(np.zeros(4), np.array([100.0, 0.0, 1.0, 90.0]))
+    assert [g.tolist() for g in groups] == [[0, 1, 3], [2]]
 
 
 @pytest.mark.parametrize("extra_reader", [False, True])
@@ -98,3 +102,16 @@ def test_split_rescues_small_channels_after_quantization(calib):
     assert on.tensors["stem__split0"]["scale"] != on.tensors["stem__split1"]["scale"]
     assert "dw" in on.tensors  # consumers' outputs keep their names
     assert err(on) < 0.5 * err(off)
+
+
+def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
+    from openrknn.quant.accuracy import accuracy_analysis
+    from openrknn.quant.qdq import channel_orders
+
+    model = stem_model()
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert "dw" in channel_orders(res.model)  # its reader (the pointwise conv) takes the group order
+    out = accuracy_analysis(model, res.model, list(calib)[:2], tmp_path, progress=False)
+    rows = {r["name"]: r for r in out["layers"]}
+    assert rows["dw"]["entire_cos"] > 0.99 and rows["dw"]["single_cos"] > 0.99
+    assert rows["out"]["entire_cos"] > 0.99

@@ -1,8 +1,11 @@
 """Post-training int8/int16/fp16 quantization of a float ONNX model into an NPU-faithful QDQ graph.
 
 Pipeline (each stage a module): normalize the graph (ir) -> plan the quantization points (plan) -> optional
-cross-layer equalization (algorithms.equalize) -> streaming calibration (calibrate) -> activation ranges
-(algorithms.activations) -> weight quantization, bias correction, optional AdaRound (algorithms.*) -> QDQ graph (qdq).
+cross-layer equalization (algorithms.equalize) -> streaming calibration pass 1 (calibrate: min/max, per-channel
+ranges) -> range split of uneven depthwise inputs (algorithms.split) -> histograms for kl_divergence / mmse
+(calibrate pass 2) -> activation ranges (algorithms.activations) -> weights (algorithms.weights, optional
+algorithms.adaround) -> bias correction (algorithms.bias_correction, one short pass) -> QDQ graph (qdq).
+QuantResult.report holds per-stage seconds, the plan's size, what was split/equalized/corrected, and warnings.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Files written to ``output_dir``:
 - ``error_analysis.txt``: the table, worst layers first flagged with '*' (cosine < 0.98 in single mode);
 - ``cosine_by_layer.png``: cosine of every layer in both modes (matplotlib, Agg backend);
 - ``dumps/``: ``<layer>.float.npy`` and ``<layer>.quant.npy`` of the *first* input only, in layer order, until
-  ``dump_limit_mb`` (default 64 MB) is reached; the rest is listed as skipped. (The vendor writes every tensor of
+  ``dump_limit_mb`` (default 64 MB) is reached; the rest is listed as skipped. Quantized values are given in the
+  float model's channel order and scale (undoing equalization's per-channel factors and range split's channel
+  grouping, which the quantized model records in its metadata). (The vendor writes every tensor of
   every input, 569 MB for a YOLOX-nano.)
 """
 
@@ -28,9 +30,20 @@ import numpy as np
 import onnx
 
 from .calibrate import make_session
-from .qdq import channel_scales, node_outputs, quant_points, single_layer_model, with_outputs
+from .qdq import channel_orders, channel_scales, node_outputs, quant_points, single_layer_model, with_outputs
 
 log = logging.getLogger("openrknn.quant.accuracy")
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _unpermute(x: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    out[:, order] = x
+    return out
+
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
@@ -93,6 +106,8 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
 
     # tensors rescaled per channel by cross-layer equalization: quant value * factor is comparable to float
     factor = {t: f.reshape(1, -1, *([1] * 2)) for t, f in channel_scales(quant_model).items()}
+    # tensors range split left in group order (quant[:, j] = float[:, order[j]]): put back in order to compare
+    order = channel_orders(quant_model)
     acc = {t: np.zeros(4) for t in layers}
     out_cos: Dict[str, List[float]] = {o: [] for o in outputs}
     dumped, skipped, budget = [], [], dump_limit_mb * 1024 * 1024
@@ -105,12 +120,15 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
             sfeed = dict(feed)
             for t, name in s_feeds.items():
                 if t in fv:
-                    sfeed[name] = (fv[t] / factor[t] if t in factor else fv[t]).astype(np.float32)
+                    v = fv[t] / factor[t] if t in factor else fv[t]
+                    sfeed[name] = (v[:, order[t]] if t in order else v).astype(np.float32)
             sv = dict(zip(s_names, s_sess.run(None, sfeed)))
         for t in layers:
             a = np.asarray(fv[t], np.float32)
             b = np.asarray(qv[t], np.float32)
             c = np.asarray(sv.get(s_outs.get(t, t), b), np.float32) if single_ok else b
+            if t in order:
+                b, c = _unpermute(b, order[t]), _unpermute(c, order[t])
             if t in factor:
                 b, c = b * factor[t], c * factor[t]
             acc[t] += [_cos(a, b), _euc(a, b), _cos(a, c), _euc(a, c)]
@@ -119,7 +137,7 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
                     dump_dir.mkdir(exist_ok=True)
                     for suffix, arr in (("float", a), ("quant", b)):
                         p = dump_dir / f"{_safe(t)}.{suffix}.npy"
-                        _atomic_write(p, lambda tmp, arr=arr: np.save(open(tmp, "wb"), arr))
+                        _atomic_write(p, lambda tmp, arr=arr: _save_npy(tmp, arr))
                     budget -= a.nbytes + b.nbytes
                     dumped.append(t)
                 else:

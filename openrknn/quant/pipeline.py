@@ -14,7 +14,7 @@ from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
 from .plan import Plan, build_plan
-from .qdq import ActQuant, WeightQuant, build_qdq, set_channel_scales, to_float16
+from .qdq import ActQuant, WeightQuant, build_qdq, set_channel_orders, set_channel_scales, to_float16
 from .schemes import Scheme, TensorFormat, get_scheme, qparams
 
 if TYPE_CHECKING:
@@ -108,6 +108,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     scales = report.get("equalization", {}).pop("channel_scales", None)
     if scales:
         set_channel_scales(qmodel, scales)
+    orders = report.get("range_split", {}).pop("channel_orders", None)
+    if orders:
+        set_channel_orders(qmodel, orders)
     report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
     return QuantResult(qmodel, tensors, report)
 

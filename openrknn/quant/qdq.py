@@ -268,27 +268,45 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 CHANNEL_SCALES_KEY = "openrknn.channel_scales"
+CHANNEL_ORDER_KEY = "openrknn.channel_order"
+
+
+def _set_meta(model: onnx.ModelProto, key: str, value: Dict[str, np.ndarray], decimals: Optional[int]) -> None:
+    import json
+
+    entry = next((p for p in model.metadata_props if p.key == key), None)
+    if entry is None:
+        entry = model.metadata_props.add()
+        entry.key = key
+    conv = (lambda v: np.asarray(v, float).round(decimals).tolist()) if decimals else \
+        (lambda v: np.asarray(v, int).tolist())
+    entry.value = json.dumps({k: conv(v) for k, v in value.items()})
+
+
+def _get_meta(model: onnx.ModelProto, key: str, dtype) -> Dict[str, np.ndarray]:
+    import json
+
+    entry = next((p for p in model.metadata_props if p.key == key), None)
+    return {} if entry is None else {k: np.asarray(v, dtype) for k, v in json.loads(entry.value).items()}
 
 
 def set_channel_scales(model: onnx.ModelProto, scales: Dict[str, np.ndarray]) -> None:
     """Record per-channel factors (axis 1) such that float tensor = quantized-model tensor * factor, for tensors
     that cross-layer equalization rescaled; accuracy analysis reads them back."""
-    import json
-
-    entry = next((p for p in model.metadata_props if p.key == CHANNEL_SCALES_KEY), None)
-    if entry is None:
-        entry = model.metadata_props.add()
-        entry.key = CHANNEL_SCALES_KEY
-    entry.value = json.dumps({k: np.asarray(v, float).round(8).tolist() for k, v in scales.items()})
+    _set_meta(model, CHANNEL_SCALES_KEY, scales, 8)
 
 
 def channel_scales(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
-    import json
+    return _get_meta(model, CHANNEL_SCALES_KEY, np.float32)
 
-    entry = next((p for p in model.metadata_props if p.key == CHANNEL_SCALES_KEY), None)
-    if entry is None:
-        return {}
-    return {k: np.asarray(v, np.float32) for k, v in json.loads(entry.value).items()}
+
+def set_channel_orders(model: onnx.ModelProto, orders: Dict[str, np.ndarray]) -> None:
+    """Record tensors whose channels range split left in group order: quantized[:, j] = float[:, order[j]]."""
+    _set_meta(model, CHANNEL_ORDER_KEY, orders, None)
+
+
+def channel_orders(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    return _get_meta(model, CHANNEL_ORDER_KEY, np.int64)
 
 
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:

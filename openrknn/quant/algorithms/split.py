@@ -79,12 +79,18 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
     return out
 
 
-def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 16.0, max_groups: int = 3,
+DEAD = 1e-6  # a channel whose range is below this share of the widest is constant (dead): it fits any group
+
+
+def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_groups: int = 3,
                    min_group: int = 1) -> Optional[List[np.ndarray]]:
     """Cut channels, sorted by range, where the range drops the most, until each group spans <= max_ratio
-    (or max_groups is reached). None when one group already does."""
-    r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 1e-12)
+    (or max_groups is reached). Dead channels join the widest group. None when one group already does."""
+    r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 0.0)
+    live = r > r.max() * DEAD
     order = np.argsort(-r)
+    order = order[live[order]]
+    dead = np.flatnonzero(~live)
     groups = [order]
     while len(groups) < max_groups:
         worst = max(range(len(groups)), key=lambda g: r[groups[g][0]] / r[groups[g][-1]])
@@ -99,6 +105,7 @@ def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 16.0, max_
         groups[worst:worst + 1] = [g[:cut], g[cut:]]
     if len(groups) == 1:
         return None
+    groups[0] = np.concatenate([groups[0], dead])
     return [np.sort(g) for g in groups]
 
 
@@ -127,8 +134,10 @@ def _sliced_conv(info: GraphInfo, i: int, idx: np.ndarray, suffix: str, inits: l
 
 
 def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: List[int],
-                 consumers: List[List[int]], groups: List[np.ndarray]) -> onnx.ModelProto:
-    """Rewrite (see module doc). Consumer outputs keep their names; the split point itself disappears."""
+                 consumers: List[List[int]], groups: List[np.ndarray],
+                 orders: Optional[Dict[str, np.ndarray]] = None) -> onnx.ModelProto:
+    """Rewrite (see module doc). Consumer outputs keep their names; the split point itself disappears. A consumer
+    output left in group order (its conv readers permuted) is recorded in ``orders``: new channel j = old order[j]."""
     new_nodes: Dict[int, List[onnx.NodeProto]] = {}
     inits: list = []
     drop = set(producer)
@@ -175,6 +184,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
         if readers and out_point not in info.output_set and all(_plain_conv(info, r) for r in readers):
             # the readers take the channels in group order: permute their weights' input axis, no Gather
             nodes.append(helper.make_node("Concat", parts, [out_point], axis=1, name=out_point + "_split_concat"))
+            if orders is not None:
+                orders[out_point] = order
             for r in readers:
                 node = onnx.NodeProto()
                 node.CopyFrom(info.nodes[r])
@@ -276,11 +287,13 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     """Split every candidate whose per-channel ranges (``ranges``: tensor -> (min[C], max[C]), from calibration)
     span more than ``max_ratio``. Returns the model, a report, and the new tensors: {part: (original tensor,
     channel indices)} for the split tensor's parts, {part: (original, None)} for the depthwise outputs' parts
-    (a subset of the original's channels, so within its range)."""
+    (a subset of the original's channels, so within its range). report["channel_orders"]: tensors left in group
+    order (see split_tensor)."""
     from ..ir import normalize
     from ..plan import build_plan
 
     done = []
+    orders: Dict[str, np.ndarray] = {}
     parts: Dict[str, Tuple[str, Optional[np.ndarray]]] = {}
     for t, (lo, hi) in ranges.items():
         groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups)
@@ -291,7 +304,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         if t not in cur:
             continue
         prod, cons = cur[t]
-        model = split_tensor(model, info, t, prod, cons, groups)
+        model = split_tensor(model, info, t, prod, cons, groups, orders)
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx)
             for chain in cons:
@@ -300,4 +313,4 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         r = np.maximum(hi, 0) - np.minimum(lo, 0)
         done.append({"tensor": t, "groups": [len(g) for g in groups],
                      "range_ratio": round(float(r.max() / max(r.min(), 1e-12)), 1)})
-    return (normalize(model) if done else model), {"tensors": done}, parts
+    return (normalize(model) if done else model), {"tensors": done, "channel_orders": orders}, parts
