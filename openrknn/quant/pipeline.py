@@ -178,6 +178,8 @@ def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
     out = {}
     for name, value in overrides.items():
         parts = [p for p in plan.points if p.startswith(name + "__split")]
+        # a split depthwise weight, or the permuted weight of a conv reading a split output
+        parts += [w for w in weights if w.startswith((name + "__split", name + "__perm_"))]
         if name in points or name in weights:
             out[name] = value
         elif parts:
