@@ -72,12 +72,12 @@ def _calibration_feeds(dataset: Optional[str], metas: List[dict], cfg: BuildConf
 
 
 def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, List[str]]:
-    """Layer name -> quantizer names, one entry per distinct set of activation points (conv+act is one unit)."""
+    """Layer name -> override names, one entry per distinct set of activation points (conv+act is one unit)."""
     seen = set()
     out = {}
     for name, names in hq.layer_map(float_model).items():
-        known = [t for t in names if t in tensors]
-        acts = frozenset(t for t in known if tensors[t]["kind"] == "activation")
+        known = [t for t in names if hq.present(t, tensors)]
+        acts = frozenset(_activations(known, tensors))
         if not known or (acts and acts in seen):
             continue
         seen.add(acts)
@@ -86,7 +86,8 @@ def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, 
 
 
 def _activations(names: Sequence[str], tensors: Dict[str, dict]) -> List[str]:
-    return [t for t in names if tensors.get(t, {}).get("kind") == "activation"]
+    """The activation points of ``names`` as they appear in the QDQ graph (range-split parts expanded)."""
+    return [p for t in names for p in hq.present(t, tensors) if tensors[p].get("kind") == "activation"]
 
 
 # ---------------------------------------------------------------- packaging a prepared float graph

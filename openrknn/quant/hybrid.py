@@ -79,6 +79,24 @@ def layer_map(float_model: onnx.ModelProto) -> Dict[str, List[str]]:
     return out
 
 
+SPLIT_MARKS = ("__split", "__perm_")
+
+
+def override_name(name: str) -> str:
+    """A range-split part ('t__split0') or a permuted weight of a conv reading one ('w__perm_t') is overridden
+    through its original name: the quantizer splits after checking names and applies it to every part."""
+    cut = [name.index(mark) for mark in SPLIT_MARKS if mark in name]  # a permuted weight may be split again
+    return name[:min(cut)] if cut else name
+
+
+def present(name: str, tensors: Iterable[str]) -> List[str]:
+    """The names under which quantizer name ``name`` appears in a tensor record (itself, or its split parts)."""
+    tensors = tensors if isinstance(tensors, (set, dict)) else set(tensors)
+    if name in tensors:
+        return [name]
+    return [t for t in tensors if any(t.startswith(name + mark) for mark in SPLIT_MARKS)]
+
+
 def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: Iterable[str],
                    where: str = "custom_quantize_layers") -> Dict[str, str]:
     """{layer, tensor or weight name: dtype} -> QuantOptions.overrides; unknown names or dtypes raise ConfigError."""
@@ -90,9 +108,9 @@ def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: 
         if value is None:
             raise ConfigError(f"{where}[{name!r}]", dtype, sorted(DTYPE_ALIASES))
         if name in known:
-            targets = [name]
+            targets = [override_name(name)]
         elif name in lmap:
-            targets = [t for t in lmap[name] if t in known] or lmap[name]
+            targets = [t for t in lmap[name] if present(t, known)] or lmap[name]
         else:
             raise ConfigError(where, name, hint="not a layer, tensor or weight of this model; use a node name "
                               f"or a tensor listed under quantize_parameters (e.g. {', '.join(sorted(known)[:3])})")
