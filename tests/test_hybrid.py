@@ -174,3 +174,28 @@ def test_proposal_prefills_the_sensitive_layer(setup, tmp_path):
                                                         auto_hybrid_cos_thresh=0.999),
                             str(setup / "dataset.txt"), str(tmp_path), proposal=True, progress=False)
     assert yaml.safe_load(Path(paths["cfg"]).read_text())["custom_quantize_layers"] == {"conv1": "float16"}
+
+
+def test_edit_reaches_range_split_parts(tmp_path):
+    """A layer whose output range split cut into parts (and the conv reading it) is promoted part by part."""
+    from test_quant_split import stem_model
+
+    m = stem_model()  # NHWC input + Transpose there; here an NCHW image input the pre-processing takes over
+    del m.graph.node[0]
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12]))
+    onnx.save(m, tmp_path / "stem.onnx")
+    rng = np.random.default_rng(2)
+    for k in range(6):
+        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (12, 12, 3)).astype(np.float32))
+    (tmp_path / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(6)))
+    paths = hb.hybrid_step1(load_model(tmp_path / "stem.onnx"), make_config(), str(tmp_path / "d.txt"),
+                            str(tmp_path), progress=False)
+    doc = yaml.safe_load(Path(paths["cfg"]).read_text())
+    parts = [t for t in doc["quantize_parameters"] if t.startswith("stem__split")]
+    assert len(parts) > 1, "the stem output should be range-split"
+    doc["custom_quantize_layers"] = {parts[0]: "int16"}
+    (tmp_path / "e.cfg").write_text(yaml.safe_dump(doc))
+    res = hb.hybrid_step2(paths["model"], paths["data"], str(tmp_path / "e.cfg"), progress=False)
+    tensors = res.package.metadata["quantization"]["tensors"]
+    assert all(tensors[p]["dtype"] == "int16" for p in parts)
+    assert tensors["dw"]["dtype"] == "uint8"
