@@ -82,6 +82,7 @@ class RKNN:
         self._package = None  # package.RknnPackage (built or loaded)
         self._runtime = None  # runtime.Simulator or remote client
         self._runtime_opts: dict = {}
+        self.hybrid_report: Optional[dict] = None  # what build(auto_hybrid=True) promoted and what it costs
 
     # ---- configuration -------------------------------------------------------------------------------------------
     def config(self, **kwargs) -> int:
@@ -140,7 +141,9 @@ class RKNN:
     # ---- build / export ------------------------------------------------------------------------------------------
     @_guarded()
     def build(self, do_quantization: bool = True, dataset: Optional[str] = "dataset.txt", pre_compile: bool = False,
-              rknn_batch_size: Optional[int] = None) -> int:
+              rknn_batch_size: Optional[int] = None, auto_hybrid: bool = False) -> int:
+        """auto_hybrid=True (int8 only): promote the fewest layers to 16-bit until every output's cosine against
+        the float model reaches config(auto_hybrid_cos_thresh=...) (default 0.98)."""
         from . import builder
 
         if self._config_error is not None:
@@ -150,8 +153,47 @@ class RKNN:
             raise RuntimeStateError("build() needs a model: call load_pytorch() or load_onnx() first"
                                     + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
         self._release_runtime()
-        self._build = builder.build(self._loaded, self._config, do_quantization=bool(do_quantization),
-                                    dataset=dataset, pre_compile=pre_compile, rknn_batch_size=rknn_batch_size)
+        if auto_hybrid:
+            if not do_quantization:
+                raise RuntimeStateError("build(auto_hybrid=True) chooses layers to keep out of int8; it needs "
+                                        "do_quantization=True and a dataset")
+            from .hybrid_bridge import auto_hybrid as run_auto_hybrid
+
+            self._build, report = run_auto_hybrid(self._loaded, self._config, dataset, pre_compile=pre_compile,
+                                                  rknn_batch_size=rknn_batch_size)
+            self.hybrid_report = report
+            log.info("auto hybrid: %s", report.get("summary", report))
+        else:
+            self._build = builder.build(self._loaded, self._config, do_quantization=bool(do_quantization),
+                                        dataset=dataset, pre_compile=pre_compile, rknn_batch_size=rknn_batch_size)
+        self._package = self._build.package
+        return 0
+
+    @_guarded()
+    def hybrid_quantization_step1(self, dataset: Optional[str] = "dataset.txt", rknn_batch_size: Optional[int] = None,
+                                  proposal: bool = False, proposal_dataset_size: int = 1,
+                                  output_dir: str = ".") -> int:
+        """Write <model>.model, <model>.data and <model>.quantization.cfg (edit its custom_quantize_layers, then call
+        hybrid_quantization_step2). Files go to output_dir (default: the current folder, like the vendor)."""
+        from .hybrid_bridge import hybrid_step1
+
+        if self._config_error is not None:
+            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it first")
+        if self._loaded is None:
+            raise RuntimeStateError("hybrid_quantization_step1() needs a model: call load_pytorch() or load_onnx()")
+        paths = hybrid_step1(self._loaded, self._config, dataset, out_dir=output_dir, proposal=bool(proposal))
+        for kind, path in paths.items():
+            log.info("hybrid step 1 wrote %s: %s", kind, path)
+        return 0
+
+    @_guarded()
+    def hybrid_quantization_step2(self, model_input: str, data_input: str, model_quantization_cfg: str) -> int:
+        """Build from step 1's files after editing the .quantization.cfg; then export_rknn() as after build()."""
+        from .hybrid_bridge import hybrid_step2
+
+        self._release_runtime()
+        cfg = self._config if self._config_error is None else None
+        self._build = hybrid_step2(model_input, data_input, model_quantization_cfg, cfg)
         self._package = self._build.package
         return 0
 
