@@ -51,10 +51,11 @@ class ConvertSpec:
     dataset: Optional[Path] = None
     rknn_batch_size: Optional[int] = None
     pre_compile: bool = False
+    auto_hybrid: bool = False
 
 
 _TOP_KEYS = {"model", "output", "input_size_list", "inputs", "outputs", "config", "build"}
-_BUILD_KEYS = {"do_quantization", "dataset", "rknn_batch_size", "pre_compile"}
+_BUILD_KEYS = {"do_quantization", "dataset", "rknn_batch_size", "pre_compile", "auto_hybrid"}
 # The vendor's rknn_convert layout: models: {name, platform, model_file_path, quantize, dataset, configs, ...}
 _VENDOR_KEYS = {"name", "platform", "model_file_path", "quantize", "dataset", "configs", "subgraphs",
                 "input_size_list", "output_path"}
@@ -119,7 +120,8 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
                        inputs=data.get("inputs"), outputs=data.get("outputs"), config=cfg,
                        do_quantization=bool(build.get("do_quantization", False)),
                        dataset=_resolve(base, build.get("dataset")), rknn_batch_size=build.get("rknn_batch_size"),
-                       pre_compile=bool(build.get("pre_compile", False)))
+                       pre_compile=bool(build.get("pre_compile", False)),
+                       auto_hybrid=bool(build.get("auto_hybrid", False)))
 
 
 def run_spec(spec: ConvertSpec):
@@ -129,8 +131,17 @@ def run_spec(spec: ConvertSpec):
 
     cfg = make_config(**spec.config)
     loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs)
-    result = builder.build(loaded, cfg, do_quantization=spec.do_quantization,
-                           dataset=str(spec.dataset) if spec.dataset else None, pre_compile=spec.pre_compile,
-                           rknn_batch_size=spec.rknn_batch_size)
+    dataset = str(spec.dataset) if spec.dataset else None
+    if spec.auto_hybrid:
+        if not spec.do_quantization:
+            raise ConfigError("build.auto_hybrid", True, hint="auto hybrid needs do_quantization: true and a dataset")
+        from .hybrid_bridge import auto_hybrid
+
+        result, report = auto_hybrid(loaded, cfg, dataset, pre_compile=spec.pre_compile,
+                                     rknn_batch_size=spec.rknn_batch_size)
+        result.quant_report = dict(result.quant_report or {}, auto_hybrid=report)
+    else:
+        result = builder.build(loaded, cfg, do_quantization=spec.do_quantization, dataset=dataset,
+                               pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size)
     write_package(spec.output, result.package)
     return result

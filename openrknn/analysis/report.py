@@ -149,6 +149,18 @@ def memory_section(mem: dict, chart: Optional[str]) -> Section:
     return Section("Memory (eval_memory)", key_values(rows), [chart] if chart else [])
 
 
+def hybrid_sections(pkg) -> List[Section]:
+    """The layers hybrid quantization kept out of the model's main dtype (none for plain builds)."""
+    quant = pkg.metadata.get("quantization") or {}
+    overrides = quant.get("overrides") or {}
+    if not overrides:
+        return []
+    rows = sorted(overrides.items())
+    text = (f"<p>{len(rows)} tensor(s) kept out of {esc(quant.get('dtype'))}; every other quantized tensor uses it."
+            "</p>")
+    return [Section("Hybrid quantization", text + table(["tensor or weight", "stored as"], rows))]
+
+
 def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, extra: Sequence[Section] = (),
                  title: str = "openrknn model report", calib_count: Optional[int] = None) -> Path:
     """Model card, design check, speed and memory (with charts), then any extra sections."""
@@ -163,7 +175,7 @@ def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, ex
     with tempfile.TemporaryDirectory() as tmp:
         perf_png = perf_chart(perf, Path(tmp) / "perf.png")
         mem_png = memory_chart(plan_memory(model, qd), Path(tmp) / "memory.png")
-        sections = [model_section(pkg, model_path), *extra, perf_section(perf, perf_png),
+        sections = [model_section(pkg, model_path), *hybrid_sections(pkg), *extra, perf_section(perf, perf_png),
                     memory_section(mem, mem_png), findings_section(check(pkg, calib_count=calib_count))]
         return write_report(out_path, title, f"{Path(model_path).name if model_path else 'model'} on {chip}",
                             sections)

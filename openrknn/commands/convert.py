@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML conversion file")
     p.add_argument("-o", "--output", help="output .rknn path (overrides the file's 'output')")
+    p.add_argument("--auto-hybrid", action="store_true", help="int8 build that keeps the fewest layers in 16-bit "
+                   "until every output's cosine reaches config auto_hybrid_cos_thresh (default 0.98)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
     except yaml.YAMLError as e:
         raise ConfigError("<yaml>", str(path), hint=f"not valid YAML: {e}") from None
     spec = parse_spec(data, path.parent, args.output)
+    if args.auto_hybrid:
+        spec.auto_hybrid = True
     result = run_spec(spec)
     print(describe_package(result.package, str(spec.output)))
+    overrides = (result.package.metadata.get("quantization") or {}).get("overrides") or {}
+    if spec.auto_hybrid:
+        print(f"\nauto hybrid kept {len(overrides)} tensor(s) out of 8-bit: "
+              + (", ".join(f"{k} -> {v}" for k, v in sorted(overrides.items())) or "none needed"))
     print(f"\nwrote {spec.output} in {result.timings['total_s']:.2f} s")
     return 0
