@@ -171,15 +171,16 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     """The fewest layers that, left float, bring every output to cfg.auto_hybrid_cos_thresh on the first 8
     calibration feeds (empty when plain quantization already does)."""
     sample = feeds[:8]
-    ref = hq.run_outputs(float_model, sample)
-    if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample))) >= cfg.auto_hybrid_cos_thresh:
+    names = hq.measured_tensors(result.model, float_model)
+    ref = hq.run_outputs(float_model, sample, names=names)
+    if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
-                             progress, ref)
+                             progress, ref, names)
     units = _units(float_model, result.tensors)
     k, _ = _smallest_prefix(detail["order"], units, "float",
                             lambda ov: quantize(float_model, feeds, _options(cfg, ov), False), ref, sample,
-                            cfg.auto_hybrid_cos_thresh, len(picked))
+                            cfg.auto_hybrid_cos_thresh, len(picked), names)
     return detail["order"][:k]
 
 
@@ -261,18 +262,19 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 
 def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
-            reference: Optional[List[list]] = None) -> Tuple[List[str], dict]:
+            reference: Optional[List[list]] = None, names: Optional[List[str]] = None) -> Tuple[List[str], dict]:
     """Rank units by sensitivity (each one's activations alone left float) and return the shortest prefix of the
     ranking whose activations, left float together, lift every output cosine to ``thresh`` (binary search; at least
     the most sensitive unit)."""
     units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
-    ref = reference if reference is not None else hq.run_outputs(float_model, feeds)
-    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) for k, v in units.items()}, ref, feeds, progress)
+    ref = reference if reference is not None else hq.run_outputs(float_model, feeds, names=names)
+    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) for k, v in units.items()}, ref, feeds, progress,
+                          names=names)
     order = sorted(units, key=lambda k: -sens[k])
 
     def ok(k: int) -> bool:
         acts = [t for u in order[:k] for t in _activations(units[u], tensors)]
-        return min(hq.output_cosines(ref, hq.run_outputs(hq.bypass(qmodel, acts), feeds))) >= thresh
+        return min(hq.output_cosines(ref, hq.run_outputs(hq.bypass(qmodel, acts), feeds, names=names))) >= thresh
 
     lo, hi = 1, len(order)
     while lo < hi:
@@ -285,7 +287,8 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
 
 
 def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str, make, ref: List[list],
-                     feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int) -> Tuple[int, tuple]:
+                     feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int,
+                     names: Optional[List[str]] = None) -> Tuple[int, tuple]:
     """Smallest k such that quantizing with the k most sensitive units promoted (``make(overrides)`` -> object with
     .model) meets ``thresh`` on every output; the real quantizer decides (weights promoted too). ``hint`` (the
     activation-only estimate) is tried first to narrow the binary search. Returns (k, (made, cosines))."""
@@ -294,7 +297,7 @@ def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str
     def trial(k: int) -> bool:
         if k not in done:
             made = make({t: promote for u in order[:k] for t in units[u]})
-            done[k] = (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds)))
+            done[k] = (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names)))
             log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", k, min(done[k][1]))
         return min(done[k][1]) >= thresh
 
@@ -342,9 +345,10 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
                                                                    cfg)[:sensitivity_samples]
-    ref = hq.run_outputs(plain.float_model, feeds)
-    base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds))
-    report = {"threshold": thresh, "promote": promote, "cosine_before": base, "cosine_after": base,
+    names = hq.measured_tensors(plain.model, plain.float_model)
+    ref = hq.run_outputs(plain.float_model, feeds, names=names)
+    base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names))
+    report = {"threshold": thresh, "promote": promote, "measured": names, "cosine_before": base, "cosine_after": base,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
               "units_total": len(_units(plain.float_model, tensors))}
     report["cost_after"] = report["cost_before"]
@@ -352,7 +356,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
         log.info("auto hybrid: plain quantization already meets cosine %.4f (worst %.5f)", thresh, min(base))
         return plain, report
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
-                             ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref)
+                             ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names)
     order = detail["order"]
     units = _units(plain.float_model, tensors)
 
@@ -360,7 +364,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
         report["builds"] += 1
         return build(loaded, cfg, True, dataset, quant_overrides=overrides, **build_kwargs)
 
-    k, (result, cos) = _smallest_prefix(order, units, promote, make, ref, feeds, thresh, len(picked))
+    k, (result, cos) = _smallest_prefix(order, units, promote, make, ref, feeds, thresh, len(picked), names)
     overrides = {t: promote for u in order[:k] for t in units[u]}
     report.update({"layers": order[:k], "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
                    "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},

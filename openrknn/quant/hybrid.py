@@ -212,9 +212,38 @@ def _session(model: onnx.ModelProto, threads: int):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], threads: int = 1) -> List[list]:
+def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> List[str]:
+    """What "every output" means for the threshold: each graph output, or where an output is assembled in float
+    from several quantized tensors (a detector head's boxes / objectness / classes concatenated), each of those."""
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    in_float = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
+    out: List[str] = []
+    for o in qmodel.graph.output:
+        stack, seen, found = [o.name], set(), []
+        while stack:
+            t = stack.pop()
+            n = producer.get(t)
+            if t in seen or n is None:
+                continue
+            seen.add(t)
+            if n.op_type == "DequantizeLinear":
+                found.append(t)
+            else:
+                stack.extend(n.input)
+        found = [t for t in found if t in in_float and not t.startswith(o.name + "__")]
+        out += [o.name] if (not found or o.name in found) else [t for t in found if t not in out]
+    return out
+
+
+def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], threads: int = 1,
+                names: Optional[Sequence[str]] = None) -> List[list]:
+    """Outputs (or the named tensors) of ``model`` for each feed."""
+    if names:
+        from .qdq import with_outputs
+
+        model = with_outputs(model, names)
     sess = _session(model, threads)
-    return [sess.run(None, f) for f in feeds]
+    return [sess.run(list(names) if names else None, f) for f in feeds]
 
 
 def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
@@ -224,13 +253,14 @@ def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
 
 
 def sensitivity(qmodel: onnx.ModelProto, units: Dict[str, List[str]], reference: List[list],
-                feeds: Sequence[Dict[str, np.ndarray]], progress: bool = True, threads: int = 1) -> Dict[str, float]:
+                feeds: Sequence[Dict[str, np.ndarray]], progress: bool = True, threads: int = 1,
+                names: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Per unit: how much the worst output cosine rises when that unit's activations alone stay float."""
     from tqdm import tqdm
 
-    base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads)))
+    base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads, names)))
     out = {}
     for name, members in tqdm(units.items(), desc="layer sensitivity", disable=not progress, leave=False):
-        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members), feeds, threads)))
+        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members), feeds, threads, names)))
         out[name] = worst - base
     return out
