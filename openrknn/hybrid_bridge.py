@@ -171,7 +171,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     """The fewest layers that, left float, bring every output to cfg.auto_hybrid_cos_thresh on the first 8
     calibration feeds (empty when plain quantization already does)."""
     sample = feeds[:8]
-    names = hq.measured_tensors(result.model, float_model)
+    names = None  # the graph outputs
     ref = hq.run_outputs(float_model, sample, names=names)
     if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
@@ -334,10 +334,12 @@ def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
 
 def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh: Optional[float] = None,
                 eval_feeds: Optional[Sequence[Dict[str, np.ndarray]]] = None, promote: str = "int16",
-                sensitivity_samples: int = 8, progress: bool = True, **build_kwargs) -> Tuple[BuildResult, dict]:
+                sensitivity_samples: int = 8, per_branch: bool = False, progress: bool = True,
+                **build_kwargs) -> Tuple[BuildResult, dict]:
     """Build int8, then promote the fewest layers (to ``promote``: 'int16' or 'float') until every output's cosine
     float vs quantized on ``eval_feeds`` (default: the first calibration samples) reaches ``cos_thresh`` (default
-    cfg.auto_hybrid_cos_thresh). Returns (BuildResult, report with the layers, cosines and cost before/after)."""
+    cfg.auto_hybrid_cos_thresh; per_branch=True: each quantized tensor an output is assembled from).
+    Returns (BuildResult, report with the layers, cosines and cost before/after)."""
     thresh = cfg.auto_hybrid_cos_thresh if cos_thresh is None else float(cos_thresh)
     if promote not in ("int16", "float"):
         raise ConfigError("promote", promote, ("int16", "float"))
@@ -345,10 +347,12 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
                                                                    cfg)[:sensitivity_samples]
-    names = hq.measured_tensors(plain.model, plain.float_model)
+    # per_branch: each quantized tensor an output is assembled from in float must meet the threshold (stricter)
+    names = hq.measured_tensors(plain.model, plain.float_model) if per_branch else None
     ref = hq.run_outputs(plain.float_model, feeds, names=names)
     base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names))
-    report = {"threshold": thresh, "promote": promote, "measured": names, "cosine_before": base, "cosine_after": base,
+    report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
+              "cosine_before": base, "cosine_after": base,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
               "units_total": len(_units(plain.float_model, tensors))}
     report["cost_after"] = report["cost_before"]
