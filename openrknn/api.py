@@ -76,6 +76,7 @@ class RKNN:
             log.addHandler(fh)
         self.last_error: Optional[BaseException] = None
         self._config: BuildConfig = make_config()
+        self._config_set = False  # hybrid step 2 uses step 1's stored config unless config() was called here
         self._config_error: Optional[ConfigError] = None
         self._loaded = None  # frontends.LoadedModel
         self._build = None  # builder.BuildResult
@@ -88,6 +89,7 @@ class RKNN:
     def config(self, **kwargs) -> int:
         try:
             self._config = make_config(**kwargs)
+            self._config_set = True
             self._config_error = None
         except ConfigError as e:
             # remembered: a build after a failed config() must not silently use defaults
@@ -162,7 +164,9 @@ class RKNN:
             self._build, report = run_auto_hybrid(self._loaded, self._config, dataset, pre_compile=pre_compile,
                                                   rknn_batch_size=rknn_batch_size)
             self.hybrid_report = report
-            log.info("auto hybrid: %s", report.get("summary", report))
+            log.info("auto hybrid: %d layer(s) promoted, output cosine %s -> %s (target met: %s)",
+                     len(report.get("layers") or []), report.get("cosine_before"), report.get("cosine_after"),
+                     report.get("met"))
         else:
             self._build = builder.build(self._loaded, self._config, do_quantization=bool(do_quantization),
                                         dataset=dataset, pre_compile=pre_compile, rknn_batch_size=rknn_batch_size)
@@ -192,7 +196,9 @@ class RKNN:
         from .hybrid_bridge import hybrid_step2
 
         self._release_runtime()
-        cfg = self._config if self._config_error is None else None
+        if self._config_error is not None:
+            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it first")
+        cfg = self._config if self._config_set else None
         self._build = hybrid_step2(model_input, data_input, model_quantization_cfg, cfg)
         self._package = self._build.package
         return 0
