@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from .atomic import write_bytes_atomic
 from .builder import BuildResult, build, build_float_graph
 from .config import BuildConfig
 from .errors import ConfigError, DatasetError, PackageError
@@ -42,18 +43,6 @@ class HybridOptions(QuantOptions):
     """QuantOptions plus fixed {tensor or weight: (scales, zero points)} used as given (edited in the cfg)."""
 
     fixed: Dict[str, tuple] = dataclasses.field(default_factory=dict)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _options(cfg: BuildConfig, overrides=None, fixed=None) -> HybridOptions:
@@ -142,7 +131,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     info = {"metas": metas, "notes": loaded.notes + notes, "config": cfg.to_dict(),
             "source": {"framework": loaded.framework, "file": loaded.source_file, "sha256": loaded.source_sha256}}
     onnx.helper.set_model_props(m, {META_KEY: json.dumps(info, default=_jsonable)})
-    _atomic_write_bytes(paths["model"], m.SerializeToString())
+    write_bytes_atomic(paths["model"], m.SerializeToString())
 
     arrays = {}
     for i, feed in enumerate(feeds):
@@ -161,7 +150,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     text = ("# openrknn hybrid quantization. Edit custom_quantize_layers ({layer, tensor or weight: float16 | int16 |"
             " int8 | uint8}) or a scale / zero_point below, then run hybrid_quantization_step2.\n"
             + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120))
-    _atomic_write_bytes(paths["cfg"], text.encode())
+    write_bytes_atomic(paths["cfg"], text.encode())
     log.info("hybrid step1: wrote %s", ", ".join(str(p) for p in paths.values()))
     return {k: str(v) for k, v in paths.items()}
 

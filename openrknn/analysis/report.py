@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 from .. import __version__
-from ..reporting import write_text_atomic
+from ..atomic import write_text_atomic
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1c2430}

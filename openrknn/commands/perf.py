@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     perf = eval_perf(pkg, sim, None, args.debug, True, target=args.target, runs=args.runs)
     memory = eval_memory(pkg, sim, True, target=args.target)
     if args.json:
-        from ..reporting import write_text_atomic
+        from ..atomic import write_text_atomic
 
         write_text_atomic(args.json, json.dumps({"perf": perf, "memory": memory}, indent=2, default=str))
     return 0

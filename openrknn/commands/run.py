@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -75,14 +73,13 @@ def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str) -> List[n
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    import io
+
+    from ..atomic import write_bytes_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 import cv2
 import numpy as np
 
-from ..reporting import write_text_atomic
+from ..atomic import write_text_atomic
 
 log = logging.getLogger("openrknn.demo")
 

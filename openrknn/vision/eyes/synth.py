@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -20,6 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from openrknn.atomic import write_bytes_atomic
 from openrknn.errors import ConfigError, DatasetError
 
 log = logging.getLogger("openrknn.vision.eyes")
@@ -457,18 +456,6 @@ def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_dataset(folder: str | Path, n: int, seed: int, size: SizeArg = (640, 480)) -> Path:
     """Write n images (PNG) + labels.json + dataset.txt (one image path per line, relative, for calibration).
 
@@ -487,12 +474,12 @@ def write_dataset(folder: str | Path, n: int, seed: int, size: SizeArg = (640, 4
         ok, enc = cv2.imencode(".png", img)
         if not ok:
             raise DatasetError(f"write_dataset: could not encode image {i}; check OpenCV's PNG support")
-        _write_atomic(out / name, enc.tobytes())
+        write_bytes_atomic(out / name, enc.tobytes())
         records.append({"file": name, "width": w, "height": h, "boxes": np.round(boxes, 2).tolist(),
                         "classes": classes.tolist()})
     meta = {"classes": list(CLASS_NAMES), "seed": int(seed), "images": records}
-    _write_atomic(out / "labels.json", json.dumps(meta, indent=1).encode())
-    _write_atomic(out / "dataset.txt", "".join(r["file"] + "\n" for r in records).encode())
+    write_bytes_atomic(out / "labels.json", json.dumps(meta, indent=1).encode())
+    write_bytes_atomic(out / "dataset.txt", "".join(r["file"] + "\n" for r in records).encode())
     log.info("wrote %d synthetic eye images to %s", n, out)
     return out
 

@@ -1,4 +1,4 @@
-"""Small shared helpers for writing result files atomically."""
+"""Atomic file writes: a temp file in the same folder, then os.replace, so no reader ever sees half a file."""
 
 from __future__ import annotations
 
