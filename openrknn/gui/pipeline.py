@@ -19,7 +19,8 @@ from typing import Any, List, Optional, Sequence
 from ..config import make_config
 from ..errors import ConfigError, DatasetError, NotSupportedError
 from .jobs import Job
-from .sessions import CALIB_SUFFIXES, write_text_atomic
+from ..atomic import write_text_atomic
+from .sessions import CALIB_SUFFIXES
 
 log = logging.getLogger("openrknn.gui")
 
