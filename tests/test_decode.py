@@ -155,7 +155,8 @@ def test_grid_cache_is_read_only_and_reused():
     decode_yolox(maps, 416)
     assert mod._anchor_grid.cache_info().hits == hits + 1
     grid = mod._anchor_grid(((2, 3, 8),))
-    np.testing.assert_array_equal(grid[4], [8, 8, 8, 4])  # cell gx = 1, gy = 1 of a 2 x 3 map at stride 8
+    # cell gx = 1, gy = 1 of a 2 x 3 map at stride 8: origin x, y, x, y, the stride, the signed half-stride
+    np.testing.assert_array_equal(grid[4], [8, 8, 8, 8, 8, -4, -4, 4, 4])
     with pytest.raises(ValueError):
         grid[0, 0] = 5
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from openrknn.errors import ConfigError
-from openrknn.vision.nms import box_iou, nms
+from openrknn.vision.nms import box_iou, nms, opencv_nms
 
 
 def reference_nms(boxes, scores, iou_thr, class_ids=None):
@@ -153,3 +153,36 @@ def test_bad_arguments_raise():
         nms(boxes, np.zeros(2), 1.5)
     with pytest.raises(ConfigError, match="max_det"):
         nms(boxes, np.zeros(2), 0.5, max_det=-1)
+
+
+# ---------------------------------------------------------------- opencv_nms: the detector's per-frame path
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("class_aware", [False, True])
+def test_opencv_nms_matches_greedy_reference(seed, class_aware):
+    """Same rule and order as the textbook loop, including boxes left of / above the origin (OpenCV's class offsets
+    would let those meet across classes without the shift) and tied scores."""
+    rng = np.random.default_rng(300 + seed)
+    boxes, scores = clustered_boxes(rng, 200, clusters=6)
+    boxes -= 120.0  # many negative coordinates
+    scores = np.round(scores, 1)  # ties
+    classes = rng.integers(0, 5, len(boxes)) if class_aware else None
+    got = opencv_nms(boxes, scores, 0.45, classes, score_thr=0.05)
+    high = np.flatnonzero(scores >= 0.05)  # 0.0 scores (rounded) are below the threshold
+    want = reference_nms(boxes[high].astype(np.float64).tolist(), scores[high].tolist(), 0.45,
+                         None if classes is None else classes[high].tolist())
+    assert got.dtype == np.int64 and got.tolist() == high[want].tolist()
+
+
+def test_opencv_nms_thresholds_limits_and_empty():
+    boxes = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(6)], np.float32)
+    scores = np.array([0.1, 0.9, np.nan, 0.5, 0.7, 0.3], np.float32)
+    assert opencv_nms(boxes, scores, 0.5).tolist() == [1, 4, 3, 5, 0]  # no threshold: the numpy path
+    assert opencv_nms(boxes, scores, 0.5, score_thr=0.0).tolist() == [1, 4, 3, 5, 0]
+    assert opencv_nms(boxes, scores, 0.5, score_thr=0.3).tolist() == [1, 4, 3, 5]  # >= keeps the 0.3 box
+    assert opencv_nms(boxes, scores, 0.5, max_det=2).tolist() == [1, 4]
+    overlapping = np.array([[0, 0, 10, 10], [5, 0, 15, 10]], np.float32)  # IoU 1/3
+    assert opencv_nms(overlapping, np.array([0.9, 0.8], np.float32), 0.34).tolist() == [0, 1]
+    assert opencv_nms(overlapping, np.array([0.9, 0.8], np.float32), 0.33).tolist() == [0]
+    empty = opencv_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5, np.zeros(0, np.int64))
+    assert empty.shape == (0,) and empty.dtype == np.int64

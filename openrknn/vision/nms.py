@@ -12,12 +12,16 @@ Class-aware NMS masks out pairs of different classes; for many candidates it fir
 kept within each class), so each class is a contiguous run and only same-class column ranges are computed. That gives
 what the usual "offset boxes by class id" trick gives (no cross-class suppression) without its float32 precision
 loss on large offsets, and with less work instead of more when there are many classes.
+
+opencv_nms runs the same greedy rule in OpenCV's C++ for the per-frame detector path, where a few dozen candidates
+make numpy's per-call overhead the whole cost.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from openrknn.errors import ConfigError
@@ -79,12 +83,15 @@ def _strict_upper(k: int) -> np.ndarray:
 
 
 def _dense_keep(boxes: np.ndarray, iou_thr: float, classes: np.ndarray | None) -> np.ndarray:
-    """Greedy keep mask for boxes in score order, from the whole [K, K] suppression matrix (small K)."""
+    """Greedy keep mask (or kept positions) for boxes in score order, from the whole [K, K] suppression matrix
+    (small K)."""
     k = len(boxes)
     corners, w_area = _corners_and_areas(boxes, iou_thr)
     sup = _hits(corners[:, :, None], corners[:, None, :], w_area, w_area)  # sup[i, j]: i may suppress j
     if classes is not None:
         sup &= classes[:, None] == classes
+    if k <= 64:
+        return _greedy_bits(sup)
     sup &= _strict_upper(k)
     keep = ~sup.any(axis=0)  # round 1: every box still counts as kept
     for _ in range(k):  # bounded by the longest suppression chain; see the module docstring
@@ -93,6 +100,21 @@ def _dense_keep(boxes: np.ndarray, iou_thr: float, classes: np.ndarray | None) -
             break
         keep = following
     return keep
+
+
+def _greedy_bits(sup: np.ndarray) -> list[int]:
+    """Kept positions by the classic greedy walk, for up to 64 boxes: each row of `sup` becomes one 64-bit Python
+    int, so the walk is a few integer operations per box instead of numpy calls. Bits of rows at or before a box's
+    own position are harmless: those boxes are already decided when it is reached."""
+    k = len(sup)
+    packed = np.zeros((k, 8), np.uint8)
+    packed[:, : (k + 7) // 8] = np.packbits(sup, axis=1, bitorder="little")
+    removed, kept = 0, []
+    for i, row in enumerate(packed.view("<u8").ravel().tolist()):
+        if not removed >> i & 1:
+            kept.append(i)
+            removed |= row
+    return kept
 
 
 def _suppression_pairs(boxes: np.ndarray, iou_thr: float, group_end: np.ndarray | None = None):
@@ -178,16 +200,29 @@ def nms(
         if value is not None and int(value) < 0:
             raise ConfigError(name, value, "None or an int >= 0")
 
-    if score_thr is None:
-        order = np.argsort(-scores, kind="stable")  # ties: lower index first; NaN sorts last
-        if order.size and np.isnan(scores[order[-1]]):
-            order = order[~np.isnan(scores[order])]
-    else:
+    if score_thr is not None:
         candidates = np.flatnonzero(scores >= score_thr)
-        order = candidates[np.argsort(-scores[candidates], kind="stable")]
+        if candidates.size < scores.size:
+            kept = greedy_nms(boxes[candidates], scores[candidates], iou_thr, None if classes is None
+                              else classes[candidates], max_det, pre_nms_topk)
+            return candidates[kept]
+    return greedy_nms(boxes, scores, iou_thr, classes, max_det, pre_nms_topk)
+
+
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, classes: np.ndarray | None = None,
+               max_det: int | None = None, pre_nms_topk: int | None = None,
+               score_thr: float | None = None) -> np.ndarray:
+    """nms() without its argument checks, for callers that made the arrays themselves: float32 boxes [N, 4],
+    float32 scores [N], classes [N] or None, iou_thr in [0, 1]. score_thr here only cuts the sorted order (one
+    count, no copies of the inputs)."""
+    order = np.argsort(-scores, kind="stable")  # ties: lower index first; NaN sorts last
+    if score_thr is not None:  # NaN compares false: the count stops before them too
+        order = order[: np.count_nonzero(scores >= score_thr)]
+    elif order.size and np.isnan(scores[order[-1]]):
+        order = order[~np.isnan(scores[order])]
     if pre_nms_topk is not None:
         order = order[: int(pre_nms_topk)]
-    if order.size == 0:
+    if order.size <= 1:
         return order.astype(np.int64)
     if order.size ** 2 <= _BLOCK_ELEMENTS:  # small: the whole matrix at once, fewest numpy calls
         kept = order[_dense_keep(boxes[order], iou_thr, None if classes is None else classes[order])]
@@ -203,3 +238,30 @@ def nms(
     if max_det is not None:
         kept = kept[: int(max_det)]
     return kept.astype(np.int64)
+
+
+def opencv_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, classes: np.ndarray | None = None,
+               max_det: int | None = None, score_thr: float | None = None) -> np.ndarray:
+    """The same greedy NMS through OpenCV's C++ implementation (cv2.dnn.NMSBoxes / NMSBoxesBatched), for the
+    per-frame detector path where numpy's per-call overhead dominates a few dozen boxes. Unchecked arguments, as
+    greedy_nms. Same rule and tie order (stable, lower index first; checked against the reference in the tests); unlike
+    greedy_nms, two empty boxes at one spot count as overlapping, which decoded boxes (exp() sizes) never are.
+
+    OpenCV separates classes by offsetting each class's boxes past the largest coordinate; that only holds when no
+    coordinate is negative, so the boxes are first shifted to start at 0 (IoU does not change under a shift).
+    """
+    # OpenCV keeps scores strictly above its threshold, which must be >= 0; ours keeps those >= score_thr: the next
+    # float below it. Thresholds at or below 0 (keep every score) go to greedy_nms instead.
+    thr = None if score_thr is None else float(np.nextafter(np.float32(score_thr), np.float32(-np.inf)))
+    if thr is None or thr < 0:
+        return greedy_nms(boxes, scores, iou_thr, classes, max_det, score_thr=score_thr)
+    xywh = boxes.astype(np.float64)  # Rect2d: exact for float32 inputs, and the class offsets stay exact
+    if len(xywh):
+        xywh -= xywh[:, :2].min()
+    xywh[:, 2:] -= xywh[:, :2]
+    if classes is None:
+        kept = cv2.dnn.NMSBoxes(xywh, scores, thr, float(iou_thr))
+    else:
+        kept = cv2.dnn.NMSBoxesBatched(xywh, scores, classes.astype(np.int32, copy=False), thr, float(iou_thr))
+    kept = np.asarray(kept, dtype=np.int64).reshape(-1)
+    return kept if max_det is None else kept[: int(max_det)]

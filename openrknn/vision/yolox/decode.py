@@ -14,14 +14,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
 from openrknn.errors import ConfigError
 from openrknn.vision.detections import Detections
 from openrknn.vision.letterbox import LetterboxTransform, SizeLike, normalize_size, unletterbox_boxes
-from openrknn.vision.nms import nms
+from openrknn.vision.nms import opencv_nms
 
 YOLOX_LAYOUTS = ("auto", "maps", "flat")
 # Stride sets tried, in order, when a flat output does not say its strides (P3-P5 is standard, P3-P6 the large-input
@@ -35,6 +35,8 @@ _MAX_LOG_WH = 20.0
 _ACTIVATED_RANGE = (-0.5, 1.5)
 
 Outputs = Union[np.ndarray, Sequence[np.ndarray]]
+# column picks of an output row that line the box terms up with x1, y1, x2, y2
+_XYXY, _WHWH = [0, 1, 0, 1], [2, 3, 2, 3]
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _anchor_grid(levels: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    """[N, 4] float32 per anchor: cell origin x, y in input pixels (gx * s, gy * s), stride s and s / 2, for levels
-    ((h, w, stride), ...); cached per shape and read-only. One gather of it serves the whole box decode."""
+    """[N, 9] float32 per anchor, for levels ((h, w, stride), ...): the cell origin in input pixels as x, y, x, y
+    (gx * s, gy * s twice), the stride s, and -s/2, -s/2, s/2, s/2. With those, one gather of it and a few [K, 4]
+    operations decode x1 y1 x2 y2 at once (see _boxes). Cached per shape and read-only."""
     parts = []
     for h, w, s in levels:
         gy, gx = np.mgrid[0:h, 0:w]
-        part = np.empty((h * w, 4), np.float32)
-        part[:, 0], part[:, 1], part[:, 2], part[:, 3] = gx.ravel() * s, gy.ravel() * s, s, s / 2
+        part = np.empty((h * w, 9), np.float32)
+        part[:, 0], part[:, 1] = gx.ravel() * s, gy.ravel() * s
+        part[:, 2:4] = part[:, 0:2]
+        part[:, 4] = s
+        part[:, 5:] = (-s / 2, -s / 2, s / 2, s / 2)
         parts.append(part)
     grid = np.concatenate(parts)
     grid.setflags(write=False)  # shared by every call with these shapes
@@ -158,24 +164,20 @@ def _plan(shapes: Shapes, in_w: int, in_h: int, layout: str, num_classes: int | 
     return layout, _check_classes(shapes[0][1], num_classes, shapes), _strides_for_maps(shapes, in_w, in_h, strides)
 
 
-def decode_yolox(
-    outputs: Outputs,
-    input_size: SizeLike,
-    num_classes: int | None = None,
-    layout: str = "auto",
-    scores_activated: bool | None = None,
-    strides: Sequence[int] | None = None,
-    score_thr: float = 0.0,
-) -> YoloxDecoded:
-    """Decode one image's YOLOX outputs into candidate boxes in input pixels.
+class _Candidates(NamedTuple):  # a NamedTuple: made on every call of the hot path, and cheaper than a dataclass
+    """Anchors that survived the objectness pre-test: their raw output rows [K, 5 + nc] (box terms, objectness and
+    class scores as the model gave them) and anchor indices [K]; what decode_yolox and postprocess_yolox share."""
 
-    outputs: a list of per-level maps [1, 5+nc, h, w] ("maps") or one [1, N, 5+nc] array ("flat"); batch must be 1.
-    input_size: the network input (width, height) or an int. num_classes: checked against the channels when given.
-    scores_activated: whether objectness/class scores already went through a sigmoid; None = the layout's convention
-    (maps raw, flat activated). strides: per level; None infers them from the map sizes (maps) or N (flat).
-    score_thr: candidates whose best score (objectness * best class) is below it are dropped before the boxes are
-    decoded, which is where the speed comes from; 0 keeps all N (except anchors whose objectness is NaN).
-    """
+    rows: np.ndarray
+    anchor_index: np.ndarray
+    activated: bool
+    num_classes: int
+    num_anchors: int
+    levels: tuple[tuple[int, int, int], ...]
+
+
+def _candidates(outputs: Outputs, input_size: SizeLike, num_classes: int | None, layout: str,
+                scores_activated: bool | None, strides: Sequence[int] | None, score_thr: float) -> _Candidates:
     in_w, in_h = normalize_size(input_size, "input_size")
     arrays = _as_list(outputs)
     shapes = tuple(a.shape for a in arrays)
@@ -198,8 +200,8 @@ def decode_yolox(
                 "pass scores_activated=False (or the right layout)"))
 
     # Objectness first: score = obj * class score <= obj because class scores are probabilities (activated ones are
-    # clipped to [0, 1] below), so anchors with obj < score_thr cannot pass. Only the few survivors get their class
-    # scores read; that skips ~99% of the [N, nc] work on a trained model.
+    # clipped to [0, 1]), so anchors with obj < score_thr cannot pass. Only the few survivors get their class scores
+    # read; that skips ~99% of the [N, nc] work on a trained model.
     if score_thr <= 0:
         obj_thr = -math.inf
     elif activated:
@@ -215,27 +217,71 @@ def decode_yolox(
         picks, parts, offset = [], [], 0
         for p in planes:
             idx = np.flatnonzero(p[4] >= obj_thr)
-            parts.append(p[:, idx])
-            picks.append(idx + offset)
+            if idx.size:  # most levels of most images have no object: skip their gather
+                parts.append(p.T[idx])  # [k, C] rows straight from the [C, h*w] view
+                picks.append(idx + offset if offset else idx)
             offset += p.shape[1]
-        keep = np.concatenate(picks)
-        sel = np.concatenate(parts, axis=1).T
-    probs = np.clip(sel[:, 4:5 + nc], 0, 1) if activated else _sigmoid(sel[:, 4:5 + nc])
+        if len(parts) == 1:
+            keep, sel = picks[0], parts[0]
+        elif parts:
+            keep, sel = np.concatenate(picks), np.concatenate(parts)
+        else:
+            keep, sel = np.zeros(0, np.intp), np.zeros((0, planes[0].shape[0]), np.float32)
+    return _Candidates(sel, keep, activated, nc, n, levels)
+
+
+def _boxes(rows: np.ndarray, anchor_index: np.ndarray, levels: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """[K, 4] xyxy boxes in input pixels from the raw box terms of the rows."""
+    grid = _anchor_grid(levels)[anchor_index]
+    boxes = rows[:, _XYXY] * grid[:, 4:5]  # cx, cy, cx, cy = (x + gx) * s, ...
+    boxes += grid[:, :4]
+    half = np.minimum(rows[:, _WHWH], _MAX_LOG_WH)
+    np.exp(half, out=half)
+    half *= grid[:, 5:]  # -w/2, -h/2, w/2, h/2
+    boxes += half
+    return boxes
+
+
+def decode_yolox(
+    outputs: Outputs,
+    input_size: SizeLike,
+    num_classes: int | None = None,
+    layout: str = "auto",
+    scores_activated: bool | None = None,
+    strides: Sequence[int] | None = None,
+    score_thr: float = 0.0,
+) -> YoloxDecoded:
+    """Decode one image's YOLOX outputs into candidate boxes in input pixels.
+
+    outputs: a list of per-level maps [1, 5+nc, h, w] ("maps") or one [1, N, 5+nc] array ("flat"); batch must be 1.
+    input_size: the network input (width, height) or an int. num_classes: checked against the channels when given.
+    scores_activated: whether objectness/class scores already went through a sigmoid; None = the layout's convention
+    (maps raw, flat activated). strides: per level; None infers them from the map sizes (maps) or N (flat).
+    score_thr: candidates whose best score (objectness * best class) is below it are dropped before the boxes are
+    decoded, which is where the speed comes from; 0 keeps all N (except anchors whose objectness is NaN).
+    """
+    c = _candidates(outputs, input_size, num_classes, layout, scores_activated, strides, score_thr)
+    sel, keep = c.rows, c.anchor_index
+    probs = np.clip(sel[:, 4:5 + c.num_classes], 0, 1) if c.activated else _sigmoid(sel[:, 4:5 + c.num_classes])
     if score_thr > 0:  # the exact test, now on the candidates only
         passed = probs[:, 0] * probs[:, 1:].max(axis=1, initial=0) >= score_thr
         if not passed.all():
             keep, sel, probs = keep[passed], sel[passed], probs[passed]
-    objectness, class_scores = probs[:, 0], probs[:, 1:]
+    return YoloxDecoded(boxes=_boxes(sel, keep, c.levels), objectness=probs[:, 0], class_scores=probs[:, 1:],
+                        anchor_index=keep.astype(np.int64, copy=False), num_anchors=c.num_anchors)
 
-    grid = _anchor_grid(levels)[keep]
-    center = sel[:, :2] * grid[:, 2:3]
-    center += grid[:, :2]
-    half = np.exp(np.minimum(sel[:, 2:4], _MAX_LOG_WH))
-    half *= grid[:, 3:4]
-    boxes = np.concatenate([center - half, center + half], axis=1)
 
-    return YoloxDecoded(boxes=boxes, objectness=objectness, class_scores=class_scores,
-                        anchor_index=keep.astype(np.int64, copy=False), num_anchors=n)
+def _best_class(c: _Candidates) -> tuple[np.ndarray, np.ndarray]:
+    """(class id, score = objectness * best class score) per candidate, reading the best class only: a sigmoid is
+    monotonic (and clipping keeps order), so the best raw value is the best probability."""
+    rows = c.rows
+    logits = rows[:, 5:5 + c.num_classes]
+    class_ids = logits.argmax(axis=1)
+    pair = np.empty((len(rows), 2), np.float32)
+    pair[:, 0] = rows[:, 4]
+    pair[:, 1] = logits.max(axis=1)
+    probs = np.clip(pair, 0, 1, out=pair) if c.activated else _sigmoid(pair)
+    return class_ids, probs[:, 0] * probs[:, 1]
 
 
 def postprocess_yolox(
@@ -269,17 +315,17 @@ def postprocess_yolox(
     if not 0.0 <= score_thr <= 1.0:
         raise ConfigError("score_thr", score_thr, "a number in [0, 1]")
 
-    dec = decode_yolox(outputs, size, num_classes, layout, scores_activated, strides, score_thr)
     if multi_label:
+        dec = decode_yolox(outputs, size, num_classes, layout, scores_activated, strides, score_thr)
         per_class = dec.scores
         anchor, class_ids = np.nonzero(per_class >= score_thr)
         boxes, scores = dec.boxes[anchor], per_class[anchor, class_ids]
-    else:
-        class_ids = dec.class_scores.argmax(axis=1)
-        scores = dec.objectness * dec.class_scores.max(axis=1)
-        boxes = dec.boxes
-    # every score already passed score_thr in decode_yolox
-    keep = nms(boxes, scores, nms_thr, None if class_agnostic else class_ids, max_det=max_det)
+    else:  # one class per anchor: only [K] arrays from here on, no [K, nc] probabilities
+        c = _candidates(outputs, size, num_classes, layout, scores_activated, strides, score_thr)
+        class_ids, scores = _best_class(c)
+        boxes = _boxes(c.rows, c.anchor_index, c.levels)
+    # the arrays are made here: the unchecked NMS entry point, which also applies the exact score test
+    keep = opencv_nms(boxes, scores, nms_thr, None if class_agnostic else class_ids, max_det, score_thr=score_thr)
     boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
     if transform is not None:
         boxes = unletterbox_boxes(boxes, transform, clip=True)
