@@ -46,6 +46,9 @@ class QuantOptions:
     range_split: a conv output read only by depthwise convs whose channel ranges span more than
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
+    residual_equalization: rescale the channels of residual streams (tensors joined by Adds, made by convs and
+        read by convs, as in MobileNetV2) so one per-tensor activation scale fits them all; an exact rewrite
+        (algorithms/residual_equalize.py) from the per-channel ranges of calibration pass 1.
     adaround: learned weight rounding (layer-wise, opt-in, slower).
     overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}; an activation
         override applies to its whole scale group (the widest request wins); unknown names are an error.
@@ -62,6 +65,7 @@ class QuantOptions:
     bias_correction_samples: int = 16
     range_split: bool = True
     range_split_ratio: float = 8.0
+    residual_equalization: bool = True
     adaround: bool = False
     adaround_iters: int = 200
     adaround_samples: int = 16
@@ -84,6 +88,8 @@ class QuantOptions:
             raise ConfigError("equalization", self.equalization, (True, False, "auto"))
         if self.bias_correction not in (True, False, "empirical", "analytical"):
             raise ConfigError("bias_correction", self.bias_correction, (True, False, "empirical", "analytical"))
+        if self.residual_equalization not in (True, False):
+            raise ConfigError("residual_equalization", self.residual_equalization, (True, False))
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))

@@ -63,10 +63,18 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         from .algorithms.split import split_candidates
 
         split_cands = [t for t in split_candidates(m) if t in plan.sources]
+    streams = []
+    if options.residual_equalization:
+        from .algorithms.residual_equalize import find_streams
+
+        streams = find_streams(info)
+    stream_tensors = [t for st in streams for t in st.tensors if t not in split_cands]
     collect_minmax(m, plan.sources, data, means, stats, progress, options.threads, known_minimum(info, plan),
-                   split_cands)
+                   split_cands + stream_tensors)
+    if streams:
+        m, info, plan = _apply_residual_equalization(m, info, streams, stats, options, report)
     if split_cands:
-        m, info, plan = _apply_range_split(m, stats, options, report)
+        m, info, plan = _apply_range_split(m, stats, split_cands, options, report)
     overrides = _expand_overrides(options.overrides, plan)
     report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
                       "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
@@ -105,7 +113,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
-    scales = report.get("equalization", {}).pop("channel_scales", None)
+    scales = _merged_scales(report.get("equalization", {}).pop("channel_scales", {}),
+                            report.get("residual_equalization", {}).pop("channel_scales", {}))
     if scales:
         set_channel_scales(qmodel, scales)
     orders = report.get("range_split", {}).pop("channel_orders", None)
@@ -115,13 +124,45 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     return QuantResult(qmodel, tensors, report)
 
 
-def _apply_range_split(m: onnx.ModelProto, stats: Stats, options: "QuantOptions", report: Dict):
+def _apply_residual_equalization(m: onnx.ModelProto, info: GraphInfo, streams, stats: Stats,
+                                 options: "QuantOptions", report: Dict):
+    """Rescale the residual streams' channels; their tensors' statistics from pass 1 are divided by the same
+    per-channel factors, so no extra pass is needed (the histograms of pass 2 run on the rewritten model)."""
+    from .algorithms.residual_equalize import residual_equalize
+
+    t = time.perf_counter()
+    m, rep = residual_equalize(m, info, streams, stats.channel_minmax)
+    for name, s in rep["channel_scales"].items():
+        lo, hi = stats.channel_minmax[name]
+        stats.channel_minmax[name] = (lo / s, hi / s)
+        if name in stats.minmax:
+            stats.minmax[name] = (float(np.min(lo / s)), float(np.max(hi / s)))
+        if name in stats.channel_mean:
+            stats.channel_mean[name] = (stats.channel_mean[name] / s).astype(np.float32)
+    report["residual_equalization"] = rep
+    info = GraphInfo(m)
+    plan = build_plan(info, options.keep_mixed_concat_float)
+    report["stages"]["residual_equalization"] = round(time.perf_counter() - t, 3)
+    return m, info, plan
+
+
+def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """One factor per rescaled tensor (a tensor rescaled by two rewrites carries the product)."""
+    out: Dict[str, np.ndarray] = {}
+    for part in parts:
+        for name, s in part.items():
+            out[name] = out[name] * s if name in out else s
+    return out
+
+
+def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict):
     """Cut the candidates whose channel ranges (from pass 1) are too uneven; the new parts' ranges come from the
     per-channel statistics, so no extra pass is needed."""
     from .algorithms.split import range_split
 
     t = time.perf_counter()
-    m, report["range_split"], parts = range_split(m, stats.channel_minmax, options.range_split_ratio)
+    ranges = {c: stats.channel_minmax[c] for c in cands}
+    m, report["range_split"], parts = range_split(m, ranges, options.range_split_ratio)
     for part, (orig, idx) in parts.items():
         if idx is None:
             stats.minmax[part] = stats.minmax[orig]
