@@ -252,18 +252,23 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
             reference: Optional[List[list]] = None, names: Optional[List[str]] = None) -> Tuple[List[str], dict]:
-    """Rank units by sensitivity (each one's activations alone left float) and return the shortest prefix of the
-    ranking whose activations, left float together, lift every output cosine to ``thresh`` (binary search; at least
-    the most sensitive unit)."""
+    """Rank units by sensitivity (each one alone left float: its activations and weights) and return the shortest
+    prefix of the ranking that, left float together, lifts every output cosine to ``thresh`` (binary search; at
+    least the most sensitive unit)."""
     units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
     ref = reference if reference is not None else hq.run_outputs(float_model, feeds, names=names)
-    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) for k, v in units.items()}, ref, feeds, progress,
-                          names=names)
+    # weights count too: with per-tensor (u8) weights they are as large an error source as the activations
+    float_weights = hq.float_weights(float_model, qmodel, [w for v in units.values() for w in v
+                                                           if tensors.get(w, {}).get("kind") == "weight"])
+    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) + [w for w in v if w in float_weights]
+                                   for k, v in units.items()}, ref, feeds, progress, names=names,
+                          float_weights=float_weights)
     order = sorted(units, key=lambda k: -sens[k])
 
     def ok(k: int) -> bool:
-        acts = [t for u in order[:k] for t in _activations(units[u], tensors)]
-        return min(hq.output_cosines(ref, hq.run_outputs(hq.bypass(qmodel, acts), feeds, names=names))) >= thresh
+        members = [t for u in order[:k] for t in _activations(units[u], tensors) + units[u]]
+        bypassed = hq.bypass(qmodel, members, float_weights)
+        return min(hq.output_cosines(ref, hq.run_outputs(bypassed, feeds, names=names))) >= thresh
 
     lo, hi = 1, len(order)
     while lo < hi:

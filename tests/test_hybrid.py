@@ -199,3 +199,40 @@ def test_edit_reaches_range_split_parts(tmp_path):
     tensors = res.package.metadata["quantization"]["tensors"]
     assert all(tensors[p]["dtype"] == "int16" for p in parts)
     assert tensors["dw"]["dtype"] == "uint8"
+
+
+def test_bypass_with_float_weights_restores_the_float_function():
+    """Sensitivity puts a unit's weights back in float too: float_weights finds the weights the QDQ graph rounded
+    from the float model's values, and bypassing every activation and those weights gives the float outputs back;
+    bypassing activations alone does not (per-tensor u8 weights of the outlier conv stay rounded)."""
+    from openrknn.quant import QuantOptions, quantize
+
+    model = outlier_model()
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = quantize(model, feeds, QuantOptions(dtype="asymmetric_quantized-u8", equalization=False,
+                                            bias_correction=False), progress=False)
+    weights = hq.float_weights(model, q.model, ["w1", "w2", "not_a_weight"])
+    assert sorted(weights) == ["w1", "w2"]
+    np.testing.assert_array_equal(weights["w1"], numpy_helper.to_array(model.graph.initializer[0]))
+    acts = [t for t, v in q.tensors.items() if v["kind"] == "activation"]
+    ref = hq.run_outputs(model, feeds)
+    all_float = hq.run_outputs(hq.bypass(q.model, acts + ["w1", "w2"], weights), feeds)
+    acts_only = hq.run_outputs(hq.bypass(q.model, acts), feeds)
+    # what remains is the graph input's own uint8 rounding and the int32 bias
+    err_all = max(float(np.abs(a[0] - r[0]).max()) for r, a in zip(ref, all_float))
+    err_acts = max(float(np.abs(b[0] - r[0]).max()) for r, b in zip(ref, acts_only))
+    assert err_all < 5e-3 and err_acts > 3 * err_all
+
+
+def test_float_weights_skips_a_weight_the_quantizer_rewrote():
+    """An equalized (rescaled) weight no longer matches the float model's values: putting those back would change
+    the function, so it is left out."""
+    from openrknn.quant import QuantOptions, quantize
+
+    model = outlier_model()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = quantize(model, feeds, QuantOptions(dtype="asymmetric_quantized-u8", equalization=True), progress=False)
+    assert q.report["equalization"]["pairs"] == 1
+    assert hq.float_weights(model, q.model, ["w1", "w2"]) == {}

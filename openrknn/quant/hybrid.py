@@ -176,23 +176,53 @@ def edited_params(doc: dict, original: Dict[str, dict]) -> Dict[str, Tuple[list,
 # ---------------------------------------------------------------- sensitivity on a QDQ graph
 
 
-def bypass(qmodel: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of the QDQ graph with the activation quantization of ``names`` removed (Q/DQ -> Identity)."""
+def bypass(qmodel: onnx.ModelProto, names: Sequence[str],
+           float_weights: Optional[Dict[str, np.ndarray]] = None) -> onnx.ModelProto:
+    """A copy of the QDQ graph with the activation quantization of ``names`` removed (Q/DQ -> Identity), and the
+    weights among ``names`` found in ``float_weights`` {weight name: float array} put back in float."""
     names = set(names)
+    float_weights = {k: v for k, v in (float_weights or {}).items() if k in names}
     m = onnx.ModelProto()
     m.CopyFrom(qmodel)
     g = m.graph
     inits = {t.name for t in g.initializer}
     q_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    by_q = {w + "__q": w for w in float_weights}  # a weight's integer initializer, as qdq.build_qdq names it
     keep = []
     for n in g.node:
         if n.op_type == "DequantizeLinear" and n.output[0] in names and n.input[0] in q_in:
             keep.append(helper.make_node("Identity", [q_in[n.input[0]]], [n.output[0]], name=n.name + "__bypass"))
+        elif n.op_type == "DequantizeLinear" and n.input[0] in by_q:
+            w = by_q[n.input[0]]
+            g.initializer.append(onnx.numpy_helper.from_array(np.asarray(float_weights[w], np.float32), w + "__float"))
+            keep.append(helper.make_node("Identity", [w + "__float"], [n.output[0]], name=n.name + "__bypass"))
         else:
             keep.append(n)
     del g.node[:]
     g.node.extend(keep)
     return m
+
+
+def float_weights(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, names: Iterable[str]) -> Dict[str, np.ndarray]:
+    """{weight: float array} for the weights among ``names`` that the QDQ graph holds as a rounding of the float
+    model's own values (within one step for 99% of elements). A weight the quantizer rewrote first (equalized,
+    permuted, split) is left out: putting its original values back would change the function."""
+    finits = {t.name: t for t in float_model.graph.initializer}
+    qinits = {t.name: t for t in qmodel.graph.initializer}
+    out = {}
+    for w in names:
+        parts = [qinits.get(w + suffix) for suffix in ("__q", "__scale", "__zp")]
+        if w not in finits or any(p is None for p in parts):
+            continue
+        wf = onnx.numpy_helper.to_array(finits[w]).astype(np.float64)
+        q, s, z = (onnx.numpy_helper.to_array(p).astype(np.float64) for p in parts)
+        if q.shape != wf.shape:
+            continue
+        shape = [-1] + [1] * (q.ndim - 1) if s.ndim == 1 and s.size > 1 else [1] * q.ndim
+        s, z = s.reshape(shape) if s.ndim else s, z.reshape(shape) if z.ndim else z
+        if np.mean(np.abs((q - z) * s - wf) <= 1.01 * s) >= 0.99:
+            out[w] = wf.astype(np.float32)
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -254,13 +284,16 @@ def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
 
 def sensitivity(qmodel: onnx.ModelProto, units: Dict[str, List[str]], reference: List[list],
                 feeds: Sequence[Dict[str, np.ndarray]], progress: bool = True, threads: int = 1,
-                names: Optional[Sequence[str]] = None) -> Dict[str, float]:
-    """Per unit: how much the worst output cosine rises when that unit's activations alone stay float."""
+                names: Optional[Sequence[str]] = None,
+                float_weights: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+    """Per unit: how much the worst output cosine rises when that unit alone stays float (its activations, and its
+    weights where ``float_weights`` has them)."""
     from tqdm import tqdm
 
     base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads, names)))
     out = {}
     for name, members in tqdm(units.items(), desc="layer sensitivity", disable=not progress, leave=False):
-        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members), feeds, threads, names)))
+        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members, float_weights), feeds, threads,
+                                                          names)))
         out[name] = worst - base
     return out
