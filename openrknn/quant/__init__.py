@@ -2,7 +2,8 @@
 
 Pipeline (each stage a module): normalize the graph (ir) -> plan the quantization points (plan) -> optional
 cross-layer equalization (algorithms.equalize) -> streaming calibration pass 1 (calibrate: min/max, per-channel
-ranges) -> range split of uneven depthwise inputs (algorithms.split) -> histograms for kl_divergence / mmse
+ranges) -> residual-stream equalization (algorithms.residual_equalize) -> range split of uneven depthwise inputs
+(algorithms.split) -> histograms for kl_divergence / mmse
 (calibrate pass 2) -> activation ranges (algorithms.activations) -> weights (algorithms.weights, optional
 algorithms.adaround) -> bias correction (algorithms.bias_correction, one short pass) -> QDQ graph (qdq).
 QuantResult.report holds per-stage seconds, the plan's size, what was split/equalized/corrected, and warnings.
