@@ -14,6 +14,10 @@ import numpy as np
 from ..schemes import TensorFormat, qparams
 
 ONE_SIDED = 1 / 16  # negative extent below 1/16 of the positive one: search the upper end only
+# The KL search alone clips the rare large activations that carry a detector's objects (YOLOX-nano w8a8: 79.7% of the
+# float detections kept, 94.9% with this floor; MobileNetV2 output cosine 0.9926 -> 0.9937): its threshold never
+# clips more than this share of the calibration values.
+KL_MIN_COVERAGE = 0.9999
 
 
 def _centers(lo: float, hi: float, nb: int) -> np.ndarray:
@@ -60,18 +64,30 @@ def _kl_threshold_bins(hist: np.ndarray, levels: int, step: int = 0) -> int:
     return best_i
 
 
+def _coverage_bins(hist: np.ndarray, share: float) -> int:
+    """The number of leading bins that hold ``share`` of the histogram's counts."""
+    c = np.cumsum(np.asarray(hist, np.float64))
+    if c[-1] <= 0:
+        return hist.size
+    return min(int(np.searchsorted(c, share * c[-1])) + 1, hist.size)
+
+
+def _kl_bins(hist: np.ndarray, levels: int) -> int:
+    return max(_kl_threshold_bins(hist, levels), _coverage_bins(hist, KL_MIN_COVERAGE))
+
+
 def kl_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat) -> Tuple[float, float]:
     nb = hist.size
     if hi <= lo:
         return lo, hi
     if not fmt.symmetric and lo >= -ONE_SIDED * hi:
-        i = _kl_threshold_bins(hist, fmt.levels)
+        i = _kl_bins(hist, fmt.levels)
         return lo, lo + (hi - lo) * i / nb
     if not fmt.symmetric and hi <= -ONE_SIDED * lo:
-        i = _kl_threshold_bins(hist[::-1], fmt.levels)
+        i = _kl_bins(hist[::-1], fmt.levels)
         return hi - (hi - lo) * i / nb, hi
     folded, amax = _fold(hist, lo, hi)
-    i = _kl_threshold_bins(folded, (fmt.levels + 1) // 2)
+    i = _kl_bins(folded, (fmt.levels + 1) // 2)
     t = amax * i / nb
     return max(lo, -t), min(hi, t)
 
