@@ -236,3 +236,27 @@ def test_float_weights_skips_a_weight_the_quantizer_rewrote():
     q = quantize(model, feeds, QuantOptions(dtype="asymmetric_quantized-u8", equalization=True), progress=False)
     assert q.report["equalization"]["pairs"] == 1
     assert hq.float_weights(model, q.model, ["w1", "w2"]) == {}
+
+
+def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypatch):
+    """A sensitivity ranking that misjudges the early layer (as single-layer bypass does when errors compound) would
+    need every layer; the graph-order prefix (the input's pre-processing, then conv1) needs two, so it wins."""
+    cfg = _cfg()
+    plain = hb.build(_loaded(setup), cfg, True, str(setup / "dataset.txt"))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
+    monkeypatch.setattr(hq, "sensitivity", lambda qmodel, units, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
+                                                                           for u in units})
+    picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
+    assert detail["order_kind"] == "graph order" and picked[-1] == "conv1" and len(picked) == 2
+    monkeypatch.undo()
+    picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
+    assert detail["order_kind"] == "sensitivity" and picked == ["conv1"]  # the measured ranking finds it alone
+
+
+def test_report_names_the_automatic_choice(setup):
+    from openrknn.analysis.report import hybrid_sections
+
+    res, report = hb.auto_hybrid(_loaded(setup), _cfg(), str(setup / "dataset.txt"), cos_thresh=0.999, progress=False)
+    (section,) = hybrid_sections(res.package)
+    assert "Chosen automatically: 1 layer(s) (conv1)" in section.html and report["selection"] in section.html

@@ -158,6 +158,12 @@ def hybrid_sections(pkg) -> List[Section]:
     rows = sorted(overrides.items())
     text = (f"<p>{len(rows)} tensor(s) kept out of {esc(quant.get('dtype'))}; every other quantized tensor uses it."
             "</p>")
+    auto = quant.get("auto_hybrid") or {}
+    if auto.get("layers"):
+        text += (f"<p>Chosen automatically: {len(auto['layers'])} layer(s) ({esc(', '.join(auto['layers']))}), picked "
+                 f"in {esc(auto.get('selection', 'sensitivity'))} order, lift the worst output cosine from "
+                 f"{min(auto['cosine_before']):.4f} to {min(auto['cosine_after']):.4f} (threshold "
+                 f"{auto['threshold']}).</p>")
     return [Section("Hybrid quantization", text + table(["tensor or weight", "stored as"], rows))]
 
 
