@@ -167,10 +167,10 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
                              progress, ref, names)
     units = _units(float_model, result.tensors)
-    k, _ = _smallest_prefix(detail["order"], units, "float",
-                            lambda ov: quantize(float_model, feeds, _options(cfg, ov), False), ref, sample,
-                            cfg.auto_hybrid_cos_thresh, len(picked), names)
-    return detail["order"][:k]
+    order, _, k, _ = _shortest_of_orders(detail, units, "float",
+                                         lambda ov: quantize(float_model, feeds, _options(cfg, ov), False), ref,
+                                         sample, cfg.auto_hybrid_cos_thresh, len(picked), names)
+    return order[:k]
 
 
 def _jsonable(obj):
@@ -284,22 +284,25 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
                 lo = mid + 1
         return lo
 
+    orders = {"sensitivity": ranked, "graph order": topological}
     if not ranked:
-        return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity"}
+        return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity", "orders": orders}
     k_ranked, k_topo = shortest(ranked), shortest(topological)
     order, kind = (topological, "graph order") if k_topo < k_ranked else (ranked, "sensitivity")
     k = min(k_ranked, k_topo)
-    log.info("hybrid: %d layer(s) by sensitivity, %d in graph order reach cosine %.4f; using %s", k_ranked, k_topo,
-             thresh, kind)
-    return order[:k], {"sensitivity": {u: sens[u] for u in ranked}, "order": order, "order_kind": kind}
+    log.info("hybrid: %d layer(s) by sensitivity, %d in graph order reach cosine %.4f (estimate); trying %s first",
+             k_ranked, k_topo, thresh, kind)
+    return order[:k], {"sensitivity": {u: sens[u] for u in ranked}, "order": order, "order_kind": kind,
+                       "orders": orders}
 
 
 def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str, make, ref: List[list],
                      feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int,
-                     names: Optional[List[str]] = None) -> Tuple[int, tuple]:
-    """Smallest k such that quantizing with the k most sensitive units promoted (``make(overrides)`` -> object with
-    .model) meets ``thresh`` on every output; the real quantizer decides (weights promoted too). ``hint`` (the
-    activation-only estimate) is tried first to narrow the binary search. Returns (k, (made, cosines))."""
+                     names: Optional[List[str]] = None, limit: Optional[int] = None) -> Optional[Tuple[int, tuple]]:
+    """Smallest k such that quantizing with the first k units of ``order`` promoted (``make(overrides)`` -> object
+    with .model) meets ``thresh`` on every output; the real quantizer decides (weights promoted too). ``hint`` (the
+    bypass estimate) is tried first to narrow the binary search. Returns (k, (made, cosines)); with ``limit``, None
+    when even the first ``limit`` units fall short."""
     done: Dict[int, tuple] = {}
 
     def trial(k: int) -> bool:
@@ -310,6 +313,10 @@ def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str
         return min(done[k][1]) >= thresh
 
     lo, hi = 1, max(len(order), 1)
+    if limit is not None:
+        hi = min(hi, limit)
+        if hi < 1 or not trial(hi):
+            return None
     if 0 < hint < hi and trial(hint):
         hi = hint
     while lo < hi:
@@ -320,6 +327,25 @@ def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str
             lo = mid + 1
     trial(lo)
     return lo, done[lo]
+
+
+def _shortest_of_orders(detail: dict, units: Dict[str, List[str]], promote: str, make, ref: List[list],
+                        feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int,
+                        names: Optional[List[str]] = None) -> Tuple[List[str], str, int, tuple]:
+    """_smallest_prefix on the order the estimate preferred, then on the other one with fewer units allowed (the
+    bypass estimate is rough: bias correction was fitted to the quantized inputs). Returns (order, kind, k, made)."""
+    kind = detail["order_kind"]
+    k, made = _smallest_prefix(detail["order"], units, promote, make, ref, feeds, thresh, hint, names)
+    order = detail["order"]
+    for other, alt_order in detail.get("orders", {}).items():
+        if other == kind or k <= 1:
+            continue
+        alt = _smallest_prefix(alt_order, units, promote, make, ref, feeds, thresh, min(hint, k - 1), names,
+                               limit=k - 1)
+        if alt is not None:
+            log.info("hybrid: %s needs %d layer(s), %s %d", kind, k, other, alt[0])
+            order, kind, (k, made) = alt_order, other, alt
+    return order, kind, k, made
 
 
 def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
@@ -369,17 +395,17 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
         return plain, report
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
                              ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names)
-    order = detail["order"]
     units = _units(plain.float_model, tensors)
 
     def make(overrides):
         report["builds"] += 1
         return build(loaded, cfg, True, dataset, quant_overrides=overrides, **build_kwargs)
 
-    k, (result, cos) = _smallest_prefix(order, units, promote, make, ref, feeds, thresh, len(picked), names)
+    order, kind, k, (result, cos) = _shortest_of_orders(detail, units, promote, make, ref, feeds, thresh,
+                                                        len(picked), names)
     overrides = {t: promote for u in order[:k] for t in units[u]}
     report.update({"layers": order[:k], "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
-                   "selection": detail["order_kind"],
+                   "selection": kind,
                    "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},
                    "cost_after": _cost(result.model, cfg)})
     if not report["met"]:
