@@ -186,3 +186,14 @@ def test_opencv_nms_thresholds_limits_and_empty():
     assert opencv_nms(overlapping, np.array([0.9, 0.8], np.float32), 0.33).tolist() == [0]
     empty = opencv_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5, np.zeros(0, np.int64))
     assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+def test_opencv_nms_with_non_finite_boxes_matches_the_numpy_path():
+    """A NaN or infinite coordinate (a broken model's output) must not disturb the other boxes."""
+    boxes = np.array([[0, 0, 10, 10], [np.nan, 0, 10, 10], [1, 1, 11, 11], [np.inf, 0, np.inf, 5],
+                      [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    for classes in (None, np.zeros(5, np.int64)):
+        got = opencv_nms(boxes, scores, 0.45, classes, score_thr=0.3)
+        assert got.tolist() == nms(boxes, scores, 0.45, classes, score_thr=0.3).tolist()
+        assert 0 in got and 4 in got and 2 not in got

@@ -224,17 +224,18 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, classes: n
         order = order[: int(pre_nms_topk)]
     if order.size <= 1:
         return order.astype(np.int64)
-    if order.size ** 2 <= _BLOCK_ELEMENTS:  # small: the whole matrix at once, fewest numpy calls
-        kept = order[_dense_keep(boxes[order], iou_thr, None if classes is None else classes[order])]
-    elif classes is None:
-        src, dst = _suppression_pairs(boxes[order], iou_thr)
-        kept = order[_greedy_keep(order.size, src, dst)]
-    else:
-        by_class = np.argsort(classes[order], kind="stable")  # class runs, score order inside each
-        run_classes = classes[order[by_class]]
-        group_end = np.searchsorted(run_classes, run_classes, side="right")
-        src, dst = _suppression_pairs(boxes[order[by_class]], iou_thr, group_end=group_end)
-        kept = order[np.sort(by_class[_greedy_keep(order.size, src, dst)])]  # back to score order
+    with np.errstate(invalid="ignore"):  # inf - inf of a broken box is NaN: it then suppresses nothing, silently
+        if order.size ** 2 <= _BLOCK_ELEMENTS:  # small: the whole matrix at once, fewest numpy calls
+            kept = order[_dense_keep(boxes[order], iou_thr, None if classes is None else classes[order])]
+        elif classes is None:
+            src, dst = _suppression_pairs(boxes[order], iou_thr)
+            kept = order[_greedy_keep(order.size, src, dst)]
+        else:
+            by_class = np.argsort(classes[order], kind="stable")  # class runs, score order inside each
+            run_classes = classes[order[by_class]]
+            group_end = np.searchsorted(run_classes, run_classes, side="right")
+            src, dst = _suppression_pairs(boxes[order[by_class]], iou_thr, group_end=group_end)
+            kept = order[np.sort(by_class[_greedy_keep(order.size, src, dst)])]  # back to score order
     if max_det is not None:
         kept = kept[: int(max_det)]
     return kept.astype(np.int64)
@@ -253,7 +254,8 @@ def opencv_nms(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, classes: n
     # OpenCV keeps scores strictly above its threshold, which must be >= 0; ours keeps those >= score_thr: the next
     # float below it. Thresholds at or below 0 (keep every score) go to greedy_nms instead.
     thr = None if score_thr is None else float(np.nextafter(np.float32(score_thr), np.float32(-np.inf)))
-    if thr is None or thr < 0:
+    # non-finite coordinates (a broken model's output) would poison the shift below for every box
+    if thr is None or thr < 0 or not np.isfinite(boxes).all():
         return greedy_nms(boxes, scores, iou_thr, classes, max_det, score_thr=score_thr)
     xywh = boxes.astype(np.float64)  # Rect2d: exact for float32 inputs, and the class offsets stay exact
     if len(xywh):
