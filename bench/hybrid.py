@@ -5,7 +5,9 @@ evaluate on the odd ones plus misc/*.jpg. Reference: float detections at score >
 quantized model has one of the same class with IoU >= 0.5 (one-to-one). Columns: detections kept, layers promoted
 (count and % of the quantized layers), worst output cosine on the calibration samples, estimated NPU latency.
 
-    python bench/hybrid.py [--thresh 0.98 0.995 ...] [--promote int16|float]
+    python bench/hybrid.py [--thresh 0.98 0.995 ...] [--promote int16|float] [--dtype w8a8]
+
+--dtype w8a8 runs the same comparison for RKNPU2 (rk3588, per-channel int8 weights).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 SIZE = 416
+TARGETS = {"asymmetric_quantized-u8": "rk1808", "w8a8": "rk3588"}  # dtype -> the chip it is benched for
 
 from openrknn import hybrid_bridge as hb  # noqa: E402
 from openrknn.builder import build  # noqa: E402
@@ -87,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--thresh", type=float, nargs="+", default=[0.98, 0.995, 0.999])
     ap.add_argument("--promote", default="int16", choices=("int16", "float"))
+    ap.add_argument("--dtype", default="asymmetric_quantized-u8", choices=tuple(TARGETS))
     args = ap.parse_args()
     if not (DATA / "models" / "yolox_nano_coco.onnx").exists():
         sys.exit(f"needs {DATA}/models/yolox_nano_coco.onnx")
@@ -96,8 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ds = str(write_dataset(calib, Path(tmp)))
         loaded = load_model(DATA / "models" / "yolox_nano_coco.onnx")
-        cfg = make_config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], quantized_dtype="asymmetric_quantized-u8",
-                          target_platform="rk1808")
+        cfg = make_config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], quantized_dtype=args.dtype,
+                          target_platform=TARGETS[args.dtype])
         t = time.perf_counter()
         plain = build(loaded, cfg, True, ds)
         plain_s = time.perf_counter() - t
@@ -121,8 +125,8 @@ def main() -> None:
             rows.append((f"auto hybrid cos>={th} ({args.promote})", k, len(rep["layers"]), min(rep["cosine_after"]),
                          rep["cost_after"]["latency_us"], secs))
             print(f"  {th}: promoted {rep['layers']}", flush=True)
-    print(f"\nYOLOX-nano COCO, asymmetric_quantized-u8 (rk1808): {len(calib)} calibration images, {len(held)} held-out "
-          f"images, {total} float detections (score >= 0.3); {units} quantized layers")
+    print(f"\nYOLOX-nano COCO, {args.dtype} ({TARGETS[args.dtype]}): {len(calib)} calibration images, "
+          f"{len(held)} held-out images, {total} float detections (score >= 0.3); {units} quantized layers")
     hdr = f"{'setting':34s} {'kept':>12s} {'promoted':>14s} {'worst cos':>10s} {'latency us':>14s} {'build s':>8s}"
     print(hdr + "\n" + "-" * len(hdr))
     for name, k, n, cos, lat, secs in rows:
