@@ -63,15 +63,6 @@ def calib(tmp_path_factory):
     return read_dataset(d / "d.txt", SPEC)
 
 
-def _run(model, feed):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)[0]
-
-
 def _spread(lo, hi):
     r = np.maximum(np.abs(lo), np.abs(hi))
     return r.max() / np.median(r)
@@ -92,7 +83,7 @@ def test_streams_with_other_readers_or_outputs_are_left_alone(kw):
     assert find_streams(GraphInfo(normalize(stream_model(**kw)))) == []
 
 
-def test_rewrite_is_exact_and_evens_ranges(calib):
+def test_rewrite_is_exact_and_evens_ranges(calib, ort_reference):
     m = normalize(stream_model())
     info = GraphInfo(m)
     streams = find_streams(info)
@@ -103,7 +94,7 @@ def test_rewrite_is_exact_and_evens_ranges(calib):
     rng = np.random.default_rng(2)
     for _ in range(3):
         feed = {"raw": rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)}
-        np.testing.assert_allclose(_run(new, feed), _run(m, feed), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(ort_reference(new, feed)[0], ort_reference(m, feed)[0], atol=1e-4, rtol=1e-4)
     assert set(rep["channel_scales"]) == STREAM
     # the rewritten stream tensors are the float ones divided by s, so their ranges are the old ones / s
     after = Stats()
@@ -134,17 +125,17 @@ def _cos(a, b):
 
 
 @pytest.mark.parametrize("dtype", ["w8a8", "asymmetric_quantized-u8"])
-def test_quantize_on_and_off(calib, dtype):
+def test_quantize_on_and_off(calib, dtype, ort_reference):
     m = stream_model()
     feed = {"raw": np.random.default_rng(3).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)}
-    ref = _run(m, feed)
+    ref = ort_reference(m, feed)[0]
     on = quantize(m, calib, QuantOptions(dtype=dtype), progress=False)
     off = quantize(m, calib, QuantOptions(dtype=dtype, residual_equalization=False), progress=False)
     assert [set(s["tensors"]) for s in on.report["residual_equalization"]["streams"]] == [STREAM]
     assert "residual_equalization" not in off.report
     # u8 also runs cross-layer equalization (conv -> ReLU -> conv pairs): its factors are merged in
     assert STREAM <= set(channel_scales(on.model)) and not STREAM & set(channel_scales(off.model))
-    err_on, err_off = 1 - _cos(_run(on.model, feed), ref), 1 - _cos(_run(off.model, feed), ref)
+    err_on, err_off = 1 - _cos(ort_reference(on.model, feed)[0], ref), 1 - _cos(ort_reference(off.model, feed)[0], ref)
     assert err_on < err_off  # the 30x channel no longer takes the other channels' levels
 
 
