@@ -18,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
-from .atomic import write_bytes_atomic
+from .atomic import write_atomic, write_bytes_atomic
 from .builder import BuildResult, build, build_float_graph
 from .config import BuildConfig
 from .errors import ConfigError, DatasetError, PackageError
@@ -142,9 +140,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
             "target": cfg.target, "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
             "input_dtypes": {k: str(v.dtype) for k, v in feeds[0].items()}, "tensors": result.tensors}
     arrays["__meta__"] = np.array(json.dumps(meta, default=_jsonable))
-    with tempfile.NamedTemporaryFile(dir=out, suffix=".npz", delete=False) as f:
-        np.savez(f, **arrays)
-    os.replace(f.name, paths["data"])
+    write_atomic(paths["data"], lambda tmp: np.savez(tmp, **arrays), suffix=".npz")  # savez adds .npz otherwise
 
     doc = hq.cfg_document(result.tensors, hq.qparam_ranges(result.tensors), result.report.get("method", ""), custom)
     text = ("# openrknn hybrid quantization. Edit custom_quantize_layers ({layer, tensor or weight: float16 | int16 |"

@@ -7,13 +7,13 @@ The format follows the file extension (.png or .svg); files are written atomical
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..atomic import write_atomic
 from ..errors import NotSupportedError
 from .memory import MemoryPlan
 
@@ -26,15 +26,7 @@ def _save(fig: Figure, path: PathLike) -> str:
     if path.suffix.lower() not in _FORMATS:
         raise NotSupportedError(f"chart file {str(path)!r}: use a .png or .svg name")
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=path.suffix[1:].lower(), dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=110, bbox_inches="tight"))
     return str(path)
 
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Union
 
 import numpy as np
 import onnx
 
+from ..atomic import write_atomic
 from .calibrate import make_session
 from .qdq import channel_orders, channel_scales, node_outputs, quant_points, single_layer_model, with_outputs
 
@@ -59,17 +59,6 @@ def _euc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, feeds: List[Dict[str, np.ndarray]],
@@ -137,7 +126,7 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
                     dump_dir.mkdir(exist_ok=True)
                     for suffix, arr in (("float", a), ("quant", b)):
                         p = dump_dir / f"{_safe(t)}.{suffix}.npy"
-                        _atomic_write(p, lambda tmp, arr=arr: _save_npy(tmp, arr))
+                        write_atomic(p, lambda tmp, arr=arr: _save_npy(tmp, arr))
                     budget -= a.nbytes + b.nbytes
                     dumped.append(t)
                 else:
@@ -168,7 +157,7 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
     lines.append(f"# dumps: first input only, {len(dumped)} layers in dumps/ (float + quant .npy)"
                  + (f"; {len(skipped)} skipped over the {dump_limit_mb:g} MB limit: {', '.join(skipped[:20])}"
                     + (" ..." if len(skipped) > 20 else "") if skipped else ""))
-    _atomic_write(txt, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_atomic(txt, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
     png = out_dir / "cosine_by_layer.png"
     _plot(rows, png)
@@ -201,7 +190,7 @@ def _plot(rows: List[dict], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

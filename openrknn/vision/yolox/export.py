@@ -8,8 +8,6 @@ dict at all. Each of those becomes one ModelLoadError that says what the file lo
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import torch
 
+from openrknn.atomic import write_atomic
 from openrknn.errors import BuildError, ConfigError, ModelLoadError
 from openrknn.vision.yolox.model import PHI_MULTIPLIERS, STRIDES, YoloBody, check_phi, default_depthwise
 
@@ -144,15 +143,7 @@ def _input_hw(size: int | tuple[int, int]) -> tuple[int, int]:
 
 def _save_atomic(module: torch.jit.ScriptModule, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    try:
-        module.save(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(out, module.save)
 
 
 def export_torchscript(weights: str | Path, phi: str, num_classes: int, size: int | tuple[int, int],

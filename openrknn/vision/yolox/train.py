@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openrknn.atomic import write_atomic
 from openrknn.vision.eyes import DEFAULT_INPUT_SIZE, DEFAULT_MEAN_RGB, DEFAULT_PAD_VALUE, DEFAULT_STD_RGB
 from openrknn.vision.eyes.synth import CLASS_NAMES, generate_sample, read_dataset, write_dataset
 from openrknn.vision.letterbox import letterbox, letterbox_boxes
@@ -200,16 +200,7 @@ def save_weights_atomic(state: dict, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 @torch.no_grad()
