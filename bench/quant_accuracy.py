@@ -328,8 +328,14 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "mmse", "channel", {}),
     ("w8a8", "normal", "layer", {}),
     ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
-    ("asymmetric_quantized-u8", "mmse", "layer", {"adaround": True}),
-    ("w8a8", "mmse", "channel", {"adaround": True}),
+    # layer-wise weight rounding: mmse uses gptq by default; the rows below show it off, opt-in with the faster
+    # algorithms, and the slower learned rounding (adaround) it replaced
+    ("asymmetric_quantized-u8", "mmse", "layer", {"weight_rounding": "nearest"}),
+    ("w8a8", "mmse", "channel", {"weight_rounding": "nearest"}),
+    ("asymmetric_quantized-u8", "normal", "layer", {"weight_rounding": "gptq"}),
+    ("w8a8", "kl_divergence", "channel", {"weight_rounding": "gptq"}),
+    ("asymmetric_quantized-u8", "mmse", "layer", {"weight_rounding": "adaround"}),
+    ("w8a8", "mmse", "channel", {"weight_rounding": "adaround"}),
     ("w8a16", "normal", "channel", {}),
     ("w16a16i", "normal", "channel", {}),
     ("float16", "normal", "layer", {}),

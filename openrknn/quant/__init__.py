@@ -3,9 +3,9 @@
 Pipeline (each stage a module): normalize the graph (ir) -> plan the quantization points (plan) -> optional
 cross-layer equalization (algorithms.equalize) -> streaming calibration pass 1 (calibrate: min/max, per-channel
 ranges) -> residual-stream equalization (algorithms.residual_equalize) -> range split of uneven depthwise inputs
-(algorithms.split) -> histograms for kl_divergence / mmse
-(calibrate pass 2) -> activation ranges (algorithms.activations) -> weights (algorithms.weights, optional
-algorithms.adaround) -> bias correction (algorithms.bias_correction, one short pass) -> QDQ graph (qdq).
+(algorithms.split) -> histograms for kl_divergence / mmse (calibrate pass 2) -> activation ranges
+(algorithms.activations) -> weights (algorithms.weights; layer-wise rounding: algorithms.rounding, gptq or
+adaround) -> bias correction (algorithms.bias_correction, one short pass) -> QDQ graph (qdq).
 QuantResult.report holds per-stage seconds, the plan's size, what was split/equalized/corrected, and warnings.
 """
 
@@ -26,6 +26,7 @@ log = logging.getLogger("openrknn.quant")
 
 ALGORITHMS = ("normal", "kl_divergence", "mmse")
 METHODS = ("layer", "channel")
+WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
 
 
 @dataclass
@@ -50,7 +51,10 @@ class QuantOptions:
     residual_equalization: rescale the channels of residual streams (tensors joined by Adds, made by convs and
         read by convs, as in MobileNetV2) so one per-tensor activation scale fits them all; an exact rewrite
         (algorithms/residual_equalize.py) from the per-channel ranges of calibration pass 1.
-    adaround: learned weight rounding (layer-wise, opt-in, slower).
+    weight_rounding: how weights become integers on their grid: 'nearest'; 'gptq' (second-order, each layer's
+        rounding errors pushed onto its other weights against the layer's measured input statistics, one sweep);
+        'adaround' (learned floor/ceil choices, slower); 'auto' = gptq with algorithm 'mmse' (the thorough
+        setting), nearest otherwise (keeps normal and kl builds within seconds). See algorithms/rounding.py.
     overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}; an activation
         override applies to its whole scale group (the widest request wins); unknown names are an error.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
@@ -67,9 +71,9 @@ class QuantOptions:
     range_split: bool = True
     range_split_ratio: float = 8.0
     residual_equalization: bool = True
-    adaround: bool = False
+    weight_rounding: str = "auto"
     adaround_iters: int = 200
-    adaround_samples: int = 16
+    rounding_samples: int = 16         # calibration samples for the rounding statistics (gptq, adaround)
     keep_mixed_concat_float: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
     histogram_bins: int = 2048
@@ -85,6 +89,8 @@ class QuantOptions:
             raise ConfigError("quantized_method", self.method, METHODS)
         if self.weight_algorithm not in ("auto", "minmax", "mmse"):
             raise ConfigError("weight_algorithm", self.weight_algorithm, ("auto", "minmax", "mmse"))
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ConfigError("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         if self.equalization not in (True, False, "auto"):
             raise ConfigError("equalization", self.equalization, (True, False, "auto"))
         if self.bias_correction not in (True, False, "empirical", "analytical"):
@@ -100,6 +106,12 @@ class QuantOptions:
     @property
     def resolved_method(self) -> str:
         return self.method or get_scheme(self.dtype).default_method
+
+    @property
+    def resolved_rounding(self) -> str:
+        if self.weight_rounding == "auto":
+            return "gptq" if self.algorithm == "mmse" else "nearest"
+        return self.weight_rounding
 
 
 @dataclass

@@ -95,10 +95,13 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
         "mmse" if options.algorithm == "mmse" else "minmax")
     weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides, fixed)
-    if options.adaround:
-        from .algorithms.adaround import adaround_weights
+    rounding = options.resolved_rounding
+    if rounding != "nearest" and scheme.weight is not None and scheme.weight.bits <= 8:  # 16-bit: nothing to gain
+        from .algorithms.rounding import round_weights
 
-        report["adaround"] = adaround_weights(m, info, plan, weights, acts, data, options, progress)
+        t_round = time.perf_counter()
+        report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress)
+        report["stages"]["weight_rounding"] = round(time.perf_counter() - t_round, 3)
     if options.bias_correction == "analytical":
         from .algorithms.bias_correction import correct_biases
 

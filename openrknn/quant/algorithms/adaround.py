@@ -1,93 +1,15 @@
-"""AdaRound-style learned weight rounding (Nagel et al., 2020), layer by layer, in numpy.
+"""AdaRound-style learned weight rounding (Nagel et al., 2020) of one layer, in numpy.
 
-Rounding each weight to nearest is not what minimises a layer's output error. For a layer y = W x, the expected
-squared output error of quantized weights is tr(dW G dW^T) with dW = W_q - W and G = E[x x^T] over the layer's
-input patches, so one pass over the calibration data that accumulates G (a K x K matrix per layer, per channel for
-depthwise convs) is all the data the optimisation needs. Each weight chooses floor or ceil through a soft variable
-h(V) in [0, 1]; Adam minimises tr(dW G dW^T) + lambda * sum(1 - |2h - 1|^beta) with beta annealed 20 -> 2, which
-drives every h to 0 or 1. Scales and zero points stay those of the chosen weight range.
+Each weight chooses floor or ceil through a soft variable h(V) in [0, 1]; Adam minimises the layer's output error
+tr(dW G dW^T) + lambda * sum(1 - |2h - 1|^beta) with beta annealed 20 -> 2, which drives every h to 0 or 1.
+The statistics G and the per-layer driver live in rounding.py.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-from typing import Dict, List, Optional
-
 import numpy as np
-import onnx
-
-from ..ir import GraphInfo
-from ..plan import Plan, WeightedOp
-from ..qdq import WeightQuant
-
-log = logging.getLogger("openrknn.quant.adaround")
 
 ZETA, GAMMA = 1.1, -0.1
-MAX_K = 2304          # patch length above which a layer keeps round-to-nearest (G would be too large)
-POSITIONS = 256       # patch positions sampled per image per layer
-
-
-def _conv_geometry(info: GraphInfo, i: int, w: np.ndarray):
-    k = w.shape[2:]
-    pads = list(info.attr(i, "pads", [0] * (2 * len(k))))
-    strides = list(info.attr(i, "strides", [1] * len(k)))
-    dil = list(info.attr(i, "dilations", [1] * len(k)))
-    group = int(info.attr(i, "group", 1))
-    return k, pads, strides, dil, group
-
-
-def _patches(x: np.ndarray, k, pads, strides, dil, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random im2col patches of a [1, C, H, W] input: [n, C, kh*kw]."""
-    if len(k) != 2 or pads and any(p < 0 for p in pads):
-        raise ValueError("2-D convs only")
-    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (xp.shape[1] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[2] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
-    if oh <= 0 or ow <= 0:
-        return np.zeros((0, x.shape[1], k[0] * k[1]), np.float32)
-    oy = rng.integers(0, oh, n) * strides[0]
-    ox = rng.integers(0, ow, n) * strides[1]
-    ky, kx = np.meshgrid(np.arange(k[0]) * dil[0], np.arange(k[1]) * dil[1], indexing="ij")
-    rows = oy[:, None] + ky.reshape(1, -1)
-    cols = ox[:, None] + kx.reshape(1, -1)
-    return np.transpose(xp[:, rows, cols], (1, 0, 2))  # [n, C, kk]
-
-
-class _Layer:
-    """Second-moment statistics of one layer's inputs, in the layout its weight multiplies."""
-
-    def __init__(self, info: GraphInfo, w: WeightedOp):
-        self.w = w
-        self.op = info.nodes[w.node].op_type
-        weight = info.const(w.w)
-        self.depthwise = False
-        if self.op == "Conv":
-            self.geom = _conv_geometry(info, w.node, weight)
-            group = self.geom[4]
-            self.depthwise = group > 1 and weight.shape[1] == 1 and group == weight.shape[0]
-            self.ok = weight.ndim == 4 and (group == 1 or self.depthwise) and \
-                (self.depthwise or weight[0].size <= MAX_K)
-        else:
-            self.ok = weight.ndim == 2 and weight.shape[1 - w.axis] <= MAX_K
-        self.G: Optional[np.ndarray] = None
-        self.n = 0
-
-    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
-        if self.op == "Conv":
-            k, pads, strides, dil, _ = self.geom
-            p = _patches(x.astype(np.float32), k, pads, strides, dil, rng, POSITIONS)  # [n, C, kk]
-            if self.depthwise:
-                g = np.einsum("nci,ncj->cij", p, p)                              # [C, kk, kk]
-            else:
-                flat = p.reshape(p.shape[0], -1)
-                g = flat.T @ flat
-            n = p.shape[0]
-        else:
-            flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            g, n = flat.T @ flat, flat.shape[0]
-        self.G = g if self.G is None else self.G + g
-        self.n += n
 
 
 def _h(v: np.ndarray) -> np.ndarray:
@@ -146,59 +68,3 @@ def optimise_rounding(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmin: in
         v -= lr * (m1 / (1 - 0.9 ** t)) / (np.sqrt(m2 / (1 - 0.999 ** t)) + 1e-8)
     q = base + (np.clip(_h(v), lo, hi) >= 0.5) + z
     return np.clip(q, qmin, qmax).astype(np.int64)
-
-
-def adaround_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant],
-                     acts: Dict, data, options, progress: bool = True) -> Dict:
-    """Replace round-to-nearest weights of every Conv/Gemm/MatMul by learned rounding (in place)."""
-    from tqdm import tqdm
-
-    from ..calibrate import augment, make_session
-
-    layers = [_Layer(info, w) for w in plan.weighted if w.node in weights]
-    layers = [la for la in layers if la.ok and la.w.x in info.elem_type]
-    if not layers:
-        return {"layers": 0}
-    inputs = sorted({la.w.x for la in layers})
-    sess = make_session(augment(model, {}, inputs), options.threads)
-    rng = np.random.default_rng(0)
-    total = min(options.adaround_samples, len(data))
-    for feed in tqdm(itertools.islice(data, total), total=total, desc="adaround statistics", disable=not progress,
-                     leave=False):
-        vals = dict(zip(inputs, sess.run(inputs, feed)))
-        for la in layers:
-            la.add(vals[la.w.x], rng)
-    done = 0
-    for la in tqdm(layers, desc="adaround", disable=not progress, leave=False):
-        wq = weights[la.w.node]
-        w = info.const(la.w.w).astype(np.float64)
-        fmt = wq.fmt
-        G = la.G / max(la.n, 1)
-        if la.op == "Conv":
-            w2 = w.reshape(w.shape[0], -1)
-            per_row = wq.axis is not None
-            scale = np.asarray(wq.scale) if per_row else np.full(w.shape[0], float(wq.scale))
-            zp = np.asarray(wq.zero_point) if per_row else np.full(w.shape[0], int(wq.zero_point))
-            q = optimise_rounding(w2, scale, zp, fmt.qmin, fmt.qmax, G, options.adaround_iters)
-            wq.q = q.reshape(w.shape)
-        else:
-            trans = la.w.axis == 0          # Gemm transB=1: [N, K] rows are outputs
-            w2 = w if trans else w.T
-            per_row = wq.axis is not None
-            scale = np.asarray(wq.scale) if per_row else np.full(w2.shape[0], float(wq.scale))
-            zp = np.asarray(wq.zero_point) if per_row else np.full(w2.shape[0], int(wq.zero_point))
-            q = optimise_rounding(w2, scale, zp, fmt.qmin, fmt.qmax, G, options.adaround_iters)
-            wq.q = q if trans else q.T
-        done += 1
-    return {"layers": done, "samples": total}
-
-
-def output_error(w: np.ndarray, q: np.ndarray, scale, zp, G: np.ndarray) -> float:
-    """tr(dW G dW^T) of a 2-D weight and its nominal integers (for tests and reports)."""
-    s = np.asarray(scale, np.float64).reshape(-1, 1)
-    z = np.asarray(zp, np.float64).reshape(-1, 1)
-    dw = (q - z) * s - w
-    return float(np.einsum("ck,kj,cj->", dw, G, dw) if G.ndim == 2 else np.einsum("ck,ckj,cj->", dw, G, dw))
-
-
-__all__: List[str] = ["adaround_weights", "optimise_rounding", "output_error"]

@@ -1,0 +1,135 @@
+"""Layer-wise rounding (gptq, adaround): lower layer output error than round-to-nearest on the same grid; wired
+into quantize() (gptq by default with mmse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openrknn.errors import ConfigError
+from openrknn.quant.algorithms.adaround import optimise_rounding
+from openrknn.quant.algorithms.gptq import gptq_rounding
+from openrknn.quant.algorithms.rounding import output_error
+from openrknn.quant.algorithms.weights import quantize_weight
+from openrknn.quant.schemes import get_scheme
+
+
+def _correlated_inputs(rng, k, n=4000):
+    mix = rng.normal(size=(k, k)) / np.sqrt(k) + np.eye(k)
+    x = rng.normal(size=(n, k)) @ mix
+    return x.T @ x / n
+
+
+def test_learned_rounding_beats_nearest_shared_G():
+    rng = np.random.default_rng(0)
+    fmt = get_scheme("asymmetric_quantized-u8").weight  # coarse per-tensor grid: rounding choices matter
+    w = rng.normal(size=(16, 36))
+    G = _correlated_inputs(rng, 36)
+    q0, s, z = quantize_weight(w, None, fmt)
+    s_row, z_row = np.full(16, float(s)), np.full(16, int(z))
+    q1 = optimise_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, G, iters=300)
+    assert q1.min() >= fmt.qmin and q1.max() <= fmt.qmax
+    assert np.abs(q1 - q0).max() <= 1  # floor or ceil only
+    assert output_error(w, q1, s_row, z_row, G) < 0.8 * output_error(w, q0, s_row, z_row, G)
+
+
+def test_learned_rounding_per_channel_G_depthwise():
+    rng = np.random.default_rng(1)
+    fmt = get_scheme("w8a8").weight
+    w = rng.normal(size=(8, 9)) * np.logspace(-1, 0, 8)[:, None]
+    G = np.stack([_correlated_inputs(rng, 9, 500) for _ in range(8)])
+    q0, s, z = quantize_weight(w, 0, fmt)
+    q1 = optimise_rounding(w, s, z, fmt.qmin, fmt.qmax, G, iters=300)
+    assert output_error(w, q1, s, z, G) < output_error(w, q0, s, z, G)
+
+
+def test_gptq_beats_nearest_shared_G():
+    rng = np.random.default_rng(3)
+    fmt = get_scheme("asymmetric_quantized-u8").weight
+    w = rng.normal(size=(32, 200))
+    G = _correlated_inputs(rng, 200)
+    q0, s, z = quantize_weight(w, None, fmt)
+    s_row, z_row = np.full(32, float(s)), np.full(32, int(z))
+    qg = gptq_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, G)
+    assert qg.dtype == np.int64 and qg.shape == w.shape
+    assert qg.min() >= fmt.qmin and qg.max() <= fmt.qmax
+    assert output_error(w, qg, s_row, z_row, G) < 0.7 * output_error(w, q0, s_row, z_row, G)
+    # uncorrelated inputs (G = I): nothing to trade, so gptq is round-to-nearest
+    assert np.array_equal(gptq_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, np.eye(200)), q0)
+
+
+def test_gptq_per_row_G_and_blocks():
+    rng = np.random.default_rng(4)
+    fmt = get_scheme("w8a8").weight
+    w = rng.normal(size=(8, 9)) * np.logspace(-1, 0, 8)[:, None]
+    G = np.stack([_correlated_inputs(rng, 9, 500) for _ in range(8)])
+    q0, s, z = quantize_weight(w, 0, fmt)
+    q1 = gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G)
+    assert output_error(w, q1, s, z, G) < output_error(w, q0, s, z, G)
+    # more columns than one block: the lazy block updates must give the unblocked sweep's answer
+    from openrknn.quant.algorithms import gptq
+
+    w = rng.normal(size=(6, 300))
+    G = _correlated_inputs(rng, 300)
+    q0, s, z = quantize_weight(w, 0, fmt)
+    blocked = gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G)
+    old = gptq.BLOCK
+    try:
+        gptq.BLOCK = 10_000
+        assert np.array_equal(gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G), blocked)
+    finally:
+        gptq.BLOCK = old
+
+
+def test_gptq_dead_inputs_and_grid_edges():
+    """Inputs that are always zero carry no error budget; weights at the grid's ends stay inside it."""
+    rng = np.random.default_rng(5)
+    fmt = get_scheme("w8a8").weight
+    w = rng.normal(size=(4, 12))
+    G = _correlated_inputs(rng, 12)
+    G[:, 3] = G[3, :] = 0.0
+    q0, s, z = quantize_weight(w, 0, fmt)
+    q = gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G)
+    assert q.min() >= fmt.qmin and q.max() <= fmt.qmax
+    assert output_error(w, q, s, z, G) <= output_error(w, q0, s, z, G)
+
+
+def _tiny(tmp_path):
+    from test_quant_schemes import SPEC, tiny_model
+
+    from openrknn.quant.dataset import read_dataset
+
+    rng = np.random.default_rng(2)
+    for k in range(4):
+        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (8, 8, 3)).astype(np.float32))
+    (tmp_path / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(4)))
+    return tiny_model(), read_dataset(tmp_path / "d.txt", SPEC)
+
+
+@pytest.mark.parametrize("rounding", ["adaround", "gptq"])
+def test_quantize_with_layerwise_rounding(tmp_path, rounding):
+    from openrknn.quant import QuantOptions, quantize
+
+    model, data = _tiny(tmp_path)
+    base = quantize(model, data, QuantOptions(dtype="w8a8", bias_correction=False), progress=False)
+    assert "weight_rounding" not in base.report  # normal: round-to-nearest unless asked
+    res = quantize(model, data, QuantOptions(dtype="w8a8", bias_correction=False, weight_rounding=rounding,
+                                             adaround_iters=100), progress=False)
+    assert res.report["weight_rounding"]["method"] == rounding
+    assert res.report["weight_rounding"]["layers"] >= 6
+    assert res.tensors["w1"]["scale"] == base.tensors["w1"]["scale"]  # same grid, other rounding
+
+
+def test_rounding_defaults_and_bad_value(tmp_path):
+    from openrknn.quant import QuantOptions, quantize
+
+    assert QuantOptions(algorithm="mmse").resolved_rounding == "gptq"
+    assert QuantOptions(algorithm="kl_divergence").resolved_rounding == "nearest"
+    assert QuantOptions(algorithm="mmse", weight_rounding="nearest").resolved_rounding == "nearest"
+    model, data = _tiny(tmp_path)
+    res = quantize(model, data, QuantOptions(dtype="asymmetric_quantized-u8", algorithm="mmse"), progress=False)
+    assert res.report["weight_rounding"]["method"] == "gptq"
+    w16 = quantize(model, data, QuantOptions(dtype="w16a16i", algorithm="mmse"), progress=False)
+    assert "weight_rounding" not in w16.report  # 16-bit weights: nothing to gain
+    with pytest.raises(ConfigError, match="weight_rounding"):
+        quantize(model, data, QuantOptions(weight_rounding="stochastic"), progress=False)
