@@ -5,9 +5,10 @@ evaluate on the odd ones plus misc/*.jpg. Reference: float detections at score >
 quantized model has one of the same class with IoU >= 0.5 (one-to-one). Columns: detections kept, layers promoted
 (count and % of the quantized layers), worst output cosine on the calibration samples, estimated NPU latency.
 
-    python bench/hybrid.py [--thresh 0.98 0.995 ...] [--promote int16|float] [--dtype w8a8]
+    python bench/hybrid.py [--thresh 0.98 0.995 ...] [--promote int16|float] [--dtype w8a8] [--algorithm mmse]
 
---dtype w8a8 runs the same comparison for RKNPU2 (rk3588, per-channel int8 weights).
+--dtype w8a8 runs the same comparison for RKNPU2 (rk3588, per-channel int8 weights); --algorithm picks
+quantized_algorithm for every build (mmse brings GPTQ weight rounding).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--thresh", type=float, nargs="+", default=[0.98, 0.995, 0.999])
     ap.add_argument("--promote", default="int16", choices=("int16", "float"))
     ap.add_argument("--dtype", default="asymmetric_quantized-u8", choices=tuple(TARGETS))
+    ap.add_argument("--algorithm", default="normal", choices=("normal", "kl_divergence", "mmse"))
     args = ap.parse_args()
     if not (DATA / "models" / "yolox_nano_coco.onnx").exists():
         sys.exit(f"needs {DATA}/models/yolox_nano_coco.onnx")
@@ -101,7 +103,7 @@ def main() -> None:
         ds = str(write_dataset(calib, Path(tmp)))
         loaded = load_model(DATA / "models" / "yolox_nano_coco.onnx")
         cfg = make_config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], quantized_dtype=args.dtype,
-                          target_platform=TARGETS[args.dtype])
+                          quantized_algorithm=args.algorithm, target_platform=TARGETS[args.dtype])
         t = time.perf_counter()
         plain = build(loaded, cfg, True, ds)
         plain_s = time.perf_counter() - t
@@ -125,8 +127,8 @@ def main() -> None:
             rows.append((f"auto hybrid cos>={th} ({args.promote})", k, len(rep["layers"]), min(rep["cosine_after"]),
                          rep["cost_after"]["latency_us"], secs))
             print(f"  {th}: promoted {rep['layers']}", flush=True)
-    print(f"\nYOLOX-nano COCO, {args.dtype} ({TARGETS[args.dtype]}): {len(calib)} calibration images, "
-          f"{len(held)} held-out images, {total} float detections (score >= 0.3); {units} quantized layers")
+    print(f"\nYOLOX-nano COCO, {args.dtype} ({TARGETS[args.dtype]}, {args.algorithm}): {len(calib)} calibration "
+          f"images, {len(held)} held-out images, {total} float detections (score >= 0.3); {units} quantized layers")
     hdr = f"{'setting':34s} {'kept':>12s} {'promoted':>14s} {'worst cos':>10s} {'latency us':>14s} {'build s':>8s}"
     print(hdr + "\n" + "-" * len(hdr))
     for name, k, n, cos, lat, secs in rows:
