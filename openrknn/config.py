@@ -20,6 +20,9 @@ from .errors import ConfigError
 
 QUANTIZED_ALGORITHMS = ("normal", "kl_divergence", "mmse")
 QUANTIZED_METHODS = ("layer", "channel")
+# openrknn's own option (not in the vendor's config): how weights are rounded onto their grid. The same tuple as
+# openrknn.quant.WEIGHT_ROUNDINGS (kept apart so config() does not import the quantizer).
+WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
 ALL_QUANTIZED_DTYPES = tuple(d for gen in ("rknpu1", "rknpu2") for d in targets.QUANTIZED_DTYPES[gen])
 
 
@@ -40,6 +43,7 @@ class BuildConfig:
     force_builtin_perm: bool = False
     quant_img_RGB2BGR: bool = False
     auto_hybrid_cos_thresh: float = 0.98
+    weight_rounding: str = "auto"  # openrknn: 'auto' = gptq with mmse, nearest otherwise
 
     @property
     def target(self) -> str:
@@ -214,4 +218,9 @@ def make_config(**kwargs: Any) -> BuildConfig:
         if not _is_number(v) or not 0.0 < float(v) <= 1.0:
             raise ConfigError("auto_hybrid_cos_thresh", v, "a number in (0, 1]")
         cfg.auto_hybrid_cos_thresh = float(v)
+    rounding = kwargs.get("weight_rounding", "auto")
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ConfigError("weight_rounding", rounding, WEIGHT_ROUNDINGS,
+                          "gptq: second-order rounding, a few seconds; adaround: learned rounding, slower")
+    cfg.weight_rounding = rounding
     return cfg

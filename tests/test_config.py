@@ -72,6 +72,7 @@ def test_unknown_key_names_it_and_lists_the_known_keys():
     ("target_platform", 1808, "'rk1808'"),
     ("quantized_algorithm", "minmax", "'kl_divergence'"),
     ("quantized_method", "tensor", "'channel'"),
+    ("weight_rounding", "stochastic", "'gptq'"),
 ])
 def test_wrong_type_or_value_names_key_value_and_allowed(key, value, allowed):
     msg = _err(**{key: value})
@@ -187,3 +188,25 @@ def test_single_value_mean_applies_to_every_channel(two_input_onnx):
     assert rknn.load_onnx(str(two_input_onnx)) == 0
     assert rknn.build(do_quantization=False) == 0
     rknn.release()
+
+
+def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
+    """openrknn's weight_rounding option: the same names as the quantizer's, and a build reports the method used."""
+    import numpy as np
+
+    from openrknn.config import WEIGHT_ROUNDINGS
+    from openrknn.quant import WEIGHT_ROUNDINGS as QUANT_ROUNDINGS
+
+    assert WEIGHT_ROUNDINGS == QUANT_ROUNDINGS
+    assert make_config().weight_rounding == "auto"
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (8, 10, 3)).astype(np.float32))
+    (tmp_path / "d.txt").write_text("0.npy\n1.npy\n2.npy\n")
+    for rounding, algorithm, expect in (("gptq", "normal", "gptq"), ("auto", "mmse", "gptq"),
+                                        ("nearest", "mmse", None)):
+        r = RKNN()
+        assert r.config(target_platform="rk3588", quantized_algorithm=algorithm, weight_rounding=rounding) == 0
+        assert r.load_onnx(str(conv_onnx())) == 0
+        assert r.build(do_quantization=True, dataset=str(tmp_path / "d.txt")) == 0
+        assert r._build.quant_report.get("weight_rounding", {}).get("method") == expect
