@@ -336,6 +336,9 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "kl_divergence", "channel", {"weight_rounding": "gptq"}),
     ("asymmetric_quantized-u8", "mmse", "layer", {"weight_rounding": "adaround"}),
     ("w8a8", "mmse", "channel", {"weight_rounding": "adaround"}),
+    # output-aware range search (opt-in)
+    ("w8a8", "normal", "channel", {"range_search": True}),
+    ("w8a8", "kl_divergence", "channel", {"range_search": True}),
     ("w8a16", "normal", "channel", {}),
     ("w16a16i", "normal", "channel", {}),
     ("float16", "normal", "layer", {}),

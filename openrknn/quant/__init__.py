@@ -55,6 +55,9 @@ class QuantOptions:
         rounding errors pushed onto its other weights against the layer's measured input statistics, one sweep);
         'adaround' (learned floor/ceil choices, slower); 'auto' = gptq with algorithm 'mmse' (the thorough
         setting), nearest otherwise (keeps normal and kl builds within seconds). See algorithms/rounding.py.
+    range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups
+        in graph order get their range shrunk (x0.5 / 0.7 / 0.85) where that lowers the error of the model's
+        outputs on ``range_search_samples`` calibration samples by 5% or more (algorithms/range_search.py).
     overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}; an activation
         override applies to its whole scale group (the widest request wins); unknown names are an error.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
@@ -74,6 +77,9 @@ class QuantOptions:
     weight_rounding: str = "auto"
     adaround_iters: int = 200
     rounding_samples: int = 16         # calibration samples for the rounding statistics (gptq, adaround)
+    range_search: bool = False
+    range_search_groups: int = 32
+    range_search_samples: int = 8
     keep_mixed_concat_float: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
     histogram_bins: int = 2048
@@ -100,6 +106,9 @@ class QuantOptions:
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
+        for key in ("range_search_groups", "range_search_samples"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(key, getattr(self, key), "an integer >= 1")
         if self.histogram_bins < 256:
             raise ConfigError("histogram_bins", self.histogram_bins, ">= 256")
 

@@ -102,17 +102,22 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         t_round = time.perf_counter()
         report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress)
         report["stages"]["weight_rounding"] = round(time.perf_counter() - t_round, 3)
-    if options.bias_correction == "analytical":
-        from .algorithms.bias_correction import correct_biases
-
-        report["bias_correction"] = correct_biases(info, plan, weights, stats.channel_mean)
-    elif options.bias_correction in (True, "empirical"):
-        from .algorithms.bias_correction import empirical_bias_correction
-
-        report["bias_correction"] = empirical_bias_correction(m, info, plan, acts, weights, data,
-                                                              options.bias_correction_samples, progress,
-                                                              options.threads)
+    _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress)
     report["stages"]["weights"] = round(time.perf_counter() - t, 3)
+
+    if options.range_search:
+        from .algorithms.range_search import search_ranges
+
+        t = time.perf_counter()
+        trial, _ = build_qdq(m, plan, acts, weights)
+        report["range_search"] = search_ranges(trial, m, plan, acts, data, _clip_exempt(info, plan),
+                                               options.range_search_groups, options.range_search_samples,
+                                               options.threads, progress)
+        if report["range_search"]["changed"]:  # the corrections were fitted to the old input scales
+            for wq in weights.values():
+                wq.bias = None
+            _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress)
+        report["stages"]["range_search"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
@@ -125,6 +130,21 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         set_channel_orders(qmodel, orders)
     report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
     return QuantResult(qmodel, tensors, report)
+
+
+def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
+                     weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions", report: Dict,
+                     progress: bool) -> None:
+    if options.bias_correction == "analytical":
+        from .algorithms.bias_correction import correct_biases
+
+        report["bias_correction"] = correct_biases(info, plan, weights, stats.channel_mean)
+    elif options.bias_correction in (True, "empirical"):
+        from .algorithms.bias_correction import empirical_bias_correction
+
+        report["bias_correction"] = empirical_bias_correction(m, info, plan, acts, weights, data,
+                                                              options.bias_correction_samples, progress,
+                                                              options.threads)
 
 
 def _apply_residual_equalization(m: onnx.ModelProto, info: GraphInfo, streams, stats: Stats,
