@@ -5,7 +5,8 @@ cross-layer equalization (algorithms.equalize) -> streaming calibration pass 1 (
 ranges) -> residual-stream equalization (algorithms.residual_equalize) -> range split of uneven depthwise inputs
 (algorithms.split) -> histograms for kl_divergence / mmse (calibrate pass 2) -> activation ranges
 (algorithms.activations) -> weights (algorithms.weights; layer-wise rounding: algorithms.rounding, gptq or
-adaround) -> bias correction (algorithms.bias_correction, one short pass) -> QDQ graph (qdq).
+adaround) -> bias correction (algorithms.bias_correction, one short pass) -> opt-in output-aware range search
+(algorithms.range_search) -> QDQ graph (qdq).
 QuantResult.report holds per-stage seconds, the plan's size, what was split/equalized/corrected, and warnings.
 """
 

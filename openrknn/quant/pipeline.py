@@ -110,7 +110,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 
         t = time.perf_counter()
         trial, _ = build_qdq(m, plan, acts, weights)
-        report["range_search"] = search_ranges(trial, m, plan, acts, data, _clip_exempt(info, plan),
+        keep = _clip_exempt(info, plan) | {plan.group_of[t] for t in fixed if t in plan.group_of}  # step2 edits
+        report["range_search"] = search_ranges(trial, m, plan, acts, data, keep,
                                                options.range_search_groups, options.range_search_samples,
                                                options.threads, progress)
         if report["range_search"]["changed"]:  # the corrections were fitted to the old input scales
@@ -135,6 +136,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
                      weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions", report: Dict,
                      progress: bool) -> None:
+    """Fold each layer's measured (or, 'analytical', expected) output shift into its bias: sets WeightQuant.bias."""
     if options.bias_correction == "analytical":
         from .algorithms.bias_correction import correct_biases
 
