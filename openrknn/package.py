@@ -461,6 +461,7 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         tensors = quant.get("tensors") or {}
         quant_summary = {
             "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
+            "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
             "quantized_tensors": len(tensors),
             "per_channel_tensors": sum(1 for t in tensors.values()
                                        if isinstance(t, dict) and t.get("axis") is not None),
@@ -534,8 +535,9 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
     if q is None:
         lines.append("quantization:    none (float model)")
     else:
-        lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}; "
-                     f"{q['quantized_tensors']} quantized tensors ({q['per_channel_tensors']} per-channel)")
+        lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}, "
+                     f"weight rounding {q['weight_rounding']}; {q['quantized_tensors']} quantized tensors "
+                     f"({q['per_channel_tensors']} per-channel)")
     src = s["source"]
     if src:
         digest = src.get("sha256")

@@ -29,5 +29,6 @@ def quantize_for_build(float_model: onnx.ModelProto, metas: List[dict], cfg: Bui
                         target=cfg.target, weight_rounding=cfg.weight_rounding, overrides=dict(overrides or {}))
     result = quantize(float_model, data, opts)
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
+            "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),
             "calibration_samples": len(data), "tensors": result.tensors, "overrides": dict(overrides or {})}
     return result.model, meta, result.report

@@ -210,3 +210,4 @@ def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
         assert r.load_onnx(str(conv_onnx())) == 0
         assert r.build(do_quantization=True, dataset=str(tmp_path / "d.txt")) == 0
         assert r._build.quant_report.get("weight_rounding", {}).get("method") == expect
+        assert r._build.package.metadata["quantization"]["weight_rounding"] == (expect or "nearest")  # in the file

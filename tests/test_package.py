@@ -435,7 +435,8 @@ def test_describe_package_lists_everything(tmp_path):
         "reorder_channel: 2 1 0 (swaps RGB <-> BGR)", "mean [123.675, 116.28, 103.53]",
         "std [58.395, 57.12, 57.375]", "yes, into Conv_0",
         "output: [1, 3, 4, 4] float32", "do_quantization=True", "dataset='dataset.txt'", "optimization_level=3",
-        "dtype asymmetric_quantized-u8, algorithm kl_divergence, method channel; 3 quantized tensors (1 per-channel)",
+        "dtype asymmetric_quantized-u8, algorithm kl_divergence, method channel, weight rounding nearest; "
+        "3 quantized tensors (1 per-channel)",
         "pytorch tiny.pt (sha256 c0ffee0000000000...)",
         f"{len(payload):,} bytes, sha256 {hashlib.sha256(payload).hexdigest()[:16]}",
     ):
@@ -457,7 +458,8 @@ def test_package_summary_is_json_and_consistent():
     assert s["size_bytes"] == len(package_to_bytes(RknnPackage(_meta(), payload)))
     assert s["payload_sha256"] == hashlib.sha256(payload).hexdigest()
     assert s["quantization"] == {"dtype": "asymmetric_quantized-u8", "algorithm": "kl_divergence",
-                                 "method": "channel", "quantized_tensors": 3, "per_channel_tensors": 1}
+                                 "method": "channel", "weight_rounding": "nearest",  # not recorded: older file
+                                 "quantized_tensors": 3, "per_channel_tensors": 1}
     assert s["inputs"][0]["folded_into"] == "Conv_0" and s["outputs"][0]["name"] == "output"
 
 

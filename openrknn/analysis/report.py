@@ -104,8 +104,8 @@ def model_section(pkg, path: Optional[str] = None) -> Section:
     rows = [("file", s["file"] or "(in memory)"), ("size", f"{s['size_bytes'] / 1e6:.2f} MB"),
             ("target", ", ".join(s["target_platform"])),
             ("quantization", "float" if not s["quantization"] else
-             f"{s['quantization']['dtype']} / {s['quantization']['algorithm']} / {s['quantization']['method']} "
-             f"({s['quantization']['quantized_tensors']} tensors)"),
+             f"{s['quantization']['dtype']} / {s['quantization']['algorithm']} / {s['quantization']['method']} / "
+             f"{s['quantization']['weight_rounding']} rounding ({s['quantization']['quantized_tensors']} tensors)"),
             ("source", f"{(s['source'] or {}).get('framework', '?')} {(s['source'] or {}).get('file', '')}")]
     for i in s["inputs"]:
         rows.append((f"input {i['name']}", f"{i['shape']} {i['dtype']} {i['layout']}; reorder "
