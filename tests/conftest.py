@@ -144,6 +144,18 @@ def make_two_input_onnx(path: Path, hw=(6, 6), seed: int = 1) -> Path:
     return path
 
 
+def write_npy_dataset(folder: Path, shape: Sequence[int], n: int = 6, seed: int = 1, high: float = 255.0,
+                      name: str = "dataset.txt") -> Path:
+    """n calibration samples drawn uniform in [0, high) (float32, ``shape``, e.g. NHWC) saved as 0.npy, 1.npy, ...
+    in ``folder``, plus the dataset file listing them; returns that file."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        np.save(folder / f"{k}.npy", rng.uniform(0, high, tuple(shape)).astype(np.float32))
+    listing = folder / name
+    listing.write_text("".join(f"{k}.npy\n" for k in range(n)))
+    return listing
+
+
 @pytest.fixture
 def conv_onnx(tmp_path) -> Callable[..., Path]:
     """Factory: conv_onnx(name='m.onnx', **make_conv_onnx options) -> path in tmp_path."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import write_npy_dataset
 from openrknn.api import RKNN
 from openrknn.config import KNOWN_KEYS, make_config
 from openrknn.errors import ConfigError
@@ -192,22 +193,17 @@ def test_single_value_mean_applies_to_every_channel(two_input_onnx):
 
 def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
     """openrknn's weight_rounding option: the same names as the quantizer's, and a build reports the method used."""
-    import numpy as np
-
     from openrknn.config import WEIGHT_ROUNDINGS
     from openrknn.quant import WEIGHT_ROUNDINGS as QUANT_ROUNDINGS
 
     assert WEIGHT_ROUNDINGS == QUANT_ROUNDINGS
     assert make_config().weight_rounding == "auto"
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (8, 10, 3)).astype(np.float32))
-    (tmp_path / "d.txt").write_text("0.npy\n1.npy\n2.npy\n")
+    dataset = write_npy_dataset(tmp_path, (8, 10, 3), n=3, seed=0)
     for rounding, algorithm, expect in (("gptq", "normal", "gptq"), ("auto", "mmse", "gptq"),
                                         ("nearest", "mmse", None)):
         r = RKNN()
         assert r.config(target_platform="rk3588", quantized_algorithm=algorithm, weight_rounding=rounding) == 0
         assert r.load_onnx(str(conv_onnx())) == 0
-        assert r.build(do_quantization=True, dataset=str(tmp_path / "d.txt")) == 0
+        assert r.build(do_quantization=True, dataset=str(dataset)) == 0
         assert r._build.quant_report.get("weight_rounding", {}).get("method") == expect
         assert r._build.package.metadata["quantization"]["weight_rounding"] == (expect or "nearest")  # in the file

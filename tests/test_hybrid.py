@@ -12,6 +12,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_npy_dataset
 from openrknn import hybrid_bridge as hb
 from openrknn.config import make_config
 from openrknn.errors import ConfigError
@@ -184,10 +185,7 @@ def test_edit_reaches_range_split_parts(tmp_path):
     del m.graph.node[0]
     m.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12]))
     onnx.save(m, tmp_path / "stem.onnx")
-    rng = np.random.default_rng(2)
-    for k in range(6):
-        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (12, 12, 3)).astype(np.float32))
-    (tmp_path / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(6)))
+    write_npy_dataset(tmp_path, (12, 12, 3), seed=2, name="d.txt")
     paths = hb.hybrid_step1(load_model(tmp_path / "stem.onnx"), make_config(), str(tmp_path / "d.txt"),
                             str(tmp_path), progress=False)
     doc = yaml.safe_load(Path(paths["cfg"]).read_text())

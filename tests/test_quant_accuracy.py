@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import write_npy_dataset
 from openrknn.quant import QuantOptions, quantize
 from openrknn.quant.accuracy import accuracy_analysis
 from test_quant_schemes import SPEC, tiny_model  # noqa: F401  (shared tiny model)
@@ -13,12 +14,7 @@ from openrknn.quant.dataset import read_dataset
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("acc")
-    rng = np.random.default_rng(1)
-    for k in range(4):
-        np.save(d / f"{k}.npy", rng.uniform(0, 255, (8, 8, 3)).astype(np.float32))
-    (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(4)))
-    data = read_dataset(d / "dataset.txt", SPEC)
+    data = read_dataset(write_npy_dataset(tmp_path_factory.mktemp("acc"), (8, 8, 3), n=4), SPEC)
     model = tiny_model()
     res = quantize(model, data, QuantOptions(dtype="asymmetric_quantized-u8", range_split=False), progress=False)
     return model, res, list(data)

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_npy_dataset
 from openrknn.errors import ConfigError
 from openrknn.quant import QuantOptions, quantize
 from openrknn.quant.algorithms.range_search import _scaled, output_weights
@@ -35,13 +36,10 @@ def _model(loud_weight: float) -> onnx.ModelProto:
 
 
 def _data(tmp_path, seed: int, n: int = 6):
-    rng = np.random.default_rng(seed)
     folder = tmp_path / f"d{seed}"
     folder.mkdir()
-    for k in range(n):
-        np.save(folder / f"{k}.npy", rng.uniform(0, 1, (H, W, 3)).astype(np.float32))
-    (folder / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(n)))
-    return read_dataset(folder / "d.txt", [InputSpec("raw", (1, H, W, 3))])
+    listing = write_npy_dataset(folder, (H, W, 3), n=n, seed=seed, high=1.0)
+    return read_dataset(listing, [InputSpec("raw", (1, H, W, 3))])
 
 
 def _error(model: onnx.ModelProto, qmodel: onnx.ModelProto, data) -> float:

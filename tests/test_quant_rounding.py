@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import write_npy_dataset
 from openrknn.errors import ConfigError
 from openrknn.quant.algorithms.adaround import optimise_rounding
 from openrknn.quant.algorithms.gptq import gptq_rounding
@@ -99,11 +100,7 @@ def _tiny(tmp_path):
 
     from openrknn.quant.dataset import read_dataset
 
-    rng = np.random.default_rng(2)
-    for k in range(4):
-        np.save(tmp_path / f"{k}.npy", rng.uniform(0, 255, (8, 8, 3)).astype(np.float32))
-    (tmp_path / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(4)))
-    return tiny_model(), read_dataset(tmp_path / "d.txt", SPEC)
+    return tiny_model(), read_dataset(write_npy_dataset(tmp_path, (8, 8, 3), n=4, seed=2), SPEC)
 
 
 @pytest.mark.parametrize("rounding", ["adaround", "gptq"])

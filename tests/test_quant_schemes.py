@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_npy_dataset
 from openrknn.errors import ConfigError
 from openrknn.quant import QuantOptions, quantize
 from openrknn.quant.dataset import InputSpec, read_dataset
@@ -68,14 +69,7 @@ SPEC = [InputSpec("raw", (1, H, W, 3))]
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    d = tmp_path_factory.mktemp("calib")
-    lines = []
-    rng = np.random.default_rng(1)
-    for k in range(6):
-        np.save(d / f"{k}.npy", rng.uniform(0, 255, (H, W, 3)).astype(np.float32))
-        lines.append(f"{k}.npy")
-    (d / "dataset.txt").write_text("\n".join(lines) + "\n")
-    return read_dataset(d / "dataset.txt", SPEC)
+    return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("calib"), (H, W, 3)), SPEC)
 
 
 def _run(model, feed, names=None):

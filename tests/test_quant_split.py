@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_npy_dataset
 from openrknn.quant import QuantOptions, quantize
 from openrknn.quant.algorithms.split import channel_ranges, group_channels, range_split, split_candidates
 from openrknn.quant.dataset import InputSpec, read_dataset
@@ -43,12 +44,7 @@ def stem_model(extra_reader: bool = False) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    d = tmp_path_factory.mktemp("split")
-    rng = np.random.default_rng(1)
-    for k in range(6):
-        np.save(d / f"{k}.npy", rng.uniform(0, 255, (12, 12, 3)).astype(np.float32))
-    (d / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(6)))
-    return read_dataset(d / "d.txt", SPEC)
+    return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("split"), (12, 12, 3)), SPEC)
 
 
 def _run(model, feed):

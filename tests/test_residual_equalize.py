@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_npy_dataset
 from openrknn.errors import ConfigError
 from openrknn.quant import QuantOptions, quantize
 from openrknn.quant.algorithms.residual_equalize import find_streams, residual_equalize, stream_scales
@@ -55,12 +56,7 @@ def stream_model(nonlinear_reader: bool = False, output_in_stream: bool = False)
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    d = tmp_path_factory.mktemp("residual")
-    rng = np.random.default_rng(1)
-    for k in range(6):
-        np.save(d / f"{k}.npy", rng.uniform(0, 255, (8, 8, 3)).astype(np.float32))
-    (d / "d.txt").write_text("".join(f"{k}.npy\n" for k in range(6)))
-    return read_dataset(d / "d.txt", SPEC)
+    return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("residual"), (8, 8, 3)), SPEC)
 
 
 def _spread(lo, hi):
