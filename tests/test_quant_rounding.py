@@ -1,9 +1,10 @@
 """Layer-wise rounding (gptq, adaround): lower layer output error than round-to-nearest on the same grid; wired
-into quantize() (gptq by default with mmse)."""
+into quantize() (gptq by default)."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from conftest import write_npy_dataset
@@ -108,8 +109,9 @@ def test_quantize_with_layerwise_rounding(tmp_path, rounding):
     from openrknn.quant import QuantOptions, quantize
 
     model, data = _tiny(tmp_path)
-    base = quantize(model, data, QuantOptions(dtype="w8a8", bias_correction=False), progress=False)
-    assert "weight_rounding" not in base.report  # normal: round-to-nearest unless asked
+    base = quantize(model, data, QuantOptions(dtype="w8a8", bias_correction=False, weight_rounding="nearest"),
+                    progress=False)
+    assert "weight_rounding" not in base.report
     res = quantize(model, data, QuantOptions(dtype="w8a8", bias_correction=False, weight_rounding=rounding,
                                              adaround_iters=100), progress=False)
     assert res.report["weight_rounding"]["method"] == rounding
@@ -121,7 +123,7 @@ def test_rounding_defaults_and_bad_value(tmp_path):
     from openrknn.quant import QuantOptions, quantize
 
     assert QuantOptions(algorithm="mmse").resolved_rounding == "gptq"
-    assert QuantOptions(algorithm="kl_divergence").resolved_rounding == "nearest"
+    assert QuantOptions(algorithm="kl_divergence").resolved_rounding == "gptq"
     assert QuantOptions(algorithm="mmse", weight_rounding="nearest").resolved_rounding == "nearest"
     model, data = _tiny(tmp_path)
     res = quantize(model, data, QuantOptions(dtype="asymmetric_quantized-u8", algorithm="mmse"), progress=False)
@@ -130,3 +132,22 @@ def test_rounding_defaults_and_bad_value(tmp_path):
     assert "weight_rounding" not in w16.report  # 16-bit weights: nothing to gain
     with pytest.raises(ConfigError, match="weight_rounding"):
         quantize(model, data, QuantOptions(weight_rounding="stochastic"), progress=False)
+
+
+def test_bias_means_ride_the_rounding_pass(tmp_path, monkeypatch):
+    """Bias correction's means measured in the rounding statistics pass give the biases its own pass gives."""
+    from openrknn.quant import QuantOptions, quantize
+    from openrknn.quant.algorithms import rounding
+
+    model, data = _tiny(tmp_path)
+    opts = QuantOptions(dtype="asymmetric_quantized-u8", weight_rounding="gptq")
+    shared = quantize(model, data, opts, progress=False)
+    solo = rounding.round_weights
+    monkeypatch.setattr(rounding, "round_weights", lambda *a: solo(*a[:-1], None))  # no passenger: own pass
+    alone = quantize(model, data, opts, progress=False)
+    assert shared.report["bias_correction"]["layers"] >= 5
+    assert shared.report["bias_correction"]["samples"] == alone.report["bias_correction"]["samples"] == 4
+    inits = [{i.name: onnx.numpy_helper.to_array(i) for i in r.model.graph.initializer} for r in (shared, alone)]
+    assert inits[0].keys() == inits[1].keys()
+    for name, v in inits[0].items():
+        np.testing.assert_allclose(v, inits[1][name], rtol=1e-5, atol=1e-6, err_msg=name)

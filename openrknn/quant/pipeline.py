@@ -96,13 +96,18 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         "mmse" if options.algorithm == "mmse" else "minmax")
     weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides, fixed)
     rounding = options.resolved_rounding
+    probe = None
     if rounding != "nearest" and scheme.weight is not None and scheme.weight.bits <= 8:  # 16-bit: nothing to gain
         from .algorithms.rounding import round_weights
 
+        if options.bias_correction in (True, "empirical"):  # its means ride the rounding statistics pass
+            from .algorithms.bias_correction import MeanShiftProbe
+
+            probe = MeanShiftProbe(info, plan, acts, weights, options.bias_correction_samples)
         t_round = time.perf_counter()
-        report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress)
+        report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress, probe)
         report["stages"]["weight_rounding"] = round(time.perf_counter() - t_round, 3)
-    _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress)
+    _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress, probe)
     report["stages"]["weights"] = round(time.perf_counter() - t, 3)
 
     if options.range_search:
@@ -135,8 +140,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 
 def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
                      weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions", report: Dict,
-                     progress: bool) -> None:
-    """Fold each layer's measured (or, 'analytical', expected) output shift into its bias: sets WeightQuant.bias."""
+                     progress: bool, probe=None) -> None:
+    """Fold each layer's measured (or, 'analytical', expected) output shift into its bias: sets WeightQuant.bias.
+    ``probe``: the means, already measured in the weight-rounding pass."""
     if options.bias_correction == "analytical":
         from .algorithms.bias_correction import correct_biases
 
@@ -146,7 +152,7 @@ def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict
 
         report["bias_correction"] = empirical_bias_correction(m, info, plan, acts, weights, data,
                                                               options.bias_correction_samples, progress,
-                                                              options.threads)
+                                                              options.threads, probe)
 
 
 def _apply_residual_equalization(m: onnx.ModelProto, info: GraphInfo, streams, stats: Stats,

@@ -6,7 +6,7 @@ no extra pass. Border effects of padding are ignored (the interior dominates).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -69,71 +69,101 @@ def _qdq_mean_nodes(x: str, act, axes, opset: int, tag: str) -> Tuple[List[onnx.
     return nodes, inits
 
 
+class MeanShiftProbe:
+    """What one float pass must measure for empirical bias correction: the per-channel means E[x] and E[Q(x)] of
+    every Conv/Gemm input (Q at the scale calibration chose). They depend on the activation scales only, not on
+    the weights, so the pass can run before the weights are final and share a session with other statistics
+    (weight rounding's); ``apply`` turns the means into corrections once the integers are fixed."""
+
+    def __init__(self, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict, max_samples: int = 32):
+        self.max_samples = max_samples
+        self.targets = []
+        for w in plan.weighted:
+            op = info.nodes[w.node].op_type
+            r = info.rank(w.x)
+            if op not in ("Conv", "Gemm") or w.node not in weights or w.x not in acts or r is None:
+                continue
+            if op == "Gemm" and (r != 2 or bool(info.attr(w.node, "transA", 0))):
+                continue
+            self.targets.append((w, tuple(a for a in range(r) if a != 1)))
+        self.acts = acts
+        self.tags: Dict[str, str] = {}
+        for w, _ in self.targets:
+            self.tags.setdefault(w.x, f"bc{len(self.tags)}")
+        self.outputs = [tag + s for tag in self.tags.values() for s in ("_qmean", "_fmean")]
+        self.sums = [0.0] * len(self.outputs)
+        self.n = 0
+
+    def augment(self, m: onnx.ModelProto) -> None:
+        """Add the side branches and their outputs to ``m`` (a copy of the float model), in place."""
+        from ..calibrate import opset_of
+
+        opset = opset_of(m)
+        axes_of = {w.x: axes for w, axes in self.targets}
+        for x, tag in self.tags.items():
+            nodes, inits = _qdq_mean_nodes(x, self.acts[x], axes_of[x], opset, tag)
+            m.graph.node.extend(nodes)
+            m.graph.initializer.extend(inits)
+            for suffix in ("_qmean", "_fmean"):
+                m.graph.output.append(onnx.ValueInfoProto(name=tag + suffix))
+        if any(self.acts[x].fmt.bits == 16 for x in self.tags) and not any(o.domain == "com.microsoft"
+                                                                           for o in m.opset_import):
+            m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+
+    def add(self, values: Dict[str, np.ndarray]) -> None:
+        self.sums = [a + np.asarray(values[name], np.float64) for a, name in zip(self.sums, self.outputs)]
+        self.n += 1
+
+    def apply(self, info: GraphInfo, weights: Dict) -> Dict:
+        """Set ``WeightQuant.bias`` of every target from the measured means and its final integers."""
+        means = {name: v / max(self.n, 1) for name, v in zip(self.outputs, self.sums)}
+        largest = 0.0
+        for w, _ in self.targets:
+            op = info.nodes[w.node].op_type
+            wq = weights[w.node]
+            wf = info.const(w.w).astype(np.float64)
+            wd = dequantized(wq.q, wq.scale, wq.zero_point, wq.axis).astype(np.float64)
+            tag = self.tags[w.x]
+            mq, mf = means[tag + "_qmean"].reshape(-1), means[tag + "_fmean"].reshape(-1)
+            group = int(info.attr(w.node, "group", 1))
+            trans_b = bool(info.attr(w.node, "transB", 0))
+            if op == "Conv" and mq.size != wf.shape[1] * group:
+                continue
+            shift = output_shift(op, wd, mq, group, trans_b) - output_shift(op, wf, mf, group, trans_b)
+            base = wq.bias if wq.bias is not None else (info.const(w.bias).astype(np.float64) if w.bias else 0.0)
+            wq.bias = (base - shift).astype(np.float32)
+            largest = max(largest, float(np.abs(shift).max()))
+        return {"layers": len(self.targets), "samples": self.n, "max_shift": largest}
+
+
 def empirical_bias_correction(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict,
-                              data, max_samples: int = 32, progress: bool = True, threads: int = 0) -> Dict:
+                              data, max_samples: int = 32, progress: bool = True, threads: int = 0,
+                              probe: Optional[MeanShiftProbe] = None) -> Dict:
     """Measured bias correction: each layer's own mean output shift, from weight rounding *and* from quantizing
     its input, is removed. A layer's pre-activation output is linear in its input, so the shift is exactly
     W_q . E[Q(x)] - W . E[x] per output channel (up to zero-padded borders); one extra float pass measures the
     per-channel means E[x] and E[Q(x)] of every layer input (Q at the scale calibration chose). Each layer is
     corrected for the float input it should see, so the corrections are independent and applied at once.
-    Sets ``WeightQuant.bias``; returns a small report."""
+    ``probe``: means already measured in a shared pass (then no pass of its own). Sets ``WeightQuant.bias``; returns
+    a small report."""
     import itertools
 
     from tqdm import tqdm
 
-    from ..calibrate import make_session, opset_of
+    from ..calibrate import make_session
 
-    targets = []
-    for w in plan.weighted:
-        op = info.nodes[w.node].op_type
-        r = info.rank(w.x)
-        if op not in ("Conv", "Gemm") or w.node not in weights or w.x not in acts or r is None:
-            continue
-        if op == "Gemm" and (r != 2 or bool(info.attr(w.node, "transA", 0))):
-            continue
-        targets.append((w, tuple(a for a in range(r) if a != 1)))
-    if not targets:
+    if probe is None or probe.n == 0:
+        probe = MeanShiftProbe(info, plan, acts, weights, max_samples)
+        if not probe.targets:
+            return {"layers": 0}
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        probe.augment(m)
+        sess = make_session(m, threads)
+        total = min(max_samples, len(data))
+        for feed in tqdm(itertools.islice(data, total), total=total, desc="bias correction", disable=not progress,
+                         leave=False):
+            probe.add(dict(zip(probe.outputs, sess.run(probe.outputs, feed))))
+    if not probe.targets:
         return {"layers": 0}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    opset = opset_of(m)
-    tags: Dict[str, str] = {}
-    for w, axes in targets:
-        if w.x in tags:
-            continue
-        tag = f"bc{len(tags)}"
-        nodes, inits = _qdq_mean_nodes(w.x, acts[w.x], axes, opset, tag)
-        m.graph.node.extend(nodes)
-        m.graph.initializer.extend(inits)
-        for suffix in ("_qmean", "_fmean"):
-            m.graph.output.append(onnx.ValueInfoProto(name=tag + suffix))
-        tags[w.x] = tag
-    if any(a.fmt.bits == 16 for a in acts.values()) and not any(o.domain == "com.microsoft"
-                                                                 for o in m.opset_import):
-        m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    sess = make_session(m, threads)
-    names = [tags[x] + s for x in tags for s in ("_qmean", "_fmean")]
-    sums = [0.0] * len(names)
-    total = min(max_samples, len(data))
-    n = 0
-    for feed in tqdm(itertools.islice(data, total), total=total, desc="bias correction", disable=not progress,
-                     leave=False):
-        sums = [a + np.asarray(b, np.float64) for a, b in zip(sums, sess.run(names, feed))]
-        n += 1
-    means = {name: v / max(n, 1) for name, v in zip(names, sums)}
-    largest = 0.0
-    for w, _ in targets:
-        op = info.nodes[w.node].op_type
-        wq = weights[w.node]
-        wf = info.const(w.w).astype(np.float64)
-        wd = dequantized(wq.q, wq.scale, wq.zero_point, wq.axis).astype(np.float64)
-        mq, mf = means[tags[w.x] + "_qmean"].reshape(-1), means[tags[w.x] + "_fmean"].reshape(-1)
-        group = int(info.attr(w.node, "group", 1))
-        trans_b = bool(info.attr(w.node, "transB", 0))
-        if op == "Conv" and mq.size != wf.shape[1] * group:
-            continue
-        shift = output_shift(op, wd, mq, group, trans_b) - output_shift(op, wf, mf, group, trans_b)
-        base = wq.bias if wq.bias is not None else (info.const(w.bias).astype(np.float64) if w.bias else 0.0)
-        wq.bias = (base - shift).astype(np.float32)
-        largest = max(largest, float(np.abs(shift).max()))
-    return {"layers": len(targets), "samples": n, "max_shift": largest}
+    return probe.apply(info, weights)

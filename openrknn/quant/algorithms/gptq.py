@@ -53,19 +53,25 @@ def gptq_rounding(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmin: int, q
 
     order = np.argsort(-np.diag(G), kind="stable")
     U = _upper_inverse_factor(np.asarray(G, np.float64)[order][:, order][None])[0]
-    W = W[:, order]
+    Wt = np.ascontiguousarray(W[:, order].T)  # [K, rows]: column j is a contiguous row (the loop's hot access)
+    Qt = np.empty_like(Wt)
+    s1, z1, inv_s = s[:, 0], z[:, 0], 1.0 / s[:, 0]
     for b0 in range(0, k, BLOCK):
         b1 = min(b0 + BLOCK, k)
-        errs = np.empty((rows, b1 - b0))
+        errs = np.empty((b1 - b0, rows))
         for j in range(b0, b1):
-            q = round_col(W[:, j:j + 1], s, z)
-            Q[:, j:j + 1] = q
-            err = (W[:, j:j + 1] - (q - z) * s) / U[j, j]
-            W[:, j + 1:b1] -= err * U[j, j + 1:b1]
-            errs[:, j - b0] = err[:, 0]
-        W[:, b1:] -= errs @ U[b0:b1, b1:]
-    out = np.empty_like(Q)
-    out[:, order] = Q
+            wj = Wt[j]
+            q = np.clip(np.rint(wj * inv_s) + z1, qmin, qmax)
+            Qt[j] = q
+            e = errs[j - b0]
+            np.subtract(wj, (q - z1) * s1, out=e)
+            e /= U[j, j]
+            if j + 1 < b1:
+                Wt[j + 1:b1] -= U[j, j + 1:b1, None] * e
+        if b1 < k:
+            Wt[b1:] -= U[b0:b1, b1:].T @ errs
+    out = np.empty((rows, k))
+    out[:, order] = Qt.T
     return out.astype(np.int64)
 
 

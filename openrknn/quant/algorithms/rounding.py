@@ -36,20 +36,32 @@ def _conv_geometry(info: GraphInfo, i: int, w: np.ndarray):
 
 
 def _patches(x: np.ndarray, k, pads, strides, dil, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random im2col patches of a [1, C, H, W] input: [n, C, kh*kw]."""
+    """n random im2col patches of a [1, C, H, W] input: [C, n, kh*kw] (zero padding by masking, so the input is
+    never copied whole)."""
     if len(k) != 2 or pads and any(p < 0 for p in pads):
         raise ValueError("2-D convs only")
-    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (xp.shape[1] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
-    ow = (xp.shape[2] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
+    _, h, w = x[0].shape
+    oh = (h + pads[0] + pads[2] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
     if oh <= 0 or ow <= 0:
-        return np.zeros((0, x.shape[1], k[0] * k[1]), np.float32)
-    oy = rng.integers(0, oh, n) * strides[0]
-    ox = rng.integers(0, ow, n) * strides[1]
-    ky, kx = np.meshgrid(np.arange(k[0]) * dil[0], np.arange(k[1]) * dil[1], indexing="ij")
-    rows = oy[:, None] + ky.reshape(1, -1)
-    cols = ox[:, None] + kx.reshape(1, -1)
-    return np.transpose(xp[:, rows, cols], (1, 0, 2))  # [n, C, kk]
+        return np.zeros((x.shape[1], 0, k[0] * k[1]), np.float32)
+    oy = rng.integers(0, oh, n) * strides[0] - pads[0]
+    ox = rng.integers(0, ow, n) * strides[1] - pads[1]
+    flat_x = x[0].reshape(x.shape[1], -1)
+    if k[0] == k[1] == 1:  # pointwise: one pixel per patch (padding rows of a 1x1 conv only add zeros)
+        inside = (oy >= 0) & (oy < h) & (ox >= 0) & (ox < w)
+        p = np.take(flat_x, np.clip(oy, 0, h - 1) * w + np.clip(ox, 0, w - 1), axis=1)[:, :, None]
+        if not inside.all():
+            p *= inside[:, None]
+        return p
+    rows = oy[:, None] + (np.arange(k[0]) * dil[0]).repeat(k[1])[None, :]
+    cols = ox[:, None] + np.tile(np.arange(k[1]) * dil[1], k[0])[None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    flat = np.clip(rows, 0, h - 1) * w + np.clip(cols, 0, w - 1)
+    p = np.take(flat_x, flat.reshape(-1), axis=1).reshape(x.shape[1], *flat.shape)
+    if not inside.all():
+        p *= inside
+    return p  # [C, n, kk]
 
 
 class _Layer:
@@ -74,13 +86,13 @@ class _Layer:
     def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
         if self.op == "Conv":
             k, pads, strides, dil, _ = self.geom
-            p = _patches(x.astype(np.float32), k, pads, strides, dil, rng, POSITIONS)  # [n, C, kk]
+            p = _patches(x.astype(np.float32, copy=False), k, pads, strides, dil, rng, POSITIONS)  # [C, n, kk]
             if self.depthwise:
-                g = np.einsum("nci,ncj->cij", p, p)                              # [C, kk, kk]
+                g = np.matmul(p.transpose(0, 2, 1), p)                          # [C, kk, kk]
             else:
-                flat = p.reshape(p.shape[0], -1)
+                flat = p.transpose(1, 0, 2).reshape(p.shape[1], -1)            # [n, C*kk]
                 g = flat.T @ flat
-            n = p.shape[0]
+            n = p.shape[1]
         else:
             flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
             g, n = flat.T @ flat, flat.shape[0]
@@ -99,26 +111,38 @@ def _solver(method: str, options) -> Callable[..., np.ndarray]:
 
 
 def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant], data,
-                  options, method: str, progress: bool = True) -> Dict:
+                  options, method: str, progress: bool = True, passenger=None) -> Dict:
     """Replace round-to-nearest integers of every Conv/Gemm/MatMul weight by ``method``'s ('gptq' | 'adaround'),
-    in place. G comes from the float model's layer inputs."""
+    in place. G comes from the float model's layer inputs. ``passenger``: another float-model probe that rides
+    the same pass (``augment(model)``, ``outputs``, ``add(values)``, ``max_samples``; bias correction's means),
+    so the two need one session and one inference per sample instead of two."""
     from tqdm import tqdm
 
     from ..calibrate import augment, make_session
 
     layers = [_Layer(info, w) for w in plan.weighted if w.node in weights]
     layers = [la for la in layers if la.ok and la.w.x in info.elem_type]
+    inputs = sorted({la.w.x for la in layers})
+    total = min(options.rounding_samples, len(data)) if layers else 0
+    rides = min(passenger.max_samples, len(data)) if passenger is not None else 0
+    if total or rides:
+        m = augment(model, {}, inputs)
+        if passenger is not None:
+            passenger.augment(m)
+        sess = make_session(m, options.threads)
+        rng = np.random.default_rng(0)
+        desc = f"{method} statistics" + (" + bias means" if rides else "")
+        for i, feed in enumerate(tqdm(itertools.islice(data, max(total, rides)), total=max(total, rides),
+                                      desc=desc, disable=not progress, leave=False)):
+            names = (inputs if i < total else []) + (passenger.outputs if i < rides else [])
+            vals = dict(zip(names, sess.run(names, feed)))
+            if i < total:
+                for la in layers:
+                    la.add(vals[la.w.x], rng)
+            if i < rides:
+                passenger.add(vals)
     if not layers:
         return {"method": method, "layers": 0}
-    inputs = sorted({la.w.x for la in layers})
-    sess = make_session(augment(model, {}, inputs), options.threads)
-    rng = np.random.default_rng(0)
-    total = min(options.rounding_samples, len(data))
-    for feed in tqdm(itertools.islice(data, total), total=total, desc=f"{method} statistics",
-                     disable=not progress, leave=False):
-        vals = dict(zip(inputs, sess.run(inputs, feed)))
-        for la in layers:
-            la.add(vals[la.w.x], rng)
     solve = _solver(method, options)
     done = 0
     for la in tqdm(layers, desc=method, disable=not progress, leave=False):
