@@ -43,7 +43,7 @@ class BuildConfig:
     force_builtin_perm: bool = False
     quant_img_RGB2BGR: bool = False
     auto_hybrid_cos_thresh: float = 0.98
-    weight_rounding: str = "auto"  # openrknn: 'auto' = gptq with mmse, nearest otherwise
+    weight_rounding: str = "auto"  # openrknn: 'auto' = gptq (8-bit weights)
 
     @property
     def target(self) -> str:

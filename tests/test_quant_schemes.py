@@ -283,8 +283,11 @@ def test_histogram_algorithms_clip_inside_the_observed_range(calib, algorithm):
 @pytest.mark.parametrize("mode", ["empirical", "analytical"])
 def test_bias_correction_changes_only_biases(calib, mode):
     model = tiny_model()
-    base = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, equalization=False)
-    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=mode, equalization=False)
+    # nearest rounding: GPTQ already removes most of the mean shift bias correction is there to remove
+    base = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=False, equalization=False,
+              weight_rounding="nearest")
+    res = _q(model, calib, dtype="asymmetric_quantized-u8", bias_correction=mode, equalization=False,
+             weight_rounding="nearest")
     assert res.report["bias_correction"]["layers"] >= 5
     assert res.tensors["w1"] == base.tensors["w1"] and res.tensors["silu"] == base.tensors["silu"]
     def biases(r):
