@@ -8,7 +8,7 @@ quantized model has one of the same class with IoU >= 0.5 (one-to-one). Columns:
     python bench/hybrid.py [--thresh 0.98 0.995 ...] [--promote int16|float] [--dtype w8a8] [--algorithm mmse]
 
 --dtype w8a8 runs the same comparison for RKNPU2 (rk3588, per-channel int8 weights); --algorithm picks
-quantized_algorithm for every build (mmse brings GPTQ weight rounding).
+quantized_algorithm for every build (all use GPTQ weight rounding, the default).
 """
 
 from __future__ import annotations

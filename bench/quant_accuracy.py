@@ -328,12 +328,13 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "mmse", "channel", {}),
     ("w8a8", "normal", "layer", {}),
     ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
-    # layer-wise weight rounding: mmse uses gptq by default; the rows below show it off, opt-in with the faster
-    # algorithms, and the slower learned rounding (adaround) it replaced
+    # layer-wise weight rounding: every row above uses GPTQ (the default); the rows below show round-to-nearest,
+    # and the slower learned rounding (adaround) GPTQ replaced
+    ("asymmetric_quantized-u8", "normal", "layer", {"weight_rounding": "nearest"}),
     ("asymmetric_quantized-u8", "mmse", "layer", {"weight_rounding": "nearest"}),
+    ("w8a8", "normal", "channel", {"weight_rounding": "nearest"}),
+    ("w8a8", "kl_divergence", "channel", {"weight_rounding": "nearest"}),
     ("w8a8", "mmse", "channel", {"weight_rounding": "nearest"}),
-    ("asymmetric_quantized-u8", "normal", "layer", {"weight_rounding": "gptq"}),
-    ("w8a8", "kl_divergence", "channel", {"weight_rounding": "gptq"}),
     ("asymmetric_quantized-u8", "mmse", "layer", {"weight_rounding": "adaround"}),
     ("w8a8", "mmse", "channel", {"weight_rounding": "adaround"}),
     # output-aware range search (opt-in)
@@ -484,15 +485,18 @@ def main() -> None:
         print("\n# build speed, yolox_nano, 100 calibration samples = the 15 calibration images cycled "
               "(batch_size=100, epochs=1); each build in a fresh process")
         ds = tmp / "yolox" / "dataset.txt"
-        for alg in ("normal", "kl_divergence", "mmse"):
+        # the default (GPTQ weight rounding) for each algorithm, and normal with round-to-nearest: what GPTQ costs
+        for alg, extra in (("normal", {}), ("kl_divergence", {}), ("mmse", {}),
+                           ("normal", {"weight_rounding": "nearest"})):
             for dtype, method in (("asymmetric_quantized-u8", "layer"), ("w8a8", "channel")):
                 spec = dict(kind="ours", model="yolox", dataset=str(ds), rgb2bgr=True, dtype=dtype, algorithm=alg,
-                            method=method, batch=100, epochs=1, out=str(tmp / "speed.onnx"))
+                            method=method, batch=100, epochs=1, out=str(tmp / "speed.onnx"), extra=extra)
                 res = run_child(spec)
+                label = alg + (" (nearest)" if extra else "")
                 if "error" in res:
-                    print(f"{dtype} {alg}: ERROR {res['error']}")
+                    print(f"{dtype} {label}: ERROR {res['error']}")
                     continue
-                print(f"{dtype:24s} {alg:14s} samples {res['samples']:4d}  build {res['seconds']:5.2f} s "
+                print(f"{dtype:24s} {label:24s} samples {res['samples']:4d}  build {res['seconds']:5.2f} s "
                       f"(CPU {res['cpu_s']:5.2f} s, load avg {os.getloadavg()[0]:.1f})  "
                       f"peak RSS {res['peak_rss_mb']:.0f} MB (after imports + model load {res['base_rss_mb']:.0f})"
                       f"  stages {res['report'].get('stages')}", flush=True)
