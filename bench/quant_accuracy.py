@@ -328,6 +328,7 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "mmse", "channel", {}),
     ("w8a8", "normal", "layer", {}),
     ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
+    ("dynamic_fixed_point-i8", "normal", "layer", {"pow2_fit": False}),
     # layer-wise weight rounding: every row above uses GPTQ (the default); the rows below show round-to-nearest,
     # and the slower learned rounding (adaround) GPTQ replaced
     ("asymmetric_quantized-u8", "normal", "layer", {"weight_rounding": "nearest"}),

@@ -75,3 +75,32 @@ def test_mobilenet_u8_default_meets_the_per_tensor_targets(bench, tmp_path):
     cos = float(np.mean(cos))  # as the bench reports it
     assert agree >= 19, f"top-1 agreement {agree}/20"
     assert cos >= 0.99, f"output cosine {cos:.4f}"
+
+
+def test_mobilenet_dfp_i8_pow2_fit_raises_the_cosine(bench, tmp_path):
+    """dynamic_fixed_point-i8 on the bench split: fitting ranges to their power-of-two grids (the default) lifts
+    the output cosine over the plain build (measured 0.968 -> 0.972, top-1 18 -> 19 of 20)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from openrknn.quant import QuantOptions, quantize
+    from openrknn.quant.dataset import read_dataset
+
+    model, inputs = bench.float_model("mobilenet")
+    calib, evals = bench.split("mobilenet")
+    ds, rgb2bgr = bench.write_dataset("mobilenet", calib, tmp_path)
+    data = read_dataset(ds, inputs, rgb2bgr=rgb2bgr)
+    f_sess = bench.session(model, 1)
+    feeds = [{inputs[0].name: bench.model_input("mobilenet", p)[0]} for p in evals]
+    ref = [f_sess.run(None, f)[0].ravel() for f in feeds]
+    cos = {}
+    for fit in (False, True):
+        res = quantize(model, data, QuantOptions(dtype="dynamic_fixed_point-i8", target="rk1808", threads=1,
+                                                 pow2_fit=fit), progress=False)
+        q_sess = bench.session(res.model, 1)
+        out = [q_sess.run(None, f)[0].ravel() for f in feeds]
+        cos[fit] = float(np.mean([a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(ref, out)]))
+        if fit:
+            assert res.report["pow2_fit"]["tensors"] >= 20
+            assert sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, out)) >= 18
+    assert cos[True] > cos[False] + 0.002, cos

@@ -49,6 +49,9 @@ class QuantOptions:
     range_split: a conv output read only by depthwise convs whose channel ranges span more than
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
+    pow2_fit: dynamic_fixed_point-i8 only: multiply tensors made by a conv (+ ReLU/Clip) and read by convs by a
+        factor in [1, 2) so their ranges fill their power-of-two grids, weighing the weights' grids on both sides;
+        an exact rewrite (algorithms/pow2_fit.py).
     residual_equalization: rescale the channels of residual streams (tensors joined by Adds, made by convs and
         read by convs, as in MobileNetV2) so one per-tensor activation scale fits them all; an exact rewrite
         (algorithms/residual_equalize.py) from the per-channel ranges of calibration pass 1.
@@ -74,6 +77,7 @@ class QuantOptions:
     bias_correction: object = "empirical"
     bias_correction_samples: int = 16
     range_split: bool = True
+    pow2_fit: bool = True
     range_split_ratio: float = 8.0
     residual_equalization: bool = True
     weight_rounding: str = "auto"
@@ -105,6 +109,8 @@ class QuantOptions:
             raise ConfigError("bias_correction", self.bias_correction, (True, False, "empirical", "analytical"))
         if self.residual_equalization not in (True, False):
             raise ConfigError("residual_equalization", self.residual_equalization, (True, False))
+        if self.pow2_fit not in (True, False):
+            raise ConfigError("pow2_fit", self.pow2_fit, (True, False))
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))

@@ -75,6 +75,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         m, info, plan = _apply_residual_equalization(m, info, streams, stats, options, report)
     if split_cands:
         m, info, plan = _apply_range_split(m, stats, split_cands, options, report)
+    if options.pow2_fit and scheme.act.pow2 and scheme.act.bits == 8:
+        m, info, plan = _apply_pow2_fit(m, info, plan, stats, scheme, per_channel, options, report)
     overrides = _expand_overrides(options.overrides, plan)
     report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
                       "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
@@ -128,7 +130,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
     scales = _merged_scales(report.get("equalization", {}).pop("channel_scales", {}),
-                            report.get("residual_equalization", {}).pop("channel_scales", {}))
+                            report.get("residual_equalization", {}).pop("channel_scales", {}),
+                            report.get("pow2_fit", {}).pop("channel_scales", {}))
     if scales:
         set_channel_scales(qmodel, scales)
     orders = report.get("range_split", {}).pop("channel_orders", None)
@@ -174,6 +177,34 @@ def _apply_residual_equalization(m: onnx.ModelProto, info: GraphInfo, streams, s
     info = GraphInfo(m)
     plan = build_plan(info, options.keep_mixed_concat_float)
     report["stages"]["residual_equalization"] = round(time.perf_counter() - t, 3)
+    return m, info, plan
+
+
+def _apply_pow2_fit(m: onnx.ModelProto, info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
+                    per_channel: bool, options: "QuantOptions", report: Dict):
+    """Dynamic fixed point: rescale the tensors that can be rescaled exactly so their ranges fill their power-of-two
+    grids; their pass-1 statistics are multiplied by the same factors (no extra pass)."""
+    from .algorithms.pow2_fit import choose_factors, find_fits, pow2_fit
+
+    t = time.perf_counter()
+    fits = find_fits(info, plan)
+    amax = {f.tensor: max(abs(stats.minmax[f.tensor][0]), abs(stats.minmax[f.tensor][1]))
+            for f in fits if f.tensor in stats.minmax}
+    factors = choose_factors(info, fits, amax, scheme.act, scheme.weight, per_channel)
+    if not factors:
+        return m, info, plan
+    m, report["pow2_fit"] = pow2_fit(m, info, fits, factors)
+    for name, f in factors.items():
+        lo, hi = stats.minmax[name]
+        stats.minmax[name] = (lo * f, hi * f)
+        if name in stats.channel_minmax:
+            clo, chi = stats.channel_minmax[name]
+            stats.channel_minmax[name] = (clo * f, chi * f)
+        if name in stats.channel_mean:
+            stats.channel_mean[name] = (stats.channel_mean[name] * f).astype(np.float32)
+    info = GraphInfo(m)
+    plan = build_plan(info, options.keep_mixed_concat_float)
+    report["stages"]["pow2_fit"] = round(time.perf_counter() - t, 3)
     return m, info, plan
 
 

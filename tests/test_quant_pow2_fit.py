@@ -1,0 +1,128 @@
+"""Power-of-two range fitting (dynamic_fixed_point-i8): the rewrite is exact, the factors lower the grids' rounding
+noise, only rescalable tensors are touched, and quantize() wires it in for dfp-i8 only."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ort_run, write_npy_dataset
+from openrknn.errors import ConfigError
+from openrknn.quant.algorithms.pow2_fit import _noise, choose_factors, find_fits, pow2_fit
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import build_plan
+from openrknn.quant.schemes import get_scheme
+
+
+def _model() -> onnx.ModelProto:
+    """x -> conv -> ReLU6 (t1) -> conv -> ReLU (t2) -> conv -> SiLU (t3) -> conv (y, output), plus t2 -> Add."""
+    rng = np.random.default_rng(0)
+
+    def w(name, cout, cin, k=3):
+        return numpy_helper.from_array((rng.normal(size=(cout, cin, k, k)) * 0.4).astype(np.float32), name)
+
+    def b(name, c):
+        return numpy_helper.from_array((rng.normal(size=c) * 0.1).astype(np.float32), name)
+
+    inits = [w("w1", 6, 3), b("b1", 6), w("w2", 6, 6), b("b2", 6), w("w3", 4, 6, 1), b("b3", 4), w("w4", 2, 4, 1),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["t1"]),
+             helper.make_node("Conv", ["t1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["t2"]),
+             helper.make_node("Conv", ["t2", "w3", "b3"], ["c3"]),
+             helper.make_node("Sigmoid", ["c3"], ["s3"]),
+             helper.make_node("Mul", ["c3", "s3"], ["t3"]),
+             helper.make_node("Conv", ["t3", "w4"], ["y"]),
+             helper.make_node("Add", ["t2", "t2"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    return normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return m
+
+
+def test_only_rescalable_tensors_are_fitted():
+    model = _model()
+    info = GraphInfo(model)
+    fits = find_fits(info, build_plan(info))
+    # t1: conv + Clip, read by a conv. t2 is read by an Add, t3 is a SiLU (not homogeneous), y is an output.
+    assert [f.tensor for f in fits] == ["t1"]
+    assert info.nodes[fits[0].activation].op_type == "Clip" and len(fits[0].readers) == 1
+
+
+def test_rewrite_is_exact_and_scales_the_tensor():
+    model = _model()
+    info = GraphInfo(model)
+    fits = find_fits(info, build_plan(info))
+    new, rep = pow2_fit(model, info, fits, {"t1": 1.37})
+    assert rep["tensors"] == 1 and np.allclose(rep["channel_scales"]["t1"], 1 / 1.37)
+    x = {"x": np.random.default_rng(1).uniform(-3, 3, (1, 3, 8, 8)).astype(np.float32)}
+    before = ort_run(_with_outputs(model, ["t1"]), x)
+    after = ort_run(_with_outputs(new, ["t1"]), x)
+    for a, b in zip(before[:2], after[:2]):  # y and z: the function is unchanged
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(after[2], before[2] * 1.37, rtol=1e-5, atol=1e-5)  # ReLU6 became Clip(0, 8.22)
+    assert before[2].max() > 6.0 * 0.99  # the clip was active, so its bound had to move too
+    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert np.array_equal(original["hi"], np.float32(6))  # the shared bound constant itself is not edited
+
+
+def test_factors_fill_the_grid_and_lower_the_noise():
+    fmt = get_scheme("dynamic_fixed_point-i8").act
+    wfmt = get_scheme("dynamic_fixed_point-i8").weight
+    # a ReLU6 output: 6 on the grid up to 7.94 uses 96 of 127 levels
+    assert _noise(np.array([6.0]), fmt) == pytest.approx(1 / 96 ** 2)
+    assert _noise(np.array([127 / 16]), fmt) == pytest.approx(1 / 127 ** 2)
+    model = _model()
+    info = GraphInfo(model)
+    fits = find_fits(info, build_plan(info))
+    amax = {"t1": 6.0}
+    factors = choose_factors(info, fits, amax, fmt, wfmt, per_channel=False)
+
+    def total(f):
+        w1 = np.abs(info.const("w1")).max() * f
+        w2 = np.abs(info.const("w2")).max() / f
+        return _noise(np.array([6.0 * f]), fmt) + _noise(np.array([w1]), wfmt) + _noise(np.array([w2]), wfmt)
+
+    f = factors.get("t1", 1.0)
+    assert 1.0 <= f < 2.0
+    assert total(f) < total(1.0)
+    assert total(f) <= min(total(g) for g in np.exp2(np.arange(64) / 64.0)) + 1e-12  # the best on the grid
+
+
+def test_quantize_uses_it_for_dfp_i8_only(tmp_path):
+    from openrknn.quant import QuantOptions, quantize
+    from openrknn.quant.dataset import InputSpec, read_dataset
+
+    model = _model()
+    data = read_dataset(write_npy_dataset(tmp_path, (1, 3, 8, 8), n=4, seed=3, high=3.0),
+                        [InputSpec("x", (1, 3, 8, 8))])
+    on = quantize(model, data, QuantOptions(dtype="dynamic_fixed_point-i8"), progress=False)
+    off = quantize(model, data, QuantOptions(dtype="dynamic_fixed_point-i8", pow2_fit=False), progress=False)
+    assert "pow2_fit" not in off.report
+    assert on.report["pow2_fit"]["tensors"] == 1 and "pow2_fit" in on.report["stages"]
+    # t1 saturates at 6 on this data: on the grid 2^-4 it used 96 levels, multiplied it uses more of the same grid
+    assert off.tensors["t1"]["scale"][0] == on.tensors["t1"]["scale"][0] == 2.0 ** -4
+    x = {"x": next(iter(data))["x"]}
+    ref = ort_run(model, x)[0]
+    err = [np.abs(ort_run(r.model, x)[0] - ref).mean() for r in (off, on)]
+    assert err[1] < err[0]
+    # accuracy analysis compares the rescaled t1 with the float t1 (the factor is recorded in the model)
+    from openrknn.quant.accuracy import accuracy_analysis
+
+    rows = {r["name"]: r for r in accuracy_analysis(model, on.model, [x], tmp_path / "aa", progress=False)["layers"]}
+    t1 = ort_run(_with_outputs(model, ["t1"]), x)[2]
+    assert rows["t1"]["single_euc"] < 0.02 * np.linalg.norm(t1)  # unscaled it would be off by the factor (~30%)
+    for dtype in ("asymmetric_quantized-u8", "w8a8", "dynamic_fixed_point-i16"):
+        assert "pow2_fit" not in quantize(model, data, QuantOptions(dtype=dtype), progress=False).report
+    with pytest.raises(ConfigError):
+        QuantOptions(pow2_fit="yes").validate()
