@@ -3,9 +3,10 @@
 Pipeline (each stage a module): normalize the graph (ir) -> plan the quantization points (plan) -> optional
 cross-layer equalization (algorithms.equalize) -> streaming calibration pass 1 (calibrate: min/max, per-channel
 ranges) -> residual-stream equalization (algorithms.residual_equalize) -> range split of uneven depthwise inputs
-(algorithms.split) -> histograms for kl_divergence / mmse (calibrate pass 2) -> activation ranges
-(algorithms.activations) -> weights (algorithms.weights; layer-wise rounding: algorithms.rounding, gptq or
-adaround) -> bias correction (algorithms.bias_correction, one short pass) -> opt-in output-aware range search
+(algorithms.split) -> power-of-two range fitting for dynamic_fixed_point-i8 (algorithms.pow2_fit) -> histograms
+for kl_divergence / mmse (calibrate pass 2) -> activation ranges (algorithms.activations) -> weights
+(algorithms.weights; layer-wise rounding: algorithms.rounding, gptq by default, or adaround) -> bias correction
+(algorithms.bias_correction; its means ride the rounding statistics pass) -> opt-in output-aware range search
 (algorithms.range_search) -> QDQ graph (qdq).
 QuantResult.report holds per-stage seconds, the plan's size, what was split/equalized/corrected, and warnings.
 """

@@ -106,6 +106,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
             from .algorithms.bias_correction import MeanShiftProbe
 
             probe = MeanShiftProbe(info, plan, acts, weights, options.bias_correction_samples)
+            probe = probe if probe.targets else None
         t_round = time.perf_counter()
         report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress, probe)
         report["stages"]["weight_rounding"] = round(time.perf_counter() - t_round, 3)
