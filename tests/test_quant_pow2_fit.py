@@ -16,8 +16,9 @@ from openrknn.quant.plan import build_plan
 from openrknn.quant.schemes import get_scheme
 
 
-def _model() -> onnx.ModelProto:
-    """x -> conv -> ReLU6 (t1) -> conv -> ReLU (t2) -> conv -> SiLU (t3) -> conv (y, output), plus t2 -> Add."""
+def _model(opset: int = 17) -> onnx.ModelProto:
+    """x -> conv -> ReLU6 (t1) -> conv -> ReLU (t2) -> conv -> SiLU (t3) -> conv (y, output), plus t2 -> Add.
+    Opset < 11: the ReLU6 bounds are Clip attributes, not inputs."""
     rng = np.random.default_rng(0)
 
     def w(name, cout, cin, k=3):
@@ -29,7 +30,8 @@ def _model() -> onnx.ModelProto:
     inits = [w("w1", 6, 3), b("b1", 6), w("w2", 6, 6), b("b2", 6), w("w3", 4, 6, 1), b("b3", 4), w("w4", 2, 4, 1),
              numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Clip", ["c1", "lo", "hi"], ["t1"]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["t1"]) if opset >= 11 else
+             helper.make_node("Clip", ["c1"], ["t1"], min=0.0, max=6.0),
              helper.make_node("Conv", ["t1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c2"], ["t2"]),
              helper.make_node("Conv", ["t2", "w3", "b3"], ["c3"]),
@@ -40,7 +42,10 @@ def _model() -> onnx.ModelProto:
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
                            helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
-    return normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    if opset < 11:
+        g.initializer.pop()  # lo, hi: unused
+        g.initializer.pop()
+    return normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
@@ -59,8 +64,9 @@ def test_only_rescalable_tensors_are_fitted():
     assert info.nodes[fits[0].activation].op_type == "Clip" and len(fits[0].readers) == 1
 
 
-def test_rewrite_is_exact_and_scales_the_tensor():
-    model = _model()
+@pytest.mark.parametrize("opset", [17, 10])
+def test_rewrite_is_exact_and_scales_the_tensor(opset):
+    model = _model(opset)
     info = GraphInfo(model)
     fits = find_fits(info, build_plan(info))
     new, rep = pow2_fit(model, info, fits, {"t1": 1.37})
@@ -72,8 +78,9 @@ def test_rewrite_is_exact_and_scales_the_tensor():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(after[2], before[2] * 1.37, rtol=1e-5, atol=1e-5)  # ReLU6 became Clip(0, 8.22)
     assert before[2].max() > 6.0 * 0.99  # the clip was active, so its bound had to move too
-    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    assert np.array_equal(original["hi"], np.float32(6))  # the shared bound constant itself is not edited
+    if opset >= 11:  # the Clip got its own bound copies: a bound constant shared with other nodes stays as it was
+        inits = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+        assert np.array_equal(inits["hi"], np.float32(6))
 
 
 def test_factors_fill_the_grid_and_lower_the_noise():
