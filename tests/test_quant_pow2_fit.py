@@ -60,8 +60,8 @@ def test_only_rescalable_tensors_are_fitted():
     info = GraphInfo(model)
     fits = find_fits(info, build_plan(info))
     # t1: conv + Clip, read by a conv. t2 is read by an Add, t3 is a SiLU (not homogeneous), y is an output.
-    assert [f.tensor for f in fits] == ["t1"]
-    assert info.nodes[fits[0].activation].op_type == "Clip" and len(fits[0].readers) == 1
+    assert [f.tensors for f in fits] == [["t1"]]
+    assert [info.nodes[c].op_type for c in fits[0].clips] == ["Clip"] and len(fits[0].readers) == 1
 
 
 @pytest.mark.parametrize("opset", [17, 10])
@@ -69,7 +69,7 @@ def test_rewrite_is_exact_and_scales_the_tensor(opset):
     model = _model(opset)
     info = GraphInfo(model)
     fits = find_fits(info, build_plan(info))
-    new, rep = pow2_fit(model, info, fits, {"t1": 1.37})
+    new, rep = pow2_fit(model, info, fits, {0: 1.37})
     assert rep["tensors"] == 1 and np.allclose(rep["channel_scales"]["t1"], 1 / 1.37)
     x = {"x": np.random.default_rng(1).uniform(-3, 3, (1, 3, 8, 8)).astype(np.float32)}
     before = ort_run(_with_outputs(model, ["t1"]), x)
@@ -100,7 +100,7 @@ def test_factors_fill_the_grid_and_lower_the_noise():
         w2 = np.abs(info.const("w2")).max() / f
         return _noise(np.array([6.0 * f]), fmt) + _noise(np.array([w1]), wfmt) + _noise(np.array([w2]), wfmt)
 
-    f = factors.get("t1", 1.0)
+    f = factors.get(0, 1.0)
     assert 1.0 <= f < 2.0
     assert total(f) < total(1.0)
     assert total(f) <= min(total(g) for g in np.exp2(np.arange(64) / 64.0)) + 1e-12  # the best on the grid
@@ -133,3 +133,32 @@ def test_quantize_uses_it_for_dfp_i8_only(tmp_path):
         assert "pow2_fit" not in quantize(model, data, QuantOptions(dtype=dtype), progress=False).report
     with pytest.raises(ConfigError):
         QuantOptions(pow2_fit="yes").validate()
+
+
+def _stream_model() -> onnx.ModelProto:
+    """x -> conv (a), x -> conv (b), s = a + b -> conv (y): a residual stream a, b, s takes one factor."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.5).astype(np.float32), n)
+             for n, s in (("wa", (4, 3, 3, 3)), ("ba", (4,)), ("wb", (4, 3, 1, 1)), ("wc", (2, 4, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("Conv", ["s", "wc"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_residual_stream_takes_one_factor():
+    model = _stream_model()
+    info = GraphInfo(model)
+    fits = find_fits(info, build_plan(info))
+    assert len(fits) == 1 and sorted(fits[0].tensors) == ["a", "b", "s"] and len(fits[0].producers) == 2
+    new, rep = pow2_fit(model, info, fits, {0: 1.6})
+    x = {"x": np.random.default_rng(2).normal(size=(1, 3, 6, 6)).astype(np.float32)}
+    before = ort_run(_with_outputs(model, ["a", "b", "s"]), x)
+    after = ort_run(_with_outputs(new, ["a", "b", "s"]), x)
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-4, atol=1e-5)  # y unchanged
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(after[k], before[k] * 1.6, rtol=1e-4, atol=1e-5)
+    assert set(rep["channel_scales"]) == {"a", "b", "s"}

@@ -50,9 +50,9 @@ class QuantOptions:
     range_split: a conv output read only by depthwise convs whose channel ranges span more than
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
-    pow2_fit: dynamic_fixed_point-i8 only: multiply tensors made by a conv (+ ReLU/Clip) and read by convs by a
-        factor in [1, 2) so their ranges fill their power-of-two grids, weighing the weights' grids on both sides;
-        an exact rewrite (algorithms/pow2_fit.py).
+    pow2_fit: dynamic_fixed_point-i8 only: multiply tensors made by a conv (+ ReLU/Clip) and read by convs, and
+        residual streams, by a factor in [1, 2) so their ranges fill their power-of-two grids, weighing the weights'
+        grids on both sides; an exact rewrite (algorithms/pow2_fit.py).
     residual_equalization: rescale the channels of residual streams (tensors joined by Adds, made by convs and
         read by convs, as in MobileNetV2) so one per-tensor activation scale fits them all; an exact rewrite
         (algorithms/residual_equalize.py) from the per-channel ranges of calibration pass 1.

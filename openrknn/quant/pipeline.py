@@ -189,13 +189,13 @@ def _apply_pow2_fit(m: onnx.ModelProto, info: GraphInfo, plan: Plan, stats: Stat
 
     t = time.perf_counter()
     fits = find_fits(info, plan)
-    amax = {f.tensor: max(abs(stats.minmax[f.tensor][0]), abs(stats.minmax[f.tensor][1]))
-            for f in fits if f.tensor in stats.minmax}
+    amax = {name: max(abs(stats.minmax[name][0]), abs(stats.minmax[name][1]))
+            for f in fits for name in f.tensors if name in stats.minmax}
     factors = choose_factors(info, fits, amax, scheme.act, scheme.weight, per_channel)
     if not factors:
         return m, info, plan
     m, report["pow2_fit"] = pow2_fit(m, info, fits, factors)
-    for name, f in factors.items():
+    for name, f in ((t, f) for k, f in factors.items() for t in fits[k].tensors):
         lo, hi = stats.minmax[name]
         stats.minmax[name] = (lo * f, hi * f)
         if name in stats.channel_minmax:

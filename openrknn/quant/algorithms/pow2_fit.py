@@ -3,7 +3,9 @@
 A dynamic_fixed_point scale is a power of two, so a tensor whose largest value is 4.1 gets the grid 2^-4 (up to
 7.94) and uses 66 of its 127 positive levels: almost a bit lost. A ReLU6 output (6 of 7.94) loses 0.4 bit.
 Multiplying a tensor by a factor f is exact when its producer is a conv followed by at most a ReLU or Clip (the
-conv's weights and bias and the clip bounds times f) and all its readers are convs (their weights divided by f).
+conv's weights and bias and the clip bounds times f) and all its readers are convs (their weights divided by f);
+a residual stream (convs without activation joined by Adds, read by convs: MobileNetV2's block outputs) takes one
+factor for all its tensors.
 A factor that brings the tensor's maximum to the top of a grid moves the weights on both sides along their own
 power-of-two grids, so f is chosen to minimise the summed relative rounding noise, 1 / levels^2, of the tensor and
 of the weights it touches; one tensor at a time, in graph order, for a few sweeps (a conv's weights see the
@@ -31,42 +33,64 @@ ACTIVATIONS = ("Relu", "Clip")        # positively homogeneous: act(f x) = f act
 
 @dataclass
 class Fit:
-    tensor: str
-    producer: int            # the conv making the tensor
-    activation: Optional[int]  # its ReLU / Clip, if any
-    readers: List[int]       # convs reading the tensor as their input
+    """Tensors that take one factor together: a conv's output, or a residual stream (tensors joined by Adds)."""
+    tensors: List[str]
+    producers: List[int]   # the convs making them
+    clips: List[int]       # Clip nodes between a producer and its tensor (their bounds move with the factor)
+    readers: List[int]     # convs reading them as their input
+
+
+def _single(info: GraphInfo, plan: Plan, t: str, uses: Dict[str, int]) -> Optional[Fit]:
+    """conv [-> ReLU | Clip] -> t -> convs only."""
+    p = info.producer.get(t)
+    if p is None:
+        return None
+    clips = []
+    if info.nodes[p].op_type in ACTIVATIONS:
+        act, x = p, info.nodes[p].input[0]
+        if x in plan.points or info.consumers.get(x) != [act] or x in info.output_set:
+            return None
+        p = info.producer.get(x)
+        if p is None:
+            return None
+        if info.nodes[act].op_type == "Clip":
+            if not all(info.is_const(b) for b in info.nodes[act].input[1:] if b):
+                return None
+            clips.append(act)
+    if info.nodes[p].op_type != "Conv" or not _own_consts(info, p, uses):
+        return None
+    readers = info.consumers.get(t, [])
+    if not readers or not all(_plain_reader(info, c, t, uses) for c in readers):
+        return None
+    return Fit([t], [p], clips, list(readers))
+
+
+def _plain_reader(info: GraphInfo, c: int, t: str, uses: Dict[str, int]) -> bool:
+    inputs = list(info.nodes[c].input)
+    return info.nodes[c].op_type == "Conv" and inputs.index(t) == 0 and inputs.count(t) == 1 \
+        and _own_consts(info, c, uses)
 
 
 def find_fits(info: GraphInfo, plan: Plan) -> List[Fit]:
-    """The quantization points that can be rescaled exactly (see module doc), in graph order."""
+    """The quantization points that can be rescaled exactly (see module doc), in graph order: single tensors, and
+    residual streams (algorithms/residual_equalize.py: convs without activation and Adds, read by convs) whose
+    tensors each have a scale of their own."""
+    from .residual_equalize import find_streams
+
     uses = _use_count(info)
+    alone = lambda t: t in plan.group_of and len(plan.groups[plan.group_of[t]]) == 1  # noqa: E731
     out = []
     for t in plan.points:
-        if len(plan.groups[plan.group_of[t]]) != 1 or t in info.output_set or not info.is_float(t):
-            continue
-        p = info.producer.get(t)
-        if p is None:
-            continue
-        act = None
-        if info.nodes[p].op_type in ACTIVATIONS:
-            act, x = p, info.nodes[p].input[0]
-            if x in plan.points or info.consumers.get(x) != [p] or x in info.output_set:
-                continue
-            p = info.producer.get(x)
-            if p is None:
-                continue
-            if info.nodes[act].op_type == "Clip" and not all(info.is_const(b) for b in info.nodes[act].input[1:]
-                                                             if b):
-                continue
-        if info.nodes[p].op_type != "Conv" or not _own_consts(info, p, uses):
-            continue
-        readers = info.consumers.get(t, [])
-        if not readers or not all(info.nodes[c].op_type == "Conv" and list(info.nodes[c].input).index(t) == 0
-                                  and list(info.nodes[c].input).count(t) == 1 and _own_consts(info, c, uses)
-                                  for c in readers):
-            continue
-        out.append(Fit(t, p, act, list(readers)))
-    return out
+        if alone(t) and t not in info.output_set and info.is_float(t):
+            fit = _single(info, plan, t, uses)
+            if fit is not None:
+                out.append(fit)
+    taken = {t for f in out for t in f.tensors}
+    for st in find_streams(info):
+        if all(alone(t) for t in st.tensors) and not taken & set(st.tensors):
+            out.append(Fit(list(st.tensors), list(st.producers), [], list(st.readers)))
+    order = {t: i for i, t in enumerate(plan.points)}
+    return sorted(out, key=lambda f: min(order[t] for t in f.tensors))
 
 
 def _noise(amax: np.ndarray, fmt: TensorFormat) -> float:
@@ -80,58 +104,59 @@ def _noise(amax: np.ndarray, fmt: TensorFormat) -> float:
 
 
 def choose_factors(info: GraphInfo, fits: List[Fit], amax: Dict[str, float], act_fmt: TensorFormat,
-                   weight_fmt: TensorFormat, per_channel: bool) -> Dict[str, float]:
-    """Factor per fitted tensor (see module doc). ``amax``: the tensors' calibrated absolute maxima."""
+                   weight_fmt: TensorFormat, per_channel: bool) -> Dict[int, float]:
+    """Factor per fit (index into ``fits``; see module doc). ``amax``: the tensors' calibrated absolute maxima."""
     def weight_max(i: int) -> np.ndarray:
         w = np.abs(info.const(info.nodes[i].input[1]))
         return w.reshape(w.shape[0], -1).max(axis=1) if per_channel else np.array([w.max()])
 
-    wmax = {i: weight_max(i) for f in fits for i in [f.producer] + f.readers}
-    out_of = {f.producer: f.tensor for f in fits}            # conv -> the fitted tensor it makes
-    in_of = {c: f.tensor for f in fits for c in f.readers}   # conv -> the fitted tensor it reads
-    factor = {f.tensor: 1.0 for f in fits}
+    wmax = {i: weight_max(i) for f in fits for i in f.producers + f.readers}
+    out_of = {p: k for k, f in enumerate(fits) for p in f.producers}  # conv -> the fit it makes
+    in_of = {c: k for k, f in enumerate(fits) for c in f.readers}     # conv -> the fit it reads
+    factor = [1.0] * len(fits)
 
     def conv_noise(i: int, f_in: float, f_out: float) -> float:
         return _noise(wmax[i] * f_out / f_in, weight_fmt)
 
     for _ in range(SWEEPS):
-        for f in fits:
-            if amax.get(f.tensor, 0.0) <= 0:
+        for k, f in enumerate(fits):
+            maxima = np.array([amax.get(t, 0.0) for t in f.tensors])
+            if not (maxima > 0).all():
                 continue
-            f_in = factor.get(in_of.get(f.producer, ""), 1.0)
-            costs = [_noise(np.array([amax[f.tensor] * g]), act_fmt) + conv_noise(f.producer, f_in, g)
-                     + sum(conv_noise(c, g, factor.get(out_of.get(c, ""), 1.0)) for c in f.readers)
+            costs = [sum(_noise(np.array([a * g]), act_fmt) for a in maxima)
+                     + sum(conv_noise(p, factor[in_of[p]] if p in in_of else 1.0, g) for p in f.producers)
+                     + sum(conv_noise(c, g, factor[out_of[c]] if c in out_of else 1.0) for c in f.readers)
                      for g in GRID]
-            factor[f.tensor] = float(GRID[int(np.argmin(costs))])
-    return {t: s for t, s in factor.items() if s != 1.0}
+            factor[k] = float(GRID[int(np.argmin(costs))])
+    return {k: s for k, s in enumerate(factor) if s != 1.0}
 
 
 def pow2_fit(model: onnx.ModelProto, info: GraphInfo, fits: List[Fit],
-             factors: Dict[str, float]) -> Tuple[onnx.ModelProto, Dict]:
-    """Apply the factors. Returns the rewritten copy and a report with "channel_scales": {tensor: s}
-    (float tensor = new tensor * s, as the other rewrites record it)."""
+             factors: Dict[int, float]) -> Tuple[onnx.ModelProto, Dict]:
+    """Apply the factors ({fit index: factor}). Returns the rewritten copy and a report with "channel_scales":
+    {tensor: s} (float tensor = new tensor * s, as the other rewrites record it)."""
     scale: Dict[str, np.ndarray] = {}   # initializer -> new value
     clip_bounds: Dict[int, float] = {}  # Clip node -> factor for its bounds
 
-    def rescale(name: str, f: np.ndarray) -> None:
+    def rescale(name: str, f: float) -> None:
         v = scale.setdefault(name, info.const(name).astype(np.float64))
         v *= f
 
     channel_scales = {}
-    for fit in fits:
-        f = factors.get(fit.tensor)
-        if f is None:
-            continue
-        node = info.nodes[fit.producer]
-        rescale(node.input[1], np.float64(f))
-        if len(node.input) > 2 and node.input[2]:
-            rescale(node.input[2], np.float64(f))
-        if fit.activation is not None and info.nodes[fit.activation].op_type == "Clip":
-            clip_bounds[fit.activation] = f
+    for k, f in factors.items():
+        fit = fits[k]
+        for p in fit.producers:
+            node = info.nodes[p]
+            rescale(node.input[1], f)
+            if len(node.input) > 2 and node.input[2]:
+                rescale(node.input[2], f)
+        for c in fit.clips:
+            clip_bounds[c] = f
         for c in fit.readers:
-            rescale(info.nodes[c].input[1], np.float64(1.0 / f))
-        channels = (info.shape.get(fit.tensor) or [0, 0])[1] or 1
-        channel_scales[fit.tensor] = np.full(channels, 1.0 / f, np.float32)
+            rescale(info.nodes[c].input[1], 1.0 / f)
+        for t in fit.tensors:
+            channels = (info.shape.get(t) or [0, 0])[1] or 1
+            channel_scales[t] = np.full(channels, 1.0 / f, np.float32)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
