@@ -151,3 +151,25 @@ def test_bias_means_ride_the_rounding_pass(tmp_path, monkeypatch):
     assert inits[0].keys() == inits[1].keys()
     for name, v in inits[0].items():
         np.testing.assert_allclose(v, inits[1][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_gptq_weighs_the_covariance_when_the_bias_is_corrected():
+    """With a large input mean (SiLU outputs), bias correction removes dW . E[x]; what is left is weighed by the
+    covariance, and rounding against it leaves less of that error than rounding against E[x x^T]."""
+    from openrknn.quant.algorithms.rounding import _Layer
+
+    rng = np.random.default_rng(5)
+    fmt = get_scheme("asymmetric_quantized-u8").weight
+    mix = rng.normal(size=(36, 36)) / 6 + np.eye(36)
+    x = (rng.normal(size=(4000, 36)) @ mix) * 0.5 + rng.uniform(1.0, 3.0, 36)  # correlated, mean >> spread
+    w = rng.normal(size=(16, 36))
+    q0, s, z = quantize_weight(w, None, fmt)
+    s_row, z_row = np.full(16, float(s)), np.full(16, int(z))
+    layer = _Layer.__new__(_Layer)
+    layer.G, layer.sum, layer.n = (x.T @ x).astype(np.float32), x.sum(axis=0), len(x)
+    raw, cov = layer.moment(centred=False), layer.moment(centred=True)
+    np.testing.assert_allclose(cov, np.cov(x.T, bias=True), rtol=1e-4, atol=1e-4)
+    q_raw = gptq_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, raw)
+    q_cov = gptq_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, cov)
+    left = [output_error(w, q, s_row, z_row, cov) for q in (q0, q_raw, q_cov)]
+    assert left[2] < 0.8 * left[1] < 0.8 * left[0]  # measured: 0.0074 against 0.0104 (raw) and 0.0132 (nearest)

@@ -5,7 +5,10 @@ squared output error of quantized weights is tr(dW G dW^T) with dW = W_q - W and
 input patches, so one pass over the calibration data that accumulates G (a K x K matrix per layer, per channel for
 depthwise convs) is all the data a rounding method needs. Two methods use it: 'gptq' (second-order, one sweep per
 layer: gptq.py) and 'adaround' (learned floor/ceil choices: adaround.py). Scales and zero points stay those of
-the chosen weight range; only the integers change.
+the chosen weight range; only the integers change. With bias correction on (the default) the mean part of the
+error, dW E[x], is removed afterwards, so G is the inputs' covariance instead (YOLOX-nano, whose SiLU outputs have
+large means: output cosine w8a8 kl 0.977 -> 0.985, dynamic_fixed_point-i8 0.917 -> 0.926; MobileNetV2 within
+-0.0005).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class _Layer:
         else:
             self.ok = weight.ndim == 2 and weight.shape[1 - w.axis] <= MAX_K
         self.G: Optional[np.ndarray] = None
+        self.sum: Optional[np.ndarray] = None  # of the input patches: their mean, for the centred moment
         self.n = 0
 
     def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
@@ -89,15 +93,26 @@ class _Layer:
             p = _patches(x.astype(np.float32, copy=False), k, pads, strides, dil, rng, POSITIONS)  # [C, n, kk]
             if self.depthwise:
                 g = np.matmul(p.transpose(0, 2, 1), p)                          # [C, kk, kk]
+                s = p.sum(axis=1, dtype=np.float64)                             # [C, kk]
             else:
                 flat = p.transpose(1, 0, 2).reshape(p.shape[1], -1)            # [n, C*kk]
-                g = flat.T @ flat
+                g, s = flat.T @ flat, flat.sum(axis=0, dtype=np.float64)
             n = p.shape[1]
         else:
             flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            g, n = flat.T @ flat, flat.shape[0]
+            g, s, n = flat.T @ flat, flat.sum(axis=0, dtype=np.float64), flat.shape[0]
         self.G = g if self.G is None else self.G + g
+        self.sum = s if self.sum is None else self.sum + s
         self.n += n
+
+    def moment(self, centred: bool) -> np.ndarray:
+        """E[x x^T] of the input patches, or their covariance E[(x - m)(x - m)^T] when ``centred``."""
+        n = max(self.n, 1)
+        G = self.G.astype(np.float64) / n
+        if centred:
+            m = self.sum / n
+            G -= m[..., :, None] * m[..., None, :]
+        return G
 
 
 def _solver(method: str, options) -> Callable[..., np.ndarray]:
@@ -144,6 +159,10 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
     if not layers:
         return {"method": method, "layers": 0}
     solve = _solver(method, options)
+    # bias correction removes the mean of each output's error, dW . E[x]: what is left is dW (x - E[x]), so the
+    # rounding should weigh the inputs' covariance, not their raw second moment (which a large input mean, e.g.
+    # after SiLU, would dominate: the rounding would spend itself on what the bias fixes anyway)
+    centred = options.bias_correction not in (False, None)
     done = 0
     for la in tqdm(layers, desc=method, disable=not progress, leave=False):
         wq = weights[la.w.node]
@@ -154,7 +173,7 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
         scale = np.asarray(wq.scale) if per_row else np.full(w2.shape[0], float(wq.scale))
         zp = np.asarray(wq.zero_point) if per_row else np.full(w2.shape[0], int(wq.zero_point))
         try:
-            q = solve(w2, scale, zp, wq.fmt.qmin, wq.fmt.qmax, la.G / max(la.n, 1))
+            q = solve(w2, scale, zp, wq.fmt.qmin, wq.fmt.qmax, la.moment(centred))
         except np.linalg.LinAlgError:  # a degenerate G (e.g. constant inputs): nearest is as good as any
             log.debug("%s keeps round-to-nearest: singular input statistics", la.w.w)
             continue
