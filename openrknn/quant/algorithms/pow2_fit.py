@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from ..ir import GraphInfo
 from ..plan import Plan
 from ..schemes import TensorFormat
-from .residual_equalize import _own_consts, _use_count
+from .residual_equalize import _own_consts, _use_count, find_streams
 
 GRID = np.exp2(np.arange(64) / 64.0)  # candidate factors in [1, 2)
 SWEEPS = 3
@@ -75,10 +75,11 @@ def find_fits(info: GraphInfo, plan: Plan) -> List[Fit]:
     """The quantization points that can be rescaled exactly (see module doc), in graph order: single tensors, and
     residual streams (algorithms/residual_equalize.py: convs without activation and Adds, read by convs) whose
     tensors each have a scale of their own."""
-    from .residual_equalize import find_streams
-
     uses = _use_count(info)
-    alone = lambda t: t in plan.group_of and len(plan.groups[plan.group_of[t]]) == 1  # noqa: E731
+
+    def alone(t: str) -> bool:  # a scale of its own: nothing else is tied to its grid
+        return t in plan.group_of and len(plan.groups[plan.group_of[t]]) == 1
+
     out = []
     for t in plan.points:
         if alone(t) and t not in info.output_set and info.is_float(t):
