@@ -35,12 +35,18 @@ def test_learned_rounding_beats_nearest_shared_G():
     assert output_error(w, q1, s_row, z_row, G) < 0.8 * output_error(w, q0, s_row, z_row, G)
 
 
-def test_learned_rounding_per_channel_G_depthwise():
-    rng = np.random.default_rng(1)
+def _depthwise_case(seed: int):
+    """A depthwise-like layer: 8 channels of 9 taps with ranges over a decade, one G per channel."""
+    rng = np.random.default_rng(seed)
     fmt = get_scheme("w8a8").weight
     w = rng.normal(size=(8, 9)) * np.logspace(-1, 0, 8)[:, None]
     G = np.stack([_correlated_inputs(rng, 9, 500) for _ in range(8)])
     q0, s, z = quantize_weight(w, 0, fmt)
+    return rng, fmt, w, G, q0, s, z
+
+
+def test_learned_rounding_per_channel_G_depthwise():
+    rng, fmt, w, G, q0, s, z = _depthwise_case(1)
     q1 = optimise_rounding(w, s, z, fmt.qmin, fmt.qmax, G, iters=300)
     assert output_error(w, q1, s, z, G) < output_error(w, q0, s, z, G)
 
@@ -61,11 +67,7 @@ def test_gptq_beats_nearest_shared_G():
 
 
 def test_gptq_per_row_G_and_blocks():
-    rng = np.random.default_rng(4)
-    fmt = get_scheme("w8a8").weight
-    w = rng.normal(size=(8, 9)) * np.logspace(-1, 0, 8)[:, None]
-    G = np.stack([_correlated_inputs(rng, 9, 500) for _ in range(8)])
-    q0, s, z = quantize_weight(w, 0, fmt)
+    rng, fmt, w, G, q0, s, z = _depthwise_case(4)
     q1 = gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G)
     assert output_error(w, q1, s, z, G) < output_error(w, q0, s, z, G)
     # more columns than one block: the lazy block updates must give the unblocked sweep's answer
