@@ -31,7 +31,7 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
     "quantize_input_node": ("Quantize input node", "Quantize the model input itself.", "advanced"),
     "output_optimize": ("Output optimize", "Vendor option kept for compatibility.", "advanced"),
     "force_builtin_perm": ("Force builtin perm", "Vendor option kept for compatibility.", "advanced"),
-    "weight_rounding": ("Weight rounding", "auto = GPTQ: lowers each layer's output error in about a second; "
+    "weight_rounding": ("Weight rounding", "auto = GPTQ: lowers each layer's output error in a second or two; "
                         "nearest = plain rounding; adaround = learned rounding, slower.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),

@@ -58,7 +58,7 @@ class QuantOptions:
         (algorithms/residual_equalize.py) from the per-channel ranges of calibration pass 1.
     weight_rounding: how weights become integers on their grid: 'nearest'; 'gptq' (second-order, each layer's
         rounding errors pushed onto its other weights against the layer's measured input statistics, one sweep);
-        'adaround' (learned floor/ceil choices, slower); 'auto' = gptq with every algorithm (about 1 s on
+        'adaround' (learned floor/ceil choices, slower); 'auto' = gptq with every algorithm (1-2 s on
         YOLOX-nano; its statistics pass also measures bias correction's means). 16-bit weights keep nearest (their
         rounding error is negligible). See algorithms/rounding.py.
     range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups
