@@ -37,20 +37,23 @@ _IDLE_CACHE: List[float] = []  # [time measured, idle cores]
 
 
 def _idle_cores_now(cores: int) -> Optional[float]:
-    """Idle cores over the last 50 ms from /proc/stat (Linux), or None. Unlike the load average, this does not
-    count the work our own process did a moment ago (a previous calibration pass, the build before this one)."""
+    """Cores not used by other processes over the next 50 ms, from /proc/stat and /proc/self/stat (Linux), or None.
+    Unlike the load average, this does not count our own work (a calibration pass a moment ago, onnxruntime threads
+    of ours still spinning after their last run)."""
     def sample():
         with open("/proc/stat") as f:
             vals = [int(v) for v in f.readline().split()[1:]]
-        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # after the command name: state, ppid, ... utime, stime
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0), int(own[11]) + int(own[12])
 
     try:
-        t0, i0 = sample()
+        t0, i0, o0 = sample()
         time.sleep(0.05)
-        t1, i1 = sample()
+        t1, i1, o1 = sample()
     except (OSError, ValueError, IndexError):
         return None
-    return cores * (i1 - i0) / (t1 - t0) if t1 > t0 else None
+    return min(cores, cores * (i1 - i0 + o1 - o0) / (t1 - t0)) if t1 > t0 else None
 
 
 def auto_threads() -> int:
