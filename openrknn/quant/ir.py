@@ -105,6 +105,13 @@ class GraphInfo:
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    def owns_consts(self, node_index: int) -> bool:
+        """The node's weight (and bias, if any) are constants read by this node only: rewriting them (an exact
+        rescaling) changes nothing else."""
+        node = self.nodes[node_index]
+        names = [node.input[1]] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
+        return all(self.is_const(n) and len(self.consumers.get(n, ())) == 1 for n in names)
+
     def activations(self, node_index: int) -> List[str]:
         """The non-constant, non-empty inputs of a node."""
         return [n for n in self.nodes[node_index].input if n and n not in self.inits]

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from ..ir import GraphInfo
 from ..plan import Plan
 from ..schemes import TensorFormat
-from .residual_equalize import _own_consts, _use_count, find_streams
+from .residual_equalize import find_streams
 
 GRID = np.exp2(np.arange(64) / 64.0)  # candidate factors in [1, 2)
 SWEEPS = 3
@@ -40,7 +40,7 @@ class Fit:
     readers: List[int]     # convs reading them as their input
 
 
-def _single(info: GraphInfo, plan: Plan, t: str, uses: Dict[str, int]) -> Optional[Fit]:
+def _single(info: GraphInfo, plan: Plan, t: str) -> Optional[Fit]:
     """conv [-> ReLU | Clip] -> t -> convs only."""
     p = info.producer.get(t)
     if p is None:
@@ -57,33 +57,31 @@ def _single(info: GraphInfo, plan: Plan, t: str, uses: Dict[str, int]) -> Option
             if not all(info.is_const(b) for b in info.nodes[act].input[1:] if b):
                 return None
             clips.append(act)
-    if info.nodes[p].op_type != "Conv" or not _own_consts(info, p, uses):
+    if info.nodes[p].op_type != "Conv" or not info.owns_consts(p):
         return None
     readers = info.consumers.get(t, [])
-    if not readers or not all(_plain_reader(info, c, t, uses) for c in readers):
+    if not readers or not all(_plain_reader(info, c, t) for c in readers):
         return None
     return Fit([t], [p], clips, list(readers))
 
 
-def _plain_reader(info: GraphInfo, c: int, t: str, uses: Dict[str, int]) -> bool:
+def _plain_reader(info: GraphInfo, c: int, t: str) -> bool:
     inputs = list(info.nodes[c].input)
     return info.nodes[c].op_type == "Conv" and inputs.index(t) == 0 and inputs.count(t) == 1 \
-        and _own_consts(info, c, uses)
+        and info.owns_consts(c)
 
 
 def find_fits(info: GraphInfo, plan: Plan) -> List[Fit]:
     """The quantization points that can be rescaled exactly (see module doc), in graph order: single tensors, and
     residual streams (algorithms/residual_equalize.py: convs without activation and Adds, read by convs) whose
     tensors each have a scale of their own."""
-    uses = _use_count(info)
-
     def alone(t: str) -> bool:  # a scale of its own: nothing else is tied to its grid
         return t in plan.group_of and len(plan.groups[plan.group_of[t]]) == 1
 
     out = []
     for t in plan.points:
         if alone(t) and t not in info.output_set and info.is_float(t):
-            fit = _single(info, plan, t, uses)
+            fit = _single(info, plan, t)
             if fit is not None:
                 out.append(fit)
     taken = {t for f in out for t in f.tensors}

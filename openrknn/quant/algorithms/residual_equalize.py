@@ -33,21 +33,6 @@ class Stream:
     channels: int
 
 
-def _use_count(info: GraphInfo) -> Dict[str, int]:
-    count: Dict[str, int] = {}
-    for n in info.nodes:
-        for t in n.input:
-            count[t] = count.get(t, 0) + 1
-    return count
-
-
-def _own_consts(info: GraphInfo, i: int, uses: Dict[str, int]) -> bool:
-    """Weight (and bias, if any) constant and used by this node only, so rewriting them changes nothing else."""
-    node = info.nodes[i]
-    names = [node.input[1]] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
-    return all(info.is_const(n) and uses.get(n, 0) == 1 for n in names)
-
-
 def _components(info: GraphInfo) -> List[Tuple[List[str], List[int]]]:
     """(tensors, Add nodes) of every set of tensors joined by Adds of two same-shape activations."""
     parent: Dict[str, str] = {}
@@ -83,16 +68,15 @@ def _components(info: GraphInfo) -> List[Tuple[List[str], List[int]]]:
 
 def find_streams(info: GraphInfo) -> List[Stream]:
     """The residual streams that can be rescaled exactly (see module doc)."""
-    uses = _use_count(info)
     out = []
     for tensors, adds in _components(info):
-        stream = _check(info, tensors, set(adds), uses)
+        stream = _check(info, tensors, set(adds))
         if stream is not None:
             out.append(stream)
     return out
 
 
-def _check(info: GraphInfo, tensors: List[str], adds: set, uses: Dict[str, int]) -> Optional[Stream]:
+def _check(info: GraphInfo, tensors: List[str], adds: set) -> Optional[Stream]:
     channels = info.shape[tensors[0]][1]
     producers, readers = [], []
     for t in tensors:
@@ -101,7 +85,7 @@ def _check(info: GraphInfo, tensors: List[str], adds: set, uses: Dict[str, int])
             return None
         if p not in adds:
             node = info.nodes[p]
-            if node.op_type != "Conv" or node.output[0] != t or not _own_consts(info, p, uses):
+            if node.op_type != "Conv" or node.output[0] != t or not info.owns_consts(p):
                 return None
             if info.const(node.input[1]).shape[0] != channels:
                 return None
@@ -111,7 +95,7 @@ def _check(info: GraphInfo, tensors: List[str], adds: set, uses: Dict[str, int])
                 continue
             node = info.nodes[c]
             if node.op_type != "Conv" or int(info.attr(c, "group", 1)) != 1 or list(node.input).count(t) != 1 \
-                    or node.input[0] != t or not _own_consts(info, c, uses):
+                    or node.input[0] != t or not info.owns_consts(c):
                 return None
             if info.const(node.input[1]).shape[1] != channels:
                 return None
