@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from ..ir import GraphInfo
 from ..plan import Plan
-from ..schemes import TensorFormat
+from ..schemes import TensorFormat, qparams
 from .residual_equalize import find_streams
 
 GRID = np.exp2(np.arange(64) / 64.0)  # candidate factors in [1, 2)
@@ -92,19 +92,21 @@ def find_fits(info: GraphInfo, plan: Plan) -> List[Fit]:
     return sorted(out, key=lambda f: min(order[t] for t in f.tensors))
 
 
-def _noise(amax: np.ndarray, fmt: TensorFormat) -> float:
-    """Mean relative rounding noise power 1 / levels^2 of symmetric power-of-two grids for maxima ``amax``."""
+def _noise(amax: np.ndarray, fmt: TensorFormat):
+    """Relative rounding noise power 1 / levels^2 on the power-of-two grid the dtype picks for maxima ``amax``,
+    averaged over the last axis (zeros ignored): a float for a 1-D ``amax``, one value per row for [rows, n]."""
     amax = np.asarray(amax, np.float64)
-    amax = amax[amax > 0]
-    if amax.size == 0:
-        return 0.0
-    levels = amax / np.exp2(np.ceil(np.log2(amax / fmt.qmax)))
-    return float(np.mean(1.0 / levels ** 2))
+    scale, _ = qparams(-amax, amax, fmt)
+    live = amax > 0
+    inv = np.where(live, (scale / np.where(live, amax, 1.0)) ** 2, 0.0)
+    out = inv.sum(axis=-1) / np.maximum(live.sum(axis=-1), 1)
+    return float(out) if out.ndim == 0 else out
 
 
 def choose_factors(info: GraphInfo, fits: List[Fit], amax: Dict[str, float], act_fmt: TensorFormat,
                    weight_fmt: TensorFormat, per_channel: bool) -> Dict[int, float]:
-    """Factor per fit (index into ``fits``; see module doc). ``amax``: the tensors' calibrated absolute maxima."""
+    """Factor per fit (index into ``fits``; see module doc). ``amax``: the tensors' calibrated absolute maxima.
+    Every candidate factor of a fit is scored at once: maxima [len(GRID), n]."""
     def weight_max(i: int) -> np.ndarray:
         w = np.abs(info.const(info.nodes[i].input[1]))
         return w.reshape(w.shape[0], -1).max(axis=1) if per_channel else np.array([w.max()])
@@ -113,19 +115,18 @@ def choose_factors(info: GraphInfo, fits: List[Fit], amax: Dict[str, float], act
     out_of = {p: k for k, f in enumerate(fits) for p in f.producers}  # conv -> the fit it makes
     in_of = {c: k for k, f in enumerate(fits) for c in f.readers}     # conv -> the fit it reads
     factor = [1.0] * len(fits)
-
-    def conv_noise(i: int, f_in: float, f_out: float) -> float:
-        return _noise(wmax[i] * f_out / f_in, weight_fmt)
-
+    g = GRID[:, None]
     for _ in range(SWEEPS):
         for k, f in enumerate(fits):
             maxima = np.array([amax.get(t, 0.0) for t in f.tensors])
             if not (maxima > 0).all():
                 continue
-            costs = [sum(_noise(np.array([a * g]), act_fmt) for a in maxima)
-                     + sum(conv_noise(p, factor[in_of[p]] if p in in_of else 1.0, g) for p in f.producers)
-                     + sum(conv_noise(c, g, factor[out_of[c]] if c in out_of else 1.0) for c in f.readers)
-                     for g in GRID]
+            costs = _noise(maxima[None, :] * g, act_fmt) * len(f.tensors)  # summed over the fit's tensors
+            for p in f.producers:  # weights x factor / (factor of the producer's input)
+                costs = costs + _noise(wmax[p][None, :] * g / (factor[in_of[p]] if p in in_of else 1.0), weight_fmt)
+            for c in f.readers:    # weights x (factor of the reader's output) / factor
+                costs = costs + _noise(wmax[c][None, :] * (factor[out_of[c]] if c in out_of else 1.0) / g,
+                                       weight_fmt)
             factor[k] = float(GRID[int(np.argmin(costs))])
     return {k: s for k, s in enumerate(factor) if s != 1.0}
 

@@ -68,7 +68,7 @@ def _patches(x: np.ndarray, k, pads, strides, dil, rng: np.random.Generator, n: 
 
 
 class _Layer:
-    """Second-moment statistics of one layer's inputs, in the layout its weight multiplies."""
+    """Second moment and sum of one layer's input patches, in the layout its weight multiplies."""
 
     def __init__(self, info: GraphInfo, w: WeightedOp):
         self.w = w
