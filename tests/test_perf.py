@@ -149,6 +149,23 @@ def test_silu_is_one_pass_and_a_shared_conv_output_does_not_fuse():
     assert est["relu"].unit == "NPU"  # c2 has two readers: the relu cannot live in the conv's output stage
 
 
+def test_a_scalar_scale_and_shift_join_the_layer_before():
+    """x * k + b after a layer is a different output scale and zero point (range split's part remap)."""
+    g = G()
+    c = g.conv("x", 32, 32)
+    sig = g.op("Sigmoid", [c], name="sig")
+    mul = g.op("Mul", [c, sig], name="silu")
+    k = g.op("Mul", [mul, g.const(2.5)], name="stretch")
+    b = g.op("Add", [k, g.const([0.3])], name="shift")
+    wide = g.op("Mul", [b, g.const(np.full((1, 32, 1, 1), 2.0))], name="per_channel")  # not a scalar
+    m = g.model([wide])
+    for target, dtype in (("rk1808", "asymmetric_quantized-u8"), ("rk3588", "w8a8")):
+        est = rows(estimate_perf(m, target, dtype))
+        assert est["stretch"].unit == "fused" and est["stretch"].fused_into == "silu"
+        assert est["shift"].unit == "fused" and est["shift"].fused_into == "silu"
+        assert est["per_channel"].unit == "NPU"
+
+
 @pytest.mark.parametrize("h,w,fused", [(16, 16, True), (15, 16, False)])
 def test_maxpool_2x2_fuses_on_rknpu1_only_with_even_input(h, w, fused):
     g = G(shape=(1, 32, h, w))

@@ -4,7 +4,8 @@ A fused layer costs no separate pass over memory: its work happens in the conv's
 Rules (FACTS.md, seed): RKNPU1 fuses conv + ReLU, and conv + max-pool when the pool is 2x2 or 3x3 with stride 2
 (2x2: even input, no padding; 3x3: odd input other than 1, no padding, width < 64 for 8-bit / < 32 for 16-bit).
 RKNPU2 fuses the activations in its table and a residual Add. x * sigmoid(x) (SiLU) is not a fusable activation: it
-runs as one elementwise pass of its own (its Sigmoid is folded into the Mul).
+runs as one elementwise pass of its own (its Sigmoid is folded into the Mul). A multiply or add by a scalar constant
+joins the layer before it on both generations: it is a different output scale or zero point.
 """
 
 from __future__ import annotations
@@ -93,8 +94,28 @@ def _silu_mul(sig: Layer, gi: GraphInfo) -> int | None:
     return None
 
 
+def _scalar_affine(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> int | None:
+    """x * c or x + c with c a one-element constant, after a layer that requantizes its output: the output stage
+    absorbs it (a scale and a zero-point shift, or a different lookup table), as the quantizer plans it."""
+    if len(layer.inputs) != 1 or len(layer.weights) != 1 or gi.weights[layer.weights[0]].shape not in ((), (1,)):
+        return None
+    prod = gi.producer(layer.inputs[0])
+    if prod is None or prod.role != "compute" or len(gi.tensors[layer.inputs[0]].consumers) != 1 \
+            or layer.inputs[0] in gi.outputs:
+        return None
+    return fused.get(prod.index, prod.index)
+
+
+@fusion_rule("Mul")
+def _scaled(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    return _scalar_affine(layer, gi, fused)
+
+
 @fusion_rule("Add")
 def _residual_add(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    shifted = _scalar_affine(layer, gi, fused)
+    if shifted is not None:
+        return shifted
     if not gen.fuses_residual_add or len(layer.inputs) != 2:
         return None
     shapes = {gi.tensors[t].shape for t in layer.inputs}

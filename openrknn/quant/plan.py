@@ -3,8 +3,8 @@
 Per-op behaviour lives in the small registries below, keyed by op type. The plan decides, for every float
 activation tensor, whether it is
 - a *quantization point* (stored as an integer tensor with its own or its group's scale),
-- *internal* to a fused op (a conv output feeding its fused activation; the sigmoid inside SiLU): never quantized,
-  as the NPU applies the activation before requantizing,
+- *internal* to a fused op (a conv output feeding its fused activation; the sigmoid inside SiLU; an activation
+  output followed by a scalar multiply/add): never quantized, as the NPU applies them before requantizing,
 - *prefix*: the pre-processing chain from a graph input (transpose, channel reorder, mean/std), which the NPU's input
   stage evaluates before the first layer; only the tensor that leaves the prefix is quantized,
 - *float tail*: a Concat whose result only reaches graph outputs through layout ops (the detector head that glues
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
+
+import numpy as np
+import onnx
 
 from .ir import GraphInfo
 
@@ -192,6 +195,30 @@ def _tail_ok(info: GraphInfo) -> Dict[str, bool]:
     return ok
 
 
+def _scalar_const(info: GraphInfo, node: onnx.NodeProto, x: str) -> bool:
+    """node is x (op) c with c a one-element constant."""
+    others = [t for t in node.input if t != x]
+    return len(node.input) == 2 and len(others) == 1 and info.is_const(others[0]) and \
+        np.size(info.const(others[0])) == 1
+
+
+def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str]) -> None:
+    """A multiply or add by a scalar constant right after a fused activation is part of it: the op's output
+    quantizer absorbs it (a scale and a zero-point shift, or a different lookup table), so the NPU never
+    requantizes in between. Range split's part remap (algorithms/split.py) writes such pairs."""
+    for y in list(fused):
+        act = fused.pop(y)
+        while y not in info.output_set:
+            cons = info.consumers.get(y, [])
+            if len(cons) != 1 or info.nodes[cons[0]].op_type not in ("Mul", "Add") or \
+                    not _scalar_const(info, info.nodes[cons[0]], y):
+                break
+            internal.add(y)
+            y = info.nodes[cons[0]].output[0]
+            act = act if act.endswith("+affine") else act + "+affine"
+        fused[y] = act
+
+
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
@@ -219,6 +246,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
             gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
             if len(muls) == 1 and len(gates) == 1 and gated[muls[0]][1] == info.nodes[gates[0]].output[0]:
                 internal.add(y)
+    _absorb_affine(info, internal, fused)
 
     float_tail: Set[str] = set()
     split_concats: List[str] = []
