@@ -70,8 +70,9 @@ def test_group_channels_cuts_at_the_largest_gaps():
 def test_split_is_exact_in_float(calib, extra_reader):
     model = normalize(stem_model(extra_reader))
     cands = split_candidates(model)
-    assert cands == ["stem"]
-    split, report, parts = range_split(model, channel_ranges(model, cands, calib), max_ratio=16)
+    # the depthwise output is remappable only when convs alone read it
+    assert cands == {"stem": [] if extra_reader else ["dw"]}
+    split, report, parts = range_split(model, channel_ranges(model, list(cands), calib), max_ratio=16)
     assert set(parts) >= {"stem__split0", "stem__split1", "dw__split0"}
     assert report["tensors"] and report["tensors"][0]["tensor"] == "stem"
     assert sum(report["tensors"][0]["groups"]) == 8
@@ -111,3 +112,145 @@ def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
     rows = {r["name"]: r for r in out["layers"]}
     assert rows["dw"]["entire_cos"] > 0.99 and rows["dw"]["single_cos"] > 0.99
     assert rows["out"]["entire_cos"] > 0.99
+
+
+def remap_model() -> onnx.ModelProto:
+    """conv + SiLU -> depthwise conv + SiLU whose outputs span 50x in range -> pointwise conv whose weights
+    amplify the narrow channels (as YOLOX-nano's first depthwise -> pointwise pair does)."""
+    rng = np.random.default_rng(1)
+    gain = np.logspace(0, -1.7, 8)
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3))
+    wdw = rng.normal(0, 1, (8, 1, 3, 3)) * gain[:, None, None, None]
+    wpw = rng.normal(0, 0.5, (4, 8, 1, 1)) / gain[None, :, None, None]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
+             [("w1", w1), ("b1", np.zeros(8)), ("wdw", wdw), ("bdw", np.zeros(8)), ("wpw", wpw),
+              ("bpw", rng.normal(0, 0.1, 4))]]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
+             n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c1"], ["g1"]),
+             n("Mul", ["c1", "g1"], ["stem"]),
+             n("Conv", ["stem", "wdw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8), n("Sigmoid", ["c2"], ["g2"]),
+             n("Mul", ["c2", "g2"], ["dw"]),
+             n("Conv", ["dw", "wpw", "bpw"], ["out"])]
+    g = helper.make_graph(nodes, "remap", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _dw_samples(model, calib):
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info("dw", TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.concatenate([sess.run(["dw"], f)[0] for f in calib])
+    return np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+
+
+def test_remap_is_exact_in_float_and_fused_into_the_parts(calib):
+    from openrknn.quant.ir import GraphInfo
+    from openrknn.quant.plan import build_plan
+
+    model = normalize(remap_model())
+    assert split_candidates(model) == {"stem": ["dw"]}
+    ranges = channel_ranges(model, ["stem", "dw"], calib)
+    split, report, parts = range_split(model, ranges, samples={"dw": _dw_samples(model, calib)})
+    assert report["tensors"][0]["remapped"] == ["dw"]
+    factor, offset = report["channel_affine"]["dw"]
+    assert factor.min() < 0.2 and factor.max() == 1.0  # narrow groups stretched, the widest left alone
+    assert report["pooled"] and all(p.startswith("dw__split") for p in report["pooled"][0])
+    # every remapped part covers the widest part's range
+    stretched = [r for r in parts.values() if r[2] is not None]
+    assert len(stretched) >= 2 and len({tuple(np.round(r[2], 5)) for r in stretched}) <= 2
+    for feed in calib:
+        np.testing.assert_allclose(_run(split, feed), _run(model, feed), rtol=1e-4, atol=1e-4)
+    # the NPU folds x * k + b into the part's output quantizer: no requantization before it
+    plan = build_plan(GraphInfo(split))
+    muls = [n.output[0] for n in split.graph.node if n.name.endswith("_remap_mul")]
+    assert muls and all(m in plan.internal or plan.fused.get(m, "").endswith("+affine") for m in muls)
+    assert not any(t.endswith("__split0") and t.startswith("dw") and t in plan.points for t in plan.points
+                   if t + "__scaled" in {o for n in split.graph.node for o in n.output})
+
+
+@pytest.mark.parametrize("dtype", ["w8a8", "asymmetric_quantized-u8"])
+def test_remap_cuts_quantization_error(calib, dtype):
+    model = remap_model()
+    feeds = list(calib)
+    ref = [_run(model, f) for f in feeds]
+
+    def err(res):
+        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+
+    opts = dict(dtype=dtype, target="rk3588" if dtype == "w8a8" else "rk1808")
+    on = quantize(model, calib, QuantOptions(**opts), progress=False)
+    off = quantize(model, calib, QuantOptions(range_remap=False, **opts), progress=False)
+    assert on.report["range_split"]["tensors"][0].get("remapped") == ["dw"]
+    assert not any(t.get("remapped") for t in off.report.get("range_split", {}).get("tensors", []))
+    assert err(on) < 0.7 * err(off)
+
+
+def test_remap_pools_histograms_for_clipping_algorithms(calib):
+    """mmse (and kl_divergence) pick the stretched parts' one range from their summed histograms (the concat's
+    distribution), not as the widest of each part's own pick, which would undo the clipping."""
+    from openrknn.quant.algorithms.activations import mmse_range
+    from openrknn.quant.calibrate import Stats
+    from openrknn.quant.ir import GraphInfo
+    from openrknn.quant.pipeline import activation_params
+    from openrknn.quant.plan import build_plan
+    from openrknn.quant.schemes import get_scheme
+
+    model = normalize(remap_model())
+    split, report, parts = range_split(model, channel_ranges(model, ["stem", "dw"], calib),
+                                       samples={"dw": _dw_samples(model, calib)})
+    info = GraphInfo(split)
+    plan = build_plan(info)
+    pool = report["pooled"][0]
+    assert len(pool) >= 2
+    stats = Stats(minmax={t: (-0.3, 1.0) for t in plan.sources}, pooled=[pool])
+    lo, hi = parts[pool[0]][2]
+    bins = np.arange(2048)
+    for k, t in enumerate(pool):
+        stats.minmax[t] = (lo, hi)
+        # one part: many values with a decaying tail; the others: a few values around half the range
+        stats.hist[t] = 1e5 * np.exp(-bins / 60.0) if k == 0 else np.where((bins >= 1000) & (bins < 1200), 0.05, 0)
+    scheme = get_scheme("w8a8")
+    acts = activation_params(info, plan, stats, scheme, "mmse")
+    pooled = mmse_range(np.sum([stats.hist[t] for t in pool], 0), lo, hi, scheme.act)
+    widest = max(mmse_range(stats.hist[t], lo, hi, scheme.act)[1] for t in pool)
+    assert pooled[1] < 0.8 * widest
+    assert len({acts[t].scale for t in pool}) == 1
+    assert acts[pool[0]].scale == pytest.approx((pooled[1] - pooled[0]) / 255, rel=0.05)
+
+
+def test_accuracy_analysis_undoes_the_remap(calib, tmp_path):
+    from openrknn.quant.accuracy import accuracy_analysis
+    from openrknn.quant.qdq import channel_offsets, channel_scales
+
+    model = remap_model()
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert "dw" in channel_scales(res.model) and "dw" in channel_offsets(res.model)
+    out = accuracy_analysis(model, res.model, list(calib)[:2], tmp_path, progress=False)
+    rows = {r["name"]: r for r in out["layers"]}
+    assert rows["dw"]["entire_cos"] > 0.99 and rows["dw"]["single_cos"] > 0.99
+    assert rows["out"]["entire_cos"] > 0.99
+
+
+def test_plan_folds_a_scalar_scale_and_shift_into_the_activation():
+    from openrknn.quant.ir import GraphInfo
+    from openrknn.quant.plan import build_plan
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "k"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "b"),
+             numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "wide")]
+    nodes = [n("Conv", ["x", "w"], ["c"]), n("Sigmoid", ["c"], ["g"]), n("Mul", ["c", "g"], ["silu"]),
+             n("Mul", ["silu", "k"], ["scaled"]), n("Add", ["scaled", "b"], ["shifted"]),
+             n("Mul", ["shifted", "wide"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    plan = build_plan(GraphInfo(normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))))
+    assert {"c", "g", "silu", "scaled"} <= plan.internal
+    assert plan.fused["shifted"] == "SiLU+affine" and "shifted" in plan.points
+    assert "y" in plan.points and "y" not in plan.fused  # a per-channel multiply is an op of its own

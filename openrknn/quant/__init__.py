@@ -50,6 +50,11 @@ class QuantOptions:
     range_split: a conv output read only by depthwise convs whose channel ranges span more than
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
+    range_remap: where range split cuts a depthwise conv whose output only pointwise-style convs (no padding)
+        read, also stretch each part of that output onto the widest part's range (x -> k x + b, folded into the
+        part's output quantizer; the readers' weights and biases undo it), so the scale the parts share gives
+        each of them all its levels. Made where the measured rounding noise it removes from the readers is worth
+        >= 0.08% of their signal; may cut a depthwise conv into finer parts (one more op each).
     pow2_fit: dynamic_fixed_point-i8 only: multiply tensors made by a conv (+ ReLU/Clip) and read by convs, and
         residual streams, by a factor in [1, 2) so their ranges fill their power-of-two grids, weighing the weights'
         grids on both sides; an exact rewrite (algorithms/pow2_fit.py).
@@ -78,6 +83,7 @@ class QuantOptions:
     bias_correction: object = "empirical"
     bias_correction_samples: int = 16
     range_split: bool = True
+    range_remap: bool = True
     pow2_fit: bool = True
     range_split_ratio: float = 8.0
     residual_equalization: bool = True

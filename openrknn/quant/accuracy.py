@@ -30,7 +30,8 @@ import onnx
 
 from ..atomic import write_atomic
 from .calibrate import make_session
-from .qdq import channel_orders, channel_scales, node_outputs, quant_points, single_layer_model, with_outputs
+from .qdq import (channel_offsets, channel_orders, channel_scales, node_outputs, quant_points, single_layer_model,
+                  with_outputs)
 
 log = logging.getLogger("openrknn.quant.accuracy")
 
@@ -95,6 +96,8 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
 
     # tensors rescaled per channel by cross-layer equalization: quant value * factor is comparable to float
     factor = {t: f.reshape(1, -1, *([1] * 2)) for t, f in channel_scales(quant_model).items()}
+    # tensors range split remapped per part (float = quant * factor + offset)
+    offset = {t: f.reshape(1, -1, *([1] * 2)) for t, f in channel_offsets(quant_model).items()}
     # tensors range split left in group order (quant[:, j] = float[:, order[j]]): put back in order to compare
     order = channel_orders(quant_model)
     acc = {t: np.zeros(4) for t in layers}
@@ -109,7 +112,8 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
             sfeed = dict(feed)
             for t, name in s_feeds.items():
                 if t in fv:
-                    v = fv[t] / factor[t] if t in factor else fv[t]
+                    v = fv[t] - offset[t] if t in offset else fv[t]
+                    v = v / factor[t] if t in factor else v
                     sfeed[name] = (v[:, order[t]] if t in order else v).astype(np.float32)
             sv = dict(zip(s_names, s_sess.run(None, sfeed)))
         for t in layers:
@@ -120,6 +124,8 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
                 b, c = _unpermute(b, order[t]), _unpermute(c, order[t])
             if t in factor:
                 b, c = b * factor[t], c * factor[t]
+            if t in offset:
+                b, c = b + offset[t], c + offset[t]
             acc[t] += [_cos(a, b), _euc(a, b), _cos(a, c), _euc(a, c)]
             if k == 0:
                 if a.nbytes + b.nbytes <= budget:

@@ -28,6 +28,8 @@ class Stats:
     minmax: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     channel_mean: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_minmax: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    channel_samples: Dict[str, np.ndarray] = field(default_factory=dict)  # [C, positions] values of a few images
+    pooled: List[List[str]] = field(default_factory=list)  # tensors over one range whose histograms add up
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
     samples: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -128,9 +130,12 @@ def _bar(total: int, desc: str, progress: bool):
 
 def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs: Dict[str, Sequence[int]],
                    stats: Stats, progress: bool = True, threads: int = 0,
-                   known_min: Optional[Dict[str, float]] = None, channel_tensors: Sequence[str] = ()) -> None:
+                   known_min: Optional[Dict[str, float]] = None, channel_tensors: Sequence[str] = (),
+                   sample_tensors: Sequence[str] = (), sample_images: int = 4, sample_positions: int = 4096) -> None:
     """Pass 1: global min/max of every tensor, per-channel means of ``mean_inputs`` {tensor: reduce axes} and
-    per-channel (axis 1) min/max of the NCHW ``channel_tensors`` (range split candidates).
+    per-channel (axis 1) min/max of the NCHW ``channel_tensors`` (range split candidates); the values of the NCHW
+    ``sample_tensors`` at up to ``sample_positions`` strided positions of each of the first ``sample_images``
+    samples (range split measures rounding noise on them).
     ``known_min`` {tensor: bound}: activations whose minimum is known in closed form (ReLU 0, SiLU -0.2785) are
     not reduced for it; the bound is used instead (one reduction less per such tensor)."""
     t0 = time.perf_counter()
@@ -146,7 +151,7 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
     for t in channel_tensors:
         outs[t + "__cmin"] = ("ReduceMin", t, (0, 2, 3))
         outs[t + "__cmax"] = ("ReduceMax", t, (0, 2, 3))
-    sess = make_session(augment(model, outs), threads)
+    sess = make_session(augment(model, outs, sample_tensors), threads)
     cmin: Dict[str, np.ndarray] = {}
     cmax: Dict[str, np.ndarray] = {}
     names = list(outs)
@@ -154,9 +159,16 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
     hi = {t: -np.inf for t in tensors}
     sums: Dict[str, np.ndarray] = {}
     n = 0
+    samples: Dict[str, List[np.ndarray]] = {t: [] for t in sample_tensors}
     with _bar(len(data), "calibrate min/max", progress) as bar:
         for feed in data:
-            res = dict(zip(names, sess.run(names, feed)))
+            fetch = names + (list(sample_tensors) if n < sample_images else [])
+            res = dict(zip(fetch, sess.run(fetch, feed)))
+            for t in sample_tensors if n < sample_images else ():
+                x = res[t]
+                flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+                step = max(1, flat.shape[1] // sample_positions)
+                samples[t].append(flat[:, n % step::step][:, :sample_positions])
             for t in tensors:
                 if t in channel_tensors:  # per-channel reductions below give the global range too
                     lo[t] = min(lo[t], float(np.min(res[t + "__cmin"])))
@@ -187,6 +199,8 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
         stats.channel_mean[t] = (s / n).astype(np.float32)
     for t in cmin:
         stats.channel_minmax[t] = (cmin[t], cmax[t])
+    for t, parts in samples.items():
+        stats.channel_samples[t] = np.concatenate(parts, 1)
     stats.samples = n
     stats.seconds["minmax_pass"] = time.perf_counter() - t0
 

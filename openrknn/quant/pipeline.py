@@ -14,7 +14,8 @@ from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
 from .plan import Plan, build_plan
-from .qdq import ActQuant, WeightQuant, build_qdq, set_channel_orders, set_channel_scales, to_float16
+from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_scales,
+                  to_float16)
 from .schemes import Scheme, TensorFormat, get_scheme, qparams
 
 if TYPE_CHECKING:
@@ -58,11 +59,15 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     _expand_overrides(options.overrides, plan)  # bad names fail before the slow pass
     stats = Stats()
     means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
-    split_cands = []
+    split_cands, remap_cands = [], []
     if options.range_split:
         from .algorithms.split import split_candidates
 
-        split_cands = [t for t in split_candidates(m) if t in plan.sources]
+        # per-channel ranges of each candidate and of its remappable depthwise outputs (and samples of those)
+        found = split_candidates(m)
+        remap_cands = [o for t, outs in found.items() if t in plan.sources for o in outs if o in plan.sources] \
+            if options.range_remap else []
+        split_cands = [t for t in found if t in plan.sources] + remap_cands
     streams = []
     if options.residual_equalization:
         from .algorithms.residual_equalize import find_streams
@@ -70,11 +75,11 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         streams = find_streams(info)
     stream_tensors = [t for st in streams for t in st.tensors if t not in split_cands]
     collect_minmax(m, plan.sources, data, means, stats, progress, options.threads, known_minimum(info, plan),
-                   split_cands + stream_tensors)
+                   split_cands + stream_tensors, remap_cands if scheme.act.bits == 8 else ())
     if streams:
         m, info, plan = _apply_residual_equalization(m, info, streams, stats, options, report)
     if split_cands:
-        m, info, plan = _apply_range_split(m, stats, split_cands, options, report)
+        m, info, plan = _apply_range_split(m, stats, split_cands, options, report, (1 << scheme.act.bits) - 1)
     if options.pow2_fit and scheme.act.pow2 and scheme.act.bits == 8:
         m, info, plan = _apply_pow2_fit(m, info, plan, stats, scheme, per_channel, options, report)
     overrides = _expand_overrides(options.overrides, plan)
@@ -130,11 +135,15 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
+    affine = report.get("range_split", {}).pop("channel_affine", {})
     scales = _merged_scales(report.get("equalization", {}).pop("channel_scales", {}),
                             report.get("residual_equalization", {}).pop("channel_scales", {}),
-                            report.get("pow2_fit", {}).pop("channel_scales", {}))
+                            report.get("pow2_fit", {}).pop("channel_scales", {}),
+                            {t: f for t, (f, _) in affine.items()})
     if scales:
         set_channel_scales(qmodel, scales)
+    if affine:
+        set_channel_offsets(qmodel, {t: o for t, (_, o) in affine.items()})
     orders = report.get("range_split", {}).pop("channel_orders", None)
     if orders:
         set_channel_orders(qmodel, orders)
@@ -218,16 +227,21 @@ def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return out
 
 
-def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict):
+def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict,
+                       levels: int):
     """Cut the candidates whose channel ranges (from pass 1) are too uneven; the new parts' ranges come from the
     per-channel statistics, so no extra pass is needed."""
     from .algorithms.split import range_split
 
     t = time.perf_counter()
     ranges = {c: stats.channel_minmax[c] for c in cands}
-    m, report["range_split"], parts = range_split(m, ranges, options.range_split_ratio)
-    for part, (orig, idx) in parts.items():
-        if idx is None:
+    m, report["range_split"], parts = range_split(m, ranges, options.range_split_ratio,
+                                                  samples=stats.channel_samples, levels=levels)
+    stats.pooled = report["range_split"].pop("pooled")
+    for part, (orig, idx, remapped) in parts.items():
+        if remapped is not None:
+            stats.minmax[part] = remapped
+        elif idx is None:
             stats.minmax[part] = stats.minmax[orig]
         else:
             lo, hi = stats.channel_minmax[orig]
@@ -349,12 +363,18 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
     chosen: Dict[str, Tuple[float, float]] = {}
+    pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
+    for pool in stats.pooled if algorithm != "normal" else ():
+        # remapped parts of one tensor, stretched onto one range: their histograms are the concat's distribution
+        have = [t for t in pool if t in stats.hist and plan.group_of.get(t) not in exempt]
+        if have:
+            lo, hi = pick(np.sum([stats.hist[t] for t in have], 0), *stats.minmax[have[0]], fmt)
+            chosen.update({t: (lo, hi) for t in have})
     for t in plan.points:
-        if t not in stats.minmax:
+        if t not in stats.minmax or t in chosen:
             continue  # derived (plan.derived): inside the range of its group's other members
         lo, hi = stats.minmax[t]
         if algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
-            pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
             lo, hi = pick(stats.hist[t], lo, hi, fmt)
         chosen[t] = (lo, hi)
     acts: Dict[str, ActQuant] = {}

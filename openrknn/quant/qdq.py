@@ -269,6 +269,7 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
 
 CHANNEL_SCALES_KEY = "openrknn.channel_scales"
 CHANNEL_ORDER_KEY = "openrknn.channel_order"
+CHANNEL_OFFSETS_KEY = "openrknn.channel_offsets"
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: Dict[str, np.ndarray], decimals: Optional[int]) -> None:
@@ -292,12 +293,22 @@ def _get_meta(model: onnx.ModelProto, key: str, dtype) -> Dict[str, np.ndarray]:
 
 def set_channel_scales(model: onnx.ModelProto, scales: Dict[str, np.ndarray]) -> None:
     """Record per-channel factors (axis 1) such that float tensor = quantized-model tensor * factor, for tensors
-    that cross-layer equalization rescaled; accuracy analysis reads them back."""
+    that cross-layer equalization (or a rescaling rewrite) rescaled; accuracy analysis reads them back."""
     _set_meta(model, CHANNEL_SCALES_KEY, scales, 8)
 
 
 def channel_scales(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
     return _get_meta(model, CHANNEL_SCALES_KEY, np.float32)
+
+
+def set_channel_offsets(model: onnx.ModelProto, offsets: Dict[str, np.ndarray]) -> None:
+    """Record per-channel offsets (axis 1, original channel order) of tensors range split remapped: float tensor =
+    quantized-model tensor * channel_scales factor + offset."""
+    _set_meta(model, CHANNEL_OFFSETS_KEY, offsets, 8)
+
+
+def channel_offsets(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    return _get_meta(model, CHANNEL_OFFSETS_KEY, np.float32)
 
 
 def set_channel_orders(model: onnx.ModelProto, orders: Dict[str, np.ndarray]) -> None:
