@@ -8,6 +8,8 @@ README) matched by class and IoU >= 0.5 ("kept" = share of float detections foun
 detections as ground truth, MobileNetV2 top-1 / top-5 agreement, and the cosine of the raw outputs.
 The build-speed section calibrates YOLOX-nano on 100 samples: the 15 calibration images cycled
 (batch_size=100, epochs=1), each build in its own process so its peak RSS is measured alone.
+"est. NPU ms": the cost model's NPU time (openrknn.analysis.perf) of our rows on their target: rk1808 for the RKNPU1
+dtypes, rk3588 (one core) for the others.
 
 Usage: python bench/quant_accuracy.py [--models yolox,mobilenet] [--no-ort] [--no-speed] [--only SUBSTR]
 """
@@ -329,6 +331,10 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w8a8", "normal", "layer", {}),
     ("w8a8", "normal", "channel", {"range_split": False, "bias_correction": False}),
     ("dynamic_fixed_point-i8", "normal", "layer", {"pow2_fit": False}),
+    # range split's part remap (default on) left out: what it buys, and its estimated NPU time
+    ("asymmetric_quantized-u8", "normal", "layer", {"range_remap": False}),
+    ("w8a8", "normal", "channel", {"range_remap": False}),
+    ("w8a8", "kl_divergence", "channel", {"range_remap": False}),
     # layer-wise weight rounding: every row above uses GPTQ (the default); the rows below show round-to-nearest,
     # and the slower learned rounding (adaround) GPTQ replaced
     ("asymmetric_quantized-u8", "normal", "layer", {"weight_rounding": "nearest"}),
@@ -345,8 +351,8 @@ OUR_ROWS = [  # (dtype, algorithm, method, extra QuantOptions fields)
     ("w16a16i", "normal", "channel", {}),
     ("float16", "normal", "layer", {}),
 ]
-# One tensor in 16 bits (hybrid quantization's custom_quantize_layers): YOLOX-nano's first depthwise conv output
-# carries most of its w8a8 error (see README), so this row shows what that one edit buys.
+# One tensor in 16 bits (hybrid quantization's custom_quantize_layers): before the part remap, YOLOX-nano's first
+# depthwise conv output carried most of its w8a8 error (see README); this row shows what that one edit still buys.
 MODEL_ROWS = {"yolox": [("w8a8", a, "channel", {"overrides": {"input.15": "int16"}})
                         for a in ("normal", "kl_divergence")]}
 ORT_ROWS = [(m, pc) for pc in (False, True) for m in ("MinMax", "Entropy", "Percentile")]
@@ -382,8 +388,11 @@ def build_child(spec: dict) -> dict:
         res = quantize(model, data, opts, progress=False)
         secs = time.perf_counter() - t
         onnx.save(res.model, out_path)
+        from openrknn.analysis.perf import estimate_perf
+
+        npu_ms = estimate_perf(res.model, target, spec["dtype"]).total_us / 1000.0
         return {"seconds": secs, "cpu_s": time.process_time() - cpu0, "peak_rss_mb": _peak_rss_mb(),
-                "base_rss_mb": base_rss, "samples": len(data),
+                "base_rss_mb": base_rss, "samples": len(data), "npu_ms": npu_ms, "target": target,
                 "report": {k: res.report[k] for k in ("stages", "plan") if k in res.report}}
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
@@ -436,8 +445,8 @@ def main() -> None:
         sys.exit(f"no data folder at {DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="quant_bench_"))
     header = ["model", "builder", "dtype / method", "algorithm", "kept / top1", "mAP50 / top5", "cosine",
-              "build s", "peak RSS MB", "infer ms"]
-    widths = [9, 11, 33, 13, 14, 12, 7, 7, 11, 8]
+              "build s", "peak RSS MB", "infer ms", "est. NPU ms"]
+    widths = [9, 11, 33, 13, 14, 12, 7, 7, 11, 8, 16]
     print(fmt_row(header, widths))
     print("-+-".join("-" * w for w in widths))
     for name in args.models.split(","):
@@ -473,8 +482,9 @@ def main() -> None:
             else:
                 builder = "onnxruntime"
                 what, alg = f"U8S8 / {'channel' if spec['per_channel'] else 'tensor'}", spec["method"]
+            npu = f"{res['npu_ms']:.2f} ({res['target']})" if "npu_ms" in res else ""
             print(fmt_row([name, builder, what, alg, acc, acc2, f"{ev['cosine']:.4f}", f"{res['seconds']:.1f}",
-                           f"{res['peak_rss_mb']:.0f}", f"{ev['infer_ms']:.1f}"], widths), flush=True)
+                           f"{res['peak_rss_mb']:.0f}", f"{ev['infer_ms']:.1f}", npu], widths), flush=True)
         if name == "mobilenet":
             close = [f"{i} ({m:.3f})" for i, m in enumerate(ref.margins) if m < CLOSE_MARGIN]
             print(f"# mobilenet: top1 as all / (images whose float top-1 leads top-2 by >= {CLOSE_MARGIN} in "
