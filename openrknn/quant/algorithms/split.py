@@ -448,12 +448,20 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     orders: Dict[str, np.ndarray] = {}
     affines: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     parts: Dict[str, Tuple[str, Optional[np.ndarray], Optional[Tuple[float, float]]]] = {}
+    # candidates once, by node name (normalize() names every node): a rewrite moves indices, not names; a chain
+    # an earlier rewrite cut up is gone by name, as it would be from a fresh plan
+    first = GraphInfo(model)
+    named = {t: ([first.nodes[i].name for i in prod], [[first.nodes[i].name for i in c] for c in cons])
+             for t, (prod, cons) in candidates(first, build_plan(first)).items()}
     for t, (lo, hi) in ranges.items():
-        info = GraphInfo(model)
-        cur = candidates(info, build_plan(info))
-        if t not in cur:
+        if t not in named:  # the other keys are remap outputs' ranges
             continue
-        prod, cons = cur[t]
+        info = GraphInfo(model)
+        index = {n.name: i for i, n in enumerate(info.nodes)}
+        prod_names, cons_names = named[t]
+        if not all(n in index for n in prod_names + [n for c in cons_names for n in c]):
+            continue
+        prod, cons = [index[n] for n in prod_names], [[index[n] for n in c] for c in cons_names]
         everything = [np.arange(len(lo))]
         base = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups) or everything
         groups, remap = base, {}
