@@ -254,3 +254,27 @@ def test_plan_folds_a_scalar_scale_and_shift_into_the_activation():
     assert {"c", "g", "silu", "scaled"} <= plan.internal
     assert plan.fused["shifted"] == "SiLU+affine" and "shifted" in plan.points
     assert "y" in plan.points and "y" not in plan.fused  # a per-channel multiply is an op of its own
+
+
+def test_remap_check_weighs_the_remaps_on_the_model_outputs(calib):
+    """Remaps are made only when, together, they lower the model's output error enough (remap_check); a check
+    that says no leaves the split as it was without them."""
+    from openrknn.quant.algorithms.split import remap_check
+
+    model = normalize(remap_model())
+    ranges = channel_ranges(model, ["stem", "dw"], calib)
+    samples = {"dw": _dw_samples(model, calib)}
+    seen = {}
+
+    def confirm(proposed):
+        seen.update(proposed)
+        return remap_check(model, proposed, ranges, calib)
+
+    split, report, _ = range_split(model, ranges, samples=samples, confirm=confirm)
+    check = report["remap_check"]
+    assert set(seen) == {"dw"} and check["made"] and report["tensors"][0]["remapped"] == ["dw"]
+    assert check["output_error_grouped"] < 0.5 * check["output_error_shared"]
+    _, report, _ = range_split(model, ranges, samples=samples, confirm=lambda p: (False, {"made": False}))
+    assert not any(t.get("remapped") for t in report["tensors"]) and not report["channel_affine"]
+    made, _ = remap_check(model, seen, ranges, calib, min_drop=1.0)  # a drop no model can reach
+    assert not made

@@ -53,8 +53,10 @@ class QuantOptions:
     range_remap: where range split cuts a depthwise conv whose output only pointwise-style convs (no padding)
         read, also stretch each part of that output onto the widest part's range (x -> k x + b, folded into the
         part's output quantizer; the readers' weights and biases undo it), so the scale the parts share gives
-        each of them all its levels. Made where the measured rounding noise it removes from the readers is worth
-        >= 0.08% of their signal; may cut a depthwise conv into finer parts (one more op each).
+        each of them all its levels. Proposed where the measured rounding noise it removes from the readers is
+        worth >= 0.08% of their signal, made when all proposals together take >= 0.1% of the output power out of
+        the model's output error (a quick check on 2 calibration samples); may cut a depthwise conv into finer
+        parts (one more op each).
     pow2_fit: dynamic_fixed_point-i8 only: multiply tensors made by a conv (+ ReLU/Clip) and read by convs, and
         residual streams, by a factor in [1, 2) so their ranges fill their power-of-two grids, weighing the weights'
         grids on both sides; an exact rewrite (algorithms/pow2_fit.py).

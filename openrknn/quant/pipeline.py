@@ -79,7 +79,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     if streams:
         m, info, plan = _apply_residual_equalization(m, info, streams, stats, options, report)
     if split_cands:
-        m, info, plan = _apply_range_split(m, stats, split_cands, options, report, (1 << scheme.act.bits) - 1)
+        m, info, plan = _apply_range_split(m, stats, split_cands, options, report, (1 << scheme.act.bits) - 1, data)
     if options.pow2_fit and scheme.act.pow2 and scheme.act.bits == 8:
         m, info, plan = _apply_pow2_fit(m, info, plan, stats, scheme, per_channel, options, report)
     overrides = _expand_overrides(options.overrides, plan)
@@ -228,15 +228,17 @@ def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict,
-                       levels: int):
+                       levels: int, data):
     """Cut the candidates whose channel ranges (from pass 1) are too uneven; the new parts' ranges come from the
     per-channel statistics, so no extra pass is needed."""
-    from .algorithms.split import range_split
+    from .algorithms.split import range_split, remap_check
 
     t = time.perf_counter()
     ranges = {c: stats.channel_minmax[c] for c in cands}
     m, report["range_split"], parts = range_split(m, ranges, options.range_split_ratio,
-                                                  samples=stats.channel_samples, levels=levels)
+                                                  samples=stats.channel_samples, levels=levels,
+                                                  confirm=lambda proposed: remap_check(m, proposed, ranges, data,
+                                                                                       options.threads))
     stats.pooled = report["range_split"].pop("pooled")
     for part, (orig, idx, remapped) in parts.items():
         if remapped is not None:
