@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Callable, Optional
 
+import numpy as np
+
 from ..targets.chips import DTYPE_BYTES, Generation
 from .graph_info import GraphInfo, Layer
 
@@ -97,7 +99,7 @@ def _silu_mul(sig: Layer, gi: GraphInfo) -> int | None:
 def _scalar_affine(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> int | None:
     """x * c or x + c with c a one-element constant, after a layer that requantizes its output: the output stage
     absorbs it (a scale and a zero-point shift, or a different lookup table), as the quantizer plans it."""
-    if len(layer.inputs) != 1 or len(layer.weights) != 1 or gi.weights[layer.weights[0]].shape not in ((), (1,)):
+    if len(layer.inputs) != 1 or len(layer.weights) != 1 or int(np.prod(gi.weights[layer.weights[0]].shape)) != 1:
         return None
     prod = gi.producer(layer.inputs[0])
     if prod is None or prod.role != "compute" or len(gi.tensors[layer.inputs[0]].consumers) != 1 \

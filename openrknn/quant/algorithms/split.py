@@ -12,8 +12,9 @@ quantized NPU tensor; only the op count grows. SiLU/ReLU6 need no homogeneity he
 The concatenated depthwise outputs still share one scale. Where only pointwise-style convs (no padding) read them,
 each part is also remapped: x -> k x + b stretches its range onto the widest part's, the part's output quantizer
 absorbs it (a scale and zero-point change on the NPU, no extra pass), and the readers' weights (/k) and biases undo
-it, so every part gets all 256 levels. A remap is made only where the rounding noise it takes out of the readers,
-measured on calibration values, is worth it (choose_remap); it may cut the depthwise conv into finer parts for it.
+it, so every part gets all 256 levels. A remap is proposed where the rounding noise it takes out of the readers,
+measured on calibration values, is worth it (choose_remap), and made when the proposals together lower the model's
+output error enough (remap_check); it may cut the depthwise conv into finer parts for it.
 YOLOX-nano's first depthwise output (input.15: channels 0.4 to 16.6 wide, the narrow ones amplified by the 1x1
 conv after it) was most of its w8a8 error.
 """
@@ -356,7 +357,8 @@ REMAP_MIN = 1.25   # parts whose spans differ less than this keep their common s
 # a remap (and the finer parts it may need, one more op each) is made where it takes rounding noise worth at least
 # this share of the readers' output power (-31 dB) out of them. YOLOX-nano: 3 of 23 outputs (1.35e-3 to 0.8e-3; the
 # next, 0.6e-3, cost mmse accuracy), +6% estimated NPU time on rk3588, +9% on rk1808. MobileNetV2: 4 of 17 (1.2e-3
-# to 0.9e-3), which move its output cosine by under 0.0005 (its projections feed residual sums) for +2-5%
+# to 0.9e-3), which moved its output cosine by under 0.0005 (its projections feed residual sums) for +2-5%: the
+# output check below drops them
 REMAP_BENEFIT = 8e-4
 # the remaps are made when, all together, they take at least this share of the output power out of the output error
 # (each proposed tensor rounded per group against on one shared range, the rest float; see remap_check)
@@ -457,7 +459,7 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
     against the same tensors rounded on one shared range, on the first ``samples`` calibration samples; the drop
     in output error must be at least ``min_drop`` of the output power. The local noise measure in choose_remap
     cannot see what happens downstream: YOLOX-nano's first depthwise output feeds everything (its remaps take
-    2.5% of the output power out of the error), MobileNetV2's projections feed residual sums (0.04%)."""
+    3.2% of the output power out of the error), MobileNetV2's projections feed residual sums (0.04%)."""
     import itertools
 
     from ..calibrate import make_session
@@ -579,17 +581,16 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
                 if stretched:
                     pooled.append(name)
             pools.append(pooled)
-            k = np.empty(len(lo), np.float32)
-            b = np.empty(len(lo), np.float32)
+            stretch = np.empty(len(lo), np.float32)
+            shift = np.empty(len(lo), np.float32)
             for idx, (kg, bg) in zip(groups, fitted[out].affine):
-                k[idx], b[idx] = kg, bg
-            affines[out] = (1.0 / k, -b / k)
-        remap = fitted
+                stretch[idx], shift[idx] = kg, bg
+            affines[out] = (1.0 / stretch, -shift / stretch)
         r = np.maximum(hi, 0) - np.minimum(lo, 0)
         entry = {"tensor": t, "groups": [len(g) for g in groups],
                  "range_ratio": round(float(r.max() / max(r.min(), 1e-12)), 1)}
-        if remap:
-            entry["remapped"] = sorted(remap)
+        if fitted:
+            entry["remapped"] = sorted(fitted)
         done.append(entry)
     return (normalize(model) if done else model), \
         {"tensors": done, "channel_orders": orders, "channel_affine": affines, "pooled": pools,
