@@ -540,28 +540,28 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     found = candidates(first, build_plan(first))
     named = {t: ([first.nodes[i].name for i in prod], [[first.nodes[i].name for i in c] for c in cons])
              for t, (prod, cons) in found.items()}
+    # each candidate's groups and remaps, decided on the model as given: a rewrite elsewhere only permutes, folds
+    # or slices the weights the decision reads, so it would decide the same
+    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit)
+               for t, (lo, hi) in ranges.items() if t in found}
     check = None
-    if confirm is not None and samples:
-        # the remaps all candidates would get, judged together on the model's outputs before any is made
-        proposed = {o: groups for t, (lo, hi) in ranges.items() if t in found
-                    for groups, fitted in [_decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio,
-                                                   max_groups, min_benefit)] for o in fitted}
-        if proposed:
-            kept, check = confirm(proposed)
-            if not kept:
-                min_benefit = float("inf")
+    proposed = {o: groups for groups, fitted in decided.values() for o in fitted}
+    if confirm is not None and proposed:
+        # all the remaps, judged together on the model's outputs before any is made
+        made, check = confirm(proposed)
+        if not made:
+            decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups,
+                                  float("inf")) for t, (lo, hi) in ranges.items() if t in found}
     for t, (lo, hi) in ranges.items():
-        if t not in named:  # the other keys are remap outputs' ranges
+        if t not in decided or len(decided[t][0]) == 1:  # the other keys are remap outputs' ranges
             continue
+        groups, fitted = decided[t]
         info = GraphInfo(model)
         index = {n.name: i for i, n in enumerate(info.nodes)}
         prod_names, cons_names = named[t]
         if not all(n in index for n in prod_names + [n for c in cons_names for n in c]):
             continue
         prod, cons = [index[n] for n in prod_names], [[index[n] for n in c] for c in cons_names]
-        groups, fitted = _decide(info, lo, hi, cons, ranges, samples, levels, max_ratio, max_groups, min_benefit)
-        if len(groups) == 1:
-            continue
         model = split_tensor(model, info, t, prod, cons, groups, orders, {o: r.affine for o, r in fitted.items()})
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
