@@ -16,16 +16,10 @@ from openrknn.quant.ir import normalize
 SPEC = [InputSpec("raw", (1, 12, 12, 3))]
 
 
-def stem_model(extra_reader: bool = False) -> onnx.ModelProto:
-    """Like YOLOX-nano's stem: conv + SiLU whose channels span 1000x in range, read by a depthwise conv + SiLU,
-    then a pointwise conv. The tiny channels matter: the depthwise weights amplify them."""
-    rng = np.random.default_rng(0)
-    gain = np.logspace(0, -3, 8)                                  # channel ranges 1 .. 0.001
-    w1 = rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None]
-    wdw = rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None]
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
-             [("w1", w1), ("b1", np.zeros(8)), ("wdw", wdw), ("bdw", np.zeros(8)),
-              ("wpw", rng.normal(0, 0.5, (4, 8, 1, 1))), ("bpw", np.zeros(4))]]
+def _dw_pw_model(w1, wdw, wpw, bpw, extra_reader: bool = False) -> onnx.ModelProto:
+    """NHWC input -> conv + SiLU ("stem") -> depthwise conv + SiLU ("dw") -> pointwise conv ("out")."""
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in
+             [("w1", w1), ("b1", np.zeros(8)), ("wdw", wdw), ("bdw", np.zeros(8)), ("wpw", wpw), ("bpw", bpw)]]
     n = helper.make_node
     nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
              n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c1"], ["g1"]),
@@ -37,9 +31,19 @@ def stem_model(extra_reader: bool = False) -> onnx.ModelProto:
     if extra_reader:  # a non-conv reader of the depthwise output: channels must come back in order
         nodes.append(n("MaxPool", ["dw"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]))
         outputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 8, 6, 6]))
-    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+    g = helper.make_graph(nodes, "dw_pw", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
                           outputs, inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def stem_model(extra_reader: bool = False) -> onnx.ModelProto:
+    """Like YOLOX-nano's stem: conv + SiLU whose channels span 1000x in range, read by a depthwise conv + SiLU,
+    then a pointwise conv. The tiny channels matter: the depthwise weights amplify them."""
+    rng = np.random.default_rng(0)
+    gain = np.logspace(0, -3, 8)                                  # channel ranges 1 .. 0.001
+    w1 = rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None]
+    wdw = rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None]
+    return _dw_pw_model(w1, wdw, rng.normal(0, 0.5, (4, 8, 1, 1)), np.zeros(4), extra_reader)
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +126,7 @@ def remap_model() -> onnx.ModelProto:
     w1 = rng.normal(0, 0.3, (8, 3, 3, 3))
     wdw = rng.normal(0, 1, (8, 1, 3, 3)) * gain[:, None, None, None]
     wpw = rng.normal(0, 0.5, (4, 8, 1, 1)) / gain[None, :, None, None]
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
-             [("w1", w1), ("b1", np.zeros(8)), ("wdw", wdw), ("bdw", np.zeros(8)), ("wpw", wpw),
-              ("bpw", rng.normal(0, 0.1, 4))]]
-    n = helper.make_node
-    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
-             n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c1"], ["g1"]),
-             n("Mul", ["c1", "g1"], ["stem"]),
-             n("Conv", ["stem", "wdw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8), n("Sigmoid", ["c2"], ["g2"]),
-             n("Mul", ["c2", "g2"], ["dw"]),
-             n("Conv", ["dw", "wpw", "bpw"], ["out"])]
-    g = helper.make_graph(nodes, "remap", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return _dw_pw_model(w1, wdw, wpw, rng.normal(0, 0.1, 4))
 
 
 def _dw_samples(model, calib):

@@ -229,8 +229,9 @@ def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict,
                        levels: int, data):
-    """Cut the candidates whose channel ranges (from pass 1) are too uneven; the new parts' ranges come from the
-    per-channel statistics, so no extra pass is needed."""
+    """Cut the candidates whose channel ranges (from pass 1) are too uneven, remapping depthwise outputs' parts
+    where that pays (the output check runs the float model on two calibration samples); the new parts' ranges come
+    from the per-channel statistics, so no extra calibration pass is needed."""
     from .algorithms.split import range_split, remap_check
 
     t = time.perf_counter()
