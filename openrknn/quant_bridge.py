@@ -26,7 +26,8 @@ def quantize_for_build(float_model: onnx.ModelProto, metas: List[dict], cfg: Bui
     specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
     data = read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
     opts = QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
-                        target=cfg.target, weight_rounding=cfg.weight_rounding, overrides=dict(overrides or {}))
+                        target=cfg.target, weight_rounding=cfg.weight_rounding, range_remap=cfg.range_remap,
+                        overrides=dict(overrides or {}))
     result = quantize(float_model, data, opts)
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
             "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),

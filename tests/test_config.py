@@ -74,6 +74,7 @@ def test_unknown_key_names_it_and_lists_the_known_keys():
     ("quantized_algorithm", "minmax", "'kl_divergence'"),
     ("quantized_method", "tensor", "'channel'"),
     ("weight_rounding", "stochastic", "'gptq'"),
+    ("range_remap", "no", "True or False"),
 ])
 def test_wrong_type_or_value_names_key_value_and_allowed(key, value, allowed):
     msg = _err(**{key: value})
@@ -207,3 +208,21 @@ def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
         assert r.build(do_quantization=True, dataset=str(dataset)) == 0
         assert r._build.quant_report.get("weight_rounding", {}).get("method") == expect
         assert r._build.package.metadata["quantization"]["weight_rounding"] == (expect or "nearest")  # in the file
+
+
+def test_range_remap_reaches_the_quantizer(conv_onnx, tmp_path, monkeypatch):
+    """openrknn's range_remap option (default on) is the quantizer's QuantOptions.range_remap."""
+    import openrknn.quant as quant
+
+    seen = []
+    real = quant.quantize
+    monkeypatch.setattr(quant, "quantize", lambda model, data, opts, *a, **k: seen.append(opts) or
+                        real(model, data, opts, *a, **k))
+    assert make_config().range_remap is True
+    dataset = write_npy_dataset(tmp_path, (8, 10, 3), n=2, seed=0)
+    for value in (True, False):
+        r = RKNN()
+        assert r.config(target_platform="rk3588", range_remap=value) == 0
+        assert r.load_onnx(str(conv_onnx())) == 0
+        assert r.build(do_quantization=True, dataset=str(dataset)) == 0
+        assert seen[-1].range_remap is value
