@@ -375,8 +375,9 @@ class Remap:
 
 
 def _readers(info: GraphInfo, t: str) -> List[np.ndarray]:
-    return [info.const(info.nodes[r].input[1]).reshape(*info.const(info.nodes[r].input[1]).shape[:2], -1)
-            for r in info.consumers.get(t, [])]
+    """t's readers' weights as [out, in, taps]."""
+    weights = [info.const(info.nodes[r].input[1]) for r in info.consumers.get(t, [])]
+    return [w.reshape(w.shape[0], w.shape[1], -1) for w in weights]
 
 
 def choose_remap(info: GraphInfo, t: str, lo: np.ndarray, hi: np.ndarray, x: np.ndarray,
@@ -436,7 +437,7 @@ def _decide(info: GraphInfo, lo: np.ndarray, hi: np.ndarray, cons: List[List[int
     """A candidate's channel groups, and the remaps {depthwise output: Remap} its outputs get: the split tensor's
     own grouping, cut finer where a remappable output's remap onto the finer groups is worth it."""
     groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups) or [np.arange(len(lo))]
-    chosen = []
+    chosen = {}
     for o in remappable_outputs(info, cons):
         if o not in ranges or o not in samples:
             continue
@@ -445,9 +446,10 @@ def _decide(info: GraphInfo, lo: np.ndarray, hi: np.ndarray, cons: List[List[int
         choice = choose_remap(info, o, *ranges[o], samples[o], trial, levels)
         if choice is not None and choice.benefit >= min_benefit:
             groups = trial
-            chosen.append(o)
-    # fitted again on the final groups, which may be finer than those an earlier output's remap saw
-    fitted = {o: choose_remap(info, o, *ranges[o], samples[o], groups, levels) for o in chosen}
+            chosen[o] = choice
+    # fitted again where a later output cut the groups finer than this one's remap saw
+    fitted = {o: r if len(r.affine) == len(groups) else choose_remap(info, o, *ranges[o], samples[o], groups, levels)
+              for o, r in chosen.items()}
     return groups, {o: r for o, r in fitted.items() if r is not None}
 
 
