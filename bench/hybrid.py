@@ -30,13 +30,12 @@ DATA = ROOT.parent / "shared" / "data"
 SIZE = 416
 TARGETS = {"asymmetric_quantized-u8": "rk1808", "w8a8": "rk3588"}  # dtype -> the chip it is benched for
 
-from openrknn import hybrid_bridge as hb  # noqa: E402
-from openrknn.builder import build  # noqa: E402
+from openrknn.convert import BuildOptions, build, load_model  # noqa: E402
+from openrknn.convert import hybrid as hb  # noqa: E402
 from openrknn.config import make_config  # noqa: E402
 from openrknn.quant import hybrid as hq  # noqa: E402
 from openrknn.vision.letterbox import letterbox  # noqa: E402
 from openrknn.vision.yolox.decode import postprocess_yolox  # noqa: E402
-from openrknn.workflow import load_model  # noqa: E402
 
 
 def split():
@@ -105,7 +104,7 @@ def main() -> None:
         cfg = make_config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], quantized_dtype=args.dtype,
                           quantized_algorithm=args.algorithm, target_platform=TARGETS[args.dtype])
         t = time.perf_counter()
-        plain = build(loaded, cfg, True, ds)
+        plain = build(loaded, cfg, BuildOptions(dataset=ds))
         plain_s = time.perf_counter() - t
         # the input name after pre-processing is the model's own
         ref = detections(plain.float_model, evals)
@@ -120,8 +119,9 @@ def main() -> None:
         rows.append(("plain int8", k, 0, cos_plain, lat0, plain_s))
         for th in args.thresh:
             t = time.perf_counter()
-            res, rep = hb.auto_hybrid(loaded, cfg, ds, cos_thresh=th, promote=args.promote, eval_feeds=calib_feeds,
-                                      sensitivity_samples=4, progress=False)
+            res = hb.auto_hybrid(loaded, cfg, BuildOptions(dataset=ds), cos_thresh=th, promote=args.promote,
+                                 eval_feeds=calib_feeds, sensitivity_samples=4, progress=False)
+            rep = res.hybrid_report
             secs = time.perf_counter() - t
             k = sum(kept(r, d) for r, d in zip(ref, detections(res.model, evals)))
             rows.append((f"auto hybrid cos>={th} ({args.promote})", k, len(rep["layers"]), min(rep["cosine_after"]),

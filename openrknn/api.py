@@ -1,7 +1,7 @@
 """`from openrknn.api import RKNN`: a drop-in for RKNN-Toolkit scripts.
 
 A thin facade: it checks call order, turns exceptions into the vendor's return codes (0 = ok, -1 = failed) with one
-clear logged error, and delegates every real step to frontends/, builder, quant/, runtime/ and analysis/.
+clear logged error, and delegates every real step to convert/ (load, build, hybrid), runtime/ and analysis/.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class RKNN:
         self._config_set = False  # hybrid step 2 uses step 1's stored config unless config() was called here
         self._config_error: Optional[ConfigError] = None
         self._loaded = None  # frontends.LoadedModel
-        self._build = None  # builder.BuildResult
+        self._build = None  # convert.BuildResult
         self._package = None  # package.RknnPackage (built or loaded)
         self._runtime = None  # runtime.Simulator or remote client
         self._runtime_opts: dict = {}
@@ -104,20 +104,15 @@ class RKNN:
     @_guarded()
     def load_pytorch(self, model: str, input_size_list=None, inputs: Optional[List[str]] = None,
                      outputs: Optional[List[str]] = None, convert_engine: str = "torch") -> int:
-        from .frontends.pytorch import load_pytorch
+        from .convert import load_pytorch
 
-        loaded = load_pytorch(model, input_size_list)
-        if inputs or outputs:
-            from .frontends.onnx import cut_loaded
-
-            loaded = cut_loaded(loaded, inputs, outputs)
-        self._set_loaded(loaded)
+        self._set_loaded(load_pytorch(model, input_size_list, inputs, outputs))
         return 0
 
     @_guarded()
     def load_onnx(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
                   outputs: Optional[List[str]] = None) -> int:
-        from .frontends.onnx import load_onnx
+        from .convert import load_onnx
 
         self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs))
         return 0
@@ -141,35 +136,27 @@ class RKNN:
             log.info("%s", note)
 
     # ---- build / export ------------------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        if self._config_error is not None:
+            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it and call config() again "
+                                    "first")
+
     @_guarded()
     def build(self, do_quantization: bool = True, dataset: Optional[str] = "dataset.txt", pre_compile: bool = False,
               rknn_batch_size: Optional[int] = None, auto_hybrid: bool = False) -> int:
         """auto_hybrid=True (int8 only): promote the fewest layers to 16-bit until every output's cosine against
         the float model reaches config(auto_hybrid_cos_thresh=...) (default 0.98)."""
-        from . import builder
+        from .convert import BuildOptions, build
 
-        if self._config_error is not None:
-            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it and call config() again "
-                                    "before build()")
+        self._check_config()
         if self._loaded is None:
             raise RuntimeStateError("build() needs a model: call load_pytorch() or load_onnx() first"
                                     + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
         self._release_runtime()
-        if auto_hybrid:
-            if not do_quantization:
-                raise RuntimeStateError("build(auto_hybrid=True) chooses layers to keep out of int8; it needs "
-                                        "do_quantization=True and a dataset")
-            from .hybrid_bridge import auto_hybrid as run_auto_hybrid
-
-            self._build, report = run_auto_hybrid(self._loaded, self._config, dataset, pre_compile=pre_compile,
-                                                  rknn_batch_size=rknn_batch_size)
-            self.hybrid_report = report
-            log.info("auto hybrid: %d layer(s) promoted, output cosine %s -> %s (target met: %s)",
-                     len(report.get("layers") or []), report.get("cosine_before"), report.get("cosine_after"),
-                     report.get("met"))
-        else:
-            self._build = builder.build(self._loaded, self._config, do_quantization=bool(do_quantization),
-                                        dataset=dataset, pre_compile=pre_compile, rknn_batch_size=rknn_batch_size)
+        opts = BuildOptions(do_quantization=bool(do_quantization), dataset=dataset, pre_compile=bool(pre_compile),
+                            rknn_batch_size=rknn_batch_size, auto_hybrid=bool(auto_hybrid))
+        self._build = build(self._loaded, self._config, opts)
+        self.hybrid_report = self._build.hybrid_report
         self._package = self._build.package
         return 0
 
@@ -179,10 +166,9 @@ class RKNN:
                                   output_dir: str = ".") -> int:
         """Write <model>.model, <model>.data and <model>.quantization.cfg (edit its custom_quantize_layers, then call
         hybrid_quantization_step2). Files go to output_dir (default: the current folder, like the vendor)."""
-        from .hybrid_bridge import hybrid_step1
+        from .convert.hybrid import hybrid_step1
 
-        if self._config_error is not None:
-            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it first")
+        self._check_config()
         if self._loaded is None:
             raise RuntimeStateError("hybrid_quantization_step1() needs a model: call load_pytorch() or load_onnx()")
         paths = hybrid_step1(self._loaded, self._config, dataset, out_dir=output_dir, proposal=bool(proposal))
@@ -193,11 +179,10 @@ class RKNN:
     @_guarded()
     def hybrid_quantization_step2(self, model_input: str, data_input: str, model_quantization_cfg: str) -> int:
         """Build from step 1's files after editing the .quantization.cfg; then export_rknn() as after build()."""
-        from .hybrid_bridge import hybrid_step2
+        from .convert.hybrid import hybrid_step2
 
         self._release_runtime()
-        if self._config_error is not None:
-            raise RuntimeStateError(f"config() failed earlier ({self._config_error}); fix it first")
+        self._check_config()
         cfg = self._config if self._config_set else None
         self._build = hybrid_step2(model_input, data_input, model_quantization_cfg, cfg)
         self._package = self._build.package
@@ -245,7 +230,7 @@ class RKNN:
     # ---- analysis ------------------------------------------------------------------------------------------------
     @_guarded(default_fail=None)
     def eval_perf(self, inputs=None, is_print: bool = True, loop_cnt: int = 10):
-        from .analysis_bridge import eval_perf
+        from .analysis.package_reports import eval_perf
 
         if self._runtime is None:
             raise RuntimeStateError("eval_perf() needs init_runtime() first")
@@ -254,7 +239,7 @@ class RKNN:
 
     @_guarded(default_fail=None)
     def eval_memory(self, is_print: bool = True):
-        from .analysis_bridge import eval_memory
+        from .analysis.package_reports import eval_memory
 
         if self._runtime is None:
             raise RuntimeStateError("eval_memory() needs init_runtime() first")
@@ -263,7 +248,7 @@ class RKNN:
     @_guarded()
     def accuracy_analysis(self, inputs, output_dir: str = "./snapshot", target: Optional[str] = None,
                           device_id: Optional[str] = None) -> int:
-        from .analysis_bridge import accuracy_analysis
+        from .analysis.package_reports import accuracy_analysis
 
         if self._package is None:
             raise RuntimeStateError("accuracy_analysis() needs a model: build() one or load_rknn() a file first")

@@ -26,7 +26,7 @@ from openrknn.errors import ConfigError  # noqa: E402
 from openrknn.gui.app import GuiSettings  # noqa: E402
 from openrknn.gui.forms import config_schema, form_to_kwargs, validate_form  # noqa: E402
 from openrknn.gui.infer import yolox_layout  # noqa: E402
-from openrknn.gui.pipeline import hybrid_support, parse_input_size  # noqa: E402
+from openrknn.gui.pipeline import parse_input_size  # noqa: E402
 from openrknn.gui.server import BackgroundServer, free_port  # noqa: E402
 from openrknn.gui.sessions import RequestRefused, contained_path, sanitize_filename  # noqa: E402
 
@@ -391,9 +391,8 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     layer table then shows the stored precision and, after an inference, per-layer cosine."""
     import cv2
 
-    from openrknn import builder
+    from openrknn.convert import BuildOptions, build, load_model
     from openrknn.package import read_package
-    from openrknn.workflow import load_model
 
     rng = np.random.default_rng(1)
     (tmp_path / "c").mkdir()
@@ -413,8 +412,8 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     assert any(e["type"] == "log" and "calibration: 3 file(s)" in e["message"] for e in events)
 
     (tmp_path / "c" / "dataset.txt").write_text("".join(f"calib{i}.png\n" for i in range(3)))
-    direct = builder.build(load_model(tiny_model), make_config(std_values=[255], quantized_algorithm="mmse"),
-                           do_quantization=True, dataset=str(tmp_path / "c" / "dataset.txt"))
+    direct = build(load_model(tiny_model), make_config(std_values=[255], quantized_algorithm="mmse"),
+                   BuildOptions(dataset=str(tmp_path / "c" / "dataset.txt")))
     gui_pkg = read_package(session_of(gui, client).outputs / "tiny.rknn")
     ours, theirs = gui_pkg.metadata["quantization"], direct.package.metadata["quantization"]
     assert (ours["dtype"], ours["algorithm"], ours["calibration_samples"]) == ("asymmetric_quantized-u8", "mmse", 3)
@@ -440,7 +439,7 @@ def test_quantized_build_matches_the_api_and_measures_accuracy(gui, client, tiny
     assert client.json("GET", "/api/layers")[1]["rows"] == measured["rows"]  # kept for the page's next load
 
     # keep-float marks reach the quantizer: the marked layer's output is left unquantized in the built model
-    assert hybrid_support()["available"] and layers["hybrid"]["available"]
+    assert layers["hybrid"]["available"]
     _, events = build_and_wait(client, {"config": {"std_values": "255"}, "do_quantization": True,
                                         "keep_float": ["relu"], "output_name": "hybrid.rknn"})
     done = next(e for e in events if e["type"] == "done")["result"]

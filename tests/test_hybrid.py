@@ -13,11 +13,11 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import write_npy_dataset
-from openrknn import hybrid_bridge as hb
+from openrknn.convert import hybrid as hb
 from openrknn.config import make_config
 from openrknn.errors import ConfigError
 from openrknn.quant import hybrid as hq
-from openrknn.workflow import load_model
+from openrknn.convert import BuildOptions, build, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def _edit(step1, tmp_path, fn) -> str:
 def test_unedited_step2_reproduces_step1_in_a_fresh_process(step1, setup, tmp_path):
     here = hb.hybrid_step2(step1["model"], step1["data"], step1["cfg"], progress=False)
     out = tmp_path / "fresh.onnx"
-    code = ("import sys, onnx; from openrknn import hybrid_bridge as hb; "
+    code = ("import sys, onnx; from openrknn.convert import hybrid as hb; "
             "r = hb.hybrid_step2(sys.argv[1], sys.argv[2], sys.argv[3], progress=False); "
             "onnx.save(r.model, sys.argv[4])")
     subprocess.run([sys.executable, "-c", code, step1["model"], step1["data"], step1["cfg"], str(out)], check=True,
@@ -105,9 +105,8 @@ def test_unedited_step2_reproduces_step1_in_a_fresh_process(step1, setup, tmp_pa
     a, b = _inits(here.model), _inits(onnx.load(out))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # ... and equals a plain build from the original model (step1's quantization)
-    from openrknn.builder import build
 
-    plain = build(_loaded(setup), _cfg(), True, str(setup / "dataset.txt"))
+    plain = build(_loaded(setup), _cfg(), BuildOptions(dataset=str(setup / "dataset.txt")))
     c = _inits(plain.model)
     assert c.keys() == a.keys() and all(np.array_equal(a[k], c[k]) for k in a)
 
@@ -163,7 +162,9 @@ def test_layer_map_follows_fused_activations():
 
 def test_auto_hybrid_reaches_the_threshold_where_int8_does_not(setup):
     cfg = _cfg()
-    res, report = hb.auto_hybrid(_loaded(setup), cfg, str(setup / "dataset.txt"), cos_thresh=0.999, progress=False)
+    res = hb.auto_hybrid(_loaded(setup), cfg, BuildOptions(dataset=str(setup / "dataset.txt")), cos_thresh=0.999,
+                         progress=False)
+    report = res.hybrid_report
     assert min(report["cosine_before"]) < 0.999 <= min(report["cosine_after"])
     assert report["met"] and report["layers"] == ["conv1"]
     assert res.package.metadata["quantization"]["tensors"]["r1"]["dtype"] == "int16"
@@ -240,7 +241,7 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     """A sensitivity ranking that misjudges the early layer (as single-layer bypass does when errors compound) would
     need every layer; the graph-order prefix (the input's pre-processing, then conv1) needs two, so it wins."""
     cfg = _cfg()
-    plain = hb.build(_loaded(setup), cfg, True, str(setup / "dataset.txt"))
+    plain = build(_loaded(setup), cfg, BuildOptions(dataset=str(setup / "dataset.txt")))
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
     monkeypatch.setattr(hq, "sensitivity", lambda qmodel, units, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
@@ -255,6 +256,8 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
 def test_report_names_the_automatic_choice(setup):
     from openrknn.analysis.report import hybrid_sections
 
-    res, report = hb.auto_hybrid(_loaded(setup), _cfg(), str(setup / "dataset.txt"), cos_thresh=0.999, progress=False)
+    res = hb.auto_hybrid(_loaded(setup), _cfg(), BuildOptions(dataset=str(setup / "dataset.txt")), cos_thresh=0.999,
+                         progress=False)
+    report = res.hybrid_report
     (section,) = hybrid_sections(res.package)
     assert "Chosen automatically: 1 layer(s) (conv1)" in section.html and report["selection"] in section.html

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from openrknn import builder
+from openrknn.convert import BuildOptions, build
 from openrknn.config import make_config
 from openrknn.errors import InferenceInputError, RuntimeStateError
 from openrknn.frontends.onnx import load_onnx
@@ -23,7 +23,7 @@ MEAN, STD = [10.0, 100.0, 200.0], [2.0, 4.0, 8.0]
 
 
 def _package(path, **config) -> RknnPackage:
-    return builder.build(load_onnx(path), make_config(**config), do_quantization=False).package
+    return build(load_onnx(path), make_config(**config), BuildOptions(do_quantization=False)).package
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_runtime_imports_neither_torch_onnx_nor_builder(pkg, tmp_path, pixels, p
         np.testing.assert_array_equal(out[0], np.load({str(tmp_path / 'expected.npy')!r}))
         np.testing.assert_array_equal(out2[0], out[0])
         heavy = sorted(m for m in sys.modules
-                       if m.split('.')[0] in ('torch', 'onnx', 'onnxslim') or m in ('openrknn.builder',
+                       if m.split('.')[0] in ('torch', 'onnx', 'onnxslim') or m in ('openrknn.convert',
                        'openrknn.frontends', 'openrknn.graph', 'openrknn.quant'))
         print('HEAVY', heavy)
         sys.exit(1 if heavy else 0)

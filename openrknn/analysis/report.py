@@ -170,7 +170,7 @@ def hybrid_sections(pkg) -> List[Section]:
 def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, extra: Sequence[Section] = (),
                  title: str = "openrknn model report", calib_count: Optional[int] = None) -> Path:
     """Model card, design check, speed and memory (with charts), then any extra sections."""
-    from ..analysis_bridge import check, model_facts
+    from .package_reports import check, model_facts
     from .charts import memory_chart, perf_chart
     from .memory import eval_memory_report, plan_memory
     from .perf import eval_perf_report

@@ -22,18 +22,18 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.lint import check_model, findings_json, findings_table
 
     if args.model.lower().endswith(".rknn"):
-        from ..analysis_bridge import check
+        from ..analysis.package_reports import check
         from ..package import read_package
 
         pkg = read_package(args.model)
         findings = check(pkg, target=args.target, calib_count=args.calib_count)
         if args.dtype:
-            from ..analysis_bridge import model_facts
+            from ..analysis.package_reports import model_facts
 
             model, chip, _ = model_facts(pkg, args.target)
             findings = check_model(model, chip, args.dtype, calib_count=args.calib_count)
     else:
-        from ..workflow import load_model
+        from ..convert import load_model
 
         size = [[int(v) for v in args.input_size.split(",")]] if args.input_size else None
         loaded = load_model(args.model, size)

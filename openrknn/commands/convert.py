@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..package import describe_package
-    from ..workflow import parse_spec, run_spec
+    from ..convert.spec import parse_spec, run_spec
 
     path = Path(args.config)
     if not path.is_file():

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis_bridge import eval_memory, eval_perf
+    from ..analysis.package_reports import eval_memory, eval_perf
     from ..package import read_package
     from ..runtime.simulator import Simulator
 

@@ -27,7 +27,7 @@ from .forms import config_schema, validate_form
 from .infer import InferOptions, SimulatorCache, decode_image, run_image, yolox_layout
 from .jobs import TERMINAL, JobRunner
 from .layers import accuracy_provider, layer_rows, measure_accuracy, merge_accuracy
-from .pipeline import (BUILD_STAGES, BuildRequest, copy_atomic, describe_dataset, hybrid_support, inspect_model,
+from .pipeline import (BUILD_STAGES, BuildRequest, copy_atomic, describe_dataset, inspect_model,
                        jsonable, parse_input_size, run_build)
 from .sessions import (CALIB_SUFFIXES, IMAGE_SUFFIXES, MODEL_SUFFIXES, SESSION_COOKIE, RequestRefused, Session,
                        SessionStore, contained_path, framework_of, sanitize_filename, save_stream)
@@ -388,7 +388,7 @@ def create_app(settings: Optional[GuiSettings] = None) -> FastAPI:
         with session.lock:
             rknn, feeds = session.rknn_path(), session.last_feeds
             kept = list((session.result or {}).get("keep_float") or [])
-        hybrid = hybrid_support()
+        hybrid = {"available": True, "reason": ""}  # a quantized model: any quantized layer can stay float
         fn, reason = accuracy_provider()
         if rknn is None or not rknn.is_file():
             if measure:

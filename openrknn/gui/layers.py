@@ -1,5 +1,5 @@
 """The per-layer table: one row per compute node of the built graph with its stored precision, and its accuracy
-against the float reference (analysis_bridge.accuracy_analysis) once measured. Rows are keyed by node name (what
+against the float reference (package_reports.accuracy_analysis) once measured. Rows are keyed by node name (what
 hybrid toggles send) and carry the layer's logical output tensor name (what accuracy rows are keyed by)."""
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict]) -> List[dict]:
 def accuracy_provider() -> Tuple[Optional[Callable], str]:
     """(fn(package, inputs, output_dir) -> report, '') when the analysis bridge offers accuracy_analysis."""
     try:
-        bridge = importlib.import_module("openrknn.analysis_bridge")
+        bridge = importlib.import_module("openrknn.analysis.package_reports")
     except ImportError as e:
-        return None, f"per-layer accuracy needs openrknn.analysis_bridge ({e})"
+        return None, f"per-layer accuracy needs openrknn.analysis.package_reports ({e})"
     fn = getattr(bridge, "accuracy_analysis", None)
     if fn is None:
-        return None, "openrknn.analysis_bridge has no accuracy_analysis yet"
+        return None, "openrknn.analysis.package_reports has no accuracy_analysis yet"
     return fn, ""
 
 

@@ -3,8 +3,6 @@ the same functions the API and the CLI use, and ask RKNN.eval_perf / eval_memory
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import logging
 import math
 import os
@@ -14,10 +12,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 from ..config import make_config
-from ..errors import ConfigError, DatasetError, NotSupportedError
+from ..errors import ConfigError, DatasetError
 from .jobs import Job
 from ..atomic import write_text_atomic
 from .sessions import CALIB_SUFFIXES
@@ -127,37 +125,6 @@ def dataset_from_folder(folder: Path, dest: Path) -> int:
     return len(samples)
 
 
-# ---------------------------------------------------------------- hybrid seam
-
-
-def hybrid_support() -> dict:
-    """Per-layer 'keep in higher precision' needs build() to take quantizer overrides; probe, do not assume."""
-    from .. import builder
-
-    if "quant_overrides" in inspect.signature(builder.build).parameters:
-        return {"available": True, "reason": ""}
-    return {"available": False, "reason": "per-layer hybrid quantization is not in this openrknn yet "
-            "(builder.build takes no quant_overrides)"}
-
-
-def _quantize_fn(keep_float: Sequence[str]):
-    """The node names toggled on the page name nodes of the float graph build() makes; map each to the quantizer's
-    names for it (its output point and weight) with 'float' once that graph exists, then quantize as usual."""
-    if not keep_float:
-        return None
-    if not hybrid_support()["available"]:
-        raise NotSupportedError(f"{len(keep_float)} layer(s) were marked to keep in higher precision, but "
-                                f"{hybrid_support()['reason']}; clear the marks and build again")
-    from .. import quant_bridge
-    from ..hybrid_bridge import gui_overrides
-
-    def quantize_fn(float_model, metas, cfg, dataset, overrides=None):
-        merged = {**gui_overrides(float_model, keep_float), **(overrides or {})}
-        return quant_bridge.quantize_for_build(float_model, metas, cfg, dataset, overrides=merged)
-
-    return quantize_fn
-
-
 # ---------------------------------------------------------------- build
 
 
@@ -206,22 +173,21 @@ def _dataset_path(req: BuildRequest) -> Optional[str]:
 
 
 def run_build(job: Job, req: BuildRequest) -> dict:
-    """The whole conversion, stage by stage; returns what the page shows."""
-    from .. import builder
+    """The whole conversion, stage by stage, through the one conversion core; returns what the page shows."""
+    from ..convert import BuildOptions, build, load_model
     from ..package import package_summary, write_package
-    from ..workflow import load_model
 
     job.stage("Validate config")
     cfg = make_config(**req.config)
-    quantize_fn = _quantize_fn(req.keep_float) if req.do_quantization else None
     job.stage("Load model")
     loaded = load_model(req.model_path, req.input_size_list)
     log.info("loaded %s: inputs %s", req.model_path.name, list(zip(loaded.input_names, loaded.input_shapes)))
     job.stage("Calibration data")
     dataset = _dataset_path(req)
     job.stage("Build")
-    result = builder.build(loaded, cfg, do_quantization=req.do_quantization, dataset=dataset,
-                           rknn_batch_size=req.rknn_batch_size, quantize_fn=quantize_fn)
+    opts = BuildOptions(do_quantization=req.do_quantization, dataset=dataset, rknn_batch_size=req.rknn_batch_size,
+                        keep_float=tuple(req.keep_float) if req.do_quantization else ())
+    result = build(loaded, cfg, opts)
     job.stage("Export .rknn")
     size = write_package(req.output, result.package)
     log.info("exported %s (%.2f MB)", req.output.name, size / 1e6)
@@ -235,10 +201,7 @@ def run_build(job: Job, req: BuildRequest) -> dict:
 
 
 def analyse(rknn_path: Path) -> dict:
-    """perf / memory dicts from the RKNN facade when its analysis bridge exists; a reason otherwise."""
-    if importlib.util.find_spec("openrknn.analysis_bridge") is None:
-        reason = "board-free perf/memory estimates are not wired into RKNN.eval_perf / eval_memory yet"
-        return {"perf": None, "memory": None, "perf_note": reason, "memory_note": reason}
+    """perf / memory dicts from the RKNN facade, as a user's script gets them; a reason where one is missing."""
     from ..api import RKNN
 
     out: dict = {"perf": None, "memory": None, "perf_note": "", "memory_note": ""}

@@ -73,6 +73,8 @@ class QuantOptions:
         outputs on ``range_search_samples`` calibration samples by 5% or more (algorithms/range_search.py).
     overrides: hybrid quantization, {tensor or weight name: 'int8' | 'uint8' | 'int16' | 'float'}; an activation
         override applies to its whole scale group (the widest request wins); unknown names are an error.
+    fixed: {tensor or weight name: (scales, zero points)} used as given instead of calibrated (hybrid step 2's
+        edited parameters); an activation's applies to its whole scale group.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
     """
 
@@ -97,6 +99,7 @@ class QuantOptions:
     range_search_samples: int = 8
     keep_mixed_concat_float: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
+    fixed: Dict[str, tuple] = field(default_factory=dict)
     histogram_bins: int = 2048
     histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18
     threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = the idle cores)

@@ -94,7 +94,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
-    fixed = _expand_overrides(getattr(options, "fixed", {}), plan)  # hybrid step2: scale/zero point as given
+    fixed = _expand_overrides(options.fixed, plan)  # hybrid step2: scale/zero point as given
     acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed)
     report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
 

@@ -124,24 +124,23 @@ def open_detector(model: str | Path, options: DetectorOptions, convert_config: O
     """.rknn: load it. .pt/.onnx: convert in memory with `convert_config` (config() keys) and build (int8 when a
     dataset is given, else float)."""
     from ..api import RKNN
+    from ..convert import model_kind
 
     model = Path(model)
+    kind = model_kind(model)
     rknn = RKNN()
-    suffix = model.suffix.lower()
-    if suffix == ".rknn":
+    if kind == "rknn":
         ok = rknn.load_rknn(str(model)) == 0
-    elif suffix in (".pt", ".onnx"):
-        cfg = dict(convert_config or {})
-        ok = rknn.config(**cfg) == 0
-        if ok and suffix == ".pt":
+    else:
+        ok = rknn.config(**dict(convert_config or {})) == 0
+        if ok and kind == "pytorch":
             if input_size is None:
+                rknn.release()
                 raise ConfigError("size", None, hint="a TorchScript model needs the input size (e.g. --size 416)")
             ok = rknn.load_pytorch(str(model), input_size_list=[[3, input_size[1], input_size[0]]]) == 0
         elif ok:
             ok = rknn.load_onnx(str(model)) == 0
         ok = ok and rknn.build(do_quantization=dataset is not None, dataset=dataset) == 0
-    else:
-        raise ModelLoadError(f"'{model}': give a .rknn, .pt or .onnx model")
     ok = ok and rknn.init_runtime() == 0
     if not ok:
         err = rknn.last_error

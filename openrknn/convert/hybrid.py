@@ -1,5 +1,5 @@
-"""Hybrid quantization for the RKNN facade: step1 writes editable files, step2 builds from them, auto_hybrid picks the
-fewest layers to promote so every output meets a cosine threshold.
+"""Hybrid quantization: step1 writes editable files, step2 builds from them, auto_hybrid picks the fewest layers to
+promote so every output meets a cosine threshold, keep_float_overrides maps layer names to quantizer overrides.
 
 Files written by step1 (``<name>`` = the model file's stem):
 - ``<name>.model``: the float ONNX graph with pre-processing (build_float_graph), with a metadata_props entry
@@ -24,38 +24,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from .atomic import write_atomic, write_bytes_atomic
-from .builder import BuildResult, build, build_float_graph
-from .config import BuildConfig
-from .errors import ConfigError, DatasetError, PackageError
-from .frontends import LoadedModel
-from .quant import QuantOptions, quantize
-from .quant import hybrid as hq
+from ..atomic import write_atomic, write_bytes_atomic
+from ..config import BuildConfig
+from ..errors import ConfigError, PackageError
+from ..frontends import LoadedModel
+from ..quant import quantize
+from ..quant import hybrid as hq
+from .build import BuildOptions, BuildResult, build_once
+from .float_graph import build_float_graph
+from .package_meta import BuildFlags, make_package, source_record
+from .quantize import calibration_data, quant_options, quantization_record
 
 log = logging.getLogger("openrknn.hybrid")
 META_KEY = "openrknn.hybrid"
 
 
-@dataclasses.dataclass
-class HybridOptions(QuantOptions):
-    """QuantOptions plus fixed {tensor or weight: (scales, zero points)} used as given (edited in the cfg)."""
-
-    fixed: Dict[str, tuple] = dataclasses.field(default_factory=dict)
-
-
-def _options(cfg: BuildConfig, overrides=None, fixed=None) -> HybridOptions:
-    return HybridOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
-                         target=cfg.target, overrides=dict(overrides or {}), fixed=dict(fixed or {}))
-
-
 def _calibration_feeds(dataset: Optional[str], metas: List[dict], cfg: BuildConfig) -> List[Dict[str, np.ndarray]]:
-    from .quant.dataset import InputSpec, read_dataset
-
-    if not dataset:
-        raise DatasetError("hybrid quantization needs dataset='dataset.txt' (one calibration image or .npy per line)")
-    specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
-    data = read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
-    return list(data)
+    return list(calibration_data(dataset, metas, cfg))
 
 
 def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, List[str]]:
@@ -77,32 +62,6 @@ def _activations(names: Sequence[str], tensors: Dict[str, dict]) -> List[str]:
     return [p for t in names for p in hq.present(t, tensors) if tensors[p].get("kind") == "activation"]
 
 
-# ---------------------------------------------------------------- packaging a prepared float graph
-
-
-def _package(float_model: onnx.ModelProto, model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig,
-             quant_meta: dict, report: dict, notes: List[str], source: dict, dataset_label: str) -> BuildResult:
-    """What builder.build does after quantizing, for a float graph that step1 already prepared."""
-    import datetime as _dt
-
-    from . import __version__
-    from .builder import _output_meta
-    from .package import RknnPackage
-
-    build_opts = {k: v for k, v in cfg.to_dict().items() if k not in ("mean_values", "std_values", "reorder_channel")}
-    build_opts.update({"do_quantization": True, "dataset": dataset_label, "pre_compile": False, "rknn_batch_size": 1})
-    metadata = {
-        "toolkit": "openrknn", "toolkit_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "target_platform": list(cfg.target_platform), "inputs": metas, "outputs": _output_meta(model),
-        "build": build_opts, "quantization": quant_meta, "source": source,
-    }
-    model.producer_name, model.producer_version = "openrknn", __version__
-    pkg = RknnPackage(metadata=metadata, model_bytes=model.SerializeToString(),
-                      float_model_bytes=float_model.SerializeToString())
-    return BuildResult(pkg, float_model, model, list(notes), {}, report)
-
-
 # ---------------------------------------------------------------- step 1
 
 
@@ -115,7 +74,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
 
     float_model, metas, notes = build_float_graph(loaded, cfg)
     feeds = _calibration_feeds(dataset, metas, cfg)
-    result = quantize(float_model, feeds, _options(cfg), progress)
+    result = quantize(float_model, feeds, quant_options(cfg), progress)
     custom: Dict[str, str] = {}
     if proposal:
         custom = {name: "float16" for name in _propose(float_model, result, feeds, cfg, progress)}
@@ -127,7 +86,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     m = onnx.ModelProto()
     m.CopyFrom(float_model)
     info = {"metas": metas, "notes": loaded.notes + notes, "config": cfg.to_dict(),
-            "source": {"framework": loaded.framework, "file": loaded.source_file, "sha256": loaded.source_sha256}}
+            "source": source_record(loaded.framework, loaded.source_file, loaded.source_sha256, [])}
     onnx.helper.set_model_props(m, {META_KEY: json.dumps(info, default=_jsonable)})
     write_bytes_atomic(paths["model"], m.SerializeToString())
 
@@ -137,7 +96,8 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
             as_u8 = v.astype(np.uint8)
             arrays[f"s{i}/{k}"] = as_u8 if np.array_equal(as_u8, v) else v
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
-            "target": cfg.target, "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
+            "weight_rounding": cfg.weight_rounding, "range_remap": cfg.range_remap, "target": cfg.target,
+            "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
             "input_dtypes": {k: str(v.dtype) for k, v in feeds[0].items()}, "tensors": result.tensors}
     arrays["__meta__"] = np.array(json.dumps(meta, default=_jsonable))
     write_atomic(paths["data"], lambda tmp: np.savez(tmp, **arrays), suffix=".npz")  # savez adds .npz otherwise
@@ -164,7 +124,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
                              progress, ref, names)
     units = _units(float_model, result.tensors)
     order, _, k, _ = _shortest_of_orders(detail, units, "float",
-                                         lambda ov: quantize(float_model, feeds, _options(cfg, ov), False), ref,
+                                         lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref,
                                          sample, cfg.auto_hybrid_cos_thresh, len(picked), names)
     return order[:k]
 
@@ -207,7 +167,7 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
     (its tensors are what the cfg describes); other config (target...) from ``cfg`` when given."""
     import yaml
 
-    from .config import make_config
+    from ..config import make_config
 
     float_model, info = _read_model(model_input)
     feeds, meta = _read_data(data_input)
@@ -221,7 +181,8 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
         cfg = make_config(**{k: v for k, v in info["config"].items()
                              if k not in ("mean_values", "std_values", "reorder_channel")})
     quant = {"quantized_dtype": meta["dtype"], "quantized_algorithm": meta["algorithm"],
-             "quantized_method": meta["method"]}
+             "quantized_method": meta["method"], "weight_rounding": meta.get("weight_rounding", "auto"),
+             "range_remap": meta.get("range_remap", True)}
     if any(getattr(cfg, k) != v for k, v in quant.items()):
         log.warning("hybrid step2 uses step1's quantization settings %s (the cfg's parameters were made with them)",
                     quant)
@@ -232,14 +193,17 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
     for name in set(fixed) & set(overrides):
         log.warning("'%s': dtype changed to %s and scale edited; the edited scale is used as given", name,
                     overrides[name])
-    result = quantize(float_model, feeds, _options(cfg, overrides, fixed), progress)
-    quant_meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
-                  "calibration_samples": len(feeds), "tensors": result.tensors, "overrides": overrides,
-                  "fixed": {k: {"scale": s, "zero_point": z} for k, (s, z) in fixed.items()},
-                  "hybrid": {"custom_quantize_layers": dict(doc.get("custom_quantize_layers") or {})}}
+    result = quantize(float_model, feeds, quant_options(cfg, overrides, fixed), progress)
+    quantization = quantization_record(
+        cfg, result, len(feeds), overrides,
+        fixed={k: {"scale": s, "zero_point": z} for k, (s, z) in fixed.items()},
+        hybrid={"custom_quantize_layers": dict(doc.get("custom_quantize_layers") or {})})
     del float_model.metadata_props[:]
-    return _package(float_model, result.model, info["metas"], cfg, quant_meta, result.report, info.get("notes", []),
-                    {**info.get("source", {}), "notes": info.get("notes", [])}, str(data_input))
+    notes = info.get("notes", [])
+    source = {**info.get("source", {}), "notes": notes}
+    pkg = make_package(float_model, result.model, info["metas"], cfg, BuildFlags(True, str(data_input)), quantization,
+                       source)
+    return BuildResult(pkg, float_model, result.model, list(notes), {}, result.report)
 
 
 # ---------------------------------------------------------------- automatic
@@ -348,13 +312,13 @@ def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
     """Estimated NPU latency and memory of a (QDQ) model; None where the analysis cannot estimate it."""
     out: dict = {"latency_us": None, "memory_bytes": None}
     try:
-        from .analysis.perf import estimate_perf
+        from ..analysis.perf import estimate_perf
 
         out["latency_us"] = float(estimate_perf(model, cfg.target, cfg.quantized_dtype).total_us)
     except Exception as e:  # the estimate is a report extra; never fail the build for it
         log.info("latency estimate unavailable: %s", e)
     try:
-        from .analysis.memory import eval_memory_report
+        from ..analysis.memory import eval_memory_report
 
         out["memory_bytes"] = int(eval_memory_report(model, cfg.target, cfg.quantized_dtype, is_print=False)["total"])
     except Exception as e:
@@ -362,18 +326,19 @@ def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
     return out
 
 
-def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh: Optional[float] = None,
+def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_thresh: Optional[float] = None,
                 eval_feeds: Optional[Sequence[Dict[str, np.ndarray]]] = None, promote: str = "int16",
-                sensitivity_samples: int = 8, per_branch: bool = False, progress: bool = True,
-                **build_kwargs) -> Tuple[BuildResult, dict]:
+                sensitivity_samples: int = 8, per_branch: bool = False, progress: bool = True) -> BuildResult:
     """Build int8, then promote the fewest layers (to ``promote``: 'int16' or 'float') until every output's cosine
     float vs quantized on ``eval_feeds`` (default: the first calibration samples) reaches ``cos_thresh`` (default
     cfg.auto_hybrid_cos_thresh; per_branch=True: each quantized tensor an output is assembled from).
-    Returns (BuildResult, report with the layers, cosines and cost before/after)."""
+    Returns the BuildResult; its hybrid_report holds the layers, cosines and cost before/after."""
     thresh = cfg.auto_hybrid_cos_thresh if cos_thresh is None else float(cos_thresh)
     if promote not in ("int16", "float"):
         raise ConfigError("promote", promote, ("int16", "float"))
-    plain = build(loaded, cfg, True, dataset, **build_kwargs)
+    base_opts = dataclasses.replace(opts, auto_hybrid=False)
+    plain = build_once(loaded, cfg, base_opts, progress)
+    dataset = opts.dataset
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
                                                                    cfg)[:sensitivity_samples]
@@ -382,20 +347,22 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
     ref = hq.run_outputs(plain.float_model, feeds, names=names)
     base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names))
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
-              "cosine_before": base, "cosine_after": base,
+              "cosine_before": base, "cosine_after": base, "met": min(base) >= thresh,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
               "units_total": len(_units(plain.float_model, tensors))}
     report["cost_after"] = report["cost_before"]
     if min(base) >= thresh:
         log.info("auto hybrid: plain quantization already meets cosine %.4f (worst %.5f)", thresh, min(base))
-        return plain, report
+        plain.hybrid_report = report
+        return plain
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
                              ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names)
     units = _units(plain.float_model, tensors)
 
     def make(overrides):
         report["builds"] += 1
-        return build(loaded, cfg, True, dataset, quant_overrides=overrides, **build_kwargs)
+        return build_once(loaded, cfg, dataclasses.replace(base_opts, overrides={**opts.overrides, **overrides}),
+                          False)
 
     order, kind, k, (result, cos) = _shortest_of_orders(detail, units, promote, make, ref, feeds, thresh,
                                                         len(picked), names)
@@ -410,11 +377,15 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, dataset: str, cos_thresh:
         result.package.metadata["quantization"]["auto_hybrid"] = {
             k_: report[k_] for k_ in ("threshold", "promote", "layers", "selection", "cosine_before", "cosine_after",
                                       "cost_before", "cost_after")}
-    return result, report
+    log.info("auto hybrid: %d layer(s) promoted, output cosine %s -> %s (target met: %s)", len(report["layers"]),
+             report["cosine_before"], report["cosine_after"], report["met"])
+    result.hybrid_report = report
+    return result
 
 
-def gui_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str]) -> Dict[str, str]:
-    """GUI toggles (node names of the built float graph) -> QuantOptions.overrides with 'float'."""
+def keep_float_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str]) -> Dict[str, str]:
+    """Layers to keep in float (node names of the built float graph, as the GUI's layer table lists them) ->
+    QuantOptions.overrides with 'float'."""
     lmap = hq.layer_map(float_model)
     out = {}
     for name in keep_float:

@@ -1,4 +1,5 @@
-"""The seam between the RKNN facade and analysis/: which model, target, dtype and inputs each report uses."""
+"""Reports on a built or loaded package (eval_perf, eval_memory, check, accuracy_analysis): which model, target,
+dtype and inputs each analysis uses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
-from .package import RknnPackage
+from ..package import RknnPackage
 
 log = logging.getLogger("openrknn.analysis")
 
@@ -34,7 +35,7 @@ def sample_inputs(metas: List[dict], seed: int = 0) -> List[np.ndarray]:
 
 
 def _feeds(pkg: RknnPackage, inputs) -> dict:
-    from .runtime.feeds import prepare_feeds
+    from ..runtime.feeds import prepare_feeds
 
     metas = pkg.metadata["inputs"]
     arrays = prepare_feeds(inputs if inputs is not None else sample_inputs(metas), metas)
@@ -53,7 +54,7 @@ def host_rss_bytes() -> Optional[int]:
 
 def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: bool, target: Optional[str] = None,
               runs: int = 10) -> dict:
-    from .analysis.perf import eval_perf_report
+    from .perf import eval_perf_report
 
     model, chip, qd = model_facts(pkg, target)
     feeds = _feeds(pkg, inputs)
@@ -62,7 +63,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
         report = eval_perf_report(model, None, chip, qd, None, perf_debug, is_print=False)
         report["host_measured"] = remote_perf(feeds)
         if is_print:
-            from .analysis.perf import format_perf_report
+            from .perf import format_perf_report
 
             print(format_perf_report(report))
         return report
@@ -70,7 +71,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
 
 
 def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str] = None) -> dict:
-    from .analysis.memory import eval_memory_report
+    from .memory import eval_memory_report
 
     model, chip, qd = model_facts(pkg, target)
     remote_memory = getattr(runtime, "memory", None)
@@ -80,7 +81,7 @@ def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str]
 
 def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[int] = None,
           first_layer_cosine: Optional[float] = None):
-    from .analysis.lint import check_model
+    from .lint import check_model
 
     model, chip, qd = model_facts(pkg, target)
     pre = [(m.get("preprocess") or {}) for m in pkg.metadata["inputs"]]
@@ -91,7 +92,7 @@ def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[
 
 
 def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:
-    from .quant.accuracy import accuracy_analysis as run_analysis
+    from ..quant.accuracy import accuracy_analysis as run_analysis
 
     if not pkg.metadata.get("quantization"):
         log.warning("accuracy_analysis: the model is not quantized; float vs float will match exactly")
@@ -105,7 +106,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
     an array. Images are decoded like the calibration images (RGB unless built with quant_img_RGB2BGR)."""
     import cv2
 
-    from .errors import InferenceInputError
+    from ..errors import InferenceInputError
 
     if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
         inputs = [inputs]

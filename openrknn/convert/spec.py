@@ -1,42 +1,14 @@
-"""Whole-conversion helpers shared by the CLI and the GUI: pick a loader by file type, run a YAML conversion spec."""
+"""`openrknn convert` YAML files: our flat layout or the vendor's rknn_convert `models:` layout -> a ConvertSpec,
+then load, build and export through the one conversion core."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .config import KNOWN_KEYS, make_config
-from .errors import ConfigError, ModelLoadError
-
-log = logging.getLogger("openrknn.convert")
-
-PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
-
-
-def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str]] = None,
-               outputs: Optional[List[str]] = None):
-    """Dispatch on the file type: TorchScript .pt or ONNX."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from .frontends.onnx import load_onnx
-
-        return load_onnx(path, inputs=inputs, input_size_list=input_size_list, outputs=outputs)
-    if suffix in PYTORCH_SUFFIXES:
-        from .frontends.pytorch import load_pytorch
-
-        loaded = load_pytorch(path, input_size_list)
-        if inputs or outputs:
-            from .frontends.onnx import cut_loaded
-
-            loaded = cut_loaded(loaded, inputs, outputs)
-        return loaded
-    if suffix == ".rknn":
-        raise ModelLoadError(f"'{path}' is already an .rknn model; nothing to convert (use `openrknn info` or "
-                             "`openrknn run` on it)")
-    raise ModelLoadError(f"'{path}': unknown model type '{suffix}'; give a TorchScript .pt or an .onnx file")
+from ..config import KNOWN_KEYS, make_config
+from ..errors import ConfigError
 
 
 @dataclass
@@ -126,22 +98,15 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
 
 def run_spec(spec: ConvertSpec):
     """Load, build and export; returns the BuildResult. The output file appears only when everything succeeded."""
-    from . import builder
-    from .package import write_package
+    from ..package import write_package
+    from .build import BuildOptions, build
+    from .loaders import load_model
 
     cfg = make_config(**spec.config)
     loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs)
-    dataset = str(spec.dataset) if spec.dataset else None
-    if spec.auto_hybrid:
-        if not spec.do_quantization:
-            raise ConfigError("build.auto_hybrid", True, hint="auto hybrid needs do_quantization: true and a dataset")
-        from .hybrid_bridge import auto_hybrid
-
-        result, report = auto_hybrid(loaded, cfg, dataset, pre_compile=spec.pre_compile,
-                                     rknn_batch_size=spec.rknn_batch_size)
-        result.quant_report = dict(result.quant_report or {}, auto_hybrid=report)
-    else:
-        result = builder.build(loaded, cfg, do_quantization=spec.do_quantization, dataset=dataset,
-                               pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size)
+    opts = BuildOptions(do_quantization=spec.do_quantization, dataset=str(spec.dataset) if spec.dataset else None,
+                        pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size,
+                        auto_hybrid=spec.auto_hybrid)
+    result = build(loaded, cfg, opts)
     write_package(spec.output, result.package)
     return result

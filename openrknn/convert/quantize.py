@@ -1,0 +1,54 @@
+"""The seam between config() and the quantizer: the one place a BuildConfig becomes QuantOptions, and dataset.txt
+becomes calibration data."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import onnx
+
+from ..config import BuildConfig
+from ..errors import DatasetError
+
+
+def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
+                  fixed: Optional[Dict[str, tuple]] = None):
+    """QuantOptions for ``cfg``. overrides: {tensor or weight: 'int8' | 'uint8' | 'int16' | 'float'} (hybrid);
+    fixed: {tensor or weight: (scales, zero points)} used as given (edited hybrid parameters)."""
+    from ..quant import QuantOptions
+
+    return QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
+                        target=cfg.target, weight_rounding=cfg.weight_rounding, range_remap=cfg.range_remap,
+                        overrides=dict(overrides or {}), fixed=dict(fixed or {}))
+
+
+def calibration_data(dataset: Optional[str], metas: List[dict], cfg: BuildConfig):
+    """Read dataset.txt for the deployed inputs ``metas`` as the quantizer consumes it (streamed)."""
+    from ..quant.dataset import InputSpec, read_dataset
+
+    if not dataset:
+        raise DatasetError("quantization needs dataset='dataset.txt': a text file listing one calibration image (or "
+                           ".npy) per line; or build with do_quantization=False for a float model")
+    specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
+    return read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
+
+
+def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optional[Dict[str, str]] = None,
+                        **extra) -> dict:
+    """The container's 'quantization' entry for a QuantResult: settings, what was actually done, every tensor."""
+    record = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
+              "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),
+              "range_remap": bool(cfg.range_remap), "calibration_samples": samples, "tensors": result.tensors,
+              "overrides": dict(overrides or {})}
+    record.update(extra)
+    return record
+
+
+def quantize_float_graph(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: Optional[str],
+                         overrides: Optional[Dict[str, str]] = None, progress: bool = True):
+    """Calibrate and quantize; returns (QDQ model, quantization record, quantizer report)."""
+    from ..quant import quantize
+
+    data = calibration_data(dataset, metas, cfg)
+    result = quantize(float_model, data, quant_options(cfg, overrides), progress)
+    return result.model, quantization_record(cfg, result, len(data), overrides), result.report
