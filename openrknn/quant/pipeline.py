@@ -1,15 +1,20 @@
-"""The quantization stages in order; each stage is a function of the previous stage's output."""
+"""The quantizer: normalize, the graph rewrites (stages.Rewrite) around one shared calibration pass, then activation
+ranges, weights (rounding, bias correction), the optional range search and the QDQ graph."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
 
 from .algorithms import activations as act_alg
+from .algorithms.equalize import CrossLayerEqualization
+from .algorithms.pow2_fit import Pow2Fit
+from .algorithms.residual_equalize import ResidualEqualization
+from .algorithms.split import RangeSplit
 from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
@@ -17,6 +22,7 @@ from .plan import Plan, build_plan
 from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_scales,
                   to_float16)
 from .schemes import Scheme, TensorFormat, get_scheme, qparams
+from .stages import Needs, QuantState, StageResult
 
 if TYPE_CHECKING:
     from . import QuantOptions, QuantResult
@@ -27,81 +33,65 @@ log = logging.getLogger("openrknn.quant")
 BOUNDED = {"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Clip"}
 
 
+# The graph rewrites in the order they run (each in its algorithm's module; see stages.Rewrite). 'graph' stages run
+# before calibration, 'statistics' stages after pass 1, from its statistics.
+REWRITES = (CrossLayerEqualization, ResidualEqualization, RangeSplit, Pow2Fit)
+# The order in which the rewrites' channel factors are multiplied into one per tensor (float products: fixed order).
+SCALE_ORDER = ("equalization", "residual_equalization", "pow2_fit", "range_split")
+
+
 def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -> "QuantResult":
     from . import QuantResult
 
     scheme = get_scheme(options.dtype)
-    report: Dict = {"dtype": options.dtype, "algorithm": options.algorithm, "method": options.resolved_method,
-                    "warnings": [], "stages": {}}
-    _check_target(options, report)
+    warnings = _target_warnings(options)
+    seconds: Dict[str, float] = {}
     t = time.perf_counter()
     m = normalize(model)
     if scheme.float16:
         out = to_float16(m)
-        report["stages"]["float16"] = round(time.perf_counter() - t, 3)
-        return QuantResult(out, _float16_tensors(out), report)
+        seconds["float16"] = round(time.perf_counter() - t, 3)
+        return QuantResult(out, _float16_tensors(out), _report(options, warnings, seconds, []))
 
-    info = GraphInfo(m)
-    plan = build_plan(info, options.keep_mixed_concat_float)
-    per_channel = options.resolved_method == "channel"
-    if options.equalization is True or (options.equalization == "auto" and not per_channel):
-        from .algorithms.equalize import equalize
-
-        m, eq_report = equalize(m, info, plan)
-        report["equalization"] = eq_report
-        info = GraphInfo(m)
-        plan = build_plan(info, options.keep_mixed_concat_float)
-    report["stages"]["plan"] = round(time.perf_counter() - t, 3)
-    if plan.split_concats:
+    state = QuantState(m, GraphInfo(m), build_plan(GraphInfo(m), options.keep_mixed_concat_float), options, scheme,
+                       data, progress)
+    stages = [cls() for cls in REWRITES]
+    stages = [s for s in stages if s.enabled(state)]
+    results: List[StageResult] = []
+    for stage in (s for s in stages if s.phase == "graph"):
+        results.append(stage.run(state))
+    seconds["plan"] = round(time.perf_counter() - t, 3)
+    if state.plan.split_concats:
         log.info("keeping one scale per input of output concat(s) %s (mixed ranges, e.g. boxes and scores)",
-                 ", ".join(plan.split_concats))
+                 ", ".join(state.plan.split_concats))
+    _expand_overrides(options.overrides, state.plan)  # bad names fail before the slow pass
 
-    _expand_overrides(options.overrides, plan)  # bad names fail before the slow pass
-    stats = Stats()
-    means = _mean_axes(info, plan) if options.bias_correction == "analytical" else {}
-    split_cands, remap_cands = [], []
-    if options.range_split:
-        from .algorithms.split import split_candidates
-
-        # per-channel ranges of each candidate and of its remappable depthwise outputs (and samples of those)
-        found = split_candidates(m)
-        remap_cands = [o for t, outs in found.items() if t in plan.sources for o in outs if o in plan.sources] \
-            if options.range_remap else []
-        split_cands = [t for t in found if t in plan.sources] + remap_cands
-    streams = []
-    if options.residual_equalization:
-        from .algorithms.residual_equalize import find_streams
-
-        streams = find_streams(info)
-    stream_tensors = [t for st in streams for t in st.tensors if t not in split_cands]
-    collect_minmax(m, plan.sources, data, means, stats, progress, options.threads, known_minimum(info, plan),
-                   split_cands + stream_tensors, remap_cands if scheme.act.bits == 8 else ())
-    if streams:
-        m, info, plan = _apply_residual_equalization(m, info, streams, stats, options, report)
-    if split_cands:
-        m, info, plan = _apply_range_split(m, stats, split_cands, options, report, (1 << scheme.act.bits) - 1, data)
-    if options.pow2_fit and scheme.act.pow2 and scheme.act.bits == 8:
-        m, info, plan = _apply_pow2_fit(m, info, plan, stats, scheme, per_channel, options, report)
+    # calibration pass 1: every point's min/max plus what the statistics stages and bias correction ask for
+    needs = Needs(channel_means=_mean_axes(state.info, state.plan) if options.bias_correction == "analytical" else {})
+    later = [s for s in stages if s.phase == "statistics"]
+    for stage in later:
+        needs = needs.merge(stage.needs(state))
+    collect_minmax(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
+                   known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
+    for stage in later:
+        results.append(stage.run(state))
+    m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
-    report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
-                      "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
-                      "float_concats": plan.split_concats}
     if options.algorithm != "normal":
         per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
         collect_histograms(m, plan.sources, data, stats, options.histogram_bins, per_image, progress,
                            options.threads)
-    report["calibration_samples"] = stats.samples
-    report["stages"].update({k: round(v, 3) for k, v in stats.seconds.items()})
+    seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
     fixed = _expand_overrides(options.fixed, plan)  # hybrid step2: scale/zero point as given
     acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed)
-    report["stages"]["activation_ranges"] = round(time.perf_counter() - t, 3)
+    seconds["activation_ranges"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
         "mmse" if options.algorithm == "mmse" else "minmax")
-    weights = weight_params(info, plan, scheme, per_channel, weight_alg, overrides, fixed)
+    weights = weight_params(info, plan, scheme, state.per_channel, weight_alg, overrides, fixed)
     rounding = options.resolved_rounding
     probe = None
     if rounding != "nearest" and scheme.weight is not None and scheme.weight.bits <= 8:  # 16-bit: nothing to gain
@@ -113,10 +103,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
             probe = MeanShiftProbe(info, plan, acts, weights, options.bias_correction_samples)
             probe = probe if probe.targets else None
         t_round = time.perf_counter()
-        report["weight_rounding"] = round_weights(m, info, plan, weights, data, options, rounding, progress, probe)
-        report["stages"]["weight_rounding"] = round(time.perf_counter() - t_round, 3)
-    _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress, probe)
-    report["stages"]["weights"] = round(time.perf_counter() - t, 3)
+        summary = round_weights(m, info, plan, weights, data, options, rounding, progress, probe)
+        results.append(StageResult("weight_rounding", summary, round(time.perf_counter() - t_round, 3)))
+    results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress, probe))
+    seconds["weights"] = round(time.perf_counter() - t, 3)
 
     if options.range_search:
         from .algorithms.range_search import search_ranges
@@ -124,98 +114,63 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
         t = time.perf_counter()
         trial, _ = build_qdq(m, plan, acts, weights)
         keep = _clip_exempt(info, plan) | {plan.group_of[t] for t in fixed if t in plan.group_of}  # step2 edits
-        report["range_search"] = search_ranges(trial, m, plan, acts, data, keep,
-                                               options.range_search_groups, options.range_search_samples,
-                                               options.threads, progress)
-        if report["range_search"]["changed"]:  # the corrections were fitted to the old input scales
+        summary = search_ranges(trial, m, plan, acts, data, keep, options.range_search_groups,
+                                options.range_search_samples, options.threads, progress)
+        if summary["changed"]:  # the corrections were fitted to the old input scales
             for wq in weights.values():
                 wq.bias = None
-            _bias_correction(m, info, plan, acts, weights, stats, data, options, report, progress)
-        report["stages"]["range_search"] = round(time.perf_counter() - t, 3)
+            results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
+        results.append(StageResult("range_search", summary, round(time.perf_counter() - t, 3)))
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
-    affine = report.get("range_split", {}).pop("channel_affine", {})
-    scales = _merged_scales(report.get("equalization", {}).pop("channel_scales", {}),
-                            report.get("residual_equalization", {}).pop("channel_scales", {}),
-                            report.get("pow2_fit", {}).pop("channel_scales", {}),
-                            {t: f for t, (f, _) in affine.items()})
+    results = [r for r in results if r is not None]
+    by_name = {r.name: r for r in results}
+    scales = _merged_scales(*(by_name[n].channel_scales for n in SCALE_ORDER if n in by_name))
     if scales:
         set_channel_scales(qmodel, scales)
-    if affine:
-        set_channel_offsets(qmodel, {t: o for t, (_, o) in affine.items()})
-    orders = report.get("range_split", {}).pop("channel_orders", None)
+    offsets = {k: v for r in results for k, v in r.channel_offsets.items()}
+    if offsets:
+        set_channel_offsets(qmodel, offsets)
+    orders = next((r.channel_orders for r in results if r.channel_orders), None)
     if orders:
         set_channel_orders(qmodel, orders)
-    report["stages"]["qdq"] = round(time.perf_counter() - t, 3)
+    seconds["qdq"] = round(time.perf_counter() - t, 3)
+    report = _report(options, warnings, seconds, results)
+    report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
+                      "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
+                      "float_concats": plan.split_concats}
+    report["calibration_samples"] = stats.samples
     return QuantResult(qmodel, tensors, report)
 
 
+def _report(options: "QuantOptions", warnings: List[str], seconds: Dict[str, float],
+            results: List[StageResult]) -> Dict:
+    """The quantizer's report, made from the stages' results: what each did and how long it took."""
+    report: Dict = {"dtype": options.dtype, "algorithm": options.algorithm, "method": options.resolved_method,
+                    "warnings": warnings, "stages": dict(seconds)}
+    for r in results:
+        report[r.name] = r.summary
+        if r.seconds:
+            report["stages"][r.name] = r.seconds
+    return report
+
+
 def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
-                     weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions", report: Dict,
-                     progress: bool, probe=None) -> None:
+                     weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions",
+                     progress: bool, probe=None) -> Optional[StageResult]:
     """Fold each layer's measured (or, 'analytical', expected) output shift into its bias: sets WeightQuant.bias.
     ``probe``: the means, already measured in the weight-rounding pass."""
     if options.bias_correction == "analytical":
         from .algorithms.bias_correction import correct_biases
 
-        report["bias_correction"] = correct_biases(info, plan, weights, stats.channel_mean)
-    elif options.bias_correction in (True, "empirical"):
+        return StageResult("bias_correction", correct_biases(info, plan, weights, stats.channel_mean))
+    if options.bias_correction in (True, "empirical"):
         from .algorithms.bias_correction import empirical_bias_correction
 
-        report["bias_correction"] = empirical_bias_correction(m, info, plan, acts, weights, data,
-                                                              options.bias_correction_samples, progress,
-                                                              options.threads, probe)
-
-
-def _apply_residual_equalization(m: onnx.ModelProto, info: GraphInfo, streams, stats: Stats,
-                                 options: "QuantOptions", report: Dict):
-    """Rescale the residual streams' channels; their tensors' statistics from pass 1 are divided by the same
-    per-channel factors, so no extra pass is needed (the histograms of pass 2 run on the rewritten model)."""
-    from .algorithms.residual_equalize import residual_equalize
-
-    t = time.perf_counter()
-    m, rep = residual_equalize(m, info, streams, stats.channel_minmax)
-    for name, s in rep["channel_scales"].items():
-        lo, hi = stats.channel_minmax[name]
-        stats.channel_minmax[name] = (lo / s, hi / s)
-        if name in stats.minmax:
-            stats.minmax[name] = (float(np.min(lo / s)), float(np.max(hi / s)))
-        if name in stats.channel_mean:
-            stats.channel_mean[name] = (stats.channel_mean[name] / s).astype(np.float32)
-    report["residual_equalization"] = rep
-    info = GraphInfo(m)
-    plan = build_plan(info, options.keep_mixed_concat_float)
-    report["stages"]["residual_equalization"] = round(time.perf_counter() - t, 3)
-    return m, info, plan
-
-
-def _apply_pow2_fit(m: onnx.ModelProto, info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
-                    per_channel: bool, options: "QuantOptions", report: Dict):
-    """Dynamic fixed point: rescale the tensors that can be rescaled exactly so their ranges fill their power-of-two
-    grids; their pass-1 statistics are multiplied by the same factors (no extra pass)."""
-    from .algorithms.pow2_fit import choose_factors, find_fits, pow2_fit
-
-    t = time.perf_counter()
-    fits = find_fits(info, plan)
-    amax = {name: max(abs(stats.minmax[name][0]), abs(stats.minmax[name][1]))
-            for f in fits for name in f.tensors if name in stats.minmax}
-    factors = choose_factors(info, fits, amax, scheme.act, scheme.weight, per_channel)
-    if not factors:
-        return m, info, plan
-    m, report["pow2_fit"] = pow2_fit(m, info, fits, factors)
-    for name, f in ((t, f) for k, f in factors.items() for t in fits[k].tensors):
-        lo, hi = stats.minmax[name]
-        stats.minmax[name] = (lo * f, hi * f)
-        if name in stats.channel_minmax:
-            clo, chi = stats.channel_minmax[name]
-            stats.channel_minmax[name] = (clo * f, chi * f)
-        if name in stats.channel_mean:
-            stats.channel_mean[name] = (stats.channel_mean[name] * f).astype(np.float32)
-    info = GraphInfo(m)
-    plan = build_plan(info, options.keep_mixed_concat_float)
-    report["stages"]["pow2_fit"] = round(time.perf_counter() - t, 3)
-    return m, info, plan
+        return StageResult("bias_correction", empirical_bias_correction(
+            m, info, plan, acts, weights, data, options.bias_correction_samples, progress, options.threads, probe))
+    return None
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -227,35 +182,7 @@ def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return out
 
 
-def _apply_range_split(m: onnx.ModelProto, stats: Stats, cands, options: "QuantOptions", report: Dict,
-                       levels: int, data):
-    """Cut the candidates whose channel ranges (from pass 1) are too uneven, remapping depthwise outputs' parts
-    where that pays (the output check runs the float model on two calibration samples); the new parts' ranges come
-    from the per-channel statistics, so no extra calibration pass is needed."""
-    from .algorithms.split import range_split, remap_check
-
-    t = time.perf_counter()
-    ranges = {c: stats.channel_minmax[c] for c in cands}
-    m, report["range_split"], parts = range_split(m, ranges, options.range_split_ratio,
-                                                  samples=stats.channel_samples, levels=levels,
-                                                  confirm=lambda proposed: remap_check(m, proposed, ranges, data,
-                                                                                       options.threads))
-    stats.pooled = report["range_split"].pop("pooled")
-    for part, (orig, idx, remapped) in parts.items():
-        if remapped is not None:
-            stats.minmax[part] = remapped
-        elif idx is None:
-            stats.minmax[part] = stats.minmax[orig]
-        else:
-            lo, hi = stats.channel_minmax[orig]
-            stats.minmax[part] = (float(np.min(lo[idx])), float(np.max(hi[idx])))
-    info = GraphInfo(m)
-    plan = build_plan(info, options.keep_mixed_concat_float)
-    report["stages"]["range_split"] = round(time.perf_counter() - t, 3)
-    return m, info, plan
-
-
-def _check_target(options: "QuantOptions", report: Dict) -> None:
+def _target_warnings(options: "QuantOptions") -> List[str]:
     """A dtype the target NPU does not run is still simulated, with a warning (the checker/config may refuse it)."""
     from ..targets import NPU_GENERATION, QUANTIZED_DTYPES
 
@@ -264,7 +191,8 @@ def _check_target(options: "QuantOptions", report: Dict) -> None:
         msg = (f"quantized_dtype {options.dtype!r} is not a {gen.upper()} dtype (target {options.target}: "
                f"{', '.join(QUANTIZED_DTYPES[gen])}); simulated anyway")
         log.warning(msg)
-        report["warnings"].append(msg)
+        return [msg]
+    return []
 
 
 # Closed-form minimum of activations, so calibration needs no ReduceMin for them (x * sigmoid(x) >= -0.27846,

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from ..ir import GraphInfo
 from ..plan import Plan
+from ..stages import QuantState, Rewrite, StageResult
 
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
 
@@ -139,3 +140,20 @@ def _precision(weights: Dict[str, np.ndarray], info: GraphInfo, pairs: List[Tupl
         if r1.shape == r2.shape and r1.max() > 0 and r2.max() > 0:
             vals.append(float(np.mean(r1 / r1.max() * r2 / r2.max())))
     return float(np.median(vals)) if vals else 0.0
+
+
+class CrossLayerEqualization(Rewrite):
+    """Before calibration: only the weights decide the factors. 'auto' runs it with per-layer weights only, where one
+    scale per weight tensor wastes levels; per-channel weights gain nothing from it."""
+
+    name, phase = "equalization", "graph"
+
+    def enabled(self, state: QuantState) -> bool:
+        eq = state.options.equalization
+        return eq is True or (eq == "auto" and not state.per_channel)
+
+    def apply(self, state: QuantState) -> StageResult:
+        model, report = equalize(state.model, state.info, state.plan)
+        scales = report.pop("channel_scales", {})
+        state.replace_model(model)
+        return StageResult(self.name, report, channel_scales=scales)

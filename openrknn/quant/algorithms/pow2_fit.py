@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from ..ir import GraphInfo
 from ..plan import Plan
 from ..schemes import TensorFormat, qparams
+from ..stages import QuantState, Rewrite, StageResult
 from .residual_equalize import find_streams
 
 GRID = np.exp2(np.arange(64) / 64.0)  # candidate factors in [1, 2)
@@ -178,3 +179,35 @@ def pow2_fit(model: onnx.ModelProto, info: GraphInfo, fits: List[Fit],
 
 
 __all__ = ["find_fits", "choose_factors", "pow2_fit", "Fit"]
+
+
+class Pow2Fit(Rewrite):
+    """After pass 1, dynamic fixed point (8-bit) only: rescale the tensors that can be rescaled exactly so their
+    ranges fill their power-of-two grids; their pass-1 statistics are multiplied by the same factors."""
+
+    name = "pow2_fit"
+
+    def enabled(self, state: QuantState) -> bool:
+        act = state.scheme.act
+        return bool(state.options.pow2_fit) and act.pow2 and act.bits == 8
+
+    def apply(self, state: QuantState) -> Optional[StageResult]:
+        stats, info = state.stats, state.info
+        fits = find_fits(info, state.plan)
+        amax = {name: max(abs(stats.minmax[name][0]), abs(stats.minmax[name][1]))
+                for f in fits for name in f.tensors if name in stats.minmax}
+        factors = choose_factors(info, fits, amax, state.scheme.act, state.scheme.weight, state.per_channel)
+        if not factors:
+            return None
+        model, report = pow2_fit(state.model, info, fits, factors)
+        for name, f in ((t, f) for k, f in factors.items() for t in fits[k].tensors):
+            lo, hi = stats.minmax[name]
+            stats.minmax[name] = (lo * f, hi * f)
+            if name in stats.channel_minmax:
+                clo, chi = stats.channel_minmax[name]
+                stats.channel_minmax[name] = (clo * f, chi * f)
+            if name in stats.channel_mean:
+                stats.channel_mean[name] = (stats.channel_mean[name] * f).astype(np.float32)
+        scales = report.pop("channel_scales", {})
+        state.replace_model(model)
+        return StageResult(self.name, report, channel_scales=scales)

@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..ir import GraphInfo
+from ..stages import Needs, QuantState, Rewrite, StageResult
 
 ALPHA = 0.5        # weight of the activation range in s_c (1.0 = flatten the activation only)
 MAX_FACTOR = 100.0  # s_c kept within [1/MAX_FACTOR, MAX_FACTOR] x its geometric mean
@@ -175,3 +176,33 @@ def residual_equalize(model: onnx.ModelProto, info: GraphInfo, streams: List[Str
         if t.name in weights:
             t.CopyFrom(numpy_helper.from_array(weights[t.name].astype(np.float32), t.name))
     return out, {"streams": done, "channel_scales": scaled}
+
+
+class ResidualEqualization(Rewrite):
+    """After pass 1: rescale the residual streams' channels from their per-channel ranges; the pass-1 statistics of
+    their tensors are divided by the same factors, so no extra pass is needed (pass 2 runs on the new graph)."""
+
+    name = "residual_equalization"
+
+    def enabled(self, state: QuantState) -> bool:
+        return bool(state.options.residual_equalization)
+
+    def needs(self, state: QuantState) -> Needs:
+        self.streams = find_streams(state.info)
+        return Needs(channel_ranges=[t for st in self.streams for t in st.tensors])
+
+    def apply(self, state: QuantState) -> Optional[StageResult]:
+        if not self.streams:
+            return None
+        stats = state.stats
+        model, report = residual_equalize(state.model, state.info, self.streams, stats.channel_minmax)
+        for name, s in report["channel_scales"].items():
+            lo, hi = stats.channel_minmax[name]
+            stats.channel_minmax[name] = (lo / s, hi / s)
+            if name in stats.minmax:
+                stats.minmax[name] = (float(np.min(lo / s)), float(np.max(hi / s)))
+            if name in stats.channel_mean:
+                stats.channel_mean[name] = (stats.channel_mean[name] / s).astype(np.float32)
+        scales = report.pop("channel_scales")
+        state.replace_model(model)
+        return StageResult(self.name, report, channel_scales=scales)

@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from ..ir import GraphInfo
 from ..plan import Plan
+from ..stages import Needs, QuantState, Rewrite, StageResult
 
 
 def _fused_chain(info: GraphInfo, plan: Plan, conv: int) -> Optional[Tuple[List[int], str]]:
@@ -597,3 +598,48 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     return (normalize(model) if done else model), \
         {"tensors": done, "channel_orders": orders, "channel_affine": affines, "pooled": pools,
          **({"remap_check": check} if check else {})}, parts
+
+
+class RangeSplit(Rewrite):
+    """After pass 1: cut the candidates whose channel ranges are too uneven, remapping depthwise outputs' parts where
+    that pays (the output check runs the float model on two calibration samples). The parts' ranges come from the
+    per-channel statistics, so no extra calibration pass is needed."""
+
+    name = "range_split"
+
+    def enabled(self, state: QuantState) -> bool:
+        return bool(state.options.range_split)
+
+    def needs(self, state: QuantState) -> Needs:
+        sources = state.plan.sources
+        found = split_candidates(state.model)
+        remap = [o for t, outs in found.items() if t in sources for o in outs if o in sources] \
+            if state.options.range_remap else []
+        self.candidates = [t for t in found if t in sources] + remap
+        # the remap measures rounding noise on sampled values of 8-bit outputs
+        return Needs(channel_ranges=list(self.candidates),
+                     channel_samples=remap if state.scheme.act.bits == 8 else [])
+
+    def apply(self, state: QuantState) -> Optional[StageResult]:
+        if not self.candidates:
+            return None
+        stats, options, model = state.stats, state.options, state.model
+        ranges = {c: stats.channel_minmax[c] for c in self.candidates}
+        new_model, report, parts = range_split(
+            model, ranges, options.range_split_ratio, samples=stats.channel_samples,
+            levels=(1 << state.scheme.act.bits) - 1,
+            confirm=lambda proposed: remap_check(model, proposed, ranges, state.data, options.threads))
+        stats.pooled = report.pop("pooled")
+        for part, (orig, idx, remapped) in parts.items():
+            if remapped is not None:
+                stats.minmax[part] = remapped
+            elif idx is None:
+                stats.minmax[part] = stats.minmax[orig]
+            else:
+                lo, hi = stats.channel_minmax[orig]
+                stats.minmax[part] = (float(np.min(lo[idx])), float(np.max(hi[idx])))
+        affine = report.pop("channel_affine", {})
+        orders = report.pop("channel_orders", None)
+        state.replace_model(new_model)
+        return StageResult(self.name, report, channel_scales={t: f for t, (f, _) in affine.items()},
+                           channel_offsets={t: o for t, (_, o) in affine.items()}, channel_orders=orders)
