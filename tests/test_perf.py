@@ -14,7 +14,8 @@ from openrknn.analysis.memory import plan_memory
 from openrknn.analysis.perf import conv_utilisation, estimate_perf, eval_perf_report, measure_host_perf
 from openrknn.errors import ConfigError, InferenceInputError, NotSupportedError
 from openrknn.targets import PLATFORMS
-from openrknn.targets.chips import CHIPS, chip, placement, scheme
+from openrknn.targets.chips import CHIPS, chip, placement
+from openrknn.targets.schemes import get_scheme
 
 
 class G:
@@ -64,8 +65,8 @@ def test_every_platform_has_a_table_and_unknown_names_fail_clearly():
     with pytest.raises(ConfigError, match="rk9999"):
         chip("rk9999")
     with pytest.raises(ConfigError, match="quantized_dtype"):
-        scheme("int3")
-    assert scheme("w8a16").mac == "int16" and scheme("asymmetric_quantized-u8").mac == "int8"
+        get_scheme("int3")
+    assert get_scheme("w8a16").mac == "int16" and get_scheme("asymmetric_quantized-u8").mac == "int8"
     assert placement("TopK", "rknpu2") == "cpu" and placement("Conv", "rknpu1") == "npu"
     assert placement("Reshape", "rknpu1") == "free" and placement("MyCustomOp", "rknpu2") == "unsupported"
 

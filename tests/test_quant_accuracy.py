@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_npy_dataset
 from openrknn.quant import QuantOptions, quantize
-from openrknn.quant.accuracy import accuracy_analysis
+from openrknn.analysis.accuracy import accuracy_analysis
 from test_quant_schemes import SPEC, tiny_model  # noqa: F401  (shared tiny model)
 from openrknn.quant.dataset import read_dataset
 

@@ -128,7 +128,7 @@ def test_quantize_uses_it_for_dfp_i8_only(tmp_path):
     assert 96 < 6.0 * f / 2.0 ** -4 <= 127.5  # more of the 127 levels, and the ReLU6 top still on the grid
     x = {"x": next(iter(data))["x"]}
     # accuracy analysis compares the rescaled t1 with the float t1 (the factor is recorded in the model)
-    from openrknn.quant.accuracy import accuracy_analysis
+    from openrknn.analysis.accuracy import accuracy_analysis
 
     rows = {r["name"]: r for r in accuracy_analysis(model, on.model, [x], tmp_path / "aa", progress=False)["layers"]}
     t1 = ort_run(_with_outputs(model, ["t1"]), x)[2]

@@ -106,7 +106,7 @@ def test_split_rescues_small_channels_after_quantization(calib):
 
 
 def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
-    from openrknn.quant.accuracy import accuracy_analysis
+    from openrknn.analysis.accuracy import accuracy_analysis
     from openrknn.quant.qdq import channel_orders
 
     model = stem_model()
@@ -216,7 +216,7 @@ def test_remap_pools_histograms_for_clipping_algorithms(calib):
 
 
 def test_accuracy_analysis_undoes_the_remap(calib, tmp_path):
-    from openrknn.quant.accuracy import accuracy_analysis
+    from openrknn.analysis.accuracy import accuracy_analysis
     from openrknn.quant.qdq import channel_offsets, channel_scales
 
     model = remap_model()

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..targets.chips import DTYPE_BYTES, Generation
+from ..targets.chips import Generation
+from ..targets.schemes import DTYPE_BYTES
 from .graph_info import GraphInfo, Layer
 
 

@@ -17,7 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelLoadError
-from ..targets.chips import CONST_OPS, DTYPE_BYTES, QDQ_OPS, VIEW_OPS, Scheme, mac_class, scheme
+from ..targets.chips import CONST_OPS, QDQ_OPS, VIEW_OPS
+from ..targets.schemes import DTYPE_BYTES, Scheme, get_scheme, mac_class
 
 log = logging.getLogger("openrknn.analysis")
 
@@ -148,7 +149,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], s
 
 def _runtime_shapes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Run the model once on zeros with every wanted tensor as an output: shapes where inference gave up."""
-    import onnxruntime as ort
+    from ..runtime.ort_session import make_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -165,10 +166,7 @@ def _runtime_shapes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, t
         shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
         np_type = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         feeds[vi.name] = np.zeros(shape, dtype=np_type)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = make_session(m, optimize=False)
     outs = sess.run(None, feeds)
     return {o.name: (tuple(v.shape), str(v.dtype)) for o, v in zip(sess.get_outputs(), outs)}
 
@@ -274,7 +272,7 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
     """
     if not isinstance(model, onnx.ModelProto):
         raise ModelLoadError(f"analysis needs an onnx.ModelProto, got {type(model).__name__}; load the model first")
-    sch: Scheme = scheme(quant_dtype)
+    sch: Scheme = get_scheme(quant_dtype)
     g = model.graph
     names = node_names(model)
     inits: dict[str, onnx.TensorProto] = {i.name: i for i in g.initializer}
@@ -380,7 +378,7 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
         elif quantized:  # left float inside a quantized graph (hybrid): the NPU runs it in fp16
             dt = "float16" if onnx_dt.startswith("float") else onnx_dt
         else:
-            dt = sch.activation if onnx_dt.startswith("float") else onnx_dt
+            dt = sch.act_dtype if onnx_dt.startswith("float") else onnx_dt
         tensors[t] = Tensor(t, tuple(int(d) for d in shp), dt, tensor_producer.get(t), known=known)
     for layer in layers:
         for t in layer.inputs:
@@ -403,7 +401,7 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
     for layer in layers:
         ins = [tensors[t] for t in layer.inputs]
         outs = [tensors[t] for t in layer.outputs]
-        layer.act_dtype = (outs or ins)[0].dtype if (outs or ins) else sch.activation
+        layer.act_dtype = (outs or ins)[0].dtype if (outs or ins) else sch.act_dtype
         if ins and ins[0].dtype in DTYPE_BYTES and DTYPE_BYTES[ins[0].dtype] > DTYPE_BYTES.get(layer.act_dtype, 0):
             layer.act_dtype = ins[0].dtype
         main_w = [weights[w] for w in layer.weights if len(weights[w].shape) > 1]
@@ -427,16 +425,16 @@ def _float_weight_dtype(layer: Layer, name: str, shape: tuple[int, ...], sch: Sc
                         quantized: bool) -> tuple[str, int, int]:
     """NPU storage dtype of a float initializer: the scheme's weight type for conv/gemm kernels, int32 biases."""
     is_kernel = layer.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(shape) >= 2
-    if quantized or sch.weight == "float16":
+    if quantized or sch.weight_dtype == "float16":
         # a float model, or a layer left float in a quantized (hybrid) graph: the NPU stores it in fp16
         return "float16", 0, 0
     if is_kernel:
         channels = shape[0] if layer.op_type != "ConvTranspose" else shape[1]
         count = channels if sch.per_channel else 1
-        return sch.weight, 2 * count, count * 8  # float32 scale + int32 zero point per scale
+        return sch.weight_dtype, 2 * count, count * 8  # float32 scale + int32 zero point per scale
     if layer.op_type in ("Conv", "ConvTranspose", "Gemm") and len(shape) == 1:
         return "int32", 0, 0  # biases accumulate in 32 bits
-    return sch.activation, 0, 0
+    return sch.act_dtype, 0, 0
 
 
 def _mark_preprocess(layers: list[Layer], graph_inputs: Sequence[str], const_names: set) -> None:

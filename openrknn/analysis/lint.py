@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..targets.chips import DTYPE_BYTES, ChipSpec, Generation, chip, placement, scheme
+from ..targets.chips import ChipSpec, Generation, chip, placement
+from ..targets.schemes import DTYPE_BYTES, get_scheme
 from .fusion import fuse, maxpool_fusion_problems
 from .graph_info import GraphInfo, Layer, analyze
 
@@ -251,7 +252,7 @@ def _per_channel(ctx: Context, layer: Layer) -> bool:
     w = ctx.gi.weights.get(layer.weights[0]) if layer.weights else None
     if ctx.gi.quantized and w is not None:
         return w.quant_params > 2
-    return scheme(ctx.quant_dtype).per_channel
+    return get_scheme(ctx.quant_dtype).per_channel
 
 
 @rule("reduce-8bit")

@@ -92,7 +92,7 @@ def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[
 
 
 def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:
-    from ..quant.accuracy import accuracy_analysis as run_analysis
+    from .accuracy import accuracy_analysis as run_analysis
 
     if not pkg.metadata.get("quantization"):
         log.warning("accuracy_analysis: the model is not quantized; float vs float will match exactly")

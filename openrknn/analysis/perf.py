@@ -264,7 +264,7 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
     Node names are those of `graph_info.node_names` (unnamed nodes get '<op>_<index>'). Kernels that onnxruntime
     fused or rewrote are mapped back to the model node whose output they produce (or the nearest one downstream).
     """
-    import onnxruntime as ort
+    from ..runtime.ort_session import make_session
 
     if runs < 1:
         raise InferenceInputError(f"runs={runs}: need at least one run to measure")
@@ -274,15 +274,9 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
         raise ModelLoadError(f"measure_host_perf: model bytes are not an ONNX model ({e})") from e
     model = with_node_names(model)
     with tempfile.TemporaryDirectory(prefix="openrknn_prof_") as tmp:
-        so = ort.SessionOptions()
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "prof")
-        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        optimized_path = os.path.join(tmp, "optimized.onnx")
+        sess = make_session(model, threads or None, profile_prefix=os.path.join(tmp, "prof"),
+                            optimized_path=optimized_path)
         wanted = {i.name for i in sess.get_inputs()}
         if set(feeds) != wanted:
             raise InferenceInputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(wanted)}")
@@ -296,7 +290,7 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
         prof_path = sess.end_profiling()
         with open(prof_path) as f:
             events = json.load(f)
-        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+        optimized = onnx.load(optimized_path, load_external_data=False)
     mapping = _map_optimized_nodes(model, optimized)
     per_run: dict[str, list[float]] = defaultdict(list)
     unmapped: list[float] = []

@@ -105,8 +105,8 @@ class QuantOptions:
     threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = the idle cores)
 
     def validate(self) -> None:
-        if self.dtype not in SCHEMES:
-            raise ConfigError("quantized_dtype", self.dtype, list(SCHEMES))
+        if self.dtype not in SCHEMES or not SCHEMES[self.dtype].simulated:
+            raise ConfigError("quantized_dtype", self.dtype, [k for k, v in SCHEMES.items() if v.simulated])
         if self.algorithm not in ALGORITHMS:
             raise ConfigError("quantized_algorithm", self.algorithm, ALGORITHMS)
         if self.method is not None and self.method not in METHODS:

@@ -80,13 +80,9 @@ def auto_threads() -> int:
 
 def make_session(model: onnx.ModelProto, threads: int = 0):
     """CPU session for calibration passes; ``threads`` 0 = the idle cores (auto_threads)."""
-    import onnxruntime as ort
+    from ..runtime.ort_session import make_session as new_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or auto_threads()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return new_session(model, threads or auto_threads())
 
 
 def opset_of(model: onnx.ModelProto) -> int:

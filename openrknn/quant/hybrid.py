@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from ..errors import ConfigError
+from ..metrics import cosine
 from .ir import GraphInfo, normalize
 from .plan import build_plan
 
@@ -225,23 +226,6 @@ def float_weights(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, names: 
     return out
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
-def _session(model: onnx.ModelProto, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> List[str]:
     """What "every output" means for the threshold: each graph output, or where an output is assembled in float
     from several quantized tensors (a detector head's boxes / objectness / classes concatenated), each of those."""
@@ -272,7 +256,9 @@ def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], 
         from .qdq import with_outputs
 
         model = with_outputs(model, names)
-    sess = _session(model, threads)
+    from ..runtime.ort_session import make_session
+
+    sess = make_session(model, threads)
     return [sess.run(list(names) if names else None, f) for f in feeds]
 
 

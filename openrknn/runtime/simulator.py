@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -11,24 +10,9 @@ import onnxruntime as ort
 
 from ..errors import RuntimeStateError
 from .feeds import prepare_feeds
+from .ort_session import make_session
 
 log = logging.getLogger("openrknn.runtime")
-
-
-def make_session(model_bytes: bytes, threads: Optional[int] = None, profile_prefix: Optional[str] = None,
-                 allow_spinning: bool = True) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if not allow_spinning:  # a server sharing cores with its clients: idle threads must sleep, not spin
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # onnxruntime's own warnings are about its internals, not the user's model
-    threads = threads if threads is not None else int(os.environ.get("OPENRKNN_THREADS", "0"))
-    if threads:
-        opts.intra_op_num_threads = threads
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class Simulator:

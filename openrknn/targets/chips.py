@@ -14,56 +14,6 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from . import NPU_GENERATION
 
-# ---------------------------------------------------------------------------------------------------------------------
-# dtypes
-DTYPE_BYTES: Mapping[str, float] = {
-    "int4": 0.5, "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
-    "int32": 4, "float32": 4, "int64": 8, "bool": 1, "float64": 8, "uint32": 4, "uint64": 8,
-}
-
-
-def mac_class(dtype: str) -> str:
-    """The multiplier-array mode that a tensor dtype runs in (uint8 and int8 share the 8-bit array)."""
-    return {"uint8": "int8", "int8": "int8", "int4": "int4", "int16": "int16", "uint16": "int16",
-            "float16": "float16", "bfloat16": "bfloat16"}.get(dtype, "float16")
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """What a config(quantized_dtype=...) value means for the tensors the NPU stores and the MAC mode it runs."""
-
-    activation: str
-    weight: str
-    per_channel: bool  # default granularity of weight scales when the graph does not say (no QDQ nodes)
-
-    @property
-    def mac(self) -> str:
-        # the wider operand sets the array mode: w8a16 multiplies 16-bit activations
-        a, w = mac_class(self.activation), mac_class(self.weight)
-        return a if DTYPE_BYTES[self.activation] >= DTYPE_BYTES[self.weight] else w
-
-
-# quant_dtype -> scheme. None = no quantization: both generations run float models in fp16 on the NPU.
-# Toolkit v1 quantizes per layer, Toolkit2 per channel by default.
-SCHEMES: Mapping[str | None, Scheme] = {
-    None: Scheme("float16", "float16", False),
-    "float16": Scheme("float16", "float16", False),
-    "asymmetric_quantized-u8": Scheme("uint8", "uint8", False),
-    "dynamic_fixed_point-i8": Scheme("int8", "int8", False),
-    "dynamic_fixed_point-i16": Scheme("int16", "int16", False),
-    "w8a8": Scheme("int8", "int8", True),
-    "w8a16": Scheme("int16", "int8", True),
-    "w16a16i": Scheme("int16", "int16", True),
-    "w4a16": Scheme("int16", "int4", True),
-    "w4a8": Scheme("int8", "int4", True),
-}
-
-
-def scheme(quant_dtype: str | None) -> Scheme:
-    if quant_dtype not in SCHEMES:
-        raise ConfigError("quantized_dtype", quant_dtype, [k for k in SCHEMES if k is not None] + [None])
-    return SCHEMES[quant_dtype]
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # op support per NPU generation

@@ -29,11 +29,12 @@ import numpy as np
 import onnx
 
 from ..atomic import write_atomic
-from .calibrate import make_session
-from .qdq import (channel_offsets, channel_orders, channel_scales, node_outputs, quant_points, single_layer_model,
-                  with_outputs)
+from ..metrics import cosine, euclidean
+from ..quant.calibrate import make_session
+from ..quant.qdq import (channel_offsets, channel_orders, channel_scales, node_outputs, quant_points,
+                         single_layer_model, with_outputs)
 
-log = logging.getLogger("openrknn.quant.accuracy")
+log = logging.getLogger("openrknn.analysis.accuracy")
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
     with open(path, "wb") as f:
@@ -44,18 +45,6 @@ def _unpermute(x: np.ndarray, order: np.ndarray) -> np.ndarray:
     out = np.empty_like(x)
     out[:, order] = x
     return out
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    return float(np.dot(a, b) / (na * nb + 1e-30))
-
-
-def _euc(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.ravel().astype(np.float64) - b.ravel().astype(np.float64)))
 
 
 def _safe(name: str) -> str:
@@ -126,7 +115,7 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
                 b, c = b * factor[t], c * factor[t]
             if t in offset:
                 b, c = b + offset[t], c + offset[t]
-            acc[t] += [_cos(a, b), _euc(a, b), _cos(a, c), _euc(a, c)]
+            acc[t] += [cosine(a, b), euclidean(a, b), cosine(a, c), euclidean(a, c)]
             if k == 0:
                 if a.nbytes + b.nbytes <= budget:
                     dump_dir.mkdir(exist_ok=True)
@@ -138,7 +127,7 @@ def accuracy_analysis(float_model: onnx.ModelProto, quant_model: onnx.ModelProto
                 else:
                     skipped.append(t)
         for o in outputs:
-            out_cos[o].append(_cos(np.asarray(fv[o], np.float32), np.asarray(qv[o], np.float32)))
+            out_cos[o].append(cosine(np.asarray(fv[o], np.float32), np.asarray(qv[o], np.float32)))
     n = len(feeds)
     rows = []
     for t in layers:
