@@ -1,5 +1,6 @@
-"""Shared fixtures: the shared data folder, tiny ONNX / TorchScript model builders, the traced reference YOLOX-nano,
-reference runners, and log capture for the `openrknn` logger (which does not propagate to the root logger)."""
+"""Shared fixtures: the real test data (tests/data), tiny ONNX / TorchScript model builders, the traced reference
+YOLOX-nano, reference runners, and log capture for the `openrknn` logger (which does not propagate to the root
+logger)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from real_data import RealData
 
 # Keep onnxruntime to one thread in tests and in the subprocesses they start: the machine is shared.
 os.environ.setdefault("OPENRKNN_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-NANO_PTH = SHARED_DATA / "yolox_pytorch_ref" / "yolox_nano_3cls_seed0.pth"
-
 
 
 def pytest_configure(config):
@@ -30,15 +29,14 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:`{api}` is deprecated:DeprecationWarning")
 
 
-# ---------------------------------------------------------------- shared data
+# ---------------------------------------------------------------- real models and images
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data, or skip the test with the reason."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA} (real models and images live there)")
-    return SHARED_DATA
+def real_data(tmp_path_factory) -> RealData:
+    """The committed real test data (tests/data, README there) by the paths of ../shared/data:
+    real_data("models/yolox_nano_coco.onnx"), real_data("images/misc/dog.jpg"). Models are rebuilt on first use."""
+    return RealData(tmp_path_factory.mktemp("real_data"))
 
 
 # ---------------------------------------------------------------- logging
@@ -254,12 +252,12 @@ def tiny_torch_files(tmp_path_factory, torch_mod) -> Dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def nano_pt(tmp_path_factory, shared_data, torch_mod) -> Path:
+def nano_pt(tmp_path_factory, real_data, torch_mod) -> Path:
     """The reference yolox-pytorch nano (3 classes, seed 0) traced at 416x416 by our own export code."""
     from openrknn.vision.yolox.export import export_torchscript
 
     out = tmp_path_factory.mktemp("nano") / "myself_nano.pt"
-    info = export_torchscript(NANO_PTH, "nano", 3, 416, out)
+    info = export_torchscript(real_data("yolox_pytorch_ref/yolox_nano_3cls_seed0.pth"), "nano", 3, 416, out)
     assert info["output_shapes"] == [[1, 8, 52, 52], [1, 8, 26, 26], [1, 8, 13, 13]]
     return out
 

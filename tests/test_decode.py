@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,6 @@ from openrknn.errors import ConfigError
 from openrknn.vision.detections import COCO80_CATEGORY_IDS, Detections
 from openrknn.vision.letterbox import LetterboxTransform, letterbox
 from openrknn.vision.yolox.decode import decode_yolox, postprocess_yolox
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REF = DATA / "yolox_pytorch_ref"
-
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
@@ -82,9 +77,8 @@ def test_single_anchor_box_is_exact_in_both_layouts():
         np.testing.assert_allclose(dec.scores[0, 1], sigmoid(3.0) * sigmoid(2.0), rtol=1e-5)
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason=f"reference outputs not found at {REF}")
-def test_real_maps_match_reference_loop_and_flat_layout():
-    maps = [np.load(REF / f"output{i}.npy") for i in range(3)]
+def test_real_maps_match_reference_loop_and_flat_layout(real_data):
+    maps = [np.load(real_data(f"yolox_pytorch_ref/output{i}.npy")) for i in range(3)]
     dec = decode_yolox(maps, (416, 416), num_classes=3)
     boxes, obj, cls = reference_decode(maps, (416, 416))
     assert len(dec) == 3549

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from openrknn.cli import main
 from openrknn.package import read_package
+
+pytestmark = pytest.mark.slow  # each runs the whole deployment path
 
 
 def test_demo_runs_the_whole_path_and_finds_the_eyes(tmp_path, capsys):

@@ -13,12 +13,12 @@ from openrknn.cli import main
 
 
 @pytest.fixture(scope="module")
-def coco_rknn(shared_data, tmp_path_factory):
+def coco_rknn(real_data, tmp_path_factory):
     """yolox_nano_coco.onnx as a float .rknn (official export: BGR, 0..255, mean 0 / std 1)."""
     path = tmp_path_factory.mktemp("det") / "yolox_nano_coco.rknn"
     r = RKNN()
     assert r.config(mean_values=[0, 0, 0], std_values=[1, 1, 1]) == 0
-    assert r.load_onnx(str(shared_data / "models/yolox_nano_coco.onnx")) == 0
+    assert r.load_onnx(str(real_data("models/yolox_nano_coco.onnx"))) == 0
     assert r.build(do_quantization=False) == 0 and r.export_rknn(str(path)) == 0
     r.release()
     return path
@@ -28,9 +28,9 @@ def _detect(*args) -> int:
     return main(["detect", *map(str, args)])
 
 
-def test_detect_image_finds_dog_bicycle_car(coco_rknn, shared_data, tmp_path):
+def test_detect_image_finds_dog_bicycle_car(coco_rknn, real_data, tmp_path):
     out = tmp_path / "out"
-    assert _detect(coco_rknn, shared_data / "images/misc/dog.jpg", "--out", out, "--letterbox", "topleft") == 0
+    assert _detect(coco_rknn, real_data("images/misc/dog.jpg"), "--out", out, "--letterbox", "topleft") == 0
     res = json.loads((out / "detections.json").read_text())
     found = {d["class_name"]: d["score"] for d in res["results"][0]["detections"]}
     for name, score in (("dog", 0.86), ("bicycle", 0.80), ("car", 0.80)):
@@ -40,10 +40,10 @@ def test_detect_image_finds_dog_bicycle_car(coco_rknn, shared_data, tmp_path):
     assert (out / "dog.jpg").is_file() and set(res["timings"]) >= {"pre_ms", "inference_ms", "post_ms", "fps"}
 
 
-def test_detect_folder_and_video(coco_rknn, shared_data, tmp_path):
+def test_detect_folder_and_video(coco_rknn, real_data, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
-    img = cv2.resize(cv2.imread(str(shared_data / "images/misc/bus.jpg")), (320, 240))
+    img = cv2.resize(cv2.imread(str(real_data("images/misc/bus.jpg"))), (320, 240))
     for i in range(2):
         cv2.imwrite(str(frames / f"f{i}.png"), img)
     assert _detect(coco_rknn, frames, "--out", tmp_path / "fo", "--letterbox", "topleft") == 0
@@ -61,7 +61,7 @@ def test_detect_folder_and_video(coco_rknn, shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["corrupt_image_in_folder", "empty_folder", "unreadable_video", "missing"])
-def test_detect_bad_sources_fail_clearly_and_write_nothing(coco_rknn, shared_data, tmp_path, capsys, case):
+def test_detect_bad_sources_fail_clearly_and_write_nothing(coco_rknn, tmp_path, capsys, case):
     src = tmp_path / "src"
     if case == "corrupt_image_in_folder":
         src.mkdir()
@@ -79,8 +79,9 @@ def test_detect_bad_sources_fail_clearly_and_write_nothing(coco_rknn, shared_dat
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".staging" in p.name]
 
 
-def test_yolox_export_cli_round_trip_and_mismatch(shared_data, tmp_path, capsys):
-    pth = shared_data / "yolox_pytorch_ref/yolox_nano_3cls_seed0.pth"
+@pytest.mark.slow
+def test_yolox_export_cli_round_trip_and_mismatch(real_data, tmp_path, capsys):
+    pth = real_data("yolox_pytorch_ref/yolox_nano_3cls_seed0.pth")
     out = tmp_path / "nano.pt"
     assert main(["yolox", "export", "--weights", str(pth), "--phi", "nano", "--num-classes", "3", "-o", str(out)]) == 0
     assert out.is_file() and "max |difference|" in capsys.readouterr().out

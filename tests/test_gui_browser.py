@@ -22,6 +22,7 @@ from openrknn.errors import ConfigError  # noqa: E402
 from openrknn.gui.app import GuiSettings  # noqa: E402
 from openrknn.gui.server import BackgroundServer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real browser; each test drives the GUI for a second or more
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "gui"
@@ -215,12 +216,10 @@ def test_quantized_build_with_uploaded_calibration_and_layer_accuracy(page, tmp_
     screenshot(page, "quantized_layers.png")
 
 
-def test_yolox_nano_inference_draws_boxes(page, shared_data):
-    model = shared_data / "models" / "yolox_nano_coco.onnx"
-    image = shared_data / "images" / "misc" / "dog.jpg"
-    labels = (shared_data / "coco_80_labels.txt").read_text().split("\n")
-    if not model.is_file() or not image.is_file():
-        pytest.skip(f"{model} or {image} missing from the shared data")
+def test_yolox_nano_inference_draws_boxes(page, real_data):
+    model = real_data("models/yolox_nano_coco.onnx")
+    image = real_data("images/misc/dog.jpg")
+    labels = real_data("coco_80_labels.txt").read_text().split("\n")
     page.fill("#model-path", str(model))
     page.click("#model-path-form button")
     page.wait_for_selector("#model-name:text-is('yolox_nano_coco.onnx')")
@@ -228,7 +227,7 @@ def test_yolox_nano_inference_draws_boxes(page, shared_data):
     page.click("#build-btn")
     page.wait_for_selector("#progress-text:text-matches('^Done')")
     page.set_input_files("#infer-file", str(image))
-    page.select_option("#infer-feed", "bgr")  # this export takes BGR 0..255 (shared data README)
+    page.select_option("#infer-feed", "bgr")  # this export takes BGR 0..255 (tests/data/README.md)
     page.fill("#infer-names", ", ".join(n.strip() for n in labels if n.strip()))
     page.click("#infer-btn")
     page.wait_for_selector("#infer-figure:not([hidden])")

@@ -94,6 +94,7 @@ def _edit(step1, tmp_path, fn) -> str:
     return str(p)
 
 
+@pytest.mark.slow
 def test_unedited_step2_reproduces_step1_in_a_fresh_process(step1, setup, tmp_path):
     here = hb.hybrid_step2(step1["model"], step1["data"], step1["cfg"], progress=False)
     out = tmp_path / "fresh.onnx"

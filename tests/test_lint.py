@@ -255,10 +255,10 @@ def test_findings_table_and_json():
     assert len(RULES) >= 10
 
 
-def test_yolox_nano_findings(shared_data):
+def test_yolox_nano_findings(real_data):
     import onnx
 
-    m = onnx.load(str(shared_data / "models" / "yolox_nano_coco.onnx"))
+    m = onnx.load(str(real_data("models/yolox_nano_coco.onnx")))
     fs = check_model(m, "rk1808", "asymmetric_quantized-u8", calib_count=30)
     rules = {f.rule for f in fs}
     # depthwise convs with SiLU, per-layer u8, sigmoid scores concatenated with boxes, a small calibration set

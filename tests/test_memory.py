@@ -239,8 +239,8 @@ def test_eval_memory_report_adds_up(capsys):
     assert "host_rss" in r1 and r1["host_rss"] is None
 
 
-def test_yolox_nano_plan(shared_data):
-    model = onnx.load(str(shared_data / "models" / "yolox_nano_coco.onnx"))
+def test_yolox_nano_plan(real_data):
+    model = onnx.load(str(real_data("models/yolox_nano_coco.onnx")))
     plan = plan_memory(model, "w8a8")
     assert_no_collisions(plan)
     flat = plan_memory(model, "w8a8", in_place_ops=False)

@@ -33,8 +33,6 @@ from openrknn.package import (
     write_package,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared test data not found at {DATA}")
 REEXPORT = "re-export"
 
 
@@ -121,9 +119,8 @@ def test_metadata_is_normalised_to_json_and_numpy_values_are_stored(tmp_path):
     assert got["toolkit_note"] == "unicode ok: 眼睛"
 
 
-@needs_data
-def test_round_trip_of_a_real_model(tmp_path):
-    payload = (DATA / "models" / "yolox_nano_coco.onnx").read_bytes()
+def test_round_trip_of_a_real_model(tmp_path, real_data):
+    payload = real_data("models/yolox_nano_coco.onnx").read_bytes()
     write_package(tmp_path / "yolox.rknn", RknnPackage(_meta(), payload))
     assert read_package(tmp_path / "yolox.rknn").model_bytes == payload
 
@@ -299,26 +296,25 @@ def test_empty_file(tmp_path):
     assert REEXPORT in str(err.value)
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["yolox_nano_coco.onnx", "ultraface_rfb320.onnx"])
-def test_onnx_file_says_use_load_onnx(name):
+def test_onnx_file_says_use_load_onnx(name, real_data):
     with pytest.raises(CorruptPackageError) as err:
-        read_package(DATA / "models" / name)
+        read_package(real_data(f"models/{name}"))
     msg = str(err.value)
     assert "not an openrknn .rknn package" in msg and "ONNX model" in msg and "load_onnx" in msg
 
 
-@needs_data
-def test_torchscript_file_says_use_load_pytorch():
+@pytest.mark.slow
+def test_torchscript_file_says_use_load_pytorch(real_data):
+    pytest.importorskip("torch")
     with pytest.raises(CorruptPackageError, match="TorchScript.*load_pytorch"):
-        read_package(DATA / "models" / "mobilenet_v2_imagenet.pt")
+        read_package(real_data("models/mobilenet_v2_imagenet.pt"))
 
 
-@needs_data
 @pytest.mark.parametrize("name, kind", [("bus.jpg", "JPEG image"), ("1face.png", "PNG image")])
-def test_image_file(name, kind):
+def test_image_file(name, kind, real_data):
     with pytest.raises(CorruptPackageError, match=kind + ".*not models"):
-        read_package(DATA / "images" / "misc" / name)
+        read_package(real_data(f"images/misc/{name}"))
 
 
 def test_torch_save_checkpoint_and_pickle(tmp_path):

@@ -267,8 +267,8 @@ def test_eval_perf_report_prints_totals_and_the_debug_table(capsys, tmp_path):
         perf_chart(r, tmp_path / "perf.gif")
 
 
-def test_eval_perf_on_yolox_nano(shared_data):
-    m = onnx.load(str(shared_data / "models" / "yolox_nano_coco.onnx"))
+def test_eval_perf_on_yolox_nano(real_data):
+    m = onnx.load(str(real_data("models/yolox_nano_coco.onnx")))
     feeds = {"images": np.random.default_rng(0).random((1, 3, 416, 416), np.float32) * 255}
     r = eval_perf_report(m, None, "rk1808", "asymmetric_quantized-u8", feeds, perf_debug=True, is_print=False,
                          runs=2, threads=1)

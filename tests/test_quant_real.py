@@ -1,4 +1,5 @@
-"""One real model end to end: MobileNetV2 (ImageNet) quantized to w8a8 keeps its top-1 on held-out images."""
+"""Real models end to end on the bench's split (bench/quant_accuracy.py, pointed at the committed test data):
+MobileNetV2 (ImageNet) keeps its top-1 when quantized, YOLOX-nano's output cosine rises with range split's remap."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (DATA / "models" / "mobilenet_v2_imagenet.pt").is_file(),
-                                reason=f"real models not found under {DATA} (shared data folder absent)")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(real_data):
     pytest.importorskip("torch")
     sys.path.insert(0, str(ROOT / "bench"))
     import quant_accuracy  # the bench's float-model helper (the stand-in for build())
 
-    return quant_accuracy
+    for model in ("mobilenet_v2_imagenet.pt", "yolox_nano_coco.onnx"):
+        real_data(f"models/{model}")
+    shared, quant_accuracy.DATA = quant_accuracy.DATA, real_data.root  # the bench reads ../shared/data by default
+    yield quant_accuracy
+    quant_accuracy.DATA = shared
 
 
 def test_mobilenet_w8a8_top1_agreement(bench, tmp_path):
@@ -79,7 +82,9 @@ def test_mobilenet_u8_default_meets_the_per_tensor_targets(bench, tmp_path):
 
 def test_mobilenet_dfp_i8_pow2_fit_raises_the_cosine(bench, tmp_path):
     """dynamic_fixed_point-i8 on the bench split: fitting ranges to their power-of-two grids (the default) lifts
-    the output cosine over the plain build (measured 0.967 -> 0.972)."""
+    the output cosine over the plain build (measured 0.967 -> 0.972), keeping top-1 on 17 of the 20 held-out images
+    (the committed MobileNetV2 weights are the originals rounded to float16: with the float32 originals the fit build
+    keeps 19, the plain one 17 either way)."""
     import torch
 
     torch.set_num_threads(1)
@@ -102,7 +107,7 @@ def test_mobilenet_dfp_i8_pow2_fit_raises_the_cosine(bench, tmp_path):
         cos[fit] = float(np.mean([a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(ref, out)]))
         if fit:
             assert res.report["pow2_fit"]["tensors"] >= 20
-            assert sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, out)) >= 18
+            assert sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, out)) >= 17
     assert cos[True] > cos[False] + 0.002, cos
 
 
@@ -113,8 +118,6 @@ def test_yolox_w8a8_part_remap_raises_the_cosine(bench, tmp_path):
     from openrknn.quant import QuantOptions, quantize
     from openrknn.quant.dataset import read_dataset
 
-    if not (DATA / "models" / "yolox_nano_coco.onnx").is_file():
-        pytest.skip("yolox_nano_coco.onnx not found")
     model, inputs = bench.float_model("yolox")
     calib, evals = bench.split("yolox")
     ds, rgb2bgr = bench.write_dataset("yolox", calib, tmp_path)

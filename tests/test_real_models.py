@@ -1,5 +1,5 @@
-"""Real models from ../shared/data: build float, export, load the .rknn back in a NEW process, run the simulator on
-five real images each, and compare with torch / onnxruntime on the original model (1e-4 absolute).
+"""Real models (the committed test data, tests/data): build float, export, load the .rknn back in a NEW process, run
+the simulator on five real images each, and compare with torch / onnxruntime on the original model (1e-4 absolute).
 
 Each model is fed what its deployment feeds (uint8 NHWC pixels in the documented channel order) and the built model
 applies its documented pre-processing; the reference gets the same pixels normalised by hand."""
@@ -19,6 +19,7 @@ from openrknn.api import RKNN
 from openrknn.package import read_package
 from openrknn.vision.letterbox import letterbox
 
+pytestmark = pytest.mark.slow  # four real models, each also run in a new process
 ATOL = 1e-4
 IMAGENET_MEAN, IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
@@ -69,11 +70,11 @@ def _fit(bgr: np.ndarray, spec: Spec) -> np.ndarray:
     return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _pixels(spec: Spec, data: Path) -> np.ndarray:
+def _pixels(spec: Spec, real_data) -> np.ndarray:
     """[N, H, W, 3] uint8 in the spec's feed order."""
     frames = []
     for rel in spec.images:
-        img = cv2.imread(str(data / "images" / rel), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(real_data(f"images/{rel}")), cv2.IMREAD_COLOR)
         assert img is not None, rel
         fitted = _fit(img, spec)
         frames.append(fitted[:, :, ::-1] if spec.feed_order == "rgb" else fitted)
@@ -133,11 +134,11 @@ def runner_script(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("key", list(SPECS))
-def test_real_model_round_trip_matches_the_original(key, shared_data, tmp_path, runner_script, python_subprocess,
+def test_real_model_round_trip_matches_the_original(key, real_data, tmp_path, runner_script, python_subprocess,
                                                     ort_reference, request):
     spec = SPECS[key]
-    model_path = shared_data / "models" / spec.model
     torchscript_run = request.getfixturevalue("torchscript_run") if spec.loader == "pytorch" else None
+    model_path = real_data(f"models/{spec.model}")
 
     rknn = RKNN()
     config = {"mean_values": [spec.mean], "std_values": [spec.std], "target_platform": "rk3588"}
@@ -157,7 +158,7 @@ def test_real_model_round_trip_matches_the_original(key, shared_data, tmp_path, 
     h, w = spec.hw
     assert meta["inputs"][0]["shape"] == [1, h, w, 3] and meta["inputs"][0]["dtype"] == "uint8"
 
-    pixels = _pixels(spec, shared_data)
+    pixels = _pixels(spec, real_data)
     assert pixels.shape == (5, h, w, 3)
     np.save(tmp_path / "frames.npy", pixels)
     proc = python_subprocess([runner_script, out_file, tmp_path / "frames.npy", tmp_path / "outs.npz"])

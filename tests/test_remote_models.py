@@ -9,6 +9,7 @@ from test_remote_support import ServerProcess, build_float_rknn, outputs_equal
 
 from openrknn.api import RKNN
 
+pytestmark = pytest.mark.slow  # real models through a server process
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -17,11 +18,11 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def photos(shared_data, size, n=3):
+def photos(real_data, size, n=3):
     import cv2
 
-    files = sorted((shared_data / "images" / "coco").glob("*.jpg"))[:n]
-    assert files, f"no photos in {shared_data / 'images' / 'coco'}"
+    files = sorted(real_data("images/coco").glob("*.jpg"))[:n]
+    assert files, f"no photos in {real_data('images/coco')}"
     return [cv2.resize(cv2.imread(str(f)), (size, size), interpolation=cv2.INTER_AREA) for f in files]
 
 
@@ -38,19 +39,19 @@ def local_and_remote(rknn_path, inputs, port):
 
 
 @pytest.mark.parametrize("model", ["yolox_nano", "mobilenet_v2"])
-def test_real_model_outputs_equal_the_local_simulator_bit_for_bit(model, server, shared_data, tmp_path,
+def test_real_model_outputs_equal_the_local_simulator_bit_for_bit(model, server, real_data, tmp_path,
                                                                   monkeypatch):
     monkeypatch.setenv("OPENRKNN_TOKEN", server.token)
     monkeypatch.setenv("OPENRKNN_DEVICES", str(tmp_path / "no-devices.json"))
     if model == "yolox_nano":
-        rknn = build_float_rknn(shared_data / "models" / "yolox_nano_coco.onnx", tmp_path / "yolox.rknn")
+        rknn = build_float_rknn(real_data("models/yolox_nano_coco.onnx"), tmp_path / "yolox.rknn")
         size = 416
     else:
         pytest.importorskip("torch")
-        rknn = build_float_rknn(shared_data / "models" / "mobilenet_v2_imagenet.pt", tmp_path / "mbv2.rknn",
+        rknn = build_float_rknn(real_data("models/mobilenet_v2_imagenet.pt"), tmp_path / "mbv2.rknn",
                                 input_size_list=[[3, 224, 224]])
         size = 224
-    inputs = photos(shared_data, size) + [np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)]
+    inputs = photos(real_data, size) + [np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)]
     for local, remote in local_and_remote(rknn, inputs, server.port):
         assert local is not None and remote is not None
         assert outputs_equal(local, remote)

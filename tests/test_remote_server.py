@@ -341,6 +341,7 @@ def test_8_concurrent_clients_x_200_inferences(server, models, token_env):
 # ---------------------------------------------------------------- faults
 
 
+@pytest.mark.slow
 def test_server_killed_mid_inference_then_restarted(tmp_path, models, monkeypatch):
     srv = ServerProcess(tmp_path, ["--threads", "1"])
     monkeypatch.setenv("OPENRKNN_ADB", str(tmp_path / "no-adb"))
@@ -416,6 +417,7 @@ def test_client_killed_mid_upload_leaves_the_server_serving(server, models, toke
     assert wait_for(lambda: server.stats()["models_loaded"] == 0, 5)
 
 
+@pytest.mark.slow
 def test_malformed_frames_and_wrong_token_never_crash_or_load(server):
     rng = np.random.default_rng(7)
     before = server.stats()

@@ -1,6 +1,6 @@
 """The seed's own scripts, end to end, as separate processes: convert (section 3.2) a YOLOX-nano traced from the
 yolox-pytorch reference weights, then the image test (section 4.1) on the loaded .rknn; the raw outputs must equal
-torch's and the reference vectors in ../shared/data/yolox_pytorch_ref within 1e-4."""
+torch's and the reference vectors (tests/data/yolox_pytorch_ref) within 1e-4."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from openrknn.api import RKNN
 from openrknn.package import read_package
 
+pytestmark = pytest.mark.slow  # separate processes, and a conversion shared by most tests
 SCRIPTS = Path(__file__).resolve().parent / "seed_scripts"
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -22,8 +23,9 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def ref_dir(shared_data) -> Path:
-    return shared_data / "yolox_pytorch_ref"
+def ref(real_data):
+    """Function: file name -> path of that yolox_pytorch_ref file."""
+    return lambda name: real_data(f"yolox_pytorch_ref/{name}")
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +106,9 @@ def test_convert_script_exits_minus_one_when_the_model_is_missing(tmp_path, pyth
     assert not out.exists()
 
 
-def test_convert_script_exits_with_the_load_error_for_a_state_dict(ref_dir, tmp_path, python_subprocess):
+def test_convert_script_exits_with_the_load_error_for_a_state_dict(ref, tmp_path, python_subprocess):
     out = tmp_path / "never.rknn"
-    proc = python_subprocess([SCRIPTS / "convert_seed.py", ref_dir / "yolox_nano_3cls_seed0.pth", out])
+    proc = python_subprocess([SCRIPTS / "convert_seed.py", ref("yolox_nano_3cls_seed0.pth"), out])
     assert proc.returncode == 255, proc.stdout + proc.stderr  # exit(ret) with ret == -1
     assert "Load model failed!" in proc.stdout
     assert "torch.jit.trace" in proc.stderr  # the logged reason
@@ -116,28 +118,27 @@ def test_convert_script_exits_with_the_load_error_for_a_state_dict(ref_dir, tmp_
 # ---------------------------------------------------------------- the converted model against the references
 
 
-def test_reference_input_through_pass_through_matches_reference_outputs(loaded_seed_model, ref_dir, nano_pt,
+def test_reference_input_through_pass_through_matches_reference_outputs(loaded_seed_model, ref, nano_pt,
                                                                         torchscript_run):
-    x = np.load(ref_dir / "input_nchw_float32.npy")
+    x = np.load(ref("input_nchw_float32.npy"))
     outs = loaded_seed_model.inference(inputs=[x], data_type="float32", data_format="nchw", inputs_pass_through=[1])
     torch_outs = torchscript_run(nano_pt, x)
     assert len(outs) == 3
     for k, out in enumerate(outs):
-        ref = np.load(ref_dir / f"output{k}.npy")
-        assert out.shape == ref.shape
-        np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+        expected = np.load(ref(f"output{k}.npy"))
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
         np.testing.assert_allclose(out, torch_outs[k], atol=ATOL, rtol=0)
 
 
-def test_raw_letterboxed_bgr_image_matches_reference_outputs(loaded_seed_model, ref_dir, shared_data):
-    img = cv2.imread(str(shared_data / "images" / "misc" / "iris_test.jpg"))
+def test_raw_letterboxed_bgr_image_matches_reference_outputs(loaded_seed_model, ref, real_data):
+    img = cv2.imread(str(real_data("images/misc/iris_test.jpg")))
     boxed, _ = _centred_letterbox_128(img)
     # the reference input is exactly this image, normalised the training code's way
-    np.testing.assert_allclose(_normalised_nchw(boxed), np.load(ref_dir / "input_nchw_float32.npy"), atol=1e-6,
-                               rtol=0)
+    np.testing.assert_allclose(_normalised_nchw(boxed), np.load(ref("input_nchw_float32.npy")), atol=1e-6, rtol=0)
     outs = loaded_seed_model.inference(inputs=[boxed])  # uint8 BGR NHWC; the model reorders and normalises
     for k, out in enumerate(outs):
-        np.testing.assert_allclose(out, np.load(ref_dir / f"output{k}.npy"), atol=ATOL, rtol=0)
+        np.testing.assert_allclose(out, np.load(ref(f"output{k}.npy")), atol=ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------- image script
@@ -171,10 +172,10 @@ def _iou(a, b):
 
 
 @pytest.mark.parametrize("image", ["iris_test.jpg", "bus.jpg"])  # square (no padding) and portrait (side bars)
-def test_image_script_outputs_equal_torch_and_detections_are_right(seed_rknn, shared_data, ref_dir, nano_pt,
+def test_image_script_outputs_equal_torch_and_detections_are_right(seed_rknn, real_data, ref, nano_pt,
                                                                    torchscript_run, tmp_path, python_subprocess,
                                                                    image):
-    img_path = shared_data / "images" / "misc" / image
+    img_path = real_data(f"images/misc/{image}")
     thresh = 0.25
     proc = _run_image_script(python_subprocess, seed_rknn, img_path, tmp_path, str(thresh))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -186,11 +187,11 @@ def test_image_script_outputs_equal_torch_and_detections_are_right(seed_rknn, sh
         assert left > 0 and (fed[:, :left] == 128).all()
     outs = [np.load(tmp_path / f"output{k}.npy") for k in range(3)]
     torch_outs = torchscript_run(nano_pt, _normalised_nchw(boxed))
-    for out, ref in zip(outs, torch_outs):
-        np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+    for out, expected in zip(outs, torch_outs):
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
     if image == "iris_test.jpg":
         for k, out in enumerate(outs):
-            np.testing.assert_allclose(out, np.load(ref_dir / f"output{k}.npy"), atol=ATOL, rtol=0)
+            np.testing.assert_allclose(out, np.load(ref(f"output{k}.npy")), atol=ATOL, rtol=0)
 
     dets = json.loads((tmp_path / "detections.json").read_text())
     boxes, scores, classes = _independent_candidates(torch_outs, (sx, sy, left, top, img.shape[:2]))
@@ -213,17 +214,17 @@ def test_image_script_outputs_equal_torch_and_detections_are_right(seed_rknn, sh
     assert drawn.shape == img.shape and np.abs(drawn.astype(int) - img).max() > 50
 
 
-def test_image_script_with_the_seed_threshold_runs(seed_rknn, shared_data, tmp_path, python_subprocess):
-    proc = _run_image_script(python_subprocess, seed_rknn, shared_data / "images" / "misc" / "iris_test_eye.jpg",
+def test_image_script_with_the_seed_threshold_runs(seed_rknn, real_data, tmp_path, python_subprocess):
+    proc = _run_image_script(python_subprocess, seed_rknn, real_data("images/misc/iris_test_eye.jpg"),
                              tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "outputs: [[1, 8, 52, 52], [1, 8, 26, 26], [1, 8, 13, 13]]" in proc.stdout
     assert json.loads((tmp_path / "detections.json").read_text()) == []  # random weights never reach 0.7
 
 
-def test_image_script_exits_minus_one_for_a_missing_model(tmp_path, shared_data, python_subprocess):
-    proc = _run_image_script(python_subprocess, tmp_path / "absent.rknn",
-                             shared_data / "images" / "misc" / "iris_test.jpg", tmp_path / "out")
+def test_image_script_exits_minus_one_for_a_missing_model(tmp_path, real_data, python_subprocess):
+    proc = _run_image_script(python_subprocess, tmp_path / "absent.rknn", real_data("images/misc/iris_test.jpg"),
+                             tmp_path / "out")
     assert proc.returncode == 255
     assert "Load RKNN model failed!" in proc.stdout and "absent.rknn" in proc.stderr
     assert not (tmp_path / "out").exists()

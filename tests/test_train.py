@@ -60,6 +60,7 @@ def test_simota_assigns_anchors_near_each_box_to_it():
     assert torch.all(iou > 0.99)
 
 
+@pytest.mark.slow
 def test_smoke_training_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -85,6 +86,7 @@ def test_smoke_training_lowers_the_loss(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_shipped_default_weights_load_and_find_eyes():
     from openrknn.vision.eyes import DEFAULT_WEIGHTS, sample_at
     from openrknn.vision.yolox.train import evaluate_model

@@ -1,7 +1,6 @@
 """The real COCO YOLOX-nano export through onnxruntime: our pipeline against a plain reference implementation."""
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,25 +11,20 @@ from openrknn.vision.letterbox import letterbox
 from openrknn.vision.nms import box_iou
 from openrknn.vision.yolox.decode import postprocess_yolox
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODEL = DATA / "models" / "yolox_nano_coco.onnx"
-IMAGES = DATA / "images" / "misc"
-pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"real model not found at {MODEL}")
-
 SIZE = 416
 SCORE_THR, NMS_THR = 0.3, 0.45
 
 
 @pytest.fixture(scope="module")
-def session():
+def session(real_data):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(MODEL), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(real_data("models/yolox_nano_coco.onnx")), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
-def labels():
-    return (DATA / "coco_80_labels.txt").read_text().split("\n")
+def labels(real_data):
+    return real_data("coco_80_labels.txt").read_text().split("\n")
 
 
 def run(session, bgr_416):
@@ -112,8 +106,8 @@ def find(dets, labels, name):
 
 
 @pytest.mark.parametrize("layout", ["flat", "maps"])
-def test_dog(session, labels, layout):
-    image = cv2.imread(str(IMAGES / "dog.jpg"))
+def test_dog(session, labels, layout, real_data):
+    image = cv2.imread(str(real_data("images/misc/dog.jpg")))
     dets = ours(session, image, layout)
     top3 = {labels[c]: s for c, s in zip(dets.class_ids[:3].tolist(), dets.scores[:3].tolist())}
     assert set(top3) == {"dog", "bicycle", "car"}
@@ -126,8 +120,8 @@ def test_dog(session, labels, layout):
 
 
 @pytest.mark.parametrize("layout", ["flat", "maps"])
-def test_bus(session, labels, layout):
-    image = cv2.imread(str(IMAGES / "bus.jpg"))
+def test_bus(session, labels, layout, real_data):
+    image = cv2.imread(str(real_data("images/misc/bus.jpg")))
     dets = ours(session, image, layout)
     assert labels[dets.class_ids[0]] == "bus" and abs(dets.scores[0] - 0.91) <= 0.02
     persons = find(dets, labels, "person")
@@ -135,10 +129,10 @@ def test_bus(session, labels, layout):
     assert_matches_reference(dets, reference_detect(session, image))
 
 
-def test_centre_letterbox_gives_the_same_objects(session, labels):
+def test_centre_letterbox_gives_the_same_objects(session, labels, real_data):
     # the model was trained with top-left padding, but the box mapping must hold for any placement: bus.jpg is tall,
     # so centring shifts it 52 input pixels (135 image pixels) right, which a wrong mapping would not undo
-    image = cv2.imread(str(IMAGES / "bus.jpg"))
+    image = cv2.imread(str(real_data("images/misc/bus.jpg")))
     x, t = letterbox(image, SIZE, mode="center", pad_value=114)
     assert t.pad_left == 52
     dets = postprocess_yolox(run(session, x), t, num_classes=80, score_thr=0.5)

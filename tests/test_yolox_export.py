@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,6 @@ from openrknn.errors import ConfigError, ModelLoadError
 from openrknn.vision.yolox.export import build_random_yolox, describe_state_dict, export_torchscript
 from openrknn.vision.yolox.model import YoloBody
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "yolox_pytorch_ref"
 SIZE = (96, 128)
 
 
@@ -46,6 +43,7 @@ def test_build_random_is_deterministic_and_non_trivial():
     assert all(float(o.std()) > 0.05 for o in a)  # not a constant map
 
 
+@pytest.mark.slow
 def test_export_round_trip(tmp_path, nano_pth, nano_model):
     out = tmp_path / "sub" / "nano.pt"
     info = export_torchscript(nano_pth, "nano", 3, SIZE, out)
@@ -63,6 +61,7 @@ def test_export_round_trip(tmp_path, nano_pth, nano_model):
             assert float((a - b).abs().max()) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", ["model", "state_dict", "module_prefix"])
 def test_checkpoint_wrappers_accepted(tmp_path, nano_model, wrap):
     sd = nano_model.state_dict()
@@ -76,17 +75,18 @@ def test_checkpoint_wrappers_accepted(tmp_path, nano_model, wrap):
     assert info["output_shapes"][0] == [1, 8, 8, 8]
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason=f"reference data not found at {REF}")
-def test_reference_pth_exports_to_reference_outputs(tmp_path):
+@pytest.mark.slow
+def test_reference_pth_exports_to_reference_outputs(tmp_path, real_data):
     out = tmp_path / "ref.pt"
-    export_torchscript(REF / "yolox_nano_3cls_seed0.pth", "nano", 3, 416, out)
-    x = torch.from_numpy(np.load(REF / "input_nchw_float32.npy"))
+    export_torchscript(real_data("yolox_pytorch_ref/yolox_nano_3cls_seed0.pth"), "nano", 3, 416, out)
+    x = torch.from_numpy(np.load(real_data("yolox_pytorch_ref/input_nchw_float32.npy")))
     with torch.no_grad():
         outs = torch.jit.load(str(out))(x)
     for i, o in enumerate(outs):
-        assert np.abs(o.numpy() - np.load(REF / f"output{i}.npy")).max() <= 1e-4
+        assert np.abs(o.numpy() - np.load(real_data(f"yolox_pytorch_ref/output{i}.npy"))).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_relu_export(tmp_path, nano_pth):
     info = export_torchscript(nano_pth, "nano", 3, 64, tmp_path / "relu.pt", act="relu")
     assert info["act"] == "relu"
@@ -132,7 +132,8 @@ def test_unknown_phi_is_config_error(nano_pth, tmp_path):
         export_torchscript(nano_pth, "small", 3, 64, tmp_path / "x.pt")
 
 
-@pytest.mark.parametrize("kind", ["text", "list", "not_tensors", "empty", "torchscript"])
+@pytest.mark.parametrize("kind", ["text", "list", "not_tensors", "empty",
+                                  pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_not_a_state_dict(tmp_path, kind, nano_model):
     path = tmp_path / f"{kind}.pth"
     if kind == "text":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,6 @@ from openrknn.errors import ConfigError
 from openrknn.vision.yolox.export import build_random_yolox
 from openrknn.vision.yolox.model import YoloBody
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "yolox_pytorch_ref"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"reference data not found at {REF}")
 PHIS = ("nano", "tiny", "s", "m", "l", "x")
 # From the reference README: parameters + BN running mean/var, without num_batches_tracked.
 README_COUNTS = {"nano": 912_536, "tiny": 5_050_776, "s": 8_961_560, "m": 25_325_208, "l": 54_218_776,
@@ -36,10 +33,9 @@ def meta_model(phi: str, **kw) -> YoloBody:
         return YoloBody(3, phi, **kw)
 
 
-@needs_ref
 @pytest.mark.parametrize("phi", PHIS)
-def test_state_dict_keys_and_shapes_match_reference(phi):
-    ref = json.loads((REF / "yolox_pytorch_state_dict_keys.json").read_text())[phi]
+def test_state_dict_keys_and_shapes_match_reference(phi, real_data):
+    ref = json.loads(real_data("yolox_pytorch_ref/yolox_pytorch_state_dict_keys.json").read_text())[phi]
     got = [[k, list(v.shape)] for k, v in meta_model(phi).state_dict().items()]
     assert [k for k, _ in got] == [k for k, _ in ref]  # same keys, same order
     assert got == ref
@@ -63,22 +59,23 @@ def test_bn_eps_and_momentum_follow_reference():
     assert bns and all(m.eps == 1e-3 and m.momentum == 0.03 for m in bns)
 
 
-@needs_ref
-def test_reference_weights_reproduce_reference_outputs():
+def test_reference_weights_reproduce_reference_outputs(real_data):
     model = YoloBody(3, "nano")
-    state = torch.load(REF / "yolox_nano_3cls_seed0.pth", map_location="cpu", weights_only=True)
+    state = torch.load(real_data("yolox_pytorch_ref/yolox_nano_3cls_seed0.pth"), map_location="cpu",
+                       weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval()
-    x = torch.from_numpy(np.load(REF / "input_nchw_float32.npy"))
+    x = torch.from_numpy(np.load(real_data("yolox_pytorch_ref/input_nchw_float32.npy")))
     with torch.no_grad():
         outs = model(x)
     assert isinstance(outs, tuple) and len(outs) == 3
     for i, out in enumerate(outs):
-        ref = np.load(REF / f"output{i}.npy")
+        ref = np.load(real_data(f"yolox_pytorch_ref/output{i}.npy"))
         assert out.shape == ref.shape
         assert np.abs(out.numpy() - ref).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_output_layout_and_trace_non_square():
     torch.manual_seed(0)
     model = YoloBody(5, "nano").eval()
