@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..errors import ConfigError
-    from ..package import describe_package
+    from ..package_info import describe_package
     from ..workflow import parse_spec, run_spec
 
     path = Path(args.config)

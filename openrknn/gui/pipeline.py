@@ -58,7 +58,8 @@ def inspect_model(path: Path, framework: str) -> dict:
         info.update({"inputs": None, "outputs": None, "needs_input_size": True,
                      "torchscript_archive": zipfile.is_zipfile(path)})
     else:
-        from ..package import package_summary, read_package
+        from ..package import read_package
+        from ..package_info import package_summary
 
         summary = package_summary(read_package(path), str(path))
         info.update({"inputs": summary["inputs"], "outputs": summary["outputs"], "needs_input_size": False,
@@ -208,7 +209,8 @@ def _dataset_path(req: BuildRequest) -> Optional[str]:
 def run_build(job: Job, req: BuildRequest) -> dict:
     """The whole conversion, stage by stage; returns what the page shows."""
     from .. import builder
-    from ..package import package_summary, write_package
+    from ..package import write_package
+    from ..package_info import package_summary
     from ..workflow import load_model
 
     job.stage("Validate config")
