@@ -488,8 +488,19 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_regular(name: str) -> tuple[Any, int]:
-    """(unbuffered file object, size) for a regular file; PackageError for anything else, without blocking."""
+def _refuse_special(where: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = _kind_of(mode)
+    if kind == "a folder":
+        raise PackageError(f"{where} is a folder, not a .rknn file")
+    raise PackageError(f"{where} is {kind}, not a regular file: a .rknn package is read from a regular file only; "
+                       "pass the path of the .rknn file itself")
+
+
+def open_regular_file(name: str) -> tuple[Any, int]:
+    """(unbuffered file object, size) for a regular file, opened without blocking; PackageError for anything else
+    (a folder, a FIFO, a device such as /dev/zero, a socket), PackageNotFoundError when nothing is there."""
     where = name
     if os.path.islink(name):
         where = f"{name} (a link to {os.path.realpath(name)})"
@@ -507,15 +518,15 @@ def _open_regular(name: str) -> tuple[Any, int]:
         if e.errno == errno.ENAMETOOLONG:
             raise PackageError(f"cannot open a file whose path has {len(name)} characters: the name is too long for "
                                "this system; check the path") from None
+        try:  # e.g. ENXIO for a socket: say what is there when that is why
+            mode = os.stat(name).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        _refuse_special(where, mode)
         raise PackageError(f"cannot open {where}: {e.strerror or e}") from e
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _kind_of(info.st_mode)
-            if kind == "a folder":
-                raise PackageError(f"{where} is a folder, not a .rknn file")
-            raise PackageError(f"{where} is {kind}, not a regular file: a .rknn package is read from a regular file "
-                               "only; pass the path of the .rknn file itself")
+        _refuse_special(where, info.st_mode)
         return os.fdopen(fd, "rb", buffering=0), info.st_size
     except BaseException:
         os.close(fd)
@@ -530,7 +541,7 @@ def read_package(path: PathLike) -> RknnPackage:
         raise PackageError(f"a .rknn path must be a string or path-like object, got {type(path).__name__}") from None
     if "\x00" in name:
         raise PackageError(f"the path {name!r:.120} contains a NUL byte, which no file name can hold; check the path")
-    f, size = _open_regular(name)
+    f, size = open_regular_file(name)
     with f:
         try:
             return _read(_FileSource(f, size, name), name)

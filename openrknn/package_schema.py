@@ -73,8 +73,10 @@ def _check_preprocess(p: _Problems, pre: Any, path: str, channels: Optional[int]
                 "a permutation of the channel indices", order)
         if channels is not None:
             p.check(len(order) == channels, f"{path}.reorder_channel", f"{channels} entries (one per channel)", order)
-    for key in ("mean", "std"):
-        if key in pre and p.numbers(pre[key], f"{path}.{key}") and channels is not None:
+    for key in ("mean", "std"):  # required: inputs_pass_through undoes them
+        if key not in pre:
+            p.lines.append(f"{path} has no '{key}' (a pre-processing object needs both mean and std)")
+        elif p.numbers(pre[key], f"{path}.{key}") and channels is not None:
             p.check(len(pre[key]) in (1, channels), f"{path}.{key}", f"1 or {channels} values (one per channel)",
                     pre[key])
     into = pre.get("folded_into")

@@ -16,7 +16,7 @@ from .feeds import prepare_feeds
 log = logging.getLogger("openrknn.runtime")
 
 # what onnxruntime raises for a model it cannot load or run (its own exception types derive from Exception only)
-_ORT_FAILURES = tuple(t for t in vars(ort.capi.onnxruntime_pybind11_state).values()
+ORT_FAILURES = tuple(t for t in vars(ort.capi.onnxruntime_pybind11_state).values()
                       if isinstance(t, type) and issubclass(t, Exception)) + (RuntimeError, UnicodeDecodeError)
 # the graph input type each kind of feed needs (prepare_feeds makes nhwc feeds float32, raw feeds the metadata dtype)
 _ORT_TYPE = {"float32": "float", "float64": "double"}
@@ -55,7 +55,7 @@ class Simulator:
                                                                         allow_spinning=allow_spinning)
             graph_inputs = self.session.get_inputs()
             self._output_names = [o.name for o in self.session.get_outputs()]
-        except _ORT_FAILURES as e:
+        except ORT_FAILURES as e:
             raise CorruptPackageError(f"onnxruntime cannot open the model ({type(e).__name__}: {str(e)[:300]}). "
                                       f"{_UNUSABLE}") from None
         self._input_names = [i.name for i in graph_inputs]
@@ -95,7 +95,7 @@ class Simulator:
     def _run(self, feeds: dict) -> List[np.ndarray]:
         try:
             return self.session.run(self._output_names, feeds)
-        except _ORT_FAILURES as e:  # feeds were checked against the graph: the graph itself cannot run
+        except ORT_FAILURES as e:  # feeds were checked against the graph: the graph itself cannot run
             raise CorruptPackageError(f"onnxruntime failed running the model ({type(e).__name__}: {str(e)[:300]}). "
                                       f"{_UNUSABLE}") from None
 
