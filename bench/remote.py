@@ -143,7 +143,7 @@ def main() -> int:
 
     from openrknn.package import read_package
     from openrknn.runtime.connect import connect_board
-    from openrknn.runtime.server import spawn_server
+    from openrknn.testing import spawn_server
     from openrknn.runtime.simulator import Simulator
 
     tmp = Path(tempfile.mkdtemp(prefix="openrknn-bench-"))

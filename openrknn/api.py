@@ -126,7 +126,7 @@ class RKNN:
         self._loaded, self._build = None, None
         meta = self._package.metadata
         log.info("loaded %s: target %s, inputs %s", path, ",".join(meta["target_platform"]),
-                 [(i["name"], i["shape"]) for i in meta["inputs"]])
+                 [(i["name"], i.get("shape")) for i in meta["inputs"]])  # shape is optional in the format
         return 0
 
     def _set_loaded(self, loaded) -> None:

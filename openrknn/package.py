@@ -13,8 +13,9 @@ Layout (all integers little-endian; docs/model-format.md is the specification):
       64+M     P  payload: a serialized onnx.ModelProto
     nothing after 64+M+P
 
-A board installs only numpy + onnxruntime, so this module imports the standard library only (plus openrknn.errors):
-never torch, onnx or the quantizer.
+A board installs only numpy + onnxruntime, so this module imports the standard library only (plus openrknn's own
+stdlib-only helpers: errors, the metadata schema, bounded JSON, the protobuf framing reader): never torch, onnx or the
+quantizer. The readable summary `openrknn info` prints lives in openrknn.package_info.
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from openrknn import __version__
+from openrknn import __version__, bounded_json, onnx_wire
 from openrknn.errors import CorruptPackageError, PackageError, PackageVersionError, VendorPackageError
+from openrknn.package_schema import REQUIRED_KEYS, SECTIONS_KEY, metadata_problems, runtime_problems  # noqa: F401
 
 FORMAT_VERSION = 1
-SECTIONS_KEY = "payload_sections"  # present only when a float reference follows the model
 MAGIC = b"ORKNN\x00\r\n"
 # magic, version, flags, metadata length, payload length, sha256(metadata + payload)
 _HEADER = struct.Struct("<8sIIQQ32s")
 HEADER_SIZE = _HEADER.size  # 64
-REQUIRED_KEYS = ("toolkit", "toolkit_version", "target_platform", "inputs", "outputs", "build")
 
 _DAMAGED = "the file is damaged or was not fully copied; re-export it (export_rknn) or copy it again in binary mode"
+# after the checksum passed, a bad field was written that way: by another tool, or edited and re-hashed
+_EDITED = "It was not written by a compatible openrknn or was edited by hand; re-export it"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -73,7 +75,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} value {obj!r} is not JSON-serialisable")
 
 
-def _encode_metadata(metadata: Any) -> bytes:
+def encode_metadata(metadata: Any) -> bytes:
+    """The metadata bytes exactly as a package stores them (sorted keys, compact, UTF-8)."""
     try:
         text = json.dumps(
             metadata, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
@@ -83,39 +86,6 @@ def _encode_metadata(metadata: Any) -> bytes:
         raise PackageError(f"package metadata cannot be stored as JSON: {e}. Use plain numbers, strings, lists, "
                            "dicts") from None
     return text.encode("utf-8")
-
-
-def _metadata_problems(meta: Any) -> list[str]:
-    """Everything wrong with a decoded metadata object against the required schema (empty list = valid)."""
-    if not isinstance(meta, dict):
-        return [f"metadata must be a JSON object, got {type(meta).__name__}"]
-    problems = [f"missing required key {k!r}" for k in REQUIRED_KEYS if k not in meta]
-    for key in ("toolkit", "toolkit_version"):
-        if key in meta and not (isinstance(meta[key], str) and meta[key]):
-            problems.append(f"{key!r} must be a non-empty string, got {meta[key]!r}")
-    tp = meta.get("target_platform")
-    if "target_platform" in meta and not (
-        isinstance(tp, list) and tp and all(isinstance(p, str) and p for p in tp)
-    ):
-        problems.append(f"'target_platform' must be a non-empty list of chip names, got {tp!r}")
-    for key in ("inputs", "outputs"):
-        if key not in meta:
-            continue
-        entries = meta[key]
-        if not (isinstance(entries, list) and entries):
-            problems.append(f"{key!r} must be a non-empty list, got {entries!r}")
-            continue
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                problems.append(f"{key}[{i}] must be an object with a string 'name', got {entry!r}")
-            elif "shape" in entry and not isinstance(entry["shape"], list):
-                problems.append(f"{key}[{i}].shape must be a list, got {entry['shape']!r}")
-    if "build" in meta and not isinstance(meta["build"], dict):
-        problems.append(f"'build' must be an object, got {meta['build']!r}")
-    for key in ("quantization", "source"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            problems.append(f"{key!r} must be an object or null, got {meta[key]!r}")
-    return problems
 
 
 def _encode(pkg: RknnPackage) -> tuple[bytes, bytes, bytes]:
@@ -133,9 +103,13 @@ def _encode(pkg: RknnPackage) -> tuple[bytes, bytes, bytes]:
     if pkg.float_model_bytes:
         metadata[SECTIONS_KEY] = {"model": len(payload), "float_reference": len(pkg.float_model_bytes)}
         payload += bytes(pkg.float_model_bytes)
-    meta_bytes = _encode_metadata(metadata)
+    meta_bytes = encode_metadata(metadata)
     # validate what a reader will see (tuples -> lists, numpy -> lists), so we never write a file we would refuse
-    problems = _metadata_problems(json.loads(meta_bytes))
+    problems = metadata_problems(json.loads(meta_bytes), len(payload))
+    if not problems:
+        problems = _payload_problems(bytes(pkg.model_bytes), metadata)
+        if pkg.float_model_bytes:
+            problems += _payload_problems(bytes(pkg.float_model_bytes), {}, "float reference")
     if problems:
         raise PackageError("package metadata is not valid: " + "; ".join(problems))
     digest = hashlib.sha256(meta_bytes + payload).digest()
@@ -225,51 +199,119 @@ def write_package(path: PathLike, pkg: RknnPackage) -> int:
 
 
 # ---------------------------------------------------------------- reading
+#
+# Every read is bounded by a length the file itself states: the size from fstat, then the header's M and P once the
+# file size is known to equal 64 + M + P. Only regular files are opened (a FIFO would block, /dev/zero never ends),
+# and each byte is read at most once.
+
+MAX_METADATA_BYTES = 64 << 20  # far above real metadata (per-channel scales of big models), far below a memory risk
+MAX_METADATA_DEPTH = 32  # levels of nested lists/objects; openrknn writes 5
+_SNIFF = 64 << 10  # bytes from each end of a non-package file used to say what it is
+_VENDOR_TRAILER_MAX = 1 << 20  # a vendor file's JSON trailer is read only to name the file, and only this much
 
 
-def _u64(data: bytes, offset: int) -> int:
-    return struct.unpack_from("<Q", data, offset)[0]
+class _BufferSource:
+    """A package held in memory."""
+
+    def __init__(self, data: Union[bytes, bytearray, memoryview], name: str):
+        self._view = memoryview(data).cast("B")
+        self.size, self.name = self._view.nbytes, name
+
+    def read(self, offset: int, n: int) -> memoryview:
+        return self._view[offset: offset + max(0, n)]
 
 
-def _vendor_details(data: bytes) -> str:
+class _FileSource:
+    """A regular file opened for reading; reads stop at the size fstat gave when it was opened."""
+
+    def __init__(self, f: Any, size: int, name: str):
+        self._f, self.size, self.name = f, size, name
+
+    def read(self, offset: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - offset))
+        self._f.seek(offset)
+        chunks, got = [], 0
+        while got < n:
+            chunk = self._f.read(n - got)
+            if not chunk:
+                raise CorruptPackageError(
+                    f"{self.name} became shorter while it was read ({self.size} bytes when opened, {offset + got} "
+                    "read): it is being written or copied right now; wait until that finishes and try again")
+            chunks.append(chunk)
+            got += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Sample:
+    """What naming a file that is not a package needs: its first and last _SNIFF bytes, plus any other range read on
+    demand (a vendor file's JSON trailer)."""
+
+    def __init__(self, src: Any, head: bytes):
+        self.src, self.size = src, src.size
+        self.first = head + bytes(src.read(len(head), min(src.size, _SNIFF) - len(head)))
+        self.tail_start = max(len(self.first), src.size - _SNIFF)
+        self.tail = bytes(src.read(self.tail_start, src.size - self.tail_start))
+
+    def sniff(self) -> bytes:
+        return self.first + self.tail
+
+    def read(self, offset: int, n: int) -> bytes:
+        end, out = min(offset + n, self.size), bytearray()
+        while offset < end:
+            if offset < len(self.first):
+                part = self.first[offset:min(end, len(self.first))]
+            elif offset >= self.tail_start:
+                part = self.tail[offset - self.tail_start:end - self.tail_start]
+            else:
+                part = bytes(self.src.read(offset, min(end, self.tail_start) - offset))
+            out += part
+            offset += len(part)
+        return bytes(out)
+
+    def u64(self, offset: int) -> Optional[int]:
+        raw = self.read(offset, 8)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else None
+
+
+def _vendor_details(sample: _Sample) -> str:
     """Best-effort facts about a vendor RKNN-Toolkit file: format version word, toolkit version, target."""
+    data = sample.first
     if data.startswith(b"CYPTRKNN"):
         return "an encrypted vendor model (CYPTRKNN)"
     if data[4:8] == b"RKNN":
         return "a bare vendor FlatBuffers model"
-    if len(data) < 16:
+    if sample.size < 16:
         return "a vendor model (file too short to read its version word)"
     if data[4:8] != b"\x00\x00\x00\x00":  # not the usual 8-byte signature; the word after 'RKNN' is all we know
         return f"a vendor model, format version word {struct.unpack_from('<I', data, 4)[0]}"
-    version = _u64(data, 8)
-    facts = [f"format version word {version}"]
-    info = _vendor_json(data)
-    if info.get("version"):
-        facts.append(f"written by RKNN-Toolkit {info['version']}")
+    facts = [f"format version word {sample.u64(8)}"]
+    info = _vendor_json(sample)
+    version = info.get("version")
+    if isinstance(version, (str, int, float)) and not isinstance(version, bool) and version:
+        facts.append(f"written by RKNN-Toolkit {str(version)[:40]}")
     platform = info.get("target_platform")
     if platform:
-        facts.append("for " + (", ".join(map(str, platform)) if isinstance(platform, list) else str(platform)))
+        names = platform if isinstance(platform, list) else [platform]
+        facts.append("for " + ", ".join(str(p)[:40] for p in names[:8] if isinstance(p, (str, int))))
     source = info.get("ori_network_platform") or info.get("network_platform")
-    if source:
-        facts.append(f"converted from {source}")
+    if isinstance(source, str) and source:
+        facts.append(f"converted from {source[:40]}")
     return "a vendor model, " + ", ".join(facts)
 
 
-def _vendor_json(data: bytes) -> dict:
+def _vendor_json(sample: _Sample) -> dict:
     """The JSON trailer of a Toolkit2 file, or {} (its position depends on an undocumented 40-byte pad)."""
-    if len(data) < 24:
+    size = sample.u64(16)
+    if size is None:
         return {}
-    size = _u64(data, 16)
     for pad in (40, 0):
         pos = 24 + pad + size
-        if pos + 8 > len(data):
-            continue
-        json_size = _u64(data, pos)
-        if json_size == 0 or pos + 8 + json_size > len(data):
+        json_size = sample.u64(pos) if pos + 8 <= sample.size else None
+        if not json_size or json_size > _VENDOR_TRAILER_MAX or pos + 8 + json_size > sample.size:
             continue
         try:
-            obj = json.loads(data[pos + 8: pos + 8 + json_size].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            obj = bounded_json.loads(sample.read(pos + 8, json_size), MAX_METADATA_DEPTH)
+        except bounded_json.JSONLimitError:
             continue
         if isinstance(obj, dict):
             return obj
@@ -320,35 +362,33 @@ def _foreign_kind(data: bytes) -> tuple[str, str]:
     return f"an unknown format (first bytes {data[:8].hex(' ')})", advice
 
 
-def _check_header_start(data: bytes, source: str) -> None:
-    """Refuse anything whose first bytes are not an openrknn package, saying what it is instead."""
-    if data.startswith((b"RKNN", b"CYPTRKNN")) or data[4:8] == b"RKNN":
+def _refuse_start(src: Any, head: bytes, source: str) -> None:
+    """Refuse a file whose first bytes are not an openrknn package's magic, saying what it is instead."""
+    if head.startswith((b"RKNN", b"CYPTRKNN")) or head[4:8] == b"RKNN":
         raise VendorPackageError(
-            f"{source} is {_vendor_details(data)} from Rockchip's RKNN-Toolkit; only the vendor's runtime "
-            f"(librknnrt / RKNN-Toolkit-Lite) can run it. openrknn cannot read vendor models: re-convert the "
+            f"{source} is {_vendor_details(_Sample(src, head))} from Rockchip's RKNN-Toolkit; only the vendor's "
+            f"runtime (librknnrt / RKNN-Toolkit-Lite) can run it. openrknn cannot read vendor models: re-convert the "
             f"original .pt/.onnx with openrknn (load_pytorch/load_onnx, build, export_rknn)")
-    if not data:
+    if not head:
         raise CorruptPackageError(f"{source} is empty (0 bytes); {_DAMAGED}")
-    if len(data) < len(MAGIC) and MAGIC.startswith(data):
+    if len(head) < len(MAGIC) and MAGIC.startswith(head):
         raise CorruptPackageError(
-            f"{source} has {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header of a .rknn package; "
+            f"{source} has {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header of a .rknn package; "
             f"{_DAMAGED}")
-    if data.startswith(MAGIC[:6]) and not data.startswith(MAGIC):
+    if head.startswith(MAGIC[:6]):
         # the \r\n in the magic is there to catch exactly this
         raise CorruptPackageError(
-            f"{source} is an openrknn package whose line endings were rewritten (magic {data[:8]!r}, expected "
+            f"{source} is an openrknn package whose line endings were rewritten (magic {head[:8]!r}, expected "
             f"{MAGIC!r}): it was copied in text mode (FTP ASCII, git autocrlf, a text editor). Copy it again in "
             f"binary mode or re-export it")
-    if not data.startswith(MAGIC):
-        what, todo = _foreign_kind(data)
-        raise CorruptPackageError(f"{source} is not an openrknn .rknn package: it looks like {what}. {todo}")
+    what, todo = _foreign_kind(_Sample(src, head).sniff())
+    raise CorruptPackageError(f"{source} is not an openrknn .rknn package: it looks like {what}. {todo}")
 
 
-def _parse_header(data: bytes, source: str) -> tuple[int, int, bytes]:
-    """Checks magic, version, flags and sizes; returns (metadata length, payload length, sha256)."""
-    _check_header_start(data, source)
-    if len(data) >= 12:
-        version = struct.unpack_from("<I", data, 8)[0]
+def _parse_header(head: bytes, size: int, source: str) -> tuple[int, int, bytes]:
+    """Checks version, flags and sizes of a header that starts with MAGIC; returns (M, P, sha256)."""
+    if len(head) >= 12:
+        version = struct.unpack_from("<I", head, 8)[0]
         # checked before the sizes: a newer format may lay the rest out differently
         if version > FORMAT_VERSION:
             raise PackageVersionError(
@@ -356,194 +396,162 @@ def _parse_header(data: bytes, source: str) -> tuple[int, int, bytes]:
                 f"up to {FORMAT_VERSION}; upgrade openrknn (pip install -U openrknn) on this machine")
         if version == 0:
             raise CorruptPackageError(f"{source} has format version 0, which no openrknn writes; {_DAMAGED}")
-    if len(data) < HEADER_SIZE:
+    if size < HEADER_SIZE:
         raise CorruptPackageError(
-            f"{source} has {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header of a .rknn package; "
-            f"{_DAMAGED}")
-    _, _, flags, meta_len, payload_len, digest = _HEADER.unpack_from(data, 0)
+            f"{source} has {size} bytes, shorter than the {HEADER_SIZE}-byte header of a .rknn package; {_DAMAGED}")
+    _, _, flags, meta_len, payload_len, digest = _HEADER.unpack_from(head, 0)
     if flags != 0:
         raise PackageVersionError(
             f"{source} sets header flags 0x{flags:08x}, which this openrknn ({__version__}) does not know "
             f"(format version {FORMAT_VERSION} defines none); upgrade openrknn")
     expected = HEADER_SIZE + meta_len + payload_len
-    if len(data) < expected:
+    if size < expected:
         raise CorruptPackageError(
             f"{source} is truncated: the header announces {expected} bytes ({HEADER_SIZE} header + {meta_len} "
-            f"metadata + {payload_len} payload) but the file has {len(data)} ({expected - len(data)} missing); "
-            f"{_DAMAGED}")
-    if len(data) > expected:
+            f"metadata + {payload_len} payload) but the file has {size} ({expected - size} missing); {_DAMAGED}")
+    if size > expected:
         raise CorruptPackageError(
-            f"{source} has {len(data) - expected} unexpected trailing bytes after the payload: the header announces "
-            f"{expected} bytes but the file has {len(data)}; {_DAMAGED}")
+            f"{source} has {size - expected} unexpected trailing bytes after the payload: the header announces "
+            f"{expected} bytes but the file has {size}; {_DAMAGED}")
     if payload_len == 0:
         raise CorruptPackageError(f"{source} has an empty payload (no model); {_DAMAGED}")
+    if meta_len > MAX_METADATA_BYTES:
+        raise CorruptPackageError(
+            f"{source} declares {meta_len:,} bytes of metadata, more than the {MAX_METADATA_BYTES:,} a reader "
+            f"accepts (docs/model-format.md); {_EDITED}")
     return meta_len, payload_len, digest
 
 
-def read_package_bytes(data: bytes, source: str = "<bytes>") -> RknnPackage:
-    """Parse and verify a whole .rknn container held in memory. `source` names it in error messages."""
-    data = bytes(data)
-    meta_len, _, digest = _parse_header(data, source)
-    body = memoryview(data)[HEADER_SIZE:]
-    actual = hashlib.sha256(body).digest()
+def _payload_problems(model: bytes, metadata: dict, what: str = "model") -> list[str]:
+    """Why the payload is not the ONNX model the metadata describes (empty list = it is)."""
+    try:
+        graph = onnx_wire.graph_names(model)
+    except onnx_wire.WireError as e:
+        return [f"the {what} payload is not an ONNX model ({e})"]
+    problems = []
+    for key, names in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        for i, entry in enumerate(metadata.get(key) or []):
+            if entry["name"] not in names:
+                problems.append(f"{key}[{i}].name {entry['name']!r:.80} is not a graph {key[:-1]} of the {what} "
+                                f"payload (it has {', '.join(map(repr, names[:8])) or 'none'})")
+    return problems
+
+
+def _decode(meta_bytes: Any, payload: Any, source: str) -> RknnPackage:
+    """Metadata and payload of a file that passed its checksum -> a package, or CorruptPackageError naming the field."""
+    try:
+        metadata = bounded_json.loads(meta_bytes, MAX_METADATA_DEPTH)
+    except bounded_json.JSONLimitError as e:
+        raise CorruptPackageError(f"{source} has metadata that is not valid UTF-8 JSON ({e}); {_EDITED}") from None
+    problems = metadata_problems(metadata, len(payload))
+    if problems:
+        raise CorruptPackageError(f"{source} has invalid metadata: {'; '.join(problems)}. {_EDITED}")
+    sections = metadata.pop(SECTIONS_KEY, None)
+    cut = sections["model"] if sections else len(payload)
+    model, reference = bytes(payload[:cut]), (bytes(payload[cut:]) if sections else None)
+    problems = _payload_problems(model, metadata)
+    if reference is not None:
+        problems += [p for p in _payload_problems(reference, {}, "float reference")]
+    if problems:
+        raise CorruptPackageError(f"{source}: {'; '.join(problems)}. {_EDITED}")
+    return RknnPackage(metadata=metadata, model_bytes=model, float_model_bytes=reference)
+
+
+def _read(src: Any, source: str) -> RknnPackage:
+    head = bytes(src.read(0, HEADER_SIZE))
+    if not head.startswith(MAGIC):
+        _refuse_start(src, head, source)
+    meta_len, payload_len, digest = _parse_header(head, src.size, source)
+    meta_bytes = src.read(HEADER_SIZE, meta_len)
+    payload = src.read(HEADER_SIZE + meta_len, payload_len)
+    check = hashlib.sha256(meta_bytes)
+    check.update(payload)
+    actual = check.digest()
     if actual != digest:
         raise CorruptPackageError(
             f"{source} failed its checksum: SHA-256 of metadata + payload is {actual.hex()[:16]}..., the header "
             f"says {digest.hex()[:16]}...; {_DAMAGED}")
+    return _decode(meta_bytes, payload, source)
+
+
+def read_package_bytes(data: Union[bytes, bytearray, memoryview], source: str = "<bytes>") -> RknnPackage:
+    """Parse and verify a whole .rknn container held in memory. `source` names it in error messages."""
+    return _read(_BufferSource(data, source), source)
+
+
+def _kind_of(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device (like /dev/zero)"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _refuse_special(where: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = _kind_of(mode)
+    if kind == "a folder":
+        raise PackageError(f"{where} is a folder, not a .rknn file")
+    raise PackageError(f"{where} is {kind}, not a regular file: a .rknn package is read from a regular file only; "
+                       "pass the path of the .rknn file itself")
+
+
+def open_regular_file(name: str) -> tuple[Any, int]:
+    """(unbuffered file object, size) for a regular file, opened without blocking; PackageError for anything else
+    (a folder, a FIFO, a device such as /dev/zero, a socket), PackageNotFoundError when nothing is there."""
+    where = name
+    if os.path.islink(name):
+        where = f"{name} (a link to {os.path.realpath(name)})"
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a regular file
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        metadata = json.loads(bytes(body[:meta_len]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptPackageError(f"{source} has metadata that is not valid UTF-8 JSON ({e}); {_DAMAGED}") from e
-    problems = _metadata_problems(metadata)
-    if problems:
-        raise CorruptPackageError(
-            f"{source} has invalid metadata: {'; '.join(problems)}. It was not written by a compatible openrknn or "
-            f"was edited by hand; re-export it")
-    payload = body[meta_len:]
-    sections = metadata.pop(SECTIONS_KEY, None)
-    if sections is None:
-        return RknnPackage(metadata=metadata, model_bytes=bytes(payload))
-    sizes_ok = (isinstance(sections, dict) and all(isinstance(sections.get(k), int) and sections[k] > 0
-                                                   for k in ("model", "float_reference"))
-                and sections["model"] + sections["float_reference"] == len(payload))
-    if not sizes_ok:
-        raise CorruptPackageError(f"{source} has payload sections {sections!r} that do not add up to the payload size "
-                                  f"{len(payload)}; {_DAMAGED}")
-    cut = sections["model"]
-    return RknnPackage(metadata=metadata, model_bytes=bytes(payload[:cut]), float_model_bytes=bytes(payload[cut:]))
+        fd = os.open(name, flags)
+    except FileNotFoundError as e:
+        raise PackageNotFoundError(
+            f"no such .rknn file: {where} (absolute: {os.path.abspath(name)}); check the path or create it with "
+            f"export_rknn()", name) from e
+    except IsADirectoryError as e:
+        raise PackageError(f"{where} is a folder, not a .rknn file") from e
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise PackageError(f"cannot open a file whose path has {len(name)} characters: the name is too long for "
+                               "this system; check the path") from None
+        try:  # e.g. ENXIO for a socket: say what is there when that is why
+            mode = os.stat(name).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        _refuse_special(where, mode)
+        raise PackageError(f"cannot open {where}: {e.strerror or e}") from e
+    try:
+        info = os.fstat(fd)
+        _refuse_special(where, info.st_mode)
+        return os.fdopen(fd, "rb", buffering=0), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_package(path: PathLike) -> RknnPackage:
-    """Read and verify a .rknn file: magic, version, sizes, checksum and metadata schema."""
-    name = os.fsdecode(os.fspath(path))
+    """Read and verify a .rknn file: magic, version, sizes, checksum, metadata schema and payload framing."""
     try:
-        with open(name, "rb") as f:
-            data = f.read()
-    except FileNotFoundError as e:
-        raise PackageNotFoundError(
-            f"no such .rknn file: {name} (absolute: {os.path.abspath(name)}); check the path or create it with "
-            f"export_rknn()", name) from e
-    except IsADirectoryError as e:
-        raise PackageError(f"{name} is a folder, not a .rknn file") from e
-    except OSError as e:
-        raise PackageError(f"cannot read {name}: {e.strerror or e}") from e
-    return read_package_bytes(data, source=name)
-
-
-# ---------------------------------------------------------------- description
-
-
-def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
-    """A JSON-able overview of pkg (what `openrknn info --json` prints). Missing optional fields become None."""
-    meta = pkg.metadata
-    meta_len = len(_encode_metadata(meta))
-    float_len = len(pkg.float_model_bytes or b"")
-    size = HEADER_SIZE + meta_len + len(pkg.model_bytes) + float_len
-    if path is not None:
+        name = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise PackageError(f"a .rknn path must be a string or path-like object, got {type(path).__name__}") from None
+    if "\x00" in name:
+        raise PackageError(f"the path {name!r:.120} contains a NUL byte, which no file name can hold; check the path")
+    f, size = open_regular_file(name)
+    with f:
         try:
-            size = os.path.getsize(path)
-        except OSError:
-            pass
-    inputs = []
-    for entry in meta.get("inputs") or []:
-        pre = entry.get("preprocess") or {}
-        inputs.append({
-            "name": entry.get("name"), "shape": entry.get("shape"), "dtype": entry.get("dtype"),
-            "layout": entry.get("layout"), "model_shape": entry.get("model_shape"),
-            "reorder_channel": pre.get("reorder_channel"), "mean": pre.get("mean"), "std": pre.get("std"),
-            "folded_into": pre.get("folded_into"),
-        })
-    outputs = [{"name": o.get("name"), "shape": o.get("shape"), "dtype": o.get("dtype")}
-               for o in meta.get("outputs") or []]
-    quant = meta.get("quantization")
-    quant_summary = None
-    if isinstance(quant, dict):
-        tensors = quant.get("tensors") or {}
-        quant_summary = {
-            "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
-            "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
-            "quantized_tensors": len(tensors),
-            "per_channel_tensors": sum(1 for t in tensors.values()
-                                       if isinstance(t, dict) and t.get("axis") is not None),
-        }
-    return {
-        "file": path, "size_bytes": size, "format_version": FORMAT_VERSION,
-        "toolkit": meta.get("toolkit"), "toolkit_version": meta.get("toolkit_version"),
-        "created_utc": meta.get("created_utc"), "target_platform": meta.get("target_platform"),
-        "inputs": inputs, "outputs": outputs, "build": meta.get("build") or {},
-        "quantization": quant_summary, "source": meta.get("source"),
-        "metadata_bytes": meta_len, "payload_bytes": len(pkg.model_bytes),
-        "payload_sha256": hashlib.sha256(pkg.model_bytes).hexdigest(),
-        "float_reference_bytes": float_len,
-    }
+            return _read(_FileSource(f, size, name), name)
+        except OSError as e:
+            raise PackageError(f"cannot read {name}: {e.strerror or e}") from e
 
 
-def _fmt_list(values: Any) -> str:
-    if values is None:
-        return "?"
-    if isinstance(values, list):
-        return "[" + ", ".join(_fmt_list(v) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
-                               for v in values) + "]"
-    return str(values)
-
-
-def _fmt_reorder(order: Any) -> str:
-    if order is None:
-        return "none"
-    text = " ".join(map(str, order)) if isinstance(order, list) else str(order)
-    return text + (" (swaps RGB <-> BGR)" if order == [2, 1, 0] else "")
-
-
-def _wrap_options(options: dict, indent: str, width: int = 100) -> list[str]:
-    lines, line = [], indent
-    for key in sorted(options):
-        item = f"{key}={options[key]!r}"
-        if line.strip() and len(line) + len(item) + 2 > width:
-            lines.append(line.rstrip(", "))
-            line = indent
-        line += item + ", "
-    if line.strip():
-        lines.append(line.rstrip(", "))
-    return lines or [indent + "(none recorded)"]
-
-
-def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
-    """Readable multi-line description of a package (`openrknn info`)."""
-    s = package_summary(pkg, path)
-    targets = s["target_platform"]
-    lines = [
-        f"openrknn package: {s['file'] or '(in memory)'}",
-        f"  size:            {s['size_bytes']:,} bytes, format version {s['format_version']}",
-        f"  toolkit:         {s['toolkit']} {s['toolkit_version']}",
-        f"  created:         {s['created_utc'] or 'unknown'}",
-        f"  target platform: {', '.join(targets) if isinstance(targets, list) else targets}",
-        f"inputs ({len(s['inputs'])}):",
-    ]
-    for i in s["inputs"]:
-        into = i["folded_into"]
-        into = ", ".join(into) if isinstance(into, list) else into
-        folded = f"yes, into {into}" if into else "no (applied by graph nodes)"
-        lines.append(f"  {i['name']}: deployed {_fmt_list(i['shape'])} {i['dtype'] or '?'} {i['layout'] or '?'}; "
-                     f"model-side {_fmt_list(i['model_shape'])}")
-        lines.append(f"      reorder_channel: {_fmt_reorder(i['reorder_channel'])}; mean {_fmt_list(i['mean'])}; "
-                     f"std {_fmt_list(i['std'])}; folded into the model: {folded}")
-    lines.append(f"outputs ({len(s['outputs'])}):")
-    lines += [f"  {o['name']}: {_fmt_list(o['shape'])} {o['dtype'] or '?'}" for o in s["outputs"]]
-    lines.append("build options:")
-    lines += _wrap_options(s["build"], "  ")
-    q = s["quantization"]
-    if q is None:
-        lines.append("quantization:    none (float model)")
-    else:
-        lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}, "
-                     f"weight rounding {q['weight_rounding']}; {q['quantized_tensors']} quantized tensors "
-                     f"({q['per_channel_tensors']} per-channel)")
-    src = s["source"]
-    if src:
-        digest = src.get("sha256")
-        lines.append(f"source:          {src.get('framework', '?')} {src.get('file', '?')}"
-                     + (f" (sha256 {digest[:16]}...)" if isinstance(digest, str) and digest else ""))
-    else:
-        lines.append("source:          unknown")
-    lines.append(f"payload:         ONNX model, {s['payload_bytes']:,} bytes, sha256 {s['payload_sha256'][:16]}...")
-    return "\n".join(lines)
+def check_runnable(metadata: dict, source: str = "the model") -> None:
+    """Refuse (CorruptPackageError) metadata that reading accepts but a runtime cannot run: an input without its
+    shape or layout, a batch that does not divide the inputs (docs/model-format.md, "What running needs")."""
+    problems = runtime_problems(metadata)
+    if problems:
+        raise CorruptPackageError(f"{source} cannot run: {'; '.join(problems)}. {_EDITED}")

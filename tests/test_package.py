@@ -6,11 +6,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import zipfile
 from pathlib import Path
 
@@ -25,21 +27,22 @@ from openrknn.package import (
     FORMAT_VERSION,
     PackageNotFoundError,
     RknnPackage,
-    describe_package,
-    package_summary,
     package_to_bytes,
     read_package,
     read_package_bytes,
     write_package,
 )
+from openrknn.package_info import describe_package, package_summary
 
 REEXPORT = "re-export"
 
 
-def _tiny_onnx() -> bytes:
+def _tiny_onnx(doc: str = "") -> bytes:
+    """A real ONNX payload whose graph input/output names match _meta(); `doc` makes distinct payloads."""
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["output"], name="Relu_0")], "tiny", [x], [y])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["output"], name="Relu_0")], "tiny", [x], [y],
+                              doc_string=doc)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
@@ -111,7 +114,7 @@ def test_metadata_is_normalised_to_json_and_numpy_values_are_stored(tmp_path):
     meta["quantization"]["tensors"]["output"]["scale"] = np.array([0.25], dtype=np.float32)
     meta["quantization"]["tensors"]["output"]["zero_point"] = [np.uint8(3)]
     meta["toolkit_note"] = "unicode ok: 眼睛"
-    write_package(tmp_path / "m.rknn", RknnPackage(meta, b"\x08\x07"))
+    write_package(tmp_path / "m.rknn", RknnPackage(meta, _tiny_onnx()))
     got = read_package(tmp_path / "m.rknn").metadata
     assert got["inputs"][0]["shape"] == [1, 4, 4, 3]
     assert got["quantization"]["tensors"]["output"]["scale"] == [0.25]
@@ -127,16 +130,16 @@ def test_round_trip_of_a_real_model(tmp_path, real_data):
 
 def test_overwrite_keeps_the_existing_file_mode(tmp_path):
     path = tmp_path / "m.rknn"
-    write_package(path, RknnPackage(_meta(), b"old"))
+    write_package(path, RknnPackage(_meta(), _tiny_onnx("old")))
     os.chmod(path, 0o640)
-    write_package(path, RknnPackage(_meta(), b"new"))
+    write_package(path, RknnPackage(_meta(), _tiny_onnx("new")))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    assert read_package(path).model_bytes == b"new"
+    assert read_package(path).model_bytes == _tiny_onnx("new")
 
 
 def test_new_file_gets_normal_permissions_not_the_temp_files_0600(tmp_path):
     path = tmp_path / "m.rknn"
-    write_package(path, RknnPackage(_meta(), b"x"))
+    write_package(path, RknnPackage(_meta(), _tiny_onnx()))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~package._umask()
 
 
@@ -144,10 +147,11 @@ def test_new_file_gets_normal_permissions_not_the_temp_files_0600(tmp_path):
 
 
 @pytest.mark.parametrize("change, expect", [
-    (lambda m: m.pop("build"), "missing required key 'build'"),
+    (lambda m: m.pop("build"), "required key 'build' is missing"),
     (lambda m: m.update(target_platform="rk1808"), "target_platform"),
-    (lambda m: m.update(inputs=[]), "'inputs' must be a non-empty list"),
-    (lambda m: m["outputs"].append({"shape": [1]}), "outputs[1]"),
+    (lambda m: m.update(inputs=[]), "inputs must be a non-empty list"),
+    (lambda m: m["outputs"].append({"shape": [1]}), "outputs[1].name"),
+    (lambda m: m["inputs"][0].update(name="renamed"), "inputs[0].name 'renamed' is not a graph input"),
     (lambda m: m["build"].update(epochs=math.nan), "JSON"),
     (lambda m: m["build"].update(callback=object()), "JSON"),
 ])
@@ -155,7 +159,7 @@ def test_write_refuses_metadata_a_reader_would_refuse(tmp_path, change, expect):
     meta = _meta()
     change(meta)
     with pytest.raises(PackageError, match=expect.replace("[", r"\[").replace("]", r"\]")):
-        write_package(tmp_path / "m.rknn", RknnPackage(meta, b"x"))
+        write_package(tmp_path / "m.rknn", RknnPackage(meta, _tiny_onnx()))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -170,11 +174,11 @@ def test_write_refuses_an_empty_or_non_bytes_payload(tmp_path):
 def test_write_into_a_missing_folder_or_onto_a_folder(tmp_path):
     target = tmp_path / "no" / "such" / "m.rknn"
     with pytest.raises(PackageError, match="does not exist") as err:
-        write_package(target, RknnPackage(_meta(), b"x"))
+        write_package(target, RknnPackage(_meta(), _tiny_onnx()))
     assert str(target.parent) in str(err.value)
     (tmp_path / "dir.rknn").mkdir()
     with pytest.raises(PackageError, match="is a folder"):
-        write_package(tmp_path / "dir.rknn", RknnPackage(_meta(), b"x"))
+        write_package(tmp_path / "dir.rknn", RknnPackage(_meta(), _tiny_onnx()))
 
 
 class _FailingFile:
@@ -217,7 +221,7 @@ def _raise(exc):
 def test_failed_write_leaves_no_partial_or_temp_file(tmp_path, monkeypatch, failure, existing):
     path = tmp_path / "model.rknn"
     if existing:
-        write_package(path, RknnPackage(_meta(), b"original model"))
+        write_package(path, RknnPackage(_meta(), _tiny_onnx("original model")))
     before = path.read_bytes() if existing else None
     if failure == "mid_write_enospc":
         _fail_mid_write(monkeypatch, OSError(28, "No space left on device"))
@@ -236,7 +240,7 @@ def test_failed_write_leaves_no_partial_or_temp_file(tmp_path, monkeypatch, fail
     assert sorted(p.name for p in tmp_path.iterdir()) == (["model.rknn"] if existing else [])
     if existing:
         assert path.read_bytes() == before
-        assert read_package(path).model_bytes == b"original model"
+        assert read_package(path).model_bytes == _tiny_onnx("original model")
 
 
 # ---------------------------------------------------------------- reading: not an openrknn package
@@ -405,7 +409,7 @@ def test_empty_payload_is_corrupt():
     (b"\xff\xfe{}", "not valid UTF-8 JSON"),
     (b"[1, 2]", "must be a JSON object"),
     (json.dumps({k: v for k, v in _meta().items() if k not in ("inputs", "build")}).encode(),
-     "missing required key 'inputs'; missing required key 'build'"),
+     "required key 'inputs' is missing; required key 'build' is missing"),
 ])
 def test_bad_metadata_with_a_valid_checksum(meta_bytes, expect):
     with pytest.raises(CorruptPackageError, match=expect.replace("(", r"\(")):
@@ -414,7 +418,7 @@ def test_bad_metadata_with_a_valid_checksum(meta_bytes, expect):
 
 def test_unknown_metadata_keys_are_kept_not_refused():
     meta = dict(_meta(), future_key={"a": 1})
-    assert read_package_bytes(_container(_meta_json(meta), b"x")).metadata["future_key"] == {"a": 1}
+    assert read_package_bytes(_container(_meta_json(meta), _tiny_onnx())).metadata["future_key"] == {"a": 1}
 
 
 # ---------------------------------------------------------------- describe / summary
@@ -478,16 +482,16 @@ def test_package_module_works_without_onnx_or_torch(tmp_path):
         sys.meta_path.insert(0, Block())
         import openrknn.package as p
         pkg = p.read_package({str(path)!r})
-        print(p.describe_package(pkg).splitlines()[0])
+        print("READ", pkg.metadata["toolkit"], len(pkg.model_bytes))
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "torch", "onnxruntime")
-                     or m.startswith(("openrknn.quant", "openrknn.frontends")))
+                     or m.startswith(("openrknn.quant", "openrknn.frontends", "openrknn.package_info")))
         print("IMPORTED", bad)
     """)
     out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stdout
-    assert "openrknn package: (in memory)" in out.stdout
+    assert f"READ openrknn {len(_tiny_onnx())}" in out.stdout
 
 
 def test_float_reference_section_round_trips_and_is_checked(tmp_path):
@@ -501,5 +505,194 @@ def test_float_reference_section_round_trips_and_is_checked(tmp_path):
     # sections that do not add up to the payload are corruption, not a silent mis-split
     meta = dict(_meta(), payload_sections={"model": len(model) + 1, "float_reference": len(ref)})
     data = _container(_meta_json(meta), model + ref)
-    with pytest.raises(CorruptPackageError, match="payload sections"):
+    with pytest.raises(CorruptPackageError, match="payload_sections must be sizes that add up"):
         read_package_bytes(data)
+
+
+# ---------------------------------------------------------------- hostile inputs: special files, limits, schema
+
+
+def _finishes(fn, seconds: float = 10.0):
+    """fn()'s exception (or None) if it returns within `seconds`; a blocked call fails the test, never hangs it."""
+    box: dict = {}
+
+    def call():
+        try:
+            fn()
+        except BaseException as e:  # noqa: B902 - handed back to the test
+            box["error"] = e
+        box["done"] = True
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box.get("done"), f"still blocked after {seconds} s"
+    return box.get("error")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and /dev/zero (POSIX)")
+def test_special_files_are_refused_without_blocking_or_reading(tmp_path):
+    fifo = tmp_path / "pipe.rknn"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.rknn"
+    zero.symlink_to("/dev/zero")
+    loop = tmp_path / "loop.rknn"
+    loop.symlink_to(loop)
+    cases = [(fifo, r"is a named pipe \(FIFO\), not a regular file"),
+             (zero, r"zero.rknn \(a link to /dev/zero\) is a character device"),
+             (tmp_path, "is a folder"),
+             (loop, "cannot open"),
+             (str(tmp_path / "a\x00b.rknn"), "contains a NUL byte"),
+             (str(tmp_path / ("n" * 5000)), "too long")]
+    for path, expect in cases:
+        err = _finishes(lambda path=path: read_package(path))
+        assert isinstance(err, PackageError), (path, err)
+        assert re.search(expect, str(err)), (expect, str(err))
+
+
+def _with_meta(meta: dict, payload: bytes | None = None) -> bytes:
+    return _container(_meta_json(meta), _tiny_onnx() if payload is None else payload)
+
+
+def _edited(edit) -> dict:
+    meta = _meta()
+    edit(meta)
+    return meta
+
+
+@pytest.mark.parametrize("meta_bytes, field", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 32"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested deeper than 32"),
+    (_meta_json(_meta()).replace(b'"optimization_level":3', b'"optimization_level":NaN'), "NaN"),
+    (_meta_json(_edited(lambda m: m["build"].update(rknn_batch_size="x"))), "build.rknn_batch_size"),
+    (_meta_json(_edited(lambda m: m["build"].update(rknn_batch_size={}))), "build.rknn_batch_size"),
+    (_meta_json(_edited(lambda m: m["build"].update(rknn_batch_size=-1))), "build.rknn_batch_size"),
+    (_meta_json(_edited(lambda m: m["build"].update(rknn_batch_size=True))), "build.rknn_batch_size"),
+    (_meta_json(_edited(lambda m: m["inputs"][0].update(shape=[1, 4, 4]))), r"inputs\[0\].shape must be 4 dim"),
+    (_meta_json(_edited(lambda m: m["inputs"][0].update(shape=[1, True, 4, 3]))), r"inputs\[0\].shape"),
+    (_meta_json(_edited(lambda m: m["inputs"][0].update(shape=[1, 2 ** 70, 4, 3]))), r"inputs\[0\].shape"),
+    (_meta_json(_edited(lambda m: m["inputs"][0].update(layout="nchw"))), r"inputs\[0\].layout must be 'nhwc'"),
+    (_meta_json(_edited(lambda m: m["inputs"][0].update(dtype="object"))), r"inputs\[0\].dtype must be one of"),
+    (_meta_json(_edited(lambda m: m["inputs"][0]["preprocess"].update(mean=[1, 2]))),
+     r"inputs\[0\].preprocess.mean must be 1 or 3 values"),
+    (_meta_json(_edited(lambda m: m["inputs"][0]["preprocess"].update(reorder_channel=[0, 0, 1]))),
+     r"reorder_channel must be a permutation"),
+    (_meta_json(_edited(lambda m: m["inputs"].append(dict(m["inputs"][0])))), "inputs must be a list of distinct"),
+    (_meta_json(_edited(lambda m: m["quantization"]["tensors"]["images"].update(zero_point=[0.5]))),
+     r"quantization.tensors\['images'\].zero_point"),
+    (_meta_json(_edited(lambda m: m.update(source="a.pt"))), "source must be an object or null"),
+    (_meta_json(_edited(lambda m: m.update(payload_sections={"model": True, "float_reference": True}))),
+     "payload_sections must be an object"),
+])
+def test_metadata_edited_under_a_valid_checksum_is_refused_naming_the_field(meta_bytes, field):
+    with pytest.raises(CorruptPackageError, match=field) as err:
+        read_package_bytes(_container(meta_bytes, _tiny_onnx()))
+    assert "re-export it" in str(err.value)
+
+
+def test_metadata_length_over_the_cap_is_refused_before_reading_it(monkeypatch):
+    monkeypatch.setattr(package, "MAX_METADATA_BYTES", 100)
+    with pytest.raises(CorruptPackageError, match="declares .* bytes of metadata, more than the 100"):
+        read_package_bytes(_with_meta(_meta()))
+
+
+@pytest.mark.parametrize("payload, expect", [
+    (b"\x00" * 64, "not an ONNX model"),
+    (os.urandom(256), "not an ONNX model"),
+    (_tiny_onnx()[:-3], "not an ONNX model"),
+    (_tiny_onnx().replace(b"images", b"im\xffges"), "not UTF-8"),
+    (_tiny_onnx().replace(b"images", b"pixels"), r"inputs\[0\].name 'images' is not a graph input"),
+])
+def test_payload_that_is_not_the_described_onnx_model_is_corrupt(payload, expect):
+    with pytest.raises(CorruptPackageError, match=expect):
+        read_package_bytes(_with_meta(_meta(), payload))
+
+
+def test_vendor_trailer_nested_too_deep_still_names_the_vendor_file():
+    trailer = b"[" * 50_000 + b"]" * 50_000
+    model = b"\x14\x00\x00\x00RKNN" + b"\x00" * 64
+    data = (b"RKNN\x00\x00\x00\x00" + struct.pack("<QQ", 6, len(model)) + b"\x00" * 40 + model
+            + struct.pack("<Q", len(trailer)) + trailer)
+    with pytest.raises(VendorPackageError, match="format version word 6"):
+        read_package_bytes(data)
+
+
+def test_optional_fields_are_honoured_and_running_needs_only_what_it_uses(tmp_path, rknn_log):
+    """An input without shape/layout/dtype reads, describes and loads; init_runtime says what is missing."""
+    from openrknn.api import RKNN
+
+    meta = {k: _meta(quantized=False)[k] for k in package.REQUIRED_KEYS}
+    meta["inputs"] = [{"name": "images"}]
+    path = tmp_path / "minimal.rknn"
+    path.write_bytes(_with_meta(meta))
+    assert "images: deployed ? ? ?" in describe_package(read_package(path), str(path))
+    r = RKNN()
+    try:
+        assert r.load_rknn(str(path)) == 0, r.last_error
+        assert r.init_runtime() != 0
+        assert isinstance(r.last_error, CorruptPackageError)
+        assert "inputs[0] ('images') has no 'shape'" in str(r.last_error)
+    finally:
+        r.release()
+    assert "failed unexpectedly" not in rknn_log.text
+
+
+def test_a_graph_onnxruntime_cannot_open_or_run_is_corrupt_not_internal(tmp_path):
+    """Valid framing, valid metadata, but onnxruntime refuses the graph: CorruptPackageError at init_runtime."""
+    from openrknn.api import RKNN
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4, 4, 3])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])
+    bad_op = helper.make_graph([helper.make_node("NoSuchOp", ["images"], ["output"])], "g", [x], [y])
+    wrong_type = helper.make_graph([helper.make_node("Identity", ["images"], ["output"])], "g",
+                                   [helper.make_tensor_value_info("images", TensorProto.INT64, [1, 4, 4, 3])],
+                                   [helper.make_tensor_value_info("output", TensorProto.INT64, [1, 4, 4, 3])])
+    cases = ((bad_op, "onnxruntime cannot open the model"), (wrong_type, "the graph takes tensor\\(int64"))
+    for graph, expect in cases:
+        payload = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+        path = tmp_path / "bad.rknn"
+        path.write_bytes(_with_meta(_meta(quantized=False), payload))
+        r = RKNN()
+        try:
+            assert r.load_rknn(str(path)) == 0
+            assert r.init_runtime() != 0
+            assert isinstance(r.last_error, CorruptPackageError), r.last_error
+            assert re.search(expect, str(r.last_error)), str(r.last_error)
+        finally:
+            r.release()
+
+
+def test_info_prints_one_error_line_never_a_traceback(tmp_path, capsys):
+    from openrknn.cli import main
+
+    deep = tmp_path / "deep.rknn"
+    deep.write_bytes(_container(b"[" * 100_000 + b"]" * 100_000, _tiny_onnx()))
+    paths = [deep, tmp_path]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.rknn")
+        paths.append(tmp_path / "pipe.rknn")
+    for path in paths:
+        for extra in ([], ["--json"]):
+            code = _finishes(lambda args=["info", str(path), *extra]: sys.exit(main(args)))
+            err = capsys.readouterr().err
+            assert isinstance(code, SystemExit) and code.code == 1, (path, err)
+            assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read with /proc/self/io (Linux)")
+def test_reading_reads_each_byte_of_the_file_at_most_once(tmp_path, good_bytes):
+    def bytes_read() -> int:
+        return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+    samples = {"good.rknn": good_bytes, "trunc.rknn": good_bytes[:100], "foreign.rknn": os.urandom(300_000),
+               "huge_meta_len.rknn": good_bytes[:16] + struct.pack("<Q", 1 << 60) + good_bytes[24:]}
+    for name, data in samples.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        before = bytes_read()
+        try:
+            read_package(path)
+        except PackageError:
+            pass
+        extra = bytes_read() - before - len(data)
+        assert extra < 512, f"{name}: read {extra} bytes more than the file holds"  # 512: /proc/self/io itself

@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -108,6 +109,64 @@ def test_array_layout_sizes_do_not_overflow():
     # Python ints: a huge declared shape gives a huge size, which the length check then refuses
     _, total = P.array_layout([{"dtype": "float64", "shape": [1 << 30, 1 << 30]}], 0)
     assert total == 8 << 60
+
+
+@pytest.mark.parametrize("shape", [[2 ** 70, 0], [2 ** 40, 2 ** 40, 0], [0, 2 ** 63], [1 << 30, 1 << 30]])
+def test_array_specs_beyond_the_message_limit_are_refused_before_numpy_sees_them(shape):
+    """An empty array with a huge dimension has 0 bytes but no numpy shape: refused like a huge one."""
+    with pytest.raises(P.ProtocolError, match="describes more than the 1,048,576-byte message limit"):
+        P.array_layout([{"dtype": "uint8", "shape": shape}], 0, max_bytes=1 << 20)
+    head = json.dumps({"op": "run", "arrays": [{"dtype": "uint8", "shape": shape}]}).encode()
+    with pytest.raises(P.ProtocolError, match="message limit"):
+        recv_raw(P.PREFIX.pack(P.MAGIC, P.PROTOCOL_VERSION, 0, len(head), 0) + head)
+    specs, total = P.array_layout([{"dtype": "uint8", "shape": [0, 1 << 20]}], 0, max_bytes=1 << 20)
+    assert total == 0 and specs[0].shape == (0, 1 << 20)  # at the limit is fine
+
+
+def test_too_many_arrays_and_deep_headers_are_protocol_errors():
+    with pytest.raises(P.ProtocolError, match="more than the 1024"):
+        P.array_layout([{"dtype": "uint8", "shape": []}] * 1025, 0)
+    for head in (b"[" * 8000 + b"]" * 8000, b'{"a":' * 33 + b"1" + b"}" * 33):
+        data = P.PREFIX.pack(P.MAGIC, P.PROTOCOL_VERSION, 0, len(head), 0) + head
+        with pytest.raises(P.ProtocolError, match="nested deeper than 32"):
+            recv_raw(data)
+    head = b'{"a": NaN}'
+    with pytest.raises(P.ProtocolError, match="NaN"):
+        recv_raw(P.PREFIX.pack(P.MAGIC, P.PROTOCOL_VERSION, 0, len(head), 0) + head)
+
+
+def _trickle(sock, data: bytes, pause: float, stop: threading.Event) -> None:
+    for i in range(len(data)):
+        if stop.wait(pause):
+            return
+        try:
+            sock.sendall(data[i:i + 1])
+        except OSError:
+            return
+
+
+def test_a_trickling_peer_misses_the_frame_deadline_though_every_read_succeeds():
+    """One byte every 0.1 s never trips a 1 s per-read timeout; the whole-frame deadline still cuts it."""
+    data = frame_bytes({"op": "info", "pad": "x" * 200})
+    for kw in ({"deadline_in": 0.8}, {"min_rate": 1000.0}):  # an absolute deadline, or io_timeout + size / rate
+        a, b = socket.socketpair()
+        stop = threading.Event()
+        sender = threading.Thread(target=_trickle, args=(a, data, 0.1, stop), daemon=True)
+        sender.start()
+        t = time.monotonic()
+        try:
+            deadline = t + kw["deadline_in"] if "deadline_in" in kw else None
+            with pytest.raises(P.FrameTimeoutError, match="not completed in time") as err:
+                P.recv_frame(b, first_timeout=5, io_timeout=0.5 if "min_rate" in kw else 1.0, deadline=deadline,
+                             min_rate=kw.get("min_rate"))
+            assert isinstance(err.value, P.ProtocolError) and isinstance(err.value, TimeoutError)
+            assert time.monotonic() - t < 1.6  # 0.8 s, or 0.5 s + ~250 bytes at 1000 B/s
+        finally:
+            stop.set()
+            a.close()
+            b.close()
+    roundtrip_ok = roundtrip({"op": "info"})  # a prompt frame is unaffected
+    assert roundtrip_ok.header == {"op": "info"}
 
 
 def test_recv_refuses_bad_magic_and_random_bytes():

@@ -70,7 +70,7 @@ class ServerProcess:
         self.token = self.token_file.read_text().strip()
 
     def start(self) -> None:
-        from openrknn.runtime.server import spawn_server
+        from openrknn.testing import spawn_server
 
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from openrknn.convert import BuildOptions, build
 from openrknn.config import make_config
-from openrknn.errors import InferenceInputError, RuntimeStateError
+from openrknn.errors import CorruptPackageError, InferenceInputError, RuntimeStateError
 from openrknn.frontends.onnx import load_onnx
 from openrknn.package import RknnPackage, read_package, write_package
 from openrknn.runtime.feeds import prepare_feeds
@@ -71,7 +71,7 @@ def test_run_feeds_takes_graph_ready_tensors(pkg, pixels):
 def test_metadata_that_does_not_match_the_graph_is_refused(pkg):
     meta = dict(pkg.metadata)
     meta["inputs"] = [dict(pkg.metadata["inputs"][0], name="images")]
-    with pytest.raises(RuntimeStateError, match=r"\['x'\].*\['images'\]"):
+    with pytest.raises(CorruptPackageError, match=r"\['x'\].*\['images'\]"):
         Simulator(pkg.model_bytes, meta)
 
 

@@ -98,7 +98,7 @@ def write_report(path: str | Path, title: str, subtitle: str, sections: Sequence
 # ---- standard sections for a model ------------------------------------------------------------------------------
 
 def model_section(pkg, path: Optional[str] = None) -> Section:
-    from ..package import package_summary
+    from ..package_info import package_summary
 
     s = package_summary(pkg, path)
     rows = [("file", s["file"] or "(in memory)"), ("size", f"{s['size_bytes'] / 1e6:.2f} MB"),

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ..errors import ConfigError
-    from ..package import describe_package
     from ..convert.spec import parse_spec, run_spec
+    from ..package_info import describe_package
 
     path = Path(args.config)
     if not path.is_file():

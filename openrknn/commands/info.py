@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+
+log = logging.getLogger("openrknn.info")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,11 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..package import describe_package, package_summary, read_package
+    from ..errors import OpenRKNNError
+    from ..package import read_package
+    from ..package_info import describe_package, package_summary
 
-    pkg = read_package(args.model)
-    if args.json:
-        print(json.dumps(package_summary(pkg, args.model), indent=2, sort_keys=True))
-    else:
-        print(describe_package(pkg, args.model))
+    try:
+        pkg = read_package(args.model)
+        text = (json.dumps(package_summary(pkg, args.model), indent=2, sort_keys=True) if args.json
+                else describe_package(pkg, args.model))
+    except OpenRKNNError:
+        raise  # the command line prints these as one "error:" line
+    except Exception as e:  # a file the reader accepted but we cannot show: a bug of ours, still one line
+        print(f"error: could not describe {args.model}: {type(e).__name__}: {e} (this is a bug in openrknn; please "
+              "report it with the file)", file=sys.stderr)
+        log.debug("traceback", exc_info=True)
+        return 3
+    print(text)
     return 0

@@ -7,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..runtime.server import add_arguments
+    from ..runtime.server.main import add_arguments
 
     p = sub.add_parser("serve", help="run models for remote clients (start this on the board)",
                        description="Serve .rknn models to openrknn clients over TCP (protocol: docs/protocol.md). "
@@ -18,6 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.server import run_from_args
+    from ..runtime.server.main import run_from_args
 
     return run_from_args(args, standalone=False)

@@ -56,7 +56,8 @@ def inspect_model(path: Path, framework: str) -> dict:
         info.update({"inputs": None, "outputs": None, "needs_input_size": True,
                      "torchscript_archive": zipfile.is_zipfile(path)})
     else:
-        from ..package import package_summary, read_package
+        from ..package import read_package
+        from ..package_info import package_summary
 
         summary = package_summary(read_package(path), str(path))
         info.update({"inputs": summary["inputs"], "outputs": summary["outputs"], "needs_input_size": False,
@@ -175,7 +176,8 @@ def _dataset_path(req: BuildRequest) -> Optional[str]:
 def run_build(job: Job, req: BuildRequest) -> dict:
     """The whole conversion, stage by stage, through the one conversion core; returns what the page shows."""
     from ..convert import BuildOptions, build, load_model
-    from ..package import package_summary, write_package
+    from ..package import write_package
+    from ..package_info import package_summary
 
     job.stage("Validate config")
     cfg = make_config(**req.config)

@@ -15,7 +15,10 @@ The header's "arrays" list gives each array's dtype (a name from DTYPES) and sha
 Nothing is ever unpickled or evaluated: a frame is JSON plus bytes that numpy views with a whitelisted dtype.
 Both sides check the lengths against their limits before reading (or allocating) anything.
 
-Board side: imports only the standard library, numpy and openrknn.errors.
+Receivers bound everything before they allocate it: the header's length and JSON depth, each array's element count,
+the body length against the header's arrays, and (with a deadline or a minimum rate) the time a whole frame may take.
+
+Board side: imports only the standard library, numpy, openrknn.errors and openrknn.bounded_json.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import hmac
 import json
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import bounded_json
 from ..errors import OpenRKNNError
 
 PROTOCOL_VERSION = 1
@@ -44,6 +49,8 @@ HANDSHAKE_MAX_HEADER = 16 << 10  # before authentication only a tiny auth frame 
 DEFAULT_MAX_MESSAGE = 512 << 20  # header + body; a model upload is the largest message
 ARRAY_ALIGN = 8
 MAX_NDIM = 32
+MAX_ARRAYS = 1024  # arrays in one frame
+MAX_HEADER_DEPTH = 32  # nested lists/objects in a header (a load reply's metadata is the deepest, about 5)
 AUTH_CONTEXT = b"openrknn-auth-v1:"  # domain separation: the MACs are useless for anything but this handshake
 
 # dtype names on the wire -> numpy dtypes, always little-endian
@@ -86,6 +93,10 @@ class AuthError(RemoteError):
 
 class ProtocolError(RemoteError):
     """A frame broke the protocol (bad magic, bad header, bad array spec, lengths that do not add up)."""
+
+
+class FrameTimeoutError(ProtocolError, TimeoutError):
+    """A frame did not arrive completely within its deadline (a peer that stalls or trickles bytes)."""
 
 
 class ProtocolVersionError(ProtocolError):
@@ -140,16 +151,20 @@ class ArraySpec:
     nbytes: int
 
 
-def array_layout(specs: object, blob_len: int) -> Tuple[List[ArraySpec], int]:
+def array_layout(specs: object, blob_len: int, max_bytes: Optional[int] = None) -> Tuple[List[ArraySpec], int]:
     """Check a header's "arrays" list and place each array in the body. Returns (specs, body length they need).
 
+    max_bytes (a receiver's message limit): no array may describe more bytes than that, counting only its non-zero
+    dimensions, so an empty array with a huge dimension ([2**70, 0]) is refused too (numpy could not even shape it).
     Pure: runs before the body is read, so a bad spec is refused without allocating anything."""
     if specs is None:
         specs = []
     if not isinstance(specs, list):
         raise ProtocolError(f"header 'arrays' must be a list, got {type(specs).__name__}")
+    if len(specs) > MAX_ARRAYS:
+        raise ProtocolError(f"header 'arrays' lists {len(specs)} arrays, more than the {MAX_ARRAYS} a frame may carry")
     if not isinstance(blob_len, int) or isinstance(blob_len, bool) or blob_len < 0:
-        raise ProtocolError(f"header 'blob' must be a byte count >= 0, got {blob_len!r}")
+        raise ProtocolError(f"header 'blob' must be a byte count >= 0, got {blob_len!r:.40}")
     out, pos = [], blob_len
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
@@ -161,9 +176,13 @@ def array_layout(specs: object, blob_len: int) -> Tuple[List[ArraySpec], int]:
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise ProtocolError(f"arrays[{i}].shape={shape!r:.80} must be a list of at most {MAX_NDIM} ints >= 0")
         dt = DTYPES[name]
-        nbytes = dt.itemsize
+        nbytes = extent = dt.itemsize
         for d in shape:
             nbytes *= d
+            extent *= max(d, 1)
+        if max_bytes is not None and extent > max_bytes:
+            raise ProtocolError(f"arrays[{i}].shape={shape!r:.80} ({name}) describes more than the {max_bytes:,}-byte "
+                                "message limit of the receiver")
         pos = _align(pos)
         out.append(ArraySpec(dt, tuple(shape), pos, nbytes))
         pos += nbytes
@@ -251,12 +270,56 @@ def tune_socket(sock: socket.socket) -> None:
             pass
 
 
-def recv_exact_into(sock: socket.socket, view: memoryview, what: str) -> None:
+class _FrameClock:
+    """The time limits of one frame: each read waits at most io_timeout, and the whole frame must be in by its
+    deadline (an absolute one, such as the end of the handshake, and/or io_timeout + size / min_rate)."""
+
+    def __init__(self, io_timeout: Optional[float], deadline: Optional[float], min_rate: Optional[float]):
+        self.io_timeout, self.fixed, self.min_rate = io_timeout, deadline, min_rate
+        self.start = time.monotonic()
+        self.deadline = deadline
+        self.size = PREFIX_SIZE
+
+    def frame_size(self, size: int) -> None:
+        """Once the prefix tells the frame's size, its rate deadline follows."""
+        self.size = size
+        if self.min_rate and self.io_timeout is not None:
+            by_rate = self.start + self.io_timeout + size / self.min_rate
+            self.deadline = by_rate if self.fixed is None else min(self.fixed, by_rate)
+
+    def arm(self, sock: socket.socket, got: int) -> None:
+        if self.deadline is None:
+            if self.io_timeout is not None:
+                sock.settimeout(self.io_timeout)
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.expired(got)
+        sock.settimeout(left if self.io_timeout is None else min(left, self.io_timeout))
+
+    def expired(self, got: int) -> FrameTimeoutError:
+        waited = time.monotonic() - self.start
+        return FrameTimeoutError(f"the frame was not completed in time: {got:,} of {self.size:,} bytes arrived in "
+                                 f"{waited:.1f} s; a peer must send a whole frame promptly")
+
+
+def recv_exact_into(sock: socket.socket, view: memoryview, what: str, clock: Optional[_FrameClock] = None,
+                    before: int = 0) -> None:
+    """Fill view from sock. `before`: bytes of this frame already read (for messages)."""
     got, n = 0, view.nbytes
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        if clock is not None:
+            clock.arm(sock, before + got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except socket.timeout:
+            if clock is None:
+                raise
+            raise clock.expired(before + got) from None
         if k == 0:
-            raise ConnectionLostError(f"the connection closed after {got} of {n} bytes of the {what}")
+            size = f" of {clock.size:,}" if clock is not None else ""
+            raise ConnectionLostError(f"the connection closed after {before + got:,}{size} bytes of the frame, in its "
+                                      f"{what}")
         got += k
 
 
@@ -281,42 +344,54 @@ def parse_prefix(data: bytes, max_header: int, max_message: int) -> Tuple[int, i
 
 def decode_header(raw: bytes) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"frame header is not UTF-8 JSON ({e})") from e
+        header = bounded_json.loads(raw, MAX_HEADER_DEPTH)
+    except bounded_json.JSONLimitError as e:
+        raise ProtocolError(f"frame header is not UTF-8 JSON this receiver accepts ({str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"frame header must be a JSON object, got {type(header).__name__}")
     return header
 
 
 def recv_frame(sock: socket.socket, max_message: int = DEFAULT_MAX_MESSAGE, max_header: int = MAX_HEADER_BYTES,
-               first_timeout: Optional[float] = None, io_timeout: Optional[float] = None) -> Frame:
-    """Read one frame. first_timeout bounds the wait for its first bytes (idle time between requests), io_timeout
-    every later read. The header and array specs are checked before the body is read; a frame that breaks the rules
-    raises ProtocolError and leaves the connection unusable (the caller closes it)."""
-    if first_timeout is not None:
-        sock.settimeout(first_timeout)
+               first_timeout: Optional[float] = None, io_timeout: Optional[float] = None,
+               deadline: Optional[float] = None, min_rate: Optional[float] = None) -> Frame:
+    """Read one frame. first_timeout bounds the wait for its first bytes (idle time between requests; socket.timeout
+    when it passes), io_timeout every later read. A whole-frame limit applies when asked: `deadline` (time.monotonic()
+    value) and/or `min_rate` (bytes/s: the frame must be in within io_timeout + its size / min_rate of its first
+    byte); a frame that misses it raises FrameTimeoutError. The header and array specs are checked before the body is
+    read; a frame that breaks the rules raises ProtocolError and leaves the connection unusable (the caller closes
+    it)."""
+    first_wait = first_timeout
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        first_wait = left if first_wait is None else min(first_wait, left)
+        if first_wait <= 0:
+            raise socket.timeout("the deadline passed before the frame began")
+    if first_wait is not None:
+        sock.settimeout(first_wait)
     prefix = bytearray(PREFIX_SIZE)
     view = memoryview(prefix)
     k = sock.recv_into(view, PREFIX_SIZE)  # the first bytes wait up to first_timeout ...
     if k == 0:
         raise PeerClosedError("the peer closed the connection")
-    if io_timeout is not None:
-        sock.settimeout(io_timeout)  # ... the rest of the frame must follow promptly
+    # ... the rest of the frame must follow promptly
+    clock = _FrameClock(io_timeout, deadline, min_rate)
+    clock.frame_size(PREFIX_SIZE)
     if k < PREFIX_SIZE:
-        recv_exact_into(sock, view[k:], "frame prefix")
+        recv_exact_into(sock, view[k:], "frame prefix", clock, k)
     head_len, body_len = parse_prefix(bytes(prefix), max_header, max_message)
+    clock.frame_size(PREFIX_SIZE + head_len + body_len)
     raw_head = bytearray(head_len)
-    recv_exact_into(sock, memoryview(raw_head), "frame header")
+    recv_exact_into(sock, memoryview(raw_head), "frame header", clock, PREFIX_SIZE)
     header = decode_header(bytes(raw_head))
-    specs, needed = array_layout(header.get("arrays"), header.get("blob", 0))
+    specs, needed = array_layout(header.get("arrays"), header.get("blob", 0), max_message)
     if needed != body_len:
         raise ProtocolError(f"the header describes {needed:,} body bytes (blob + arrays) but the frame carries "
                             f"{body_len:,}: the array shapes/dtypes do not match the data")
     body = np.empty(body_len, np.uint8)  # not bytearray: that zero-fills megabytes we overwrite at once
     bview = memoryview(body)
     if body_len:
-        recv_exact_into(sock, bview, "frame body")
+        recv_exact_into(sock, bview, "frame body", clock, PREFIX_SIZE + head_len)
     blob_len = header.get("blob", 0)
     arrays = [np.frombuffer(body, dtype=s.dtype, count=s.nbytes // s.dtype.itemsize, offset=s.offset).reshape(s.shape)
               if s.nbytes else np.zeros(s.shape, s.dtype) for s in specs]

@@ -1,0 +1,127 @@
+"""What `openrknn info`, the GUI and the HTML report show about a `.rknn` package: a JSON-able summary and a readable
+description. Not board-side: the reader (openrknn.package) stays free of presentation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from .package import FORMAT_VERSION, HEADER_SIZE, RknnPackage, encode_metadata
+
+
+def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
+    """A JSON-able overview of pkg (what `openrknn info --json` prints). Missing optional fields become None."""
+    meta = pkg.metadata
+    meta_len = len(encode_metadata(meta))
+    float_len = len(pkg.float_model_bytes or b"")
+    size = HEADER_SIZE + meta_len + len(pkg.model_bytes) + float_len
+    if path is not None:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            pass
+    inputs = []
+    for entry in meta.get("inputs") or []:
+        pre = entry.get("preprocess") or {}
+        inputs.append({
+            "name": entry.get("name"), "shape": entry.get("shape"), "dtype": entry.get("dtype"),
+            "layout": entry.get("layout"), "model_shape": entry.get("model_shape"),
+            "reorder_channel": pre.get("reorder_channel"), "mean": pre.get("mean"), "std": pre.get("std"),
+            "folded_into": pre.get("folded_into"),
+        })
+    outputs = [{"name": o.get("name"), "shape": o.get("shape"), "dtype": o.get("dtype")}
+               for o in meta.get("outputs") or []]
+    quant = meta.get("quantization")
+    quant_summary = None
+    if isinstance(quant, dict):
+        tensors = quant.get("tensors") or {}
+        quant_summary = {
+            "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
+            "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
+            "quantized_tensors": len(tensors),
+            "per_channel_tensors": sum(1 for t in tensors.values()
+                                       if isinstance(t, dict) and t.get("axis") is not None),
+        }
+    return {
+        "file": path, "size_bytes": size, "format_version": FORMAT_VERSION,
+        "toolkit": meta.get("toolkit"), "toolkit_version": meta.get("toolkit_version"),
+        "created_utc": meta.get("created_utc"), "target_platform": meta.get("target_platform"),
+        "inputs": inputs, "outputs": outputs, "build": meta.get("build") or {},
+        "quantization": quant_summary, "source": meta.get("source"),
+        "metadata_bytes": meta_len, "payload_bytes": len(pkg.model_bytes),
+        "payload_sha256": hashlib.sha256(pkg.model_bytes).hexdigest(),
+        "float_reference_bytes": float_len,
+    }
+
+
+def _fmt_list(values: Any) -> str:
+    if values is None:
+        return "?"
+    if isinstance(values, list):
+        return "[" + ", ".join(_fmt_list(v) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+                               for v in values) + "]"
+    return str(values)
+
+
+def _fmt_reorder(order: Any) -> str:
+    if order is None:
+        return "none"
+    text = " ".join(map(str, order)) if isinstance(order, list) else str(order)
+    return text + (" (swaps RGB <-> BGR)" if order == [2, 1, 0] else "")
+
+
+def _wrap_options(options: dict, indent: str, width: int = 100) -> list[str]:
+    lines, line = [], indent
+    for key in sorted(options):
+        item = f"{key}={options[key]!r}"
+        if line.strip() and len(line) + len(item) + 2 > width:
+            lines.append(line.rstrip(", "))
+            line = indent
+        line += item + ", "
+    if line.strip():
+        lines.append(line.rstrip(", "))
+    return lines or [indent + "(none recorded)"]
+
+
+def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
+    """Readable multi-line description of a package (`openrknn info`)."""
+    s = package_summary(pkg, path)
+    targets = s["target_platform"]
+    lines = [
+        f"openrknn package: {s['file'] or '(in memory)'}",
+        f"  size:            {s['size_bytes']:,} bytes, format version {s['format_version']}",
+        f"  toolkit:         {s['toolkit']} {s['toolkit_version']}",
+        f"  target platform: {', '.join(targets) if isinstance(targets, list) else targets}",
+        f"inputs ({len(s['inputs'])}):",
+    ]
+    if s["created_utc"]:  # older files; builds are reproducible now and record no time
+        lines.insert(3, f"  created:         {s['created_utc']}")
+    for i in s["inputs"]:
+        into = i["folded_into"]
+        into = ", ".join(into) if isinstance(into, list) else into
+        folded = f"yes, into {into}" if into else "no (applied by graph nodes)"
+        lines.append(f"  {i['name']}: deployed {_fmt_list(i['shape'])} {i['dtype'] or '?'} {i['layout'] or '?'}; "
+                     f"model-side {_fmt_list(i['model_shape'])}")
+        lines.append(f"      reorder_channel: {_fmt_reorder(i['reorder_channel'])}; mean {_fmt_list(i['mean'])}; "
+                     f"std {_fmt_list(i['std'])}; folded into the model: {folded}")
+    lines.append(f"outputs ({len(s['outputs'])}):")
+    lines += [f"  {o['name']}: {_fmt_list(o['shape'])} {o['dtype'] or '?'}" for o in s["outputs"]]
+    lines.append("build options:")
+    lines += _wrap_options(s["build"], "  ")
+    q = s["quantization"]
+    if q is None:
+        lines.append("quantization:    none (float model)")
+    else:
+        lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}, "
+                     f"weight rounding {q['weight_rounding']}; {q['quantized_tensors']} quantized tensors "
+                     f"({q['per_channel_tensors']} per-channel)")
+    src = s["source"]
+    if src:
+        digest = src.get("sha256")
+        lines.append(f"source:          {src.get('framework', '?')} {src.get('file', '?')}"
+                     + (f" (sha256 {digest[:16]}...)" if isinstance(digest, str) and digest else ""))
+    else:
+        lines.append("source:          unknown")
+    lines.append(f"payload:         ONNX model, {s['payload_bytes']:,} bytes, sha256 {s['payload_sha256'][:16]}...")
+    return "\n".join(lines)
