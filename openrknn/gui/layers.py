@@ -4,9 +4,8 @@ hybrid toggles send) and carry the layer's logical output tensor name (what accu
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,21 +72,11 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict]) -> List[dict]:
     return rows
 
 
-def accuracy_provider() -> Tuple[Optional[Callable], str]:
-    """(fn(package, inputs, output_dir) -> report, '') when the analysis bridge offers accuracy_analysis."""
-    try:
-        bridge = importlib.import_module("openrknn.analysis_bridge")
-    except ImportError as e:
-        return None, f"per-layer accuracy needs openrknn.analysis_bridge ({e})"
-    fn = getattr(bridge, "accuracy_analysis", None)
-    if fn is None:
-        return None, "openrknn.analysis_bridge has no accuracy_analysis yet"
-    return fn, ""
-
-
-def measure_accuracy(fn: Callable, package, inputs: Sequence[np.ndarray], output_dir: Path) -> List[dict]:
+def measure_accuracy(package, inputs: Sequence[np.ndarray], output_dir: Path) -> List[dict]:
     """Run the analysis on one sample; returns its per-layer rows ({name, op, entire_cos, single_cos, ...})."""
-    report = fn(package, list(inputs), str(output_dir))
+    from ..analysis_bridge import accuracy_analysis
+
+    report = accuracy_analysis(package, list(inputs), str(output_dir))
     return list((report or {}).get("layers") or [])
 
 
