@@ -38,10 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import NotSupportedError
+    from ..gui.listen import listen_socket
 
+    sock = listen_socket(args.host, args.port)  # first: a taken port fails fast, before the web stack loads
     try:
-        from ..gui.app import serve
-    except ImportError as e:
-        raise NotSupportedError(f"the GUI needs fastapi and uvicorn ({e}); install them with "
-                                "`pip install fastapi uvicorn`") from None
-    return serve(host=args.host, port=args.port, workdir=args.workdir, max_upload_mb=args.max_upload_mb)
+        try:
+            from ..gui.app import serve
+        except ImportError as e:
+            raise NotSupportedError(f"the GUI needs fastapi and uvicorn ({e}); install them with "
+                                    "`pip install fastapi uvicorn`") from None
+        return serve(host=args.host, port=args.port, workdir=args.workdir, max_upload_mb=args.max_upload_mb,
+                     sock=sock)
+    finally:
+        sock.close()

@@ -4,7 +4,9 @@ limit, and security headers (a strict content security policy) on every response
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +36,25 @@ class GuiSettings:
     max_image_bytes: int = 32 * 1024 * 1024  # inference and calibration images
 
     def allowed_hostnames(self) -> Optional[set]:
-        """Host header names accepted (DNS-rebinding guard); None when bound to every interface on request."""
+        """Host header names accepted (DNS-rebinding guard); None when bound to every interface (see host_allowed)."""
         if self.host in ("0.0.0.0", "::", ""):
             return None
         return LOOPBACK | {self.host}
+
+    def host_allowed(self, hostname: str) -> bool:
+        """Bound to one address: its name and loopback only. Bound to every interface: an IP address, loopback or
+        this machine's own name, never another domain name: a page on a domain re-pointed at this machine (DNS
+        rebinding) sends its own name as Host and is refused."""
+        allowed = self.allowed_hostnames()
+        if allowed is not None:
+            return hostname in allowed
+        try:
+            ipaddress.ip_address(hostname)
+            return True
+        except ValueError:
+            pass
+        own = {socket.gethostname().lower(), socket.getfqdn().lower()}
+        return hostname.lower() in LOOPBACK | own
 
 
 def split_host(value: str) -> Tuple[str, str]:
@@ -72,8 +89,10 @@ class GuardMiddleware:
     def refusal(self, method: str, headers: dict) -> Optional[Tuple[int, str]]:
         host = headers.get("host", "")
         hostname, _ = split_host(host)
-        allowed = self.settings.allowed_hostnames()
-        if allowed is not None and hostname not in allowed:
+        if not self.settings.host_allowed(hostname):
+            if self.settings.allowed_hostnames() is None:
+                return 421, (f"Host '{host}' is not this machine's address or name; open the GUI by this machine's "
+                             "IP address or host name")
             return 421, (f"Host '{host}' is not this GUI's address; open http://{self.settings.host}:"
                          f"{self.settings.port}/ (or start the GUI with --host to listen elsewhere)")
         if method in _UNSAFE:

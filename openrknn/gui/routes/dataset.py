@@ -28,7 +28,13 @@ async def dataset_path(ctx: Ctx, session: CurrentSession, data: JsonBody):
 @router.post("/api/dataset/upload")
 async def dataset_upload(request: Request, filename: str, ctx: Ctx, session: CurrentSession):
     name = sanitize_filename(filename, CALIB_SUFFIXES)
-    await save_stream(request.stream(), session.calib / name, ctx.settings.max_image_bytes)
+    with session.lock:
+        session.uploading += 1
+    try:
+        await save_stream(request.stream(), session.calib / name, ctx.settings.max_image_bytes)
+    finally:
+        with session.lock:
+            session.uploading -= 1
     info = await run_in_threadpool(describe_dataset, session.calib)
     with session.lock:
         session.dataset = {**info, "source": "upload"}

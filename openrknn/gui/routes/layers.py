@@ -1,4 +1,5 @@
-"""Step 6: the per-layer table of the current .rknn, and per-layer accuracy measured on the last inference image."""
+"""Step 6: the per-layer table of the current .rknn (one row per layer of the user's model, parts folded in), and
+per-layer accuracy measured on the last inference image."""
 
 from __future__ import annotations
 
@@ -8,31 +9,51 @@ from fastapi import APIRouter
 
 from ...errors import OpenRKNNError
 from ..context import Ctx, CurrentSession, GuiContext
-from ..layers import layer_rows, measure_accuracy, merge_accuracy
-from ..pipeline import hybrid_support, jsonable
+from ..layers import accuracy_summary, fold_parts, keepable_layers, layer_rows, measure_accuracy, merge_accuracy
+from ..pipeline import jsonable
 from ..sessions import RequestRefused, Session
 
 log = logging.getLogger("openrknn.gui")
 router = APIRouter()
+DEFAULT_COS_THRESHOLD = 0.98  # config(auto_hybrid_cos_thresh=...)'s default, for files that do not record theirs
+
+
+def _float_ops(float_model_bytes) -> dict:
+    import onnx
+
+    return {n.name: n.op_type for n in onnx.load_from_string(float_model_bytes).graph.node} if float_model_bytes \
+        else {}
+
+
+def _hybrid(quantized: bool, rebuildable: bool, keepable: set) -> dict:
+    """Whether the page offers keep-float marks, and why not when it does not."""
+    if not quantized:
+        return {"available": False, "reason": "the model is float: build with quantization to choose layers to keep "
+                "in higher precision"}
+    if not rebuildable:
+        return {"available": False, "reason": "this .rknn was not built here: build it from its .pt or .onnx to "
+                "choose layers to keep in float"}
+    if not keepable:
+        return {"available": False, "reason": "no layer of this model has its own quantization to drop"}
+    return {"available": True, "reason": ""}
 
 
 def layer_report(ctx: GuiContext, session: Session, measure: bool) -> dict:
     with session.lock:
         rknn, feeds = session.rknn_path(), session.last_feeds
         kept = list((session.result or {}).get("keep_float") or [])
-    hybrid = hybrid_support()
+        rebuildable = bool(session.built_with and session.result)
     if rknn is None or not rknn.is_file():
         if measure:
             raise RequestRefused(409, "build a model (or pick an .rknn file) first")
-        return {"rows": [], "model": None, "quantized": False, "kept_float": [], "hybrid": hybrid,
-                "accuracy": {"available": False, "reason": "", "measured": False}}
+        return {"rows": [], "model": None, "quantized": False, "kept_float": [],
+                "hybrid": _hybrid(False, False, set()), "cos_threshold": DEFAULT_COS_THRESHOLD,
+                "accuracy": {"available": False, "reason": "", "measured": False, "summary": None}}
     _, pkg = ctx.sims.get(session.key, rknn)
     quant = pkg.metadata.get("quantization")
-    rows = layer_rows(pkg.model_bytes, quant)
+    rows = layer_rows(pkg.model_bytes, quant, pkg.float_model_bytes)
+    keepable = keepable_layers(pkg.float_model_bytes) if quant else set()
     reason = "" if quant else "the model is float, so there is nothing to compare; build with quantization"
-    if not quant:
-        hybrid = {"available": False, "reason": "the model is float: build with quantization to choose layers "
-                  "to keep in higher precision"}
     cache_key = (rknn.name, rknn.stat().st_mtime_ns)
     if measure:
         if reason:
@@ -53,11 +74,13 @@ def layer_report(ctx: GuiContext, session: Session, measure: bool) -> dict:
         cached = session.accuracy if session.accuracy and session.accuracy[0] == cache_key else None
     if cached:
         merge_accuracy(rows, cached[1])
-    build = pkg.metadata.get("build") or {}
+    rows = fold_parts(rows, keepable, _float_ops(pkg.float_model_bytes))
+    threshold = (pkg.metadata.get("build") or {}).get("auto_hybrid_cos_thresh") or DEFAULT_COS_THRESHOLD
     return jsonable({"rows": rows, "model": rknn.name, "quantized": bool(quant), "kept_float": kept,
-                     "hybrid": hybrid, "cos_threshold": build.get("auto_hybrid_cos_thresh"),
+                     "hybrid": _hybrid(bool(quant), rebuildable, keepable), "cos_threshold": threshold,
                      "accuracy": {"available": not reason, "reason": reason, "measured": cached is not None,
-                                  "image": (feeds or {}).get("image")}})
+                                  "image": (feeds or {}).get("image"),
+                                  "summary": accuracy_summary(rows, threshold) if cached else None}})
 
 
 @router.get("/api/layers")
