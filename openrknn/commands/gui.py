@@ -22,7 +22,8 @@ def _bounded(lo: int, hi: int):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine "
-                   "only; give 0.0.0.0 only on a trusted network)")
+                   "only; give 0.0.0.0 only on a trusted network, then open the GUI by this machine's IP address or "
+                   "host name: other names are refused, against DNS rebinding)")
     p.add_argument("--port", type=_bounded(1, 65535), default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument("--workdir", default=None, help="folder for session files (uploads, built models); default: a new "
                    "temporary folder")

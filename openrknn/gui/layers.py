@@ -14,21 +14,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..quant.hybrid import layer_map, override_name
-from ..quant.plan import FUSED_ACTS
+from ..quant.plan import WEIGHTED
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _SKIP = _QDQ | {"Constant", "Identity"}
 _FUSE_DEPTH = 3  # conv -> bn -> act chains that share one quantization point
-# what a quantization point absorbs after a layer: fused activations, SiLU's gate multiply, a scalar affine
-_ABSORBED = FUSED_ACTS | {"Mul", "Add"}
 
 
 def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes: Optional[bytes] = None
                ) -> List[dict]:
     """Compute nodes in graph order. In a QDQ graph a node's output is stored at the precision of the quantization
-    point right after it (Q -> DQ keeps the float name); a node whose consumers reach that point through what the
-    point absorbs (activations) is fused into it; a node with neither runs in float (a hybrid layer, or one the
-    quantizer left alone). With the float graph, nodes it does not have get `group` (see original_layers)."""
+    point right after it (Q -> DQ keeps the float name); a node whose consumers all reach one point before the next
+    weighted layer (activations, layout ops, a concat) is fused into it; a node with neither runs in float (a
+    layer kept in float, or one the quantizer left alone). With the float graph, nodes it does not have get `group`
+    (see original_layers)."""
     import onnx
 
     model = onnx.load_from_string(model_bytes)
@@ -56,8 +55,8 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes
         if isinstance(info, dict) and info.get("kind", "activation") == "activation":
             return info.get("dtype"), None
         after = [c for c in consumers.get(node.output[0], []) if c.op_type not in _SKIP]
-        # a point past the next layer is that layer's own: a float (kept) layer is never fused into it
-        if not after or depth >= _FUSE_DEPTH or any(c.op_type not in _ABSORBED for c in after):
+        # a point past the next weighted layer is that layer's own: a float (kept) layer is not fused into it
+        if not after or depth >= _FUSE_DEPTH or any(c.op_type in WEIGHTED for c in after):
             return None, None
         found = set()
         for c in after:

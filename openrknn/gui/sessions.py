@@ -46,7 +46,8 @@ def framework_of(name: str) -> str:
 
 
 def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:
-    """The base name only, reduced to [A-Za-z0-9._-], no leading dots, at most 100 characters, suffix kept."""
+    """The base name only, reduced to [A-Za-z0-9._-], no leading or repeated dots, at most 100 characters, suffix
+    kept."""
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     stem, suffix = os.path.splitext(base.strip())
     suffix = suffix.lower()
@@ -57,7 +58,7 @@ def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:
                              f"{', '.join(allowed) or 'a name with a file type'}")
     # accents fold to ASCII (e.g. 'codé' -> 'code'); other characters become '_'
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._")
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem)).strip("._")  # no '..' at all
     if not cleaned.strip("_"):  # e.g. a name written in Chinese: keep it distinct, not empty
         cleaned = "upload-" + hashlib.sha256(stem.encode("utf-8")).hexdigest()[:10]
     return cleaned[: _MAX_NAME - len(suffix)] + suffix

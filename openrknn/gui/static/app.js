@@ -114,16 +114,15 @@ function td(text, cls) { return h("td", { class: cls, text: text === undefined ?
 
 function applyState(s) {
   ui.state = s || {};
-  if (!ui.restored) {
+  const firstLoad = !ui.restored;
+  if (firstLoad) { // the page was (re)loaded: show what the session kept
     ui.restored = true;
     if (ui.state.form) restoreForm(ui.state.form);
   }
   renderModel(ui.state.model);
   renderDataset(ui.state.dataset);
   if (ui.state.result) renderResult(ui.state.result);
-  if (ui.state.inference) {
-    renderInference(ui.state.inference);
-  }
+  if (firstLoad && ui.state.inference) renderInference(ui.state.inference);
   ui.inferred = !!ui.state.inference;
   if (ui.state.job && ui.job === null) { // a build still running when the page was reloaded: follow it again
     resetProgress();
