@@ -1,5 +1,5 @@
 """The per-layer table: one row per layer of the user's model with its stored precision, and its accuracy against
-the float reference (analysis_bridge.accuracy_analysis) once measured.
+the float reference (the package's accuracy analysis) once measured.
 
 layer_rows lists the compute nodes of the built graph; nodes the quantizer added (range split's parts and their
 concat) carry `group`, the float graph's layer they belong to, and fold_parts folds them into that layer's row

@@ -33,7 +33,7 @@ class RequestRefused(OpenRKNNError):
 
 
 def framework_of(name: str) -> str:
-    """'onnx', 'pytorch' or 'rknn' from the file name, as workflow.load_model dispatches."""
+    """'onnx', 'pytorch' or 'rknn' from the file name, as the model loaders dispatch."""
     suffix = Path(name).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
