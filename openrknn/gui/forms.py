@@ -34,7 +34,7 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
     "weight_rounding": ("Weight rounding", "auto = GPTQ: lowers each layer's output error in a second or two; "
                         "nearest = plain rounding; adaround = learned rounding, slower.", "quant"),
     "range_remap": ("Range remap", "Give the channel groups of split depthwise outputs their own levels: more "
-                    "accuracy (YOLOX-nano w8a8 cosine 0.966 -> 0.978) for a few more NPU ops (+6%).", "quant"),
+                    "accuracy for a few more NPU ops.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }
