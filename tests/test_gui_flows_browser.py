@@ -106,6 +106,8 @@ def test_reload_then_rebuild_keeps_the_int8_model_and_the_table_follows(page, tm
     assert page.locator("#layers-table tr[data-name='swap_concat'] input.keep").count() == 0
     assert page.locator("#layers-table tr[data-name='flatten'] input.keep").count() == 0
     assert page.locator("#layers-table tr[data-name='dw_mul'] input.keep").count() == 1
+    bars = page.eval_on_selector_all("#perf-chart .bar-name", "els => els.map(e => e.textContent)")
+    assert "stem_conv" in bars and not [b for b in bars if "__split" in b], bars  # slowest layers: user's names
     page.click("#layers-table tr[data-name='stem_conv'] .parts-toggle")
     parts = page.eval_on_selector_all("#layers-table tr.part-row[data-part-of='stem_conv']",
                                       "trs => trs.map(t => t.children[1].textContent)")
@@ -172,6 +174,9 @@ def test_yolox_class_names_shown(page, tmp_path):
     logged = float(re.search(r"exported tiny_yolox\.rknn \(([\d.]+) MB\)", page.inner_text("#build-log")).group(1))
     card = page.inner_text("#result-kv .kv:nth-child(3) .v")
     assert card == f"{size / 1e3:.1f} kB" and logged == round(size / 1e6, 2), (card, logged, size)
+    # the board estimate holds board figures only; this machine's process memory is a note below it
+    totals = page.inner_text("#mem-chart .chart-total")
+    assert "Total (est.)" in totals and "RSS" not in totals and "process" not in totals.lower()
     image = tmp_path / "grey.png"
     cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
     page.set_input_files("#infer-file", str(image))

@@ -613,9 +613,18 @@ function renderPerf(perf, note) {
     label: `${fmtNum(t.time_us, 1)} µs · ${(100 * t.share).toFixed(0)}%` }));
   const children = [h("div", { class: "chart-total" }, ...totals), ...bars(rows, "µs")];
   if (perf.layers && perf.layers.length) {
-    const slow = perf.layers.filter((l) => l.unit !== "free" && l.unit !== "fused")
-      .sort((a, b) => b.npu_us - a.npu_us).slice(0, 8)
-      .map((l) => ({ name: l.name, value: l.npu_us, label: `${fmtNum(l.npu_us, 1)} µs` }));
+    // in the user's layer names: the parts of a layer the quantizer split count as that layer (the layer table's
+    // folding, once it is loaded)
+    const groupOf = new Map();
+    for (const r of (ui.layers && ui.layers.rows) || []) for (const p of r.parts || []) groupOf.set(p.name, r.name);
+    const total = new Map();
+    for (const l of perf.layers) {
+      if (l.unit === "free" || l.unit === "fused") continue;
+      const name = groupOf.get(l.name) || l.name;
+      total.set(name, (total.get(name) || 0) + l.npu_us);
+    }
+    const slow = [...total].sort((a, b) => b[1] - a[1]).slice(0, 8)
+      .map(([name, us]) => ({ name, value: us, label: `${fmtNum(us, 1)} µs` }));
     if (slow.length) children.push(h("h3", { text: "Slowest layers" }), ...bars(slow, "µs"));
   }
   box.replaceChildren(...children);
@@ -641,7 +650,7 @@ function renderMemory(mem, note) {
   if (typeof chip.share_of_dram === "number") {
     totals.push(kv("Of board DRAM", `${(100 * chip.share_of_dram).toFixed(2)}%`));
   }
-  if (typeof mem.host_rss === "number") totals.push(kv("This process (RSS)", fmtBytes(mem.host_rss)));
+
   const stack = h("div", { class: "stack-bar" });
   const legend = h("div", { class: "legend" });
   for (const p of parts) {
@@ -659,6 +668,10 @@ function renderMemory(mem, note) {
   if (mem.internal && mem.internal.peak_layer) {
     children.push(h("p", { class: "hint", text: `Peak activation memory at ${mem.internal.peak_layer}; ` +
       `${mem.internal.buffers} buffers planned (${mem.internal.strategy || "greedy"}).` }));
+  }
+  if (typeof mem.host_rss === "number") { // this machine's memory, not the board's: kept apart from the NPU figures
+    children.push(h("p", { class: "hint", text: `This GUI process uses ${fmtBytes(mem.host_rss)} of this machine's ` +
+      "memory (resident set); that is not part of the board estimate above." }));
   }
   box.replaceChildren(...children);
 }
@@ -897,6 +910,7 @@ function renderLayers(r) {
     }
   }
   fillTable($("#layers-table"), trs, "Build a model to see its layers.");
+  if (ui.state.result) renderPerf(ui.state.result.perf, ui.state.result.perf_note); // slowest layers by user name
   renderSortHeaders();
   const note = $("#layers-note");
   note.classList.remove("note-error");
