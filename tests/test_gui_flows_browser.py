@@ -175,7 +175,7 @@ def test_yolox_class_names_shown(page, tmp_path):
     card = page.inner_text("#result-kv .kv:nth-child(3) .v")
     assert card == f"{size / 1e3:.1f} kB" and logged == round(size / 1e6, 2), (card, logged, size)
     # the board estimate holds board figures only; this machine's process memory is a note below it
-    totals = page.inner_text("#mem-chart .chart-total")
+    totals = page.text_content("#mem-chart .chart-total")
     assert "Total (est.)" in totals and "RSS" not in totals and "process" not in totals.lower()
     image = tmp_path / "grey.png"
     cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
