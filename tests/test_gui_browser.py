@@ -167,14 +167,16 @@ def test_bad_config_value_shows_the_validators_message(page, tmp_path):
     assert enabled == ["", "w8a8", "w8a16", "w16a16i", "float16"]
     page.wait_for_selector("#config-status[data-state=ok]:has-text('w8a8')")
 
-    # a value only the model can refute (2 means for 3 channels) fails the build with the builder's message
+    # a value only the model can refute (2 means for 3 channels) is flagged as typed, against the loaded model
     page.fill("#cfg-mean_values", "1 2")
-    page.wait_for_selector("#config-status[data-state=ok]")
-    page.click("#build-btn")
-    page.wait_for_selector("#build-error:not([hidden])")
-    assert "3 channels" in page.inner_text("#build-error")
-    assert page.inner_text("#stages li.failed") == "Build"
+    mean_error = page.locator(".field[data-key=mean_values] .field-error")
+    mean_error.wait_for(state="visible")
+    assert "3 channels" in mean_error.inner_text()
+    assert page.get_attribute("#config-status", "data-state") == "error" and page.is_disabled("#build-btn")
     screenshot(page, "bad_config_value.png")
+    page.fill("#cfg-mean_values", "1 2 3")
+    page.wait_for_selector("#config-status[data-state=ok]")
+    assert page.is_hidden(".field[data-key=mean_values] .field-error") and page.is_enabled("#build-btn")
 
 
 def test_quantized_build_with_uploaded_calibration_and_layer_accuracy(page, tmp_path):

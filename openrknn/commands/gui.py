@@ -22,7 +22,8 @@ def _bounded(lo: int, hi: int):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine "
-                   "only; give 0.0.0.0 only on a trusted network)")
+                   "only; give 0.0.0.0 only on a trusted network, then open the GUI by this machine's IP address or "
+                   "host name: other names are refused, against DNS rebinding)")
     p.add_argument("--port", type=_bounded(1, 65535), default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument("--workdir", default=None, help="folder for session files (uploads, built models); default: a new "
                    "temporary folder")
@@ -38,10 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import NotSupportedError
+    from ..gui.listen import listen_socket
 
+    sock = listen_socket(args.host, args.port)  # first: a taken port fails fast, before the web stack loads
     try:
-        from ..gui.app import serve
-    except ImportError as e:
-        raise NotSupportedError(f"the GUI needs fastapi and uvicorn ({e}); install them with "
-                                "`pip install fastapi uvicorn`") from None
-    return serve(host=args.host, port=args.port, workdir=args.workdir, max_upload_mb=args.max_upload_mb)
+        try:
+            from ..gui.app import serve
+        except ImportError as e:
+            raise NotSupportedError(f"the GUI needs fastapi and uvicorn ({e}); install them with "
+                                    "`pip install fastapi uvicorn`") from None
+        return serve(host=args.host, port=args.port, workdir=args.workdir, max_upload_mb=args.max_upload_mb,
+                     sock=sock)
+    finally:
+        sock.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..commands.gui import add_arguments, run
+from ..errors import OpenRKNNError
 
 
 def main(argv=None) -> int:
@@ -21,7 +22,11 @@ def main(argv=None) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
-    return run(args)
+    try:
+        return run(args)
+    except OpenRKNNError as e:  # as `openrknn gui` reports it: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

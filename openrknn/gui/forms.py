@@ -34,7 +34,7 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
     "weight_rounding": ("Weight rounding", "auto = GPTQ: lowers each layer's output error in a second or two; "
                         "nearest = plain rounding; adaround = learned rounding, slower.", "quant"),
     "range_remap": ("Range remap", "Give the channel groups of split depthwise outputs their own levels: more "
-                    "accuracy (YOLOX-nano w8a8 cosine 0.966 -> 0.978) for a few more NPU ops (+6%).", "quant"),
+                    "accuracy for a few more NPU ops.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }
@@ -158,3 +158,70 @@ def validate_form(form: Mapping[str, Any]) -> dict:
     except ConfigError as e:
         return {"ok": False, "key": e.key, "value": repr(e.value), "message": str(e)}
     return {"ok": True, "config": cfg.to_dict(), "kwargs": kwargs}
+
+
+def _input_channels(model: Mapping[str, Any], sizes: Optional[List[List[int]]]) -> Optional[List[Optional[int]]]:
+    """Channel count per model input where mean/std/reorder apply (None for a non-image input), from the input
+    sizes the user typed when given, else from the shapes the file records; None when they are not known yet."""
+    if sizes is not None:  # C,H,W or N,C,H,W per input; TorchScript inputs are float images when 3-D or 4-D
+        recorded = model.get("inputs") or []
+        return [s[-3] if len(s) in (3, 4) and (i >= len(recorded) or recorded[i].get("image", True)) else None
+                for i, s in enumerate(sizes)]
+    inputs = model.get("inputs")
+    if not inputs:
+        return None
+    channels: List[Optional[int]] = []
+    for inp in inputs:
+        if not inp.get("image"):
+            channels.append(None)
+            continue
+        c = (inp.get("shape") or [None, None])[1]
+        if not (isinstance(c, int) and c > 0):
+            return None  # a dynamic channel count: the build decides
+        channels.append(c)
+    return channels
+
+
+def check_against_model(form_result: dict, model: Optional[Mapping[str, Any]], input_size: Any) -> dict:
+    """validate_form's result, refined against the loaded model: the input sizes the user typed, and mean/std/reorder
+    channel counts (BuildConfig.check_channels, the check the build runs). Same shape as validate_form's result,
+    with key 'input_size_list' for the input size field."""
+    if not form_result.get("ok") or not model or model.get("framework") == "rknn":
+        return form_result
+    from .pipeline import parse_input_size
+
+    def refused(key: str, value: Any, message: str) -> dict:
+        return {"ok": False, "key": key, "value": repr(value), "message": message}
+
+    try:
+        sizes = parse_input_size(input_size)
+    except ConfigError as e:
+        return refused(e.key, e.value, str(e))
+    recorded = model.get("inputs") or []
+    if sizes is None and model.get("needs_input_size"):
+        what = "TorchScript files record no input shapes" if model.get("framework") == "pytorch" else \
+            "the model's input shapes are not fixed"
+        return refused("input_size_list", "", f"{what}: give the input size, C,H,W per input (e.g. 3,224,224), "
+                       "'#' between inputs")
+    if sizes is not None:
+        if any(d <= 0 for s in sizes for d in s):
+            return refused("input_size_list", input_size, f"input size {input_size!r} has a 0; every dimension must "
+                           "be a positive integer")
+        if recorded and len(sizes) != len(recorded):
+            return refused("input_size_list", input_size, f"the model has {len(recorded)} input(s) but "
+                           f"{len(sizes)} size(s) were given; give one C,H,W per input, '#' between inputs")
+    channels = _input_channels(model, sizes)
+    if channels is None:
+        return form_result
+    cfg = make_config(**form_result["kwargs"])
+    if all(c is None for c in channels):
+        for key in ("mean_values", "std_values", "reorder_channel"):
+            if getattr(cfg, key) is not None:
+                return refused(key, getattr(cfg, key), f"{key}: the model has no image input (4-D float), so "
+                               "mean/std/reorder cannot apply; leave them empty")
+        return form_result
+    try:
+        cfg.check_channels([c if c is not None else 1 for c in channels])
+    except ConfigError as e:
+        return refused(e.key, e.value, str(e))
+    return form_result

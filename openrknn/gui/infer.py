@@ -122,6 +122,7 @@ def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions) ->
                     else "rgb", "resize": resize, "input_shape": list(feed.shape), "yolox": yolox, "detections": None}
     drawn = None
     if yolox:
+        from ..vision.detector import default_class_names
         from ..vision.draw import class_colors, draw_detections
         from ..vision.yolox.decode import postprocess_yolox
 
@@ -133,7 +134,9 @@ def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions) ->
             sy, sx = image_bgr.shape[0] / h, image_bgr.shape[1] / w
             boxes = dets.boxes * np.array([sx, sy, sx, sy], np.float32)
             dets = type(dets)(boxes, dets.scores, dets.class_ids)
-        names_list = opts.class_names or None
+        # no names given: the CLI's defaults (COCO for 80 classes), so both label the same model alike
+        names_list = opts.class_names or default_class_names(yolox["num_classes"])
+        report["class_names"] = "given" if opts.class_names else ("COCO" if yolox["num_classes"] == 80 else "default")
         drawn = draw_detections(image_bgr, dets, class_names=names_list)
         # the palette draw_detections uses for this many classes, so the table's swatches match the boxes
         palette = class_colors(int(dets.class_ids.max()) + 1 if len(dets) else 1)

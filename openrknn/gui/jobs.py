@@ -33,9 +33,11 @@ class Job:
     result: Optional[dict] = None
     error: Optional[str] = None
     started: float = field(default_factory=time.time)
+    redact: Callable[[str], str] = field(default=lambda text: text, repr=False)  # keeps server paths off the page
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def emit(self, kind: str, **data: Any) -> None:
+        data = _redact_strings(data, self.redact)
         with self._lock:
             event = {"id": len(self.events), "type": kind, "t": round(time.time() - self.started, 3), **data}
             self.events.append(event)
@@ -54,6 +56,16 @@ class Job:
         with self._lock:
             return {"id": self.id, "title": self.title, "state": self.state, "stages": self.stages,
                     "events": len(self.events), "result": self.result, "error": self.error}
+
+
+def _redact_strings(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_strings(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_strings(v, redact) for v in value]
+    return value
 
 
 class _ThreadLogHandler(logging.Handler):
@@ -102,9 +114,18 @@ class JobRunner:
         with self._lock:
             return any(j.state not in TERMINAL for j in self._jobs.values())
 
+    def active_job(self, session_key: str) -> Optional[str]:
+        """The id of this session's queued or running job, if any (a reloaded page follows it again)."""
+        with self._lock:
+            return next((j.id for j in self._jobs.values() if j.session_key == session_key
+                         and j.state not in TERMINAL), None)
+
     def submit(self, session_key: str, title: str, stages: List[str], fn: Callable[[Job], dict],
-               on_done: Optional[Callable[[Job], None]] = None) -> Job:
+               on_done: Optional[Callable[[Job], None]] = None,
+               redact: Optional[Callable[[str], str]] = None) -> Job:
         job = Job(id=secrets.token_hex(8), session_key=session_key, title=title, stages=list(stages))
+        if redact is not None:
+            job.redact = redact
         with self._lock:
             self._jobs[job.id] = job
         job.emit("queued", title=title)
@@ -124,14 +145,14 @@ class JobRunner:
         job.emit("state", state="running")
         watcher.start()
         try:
-            job.result = fn(job)
+            job.result = _redact_strings(fn(job), job.redact)
             job.state = "done"
         except OpenRKNNError as e:
-            job.error, job.state = str(e), "failed"
+            job.error, job.state = job.redact(str(e)), "failed"
         except FileNotFoundError as e:
-            job.error, job.state = f"file not found: {e.filename or e}", "failed"
+            job.error, job.state = job.redact(f"file not found: {e.filename or e}"), "failed"
         except Exception as e:  # a bug or a missing piece of the backend: say which, keep the trace in the log
-            job.error, job.state = f"{type(e).__name__}: {e}", "failed"
+            job.error, job.state = job.redact(f"{type(e).__name__}: {e}"), "failed"
             log.debug("job %s failed:\n%s", job.id, traceback.format_exc())
         finally:
             stop.set()

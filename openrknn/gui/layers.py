@@ -1,24 +1,33 @@
-"""The per-layer table: one row per compute node of the built graph with its stored precision, and its accuracy
-against the float reference (package_reports.accuracy_analysis) once measured. Rows are keyed by node name (what
-hybrid toggles send) and carry the layer's logical output tensor name (what accuracy rows are keyed by)."""
+"""The per-layer table: one row per layer of the user's model with its stored precision, and its accuracy against
+the float reference (the package's accuracy analysis) once measured.
+
+layer_rows lists the compute nodes of the built graph; nodes the quantizer added (range split's parts and their
+concat) carry `group`, the float graph's layer they belong to, and fold_parts folds them into that layer's row
+(its `parts`, expandable on the page). Rows are keyed by node name (what keep-float marks send) and carry the
+layer's logical output tensor name (what accuracy rows are keyed by)."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..quant.hybrid import layer_map, override_name
+from ..quant.plan import WEIGHTED
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _SKIP = _QDQ | {"Constant", "Identity"}
 _FUSE_DEPTH = 3  # conv -> bn -> act chains that share one quantization point
 
 
-def layer_rows(model_bytes: bytes, quant_meta: Optional[dict]) -> List[dict]:
+def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes: Optional[bytes] = None
+               ) -> List[dict]:
     """Compute nodes in graph order. In a QDQ graph a node's output is stored at the precision of the quantization
-    point right after it (Q -> DQ keeps the float name); a node whose single consumer chain reaches that point is
-    fused into it; a node with neither runs in float (a hybrid layer, or one the quantizer left alone)."""
+    point right after it (Q -> DQ keeps the float name); a node whose consumers all reach one point before the next
+    weighted layer (activations, layout ops, a concat) is fused into it; a node with neither runs in float (a
+    layer kept in float, or one the quantizer left alone). With the float graph, nodes it does not have get `group`
+    (see original_layers)."""
     import onnx
 
     model = onnx.load_from_string(model_bytes)
@@ -46,7 +55,8 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict]) -> List[dict]:
         if isinstance(info, dict) and info.get("kind", "activation") == "activation":
             return info.get("dtype"), None
         after = [c for c in consumers.get(node.output[0], []) if c.op_type not in _SKIP]
-        if not after or depth >= _FUSE_DEPTH:
+        # a point past the next weighted layer is that layer's own: a float (kept) layer is not fused into it
+        if not after or depth >= _FUSE_DEPTH or any(c.op_type in WEIGHTED for c in after):
             return None, None
         found = set()
         for c in after:
@@ -69,25 +79,107 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict]) -> List[dict]:
         rows.append({"index": i, "name": node.name or f"{node.op_type}_{i}", "op_type": node.op_type,
                      "tensor": logical(node.output[0]) if node.output else "", "precision": precision,
                      "quantized": bool(dtype), "fused_into": fused_into, "cosine": None, "cosine_single": None,
-                     "euclidean": None})
+                     "euclidean": None, "group": None})
+    if float_model_bytes:
+        groups = original_layers(rows, onnx.load_from_string(float_model_bytes))
+        for row in rows:
+            row["group"] = groups.get(row["name"])
     return rows
 
 
-def accuracy_provider() -> Tuple[Optional[Callable], str]:
-    """(fn(package, inputs, output_dir) -> report, '') when the analysis bridge offers accuracy_analysis."""
-    try:
-        bridge = importlib.import_module("openrknn.analysis.package_reports")
-    except ImportError as e:
-        return None, f"per-layer accuracy needs openrknn.analysis.package_reports ({e})"
-    fn = getattr(bridge, "accuracy_analysis", None)
-    if fn is None:
-        return None, "openrknn.analysis.package_reports has no accuracy_analysis yet"
-    return fn, ""
+def original_layers(rows: Sequence[dict], float_model) -> Dict[str, str]:
+    """Built-graph node name -> the float graph's layer it is part of, for the nodes the float graph does not have:
+    a range-split part ('conv__split0') belongs to the layer it was cut from, a node the quantizer added to join
+    parts ('t_split_concat') to the layer whose output it rebuilds. The float graph's names are the user's."""
+    float_names = {n.name for n in float_model.graph.node}
+    producer = {t: n.name for n in float_model.graph.node for t in n.output}
+    out = {}
+    for row in rows:
+        name = row["name"]
+        if name in float_names:
+            continue
+        owner = override_name(name)
+        if owner not in float_names:
+            owner = producer.get(row["tensor"])
+        if owner:
+            out[name] = owner
+    return out
 
 
-def measure_accuracy(fn: Callable, package, inputs: Sequence[np.ndarray], output_dir: Path) -> List[dict]:
+def keepable_layers(float_model_bytes: Optional[bytes]) -> set:
+    """Float-graph layers that can be kept in float: those the quantizer has a point or a weight for (the check a
+    keep-float build makes)."""
+    if not float_model_bytes:
+        return set()
+    import onnx
+
+    return set(layer_map(onnx.load_from_string(float_model_bytes)))
+
+
+def fold_parts(rows: Sequence[dict], keepable: set, float_ops: Optional[Dict[str, str]] = None) -> List[dict]:
+    """One row per layer of the user's model: rows sharing a `group` become that layer's row, with the parts
+    listed under `parts`; its precision is the parts' ('mixed' when they differ), its accuracy the measured part's
+    (or, for a layer fused into the next, that layer's). Every row says whether it can be kept in float."""
+    order: List[str] = []
+    members: Dict[str, List[dict]] = {}
+    for r in rows:
+        key = r.get("group") or r["name"]
+        if key not in members:
+            order.append(key)
+            members[key] = []
+        members[key].append(r)
+    group_of = {r["name"]: r.get("group") or r["name"] for r in rows}
+    out: List[dict] = []
+    for key in order:
+        parts = members[key]
+        if len(parts) == 1 and not parts[0].get("group"):
+            row = dict(parts[0], parts=[])
+            row["fused_into"] = group_of.get(row["fused_into"], row["fused_into"])
+        else:
+            measured = next((p for p in parts if p["cosine"] is not None), None)
+            own = next((p for p in parts if not p["name"].startswith(key + "__")), parts[0])
+            precisions = {p["precision"] for p in parts}
+            fused = {group_of.get(p["fused_into"], p["fused_into"]) for p in parts}
+            row = {"index": parts[0]["index"], "name": key, "op_type": (float_ops or {}).get(key, own["op_type"]),
+                   "tensor": (measured or own)["tensor"],
+                   "precision": precisions.pop() if len(precisions) == 1 else "mixed",
+                   "quantized": any(p["quantized"] for p in parts),
+                   "fused_into": fused.pop() if len(fused) == 1 and None not in fused else None,
+                   "cosine": None, "cosine_single": None, "euclidean": None, "group": None,
+                   "parts": [{k: p[k] for k in ("name", "op_type", "precision", "quantized", "fused_into")}
+                             for p in parts]}
+            if measured is not None:
+                row.update({k: measured[k] for k in ("cosine", "cosine_single", "euclidean")})
+        row["keepable"] = key in keepable
+        out.append(row)
+    by_name = {r["name"]: r for r in out}
+    for row in out:  # a layer fused into the next shows that layer's accuracy, as merge_accuracy does for nodes
+        target = by_name.get(row["fused_into"])
+        if row["cosine"] is None and target is not None and target["cosine"] is not None:
+            row.update({k: target[k] for k in ("cosine", "cosine_single", "euclidean")})
+    return out
+
+
+def accuracy_summary(rows: Sequence[dict], threshold: float) -> dict:
+    """How many layers fall below the threshold end to end and on their own, and the worst of each."""
+    def below(key: str) -> List[dict]:
+        return sorted((r for r in rows if r.get(key) is not None and r[key] < threshold), key=lambda r: r[key])
+
+    def worst(key: str) -> Optional[dict]:
+        scored = [r for r in rows if r.get(key) is not None]
+        best = min(scored, key=lambda r: r[key]) if scored else None
+        return {"name": best["name"], "cosine": best[key]} if best else None
+
+    return {"threshold": threshold, "below_end_to_end": len(below("cosine")),
+            "below_alone": len(below("cosine_single")), "worst_end_to_end": worst("cosine"),
+            "worst_alone": worst("cosine_single")}
+
+
+def measure_accuracy(package, inputs: Sequence[np.ndarray], output_dir: Path) -> List[dict]:
     """Run the analysis on one sample; returns its per-layer rows ({name, op, entire_cos, single_cos, ...})."""
-    report = fn(package, list(inputs), str(output_dir))
+    from ..analysis.package_reports import accuracy_analysis
+
+    report = accuracy_analysis(package, list(inputs), str(output_dir))
     return list((report or {}).get("layers") or [])
 
 

@@ -33,20 +33,20 @@ class RequestRefused(OpenRKNNError):
 
 
 def framework_of(name: str) -> str:
-    """'onnx', 'pytorch' or 'rknn' from the file name, as workflow.load_model dispatches."""
-    suffix = Path(name).suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".rknn":
-        return "rknn"
-    if suffix in (".pt", ".pth", ".torchscript", ".jit"):
-        return "pytorch"
-    raise RequestRefused(400, f"'{name}': unknown model type '{suffix}'; pick a TorchScript .pt, an .onnx or an "
-                         ".rknn file")
+    """'onnx', 'pytorch' or 'rknn' from the file name, as the conversion core's loaders dispatch."""
+    from ..convert.loaders import model_kind
+    from ..errors import ModelLoadError
+
+    try:
+        return model_kind(name)
+    except ModelLoadError:
+        raise RequestRefused(400, f"'{Path(name).name}': unknown model type '{Path(name).suffix.lower()}'; pick a "
+                             "TorchScript .pt, an .onnx or an .rknn file") from None
 
 
 def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:
-    """The base name only, reduced to [A-Za-z0-9._-], no leading dots, at most 100 characters, suffix kept."""
+    """The base name only, reduced to [A-Za-z0-9._-], no leading or repeated dots, at most 100 characters, suffix
+    kept."""
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     stem, suffix = os.path.splitext(base.strip())
     suffix = suffix.lower()
@@ -57,7 +57,7 @@ def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:
                              f"{', '.join(allowed) or 'a name with a file type'}")
     # accents fold to ASCII (e.g. 'codé' -> 'code'); other characters become '_'
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._")
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem)).strip("._")  # no '..' at all
     if not cleaned.strip("_"):  # e.g. a name written in Chinese: keep it distinct, not empty
         cleaned = "upload-" + hashlib.sha256(stem.encode("utf-8")).hexdigest()[:10]
     return cleaned[: _MAX_NAME - len(suffix)] + suffix
@@ -75,8 +75,10 @@ def contained_path(root: Path, name: str) -> Path:
     return candidate
 
 
-async def save_stream(chunks: AsyncIterator[bytes], dest: Path, limit: int) -> int:
-    """Stream request body chunks to dest atomically; stop and delete at `limit` bytes (HTTP 413)."""
+async def save_stream(chunks: AsyncIterator[bytes], dest: Path, limit: int, name: Optional[str] = None) -> int:
+    """Stream request body chunks to dest atomically; stop and delete at `limit` bytes (HTTP 413). Messages name
+    the file as `name` (default: dest's name)."""
+    name = name or dest.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=str(dest.parent))
     size = 0
@@ -85,12 +87,12 @@ async def save_stream(chunks: AsyncIterator[bytes], dest: Path, limit: int) -> i
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
-                    raise RequestRefused(413, f"upload of '{dest.name}' is over the {limit / 1e6:.0f} MB limit; give "
+                    raise RequestRefused(413, f"upload of '{name}' is over the {limit / 1e6:.0f} MB limit; give "
                                          "a path on this machine instead, or restart the GUI with a larger "
                                          "--max-upload-mb")
                 f.write(chunk)
         if size == 0:
-            raise RequestRefused(400, f"upload of '{dest.name}' is empty")
+            raise RequestRefused(400, f"upload of '{name}' is empty")
         os.replace(tmp, dest)
     except BaseException:
         try:
@@ -114,6 +116,10 @@ class Session:
     result: Optional[dict] = None  # the last build's result
     last_feeds: Optional[dict] = None  # {"inputs": arrays fed, "image": name} of the last inference
     accuracy: Optional[tuple] = None  # ((rknn name, mtime), per-layer rows) of the last accuracy analysis
+    form: Optional[dict] = None  # the page's form as last saved (config, toggles, names): restored on reload
+    built_with: Optional[dict] = None  # the settings the current .rknn was built with: what a rebuild reuses
+    inference: Optional[dict] = None  # the last inference report, shown again after a reload
+    uploading: int = 0  # calibration uploads still streaming: a build now would miss them
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def _folder(self, name: str) -> Path:
@@ -136,6 +142,37 @@ class Session:
 
     def rknn_path(self) -> Optional[Path]:
         return self.outputs / self.rknn if self.rknn else None
+
+    def redact(self, text: str) -> str:
+        """text with this session's folders replaced by what the user knows them as: an uploaded or built file by
+        its name, the folder itself by a description. The page never learns where the session lives."""
+        return redact_folder(text, self.root, {"uploads": "", "outputs": "", "calibration": "uploaded images"})
+
+
+def redact_folder(text: str, root: Path, subfolders: Dict[str, str]) -> str:
+    """Replace root/<sub>/ by subfolders[sub] (a file inside reads as its name), root/<sub> by '(<label>)' and any
+    other mention of root by '(session folder)'; both the given and the resolved spelling of root."""
+    if not isinstance(text, str):
+        return text
+    for base in dict.fromkeys((str(root), str(Path(root).resolve()))):
+        if base not in text:
+            continue
+        for sub, label in subfolders.items():
+            text = text.replace(f"{base}{os.sep}{sub}{os.sep}", "")
+            text = text.replace(f"{base}{os.sep}{sub}", f"({label or sub})")
+        text = text.replace(base, "(session folder)")
+    return text
+
+
+def redact_json(value, redact):
+    """Apply redact to every string in a JSON-like value."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_json(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_json(v, redact) for v in value]
+    return value
 
 
 class SessionStore:

@@ -13,6 +13,12 @@ const ui = {
   job: null,
   inferred: false,
   layers: null,
+  marks: null, // layers marked to keep in float (a Set), kept across sorting and filtering
+  layerSort: null, // {key, dir}; null = graph order until accuracy is measured, then worst cosine first
+  expanded: new Set(), // layers whose parts are shown
+  uploading: 0, // calibration uploads in flight: Build waits for them
+  formTimer: null,
+  restored: false,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -61,12 +67,22 @@ function showMsg(el, text, isError) {
   el.classList.toggle("msg-error", !!isError);
 }
 
+// Decimal units (1 MB = 10^6 bytes), the convention of the build log and the command line, so one file shows one
+// figure everywhere.
 function fmtBytes(n) {
   if (n === null || n === undefined) return "—";
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(2)} MB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+  if (n < 1e3) return `${n} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(2)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
+}
+
+// Long identifiers (asymmetric_quantized-u8) may wrap only after '_' or '-', never mid-word.
+function breakable(text) {
+  const parts = String(text).split(/(?<=[_\-])/);
+  const out = [];
+  parts.forEach((p, i) => { if (i) out.push(h("wbr")); out.push(p); });
+  return out;
 }
 
 function fmtNum(v, digits = 4) {
@@ -98,10 +114,70 @@ function td(text, cls) { return h("td", { class: cls, text: text === undefined ?
 
 function applyState(s) {
   ui.state = s || {};
+  const firstLoad = !ui.restored;
+  if (firstLoad) { // the page was (re)loaded: show what the session kept
+    ui.restored = true;
+    if (ui.state.form) restoreForm(ui.state.form);
+  }
   renderModel(ui.state.model);
   renderDataset(ui.state.dataset);
   if (ui.state.result) renderResult(ui.state.result);
+  if (firstLoad && ui.state.inference) renderInference(ui.state.inference);
+  ui.inferred = !!ui.state.inference;
+  if (ui.state.job && ui.job === null) { // a build still running when the page was reloaded: follow it again
+    resetProgress();
+    followJob(ui.state.job);
+  }
   updateControls();
+}
+
+// ---------------------------------------------------------------- the form, kept by the server
+
+function collectForm() {
+  const out = $("#output-name");
+  return {
+    config: collectConfig(),
+    do_quantization: $("#do-quantization").checked,
+    input_size: $("#input-size").value,
+    rknn_batch_size: $("#rknn-batch").value,
+    output_name: out.value,
+    output_auto: out.dataset.auto === "1",
+    infer: { feed_order: $("#infer-feed").value, resize: $("#infer-resize").value, score_thr: $("#infer-score").value,
+      nms_thr: $("#infer-nms").value, class_names: $("#infer-names").value },
+  };
+}
+
+function restoreForm(f) {
+  for (const [key, value] of Object.entries(f.config || {})) {
+    const input = $(`#config-form [name="${CSS.escape(key)}"]`);
+    if (!input) continue;
+    if (input.type === "checkbox") input.checked = !!value;
+    else input.value = value === null || value === undefined ? "" : String(value);
+  }
+  filterDtypes();
+  if (f.config && f.config.quantized_dtype !== undefined) $("#cfg-quantized_dtype").value = f.config.quantized_dtype;
+  $("#do-quantization").checked = !!f.do_quantization;
+  syncQuantSection();
+  $("#input-size").value = f.input_size || "";
+  $("#rknn-batch").value = f.rknn_batch_size || "";
+  const out = $("#output-name");
+  out.value = f.output_name || "";
+  out.dataset.auto = f.output_auto === false ? "0" : "1";
+  const inf = f.infer || {};
+  for (const [id, key] of [["#infer-feed", "feed_order"], ["#infer-resize", "resize"], ["#infer-score", "score_thr"],
+    ["#infer-nms", "nms_thr"], ["#infer-names", "class_names"]]) {
+    if (inf[key] !== undefined && inf[key] !== null) $(id).value = inf[key];
+  }
+}
+
+function saveFormSoon() {
+  clearTimeout(ui.formTimer);
+  ui.formTimer = setTimeout(saveForm, 250);
+}
+
+async function saveForm() {
+  clearTimeout(ui.formTimer);
+  try { await api("POST", "/api/form", { form: collectForm() }); } catch (e) { console.warn("form not saved", e); }
 }
 
 async function refreshState() {
@@ -113,11 +189,12 @@ function updateControls() {
   const m = s.model;
   const isRknn = m && m.framework === "rknn";
   const building = ui.job !== null;
+  const uploading = ui.uploading > 0 || s.uploading > 0;
   const build = $("#build-btn");
-  build.disabled = !m || isRknn || !ui.configOk || building;
+  build.disabled = !m || isRknn || !ui.configOk || building || uploading;
   build.textContent = building ? "Building…" : "Build";
   build.title = !m ? "Pick a model first" : isRknn ? "An .rknn model is already built" :
-    !ui.configOk ? "Fix the configuration first" : "";
+    !ui.configOk ? "Fix the configuration first" : uploading ? "Calibration images are still uploading" : "";
   $("#infer-btn").disabled = !s.rknn || !$("#infer-file").files.length;
   const status = $("#top-status");
   status.replaceChildren();
@@ -134,6 +211,8 @@ function updateControls() {
   setStep("inference", ui.inferred ? "done" : "");
   setStep("layers", ui.layers && ui.layers.rows && ui.layers.rows.length ? "done" : "");
   setStep("perf", s.result && (s.result.perf || s.result.memory) ? "done" : "");
+  if (ui.layers) updateHybridButton();
+  $("#accuracy-btn").disabled = !(ui.layers && ui.layers.accuracy && ui.layers.accuracy.available && ui.inferred);
 }
 
 function setStep(name, mode) {
@@ -171,35 +250,35 @@ function renderModel(m) {
   }
 }
 
-async function pickModelFile(file) {
-  if (!file) return;
-  showMsg($("#model-msg"), `Uploading ${file.name} (${fmtBytes(file.size)})…`);
+async function pickModel(request, busyText) {
+  showMsg($("#model-msg"), busyText);
+  let s;
   try {
-    const s = await api("POST", `/api/model/upload?filename=${encodeURIComponent(file.name)}`, undefined, file);
-    $("#output-name").dataset.auto = "1";
-    $("#output-name").value = "";
-    clearResult();
-    applyState(s);
-    if (s.model.framework !== "rknn") showMsg($("#model-msg"), "");
-    if (s.model.framework === "rknn") afterRknnReady();
+    s = await request();
   } catch (e) {
     showMsg($("#model-msg"), e.message, true);
+    return;
   }
+  $("#output-name").dataset.auto = "1";
+  $("#output-name").value = "";
+  clearResult();
+  clearInference();
+  applyState(s);
+  if (s.model.framework !== "rknn") showMsg($("#model-msg"), "");
+  if (s.model.framework === "rknn") afterRknnReady();
+  else loadLayers(false);
+  validateConfig(); // the checks against the model (channel counts, input sizes) change with it
+  saveFormSoon();
 }
 
-async function pickModelPath(path) {
-  showMsg($("#model-msg"), `Opening ${path}…`);
-  try {
-    const s = await api("POST", "/api/model/path", { path });
-    $("#output-name").dataset.auto = "1";
-    $("#output-name").value = "";
-    clearResult();
-    applyState(s);
-    if (s.model.framework !== "rknn") showMsg($("#model-msg"), "");
-    if (s.model.framework === "rknn") afterRknnReady();
-  } catch (e) {
-    showMsg($("#model-msg"), e.message, true);
-  }
+function pickModelFile(file) {
+  if (!file) return;
+  pickModel(() => api("POST", `/api/model/upload?filename=${encodeURIComponent(file.name)}`, undefined, file),
+    `Uploading ${file.name} (${fmtBytes(file.size)})…`);
+}
+
+function pickModelPath(path) {
+  pickModel(() => api("POST", "/api/model/path", { path }), `Opening ${path}…`);
 }
 
 function afterRknnReady() {
@@ -239,7 +318,7 @@ function filterDtypes() {
 }
 
 function clearFieldErrors() {
-  for (const f of $$("#config-form .field.invalid")) {
+  for (const f of $$(".field.invalid[data-key]")) {
     f.classList.remove("invalid");
     $(".field-error", f).hidden = true;
   }
@@ -247,7 +326,7 @@ function clearFieldErrors() {
 
 function markFieldError(key, message) {
   clearFieldErrors();
-  const field = $(`#config-form .field[data-key="${key}"]`);
+  const field = $(`.field[data-key="${CSS.escape(key || "")}"]`);
   if (!field) return false;
   field.classList.add("invalid");
   const p = $(".field-error", field);
@@ -265,7 +344,7 @@ async function validateConfig() {
   const seq = ++ui.validateSeq;
   const status = $("#config-status");
   try {
-    const r = await api("POST", "/api/validate", { config: collectConfig() });
+    const r = await api("POST", "/api/validate", { config: collectConfig(), input_size: $("#input-size").value });
     if (seq !== ui.validateSeq) return;
     if (r.ok) {
       ui.configOk = true;
@@ -313,6 +392,7 @@ async function pickDatasetPath(path) {
     applyState(await api("POST", "/api/dataset/path", { path }));
     $("#do-quantization").checked = true;
     syncQuantSection();
+    saveFormSoon();
     showMsg($("#dataset-msg"), "");
   } catch (e) {
     showMsg($("#dataset-msg"), e.message, true);
@@ -321,18 +401,27 @@ async function pickDatasetPath(path) {
 
 async function uploadDataset(files) {
   let done = 0;
+  ui.uploading += files.length; // Build stays disabled until every file is in
+  updateControls();
   try {
     for (const f of files) {
       showMsg($("#dataset-msg"), `Uploading ${f.name} (${done + 1}/${files.length})…`);
-      applyState(await api("POST", `/api/dataset/upload?filename=${encodeURIComponent(f.name)}`, undefined, f));
+      try {
+        applyState(await api("POST", `/api/dataset/upload?filename=${encodeURIComponent(f.name)}`, undefined, f));
+      } finally {
+        ui.uploading -= 1;
+      }
       done += 1;
     }
     $("#do-quantization").checked = true;
     syncQuantSection();
+    saveFormSoon();
     showMsg($("#dataset-msg"), `${done} image${done === 1 ? "" : "s"} uploaded.`);
   } catch (e) {
+    ui.uploading -= files.length - done - 1; // the files after the failed one are not sent
     showMsg($("#dataset-msg"), e.message, true);
   }
+  updateControls();
 }
 
 // ---------------------------------------------------------------- build
@@ -380,22 +469,25 @@ function appendLog(e) {
   if (stick) log.scrollTop = log.scrollHeight;
 }
 
-async function startBuild(keepFloat) {
-  const m = ui.state.model;
-  if (!m) return;
+function startBuild() {
+  const f = collectForm();
+  saveForm();
+  submitJob("/api/build", { config: f.config, input_size: f.input_size, do_quantization: f.do_quantization,
+    rknn_batch_size: f.rknn_batch_size, output_name: f.output_name, keep_float: [] });
+}
+
+// The rebuild reuses the settings the current model was built with (the server keeps them), not the form.
+function startRebuild(keepFloat) {
+  submitJob("/api/rebuild", { keep_float: keepFloat });
+}
+
+async function submitJob(url, body) {
+  if (!ui.state.model) return;
   resetProgress();
   clearResult();
-  const body = {
-    config: collectConfig(),
-    input_size: $("#input-size").value,
-    do_quantization: $("#do-quantization").checked,
-    rknn_batch_size: $("#rknn-batch").value,
-    output_name: $("#output-name").value,
-    keep_float: keepFloat || [],
-  };
   let r;
   try {
-    r = await api("POST", "/api/build", body);
+    r = await api("POST", url, body);
   } catch (e) {
     $("#build-progress").hidden = true;
     if (e.data && e.data.key && markFieldError(e.data.key, e.message)) {
@@ -435,6 +527,8 @@ function followJob(jobId) {
     fill.classList.add("done");
     $("#progress-text").textContent = `Done · ${d.result.rknn}`;
     renderResult(d.result);
+    clearInference(); // it showed the previous model's outputs
+    ui.layerSort = null;
   });
   es.addEventListener("state", (ev) => {
     const d = data(ev);
@@ -453,7 +547,7 @@ function clearResult() {
   renderMemory(null, "Build a model to see its memory plan.");
 }
 
-function kv(k, v) { return h("div", { class: "kv" }, h("div", { class: "k", text: k }), h("div", { class: "v", text: v })); }
+function kv(k, v) { return h("div", { class: "kv" }, h("div", { class: "k", text: k }), h("div", { class: "v" }, v)); }
 
 function renderResult(r) {
   if (!r || !r.summary) return;
@@ -465,11 +559,11 @@ function renderResult(r) {
   link.setAttribute("download", r.rknn);
   const q = s.quantization;
   const precision = q ? `${q.dtype} · ${q.algorithm} · per-${q.method}` : "float (fp16 on the NPU)";
-  $("#result-meta").textContent = `${(s.target_platform || []).join(", ")} · ${precision} · created ${s.created_utc || ""}`;
+  $("#result-meta").textContent = `${(s.target_platform || []).join(", ")} · ${precision}${s.created_utc ? ` · created ${s.created_utc}` : ""}`;
   const t = r.timings || {};
   const kvs = [
     kv("Target", (s.target_platform || []).join(", ")),
-    kv("Precision", q ? q.dtype : "float"),
+    kv("Precision", q ? breakable(q.dtype) : "float"),
     kv("File size", fmtBytes(r.size_bytes || s.size_bytes)),
     kv("Build time", t.total_s !== undefined ? `${t.total_s.toFixed(2)} s` : "—"),
     kv("Inputs / outputs", `${(s.inputs || []).length} / ${(s.outputs || []).length}`),
@@ -519,9 +613,18 @@ function renderPerf(perf, note) {
     label: `${fmtNum(t.time_us, 1)} µs · ${(100 * t.share).toFixed(0)}%` }));
   const children = [h("div", { class: "chart-total" }, ...totals), ...bars(rows, "µs")];
   if (perf.layers && perf.layers.length) {
-    const slow = perf.layers.filter((l) => l.unit !== "free" && l.unit !== "fused")
-      .sort((a, b) => b.npu_us - a.npu_us).slice(0, 8)
-      .map((l) => ({ name: l.name, value: l.npu_us, label: `${fmtNum(l.npu_us, 1)} µs` }));
+    // in the user's layer names: the parts of a layer the quantizer split count as that layer (the layer table's
+    // folding, once it is loaded)
+    const groupOf = new Map();
+    for (const r of (ui.layers && ui.layers.rows) || []) for (const p of r.parts || []) groupOf.set(p.name, r.name);
+    const total = new Map();
+    for (const l of perf.layers) {
+      if (l.unit === "free" || l.unit === "fused") continue;
+      const name = groupOf.get(l.name) || l.name;
+      total.set(name, (total.get(name) || 0) + l.npu_us);
+    }
+    const slow = [...total].sort((a, b) => b[1] - a[1]).slice(0, 8)
+      .map(([name, us]) => ({ name, value: us, label: `${fmtNum(us, 1)} µs` }));
     if (slow.length) children.push(h("h3", { text: "Slowest layers" }), ...bars(slow, "µs"));
   }
   box.replaceChildren(...children);
@@ -547,7 +650,7 @@ function renderMemory(mem, note) {
   if (typeof chip.share_of_dram === "number") {
     totals.push(kv("Of board DRAM", `${(100 * chip.share_of_dram).toFixed(2)}%`));
   }
-  if (typeof mem.host_rss === "number") totals.push(kv("This process (RSS)", fmtBytes(mem.host_rss)));
+
   const stack = h("div", { class: "stack-bar" });
   const legend = h("div", { class: "legend" });
   for (const p of parts) {
@@ -566,10 +669,31 @@ function renderMemory(mem, note) {
     children.push(h("p", { class: "hint", text: `Peak activation memory at ${mem.internal.peak_layer}; ` +
       `${mem.internal.buffers} buffers planned (${mem.internal.strategy || "greedy"}).` }));
   }
+  if (typeof mem.host_rss === "number") { // this machine's memory, not the board's: kept apart from the NPU figures
+    children.push(h("p", { class: "hint", text: `This GUI process uses ${fmtBytes(mem.host_rss)} of this machine's ` +
+      "memory (resident set); that is not part of the board estimate above." }));
+  }
   box.replaceChildren(...children);
 }
 
 // ---------------------------------------------------------------- inference
+
+function clearInference() {
+  $("#infer-result").hidden = true;
+  ui.inferred = false;
+}
+
+async function pickLabelFile(file) {
+  if (!file) return;
+  if (file.size > 1e6) {
+    showMsg($("#infer-msg"), `${file.name} is ${fmtBytes(file.size)}: a label file has one class name per line`, true);
+    return;
+  }
+  const names = (await file.text()).split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  $("#infer-names").value = names.join(", ");
+  showMsg($("#infer-msg"), `${names.length} class name${names.length === 1 ? "" : "s"} from ${file.name}.`);
+  saveFormSoon();
+}
 
 async function runInference() {
   const file = $("#infer-file").files[0];
@@ -583,6 +707,7 @@ async function runInference() {
     score_thr: $("#infer-score").value || "0.3", nms_thr: $("#infer-nms").value || "0.45",
     class_names: $("#infer-names").value,
   });
+  saveForm();
   try {
     const r = await api("POST", `/api/infer?${q}`, undefined, file);
     renderInference(r);
@@ -609,8 +734,10 @@ function renderInference(r) {
     fig.hidden = false;
     $("#infer-image").src = `/api/download/${encodeURIComponent(r.drawn)}?inline=1&v=${Date.now()}`;
     const n = (r.detections || []).length;
+    const labels = { COCO: " (COCO names)", default: " (numbered: give class names below)" }[r.class_names] || "";
     $("#infer-caption").textContent = `${n} detection${n === 1 ? "" : "s"} · YOLOX ${r.yolox.layout} layout, ` +
-      `${r.yolox.num_classes} classes · ${r.resize} · ${r.feed_order.toUpperCase()} feed · ${r.image.width}×${r.image.height}`;
+      `${r.yolox.num_classes} classes${labels} · ${r.resize} · ${r.feed_order.toUpperCase()} feed · ` +
+      `${r.image.width}×${r.image.height} · ${r.image.name}`;
   } else {
     fig.hidden = true;
   }
@@ -637,6 +764,10 @@ async function loadLayers(measure) {
     }
     const r = measure ? await api("POST", "/api/layers/accuracy", {}) : await api("GET", "/api/layers");
     ui.layers = r;
+    ui.marks = new Set(r.kept_float || []);
+    if (measure || (r.accuracy && r.accuracy.measured && !ui.layerSort)) {
+      ui.layerSort = { key: "cosine", dir: 1 }; // measured: worst end-to-end cosine first
+    }
     renderLayers(r);
   } catch (e) {
     $("#layers-note").textContent = e.message;
@@ -663,43 +794,139 @@ function perfByLayer() {
   return out;
 }
 
+// NPU estimate of a layer: its own node's, or the sum of its parts' (a layer the quantizer cut into parts).
+function npuOf(row, perf) {
+  const names = row.parts && row.parts.length ? row.parts.map((p) => p.name) : [row.name];
+  const found = names.map((n) => perf.get(n)).filter((p) => p);
+  if (!found.length) return null;
+  if (found.every((p) => p.unit === "fused")) return { fused: true, us: 0 };
+  return { fused: false, us: found.reduce((a, p) => a + (p.unit === "fused" ? 0 : p.npu_us || 0), 0) };
+}
+
+function npuText(n) {
+  if (!n) return "—";
+  return n.fused ? "fused" : `${fmtNum(n.us, 1)} µs`;
+}
+
+const SORT_KEYS = {
+  index: (r) => r.index,
+  cosine: (r) => r.cosine,
+  cosine_single: (r) => r.cosine_single,
+  npu: (r) => (r._npu && !r._npu.fused ? r._npu.us : null),
+};
+
+// Sorted copy of rows: nulls (not measured) always last; ties keep graph order.
+function sortRows(rows) {
+  const sort = ui.layerSort || { key: "index", dir: 1 };
+  const key = SORT_KEYS[sort.key] || SORT_KEYS.index;
+  return rows.slice().sort((a, b) => {
+    const va = key(a), vb = key(b);
+    if (va === null || va === undefined) return vb === null || vb === undefined ? a.index - b.index : 1;
+    if (vb === null || vb === undefined) return -1;
+    return (va - vb) * sort.dir || a.index - b.index;
+  });
+}
+
+function renderSortHeaders() {
+  const sort = ui.layerSort || { key: "index", dir: 1 };
+  for (const th of $$("#layers-table thead th[data-sort]")) {
+    const on = th.dataset.sort === sort.key;
+    th.setAttribute("aria-sort", on ? (sort.dir > 0 ? "ascending" : "descending") : "none");
+  }
+}
+
+function sortBy(key) {
+  const cur = ui.layerSort || { key: "index", dir: 1 };
+  // first click: the interesting end first (worst cosine, slowest layer); second click: the other way round
+  const first = key === "npu" ? -1 : 1;
+  ui.layerSort = cur.key === key ? { key, dir: -cur.dir } : { key, dir: first };
+  if (ui.layers) renderLayers(ui.layers);
+}
+
+function markedLayers() {
+  const keepable = new Set(((ui.layers && ui.layers.rows) || []).filter((r) => r.keepable).map((r) => r.name));
+  return [...(ui.marks || [])].filter((n) => keepable.has(n));
+}
+
 function renderLayers(r) {
   const kept = new Set(r.kept_float || []);
   const hybridOk = r.hybrid && r.hybrid.available;
   const threshold = r.cos_threshold || 0.98;
   const perf = perfByLayer();
-  const rows = (r.rows || []).map((row) => {
-    const box = h("input", { type: "checkbox", value: row.name, "aria-label": `keep ${row.name} in float` });
-    box.checked = kept.has(row.name);
-    box.disabled = !hybridOk;
-    const weak = row.cosine_single !== null && row.cosine_single !== undefined && row.cosine_single < threshold;
+  const marked = ui.marks || new Set(kept);
+  const rows = (r.rows || []).map((row) => ({ ...row, _npu: npuOf(row, perf) }));
+  const trs = [];
+  for (const row of sortRows(rows)) {
+    const weak = row.cosine !== null && row.cosine !== undefined && row.cosine < threshold;
     const cls = [kept.has(row.name) ? "kept" : "", weak ? "weak" : ""].join(" ").trim();
-    const tr = h("tr", { "data-name": row.name, "data-op": row.op_type, class: cls || null });
-    box.addEventListener("change", () => { tr.classList.toggle("kept", box.checked); updateHybridButton(); });
+    const tr = h("tr", { "data-name": row.name, "data-op": row.op_type, class: cls || null,
+      "data-parts": (row.parts || []).map((p) => p.name).join(" ") || null });
+    let keepCell;
+    if (row.keepable && hybridOk) {
+      const box = h("input", { type: "checkbox", class: "keep", value: row.name, "aria-label": `keep ${row.name} in float` });
+      box.checked = marked.has(row.name);
+      box.addEventListener("change", () => {
+        if (box.checked) marked.add(row.name); else marked.delete(row.name);
+        tr.classList.toggle("marked", box.checked);
+        updateHybridButton();
+      });
+      tr.classList.toggle("marked", box.checked);
+      keepCell = h("td", { class: "num" }, box);
+    } else {
+      const why = !hybridOk ? (r.hybrid && r.hybrid.reason) || "" :
+        "no quantization of its own to drop (it shares its neighbours' scale, or already runs in float)";
+      keepCell = h("td", { class: "num muted", title: why, text: "—" });
+    }
+    const nameCell = h("td", { class: "mono" });
+    if (row.parts && row.parts.length) {
+      const open = ui.expanded.has(row.name);
+      const toggle = h("button", { type: "button", class: "parts-toggle", "aria-expanded": open ? "true" : "false",
+        title: "The quantizer split this layer into parts; show them" }, `${open ? "▾" : "▸"} ${row.parts.length} parts`);
+      toggle.addEventListener("click", () => {
+        if (ui.expanded.has(row.name)) ui.expanded.delete(row.name); else ui.expanded.add(row.name);
+        renderLayers(ui.layers);
+      });
+      nameCell.append(row.name, " ", toggle);
+    } else {
+      nameCell.append(row.name);
+    }
     const prec = row.fused_into ? `${row.precision} · fused` : row.precision;
-    const p = perf.get(row.name);
-    let npu = "—";
-    if (p) npu = p.unit === "fused" ? "fused" : `${fmtNum(p.npu_us, 1)} µs`;
-    tr.append(td(row.index, "num"), td(row.name, "mono"), td(row.op_type),
+    tr.append(td(row.index, "num"), nameCell, td(row.op_type),
       h("td", { title: row.fused_into ? `fused into ${row.fused_into}` : "" },
         h("span", { class: `prec ${row.quantized ? "quant" : "float"}`, text: prec })),
       cosineCell(row.cosine, threshold),
       td(row.cosine_single === null || row.cosine_single === undefined ? "—" : row.cosine_single.toFixed(4),
-        `num mono ${weak ? "weak-val" : ""}`),
-      td(npu, "num mono"), h("td", { class: "num" }, box));
-    return tr;
-  });
-  fillTable($("#layers-table"), rows, "Build a model to see its layers.");
+        `num mono ${row.cosine_single !== null && row.cosine_single < threshold ? "weak-val" : ""}`),
+      td(npuText(row._npu), "num mono"), keepCell);
+    trs.push(tr);
+    if (row.parts && ui.expanded.has(row.name)) {
+      for (const p of row.parts) {
+        const pp = p.fused_into ? `${p.precision} · fused` : p.precision;
+        trs.push(h("tr", { class: "part-row", "data-part-of": row.name },
+          td(""), td(`↳ ${p.name}`, "mono"), td(p.op_type),
+          h("td", {}, h("span", { class: `prec ${p.quantized ? "quant" : "float"}`, text: pp })),
+          td(""), td(""), td(npuText(npuOf({ name: p.name }, perf)), "num mono"), td("")));
+      }
+    }
+  }
+  fillTable($("#layers-table"), trs, "Build a model to see its layers.");
+  if (ui.state.result) renderPerf(ui.state.result.perf, ui.state.result.perf_note); // slowest layers by user name
+  renderSortHeaders();
   const note = $("#layers-note");
   note.classList.remove("note-error");
   const notes = [];
   if (r.rows && r.rows.length) {
     const q = r.rows.filter((x) => x.quantized).length;
-    notes.push(`${r.rows.length} layers in ${r.model}${r.quantized ? `, ${q} quantized` : " (float model)"}.`);
-    if (r.accuracy.measured) {
-      const weak = r.rows.filter((x) => x.cosine_single !== null && x.cosine_single < threshold).length;
-      notes.push(`Accuracy measured on ${r.accuracy.image || "the last inference image"}: ${weak} layer(s) below ` +
-        `the ${threshold} cosine threshold on their own.`);
+    const split = r.rows.filter((x) => x.parts && x.parts.length).length;
+    notes.push(`${r.rows.length} layers in ${r.model}${r.quantized ? `, ${q} quantized` : " (float model)"}` +
+      (split ? `; ${split} were split by the quantizer (▸ shows the parts).` : "."));
+    const sum = r.accuracy && r.accuracy.summary;
+    if (r.accuracy.measured && sum) {
+      const worst = sum.worst_end_to_end;
+      notes.push(`Accuracy measured on ${r.accuracy.image || "the last inference image"}: ` +
+        `${sum.below_end_to_end} layer(s) below the ${threshold} cosine threshold end to end` +
+        (worst ? ` (worst ${worst.name}, ${worst.cosine.toFixed(4)})` : "") +
+        `, ${sum.below_alone} on their own.`);
     } else if (r.accuracy.available) {
       notes.push("Run inference on an image, then measure accuracy.");
     } else if (r.accuracy.reason) {
@@ -713,18 +940,36 @@ function renderLayers(r) {
   updateHybridButton();
 }
 
+function sameSet(a, b) {
+  return a.size === b.size && [...a].every((x) => b.has(x));
+}
+
+// Enabled only when the marks differ from what the current model keeps in float: otherwise a rebuild would
+// produce the same model.
 function updateHybridButton() {
-  const n = $$("#layers-table tbody input[type=checkbox]:checked").length;
-  const ok = ui.layers && ui.layers.hybrid && ui.layers.hybrid.available;
   const btn = $("#hybrid-btn");
-  btn.disabled = !ok || ui.job !== null || !ui.state.model || ui.state.model.framework === "rknn";
-  btn.textContent = n ? `Rebuild with ${n} layer${n === 1 ? "" : "s"} in float` : "Rebuild with marked layers in float";
+  const r = ui.layers;
+  const marked = new Set(markedLayers());
+  const kept = new Set((r && r.kept_float) || []);
+  const ok = r && r.hybrid && r.hybrid.available && ui.state.rebuild;
+  btn.disabled = !ok || ui.job !== null || !ui.state.model || ui.state.model.framework === "rknn" ||
+    sameSet(marked, kept);
+  const n = marked.size;
+  btn.textContent = n ? `Rebuild with ${n} layer${n === 1 ? "" : "s"} in float` :
+    kept.size ? "Rebuild with every layer quantized" : "Rebuild with marked layers in float";
+  btn.title = !ok ? ((r && r.hybrid && r.hybrid.reason) || "Build a quantized model first") :
+    sameSet(marked, kept) ? "Mark the layers to keep in float first" : "";
 }
 
 function filterLayers() {
   const q = $("#layer-filter").value.trim().toLowerCase();
   for (const tr of $$("#layers-table tbody tr[data-name]")) {
-    tr.hidden = q && !tr.dataset.name.toLowerCase().includes(q) && !tr.dataset.op.toLowerCase().includes(q);
+    const hay = `${tr.dataset.name} ${tr.dataset.op} ${tr.dataset.parts || ""}`.toLowerCase();
+    tr.hidden = q && !hay.includes(q);
+  }
+  for (const tr of $$("#layers-table tbody tr.part-row")) {
+    const parent = $(`#layers-table tbody tr[data-name="${CSS.escape(tr.dataset.partOf)}"]`);
+    tr.hidden = parent ? parent.hidden : false;
   }
 }
 
@@ -745,8 +990,19 @@ async function init() {
   });
   $("#config-form").addEventListener("input", scheduleValidate);
   $("#config-form").addEventListener("change", scheduleValidate);
+  $("#input-size").addEventListener("input", scheduleValidate);
   $("#cfg-target_platform").addEventListener("change", filterDtypes);
   $("#do-quantization").addEventListener("change", syncQuantSection);
+  // every field the user sets is kept by the server, so a reload shows the same form
+  for (const sel of ["#config-form", "#do-quantization", "#input-size", "#rknn-batch", "#output-name", "#infer-feed",
+    "#infer-resize", "#infer-score", "#infer-nms", "#infer-names"]) {
+    $(sel).addEventListener("input", saveFormSoon);
+    $(sel).addEventListener("change", saveFormSoon);
+  }
+  $("#infer-labels").addEventListener("change", (e) => pickLabelFile(e.target.files[0]));
+  for (const th of $$("#layers-table thead th[data-sort]")) {
+    th.querySelector("button").addEventListener("click", () => sortBy(th.dataset.sort));
+  }
   $("#dataset-path-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const p = $("#dataset-path").value.trim();
@@ -757,7 +1013,7 @@ async function init() {
     try { applyState(await api("POST", "/api/dataset/clear", {})); } catch (e) { showMsg($("#dataset-msg"), e.message, true); }
   });
   $("#output-name").addEventListener("input", (e) => { e.target.dataset.auto = "0"; });
-  $("#build-btn").addEventListener("click", () => startBuild([]));
+  $("#build-btn").addEventListener("click", startBuild);
   $("#infer-file").addEventListener("change", (e) => {
     const f = e.target.files[0];
     $("#infer-file-name").textContent = f ? `${f.name} · ${fmtBytes(f.size)}` : "JPEG, PNG, BMP or WebP";
@@ -767,9 +1023,8 @@ async function init() {
   $("#layer-filter").addEventListener("input", filterLayers);
   $("#accuracy-btn").addEventListener("click", () => loadLayers(true));
   $("#hybrid-btn").addEventListener("click", () => {
-    const names = $$("#layers-table tbody input[type=checkbox]:checked").map((b) => b.value);
     $("#sec-build").scrollIntoView();
-    startBuild(names);
+    startRebuild(markedLayers());
   });
   try {
     ui.schema = await api("GET", "/api/schema");

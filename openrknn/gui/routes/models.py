@@ -1,0 +1,96 @@
+"""Step 1: the model, uploaded or given as a path on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import zipfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import OpenRKNNError
+from ..context import Ctx, CurrentSession, GuiContext, JsonBody
+from ..pipeline import copy_atomic, inspect_model
+from ..sessions import MODEL_SUFFIXES, RequestRefused, Session, framework_of, sanitize_filename, save_stream
+
+log = logging.getLogger("openrknn.gui")
+router = APIRouter()
+
+
+_KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model"}
+_HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itself",
+        "pytorch": "save it with torch.jit.trace(model, example).save('model.pt')",
+        "rknn": "build it again or pick another .rknn file"}
+
+
+def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
+    """inspect_model, with every way a file can fail to be that kind of model turned into a 400 naming the file
+    as the user knows it (never the session folder)."""
+    def refused(why: str) -> RequestRefused:
+        return RequestRefused(400, f"'{name}' is not {_KINDS[framework]}: {why}; {_HOW[framework]}")
+
+    if framework == "pytorch" and not zipfile.is_zipfile(path):
+        raise refused("TorchScript files are zip archives (torch.jit.save writes one) and this one is not")
+    try:
+        info = inspect_model(path, framework)
+    except OpenRKNNError as e:
+        raise refused(str(e).replace(str(path), name)) from None
+    except Exception as e:  # protobuf, zip, unicode...: the parser's words, without a traceback on the page
+        log.info("'%s' is not %s", name, _KINDS[framework], exc_info=True)
+        detail = (str(e).splitlines() or [""])[0][:200].replace(str(path), name)
+        raise refused(f"it could not be parsed ({type(e).__name__}{': ' + detail if detail else ''})") from None
+    if framework == "onnx" and not info.get("nodes"):
+        raise refused("it holds no graph nodes (a file that only looks like protobuf)")
+    if isinstance(info.get("summary"), dict):
+        info["summary"]["file"] = name
+    return info
+
+
+def apply_model(ctx: GuiContext, session: Session, path: Path, name: str, source: str, info: dict) -> dict:
+    """Make the inspected file the session's model; what was built from the previous one is forgotten."""
+    framework = framework_of(name)
+    with session.lock:
+        session.model = {"name": name, "path": str(path), "framework": framework, "source": source, **info}
+        session.result = session.built_with = session.inference = None
+        session.last_feeds = None
+        if framework == "rknn":  # already built: it becomes the current model for inference and download
+            dest = session.outputs / sanitize_filename(name, (".rknn",))
+            if path.resolve() != dest.resolve():
+                copy_atomic(path, dest)
+            session.rknn = dest.name
+        else:
+            session.rknn = None
+    ctx.sims.drop(session.key)
+    return ctx.state_of(session)
+
+
+@router.post("/api/model/upload")
+async def model_upload(request: Request, filename: str, ctx: Ctx, session: CurrentSession):
+    name = sanitize_filename(filename, MODEL_SUFFIXES)
+    framework = framework_of(name)
+    # checked before it takes the model's place: a bad file never replaces a good one of the same name
+    incoming = session.uploads / f".incoming-{secrets.token_hex(6)}{Path(name).suffix}"
+    await save_stream(request.stream(), incoming, ctx.settings.max_upload_bytes, name=name)
+    try:
+        info = await run_in_threadpool(inspect_or_refuse, incoming, name, framework)
+        dest = session.uploads / name
+        os.replace(incoming, dest)
+    finally:
+        incoming.unlink(missing_ok=True)
+    return await run_in_threadpool(apply_model, ctx, session, dest, name, "upload", info)
+
+
+@router.post("/api/model/path")
+async def model_path(ctx: Ctx, session: CurrentSession, data: JsonBody):
+    raw = str(data.get("path") or "").strip()
+    if not raw:
+        raise RequestRefused(400, "give the path of a .pt, .onnx or .rknn file on this machine")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise RequestRefused(404, f"'{raw}' is not a file on this machine")
+    framework = framework_of(path.name)
+    info = await run_in_threadpool(inspect_or_refuse, path.resolve(), path.name, framework)
+    return await run_in_threadpool(apply_model, ctx, session, path.resolve(), path.name, "path", info)
