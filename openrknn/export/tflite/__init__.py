@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 from ...errors import NotSupportedError
 from ...package import RknnPackage
@@ -29,6 +29,7 @@ class ExportReport:
     tflite_ops: List[str] = field(default_factory=list)
     seconds: float = 0.0
     size_bytes: int = 0
+    model: object = field(default=None, repr=False)   # the writer.Model (Teflon placement reads it)
 
     @property
     def float_layers(self) -> list:
@@ -71,17 +72,23 @@ def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
     from .writer import serialize
 
     check_exportable(pkg)
+    try:
+        import flatbuffers  # noqa: F401
+        import tflite  # noqa: F401
+    except ImportError:
+        raise NotSupportedError("export_tflite writes the file with the `tflite` schema package and `flatbuffers`: "
+                                "pip install 'openrknn[tflite]'") from None
     t0 = time.perf_counter()
     lowerer = Lowerer(QdqGraph(onnx.load_from_string(pkg.model_bytes)), pkg.metadata["inputs"])
     model = lowerer.run()
     model.description = f"openrknn {pkg.metadata.get('toolkit_version', '')} w8a8 export"
     data = serialize(model)
     report = ExportReport(lowerer.layers, lowerer.changes, [op.builtin for op in model.operators],
-                          time.perf_counter() - t0, len(data))
+                          time.perf_counter() - t0, len(data), model)
     return data, report
 
 
-def export_tflite(pkg: RknnPackage, path: str, validate: Optional[list] = None) -> ExportReport:
+def export_tflite(pkg: RknnPackage, path: str) -> ExportReport:
     """Write `path` atomically; log the changes TFLite's rules made and the layers left in float."""
     from ...atomic import write_bytes_atomic
 

@@ -92,7 +92,7 @@ def _aligned_bytes(b, data: bytes, alignment: int = 16) -> int:
     b.StartVector(1, len(data), alignment)
     b.head = b.head - len(data)
     b.Bytes[b.head:b.head + len(data)] = data
-    return b.EndVector(len(data))
+    return b.EndVector()
 
 
 def _options(tfl, b, table: str, fields: dict) -> int:
@@ -172,7 +172,7 @@ def serialize(model: Model) -> bytes:
         start_fn(b, len(offsets))
         for off in reversed(offsets):
             b.PrependUOffsetTRelative(off)
-        return b.EndVector(len(offsets))
+        return b.EndVector()
 
     tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
     ops_vec = vector(tfl.SubGraphStartOperatorsVector, op_offsets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import NotSupportedError
-from ..lower import TO_NCHW, TO_NHWC, Value, nhwc_shape
+from ..lower import TO_NCHW, TO_NHWC, Value, nhwc_shape, same_memory
 from . import attr, layer_name, register
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
@@ -55,8 +55,10 @@ register("Concat", int8=lambda c, n, a: _concat(c, n, "q"), float=lambda c, n: _
 def _reshape(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
     v = ctx.value(node.input[0])
-    x = ctx.view(node.input[0], kind, False, layer) if len(v.shape) == 4 else (
-        v.q if kind == "q" else ctx.f_of(node.input[0], layer))
+    if len(v.shape) == 4 and not (v.nhwc and same_memory(v.shape)):  # same bytes in both orders: no conversion
+        x = ctx.view(node.input[0], kind, False, layer)
+    else:
+        x = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
     shape = ctx.out_shape(node.output[0])
     out = _like(ctx, x, node.output[0], shape)
     ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))], [out],
