@@ -271,3 +271,50 @@ def test_runner_loads_teflon_when_found(tiny_tflite, tmp_path, monkeypatch):
     monkeypatch.delenv(tflite_runner.TEFLON_ENV)
     assert tflite_runner.find_teflon(search_dirs=[str(tmp_path)]) == str(lib)
     assert tflite_runner.find_teflon(search_dirs=[str(tmp_path / "none")]) is None
+
+
+def _small_graph(path: Path, tail: str) -> Path:
+    """Conv+ReLU, then `tail`: 'sigmoid' (int8 LOGISTIC on a quantization point) or 'erf' (no TFLite form here)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Sigmoid" if tail == "sigmoid" else "Erf", ["r"], ["s"], name="tail"),
+             helper.make_node("Conv", ["s", "w2", "b"], ["y"], name="conv2")]
+    inits.append(numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * .4).astype(np.float32), "w2"))
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tail", ["sigmoid", "erf"])
+def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_errors):
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(_small_graph(tmp_path / "s.onnx", tail))) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    if tail == "erf":
+        assert rknn.export_tflite(str(tmp_path / "s.tflite")) == -1
+        assert "Erf" in logged_errors(rknn_log)[-1] and "supported:" in logged_errors(rknn_log)[-1]
+        return
+    assert rknn.export_rknn(str(tmp_path / "s.rknn")) == 0
+    pkg = read_package(tmp_path / "s.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert {r.layer: r.mode for r in report.layers}["tail"] == "int8"
+    # TFLite's LOGISTIC writes 1/256 steps; our calibrated sigmoid scale differs, so a requantize follows
+    assert any("LOGISTIC output has the fixed scale 0.00390625" in c for c in report.changes)
+    assert report.tflite_ops.count("QUANTIZE") >= 2
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(2):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

@@ -123,7 +123,15 @@ def _softmax_last_axis(ctx, node) -> bool:
     return axis == len(v.shape) - 1 or (v.nhwc and axis == 1)
 
 
+def _softmax_float(ctx, node) -> str:
+    if not _softmax_last_axis(ctx, node):
+        from ....errors import NotSupportedError
+
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} is a Softmax over axis {attr(node, 'axis', -1)}; "
+                                "TFLite's SOFTMAX works on the last axis only")
+    return _unary(ctx, node, "SOFTMAX", "f", ("SoftmaxOptions", {"Beta": 1.0}))
+
+
 register("Softmax",
          int8=lambda c, n, a: _unary(c, n, "SOFTMAX", "q", ("SoftmaxOptions", {"Beta": 1.0}), version=2),
-         float=lambda c, n: _unary(c, n, "SOFTMAX", "f", ("SoftmaxOptions", {"Beta": 1.0})),
-         int8_ok=_softmax_last_axis)
+         float=_softmax_float, int8_ok=_softmax_last_axis)
