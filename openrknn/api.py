@@ -292,6 +292,16 @@ class RKNN:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    @_guarded()
+    def export_tflite(self, export_path: str) -> int:
+        """Write the w8a8 model as an int8 .tflite with its scales and integers kept (Mesa Teflon runs it)."""
+        from .export.tflite import export_tflite
+
+        if self._package is None:
+            raise RuntimeStateError("export_tflite() needs a built model: build() a w8a8 model or load_rknn() one")
+        export_tflite(self._package, export_path)
+        return 0
+
     def __del__(self):  # handlers must not pile up across objects in long sessions
         try:
             for h in self._handlers:

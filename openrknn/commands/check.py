@@ -14,12 +14,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    ".onnx/.pt)")
     p.add_argument("--input-size", default=None, help="C,H,W for TorchScript models, e.g. 3,416,416")
     p.add_argument("--calib-count", type=int, default=None, help="number of calibration images you plan to use")
+    p.add_argument("--format", choices=("rknn", "tflite"), default="rknn",
+                   help="tflite: check the int8 TFLite export instead: which layers Mesa's Teflon delegate runs on "
+                        "the NPU (rocket driver) and which fall back to the CPU, with the estimate counting them")
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.lint import check_model, findings_json, findings_table
+
+    if args.format == "tflite":
+        return _run_tflite(args)
 
     if args.model.lower().endswith(".rknn"):
         from ..analysis.package_reports import check
@@ -43,3 +49,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(findings_table(findings))
     return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _run_tflite(args: argparse.Namespace) -> int:
+    import onnx
+
+    from ..errors import ConfigError
+    from ..export.teflon_support import estimate_with_fallbacks, placement_table, teflon_placement
+    from ..export.tflite import export_tflite_bytes
+    from ..package import read_package
+
+    if not args.model.lower().endswith(".rknn"):
+        raise ConfigError("model", args.model, hint="--format tflite checks a w8a8 .rknn file (build one first)")
+    target = (args.target or "rk3588").lower()
+    if target != "rk3588":
+        raise ConfigError("target", target, ["rk3588"], "Mesa's rocket driver supports the RK3588 NPU only")
+    pkg = read_package(args.model)
+    _, report = export_tflite_bytes(pkg)
+    places = teflon_placement(report.model)
+    est = estimate_with_fallbacks(onnx.load_from_string(pkg.model_bytes), report, places, target)
+    if args.json:
+        print(json.dumps({"placement": [p.__dict__ for p in places], "estimate": est}, indent=2))
+        return 0
+    print(placement_table(places))
+    print(f"estimated time on {target} (one NPU core): {est['total_us'] / 1000:.2f} ms with {est['cpu_layers']} "
+          f"layers and {est['extra_cpu_ops']} conversion ops on the CPU; {est['npu_only_us'] / 1000:.2f} ms if all "
+          f"ran on the NPU")
+    return 0

@@ -1,0 +1,37 @@
+"""`openrknn export-tflite MODEL.rknn -o OUT.tflite [--validate IMAGES...]`: the open path to the NPU (Mesa Teflon)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-tflite", help="write a w8a8 .rknn as an int8 .tflite with its scales and integers "
+                       "kept (runs on the RK3588 NPU through Mesa's Teflon delegate)")
+    p.add_argument("model", help=".rknn file built with quantized_dtype w8a8")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--validate", nargs="+", metavar="IMAGE", default=None,
+                   help="images or .npy inputs: print each output's cosine between the LiteRT interpreter and "
+                        "openrknn's int8 simulator (needs ai-edge-litert)")
+    p.add_argument("--layers", action="store_true", help="list every layer left in float and every rule change")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.tflite import export_tflite
+    from ..package import read_package
+
+    pkg = read_package(args.model)
+    report = export_tflite(pkg, args.output)
+    text = report.summary()
+    print(text if args.layers else text.splitlines()[0])
+    if not args.layers and (report.float_layers or report.changes):
+        print(f"  ({len(report.float_layers)} float layers, {len(report.changes)} rule changes: --layers lists them)")
+    print(f"wrote {args.output}")
+    if args.validate:
+        from ..export.tflite.validate import format_validation, load_inputs, validate
+
+        with open(args.output, "rb") as f:
+            data = f.read()
+        print(format_validation(validate(pkg, data, load_inputs(args.validate, pkg))))
+    return 0

@@ -1,0 +1,103 @@
+"""Export an openrknn w8a8 package as an int8 TFLite model that keeps our scales, zero points and integers.
+
+The writer is the `tflite` schema package over `flatbuffers` (see README, "Open NPU path"): it writes the
+file directly, so every int8 weight, int32 bias, scale and zero point is the container's own; a converter would
+re-quantize. Where TFLite's int8 rules differ from our NPU graph's, the rule is applied and logged
+(ExportReport.changes); layers our graph computes in float between quantization points (fused activations such as
+SiLU) stay float with DEQUANTIZE/QUANTIZE around them (ExportReport.layers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import List
+
+from ...errors import NotSupportedError
+from ...package import RknnPackage
+
+log = logging.getLogger("openrknn.export")
+
+TFLITE_DTYPES = ("w8a8",)
+
+
+@dataclass
+class ExportReport:
+    layers: list                    # lower.LayerRecord per ONNX node
+    changes: List[str]              # where TFLite's rules changed what ours say
+    tflite_ops: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    size_bytes: int = 0
+    model: object = field(default=None, repr=False)   # the writer.Model (Teflon placement reads it)
+
+    @property
+    def float_layers(self) -> list:
+        return [r for r in self.layers if r.mode == "float"]
+
+    @property
+    def int8_layers(self) -> list:
+        return [r for r in self.layers if r.mode == "int8"]
+
+    def summary(self) -> str:
+        lines = [f"{len(self.int8_layers)} layers int8, {len(self.float_layers)} float (TFLite has no int8 form for "
+                 f"what our graph computes there), {len(self.tflite_ops)} TFLite ops, {self.size_bytes:,} bytes"]
+        for r in self.float_layers:
+            lines.append(f"  float: {r.layer} ({r.op_type}) -> {' + '.join(r.tflite_ops)}: {r.note}")
+        for c in self.changes:
+            lines.append(f"  changed: {c}")
+        return "\n".join(lines)
+
+
+def check_exportable(pkg: RknnPackage) -> None:
+    """Refuse packages TFLite int8 cannot carry, saying what to do."""
+    quant = pkg.metadata.get("quantization") or {}
+    dtype = quant.get("dtype")
+    if dtype in TFLITE_DTYPES:
+        return
+    what = "a float build" if not dtype else f"quantized_dtype '{dtype}'"
+    raise NotSupportedError(
+        f"export_tflite needs a w8a8 build, this model is {what}. TFLite int8 carries per-tensor asymmetric int8 "
+        f"activations with per-channel (or per-tensor) symmetric int8 weights and int32 biases, which is exactly "
+        f"RKNPU2's w8a8; 16-bit activations (w8a16, w16a16i), float16 and RKNPU1's u8/dynamic fixed point schemes "
+        f"have no TFLite int8 form. Rebuild with config(target_platform='rk3588', quantized_dtype='w8a8') and "
+        f"build(do_quantization=True, dataset=...)")
+
+
+def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
+    import onnx
+
+    from .graph import QdqGraph
+    from .lower import Lowerer
+    from .writer import serialize
+
+    check_exportable(pkg)
+    try:
+        import flatbuffers  # noqa: F401
+        import tflite  # noqa: F401
+    except ImportError:
+        raise NotSupportedError("export_tflite writes the file with the `tflite` schema package and `flatbuffers`: "
+                                "pip install 'openrknn[tflite]'") from None
+    t0 = time.perf_counter()
+    lowerer = Lowerer(QdqGraph(onnx.load_from_string(pkg.model_bytes)), pkg.metadata["inputs"])
+    model = lowerer.run()
+    model.description = f"openrknn {pkg.metadata.get('toolkit_version', '')} w8a8 export"
+    data = serialize(model)
+    report = ExportReport(lowerer.layers, lowerer.changes, [op.builtin for op in model.operators],
+                          time.perf_counter() - t0, len(data), model)
+    return data, report
+
+
+def export_tflite(pkg: RknnPackage, path: str) -> ExportReport:
+    """Write `path` atomically; log the changes TFLite's rules made and the layers left in float."""
+    from ...atomic import write_bytes_atomic
+
+    data, report = export_tflite_bytes(pkg)
+    write_bytes_atomic(path, data)
+    for c in report.changes:
+        log.info("export-tflite: %s", c)
+    for r in report.float_layers:
+        log.info("export-tflite: layer %s (%s) stays float: %s", r.layer, r.op_type, r.note)
+    log.info("export-tflite: wrote %s (%d int8 layers, %d float, %.2f MB) in %.2f s", path, len(report.int8_layers),
+             len(report.float_layers), report.size_bytes / 1e6, report.seconds)
+    return report

@@ -1,0 +1,122 @@
+"""Read openrknn's QDQ ONNX graph (quant/qdq.py) back into what a TFLite writer needs.
+
+The simulator's graph stores activations as uint8 with the zero point shifted by 128 when the nominal type is
+int8 (schemes.py); TFLite int8 is the nominal type, so q_int8 = q_uint8 - 128 exactly. Weights are int8 behind a
+DequantizeLinear (per output channel, axis 0), biases int32 behind one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+Q_OPS = ("QuantizeLinear",)
+DQ_OPS = ("DequantizeLinear",)
+
+
+@dataclass
+class ActPoint:
+    """A per-tensor activation quantization point, in TFLite's int8 domain."""
+
+    scale: float
+    zero_point: int        # int8 zero point
+    bits: int
+
+
+@dataclass
+class QuantConst:
+    """An integer constant behind a DequantizeLinear (weights, biases)."""
+
+    q: np.ndarray          # int8 / int16 / int32 values as stored
+    scale: np.ndarray      # 1-D (per channel) or shape (1,)
+    zero_point: np.ndarray
+    axis: Optional[int]
+
+    def dequantized(self) -> np.ndarray:
+        """What onnxruntime's DequantizeLinear computes (float32 arithmetic)."""
+        shape = [1] * self.q.ndim
+        if self.axis is not None and self.scale.size > 1:
+            shape[self.axis] = -1
+        s = self.scale.astype(np.float32).reshape(shape)
+        z = self.zero_point.astype(np.int64).reshape(shape)
+        return ((self.q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+
+
+class QdqGraph:
+    """Nodes, constants, quantization points and shapes of a QDQ model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        try:
+            inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:  # shape inference is a help, never a requirement; ops fall back to runtime shapes
+            inferred = model
+        g = inferred.graph
+        self.model = inferred
+        self.nodes: List[onnx.NodeProto] = list(g.node)
+        self.inits: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in self.inits]
+        self.outputs = [o.name for o in g.output]
+        self.producer: Dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: Dict[str, List[onnx.NodeProto]] = defaultdict(list)
+        for n in self.nodes:
+            for i in n.input:
+                if i:
+                    self.consumers[i].append(n)
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            dims = vi.type.tensor_type.shape.dim
+            if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                self.shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+        for name, arr in self.inits.items():
+            self.shapes[name] = tuple(arr.shape)
+
+    # ---- constants ------------------------------------------------------------------------------------------------
+    def is_const(self, name: str) -> bool:
+        if name in self.inits:
+            return True
+        p = self.producer.get(name)
+        return p is not None and p.op_type == "Constant"
+
+    def const(self, name: str) -> np.ndarray:
+        if name in self.inits:
+            return self.inits[name]
+        p = self.producer[name]
+        return numpy_helper.to_array(p.attribute[0].t)
+
+    def quant_const(self, name: str) -> Optional[QuantConst]:
+        """The integer constant behind the DequantizeLinear that produces `name` (a weight or bias), else None."""
+        p = self.producer.get(name)
+        if p is None or p.op_type not in DQ_OPS or p.input[0] not in self.inits:
+            return None
+        axis = next((a.i for a in p.attribute if a.name == "axis"), 1)
+        scale = np.atleast_1d(self.inits[p.input[1]]).astype(np.float32)
+        zp = np.atleast_1d(self.inits[p.input[2]]) if len(p.input) > 2 and p.input[2] else np.zeros(1, np.int64)
+        return QuantConst(self.inits[p.input[0]], scale, zp.astype(np.int64), axis if scale.size > 1 else None)
+
+    # ---- activation quantization points -----------------------------------------------------------------------------
+    def act_point(self, q_node: onnx.NodeProto) -> ActPoint:
+        """The quantization of a QuantizeLinear node's output, in TFLite's domain."""
+        scale = float(np.asarray(self.inits[q_node.input[1]]).reshape(()))
+        zp = np.asarray(self.inits[q_node.input[2]])
+        bits = 8 * zp.dtype.itemsize
+        zp_val = int(zp.reshape(()))
+        if zp.dtype == np.uint8:
+            zp_val -= 128
+        elif zp.dtype == np.uint16:
+            zp_val -= 32768
+        return ActPoint(scale, zp_val, bits)
+
+    def sole_quantizer(self, name: str) -> Optional[onnx.NodeProto]:
+        """The QuantizeLinear that is the only reader of `name`, if so."""
+        readers = self.consumers.get(name, [])
+        if len(readers) == 1 and readers[0].op_type in Q_OPS and name not in self.outputs:
+            return readers[0]
+        return None
+
+    def shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        return self.shapes.get(name)

@@ -1,0 +1,137 @@
+"""Relu / Clip / Sigmoid / HardSwish / LeakyRelu / Tanh / Softmax, standalone or as a fused activation."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import onnx
+
+from ..writer import Quant
+from . import attr, layer_name, register
+
+NONE, RELU, RELU_N1_TO_1, RELU6 = 0, 1, 2, 3
+FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
+
+
+def clip_bounds(ctx, node: onnx.NodeProto) -> Tuple[float, float]:
+    lo, hi = attr(node, "min", -np.inf), attr(node, "max", np.inf)
+    if len(node.input) > 1 and node.input[1]:
+        lo = float(np.asarray(ctx.g.const(node.input[1])).reshape(()))
+    if len(node.input) > 2 and node.input[2]:
+        hi = float(np.asarray(ctx.g.const(node.input[2])).reshape(()))
+    return float(lo), float(hi)
+
+
+def _bounds_code(lo: float, hi: float) -> Optional[int]:
+    if lo == 0 and hi == 6:
+        return RELU6
+    if lo == -1 and hi == 1:
+        return RELU_N1_TO_1
+    if lo == 0 and hi == np.inf:
+        return RELU
+    return None
+
+
+def fused_code(ctx, act: onnx.NodeProto) -> Optional[int]:
+    """TFLite fused-activation code that computes this Relu/Clip exactly on the quantized output, else None."""
+    if act.op_type == "Relu":
+        return RELU
+    if act.op_type != "Clip":
+        return None
+    if any(i and not ctx.g.is_const(i) for i in act.input[1:]):
+        return None
+    lo, hi = clip_bounds(ctx, act)
+    code = _bounds_code(lo, hi)
+    if code is not None:
+        return code
+    # a Clip whose bounds contain the output's quantized range is done by the int8 saturation itself
+    qn = ctx.g.sole_quantizer(act.output[0])
+    if qn is None:
+        return None
+    p = ctx.g.act_point(qn)
+    q_lo, q_hi = p.scale * (-128 - p.zero_point), p.scale * (127 - p.zero_point)
+    return NONE if lo <= q_lo and hi >= q_hi else None
+
+
+def _unary(ctx, node, builtin: str, kind: str, options=None, version: int = 1):
+    v = ctx.value(node.input[0])
+    layer = layer_name(node)
+    if kind == "q":
+        x = v.q
+        fixed = FIXED_OUTPUT.get(builtin)
+        if fixed is None:
+            out = ctx.out_q(node.output[0], v.nhwc)
+            ctx.m.add_op(builtin, [x], [out], options, version=version)
+            return ""
+        mid = ctx.new_q(node.output[0] + f"/{builtin.lower()}", x.shape, Quant.per_tensor(*fixed))
+        ctx.m.add_op(builtin, [x], [mid], options, version=version)
+        final = ctx.requantize(mid, ctx.out_point(node.output[0]), layer,
+                               f"TFLite's int8 {builtin} output has the fixed scale {fixed[0]:g}")
+        ctx.set_q(node.output[0], final, v.nhwc, v.shape)
+        return ""
+    x = ctx.f_of(node.input[0], layer)
+    out = ctx.out_f(node.output[0], v.nhwc)
+    ctx.m.add_op(builtin, [x], [out], options)
+    return ""
+
+
+def _clip(ctx, node, kind):
+    lo, hi = clip_bounds(ctx, node) if node.op_type == "Clip" else (0.0, np.inf)
+    code = _bounds_code(lo, hi)
+    if code is not None:
+        return _unary(ctx, node, {RELU: "RELU", RELU6: "RELU6", RELU_N1_TO_1: "RELU_N1_TO_1"}[code], kind,
+                      version=2 if kind == "q" else 1)
+    v = ctx.value(node.input[0])
+    x = ctx.f_of(node.input[0], layer_name(node))
+    out = ctx.out_f(node.output[0], v.nhwc)
+    cur = x
+    if lo > -np.inf:
+        nxt = out if hi == np.inf else ctx.new_f(node.output[0] + "/max", x.shape)
+        ctx.m.add_op("MAXIMUM", [cur, ctx.m.add_const(ctx._tname("lo"), np.float32(lo).reshape(()))], [nxt])
+        cur = nxt
+    if hi < np.inf:
+        ctx.m.add_op("MINIMUM", [cur, ctx.m.add_const(ctx._tname("hi"), np.float32(hi).reshape(()))], [out])
+    return ""
+
+
+def _clip_int8_ok(ctx, node) -> bool:
+    if node.op_type == "Relu":
+        return True
+    if any(i and not ctx.g.is_const(i) for i in node.input[1:]):
+        return False
+    return _bounds_code(*clip_bounds(ctx, node)) is not None
+
+
+register("Relu", "Clip", int8=lambda c, n, a: _clip(c, n, "q"), float=lambda c, n: _clip(c, n, "f"),
+         int8_ok=_clip_int8_ok)
+register("Sigmoid", int8=lambda c, n, a: _unary(c, n, "LOGISTIC", "q", version=2),
+         float=lambda c, n: _unary(c, n, "LOGISTIC", "f"))
+register("Tanh", int8=lambda c, n, a: _unary(c, n, "TANH", "q", version=2),
+         float=lambda c, n: _unary(c, n, "TANH", "f"))
+register("HardSwish", int8=lambda c, n, a: _unary(c, n, "HARD_SWISH", "q"),
+         float=lambda c, n: _unary(c, n, "HARD_SWISH", "f"))
+register("LeakyRelu",
+         int8=lambda c, n, a: _unary(c, n, "LEAKY_RELU", "q", ("LeakyReluOptions", {"Alpha": attr(n, "alpha", .01)}),
+                                     version=2),
+         float=lambda c, n: _unary(c, n, "LEAKY_RELU", "f", ("LeakyReluOptions", {"Alpha": attr(n, "alpha", .01)})))
+
+
+def _softmax_last_axis(ctx, node) -> bool:
+    v = ctx.value(node.input[0])
+    axis = attr(node, "axis", -1) % len(v.shape)
+    return axis == len(v.shape) - 1 or (v.nhwc and axis == 1)
+
+
+def _softmax_float(ctx, node) -> str:
+    if not _softmax_last_axis(ctx, node):
+        from ....errors import NotSupportedError
+
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} is a Softmax over axis {attr(node, 'axis', -1)}; "
+                                "TFLite's SOFTMAX works on the last axis only")
+    return _unary(ctx, node, "SOFTMAX", "f", ("SoftmaxOptions", {"Beta": 1.0}))
+
+
+register("Softmax",
+         int8=lambda c, n, a: _unary(c, n, "SOFTMAX", "q", ("SoftmaxOptions", {"Beta": 1.0}), version=2),
+         float=_softmax_float, int8_ok=_softmax_last_axis)

@@ -1,0 +1,92 @@
+"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import NotSupportedError
+from . import attr, layer_name, register
+from .conv import PADDING_VALID, geometry, pad_input, tfl_padding
+
+
+def _pool(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    x = ctx.view(node.input[0], kind, True, layer)
+    kernel = list(attr(node, "kernel_shape"))
+    strides, dil, pads = geometry(node, kernel)
+    if attr(node, "ceil_mode", 0):
+        raise NotSupportedError(f"export-tflite: {layer} uses ceil_mode=1; TFLite pooling rounds output sizes down")
+    padding = tfl_padding(x.shape[1:3], kernel, strides, dil, pads)
+    is_max = node.op_type == "MaxPool"
+    if padding is not None and not is_max and padding != PADDING_VALID and attr(node, "count_include_pad", 0):
+        padding = None  # TFLite's SAME average leaves the padding out of the count
+    if padding is None:
+        if not is_max and not attr(node, "count_include_pad", 0):
+            raise NotSupportedError(f"export-tflite: {layer} averages over explicit pads without counting them; "
+                                    "TFLite cannot express that")
+        fill = None if not is_max else (-128 if kind == "q" else float(np.finfo(np.float32).min))
+        x = pad_input(ctx, x, pads, layer, fill)
+        padding = PADDING_VALID
+    builtin = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
+    return _emit(ctx, node, kind, x, builtin, kernel, strides, padding)
+
+
+def _emit(ctx, node, kind, x, builtin, kernel, strides, padding) -> str:
+    layer = layer_name(node)
+    opts = ("Pool2DOptions", {"Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
+                              "FilterWidth": kernel[1], "FilterHeight": kernel[0], "FusedActivationFunction": 0})
+    shape = ctx.out_shape(node.output[0])
+    if kind == "f":
+        ctx.m.add_op(builtin, [x], [ctx.out_f(node.output[0], True)], opts, layer=layer)
+        return ""
+    # TFLite int8 pooling keeps its input's scale; requantize when our output point differs
+    from ..lower import nhwc_shape
+
+    mid = ctx.m.add_tensor(ctx._tname(node.output[0]), nhwc_shape(shape), np.int8, x.quant)
+    ctx.m.add_op(builtin, [x], [mid], opts, version=2, layer=layer)
+    out = ctx.requantize(mid, ctx.out_point(node.output[0]), layer, f"TFLite's int8 {builtin} keeps its input scale")
+    ctx.set_q(node.output[0], out, True, shape)
+    return ""
+
+
+def _global(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    x = ctx.view(node.input[0], kind, True, layer)
+    h, w = x.shape[1:3]
+    builtin = "MAX_POOL_2D" if node.op_type == "GlobalMaxPool" else "AVERAGE_POOL_2D"
+    if kind == "q" and builtin == "AVERAGE_POOL_2D" and not ctx.out_point(node.output[0]).same_as(x.quant):
+        # int8 MEAN requantizes onto our output scale in one step (AVERAGE_POOL_2D would need a second rounding)
+        axes = ctx.m.add_const(ctx._tname("axes"), np.asarray([1, 2], np.int32))
+        ctx.m.add_op("MEAN", [x, axes], [ctx.out_q(node.output[0], True)], ("ReducerOptions", {"KeepDims": True}),
+                     version=2, layer=layer)
+        return ""
+    return _emit(ctx, node, kind, x, builtin, [h, w], [1, 1], PADDING_VALID)
+
+
+def _mean(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    axes = attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
+    axes = [a % len(v.shape) for a in (axes if axes is not None else range(len(v.shape)))]
+    keep = bool(attr(node, "keepdims", 1))
+    nhwc = v.nhwc and keep
+    if nhwc:
+        axes = [{0: 0, 1: 3, 2: 1, 3: 2}[a] for a in axes]
+    x = ctx.view(node.input[0], kind, nhwc, layer) if len(v.shape) == 4 else (
+        v.q if kind == "q" else ctx.f_of(node.input[0], layer))
+    axes_t = ctx.m.add_const(ctx._tname("axes"), np.asarray(sorted(axes), np.int32))
+    opts = ("ReducerOptions", {"KeepDims": keep})
+    if kind == "q":
+        out = ctx.out_q(node.output[0], nhwc)
+        ctx.m.add_op("MEAN", [x, axes_t], [out], opts, version=2, layer=layer)
+    else:
+        ctx.m.add_op("MEAN", [x, axes_t], [ctx.out_f(node.output[0], nhwc)], opts, layer=layer)
+    return ""
+
+
+register("MaxPool", "AveragePool", int8=lambda c, n, a: _pool(c, n, "q"), float=lambda c, n: _pool(c, n, "f"))
+register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n, "q"),
+         float=lambda c, n: _global(c, n, "f"))
+register("ReduceMean", int8=lambda c, n, a: _mean(c, n, "q"), float=lambda c, n: _mean(c, n, "f"))

@@ -1,0 +1,187 @@
+"""Concat / Reshape / Flatten / Squeeze / Unsqueeze / Transpose / Slice / Resize / Identity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import NotSupportedError
+from ..lower import TO_NCHW, TO_NHWC, Value, nhwc_shape, same_memory
+from . import attr, layer_name, register
+
+NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
+
+
+def _finish(ctx, node, kind: str, t, nhwc: bool, layer: str, why: str) -> None:
+    """Register the output of a layout op whose int8 form keeps its input's scale."""
+    shape = ctx.out_shape(node.output[0])
+    if kind == "q":
+        t = ctx.requantize(t, ctx.out_point(node.output[0]), layer, why)
+        ctx.set_q(node.output[0], t, nhwc, shape)
+    else:
+        ctx.values[node.output[0]] = Value(shape, f=t, nhwc=nhwc and len(shape) == 4)
+
+
+def _like(ctx, x, name: str, shape):
+    return ctx.m.add_tensor(ctx._tname(name), shape, x.dtype, x.quant)
+
+
+# ---------------------------------------------------------------------------------------------------------- Concat
+def _concat(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    vals = [ctx.value(i) for i in node.input]
+    rank = len(vals[0].shape)
+    axis = attr(node, "axis") % rank
+    nhwc = rank == 4 and any(v.nhwc for v in vals)
+    ins = [ctx.view(i, kind, nhwc, layer) if rank == 4 else (ctx.value(i).q if kind == "q" else ctx.f_of(i, layer))
+           for i in node.input]
+    if nhwc:
+        axis = NHWC_AXIS[axis]
+    opts = ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0})
+    if kind == "q":
+        point = ctx.out_point(node.output[0])
+        ins = [ctx.requantize(t, point, layer, "TFLite's int8 CONCATENATION needs every input on the output's "
+                              "scale") for t in ins]
+        out = ctx.out_q(node.output[0], nhwc)
+        ctx.m.add_op("CONCATENATION", ins, [out], opts, version=2)
+    else:
+        ctx.m.add_op("CONCATENATION", ins, [ctx.out_f(node.output[0], nhwc)], opts)
+    return ""
+
+
+register("Concat", int8=lambda c, n, a: _concat(c, n, "q"), float=lambda c, n: _concat(c, n, "f"))
+
+
+# --------------------------------------------------------------------------------------------------------- Reshape
+def _reshape(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    if len(v.shape) == 4 and not (v.nhwc and same_memory(v.shape)):  # same bytes in both orders: no conversion
+        x = ctx.view(node.input[0], kind, False, layer)
+    else:
+        x = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, x, node.output[0], shape)
+    ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))], [out],
+                 ("ReshapeOptions", {"NewShape": list(shape)}), layer=layer)
+    _finish(ctx, node, kind, out, False, layer, "TFLite's int8 RESHAPE keeps its input scale")
+    return ""
+
+
+register("Reshape", "Flatten", "Squeeze", "Unsqueeze", int8=lambda c, n, a: _reshape(c, n, "q"),
+         float=lambda c, n: _reshape(c, n, "f"))
+
+
+# ------------------------------------------------------------------------------------------------------- Transpose
+def _transpose(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    p = list(attr(node, "perm", list(range(rank))[::-1]))
+    src = v.q if kind == "q" else (v.f if v.f is not None else ctx.f_of(node.input[0], layer))
+    perm = [TO_NCHW[i] for i in p] if v.nhwc else p
+    out_nhwc = rank == 4
+    if out_nhwc:
+        perm = [perm[i] for i in TO_NHWC]
+    if perm == list(range(rank)):
+        if kind == "q":
+            _finish(ctx, node, kind, src, out_nhwc, layer, "TFLite's int8 TRANSPOSE keeps its input scale")
+        else:  # the layout change is the one this exporter makes anyway: nothing to run
+            ctx.values[node.output[0]] = Value(ctx.out_shape(node.output[0]), q=v.q, f=v.f, nhwc=out_nhwc)
+        return ""
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if out_nhwc else shape)
+    ctx.m.add_op("TRANSPOSE", [src, ctx.m.add_const(ctx._tname("perm"), np.asarray(perm, np.int32))], [out],
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, out_nhwc, layer, "TFLite's int8 TRANSPOSE keeps its input scale")
+    return ""
+
+
+register("Transpose", int8=lambda c, n, a: _transpose(c, n, "q"), float=lambda c, n: _transpose(c, n, "f"))
+
+
+# ----------------------------------------------------------------------------------------------------------- Slice
+def _slice(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    starts = [int(s) for s in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
+    ends = [int(e) for e in np.asarray(ctx.g.const(node.input[2])).reshape(-1)]
+    axes = [int(a) % rank for a in np.asarray(ctx.g.const(node.input[3])).reshape(-1)] \
+        if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+    steps = [int(s) for s in np.asarray(ctx.g.const(node.input[4])).reshape(-1)] \
+        if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    if any(s <= 0 for s in steps):
+        raise NotSupportedError(f"export-tflite: {layer} slices with a step <= 0; only forward slices are exported")
+    begin, end, stride = [0] * rank, list(v.shape), [1] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        dim = v.shape[a]
+        s = max(0, min(dim, s + dim if s < 0 else s))
+        e = max(0, min(dim, e + dim if e < 0 else e))
+        begin[a], end[a], stride[a] = s, e, st
+    nhwc = v.nhwc
+    if nhwc:
+        begin, end, stride = ([x[i] for i in TO_NHWC] for x in (begin, end, stride))
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
+    consts = [ctx.m.add_const(ctx._tname(n), np.asarray(x, np.int32)) for n, x in
+              (("begin", begin), ("end", end), ("strides", stride))]
+    ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {}),
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 STRIDED_SLICE keeps its input scale")
+    return ""
+
+
+register("Slice", int8=lambda c, n, a: _slice(c, n, "q"), float=lambda c, n: _slice(c, n, "f"))
+
+
+# ---------------------------------------------------------------------------------------------------------- Resize
+def _resize_mode(node) -> tuple:
+    mode = attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    ctm = attr(node, "coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    nearest = attr(node, "nearest_mode", b"round_prefer_floor")
+    nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+    return mode, ctm, nearest
+
+
+def _resize(ctx, node, kind: str, act=None) -> str:
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    shape = ctx.out_shape(node.output[0])
+    if len(shape) != 4 or shape[:2] != v.shape[:2]:
+        raise NotSupportedError(f"export-tflite: {layer} resizes other than the two spatial axes of a 4-D tensor")
+    mode, ctm, nearest = _resize_mode(node)
+    factors = [shape[2] / v.shape[2], shape[3] / v.shape[3]]
+    if mode == "nearest":
+        ok = ctm in ("asymmetric", "tf_half_pixel_for_nn", "align_corners") and (
+            nearest == "floor" or (nearest == "round_prefer_floor" and all(f in (1.0, 2.0) for f in factors)))
+        builtin, opts_name = "RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions"
+    elif mode == "linear":
+        ok = ctm in ("asymmetric", "half_pixel", "pytorch_half_pixel", "align_corners")
+        builtin, opts_name = "RESIZE_BILINEAR", "ResizeBilinearOptions"
+    else:
+        ok = False
+    if not ok:
+        raise NotSupportedError(f"export-tflite: {layer} is a Resize mode={mode!r} coordinate_transformation_mode="
+                                f"{ctm!r} nearest_mode={nearest!r}, which TFLite's resize ops do not compute")
+    opts = {"AlignCorners": ctm == "align_corners",
+            "HalfPixelCenters": ctm in ("tf_half_pixel_for_nn", "half_pixel", "pytorch_half_pixel")}
+    x = ctx.view(node.input[0], kind, True, layer)
+    size = ctx.m.add_const(ctx._tname("size"), np.asarray(shape[2:], np.int32))
+    out = _like(ctx, x, node.output[0], nhwc_shape(shape))
+    ctx.m.add_op(builtin, [x, size], [out], (opts_name, opts), version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, True, layer, f"TFLite's int8 {builtin} keeps its input scale")
+    return ""
+
+
+register("Resize", int8=lambda c, n, a: _resize(c, n, "q"), float=lambda c, n: _resize(c, n, "f"))
+
+
+def _identity(ctx, node, kind: str = "f", act=None) -> str:
+    ctx.values[node.output[0]] = ctx.value(node.input[0])
+    return ""
+
+
+register("Identity", "Dropout", float=_identity)

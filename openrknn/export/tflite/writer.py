@@ -1,0 +1,210 @@
+"""A TFLite model held as plain Python objects, serialized with the `tflite` schema package and `flatbuffers`.
+
+The lowering (lower.py and ops/) only adds tensors and operators here; this module alone knows the flatbuffer
+layout. Tensor data is written as 16-byte aligned buffers, as TFLite's own converter does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+TFLITE_FILE_ID = b"TFL3"
+SCHEMA_VERSION = 3
+
+# numpy dtype -> tflite.TensorType value
+TENSOR_TYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 2, np.dtype(np.uint8): 3, np.dtype(np.int64): 4,
+                np.dtype(np.int16): 7, np.dtype(np.int8): 9}
+
+
+@dataclass
+class Quant:
+    """Affine quantization of a tensor: real = scale * (q - zero_point), per channel along `axis` when several."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int = 0
+
+    @classmethod
+    def per_tensor(cls, scale: float, zero_point: int) -> "Quant":
+        return cls(np.asarray([scale], np.float32), np.asarray([zero_point], np.int64))
+
+    def same_as(self, other: Optional["Quant"]) -> bool:
+        return other is not None and np.array_equal(self.scale, other.scale) and \
+            np.array_equal(self.zero_point, other.zero_point)
+
+
+@dataclass
+class Tensor:
+    index: int
+    name: str
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    quant: Optional[Quant] = None
+    data: Optional[np.ndarray] = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant is not None and self.dtype != np.float32
+
+
+@dataclass
+class Operator:
+    builtin: str                     # tflite.BuiltinOperator name, e.g. "CONV_2D"
+    inputs: List[int]
+    outputs: List[int]
+    options: Optional[Tuple[str, dict]] = None   # (options table name, {CamelCase field: value})
+    version: int = 1
+    layer: str = ""                  # the ONNX node this operator comes from (reports)
+
+
+@dataclass
+class Model:
+    tensors: List[Tensor] = field(default_factory=list)
+    operators: List[Operator] = field(default_factory=list)
+    inputs: List[int] = field(default_factory=list)
+    outputs: List[int] = field(default_factory=list)
+    description: str = "openrknn"
+
+    def add_tensor(self, name: str, shape: Sequence[int], dtype, quant: Optional[Quant] = None,
+                   data: Optional[np.ndarray] = None) -> Tensor:
+        t = Tensor(len(self.tensors), name, tuple(int(d) for d in shape), np.dtype(dtype), quant,
+                   None if data is None else np.ascontiguousarray(data, dtype=dtype))
+        self.tensors.append(t)
+        return t
+
+    def add_const(self, name: str, data: np.ndarray, quant: Optional[Quant] = None) -> Tensor:
+        data = np.asarray(data)
+        return self.add_tensor(name, data.shape, data.dtype, quant, data)
+
+    def add_op(self, builtin: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
+               options: Optional[Tuple[str, dict]] = None, version: int = 1, layer: str = "") -> Operator:
+        op = Operator(builtin, [t.index if t is not None else -1 for t in inputs], [t.index for t in outputs],
+                      options, version, layer)
+        self.operators.append(op)
+        return op
+
+
+# ---------------------------------------------------------------------------------------------------------- writing
+def _aligned_bytes(b, data: bytes, alignment: int = 16) -> int:
+    b.StartVector(1, len(data), alignment)
+    b.head = b.head - len(data)
+    b.Bytes[b.head:b.head + len(data)] = data
+    return b.EndVector()
+
+
+def _options(tfl, b, table: str, fields: dict) -> int:
+    """Write one builtin-options table from {CamelCase field: int/float/bool or list of ints}."""
+    vectors = {}
+    for key, value in fields.items():
+        if isinstance(value, (list, tuple)):
+            vectors[key] = b.CreateNumpyVector(np.asarray(value, np.int32))
+    getattr(tfl, f"{table}Start")(b)
+    for key, value in fields.items():
+        getattr(tfl, f"{table}Add{key}")(b, vectors.get(key, value))
+    return getattr(tfl, f"{table}End")(b)
+
+
+def serialize(model: Model) -> bytes:
+    import flatbuffers
+    import tflite as tfl
+
+    b = flatbuffers.Builder(1 << 20)
+    codes: Dict[Tuple[str, int], int] = {}
+    for op in model.operators:
+        codes.setdefault((op.builtin, op.version), len(codes))
+
+    # buffers: 0 is the empty sentinel; one per constant tensor
+    buffer_of: Dict[int, int] = {}
+    buffer_offsets = []
+    tfl.BufferStart(b)
+    buffer_offsets.append(tfl.BufferEnd(b))
+    for t in model.tensors:
+        if t.data is None:
+            continue
+        data_vec = _aligned_bytes(b, t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes())
+        tfl.BufferStart(b)
+        tfl.BufferAddData(b, data_vec)
+        buffer_of[t.index] = len(buffer_offsets)
+        buffer_offsets.append(tfl.BufferEnd(b))
+
+    tensor_offsets = []
+    for t in model.tensors:
+        name = b.CreateString(t.name)
+        shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+        q_off = None
+        if t.quant is not None:
+            scale = b.CreateNumpyVector(np.asarray(t.quant.scale, np.float32).reshape(-1))
+            zp = b.CreateNumpyVector(np.asarray(t.quant.zero_point, np.int64).reshape(-1))
+            tfl.QuantizationParametersStart(b)
+            tfl.QuantizationParametersAddScale(b, scale)
+            tfl.QuantizationParametersAddZeroPoint(b, zp)
+            tfl.QuantizationParametersAddQuantizedDimension(b, int(t.quant.axis))
+            q_off = tfl.QuantizationParametersEnd(b)
+        tfl.TensorStart(b)
+        tfl.TensorAddShape(b, shape)
+        tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
+        tfl.TensorAddBuffer(b, buffer_of.get(t.index, 0))
+        tfl.TensorAddName(b, name)
+        if q_off is not None:
+            tfl.TensorAddQuantization(b, q_off)
+        tensor_offsets.append(tfl.TensorEnd(b))
+
+    op_offsets = []
+    for op in model.operators:
+        opts = None
+        if op.options is not None:
+            opts = _options(tfl, b, op.options[0], op.options[1])
+        ins = b.CreateNumpyVector(np.asarray(op.inputs, np.int32))
+        outs = b.CreateNumpyVector(np.asarray(op.outputs, np.int32))
+        tfl.OperatorStart(b)
+        tfl.OperatorAddOpcodeIndex(b, codes[(op.builtin, op.version)])
+        tfl.OperatorAddInputs(b, ins)
+        tfl.OperatorAddOutputs(b, outs)
+        if opts is not None:
+            tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, op.options[0]))
+            tfl.OperatorAddBuiltinOptions(b, opts)
+        op_offsets.append(tfl.OperatorEnd(b))
+
+    def vector(start_fn, offsets):
+        start_fn(b, len(offsets))
+        for off in reversed(offsets):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+
+    tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
+    ops_vec = vector(tfl.SubGraphStartOperatorsVector, op_offsets)
+    in_vec = b.CreateNumpyVector(np.asarray(model.inputs, np.int32))
+    out_vec = b.CreateNumpyVector(np.asarray(model.outputs, np.int32))
+    sg_name = b.CreateString("main")
+    tfl.SubGraphStart(b)
+    tfl.SubGraphAddTensors(b, tensors_vec)
+    tfl.SubGraphAddInputs(b, in_vec)
+    tfl.SubGraphAddOutputs(b, out_vec)
+    tfl.SubGraphAddOperators(b, ops_vec)
+    tfl.SubGraphAddName(b, sg_name)
+    subgraph = tfl.SubGraphEnd(b)
+
+    code_offsets = []
+    for (builtin, version), _ in sorted(codes.items(), key=lambda kv: kv[1]):
+        code = getattr(tfl.BuiltinOperator, builtin)
+        tfl.OperatorCodeStart(b)
+        tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
+        tfl.OperatorCodeAddBuiltinCode(b, code)
+        tfl.OperatorCodeAddVersion(b, version)
+        code_offsets.append(tfl.OperatorCodeEnd(b))
+
+    codes_vec = vector(tfl.ModelStartOperatorCodesVector, code_offsets)
+    subgraphs_vec = vector(tfl.ModelStartSubgraphsVector, [subgraph])
+    buffers_vec = vector(tfl.ModelStartBuffersVector, buffer_offsets)
+    desc = b.CreateString(model.description)
+    tfl.ModelStart(b)
+    tfl.ModelAddVersion(b, SCHEMA_VERSION)
+    tfl.ModelAddOperatorCodes(b, codes_vec)
+    tfl.ModelAddSubgraphs(b, subgraphs_vec)
+    tfl.ModelAddDescription(b, desc)
+    tfl.ModelAddBuffers(b, buffers_vec)
+    b.Finish(tfl.ModelEnd(b), file_identifier=TFLITE_FILE_ID)
+    return bytes(b.Output())
