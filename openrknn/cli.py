@@ -12,7 +12,7 @@ from . import __version__
 
 # Subcommands in help order; each module defines register(subparsers) and run(args) -> int.
 COMMANDS = ["convert", "info", "run", "check", "perf", "report", "detect", "yolox", "train_eyes", "demo", "serve",
-            "gui"]
+            "gui", "vendor"]
 
 
 def _available_commands() -> List[str]:
