@@ -317,7 +317,8 @@ class RKNN:
     # ---- vendor export (openrknn's quantization, the vendor's compiler) ---------------------------------------------
     @_guarded()
     def export_vendor_rknn(self, export_path: str, target: Optional[str] = None, validate=None,
-                           validate_out: Optional[str] = None, route: str = "auto", dataset: Optional[str] = None) -> int:
+                           validate_out: Optional[str] = None, route: str = "auto",
+                           dataset: Optional[str] = None) -> int:
         """Compile the built or loaded model into a vendor .rknn with rknn-toolkit2 running in its own Python
         (`openrknn vendor-setup`, or OPENRKNN_VENDOR_PYTHON). validate: a dataset.txt or image/.npy paths run on the
         vendor simulator right after compiling; per-output cosine against openrknn's simulator goes to

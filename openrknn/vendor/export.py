@@ -127,7 +127,7 @@ def _write_calibration(samples: List[tuple], folder: Path, rgb2bgr: bool) -> str
     import cv2
 
     lines = []
-    for k, (stem, arrays) in enumerate(samples):
+    for k, (_stem, arrays) in enumerate(samples):
         names = []
         for i, a in enumerate(arrays):
             if a.ndim == 4 and a.shape[3] == 3:
@@ -252,7 +252,7 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
     val_spec = None
     if samples:
         files = []
-        for k, (stem, arrays) in enumerate(samples):
+        for k, (_stem, arrays) in enumerate(samples):
             row = []
             for i, a in enumerate(arrays):
                 p = work / f"val_{k}_{i}.npy"

@@ -309,9 +309,11 @@ def quantize_sigmoid_inputs(model: onnx.ModelProto) -> List[str]:
         f = src + "__vendor_f"
         conv.output[0] = f
         sn, zn = src + "__vendor_scale", src + "__vendor_zp"
-        g.initializer.extend([numpy_helper.from_array(np.float32(scale), sn), numpy_helper.from_array(np.int8(zp), zn)])
+        g.initializer.extend([numpy_helper.from_array(np.float32(scale), sn),
+                              numpy_helper.from_array(np.int8(zp), zn)])
         at = list(g.node).index(conv) + 1
-        g.node.insert(at, helper.make_node("QuantizeLinear", [f, sn, zn], [src + "__vendor_q"], name=src + "__vendor_Q"))
+        g.node.insert(at, helper.make_node("QuantizeLinear", [f, sn, zn], [src + "__vendor_q"],
+                                           name=src + "__vendor_Q"))
         g.node.insert(at + 1, helper.make_node("DequantizeLinear", [src + "__vendor_q", sn, zn], [src],
                                                name=src + "__vendor_DQ"))
         added.append(src)
