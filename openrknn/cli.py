@@ -11,17 +11,8 @@ from typing import List, Optional
 from . import __version__
 
 # Subcommands in help order; each module defines register(subparsers) and run(args) -> int.
-COMMANDS = ["convert", "export_tflite", "info", "run", "check", "perf", "report", "detect", "yolox", "train_eyes",
-            "demo", "serve", "gui"]
-
-
-def _available_commands() -> List[str]:
-    found = []
-    for name in COMMANDS:
-        spec = importlib.util.find_spec(f"openrknn.commands.{name}")
-        if spec is not None:
-            found.append(name)
-    return found
+COMMANDS = ["convert", "export_tflite", "vendor", "info", "run", "check", "perf", "report", "detect", "yolox",
+            "train_eyes", "demo", "serve", "gui"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"openrknn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _available_commands():
+    for name in COMMANDS:
         importlib.import_module(f"openrknn.commands.{name}").register(sub)
     return parser
 

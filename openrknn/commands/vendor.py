@@ -1,0 +1,66 @@
+"""`openrknn vendor-export` and `openrknn vendor-setup`: compile an openrknn model into a vendor .rknn."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vendor-export", help="compile an openrknn .rknn into a vendor .rknn with rknn-toolkit2 "
+                       "(openrknn's quantization, the vendor's compiler)")
+    p.add_argument("model", help="openrknn .rknn (float or quantized)")
+    p.add_argument("-o", "--out", required=True, help="vendor .rknn to write")
+    p.add_argument("--target", default=None, help="chip (default: the model's target platform)")
+    p.add_argument("--validate", nargs="+", default=None, metavar="DATASET_OR_IMAGES",
+                   help="a dataset.txt or image/.npy files: run the vendor simulator on them right after compiling "
+                   "and compare with openrknn's simulator (writes OUT.validation.json)")
+    p.add_argument("--validate-out", default=None, help="folder for <input-stem>_<output-index>.npy vendor outputs "
+                   "(default: OUT's stem + _validation)")
+    p.add_argument("--route", choices=("auto", "qdq", "ranges"), default="auto",
+                   help="qdq: the vendor compiles our QDQ graph; ranges: it quantizes our float graph with our "
+                   "ranges and weight integers; auto: qdq, then ranges (default)")
+    p.add_argument("--dataset", default=None, help="route 'ranges': samples for the tensors only the vendor "
+                   "quantizes (default: the --validate samples, else the model's build dataset)")
+    p.set_defaults(func=run_export)
+
+    s = sub.add_parser("vendor-setup", help="create the vendor toolkit's own virtualenv (rknn-toolkit2) in the "
+                       "cache folder")
+    s.add_argument("--venv", default=None, help="where (default: $OPENRKNN_CACHE or ~/.cache/openrknn, "
+                   "/vendor-venv)")
+    s.add_argument("--python", default=None, help="base interpreter for the venv (default: this one)")
+    s.add_argument("--no-cpu-torch", action="store_true", help="do not try PyTorch's CPU index first")
+    s.add_argument("--force", action="store_true", help="rebuild the venv if it exists")
+    s.set_defaults(func=run_setup)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..vendor import export_vendor
+
+    res = export_vendor(args.model, args.out, target=args.target, validate=args.validate,
+                        validate_out=args.validate_out, route=args.route, dataset=args.dataset)
+    print(f"wrote {res.path} ({Path(res.path).stat().st_size / 1e6:.2f} MB) with {res.toolkit}, route "
+          f"{res.route!r}, {res.seconds:.1f} s")
+    for note in res.notes:
+        print(f"  {note}")
+    if res.post_path:
+        print(f"  host-side tail: {res.post_path} (vendor outputs -> the model's outputs; openrknn serve applies it)")
+    v = res.vendor
+    if v.get("cfg_tensors") is not None:
+        print(f"  vendor .quantization.cfg: {v['cfg_edited']} of {v['cfg_tensors']} tensors set to openrknn's ranges")
+    if res.validation:
+        print(f"validation on {res.validation['samples']} sample(s), vendor simulator vs openrknn simulator:")
+        for o in res.validation["outputs"]:
+            print(f"  {o['name']}: cosine mean {o['cosine_mean']:.4f}, min {o['cosine_min']:.4f}")
+        print(f"  outputs in {res.validation['out_dir']}; report {res.validation['json']}")
+        print(json.dumps({o["name"]: round(o["cosine_mean"], 4) for o in res.validation["outputs"]}))
+    return 0
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    from ..vendor import setup_venv
+
+    setup_venv(Path(args.venv) if args.venv else None, python=args.python, cpu_torch=not args.no_cpu_torch,
+               force=args.force)
+    return 0

@@ -1,0 +1,334 @@
+"""openrknn package -> vendor .rknn, through the vendor toolkit's own Python (never imported here).
+
+export_vendor() prepares the model (prepare.py), writes the job and its files to a temporary folder, runs runner.py
+with the vendor interpreter, moves the vendor file into place, and with `validate` compares the vendor simulator's
+outputs (run in the same vendor process, right after compiling: the only time its simulator works) with openrknn's
+simulator on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from ..atomic import write_bytes_atomic, write_text_atomic
+from ..errors import NotSupportedError, PackageError
+from .env import VendorPython, VendorToolkitError, find_vendor_python
+from .job import ValidateSpec, VendorJob
+from .prepare import VendorModel, prepare
+
+log = logging.getLogger("openrknn.vendor")
+
+RUNNER = Path(__file__).with_name("runner.py")
+ROUTES = ("auto", "qdq", "ranges")
+# chips each toolkit compiles for (rknn-toolkit 1.x: RKNPU1; rknn-toolkit2: RKNPU2)
+TOOLKIT_FOR = {"rknpu1": "rknn-toolkit", "rknpu2": "rknn-toolkit2"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class VendorExport:
+    path: str  # the vendor .rknn
+    post_path: Optional[str]  # the float tail the host runs after the vendor outputs (None: not needed)
+    route: str
+    toolkit: str
+    seconds: float
+    vendor: dict  # the runner's result (per-step seconds, cfg tensors edited...)
+    notes: List[str] = field(default_factory=list)
+    validation: Optional[dict] = None
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    return float(a @ b / (na * nb)) if na and nb else 0.0
+
+
+def _target(metadata: dict, target: Optional[str]) -> str:
+    from ..targets import NPU_GENERATION, PLATFORMS
+
+    chips = metadata.get("target_platform") or []
+    chosen = (target or (chips[0] if chips else "")).lower()
+    if chosen not in NPU_GENERATION:
+        raise NotSupportedError(f"target {chosen!r} is not a known chip; allowed: {', '.join(PLATFORMS)}")
+    if chips and NPU_GENERATION[chosen] != NPU_GENERATION[chips[0]]:
+        raise NotSupportedError(f"the model was built for {', '.join(chips)} ({NPU_GENERATION[chips[0]].upper()}) "
+                                f"but --target {chosen} is {NPU_GENERATION[chosen].upper()}; rebuild it for "
+                                f"{chosen} with openrknn first (config(target_platform='{chosen}'))")
+    return chosen
+
+
+def _config(vm: VendorModel, metadata: dict, toolkit: str, target: str) -> Dict[str, object]:
+    cfg: Dict[str, object] = {"mean_values": vm.mean_values, "std_values": vm.std_values,
+                              "target_platform": target if toolkit == "rknn-toolkit2" else [target]}
+    build = metadata.get("build") or {}
+    if toolkit == "rknn-toolkit2":
+        cfg["quant_img_RGB2BGR"] = bool(build.get("quant_img_RGB2BGR", False))
+        cfg["quantized_dtype"] = "w8a8"
+        cfg["quantized_method"] = build.get("quantized_method") or "channel"
+    else:  # rknn-toolkit 1.x: its own names; the reorder stays in our graph, so none here
+        cfg["quantized_dtype"] = build.get("quantized_dtype") or "asymmetric_quantized-u8"
+        cfg["reorder_channel"] = " ".join(str(i) for i in range(len(vm.mean_values[0])))
+    return cfg
+
+
+def read_samples(samples: Sequence[PathLike], metadata: dict) -> List[tuple]:
+    """[(stem, [array per input])] from a dataset.txt or image / .npy files, decoded as the package's build did."""
+    from ..quant.dataset import InputSpec, read_dataset
+
+    specs = [InputSpec(i["name"], tuple(i["shape"])) for i in metadata["inputs"]]
+    rgb2bgr = bool((metadata.get("build") or {}).get("quant_img_RGB2BGR", False))
+    paths = [Path(s) for s in samples]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".txt":
+        ds_path, tmp = paths[0], None
+    else:
+        bad = [str(p) for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES + (".npy",)]
+        if bad:
+            raise PackageError(f"--validate takes one dataset.txt or image/.npy files; {bad[0]!r} is neither")
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        tmp.write("\n".join(str(p.absolute()) for p in paths) + "\n")
+        tmp.close()
+        ds_path = Path(tmp.name)
+    try:
+        data = read_dataset(ds_path, specs, rgb2bgr=rgb2bgr)
+        out = []
+        used: Dict[str, int] = {}
+        for k, entry_paths in enumerate(data.paths):
+            feeds = data.sample(k)
+            stem = entry_paths[0].stem
+            used[stem] = used.get(stem, 0) + 1
+            if used[stem] > 1:
+                stem = f"{stem}-{used[stem]}"
+            out.append((stem, [np.clip(np.round(feeds[s.name]), 0, 255).astype(np.uint8).reshape(s.shape)
+                               for s in specs]))
+        return out
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
+
+
+def _write_calibration(samples: List[tuple], folder: Path, rgb2bgr: bool) -> str:
+    """The vendor's dataset.txt: 3-channel inputs as PNG (lossless; it decodes images with OpenCV and turns them to
+    RGB unless quant_img_RGB2BGR, so the file holds the channels it will hand back in our feed order), others as
+    NCHW .npy (the layout it asks of .npy calibration files)."""
+    import cv2
+
+    lines = []
+    for k, (_stem, arrays) in enumerate(samples):
+        names = []
+        for i, a in enumerate(arrays):
+            if a.ndim == 4 and a.shape[3] == 3:
+                p = folder / f"calib_{k}_{i}.png"
+                cv2.imwrite(str(p), np.ascontiguousarray(a[0] if rgb2bgr else a[0, :, :, ::-1]))
+            else:
+                p = folder / f"calib_{k}_{i}.npy"
+                np.save(p, np.transpose(a, (0, 3, 1, 2)) if a.ndim == 4 else a)
+            names.append(p.name)
+        lines.append(" ".join(names))
+    (folder / "dataset.txt").write_text("\n".join(lines) + "\n")
+    return "dataset.txt"
+
+
+def _run_runner(vp: VendorPython, job: VendorJob, work: Path, timeout: float) -> dict:
+    (work / "job.json").write_text(job.to_json())
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # never let our packages (or their numpy) into the vendor's interpreter
+    cmd = [vp.python, str(RUNNER), str(work / "job.json")]
+    log.info("vendor: %s %s (%s) compiling through route %r", vp.toolkit, vp.version, vp.python, job.route)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(work))
+    except subprocess.TimeoutExpired as e:
+        raise VendorToolkitError(f"the vendor toolkit ran over {timeout:.0f} s on this model and was stopped") from e
+    (work / "vendor.log").write_text(proc.stdout + proc.stderr)
+    result_path = work / job.result
+    if not result_path.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+        signal = f" (killed by signal {-proc.returncode})" if proc.returncode < 0 else ""
+        raise VendorToolkitError(f"the vendor toolkit process died{signal} with exit code {proc.returncode} before "
+                                 f"reporting; its last lines:\n{tail}")
+    result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        said = _vendor_errors(proc.stdout + proc.stderr)
+        raise VendorToolkitError(f"the vendor toolkit failed at {result.get('step')}: {result.get('error')}"
+                                 + (f"; the vendor said: {said}" if said else ""))
+    return result
+
+
+def _vendor_errors(text: str) -> str:
+    """The vendor's own error lines ('E step: message', colour codes removed), the last three."""
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [ln.strip() for ln in plain.splitlines() if re.match(r"^E \w", ln.strip())
+             and "rknn-toolkit" not in ln and "Traceback" not in ln]
+    return " | ".join(lines[-3:])
+
+
+def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
+                  validate: Optional[Sequence[PathLike]] = None, validate_out: Optional[PathLike] = None,
+                  route: str = "auto", dataset: Optional[PathLike] = None, vendor: Optional[VendorPython] = None,
+                  timeout: float = 3600.0) -> VendorExport:
+    """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
+
+    route: 'qdq' (the vendor compiles our QDQ graph as given), 'ranges' (the vendor quantizes our rewritten float
+    graph with our weight integers and every activation range we chose), 'auto' (qdq, then ranges if the vendor
+    cannot compile the QDQ graph). dataset: samples for the tensors only the vendor quantizes in route 'ranges'
+    (default: the validation samples, else the package's build dataset). validate: samples (one dataset.txt or
+    image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator."""
+    from ..package import RknnPackage, read_package
+
+    if route not in ROUTES:
+        raise NotSupportedError(f"route {route!r} is not one of {', '.join(ROUTES)}")
+    pkg = package_or_path if isinstance(package_or_path, RknnPackage) else read_package(package_or_path)
+    meta = pkg.metadata
+    chip = _target(meta, target)
+    from ..targets import NPU_GENERATION
+
+    toolkit = TOOLKIT_FOR[NPU_GENERATION[chip]]
+    out = Path(out).absolute()
+    if out.is_dir():
+        raise PackageError(f"cannot write {out}: it is a folder; give a file name such as model.vendor.rknn")
+    if not out.parent.is_dir():
+        raise PackageError(f"cannot write {out}: the folder {out.parent} does not exist; create it first")
+    vp = vendor or find_vendor_python()
+    if vp.toolkit != "unknown" and vp.toolkit != toolkit:
+        raise VendorToolkitError(f"{chip} needs {toolkit}, but the vendor Python {vp.python} has {vp.toolkit} "
+                                 f"{vp.version}; point OPENRKNN_VENDOR_PYTHON at an interpreter with {toolkit}")
+    samples = read_samples(validate, meta) if validate else []
+    quantized = bool(meta.get("quantization"))
+    routes = ["float"] if not quantized else (["qdq", "ranges"] if route == "auto" else [route])
+    t0 = time.time()
+    errors = []
+    for r in routes:
+        with tempfile.TemporaryDirectory(prefix="openrknn-vendor-") as tmp:
+            work = Path(tmp)
+            try:
+                exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, dataset, timeout)
+            except (VendorToolkitError, NotSupportedError) as e:
+                if r == routes[-1]:
+                    if errors:
+                        raise VendorToolkitError("; then ".join(errors + [f"route {r!r}: {e}"])) from e
+                    raise
+                log.warning("vendor route %r failed (%s); trying %r", r, str(e).splitlines()[0],
+                            routes[routes.index(r) + 1])
+                errors.append(f"route {r!r}: {str(e).splitlines()[0]}")
+                continue
+        exp.seconds = time.time() - t0
+        if errors:
+            exp.notes.insert(0, "; ".join(errors))
+        return exp
+    raise AssertionError("unreachable")
+
+
+def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: Path, out: Path, samples, validate_out,
+             dataset, timeout: float) -> VendorExport:
+    meta = pkg.metadata
+    vm = prepare(pkg, "qdq" if route == "float" else route)
+    onnx.save(vm.onnx_model, str(work / "model.onnx"))
+    ds = None
+    if route == "ranges":
+        calib = read_samples([dataset], meta) if dataset else samples
+        if not calib:
+            build_ds = (meta.get("build") or {}).get("dataset")
+            if build_ds and Path(build_ds).is_file():
+                calib = read_samples([build_ds], meta)
+        if not calib:
+            raise NotSupportedError("route 'ranges' needs samples for the tensors only the vendor quantizes (e.g. a "
+                                    "conv output before its activation): pass --validate or --dataset images")
+        ds = _write_calibration(calib, work, bool((meta.get("build") or {}).get("quant_img_RGB2BGR")))
+    val_spec = None
+    if samples:
+        files = []
+        for k, (_stem, arrays) in enumerate(samples):
+            row = []
+            for i, a in enumerate(arrays):
+                p = work / f"val_{k}_{i}.npy"
+                np.save(p, a)
+                row.append(p.name)
+            files.append(row)
+        val_spec = ValidateSpec(files, [s for s, _ in samples], "vendor_outputs")
+    job = VendorJob(toolkit=toolkit, route=route, model="model.onnx", config=_config(vm, meta, toolkit, chip),
+                    inputs=vm.input_names, outputs=vm.outputs,
+                    input_size_list=[list(s) if toolkit == "rknn-toolkit2" else list(s[1:]) for s in vm.input_shapes],
+                    export="vendor.rknn", dataset=ds, ranges={k: list(v) for k, v in vm.ranges.items()},
+                    float16_layers=vm.wide_tensors, validate=val_spec)
+    result = _run_runner(vp, job, work, timeout)
+    if vm.wide_tensors and len(result.get("float16_layers") or []) < len(vm.wide_tensors):
+        kept = set(result.get("float16_layers") or [])
+        lost = [t for t in vm.wide_tensors if t not in kept]
+        raise NotSupportedError(f"{len(lost)} tensor(s) our hybrid kept in 16 bits have no layer of that name in "
+                                f"the vendor's .quantization.cfg ({', '.join(lost[:3])}); they would be 8-bit in the "
+                                "vendor file")
+    post_path = None
+    if vm.post is not None:
+        post_path = str(out) + ".post.onnx"
+        write_bytes_atomic(post_path, vm.post.SerializeToString())
+    write_bytes_atomic(out, (work / "vendor.rknn").read_bytes())
+    exp = VendorExport(str(out), post_path, route, f"{vp.toolkit} {vp.version}", 0.0, result, vm.notes)
+    if samples:
+        exp.validation = _compare(pkg, vm, samples, work / "vendor_outputs", result, Path(validate_out or
+                                  out.with_name(out.stem + "_validation")))
+        report = {"model": str(out), "route": route, "toolkit": exp.toolkit, **exp.validation}
+        write_text_atomic(str(out) + ".validation.json", json.dumps(report, indent=1))
+        exp.validation["json"] = str(out) + ".validation.json"
+    return exp
+
+
+def run_post(post: Optional[onnx.ModelProto], names: List[str], arrays: List[np.ndarray]) -> List[np.ndarray]:
+    """Vendor outputs -> the package's outputs (the float tail on the host; identity when there is none)."""
+    if post is None:
+        return list(arrays)
+    from ..runtime.simulator import make_session
+
+    sess = make_session(post.SerializeToString())
+    return sess.run(None, {n: np.asarray(a, np.float32) for n, a in zip(names, arrays)})
+
+
+def _compare(pkg, vm: VendorModel, samples, raw_dir: Path, result: dict, out_dir: Path) -> dict:
+    from ..runtime.simulator import Simulator
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim = Simulator(pkg.model_bytes, pkg.metadata)
+    names = [o["name"] for o in pkg.metadata["outputs"]]
+    per_output = [[] for _ in names]
+    files = []
+    try:
+        for (stem, arrays), vendor_files in zip(samples, result["outputs"]):
+            raw = [np.load(raw_dir / Path(f).name) for f in vendor_files]
+            if len(raw) != len(vm.outputs):
+                raise VendorToolkitError(f"the vendor simulator returned {len(raw)} outputs for {stem}, the model "
+                                         f"has {len(vm.outputs)}")
+            final = run_post(vm.post, vm.outputs, raw)
+            ours = sim.run(arrays)
+            for k, (v, o) in enumerate(zip(final, ours)):
+                v = np.asarray(v, np.float32).reshape(np.shape(o))
+                per_output[k].append(_cos(v, o))
+                path = out_dir / f"{stem}_{k}.npy"
+                write_bytes_atomic(path, _npy_bytes(v))
+                files.append(str(path))
+    finally:
+        sim.release()
+    outputs = [{"name": n, "cosine_mean": float(np.mean(c)), "cosine_min": float(np.min(c))}
+               for n, c in zip(names, per_output)]
+    return {"samples": len(samples), "outputs": outputs, "files": files, "out_dir": str(out_dir)}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()

@@ -1,0 +1,356 @@
+"""Turn an openrknn package into what rknn-toolkit2 compiles: an ONNX graph that carries our decisions.
+
+Graph surgery shared by both routes (see docs/vendor.md for what each keeps, measured):
+- the board-side pre-processing at the head of the graph (NHWC->NCHW Transpose, mean Sub, 1/std Mul/Div) moves into
+  the vendor's config(mean_values, std_values): the vendor refuses channel-last ONNX inputs and applies mean/std in its
+  input stage;
+- the float tail after the last quantized tensors (e.g. a detector's Concat of box and score parts that keep their own
+  scales) is cut off: those tensors become the vendor model's outputs and the tail runs on the host as a small ONNX
+  graph (`post` model), so one vendor int8 scale never has to cover both pixel-scale boxes and 0..1 scores;
+- activations stored as uint8 (onnxruntime's fast kernels) become int8 with the zero point shifted by 128, the same
+  grid in the vendor's storage type.
+Route "qdq" hands the vendor the QDQ graph itself (do_quantization=False); route "ranges" hands it the float graph
+with our rewrites and our weight integers (dequantized, so its per-channel max-abs rounding lands on them) plus
+every activation range, which its hybrid_quantization_step2 takes from the edited .quantization.cfg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import NotSupportedError
+
+MS_DOMAIN = "com.microsoft"
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class VendorModel:
+    """What the vendor gets, and what our side needs to turn its outputs back into the package's outputs."""
+
+    onnx_model: onnx.ModelProto
+    mean_values: List[List[float]]  # one list per input, the vendor's (fed) channel order
+    std_values: List[List[float]]
+    input_names: List[str]  # inputs of onnx_model, in the package's input order
+    input_shapes: List[List[int]]  # NCHW
+    outputs: List[str]  # vendor outputs, in the order its runtime returns them
+    post: Optional[onnx.ModelProto] = None  # float tail: vendor outputs -> package outputs (None: identical)
+    ranges: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # route "ranges": tensor -> (min, max)
+    wide_tensors: List[str] = field(default_factory=list)  # tensors our hybrid kept in 16 bits
+    notes: List[str] = field(default_factory=list)
+
+
+def _inits(g: onnx.GraphProto) -> Dict[str, onnx.TensorProto]:
+    return {t.name: t for t in g.initializer}
+
+
+def _const(inits: Dict[str, onnx.TensorProto], name: str) -> Optional[np.ndarray]:
+    t = inits.get(name)
+    return None if t is None else numpy_helper.to_array(t)
+
+
+def _consumers(g: onnx.GraphProto) -> Dict[str, List[onnx.NodeProto]]:
+    out: Dict[str, List[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _per_channel(value: np.ndarray, channels: int) -> Optional[List[float]]:
+    """A constant that broadcasts per channel over NCHW (shape (C,1,1), (1,C,1,1), scalar...) as C floats."""
+    v = np.asarray(value, np.float64)
+    if v.size == 1:
+        return [float(v.reshape(-1)[0])] * channels
+    if v.size == channels and (v.ndim <= 1 or v.shape[-3 if v.ndim >= 3 else 0] == channels):
+        return [float(x) for x in v.reshape(-1)]
+    return None
+
+
+def cut_input_preprocess(model: onnx.ModelProto, metadata: dict) -> Tuple[List[List[float]], List[List[float]],
+                                                                           List[str], List[List[int]], List[str]]:
+    """Remove the NHWC->NCHW Transpose and a leading mean Sub / std Mul-or-Div of each image input (in place).
+
+    Returns (mean per input, std per input, new input names, NCHW shapes, notes). A reorder Gather that was not folded
+    into the first conv stays in the graph (the vendor's Toolkit2 has no reorder option)."""
+    g = model.graph
+    inits = _inits(g)
+    means, stds, names, shapes, notes = [], [], [], [], []
+    metas = {m["name"]: m for m in metadata.get("inputs") or []}
+    for inp in list(g.input):
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        meta = metas.get(inp.name, {})
+        cons = _consumers(g).get(inp.name, [])
+        tr = cons[0] if len(cons) == 1 else None
+        nhwc = (meta.get("layout") == "nhwc" and len(dims) == 4 and tr is not None and tr.op_type == "Transpose"
+                and list(helper.get_attribute_value(tr.attribute[0])) == [0, 3, 1, 2])
+        if not nhwc:
+            if len(dims) == 4 and dims[1] not in (1, 3, 4) and dims[3] in (1, 3, 4):
+                raise NotSupportedError(
+                    f"input {inp.name!r} {dims} is channel-last without openrknn's NHWC transpose; rknn-toolkit2 "
+                    "reads dim 1 as channels. Rebuild the model with openrknn (its packages feed NHWC through a "
+                    "Transpose the bridge can remove)")
+            c = dims[1] if len(dims) == 4 else 1
+            means.append([0.0] * c)
+            stds.append([1.0] * c)
+            names.append(inp.name)
+            shapes.append(dims)
+            continue
+        n, h, w, c = dims
+        cur = tr.output[0]
+        g.node.remove(tr)
+        mean, std = [0.0] * c, [1.0] * c
+        while True:
+            nxt = _consumers(g).get(cur, [])
+            if len(nxt) != 1 or nxt[0].op_type not in ("Sub", "Mul", "Div") or nxt[0].input[0] != cur:
+                break
+            node = nxt[0]
+            value = _const(inits, node.input[1])
+            vals = None if value is None else _per_channel(value, c)
+            if vals is None:
+                break
+            if node.op_type == "Sub":
+                if any(s != 1.0 for s in std):  # a Sub after a scale would need the mean rescaled: keep it simple
+                    break
+                mean = vals
+            elif node.op_type == "Mul":
+                std = [s / v if v else s for s, v in zip(std, vals)]
+            else:
+                std = [s * v for s, v in zip(std, vals)]
+            g.node.remove(node)
+            cur = node.output[0]
+        g.input.remove(inp)
+        g.input.append(helper.make_tensor_value_info(cur, TensorProto.FLOAT, [n, c, h, w]))
+        means.append(mean)
+        stds.append(std)
+        names.append(cur)
+        shapes.append([n, c, h, w])
+        notes.append(f"input {inp.name!r}: NHWC transpose removed, mean {_short(mean)} / std {_short(std)} handed "
+                     "to the vendor's config")
+    # graph inputs must stay in the package's order: the loop appended the rewritten ones at the end
+    order = {nm: k for k, nm in enumerate(names)}
+    ins = sorted(g.input, key=lambda vi: order.get(vi.name, len(order)))
+    del g.input[:]
+    g.input.extend(ins)
+    return means, stds, names, shapes, notes
+
+
+def _short(values: List[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def split_float_tail(model: onnx.ModelProto) -> Tuple[List[str], Optional[onnx.ModelProto]]:
+    """Cut the nodes after the last quantized tensors (in place). Returns (new outputs, tail model or None).
+
+    Walking back from each graph output, every node reached before a DequantizeLinear of an activation belongs to
+    the tail; the DequantizeLinear outputs where the walk stops become the graph's outputs."""
+    g = model.graph
+    inits = _inits(g)
+    prod = {o: n for n in g.node for o in n.output}
+    frontier: List[str] = []
+    tail_ids = set()
+    stack = [o.name for o in g.output]
+    seen = set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        n = prod.get(t)
+        if n is None:
+            continue
+        if n.op_type == "DequantizeLinear" and n.input[0] not in inits:
+            if t not in frontier:
+                frontier.append(t)
+            continue
+        tail_ids.add(id(n))
+        stack.extend(i for i in n.input if i and i not in inits)
+    if not tail_ids:
+        return [o.name for o in g.output], None
+    tail = [n for n in g.node if id(n) in tail_ids]
+    frontier.sort(key=lambda t: [i for i, n in enumerate(g.node) if t in n.output][0])
+    used = {i for n in tail for i in n.input}
+    tail_graph = helper.make_graph(
+        tail, "openrknn_post", [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in frontier],
+        list(g.output), [inits[i] for i in used if i in inits])
+    post = helper.make_model(tail_graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    post.ir_version = model.ir_version
+    for n in tail:
+        g.node.remove(n)
+    del g.output[:]
+    g.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in frontier)
+    _drop_unused_inits(g)
+    return frontier, post
+
+
+def _drop_unused_inits(g: onnx.GraphProto) -> None:
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def int8_storage(model: onnx.ModelProto) -> int:
+    """uint8 activation Q/DQ -> int8 with zero point - 128 (the same grid). Returns how many zero points moved."""
+    g = model.graph
+    inits = _inits(g)
+    moved = set()
+    for n in g.node:
+        if n.op_type in QDQ and len(n.input) > 2 and n.input[2] in inits and n.input[2] not in moved:
+            z = numpy_helper.to_array(inits[n.input[2]])
+            if z.dtype == np.uint8:
+                inits[n.input[2]].CopyFrom(numpy_helper.from_array((z.astype(np.int16) - 128).astype(np.int8),
+                                                                   n.input[2]))
+                moved.add(n.input[2])
+    return len(moved)
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def _wide(node: onnx.NodeProto) -> bool:
+    return node.domain == MS_DOMAIN
+
+
+def activation_ranges(model: onnx.ModelProto) -> Tuple[Dict[str, Tuple[float, float, float, int]], List[str]]:
+    """tensor -> (min, max, scale, nominal int zero point) of each quantized activation; and the 16-bit ones."""
+    g = model.graph
+    inits = _inits(g)
+    out, wide = {}, []
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] in inits:
+            continue
+        s = float(numpy_helper.to_array(inits[n.input[1]]))
+        z_arr = numpy_helper.to_array(inits[n.input[2]])
+        bits = 16 if z_arr.dtype in (np.uint16, np.int16) else 8
+        lo_q = 0 if z_arr.dtype in (np.uint8, np.uint16) else -(1 << (bits - 1))
+        hi_q = lo_q + (1 << bits) - 1
+        z = int(z_arr)
+        out[n.output[0]] = (s * (lo_q - z), s * (hi_q - z), s, z)
+        if bits == 16:
+            wide.append(n.output[0])
+    return out, wide
+
+
+def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float graph our quantizer produced: rewrites kept, weights dequantized from our integers (so a per-channel
+    max-abs re-quantization lands on them again), activation Q/DQ pairs removed with tensor names kept."""
+    g = model.graph
+    inits = _inits(g)
+    q_of = {n.output[0]: n for n in g.node if n.op_type == "QuantizeLinear"}
+    drop, rename = [], {}
+    new_inits = []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            q = numpy_helper.to_array(inits[n.input[0]]).astype(np.float64)
+            s = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            z = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+            if s.ndim == 1 and s.size > 1:
+                shape = [1] * q.ndim
+                shape[_axis(n) % q.ndim] = -1
+                s, z = s.reshape(shape), z.reshape(shape)
+            new_inits.append(numpy_helper.from_array(((q - z) * s).astype(np.float32), n.output[0]))
+            drop.append(n)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in q_of:
+            rename[q_of[n.input[0]].input[0]] = n.output[0]  # producer's t__f becomes t again
+            drop.extend([n, q_of[n.input[0]]])
+    for n in drop:
+        g.node.remove(n)
+    for n in g.node:
+        for k, o in enumerate(n.output):
+            if o in rename:
+                n.output[k] = rename[o]
+    for vi in g.input:
+        if vi.name in rename:  # a quantized graph input keeps its own name
+            vi.name = rename[vi.name]
+    g.initializer.extend(new_inits)
+    _drop_unused_inits(g)
+    del g.value_info[:]
+    keep = [o for o in model.opset_import if o.domain != MS_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
+def quantize_sigmoid_inputs(model: onnx.ModelProto) -> List[str]:
+    """Route "qdq": give a conv output read by a standalone Sigmoid its own int8 quantizer (in place).
+
+    openrknn's simulator evaluates conv + sigmoid as one fused step; rknn-toolkit2 runs the sigmoid as its own int8
+    op and refuses a QDQ graph without a quantizer between them ("Invalid w_par['dtype'] = float16"). The range is
+    the logit of the sigmoid output's quantized range, which is all the output quantizer can tell apart."""
+    g = model.graph
+    inits = _inits(g)
+    prod = {o: n for n in g.node for o in n.output}
+    cons = _consumers(g)
+    added = []
+    for sig in [n for n in g.node if n.op_type == "Sigmoid"]:
+        src = sig.input[0]
+        conv = prod.get(src)
+        readers = cons.get(src, [])
+        if conv is None or conv.op_type != "Conv" or any(r.op_type == "Mul" for r in readers):
+            continue  # SiLU (Sigmoid * x) is fused by the vendor too
+        q = [c for c in cons.get(sig.output[0], []) if c.op_type == "QuantizeLinear"]
+        if not q:
+            continue
+        s = float(numpy_helper.to_array(inits[q[0].input[1]]))
+        z_arr = numpy_helper.to_array(inits[q[0].input[2]])
+        lo_q = 0 if z_arr.dtype == np.uint8 else -128
+        lo = max(s * (lo_q - int(z_arr)) + s / 2, 1e-6)
+        hi = min(s * (lo_q + 255 - int(z_arr)) - s / 2, 1 - 1e-6)
+        a, b = float(np.log(lo / (1 - lo))), float(np.log(hi / (1 - hi)))
+        scale = max((b - a) / 255.0, 1e-8)
+        zp = int(np.clip(round(-128 - a / scale), -128, 127))
+        f = src + "__vendor_f"
+        conv.output[0] = f
+        sn, zn = src + "__vendor_scale", src + "__vendor_zp"
+        g.initializer.extend([numpy_helper.from_array(np.float32(scale), sn),
+                              numpy_helper.from_array(np.int8(zp), zn)])
+        at = list(g.node).index(conv) + 1
+        g.node.insert(at, helper.make_node("QuantizeLinear", [f, sn, zn], [src + "__vendor_q"],
+                                           name=src + "__vendor_Q"))
+        g.node.insert(at + 1, helper.make_node("DequantizeLinear", [src + "__vendor_q", sn, zn], [src],
+                                               name=src + "__vendor_DQ"))
+        added.append(src)
+    return added
+
+
+def prepare(package, route: str) -> VendorModel:
+    """The vendor-ready model of an openrknn package for route 'qdq' or 'ranges'."""
+    model = onnx.load_from_string(package.model_bytes)
+    quantized = any(n.op_type in QDQ for n in model.graph.node)
+    means, stds, names, shapes, notes = cut_input_preprocess(model, package.metadata)
+    if not quantized:
+        outputs = [o.name for o in model.graph.output]
+        return VendorModel(model, means, stds, names, shapes, outputs, notes=notes + ["float model: the vendor "
+                           "builds it without quantization (float16 on the NPU)"])
+    outputs, post = split_float_tail(model)
+    if post is not None:
+        notes.append(f"float tail ({len(post.graph.node)} nodes) cut off: the vendor model outputs the "
+                     f"{len(outputs)} quantized tensors before it, the host runs the tail")
+    ranges, wide = activation_ranges(model)
+    if route == "qdq":
+        if wide:
+            raise NotSupportedError(
+                f"route 'qdq' cannot carry the {len(wide)} 16-bit tensor(s) of this model ({', '.join(wide[:3])}"
+                f"{'...' if len(wide) > 3 else ''}): rknn-toolkit2 reads only 8-bit standard QDQ. Use route "
+                "'ranges' (the default 'auto' picks it)")
+        moved = int8_storage(model)
+        added = quantize_sigmoid_inputs(model)
+        notes.append(f"{moved} activation zero points moved to int8 storage")
+        if added:
+            notes.append(f"{len(added)} conv output(s) before a standalone Sigmoid got an int8 quantizer (the vendor "
+                         "runs the sigmoid as its own op)")
+        return VendorModel(model, means, stds, names, shapes, outputs, post, {k: v[:2] for k, v in ranges.items()},
+                           wide, notes)
+    if route != "ranges":
+        raise ValueError(route)
+    strip_qdq(model)
+    names = [vi.name for vi in model.graph.input]  # a quantized input got its dequantized name back
+    return VendorModel(model, means, stds, names, shapes, outputs, post, {k: v[:2] for k, v in ranges.items()},
+                       wide, notes)
