@@ -122,14 +122,13 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[s
     return notes
 
 
-def _clear_stale_shapes(model: onnx.ModelProto, inputs_changed: bool) -> None:
-    """Stored intermediate and output shapes come from the exporter's own input size; once the input sizes are fixed
-    here they are re-inferred. Stale ones (another size, -1 for "dynamic") would contradict the inference."""
+def _clear_stale_shapes(model: onnx.ModelProto) -> None:
+    """Stored intermediate and output shapes come from the exporter (its own input size, -1 for "dynamic", or just
+    wrong); they are re-inferred from the fixed input sizes, so stale ones cannot contradict the inference."""
     del model.graph.value_info[:]
     for o in model.graph.output:
         for d in o.type.tensor_type.shape.dim:
-            if inputs_changed or not (d.HasField("dim_value") and d.dim_value > 0):
-                d.Clear()
+            d.Clear()
 
 
 def _name_nodes(model: onnx.ModelProto) -> int:
@@ -152,15 +151,21 @@ def _name_nodes(model: onnx.ModelProto) -> int:
     return renamed
 
 
-def _runs_in_onnxruntime(model: onnx.ModelProto) -> Optional[str]:
-    """None when onnxruntime accepts the model, else its complaint."""
+def _dry_run(model: onnx.ModelProto) -> Optional[str]:
+    """None when onnxruntime builds a session for the model and runs it once on zeros of the fixed input shapes, else
+    its complaint. The loader's shapes are then known to be ones the model can run at."""
+    import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
     try:
-        ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in model.graph.input:
+            shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            feeds[i.name] = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        sess.run(None, feeds)
         return None
     except Exception as e:
         return str(e)
@@ -169,10 +174,10 @@ def _runs_in_onnxruntime(model: onnx.ModelProto) -> Optional[str]:
 def _node_in_message(model: onnx.ModelProto, message: str) -> str:
     """'node NAME (OP)' for the node an onnx/onnxruntime message names, to say where the problem is."""
     for node in model.graph.node:
-        if node.name and (f"node name: {node.name})" in message or f"Node ({node.name})" in message
-                          or f"Name: {node.name} " in message or f"node {node.name}" in message):
+        if node.name and any(p in message for p in (f"node name: {node.name})", f"Node ({node.name})",
+                                                     f"Name: {node.name} ", f"Name:'{node.name}'")):
             return f"node '{node.name}' ({node.op_type})"
-    return "the node named in the message above"
+    return "a node"
 
 
 def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> onnx.ModelProto:
@@ -213,10 +218,8 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
         notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
     ranks = [len(i.type.tensor_type.shape.dim) for i in model.graph.input]
     shapes = normalize_size_list(input_size_list, ranks=ranks) if input_size_list is not None else []
-    before = [[(d.dim_value, d.dim_param) for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
     notes += _fix_input_shapes(model, shapes)
-    after = [[(d.dim_value, d.dim_param) for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
-    _clear_stale_shapes(model, inputs_changed=before != after)
+    _clear_stale_shapes(model)
     if opset != OPSET:
         try:
             model = version_converter.convert_version(model, OPSET)
@@ -231,25 +234,29 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
 
 
 def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelProto:
-    """Strict shape inference and the checker. When they object but onnxruntime runs the model (onnx's inference
-    is stricter than the runtime about, e.g., a stored shape it cannot prove), keep the model with the shapes that
-    could be inferred: refusing a model that runs would help nobody."""
+    """onnxruntime is the judge: the model must run once at the fixed input shapes. onnx's strict shape inference
+    and checker run too; when they object to a model that runs (they are stricter than the runtime, e.g. about a
+    stored shape they cannot prove), the model is kept with the shapes that could be inferred."""
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-        onnx.checker.check_model(model)
-        return model
+        checked = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(checked)
+        strict_error = None
     except Exception as e:
-        strict_error = str(e)
-    ort_error = _runs_in_onnxruntime(model)
-    if ort_error is None:
-        log.warning("onnx shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,
-                    strict_error[:300])
-        notes.append(f"onnx's strict shape inference objected ({strict_error[:160]}); onnxruntime runs the model")
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    where = _node_in_message(model, ort_error + " " + strict_error)
-    raise ModelLoadError(f"'{path}' cannot be run after loading: {where} fails ({ort_error[:300]}). Give "
-                         "input_size_list with the size the model was exported for, or cut the model before that "
-                         "node with load_onnx(..., outputs=[...]) and run the rest on the CPU.")
+        checked, strict_error = None, str(e)
+    run_error = _dry_run(model)
+    if run_error is not None:
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        where = _node_in_message(model, run_error + " " + (strict_error or ""))
+        raise ModelLoadError(f"'{path}' does not run at input shapes {shapes}: {where} fails in onnxruntime "
+                             f"({run_error[:300]}). If the model was exported for another input size, give that size "
+                             "in input_size_list; otherwise cut the model before that node with "
+                             "load_onnx(..., outputs=[...]) and run the rest on the CPU.")
+    if strict_error is None:
+        return checked
+    log.warning("onnx's strict shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,
+                strict_error[:300])
+    notes.append(f"onnx's strict shape inference objected ({strict_error[:160]}); onnxruntime runs the model")
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 def cut_loaded(loaded: LoadedModel, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> LoadedModel:
