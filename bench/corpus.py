@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -386,36 +387,59 @@ def run_worker(name: str, row: str, cache: Path) -> None:
     print("RESULT " + json.dumps(res))
 
 
-def run_vendor(entry, cache: Path) -> Dict:
-    wd = work_dir(cache, entry["name"])
-    info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
-    if not VENDOR_PY.is_file():
-        return {"error": f"skipped: no vendor virtualenv at {VENDOR_PY}"}
-    out = wd / "vendor_out"
-    job = {"model": str(model_path(cache, entry["name"])), "input_name": info["input_name"], "shape": entry["shape"],
-           "platform": "rk3588", "dtype": "w8a8", "algorithm": "normal", "dataset": str(wd / "dataset.txt"),
-           "feeds": [str(wd / f"eval_{i:02d}.npy") for i in range(info["eval"])], "out": str(out)}
-    if _uses_mean(entry):
-        job.update(mean=list(entry["mean"]), std=list(entry["std"]))
-    (wd / "vendor_job.json").write_text(json.dumps(job))
+def _vendor_attempt(job: Dict, wd: Path):
+    """One rknn-toolkit2 run in its own virtualenv; (status, its log without colour codes)."""
+    out = Path(job["out"])
     for stale in (Path(str(out) + ".npz"), Path(str(out) + ".json")):
         stale.unlink(missing_ok=True)
+    (wd / "vendor_job.json").write_text(json.dumps(job))
     log = wd / "vendor.log"
     with tempfile.TemporaryDirectory() as tmp, open(log, "w") as lf:  # the vendor writes files into its cwd
         try:
             subprocess.run([str(VENDOR_PY), str(ROOT / "bench" / "corpus_vendor.py"), str(wd / "vendor_job.json")],
                            cwd=tmp, stdout=lf, stderr=subprocess.STDOUT, timeout=3600)
         except subprocess.TimeoutExpired:
-            return {"error": "fails in build: over 3600 s"}
+            return {"ok": False, "error": "fails in build: over 3600 s"}, ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
     st_path = Path(str(out) + ".json")
     if not st_path.is_file():
-        return {"error": "fails in vendor process: no status written (crashed; see " + str(log) + ")"}
-    st = json.loads(st_path.read_text())
+        return {"ok": False}, text
+    return json.loads(st_path.read_text()), text
+
+
+def run_vendor(entry, cache: Path) -> Dict:
+    wd = work_dir(cache, entry["name"])
+    info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
+    if not VENDOR_PY.is_file():
+        return {"error": f"skipped: no vendor virtualenv at {VENDOR_PY}"}
+    out = wd / "vendor_out"
+    # rknn-toolkit2 wants calibration .npy files in the model's own layout (NCHW for an NCHW model), while its
+    # inference() takes NHWC feeds like ours
+    lines = []
+    for i in range(info["calib"]):
+        x = np.load(wd / f"calib_{i:02d}.npy")
+        if entry["layout"] == "nchw" and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        np.save(wd / f"vendor_calib_{i:02d}.npy", x)
+        lines.append(f"vendor_calib_{i:02d}.npy")
+    (wd / "vendor_dataset.txt").write_text("\n".join(lines) + "\n")
+    job = {"model": str(model_path(cache, entry["name"])), "input_name": info["input_name"], "shape": entry["shape"],
+           "platform": "rk3588", "dtype": "w8a8", "algorithm": "normal", "dataset": str(wd / "vendor_dataset.txt"),
+           "feeds": [str(wd / f"eval_{i:02d}.npy") for i in range(info["eval"])], "out": str(out)}
+    if _uses_mean(entry):
+        job.update(mean=list(entry["mean"]), std=list(entry["std"]))
+    st, log_text = _vendor_attempt(job, wd)
     res = {"build_s": st.get("build_s"), "peak_mb": st.get("peak_mb"), "total_s": st.get("total_s")}
-    if not st["ok"]:
-        vendor_errors = [ln.strip() for ln in log.read_text(errors="replace").splitlines()
-                         if ln.lstrip().startswith("E ") or "Error" in ln][-2:]
-        res["error"] = (st["error"] + (" | " + " / ".join(vendor_errors) if vendor_errors else ""))[:600]
+    rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
+    if not st.get("ok") and rules:  # what its message tells a user to do: disable the failing fusion rule, retry
+        job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
+        st, log_text = _vendor_attempt(job, wd)
+        res = {"build_s": st.get("build_s"), "peak_mb": st.get("peak_mb"), "total_s": st.get("total_s"),
+               "note": f"built with disable_rules={job['disable_rules']} as its error message suggests"}
+    if not st.get("ok"):
+        raised = re.findall(r"^(\w*(?:Error|Exception): .+)$", log_text, re.M)
+        err = st.get("error", "fails in vendor process: no status written (crashed)")
+        res["error"] = (err.split(": ")[0] + ": " + (raised[-1] if raised else err))[:600]
         return res
     refs = load_outputs(wd / "reference.npz", info["eval"])
     outs = load_outputs(Path(str(out) + ".npz"), info["eval"])

@@ -26,6 +26,8 @@ def main(job_path):
                    quantized_algorithm=job["algorithm"])
         if job.get("mean") is not None:
             cfg.update(mean_values=[job["mean"]], std_values=[job["std"]])
+        if job.get("disable_rules"):
+            cfg.update(disable_rules=job["disable_rules"])
         step = "config"
         rc = rknn.config(**cfg)
         if rc not in (0, None):
