@@ -159,6 +159,8 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a check, not a fast session
+    opts.intra_op_num_threads = 1
     try:
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
         feeds = {}
