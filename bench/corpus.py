@@ -16,7 +16,8 @@ init_runtime, inference) in its own process (so peak RSS is the row's alone):
   u8-rk1808-<algo>   openrknn asymmetric_quantized-u8 on rk1808, quantized_algorithm normal | kl_divergence | mmse
   w8a8-rk3588-<algo> openrknn w8a8 on rk3588, the same three algorithms
   ort-minmax         onnxruntime quantize_static on the original model: QDQ, MinMax, per-channel S8 weights, U8
-                     activations (normalisation outside the model)
+                     activations (normalisation outside the model; models below opset 13 converted to 17 first,
+                     since per-channel QDQ needs it)
   vendor-w8a8        rknn-toolkit2 2.5.0 (its own virtualenv, a subprocess), w8a8 rk3588, normal
 Default = normal; "best" = the best of the three algorithms on the held-out set (an upper bound on a choice).
 A step that fails is a recorded outcome ("fails in load_onnx: ..."), never a crash of the bench. Results are cached
@@ -332,6 +333,11 @@ def _ort_row(entry, cache: Path, n_eval: int, n_calib: int) -> Dict:
         d.Clear()
         d.dim_value = v
     del src.graph.value_info[:]
+    opset = next(o.version for o in src.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # per-channel QDQ (an axis on DequantizeLinear) needs opset 13, as onnxruntime's docs advise
+        from onnx import version_converter
+
+        src = version_converter.convert_version(src, 17)
     tmp = Path(tempfile.mkdtemp(dir=wd))
     fixed, qpath = tmp / "fixed.onnx", tmp / "qdq.onnx"
     onnx.save(src, str(fixed))
