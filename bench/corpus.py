@@ -530,9 +530,12 @@ def table(names: List[str], cache: Path) -> str:
                      f"{_cell(g('ort-minmax'))} | {_cell(g('vendor-w8a8'))} | "
                      f"{t(fl)} / {t(g('w8a8-rk3588-normal'))} / {t(g('ort-minmax'))} / {t(g('vendor-w8a8'))} | "
                      f"{m(g('w8a8-rk3588-normal'))} / {m(g('vendor-w8a8'))} |")
+        by_message: Dict[str, List[str]] = {}
         for row, r in sorted(rows.items()):
             if r.get("error"):
-                failures.append(f"- {n} / {row}: {r['error']}")
+                by_message.setdefault(r["error"][:300], []).append(row)
+        for msg, which in by_message.items():
+            failures.append(f"- {n} / {', '.join(which)}: {msg}")
     return "\n".join(lines + ([""] + ["Failures:"] + failures if failures else []))
 
 
