@@ -1,5 +1,5 @@
 """Loaders: load_pytorch (TorchScript only, shapes with or without batch, clear errors for torch.save files) and
-load_onnx (opsets 9..21, initializers listed as inputs, dynamic dims, sub-graph cuts, shape checks)."""
+load_onnx (opsets 7 and newer, initializers listed as inputs, dynamic dims, sub-graph cuts, shape checks)."""
 
 from __future__ import annotations
 
@@ -124,11 +124,28 @@ def test_onnx_opsets_9_to_21_load_and_match_onnxruntime(conv_onnx, opset, ort_re
     rknn.release()
 
 
-@pytest.mark.parametrize("opset", [8, 22])
-def test_onnx_opset_outside_9_to_21_is_refused(conv_onnx, opset):
-    path = conv_onnx(f"opset{opset}.onnx", opset=opset)
-    with pytest.raises(ModelLoadError, match=rf"opset {opset}; supported are 9\.\.21"):
-        load_onnx(path)
+@pytest.mark.parametrize("opset", [7, 8, 22, 23])
+def test_onnx_opsets_older_or_newer_than_ours_are_converted(conv_onnx, opset, ort_reference):
+    path = conv_onnx(f"opset{opset}.onnx", opset=opset, batchnorm=True, pads=1)
+    loaded = load_onnx(path)
+    assert [i.version for i in loaded.model.opset_import if i.domain in ("", "ai.onnx")] == [OPSET]
+    assert any(f"from opset {opset}" in n for n in loaded.notes)
+    x = np.random.default_rng(opset).standard_normal((1, 3, 8, 10)).astype(np.float32)
+    rknn = _built(path)
+    np.testing.assert_allclose(_float_run(rknn, x)[0], ort_reference(path, {"x": x})[0], atol=1e-4, rtol=0)
+    rknn.release()
+
+
+def test_onnx_opset_older_than_onnxruntime_runs_is_refused(tmp_path):
+    """Opset 6 and older: onnxruntime itself does not promise to run them."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    onnx.save(model, str(tmp_path / "opset6.onnx"))
+    with pytest.raises(ModelLoadError, match=r"opset 6; supported are 7\.\.\d+.*opset_version=17"):
+        load_onnx(tmp_path / "opset6.onnx")
 
 
 def test_initializers_listed_as_inputs_become_constants(conv_onnx, ort_reference):

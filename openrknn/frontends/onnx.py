@@ -14,7 +14,9 @@ from . import OPSET, LoadedModel, file_sha256, normalize_size_list
 
 log = logging.getLogger("openrknn.frontends.onnx")
 
-MIN_OPSET, MAX_OPSET = 9, 21
+# onnxruntime runs opset 7 and newer; older files and files newer than OPSET are converted to OPSET by onnx's
+# version converter, up to the newest opset this onnx release knows.
+MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -29,10 +31,43 @@ def _read(path: Path) -> onnx.ModelProto:
     if head.startswith(b"RKNN") or head.startswith(b"ORKNN"):
         raise ModelLoadError(f"'{path}' is an .rknn model; use load_rknn() for it.")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ModelLoadError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}). Re-export "
                              "it, e.g. with torch.onnx.export.") from None
+    _load_external_data(model, path)
+    return model
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_initializers(sub)
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Weights stored beside the model (models over 2 GB, or exported with external data) are read from the
+    model's own folder, as onnxruntime does; a missing data file is named."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    external = [t for t in _all_initializers(model.graph) if uses_external_data(t)]
+    if not external:
+        return
+    for t in external:
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not (path.parent / loc).is_file():
+            raise ModelLoadError(f"'{path}' keeps weight '{t.name}' in an external data file '{loc}' that is not in "
+                                 f"{path.parent}; copy that file next to the model (the same relative path) and load "
+                                 "again")
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:
+        raise ModelLoadError(f"reading the external weights of '{path}' failed ({type(e).__name__}: "
+                             f"{str(e)[:200]}); check that the data files beside it are complete") from None
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -87,13 +122,64 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[s
     return notes
 
 
-def _clear_value_info_shapes(model: onnx.ModelProto) -> None:
-    # Stale intermediate shapes from a dynamic export would conflict with the fixed input sizes.
+def _clear_stale_shapes(model: onnx.ModelProto) -> None:
+    """Stored intermediate and output shapes come from the exporter (its own input size, -1 for "dynamic", or just
+    wrong); they are re-inferred from the fixed input sizes, so stale ones cannot contradict the inference."""
     del model.graph.value_info[:]
     for o in model.graph.output:
         for d in o.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.Clear()
+            d.Clear()
+
+
+def _name_nodes(model: onnx.ModelProto) -> int:
+    """Give every node a unique name: old exporters leave names empty or repeat them, and the per-layer report,
+    hybrid quantization and accuracy analysis address layers by node name."""
+    seen = set()
+    renamed = 0
+    taken = {n.name for n in model.graph.node if n.name}
+    for k, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{k}"
+        name, i = base, 1
+        while name in seen or (name != node.name and name in taken):
+            name, i = f"{base}_{i}", i + 1
+        node.name = name
+        seen.add(name)
+        renamed += 1
+    return renamed
+
+
+def _dry_run(model: onnx.ModelProto) -> Optional[str]:
+    """None when onnxruntime builds a session for the model and runs it once on zeros of the fixed input shapes, else
+    its complaint. The loader's shapes are then known to be ones the model can run at."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a check, not a fast session
+    opts.intra_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for i in model.graph.input:
+            shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            feeds[i.name] = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        sess.run(None, feeds)
+        return None
+    except Exception as e:
+        return str(e)
+
+
+def _node_in_message(model: onnx.ModelProto, message: str) -> str:
+    """'node NAME (OP)' for the node an onnx/onnxruntime message names, to say where the problem is."""
+    for node in model.graph.node:
+        if node.name and any(p in message for p in (f"node name: {node.name})", f"Node ({node.name})",
+                                                     f"Name: {node.name} ", f"Name:'{node.name}'")):
+            return f"node '{node.name}' ({node.op_type})"
+    return "a node"
 
 
 def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> onnx.ModelProto:
@@ -126,28 +212,53 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     dropped = _drop_initializer_inputs(model)
     if dropped:
         notes.append(f"{dropped} weights listed as graph inputs treated as constants")
+    renamed = _name_nodes(model)
+    if renamed:
+        notes.append(f"{renamed} nodes without a unique name were named")
     if inputs or outputs:
         model = _cut(model, inputs, outputs)
         notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
     ranks = [len(i.type.tensor_type.shape.dim) for i in model.graph.input]
     shapes = normalize_size_list(input_size_list, ranks=ranks) if input_size_list is not None else []
     notes += _fix_input_shapes(model, shapes)
-    _clear_value_info_shapes(model)
+    _clear_stale_shapes(model)
     if opset != OPSET:
         try:
             model = version_converter.convert_version(model, OPSET)
         except Exception as e:
-            raise ModelLoadError(f"converting '{path}' from opset {opset} to {OPSET} failed ({str(e)[:200]}). "
+            raise ModelLoadError(f"converting '{path}' from opset {opset} to {OPSET} failed ({str(e)[:300]}). "
                                  f"Re-export the model with opset_version={OPSET}.") from None
         notes.append(f"converted from opset {opset} to {OPSET}")
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-        onnx.checker.check_model(model)
-    except Exception as e:
-        raise ModelLoadError(f"'{path}' is not a valid ONNX model after loading: {str(e)[:300]}") from None
+    model = _check(model, path, notes)
     log.info("loaded ONNX %s (opset %d): inputs %s", path, opset,
              [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input])
     return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
+
+
+def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelProto:
+    """onnxruntime is the judge: the model must run once at the fixed input shapes. onnx's strict shape inference
+    and checker run too; when they object to a model that runs (they are stricter than the runtime, e.g. about a
+    stored shape they cannot prove), the model is kept with the shapes that could be inferred."""
+    try:
+        checked = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(checked)
+        strict_error = None
+    except Exception as e:
+        checked, strict_error = None, str(e)
+    run_error = _dry_run(model)
+    if run_error is not None:
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        where = _node_in_message(model, run_error + " " + (strict_error or ""))
+        raise ModelLoadError(f"'{path}' does not run at input shapes {shapes}: {where} fails in onnxruntime "
+                             f"({run_error[:300]}). If the model was exported for another input size, give that size "
+                             "in input_size_list; otherwise cut the model before that node with "
+                             "load_onnx(..., outputs=[...]) and run the rest on the CPU.")
+    if strict_error is None:
+        return checked
+    log.warning("onnx's strict shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,
+                strict_error[:300])
+    notes.append(f"onnx's strict shape inference objected ({strict_error[:160]}); onnxruntime runs the model")
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 def cut_loaded(loaded: LoadedModel, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> LoadedModel:

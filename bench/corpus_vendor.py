@@ -1,0 +1,71 @@
+"""rknn-toolkit2 side of bench/corpus.py: runs INSIDE the vendor's virtualenv, never imports openrknn.
+
+Reads one JSON job (argv[1]), builds the model with rknn-toolkit2 through its public API, runs its simulator on the
+evaluation feeds and writes the outputs to job["out"] (.npz, one array per feed and output: f{i}_o{k}) plus a JSON
+status next to it. Each failing step is recorded as "fails in <step>: <message>", not raised.
+"""
+
+import json
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def main(job_path):
+    job = json.load(open(job_path))
+    status = {"ok": False}
+    t0 = time.time()
+    try:
+        from rknn.api import RKNN
+
+        rknn = RKNN(verbose=False)
+        cfg = dict(target_platform=job["platform"], quantized_dtype=job["dtype"],
+                   quantized_algorithm=job["algorithm"])
+        if job.get("mean") is not None:
+            cfg.update(mean_values=[job["mean"]], std_values=[job["std"]])
+        if job.get("disable_rules"):
+            cfg.update(disable_rules=job["disable_rules"])
+        step = "config"
+        rc = rknn.config(**cfg)
+        if rc not in (0, None):
+            raise RuntimeError(f"fails in config: rc={rc}")
+        step = "load_onnx"
+        rc = rknn.load_onnx(job["model"], inputs=[job["input_name"]], input_size_list=[job["shape"]])
+        if rc != 0:
+            raise RuntimeError(f"fails in load_onnx: rc={rc}")
+        step = "build"
+        tb = time.time()
+        rc = rknn.build(do_quantization=True, dataset=job["dataset"])
+        status["build_s"] = time.time() - tb
+        if rc != 0:
+            raise RuntimeError(f"fails in build: rc={rc}")
+        step = "init_runtime"
+        if rknn.init_runtime() != 0:
+            raise RuntimeError("fails in init_runtime")
+        step = "inference"
+        arrays = {}
+        for i, feed in enumerate(job["feeds"]):
+            outs = rknn.inference(inputs=[np.load(feed)], data_format=job.get("data_format", "nhwc"))
+            if outs is None:
+                raise RuntimeError("fails in inference: returned None")
+            for k, o in enumerate(outs):
+                arrays[f"f{i}_o{k}"] = np.asarray(o)
+        np.savez(job["out"], **arrays)
+        status["ok"] = True
+        rknn.release()
+    except Exception as e:  # recorded, not raised: the bench table shows it
+        msg = str(e)
+        if not msg.startswith("fails in"):
+            msg = f"fails in {locals().get('step', 'import')}: {type(e).__name__}: {msg}"
+        status["error"] = msg[:400]
+        status["trace"] = traceback.format_exc()[-2000:]
+    status["total_s"] = time.time() - t0
+    status["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    json.dump(status, open(job["out"] + ".json", "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,39 @@
+"""Tensor-name bookkeeping that sees into control-flow sub-graphs (Loop, If, Scan bodies).
+
+A sub-graph may read any tensor of the graphs around it by name, so a pass that renames or drops a tensor of the main
+graph must look inside every body too; otherwise a Loop body is left reading a name that no longer exists.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Set
+
+import onnx
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def used_names(graph: onnx.GraphProto) -> Set[str]:
+    """Every tensor name read by a node of this graph or of any nested body, plus the graph outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(x for x in node.input if x)
+        for sub in subgraphs(node):
+            used |= used_names(sub)
+    return used
+
+
+def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Make every reader of `old` (in this graph and in nested bodies) read `new` instead."""
+    for node in graph.node:
+        for k, x in enumerate(node.input):
+            if x == old:
+                node.input[k] = new
+        for sub in subgraphs(node):
+            rename_uses(sub, old, new)
