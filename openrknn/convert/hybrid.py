@@ -225,8 +225,8 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
                           float_weights=float_weights)
     ranked = sorted(units, key=lambda k: -sens[k])
     # Errors made early are amplified by every later layer, yet one early layer left float barely helps while the
-    # others still add theirs (YOLOX-nano u8: its first 3 layers in graph order, promoted, reach output cosine 0.98;
-    # the sensitivity ranking needs 22): the graph-order prefix is the second candidate order.
+    # others still add theirs, so a short graph-order prefix can beat a long sensitivity-ranked list (it does on
+    # YOLOX-nano u8): the graph-order prefix is the second candidate order.
     topological = [n.name for n in float_model.graph.node if n.name in units]
 
     def ok(order: List[str], k: int) -> bool:

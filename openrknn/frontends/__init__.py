@@ -9,7 +9,8 @@ from typing import List
 
 import onnx
 
-# One working opset for everything downstream: new enough for the ops we need (e.g. int16 QDQ needs 21).
+# One working opset for everything downstream (16-bit QDQ uses the com.microsoft Quantize/DequantizeLinear, which
+# onnxruntime runs at this opset; ONNX's own 16-bit QDQ would need 21).
 OPSET = 17
 
 

@@ -59,8 +59,8 @@ def _idle_cores_now(cores: int) -> Optional[float]:
 
 
 def auto_threads() -> int:
-    """Idle cores: on a machine that is already busy, extra intra-op threads only contend (measured here: 2 threads
-    on 2 busy cores ran a YOLOX-nano calibration pass 2x slower than 1 thread; on 2 idle cores 1.5x faster)."""
+    """Idle cores: on a machine that is already busy, extra intra-op threads only contend and make a calibration
+    pass slower than one thread would; on idle cores they make it faster."""
     import os
 
     cores = os.cpu_count() or 1

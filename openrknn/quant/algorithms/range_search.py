@@ -1,13 +1,12 @@
 """Output-aware activation ranges: shrink an early tensor's range when the model's outputs say so.
 
 Every activation algorithm picks a tensor's range from that tensor alone (its min/max, histogram KL or MSE). What
-the outputs lose to a tensor's quantization also depends on what the rest of the network does with it: in
-YOLOX-nano the first depthwise conv's output has two channels 10-20x wider than the others, and clipping them to
-half their range costs less downstream than the coarse steps they force on the narrow channels. Nothing local sees
-that (the next layer's own error is lowest unclipped); the outputs do. Range split's part remap (split.py) now
-gives those narrow channels their own levels; on top of it, on YOLOX-nano w8a8, the search moves the held-out
-output cosine from 0.978 to 0.990 (normal) and 0.986 to 0.993 (kl), yet not the detections kept (96.6% -> 94.1%,
-97.5% -> 96.6%): the cosine does not always turn into detections, so the search is opt-in.
+the outputs lose to a tensor's quantization also depends on what the rest of the network does with it: when a
+few channels of an early tensor are much wider than the others, clipping them can cost less downstream than the
+coarse steps they force on the narrow channels. Nothing local sees that (the next layer's own error is lowest
+unclipped); the outputs do. Range split's part remap (split.py) already gives such narrow channels their own
+levels; on top of it the search raises YOLOX-nano's output cosine but not its detections kept (bench/RESULTS.md):
+the cosine does not always turn into detections, so the search is opt-in.
 
 The search walks the scale groups in graph order (errors made early are amplified by every later layer), tries a
 few shrink factors of each group's range on the complete quantized model, and keeps a factor only when the

@@ -6,9 +6,8 @@ input patches, so one pass over the calibration data that accumulates G (a K x K
 depthwise convs) is all the data a rounding method needs. Two methods use it: 'gptq' (second-order, one sweep per
 layer: gptq.py) and 'adaround' (learned floor/ceil choices: adaround.py). Scales and zero points stay those of
 the chosen weight range; only the integers change. With bias correction on (the default) the mean part of the
-error, dW E[x], is removed afterwards, so G is the inputs' covariance instead (YOLOX-nano, whose SiLU outputs have
-large means: output cosine w8a8 kl 0.977 -> 0.985, dynamic_fixed_point-i8 0.917 -> 0.926; MobileNetV2, with
-smaller means, moved by -0.0003 to -0.0005, and -0.003 for dynamic_fixed_point-i8).
+error, dW E[x], is removed afterwards, so G is the inputs' covariance instead: that matters where inputs have large
+means (SiLU outputs, as in YOLOX) and barely changes models whose inputs are centred.
 """
 
 from __future__ import annotations
@@ -146,7 +145,7 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
         if passenger is not None:
             passenger.augment(m)
         # one core fewer than idle: the statistics are numpy work between runs, and onnxruntime's spinning
-        # threads would take the core it needs (measured: 2 threads made this pass 1.4x slower on 2 cores)
+        # threads would take the core it needs (on 2 cores, 2 threads made this pass slower than 1)
         sess = make_session(m, options.threads or max(1, auto_threads() - 1))
         rng = np.random.default_rng(0)
         desc = f"{method} statistics" + (" + bias means" if rides else "")

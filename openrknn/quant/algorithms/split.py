@@ -1,8 +1,8 @@
 """Range split: give channel groups of very different ranges their own scales, by an exact graph rewrite.
 
 A per-tensor activation scale spans the widest channel; a channel whose range is 100x smaller keeps 2-3 levels
-and its information is gone (YOLOX-nano's stem output: channels up to 136 next to channels of 0.2-1.1 that the
-network amplifies). When every consumer of such a tensor is a depthwise conv, the tensor can be cut by channels
+and its information is gone (detector stems do this: a few very wide channels next to narrow ones that the network
+amplifies). When every consumer of such a tensor is a depthwise conv, the tensor can be cut by channels
 without changing the function: the producing conv (with its fused activation) becomes one conv per channel
 group, each depthwise consumer becomes one depthwise conv per group, and their activated outputs are concatenated
 in group order; the convs that read them get their input channels permuted to match (or, for other readers, a
@@ -15,8 +15,8 @@ absorbs it (a scale and zero-point change on the NPU, no extra pass), and the re
 it, so every part gets all 256 levels. A remap is proposed where the rounding noise it takes out of the readers,
 measured on calibration values, is worth it (choose_remap), and made when the proposals together lower the model's
 output error enough (remap_check); it may cut the depthwise conv into finer parts for it.
-YOLOX-nano's first depthwise output (input.15: channels 0.4 to 16.6 wide, the narrow ones amplified by the 1x1
-conv after it) was most of its w8a8 error.
+On YOLOX-nano the first depthwise output (narrow channels amplified by the 1x1 conv after it) carried most of the
+w8a8 error (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -356,10 +356,8 @@ def split_candidates(model: onnx.ModelProto) -> Dict[str, List[str]]:
 REMAP_RATIO = 2.0  # a consumer output's channel groups are cut until each spans <= this (1 bit lost at most)
 REMAP_MIN = 1.25   # parts whose spans differ less than this keep their common scale without a remap
 # a remap (and the finer parts it may need, one more op each) is made where it takes rounding noise worth at least
-# this share of the readers' output power (-31 dB) out of them. YOLOX-nano: 3 of 23 outputs (1.35e-3 to 0.8e-3; the
-# next, 0.6e-3, cost mmse accuracy), +6% estimated NPU time on rk3588, +9% on rk1808. MobileNetV2: 4 of 17 (1.2e-3
-# to 0.9e-3), which moved its output cosine by under 0.0005 (its projections feed residual sums) for +2-5%: the
-# output check below drops them
+# this share of the readers' output power (-31 dB) out of them: set between the benefits of the YOLOX-nano outputs
+# whose remap helped and the next one down, whose remap cost mmse accuracy (bench/quant_accuracy.py)
 REMAP_BENEFIT = 8e-4
 # the remaps are made when, all together, they take at least this share of the output power out of the output error
 # (each proposed tensor rounded per group against on one shared range, the rest float; see remap_check)
@@ -390,7 +388,7 @@ def choose_remap(info: GraphInfo, t: str, lo: np.ndarray, hi: np.ndarray, x: np.
     sparse or constant channels), means left out (bias correction removes them). x: t's values at a few
     calibration positions, [C, positions]. The stretch also moves the readers' weight columns down their weight
     grids; GPTQ rounding absorbs most of that, and an uncompensated model of it predicted losses that did not
-    happen (YOLOX-nano u8: cosine 0.968 -> 0.977 with the stretch it advised against)."""
+    happen (on YOLOX-nano u8 the stretch it advised against raised the output cosine)."""
     lo_g = np.array([min(float(lo[idx].min()), 0.0) for idx in groups])
     hi_g = np.array([max(float(hi[idx].max()), 0.0) for idx in groups])
     span = hi_g - lo_g
@@ -461,8 +459,9 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
     with each proposed tensor rounded to 8 bits per channel group (the group's own range, as the remap gives it)
     against the same tensors rounded on one shared range, on the first ``samples`` calibration samples; the drop
     in output error must be at least ``min_drop`` of the output power. The local noise measure in choose_remap
-    cannot see what happens downstream: YOLOX-nano's first depthwise output feeds everything (its remaps take
-    3.2% of the output power out of the error), MobileNetV2's projections feed residual sums (0.04%)."""
+    cannot see what happens downstream: a detector's first depthwise output feeds everything, so its remaps take a
+    large share of the output error away, while MobileNetV2's projections feed residual sums, where they barely
+    show."""
     import itertools
 
     from ..calibrate import make_session
