@@ -270,3 +270,38 @@ def test_remap_check_weighs_the_remaps_on_the_model_outputs(calib):
     assert not any(t.get("remapped") for t in report["tensors"]) and not report["channel_affine"]
     made, _ = remap_check(model, seen, ranges, calib, min_drop=1.0)  # a drop no model can reach
     assert not made
+
+
+def test_the_quantized_graph_records_what_range_split_made(calib):
+    """Every node range split adds names the float node it was made from, and every part tensor names the float
+    tensor and channels it holds (issue 20: per-layer views speak the user's layer names from these records)."""
+    import onnxruntime as ort
+
+    from openrknn.quant.qdq import channel_parts, node_origins, with_outputs
+
+    model = normalize(stem_model())
+    float_nodes = {n.name: n for n in model.graph.node}
+    split, report, _ = range_split(model, channel_ranges(model, ["stem"], calib), max_ratio=16)
+    origins, parts = report["node_origins"], report["channel_parts"]
+    added = [n.name for n in split.graph.node if n.name not in float_nodes]
+    assert added and sorted(origins) == sorted(added)
+    assert {float_nodes[o].op_type for o in origins.values()} == {"Conv", "Sigmoid", "Mul"}
+    # the split point's parts hold its channels, all of them once, values unchanged
+    stem = sorted(p for p, (t, _) in parts.items() if t == "stem")
+    assert len(stem) >= 2 and sorted(np.concatenate([parts[p][1] for p in stem]).tolist()) == list(range(8))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    feed = next(iter(calib))
+    want = ort.InferenceSession(with_outputs(model, ["stem"]).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"]).run(["stem"], feed)[0]
+    got = ort.InferenceSession(with_outputs(split, stem).SerializeToString(), so,
+                               providers=["CPUExecutionProvider"]).run(stem, feed)
+    for p, values in zip(stem, got):
+        np.testing.assert_array_equal(values, want[:, parts[p][1]])
+
+    # the quantizer writes both records into the QDQ graph it returns
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    made = [n.name for n in res.model.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name not in float_nodes]
+    assert made and sorted(node_origins(res.model)) == sorted(made)
+    assert {t for t, _ in channel_parts(res.model).values()} >= {"stem"}
