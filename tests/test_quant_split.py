@@ -286,7 +286,9 @@ def test_the_quantized_graph_records_what_range_split_made(calib):
     added = [n.name for n in split.graph.node if n.name not in float_nodes]
     assert added and sorted(origins) == sorted(added)
     assert {float_nodes[o].op_type for o in origins.values()} == {"Conv", "Sigmoid", "Mul"}
-    # the split point's parts hold its channels, all of them once, values unchanged
+    # every part of the chains holds channels of the tensor it was cut from; the split point's, all of them once,
+    # values unchanged
+    assert {t for t, _ in parts.values()} == {"c1", "g1", "stem", "c2", "g2", "dw"}
     stem = sorted(p for p, (t, _) in parts.items() if t == "stem")
     assert len(stem) >= 2 and sorted(np.concatenate([parts[p][1] for p in stem]).tolist()) == list(range(8))
     so = ort.SessionOptions()

@@ -148,12 +148,15 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                  consumers: List[List[int]], groups: List[np.ndarray],
                  orders: Optional[Dict[str, np.ndarray]] = None,
                  remap: Optional[Dict[str, List[Tuple[float, float]]]] = None,
-                 origins: Optional[Dict[str, str]] = None) -> onnx.ModelProto:
+                 origins: Optional[Dict[str, str]] = None,
+                 channel_parts: Optional[Dict[str, Tuple[str, np.ndarray]]] = None) -> onnx.ModelProto:
     """Rewrite (see module doc). Consumer outputs keep their names; the split point itself disappears. A consumer
     output left in group order (its conv readers permuted) is recorded in ``orders``: new channel j = old order[j].
     ``remap`` {consumer output: [(k, b) per group]}: each part x becomes k * x + b before the concat, and the
-    readers' weights and biases undo it (see choose_remap). ``origins`` gets {new node: the node it was made from}."""
+    readers' weights and biases undo it (see choose_remap). ``origins`` gets {new node: the node it was made from},
+    ``channel_parts`` {part tensor: (the tensor it holds channels of, those channels)} for every part's output."""
     made: Dict[str, str] = {}
+    held: Dict[str, Tuple[str, np.ndarray]] = {}
     new_nodes: Dict[int, List[onnx.NodeProto]] = {}
     inits: list = []
     drop = set(producer)
@@ -178,6 +181,7 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 _set_group(n, len(idx))
             prod_nodes.append(n)
             made[n.name] = info.nodes[i].name
+            held.update({mapping[o]: (o, idx) for o in info.nodes[i].output})
         point_parts.append(mapping[point])
     new_nodes[max(producer)] = prod_nodes
     order = np.concatenate(groups).astype(np.int64)
@@ -197,6 +201,7 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                     _set_group(n, len(idx))
                 nodes.append(n)
                 made[n.name] = info.nodes[i].name
+                held.update({mapping[o]: (o, idx) for o in info.nodes[i].output})
             out_point = _chain_output(info, chain)
             parts.append(mapping[out_point])
         readers = info.consumers.get(out_point, [])
@@ -242,6 +247,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             made.setdefault(n.name, info.nodes[info.producer[out_point]].name)
     if origins is not None:
         origins.update(made)
+    if channel_parts is not None:
+        channel_parts.update(held)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -546,7 +553,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     affines: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     parts: Dict[str, Tuple[str, Optional[np.ndarray], Optional[Tuple[float, float]]]] = {}
     origins: Dict[str, str] = {}
-    channels: Dict[str, Tuple[str, np.ndarray]] = {}  # part -> (tensor, its channels) where values are unchanged
+    channels: Dict[str, Tuple[str, np.ndarray]] = {}
     # candidates once, by node name (normalize() names every node): a rewrite moves indices, not names; a chain
     # an earlier rewrite cut up is gone by name, as it would be from a fresh plan
     first = GraphInfo(model)
@@ -577,17 +584,15 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         prod, cons = [index[n] for n in prod_names], [[index[n] for n in c] for c in cons_names]
         made: Dict[str, str] = {}
         model = split_tensor(model, info, t, prod, cons, groups, orders, {o: r.affine for o, r in fitted.items()},
-                             made)
+                             made, channels)
         origins.update({k: origins.get(v, v) for k, v in made.items()})
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
-            channels[f"{t}__split{g}"] = (t, idx)
         for chain in cons:
             out = _chain_output(info, chain)
             if out not in fitted:
                 for g in range(len(groups)):
                     parts[f"{out}__split{g}"] = (out, None, None)
-                    channels[f"{out}__split{g}"] = (out, groups[g])
                 continue
             pooled = []
             for g, (idx, (k, b)) in enumerate(zip(groups, fitted[out].affine)):
