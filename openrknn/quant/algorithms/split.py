@@ -154,7 +154,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     output left in group order (its conv readers permuted) is recorded in ``orders``: new channel j = old order[j].
     ``remap`` {consumer output: [(k, b) per group]}: each part x becomes k * x + b before the concat, and the
     readers' weights and biases undo it (see choose_remap). ``origins`` gets {new node: the node it was made from},
-    ``channel_parts`` {part tensor: (the tensor it holds channels of, those channels)} for every part's output."""
+    ``channel_parts`` {part: (the tensor it holds channels of, those channels)} for the parts of the split point and
+    of each consumer's output (before any remap)."""
     made: Dict[str, str] = {}
     held: Dict[str, Tuple[str, np.ndarray]] = {}
     new_nodes: Dict[int, List[onnx.NodeProto]] = {}
@@ -181,8 +182,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 _set_group(n, len(idx))
             prod_nodes.append(n)
             made[n.name] = info.nodes[i].name
-            held.update({mapping[o]: (o, idx) for o in info.nodes[i].output})
         point_parts.append(mapping[point])
+        held[mapping[point]] = (point, idx)
     new_nodes[max(producer)] = prod_nodes
     order = np.concatenate(groups).astype(np.int64)
     inv = np.argsort(order).astype(np.int64)
@@ -201,9 +202,9 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                     _set_group(n, len(idx))
                 nodes.append(n)
                 made[n.name] = info.nodes[i].name
-                held.update({mapping[o]: (o, idx) for o in info.nodes[i].output})
             out_point = _chain_output(info, chain)
             parts.append(mapping[out_point])
+            held[mapping[out_point]] = (out_point, idx)
         readers = info.consumers.get(out_point, [])
         if readers and out_point not in info.output_set and all(_plain_conv(info, r) for r in readers):
             # the readers take the channels in group order: permute their weights' input axis, no Gather
