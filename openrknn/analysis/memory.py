@@ -271,20 +271,20 @@ def io_bytes(metas: list[dict]) -> dict[str, int]:
 
 
 def eval_memory_report(model: onnx.ModelProto, target: str, quant_dtype: Optional[str], is_print: bool = True,
-                       host_rss_bytes: Optional[int] = None,
-                       io_metas: Optional[tuple[list[dict], list[dict]]] = None) -> dict:
+                       host_rss_bytes: Optional[int] = None, input_metas: Optional[list[dict]] = None) -> dict:
     """What RKNN.eval_memory prints and returns: weights, internal (plan arena), inputs/outputs, total vs the chip.
 
     host_rss_bytes: the measured resident memory of the process running the model (not part of the NPU figures),
-    printed apart. io_metas: the package's (inputs, outputs) records: the buffers the application feeds and gets
-    back, in their deployed shape and dtype (a uint8 NHWC image, not the float tensor the graph computes on).
+    printed apart. input_metas: the package's input records: the NPU reads what the application feeds, in its
+    deployed shape and dtype (a uint8 NHWC frame, not the float tensor the graph's pre-processing starts from).
+    Outputs are counted as the NPU stores them (the graph's dtypes).
     """
     spec = chip(target)
     gi = analyze(model, quant_dtype)
     plan = plan_memory(model, quant_dtype, info=gi)
     weights = weight_memory(gi)
-    if io_metas is not None:
-        plan.input_bytes, plan.output_bytes = io_bytes(io_metas[0]), io_bytes(io_metas[1])
+    if input_metas is not None:
+        plan.input_bytes = io_bytes(input_metas)
     io_in, io_out = sum(plan.input_bytes.values()), sum(plan.output_bytes.values())
     total = weights["total"] + weights["quant_param_bytes"] + plan.arena_bytes + io_in + io_out
     dram = spec.typical_dram_mb * 2**20

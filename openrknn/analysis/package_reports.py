@@ -99,8 +99,8 @@ def inference_time(pkg: RknnPackage, runtime, inputs, runs: int) -> dict:
 
 
 def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str] = None) -> dict:
-    """eval_memory's report: the NPU-side figures of the package (its deployed inputs and outputs are the caller's
-    buffers) and, apart, the measured memory of the process running it (this host's, or the board's through the
+    """eval_memory's report: the NPU-side figures of the package (its inputs as deployed: the NPU reads the fed
+    frame) and, apart, the measured memory of the process running it (this host's, or the board's through the
     runtime server). runtime None: no measurement."""
     from .layer_names import package_layer_names
     from .memory import eval_memory_report
@@ -109,8 +109,7 @@ def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str]
     remote_memory = getattr(runtime, "memory", None)
     rss = (remote_memory().get("rss_bytes") if remote_memory is not None else
            host_rss_bytes() if runtime is not None else None)
-    report = eval_memory_report(model, chip, qd, False, host_rss_bytes=rss, io_metas=(
-        pkg.metadata.get("inputs") or [], pkg.metadata.get("outputs") or []))
+    report = eval_memory_report(model, chip, qd, False, host_rss_bytes=rss, input_metas=pkg.metadata.get("inputs"))
     report["internal"]["peak_layer"] = package_layer_names(pkg).of(report["internal"]["peak_layer"])
     quant = pkg.metadata.get("quantization")
     if isinstance(quant, dict):  # the record's count, the one `openrknn info` shows
