@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chips", default="rk1808,rk3588", help="comma-separated chips (default: rk1808,rk3588)")
     args = ap.parse_args(argv)
     import torch
-    from tqdm import tqdm
+    from openrknn.progress import progress_bar as tqdm  # drawn on a terminal only
 
     from openrknn.targets import generation
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from openrknn.progress import progress_bar as tqdm  # drawn on a terminal only
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

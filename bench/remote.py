@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from openrknn.progress import progress_bar as tqdm  # drawn on a terminal only
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

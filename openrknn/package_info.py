@@ -8,6 +8,24 @@ import os
 from typing import Any
 
 from .package import FORMAT_VERSION, HEADER_SIZE, RknnPackage, encode_metadata
+from .units import format_bytes
+
+
+def quant_counts(tensors: dict) -> dict:
+    """What a quantization record's tensors are: activations, weights, biases, and how many weights have one scale
+    per output channel. The one count `info`, `perf`/eval_memory, the GUI and the report show (a bias takes its
+    weight's granularity and is not counted again; a per-layer build has 0 per-channel tensors)."""
+    records = [t for t in tensors.values() if isinstance(t, dict)]
+    # records without a kind (older files): a tensor with an axis is a weight
+    kinds = [t.get("kind") or ("weight" if t.get("axis") is not None else "activation") for t in records]
+    return {"quantized_tensors": len(kinds), "activations": kinds.count("activation"),
+            "weights": kinds.count("weight"), "biases": kinds.count("bias"),
+            "per_channel_tensors": sum(1 for t, k in zip(records, kinds)
+                                       if k == "weight" and t.get("axis") is not None)}
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
 
 
 def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
@@ -39,9 +57,7 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         quant_summary = {
             "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
             "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
-            "quantized_tensors": len(tensors),
-            "per_channel_tensors": sum(1 for t in tensors.values()
-                                       if isinstance(t, dict) and t.get("axis") is not None),
+            **quant_counts(tensors),
         }
     return {
         "file": path, "size_bytes": size, "format_version": FORMAT_VERSION,
@@ -90,7 +106,8 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
     targets = s["target_platform"]
     lines = [
         f"openrknn package: {s['file'] or '(in memory)'}",
-        f"  size:            {s['size_bytes']:,} bytes, format version {s['format_version']}",
+        f"  size:            {format_bytes(s['size_bytes'])} ({s['size_bytes']:,} bytes), format version "
+        f"{s['format_version']}",
         f"  toolkit:         {s['toolkit']} {s['toolkit_version']}",
         f"  target platform: {', '.join(targets) if isinstance(targets, list) else targets}",
         f"inputs ({len(s['inputs'])}):",
@@ -114,8 +131,10 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         lines.append("quantization:    none (float model)")
     else:
         lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}, "
-                     f"weight rounding {q['weight_rounding']}; {q['quantized_tensors']} quantized tensors "
-                     f"({q['per_channel_tensors']} per-channel)")
+                     f"weight rounding {q['weight_rounding']}")
+        lines.append(f"                 {_count(q['quantized_tensors'], 'quantized tensor')}: "
+                     f"{_count(q['activations'], 'activation')}, {_count(q['weights'], 'weight')} "
+                     f"({q['per_channel_tensors']} per-channel), {_count(q['biases'], 'bias')}")
     src = s["source"]
     if src:
         digest = src.get("sha256")
@@ -123,5 +142,6 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
                      + (f" (sha256 {digest[:16]}...)" if isinstance(digest, str) and digest else ""))
     else:
         lines.append("source:          unknown")
-    lines.append(f"payload:         ONNX model, {s['payload_bytes']:,} bytes, sha256 {s['payload_sha256'][:16]}...")
+    lines.append(f"payload:         ONNX model, {format_bytes(s['payload_bytes'])}, sha256 "
+                 f"{s['payload_sha256'][:16]}...")
     return "\n".join(lines)

@@ -246,7 +246,7 @@ def test_findings_table_and_json():
     js = findings_json(fs)
     json.dumps(js)
     assert {d["rule"] for d in js} >= {"kernel-3x3", "activation-fusion", "calibration-size", "first-layer-cosine"}
-    assert set(js[0]) == {"severity", "rule", "layer", "op_type", "why", "what_to_do"}
+    assert set(js[0]) == {"severity", "rule", "layer", "op_type", "why", "what_to_do", "parts"}
     table = findings_table(fs)
     assert "first-layer-cosine" in table and "leaky" in table and "-> " in table and "1 error" in table
     assert findings_table([]).startswith("No findings")

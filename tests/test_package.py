@@ -430,15 +430,16 @@ def test_describe_package_lists_everything(tmp_path):
     size = write_package(path, RknnPackage(_meta(), payload))
     text = describe_package(read_package(path), str(path))
     for expected in (
-        str(path), f"{size:,} bytes", "format version 1", "openrknn 0.1.0", "2025-01-31T09:30:00Z", "rk1808",
+        str(path), f"({size:,} bytes)", f"{size / 1e3:.1f} kB", "format version 1", "openrknn 0.1.0",
+        "2025-01-31T09:30:00Z", "rk1808",
         "images: deployed [1, 4, 4, 3] uint8 nhwc; model-side [1, 3, 4, 4]",
         "reorder_channel: 2 1 0 (swaps RGB <-> BGR)", "mean [123.675, 116.28, 103.53]",
         "std [58.395, 57.12, 57.375]", "yes, into Conv_0",
         "output: [1, 3, 4, 4] float32", "do_quantization=True", "dataset='dataset.txt'", "optimization_level=3",
-        "dtype asymmetric_quantized-u8, algorithm kl_divergence, method channel, weight rounding nearest; "
-        "3 quantized tensors (1 per-channel)",
+        "dtype asymmetric_quantized-u8, algorithm kl_divergence, method channel, weight rounding nearest",
+        "3 quantized tensors: 2 activations, 1 weight (1 per-channel), 0 biases",
         "pytorch tiny.pt (sha256 c0ffee0000000000...)",
-        f"{len(payload):,} bytes, sha256 {hashlib.sha256(payload).hexdigest()[:16]}",
+        f"{len(payload)} B, sha256 {hashlib.sha256(payload).hexdigest()[:16]}",
     ):
         assert expected in text, f"{expected!r} missing from:\n{text}"
 
@@ -459,7 +460,8 @@ def test_package_summary_is_json_and_consistent():
     assert s["payload_sha256"] == hashlib.sha256(payload).hexdigest()
     assert s["quantization"] == {"dtype": "asymmetric_quantized-u8", "algorithm": "kl_divergence",
                                  "method": "channel", "weight_rounding": "nearest",  # not recorded: older file
-                                 "quantized_tensors": 3, "per_channel_tensors": 1}
+                                 "quantized_tensors": 3, "activations": 2, "weights": 1, "biases": 0,
+                                 "per_channel_tensors": 1}
     assert s["inputs"][0]["folded_into"] == "Conv_0" and s["outputs"][0]["name"] == "output"
 
 

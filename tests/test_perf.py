@@ -253,7 +253,7 @@ def test_eval_perf_report_prints_totals_and_the_debug_table(capsys, tmp_path):
     r = eval_perf_report(m, None, "rk1808", "asymmetric_quantized-u8", feeds, perf_debug=True, is_print=True,
                          runs=2, threads=1)
     out = capsys.readouterr().out
-    assert "FPS" in out and "Name" in out and "Top op types" in out
+    assert "FPS" in out and "Layer" in out and "Top op types" in out
     assert r["npu_estimate"]["fps"] == pytest.approx(1e6 / r["npu_estimate"]["total_us"], rel=1e-3)
     assert r["host_measured"]["total_us"] > 0
     assert [x["name"] for x in r["layers"]] == node_names(m)

@@ -118,6 +118,37 @@ def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
     assert rows["out"]["entire_cos"] > 0.99
 
 
+def test_accuracy_analysis_has_a_row_for_the_split_tensor(calib, tmp_path):
+    """The split point exists in the quantized graph only as parts that feed the next split layer directly; its row
+    takes the parts' channels back (issue 20: 63 YOLOX-nano layers showed no cosine)."""
+    import onnxruntime as ort
+
+    from openrknn.analysis.accuracy import accuracy_analysis
+    from openrknn.metrics import cosine
+    from openrknn.quant.qdq import channel_parts, node_outputs, with_outputs
+
+    model = stem_model()
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert "stem" not in node_outputs(res.model)
+    feed = next(iter(calib))
+    out = accuracy_analysis(model, res.model, [feed], tmp_path, progress=False)
+    rows = {r["name"]: r for r in out["layers"]}
+    stem = rows["stem"]
+    assert stem["layer"] == "Mul_3" and len(stem["parts"]) >= 2  # the user's node (unnamed: graph_info's name)
+    assert stem["single_cos"] > 0.99
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    want = ort.InferenceSession(with_outputs(model, ["stem"]).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"]).run(["stem"], feed)[0]
+    got = ort.InferenceSession(with_outputs(res.model, stem["parts"]).SerializeToString(), so,
+                               providers=["CPUExecutionProvider"]).run(stem["parts"], feed)
+    whole = np.zeros_like(want)
+    for p, values in zip(stem["parts"], got):
+        whole[:, channel_parts(res.model)[p][1]] = values
+    assert stem["entire_cos"] == pytest.approx(cosine(want, whole), abs=1e-6)
+    assert "Mul_3" in (tmp_path / "error_analysis.txt").read_text()
+
+
 def remap_model() -> onnx.ModelProto:
     """conv + SiLU -> depthwise conv + SiLU whose outputs span 50x in range -> pointwise conv whose weights
     amplify the narrow channels (as YOLOX-nano's first depthwise -> pointwise pair does)."""
@@ -270,3 +301,40 @@ def test_remap_check_weighs_the_remaps_on_the_model_outputs(calib):
     assert not any(t.get("remapped") for t in report["tensors"]) and not report["channel_affine"]
     made, _ = remap_check(model, seen, ranges, calib, min_drop=1.0)  # a drop no model can reach
     assert not made
+
+
+def test_the_quantized_graph_records_what_range_split_made(calib):
+    """Every node range split adds names the float node it was made from, and every part tensor names the float
+    tensor and channels it holds (issue 20: per-layer views speak the user's layer names from these records)."""
+    import onnxruntime as ort
+
+    from openrknn.quant.qdq import channel_parts, node_origins, with_outputs
+
+    model = normalize(stem_model())
+    float_nodes = {n.name: n for n in model.graph.node}
+    split, report, _ = range_split(model, channel_ranges(model, ["stem"], calib), max_ratio=16)
+    origins, parts = report["node_origins"], report["channel_parts"]
+    added = [n.name for n in split.graph.node if n.name not in float_nodes]
+    assert added and sorted(origins) == sorted(added)
+    assert {float_nodes[o].op_type for o in origins.values()} == {"Conv", "Sigmoid", "Mul"}
+    # the parts of the split point and of the depthwise output hold their channels; the split point's, all of them
+    # once, values unchanged
+    assert {t for t, _ in parts.values()} == {"stem", "dw"}
+    stem = sorted(p for p, (t, _) in parts.items() if t == "stem")
+    assert len(stem) >= 2 and sorted(np.concatenate([parts[p][1] for p in stem]).tolist()) == list(range(8))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    feed = next(iter(calib))
+    want = ort.InferenceSession(with_outputs(model, ["stem"]).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"]).run(["stem"], feed)[0]
+    got = ort.InferenceSession(with_outputs(split, stem).SerializeToString(), so,
+                               providers=["CPUExecutionProvider"]).run(stem, feed)
+    for p, values in zip(stem, got):
+        np.testing.assert_array_equal(values, want[:, parts[p][1]])
+
+    # the quantizer writes both records into the QDQ graph it returns
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    made = [n.name for n in res.model.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name not in float_nodes]
+    assert made and sorted(node_origins(res.model)) == sorted(made)
+    assert {t for t, _ in channel_parts(res.model).values()} >= {"stem"}

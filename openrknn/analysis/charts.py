@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
 from ..errors import NotSupportedError
+from ..units import format_bytes
 from .memory import MemoryPlan
 
 PathLike = Union[str, os.PathLike]
@@ -32,8 +33,9 @@ def _save(fig: Figure, path: PathLike) -> str:
 
 def perf_chart(report: dict, path: PathLike, top: int = 25) -> str:
     """Bar charts from an eval_perf report: the slowest layers (NPU estimate, and host time when measured) and the
-    time per op type. Needs the report made with perf_debug=True for the per-layer panel."""
-    layers = [r for r in report.get("layers", []) if r["unit"] in ("NPU", "CPU")]
+    time per op type. Needs the report made with perf_debug=True for the per-layer panel; layers are the user's
+    ("user_layers": split parts added up) when the report has them."""
+    layers = [r for r in report.get("user_layers") or report.get("layers", []) if r["unit"] in ("NPU", "CPU")]
     layers = sorted(layers, key=lambda r: -r["npu_us"])[:top][::-1]
     fig = Figure(figsize=(11, 3 + 0.28 * max(len(layers), 6)))
     gs = fig.add_gridspec(1, 2, width_ratios=[3, 1.3])
@@ -73,22 +75,22 @@ def memory_chart(plan: MemoryPlan, path: PathLike, layer_names: Optional[list[st
     fig = Figure(figsize=(11, 7))
     ax = fig.add_subplot(2, 1, 1)
     steps = list(range(len(plan.live_bytes)))
-    mib = 2 ** 20
-    ax.fill_between(steps, [b / mib for b in plan.live_bytes], step="mid", color="#337ab7", alpha=0.6,
+    mb = 1e6  # decimal units, as every size openrknn prints (units.format_bytes)
+    ax.fill_between(steps, [b / mb for b in plan.live_bytes], step="mid", color="#337ab7", alpha=0.6,
                     label="activations alive")
-    ax.axhline(plan.arena_bytes / mib, color="#d9534f", linestyle="--",
-               label=f"arena (internal memory) {plan.arena_bytes / mib:.3f} MiB")
-    ax.set_ylabel("MiB")
+    ax.axhline(plan.arena_bytes / mb, color="#d9534f", linestyle="--",
+               label=f"arena (internal memory) {format_bytes(plan.arena_bytes)}")
+    ax.set_ylabel("MB")
     ax.set_xlim(-0.5, max(len(steps) - 0.5, 0.5))
     peak = plan.peak_layer if layer_names is None else layer_names[plan.peak_step]
-    ax.set_title(f"Activation memory per layer (peak {plan.peak_live_bytes / mib:.3f} MiB at {peak})", fontsize=10)
+    ax.set_title(f"Activation memory per layer (peak {format_bytes(plan.peak_live_bytes)} at {peak})", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax2 = fig.add_subplot(2, 1, 2, sharex=ax)
     for i, b in enumerate(plan.buffers):
-        ax2.broken_barh([(b.start - 0.4, b.end - b.start + 0.8)], (b.offset / mib, b.size / mib),
+        ax2.broken_barh([(b.start - 0.4, b.end - b.start + 0.8)], (b.offset / mb, b.size / mb),
                         facecolors=f"C{i % 10}", edgecolor="black", linewidth=0.2)
-    ax2.set_ylim(0, max(plan.arena_bytes / mib, 1e-6))
+    ax2.set_ylim(0, max(plan.arena_bytes / mb, 1e-6))
     ax2.set_xlabel("layer (execution order)")
-    ax2.set_ylabel("offset (MiB)")
+    ax2.set_ylabel("offset (MB)")
     ax2.set_title(f"Buffer plan: {len(plan.buffers)} buffers ({plan.strategy} placement)", fontsize=10)
     return _save(fig, path)

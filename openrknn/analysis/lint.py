@@ -1,13 +1,14 @@
 """The NPU design checker: the seed's advice and the chip tables turned into findings (`openrknn check MODEL`).
 
 Each rule is a small function registered in `RULES`; it reads the logical graph (graph_info), the chip table and the
-build facts, and yields `Finding`s: severity, layer, rule, why, what to do.
+build facts, and yields `Finding`s: severity, layer, rule, why, what to do. Findings speak the user's layer names
+(analysis.layer_names): the parts the quantizer cut one layer into give one finding for that layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,6 +19,7 @@ from ..targets.chips import ChipSpec, Generation, chip, placement
 from ..targets.schemes import DTYPE_BYTES, get_scheme
 from .fusion import fuse, maxpool_fusion_problems
 from .graph_info import GraphInfo, Layer, analyze
+from .layer_names import LayerNames, layer_names
 
 SEVERITIES = ("error", "warning", "info")
 MIN_CALIBRATION_IMAGES = 100     # seed: 100-500 representative images
@@ -28,10 +30,11 @@ FIRST_LAYER_COSINE = 0.98        # FACTS.md: below this, suspect mean/std/channe
 class Finding:
     severity: str      # error | warning | info
     rule: str
-    layer: str         # layer (node) name, or "" for model-wide findings
+    layer: str         # the user's layer name, or "" for model-wide findings
     op_type: str
     why: str
     what_to_do: str
+    parts: list[str] = field(default_factory=list)  # the built graph's nodes of that layer, when not just itself
 
 
 @dataclass
@@ -45,6 +48,11 @@ class Context:
     fused: dict[int, int]
     mean_values: Optional[list] = None   # config(): one list per input, model channel order, 0..255 scale
     std_values: Optional[list] = None
+    names: LayerNames = field(default_factory=LayerNames)
+
+    def name(self, layer: Layer) -> str:
+        """The user's name of a layer, for the text of a finding."""
+        return self.names.of(layer.name)
 
     @property
     def gen(self) -> Generation:
@@ -177,19 +185,20 @@ def _activation_fusion(ctx: Context) -> Iterator[Finding]:
                                  "Tanh", "Elu"):
             continue
         if layer.op_type in gen.fused_activations:
-            why = f"{layer.op_type} after conv {prod.name} is not fused: the conv output has " \
+            why = f"{layer.op_type} after conv {ctx.name(prod)} is not fused: the conv output has " \
                   f"{len(gi.tensors[layer.inputs[0]].consumers)} readers"
             todo = "let the activation be the conv output's only reader (branch after the activation)"
         else:
-            why = f"{layer.op_type} after conv {prod.name} does not fuse on {gen.name}: it costs a pass over the " \
-                  f"activation in memory (fusable: {', '.join(sorted(gen.fused_activations))})"
+            why = f"{layer.op_type} after conv {ctx.name(prod)} does not fuse on {gen.name}: it costs a pass over " \
+                  f"the activation in memory (fusable: {', '.join(sorted(gen.fused_activations))})"
             todo = "use ReLU (fuses into the conv) where accuracy allows"
         yield Finding("warning", "activation-fusion", layer.name, layer.op_type, why, todo)
     if silus:
-        # one model-wide note: a SiLU network has dozens of them
-        names = ", ".join(s.name for s in silus[:3]) + (", ..." if len(silus) > 3 else "")
+        # one model-wide note: a SiLU network has dozens of them (counted in the user's layers, not split parts)
+        users = list(dict.fromkeys(ctx.name(s) for s in silus))
+        names = ", ".join(users[:3]) + (", ..." if len(users) > 3 else "")
         yield Finding("info", "activation-fusion", "", "SiLU",
-                      f"{len(silus)} SiLU activations (x*sigmoid(x)) after convs ({names}) do not fuse into the conv: "
+                      f"{len(users)} SiLU activations (x*sigmoid(x)) after convs ({names}) do not fuse into the conv: "
                       f"each costs a pass over its activation, and 8-bit quantization adds noise at the sigmoid and "
                       f"the multiply",
                       "the ReLU variant of the architecture runs faster on the NPU and quantizes better")
@@ -347,23 +356,48 @@ def _first_layer_cosine(ctx: Context) -> Iterator[Finding]:
 def check_model(model: onnx.ModelProto, target: str, quant_dtype: Optional[str] = None,
                 calib_count: Optional[int] = None, first_layer_cosine: Optional[float] = None,
                 rules: Optional[Iterable[str]] = None, mean_values: Optional[list] = None,
-                std_values: Optional[list] = None) -> list[Finding]:
-    """Run the checker's rules (all, or the named ones) and return findings, errors first.
+                std_values: Optional[list] = None, names: Optional[LayerNames] = None) -> list[Finding]:
+    """Run the checker's rules (all, or the named ones) and return findings, errors first, one per user layer.
 
     calib_count: images in dataset.txt; first_layer_cosine: from accuracy_analysis; mean/std_values: the config's,
-    one list per input. Facts left None skip the rules that need them.
+    one list per input. Facts left None skip the rules that need them. names: the user's layer names of a built
+    model (analysis.layer_names.package_layer_names); by default the model's own, the quantizer's records read.
     """
     spec = chip(target)
     gi = analyze(model, quant_dtype)
+    names = names if names is not None else layer_names(model)
     ctx = Context(model, gi, spec, quant_dtype, calib_count, first_layer_cosine, fuse(gi, spec.gen), mean_values,
-                  std_values)
+                  std_values, names)
     wanted = list(RULES) if rules is None else list(rules)
     unknown = [r for r in wanted if r not in RULES]
     if unknown:
         from ..errors import ConfigError
         raise ConfigError("rules", unknown, sorted(RULES))
-    out = [f for name in wanted for f in RULES[name](ctx)]
+    out = fold_findings([f for name in wanted for f in RULES[name](ctx)], names)
     return sorted(out, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def fold_findings(findings: Iterable[Finding], names: LayerNames) -> list[Finding]:
+    """One finding per rule and user layer: a layer the quantizer cut into parts gets one finding (the most severe
+    part's) that lists the layer's parts in the built model; model-wide findings stay as they are."""
+    out: dict[tuple, Finding] = {}
+    for f in findings:
+        user = names.of(f.layer) if f.layer else ""
+        key = (f.rule, user) if user else (f.rule, f.why, len(out))
+        prev = out.get(key)
+        if prev is None or SEVERITIES.index(f.severity) < SEVERITIES.index(prev.severity):
+            parts = list(names.parts.get(user, [f.layer])) if user and names.folded(user) else []
+            out[key] = replace(f, layer=user, op_type=names.op_types.get(user, f.op_type) if user else f.op_type,
+                               parts=parts)
+    return list(out.values())
+
+
+def findings_summary(findings: Iterable[Finding]) -> str:
+    """'0 errors, 3 warnings, 1 note' (what the table and the report print under the findings; info = note)."""
+    findings = list(findings)
+    words = {"error": "error", "warning": "warning", "info": "note"}
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    return ", ".join(f"{n} {words[s]}{'s' if n != 1 else ''}" for s, n in counts.items())
 
 
 def findings_json(findings: Iterable[Finding]) -> list[dict]:
@@ -379,7 +413,6 @@ def findings_table(findings: Iterable[Finding], width: int = 120) -> str:
         layer = f"{f.layer} ({f.op_type})" if f.layer else "(model)"
         lines.append(f"{f.severity:<8} {f.rule:<18} {layer[:28]:<28} {f.why}")
         lines.append(f"{'':<8} {'':<18} {'':<28} -> {f.what_to_do}")
-    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     lines.append("-" * width)
-    lines.append(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()))
+    lines.append(findings_summary(findings))
     return "\n".join(lines)

@@ -13,9 +13,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import onnx
 
 from ..targets.chips import VIEW_OPS, chip
+from ..units import format_bytes
 from .graph_info import GraphInfo, Layer, analyze
 
 log = logging.getLogger("openrknn.analysis.memory")
@@ -263,16 +265,26 @@ def weight_memory(gi: GraphInfo) -> dict:
             "quant_params": params, "quant_param_bytes": param_bytes, "per_channel_tensors": per_channel}
 
 
+def io_bytes(metas: list[dict]) -> dict[str, int]:
+    """Bytes of each caller's buffer, from the package's input/output records (deployed shape and dtype)."""
+    return {m["name"]: int(np.prod(m["shape"], dtype=np.int64)) * np.dtype(m["dtype"]).itemsize for m in metas}
+
+
 def eval_memory_report(model: onnx.ModelProto, target: str, quant_dtype: Optional[str], is_print: bool = True,
-                       host_rss_bytes: Optional[int] = None) -> dict:
+                       host_rss_bytes: Optional[int] = None, input_metas: Optional[list[dict]] = None) -> dict:
     """What RKNN.eval_memory prints and returns: weights, internal (plan arena), inputs/outputs, total vs the chip.
 
-    host_rss_bytes: the simulator's measured resident memory on this host, reported on a line of its own.
+    host_rss_bytes: the measured resident memory of the process running the model (not part of the NPU figures),
+    printed apart. input_metas: the package's input records: the NPU reads what the application feeds, in its
+    deployed shape and dtype (a uint8 NHWC frame, not the float tensor the graph's pre-processing starts from).
+    Outputs are counted as the NPU stores them (the graph's dtypes).
     """
     spec = chip(target)
     gi = analyze(model, quant_dtype)
     plan = plan_memory(model, quant_dtype, info=gi)
     weights = weight_memory(gi)
+    if input_metas is not None:
+        plan.input_bytes = io_bytes(input_metas)
     io_in, io_out = sum(plan.input_bytes.values()), sum(plan.output_bytes.values())
     total = weights["total"] + weights["quant_param_bytes"] + plan.arena_bytes + io_in + io_out
     dram = spec.typical_dram_mb * 2**20
@@ -294,29 +306,30 @@ def eval_memory_report(model: onnx.ModelProto, target: str, quant_dtype: Optiona
     return report
 
 
-def _mib(n: Optional[float]) -> str:
-    return "-" if n is None else f"{n / 2**20:10.3f} MiB"
+def _size(n: Optional[float]) -> str:
+    return f"{format_bytes(n):>10}"
 
 
 def format_memory_report(r: dict) -> str:
     w = r["weight"]
     lines = ["=" * 78, f"Memory  target {r['target']}, dtype {r['quantized_dtype'] or 'float (fp16 on the NPU)'}"]
-    lines.append(f"  Weight memory            {_mib(w['total'])}")
+    lines.append(f"  Weight memory            {_size(w['total'])}")
     for dt, n in w["by_dtype"].items():
-        lines.append(f"    {dt:<22} {_mib(n)}")
-    lines.append(f"    quantization params    {_mib(w['quant_param_bytes'])}  ({w['quant_params']} values, "
+        lines.append(f"    {dt:<22} {_size(n)}")
+    lines.append(f"    quantization params    {_size(w['quant_param_bytes'])}  ({w['quant_params']} values, "
                  f"{w['per_channel_tensors']} per-channel tensors)")
     i = r["internal"]
-    lines.append(f"  Internal memory          {_mib(i['total'])}  (peak live {_mib(i['peak_live']).strip()} at "
+    lines.append(f"  Internal memory          {_size(i['total'])}  (peak live {format_bytes(i['peak_live'])} at "
                  f"{i['peak_layer']}; {i['buffers']} buffers)")
-    lines.append(f"  Input buffers            {_mib(r['input']['total'])}")
-    lines.append(f"  Output buffers           {_mib(r['output']['total'])}")
-    lines.append(f"  Total memory             {_mib(r['total'])}")
+    lines.append(f"  Input buffers            {_size(r['input']['total'])}")
+    lines.append(f"  Output buffers           {_size(r['output']['total'])}")
+    lines.append(f"  Total memory             {_size(r['total'])}")
     c = r["chip"]
     lines.append(f"  vs a typical {r['target']} board: {100 * (c['share_of_dram'] or 0):.2f}% of "
-                 f"{c['typical_dram_bytes'] / 2**20:.0f} MiB DRAM; largest activation "
-                 f"{_mib(c['largest_activation']).strip()} vs a {c['npu_buffer_bytes'] // 1024} KiB NPU buffer")
-    if r.get("host_rss") is not None:
-        lines.append(f"  Simulator on this host (measured RSS, not the board): {_mib(r['host_rss'])}")
+                 f"{format_bytes(c['typical_dram_bytes'])} DRAM; largest activation "
+                 f"{format_bytes(c['largest_activation'])} vs a {format_bytes(c['npu_buffer_bytes'])} NPU buffer")
     lines.append("=" * 78)
+    if r.get("host_rss") is not None:  # this machine's process, not the board: outside the NPU figures
+        lines.append(f"Measured on this host (not part of the board estimate): the process running the model uses "
+                     f"{format_bytes(r['host_rss'])} (resident set)")
     return "\n".join(lines)

@@ -53,42 +53,90 @@ def host_rss_bytes() -> Optional[int]:
 
 
 def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: bool, target: Optional[str] = None,
-              runs: int = 10) -> dict:
-    from .perf import eval_perf_report
+              runs: int = 10, show_parts: bool = False) -> dict:
+    """eval_perf's report. With perf_debug, "layers" (the built graph's nodes, each with its user "layer") and
+    "user_layers" (the user's layers, parts folded in: what the table prints; show_parts lists the parts too).
+    runtime None: the estimate alone (no host measurement)."""
+    from .layer_names import package_layer_names
+    from .perf import eval_perf_report, format_perf_report, user_layer_rows
 
     model, chip, qd = model_facts(pkg, target)
-    feeds = _feeds(pkg, inputs)
     remote_perf = getattr(runtime, "perf", None)
-    if remote_perf is not None:  # a board: measure there, estimate here
-        report = eval_perf_report(model, None, chip, qd, None, perf_debug, is_print=False)
-        report["host_measured"] = remote_perf(feeds)
-        if is_print:
-            from .perf import format_perf_report
+    if runtime is None or remote_perf is not None:  # a board measures there; the estimate is made here
+        report = eval_perf_report(model, None, chip, qd, None, True, is_print=False)
+        if remote_perf is not None:
+            report["host_measured"] = remote_perf(_feeds(pkg, inputs))
+    else:
+        # per-layer host times from onnxruntime's profiler; the total as every command reports an inference time:
+        # the user's own runtime, warm, median (openrknn.timing; the profiler's overhead left out)
+        report = eval_perf_report(model, pkg.model_bytes, chip, qd, _feeds(pkg, inputs), True, False, runs=runs)
+        profiled = report["host_measured"]
+        report["host_measured"] = {**profiled, "profiled_total_us": profiled["total_us"],
+                                   **inference_time(pkg, runtime, inputs, runs)}
+    if perf_debug:
+        names = package_layer_names(pkg)
+        for row in report["layers"]:
+            row["layer"] = names.of(row["name"])
+        report["user_layers"] = user_layer_rows(report["layers"], names.of, names.op_types)
+    else:
+        report.pop("layers", None)
+    if is_print:
+        print(format_perf_report(report, show_parts))
+    return report
 
-            print(format_perf_report(report))
-        return report
-    return eval_perf_report(model, pkg.model_bytes, chip, qd, feeds, perf_debug, is_print, runs=runs)
+
+def inference_time(pkg: RknnPackage, runtime, inputs, runs: int) -> dict:
+    """The host time of one inference through `runtime` (a Simulator), as openrknn.timing defines it: what
+    `openrknn detect` reports per frame. Returns {"total_us", "fps", "runs", "warmup", "what"}."""
+    from ..timing import WARMUP_RUNS, median_ms, time_runs
+
+    frame = inputs if inputs is not None else sample_inputs(pkg.metadata["inputs"])
+    samples = time_runs(lambda: runtime.run(frame), runs)
+    ms = median_ms(samples)
+    return {"total_us": round(ms * 1e3, 1), "fps": round(1e3 / ms, 2) if ms > 0 else float("inf"), "runs": runs,
+            "warmup": WARMUP_RUNS, "what": "simulator inference of one frame (input conversion included), warm, "
+            "median"}
 
 
 def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str] = None) -> dict:
+    """eval_memory's report: the NPU-side figures of the package (its inputs as deployed: the NPU reads the fed
+    frame) and, apart, the measured memory of the process running it (this host's, or the board's through the
+    runtime server). runtime None: no measurement."""
+    from .layer_names import package_layer_names
     from .memory import eval_memory_report
 
     model, chip, qd = model_facts(pkg, target)
     remote_memory = getattr(runtime, "memory", None)
-    rss = remote_memory().get("rss_bytes") if remote_memory is not None else host_rss_bytes()
-    return eval_memory_report(model, chip, qd, is_print, host_rss_bytes=rss)
+    rss = (remote_memory().get("rss_bytes") if remote_memory is not None else
+           host_rss_bytes() if runtime is not None else None)
+    report = eval_memory_report(model, chip, qd, False, host_rss_bytes=rss, input_metas=pkg.metadata.get("inputs"))
+    report["internal"]["peak_layer"] = package_layer_names(pkg).of(report["internal"]["peak_layer"])
+    quant = pkg.metadata.get("quantization")
+    if isinstance(quant, dict):  # the record's count, the one `openrknn info` shows
+        from ..package_info import quant_counts
+
+        report["weight"]["per_channel_tensors"] = quant_counts(quant.get("tensors") or {})["per_channel_tensors"]
+    if is_print:
+        from .memory import format_memory_report
+
+        print(format_memory_report(report))
+    return report
 
 
 def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[int] = None,
-          first_layer_cosine: Optional[float] = None):
+          first_layer_cosine: Optional[float] = None, quant_dtype: Optional[str] = None):
+    """The design checker on a package, its findings in the user's layer names. quant_dtype: check for another
+    dtype than the one built (the .rknn's own by default)."""
+    from .layer_names import package_layer_names
     from .lint import check_model
 
     model, chip, qd = model_facts(pkg, target)
     pre = [(m.get("preprocess") or {}) for m in pkg.metadata["inputs"]]
     means = [p["mean"] for p in pre if p] or None
     stds = [p["std"] for p in pre if p] or None
-    return check_model(model, chip, qd, calib_count=calib_count, first_layer_cosine=first_layer_cosine,
-                       mean_values=means, std_values=stds)
+    return check_model(model, chip, quant_dtype or qd, calib_count=calib_count,
+                       first_layer_cosine=first_layer_cosine, mean_values=means, std_values=stds,
+                       names=package_layer_names(pkg))
 
 
 def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:

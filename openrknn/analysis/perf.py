@@ -412,34 +412,77 @@ def eval_perf_report(model: onnx.ModelProto, model_bytes: bytes | None, target: 
     return report
 
 
-def format_perf_report(report: dict) -> str:
+def user_layer_rows(layers: list[dict], of: Callable[[str], str],
+                    op_types: Mapping[str, str] | None = None) -> list[dict]:
+    """The per-layer rows of a report folded into the user's layers (`of`: built node -> user layer, from
+    analysis.layer_names): the parts the quantizer cut one layer into add up into that layer's row, which lists them
+    under "parts". A layer is "fused" only when all its parts are; its unit is where its time goes."""
+    order: list[str] = []
+    members: dict[str, list[dict]] = defaultdict(list)
+    for r in layers:
+        name = of(r["name"])
+        if name not in members:
+            order.append(name)
+        members[name].append(r)
+    out = []
+    for name in order:
+        parts = members[name]
+        units = [p["unit"] for p in parts]
+        timed = [p for p in parts if p["unit"] in ("NPU", "CPU")]
+        unit = ("CPU" if "CPU" in units else "NPU") if timed else units[0]
+        hosts = [p["host_us"] for p in parts if p.get("host_us") is not None]
+        fused = {of(p["fused_into"]) for p in parts if p["unit"] == "fused" and p.get("fused_into")}
+        slowest = max(timed, key=lambda p: p["npu_us"]) if timed else parts[0]
+        folded = len(parts) > 1 or parts[0]["name"] != name
+        out.append({"id": parts[0]["id"], "name": name, "op_type": (op_types or {}).get(name, parts[0]["op_type"]),
+                    "npu_us": round(sum(p["npu_us"] for p in parts), 1),
+                    "host_us": round(sum(hosts), 1) if hosts else None, "unit": unit, "bound": slowest["bound"],
+                    "macs": sum(p["macs"] for p in parts),
+                    "fused_into": fused.pop() if unit == "fused" and len(fused) == 1 else "",
+                    "parts": [p["name"] for p in parts] if folded else []})
+    return out
+
+
+def format_perf_report(report: dict, show_parts: bool = False) -> str:
+    """The eval_perf text. The per-layer table lists the user's layers ("user_layers") when the report has them
+    (show_parts: each layer's parts in the built graph under it), else the built graph's nodes ("layers")."""
     lines = []
     w = 110
     lines.append("=" * w)
     est = report["npu_estimate"]
     lines.append(f"Performance  target {report['target']} ({report['cores']} core), "
                  f"dtype {report['quantized_dtype'] or 'float (fp16 on the NPU)'}")
-    if "layers" in report:
-        lines.append(f"{'ID':>5}  {'Name':<44} {'Op type':<18} {'NPU est (us)':>12} {'Host (us)':>10}  Unit")
-        for r in report["layers"]:
-            if r["unit"] == "free":
+    table = report.get("user_layers") or report.get("layers")
+    if table:
+        by_name = {r["name"]: r for r in report.get("layers") or []}
+        lines.append(f"{'ID':>5}  {'Layer':<44} {'Op type':<18} {'NPU est (us)':>12} {'Host (us)':>10}  Unit")
+        for r in table:
+            if r["unit"] == "free" and not show_parts:
                 continue
-            host = "" if r["host_us"] is None else f"{r['host_us']:.1f}"
-            unit = r["unit"] if r["unit"] != "fused" else f"fused->{r['fused_into']}"
-            lines.append(f"{r['id']:>5}  {r['name'][:44]:<44} {r['op_type'][:18]:<18} {r['npu_us']:>12.1f} "
-                         f"{host:>10}  {unit}")
+            lines.append(_perf_line(r, r["name"]))
+            for part in r.get("parts") or [] if show_parts else []:
+                if part in by_name:
+                    lines.append(_perf_line(by_name[part], "  - " + part))
         lines.append("-" * w)
         lines.append("Top op types (NPU estimate):")
         for t in report["top_op_types"]:
             lines.append(f"  {t['op_type']:<20} {t['time_us']:>12.1f} us  {100 * t['share']:5.1f}%")
-    lines.append(f"Total NPU time (estimated, board-free): {est['total_us']:.1f} us   FPS: {est['fps']:.2f}   "
+    lines.append(f"Total NPU time (estimated, board-free): {est['total_us'] / 1e3:.2f} ms   FPS: {est['fps']:.2f}   "
                  f"({est['gmacs']} GMAC)")
     host = report.get("host_measured")
     if host:
-        lines.append(f"Total time on this host (onnxruntime, measured, median of {host['runs']}): "
-                     f"{host['total_us']:.1f} us   FPS: {host['fps']:.2f}")
+        what = f"after {host['warmup']} warm-up run, " if host.get("warmup") else ""
+        lines.append(f"Inference on this host (simulator, measured, {what}median of {host['runs']}): "
+                     f"{host['total_us'] / 1e3:.2f} ms   FPS: {host['fps']:.2f}")
     lines.append("=" * w)
     return "\n".join(lines)
+
+
+def _perf_line(r: dict, label: str) -> str:
+    host = "" if r.get("host_us") is None else f"{r['host_us']:.1f}"
+    unit = r["unit"] if r["unit"] != "fused" else f"fused->{r['fused_into']}" if r.get("fused_into") else "fused"
+    return (f"{r['id']:>5}  {label[:44]:<44} {r['op_type'][:18]:<18} {r['npu_us']:>12.1f} "
+            f"{host:>10}  {unit}")
 
 
 def estimate_to_dict(est: PerfEstimate) -> dict:

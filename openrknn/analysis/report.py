@@ -16,6 +16,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from .. import __version__
 from ..atomic import write_text_atomic
+from ..units import format_bytes
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1c2430}
@@ -29,6 +30,7 @@ img{max-width:100%;border:1px solid #e6e9ee;border-radius:4px;margin:6px 0}
 .sev-error{color:#b42318;font-weight:600}.sev-warning{color:#b54708;font-weight:600}.sev-info{color:#475467}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
 .kv td:first-child{width:220px;color:#475467}.muted{color:#667085}code{background:#f0f3f7;padding:1px 4px}
+details summary{cursor:pointer;color:#475467}details ul{margin:4px 0 0;padding-left:18px}
 """
 
 
@@ -101,11 +103,13 @@ def model_section(pkg, path: Optional[str] = None) -> Section:
     from ..package_info import package_summary
 
     s = package_summary(pkg, path)
-    rows = [("file", s["file"] or "(in memory)"), ("size", f"{s['size_bytes'] / 1e6:.2f} MB"),
+    q = s["quantization"]
+    rows = [("file", s["file"] or "(in memory)"), ("size", format_bytes(s["size_bytes"])),
             ("target", ", ".join(s["target_platform"])),
-            ("quantization", "float" if not s["quantization"] else
-             f"{s['quantization']['dtype']} / {s['quantization']['algorithm']} / {s['quantization']['method']} / "
-             f"{s['quantization']['weight_rounding']} rounding ({s['quantization']['quantized_tensors']} tensors)"),
+            ("quantization", "float" if not q else
+             f"{q['dtype']} / {q['algorithm']} / {q['method']} / {q['weight_rounding']} rounding "
+             f"({q['quantized_tensors']} tensors: {q['activations']} activations, {q['weights']} weights "
+             f"({q['per_channel_tensors']} per-channel), {q['biases']} biases)"),
             ("source", f"{(s['source'] or {}).get('framework', '?')} {(s['source'] or {}).get('file', '')}")]
     for i in s["inputs"]:
         rows.append((f"input {i['name']}", f"{i['shape']} {i['dtype']} {i['layout']}; reorder "
@@ -116,13 +120,35 @@ def model_section(pkg, path: Optional[str] = None) -> Section:
 
 
 def findings_section(findings) -> Section:
+    """One row per finding, in the user's layer names; findings that say the same thing about several layers share
+    a row that lists them (expandable), and a layer the quantizer cut into parts lists those under its name."""
+    from .lint import findings_summary
+
     if not findings:
         return Section("NPU design check", "<p>No findings: the model fits the target's rules.</p>")
-    rows = [(RawHTML(f"<span class='sev-{esc(f.severity)}'>{esc(f.severity)}</span>"), f.rule,
-             f"{f.layer} ({f.op_type})" if f.op_type else f.layer, f.why, f.what_to_do) for f in findings]
-    counts = {sev: sum(1 for f in findings if f.severity == sev) for sev in ("error", "warning", "info")}
-    summary = f"<p>{counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes.</p>"
+    groups: dict = {}
+    for f in findings:
+        groups.setdefault((f.severity, f.rule, f.why, f.what_to_do), []).append(f)
+    rows = [(RawHTML(f"<span class='sev-{esc(sev)}'>{esc(sev)}</span>"), rule, RawHTML(_layers_cell(same)), why,
+             todo) for (sev, rule, why, todo), same in groups.items()]
+    summary = f"<p>{esc(findings_summary(findings))}" + (
+        f" ({len(rows)} distinct)" if len(rows) < len(findings) else "") + ".</p>"
     return Section("NPU design check", summary + table(["severity", "rule", "layer", "why", "what to do"], rows))
+
+
+def _layers_cell(findings) -> str:
+    def name(f) -> str:
+        text = esc(f"{f.layer} ({f.op_type})" if f.op_type and f.layer else f.layer or "(model)")
+        if f.parts:
+            text += (f"<details><summary>{len(f.parts)} part{'s' if len(f.parts) != 1 else ''} in the built model"
+                     f"</summary><ul>{''.join(f'<li><code>{esc(p)}</code></li>' for p in f.parts)}</ul></details>")
+        return text
+
+    if len(findings) == 1:
+        return name(findings[0])
+    shown = ", ".join(esc(f.layer) for f in findings[:3])
+    return (f"{shown}{', ...' if len(findings) > 3 else ''}<details><summary>{len(findings)} layers</summary><ul>"
+            + "".join(f"<li>{name(f)}</li>" for f in findings) + "</ul></details>")
 
 
 def perf_section(perf: dict, chart: Optional[str]) -> Section:
@@ -139,14 +165,16 @@ def perf_section(perf: dict, chart: Optional[str]) -> Section:
 
 
 def memory_section(mem: dict, chart: Optional[str]) -> Section:
-    mib = 2 ** 20
-    rows = [("weights", f"{mem['weight']['total'] / mib:.3f} MiB"),
-            ("internal (activations, planned)", f"{mem['internal']['total'] / mib:.3f} MiB"),
-            ("inputs + outputs", f"{(mem['input']['total'] + mem['output']['total']) / mib:.3f} MiB"),
-            ("total on the NPU side", f"{mem['total'] / mib:.3f} MiB")]
-    if mem.get("host_rss"):
-        rows.append(("simulator RSS on this host", f"{mem['host_rss'] / mib:.1f} MiB"))
-    return Section("Memory (eval_memory)", key_values(rows), [chart] if chart else [])
+    rows = [("weights", format_bytes(mem["weight"]["total"] + mem["weight"]["quant_param_bytes"])),
+            ("internal (activations, planned)", format_bytes(mem["internal"]["total"])),
+            ("input buffers", format_bytes(mem["input"]["total"])),
+            ("output buffers", format_bytes(mem["output"]["total"])),
+            ("total on the NPU side", format_bytes(mem["total"]))]
+    html_text = key_values(rows)
+    if mem.get("host_rss"):  # the process on this machine, not the board: apart from the NPU figures
+        html_text += (f"<p class='muted'>Measured apart from the board estimate: the process that ran the model used "
+                      f"{esc(format_bytes(mem['host_rss']))} (resident set).</p>")
+    return Section("Memory (eval_memory)", html_text, [chart] if chart else [])
 
 
 def hybrid_sections(pkg) -> List[Section]:
@@ -170,17 +198,22 @@ def hybrid_sections(pkg) -> List[Section]:
 def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, extra: Sequence[Section] = (),
                  title: str = "openrknn model report", calib_count: Optional[int] = None) -> Path:
     """Model card, design check, speed and memory (with charts), then any extra sections."""
-    from .package_reports import check, model_facts
     from .charts import memory_chart, perf_chart
-    from .memory import eval_memory_report, plan_memory
-    from .perf import eval_perf_report
+    from .graph_info import analyze
+    from .layer_names import package_layer_names
+    from .memory import plan_memory
+    from .package_reports import check, eval_memory, eval_perf, model_facts
 
     model, chip, qd = model_facts(pkg)
-    perf = eval_perf_report(model, None, chip, qd, None, perf_debug=True, is_print=False)
-    mem = eval_memory_report(model, chip, qd, is_print=False)
+    # the same functions as `openrknn perf` and RKNN.eval_perf / eval_memory (no runtime: the estimates alone)
+    perf = eval_perf(pkg, None, None, perf_debug=True, is_print=False)
+    mem = eval_memory(pkg, None, is_print=False)
+    names = package_layer_names(pkg)
+    gi = analyze(model, qd)
     with tempfile.TemporaryDirectory() as tmp:
         perf_png = perf_chart(perf, Path(tmp) / "perf.png")
-        mem_png = memory_chart(plan_memory(model, qd), Path(tmp) / "memory.png")
+        mem_png = memory_chart(plan_memory(model, qd, info=gi), Path(tmp) / "memory.png",
+                               [names.of(layer.name) for layer in gi.layers])
         sections = [model_section(pkg, model_path), *hybrid_sections(pkg), *extra, perf_section(perf, perf_png),
                     memory_section(mem, mem_png), findings_section(check(pkg, calib_count=calib_count))]
         return write_report(out_path, title, f"{Path(model_path).name if model_path else 'model'} on {chip}",

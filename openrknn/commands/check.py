@@ -32,12 +32,7 @@ def run(args: argparse.Namespace) -> int:
         from ..package import read_package
 
         pkg = read_package(args.model)
-        findings = check(pkg, target=args.target, calib_count=args.calib_count)
-        if args.dtype:
-            from ..analysis.package_reports import model_facts
-
-            model, chip, _ = model_facts(pkg, args.target)
-            findings = check_model(model, chip, args.dtype, calib_count=args.calib_count)
+        findings = check(pkg, target=args.target, calib_count=args.calib_count, quant_dtype=args.dtype)
     else:
         from ..convert import load_model
 

@@ -94,7 +94,7 @@ def _overlay_fps(frame: np.ndarray, fps: float, times: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import cv2
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     from ..errors import ConfigError
     from ..vision.detections import COCO80_CATEGORY_IDS
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             writer = None
             fps = 0.0
             frames_read = 0
-            for i, frame in tqdm(_frames(capture, args.max_frames), total=total, unit="frame", desc="detect"):
+            for i, frame in progress_bar(_frames(capture, args.max_frames), total=total, unit="frame", desc="detect"):
                 frames_read += 1
                 t = time.perf_counter()
                 dets = detector.detect(frame)
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("source", args.source, hint="no frame could be read from the video or camera")
         else:
             files = _images(source)
-            for idx, path in enumerate(tqdm(files, unit="img", desc="detect", disable=len(files) < 2)):
+            for idx, path in enumerate(progress_bar(files, unit="img", desc="detect", enabled=len(files) > 1)):
                 img = _read_image(path)
                 dets = detector.detect(img)
                 results.append({"image_id": idx, "image": str(path),
@@ -183,5 +183,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(results)} {'frames' if is_video else 'images'}, {n} detections; median per frame: pre "
           f"{summary['pre_ms']:.1f} ms, inference {summary['inference_ms']:.1f} ms, post {summary['post_ms']:.1f} ms "
           f"({summary['fps']:.1f} FPS)")
+    print("inference: the simulator on this host, after a warm-up run (the host time `openrknn perf` reports)")
     print(f"results in {out.resolve()}")
     return 0

@@ -1,10 +1,11 @@
 """The per-layer table: one row per layer of the user's model with its stored precision, and its accuracy against
 the float reference (the package's accuracy analysis) once measured.
 
-layer_rows lists the compute nodes of the built graph; nodes the quantizer added (range split's parts and their
-concat) carry `group`, the float graph's layer they belong to, and fold_parts folds them into that layer's row
-(its `parts`, expandable on the page). Rows are keyed by node name (what keep-float marks send) and carry the
-layer's logical output tensor name (what accuracy rows are keyed by)."""
+layer_rows lists the compute nodes of the built graph; nodes that are not a layer of the user's model (range split's
+parts and their concat, the pre-processing) carry `group`, the user's layer they belong to (analysis.layer_names,
+the one mapping every per-layer view uses), and fold_parts folds them into that layer's row (its `parts`, expandable
+on the page). Rows are keyed by node name (what keep-float marks send) and carry the layer's logical output tensor
+name (what accuracy rows are keyed by; a split layer's parts match the row that puts them back together)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..quant.hybrid import layer_map, override_name
+from ..analysis.graph_info import node_names
+from ..analysis.layer_names import layer_names
+from ..quant.hybrid import layer_map
 from ..quant.plan import WEIGHTED
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -26,8 +29,8 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes
     """Compute nodes in graph order. In a QDQ graph a node's output is stored at the precision of the quantization
     point right after it (Q -> DQ keeps the float name); a node whose consumers all reach one point before the next
     weighted layer (activations, layout ops, a concat) is fused into it; a node with neither runs in float (a
-    layer kept in float, or one the quantizer left alone). With the float graph, nodes it does not have get `group`
-    (see original_layers)."""
+    layer kept in float, or one the quantizer left alone). Nodes that are not a layer of the user's model get `group`,
+    the layer they are part of (the float graph's names, when given)."""
     import onnx
 
     model = onnx.load_from_string(model_bytes)
@@ -68,7 +71,8 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes
 
     rows = []
     quantized_graph = bool(quant_meta)
-    for i, node in enumerate(nodes):
+    names = layer_names(model, onnx.load_from_string(float_model_bytes) if float_model_bytes else None)
+    for i, (node, name) in enumerate(zip(nodes, node_names(model))):
         if node.op_type in _SKIP:
             continue
         dtype, fused_into = stored(node) if quantized_graph else (None, None)
@@ -76,34 +80,11 @@ def layer_rows(model_bytes: bytes, quant_meta: Optional[dict], float_model_bytes
             precision = dtype
         else:
             precision = "float16" if quantized_graph else "float"
-        rows.append({"index": i, "name": node.name or f"{node.op_type}_{i}", "op_type": node.op_type,
+        rows.append({"index": i, "name": name, "op_type": node.op_type,
                      "tensor": logical(node.output[0]) if node.output else "", "precision": precision,
                      "quantized": bool(dtype), "fused_into": fused_into, "cosine": None, "cosine_single": None,
-                     "euclidean": None, "group": None})
-    if float_model_bytes:
-        groups = original_layers(rows, onnx.load_from_string(float_model_bytes))
-        for row in rows:
-            row["group"] = groups.get(row["name"])
+                     "euclidean": None, "group": names.of(name) if names.of(name) != name else None})
     return rows
-
-
-def original_layers(rows: Sequence[dict], float_model) -> Dict[str, str]:
-    """Built-graph node name -> the float graph's layer it is part of, for the nodes the float graph does not have:
-    a range-split part ('conv__split0') belongs to the layer it was cut from, a node the quantizer added to join
-    parts ('t_split_concat') to the layer whose output it rebuilds. The float graph's names are the user's."""
-    float_names = {n.name for n in float_model.graph.node}
-    producer = {t: n.name for n in float_model.graph.node for t in n.output}
-    out = {}
-    for row in rows:
-        name = row["name"]
-        if name in float_names:
-            continue
-        owner = override_name(name)
-        if owner not in float_names:
-            owner = producer.get(row["tensor"])
-        if owner:
-            out[name] = owner
-    return out
 
 
 def keepable_layers(float_model_bytes: Optional[bytes]) -> set:
@@ -137,7 +118,7 @@ def fold_parts(rows: Sequence[dict], keepable: set, float_ops: Optional[Dict[str
             row["fused_into"] = group_of.get(row["fused_into"], row["fused_into"])
         else:
             measured = next((p for p in parts if p["cosine"] is not None), None)
-            own = next((p for p in parts if not p["name"].startswith(key + "__")), parts[0])
+            own = next((p for p in parts if p["name"] == key), parts[0])
             precisions = {p["precision"] for p in parts}
             fused = {group_of.get(p["fused_into"], p["fused_into"]) for p in parts}
             row = {"index": parts[0]["index"], "name": key, "op_type": (float_ops or {}).get(key, own["op_type"]),
@@ -184,9 +165,11 @@ def measure_accuracy(package, inputs: Sequence[np.ndarray], output_dir: Path) ->
 
 
 def merge_accuracy(rows: List[dict], measured: Sequence[dict]) -> int:
-    """Fill cosine (end to end), cosine_single (the layer alone) and euclidean into rows by logical tensor name;
-    a fused node shows the values of the point it is fused into. Returns how many rows got values."""
+    """Fill cosine (end to end), cosine_single (the layer alone) and euclidean into rows by logical tensor name (a
+    part of a split tensor by the row that puts the parts together); a fused node shows the values of the point it
+    is fused into. Returns how many rows got values."""
     by_tensor = {m.get("name"): m for m in measured}
+    by_tensor.update({p: m for m in measured for p in m.get("parts") or [] if p not in by_tensor})
     by_node = {r["name"]: r for r in rows}
 
     def finite(v) -> Optional[float]:

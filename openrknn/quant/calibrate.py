@@ -119,9 +119,9 @@ def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    return progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
 
 
 def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs: Dict[str, Sequence[int]],

@@ -274,11 +274,11 @@ def sensitivity(qmodel: onnx.ModelProto, units: Dict[str, List[str]], reference:
                 float_weights: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
     """Per unit: how much the worst output cosine rises when that unit alone stays float (its activations, and its
     weights where ``float_weights`` has them)."""
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads, names)))
     out = {}
-    for name, members in tqdm(units.items(), desc="layer sensitivity", disable=not progress, leave=False):
+    for name, members in progress_bar(units.items(), desc="layer sensitivity", enabled=progress, leave=False):
         worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members, float_weights), feeds, threads,
                                                           names)))
         out[name] = worst - base

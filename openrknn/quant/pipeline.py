@@ -19,8 +19,8 @@ from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
 from .plan import Plan, build_plan
-from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_scales,
-                  to_float16)
+from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_parts,
+                  set_channel_scales, set_node_origins, to_float16)
 from .schemes import Scheme, TensorFormat, get_scheme, qparams
 from .stages import Needs, QuantState, StageResult
 
@@ -135,6 +135,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     orders = next((r.channel_orders for r in results if r.channel_orders), None)
     if orders:
         set_channel_orders(qmodel, orders)
+    origins = {k: v for r in results for k, v in r.node_origins.items()}
+    if origins:  # what analysis needs to speak the float model's layer names
+        set_node_origins(qmodel, origins)
+        set_channel_parts(qmodel, {k: v for r in results for k, v in r.channel_parts.items()})
     seconds["qdq"] = round(time.perf_counter() - t, 3)
     report = _report(options, warnings, seconds, results)
     report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),

@@ -9,6 +9,7 @@ com.microsoft QuantizeLinear / DequantizeLinear, which onnxruntime's CPU provide
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -318,6 +319,39 @@ def set_channel_orders(model: onnx.ModelProto, orders: Dict[str, np.ndarray]) ->
 
 def channel_orders(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
     return _get_meta(model, CHANNEL_ORDER_KEY, np.int64)
+
+
+NODE_ORIGIN_KEY = "openrknn.node_origin"
+CHANNEL_PARTS_KEY = "openrknn.channel_parts"
+
+
+def _set_json(model: onnx.ModelProto, key: str, value: dict) -> None:
+    entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add(key=key)
+    entry.value = json.dumps(value)
+
+
+def _get_json(model: onnx.ModelProto, key: str) -> dict:
+    entry = next((p for p in model.metadata_props if p.key == key), None)
+    return {} if entry is None else json.loads(entry.value)
+
+
+def set_node_origins(model: onnx.ModelProto, origins: Dict[str, str]) -> None:
+    """Record the nodes graph rewrites made (range split's parts, joins, remaps): {node: the float-model node it was
+    made from}, so every per-layer view can name the user's layer."""
+    _set_json(model, NODE_ORIGIN_KEY, dict(origins))
+
+
+def node_origins(model: onnx.ModelProto) -> Dict[str, str]:
+    return {str(k): str(v) for k, v in _get_json(model, NODE_ORIGIN_KEY).items()}
+
+
+def set_channel_parts(model: onnx.ModelProto, parts: Dict[str, Tuple[str, np.ndarray]]) -> None:
+    """Record tensors that hold some channels (axis 1) of a float-model tensor unchanged: {part: (tensor, channels)}."""
+    _set_json(model, CHANNEL_PARTS_KEY, {k: [t, np.asarray(c, int).tolist()] for k, (t, c) in parts.items()})
+
+
+def channel_parts(model: onnx.ModelProto) -> Dict[str, Tuple[str, np.ndarray]]:
+    return {k: (str(t), np.asarray(c, np.int64)) for k, (t, c) in _get_json(model, CHANNEL_PARTS_KEY).items()}
 
 
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:

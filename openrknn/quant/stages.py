@@ -78,6 +78,8 @@ class StageResult:
     channel_scales: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_offsets: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_orders: Optional[dict] = None
+    node_origins: Dict[str, str] = field(default_factory=dict)  # node a rewrite made -> node it was made from
+    channel_parts: Dict[str, tuple] = field(default_factory=dict)  # part tensor -> (tensor, its channels)
 
 
 class Rewrite:

@@ -39,6 +39,9 @@ class DetectorOptions:
 
 @dataclass
 class StageTimes:
+    """Per-frame milliseconds: letterbox, inference (the simulator's run of one frame, as openrknn.timing defines
+    it: the detector is warmed up first), decode + NMS."""
+
     pre_ms: List[float] = field(default_factory=list)
     infer_ms: List[float] = field(default_factory=list)
     post_ms: List[float] = field(default_factory=list)
@@ -49,8 +52,7 @@ class StageTimes:
         self.post_ms.append(post)
 
     def summary(self) -> Dict[str, float]:
-        def med(v):
-            return float(np.median(v)) if v else 0.0
+        from ..timing import median_ms as med
 
         total = [a + b + c for a, b, c in zip(self.pre_ms, self.infer_ms, self.post_ms)]
         return {"frames": len(total), "pre_ms": med(self.pre_ms), "inference_ms": med(self.infer_ms),
@@ -95,6 +97,16 @@ class Detector:
                               f"{self.num_classes} names")
         self.class_names = list(names)
         self.times = StageTimes()
+
+    def warm_up(self) -> None:
+        """Untimed inference on a blank frame (openrknn.timing.WARMUP_RUNS times), so the first frame's inference
+        time is the steady one, as `openrknn perf` measures it."""
+        from ..timing import WARMUP_RUNS
+
+        w, h = self.input_size
+        for _ in range(WARMUP_RUNS):
+            if self.rknn.inference(inputs=[np.zeros((h, w, 3), np.uint8)]) is None:
+                raise RuntimeStateError(f"inference failed: {self.rknn.last_error}")
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         if frame_bgr is None or not isinstance(frame_bgr, np.ndarray) or frame_bgr.ndim != 3:
@@ -146,4 +158,6 @@ def open_detector(model: str | Path, options: DetectorOptions, convert_config: O
         err = rknn.last_error
         rknn.release()
         raise ModelLoadError(f"could not open '{model}': {err}")
-    return Detector(rknn, options)
+    detector = Detector(rknn, options)
+    detector.warm_up()
+    return detector

@@ -148,7 +148,7 @@ def empirical_bias_correction(model: onnx.ModelProto, info: GraphInfo, plan: Pla
     a small report."""
     import itertools
 
-    from tqdm import tqdm
+    from ...progress import progress_bar
 
     from ..calibrate import make_session
 
@@ -161,8 +161,8 @@ def empirical_bias_correction(model: onnx.ModelProto, info: GraphInfo, plan: Pla
         probe.augment(m)
         sess = make_session(m, threads)
         total = min(max_samples, len(data))
-        for feed in tqdm(itertools.islice(data, total), total=total, desc="bias correction", disable=not progress,
-                         leave=False):
+        for feed in progress_bar(itertools.islice(data, total), total=total, desc="bias correction",
+                                 enabled=progress, leave=False):
             probe.add(dict(zip(probe.outputs, sess.run(probe.outputs, feed))))
     if not probe.targets:
         return {"layers": 0}

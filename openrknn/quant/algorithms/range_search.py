@@ -70,7 +70,7 @@ def search_ranges(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, plan: P
                   progress: bool = True) -> Dict:
     """Shrink the ranges of up to ``max_groups`` early 8-bit scale groups (not in ``exempt``) of ``qmodel`` (the
     QDQ graph built from ``acts``) where the outputs gain; ``acts`` is updated in place. Returns a report."""
-    from tqdm import tqdm
+    from ...progress import progress_bar
 
     from ..calibrate import make_session
 
@@ -127,7 +127,7 @@ def search_ranges(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, plan: P
     current = dict(values)
     best = start = loss(current)
     changed: Dict[str, float] = {}
-    for members in tqdm(groups, desc="range search", disable=not progress, leave=False):
+    for members in progress_bar(groups, desc="range search", enabled=progress, leave=False):
         base = acts[members[0]]
         choice = None
         for r in RATIOS:

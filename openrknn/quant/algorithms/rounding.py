@@ -131,7 +131,7 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
     in place. G comes from the float model's layer inputs. ``passenger``: another float-model probe that rides
     the same pass (``augment(model)``, ``outputs``, ``add(values)``, ``max_samples``; bias correction's means),
     so the two need one session and one inference per sample instead of two."""
-    from tqdm import tqdm
+    from ...progress import progress_bar
 
     from ..calibrate import augment, auto_threads, make_session
 
@@ -149,8 +149,8 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
         sess = make_session(m, options.threads or max(1, auto_threads() - 1))
         rng = np.random.default_rng(0)
         desc = f"{method} statistics" + (" + bias means" if rides else "")
-        for i, feed in enumerate(tqdm(itertools.islice(data, max(total, rides)), total=max(total, rides),
-                                      desc=desc, disable=not progress, leave=False)):
+        for i, feed in enumerate(progress_bar(itertools.islice(data, max(total, rides)), total=max(total, rides),
+                                              desc=desc, enabled=progress, leave=False)):
             names = (inputs if i < total else []) + (passenger.outputs if i < rides else [])
             vals = dict(zip(names, sess.run(names, feed)))
             if i < total:
@@ -166,7 +166,7 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
     # after SiLU, would dominate: the rounding would spend itself on what the bias fixes anyway)
     centred = options.bias_correction not in (False, None)
     done = 0
-    for la in tqdm(layers, desc=method, disable=not progress, leave=False):
+    for la in progress_bar(layers, desc=method, enabled=progress, leave=False):
         wq = weights[la.w.node]
         w = info.const(la.w.w).astype(np.float64)
         trans = la.op != "Conv" and la.w.axis == 0  # Gemm transB=1: [N, K] rows are outputs

@@ -147,11 +147,17 @@ def _sliced_conv(info: GraphInfo, i: int, idx: np.ndarray, suffix: str, inits: l
 def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: List[int],
                  consumers: List[List[int]], groups: List[np.ndarray],
                  orders: Optional[Dict[str, np.ndarray]] = None,
-                 remap: Optional[Dict[str, List[Tuple[float, float]]]] = None) -> onnx.ModelProto:
+                 remap: Optional[Dict[str, List[Tuple[float, float]]]] = None,
+                 origins: Optional[Dict[str, str]] = None,
+                 channel_parts: Optional[Dict[str, Tuple[str, np.ndarray]]] = None) -> onnx.ModelProto:
     """Rewrite (see module doc). Consumer outputs keep their names; the split point itself disappears. A consumer
     output left in group order (its conv readers permuted) is recorded in ``orders``: new channel j = old order[j].
     ``remap`` {consumer output: [(k, b) per group]}: each part x becomes k * x + b before the concat, and the
-    readers' weights and biases undo it (see choose_remap)."""
+    readers' weights and biases undo it (see choose_remap). ``origins`` gets {new node: the node it was made from},
+    ``channel_parts`` {part: (the tensor it holds channels of, those channels)} for the parts of the split point and
+    of each consumer's output (before any remap)."""
+    made: Dict[str, str] = {}
+    held: Dict[str, Tuple[str, np.ndarray]] = {}
     new_nodes: Dict[int, List[onnx.NodeProto]] = {}
     inits: list = []
     drop = set(producer)
@@ -171,10 +177,13 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 inits.append(numpy_helper.from_array(idx.astype(np.int64), ind))
                 prod_nodes.append(helper.make_node("Gather", [info.nodes[i].input[0], ind], [gname], axis=1,
                                                    name=n.name + "_gather"))
+                made[n.name + "_gather"] = info.nodes[i].name
                 n.input[0] = gname
                 _set_group(n, len(idx))
             prod_nodes.append(n)
+            made[n.name] = info.nodes[i].name
         point_parts.append(mapping[point])
+        held[mapping[point]] = (point, idx)
     new_nodes[max(producer)] = prod_nodes
     order = np.concatenate(groups).astype(np.int64)
     inv = np.argsort(order).astype(np.int64)
@@ -192,8 +201,10 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 if k == 0:
                     _set_group(n, len(idx))
                 nodes.append(n)
+                made[n.name] = info.nodes[i].name
             out_point = _chain_output(info, chain)
             parts.append(mapping[out_point])
+            held[mapping[out_point]] = (out_point, idx)
         readers = info.consumers.get(out_point, [])
         if readers and out_point not in info.output_set and all(_plain_conv(info, r) for r in readers):
             # the readers take the channels in group order: permute their weights' input axis, no Gather
@@ -233,6 +244,12 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             nodes.append(helper.make_node("Gather", [cat, perm], [out_point], axis=1,
                                           name=out_point + "_split_order"))
         new_nodes[max(chain)] = nodes
+        for n in nodes:  # the join, reorder and remap nodes rebuild the chain's output
+            made.setdefault(n.name, info.nodes[info.producer[out_point]].name)
+    if origins is not None:
+        origins.update(made)
+    if channel_parts is not None:
+        channel_parts.update(held)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -536,6 +553,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     orders: Dict[str, np.ndarray] = {}
     affines: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     parts: Dict[str, Tuple[str, Optional[np.ndarray], Optional[Tuple[float, float]]]] = {}
+    origins: Dict[str, str] = {}
+    channels: Dict[str, Tuple[str, np.ndarray]] = {}
     # candidates once, by node name (normalize() names every node): a rewrite moves indices, not names; a chain
     # an earlier rewrite cut up is gone by name, as it would be from a fresh plan
     first = GraphInfo(model)
@@ -564,7 +583,10 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         if not all(n in index for n in prod_names + [n for c in cons_names for n in c]):
             continue
         prod, cons = [index[n] for n in prod_names], [[index[n] for n in c] for c in cons_names]
-        model = split_tensor(model, info, t, prod, cons, groups, orders, {o: r.affine for o, r in fitted.items()})
+        made: Dict[str, str] = {}
+        model = split_tensor(model, info, t, prod, cons, groups, orders, {o: r.affine for o, r in fitted.items()},
+                             made, channels)
+        origins.update({k: origins.get(v, v) for k, v in made.items()})
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
         for chain in cons:
@@ -596,6 +618,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         done.append(entry)
     return (normalize(model) if done else model), \
         {"tensors": done, "channel_orders": orders, "channel_affine": affines, "pooled": pools,
+         "node_origins": origins, "channel_parts": channels,
          **({"remap_check": check} if check else {})}, parts
 
 
@@ -639,6 +662,8 @@ class RangeSplit(Rewrite):
                 stats.minmax[part] = (float(np.min(lo[idx])), float(np.max(hi[idx])))
         affine = report.pop("channel_affine", {})
         orders = report.pop("channel_orders", None)
+        origins, channels = report.pop("node_origins"), report.pop("channel_parts")
         state.replace_model(new_model)
         return StageResult(self.name, report, channel_scales={t: f for t, (f, _) in affine.items()},
-                           channel_offsets={t: o for t, (_, o) in affine.items()}, channel_orders=orders)
+                           channel_offsets={t: o for t, (_, o) in affine.items()}, channel_orders=orders,
+                           node_origins=origins, channel_parts=channels)

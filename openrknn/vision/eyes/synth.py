@@ -16,7 +16,7 @@ from typing import Union
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from ...progress import progress_bar
 
 from openrknn.atomic import write_bytes_atomic
 from openrknn.errors import ConfigError, DatasetError
@@ -468,7 +468,7 @@ def write_dataset(folder: str | Path, n: int, seed: int, size: SizeArg = (640, 4
     out.mkdir(parents=True, exist_ok=True)
     w, h = _size(size)
     records = []
-    for i in tqdm(range(int(n)), desc="synthetic eyes", unit="img", disable=n < 50):
+    for i in progress_bar(range(int(n)), desc="synthetic eyes", unit="img", enabled=n >= 50):
         img, boxes, classes = sample_at(seed, i, (w, h))
         name = f"eye_{i:05d}.png"
         ok, enc = cv2.imencode(".png", img)

@@ -280,9 +280,9 @@ def train(out: str | Path, steps: int = 4000, batch: int = 16, sizes: Sequence[i
         best = evaluate_model(ema.ema, [v[0] for v in val], [v[1] for v in val], [v[2] for v in val]).map
         history.append({"step": 0, "minutes": 0.0, "val_map": round(best, 4)})
         log.info("starting from %s: val mAP@0.5 %.4f", init, best)
-    from tqdm import tqdm
+    from ...progress import progress_bar
 
-    bar = tqdm(range(steps), desc="train", unit="step", mininterval=10)
+    bar = progress_bar(range(steps), desc="train", unit="step", mininterval=10)
     step = 0
     for step in bar:
         size = int(sizes[int(rng.integers(len(sizes)))])
