@@ -134,13 +134,15 @@ class _Converter:
                 x = self.b.add_input(display, shape)
                 self.v.set(name, x, "nhwc", len(shape))
                 self.shapes[name] = list(shape)
-        for ref in outputs:
+        displays = []
+        for ref in outputs:  # the outputs keep the graph's names: reserved before any node takes them
             name = _tensor_name(ref)
             if name.rsplit(":", 1)[0] not in self.nodes:
                 raise ModelLoadError(f"outputs=[... '{ref}' ...] names no node of this graph")
-            val = self.value(name, "nhwc")
-            display = name.rsplit(":", 1)[0] if name.endswith(":0") else name
-            self.b.outputs.append(self.b.node("Identity", [val.name], display, outputs=[self.b.unique(display)]))
+            displays.append(self.b.unique(name.rsplit(":", 1)[0] if name.endswith(":0") else name))
+        for ref, display in zip(outputs, displays):
+            val = self.value(_tensor_name(ref), "nhwc")
+            self.b.outputs.append(self.b.node("Identity", [val.name], f"{display}/output", outputs=[display]))
         return self.b.model("openrknn-tensorflow")
 
     def convert_node(self, node) -> None:
@@ -549,3 +551,32 @@ def save_graph(nodes: List, path: str | Path) -> None:
     g.node.extend(nodes)
     g.versions.producer = 1087
     write_bytes_atomic(path, g.SerializeToString())
+
+
+def graph_io(tf_pb: str | Path):
+    """(placeholders, final nodes): the defaults when load_model is not told a frozen graph's inputs and outputs."""
+    graph = _read_graph(Path(tf_pb))
+    read = {_tensor_name(i).rsplit(":", 1)[0] for n in graph.node for i in n.input}
+    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
+    outputs = [n.name for n in graph.node if n.name not in read and n.op not in ("Const", "NoOp", "Placeholder",
+                                                                                 "Assert", "SaveV2", "RestoreV2")]
+    if not inputs or not outputs:
+        raise ModelLoadError(f"'{tf_pb}': could not tell the graph's inputs and outputs (placeholders {inputs}, final "
+                             f"nodes {outputs[:5]}); give inputs=[...] and outputs=[...]")
+    return inputs, outputs
+
+
+def placeholder_shapes(tf_pb: str | Path, inputs: Sequence[str]) -> List[List[int]]:
+    """The placeholders' own shapes (batch -1 taken as 1); an error naming the input when another dim is unknown."""
+    graph = _read_graph(Path(tf_pb))
+    conv = _Converter(graph, "probe")
+    shapes = []
+    for ref in inputs:
+        node = conv.nodes.get(_tensor_name(ref).rsplit(":", 1)[0])
+        shape = list(conv.attr(node, "shape") or []) if node is not None else []
+        shape = [1 if (i == 0 and d < 1) else d for i, d in enumerate(shape)]
+        if not shape or any(d < 1 for d in shape):
+            raise ModelLoadError(f"input '{ref}' has shape {shape or 'unknown'} in the graph; give input_size_list, "
+                                 "e.g. [[1, 224, 224, 3]]")
+        shapes.append(shape)
+    return shapes

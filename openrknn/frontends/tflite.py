@@ -193,13 +193,12 @@ class _Reader:
                                   f"takes its real value (q - {zp}) * {scale:.6g}; config(mean_values=[{zp}], "
                                   f"std_values=[{1 / scale:.6g}]) feeds it the same integers")
             self.put(i, name, layout)
+        displays = [self.b.unique(self.tname(g.Outputs(k))) for k in range(g.OutputsLength())]  # kept for them
         for k in range(g.OperatorsLength()):
             self.op(g.Operators(k))
-        for k in range(g.OutputsLength()):
-            i = g.Outputs(k)
-            val = self.v.get(i, "nhwc")  # the file's own layout for 4-D outputs
-            out = self.b.node("Identity", [val.name], self.tname(i), outputs=[self.b.unique(self.tname(i))])
-            self.b.outputs.append(out)
+        for k, display in enumerate(displays):
+            val = self.v.get(g.Outputs(k), "nhwc")  # the file's own layout for 4-D outputs
+            self.b.outputs.append(self.b.node("Identity", [val.name], f"{display}/output", outputs=[display]))
         return self.b.model("openrknn-tflite")
 
     def op(self, op) -> None:

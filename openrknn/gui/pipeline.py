@@ -28,10 +28,11 @@ BUILD_STAGES = ["Validate config", "Load model", "Calibration data", "Build", "E
 # ---------------------------------------------------------------- models
 
 
-def _onnx_io(path: Path) -> dict:
+def _onnx_io(path_or_model) -> dict:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model),
+                                                                                        load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
 
     def dims(vi) -> List[Any]:
@@ -48,11 +49,17 @@ def _onnx_io(path: Path) -> dict:
                                           default=None)}
 
 
-def inspect_model(path: Path, framework: str) -> dict:
+def inspect_model(path: Path, framework: str, weights: Optional[Path] = None) -> dict:
     """What the model picker shows: inputs/outputs when the file records them, and whether input sizes are needed."""
     info: dict = {"framework": framework, "size_bytes": path.stat().st_size}
     if framework == "onnx":
         info.update(_onnx_io(path))
+    elif framework in ("tflite", "darknet", "caffe", "tensorflow"):
+        # converted here as the build will (a Darknet / Caffe model's weights file beside it): what the picker shows
+        # is the graph the build starts from
+        from ..convert.loaders import load_model
+
+        info.update(_onnx_io(load_model(path, weights=weights).model))
     elif framework == "pytorch":
         # TorchScript archives record no input shapes; the user gives them (input_size_list) as for load_pytorch.
         info.update({"inputs": None, "outputs": None, "needs_input_size": True,
