@@ -124,6 +124,7 @@ def strip(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, SourceQuan
         g.node.remove(node)
     for old, new in renames:
         rename_uses(g, old, new)
+    _outputs_written_by_their_op(g, params)
     # the QuantizeLinear nodes nobody reads any more, and the integer constants only they read
     used = {i for n in g.node for i in n.input} | outputs
     for node in [n for n in g.node if n.op_type in _Q_OPS and n.domain in _DOMAINS and n.output[0] not in used]:
@@ -139,6 +140,24 @@ def strip(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, SourceQuan
     notes = [f"quantized model: {n_act} activation and {n_w} weight scales read from its QuantizeLinear / "
              "DequantizeLinear nodes; build(do_quantization=False) keeps them"]
     return out, params, notes
+
+
+def _outputs_written_by_their_op(g: onnx.GraphProto, params: Dict[str, SourceQuant]) -> None:
+    """A graph output that is an Identity of a quantized tensor: the op before it writes the output name (the graph
+    optimiser would drop the Identity and rename that tensor, losing the parameter's name)."""
+    outputs = {o.name for o in g.output}
+    inputs = {i.name for i in g.input}
+    for node in list(g.node):
+        if node.op_type != "Identity" or node.output[0] not in outputs or node.input[0] not in params:
+            continue
+        src, out = node.input[0], node.output[0]
+        made_by = next((n for n in g.node if src in n.output), None)
+        if made_by is None or src in inputs or src in outputs:
+            continue
+        g.node.remove(node)
+        made_by.output[list(made_by.output).index(src)] = out
+        rename_uses(g, src, out)
+        params[out] = params.pop(src)
 
 
 # ---------------------------------------------------------------- build with the source's parameters
