@@ -125,6 +125,7 @@ def strip(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, SourceQuan
     for old, new in renames:
         rename_uses(g, old, new)
     _outputs_written_by_their_op(g, params)
+    restored = _restore_fused_relus(g, params)
     # the QuantizeLinear nodes nobody reads any more, and the integer constants only they read
     used = {i for n in g.node for i in n.input} | outputs
     for node in [n for n in g.node if n.op_type in _Q_OPS and n.domain in _DOMAINS and n.output[0] not in used]:
@@ -139,7 +140,35 @@ def strip(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, SourceQuan
     n_w = sum(1 for p in params.values() if p.kind == "weight")
     notes = [f"quantized model: {n_act} activation and {n_w} weight scales read from its QuantizeLinear / "
              "DequantizeLinear nodes; build(do_quantization=False) keeps them"]
+    if restored:
+        notes.append(f"{restored} ReLU(s) the quantizer had fused into a zero-based quantization range restored in "
+                     "the float graph")
     return out, params, notes
+
+
+_NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Clip", "Abs", "Exp", "Softplus", "HardSigmoid"}
+
+
+def _restore_fused_relus(g: onnx.GraphProto, params: Dict[str, SourceQuant]) -> int:
+    """onnxruntime's QDQ export drops a ReLU (or Clip(0, x)) after a conv and lets the quantization range, whose
+    lowest level is 0, do its work. The float graph needs it back: a Relu after each tensor whose source range
+    starts at exactly 0 and whose op is not already non-negative; the parameter moves to the Relu's output."""
+    inputs = {i.name for i in g.input}
+    qmin = {"uint8": 0, "int8": -128, "uint16": 0, "int16": -32768}
+    count = 0
+    for name in list(params):
+        p = params[name]
+        if p.kind != "activation" or name in inputs or p.dtype not in qmin or int(p.zero_point[0]) != qmin[p.dtype]:
+            continue
+        made_by = next((n for n in g.node if name in n.output), None)
+        if made_by is None or made_by.op_type in _NON_NEGATIVE:
+            continue
+        pre = f"{name}/before_relu"
+        made_by.output[list(made_by.output).index(name)] = pre
+        relu = onnx.helper.make_node("Relu", [pre], [name], name=f"{name}/fused_relu")
+        g.node.insert(list(g.node).index(made_by) + 1, relu)
+        count += 1
+    return count
 
 
 def _outputs_written_by_their_op(g: onnx.GraphProto, params: Dict[str, SourceQuant]) -> None:
@@ -188,10 +217,10 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
     changes: List[str] = []
     fed = {m["name"] for m in metas or [] if m.get("preprocess") is not None}
     for name, p in params.items():
-        if p.kind == "bias":
+        if p.kind == "bias":  # its scale follows from the input and weight scales, as on every int8 target
             continue
         if name in fed:  # the source's input scale is for the pre-processed value the model body reads
-            name = f"{PRE_PREFIX}/{name}/model_input"  # the bias scale follows from the input and weight scales, as on every int8 target
+            name = f"{PRE_PREFIX}/{name}/model_input"
         if p.kind == "activation":
             if name not in points:
                 changes.append(f"'{name}': activation scale {p.scale[0]:.6g} not kept (the NPU computes this tensor "

@@ -98,10 +98,11 @@ class Value:
 class ChannelLast:
     """The ONNX value of each source tensor, in the layout it was produced in; get() transposes on demand (once)."""
 
-    def __init__(self, b: GraphBuilder):
+    def __init__(self, b: GraphBuilder, shape_of=None):
         self.b = b
         self.values: Dict[str, Value] = {}
         self._other: Dict[str, str] = {}
+        self.shape_of = shape_of  # source tensor -> its NHWC shape, or None when unknown
 
     def set(self, src: str, name: str, layout: str, rank: int) -> None:
         self.values[src] = Value(name, layout if rank == 4 else "plain", rank)
@@ -115,8 +116,16 @@ class ChannelLast:
             return v
         key = f"{src}->{want}"
         if key not in self._other:
-            perm = NHWC_TO_NCHW if want == "nchw" else NCHW_TO_NHWC
-            self._other[key] = self.b.node("Transpose", [v.name], f"{src}/to_{want}", perm=perm)
+            shape = self.shape_of(src) if self.shape_of is not None else None
+            if shape is not None and len(shape) == 4 and shape[1] == shape[2] == 1 and shape[0] > 0 and shape[3] > 0:
+                # H = W = 1 (after a global pool): both layouts hold the same element order, a Reshape will do
+                target = [shape[0], shape[3], 1, 1] if want == "nchw" else list(shape)
+                self._other[key] = self.b.node("Reshape", [v.name, self.b.const(np.array(target, np.int64),
+                                                                                f"{src}/{want}_shape")],
+                                               f"{src}/to_{want}")
+            else:
+                perm = NHWC_TO_NCHW if want == "nchw" else NCHW_TO_NHWC
+                self._other[key] = self.b.node("Transpose", [v.name], f"{src}/to_{want}", perm=perm)
         return Value(self._other[key], want, 4)
 
 

@@ -58,9 +58,9 @@ class _Converter:
     def __init__(self, graph, name: str):
         self.nodes = {n.name: n for n in graph.node}
         self.b = GraphBuilder(name)
-        self.v = ChannelLast(self.b)
-        self.consts: Dict[str, np.ndarray] = {}
         self.shapes: Dict[str, List[int]] = {}  # tensor -> NHWC-view shape where known
+        self.v = ChannelLast(self.b, self.shapes.get)
+        self.consts: Dict[str, np.ndarray] = {}
 
     def attr(self, node, key, default=None):
         if key not in node.attr:
@@ -550,7 +550,7 @@ def save_graph(nodes: List, path: str | Path) -> None:
     g = GraphDef()
     g.node.extend(nodes)
     g.versions.producer = 1087
-    write_bytes_atomic(path, g.SerializeToString())
+    write_bytes_atomic(path, g.SerializeToString(deterministic=True))  # attr maps in key order: same bytes
 
 
 def graph_io(tf_pb: str | Path):

@@ -56,7 +56,7 @@ class _Reader:
         self.g = self.model.Subgraphs(0)
         self.opcode2name = opcode2name
         self.b = GraphBuilder(path.stem)
-        self.v = ChannelLast(self.b)
+        self.v = ChannelLast(self.b, lambda i: self.shape(i) or None)
         self.consts: Dict[int, np.ndarray] = {}
         self.input_is_nchw = input_is_nchw
         self.quantized = 0
