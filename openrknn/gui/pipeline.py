@@ -38,9 +38,18 @@ def _onnx_io(path_or_model) -> dict:
     def dims(vi) -> List[Any]:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
 
+    from ..graph.layout import detect_layout
+
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
     inputs = [{"name": i.name, "shape": dims(i), "image": len(dims(i)) == 4 and i.type.tensor_type.elem_type in floats}
               for i in model.graph.input if i.name not in inits]  # image: where mean/std/reorder apply
+    by_name = {i.name: i for i in model.graph.input}
+    for inp in inputs:  # channel-last models take C mean/std values: the layout the build will read (graph/layout)
+        if inp["image"]:
+            lay = detect_layout(model.graph, by_name[inp["name"]])
+            inp["layout"] = lay.layout
+            if lay.channels > 0:
+                inp["channels"] = lay.channels
     outputs = [{"name": o.name, "shape": dims(o)} for o in model.graph.output]
     needs = any(not (isinstance(d, int) and d > 0) for i in inputs for d in i["shape"])
     ops = sorted({n.op_type for n in model.graph.node})
