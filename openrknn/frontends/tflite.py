@@ -363,6 +363,8 @@ def _prelu(r, op, ins, outs, layer):
     x = r.value(ins[0])
     alpha = r.array(ins[1])
     alpha = const_for_layout(alpha, x.layout) if x.layout == "nchw" else alpha
+    if alpha.ndim == 4 and alpha.shape[0] == 1:
+        alpha = alpha[0]  # [C, 1, 1]: the slope shape exporters write (the quantizer's channel rewrites expect it)
     r.put(outs[0], r.b.node("PRelu", [x.name, r.b.const(alpha.astype(np.float32), f"{layer}/slope")], layer),
           x.layout)
 
