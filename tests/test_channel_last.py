@@ -217,3 +217,41 @@ def test_push_transposes_through_reduction_and_pad():
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     # a ReduceMax over H with keepdims=0 leaves [N, W, C] from [N, C, H, W]: one smaller Transpose, after it
     assert [n.op_type for n in pushed.graph.node] == ["Pad", "Mul", "ReduceMax", "Transpose"]
+
+
+def test_shape_arithmetic_is_folded_as_onnxruntime_computes_it(tmp_path):
+    """PyTorch's export of F.pad on an NHWC tensor (open_nsfw's shape): the pads are built from Shape, padded with
+    ConstantOfShape zeros and reordered with a negative-step Slice; the build folds such shape arithmetic with
+    onnxruntime before the graph optimiser (on open_nsfw itself onnxslim's folding put the padding on the wrong
+    side; the corpus bench covers that model) and the result is exactly onnxruntime's."""
+    big = np.iinfo(np.int64).max
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i1"], ["h"]),
+        helper.make_node("Sub", ["h", "h"], ["zero"]),
+        helper.make_node("Add", ["zero", "one"], ["one_"]),
+        helper.make_node("Concat", ["zero", "one_", "zero", "one_"], ["given"], axis=0),  # F.pad's (W, H) pairs
+        helper.make_node("Cast", ["given"], ["given64"], to=TensorProto.INT64),
+        helper.make_node("ConstantOfShape", ["four"], ["rest"], value=helper.make_tensor("v", TensorProto.INT64,
+                                                                                         [1], [0])),
+        helper.make_node("Concat", ["given64", "rest"], ["pairs"], axis=0),
+        helper.make_node("Reshape", ["pairs", "shape_m12"], ["p42"]),
+        helper.make_node("Slice", ["p42", "start", "end", "axis0", "step"], ["rev"]),
+        helper.make_node("Transpose", ["rev"], ["t"], perm=[1, 0]),
+        helper.make_node("Reshape", ["t", "flat"], ["pads"]),
+        helper.make_node("Pad", ["image", "pads"], ["padded"]),
+        helper.make_node("Transpose", ["padded"], ["x0"], perm=[0, 3, 1, 2]),
+        helper.make_node("MaxPool", ["x0"], ["out"], kernel_shape=[3, 3], strides=[2, 2]),
+    ]
+    consts = {"i1": i64(1), "one": i64(1), "four": i64(4), "shape_m12": i64(-1, 2), "start": i64(-1),
+              "end": i64(-big), "axis0": i64(0), "step": i64(-1), "flat": i64(-1)}
+    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in consts.items()] \
+        + nodes  # Constant nodes, as the exporter writes them
+    path = _save(tmp_path, "shape_pads", nodes, [1, 8, 10, 3], ["out"], {}, opset=17)
+    x = RNG.integers(0, 256, (1, 8, 10, 3)).astype(np.uint8)
+    res = _float_build(path)
+    ref = _reference(path, x, [0.0], [1.0])[0]
+    got = _run(res, x)[0]
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)

@@ -34,6 +34,23 @@ def check_config_against_model(cfg: BuildConfig, model: onnx.ModelProto) -> List
     return channels
 
 
+def fold_shape_arithmetic(model: onnx.ModelProto, cfg: BuildConfig, notes: List[str]) -> onnx.ModelProto:
+    """Shape computations (exporters' SAME-padding and resize arithmetic: Shape -> Gather -> ... -> Pad) are folded
+    by onnxruntime, the reference implementation, before the graph optimiser: onnxslim's own folding evaluates a Slice
+    with a negative step wrongly and moved a pad to the other side on a real model (open_nsfw)."""
+    if cfg.optimization_level < 1 or not any(n.op_type == "Shape" for n in model.graph.node):
+        return model
+    try:
+        folded = layout.ort_basic(model)
+    except Exception as e:  # keep the graph: the optimiser folds it (logged)
+        log.warning("onnxruntime could not fold the shape arithmetic (%s); the graph optimiser folds it", e)
+        return model
+    if any(n.op_type == "Shape" for n in folded.graph.node):
+        return model  # dynamic shapes onnxruntime could not fold either
+    notes.append("shape arithmetic folded by onnxruntime")
+    return folded
+
+
 def fold_layout(model: onnx.ModelProto, cfg: BuildConfig, notes: List[str]) -> onnx.ModelProto:
     """Channel-last graphs: cancel the layout Transposes around convolutions, so the NPU sees NCHW convs."""
     lays = preprocess.input_layouts(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel, cfg.input_layout)
@@ -53,6 +70,7 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
     model.CopyFrom(loaded.model)
     check_config_against_model(cfg, model)
     notes: List[str] = []
+    model = fold_shape_arithmetic(model, cfg, notes)
     model = graph_optimize.optimize(model, cfg.optimization_level)
     model = fold_layout(model, cfg, notes)
     specs = preprocess.make_specs(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel, cfg.input_layout)

@@ -308,7 +308,9 @@ def push_transposes(model: onnx.ModelProto, max_rounds: int = 10000) -> onnx.Mod
     return model
 
 
-def _ort_basic(model: onnx.ModelProto) -> onnx.ModelProto:
+def ort_basic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's basic-level graph optimizations (constant folding, exact fusions, its transpose optimizer),
+    written back as ONNX."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -345,7 +347,7 @@ def fold_transposes(model: onnx.ModelProto, nhwc_inputs: Sequence[str] = ()) -> 
     best = None
     for variant in ([base, _with_input_pairs(base, nhwc_inputs)] if nhwc_inputs else [base]):
         try:
-            out = _ort_basic(push_transposes(_ort_basic(variant)))
+            out = ort_basic(push_transposes(ort_basic(variant)))
         except Exception as e:  # keep the model as it is: correct, with its Transposes
             log.warning("layout: could not fold the Transposes (%s: %s)", type(e).__name__, str(e)[:200])
             continue
