@@ -124,7 +124,7 @@ def convert(sections, weights: _Weights, name: str, input_shape=None):
             stride = _int(sec, "stride", 1, where)
             groups = _int(sec, "groups", 1, where)
             dil = _int(sec, "dilation", 1, where)
-            pad = _int(sec, "padding", (k // 2) * dil if _int(sec, "pad", 0, where) else 0, where)
+            pad = _int(sec, "padding", k // 2 if _int(sec, "pad", 0, where) else 0, where)  # pad=1: size/2
             bn = _int(sec, "batch_normalize", 0, where)
             if c % groups or filters % groups:
                 raise ModelLoadError(f"{where}: groups={groups} does not divide {c} input / {filters} output channels")
