@@ -203,8 +203,10 @@ def _act_zero_point(p: SourceQuant, signed_target: bool) -> int:
 
 
 def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant], dtype: str,
-                     method: str, metas: Optional[List[dict]] = None) -> Tuple[Dict[str, tuple], List[str]]:
-    """QuantOptions.fixed for the target, and one line per source parameter that cannot be kept (and why)."""
+                     method: str, metas: Optional[List[dict]] = None
+                     ) -> Tuple[Dict[str, tuple], List[str], Dict[str, tuple]]:
+    """(QuantOptions.fixed for the target, one line per source parameter that cannot be kept and why, the source's
+    values for the tensors it could name)."""
     from ..quant.ir import GraphInfo, normalize
     from ..quant.plan import build_plan
     from ..quant.schemes import get_scheme
@@ -252,7 +254,39 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
         if p.dtype == "uint8" and scheme.weight.signed:
             zp = zp - 128
         fixed[name] = (p.scale, zp)
-    return fixed, changes
+    wanted = dict(fixed)  # the source's own values, to count what the package keeps
+    changes += _share_group_scales(fixed, plan, scheme.act)
+    return fixed, changes, wanted
+
+
+def _share_group_scales(fixed: Dict[str, tuple], plan, fmt) -> List[str]:
+    """Tensors the NPU gives one scale (a concat and its inputs, a max-pool or reshape and its source) but the
+    source quantized apart: one scale that holds every member's range, so none is clipped. One line per change."""
+    from ..quant.schemes import qparams
+
+    if fmt is None:
+        return []
+    by_group: Dict[int, List[str]] = {}
+    for name in fixed:
+        if name in plan.group_of:
+            by_group.setdefault(plan.group_of[name], []).append(name)
+    lines = []
+    for members in by_group.values():
+        params = {m: (float(fixed[m][0][0]), int(fixed[m][1][0])) for m in members}
+        if len(set(params.values())) <= 1:
+            continue
+        lo = min((fmt.qmin - z) * s for s, z in params.values())
+        hi = max((fmt.qmax - z) * s for s, z in params.values())
+        scale, zp = qparams(np.float64(lo), np.float64(hi), fmt)
+        shared = (float(scale), int(zp))
+        for m in members:
+            if params[m] != shared:
+                others = [o for o in members if o != m]
+                lines.append(f"'{m}': scale {params[m][0]:.6g} -> {shared[0]:.6g} (the NPU gives it one scale with "
+                             f"{', '.join(repr(o) for o in others[:3])}{'...' if len(others) > 3 else ''}; the "
+                             "widest range of them is kept)")
+            fixed[m] = (np.array([shared[0]]), np.array([shared[1]]))
+    return lines
 
 
 def kept_options(cfg, fixed: Dict[str, tuple]):
@@ -318,8 +352,8 @@ def build_kept(loaded, cfg, dataset: Optional[str], progress: bool = True):
     # the pre-processing stays a step of its own: folded into the first conv it would change that conv's weights
     float_model, metas, notes = build_float_graph(loaded, dataclasses.replace(
         cfg, optimization_level=min(cfg.optimization_level, 2)))
-    fixed, changes = fixed_parameters(float_model, loaded.source_quant, cfg.quantized_dtype, cfg.quantized_method,
-                                      metas)
+    fixed, changes, wanted = fixed_parameters(float_model, loaded.source_quant, cfg.quantized_dtype,
+                                              cfg.quantized_method, metas)
     from pathlib import Path
 
     if dataset and Path(dataset).is_file():
@@ -330,7 +364,9 @@ def build_kept(loaded, cfg, dataset: Optional[str], progress: bool = True):
         dataset = None
         feeds = synthetic_feeds(metas)
     result = quantize(float_model, feeds, kept_options(cfg, fixed), progress)
-    kept, diffs = compare(result.tensors, fixed)
+    kept, diffs = compare(result.tensors, wanted)
+    explained = {line.split("'")[1] for line in changes if line.startswith("'")}
+    diffs = [line for line in diffs if line.split("'")[1] not in explained]
     for line in changes + diffs:
         log.info("source quantization re-derived: %s", line)
     given = sum(1 for p in loaded.source_quant.values() if p.kind != "bias")
