@@ -118,6 +118,54 @@ class RKNN:
         return 0
 
     @_guarded()
+    def load_tflite(self, model: str, input_is_nchw: bool = False) -> int:
+        """A .tflite model (float, or int8 with its scales kept). input_is_nchw=True: the model's 4-D input is
+        taken as NCHW (the feed is NHWC either way)."""
+        from .convert.loaders import load_tflite
+
+        self._set_loaded(load_tflite(model, input_is_nchw=bool(input_is_nchw)))
+        return 0
+
+    @_guarded()
+    def load_darknet(self, model: str, weight: str) -> int:
+        """A Darknet .cfg and its .weights; [yolo] layers' raw input maps become the outputs."""
+        from .convert.loaders import load_darknet
+
+        self._set_loaded(load_darknet(model, weight))
+        return 0
+
+    @_guarded()
+    def load_caffe(self, model: str, blobs: Optional[str] = None, input_name: Optional[str] = None,
+                   proto: Optional[str] = None) -> int:
+        """A Caffe .prototxt and its .caffemodel. Toolkit v1's load_caffe(model, proto, blobs) is accepted too
+        (proto='caffe'; 'lstm_caffe' is not supported)."""
+        from .convert.loaders import load_caffe
+
+        if blobs in ("caffe", "lstm_caffe") and proto is None:  # Toolkit v1, positional: (model, proto, blobs)
+            proto, blobs, input_name = blobs, input_name, None
+        if proto not in (None, "caffe"):
+            raise ConfigError("proto", proto, ["caffe"], "openrknn reads the standard caffe.proto")
+        self._set_loaded(load_caffe(model, blobs, input_name))
+        return 0
+
+    @_guarded()
+    def load_tensorflow(self, tf_pb: str, inputs: List[str], input_size_list, outputs: List[str],
+                        input_is_nchw: bool = False, predef_file: Optional[str] = None, mean_values=None,
+                        dequantize_layers=None) -> int:
+        """A frozen TensorFlow GraphDef (.pb): inputs/outputs are tensor or node names; input_size_list one shape
+        per input ([H, W, C] or [1, H, W, C]). Toolkit v1's predef_file / mean_values / dequantize_layers are
+        accepted and have no effect (set mean/std with config())."""
+        from .convert.loaders import load_tensorflow
+
+        for key, value in (("predef_file", predef_file), ("mean_values", mean_values),
+                           ("dequantize_layers", dequantize_layers)):
+            if value is not None:
+                log.warning("load_tensorflow(%s=...) has no effect in openrknn%s", key,
+                            ": give mean/std with config()" if key == "mean_values" else "")
+        self._set_loaded(load_tensorflow(tf_pb, inputs, input_size_list, outputs, input_is_nchw=bool(input_is_nchw)))
+        return 0
+
+    @_guarded()
     def load_rknn(self, path: str, load_model_in_npu: bool = False) -> int:
         from .package import read_package
 
@@ -150,7 +198,8 @@ class RKNN:
 
         self._check_config()
         if self._loaded is None:
-            raise RuntimeStateError("build() needs a model: call load_pytorch() or load_onnx() first"
+            raise RuntimeStateError("build() needs a model: call a loader first (load_onnx, load_pytorch, "
+                                    "load_tflite, load_darknet, load_caffe or load_tensorflow)"
                                     + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
         self._release_runtime()
         opts = BuildOptions(do_quantization=bool(do_quantization), dataset=dataset, pre_compile=bool(pre_compile),

@@ -45,6 +45,9 @@ class BuildConfig:
     auto_hybrid_cos_thresh: float = 0.98
     weight_rounding: str = "auto"  # openrknn: 'auto' = gptq (8-bit weights)
     range_remap: bool = True  # openrknn: range split's part remap (more accuracy for a few more NPU ops)
+    # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
+    # None = detected per input (graph/layout.py). The feed is NHWC either way.
+    input_layout: Optional[List[str]] = None
 
     @property
     def target(self) -> str:
@@ -57,8 +60,9 @@ class BuildConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def check_channels(self, channels: Sequence[int]) -> None:
-        """Check per-input pre-processing against the model's input channel counts (known only after load)."""
+    def check_channels(self, channels: Sequence[int], layouts: Optional[Sequence[Optional[str]]] = None) -> None:
+        """Check per-input pre-processing against the model's input channel counts (known only after load).
+        layouts: per input, how its layout was decided (graph/layout.py InputLayout.describe), said on a mismatch."""
         n = len(channels)
         for key in ("mean_values", "std_values", "reorder_channel"):
             per_input = getattr(self, key)
@@ -73,8 +77,11 @@ class BuildConfig:
                 # mean/std may be one value for all channels; a reorder must name every channel
                 ok = len(vals) == c or (len(vals) == 1 and key != "reorder_channel")
                 if not ok:
+                    why = layouts[i] if layouts is not None and i < len(layouts) and layouts[i] else None
                     raise ConfigError(key, vals, hint=f"input {i} has {c} channels but {len(vals)} values were "
-                                      f"given; give {c} values (one per channel, model channel order)")
+                                      "given" + (f" ({why})" if why else "") + f"; give {c} values (one per "
+                                      "channel, model channel order)" + ("" if not why else ", or state the "
+                                      "input's layout with config(input_layout='nhwc') or 'nchw'"))
 
 
 def _is_number(v: Any) -> bool:
@@ -121,6 +128,24 @@ def _reorder(value: Any) -> Optional[List[List[int]]]:
                               f"'{part.strip()}' is not a permutation")
         orders.append(perm)
     return orders
+
+
+INPUT_LAYOUTS = ("auto", "nchw", "nhwc")
+
+
+def _input_layout(value: Any) -> Optional[List[str]]:
+    """'nhwc', 'nchw#nhwc' ('#'-joined per input, like reorder_channel) or a list; 'auto' = detect."""
+    if value is None:
+        return None
+    parts = value.split("#") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, str) for p in parts):
+        raise ConfigError("input_layout", value, INPUT_LAYOUTS, "one layout, '#'-joined per input, or a list")
+    out = [p.strip().lower() for p in parts]
+    for p in out:
+        if p not in INPUT_LAYOUTS:
+            raise ConfigError("input_layout", value, INPUT_LAYOUTS, f"'{p}' is not a layout; 'nhwc' = channel-last "
+                              "[N, H, W, C] (TFLite / TensorFlow / Keras), 'nchw' = [N, C, H, W]")
+    return None if all(p == "auto" for p in out) else out
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -179,6 +204,7 @@ def make_config(**kwargs: Any) -> BuildConfig:
     cfg.mean_values = _per_input_floats("mean_values", kwargs.get("mean_values"))
     cfg.std_values = _per_input_floats("std_values", kwargs.get("std_values"))
     cfg.reorder_channel = _reorder(kwargs.get("reorder_channel"))
+    cfg.input_layout = _input_layout(kwargs.get("input_layout"))
 
     dtype = kwargs.get("quantized_dtype")
     if dtype is None:

@@ -67,7 +67,7 @@ def test_errors_are_printed_vendor_style_on_stderr(tmp_path, capsys):
 def test_build_before_load(rknn_log, logged_errors):
     rknn = RKNN()
     assert rknn.build(do_quantization=False) == -1
-    assert "load_pytorch() or load_onnx() first" in logged_errors(rknn_log)[-1]
+    assert "call a loader first (load_onnx, load_pytorch, load_tflite" in logged_errors(rknn_log)[-1]
     assert isinstance(rknn.last_error, RuntimeStateError)
     rknn.release()
 

@@ -580,3 +580,21 @@ def test_openrknn_gui_cli_validates_its_arguments():
     proc = subprocess.run([sys.executable, "-m", "openrknn", "gui", "--port", "70000"], capture_output=True, text=True,
                           env=_env(), cwd=str(ROOT), timeout=60)
     assert proc.returncode == 2 and "70000 is not in 1..65535" in proc.stderr
+
+
+def test_darknet_model_is_two_uploads_and_builds(gui, client, tmp_path):
+    """A two-file format: the weights upload is kept, then its .cfg is the model and builds like any other."""
+    import loader_models as lm
+
+    files = lm.write_darknet(tmp_path)
+    status, r = upload(client, "model", "tiny.cfg", files["cfg"].read_bytes())
+    assert status == 400 and "tiny.weights" in r["error"] and "upload its .weights" in r["error"]
+    assert upload(client, "model", "tiny.weights", files["weights"].read_bytes())[0] == 200
+    status, r = upload(client, "model", "tiny.cfg", files["cfg"].read_bytes())
+    assert status == 200 and r["model"]["framework"] == "darknet"
+    assert r["model"]["inputs"][0]["shape"] == [1, 3, 32, 32] and len(r["model"]["outputs"]) == 2
+    _, events = build_and_wait(client, {"config": {"mean_values": "0 0 0", "std_values": "255 255 255"},
+                                        "output_name": "yolo.rknn"})
+    assert events[-1]["state"] == "done"
+    result = next(e for e in events if e["type"] == "done")["result"]
+    assert result["summary"]["inputs"][0]["shape"] == [1, 32, 32, 3]

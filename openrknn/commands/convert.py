@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 EXAMPLE = """example config.yml:
-  model: yolox_nano.pt             # .pt (TorchScript) or .onnx; relative to this file
+  model: yolox_nano.pt             # .pt, .onnx, .tflite, Darknet .cfg, Caffe .prototxt or TensorFlow .pb;
+                                   # relative to this file
+  # weights: yolov3.weights        # Darknet / Caffe: the weights file (default: same name beside the model)
   input_size_list: [[3, 416, 416]]
   output: yolox_nano.rknn
   config:                          # any config() option
@@ -17,11 +19,12 @@ EXAMPLE = """example config.yml:
   build:                           # any build() option
     do_quantization: true
     dataset: dataset.txt
-The vendor's rknn_convert layout (models: name/platform/model_file_path/quantize/dataset/configs) works too."""
+The vendor's rknn_convert layout (models: name/platform/model_file_path/quantize/dataset/configs; darknet_cfg_path +
+darknet_weights_path, prototxt_file_path + caffemodel_file_path) works too."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a .pt/.onnx model to .rknn from a YAML config",
+    p = sub.add_parser("convert", help="convert a model (.pt .onnx .tflite .cfg .prototxt .pb) to .rknn from YAML",
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML conversion file")
     p.add_argument("-o", "--output", help="output .rknn path (overrides the file's 'output')")

@@ -88,6 +88,18 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
     for key, default, why in _NO_EFFECT:
         if getattr(cfg, key) != default:
             log.info("%s=%r is recorded but changes nothing in openrknn: %s", key, getattr(cfg, key), why)
+    if not opts.do_quantization and loaded.source_quant:  # quantized elsewhere: keep its scales (qdq_import.py)
+        from .qdq_import import build_kept
+
+        model, quantization, quant_report, float_model, metas, notes = build_kept(loaded, cfg, opts.dataset, progress)
+        flags = BuildFlags(True, opts.dataset, bool(opts.pre_compile), opts.rknn_batch_size or 1)
+        source = source_record(loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + notes)
+        pkg = make_package(float_model, model, metas, cfg, flags, quantization, source)
+        timings = {"total_s": time.perf_counter() - t0}
+        return BuildResult(pkg, float_model, model, loaded.notes + notes, timings, quant_report)
+    if opts.do_quantization and loaded.source_quant:
+        log.info("the model was quantized elsewhere; do_quantization=True re-quantizes it from its float weights "
+                 "(build(do_quantization=False) keeps its own scales)")
     float_model, metas, notes = build_float_graph(loaded, cfg)
     timings = {"float_graph_s": time.perf_counter() - t0}
     model, quantization, quant_report = float_model, None, None

@@ -11,7 +11,7 @@ from ..config import BuildConfig
 from ..errors import BuildError, ConfigError
 from ..frontends import LoadedModel
 from ..graph import optimize as graph_optimize
-from ..graph import preprocess
+from ..graph import layout, preprocess
 
 log = logging.getLogger("openrknn.build")
 
@@ -21,16 +21,47 @@ def dims(value_info) -> List[int]:
 
 
 def check_config_against_model(cfg: BuildConfig, model: onnx.ModelProto) -> List[int]:
-    """mean/std/reorder must fit the image inputs; returns their channel counts."""
-    channels = []
-    for inp in model.graph.input:
-        channels.append(dims(inp)[1] if preprocess.is_image_input(inp) else 1)
-    image_inputs = [i for i, inp in enumerate(model.graph.input) if preprocess.is_image_input(inp)]
-    if not image_inputs and any(v is not None for v in (cfg.mean_values, cfg.std_values, cfg.reorder_channel)):
+    """mean/std/reorder must fit the image inputs (channels counted in each input's own layout, graph/layout.py);
+    returns their channel counts."""
+    layouts = preprocess.input_layouts(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel, cfg.input_layout)
+    channels = [lay.channels if lay is not None else 1 for lay in layouts]
+    if all(lay is None for lay in layouts) and any(
+            v is not None for v in (cfg.mean_values, cfg.std_values, cfg.reorder_channel)):
         raise ConfigError("mean_values", cfg.mean_values, hint="the model has no 4-D image input, so mean/std/reorder "
                           "cannot apply; leave them unset")
-    cfg.check_channels(channels)
+    cfg.check_channels(channels, [lay.describe(inp.name, dims(inp)) if lay is not None else None
+                                  for lay, inp in zip(layouts, model.graph.input)])
     return channels
+
+
+def fold_shape_arithmetic(model: onnx.ModelProto, cfg: BuildConfig, notes: List[str]) -> onnx.ModelProto:
+    """Shape computations (exporters' SAME-padding and resize arithmetic: Shape -> Gather -> ... -> Pad) are folded
+    by onnxruntime, the reference implementation, before the graph optimiser: onnxslim's own folding evaluates a Slice
+    with a negative step wrongly and moved a pad to the other side on a real model (open_nsfw)."""
+    if cfg.optimization_level < 1 or not any(n.op_type == "Shape" for n in model.graph.node):
+        return model
+    try:
+        folded = layout.ort_basic(model)
+    except Exception as e:  # keep the graph: the optimiser folds it (logged)
+        log.warning("onnxruntime could not fold the shape arithmetic (%s); the graph optimiser folds it", e)
+        return model
+    if any(n.op_type == "Shape" for n in folded.graph.node):
+        return model  # dynamic shapes onnxruntime could not fold either
+    notes.append("shape arithmetic folded by onnxruntime")
+    return folded
+
+
+def fold_layout(model: onnx.ModelProto, cfg: BuildConfig, notes: List[str]) -> onnx.ModelProto:
+    """Channel-last graphs: cancel the layout Transposes around convolutions, so the NPU sees NCHW convs."""
+    lays = preprocess.input_layouts(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel, cfg.input_layout)
+    nhwc = [inp.name for inp, lay in zip(model.graph.input, lays) if lay is not None and lay.layout == "nhwc"]
+    if cfg.optimization_level < 1 or not (nhwc or layout.has_layout_transposes(model)):
+        return model
+    model, before, after = layout.fold_transposes(model, nhwc)
+    if after != before:
+        model = graph_optimize.optimize(model, cfg.optimization_level)  # fusions the folding made possible
+        notes.append(f"layout: {before - after} of {before} Transposes folded away ({after} left)")
+    return model
 
 
 def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.ModelProto, List[dict], List[str]]:
@@ -39,11 +70,16 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
     model.CopyFrom(loaded.model)
     check_config_against_model(cfg, model)
     notes: List[str] = []
+    model = fold_shape_arithmetic(model, cfg, notes)
     model = graph_optimize.optimize(model, cfg.optimization_level)
-    specs = preprocess.make_specs(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel)
+    model = fold_layout(model, cfg, notes)
+    specs = preprocess.make_specs(model, cfg.mean_values, cfg.std_values, cfg.reorder_channel, cfg.input_layout)
     metas = preprocess.attach(model, specs)
     if cfg.optimization_level >= 3:
         notes += preprocess.fold_into_first_conv(model, metas)
+    transposes = layout.count_layout_transposes(model)
+    if any(m.get("model_layout") == "nhwc" for m in metas):
+        notes.append(f"layout: {transposes} Transpose(s) in the deployed graph (the input's NHWC->NCHW included)")
     model = onnx.shape_inference.infer_shapes(model)
     try:
         onnx.checker.check_model(model)

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 class ConvertSpec:
     model: Path
     output: Path
+    weights: Optional[Path] = None  # Darknet .weights / Caffe .caffemodel (default: beside the model, same name)
     input_size_list: Optional[List[List[int]]] = None
     inputs: Optional[List[str]] = None
     outputs: Optional[List[str]] = None
@@ -26,11 +27,15 @@ class ConvertSpec:
     auto_hybrid: bool = False
 
 
-_TOP_KEYS = {"model", "output", "input_size_list", "inputs", "outputs", "config", "build"}
+_TOP_KEYS = {"model", "weights", "output", "input_size_list", "inputs", "outputs", "config", "build"}
 _BUILD_KEYS = {"do_quantization", "dataset", "rknn_batch_size", "pre_compile", "auto_hybrid"}
 # The vendor's rknn_convert layout: models: {name, platform, model_file_path, quantize, dataset, configs, ...}
 _VENDOR_KEYS = {"name", "platform", "model_file_path", "quantize", "dataset", "configs", "subgraphs",
-                "input_size_list", "output_path"}
+                "input_size_list", "output_path", "pt_file_path", "prototxt_file_path", "caffemodel_file_path",
+                "darknet_cfg_path", "darknet_weights_path"}
+# the vendor's per-format file keys: (model file key, weights file key)
+_VENDOR_FILES = (("model_file_path", None), ("pt_file_path", None), ("prototxt_file_path", "caffemodel_file_path"),
+                 ("darknet_cfg_path", "darknet_weights_path"))
 
 
 def _resolve(base: Path, p: Optional[str]) -> Optional[Path]:
@@ -56,14 +61,18 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
         unknown = set(m) - _VENDOR_KEYS
         if unknown:
             raise ConfigError(sorted(unknown)[0], m[sorted(unknown)[0]], sorted(_VENDOR_KEYS))
-        if "model_file_path" not in m:
-            raise ConfigError("models.model_file_path", None, hint="name the .pt or .onnx file to convert")
+        files = next(((m[k], m.get(w) if w else None) for k, w in _VENDOR_FILES if m.get(k)), None)
+        if files is None:
+            raise ConfigError("models.model_file_path", None, hint="name the model file to convert (.onnx, .pt, "
+                              ".tflite, .pb; prototxt_file_path + caffemodel_file_path for Caffe; darknet_cfg_path "
+                              "+ darknet_weights_path for Darknet)")
         sub = m.get("subgraphs") or {}
-        flat = {"model": m["model_file_path"],
-                "input_size_list": m.get("input_size_list") or sub.get("input_size_list"),
+        flat = {"model": files[0], "weights": files[1],
+                "input_size_list": (m.get("input_size_list") or sub.get("input_size_list")
+                                    or sub.get("input-size-list")),
                 "inputs": sub.get("inputs"), "outputs": sub.get("outputs"), "config": m.get("configs") or {},
                 "build": {"do_quantization": bool(m.get("quantize", False)), "dataset": m.get("dataset")}}
-        out_default = Path(m.get("output_path") or ".") / f"{m.get('name') or Path(m['model_file_path']).stem}.rknn"
+        out_default = Path(m.get("output_path") or ".") / f"{m.get('name') or Path(files[0]).stem}.rknn"
         flat["output"] = str(out_default)
         data = flat
     unknown = set(data) - _TOP_KEYS
@@ -76,7 +85,8 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
             hint = f"'{key}' is a build() option: put it under 'build:'"
         raise ConfigError(key, data[key], sorted(_TOP_KEYS), hint)
     if not data.get("model"):
-        raise ConfigError("model", None, hint="name the .pt or .onnx file to convert")
+        raise ConfigError("model", None, hint="name the model file to convert (.onnx, .pt, .tflite, a Darknet .cfg, "
+                          "a Caffe .prototxt or a TensorFlow .pb)")
     cfg = data.get("config") or {}
     if not isinstance(cfg, dict):
         raise ConfigError("config", cfg, hint="'config:' must be a mapping of config() options")
@@ -88,7 +98,8 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
                           sorted(_BUILD_KEYS))
     model = _resolve(base, data["model"])
     out = Path(output) if output else (_resolve(base, data.get("output")) or model.with_suffix(".rknn"))
-    return ConvertSpec(model=model, output=out, input_size_list=data.get("input_size_list"),
+    return ConvertSpec(model=model, output=out, weights=_resolve(base, data.get("weights")),
+                       input_size_list=data.get("input_size_list"),
                        inputs=data.get("inputs"), outputs=data.get("outputs"), config=cfg,
                        do_quantization=bool(build.get("do_quantization", False)),
                        dataset=_resolve(base, build.get("dataset")), rknn_batch_size=build.get("rknn_batch_size"),
@@ -103,7 +114,7 @@ def run_spec(spec: ConvertSpec):
     from .loaders import load_model
 
     cfg = make_config(**spec.config)
-    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs)
+    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs, weights=spec.weights)
     opts = BuildOptions(do_quantization=spec.do_quantization, dataset=str(spec.dataset) if spec.dataset else None,
                         pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size,
                         auto_hybrid=spec.auto_hybrid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import onnx
 
@@ -17,10 +17,13 @@ OPSET = 17
 @dataclass
 class LoadedModel:
     model: onnx.ModelProto
-    framework: str  # "pytorch" | "onnx"
+    framework: str  # "pytorch" | "onnx" | "tflite" | "darknet" | "caffe" | "tensorflow"
     source_file: str
     source_sha256: str
     notes: List[str] = field(default_factory=list)  # what the loader changed, for the log and the report
+    # a model quantized elsewhere: {float tensor or weight: convert.qdq_import.SourceQuant}, kept by
+    # build(do_quantization=False)
+    source_quant: Optional[dict] = None
 
     @property
     def input_names(self) -> List[str]:

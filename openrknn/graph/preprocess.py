@@ -2,7 +2,10 @@
 
 The built model takes what the board feeds: NHWC pixels (0..255) in the feed's channel order. For each 4-D float input
 the graph starts with  Transpose(NHWC->NCHW) -> Gather(reorder) -> Sub(mean) -> Div(std)  and at optimization level 3
-those are folded into the first convolution(s) where that is exact:
+those are folded into the first convolution(s) where that is exact. A channel-last model input (graph/layout.py) is
+fed the same way: when the model's own first step is Transpose(NHWC->NCHW) that Transpose becomes the chain's (the
+model body then reads the NCHW pre-processed tensor, and the fold below applies); otherwise the chain runs in NHWC
+(Gather/Sub/Div on the last axis) with no Transpose at all. Folding:
 - channel reorder and 1/std always fold into the conv weights (a permutation and a per-input-channel scale);
 - the mean folds into the conv bias only when the conv has no padding (padded zeros would otherwise stand for a
   pixel value of `mean`, not 0); with padding the Sub stays, moved before the conv in feed channel order.
@@ -18,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, TensorProto
 
+from . import layout as layout_mod
 from .names import rename_uses, used_names
 
 log = logging.getLogger("openrknn.graph")
@@ -32,6 +36,8 @@ class InputPreprocess:
     mean: List[float]  # model channel order, len == channels
     std: List[float]
     reorder: Optional[List[int]]  # model channel c takes fed channel reorder[c]; None = identity
+    layout: str = "nchw"  # the model input's own layout (graph/layout.py)
+    layout_reason: str = ""
 
 
 def _dims(value_info) -> List[int]:
@@ -43,14 +49,39 @@ def is_image_input(value_info) -> bool:
     return len(t.shape.dim) == 4 and t.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
 
 
-def make_specs(model: onnx.ModelProto, mean_values, std_values, reorder_channel) -> List[Optional[InputPreprocess]]:
-    """One spec per graph input (None for inputs that are not 4-D float images)."""
-    specs: List[Optional[InputPreprocess]] = []
+def _n_values(i: int, *per_input) -> Optional[int]:
+    """How many per-channel values the config gives for input i (None when it gives none or one for all)."""
+    counts = [len(v[i] if i < len(v) else v[-1]) for v in per_input if v is not None]
+    counts = [c for c in counts if c > 1]
+    return max(counts) if counts else None
+
+
+def input_layouts(model: onnx.ModelProto, mean_values=None, std_values=None, reorder_channel=None,
+                  input_layout=None) -> List[Optional[layout_mod.InputLayout]]:
+    """The layout of each graph input (None for inputs that are not 4-D float images); see graph/layout.py."""
+    out: List[Optional[layout_mod.InputLayout]] = []
     for i, inp in enumerate(model.graph.input):
         if not is_image_input(inp):
+            out.append(None)
+            continue
+        explicit = None
+        if input_layout is not None:
+            explicit = input_layout[i] if i < len(input_layout) else input_layout[-1]
+        out.append(layout_mod.detect_layout(model.graph, inp, _n_values(i, mean_values, std_values, reorder_channel),
+                                            explicit))
+    return out
+
+
+def make_specs(model: onnx.ModelProto, mean_values, std_values, reorder_channel,
+               input_layout=None) -> List[Optional[InputPreprocess]]:
+    """One spec per graph input (None for inputs that are not 4-D float images)."""
+    specs: List[Optional[InputPreprocess]] = []
+    layouts = input_layouts(model, mean_values, std_values, reorder_channel, input_layout)
+    for i, (inp, lay) in enumerate(zip(model.graph.input, layouts)):
+        if lay is None:
             specs.append(None)
             continue
-        c = _dims(inp)[1]
+        c = lay.channels
 
         def pick(values, default, i=i, c=c):
             if values is None:
@@ -60,8 +91,45 @@ def make_specs(model: onnx.ModelProto, mean_values, std_values, reorder_channel)
 
         reorder = reorder_channel[i] if reorder_channel is not None else None
         specs.append(InputPreprocess(inp.name, c, pick(mean_values, 0.0), pick(std_values, 1.0),
-                                     list(reorder) if reorder is not None else None))
+                                     list(reorder) if reorder is not None else None, lay.layout, lay.reason))
     return specs
+
+
+def _chain(graph, spec: InputPreprocess, src: str, axis: int, const_shape: List[int]) -> List[onnx.NodeProto]:
+    """Gather(reorder) -> Sub(mean) -> Div(std) on ``axis``, reading ``src``; the last node's output is renamed by
+    the caller. Empty when the pre-processing is the identity."""
+    nodes: List[onnx.NodeProto] = []
+    cur = src
+    c = spec.channels
+    if spec.reorder is not None and spec.reorder != list(range(c)):
+        idx = f"{PREFIX}/{spec.name}/reorder_idx"
+        graph.initializer.append(numpy_helper.from_array(np.array(spec.reorder, np.int64), idx))
+        nxt = f"{PREFIX}/{spec.name}/reordered"
+        nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=axis, name=f"{PREFIX}/{spec.name}/reorder"))
+        cur = nxt
+    if any(spec.mean):
+        m = f"{PREFIX}/{spec.name}/mean"
+        graph.initializer.append(numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(const_shape), m))
+        nxt = f"{PREFIX}/{spec.name}/centered"
+        nodes.append(helper.make_node("Sub", [cur, m], [nxt], name=f"{PREFIX}/{spec.name}/sub_mean"))
+        cur = nxt
+    if any(s != 1.0 for s in spec.std):
+        s_name = f"{PREFIX}/{spec.name}/std"
+        graph.initializer.append(numpy_helper.from_array(np.array(spec.std, np.float32).reshape(const_shape), s_name))
+        nxt = f"{PREFIX}/{spec.name}/scaled"
+        nodes.append(helper.make_node("Div", [cur, s_name], [nxt], name=f"{PREFIX}/{spec.name}/div_std"))
+    return nodes
+
+
+def _absorb_model_transposes(graph, name: str, inner: str) -> List[str]:
+    """The channel-last input's own Transpose(0,3,1,2) readers are dropped: their readers read ``inner`` (the NCHW
+    pre-processed tensor). Returns their names."""
+    dropped = []
+    for t in layout_mod.consumers(graph, name):
+        rename_uses(graph, t.output[0], inner)
+        graph.node.remove(t)
+        dropped.append(t.name or t.output[0])
+    return dropped
 
 
 def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> List[dict]:
@@ -79,49 +147,50 @@ def attach(model: onnx.ModelProto, specs: List[Optional[InputPreprocess]]) -> Li
                           "dtype": helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name,
                           "layout": "raw", "model_shape": shape, "preprocess": None})
             continue
-        n, c, h, w = shape
-        inner = f"{PREFIX}/{spec.name}/model_input"
-        rename_uses(graph, spec.name, inner)  # the original body (Loop/If bodies too) reads the pre-processed tensor
         for out in graph.output:
             if out.name == spec.name:
                 raise ValueError(f"input '{spec.name}' is also a graph output; cannot attach pre-processing")
-        cur = f"{PREFIX}/{spec.name}/nchw"
-        new_nodes.append(helper.make_node("Transpose", [spec.name], [cur], perm=[0, 3, 1, 2],
-                                          name=f"{PREFIX}/{spec.name}/transpose"))
-        if spec.reorder is not None and spec.reorder != list(range(c)):
-            idx = f"{PREFIX}/{spec.name}/reorder_idx"
-            graph.initializer.append(numpy_helper.from_array(np.array(spec.reorder, np.int64), idx))
-            nxt = f"{PREFIX}/{spec.name}/reordered"
-            new_nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=1,
-                                              name=f"{PREFIX}/{spec.name}/reorder"))
-            cur = nxt
-        if any(spec.mean):
-            m = f"{PREFIX}/{spec.name}/mean"
-            graph.initializer.append(numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(1, c, 1, 1), m))
-            nxt = f"{PREFIX}/{spec.name}/centered"
-            new_nodes.append(helper.make_node("Sub", [cur, m], [nxt], name=f"{PREFIX}/{spec.name}/sub_mean"))
-            cur = nxt
-        if any(s != 1.0 for s in spec.std):
-            s_name = f"{PREFIX}/{spec.name}/std"
-            graph.initializer.append(numpy_helper.from_array(np.array(spec.std, np.float32).reshape(1, c, 1, 1),
-                                                             s_name))
-            nxt = f"{PREFIX}/{spec.name}/scaled"
-            new_nodes.append(helper.make_node("Div", [cur, s_name], [nxt], name=f"{PREFIX}/{spec.name}/div_std"))
-            cur = nxt
-        model_type = inp.type.tensor_type.elem_type
-        if model_type != TensorProto.FLOAT:  # pixels arrive as float32; the body keeps its own float type
-            new_nodes.append(helper.make_node("Cast", [cur], [inner], to=model_type, name=f"{PREFIX}/{spec.name}/cast"))
+        if spec.layout == "nhwc":
+            n, h, w, c = shape
         else:
-            new_nodes[-1].output[0] = inner  # the last step writes the tensor the model body reads
+            n, c, h, w = shape
+        inner = f"{PREFIX}/{spec.name}/model_input"
+        model_type = inp.type.tensor_type.elem_type
+        absorbed: List[str] = []
+        if spec.layout == "nhwc" and not layout_mod.first_consumers_are_to_nchw(graph, spec.name):
+            # the model body reads NHWC: pre-process on the last axis, no Transpose
+            chain = _chain(graph, spec, spec.name, 3, [1, 1, 1, c])
+            if not chain and model_type == TensorProto.FLOAT:
+                inner = spec.name  # nothing to do: the body reads the fed tensor itself
+            else:
+                rename_uses(graph, spec.name, inner)
+        else:
+            if spec.layout == "nhwc":
+                absorbed = _absorb_model_transposes(graph, spec.name, inner)
+            else:
+                rename_uses(graph, spec.name, inner)  # the body (Loop/If bodies too) reads the pre-processed tensor
+            nchw = f"{PREFIX}/{spec.name}/nchw"
+            chain = [helper.make_node("Transpose", [spec.name], [nchw], perm=layout_mod.TO_NCHW,
+                                      name=f"{PREFIX}/{spec.name}/transpose")]
+            chain += _chain(graph, spec, nchw, 1, [1, c, 1, 1])
+        if model_type != TensorProto.FLOAT:  # pixels arrive as float32; the body keeps its own float type
+            src = chain[-1].output[0] if chain else spec.name
+            chain.append(helper.make_node("Cast", [src], [inner], to=model_type, name=f"{PREFIX}/{spec.name}/cast"))
+        elif chain:
+            chain[-1].output[0] = inner  # the last step writes the tensor the model body reads
+        new_nodes += chain
         inp.type.tensor_type.elem_type = TensorProto.FLOAT
         dims = inp.type.tensor_type.shape.dim
         for d, v in zip(dims, (n, h, w, c)):
             d.Clear()
             d.dim_value = v
+        pre = {"reorder_channel": spec.reorder, "mean": spec.mean, "std": spec.std, "folded_into": None}
         metas.append({"name": spec.name, "shape": [n, h, w, c], "dtype": "uint8", "layout": "nhwc",
-                      "model_shape": shape, "model_dtype": helper.tensor_dtype_to_np_dtype(model_type).name,
-                      "preprocess": {"reorder_channel": spec.reorder, "mean": spec.mean, "std": spec.std,
-                                     "folded_into": None}})
+                      "model_shape": shape, "model_layout": spec.layout,
+                      "model_dtype": helper.tensor_dtype_to_np_dtype(model_type).name, "preprocess": pre})
+        if spec.layout == "nhwc":
+            log.info("input '%s' is channel-last (%s)%s", spec.name, spec.layout_reason,
+                     f"; its Transpose {', '.join(absorbed)} now starts the pre-processing" if absorbed else "")
     nodes = new_nodes + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)

@@ -165,7 +165,9 @@ def _input_channels(model: Mapping[str, Any], sizes: Optional[List[List[int]]]) 
     sizes the user typed when given, else from the shapes the file records; None when they are not known yet."""
     if sizes is not None:  # C,H,W or N,C,H,W per input; TorchScript inputs are float images when 3-D or 4-D
         recorded = model.get("inputs") or []
-        return [s[-3] if len(s) in (3, 4) and (i >= len(recorded) or recorded[i].get("image", True)) else None
+        nhwc = [i < len(recorded) and recorded[i].get("layout") == "nhwc" for i in range(len(sizes))]
+        return [(s[-1] if nhwc[i] else s[-3]) if len(s) in (3, 4) and (i >= len(recorded)
+                                                                    or recorded[i].get("image", True)) else None
                 for i, s in enumerate(sizes)]
     inputs = model.get("inputs")
     if not inputs:
@@ -175,7 +177,7 @@ def _input_channels(model: Mapping[str, Any], sizes: Optional[List[List[int]]]) 
         if not inp.get("image"):
             channels.append(None)
             continue
-        c = (inp.get("shape") or [None, None])[1]
+        c = inp.get("channels", (inp.get("shape") or [None, None])[1])  # C of a channel-last input is its last dim
         if not (isinstance(c, int) and c > 0):
             return None  # a dynamic channel count: the build decides
         channels.append(c)

@@ -28,18 +28,28 @@ BUILD_STAGES = ["Validate config", "Load model", "Calibration data", "Build", "E
 # ---------------------------------------------------------------- models
 
 
-def _onnx_io(path: Path) -> dict:
+def _onnx_io(path_or_model) -> dict:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model),
+                                                                                        load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
 
     def dims(vi) -> List[Any]:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
 
+    from ..graph.layout import detect_layout
+
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
     inputs = [{"name": i.name, "shape": dims(i), "image": len(dims(i)) == 4 and i.type.tensor_type.elem_type in floats}
               for i in model.graph.input if i.name not in inits]  # image: where mean/std/reorder apply
+    by_name = {i.name: i for i in model.graph.input}
+    for inp in inputs:  # channel-last models take C mean/std values: the layout the build will read (graph/layout)
+        if inp["image"]:
+            lay = detect_layout(model.graph, by_name[inp["name"]])
+            inp["layout"] = lay.layout
+            if lay.channels > 0:
+                inp["channels"] = lay.channels
     outputs = [{"name": o.name, "shape": dims(o)} for o in model.graph.output]
     needs = any(not (isinstance(d, int) and d > 0) for i in inputs for d in i["shape"])
     ops = sorted({n.op_type for n in model.graph.node})
@@ -48,11 +58,17 @@ def _onnx_io(path: Path) -> dict:
                                           default=None)}
 
 
-def inspect_model(path: Path, framework: str) -> dict:
+def inspect_model(path: Path, framework: str, weights: Optional[Path] = None) -> dict:
     """What the model picker shows: inputs/outputs when the file records them, and whether input sizes are needed."""
     info: dict = {"framework": framework, "size_bytes": path.stat().st_size}
     if framework == "onnx":
         info.update(_onnx_io(path))
+    elif framework in ("tflite", "darknet", "caffe", "tensorflow"):
+        # converted here as the build will (a Darknet / Caffe model's weights file beside it): what the picker shows
+        # is the graph the build starts from
+        from ..convert.loaders import load_model
+
+        info.update(_onnx_io(load_model(path, weights=weights).model))
     elif framework == "pytorch":
         # TorchScript archives record no input shapes; the user gives them (input_size_list) as for load_pytorch.
         info.update({"inputs": None, "outputs": None, "needs_input_size": True,

@@ -17,7 +17,10 @@ from typing import AsyncIterator, Dict, Iterable, Optional, Tuple
 from ..errors import OpenRKNNError
 
 SESSION_COOKIE = "openrknn_session"
-MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".rknn")
+# model files (the conversion core's loaders) and the weights files of two-file formats (uploaded beside them)
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".tflite", ".cfg", ".prototxt", ".pb", ".rknn",
+                  ".weights", ".caffemodel")
+WEIGHT_SUFFIXES = (".weights", ".caffemodel")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CALIB_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
@@ -33,7 +36,8 @@ class RequestRefused(OpenRKNNError):
 
 
 def framework_of(name: str) -> str:
-    """'onnx', 'pytorch' or 'rknn' from the file name, as the conversion core's loaders dispatch."""
+    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow' or 'rknn' from the file name, as the conversion
+    core's loaders dispatch."""
     from ..convert.loaders import model_kind
     from ..errors import ModelLoadError
 
@@ -41,7 +45,8 @@ def framework_of(name: str) -> str:
         return model_kind(name)
     except ModelLoadError:
         raise RequestRefused(400, f"'{Path(name).name}': unknown model type '{Path(name).suffix.lower()}'; pick a "
-                             "TorchScript .pt, an .onnx or an .rknn file") from None
+                             "TorchScript .pt, an .onnx, a .tflite, a Darknet .cfg, a Caffe .prototxt, a "
+                             "TensorFlow .pb or an .rknn file") from None
 
 
 def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:

@@ -14,16 +14,23 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import OpenRKNNError
 from ..context import Ctx, CurrentSession, GuiContext, JsonBody
 from ..pipeline import copy_atomic, inspect_model
-from ..sessions import MODEL_SUFFIXES, RequestRefused, Session, framework_of, sanitize_filename, save_stream
+from ..sessions import (MODEL_SUFFIXES, WEIGHT_SUFFIXES, RequestRefused, Session, framework_of, sanitize_filename,
+                        save_stream)
 
 log = logging.getLogger("openrknn.gui")
 router = APIRouter()
 
 
-_KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model"}
+_KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model",
+          "tflite": "a TFLite model", "darknet": "a Darknet model", "caffe": "a Caffe model",
+          "tensorflow": "a TensorFlow frozen graph"}
 _HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itself",
         "pytorch": "save it with torch.jit.trace(model, example).save('model.pt')",
-        "rknn": "build it again or pick another .rknn file"}
+        "rknn": "build it again or pick another .rknn file",
+        "tflite": "pick the .tflite file the converter wrote",
+        "darknet": "upload its .weights file first (or pick the .cfg by path with the .weights beside it)",
+        "caffe": "upload its .caffemodel first (or pick the .prototxt by path with the .caffemodel beside it)",
+        "tensorflow": "freeze the graph (variables to constants) and pick the .pb"}
 
 
 def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
@@ -34,8 +41,15 @@ def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
 
     if framework == "pytorch" and not zipfile.is_zipfile(path):
         raise refused("TorchScript files are zip archives (torch.jit.save writes one) and this one is not")
+    weights = None
+    if framework in ("darknet", "caffe"):  # its weights file: the same name beside it (uploads land in one folder)
+        from ...convert.loaders import WEIGHT_SUFFIXES as BESIDE
+
+        weights = path.parent / f"{Path(name).stem}{BESIDE[framework]}"
+        if not weights.is_file():
+            raise refused(f"its weights file '{weights.name}' is not there")
     try:
-        info = inspect_model(path, framework)
+        info = inspect_model(path, framework, weights)
     except OpenRKNNError as e:
         raise refused(str(e).replace(str(path), name)) from None
     except Exception as e:  # protobuf, zip, unicode...: the parser's words, without a traceback on the page
@@ -70,6 +84,9 @@ def apply_model(ctx: GuiContext, session: Session, path: Path, name: str, source
 @router.post("/api/model/upload")
 async def model_upload(request: Request, filename: str, ctx: Ctx, session: CurrentSession):
     name = sanitize_filename(filename, MODEL_SUFFIXES)
+    if Path(name).suffix in WEIGHT_SUFFIXES:  # the second file of a Darknet / Caffe model: kept for its model file
+        await save_stream(request.stream(), session.uploads / name, ctx.settings.max_upload_bytes, name=name)
+        return ctx.state_of(session)
     framework = framework_of(name)
     # checked before it takes the model's place: a bad file never replaces a good one of the same name
     incoming = session.uploads / f".incoming-{secrets.token_hex(6)}{Path(name).suffix}"
@@ -87,7 +104,8 @@ async def model_upload(request: Request, filename: str, ctx: Ctx, session: Curre
 async def model_path(ctx: Ctx, session: CurrentSession, data: JsonBody):
     raw = str(data.get("path") or "").strip()
     if not raw:
-        raise RequestRefused(400, "give the path of a .pt, .onnx or .rknn file on this machine")
+        raise RequestRefused(400, "give the path of a model file on this machine (.onnx, .pt, .tflite, .cfg, "
+                             ".prototxt, .pb or .rknn)")
     path = Path(raw).expanduser()
     if not path.is_file():
         raise RequestRefused(404, f"'{raw}' is not a file on this machine")

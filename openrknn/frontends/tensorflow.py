@@ -1,0 +1,582 @@
+"""TensorFlow frozen GraphDef (.pb) -> one ONNX graph, read with tf_schema (no TensorFlow needed).
+
+As for TFLite, 4-D tensors are NHWC in the file: the graph comes in with its NHWC inputs and outputs while every
+convolution, pool and resize is emitted NCHW-native (builder.ChannelLast), so the channel-last input machinery folds
+the one Transpose at the input into the pre-processing. ``inputs`` may name any tensor (the graph is cut there, as the
+vendor's load_tensorflow does for pre-processing sub-graphs); only what ``outputs`` needs is converted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from . import LoadedModel, file_sha256, normalize_size_list
+from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, Value, const_for_layout,
+                      same_pads)
+
+log = logging.getLogger("openrknn.frontends.tensorflow")
+
+_NP = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64, 10: np.bool_,
+       17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+_IDENTITY = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "IdentityN", "CheckNumerics"}
+
+
+def tensor_to_array(t) -> np.ndarray:
+    dtype = _NP.get(t.dtype)
+    if dtype is None:
+        raise ModelLoadError(f"a constant of TensorFlow dtype {t.dtype} cannot be read")
+    shape = [d.size for d in t.tensor_shape.dim]
+    n = int(np.prod(shape)) if shape else 1
+    if t.tensor_content:
+        arr = np.frombuffer(t.tensor_content, dtype)
+    else:
+        vals = {np.float32: t.float_val, np.float64: t.double_val, np.int64: t.int64_val, np.bool_: t.bool_val,
+                np.uint32: t.uint32_val, np.uint64: t.uint64_val}.get(dtype, t.int_val)
+        if dtype == np.float16:
+            arr = np.asarray(list(t.half_val), np.uint16).view(np.float16)
+        else:
+            arr = np.asarray(list(vals), dtype)
+        if arr.size == 1 and n > 1:
+            arr = np.full(n, arr[0], dtype)
+        elif arr.size == 0:
+            arr = np.zeros(n, dtype)
+    return arr.reshape(shape).copy()
+
+
+def _tensor_name(ref: str) -> str:
+    """'node', 'node:0' -> 'node:0'; 'node:1' stays."""
+    ref = ref.lstrip("^")
+    return ref if ":" in ref else f"{ref}:0"
+
+
+class _Converter:
+    def __init__(self, graph, name: str):
+        self.nodes = {n.name: n for n in graph.node}
+        self.b = GraphBuilder(name)
+        self.shapes: Dict[str, List[int]] = {}  # tensor -> NHWC-view shape where known
+        self.v = ChannelLast(self.b, self.shapes.get)
+        self.consts: Dict[str, np.ndarray] = {}
+
+    def attr(self, node, key, default=None):
+        if key not in node.attr:
+            return default
+        a = node.attr[key]
+        if a.HasField("list"):
+            lv = a.list
+            return list(lv.i) or list(lv.f) or [s.decode() for s in lv.s] or list(lv.b) or []
+        if a.HasField("tensor"):
+            return tensor_to_array(a.tensor)
+        if a.HasField("shape"):
+            return [d.size for d in a.shape.dim]
+        for k, conv in (("s", lambda v: v.decode()), ("f", float), ("i", int), ("b", bool), ("type", int)):
+            v = getattr(a, k)
+            if v:
+                return conv(v)
+        return default
+
+    # ---- values -----------------------------------------------------------------------------------------------
+    def const(self, ref: str) -> Optional[np.ndarray]:
+        name = _tensor_name(ref)
+        if name in self.consts:
+            return self.consts[name]
+        node = self.nodes.get(name.rsplit(":", 1)[0])
+        if node is None:
+            return None
+        if node.op == "Const":
+            arr = self.attr(node, "value")
+            self.consts[name] = arr
+            return arr
+        if node.op in _IDENTITY and node.input:
+            return self.const(node.input[0])
+        return None
+
+    def value(self, ref: str, want: str = "any") -> Value:
+        name = _tensor_name(ref)
+        if not self.v.has(name):
+            arr = self.const(name)
+            if arr is not None:
+                arr = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+                if arr.ndim == 4 and want == "nchw":
+                    return Value(self.b.const(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)), name), "nchw", 4)
+                return Value(self.b.const(arr, name), "nhwc" if arr.ndim == 4 else "plain", arr.ndim)
+            self.convert_node(self.nodes[name.rsplit(":", 1)[0]])
+        return self.v.get(name, want)
+
+    def put(self, node, onnx_name: str, layout: str, rank: int, index: int = 0) -> None:
+        self.v.set(f"{node.name}:{index}", onnx_name, layout, rank)
+
+    def rank(self, ref: str) -> int:
+        return self.v.get(_tensor_name(ref)).rank if self.v.has(_tensor_name(ref)) else len(
+            self.shapes.get(_tensor_name(ref), []))
+
+    # ---- conversion -------------------------------------------------------------------------------------------
+    def convert(self, inputs: Sequence[str], shapes: List[List[int]], outputs: Sequence[str], input_is_nchw: bool):
+        if len(shapes) != len(inputs):
+            raise ModelLoadError(f"load_tensorflow: {len(inputs)} inputs but {len(shapes)} shapes in "
+                                 "input_size_list; give one shape per input")
+        for ref, shape in zip(inputs, shapes):
+            name = _tensor_name(ref)
+            if name.rsplit(":", 1)[0] not in self.nodes:
+                raise ModelLoadError(f"inputs=[... '{ref}' ...] names no node of this graph; placeholders: "
+                                     f"{[n for n, d in self.nodes.items() if d.op == 'Placeholder'][:10]}")
+            display = name.rsplit(":", 1)[0] if name.endswith(":0") else name
+            if len(shape) == 4 and input_is_nchw:
+                n, c, h, w = shape
+                x = self.b.add_input(display, [n, c, h, w])
+                self.v.set(name, x, "nchw", 4)
+                self.shapes[name] = [n, h, w, c]
+            else:
+                x = self.b.add_input(display, shape)
+                self.v.set(name, x, "nhwc", len(shape))
+                self.shapes[name] = list(shape)
+        displays = []
+        for ref in outputs:  # the outputs keep the graph's names: reserved before any node takes them
+            name = _tensor_name(ref)
+            if name.rsplit(":", 1)[0] not in self.nodes:
+                raise ModelLoadError(f"outputs=[... '{ref}' ...] names no node of this graph")
+            displays.append(self.b.unique(name.rsplit(":", 1)[0] if name.endswith(":0") else name))
+        for ref, display in zip(outputs, displays):
+            val = self.value(_tensor_name(ref), "nhwc")
+            self.b.outputs.append(self.b.node("Identity", [val.name], f"{display}/output", outputs=[display]))
+        return self.b.model("openrknn-tensorflow")
+
+    def convert_node(self, node) -> None:
+        # iterative post-order: deep graphs must not hit Python's recursion limit
+        stack = [(node, False)]
+        while stack:
+            n, ready = stack.pop()
+            if self.v.has(f"{n.name}:0"):
+                continue
+            if n.op == "Placeholder":
+                raise ModelLoadError(f"placeholder '{n.name}' is needed for the outputs but is not in inputs=[...]; "
+                                     "list every input the outputs depend on")
+            deps = [i for i in n.input if not i.startswith("^")]
+            if not ready:
+                stack.append((n, True))
+                for d in deps:
+                    dn = _tensor_name(d)
+                    if not self.v.has(dn) and self.const(dn) is None:
+                        src = self.nodes.get(dn.rsplit(":", 1)[0])
+                        if src is None:
+                            raise ModelLoadError(f"node '{n.name}' reads '{d}', which is not in the graph")
+                        stack.append((src, False))
+                continue
+            handler = _OPS.get(n.op)
+            if handler is None:
+                raise UnsupportedLayer("TensorFlow", n.name, n.op)
+            handler(self, n)
+
+    def data_format(self, node) -> str:
+        fmt = self.attr(node, "data_format", "NHWC")
+        if fmt != "NHWC":
+            raise UnsupportedLayer("TensorFlow", node.name, f"{node.op} with data_format={fmt}")
+        return fmt
+
+    def spatial(self, node, ref: str) -> List[int]:
+        """The H, W of an NHWC-view 4-D tensor (needed for SAME padding)."""
+        s = self.shapes.get(_tensor_name(ref))
+        if s is None or len(s) != 4:
+            raise ModelLoadError(f"'{node.name}' ({node.op}) needs the spatial size of its input, which openrknn "
+                                 "could not follow; give input_size_list")
+        return s[1:3]
+
+
+def _out_hw(in_hw, k, s, d, pads):
+    return [(i + pads[j] + pads[j + 2] - d[j] * (k[j] - 1) - 1) // s[j] + 1 for j, i in enumerate(in_hw)]
+
+
+def _conv(c: _Converter, node, depthwise: bool = False):
+    fmt = c.data_format(node)
+    x = c.value(node.input[0], "nchw")
+    w = c.const(node.input[1])
+    if w is None:
+        raise ModelLoadError(f"'{node.name}' ({node.op}) has weights computed at run time; freeze the graph first")
+    strides = list(c.attr(node, "strides", [1, 1, 1, 1]))
+    dil = list(c.attr(node, "dilations", [1, 1, 1, 1]))
+    sh, dh = (strides[1:3], dil[1:3]) if fmt == "NHWC" else (strides[2:4], dil[2:4])
+    kh, kw = w.shape[0], w.shape[1]
+    in_hw = c.spatial(node, node.input[0])
+    padding = c.attr(node, "padding", "VALID")
+    if padding == "SAME":
+        pads = same_pads(in_hw, [kh, kw], sh, dh)
+    elif padding == "EXPLICIT":
+        ep = list(c.attr(node, "explicit_paddings"))
+        ep = ep[2:6] if fmt == "NHWC" else ep[4:8]
+        pads = [ep[0], ep[2], ep[1], ep[3]]
+    else:
+        pads = [0, 0, 0, 0]
+    if depthwise:
+        cin, mult = w.shape[2], w.shape[3]
+        wt = w.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)  # [H, W, C, M] -> [C*M, 1, H, W]
+        group, cout = cin, cin * mult
+    else:
+        wt = w.transpose(3, 2, 0, 1)  # [H, W, I, O] -> [O, I, H, W]
+        cout = w.shape[3]
+        cin = c.shapes[_tensor_name(node.input[0])][3]
+        group = max(1, cin // w.shape[2])
+    y = c.b.node("Conv", [x.name, c.b.const(np.ascontiguousarray(wt).astype(np.float32), f"{node.name}/weight")],
+                 node.name, kernel_shape=[kh, kw], strides=sh, dilations=dh, pads=pads, group=group)
+    c.put(node, y, "nchw", 4)
+    n = c.shapes[_tensor_name(node.input[0])][0]
+    c.shapes[f"{node.name}:0"] = [n] + _out_hw(in_hw, [kh, kw], sh, dh, pads) + [cout]
+
+
+def _same_shape(c: _Converter, node, src: str):
+    s = c.shapes.get(_tensor_name(src))
+    if s is not None:
+        c.shapes[f"{node.name}:0"] = list(s)
+
+
+def _bias_add(c: _Converter, node):
+    x = c.value(node.input[0])
+    b = c.const(node.input[1]).astype(np.float32)
+    if x.layout == "nchw":
+        b = b.reshape(1, -1, 1, 1)
+    c.put(node, c.b.node("Add", [x.name, c.b.const(b, f"{node.name}/bias")], node.name), x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _batch_norm(c: _Converter, node):
+    x = c.value(node.input[0], "nchw")
+    if c.attr(node, "is_training", False):
+        log.info("'%s': is_training=True in a frozen graph; using its stored mean and variance", node.name)
+    scale, offset, mean, var = (c.const(i).astype(np.float64) for i in node.input[1:5])
+    eps = c.attr(node, "epsilon", 1e-3)
+    f = scale / np.sqrt(var + eps)
+    mul = c.b.const((f.reshape(1, -1, 1, 1)).astype(np.float32), f"{node.name}/scale")
+    add = c.b.const(((offset - mean * f).reshape(1, -1, 1, 1)).astype(np.float32), f"{node.name}/offset")
+    y = c.b.node("Add", [c.b.node("Mul", [x.name, mul], f"{node.name}/mul"), add], node.name)
+    c.put(node, y, "nchw", 4)
+    _same_shape(c, node, node.input[0])
+
+
+def _unary(op, **attrs):
+    def handler(c: _Converter, node):
+        x = c.value(node.input[0])
+        extra = {k: (v(c, node) if callable(v) else v) for k, v in attrs.items()}
+        c.put(node, c.b.node(op, [x.name], node.name, **extra), x.layout, x.rank)
+        _same_shape(c, node, node.input[0])
+    return handler
+
+
+def _clip(lo, hi):
+    def handler(c: _Converter, node):
+        x = c.value(node.input[0])
+        y = c.b.node("Clip", [x.name, c.b.const(np.float32(lo), f"{node.name}/min"),
+                              c.b.const(np.float32(hi), f"{node.name}/max")], node.name)
+        c.put(node, y, x.layout, x.rank)
+        _same_shape(c, node, node.input[0])
+    return handler
+
+
+def _binary(op):
+    def handler(c: _Converter, node):
+        consts = [c.const(i) if not c.v.has(_tensor_name(i)) else None for i in node.input[:2]]
+        acts = [c.value(i) for i, k in zip(node.input[:2], consts) if k is None]
+        layout = "nchw" if any(v.layout == "nchw" for v in acts) else ("nhwc" if any(v.layout == "nhwc"
+                                                                                     for v in acts) else "plain")
+        names = []
+        for i, k in zip(node.input[:2], consts):
+            if k is not None:
+                arr = k.astype(np.float32) if k.dtype.kind == "f" else k
+                names.append(c.b.const(const_for_layout(arr, layout) if layout == "nchw" else arr,
+                                       f"{node.name}/const"))
+            else:
+                names.append(c.value(i, layout if layout != "plain" else "any").name)
+        rank = max([v.rank for v in acts] or [0])
+        c.put(node, c.b.node(op, names, node.name), layout, rank)
+        src = next((i for i, k in zip(node.input[:2], consts) if k is None), node.input[0])
+        _same_shape(c, node, src)
+    return handler
+
+
+def _pool(op):
+    def handler(c: _Converter, node):
+        fmt = c.data_format(node)
+        x = c.value(node.input[0], "nchw")
+        ks, st = list(c.attr(node, "ksize")), list(c.attr(node, "strides"))
+        k, s = (ks[1:3], st[1:3]) if fmt == "NHWC" else (ks[2:4], st[2:4])
+        in_hw = c.spatial(node, node.input[0])
+        pads = same_pads(in_hw, k, s) if c.attr(node, "padding", "VALID") == "SAME" else [0, 0, 0, 0]
+        y = c.b.node(op, [x.name], node.name, kernel_shape=k, strides=s, pads=pads)
+        c.put(node, y, "nchw", 4)
+        n, _, _, ch = c.shapes[_tensor_name(node.input[0])]
+        c.shapes[f"{node.name}:0"] = [n] + _out_hw(in_hw, k, s, [1, 1], pads) + [ch]
+    return handler
+
+
+def _matmul(c: _Converter, node):
+    x = c.value(node.input[0])
+    w = c.const(node.input[1])
+    a_t, b_t = c.attr(node, "transpose_a", False), c.attr(node, "transpose_b", False)
+    if w is not None:
+        y = c.b.node("Gemm", [x.name, c.b.const(w.astype(np.float32), f"{node.name}/weight")], node.name,
+                     transA=int(a_t), transB=int(b_t))
+        c.shapes[f"{node.name}:0"] = [c.shapes.get(_tensor_name(node.input[0]), [1])[0],
+                                      w.shape[0] if b_t else w.shape[1]]
+    else:
+        if a_t or b_t:
+            raise UnsupportedLayer("TensorFlow", node.name, "MatMul of two run-time tensors with transpose flags")
+        y = c.b.node("MatMul", [x.name, c.value(node.input[1]).name], node.name)
+    c.put(node, y, "plain", 2)
+
+
+def _reshape(c: _Converter, node):
+    x = c.value(node.input[0], "nhwc")
+    shape = c.const(node.input[1])
+    if shape is None:
+        raise UnsupportedLayer("TensorFlow", node.name, "Reshape to a shape computed at run time",
+                               "freeze it with static shapes")
+    shape = [int(v) for v in shape]
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if -1 in shape and known:
+        rest = int(np.prod([d for d in shape if d != -1]))
+        shape = [int(np.prod(known)) // rest if d == -1 else d for d in shape]
+    if shape and shape[0] == -1:
+        shape[0] = 1
+    y = c.b.node("Reshape", [x.name, c.b.const(np.array(shape, np.int64), f"{node.name}/shape")], node.name)
+    c.put(node, y, "nhwc" if len(shape) == 4 else "plain", len(shape))
+    c.shapes[f"{node.name}:0"] = shape
+
+
+def _squeeze(c: _Converter, node):
+    x = c.value(node.input[0], "nhwc")
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    dims = list(c.attr(node, "squeeze_dims", []))
+    if known is None:
+        raise ModelLoadError(f"'{node.name}' (Squeeze) needs its input's shape; give input_size_list")
+    dims = [d % len(known) for d in dims] or [i for i, d in enumerate(known) if d == 1]
+    shape = [d for i, d in enumerate(known) if i not in dims]
+    y = c.b.node("Reshape", [x.name, c.b.const(np.array(shape, np.int64), f"{node.name}/shape")], node.name)
+    c.put(node, y, "nhwc" if len(shape) == 4 else "plain", len(shape))
+    c.shapes[f"{node.name}:0"] = shape
+
+
+def _concat(c: _Converter, node):
+    ins = [i for i in node.input if not i.startswith("^")]
+    axis_ref, parts = (ins[-1], ins[:-1]) if node.op == "ConcatV2" else (ins[0], ins[1:])
+    axis = int(c.const(axis_ref))
+    vals = [c.value(p) for p in parts]
+    rank = max(v.rank for v in vals)
+    axis %= rank
+    layout = "nchw" if rank == 4 and any(v.layout == "nchw" for v in vals) else ("nhwc" if rank == 4 else "plain")
+    names = [c.value(p, layout if layout != "plain" else "any").name for p in parts]
+    y = c.b.node("Concat", names, node.name, axis=NHWC_AXIS_IN_NCHW[axis] if layout == "nchw" else axis)
+    c.put(node, y, layout, rank)
+    shapes = [c.shapes.get(_tensor_name(p)) for p in parts]
+    if all(s is not None for s in shapes):
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        c.shapes[f"{node.name}:0"] = out
+
+
+def _mean(op):
+    def handler(c: _Converter, node):
+        x = c.value(node.input[0])
+        axes = sorted(int(a) % max(x.rank, 1) for a in np.atleast_1d(c.const(node.input[1])))
+        keep = bool(c.attr(node, "keep_dims", False))
+        layout = x.layout
+        if layout == "nchw":
+            mapped = [NHWC_AXIS_IN_NCHW[a] for a in axes]
+            rest_nchw = [d for d in (0, 1, 2, 3) if d not in mapped]
+            rest_nhwc = [NHWC_AXIS_IN_NCHW[d] for d in (0, 1, 2, 3) if d not in axes]
+            if keep or rest_nchw == rest_nhwc:
+                out_axes = sorted(mapped)
+            else:
+                x, layout, out_axes = c.value(node.input[0], "nhwc"), "nhwc", axes
+        else:
+            out_axes = axes
+        y = c.b.node(op, [x.name], node.name, axes=out_axes, keepdims=int(keep))
+        known = c.shapes.get(_tensor_name(node.input[0]))
+        if known:
+            c.shapes[f"{node.name}:0"] = [1 if i in axes else d for i, d in enumerate(known)] if keep else \
+                [d for i, d in enumerate(known) if i not in axes]
+        c.put(node, y, layout if keep else "plain", x.rank if keep else x.rank - len(axes))
+    return handler
+
+
+def _softmax(c: _Converter, node):
+    x = c.value(node.input[0])
+    c.put(node, c.b.node("Softmax", [x.name], node.name, axis=1 if x.layout == "nchw" else -1), x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _pad(c: _Converter, node):
+    x = c.value(node.input[0])
+    p = c.const(node.input[1]).astype(np.int64)
+    if x.layout == "nchw":
+        p = p[[0, 3, 1, 2]]
+    inputs = [x.name, c.b.const(np.concatenate([p[:, 0], p[:, 1]]), f"{node.name}/pads")]
+    attrs = {}
+    if node.op == "PadV2":
+        inputs.append(c.b.const(np.asarray(c.const(node.input[2]), np.float32).reshape(()), f"{node.name}/value"))
+    if node.op == "MirrorPad":
+        mode = c.attr(node, "mode", "REFLECT")
+        if mode != "REFLECT":
+            raise UnsupportedLayer("TensorFlow", node.name, f"MirrorPad mode {mode}")
+        attrs["mode"] = "reflect"
+    c.put(node, c.b.node("Pad", inputs, node.name, **attrs), x.layout, x.rank)
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if known:
+        raw = c.const(node.input[1]).astype(np.int64)
+        c.shapes[f"{node.name}:0"] = [d + int(raw[i, 0] + raw[i, 1]) for i, d in enumerate(known)]
+
+
+def _resize(mode):
+    def handler(c: _Converter, node):
+        x = c.value(node.input[0], "nchw")
+        size = [int(v) for v in c.const(node.input[1])]
+        n, _, _, ch = c.shapes[_tensor_name(node.input[0])]
+        align, half = c.attr(node, "align_corners", False), c.attr(node, "half_pixel_centers", False)
+        ctm = "align_corners" if align else (("half_pixel" if mode == "linear" else "tf_half_pixel_for_nn") if half
+                                             else "asymmetric")
+        attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+        if mode == "nearest":
+            attrs["nearest_mode"] = "round_prefer_ceil" if align else "floor"
+        y = c.b.node("Resize", [x.name, "", "", c.b.const(np.array([n, ch] + size, np.int64), f"{node.name}/sizes")],
+                     node.name, **attrs)
+        c.put(node, y, "nchw", 4)
+        c.shapes[f"{node.name}:0"] = [n] + size + [ch]
+    return handler
+
+
+def _identity(c: _Converter, node):
+    x = c.value(node.input[0])
+    c.v.set(f"{node.name}:0", x.name, x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _transpose(c: _Converter, node):
+    x = c.value(node.input[0], "nhwc")
+    perm = [int(p) for p in c.const(node.input[1])]
+    c.put(node, c.b.node("Transpose", [x.name], node.name, perm=perm), "nhwc" if len(perm) == 4 else "plain",
+          len(perm))
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if known:
+        c.shapes[f"{node.name}:0"] = [known[p] for p in perm]
+
+
+def _leaky(c: _Converter, node):
+    _unary("LeakyRelu", alpha=float(c.attr(node, "alpha", 0.2)))(c, node)
+
+
+def _rsqrt(c: _Converter, node):
+    x = c.value(node.input[0])
+    y = c.b.node("Reciprocal", [c.b.node("Sqrt", [x.name], f"{node.name}/sqrt")], node.name)
+    c.put(node, y, x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _square(c: _Converter, node):
+    x = c.value(node.input[0])
+    c.put(node, c.b.node("Mul", [x.name, x.name], node.name), x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+_OPS = {
+    "Conv2D": _conv, "DepthwiseConv2dNative": lambda c, n: _conv(c, n, depthwise=True), "BiasAdd": _bias_add,
+    "FusedBatchNorm": _batch_norm, "FusedBatchNormV2": _batch_norm, "FusedBatchNormV3": _batch_norm,
+    "Relu": _unary("Relu"), "Relu6": _clip(0, 6), "Elu": _unary("Elu"), "Sigmoid": _unary("Sigmoid"),
+    "Tanh": _unary("Tanh"), "LeakyRelu": _leaky, "Softplus": _unary("Softplus"), "Exp": _unary("Exp"),
+    "Log": _unary("Log"), "Sqrt": _unary("Sqrt"), "Rsqrt": _rsqrt, "Square": _square, "Abs": _unary("Abs"),
+    "Neg": _unary("Neg"),
+    "Add": _binary("Add"), "AddV2": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"),
+    "RealDiv": _binary("Div"), "Maximum": _binary("Max"), "Minimum": _binary("Min"),
+    "MaxPool": _pool("MaxPool"), "AvgPool": _pool("AveragePool"), "MatMul": _matmul, "Reshape": _reshape,
+    "Squeeze": _squeeze, "ConcatV2": _concat, "Concat": _concat, "Mean": _mean("ReduceMean"),
+    "Max": _mean("ReduceMax"), "Softmax": _softmax, "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad,
+    "ResizeBilinear": _resize("linear"), "ResizeNearestNeighbor": _resize("nearest"), "Transpose": _transpose,
+    **{k: _identity for k in _IDENTITY},
+}
+
+
+def _read_graph(path: Path):
+    from google.protobuf.message import DecodeError
+
+    from .tf_schema import GraphDef
+
+    data = path.read_bytes()
+    g = GraphDef()
+    try:
+        g.ParseFromString(data)
+    except DecodeError as e:
+        raise ModelLoadError(f"'{path}' is not a TensorFlow frozen GraphDef ({e}); give the frozen .pb (a "
+                             "SavedModel folder must be frozen first)") from None
+    if not g.node:
+        raise ModelLoadError(f"'{path}' holds no graph nodes; give a frozen GraphDef .pb")
+    if any(n.op in ("VarHandleOp", "VariableV2", "ReadVariableOp") for n in g.node):
+        raise ModelLoadError(f"'{path}' still has variables; freeze the graph (variables to constants) first")
+    return g
+
+
+def load_tensorflow(tf_pb: str | Path, inputs: Sequence[str], input_size_list, outputs: Sequence[str],
+                    input_is_nchw: bool = False) -> LoadedModel:
+    path = Path(tf_pb)
+    if not path.is_file():
+        raise ModelLoadError(f"TensorFlow .pb not found: '{path}'. Check the path (relative paths are resolved "
+                             f"against the current folder, {Path.cwd()}).")
+    if not inputs or not outputs:
+        raise ModelLoadError("load_tensorflow needs inputs=[...] and outputs=[...] (tensor or node names, e.g. "
+                             "inputs=['input'], outputs=['MobilenetV1/Predictions/Reshape_1'])")
+    inputs, outputs = list(inputs), list(outputs)
+    graph = _read_graph(path)
+    nodes = {n.name: n for n in graph.node}
+    ranks = []
+    for ref in inputs:
+        node = nodes.get(_tensor_name(ref).rsplit(":", 1)[0])
+        shape = list(c for c in (_Converter(graph, "probe").attr(node, "shape") or [])) if node is not None else []
+        ranks.append(len(shape) or 4)
+    if input_size_list is None:
+        raise ModelLoadError("load_tensorflow needs input_size_list, one shape per input, e.g. [[1, 224, 224, 3]]")
+    shapes = normalize_size_list(input_size_list, len(inputs), ranks=ranks)
+    conv = _Converter(graph, path.stem)
+    onnx_model = conv.convert(inputs, shapes, outputs, bool(input_is_nchw))
+    notes = [f"TensorFlow graph converted to ONNX: {len(graph.node)} nodes -> {len(onnx_model.graph.node)} ONNX nodes "
+             f"(inputs {inputs}, outputs {outputs})"]
+    log.info("loaded TensorFlow %s: %s", path, notes[0])
+    return LoadedModel(onnx_model, "tensorflow", str(path), file_sha256(path), notes)
+
+
+def save_graph(nodes: List, path: str | Path) -> None:
+    """Write NodeDefs as a frozen GraphDef (tests and benchmark models built without TensorFlow)."""
+    from ..atomic import write_bytes_atomic
+    from .tf_schema import GraphDef
+
+    g = GraphDef()
+    g.node.extend(nodes)
+    g.versions.producer = 1087
+    write_bytes_atomic(path, g.SerializeToString(deterministic=True))  # attr maps in key order: same bytes
+
+
+def graph_io(tf_pb: str | Path):
+    """(placeholders, final nodes): the defaults when load_model is not told a frozen graph's inputs and outputs."""
+    graph = _read_graph(Path(tf_pb))
+    read = {_tensor_name(i).rsplit(":", 1)[0] for n in graph.node for i in n.input}
+    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
+    outputs = [n.name for n in graph.node if n.name not in read and n.op not in ("Const", "NoOp", "Placeholder",
+                                                                                 "Assert", "SaveV2", "RestoreV2")]
+    if not inputs or not outputs:
+        raise ModelLoadError(f"'{tf_pb}': could not tell the graph's inputs and outputs (placeholders {inputs}, final "
+                             f"nodes {outputs[:5]}); give inputs=[...] and outputs=[...]")
+    return inputs, outputs
+
+
+def placeholder_shapes(tf_pb: str | Path, inputs: Sequence[str]) -> List[List[int]]:
+    """The placeholders' own shapes (batch -1 taken as 1); an error naming the input when another dim is unknown."""
+    graph = _read_graph(Path(tf_pb))
+    conv = _Converter(graph, "probe")
+    shapes = []
+    for ref in inputs:
+        node = conv.nodes.get(_tensor_name(ref).rsplit(":", 1)[0])
+        shape = list(conv.attr(node, "shape") or []) if node is not None else []
+        shape = [1 if (i == 0 and d < 1) else d for i, d in enumerate(shape)]
+        if not shape or any(d < 1 for d in shape):
+            raise ModelLoadError(f"input '{ref}' has shape {shape or 'unknown'} in the graph; give input_size_list, "
+                                 "e.g. [[1, 224, 224, 3]]")
+        shapes.append(shape)
+    return shapes

@@ -1,0 +1,611 @@
+"""TFLite flatbuffers -> one ONNX graph (read with the `tflite` schema package; no TensorFlow needed).
+
+The graph comes in as the user knows it: 4-D inputs and outputs stay NHWC, while every convolution, pool and resize is
+emitted NCHW-native (builder.ChannelLast inserts a Transpose only where a layout-sensitive op or a 4-D graph
+input/output needs one), so the channel-last input machinery (graph/layout.py) sees a model whose first step is
+Transpose(0,3,1,2) and folds it into the pre-processing.
+
+Quantized models (int8 / uint8 tensors with scales) come in as QDQ ONNX: each quantized activation is followed by
+QuantizeLinear -> DequantizeLinear with the file's scale and zero point, each quantized weight is its integers ->
+DequantizeLinear (per channel where the file is), so build() can keep those parameters (convert/qdq_import.py).
+Float16 weights behind DEQUANTIZE ops (MediaPipe models) become float32 constants.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from onnx import TensorProto
+
+from ..errors import ModelLoadError
+from . import LoadedModel, file_sha256
+from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, activation, const_for_layout,
+                      same_pads)
+
+log = logging.getLogger("openrknn.frontends.tflite")
+
+_NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16, 9: np.int8,
+       10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+_ONNX_INT = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8}
+_ACT = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
+
+
+def _schema():
+    try:
+        import tflite
+        from tflite.utils import opcode2name
+    except ImportError:
+        raise ModelLoadError("load_tflite needs the 'tflite' schema package: pip install 'openrknn[tflite]' (or "
+                             "pip install tflite flatbuffers)") from None
+    return tflite, opcode2name
+
+
+class _Reader:
+    """One subgraph of a .tflite file, converted op by op."""
+
+    def __init__(self, path: Path, buf: bytes, input_is_nchw: bool):
+        tflite, opcode2name = _schema()
+        self.tfl = tflite
+        self.path = path
+        self.model = tflite.Model.GetRootAsModel(buf, 0)
+        if self.model.SubgraphsLength() < 1:
+            raise ModelLoadError(f"'{path}' holds no subgraph; it is not a usable TFLite model")
+        self.g = self.model.Subgraphs(0)
+        self.opcode2name = opcode2name
+        self.b = GraphBuilder(path.stem)
+        self.v = ChannelLast(self.b, lambda i: self.shape(i) or None)
+        self.consts: Dict[int, np.ndarray] = {}
+        self.input_is_nchw = input_is_nchw
+        self.quantized = 0
+        self.notes: List[str] = []
+
+    # ---- tensors ----------------------------------------------------------------------------------------------
+    def tensor(self, i: int):
+        return self.g.Tensors(i)
+
+    def tname(self, i: int) -> str:
+        return self.tensor(i).Name().decode("utf-8", "replace") or f"tensor_{i}"
+
+    def shape(self, i: int) -> List[int]:
+        t = self.tensor(i)
+        return [int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else []
+
+    def qparams(self, i: int):
+        """(scale array, zero point array, axis) of a quantized tensor, None for a float one."""
+        q = self.tensor(i).Quantization()
+        if q is None or q.ScaleLength() == 0:
+            return None
+        scale = q.ScaleAsNumpy().astype(np.float32)
+        zp = q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros_like(scale, np.int64)
+        return scale, zp, int(q.QuantizedDimension())
+
+    def raw(self, i: int) -> Optional[np.ndarray]:
+        """The stored data of a constant tensor (integers as stored), None for an activation."""
+        if i in self.consts:
+            return self.consts[i]
+        t = self.tensor(i)
+        buf = self.model.Buffers(t.Buffer())
+        if buf is None or buf.DataLength() == 0:
+            if buf is not None and buf.Offset() > 1:
+                raise ModelLoadError(f"'{self.path}' keeps tensor '{self.tname(i)}' outside the flatbuffer (a model "
+                                     "over 2 GB); openrknn reads weights stored inside the file only")
+            return None
+        if t.Sparsity() is not None:
+            raise ModelLoadError(f"tensor '{self.tname(i)}' of '{self.path}' is stored sparse; densify the model "
+                                 "before loading (openrknn reads dense weights)")
+        dtype = _NP.get(t.Type())
+        if dtype is None:
+            raise ModelLoadError(f"tensor '{self.tname(i)}' has TFLite type {t.Type()}, which openrknn cannot read")
+        return buf.DataAsNumpy().view(dtype).reshape(self.shape(i))
+
+    def array(self, i: int) -> Optional[np.ndarray]:
+        """A constant's real value (dequantized, float16 widened), None for an activation."""
+        a = self.raw(i)
+        if a is None:
+            return None
+        q = self.qparams(i)
+        if q is not None and a.dtype in (np.int8, np.uint8, np.int16, np.int32):
+            scale, zp, axis = q
+            shape = [1] * a.ndim
+            if scale.size > 1:
+                shape[axis] = scale.size
+            return ((a.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        return a.astype(np.float32) if a.dtype in (np.float16, np.float64) else a
+
+    def weight(self, i: int, transform: Callable[[np.ndarray], np.ndarray], axis_map: Dict[int, int],
+               base: str) -> str:
+        """A constant weight rearranged by ``transform``; quantized weights stay integers behind a
+        DequantizeLinear (their channel axis moved by ``axis_map``) so their scales are kept."""
+        a = self.raw(i)
+        q = self.qparams(i)
+        if a is not None and q is not None and a.dtype in (np.int8, np.uint8, np.int32):
+            scale, zp, axis = q
+            ints = np.ascontiguousarray(transform(a))
+            inputs = [self.b.const(ints, base), self.b.const(scale if scale.size > 1 else scale[0], f"{base}/scale"),
+                      self.b.const((zp if zp.size > 1 else zp[0]).astype(ints.dtype), f"{base}/zero_point")]
+            attrs = {"axis": axis_map.get(axis, axis)} if scale.size > 1 else {}
+            self.quantized += 1
+            return self.b.node("DequantizeLinear", inputs, base, **attrs)
+        arr = self.array(i)
+        if arr is None:
+            raise ModelLoadError(f"'{base}' needs constant weights but '{self.tname(i)}' is computed at run time; "
+                                 "openrknn reads TFLite models whose weights are constants")
+        return self.b.const(np.ascontiguousarray(transform(arr)).astype(np.float32), base)
+
+    def value(self, i: int, want: str = "any"):
+        """The ONNX value of tensor i (a constant becomes an initializer, laid out as ``want`` asks)."""
+        if not self.v.has(i):
+            arr = self.array(i)
+            if arr is None:
+                raise ModelLoadError(f"tensor '{self.tname(i)}' is read before it is written; the model is not in "
+                                     "execution order")
+            if arr.ndim == 4 and want == "nchw":
+                return self._const_value(arr.transpose(0, 3, 1, 2), self.tname(i), "nchw")
+            return self._const_value(arr, self.tname(i), "nhwc" if arr.ndim == 4 else "plain")
+        return self.v.get(i, want)
+
+    def _const_value(self, arr, base, layout):
+        from .builder import Value
+
+        return Value(self.b.const(np.ascontiguousarray(arr), base), layout, arr.ndim)
+
+    def put(self, i: int, name: str, layout: str) -> None:
+        """Record op output tensor i; a quantized activation gets its QuantizeLinear -> DequantizeLinear."""
+        q = self.qparams(i)
+        dtype = _NP.get(self.tensor(i).Type())
+        if q is not None and dtype in (np.int8, np.uint8) and q[0].size == 1:
+            scale, zp, _ = q
+            base = self.tname(i)
+            s = self.b.const(np.float32(scale[0]), f"{base}/scale")
+            z = self.b.const(np.array(zp[0], dtype), f"{base}/zero_point")
+            qn = self.b.node("QuantizeLinear", [name, s, z], f"{base}/q")
+            name = self.b.node("DequantizeLinear", [qn, s, z], f"{base}/dq")
+            self.quantized += 1
+        self.v.set(i, name, layout, len(self.shape(i)))
+
+    # ---- conversion -------------------------------------------------------------------------------------------
+    def convert(self) -> "onnx.ModelProto":  # noqa: F821
+        g = self.g
+        for k in range(g.InputsLength()):
+            i = g.Inputs(k)
+            shape = self.shape(i)
+            if not shape or any(d < 1 for d in shape):
+                raise ModelLoadError(f"input '{self.tname(i)}' has shape {shape}; openrknn needs static input "
+                                     "shapes")
+            dtype = _NP.get(self.tensor(i).Type())
+            if len(shape) == 4 and self.input_is_nchw:
+                n, h, w, c = shape
+                name = self.b.add_input(self.tname(i), [n, c, h, w])
+                layout = "nchw"
+            else:
+                name = self.b.add_input(self.tname(i), shape)
+                layout = "nhwc"
+            if dtype not in (np.float32, np.int8, np.uint8, np.int16):
+                raise ModelLoadError(f"input '{self.tname(i)}' has type {dtype}; openrknn loads float and "
+                                     "quantized-integer TFLite inputs")
+            q = self.qparams(i)
+            if q is not None and dtype in (np.int8, np.uint8):
+                scale, zp = float(q[0][0]), int(q[1][0])
+                self.notes.append(f"input '{self.tname(i)}' is {np.dtype(dtype).name} in the file: the loaded model "
+                                  f"takes its real value (q - {zp}) * {scale:.6g}; config(mean_values=[{zp}], "
+                                  f"std_values=[{1 / scale:.6g}]) feeds it the same integers")
+            self.put(i, name, layout)
+        displays = [self.b.unique(self.tname(g.Outputs(k))) for k in range(g.OutputsLength())]  # kept for them
+        for k in range(g.OperatorsLength()):
+            self.op(g.Operators(k))
+        for k, display in enumerate(displays):
+            val = self.v.get(g.Outputs(k), "nhwc")  # the file's own layout for 4-D outputs
+            self.b.outputs.append(self.b.node("Identity", [val.name], f"{display}/output", outputs=[display]))
+        return self.b.model("openrknn-tflite")
+
+    def op(self, op) -> None:
+        oc = self.model.OperatorCodes(op.OpcodeIndex())
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        try:
+            kind = self.opcode2name(code)
+        except ValueError:
+            kind = f"builtin {code}"
+        ins = [int(x) for x in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(x) for x in op.OutputsAsNumpy()]
+        layer = self.tname(outs[0]) if outs else kind
+        if kind == "CUSTOM":
+            raise UnsupportedLayer("TFLite", layer, f"CUSTOM:{oc.CustomCode().decode('utf-8', 'replace')}")
+        handler = _OPS.get(kind)
+        if handler is None:
+            raise UnsupportedLayer("TFLite", layer, kind)
+        handler(self, op, ins, outs, layer)
+
+    def options(self, op, cls_name: str):
+        table = op.BuiltinOptions()
+        opt = getattr(self.tfl, cls_name)()
+        if table is not None:
+            opt.Init(table.Bytes, table.Pos)
+        return opt
+
+
+# ---------------------------------------------------------------- op handlers
+
+
+def _fused(r: _Reader, name: str, opt, layer: str) -> str:
+    kind = _ACT.get(opt.FusedActivationFunction(), "?")
+    return activation(r.b, name, kind, f"{layer}/act")
+
+
+def _conv(r: _Reader, op, ins, outs, layer):
+    opt = r.options(op, "Conv2DOptions")
+    x = r.value(ins[0], "nchw")
+    kshape = r.shape(ins[1])  # [O, H, W, I]
+    w = r.weight(ins[1], lambda a: a.transpose(0, 3, 1, 2), {0: 0}, f"{layer}/weight")
+    in_c = r.shape(ins[0])[3]
+    group = max(1, in_c // kshape[3]) if kshape[3] else 1
+    strides, dil = [opt.StrideH(), opt.StrideW()], [opt.DilationHFactor(), opt.DilationWFactor()]
+    pads = (same_pads(r.shape(ins[0])[1:3], kshape[1:3], strides, dil) if opt.Padding() == 0 else [0, 0, 0, 0])
+    inputs = [x.name, w] + ([r.weight(ins[2], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 2 and ins[2] >= 0
+                            else [])
+    y = r.b.node("Conv", inputs, layer, kernel_shape=kshape[1:3], strides=strides, dilations=dil, pads=pads,
+                 group=group)
+    r.put(outs[0], _fused(r, y, opt, layer), "nchw")
+
+
+def _depthwise(r: _Reader, op, ins, outs, layer):
+    opt = r.options(op, "DepthwiseConv2DOptions")
+    x = r.value(ins[0], "nchw")
+    kshape = r.shape(ins[1])  # [1, H, W, O]
+    w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {3: 0}, f"{layer}/weight")
+    in_c = r.shape(ins[0])[3]
+    strides, dil = [opt.StrideH(), opt.StrideW()], [opt.DilationHFactor(), opt.DilationWFactor()]
+    pads = (same_pads(r.shape(ins[0])[1:3], kshape[1:3], strides, dil) if opt.Padding() == 0 else [0, 0, 0, 0])
+    inputs = [x.name, w] + ([r.weight(ins[2], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 2 and ins[2] >= 0
+                            else [])
+    y = r.b.node("Conv", inputs, layer, kernel_shape=kshape[1:3], strides=strides, dilations=dil, pads=pads,
+                 group=in_c)
+    r.put(outs[0], _fused(r, y, opt, layer), "nchw")
+
+
+def _transpose_conv(r: _Reader, op, ins, outs, layer):
+    opt = r.options(op, "TransposeConvOptions")
+    out_shape = [int(v) for v in r.array(ins[0])]  # NHWC
+    kshape = r.shape(ins[1])  # [O, H, W, I]
+    x = r.value(ins[2], "nchw")
+    w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {0: 1}, f"{layer}/weight")  # -> [I, O, H, W]
+    strides = [opt.StrideH(), opt.StrideW()]
+    in_hw = r.shape(ins[2])[1:3]
+    pads = []
+    total = [max((i - 1) * s + k - o, 0) for i, s, k, o in zip(in_hw, strides, kshape[1:3], out_shape[1:3])]
+    pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    inputs = [x.name, w] + ([r.weight(ins[3], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 3 and ins[3] >= 0
+                            else [])
+    y = r.b.node("ConvTranspose", inputs, layer, kernel_shape=kshape[1:3], strides=strides, pads=pads,
+                 output_shape=out_shape[1:3])
+    kind = _ACT.get(opt.FusedActivationFunction(), "NONE") if hasattr(opt, "FusedActivationFunction") else "NONE"
+    r.put(outs[0], activation(r.b, y, kind, f"{layer}/act"), "nchw")
+
+
+def _fully_connected(r: _Reader, op, ins, outs, layer):
+    opt = r.options(op, "FullyConnectedOptions")
+    x = r.value(ins[0], "nhwc")  # the flattening order is the file's (NHWC)
+    wshape = r.shape(ins[1])  # [O, I]
+    flat = r.b.node("Reshape", [x.name, r.b.const(np.array([-1, wshape[1]], np.int64), f"{layer}/shape")],
+                    f"{layer}/flatten")
+    w = r.weight(ins[1], lambda a: a, {0: 0}, f"{layer}/weight")
+    inputs = [flat, w] + ([r.weight(ins[2], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 2 and ins[2] >= 0
+                          else [])
+    y = r.b.node("Gemm", inputs, layer, transB=1)
+    y = _fused(r, y, opt, layer)
+    out_shape = r.shape(outs[0])
+    if len(out_shape) != 2:
+        y = r.b.node("Reshape", [y, r.b.const(np.array(out_shape, np.int64), f"{layer}/out_shape")],
+                     f"{layer}/reshape")
+    r.put(outs[0], y, "nhwc" if len(out_shape) == 4 else "plain")
+
+
+def _pool(onnx_op):
+    def handler(r: _Reader, op, ins, outs, layer):
+        opt = r.options(op, "Pool2DOptions")
+        x = r.value(ins[0], "nchw")
+        k, s = [opt.FilterHeight(), opt.FilterWidth()], [opt.StrideH(), opt.StrideW()]
+        pads = same_pads(r.shape(ins[0])[1:3], k, s) if opt.Padding() == 0 else [0, 0, 0, 0]
+        y = r.b.node(onnx_op, [x.name], layer, kernel_shape=k, strides=s, pads=pads)
+        r.put(outs[0], _fused(r, y, opt, layer), "nchw")
+    return handler
+
+
+def _binary(onnx_op, options: Optional[str]):
+    def handler(r: _Reader, op, ins, outs, layer):
+        a_const, b_const = r.array(ins[0]) is not None and not r.v.has(ins[0]), \
+            r.array(ins[1]) is not None and not r.v.has(ins[1])
+        vals = [None, None]
+        act = [r.v.get(i) for i, c in zip(ins, (a_const, b_const)) if not c]
+        layout = "nchw" if any(v.layout == "nchw" for v in act) else ("nhwc" if any(v.layout == "nhwc" for v in act)
+                                                                       else "plain")
+        for k, (i, is_const) in enumerate(zip(ins, (a_const, b_const))):
+            if is_const:
+                arr = r.array(i)
+                if layout == "nchw":
+                    arr = const_for_layout(arr, "nchw")
+                vals[k] = r.b.const(arr.astype(np.float32) if arr.dtype.kind == "f" else arr, f"{layer}/const{k}")
+            else:
+                vals[k] = r.v.get(i, layout if layout != "plain" else "any").name
+        y = r.b.node(onnx_op, vals, layer)
+        if options:
+            y = _fused(r, y, r.options(op, options), layer)
+        r.put(outs[0], y, layout)
+    return handler
+
+
+def _unary(onnx_op, **attrs):
+    def handler(r: _Reader, op, ins, outs, layer):
+        x = r.value(ins[0])
+        r.put(outs[0], r.b.node(onnx_op, [x.name], layer, **attrs), x.layout)
+    return handler
+
+
+def _relu6(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], activation(r.b, x.name, "RELU6", layer), x.layout)
+
+
+def _relu_n1(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], activation(r.b, x.name, "RELU_N1_TO_1", layer), x.layout)
+
+
+def _leaky(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    alpha = r.options(op, "LeakyReluOptions").Alpha()
+    r.put(outs[0], r.b.node("LeakyRelu", [x.name], layer, alpha=float(alpha)), x.layout)
+
+
+def _prelu(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    alpha = r.array(ins[1])
+    alpha = const_for_layout(alpha, x.layout) if x.layout == "nchw" else alpha
+    if alpha.ndim == 4 and alpha.shape[0] == 1:
+        alpha = alpha[0]  # [C, 1, 1]: the slope shape exporters write (the quantizer's channel rewrites expect it)
+    r.put(outs[0], r.b.node("PRelu", [x.name, r.b.const(alpha.astype(np.float32), f"{layer}/slope")], layer),
+          x.layout)
+
+
+def _rsqrt(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], r.b.node("Reciprocal", [r.b.node("Sqrt", [x.name], f"{layer}/sqrt")], layer), x.layout)
+
+
+def _square(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], r.b.node("Mul", [x.name, x.name], layer), x.layout)
+
+
+def _concat(r, op, ins, outs, layer):
+    opt = r.options(op, "ConcatenationOptions")
+    rank = len(r.shape(outs[0]))
+    axis = opt.Axis() % rank
+    vals = [r.value(i) for i in ins]
+    layout = "nchw" if rank == 4 and any(v.layout == "nchw" for v in vals) else ("nhwc" if rank == 4 else "plain")
+    names = [r.value(i, layout if layout != "plain" else "any").name for i in ins]
+    y = r.b.node("Concat", names, layer, axis=NHWC_AXIS_IN_NCHW[axis] if layout == "nchw" else axis)
+    r.put(outs[0], _fused(r, y, opt, layer), layout)
+
+
+def _reshape(r, op, ins, outs, layer):
+    x = r.value(ins[0], "nhwc")
+    shape = r.shape(outs[0])
+    y = r.b.node("Reshape", [x.name, r.b.const(np.array(shape, np.int64), f"{layer}/shape")], layer)
+    r.put(outs[0], y, "nhwc" if len(shape) == 4 else "plain")
+
+
+def _pad(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    p = r.array(ins[1]).astype(np.int64)  # [[before, after] per dim], NHWC
+    if x.layout == "nchw":
+        p = p[[0, 3, 1, 2]]
+    inputs = [x.name, r.b.const(np.concatenate([p[:, 0], p[:, 1]]).astype(np.int64), f"{layer}/pads")]
+    if len(ins) > 2 and ins[2] >= 0:
+        inputs.append(r.b.const(np.asarray(r.array(ins[2]), np.float32).reshape(()), f"{layer}/value"))
+    r.put(outs[0], r.b.node("Pad", inputs, layer), x.layout)
+
+
+def _mirror_pad(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    p = r.array(ins[1]).astype(np.int64)
+    if x.layout == "nchw":
+        p = p[[0, 3, 1, 2]]
+    mode = "reflect" if r.options(op, "MirrorPadOptions").Mode() == 0 else "edge"
+    if mode == "edge":
+        raise UnsupportedLayer("TFLite", layer, "MIRROR_PAD", "SYMMETRIC mode")
+    pads = r.b.const(np.concatenate([p[:, 0], p[:, 1]]).astype(np.int64), f"{layer}/pads")
+    r.put(outs[0], r.b.node("Pad", [x.name, pads], layer, mode=mode), x.layout)
+
+
+def _reduce(onnx_op):
+    def handler(r: _Reader, op, ins, outs, layer):
+        keep = bool(r.options(op, "ReducerOptions").KeepDims())
+        axes = sorted(int(a) % len(r.shape(ins[0])) for a in np.atleast_1d(r.array(ins[1])))
+        x = r.value(ins[0])
+        layout = x.layout
+        if layout == "nchw":
+            mapped = [NHWC_AXIS_IN_NCHW[a] for a in axes]
+            rest_nchw = [d for d in (0, 1, 2, 3) if d not in mapped]
+            rest_nhwc = [NHWC_AXIS_IN_NCHW[d] for d in (0, 1, 2, 3) if d not in axes]
+            if keep or rest_nchw == rest_nhwc:
+                axes = sorted(mapped)
+            else:
+                x, layout = r.v.get(ins[0], "nhwc"), "nhwc"
+        y = r.b.node(onnx_op, [x.name], layer, axes=axes, keepdims=int(keep))
+        r.put(outs[0], y, layout if keep else "plain")
+    return handler
+
+
+def _softmax(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    beta = r.options(op, "SoftmaxOptions").Beta()
+    name = x.name
+    if beta != 1.0:
+        name = r.b.node("Mul", [name, r.b.const(np.float32(beta), f"{layer}/beta")], f"{layer}/beta")
+    axis = 1 if x.layout == "nchw" else -1
+    r.put(outs[0], r.b.node("Softmax", [name], layer, axis=axis), x.layout)
+
+
+def _resize(mode):
+    def handler(r: _Reader, op, ins, outs, layer):
+        x = r.value(ins[0], "nchw")
+        opt = r.options(op, "ResizeBilinearOptions" if mode == "linear" else "ResizeNearestNeighborOptions")
+        size = [int(v) for v in r.array(ins[1])]
+        n, _, _, c = r.shape(ins[0])
+        if opt.AlignCorners():
+            ctm = "align_corners"
+        elif opt.HalfPixelCenters():
+            ctm = "half_pixel" if mode == "linear" else "tf_half_pixel_for_nn"
+        else:
+            ctm = "asymmetric"
+        attrs = {"mode": mode, "coordinate_transformation_mode": ctm}
+        if mode == "nearest":
+            attrs["nearest_mode"] = "round_prefer_ceil" if opt.AlignCorners() else "floor"
+        sizes = r.b.const(np.array([n, c] + size, np.int64), f"{layer}/sizes")
+        y = r.b.node("Resize", [x.name, "", "", sizes], layer, **attrs)
+        r.put(outs[0], y, "nchw")
+    return handler
+
+
+def _depth_space(onnx_op, options):
+    def handler(r: _Reader, op, ins, outs, layer):
+        x = r.value(ins[0], "nchw")
+        bs = r.options(op, options).BlockSize()
+        attrs = {"blocksize": bs}
+        if onnx_op == "DepthToSpace":
+            attrs["mode"] = "DCR"  # TensorFlow's channel order
+        r.put(outs[0], r.b.node(onnx_op, [x.name], layer, **attrs), "nchw")
+    return handler
+
+
+def _dequantize(r, op, ins, outs, layer):
+    arr = r.array(ins[0])
+    if arr is not None and not r.v.has(ins[0]):
+        r.consts[outs[0]] = arr.astype(np.float32)  # float16 / int8 weights: a float constant
+        return
+    x = r.value(ins[0])  # an activation: its value is already real (QDQ)
+    r.v.set(outs[0], x.name, x.layout, x.rank)
+
+
+def _quantize(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], r.b.node("Identity", [x.name], layer), x.layout)
+
+
+def _transpose(r, op, ins, outs, layer):
+    x = r.value(ins[0], "nhwc")
+    perm = [int(p) for p in r.array(ins[1])]
+    r.put(outs[0], r.b.node("Transpose", [x.name], layer, perm=perm), "nhwc" if len(perm) == 4 else "plain")
+
+
+def _squeeze(r, op, ins, outs, layer):
+    x = r.value(ins[0], "nhwc")
+    y = r.b.node("Reshape", [x.name, r.b.const(np.array(r.shape(outs[0]), np.int64), f"{layer}/shape")], layer)
+    r.put(outs[0], y, "nhwc" if len(r.shape(outs[0])) == 4 else "plain")
+
+
+def _slice_like(r, op, ins, outs, layer, begin, size):
+    x = r.value(ins[0], "nhwc")
+    rank = len(begin)
+    ends = [b + s if s >= 0 else np.iinfo(np.int64).max for b, s in zip(begin, size)]
+    y = r.b.node("Slice", [x.name, r.b.const(np.array(begin, np.int64), f"{layer}/starts"),
+                           r.b.const(np.array(ends, np.int64), f"{layer}/ends"),
+                           r.b.const(np.arange(rank, dtype=np.int64), f"{layer}/axes")], layer)
+    r.put(outs[0], y, "nhwc" if rank == 4 else "plain")
+
+
+def _slice(r, op, ins, outs, layer):
+    _slice_like(r, op, ins, outs, layer, [int(v) for v in r.array(ins[1])], [int(v) for v in r.array(ins[2])])
+
+
+def _strided_slice(r, op, ins, outs, layer):
+    opt = r.options(op, "StridedSliceOptions")
+    if opt.EllipsisMask() or opt.NewAxisMask() or opt.ShrinkAxisMask():
+        raise UnsupportedLayer("TFLite", layer, "STRIDED_SLICE", "ellipsis / new-axis / shrink masks")
+    begin, end, strides = (list(map(int, r.array(i))) for i in ins[1:4])
+    big = np.iinfo(np.int64).max
+    for k in range(len(begin)):
+        if opt.BeginMask() >> k & 1:
+            begin[k] = 0 if strides[k] > 0 else big
+        if opt.EndMask() >> k & 1:
+            end[k] = big if strides[k] > 0 else -big
+    x = r.value(ins[0], "nhwc")
+    rank = len(begin)
+    y = r.b.node("Slice", [x.name, r.b.const(np.array(begin, np.int64), f"{layer}/starts"),
+                           r.b.const(np.array(end, np.int64), f"{layer}/ends"),
+                           r.b.const(np.arange(rank, dtype=np.int64), f"{layer}/axes"),
+                           r.b.const(np.array(strides, np.int64), f"{layer}/steps")], layer)
+    r.put(outs[0], y, "nhwc" if rank == 4 else "plain")
+
+
+def _split(r, op, ins, outs, layer):
+    axis = int(np.asarray(r.array(ins[0])).reshape(()))
+    x = r.value(ins[1])
+    rank = len(r.shape(ins[1]))
+    axis %= rank
+    if x.layout == "nchw":
+        axis = NHWC_AXIS_IN_NCHW[axis]
+    sizes = [r.shape(o)[axis if x.layout != "nchw" else [0, 3, 1, 2][axis]] for o in outs]
+    ys = r.b.node("Split", [x.name, r.b.const(np.array(sizes, np.int64), f"{layer}/split")], layer,
+                  n_out=len(outs), axis=axis)
+    for o, y in zip(outs, ys if isinstance(ys, list) else [ys]):
+        r.put(o, y, x.layout)
+
+
+def _hard_swish(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    r.put(outs[0], r.b.node("HardSwish", [x.name], layer), x.layout)
+
+
+def _cast(r, op, ins, outs, layer):
+    x = r.value(ins[0])
+    to = {np.float32: TensorProto.FLOAT, np.int32: TensorProto.INT32, np.int64: TensorProto.INT64}.get(
+        _NP.get(r.tensor(outs[0]).Type()), TensorProto.FLOAT)
+    r.put(outs[0], r.b.node("Cast", [x.name], layer, to=to), x.layout)
+
+
+_OPS = {
+    "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "TRANSPOSE_CONV": _transpose_conv,
+    "FULLY_CONNECTED": _fully_connected, "AVERAGE_POOL_2D": _pool("AveragePool"), "MAX_POOL_2D": _pool("MaxPool"),
+    "ADD": _binary("Add", "AddOptions"), "SUB": _binary("Sub", "SubOptions"), "MUL": _binary("Mul", "MulOptions"),
+    "DIV": _binary("Div", "DivOptions"), "MAXIMUM": _binary("Max", None), "MINIMUM": _binary("Min", None),
+    "POW": _binary("Pow", None),
+    "RELU": _unary("Relu"), "RELU6": _relu6, "RELU_N1_TO_1": _relu_n1, "LEAKY_RELU": _leaky, "PRELU": _prelu,
+    "LOGISTIC": _unary("Sigmoid"), "TANH": _unary("Tanh"), "HARD_SWISH": _hard_swish, "ELU": _unary("Elu"),
+    "EXP": _unary("Exp"), "LOG": _unary("Log"), "SQRT": _unary("Sqrt"), "RSQRT": _rsqrt, "ABS": _unary("Abs"),
+    "NEG": _unary("Neg"), "SQUARE": _square,
+    "CONCATENATION": _concat, "RESHAPE": _reshape, "SQUEEZE": _squeeze, "EXPAND_DIMS": _squeeze,
+    "PAD": _pad, "PADV2": _pad, "MIRROR_PAD": _mirror_pad,
+    "MEAN": _reduce("ReduceMean"), "REDUCE_MAX": _reduce("ReduceMax"), "REDUCE_MIN": _reduce("ReduceMin"),
+    "SOFTMAX": _softmax, "RESIZE_BILINEAR": _resize("linear"), "RESIZE_NEAREST_NEIGHBOR": _resize("nearest"),
+    "DEPTH_TO_SPACE": _depth_space("DepthToSpace", "DepthToSpaceOptions"),
+    "SPACE_TO_DEPTH": _depth_space("SpaceToDepth", "SpaceToDepthOptions"),
+    "DEQUANTIZE": _dequantize, "QUANTIZE": _quantize, "TRANSPOSE": _transpose, "SLICE": _slice,
+    "STRIDED_SLICE": _strided_slice, "SPLIT": _split, "CAST": _cast,
+}
+_OPS = {k: v for k, v in _OPS.items() if v is not None}
+
+
+def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"TFLite model file not found: '{path}'. Check the path (relative paths are resolved "
+                             f"against the current folder, {Path.cwd()}).")
+    buf = path.read_bytes()
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelLoadError(f"'{path}' is not a TFLite flatbuffer (no 'TFL3' identifier at byte 4); give a .tflite "
+                             "file")
+    reader = _Reader(path, buf, bool(input_is_nchw))
+    model = reader.convert()
+    notes = [f"TFLite converted to ONNX: {reader.g.OperatorsLength()} operators -> {len(model.graph.node)} nodes"]
+    if reader.quantized:
+        notes.append(f"quantized TFLite: {reader.quantized} scales / zero points kept as QuantizeLinear / "
+                     "DequantizeLinear")
+    notes += reader.notes
+    if reader.model.SubgraphsLength() > 1:
+        notes.append(f"only the main subgraph of {reader.model.SubgraphsLength()} was converted")
+    log.info("loaded TFLite %s: %s", path, notes[0])
+    return LoadedModel(model, "tflite", str(path), file_sha256(path), notes)
