@@ -19,7 +19,7 @@ evaluation:
   shard_size: 8           # images per evaluation work unit
   limit: null             # evaluate the first N images only
   confidence: 0.95        # confidence interval (bootstrap over images)
-  resamples: 200
+  resamples: 200         # 30 for map50 (each resample is one pycocotools evaluation)
   tolerance: null         # the recommendation: the fastest point of the Pareto front whose metric is within this
                           # of the best (default: 0.002 for cosine, 0.01 otherwise)
 ```
@@ -170,7 +170,8 @@ def parse_eval(data: Any, base: Path) -> EvalSpec:
                     shard_size=_count("shard_size", data.get("shard_size", 8)),
                     limit=_count("limit", data.get("limit"), allow_none=True),
                     confidence=_number("confidence", data.get("confidence", 0.95), 0.5, 0.999),
-                    resamples=int(_number("resamples", data.get("resamples", 200), 0, 100000)),
+                    resamples=int(_number("resamples", data.get("resamples", 30 if metric == "map50" else 200),
+                                          0, 100000)),
                     tolerance=None if data.get("tolerance") is None else _number("tolerance", data["tolerance"], 0,
                                                                                  1))
     read_items(spec.images)  # fail now on a missing or empty set, not in a worker

@@ -47,6 +47,8 @@ class SweepResult:
     skipped: List[str] = field(default_factory=list)
     executor: str = "local"
     paths: Dict[str, str] = field(default_factory=dict)
+    units_run: int = 0  # build and evaluation units run by this call (0: everything came from disk)
+    restarts: int = 0  # times the local pool was restarted after a worker died
 
     @property
     def front(self) -> List[dict]:
@@ -130,11 +132,12 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
                 parts[key][k] = p
     worker_stats: Dict[int, dict] = {}
     errors: Dict[str, str] = {}
-    executor_kind = "ray" if ray else "local"
+    executor_kind, units, restarts = ("ray" if ray else "local"), 0, 0
     total = len(todo_build) * (1 + len(shards)) + len(todo_eval)
     if total:
-        executor_kind = _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, rows, errors,
-                                   worker_stats, labels, workers, ray, max_attempts, total, progress, tqdm)
+        executor_kind, units, restarts = _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts,
+                                                    rows, errors, worker_stats, labels, workers, ray, max_attempts,
+                                                    total, progress, tqdm)
     for conf in spec.configurations:  # configurations whose shards all came from disk
         key = keys[conf]
         if key not in rows and key not in errors and key in builds and len(parts.get(key, {})) == len(shards):
@@ -156,7 +159,8 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
             table[i]["pareto"] = True
         table[t["recommended"]]["recommended"] = True
     result = SweepResult(table, fronts, out, time.perf_counter() - t_start,
-                         sorted(worker_stats.values(), key=lambda w: w["pid"]), spec.skipped, executor_kind)
+                         sorted(worker_stats.values(), key=lambda w: w["pid"]), spec.skipped, executor_kind,
+                         units_run=units, restarts=restarts)
     from .outputs import write_outputs
 
     write_outputs(spec, result, keys)
@@ -164,20 +168,23 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
 
 
 def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, rows, errors, worker_stats, labels,
-               workers, ray, max_attempts, total, progress, tqdm) -> str:
+               workers, ray, max_attempts, total, progress, tqdm) -> tuple:
     from .executors import make_executor
     from .files import Bundle
     from .tasks import WorkerContext
 
     c = spec.convert
     local_stats = str((out / "stats").resolve())
+    workers = workers or os.cpu_count() or 1
     ctx = WorkerContext(Bundle.from_paths(c.model, c.dataset), c.input_size_list, c.inputs, c.outputs,
                         c.rknn_batch_size, spec.evaluation,
-                        local_stats if not (isinstance(ray, str) and ray) else _node_stats_dir(spec))
-    executor = make_executor(workers or os.cpu_count() or 1, ctx, ray, max_attempts)
+                        local_stats if not (isinstance(ray, str) and ray) else _node_stats_dir(spec),
+                        _threads_per_worker(workers, ray))
+    executor = make_executor(workers, ctx, ray, max_attempts)
     by_key = {keys[conf]: conf for conf in spec.configurations}
     res_dir, model_dir = out / "results", out / "models"
     pending: Dict[int, tuple] = {}
+    units = 0
     try:
         shard_refs = [executor.put(s) for s in shards]
         packages: Dict[str, Any] = {}
@@ -197,6 +204,7 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
             while pending:
                 for tid, ok, value in executor.wait():
                     kind, key, k = pending.pop(tid)
+                    units += 1
                     bar.update(1 if kind == "eval" else 1 + (0 if ok else len(shards)))
                     if not ok:
                         errors.setdefault(key, f"{kind}: {type(value).__name__}: {value}")
@@ -224,7 +232,12 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
                             bar.set_postfix(configurations=f"{len(rows)}/{len(keys)}")
     finally:
         executor.close()
-    return executor.kind
+    return executor.kind, units, getattr(executor, "restarts", 0)
+
+
+def _threads_per_worker(workers: int, ray: Any) -> int:
+    """onnxruntime threads per worker: the cores shared out (a Ray task holds one CPU of its node)."""
+    return 1 if ray else max(1, (os.cpu_count() or 1) // workers)
 
 
 def _node_stats_dir(spec: SweepSpec) -> str:
@@ -272,3 +285,41 @@ def _error_row(spec: SweepSpec, conf: Configuration, key: str, error: str) -> di
                npu_ms=math.nan, memory_mib=math.nan, weights_mib=math.nan, kept_out_of_8bit=0, build_s=None,
                stats_reused=0, error=error, pareto=False, recommended=False)
     return row
+
+
+def run_eval(package_path: "str | os.PathLike", spec, workers: Optional[int] = None, ray: Any = None,
+             progress: bool = True, max_attempts: int = 3):
+    """Evaluate one .rknn on a validation set, sharded over workers (`openrknn eval`); (MetricResult, merged
+    per-image results)."""
+    from .executors import make_executor
+    from .tasks import WorkerContext
+
+    path = Path(package_path)
+    from ..package import read_package
+
+    read_package(path)  # a bad file fails here, with the container's own message, not in a worker
+    items = read_items(spec.images, spec.limit)
+    shards = shard(items, spec.shard_size)
+    labels = Labels(spec.labels, spec.metric) if spec.labels and spec.labels != "float" else None
+    from tqdm import tqdm
+
+    workers = min(workers or os.cpu_count() or 1, len(shards))
+    ctx = WorkerContext(None, None, None, None, None, spec, "", _threads_per_worker(workers, ray))
+    executor = make_executor(workers, ctx, ray, max_attempts)
+    parts = []
+    try:
+        ref = str(path.resolve()) if executor.kind == "local" else executor.put(path.read_bytes())
+        pending = {executor.submit("eval", "model", ref, executor.put(s)) for s in shards}
+        with tqdm(total=len(shards), desc=f"eval ({executor.kind})", unit="shard", disable=not progress) as bar:
+            while pending:
+                for tid, ok, value in executor.wait():
+                    pending.discard(tid)
+                    if not ok:
+                        raise value
+                    value.pop("_worker")
+                    parts.append(value)
+                    bar.update()
+    finally:
+        executor.close()
+    merged = merge_shards(parts)
+    return score(merged, spec, labels), merged

@@ -24,7 +24,7 @@ _WORKER: Dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class WorkerContext:
-    bundle: Bundle
+    bundle: Optional[Bundle]  # None: evaluation only (`openrknn eval`)
     input_size_list: Optional[list]
     inputs: Optional[list]
     outputs: Optional[list]
