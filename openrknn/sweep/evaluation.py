@@ -34,7 +34,7 @@ import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -94,9 +94,9 @@ class EvalSpec:
 
 def _listing_digest(path: Path) -> str:
     h = hashlib.sha256()
-    for name, data in read_items(path):
+    for name, src in read_items(path):
         h.update(name.encode())
-        h.update(hashlib.sha256(data).digest())
+        h.update(hashlib.sha256(item_bytes(src)).digest())  # one file in memory at a time
     return h.hexdigest()
 
 
@@ -181,8 +181,16 @@ def parse_eval(data: Any, base: Path) -> EvalSpec:
 # ---------------------------------------------------------------- the validation set
 
 
-def read_items(path: Path, limit: Optional[int] = None) -> List[Tuple[str, bytes]]:
-    """(name, file bytes) of every validation sample: images (encoded) or .npy arrays (npy bytes)."""
+Source = Union[Path, bytes]
+
+
+def item_bytes(src: Source) -> bytes:
+    return src if isinstance(src, bytes) else Path(src).read_bytes()
+
+
+def read_items(path: Path, limit: Optional[int] = None) -> List[Tuple[str, Source]]:
+    """(name, source) of every validation sample: a file path (an image or a .npy; read when evaluated, so the set
+    streams) or, for the samples of one stacked .npy, their npy bytes."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"validation set {str(path)!r} not found; give a text file listing images, a folder of "
@@ -203,7 +211,7 @@ def read_items(path: Path, limit: Optional[int] = None) -> List[Tuple[str, bytes
     if not files:
         raise DatasetError(f"validation set {str(path)!r} lists no images or .npy files")
     files = files[:limit] if limit else files
-    return [(p.name, p.read_bytes()) for p in files]
+    return [(p.name, p) for p in files]
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -214,21 +222,27 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def shard(items: Sequence[Tuple[str, bytes]], size: int) -> List[List[Tuple[int, str, bytes]]]:
+def shard(items: Sequence[Tuple[str, Source]], size: int) -> List[List[Tuple[int, str, Source]]]:
     """Consecutive shards of ``size`` items, each item with its position in the whole set."""
     indexed = [(i, n, b) for i, (n, b) in enumerate(items)]
     return [indexed[k:k + size] for k in range(0, len(indexed), size)]
 
 
+def with_bytes(items: Sequence[Tuple[int, str, Source]]) -> List[Tuple[int, str, bytes]]:
+    """A shard with file contents instead of paths (for workers on other machines)."""
+    return [(i, n, item_bytes(src)) for i, n, src in items]
+
+
 # ---------------------------------------------------------------- one sample -> model input
 
 
-def prepare(name: str, data: bytes, meta: dict, prep: InputPrep):
+def prepare(name: str, src: Source, meta: dict, prep: InputPrep):
     """(uint8 or float NHWC [1,H,W,C] input, LetterboxTransform or None, original (h, w))."""
     import cv2
 
     from ..vision.letterbox import LetterboxTransform, letterbox
 
+    data = item_bytes(src)
     if name.endswith(".npy") or name.endswith("]"):
         import io
 
@@ -316,7 +330,7 @@ class ShardEvaluator:
             self.ref = Simulator(pkg.float_model_bytes, meta, threads=threads) if pkg.float_model_bytes else self.sim
         self.post = load_postprocess(spec.postprocess)
 
-    def run(self, items: Sequence[Tuple[int, str, bytes]]) -> Dict[str, list]:
+    def run(self, items: Sequence[Tuple[int, str, Source]]) -> Dict[str, list]:
         from ..metrics import cosine
 
         out: Dict[str, list] = {"index": [], "name": [], "value": [], "dets": [], "ref": [], "size": []}

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import OpenRKNNError
-from .evaluation import merge_shards, read_items, shard
+from .evaluation import merge_shards, read_items, shard, with_bytes
 from .metrics import Labels, score
 from .spec import Configuration, SweepSpec, configuration_key
 
@@ -102,8 +102,7 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
     ev = spec.evaluation
     fingerprint = spec.fingerprint()
     keys = {c: configuration_key(fingerprint, c) for c in spec.configurations}
-    items = read_items(ev.images, ev.limit)
-    shards = shard(items, ev.shard_size)
+    shards = shard(read_items(ev.images, ev.limit), ev.shard_size)
     labels = Labels(ev.labels, ev.metric) if ev.labels and ev.labels != "float" else None
     res_dir, model_dir = out / "results", out / "models"
 
@@ -186,7 +185,8 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
     pending: Dict[int, tuple] = {}
     units = 0
     try:
-        shard_refs = [executor.put(s) for s in shards]
+        # local workers read the images from this machine's files; Ray workers get them through the object store
+        shard_refs = shards if executor.kind == "local" else [executor.put(with_bytes(s)) for s in shards]
         packages: Dict[str, Any] = {}
 
         def package_ref(key: str):
@@ -298,8 +298,7 @@ def run_eval(package_path: "str | os.PathLike", spec, workers: Optional[int] = N
     from ..package import read_package
 
     read_package(path)  # a bad file fails here, with the container's own message, not in a worker
-    items = read_items(spec.images, spec.limit)
-    shards = shard(items, spec.shard_size)
+    shards = shard(read_items(spec.images, spec.limit), spec.shard_size)
     labels = Labels(spec.labels, spec.metric) if spec.labels and spec.labels != "float" else None
     from tqdm import tqdm
 
@@ -309,7 +308,8 @@ def run_eval(package_path: "str | os.PathLike", spec, workers: Optional[int] = N
     parts = []
     try:
         ref = str(path.resolve()) if executor.kind == "local" else executor.put(path.read_bytes())
-        pending = {executor.submit("eval", "model", ref, executor.put(s)) for s in shards}
+        pending = {executor.submit("eval", "model", ref, s if executor.kind == "local" else executor.put(with_bytes(s)))
+                   for s in shards}
         with tqdm(total=len(shards), desc=f"eval ({executor.kind})", unit="shard", disable=not progress) as bar:
             while pending:
                 for tid, ok, value in executor.wait():
