@@ -90,7 +90,8 @@ def build_task(ctx: WorkerContext, conf: Configuration) -> Tuple[dict, bytes]:
     record = {"npu_ms": npu.total_us / 1000.0, "memory_mib": mem["total"] / 2**20,
               "weights_mib": mem["weight"]["total"] / 2**20, "kept_out_of_8bit": len(overrides),
               "build_s": build_s, "stats_reused": cache.hits - hits, "stats_computed": cache.misses - misses,
-              "pid": os.getpid(), "peak_rss_mb": peak_rss_mb()}
+              "pid": os.getpid(), "peak_rss_mb": peak_rss_mb(),
+              "stages": {**result.timings, **((result.quant_report or {}).get("stages") or {})}}
     return record, package_to_bytes(result.package)
 
 
