@@ -110,7 +110,7 @@ def test_local_pool_and_ray_give_identical_tables_and_a_sweep_resumes(tiny_sweep
     ray = pytest.importorskip("ray")
     path = tiny_sweep()
     local = openrknn.sweep(path, tmp_path / "local", workers=2, progress=False)
-    assert local.units_run == 4 * (1 + 3) and not [r for r in local.rows if r["error"]]
+    assert local.units_run == 4 * (1 + 3 + 1) and not [r for r in local.rows if r["error"]]
     # kl_divergence reuses the pass 1 its normal sibling computed (same graph, same data)
     assert sum(r["stats_reused"] for r in local.rows) >= 2
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -129,13 +129,13 @@ def test_local_pool_and_ray_give_identical_tables_and_a_sweep_resumes(tiny_sweep
     res = tmp_path / "local" / "results"
     (res / f"{key}.json").unlink()
     (res / f"{key}.s1.json").unlink()
-    assert run_sweep(load_sweep_file(path), tmp_path / "local", workers=2, progress=False).units_run == 1
+    assert run_sweep(load_sweep_file(path), tmp_path / "local", workers=2, progress=False).units_run == 1 + 1
     other = local.rows[0]["key"]
     for f in res.glob(f"{other}*"):
         f.unlink()
     (res / f"{key}.json").write_text("{half a fi")  # a crash mid-write of an older version: redone, not trusted
     resumed = run_sweep(load_sweep_file(path), tmp_path / "local", workers=2, progress=False)
-    assert resumed.units_run == 1 + 3
+    assert resumed.units_run == (1 + 3 + 1) + 1  # the other's build, shards and score; key's score again
     assert resumed.table(measured=False) == local.table(measured=False)
 
 

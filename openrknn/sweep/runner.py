@@ -12,6 +12,7 @@ resumes where it stopped and a finished one answers from disk:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -111,6 +112,7 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
     parts: Dict[str, Dict[int, dict]] = {}
     todo_build: List[Configuration] = []
     todo_eval: List[tuple] = []
+    todo_score: List[Configuration] = []
     for conf in spec.configurations:
         key = keys[conf]
         done = _read_json(res_dir / f"{key}.json")
@@ -129,18 +131,17 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
                 todo_eval.append((conf, k))
             else:
                 parts[key][k] = p
+        if len(parts[key]) == len(shards):
+            todo_score.append(conf)
     worker_stats: Dict[int, dict] = {}
     errors: Dict[str, str] = {}
     executor_kind, units, restarts = ("ray" if ray else "local"), 0, 0
-    total = len(todo_build) * (1 + len(shards)) + len(todo_eval)
+    # units: a build, its shards' evaluations and its scoring per configuration to build; what is left of the others
+    total = len(todo_build) * (2 + len(shards)) + len(todo_eval) + len({c for c, _ in todo_eval}) + len(todo_score)
     if total:
-        executor_kind, units, restarts = _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts,
-                                                    rows, errors, worker_stats, labels, workers, ray, max_attempts,
-                                                    total, progress, tqdm)
-    for conf in spec.configurations:  # configurations whose shards all came from disk
-        key = keys[conf]
-        if key not in rows and key not in errors and key in builds and len(parts.get(key, {})) == len(shards):
-            rows[key] = _score_row(spec, conf, key, builds[key], parts[key], labels, res_dir)
+        executor_kind, units, restarts = _run_units(spec, out, keys, shards, todo_build, todo_eval, todo_score,
+                                                    builds, parts, rows, errors, worker_stats, labels, workers, ray,
+                                                    max_attempts, total, progress, tqdm)
     table = []
     for conf in spec.configurations:
         key = keys[conf]
@@ -166,8 +167,8 @@ def run_sweep(spec: SweepSpec, out_dir: "str | os.PathLike", workers: Optional[i
     return result
 
 
-def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, rows, errors, worker_stats, labels,
-               workers, ray, max_attempts, total, progress, tqdm) -> tuple:
+def _run_units(spec, out, keys, shards, todo_build, todo_eval, todo_score, builds, parts, rows, errors, worker_stats,
+               labels, workers, ray, max_attempts, total, progress, tqdm) -> tuple:
     from .executors import make_executor
     from .files import Bundle
     from .tasks import WorkerContext
@@ -179,7 +180,36 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
                         c.rknn_batch_size, spec.evaluation,
                         local_stats if not (isinstance(ray, str) and ray) else _node_stats_dir(spec),
                         _threads_per_worker(workers, ray))
-    executor = make_executor(workers, ctx, ray, max_attempts)
+    with worker_threads(ctx.threads):
+        executor = make_executor(workers, ctx, ray, max_attempts)
+        return _schedule(executor, spec, out, keys, shards, todo_build, todo_eval, todo_score, builds, parts, rows,
+                         errors, worker_stats, labels, total, progress, tqdm)
+
+
+# the math libraries' thread pools: what a worker process starts with, from its environment
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def worker_threads(threads: int):
+    """Workers inherit the driver's environment when they start: give numpy's BLAS (GPTQ's solves) the same thread
+    budget as onnxruntime, so N workers do not start N x cores threads and fight over the cores. Variables the user
+    set are kept."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    for k in _THREAD_VARS:
+        os.environ.setdefault(k, str(threads))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _schedule(executor, spec, out, keys, shards, todo_build, todo_eval, todo_score, builds, parts, rows, errors,
+              worker_stats, labels, total, progress, tqdm) -> tuple:
     by_key = {keys[conf]: conf for conf in spec.configurations}
     res_dir, model_dir = out / "results", out / "models"
     pending: Dict[int, tuple] = {}
@@ -197,6 +227,14 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
 
         for conf in _interleave(todo_build):
             pending[executor.submit("build", conf)] = ("build", keys[conf], None)
+        labels_ref = executor.put(labels)
+
+        def submit_score(key: str) -> None:
+            merged = merge_shards([parts[key][j] for j in range(len(shards))])
+            pending[executor.submit("score", merged, labels_ref)] = ("score", key, merged)
+
+        for conf in todo_score:
+            submit_score(keys[conf])
         for conf, k in todo_eval:
             pending[executor.submit("eval", keys[conf], package_ref(keys[conf]), shard_refs[k])] = \
                 ("eval", keys[conf], k)
@@ -205,7 +243,7 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
                 for tid, ok, value in executor.wait():
                     kind, key, k = pending.pop(tid)
                     units += 1
-                    bar.update(1 if kind == "eval" else 1 + (0 if ok else len(shards)))
+                    bar.update(1 if kind != "build" else 1 + (0 if ok else len(shards) + 1))
                     if not ok:
                         errors.setdefault(key, f"{kind}: {type(value).__name__}: {value}")
                         log.error("configuration %s: %s failed: %s", by_key[key].label, kind, value)
@@ -222,14 +260,16 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, builds, parts, ro
                         ref = package_ref(key)
                         for j, sref in enumerate(shard_refs):
                             pending[executor.submit("eval", key, ref, sref)] = ("eval", key, j)
-                    else:
+                    elif kind == "eval":
                         for w in value.pop("_worker"):
                             _note_worker(worker_stats, w["pid"], w["peak_rss_mb"], "eval", w["eval_s"])
                         write_text_atomic(res_dir / f"{key}.s{k}.json", json.dumps(value))
                         parts[key][k] = value
                         if len(parts[key]) == len(shards):
-                            rows[key] = _score_row(spec, by_key[key], key, builds[key], parts[key], labels, res_dir)
-                            bar.set_postfix(configurations=f"{len(rows)}/{len(keys)}")
+                            submit_score(key)
+                    else:  # scored: k holds the merged shards
+                        rows[key] = _score_row(spec, by_key[key], key, builds[key], value, k, res_dir)
+                        bar.set_postfix(configurations=f"{len(rows)}/{len(keys)}")
     finally:
         executor.close()
     return executor.kind, units, getattr(executor, "restarts", 0)
@@ -260,12 +300,11 @@ def _base_row(conf: Configuration, key: str) -> dict:
             "weight_rounding": o.get("weight_rounding", "auto"), "auto_hybrid": conf.auto_hybrid}
 
 
-def _score_row(spec: SweepSpec, conf: Configuration, key: str, record: dict, shard_parts: Dict[int, dict],
-               labels, res_dir: Path) -> dict:
-    merged = merge_shards(list(shard_parts.values()))
-    m = score(merged, spec.evaluation, labels)
+def _score_row(spec: SweepSpec, conf: Configuration, key: str, record: dict, metric: dict, merged: dict,
+               res_dir: Path) -> dict:
     row = _base_row(conf, key)
-    row.update(metric=m.name, value=m.value, ci_low=m.low, ci_high=m.high, samples=m.samples,
+    row.update(metric=metric["metric"], value=metric["value"], ci_low=metric["ci_low"], ci_high=metric["ci_high"],
+               samples=metric["samples"],
                npu_ms=record["npu_ms"], memory_mib=record["memory_mib"], weights_mib=record["weights_mib"],
                kept_out_of_8bit=record["kept_out_of_8bit"], build_s=record["build_s"],
                stats_reused=record["stats_reused"], error=None)
@@ -300,11 +339,16 @@ def run_eval(package_path: "str | os.PathLike", spec, workers: Optional[int] = N
     read_package(path)  # a bad file fails here, with the container's own message, not in a worker
     shards = shard(read_items(spec.images, spec.limit), spec.shard_size)
     labels = Labels(spec.labels, spec.metric) if spec.labels and spec.labels != "float" else None
-    from tqdm import tqdm
-
     workers = min(workers or os.cpu_count() or 1, len(shards))
     ctx = WorkerContext(None, None, None, None, None, spec, "", _threads_per_worker(workers, ray))
-    executor = make_executor(workers, ctx, ray, max_attempts)
+    with worker_threads(ctx.threads):
+        executor = make_executor(workers, ctx, ray, max_attempts)
+        return _evaluate(executor, path, shards, spec, labels, progress)
+
+
+def _evaluate(executor, path: Path, shards, spec, labels, progress: bool):
+    from tqdm import tqdm
+
     parts = []
     try:
         ref = str(path.resolve()) if executor.kind == "local" else executor.put(path.read_bytes())

@@ -109,7 +109,15 @@ def eval_task(ctx: WorkerContext, key: str, package: Any, items: List[Tuple[int,
     return part
 
 
-TASKS = {"build": build_task, "eval": eval_task}
+def score_task(ctx: WorkerContext, merged: dict, labels) -> dict:
+    """The metric and its bootstrap interval from a configuration's merged shards (pycocotools runs once per
+    resample for map50: work for a worker, not for the driver)."""
+    from .metrics import score
+
+    return score(merged, ctx.evaluation, labels).as_dict()
+
+
+TASKS = {"build": build_task, "eval": eval_task, "score": score_task}
 
 
 def call(ctx: WorkerContext, name: str, args: tuple):
