@@ -7,8 +7,9 @@
 Each run is its own process and starts from an empty output folder (no cached result, no cached statistics); the runs
 are interleaved (the order rotates each round) and repeated with --repeat, because the machine is shared.
 
-Configurations: target_platform [rk1808, rk3588] x quantized_dtype [asymmetric_quantized-u8, w8a8] (each kept for
-the chip that runs it) x quantized_method [layer, channel] x quantized_algorithm [normal, kl_divergence, mmse].
+Configurations (the sweep file's union of blocks): rk1808 asymmetric_quantized-u8 {layer, channel} x {normal,
+kl_divergence} and dynamic_fixed_point-i8 / -i16; rk3588 w8a8 channel {normal, kl_divergence, mmse}, w8a8 layer normal, w8a16 and
+float16: the 8-bit ones differ in accuracy, the 16-bit ones also in estimated NPU time.
 Data (../shared/data, the split of bench/quant_accuracy.py): calibration on the even-numbered COCO images (sorted,
 letterboxed top-left with pad 114, as PNG), evaluation on the odd-numbered ones plus misc/*.jpg. Metric: mAP@0.5
 (pycocotools) against the float model's own detections at score >= 0.3 (the images have no annotations), detections
@@ -56,10 +57,14 @@ def prepare(work: Path) -> Path:
     doc = {"model": str(DATA / "models" / "yolox_nano_coco.onnx"),
            "config": {"mean_values": [0, 0, 0], "std_values": [1, 1, 1], "quant_img_RGB2BGR": True},
            "build": {"dataset": "calib/dataset.txt"},
-           "sweep": {"target_platform": ["rk1808", "rk3588"],
-                     "quantized_dtype": ["asymmetric_quantized-u8", "w8a8"],
-                     "quantized_method": ["layer", "channel"],
-                     "quantized_algorithm": ["normal", "kl_divergence", "mmse"]},
+           "sweep": [{"target_platform": "rk1808", "quantized_dtype": "asymmetric_quantized-u8",
+                      "quantized_method": ["layer", "channel"], "quantized_algorithm": ["normal", "kl_divergence"]},
+                     {"target_platform": "rk1808", "quantized_dtype": ["dynamic_fixed_point-i8",
+                                                                        "dynamic_fixed_point-i16"]},
+                     {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_method": "channel",
+                      "quantized_algorithm": ["normal", "kl_divergence", "mmse"]},
+                     {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_method": "layer"},
+                     {"target_platform": "rk3588", "quantized_dtype": ["w8a16", "float16"]}],
            "evaluation": {"images": "val.txt", "metric": "map50", "labels": "float", "postprocess": "yolox",
                           "input": {"resize": "letterbox", "letterbox": "topleft", "pad": 114,
                                     "channel_order": "bgr"},

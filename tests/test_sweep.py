@@ -64,6 +64,13 @@ def test_sweep_file_expands_to_the_configurations_each_chip_runs(tiny_sweep):
     assert labels == ["rk1808 u8 layer normal gptq", "rk1808 u8 layer kl_divergence gptq",
                       "rk3588 w8a8 channel normal gptq", "rk3588 w8a8 channel kl_divergence gptq"]
     assert spec.skipped == ["rk1808 w8a8", "rk3588 asymmetric_quantized-u8"]
+    union = load_sweep_file(tiny_sweep([{"target_platform": "rk1808", "quantized_dtype": ["dynamic_fixed_point-i8",
+                                                                                        "dynamic_fixed_point-i16"]},
+                                        {"target_platform": "rk3588", "quantized_dtype": ["w8a8", "float16"]},
+                                        {"target_platform": "rk3588", "quantized_dtype": "w8a8"}]))
+    assert [c.label for c in union.configurations] == [
+        "rk1808 dfp-i8 layer normal gptq", "rk1808 dfp-i16 layer normal gptq", "rk3588 w8a8 channel normal gptq",
+        "rk3588 float16 channel normal gptq"]
     hybrid = load_sweep_file(tiny_sweep({"auto_hybrid": [False, 0.995]})).configurations
     assert [c.auto_hybrid for c in hybrid] == [None, 0.995]
     assert hybrid[1].options["auto_hybrid_cos_thresh"] == 0.995 and "hybrid@0.995" in hybrid[1].label
@@ -74,6 +81,7 @@ def test_sweep_file_expands_to_the_configurations_each_chip_runs(tiny_sweep):
     ({"mean_values": [[0, 0, 0]]}, None, "sweep.mean_values"),
     ({"quantization": ["x"]}, None, "sweep.quantization"),
     ({"quantized_algorithm": []}, None, "sweep.quantized_algorithm"),
+    ([{"quantized_algorithm": "normal"}, "kl_divergence"], None, "sweep"),
     ({"auto_hybrid": [2.0]}, None, "sweep.auto_hybrid"),
     ({"target_platform": "rk1808", "quantized_dtype": "w8a8"}, None, "sweep"),
     (None, {"metric": "f1"}, "evaluation.metric"),

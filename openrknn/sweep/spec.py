@@ -13,7 +13,8 @@ sweep:                            # every combination of these lists is one conf
   auto_hybrid: [false, 0.99]      # false = plain build; a number = auto hybrid with that cosine threshold
 evaluation: {...}                 # see evaluation.EvalSpec
 ```
-Any config() key may be listed under `sweep:`; a single value is the same as a list of one.
+Any config() key may be listed under `sweep:`; a single value is the same as a list of one. `sweep:` may also be a
+list of such blocks: the union of their combinations (e.g. one block per chip).
 """
 
 from __future__ import annotations
@@ -139,10 +140,19 @@ def _hybrid(value: Any) -> Optional[float]:
 
 def expand(base_config: Dict[str, Any], block: Any) -> Tuple[List[Configuration], List[str]]:
     """Every combination of the sweep block's lists on top of the convert file's config; combinations whose
-    quantized_dtype their target does not run are skipped (returned as labels), any other bad value is an error."""
+    quantized_dtype their target does not run are skipped (returned as labels), any other bad value is an error.
+    A list of blocks is the union of their combinations (in order, each configuration once)."""
+    if isinstance(block, list) and block:
+        confs: List[Configuration] = []
+        skipped: List[str] = []
+        for part in block:
+            c, sk = expand(base_config, part)
+            confs += [x for x in c if x not in confs]
+            skipped += sk
+        return confs, sorted(set(skipped))
     if not isinstance(block, dict) or not block:
         raise ConfigError("sweep", block, hint="a mapping of config() keys to lists of values, e.g. "
-                          "{quantized_algorithm: [normal, kl_divergence]}")
+                          "{quantized_algorithm: [normal, kl_divergence]}, or a list of such mappings")
     unknown = [k for k in block if k not in SWEEP_KEYS]
     if unknown:
         hint = "mean/std/reorder are the model's contract, not a setting to sweep" if unknown[0] in KNOWN_KEYS else ""
