@@ -8,8 +8,8 @@ Each run is its own process and starts from an empty output folder (no cached re
 are interleaved (the order rotates each round) and repeated with --repeat, because the machine is shared.
 
 Configurations (the sweep file's union of blocks): rk1808 asymmetric_quantized-u8 {layer, channel} x {normal,
-kl_divergence} and dynamic_fixed_point-i8 / -i16; rk3588 w8a8 channel {normal, kl_divergence, mmse}, w8a8 layer normal, w8a16 and
-float16: the 8-bit ones differ in accuracy, the 16-bit ones also in estimated NPU time.
+kl_divergence} and dynamic_fixed_point-i8 / -i16; rk3588 w8a8 channel {normal, kl_divergence, mmse}, w8a8 layer
+normal, w8a16 and float16: the 8-bit ones differ in accuracy, the 16-bit ones also in estimated NPU time.
 Data (../shared/data, the split of bench/quant_accuracy.py): calibration on the even-numbered COCO images (sorted,
 letterboxed top-left with pad 114, as PNG), evaluation on the odd-numbered ones plus misc/*.jpg. Metric: mAP@0.5
 (pycocotools) against the float model's own detections at score >= 0.3 (the images have no annotations), detections
