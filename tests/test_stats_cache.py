@@ -130,3 +130,16 @@ def test_folder_store_is_shared_between_processes(dw_setup, tmp_path):
         runs.append(out.stdout.split()[-2:])
     assert runs == [["0", "2"], ["2", "0"]]
     assert len(DirStore(store)) == 2
+
+
+def test_calibration_sessions_take_the_worker_thread_budget(monkeypatch, tmp_path):
+    """A sweep worker sets OPENRKNN_THREADS; calibration passes (threads=0) follow it instead of the idle cores."""
+    from openrknn.quant import calibrate
+
+    model = onnx.load(str(_dw_model(tmp_path / "dw.onnx")))
+    monkeypatch.setattr(calibrate, "auto_threads", lambda: 7)
+    monkeypatch.setenv("OPENRKNN_THREADS", "1")
+    assert calibrate.make_session(model).get_session_options().intra_op_num_threads == 1
+    monkeypatch.delenv("OPENRKNN_THREADS")
+    assert calibrate.make_session(model).get_session_options().intra_op_num_threads == 7
+    assert calibrate.make_session(model, 2).get_session_options().intra_op_num_threads == 2
