@@ -74,7 +74,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         needs = needs.merge(stage.needs(state))
     minmax_pass = stats_cache.collect_minmax if stats_cache is not None else collect_minmax
     minmax_pass(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
-                   known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
+                known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
     for stage in later:
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
@@ -82,8 +82,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     if options.algorithm != "normal":
         per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
         histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
-        histogram_pass(m, plan.sources, data, stats, options.histogram_bins, per_image, progress,
-                           options.threads)
+        histogram_pass(m, plan.sources, data, stats, options.histogram_bins, per_image, progress, options.threads)
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
