@@ -11,8 +11,8 @@ from typing import List, Optional
 from . import __version__
 
 # Subcommands in help order; each module defines register(subparsers) and run(args) -> int.
-COMMANDS = ["convert", "export_tflite", "vendor", "info", "run", "check", "perf", "report", "detect", "yolox",
-            "train_eyes", "demo", "serve", "gui"]
+COMMANDS = ["convert", "sweep", "eval", "export_tflite", "vendor", "info", "run", "check", "perf", "report", "detect",
+            "yolox", "train_eyes", "demo", "serve", "gui"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,3 +94,32 @@ def memory_chart(plan: MemoryPlan, path: PathLike, layer_names: Optional[list[st
     ax2.set_ylabel("offset (MB)")
     ax2.set_title(f"Buffer plan: {len(plan.buffers)} buffers ({plan.strategy} placement)", fontsize=10)
     return _save(fig, path)
+
+
+def pareto_chart(rows: list, path: PathLike, metric: str = "metric") -> str:
+    """Accuracy vs estimated NPU time, one panel per chip: every configuration a dot, the Pareto front joined and
+    ringed, the recommended point starred. ``rows``: sweep table rows (target, npu_ms, value, pareto, recommended,
+    label)."""
+    targets = sorted({r["target"] for r in rows if r.get("error") is None})
+    fig = Figure(figsize=(5.5 * max(1, len(targets)), 4.4))
+    for k, target in enumerate(targets or ["(none)"]):
+        ax = fig.add_subplot(1, max(1, len(targets)), k + 1)
+        pts = [r for r in rows if r["target"] == target and r.get("error") is None]
+        ax.scatter([r["npu_ms"] for r in pts], [r["value"] for r in pts], s=28, color="#8aa1b9",
+                   label="configuration")
+        front = sorted((r for r in pts if r["pareto"]), key=lambda r: r["npu_ms"])
+        if front:
+            ax.plot([r["npu_ms"] for r in front], [r["value"] for r in front], "-o", color="#17324d", mfc="none",
+                    ms=9, label="Pareto front")
+        for r in pts:
+            if r["recommended"]:
+                ax.scatter([r["npu_ms"]], [r["value"]], marker="*", s=260, color="#d9534f", zorder=5,
+                           label="recommended")
+                ax.annotate(r["label"].split(" ", 1)[-1], (r["npu_ms"], r["value"]), fontsize=7,
+                            textcoords="offset points", xytext=(6, -12))
+        ax.set_xlabel(f"estimated NPU time on {target} (ms)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{target}: {len(pts)} configurations", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

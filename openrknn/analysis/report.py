@@ -218,3 +218,29 @@ def model_report(pkg, out_path: str | Path, model_path: Optional[str] = None, ex
                     memory_section(mem, mem_png), findings_section(check(pkg, calib_count=calib_count))]
         return write_report(out_path, title, f"{Path(model_path).name if model_path else 'model'} on {chip}",
                             sections)
+
+
+# ---- sweep -------------------------------------------------------------------------------------------------------
+
+def sweep_section(rows: Sequence[dict], chart: Optional[str], metric: str, recommended_files: Sequence[str] = ()
+                  ) -> Section:
+    """A sweep's table (every configuration: metric with its interval, estimated NPU time and memory, build time),
+    Pareto points and the recommendation marked, with the accuracy / latency chart."""
+    def fmt(v, spec: str) -> str:
+        return "-" if v is None or v != v else format(v, spec)
+
+    body = []
+    for r in sorted(rows, key=lambda r: (r["target"], -(r["value"] if r["value"] == r["value"] else -1e9))):
+        mark = "recommended" if r["recommended"] else "front" if r["pareto"] else ""
+        body.append((r["target"], r["label"], RawHTML(f"<b>{esc(mark)}</b>") if mark else "",
+                     fmt(r["value"], ".4f"), f"{fmt(r['ci_low'], '.4f')} .. {fmt(r['ci_high'], '.4f')}",
+                     fmt(r["npu_ms"], ".2f"), fmt(r["memory_mib"], ".2f"), fmt(r["build_s"], ".1f"),
+                     r.get("error") or ""))
+    text = (f"<p>{len(rows)} configurations; metric <code>{esc(metric)}</code> on the validation set (interval: "
+            "bootstrap over images). NPU time and memory are the board-free estimates for each chip.</p>")
+    if recommended_files:
+        text += "<p>Recommended, ready to rebuild: " + ", ".join(f"<code>{esc(f)}</code>"
+                                                                  for f in recommended_files) + "</p>"
+    headers = ["chip", "configuration", "Pareto", metric, "interval", "NPU ms (est.)", "memory MiB", "build s",
+               "error"]
+    return Section("Quantization sweep", text + table(headers, body, numeric=(3, 5, 6, 7)), [chart] if chart else [])

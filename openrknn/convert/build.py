@@ -32,6 +32,8 @@ class BuildOptions:
     overrides: quantizer overrides, {tensor or weight: 'int8' | 'uint8' | 'int16' | 'float'}.
     auto_hybrid: promote the fewest layers to 16-bit until every output's cosine against the float model reaches
         config(auto_hybrid_cos_thresh=...).
+    stats_cache: an openrknn.quant.stats_cache.StatsCache shared by several builds (a sweep): calibration passes
+        already run on the same graph and data are reused; the package is byte-identical to an uncached build.
     """
 
     do_quantization: bool = True
@@ -41,6 +43,7 @@ class BuildOptions:
     auto_hybrid: bool = False
     keep_float: Sequence[str] = ()
     overrides: Dict[str, str] = field(default_factory=dict)
+    stats_cache: Optional[object] = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
         b = self.rknn_batch_size
@@ -111,7 +114,7 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
             overrides = {**keep_float_overrides(float_model, opts.keep_float), **overrides}
         t1 = time.perf_counter()
         model, quantization, quant_report = quantize_float_graph(float_model, metas, cfg, opts.dataset, overrides,
-                                                                 progress)
+                                                                 progress, opts.stats_cache)
         timings["quantize_s"] = time.perf_counter() - t1
     flags = BuildFlags(bool(opts.do_quantization), opts.dataset, bool(opts.pre_compile), opts.rknn_batch_size or 1)
     source = source_record(loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + notes)

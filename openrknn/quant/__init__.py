@@ -149,13 +149,15 @@ class QuantResult:
 
 
 def quantize(model: onnx.ModelProto, data: CalibrationData, options: QuantOptions,
-             progress: bool = True) -> QuantResult:
-    """Quantize ``model`` (float ONNX, inputs as deployed) with calibration ``data``; see QuantOptions."""
+             progress: bool = True, stats_cache=None) -> QuantResult:
+    """Quantize ``model`` (float ONNX, inputs as deployed) with calibration ``data``; see QuantOptions.
+    stats_cache: a stats_cache.StatsCache shared between builds: calibration passes already run on the same graph,
+    feeds and request are reused (the result is byte-identical)."""
     from .pipeline import run
 
     options.validate()
     t0 = time.perf_counter()
-    result = run(model, data, options, progress)
+    result = run(model, data, options, progress, stats_cache)
     result.report["seconds"] = round(time.perf_counter() - t0, 3)
     result.report["options"] = asdict(options)
     log.info("quantized to %s (%s, %s) in %.1f s", options.dtype, options.algorithm, options.resolved_method,

@@ -79,10 +79,13 @@ def auto_threads() -> int:
 
 
 def make_session(model: onnx.ModelProto, threads: int = 0):
-    """CPU session for calibration passes; ``threads`` 0 = the idle cores (auto_threads)."""
+    """CPU session for calibration passes; ``threads`` 0 = $OPENRKNN_THREADS when set (e.g. one per sweep worker),
+    else the idle cores (auto_threads)."""
+    import os
+
     from ..runtime.ort_session import make_session as new_session
 
-    return new_session(model, threads or auto_threads())
+    return new_session(model, threads or int(os.environ.get("OPENRKNN_THREADS", "0") or 0) or auto_threads())
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -40,7 +40,8 @@ REWRITES = (CrossLayerEqualization, ResidualEqualization, RangeSplit, Pow2Fit)
 SCALE_ORDER = ("equalization", "residual_equalization", "pow2_fit", "range_split")
 
 
-def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -> "QuantResult":
+def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, stats_cache=None) -> "QuantResult":
+    """stats_cache: a stats_cache.StatsCache whose statistics passes replace calibrate's (same results, reused)."""
     from . import QuantResult
 
     scheme = get_scheme(options.dtype)
@@ -71,16 +72,17 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     later = [s for s in stages if s.phase == "statistics"]
     for stage in later:
         needs = needs.merge(stage.needs(state))
-    collect_minmax(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
-                   known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
+    minmax_pass = stats_cache.collect_minmax if stats_cache is not None else collect_minmax
+    minmax_pass(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
+                known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
     for stage in later:
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
     if options.algorithm != "normal":
         per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
-        collect_histograms(m, plan.sources, data, stats, options.histogram_bins, per_image, progress,
-                           options.threads)
+        histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
+        histogram_pass(m, plan.sources, data, stats, options.histogram_bins, per_image, progress, options.threads)
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
