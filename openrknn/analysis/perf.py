@@ -273,11 +273,14 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
         model = onnx.load_from_string(model_bytes)
     except Exception as e:
         raise ModelLoadError(f"measure_host_perf: model bytes are not an ONNX model ({e})") from e
+    from ..runtime.speedups import speed_up
+
     model = with_node_names(model)
+    fast = speed_up(model.SerializeToString())  # what the simulator runs (same outputs, faster kernels)
     with tempfile.TemporaryDirectory(prefix="openrknn_prof_") as tmp:
         optimized_path = os.path.join(tmp, "optimized.onnx")
-        sess = make_session(model, threads or None, profile_prefix=os.path.join(tmp, "prof"),
-                            optimized_path=optimized_path)
+        sess = make_session(fast.model_bytes, threads or None, profile_prefix=os.path.join(tmp, "prof"),
+                            optimized_path=optimized_path, disabled_optimizers=fast.disabled_optimizers)
         wanted = {i.name for i in sess.get_inputs()}
         if set(feeds) != wanted:
             raise InferenceInputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(wanted)}")

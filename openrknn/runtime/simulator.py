@@ -20,6 +20,7 @@ from ..errors import CorruptPackageError, RuntimeStateError
 from ..package import check_runnable
 from .feeds import prepare_feeds
 from .ort_session import make_session
+from .speedups import speed_up
 
 log = logging.getLogger("openrknn.runtime")
 
@@ -42,13 +43,18 @@ class Simulator:
         self.metadata = metadata
         self.inputs_meta: List[dict] = metadata["inputs"]
         self.batch = int(metadata.get("build", {}).get("rknn_batch_size") or 1)
-        self._model_bytes = model_bytes
+        fast = speed_up(model_bytes)  # exact rewrites: same outputs, faster onnxruntime kernels
+        if fast.applied:
+            log.debug("simulator graph rewrites: %s", fast.applied)
+        self.rewrites = fast.applied
+        self._disabled = fast.disabled_optimizers
+        model_bytes = self._model_bytes = fast.model_bytes
         self.workers = max(1, int(threads or os.environ.get("OPENRKNN_THREADS", "0") or 0 or _cores()))
         self._frame_session: Optional[ort.InferenceSession] = None
         self._pool: Optional[ThreadPoolExecutor] = None
         try:
-            self.session: Optional[ort.InferenceSession] = make_session(model_bytes, threads,
-                                                                        allow_spinning=allow_spinning)
+            self.session: Optional[ort.InferenceSession] = make_session(
+                model_bytes, threads, allow_spinning=allow_spinning, disabled_optimizers=self._disabled)
             graph_inputs = self.session.get_inputs()
             self._output_names = [o.name for o in self.session.get_outputs()]
         except ORT_FAILURES as e:
@@ -119,7 +125,8 @@ class Simulator:
             return [self._timed(self.session, u) for u in units]
         if self._frame_session is None:
             try:
-                self._frame_session = make_session(self._model_bytes, 1, allow_spinning=False)
+                self._frame_session = make_session(self._model_bytes, 1, allow_spinning=False,
+                                                   disabled_optimizers=self._disabled)
             except ORT_FAILURES as e:
                 raise CorruptPackageError(f"onnxruntime cannot open the model ({type(e).__name__}: "
                                           f"{str(e)[:300]}). {_UNUSABLE}") from None
