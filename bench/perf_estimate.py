@@ -5,7 +5,11 @@ it: `RKNN.config(mean/std, target_platform)` -> `load_onnx` (or `load_pytorch` f
 (int8, the default quantized_dtype of the chip's generation, a calibration set of real images) -> `init_runtime` ->
 `eval_perf`; the package is also written with `export_rknn`, read back with `load_rknn` and estimated again. Beside
 each user-path row: the direct estimate (`estimate_perf` on the exported float ONNX with the config's dtype), which
-must agree within 5% when the build adds no ops.
+must agree within 5% when the build adds no ops. The published models were quantized by the vendor's toolkit, which
+does not split tensors: the user rows build with config(range_split=False) so the graph is the one that was measured;
+the "default" columns build with every default, where range split adds NPU ops on depthwise models (what they cost
+on the chip is in bench/RESULTS.md). weight_rounding='nearest' in every build: GPTQ moves weight integers only
+(same graph, same estimate) and takes most of a large model's build time.
 
 One build per model and NPU generation: the quantizer reads the target platform only to check the dtype, so every
 chip of a generation gets the same graph; the config's chip is estimated by `eval_perf`, the others by
@@ -419,6 +423,9 @@ def _summary(label: str, ratios: list) -> str:
 
 
 def run_published(models: list, cache_dir: str | None, calib: int, user: bool) -> None:
+    """The table against published speeds. 'user' builds with config(range_split=False): the vendor's quantizer,
+    which made the published models, does not split tensors, so this is the same graph. 'default' is the build with
+    every default (range split on): where the split adds NPU ops, it shows what they cost."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="openrknn_perf_") as tmp:
         work = Path(tmp)
@@ -430,50 +437,53 @@ def run_published(models: list, cache_dir: str | None, calib: int, user: bool) -
                 continue
             direct_model = load_direct(path, name)
             chips = _chips_of(name)
-            builds = {}
+            direct = {c: estimate_perf(direct_model, c, INT8[generation(c)]) for c in chips}
+            builds, defaults = {}, {}
             if user:
-                size = input_size(name)
+                size, inp = input_size(name), direct_model.graph.input[0].name
+
+                def load(rk, p=path, i=inp, n=size):
+                    return rk.load_onnx(str(p), inputs=[i], input_size_list=[[1, 3, n, n]])
+
                 for gen, gchips in _by_generation(chips).items():
                     print(f"  building {name} for {gen} ({gchips[0]}) ...", flush=True)
-                    inp = direct_model.graph.input[0].name
-                    builds[gen] = user_path(
-                        lambda rk, p=path, i=inp, n=size: rk.load_onnx(str(p), inputs=[i],
-                                                                       input_size_list=[[1, 3, n, n]]),
-                        name, gchips, work, calib)
-            direct_layers = {}
+                    defaults[gen] = user_path(load, name, gchips, work, calib)
+                    same = defaults[gen].npu_layers == sum(r.unit == "NPU" for r in direct[gchips[0]].rows)
+                    builds[gen] = defaults[gen] if same else user_path(load, name, gchips, work, calib,
+                                                                       range_split=False)
             for c in chips:
-                est = estimate_perf(direct_model, c, INT8[generation(c)])
-                direct_layers[generation(c)] = sum(r.unit == "NPU" for r in est.rows)
-                b = builds.get(generation(c))
-                rows.append((name, c, est.macs / 1e9, est.fps, b.fps[c] if b else None, b.rknn_fps[c] if b else None,
-                             PUBLISHED[name][c], (name, c) in HELD_OUT, b, direct_layers[generation(c)]))
+                g = generation(c)
+                rows.append((name, c, direct[c], builds.get(g), defaults.get(g), PUBLISHED[name][c],
+                             (name, c) in HELD_OUT, sum(r.unit == "NPU" for r in direct[c].rows)))
     print(f"\n{'model':<17} {'chip':<7} {'GMAC':>5} {'direct':>7} {'user':>7} {'.rknn':>7} {'publ.':>6} {'ratio':>6} "
-          f"{'user/dir':>8} {'NPU ops u/d':>11}  {'set':<8} {'in range'}")
-    fitted, held, user_fit, user_held, agree = [], [], [], [], []
-    for name, c, gmac, dfps, ufps, rfps, pub, is_held, b, dl in rows:
-        shown = ufps if ufps is not None else dfps
-        ratio = shown / pub
-        (held if is_held else fitted).append(dfps / pub)
-        if ufps is not None:
+          f"{'user/dir':>8} {'ops':>4}  {'set':<8} {'in range':<8} {'default':>7} {'ratio':>6} {'ops':>4}")
+    fitted, held, user_fit, user_held, agree, rknn_same = [], [], [], [], [], True
+    for name, c, d, b, dflt, pub, is_held, dl in rows:
+        (held if is_held else fitted).append(d.fps / pub)
+        line = f"{name:<17} {c:<7} {d.macs / 1e9:5.2f} {d.fps:7.1f} "
+        ratio = d.fps / pub
+        if b is not None:
+            ratio = b.fps[c] / pub
             (user_held if is_held else user_fit).append(ratio)
-            agree.append(ufps / dfps)
-        ok = "yes" if IN_RANGE[0] <= ratio <= IN_RANGE[1] else "NO"
-        u = f"{ufps:7.1f}" if ufps is not None else f"{'-':>7}"
-        r = f"{rfps:7.1f}" if rfps is not None else f"{'-':>7}"
-        ud = f"{ufps / dfps:8.3f}" if ufps is not None else f"{'-':>8}"
-        ops = f"{b.npu_layers}/{dl}" if b else f"-/{dl}"
-        print(f"{name:<17} {c:<7} {gmac:5.2f} {dfps:7.1f} {u} {r} {pub:6.1f} {ratio:6.2f} {ud} {ops:>11}  "
-              f"{'held out' if is_held else 'fitted':<8} {ok}")
-    print("(FPS; ratio = user-path estimate / published, or direct where there is no user row; .rknn = the same "
-          "package after export_rknn -> load_rknn)")
+            agree.append(b.fps[c] / d.fps)
+            rknn_same &= abs(b.rknn_fps[c] - b.fps[c]) < 1e-6 and abs(dflt.rknn_fps[c] - dflt.fps[c]) < 1e-6
+            line += f"{b.fps[c]:7.1f} {b.rknn_fps[c]:7.1f} {pub:6.1f} {ratio:6.2f} {b.fps[c] / d.fps:8.3f} {dl:4d}  "
+        else:
+            line += f"{'-':>7} {'-':>7} {pub:6.1f} {ratio:6.2f} {'-':>8} {dl:4d}  "
+        line += f"{'held out' if is_held else 'fitted':<8} {'yes' if IN_RANGE[0] <= ratio <= IN_RANGE[1] else 'NO':<8}"
+        if dflt is not None:
+            line += f" {dflt.fps[c]:7.1f} {dflt.fps[c] / pub:6.2f} {dflt.npu_layers:4d}"
+        print(line)
+    print("(FPS. direct: estimate_perf on the float ONNX; user: config(range_split=False) -> load_onnx -> build int8 "
+          "-> eval_perf; .rknn: that package after export_rknn -> load_rknn -> eval_perf; ratio: user (or direct) / "
+          "published; ops: NPU layers; default: the build with every default, range split on)")
     print(_summary("direct, fitted points", fitted))
     print(_summary("direct, held-out points", held))
     if user_fit or user_held:
         print(_summary("user path, fitted points", user_fit))
         print(_summary("user path, held-out points", user_held))
         print(f"user path / direct: {min(agree):.3f} .. {max(agree):.3f} (target: within 5%)")
-        same = all(abs(r[5] - r[4]) < 1e-6 for r in rows if r[4] is not None)
-        print(f".rknn read back gives the same estimate as the build: {'yes' if same else 'NO'}")
+        print(f".rknn read back gives the same estimate as the build: {'yes' if rknn_same else 'NO'}")
 
 
 def run_real(calib: int) -> None:
@@ -518,7 +528,7 @@ def _mobilenet_onnx(pt: Path) -> onnx.ModelProto:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # fitting the per-chip cost parameters
-def fit(models: list, cache_dir: str | None) -> None:
+def fit(models: list, cache_dir: str | None, chips: tuple = CHIPS) -> None:
     """Grid search, per chip, of the conv utilisation scale, the depthwise utilisation and the per-layer overhead
     (round values) minimising the worst |log(estimate / published)| over the chip's fitted points (ties: the sum of
     squares). Prints the CostModel lines for targets/chips.py."""
@@ -535,7 +545,7 @@ def fit(models: list, cache_dir: str | None) -> None:
     dw = [0.5, 0.7, 1.0, 1.4, 2.0, 3.0]
     overheads = [1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 40.0]
     ddr = [0.4, 0.6, 0.8, 0.95]
-    for c in CHIPS:
+    for c in chips:
         spec = chip(c)
         base = GENERATIONS[spec.generation].cost
         points = [(n, PUBLISHED[n][c]) for n in graphs if c in PUBLISHED[n] and (n, c) not in HELD_OUT]
@@ -567,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-user", action="store_true", help="direct estimates only (no builds)")
     ap.add_argument("--no-real", action="store_true", help="skip the real MobileNetV2 / YOLOX-nano rows")
     ap.add_argument("--fit", action="store_true", help="fit the per-chip cost parameters and exit")
+    ap.add_argument("--fit-chips", default=",".join(CHIPS), help="chips to fit (default: every published chip)")
     args = ap.parse_args(argv)
     import torch
 
@@ -576,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown models {unknown}; known: {', '.join(PUBLISHED)}")
     if args.fit:
-        fit(models, args.cache_dir)
+        fit(models, args.cache_dir, tuple(c.strip() for c in args.fit_chips.split(",") if c.strip()))
         return 0
     t0 = time.perf_counter()
     run_published(models, args.cache_dir, args.calib, not args.no_user)
