@@ -7,8 +7,8 @@ RKNPU2 fuses the activations in its table and a residual Add. x * sigmoid(x) (Si
 own (its Sigmoid folded into the Mul) on both generations. rknn-toolkit2 2.5.0 does compile conv + sigmoid + multiply
 into one 'ConvExSwish' layer, but the published speeds of yolov5s with SiLU and with ReLU (same network otherwise)
 differ by about a third on every chip: the fused activation is not free, and the pass models what it costs (fitting
-it as a free fused activation made every RKNPU2 chip's fit worse; bench/RESULTS.md). A multiply or add by a scalar constant
-joins the layer before it on both generations: it is a different output scale or zero point.
+it as a free fused activation made every RKNPU2 chip's fit worse; bench/RESULTS.md). A multiply or add by a scalar
+constant joins the layer before it on both generations: it is a different output scale or zero point.
 """
 
 from __future__ import annotations

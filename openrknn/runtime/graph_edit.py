@@ -17,7 +17,7 @@ from ..onnx_wire import WireError, _varint
 _MODEL_GRAPH = 7
 _GRAPH_NODE, _GRAPH_INITIALIZER = 1, 5
 _NODE_INPUT, _NODE_OUTPUT, _NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 3, 4, 5, 7
-_ATTR_NAME, _ATTR_I, _ATTR_TYPE, _ATTR_INT = 1, 3, 20, 2
+_ATTR_NAME, _ATTR_I, _ATTR_T, _ATTR_TYPE, _ATTR_INT = 1, 3, 5, 20, 2
 _T_DIMS, _T_DATA_TYPE, _T_FLOAT, _T_INT32, _T_INT64, _T_NAME, _T_RAW = 1, 2, 4, 5, 7, 8, 9
 _T_DOUBLE, _T_LOCATION = 10, 14
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -88,6 +88,7 @@ class Node:
     outputs: List[str]
     raw: bytes                                      # the serialized NodeProto
     int_attrs: Dict[str, int] = field(default_factory=dict)
+    tensor_attrs: Dict[str, bytes] = field(default_factory=dict)  # serialized TensorProto (a Constant's value)
 
 
 def _parse_node(index: int, raw: bytes) -> Node:
@@ -107,16 +108,20 @@ def _parse_node(index: int, raw: bytes) -> Node:
         elif number == _NODE_DOMAIN:
             node.domain = _str(data, a, b)
         elif number == _NODE_ATTRIBUTE:
-            name, value, kind = "", None, None
+            name, value, kind, tensor = "", None, None, None
             for an, aw, _, aa, ab in _spans(data, a, b):
                 if an == _ATTR_NAME and aw == _LEN:
                     name = _str(data, aa, ab)
+                elif an == _ATTR_T and aw == _LEN:
+                    tensor = bytes(data[aa:ab])
                 elif an == _ATTR_I and aw == _VARINT:
                     value = aa - (1 << 64) if aa >= 1 << 63 else aa
                 elif an == _ATTR_TYPE and aw == _VARINT:
                     kind = aa
             if kind == _ATTR_INT and value is not None:
                 node.int_attrs[name] = value
+            if tensor is not None:
+                node.tensor_attrs[name] = tensor
     return node
 
 
@@ -234,10 +239,13 @@ class WireModel:
         return name in self._init_raw
 
     def array(self, name: str) -> Optional[np.ndarray]:
-        """An initializer's values (None if it is not one, or is stored in a form the reader does not handle)."""
+        """An initializer's or a Constant node's values (None if it is neither, or is stored in a form the reader
+        does not handle)."""
         if name not in self._arrays:
-            raw = self._init_raw.get(name)
-            self._arrays[name] = None if raw is None else _parse_tensor(raw)[1]
+            raw = self._init_raw.get(name) or next(
+                (n.tensor_attrs.get("value") for n in self.nodes
+                 if n.op_type == "Constant" and n.outputs == [name] and n.domain in ("", "ai.onnx")), None)
+            self._arrays[name] = None if not raw else _parse_tensor(raw)[1]
         return self._arrays[name]
 
     def fresh_name(self, base: str) -> str:

@@ -9,7 +9,9 @@ they only steer around kernels that are slow for reasons unrelated to the result
 - Depthwise convs with per-channel weight zero points (asymmetric_quantized-u8 with quantized_method='channel'):
   onnxruntime's depthwise QLinearConv has no fast path for them. The same conv as a grouped conv of G channels per
   group, each channel's weights on its own input channel and its zero point (a zero weight) on the other G - 1, runs
-  the integer GEMM path: same integers, same requantization.
+  the integer GEMM path: same integer sums, same requantization. Only where the conv's output goes straight to a
+  quantize step (onnxruntime's QLinearConv): a conv computed in float (its activation before the quantize step)
+  would sum in another order.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
     for n in wm.nodes:
         if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or len(n.inputs) < 2 or n.index in wm.replaced:
             continue
+        if not _feeds_quantize(wm, n, consumers):
+            continue  # only a conv that onnxruntime runs as QLinearConv (integer sums: the same in any grouping)
         wdq = producer.get(n.inputs[1])
         if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.domain not in ("", "ai.onnx") \
                 or len(wdq.inputs) < 3 or not wm.is_initializer(wdq.inputs[0]) or len(consumers[wdq.outputs[0]]) != 1:
@@ -132,6 +136,36 @@ def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
         wm.replaced[n.index] = encode_node(n, int_attrs={"group": channels // g})
         done += 1
     return done
+
+
+def _feeds_quantize(wm: WireModel, conv: Node, consumers: Dict[str, List[Node]]) -> bool:
+    """The conv's output reaches a QuantizeLinear directly, or through a Relu/Clip that onnxruntime removes because
+    the quantize step clamps the same way (its ReluQuantFusion / ClipQuantFusion): it becomes a QLinearConv."""
+    readers = consumers.get(conv.outputs[0], []) if conv.outputs else []
+    if len(readers) != 1:
+        return False
+    act = readers[0]
+    if act.op_type == "QuantizeLinear":
+        return True
+    if act.op_type not in ("Relu", "Clip") or act.domain not in ("", "ai.onnx"):
+        return False
+    after = consumers.get(act.outputs[0], [])
+    if len(after) != 1 or after[0].op_type != "QuantizeLinear" or len(after[0].inputs) < 3:
+        return False
+    scale, zp = wm.array(after[0].inputs[1]), wm.array(after[0].inputs[2])
+    if scale is None or zp is None or zp.size != 1 or scale.size != 1 or zp.dtype not in (np.uint8, np.int8):
+        return False
+    info, z, s32 = np.iinfo(zp.dtype), int(zp.reshape(-1)[0]), np.float32(scale.reshape(-1)[0])
+    if act.op_type == "Relu":
+        return z == info.min
+    # onnxruntime's test, in its float32 arithmetic: the clip range covers the quantized range within one epsilon
+    lo, hi = s32 * np.float32(info.min - z), s32 * np.float32(info.max - z)
+    bounds = [wm.array(t) if t else None for t in act.inputs[1:3]]
+    if len(bounds) != 2 or any(b is None or b.size != 1 for b in bounds):
+        return False
+    eps = np.finfo(np.float32).eps
+    cmin, cmax = (np.float32(b.reshape(-1)[0]) for b in bounds)
+    return bool(cmin - lo <= eps and hi - cmax <= eps)
 
 
 def _group_size(channels: int) -> int | None:
