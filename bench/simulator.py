@@ -4,7 +4,8 @@
 
 Per model, in one process: a bare onnxruntime session on the original fp32 model (fed the normalised NCHW tensor, and
 again with the numpy pre-processing a user writes for it: uint8 HWC -> float, mean/std, NCHW); then `RKNN` builds
-(float; int8 u8 per-layer and per-channel for rk1808; w8a8 normal / kl_divergence / mmse for rk3588) loaded in the
+(float; int8 u8 per-layer and per-channel for rk1808; w8a8 normal / kl_divergence / mmse for rk3588; u8 and w8a8
+normal again with config(range_split=False)) loaded in the
 simulator (`Simulator`, what `init_runtime()` makes), fed uint8 NHWC images. Each int8 row also runs the stored QDQ
 graph without the simulator's load-time rewrites ("stored graph"), so before/after is measured in the same run.
 
@@ -38,12 +39,16 @@ MODELS = {
     "mobilenet": dict(label="MobileNetV2 224", size=224, mean=[123.675, 116.28, 103.53],
                       std=[58.395, 57.12, 57.375], images="imagenet"),
 }
-INT8_ROWS = [  # (label, target, quantized_dtype, algorithm, method)
-    ("int8 u8 normal", "rk1808", "asymmetric_quantized-u8", "normal", "layer"),
-    ("int8 u8 normal channel", "rk1808", "asymmetric_quantized-u8", "normal", "channel"),
-    ("int8 w8a8 normal", "rk3588", "w8a8", "normal", "channel"),
-    ("int8 w8a8 kl", "rk3588", "w8a8", "kl_divergence", "channel"),
-    ("int8 w8a8 mmse", "rk3588", "w8a8", "mmse", "channel"),
+INT8_ROWS = [  # (label, target, quantized_dtype, algorithm, method, extra config)
+    ("int8 u8 normal", "rk1808", "asymmetric_quantized-u8", "normal", "layer", {}),
+    ("int8 u8 normal channel", "rk1808", "asymmetric_quantized-u8", "normal", "channel", {}),
+    ("int8 w8a8 normal", "rk3588", "w8a8", "normal", "channel", {}),
+    ("int8 w8a8 kl", "rk3588", "w8a8", "kl_divergence", "channel", {}),
+    ("int8 w8a8 mmse", "rk3588", "w8a8", "mmse", "channel", {}),
+    # range split adds convs and concats (on the chip too): the same builds without it
+    ("int8 u8 normal, range_split=False", "rk1808", "asymmetric_quantized-u8", "normal", "layer",
+     {"range_split": False}),
+    ("int8 w8a8 normal, range_split=False", "rk3588", "w8a8", "normal", "channel", {"range_split": False}),
 ]
 
 
@@ -137,8 +142,8 @@ def bench_model(name: str, runs: int, calib: int, batch: int, work: Path) -> lis
                         lambda: bare1.run(None, user_pre()))]
     sims = {}
     rows = [("openrknn float", {"target_platform": "rk1808"})]
-    rows += [(label, {"target_platform": t, "quantized_dtype": d, "quantized_algorithm": a, "quantized_method": m})
-             for label, t, d, a, m in INT8_ROWS]
+    rows += [(label, {"target_platform": t, "quantized_dtype": d, "quantized_algorithm": a, "quantized_method": m,
+                      **extra}) for label, t, d, a, m, extra in INT8_ROWS]
     for label, config in rows:
         print(f"  building {name}: {label} ...", flush=True)
         pkg, build_s = build(name, work, calib, **config)

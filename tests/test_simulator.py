@@ -181,3 +181,14 @@ def test_many_frames_need_the_same_count_on_every_input(two_input_onnx):
     assert [o.shape[0] for o in sim.run(two)] == [2 * o.shape[0] for o in sim.run(one)]
     with pytest.raises(InferenceInputError, match="same number"):
         sim.run([two[0], one[1]])
+
+
+def test_frames_use_every_core_by_default(pkg, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OPENRKNN_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert Simulator(pkg.model_bytes, pkg.metadata).workers == cores
+    monkeypatch.setenv("OPENRKNN_THREADS", "3")
+    assert Simulator(pkg.model_bytes, pkg.metadata).workers == 3
+    assert Simulator(pkg.model_bytes, pkg.metadata, threads=2).workers == 2

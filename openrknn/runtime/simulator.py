@@ -49,7 +49,7 @@ class Simulator:
         self.rewrites = fast.applied
         self._disabled = fast.disabled_optimizers
         model_bytes = self._model_bytes = fast.model_bytes
-        self.workers = max(1, int(threads or os.environ.get("OPENRKNN_THREADS", "0") or 0 or _cores()))
+        self.workers = max(1, int(threads or 0) or int(os.environ.get("OPENRKNN_THREADS") or 0) or _cores())
         self._frame_session: Optional[ort.InferenceSession] = None
         self._pool: Optional[ThreadPoolExecutor] = None
         try:
