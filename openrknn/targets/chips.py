@@ -69,10 +69,11 @@ class CostModel:
     ddr_efficiency: share of the board's peak DDR bandwidth the NPU sees.
     cpu_gbps / cpu_op_us: the board CPU's speed on fallback ops and the NPU<->CPU hand-over per op.
 
-    How they were set: util_3x3, util_depthwise, layer_overhead_us and ddr_efficiency by a coarse grid search (round
-    values) minimising the worst |log(estimate / published)| over the four INT8 models of the brief (mobilenetv2,
-    resnet50-v2, yolov5s_relu, yolox_s) on RK1808 (rknpu1) and one RK3588 core (rknpu2); yolov5s with SiLU was held
-    out as a check. The rest are round guesses. Other chips of a generation reuse its parameters unfitted.
+    How they were set: these are a generation's defaults (first fitted to RK1808 and one RK3588 core); every chip
+    with published speeds gets its own copy with the conv and depthwise utilisation scaled and its own per-layer
+    overhead and DDR efficiency (`_fitted`, `python bench/perf_estimate.py --fit`); lane sizes and the rest are
+    round guesses. lane_depthwise=64 on RKNPU2: rknn-toolkit2's per-layer cycle table gives a 1- to 32-channel
+    depthwise conv the same cycles. Chips without published speeds (rv1103/rv1106) use their generation's defaults.
     """
 
     util_3x3: float
