@@ -75,6 +75,7 @@ def test_unknown_key_names_it_and_lists_the_known_keys():
     ("quantized_method", "tensor", "'channel'"),
     ("weight_rounding", "stochastic", "'gptq'"),
     ("range_remap", "no", "True or False"),
+    ("range_split", "no", "True or False"),
 ])
 def test_wrong_type_or_value_names_key_value_and_allowed(key, value, allowed):
     msg = _err(**{key: value})
@@ -210,19 +211,20 @@ def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
         assert r._build.package.metadata["quantization"]["weight_rounding"] == (expect or "nearest")  # in the file
 
 
-def test_range_remap_reaches_the_quantizer(conv_onnx, tmp_path, monkeypatch):
-    """openrknn's range_remap option (default on) is the quantizer's QuantOptions.range_remap."""
+def test_range_split_and_remap_reach_the_quantizer(conv_onnx, tmp_path, monkeypatch):
+    """openrknn's range_split / range_remap options (default on) are the quantizer's QuantOptions fields."""
     import openrknn.quant as quant
 
     seen = []
     real = quant.quantize
     monkeypatch.setattr(quant, "quantize", lambda model, data, opts, *a, **k: seen.append(opts) or
                         real(model, data, opts, *a, **k))
-    assert make_config().range_remap is True
+    assert make_config().range_remap is True and make_config().range_split is True
     dataset = write_npy_dataset(tmp_path, (8, 10, 3), n=2, seed=0)
-    for value in (True, False):
+    for key, value in (("range_remap", True), ("range_remap", False), ("range_split", False)):
         r = RKNN()
-        assert r.config(target_platform="rk3588", range_remap=value) == 0
+        assert r.config(target_platform="rk3588", **{key: value}) == 0
         assert r.load_onnx(str(conv_onnx())) == 0
         assert r.build(do_quantization=True, dataset=str(dataset)) == 0
-        assert seen[-1].range_remap is value
+        assert getattr(seen[-1], key) is value
+        assert r._build.package.metadata["quantization"][key] is value

@@ -293,3 +293,120 @@ def test_input_preprocessing_is_folded_into_the_first_conv():
     plan = plan_memory(m, "asymmetric_quantized-u8")
     assert plan.tensor_buffer[n] == "<input>" and plan.input_bytes == {"x": 32 * 32 * 3}
     assert plan.arena_bytes == 0  # conv + relu write straight into the output buffer
+
+
+# --------------------------------------------------------------------------------------------------- built models
+def _mobile_block(path):
+    """NCHW float input -> conv 3x3 + ReLU6 -> depthwise 3x3 + SiLU -> conv 1x1 -> conv 1x1 + ReLU: the layer kinds
+    whose QDQ form leaves the conv output float before its activation's quantization point."""
+    g = G(shape=(1, 3, 32, 32), seed=1)
+    c = g.conv("x", 3, 32)
+    r6 = g.op("Clip", [c, g.const(0.0), g.const(6.0)])
+    d = g.conv(r6, 32, 32, group=32)
+    silu = g.op("Mul", [d, g.op("Sigmoid", [d])])
+    p = g.conv(silu, 32, 16, k=1)
+    out = g.op("Relu", [g.conv(p, 16, 32, k=1)])
+    onnx.save(g.model([out]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("target,dtype", [("rk1808", "asymmetric_quantized-u8"), ("rk3588", "w8a8")])
+def test_a_built_int8_model_is_costed_at_the_int8_rate_on_every_path(tmp_path, target, dtype):
+    """The user's path: config -> load_onnx -> build(int8) -> eval_perf, and load_rknn -> eval_perf, cost every conv
+    as int8 (a DequantizeLinear-fed conv whose activation follows before the quantize step is an int8 conv) and
+    agree with the direct estimate of the float ONNX when the build adds no ops."""
+    from conftest import write_npy_dataset
+    from openrknn.analysis.package_reports import model_facts
+    from openrknn.api import RKNN
+
+    src = _mobile_block(tmp_path / "block.onnx")
+    dataset = write_npy_dataset(tmp_path, (32, 32, 3), n=4)
+    rk = RKNN()
+    assert rk.config(mean_values=[[127.5] * 3], std_values=[[64.0] * 3], target_platform=target,
+                     range_split=False) == 0
+    assert rk.load_onnx(str(src)) == 0 and rk.build(do_quantization=True, dataset=str(dataset)) == 0
+    assert rk.init_runtime() == 0
+    built = rk.eval_perf(is_print=False)
+    model, _, qd = model_facts(rk._package)
+    gi = analyze(model, qd)
+    convs = [layer for layer in gi.layers if layer.op_type == "Conv"]
+    assert len(convs) == 4 and {c.mac_mode for c in convs} == {"int8"}
+    assert {gi.tensors[c.outputs[0]].dtype for c in convs} <= {"uint8", "int8"}
+    direct = estimate_perf(onnx.load(str(src)), target, dtype)
+    assert built["npu_estimate"]["total_us"] == pytest.approx(direct.total_us, rel=0.05)
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    back = RKNN()
+    assert back.load_rknn(str(tmp_path / "m.rknn")) == 0 and back.init_runtime() == 0
+    assert back.eval_perf(is_print=False)["npu_estimate"] == built["npu_estimate"]
+
+
+def test_a_layer_kept_float_in_a_quantized_graph_stays_fp16():
+    """Hybrid: a conv with float weights reading a dequantized tensor and feeding a float reader runs in fp16; a conv
+    with quantized weights whose ReLU precedes the quantize step runs in int8."""
+    n = helper.make_node
+    f32 = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.asarray(v, dt), k) for k, v, dt in [
+        ("s", 0.05, np.float32), ("z", 128, np.uint8), ("ws", 0.01, np.float32), ("wz", 0, np.int8),
+        ("wq", np.ones((16, 16, 3, 3)), np.int8), ("wf", np.ones((16, 16, 3, 3)), np.float32),
+        ("wf2", np.ones((16, 16, 1, 1)), np.float32)]]
+    nodes = [n("QuantizeLinear", ["x", "s", "z"], ["xq"]), n("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             n("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+             n("Conv", ["xd", "wd"], ["c_int8"], pads=[1] * 4, name="int8_conv"),
+             n("Relu", ["c_int8"], ["r"]), n("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+             n("DequantizeLinear", ["rq", "s", "z"], ["rd"]),
+             n("Conv", ["rd", "wf"], ["c_float"], pads=[1] * 4, name="float_conv"),
+             n("Conv", ["c_float", "wf2"], ["y"], name="float_reader")]
+    g = helper.make_graph(nodes, "hybrid", [helper.make_tensor_value_info("x", f32, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", f32, None)], inits)
+    gi = analyze(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), None)
+    mode = {layer.name: layer.mac_mode for layer in gi.layers}
+    assert mode == {"int8_conv": "int8", "Relu_4": "int8", "float_conv": "float16", "float_reader": "float16"}
+    assert gi.tensors["c_int8"].dtype == "uint8" and gi.tensors["c_float"].dtype == "float16"
+
+
+def test_a_split_part_of_few_channels_pays_for_whole_lanes():
+    """Range split cuts a depthwise conv into parts of a few channels (a 1-channel part has group 1): each part
+    occupies whole channel lanes, so its MACs run at 1/lane of the full conv's rate."""
+    spec = chip("rk3588")
+    lane = spec.cost.lane_depthwise
+    g = G(shape=(1, lane, 16, 16))
+    part = g.op("Slice", ["x", g.const([0], np.int64), g.const([3], np.int64), g.const([1], np.int64)])
+    three = g.conv(part, 3, 3, group=3)
+    one = g.conv(g.op("Slice", ["x", g.const([0], np.int64), g.const([1], np.int64), g.const([1], np.int64)]), 1, 1)
+    full = g.conv("x", lane, lane, group=lane)
+    gi = analyze(g.model([three, one, full]), "w8a8")
+    u = {layer.outputs[0]: conv_utilisation(layer, gi, spec) for layer in gi.layers if layer.op_type == "Conv"}
+    assert u[full] == pytest.approx(spec.cost.util_depthwise)
+    assert u[three] == pytest.approx(u[full] * 3 / lane) and u[one] == pytest.approx(u[full] / lane)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_through_load_pytorch_is_costed_as_the_direct_export(real_data, tmp_path):
+    """The issue's path: the real MobileNetV2 .pt -> load_pytorch -> build u8 for rk1808 -> eval_perf. Without the
+    range split it must agree with the direct ONNX estimate; the split adds real NPU ops and is costed higher."""
+    import io
+
+    import torch
+
+    from openrknn.api import RKNN
+
+    pt = real_data("models/mobilenet_v2_imagenet.pt")
+    images = sorted(real_data("images/imagenet").glob("*.*"))[:4]
+    dataset = tmp_path / "ds.txt"
+    dataset.write_text("".join(f"{p}\n" for p in images))
+    buf = io.BytesIO()
+    torch.onnx.export(torch.jit.load(str(pt)).eval(), (torch.zeros(1, 3, 224, 224),), buf, dynamo=False,
+                      opset_version=17)
+    direct = estimate_perf(onnx.load_from_string(buf.getvalue()), "rk1808", "asymmetric_quantized-u8").total_us
+    totals = {}
+    for split in (False, True):
+        rk = RKNN()
+        rk.config(mean_values=[[123.675, 116.28, 103.53]], std_values=[[58.395, 57.12, 57.375]],
+                  target_platform="rk1808", range_split=split)
+        assert rk.load_pytorch(str(pt), input_size_list=[[1, 3, 224, 224]]) == 0
+        assert rk.build(do_quantization=True, dataset=str(dataset)) == 0 and rk.init_runtime() == 0
+        gi = analyze(onnx.load_from_string(rk._package.model_bytes), None)
+        assert {layer.mac_mode for layer in gi.layers if layer.op_type == "Conv"} == {"int8"}
+        totals[split] = rk.eval_perf(is_print=False)["npu_estimate"]["total_us"]
+    assert totals[False] == pytest.approx(direct, rel=0.05)
+    assert totals[True] > totals[False]

@@ -338,3 +338,42 @@ def test_the_quantized_graph_records_what_range_split_made(calib):
             if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name not in float_nodes]
     assert made and sorted(node_origins(res.model)) == sorted(made)
     assert {t for t, _ in channel_parts(res.model).values()} >= {"stem"}
+def test_splits_of_convs_sharing_one_bias_initializer_do_not_collide(calib):
+    """Exporters store one zero bias for every conv of a width (torch.onnx with random or BN-folded weights): two
+    split tensors cut into different groups must each get their own slices of it."""
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    inits, nodes, outs = [numpy_helper.from_array(np.zeros(8, np.float32), "zero_bias")], [
+        n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2])], []
+    for k, gain in enumerate((np.logspace(0, -3, 8), np.logspace(-3, 0, 8)[[0, 7, 1, 6, 2, 5, 3, 4]])):
+        inits += [numpy_helper.from_array((rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None])
+                                          .astype(np.float32), f"w{k}"),
+                  numpy_helper.from_array((rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None])
+                                          .astype(np.float32), f"wdw{k}"),
+                  numpy_helper.from_array(rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32), f"wpw{k}")]
+        nodes += [n("Conv", ["x", f"w{k}", "zero_bias"], [f"c{k}"], pads=[1, 1, 1, 1]),
+                  n("Relu", [f"c{k}"], [f"stem{k}"]),
+                  n("Conv", [f"stem{k}", f"wdw{k}", "zero_bias"], [f"d{k}"], pads=[1, 1, 1, 1], group=8),
+                  n("Relu", [f"d{k}"], [f"dw{k}"]), n("Conv", [f"dw{k}", f"wpw{k}"], [f"out{k}"])]
+        outs.append(helper.make_tensor_value_info(f"out{k}", TensorProto.FLOAT, [1, 4, 12, 12]))
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+                          outs, inits)
+    model = normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    cands = split_candidates(model)
+    assert set(cands) == {"stem0", "stem1"}
+    split, report, _ = range_split(model, channel_ranges(model, list(cands), calib), max_ratio=16)
+    groups = {e["tensor"]: e["groups"] for e in report["tensors"]}
+    assert set(groups) == {"stem0", "stem1"} and groups["stem0"] != groups["stem1"]
+    names = [t.name for t in split.graph.initializer]
+    assert len(names) == len(set(names))
+    for feed in calib:
+        for got, want in zip(_run_all(split, feed), _run_all(model, feed)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _run_all(model, feed):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)

@@ -149,3 +149,46 @@ def test_a_package_read_back_runs_identically(pkg, tmp_path, pixels):
     fed = pixels(H, W, seed=5)
     np.testing.assert_array_equal(Simulator(back.model_bytes, back.metadata).run([fed])[0],
                                   Simulator(pkg.model_bytes, pkg.metadata).run([fed])[0])
+
+
+def test_many_frames_run_concurrently_and_come_back_stacked(pkg, pixels):
+    """inference() on k frames at once (a batch array) and run_many() over samples: every core runs frames, the
+    outputs are those of one-frame runs, in order."""
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=2)
+    frames = [pixels(H, W, seed=10 + i) for i in range(5)]
+    one_by_one = [sim.run([f])[0] for f in frames]
+    stacked = sim.run([np.concatenate([f.reshape(1, H, W, 3) for f in frames])])
+    assert sim.workers == 2 and sim._frame_session is not None  # the concurrent path ran
+    assert stacked[0].shape == (5,) + one_by_one[0].shape[1:]
+    np.testing.assert_allclose(stacked[0], np.concatenate(one_by_one), rtol=1e-6, atol=1e-6)
+    times = []
+    many = sim.run_many([[f] for f in frames], times_ms=times)
+    assert len(many) == 5 and len(times) == 5 and all(t > 0 for t in times)
+    for got, want in zip(many, one_by_one):
+        np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InferenceInputError, match=r"k x 1 frames"):
+        sim.run([np.zeros((2, H + 1, W, 3), np.uint8)])
+    sim.release()
+    assert sim._pool is None
+
+
+def test_many_frames_need_the_same_count_on_every_input(two_input_onnx):
+    built = _package(two_input_onnx)
+    sim = Simulator(built.model_bytes, built.metadata, threads=2)
+    metas = built.metadata["inputs"]
+    one = [np.zeros(m["shape"], np.uint8 if m["layout"] == "nhwc" else np.dtype(m["dtype"])) for m in metas]
+    two = [np.concatenate([a, a]) for a in one]
+    assert [o.shape[0] for o in sim.run(two)] == [2 * o.shape[0] for o in sim.run(one)]
+    with pytest.raises(InferenceInputError, match="same number"):
+        sim.run([two[0], one[1]])
+
+
+def test_frames_use_every_core_by_default(pkg, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OPENRKNN_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert Simulator(pkg.model_bytes, pkg.metadata).workers == cores
+    monkeypatch.setenv("OPENRKNN_THREADS", "3")
+    assert Simulator(pkg.model_bytes, pkg.metadata).workers == 3
+    assert Simulator(pkg.model_bytes, pkg.metadata, threads=2).workers == 2

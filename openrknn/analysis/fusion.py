@@ -3,9 +3,12 @@
 A fused layer costs no separate pass over memory: its work happens in the conv's output stage.
 Rules (FACTS.md, seed): RKNPU1 fuses conv + ReLU, and conv + max-pool when the pool is 2x2 or 3x3 with stride 2
 (2x2: even input, no padding; 3x3: odd input other than 1, no padding, width < 64 for 8-bit / < 32 for 16-bit).
-RKNPU2 fuses the activations in its table and a residual Add. x * sigmoid(x) (SiLU) is not a fusable activation: it
-runs as one elementwise pass of its own (its Sigmoid is folded into the Mul). A multiply or add by a scalar constant
-joins the layer before it on both generations: it is a different output scale or zero point.
+RKNPU2 fuses the activations in its table and a residual Add. x * sigmoid(x) (SiLU) costs one elementwise pass of its
+own (its Sigmoid folded into the Mul) on both generations. rknn-toolkit2 2.5.0 does compile conv + sigmoid + multiply
+into one 'ConvExSwish' layer, but the published speeds of yolov5s with SiLU and with ReLU (same network otherwise)
+differ by about a third on every chip: the fused activation is not free, and the pass models what it costs (fitting
+it as a free fused activation made every RKNPU2 chip's fit worse; bench/RESULTS.md). A multiply or add by a scalar
+constant joins the layer before it on both generations: it is a different output scale or zero point.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the NPU folds it into the first conv, so it costs nothing there.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,11 +68,11 @@ class Tensor:
     def numel(self) -> int:
         if not self.known:
             return 0
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape) if self.shape else 1  # math.prod: this runs per layer per estimate
 
     @property
     def nbytes(self) -> int:
-        return int(np.ceil(self.numel * DTYPE_BYTES[self.dtype]))
+        return math.ceil(self.numel * DTYPE_BYTES[self.dtype])
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Weight:
 
     @property
     def nbytes(self) -> int:
-        return int(np.ceil(int(np.prod(self.shape, dtype=np.int64)) * DTYPE_BYTES[self.dtype]))
+        return math.ceil(math.prod(self.shape) * DTYPE_BYTES[self.dtype])
 
 
 @dataclass
@@ -369,12 +370,15 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
             log.warning("shapes of %d tensors are unknown (%s...): onnx could not infer them and onnxruntime could "
                         "not run the model (%s); their sizes count as 0", len(missing), missing[0],
                         str(e).splitlines()[0][:200])
+    internal = _internal_dtypes(layers, act_qdtype, set(graph_outputs), shapes) if quantized else {}
     tensors: dict[str, Tensor] = {}
     for t in need:
         shp, onnx_dt = shapes.get(t, ((), "float32"))
         known = t in shapes
         if t in act_qdtype:
             dt = act_qdtype[t]
+        elif t in internal:
+            dt = internal[t]
         elif quantized:  # left float inside a quantized graph (hybrid): the NPU runs it in fp16
             dt = "float16" if onnx_dt.startswith("float") else onnx_dt
         else:
@@ -413,6 +417,37 @@ def analyze(model: onnx.ModelProto, quant_dtype: str | None = None) -> GraphInfo
             except (IndexError, KeyError) as e:
                 log.debug("no MAC count for %s (%s): %s", layer.name, layer.op_type, e)
     return GraphInfo(layers, tensors, weights, graph_inputs, graph_outputs, node_layer, quantized)
+
+
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _internal_dtypes(layers: Sequence[Layer], act_qdtype: dict[str, str], graph_outputs: set,
+                     shapes: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, str]:
+    """Float tensors of a QDQ graph that never reach memory on the NPU, with the dtype of the layer computing them.
+
+    The quantizer leaves a conv's output float when its activation (Clip, SiLU's sigmoid and multiply, a scalar
+    remap) follows before the quantization point: the NPU applies those in the conv's output stage and writes only
+    the quantized result. Such a tensor is internal when every reader is a weightless op whose outputs are quantized
+    or internal in turn; it takes the dtype of the point it leads to. A float tensor read by a conv/matmul or
+    reaching a graph output stays float (a layer kept float by hybrid quantization).
+    """
+    consumers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            consumers.setdefault(t, []).append(layer)
+    out: dict[str, str] = {}
+    for layer in reversed(layers):  # readers come after their producers: resolve from the outputs backwards
+        for t in layer.outputs:
+            if t in act_qdtype or t in graph_outputs or not shapes.get(t, ((), "float32"))[1].startswith("float"):
+                continue
+            readers = consumers.get(t, [])
+            if not readers or any(r.op_type in _WEIGHTED_OPS or r.role != "compute" for r in readers):
+                continue
+            ends = [act_qdtype.get(o) or out.get(o) for r in readers for o in r.outputs]
+            if ends and all(ends):
+                out[t] = max(ends, key=lambda d: DTYPE_BYTES[d])
+    return out
 
 
 def _is_weight(name: str, inits: dict[str, onnx.TensorProto], consts: dict[str, onnx.TensorProto]) -> bool:

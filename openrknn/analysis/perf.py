@@ -113,7 +113,7 @@ def _align(n: int, lane: int) -> int:
 
 def conv_utilisation(layer: Layer, gi: GraphInfo, spec: ChipSpec) -> float:
     """Share of peak MACs a conv achieves: kernel family (3x3 best) x channel-lane alignment; depthwise is poor."""
-    cm = spec.gen.cost
+    cm = spec.cost
     w = gi.weights[layer.weights[0]].shape if layer.weights else ()
     if len(w) < 3:
         return cm.util_1x1
@@ -121,11 +121,11 @@ def conv_utilisation(layer: Layer, gi: GraphInfo, spec: ChipSpec) -> float:
     group = int(layer.attrs.get("group", 1))
     if layer.op_type == "ConvTranspose":
         cout, cin_g = w[1] * group, w[0] // max(group, 1)
-    if group > 1 and cin_g == 1:
-        return cm.util_depthwise
+    if cin_g == 1 and group == cout:  # depthwise (a 1-channel part of a split depthwise conv has group 1)
+        return cm.util_depthwise * group / _align(group, cm.lane_depthwise)
     family = cm.util_3x3 if kernel == (3, 3) else cm.util_1x1 if all(k == 1 for k in kernel) else cm.util_other
     # the array reduces over Cin x kh x kw and pays for whole lane blocks of it and of Cout
-    k = cin_g * int(np.prod(kernel))
+    k = cin_g * math.prod(kernel)
     cout_g = cout // max(group, 1)
     return family * (k / _align(k, cm.lane_in)) * (cout_g / _align(cout_g, cm.lane_out))
 
@@ -138,12 +138,12 @@ def _conv_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
 
 @cost_rule("Gemm", "MatMul")
 def _gemm_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
-    return g.macs / (spec.macs_per_second(_mac_mode(g.host, spec)) * spec.gen.cost.util_gemm)
+    return g.macs / (spec.macs_per_second(_mac_mode(g.host, spec)) * spec.cost.util_gemm)
 
 
 def _elementwise_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
     # vector unit: streams the larger of what it reads and writes
-    return max(g.in_bytes, g.out_bytes) / (spec.gen.cost.elementwise_bytes_per_cycle * spec.npu_clock_mhz * 1e6)
+    return max(g.in_bytes, g.out_bytes) / (spec.cost.elementwise_bytes_per_cycle * spec.npu_clock_mhz * 1e6)
 
 
 @cost_rule("MaxPool", "AveragePool")
@@ -159,7 +159,7 @@ def concat_in_place(layer: Layer, gi: GraphInfo, spec: ChipSpec) -> bool:
     rank = len(shapes[0]) if shapes else 0
     axis = int(layer.attrs.get("axis", 1))
     axis = axis + rank if axis < 0 else axis
-    lane = spec.gen.cost.lane_out
+    lane = spec.cost.lane_out
     return rank == 4 and axis == 1 and all(len(s) == 4 and s[1] % lane == 0 for s in shapes) \
         and all(gi.producer(t) is not None for t in layer.inputs)
 
@@ -194,18 +194,19 @@ def _group(host: Layer, members: list[Layer], gi: GraphInfo, fused: Mapping[int,
     )
 
 
-def estimate_perf(model: onnx.ModelProto, target: str, quant_dtype: str | None, cores: int = 1,
+def estimate_perf(model: onnx.ModelProto, target: str | ChipSpec, quant_dtype: str | None, cores: int = 1,
                   info: GraphInfo | None = None) -> PerfEstimate:
     """Estimated per-layer NPU time of `model` on `target` (one NPU core unless `cores` says more).
 
+    target: a chip name, or a ChipSpec (fitting the cost parameters: bench/perf_estimate.py --fit).
     quant_dtype: the config's quantized_dtype (None = float, which the NPU runs in fp16). A QDQ graph's own types
     win layer by layer.
     """
-    spec = chip(target)
+    spec = target if isinstance(target, ChipSpec) else chip(target)
     gi = info if info is not None else analyze(model, quant_dtype)
     fused = fuse(gi, spec.gen)
     groups = _groups(gi, fused)
-    cm = spec.gen.cost
+    cm = spec.cost
     bw = spec.ddr_bytes_per_second  # cores share the board's DDR, so more cores do not add bandwidth
     rows: list[PerfRow] = []
     for layer in gi.layers:
@@ -272,11 +273,14 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
         model = onnx.load_from_string(model_bytes)
     except Exception as e:
         raise ModelLoadError(f"measure_host_perf: model bytes are not an ONNX model ({e})") from e
+    from ..runtime.speedups import speed_up
+
     model = with_node_names(model)
+    fast = speed_up(model.SerializeToString())  # what the simulator runs (same outputs, faster kernels)
     with tempfile.TemporaryDirectory(prefix="openrknn_prof_") as tmp:
         optimized_path = os.path.join(tmp, "optimized.onnx")
-        sess = make_session(model, threads or None, profile_prefix=os.path.join(tmp, "prof"),
-                            optimized_path=optimized_path)
+        sess = make_session(fast.model_bytes, threads or None, profile_prefix=os.path.join(tmp, "prof"),
+                            optimized_path=optimized_path, disabled_optimizers=fast.disabled_optimizers)
         wanted = {i.name for i in sess.get_inputs()}
         if set(feeds) != wanted:
             raise InferenceInputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(wanted)}")

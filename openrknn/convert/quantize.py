@@ -18,7 +18,8 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
     from ..quant import QuantOptions
 
     return QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
-                        target=cfg.target, weight_rounding=cfg.weight_rounding, range_remap=cfg.range_remap,
+                        target=cfg.target, weight_rounding=cfg.weight_rounding, range_split=cfg.range_split,
+                        range_remap=cfg.range_remap,
                         overrides=dict(overrides or {}), fixed=dict(fixed or {}))
 
 
@@ -38,7 +39,8 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
     """The container's 'quantization' entry for a QuantResult: settings, what was actually done, every tensor."""
     record = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
               "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),
-              "range_remap": bool(cfg.range_remap), "calibration_samples": samples, "tensors": result.tensors,
+              "range_split": bool(cfg.range_split), "range_remap": bool(cfg.range_remap),
+              "calibration_samples": samples, "tensors": result.tensors,
               "overrides": dict(overrides or {})}
     record.update(extra)
     return record

@@ -41,8 +41,9 @@ def _check_args(inputs, n_inputs: int, data_type, data_format, pass_through) -> 
     return list(inputs), formats, types, [bool(p) for p in pass_through]
 
 
-def _to_nhwc(x: np.ndarray, fmt: str, deployed: Sequence[int], name: str) -> np.ndarray:
-    """Bring an image input to the deployed [N,H,W,C] shape; accept a missing batch dim."""
+def _to_nhwc(x: np.ndarray, fmt: str, deployed: Sequence[int], name: str, many: bool = False) -> np.ndarray:
+    """Bring an image input to the deployed [N,H,W,C] shape; accept a missing batch dim (and, with ``many``, any
+    multiple of N frames)."""
     n, h, w, c = deployed
     if x.ndim == 3:
         x = x[None]
@@ -51,14 +52,16 @@ def _to_nhwc(x: np.ndarray, fmt: str, deployed: Sequence[int], name: str) -> np.
                                   f"(nchw); got {list(x.shape)}")
     if fmt == "nchw":
         x = x.transpose(0, 2, 3, 1)
-    if list(x.shape[1:]) != [h, w, c] or x.shape[0] != n:
+    frames_ok = x.shape[0] == n or (many and x.shape[0] > 0 and x.shape[0] % n == 0)
+    if list(x.shape[1:]) != [h, w, c] or not frames_ok:
         hint = ""
         if fmt == "nhwc" and list(x.shape[1:]) == [c, h, w] and c != w:
             hint = " It looks NCHW: pass data_format='nchw'."
         elif list(x.shape[1:3]) != [h, w]:
             hint = f" Resize or letterbox the image to {w}x{h} first."
+        many_hint = f" (or k x {n} frames at once)" if many else ""
         raise InferenceInputError(f"input '{name}' has shape {list(x.shape)} ({fmt}) but the model takes "
-                                  f"[{n}, {h}, {w}, {c}] (nhwc).{hint}")
+                                  f"[{n}, {h}, {w}, {c}] (nhwc){many_hint}.{hint}")
     return x
 
 
@@ -75,8 +78,11 @@ def _undo_preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
 
 
 def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="nhwc",
-                  pass_through: Optional[Sequence[int]] = None) -> List[np.ndarray]:
-    """Return one float32 (or raw-typed) array per model input, shaped as the metadata records (batch included)."""
+                  pass_through: Optional[Sequence[int]] = None, many: bool = False) -> List[np.ndarray]:
+    """Return one float32 (or raw-typed) array per model input, shaped as the metadata records (batch included).
+
+    many: accept k times the deployed batch along the first axis (k frames run at once, e.g. a folder of images);
+    every input must then carry the same k."""
     inputs, formats, types, passes = _check_args(inputs, len(input_meta), data_type, data_format, pass_through)
     feeds = []
     for x, meta, fmt, dtype, passed in zip(inputs, input_meta, formats, types, passes):
@@ -89,13 +95,19 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
             raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
         if meta["layout"] != "nhwc":
             shape = list(meta["shape"])
-            if list(x.shape) != shape and list(x.shape) != shape[1:]:
+            k = x.shape[0] // shape[0] if many and x.ndim == len(shape) and shape[0] and x.shape[0] % shape[0] == 0 \
+                and x.shape[0] > 0 else 1
+            if list(x.shape) != [shape[0] * k] + shape[1:] and list(x.shape) != shape[1:]:
                 raise InferenceInputError(f"input '{name}' has shape {list(x.shape)}, the model takes {shape}")
-            feeds.append(np.ascontiguousarray(x.reshape(shape).astype(np.dtype(meta["dtype"]), copy=False)))
+            feeds.append(np.ascontiguousarray(x.reshape([shape[0] * k] + shape[1:]).astype(np.dtype(meta["dtype"]),
+                                                                                              copy=False)))
             continue
-        x = _to_nhwc(x, fmt, meta["shape"], name)
+        x = _to_nhwc(x, fmt, meta["shape"], name, many)
         x = x.astype(np.float32, copy=False)
         if passed and meta.get("preprocess"):
             x = _undo_preprocess(x, meta["preprocess"])
         feeds.append(np.ascontiguousarray(x))
+    if many and len({f.shape[0] // max(1, m["shape"][0]) for f, m in zip(feeds, input_meta)}) > 1:
+        raise InferenceInputError("inputs carry different numbers of frames "
+                                  f"{[f.shape[0] for f in feeds]}; give every input the same number")
     return feeds

@@ -10,13 +10,14 @@ import onnxruntime as ort
 
 def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = None, *, optimize: bool = True,
                  profile_prefix: Optional[str] = None, optimized_path: Optional[str] = None,
-                 allow_spinning: bool = True) -> ort.InferenceSession:
+                 allow_spinning: bool = True, disabled_optimizers=()) -> ort.InferenceSession:
     """A CPU session for ``model`` (serialized bytes, a path, or an onnx.ModelProto).
 
     threads: intra-op threads; None = $OPENRKNN_THREADS, else onnxruntime's default (one per core).
     optimize: onnxruntime's graph optimizations (off where the graph must run exactly as written, e.g. shape probes).
     profile_prefix / optimized_path: onnxruntime's profiler output and the optimized graph, for host timings.
     allow_spinning: False where the process shares its cores (a server beside its clients): idle threads sleep.
+    disabled_optimizers: onnxruntime graph transformers to leave out (runtime/speedups.py says which and why).
     """
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
@@ -36,4 +37,5 @@ def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = No
         opts.profile_file_prefix = profile_prefix
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"], **extra)

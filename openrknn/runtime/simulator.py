@@ -1,8 +1,16 @@
-"""The simulator: runs a built or loaded model on onnxruntime's CPU kernels (int8 kernels for quantized graphs)."""
+"""The simulator: runs a built or loaded model on onnxruntime's CPU kernels (int8 kernels for quantized graphs).
+
+One frame runs on one session that uses every core (lowest latency). Many frames (a batch array, `run_many` over a
+folder) run concurrently, one frame per core, on a second single-threaded session: small models keep a core busy
+far better than one frame split across cores, so throughput grows with the cores.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -12,6 +20,7 @@ from ..errors import CorruptPackageError, RuntimeStateError
 from ..package import check_runnable
 from .feeds import prepare_feeds
 from .ort_session import make_session
+from .speedups import speed_up
 
 log = logging.getLogger("openrknn.runtime")
 
@@ -34,9 +43,18 @@ class Simulator:
         self.metadata = metadata
         self.inputs_meta: List[dict] = metadata["inputs"]
         self.batch = int(metadata.get("build", {}).get("rknn_batch_size") or 1)
+        fast = speed_up(model_bytes)  # exact rewrites: same outputs, faster onnxruntime kernels
+        if fast.applied:
+            log.debug("simulator graph rewrites: %s", fast.applied)
+        self.rewrites = fast.applied
+        self._disabled = fast.disabled_optimizers
+        model_bytes = self._model_bytes = fast.model_bytes
+        self.workers = max(1, int(threads or 0) or int(os.environ.get("OPENRKNN_THREADS") or 0) or _cores())
+        self._frame_session: Optional[ort.InferenceSession] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
         try:
-            self.session: Optional[ort.InferenceSession] = make_session(model_bytes, threads,
-                                                                        allow_spinning=allow_spinning)
+            self.session: Optional[ort.InferenceSession] = make_session(
+                model_bytes, threads, allow_spinning=allow_spinning, disabled_optimizers=self._disabled)
             graph_inputs = self.session.get_inputs()
             self._output_names = [o.name for o in self.session.get_outputs()]
         except ORT_FAILURES as e:
@@ -66,19 +84,64 @@ class Simulator:
 
     def run(self, inputs, data_type=None, data_format="nhwc", pass_through: Optional[Sequence[int]] = None
             ) -> List[np.ndarray]:
+        """One sample (one array per model input). An input may carry k times the deployed batch of frames: they
+        run concurrently and the outputs come back stacked along the first axis."""
+        return self.run_many([inputs], data_type, data_format, pass_through)[0]
+
+    def run_many(self, samples: Sequence, data_type=None, data_format="nhwc",
+                 pass_through: Optional[Sequence[int]] = None, times_ms: Optional[list] = None
+                 ) -> List[List[np.ndarray]]:
+        """Many samples (each as run() takes it), run concurrently on every core; outputs in sample order.
+        times_ms: if given, gets each sample's own run time (ms)."""
         if self.session is None:
             raise RuntimeStateError("the runtime was released; call init_runtime() again")
-        feeds = prepare_feeds(inputs, self.inputs_meta, data_type, data_format, pass_through)
-        if self.batch == 1:
-            return self._run(dict(zip(self._input_names, feeds)))
-        # rknn_batch_size=N: the graph is batch 1; run each frame and stack, as the NPU does frame by frame
-        per_frame = [self._run({k: np.split(f, self.batch)[i] for k, f in zip(self._input_names, feeds)})
-                     for i in range(self.batch)]
-        return [np.concatenate([fr[k] for fr in per_frame], axis=0) for k in range(len(self._output_names))]
+        prepared = [self._units(prepare_feeds(x, self.inputs_meta, data_type, data_format, pass_through, many=True))
+                    for x in samples]
+        flat = [u for units in prepared for u in units]
+        done = self._run_units(flat)
+        results, pos = [], 0
+        for units in prepared:
+            part = done[pos:pos + len(units)]
+            pos += len(units)
+            if times_ms is not None:
+                times_ms.append(sum(ms for _, ms in part))
+            outs = [o for o, _ in part]
+            # rknn_batch_size=N and many frames: each frame ran alone (as the NPU runs them); stack them back
+            results.append(outs[0] if len(outs) == 1 else
+                           [np.concatenate([fr[k] for fr in outs], axis=0) for k in range(len(self._output_names))])
+        return results
 
-    def _run(self, feeds: dict) -> List[np.ndarray]:
+    def _units(self, feeds: List[np.ndarray]) -> List[dict]:
+        """Split prepared feeds into graph-sized runs (the graph takes one frame of an rknn_batch_size=N model)."""
+        per_run = [max(1, m["shape"][0] // self.batch) for m in self.inputs_meta]
+        n = feeds[0].shape[0] // per_run[0]
+        if n == 1:
+            return [dict(zip(self._input_names, feeds))]
+        parts = [np.split(f, n) for f in feeds]
+        return [{k: p[i] for k, p in zip(self._input_names, parts)} for i in range(n)]
+
+    def _run_units(self, units: List[dict]) -> List[tuple]:
+        if len(units) == 1 or self.workers == 1:
+            return [self._timed(self.session, u) for u in units]
+        if self._frame_session is None:
+            try:
+                self._frame_session = make_session(self._model_bytes, 1, allow_spinning=False,
+                                                   disabled_optimizers=self._disabled)
+            except ORT_FAILURES as e:
+                raise CorruptPackageError(f"onnxruntime cannot open the model ({type(e).__name__}: "
+                                          f"{str(e)[:300]}). {_UNUSABLE}") from None
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="openrknn-sim")
+        sess = self._frame_session
+        return list(self._pool.map(lambda u: self._timed(sess, u), units))
+
+    def _timed(self, session, feeds: dict) -> tuple:
+        t0 = time.perf_counter()
+        out = self._run(feeds, session)
+        return out, (time.perf_counter() - t0) * 1e3
+
+    def _run(self, feeds: dict, session=None) -> List[np.ndarray]:
         try:
-            return self.session.run(self._output_names, feeds)
+            return (session or self.session).run(self._output_names, feeds)
         except ORT_FAILURES as e:  # feeds were checked against the graph: the graph itself cannot run
             raise CorruptPackageError(f"onnxruntime failed running the model ({type(e).__name__}: {str(e)[:300]}). "
                                       f"{_UNUSABLE}") from None
@@ -91,3 +154,14 @@ class Simulator:
 
     def release(self) -> None:
         self.session = None
+        self._frame_session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -9,7 +9,7 @@ Adding a chip = adding one `ChipSpec` to `CHIPS`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 from . import NPU_GENERATION
@@ -64,14 +64,16 @@ class CostModel:
 
     util_*: fraction of the MAC array a conv keeps busy, by kernel family; 3x3 is the array's best case.
     lane_in/lane_out: channel blocks the array computes at once; a conv with 20 channels pays for 32.
+    lane_depthwise: channels a depthwise conv processes at once; a 1-channel part of a split tensor pays for all.
     layer_overhead_us: fixed cost per NPU task (descriptor fetch, sync); why tiny layers are not free.
     ddr_efficiency: share of the board's peak DDR bandwidth the NPU sees.
     cpu_gbps / cpu_op_us: the board CPU's speed on fallback ops and the NPU<->CPU hand-over per op.
 
-    How they were set: util_3x3, util_depthwise, layer_overhead_us and ddr_efficiency by a coarse grid search (round
-    values) minimising the worst |log(estimate / published)| over the four INT8 models of the brief (mobilenetv2,
-    resnet50-v2, yolov5s_relu, yolox_s) on RK1808 (rknpu1) and one RK3588 core (rknpu2); yolov5s with SiLU was held
-    out as a check. The rest are round guesses. Other chips of a generation reuse its parameters unfitted.
+    How they were set: these are a generation's defaults (first fitted to RK1808 and one RK3588 core); every chip
+    with published speeds gets its own copy with the conv and depthwise utilisation scaled and its own per-layer
+    overhead and DDR efficiency (`_fitted`, `python bench/perf_estimate.py --fit`); lane sizes and the rest are
+    round guesses. lane_depthwise=64 on RKNPU2: rknn-toolkit2's per-layer cycle table gives a 1- to 32-channel
+    depthwise conv the same cycles. Chips without published speeds (rv1103/rv1106) use their generation's defaults.
     """
 
     util_3x3: float
@@ -81,6 +83,7 @@ class CostModel:
     util_gemm: float
     lane_in: int
     lane_out: int
+    lane_depthwise: int
     layer_overhead_us: float
     ddr_efficiency: float
     elementwise_bytes_per_cycle: float
@@ -118,7 +121,7 @@ GENERATIONS: dict[str, Generation] = {
         fuses_max_pool=True,
         # MODELLED, fitted to the RK1808 column of the published table (bench/perf_estimate.py)
         cost=CostModel(util_3x3=0.60, util_1x1=0.45, util_other=0.40, util_depthwise=0.02, util_gemm=0.10,
-                       lane_in=32, lane_out=16, layer_overhead_us=30.0, ddr_efficiency=0.6,
+                       lane_in=32, lane_out=16, lane_depthwise=32, layer_overhead_us=30.0, ddr_efficiency=0.6,
                        elementwise_bytes_per_cycle=16.0, cpu_gbps=2.0, cpu_op_us=200.0),
     ),
     "rknpu2": Generation(
@@ -137,7 +140,7 @@ GENERATIONS: dict[str, Generation] = {
         fuses_max_pool=False,
         # MODELLED, fitted to the RK3588 column of the published table (bench/perf_estimate.py)
         cost=CostModel(util_3x3=0.70, util_1x1=0.60, util_other=0.55, util_depthwise=0.03, util_gemm=0.15,
-                       lane_in=32, lane_out=16, layer_overhead_us=10.0, ddr_efficiency=0.7,
+                       lane_in=32, lane_out=16, lane_depthwise=64, layer_overhead_us=10.0, ddr_efficiency=0.7,
                        elementwise_bytes_per_cycle=32.0, cpu_gbps=4.0, cpu_op_us=100.0),
     ),
 }
@@ -160,10 +163,15 @@ class ChipSpec:
     dtypes: tuple[str, ...]          # config(quantized_dtype=...) values this chip accepts
     notes: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    cost_override: CostModel | None = None  # this chip's fitted cost parameters (None: its generation's)
 
     @property
     def gen(self) -> Generation:
         return GENERATIONS[self.generation]
+
+    @property
+    def cost(self) -> CostModel:
+        return self.cost_override or self.gen.cost
 
     def macs_per_second(self, mac: str, cores: int = 1) -> float:
         if mac not in self.macs_per_cycle:
@@ -173,7 +181,31 @@ class ChipSpec:
 
     @property
     def ddr_bytes_per_second(self) -> float:
-        return self.ddr_peak_gbps * 1e9 * self.gen.cost.ddr_efficiency
+        return self.ddr_peak_gbps * 1e9 * self.cost.ddr_efficiency
+
+
+def _fitted(gen: str, util_scale: float, depthwise_scale: float, layer_overhead_us: float,
+            ddr_efficiency: float) -> CostModel:
+    """One chip's cost parameters: its generation's, with the conv utilisation (all kernel families) and the
+    depthwise utilisation scaled, and its own per-layer overhead and DDR efficiency. MODELLED: a grid search of round
+    values minimising the worst |log(estimate / published FPS)| over the chip's published points, held-out points
+    left out (`python bench/perf_estimate.py --fit`; the fit and the held-out error are in bench/RESULTS.md)."""
+    base = GENERATIONS[gen].cost
+    return replace(base, util_3x3=base.util_3x3 * util_scale, util_1x1=base.util_1x1 * util_scale,
+                   util_other=base.util_other * util_scale, util_gemm=base.util_gemm * util_scale,
+                   util_depthwise=base.util_depthwise * depthwise_scale, layer_overhead_us=layer_overhead_us,
+                   ddr_efficiency=ddr_efficiency)
+
+
+_FIT = {
+    "rk1808": _fitted("rknpu1", util_scale=1.2, depthwise_scale=0.7, layer_overhead_us=30.0, ddr_efficiency=0.6),
+    "rv1109": _fitted("rknpu1", util_scale=0.5, depthwise_scale=2.0, layer_overhead_us=7.0, ddr_efficiency=0.6),
+    "rv1126": _fitted("rknpu1", util_scale=0.4, depthwise_scale=2.0, layer_overhead_us=1.0, ddr_efficiency=0.95),
+    "rk3566": _fitted("rknpu2", util_scale=0.9, depthwise_scale=1.4, layer_overhead_us=40.0, ddr_efficiency=0.6),
+    "rk3562": _fitted("rknpu2", util_scale=0.9, depthwise_scale=3.0, layer_overhead_us=20.0, ddr_efficiency=0.8),
+    "rk3588": _fitted("rknpu2", util_scale=0.9, depthwise_scale=1.0, layer_overhead_us=7.0, ddr_efficiency=0.8),
+    "rk3576": _fitted("rknpu2", util_scale=0.7, depthwise_scale=0.7, layer_overhead_us=3.0, ddr_efficiency=0.6),
+}
 
 
 _V1_DTYPES = ("asymmetric_quantized-u8", "dynamic_fixed_point-i8", "dynamic_fixed_point-i16")
@@ -197,27 +229,35 @@ CHIPS: dict[str, ChipSpec] = {c.name: c for c in (
     # RKNPU1 -----------------------------------------------------------------------------------------------------
     ChipSpec("rk1808", "rknpu1", 3.0, 1, 800, _v1_macs(1920), onchip_buffer_kb=512, soc_sram_kb=2048,
              ddr_peak_gbps=6.4, typical_dram_mb=1024, dtypes=_V1_DTYPES,
-             notes="1920 int8 MAC/cycle (FACTS.md); 32-bit LPDDR3-1600 assumed"),
+             cost_override=_FIT["rk1808"], notes="1920 int8 MAC/cycle (FACTS.md); 32-bit LPDDR3-1600 assumed"),
     ChipSpec("rk1806", "rknpu1", 3.0, 1, 800, _v1_macs(1920), onchip_buffer_kb=512, soc_sram_kb=2048,
-             ddr_peak_gbps=6.4, typical_dram_mb=512, dtypes=_V1_DTYPES, notes="as RK1808 (FACTS.md)"),
+             ddr_peak_gbps=6.4, typical_dram_mb=512, dtypes=_V1_DTYPES,
+             cost_override=_FIT["rk1808"], notes="as RK1808 (FACTS.md)"),
     ChipSpec("rk3399pro", "rknpu1", 3.0, 1, 800, _v1_macs(1920), onchip_buffer_kb=512, soc_sram_kb=2048,
-             ddr_peak_gbps=6.4, typical_dram_mb=2048, dtypes=_V1_DTYPES, notes="NPU as RK1808 (FACTS.md)"),
+             ddr_peak_gbps=6.4, typical_dram_mb=2048, dtypes=_V1_DTYPES,
+             cost_override=_FIT["rk1808"], notes="NPU as RK1808 (FACTS.md)"),
     ChipSpec("rv1109", "rknpu1", 1.2, 1, 800, _v1_macs(768), onchip_buffer_kb=256, soc_sram_kb=0,
-             ddr_peak_gbps=6.4, typical_dram_mb=1024, dtypes=_V1_DTYPES, notes="1.2 TOPS int8 (FACTS.md)"),
+             ddr_peak_gbps=6.4, typical_dram_mb=1024, dtypes=_V1_DTYPES,
+             cost_override=_FIT["rv1109"], notes="1.2 TOPS int8 (FACTS.md)"),
     ChipSpec("rv1126", "rknpu1", 2.0, 1, 800, _v1_macs(1280), onchip_buffer_kb=256, soc_sram_kb=0,
-             ddr_peak_gbps=6.4, typical_dram_mb=2048, dtypes=_V1_DTYPES, notes="2.0 TOPS int8 (FACTS.md)"),
+             ddr_peak_gbps=6.4, typical_dram_mb=2048, dtypes=_V1_DTYPES,
+             cost_override=_FIT["rv1126"], notes="2.0 TOPS int8 (FACTS.md)"),
     # RKNPU2 -----------------------------------------------------------------------------------------------------
     ChipSpec("rk3562", "rknpu2", 1.0, 1, 1000, _v2_macs(512), onchip_buffer_kb=256, soc_sram_kb=0,
-             ddr_peak_gbps=8.5, typical_dram_mb=2048, dtypes=_V2_DTYPES, notes="~1 TOPS (unverified, FACTS.md); w8a16"),
+             ddr_peak_gbps=8.5, typical_dram_mb=2048, dtypes=_V2_DTYPES,
+             cost_override=_FIT["rk3562"], notes="~1 TOPS (unverified, FACTS.md); w8a16"),
     ChipSpec("rk3566", "rknpu2", 0.8, 1, 800, _v2_macs(512), onchip_buffer_kb=256, soc_sram_kb=0,
-             ddr_peak_gbps=12.8, typical_dram_mb=4096, dtypes=_V2_DTYPES, notes="0.8-1.0 TOPS (FACTS.md)"),
+             ddr_peak_gbps=12.8, typical_dram_mb=4096, dtypes=_V2_DTYPES,
+             cost_override=_FIT["rk3566"], notes="0.8-1.0 TOPS (FACTS.md)"),
     ChipSpec("rk3568", "rknpu2", 1.0, 1, 1000, _v2_macs(512), onchip_buffer_kb=256, soc_sram_kb=0,
-             ddr_peak_gbps=12.8, typical_dram_mb=4096, dtypes=_V2_DTYPES, notes="0.8-1.0 TOPS (FACTS.md)"),
+             ddr_peak_gbps=12.8, typical_dram_mb=4096, dtypes=_V2_DTYPES,
+             cost_override=_FIT["rk3566"], notes="0.8-1.0 TOPS (FACTS.md)"),
     ChipSpec("rk3576", "rknpu2", 6.0, 2, 1000, _v2_macs(1536, int4=True), onchip_buffer_kb=512, soc_sram_kb=512,
              ddr_peak_gbps=17.0, typical_dram_mb=4096, dtypes=_V2_DTYPES + ("w4a16",),
-             notes="6 TOPS on 2 cores, w4a16 (FACTS.md)"),
+             cost_override=_FIT["rk3576"], notes="6 TOPS on 2 cores, w4a16 (FACTS.md)"),
     ChipSpec("rk3588", "rknpu2", 6.0, 3, 1000, _v2_macs(1024, int4=True), onchip_buffer_kb=384, soc_sram_kb=956,
              ddr_peak_gbps=17.0, typical_dram_mb=8192, dtypes=_V2_DTYPES,
+             cost_override=_FIT["rk3588"],
              notes="6 TOPS = 3 cores x 2; 384 KB buffer per core; up to 956 KB SoC SRAM (FACTS.md); "
                    "DDR: one core's share of LPDDR4x assumed"),
     ChipSpec("rv1103", "rknpu2", 0.5, 1, 1000, _v2_macs(256), onchip_buffer_kb=128, soc_sram_kb=0,

@@ -136,12 +136,23 @@ def _sliced_conv(info: GraphInfo, i: int, idx: np.ndarray, suffix: str, inits: l
                  depthwise: bool) -> Dict[str, str]:
     """Replacement inputs for conv i restricted to output channels idx (depthwise: also its group count)."""
     node = info.nodes[i]
-    names = {node.input[1]: node.input[1] + suffix}
-    inits.append(numpy_helper.from_array(info.const(node.input[1])[idx], node.input[1] + suffix))
-    if len(node.input) > 2 and node.input[2]:
-        names[node.input[2]] = node.input[2] + suffix
-        inits.append(numpy_helper.from_array(info.const(node.input[2])[idx], node.input[2] + suffix))
+    names = {}
+    for src in node.input[1:3]:
+        if src:
+            names[src] = _fresh(src + suffix, info, inits)
+            inits.append(numpy_helper.from_array(info.const(src)[idx], names[src]))
     return names
+
+
+def _fresh(name: str, info: GraphInfo, inits: list) -> str:
+    """An initializer name not yet taken: exporters share one constant (a zero bias) between convs, and two splits
+    of it must not collide."""
+    taken = set(info.inits) | {t.name for t in inits}
+    k, out = 0, name
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    return out
 
 
 def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: List[int],

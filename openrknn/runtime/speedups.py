@@ -1,0 +1,176 @@
+"""Exact rewrites of a quantized (QDQ) graph that let onnxruntime pick its fast kernels, applied when the simulator
+loads a model. Each one leaves every output bit for bit as onnxruntime computes the graph as stored (tests pin it);
+they only steer around kernels that are slow for reasons unrelated to the result.
+
+- Max pooling in float: onnxruntime turns DQ -> MaxPool -> Q into a uint8 MaxPool whose kernel is orders of magnitude
+  slower than its float one (YOLOX's SPP pools). A max of values on one quantization grid is on that grid, so
+  quantizing it again (same scale and zero point) is the identity: the Q/DQ pair after the pool goes, and onnxruntime's
+  QDQ propagation (which would move the DQ back behind the pool) is turned off for the session.
+- Depthwise convs with per-channel weight zero points (asymmetric_quantized-u8 with quantized_method='channel'):
+  onnxruntime's depthwise QLinearConv has no fast path for them. The same conv as a grouped conv of G channels per
+  group, each channel's weights on its own input channel and its zero point (a zero weight) on the other G - 1, runs
+  the integer GEMM path: same integer sums, same requantization. Only where the conv's output goes straight to a
+  quantize step (onnxruntime's QLinearConv): a conv computed in float (its activation before the quantize step)
+  would sum in another order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+
+from ..onnx_wire import WireError, graph_names
+from .graph_edit import Node, WireModel, encode_node
+
+log = logging.getLogger("openrknn.runtime")
+
+# onnxruntime graph transformers to leave out when the float-pooling rewrite ran
+NO_QDQ_PROPAGATION = ("QDQPropagationTransformer",)
+_SAME_GRID_OPS = ("MaxPool", "GlobalMaxPool")
+DEPTHWISE_GROUP = 16  # channels per group of the grouped form; measured fastest among 4..32 (bench/RESULTS.md)
+
+
+@dataclass
+class Rewritten:
+    model_bytes: bytes
+    disabled_optimizers: List[str] = field(default_factory=list)
+    applied: Dict[str, int] = field(default_factory=dict)  # rule -> how many places
+
+
+def speed_up(model_bytes: bytes) -> Rewritten:
+    """The model with the exact speed rewrites applied (unchanged when none applies or it cannot be read)."""
+    try:
+        wm = WireModel(model_bytes)
+    except (WireError, UnicodeDecodeError, ValueError) as e:
+        log.debug("speed rewrites skipped: %s", e)
+        return Rewritten(model_bytes)
+    if not any(n.op_type == "QuantizeLinear" for n in wm.nodes):
+        return Rewritten(model_bytes)
+    wm.graph_outputs = set(graph_names(model_bytes).outputs)
+    producer = {o: n for n in wm.nodes for o in n.outputs}
+    consumers: Dict[str, List[Node]] = defaultdict(list)
+    for n in wm.nodes:
+        for t in n.inputs:
+            consumers[t].append(n)
+    pools = _float_pooling(wm, producer, consumers)
+    depthwise = _grouped_depthwise(wm, producer, consumers)
+    out = Rewritten(wm.serialize() if wm.changed else model_bytes)
+    if pools:
+        out.applied["float max pooling"] = pools
+        out.disabled_optimizers = list(NO_QDQ_PROPAGATION)
+    if depthwise:
+        out.applied["grouped depthwise (per-channel weight zero points)"] = depthwise
+    return out
+
+
+def _same(wm: WireModel, a: List[str], b: List[str]) -> bool:
+    """Two Q/DQ nodes' (scale, zero point) inputs hold the same values."""
+    if len(a) < 3 or len(b) < 3:
+        return False
+    for x, y in zip(a[1:3], b[1:3]):
+        if x == y:
+            continue
+        ax, ay = wm.array(x), wm.array(y)
+        if ax is None or ay is None or ax.dtype != ay.dtype or not np.array_equal(ax, ay):
+            return False
+    return True
+
+
+def _float_pooling(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]) -> int:
+    done = 0
+    for n in wm.nodes:
+        if n.op_type not in _SAME_GRID_OPS or n.domain not in ("", "ai.onnx") or len(n.outputs) != 1:
+            continue
+        dq = producer.get(n.inputs[0]) if n.inputs else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+            continue
+        if n.outputs[0] in wm.graph_outputs:
+            continue
+        readers = consumers.get(n.outputs[0], [])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or readers[0].domain != dq.domain:
+            continue
+        q = readers[0]
+        after = consumers.get(q.outputs[0], [])
+        if len(after) != 1 or after[0].op_type != "DequantizeLinear" or after[0].domain != dq.domain \
+                or q.outputs[0] in wm.graph_outputs:
+            continue
+        dq2 = after[0]
+        if not (_same(wm, dq.inputs, q.inputs) and _same(wm, q.inputs, dq2.inputs)):
+            continue
+        wm.replaced[n.index] = encode_node(n, outputs=[dq2.outputs[0]])
+        wm.replaced[q.index] = b""
+        wm.replaced[dq2.index] = b""
+        done += 1
+    return done
+
+
+def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]) -> int:
+    done = 0
+    for n in wm.nodes:
+        if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or len(n.inputs) < 2 or n.index in wm.replaced:
+            continue
+        if not _feeds_quantize(wm, n, consumers):
+            continue  # only a conv that onnxruntime runs as QLinearConv (integer sums: the same in any grouping)
+        wdq = producer.get(n.inputs[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.domain not in ("", "ai.onnx") \
+                or len(wdq.inputs) < 3 or not wm.is_initializer(wdq.inputs[0]) or len(consumers[wdq.outputs[0]]) != 1:
+            continue
+        w, zp = wm.array(wdq.inputs[0]), wm.array(wdq.inputs[2])
+        channels = n.int_attrs.get("group", 1)
+        if w is None or zp is None or w.ndim != 4 or w.shape[1] != 1 or channels != w.shape[0] or channels < 2 \
+                or zp.ndim != 1 or zp.size != channels or np.all(zp == zp[0]):
+            continue
+        g = _group_size(channels)
+        if g is None:
+            continue
+        wide = np.repeat(zp.reshape(-1, 1, 1, 1), g, axis=1) * np.ones((1, 1) + w.shape[2:], w.dtype)
+        idx = np.arange(channels)
+        wide[idx, idx % g] = w[:, 0]
+        name = wm.fresh_name(wdq.inputs[0] + "__grouped")
+        wm.add_initializer(name, wide.astype(w.dtype))
+        wm.replaced[wdq.index] = encode_node(wdq, inputs=[name] + wdq.inputs[1:])
+        wm.replaced[n.index] = encode_node(n, int_attrs={"group": channels // g})
+        done += 1
+    return done
+
+
+def _feeds_quantize(wm: WireModel, conv: Node, consumers: Dict[str, List[Node]]) -> bool:
+    """The conv's output reaches a QuantizeLinear directly, or through a Relu/Clip that onnxruntime removes because
+    the quantize step clamps the same way (its ReluQuantFusion / ClipQuantFusion): it becomes a QLinearConv."""
+    readers = consumers.get(conv.outputs[0], []) if conv.outputs else []
+    if len(readers) != 1:
+        return False
+    act = readers[0]
+    if act.op_type == "QuantizeLinear":
+        return True
+    if act.op_type not in ("Relu", "Clip") or act.domain not in ("", "ai.onnx"):
+        return False
+    after = consumers.get(act.outputs[0], [])
+    if len(after) != 1 or after[0].op_type != "QuantizeLinear" or len(after[0].inputs) < 3:
+        return False
+    scale, zp = wm.array(after[0].inputs[1]), wm.array(after[0].inputs[2])
+    if scale is None or zp is None or zp.size != 1 or scale.size != 1 or zp.dtype not in (np.uint8, np.int8):
+        return False
+    info, z, s32 = np.iinfo(zp.dtype), int(zp.reshape(-1)[0]), np.float32(scale.reshape(-1)[0])
+    if act.op_type == "Relu":
+        return z == info.min
+    # onnxruntime's test, in its float32 arithmetic: the clip range covers the quantized range within one epsilon
+    lo, hi = s32 * np.float32(info.min - z), s32 * np.float32(info.max - z)
+    bounds = [wm.array(t) if t else None for t in act.inputs[1:3]]
+    if len(bounds) != 2 or any(b is None or b.size != 1 for b in bounds):
+        return False
+    eps = np.finfo(np.float32).eps
+    cmin, cmax = (np.float32(b.reshape(-1)[0]) for b in bounds)
+    return bool(cmin - lo <= eps and hi - cmax <= eps)
+
+
+def _group_size(channels: int) -> int | None:
+    """Channels per group: the largest divisor <= DEPTHWISE_GROUP (at least 4), or all channels when few."""
+    for g in range(DEPTHWISE_GROUP, 3, -1):
+        if channels % g == 0:
+            return g
+    return channels if channels <= 2 * DEPTHWISE_GROUP else None

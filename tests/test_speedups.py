@@ -1,0 +1,136 @@
+"""The simulator's exact speed rewrites (runtime/speedups.py) and the wire-level model editor under them: every
+output bit for bit as onnxruntime computes the stored graph, on hand-made QDQ graphs and on real builds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.runtime.graph_edit import WireModel, encode_node, encode_tensor
+from openrknn.runtime.speedups import NO_QDQ_PROPAGATION, speed_up
+
+
+def _run(model_bytes, feed, disabled=()):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    extra = {"disabled_optimizers": list(disabled)} if disabled else {}
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"], **extra).run(None, feed)
+
+
+def _qdq_graph(channels=24, per_channel_zp=True, seed=0):
+    """x -> Q/DQ -> depthwise conv (int8 weights, per-channel zero points) -> Q/DQ -> MaxPool 5x5 -> Q/DQ (same
+    grid) -> Relu -> output; and a second MaxPool output that is itself a graph output (left alone)."""
+    rng = np.random.default_rng(seed)
+    init = [numpy_helper.from_array(np.asarray(v, dt), n) for n, v, dt in [
+        ("s", 0.03, np.float32), ("z", 120, np.uint8), ("s2", 0.05, np.float32), ("z2", 7, np.uint8),
+        ("s2b", 0.05, np.float32), ("z2b", 7, np.uint8),
+        ("wq", rng.integers(-128, 128, (channels, 1, 3, 3)), np.int8),
+        ("ws", rng.uniform(0.001, 0.01, channels), np.float32),
+        ("wz", rng.integers(-30, 30, channels) if per_channel_zp else np.zeros(channels), np.int8)]]
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["x", "s", "z"], ["xq"]), n("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             n("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             n("Conv", ["xd", "wd"], ["c"], pads=[1] * 4, group=channels, name="dw"),
+             n("QuantizeLinear", ["c", "s2", "z2"], ["cq"]), n("DequantizeLinear", ["cq", "s2", "z2"], ["cd"]),
+             n("MaxPool", ["cd"], ["p"], kernel_shape=[5, 5], pads=[2] * 4, name="pool"),
+             n("QuantizeLinear", ["p", "s2b", "z2b"], ["pq"]), n("DequantizeLinear", ["pq", "s2b", "z2b"], ["pd"]),
+             n("Relu", ["pd"], ["y"]),
+             n("MaxPool", ["cd"], ["y2"], kernel_shape=[3, 3], pads=[1] * 4, name="pool_out")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 20, 20]),
+                           helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, channels, 20, 20])], init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_an_untouched_model_serializes_to_the_same_bytes():
+    raw = _qdq_graph().SerializeToString()
+    wm = WireModel(raw)
+    assert not wm.changed and wm.serialize() == raw
+    assert [n.op_type for n in wm.nodes][:4] == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Conv"]
+    assert wm.nodes[3].int_attrs == {"group": 24} and wm.array("wq").dtype == np.int8
+    np.testing.assert_array_equal(wm.array("ws"), numpy_helper.to_array(_qdq_graph().graph.initializer[7]))
+
+
+def test_encoded_tensors_and_nodes_read_back_with_onnx():
+    arr = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    t = onnx.TensorProto()
+    t.ParseFromString(encode_tensor("w", arr))
+    assert t.name == "w" and np.array_equal(numpy_helper.to_array(t), arr)
+    node = WireModel(_qdq_graph().SerializeToString()).nodes[3]
+    out = onnx.NodeProto()
+    out.ParseFromString(encode_node(node, inputs=["a", "b"], outputs=["o"], int_attrs={"group": 3}))
+    assert list(out.input) == ["a", "b"] and list(out.output) == ["o"] and out.name == "dw"
+    assert {a.name: helper.get_attribute_value(a) for a in out.attribute}["group"] == 3
+    assert {a.name: helper.get_attribute_value(a) for a in out.attribute}["pads"] == [1, 1, 1, 1]
+    # int32_data storage (exporters that do not write raw_data) reads too
+    legacy = helper.make_tensor("z", TensorProto.INT8, [3], [-1, 0, 5])
+    m = _qdq_graph()
+    m.graph.initializer.append(legacy)
+    assert WireModel(m.SerializeToString()).array("z").tolist() == [-1, 0, 5]
+
+
+@pytest.mark.parametrize("channels", [24, 7, 48])
+def test_rewrites_keep_every_output_bit_for_bit(channels):
+    model = _qdq_graph(channels)
+    raw = model.SerializeToString()
+    fast = speed_up(raw)
+    assert fast.applied["float max pooling"] == 1  # the pool whose output is a graph output stays
+    assert fast.applied.get("grouped depthwise (per-channel weight zero points)") == 1
+    assert fast.disabled_optimizers == list(NO_QDQ_PROPAGATION)
+    rewritten = onnx.load_from_string(fast.model_bytes)
+    onnx.checker.check_model(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 3
+    conv = next(n for n in rewritten.graph.node if n.name == "dw")
+    group = {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"]
+    assert 1 <= group < channels and channels % group == 0
+    for seed in range(3):
+        feed = {"x": np.random.default_rng(seed).normal(0, 2, (1, channels, 20, 20)).astype(np.float32)}
+        for got, want in zip(_run(fast.model_bytes, feed, fast.disabled_optimizers), _run(raw, feed)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_nothing_changes_where_no_rule_applies():
+    plain = _qdq_graph(per_channel_zp=False)
+    del plain.graph.node[6:10]  # no pooling chain, uniform weight zero points
+    plain.graph.node.append(helper.make_node("Relu", ["cd"], ["y"]))
+    plain.graph.node.append(helper.make_node("Relu", ["cd"], ["y2"]))
+    raw = plain.SerializeToString()
+    fast = speed_up(raw)
+    assert fast.applied == {} and fast.model_bytes == raw and fast.disabled_optimizers == []
+    assert speed_up(b"not a model").model_bytes == b"not a model"
+
+
+@pytest.mark.parametrize("dtype,method", [("asymmetric_quantized-u8", "channel"), ("w8a8", "channel")])
+def test_the_simulator_runs_a_built_model_as_the_stored_graph(tmp_path, dtype, method):
+    from conftest import write_npy_dataset
+    from openrknn.api import RKNN
+    from openrknn.runtime.simulator import Simulator
+
+    n = helper.make_node
+    rng = np.random.default_rng(3)
+    init = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(0, 0.5, (16, 1, 3, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(rng.normal(0, 0.2, (8, 16, 1, 1)).astype(np.float32), "w3")]
+    nodes = [n("Conv", ["x", "w1"], ["a"], pads=[1] * 4), n("Relu", ["a"], ["r"]),
+             n("Conv", ["r", "w2"], ["d"], pads=[1] * 4, group=16), n("Relu", ["d"], ["dr"]),
+             n("MaxPool", ["dr"], ["p"], kernel_shape=[5, 5], pads=[2] * 4), n("Conv", ["p", "w3"], ["y"])]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    rk = RKNN()
+    assert rk.config(mean_values=[[100.0] * 3], std_values=[[50.0] * 3], target_platform="rk1808"
+                     if dtype.startswith("asym") else "rk3588", quantized_dtype=dtype, quantized_method=method) == 0
+    assert rk.load_onnx(str(tmp_path / "m.onnx")) == 0
+    assert rk.build(do_quantization=True, dataset=str(write_npy_dataset(tmp_path, (16, 16, 3), n=3))) == 0
+    pkg = rk._package
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=1)
+    assert "float max pooling" in sim.rewrites
+    assert ("grouped depthwise (per-channel weight zero points)" in sim.rewrites) == dtype.startswith("asym")
+    for seed in range(3):
+        img = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+        want = _run(pkg.model_bytes, {pkg.metadata["inputs"][0]["name"]: img.astype(np.float32)})
+        np.testing.assert_array_equal(sim.run([img])[0], want[0])
