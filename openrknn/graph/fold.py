@@ -100,7 +100,8 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
         g = model.graph
         hit = None
         for i, node in enumerate(g.node):
-            if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.domain not in ("", "ai.onnx"):
+            if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or \
+                    node.domain not in ("", "ai.onnx"):
                 continue
             w = ix.const(node.input[1])
             has_bias = len(node.input) > 2 and bool(node.input[2])
