@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.names import subgraphs, used_names
 from .ir import GraphInfo
 from .plan import Plan
 from .schemes import TensorFormat
@@ -173,6 +174,9 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
     del g.node[:]
     g.node.extend(nodes)
     used = {n for node in nodes for n in node.input}
+    for node in nodes:  # a Loop / If body may read the outer graph's weights by name: keep those initializers
+        for sub in subgraphs(node):
+            used |= used_names(sub)
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)
