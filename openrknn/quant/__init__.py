@@ -41,9 +41,9 @@ class QuantOptions:
         'kl_divergence' (2048-bin histogram KL), 'mmse' (least squared error clipping); mmse also picks MSE-optimal
         weight clipping.
     range_choice: with 'normal' and 8-bit activations, also build the kl_divergence and mmse ranges (histograms
-        of the first ``range_choice_images`` calibration samples) and keep the set whose outputs on the first
-        ``range_choice_samples`` calibration samples are closest to the float model's, when it takes at least a
-        tenth of min/max's output error away (algorithms/range_choice.py); min/max otherwise.
+        of ``range_choice_images`` calibration samples, the even-numbered ones) and keep the set whose outputs on
+        ``range_choice_samples`` other calibration samples (odd-numbered) are closest to the float model's, when it
+        takes at least a tenth of min/max's output error away (algorithms/range_choice.py); min/max otherwise.
     weight_algorithm: 'minmax' | 'mmse' weight ranges; 'auto' = mmse with algorithm 'mmse', else minmax.
     method: 'layer' (one weight scale per tensor) or 'channel' (one per output channel); None picks the dtype's
         hardware default: 'layer' for the RKNPU1 dtypes (u8, dynamic fixed point), 'channel' for the RKNPU2 ones.

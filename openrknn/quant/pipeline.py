@@ -79,9 +79,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
     choosing = _chooses_ranges(options, scheme)
+    hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
     if options.algorithm != "normal" or choosing:
-        images = data if options.algorithm != "normal" else \
-            list(itertools.islice(data, options.range_choice_images))  # a few images give the histograms' shape
+        images = data if options.algorithm != "normal" else hist_feeds  # a few images give the histograms' shape
         per_image = options.histogram_samples or (int(np.clip((1 << 20) // max(len(images), 1), 1 << 14, 1 << 18))
                                                   if options.algorithm != "normal" else 1 << 15)
         collect_histograms(m, plan.sources, images, stats, options.histogram_bins, per_image, progress,
@@ -121,7 +121,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool) -
     seconds["weights"] = round(time.perf_counter() - t, 3)
     if variants:
         t = time.perf_counter()
-        acts, summary = _choose_ranges(m, plan, acts, variants, weights, probe, info, data, options)
+        acts, summary = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds, options)
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
     if options.range_search:
@@ -195,6 +195,16 @@ def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
         scheme.act.bits == 8
 
 
+def _choice_feeds(data, options: "QuantOptions") -> Tuple[list, list]:
+    """The range choice's samples: histograms from the even-numbered ones, judged on the odd-numbered ones (a
+    clipping fitted to the samples it is judged on would look better than it is); from the same ones only when the
+    dataset has a single sample."""
+    first = list(itertools.islice(data, 2 * max(options.range_choice_images, options.range_choice_samples)))
+    if len(first) < 2:
+        return first, first
+    return first[0::2][:options.range_choice_images], first[1::2][:options.range_choice_samples]
+
+
 def _differs(a: Dict[str, ActQuant], b: Dict[str, ActQuant]) -> bool:
     return any(t not in b or (v.scale, v.zero_point) != (b[t].scale, b[t].zero_point) for t, v in a.items())
 
@@ -216,14 +226,13 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
         if name != "normal" and probe is not None:
             probe.apply(info, weights, name)
 
-    chosen, losses = range_choice.choose(m, plan, candidates, weights, set_biases, data,
-                                         options.range_choice_samples, options.threads)
+    chosen, losses = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
+                                         options.threads)
     set_biases(chosen)
     log.info("activation ranges: %s (output loss %s)", chosen,
              ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
     return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
-                                "samples": min(options.range_choice_samples, len(data)),
-                                "histogram_images": min(options.range_choice_images, len(data))}
+                                "samples": len(data)}
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

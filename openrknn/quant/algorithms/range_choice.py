@@ -28,12 +28,14 @@ from ..qdq import ActQuant, WeightQuant, act_storage, bias_integers, build_qdq
 CANDIDATES = ("kl_divergence", "mmse")
 MARGIN = 0.1      # a clipped set must take at least this share of min/max's output error away to replace it
 MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
-KL_THRESHOLDS = 48  # clipping thresholds the candidates' KL search tries (the kl_divergence algorithm tries 128)
-MSE_GRID = 48       # and the MSE search's grid (96 for mmse)
+KL_THRESHOLDS = 128  # clipping thresholds the candidates' KL search tries (the kl_divergence algorithm tries 128)
+MSE_GRID = 96       # and the MSE search's grid (96 for mmse)
 
 
 def output_loss(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> float:
-    """Mean over samples of 1 - the worst output's cosine (what the corpus bench scores)."""
+    """Mean over samples of 1 - the worst output's cosine (what the corpus bench scores). An output assembled in
+    float from parts with their own scales (a detector's boxes, objectness and classes) is measured part by part
+    (see CandidateModel.measured): the boxes' pixel values would otherwise hide any change in the scores."""
     return float(np.mean([1.0 - min(cosine(r, o) for r, o in zip(ref, out))
                           for ref, out in zip(reference, outputs)]))
 
@@ -46,7 +48,12 @@ class CandidateModel:
                  weights: Dict[int, WeightQuant], threads: int = 0):
         from ..calibrate import make_session
 
+        from ..hybrid import measured_tensors
+        from ..qdq import with_outputs
+
         qmodel, _ = build_qdq(model, plan, acts, weights)
+        self.measured = measured_tensors(qmodel, model)
+        qmodel = with_outputs(qmodel, self.measured)
         g = qmodel.graph
         inits = {t.name: t for t in g.initializer}
         producer = {o: n for n in g.node for o in n.output}
@@ -109,7 +116,8 @@ class CandidateModel:
         return out
 
     def run(self, feeds: Sequence[Dict[str, np.ndarray]], params: Dict[str, np.ndarray]) -> List[list]:
-        return [self.sess.run(None, {**f, **params}) for f in feeds]
+        """The measured tensors of each feed."""
+        return [self.sess.run(self.measured, {**f, **params}) for f in feeds]
 
 
 def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, ActQuant]],
@@ -119,12 +127,13 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     default) and each one's loss on the first ``samples`` samples of ``data``. ``set_biases(name)`` puts that
     candidate's corrected biases into ``weights``."""
     from ..calibrate import make_session
+    from ..qdq import with_outputs
 
     feeds = list(itertools.islice(data, samples))
-    ref_sess = make_session(model, threads)
-    reference = [ref_sess.run(None, f) for f in feeds]
     default = next(iter(candidates))
     runner = CandidateModel(model, plan, candidates[default], weights, threads)
+    ref_sess = make_session(with_outputs(model, runner.measured), threads)
+    reference = [ref_sess.run(runner.measured, f) for f in feeds]
     losses = {}
     for name, acts in candidates.items():
         set_biases(name)
