@@ -226,12 +226,13 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
         if name != "normal" and probe is not None:
             probe.apply(info, weights, name)
 
-    chosen, losses = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
-                                         options.threads)
+    chosen, losses, per_sample = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
+                                                     options.threads)
     set_biases(chosen)
     log.info("activation ranges: %s (output loss %s)", chosen,
              ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
     return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
+                                "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
                                 "samples": len(data)}
 
 

@@ -28,16 +28,22 @@ from ..qdq import ActQuant, WeightQuant, act_storage, bias_integers, build_qdq
 CANDIDATES = ("kl_divergence", "mmse")
 MARGIN = 0.1      # a clipped set must take at least this share of min/max's output error away to replace it
 MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
+MIN_WINS = 0.75   # ... and be better on at least this share of the samples, not on average only (a decoder that
+                  # feeds its own argmax back diverges on some inputs whatever the ranges: one sample decides a mean)
 KL_THRESHOLDS = 128  # clipping thresholds the candidates' KL search tries (the kl_divergence algorithm tries 128)
 MSE_GRID = 96       # and the MSE search's grid (96 for mmse)
 
 
+def sample_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
+    """Per sample, 1 - the worst output's cosine (what the corpus bench scores). An output assembled in float from
+    parts with their own scales (a detector's boxes, objectness and classes) is measured part by part (see
+    CandidateModel.measured): the boxes' pixel values would otherwise hide any change in the scores."""
+    return np.array([1.0 - min(cosine(r, o) for r, o in zip(ref, out)) for ref, out in zip(reference, outputs)])
+
+
 def output_loss(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> float:
-    """Mean over samples of 1 - the worst output's cosine (what the corpus bench scores). An output assembled in
-    float from parts with their own scales (a detector's boxes, objectness and classes) is measured part by part
-    (see CandidateModel.measured): the boxes' pixel values would otherwise hide any change in the scores."""
-    return float(np.mean([1.0 - min(cosine(r, o) for r, o in zip(ref, out))
-                          for ref, out in zip(reference, outputs)]))
+    """Mean over samples of sample_losses."""
+    return float(np.mean(sample_losses(outputs, reference)))
 
 
 class CandidateModel:
@@ -122,10 +128,11 @@ class CandidateModel:
 
 def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, ActQuant]],
            weights: Dict[int, WeightQuant], set_biases, data, samples: int, threads: int = 0,
-           margin: float = MARGIN, min_gain: float = MIN_GAIN) -> Tuple[str, Dict[str, float]]:
+           margin: float = MARGIN, min_gain: float = MIN_GAIN
+           ) -> Tuple[str, Dict[str, float], Dict[str, np.ndarray]]:
     """The candidate to keep among ``candidates`` ({name: activation parameters}; the first is min/max, the
-    default) and each one's loss on the first ``samples`` samples of ``data``. ``set_biases(name)`` puts that
-    candidate's corrected biases into ``weights``."""
+    default), each one's mean loss on the first ``samples`` samples of ``data`` and its loss per sample.
+    ``set_biases(name)`` puts that candidate's corrected biases into ``weights``."""
     from ..calibrate import make_session
     from ..qdq import with_outputs
 
@@ -134,15 +141,18 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     runner = CandidateModel(model, plan, candidates[default], weights, threads)
     ref_sess = make_session(with_outputs(model, runner.measured), threads)
     reference = [ref_sess.run(runner.measured, f) for f in feeds]
-    losses = {}
+    per_sample = {}
     for name, acts in candidates.items():
         set_biases(name)
-        losses[name] = output_loss(runner.run(feeds, runner.feed(acts, weights, model)), reference)
+        per_sample[name] = sample_losses(runner.run(feeds, runner.feed(acts, weights, model)), reference)
+    losses = {k: float(v.mean()) for k, v in per_sample.items()}
     best = min(losses, key=losses.get)
+    wins = int(np.sum(per_sample[best] < per_sample[default]))
     if best != default and losses[best] <= (1.0 - margin) * losses[default] and \
-            losses[default] - losses[best] >= min_gain:
-        return best, losses
-    return default, losses
+            losses[default] - losses[best] >= min_gain and wins >= MIN_WINS * len(feeds):
+        return best, losses, per_sample
+    return default, losses, per_sample
 
 
-__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "CandidateModel", "choose", "output_loss"]
+__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "output_loss",
+           "sample_losses"]
