@@ -18,6 +18,8 @@ init_runtime, inference) in its own process (so peak RSS is the row's alone):
   ort-minmax         onnxruntime quantize_static on the original model: QDQ, MinMax, per-channel S8 weights, U8
                      activations (normalisation outside the model; models below opset 13 converted to 17 first,
                      since per-channel QDQ needs it)
+  w8a8-rk3588-hybrid openrknn w8a8 on rk3588, normal, build(auto_hybrid=True) with auto_hybrid_cos_thresh 0.99:
+                     layers promoted to 16-bit (of the quantized layers), real builds made, estimated NPU time
   vendor-w8a8        rknn-toolkit2 2.5.0 (its own virtualenv, a subprocess), w8a8 rk3588, normal
 Default = normal; "best" = the best of the three algorithms on the held-out set (an upper bound on a choice).
 A step that fails is a recorded outcome ("fails in load_onnx: ..."), never a crash of the bench. Results are cached
@@ -52,8 +54,11 @@ from corpus_fetch import BY_NAME, DEFAULT_CACHE, MANIFEST, SHARED, fetch, model_
 
 VENDOR_PY = Path("/work/cache/vendor-venv/bin/python")
 ALGOS = ("normal", "kl_divergence", "mmse")
-OPENRKNN_ROWS = ["float"] + [f"u8-rk1808-{a}" for a in ALGOS] + [f"w8a8-rk3588-{a}" for a in ALGOS]
+HYBRID_ROW = "w8a8-rk3588-hybrid"
+HYBRID_THRESH = 0.99
+OPENRKNN_ROWS = ["float"] + [f"u8-rk1808-{a}" for a in ALGOS] + [f"w8a8-rk3588-{a}" for a in ALGOS] + [HYBRID_ROW]
 ALL_ROWS = OPENRKNN_ROWS + ["ort-minmax", "vendor-w8a8"]
+DEFAULT_ROWS = [r for r in ALL_ROWS if r != HYBRID_ROW]  # the hybrid row is asked for by name (--rows)
 FLOAT_TARGET = 0.9999
 
 
@@ -294,6 +299,8 @@ def _openrknn_row(entry, row: str, cache: Path, n_eval: int) -> Dict:
     if row.startswith("u8-rk1808"):
         cfg.update(target_platform="rk1808", quantized_dtype="asymmetric_quantized-u8",
                    quantized_algorithm=row.split("-", 2)[2])
+    elif row == HYBRID_ROW:
+        cfg.update(target_platform="rk3588", quantized_dtype="w8a8", auto_hybrid_cos_thresh=HYBRID_THRESH)
     elif row.startswith("w8a8-rk3588"):
         cfg.update(target_platform="rk3588", quantized_dtype="w8a8", quantized_algorithm=row.split("-", 2)[2])
     else:
@@ -307,8 +314,17 @@ def _openrknn_row(entry, row: str, cache: Path, n_eval: int) -> Dict:
     step("config", rknn.config(**cfg))
     step("load_onnx", rknn.load_onnx(str(model_path(cache, entry["name"])), input_size_list=[entry["shape"]]))
     t0 = time.time()
-    step("build", rknn.build(do_quantization=quant, dataset=str(wd / "dataset.txt") if quant else None))
+    step("build", rknn.build(do_quantization=quant, dataset=str(wd / "dataset.txt") if quant else None,
+                             auto_hybrid=row == HYBRID_ROW))
     build_s = time.time() - t0
+    hybrid = None
+    if row == HYBRID_ROW:
+        h = rknn.hybrid_report or {}
+        cost = (h.get("cost_before") or {}).get("latency_us"), (h.get("cost_after") or {}).get("latency_us")
+        hybrid = {"layers": list(h.get("layers", [])), "units_total": h.get("units_total"), "met": h.get("met"),
+                  "builds": h.get("builds"), "selection": h.get("selection"),
+                  "cosine_before": h.get("cosine_before"), "cosine_after": h.get("cosine_after"),
+                  "latency_us": list(cost)}
     step("init_runtime", rknn.init_runtime())
     outs = []
     for i in range(n_eval):
@@ -317,7 +333,7 @@ def _openrknn_row(entry, row: str, cache: Path, n_eval: int) -> Dict:
             step("inference", -1)
         outs.append([np.asarray(x) for x in o])
     rknn.release()
-    return {"build_s": build_s, "outs": outs}
+    return {"build_s": build_s, "outs": outs, "hybrid": hybrid}
 
 
 def _ort_row(entry, cache: Path, n_eval: int, n_calib: int) -> Dict:
@@ -382,6 +398,8 @@ def run_worker(name: str, row: str, cache: Path) -> None:
         refs = load_outputs(wd / "reference.npz", info["eval"])
         res.update(score(entry, refs, r.pop("outs")))
         res["build_s"] = r["build_s"]
+        if r.get("hybrid"):
+            res["hybrid"] = r["hybrid"]
         if "error" in res:
             res["error"] = "fails in comparison: " + res["error"]
     except Exception as e:
@@ -502,6 +520,35 @@ def _best(rows: Dict[str, Dict], prefix: str) -> str:
     return f"{c:.4f} {dict(normal='n', kl_divergence='kl', mmse='mmse')[a]}"
 
 
+def hybrid_table(names: List[str], cache: Path) -> str:
+    """Auto hybrid against the plain w8a8 build of the same run: cosine on held-out inputs, layers promoted,
+    builds, build time ratio, estimated NPU time."""
+    lines = [f"| model | w8a8 default | auto hybrid ({HYBRID_THRESH}) | met on calibration | layers promoted "
+             "(% of quantized) | real builds | build s plain / hybrid (ratio) | est. NPU ms plain / hybrid |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        rdir = cache / "results" / n
+        plain_f, hyb_f = rdir / "w8a8-rk3588-normal.json", rdir / f"{HYBRID_ROW}.json"
+        if not hyb_f.is_file() or not plain_f.is_file():
+            continue
+        plain, hyb = json.loads(plain_f.read_text()), json.loads(hyb_f.read_text())
+        if hyb.get("error") or plain.get("error"):
+            lines.append(f"| {n} | {_cell(plain, False)} | FAIL | | | | | |")
+            continue
+        h = hyb.get("hybrid") or {}
+        total = h.get("units_total") or 0
+        k = len(h.get("layers") or [])
+        pct = f"{k} / {total} ({100 * k / total:.1f}%)" if total else str(k)
+        lat = h.get("latency_us") or [None, None]
+        lat_s = " / ".join("-" if v is None else f"{v / 1000:.2f}" for v in lat)
+        ratio = hyb["build_s"] / plain["build_s"] if plain.get("build_s") else float("nan")
+        met = min(h.get("cosine_after") or [0])
+        lines.append(f"| {n} | {plain['cos']:.4f} | {hyb['cos']:.4f} | {'yes' if h.get('met') else 'no'} "
+                     f"({met:.4f}) | {pct} | {h.get('builds', '-')} | {plain['build_s']:.1f} / {hyb['build_s']:.1f} "
+                     f"({ratio:.1f}x) | {lat_s} |")
+    return "\n".join(lines)
+
+
 def table(names: List[str], cache: Path) -> str:
     lines = ["| model | kind | float (lowest) | u8 rk1808 default | u8 rk1808 best | w8a8 rk3588 default | "
              "w8a8 rk3588 best | ort MinMax | rknn-toolkit2 w8a8 | build s (float / w8a8 / ort / vendor) | "
@@ -543,8 +590,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--only", default="", help="comma-separated corpus names (default: all)")
-    ap.add_argument("--rows", default=",".join(ALL_ROWS), help="comma-separated rows; default all: " +
-                    ",".join(ALL_ROWS))
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows; default: " +
+                    ",".join(DEFAULT_ROWS) + f" (and {HYBRID_ROW} when asked)")
     ap.add_argument("--rerun", action="store_true", help="recompute rows that have a cached result")
     ap.add_argument("--n", type=int, default=10, help="at most N calibration and N held-out inputs per model")
     ap.add_argument("--table-only", action="store_true")
@@ -572,6 +619,8 @@ def main(argv=None) -> int:
                 status = r.get("error") or f"cos {r['cos']:.4f} agree {r.get('agree')}"
                 print(f"{n:20s} {row:24s} {time.time() - t0:6.1f}s  {status[:200]}", flush=True)
     out = table(names, args.cache)
+    if any((args.cache / "results" / n / f"{HYBRID_ROW}.json").is_file() for n in names):
+        out += "\n\nAuto hybrid:\n\n" + hybrid_table(names, args.cache)
     print(out)
     if args.markdown:
         args.markdown.write_text(out + "\n")

@@ -245,8 +245,8 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     plain = build(_loaded(setup), cfg, BuildOptions(dataset=str(setup / "dataset.txt")))
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
-    monkeypatch.setattr(hq, "sensitivity", lambda qmodel, units, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
-                                                                           for u in units})
+    monkeypatch.setattr(hq, "sensitivity", lambda model, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
+                                                                   for u in model.units})
     picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
     assert detail["order_kind"] == "graph order" and picked[-1] == "conv1" and len(picked) == 2
     monkeypatch.undo()
@@ -262,3 +262,27 @@ def test_report_names_the_automatic_choice(setup):
     report = res.hybrid_report
     (section,) = hybrid_sections(res.package)
     assert "Chosen automatically: 1 layer(s) (conv1)" in section.html and report["selection"] in section.html
+
+
+def test_switchable_model_matches_the_qdq_graph_and_its_bypass():
+    """One session for every estimate: with every unit on it computes the QDQ graph exactly, and with a unit off
+    it computes what bypassing that unit's activations and weights computes."""
+    from openrknn.quant import QuantOptions, quantize
+
+    model = outlier_model()
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    q = quantize(model, feeds, QuantOptions(dtype="asymmetric_quantized-u8", equalization=False), progress=False)
+    acts = [t for t, v in q.tensors.items() if v["kind"] == "activation" and t != "x"]
+    weights = hq.float_weights(model, q.model, ["w1", "w2"])
+    units = {"a": [acts[0], "w1"], "b": acts[1:] + ["w2"]}
+    sw = hq.SwitchableModel(q.model, units, weights)
+    for got, want in zip(sw.run(feeds), hq.run_outputs(q.model, feeds)):
+        np.testing.assert_array_equal(got[0], want[0])
+    for off in ("a", "b"):
+        want = hq.run_outputs(hq.bypass(q.model, units[off], weights), feeds)
+        for got, w in zip(sw.run(feeds, [off]), want):
+            np.testing.assert_allclose(got[0], w[0], rtol=0, atol=1e-5)
+    assert not np.allclose(sw.run(feeds, ["a"])[0][0], sw.run(feeds)[0][0])
+    sens = hq.sensitivity(sw, hq.run_outputs(model, feeds), feeds, progress=False)
+    assert set(sens) == {"a", "b"} and sens["a"] > 0

@@ -124,10 +124,10 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
                              progress, ref, names)
     units = _units(float_model, result.tensors)
-    order, _, k, _ = _shortest_of_orders(detail, units, "float",
-                                         lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref,
-                                         sample, cfg.auto_hybrid_cos_thresh, len(picked), names)
-    return order[:k]
+    k, _ = _confirm(detail["order"], len(picked), units, "float",
+                    lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref, sample,
+                    cfg.auto_hybrid_cos_thresh, names)
+    return detail["order"][:k]
 
 
 def _jsonable(obj):
@@ -210,36 +210,43 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 # ---------------------------------------------------------------- automatic
 
 
+RANK_SAMPLES = 2    # feeds the per-unit ranking runs on: one switchable-model run per unit and feed
+MAX_CONFIRM = 4     # real builds that confirm the estimated prefix, extend it or search below it
+
+
 def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
-            reference: Optional[List[list]] = None, names: Optional[List[str]] = None) -> Tuple[List[str], dict]:
-    """Rank units by sensitivity (each one alone left float: its activations and weights) and return the shortest
-    prefix, of that ranking or of the graph order, that, left float together, lifts every output cosine to
-    ``thresh`` (binary search; at least one unit)."""
+            reference: Optional[List[list]] = None, names: Optional[List[str]] = None,
+            rank_samples: int = RANK_SAMPLES) -> Tuple[List[str], dict]:
+    """Rank units by sensitivity (each one alone left float: its activations and weights, on ``rank_samples``
+    feeds) and return the shortest prefix, of that ranking or of the graph order, that, left float together, lifts
+    every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every estimate runs on one
+    switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no rebuild."""
     units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
     ref = reference if reference is not None else hq.run_outputs(float_model, feeds, names=names)
     # weights count too: with per-tensor (u8) weights they are as large an error source as the activations
     float_weights = hq.float_weights(float_model, qmodel, [w for v in units.values() for w in v
                                                            if tensors.get(w, {}).get("kind") == "weight"])
-    sens = hq.sensitivity(qmodel, {k: _activations(v, tensors) + [w for w in v if w in float_weights]
-                                   for k, v in units.items()}, ref, feeds, progress, names=names,
-                          float_weights=float_weights)
+    members = {k: _activations(v, tensors) + [w for w in v if w in float_weights] for k, v in units.items()}
+    switch = hq.SwitchableModel(qmodel, members, float_weights, names)
+    sens = hq.sensitivity(switch, ref[:rank_samples], feeds[:rank_samples], progress)
     ranked = sorted(units, key=lambda k: -sens[k])
     # Errors made early are amplified by every later layer, yet one early layer left float barely helps while the
     # others still add theirs, so a short graph-order prefix can beat a long sensitivity-ranked list (it does on
     # YOLOX-nano u8): the graph-order prefix is the second candidate order.
     topological = [n.name for n in float_model.graph.node if n.name in units]
+    estimates: Dict[Tuple[str, int], float] = {}
 
-    def ok(order: List[str], k: int) -> bool:
-        members = [t for u in order[:k] for t in _activations(units[u], tensors) + units[u]]
-        bypassed = hq.bypass(qmodel, members, float_weights)
-        return min(hq.output_cosines(ref, hq.run_outputs(bypassed, feeds, names=names))) >= thresh
+    def estimate(kind: str, order: List[str], k: int) -> float:
+        if (kind, k) not in estimates:
+            estimates[kind, k] = min(hq.output_cosines(ref, switch.run(feeds, order[:k])))
+        return estimates[kind, k]
 
-    def shortest(order: List[str]) -> int:
+    def shortest(kind: str, order: List[str]) -> int:
         lo, hi = 1, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
-            if ok(order, mid):
+            if estimate(kind, order, mid) >= thresh:
                 hi = mid
             else:
                 lo = mid + 1
@@ -247,66 +254,54 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
 
     orders = {"sensitivity": ranked, "graph order": topological}
     if not ranked:
-        return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity", "orders": orders}
-    k_ranked, k_topo = shortest(ranked), shortest(topological)
+        return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity", "orders": orders, "estimate": {}}
+    k_ranked, k_topo = shortest("sensitivity", ranked), shortest("graph order", topological)
     order, kind = (topological, "graph order") if k_topo < k_ranked else (ranked, "sensitivity")
     k = min(k_ranked, k_topo)
     log.info("hybrid: %d layer(s) by sensitivity, %d in graph order reach cosine %.4f (estimate); trying %s first",
              k_ranked, k_topo, thresh, kind)
     return order[:k], {"sensitivity": {u: sens[u] for u in ranked}, "order": order, "order_kind": kind,
-                       "orders": orders}
+                       "orders": orders, "estimate": {f"{kd}:{n}": c for (kd, n), c in estimates.items()},
+                       "estimate_runs": len(estimates) + len(units)}
 
 
-def _smallest_prefix(order: List[str], units: Dict[str, List[str]], promote: str, make, ref: List[list],
-                     feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int,
-                     names: Optional[List[str]] = None, limit: Optional[int] = None) -> Optional[Tuple[int, tuple]]:
-    """Smallest k such that quantizing with the first k units of ``order`` promoted (``make(overrides)`` -> object
-    with .model) meets ``thresh`` on every output; the real quantizer decides (weights promoted too). ``hint`` (the
-    bypass estimate) is tried first to narrow the binary search. Returns (k, (made, cosines)); with ``limit``, None
-    when even the first ``limit`` units fall short."""
+def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str, make, ref: List[list],
+             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, names: Optional[List[str]] = None,
+             max_builds: int = MAX_CONFIRM) -> Tuple[int, tuple]:
+    """Real builds (``make(overrides)`` -> object with .model) with the first k units of ``order`` promoted,
+    starting from the estimate's k: while none has met ``thresh``, half as many units again; once one has, a
+    binary search below it, at most ``max_builds`` builds in all (then, if none met it, every unit of the order).
+    The real quantizer decides (promoted weights, bias correction refitted), so the estimate is only the start.
+    Returns (k, (made, cosines)) of the smallest k that met the threshold."""
     done: Dict[int, tuple] = {}
 
-    def trial(k: int) -> bool:
-        if k not in done:
-            made = make({t: promote for u in order[:k] for t in units[u]})
-            done[k] = (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names)))
-            log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", k, min(done[k][1]))
-        return min(done[k][1]) >= thresh
+    def trial(n: int) -> bool:
+        made = make({t: promote for u in order[:n] for t in units[u]})
+        cos = hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names))
+        done[n] = (made, cos)
+        log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", n, min(cos))
+        return min(cos) >= thresh
 
-    lo, hi = 1, max(len(order), 1)
-    if limit is not None:
-        hi = min(hi, limit)
-        if hi < 1 or not trial(hi):
-            return None
-    if 0 < hint < hi and trial(hint):
-        hi = hint
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if trial(mid):
-            hi = mid
+    k = max(1, min(k, len(order)))
+    good, bad = None, 0
+    while len(done) < max_builds:
+        if trial(k):
+            good = k
         else:
-            lo = mid + 1
-    trial(lo)
-    return lo, done[lo]
-
-
-def _shortest_of_orders(detail: dict, units: Dict[str, List[str]], promote: str, make, ref: List[list],
-                        feeds: Sequence[Dict[str, np.ndarray]], thresh: float, hint: int,
-                        names: Optional[List[str]] = None) -> Tuple[List[str], str, int, tuple]:
-    """_smallest_prefix on the order the estimate preferred, then on the other one with fewer units allowed (the
-    bypass estimate is rough: bias correction was fitted to the quantized inputs). Returns (order, kind, k, made)."""
-    kind = detail["order_kind"]
-    k, made = _smallest_prefix(detail["order"], units, promote, make, ref, feeds, thresh, hint, names)
-    order = detail["order"]
-    for other, alt_order in detail.get("orders", {}).items():
-        if other == kind or k <= 1:
-            continue
-        alt = _smallest_prefix(alt_order, units, promote, make, ref, feeds, thresh, min(hint, k - 1), names,
-                               limit=k - 1)
-        if alt is not None:
-            log.info("hybrid: %s needs %d layer(s), %s %d", kind, k, other, alt[0])
-            order, kind, (k, made) = alt_order, other, alt
-    return order, kind, k, made
+            bad = k
+        if good is None:
+            if k >= len(order):
+                break
+            k = min(len(order), max(k + 1, (3 * k + 1) // 2))
+        elif good - bad <= 1:
+            break
+        else:
+            k = (bad + good) // 2
+    if good is None:
+        if len(order) not in done:
+            trial(len(order))
+        good = len(order)
+    return good, done[good]
 
 
 def _cost(model: onnx.ModelProto, cfg: BuildConfig) -> dict:
@@ -365,15 +360,16 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
         return build_once(loaded, cfg, dataclasses.replace(base_opts, overrides={**opts.overrides, **overrides}),
                           False)
 
-    order, kind, k, (result, cos) = _shortest_of_orders(detail, units, promote, make, ref, feeds, thresh,
-                                                        len(picked), names)
+    order, kind = detail["order"], detail["order_kind"]
+    k, (result, cos) = _confirm(order, len(picked), units, promote, make, ref, feeds, thresh, names)
     overrides = {t: promote for u in order[:k] for t in units[u]}
     report.update({"layers": order[:k], "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
-                   "selection": kind,
+                   "selection": kind, "estimate_runs": detail.get("estimate_runs"),
                    "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},
                    "cost_after": _cost(result.model, cfg)})
     if not report["met"]:
-        log.warning("auto hybrid: every layer promoted and the worst output cosine is %.5f < %.4f", min(cos), thresh)
+        log.warning("auto hybrid: %d layer(s) promoted and the worst output cosine is %.5f < %.4f", k, min(cos),
+                    thresh)
     if result.package.metadata.get("quantization") is not None:
         result.package.metadata["quantization"]["auto_hybrid"] = {
             k_: report[k_] for k_ in ("threshold", "promote", "layers", "selection", "cosine_before", "cosine_after",

@@ -15,7 +15,8 @@ log = logging.getLogger("openrknn.graph")
 LEVELS = {
     0: "no graph changes",
     1: "constant folding, identity/dropout/dead-node removal, common sub-expressions",
-    2: "level 1 + fusions (Conv+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains)",
+    2: "level 1 + fusions (Conv+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains), constant "
+       "per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op",
     3: "level 2 + mean/std/channel-reorder folded into the first convolution where exact",
 }
 
@@ -40,6 +41,22 @@ def _drop_inference_noops(model: onnx.ModelProto) -> int:
     return removed
 
 
+def _fold(model: onnx.ModelProto) -> None:
+    """graph/fold.py's exact rewrites, until none applies (a folded scale can expose an activation and back)."""
+    from . import fold
+
+    total: Counter = Counter()
+    for _ in range(4):
+        step = Counter({"activations": fold.canonical_activations(model),
+                        "conv affine": fold.fold_conv_affine(model),
+                        "input scales": fold.fold_input_scale(model)})
+        total.update(step)
+        if not sum(step.values()):
+            break
+    if sum(total.values()):
+        log.info("folded: %s", ", ".join(f"{k} {v}" for k, v in total.items() if v))
+
+
 def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
     if level <= 0:
         return model
@@ -52,6 +69,8 @@ def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
     if out is None:  # onnxslim returns None only when it failed internally; keep the input graph
         log.warning("onnxslim could not optimise the graph; continuing with the unoptimised graph")
         return model
+    if level >= 2:
+        _fold(out)
     after = Counter(n.op_type for n in out.graph.node)
     log.info("optimization_level %d: %d -> %d nodes (%s)", level, sum(before.values()), sum(after.values()),
              LEVELS[level])

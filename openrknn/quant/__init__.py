@@ -37,8 +37,13 @@ class QuantOptions:
 
     dtype: asymmetric_quantized-u8 | dynamic_fixed_point-i8 | dynamic_fixed_point-i16 | w8a8 | w8a16 | w16a16i |
         float16.
-    algorithm: activation ranges: 'normal' (min/max), 'kl_divergence' (2048-bin histogram KL), 'mmse' (least
-        squared error clipping); mmse also picks MSE-optimal weight clipping.
+    algorithm: activation ranges: 'normal' (min/max, or clipped where the outputs say so: range_choice),
+        'kl_divergence' (2048-bin histogram KL), 'mmse' (least squared error clipping); mmse also picks MSE-optimal
+        weight clipping.
+    range_choice: with 'normal' and 8-bit activations, also build the kl_divergence and mmse ranges (histograms
+        of ``range_choice_images`` calibration samples, the even-numbered ones) and keep the set whose outputs on
+        ``range_choice_samples`` other calibration samples (odd-numbered) are closest to the float model's, when it
+        takes at least a tenth of min/max's output error away (algorithms/range_choice.py); min/max otherwise.
     weight_algorithm: 'minmax' | 'mmse' weight ranges; 'auto' = mmse with algorithm 'mmse', else minmax.
     method: 'layer' (one weight scale per tensor) or 'channel' (one per output channel); None picks the dtype's
         hardware default: 'layer' for the RKNPU1 dtypes (u8, dynamic fixed point), 'channel' for the RKNPU2 ones.
@@ -94,6 +99,9 @@ class QuantOptions:
     weight_rounding: str = "auto"
     adaround_iters: int = 200
     rounding_samples: int = 16         # calibration samples for the rounding statistics (gptq, adaround)
+    range_choice: bool = True
+    range_choice_images: int = 8
+    range_choice_samples: int = 4
     range_search: bool = False
     range_search_groups: int = 32
     range_search_samples: int = 8
@@ -126,7 +134,9 @@ class QuantOptions:
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
-        for key in ("range_search_groups", "range_search_samples"):
+        if self.range_choice not in (True, False):
+            raise ConfigError("range_choice", self.range_choice, (True, False))
+        for key in ("range_search_groups", "range_search_samples", "range_choice_images", "range_choice_samples"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(key, getattr(self, key), "an integer >= 1")
         if self.histogram_bins < 256:

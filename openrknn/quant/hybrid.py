@@ -268,18 +268,80 @@ def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
     return [float(np.mean([cosine(r[k], o[k]) for r, o in zip(reference, outputs)])) for k in range(n_out)]
 
 
-def sensitivity(qmodel: onnx.ModelProto, units: Dict[str, List[str]], reference: List[list],
-                feeds: Sequence[Dict[str, np.ndarray]], progress: bool = True, threads: int = 1,
-                names: Optional[Sequence[str]] = None,
-                float_weights: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+MASK_INPUT = "openrknn_hybrid_mask"
+
+
+class SwitchableModel:
+    """The QDQ graph with each unit's quantization switchable at run time: one onnxruntime session answers "what if
+    these units stayed float" for any set of units, with no rebuild and no new session.
+
+    Each unit's activation points become x_f + m (DQ(Q(x_f)) - x_f) and its float-restorable weights
+    W_f + m (DQ(W_q) - W_f), with m = 1 (quantized) or 0 (float) read from one vector input, one entry per unit.
+    With every m = 1 it computes exactly the QDQ graph."""
+
+    def __init__(self, qmodel: onnx.ModelProto, units: Dict[str, List[str]],
+                 float_weights: Optional[Dict[str, np.ndarray]] = None, names: Optional[Sequence[str]] = None,
+                 threads: int = 1):
+        from ..runtime.ort_session import make_session
+        from .qdq import with_outputs
+
+        self.units = list(units)
+        index = {u: k for k, u in enumerate(self.units)}
+        owners: Dict[str, List[int]] = {}
+        for u, members in units.items():
+            for t in members:
+                owners.setdefault(t, []).append(index[u])
+        float_weights = {k: v for k, v in (float_weights or {}).items() if k in owners}
+        m = onnx.ModelProto()
+        m.CopyFrom(with_outputs(qmodel, names) if names else qmodel)
+        g = m.graph
+        inits = {t.name for t in g.initializer}
+        q_in = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+        by_q = {w + "__q": w for w in float_weights}
+        g.input.append(helper.make_tensor_value_info(MASK_INPUT, onnx.TensorProto.FLOAT, [len(self.units)]))
+        nodes: List[onnx.NodeProto] = []
+        for n in g.node:
+            target, exact = None, None
+            if n.op_type == "DequantizeLinear" and n.output[0] in owners and n.input[0] in q_in:
+                target, exact = n.output[0], q_in[n.input[0]]
+            elif n.op_type == "DequantizeLinear" and n.input[0] in by_q:
+                w = by_q[n.input[0]]
+                target, exact = n.output[0], w + "__float"
+                g.initializer.append(onnx.numpy_helper.from_array(np.asarray(float_weights[w], np.float32), exact))
+            if target is None:
+                nodes.append(n)
+                continue
+            owner = owners[target] if target in owners else owners[by_q[n.input[0]]]
+            quantized = target + "__sw_q"
+            n.output[0] = quantized
+            nodes.append(n)
+            idx = target + "__sw_idx"
+            g.initializer.append(onnx.numpy_helper.from_array(np.asarray(owner, np.int64), idx))
+            nodes += [helper.make_node("Gather", [MASK_INPUT, idx], [target + "__sw_g"], axis=0),
+                      helper.make_node("ReduceMin", [target + "__sw_g"], [target + "__sw_m"], keepdims=0),
+                      helper.make_node("Sub", [quantized, exact], [target + "__sw_d"]),
+                      helper.make_node("Mul", [target + "__sw_d", target + "__sw_m"], [target + "__sw_md"]),
+                      helper.make_node("Add", [exact, target + "__sw_md"], [target])]
+        del g.node[:]
+        g.node.extend(nodes)
+        self.names = list(names) if names else None
+        self.sess = make_session(m, threads)
+
+    def run(self, feeds: Sequence[Dict[str, np.ndarray]], float_units: Iterable[str] = ()) -> List[list]:
+        mask = np.ones(len(self.units), np.float32)
+        for u in float_units:
+            mask[self.units.index(u)] = 0.0
+        return [self.sess.run(self.names, {**f, MASK_INPUT: mask}) for f in feeds]
+
+
+def sensitivity(model: SwitchableModel, reference: List[list], feeds: Sequence[Dict[str, np.ndarray]],
+                progress: bool = True) -> Dict[str, float]:
     """Per unit: how much the worst output cosine rises when that unit alone stays float (its activations, and its
-    weights where ``float_weights`` has them)."""
+    weights where the model restores them), on ``feeds``."""
     from ..progress import progress_bar
 
-    base = min(output_cosines(reference, run_outputs(qmodel, feeds, threads, names)))
+    base = min(output_cosines(reference, model.run(feeds)))
     out = {}
-    for name, members in progress_bar(units.items(), desc="layer sensitivity", enabled=progress, leave=False):
-        worst = min(output_cosines(reference, run_outputs(bypass(qmodel, members, float_weights), feeds, threads,
-                                                          names)))
-        out[name] = worst - base
+    for name in progress_bar(model.units, desc="layer sensitivity", enabled=progress, leave=False):
+        out[name] = min(output_cosines(reference, model.run(feeds, [name]))) - base
     return out

@@ -3,6 +3,7 @@ ranges, weights (rounding, bias correction), the optional range search and the Q
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
@@ -79,15 +80,27 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
-    if options.algorithm != "normal":
-        per_image = options.histogram_samples or int(np.clip((1 << 20) // max(len(data), 1), 1 << 14, 1 << 18))
+    choosing = _chooses_ranges(options, scheme)
+    hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
+    if options.algorithm != "normal" or choosing:
+        images = data if options.algorithm != "normal" else hist_feeds  # a few images give the histograms' shape
+        per_image = options.histogram_samples or (int(np.clip((1 << 20) // max(len(images), 1), 1 << 14, 1 << 18))
+                                                  if options.algorithm != "normal" else 1 << 15)
         histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
-        histogram_pass(m, plan.sources, data, stats, options.histogram_bins, per_image, progress, options.threads)
+        histogram_pass(m, plan.sources, images, stats, options.histogram_bins, per_image, progress,
+                       options.threads)
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
     fixed = _expand_overrides(options.fixed, plan)  # hybrid step2: scale/zero point as given
     acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed)
+    variants: Dict[str, Dict[str, ActQuant]] = {}
+    if choosing:  # the clipped candidates the outputs will judge against min/max (algorithms/range_choice.py)
+        from .algorithms.range_choice import CANDIDATES
+
+        variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed, coarse=True)
+                    for alg in CANDIDATES}
+        variants = {k: v for k, v in variants.items() if _differs(v, acts)}
     seconds["activation_ranges"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -96,19 +109,23 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     weights = weight_params(info, plan, scheme, state.per_channel, weight_alg, overrides, fixed)
     rounding = options.resolved_rounding
     probe = None
+    if options.bias_correction in (True, "empirical"):  # its means ride the rounding statistics pass
+        from .algorithms.bias_correction import MeanShiftProbe
+
+        probe = MeanShiftProbe(info, plan, acts, weights, options.bias_correction_samples, variants)
+        probe = probe if probe.targets else None
     if rounding != "nearest" and scheme.weight is not None and scheme.weight.bits <= 8:  # 16-bit: nothing to gain
         from .algorithms.rounding import round_weights
 
-        if options.bias_correction in (True, "empirical"):  # its means ride the rounding statistics pass
-            from .algorithms.bias_correction import MeanShiftProbe
-
-            probe = MeanShiftProbe(info, plan, acts, weights, options.bias_correction_samples)
-            probe = probe if probe.targets else None
         t_round = time.perf_counter()
         summary = round_weights(m, info, plan, weights, data, options, rounding, progress, probe)
         results.append(StageResult("weight_rounding", summary, round(time.perf_counter() - t_round, 3)))
     results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress, probe))
     seconds["weights"] = round(time.perf_counter() - t, 3)
+    if variants:
+        t = time.perf_counter()
+        acts, summary = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds, options)
+        results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
     if options.range_search:
         from .algorithms.range_search import search_ranges
@@ -177,6 +194,53 @@ def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict
         return StageResult("bias_correction", empirical_bias_correction(
             m, info, plan, acts, weights, data, options.bias_correction_samples, progress, options.threads, probe))
     return None
+
+
+def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
+    """A default ('normal') build with 8-bit activations judges clipped ranges against min/max on its outputs."""
+    return options.algorithm == "normal" and bool(options.range_choice) and scheme.act is not None and \
+        scheme.act.bits == 8
+
+
+def _choice_feeds(data, options: "QuantOptions") -> Tuple[list, list]:
+    """The range choice's samples: histograms from the even-numbered ones, judged on the odd-numbered ones (a
+    clipping fitted to the samples it is judged on would look better than it is); from the same ones only when the
+    dataset has a single sample."""
+    first = list(itertools.islice(data, 2 * max(options.range_choice_images, options.range_choice_samples)))
+    if len(first) < 2:
+        return first, first
+    return first[0::2][:options.range_choice_images], first[1::2][:options.range_choice_samples]
+
+
+def _differs(a: Dict[str, ActQuant], b: Dict[str, ActQuant]) -> bool:
+    return any(t not in b or (v.scale, v.zero_point) != (b[t].scale, b[t].zero_point) for t, v in a.items())
+
+
+def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
+                   variants: Dict[str, Dict[str, ActQuant]], weights: Dict[int, WeightQuant], probe,
+                   info: GraphInfo, data, options: "QuantOptions") -> Tuple[Dict[str, ActQuant], dict]:
+    """Min/max or one of the clipped ``variants``, whichever the outputs prefer (algorithms/range_choice.py); each
+    candidate gets its own empirical bias correction (the probe measured every variant's means). Leaves
+    ``weights``' biases set for the chosen one; returns its activation parameters and a report."""
+    from .algorithms import range_choice
+
+    candidates = {"normal": acts, **variants}
+    normal_biases = {k: wq.bias for k, wq in weights.items()}
+
+    def set_biases(name: str) -> None:
+        for k, wq in weights.items():
+            wq.bias = normal_biases[k] if name == "normal" or probe is None else None
+        if name != "normal" and probe is not None:
+            probe.apply(info, weights, name)
+
+    chosen, losses, per_sample = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
+                                                     options.threads)
+    set_biases(chosen)
+    log.info("activation ranges: %s (output loss %s)", chosen,
+             ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+    return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
+                                "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
+                                "samples": len(data)}
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -294,13 +358,21 @@ def _override_format(kind: str, value: str, default: TensorFormat) -> Optional[T
 
 def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
                       overrides: Optional[Dict[str, str]] = None,
-                      fixed: Optional[Dict[str, tuple]] = None) -> Dict[str, ActQuant]:
-    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits)."""
+                      fixed: Optional[Dict[str, tuple]] = None, coarse: bool = False) -> Dict[str, ActQuant]:
+    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits).
+    coarse: fewer KL thresholds / MSE grid points (the range choice's candidates)."""
+    from .algorithms.range_choice import KL_THRESHOLDS, MSE_GRID
+
     fmt = _fmt_for(scheme)
     overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
     chosen: Dict[str, Tuple[float, float]] = {}
-    pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
+    if algorithm == "kl_divergence":
+        def pick(h, lo, hi, f):
+            return act_alg.kl_range(h, lo, hi, f, KL_THRESHOLDS) if coarse else act_alg.kl_range(h, lo, hi, f)
+    else:
+        def pick(h, lo, hi, f):
+            return act_alg.mmse_range(h, lo, hi, f, MSE_GRID) if coarse else act_alg.mmse_range(h, lo, hi, f)
     for pool in stats.pooled if algorithm != "normal" else ():
         # remapped parts of one tensor, stretched onto one range: their histograms are the concat's distribution
         have = [t for t in pool if t in stats.hist and plan.group_of.get(t) not in exempt]

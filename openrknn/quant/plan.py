@@ -202,21 +202,42 @@ def _scalar_const(info: GraphInfo, node: onnx.NodeProto, x: str) -> bool:
         np.size(info.const(others[0])) == 1
 
 
-def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str]) -> None:
-    """A multiply or add by a scalar constant right after a fused activation is part of it: the op's output
-    quantizer absorbs it (a scale and a zero-point shift, or a different lookup table), so the NPU never
-    requantizes in between. Range split's part remap (algorithms/split.py) writes such pairs."""
-    for y in list(fused):
-        act = fused.pop(y)
+def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], starts: Set[str]) -> None:
+    """A multiply, divide, add or subtract by a scalar constant right after a fused activation, or after a conv
+    without one (``starts``), is part of it: the op's output quantizer absorbs it (a scale and a zero-point shift,
+    or a different lookup table), so the NPU never requantizes in between. Exports write a layer's scalar
+    "learnable affine" this way; range split's part remap (algorithms/split.py) writes such pairs too."""
+    for y in list(fused) + sorted(starts - set(fused) - internal):
+        act = fused.pop(y, "")
+        absorbed = False
         while y not in info.output_set:
             cons = info.consumers.get(y, [])
-            if len(cons) != 1 or info.nodes[cons[0]].op_type not in ("Mul", "Add") or \
-                    not _scalar_const(info, info.nodes[cons[0]], y):
+            if len(cons) != 1 or info.nodes[cons[0]].op_type not in ("Mul", "Add", "Div", "Sub") or \
+                    not _scalar_const(info, info.nodes[cons[0]], y) or \
+                    (info.nodes[cons[0]].op_type in ("Div", "Sub") and info.nodes[cons[0]].input[0] != y):
                 break
             internal.add(y)
             y = info.nodes[cons[0]].output[0]
-            act = act if act.endswith("+affine") else act + "+affine"
-        fused[y] = act
+            absorbed = True
+        if act:
+            fused[y] = act if not absorbed or act.endswith("+affine") else act + "+affine"
+        elif absorbed:
+            fused[y] = "affine"
+
+
+def _regions(info: GraphInfo) -> List:
+    """Spelled-out activations (graph/activations.py) the graph still holds: GELU and Mish below the opsets that
+    have them as ops (the optimizer rewrote the others into their op)."""
+    from ..graph.activations import find_regions
+    from ..graph.names import subgraphs, used_names
+
+    consts = {n: info.const(n) for n in info.inits if np.size(info.const(n)) == 1 and info.is_float(n)}
+    keep = set(info.output_set)
+    for node in info.nodes:
+        for sub in subgraphs(node):
+            keep |= used_names(sub)
+    return [r for r in find_regions(info.nodes, consts, keep)
+            if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
 
 
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
@@ -231,6 +252,14 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
     for mul_i, (_x, gate_out, name) in gated.items():
         internal.add(gate_out)
         fused[info.nodes[mul_i].output[0]] = name
+    # other spelled-out activations: one fused step from x to z, whatever their node count
+    region_of: Dict[str, object] = {}
+    for r in _regions(info):
+        if r.z in fused or any(t in internal for t in r.inner):
+            continue
+        internal.update(r.inner)
+        fused[r.z] = r.name
+        region_of[r.x] = r
 
     # conv/matmul output consumed only by its activation: the activation output is the quantization point
     for w in weighted:
@@ -246,7 +275,11 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
             gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
             if len(muls) == 1 and len(gates) == 1 and gated[muls[0]][1] == info.nodes[gates[0]].output[0]:
                 internal.add(y)
-    _absorb_affine(info, internal, fused)
+        if y in region_of and all(c in region_of[y].nodes for c in cons):
+            internal.add(y)
+    conv_outputs = {info.nodes[w.node].output[0] for w in weighted if info.nodes[w.node].op_type in
+                    ("Conv", "ConvTranspose", "Gemm")}
+    _absorb_affine(info, internal, fused, conv_outputs)
 
     float_tail: Set[str] = set()
     split_concats: List[str] = []

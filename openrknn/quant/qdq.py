@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.names import subgraphs, used_names
 from .ir import GraphInfo
 from .plan import Plan
 from .schemes import TensorFormat
@@ -73,12 +74,10 @@ class _Builder:
         return name
 
 
-def _bias_dq(b: "_Builder", nodes: List[onnx.NodeProto], tensors: Dict[str, dict], name: str, bias: np.ndarray,
-             x_act: Optional[ActQuant], wq: WeightQuant) -> str:
-    """Bias as int32 behind a DequantizeLinear. With 8-bit input and weights its scale is s_in * s_w, as the NPU
+def bias_integers(bias: np.ndarray, x_act: Optional[ActQuant], wq: WeightQuant) -> Tuple[np.ndarray, np.ndarray]:
+    """A bias as int32 and its per-channel scale. With 8-bit input and weights the scale is s_in * s_w, as the NPU
     accumulates; otherwise (16-bit, or a float input) the finest per-channel scale that fits int32 (the NPU keeps
-    wide accumulators there). Never a float initializer: onnxruntime's WeightBiasQuantization pass would
-    re-quantize a float bias (and weights) of a QDQ conv with its own, 8-bit, assumptions."""
+    wide accumulators there)."""
     bias = bias.astype(np.float64).reshape(-1)
     faithful = x_act is not None and x_act.fmt.bits == 8 and wq.fmt.bits == 8
     if faithful:
@@ -87,12 +86,20 @@ def _bias_dq(b: "_Builder", nodes: List[onnx.NodeProto], tensors: Dict[str, dict
     if not faithful:
         scale = np.maximum(np.abs(bias), 1e-30) / (2 ** 30)
     scale = scale.astype(np.float32)
-    bq = np.clip(np.round(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    return np.clip(np.round(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32), scale
+
+
+def _bias_dq(b: "_Builder", nodes: List[onnx.NodeProto], tensors: Dict[str, dict], name: str, bias: np.ndarray,
+             x_act: Optional[ActQuant], wq: WeightQuant) -> str:
+    """Bias as int32 behind a DequantizeLinear (bias_integers). Never a float initializer: onnxruntime's
+    WeightBiasQuantization pass would re-quantize a float bias (and weights) of a QDQ conv with its own, 8-bit,
+    assumptions."""
+    bq, scale = bias_integers(bias, x_act, wq)
     out = b.unique(name + "__dq")
     nodes.append(helper.make_node("DequantizeLinear", [b.const(name + "__q", bq), b.const(name + "__scale", scale),
-                                                       b.const(name + "__zp", np.zeros(bias.shape, np.int32))],
+                                                       b.const(name + "__zp", np.zeros(bq.shape, np.int32))],
                                   [out], axis=0, name=b.unique(name + "__DQ")))
-    tensors[name] = {"dtype": "int32", "scale": scale.astype(float).tolist(), "zero_point": [0] * bias.size,
+    tensors[name] = {"dtype": "int32", "scale": scale.astype(float).tolist(), "zero_point": [0] * bq.size,
                      "axis": 0, "kind": "bias"}
     return out
 
@@ -174,6 +181,9 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
     del g.node[:]
     g.node.extend(nodes)
     used = {n for node in nodes for n in node.input}
+    for node in nodes:  # a Loop / If body may read the outer graph's weights by name: keep those initializers
+        for sub in subgraphs(node):
+            used |= used_names(sub)
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)

@@ -34,14 +34,14 @@ def _fold(hist: np.ndarray, lo: float, hi: float) -> Tuple[np.ndarray, float]:
     return np.bincount(idx, weights=hist.astype(np.float64), minlength=nb), amax
 
 
-def _kl_threshold_bins(hist: np.ndarray, levels: int, step: int = 0) -> int:
+def _kl_threshold_bins(hist: np.ndarray, levels: int, step: int = 0, candidates: int = 128) -> int:
     """TensorRT-style search: the number of leading bins whose clipped distribution, requantized to ``levels``
     bins, stays closest (KL) to the reference."""
     hist = np.asarray(hist, np.float64)
     nb = hist.size
     if nb <= levels or hist.sum() == 0:
         return nb
-    step = step or max(1, (nb - levels) // 128)
+    step = step or max(1, (nb - levels) // candidates)
     nz = (hist > 0).astype(np.float64)
     csum = np.concatenate([[0.0], np.cumsum(hist)])
     cnz = np.concatenate([[0.0], np.cumsum(nz)])
@@ -72,22 +72,24 @@ def _coverage_bins(hist: np.ndarray, share: float) -> int:
     return min(int(np.searchsorted(c, share * c[-1])) + 1, hist.size)
 
 
-def _kl_bins(hist: np.ndarray, levels: int) -> int:
-    return max(_kl_threshold_bins(hist, levels), _coverage_bins(hist, KL_MIN_COVERAGE))
+def _kl_bins(hist: np.ndarray, levels: int, candidates: int = 128) -> int:
+    return max(_kl_threshold_bins(hist, levels, candidates=candidates), _coverage_bins(hist, KL_MIN_COVERAGE))
 
 
-def kl_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat) -> Tuple[float, float]:
+def kl_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat, candidates: int = 128
+             ) -> Tuple[float, float]:
+    """``candidates``: how many clipping thresholds the KL search tries (evenly spaced)."""
     nb = hist.size
     if hi <= lo:
         return lo, hi
     if not fmt.symmetric and lo >= -ONE_SIDED * hi:
-        i = _kl_bins(hist, fmt.levels)
+        i = _kl_bins(hist, fmt.levels, candidates)
         return lo, lo + (hi - lo) * i / nb
     if not fmt.symmetric and hi <= -ONE_SIDED * lo:
-        i = _kl_bins(hist[::-1], fmt.levels)
+        i = _kl_bins(hist[::-1], fmt.levels, candidates)
         return hi - (hi - lo) * i / nb, hi
     folded, amax = _fold(hist, lo, hi)
-    i = _kl_bins(folded, (fmt.levels + 1) // 2)
+    i = _kl_bins(folded, (fmt.levels + 1) // 2, candidates)
     t = amax * i / nb
     return max(lo, -t), min(hi, t)
 

@@ -65,7 +65,6 @@ def _qdq_mean_nodes(x: str, act, axes, opset: int, tag: str) -> Tuple[List[onnx.
              onnx.helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_s", f"{tag}_z"], [f"{tag}_dq"],
                                    domain=dom)]
     nodes.append(reduce_node("ReduceMean", f"{tag}_dq", f"{tag}_qmean", axes, opset, inits))
-    nodes.append(reduce_node("ReduceMean", x, f"{tag}_fmean", axes, opset, inits))
     return nodes, inits
 
 
@@ -75,7 +74,10 @@ class MeanShiftProbe:
     the weights, so the pass can run before the weights are final and share a session with other statistics
     (weight rounding's); ``apply`` turns the means into corrections once the integers are fixed."""
 
-    def __init__(self, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict, max_samples: int = 32):
+    def __init__(self, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict, max_samples: int = 32,
+                 variants: Optional[Dict[str, Dict]] = None):
+        """``variants``: other activation parameter sets {name: acts} whose E[Q(x)] the same pass measures too
+        (the range choice compares them); ``apply(..., variant=name)`` corrects for one of them."""
         self.max_samples = max_samples
         self.targets = []
         for w in plan.weighted:
@@ -86,36 +88,46 @@ class MeanShiftProbe:
             if op == "Gemm" and (r != 2 or bool(info.attr(w.node, "transA", 0))):
                 continue
             self.targets.append((w, tuple(a for a in range(r) if a != 1)))
-        self.acts = acts
+        self.variants = {"": acts, **(variants or {})}
         self.tags: Dict[str, str] = {}
         for w, _ in self.targets:
             self.tags.setdefault(w.x, f"bc{len(self.tags)}")
-        self.outputs = [tag + s for tag in self.tags.values() for s in ("_qmean", "_fmean")]
+        self.outputs = [tag + "_fmean" for tag in self.tags.values()] + \
+            [tag + self._suffix(v) + "_qmean" for v in self.variants for tag in self.tags.values()]
         self.sums = [0.0] * len(self.outputs)
         self.n = 0
 
+    def _suffix(self, variant: str) -> str:
+        return f"_{list(self.variants).index(variant)}" if variant else ""
+
     def augment(self, m: onnx.ModelProto) -> None:
         """Add the side branches and their outputs to ``m`` (a copy of the float model), in place."""
-        from ..calibrate import opset_of
+        from ..calibrate import opset_of, reduce_node
 
         opset = opset_of(m)
         axes_of = {w.x: axes for w, axes in self.targets}
         for x, tag in self.tags.items():
-            nodes, inits = _qdq_mean_nodes(x, self.acts[x], axes_of[x], opset, tag)
-            m.graph.node.extend(nodes)
-            m.graph.initializer.extend(inits)
-            for suffix in ("_qmean", "_fmean"):
-                m.graph.output.append(onnx.ValueInfoProto(name=tag + suffix))
-        if any(self.acts[x].fmt.bits == 16 for x in self.tags) and not any(o.domain == "com.microsoft"
-                                                                           for o in m.opset_import):
+            for k, (variant, acts) in enumerate(self.variants.items()):
+                vtag = tag + self._suffix(variant)
+                # the float mean is the same for every variant: measured once, under the plain tag
+                nodes, inits = _qdq_mean_nodes(x, acts[x], axes_of[x], opset, vtag)
+                if k == 0:
+                    nodes.append(reduce_node("ReduceMean", x, tag + "_fmean", axes_of[x], opset, inits))
+                m.graph.node.extend(nodes)
+                m.graph.initializer.extend(inits)
+                m.graph.output.append(onnx.ValueInfoProto(name=vtag + "_qmean"))
+            m.graph.output.append(onnx.ValueInfoProto(name=tag + "_fmean"))
+        if any(acts[x].fmt.bits == 16 for acts in self.variants.values() for x in self.tags) and \
+                not any(o.domain == "com.microsoft" for o in m.opset_import):
             m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
 
     def add(self, values: Dict[str, np.ndarray]) -> None:
         self.sums = [a + np.asarray(values[name], np.float64) for a, name in zip(self.sums, self.outputs)]
         self.n += 1
 
-    def apply(self, info: GraphInfo, weights: Dict) -> Dict:
-        """Set ``WeightQuant.bias`` of every target from the measured means and its final integers."""
+    def apply(self, info: GraphInfo, weights: Dict, variant: str = "") -> Dict:
+        """Set ``WeightQuant.bias`` of every target from the measured means and its final integers (for the
+        activation parameters ``variant``; '' = the ones the probe was made with)."""
         means = {name: v / max(self.n, 1) for name, v in zip(self.outputs, self.sums)}
         largest = 0.0
         for w, _ in self.targets:
@@ -124,7 +136,8 @@ class MeanShiftProbe:
             wf = info.const(w.w).astype(np.float64)
             wd = dequantized(wq.q, wq.scale, wq.zero_point, wq.axis).astype(np.float64)
             tag = self.tags[w.x]
-            mq, mf = means[tag + "_qmean"].reshape(-1), means[tag + "_fmean"].reshape(-1)
+            mq = means[tag + self._suffix(variant) + "_qmean"].reshape(-1)
+            mf = means[tag + "_fmean"].reshape(-1)
             group = int(info.attr(w.node, "group", 1))
             trans_b = bool(info.attr(w.node, "transB", 0))
             if op == "Conv" and mq.size != wf.shape[1] * group:
@@ -138,32 +151,32 @@ class MeanShiftProbe:
 
 def empirical_bias_correction(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict, weights: Dict,
                               data, max_samples: int = 32, progress: bool = True, threads: int = 0,
-                              probe: Optional[MeanShiftProbe] = None) -> Dict:
+                              probe: Optional[MeanShiftProbe] = None, variant: str = "") -> Dict:
     """Measured bias correction: each layer's own mean output shift, from weight rounding *and* from quantizing
     its input, is removed. A layer's pre-activation output is linear in its input, so the shift is exactly
     W_q . E[Q(x)] - W . E[x] per output channel (up to zero-padded borders); one extra float pass measures the
     per-channel means E[x] and E[Q(x)] of every layer input (Q at the scale calibration chose). Each layer is
     corrected for the float input it should see, so the corrections are independent and applied at once.
-    ``probe``: means already measured in a shared pass (then no pass of its own). Sets ``WeightQuant.bias``; returns
-    a small report."""
+    ``probe``: the means, already measured in a shared pass, or a probe to measure them with (its variants too);
+    ``variant``: which of its activation parameter sets to correct for. Sets ``WeightQuant.bias``; returns a
+    small report."""
     import itertools
 
     from ...progress import progress_bar
 
     from ..calibrate import make_session
 
-    if probe is None or probe.n == 0:
+    if probe is None:
         probe = MeanShiftProbe(info, plan, acts, weights, max_samples)
-        if not probe.targets:
-            return {"layers": 0}
+    if not probe.targets:
+        return {"layers": 0}
+    if probe.n == 0:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         probe.augment(m)
         sess = make_session(m, threads)
-        total = min(max_samples, len(data))
+        total = min(probe.max_samples, len(data))
         for feed in progress_bar(itertools.islice(data, total), total=total, desc="bias correction",
                                  enabled=progress, leave=False):
             probe.add(dict(zip(probe.outputs, sess.run(probe.outputs, feed))))
-    if not probe.targets:
-        return {"layers": 0}
-    return probe.apply(info, weights)
+    return probe.apply(info, weights, variant)

@@ -1,0 +1,304 @@
+"""Exact folding passes that leave fewer, fused ops for the NPU (and fewer quantization points for int8).
+
+Exporters write a conv's batch norm or "learnable affine" as a separate Mul and Add after it, and activations as
+several elementwise nodes (graph/activations.py). The NPU runs conv + bias + scale + activation as one op, and an
+int8 build that quantizes every one of those tensors adds rounding noise at each. These passes rewrite the graph
+so that the deployed function is unchanged and the ops are the ones the NPU fuses:
+- fold_conv_affine: Conv / ConvTranspose followed by a constant per-channel (or scalar) Mul, Div, Add or Sub ->
+  new weights and bias;
+- fold_input_scale: a constant per-channel Mul or Div read only by convs -> their weights; an Add or Sub -> their
+  biases where no conv pads (a padded border would see the shift where the original saw zeros);
+- canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
+  Gelu and Mish where the opset has them).
+Each returns how many rewrites it made; constants shared with other nodes are copied, never edited in place.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .activations import find_regions
+from .names import subgraphs, used_names
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+class _Index:
+    """Producer / consumer / constant indexes of the main graph, rebuilt after each rewrite."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.g = g
+        self.inits = {t.name: t for t in g.initializer}
+        self.consumers: Dict[str, List[int]] = {}
+        for i, n in enumerate(g.node):
+            for t in n.input:
+                if t:
+                    self.consumers.setdefault(t, []).append(i)
+        inner: Set[str] = set()
+        for n in g.node:
+            for sub in subgraphs(n):
+                inner |= used_names(sub)
+        self.keep = {o.name for o in g.output} | inner  # must stay as they are: read outside this graph's nodes
+        self.names = set(self.inits) | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+        self._cache: Dict[str, np.ndarray] = {}
+
+    def const(self, name: str) -> Optional[np.ndarray]:
+        t = self.inits.get(name)
+        if t is None or t.data_type != FLOAT:
+            return None
+        if name not in self._cache:
+            self._cache[name] = numpy_helper.to_array(t).astype(np.float32)
+        return self._cache[name]
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        return name
+
+    def add_const(self, base: str, value: np.ndarray) -> str:
+        name = self.unique(base)
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _channel_vector(value: np.ndarray, rank: int, channels: int) -> Optional[np.ndarray]:
+    """A constant that, broadcast against a [N, C, ...] tensor of ``rank``, varies only along C (or not at all):
+    its per-channel values; None otherwise (or when it would broadcast the tensor to a bigger shape)."""
+    if value.size == 1:
+        return np.full(channels, float(value.reshape(-1)[0]), np.float32)
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if rank < 2 or shape[1] != channels or any(d != 1 for k, d in enumerate(shape) if k != 1):
+        return None
+    return value.reshape(-1).astype(np.float32)
+
+
+def _drop(g: onnx.GraphProto, index: int) -> None:
+    del g.node[index]
+
+
+def fold_conv_affine(model: onnx.ModelProto) -> int:
+    """Conv -> Mul/Div/Add/Sub by a per-output-channel constant, folded into the conv (repeated for chains)."""
+    done = 0
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        hit = None
+        for i, node in enumerate(g.node):
+            if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or \
+                    node.domain not in ("", "ai.onnx"):
+                continue
+            w = ix.const(node.input[1])
+            has_bias = len(node.input) > 2 and bool(node.input[2])
+            bias = ix.const(node.input[2]) if has_bias else None
+            if w is None or (has_bias and bias is None):
+                continue
+            group = int(_attr(node, "group", 1))
+            if node.op_type == "ConvTranspose" and group != 1:
+                continue
+            y = node.output[0]
+            cons = ix.consumers.get(y, [])
+            if y in ix.keep or len(cons) != 1:
+                continue
+            c = g.node[cons[0]]
+            if c.op_type not in ("Mul", "Div", "Add", "Sub") or len(c.input) != 2 or c.domain not in ("", "ai.onnx"):
+                continue
+            if c.input[0] == c.input[1] or (c.op_type in ("Div", "Sub") and c.input[0] != y):
+                continue
+            other = c.input[1] if c.input[0] == y else c.input[0]
+            val = ix.const(other)
+            out_ch = w.shape[0] if node.op_type == "Conv" else w.shape[1]
+            vec = None if val is None else _channel_vector(val, w.ndim, out_ch)
+            if vec is None or not np.all(np.isfinite(vec)) or (c.op_type == "Div" and np.any(vec == 0)):
+                continue
+            hit = (i, cons[0], node, c, w, bias, vec)
+            break
+        if hit is None:
+            return done
+        i, ci, node, c, w, bias, vec = hit
+        axis = 0 if node.op_type == "Conv" else 1
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        b = bias if bias is not None else np.zeros(w.shape[axis], np.float32)
+        if c.op_type in ("Mul", "Div"):
+            s = vec if c.op_type == "Mul" else (1.0 / vec.astype(np.float64)).astype(np.float32)
+            w, b = w * s.reshape(shape), b * s
+        else:
+            b = b + (vec if c.op_type == "Add" else -vec)
+        new_w = ix.add_const(node.input[1] + "_folded", w.astype(np.float32))
+        new_b = ix.add_const((node.input[2] if bias is not None else node.name or "conv") + "_bias_folded",
+                             b.astype(np.float32))
+        node.input[1] = new_w
+        if len(node.input) > 2:
+            node.input[2] = new_b
+        else:
+            node.input.append(new_b)
+        node.output[0] = c.output[0]
+        _drop(g, ci)
+        done += 1
+
+
+def _conv_readers(ix: _Index, t: str) -> Optional[List[int]]:
+    """The convs reading t as their data input, with constant weights; None if anything else reads t."""
+    out = []
+    for k in ix.consumers.get(t, []):
+        n = ix.g.node[k]
+        if n.op_type != "Conv" or n.input[0] != t or t in n.input[1:] or ix.const(n.input[1]) is None:
+            return None
+        if len(n.input) > 2 and n.input[2] and ix.const(n.input[2]) is None:
+            return None
+        out.append(k)
+    return out or None
+
+
+def _input_channel_of(w: np.ndarray, group: int) -> np.ndarray:
+    """For weight [Cout, Cin/group, ...]: the input channel each [o, j] entry reads, shape [Cout, Cin/group]."""
+    cout, cin_g = w.shape[0], w.shape[1]
+    per_group = cout // group
+    o = np.arange(cout)[:, None]
+    return (o // per_group) * cin_g + np.arange(cin_g)[None, :]
+
+
+def _unpadded(node: onnx.NodeProto) -> bool:
+    pads = _attr(node, "pads", None)
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return auto in ("NOTSET", "VALID") and (pads is None or not any(pads))
+
+
+def fold_input_scale(model: onnx.ModelProto) -> int:
+    """A per-channel Mul/Div (any conv) or Add/Sub (unpadded convs only) whose output only convs read -> their
+    weights / biases."""
+    done = 0
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        hit = None
+        for i, node in enumerate(g.node):
+            if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2 or \
+                    node.domain not in ("", "ai.onnx"):
+                continue
+            t = node.output[0]
+            readers = None if t in ix.keep else _conv_readers(ix, t)
+            if not readers:
+                continue
+            x, other = node.input
+            if ix.const(x) is not None and node.op_type in ("Mul", "Add"):
+                x, other = other, x
+            val = ix.const(other)
+            if val is None or ix.const(x) is not None or (node.op_type in ("Sub", "Div") and other != node.input[1]):
+                continue
+            ws = [ix.const(g.node[k].input[1]) for k in readers]
+            cin = ws[0].shape[1] * int(_attr(g.node[readers[0]], "group", 1))
+            vec = _channel_vector(val, ws[0].ndim, cin)
+            if vec is None or not np.all(np.isfinite(vec)) or (node.op_type == "Div" and np.any(vec == 0)):
+                continue
+            if any(w.shape[1] * int(_attr(g.node[k], "group", 1)) != cin for k, w in zip(readers, ws)):
+                continue
+            if node.op_type in ("Add", "Sub") and not all(_unpadded(g.node[k]) for k in readers):
+                continue
+            hit = (i, node, x, vec, readers, ws)
+            break
+        if hit is None:
+            return done
+        i, node, x, vec, readers, ws = hit
+        for k, w in zip(readers, ws):
+            conv = g.node[k]
+            src = _input_channel_of(w, int(_attr(conv, "group", 1)))
+            tail = (1,) * (w.ndim - 2)
+            if node.op_type in ("Mul", "Div"):
+                s = vec if node.op_type == "Mul" else (1.0 / vec.astype(np.float64)).astype(np.float32)
+                conv.input[1] = ix.add_const(conv.input[1] + "_folded", w * s[src].reshape(src.shape + tail))
+            else:
+                a = vec if node.op_type == "Add" else -vec
+                shift = (w.astype(np.float64) * a[src].reshape(src.shape + tail)).reshape(w.shape[0], -1).sum(1)
+                has_bias = len(conv.input) > 2 and conv.input[2]
+                b = ix.const(conv.input[2]) if has_bias else np.zeros(w.shape[0], np.float32)
+                name = ix.add_const((conv.input[2] if has_bias else conv.name or "conv") + "_bias_folded",
+                                    (b + shift).astype(np.float32))
+                if has_bias:
+                    conv.input[2] = name
+                else:
+                    conv.input.append(name)
+            conv.input[0] = x
+        _drop(g, i)
+        done += 1
+
+
+# What each recognised activation becomes: the ONNX op and the opset it needs (None: no single op).
+_CANONICAL = {"HardSwish": ("HardSwish", 14), "HardSigmoid": ("HardSigmoid", 6), "Sigmoid": ("Sigmoid", 1),
+              "Tanh": ("Tanh", 1), "Gelu": ("Gelu", 20), "GeluTanh": ("Gelu", 20), "Mish": ("Mish", 18)}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def canonical_activations(model: onnx.ModelProto) -> int:
+    """Spelled-out activations -> their ONNX op (SiLU -> Sigmoid + Mul; HardSwish below opset 14 -> HardSigmoid +
+    Mul). Activations without an op in this opset (GELU before 20) stay as they are; the quantizer's plan
+    recognises them with the same finder."""
+    ix = _Index(model)
+    g = model.graph
+    consts = {n: v for n in ix.inits if (v := ix.const(n)) is not None and v.size == 1}
+    regions = find_regions(list(g.node), consts, ix.keep)
+    opset = _opset(model)
+    replace: Dict[int, List[onnx.NodeProto]] = {}
+    drop: Set[int] = set()
+    for r in regions:
+        types = [g.node[i].op_type for i in r.nodes]
+        base = g.node[r.nodes[-1]].name or r.z
+        if r.name == "SiLU":
+            if sorted(types) == ["Mul", "Sigmoid"]:
+                continue
+            s = ix.unique(r.z + "_sigmoid")
+            new = [helper.make_node("Sigmoid", [r.x], [s], name=ix.unique(base + "_sigmoid")),
+                   helper.make_node("Mul", [r.x, s], [r.z], name=ix.unique(base + "_silu"))]
+        elif r.name == "HardSwish" and opset < 14:
+            if sorted(types) == ["HardSigmoid", "Mul"]:
+                continue
+            s = ix.unique(r.z + "_hardsigmoid")
+            new = [helper.make_node("HardSigmoid", [r.x], [s], alpha=1.0 / 6.0, beta=0.5,
+                                    name=ix.unique(base + "_hardsigmoid")),
+                   helper.make_node("Mul", [r.x, s], [r.z], name=ix.unique(base + "_hardswish"))]
+        else:
+            op, need = _CANONICAL.get(r.name, (None, 0))
+            if op is None or opset < need or types == [op]:
+                continue
+            attrs = {}
+            if r.name == "HardSigmoid":
+                attrs = {"alpha": r.params[0], "beta": r.params[1]}
+            elif r.name == "GeluTanh":
+                attrs = {"approximate": "tanh"}
+            new = [helper.make_node(op, [r.x], [r.z], name=ix.unique(base + "_" + op.lower()), **attrs)]
+        replace[r.nodes[-1]] = new
+        drop.update(r.nodes[:-1])
+    if not replace:
+        return 0
+    nodes = []
+    for i, n in enumerate(g.node):
+        if i in replace:
+            nodes.extend(replace[i])
+        elif i not in drop:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(replace)
+
+
+__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations"]

@@ -1,0 +1,158 @@
+"""Which activation ranges a default build keeps: min/max, or a clipped set, judged on the model's outputs.
+
+Min/max ('normal') lets the largest value seen set each scale: right for a tensor whose extremes carry the signal
+(a classifier's confident logits, a detector's objects), wrong for one whose extremes are a few outliers (the
+recognizers' attention blocks, a layout detector's neck), where clipping them gives the rest more levels. No
+per-tensor statistic tells the two apart reliably: KL and MSE clipping each win on some models and lose on others
+(bench/RESULTS.md). The outputs do. So a 'normal' build also computes the KL and MSE ranges (from histograms of the
+first few calibration images), gives each candidate its own bias correction, and keeps the one whose outputs on a
+few calibration samples are closest to the float model's, when it beats min/max clearly.
+
+The candidates run on one onnxruntime session: the QDQ graph with every activation scale and zero point and every
+bias a graph input, so a candidate costs one run per sample and no rebuild.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ...metrics import cosine
+from ..plan import Plan
+from ..qdq import ActQuant, WeightQuant, act_storage, bias_integers, build_qdq
+
+CANDIDATES = ("kl_divergence", "mmse")
+MARGIN = 0.1      # a clipped set must take at least this share of min/max's output error away to replace it
+MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
+MIN_WINS = 0.75   # ... and be better on at least this share of the samples, not on average only (a decoder that
+                  # feeds its own argmax back diverges on some inputs whatever the ranges: one sample decides a mean)
+KL_THRESHOLDS = 128  # clipping thresholds the candidates' KL search tries (the kl_divergence algorithm tries 128)
+MSE_GRID = 96       # and the MSE search's grid (96 for mmse)
+
+
+def sample_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
+    """Per sample, 1 - the worst output's cosine (what the corpus bench scores). An output assembled in float from
+    parts with their own scales (a detector's boxes, objectness and classes) is measured part by part (see
+    CandidateModel.measured): the boxes' pixel values would otherwise hide any change in the scores."""
+    return np.array([1.0 - min(cosine(r, o) for r, o in zip(ref, out)) for ref, out in zip(reference, outputs)])
+
+
+def output_loss(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> float:
+    """Mean over samples of sample_losses."""
+    return float(np.mean(sample_losses(outputs, reference)))
+
+
+class CandidateModel:
+    """The QDQ graph of one candidate with its activation parameters and biases turned into graph inputs, so any
+    candidate (same points, same weights) runs on the same session."""
+
+    def __init__(self, model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
+                 weights: Dict[int, WeightQuant], threads: int = 0):
+        from ..calibrate import make_session
+
+        from ..hybrid import measured_tensors
+        from ..qdq import with_outputs
+
+        qmodel, _ = build_qdq(model, plan, acts, weights)
+        self.measured = measured_tensors(qmodel, model)
+        qmodel = with_outputs(qmodel, self.measured)
+        g = qmodel.graph
+        inits = {t.name: t for t in g.initializer}
+        producer = {o: n for n in g.node for o in n.output}
+        self.act_inputs: Dict[str, Tuple[str, str]] = {}   # point -> (scale input, zero point input)
+        for n in g.node:
+            if n.op_type != "DequantizeLinear" or n.input[0] in inits:
+                continue
+            q = producer.get(n.input[0])
+            point = n.output[0] if n.output[0] in acts else (q.input[0] if q is not None else None)
+            if point in acts and n.input[1] in inits and n.input[2] in inits:
+                self.act_inputs[point] = (n.input[1], n.input[2])
+        self.bias_inputs: Dict[int, str] = {}               # weighted node index -> its bias input
+        by_name = {n.name: n for n in g.node}
+        drop = set()
+        for w in plan.weighted:
+            node = by_name.get(model.graph.node[w.node].name)
+            if w.node not in weights or node is None or len(node.input) < 3 or node.input[2] not in producer:
+                continue
+            dq = producer[node.input[2]]
+            if dq.op_type == "DequantizeLinear" and all(i in inits for i in dq.input):
+                self.bias_inputs[w.node] = node.input[2]
+                drop.add(id(dq))
+        names = {s for pair in self.act_inputs.values() for s in pair}
+        for name in sorted(names):
+            t = inits[name]
+            g.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+        for name in self.bias_inputs.values():
+            g.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        keep = [t for t in g.initializer if t.name not in names]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        nodes = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(nodes)
+        self.plan = plan
+        self.x_of = {w.node: w.x for w in plan.weighted}
+        self.sess = make_session(qmodel, threads)
+
+    def feed(self, acts: Dict[str, ActQuant], weights: Dict[int, WeightQuant], model: onnx.ModelProto
+             ) -> Dict[str, np.ndarray]:
+        """The inputs that make the session compute the candidate (``acts``; ``weights``' biases)."""
+        from ..ir import GraphInfo
+
+        out: Dict[str, np.ndarray] = {}
+        for point, (s_name, z_name) in self.act_inputs.items():
+            a = acts[point]
+            dtype, shift = act_storage(a.fmt)
+            out[s_name] = np.asarray(a.scale, np.float32)
+            out[z_name] = np.asarray(a.zero_point + shift, dtype)
+        info: Optional[GraphInfo] = None
+        for k, name in self.bias_inputs.items():
+            wq = weights[k]
+            bias = wq.bias
+            if bias is None:
+                info = info or GraphInfo(model)
+                w = next(w for w in self.plan.weighted if w.node == k)
+                bias = info.const(w.bias) if w.bias else np.zeros(np.shape(wq.scale) or (1,), np.float32)
+            bq, scale = bias_integers(np.asarray(bias), acts.get(self.x_of[k]), wq)
+            out[name] = bq.astype(np.float32) * scale
+        return out
+
+    def run(self, feeds: Sequence[Dict[str, np.ndarray]], params: Dict[str, np.ndarray]) -> List[list]:
+        """The measured tensors of each feed."""
+        return [self.sess.run(self.measured, {**f, **params}) for f in feeds]
+
+
+def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, ActQuant]],
+           weights: Dict[int, WeightQuant], set_biases, data, samples: int, threads: int = 0,
+           margin: float = MARGIN, min_gain: float = MIN_GAIN
+           ) -> Tuple[str, Dict[str, float], Dict[str, np.ndarray]]:
+    """The candidate to keep among ``candidates`` ({name: activation parameters}; the first is min/max, the
+    default), each one's mean loss on the first ``samples`` samples of ``data`` and its loss per sample.
+    ``set_biases(name)`` puts that candidate's corrected biases into ``weights``."""
+    from ..calibrate import make_session
+    from ..qdq import with_outputs
+
+    feeds = list(itertools.islice(data, samples))
+    default = next(iter(candidates))
+    runner = CandidateModel(model, plan, candidates[default], weights, threads)
+    ref_sess = make_session(with_outputs(model, runner.measured), threads)
+    reference = [ref_sess.run(runner.measured, f) for f in feeds]
+    per_sample = {}
+    for name, acts in candidates.items():
+        set_biases(name)
+        per_sample[name] = sample_losses(runner.run(feeds, runner.feed(acts, weights, model)), reference)
+    losses = {k: float(v.mean()) for k, v in per_sample.items()}
+    best = min(losses, key=losses.get)
+    wins = int(np.sum(per_sample[best] < per_sample[default]))
+    if best != default and losses[best] <= (1.0 - margin) * losses[default] and \
+            losses[default] - losses[best] >= min_gain and wins >= MIN_WINS * len(feeds):
+        return best, losses, per_sample
+    return default, losses, per_sample
+
+
+__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "output_loss",
+           "sample_losses"]

@@ -1,0 +1,195 @@
+"""Graph folding (graph/fold.py) and spelled-out activations (graph/activations.py): exact rewrites that leave the
+ops the NPU fuses, and the quantizer's plan treating what is left as one fused step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ort_run
+from openrknn.graph import fold
+from openrknn.graph.activations import find_regions
+from openrknn.graph.optimize import optimize
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import build_plan
+
+n = helper.make_node
+
+
+def _model(nodes, inits, out_shape=(1, 4, 6, 6), opset=17, outputs=("y",), in_shape=(1, 3, 6, 6)):
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _same(a: onnx.ModelProto, b: onnx.ModelProto, shape=(1, 3, 6, 6), atol=1e-5):
+    x = np.random.default_rng(0).normal(0, 2, shape).astype(np.float32)
+    for u, v in zip(ort_run(a, {"x": x}), ort_run(b, {"x": x})):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol)
+
+
+def _ops(m):
+    return [node.op_type for node in m.graph.node]
+
+
+def _copy(m):
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+RNG = np.random.default_rng(1)
+W = RNG.normal(0, 0.5, (4, 3, 3, 3))
+B = RNG.normal(0, 0.1, 4)
+PER_CH = RNG.uniform(0.5, 2.0, (1, 4, 1, 1))
+
+
+@pytest.mark.parametrize("chain", [
+    [("Mul", PER_CH), ("Add", -PER_CH)],         # batch norm written as a per-channel affine
+    [("Mul", np.float32(0.7)), ("Add", np.float32(0.2))],  # a scalar "learnable affine"
+    [("Div", PER_CH), ("Sub", PER_CH.reshape(4, 1, 1))],
+])
+def test_conv_followed_by_constant_scale_and_shift_folds_into_the_conv(chain):
+    inits = {"w": W, "b": B}
+    nodes = [n("Conv", ["x", "w", "b"], ["c0"], pads=[1, 1, 1, 1])]
+    for k, (op, v) in enumerate(chain):
+        inits[f"k{k}"] = v
+        nodes.append(n(op, [f"c{k}", f"k{k}"], [f"c{k + 1}" if k < len(chain) - 1 else "y"]))
+    m = _model(nodes, inits)
+    out = _copy(m)
+    assert fold.fold_conv_affine(out) == len(chain)
+    assert _ops(out) == ["Conv"] and out.graph.node[0].output[0] == "y"
+    _same(m, out)
+
+
+def test_conv_affine_is_not_folded_where_the_conv_output_is_read_elsewhere_or_broadcast_wider():
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["y"]),
+             n("Relu", ["c"], ["r"])]
+    m = _model(nodes, {"w": W, "b": B, "k": PER_CH}, outputs=("y", "r"))
+    assert fold.fold_conv_affine(_copy(m)) == 0
+    spatial = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["y"])],
+                     {"w": W, "b": B, "k": RNG.normal(0, 1, (1, 1, 6, 6))})  # varies over space: not a channel scale
+    assert fold.fold_conv_affine(_copy(spatial)) == 0
+
+
+def test_per_channel_scale_before_convs_folds_and_a_shift_only_before_unpadded_ones():
+    dw = RNG.normal(0, 0.5, (3, 1, 3, 3))
+    pw = RNG.normal(0, 0.5, (4, 3, 1, 1))
+    inits = {"s": RNG.uniform(0.5, 2, (1, 3, 1, 1)), "a": RNG.normal(0, 1, (1, 3, 1, 1)), "dw": dw, "pw": pw}
+    scaled = _model([n("Mul", ["x", "s"], ["t"]), n("Conv", ["t", "dw"], ["c"], pads=[1, 1, 1, 1], group=3),
+                     n("Conv", ["c", "pw"], ["y"])], inits)
+    out = _copy(scaled)
+    assert fold.fold_input_scale(out) == 1 and _ops(out) == ["Conv", "Conv"]
+    _same(scaled, out)
+    shifted_padded = _model([n("Add", ["x", "a"], ["t"]), n("Conv", ["t", "dw"], ["y"], pads=[1, 1, 1, 1], group=3)],
+                            inits, out_shape=None)
+    assert fold.fold_input_scale(_copy(shifted_padded)) == 0  # the padded border would see the shift
+    shifted = _model([n("Add", ["x", "a"], ["t"]), n("Conv", ["t", "pw"], ["y"])], inits)
+    out = _copy(shifted)
+    assert fold.fold_input_scale(out) == 1 and _ops(out) == ["Conv"]
+    _same(shifted, out)
+
+
+def _hardswish_spellings():
+    three, six, zero, sixth = "three", "six", "zero", "sixth"
+    return {
+        "clip_div": [n("Add", ["c", three], ["a"]), n("Clip", ["a", zero, six], ["cl"]), n("Mul", ["c", "cl"], ["m"]),
+                     n("Div", ["m", six], ["y"])],
+        "clip_mul_sixth": [n("Add", ["c", three], ["a"]), n("Clip", ["a", zero, six], ["cl"]),
+                           n("Mul", ["cl", sixth], ["h"]), n("Mul", ["h", "c"], ["y"])],
+        "hardsigmoid": [n("HardSigmoid", ["c"], ["h"], alpha=1 / 6, beta=0.5), n("Mul", ["c", "h"], ["y"])],
+    }
+
+
+@pytest.mark.parametrize("spelling", sorted(_hardswish_spellings()))
+@pytest.mark.parametrize("opset", [13, 17])
+def test_spelled_out_hardswish_becomes_one_op(spelling, opset):
+    consts = {"three": np.float32(3), "six": np.float32(6), "zero": np.float32(0), "sixth": np.float32(1 / 6),
+              "w": W, "b": B}
+    m = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])] + _hardswish_spellings()[spelling], consts,
+               opset=opset)
+    out = _copy(m)
+    changed = fold.canonical_activations(out)
+    want = ["Conv", "HardSwish"] if opset >= 14 else ["Conv", "HardSigmoid", "Mul"]
+    if spelling == "hardsigmoid" and opset < 14:
+        assert changed == 0  # already the canonical form there
+    assert _ops(out) == want
+    _same(m, out)
+    plan = build_plan(GraphInfo(normalize(out)))
+    assert plan.points[-1] == "y" and "c" in plan.internal  # conv + activation: one quantization point
+
+
+def _gelu(first_mul_half: bool):
+    nodes = [n("Div", ["c", "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"])]
+    if first_mul_half:
+        nodes += [n("Mul", ["c", "half"], ["h"]), n("Mul", ["h", "p"], ["y"])]
+    else:
+        nodes += [n("Mul", ["c", "p"], ["h"]), n("Mul", ["h", "half"], ["y"])]
+    return nodes
+
+
+@pytest.mark.parametrize("first_mul_half", [False, True])
+def test_gelu_below_opset_20_stays_spelled_out_but_is_one_fused_step(first_mul_half):
+    consts = {"sqrt2": np.float32(math.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5), "w": W, "b": B}
+    m = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])] + _gelu(first_mul_half), consts, opset=17)
+    out = _copy(m)
+    assert fold.canonical_activations(out) == 0  # no Gelu op before opset 20
+    info = GraphInfo(normalize(out))
+    regions = find_regions(info.nodes, {k: info.const(k) for k in info.inits if info.const(k).size == 1},
+                           set(info.output_set))
+    assert [(r.x, r.z, r.name) for r in regions] == [("c", "y", "Gelu")]
+    plan = build_plan(info)
+    assert plan.points == ["y"] or plan.points[-1] == "y"
+    assert {"c", "d", "e", "p", "h"} <= plan.internal and plan.fused["y"] == "Gelu"
+
+
+def test_unknown_elementwise_chains_and_visible_intermediates_are_left_alone():
+    consts = {"two": np.float32(2), "one": np.float32(1), "w": W, "b": B}
+    odd = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "two"], ["d"]),
+                  n("Exp", ["d"], ["e"]), n("Add", ["e", "one"], ["y"])], consts)  # exp(2x) + 1: no NPU activation
+    assert fold.canonical_activations(_copy(odd)) == 0
+    swish_parts = {"three": np.float32(3), "six": np.float32(6), "zero": np.float32(0), "w": W, "b": B}
+    visible = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])] +
+                     _hardswish_spellings()["clip_div"], swish_parts, outputs=("y", "cl"))  # an inner tensor is output
+    out = _copy(visible)
+    assert fold.canonical_activations(out) == 0 and "Clip" in _ops(out)
+
+
+def test_optimize_folds_a_pp_lcnet_style_block_to_conv_plus_hardswish():
+    """Conv, per-channel Mul/Add (batch norm), spelled-out HardSwish, scalar affine, conv: the NPU's two fused ops."""
+    pw = RNG.normal(0, 0.5, (4, 4, 1, 1))
+    consts = {"w": W, "b": B, "bn_s": PER_CH, "bn_b": -PER_CH, "three": np.float32(3), "six": np.float32(6),
+              "zero": np.float32(0), "ls": np.float32(0.9), "lb": np.float32(0.05), "pw": pw}
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "bn_s"], ["c1"]),
+             n("Add", ["c1", "bn_b"], ["c2"]), n("Add", ["c2", "three"], ["a"]),
+             n("Clip", ["a", "zero", "six"], ["cl"]),
+             n("Mul", ["c2", "cl"], ["m"]), n("Div", ["m", "six"], ["hs"]), n("Mul", ["hs", "ls"], ["l1"]),
+             n("Add", ["l1", "lb"], ["l2"]), n("Conv", ["l2", "pw"], ["y"])]
+    m = _model(nodes, consts)
+    out = optimize(_copy(m), 2)
+    assert _ops(out) == ["Conv", "HardSwish", "Conv"]
+    _same(m, out)
+
+
+def test_a_loop_body_reading_a_tensor_keeps_it():
+    """A folded-away tensor must not be one a sub-graph reads by name."""
+    body = helper.make_graph([n("Add", ["c1", "v"], ["v_out"]), n("Identity", ["cond"], ["cond_out"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["c1"]),
+             n("Add", ["c1", "k"], ["y0"]),
+             n("Loop", ["trip", "", "y0"], ["y"], body=body)]
+    m = _model(nodes, {"w": W, "b": B, "k": PER_CH})
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray(2, np.int64), "trip"))
+    out = _copy(m)
+    fold.fold_conv_affine(out)
+    assert "c1" in {o for node in out.graph.node for o in node.output}  # the body reads c1
+    _same(m, out)

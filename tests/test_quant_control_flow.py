@@ -1,0 +1,44 @@
+"""Quantized builds of models with control flow: a Loop body runs in float and may read the outer graph's weights by
+name; the QDQ graph must keep them (a table recognizer's GRU decoder is such a Loop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ort_run
+from openrknn.quant import QuantOptions, quantize
+
+
+def loop_model() -> onnx.ModelProto:
+    """conv -> ReLU -> a 3-step Loop whose body multiplies its state by an outer weight matrix."""
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    body = helper.make_graph(
+        [n("MatMul", ["state", "dec_w"], ["mm"]), n("Tanh", ["mm"], ["state_out"]),
+         n("Identity", ["cond"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, 16])])
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("GlobalAveragePool", ["r"], ["p"]), n("Flatten", ["p"], ["f"]),
+             n("Loop", ["trip", "", "f"], ["y"], body=body)]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "dec_w"),
+             numpy_helper.from_array(np.asarray(3, np.int64), "trip")]
+    g = helper.make_graph(nodes, "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantized_build_keeps_what_a_loop_body_reads():
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    res = quantize(loop_model(), feeds, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert "dec_w" in {t.name for t in res.model.graph.initializer}
+    for f in feeds:
+        (got,), (want,) = ort_run(res.model, f), ort_run(loop_model(), f)
+        assert np.dot(got.ravel(), want.ravel()) / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.99

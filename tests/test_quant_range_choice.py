@@ -1,0 +1,138 @@
+"""The range choice of a default ('normal') build: min/max or a clipped set, judged on the model's outputs; the
+candidates share one session and one bias-correction pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.quant import QuantOptions, quantize
+from openrknn.quant.algorithms import range_choice
+from openrknn.quant.algorithms.bias_correction import MeanShiftProbe
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.pipeline import activation_params, weight_params
+from openrknn.quant.plan import build_plan
+from openrknn.quant.qdq import ActQuant, build_qdq
+from openrknn.quant.calibrate import Stats, collect_minmax
+from openrknn.quant.schemes import get_scheme
+
+
+def spiky_model() -> onnx.ModelProto:
+    """conv -> cube -> conv + tanh -> conv: the cube of a smooth tensor is heavy-tailed (a few values 40x the
+    typical one, as the outlier activations of an attention block are), and the tanh after the next conv saturates
+    where they are. Under min/max those few values set the scale and the bulk keeps few levels; clipping them
+    costs the output less than it gains."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), k) for k, shape, s in
+             [("w1", (8, 3, 3, 3), 0.4), ("w2", (8, 8, 3, 3), 0.6), ("w3", (4, 8, 1, 1), 0.5)]]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), n("Mul", ["c1", "c1"], ["sq"]),
+             n("Mul", ["sq", "c1"], ["cube"]), n("Conv", ["cube", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             n("Tanh", ["c2"], ["t2"]), n("Conv", ["t2", "w3"], ["y"])]
+    g = helper.make_graph(nodes, "spiky", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _feeds(n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def _parts(model, feeds, dtype="w8a8"):
+    m = normalize(model)
+    info = GraphInfo(m)
+    plan = build_plan(info)
+    scheme = get_scheme(dtype)
+    stats = Stats()
+    collect_minmax(m, plan.sources, feeds, {}, stats, progress=False)
+    acts = activation_params(info, plan, stats, scheme, "normal")
+    weights = weight_params(info, plan, scheme, True, "minmax")
+    return m, info, plan, acts, weights
+
+
+def test_candidate_session_computes_each_candidate():
+    """One session, any candidate: fed min/max's parameters it computes the QDQ graph built from them, and fed
+    coarser scales it computes the QDQ graph built from those."""
+    feeds = _feeds(3)
+    m, info, plan, acts, weights = _parts(spiky_model(), feeds)
+    runner = range_choice.CandidateModel(m, plan, acts, weights)
+    coarse = {t: ActQuant(a.scale * 4, a.zero_point, a.fmt) for t, a in acts.items()}
+    for cand in (acts, coarse):
+        want = [ort_outputs(build_qdq(m, plan, cand, weights)[0], f) for f in feeds]
+        got = runner.run(feeds, runner.feed(cand, weights, m))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g[0], w[0], rtol=0, atol=2e-3 * np.abs(w[0]).max())
+
+
+def ort_outputs(model, feed):
+    from openrknn.runtime.ort_session import make_session
+
+    return make_session(model, 1).run(None, feed)
+
+
+def test_choose_keeps_min_max_unless_a_candidate_is_clearly_better():
+    feeds = _feeds(4)
+    m, info, plan, acts, weights = _parts(spiky_model(), feeds)
+    worse = {t: ActQuant(a.scale * 8, a.zero_point, a.fmt) for t, a in acts.items()}
+    chosen, losses, _ = range_choice.choose(m, plan, {"normal": acts, "kl_divergence": worse}, weights,
+                                         lambda name: None, feeds, 4)
+    assert chosen == "normal" and losses["kl_divergence"] > losses["normal"]
+    chosen, losses, _ = range_choice.choose(m, plan, {"normal": worse, "mmse": acts}, weights, lambda name: None,
+                                         feeds, 4)
+    assert chosen == "mmse" and losses["mmse"] < 0.9 * losses["normal"]
+    # equal candidates: the default stays
+    chosen, _, _ = range_choice.choose(m, plan, {"normal": acts, "mmse": dict(acts)}, weights, lambda name: None,
+                                    feeds, 4)
+    assert chosen == "normal"
+
+
+def test_probe_measures_every_variant_in_one_pass():
+    """A probe with variants corrects each one's biases as a probe made for that variant alone would."""
+    feeds = _feeds(3)
+    m, info, plan, acts, weights = _parts(spiky_model(), feeds)
+    coarse = {t: ActQuant(a.scale * 3, a.zero_point, a.fmt) for t, a in acts.items()}
+
+    def measured(probe):
+        aug = onnx.ModelProto()
+        aug.CopyFrom(m)
+        probe.augment(aug)
+        from openrknn.runtime.ort_session import make_session
+
+        sess = make_session(aug, 1)
+        for f in feeds:
+            probe.add(dict(zip(probe.outputs, sess.run(probe.outputs, f))))
+        return probe
+
+    both = measured(MeanShiftProbe(info, plan, acts, weights, 8, {"coarse": coarse}))
+    alone = measured(MeanShiftProbe(info, plan, coarse, weights, 8))
+    for variant, probe in (("coarse", both), ("", alone)):
+        for wq in weights.values():
+            wq.bias = None
+        probe.apply(info, weights, variant)
+        if variant:
+            got = {k: wq.bias.copy() for k, wq in weights.items()}
+        else:
+            want = {k: wq.bias.copy() for k, wq in weights.items()}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+def test_default_build_clips_where_outliers_rule_and_reports_it():
+    feeds = _feeds(8)
+    res = quantize(spiky_model(), feeds, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    choice = res.report["range_choice"]
+    assert set(choice["losses"]) == {"normal", "kl_divergence", "mmse"}
+    assert choice["chosen"] != "normal" and choice["losses"][choice["chosen"]] < 0.9 * choice["losses"]["normal"]
+    off = quantize(spiky_model(), feeds, QuantOptions(dtype="w8a8", target="rk3588", range_choice=False),
+                   progress=False)
+    assert "range_choice" not in off.report
+    # the kept candidate is what the model holds: on held-out inputs its outputs too are closer than min/max's
+    held = _feeds(8, seed=9)
+    ref = [ort_outputs(spiky_model(), f) for f in held]
+
+    def err(model):
+        return range_choice.output_loss([ort_outputs(model, f) for f in held], ref)
+
+    assert err(res.model) < err(off.model)
