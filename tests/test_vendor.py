@@ -198,8 +198,8 @@ STAND_IN = textwrap.dedent('''
     import json, os
     CALLS = os.environ["STAND_IN_CALLS"]
     class RKNN(object):
-        def __init__(self, verbose=False):
-            self.log("RKNN", {})
+        def __init__(self, verbose=False, verbose_file=None):
+            self.log("RKNN", {"verbose_file": verbose_file})
         def log(self, name, kwargs):
             with open(CALLS, "a") as f:
                 f.write(json.dumps([name, kwargs]) + "\\n")
