@@ -8,6 +8,7 @@ simulator on the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -202,14 +203,16 @@ def _vendor_errors(text: str) -> str:
 def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                   validate: Optional[Sequence[PathLike]] = None, validate_out: Optional[PathLike] = None,
                   route: str = "auto", dataset: Optional[PathLike] = None, vendor: Optional[VendorPython] = None,
-                  timeout: float = 3600.0) -> VendorExport:
+                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None) -> VendorExport:
     """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
 
     route: 'qdq' (the vendor compiles our QDQ graph as given), 'ranges' (the vendor quantizes our rewritten float
     graph with our weight integers and every activation range we chose), 'auto' (qdq, then ranges if the vendor
     cannot compile the QDQ graph). dataset: samples for the tensors only the vendor quantizes in route 'ranges'
     (default: the validation samples, else the package's build dataset). validate: samples (one dataset.txt or
-    image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator."""
+    image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator.
+    keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
+    at what the vendor did; by default they go to a temporary folder that is removed."""
     from ..package import RknnPackage, read_package
 
     if route not in ROUTES:
@@ -237,7 +240,7 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     extra = _extra_ranges(pkg, calib) if quantized else None
     errors = []
     for r in routes:
-        with tempfile.TemporaryDirectory(prefix="openrknn-vendor-") as tmp:
+        with _work_folder(keep_work, r) as tmp:
             work = Path(tmp)
             try:
                 exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, calib, extra, timeout)
@@ -255,6 +258,19 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
             exp.notes.insert(0, "; ".join(errors))
         return exp
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _work_folder(keep: Optional[PathLike], route: str):
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="openrknn-vendor-") as tmp:
+            yield tmp
+        return
+    folder = Path(keep) / route
+    if folder.exists() and any(folder.iterdir()):
+        raise PackageError(f"keep_work folder {folder} is not empty; give a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield str(folder)
 
 
 def calibration_samples(meta: dict, dataset: Optional[PathLike], samples: List[tuple]) -> List[tuple]:
@@ -281,12 +297,18 @@ def _extra_ranges(pkg, calib: List[tuple]) -> Optional[dict]:
 
 
 def _wide_layers(vm: VendorModel, layers: List[dict]) -> Dict[str, str]:
-    """For each 16-bit tensor of ours: the dtype of the compiled vendor layer that produces it ('' when the layer
-    table does not name it). A tensor made by an activation the vendor fuses into the conv before it is looked up
-    under that conv's name."""
+    """For each tensor our hybrid kept out of int8: the dtype of the compiled vendor layer that produces it ('' when
+    the layer table does not name it). The vendor names a layer after the node it came from, with a suffix when it
+    rewrote the node (a SiLU's Mul becomes 'Mul_5_2exswish'); an activation it fused into the conv before it is
+    found under that conv's name."""
     g = vm.onnx_model.graph
     prod = {o: n for n in g.node for o in n.output}
-    by_node = {row["name"].split(":", 1)[1]: row["dtype"] for row in layers if ":" in row["name"]}
+    names = [(row["name"].split(":", 1)[1], row["dtype"]) for row in layers if ":" in row["name"]]
+
+    def dtype_of(node: onnx.NodeProto) -> str:
+        exact = [d for n, d in names if n == node.name]
+        return (exact or [d for n, d in names if n.startswith(node.name + "_")] or [""])[0]
+
     fused = ("Sigmoid", "Mul", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "PRelu")
     out = {}
     for t in vm.wide_tensors:
@@ -296,7 +318,7 @@ def _wide_layers(vm: VendorModel, layers: List[dict]) -> Dict[str, str]:
             if n is None or id(n) in seen:
                 continue
             seen.add(id(n))
-            dtype = by_node.get(n.name, "")
+            dtype = dtype_of(n)
             if not dtype and n.op_type in fused:
                 stack.extend(n.input)
         out[t] = dtype
