@@ -256,3 +256,26 @@ def test_wiring_tflite_backend_uses_teflon_when_found(tflite_model, tmp_path, mo
         assert loaded == [str(lib)] and backend.metadata["delegate"] == str(lib)
     finally:
         backend.release()
+
+
+def test_facade_runs_a_tflite_here_and_a_vendor_file_on_the_board(board, tflite_model, tmp_path, monkeypatch):
+    """RKNN().load_rknn takes a .tflite (init_runtime() runs it in LiteRT here) and a vendor .rknn with its tail,
+    which init_runtime(target, device_id) uploads to the board (wiring: stand-in rknnlite there)."""
+    from test_export_tflite import _inputs
+
+    from openrknn.api import RKNN
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    monkeypatch.setenv("OPENRKNN_TOKEN", "")
+    x = _inputs(1)[0]
+    r = RKNN()
+    assert r.load_rknn(str(tflite_model)) == 0 and r.init_runtime() == 0
+    np.testing.assert_array_equal(r.inference(inputs=[x])[0], TfliteRunner(str(tflite_model), delegate=None).run(x)[0])
+    vendor = tmp_path / "v.rknn"
+    vendor.write_bytes(b"RKNN" + bytes(100))
+    _tail(tmp_path / "v.rknn.post.onnx")
+    assert r.load_rknn(str(vendor)) == 0
+    assert r.init_runtime(target="rk3588", device_id=board["address"]) == 0
+    (y,) = r.inference(inputs=[np.ones((1, 4, 4, 3), np.uint8)])
+    np.testing.assert_allclose(y, [[0.5, 0.5, 0.5, 52.0, 52.0]])  # mean 1 per channel and 104 bytes, halved
+    r.release()

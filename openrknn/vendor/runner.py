@@ -68,11 +68,27 @@ def _our_name(name, ranges):
 TOOLKIT1_DTYPES = {"int16": "dynamic_fixed_point-i16", "float16": "float32"}
 
 
-def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True):
-    """Set min/max of every tensor we have a range for; give the layers our hybrid kept out of int8 their dtype."""
+def _exact_float(representer, value):
+    text = repr(value)
+    if text in ("nan", "inf", "-inf"):
+        text = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[text]
+    elif "." not in text and "e" not in text:
+        text += ".0"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=None):
+    """Set min/max of every tensor we have a range for; give the layers our hybrid kept out of int8 their dtype.
+
+    table: the step-1 quantization table (the .data pickle), whose 'scale' values are the exact floats step 2
+    compares the cfg's with: its own cfg writer rounds some of them in the last digit, which step 2 would then
+    refuse as "modified", so they are copied from there."""
     try:
         from ruamel.yaml import YAML
         yaml = YAML()
+        # floats written as repr() (exact round trip): step 2 refuses a cfg whose 'scale' differs from its own in
+        # the last bit ("not allowed to be modified"), which ruamel's default float format can cause
+        yaml.representer.add_representer(float, _exact_float)
         with open(cfg_path) as f:
             cfg = yaml.load(f)
     except ImportError:  # rknn-toolkit 1.x ships PyYAML
@@ -85,6 +101,11 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True):
     for name, p in params.items():
         if not (isinstance(p, dict) and "min" in p and "max" in p):
             continue
+        exact = (table or {}).get(name)
+        if isinstance(exact, dict) and isinstance(exact.get("scale"), (list, tuple)) and p.get("scale"):
+            p["scale"] = [float(v) for v in exact["scale"]]
+        elif p.get("scale"):
+            p["scale"] = [float(v) for v in p["scale"]]
         ours = _our_name(name, ranges)
         if ours is None:
             missing.append(name)
@@ -112,6 +133,18 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True):
             yaml.dump(cfg, f)
         else:
             pyyaml.safe_dump(cfg, f)
+
+
+def _table(data_path):
+    """The step-1 quantization table of rknn-toolkit2's .data file (a pickle it wrote in this folder), or None."""
+    import pickle
+    try:
+        with open(data_path, "rb") as f:
+            data = pickle.load(f)
+    except Exception:  # another toolkit's format: the cfg alone is used
+        return None
+    table = data.get("quant_tab") if isinstance(data, dict) else None
+    return table if isinstance(table, dict) else None
 
 
 def _on_grid(entry, scales):
@@ -194,7 +227,7 @@ def run(job, work):
             _call(result, "hybrid_quantization_step1", rknn.hybrid_quantization_step1, dataset=job["dataset"])
             cfg, model_file, data_file = _step1_files(work)
             edited = cfg[: -len(".quantization.cfg")] + ".openrknn.quantization.cfg"
-            _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2)
+            _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2, _table(data_file))
             if job.get("weight_scales"):
                 data_file = _pin_weights(data_file, data_file[: -len(".data")] + ".openrknn.data",
                                          job["weight_scales"], result)
