@@ -362,7 +362,8 @@ def test_vendor_compiles_silu_blocks_with_our_ranges_everywhere(vendor, csp_pack
 @pytest.mark.slow
 def test_hybrid_16_bit_layer_is_16_bit_in_the_vendor_file(vendor, hybrid_package, csp_package, tmp_path):
     """A layer our hybrid keeps in 16 bits: route qdq refuses the model, route ranges names it in the vendor's
-    custom_quantize_layers by our tensor name and the compiled layer that makes it is INT16."""
+    custom_quantize_layers by our tensor name and the compiled layer that makes it is INT16; so is the layer that
+    reads it (the depthwise conv making 'dw'), which reads all 16 bits as openrknn's simulator does."""
     from openrknn.errors import NotSupportedError
     from openrknn.vendor import export_vendor
 
@@ -370,8 +371,8 @@ def test_hybrid_16_bit_layer_is_16_bit_in_the_vendor_file(vendor, hybrid_package
     with pytest.raises(NotSupportedError, match="out of int8"):
         export_vendor(hybrid_package, tmp_path / "q.rknn", route="qdq", dataset=ds, vendor=vendor)
     res = export_vendor(hybrid_package, tmp_path / "h.rknn", route="auto", dataset=ds, vendor=vendor)
-    assert res.route == "ranges" and res.vendor["custom_layers"] == ["b"]
-    assert res.carried["wide_layers"] == {"b": "INT16"}
+    assert res.route == "ranges" and sorted(res.vendor["custom_layers"]) == ["b", "dw"]
+    assert res.carried["wide_layers"] == {"b": "INT16", "dw": "INT16"}
 
 
 # ---------------------------------------------------------------- openrknn's ranges for the vendor's extra tensors

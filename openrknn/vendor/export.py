@@ -355,14 +355,19 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                     export="vendor.rknn", dataset=ds, ranges={k: list(v) for k, v in vm.ranges.items()},
                     custom_layers=vm.wide_tensors, weight_scales=vm.weight_scales, validate=val_spec)
     result = _run_runner(vp, job, work, timeout)
-    if vm.wide_tensors and len(result.get("custom_layers") or []) < len(vm.wide_tensors):
-        kept = set(result.get("custom_layers") or [])
-        lost = [t for t in vm.wide_tensors if t not in kept]
+    folded = result.get("custom_folded") or []
+    if folded:
+        vm.notes.append(f"{len(folded)} tensor(s) our hybrid kept out of int8 are constants the vendor folded away "
+                        f"({', '.join(folded[:3])}): no layer computes them")
+    kept = set(result.get("custom_layers") or []) | set(folded)
+    lost = [t for t in vm.wide_tensors if t not in kept]
+    if lost:
         raise NotSupportedError(f"{len(lost)} tensor(s) our hybrid kept out of int8 have no layer of that name in "
                                 f"the vendor's .quantization.cfg ({', '.join(lost[:3])}); they would be 8-bit in the "
                                 "vendor file")
     wide = _wide_layers(vm, result.get("layers") or []) if vm.wide_tensors else {}
-    narrow = [t for t, d in wide.items() if d and not d.endswith("16")]
+    wide.update({t: "folded" for t in folded})
+    narrow = [t for t, d in wide.items() if d and not d.endswith("16") and d != "folded"]
     if narrow:
         raise NotSupportedError(f"{len(narrow)} tensor(s) our hybrid kept out of int8 were compiled into 8-bit vendor "
                                 f"layers ({', '.join(f'{t}: {wide[t]}' for t in narrow[:3])})")

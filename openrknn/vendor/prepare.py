@@ -384,6 +384,29 @@ def name_nodes(model: onnx.ModelProto) -> None:
             used.add(name)
 
 
+def _layer_outputs(model: onnx.ModelProto, wide: Dict[str, str], notes: List[str]) -> Dict[str, str]:
+    """custom_quantize_layers names layers by the tensor they make, and the vendor converts a 16-bit tensor back to
+    int8 in front of an int8 reader; openrknn's readers of a 16-bit tensor read all 16 bits. So each such tensor's
+    readers are named too (with the same dtype), and a 16-bit graph input, which no layer makes, is carried by its
+    readers alone."""
+    inputs = {vi.name for vi in model.graph.input}
+    out: Dict[str, str] = {}
+    readers_added = 0
+    for t, dtype in wide.items():
+        if t not in inputs:
+            out.setdefault(t, dtype)
+        for n in model.graph.node:
+            if t in n.input:
+                for o in n.output:
+                    if o and o not in out and o not in wide:
+                        out[o] = dtype
+                        readers_added += 1
+    if readers_added:
+        notes.append(f"{readers_added} layer(s) reading a tensor our hybrid kept out of int8 are 16-bit too (the "
+                     "vendor would read it in 8 bits otherwise)")
+    return out
+
+
 def hybrid_layers(model: onnx.ModelProto, metadata: dict, wide: List[str]) -> Dict[str, str]:
     """Our hybrid's decisions in the vendor's terms: every 16-bit tensor -> 'int16', every tensor our hybrid left
     float (a 'float' override, or its range-split parts) -> 'float16'."""
@@ -442,6 +465,7 @@ def prepare(package, route: str, extra: Optional[Dict[str, Tuple[float, float]]]
     scales = weight_scales(model)
     strip_qdq(model)
     names = [vi.name for vi in model.graph.input]  # a quantized input got its dequantized name back
+    wide = _layer_outputs(model, wide, notes)
     merged = dict(extra or {})
     merged.update(ours)  # the package's own ranges win
     return VendorModel(model, means, stds, names, shapes, outputs, post, merged, wide, notes, scales, len(ours))

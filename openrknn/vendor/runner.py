@@ -123,6 +123,7 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=
             layers[name] = dtype if v2 else TOOLKIT1_DTYPES.get(dtype, dtype)
             wide.append(name)
     cfg[key] = layers
+    result["custom_not_in_cfg"] = [n for n in custom_layers if n not in params]
     result["cfg_tensors"] = len(params)
     result["cfg_edited"] = edited
     result["cfg_derived"] = derived
@@ -133,6 +134,16 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=
             yaml.dump(cfg, f)
         else:
             pyyaml.safe_dump(cfg, f)
+
+
+def _produced(model_path):
+    """Tensor names step 1's graph still computes (its .model is an ONNX file), or None when it cannot be read."""
+    try:
+        import onnx
+        model = onnx.load(model_path)
+    except Exception:
+        return None
+    return set(o for n in model.graph.node for o in n.output)
 
 
 def _table(data_path):
@@ -228,6 +239,10 @@ def run(job, work):
             cfg, model_file, data_file = _step1_files(work)
             edited = cfg[: -len(".quantization.cfg")] + ".openrknn.quantization.cfg"
             _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2, _table(data_file))
+            if result["custom_not_in_cfg"]:
+                made = _produced(model_file)
+                if made is not None:  # tensors its graph no longer computes (it folded them into constants)
+                    result["custom_folded"] = [n for n in result["custom_not_in_cfg"] if n not in made]
             if job.get("weight_scales"):
                 data_file = _pin_weights(data_file, data_file[: -len(".data")] + ".openrknn.data",
                                          job["weight_scales"], result)
