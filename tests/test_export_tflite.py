@@ -318,3 +318,46 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(2):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def _split_graph(path: Path) -> Path:
+    """Conv, then Split into two channel groups read by their own convs (NanoDet's head pattern), a MaxPool whose
+    explicit pads TFLite's SAME/VALID cannot express (a PADV2 with the int8 minimum), Concat."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (6, 3, 3, 3)), ("wa", (4, 2, 1, 1)), ("wb", (4, 4, 1, 1)))]
+    inits += [numpy_helper.from_array(np.full(n, .1, np.float32), b) for b, n in (("b", 6), ("ba", 4), ("bb", 4))]
+    inits.append(numpy_helper.from_array(np.asarray([2, 4], np.int64), "sizes"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Split", ["c", "sizes"], ["ca", "cb"], name="split", axis=1),
+             helper.make_node("Conv", ["ca", "wa", "ba"], ["ya"], name="conv_a"),
+             helper.make_node("MaxPool", ["cb"], ["pb"], name="pool", kernel_shape=[3, 3], pads=[0, 0, 2, 2]),
+             helper.make_node("Conv", ["pb", "wb", "bb"], ["yb"], name="conv_b"),
+             helper.make_node("Concat", ["ya", "yb"], ["y"], name="cat", axis=1)]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_split_and_explicitly_padded_max_pool(tmp_path):
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(_split_graph(tmp_path / "s.onnx"))) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "s.rknn")) == 0
+    pkg = read_package(tmp_path / "s.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert report.tflite_ops.count("STRIDED_SLICE") >= 2 and "PADV2" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
