@@ -361,3 +361,38 @@ def test_split_and_explicitly_padded_max_pool(tmp_path):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_hard_sigmoid_has_a_float_form(tmp_path):
+    """TFLite has no HardSigmoid op (PP-OCR's squeeze-excite blocks): it is computed in float, as written."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)))]
+    inits.append(numpy_helper.from_array(np.full(4, .1, np.float32), "b"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c"], ["h"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c", "h"], ["m"], name="gate"),
+             helper.make_node("Conv", ["m", "w2", "b"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "hs.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "hs.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "hs.rknn")) == 0
+    pkg = read_package(tmp_path / "hs.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert {r.layer: r.mode for r in report.layers}["hsig"] == "float"
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
