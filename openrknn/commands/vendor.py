@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate-out", default=None, help="folder for <input-stem>_<output-index>.npy vendor outputs "
                    "(default: OUT's stem + _validation)")
     p.add_argument("--route", choices=("auto", "qdq", "ranges"), default="auto",
-                   help="qdq: the vendor compiles our QDQ graph; ranges: it quantizes our float graph with our "
-                   "ranges and weight integers; auto: qdq, then ranges (default)")
+                   help="ranges: the vendor quantizes our float graph with our ranges, weight integers and 16-bit "
+                   "layers; qdq: it compiles our QDQ graph; auto: ranges, then qdq (default; qdq alone without "
+                   "calibration samples)")
     p.add_argument("--dataset", default=None, help="calibration samples for the tensors the vendor quantizes and "
                    "the model does not (a conv output before its SiLU...): openrknn chooses their ranges from them "
                    "(default: the --validate samples, else the model's build dataset)")

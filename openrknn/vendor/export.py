@@ -206,10 +206,11 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                   timeout: float = 3600.0, keep_work: Optional[PathLike] = None) -> VendorExport:
     """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
 
-    route: 'qdq' (the vendor compiles our QDQ graph as given), 'ranges' (the vendor quantizes our rewritten float
-    graph with our weight integers and every activation range we chose), 'auto' (qdq, then ranges if the vendor
-    cannot compile the QDQ graph). dataset: samples for the tensors only the vendor quantizes in route 'ranges'
-    (default: the validation samples, else the package's build dataset). validate: samples (one dataset.txt or
+    route: 'qdq' (the vendor compiles our QDQ graph, with our int8 quantizer on every pre-activation), 'ranges' (the
+    vendor quantizes our rewritten float graph with our weight integers, our ranges for every tensor of its cfg and
+    our hybrid's 16-bit layers), 'auto' (ranges, then qdq if that fails; qdq alone without calibration samples).
+    dataset: calibration samples for the tensors the vendor quantizes and the package does not (default: the
+    validation samples, else the package's build dataset). validate: samples (one dataset.txt or
     image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator.
     keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
     at what the vendor did; by default they go to a temporary folder that is removed."""
@@ -234,9 +235,12 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                                  f"{vp.version}; point OPENRKNN_VENDOR_PYTHON at an interpreter with {toolkit}")
     samples = read_samples(validate, meta) if validate else []
     quantized = bool(meta.get("quantization"))
-    routes = ["float"] if not quantized else (["qdq", "ranges"] if route == "auto" else [route])
     t0 = time.time()
     calib = calibration_samples(meta, dataset, samples) if quantized else []
+    # auto: ranges first (it carries more: hybrid 16-bit layers, every pre-activation left to the vendor's own
+    # full-precision fusion where it has one); qdq when ranges fails or there are no calibration samples
+    auto = ["ranges", "qdq"] if calib else ["qdq"]
+    routes = ["float"] if not quantized else (auto if route == "auto" else [route])
     extra = _extra_ranges(pkg, calib) if quantized else None
     errors = []
     for r in routes:
