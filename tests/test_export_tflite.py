@@ -396,3 +396,39 @@ def test_hard_sigmoid_has_a_float_form(tmp_path):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_gather_of_channels(tmp_path):
+    """A Gather with constant indices along the channels (the order range split writes): TFLite's GATHER."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (6, 3, 3, 3)), ("w2", (4, 6, 1, 1)))]
+    inits += [numpy_helper.from_array(np.full(n, .1, np.float32), b) for b, n in (("b", 6), ("b2", 4))]
+    inits.append(numpy_helper.from_array(np.asarray([3, 0, 5, 1, 4, 2], np.int64), "order"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Gather", ["r", "order"], ["g"], name="order", axis=1),
+             helper.make_node("Conv", ["g", "w2", "b2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "gather", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "g.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "g.rknn")) == 0
+    pkg = read_package(tmp_path / "g.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert "GATHER" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

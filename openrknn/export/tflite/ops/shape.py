@@ -1,4 +1,4 @@
-"""Concat / Split / Reshape / Flatten / Squeeze / Unsqueeze / Transpose / Slice / Resize / Identity."""
+"""Concat / Split / Gather / Reshape / Flatten / Squeeze / Unsqueeze / Transpose / Slice / Resize / Identity."""
 
 from __future__ import annotations
 
@@ -181,6 +181,40 @@ def _split(ctx, node, kind: str, act=None) -> str:
 
 
 register("Split", int8=lambda c, n, a: _split(c, n, "q"), float=lambda c, n: _split(c, n, "f"))
+
+
+# ---------------------------------------------------------------------------------------------------------- Gather
+def _gather_ok(ctx, node) -> bool:
+    return ctx.g.is_const(node.input[1])
+
+
+def _gather(ctx, node, kind: str, act=None) -> str:
+    """Gather with constant indices (e.g. the channel order range split writes): TFLite's GATHER, which keeps the
+    input's scale."""
+    layer = layer_name(node)
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer} gathers with computed indices; only constant indices are "
+                                "exported")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = attr(node, "axis", 0) % rank
+    idx = np.asarray(ctx.g.const(node.input[1]), np.int64)
+    idx = np.where(idx < 0, idx + v.shape[axis], idx).astype(np.int32)
+    nhwc = v.nhwc and rank == 4 and idx.ndim == 1
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    if v.nhwc and not nhwc:
+        src = ctx.view(node.input[0], kind, False, layer)
+    tfl_axis = NHWC_AXIS[axis] if nhwc else axis
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
+    ctx.m.add_op("GATHER", [src, ctx.m.add_const(ctx._tname("indices"), idx)], [out],
+                 ("GatherOptions", {"Axis": tfl_axis, "BatchDims": 0}), version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 GATHER keeps its input scale")
+    return ""
+
+
+register("Gather", int8=lambda c, n, a: _gather(c, n, "q"), float=lambda c, n: _gather(c, n, "f"),
+         int8_ok=_gather_ok)
 
 
 # ---------------------------------------------------------------------------------------------------------- Resize
