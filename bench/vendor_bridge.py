@@ -5,12 +5,17 @@ odd ones plus misc/*.jpg (float detections at score >= 0.3 as reference); Mobile
 ImageNet images and is scored on the other 20 (top-1 agreement with the float model). Rows:
 - vendor normal / kl_divergence / mmse: rknn-toolkit2 quantizes the float model itself (w8a8, per-channel), scored on
   its own simulator right after build() (mmse only with --mmse: it takes tens of minutes on YOLOX-nano);
-- openrknn: our w8a8 build on our simulator;
+- openrknn simulator: our w8a8 build on our simulator;
 - bridge qdq / ranges: our build compiled by the vendor through `export_vendor`, scored on the vendor simulator's
-  --validate outputs; "cos vs openrknn" is the per-output cosine against our simulator (min over outputs).
-Needs the vendor venv (openrknn vendor-setup, or OPENRKNN_VENDOR_PYTHON).
+  --validate outputs; "vs openrknn" is the cosine against our simulator (mean over images, and the worst image);
+  "carried" says what reached the vendor (cfg tensors with our ranges, weights on our integers, pre-activations
+  given our int8 range, compiled layer dtypes);
+- bridge ranges, hybrid (MobileNetV2): our build with build(auto_hybrid=True) promoting layers to 16 bits, compiled
+  through route ranges; "carried" lists each 16-bit tensor with the dtype of the vendor layer that produces it.
+Rows print as they finish; the table is printed again at the end. Needs the vendor venv (openrknn vendor-setup, or
+OPENRKNN_VENDOR_PYTHON).
 
-Usage: python bench/vendor_bridge.py [--models yolox,mobilenet] [--mmse]
+Usage: python bench/vendor_bridge.py [--models yolox,mobilenet] [--mmse] [--no-own]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import quant_accuracy as qa  # noqa: E402
 
 from openrknn.api import RKNN  # noqa: E402
+from openrknn.metrics import cosine  # noqa: E402
 from openrknn.package import read_package  # noqa: E402
 from openrknn.runtime.simulator import Simulator  # noqa: E402
 from openrknn.vendor import export_vendor, find_vendor_python  # noqa: E402
@@ -56,22 +62,25 @@ VENDOR_OWN = textwrap.dedent('''
         np.save(os.path.join(spec["out"], "%d.npy" % k), out[0])
     print(json.dumps({"seconds": secs}))
 ''')
+HEAD = ["model", "row", "kept / top-1", "cos float", "vs openrknn mean (min)", "build s", "carried"]
+WIDTHS = [9, 26, 16, 9, 22, 8, 0]
 
 
-def build_ours(name: str, folder: Path, ds: Path):
+def build_ours(name: str, folder: Path, ds: Path, hybrid: bool = False):
     r = RKNN()
     if name == "yolox":
         r.config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], target_platform="rk3588", quantized_dtype="w8a8",
                  quant_img_RGB2BGR=True)
         assert r.load_onnx(str(qa.DATA / "models" / "yolox_nano_coco.onnx")) == 0
     else:
+        extra = {"auto_hybrid_cos_thresh": 0.999} if hybrid else {}
         r.config(mean_values=[qa.IMAGENET_MEAN], std_values=[qa.IMAGENET_STD], target_platform="rk3588",
-                 quantized_dtype="w8a8")
+                 quantized_dtype="w8a8", **extra)
         assert r.load_pytorch(str(qa.DATA / "models" / "mobilenet_v2_imagenet.pt"), [[1, 3, 224, 224]]) == 0
     t = time.time()
-    assert r.build(do_quantization=True, dataset=str(ds)) == 0
+    assert r.build(do_quantization=True, dataset=str(ds), auto_hybrid=hybrid) == 0
     secs = time.time() - t
-    path = folder / f"{name}_w8a8.rknn"
+    path = folder / f"{name}_w8a8{'_hybrid' if hybrid else ''}.rknn"
     assert r.export_rknn(str(path)) == 0
     r.release()
     return path, secs
@@ -79,8 +88,7 @@ def build_ours(name: str, folder: Path, ds: Path):
 
 def score(name: str, ref, outs):
     """(kept / top-1 text, mean cosine to float)."""
-    cos = float(np.mean([np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
-                         for a, b in zip(ref.outputs, outs)]))
+    cos = float(np.mean([cosine(a, b) for a, b in zip(ref.outputs, outs)]))
     if name == "yolox":
         dets = [qa.decode_yolox(o.reshape(ref.outputs[0].shape), r, 0.3) for o, (_, r) in zip(outs, ref.inputs)]
         n_gt = sum(len(g) for g in ref.gts)
@@ -90,15 +98,45 @@ def score(name: str, ref, outs):
     return f"{top1}/{len(outs)}", cos
 
 
+def carried_text(c: dict) -> str:
+    parts = []
+    if "cfg_tensors" in c:
+        parts.append(f"cfg {c['cfg_ours']}/{c['cfg_tensors']} ours ({c['openrknn_extra_ranges']} extra)")
+    if c.get("weights"):
+        parts.append(f"weights {c['weights_pinned']}/{c['weights']} pinned")
+    if c.get("preactivations_quantized"):
+        parts.append(f"{c['preactivations_quantized']} pre-act Q/DQ")
+    if c.get("wide_layers"):
+        kinds = {}
+        for d in c["wide_layers"].values():
+            kinds[d or "?"] = kinds.get(d or "?", 0) + 1
+        parts.append("16-bit: " + ", ".join(f"{n} {d}" for d, n in kinds.items()))
+    if c.get("layer_dtypes"):
+        parts.append("layers " + " ".join(f"{k}:{v}" for k, v in sorted(c["layer_dtypes"].items())))
+    return "; ".join(parts)
+
+
+def show(row) -> None:
+    print(" | ".join(str(c).ljust(w) for c, w in zip(row, WIDTHS)), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="yolox,mobilenet")
     ap.add_argument("--mmse", action="store_true", help="also the vendor's mmse (very slow on YOLOX-nano)")
+    ap.add_argument("--no-own", action="store_true", help="skip the vendor's own quantizer rows")
     args = ap.parse_args()
     vp = find_vendor_python()
     tmp = Path(tempfile.mkdtemp(prefix="vendor_bench_"))
     rows = []
-    print(f"vendor: {vp.toolkit} {vp.version} (Python {vp.python_version}); machine shared, timings noisy")
+
+    def add(row):
+        rows.append(row)
+        show(row)
+
+    print(f"vendor: {vp.toolkit} {vp.version} (Python {vp.python_version}, {vp.python}); machine shared, timings "
+          f"noisy; work folder {tmp}", flush=True)
+    show(HEAD)
     for name in args.models.split(","):
         folder = tmp / name
         folder.mkdir()
@@ -110,19 +148,16 @@ def main() -> None:
             p = folder / f"eval_{k}.npy"
             np.save(p, x.astype(np.uint8))
             evals.append(p)
-        # vendor's own quantizer
-        algos = ["normal", "kl_divergence"] + (["mmse"] if args.mmse else [])
-        import onnx
+        algos = [] if args.no_own else ["normal", "kl_divergence"] + (["mmse"] if args.mmse else [])
+        fpath = qa.DATA / "models" / "yolox_nano_coco.onnx"
+        if name == "mobilenet" and algos:
+            import onnx
 
-        fpath = folder / "float_nchw.onnx"
-        src = qa.DATA / "models" / "yolox_nano_coco.onnx"
-        if name == "mobilenet":
             from openrknn.frontends.pytorch import load_pytorch
 
+            fpath = folder / "float_nchw.onnx"
             onnx.save(load_pytorch(str(qa.DATA / "models" / "mobilenet_v2_imagenet.pt"), [[1, 3, 224, 224]]).model,
                       str(fpath))
-        else:
-            fpath = src
         for alg in algos:
             out = folder / f"own_{alg}"
             out.mkdir()
@@ -136,40 +171,45 @@ def main() -> None:
             proc = subprocess.run([vp.python, str(folder / "own.py"), str(folder / "spec.json")], capture_output=True,
                                   text=True, env=env)
             if proc.returncode != 0:
-                rows.append((name, f"vendor {alg}", "ERROR", "", "", (proc.stderr.strip().splitlines() or ["?"])[-1]))
+                add((name, f"vendor {alg}", "ERROR", "", "", "", (proc.stderr.strip().splitlines() or ["?"])[-1]))
                 continue
             secs = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
             outs = [np.load(out / f"{k}.npy") for k in range(len(evals))]
             acc, cos = score(name, ref, outs)
-            rows.append((name, f"vendor {alg}", acc, f"{cos:.4f}", "", f"{secs:.1f}"))
-        # ours
-        pkg_path, secs = build_ours(name, folder, ds)
-        pkg = read_package(pkg_path)
-        sim = Simulator(pkg.model_bytes, pkg.metadata)
-        ours = [sim.run([np.load(p)])[0] for p in evals]
-        acc, cos = score(name, ref, ours)
-        rows.append((name, "openrknn simulator", acc, f"{cos:.4f}", "1", f"{secs:.1f}"))
-        for route in ("qdq", "ranges"):
-            out = folder / f"bridge_{route}.rknn"
-            t = time.time()
-            try:
-                res = export_vendor(pkg, out, validate=evals, validate_out=folder / f"val_{route}", route=route,
-                                    dataset=ds, vendor=vp)
-            except Exception as e:  # a route the vendor cannot compile is a row, not the end of the bench
-                rows.append((name, f"bridge {route}", "FAILED", "", "", str(e).splitlines()[0][:90]))
-                continue
-            outs = [np.load(folder / f"val_{route}" / f"eval_{k}_0.npy") for k in range(len(evals))]
-            acc, cos = score(name, ref, outs)
-            vs = min(o["cosine_min"] for o in res.validation["outputs"])
-            vs_mean = min(o["cosine_mean"] for o in res.validation["outputs"])
-            rows.append((name, f"bridge {route}", acc, f"{cos:.4f}", f"{vs_mean:.4f} (min {vs:.4f})",
-                         f"{time.time() - t:.1f}"))
-    widths = [9, 22, 16, 10, 20, 12]
-    head = ["model", "row", "kept / top-1", "cos float", "cos vs openrknn", "build s"]
-    print(" | ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("-+-".join("-" * w for w in widths))
+            add((name, f"vendor {alg}", acc, f"{cos:.4f}", "", f"{secs:.1f}", "its own calibration and weights"))
+        builds = [("", False)] + ([("hybrid", True)] if name == "mobilenet" else [])
+        for tag, hybrid in builds:
+            pkg_path, secs = build_ours(name, folder, ds, hybrid)
+            pkg = read_package(pkg_path)
+            sim = Simulator(pkg.model_bytes, pkg.metadata)
+            ours = [sim.run([np.load(p)])[0] for p in evals]
+            sim.release()
+            acc, cos = score(name, ref, ours)
+            add((name, f"openrknn simulator{', ' + tag if tag else ''}", acc, f"{cos:.4f}", "1", f"{secs:.1f}",
+                 f"{len(pkg.metadata['quantization'].get('overrides') or {})} 16-bit overrides" if hybrid else ""))
+            for route in (("ranges",) if hybrid else ("qdq", "ranges")):
+                label = f"bridge {route}{', ' + tag if tag else ''}"
+                out = folder / f"bridge_{route}{tag}.rknn"
+                t = time.time()
+                try:
+                    res = export_vendor(pkg, out, validate=evals, validate_out=folder / f"val_{route}{tag}",
+                                        route=route, dataset=ds, vendor=vp, keep_work=folder / f"work_{route}{tag}")
+                except Exception as e:  # a route the vendor cannot compile is a row, not the end of the bench
+                    add((name, label, "FAILED", "", "", "", str(e).splitlines()[0][:160]))
+                    continue
+                outs = [np.load(folder / f"val_{route}{tag}" / f"eval_{k}_0.npy") for k in range(len(evals))]
+                acc, cos = score(name, ref, outs)
+                vs = min(o["cosine_min"] for o in res.validation["outputs"])
+                vs_mean = min(o["cosine_mean"] for o in res.validation["outputs"])
+                add((name, label, acc, f"{cos:.4f}", f"{vs_mean:.4f} ({vs:.4f})", f"{time.time() - t:.1f}",
+                     carried_text(res.carried)))
+                if res.carried.get("wide_layers"):
+                    print("    16-bit tensors -> vendor layer dtype: " + json.dumps(res.carried["wide_layers"]),
+                          flush=True)
+    print("\n| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
     for r in rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        print("| " + " | ".join(str(c) for c in r) + " |")
 
 
 if __name__ == "__main__":

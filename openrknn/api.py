@@ -81,6 +81,8 @@ class RKNN:
         self._loaded = None  # frontends.LoadedModel
         self._build = None  # convert.BuildResult
         self._package = None  # package.RknnPackage (built or loaded)
+        self._board_model = None  # runtime.connect.BoardModel: a loaded vendor .rknn or .tflite
+        self._board_refusal: Optional[Exception] = None  # why the simulator cannot run that model
         self._runtime = None  # runtime.Simulator or remote client
         self._runtime_opts: dict = {}
         self.hybrid_report: Optional[dict] = None  # what build(auto_hybrid=True) promoted and what it costs
@@ -167,15 +169,42 @@ class RKNN:
 
     @_guarded()
     def load_rknn(self, path: str, load_model_in_npu: bool = False) -> int:
+        """An openrknn .rknn; or a model only a board runs (a vendor .rknn: its NPU runtime; an int8 .tflite: LiteRT,
+        which also runs here), for init_runtime(target, device_id) to upload."""
+        from .errors import PackageError
         from .package import read_package
 
         self._release_runtime()
-        self._package = read_package(path)
+        self._board_model = None
+        try:
+            self._package = read_package(path)
+        except PackageError as e:
+            board = self._board_model_of(path, e)
+            if board is None:
+                raise
+            self._package, self._loaded, self._build = None, None, None
+            self._board_model, self._board_refusal = board, e
+            log.info("loaded %s: a %s model%s; init_runtime(target, device_id) runs it on a board", path, board.kind,
+                     " with its host-side tail" if board.post else "")
+            return 0
         self._loaded, self._build = None, None
         meta = self._package.metadata
         log.info("loaded %s: target %s, inputs %s", path, ",".join(meta["target_platform"]),
                  [(i["name"], i.get("shape")) for i in meta["inputs"]])  # shape is optional in the format
         return 0
+
+    @staticmethod
+    def _board_model_of(path: str, error: Exception):
+        """A vendor .rknn or a .tflite the reader refused, as a model for a board; None for anything else."""
+        from .runtime.connect import BoardModel
+        from .runtime.server.backends import kind_of
+
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            return None
+        return BoardModel.from_file(path) if kind_of(head) != "openrknn" else None
 
     def _set_loaded(self, loaded) -> None:
         self._release_runtime()
@@ -251,6 +280,8 @@ class RKNN:
     @_guarded()
     def init_runtime(self, target: Optional[str] = None, device_id: Optional[str] = None, perf_debug: bool = False,
                      eval_mem: bool = False, async_mode: bool = False, core_mask: int = 0) -> int:
+        if self._board_model is not None:
+            return self._init_board_model(target, device_id)
         if self._package is None:
             raise RuntimeStateError("init_runtime() needs a model: build() one or load_rknn() a file first")
         self._release_runtime()
@@ -265,6 +296,24 @@ class RKNN:
         from .runtime.connect import connect_board
 
         self._runtime = connect_board(target, device_id, self._package)
+        return 0
+
+    def _init_board_model(self, target: Optional[str], device_id: Optional[str]) -> int:
+        from .runtime.connect import connect_board
+
+        self._release_runtime()
+        self._runtime_opts = {"target": target, "device_id": device_id}
+        model = self._board_model
+        if target is not None:
+            self._runtime = connect_board(target, device_id, model)
+        elif model.kind == "tflite":
+            from .runtime.server.backends import TfliteBackend
+
+            self._runtime = TfliteBackend(model.data, delegate="auto", threads=None)
+            log.info("TFLite model ready on this machine (%s)", model.source)
+        else:
+            raise type(self._board_refusal)(f"{self._board_refusal}. A board with rknn-toolkit-lite2 runs it: "
+                                            "init_runtime(target='rk3588', device_id=...) with `openrknn serve` there")
         return 0
 
     @_guarded(default_fail=None)
@@ -328,7 +377,7 @@ class RKNN:
 
     def release(self) -> None:
         self._release_runtime()
-        self._loaded = self._build = self._package = None
+        self._loaded = self._build = self._package = self._board_model = None
         for h in self._handlers:
             log.removeHandler(h)
             h.close()

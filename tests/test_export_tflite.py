@@ -318,3 +318,170 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(2):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def _split_graph(path: Path) -> Path:
+    """Conv, then Split into two channel groups read by their own convs (NanoDet's head pattern), a MaxPool whose
+    explicit pads TFLite's SAME/VALID cannot express (a PADV2 with the int8 minimum), Concat."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (6, 3, 3, 3)), ("wa", (4, 2, 1, 1)), ("wb", (4, 4, 1, 1)))]
+    inits += [numpy_helper.from_array(np.full(n, .1, np.float32), b) for b, n in (("b", 6), ("ba", 4), ("bb", 4))]
+    inits.append(numpy_helper.from_array(np.asarray([2, 4], np.int64), "sizes"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Split", ["c", "sizes"], ["ca", "cb"], name="split", axis=1),
+             helper.make_node("Conv", ["ca", "wa", "ba"], ["ya"], name="conv_a"),
+             helper.make_node("MaxPool", ["cb"], ["pb"], name="pool", kernel_shape=[3, 3], pads=[0, 0, 2, 2]),
+             helper.make_node("Conv", ["pb", "wb", "bb"], ["yb"], name="conv_b"),
+             helper.make_node("Concat", ["ya", "yb"], ["y"], name="cat", axis=1)]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_split_and_explicitly_padded_max_pool(tmp_path):
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(_split_graph(tmp_path / "s.onnx"))) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "s.rknn")) == 0
+    pkg = read_package(tmp_path / "s.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert report.tflite_ops.count("STRIDED_SLICE") >= 2 and "PADV2" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_hard_sigmoid_has_a_float_form(tmp_path):
+    """TFLite has no HardSigmoid op (PP-OCR's squeeze-excite blocks): it is computed in float, as written."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)))]
+    inits.append(numpy_helper.from_array(np.full(4, .1, np.float32), "b"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c"], ["h"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c", "h"], ["m"], name="gate"),
+             helper.make_node("Conv", ["m", "w2", "b"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "hs.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "hs.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "hs.rknn")) == 0
+    pkg = read_package(tmp_path / "hs.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert {r.layer: r.mode for r in report.layers}["hsig"] == "float"
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_gather_of_channels(tmp_path):
+    """A Gather with constant indices along the channels (the order range split writes): TFLite's GATHER."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (6, 3, 3, 3)), ("w2", (4, 6, 1, 1)))]
+    inits += [numpy_helper.from_array(np.full(n, .1, np.float32), b) for b, n in (("b", 6), ("b2", 4))]
+    inits.append(numpy_helper.from_array(np.asarray([3, 0, 5, 1, 4, 2], np.int64), "order"))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Gather", ["r", "order"], ["g"], name="order", axis=1),
+             helper.make_node("Conv", ["g", "w2", "b2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "gather", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "g.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "g.rknn")) == 0
+    pkg = read_package(tmp_path / "g.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert "GATHER" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_float_islands_of_math_ops(tmp_path):
+    """Ops a layer norm, a decoder or a recognizer head computes in float between quantization points: Pow,
+    Sqrt, Exp, Log, PRelu, Pad, MatMul; and a MaxPool with ceil_mode=1 (end padding of minima)."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(13)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("mm", (9, 5)))]
+    inits += [numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
+              numpy_helper.from_array(np.asarray([0.1, 0.2, 0.3, 0.4], np.float32).reshape(4, 1, 1), "slope"),
+              numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1.0), "one"),
+              numpy_helper.from_array(np.asarray([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "pads"),
+              numpy_helper.from_array(np.asarray([1, 4, 81], np.int64), "shape3"),
+              numpy_helper.from_array(np.asarray([1, 4, 9, 9], np.int64), "shape4")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+             helper.make_node("MaxPool", ["p"], ["mp"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              ceil_mode=1),
+             helper.make_node("Pow", ["mp", "two"], ["sq"], name="pow"),
+             helper.make_node("Add", ["sq", "one"], ["sq1"], name="add1"),
+             helper.make_node("Sqrt", ["sq1"], ["rt"], name="sqrt"),
+             helper.make_node("Log", ["rt"], ["lg"], name="log"),
+             helper.make_node("Exp", ["lg"], ["ex"], name="exp"),
+             helper.make_node("Pad", ["ex", "pads"], ["pd"], name="pad"),
+             helper.make_node("Conv", ["pd", "w2", "b"], ["c2"], name="conv2"),
+             helper.make_node("Reshape", ["c2", "shape3"], ["r3"], name="flat"),
+             helper.make_node("Reshape", ["r3", "shape4"], ["r4"], name="unflat"),
+             helper.make_node("MatMul", ["r4", "mm"], ["y"], name="matmul")]
+    graph = helper.make_graph(nodes, "math", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 9, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "m.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "m.rknn")) == 0
+    pkg = read_package(tmp_path / "m.rknn")
+    data, report = export_tflite_bytes(pkg)
+    assert {"BATCH_MATMUL", "EXP", "LOG", "PAD", "PRELU", "SQRT", "MUL"} <= set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert ours.shape == theirs.shape == (1, 4, 9, 5)
+        assert cosine(ours, theirs) >= 0.999

@@ -52,6 +52,28 @@ def tiny_detector(path: Path) -> Path:
     return path
 
 
+def tiny_csp(path: Path) -> Path:
+    """SiLU blocks as in YOLOX: conv-SiLU, conv-SiLU, a depthwise conv-SiLU whose output a residual Add joins with
+    the first SiLU output (which a conv also reads: the pattern the vendor compiler crashed on), then a conv."""
+    def silu(x, y):
+        return [helper.make_node("Sigmoid", [x], [x + "_sig"]), helper.make_node("Mul", [x, x + "_sig"], [y])]
+
+    n1, i1 = _conv("c1", "x", 3, 8)
+    n2, i2 = _conv("c2", "a", 8, 8, 1)
+    w3 = numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "dw_w")
+    b3 = numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "dw_b")
+    n3 = helper.make_node("Conv", ["b", "dw_w", "dw_b"], ["dw"], pads=[1] * 4, group=8)
+    n4, i4 = _conv("head", "d", 8, 4, 1)
+    nodes = [n1, *silu("c1", "a"), n2, *silu("c2", "b"), n3, *silu("dw", "c"),
+             helper.make_node("Add", ["a", "c"], ["d"]), n4]
+    g = helper.make_graph(nodes, "csp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("head", TensorProto.FLOAT, None)], i1 + i2 + [w3, b3] + i4)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
 def write_images(folder: Path, n: int = 6) -> Path:
     import cv2
 
@@ -79,6 +101,41 @@ def tiny_package(tmp_path_factory) -> Path:
     assert rknn.export_rknn(str(d / "tiny.rknn")) == 0
     rknn.release()
     return d / "tiny.rknn"
+
+
+@pytest.fixture(scope="module")
+def csp_package(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("vendor_csp")
+    model = tiny_csp(d / "csp.onnx")
+    ds = write_images(d / "imgs")
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588")
+    assert rknn.load_onnx(str(model)) == 0
+    assert rknn.build(do_quantization=True, dataset=str(ds)) == 0
+    assert rknn.export_rknn(str(d / "csp.rknn")) == 0
+    rknn.release()
+    return d / "csp.rknn"
+
+
+@pytest.fixture(scope="module")
+def hybrid_package(tmp_path_factory, csp_package) -> Path:
+    """The CSP model through our hybrid quantization: the SiLU output 'b' kept in 16 bits."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("vendor_hybrid")
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588")
+    assert rknn.load_onnx(str(csp_package.parent / "csp.onnx")) == 0
+    assert rknn.hybrid_quantization_step1(dataset=str(csp_package.parent / "imgs" / "dataset.txt"),
+                                          output_dir=str(d)) == 0
+    cfg = next(d.glob("*.quantization.cfg"))
+    doc = yaml.safe_load(cfg.read_text())
+    doc["custom_quantize_layers"] = {"b": "int16"}
+    cfg.write_text(yaml.safe_dump(doc))
+    r2 = RKNN()
+    assert r2.hybrid_quantization_step2(str(next(d.glob("*.model"))), str(next(d.glob("*.data"))), str(cfg)) == 0
+    assert r2.export_rknn(str(d / "hybrid.rknn")) == 0
+    return d / "hybrid.rknn"
 
 
 # ---------------------------------------------------------------- job format
@@ -198,8 +255,8 @@ STAND_IN = textwrap.dedent('''
     import json, os
     CALLS = os.environ["STAND_IN_CALLS"]
     class RKNN(object):
-        def __init__(self, verbose=False):
-            self.log("RKNN", {})
+        def __init__(self, verbose=False, verbose_file=None):
+            self.log("RKNN", {"verbose_file": verbose_file})
         def log(self, name, kwargs):
             with open(CALLS, "a") as f:
                 f.write(json.dumps([name, kwargs]) + "\\n")
@@ -277,3 +334,158 @@ def test_vendor_compiles_our_quantization(vendor, tiny_package, tmp_path, route)
     for o in report["outputs"]:
         assert o["cosine_min"] >= 0.99, report
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["img0_0.npy", "img1_0.npy", "img2_0.npy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["qdq", "ranges"])
+def test_vendor_compiles_silu_blocks_with_our_ranges_everywhere(vendor, csp_package, tmp_path, route):
+    """The SiLU/CSP pattern compiles through both routes. Route qdq: every pre-activation carries an int8 quantizer
+    with our range. Route ranges: every tensor of the vendor's cfg gets a range from us (none left to its own
+    calibration) and every weight lands on our integers."""
+    from openrknn.vendor import export_vendor
+
+    imgs = sorted((csp_package.parent / "imgs").glob("*.png"))
+    res = export_vendor(csp_package, tmp_path / "csp.vendor.rknn", validate=imgs[:3], route=route,
+                        dataset=csp_package.parent / "imgs" / "dataset.txt", vendor=vendor)
+    c = res.carried
+    if route == "qdq":
+        assert c["preactivations_quantized"] == 3  # c1, c2, dw: the inputs of the three SiLUs
+    else:
+        assert c["cfg_vendor_only"] == [] and c["cfg_ours"] == c["cfg_tensors"]
+        assert c["weights_pinned"] == c["weights"] == 4
+        assert c["openrknn_extra_ranges"] >= 3
+    assert sum(c["layer_dtypes"].values()) > 0 and "FLOAT16" not in c["layer_dtypes"] or route == "qdq"
+    for o in res.validation["outputs"]:
+        assert o["cosine_min"] >= 0.99, res.validation
+
+
+@pytest.mark.slow
+def test_hybrid_16_bit_layer_is_16_bit_in_the_vendor_file(vendor, hybrid_package, csp_package, tmp_path):
+    """A layer our hybrid keeps in 16 bits: route qdq refuses the model, route ranges names it in the vendor's
+    custom_quantize_layers by our tensor name and the compiled layer that makes it is INT16; so is the layer that
+    reads it (the depthwise conv making 'dw'), which reads all 16 bits as openrknn's simulator does."""
+    from openrknn.errors import NotSupportedError
+    from openrknn.vendor import export_vendor
+
+    ds = csp_package.parent / "imgs" / "dataset.txt"
+    with pytest.raises(NotSupportedError, match="out of int8"):
+        export_vendor(hybrid_package, tmp_path / "q.rknn", route="qdq", dataset=ds, vendor=vendor)
+    res = export_vendor(hybrid_package, tmp_path / "h.rknn", route="auto", dataset=ds, vendor=vendor)
+    assert res.route == "ranges" and sorted(res.vendor["custom_layers"]) == ["b", "dw"]
+    assert res.carried["wide_layers"] == {"b": "INT16", "dw": "INT16"}
+
+
+# ---------------------------------------------------------------- openrknn's ranges for the vendor's extra tensors
+
+
+def test_activation_range_keeps_the_top_and_the_silu_dip():
+    """A SiLU input: with 'normal' the upper end stays the calibrated maximum; the lower end moves up from a far
+    outlier (the SiLU is flat there) but never past the SiLU's minimum at -1.28, which our output range holds."""
+    from openrknn.vendor.extra_ranges import activation_range
+
+    x = np.concatenate([rng.normal(0.0, 1.5, 200_000), [-60.0, 12.0]])
+    hist, edges = np.histogram(x, bins=2048, range=(x.min(), x.max()))
+    lo, hi = activation_range(hist, float(x.min()), float(x.max()), "silu", clip_top=False)
+    assert hi == float(x.max())
+    assert -60.0 < lo <= -1.2784645427610738
+    lo2, hi2 = activation_range(hist, float(x.min()), float(x.max()), "silu", clip_top=True)
+    assert hi2 < hi  # with a clipping algorithm the rare top values give way to resolution
+    # a sigmoid's input: both tails are flat, the lower end moves well inside the outlier
+    lo3, _ = activation_range(hist, float(x.min()), float(x.max()), "sigmoid", clip_top=False)
+    assert -60.0 < lo3 < -3.0
+
+
+def test_extra_ranges_cover_the_unquantized_tensors(csp_package):
+    from openrknn.vendor.export import read_samples
+    from openrknn.vendor.extra_ranges import compute
+
+    pkg = read_package(csp_package)
+    ours, _ = activation_ranges(onnx.load_from_string(pkg.model_bytes))
+    samples = read_samples([csp_package.parent / "imgs" / "dataset.txt"], pkg.metadata)
+    extra = compute(pkg, samples, skip=list(ours))
+    assert extra.preactivations == {"c1": "silu", "c2": "silu", "dw": "silu"}
+    assert not set(extra.ranges) & set(ours) and set(extra.preactivations) <= set(extra.ranges)
+    for t in extra.preactivations:
+        lo, hi = extra.ranges[t]
+        assert lo < 0 < hi
+
+
+def test_qdq_route_quantizes_every_preactivation(csp_package):
+    from openrknn.vendor.prepare import quantize_preactivations
+
+    pkg = read_package(csp_package)
+    vm = prepare(pkg, "qdq", {"c1": (-3.0, 5.0), "c2": (-2.0, 4.0), "dw": (-1.5, 3.0)})
+    assert vm.preactivations == 3
+    prod = {o: n for n in vm.onnx_model.graph.node for o in n.output}
+    for t in ("c1", "c2", "dw"):
+        assert prod[t].op_type == "DequantizeLinear"  # the SiLU reads an int8 tensor on our range
+    model = onnx.load_from_string(pkg.model_bytes)
+    added, missing = quantize_preactivations(model, {})
+    assert added == [] and sorted(missing) == ["c1", "c2", "dw"]  # no samples, no ranges: left, and said so
+
+
+def test_weight_scales_are_ours_per_channel(csp_package):
+    from openrknn.vendor.prepare import weight_scales
+
+    model = onnx.load_from_string(read_package(csp_package).model_bytes)
+    scales = weight_scales(model)
+    assert len(scales) == 4 and all(len(v) in (4, 8) for v in scales.values())
+
+
+def _runner():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("openrknn_vendor_runner", RUNNER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runner_maps_vendor_copies_to_our_tensors():
+    run = _runner()
+    ranges = {"out": [0, 1], "pool": [0, 2]}
+    assert run._our_name("out", ranges) == "out"
+    assert run._our_name("out_int8", ranges) == "out"
+    assert run._our_name("pool_mp#1", ranges) == "pool"
+    assert run._our_name("other", ranges) is None
+
+
+def test_runner_pins_weights_only_when_they_are_still_ours(tmp_path):
+    """Weights the vendor left as we gave them get our symmetric grid; weights it changed (a Mul folded into the
+    conv: their range is no longer a multiple of our scale) are left to it and listed."""
+    import pickle
+
+    run = _runner()
+    s = [0.01, 0.02]
+    table = {"w_ours": {"min": [-1.27, -1.0], "max": [0.5, 2.54], "ori_min": [-1.27, -1.0], "ori_max": [0.5, 2.54],
+                        "scale": [0.007, 0.014], "zero_point": [30, -50]},
+             "w_folded": {"min": [-50.8, -40.0], "max": [20.1, 101.7], "ori_min": [-50.8, -40.0],
+                          "ori_max": [20.1, 101.7], "scale": [1.0, 1.0], "zero_point": [0, 0]}}
+    data = tmp_path / "m.data"
+    data.write_bytes(pickle.dumps({"quant_tab": table}))
+    result = {}
+    out = run._pin_weights(str(data), str(tmp_path / "m2.data"), {"w_ours": s, "w_folded": s}, result)
+    pinned = pickle.loads(Path(out).read_bytes())["quant_tab"]
+    assert pinned["w_ours"]["zero_point"] == [0, 0] and pinned["w_ours"]["scale"] == s
+    assert pinned["w_ours"]["min"] == [-1.28, -2.56] and pinned["w_ours"]["max"] == [1.27, 2.54]
+    assert pinned["w_folded"]["scale"] == [1.0, 1.0]
+    assert result["weights_pinned"] == 1 and result["weights_not_pinned"] == ["w_folded"]
+
+
+def test_layer_table_is_read_from_the_vendor_log():
+    from openrknn.vendor.export import layer_table
+
+    text = "\n".join([
+        "D RKNN: [00:00:01.000] ID   OpType   DataType Target InputShape   OutputShape   Cycles   RW(KB)   FullName",
+        "D RKNN: [00:00:01.000] 0    InputOperator      INT8     CPU    \\      (1,3,16,16)    0/0/0    0    "
+        "InputOperator:x",
+        "\x1b[0mD RKNN: [00:00:01.000] 1    ConvExSwish        INT8     NPU    (1,3,16,16),(8,3,3,3),(8)    (1,8,16,16)"
+        "    266/2304/2304    2    Conv:Conv_0   ",
+        "D RKNN: [00:00:01.000] 2    exSwish            INT16    NPU    (1,8,16,16)    (1,8,16,16)    0/0/0    0    "
+        "exSwish:Mul_5_2exswish",
+        "D RKNN: [00:00:01.001] 1   ConvExSwish  x   INT8   NC1HWC2   (1,3,16,16)  (1,1,16,16,3)  | 0x0 0x300 0x300",
+    ])
+    rows = layer_table(text)
+    assert [(r["id"], r["op"], r["dtype"], r["name"]) for r in rows] == [
+        (0, "InputOperator", "INT8", "InputOperator:x"), (1, "ConvExSwish", "INT8", "Conv:Conv_0"),
+        (2, "exSwish", "INT16", "exSwish:Mul_5_2exswish")]

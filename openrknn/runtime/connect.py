@@ -6,14 +6,14 @@ A device_id is, in this order: a name from the devices file, a serial that `adb 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from ..package import RknnPackage, package_to_bytes
 from . import protocol as P
@@ -130,10 +130,50 @@ def open_client(entry: DeviceEntry, connect_timeout: Optional[float] = None) -> 
         raise
 
 
-def connect_board(target: str, device_id: Optional[str], package: RknnPackage,
+@dataclass
+class BoardModel:
+    """A model only a board runs: a vendor .rknn (on the NPU through rknn-toolkit-lite2, with the host-side tail
+    `openrknn vendor-export` wrote next to it) or an int8 .tflite (LiteRT, on the NPU through Teflon)."""
+
+    kind: str  # 'vendor' | 'tflite'
+    data: bytes
+    post: bytes = b""  # a vendor model's .post.onnx
+    source: str = ""
+
+    @classmethod
+    def from_file(cls, path, post: Optional[str] = None) -> "BoardModel":
+        """Read a vendor .rknn (its `<path>.post.onnx` is picked up when it exists, or give `post`) or a .tflite."""
+        from ..errors import PackageError
+        from .server.backends import kind_of
+
+        path = Path(path)
+        data = path.read_bytes()
+        kind = kind_of(data)
+        if kind == "openrknn":
+            raise PackageError(f"{path} is neither a vendor .rknn nor a .tflite; read an openrknn package with "
+                               "read_package() (RKNN.load_rknn)")
+        tail = Path(post) if post else Path(str(path) + ".post.onnx")
+        if kind != "vendor" and post:
+            raise PackageError(f"{path} is a {kind} model; a .post.onnx tail belongs only with a vendor .rknn")
+        return cls(kind, data, tail.read_bytes() if kind == "vendor" and tail.is_file() else b"", str(path))
+
+
+def connect_board(target: str, device_id: Optional[str], package: Union[RknnPackage, BoardModel],
                   devices_path: Optional[Path] = None) -> RemoteRuntime:
-    """init_runtime(target, device_id): load `package` on the board and return its runtime."""
+    """init_runtime(target, device_id): load `package` on the board and return its runtime. An openrknn package runs
+    there on onnxruntime; a BoardModel (vendor .rknn, .tflite) on the runtime the board has for it."""
     entry = resolve_device(device_id, devices_path=devices_path)
+    if isinstance(package, BoardModel):
+        client = open_client(entry)
+        try:
+            runtime = open_model(client, package.data, P.model_key(package.data, package.post),
+                                 {"kind": package.kind}, post=package.post, kind=package.kind)
+        except BaseException:
+            client.close()
+            raise
+        log.info("%s model %s on %s (%s)", package.kind, "found" if runtime.shared else "uploaded", client.where(),
+                 f"{(len(package.data) + len(package.post)) / 1e6:.2f} MB")
+        return runtime
     built_for = [t.lower() for t in package.metadata.get("target_platform") or []]
     if target and built_for and str(target).lower() not in built_for:
         log.warning("init_runtime(target=%r): the model was built for %s. The board runs it with onnxruntime on its "
@@ -144,7 +184,7 @@ def connect_board(target: str, device_id: Optional[str], package: RknnPackage,
     data = package_to_bytes(package)
     client = open_client(entry)
     try:
-        runtime = open_model(client, data, hashlib.sha256(data).hexdigest(), package.metadata)
+        runtime = open_model(client, data, P.model_key(data), package.metadata)
     except BaseException:
         client.close()
         raise

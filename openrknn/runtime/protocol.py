@@ -437,3 +437,12 @@ def macs_equal(expected: str, given: object) -> bool:
     except UnicodeEncodeError:
         return False
     return hmac.compare_digest(expected.encode("ascii"), given_b)
+
+
+def model_key(data: bytes, post: bytes = b"") -> str:
+    """The name a server shares a model under (attach / load): the SHA-256 of its bytes, followed by those of its
+    host-side tail when it has one (a vendor .rknn and its .post.onnx)."""
+    h = hashlib.sha256(bytes(data))
+    if post:
+        h.update(bytes(post))
+    return h.hexdigest()

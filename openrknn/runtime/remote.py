@@ -315,25 +315,40 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def open_model(client: BoardClient, package_bytes: bytes, sha256: str, metadata: dict) -> RemoteRuntime:
-    """Load a package on the board: reuse the board's copy when it already holds these bytes, else upload them."""
+def open_model(client: BoardClient, package_bytes: bytes, sha256: str, metadata: dict, post: bytes = b"",
+               kind: str = "openrknn") -> RemoteRuntime:
+    """Load a model on the board: reuse the board's copy when it already holds these bytes, else upload them.
+    package_bytes: an openrknn package, a vendor .rknn or a .tflite; post: a vendor model's host-side tail
+    (.post.onnx), sent after the model in the same blob; sha256: protocol.model_key(package_bytes, post)."""
     reply = client.request({"op": "attach", "sha256": sha256}).header
     if reply.get("handle") is None:
         limit = client.server_max_message - P.MAX_HEADER_BYTES
-        if len(package_bytes) > limit:
+        size = len(package_bytes) + len(post)
+        if size > limit:
             raise P.MessageTooLargeError(
-                f"the model package has {len(package_bytes):,} bytes but {client.where()} accepts messages up to "
+                f"the model has {size:,} bytes but {client.where()} accepts messages up to "
                 f"{client.server_max_message:,} bytes: restart the server with a larger --max-message-mb, or copy "
-                "the .rknn to the board and load it by path")
-        reply = client.request({"op": "load"}, blob=package_bytes).header
+                "the model to the board and load it by path")
+        header = {"op": "load", "post_bytes": len(post)} if post else {"op": "load"}
+        reply = client.request(header, blob=bytes(package_bytes) + bytes(post)).header
     if reply.get("sha256") != sha256:
         raise P.ProtocolError(f"{client.where()} loaded a model with SHA-256 {reply.get('sha256')!r:.20}, expected "
                               f"{sha256[:16]}...: the upload was damaged")
+    if reply.get("kind", "openrknn") != kind:
+        raise P.ProtocolError(f"{client.where()} took the upload for a {reply.get('kind')!r:.20} model, this is a "
+                              f"{kind} model")
+    if kind != "openrknn":  # the board says what it is running it on (NPU core mask, delegate)
+        metadata = {**metadata, **{k: reply[k] for k in ("inputs", "outputs", "core_mask", "delegate", "post")
+                                   if k in reply}}
     return RemoteRuntime(client, reply["handle"], metadata, shared=bool(reply.get("shared")))
 
 
-def open_model_path(client: BoardClient, board_path: str) -> RemoteRuntime:
-    """Load a .rknn that is already on the board (under one of the server's --model-dir folders)."""
-    reply = client.request({"op": "load", "path": board_path}).header
-    meta = {"inputs": reply.get("inputs"), "outputs": reply.get("outputs")}
+def open_model_path(client: BoardClient, board_path: str, post_path: Optional[str] = None) -> RemoteRuntime:
+    """Load a model that is already on the board (under one of the server's --model-dir folders): an openrknn
+    .rknn, a vendor .rknn (post_path: its .post.onnx there) or a .tflite."""
+    header = {"op": "load", "path": board_path}
+    if post_path:
+        header["post_path"] = post_path
+    reply = client.request(header).header
+    meta = {k: reply.get(k) for k in ("inputs", "outputs", "kind", "core_mask", "delegate") if k in reply}
     return RemoteRuntime(client, reply["handle"], meta, shared=bool(reply.get("shared")))

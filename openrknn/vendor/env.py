@@ -119,13 +119,37 @@ def _run(cmd: List[str], what: str, echo: Callable[[str], None]) -> subprocess.C
     return proc
 
 
+# What `rknn.api` imports, and what its ONNX load / build / hybrid quantization / simulator need, when rknn-toolkit2
+# is installed without its own requirements (whose torch pin pulls several GB of CUDA libraries). torch is imported
+# at `import rknn.api` time, so a CPU build of it is needed; the vendor's load_pytorch (which openrknn never calls:
+# the bridge hands it ONNX) is what ties it to torch <= 2.4. setuptools < 81 still ships pkg_resources, which
+# RKNN() uses. opencv-python-headless provides the same cv2 module as the opencv-python it names.
+LITE_REQUIREMENTS = ("numpy<=1.26.4", "onnx>=1.16.1,<=1.18.0", "onnxruntime>=1.17.0", "protobuf>=4.21.6,<=4.25.4",
+                     "opencv-python-headless>=4.5.5.64", "scipy>=1.9.3", "tqdm>=4.64.1", "ruamel.yaml>=0.17.21",
+                     "psutil>=5.9.0", "fast-histogram>=0.11", "setuptools<81")
+
+
+def _torch_spec() -> str:
+    """The torch to put in a lite vendor venv: the version openrknn's own environment runs (so pip finds the same
+    wheel it installed here, e.g. a local CPU build), else the vendor's pin."""
+    try:
+        from importlib.metadata import version
+
+        return "torch==" + version("torch").split("+")[0]
+    except Exception:
+        return CPU_TORCH[0]
+
+
 def setup_venv(venv: Optional[Path] = None, python: Optional[str] = None, cpu_torch: bool = True,
-               force: bool = False, echo: Callable[[str], None] = print) -> VendorPython:
+               force: bool = False, full: bool = False, echo: Callable[[str], None] = print) -> VendorPython:
     """Create `venv` (default: the cache folder) with rknn-toolkit2 and check that it imports.
 
-    cpu_torch: first try the CPU build of torch 2.4.0 from PyTorch's own index (~200 MB) so pip does not take PyPI's
-    CUDA build (several GB); when that index cannot be reached, pip's normal resolution is used. A failed setup
-    removes what it made, so no half-made venv is ever found later."""
+    Lite (default): rknn-toolkit2 without its requirements, plus the CPU torch it imports and what its ONNX path
+    needs (LITE_REQUIREMENTS): enough to compile and simulate ONNX models, the only way openrknn drives it.
+    full: `pip install rknn-toolkit2` with every requirement it declares (torch 2.4; what its load_pytorch needs).
+    cpu_torch: first try torch from PyTorch's own CPU index (full: the pinned 2.4.0) so pip does not take PyPI's
+    CUDA build; when that index cannot be reached, pip's normal resolution is used. A failed setup removes what it
+    made, so no half-made venv is ever found later."""
     venv = Path(venv or default_venv()).absolute()
     python = python or sys.executable
     if venv.exists():
@@ -143,18 +167,27 @@ def setup_venv(venv: Optional[Path] = None, python: Optional[str] = None, cpu_to
     try:
         _run([python, "-m", "venv", str(venv)], "creating the venv", echo)
         pip = [str(_venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check"]
+        torch = CPU_TORCH[0] if full else _torch_spec()
+        got_torch = False
         if cpu_torch:
-            spec, index = CPU_TORCH
             try:
-                _run(pip + [spec, "--index-url", index], "installing the CPU build of torch", echo)
+                _run(pip + [torch, "--index-url", CPU_TORCH[1]], "installing the CPU build of torch", echo)
+                got_torch = True
             except VendorToolkitError as e:
-                echo(f"CPU torch not reachable ({str(e).splitlines()[0]}); pip will take PyPI's torch")
-        _run(pip + [f"rknn-toolkit2=={TOOLKIT2_VERSION}"], f"pip install rknn-toolkit2=={TOOLKIT2_VERSION}", echo)
+                echo(f"CPU torch index not reachable ({str(e).splitlines()[0]}); pip resolves {torch} itself")
+        if full:
+            _run(pip + [f"rknn-toolkit2=={TOOLKIT2_VERSION}"], f"pip install rknn-toolkit2=={TOOLKIT2_VERSION}", echo)
+        else:
+            if not got_torch:
+                _run(pip + [torch], f"pip install {torch}", echo)
+            _run(pip + ["--no-deps", f"rknn-toolkit2=={TOOLKIT2_VERSION}"],
+                 f"pip install --no-deps rknn-toolkit2=={TOOLKIT2_VERSION}", echo)
+            _run(pip + list(LITE_REQUIREMENTS), "installing what rknn-toolkit2 needs for ONNX models", echo)
         found = probe(str(_venv_python(venv)), f"the new venv {venv}")
     except BaseException:
         shutil.rmtree(venv, ignore_errors=True)
         raise
     size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
-    echo(f"vendor toolkit ready: {found.toolkit} {found.version} on Python {found.python_version} in {venv} "
-         f"({size / 1e9:.1f} GB, {time.time() - t0:.0f} s)")
+    echo(f"vendor toolkit ready ({'full' if full else 'lite: ONNX models only'}): {found.toolkit} {found.version} on "
+         f"Python {found.python_version} in {venv} ({size / 1e9:.1f} GB, {time.time() - t0:.0f} s)")
     return found

@@ -8,9 +8,11 @@ simulator on the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -34,6 +36,7 @@ ROUTES = ("auto", "qdq", "ranges")
 # chips each toolkit compiles for (rknn-toolkit 1.x: RKNPU1; rknn-toolkit2: RKNPU2)
 TOOLKIT_FOR = {"rknpu1": "rknn-toolkit", "rknpu2": "rknn-toolkit2"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+STEP1_SAMPLES = 4  # calibration samples handed to the vendor's hybrid_quantization_step1 (route "ranges")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -47,6 +50,7 @@ class VendorExport:
     vendor: dict  # the runner's result (per-step seconds, cfg tensors edited...)
     notes: List[str] = field(default_factory=list)
     validation: Optional[dict] = None
+    carried: dict = field(default_factory=dict)  # what reached the vendor (_carried)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,6 +83,9 @@ def _config(vm: VendorModel, metadata: dict, toolkit: str, target: str) -> Dict[
         cfg["quant_img_RGB2BGR"] = bool(build.get("quant_img_RGB2BGR", False))
         cfg["quantized_dtype"] = "w8a8"
         cfg["quantized_method"] = build.get("quantized_method") or "channel"
+        # its rewrite of Concat -> Conv into one partial conv per concat input adds int8 partial sums our graph does
+        # not have (openrknn's concat of range-split parts is one tensor on one grid, read by one conv)
+        cfg["disable_rules"] = ["fuse_concat_conv"]
     else:  # rknn-toolkit 1.x: its own names; the reorder stays in our graph, so none here
         cfg["quantized_dtype"] = build.get("quantized_dtype") or "asymmetric_quantized-u8"
         cfg["reorder_channel"] = " ".join(str(i) for i in range(len(vm.mean_values[0])))
@@ -164,13 +171,29 @@ def _run_runner(vp: VendorPython, job: VendorJob, work: Path, timeout: float) ->
         said = _vendor_errors(proc.stdout + proc.stderr)
         raise VendorToolkitError(f"the vendor toolkit failed at {result.get('step')}: {result.get('error')}"
                                  + (f"; the vendor said: {said}" if said else ""))
+    result["layers"] = layer_table(proc.stdout + proc.stderr)
     return result
+
+
+LAYER_LINE = re.compile(r"^D RKNN: \[[0-9:.]+\]\s+(\d+)\s+([A-Za-z][A-Za-z0-9_]*)\s+(INT4|INT8|UINT8|INT16|INT32|"
+                        r"FLOAT16|FLOAT32|FLOAT|BFLOAT16)\s+(NPU|CPU)\s.*\s(\S+:\S+)\s*$")
+
+
+def layer_table(text: str) -> List[dict]:
+    """The compiled layer table the vendor's compiler prints in verbose mode: [{id, op, dtype, target, name}] (name:
+    its FullName, 'OpType:node name'); [] when the text has none (a toolkit that prints another format)."""
+    rows, seen = [], set()
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        m = LAYER_LINE.match(line.rstrip())
+        if m and m.group(1) not in seen:
+            seen.add(m.group(1))
+            rows.append({"id": int(m.group(1)), "op": m.group(2), "dtype": m.group(3), "target": m.group(4),
+                         "name": m.group(5)})
+    return rows
 
 
 def _vendor_errors(text: str) -> str:
     """The vendor's own error lines ('E step: message', colour codes removed), the last three."""
-    import re
-
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     lines = [ln.strip() for ln in plain.splitlines() if re.match(r"^E \w", ln.strip())
              and "rknn-toolkit" not in ln and "Traceback" not in ln]
@@ -180,14 +203,17 @@ def _vendor_errors(text: str) -> str:
 def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                   validate: Optional[Sequence[PathLike]] = None, validate_out: Optional[PathLike] = None,
                   route: str = "auto", dataset: Optional[PathLike] = None, vendor: Optional[VendorPython] = None,
-                  timeout: float = 3600.0) -> VendorExport:
+                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None) -> VendorExport:
     """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
 
-    route: 'qdq' (the vendor compiles our QDQ graph as given), 'ranges' (the vendor quantizes our rewritten float
-    graph with our weight integers and every activation range we chose), 'auto' (qdq, then ranges if the vendor
-    cannot compile the QDQ graph). dataset: samples for the tensors only the vendor quantizes in route 'ranges'
-    (default: the validation samples, else the package's build dataset). validate: samples (one dataset.txt or
-    image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator."""
+    route: 'qdq' (the vendor compiles our QDQ graph, with our int8 quantizer on every pre-activation), 'ranges' (the
+    vendor quantizes our rewritten float graph with our weight integers, our ranges for every tensor of its cfg and
+    our hybrid's 16-bit layers), 'auto' (ranges, then qdq if that fails; qdq alone without calibration samples).
+    dataset: calibration samples for the tensors the vendor quantizes and the package does not (default: the
+    validation samples, else the package's build dataset). validate: samples (one dataset.txt or
+    image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator.
+    keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
+    at what the vendor did; by default they go to a temporary folder that is removed."""
     from ..package import RknnPackage, read_package
 
     if route not in ROUTES:
@@ -209,14 +235,19 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                                  f"{vp.version}; point OPENRKNN_VENDOR_PYTHON at an interpreter with {toolkit}")
     samples = read_samples(validate, meta) if validate else []
     quantized = bool(meta.get("quantization"))
-    routes = ["float"] if not quantized else (["qdq", "ranges"] if route == "auto" else [route])
     t0 = time.time()
+    calib = calibration_samples(meta, dataset, samples) if quantized else []
+    # auto: ranges first (it carries more: hybrid 16-bit layers, every pre-activation left to the vendor's own
+    # full-precision fusion where it has one); qdq when ranges fails or there are no calibration samples
+    auto = ["ranges", "qdq"] if calib else ["qdq"]
+    routes = ["float"] if not quantized else (auto if route == "auto" else [route])
+    extra = _extra_ranges(pkg, calib) if quantized else None
     errors = []
     for r in routes:
-        with tempfile.TemporaryDirectory(prefix="openrknn-vendor-") as tmp:
+        with _work_folder(keep_work, r) as tmp:
             work = Path(tmp)
             try:
-                exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, dataset, timeout)
+                exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, calib, extra, timeout)
             except (VendorToolkitError, NotSupportedError) as e:
                 if r == routes[-1]:
                     if errors:
@@ -233,22 +264,84 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _work_folder(keep: Optional[PathLike], route: str):
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="openrknn-vendor-") as tmp:
+            yield tmp
+        return
+    folder = Path(keep) / route
+    if folder.exists() and any(folder.iterdir()):
+        raise PackageError(f"keep_work folder {folder} is not empty; give a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield str(folder)
+
+
+def calibration_samples(meta: dict, dataset: Optional[PathLike], samples: List[tuple]) -> List[tuple]:
+    """Samples for the tensors only the vendor quantizes: `dataset`, else the validation samples, else the package's
+    own build dataset when it still exists."""
+    if dataset:
+        return read_samples([dataset], meta)
+    if samples:
+        return samples
+    build_ds = (meta.get("build") or {}).get("dataset")
+    if build_ds and Path(build_ds).is_file():
+        return read_samples([build_ds], meta)
+    return []
+
+
+def _extra_ranges(pkg, calib: List[tuple]) -> Optional[dict]:
+    from .extra_ranges import compute
+    from .prepare import activation_ranges
+
+    if not calib:
+        return None
+    ours, _ = activation_ranges(onnx.load_from_string(pkg.model_bytes))
+    return compute(pkg, calib, skip=list(ours)).ranges
+
+
+def _wide_layers(vm: VendorModel, layers: List[dict]) -> Dict[str, str]:
+    """For each tensor our hybrid kept out of int8: the dtype of the compiled vendor layer that produces it ('' when
+    the layer table does not name it). The vendor names a layer after the node it came from, with a suffix when it
+    rewrote the node (a SiLU's Mul becomes 'Mul_5_2exswish'); an activation it fused into the conv before it is
+    found under that conv's name."""
+    g = vm.onnx_model.graph
+    prod = {o: n for n in g.node for o in n.output}
+    names = [(row["name"].split(":", 1)[1], row["dtype"]) for row in layers if ":" in row["name"]]
+
+    def dtype_of(node: onnx.NodeProto) -> str:
+        exact = [d for n, d in names if n == node.name]
+        return (exact or [d for n, d in names if n.startswith(node.name + "_")] or [""])[0]
+
+    fused = ("Sigmoid", "Mul", "Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "PRelu")
+    out = {}
+    for t in vm.wide_tensors:
+        dtype, stack, seen = "", [t], set()
+        while stack and not dtype:
+            n = prod.get(stack.pop())
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            dtype = dtype_of(n)
+            if not dtype and n.op_type in fused:
+                stack.extend(n.input)
+        out[t] = dtype
+    return out
+
+
 def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: Path, out: Path, samples, validate_out,
-             dataset, timeout: float) -> VendorExport:
+             calib: List[tuple], extra: Optional[dict], timeout: float) -> VendorExport:
     meta = pkg.metadata
-    vm = prepare(pkg, "qdq" if route == "float" else route)
+    vm = prepare(pkg, "qdq" if route == "float" else route, extra)
     onnx.save(vm.onnx_model, str(work / "model.onnx"))
     ds = None
     if route == "ranges":
-        calib = read_samples([dataset], meta) if dataset else samples
-        if not calib:
-            build_ds = (meta.get("build") or {}).get("dataset")
-            if build_ds and Path(build_ds).is_file():
-                calib = read_samples([build_ds], meta)
         if not calib:
             raise NotSupportedError("route 'ranges' needs samples for the tensors only the vendor quantizes (e.g. a "
                                     "conv output before its activation): pass --validate or --dataset images")
-        ds = _write_calibration(calib, work, bool((meta.get("build") or {}).get("quant_img_RGB2BGR")))
+        # step 1 only has to run: every tensor of its cfg gets a range from us (result["cfg_not_ours"] lists any
+        # that does not), so a few samples keep it short
+        ds = _write_calibration(calib[:STEP1_SAMPLES], work, bool((meta.get("build") or {}).get("quant_img_RGB2BGR")))
     val_spec = None
     if samples:
         files = []
@@ -264,27 +357,55 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                     inputs=vm.input_names, outputs=vm.outputs,
                     input_size_list=[list(s) if toolkit == "rknn-toolkit2" else list(s[1:]) for s in vm.input_shapes],
                     export="vendor.rknn", dataset=ds, ranges={k: list(v) for k, v in vm.ranges.items()},
-                    float16_layers=vm.wide_tensors, validate=val_spec)
+                    custom_layers=vm.wide_tensors, weight_scales=vm.weight_scales, validate=val_spec)
     result = _run_runner(vp, job, work, timeout)
-    if vm.wide_tensors and len(result.get("float16_layers") or []) < len(vm.wide_tensors):
-        kept = set(result.get("float16_layers") or [])
-        lost = [t for t in vm.wide_tensors if t not in kept]
-        raise NotSupportedError(f"{len(lost)} tensor(s) our hybrid kept in 16 bits have no layer of that name in "
+    folded = result.get("custom_folded") or []
+    if folded:
+        vm.notes.append(f"{len(folded)} tensor(s) our hybrid kept out of int8 are constants the vendor folded away "
+                        f"({', '.join(folded[:3])}): no layer computes them")
+    kept = set(result.get("custom_layers") or []) | set(folded)
+    lost = [t for t in vm.wide_tensors if t not in kept]
+    if lost:
+        raise NotSupportedError(f"{len(lost)} tensor(s) our hybrid kept out of int8 have no layer of that name in "
                                 f"the vendor's .quantization.cfg ({', '.join(lost[:3])}); they would be 8-bit in the "
                                 "vendor file")
+    wide = _wide_layers(vm, result.get("layers") or []) if vm.wide_tensors else {}
+    wide.update({t: "folded" for t in folded})
+    narrow = [t for t, d in wide.items() if d and not d.endswith("16") and d != "folded"]
+    if narrow:
+        raise NotSupportedError(f"{len(narrow)} tensor(s) our hybrid kept out of int8 were compiled into 8-bit vendor "
+                                f"layers ({', '.join(f'{t}: {wide[t]}' for t in narrow[:3])})")
     post_path = None
     if vm.post is not None:
         post_path = str(out) + ".post.onnx"
         write_bytes_atomic(post_path, vm.post.SerializeToString())
     write_bytes_atomic(out, (work / "vendor.rknn").read_bytes())
     exp = VendorExport(str(out), post_path, route, f"{vp.toolkit} {vp.version}", 0.0, result, vm.notes)
+    exp.carried = _carried(vm, result, wide)
     if samples:
         exp.validation = _compare(pkg, vm, samples, work / "vendor_outputs", result, Path(validate_out or
                                   out.with_name(out.stem + "_validation")))
-        report = {"model": str(out), "route": route, "toolkit": exp.toolkit, **exp.validation}
+        report = {"model": str(out), "route": route, "toolkit": exp.toolkit, "carried": exp.carried,
+                  **exp.validation}
         write_text_atomic(str(out) + ".validation.json", json.dumps(report, indent=1))
         exp.validation["json"] = str(out) + ".validation.json"
     return exp
+
+
+def _carried(vm: VendorModel, result: dict, wide: Dict[str, str]) -> dict:
+    """What reached the vendor: the counts a user (and the bench) reads to see what carried over."""
+    layers = result.get("layers") or []
+    dtypes: Dict[str, int] = {}
+    for row in layers:
+        dtypes[row["dtype"]] = dtypes.get(row["dtype"], 0) + 1
+    out = {"package_ranges": vm.ours, "openrknn_extra_ranges": len(vm.ranges) - vm.ours,
+           "preactivations_quantized": vm.preactivations, "layer_dtypes": dtypes, "wide_layers": wide}
+    if "cfg_tensors" in result:
+        out.update(cfg_tensors=result["cfg_tensors"], cfg_ours=result.get("cfg_edited", 0),
+                   cfg_vendor_only=result.get("cfg_not_ours") or [])
+    if vm.weight_scales:
+        out.update(weights=len(vm.weight_scales), weights_pinned=result.get("weights_pinned", 0))
+    return out
 
 
 def run_post(post: Optional[onnx.ModelProto], names: List[str], arrays: List[np.ndarray]) -> List[np.ndarray]:

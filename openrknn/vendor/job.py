@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-JOB_VERSION = 1
+JOB_VERSION = 2
 TOOLKITS = ("rknn-toolkit2", "rknn-toolkit")
 ROUTES = ("qdq", "ranges", "float")
 
@@ -37,7 +37,12 @@ class VendorJob:
     result: str = "result.json"
     dataset: Optional[str] = None  # route "ranges": hybrid_quantization_step1's dataset.txt
     ranges: Dict[str, List[float]] = field(default_factory=dict)  # route "ranges": tensor -> [min, max]
-    float16_layers: List[str] = field(default_factory=list)  # tensors whose producing layer must stay 16-bit
+    # tensor -> dtype of its producing layer in the vendor's custom_quantize_layers ('int16' | 'float16'): our hybrid
+    custom_layers: Dict[str, str] = field(default_factory=dict)
+    # route "ranges": weight tensor -> our per-output-channel scales; the runner sets the vendor's weight table so
+    # that its grid holds our symmetric integers exactly (rknn-toolkit2 quantizes weights asymmetrically)
+    weight_scales: Dict[str, List[float]] = field(default_factory=dict)
+    layer_table: bool = True  # capture the compiled layer table (op, dtype) from the vendor's verbose log
     validate: Optional[ValidateSpec] = None
     version: int = JOB_VERSION
 

@@ -41,8 +41,14 @@ class VendorModel:
     outputs: List[str]  # vendor outputs, in the order its runtime returns them
     post: Optional[onnx.ModelProto] = None  # float tail: vendor outputs -> package outputs (None: identical)
     ranges: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # route "ranges": tensor -> (min, max)
-    wide_tensors: List[str] = field(default_factory=list)  # tensors our hybrid kept in 16 bits
+    # tensors our hybrid kept out of int8 -> the vendor dtype of their layer: 'int16' (our 16-bit tensors) or
+    # 'float16' (what our hybrid left float); route "ranges" writes them into the cfg's custom_quantize_layers
+    wide_tensors: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    # route "ranges": weight tensor -> our per-output-channel scales (symmetric integers), pinned in the vendor's table
+    weight_scales: Dict[str, List[float]] = field(default_factory=dict)
+    ours: int = 0  # how many of `ranges` are the package's own quantized tensors (the rest: openrknn's extra ranges)
+    preactivations: int = 0  # route "qdq": pre-activation tensors given an int8 quantizer with openrknn's range
 
 
 def _inits(g: onnx.GraphProto) -> Dict[str, onnx.TensorProto]:
@@ -278,51 +284,151 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_sigmoid_inputs(model: onnx.ModelProto) -> List[str]:
-    """Route "qdq": give a conv output read by a standalone Sigmoid its own int8 quantizer (in place).
+def _insert_qdq(g: onnx.GraphProto, producer: onnx.NodeProto, tensor: str, scale: float, zp: int) -> None:
+    """tensor (an output of producer) becomes the int8 Q/DQ of the producer's float output, names kept."""
+    f = tensor + "__vendor_f"
+    producer.output[list(producer.output).index(tensor)] = f
+    sn, zn = tensor + "__vendor_scale", tensor + "__vendor_zp"
+    g.initializer.extend([numpy_helper.from_array(np.float32(scale), sn), numpy_helper.from_array(np.int8(zp), zn)])
+    at = list(g.node).index(producer) + 1
+    g.node.insert(at, helper.make_node("QuantizeLinear", [f, sn, zn], [tensor + "__vendor_q"],
+                                       name=tensor + "__vendor_Q"))
+    g.node.insert(at + 1, helper.make_node("DequantizeLinear", [tensor + "__vendor_q", sn, zn], [tensor],
+                                           name=tensor + "__vendor_DQ"))
 
-    openrknn's simulator evaluates conv + sigmoid as one fused step; rknn-toolkit2 runs the sigmoid as its own int8
-    op and refuses a QDQ graph without a quantizer between them ("Invalid w_par['dtype'] = float16"). The range is
-    the logit of the sigmoid output's quantized range, which is all the output quantizer can tell apart."""
+
+def _logit_range(inits: Dict[str, onnx.TensorProto], q: onnx.NodeProto) -> Tuple[float, float]:
+    """The pre-activation range a sigmoid's output quantizer can tell apart: the logit of its quantized range
+    (half a step inside each end)."""
+    s = float(numpy_helper.to_array(inits[q.input[1]]))
+    z_arr = numpy_helper.to_array(inits[q.input[2]])
+    lo_q = 0 if z_arr.dtype == np.uint8 else -128
+    lo = max(s * (lo_q - int(z_arr)) + s / 2, 1e-6)
+    hi = min(s * (lo_q + 255 - int(z_arr)) - s / 2, 1 - 1e-6)
+    return float(np.log(lo / (1 - lo))), float(np.log(hi / (1 - hi)))
+
+
+def quantize_preactivations(model: onnx.ModelProto, ranges: Optional[Dict[str, Tuple[float, float]]] = None
+                            ) -> Tuple[List[str], List[str]]:
+    """Route "qdq": give every unquantized input of a Sigmoid (a conv output before its SiLU or sigmoid, which
+    openrknn's simulator evaluates in one fused step) an int8 quantizer with openrknn's range for it (in place).
+
+    rknn-toolkit2 quantizes these tensors anyway (its depthwise ConvExSwish takes an int8 pre-activation; it runs a
+    standalone sigmoid as its own int8 op); left float, it turns them into float16 "hybrid" layers, refuses a
+    standalone sigmoid ("Invalid w_par['dtype'] = float16") and crashes on a residual Add reading a SiLU output that a
+    conv also reads. ranges: openrknn's extra ranges (extra_ranges.compute); without one, a standalone sigmoid gets
+    the logit of its output quantizer's range. Returns (tensors quantized, SiLU inputs left float for lack of a
+    range)."""
+    from ..quant.schemes import qparams
+    from .extra_ranges import _int8, preactivations
+
     g = model.graph
     inits = _inits(g)
     prod = {o: n for n in g.node for o in n.output}
     cons = _consumers(g)
-    added = []
-    for sig in [n for n in g.node if n.op_type == "Sigmoid"]:
-        src = sig.input[0]
-        conv = prod.get(src)
-        readers = cons.get(src, [])
-        if conv is None or conv.op_type != "Conv" or any(r.op_type == "Mul" for r in readers):
-            continue  # SiLU (Sigmoid * x) is fused by the vendor too
-        q = [c for c in cons.get(sig.output[0], []) if c.op_type == "QuantizeLinear"]
-        if not q:
+    ranges = ranges or {}
+    added, missing = [], []
+    for x, kind in preactivations(model).items():
+        producer = prod.get(x)
+        if producer is None or producer.op_type in QDQ:
+            continue  # a graph input or already quantized
+        if x in ranges:
+            lo, hi = ranges[x]
+        elif kind == "sigmoid":
+            sig = next(c for c in cons[x] if c.op_type == "Sigmoid")
+            q = [c for c in cons.get(sig.output[0], []) if c.op_type == "QuantizeLinear"]
+            if not q:
+                missing.append(x)
+                continue
+            lo, hi = _logit_range(inits, q[0])
+        else:
+            missing.append(x)
             continue
-        s = float(numpy_helper.to_array(inits[q[0].input[1]]))
-        z_arr = numpy_helper.to_array(inits[q[0].input[2]])
-        lo_q = 0 if z_arr.dtype == np.uint8 else -128
-        lo = max(s * (lo_q - int(z_arr)) + s / 2, 1e-6)
-        hi = min(s * (lo_q + 255 - int(z_arr)) - s / 2, 1 - 1e-6)
-        a, b = float(np.log(lo / (1 - lo))), float(np.log(hi / (1 - hi)))
-        scale = max((b - a) / 255.0, 1e-8)
-        zp = int(np.clip(round(-128 - a / scale), -128, 127))
-        f = src + "__vendor_f"
-        conv.output[0] = f
-        sn, zn = src + "__vendor_scale", src + "__vendor_zp"
-        g.initializer.extend([numpy_helper.from_array(np.float32(scale), sn),
-                              numpy_helper.from_array(np.int8(zp), zn)])
-        at = list(g.node).index(conv) + 1
-        g.node.insert(at, helper.make_node("QuantizeLinear", [f, sn, zn], [src + "__vendor_q"],
-                                           name=src + "__vendor_Q"))
-        g.node.insert(at + 1, helper.make_node("DequantizeLinear", [src + "__vendor_q", sn, zn], [src],
-                                               name=src + "__vendor_DQ"))
-        added.append(src)
-    return added
+        scale, zp = qparams(np.float64(lo), np.float64(hi), _int8())
+        _insert_qdq(g, producer, x, float(scale), int(zp))
+        added.append(x)
+    return added, missing
 
 
-def prepare(package, route: str) -> VendorModel:
-    """The vendor-ready model of an openrknn package for route 'qdq' or 'ranges'."""
+def weight_scales(model: onnx.ModelProto) -> Dict[str, List[float]]:
+    """Our weight scales per output channel, keyed by the dequantized weight's name (the name route "ranges" keeps
+    for the float weight). Only symmetric integer weights (zero point 0), which the vendor's grid can be made to
+    hold exactly."""
+    g = model.graph
+    inits = _inits(g)
+    out = {}
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[n.input[0]])
+        if q.ndim < 2 or q.dtype.itemsize != 1:
+            continue  # biases (int32) follow from the input and weight scales
+        z = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 else np.zeros(1)
+        if np.any(z != 0):
+            continue
+        s = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64).ravel()
+        out[n.output[0]] = [float(v) for v in (s if s.size > 1 else np.full(q.shape[0], s[0]))]
+    return out
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (in place): the vendor's layer table names each compiled layer after the
+    node it came from, which is how openrknn finds the layer of a tensor."""
+    used = {n.name for n in model.graph.node if n.name}
+    for k, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{k}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+
+
+def _layer_outputs(model: onnx.ModelProto, wide: Dict[str, str], notes: List[str]) -> Dict[str, str]:
+    """custom_quantize_layers names layers by the tensor they make, and the vendor converts a 16-bit tensor back to
+    int8 in front of an int8 reader; openrknn's readers of a 16-bit tensor read all 16 bits. So each such tensor's
+    readers are named too (with the same dtype), and a 16-bit graph input, which no layer makes, is carried by its
+    readers alone."""
+    inputs = {vi.name for vi in model.graph.input}
+    out: Dict[str, str] = {}
+    readers_added = 0
+    for t, dtype in wide.items():
+        if t not in inputs:
+            out.setdefault(t, dtype)
+        for n in model.graph.node:
+            if t in n.input:
+                for o in n.output:
+                    if o and o not in out and o not in wide:
+                        out[o] = dtype
+                        readers_added += 1
+    if readers_added:
+        notes.append(f"{readers_added} layer(s) reading a tensor our hybrid kept out of int8 are 16-bit too (the "
+                     "vendor would read it in 8 bits otherwise)")
+    return out
+
+
+def hybrid_layers(model: onnx.ModelProto, metadata: dict, wide: List[str]) -> Dict[str, str]:
+    """Our hybrid's decisions in the vendor's terms: every 16-bit tensor -> 'int16', every tensor our hybrid left
+    float (a 'float' override, or its range-split parts) -> 'float16'."""
+    out = {t: "int16" for t in wide}
+    overrides = (metadata.get("quantization") or {}).get("overrides") or {}
+    floats = [name for name, v in overrides.items() if v in ("float", "float16", "float32")]
+    if floats:
+        produced = [o for n in model.graph.node for o in n.output if o]
+        for name in floats:
+            for t in produced:
+                if t == name or t.startswith(name + "__split"):
+                    out.setdefault(t, "float16")
+    return out
+
+
+def prepare(package, route: str, extra: Optional[Dict[str, Tuple[float, float]]] = None) -> VendorModel:
+    """The vendor-ready model of an openrknn package for route 'qdq' or 'ranges'.
+
+    extra: openrknn's ranges for tensors the package leaves unquantized (extra_ranges.compute); route 'qdq' puts the
+    pre-activation ones into the graph as Q/DQ, route 'ranges' writes them into the vendor's cfg next to ours."""
     model = onnx.load_from_string(package.model_bytes)
+    name_nodes(model)
     quantized = any(n.op_type in QDQ for n in model.graph.node)
     means, stds, names, shapes, notes = cut_input_preprocess(model, package.metadata)
     if not quantized:
@@ -333,24 +439,33 @@ def prepare(package, route: str) -> VendorModel:
     if post is not None:
         notes.append(f"float tail ({len(post.graph.node)} nodes) cut off: the vendor model outputs the "
                      f"{len(outputs)} quantized tensors before it, the host runs the tail")
-    ranges, wide = activation_ranges(model)
+    ranges, wide_list = activation_ranges(model)
+    ours = {k: v[:2] for k, v in ranges.items()}
+    wide = hybrid_layers(model, package.metadata, wide_list)
     if route == "qdq":
         if wide:
+            shown = ", ".join(list(wide)[:3]) + ("..." if len(wide) > 3 else "")
             raise NotSupportedError(
-                f"route 'qdq' cannot carry the {len(wide)} 16-bit tensor(s) of this model ({', '.join(wide[:3])}"
-                f"{'...' if len(wide) > 3 else ''}): rknn-toolkit2 reads only 8-bit standard QDQ. Use route "
+                f"route 'qdq' cannot carry the {len(wide)} tensor(s) our hybrid kept out of int8 ({shown}): "
+                "rknn-toolkit2 reads only 8-bit standard QDQ. Use route "
                 "'ranges' (the default 'auto' picks it)")
         moved = int8_storage(model)
-        added = quantize_sigmoid_inputs(model)
+        added, missing = quantize_preactivations(model, extra)
         notes.append(f"{moved} activation zero points moved to int8 storage")
         if added:
-            notes.append(f"{len(added)} conv output(s) before a standalone Sigmoid got an int8 quantizer (the vendor "
-                         "runs the sigmoid as its own op)")
-        return VendorModel(model, means, stds, names, shapes, outputs, post, {k: v[:2] for k, v in ranges.items()},
-                           wide, notes)
+            notes.append(f"{len(added)} pre-activation tensor(s) (conv outputs before a SiLU or sigmoid) got an int8 "
+                         "quantizer with openrknn's range (the vendor requantizes them)")
+        if missing:
+            notes.append(f"{len(missing)} SiLU input(s) left float (no calibration samples): the vendor makes them "
+                         "float16 layers")
+        return VendorModel(model, means, stds, names, shapes, outputs, post, ours, wide, notes, ours=len(ours),
+                           preactivations=len(added))
     if route != "ranges":
         raise ValueError(route)
+    scales = weight_scales(model)
     strip_qdq(model)
     names = [vi.name for vi in model.graph.input]  # a quantized input got its dequantized name back
-    return VendorModel(model, means, stds, names, shapes, outputs, post, {k: v[:2] for k, v in ranges.items()},
-                       wide, notes)
+    wide = _layer_outputs(model, wide, notes)
+    merged = dict(extra or {})
+    merged.update(ours)  # the package's own ranges win
+    return VendorModel(model, means, stds, names, shapes, outputs, post, merged, wide, notes, scales, len(ours))

@@ -43,11 +43,52 @@ def _toolkit_version():
     return "unknown"
 
 
-def _edit_cfg(cfg_path, out_path, ranges, float16_layers, result):
-    """Set min/max of every tensor we have a range for; keep the layers we keep wide in 16 bits."""
+# suffixes the vendor adds to tensors it derives from one of ours (its int8 copy of an output or input, the parts of
+# a max-pool it tiles, the 16-bit copy of a hybrid layer's input): such a tensor gets the range of the one it copies
+DERIVED_SUFFIXES = ("_int8", "__int8", "__float16", "_mp")
+
+
+def _our_name(name, ranges):
+    """The tensor of ours a vendor cfg tensor carries: itself, or the one it was derived from (DERIVED_SUFFIXES and a
+    '#k' copy number stripped, repeatedly)."""
+    base = name
+    while base not in ranges:
+        stripped = base.split("#")[0] if "#" in base else base
+        for suffix in DERIVED_SUFFIXES:
+            if stripped.endswith(suffix):
+                stripped = stripped[: -len(suffix)]
+                break
+        if stripped == base:
+            return None
+        base = stripped
+    return base
+
+
+# rknn-toolkit 1.x names the hybrid dtypes differently (RKNPU1 has no float16 hybrid layers)
+TOOLKIT1_DTYPES = {"int16": "dynamic_fixed_point-i16", "float16": "float32"}
+
+
+def _exact_float(representer, value):
+    text = repr(value)
+    if text in ("nan", "inf", "-inf"):
+        text = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[text]
+    elif "." not in text and "e" not in text:
+        text += ".0"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=None):
+    """Set min/max of every tensor we have a range for; give the layers our hybrid kept out of int8 their dtype.
+
+    table: the step-1 quantization table (the .data pickle), whose 'scale' values are the exact floats step 2
+    compares the cfg's with: its own cfg writer rounds some of them in the last digit, which step 2 would then
+    refuse as "modified", so they are copied from there."""
     try:
         from ruamel.yaml import YAML
         yaml = YAML()
+        # floats written as repr() (exact round trip): step 2 refuses a cfg whose 'scale' differs from its own in
+        # the last bit ("not allowed to be modified"), which ruamel's default float format can cause
+        yaml.representer.add_representer(float, _exact_float)
         with open(cfg_path) as f:
             cfg = yaml.load(f)
     except ImportError:  # rknn-toolkit 1.x ships PyYAML
@@ -56,29 +97,109 @@ def _edit_cfg(cfg_path, out_path, ranges, float16_layers, result):
         with open(cfg_path) as f:
             cfg = pyyaml.safe_load(f)
     params = cfg.get("quantize_parameters") or {}
-    edited = 0
+    edited, derived, missing = 0, 0, []
     for name, p in params.items():
-        if name in ranges and isinstance(p, dict) and "min" in p and "max" in p:
-            lo, hi = ranges[name]
-            p["min"] = [float(lo)]
-            p["max"] = [float(hi)]
-            edited += 1
-    layers = cfg.get("custom_quantize_layers") or {}
+        if not (isinstance(p, dict) and "min" in p and "max" in p):
+            continue
+        exact = (table or {}).get(name)
+        if isinstance(exact, dict) and isinstance(exact.get("scale"), (list, tuple)) and p.get("scale"):
+            p["scale"] = [float(v) for v in exact["scale"]]
+        elif p.get("scale"):
+            p["scale"] = [float(v) for v in p["scale"]]
+        ours = _our_name(name, ranges)
+        if ours is None:
+            missing.append(name)
+            continue
+        lo, hi = ranges[ours]
+        p["min"] = [float(lo)]
+        p["max"] = [float(hi)]
+        edited += 1
+        derived += ours != name
+    key = "custom_quantize_layers" if "custom_quantize_layers" in cfg or v2 else "customized_quantize_layers"
+    layers = cfg.get(key) or {}
     wide = []
-    for name in float16_layers:
+    for name, dtype in custom_layers.items():
         if name in params:
-            layers[name] = "float16"
+            layers[name] = dtype if v2 else TOOLKIT1_DTYPES.get(dtype, dtype)
             wide.append(name)
-    cfg["custom_quantize_layers"] = layers
+    cfg[key] = layers
+    result["custom_not_in_cfg"] = [n for n in custom_layers if n not in params]
     result["cfg_tensors"] = len(params)
     result["cfg_edited"] = edited
-    result["cfg_not_ours"] = sorted(n for n in params if n not in ranges)[:200]
-    result["float16_layers"] = wide
+    result["cfg_derived"] = derived
+    result["cfg_not_ours"] = sorted(missing)[:200]
+    result["custom_layers"] = wide
     with open(out_path, "w") as f:
         if yaml is not None:
             yaml.dump(cfg, f)
         else:
             pyyaml.safe_dump(cfg, f)
+
+
+def _produced(model_path):
+    """Tensor names step 1's graph still computes (its .model is an ONNX file), or None when it cannot be read."""
+    try:
+        import onnx
+        model = onnx.load(model_path)
+    except Exception:
+        return None
+    return set(o for n in model.graph.node for o in n.output)
+
+
+def _table(data_path):
+    """The step-1 quantization table of rknn-toolkit2's .data file (a pickle it wrote in this folder), or None."""
+    import pickle
+    try:
+        with open(data_path, "rb") as f:
+            data = pickle.load(f)
+    except Exception:  # another toolkit's format: the cfg alone is used
+        return None
+    table = data.get("quant_tab") if isinstance(data, dict) else None
+    return table if isinstance(table, dict) else None
+
+
+def _on_grid(entry, scales):
+    """Whether the vendor's float weights of this entry are still ours: every channel's recorded min and max are
+    integer multiples of our scale inside [-128, 127]. It folds some neighbours into a conv (a constant Mul after it,
+    the input's mean/std), and then the weights it quantizes are no longer ours and must not be pinned."""
+    lows, highs = entry.get("ori_min") or entry.get("min"), entry.get("ori_max") or entry.get("max")
+    if not lows or not highs or len(lows) != len(scales) or len(highs) != len(scales):
+        return False
+    for lo, hi, s in zip(lows, highs, scales):
+        for v in (lo / s, hi / s):
+            if abs(v - round(v)) > 1e-3 or not -128.5 < v < 127.5:
+                return False
+    return True
+
+
+def _pin_weights(data_path, out_path, weight_scales, result):
+    """rknn-toolkit2 quantizes weights per channel asymmetrically from their min/max, which would move our symmetric
+    integers to another grid. Its step-1 table (a pickle it wrote itself in this folder) holds each weight's min/max
+    per channel; setting them to (-128 s, 127 s) makes its grid exactly ours (scale s, zero point 0)."""
+    import pickle
+    with open(data_path, "rb") as f:
+        data = pickle.load(f)
+    table = data.get("quant_tab") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        result["weights_pinned"] = 0
+        result["weights_not_pinned"] = sorted(weight_scales)[:50]
+        return data_path
+    pinned, missing = 0, []
+    for name, scales in weight_scales.items():
+        entry = table.get(name)
+        if not isinstance(entry, dict) or not _on_grid(entry, scales):
+            missing.append(name)
+            continue
+        entry["min"] = [-128.0 * s for s in scales]
+        entry["max"] = [127.0 * s for s in scales]
+        entry["scale"] = list(scales)
+        entry["zero_point"] = [0] * len(scales)
+        pinned += 1
+    result["weights_pinned"] = pinned
+    result["weights_not_pinned"] = sorted(missing)[:50]
+    with open(out_path, "wb") as f:
+        pickle.dump(data, f)
+    return out_path
 
 
 def _step1_files(work):
@@ -92,13 +213,21 @@ def _step1_files(work):
     return cfgs[0], model, stem + ".data"
 
 
+def _rknn(RKNN, job):
+    """The object that compiles: verbose when the job wants the layer table (the vendor's compiler prints it, with
+    each layer's dtype, on this process's stdout only in verbose mode; openrknn reads it from there)."""
+    return RKNN(verbose=bool(job.get("layer_table", True) or os.environ.get("OPENRKNN_VENDOR_VERBOSE")))
+
+
 def run(job, work):
     result = {"ok": False, "python": sys.version.split()[0], "toolkit_version": _toolkit_version(), "seconds": {},
               "step": None, "outputs": []}
     try:
         from rknn.api import RKNN
         v2 = job["toolkit"] == "rknn-toolkit2"
-        rknn = RKNN(verbose=bool(os.environ.get("OPENRKNN_VENDOR_VERBOSE")))
+        # route "ranges" compiles in step 2 on a fresh object; the other routes compile on this one
+        rknn = RKNN(verbose=bool(os.environ.get("OPENRKNN_VENDOR_VERBOSE"))) if job["route"] == "ranges" \
+            else _rknn(RKNN, job)
         result["step"] = "config"
         _call(result, "config", rknn.config, **job["config"])
         result["step"] = "load_onnx"
@@ -109,10 +238,17 @@ def run(job, work):
             _call(result, "hybrid_quantization_step1", rknn.hybrid_quantization_step1, dataset=job["dataset"])
             cfg, model_file, data_file = _step1_files(work)
             edited = cfg[: -len(".quantization.cfg")] + ".openrknn.quantization.cfg"
-            _edit_cfg(cfg, edited, job["ranges"], job["float16_layers"], result)
+            _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2, _table(data_file))
+            if result["custom_not_in_cfg"]:
+                made = _produced(model_file)
+                if made is not None:  # tensors its graph no longer computes (it folded them into constants)
+                    result["custom_folded"] = [n for n in result["custom_not_in_cfg"] if n not in made]
+            if job.get("weight_scales"):
+                data_file = _pin_weights(data_file, data_file[: -len(".data")] + ".openrknn.data",
+                                         job["weight_scales"], result)
             # step 2 must start from a fresh object (the vendor refuses a loaded model there)
             rknn.release()
-            rknn = RKNN(verbose=bool(os.environ.get("OPENRKNN_VENDOR_VERBOSE")))
+            rknn = _rknn(RKNN, job)
             _call(result, "config", rknn.config, **job["config"])
             result["step"] = "hybrid_quantization_step2"
             kwargs = dict(model_input=model_file, data_input=data_file, model_quantization_cfg=edited)

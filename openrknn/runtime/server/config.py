@@ -39,6 +39,8 @@ class ServerConfig:
     auth_timeout: float = 10.0  # seconds from connect to a completed handshake, whatever the peer sends
     model_dirs: List[str] = field(default_factory=lambda: [os.getcwd()])  # where {"op":"load","path":...} may read
     threads: Optional[int] = None  # onnxruntime intra-op threads per model (None: OPENRKNN_THREADS or all cores)
+    core_mask: str = "auto"  # NPU cores for vendor models (RKNNLite init_runtime core_mask; npu_lite.CORE_MASKS)
+    tflite_delegate: str = "auto"  # .tflite models: 'auto' (Teflon when found), 'none' (CPU) or a delegate path
 
 
 def is_loopback(host: str) -> bool:
@@ -97,6 +99,15 @@ def check_config(config: ServerConfig) -> None:
     for flag, value in (("--max-clients", config.max_clients), ("--max-pending", config.max_pending)):
         if not 1 <= value <= 4096:
             raise ServerSetupError(f"{flag} {value} must be in 1..4096")
+    from ..npu_lite import parse_core_mask
+
+    try:
+        parse_core_mask(config.core_mask)
+    except OpenRKNNError as e:
+        raise ServerSetupError(f"--npu-core-mask: {e}") from None
+    if config.tflite_delegate not in ("auto", "none") and not os.path.isfile(config.tflite_delegate):
+        raise ServerSetupError(f"--tflite-delegate {config.tflite_delegate} is not a file; give the path of "
+                               "libteflon.so, 'auto' (use it when found) or 'none' (CPU)")
     if config.max_message < 1 << 20:
         raise ServerSetupError(f"max message {config.max_message} bytes is below 1 MiB; no model would fit")
     for flag, value in (("--io-timeout", config.io_timeout), ("--idle-timeout", config.idle_timeout),

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Callable, Dict, Sequence, Tuple
 import numpy as np
 
 from ... import __version__
-from ...errors import InferenceInputError, OpenRKNNError, RuntimeStateError
+from ...errors import InferenceInputError, OpenRKNNError, PackageError, RuntimeStateError
 from .. import protocol as P
 from ..feeds import prepare_feeds
 from .admission import Admission
+from .backends import time_runs
 from .facts import device_facts, meminfo, process_memory
 from .profiling import profile_model
 from .registry import ServedModel, read_model_file
@@ -278,25 +279,38 @@ class Connection:
         handle = f"m{self._next_handle}"
         self._next_handle += 1
         self.handles[handle] = entry.key
-        meta = entry.simulator.metadata
-        return {"ok": True, "handle": handle, "sha256": entry.key, "shared": shared,
-                "inputs": meta.get("inputs"), "outputs": meta.get("outputs")}
+        meta = entry.metadata
+        reply = {"ok": True, "handle": handle, "sha256": entry.key, "shared": shared, "kind": entry.kind,
+                 "inputs": meta.get("inputs"), "outputs": meta.get("outputs")}
+        for key in ("core_mask", "delegate", "post"):
+            if key in meta:
+                reply[key] = meta[key]
+        return reply
 
     def op_info(self, frame: P.Frame):
         return {"ok": True, "device": device_facts(), "stats": self.server.stats()}, []
 
     def op_load(self, frame: P.Frame):
-        path = frame.header.get("path")
+        path, post_path = frame.header.get("path"), frame.header.get("post_path")
+        post_bytes = frame.header.get("post_bytes", 0)
+        if not isinstance(post_bytes, int) or isinstance(post_bytes, bool) or not 0 <= post_bytes <= frame.blob.nbytes:
+            raise PackageError(f"post_bytes={post_bytes!r:.40} must be an int in 0..{frame.blob.nbytes} (the length "
+                               "of the host-side tail at the end of the blob)")
+        post = b""
         if path is not None:
             data = read_model_file(path, self.cfg.model_dirs, self.cfg.max_message)
+            if post_path is not None:
+                post = read_model_file(post_path, self.cfg.model_dirs, self.cfg.max_message)
             source = f"{path!r} (on the board)"
         elif frame.blob.nbytes:
-            data, source = bytes(frame.blob), f"model pushed by {self.peer}"
+            blob = bytes(frame.blob)
+            data, post = (blob[:-post_bytes], blob[-post_bytes:]) if post_bytes else (blob, b"")
+            source = f"model pushed by {self.peer}"
         else:
-            raise P.ProtocolError("load needs the package bytes (blob) or a 'path' on the board")
-        entry, shared = self.server.registry.load(data, source)
-        log.info("conn %d %s: model %s %s (%d bytes, %s)", self.number, self.peer, entry.key[:12],
-                 "shared" if shared else "loaded", len(data), source)
+            raise P.ProtocolError("load needs the model bytes (blob) or a 'path' on the board")
+        entry, shared = self.server.registry.load(data, source, post)
+        log.info("conn %d %s: %s model %s %s (%d bytes%s, %s)", self.number, self.peer, entry.kind, entry.key[:12],
+                 "shared" if shared else "loaded", len(data), f" + {len(post)}-byte tail" if post else "", source)
         return self._new_handle(entry, shared), []
 
     def op_attach(self, frame: P.Frame):
@@ -310,8 +324,8 @@ class Connection:
         entry = self._entry(frame)
         data_type, data_format, passes = _check_run_options(frame.header)
         t = time.perf_counter()
-        outputs = entry.simulator.run(list(frame.arrays), data_type=data_type, data_format=data_format,
-                                      pass_through=passes)
+        outputs = entry.backend.run(list(frame.arrays), data_type=data_type, data_format=data_format,
+                                    pass_through=passes)
         return {"ok": True, "run_us": round((time.perf_counter() - t) * 1e6, 1)}, outputs
 
     def op_perf(self, frame: P.Frame):
@@ -320,6 +334,17 @@ class Connection:
         if not isinstance(runs, int) or isinstance(runs, bool) or not 1 <= runs <= 1000:
             raise InferenceInputError(f"perf runs={runs!r:.40} must be an int in 1..1000")
         sim = entry.simulator
+        if sim is None:  # the NPU runtimes have no per-layer profiler here: time whole runs
+            if frame.header.get("feed_names") is not None or not frame.arrays:
+                raise InferenceInputError(f"perf on a {entry.kind} model needs its input arrays (as inference() "
+                                          "takes them)")
+            data_type, data_format, passes = _check_run_options(frame.header)
+            arrays = list(frame.arrays)
+
+            def run_once():
+                return entry.backend.run(arrays, data_type=data_type, data_format=data_format, pass_through=passes)
+
+            return {"ok": True, "perf": time_runs(run_once, runs, device_facts()["hostname"], entry.kind)}, []
         names = [m["name"] for m in sim.inputs_meta]
         feed_names = frame.header.get("feed_names")
         if feed_names is not None:  # graph-ready tensors, as Simulator.run_feeds takes them
@@ -350,7 +375,8 @@ class Connection:
         proc = process_memory()
         return {"ok": True, "memory": {
             "rss_bytes": proc["rss_bytes"], "peak_rss_bytes": proc["peak_rss_bytes"],
-            "package_bytes": entry.package_bytes, "model_bytes": len(entry.model_bytes),
+            "package_bytes": entry.package_bytes, "model_bytes": len(entry.model_bytes) or entry.package_bytes,
+            "kind": entry.kind,
             "load_rss_delta_bytes": entry.rss_delta_bytes, "models_loaded": len(self.server.registry),
             "ram_bytes": mem.get("MemTotal"), "ram_available_bytes": mem.get("MemAvailable")}}, []
 

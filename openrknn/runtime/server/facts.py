@@ -72,4 +72,24 @@ def device_facts() -> dict:
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(),
+        "runtimes": model_runtimes(),
     }
+
+
+def model_runtimes() -> dict:
+    """Which kinds of model this board can run, and on what (no runtime is loaded to find out)."""
+    import importlib.util
+
+    from ..tflite_runner import find_teflon
+
+    def has(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    tflite = has("ai_edge_litert") or has("tflite_runtime")
+    return {"openrknn": "onnxruntime (CPU)",
+            "vendor": "rknn-toolkit-lite2 (NPU)" if has("rknnlite") else None,
+            "tflite": (("Teflon delegate (NPU) " + find_teflon()) if find_teflon() else "LiteRT (CPU)") if tflite
+            else None}

@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser, verbose_flag: bool = True) -> None
     p.add_argument("--model-dir", action="append", help="folder the clients may load models from by path "
                    "(repeatable; default: the current folder)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads per model (default: all cores)")
+    p.add_argument("--npu-core-mask", default="auto", help="NPU cores that run vendor .rknn models through "
+                   "rknn-toolkit-lite2: auto, 0, 1, 2, 0_1, 0_1_2, all or a bit mask such as 0x3 (default auto)")
+    p.add_argument("--tflite-delegate", default="auto", help=".tflite models: 'auto' runs them through Mesa's "
+                   "Teflon delegate (libteflon.so) when it is found and loads, on the CPU otherwise; 'none' always on "
+                   "the CPU; or the delegate's path (default auto)")
     p.add_argument("--log-file", help="also write the request log to this file")
     if verbose_flag:
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -54,7 +59,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         max_clients=args.max_clients, max_pending=args.max_pending, max_models=args.max_models,
                         auth_timeout=args.auth_timeout, io_timeout=args.io_timeout,
                         min_rate=args.min_rate_kib * 1024, idle_timeout=args.idle_timeout,
-                        model_dirs=args.model_dir or [os.getcwd()], threads=args.threads)
+                        model_dirs=args.model_dir or [os.getcwd()], threads=args.threads,
+                        core_mask=args.npu_core_mask, tflite_delegate=args.tflite_delegate)
 
 
 def setup_logging(verbose: bool = False, log_file: Optional[str] = None, standalone: bool = True) -> None:

@@ -1,23 +1,21 @@
 """The models a server holds: shared between connections by content (SHA-256), released with the last holder; and
-the only way a client's path reaches the board's file system (regular files under --model-dir)."""
+the only way a client's path reaches the board's file system (regular files under --model-dir). A model is any of
+the three kinds backends.py runs: an openrknn package, a vendor .rknn (with its host-side tail), an int8 .tflite."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from ...errors import PackageError, RuntimeStateError
-from ...package import PackageNotFoundError, open_regular_file, read_package_bytes
+from ...package import PackageNotFoundError, open_regular_file
 from .. import protocol as P
+from .backends import open_backend
 from .facts import process_memory
-
-if TYPE_CHECKING:
-    from ..simulator import Simulator
 
 log = logging.getLogger("openrknn.server")
 
@@ -26,23 +24,39 @@ MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; a longer request path cannot name a 
 
 @dataclass
 class ServedModel:
-    """One model the server holds, shared by every connection that loaded or attached the same package bytes."""
+    """One model the server holds, shared by every connection that loaded or attached the same bytes."""
 
-    key: str  # SHA-256 of the package bytes
-    simulator: "Simulator"
-    model_bytes: bytes  # kept for profiling sessions
+    key: str  # protocol.model_key of the model bytes (and its host-side tail)
+    backend: object  # backends.SimulatorBackend | VendorBackend | TfliteBackend
     package_bytes: int
     rss_delta_bytes: Optional[int]
     source: str
     refs: int = 0
     loaded_at: float = field(default_factory=time.time)
 
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    @property
+    def metadata(self) -> dict:
+        return self.backend.metadata
+
+    @property
+    def model_bytes(self) -> bytes:  # the ONNX payload an openrknn package's profiling session runs
+        return self.backend.model_bytes
+
+    @property
+    def simulator(self):
+        return getattr(self.backend, "simulator", None)
+
 
 class ModelRegistry:
     """Models by content; each connection holds references, the last release frees the session."""
 
-    def __init__(self, max_models: int, threads: Optional[int]):
+    def __init__(self, max_models: int, threads: Optional[int], core_mask="auto", tflite_delegate="auto"):
         self.max_models, self.threads = max_models, threads
+        self.core_mask, self.tflite_delegate = core_mask, tflite_delegate
         self._models: Dict[str, ServedModel] = {}
         self._lock = threading.Lock()
 
@@ -61,9 +75,9 @@ class ModelRegistry:
                 entry.refs += 1
             return entry
 
-    def load(self, data: bytes, source: str) -> Tuple[ServedModel, bool]:
-        """(entry, shared): parse and open the package unless the same bytes are already loaded."""
-        key = hashlib.sha256(data).hexdigest()
+    def load(self, data: bytes, source: str, post: bytes = b"") -> Tuple[ServedModel, bool]:
+        """(entry, shared): open the model (and its host-side tail) unless the same bytes are already loaded."""
+        key = P.model_key(data, post)
         entry = self.acquire(key)
         if entry is not None:
             return entry, True
@@ -72,19 +86,16 @@ class ModelRegistry:
                 raise RuntimeStateError(f"the server already holds {len(self._models)} models (its limit); release "
                                         "models you no longer use (rknn.release()) or restart it with a larger "
                                         "--max-models")
-        from ..simulator import Simulator
-
-        pkg = read_package_bytes(data, source)
         before = process_memory()["rss_bytes"]
-        sim = Simulator(pkg.model_bytes, pkg.metadata, threads=self.threads, allow_spinning=False)
+        backend = open_backend(data, post, source, self.threads, self.core_mask, self.tflite_delegate)
         after = process_memory()["rss_bytes"]
         delta = after - before if before is not None and after is not None else None
-        fresh = ServedModel(key, sim, pkg.model_bytes, len(data), delta, source)
+        fresh = ServedModel(key, backend, len(data) + len(post), delta, source)
         with self._lock:
             entry = self._models.setdefault(key, fresh)  # another connection may have loaded it meanwhile
             entry.refs += 1
         if entry is not fresh:
-            sim.release()
+            backend.release()
         return entry, entry is not fresh
 
     def release(self, key: str) -> None:
@@ -95,7 +106,7 @@ class ModelRegistry:
             entry.refs -= 1
             if entry.refs <= 0:
                 del self._models[key]
-                entry.simulator.release()
+                entry.backend.release()
                 log.info("model %s unloaded (no connection holds it)", key[:12])
 
 

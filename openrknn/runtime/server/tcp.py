@@ -42,7 +42,8 @@ class RuntimeServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig):
         self.config = config
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        self.registry = ModelRegistry(config.max_models, config.threads)
+        self.registry = ModelRegistry(config.max_models, config.threads, config.core_mask,
+                                      None if config.tflite_delegate == "none" else config.tflite_delegate)
         self.admission = Admission(config.max_pending, config.max_clients)
         self._stats = {"connections": 0, "active_connections": 0, "requests": 0, "errors": 0, "protocol_errors": 0,
                        "auth_failures": 0}

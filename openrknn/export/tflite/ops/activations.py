@@ -117,6 +117,28 @@ register("LeakyRelu",
          float=lambda c, n: _unary(c, n, "LEAKY_RELU", "f", ("LeakyReluOptions", {"Alpha": attr(n, "alpha", .01)})))
 
 
+def _hard_sigmoid_float(ctx, node) -> str:
+    """max(0, min(1, alpha * x + beta)): TFLite has no HardSigmoid op; MUL, ADD, then the Clip's float form."""
+    v = ctx.value(node.input[0])
+    layer = layer_name(node)
+    x = ctx.f_of(node.input[0], layer)
+    alpha, beta = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
+    scaled = ctx.new_f(node.output[0] + "/scaled", x.shape)
+    ctx.m.add_op("MUL", [x, ctx.m.add_const(ctx._tname("alpha"), np.float32(alpha).reshape(()))], [scaled],
+                 ("MulOptions", {"FusedActivationFunction": NONE}))
+    shifted = ctx.new_f(node.output[0] + "/shifted", x.shape)
+    ctx.m.add_op("ADD", [scaled, ctx.m.add_const(ctx._tname("beta"), np.float32(beta).reshape(()))], [shifted],
+                 ("AddOptions", {"FusedActivationFunction": NONE}))
+    low = ctx.new_f(node.output[0] + "/max", x.shape)
+    ctx.m.add_op("MAXIMUM", [shifted, ctx.m.add_const(ctx._tname("zero"), np.float32(0).reshape(()))], [low])
+    out = ctx.out_f(node.output[0], v.nhwc)
+    ctx.m.add_op("MINIMUM", [low, ctx.m.add_const(ctx._tname("one"), np.float32(1).reshape(()))], [out])
+    return "TFLite has no HardSigmoid: computed as multiply, add and clip in float"
+
+
+register("HardSigmoid", float=_hard_sigmoid_float)
+
+
 def _softmax_last_axis(ctx, node) -> bool:
     v = ctx.value(node.input[0])
     axis = attr(node, "axis", -1) % len(v.shape)

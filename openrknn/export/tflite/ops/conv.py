@@ -38,7 +38,8 @@ def pad_input(ctx, x: Tensor, pads: Sequence[int], layer: str, value: Optional[f
     if value is None:
         ctx.m.add_op("PAD", [x, paddings], [out], version=2 if x.quant is not None else 1, layer=layer)
     else:
-        fill = ctx.m.add_const(ctx._tname("pad_value"), np.asarray(value, x.dtype).reshape(()))
+        # an int8 fill value is a quantized constant on the tensor's own grid (LiteRT checks its zero point)
+        fill = ctx.m.add_const(ctx._tname("pad_value"), np.asarray(value, x.dtype).reshape(()), x.quant)
         ctx.m.add_op("PADV2", [x, paddings, fill], [out], version=2 if x.quant is not None else 1, layer=layer)
     return out
 

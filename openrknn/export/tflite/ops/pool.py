@@ -9,15 +9,32 @@ from . import attr, layer_name, register
 from .conv import PADDING_VALID, geometry, pad_input, tfl_padding
 
 
+def _ceil_pads(in_hw, kernel, strides, dil, pads) -> list:
+    """ONNX pads [top, left, bottom, right] grown at the end so that a floor-rounding pool gives ceil_mode's output
+    size (a last window that would start in the end padding is dropped, as ONNX does)."""
+    out = list(pads)
+    for d in range(2):
+        k_eff = (kernel[d] - 1) * dil[d] + 1
+        span = in_hw[d] + pads[d] + pads[d + 2] - k_eff
+        n = -(-span // strides[d]) + 1
+        if (n - 1) * strides[d] >= in_hw[d] + pads[d]:
+            n -= 1
+        out[d + 2] = max(pads[d + 2], (n - 1) * strides[d] + k_eff - in_hw[d] - pads[d])
+    return out
+
+
 def _pool(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
     x = ctx.view(node.input[0], kind, True, layer)
     kernel = list(attr(node, "kernel_shape"))
     strides, dil, pads = geometry(node, kernel)
-    if attr(node, "ceil_mode", 0):
-        raise NotSupportedError(f"export-tflite: {layer} uses ceil_mode=1; TFLite pooling rounds output sizes down")
-    padding = tfl_padding(x.shape[1:3], kernel, strides, dil, pads)
     is_max = node.op_type == "MaxPool"
+    if attr(node, "ceil_mode", 0):
+        if not is_max:
+            raise NotSupportedError(f"export-tflite: {layer} averages with ceil_mode=1; TFLite pooling rounds output "
+                                    "sizes down")
+        pads = _ceil_pads(x.shape[1:3], kernel, strides, dil, pads)  # max over a padded edge of minima: the same
+    padding = tfl_padding(x.shape[1:3], kernel, strides, dil, pads)
     if padding is not None and not is_max and padding != PADDING_VALID and attr(node, "count_include_pad", 0):
         padding = None  # TFLite's SAME average leaves the padding out of the count
     if padding is None:

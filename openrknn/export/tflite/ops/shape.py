@@ -1,4 +1,4 @@
-"""Concat / Reshape / Flatten / Squeeze / Unsqueeze / Transpose / Slice / Resize / Identity."""
+"""Concat / Split / Gather / Reshape / Flatten / Squeeze / Unsqueeze / Transpose / Slice / Resize / Identity."""
 
 from __future__ import annotations
 
@@ -133,6 +133,88 @@ def _slice(ctx, node, kind: str, act=None) -> str:
 
 
 register("Slice", int8=lambda c, n, a: _slice(c, n, "q"), float=lambda c, n: _slice(c, n, "f"))
+
+
+# ----------------------------------------------------------------------------------------------------------- Split
+def _split_sizes(ctx, node, dim: int) -> list:
+    sizes = attr(node, "split")
+    if sizes is None and len(node.input) > 1 and node.input[1]:
+        sizes = np.asarray(ctx.g.const(node.input[1])).reshape(-1).tolist()
+    n = len(node.output)
+    if sizes is None:
+        per = -(-dim // n)  # ONNX: equal parts, the last one smaller when dim does not divide
+        sizes = [min(per, dim - k * per) for k in range(n)]
+    return [int(x) for x in sizes]
+
+
+def _split(ctx, node, kind: str, act=None) -> str:
+    """One STRIDED_SLICE per output (each keeps the input's scale; an output on another scale is requantized)."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = attr(node, "axis", 0) % rank
+    sizes = _split_sizes(ctx, node, v.shape[axis])
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    nhwc = v.nhwc
+    start = 0
+    for out_name, size in zip(node.output, sizes):
+        begin, end = [0] * rank, list(v.shape)
+        begin[axis], end[axis] = start, start + size
+        start += size
+        if not out_name:
+            continue
+        if nhwc:
+            begin, end = [begin[i] for i in TO_NHWC], [end[i] for i in TO_NHWC]
+        shape = ctx.out_shape(out_name)
+        out = _like(ctx, src, out_name, nhwc_shape(shape) if nhwc else shape)
+        consts = [ctx.m.add_const(ctx._tname(n), np.asarray(x, np.int32)) for n, x in
+                  (("begin", begin), ("end", end), ("strides", [1] * rank))]
+        ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {}),
+                     version=2 if kind == "q" else 1, layer=layer)
+        if kind == "q":
+            t = ctx.requantize(out, ctx.out_point(out_name), layer, "TFLite's int8 STRIDED_SLICE keeps its input "
+                               "scale")
+            ctx.set_q(out_name, t, nhwc, shape)
+        else:
+            ctx.values[out_name] = Value(shape, f=out, nhwc=nhwc and len(shape) == 4)
+    return ""
+
+
+register("Split", int8=lambda c, n, a: _split(c, n, "q"), float=lambda c, n: _split(c, n, "f"))
+
+
+# ---------------------------------------------------------------------------------------------------------- Gather
+def _gather_ok(ctx, node) -> bool:
+    return ctx.g.is_const(node.input[1])
+
+
+def _gather(ctx, node, kind: str, act=None) -> str:
+    """Gather with constant indices (e.g. the channel order range split writes): TFLite's GATHER, which keeps the
+    input's scale."""
+    layer = layer_name(node)
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer} gathers with computed indices; only constant indices are "
+                                "exported")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = attr(node, "axis", 0) % rank
+    idx = np.asarray(ctx.g.const(node.input[1]), np.int64)
+    idx = np.where(idx < 0, idx + v.shape[axis], idx).astype(np.int32)
+    nhwc = v.nhwc and rank == 4 and idx.ndim == 1
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    if v.nhwc and not nhwc:
+        src = ctx.view(node.input[0], kind, False, layer)
+    tfl_axis = NHWC_AXIS[axis] if nhwc else axis
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
+    ctx.m.add_op("GATHER", [src, ctx.m.add_const(ctx._tname("indices"), idx)], [out],
+                 ("GatherOptions", {"Axis": tfl_axis, "BatchDims": 0}), version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 GATHER keeps its input scale")
+    return ""
+
+
+register("Gather", int8=lambda c, n, a: _gather(c, n, "q"), float=lambda c, n: _gather(c, n, "f"),
+         int8_ok=_gather_ok)
 
 
 # ---------------------------------------------------------------------------------------------------------- Resize

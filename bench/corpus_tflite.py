@@ -1,0 +1,169 @@
+"""The corpus bench's TFLite column: every corpus model's w8a8 rk3588 build exported as int8 .tflite, on LiteRT.
+
+Reuses bench/corpus.py's corpus, feeds, reference outputs and metric (its work folders must exist: run
+`python bench/corpus.py` first, or this script prepares a model the same way). For each model, in its own process:
+build w8a8 rk3588 'normal' through the public API (as corpus.py's w8a8-rk3588-normal row), export_tflite, run the
+.tflite on the LiteRT interpreter (CPU, default XNNPACK kernels) on the held-out feeds. Columns: cosine to the float
+reference (worst output, mean over inputs; top-1 / step / mask agreement in parentheses, as in corpus.py), the same
+for openrknn's int8 simulator on the same build, the cosine between LiteRT and the simulator (mean, and the worst
+input's worst output), the layers LiteRT computes in float (export report) and the TFLite ops Mesa's Teflon would
+offload (openrknn.export.teflon_support). A model TFLite cannot express (an op without a TFLite form, dynamic shapes)
+is a recorded failure with the exporter's message. Results are cached per model in
+<cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
+
+Usage: python bench/corpus_tflite.py [--cache DIR] [--only NAME,...] [--rerun] [--table-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import corpus  # noqa: E402  (the corpus bench: feeds, references, metric)
+from corpus_fetch import BY_NAME, DEFAULT_CACHE, MANIFEST  # noqa: E402
+
+ROW = "tflite-w8a8"
+
+
+def run_worker(name: str, cache: Path) -> None:
+    from openrknn.api import RKNN
+    from openrknn.export.teflon_support import teflon_placement
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    entry = BY_NAME[name]
+    wd = corpus.work_dir(cache, name)
+    info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
+    res: Dict = {"row": ROW, "model": name}
+    t0 = time.time()
+    try:
+        rknn = RKNN(verbose=False)
+        cfg = {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_algorithm": "normal"}
+        if corpus._uses_mean(entry):
+            cfg.update(mean_values=[list(entry["mean"])], std_values=[list(entry["std"])])
+        for step, rc in (("config", lambda: rknn.config(**cfg)),
+                         ("load_onnx", lambda: rknn.load_onnx(str(corpus.model_path(cache, name)),
+                                                              input_size_list=[entry["shape"]])),
+                         ("build", lambda: rknn.build(do_quantization=True, dataset=str(wd / "dataset.txt"))),
+                         ("init_runtime", lambda: rknn.init_runtime())):
+            if rc() != 0:
+                raise RuntimeError(f"fails in {step}: {rknn.last_error}")
+        feeds = [np.load(wd / f"eval_{i:02d}.npy") for i in range(info["eval"])]
+        sim_outs = [[np.asarray(x) for x in rknn.inference(inputs=[x])] for x in feeds]
+        t = time.time()
+        try:
+            data, report = export_tflite_bytes(rknn._package)
+        except Exception as e:
+            raise RuntimeError(f"fails in export_tflite: {e}") from None
+        res["export_s"] = time.time() - t
+        rknn.release()
+        try:
+            runner = TfliteRunner(data, delegate=None, threads=2)
+        except Exception as e:
+            raise RuntimeError(f"fails in LiteRT load: {e}") from None
+        lite_outs = []
+        for x in feeds:
+            try:
+                lite_outs.append([np.asarray(o) for o in runner.run([x])])
+            except Exception as e:
+                raise RuntimeError(f"fails in LiteRT run: {e}") from None
+        refs = corpus.load_outputs(wd / "reference.npz", info["eval"])
+        lite = corpus.score(entry, refs, lite_outs)
+        sim = corpus.score(entry, refs, sim_outs)
+        vs = corpus.score(entry, sim_outs, lite_outs)
+        if "error" in lite:
+            raise RuntimeError("fails in comparison: " + lite["error"])
+        places = teflon_placement(report.model)
+        res.update(lite)
+        res.update(sim_cos=sim.get("cos"), sim_agree=sim.get("agree"), vs_sim=vs.get("cos"),
+                   vs_sim_min=vs.get("cos_min"), float_layers=len(report.float_layers),
+                   layers=len(report.float_layers) + len(report.int8_layers),
+                   float_ops=sorted({r.op_type for r in report.float_layers}),
+                   npu_ops=sum(p.unit == "NPU" for p in places), ops=len(places), tflite_bytes=len(data))
+    except Exception as e:
+        msg = str(e)
+        res["error"] = (msg if msg.startswith("fails in") else f"fails in {ROW}: {type(e).__name__}: {msg}")[:600]
+        res["trace"] = traceback.format_exc()[-3000:]
+    res["total_s"] = time.time() - t0
+    res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res))
+
+
+def run_model(entry, cache: Path, rerun: bool) -> Dict:
+    rfile = cache / "results" / entry["name"] / f"{ROW}.json"
+    if rfile.is_file() and not rerun:
+        return json.loads(rfile.read_text())
+    corpus.prepare(entry, cache, 10)
+    rfile.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cache", str(cache), "--worker",
+                        entry["name"]], capture_output=True, text=True, env=env, timeout=7200)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    res = json.loads(lines[-1][len("RESULT "):]) if lines else {
+        "error": f"fails in worker process (rc={p.returncode}): {p.stderr.strip()[-400:]}"}
+    res["row"] = ROW
+    tmp = rfile.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(rfile)
+    return res
+
+
+def _c(x: Optional[float], agree: Optional[float] = None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" + (f" ({agree:.2f})" if agree is not None else "")
+
+
+def row_text(name: str, r: Dict) -> str:
+    if r.get("error"):
+        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | {r['error'][:200]} |"
+    return (f"| {name} | {BY_NAME[name]['kind']} | {_c(r['cos'], r.get('agree'))} | "
+            f"{_c(r['sim_cos'], r.get('sim_agree'))} | {_c(r['vs_sim'])} ({r['vs_sim_min']:.4f}) | "
+            f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | "
+            f"{', '.join(r['float_ops']) if r['float_ops'] else ''} |")
+
+
+HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | float layers | "
+          "Teflon NPU ops | computed in float |\n|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        run_worker(args.worker, args.cache)
+        return 0
+    names = [n for n in args.only.split(",") if n] or [e["name"] for e in MANIFEST]
+    print("machine shared, timings noisy; LiteRT on the CPU (XNNPACK)", flush=True)
+    print(HEADER, flush=True)
+    for n in names:
+        rfile = args.cache / "results" / n / f"{ROW}.json"
+        if args.table_only:
+            if rfile.is_file():
+                print(row_text(n, json.loads(rfile.read_text())), flush=True)
+            continue
+        print(row_text(n, run_model(BY_NAME[n], args.cache, args.rerun)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Float forms of ops the int8 graph computes in float between quantization points (a layer norm's Pow / Sqrt, an
+Exp or Log of a decoder, PRelu, MatMul, Pad): TFLite's float kernels, on dequantized inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import NotSupportedError
+from ..lower import TO_NHWC
+from . import attr, layer_name, register
+from .elementwise import _layout, _operands
+
+UNARY = {"Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Neg": "NEG", "Abs": "ABS"}
+
+
+def _unary(ctx, node) -> str:
+    v = ctx.value(node.input[0])
+    x = ctx.f_of(node.input[0], layer_name(node))
+    ctx.m.add_op(UNARY[node.op_type], [x], [ctx.out_f(node.output[0], v.nhwc)])
+    return ""
+
+
+for _op in UNARY:
+    register(_op, float=_unary)
+
+
+def _pow(ctx, node) -> str:
+    """x ** constant: a square as MUL (exact, and what TFLite's delegates run), other exponents as POW."""
+    nhwc = _layout(ctx, node)
+    base, exp = _operands(ctx, node, "f", nhwc)
+    out = ctx.out_f(node.output[0], nhwc)
+    e = ctx.g.const(node.input[1]) if ctx.g.is_const(node.input[1]) else None
+    if e is not None and np.size(e) == 1 and float(np.reshape(e, ())) == 2.0:
+        ctx.m.add_op("MUL", [base, base], [out], ("MulOptions", {"FusedActivationFunction": 0}))
+    else:
+        ctx.m.add_op("POW", [base, exp], [out])
+    return ""
+
+
+register("Pow", float=_pow)
+
+
+def _prelu(ctx, node) -> str:
+    nhwc = _layout(ctx, node)
+    x, slope = _operands(ctx, node, "f", nhwc)
+    ctx.m.add_op("PRELU", [x, slope], [ctx.out_f(node.output[0], nhwc)])
+    return ""
+
+
+register("PRelu", float=_prelu)
+
+
+def _matmul(ctx, node) -> str:
+    """BATCH_MATMUL in the ONNX element order (a rank-4 operand stored N,H,W,C is viewed back first)."""
+    layer = layer_name(node)
+    ins = []
+    for name in node.input:
+        if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
+            qc = ctx.g.quant_const(name)
+            arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name), np.float32)
+            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr, np.float32)))
+        elif len(ctx.value(name).shape) == 4:
+            ins.append(ctx.view(name, "f", False, layer))
+        else:
+            ins.append(ctx.f_of(name, layer))
+    if any(len(t.shape) < 2 for t in ins):
+        raise NotSupportedError(f"export-tflite: {layer} multiplies a vector; TFLite's BATCH_MATMUL takes matrices")
+    ctx.m.add_op("BATCH_MATMUL", ins, [ctx.out_f(node.output[0], False)],
+                 ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}))
+    return ""
+
+
+register("MatMul", float=_matmul)
+
+
+def _pad(ctx, node) -> str:
+    """Constant-mode Pad with constant pads (and value), in the stored layout."""
+    layer = layer_name(node)
+    mode = attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant" or not ctx.g.is_const(node.input[1]) or (len(node.input) > 3 and node.input[3]):
+        raise NotSupportedError(f"export-tflite: {layer} is a Pad mode={mode!r} or with computed pads / axes; only "
+                                "constant-mode padding by constants is exported")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    pads = [int(p) for p in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
+    if any(p < 0 for p in pads):
+        raise NotSupportedError(f"export-tflite: {layer} crops (negative pads)")
+    pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
+    nhwc = v.nhwc and rank == 4
+    if nhwc:
+        pairs = [pairs[i] for i in TO_NHWC]
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        value = float(np.asarray(ctx.g.const(node.input[2])).reshape(()))
+    x = ctx.f_of(node.input[0], layer)
+    out = ctx.out_f(node.output[0], nhwc)
+    paddings = ctx.m.add_const(ctx._tname("paddings"), np.asarray(pairs, np.int32))
+    if value == 0.0:
+        ctx.m.add_op("PAD", [x, paddings], [out])
+    else:
+        ctx.m.add_op("PADV2", [x, paddings, ctx.m.add_const(ctx._tname("pad_value"), np.float32(value).reshape(()))],
+                     [out])
+    return ""
+
+
+register("Pad", float=_pad)
