@@ -46,6 +46,7 @@ class BuildConfig:
     weight_rounding: str = "auto"  # openrknn: 'auto' = gptq (8-bit weights)
     range_split: bool = True  # openrknn: exact channel range split of depthwise inputs (accuracy for more NPU ops)
     range_remap: bool = True  # openrknn: range split's part remap (more accuracy for a few more NPU ops)
+    range_choice: bool = True  # openrknn: a 'normal' build may clip ranges (KL / MSE) where the outputs gain
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.
     input_layout: Optional[List[str]] = None
@@ -236,7 +237,8 @@ def make_config(**kwargs: Any) -> BuildConfig:
         cfg.batch_size = _int("batch_size", kwargs["batch_size"], 1)
     if "epochs" in kwargs:
         cfg.epochs = _int("epochs", kwargs["epochs"], 1, extra=(-1,))
-    for key in ("quantize_input_node", "force_builtin_perm", "quant_img_RGB2BGR", "range_split", "range_remap"):
+    for key in ("quantize_input_node", "force_builtin_perm", "quant_img_RGB2BGR", "range_split", "range_remap",
+                "range_choice"):
         if key in kwargs:
             setattr(cfg, key, _bool(key, kwargs[key]))
     if "output_optimize" in kwargs:

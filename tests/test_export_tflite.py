@@ -376,7 +376,7 @@ def test_hard_sigmoid_has_a_float_form(tmp_path):
              (("w", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)))]
     inits.append(numpy_helper.from_array(np.full(4, .1, np.float32), "b"))
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("HardSigmoid", ["c"], ["h"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("HardSigmoid", ["c"], ["h"], name="hsig", alpha=0.2, beta=0.5),
              helper.make_node("Mul", ["c", "h"], ["m"], name="gate"),
              helper.make_node("Conv", ["m", "w2", "b"], ["y"], name="conv2")]
     graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],

@@ -35,6 +35,8 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                         "nearest = plain rounding; adaround = learned rounding, slower.", "quant"),
     "range_remap": ("Range remap", "Give the channel groups of split depthwise outputs their own levels: more "
                     "accuracy for a few more NPU ops.", "quant"),
+    "range_choice": ("Range choice", "With the normal algorithm, also try KL and MSE clipping and keep it where the "
+                     "model's outputs on held-out calibration samples clearly gain.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }
