@@ -489,3 +489,35 @@ def test_layer_table_is_read_from_the_vendor_log():
     assert [(r["id"], r["op"], r["dtype"], r["name"]) for r in rows] == [
         (0, "InputOperator", "INT8", "InputOperator:x"), (1, "ConvExSwish", "INT8", "Conv:Conv_0"),
         (2, "exSwish", "INT16", "exSwish:Mul_5_2exswish")]
+
+
+_EDIT_CFG = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import runner
+result = {}
+runner._edit_cfg(sys.argv[2], sys.argv[3], {"a": [0.0, 1.0]}, {}, result)
+print(json.dumps(result["cfg_edited"]))
+"""
+
+
+def test_runner_writes_the_vendors_untouched_floats_back_exactly(vendor, tmp_path):
+    """Step 2 refuses a cfg whose ori_min/ori_max differ from step 1's in the last bit ("not allowed to be
+    modified"); ruamel's own writer for the floats it loaded moves 5.960464477539063e-08 by one ulp (YOLOX-nano's
+    sigmoid outputs after range choice hit it), so the runner writes every float as its exact repr."""
+    import subprocess
+
+    cfg = tmp_path / "m.quantization.cfg"
+    cfg.write_text("custom_quantize_layers: {}\nquantize_parameters:\n"
+                   "    a:\n        qtype: asym\n        min:\n        -   5.960464477539063e-08\n"
+                   "        max:\n        -   0.9955098032951355\n        scale: []\n        zero_point: []\n"
+                   "        ori_min:\n        -   5.960464477539063e-08\n        ori_max:\n"
+                   "        -   0.9955098032951355\n")
+    out = tmp_path / "edited.cfg"
+    runner_dir = Path(__file__).resolve().parents[1] / "openrknn" / "vendor"
+    done = subprocess.run([vendor.python, "-c", _EDIT_CFG, str(runner_dir), str(cfg), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "5.960464477539063e-08" in text and "5.960464477539062e-08" not in text
+    assert "0.9955098032951355" in text

@@ -69,7 +69,7 @@ TOOLKIT1_DTYPES = {"int16": "dynamic_fixed_point-i16", "float16": "float32"}
 
 
 def _exact_float(representer, value):
-    text = repr(value)
+    text = repr(float(value))
     if text in ("nan", "inf", "-inf"):
         text = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[text]
     elif "." not in text and "e" not in text:
@@ -89,6 +89,11 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=
         # floats written as repr() (exact round trip): step 2 refuses a cfg whose 'scale' differs from its own in
         # the last bit ("not allowed to be modified"), which ruamel's default float format can cause
         yaml.representer.add_representer(float, _exact_float)
+        # the floats the vendor wrote load as ScalarFloat, whose own writer rebuilds the text from mantissa and
+        # precision and can land one ulp off (5.960464477539063e-08 -> ...062e-08): step 2 then refuses the
+        # untouched 'ori_min' as "modified"
+        from ruamel.yaml.scalarfloat import ScalarFloat
+        yaml.representer.add_representer(ScalarFloat, _exact_float)
         with open(cfg_path) as f:
             cfg = yaml.load(f)
     except ImportError:  # rknn-toolkit 1.x ships PyYAML
