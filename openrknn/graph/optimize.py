@@ -14,7 +14,7 @@ log = logging.getLogger("openrknn.graph")
 # What each level adds (the pre-processing fold into the first conv happens at level 3, in preprocess.py).
 LEVELS = {
     0: "no graph changes",
-    1: "constant folding, identity/dropout/dead-node removal, common sub-expressions",
+    1: "constant folding, identity/dropout/dead-node removal, common sub-expressions, auto_pad as explicit pads",
     2: "level 1 + fusions (Conv+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains), constant "
        "per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op",
     3: "level 2 + mean/std/channel-reorder folded into the first convolution where exact",
@@ -62,8 +62,11 @@ def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
         return model
     import onnxslim
 
+    from .pads import explicit_pads
+
     before = Counter(n.op_type for n in model.graph.node)
     _drop_inference_noops(model)
+    explicit_pads(model)  # before onnxslim: its Pad+Conv fusion reads explicit pads only
     skip = [] if level >= 2 else ["graph_fusion"]
     out = onnxslim.slim(model, skip_optimizations=skip or None)
     if out is None:  # onnxslim returns None only when it failed internally; keep the input graph
