@@ -286,3 +286,27 @@ def test_switchable_model_matches_the_qdq_graph_and_its_bypass():
     assert not np.allclose(sw.run(feeds, ["a"])[0][0], sw.run(feeds)[0][0])
     sens = hq.sensitivity(sw, hq.run_outputs(model, feeds), feeds, progress=False)
     assert set(sens) == {"a", "b"} and sens["a"] > 0
+
+
+def test_float_weights_reads_a_matmul_weights_channel_axis():
+    """A MatMul weight [K, N] is quantized per output channel along its last axis (the DequantizeLinear's axis 1),
+    not its first: PP-OCRv3's recognizer ([120, 360] weights) made auto hybrid fail with a broadcast error."""
+    from onnx import TensorProto, helper
+
+    from openrknn.quant import QuantOptions, quantize
+
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((6, 10)) * np.logspace(-2, 0, 10)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = [{"x": rng.standard_normal((1, 4, 6)).astype(np.float32)} for _ in range(4)]
+    q = quantize(model, feeds, QuantOptions(dtype="w8a8", method="channel", target="rk3588"), progress=False)
+    scale = numpy_helper.to_array([t for t in q.model.graph.initializer if t.name == "w__scale"][0])
+    assert scale.shape == (10,)
+    weights = hq.float_weights(model, q.model, ["w"])
+    assert sorted(weights) == ["w"]
+    np.testing.assert_array_equal(weights["w"], w)

@@ -210,6 +210,10 @@ def float_weights(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, names: 
     permuted, split) is left out: putting its original values back would change the function."""
     finits = {t.name: t for t in float_model.graph.initializer}
     qinits = {t.name: t for t in qmodel.graph.initializer}
+    axes = {}  # per-channel axis of each weight's DequantizeLinear (a MatMul's output channels are its last axis)
+    for node in qmodel.graph.node:
+        if node.op_type == "DequantizeLinear":
+            axes[node.input[0]] = next((a.i for a in node.attribute if a.name == "axis"), 1)  # ONNX default: 1
     out = {}
     for w in names:
         parts = [qinits.get(w + suffix) for suffix in ("__q", "__scale", "__zp")]
@@ -219,7 +223,9 @@ def float_weights(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, names: 
         q, s, z = (onnx.numpy_helper.to_array(p).astype(np.float64) for p in parts)
         if q.shape != wf.shape:
             continue
-        shape = [-1] + [1] * (q.ndim - 1) if s.ndim == 1 and s.size > 1 else [1] * q.ndim
+        shape = [1] * q.ndim
+        if s.ndim == 1 and s.size > 1:
+            shape[axes.get(w + "__q", 1) % q.ndim] = -1
         s, z = s.reshape(shape) if s.ndim else s, z.reshape(shape) if z.ndim else z
         if np.mean(np.abs((q - z) * s - wf) <= 1.01 * s) >= 0.99:
             out[w] = wf.astype(np.float32)
