@@ -377,3 +377,32 @@ def _run_all(model, feed):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def test_split_slices_a_prelu_slope_with_its_channels(calib):
+    """A conv + PRelu (per-channel slope, as TFLite models carry it) split into channel groups: each part's PRelu
+    takes its own channels' slopes (MediaPipe's iris_landmark failed in onnxruntime: 28 slopes for a 32-channel
+    part), and the split graph computes what the original does."""
+    rng = np.random.default_rng(5)
+    gain = np.logspace(0, -3, 8)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None])
+                                     .astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.01, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.uniform(0.05, 0.5, (8, 1, 1)).astype(np.float32), "slope"),
+             numpy_helper.from_array((rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None])
+                                     .astype(np.float32), "wdw"),
+             numpy_helper.from_array(rng.uniform(0.05, 0.5, (1, 8, 1, 1)).astype(np.float32), "slope2"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32), "wpw")]
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
+             n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("PRelu", ["c", "slope"], ["stem"]),
+             n("Conv", ["stem", "wdw"], ["d"], pads=[1, 1, 1, 1], group=8), n("PRelu", ["d", "slope2"], ["dw"]),
+             n("Conv", ["dw", "wpw"], ["out"])]
+    g = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+    model = normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "stem" in split_candidates(model)
+    split, report, _ = range_split(model, channel_ranges(model, ["stem"], calib), max_ratio=16)
+    assert [e["tensor"] for e in report["tensors"]] == ["stem"]
+    for feed in calib:
+        np.testing.assert_allclose(_run(split, feed), _run(model, feed), rtol=1e-4, atol=1e-5)

@@ -144,6 +144,26 @@ def _sliced_conv(info: GraphInfo, i: int, idx: np.ndarray, suffix: str, inits: l
     return names
 
 
+def _sliced_channel_consts(info: GraphInfo, i: int, idx: np.ndarray, channels: int, suffix: str,
+                           inits: list) -> Dict[str, str]:
+    """Replacement inputs for a fused activation node i (after a conv) restricted to channels idx: a per-channel
+    constant (a PRelu slope [C, 1, 1] or [1, C, 1, 1], a per-channel Mul / Add) keeps only its part's channels."""
+    names = {}
+    for src in info.nodes[i].input[1:]:
+        if not src or src not in info.inits:
+            continue
+        c = info.const(src)
+        if c.ndim == 4 and c.shape[1] == channels:
+            part = c[:, idx]
+        elif c.ndim == 3 and c.shape[0] == channels:
+            part = c[idx]
+        else:
+            continue  # a scalar, or a constant that does not follow the channels
+        names[src] = _fresh(src + suffix, info, inits)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(part), names[src]))
+    return names
+
+
 def _fresh(name: str, info: GraphInfo, inits: list) -> str:
     """An initializer name not yet taken: exporters share one constant (a zero bias) between convs, and two splits
     of it must not collide."""
@@ -179,7 +199,10 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     for g, idx in enumerate(groups):
         suffix = f"__split{g}"
         mapping = _sliced_conv(info, producer[0], idx, suffix, inits, False)
+        channels = int(info.const(info.nodes[producer[0]].input[1]).shape[0])
         for k, i in enumerate(producer):
+            if k:
+                mapping.update(_sliced_channel_consts(info, i, idx, channels, suffix, inits))
             n = _rename(info.nodes[i], mapping, suffix)
             if k == 0 and int(info.attr(i, "group", 1)) > 1:
                 # a depthwise producer: its input channels must follow the group too
@@ -207,7 +230,10 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             suffix = f"__split{g}"
             mapping = _sliced_conv(info, chain[0], idx, suffix, inits, True)
             mapping[point] = point_parts[g]
+            channels = int(info.const(info.nodes[chain[0]].input[1]).shape[0])
             for k, i in enumerate(chain):
+                if k:
+                    mapping.update(_sliced_channel_consts(info, i, idx, channels, suffix, inits))
                 n = _rename(info.nodes[i], mapping, suffix)
                 if k == 0:
                     _set_group(n, len(idx))
