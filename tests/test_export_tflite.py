@@ -485,3 +485,45 @@ def test_float_islands_of_math_ops(tmp_path):
         ours, theirs = sim.run([img])[0], runner.run([img])[0]
         assert ours.shape == theirs.shape == (1, 4, 9, 5)
         assert cosine(ours, theirs) >= 0.999
+
+
+@pytest.mark.parametrize("layout", ["nhwc_output", "nchw_last_axis"])
+def test_softmax_over_the_models_last_axis(tmp_path, layout):
+    """TFLite's SOFTMAX works on its tensor's last axis. MTCNN's P-Net ends in Transpose(0, 2, 3, 1) -> Softmax(-1)
+    (the classes, channel-last); a Softmax over W of an NCHW map needs the NCHW order. Both must compute what the
+    simulator does (P-Net's export once took the softmax over the stored NHWC tensor's last axis: cosine 0.51)."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.metrics import cosine
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if layout == "nhwc_output":
+        nodes += [helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1], name="to_nhwc"),
+                  helper.make_node("Softmax", ["t"], ["y"], axis=-1, name="sm")]
+        out_shape = [1, H, W, 4]
+    else:
+        nodes += [helper.make_node("Softmax", ["c"], ["y"], axis=3, name="sm")]
+        out_shape = [1, 4, H, W]
+    graph = helper.make_graph(nodes, "sm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "sm.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "sm.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / "sm.rknn")) == 0
+    pkg = read_package(tmp_path / "sm.rknn")
+    data, _ = export_tflite_bytes(pkg)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        got, want = runner.run([img])[0], sim.run([img])[0]
+        assert got.shape == want.shape
+        assert cosine(got, want) >= 0.999

@@ -54,24 +54,26 @@ def fused_code(ctx, act: onnx.NodeProto) -> Optional[int]:
     return NONE if lo <= q_lo and hi >= q_hi else None
 
 
-def _unary(ctx, node, builtin: str, kind: str, options=None, version: int = 1):
+def _unary(ctx, node, builtin: str, kind: str, options=None, version: int = 1, nhwc: Optional[bool] = None):
+    """One elementwise TFLite op; ``nhwc``: the storage order to compute in (default: the input's own)."""
     v = ctx.value(node.input[0])
     layer = layer_name(node)
+    store = v.nhwc if nhwc is None else nhwc
     if kind == "q":
-        x = v.q
+        x = v.q if store == v.nhwc else ctx.view(node.input[0], "q", store, layer)
         fixed = FIXED_OUTPUT.get(builtin)
         if fixed is None:
-            out = ctx.out_q(node.output[0], v.nhwc)
+            out = ctx.out_q(node.output[0], store)
             ctx.m.add_op(builtin, [x], [out], options, version=version)
             return ""
         mid = ctx.new_q(node.output[0] + f"/{builtin.lower()}", x.shape, Quant.per_tensor(*fixed))
         ctx.m.add_op(builtin, [x], [mid], options, version=version)
         final = ctx.requantize(mid, ctx.out_point(node.output[0]), layer,
                                f"TFLite's int8 {builtin} output has the fixed scale {fixed[0]:g}")
-        ctx.set_q(node.output[0], final, v.nhwc, v.shape)
+        ctx.set_q(node.output[0], final, store, v.shape)
         return ""
-    x = ctx.f_of(node.input[0], layer)
-    out = ctx.out_f(node.output[0], v.nhwc)
+    x = ctx.f_of(node.input[0], layer) if store == v.nhwc else ctx.view(node.input[0], "f", store, layer)
+    out = ctx.out_f(node.output[0], store)
     ctx.m.add_op(builtin, [x], [out], options)
     return ""
 
@@ -139,21 +141,29 @@ def _hard_sigmoid_float(ctx, node) -> str:
 register("HardSigmoid", float=_hard_sigmoid_float)
 
 
-def _softmax_last_axis(ctx, node) -> bool:
+def _softmax_layout(ctx, node) -> Optional[bool]:
+    """The storage order (True: NHWC) in which the softmax axis is TFLite's last one, which is the only axis its
+    SOFTMAX works on; None when neither is. A rank-4 value stored NHWC has C last: ONNX axis 1 there, while ONNX's
+    last axis (W) is last only in NCHW order (one TRANSPOSE)."""
     v = ctx.value(node.input[0])
-    axis = attr(node, "axis", -1) % len(v.shape)
-    return axis == len(v.shape) - 1 or (v.nhwc and axis == 1)
+    rank = len(v.shape)
+    axis = attr(node, "axis", -1) % rank
+    if v.nhwc and rank == 4:
+        return True if axis == 1 else False if axis == 3 else None
+    return v.nhwc if axis == rank - 1 else None
 
 
-def _softmax_float(ctx, node) -> str:
-    if not _softmax_last_axis(ctx, node):
+def _softmax(ctx, node, kind: str) -> str:
+    layout = _softmax_layout(ctx, node)
+    if layout is None:
         from ....errors import NotSupportedError
 
         raise NotSupportedError(f"export-tflite: {layer_name(node)} is a Softmax over axis {attr(node, 'axis', -1)}; "
                                 "TFLite's SOFTMAX works on the last axis only")
-    return _unary(ctx, node, "SOFTMAX", "f", ("SoftmaxOptions", {"Beta": 1.0}))
+    return _unary(ctx, node, "SOFTMAX", kind, ("SoftmaxOptions", {"Beta": 1.0}), version=2 if kind == "q" else 1,
+                  nhwc=layout)
 
 
 register("Softmax",
-         int8=lambda c, n, a: _unary(c, n, "SOFTMAX", "q", ("SoftmaxOptions", {"Beta": 1.0}), version=2),
-         float=_softmax_float, int8_ok=_softmax_last_axis)
+         int8=lambda c, n, a: _softmax(c, n, "q"),
+         float=lambda c, n: _softmax(c, n, "f"), int8_ok=lambda c, n: _softmax_layout(c, n) is not None)
