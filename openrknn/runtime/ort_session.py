@@ -8,6 +8,18 @@ from typing import Optional, Union
 import onnxruntime as ort
 
 
+_EMPTY: list = []
+
+
+def _empty_folder() -> str:
+    """A private empty folder (one per process) for external-data lookups of models given as bytes."""
+    if not _EMPTY:
+        import tempfile
+
+        _EMPTY.append(tempfile.mkdtemp(prefix="openrknn-no-external-data-"))
+    return _EMPTY[0]
+
+
 def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = None, *, optimize: bool = True,
                  profile_prefix: Optional[str] = None, optimized_path: Optional[str] = None,
                  allow_spinning: bool = True, disabled_optimizers=()) -> ort.InferenceSession:
@@ -37,5 +49,10 @@ def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = No
         opts.profile_file_prefix = profile_prefix
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+    if isinstance(model, (bytes, bytearray)):
+        # a model from bytes (a package, an upload) resolves external-data paths against the working folder: an
+        # uploaded graph could read any file there. Ours never carry external data; point the lookup at an empty
+        # folder so such a tensor is refused.
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", _empty_folder())
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"], **extra)
