@@ -196,6 +196,38 @@ def test_recommended_yaml_rebuilds_the_same_model_and_accuracy(tiny_sweep, tmp_p
 # ---------------------------------------------------------------- metrics and the front
 
 
+def test_a_sweep_keeps_the_models_channel_order(tiny_sweep, tmp_path):
+    """reorder_channel is part of the model's contract: every build and the recommended YAML carry it (its list
+    form once reached config(), which takes the vendor's string form, and every build failed)."""
+    path = tiny_sweep({"target_platform": "rk3588", "quantized_method": ["channel"]})
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["reorder_channel"] = "2 1 0"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = openrknn.sweep(path, tmp_path / "out", workers=1, progress=False)
+    assert [r["error"] for r in result.rows] == [None]
+    rec = yaml.safe_load((tmp_path / "out" / "recommended-rk3588.yml").read_text())
+    assert rec["config"]["reorder_channel"] == "2 1 0"
+
+
+def test_a_sweep_ships_a_two_file_models_weights(tiny_sweep, tmp_path):
+    """A Darknet model is two files: the workers get the weights too (named where the loader looks), the results'
+    key covers them and the recommended YAML names them (the workers once got the .cfg alone)."""
+    from loader_models import write_darknet
+
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    files = write_darknet(nets)
+    files["weights"].rename(nets / "trained.weights")  # not beside the .cfg under its name: given in the YAML
+    path = tiny_sweep({"target_platform": "rk3588", "quantized_method": ["channel"]})
+    doc = yaml.safe_load(path.read_text())
+    doc.update(model="nets/tiny.cfg", weights="nets/trained.weights")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = openrknn.sweep(path, tmp_path / "out", workers=1, progress=False)
+    assert [r["error"] for r in result.rows] == [None]
+    rec = yaml.safe_load((tmp_path / "out" / "recommended-rk3588.yml").read_text())
+    assert Path(rec["weights"]).name == "trained.weights"
+
+
 def test_pareto_front_and_recommendation():
     rows = [dict(label=n, value=v, npu_ms=t) for n, v, t in
             [("a", 0.90, 1.0), ("b", 0.95, 2.0), ("c", 0.94, 3.0), ("d", 0.99, 5.0), ("e", math.nan, 0.5),

@@ -50,9 +50,17 @@ class Bundle:
     dataset_name: str  # the listing's file name, kept: the package records it
     dataset_text: str
     dataset_files: Tuple[Tuple[str, bytes], ...]
+    weights: Tuple[Tuple[str, bytes], ...] = ()  # a Darknet / Caffe model's weights, named to sit beside the model
 
     @classmethod
-    def from_paths(cls, model: Path, dataset: Path) -> "Bundle":
+    def from_paths(cls, model: Path, dataset: Path, weights: "Path | None" = None) -> "Bundle":
+        from ..convert.loaders import WEIGHT_SUFFIXES, model_kind, weights_beside
+
+        kind = model_kind(model)
+        extra: Tuple[Tuple[str, bytes], ...] = ()
+        if kind in WEIGHT_SUFFIXES:  # written under the name the loader looks for beside the model
+            src = Path(weights) if weights is not None else weights_beside(model, kind)
+            extra = ((Path(model).stem + WEIGHT_SUFFIXES[kind], src.read_bytes()),)
         files = dataset_files(dataset)
         names: Dict[Path, str] = {p: f"data/d{i}{p.suffix.lower()}" for i, p in enumerate(files)}
         lines = []
@@ -66,13 +74,13 @@ class Bundle:
             if toks:
                 lines.append(" ".join(toks))
         return cls(Path(model).name, Path(model).read_bytes(), Path(dataset).name, "\n".join(lines) + "\n",
-                   tuple((names[p], p.read_bytes()) for p in files))
+                   tuple((names[p], p.read_bytes()) for p in files), extra)
 
     @property
     def digest(self) -> str:
         h = hashlib.sha256(self.model)
         h.update(self.dataset_name.encode() + b"\0" + self.dataset_text.encode())
-        for name, data in self.dataset_files:
+        for name, data in self.dataset_files + self.weights:
             h.update(name.encode())
             h.update(data)
         return h.hexdigest()[:16]
@@ -85,6 +93,8 @@ class Bundle:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".bundle-"))
         (tmp / self.model_name).write_bytes(self.model)
+        for name, data in self.weights:
+            (tmp / name).write_bytes(data)
         (tmp / "data").mkdir()
         for name, data in self.dataset_files:
             (tmp / name).write_bytes(data)

@@ -176,7 +176,7 @@ def _run_units(spec, out, keys, shards, todo_build, todo_eval, todo_score, build
     c = spec.convert
     local_stats = str((out / "stats").resolve())
     workers = workers or os.cpu_count() or 1
-    ctx = WorkerContext(Bundle.from_paths(c.model, c.dataset), c.input_size_list, c.inputs, c.outputs,
+    ctx = WorkerContext(Bundle.from_paths(c.model, c.dataset, c.weights), c.input_size_list, c.inputs, c.outputs,
                         c.rknn_batch_size, spec.evaluation,
                         local_stats if not (isinstance(ray, str) and ray) else _node_stats_dir(spec),
                         _threads_per_worker(workers, ray))

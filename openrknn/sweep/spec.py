@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import KNOWN_KEYS, make_config
+from ..convert.loaders import WEIGHT_SUFFIXES, model_kind, weights_beside
 from ..convert.spec import ConvertSpec, parse_spec
 from ..errors import ConfigError
 from .. import targets
@@ -86,6 +87,9 @@ class SweepSpec:
         load options and the evaluation (a changed file or evaluation invalidates cached results)."""
         h = hashlib.sha256()
         h.update(_file_digest(self.convert.model))
+        kind = model_kind(self.convert.model)
+        if kind in WEIGHT_SUFFIXES:
+            h.update(_file_digest(self.convert.weights or weights_beside(self.convert.model, kind)))
         if self.convert.dataset is not None:
             h.update(_dataset_digest(self.convert.dataset))
         h.update(json.dumps({"input_size_list": self.convert.input_size_list, "inputs": self.convert.inputs,
@@ -211,6 +215,15 @@ def thaw(v: Any) -> Any:
     return v
 
 
+def config_kwargs(frozen) -> Dict[str, Any]:
+    """config() keyword arguments of a configuration's frozen (key, value) pairs: reorder_channel back in the
+    vendor's string form, the only one config() takes."""
+    config = {k: thaw(v) for k, v in frozen}
+    if isinstance(config.get("reorder_channel"), list):
+        config["reorder_channel"] = "#".join(" ".join(str(i) for i in g) for g in config["reorder_channel"])
+    return config
+
+
 def parse_sweep(data: Any, base: Path) -> SweepSpec:
     """Validate a sweep YAML document; paths are relative to ``base`` (the file's folder)."""
     if not isinstance(data, dict):
@@ -260,14 +273,14 @@ def convert_document(spec: SweepSpec, conf: Configuration, output: str, model: O
                      dataset: Optional[str] = None) -> dict:
     """The `openrknn convert` YAML document that rebuilds ``conf`` (absolute paths unless given)."""
     c = spec.convert
-    config = {k: thaw(v) for k, v in conf.config if v != _DEFAULTS.get(k) or k in ("target_platform",
-              "quantized_dtype", "quantized_method", "quantized_algorithm")}
+    config = config_kwargs((k, v) for k, v in conf.config if v != _DEFAULTS.get(k) or k in (
+        "target_platform", "quantized_dtype", "quantized_method", "quantized_algorithm"))
     for k in ("mean_values", "std_values"):
         if k in config:
             config[k] = [list(map(float, g)) for g in config[k]]
-    if "reorder_channel" in config:  # config() takes the vendor's string form
-        config["reorder_channel"] = "#".join(" ".join(str(i) for i in g) for g in config["reorder_channel"])
     doc: Dict[str, Any] = {"model": model or str(c.model.resolve()), "output": output}
+    if c.weights is not None:
+        doc["weights"] = str(Path(c.weights).resolve())
     for k in ("input_size_list", "inputs", "outputs"):
         if getattr(c, k) is not None:
             doc[k] = getattr(c, k)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .evaluation import EvalSpec, ShardEvaluator
 from .files import Bundle
-from .spec import Configuration, thaw
+from .spec import Configuration, config_kwargs
 
 _WORKER: Dict[str, Any] = {}
 
@@ -75,7 +75,7 @@ def build_task(ctx: WorkerContext, conf: Configuration) -> Tuple[dict, bytes]:
     from ..package import package_to_bytes
 
     loaded, dataset, cache = _prepared(ctx)
-    cfg = make_config(**{k: thaw(v) for k, v in conf.config})
+    cfg = make_config(**config_kwargs(conf.config))
     hits, misses = cache.hits, cache.misses
     t0 = time.perf_counter()
     result = build(loaded, cfg, BuildOptions(do_quantization=True, dataset=dataset,
