@@ -332,6 +332,10 @@ class RKNN:
 
         if self._runtime is None:
             raise RuntimeStateError("eval_perf() needs init_runtime() first")
+        if self._package is None:  # a vendor .rknn or a .tflite from load_rknn: not an openrknn package
+            raise RuntimeStateError("eval_perf() estimates openrknn models (their layers and quantization are in the "
+                                    "package); a vendor .rknn or a .tflite has none of that here. Run eval_perf on the "
+                                    "openrknn .rknn it was exported from (openrknn perf model.rknn --target CHIP)")
         return eval_perf(self._package, self._runtime, inputs, self._runtime_opts.get("perf_debug", False), is_print,
                          target=self._runtime_opts.get("target"), runs=max(1, int(loop_cnt)))
 
@@ -341,6 +345,10 @@ class RKNN:
 
         if self._runtime is None:
             raise RuntimeStateError("eval_memory() needs init_runtime() first")
+        if self._package is None:  # a vendor .rknn or a .tflite from load_rknn: not an openrknn package
+            raise RuntimeStateError("eval_memory() estimates openrknn models (their layers and quantization are in the "
+                                    "package); a vendor .rknn or a .tflite has none of that here. Run eval_memory on the "
+                                    "openrknn .rknn it was exported from (openrknn perf model.rknn --target CHIP)")
         return eval_memory(self._package, self._runtime, is_print, target=self._runtime_opts.get("target"))
 
     @_guarded()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -278,4 +279,29 @@ def test_facade_runs_a_tflite_here_and_a_vendor_file_on_the_board(board, tflite_
     assert r.init_runtime(target="rk3588", device_id=board["address"]) == 0
     (y,) = r.inference(inputs=[np.ones((1, 4, 4, 3), np.uint8)])
     np.testing.assert_allclose(y, [[0.5, 0.5, 0.5, 52.0, 52.0]])  # mean 1 per channel and 104 bytes, halved
+    # the estimates read an openrknn package: refused with where to run them, not a crash
+    assert r.eval_perf(is_print=False) is None and "openrknn perf" in str(r.last_error)
+    assert r.eval_memory(is_print=False) is None and "openrknn perf" in str(r.last_error)
     r.release()
+
+
+def test_wiring_a_tail_the_board_cannot_open_releases_the_npu(tmp_path, monkeypatch):
+    """Wiring test (stand-in rknnlite): a damaged host-side tail is refused with what to do, and the RKNNLite context
+    already loaded on the NPU is released first (retries would otherwise leak NPU memory)."""
+    from openrknn.runtime.npu_lite import NpuLiteModel
+
+    pkg = tmp_path / "site" / "rknnlite"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "api.py").write_text(STAND_IN)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("STAND_IN_CALLS", str(calls))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "rknnlite" or m.startswith("rknnlite.")]:
+        monkeypatch.delitem(sys.modules, name)
+    vendor = tmp_path / "m.rknn"
+    vendor.write_bytes(b"RKNN" + bytes(64))
+    with pytest.raises(E.CorruptPackageError, match="post.onnx"):
+        NpuLiteModel(str(vendor), "auto", post=b"not an onnx model")
+    logged = [json.loads(line)[0] for line in calls.read_text().splitlines()]
+    assert logged == ["RKNNLite", "load_rknn", "init_runtime", "release"]

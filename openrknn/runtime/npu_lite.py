@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import NotSupportedError, RuntimeStateError
+from ..errors import CorruptPackageError, NotSupportedError, RuntimeStateError
 
 # RKNNLite.init_runtime(core_mask=...) values on RK3588 (NPU_CORE_AUTO lets the driver choose)
 CORE_MASKS = {"auto": 0, "0": 1, "1": 2, "2": 4, "0_1": 3, "0_1_2": 7, "all": 0xFFFF}
@@ -75,7 +75,15 @@ class NpuLiteModel:
         if post:
             from .simulator import make_session
 
-            self._post = make_session(post)
+            try:
+                self._post = make_session(post)
+            except Exception as e:  # the NPU context is held: give it back before refusing the tail
+                self._lite.release()
+                self._lite = None
+                raise CorruptPackageError(f"the vendor model's host-side tail (.post.onnx) cannot be opened by this "
+                                          f"board's onnxruntime ({str(e).splitlines()[0][:200]}); export it again "
+                                          "with `openrknn vendor-export`, or update onnxruntime on the board") \
+                    from None
             if not self._post_inputs:
                 self._post_inputs = [i.name for i in self._post.get_inputs()]
 

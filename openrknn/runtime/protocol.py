@@ -441,8 +441,10 @@ def macs_equal(expected: str, given: object) -> bool:
 
 def model_key(data: bytes, post: bytes = b"") -> str:
     """The name a server shares a model under (attach / load): the SHA-256 of its bytes, followed by those of its
-    host-side tail when it has one (a vendor .rknn and its .post.onnx)."""
+    host-side tail when it has one (a vendor .rknn and its .post.onnx), the model's length between them so that no
+    other split of the same bytes shares its key."""
     h = hashlib.sha256(bytes(data))
     if post:
+        h.update(b"/post/%d/" % len(data))
         h.update(bytes(post))
     return h.hexdigest()

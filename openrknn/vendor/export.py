@@ -379,6 +379,8 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
     if vm.post is not None:
         post_path = str(out) + ".post.onnx"
         write_bytes_atomic(post_path, vm.post.SerializeToString())
+    else:  # a tail left by an earlier export to the same name would be picked up with this model
+        Path(str(out) + ".post.onnx").unlink(missing_ok=True)
     write_bytes_atomic(out, (work / "vendor.rknn").read_bytes())
     exp = VendorExport(str(out), post_path, route, f"{vp.toolkit} {vp.version}", 0.0, result, vm.notes)
     exp.carried = _carried(vm, result, wide)
