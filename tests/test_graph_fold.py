@@ -95,6 +95,19 @@ def test_per_channel_scale_before_convs_folds_and_a_shift_only_before_unpadded_o
     _same(shifted, out)
 
 
+def test_a_constant_that_broadcasts_its_input_bigger_is_not_folded():
+    """Folding rewrites x * k as a conv reading x: only right where x * k has x's shape. A [1, 3, 1, 1] scale on a
+    one-channel input (the product has 3 channels), and a size-1 constant of higher rank (the product gains a
+    dimension), change the function if folded."""
+    pw = RNG.normal(0, 0.5, (4, 3, 1, 1))
+    widened = _model([n("Mul", ["x", "s"], ["t"]), n("Conv", ["t", "pw"], ["y"])],
+                     {"s": RNG.uniform(0.5, 2, (1, 3, 1, 1)), "pw": pw}, in_shape=(1, 1, 6, 6))
+    assert fold.fold_input_scale(_copy(widened)) == 0
+    ranked = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["y"])],
+                    {"w": W, "b": B, "k": np.full((1, 1, 1, 1, 1), 0.5)})
+    assert fold.fold_conv_affine(_copy(ranked)) == 0
+
+
 def _hardswish_spellings():
     three, six, zero, sixth = "three", "six", "zero", "sixth"
     return {

@@ -15,7 +15,7 @@ Each returns how many rewrites it made; constants shared with other nodes are co
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -78,10 +78,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 def _channel_vector(value: np.ndarray, rank: int, channels: int) -> Optional[np.ndarray]:
     """A constant that, broadcast against a [N, C, ...] tensor of ``rank``, varies only along C (or not at all):
     its per-channel values; None otherwise (or when it would broadcast the tensor to a bigger shape)."""
+    if value.ndim > rank:  # broadcasting would raise the tensor's rank: not an affine map of it
+        return None
     if value.size == 1:
         return np.full(channels, float(value.reshape(-1)[0]), np.float32)
-    if value.ndim > rank:
-        return None
     shape = (1,) * (rank - value.ndim) + tuple(value.shape)
     if rank < 2 or shape[1] != channels or any(d != 1 for k, d in enumerate(shape) if k != 1):
         return None
@@ -181,10 +181,33 @@ def _unpadded(node: onnx.NodeProto) -> bool:
     return auto in ("NOTSET", "VALID") and (pads is None or not any(pads))
 
 
+def _known_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[Optional[int], ...]]:
+    """Tensor shapes as shape inference reads them (dims it cannot tell as None); empty when it fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                 for d in vi.type.tensor_type.shape.dim)
+    return out
+
+
+def _keeps_shape(x_shape, const_shape, channels: int) -> bool:
+    """x (of known rank, ``channels`` channels) combined with a constant of ``const_shape`` keeps x's shape."""
+    if x_shape is None or len(x_shape) < 2 or x_shape[1] != channels or len(const_shape) > len(x_shape):
+        return False
+    aligned = x_shape[len(x_shape) - len(const_shape):]
+    return all(c == 1 or (d is not None and c == d) for c, d in zip(const_shape, aligned))
+
+
 def fold_input_scale(model: onnx.ModelProto) -> int:
     """A per-channel Mul/Div (any conv) or Add/Sub (unpadded convs only) whose output only convs read -> their
     weights / biases."""
     done = 0
+    shapes = _known_shapes(model)  # x is never rewritten, so its shape stays valid across the rewrites below
     while True:
         ix = _Index(model)
         g = model.graph
@@ -209,6 +232,8 @@ def fold_input_scale(model: onnx.ModelProto) -> int:
             if vec is None or not np.all(np.isfinite(vec)) or (node.op_type == "Div" and np.any(vec == 0)):
                 continue
             if any(w.shape[1] * int(_attr(g.node[k], "group", 1)) != cin for k, w in zip(readers, ws)):
+                continue
+            if not _keeps_shape(shapes.get(x), val.shape, cin):  # the constant must not broadcast x bigger
                 continue
             if node.op_type in ("Add", "Sub") and not all(_unpadded(g.node[k]) for k in readers):
                 continue
