@@ -433,7 +433,10 @@ def user_layer_rows(layers: list[dict], of: Callable[[str], str],
         parts = members[name]
         units = [p["unit"] for p in parts]
         timed = [p for p in parts if p["unit"] in ("NPU", "CPU")]
-        unit = ("CPU" if "CPU" in units else "NPU") if timed else units[0]
+        if timed:
+            unit = "CPU" if "CPU" in units else "NPU"
+        else:  # no part costs time: "fused" only when every part is (else what its parts share, or "free")
+            unit = units[0] if len(set(units)) == 1 else "free"
         hosts = [p["host_us"] for p in parts if p.get("host_us") is not None]
         fused = {of(p["fused_into"]) for p in parts if p["unit"] == "fused" and p.get("fused_into")}
         slowest = max(timed, key=lambda p: p["npu_us"]) if timed else parts[0]

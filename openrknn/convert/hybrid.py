@@ -275,6 +275,9 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
     The real quantizer decides (promoted weights, bias correction refitted), so the estimate is only the start.
     Returns (k, (made, cosines)) of the smallest k that met the threshold."""
     done: Dict[int, tuple] = {}
+    if not order:  # nothing can be promoted: one build (what the plain build gave), not a search over nothing
+        made = make({})
+        return 0, (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names)))
 
     def trial(n: int) -> bool:
         made = make({t: promote for u in order[:n] for t in units[u]})

@@ -98,7 +98,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     if choosing:  # the clipped candidates the outputs will judge against min/max (algorithms/range_choice.py)
         from .algorithms.range_choice import CANDIDATES
 
-        variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed, coarse=True)
+        variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed)
                     for alg in CANDIDATES}
         variants = {k: v for k, v in variants.items() if _differs(v, acts)}
     seconds["activation_ranges"] = round(time.perf_counter() - t, 3)
@@ -358,21 +358,13 @@ def _override_format(kind: str, value: str, default: TensorFormat) -> Optional[T
 
 def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
                       overrides: Optional[Dict[str, str]] = None,
-                      fixed: Optional[Dict[str, tuple]] = None, coarse: bool = False) -> Dict[str, ActQuant]:
-    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits).
-    coarse: fewer KL thresholds / MSE grid points (the range choice's candidates)."""
-    from .algorithms.range_choice import KL_THRESHOLDS, MSE_GRID
-
+                      fixed: Optional[Dict[str, tuple]] = None) -> Dict[str, ActQuant]:
+    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits)."""
     fmt = _fmt_for(scheme)
     overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
     chosen: Dict[str, Tuple[float, float]] = {}
-    if algorithm == "kl_divergence":
-        def pick(h, lo, hi, f):
-            return act_alg.kl_range(h, lo, hi, f, KL_THRESHOLDS) if coarse else act_alg.kl_range(h, lo, hi, f)
-    else:
-        def pick(h, lo, hi, f):
-            return act_alg.mmse_range(h, lo, hi, f, MSE_GRID) if coarse else act_alg.mmse_range(h, lo, hi, f)
+    pick = act_alg.kl_range if algorithm == "kl_divergence" else act_alg.mmse_range
     for pool in stats.pooled if algorithm != "normal" else ():
         # remapped parts of one tensor, stretched onto one range: their histograms are the concat's distribution
         have = [t for t in pool if t in stats.hist and plan.group_of.get(t) not in exempt]

@@ -30,8 +30,6 @@ MARGIN = 0.1      # a clipped set must take at least this share of min/max's out
 MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
 MIN_WINS = 0.75   # ... and be better on at least this share of the samples, not on average only (a decoder that
                   # feeds its own argmax back diverges on some inputs whatever the ranges: one sample decides a mean)
-KL_THRESHOLDS = 128  # clipping thresholds the candidates' KL search tries (the kl_divergence algorithm tries 128)
-MSE_GRID = 96       # and the MSE search's grid (96 for mmse)
 
 
 def sample_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
