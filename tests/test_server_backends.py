@@ -155,6 +155,7 @@ def test_vendor_models_are_shared_by_bytes_and_tail(board, tmp_path, monkeypatch
     try:
         assert not a.shared and b.shared and not c.shared
         assert P.model_key(data, tail) != P.model_key(data)
+        assert P.model_key(data, tail) != P.model_key(data + tail)  # no other split of the bytes shares the key
     finally:
         for rt in (a, b, c):
             rt.release()
