@@ -91,11 +91,11 @@ def models(shared: Path, out: Path) -> None:
     with torch.no_grad():
         same = torch.equal(mirror(x), original(x))
     assert same, "the MobileNetV2 mirror does not reproduce the original TorchScript file"
-    rd.compact_state_dict(state, out / "models" / "mobilenet_v2_imagenet.fp16.npz")
-    mirror.load_state_dict(rd.load_compact_state_dict(out / "models" / "mobilenet_v2_imagenet.fp16.npz"))
+    rd.compact_state_dict(state, out / "models" / "mobilenet_v2_imagenet.weights.xz")
+    mirror.load_state_dict(rd.load_compact_state_dict(out / "models" / "mobilenet_v2_imagenet.weights.xz"))
     with torch.no_grad():
         a, b = original(x), mirror(x)
-    print(f"mobilenet_v2: mirror == original with float32 weights; with float16 weights max |logit difference| "
+    print(f"mobilenet_v2: mirror == original with float32 weights; with the compact weights max |logit difference| "
           f"{float((a - b).abs().max()):.2e}, top-1 {'same' if torch.equal(a.argmax(1), b.argmax(1)) else 'DIFFERS'}")
 
 
