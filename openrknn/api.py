@@ -346,9 +346,10 @@ class RKNN:
         if self._runtime is None:
             raise RuntimeStateError("eval_memory() needs init_runtime() first")
         if self._package is None:  # a vendor .rknn or a .tflite from load_rknn: not an openrknn package
-            raise RuntimeStateError("eval_memory() estimates openrknn models (their layers and quantization are in the "
-                                    "package); a vendor .rknn or a .tflite has none of that here. Run eval_memory on the "
-                                    "openrknn .rknn it was exported from (openrknn perf model.rknn --target CHIP)")
+            raise RuntimeStateError("eval_memory() estimates openrknn models (their layers and quantization are in "
+                                    "the package); a vendor .rknn or a .tflite has none of that here. Run eval_memory "
+                                    "on the openrknn .rknn it was exported from (openrknn perf model.rknn --target "
+                                    "CHIP)")
         return eval_memory(self._package, self._runtime, is_print, target=self._runtime_opts.get("target"))
 
     @_guarded()

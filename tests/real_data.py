@@ -5,8 +5,8 @@ Paths are the ones of ../shared/data (models/..., images/..., yolox_pytorch_ref/
 means. Images, labels and reference outputs are read straight from tests/data. The models and the YOLOX reference
 weights and input are kept there in a compact form and rebuilt on first use into a session folder:
 - ONNX models: weights stored as float16, restored to float32 (the graph is the original one);
-- MobileNetV2: its state dict (conv / linear weights as float16 with 7 mantissa bits) loaded into a module that mirrors torchvision's
-  MobileNetV2, then traced to TorchScript, as the original file was made;
+- MobileNetV2: its state dict (conv / linear weights as float16 with 7 mantissa bits) loaded into a module that
+  mirrors torchvision's MobileNetV2, then traced to TorchScript, as the original file was made;
 - yolox_nano_3cls_seed0.pth: regenerated exactly (same seed, same draw order as the reference code; a checksum of
   the original's tensors guards it);
 - input_nchw_float32.npy: iris_test.jpg through the reference recipe (centred letterbox, pad 128, ImageNet mean/std).
@@ -157,7 +157,7 @@ def mobilenet_v2(num_classes: int = 1000):
     return MobileNetV2().eval()
 
 
-MANTISSA_BITS = 7  # of float16's 10: a bfloat16-like precision keeps the file under 5 MB (the low bits are noise to lzma)
+MANTISSA_BITS = 7  # of float16's 10: bfloat16's precision keeps the file under 5 MB (low bits are noise to lzma)
 
 
 def _round_mantissa(a: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:

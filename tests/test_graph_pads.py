@@ -1,7 +1,6 @@
 """auto_pad (Keras / TensorFlow exports) becomes explicit pads with the same outputs."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 

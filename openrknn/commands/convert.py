@@ -34,20 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from ..errors import ConfigError
-    from ..convert.spec import parse_spec, run_spec
+    from ..convert.spec import parse_spec, read_yaml_file, run_spec
     from ..package_info import describe_package
 
     path = Path(args.config)
-    if not path.is_file():
-        raise ConfigError("config", str(path), hint="the YAML file does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError("<yaml>", str(path), hint=f"not valid YAML: {e}") from None
-    spec = parse_spec(data, path.parent, args.output)
+    spec = parse_spec(read_yaml_file(path, "config"), path.parent, args.output)
     if args.auto_hybrid:
         spec.auto_hybrid = True
     result = run_spec(spec)

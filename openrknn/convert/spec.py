@@ -45,6 +45,20 @@ def _resolve(base: Path, p: Optional[str]) -> Optional[Path]:
     return q if q.is_absolute() else (base / q)
 
 
+def read_yaml_file(path: "str | Path", what: str) -> Any:
+    """The YAML document of ``path`` (a convert or sweep file); ConfigError naming ``what`` when it is missing or not
+    YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(what, str(path), hint="the YAML file does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError("<yaml>", str(path), hint=f"not valid YAML: {e}") from None
+
+
 def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSpec:
     """Validate a conversion spec (our flat layout or the vendor's `models:` layout); paths are relative to `base`."""
     if not isinstance(data, dict):

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .activations import find_regions
-from .names import subgraphs, used_names
+from .names import splice_nodes, subgraphs, unique_name, used_names
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -56,11 +56,7 @@ class _Index:
         return self._cache[name]
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     def add_const(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)
@@ -315,14 +311,7 @@ def canonical_activations(model: onnx.ModelProto) -> int:
         drop.update(r.nodes[:-1])
     if not replace:
         return 0
-    nodes = []
-    for i, n in enumerate(g.node):
-        if i in replace:
-            nodes.extend(replace[i])
-        elif i not in drop:
-            nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
+    splice_nodes(g, list(g.node), replace, drop)
     return len(replace)
 
 

@@ -6,7 +6,7 @@ graph must look inside every body too; otherwise a Loop body is left reading a n
 
 from __future__ import annotations
 
-from typing import Iterator, Set
+from typing import Dict, Iterable, Iterator, List, Set
 
 import onnx
 
@@ -37,3 +37,26 @@ def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
                 node.input[k] = new
         for sub in subgraphs(node):
             rename_uses(sub, old, new)
+
+
+def unique_name(base: str, taken: Set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... whichever is not in ``taken``; added to ``taken``."""
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def splice_nodes(graph: onnx.GraphProto, nodes: List[onnx.NodeProto], replace: Dict[int, Iterable[onnx.NodeProto]],
+                 drop: Set[int]) -> None:
+    """Set ``graph``'s nodes to ``nodes`` (indexed as ``replace`` and ``drop`` are) with node i replaced by
+    ``replace[i]`` (in place, keeping topological order) and the ``drop`` ones left out."""
+    out: List[onnx.NodeProto] = []
+    for i, n in enumerate(nodes):
+        if i in replace:
+            out.extend(replace[i])
+        elif i not in drop:
+            out.append(n)
+    del graph.node[:]
+    graph.node.extend(out)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph.names import subgraphs, used_names
+from ..graph.names import subgraphs, unique_name, used_names
 from .ir import GraphInfo
 from .plan import Plan
 from .schemes import TensorFormat
@@ -62,11 +62,7 @@ class _Builder:
         self.names: set = set(info.inits) | set(info.producer) | set(info.inputs)
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import KNOWN_KEYS, make_config
 from ..convert.loaders import WEIGHT_SUFFIXES, model_kind, weights_beside
-from ..convert.spec import ConvertSpec, parse_spec
+from ..convert.spec import ConvertSpec, parse_spec, read_yaml_file
 from ..errors import ConfigError
 from .. import targets
 from .evaluation import EvalSpec, parse_eval
@@ -255,16 +255,8 @@ def parse_sweep(data: Any, base: Path) -> SweepSpec:
 
 
 def load_sweep_file(path: "str | Path") -> SweepSpec:
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("sweep file", str(path), hint="the YAML file does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError("<yaml>", str(path), hint=f"not valid YAML: {e}") from None
-    spec = parse_sweep(data, path.parent)
+    spec = parse_sweep(read_yaml_file(path, "sweep file"), path.parent)
     spec.source = path
     return spec
 

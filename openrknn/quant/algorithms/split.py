@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ...graph.names import splice_nodes
 from ..ir import GraphInfo
 from ..plan import Plan
 from ..stages import Needs, QuantState, Rewrite, StageResult
@@ -290,16 +291,7 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    nodes_out = []
-    for i, node in enumerate(info.nodes):
-        if i in new_nodes:
-            nodes_out.extend(new_nodes[i])
-        elif i in replaced:
-            nodes_out.append(replaced[i])
-        elif i not in drop:
-            nodes_out.append(node)
-    del g.node[:]
-    g.node.extend(nodes_out)
+    splice_nodes(g, list(info.nodes), {**{i: [n] for i, n in replaced.items()}, **new_nodes}, drop)
     g.initializer.extend(inits)
     known = {v.name for v in g.value_info}
     for n in (n for ns in new_nodes.values() for n in ns):  # types now, shapes once at the end (normalize)
