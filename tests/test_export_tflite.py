@@ -100,6 +100,24 @@ def tiny_tflite(tiny_rknn):
     return out
 
 
+def _w8a8_tflite(model: onnx.ModelProto, tmp_path: Path, name: str):
+    """``model`` built w8a8 for rk3588 through the API (calibrated on _dataset) and exported: (package, .tflite
+    bytes, export report)."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.package import read_package
+
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / f"{name}.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_rknn(str(tmp_path / f"{name}.rknn")) == 0
+    pkg = read_package(tmp_path / f"{name}.rknn")
+    data, report = export_tflite_bytes(pkg)
+    return pkg, data, report
+
+
 def _inputs(n=4):
     rng = np.random.default_rng(7)
     return [cv2.GaussianBlur(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), (3, 3), 0)[None] for _ in range(n)]
@@ -365,9 +383,7 @@ def test_split_and_explicitly_padded_max_pool(tmp_path):
 
 def test_hard_sigmoid_has_a_float_form(tmp_path):
     """TFLite has no HardSigmoid op (PP-OCR's squeeze-excite blocks): it is computed in float, as written."""
-    from openrknn.export.tflite import export_tflite_bytes
     from openrknn.export.tflite.validate import cosine
-    from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
@@ -383,15 +399,7 @@ def test_hard_sigmoid_has_a_float_form(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "hs.onnx"))
-    rknn = RKNN()
-    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
-                quantized_dtype="w8a8")
-    assert rknn.load_onnx(str(tmp_path / "hs.onnx")) == 0
-    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
-    assert rknn.export_rknn(str(tmp_path / "hs.rknn")) == 0
-    pkg = read_package(tmp_path / "hs.rknn")
-    data, report = export_tflite_bytes(pkg)
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "hs")
     assert {r.layer: r.mode for r in report.layers}["hsig"] == "float"
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
@@ -400,9 +408,7 @@ def test_hard_sigmoid_has_a_float_form(tmp_path):
 
 def test_gather_of_channels(tmp_path):
     """A Gather with constant indices along the channels (the order range split writes): TFLite's GATHER."""
-    from openrknn.export.tflite import export_tflite_bytes
     from openrknn.export.tflite.validate import cosine
-    from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
@@ -419,15 +425,7 @@ def test_gather_of_channels(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "g.onnx"))
-    rknn = RKNN()
-    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
-                quantized_dtype="w8a8")
-    assert rknn.load_onnx(str(tmp_path / "g.onnx")) == 0
-    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
-    assert rknn.export_rknn(str(tmp_path / "g.rknn")) == 0
-    pkg = read_package(tmp_path / "g.rknn")
-    data, report = export_tflite_bytes(pkg)
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "g")
     assert "GATHER" in report.tflite_ops
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
@@ -437,9 +435,7 @@ def test_gather_of_channels(tmp_path):
 def test_float_islands_of_math_ops(tmp_path):
     """Ops a layer norm, a decoder or a recognizer head computes in float between quantization points: Pow,
     Sqrt, Exp, Log, PRelu, Pad, MatMul; and a MaxPool with ceil_mode=1 (end padding of minima)."""
-    from openrknn.export.tflite import export_tflite_bytes
     from openrknn.export.tflite.validate import cosine
-    from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
@@ -470,15 +466,7 @@ def test_float_islands_of_math_ops(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 9, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
-    rknn = RKNN()
-    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
-                quantized_dtype="w8a8")
-    assert rknn.load_onnx(str(tmp_path / "m.onnx")) == 0
-    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
-    assert rknn.export_rknn(str(tmp_path / "m.rknn")) == 0
-    pkg = read_package(tmp_path / "m.rknn")
-    data, report = export_tflite_bytes(pkg)
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "m")
     assert {"BATCH_MATMUL", "EXP", "LOG", "PAD", "PRELU", "SQRT", "MUL"} <= set(report.tflite_ops)
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
@@ -492,9 +480,7 @@ def test_softmax_over_the_models_last_axis(tmp_path, layout):
     """TFLite's SOFTMAX works on its tensor's last axis. MTCNN's P-Net ends in Transpose(0, 2, 3, 1) -> Softmax(-1)
     (the classes, channel-last); a Softmax over W of an NCHW map needs the NCHW order. Both must compute what the
     simulator does (P-Net's export once took the softmax over the stored NHWC tensor's last axis: cosine 0.51)."""
-    from openrknn.export.tflite import export_tflite_bytes
     from openrknn.metrics import cosine
-    from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
@@ -513,15 +499,7 @@ def test_softmax_over_the_models_last_axis(tmp_path, layout):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "sm.onnx"))
-    rknn = RKNN()
-    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
-                quantized_dtype="w8a8")
-    assert rknn.load_onnx(str(tmp_path / "sm.onnx")) == 0
-    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
-    assert rknn.export_rknn(str(tmp_path / "sm.rknn")) == 0
-    pkg = read_package(tmp_path / "sm.rknn")
-    data, _ = export_tflite_bytes(pkg)
+    pkg, data, _ = _w8a8_tflite(model, tmp_path, "sm")
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         got, want = runner.run([img])[0], sim.run([img])[0]
