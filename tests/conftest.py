@@ -294,3 +294,31 @@ def run_python(args: Sequence[str], cwd: Optional[Path] = None, timeout: float =
 @pytest.fixture(scope="session")
 def python_subprocess():
     return run_python
+
+
+@pytest.fixture
+def teflon_stand_in(tmp_path, monkeypatch):
+    """Wiring tests of the Teflon delegate: a stand-in libteflon.so named by the environment and an interpreter
+    module whose load_delegate records the path it was given (the real LiteRT interpreter runs the model).
+    Returns (library path, list of loaded paths)."""
+    from openrknn.runtime import tflite_runner
+
+    real = tflite_runner.interpreter_module()
+    lib = tmp_path / "libteflon.so"
+    lib.write_bytes(b"stand-in")
+    loaded = []
+
+    class Shim:
+        @staticmethod
+        def load_delegate(path):
+            loaded.append(path)
+            return "delegate"
+
+        @staticmethod
+        def Interpreter(experimental_delegates=None, **kw):
+            assert experimental_delegates == ["delegate"]
+            return real.Interpreter(**kw)
+
+    monkeypatch.setattr(tflite_runner, "interpreter_module", lambda: Shim)
+    monkeypatch.setenv(tflite_runner.TEFLON_ENV, str(lib))
+    return lib, loaded

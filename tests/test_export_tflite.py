@@ -261,28 +261,11 @@ def test_runner_checks_inputs_and_delegate_paths(tiny_tflite, tmp_path):
         TfliteRunner(str(tiny_tflite), delegate=str(tmp_path / "libteflon.so"))
 
 
-def test_runner_loads_teflon_when_found(tiny_tflite, tmp_path, monkeypatch):
+def test_runner_loads_teflon_when_found(tiny_tflite, tmp_path, monkeypatch, teflon_stand_in):
     """Wiring with a stand-in delegate: 'auto' finds libteflon.so and hands it to load_delegate."""
     from openrknn.runtime import tflite_runner
 
-    real = tflite_runner.interpreter_module()
-    lib = tmp_path / "libteflon.so"
-    lib.write_bytes(b"stand-in")
-    loaded = []
-
-    class Shim:
-        @staticmethod
-        def load_delegate(path):
-            loaded.append(path)
-            return "delegate"
-
-        @staticmethod
-        def Interpreter(experimental_delegates=None, **kw):
-            assert experimental_delegates == ["delegate"]
-            return real.Interpreter(**kw)
-
-    monkeypatch.setattr(tflite_runner, "interpreter_module", lambda: Shim)
-    monkeypatch.setenv(tflite_runner.TEFLON_ENV, str(lib))
+    lib, loaded = teflon_stand_in
     runner = tflite_runner.TfliteRunner(str(tiny_tflite))
     assert loaded == [str(lib)] and runner.on_npu
     assert runner.run(_inputs(1))[0].shape == (1, 5)

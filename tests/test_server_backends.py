@@ -230,29 +230,10 @@ def test_no_rknnlite_is_one_clear_error():
         open_backend(b"RKNN" + bytes(32), b"", "test", None)
 
 
-def test_wiring_tflite_backend_uses_teflon_when_found(tflite_model, tmp_path, monkeypatch):
+def test_wiring_tflite_backend_uses_teflon_when_found(tflite_model, teflon_stand_in):
     """Wiring test (stand-in delegate): the server's .tflite backend hands libteflon.so to load_delegate under
     'auto' and says so in the model's metadata."""
-    from openrknn.runtime import tflite_runner
-
-    real = tflite_runner.interpreter_module()
-    lib = tmp_path / "libteflon.so"
-    lib.write_bytes(b"stand-in")
-    loaded = []
-
-    class Shim:
-        @staticmethod
-        def load_delegate(path):
-            loaded.append(path)
-            return "delegate"
-
-        @staticmethod
-        def Interpreter(experimental_delegates=None, **kw):
-            assert experimental_delegates == ["delegate"]
-            return real.Interpreter(**kw)
-
-    monkeypatch.setattr(tflite_runner, "interpreter_module", lambda: Shim)
-    monkeypatch.setenv(tflite_runner.TEFLON_ENV, str(lib))
+    lib, loaded = teflon_stand_in
     backend = open_backend(tflite_model.read_bytes(), b"", "test", None, tflite_delegate="auto")
     try:
         assert loaded == [str(lib)] and backend.metadata["delegate"] == str(lib)
