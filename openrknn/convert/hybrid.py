@@ -30,6 +30,7 @@ from ..errors import ConfigError, PackageError
 from ..frontends import LoadedModel
 from ..quant import quantize
 from ..quant import hybrid as hq
+from ..targets.chips import requantizes_pre_activations
 from .build import BuildOptions, BuildResult, build_once
 from .float_graph import build_float_graph
 from .package_meta import BuildFlags, make_package, source_record
@@ -47,7 +48,8 @@ def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, 
     """Layer name -> override names, one entry per distinct set of activation points (conv+act is one unit)."""
     seen = set()
     out = {}
-    for name, names in hq.layer_map(float_model).items():
+    # the map with requantized pre-activations, cut to the package's tensors: right for either kind of chip
+    for name, names in hq.layer_map(float_model, requantized_pre_activations=True).items():
         known = [t for t in names if hq.present(t, tensors)]
         acts = frozenset(_activations(known, tensors))
         if not known or (acts and acts in seen):
@@ -190,7 +192,9 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
                     quant)
     cfg = dataclasses.replace(cfg, **quant)
     original = {k: v for k, v in meta["tensors"].items() if v.get("kind") != "bias"}
-    overrides = hq.resolve_layers(doc.get("custom_quantize_layers") or {}, float_model, original)
+    overrides = hq.resolve_layers(doc.get("custom_quantize_layers") or {}, float_model, original,
+                                  requantized_pre_activations=requantizes_pre_activations(cfg.target,
+                                                                                          cfg.quantized_dtype))
     fixed = hq.edited_params(doc, original)
     for name in set(fixed) & set(overrides):
         log.warning("'%s': dtype changed to %s and scale edited; the edited scale is used as given", name,
@@ -384,10 +388,11 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     return result
 
 
-def keep_float_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str]) -> Dict[str, str]:
+def keep_float_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str], target: Optional[str] = None,
+                         dtype: str = "") -> Dict[str, str]:
     """Layers to keep in float (node names of the built float graph, as the GUI's layer table lists them) ->
     QuantOptions.overrides with 'float'."""
-    lmap = hq.layer_map(float_model)
+    lmap = hq.layer_map(float_model, requantizes_pre_activations(target, dtype))
     out = {}
     for name in keep_float:
         if name not in lmap:

@@ -210,9 +210,11 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
     from ..quant.ir import GraphInfo, normalize
     from ..quant.plan import build_plan
     from ..quant.schemes import get_scheme
+    from ..targets.chips import requantizes_pre_activations
 
     scheme = get_scheme(dtype)
-    plan = build_plan(GraphInfo(normalize(float_model)))
+    plan = build_plan(GraphInfo(normalize(float_model)),
+                      requantized_pre_activations=requantizes_pre_activations(None, dtype))
     points = set(plan.points)
     weights = {w.w: w for w in plan.weighted}
     fixed: Dict[str, tuple] = {}

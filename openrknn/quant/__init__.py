@@ -147,6 +147,13 @@ class QuantOptions:
         return self.method or get_scheme(self.dtype).default_method
 
     @property
+    def requantized_pre_activations(self) -> bool:
+        """The target chip stores some conv outputs as integers before their activation (plan.py)."""
+        from ..targets.chips import requantizes_pre_activations
+
+        return requantizes_pre_activations(self.target, self.dtype)
+
+    @property
     def resolved_rounding(self) -> str:
         return "gptq" if self.weight_rounding == "auto" else self.weight_rounding
 

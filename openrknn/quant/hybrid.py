@@ -31,21 +31,23 @@ DTYPE_ALIASES = {
 }
 
 
-def layer_map(float_model: onnx.ModelProto) -> Dict[str, List[str]]:
-    """Node name -> the quantizer's names for that layer (points and weight), for nodes that have any."""
+def layer_map(float_model: onnx.ModelProto, requantized_pre_activations: bool = False) -> Dict[str, List[str]]:
+    """Node name -> the quantizer's names for that layer (points and weight), for nodes that have any.
+    requantized_pre_activations: the target's (plan.py); a conv then maps to its requantized output and its
+    activation's, as the two are one layer on the chip."""
     m = normalize(float_model)
     info = GraphInfo(m)
-    plan = build_plan(info)
+    plan = build_plan(info, requantized_pre_activations=requantized_pre_activations)
     points = set(plan.points)
     weight_of = {w.node: w.w for w in plan.weighted}
 
     def forward(t: str, depth: int = 0) -> List[str]:
         """The quantization points a non-point output reaches through fused activations (conv -> act, SiLU)."""
-        if t in points:
+        if t in points and t not in plan.pre_activations:
             return [t]
-        if depth > 2 or t not in plan.internal:
+        if depth > 2 or (t not in plan.internal and t not in plan.pre_activations):
             return []
-        out: List[str] = []
+        out: List[str] = [t] if t in points else []
         for c in info.consumers.get(t, []):
             for o in info.nodes[c].output:
                 out += [x for x in forward(o, depth + 1) if x not in out]
@@ -99,10 +101,10 @@ def present(name: str, tensors: Iterable[str]) -> List[str]:
 
 
 def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: Iterable[str],
-                   where: str = "custom_quantize_layers") -> Dict[str, str]:
+                   where: str = "custom_quantize_layers", requantized_pre_activations: bool = False) -> Dict[str, str]:
     """{layer, tensor or weight name: dtype} -> QuantOptions.overrides; unknown names or dtypes raise ConfigError."""
     known = set(known)
-    lmap = layer_map(float_model)
+    lmap = layer_map(float_model, requantized_pre_activations)
     out: Dict[str, str] = {}
     for name, dtype in (layers or {}).items():
         value = DTYPE_ALIASES.get(str(dtype).strip().lower())

@@ -55,8 +55,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         seconds["float16"] = round(time.perf_counter() - t, 3)
         return QuantResult(out, _float16_tensors(out), _report(options, warnings, seconds, []))
 
-    state = QuantState(m, GraphInfo(m), build_plan(GraphInfo(m), options.keep_mixed_concat_float), options, scheme,
-                       data, progress)
+    plan = build_plan(GraphInfo(m), options.keep_mixed_concat_float, options.requantized_pre_activations)
+    state = QuantState(m, GraphInfo(m), plan, options, scheme, data, progress)
     stages = [cls() for cls in REWRITES]
     stages = [s for s in stages if s.enabled(state)]
     results: List[StageResult] = []
@@ -89,6 +89,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
         histogram_pass(m, plan.sources, images, stats, options.histogram_bins, per_image, progress,
                        options.threads)
+    pre = [t for t in plan.pre_activations if t not in stats.hist and t in stats.minmax]
+    if pre:  # a pre-activation's range is chosen for its activation's output, from its histogram
+        histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
+        histogram_pass(m, pre, data, stats, options.histogram_bins, 1 << 15, progress, options.threads)
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
@@ -375,7 +379,10 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         if t not in stats.minmax or t in chosen:
             continue  # derived (plan.derived): inside the range of its group's other members
         lo, hi = stats.minmax[t]
-        if algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
+        if t in plan.pre_activations and t in stats.hist:
+            lo, hi = act_alg.activation_range(stats.hist[t], lo, hi, plan.pre_activations[t],
+                                              algorithm != "normal" and plan.group_of[t] not in exempt, fmt)
+        elif algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
             lo, hi = pick(stats.hist[t], lo, hi, fmt)
         chosen[t] = (lo, hi)
     acts: Dict[str, ActQuant] = {}

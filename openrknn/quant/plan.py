@@ -5,6 +5,9 @@ activation tensor, whether it is
 - a *quantization point* (stored as an integer tensor with its own or its group's scale),
 - *internal* to a fused op (a conv output feeding its fused activation; the sigmoid inside SiLU; an activation
   output followed by a scalar multiply/add): never quantized, as the NPU applies them before requantizing,
+  except the *pre-activations* a chip requantizes (RKNPU2: a depthwise conv's output before its SiLU, a conv's
+  output before a standalone Sigmoid; measured on rknn-toolkit2's compiled layers, docs/vendor.md): they are
+  quantization points, whose range the activation decides (algorithms/activations.activation_range),
 - *prefix*: the pre-processing chain from a graph input (transpose, channel reorder, mean/std), which the NPU's input
   stage evaluates before the first layer; only the tensor that leaves the prefix is quantized,
 - *float tail*: a Concat whose result only reaches graph outputs through layout ops (the detector head that glues
@@ -116,6 +119,7 @@ class Plan:
     # points whose values lie inside their group's other members' range (a max-pool, reshape or resize of a
     # member; a concat of members): calibration skips them, the group range is the union of the rest
     derived: Set[str] = field(default_factory=set)
+    pre_activations: Dict[str, str] = field(default_factory=dict)  # point -> 'silu' | 'sigmoid' (its activation)
 
     @property
     def sources(self) -> List[str]:
@@ -240,7 +244,23 @@ def _regions(info: GraphInfo) -> List:
             if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
 
 
-def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
+def _requantized_activation(info: GraphInfo, w: WeightedOp, cons: List[int], gated: Dict[int, tuple]) -> str:
+    """'silu' / 'sigmoid' when a chip that requantizes pre-activations stores this conv output as integers before
+    its activation; '' otherwise."""
+    if info.nodes[w.node].op_type != "Conv":
+        return ""
+    if len(cons) == 1 and info.nodes[cons[0]].op_type == "Sigmoid":
+        return "sigmoid"
+    y = info.nodes[w.node].output[0]
+    if w.depthwise and len(cons) == 2 and any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
+        return "silu"
+    return ""
+
+
+def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
+               requantized_pre_activations: bool = False) -> Plan:
+    """requantized_pre_activations: the target chip stores some conv outputs as integers before their activation
+    (targets/chips.py Generation.requantizes_pre_activations)."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
@@ -262,11 +282,16 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
         region_of[r.x] = r
 
     # conv/matmul output consumed only by its activation: the activation output is the quantization point
+    pre_activations: Dict[str, str] = {}
     for w in weighted:
         y = info.nodes[w.node].output[0]
         if y in info.output_set:
             continue
         cons = info.consumers.get(y, [])
+        act = _requantized_activation(info, w, cons, gated) if requantized_pre_activations else ""
+        if act:
+            pre_activations[y] = act
+            continue
         if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS and info.nodes[cons[0]].input[0] == y:
             internal.add(y)
             fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
@@ -341,4 +366,5 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True) -> Plan:
         gid = ids.setdefault(uf.find(t), len(ids))
         group_of[t] = gid
         groups.setdefault(gid, []).append(t)
-    return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived)
+    return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
+                {t: a for t, a in pre_activations.items() if t in seen})

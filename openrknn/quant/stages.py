@@ -45,7 +45,8 @@ class QuantState:
         """A rewrite produced a new graph: index it and plan its quantization points again."""
         self.model = model
         self.info = GraphInfo(model)
-        self.plan = build_plan(self.info, self.options.keep_mixed_concat_float)
+        self.plan = build_plan(self.info, self.options.keep_mixed_concat_float,
+                               self.options.requantized_pre_activations)
 
 
 @dataclass

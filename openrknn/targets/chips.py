@@ -102,6 +102,9 @@ class Generation:
     activation_hosts: frozenset[str]  # ops whose output stage can apply a following activation
     fuses_residual_add: bool
     fuses_max_pool: bool  # RKNPU1 only, under the seed's size rules (see lint.maxpool_fusion_problems)
+    # the conv outputs it requantizes before their activation instead of applying the activation in full precision
+    # (quant/plan.py: a depthwise conv before its SiLU, any conv before a standalone Sigmoid)
+    requantizes_pre_activations: bool
     cost: CostModel
 
 
@@ -119,6 +122,7 @@ GENERATIONS: dict[str, Generation] = {
         activation_hosts=frozenset({"Conv", "ConvTranspose", "Gemm", "BatchNormalization"}),
         fuses_residual_add=False,
         fuses_max_pool=True,
+        requantizes_pre_activations=False,  # not measured: rknn-toolkit 1.x is not on PyPI
         # MODELLED, fitted to the RK1808 column of the published table (bench/perf_estimate.py)
         cost=CostModel(util_3x3=0.60, util_1x1=0.45, util_other=0.40, util_depthwise=0.02, util_gemm=0.10,
                        lane_in=32, lane_out=16, lane_depthwise=32, layer_overhead_us=30.0, ddr_efficiency=0.6,
@@ -138,6 +142,8 @@ GENERATIONS: dict[str, Generation] = {
                                     "Mul"}),
         fuses_residual_add=True,
         fuses_max_pool=False,
+        # MEASURED: rknn-toolkit2 2.5.0's compiled layers and quantization cfg (docs/vendor.md)
+        requantizes_pre_activations=True,
         # MODELLED, fitted to the RK3588 column of the published table (bench/perf_estimate.py)
         cost=CostModel(util_3x3=0.70, util_1x1=0.60, util_other=0.55, util_depthwise=0.03, util_gemm=0.15,
                        lane_in=32, lane_out=16, lane_depthwise=64, layer_overhead_us=10.0, ddr_efficiency=0.7,
@@ -289,3 +295,13 @@ def placement(op_type: str, generation: str) -> str:
     if op_type in gen.cpu_ops:
         return "cpu"
     return "unsupported"
+
+
+def requantizes_pre_activations(target: str | None, dtype: str) -> bool:
+    """Whether the chip (the target's generation, else the one the dtype belongs to) stores some conv outputs as
+    integers before their activation (Generation.requantizes_pre_activations)."""
+    from . import QUANTIZED_DTYPES
+
+    gen = NPU_GENERATION.get(str(target or "").lower()) or (
+        "rknpu2" if dtype in QUANTIZED_DTYPES["rknpu2"] else "rknpu1")
+    return GENERATIONS[gen].requantizes_pre_activations

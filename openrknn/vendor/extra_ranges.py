@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -28,21 +28,6 @@ log = logging.getLogger("openrknn.vendor")
 
 Range = Tuple[float, float]
 HIST_BINS = 4096
-SEARCH_GRID = 192
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
-
-
-def _silu(x: np.ndarray) -> np.ndarray:
-    return x * _sigmoid(x)
-
-
-ACTIVATIONS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {"silu": _silu, "sigmoid": _sigmoid}
-# the lower end never cuts into the part of the activation that is not flat: SiLU's dip down to its minimum at
-# x = -1.2785 (its output's own range starts there, so our quantizer keeps that value representable)
-LOWEST_CUT = {"silu": -1.2784645427610738, "sigmoid": 0.0}
 
 
 @dataclass
@@ -76,44 +61,6 @@ def preactivations(model: onnx.ModelProto) -> Dict[str, str]:
     return out
 
 
-def _fake_quant(x: np.ndarray, lo: np.ndarray, hi: float) -> np.ndarray:
-    """x (values, last axis) on the vendor's asymmetric int8 grid of each range [lo[k], hi] (rows); 0 stays exact,
-    as qparams widens every range to hold it."""
-    from ..quant.schemes import qparams
-
-    fmt = _int8()
-    s, z = qparams(np.asarray(lo, np.float64), np.full(np.shape(lo), hi, np.float64), fmt)
-    s, z = s.astype(np.float64)[:, None], z.astype(np.float64)[:, None]
-    return (np.clip(np.round(x[None, :] / s) + z, fmt.qmin, fmt.qmax) - z) * s
-
-
-def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top: bool,
-                     grid: int = SEARCH_GRID) -> Range:
-    """The int8 range of a pre-activation whose activation output stays closest to the unquantized one.
-
-    hist: counts over [lo, hi] (equal bins). The lower end is searched on a grid between lo and 0 (and the upper end
-    between hi / 2 and hi when clip_top); error = sum over bins of count * (f(q(x)) - f(x))^2."""
-    if not hi > lo:
-        return lo, hi
-    f = ACTIVATIONS[act]
-    edges = np.linspace(lo, hi, hist.size + 1)
-    c = (edges[:-1] + edges[1:]) / 2
-    w = np.asarray(hist, np.float64)
-    keep = w > 0
-    c, w = c[keep], w[keep]
-    ref = f(c)
-    top = min(LOWEST_CUT[act], 0.0)
-    los = np.linspace(lo, top, grid) if lo < top else np.array([lo])
-    his = np.linspace(hi, hi / 2, grid // 2, endpoint=False) if clip_top and hi > 0 else np.array([hi])
-    best = (np.inf, lo, hi)
-    for b in his:
-        err = (f(_fake_quant(c, los, b)) - ref[None, :]) ** 2 @ w
-        k = int(np.argmin(err))
-        if err[k] < best[0]:
-            best = (float(err[k]), float(los[k]), float(b))
-    return best[1], best[2]
-
-
 def float_graph(package) -> onnx.ModelProto:
     """The package's graph with its rewrites and its weights on our grid, Q/DQ removed (tensor names kept), in the
     package's own feed layout (so calibration samples feed it as they feed our simulator)."""
@@ -127,7 +74,7 @@ def compute(package, samples: Sequence[Tuple[str, List[np.ndarray]]], skip: Sequ
             progress: bool = False) -> ExtraRanges:
     """Ranges for every float tensor of the package's float graph not in `skip` (the tensors our package already
     quantizes), from `samples` ([(stem, [array per input])], NHWC as read_samples returns them)."""
-    from ..quant.algorithms.activations import kl_range, mmse_range
+    from ..quant.algorithms.activations import activation_range, kl_range, mmse_range
     from ..quant.calibrate import Stats, collect_histograms, collect_minmax
 
     t0 = time.perf_counter()
@@ -149,7 +96,7 @@ def compute(package, samples: Sequence[Tuple[str, List[np.ndarray]]], skip: Sequ
     for t in names:
         lo, hi = stats.minmax[t]
         if t in stats.hist and t in pre:
-            lo, hi = activation_range(stats.hist[t], lo, hi, pre[t], clip_top=algorithm != "normal")
+            lo, hi = activation_range(stats.hist[t], lo, hi, pre[t], algorithm != "normal", fmt)
         elif t in stats.hist and algorithm == "kl_divergence":
             lo, hi = kl_range(stats.hist[t], lo, hi, fmt)
         elif t in stats.hist and algorithm == "mmse":

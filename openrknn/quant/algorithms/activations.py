@@ -133,3 +133,53 @@ def mmse_range(hist: np.ndarray, lo: float, hi: float, fmt: TensorFormat, grid: 
     err = mse_of_ranges(hist, lo, hi, clo, chi, fmt)
     k = int(np.argmin(err))
     return float(max(clo[k], lo)), float(min(chi[k], hi))
+
+
+# --- pre-activations: a conv output the chip requantizes before its activation (plan.py) -------------------------
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x * _sigmoid(x)
+
+
+ACTIVATIONS = {"silu": _silu, "sigmoid": _sigmoid}
+# the lower end never cuts into the part of the activation that is not flat: SiLU's dip down to its minimum at
+# x = -1.2785 (its output's own range starts there, so the output's quantizer keeps that value representable)
+LOWEST_CUT = {"silu": -1.2784645427610738, "sigmoid": 0.0}
+PRE_ACTIVATION_GRID = 192
+PRE_ACTIVATION_BINS = 1024  # the search's histogram resolution (finer histograms are summed down to it)
+
+
+def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top: bool, fmt: TensorFormat,
+                     grid: int = PRE_ACTIVATION_GRID) -> Tuple[float, float]:
+    """The range of a pre-activation whose activation output stays closest to the unquantized one.
+
+    hist: counts over [lo, hi] (equal bins). Levels below the flat part of the activation are wasted, so the lower
+    end is searched on a grid between lo and the activation's flat point; the upper end stays at hi (as min/max
+    keeps it for every other tensor) unless clip_top (kl_divergence / mmse, whose other ranges clip), then it is
+    searched between hi / 2 and hi. Error = sum over bins of count * (f(q(x)) - f(x))^2."""
+    if not hi > lo:
+        return lo, hi
+    f = ACTIVATIONS[act]
+    hist = np.asarray(hist, np.float64)
+    if hist.size > PRE_ACTIVATION_BINS and hist.size % PRE_ACTIVATION_BINS == 0:
+        hist = hist.reshape(PRE_ACTIVATION_BINS, -1).sum(1)
+    c = _centers(lo, hi, hist.size)
+    keep = hist > 0
+    c, w = c[keep], hist[keep]
+    ref = f(c)
+    top = min(LOWEST_CUT[act], 0.0)
+    los = np.linspace(lo, top, grid) if lo < top else np.array([lo])
+    his = np.linspace(hi, hi / 2, grid // 8, endpoint=False) if clip_top and hi > 0 else np.array([hi])
+    best = (np.inf, lo, hi)
+    for b in his:
+        s, z = qparams(los.astype(np.float64), np.full(los.shape, b, np.float64), fmt)
+        s, z = s.astype(np.float64)[:, None], z.astype(np.float64)[:, None]
+        q = (np.clip(np.round(c[None, :] / s) + z, fmt.qmin, fmt.qmax) - z) * s
+        err = (f(q) - ref[None, :]) ** 2 @ w
+        k = int(np.argmin(err))
+        if err[k] < best[0]:
+            best = (float(err[k]), float(los[k]), float(b))
+    return best[1], best[2]

@@ -37,9 +37,9 @@ from ..stages import Needs, QuantState, Rewrite, StageResult
 def _fused_chain(info: GraphInfo, plan: Plan, conv: int) -> Optional[Tuple[List[int], str]]:
     """Nodes from a conv to its quantization point (conv, then its fused activation nodes), and that point."""
     y = info.nodes[conv].output[0]
-    if y in plan.points:
+    if y in plan.points and y not in plan.pre_activations:
         return [conv], y
-    if y not in plan.internal:
+    if y not in plan.internal and y not in plan.pre_activations:
         return None
     chain, frontier = [conv], [y]
     point = None
@@ -561,7 +561,8 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
 
 def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.ndarray]], max_ratio: float = 8.0,
                 max_groups: int = 3, samples: Optional[Dict[str, np.ndarray]] = None, levels: int = 255,
-                min_benefit: float = REMAP_BENEFIT, confirm=None) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
+                min_benefit: float = REMAP_BENEFIT, confirm=None, requantized_pre_activations: bool = False
+                ) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
     """Split every candidate whose per-channel ranges (``ranges``: tensor -> (min[C], max[C]), from calibration)
     span more than ``max_ratio``, or whose remappable consumer outputs' ranges (also in ``ranges`` when measured)
     span more than REMAP_RATIO; those outputs' parts are remapped onto one range (see choose_remap).
@@ -572,7 +573,9 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     {tensor: (factor[C], offset[C])} with float = quantized-model tensor * factor + offset, original order;
     report["pooled"]: lists of remapped parts stretched onto one range, whose histograms are one distribution
     (the concat's) for kl_divergence / mmse. ``confirm``: called once with every remap the candidates would get,
-    {depthwise output: channel groups}, before any is made; returns (make them?, a report entry)."""
+    {depthwise output: channel groups}, before any is made; returns (make them?, a report entry).
+    ``requantized_pre_activations``: the plan's (plan.py); a depthwise conv's requantized output is cut into parts
+    like its activation's, {part: (original, channel indices, None)}."""
     from ..ir import normalize
     from ..plan import build_plan
 
@@ -587,7 +590,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     # candidates once, by node name (normalize() names every node): a rewrite moves indices, not names; a chain
     # an earlier rewrite cut up is gone by name, as it would be from a fresh plan
     first = GraphInfo(model)
-    found = candidates(first, build_plan(first))
+    first_plan = build_plan(first, requantized_pre_activations=requantized_pre_activations)
+    found = candidates(first, first_plan)
     named = {t: ([first.nodes[i].name for i in prod], [[first.nodes[i].name for i in c] for c in cons])
              for t, (prod, cons) in found.items()}
     # each candidate's groups and remaps, decided on the model as given: a rewrite elsewhere only permutes, folds
@@ -619,6 +623,10 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
         for chain in cons:
+            pre = info.nodes[chain[0]].output[0]
+            if pre in first_plan.pre_activations:  # a part of its own: the NPU requantizes it before the activation
+                for g, idx in enumerate(groups):
+                    parts[f"{pre}__split{g}"] = (pre, idx, None)
             out = _chain_output(info, chain)
             if out not in fitted:
                 for g in range(len(groups)):
@@ -666,7 +674,9 @@ class RangeSplit(Rewrite):
         found = split_candidates(state.model)
         remap = [o for t, outs in found.items() if t in sources for o in outs if o in sources] \
             if state.options.range_remap else []
-        self.candidates = [t for t in found if t in sources] + remap
+        pre = [o for t in found if t in sources for c in state.info.consumers.get(t, [])
+               for o in state.info.nodes[c].output[:1] if o in state.plan.pre_activations]
+        self.candidates = [t for t in found if t in sources] + remap + pre
         # the remap measures rounding noise on sampled values of 8-bit outputs
         return Needs(channel_ranges=list(self.candidates),
                      channel_samples=remap if state.scheme.act.bits == 8 else [])
@@ -679,7 +689,8 @@ class RangeSplit(Rewrite):
         new_model, report, parts = range_split(
             model, ranges, options.range_split_ratio, samples=stats.channel_samples,
             levels=(1 << state.scheme.act.bits) - 1,
-            confirm=lambda proposed: remap_check(model, proposed, ranges, state.data, options.threads))
+            confirm=lambda proposed: remap_check(model, proposed, ranges, state.data, options.threads),
+            requantized_pre_activations=options.requantized_pre_activations)
         stats.pooled = report.pop("pooled")
         for part, (orig, idx, remapped) in parts.items():
             if remapped is not None:

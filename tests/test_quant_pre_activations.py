@@ -1,0 +1,109 @@
+"""Pre-activations the chip requantizes: on RKNPU2 a depthwise conv's output before its SiLU and a conv's output
+before a standalone Sigmoid are int8 tensors (rknn-toolkit2 2.5.0's compiled layers, docs/vendor.md), so the
+quantizer makes them quantization points and picks their ranges for the activation's output."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import write_npy_dataset
+from openrknn.quant import QuantOptions, quantize
+from openrknn.quant.algorithms.activations import LOWEST_CUT, activation_range
+from openrknn.quant.dataset import InputSpec, read_dataset
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import build_plan
+from openrknn.quant.schemes import TensorFormat
+from test_quant_split import stem_model
+
+INT8 = TensorFormat(8, True, False)
+rng = np.random.default_rng(3)
+
+
+def _blocks() -> onnx.ModelProto:
+    """NCHW: conv + SiLU ("a"), depthwise conv + SiLU ("b"), depthwise conv + ReLU ("r"), conv + Sigmoid head."""
+    n = helper.make_node
+    inits = [numpy_helper.from_array(a.astype(np.float32), k) for k, a in [
+        ("w1", rng.normal(0, 0.3, (8, 3, 3, 3))), ("wd", rng.normal(0, 0.5, (8, 1, 3, 3))),
+        ("wr", rng.normal(0, 0.5, (8, 1, 3, 3))), ("wh", rng.normal(0, 0.3, (2, 8, 1, 1)))]]
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[1] * 4), n("Sigmoid", ["c1"], ["s1"]), n("Mul", ["c1", "s1"], ["a"]),
+             n("Conv", ["a", "wd"], ["dw"], pads=[1] * 4, group=8), n("Sigmoid", ["dw"], ["s2"]),
+             n("Mul", ["dw", "s2"], ["b"]),
+             n("Conv", ["b", "wr"], ["dr"], pads=[1] * 4, group=8), n("Relu", ["dr"], ["r"]),
+             n("Conv", ["r", "wh"], ["logit"]), n("Sigmoid", ["logit"], ["score"])]
+    g = helper.make_graph(nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 2, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_plan_requantizes_depthwise_silu_and_sigmoid_head_inputs_only():
+    info = GraphInfo(normalize(_blocks()))
+    plan = build_plan(info, requantized_pre_activations=True)
+    assert plan.pre_activations == {"dw": "silu", "logit": "sigmoid"}
+    assert {"dw", "logit"} <= set(plan.points)
+    # a standard conv's SiLU and a depthwise conv's ReLU stay fused, in full precision
+    assert {"c1", "dr"} <= plan.internal and not {"c1", "dr"} & set(plan.points)
+    assert plan.fused["b"] == "SiLU" and "s2" in plan.internal  # the SiLU itself is still one step
+    idealised = build_plan(info)
+    assert idealised.pre_activations == {} and {"c1", "dw", "dr", "logit"} <= idealised.internal
+
+
+def test_activation_range_keeps_the_top_and_the_silu_dip():
+    """A SiLU input: with 'normal' the upper end stays the calibrated maximum; the lower end moves up from a far
+    outlier (the SiLU is flat there) but never past the SiLU's minimum at -1.28, which our output range holds."""
+    x = np.concatenate([rng.normal(0.0, 1.5, 200_000), [-60.0, 12.0]])
+    hist, _ = np.histogram(x, bins=2048, range=(x.min(), x.max()))
+    lo, hi = activation_range(hist, float(x.min()), float(x.max()), "silu", False, INT8)
+    assert hi == float(x.max())
+    assert -60.0 < lo <= LOWEST_CUT["silu"]
+    lo2, hi2 = activation_range(hist, float(x.min()), float(x.max()), "silu", True, INT8)
+    assert hi2 < hi  # with a clipping algorithm the rare top values give way to resolution
+    # a sigmoid's input: both tails are flat, the lower end moves well inside the outlier
+    lo3, _ = activation_range(hist, float(x.min()), float(x.max()), "sigmoid", False, INT8)
+    assert -60.0 < lo3 < -3.0
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("pre"), (12, 12, 3)),
+                        [InputSpec("raw", (1, 12, 12, 3))])
+
+
+def _producers(model: onnx.ModelProto) -> dict:
+    return {o: n.op_type for n in model.graph.node for o in n.output}
+
+
+def test_rk3588_builds_store_the_depthwise_output_before_its_silu_as_integers(calib):
+    model = stem_model()
+    rk3588 = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", range_split=False), progress=False)
+    rk1808 = quantize(model, calib, QuantOptions(target="rk1808", range_split=False), progress=False)
+    sig_in = {n.output[0]: n.input[0] for n in rk3588.model.graph.node if n.op_type == "Sigmoid"}
+    prod = _producers(rk3588.model)
+    assert prod[sig_in["g2"]] == "DequantizeLinear" and "c2" in rk3588.tensors  # the depthwise conv's output
+    assert prod[sig_in["g1"]] == "Conv" and "c1" not in rk3588.tensors  # a standard conv's: fused in float
+    assert "c2" not in rk1808.tensors  # RKNPU1: not measured, kept as before
+    # its range is chosen for the SiLU: the dip at -1.28 stays representable, the top is the calibrated maximum
+    t = rk3588.tensors["c2"]
+    lo = (-128 - t["zero_point"][0]) * t["scale"][0]
+    assert lo <= LOWEST_CUT["silu"] + t["scale"][0]
+
+
+def test_range_split_gives_each_part_of_a_requantized_output_its_own_range(calib):
+    """YOLOX's pattern: range split cuts a conv output read by a depthwise conv + SiLU; the depthwise conv is cut
+    into parts, and each part's requantized output gets the range of its own channels."""
+    model = stem_model()
+    feeds = list(calib)
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", bias_correction=False), progress=False)
+    assert res.report["range_split"]["tensors"]
+    parts = sorted(t for t in res.tensors if t.startswith("c2__split"))
+    assert len(parts) >= 2 and len({res.tensors[t]["scale"][0] for t in parts}) == len(parts)
+    import onnxruntime as ort
+
+    def run(m, f):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, f)[0]
+
+    cos = [float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
+           for a, b in ((run(res.model, f), run(model, f)) for f in feeds)]
+    assert min(cos) > 0.99
