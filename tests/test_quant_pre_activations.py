@@ -107,3 +107,30 @@ def test_range_split_gives_each_part_of_a_requantized_output_its_own_range(calib
     cos = [float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
            for a, b in ((run(res.model, f), run(model, f)) for f in feeds)]
     assert min(cos) > 0.99
+
+
+def test_rknpu2_runs_a_range_split_remap_as_its_own_layer(calib):
+    """Range split's remap (x -> k x + b per part, read by the concat) after a depthwise conv + SiLU: the idealised
+    plan folds it into the SiLU's output quantizer; rknn-toolkit2 compiles it as a layer of its own after the
+    SiLU's int8 output, so on RKNPU2 each part's SiLU output is a quantization point with the range of its own
+    channels, and the remapped part another."""
+    from openrknn.quant.algorithms.split import channel_ranges, range_split
+    from test_quant_split import _dw_samples, remap_model
+
+    model = normalize(remap_model())
+    ranges = channel_ranges(model, ["stem", "dw"], calib)
+    samples = {"dw": _dw_samples(model, calib)}
+    split, report, parts = range_split(model, ranges, samples=samples, requantized_pre_activations=True)
+    assert report["tensors"][0]["remapped"] == ["dw"]
+    chip = build_plan(GraphInfo(split), requantized_pre_activations=True)
+    idealised = build_plan(GraphInfo(split))
+    silu_parts = [t for t in parts if t.startswith("dw__split") and t.count("__") == 1 and
+                  any(o.startswith(t + "__") for o in parts)]  # the parts a remap follows
+    assert silu_parts and all(chip.fused[t] == "SiLU" and t in chip.points for t in silu_parts)
+    assert all(t in idealised.internal for t in silu_parts)
+    remapped = [t for t in chip.points if chip.fused.get(t) == "affine"]
+    assert remapped and all(idealised.fused[t] == "SiLU+affine" for t in remapped)
+    # built for rk3588, each part's SiLU output gets the range of its own channels (they span 50x)
+    res = quantize(remap_model(), calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    scales = {res.tensors[t]["scale"][0] for t in res.tensors if t.startswith("dw__split") and t.count("__") == 1}
+    assert len(scales) >= 2

@@ -206,27 +206,38 @@ def _scalar_const(info: GraphInfo, node: onnx.NodeProto, x: str) -> bool:
         np.size(info.const(others[0])) == 1
 
 
-def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], starts: Set[str]) -> None:
+def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], starts: Set[str],
+                   requantized_pre_activations: bool = False) -> None:
     """A multiply, divide, add or subtract by a scalar constant right after a fused activation, or after a conv
     without one (``starts``), is part of it: the op's output quantizer absorbs it (a scale and a zero-point shift,
     or a different lookup table), so the NPU never requantizes in between. Exports write a layer's scalar
-    "learnable affine" this way; range split's part remap (algorithms/split.py) writes such pairs too."""
+    "learnable affine" this way; range split's part remap (algorithms/split.py) writes such pairs too.
+    requantized_pre_activations (RKNPU2): an affine after an activation that only a Concat reads (range split's
+    remap) is a layer of its own after the activation's int8 output, as rknn-toolkit2 compiles it (docs/vendor.md)."""
     for y in list(fused) + sorted(starts - set(fused) - internal):
         act = fused.pop(y, "")
-        absorbed = False
-        while y not in info.output_set:
-            cons = info.consumers.get(y, [])
+        chain = []
+        z = y
+        while z not in info.output_set:
+            cons = info.consumers.get(z, [])
             if len(cons) != 1 or info.nodes[cons[0]].op_type not in ("Mul", "Add", "Div", "Sub") or \
-                    not _scalar_const(info, info.nodes[cons[0]], y) or \
-                    (info.nodes[cons[0]].op_type in ("Div", "Sub") and info.nodes[cons[0]].input[0] != y):
+                    not _scalar_const(info, info.nodes[cons[0]], z) or \
+                    (info.nodes[cons[0]].op_type in ("Div", "Sub") and info.nodes[cons[0]].input[0] != z):
                 break
-            internal.add(y)
-            y = info.nodes[cons[0]].output[0]
-            absorbed = True
+            chain.append(z)
+            z = info.nodes[cons[0]].output[0]
+        readers = info.consumers.get(z, [])
+        if act and chain and requantized_pre_activations and z not in info.output_set and readers and \
+                all(info.nodes[r].op_type == "Concat" for r in readers):
+            fused[y] = act
+            internal.update(chain[1:])
+            fused[z] = "affine"
+            continue
+        internal.update(chain)
         if act:
-            fused[y] = act if not absorbed or act.endswith("+affine") else act + "+affine"
-        elif absorbed:
-            fused[y] = "affine"
+            fused[z] = act if not chain or act.endswith("+affine") else act + "+affine"
+        elif chain:
+            fused[z] = "affine"
 
 
 def _regions(info: GraphInfo) -> List:
@@ -304,7 +315,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
             internal.add(y)
     conv_outputs = {info.nodes[w.node].output[0] for w in weighted if info.nodes[w.node].op_type in
                     ("Conv", "ConvTranspose", "Gemm")}
-    _absorb_affine(info, internal, fused, conv_outputs)
+    _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)
 
     float_tail: Set[str] = set()
     split_concats: List[str] = []

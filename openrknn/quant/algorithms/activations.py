@@ -152,6 +152,15 @@ PRE_ACTIVATION_GRID = 192
 PRE_ACTIVATION_BINS = 1024  # the search's histogram resolution (finer histograms are summed down to it)
 
 
+def _activation_errors(c: np.ndarray, w: np.ndarray, ref: np.ndarray, f, los: np.ndarray, his: np.ndarray,
+                       fmt: TensorFormat) -> np.ndarray:
+    """Weighted squared error of f on the grid of each range (los[k], his[k]) against ref = f(c)."""
+    s, z = qparams(los.astype(np.float64), his.astype(np.float64), fmt)
+    s, z = s.astype(np.float64)[:, None], z.astype(np.float64)[:, None]
+    q = (np.clip(np.round(c[None, :] / s) + z, fmt.qmin, fmt.qmax) - z) * s
+    return (f(q) - ref[None, :]) ** 2 @ w
+
+
 def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top: bool, fmt: TensorFormat,
                      grid: int = PRE_ACTIVATION_GRID) -> Tuple[float, float]:
     """The range of a pre-activation whose activation output stays closest to the unquantized one.
@@ -159,7 +168,8 @@ def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top:
     hist: counts over [lo, hi] (equal bins). Levels below the flat part of the activation are wasted, so the lower
     end is searched on a grid between lo and the activation's flat point; the upper end stays at hi (as min/max
     keeps it for every other tensor) unless clip_top (kl_divergence / mmse, whose other ranges clip), then it is
-    searched between hi / 2 and hi. Error = sum over bins of count * (f(q(x)) - f(x))^2."""
+    searched between hi / 2 and hi, one end at a time (lower, upper, lower again). Error = sum over bins of
+    count * (f(q(x)) - f(x))^2."""
     if not hi > lo:
         return lo, hi
     f = ACTIVATIONS[act]
@@ -172,13 +182,11 @@ def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top:
     ref = f(c)
     top = min(LOWEST_CUT[act], 0.0)
     los = np.linspace(lo, top, grid) if lo < top else np.array([lo])
+
     his = np.linspace(hi, hi / 2, grid // 8, endpoint=False) if clip_top and hi > 0 else np.array([hi])
     best = (np.inf, lo, hi)
     for b in his:
-        s, z = qparams(los.astype(np.float64), np.full(los.shape, b, np.float64), fmt)
-        s, z = s.astype(np.float64)[:, None], z.astype(np.float64)[:, None]
-        q = (np.clip(np.round(c[None, :] / s) + z, fmt.qmin, fmt.qmax) - z) * s
-        err = (f(q) - ref[None, :]) ** 2 @ w
+        err = _activation_errors(c, w, ref, f, los, np.full(los.shape, b), fmt)
         k = int(np.argmin(err))
         if err[k] < best[0]:
             best = (float(err[k]), float(los[k]), float(b))

@@ -633,6 +633,9 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
                     parts[f"{out}__split{g}"] = (out, None, None)
                 continue
             pooled = []
+            if requantized_pre_activations:  # the activation's part is int8 before its remap (plan._absorb_affine)
+                for g, idx in enumerate(groups):
+                    parts[f"{out}__split{g}"] = (out, idx, None)
             for g, (idx, (k, b)) in enumerate(zip(groups, fitted[out].affine)):
                 name = f"{out}__split{g}" + ("__shifted" if b != 0.0 else "__scaled" if k != 1.0 else "")
                 olo, ohi = ranges[out]
