@@ -509,3 +509,37 @@ def test_runner_writes_the_vendors_untouched_floats_back_exactly(vendor, tmp_pat
     text = out.read_text()
     assert "5.960464477539063e-08" in text and "5.960464477539062e-08" not in text
     assert "0.9955098032951355" in text
+
+
+_EDIT_CFG_CUSTOM = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import runner
+result = {}
+runner._edit_cfg(sys.argv[2], sys.argv[3], {}, {"a": "int16", "gone": "int16", "absent": "int16"}, result,
+                 made={"a"})
+print(json.dumps(result))
+"""
+
+
+def test_runner_leaves_out_custom_layers_the_vendor_folded_away(vendor, tmp_path):
+    """MobileNetV2's auto hybrid promoted a range-split part whose channels are all zero: the vendor's step 1 folds
+    that branch into a constant but still lists the tensor in its cfg, and step 2 then refuses the name ("Invalid
+    operands name"). Only tensors step 1's graph still computes are written; the rest are reported (and the export
+    notes them as folded)."""
+    import json
+    import subprocess
+
+    entry = ("        qtype: asym\n        min:\n        -   0.0\n        max:\n        -   1.0\n"
+             "        scale: []\n        zero_point: []\n")
+    cfg = tmp_path / "m.quantization.cfg"
+    cfg.write_text("custom_quantize_layers: {}\nquantize_parameters:\n    a:\n" + entry + "    gone:\n" + entry)
+    out = tmp_path / "edited.cfg"
+    runner_dir = Path(__file__).resolve().parents[1] / "openrknn" / "vendor"
+    done = subprocess.run([vendor.python, "-c", _EDIT_CFG_CUSTOM, str(runner_dir), str(cfg), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["custom_layers"] == ["a"] and sorted(result["custom_not_in_cfg"]) == ["absent", "gone"]
+    text = out.read_text()
+    assert "a: int16" in text and "gone: int16" not in text

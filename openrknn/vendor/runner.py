@@ -77,8 +77,12 @@ def _exact_float(representer, value):
     return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
-def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=None):
+def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=None, made=None):
     """Set min/max of every tensor we have a range for; give the layers our hybrid kept out of int8 their dtype.
+
+    made: the tensors step 1's graph still computes (None: unknown). A cfg entry outside it names no layer (the
+    vendor folded that branch into a constant, e.g. a range-split part whose channels are all zero): step 2 refuses
+    it in custom_quantize_layers ("Invalid operands name"), so it is left out and reported with the others.
 
     table: the step-1 quantization table (the .data pickle), whose 'scale' values are the exact floats step 2
     compares the cfg's with: its own cfg writer rounds some of them in the last digit, which step 2 would then
@@ -124,11 +128,11 @@ def _edit_cfg(cfg_path, out_path, ranges, custom_layers, result, v2=True, table=
     layers = cfg.get(key) or {}
     wide = []
     for name, dtype in custom_layers.items():
-        if name in params:
+        if name in params and (made is None or name in made):
             layers[name] = dtype if v2 else TOOLKIT1_DTYPES.get(dtype, dtype)
             wide.append(name)
     cfg[key] = layers
-    result["custom_not_in_cfg"] = [n for n in custom_layers if n not in params]
+    result["custom_not_in_cfg"] = [n for n in custom_layers if n not in wide]
     result["cfg_tensors"] = len(params)
     result["cfg_edited"] = edited
     result["cfg_derived"] = derived
@@ -243,11 +247,12 @@ def run(job, work):
             _call(result, "hybrid_quantization_step1", rknn.hybrid_quantization_step1, dataset=job["dataset"])
             cfg, model_file, data_file = _step1_files(work)
             edited = cfg[: -len(".quantization.cfg")] + ".openrknn.quantization.cfg"
-            _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2, _table(data_file))
-            if result["custom_not_in_cfg"]:
-                made = _produced(model_file)
-                if made is not None:  # tensors its graph no longer computes (it folded them into constants)
-                    result["custom_folded"] = [n for n in result["custom_not_in_cfg"] if n not in made]
+            made = _produced(model_file) if job.get("custom_layers") else None
+            _edit_cfg(cfg, edited, job["ranges"], job.get("custom_layers") or {}, result, v2, _table(data_file),
+                      made)
+            if result["custom_not_in_cfg"] and made is not None:
+                # tensors its graph no longer computes (it folded them into constants)
+                result["custom_folded"] = [n for n in result["custom_not_in_cfg"] if n not in made]
             if job.get("weight_scales"):
                 data_file = _pin_weights(data_file, data_file[: -len(".data")] + ".openrknn.data",
                                          job["weight_scales"], result)
