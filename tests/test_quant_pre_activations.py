@@ -134,3 +134,40 @@ def test_rknpu2_runs_a_range_split_remap_as_its_own_layer(calib):
     res = quantize(remap_model(), calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
     scales = {res.tensors[t]["scale"][0] for t in res.tensors if t.startswith("dw__split") and t.count("__") == 1}
     assert len(scales) >= 2
+
+
+def _with_learnable_affine(model: onnx.ModelProto) -> onnx.ModelProto:
+    """PP-LCNet's pattern: a scalar multiply and add (a "learnable affine block") after the depthwise SiLU."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    n = helper.make_node
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(1.5, np.float32), "lab_k"),
+                                numpy_helper.from_array(np.array(0.25, np.float32), "lab_b")])
+    nodes = list(m.graph.node)
+    for node in nodes:
+        node.input[:] = ["lab" if t == "dw" and node.op_type == "Conv" else t for t in node.input]
+    at = next(i for i, node in enumerate(nodes) if node.output[0] == "dw") + 1
+    nodes[at:at] = [n("Mul", ["dw", "lab_k"], ["lab_m"]), n("Add", ["lab_m", "lab_b"], ["lab"])]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def test_a_learnable_affine_before_the_remap_stays_with_its_activation(calib):
+    """The remap rule must find range split's remap behind a model's own scalar affine (PP-OCRv4/v5 failed to
+    build before): the tensor entering the remap is the point, the activation and the affine before it one step."""
+    from test_quant_split import remap_model
+
+    model = _with_learnable_affine(remap_model())
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert res.report["range_split"]["tensors"][0].get("remapped") == ["lab"]
+    entering = [t for t in res.tensors if t.startswith("lab__split") and t.count("__") == 1]
+    assert entering and not any(t.startswith("dw__split") for t in res.tensors)  # the SiLU + affine: one step
+    import onnxruntime as ort
+
+    def run(m, f):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, f)[0]
+
+    for f in calib:
+        a, b = run(res.model, f), run(model, f)
+        assert float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99

@@ -41,6 +41,8 @@ FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "H
               "Softplus", "Mish", "Gelu"}
 # x * gate(x) written out as two nodes (SiLU = x*sigmoid(x), HardSwish = x*hardsigmoid(x)): one activation.
 GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
+# Node-name endings of range split's part remaps (algorithms/split.py writes them).
+REMAP_OPS = ("_remap_mul", "_remap_add")
 # Ops whose output values do not depend on the input data (shape arithmetic).
 STATIC_OPS = {"Shape", "Size"}
 
@@ -212,11 +214,12 @@ def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], s
     without one (``starts``), is part of it: the op's output quantizer absorbs it (a scale and a zero-point shift,
     or a different lookup table), so the NPU never requantizes in between. Exports write a layer's scalar
     "learnable affine" this way; range split's part remap (algorithms/split.py) writes such pairs too.
-    requantized_pre_activations (RKNPU2): an affine after an activation that only a Concat reads (range split's
-    remap) is a layer of its own after the activation's int8 output, as rknn-toolkit2 compiles it (docs/vendor.md)."""
+    requantized_pre_activations (RKNPU2): a remap after an activation is a layer of its own after the activation's
+    int8 output, as rknn-toolkit2 compiles it (docs/vendor.md): the tensor entering the remap stays a point."""
     for y in list(fused) + sorted(starts - set(fused) - internal):
         act = fused.pop(y, "")
-        chain = []
+        chain: List[str] = []   # the tensors each absorbed op reads, in order
+        remap_at = -1           # position in chain of the tensor range split's remap reads first
         z = y
         while z not in info.output_set:
             cons = info.consumers.get(z, [])
@@ -224,13 +227,14 @@ def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], s
                     not _scalar_const(info, info.nodes[cons[0]], z) or \
                     (info.nodes[cons[0]].op_type in ("Div", "Sub") and info.nodes[cons[0]].input[0] != z):
                 break
+            if remap_at < 0 and info.nodes[cons[0]].name.endswith(REMAP_OPS):
+                remap_at = len(chain)
             chain.append(z)
             z = info.nodes[cons[0]].output[0]
-        readers = info.consumers.get(z, [])
-        if act and chain and requantized_pre_activations and z not in info.output_set and readers and \
-                all(info.nodes[r].op_type == "Concat" for r in readers):
-            fused[y] = act
-            internal.update(chain[1:])
+        if act and requantized_pre_activations and remap_at >= 0:
+            point = chain[remap_at]
+            internal.update(chain[:remap_at] + chain[remap_at + 1:])
+            fused[point] = act if remap_at == 0 or act.endswith("+affine") else act + "+affine"
             fused[z] = "affine"
             continue
         internal.update(chain)

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from ...graph.names import splice_nodes
 from ..ir import GraphInfo
-from ..plan import Plan
+from ..plan import REMAP_OPS, Plan
 from ..stages import Needs, QuantState, Rewrite, StageResult
 
 
@@ -308,11 +308,11 @@ def _remap_parts(parts: List[str], affine: List[Tuple[float, float]], nodes: lis
         y = p
         if k != 1.0:
             inits.append(numpy_helper.from_array(np.array(k, np.float32), p + "__remap_k"))
-            nodes.append(helper.make_node("Mul", [y, p + "__remap_k"], [p + "__scaled"], name=p + "_remap_mul"))
+            nodes.append(helper.make_node("Mul", [y, p + "__remap_k"], [p + "__scaled"], name=p + REMAP_OPS[0]))
             y = p + "__scaled"
         if b != 0.0:
             inits.append(numpy_helper.from_array(np.array(b, np.float32), p + "__remap_b"))
-            nodes.append(helper.make_node("Add", [y, p + "__remap_b"], [p + "__shifted"], name=p + "_remap_add"))
+            nodes.append(helper.make_node("Add", [y, p + "__remap_b"], [p + "__shifted"], name=p + REMAP_OPS[1]))
             y = p + "__shifted"
         out.append(y)
     return out
