@@ -168,8 +168,7 @@ def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top:
     hist: counts over [lo, hi] (equal bins). Levels below the flat part of the activation are wasted, so the lower
     end is searched on a grid between lo and the activation's flat point; the upper end stays at hi (as min/max
     keeps it for every other tensor) unless clip_top (kl_divergence / mmse, whose other ranges clip), then it is
-    searched between hi / 2 and hi, one end at a time (lower, upper, lower again). Error = sum over bins of
-    count * (f(q(x)) - f(x))^2."""
+    searched between hi / 2 and hi. Error = sum over bins of count * (f(q(x)) - f(x))^2."""
     if not hi > lo:
         return lo, hi
     f = ACTIVATIONS[act]
@@ -182,7 +181,6 @@ def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top:
     ref = f(c)
     top = min(LOWEST_CUT[act], 0.0)
     los = np.linspace(lo, top, grid) if lo < top else np.array([lo])
-
     his = np.linspace(hi, hi / 2, grid // 8, endpoint=False) if clip_top and hi > 0 else np.array([hi])
     best = (np.inf, lo, hi)
     for b in his:

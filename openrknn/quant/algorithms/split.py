@@ -302,7 +302,8 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
 
 
 def _remap_parts(parts: List[str], affine: List[Tuple[float, float]], nodes: list, inits: list) -> List[str]:
-    """k * part + b after each part (scalar Mul/Add: the plan folds them into the part's fused activation)."""
+    """k * part + b after each part (scalar Mul/Add: the plan folds them into the part's fused activation, or on
+    RKNPU2 makes them a layer of their own, plan._absorb_affine)."""
     out = []
     for p, (k, b) in zip(parts, affine):
         y = p
