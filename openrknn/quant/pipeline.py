@@ -97,12 +97,13 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
 
     t = time.perf_counter()
     fixed = _expand_overrides(options.fixed, plan)  # hybrid step2: scale/zero point as given
-    acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed)
+    searched: Dict[tuple, Tuple[float, float]] = {}  # pre-activation ranges, the same for every candidate set
+    acts = activation_params(info, plan, stats, scheme, options.algorithm, overrides, fixed, searched)
     variants: Dict[str, Dict[str, ActQuant]] = {}
     if choosing:  # the clipped candidates the outputs will judge against min/max (algorithms/range_choice.py)
         from .algorithms.range_choice import CANDIDATES
 
-        variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed)
+        variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed, searched)
                     for alg in CANDIDATES}
         variants = {k: v for k, v in variants.items() if _differs(v, acts)}
     seconds["activation_ranges"] = round(time.perf_counter() - t, 3)
@@ -362,8 +363,11 @@ def _override_format(kind: str, value: str, default: TensorFormat) -> Optional[T
 
 def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
                       overrides: Optional[Dict[str, str]] = None,
-                      fixed: Optional[Dict[str, tuple]] = None) -> Dict[str, ActQuant]:
-    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits)."""
+                      fixed: Optional[Dict[str, tuple]] = None,
+                      searched: Optional[Dict[tuple, Tuple[float, float]]] = None) -> Dict[str, ActQuant]:
+    """fixed: {point: (scale, zero_point)} used as given for the point's whole scale group (hybrid step2 edits).
+    searched: pre-activation ranges already found by (tensor, clipped top), shared by the calls of one build."""
+    searched = {} if searched is None else searched
     fmt = _fmt_for(scheme)
     overrides = overrides or {}
     exempt = _clip_exempt(info, plan) if algorithm != "normal" else set()
@@ -380,8 +384,10 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
             continue  # derived (plan.derived): inside the range of its group's other members
         lo, hi = stats.minmax[t]
         if t in plan.pre_activations and t in stats.hist:
-            lo, hi = act_alg.activation_range(stats.hist[t], lo, hi, plan.pre_activations[t],
-                                              algorithm != "normal" and plan.group_of[t] not in exempt, fmt)
+            key = (t, algorithm != "normal" and plan.group_of[t] not in exempt)
+            if key not in searched:
+                searched[key] = act_alg.activation_range(stats.hist[t], lo, hi, plan.pre_activations[t], key[1], fmt)
+            lo, hi = searched[key]
         elif algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
             lo, hi = pick(stats.hist[t], lo, hi, fmt)
         chosen[t] = (lo, hi)
