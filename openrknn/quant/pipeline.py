@@ -82,17 +82,16 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     overrides = _expand_overrides(options.overrides, plan)
     choosing = _chooses_ranges(options, scheme)
     hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
+    histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
     if options.algorithm != "normal" or choosing:
         images = data if options.algorithm != "normal" else hist_feeds  # a few images give the histograms' shape
         per_image = options.histogram_samples or (int(np.clip((1 << 20) // max(len(images), 1), 1 << 14, 1 << 18))
                                                   if options.algorithm != "normal" else 1 << 15)
-        histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
         histogram_pass(m, plan.sources, images, stats, options.histogram_bins, per_image, progress,
                        options.threads)
-    pre = [t for t in plan.pre_activations if t not in stats.hist and t in stats.minmax]
-    if pre:  # a pre-activation's range is chosen for its activation's output, from its histogram
-        histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
-        histogram_pass(m, pre, data, stats, options.histogram_bins, 1 << 15, progress, options.threads)
+    elif plan.pre_activations:  # min/max alone: only the pre-activations, whose range their activation decides
+        histogram_pass(m, [t for t in plan.pre_activations if t in stats.minmax], data, stats,
+                       options.histogram_bins, 1 << 15, progress, options.threads)
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()

@@ -259,14 +259,13 @@ def _regions(info: GraphInfo) -> List:
             if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
 
 
-def _requantized_activation(info: GraphInfo, w: WeightedOp, cons: List[int], gated: Dict[int, tuple]) -> str:
-    """'silu' / 'sigmoid' when a chip that requantizes pre-activations stores this conv output as integers before
+def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[int], gated: Dict[int, tuple]) -> str:
+    """'silu' / 'sigmoid' when a chip that requantizes pre-activations stores this conv output y as integers before
     its activation; '' otherwise."""
     if info.nodes[w.node].op_type != "Conv":
         return ""
     if len(cons) == 1 and info.nodes[cons[0]].op_type == "Sigmoid":
         return "sigmoid"
-    y = info.nodes[w.node].output[0]
     if w.depthwise and len(cons) == 2 and any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
         return "silu"
     return ""
@@ -303,7 +302,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if y in info.output_set:
             continue
         cons = info.consumers.get(y, [])
-        act = _requantized_activation(info, w, cons, gated) if requantized_pre_activations else ""
+        act = _requantized_activation(info, w, y, cons, gated) if requantized_pre_activations else ""
         if act:
             pre_activations[y] = act
             continue
