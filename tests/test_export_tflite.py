@@ -488,3 +488,102 @@ def test_softmax_over_the_models_last_axis(tmp_path, layout):
         got, want = runner.run([img])[0], sim.run([img])[0]
         assert got.shape == want.shape
         assert cosine(got, want) >= 0.999
+
+
+def test_decoder_and_normalization_layers(tmp_path):
+    """The PP-OCR detectors' ConvTranspose upsampler (int8 TRANSPOSE_CONV with our integers and a fused Relu; ONNX
+    pads and output_padding cropped exactly), a BatchNormalization the loader could not fold (behind a Relu) and a
+    LayerNormalization over the last axis (the PP-OCR recognizers): LiteRT computes what the simulator does."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(21)
+    c = 6
+    inits = [numpy_helper.from_array((rng.standard_normal((c, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(c, .1, np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((c, 4, 3, 3)) * .3).astype(np.float32), "wt"),
+             numpy_helper.from_array(rng.uniform(-.2, .2, 4).astype(np.float32), "bt")]
+    inits += [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
+              (("g", rng.uniform(.5, 1.5, c)), ("be", rng.uniform(-.3, .3, c)), ("mu", rng.uniform(0, .5, c)),
+               ("var", rng.uniform(.5, 2, c)), ("lg", rng.uniform(.5, 1.5, 2 * W)),
+               ("lb", rng.uniform(-.2, .2, 2 * W)))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("BatchNormalization", ["r", "g", "be", "mu", "var"], ["bn"], name="bn"),
+             helper.make_node("ConvTranspose", ["bn", "wt", "bt"], ["up"], name="up", kernel_shape=[3, 3],
+                              strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+             helper.make_node("Relu", ["up"], ["ur"], name="up_relu"),
+             helper.make_node("LayerNormalization", ["ur", "lg", "lb"], ["y"], name="ln", axis=-1)]
+    graph = helper.make_graph(nodes, "dec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2 * H, 2 * W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "dec")
+    by_layer = {r.layer: r for r in report.layers}
+    assert by_layer["up"].mode == "int8" and by_layer["up"].tflite_ops == ["TRANSPOSE_CONV", "SLICE"]
+    assert by_layer["up_relu"].mode == "fused"
+    assert "RSQRT" in by_layer["ln"].tflite_ops and by_layer["bn"].tflite_ops[-2:] == ["MUL", "ADD"]
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        got, want = runner.run([img])[0], sim.run([img])[0]
+        assert got.shape == want.shape == (1, 4, 2 * H, 2 * W)
+        assert cosine(got, want) >= 0.999
+
+
+def test_sequence_layers_and_shared_weights(tmp_path):
+    """An audio / sequence model's layers: a 1-D conv (run as a 2-D one over a height of 1), edge and reflect
+    padding, a backward Slice through index 0 (a bidirectional RNN's time reversal), ReduceMax and a Clip whose floor
+    is computed (a log-mel front end's max - 80 dB); and two convs reading one weight, stored once in the file."""
+    import tflite
+
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 5)) * .3).astype(np.float32), "w1d"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .3).astype(np.float32), "w2d"),
+             numpy_helper.from_array(np.asarray([1, 3, H * W], np.int64), "flat"),
+             numpy_helper.from_array(np.asarray([0, 0, 2, 0, 0, 1], np.int64), "pads1d"),
+             numpy_helper.from_array(np.asarray([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "pads2d"),
+             numpy_helper.from_array(np.asarray([-1], np.int64), "rev_start"),
+             numpy_helper.from_array(np.asarray([-10 ** 9], np.int64), "rev_end"),
+             numpy_helper.from_array(np.asarray([2], np.int64), "rev_axis"),
+             numpy_helper.from_array(np.asarray([-1], np.int64), "rev_step"),
+             numpy_helper.from_array(np.float32(1.5), "margin")]
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["seq"], name="to_seq"),
+             helper.make_node("Conv", ["seq", "w1d", "b"], ["c1"], name="conv1d", kernel_shape=[5], strides=[2],
+                              pads=[2, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1d"),
+             helper.make_node("Pad", ["r1", "pads1d"], ["p1"], name="edge_pad", mode="edge"),
+             helper.make_node("Slice", ["p1", "rev_start", "rev_end", "rev_axis", "rev_step"], ["rev"],
+                              name="reverse"),
+             helper.make_node("ReduceMax", ["rev"], ["peak"], name="peak", keepdims=0),
+             helper.make_node("Sub", ["peak", "margin"], ["floor"], name="floor"),
+             helper.make_node("Clip", ["rev", "floor"], ["y1"], name="floor_clip"),
+             helper.make_node("Conv", ["x", "w2d", "b"], ["c2"], name="conv2d_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2d", "b"], ["c3"], name="conv2d_b", pads=[2, 2, 2, 2], dilations=[2, 2]),
+             helper.make_node("Add", ["c2", "c3"], ["sum"], name="sum"),
+             helper.make_node("Pad", ["sum", "pads2d"], ["y2"], name="reflect_pad", mode="reflect")]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [1, 4, 131]),
+                               helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 4, H + 3, W + 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "seq")
+    by_layer = {r.layer: r for r in report.layers}
+    assert by_layer["conv1d"].mode == "int8" and "CONV_2D" in by_layer["conv1d"].tflite_ops
+    assert "MIRROR_PAD" in by_layer["reflect_pad"].tflite_ops
+    assert by_layer["edge_pad"].tflite_ops.count("CONCATENATION") == 1
+    assert "REDUCE_MAX" in by_layer["peak"].tflite_ops and "MAXIMUM" in by_layer["floor_clip"].tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img]), runner.run([img])
+        for a, b in zip(ours, theirs):
+            assert a.shape == b.shape
+            assert cosine(a, b) >= 0.999
+    m = tflite.Model.GetRootAs(data, 0)
+    contents = [m.Buffers(i).DataAsNumpy().tobytes() for i in range(m.BuffersLength()) if m.Buffers(i).DataLength()]
+    assert len(contents) == len(set(contents))   # no constant stored twice

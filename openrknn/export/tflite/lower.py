@@ -140,7 +140,9 @@ class Lowerer:
         return nhwc_shape(shape) if nhwc and len(shape) == 4 else tuple(shape)
 
     def out_shape(self, name: str, fallback: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
-        shape = self.g.shape(name) or (tuple(fallback) if fallback is not None else None)
+        shape = self.g.shape(name)
+        if shape is None and fallback is not None:
+            shape = tuple(fallback)
         if shape is None:
             raise NotSupportedError(f"export-tflite: the shape of '{name}' is unknown (ONNX shape inference did not "
                                     "reach it); TFLite needs static shapes")

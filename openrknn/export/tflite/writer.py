@@ -121,13 +121,18 @@ def serialize(model: Model) -> bytes:
     buffer_offsets = []
     tfl.BufferStart(b)
     buffer_offsets.append(tfl.BufferEnd(b))
+    by_content: Dict[bytes, int] = {}   # constants with the same bytes share one buffer (a weight read per time step)
     for t in model.tensors:
         if t.data is None:
             continue
-        data_vec = _aligned_bytes(b, t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes())
+        raw = t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes()
+        if raw in by_content:
+            buffer_of[t.index] = by_content[raw]
+            continue
+        data_vec = _aligned_bytes(b, raw)
         tfl.BufferStart(b)
         tfl.BufferAddData(b, data_vec)
-        buffer_of[t.index] = len(buffer_offsets)
+        buffer_of[t.index] = by_content[raw] = len(buffer_offsets)
         buffer_offsets.append(tfl.BufferEnd(b))
 
     tensor_offsets = []

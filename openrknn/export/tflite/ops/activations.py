@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 import onnx
 
+from ....errors import NotSupportedError
 from ..writer import Quant
 from . import attr, layer_name, register
 
@@ -78,22 +79,44 @@ def _unary(ctx, node, builtin: str, kind: str, options=None, version: int = 1, n
     return ""
 
 
+def _bound(ctx, node, i: int, default: float):
+    """A Clip bound as a float TFLite tensor, or None when absent / infinite; a computed bound (a floor set
+    relative to a ReduceMax, as a log-mel front end does) must be a scalar."""
+    name = node.input[i] if len(node.input) > i else ""
+    if not name:
+        value = attr(node, "max" if i == 2 else "min", default)
+        return None if np.isinf(value) else ctx.m.add_const(ctx._tname("bound"), np.float32(value).reshape(()))
+    qc = ctx.g.quant_const(name)
+    if ctx.g.is_const(name) or qc is not None:
+        value = np.asarray(qc.dequantized() if qc is not None else ctx.g.const(name), np.float32).reshape(())
+        return None if np.isinf(value) else ctx.m.add_const(ctx._tname("bound"), value)
+    if int(np.prod(ctx.value(name).shape)) != 1:
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} clips to a computed tensor bound; only scalar "
+                                "computed bounds are exported")
+    return ctx.f_of(name, layer_name(node))
+
+
 def _clip(ctx, node, kind):
-    lo, hi = clip_bounds(ctx, node) if node.op_type == "Clip" else (0.0, np.inf)
-    code = _bounds_code(lo, hi)
+    computed = node.op_type == "Clip" and any(i and not ctx.g.is_const(i) for i in node.input[1:])
+    lo, hi = clip_bounds(ctx, node) if node.op_type == "Clip" and not computed else (0.0, np.inf)
+    code = None if computed else _bounds_code(lo, hi)
     if code is not None:
         return _unary(ctx, node, {RELU: "RELU", RELU6: "RELU6", RELU_N1_TO_1: "RELU_N1_TO_1"}[code], kind,
                       version=2 if kind == "q" else 1)
     v = ctx.value(node.input[0])
     x = ctx.f_of(node.input[0], layer_name(node))
     out = ctx.out_f(node.output[0], v.nhwc)
+    lo_t, hi_t = _bound(ctx, node, 1, -np.inf), _bound(ctx, node, 2, np.inf)   # a Relu took RELU above
     cur = x
-    if lo > -np.inf:
-        nxt = out if hi == np.inf else ctx.new_f(node.output[0] + "/max", x.shape)
-        ctx.m.add_op("MAXIMUM", [cur, ctx.m.add_const(ctx._tname("lo"), np.float32(lo).reshape(()))], [nxt])
+    if lo_t is not None:
+        nxt = out if hi_t is None else ctx.new_f(node.output[0] + "/max", x.shape)
+        ctx.m.add_op("MAXIMUM", [cur, lo_t], [nxt])
         cur = nxt
-    if hi < np.inf:
-        ctx.m.add_op("MINIMUM", [cur, ctx.m.add_const(ctx._tname("hi"), np.float32(hi).reshape(()))], [out])
+    if hi_t is not None:
+        ctx.m.add_op("MINIMUM", [cur, hi_t], [out])
+    if lo_t is None and hi_t is None:
+        ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(x.shape, np.int32))], [out],
+                     ("ReshapeOptions", {"NewShape": list(x.shape)}))
     return ""
 
 

@@ -98,10 +98,58 @@ def _conv_int8_ok(ctx, node) -> bool:
     return group == 1 or depthwise
 
 
+def _geometry_2d(ctx, node) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """kernel, strides, dilations, pads [top, left, bottom, right]; a 1-D conv as a 2-D one over a height of 1."""
+    kernel = list(attr(node, "kernel_shape", None) or ctx.g.quant_const(node.input[1]).q.shape[2:])
+    if len(kernel) != 1:
+        strides, dil, pads = geometry(node, kernel)
+        return kernel, strides, dil, pads
+    if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} uses auto_pad; openrknn's graphs carry explicit "
+                                "pads")
+    pads = list(attr(node, "pads", [0, 0]))
+    return [1] + kernel, [1] + list(attr(node, "strides", [1])), [1] + list(attr(node, "dilations", [1])), \
+        [0, pads[0], 0, pads[1]]
+
+
+def _is_1d(ctx, node) -> bool:
+    return len(ctx.value(node.input[0]).shape) == 3
+
+
+def _rows_1d(ctx, name: str, kind: str, layer: str) -> Tensor:
+    """An N,C,L tensor as the N,1,L,C image TFLite's 2-D kernels read."""
+    v = ctx.value(name)
+    base = v.q if kind == "q" else ctx.f_of(name, layer)
+    n, c, length = v.shape
+    if c != 1:
+        t = ctx.m.add_tensor(ctx._tname(name + "/nlc"), (n, length, c), base.dtype, base.quant)
+        ctx.m.add_op("TRANSPOSE", [base, ctx.m.add_const(ctx._tname("perm"), np.asarray((0, 2, 1), np.int32))], [t],
+                     version=2, layer=layer)
+        base = t
+    out = ctx.m.add_tensor(ctx._tname(name + "/rows"), (n, 1, length, c), base.dtype, base.quant)
+    ctx.m.add_op("RESHAPE", [base, ctx.m.add_const(ctx._tname("shape"), np.asarray(out.shape, np.int32))], [out],
+                 ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
+    return out
+
+
+def _unrows_1d(ctx, y: Tensor, out: Tensor, layer: str) -> None:
+    """The conv's N,1,L,O result back to the N,O,L tensor the graph reads."""
+    n, _, length, o = y.shape
+    flat = ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + "/nlc"), (n, length, o), y.dtype, y.quant) \
+        if o != 1 else out
+    ctx.m.add_op("RESHAPE", [y, ctx.m.add_const(ctx._tname("shape"), np.asarray(flat.shape, np.int32))], [flat],
+                 ("ReshapeOptions", {"NewShape": list(flat.shape)}), layer=layer)
+    if o != 1:
+        ctx.m.add_op("TRANSPOSE", [flat, ctx.m.add_const(ctx._tname("perm"), np.asarray((0, 2, 1), np.int32))],
+                     [out], version=2, layer=layer)
+
+
 def _emit_conv(ctx, node, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, act_code: int, depthwise: bool,
                layer: str) -> None:
-    kernel = list(attr(node, "kernel_shape", None) or ctx.g.quant_const(node.input[1]).q.shape[2:])
-    strides, dil, pads = geometry(node, kernel)
+    kernel, strides, dil, pads = _geometry_2d(ctx, node)
+    one_d = len(out.shape) == 3
+    y = ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + "/rows"), (out.shape[0], 1, out.shape[2], out.shape[1]),
+                         out.dtype, out.quant) if one_d else out
     padding = tfl_padding(x.shape[1:3], kernel, strides, dil, pads)
     if padding is None:
         x = pad_input(ctx, x, pads, layer)
@@ -110,25 +158,29 @@ def _emit_conv(ctx, node, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, ac
               "DilationWFactor": dil[1], "DilationHFactor": dil[0]}
     q = x.quant is not None and x.dtype == np.int8
     if depthwise:
-        mult = out.shape[3] // x.shape[3]
-        ctx.m.add_op("DEPTHWISE_CONV_2D", [x, filt, bias], [out],
+        mult = y.shape[3] // x.shape[3]
+        ctx.m.add_op("DEPTHWISE_CONV_2D", [x, filt, bias], [y],
                      ("DepthwiseConv2DOptions", {**common, "DepthMultiplier": mult}), version=3 if q else 2,
                      layer=layer)
     else:
-        ctx.m.add_op("CONV_2D", [x, filt, bias], [out], ("Conv2DOptions", common), version=3 if q else 2,
+        ctx.m.add_op("CONV_2D", [x, filt, bias], [y], ("Conv2DOptions", common), version=3 if q else 2,
                      layer=layer)
+    if one_d:
+        _unrows_1d(ctx, y, out, layer)
 
 
 def _filter(wq, depthwise: bool) -> np.ndarray:
-    # ONNX O,I,kh,kw -> TFLite O,kh,kw,I (conv) or 1,kh,kw,O (depthwise)
-    return wq.q.transpose(1, 2, 3, 0) if depthwise else wq.q.transpose(0, 2, 3, 1)
+    # ONNX O,I,kh,kw -> TFLite O,kh,kw,I (conv) or 1,kh,kw,O (depthwise); a 1-D kernel O,I,k has kh = 1
+    q = wq.q.reshape(wq.q.shape[:2] + (1,) + wq.q.shape[2:]) if wq.q.ndim == 3 else wq.q
+    return q.transpose(1, 2, 3, 0) if depthwise else q.transpose(0, 2, 3, 1)
 
 
 def conv_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
     depthwise, _ = _conv_kind(ctx, node, wq)
-    x = ctx.view(node.input[0], "q", True, layer)
+    one_d = _is_1d(ctx, node)
+    x = _rows_1d(ctx, node.input[0], "q", layer) if one_d else ctx.view(node.input[0], "q", True, layer)
     o = wq.q.shape[0]
     w_scale = np.broadcast_to(wq.scale, (o,)).astype(np.float32)
     per_channel = wq.scale.size > 1
@@ -138,7 +190,7 @@ def conv_int8(ctx, node, act) -> str:
     bq, bscale = _bias_int32(ctx, node, o, float(x.quant.scale[0]), w_scale, layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq,
                            Quant(bscale if per_channel else bscale[:1], np.zeros(o if per_channel else 1, np.int64)))
-    out = ctx.out_q(act.output[0] if act is not None else node.output[0], True, ctx.out_shape(node.output[0]))
+    out = ctx.out_q(act.output[0] if act is not None else node.output[0], not one_d, ctx.out_shape(node.output[0]))
     _emit_conv(ctx, node, x, filt, bias, out, fused_code(ctx, act) if act is not None else NONE, depthwise, layer)
     return ""
 
@@ -172,10 +224,11 @@ def conv_float(ctx, node) -> str:
     if group > 1 and not depthwise:
         raise NotSupportedError(f"export-tflite: {layer} is a grouped conv (group {group}) that is not depthwise; "
                                 "TFLite's CONV_2D kernels do not take groups")
-    x = ctx.view(node.input[0], "f", True, layer)
+    one_d = _is_1d(ctx, node)
+    x = _rows_1d(ctx, node.input[0], "f", layer) if one_d else ctx.view(node.input[0], "f", True, layer)
     filt = _dequantized_weights(ctx, wq, _filter(wq, depthwise), 3 if depthwise else 0, node.input[1], layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[0]))
-    out = ctx.out_f(node.output[0], True)
+    out = ctx.out_f(node.output[0], not one_d)
     _emit_conv(ctx, node, x, filt, bias, out, NONE, depthwise, layer)
     return ""
 
@@ -238,3 +291,101 @@ def gemm_float(ctx, node) -> str:
 
 
 register("Gemm", int8=gemm_int8, float=gemm_float, fuses_activation=True, int8_ok=_gemm_int8_ok)
+
+
+# -------------------------------------------------------------------------------------------------- ConvTranspose
+def _deconv_geometry(ctx, node, wq) -> Tuple[List[int], List[int], List[int], Tuple[int, ...]]:
+    """strides, kernel, ONNX pads and the uncropped N,H,W,C output TRANSPOSE_CONV writes with VALID padding."""
+    layer = layer_name(node)
+    kernel = list(wq.q.shape[2:])
+    if len(kernel) != 2:
+        raise NotSupportedError(f"export-tflite: {layer} is a {len(kernel)}-D ConvTranspose; TFLite's "
+                                "TRANSPOSE_CONV takes 2-D kernels only")
+    if int(attr(node, "group", 1)) != 1 or any(d != 1 for d in attr(node, "dilations", [1, 1])):
+        raise NotSupportedError(f"export-tflite: {layer} is a grouped or dilated ConvTranspose; TFLite's "
+                                "TRANSPOSE_CONV has neither")
+    if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or attr(node, "output_shape") is not None:
+        raise NotSupportedError(f"export-tflite: {layer} sets auto_pad / output_shape; openrknn's graphs carry "
+                                "explicit pads")
+    strides = list(attr(node, "strides", [1, 1]))
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    extra = list(attr(node, "output_padding", [0, 0]))
+    if any(e > pads[d + 2] for d, e in enumerate(extra)):
+        raise NotSupportedError(f"export-tflite: {layer} has output_padding beyond its end pads; TFLite's "
+                                "TRANSPOSE_CONV cannot write those rows")
+    n, _, h, w = ctx.value(node.input[0]).shape
+    full = (n, (h - 1) * strides[0] + kernel[0], (w - 1) * strides[1] + kernel[1], wq.q.shape[1])
+    return strides, kernel, pads, full
+
+
+def _deconv_emit(ctx, node, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, act_code: int, layer: str) -> None:
+    """TRANSPOSE_CONV with VALID padding, then a crop of ONNX's pads (exact for any pads / output_padding)."""
+    wq = ctx.g.quant_const(node.input[1])
+    strides, _, pads, full = _deconv_geometry(ctx, node, wq)
+    crop = out.shape != full
+    y = ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + "/uncropped"), full, out.dtype, out.quant) \
+        if crop else out
+    shape = ctx.m.add_const(ctx._tname("output_shape"), np.asarray(full, np.int32))
+    q = x.dtype == np.int8
+    # TFLite's versions: 3 = with a bias input, 4 = with a fused activation
+    ctx.m.add_op("TRANSPOSE_CONV", [shape, filt, x, bias], [y],
+                 ("TransposeConvOptions", {"Padding": PADDING_VALID, "StrideW": strides[1], "StrideH": strides[0],
+                                           "FusedActivationFunction": act_code}),
+                 version=4 if act_code != NONE else 3, layer=layer)
+    if crop:
+        begin = [0, pads[0], pads[1], 0]
+        size = list(out.shape)
+        ctx.m.add_op("SLICE", [y, ctx.m.add_const(ctx._tname("begin"), np.asarray(begin, np.int32)),
+                               ctx.m.add_const(ctx._tname("size"), np.asarray(size, np.int32))], [out],
+                     version=2 if q else 1, layer=layer)
+
+
+def _deconv_filter(wq) -> np.ndarray:
+    # ONNX C_in,C_out,kh,kw -> TFLite C_out,kh,kw,C_in (TFLite's TRANSPOSE_CONV is the same gradient-of-conv map)
+    return np.ascontiguousarray(wq.q.transpose(1, 2, 3, 0))
+
+
+def _deconv_int8_ok(ctx, node) -> bool:
+    wq = ctx.g.quant_const(node.input[1])
+    # per-channel scales must run along ONNX's output-channel axis (1), TFLite's quantized dimension 0
+    return (wq is not None and wq.q.dtype == np.int8 and not np.any(wq.zero_point != 0)
+            and (wq.scale.size == 1 or wq.axis == 1))
+
+
+def deconv_int8(ctx, node, act) -> str:
+    layer = layer_name(node)
+    wq = _weights(ctx, node)
+    _deconv_geometry(ctx, node, wq)
+    x = ctx.view(node.input[0], "q", True, layer)
+    o = wq.q.shape[1]
+    w_scale = np.broadcast_to(wq.scale.reshape(-1), (o,)).astype(np.float32)
+    per_channel = wq.scale.size > 1
+    filt = ctx.m.add_const(ctx._tname(node.input[1]), _deconv_filter(wq),
+                           Quant(w_scale if per_channel else w_scale[:1],
+                                 np.zeros(o if per_channel else 1, np.int64), 0))
+    bq, bscale = _bias_int32(ctx, node, o, float(x.quant.scale[0]), w_scale, layer)
+    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq,
+                           Quant(bscale if per_channel else bscale[:1], np.zeros(o if per_channel else 1, np.int64)))
+    out = ctx.out_q(act.output[0] if act is not None else node.output[0], True, ctx.out_shape(node.output[0]))
+    _deconv_emit(ctx, node, x, filt, bias, out, fused_code(ctx, act) if act is not None else NONE, layer)
+    return ""
+
+
+def deconv_float(ctx, node) -> str:
+    layer = layer_name(node)
+    wq = _weights(ctx, node)
+    _deconv_geometry(ctx, node, wq)
+    x = ctx.view(node.input[0], "f", True, layer)
+    if wq.scale.size > 1 and wq.axis != 1:
+        raise NotSupportedError(f"export-tflite: {layer}'s weights are quantized per input channel; TFLite keeps "
+                                "per-channel weights along the output channels only")
+    arr = _deconv_filter(wq)
+    wq_out = type(wq)(arr, wq.scale.reshape(-1), wq.zero_point.reshape(-1), 0 if wq.scale.size > 1 else None)
+    filt = _dequantized_weights(ctx, wq_out, arr, 0, node.input[1], layer)
+    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[1]))
+    out = ctx.out_f(node.output[0], True)
+    _deconv_emit(ctx, node, x, filt, bias, out, NONE, layer)
+    return ""
+
+
+register("ConvTranspose", int8=deconv_int8, float=deconv_float, fuses_activation=True, int8_ok=_deconv_int8_ok)

@@ -73,14 +73,43 @@ def _matmul(ctx, node) -> str:
 register("MatMul", float=_matmul)
 
 
+def _edge_pad(ctx, x, pairs, out, layer: str) -> None:
+    """ONNX's edge mode (repeat the border value): per padded axis, a CONCATENATION of the border slice repeated
+    and the tensor (TFLite's PAD / MIRROR_PAD have no edge mode)."""
+    padded = [i for i, (b, e) in enumerate(pairs) if b or e]
+    for n, axis in enumerate(padded):
+        before, after = pairs[axis]
+        shape = list(x.shape)
+        parts = []
+        for count, start in ((before, 0), (after, shape[axis] - 1)):
+            if not count:
+                parts.append([])
+                continue
+            begin = [0] * len(shape)
+            begin[axis] = start
+            size = list(shape)
+            size[axis] = 1
+            edge = ctx.new_f(layer + "/edge", size)
+            ctx.m.add_op("SLICE", [x, ctx.m.add_const(ctx._tname("begin"), np.asarray(begin, np.int32)),
+                                   ctx.m.add_const(ctx._tname("size"), np.asarray(size, np.int32))], [edge],
+                         layer=layer)
+            parts.append([edge] * count)
+        shape[axis] += before + after
+        y = out if n == len(padded) - 1 else ctx.new_f(layer + "/edge_padded", shape)
+        ctx.m.add_op("CONCATENATION", parts[0] + [x] + parts[1], [y],
+                     ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), layer=layer)
+        x = y
+
+
 def _pad(ctx, node) -> str:
-    """Constant-mode Pad with constant pads (and value), in the stored layout."""
+    """Pad with constant pads (and value), in the stored layout: constant, reflect (MIRROR_PAD) or edge mode."""
     layer = layer_name(node)
     mode = attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant" or not ctx.g.is_const(node.input[1]) or (len(node.input) > 3 and node.input[3]):
+    if mode not in ("constant", "reflect", "edge") or not ctx.g.is_const(node.input[1]) or \
+            (len(node.input) > 3 and node.input[3]):
         raise NotSupportedError(f"export-tflite: {layer} is a Pad mode={mode!r} or with computed pads / axes; only "
-                                "constant-mode padding by constants is exported")
+                                "constant, reflect and edge padding by constant pads is exported")
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     pads = [int(p) for p in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
@@ -91,12 +120,20 @@ def _pad(ctx, node) -> str:
     if nhwc:
         pairs = [pairs[i] for i in TO_NHWC]
     value = 0.0
-    if len(node.input) > 2 and node.input[2]:
+    if mode == "constant" and len(node.input) > 2 and node.input[2]:
         value = float(np.asarray(ctx.g.const(node.input[2])).reshape(()))
     x = ctx.f_of(node.input[0], layer)
     out = ctx.out_f(node.output[0], nhwc)
     paddings = ctx.m.add_const(ctx._tname("paddings"), np.asarray(pairs, np.int32))
-    if value == 0.0:
+    if mode == "edge":
+        if not any(p for pair in pairs for p in pair):
+            ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(x.shape, np.int32))], [out],
+                         ("ReshapeOptions", {"NewShape": list(x.shape)}), layer=layer)
+        else:
+            _edge_pad(ctx, x, pairs, out, layer)
+    elif mode == "reflect":
+        ctx.m.add_op("MIRROR_PAD", [x, paddings], [out], ("MirrorPadOptions", {"Mode": 0}))  # 0: REFLECT
+    elif value == 0.0:
         ctx.m.add_op("PAD", [x, paddings], [out])
     else:
         ctx.m.add_op("PADV2", [x, paddings, ctx.m.add_const(ctx._tname("pad_value"), np.float32(value).reshape(()))],

@@ -80,7 +80,7 @@ def _global(ctx, node, kind: str, act=None) -> str:
     return _emit(ctx, node, kind, x, builtin, [h, w], [1, 1], PADDING_VALID)
 
 
-def _mean(ctx, node, kind: str, act=None) -> str:
+def _reduce(ctx, node, kind: str, builtin: str = "MEAN") -> str:
     layer = layer_name(node)
     v = ctx.value(node.input[0])
     axes = attr(node, "axes", None)
@@ -97,13 +97,15 @@ def _mean(ctx, node, kind: str, act=None) -> str:
     opts = ("ReducerOptions", {"KeepDims": keep})
     if kind == "q":
         out = ctx.out_q(node.output[0], nhwc)
-        ctx.m.add_op("MEAN", [x, axes_t], [out], opts, version=2, layer=layer)
+        ctx.m.add_op(builtin, [x, axes_t], [out], opts, version=2, layer=layer)
     else:
-        ctx.m.add_op("MEAN", [x, axes_t], [ctx.out_f(node.output[0], nhwc)], opts, layer=layer)
+        ctx.m.add_op(builtin, [x, axes_t], [ctx.out_f(node.output[0], nhwc)], opts, layer=layer)
     return ""
 
 
 register("MaxPool", "AveragePool", int8=lambda c, n, a: _pool(c, n, "q"), float=lambda c, n: _pool(c, n, "f"))
 register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n, "q"),
          float=lambda c, n: _global(c, n, "f"))
-register("ReduceMean", int8=lambda c, n, a: _mean(c, n, "q"), float=lambda c, n: _mean(c, n, "f"))
+register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, n: _reduce(c, n, "f"))
+register("ReduceMax", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MAX"),
+         float=lambda c, n: _reduce(c, n, "f", "REDUCE_MAX"))

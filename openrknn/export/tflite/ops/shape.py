@@ -110,23 +110,30 @@ def _slice(ctx, node, kind: str, act=None) -> str:
         if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
     steps = [int(s) for s in np.asarray(ctx.g.const(node.input[4])).reshape(-1)] \
         if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-    if any(s <= 0 for s in steps):
-        raise NotSupportedError(f"export-tflite: {layer} slices with a step <= 0; only forward slices are exported")
+    if any(s == 0 for s in steps):
+        raise NotSupportedError(f"export-tflite: {layer} slices with step 0, which ONNX does not allow")
     begin, end, stride = [0] * rank, list(v.shape), [1] * rank
+    to_start = [False] * rank    # a backward slice that runs through index 0 (TFLite's end mask)
     for s, e, a, st in zip(starts, ends, axes, steps):
         dim = v.shape[a]
-        s = max(0, min(dim, s + dim if s < 0 else s))
-        e = max(0, min(dim, e + dim if e < 0 else e))
+        s, e = (s + dim if s < 0 else s), (e + dim if e < 0 else e)
+        if st > 0:
+            s, e = max(0, min(dim, s)), max(0, min(dim, e))
+        else:  # ONNX clamps a backward slice to [dim - 1, -1]; TFLite would read an end of -1 as dim - 1
+            s, e = max(-1, min(dim - 1, s)), max(-1, min(dim - 1, e))
+            to_start[a] = e < 0
+            e = max(e, 0)
         begin[a], end[a], stride[a] = s, e, st
     nhwc = v.nhwc
     if nhwc:
-        begin, end, stride = ([x[i] for i in TO_NHWC] for x in (begin, end, stride))
+        begin, end, stride, to_start = ([x[i] for i in TO_NHWC] for x in (begin, end, stride, to_start))
+    end_mask = sum(1 << i for i, m in enumerate(to_start) if m)
     src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
     shape = ctx.out_shape(node.output[0])
     out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
     consts = [ctx.m.add_const(ctx._tname(n), np.asarray(x, np.int32)) for n, x in
               (("begin", begin), ("end", end), ("strides", stride))]
-    ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {}),
+    ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {"EndMask": end_mask}),
                  version=2 if kind == "q" else 1, layer=layer)
     _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 STRIDED_SLICE keeps its input scale")
     return ""

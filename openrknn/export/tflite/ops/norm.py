@@ -1,0 +1,87 @@
+"""LayerNormalization and BatchNormalization: float forms built from TFLite's elementwise kernels (TFLite has no
+normalization builtin). Our graph computes both in float between quantization points, as the NPU does."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import NotSupportedError
+from . import attr, layer_name, register
+
+
+def _binary(ctx, builtin: str, a, b, name: str, layer: str):
+    out = ctx.new_f(name, a.shape if len(a.shape) >= len(b.shape) else b.shape)
+    opts = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}.get(builtin)
+    ctx.m.add_op(builtin, [a, b], [out], (opts, {"FusedActivationFunction": 0}) if opts else None, layer=layer)
+    return out
+
+
+def _const_param(ctx, node, i: int, default: float):
+    if len(node.input) <= i or not node.input[i]:
+        return np.float32(default)
+    qc = ctx.g.quant_const(node.input[i])
+    if qc is not None:
+        return qc.dequantized()
+    if not ctx.g.is_const(node.input[i]):
+        raise NotSupportedError(f"export-tflite: {layer_name(node)}'s scale / bias are computed, not constants")
+    return np.asarray(ctx.g.const(node.input[i]), np.float32)
+
+
+def _layer_norm(ctx, node) -> str:
+    """(x - mean) * rsqrt(var + eps) * gamma + beta over the trailing axes from `axis`, in the ONNX order."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = int(attr(node, "axis", -1)) % rank
+    if len(node.output) > 1 and any(node.output[1:]):
+        raise NotSupportedError(f"export-tflite: {layer} also outputs its mean / inverse deviation; only the "
+                                "normalized tensor is exported")
+    x = ctx.view(node.input[0], "f", False, layer) if rank == 4 else ctx.f_of(node.input[0], layer)
+    axes = ctx.m.add_const(ctx._tname("axes"), np.arange(axis, rank, dtype=np.int32))
+    reduced = tuple(s if d < axis else 1 for d, s in enumerate(v.shape))
+    mean = ctx.new_f(layer + "/mean", reduced)
+    ctx.m.add_op("MEAN", [x, axes], [mean], ("ReducerOptions", {"KeepDims": True}), layer=layer)
+    centred = _binary(ctx, "SUB", x, mean, layer + "/centred", layer)
+    square = _binary(ctx, "MUL", centred, centred, layer + "/square", layer)
+    var = ctx.new_f(layer + "/var", reduced)
+    ctx.m.add_op("MEAN", [square, axes], [var], ("ReducerOptions", {"KeepDims": True}), layer=layer)
+    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
+    var_eps = _binary(ctx, "ADD", var, eps, layer + "/var_eps", layer)
+    inv = ctx.new_f(layer + "/rsqrt", reduced)
+    ctx.m.add_op("RSQRT", [var_eps], [inv], layer=layer)
+    y = _binary(ctx, "MUL", centred, inv, layer + "/normalized", layer)
+    gamma = np.asarray(_const_param(ctx, node, 1, 1.0), np.float32)
+    beta = np.asarray(_const_param(ctx, node, 2, 0.0), np.float32)
+    out = ctx.out_f(node.output[0], False)
+    y = _binary(ctx, "MUL", y, ctx.m.add_const(ctx._tname("gamma"), gamma), layer + "/scaled", layer)
+    ctx.m.add_op("ADD", [y, ctx.m.add_const(ctx._tname("beta"), beta)], [out],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return ""
+
+
+register("LayerNormalization", float=_layer_norm)
+
+
+def _batch_norm(ctx, node) -> str:
+    """Inference-mode BatchNormalization as one multiply-add per channel (ONNX's channel axis 1)."""
+    layer = layer_name(node)
+    if attr(node, "training_mode", 0) or (len(node.output) > 1 and any(node.output[1:])):
+        raise NotSupportedError(f"export-tflite: {layer} is a training-mode BatchNormalization; export the model "
+                                "in eval mode")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    gamma, beta, mean, var = (np.asarray(_const_param(ctx, node, i, 0.0), np.float64) for i in range(1, 5))
+    scale = gamma / np.sqrt(var + float(attr(node, "epsilon", 1e-5)))
+    shift = beta - mean * scale
+    bshape = (1, -1) + (1,) * (rank - 2)
+    nhwc = v.nhwc and rank == 4
+    x = ctx.f_of(node.input[0], layer)
+    scaled = ctx.new_f(layer + "/scaled", x.shape)
+    ctx.m.add_op("MUL", [x, ctx.const_for(scale.reshape(bshape), rank, nhwc, "bn_scale")], [scaled],
+                 ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
+    ctx.m.add_op("ADD", [scaled, ctx.const_for(shift.reshape(bshape), rank, nhwc, "bn_shift")],
+                 [ctx.out_f(node.output[0], nhwc)], ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return ""
+
+
+register("BatchNormalization", float=_batch_norm)
