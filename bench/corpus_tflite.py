@@ -66,7 +66,10 @@ def run_worker(name: str, cache: Path) -> None:
         sim_outs = [[np.asarray(x) for x in rknn.inference(inputs=[x])] for x in feeds]
         t = time.time()
         try:
-            data, report = export_tflite_bytes(rknn._package)
+            # feeds that are not whole numbers (audio features) need a float input, as a user would export it
+            fractional = any(np.issubdtype(x.dtype, np.floating) and not np.array_equal(x, np.round(x))
+                             for x in feeds)
+            data, report = export_tflite_bytes(rknn._package, "float32" if fractional else "uint8")
         except Exception as e:
             raise RuntimeError(f"fails in export_tflite: {e}") from None
         res["export_s"] = time.time() - t

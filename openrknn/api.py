@@ -400,13 +400,14 @@ class RKNN:
         self.release()
 
     @_guarded()
-    def export_tflite(self, export_path: str) -> int:
-        """Write the w8a8 model as an int8 .tflite with its scales and integers kept (Mesa Teflon runs it)."""
+    def export_tflite(self, export_path: str, input_dtype: str = "uint8") -> int:
+        """Write the w8a8 model as an int8 .tflite with its scales and integers kept (Mesa Teflon runs it).
+        input_dtype: 'uint8' (image pixels, the board's feed) or 'float32' (features that are not whole numbers)."""
         from .export.tflite import export_tflite
 
         if self._package is None:
             raise RuntimeStateError("export_tflite() needs a built model: build() a w8a8 model or load_rknn() one")
-        export_tflite(self._package, export_path)
+        export_tflite(self._package, export_path, input_dtype)
         return 0
 
     def __del__(self):  # handlers must not pile up across objects in long sessions

@@ -587,3 +587,43 @@ def test_sequence_layers_and_shared_weights(tmp_path):
     m = tflite.Model.GetRootAs(data, 0)
     contents = [m.Buffers(i).DataAsNumpy().tobytes() for i in range(m.BuffersLength()) if m.Buffers(i).DataLength()]
     assert len(contents) == len(set(contents))   # no constant stored twice
+
+
+def test_float_input_for_features_that_are_not_pixels(tmp_path, rknn_log, logged_errors):
+    """A spectrogram-like input (fractional values 0..4) calibrated from .npy files: exported with
+    input_dtype='float32' the .tflite takes the values unrounded and matches the simulator's float feed; the
+    default uint8 input rounds them to whole numbers, which is wrong for such a model (the corpus's audio embedding
+    net: cosine 0.95 -> 0.9998). A bad input_dtype is refused with what to use."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 1, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(6, .1, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "feat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 12, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 12, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "feat.onnx"))
+    feats = [rng.uniform(0, 4, (1, 12, 10, 1)).astype(np.float32) for _ in range(8)]
+    for i, f in enumerate(feats[:5]):
+        np.save(tmp_path / f"f{i}.npy", f)
+    (tmp_path / "ds.txt").write_text("".join(f"f{i}.npy\n" for i in range(5)))
+    rknn = RKNN()
+    rknn.config(mean_values=[[0]], std_values=[[1]], target_platform="rk3588", quantized_dtype="w8a8")
+    assert rknn.load_onnx(str(tmp_path / "feat.onnx")) == 0
+    assert rknn.build(dataset=str(tmp_path / "ds.txt")) == 0
+    assert rknn.init_runtime() == 0
+    assert rknn.export_tflite(str(tmp_path / "f.tflite"), input_dtype="float32") == 0
+    assert rknn.export_tflite(str(tmp_path / "u.tflite")) == 0
+    as_float, as_pixels = TfliteRunner(str(tmp_path / "f.tflite"), delegate=None), \
+        TfliteRunner(str(tmp_path / "u.tflite"), delegate=None)
+    assert as_float.inputs[0]["dtype"] == np.float32 and as_pixels.inputs[0]["dtype"] == np.uint8
+    for f in feats[5:]:
+        ours = rknn.inference(inputs=[f])[0]
+        assert cosine(ours, as_float.run([f])[0]) >= 0.9999
+        assert cosine(ours, as_pixels.run([f])[0]) < 0.99
+    assert rknn.export_tflite(str(tmp_path / "bad.tflite"), input_dtype="int8") == -1
+    assert "input_dtype='int8' is not valid" in logged_errors(rknn_log)[-1] and not (tmp_path / "bad.tflite").exists()

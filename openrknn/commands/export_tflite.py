@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate", nargs="+", metavar="IMAGE", default=None,
                    help="images or .npy inputs: print each output's cosine between the LiteRT interpreter and "
                         "openrknn's int8 simulator (needs ai-edge-litert)")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="the .tflite input: uint8 image pixels (default, as the .rknn takes them) or float32 for "
+                        "inputs that are not whole numbers (audio features, embeddings)")
     p.add_argument("--layers", action="store_true", help="list every layer left in float and every rule change")
     p.set_defaults(func=run)
 
@@ -22,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..package import read_package
 
     pkg = read_package(args.model)
-    report = export_tflite(pkg, args.output)
+    report = export_tflite(pkg, args.output, args.input_dtype)
     text = report.summary()
     print(text if args.layers else text.splitlines()[0])
     if not args.layers and (report.float_layers or report.changes):

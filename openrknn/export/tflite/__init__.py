@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import List
 
-from ...errors import NotSupportedError
+from ...errors import ConfigError, NotSupportedError
 from ...package import RknnPackage
 
 log = logging.getLogger("openrknn.export")
 
 TFLITE_DTYPES = ("w8a8",)
+INPUT_DTYPES = ("uint8", "float32")
 
 
 @dataclass
@@ -64,7 +65,10 @@ def check_exportable(pkg: RknnPackage) -> None:
         f"build(do_quantization=True, dataset=...)")
 
 
-def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
+def export_tflite_bytes(pkg: RknnPackage, input_dtype: str = "uint8") -> "tuple[bytes, ExportReport]":
+    """input_dtype: 'uint8', the board's pixel feed (the default, as the .rknn takes it), or 'float32' for inputs
+    that are not pixels (audio features, embeddings): their values reach the graph unrounded, as the simulator's
+    float feeds do."""
     import onnx
 
     from .graph import QdqGraph
@@ -72,6 +76,9 @@ def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
     from .writer import serialize
 
     check_exportable(pkg)
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError("export_tflite input_dtype", input_dtype, INPUT_DTYPES,
+                          "use 'uint8' for image pixels, 'float32' for features that are not whole numbers")
     try:
         import flatbuffers  # noqa: F401
         import tflite  # noqa: F401
@@ -79,7 +86,8 @@ def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
         raise NotSupportedError("export_tflite writes the file with the `tflite` schema package and `flatbuffers`: "
                                 "pip install 'openrknn[tflite]'") from None
     t0 = time.perf_counter()
-    lowerer = Lowerer(QdqGraph(onnx.load_from_string(pkg.model_bytes)), pkg.metadata["inputs"])
+    lowerer = Lowerer(QdqGraph(onnx.load_from_string(pkg.model_bytes)), pkg.metadata["inputs"],
+                      float_inputs=input_dtype == "float32")
     model = lowerer.run()
     model.description = f"openrknn {pkg.metadata.get('toolkit_version', '')} w8a8 export"
     data = serialize(model)
@@ -88,11 +96,11 @@ def export_tflite_bytes(pkg: RknnPackage) -> "tuple[bytes, ExportReport]":
     return data, report
 
 
-def export_tflite(pkg: RknnPackage, path: str) -> ExportReport:
+def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8") -> ExportReport:
     """Write `path` atomically; log the changes TFLite's rules made and the layers left in float."""
     from ...atomic import write_bytes_atomic
 
-    data, report = export_tflite_bytes(pkg)
+    data, report = export_tflite_bytes(pkg, input_dtype)
     write_bytes_atomic(path, data)
     for c in report.changes:
         log.info("export-tflite: %s", c)

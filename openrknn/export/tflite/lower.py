@@ -59,7 +59,7 @@ def same_memory(shape: Sequence[int]) -> bool:
 
 
 class Lowerer:
-    def __init__(self, graph: QdqGraph, inputs_meta: List[dict]):
+    def __init__(self, graph: QdqGraph, inputs_meta: List[dict], float_inputs: bool = False):
         from .ops import RULES  # the op modules register themselves on import
 
         self.rules = RULES
@@ -70,6 +70,7 @@ class Lowerer:
         self.changes: List[str] = []
         self.skip: set = set()
         self._meta = {m["name"]: m for m in inputs_meta}
+        self._float_inputs = float_inputs
 
     # ---------------------------------------------------------------------------------------------------- tensors
     def _tname(self, base: str) -> str:
@@ -219,7 +220,7 @@ class Lowerer:
             if shape is None:
                 raise NotSupportedError(f"export-tflite: graph input '{name}' has no static shape")
             meta = self._meta.get(name, {})
-            if meta.get("dtype") == "uint8" and meta.get("layout") == "nhwc":
+            if meta.get("dtype") == "uint8" and meta.get("layout") == "nhwc" and not self._float_inputs:
                 # the deployed feed: uint8 pixels; the graph computes on their float values (scale 1, zero 0)
                 t = self.m.add_tensor(name, shape, np.uint8, Quant.per_tensor(1.0, 0))
                 self.values[name] = Value(tuple(shape), q=t)
