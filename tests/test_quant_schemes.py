@@ -338,3 +338,22 @@ def test_hybrid_overrides(calib):
         _q(model, calib, dtype="w8a8", overrides={"no_such_tensor": "int16"})
     with pytest.raises(ConfigError, match="overrides"):
         _q(model, calib, dtype="w8a8", overrides={"feat": "int4"})
+
+
+def test_bias_scale_is_input_times_weight_scale_per_channel():
+    """The chip (and TFLite) add an int32 bias in units of s_in x s_w. A channel whose weights were trained to ~1e-16
+    (weight scale ~1e-18: nanodet-m has such channels) cannot hold its bias in those units; only that channel takes
+    the finest scale that fits. It used to push every channel of the layer off s_in x s_w, and the TFLite export then
+    re-rounded them all (0.15% of a layer's outputs one step off the simulator)."""
+    from openrknn.quant.qdq import ActQuant, WeightQuant, bias_integers
+    from openrknn.targets.schemes import TensorFormat
+
+    i8 = TensorFormat(8, True, True)
+    w_scale = np.asarray([0.01, 1e-18, 0.003], np.float32)
+    wq = WeightQuant(np.zeros((3, 4, 1, 1), np.int8), w_scale, np.zeros(3, np.int64), 0, i8)
+    x = ActQuant(0.02, 0, TensorFormat(8, True, False))
+    bias = np.asarray([0.37, -4.4e-11, -1.2], np.float32)
+    q, scale = bias_integers(bias, x, wq)
+    unit = np.float32(0.02) * w_scale.astype(np.float64)
+    np.testing.assert_allclose(scale[[0, 2]], unit[[0, 2]], rtol=1e-6)
+    assert abs(int(q[1])) <= 2 ** 30 and np.allclose(q * scale.astype(np.float64), bias, rtol=1e-6, atol=1e-3 * unit[0])
