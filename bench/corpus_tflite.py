@@ -6,7 +6,9 @@ build w8a8 rk3588 'normal' through the public API (as corpus.py's w8a8-rk3588-no
 .tflite on the LiteRT interpreter (CPU, default XNNPACK kernels) on the held-out feeds. Columns: cosine to the float
 reference (worst output, mean over inputs; top-1 / step / mask agreement in parentheses, as in corpus.py), the same
 for openrknn's int8 simulator on the same build, the cosine between LiteRT and the simulator (mean, and the worst
-input's worst output), the layers LiteRT computes in float (export report) and the TFLite ops Mesa's Teflon would
+input's worst output), the same cosine between the simulator and its own graph run with onnxruntime's fusions off
+(the model's sensitivity to float rounding order: the floor under LiteRT's agreement, whose float layers round in
+yet another order), the layers LiteRT computes in float (export report) and the TFLite ops Mesa's Teflon would
 offload (openrknn.export.teflon_support). A model TFLite cannot express (an op without a TFLite form, dynamic shapes)
 is a recorded failure with the exporter's message. Results are cached per model in
 <cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
@@ -64,6 +66,7 @@ def run_worker(name: str, cache: Path) -> None:
                 raise RuntimeError(f"fails in {step}: {rknn.last_error}")
         feeds = [np.load(wd / f"eval_{i:02d}.npy") for i in range(info["eval"])]
         sim_outs = [[np.asarray(x) for x in rknn.inference(inputs=[x])] for x in feeds]
+        floor_outs = unfused_outputs(rknn._package, feeds)
         t = time.time()
         try:
             # feeds that are not whole numbers (audio features) need a float input, as a user would export it
@@ -88,12 +91,14 @@ def run_worker(name: str, cache: Path) -> None:
         lite = corpus.score(entry, refs, lite_outs)
         sim = corpus.score(entry, refs, sim_outs)
         vs = corpus.score(entry, sim_outs, lite_outs)
+        floor = corpus.score(entry, sim_outs, floor_outs)
         if "error" in lite:
             raise RuntimeError("fails in comparison: " + lite["error"])
         places = teflon_placement(report.model)
         res.update(lite)
         res.update(sim_cos=sim.get("cos"), sim_agree=sim.get("agree"), vs_sim=vs.get("cos"),
-                   vs_sim_min=vs.get("cos_min"), float_layers=len(report.float_layers),
+                   vs_sim_min=vs.get("cos_min"), floor=floor.get("cos"), floor_min=floor.get("cos_min"),
+                   float_layers=len(report.float_layers),
                    layers=len(report.float_layers) + len(report.int8_layers),
                    float_ops=sorted({r.op_type for r in report.float_layers}),
                    npu_ops=sum(p.unit == "NPU" for p in places), ops=len(places), tflite_bytes=len(data))
@@ -104,6 +109,22 @@ def run_worker(name: str, cache: Path) -> None:
     res["total_s"] = time.time() - t0
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
+
+
+def unfused_outputs(pkg, feeds):
+    """The simulator's own graph with onnxruntime's fusions off (float convs between DequantizeLinear and
+    QuantizeLinear instead of integer QLinearConv): the same quantized model computed in another order. How far this
+    lands from the simulator is the model's own sensitivity to float rounding, the floor under LiteRT's agreement."""
+    import onnxruntime as ort
+
+    from openrknn.runtime.feeds import prepare_feeds
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(pkg.model_bytes, so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [[np.asarray(o) for o in sess.run(None, dict(zip(names, prepare_feeds([x], pkg.metadata["inputs"]))))]
+            for x in feeds]
 
 
 def run_model(entry, cache: Path, rerun: bool) -> Dict:
@@ -133,15 +154,17 @@ def _c(x: Optional[float], agree: Optional[float] = None) -> str:
 
 def row_text(name: str, r: Dict) -> str:
     if r.get("error"):
-        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | {r['error'][:200]} |"
+        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | {r['error'][:200]} |"
     return (f"| {name} | {BY_NAME[name]['kind']} | {_c(r['cos'], r.get('agree'))} | "
             f"{_c(r['sim_cos'], r.get('sim_agree'))} | {_c(r['vs_sim'])} ({r['vs_sim_min']:.4f}) | "
+            f"{_c(r.get('floor'))} ({_c(r.get('floor_min'))}) | "
             f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | "
             f"{', '.join(r['float_ops']) if r['float_ops'] else ''} |")
 
 
-HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | float layers | "
-          "Teflon NPU ops | computed in float |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | "
+          "simulator vs itself, fusions off (worst) | float layers | Teflon NPU ops | computed in float |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:
