@@ -627,3 +627,73 @@ def test_float_input_for_features_that_are_not_pixels(tmp_path, rknn_log, logged
         assert cosine(ours, as_pixels.run([f])[0]) < 0.99
     assert rknn.export_tflite(str(tmp_path / "bad.tflite"), input_dtype="int8") == -1
     assert "input_dtype='int8' is not valid" in logged_errors(rknn_log)[-1] and not (tmp_path / "bad.tflite").exists()
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "reverse"])
+def test_lstm_unrolled(tmp_path, direction):
+    """A CRNN recognizer's LSTM (ddddocr's is bidirectional, hidden 512), unrolled into float TFLite ops (ONNX's
+    iofc gates, its two biases summed, the reverse direction stepping backwards) computes what the simulator does,
+    and every run starts from the zero state: TFLite's own sequence LSTM keeps its state between invocations (frames
+    after the first came out wrong), so a frame run again must give the same outputs."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(8)
+    nd, hid, feat = (2 if direction == "bidirectional" else 1), 8, 16
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
+             numpy_helper.from_array(np.asarray([1, 4 * H, W], np.int64), "seq_shape"),
+             numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, feat)) * .3).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, hid)) * .3).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((nd, 8 * hid)) * .2).astype(np.float32), "B"),
+             numpy_helper.from_array(np.zeros((nd, 1, hid), np.float32), "h0")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "seq_shape"], ["s"], name="to_seq"),
+             helper.make_node("Transpose", ["s"], ["t"], perm=[1, 0, 2], name="time_major"),
+             helper.make_node("LSTM", ["t", "W", "R", "B", "", "h0", "h0"], ["y"], name="lstm", hidden_size=hid,
+                              direction=direction)]
+    graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4 * H, nd, 1, hid])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "rnn")
+    lstm = next(r for r in report.layers if r.layer == "lstm")
+    assert lstm.tflite_ops.count("FULLY_CONNECTED") == nd * (4 * H)   # one input projection + (steps - 1) recurrent
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        got, want = runner.run([img])[0], sim.run([img])[0]
+        assert got.shape == want.shape == (4 * H, nd, 1, hid)
+        assert cosine(got, want) >= 0.999
+        if nd == 2:   # each direction on its own, so a swapped or unreversed direction cannot hide in the mean
+            assert cosine(got[:, 1], want[:, 1]) >= 0.999
+    first = _inputs(1)[0]
+    np.testing.assert_array_equal(runner.run([first])[0], runner.run([first])[0])
+    np.testing.assert_array_equal(runner.run([first])[0], TfliteRunner(data, delegate=None).run([first])[0])
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_arg_max_gives_the_simulators_indices(tmp_path, keepdims):
+    """A recognizer's greedy decode (ArgMax over the classes of an int8 tensor): int64 indices, as the simulator
+    returns them, with ONNX's keepdims."""
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array((rng.standard_normal((7, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(-.3, .3, 7).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ArgMax", ["c"], ["y"], name="argmax", axis=1, keepdims=keepdims)]
+    out_shape = [1, 1, H, W] if keepdims else [1, H, W]
+    graph = helper.make_graph(nodes, "am", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "am")
+    assert "ARG_MAX" in next(r for r in report.layers if r.layer == "argmax").tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        got, want = runner.run([img])[0], sim.run([img])[0]
+        assert got.dtype == want.dtype == np.int64 and got.shape == want.shape == tuple(out_shape)
+        assert np.mean(got == want) >= 0.999 and len(np.unique(want)) > 2

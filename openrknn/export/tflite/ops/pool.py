@@ -1,10 +1,11 @@
-"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean."""
+"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean / ReduceMax / ArgMax."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ....errors import NotSupportedError
+from ..lower import Value
 from . import attr, layer_name, register
 from .conv import PADDING_VALID, geometry, pad_input, tfl_padding
 
@@ -109,3 +110,36 @@ register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n
 register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, n: _reduce(c, n, "f"))
 register("ReduceMax", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MAX"),
          float=lambda c, n: _reduce(c, n, "f", "REDUCE_MAX"))
+
+
+def _arg_max(ctx, node) -> str:
+    """ArgMax -> ARG_MAX (int64 indices, as ONNX gives them); on the int8 tensor when there is one (int8 is
+    monotonic in the real value, so the index is the same)."""
+    layer = layer_name(node)
+    if attr(node, "select_last_index", 0):
+        raise NotSupportedError(f"export-tflite: {layer} selects the last maximal index; TFLite's ARG_MAX takes the "
+                                "first")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = int(attr(node, "axis", 0)) % rank
+    keep = bool(attr(node, "keepdims", 1))
+    x = v.q if v.q is not None and v.q.dtype == np.int8 else ctx.f_of(node.input[0], layer)
+    if v.nhwc and rank == 4:
+        axis = {0: 0, 1: 3, 2: 1, 3: 2}[axis]
+    shape = ctx.out_shape(node.output[0])
+    reduced = tuple(d for i, d in enumerate(x.shape) if i != axis)
+    nhwc = v.nhwc and rank == 4 and keep
+    idx = ctx.m.add_tensor(ctx._tname(node.output[0] + ("/reduced" if keep else "")), reduced, np.int64)
+    ctx.m.add_op("ARG_MAX", [x, ctx.m.add_const(ctx._tname("axis"), np.asarray([axis], np.int32))], [idx],
+                 ("ArgMaxOptions", {"OutputType": 4}), version=2, layer=layer)   # 4: TensorType INT64
+    if keep:
+        stored = tuple(x.shape[:axis]) + (1,) + tuple(x.shape[axis + 1:])
+        out = ctx.m.add_tensor(ctx._tname(node.output[0]), stored, np.int64)
+        ctx.m.add_op("RESHAPE", [idx, ctx.m.add_const(ctx._tname("shape"), np.asarray(stored, np.int32))], [out],
+                     ("ReshapeOptions", {"NewShape": list(stored)}), layer=layer)
+        idx = out
+    ctx.values[node.output[0]] = Value(tuple(shape), f=idx, nhwc=nhwc)
+    return ""
+
+
+register("ArgMax", float=_arg_max)
