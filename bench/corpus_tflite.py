@@ -8,10 +8,10 @@ reference (worst output, mean over inputs; top-1 / step / mask agreement in pare
 for openrknn's int8 simulator on the same build, the cosine between LiteRT and the simulator (mean, and the worst
 input's worst output), the same cosine between the simulator and its own graph run with onnxruntime's fusions off
 (the model's sensitivity to float rounding order: the floor under LiteRT's agreement, whose float layers round in
-yet another order), the layers LiteRT computes in float (export report) and the TFLite ops Mesa's Teflon would
-offload (openrknn.export.teflon_support). A model TFLite cannot express (an op without a TFLite form, dynamic shapes)
-is a recorded failure with the exporter's message. Results are cached per model in
-<cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
+yet another order), LiteRT's XNNPACK kernels against its builtin ones (the runtime's own spread), the layers LiteRT
+computes in float (export report) and the TFLite ops Mesa's Teflon would offload (openrknn.export.teflon_support).
+A model TFLite cannot express (an op without a TFLite form, dynamic shapes) is a recorded failure with the
+exporter's message. Results are cached per model in <cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
 
 Usage: python bench/corpus_tflite.py [--cache DIR] [--only NAME,...] [--rerun] [--table-only]
 """
@@ -87,17 +87,20 @@ def run_worker(name: str, cache: Path) -> None:
                 lite_outs.append([np.asarray(o) for o in runner.run([x])])
             except Exception as e:
                 raise RuntimeError(f"fails in LiteRT run: {e}") from None
+        kernels_outs = [[np.asarray(o) for o in builtin_kernels(runner, data).run([x])] for x in feeds]
         refs = corpus.load_outputs(wd / "reference.npz", info["eval"])
         lite = corpus.score(entry, refs, lite_outs)
         sim = corpus.score(entry, refs, sim_outs)
         vs = corpus.score(entry, sim_outs, lite_outs)
         floor = corpus.score(entry, sim_outs, floor_outs)
+        kernels = corpus.score(entry, lite_outs, kernels_outs)
         if "error" in lite:
             raise RuntimeError("fails in comparison: " + lite["error"])
         places = teflon_placement(report.model)
         res.update(lite)
         res.update(sim_cos=sim.get("cos"), sim_agree=sim.get("agree"), vs_sim=vs.get("cos"),
                    vs_sim_min=vs.get("cos_min"), floor=floor.get("cos"), floor_min=floor.get("cos_min"),
+                   kernels=kernels.get("cos"), kernels_min=kernels.get("cos_min"),
                    float_layers=len(report.float_layers),
                    layers=len(report.float_layers) + len(report.int8_layers),
                    float_ops=sorted({r.op_type for r in report.float_layers}),
@@ -127,6 +130,18 @@ def unfused_outputs(pkg, feeds):
             for x in feeds]
 
 
+def builtin_kernels(runner, data: bytes):
+    """The same .tflite on LiteRT's builtin kernels instead of XNNPACK: another float summation order and its own
+    int8 requantization rounding. How far the two land apart is the runtime's own spread on this model."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_content=data, num_threads=2,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    runner.interpreter = it   # same tensor indices: the same file
+    return runner
+
+
 def run_model(entry, cache: Path, rerun: bool) -> Dict:
     rfile = cache / "results" / entry["name"] / f"{ROW}.json"
     if rfile.is_file() and not rerun:
@@ -154,17 +169,17 @@ def _c(x: Optional[float], agree: Optional[float] = None) -> str:
 
 def row_text(name: str, r: Dict) -> str:
     if r.get("error"):
-        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | {r['error'][:200]} |"
+        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | | {r['error'][:200]} |"
     return (f"| {name} | {BY_NAME[name]['kind']} | {_c(r['cos'], r.get('agree'))} | "
             f"{_c(r['sim_cos'], r.get('sim_agree'))} | {_c(r['vs_sim'])} ({r['vs_sim_min']:.4f}) | "
-            f"{_c(r.get('floor'))} ({_c(r.get('floor_min'))}) | "
+            f"{_c(r.get('floor'))} ({_c(r.get('floor_min'))}) | {_c(r.get('kernels'))} ({_c(r.get('kernels_min'))}) | "
             f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | "
             f"{', '.join(r['float_ops']) if r['float_ops'] else ''} |")
 
 
 HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | "
-          "simulator vs itself, fusions off (worst) | float layers | Teflon NPU ops | computed in float |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+          "simulator vs itself, fusions off (worst) | LiteRT XNNPACK vs builtin kernels (worst) | float layers | "
+          "Teflon NPU ops | computed in float |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,9 @@ Builds YOLOX-nano (COCO) and MobileNetV2 w8a8 for rk3588 through the RKNN API on
 (calibrate on one half, evaluate on the other), exports each with export_tflite, and runs the .tflite on the LiteRT
 interpreter (CPU, its default XNNPACK kernels). Columns: YOLOX-nano share of the float detections kept (score >= 0.3,
 matched by class and IoU >= 0.5) / MobileNetV2 top-1 agreement with the float model, for the simulator and for
-LiteRT; the per-output cosine between LiteRT and the simulator (mean and worst image); export time against the
+LiteRT; the per-output cosine between LiteRT and the simulator (mean and worst image), and the same between the
+simulator and its own graph with onnxruntime's fusions off (the model's sensitivity to float rounding order, the
+floor under LiteRT's agreement); export time against the
 build time measured in the same run; the Teflon placement (TFLite ops on the NPU / all) for per-channel weights.
 
 Usage: python bench/tflite_export.py [--models yolox,mobilenet]
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import quant_accuracy as qa  # noqa: E402  (the split, inputs, decode and matching of the quantization bench)
+from corpus_tflite import unfused_outputs  # noqa: E402  (the floor: the simulator's graph, onnxruntime fusions off)
 
 from openrknn.api import RKNN  # noqa: E402
 from openrknn.export.teflon_support import teflon_placement  # noqa: E402
@@ -70,7 +73,8 @@ def main() -> None:
     if not qa.DATA.is_dir():
         sys.exit(f"no data folder at {qa.DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="tflite_bench_"))
-    header = ["model", "simulator kept/top1", "LiteRT kept/top1", "cosine mean", "cosine min", "build s",
+    header = ["model", "simulator kept/top1", "LiteRT kept/top1", "cosine mean", "cosine min",
+              "floor: fusions off, mean (min)", "build s",
               "export s (ratio)", "float layers", "Teflon NPU ops"]
     rows = []
     for name in args.models.split(","):
@@ -88,9 +92,11 @@ def main() -> None:
         sim_outs = [sim.run([x])[0] for x in feeds]
         lite_outs = [runner.run([x])[0] for x in feeds]
         cos = [cosine(a, b) for a, b in zip(sim_outs, lite_outs)]
+        floor = [cosine(a, b[0]) for a, b in zip(sim_outs, unfused_outputs(pkg, feeds))]
         places = teflon_placement(report.model)
         rows.append([name, accuracy(name, ref, sim_outs), accuracy(name, ref, lite_outs), f"{np.mean(cos):.5f}",
-                     f"{np.min(cos):.5f}", f"{build_s:.1f}", f"{export_s:.2f} ({export_s / build_s:.3f}x)",
+                     f"{np.min(cos):.5f}", f"{np.mean(floor):.5f} ({np.min(floor):.5f})", f"{build_s:.1f}",
+                     f"{export_s:.2f} ({export_s / build_s:.3f}x)",
                      f"{len(report.float_layers)}/{len(report.float_layers) + len(report.int8_layers)}",
                      f"{sum(p.unit == 'NPU' for p in places)}/{len(places)}"])
         print(f"# {name}: {len(report.changes)} rule changes; float layers by op: "
