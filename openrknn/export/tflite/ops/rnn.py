@@ -4,7 +4,7 @@ layers in float between quantization points, and so does this.
 
 Why not TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM: its h / c state are variable tensors that persist across invocations,
 so a second frame would start from the first frame's final state (measured: the first steps of every later frame
-off by up to 19 output steps) unless the caller resets the interpreter's variables before each run. ONNX's LSTM
+off by up to 19 quantization steps) unless the caller resets the interpreter's variables before each run. ONNX's LSTM
 starts from its initial state on every run; the unrolled form does too, with no caller duty."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _float_const(ctx, node, name: str) -> np.ndarray:
         return qc.dequantized()
     if not ctx.g.is_const(name):
         raise NotSupportedError(f"export-tflite: {layer_name(node)}'s '{name}' is computed, not a constant; TFLite's "
-                                "LSTM takes constant weights")
+                                "LSTM export takes constant weights")
     return np.asarray(ctx.g.const(name), np.float32)
 
 
@@ -43,23 +43,23 @@ def _drop(ctx, name: str) -> None:
             _drop(ctx, c.output[0])
 
 
-def _check(ctx, node, hidden: int) -> None:
+def _check(ctx, node) -> None:
     layer = layer_name(node)
     acts = [a.decode() if isinstance(a, bytes) else a for a in (attr(node, "activations") or [])]
     if acts and [a.lower() for a in acts] != ["sigmoid", "tanh", "tanh"] * (len(acts) // 3):
-        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; TFLite's LSTM computes "
+        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes "
                                 "sigmoid gates with tanh cell and hidden activations only")
     if attr(node, "clip") is not None or attr(node, "input_forget", 0) or attr(node, "layout", 0):
         raise NotSupportedError(f"export-tflite: {layer} sets clip / input_forget / layout=1, which this exporter "
-                                "does not map onto TFLite's LSTM")
+                                "does not unroll")
     if len(node.input) > 7 and node.input[7]:
         raise NotSupportedError(f"export-tflite: {layer} has peephole weights; not exported")
     if len(node.input) > 4 and node.input[4]:
         seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
         t = ctx.value(node.input[0]).shape[0]
         if seq is None or np.any(np.asarray(seq) != t):
-            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; TFLite's "
-                                    "LSTM runs every step")
+            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
+                                    "unrolled LSTM runs every step")
     for i in (5, 6):   # initial_h, initial_c: the unrolled steps start from zero
         if len(node.input) > i and node.input[i]:
             name = node.input[i]
@@ -83,7 +83,7 @@ def _binary(ctx, builtin: str, a, b, layer: str, name: str):
                ({"ADD": "AddOptions", "MUL": "MulOptions"}[builtin], {"FusedActivationFunction": 0}))
 
 
-def _direction(ctx, node, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str) -> list:
+def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str) -> list:
     """One direction's hidden state per time step ([batch, hidden] tensors, in time order)."""
     seq, batch, feat = x.shape
     hidden = r.shape[1]
@@ -122,7 +122,7 @@ def _direction(ctx, node, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, rev
 def _lstm(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
-    _check(ctx, node, hidden)
+    _check(ctx, node)
     for state in node.output[1:]:
         if state:
             _drop(ctx, state)
@@ -135,7 +135,7 @@ def _lstm(ctx, node) -> str:
     x = ctx.f_of(node.input[0], layer)
     seq, batch, _ = ctx.value(node.input[0]).shape
     steps = []   # per time step, each direction's h as [1, 1, batch, hidden]
-    per_dir = [_direction(ctx, node, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer)
+    per_dir = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer)
                for d, rev in enumerate(reverse)]
     shape4 = ctx.m.add_const(ctx._tname("shape"), np.asarray((1, 1, batch, hidden), np.int32))
     for t in range(seq):
@@ -150,8 +150,12 @@ def _lstm(ctx, node) -> str:
                                                      f"y{t}", ("ConcatenationOptions", {"Axis": 1,
                                                                                         "FusedActivationFunction": 0})))
     out = ctx.out_f(node.output[0], False)
-    ctx.m.add_op("CONCATENATION", rows, [out], ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}),
-                 layer=layer)
+    if len(rows) == 1:
+        ctx.m.add_op("RESHAPE", [rows[0], ctx.m.add_const(ctx._tname("shape"), np.asarray(out.shape, np.int32))],
+                     [out], ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
+    else:
+        ctx.m.add_op("CONCATENATION", rows, [out], ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}),
+                     layer=layer)
     return ""
 
 
