@@ -41,8 +41,9 @@ class ExportReport:
         return [r for r in self.layers if r.mode == "int8"]
 
     def summary(self) -> str:
-        lines = [f"{len(self.int8_layers)} layers int8, {len(self.float_layers)} float (TFLite has no int8 form for "
-                 f"what our graph computes there), {len(self.tflite_ops)} TFLite ops, {self.size_bytes:,} bytes"]
+        lines = [f"{len(self.int8_layers)} layers int8, {len(self.float_layers)} float (our graph computes them in "
+                 f"float between quantization points, or TFLite has no faithful int8 form), "
+                 f"{len(self.tflite_ops)} TFLite ops, {self.size_bytes:,} bytes"]
         for r in self.float_layers:
             lines.append(f"  float: {r.layer} ({r.op_type}) -> {' + '.join(r.tflite_ops)}: {r.note}")
         for c in self.changes:
