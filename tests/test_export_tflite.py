@@ -652,8 +652,9 @@ def test_lstm_unrolled(tmp_path, direction):
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Reshape", ["r", "seq_shape"], ["s"], name="to_seq"),
              helper.make_node("Transpose", ["s"], ["t"], perm=[1, 0, 2], name="time_major"),
-             helper.make_node("LSTM", ["t", "W", "R", "B", "", "h0", "h0"], ["y"], name="lstm", hidden_size=hid,
-                              direction=direction)]
+             # Y_h named but read by nothing, as ddddocr's export leaves it (the builder still quantizes it)
+             helper.make_node("LSTM", ["t", "W", "R", "B", "", "h0", "h0"], ["y", "y_h"], name="lstm",
+                              hidden_size=hid, direction=direction)]
     graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4 * H, nd, 1, hid])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
