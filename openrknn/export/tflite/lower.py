@@ -180,6 +180,20 @@ class Lowerer:
         self.values[onnx_name] = Value(logical, f=t, nhwc=nhwc and len(logical) == 4)
         return t
 
+    def is_read(self, name: str) -> bool:
+        """Whether anything but a quantize / dequantize chain to nowhere reads this tensor (the builder quantizes
+        every output of a node, used or not: an LSTM's final states, a layer norm's statistics)."""
+        if name in self.g.outputs:
+            return True
+        return any(c.op_type not in Q_OPS + DQ_OPS or self.is_read(c.output[0]) for c in self.g.consumers.get(name, []))
+
+    def skip_unread(self, name: str) -> None:
+        """Leave out the quantize / dequantize chain of a tensor nothing reads (is_read)."""
+        for c in self.g.consumers.get(name, []):
+            if c.name:
+                self.skip.add(c.name)
+                self.skip_unread(c.output[0])
+
     # -------------------------------------------------------------------------------------------------------- walk
     def activation_inputs(self, node: onnx.NodeProto) -> List[str]:
         return [i for i in node.input if i and not self.g.is_const(i) and self.g.quant_const(i) is None]

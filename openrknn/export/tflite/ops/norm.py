@@ -33,9 +33,12 @@ def _layer_norm(ctx, node) -> str:
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     axis = int(attr(node, "axis", -1)) % rank
-    if len(node.output) > 1 and any(node.output[1:]):
-        raise NotSupportedError(f"export-tflite: {layer} also outputs its mean / inverse deviation; only the "
+    if any(o and ctx.is_read(o) for o in node.output[1:]):
+        raise NotSupportedError(f"export-tflite: {layer}'s mean / inverse deviation outputs are read; only the "
                                 "normalized tensor is exported")
+    for o in node.output[1:]:
+        if o:
+            ctx.skip_unread(o)
     x = ctx.view(node.input[0], "f", False, layer) if rank == 4 else ctx.f_of(node.input[0], layer)
     axes = ctx.m.add_const(ctx._tname("axes"), np.arange(axis, rank, dtype=np.int32))
     reduced = tuple(s if d < axis else 1 for d, s in enumerate(v.shape))
@@ -65,9 +68,12 @@ register("LayerNormalization", float=_layer_norm)
 def _batch_norm(ctx, node) -> str:
     """Inference-mode BatchNormalization as one multiply-add per channel (ONNX's channel axis 1)."""
     layer = layer_name(node)
-    if attr(node, "training_mode", 0) or (len(node.output) > 1 and any(node.output[1:])):
+    if attr(node, "training_mode", 0) or any(o and ctx.is_read(o) for o in node.output[1:]):
         raise NotSupportedError(f"export-tflite: {layer} is a training-mode BatchNormalization; export the model "
                                 "in eval mode")
+    for o in node.output[1:]:
+        if o:
+            ctx.skip_unread(o)
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     gamma, beta, mean, var = (np.asarray(_const_param(ctx, node, i, 0.0), np.float64) for i in range(1, 5))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import NotSupportedError
-from ..graph import DQ_OPS, Q_OPS
 from . import attr, layer_name, register
 
 ONNX_GATES = "iofc"            # ONNX's gate order in W, R and B (kept: SPLIT gives the four gates in this order)
@@ -26,21 +25,6 @@ def _float_const(ctx, node, name: str) -> np.ndarray:
         raise NotSupportedError(f"export-tflite: {layer_name(node)}'s '{name}' is computed, not a constant; TFLite's "
                                 "LSTM export takes constant weights")
     return np.asarray(ctx.g.const(name), np.float32)
-
-
-def _read(ctx, name: str) -> bool:
-    """Whether anything but a quantize / dequantize chain to nowhere reads this tensor."""
-    if name in ctx.g.outputs:
-        return True
-    return any(c.op_type not in Q_OPS + DQ_OPS or _read(ctx, c.output[0]) for c in ctx.g.consumers.get(name, []))
-
-
-def _drop(ctx, name: str) -> None:
-    """Skip the quantize / dequantize chain of an output nobody reads (the builder quantizes every output)."""
-    for c in ctx.g.consumers.get(name, []):
-        if c.name:
-            ctx.skip.add(c.name)
-            _drop(ctx, c.output[0])
 
 
 def _check(ctx, node) -> None:
@@ -67,7 +51,7 @@ def _check(ctx, node) -> None:
             if init is None or np.any(np.asarray(init) != 0):
                 raise NotSupportedError(f"export-tflite: {layer} starts from a non-zero or computed initial "
                                         "state; only a zero initial state is exported")
-    if any(o and _read(ctx, o) for o in node.output[1:]):
+    if any(o and ctx.is_read(o) for o in node.output[1:]):
         raise NotSupportedError(f"export-tflite: {layer}'s final states Y_h / Y_c are read; only the sequence "
                                 "output Y is exported")
 
@@ -125,7 +109,7 @@ def _lstm(ctx, node) -> str:
     _check(ctx, node)
     for state in node.output[1:]:
         if state:
-            _drop(ctx, state)
+            ctx.skip_unread(state)
     direction = attr(node, "direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
