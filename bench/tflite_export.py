@@ -9,7 +9,7 @@ simulator and its own graph with onnxruntime's fusions off (the model's sensitiv
 floor under LiteRT's agreement); export time against the
 build time measured in the same run; the Teflon placement (TFLite ops on the NPU / all) for per-channel weights.
 
-Usage: python bench/tflite_export.py [--models yolox,mobilenet]
+Usage: python bench/tflite_export.py [--models yolox,mobilenet] [--method channel|layer]
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from openrknn.runtime.simulator import Simulator  # noqa: E402
 from openrknn.runtime.tflite_runner import TfliteRunner  # noqa: E402
 
 
-def build(name: str, folder: Path) -> tuple:
+def build(name: str, folder: Path, method: str = "channel") -> tuple:
     ds, rgb2bgr = qa.write_dataset(name, qa.split(name)[0], folder)
     rknn = RKNN()
     pre = ([[0, 0, 0]], [[1, 1, 1]]) if name == "yolox" else ([qa.IMAGENET_MEAN], [qa.IMAGENET_STD])
     rknn.config(mean_values=pre[0], std_values=pre[1], reorder_channel="0 1 2", target_platform="rk3588",
-                quantized_dtype="w8a8", quant_img_RGB2BGR=rgb2bgr)
+                quantized_dtype="w8a8", quantized_method=method, quant_img_RGB2BGR=rgb2bgr)
     rc = rknn.load_onnx(str(qa.DATA / "models" / "yolox_nano_coco.onnx")) if name == "yolox" else \
         rknn.load_pytorch(str(qa.DATA / "models" / "mobilenet_v2_imagenet.pt"), [[1, 3, qa.MNV2_SIZE, qa.MNV2_SIZE]])
     t = time.perf_counter()
@@ -69,6 +69,9 @@ def accuracy(name: str, ref, outs) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="yolox,mobilenet")
+    ap.add_argument("--method", default="channel", choices=("channel", "layer"),
+                    help="weight quantization: per channel (the default build) or per tensor, which today's rocket "
+                         "driver needs to run convolutions on the NPU")
     args = ap.parse_args()
     if not qa.DATA.is_dir():
         sys.exit(f"no data folder at {qa.DATA}")
@@ -82,7 +85,7 @@ def main() -> None:
         folder.mkdir()
         model, _ = qa.float_model(name)
         ref = qa.Reference(name, model)
-        pkg, build_s = build(name, folder)
+        pkg, build_s = build(name, folder, args.method)
         t = time.perf_counter()
         data, report = export_tflite_bytes(pkg)
         export_s = time.perf_counter() - t
