@@ -13,7 +13,10 @@ computes in float (export report) and the TFLite ops Mesa's Teflon would offload
 A model TFLite cannot express (an op without a TFLite form, dynamic shapes) is a recorded failure with the
 exporter's message. Results are cached per model in <cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
 
-Usage: python bench/corpus_tflite.py [--cache DIR] [--only NAME,...] [--rerun] [--table-only]
+`--method layer`: the same with per-tensor weights (results in tflite-w8a8-layer.json), the build today's rocket
+driver can run convolutions of on the NPU.
+
+Usage: python bench/corpus_tflite.py [--cache DIR] [--only NAME,...] [--rerun] [--table-only] [--method channel|layer]
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import corpus  # noqa: E402  (the corpus bench: feeds, references, metric)
 from corpus_fetch import BY_NAME, DEFAULT_CACHE, MANIFEST  # noqa: E402
 
-ROW = "tflite-w8a8"
+ROWS = {"channel": "tflite-w8a8", "layer": "tflite-w8a8-layer"}   # weights per channel (default) / per tensor
 
 
-def run_worker(name: str, cache: Path) -> None:
+def run_worker(name: str, cache: Path, method: str = "channel") -> None:
     from openrknn.api import RKNN
     from openrknn.export.teflon_support import teflon_placement
     from openrknn.export.tflite import export_tflite_bytes
@@ -50,11 +53,13 @@ def run_worker(name: str, cache: Path) -> None:
     entry = BY_NAME[name]
     wd = corpus.work_dir(cache, name)
     info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
-    res: Dict = {"row": ROW, "model": name}
+    row = ROWS[method]
+    res: Dict = {"row": row, "model": name}
     t0 = time.time()
     try:
         rknn = RKNN(verbose=False)
-        cfg = {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_algorithm": "normal"}
+        cfg = {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_algorithm": "normal",
+               "quantized_method": method}
         if corpus._uses_mean(entry):
             cfg.update(mean_values=[list(entry["mean"])], std_values=[list(entry["std"])])
         for step, rc in (("config", lambda: rknn.config(**cfg)),
@@ -107,7 +112,7 @@ def run_worker(name: str, cache: Path) -> None:
                    npu_ops=sum(p.unit == "NPU" for p in places), ops=len(places), tflite_bytes=len(data))
     except Exception as e:
         msg = str(e)
-        res["error"] = (msg if msg.startswith("fails in") else f"fails in {ROW}: {type(e).__name__}: {msg}")[:600]
+        res["error"] = (msg if msg.startswith("fails in") else f"fails in {row}: {type(e).__name__}: {msg}")[:600]
         res["trace"] = traceback.format_exc()[-3000:]
     res["total_s"] = time.time() - t0
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -142,19 +147,19 @@ def builtin_kernels(runner, data: bytes):
     return runner
 
 
-def run_model(entry, cache: Path, rerun: bool) -> Dict:
-    rfile = cache / "results" / entry["name"] / f"{ROW}.json"
+def run_model(entry, cache: Path, rerun: bool, method: str = "channel") -> Dict:
+    rfile = cache / "results" / entry["name"] / f"{ROWS[method]}.json"
     if rfile.is_file() and not rerun:
         return json.loads(rfile.read_text())
     corpus.prepare(entry, cache, 10)
     rfile.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cache", str(cache), "--worker",
-                        entry["name"]], capture_output=True, text=True, env=env, timeout=7200)
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cache", str(cache), "--method", method,
+                        "--worker", entry["name"]], capture_output=True, text=True, env=env, timeout=7200)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     res = json.loads(lines[-1][len("RESULT "):]) if lines else {
         "error": f"fails in worker process (rc={p.returncode}): {p.stderr.strip()[-400:]}"}
-    res["row"] = ROW
+    res["row"] = ROWS[method]
     tmp = rfile.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(rfile)
@@ -188,21 +193,24 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--method", default="channel", choices=tuple(ROWS),
+                    help="weights per channel (the default build) or per tensor (what today's rocket driver runs "
+                         "convolutions of on the NPU)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.cache)
+        run_worker(args.worker, args.cache, args.method)
         return 0
     names = [n for n in args.only.split(",") if n] or [e["name"] for e in MANIFEST]
     print("machine shared, timings noisy; LiteRT on the CPU (XNNPACK)", flush=True)
     print(HEADER, flush=True)
     for n in names:
-        rfile = args.cache / "results" / n / f"{ROW}.json"
+        rfile = args.cache / "results" / n / f"{ROWS[args.method]}.json"
         if args.table_only:
             if rfile.is_file():
                 print(row_text(n, json.loads(rfile.read_text())), flush=True)
             continue
-        print(row_text(n, run_model(BY_NAME[n], args.cache, args.rerun)), flush=True)
+        print(row_text(n, run_model(BY_NAME[n], args.cache, args.rerun, args.method)), flush=True)
     return 0
 
 
