@@ -27,6 +27,7 @@ from .writer import Model, Quant, Tensor
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
+BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 
 @dataclass
@@ -105,6 +106,24 @@ class Lowerer:
         v = self.values.get(name)
         return v is not None and v.q is not None and v.q.dtype == np.int8
 
+    def reshape(self, x: Tensor, out: Tensor, layer: str = "") -> Tensor:
+        """RESHAPE x into ``out`` (the same elements in out's shape)."""
+        self.m.add_op("RESHAPE", [x, self.m.add_const(self._tname("shape"), np.asarray(out.shape, np.int32))], [out],
+                      ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
+        return out
+
+    def float_op(self, builtin: str, inputs: Sequence[Optional[Tensor]], shape: Sequence[int], name: str,
+                 layer: str, options=None) -> Tensor:
+        """One float op writing a new float tensor (the steps of a multi-op lowering)."""
+        out = self.new_f(name, shape)
+        self.m.add_op(builtin, inputs, [out], options, layer=layer)
+        return out
+
+    def float_binary(self, builtin: str, a: Tensor, b: Tensor, name: str, layer: str) -> Tensor:
+        """ADD / SUB / MUL / DIV of two float tensors (numpy broadcasting; the higher rank's shape)."""
+        return self.float_op(builtin, [a, b], a.shape if len(a.shape) >= len(b.shape) else b.shape, name, layer,
+                             (BINARY_OPTIONS[builtin], {"FusedActivationFunction": 0}))
+
     def requantize(self, t: Tensor, quant: Quant, layer: str, why: str) -> Tensor:
         """int8 -> int8 QUANTIZE onto another scale (TFLite's rule where ours differs)."""
         if quant.same_as(t.quant):
@@ -128,8 +147,7 @@ class Lowerer:
             out = self.m.add_tensor(self._tname(name + ("/nhwc" if nhwc else "/nchw")), shape, base.dtype,
                                     base.quant)
             if same_memory(v.shape):
-                self.m.add_op("RESHAPE", [base, self.m.add_const(self._tname("shape"), np.asarray(shape, np.int32))],
-                              [out], ("ReshapeOptions", {"NewShape": list(shape)}), layer=layer)
+                self.reshape(base, out, layer)
             else:
                 perm = TO_NHWC if nhwc else TO_NCHW
                 self.m.add_op("TRANSPOSE", [base, self.m.add_const(self._tname("perm"), np.asarray(perm, np.int32))],
@@ -179,6 +197,16 @@ class Lowerer:
         t = self.new_f(onnx_name, self.stored_shape(logical, nhwc))
         self.values[onnx_name] = Value(logical, f=t, nhwc=nhwc and len(logical) == 4)
         return t
+
+    def first_output_only(self, node: onnx.NodeProto, what: str) -> None:
+        """A node exported by its first output: refuse it when another output is read, else leave out the quantize
+        chains the builder put on those (an LSTM's final states, a layer norm's statistics)."""
+        if any(o and self.is_read(o) for o in node.output[1:]):
+            raise NotSupportedError(f"export-tflite: {node.name or node.output[0]}'s {what} are read; only its first "
+                                    "output is exported")
+        for o in node.output[1:]:
+            if o:
+                self.skip_unread(o)
 
     def is_read(self, name: str) -> bool:
         """Whether anything but a quantize / dequantize chain to nowhere reads this tensor (the builder quantizes

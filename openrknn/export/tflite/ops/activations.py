@@ -115,8 +115,7 @@ def _clip(ctx, node, kind):
     if hi_t is not None:
         ctx.m.add_op("MINIMUM", [cur, hi_t], [out])
     if lo_t is None and hi_t is None:
-        ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(x.shape, np.int32))], [out],
-                     ("ReshapeOptions", {"NewShape": list(x.shape)}))
+        ctx.reshape(x, out)
     return ""
 
 

@@ -126,10 +126,8 @@ def _rows_1d(ctx, name: str, kind: str, layer: str) -> Tensor:
         ctx.m.add_op("TRANSPOSE", [base, ctx.m.add_const(ctx._tname("perm"), np.asarray((0, 2, 1), np.int32))], [t],
                      version=2, layer=layer)
         base = t
-    out = ctx.m.add_tensor(ctx._tname(name + "/rows"), (n, 1, length, c), base.dtype, base.quant)
-    ctx.m.add_op("RESHAPE", [base, ctx.m.add_const(ctx._tname("shape"), np.asarray(out.shape, np.int32))], [out],
-                 ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
-    return out
+    return ctx.reshape(base, ctx.m.add_tensor(ctx._tname(name + "/rows"), (n, 1, length, c), base.dtype, base.quant),
+                       layer)
 
 
 def _unrows_1d(ctx, y: Tensor, out: Tensor, layer: str) -> None:
@@ -137,8 +135,7 @@ def _unrows_1d(ctx, y: Tensor, out: Tensor, layer: str) -> None:
     n, _, length, o = y.shape
     flat = ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + "/nlc"), (n, length, o), y.dtype, y.quant) \
         if o != 1 else out
-    ctx.m.add_op("RESHAPE", [y, ctx.m.add_const(ctx._tname("shape"), np.asarray(flat.shape, np.int32))], [flat],
-                 ("ReshapeOptions", {"NewShape": list(flat.shape)}), layer=layer)
+    ctx.reshape(y, flat, layer)
     if o != 1:
         ctx.m.add_op("TRANSPOSE", [flat, ctx.m.add_const(ctx._tname("perm"), np.asarray((0, 2, 1), np.int32))],
                      [out], version=2, layer=layer)

@@ -89,10 +89,9 @@ def _edge_pad(ctx, x, pairs, out, layer: str) -> None:
             begin[axis] = start
             size = list(shape)
             size[axis] = 1
-            edge = ctx.new_f(layer + "/edge", size)
-            ctx.m.add_op("SLICE", [x, ctx.m.add_const(ctx._tname("begin"), np.asarray(begin, np.int32)),
-                                   ctx.m.add_const(ctx._tname("size"), np.asarray(size, np.int32))], [edge],
-                         layer=layer)
+            edge = ctx.float_op("SLICE", [x, ctx.m.add_const(ctx._tname("begin"), np.asarray(begin, np.int32)),
+                                          ctx.m.add_const(ctx._tname("size"), np.asarray(size, np.int32))],
+                                size, layer + "/edge", layer)
             parts.append([edge] * count)
         shape[axis] += before + after
         y = out if n == len(padded) - 1 else ctx.new_f(layer + "/edge_padded", shape)
@@ -125,12 +124,8 @@ def _pad(ctx, node) -> str:
     x = ctx.f_of(node.input[0], layer)
     out = ctx.out_f(node.output[0], nhwc)
     paddings = ctx.m.add_const(ctx._tname("paddings"), np.asarray(pairs, np.int32))
-    if mode == "edge":
-        if not any(p for pair in pairs for p in pair):
-            ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(x.shape, np.int32))], [out],
-                         ("ReshapeOptions", {"NewShape": list(x.shape)}), layer=layer)
-        else:
-            _edge_pad(ctx, x, pairs, out, layer)
+    if mode == "edge" and any(p for pair in pairs for p in pair):
+        _edge_pad(ctx, x, pairs, out, layer)
     elif mode == "reflect":
         ctx.m.add_op("MIRROR_PAD", [x, paddings], [out], ("MirrorPadOptions", {"Mode": 0}))  # 0: REFLECT
     elif value == 0.0:

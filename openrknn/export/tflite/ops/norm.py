@@ -9,13 +9,6 @@ from ....errors import NotSupportedError
 from . import attr, layer_name, register
 
 
-def _binary(ctx, builtin: str, a, b, name: str, layer: str):
-    out = ctx.new_f(name, a.shape if len(a.shape) >= len(b.shape) else b.shape)
-    opts = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}.get(builtin)
-    ctx.m.add_op(builtin, [a, b], [out], (opts, {"FusedActivationFunction": 0}) if opts else None, layer=layer)
-    return out
-
-
 def _const_param(ctx, node, i: int, default: float):
     if len(node.input) <= i or not node.input[i]:
         return np.float32(default)
@@ -33,30 +26,22 @@ def _layer_norm(ctx, node) -> str:
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     axis = int(attr(node, "axis", -1)) % rank
-    if any(o and ctx.is_read(o) for o in node.output[1:]):
-        raise NotSupportedError(f"export-tflite: {layer}'s mean / inverse deviation outputs are read; only the "
-                                "normalized tensor is exported")
-    for o in node.output[1:]:
-        if o:
-            ctx.skip_unread(o)
+    ctx.first_output_only(node, "mean / inverse deviation outputs")
     x = ctx.view(node.input[0], "f", False, layer) if rank == 4 else ctx.f_of(node.input[0], layer)
     axes = ctx.m.add_const(ctx._tname("axes"), np.arange(axis, rank, dtype=np.int32))
     reduced = tuple(s if d < axis else 1 for d, s in enumerate(v.shape))
-    mean = ctx.new_f(layer + "/mean", reduced)
-    ctx.m.add_op("MEAN", [x, axes], [mean], ("ReducerOptions", {"KeepDims": True}), layer=layer)
-    centred = _binary(ctx, "SUB", x, mean, layer + "/centred", layer)
-    square = _binary(ctx, "MUL", centred, centred, layer + "/square", layer)
-    var = ctx.new_f(layer + "/var", reduced)
-    ctx.m.add_op("MEAN", [square, axes], [var], ("ReducerOptions", {"KeepDims": True}), layer=layer)
+    mean = ctx.float_op("MEAN", [x, axes], reduced, layer + "/mean", layer, ("ReducerOptions", {"KeepDims": True}))
+    centred = ctx.float_binary("SUB", x, mean, layer + "/centred", layer)
+    square = ctx.float_binary("MUL", centred, centred, layer + "/square", layer)
+    var = ctx.float_op("MEAN", [square, axes], reduced, layer + "/var", layer, ("ReducerOptions", {"KeepDims": True}))
     eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
-    var_eps = _binary(ctx, "ADD", var, eps, layer + "/var_eps", layer)
-    inv = ctx.new_f(layer + "/rsqrt", reduced)
-    ctx.m.add_op("RSQRT", [var_eps], [inv], layer=layer)
-    y = _binary(ctx, "MUL", centred, inv, layer + "/normalized", layer)
+    var_eps = ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)
+    inv = ctx.float_op("RSQRT", [var_eps], reduced, layer + "/rsqrt", layer)
+    y = ctx.float_binary("MUL", centred, inv, layer + "/normalized", layer)
     gamma = np.asarray(_const_param(ctx, node, 1, 1.0), np.float32)
     beta = np.asarray(_const_param(ctx, node, 2, 0.0), np.float32)
     out = ctx.out_f(node.output[0], False)
-    y = _binary(ctx, "MUL", y, ctx.m.add_const(ctx._tname("gamma"), gamma), layer + "/scaled", layer)
+    y = ctx.float_binary("MUL", y, ctx.m.add_const(ctx._tname("gamma"), gamma), layer + "/scaled", layer)
     ctx.m.add_op("ADD", [y, ctx.m.add_const(ctx._tname("beta"), beta)], [out],
                  ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
     return ""
@@ -68,12 +53,10 @@ register("LayerNormalization", float=_layer_norm)
 def _batch_norm(ctx, node) -> str:
     """Inference-mode BatchNormalization as one multiply-add per channel (ONNX's channel axis 1)."""
     layer = layer_name(node)
-    if attr(node, "training_mode", 0) or any(o and ctx.is_read(o) for o in node.output[1:]):
+    if attr(node, "training_mode", 0):
         raise NotSupportedError(f"export-tflite: {layer} is a training-mode BatchNormalization; export the model "
                                 "in eval mode")
-    for o in node.output[1:]:
-        if o:
-            ctx.skip_unread(o)
+    ctx.first_output_only(node, "running mean / variance outputs (training mode)")
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     gamma, beta, mean, var = (np.asarray(_const_param(ctx, node, i, 0.0), np.float64) for i in range(1, 5))

@@ -134,10 +134,7 @@ def _arg_max(ctx, node) -> str:
                  ("ArgMaxOptions", {"OutputType": 4}), version=2, layer=layer)   # 4: TensorType INT64
     if keep:
         stored = tuple(x.shape[:axis]) + (1,) + tuple(x.shape[axis + 1:])
-        out = ctx.m.add_tensor(ctx._tname(node.output[0]), stored, np.int64)
-        ctx.m.add_op("RESHAPE", [idx, ctx.m.add_const(ctx._tname("shape"), np.asarray(stored, np.int32))], [out],
-                     ("ReshapeOptions", {"NewShape": list(stored)}), layer=layer)
-        idx = out
+        idx = ctx.reshape(idx, ctx.m.add_tensor(ctx._tname(node.output[0]), stored, np.int64), layer)
     ctx.values[node.output[0]] = Value(tuple(shape), f=idx, nhwc=nhwc)
     return ""
 

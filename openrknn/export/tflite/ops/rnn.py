@@ -51,65 +51,53 @@ def _check(ctx, node) -> None:
             if init is None or np.any(np.asarray(init) != 0):
                 raise NotSupportedError(f"export-tflite: {layer} starts from a non-zero or computed initial "
                                         "state; only a zero initial state is exported")
-    if any(o and ctx.is_read(o) for o in node.output[1:]):
-        raise NotSupportedError(f"export-tflite: {layer}'s final states Y_h / Y_c are read; only the sequence "
-                                "output Y is exported")
 
 
-def _op(ctx, builtin: str, ins, shape, layer: str, name: str, options=None):
-    out = ctx.new_f(f"{layer}/{name}", shape)
-    ctx.m.add_op(builtin, ins, [out], options, layer=layer)
-    return out
-
-
-def _binary(ctx, builtin: str, a, b, layer: str, name: str):
-    return _op(ctx, builtin, [a, b], a.shape, layer, name,
-               ({"ADD": "AddOptions", "MUL": "MulOptions"}[builtin], {"FusedActivationFunction": 0}))
-
-
-def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str) -> list:
-    """One direction's hidden state per time step ([batch, hidden] tensors, in time order)."""
+def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str):
+    """One direction's hidden states as ONNX's Y slice [seq, 1, batch, hidden]."""
     seq, batch, feat = x.shape
     hidden = r.shape[1]
     tag = "reverse" if reverse else "forward"
-    flat = _op(ctx, "RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray((seq * batch, feat), np.int32))],
-               (seq * batch, feat), layer, f"{tag}/x_flat", ("ReshapeOptions", {"NewShape": [seq * batch, feat]}))
     fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
+    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
     # every step's input projection and both biases at once: [seq * batch, 4 * hidden], rows in time order
-    xw = _op(ctx, "FULLY_CONNECTED", [flat, ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w)),
-                                      ctx.m.add_const(ctx._tname(f"{layer}/B_{tag}"), np.ascontiguousarray(bias))],
-             (seq * batch, 4 * hidden), layer, f"{tag}/xw", fc)
+    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
+    b_t = ctx.m.add_const(ctx._tname(f"{layer}/B_{tag}"), np.ascontiguousarray(bias))
+    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, b_t], (seq * batch, 4 * hidden), f"{layer}/{tag}/xw", layer, fc)
     r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
     gate_axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
+    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 4 * hidden), np.int32))
     h = c = None
     hs = [None] * seq
     for t in (reversed(range(seq)) if reverse else range(seq)):
+        name = f"{layer}/{tag}/t{t}"
         begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
-        size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 4 * hidden), np.int32))
-        gates = _op(ctx, "SLICE", [xw, begin, size], (batch, 4 * hidden), layer, f"{tag}/x{t}")
+        gates = ctx.float_op("SLICE", [xw, begin, size], (batch, 4 * hidden), name + "/x", layer)
         if h is not None:
-            gates = _binary(ctx, "ADD", gates, _op(ctx, "FULLY_CONNECTED", [h, r_t, None], (batch, 4 * hidden),
-                                                   layer, f"{tag}/rh{t}", fc), layer, f"{tag}/gates{t}")
-        parts = [ctx.new_f(f"{layer}/{tag}/{g}{t}", (batch, hidden)) for g in ONNX_GATES]
+            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, 4 * hidden), name + "/rh", layer, fc)
+            gates = ctx.float_binary("ADD", gates, rh, name + "/gates", layer)
+        parts = [ctx.new_f(f"{name}/{g}", (batch, hidden)) for g in ONNX_GATES]
         ctx.m.add_op("SPLIT", [gate_axis, gates], parts, ("SplitOptions", {"NumSplits": 4}), layer=layer)
-        i, o, f = (_op(ctx, "LOGISTIC", [p], p.shape, layer, f"{tag}/{g}{t}_sig") for p, g in zip(parts[:3], "iof"))
-        g = _op(ctx, "TANH", [parts[3]], parts[3].shape, layer, f"{tag}/g{t}_tanh")
-        c_new = _binary(ctx, "MUL", i, g, layer, f"{tag}/ig{t}")
+        i, o, f = (ctx.float_op("LOGISTIC", [p], p.shape, f"{name}/{g}_sig", layer) for p, g in zip(parts, "iof"))
+        g = ctx.float_op("TANH", [parts[3]], parts[3].shape, name + "/c_tanh", layer)
+        c_new = ctx.float_binary("MUL", i, g, name + "/ig", layer)
         if c is not None:
-            c_new = _binary(ctx, "ADD", _binary(ctx, "MUL", f, c, layer, f"{tag}/fc{t}"), c_new, layer, f"{tag}/c{t}")
+            c_new = ctx.float_binary("ADD", ctx.float_binary("MUL", f, c, name + "/fc", layer), c_new, name + "/c",
+                                     layer)
         c = c_new
-        h = _binary(ctx, "MUL", o, _op(ctx, "TANH", [c], c.shape, layer, f"{tag}/c{t}_tanh"), layer, f"{tag}/h{t}")
+        h = ctx.float_binary("MUL", o, ctx.float_op("TANH", [c], c.shape, name + "/tanh_c", layer), name + "/h", layer)
         hs[t] = h
-    return hs
+    stacked = hs[0] if seq == 1 else ctx.float_op(
+        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
+        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
+    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer)
 
 
 def _lstm(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
     _check(ctx, node)
-    for state in node.output[1:]:
-        if state:
-            ctx.skip_unread(state)
+    ctx.first_output_only(node, "final states Y_h / Y_c")
     direction = attr(node, "direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
@@ -117,28 +105,13 @@ def _lstm(ctx, node) -> str:
     b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
         np.zeros((len(reverse), 8 * hidden), np.float32)
     x = ctx.f_of(node.input[0], layer)
-    seq, batch, _ = ctx.value(node.input[0]).shape
-    steps = []   # per time step, each direction's h as [1, 1, batch, hidden]
-    per_dir = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer)
-               for d, rev in enumerate(reverse)]
-    shape4 = ctx.m.add_const(ctx._tname("shape"), np.asarray((1, 1, batch, hidden), np.int32))
-    for t in range(seq):
-        for d in range(len(reverse)):
-            steps.append(_op(ctx, "RESHAPE", [per_dir[d][t], shape4], (1, 1, batch, hidden), layer, f"y{t}_{d}",
-                             ("ReshapeOptions", {"NewShape": [1, 1, batch, hidden]})))
-    # ONNX's Y is [seq, num_directions, batch, hidden]: directions side by side, then time steps
-    rows = []
-    for t in range(seq):
-        row = steps[t * len(reverse):(t + 1) * len(reverse)]
-        rows.append(row[0] if len(row) == 1 else _op(ctx, "CONCATENATION", row, (1, len(row), batch, hidden), layer,
-                                                     f"y{t}", ("ConcatenationOptions", {"Axis": 1,
-                                                                                        "FusedActivationFunction": 0})))
-    out = ctx.out_f(node.output[0], False)
-    if len(rows) == 1:
-        ctx.m.add_op("RESHAPE", [rows[0], ctx.m.add_const(ctx._tname("shape"), np.asarray(out.shape, np.int32))],
-                     [out], ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
+    ys = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer)
+          for d, rev in enumerate(reverse)]
+    out = ctx.out_f(node.output[0], False)   # ONNX's Y: [seq, num_directions, batch, hidden]
+    if len(ys) == 1:
+        ctx.reshape(ys[0], out, layer)
     else:
-        ctx.m.add_op("CONCATENATION", rows, [out], ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}),
+        ctx.m.add_op("CONCATENATION", ys, [out], ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}),
                      layer=layer)
     return ""
 

@@ -60,9 +60,7 @@ def _reshape(ctx, node, kind: str, act=None) -> str:
     else:
         x = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
     shape = ctx.out_shape(node.output[0])
-    out = _like(ctx, x, node.output[0], shape)
-    ctx.m.add_op("RESHAPE", [x, ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))], [out],
-                 ("ReshapeOptions", {"NewShape": list(shape)}), layer=layer)
+    out = ctx.reshape(x, _like(ctx, x, node.output[0], shape), layer)
     _finish(ctx, node, kind, out, False, layer, "TFLite's int8 RESHAPE keeps its input scale")
     return ""
 
