@@ -7,7 +7,7 @@ the upper end is searched; a two-sided tensor is folded to |x| and clipped symme
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -161,18 +161,23 @@ PRE_ACTIVATION_GRID = 192
 PRE_ACTIVATION_BINS = 1024  # the search's histogram resolution (finer histograms are summed down to it)
 
 
-def _activation_errors(c: np.ndarray, w: np.ndarray, ref: np.ndarray, f, los: np.ndarray, his: np.ndarray,
+def _prefix_sums(w: np.ndarray, ref: np.ndarray) -> List[np.ndarray]:
+    """Prefix sums of w, w ref and w ref^2 over the bins (one set per search, shared by all its ranges)."""
+    return [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * ref, w * ref * ref)]
+
+
+def _activation_errors(c: np.ndarray, sums: List[np.ndarray], f, los: np.ndarray, his: np.ndarray,
                        fmt: TensorFormat) -> np.ndarray:
-    """Weighted squared error of f on the grid of each range (los[k], his[k]) against ref = f(c), c ascending.
+    """Weighted squared error of f on the grid of each range (los[k], his[k]) against ref = f(c), c ascending,
+    with ``sums`` = _prefix_sums(w, ref).
 
     The bins that round to one level form a run of c, found by a binary search of the level's rounding threshold,
-    so each range costs O(levels) from prefix sums of w, w ref and w ref^2 instead of O(bins): sum over the level
-    of w (f_l - ref)^2 = f_l^2 W - 2 f_l R1 + R2."""
+    so each range costs O(levels) from the prefix sums instead of O(bins): sum over the level of
+    w (f_l - ref)^2 = f_l^2 W - 2 f_l R1 + R2."""
     s, z = qparams(los.astype(np.float64), his.astype(np.float64), fmt)
     s, z = s.astype(np.float64)[:, None], z.astype(np.float64)[:, None]
     levels = np.arange(fmt.qmin, fmt.qmax + 1, dtype=np.float64)[None, :]
     f_levels = f((levels - z) * s)
-    sums = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * ref, w * ref * ref)]
     # first bin of each level above the lowest: round(c / s) + z >= level  <=>  c >= (level - z - 0.5) s
     first = np.searchsorted(c, ((levels[:, 1:] - z - 0.5) * s).ravel()).reshape(len(s), -1)
     bounds = np.concatenate([np.zeros((len(s), 1), np.int64), first, np.full((len(s), 1), c.size)], axis=1)
@@ -196,14 +201,14 @@ def activation_range(hist: np.ndarray, lo: float, hi: float, act: str, clip_top:
         hist = hist.reshape(PRE_ACTIVATION_BINS, -1).sum(1)
     c = _centers(lo, hi, hist.size)
     keep = hist > 0
-    c, w = c[keep], hist[keep]
-    ref = f(c)
+    c = c[keep]
+    sums = _prefix_sums(hist[keep], f(c))
     top = min(LOWEST_CUT[act], 0.0)
     los = np.linspace(lo, top, grid) if lo < top else np.array([lo])
     his = np.linspace(hi, hi / 2, grid // 8, endpoint=False) if clip_top and hi > 0 else np.array([hi])
     best = (np.inf, lo, hi)
     for b in his:
-        err = _activation_errors(c, w, ref, f, los, np.full(los.shape, b), fmt)
+        err = _activation_errors(c, sums, f, los, np.full(los.shape, b), fmt)
         k = int(np.argmin(err))
         if err[k] < best[0]:
             best = (float(err[k]), float(los[k]), float(b))
