@@ -315,10 +315,9 @@ def _deconv_geometry(ctx, node, wq) -> Tuple[List[int], List[int], List[int], Tu
     return strides, kernel, pads, full
 
 
-def _deconv_emit(ctx, node, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, act_code: int, layer: str) -> None:
+def _deconv_emit(ctx, geom, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, act_code: int, layer: str) -> None:
     """TRANSPOSE_CONV with VALID padding, then a crop of ONNX's pads (exact for any pads / output_padding)."""
-    wq = ctx.g.quant_const(node.input[1])
-    strides, _, pads, full = _deconv_geometry(ctx, node, wq)
+    strides, _, pads, full = geom
     crop = out.shape != full
     y = ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + "/uncropped"), full, out.dtype, out.quant) \
         if crop else out
@@ -352,7 +351,7 @@ def _deconv_int8_ok(ctx, node) -> bool:
 def deconv_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    _deconv_geometry(ctx, node, wq)
+    geom = _deconv_geometry(ctx, node, wq)
     x = ctx.view(node.input[0], "q", True, layer)
     o = wq.q.shape[1]
     w_scale = np.broadcast_to(wq.scale.reshape(-1), (o,)).astype(np.float32)
@@ -364,14 +363,14 @@ def deconv_int8(ctx, node, act) -> str:
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq,
                            Quant(bscale if per_channel else bscale[:1], np.zeros(o if per_channel else 1, np.int64)))
     out = ctx.out_q(act.output[0] if act is not None else node.output[0], True, ctx.out_shape(node.output[0]))
-    _deconv_emit(ctx, node, x, filt, bias, out, fused_code(ctx, act) if act is not None else NONE, layer)
+    _deconv_emit(ctx, geom, x, filt, bias, out, fused_code(ctx, act) if act is not None else NONE, layer)
     return ""
 
 
 def deconv_float(ctx, node) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    _deconv_geometry(ctx, node, wq)
+    geom = _deconv_geometry(ctx, node, wq)
     x = ctx.view(node.input[0], "f", True, layer)
     if wq.scale.size > 1 and wq.axis != 1:
         raise NotSupportedError(f"export-tflite: {layer}'s weights are quantized per input channel; TFLite keeps "
@@ -381,7 +380,7 @@ def deconv_float(ctx, node) -> str:
     filt = _dequantized_weights(ctx, wq_out, arr, 0, node.input[1], layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[1]))
     out = ctx.out_f(node.output[0], True)
-    _deconv_emit(ctx, node, x, filt, bias, out, NONE, layer)
+    _deconv_emit(ctx, geom, x, filt, bias, out, NONE, layer)
     return ""
 
 
