@@ -50,3 +50,32 @@ def test_proc_stat_reading_is_sane():
         pytest.skip("no /proc/stat on this system")
     idle = calibrate._idle_cores_now(os.cpu_count() or 1)
     assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_run_ahead_keeps_order_and_results():
+    seen = []
+
+    def run(i, x):
+        seen.append(i)
+        return x * 10 + i
+
+    out = list(calibrate.run_ahead(iter([3, 5, 7]), run))
+    assert out == [(3, 30), (5, 51), (7, 72)]
+    assert seen == [0, 1, 2]
+    assert list(calibrate.run_ahead([], run)) == []
+
+
+def test_run_ahead_raises_the_workers_error_and_stops_early():
+    def run(i, x):
+        if x == "bad":
+            raise ValueError("cannot read sample 2")
+        return x
+
+    steps = calibrate.run_ahead(["a", "b", "bad", "c"], run)
+    assert next(steps) == ("a", "a") and next(steps) == ("b", "b")
+    with pytest.raises(ValueError, match="sample 2"):
+        next(steps)
+    # a caller that stops early leaves no thread behind: the generator closes its pool
+    steps = calibrate.run_ahead(range(100), lambda i, x: x)
+    assert next(steps) == (0, 0)
+    steps.close()

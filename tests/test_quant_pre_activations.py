@@ -75,6 +75,30 @@ def _producers(model: onnx.ModelProto) -> dict:
     return {o: n.op_type for n in model.graph.node for o in n.output}
 
 
+def test_the_searches_on_a_thread_pool_give_the_ranges_of_one_by_one():
+    """pipeline.search_pre_activations runs every search the candidate sets need at once; each range is the one
+    activation_range gives alone (the clipped-top search for kl/mmse, the kept-top one for normal)."""
+    from openrknn.quant.calibrate import Stats
+    from openrknn.quant.pipeline import search_pre_activations
+    from openrknn.quant.schemes import get_scheme
+
+    info = GraphInfo(normalize(_blocks()))
+    plan = build_plan(info, requantized_pre_activations=True)
+    stats = Stats()
+    for t, (mu, sd) in {"dw": (0.5, 2.0), "logit": (-1.0, 3.0)}.items():
+        x = rng.normal(mu, sd, 50_000)
+        stats.minmax[t] = (float(x.min()), float(x.max()))
+        stats.hist[t] = np.histogram(x, bins=2048, range=stats.minmax[t])[0]
+    scheme = get_scheme("w8a8")
+    searched = {}
+    search_pre_activations(info, plan, stats, scheme, ["normal", "kl_divergence", "mmse"], searched, threads=2)
+    fmt = TensorFormat(8, True, False)
+    assert set(searched) == {(t, clip) for t in ("dw", "logit") for clip in (False, True)}
+    for (t, clip), got in searched.items():
+        assert got == activation_range(stats.hist[t], *stats.minmax[t], plan.pre_activations[t], clip, fmt)
+    assert searched[("dw", True)] != searched[("dw", False)]  # the clipped search did move the top
+
+
 def test_rk3588_builds_store_the_depthwise_output_before_its_silu_as_integers(calib):
     model = stem_model()
     rk3588 = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", range_split=False), progress=False)

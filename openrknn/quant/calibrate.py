@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -86,6 +86,31 @@ def make_session(model: onnx.ModelProto, threads: int = 0):
     from ..runtime.ort_session import make_session as new_session
 
     return new_session(model, threads or int(os.environ.get("OPENRKNN_THREADS", "0") or 0) or auto_threads())
+
+
+def run_ahead(data: Iterable, run: Callable[[int, object], object]) -> Iterator[Tuple[object, object]]:
+    """(sample, run(i, sample)) for each sample of ``data``, with the next sample loaded and run on a worker thread
+    while the caller works on this one: onnxruntime and numpy release the GIL, so a pass whose statistics are numpy
+    work between runs takes about the longer of the two instead of their sum. Same order, same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(data)
+    end = object()
+
+    def step(i: int):
+        sample = next(it, end)
+        return sample, (None if sample is end else run(i, sample))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="openrknn-run-ahead") as pool:
+        pending = pool.submit(step, 0)
+        i = 0
+        while True:
+            sample, out = pending.result()
+            if sample is end:
+                return
+            i += 1
+            pending = pool.submit(step, i)
+            yield sample, out
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -133,7 +133,7 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
     so the two need one session and one inference per sample instead of two."""
     from ...progress import progress_bar
 
-    from ..calibrate import augment, auto_threads, make_session
+    from ..calibrate import augment, auto_threads, make_session, run_ahead
 
     layers = [_Layer(info, w) for w in plan.weighted if w.node in weights]
     layers = [la for la in layers if la.ok and la.w.x in info.elem_type]
@@ -144,15 +144,19 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
         m = augment(model, {}, inputs)
         if passenger is not None:
             passenger.augment(m)
-        # one core fewer than idle: the statistics are numpy work between runs, and onnxruntime's spinning
-        # threads would take the core it needs (on 2 cores, 2 threads made this pass slower than 1)
+        # one core fewer than idle: the statistics are numpy work that runs beside the next sample's inference
+        # (run_ahead), and onnxruntime's spinning threads would take the core it needs
         sess = make_session(m, options.threads or max(1, auto_threads() - 1))
         rng = np.random.default_rng(0)
         desc = f"{method} statistics" + (" + bias means" if rides else "")
-        for i, feed in enumerate(progress_bar(itertools.islice(data, max(total, rides)), total=max(total, rides),
-                                              desc=desc, enabled=progress, leave=False)):
+
+        def fetch(i: int, feed):
             names = (inputs if i < total else []) + (passenger.outputs if i < rides else [])
-            vals = dict(zip(names, sess.run(names, feed)))
+            return dict(zip(names, sess.run(names, feed)))
+
+        steps = run_ahead(itertools.islice(data, max(total, rides)), fetch)
+        for i, (_, vals) in enumerate(progress_bar(steps, total=max(total, rides), desc=desc, enabled=progress,
+                                                   leave=False)):
             if i < total:
                 for la in layers:
                     la.add(vals[la.w.x], rng)
