@@ -331,15 +331,21 @@ def input_size(name: str) -> int:
     return int(name.split("@")[1])
 
 
-def load_direct(path: Path, name: str) -> onnx.ModelProto:
-    """The float ONNX as the direct estimate reads it (dynamic input dims fixed to the published input size)."""
+def load_direct(path: Path, name: str, raw: bool = False) -> onnx.ModelProto:
+    """The float ONNX as the direct estimate reads it: dynamic input dims fixed to the published input size, then
+    the graph optimisation every load applies (optimization_level 2: constant folding, Conv+BN, spelled-out
+    HardSwish as one op, constant per-channel Mul/Add folded into the convs). The chip's compiler does the same
+    (rknn-toolkit2's build log of PP-OCRv4 det: replace_torch_hardswish2, fuse_mul_into_conv), so an estimate of
+    the raw export costs layers no compiled model has. ``raw``: skip the optimisation (the column beside it)."""
+    from openrknn.graph.optimize import optimize
+
     model = onnx.load(str(path))
     size = input_size(name)
     for d, v in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, size, size)):
         if not d.HasField("dim_value") or d.dim_value <= 0:
             d.Clear()
             d.dim_value = v
-    return model
+    return model if raw else onnx.shape_inference.infer_shapes(optimize(model, 2))
 
 
 def dataset_file(folder: Path, kind: str, n: int) -> str:
@@ -427,6 +433,7 @@ def run_published(models: list, cache_dir: str | None, calib: int, user: bool) -
     which made the published models, does not split tensors, so this is the same graph. 'default' is the build with
     every default (range split on): where the split adds NPU ops, it shows what they cost."""
     rows = []
+    raw: dict = {}  # name -> chip -> FPS of the export as it is, before the load's graph optimisation
     with tempfile.TemporaryDirectory(prefix="openrknn_perf_") as tmp:
         work = Path(tmp)
         for name in models:
@@ -438,6 +445,8 @@ def run_published(models: list, cache_dir: str | None, calib: int, user: bool) -
             direct_model = load_direct(path, name)
             chips = _chips_of(name)
             direct = {c: estimate_perf(direct_model, c, INT8[generation(c)]) for c in chips}
+            raw_model = load_direct(path, name, raw=True)
+            raw[name] = {c: estimate_perf(raw_model, c, INT8[generation(c)]).fps for c in chips}
             builds, defaults = {}, {}
             if user:
                 size, inp = input_size(name), direct_model.graph.input[0].name
@@ -474,9 +483,14 @@ def run_published(models: list, cache_dir: str | None, calib: int, user: bool) -
         if dflt is not None:
             line += f" {dflt.fps[c]:7.1f} {dflt.fps[c] / pub:6.2f} {dflt.npu_layers:4d}"
         print(line)
-    print("(FPS. direct: estimate_perf on the float ONNX; user: config(range_split=False) -> load_onnx -> build int8 "
-          "-> eval_perf; .rknn: that package after export_rknn -> load_rknn -> eval_perf; ratio: user (or direct) / "
-          "published; ops: NPU layers; default: the build with every default, range split on)")
+    moved = [(n, c, raw[n][c], d.fps) for n, c, d, *_ in rows if abs(raw[n][c] / d.fps - 1) > 0.01]
+    for n, c, r, d in moved:
+        print(f"{n} {c}: the raw export (before the load's graph optimisation) is estimated at {r:.1f} FPS, "
+              f"{d:.1f} after it ({r / PUBLISHED[n][c]:.2f} of published)")
+    print("(FPS. direct: estimate_perf on the float ONNX after the load's graph optimisation; user: "
+          "config(range_split=False) -> load_onnx -> build int8 -> eval_perf; .rknn: that package after "
+          "export_rknn -> load_rknn -> eval_perf; ratio: user (or direct) / published; ops: NPU layers; default: "
+          "the build with every default, range split on)")
     print(_summary("direct, fitted points", fitted))
     print(_summary("direct, held-out points", held))
     if user_fit or user_held:

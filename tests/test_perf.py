@@ -150,6 +150,33 @@ def test_silu_is_one_pass_and_a_shared_conv_output_does_not_fuse():
     assert est["relu"].unit == "NPU"  # c2 has two readers: the relu cannot live in the conv's output stage
 
 
+def test_hardswish_spelled_as_x_times_hardsigmoid_costs_what_the_op_costs():
+    """Exports before opset 14 (PaddlePaddle's p2o, old torch) write HardSwish as x * HardSigmoid(x): the estimate
+    must not depend on the spelling (PP-OCRv4 det: 150 NPU layers as exported against 102 built, before this)."""
+    def graph(spelled):
+        g = G()
+        c = g.conv("x", 32, 32)
+        if spelled:
+            hs = g.op("Mul", [c, g.op("HardSigmoid", [c], name="gate", alpha=1 / 6, beta=0.5)], name="hswish")
+        else:
+            hs = g.op("HardSwish", [c], name="hswish")
+        return g.model([g.conv(hs, 32, 32)]), c
+
+    (spelled, conv), (op, _) = graph(True), graph(False)
+    a, b = estimate_perf(spelled, "rk3588", "w8a8"), estimate_perf(op, "rk3588", "w8a8")
+    assert a.total_us == pytest.approx(b.total_us)
+    ra = rows(a)  # RKNPU2 fuses HardSwish into the conv (ConvHardSwish), gate included
+    assert ra["hswish"].fused_into == conv and ra["gate"].fused_into == conv
+    # RKNPU1 runs HardSigmoid / HardSwish on the board's CPU (targets/chips.py): no fusion to find there
+    assert rows(estimate_perf(spelled, "rk1808", "asymmetric_quantized-u8"))["gate"].unit == "CPU"
+    # the conv output read by a third layer keeps the HardSwish a layer of its own
+    g = G()
+    c = g.conv("x", 32, 32)
+    hs = g.op("Mul", [c, g.op("HardSigmoid", [c], name="gate")], name="hswish")
+    m = g.model([g.op("Add", [hs, c], name="add")])
+    assert rows(estimate_perf(m, "rk3588", "w8a8"))["hswish"].unit == "NPU"
+
+
 def test_a_scalar_scale_and_shift_join_the_layer_before():
     """x * k + b after a layer is a different output scale and zero point (range split's part remap)."""
     g = G()

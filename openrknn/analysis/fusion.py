@@ -9,6 +9,7 @@ into one 'ConvExSwish' layer, but the published speeds of yolov5s with SiLU and 
 differ by about a third on every chip: the fused activation is not free, and the pass models what it costs (fitting
 it as a free fused activation made every RKNPU2 chip's fit worse; bench/RESULTS.md). A multiply or add by a scalar
 constant joins the layer before it on both generations: it is a different output scale or zero point.
+x * hardsigmoid(x) is a HardSwish (opset < 14 exports spell it so) and fuses wherever the HardSwish op does.
 """
 
 from __future__ import annotations
@@ -83,21 +84,37 @@ def fusion_rule(*ops: str) -> Callable[[FusionRule], FusionRule]:
 
 @fusion_rule("Relu", "Clip", "PRelu", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh")
 def _activation(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
-    if layer.op_type == "Sigmoid" and _silu_mul(layer, gi) is not None:
-        return _silu_mul(layer, gi)
+    # a hard gate only where the HardSwish op runs in a conv's output stage (RKNPU1 runs it on the CPU)
+    if (layer.op_type == "Sigmoid" or "HardSwish" in gen.fused_activations) and _gate_mul(layer, gi) is not None:
+        return _gate_mul(layer, gi)
     if layer.op_type not in gen.fused_activations:
         return None
     return _single_consumer_host(layer, gi, fused, gen.activation_hosts)
 
 
-def _silu_mul(sig: Layer, gi: GraphInfo) -> int | None:
-    """x * sigmoid(x): the Sigmoid joins its Mul, which becomes one SiLU pass."""
-    if not sig.inputs or not sig.outputs:
+def _gate_mul(gate: Layer, gi: GraphInfo) -> int | None:
+    """x * sigmoid(x) or x * hardsigmoid(x): the gate joins its Mul, which becomes one SiLU / HardSwish layer."""
+    if not gate.inputs or not gate.outputs:
         return None
-    cons = gi.consumers(sig.outputs[0])
-    if len(cons) == 1 and cons[0].op_type == "Mul" and set(cons[0].inputs) == {sig.inputs[0], sig.outputs[0]}:
+    cons = gi.consumers(gate.outputs[0])
+    if len(cons) == 1 and cons[0].op_type == "Mul" and set(cons[0].inputs) == {gate.inputs[0], gate.outputs[0]}:
         return cons[0].index
     return None
+
+
+def _gated_hardswish_host(mul: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
+    """x * hardsigmoid(x), the HardSwish of exports before opset 14: the conv that computes x takes it as its
+    activation where the generation fuses HardSwish, as it takes a HardSwish op (rknn-toolkit2 compiles both as
+    ConvHardSwish), so the estimate does not depend on how the export spelled it. x must feed nothing else."""
+    gates = [gi.layers[i] for i, h in fused.items() if h == mul.index and gi.layers[i].op_type == "HardSigmoid"]
+    if not gates or "HardSwish" not in gen.fused_activations:
+        return None
+    x = gates[0].inputs[0]
+    prod = gi.producer(x)
+    if prod is None or x in gi.outputs or {c.index for c in gi.consumers(x)} != {gates[0].index, mul.index}:
+        return None
+    host = fused.get(prod.index, prod.index)
+    return host if gi.layers[host].op_type in gen.activation_hosts else None
 
 
 def _scalar_affine(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> int | None:
@@ -114,7 +131,8 @@ def _scalar_affine(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> int | 
 
 @fusion_rule("Mul")
 def _scaled(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
-    return _scalar_affine(layer, gi, fused)
+    gated = _gated_hardswish_host(layer, gi, gen, fused)
+    return gated if gated is not None else _scalar_affine(layer, gi, fused)
 
 
 @fusion_rule("Add")
@@ -145,7 +163,7 @@ def _maxpool(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]
 
 
 def fuse(gi: GraphInfo, gen: Generation) -> dict[int, int]:
-    """Map fused layer index -> index of the layer that absorbs it (a conv, or the Mul of a SiLU)."""
+    """Map fused layer index -> index of the layer that absorbs it (a conv, or the Mul of a SiLU / HardSwish)."""
     fused: dict[int, int] = {}
     for layer in gi.layers:
         if layer.role != "compute":
@@ -154,12 +172,19 @@ def fuse(gi: GraphInfo, gen: Generation) -> dict[int, int]:
         host = rule(layer, gi, gen, fused) if rule else None
         if host is not None and host != layer.index:
             fused[layer.index] = fused.get(host, host)
+    for i, h in fused.items():  # a gate joined its Mul, and the Mul a conv later: the gate belongs to the conv
+        while h in fused:
+            h = fused[h]
+        fused[i] = h
     return fused
 
 
 def logical_op(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> str:
     """The op a layer runs as: a Mul that absorbed its Sigmoid is a SiLU; a conv with groups == channels is
     depthwise."""
-    if layer.op_type == "Mul" and any(gi.layers[i].op_type == "Sigmoid" for i, h in fused.items() if h == layer.index):
+    gates = {gi.layers[i].op_type for i, h in fused.items() if h == layer.index}
+    if layer.op_type == "Mul" and "Sigmoid" in gates:
         return "SiLU"
+    if layer.op_type == "Mul" and "HardSigmoid" in gates:
+        return "HardSwish"
     return layer.op_type
