@@ -8,7 +8,8 @@ own (its Sigmoid folded into the Mul) on both generations. rknn-toolkit2 2.5.0 d
 into one 'ConvExSwish' layer, but the published speeds of yolov5s with SiLU and with ReLU (same network otherwise)
 differ by about a third on every chip: the fused activation is not free, and the pass models what it costs (fitting
 it as a free fused activation made every RKNPU2 chip's fit worse; bench/RESULTS.md). A multiply or add by a scalar
-constant joins the layer before it on both generations: it is a different output scale or zero point.
+constant joins the layer before it on RKNPU1 (a different output scale or zero point; not measured); rknn-toolkit2
+compiles it as a layer of its own for RKNPU2 (measured on PP-OCRv4 det's scalar affines and range split's remaps).
 x * hardsigmoid(x) is a HardSwish (opset < 14 exports spell it so) and fuses wherever the HardSwish op does.
 """
 
@@ -132,12 +133,14 @@ def _scalar_affine(layer: Layer, gi: GraphInfo, fused: dict[int, int]) -> int | 
 @fusion_rule("Mul")
 def _scaled(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
     gated = _gated_hardswish_host(layer, gi, gen, fused)
-    return gated if gated is not None else _scalar_affine(layer, gi, fused)
+    if gated is not None or not gen.fuses_scalar_affine:
+        return gated
+    return _scalar_affine(layer, gi, fused)
 
 
 @fusion_rule("Add")
 def _residual_add(layer: Layer, gi: GraphInfo, gen: Generation, fused: dict[int, int]) -> int | None:
-    shifted = _scalar_affine(layer, gi, fused)
+    shifted = _scalar_affine(layer, gi, fused) if gen.fuses_scalar_affine else None
     if shifted is not None:
         return shifted
     if not gen.fuses_residual_add or len(layer.inputs) != 2:

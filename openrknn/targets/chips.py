@@ -102,6 +102,9 @@ class Generation:
     activation_hosts: frozenset[str]  # ops whose output stage can apply a following activation
     fuses_residual_add: bool
     fuses_max_pool: bool  # RKNPU1 only, under the seed's size rules (see lint.maxpool_fusion_problems)
+    # x * k / x + b with a one-element constant k, b after a layer: applied in that layer's output stage (a
+    # different output scale / zero point) instead of a pass of its own
+    fuses_scalar_affine: bool
     # the conv outputs it requantizes before their activation instead of applying the activation in full precision
     # (quant/plan.py: a depthwise conv before its SiLU, any conv before a standalone Sigmoid)
     requantizes_pre_activations: bool
@@ -122,6 +125,7 @@ GENERATIONS: dict[str, Generation] = {
         activation_hosts=frozenset({"Conv", "ConvTranspose", "Gemm", "BatchNormalization"}),
         fuses_residual_add=False,
         fuses_max_pool=True,
+        fuses_scalar_affine=True,  # MODELLED: not measured (rknn-toolkit 1.x is not on PyPI)
         requantizes_pre_activations=False,  # not measured: rknn-toolkit 1.x is not on PyPI
         # MODELLED, fitted to the RK1808 column of the published table (bench/perf_estimate.py)
         cost=CostModel(util_3x3=0.60, util_1x1=0.45, util_other=0.40, util_depthwise=0.02, util_gemm=0.10,
@@ -142,6 +146,9 @@ GENERATIONS: dict[str, Generation] = {
                                     "Mul"}),
         fuses_residual_add=True,
         fuses_max_pool=False,
+        # MEASURED: rknn-toolkit2 2.5.0 compiles PP-OCRv4 det's scalar x * k and x + b after its activations as
+        # layers of their own (24 Mul, in float16, and 37 Add in its int8 build), as it does range split's remaps
+        fuses_scalar_affine=False,
         # MEASURED: rknn-toolkit2 2.5.0's compiled layers and quantization cfg (docs/vendor.md)
         requantizes_pre_activations=True,
         # MODELLED, fitted to the RK3588 column of the published table (bench/perf_estimate.py)
