@@ -75,6 +75,27 @@ def _producers(model: onnx.ModelProto) -> dict:
     return {o: n.op_type for n in model.graph.node for o in n.output}
 
 
+@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+def test_the_range_errors_are_the_bin_by_bin_sum(act):
+    """_RangeErrors' level runs from arithmetic and prefix sums give what quantizing every bin centre gives:
+    sum over bins of count * (f(dequant(quant(c))) - f(c))^2, for many ranges at once, empty bins included."""
+    from openrknn.quant.algorithms.activations import ACTIVATIONS, _RangeErrors, _centers
+    from openrknn.quant.schemes import qparams
+
+    x = np.concatenate([rng.normal(0.3, 2.0, 30_000), [-40.0, 9.0]])
+    lo, hi = float(x.min()), float(x.max())
+    hist = np.histogram(x, bins=1024, range=(lo, hi))[0].astype(np.float64)
+    hist[::7] = 0.0
+    los, his = np.linspace(lo, -1.0, 40), np.linspace(hi, hi / 2, 40)
+    got = _RangeErrors(hist, lo, hi, act, INT8, len(los))(los, his)
+    f, c = ACTIVATIONS[act], _centers(lo, hi, hist.size)
+    s, z = qparams(los, his, INT8)
+    for k in range(len(los)):
+        q = np.clip(np.round(c / s[k]) + z[k], INT8.qmin, INT8.qmax)
+        want = np.sum(hist * (f((q - z[k]) * float(s[k])) - f(c)) ** 2)
+        assert got[k] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
 def test_the_searches_on_a_thread_pool_give_the_ranges_of_one_by_one():
     """pipeline.search_pre_activations runs every search the candidate sets need at once; each range is the one
     activation_range gives alone (the clipped-top search for kl/mmse, the kept-top one for normal)."""
