@@ -74,12 +74,18 @@ _NO_EFFECT = (("force_builtin_perm", False, "inputs are always NHWC with the per
 
 def build(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions = BuildOptions(),
           progress: bool = True) -> BuildResult:
-    opts.validate()
-    if opts.auto_hybrid:
-        from .hybrid import auto_hybrid
+    from threadpoolctl import threadpool_limits
 
-        return auto_hybrid(loaded, cfg, opts, progress=progress)
-    return build_once(loaded, cfg, opts, progress=progress)
+    opts.validate()
+    # numpy's BLAS on one thread for the whole build: its matrices here are small, and its idle threads spin on the
+    # cores that onnxruntime and our own worker threads use (auto hybrid's sensitivity ranking on nanodet-m, two
+    # units at a time: 16 s with BLAS threads, 10 s without)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if opts.auto_hybrid:
+            from .hybrid import auto_hybrid
+
+            return auto_hybrid(loaded, cfg, opts, progress=progress)
+        return build_once(loaded, cfg, opts, progress=progress)
 
 
 def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progress: bool = True) -> BuildResult:

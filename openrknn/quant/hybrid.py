@@ -258,8 +258,8 @@ def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> L
 
 
 def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], threads: int = 1,
-                names: Optional[Sequence[str]] = None) -> List[list]:
-    """Outputs (or the named tensors) of ``model`` for each feed."""
+                names: Optional[Sequence[str]] = None, workers: int = 1) -> List[list]:
+    """Outputs (or the named tensors) of ``model`` for each feed; ``workers`` feeds at a time on the session."""
     if names:
         from .qdq import with_outputs
 
@@ -267,7 +267,13 @@ def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], 
     from ..runtime.ort_session import make_session
 
     sess = make_session(model, threads)
-    return [sess.run(list(names) if names else None, f) for f in feeds]
+    fetch = list(names) if names else None
+    if workers <= 1 or len(feeds) <= 1:
+        return [sess.run(fetch, f) for f in feeds]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(feeds)), thread_name_prefix="openrknn-outputs") as pool:
+        return list(pool.map(lambda f: sess.run(fetch, f), feeds))
 
 
 def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
@@ -335,21 +341,42 @@ class SwitchableModel:
         self.names = list(names) if names else None
         self.sess = make_session(m, threads)
 
-    def run(self, feeds: Sequence[Dict[str, np.ndarray]], float_units: Iterable[str] = ()) -> List[list]:
+    def run(self, feeds: Sequence[Dict[str, np.ndarray]], float_units: Iterable[str] = (),
+            workers: int = 1) -> List[list]:
+        """Outputs for each feed with ``float_units`` left float; ``workers`` > 1 runs that many feeds at a time on
+        the session (each run single-threaded, so the outputs do not depend on it)."""
         mask = np.ones(len(self.units), np.float32)
         for u in float_units:
             mask[self.units.index(u)] = 0.0
-        return [self.sess.run(self.names, {**f, MASK_INPUT: mask}) for f in feeds]
+
+        def one(f: Dict[str, np.ndarray]) -> list:
+            return self.sess.run(self.names, {**f, MASK_INPUT: mask})
+
+        if workers <= 1 or len(feeds) <= 1:
+            return [one(f) for f in feeds]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(feeds)), thread_name_prefix="openrknn-switch") as pool:
+            return list(pool.map(one, feeds))
 
 
 def sensitivity(model: SwitchableModel, reference: List[list], feeds: Sequence[Dict[str, np.ndarray]],
                 progress: bool = True) -> Dict[str, float]:
     """Per unit: how much the worst output cosine rises when that unit alone stays float (its activations, and its
     weights where the model restores them), on ``feeds``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..progress import progress_bar
+    from .calibrate import auto_threads
 
     base = min(output_cosines(reference, model.run(feeds)))
-    out = {}
-    for name in progress_bar(model.units, desc="layer sensitivity", enabled=progress, leave=False):
-        out[name] = min(output_cosines(reference, model.run(feeds, [name]))) - base
-    return out
+
+    def rise(name: str) -> float:
+        return min(output_cosines(reference, model.run(feeds, [name]))) - base
+
+    # one unit per idle core at a time, on the one session (onnxruntime runs concurrent calls; each run is
+    # single-threaded and the same as run alone, so the ranking does not depend on the thread count)
+    with ThreadPoolExecutor(auto_threads(), thread_name_prefix="openrknn-sensitivity") as pool:
+        rises = progress_bar(pool.map(rise, model.units), total=len(model.units), desc="layer sensitivity",
+                             enabled=progress, leave=False)
+        return dict(zip(model.units, rises))
