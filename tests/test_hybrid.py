@@ -284,8 +284,18 @@ def test_switchable_model_matches_the_qdq_graph_and_its_bypass():
         for got, w in zip(sw.run(feeds, [off]), want):
             np.testing.assert_allclose(got[0], w[0], rtol=0, atol=1e-5)
     assert not np.allclose(sw.run(feeds, ["a"])[0][0], sw.run(feeds)[0][0])
-    sens = hq.sensitivity(sw, hq.run_outputs(model, feeds), feeds, progress=False)
+    ref = hq.run_outputs(model, feeds)
+    sens = hq.sensitivity(sw, ref, feeds, progress=False)
     assert set(sens) == {"a", "b"} and sens["a"] > 0
+    base = min(hq.output_cosines(ref, sw.run(feeds)))  # the ranking's units ran side by side: same rises as alone
+    for u in ("a", "b"):
+        assert sens[u] == pytest.approx(min(hq.output_cosines(ref, sw.run(feeds, [u]))) - base, abs=1e-12)
+    # feeds run side by side on the one session give the outputs of running them one by one, bit for bit
+    for parallel, serial in ((sw.run(feeds, ["a"], workers=3), sw.run(feeds, ["a"])),
+                             (hq.run_outputs(q.model, feeds, workers=2), hq.run_outputs(q.model, feeds))):
+        assert len(parallel) == len(feeds)
+        for got, want in zip(parallel, serial):
+            np.testing.assert_array_equal(got[0], want[0])
 
 
 def test_float_weights_reads_a_matmul_weights_channel_axis():

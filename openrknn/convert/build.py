@@ -88,8 +88,11 @@ def build(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions = BuildOptio
         return build_once(loaded, cfg, opts, progress=progress)
 
 
-def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progress: bool = True) -> BuildResult:
-    """One build: float graph, then (int8) one calibration and quantization with opts' overrides."""
+def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progress: bool = True,
+               float_graph: Optional[tuple] = None) -> BuildResult:
+    """One build: float graph, then (int8) one calibration and quantization with opts' overrides.
+    float_graph: build_float_graph(loaded, cfg) made earlier for the same model and config (auto hybrid's builds
+    share one; quantizing copies it, so it is never changed)."""
     t0 = time.perf_counter()
     if opts.pre_compile:
         log.warning("pre_compile=True has no effect with openrknn: the model stays runnable in the simulator and on "
@@ -109,7 +112,7 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
     if opts.do_quantization and loaded.source_quant:
         log.info("the model was quantized elsewhere; do_quantization=True re-quantizes it from its float weights "
                  "(build(do_quantization=False) keeps its own scales)")
-    float_model, metas, notes = build_float_graph(loaded, cfg)
+    float_model, metas, notes = float_graph if float_graph is not None else build_float_graph(loaded, cfg)
     timings = {"float_graph_s": time.perf_counter() - t0}
     model, quantization, quant_report = float_model, None, None
     if opts.do_quantization:

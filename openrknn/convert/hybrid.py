@@ -343,8 +343,15 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     thresh = cfg.auto_hybrid_cos_thresh if cos_thresh is None else float(cos_thresh)
     if promote not in ("int16", "float"):
         raise ConfigError("promote", promote, ("int16", "float"))
+    # the confirming builds calibrate the same float graph on the same feeds: one statistics cache for all of them
+    # (byte-identical results, quant/stats_cache.py)
+    if opts.stats_cache is None:
+        from ..quant.stats_cache import StatsCache
+
+        opts = dataclasses.replace(opts, stats_cache=StatsCache())
     base_opts = dataclasses.replace(opts, auto_hybrid=False)
-    plain = build_once(loaded, cfg, base_opts, progress)
+    graph = build_float_graph(loaded, cfg) if not loaded.source_quant else None  # the same for every build
+    plain = build_once(loaded, cfg, base_opts, progress, graph)
     dataset = opts.dataset
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
@@ -369,7 +376,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     def make(overrides):
         report["builds"] += 1
         return build_once(loaded, cfg, dataclasses.replace(base_opts, overrides={**opts.overrides, **overrides}),
-                          False)
+                          False, graph)
 
     order, kind = detail["order"], detail["order_kind"]
     k, (result, cos) = _confirm(order, len(picked), units, promote, make, ref, feeds, thresh, names)
