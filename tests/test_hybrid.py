@@ -320,3 +320,13 @@ def test_float_weights_reads_a_matmul_weights_channel_axis():
     weights = hq.float_weights(model, q.model, ["w"])
     assert sorted(weights) == ["w"]
     np.testing.assert_array_equal(weights["w"], w)
+
+
+def test_side_by_side_runs_follow_the_idle_cores_up_to_a_cap(monkeypatch):
+    """Each run side by side holds its own activations: a 64-core machine gets MAX_PARALLEL_RUNS, a busy one 1."""
+    from openrknn.quant import calibrate
+
+    monkeypatch.setattr(calibrate, "auto_threads", lambda: 64)
+    assert hq.run_workers() == hq.MAX_PARALLEL_RUNS
+    monkeypatch.setattr(calibrate, "auto_threads", lambda: 1)
+    assert hq.run_workers() == 1

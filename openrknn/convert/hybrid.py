@@ -30,7 +30,6 @@ from ..errors import ConfigError, PackageError
 from ..frontends import LoadedModel
 from ..quant import quantize
 from ..quant import hybrid as hq
-from ..quant.calibrate import auto_threads
 from ..targets.chips import requantizes_pre_activations
 from .build import BuildOptions, BuildResult, build_once
 from .float_graph import build_float_graph
@@ -235,7 +234,7 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
                                                            if tensors.get(w, {}).get("kind") == "weight"])
     members = {k: _activations(v, tensors) + [w for w in v if w in float_weights] for k, v in units.items()}
     switch = hq.SwitchableModel(qmodel, members, float_weights, names)
-    workers = auto_threads()
+    workers = hq.run_workers()
     sens = hq.sensitivity(switch, ref[:rank_samples], feeds[:rank_samples], progress)
     ranked = sorted(units, key=lambda k: -sens[k])
     # Errors made early are amplified by every later layer, yet one early layer left float barely helps while the
@@ -284,11 +283,11 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
     if not order:  # nothing can be promoted: one build (what the plain build gave), not a search over nothing
         made = make({})
         return 0, (made, hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names,
-                                                               workers=auto_threads())))
+                                                                workers=hq.run_workers())))
 
     def trial(n: int) -> bool:
         made = make({t: promote for u in order[:n] for t in units[u]})
-        cos = hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names, workers=auto_threads()))
+        cos = hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names, workers=hq.run_workers()))
         done[n] = (made, cos)
         log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", n, min(cos))
         return min(cos) >= thresh
@@ -358,8 +357,8 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
                                                                    cfg)[:sensitivity_samples]
     # per_branch: each quantized tensor an output is assembled from in float must meet the threshold (stricter)
     names = hq.measured_tensors(plain.model, plain.float_model) if per_branch else None
-    ref = hq.run_outputs(plain.float_model, feeds, names=names, workers=auto_threads())
-    base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names, workers=auto_threads()))
+    ref = hq.run_outputs(plain.float_model, feeds, names=names, workers=hq.run_workers())
+    base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names, workers=hq.run_workers()))
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
               "cosine_before": base, "cosine_after": base, "met": min(base) >= thresh,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,

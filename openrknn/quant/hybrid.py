@@ -283,6 +283,16 @@ def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
 
 
 MASK_INPUT = "openrknn_hybrid_mask"
+# runs side by side on one session: each holds its own activations (hundreds of MB on a large detector), so a
+# many-core machine does not get one per core
+MAX_PARALLEL_RUNS = 8
+
+
+def run_workers() -> int:
+    """How many runs to make side by side: the idle cores, at most MAX_PARALLEL_RUNS."""
+    from .calibrate import auto_threads
+
+    return max(1, min(auto_threads(), MAX_PARALLEL_RUNS))
 
 
 class SwitchableModel:
@@ -367,7 +377,6 @@ def sensitivity(model: SwitchableModel, reference: List[list], feeds: Sequence[D
     from concurrent.futures import ThreadPoolExecutor
 
     from ..progress import progress_bar
-    from .calibrate import auto_threads
 
     base = min(output_cosines(reference, model.run(feeds)))
 
@@ -376,7 +385,7 @@ def sensitivity(model: SwitchableModel, reference: List[list], feeds: Sequence[D
 
     # one unit per idle core at a time, on the one session (onnxruntime runs concurrent calls; each run is
     # single-threaded and the same as run alone, so the ranking does not depend on the thread count)
-    with ThreadPoolExecutor(auto_threads(), thread_name_prefix="openrknn-sensitivity") as pool:
+    with ThreadPoolExecutor(run_workers(), thread_name_prefix="openrknn-sensitivity") as pool:
         rises = progress_bar(pool.map(rise, model.units), total=len(model.units), desc="layer sensitivity",
                              enabled=progress, leave=False)
         return dict(zip(model.units, rises))
