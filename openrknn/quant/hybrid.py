@@ -268,12 +268,18 @@ def run_outputs(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], 
 
     sess = make_session(model, threads)
     fetch = list(names) if names else None
+    return side_by_side(lambda f: sess.run(fetch, f), feeds, workers)
+
+
+def side_by_side(run, feeds: Sequence[Dict[str, np.ndarray]], workers: int) -> List[list]:
+    """[run(f) for f in feeds], ``workers`` feeds at a time (onnxruntime runs concurrent calls on one session; each
+    run single-threaded is the same as run alone, so the outputs do not depend on ``workers``)."""
     if workers <= 1 or len(feeds) <= 1:
-        return [sess.run(fetch, f) for f in feeds]
+        return [run(f) for f in feeds]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(workers, len(feeds)), thread_name_prefix="openrknn-outputs") as pool:
-        return list(pool.map(lambda f: sess.run(fetch, f), feeds))
+    with ThreadPoolExecutor(min(workers, len(feeds)), thread_name_prefix="openrknn-runs") as pool:
+        return list(pool.map(run, feeds))
 
 
 def output_cosines(reference: List[list], outputs: List[list]) -> List[float]:
@@ -353,21 +359,11 @@ class SwitchableModel:
 
     def run(self, feeds: Sequence[Dict[str, np.ndarray]], float_units: Iterable[str] = (),
             workers: int = 1) -> List[list]:
-        """Outputs for each feed with ``float_units`` left float; ``workers`` > 1 runs that many feeds at a time on
-        the session (each run single-threaded, so the outputs do not depend on it)."""
+        """Outputs for each feed with ``float_units`` left float, ``workers`` feeds at a time (side_by_side)."""
         mask = np.ones(len(self.units), np.float32)
         for u in float_units:
             mask[self.units.index(u)] = 0.0
-
-        def one(f: Dict[str, np.ndarray]) -> list:
-            return self.sess.run(self.names, {**f, MASK_INPUT: mask})
-
-        if workers <= 1 or len(feeds) <= 1:
-            return [one(f) for f in feeds]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(workers, len(feeds)), thread_name_prefix="openrknn-switch") as pool:
-            return list(pool.map(one, feeds))
+        return side_by_side(lambda f: self.sess.run(self.names, {**f, MASK_INPUT: mask}), feeds, workers)
 
 
 def sensitivity(model: SwitchableModel, reference: List[list], feeds: Sequence[Dict[str, np.ndarray]],
