@@ -201,6 +201,39 @@ def test_edit_reaches_range_split_parts(tmp_path):
     assert tensors["dw"]["dtype"] == "uint8"
 
 
+@pytest.mark.parametrize("target, dtype", [("rk3588", "w8a8"), ("rk1808", "asymmetric_quantized-u8")])
+def test_every_unit_float_is_the_float_model_through_splits_and_corrections(tmp_path, target, dtype):
+    """Auto hybrid's estimates switch units to float on the built QDQ graph. With the build's rewritten float weights
+    (QuantResult.float_weights) that covers range-split parts (the remap after an activation on RKNPU2 too), the
+    split and permuted weights and the biases bias correction moved: every unit float is the float model, and
+    quantizing one unit alone moves the output. Before, half the points of a split model stayed quantized."""
+    from test_quant_split import stem_model
+
+    m = stem_model()
+    del m.graph.node[0]
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12]))
+    onnx.save(m, tmp_path / "stem.onnx")
+    write_npy_dataset(tmp_path, (12, 12, 3), seed=2, name="d.txt")
+    cfg = make_config(target_platform=target, quantized_dtype=dtype)
+    plain = build(load_model(tmp_path / "stem.onnx"), cfg, BuildOptions(dataset=str(tmp_path / "d.txt")))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    assert any("__split" in t and v["kind"] == "weight" for t, v in tensors.items())
+    assert any(v["kind"] == "bias" for v in tensors.values())
+    units, switch = hb._switchable(plain.float_model, plain.model, tensors, weights=plain.float_weights)
+    switched = {t for members in switch.members.values() for t in members}
+    assert {t for t, v in tensors.items() if v["kind"] in ("activation", "weight", "bias")} - switched <= {"x"}
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.integers(0, 256, (1, 12, 12, 3)).astype(np.float32)} for _ in range(3)]
+    ref = hq.run_outputs(plain.float_model, feeds)
+    for got, want in zip(switch.run(feeds, list(units)), ref):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    quantized = hq.run_outputs(plain.model, feeds)
+    for got, want in zip(switch.run(feeds), quantized):
+        np.testing.assert_array_equal(got[0], want[0])
+    falls = hq.damage(switch, ref, feeds, progress=False)
+    assert max(falls.values()) > 1e-6
+
+
 def test_bypass_with_float_weights_restores_the_float_function():
     """Sensitivity puts a unit's weights back in float too: float_weights finds the weights the QDQ graph rounded
     from the float model's values, and bypassing every activation and those weights gives the float outputs back;
@@ -245,8 +278,8 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     plain = build(_loaded(setup), cfg, BuildOptions(dataset=str(setup / "dataset.txt")))
     tensors = plain.package.metadata["quantization"]["tensors"]
     feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
-    monkeypatch.setattr(hq, "sensitivity", lambda model, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
-                                                                   for u in model.units})
+    monkeypatch.setattr(hq, "damage", lambda model, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
+                                                              for u in model.units})
     picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
     assert detail["order_kind"] == "graph order" and picked[-1] == "conv1" and len(picked) == 2
     monkeypatch.undo()
@@ -285,11 +318,12 @@ def test_switchable_model_matches_the_qdq_graph_and_its_bypass():
             np.testing.assert_allclose(got[0], w[0], rtol=0, atol=1e-5)
     assert not np.allclose(sw.run(feeds, ["a"])[0][0], sw.run(feeds)[0][0])
     ref = hq.run_outputs(model, feeds)
-    sens = hq.sensitivity(sw, ref, feeds, progress=False)
+    sens = hq.damage(sw, ref, feeds, progress=False)
     assert set(sens) == {"a", "b"} and sens["a"] > 0
-    base = min(hq.output_cosines(ref, sw.run(feeds)))  # the ranking's units ran side by side: same rises as alone
-    for u in ("a", "b"):
-        assert sens[u] == pytest.approx(min(hq.output_cosines(ref, sw.run(feeds, [u]))) - base, abs=1e-12)
+    every = min(hq.output_cosines(ref, sw.run(feeds, ["a", "b"])))
+    # the ranking's units ran side by side: the same falls as run alone
+    for u, others in (("a", ["b"]), ("b", ["a"])):
+        assert sens[u] == pytest.approx(every - min(hq.output_cosines(ref, sw.run(feeds, others))), abs=1e-12)
     # feeds run side by side on the one session give the outputs of running them one by one, bit for bit
     for parallel, serial in ((sw.run(feeds, ["a"], workers=3), sw.run(feeds, ["a"])),
                              (hq.run_outputs(q.model, feeds, workers=2), hq.run_outputs(q.model, feeds))):

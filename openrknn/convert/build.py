@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import onnx
 
 from ..config import BuildConfig
@@ -64,6 +65,7 @@ class BuildResult:
     timings: dict = field(default_factory=dict)
     quant_report: Optional[dict] = None
     hybrid_report: Optional[dict] = None  # what auto hybrid promoted and what it costs
+    float_weights: Dict[str, np.ndarray] = field(default_factory=dict)  # QuantResult.float_weights (int8 builds)
 
 
 # Vendor options kept for script compatibility; say so rather than silently ignoring them.
@@ -114,7 +116,7 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
                  "(build(do_quantization=False) keeps its own scales)")
     float_model, metas, notes = float_graph if float_graph is not None else build_float_graph(loaded, cfg)
     timings = {"float_graph_s": time.perf_counter() - t0}
-    model, quantization, quant_report = float_model, None, None
+    model, quantization, quant_report, float_weights = float_model, None, None, {}
     if opts.do_quantization:
         overrides = dict(opts.overrides)
         if opts.keep_float:
@@ -123,12 +125,14 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
             overrides = {**keep_float_overrides(float_model, opts.keep_float, cfg.target, cfg.quantized_dtype),
                          **overrides}
         t1 = time.perf_counter()
-        model, quantization, quant_report = quantize_float_graph(float_model, metas, cfg, opts.dataset, overrides,
-                                                                 progress, opts.stats_cache)
+        result, quantization = quantize_float_graph(float_model, metas, cfg, opts.dataset, overrides, progress,
+                                                    opts.stats_cache)
+        model, quant_report, float_weights = result.model, result.report, result.float_weights
         timings["quantize_s"] = time.perf_counter() - t1
     flags = BuildFlags(bool(opts.do_quantization), opts.dataset, bool(opts.pre_compile), opts.rknn_batch_size or 1)
     source = source_record(loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + notes)
     pkg = make_package(float_model, model, metas, cfg, flags, quantization, source)
     timings["total_s"] = time.perf_counter() - t0
     log.info("build done in %.2f s (%s)", timings["total_s"], "int8" if opts.do_quantization else "float")
-    return BuildResult(pkg, float_model, model, loaded.notes + notes, timings, quant_report)
+    return BuildResult(pkg, float_model, model, loaded.notes + notes, timings, quant_report,
+                       float_weights=float_weights)

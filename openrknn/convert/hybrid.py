@@ -60,8 +60,8 @@ def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, 
 
 
 def _activations(names: Sequence[str], tensors: Dict[str, dict]) -> List[str]:
-    """The activation points of ``names`` as they appear in the QDQ graph (range-split parts expanded)."""
-    return [p for t in names for p in hq.present(t, tensors) if tensors[p].get("kind") == "activation"]
+    """The activation points of ``names`` as they appear in the QDQ graph (with every range-split part)."""
+    return [p for t in names for p in hq.every_part(t, tensors) if tensors[p].get("kind") == "activation"]
 
 
 # ---------------------------------------------------------------- step 1
@@ -124,7 +124,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
-                             progress, ref, names)
+                             progress, ref, names, weights=result.float_weights)
     units = _units(float_model, result.tensors)
     k, _ = _confirm(detail["order"], len(picked), units, "float",
                     lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref, sample,
@@ -219,23 +219,42 @@ RANK_SAMPLES = 2    # feeds the per-unit ranking runs on: one switchable-model r
 MAX_CONFIRM = 4     # real builds that confirm the estimated prefix, extend it or search below it
 
 
+def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
+                names: Optional[List[str]] = None, weights: Optional[Dict[str, np.ndarray]] = None
+                ) -> Tuple[Dict[str, List[str]], hq.SwitchableModel]:
+    """The units auto hybrid can promote (those with activation points) and the QDQ graph with each one switchable
+    to float: its activation points (every range-split part), its weights and their biases. With ``weights``
+    (QuantResult.float_weights) every weight and bias is restorable and all units float is the float model."""
+    units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
+    # weights count too: with per-tensor (u8) weights they are as large an error source as the activations; a bias
+    # goes back to float with its weight (bias correction fitted it to the quantized layer's error)
+    bias_of = hq.biases_by_weight(qmodel)
+    unit_weights = {k: [p for w in v for p in hq.every_part(w, tensors) if tensors[p].get("kind") == "weight"]
+                    for k, v in units.items()}
+    unit_weights = {k: v + [bias_of[w] for w in v if w in bias_of] for k, v in unit_weights.items()}
+    float_weights = weights if weights else hq.float_weights(float_model, qmodel,
+                                                             [w for v in unit_weights.values() for w in v])
+    members = {k: _activations(v, tensors) + [w for w in unit_weights[k] if w in float_weights]
+               for k, v in units.items()}
+    return units, hq.SwitchableModel(qmodel, members, float_weights, names)
+
+
 def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
             reference: Optional[List[list]] = None, names: Optional[List[str]] = None,
-            rank_samples: int = RANK_SAMPLES) -> Tuple[List[str], dict]:
-    """Rank units by sensitivity (each one alone left float: its activations and weights, on ``rank_samples``
-    feeds) and return the shortest prefix, of that ranking or of the graph order, that, left float together, lifts
-    every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every estimate runs on one
-    switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no rebuild."""
-    units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
+            rank_samples: int = RANK_SAMPLES, weights: Optional[Dict[str, np.ndarray]] = None
+            ) -> Tuple[List[str], dict]:
+    """Rank units by sensitivity (the damage each one does quantized alone, every other float: hq.damage, on
+    ``rank_samples`` feeds) and return the shortest prefix, of that ranking or of the graph order, that, left float
+    together, lifts every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every
+    estimate runs on one switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no
+    rebuild.
+    weights: QuantResult.float_weights of the build (every weight restorable, rewritten ones included); without
+    them only the weights the quantizer did not rewrite are."""
+    units, switch = _switchable(float_model, qmodel, tensors, names, weights)
     ref = reference if reference is not None else hq.run_outputs(float_model, feeds, names=names)
-    # weights count too: with per-tensor (u8) weights they are as large an error source as the activations
-    float_weights = hq.float_weights(float_model, qmodel, [w for v in units.values() for w in v
-                                                           if tensors.get(w, {}).get("kind") == "weight"])
-    members = {k: _activations(v, tensors) + [w for w in v if w in float_weights] for k, v in units.items()}
-    switch = hq.SwitchableModel(qmodel, members, float_weights, names)
     workers = hq.run_workers()
-    sens = hq.sensitivity(switch, ref[:rank_samples], feeds[:rank_samples], progress)
+    sens = hq.damage(switch, ref[:rank_samples], feeds[:rank_samples], progress)
     ranked = sorted(units, key=lambda k: -sens[k])
     # Errors made early are amplified by every later layer, yet one early layer left float barely helps while the
     # others still add theirs, so a short graph-order prefix can beat a long sensitivity-ranked list (it does on
@@ -369,7 +388,8 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
         plain.hybrid_report = report
         return plain
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
-                             ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names)
+                             ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names,
+                             weights=plain.float_weights)
     units = _units(plain.float_model, tensors)
 
     def make(overrides):

@@ -49,10 +49,10 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
 
 def quantize_float_graph(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: Optional[str],
                          overrides: Optional[Dict[str, str]] = None, progress: bool = True, stats_cache=None):
-    """Calibrate and quantize; returns (QDQ model, quantization record, quantizer report). stats_cache: see
+    """Calibrate and quantize; returns (QuantResult, quantization record). stats_cache: see
     openrknn.quant.stats_cache (calibration statistics shared between builds)."""
     from ..quant import quantize
 
     data = calibration_data(dataset, metas, cfg)
     result = quantize(float_model, data, quant_options(cfg, overrides), progress, stats_cache)
-    return result.model, quantization_record(cfg, result, len(data), overrides), result.report
+    return result, quantization_record(cfg, result, len(data), overrides)

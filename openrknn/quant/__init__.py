@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
+import numpy as np
 import onnx
 
 from ..errors import ConfigError
@@ -163,6 +164,9 @@ class QuantResult:
     model: onnx.ModelProto      # QDQ graph (or fp16 graph); same float inputs and outputs as the float model
     tensors: Dict[str, dict]    # tensor name -> {dtype, scale, zero_point, axis, kind}
     report: Dict = field(default_factory=dict)
+    # each quantized weight's and bias's float values after the quantizer's exact rewrites (equalized, split,
+    # pre-processing folded), before rounding and bias correction: what "left float" means to auto hybrid
+    float_weights: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def quantize(model: onnx.ModelProto, data: CalibrationData, options: QuantOptions,

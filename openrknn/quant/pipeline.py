@@ -115,6 +115,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     weight_alg = options.weight_algorithm if options.weight_algorithm != "auto" else (
         "mmse" if options.algorithm == "mmse" else "minmax")
     weights = weight_params(info, plan, scheme, state.per_channel, weight_alg, overrides, fixed)
+    rewritten = _rewritten_float(info, plan, weights)
     rounding = options.resolved_rounding
     probe = None
     if options.bias_correction in (True, "empirical"):  # its means ride the rounding statistics pass
@@ -172,7 +173,22 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
                       "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
                       "float_concats": plan.split_concats}
     report["calibration_samples"] = stats.samples
-    return QuantResult(qmodel, tensors, report)
+    return QuantResult(qmodel, tensors, report, rewritten)
+
+
+def _rewritten_float(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[str, np.ndarray]:
+    """Each quantized weight and bias as the exact rewrites left it, before rounding and bias correction (a bias the
+    correction adds where there was none: zeros), under the names the QDQ graph quantizes them by."""
+    out: Dict[str, np.ndarray] = {}
+    for w in plan.weighted:
+        if w.node not in weights:
+            continue
+        value = np.asarray(info.const(w.w), np.float32)
+        out[w.w] = value
+        bias = info.const(w.bias) if w.bias else None
+        out[w.bias or w.w + "_bias"] = (np.asarray(bias, np.float32) if bias is not None
+                                        else np.zeros(value.shape[w.axis], np.float32))
+    return out
 
 
 def _report(options: "QuantOptions", warnings: List[str], seconds: Dict[str, float],
