@@ -364,3 +364,19 @@ def test_side_by_side_runs_follow_the_idle_cores_up_to_a_cap(monkeypatch):
     assert hq.run_workers() == hq.MAX_PARALLEL_RUNS
     monkeypatch.setattr(calibrate, "auto_threads", lambda: 1)
     assert hq.run_workers() == 1
+
+
+def test_an_index_output_is_judged_by_the_scores_it_picks_from():
+    """ddddocr's recognizer ends in ArgMax -> Transpose: the cosine of two index vectors jumps as single indices
+    flip (0.75, 0.96, 1.0 as layers are promoted), so auto hybrid measures the scores the indices come from."""
+    n = helper.make_node
+    g = helper.make_graph(
+        [n("Relu", ["x"], ["scores"]), n("ArgMax", ["scores"], ["idx"], axis=1, keepdims=0),
+         n("Transpose", ["idx"], ["labels"], perm=[1, 0]), n("Sigmoid", ["x"], ["prob"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 3])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT64, [3, 1]),
+         helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5, 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert hq.scored_outputs(model) == ["scores", "prob"]
+    del model.graph.output[0]
+    assert hq.scored_outputs(model) is None  # no index output: the graph outputs as they are

@@ -119,7 +119,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     """The fewest layers that, left float, bring every output to cfg.auto_hybrid_cos_thresh on the first 8
     calibration feeds (empty when plain quantization already does)."""
     sample = feeds[:8]
-    names = None  # the graph outputs
+    names = hq.scored_outputs(result.model)  # the graph outputs (an index output: its scores)
     ref = hq.run_outputs(float_model, sample, names=names)
     if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
@@ -375,7 +375,8 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     feeds = list(eval_feeds) if eval_feeds else _calibration_feeds(dataset, plain.package.metadata["inputs"],
                                                                    cfg)[:sensitivity_samples]
     # per_branch: each quantized tensor an output is assembled from in float must meet the threshold (stricter)
-    names = hq.measured_tensors(plain.model, plain.float_model) if per_branch else None
+    names = (hq.measured_tensors(plain.model, plain.float_model) if per_branch
+             else hq.scored_outputs(plain.model))  # the graph outputs; an index output by the scores it picks from
     ref = hq.run_outputs(plain.float_model, feeds, names=names, workers=hq.run_workers())
     base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names, workers=hq.run_workers()))
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],

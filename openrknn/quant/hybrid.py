@@ -251,6 +251,29 @@ def biases_by_weight(qmodel: onnx.ModelProto) -> Dict[str, str]:
             if len(n.input) > 2 and n.input[1] in dq_of and n.input[2] in dq_of}
 
 
+INDEX_OPS = ("ArgMax", "ArgMin")
+_LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Identity")
+
+
+def scored_outputs(model: onnx.ModelProto) -> Optional[List[str]]:
+    """What to measure for "every output" when an output is an index (ArgMax/ArgMin, through layout-only ops): the
+    scores it is picked from. The cosine of two index vectors says nothing about how close they are (class 5 for 6
+    weighs as little as for 500) and jumps as single indices flip. None when no output is an index."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out, changed = [], False
+    for o in model.graph.output:
+        t, n = o.name, producer.get(o.name)
+        while n is not None and n.op_type in _LAYOUT_OPS:
+            t = n.input[0]
+            n = producer.get(t)
+        if n is not None and n.op_type in INDEX_OPS:
+            out.append(n.input[0])
+            changed = True
+        else:
+            out.append(o.name)
+    return out if changed else None
+
+
 def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> List[str]:
     """What "every output" means for the threshold: each graph output, or where an output is assembled in float
     from several quantized tensors (a detector head's boxes / objectness / classes concatenated), each of those."""
