@@ -48,6 +48,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # main() called in-process (a script, a test) leaves the logger as it found it
+        logs.release_console_level(main)
 
 
 if __name__ == "__main__":

@@ -282,3 +282,15 @@ def test_console_entry_point(model_rknn, python_subprocess):
         done = subprocess.run([str(script), "info", str(model_rknn.parent / "absent.rknn")], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 1 and "absent.rknn" in done.stderr
+
+
+def test_main_in_process_leaves_the_logger_as_it_found_it(tmp_path, capsys):
+    """openrknn.cli.main called from a script (or a test) attaches its console handler for the command only: a later
+    RKNN() must still see a logger without it (an RKNN's own handler comes and goes with it)."""
+    import logging
+
+    log = logging.getLogger("openrknn")
+    before = list(log.handlers)
+    assert main(["info", str(tmp_path / "missing.rknn")]) == 1  # fails, and still detaches
+    capsys.readouterr()
+    assert log.handlers == before
