@@ -122,7 +122,7 @@ def test_the_simulator_runs_a_built_model_as_the_stored_graph(tmp_path, dtype, m
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], init)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     rk = RKNN()
-    assert rk.config(mean_values=[[100.0] * 3], std_values=[[50.0] * 3], target_platform="rk1808"
+    assert rk.config(mean_values=[[123.675, 116.28, 103.53]], std_values=[[50.0] * 3], target_platform="rk1808"
                      if dtype.startswith("asym") else "rk3588", quantized_dtype=dtype, quantized_method=method) == 0
     assert rk.load_onnx(str(tmp_path / "m.onnx")) == 0
     assert rk.build(do_quantization=True, dataset=str(write_npy_dataset(tmp_path, (16, 16, 3), n=3))) == 0
@@ -130,7 +130,19 @@ def test_the_simulator_runs_a_built_model_as_the_stored_graph(tmp_path, dtype, m
     sim = Simulator(pkg.model_bytes, pkg.metadata, threads=1)
     assert "float max pooling" in sim.rewrites
     assert ("grouped depthwise (per-channel weight zero points)" in sim.rewrites) == dtype.startswith("asym")
+    # the first conv pads, so the mean stays a subtraction of its own: run as a 1x1 conv
+    assert sim.rewrites.get("mean subtraction as a 1x1 conv") == 1
     for seed in range(3):
         img = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
         want = _run(pkg.model_bytes, {pkg.metadata["inputs"][0]["name"]: img.astype(np.float32)})
         np.testing.assert_array_equal(sim.run([img])[0], want[0])
+    # fractional feeds too (inputs_pass_through and float data_type feed them)
+    name = pkg.metadata["inputs"][0]["name"]
+    fast = speed_up(pkg.model_bytes, {name: pkg.metadata["inputs"][0]["shape"]})
+    for seed in range(3):
+        feed = {name: np.random.default_rng(seed).uniform(-20, 280, (1, 16, 16, 3)).astype(np.float32)}
+        np.testing.assert_array_equal(_run(fast.model_bytes, feed, fast.disabled_optimizers)[0],
+                                      _run(pkg.model_bytes, feed)[0])
+    # without the stated input shape, or with one that does not give the mean's channels, no rewrite
+    assert "mean subtraction as a 1x1 conv" not in speed_up(pkg.model_bytes).applied
+    assert "mean subtraction as a 1x1 conv" not in speed_up(pkg.model_bytes, {name: [1, 16, 16, 4]}).applied

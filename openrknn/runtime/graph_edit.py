@@ -17,7 +17,7 @@ from ..onnx_wire import WireError, _varint
 _MODEL_GRAPH = 7
 _GRAPH_NODE, _GRAPH_INITIALIZER = 1, 5
 _NODE_INPUT, _NODE_OUTPUT, _NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 3, 4, 5, 7
-_ATTR_NAME, _ATTR_I, _ATTR_T, _ATTR_TYPE, _ATTR_INT = 1, 3, 5, 20, 2
+_ATTR_NAME, _ATTR_I, _ATTR_T, _ATTR_INTS, _ATTR_TYPE, _ATTR_INT = 1, 3, 5, 8, 20, 2
 _T_DIMS, _T_DATA_TYPE, _T_FLOAT, _T_INT32, _T_INT64, _T_NAME, _T_RAW = 1, 2, 4, 5, 7, 8, 9
 _T_DOUBLE, _T_LOCATION = 10, 14
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -88,6 +88,7 @@ class Node:
     outputs: List[str]
     raw: bytes                                      # the serialized NodeProto
     int_attrs: Dict[str, int] = field(default_factory=dict)
+    ints_attrs: Dict[str, List[int]] = field(default_factory=dict)  # a Transpose's perm
     tensor_attrs: Dict[str, bytes] = field(default_factory=dict)  # serialized TensorProto (a Constant's value)
 
 
@@ -108,7 +109,7 @@ def _parse_node(index: int, raw: bytes) -> Node:
         elif number == _NODE_DOMAIN:
             node.domain = _str(data, a, b)
         elif number == _NODE_ATTRIBUTE:
-            name, value, kind, tensor = "", None, None, None
+            name, value, kind, tensor, ints = "", None, None, None, []
             for an, aw, _, aa, ab in _spans(data, a, b):
                 if an == _ATTR_NAME and aw == _LEN:
                     name = _str(data, aa, ab)
@@ -116,10 +117,14 @@ def _parse_node(index: int, raw: bytes) -> Node:
                     tensor = bytes(data[aa:ab])
                 elif an == _ATTR_I and aw == _VARINT:
                     value = aa - (1 << 64) if aa >= 1 << 63 else aa
+                elif an == _ATTR_INTS:
+                    ints += [aa] if aw == _VARINT else _packed_varints(data, aa, ab)
                 elif an == _ATTR_TYPE and aw == _VARINT:
                     kind = aa
             if kind == _ATTR_INT and value is not None:
                 node.int_attrs[name] = value
+            if ints:
+                node.ints_attrs[name] = [v - (1 << 64) if v >= 1 << 63 else v for v in ints]
             if tensor is not None:
                 node.tensor_attrs[name] = tensor
     return node

@@ -43,7 +43,8 @@ class Simulator:
         self.metadata = metadata
         self.inputs_meta: List[dict] = metadata["inputs"]
         self.batch = int(metadata.get("build", {}).get("rknn_batch_size") or 1)
-        fast = speed_up(model_bytes)  # exact rewrites: same outputs, faster onnxruntime kernels
+        # exact rewrites: same outputs, faster onnxruntime kernels
+        fast = speed_up(model_bytes, {m["name"]: m["shape"] for m in self.inputs_meta if m.get("shape")})
         if fast.applied:
             log.debug("simulator graph rewrites: %s", fast.applied)
         self.rewrites = fast.applied

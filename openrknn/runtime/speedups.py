@@ -12,6 +12,10 @@ they only steer around kernels that are slow for reasons unrelated to the result
   the integer GEMM path: same integer sums, same requantization. Only where the conv's output goes straight to a
   quantize step (onnxruntime's QLinearConv): a conv computed in float (its activation before the quantize step)
   would sum in another order.
+- The mean subtraction of the pre-processing as a 1x1 depthwise conv (weight 1, bias -mean): onnxruntime's layout
+  pass moves a Sub behind the NHWC integer convs into NHWC, where its broadcast over a 3-wide last axis runs element
+  by element (MobileNetV2: 1.0-1.15 ms of a 9 ms frame, against 0.08 ms in NCHW); a float conv stays NCHW. x * 1 is x
+  and x + (-m) is x - m in IEEE arithmetic, so the values are the same.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -41,8 +45,10 @@ class Rewritten:
     applied: Dict[str, int] = field(default_factory=dict)  # rule -> how many places
 
 
-def speed_up(model_bytes: bytes) -> Rewritten:
-    """The model with the exact speed rewrites applied (unchanged when none applies or it cannot be read)."""
+def speed_up(model_bytes: bytes, input_shapes: Optional[Dict[str, Sequence[int]]] = None) -> Rewritten:
+    """The model with the exact speed rewrites applied (unchanged when none applies or it cannot be read).
+    input_shapes: the graph inputs' shapes as the package's metadata states them (the mean rewrite needs the
+    channel count of the tensor the mean is taken from; without them it is not made)."""
     try:
         wm = WireModel(model_bytes)
     except (WireError, UnicodeDecodeError, ValueError) as e:
@@ -59,6 +65,7 @@ def speed_up(model_bytes: bytes) -> Rewritten:
                 consumers[t].append(n)
         pools = _float_pooling(wm, producer, consumers)
         depthwise = _grouped_depthwise(wm, producer, consumers)
+        means = _mean_as_conv(wm, producer, input_shapes or {})
         out = Rewritten(wm.serialize() if wm.changed else model_bytes)
     except Exception as e:  # a malformed tensor in an uploaded package: onnxruntime judges the bytes as they are
         log.debug("speed rewrites skipped: %s", e)
@@ -68,6 +75,8 @@ def speed_up(model_bytes: bytes) -> Rewritten:
         out.disabled_optimizers = list(NO_QDQ_PROPAGATION)
     if depthwise:
         out.applied["grouped depthwise (per-channel weight zero points)"] = depthwise
+    if means:
+        out.applied["mean subtraction as a 1x1 conv"] = means
     return out
 
 
@@ -178,3 +187,32 @@ def _group_size(channels: int) -> int | None:
         if channels % g == 0:
             return g
     return channels if channels <= 2 * DEPTHWISE_GROUP else None
+
+
+def _mean_as_conv(wm: WireModel, producer: Dict[str, Node], input_shapes: Dict[str, Sequence[int]]) -> int:
+    """Sub(Transpose(graph input), mean [1, C, 1, 1]) -> Conv(x, ones [C, 1, 1, 1], -mean, group=C), where the
+    stated input shape and the transpose's perm give the subtracted tensor C channels on axis 1 (a conv with any
+    other channel count would not load)."""
+    from onnx import helper
+
+    done = 0
+    for n in wm.nodes:
+        if n.op_type != "Sub" or n.domain not in ("", "ai.onnx") or len(n.inputs) != 2 or n.index in wm.replaced:
+            continue
+        mean = wm.array(n.inputs[1])
+        t = producer.get(n.inputs[0])
+        if mean is None or mean.dtype != np.float32 or mean.ndim != 4 or mean.shape[0] != 1 \
+                or mean.shape[2:] != (1, 1) or mean.shape[1] < 2 or t is None or t.op_type != "Transpose":
+            continue
+        shape, perm = input_shapes.get(t.inputs[0]), t.ints_attrs.get("perm")
+        if shape is None or perm is None or len(shape) != 4 or sorted(perm) != [0, 1, 2, 3] \
+                or shape[perm[1]] != mean.shape[1]:
+            continue
+        c = int(mean.shape[1])
+        w_name, b_name = wm.fresh_name(n.inputs[1] + "__one"), wm.fresh_name(n.inputs[1] + "__neg")
+        wm.add_initializer(w_name, np.ones((c, 1, 1, 1), np.float32))
+        wm.add_initializer(b_name, np.negative(mean.reshape(c)))
+        wm.replaced[n.index] = helper.make_node("Conv", [n.inputs[0], w_name, b_name], n.outputs, name=n.name,
+                                                group=c).SerializeToString()
+        done += 1
+    return done
