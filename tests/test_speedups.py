@@ -93,6 +93,26 @@ def test_rewrites_keep_every_output_bit_for_bit(channels):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("channels, zero", [(3, 0), (5, 0), (8, 0), (5, 9)])
+def test_a_small_depthwise_conv_runs_as_one_dense_group_bit_for_bit(channels, zero):
+    """Range split leaves depthwise parts of 1-8 channels, on which onnxruntime's depthwise kernel pays per pixel:
+    one dense group (each channel's weights on its own input, a zero weight, its zero point, on the others) gives
+    the same integer sums. A uniform nonzero weight zero point (u8 per-tensor weights) fills the others."""
+    model = _qdq_graph(channels, per_channel_zp=False)
+    wz = next(t for t in model.graph.initializer if t.name == "wz")
+    wz.CopyFrom(numpy_helper.from_array(np.full(channels, zero, np.int8), "wz"))
+    raw = model.SerializeToString()
+    fast = speed_up(raw)
+    assert fast.applied.get("small depthwise as a dense conv") == 1
+    assert "grouped depthwise (per-channel weight zero points)" not in fast.applied
+    conv = next(n for n in onnx.load_from_string(fast.model_bytes).graph.node if n.name == "dw")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == 1
+    for seed in range(3):
+        feed = {"x": np.random.default_rng(seed).normal(0, 2, (1, channels, 20, 20)).astype(np.float32)}
+        for got, want in zip(_run(fast.model_bytes, feed, fast.disabled_optimizers), _run(raw, feed)):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_nothing_changes_where_no_rule_applies():
     plain = _qdq_graph(per_channel_zp=False)
     del plain.graph.node[6:10]  # no pooling chain, uniform weight zero points

@@ -9,9 +9,10 @@ they only steer around kernels that are slow for reasons unrelated to the result
 - Depthwise convs with per-channel weight zero points (asymmetric_quantized-u8 with quantized_method='channel'):
   onnxruntime's depthwise QLinearConv has no fast path for them. The same conv as a grouped conv of G channels per
   group, each channel's weights on its own input channel and its zero point (a zero weight) on the other G - 1, runs
-  the integer GEMM path: same integer sums, same requantization. Only where the conv's output goes straight to a
-  quantize step (onnxruntime's QLinearConv): a conv computed in float (its activation before the quantize step)
-  would sum in another order.
+  the integer GEMM path: same integer sums, same requantization. Depthwise convs of a few channels (range split's
+  small parts: 1, 3, 5 channels) go the same way as one dense group: the depthwise kernel pays per pixel. Only
+  where the conv's output goes straight to a quantize step (onnxruntime's QLinearConv): a conv computed in float
+  (its activation before the quantize step) would sum in another order.
 - The mean subtraction of the pre-processing as a 1x1 depthwise conv (weight 1, bias -mean): onnxruntime's layout
   pass moves a Sub behind the NHWC integer convs into NHWC, where its broadcast over a 3-wide last axis runs element
   by element (MobileNetV2: 1.0-1.15 ms of a 9 ms frame, against 0.08 ms in NCHW); a float conv stays NCHW. x * 1 is x
@@ -36,6 +37,9 @@ log = logging.getLogger("openrknn.runtime")
 NO_QDQ_PROPAGATION = ("QDQPropagationTransformer",)
 _SAME_GRID_OPS = ("MaxPool", "GlobalMaxPool")
 DEPTHWISE_GROUP = 16  # channels per group of the grouped form; measured fastest among 4..32 (bench/RESULTS.md)
+SMALL_DEPTHWISE = 8  # at most this many channels: one dense group (range split's small parts; bench/RESULTS.md)
+GROUPED = "grouped depthwise (per-channel weight zero points)"
+DENSE = "small depthwise as a dense conv"
 
 
 @dataclass
@@ -73,8 +77,7 @@ def speed_up(model_bytes: bytes, input_shapes: Optional[Dict[str, Sequence[int]]
     if pools:
         out.applied["float max pooling"] = pools
         out.disabled_optimizers = list(NO_QDQ_PROPAGATION)
-    if depthwise:
-        out.applied["grouped depthwise (per-channel weight zero points)"] = depthwise
+    out.applied.update(depthwise)
     if means:
         out.applied["mean subtraction as a 1x1 conv"] = means
     return out
@@ -121,8 +124,9 @@ def _float_pooling(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str
     return done
 
 
-def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]) -> int:
-    done = 0
+def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]
+                       ) -> Dict[str, int]:
+    done: Dict[str, int] = {}
     for n in wm.nodes:
         if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or len(n.inputs) < 2 or n.index in wm.replaced:
             continue
@@ -135,19 +139,26 @@ def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
         w, zp = wm.array(wdq.inputs[0]), wm.array(wdq.inputs[2])
         channels = n.int_attrs.get("group", 1)
         if w is None or zp is None or w.ndim != 4 or w.shape[1] != 1 or channels != w.shape[0] or channels < 2 \
-                or zp.ndim != 1 or zp.size != channels or np.all(zp == zp[0]):
+                or zp.size not in (1, channels):
             continue
-        g = _group_size(channels)
+        if zp.size == channels and not np.all(zp == zp[0]):
+            g, rule = _group_size(channels), GROUPED
+        elif channels <= SMALL_DEPTHWISE:
+            g, rule = channels, DENSE
+        else:
+            continue
         if g is None:
             continue
-        wide = np.repeat(zp.reshape(-1, 1, 1, 1), g, axis=1) * np.ones((1, 1) + w.shape[2:], w.dtype)
+        # weight (o, i) of the grouped form: the depthwise weight where i is o's own channel, else o's zero point
+        zero = np.broadcast_to(zp.reshape(-1), (channels,)).reshape(-1, 1, 1, 1)
+        wide = np.repeat(zero, g, axis=1) * np.ones((1, 1) + w.shape[2:], w.dtype)
         idx = np.arange(channels)
         wide[idx, idx % g] = w[:, 0]
         name = wm.fresh_name(wdq.inputs[0] + "__grouped")
         wm.add_initializer(name, wide.astype(w.dtype))
         wm.replaced[wdq.index] = encode_node(wdq, inputs=[name] + wdq.inputs[1:])
         wm.replaced[n.index] = encode_node(n, int_attrs={"group": channels // g})
-        done += 1
+        done[rule] = done.get(rule, 0) + 1
     return done
 
 
