@@ -276,7 +276,8 @@ def measure_host_perf(model_bytes: bytes, feeds: Mapping[str, np.ndarray], runs:
     from ..runtime.speedups import speed_up
 
     model = with_node_names(model)
-    fast = speed_up(model.SerializeToString())  # what the simulator runs (same outputs, faster kernels)
+    # what the simulator runs (same outputs, faster kernels)
+    fast = speed_up(model.SerializeToString(), {k: np.shape(v) for k, v in feeds.items()})
     with tempfile.TemporaryDirectory(prefix="openrknn_prof_") as tmp:
         optimized_path = os.path.join(tmp, "optimized.onnx")
         sess = make_session(fast.model_bytes, threads or None, profile_prefix=os.path.join(tmp, "prof"),
