@@ -92,20 +92,21 @@ def override_name(name: str) -> str:
     return name[:min(cut)] if cut else name
 
 
+def _split_parts(name: str, tensors: Iterable[str]) -> List[str]:
+    return [t for t in tensors if any(t.startswith(name + mark) for mark in SPLIT_MARKS)]
+
+
 def present(name: str, tensors: Iterable[str]) -> List[str]:
     """The names under which quantizer name ``name`` appears in a tensor record (itself, or its split parts)."""
     tensors = tensors if isinstance(tensors, (set, dict)) else set(tensors)
-    if name in tensors:
-        return [name]
-    return [t for t in tensors if any(t.startswith(name + mark) for mark in SPLIT_MARKS)]
+    return [name] if name in tensors else _split_parts(name, tensors)
 
 
 def every_part(name: str, tensors: Iterable[str]) -> List[str]:
     """``name`` where a tensor record holds it, and every split part of it: an activation stored in 8 bits before
     a remap into parts (RKNPU2) has both, and each is a quantization step of its own."""
     tensors = tensors if isinstance(tensors, (set, dict)) else set(tensors)
-    own = [name] if name in tensors else []
-    return own + [t for t in tensors if any(t.startswith(name + mark) for mark in SPLIT_MARKS)]
+    return ([name] if name in tensors else []) + _split_parts(name, tensors)
 
 
 def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: Iterable[str],
