@@ -53,6 +53,9 @@ class QuantOptions:
     bias_correction: 'empirical' (default: one extra pass measures each layer's own output shift from weight
         rounding and input quantization, and folds it into the bias), 'analytical' (weight rounding only, from
         E[x]; free), or False.
+    score_bias_correction: with bias correction on, a conv whose output goes through a Sigmoid to the model's
+        outputs (a detector's score maps) also gets its bias shifted so the probabilities' mean error, measured on
+        the complete quantized model, is zero where they can change (algorithms/score_bias.py).
     range_split: a conv output read only by depthwise convs whose channel ranges span more than
         ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
         (algorithms/split.py); the op count grows a little, the function does not change.
@@ -92,6 +95,7 @@ class QuantOptions:
     equalization: object = "auto"
     bias_correction: object = "empirical"
     bias_correction_samples: int = 16
+    score_bias_correction: bool = True
     range_split: bool = True
     range_remap: bool = True
     pow2_fit: bool = True

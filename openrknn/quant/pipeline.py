@@ -150,6 +150,14 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
             results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
         results.append(StageResult("range_search", summary, round(time.perf_counter() - t, 3)))
 
+    if options.score_bias_correction and options.bias_correction and scheme.weight is not None:
+        from .algorithms.score_bias import correct_score_biases
+
+        t = time.perf_counter()
+        summary = correct_score_biases(m, info, plan, acts, weights, data, threads=options.threads)
+        if summary is not None:
+            results.append(StageResult("score_bias_correction", summary, round(time.perf_counter() - t, 3)))
+
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
     results = [r for r in results if r is not None]

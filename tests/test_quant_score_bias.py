@@ -1,0 +1,125 @@
+"""Score bias correction: a sigmoid head's probabilities come out of int8 without a systematic shift."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import write_npy_dataset
+from openrknn.quant import QuantOptions, quantize
+from openrknn.quant.algorithms.score_bias import channel_delta, sigmoid_heads
+from openrknn.quant.dataset import InputSpec, read_dataset
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import build_plan
+
+SPEC = [InputSpec("raw", (1, 8, 8, 3))]
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_channel_delta_zeroes_the_mean_probability_error():
+    rng = np.random.default_rng(0)
+    f = rng.normal(-2.0, 3.0, (4, 2, 16, 16))
+    # a constant shift comes back exactly
+    num, den = channel_delta(f, f - 0.3)
+    np.testing.assert_allclose(num / den, [0.3, 0.3])
+    # strong responses flattened (what upstream noise does to a detector's logits): after the shift the mean
+    # probability error of each channel is near zero where it was clearly negative
+    q = f * 0.9
+    num, den = channel_delta(f, q)
+    delta = (num / den)[None, :, None, None]
+    before = (_sigmoid(q) - _sigmoid(f)).mean((0, 2, 3))
+    after = (_sigmoid(q + delta) - _sigmoid(f)).mean((0, 2, 3))
+    assert np.all(np.abs(after) < 0.2 * np.abs(before))
+
+
+def _heads_model() -> onnx.ModelProto:
+    """NHWC input -> conv + SiLU ("feat") -> four 1x1 convs: a score head (Sigmoid -> Concat -> output), a gate
+    (Sigmoid -> Mul), a raw output, and a score head whose probabilities are scaled (not a plain probability)."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.05, (8, 3, 3, 3)).astype(np.float32), "w0")]
+    for k in range(4):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32), f"w{k + 1}"))
+        inits.append(numpy_helper.from_array(np.zeros(2, np.float32), f"b{k + 1}"))
+    inits.append(numpy_helper.from_array(np.full((1, 2, 1, 1), 2.0, np.float32), "two"))
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]), n("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             n("Sigmoid", ["c0"], ["g0"]), n("Mul", ["c0", "g0"], ["feat"])]
+    nodes += [n("Conv", ["feat", f"w{k + 1}", f"b{k + 1}"], [f"h{k + 1}"]) for k in range(4)]
+    nodes += [n("Sigmoid", ["h1"], ["p1"]), n("Concat", ["p1", "h3"], ["scores"], axis=1),
+              n("Sigmoid", ["h2"], ["p2"]), n("Mul", ["p2", "feat"], ["gated"]),
+              n("Sigmoid", ["h4"], ["p4"]), n("Mul", ["p4", "two"], ["scaled"])]
+    outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("scores", "gated", "scaled")]
+    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 8, 8, 3])],
+                          outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_only_convs_whose_probabilities_reach_the_outputs_are_heads():
+    model = normalize(_heads_model())
+    info = GraphInfo(model)
+    plan = build_plan(info)
+    everything = {w.node: object() for w in plan.weighted}
+    heads = sigmoid_heads(info, plan, everything)
+    # the SiLU's conv, the gate, the raw output and the scaled probabilities are not score heads
+    assert sorted(heads.values()) == ["h1"]
+    assert sigmoid_heads(info, plan, {}) == {}  # a head left float (hybrid) is not corrected
+
+
+def _detector(clip: float) -> onnx.ModelProto:
+    """A score map read from features through a ReLU; the strong responses live in a few wide channels."""
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(0, 0.02, (8, 3, 3, 3)) * np.array([8, 6, 1, 1, 1, 1, 1, 1])[:, None, None, None]
+    w1 = np.abs(rng.normal(0, 0.4, (1, 8, 1, 1)))
+    inits = [numpy_helper.from_array(w0.astype(np.float32), "w0"), numpy_helper.from_array(w1.astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array([-clip], np.float32), "b1")]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]), n("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             n("Relu", ["c0"], ["feat"]), n("Conv", ["feat", "w1", "b1"], ["logit"]), n("Sigmoid", ["logit"], ["p"])]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype,target", [("w8a8", "rk3588"), ("asymmetric_quantized-u8", "rk1808")])
+def test_a_score_map_loses_its_systematic_shift(tmp_path, dtype, target):
+    """The feature tensor's range is fixed at a third of what it reaches (as a clipping range choice would): the
+    strong responses, which decide the scores, come out low, and bias correction, fitted to the mean logit over
+    all positions, moves every position instead. With the correction the mean probability error on held-out
+    inputs shrinks; without it, it stays."""
+    import onnxruntime as ort
+
+    model = _detector(clip=3.0)
+    calib = read_dataset(write_npy_dataset(tmp_path, (1, 8, 8, 3), n=8), SPEC)
+    held = [np.random.default_rng(100 + k).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32) for k in range(8)]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    top = max(float(sess.run(["p"], {"raw": x})[0].max()) for x in held)
+    assert top > 0.5  # the map has real detections, not only background
+
+    def feat_max():
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        m.graph.output.append(onnx.ValueInfoProto(name="feat"))
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return max(float(s.run(["feat"], f)[0].max()) for f in calib)
+
+    hi = feat_max() / 3.0
+    fixed = {"feat": ([hi / 255.0], [0 if dtype != "w8a8" else -128])}
+
+    def error(correct: bool):
+        res = quantize(model, calib, QuantOptions(dtype=dtype, target=target, fixed=fixed, range_choice=False,
+                                                  score_bias_correction=correct), progress=False)
+        q = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        err = np.mean([float((q.run(["p"], {"raw": x})[0] - sess.run(["p"], {"raw": x})[0]).mean()) for x in held])
+        return err, res.report
+
+    plain, report = error(False)
+    corrected, report_on = error(True)
+    assert "score_bias_correction" not in report
+    assert list(report_on["score_bias_correction"]["layers"]) and report_on["score_bias_correction"]["samples"] == 8
+    assert abs(plain) > 0.01  # clipped strong responses: the probabilities are off on average
+    assert abs(corrected) < 0.3 * abs(plain)
