@@ -38,22 +38,28 @@ def test_channel_delta_zeroes_the_mean_probability_error():
 
 
 def _heads_model() -> onnx.ModelProto:
-    """NHWC input -> conv + SiLU ("feat") -> four 1x1 convs: a score head (Sigmoid -> Concat -> output), a gate
-    (Sigmoid -> Mul), a raw output, and a score head whose probabilities are scaled (not a plain probability)."""
+    """NHWC input -> conv + SiLU ("feat") -> five 1x1 convs: a score head (Sigmoid -> Concat -> output), a gate
+    (Sigmoid -> Mul), a raw output, a score head whose probabilities are scaled (not a plain probability), and a
+    head whose channels a Split cuts into scores (Sigmoid) and boxes (raw), as NanoDet and PicoDet do."""
     rng = np.random.default_rng(1)
     inits = [numpy_helper.from_array(rng.normal(0, 0.05, (8, 3, 3, 3)).astype(np.float32), "w0")]
-    for k in range(4):
-        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32), f"w{k + 1}"))
-        inits.append(numpy_helper.from_array(np.zeros(2, np.float32), f"b{k + 1}"))
+    for k, cout in enumerate((2, 8, 2, 2, 5)):  # the gate has one channel per feature channel
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (cout, 8, 1, 1)).astype(np.float32), f"w{k + 1}"))
+        inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), f"b{k + 1}"))
     inits.append(numpy_helper.from_array(np.full((1, 2, 1, 1), 2.0, np.float32), "two"))
+    inits.append(numpy_helper.from_array(np.array([4, 1], np.int64), "sizes"))
     n = helper.make_node
     nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]), n("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
              n("Sigmoid", ["c0"], ["g0"]), n("Mul", ["c0", "g0"], ["feat"])]
-    nodes += [n("Conv", ["feat", f"w{k + 1}", f"b{k + 1}"], [f"h{k + 1}"]) for k in range(4)]
+    nodes += [n("Conv", ["feat", f"w{k + 1}", f"b{k + 1}"], [f"h{k + 1}"]) for k in range(5)]
     nodes += [n("Sigmoid", ["h1"], ["p1"]), n("Concat", ["p1", "h3"], ["scores"], axis=1),
               n("Sigmoid", ["h2"], ["p2"]), n("Mul", ["p2", "feat"], ["gated"]),
-              n("Sigmoid", ["h4"], ["p4"]), n("Mul", ["p4", "two"], ["scaled"])]
-    outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("scores", "gated", "scaled")]
+              n("Sigmoid", ["h4"], ["p4"]), n("Mul", ["p4", "two"], ["scaled"]),
+              n("Split", ["h5", "sizes"], ["boxes5", "logit5"], axis=1), n("Sigmoid", ["logit5"], ["p5"]),
+              n("Reshape", ["p5", "flat"], ["scores5"])]
+    inits.append(numpy_helper.from_array(np.array([1, -1], np.int64), "flat"))
+    outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+               for t in ("scores", "gated", "scaled", "boxes5", "scores5")]
     g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 8, 8, 3])],
                           outputs, inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -65,8 +71,9 @@ def test_only_convs_whose_probabilities_reach_the_outputs_are_heads():
     plan = build_plan(info)
     everything = {w.node: object() for w in plan.weighted}
     heads = sigmoid_heads(info, plan, everything)
-    # the SiLU's conv, the gate, the raw output and the scaled probabilities are not score heads
-    assert sorted(heads.values()) == ["h1"]
+    # the SiLU's conv, the gate, the raw output and the scaled probabilities are not score heads; of the split
+    # head only the scores are (its fifth channel, after four box channels)
+    assert sorted(heads.values()) == [[("h1", 0)], [("logit5", 4)]]
     assert sigmoid_heads(info, plan, {}) == {}  # a head left float (hybrid) is not corrected
 
 
@@ -123,3 +130,20 @@ def test_a_score_map_loses_its_systematic_shift(tmp_path, dtype, target):
     assert list(report_on["score_bias_correction"]["layers"]) and report_on["score_bias_correction"]["samples"] == 8
     assert abs(plain) > 0.01  # clipped strong responses: the probabilities are off on average
     assert abs(corrected) < 0.3 * abs(plain)
+
+
+def test_only_the_score_channels_of_a_head_move(tmp_path):
+    """Through a real build: both score heads are corrected; the split head's four box channels keep their biases."""
+    calib = read_dataset(write_npy_dataset(tmp_path, (1, 8, 8, 3)), SPEC)
+
+    def biases(correct: bool):
+        res = quantize(_heads_model(), calib, QuantOptions(dtype="w8a8", target="rk3588",
+                                                           score_bias_correction=correct), progress=False)
+        inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+        return inits["b1__q"], inits["b5__q"], res.report.get("score_bias_correction")
+
+    b1, b5, off = biases(False)
+    c1, c5, on = biases(True)
+    assert off is None and len(on["layers"]) == 2
+    np.testing.assert_array_equal(c5[:4], b5[:4])
+    assert c5[4] != b5[4] and np.any(c1 != b1)

@@ -7,7 +7,8 @@ than in float (sd 0.3-0.37), the class logit 0.06-0.10 lower, and the score (obj
 the 0.3 threshold loses 0.024 on average: every detection int8 drops is one whose score fell to 0.25-0.29. The
 mean over all positions, which bias correction fits, is dominated by background, where the error is near zero.
 
-For a conv (or Gemm) whose output goes through a Sigmoid to the model's outputs, this stage measures the error the
+For a conv (or Gemm) whose output (or a channel Split's part of it) goes through a Sigmoid to the model's
+outputs, this stage measures the error the
 complete quantized model makes at the Sigmoid's input and shifts the layer's bias per channel by
 delta = sum s'(f) (f - q) / sum s'(f) (f: float logit, q: quantized, s' the sigmoid's slope at f). Adding delta
 to the logits changes each probability by s'(f) delta to first order, so the mean probability error of the
@@ -18,7 +19,7 @@ nothing, and those near the decision count most. One bias per channel, no new op
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -52,20 +53,51 @@ def _reaches_outputs(info: GraphInfo, t: str) -> bool:
     return True
 
 
-def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[int, str]:
-    """{weighted node: its output} for each quantized Conv/Gemm whose only reader is a Sigmoid whose probabilities
-    reach the model's outputs unchanged (a detector's score maps, not a SiLU or a gate)."""
-    out = {}
+def _split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
+    """Channel counts of a Split along axis 1 (sizes from its input, its attribute, or equal parts)."""
+    node = info.nodes[i]
+    rank = info.rank(node.input[0])
+    axis = int(info.attr(i, "axis", 0))
+    if rank is None or axis % rank != 1:
+        return None
+    if len(node.input) > 1 and node.input[1]:
+        sizes = info.const(node.input[1])
+        return None if sizes is None else [int(x) for x in np.ravel(sizes)]
+    sizes = info.attr(i, "split", None)
+    if sizes:
+        return [int(x) for x in sizes]
+    n = len(node.output)
+    return [channels // n] * n if channels % n == 0 else None
+
+
+def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[int, List[Tuple[str, int]]]:
+    """{weighted node: [(tensor a Sigmoid reads, first channel of the node's output it holds)]} for each quantized
+    Conv/Gemm whose output, alone or cut by a channel Split (a head's scores next to its box distribution), goes
+    into Sigmoids whose probabilities reach the model's outputs unchanged: a detector's score maps, not a SiLU or a
+    gate. A Split's other parts are left as they are."""
+
+    def scored(t: str) -> bool:
+        readers = info.consumers.get(t, [])
+        return t not in info.output_set and len(readers) == 1 and info.nodes[readers[0]].op_type == "Sigmoid" and \
+            _reaches_outputs(info, info.nodes[readers[0]].output[0])
+
+    out: Dict[int, List[Tuple[str, int]]] = {}
     for w in plan.weighted:
         node = info.nodes[w.node]
         if node.op_type not in ("Conv", "Gemm") or w.node not in weights:
             continue
         y = node.output[0]
         readers = info.consumers.get(y, [])
-        if y in info.output_set or len(readers) != 1 or info.nodes[readers[0]].op_type != "Sigmoid":
-            continue
-        if _reaches_outputs(info, info.nodes[readers[0]].output[0]):
-            out[w.node] = y
+        if scored(y):
+            out[w.node] = [(y, 0)]
+        elif len(readers) == 1 and y not in info.output_set and info.nodes[readers[0]].op_type == "Split":
+            sizes = _split_sizes(info, readers[0], int(np.shape(info.const(w.w))[w.axis]))
+            if sizes is None:
+                continue
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+            parts = [(t, int(s)) for t, s in zip(info.nodes[readers[0]].output, starts) if scored(t)]
+            if parts:
+                out[w.node] = parts
     return out
 
 
@@ -90,19 +122,22 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     feeds = list(itertools.islice(data, samples))
     if not feeds:
         return None
-    names = list(heads.values())
+    names = [t for parts in heads.values() for t, _ in parts]
     qmodel, _ = build_qdq(model, plan, acts, weights)
     float_sess = make_session(with_outputs(model, names), threads)
     quant_sess = make_session(with_outputs(qmodel, names), threads)
-    sums: List[np.ndarray] = [0.0] * len(names)
+    sums: Dict[str, np.ndarray] = {}
     for feed in feeds:
-        for k, (f, q) in enumerate(zip(float_sess.run(names, feed), quant_sess.run(names, feed))):
-            sums[k] = sums[k] + channel_delta(f, q)
+        for t, f, q in zip(names, float_sess.run(names, feed), quant_sess.run(names, feed)):
+            sums[t] = sums[t] + channel_delta(f, q) if t in sums else channel_delta(f, q)
     layers = {}
-    for (node, y), (num, den) in zip(heads.items(), sums):
-        delta = num / np.maximum(den, 1e-12)
-        wq = weights[node]
+    for node, parts in heads.items():
         w = next(x for x in plan.weighted if x.node == node)
+        delta = np.zeros(int(np.shape(info.const(w.w))[w.axis]))
+        for t, first in parts:
+            num, den = sums[t]
+            delta[first:first + len(num)] = num / np.maximum(den, 1e-12)
+        wq = weights[node]
         base = wq.bias if wq.bias is not None else (info.const(w.bias) if w.bias else np.zeros(delta.shape))
         wq.bias = (np.asarray(base, np.float64) + delta).astype(np.float32)
         layers[info.node_label(node)] = round(float(np.abs(delta).max()), 4)
