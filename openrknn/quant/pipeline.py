@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -131,9 +131,16 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         results.append(StageResult("weight_rounding", summary, round(time.perf_counter() - t_round, 3)))
     results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress, probe))
     seconds["weights"] = round(time.perf_counter() - t, 3)
+    score_heads = []
+    if options.score_bias_correction and options.bias_correction and scheme.weight is not None:
+        from .algorithms.score_bias import head_tensors, sigmoid_heads
+
+        score_heads = head_tensors(sigmoid_heads(info, plan, weights))
+    runs = None
     if variants:
         t = time.perf_counter()
-        acts, summary = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds, options)
+        acts, summary, runs = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds, options,
+                                             score_heads)
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
     if options.range_search:
@@ -148,13 +155,14 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
             for wq in weights.values():
                 wq.bias = None
             results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
+            runs = None  # the range choice's sessions no longer hold these ranges
         results.append(StageResult("range_search", summary, round(time.perf_counter() - t, 3)))
 
-    if options.score_bias_correction and options.bias_correction and scheme.weight is not None:
+    if score_heads:
         from .algorithms.score_bias import correct_score_biases
 
         t = time.perf_counter()
-        summary = correct_score_biases(m, info, plan, acts, weights, data, threads=options.threads)
+        summary = correct_score_biases(m, info, plan, acts, weights, data, threads=options.threads, runs=runs)
         if summary is not None:
             results.append(StageResult("score_bias_correction", summary, round(time.perf_counter() - t, 3)))
 
@@ -250,10 +258,13 @@ def _differs(a: Dict[str, ActQuant], b: Dict[str, ActQuant]) -> bool:
 
 def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
                    variants: Dict[str, Dict[str, ActQuant]], weights: Dict[int, WeightQuant], probe,
-                   info: GraphInfo, data, options: "QuantOptions") -> Tuple[Dict[str, ActQuant], dict]:
+                   info: GraphInfo, data, options: "QuantOptions", extra: Sequence[str] = ()
+                   ) -> Tuple[Dict[str, ActQuant], dict, Tuple[Callable, Callable]]:
     """Min/max or one of the clipped ``variants``, whichever the outputs prefer (algorithms/range_choice.py); each
     candidate gets its own empirical bias correction (the probe measured every variant's means). Leaves
-    ``weights``' biases set for the chosen one; returns its activation parameters and a report."""
+    ``weights``' biases set for the chosen one; returns its activation parameters, a report, and (float run,
+    quantized run) of the chosen candidate, (tensor names, feed) -> arrays, whose sessions also output ``extra``
+    (score bias correction runs them again rather than making its own)."""
     from .algorithms import range_choice
 
     candidates = {"normal": acts, **variants}
@@ -265,14 +276,20 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
         if name != "normal" and probe is not None:
             probe.apply(info, weights, name)
 
+    runner = range_choice.CandidateModel(m, plan, acts, weights, options.threads, extra)
+    ref_sess = range_choice.reference_session(m, runner, extra, options.threads)
     chosen, losses, per_sample = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
-                                                     options.threads)
+                                                     options.threads, runner=runner, ref_sess=ref_sess)
     set_biases(chosen)
     log.info("activation ranges: %s (output loss %s)", chosen,
              ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+
+    def run_quant(names, feed):  # the chosen candidate with the biases it leaves
+        return runner.run([feed], runner.feed(candidates[chosen], weights, m), names)[0]
+
     return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
                                 "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
-                                "samples": len(data)}
+                                "samples": len(data)}, (ref_sess.run, run_quant)
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -49,7 +49,9 @@ class CandidateModel:
     candidate (same points, same weights) runs on the same session."""
 
     def __init__(self, model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
-                 weights: Dict[int, WeightQuant], threads: int = 0):
+                 weights: Dict[int, WeightQuant], threads: int = 0, extra: Sequence[str] = ()):
+        """extra: more tensors the session outputs (score bias correction reads the heads' logits from the chosen
+        candidate's runs)."""
         from ..calibrate import make_session
 
         from ..hybrid import measured_tensors
@@ -57,7 +59,7 @@ class CandidateModel:
 
         qmodel, _ = build_qdq(model, plan, acts, weights)
         self.measured = measured_tensors(qmodel, model)
-        qmodel = with_outputs(qmodel, self.measured)
+        qmodel = with_outputs(qmodel, self.measured + [t for t in extra if t not in self.measured])
         g = qmodel.graph
         inits = {t.name: t for t in g.initializer}
         producer = {o: n for n in g.node for o in n.output}
@@ -119,25 +121,32 @@ class CandidateModel:
             out[name] = bq.astype(np.float32) * scale
         return out
 
-    def run(self, feeds: Sequence[Dict[str, np.ndarray]], params: Dict[str, np.ndarray]) -> List[list]:
-        """The measured tensors of each feed."""
-        return [self.sess.run(self.measured, {**f, **params}) for f in feeds]
+    def run(self, feeds: Sequence[Dict[str, np.ndarray]], params: Dict[str, np.ndarray],
+            names: Optional[Sequence[str]] = None) -> List[list]:
+        """The measured tensors (or ``names``) of each feed."""
+        return [self.sess.run(list(names or self.measured), {**f, **params}) for f in feeds]
+
+
+def reference_session(model: onnx.ModelProto, runner: CandidateModel, extra: Sequence[str] = (), threads: int = 0):
+    """The float model's session for ``runner``'s measured tensors and ``extra``."""
+    from ..calibrate import make_session
+    from ..qdq import with_outputs
+
+    return make_session(with_outputs(model, runner.measured + [t for t in extra if t not in runner.measured]), threads)
 
 
 def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, ActQuant]],
            weights: Dict[int, WeightQuant], set_biases, data, samples: int, threads: int = 0,
-           margin: float = MARGIN, min_gain: float = MIN_GAIN
-           ) -> Tuple[str, Dict[str, float], Dict[str, np.ndarray]]:
+           margin: float = MARGIN, min_gain: float = MIN_GAIN, runner: Optional[CandidateModel] = None,
+           ref_sess=None) -> Tuple[str, Dict[str, float], Dict[str, np.ndarray]]:
     """The candidate to keep among ``candidates`` ({name: activation parameters}; the first is min/max, the
     default), each one's mean loss on the first ``samples`` samples of ``data`` and its loss per sample.
-    ``set_biases(name)`` puts that candidate's corrected biases into ``weights``."""
-    from ..calibrate import make_session
-    from ..qdq import with_outputs
-
+    ``set_biases(name)`` puts that candidate's corrected biases into ``weights``. ``runner`` / ``ref_sess``: the
+    sessions to judge on (CandidateModel / reference_session), when the caller runs them again afterwards."""
     feeds = list(itertools.islice(data, samples))
     default = next(iter(candidates))
-    runner = CandidateModel(model, plan, candidates[default], weights, threads)
-    ref_sess = make_session(with_outputs(model, runner.measured), threads)
+    runner = runner or CandidateModel(model, plan, candidates[default], weights, threads)
+    ref_sess = ref_sess or reference_session(model, runner, threads=threads)
     reference = [ref_sess.run(runner.measured, f) for f in feeds]
     per_sample = {}
     for name, acts in candidates.items():
@@ -153,4 +162,4 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
 
 
 __all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "output_loss",
-           "sample_losses"]
+           "reference_session", "sample_losses"]

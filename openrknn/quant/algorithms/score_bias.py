@@ -19,7 +19,7 @@ nothing, and those near the decision count most. One bias per channel, no new op
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -109,11 +109,18 @@ def channel_delta(f: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.stack([(w * (f - q)).sum(axes), w.sum(axes)])
 
 
+def head_tensors(heads: Dict[int, List[Tuple[str, int]]]) -> List[str]:
+    """The tensors the heads' Sigmoids read, in order."""
+    return [t for parts in heads.values() for t, _ in parts]
+
+
 def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
-                         weights: Dict[int, WeightQuant], data, samples: int = SAMPLES,
-                         threads: int = 0) -> Optional[Dict]:
+                         weights: Dict[int, WeightQuant], data, samples: int = SAMPLES, threads: int = 0,
+                         runs: Optional[Tuple[Callable, Callable]] = None) -> Optional[Dict]:
     """Shift the bias of every sigmoid head (sigmoid_heads) by its measured channel delta; sets WeightQuant.bias.
-    Returns a report, or None when the model has no sigmoid head."""
+    ``runs``: (float run, quantized run), each (tensor names, feed) -> arrays, on sessions that already output the
+    head tensors (range choice's); by default two sessions are made. Returns a report, or None when the model has
+    no sigmoid head."""
     from ..calibrate import make_session
 
     heads = sigmoid_heads(info, plan, weights)
@@ -122,13 +129,16 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     feeds = list(itertools.islice(data, samples))
     if not feeds:
         return None
-    names = [t for parts in heads.values() for t, _ in parts]
-    qmodel, _ = build_qdq(model, plan, acts, weights)
-    float_sess = make_session(with_outputs(model, names), threads)
-    quant_sess = make_session(with_outputs(qmodel, names), threads)
+    names = head_tensors(heads)
+    if runs is None:
+        qmodel, _ = build_qdq(model, plan, acts, weights)
+        float_sess = make_session(with_outputs(model, names), threads)
+        quant_sess = make_session(with_outputs(qmodel, names), threads)
+        runs = float_sess.run, quant_sess.run
+    run_float, run_quant = runs
     sums: Dict[str, np.ndarray] = {}
     for feed in feeds:
-        for t, f, q in zip(names, float_sess.run(names, feed), quant_sess.run(names, feed)):
+        for t, f, q in zip(names, run_float(names, feed), run_quant(names, feed)):
             sums[t] = sums[t] + channel_delta(f, q) if t in sums else channel_delta(f, q)
     layers = {}
     for node, parts in heads.items():
@@ -144,4 +154,4 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     return {"layers": layers, "samples": len(feeds)}
 
 
-__all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "sigmoid_heads"]
+__all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "sigmoid_heads"]
