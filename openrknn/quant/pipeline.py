@@ -136,11 +136,12 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         from .algorithms.score_bias import head_tensors, sigmoid_heads
 
         score_heads = head_tensors(sigmoid_heads(info, plan, weights))
-    runs = None
+    runs, seen, score_feeds = None, [], data
     if variants:
         t = time.perf_counter()
-        acts, summary, runs = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds, options,
-                                             score_heads)
+        acts, summary, runs, seen = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds,
+                                                   options, score_heads)
+        score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
     if options.range_search:
@@ -155,14 +156,15 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
             for wq in weights.values():
                 wq.bias = None
             results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
-            runs = None  # the range choice's sessions no longer hold these ranges
+            runs, seen, score_feeds = None, [], data  # the range choice's runs no longer hold these ranges
         results.append(StageResult("range_search", summary, round(time.perf_counter() - t, 3)))
 
     if score_heads:
         from .algorithms.score_bias import correct_score_biases
 
         t = time.perf_counter()
-        summary = correct_score_biases(m, info, plan, acts, weights, data, threads=options.threads, runs=runs)
+        summary = correct_score_biases(m, info, plan, acts, weights, score_feeds, threads=options.threads, runs=runs,
+                                       measured=seen)
         if summary is not None:
             results.append(StageResult("score_bias_correction", summary, round(time.perf_counter() - t, 3)))
 
@@ -259,12 +261,13 @@ def _differs(a: Dict[str, ActQuant], b: Dict[str, ActQuant]) -> bool:
 def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
                    variants: Dict[str, Dict[str, ActQuant]], weights: Dict[int, WeightQuant], probe,
                    info: GraphInfo, data, options: "QuantOptions", extra: Sequence[str] = ()
-                   ) -> Tuple[Dict[str, ActQuant], dict, Tuple[Callable, Callable]]:
+                   ) -> Tuple[Dict[str, ActQuant], dict, Tuple[Callable, Callable], list]:
     """Min/max or one of the clipped ``variants``, whichever the outputs prefer (algorithms/range_choice.py); each
     candidate gets its own empirical bias correction (the probe measured every variant's means). Leaves
     ``weights``' biases set for the chosen one; returns its activation parameters, a report, and (float run,
     quantized run) of the chosen candidate, (tensor names, feed) -> arrays, whose sessions also output ``extra``
-    (score bias correction runs them again rather than making its own)."""
+    (score bias correction runs them again rather than making its own), and the (float, quantized) ``extra``
+    values of the samples it judged on."""
     from .algorithms import range_choice
 
     candidates = {"normal": acts, **variants}
@@ -284,12 +287,18 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
     log.info("activation ranges: %s (output loss %s)", chosen,
              ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
 
-    def run_quant(names, feed):  # the chosen candidate with the biases it leaves
-        return runner.run([feed], runner.feed(candidates[chosen], weights, m), names)[0]
+    params = {}
 
+    def run_quant(names, feed):  # the chosen candidate with the biases it leaves (read when first run)
+        if not params:
+            params.update(runner.feed(candidates[chosen], weights, m))
+        return runner.run([feed], params, names)[0]
+
+    # the extra tensors of the judged samples as the chosen candidate computed them: (float, quantized) per sample
+    seen = list(zip(runner.recorded.get("float", []), runner.recorded.get(chosen, [])))
     return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
                                 "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
-                                "samples": len(data)}, (ref_sess.run, run_quant)
+                                "samples": len(data)}, (ref_sess.run, run_quant), seen
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

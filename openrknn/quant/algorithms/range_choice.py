@@ -97,6 +97,9 @@ class CandidateModel:
         self.plan = plan
         self.x_of = {w.node: w.x for w in plan.weighted}
         self.sess = make_session(qmodel, threads)
+        self.extra = [t for t in extra if t not in self.measured]
+        # what choose() saw of the extra tensors: {"float": per feed, candidate name: per feed}
+        self.recorded: Dict[str, List[list]] = {}
 
     def feed(self, acts: Dict[str, ActQuant], weights: Dict[int, WeightQuant], model: onnx.ModelProto
              ) -> Dict[str, np.ndarray]:
@@ -147,11 +150,17 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     default = next(iter(candidates))
     runner = runner or CandidateModel(model, plan, candidates[default], weights, threads)
     ref_sess = ref_sess or reference_session(model, runner, threads=threads)
-    reference = [ref_sess.run(runner.measured, f) for f in feeds]
+    n = len(runner.measured)
+    names = runner.measured + runner.extra  # the extra tensors ride along, recorded for the caller
+    reference = [ref_sess.run(names, f) for f in feeds]
+    runner.recorded = {"float": [r[n:] for r in reference]}
+    reference = [r[:n] for r in reference]
     per_sample = {}
     for name, acts in candidates.items():
         set_biases(name)
-        per_sample[name] = sample_losses(runner.run(feeds, runner.feed(acts, weights, model)), reference)
+        outs = runner.run(feeds, runner.feed(acts, weights, model), names)
+        runner.recorded[name] = [o[n:] for o in outs]
+        per_sample[name] = sample_losses([o[:n] for o in outs], reference)
     losses = {k: float(v.mean()) for k, v in per_sample.items()}
     best = min(losses, key=losses.get)
     wins = int(np.sum(per_sample[best] < per_sample[default]))

@@ -8,9 +8,9 @@ the 0.3 threshold loses 0.024 on average: every detection int8 drops is one whos
 mean over all positions, which bias correction fits, is dominated by background, where the error is near zero.
 
 For a conv (or Gemm) whose output (or a channel Split's part of it) goes through a Sigmoid to the model's
-outputs, this stage measures the error the
-complete quantized model makes at the Sigmoid's input and shifts the layer's bias per channel by
-delta = sum s'(f) (f - q) / sum s'(f) (f: float logit, q: quantized, s' the sigmoid's slope at f). Adding delta
+outputs, this stage measures the error the complete quantized model makes at the Sigmoid's input and shifts the
+layer's bias per channel by delta = sum s'(f) (f - q) / sum s'(f) (f: float logit, q: quantized, s' the
+sigmoid's slope at f). Adding delta
 to the logits changes each probability by s'(f) delta to first order, so the mean probability error of the
 channel becomes zero: weighted by s', positions whose probability cannot move (background at logit -10) count for
 nothing, and those near the decision count most. One bias per channel, no new op; the chip computes it as before.
@@ -19,7 +19,7 @@ nothing, and those near the decision count most. One bias per channel, no new op
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -116,18 +116,20 @@ def head_tensors(heads: Dict[int, List[Tuple[str, int]]]) -> List[str]:
 
 def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
                          weights: Dict[int, WeightQuant], data, samples: int = SAMPLES, threads: int = 0,
-                         runs: Optional[Tuple[Callable, Callable]] = None) -> Optional[Dict]:
+                         runs: Optional[Tuple[Callable, Callable]] = None,
+                         measured: Sequence[Tuple[list, list]] = ()) -> Optional[Dict]:
     """Shift the bias of every sigmoid head (sigmoid_heads) by its measured channel delta; sets WeightQuant.bias.
     ``runs``: (float run, quantized run), each (tensor names, feed) -> arrays, on sessions that already output the
-    head tensors (range choice's); by default two sessions are made. Returns a report, or None when the model has
-    no sigmoid head."""
+    head tensors (range choice's); by default two sessions are made. ``measured``: (float, quantized) head values
+    of samples already run (range choice's), counted with the first ``samples`` - len(measured) of ``data``.
+    Returns a report, or None when the model has no sigmoid head."""
     from ..calibrate import make_session
 
     heads = sigmoid_heads(info, plan, weights)
     if not heads:
         return None
-    feeds = list(itertools.islice(data, samples))
-    if not feeds:
+    feeds = list(itertools.islice(data, max(samples - len(measured), 0)))
+    if not feeds and not measured:
         return None
     names = head_tensors(heads)
     if runs is None:
@@ -136,9 +138,10 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
         quant_sess = make_session(with_outputs(qmodel, names), threads)
         runs = float_sess.run, quant_sess.run
     run_float, run_quant = runs
+    pairs = itertools.chain(measured, ((run_float(names, feed), run_quant(names, feed)) for feed in feeds))
     sums: Dict[str, np.ndarray] = {}
-    for feed in feeds:
-        for t, f, q in zip(names, run_float(names, feed), run_quant(names, feed)):
+    for floats, quants in pairs:
+        for t, f, q in zip(names, floats, quants):
             sums[t] = sums[t] + channel_delta(f, q) if t in sums else channel_delta(f, q)
     layers = {}
     for node, parts in heads.items():
@@ -151,7 +154,7 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
         base = wq.bias if wq.bias is not None else (info.const(w.bias) if w.bias else np.zeros(delta.shape))
         wq.bias = (np.asarray(base, np.float64) + delta).astype(np.float32)
         layers[info.node_label(node)] = round(float(np.abs(delta).max()), 4)
-    return {"layers": layers, "samples": len(feeds)}
+    return {"layers": layers, "samples": len(feeds) + len(measured)}
 
 
 __all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "sigmoid_heads"]
