@@ -109,6 +109,20 @@ def channel_delta(f: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.stack([(w * (f - q)).sum(axes), w.sum(axes)])
 
 
+def shift(per_sample: List[np.ndarray]) -> np.ndarray:
+    """The shift of one head's channels from each sample's channel_delta sums: their pooled weighted mean, shrunk
+    towards zero by how much the samples disagree (times max(0, 1 - se^2 / mean^2), se^2 the variance of the
+    pooled mean over samples). A shift that every image shows is kept (YOLOX-nano's heads keep 94-100% of
+    theirs); one that a few images of a varied set make is mostly dropped: on the layout detector's coarsest
+    level, 0.8 logit fitted to 5 documents overshot on the held-out ones."""
+    num = np.stack([x[0] for x in per_sample])
+    den = np.maximum(np.stack([x[1] for x in per_sample]), 1e-12)
+    total = den.sum(0)
+    mean = num.sum(0) / total
+    se2 = (den * den * (num / den - mean) ** 2).sum(0) / (total * total)
+    return mean * np.maximum(0.0, 1.0 - se2 / np.maximum(mean * mean, 1e-24))
+
+
 def head_tensors(heads: Dict[int, List[Tuple[str, int]]]) -> List[str]:
     """The tensors the heads' Sigmoids read, in order."""
     return [t for parts in heads.values() for t, _ in parts]
@@ -139,17 +153,17 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
         runs = float_sess.run, quant_sess.run
     run_float, run_quant = runs
     pairs = itertools.chain(measured, ((run_float(names, feed), run_quant(names, feed)) for feed in feeds))
-    sums: Dict[str, np.ndarray] = {}
+    sums: Dict[str, List[np.ndarray]] = {t: [] for t in names}
     for floats, quants in pairs:
         for t, f, q in zip(names, floats, quants):
-            sums[t] = sums[t] + channel_delta(f, q) if t in sums else channel_delta(f, q)
+            sums[t].append(channel_delta(f, q))
     layers = {}
     for node, parts in heads.items():
         w = next(x for x in plan.weighted if x.node == node)
         delta = np.zeros(int(np.shape(info.const(w.w))[w.axis]))
         for t, first in parts:
-            num, den = sums[t]
-            delta[first:first + len(num)] = num / np.maximum(den, 1e-12)
+            part = shift(sums[t])
+            delta[first:first + len(part)] = part
         wq = weights[node]
         base = wq.bias if wq.bias is not None else (info.const(w.bias) if w.bias else np.zeros(delta.shape))
         wq.bias = (np.asarray(base, np.float64) + delta).astype(np.float32)
@@ -157,4 +171,4 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     return {"layers": layers, "samples": len(feeds) + len(measured)}
 
 
-__all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "sigmoid_heads"]
+__all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "shift", "sigmoid_heads"]
