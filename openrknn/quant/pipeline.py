@@ -131,16 +131,18 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         results.append(StageResult("weight_rounding", summary, round(time.perf_counter() - t_round, 3)))
     results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress, probe))
     seconds["weights"] = round(time.perf_counter() - t, 3)
-    score_heads = []
+    score_heads = {}
     if options.score_bias_correction and options.bias_correction and scheme.weight is not None:
-        from .algorithms.score_bias import head_tensors, sigmoid_heads
+        from .algorithms.score_bias import sigmoid_heads
 
-        score_heads = head_tensors(sigmoid_heads(info, plan, weights))
+        score_heads = sigmoid_heads(info, plan, weights)
     runs, seen, score_feeds = None, [], data
     if variants:
         t = time.perf_counter()
+        from .algorithms.score_bias import head_tensors
+
         acts, summary, runs, seen = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds,
-                                                   options, score_heads)
+                                                   options, head_tensors(score_heads))
         score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
@@ -164,7 +166,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
 
         t = time.perf_counter()
         summary = correct_score_biases(m, info, plan, acts, weights, score_feeds, threads=options.threads, runs=runs,
-                                       measured=seen)
+                                       measured=seen, heads=score_heads)
         if summary is not None:
             results.append(StageResult("score_bias_correction", summary, round(time.perf_counter() - t, 3)))
 

@@ -183,7 +183,7 @@ def _gated(info: GraphInfo) -> Dict[int, tuple]:
     return found
 
 
-def _tail_ok(info: GraphInfo) -> Dict[str, bool]:
+def tail_ok(info: GraphInfo) -> Dict[str, bool]:
     """tensor -> True when it only reaches graph outputs through TAIL_OPS."""
     ok: Dict[str, bool] = {}
     for node in reversed(info.nodes):
@@ -323,7 +323,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     float_tail: Set[str] = set()
     split_concats: List[str] = []
     if keep_mixed_concat_float:
-        ok = _tail_ok(info)
+        ok = tail_ok(info)
         for i, node in enumerate(info.nodes):
             out = node.output[0] if node.output else ""
             if out in prefix or out not in dyn:

@@ -25,32 +25,10 @@ import numpy as np
 import onnx
 
 from ..ir import GraphInfo
-from ..plan import Plan
+from ..plan import Plan, tail_ok
 from ..qdq import ActQuant, WeightQuant, build_qdq, with_outputs
 
-# ops a probability passes through on its way to an output without being computed on (YOLOX-nano concatenates
-# objectness, classes and boxes and reshapes them; a DB text detector returns its map as it is)
-PASS_OPS = ("Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 SAMPLES = 8  # calibration samples measured: on YOLOX-nano, 4 leave a third of the bias, 8 and 15 agree
-
-
-def _reaches_outputs(info: GraphInfo, t: str) -> bool:
-    """Whether every path from t ends at a graph output through PASS_OPS only."""
-    stack, seen = [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        consumers = info.consumers.get(x, [])
-        if not consumers and x not in info.output_set:
-            return False
-        for c in consumers:
-            node = info.nodes[c]
-            if node.op_type not in PASS_OPS:
-                return False
-            stack.extend(node.output)
-    return True
 
 
 def _split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
@@ -76,10 +54,14 @@ def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) 
     into Sigmoids whose probabilities reach the model's outputs unchanged: a detector's score maps, not a SiLU or a
     gate. A Split's other parts are left as they are."""
 
+    # probabilities reach the outputs unchanged when only layout ops and concats follow (YOLOX-nano concatenates
+    # objectness, classes and boxes and reshapes them): plan.py's float-tail walk
+    unchanged = tail_ok(info)
+
     def scored(t: str) -> bool:
         readers = info.consumers.get(t, [])
         return t not in info.output_set and len(readers) == 1 and info.nodes[readers[0]].op_type == "Sigmoid" and \
-            _reaches_outputs(info, info.nodes[readers[0]].output[0])
+            unchanged.get(info.nodes[readers[0]].output[0], False)
 
     out: Dict[int, List[Tuple[str, int]]] = {}
     for w in plan.weighted:
@@ -131,15 +113,17 @@ def head_tensors(heads: Dict[int, List[Tuple[str, int]]]) -> List[str]:
 def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
                          weights: Dict[int, WeightQuant], data, samples: int = SAMPLES, threads: int = 0,
                          runs: Optional[Tuple[Callable, Callable]] = None,
-                         measured: Sequence[Tuple[list, list]] = ()) -> Optional[Dict]:
-    """Shift the bias of every sigmoid head (sigmoid_heads) by its measured channel delta; sets WeightQuant.bias.
+                         measured: Sequence[Tuple[list, list]] = (),
+                         heads: Optional[Dict[int, List[Tuple[str, int]]]] = None) -> Optional[Dict]:
+    """Shift the bias of every sigmoid head (``heads``, default sigmoid_heads) by its measured channel delta; sets
+    WeightQuant.bias.
     ``runs``: (float run, quantized run), each (tensor names, feed) -> arrays, on sessions that already output the
     head tensors (range choice's); by default two sessions are made. ``measured``: (float, quantized) head values
     of samples already run (range choice's), counted with the first ``samples`` - len(measured) of ``data``.
     Returns a report, or None when the model has no sigmoid head."""
     from ..calibrate import make_session
 
-    heads = sigmoid_heads(info, plan, weights)
+    heads = sigmoid_heads(info, plan, weights) if heads is None else heads
     if not heads:
         return None
     feeds = list(itertools.islice(data, max(samples - len(measured), 0)))
@@ -171,4 +155,4 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     return {"layers": layers, "samples": len(feeds) + len(measured)}
 
 
-__all__ = ["PASS_OPS", "SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "shift", "sigmoid_heads"]
+__all__ = ["SAMPLES", "channel_delta", "correct_score_biases", "head_tensors", "shift", "sigmoid_heads"]
