@@ -282,7 +282,7 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
             probe.apply(info, weights, name)
 
     runner = range_choice.CandidateModel(m, plan, acts, weights, options.threads, extra)
-    ref_sess = range_choice.reference_session(m, runner, extra, options.threads)
+    ref_sess = range_choice.reference_session(m, runner, options.threads)
     chosen, losses, per_sample = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
                                                      options.threads, runner=runner, ref_sess=ref_sess)
     set_biases(chosen)

@@ -59,7 +59,8 @@ class CandidateModel:
 
         qmodel, _ = build_qdq(model, plan, acts, weights)
         self.measured = measured_tensors(qmodel, model)
-        qmodel = with_outputs(qmodel, self.measured + [t for t in extra if t not in self.measured])
+        self.extra = [t for t in extra if t not in self.measured]
+        qmodel = with_outputs(qmodel, self.measured + self.extra)
         g = qmodel.graph
         inits = {t.name: t for t in g.initializer}
         producer = {o: n for n in g.node for o in n.output}
@@ -97,7 +98,6 @@ class CandidateModel:
         self.plan = plan
         self.x_of = {w.node: w.x for w in plan.weighted}
         self.sess = make_session(qmodel, threads)
-        self.extra = [t for t in extra if t not in self.measured]
         # what choose() saw of the extra tensors: {"float": per feed, candidate name: per feed}
         self.recorded: Dict[str, List[list]] = {}
 
@@ -130,12 +130,12 @@ class CandidateModel:
         return [self.sess.run(list(names or self.measured), {**f, **params}) for f in feeds]
 
 
-def reference_session(model: onnx.ModelProto, runner: CandidateModel, extra: Sequence[str] = (), threads: int = 0):
-    """The float model's session for ``runner``'s measured tensors and ``extra``."""
+def reference_session(model: onnx.ModelProto, runner: CandidateModel, threads: int = 0):
+    """The float model's session for ``runner``'s measured and extra tensors."""
     from ..calibrate import make_session
     from ..qdq import with_outputs
 
-    return make_session(with_outputs(model, runner.measured + [t for t in extra if t not in runner.measured]), threads)
+    return make_session(with_outputs(model, runner.measured + runner.extra), threads)
 
 
 def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, ActQuant]],
