@@ -132,6 +132,55 @@ def test_a_score_map_loses_its_systematic_shift(tmp_path, dtype, target):
     assert abs(corrected) < 0.3 * abs(plain)
 
 
+def _text_detector() -> onnx.ModelProto:
+    """A DB text detector's end: features through a ReLU, then a stride-2 ConvTranspose that upsamples the score
+    map, then a Sigmoid. About half of the map is text (p > 0.5) on the test inputs."""
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(0, 0.001, (8, 3, 3, 3)) * np.array([8, 6, 1, 1, 1, 1, 1, 1])[:, None, None, None]
+    w1 = np.tile(np.abs(rng.normal(0, 0.4, (8, 1, 1, 1))), (1, 1, 2, 2))
+    inits = [numpy_helper.from_array(w0.astype(np.float32), "w0"), numpy_helper.from_array(w1.astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array([-2.0], np.float32), "b1")]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]), n("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             n("Relu", ["c0"], ["feat"]), n("ConvTranspose", ["feat", "w1", "b1"], ["logit"], strides=[2, 2]),
+             n("Sigmoid", ["logit"], ["p"])]
+    g = helper.make_graph(nodes, "db", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype,target,zero", [("w8a8", "rk3588", -128), ("asymmetric_quantized-u8", "rk1808", 0)])
+def test_a_transposed_conv_head_loses_its_systematic_shift(tmp_path, dtype, target, zero):
+    """The features clipped at a third of their range flatten the strong responses: the text probabilities come
+    out low on held-out inputs. The ConvTranspose that makes the map is a head like a conv: its bias takes the
+    shift, and the mean probability error shrinks."""
+    import onnxruntime as ort
+
+    model = _text_detector()
+    calib = read_dataset(write_npy_dataset(tmp_path, (1, 8, 8, 3), n=8), SPEC)
+    held = [np.random.default_rng(100 + k).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32) for k in range(8)]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.ValueInfoProto(name="feat"))
+    feat = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    hi = max(float(feat.run(["feat"], f)[0].max()) for f in calib) / 3.0
+    assert 0.3 < np.mean([float((sess.run(["p"], {"raw": x})[0] > 0.5).mean()) for x in held]) < 0.7
+
+    def error(correct: bool):
+        res = quantize(model, calib, QuantOptions(dtype=dtype, target=target, fixed={"feat": ([hi / 255.0], [zero])},
+                                                  range_choice=False, score_bias_correction=correct), progress=False)
+        q = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        err = np.mean([float((q.run(["p"], {"raw": x})[0] - sess.run(["p"], {"raw": x})[0]).mean()) for x in held])
+        return err, res.report.get("score_bias_correction")
+
+    plain, off = error(False)
+    corrected, on = error(True)
+    assert off is None and list(on["layers"]) == ["ConvTranspose_3"]
+    assert plain < -0.01  # systematically low
+    assert abs(corrected) < 0.3 * abs(plain)
+
+
 def test_only_the_score_channels_of_a_head_move(tmp_path):
     """Through a real build: both score heads are measured; the split head's four box channels keep their biases
     whatever the score channel's shift (on these random inputs the samples disagree and it is mostly dropped)."""

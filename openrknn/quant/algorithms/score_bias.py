@@ -7,13 +7,13 @@ than in float (sd 0.3-0.37), the class logit 0.06-0.10 lower, and the score (obj
 the 0.3 threshold loses 0.024 on average: every detection int8 drops is one whose score fell to 0.25-0.29. The
 mean over all positions, which bias correction fits, is dominated by background, where the error is near zero.
 
-For a conv (or Gemm) whose output (or a channel Split's part of it) goes through a Sigmoid to the model's
-outputs, this stage measures the error the complete quantized model makes at the Sigmoid's input and shifts the
-layer's bias per channel by delta = sum s'(f) (f - q) / sum s'(f) (f: float logit, q: quantized, s' the
-sigmoid's slope at f). Adding delta
-to the logits changes each probability by s'(f) delta to first order, so the mean probability error of the
-channel becomes zero: weighted by s', positions whose probability cannot move (background at logit -10) count for
-nothing, and those near the decision count most. One bias per channel, no new op; the chip computes it as before.
+For a conv, transposed conv (a DB text detector's upsampling head) or Gemm whose output (or a channel Split's part
+of it) goes through a Sigmoid to the model's outputs, this stage measures the error the complete quantized model
+makes at the Sigmoid's input and shifts the layer's bias per channel by delta = sum s'(f) (f - q) / sum s'(f) (f:
+float logit, q: quantized, s' the sigmoid's slope at f). Adding delta to the logits changes each probability by
+s'(f) delta to first order, so the mean probability error of the channel becomes zero: weighted by s', positions
+whose probability cannot move (background at logit -10) count for nothing, and those near the decision count most.
+One bias per channel, no new op; the chip computes it as before.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def _split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
 
 def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[int, List[Tuple[str, int]]]:
     """{weighted node: [(tensor a Sigmoid reads, first channel of the node's output it holds)]} for each quantized
-    Conv/Gemm whose output, alone or cut by a channel Split (a head's scores next to its box distribution), goes
-    into Sigmoids whose probabilities reach the model's outputs unchanged: a detector's score maps, not a SiLU or a
-    gate. A Split's other parts are left as they are."""
+    Conv/ConvTranspose/Gemm whose output, alone or cut by a channel Split (a head's scores next to its box
+    distribution), goes into Sigmoids whose probabilities reach the model's outputs unchanged: a detector's score
+    maps, not a SiLU or a gate. A Split's other parts are left as they are."""
 
     # probabilities reach the outputs unchanged when only layout ops and concats follow (YOLOX-nano concatenates
     # objectness, classes and boxes and reshapes them): plan.py's float-tail walk
@@ -66,7 +66,7 @@ def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) 
     out: Dict[int, List[Tuple[str, int]]] = {}
     for w in plan.weighted:
         node = info.nodes[w.node]
-        if node.op_type not in ("Conv", "Gemm") or w.node not in weights:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or w.node not in weights:
             continue
         y = node.output[0]
         readers = info.consumers.get(y, [])
