@@ -275,13 +275,15 @@ def test_runner_loads_teflon_when_found(tiny_tflite, tmp_path, monkeypatch, tefl
 
 
 def _small_graph(path: Path, tail: str) -> Path:
-    """Conv+ReLU, then `tail`: 'sigmoid' (int8 LOGISTIC on a quantization point) or 'erf' (no TFLite form here)."""
+    """Conv+ReLU, then `tail`: 'sigmoid' (probabilities that reach 1: int8 LOGISTIC on a quantization point),
+    'sigmoid_low' (probabilities that stay below ~0.9: a finer scale than LOGISTIC's), or 'erf' (no TFLite form)."""
     rng = np.random.default_rng(3)
-    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+    gain = 4.0 if tail == "sigmoid" else .4
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * gain).astype(np.float32), "w"),
              numpy_helper.from_array(np.full(4, .1, np.float32), "b")]
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Sigmoid" if tail == "sigmoid" else "Erf", ["r"], ["s"], name="tail"),
+             helper.make_node("Erf" if tail == "erf" else "Sigmoid", ["r"], ["s"], name="tail"),
              helper.make_node("Conv", ["s", "w2", "b"], ["y"], name="conv2")]
     inits.append(numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * .4).astype(np.float32), "w2"))
     graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
@@ -292,7 +294,7 @@ def _small_graph(path: Path, tail: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("tail", ["sigmoid", "erf"])
+@pytest.mark.parametrize("tail", ["sigmoid", "sigmoid_low", "erf"])
 def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_errors):
     from openrknn.export.tflite import export_tflite_bytes
     from openrknn.export.tflite.validate import cosine
@@ -312,10 +314,19 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
     assert rknn.export_rknn(str(tmp_path / "s.rknn")) == 0
     pkg = read_package(tmp_path / "s.rknn")
     data, report = export_tflite_bytes(pkg)
-    assert {r.layer: r.mode for r in report.layers}["tail"] == "int8"
-    # TFLite's LOGISTIC writes 1/256 steps; our calibrated sigmoid scale differs, so a requantize follows
-    assert any("LOGISTIC output has the fixed scale 0.00390625" in c for c in report.changes)
-    assert report.tflite_ops.count("QUANTIZE") >= 2
+    tail_scale = pkg.metadata["quantization"]["tensors"]["s"]["scale"][0]
+    layer = {r.layer: r for r in report.layers}["tail"]
+    if tail == "sigmoid":
+        # TFLite's LOGISTIC writes 1/256 steps; our calibrated sigmoid scale (probabilities up to 1) is a little
+        # coarser, so the int8 op stays and a requantize follows
+        assert layer.mode == "int8"
+        assert any("LOGISTIC output has the fixed scale 0.00390625" in c for c in report.changes)
+        assert report.tflite_ops.count("QUANTIZE") >= 2
+    else:
+        # our scale is finer than 1/256: the int8 op would round away what our graph keeps, so it runs in float
+        assert layer.mode == "float" and "output step 0.00390625 is coarser" in layer.note
+        assert not any("LOGISTIC output has the fixed scale" in c for c in report.changes)
+    assert (tail_scale >= 1 / 256) == (tail == "sigmoid")
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(2):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
