@@ -283,6 +283,42 @@ def test_histogram_algorithms_clip_inside_the_observed_range(calib, algorithm):
     assert _cos(out[1], ref[1]) > 0.98
 
 
+def _argmax_model(decide: bool) -> onnx.ModelProto:
+    """Conv+Relu -> a 1x1 conv of 40 class logits per pixel -> ArgMax over the classes (a recognizer with its
+    decision inside), or (decide=False) a further 1x1 conv reading the same logits. A few classes carry rare large
+    logits: the tail a clipping algorithm cuts."""
+    rng = np.random.default_rng(4)
+    wcls = rng.normal(0, 0.02, (40, 8, 1, 1)) * np.where(np.arange(40) < 2, 10.0, 1.0)[:, None, None, None]
+    inits = [_init("w1", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b1", rng.normal(0, 0.1, 8)),
+             _init("wcls", wcls), _init("bcls", np.zeros(40)), _init("wnext", rng.normal(0, 0.2, (2, 40, 1, 1)))]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
+             n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["feat"]),
+             n("Conv", ["feat", "wcls", "bcls"], ["logits"]),
+             n("ArgMax", ["logits"], ["out"], axis=1, keepdims=0) if decide else
+             n("Conv", ["logits", "wnext"], ["out"])]
+    out = helper.make_tensor_value_info("out", TensorProto.INT64 if decide else TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "argmax", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, H, W, 3])],
+                              [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("algorithm", ["kl_divergence", "mmse"])
+def test_what_an_argmax_decides_on_keeps_its_full_range(calib, algorithm):
+    """A clipped top ties the strongest classes, and ArgMax then returns the first of them: logits an ArgMax reads
+    keep their calibrated range under the clipping algorithms; the same logits read by a conv are clipped."""
+    def scales(decide: bool):
+        kw = dict(dtype="w8a8", target="rk3588", bias_correction=False)
+        base = _q(_argmax_model(decide), calib, **kw)
+        res = _q(_argmax_model(decide), calib, algorithm=algorithm, **kw)
+        return res.tensors["logits"]["scale"][0], base.tensors["logits"]["scale"][0]
+
+    clipped, full = scales(decide=False)
+    assert clipped < full * 0.99
+    kept, full = scales(decide=True)
+    assert kept == full
+
+
 @pytest.mark.parametrize("mode", ["empirical", "analytical"])
 def test_bias_correction_changes_only_biases(calib, mode):
     model = tiny_model()

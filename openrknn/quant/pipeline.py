@@ -390,17 +390,22 @@ def _fmt_for(scheme: Scheme) -> TensorFormat:
 
 
 def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
-    """Groups whose range must not be clipped: bounded activations, graph outputs and what feeds a float concat."""
+    """Groups whose range must not be clipped: bounded activations, graph outputs, what feeds a float concat, and
+    what an ArgMax / ArgMin / TopK decides on: a clipped top ties the strongest classes, and the index of the first
+    wins (ddddocr's recognizer read two characters as a third this way)."""
     exempt = set()
     for t in plan.points:
         p = info.producer.get(t)
         op = info.nodes[p].op_type if p is not None else ""
-        feeds_tail = any(o in plan.float_tail for c in info.consumers.get(t, []) for o in info.nodes[c].output)
-        if op in BOUNDED or plan.fused.get(t) in BOUNDED or t in info.output_set or feeds_tail:
+        readers = [info.nodes[c] for c in info.consumers.get(t, [])]
+        feeds_tail = any(o in plan.float_tail for c in readers for o in c.output)
+        decides = any(c.op_type in DECIDED_BY_EXTREMES for c in readers)
+        if op in BOUNDED or plan.fused.get(t) in BOUNDED or t in info.output_set or feeds_tail or decides:
             exempt.add(plan.group_of[t])
     return exempt
 
 
+DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 OVERRIDE_FORMATS = {"int8": TensorFormat(8, True, False), "uint8": TensorFormat(8, False, False),
                     "int16": TensorFormat(16, True, False)}
 
