@@ -7,8 +7,9 @@ ones (held out), at most --n images each.
 
 Reference: onnxruntime on the ORIGINAL model file, fed the normalised tensor in the model's own layout.
 Metric: for each held-out input the worst output's cosine to the reference (float64, flattened), averaged over
-inputs; "agree" is top-1 agreement for classifiers, per-step argmax agreement for recognizers, and the IoU of the
-p>0.3 text masks for the DB text detectors.
+inputs; "agree" is top-1 agreement for classifiers, per-step argmax agreement for recognizers (per-step equality
+of the class indices where the model's output is already its ArgMax: a cosine of indices says little), and the IoU
+of the p>0.3 text masks for the DB text detectors.
 
 Rows, each through the public API as a user would (`from openrknn.api import RKNN`: config, load_onnx, build,
 init_runtime, inference) in its own process (so peak RSS is the row's alone):
@@ -207,6 +208,8 @@ def agreement(kind: str, ref: List[np.ndarray], out: List[np.ndarray]) -> Option
     if r.size != o.size:
         return None
     o = o.reshape(r.shape)
+    if np.issubdtype(r.dtype, np.integer):  # class indices (a recognizer with ArgMax inside): step by step
+        return float(np.mean(r == o))
     if kind in ("classifier", "ocr-cls"):
         return float(np.argmax(r.reshape(-1)) == np.argmax(o.reshape(-1)))
     if kind == "ocr-rec":
