@@ -131,42 +131,38 @@ register("Relu", "Clip", int8=lambda c, n, a: _clip(c, n, "q"), float=lambda c, 
          int8_ok=_clip_int8_ok)
 
 
-def _fixed_output_ok(builtin: str) -> Callable:
-    """TFLite's int8 LOGISTIC / TANH / SOFTMAX write a fixed output scale, requantized to our point after. Where
-    that step is coarser than our point's (a score map calibrated to 0..0.37 has steps of 0.0015, LOGISTIC's is
-    1/256), the int8 form would round away what our graph keeps: the layout detector's small probabilities went
-    from cosine 0.93 (our simulator) to 0.86 against the float model. Such a layer is computed in float between
-    DEQUANTIZE / QUANTIZE, as our graph computes it."""
+def _fixed_output(builtin: str, lower_float: Callable, int8_form_ok: Optional[Callable] = None) -> dict:
+    """OpRule's int8_ok and float for an op whose int8 TFLite form writes a fixed output step (LOGISTIC, SOFTMAX:
+    1/256, TANH: 1/128), requantized to our point after. Where that step is coarser than our point's (a score map
+    calibrated to 0..0.37 has steps of 0.0015), the int8 form would round away what our graph keeps: the layout
+    detector's small probabilities went from cosine 0.93 (our simulator) to 0.86 against the float model. Such a
+    layer is computed in float between DEQUANTIZE / QUANTIZE, as our graph computes it, and the report says why."""
     fixed = FIXED_OUTPUT[builtin][0]
 
-    def ok(ctx, node) -> bool:
-        return ctx.out_point(node.output[0]).scale[0] >= fixed * (1 - 1e-6)
+    def form_ok(ctx, node) -> bool:
+        return int8_form_ok is None or int8_form_ok(ctx, node)
 
-    return ok
+    def finer(ctx, node) -> bool:
+        return ctx.out_point(node.output[0]).scale[0] < fixed * (1 - 1e-6)
 
-
-def _only_fixed_output(ctx, node, ok: Callable) -> bool:
-    """The int8 form was turned down for its fixed output step alone (int8 in, an 8-bit point out)."""
-    q = ctx.g.sole_quantizer(node.output[0])
-    return q is not None and ctx.g.act_point(q).bits == 8 and \
-        all(ctx.is_q8(i) for i in ctx.activation_inputs(node)) and not ok(ctx, node)
-
-
-def _fixed_output_float(builtin: str) -> Callable:
-    ok = _fixed_output_ok(builtin)
+    def int8_ok(ctx, node) -> bool:
+        return form_ok(ctx, node) and not finer(ctx, node)
 
     def lower(ctx, node) -> str:
-        _unary(ctx, node, builtin, "f")
-        return (f"float, as our graph computes it: TFLite's int8 {builtin} output step {FIXED_OUTPUT[builtin][0]:g} "
-                "is coarser than this point's") if _only_fixed_output(ctx, node, ok) else ""
+        lower_float(ctx, node)
+        q = ctx.g.sole_quantizer(node.output[0])
+        for_step = q is not None and ctx.g.act_point(q).bits == 8 and form_ok(ctx, node) and \
+            all(ctx.is_q8(i) for i in ctx.activation_inputs(node)) and finer(ctx, node)
+        return (f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is coarser than "
+                "this point's") if for_step else ""
 
-    return lower
+    return {"int8_ok": int8_ok, "float": lower}
 
 
 register("Sigmoid", int8=lambda c, n, a: _unary(c, n, "LOGISTIC", "q", version=2),
-         float=_fixed_output_float("LOGISTIC"), int8_ok=_fixed_output_ok("LOGISTIC"))
+         **_fixed_output("LOGISTIC", lambda c, n: _unary(c, n, "LOGISTIC", "f")))
 register("Tanh", int8=lambda c, n, a: _unary(c, n, "TANH", "q", version=2),
-         float=_fixed_output_float("TANH"), int8_ok=_fixed_output_ok("TANH"))
+         **_fixed_output("TANH", lambda c, n: _unary(c, n, "TANH", "f")))
 register("HardSwish", int8=lambda c, n, a: _unary(c, n, "HARD_SWISH", "q"),
          float=lambda c, n: _unary(c, n, "HARD_SWISH", "f"))
 def _leaky_relu(ctx, node) -> str:
@@ -225,13 +221,5 @@ def _softmax(ctx, node, kind: str) -> str:
                   nhwc=layout)
 
 
-def _softmax_float(ctx, node) -> str:
-    _softmax(ctx, node, "f")
-    return (f"float, as our graph computes it: TFLite's int8 SOFTMAX output step {FIXED_OUTPUT['SOFTMAX'][0]:g} is "
-            "coarser than this point's") if _only_fixed_output(ctx, node, _softmax_fixed_ok) else ""
-
-
-_softmax_fixed_ok = _fixed_output_ok("SOFTMAX")
-register("Softmax",
-         int8=lambda c, n, a: _softmax(c, n, "q"), float=_softmax_float,
-         int8_ok=lambda c, n: _softmax_layout(c, n) is not None and _softmax_fixed_ok(c, n))
+register("Softmax", int8=lambda c, n, a: _softmax(c, n, "q"),
+         **_fixed_output("SOFTMAX", lambda c, n: _softmax(c, n, "f"), lambda c, n: _softmax_layout(c, n) is not None))
