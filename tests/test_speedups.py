@@ -166,3 +166,122 @@ def test_the_simulator_runs_a_built_model_as_the_stored_graph(tmp_path, dtype, m
     # without the stated input shape, or with one that does not give the mean's channels, no rewrite
     assert "mean subtraction as a 1x1 conv" not in speed_up(pkg.model_bytes).applied
     assert "mean subtraction as a 1x1 conv" not in speed_up(pkg.model_bytes, {name: [1, 16, 16, 4]}).applied
+
+
+def _conv_pair_graph(channels: int, per_tensor_weights: bool, seed: int = 0, shared: bool = False):
+    """x -> Q/DQ -> dense conv (int8 weights, int32 bias) -> Relu -> Q/DQ -> depthwise conv of `channels` -> Relu
+    -> Q/DQ -> output: range split's part of a MobileNetV2 block. per_tensor_weights: one weight scale and a
+    nonzero weight zero point (u8 per-layer), with the bias scale stored per channel, as our quantizer writes it.
+    shared: the dense conv's quantized output also feeds a second output (the rule must leave it)."""
+    rng = np.random.default_rng(seed)
+    xs, s1, s2 = np.float32(0.02), np.float32(0.03), np.float32(0.05)
+
+    def weights(prefix, shape, in_scale):
+        c = shape[0]
+        if per_tensor_weights:
+            ws, wz = np.float32(0.01), np.int8(3)
+            q = rng.integers(-128, 128, shape).astype(np.int8)
+            bscale = np.full(c, np.float32(in_scale * ws), np.float32)
+        else:
+            ws, wz = rng.uniform(0.002, 0.02, c).astype(np.float32), np.zeros(c, np.int8)
+            q = rng.integers(-127, 128, shape).astype(np.int8)
+            bscale = (np.float32(in_scale) * ws).astype(np.float32)
+        return [numpy_helper.from_array(np.asarray(v), f"{prefix}{k}") for k, v in
+                (("q", q), ("s", ws), ("z", wz), ("bq", rng.integers(-500, 500, c).astype(np.int32)), ("bs", bscale),
+                 ("bz", np.zeros(c, np.int32)))]
+
+    init = [numpy_helper.from_array(np.asarray(v), n) for n, v in
+            (("xs", xs), ("xz", np.uint8(128)), ("s1", s1), ("z1", np.uint8(0)), ("s2", s2), ("z2", np.uint8(0)))]
+    init += weights("a", (channels, 6, 1, 1), xs) + weights("d", (channels, 1, 3, 3), s1)
+    n = helper.make_node
+    axis = {} if per_tensor_weights else {"axis": 0}
+    nodes = [n("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), n("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             n("DequantizeLinear", ["aq", "as", "az"], ["aw"], **axis),
+             n("DequantizeLinear", ["abq", "abs", "abz"], ["ab"], axis=0),
+             n("Conv", ["xd", "aw", "ab"], ["a"], name="dense"), n("Relu", ["a"], ["ar"]),
+             n("QuantizeLinear", ["ar", "s1", "z1"], ["aq8"]), n("DequantizeLinear", ["aq8", "s1", "z1"], ["ad"]),
+             n("DequantizeLinear", ["dq", "ds", "dz"], ["dw"], **axis),
+             n("DequantizeLinear", ["dbq", "dbs", "dbz"], ["db"], axis=0),
+             n("Conv", ["ad", "dw", "db"], ["d"], pads=[1] * 4, group=channels, name="dw"), n("Relu", ["d"], ["dr"]),
+             n("QuantizeLinear", ["dr", "s2", "z2"], ["dq8"]), n("DequantizeLinear", ["dq8", "s2", "z2"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 14, 14])]
+    if shared:
+        nodes.append(n("DequantizeLinear", ["aq8", "s1", "z1"], ["y2"]))
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, channels, 14, 14]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 14, 14])],
+                          outputs, init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def _unfused_convs(model_bytes: bytes, disabled=()) -> int:
+    """Convs onnxruntime did not turn into integer QLinearConvs (a float conv would sum in another order)."""
+    import os
+    import tempfile
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
+        return sum(node.op_type == "Conv" for node in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("channels, per_tensor", [(12, False), (28, False), (91, False), (28, True)])
+def test_a_depthwise_conv_gets_channels_up_to_a_multiple_of_8_bit_for_bit(channels, per_tensor):
+    """onnxruntime's integer depthwise kernel is slow on channel counts that are not multiples of 8 (range split's
+    parts): both convs get zero-weight channels and a Slice drops them; the integer convs stay integer convs."""
+    raw = _conv_pair_graph(channels, per_tensor).SerializeToString()
+    fast = speed_up(raw)
+    assert fast.applied.get("depthwise channels padded to a multiple of 8") == 1
+    rewritten = onnx.load_from_string(fast.model_bytes)
+    onnx.checker.check_model(rewritten, full_check=True)
+    conv = next(n for n in rewritten.graph.node if n.name == "dw")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == channels + (-channels % 8)
+    assert [n.op_type for n in rewritten.graph.node].count("Slice") == 1
+    assert _unfused_convs(raw) == _unfused_convs(fast.model_bytes) == 0
+    for seed in range(3):
+        feed = {"x": np.random.default_rng(seed).normal(0, 2, (1, 6, 14, 14)).astype(np.float32)}
+        got, want = _run(fast.model_bytes, feed, fast.disabled_optimizers), _run(raw, feed)
+        assert got[0].shape == (1, channels, 14, 14)
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_channels_are_not_padded_where_the_padded_tensor_is_read_elsewhere():
+    raw = _conv_pair_graph(28, False, shared=True).SerializeToString()
+    assert "depthwise channels padded to a multiple of 8" not in speed_up(raw).applied
+    raw = _conv_pair_graph(32, False).SerializeToString()  # already a multiple of 8
+    assert speed_up(raw).applied == {}
+
+
+@pytest.mark.parametrize("dtype", ["w8a8", "asymmetric_quantized-u8"])
+def test_a_built_model_with_odd_depthwise_channels_runs_as_the_stored_graph(tmp_path, dtype):
+    """Through the API: a conv of 20 channels into a depthwise conv, as a user's model has it; the simulator pads
+    the pair (or range split's wide part of it) and gives the stored graph's outputs."""
+    from conftest import write_npy_dataset
+    from openrknn.api import RKNN
+    from openrknn.runtime.simulator import Simulator
+
+    n = helper.make_node
+    rng = np.random.default_rng(5)
+    init = [numpy_helper.from_array(rng.normal(0, 0.3, (20, 3, 3, 3)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 20).astype(np.float32), "b1"),
+            numpy_helper.from_array(rng.normal(0, 0.5, (20, 1, 3, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(rng.normal(0, 0.2, (8, 20, 1, 1)).astype(np.float32), "w3")]
+    nodes = [n("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4), n("Relu", ["a"], ["r"]),
+             n("Conv", ["r", "w2"], ["d"], pads=[1] * 4, group=20), n("Relu", ["d"], ["dr"]),
+             n("Conv", ["dr", "w3"], ["y"])]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    rk = RKNN()
+    assert rk.config(mean_values=[[127.5] * 3], std_values=[[64.0] * 3], quantized_dtype=dtype,
+                     target_platform="rk3588" if dtype == "w8a8" else "rk1808", range_split=False) == 0
+    assert rk.load_onnx(str(tmp_path / "m.onnx")) == 0
+    assert rk.build(do_quantization=True, dataset=str(write_npy_dataset(tmp_path, (16, 16, 3), n=3))) == 0
+    pkg = rk._package
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=1)
+    assert sim.rewrites.get("depthwise channels padded to a multiple of 8") == 1
+    for seed in range(3):
+        img = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+        want = _run(pkg.model_bytes, {pkg.metadata["inputs"][0]["name"]: img.astype(np.float32)})
+        np.testing.assert_array_equal(sim.run([img])[0], want[0])

@@ -156,6 +156,17 @@ def encode_node(node: Node, inputs: Optional[List[str]] = None, outputs: Optiona
     return bytes(out)
 
 
+def encode_new_node(op_type: str, inputs: List[str], outputs: List[str], name: str) -> bytes:
+    """A NodeProto of the default domain without attributes (Slice, whose arguments are inputs since opset 10)."""
+    out = bytearray()
+    for t in inputs:
+        out += _len_field(_NODE_INPUT, t.encode("utf-8"))
+    for t in outputs:
+        out += _len_field(_NODE_OUTPUT, t.encode("utf-8"))
+    out += _len_field(_NODE_NAME, name.encode("utf-8"))
+    return bytes(out + _len_field(_NODE_OP_TYPE, op_type.encode("utf-8")))
+
+
 def encode_tensor(name: str, array: np.ndarray) -> bytes:
     """A TensorProto (dims, data type, name, little-endian raw data)."""
     array = np.ascontiguousarray(array)
@@ -238,6 +249,7 @@ class WireModel:
         self._arrays: Dict[str, Optional[np.ndarray]] = {}
         self.graph_outputs: set = set()  # filled by callers that need them (onnx_wire.graph_names)
         self.replaced: Dict[int, bytes] = {}   # node index -> new NodeProto bytes (b"" = dropped)
+        self.after: Dict[int, List[bytes]] = {}  # node index -> NodeProtos placed right after it
         self.new_inits: List[bytes] = []
 
     def is_initializer(self, name: str) -> bool:
@@ -266,9 +278,12 @@ class WireModel:
         self.new_inits.append(encode_tensor(name, array))
         self._arrays[name] = array
 
+    def insert_after(self, index: int, node_bytes: bytes) -> None:
+        self.after.setdefault(index, []).append(node_bytes)
+
     @property
     def changed(self) -> bool:
-        return bool(self.replaced or self.new_inits)
+        return bool(self.replaced or self.after or self.new_inits)
 
     def serialize(self) -> bytes:
         if not self.changed:
@@ -279,11 +294,11 @@ class WireModel:
         for number, wire, key_at, _a, b in _spans(self.data, g_start, g_end):
             if number == _GRAPH_NODE and wire == _LEN:
                 new = self.replaced.get(k)
+                graph += self.data[key_at:b] if new is None else _len_field(_GRAPH_NODE, new) if new else b""
+                for extra in self.after.get(k, ()):
+                    graph += _len_field(_GRAPH_NODE, extra)
                 k += 1
-                if new is not None:
-                    if new:
-                        graph += _len_field(_GRAPH_NODE, new)
-                    continue
+                continue
             graph += self.data[key_at:b]
         for raw in self.new_inits:
             graph += _len_field(_GRAPH_INITIALIZER, raw)
