@@ -31,12 +31,13 @@ def _rows(path: Path):
     for ln in path.read_text().splitlines():
         if ln.startswith("#") or ln.startswith("layer_name"):
             continue
-        parts = ln.rstrip("*").split()
-        if len(parts) < 6:
+        # layer_name op entire_cos entire_euc single_cos single_euc[*] tensor
+        parts = ln.split()
+        if len(parts) < 7:
             continue
-        name, op = " ".join(parts[:-5]), parts[-5]
+        name, op = " ".join(parts[:-6]), parts[-6]
         try:
-            e_cos, s_cos = float(parts[-4]), (float(parts[-2]) if parts[-2] != "-" else None)
+            e_cos, s_cos = float(parts[-5]), (float(parts[-3]) if parts[-3] != "-" else None)
         except ValueError:
             continue
         rows.append({"name": name, "op": op, "entire": e_cos, "single": s_cos})
