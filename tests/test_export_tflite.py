@@ -324,7 +324,7 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
         assert report.tflite_ops.count("QUANTIZE") >= 2
     else:
         # our scale is finer than 1/256: the int8 op would round away what our graph keeps, so it runs in float
-        assert layer.mode == "float" and "output step 0.00390625 is coarser" in layer.note
+        assert layer.mode == "float" and f"output step 0.00390625 is coarser than ours ({tail_scale:.3g})" in layer.note
         assert not any("LOGISTIC output has the fixed scale" in c for c in report.changes)
     assert (tail_scale >= 1 / 256) == (tail == "sigmoid")
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)

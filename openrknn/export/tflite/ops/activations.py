@@ -153,8 +153,11 @@ def _fixed_output(builtin: str, lower_float: Callable, int8_form_ok: Optional[Ca
         q = ctx.g.sole_quantizer(node.output[0])
         for_step = q is not None and ctx.g.act_point(q).bits == 8 and form_ok(ctx, node) and \
             all(ctx.is_q8(i) for i in ctx.activation_inputs(node)) and finer(ctx, node)
-        return (f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is coarser than "
-                "this point's") if for_step else ""
+        if not for_step:
+            return ""
+        ours = float(ctx.out_point(node.output[0]).scale[0])
+        return f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is coarser than ours " \
+               f"({ours:.3g})"
 
     return {"int8_ok": int8_ok, "float": lower}
 
