@@ -168,11 +168,13 @@ def test_the_simulator_runs_a_built_model_as_the_stored_graph(tmp_path, dtype, m
     assert "mean subtraction as a 1x1 conv" not in speed_up(pkg.model_bytes, {name: [1, 16, 16, 4]}).applied
 
 
-def _conv_pair_graph(channels: int, per_tensor_weights: bool, seed: int = 0, shared: bool = False):
+def _conv_pair_graph(channels: int, per_tensor_weights: bool, seed: int = 0, shared: bool = False,
+                     dw_zero_points: bool = False):
     """x -> Q/DQ -> dense conv (int8 weights, int32 bias) -> Relu -> Q/DQ -> depthwise conv of `channels` -> Relu
     -> Q/DQ -> output: range split's part of a MobileNetV2 block. per_tensor_weights: one weight scale and a
     nonzero weight zero point (u8 per-layer), with the bias scale stored per channel, as our quantizer writes it.
-    shared: the dense conv's quantized output also feeds a second output (the rule must leave it)."""
+    shared: the dense conv's quantized output also feeds a second output (the rule must leave it).
+    dw_zero_points: the depthwise conv's weights have a zero point per channel (u8 per-channel builds)."""
     rng = np.random.default_rng(seed)
     xs, s1, s2 = np.float32(0.02), np.float32(0.03), np.float32(0.05)
 
@@ -193,6 +195,9 @@ def _conv_pair_graph(channels: int, per_tensor_weights: bool, seed: int = 0, sha
     init = [numpy_helper.from_array(np.asarray(v), n) for n, v in
             (("xs", xs), ("xz", np.uint8(128)), ("s1", s1), ("z1", np.uint8(0)), ("s2", s2), ("z2", np.uint8(0)))]
     init += weights("a", (channels, 6, 1, 1), xs) + weights("d", (channels, 1, 3, 3), s1)
+    if dw_zero_points:
+        dz = next(t for t in init if t.name == "dz")
+        dz.CopyFrom(numpy_helper.from_array(rng.integers(-20, 20, channels).astype(np.int8), "dz"))
     n = helper.make_node
     axis = {} if per_tensor_weights else {"axis": 0}
     nodes = [n("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), n("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
@@ -244,6 +249,22 @@ def test_a_depthwise_conv_gets_channels_up_to_a_multiple_of_8_bit_for_bit(channe
         got, want = _run(fast.model_bytes, feed, fast.disabled_optimizers), _run(raw, feed)
         assert got[0].shape == (1, channels, 14, 14)
         np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("channels", [37, 191])
+def test_a_prime_depthwise_with_per_channel_zero_points_is_padded_then_grouped_bit_for_bit(channels):
+    """Per-channel weight zero points take the grouped form, whose groups must divide the channel count: a prime
+    count (a range split part of 191 channels) is padded to a multiple of 16 first, then grouped."""
+    raw = _conv_pair_graph(channels, False, dw_zero_points=True).SerializeToString()
+    fast = speed_up(raw)
+    assert fast.applied.get("depthwise channels padded to a multiple of 8") == 1
+    assert fast.applied.get("grouped depthwise (per-channel weight zero points)") == 1
+    conv = next(n for n in onnx.load_from_string(fast.model_bytes).graph.node if n.name == "dw")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == (channels + 15) // 16
+    assert _unfused_convs(fast.model_bytes) == 0
+    for seed in range(3):
+        feed = {"x": np.random.default_rng(seed).normal(0, 2, (1, 6, 14, 14)).astype(np.float32)}
+        np.testing.assert_array_equal(_run(fast.model_bytes, feed, fast.disabled_optimizers)[0], _run(raw, feed)[0])
 
 
 def test_channels_are_not_padded_where_the_padded_tensor_is_read_elsewhere():
