@@ -274,7 +274,8 @@ class _Padder:
 
 def _aligned_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]) -> int:
     """conv -> [act] -> Q -> DQ -> depthwise conv (C channels, C % 8 != 0) -> [act] -> Q: both convs get C' - C
-    zero-weight channels (C' the next multiple of 8) and a Slice keeps the first C after the last Q. The
+    zero-weight channels (C' the next multiple of 8, or of 16 for per-channel weight zero points that no group size
+    of the grouped form divides) and a Slice keeps the first C after the last Q. The
     depthwise conv's channels are independent, the dense conv's output channels too, and both run as integer
     QLinearConvs (each feeds a quantize step), so every real channel's sums and requantization are unchanged."""
     done = 0
