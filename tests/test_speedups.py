@@ -251,10 +251,11 @@ def test_a_depthwise_conv_gets_channels_up_to_a_multiple_of_8_bit_for_bit(channe
         np.testing.assert_array_equal(got[0], want[0])
 
 
-@pytest.mark.parametrize("channels", [37, 191])
-def test_a_prime_depthwise_with_per_channel_zero_points_is_padded_then_grouped_bit_for_bit(channels):
-    """Per-channel weight zero points take the grouped form, whose groups must divide the channel count: a prime
-    count (a range split part of 191 channels) is padded to a multiple of 16 first, then grouped."""
+@pytest.mark.parametrize("channels", [28, 37, 191])
+def test_a_depthwise_with_per_channel_zero_points_is_padded_to_16_then_grouped_bit_for_bit(channels):
+    """Per-channel weight zero points take the grouped form, whose groups must divide the channel count and run
+    fastest at 16: a count that is not a multiple of 16 (28; a prime like range split's part of 191 channels, which
+    no group size divides) is padded to one first, then grouped in 16s."""
     raw = _conv_pair_graph(channels, False, dw_zero_points=True).SerializeToString()
     fast = speed_up(raw)
     assert fast.applied.get("depthwise channels padded to a multiple of 8") == 1

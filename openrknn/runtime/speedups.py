@@ -18,9 +18,9 @@ they only steer around kernels that are slow for reasons unrelated to the result
   channels at 112x112: 0.70 ms against 0.21 ms for the float conv of 32). Both convs get zero-weight channels up to
   the next multiple of 8 and a Slice drops them after the depthwise conv's quantize step; every real channel sums
   the same integers (MobileNetV2 w8a8, one thread: 7.8 -> 5.9 ms per frame; float 7.6 ms). With per-channel weight
-  zero points the count goes up to a multiple of 16 instead, so that the grouped form above can take a part whose
-  count no group size divides (a prime 191: 6.2 ms in the per-channel kernel, MobileNetV2 u8 per-channel 24 -> 16 ms);
-  this rule runs first, then the grouped form on the edited graph.
+  zero points the count goes up to a multiple of 16 instead, the grouped form's fastest group, which also lets it
+  take a part whose count no group size divides (a prime 191 ran 6.2 ms in the per-channel kernel; MobileNetV2 u8
+  per-channel 24 -> 13.5 ms); this rule runs first, then the grouped form on the edited graph.
 - The mean subtraction of the pre-processing as a 1x1 depthwise conv (weight 1, bias -mean): onnxruntime's layout
   pass moves a Sub behind the NHWC integer convs into NHWC, where its broadcast over a 3-wide last axis runs element
   by element (MobileNetV2: 1.0-1.15 ms of a 9 ms frame, against 0.08 ms in NCHW); a float conv stays NCHW. x * 1 is x
@@ -274,29 +274,31 @@ class _Padder:
 
 def _aligned_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict[str, List[Node]]) -> int:
     """conv -> [act] -> Q -> DQ -> depthwise conv (C channels, C % 8 != 0) -> [act] -> Q: both convs get C' - C
-    zero-weight channels (C' the next multiple of 8, or of 16 for per-channel weight zero points that no group size
-    of the grouped form divides) and a Slice keeps the first C after the last Q. The
+    zero-weight channels (C' the next multiple of 8, or of 16 with per-channel weight zero points: the grouped form's
+    group) and a Slice keeps the first C after the last Q. The
     depthwise conv's channels are independent, the dense conv's output channels too, and both run as integer
     QLinearConvs (each feeds a quantize step), so every real channel's sums and requantization are unchanged."""
     done = 0
     for dw in wm.nodes:
         channels = dw.int_attrs.get("group", 1)
         if dw.op_type != "Conv" or dw.domain not in ("", "ai.onnx") or len(dw.inputs) < 2 or dw.index in wm.replaced \
-                or channels <= SMALL_DEPTHWISE or channels % CHANNEL_ALIGN == 0 or dw.inputs[1] not in producer:
+                or channels <= SMALL_DEPTHWISE or dw.inputs[1] not in producer:
             continue
-        w = wm.array(producer[dw.inputs[1]].inputs[0])
+        wdq = producer[dw.inputs[1]]
+        zp = wm.array(wdq.inputs[2]) if len(wdq.inputs) > 2 else None
+        per_channel_zp = zp is not None and zp.size == channels and not np.all(zp == zp.reshape(-1)[0])
+        # per-channel weight zero points: the grouped form takes the conv after this rule, fastest in groups of 16
+        # (MobileNetV2 u8 per-channel 15.0 -> 13.5 ms against its own divisors), and a prime count it cannot take
+        align = DEPTHWISE_GROUP if per_channel_zp else CHANNEL_ALIGN
+        if channels % align == 0:
+            continue
+        w = wm.array(wdq.inputs[0])
         q_out = _quantize_after(dw, consumers)
         x_dq = producer.get(dw.inputs[0])
         if w is None or w.ndim != 4 or w.shape[:2] != (channels, 1) or q_out is None or not _feeds_quantize(
                 wm, dw, consumers) or x_dq is None or x_dq.op_type != "DequantizeLinear" or \
                 len(consumers.get(dw.inputs[0], [])) != 1:
             continue
-        zp = wm.array(producer[dw.inputs[1]].inputs[2]) if len(producer[dw.inputs[1]].inputs) > 2 else None
-        per_channel_zp = zp is not None and zp.size == channels and not np.all(zp == zp.reshape(-1)[0])
-        if per_channel_zp and _group_size(channels) is not None:
-            continue  # the grouped form takes it as it is
-        # per-channel weight zero points: up to a multiple of the grouped form's group, which then takes it
-        align = DEPTHWISE_GROUP if per_channel_zp else CHANNEL_ALIGN
         x_q = producer.get(x_dq.inputs[0])
         if x_q is None or x_q.op_type != "QuantizeLinear" or _sole_reader(x_q.outputs[0], consumers,
                                                                           "DequantizeLinear") is None:
