@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -186,17 +186,19 @@ def _grouped_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
     return done
 
 
-def _quantize_after(conv: Node, consumers: Dict[str, List[Node]]) -> Optional[Node]:
-    """The QuantizeLinear a conv's output reaches directly or through its Relu/Clip (each the only reader)."""
-    t = conv.outputs[0]
-    for _ in range(2):
-        readers = consumers.get(t, [])
-        if len(readers) != 1:
-            return None
-        if readers[0].op_type == "QuantizeLinear":
-            return readers[0]
-        t = readers[0].outputs[0]
-    return None
+def _quantize_after(conv: Node, consumers: Dict[str, List[Node]]) -> Optional[Tuple[Optional[Node], Node]]:
+    """(its Relu/Clip or None, the QuantizeLinear) when a conv's output reaches a quantize step directly or through
+    a Relu/Clip, each the only reader of the tensor before it; else None."""
+    readers = consumers.get(conv.outputs[0], []) if conv.outputs else []
+    if len(readers) != 1:
+        return None
+    if readers[0].op_type == "QuantizeLinear":
+        return None, readers[0]
+    act = readers[0]
+    if act.op_type not in ("Relu", "Clip") or act.domain not in ("", "ai.onnx"):
+        return None
+    after = consumers.get(act.outputs[0], [])
+    return (act, after[0]) if len(after) == 1 and after[0].op_type == "QuantizeLinear" else None
 
 
 def _sole_reader(t: str, consumers: Dict[str, List[Node]], op_type: str) -> Optional[Node]:
@@ -293,12 +295,11 @@ def _aligned_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
         if channels % align == 0:
             continue
         w = wm.array(wdq.inputs[0])
-        q_out = _quantize_after(dw, consumers)
         x_dq = producer.get(dw.inputs[0])
-        if w is None or w.ndim != 4 or w.shape[:2] != (channels, 1) or q_out is None or not _feeds_quantize(
-                wm, dw, consumers) or x_dq is None or x_dq.op_type != "DequantizeLinear" or \
-                len(consumers.get(dw.inputs[0], [])) != 1:
+        if w is None or w.ndim != 4 or w.shape[:2] != (channels, 1) or not _feeds_quantize(wm, dw, consumers) \
+                or x_dq is None or x_dq.op_type != "DequantizeLinear" or len(consumers.get(dw.inputs[0], [])) != 1:
             continue
+        q_out = _quantize_after(dw, consumers)[1]
         x_q = producer.get(x_dq.inputs[0])
         if x_q is None or x_q.op_type != "QuantizeLinear" or _sole_reader(x_q.outputs[0], consumers,
                                                                           "DequantizeLinear") is None:
@@ -308,8 +309,8 @@ def _aligned_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
         if src is not None and src.op_type in ("Relu", "Clip") and len(consumers.get(src.outputs[0], [])) == 1:
             src = producer.get(src.inputs[0])
         if src is None or src.op_type != "Conv" or src.domain not in ("", "ai.onnx") or src.index in wm.replaced \
-                or src.int_attrs.get("group", 1) != 1 or _quantize_after(src, consumers) is not x_q \
-                or not _feeds_quantize(wm, src, consumers):
+                or src.int_attrs.get("group", 1) != 1 or not _feeds_quantize(wm, src, consumers) \
+                or _quantize_after(src, consumers)[1] is not x_q:
             continue
         if any(t in wm.graph_outputs for t in (src.outputs[0], x_q.outputs[0], x_dq.outputs[0], dw.outputs[0])):
             continue
@@ -334,18 +335,15 @@ def _aligned_depthwise(wm: WireModel, producer: Dict[str, Node], consumers: Dict
 def _feeds_quantize(wm: WireModel, conv: Node, consumers: Dict[str, List[Node]]) -> bool:
     """The conv's output reaches a QuantizeLinear directly, or through a Relu/Clip that onnxruntime removes because
     the quantize step clamps the same way (its ReluQuantFusion / ClipQuantFusion): it becomes a QLinearConv."""
-    readers = consumers.get(conv.outputs[0], []) if conv.outputs else []
-    if len(readers) != 1:
+    found = _quantize_after(conv, consumers)
+    if found is None:
         return False
-    act = readers[0]
-    if act.op_type == "QuantizeLinear":
+    act, q = found
+    if act is None:
         return True
-    if act.op_type not in ("Relu", "Clip") or act.domain not in ("", "ai.onnx"):
+    if len(q.inputs) < 3:
         return False
-    after = consumers.get(act.outputs[0], [])
-    if len(after) != 1 or after[0].op_type != "QuantizeLinear" or len(after[0].inputs) < 3:
-        return False
-    scale, zp = wm.array(after[0].inputs[1]), wm.array(after[0].inputs[2])
+    scale, zp = wm.array(q.inputs[1]), wm.array(q.inputs[2])
     if scale is None or zp is None or zp.size != 1 or scale.size != 1 or zp.dtype not in (np.uint8, np.int8):
         return False
     info, z, s32 = np.iinfo(zp.dtype), int(zp.reshape(-1)[0]), np.float32(scale.reshape(-1)[0])
