@@ -32,6 +32,8 @@ log = logging.getLogger("openrknn.quant")
 
 # Activations with a fixed output range: calibration clipping (KL/MSE) would only cut real values (e.g. scores).
 BOUNDED = {"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Clip"}
+# Ops that read only the extremes of their input: clipping its top ties the strongest classes (_clip_exempt).
+DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 
 
 # The graph rewrites in the order they run (each in its algorithm's module; see stages.Rewrite). 'graph' stages run
@@ -405,7 +407,6 @@ def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
     return exempt
 
 
-DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 OVERRIDE_FORMATS = {"int8": TensorFormat(8, True, False), "uint8": TensorFormat(8, False, False),
                     "int16": TensorFormat(16, True, False)}
 
