@@ -109,7 +109,8 @@ def main() -> None:
         # the input name after pre-processing is the model's own
         ref = detections(plain.float_model, evals)
         total = sum(len(r.boxes) for r in ref)
-        units = len(hb._units(plain.float_model, plain.package.metadata["quantization"]["tensors"]))
+        units = sum(len(m) for m in hb._unit_table(plain.float_model,
+                                                   plain.package.metadata["quantization"]["tensors"])[1].values())
         rows = []
         calib_feeds = [{"images": prepared(p)[0][None]} for p in calib[:8]]
         cos_plain = min(hq.output_cosines(hq.run_outputs(plain.float_model, calib_feeds),

@@ -380,3 +380,75 @@ def test_an_index_output_is_judged_by_the_scores_it_picks_from():
     assert hq.scored_outputs(model) == ["scores", "prob"]
     del model.graph.output[0]
     assert hq.scored_outputs(model) is None  # no index output: the graph outputs as they are
+
+
+def _grouped_model() -> onnx.ModelProto:
+    """Two conv+ReLU branches a Concat joins (one scale group), then a conv -> Sigmoid score map carried to the
+    output by a Reshape and a Transpose (the sigmoid's group)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), k) for k, s in
+             [("wa", (4, 3, 3, 3)), ("wb", (4, 3, 3, 3)), ("ws", (2, 8, 1, 1))]]
+    inits.append(numpy_helper.from_array(np.array([1, 2, 64], np.int64), "shape"))
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"), n("Relu", ["a"], ["ra"], name="relu_a"),
+             n("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"), n("Relu", ["b"], ["rb"], name="relu_b"),
+             n("Concat", ["ra", "rb"], ["c"], axis=1, name="cat"),
+             n("Conv", ["c", "ws"], ["s"], name="conv_s"), n("Sigmoid", ["s"], ["p"], name="sig"),
+             n("Reshape", ["p", "shape"], ["r"], name="reshape"), n("Transpose", ["r"], ["out"], perm=[0, 2, 1],
+                                                                     name="transpose")]
+    g = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 64, 2])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_layers_a_scale_group_ties_together_are_one_unit(setup, tmp_path):
+    """The quantizer gives a scale group one format whichever member is asked, so auto hybrid promotes whole groups:
+    the two convs a concat joins together, a score map's sigmoid with the reshape and transpose that carry it. The
+    report counts every layer that ends up 16-bit, data movement included, and names units after a layer that
+    computes."""
+    onnx.save(_grouped_model(), tmp_path / "grouped.onnx")
+    plain = build(load_model(tmp_path / "grouped.onnx"), _cfg(), BuildOptions(dataset=str(setup / "dataset.txt")))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    units, unit_layers = hb._unit_table(plain.float_model, tensors)
+    group_of, _ = hq.scale_groups(plain.float_model, requantized_pre_activations=True)
+    owner = {}
+    for unit, names in units.items():
+        for t in names:
+            if hq.override_name(t) in group_of:
+                assert owner.setdefault(group_of[hq.override_name(t)], unit) == unit  # no group split across units
+    by_layer = {n: u for u, members in unit_layers.items() for n in members}
+    assert sorted(by_layer) == ["cat", "conv_a", "conv_b", "conv_s", "openrknn_pre/x/transpose", "reshape", "sig",
+                                "transpose"]
+    assert by_layer["conv_a"] == by_layer["conv_b"] == by_layer["cat"] == "conv_a"
+    assert by_layer["sig"] == by_layer["reshape"] == by_layer["transpose"]
+    assert not {"cat", "reshape", "transpose"} & set(units)
+
+    res = hb.auto_hybrid(load_model(tmp_path / "grouped.onnx"), _cfg(),
+                         BuildOptions(dataset=str(setup / "dataset.txt")), cos_thresh=0.99999, progress=False)
+    report = res.hybrid_report
+    assert report["units_total"] == 8 and report["units"]
+    assert report["layers"] == [n for u in report["units"] for n in unit_layers[u]]
+    records = res.package.metadata["quantization"]["tensors"]
+    for unit in report["units"]:  # a promoted unit's points are all promoted, none left behind in its group
+        assert all(records[p]["dtype"] == "int16" for t in units[unit] for p in hq.every_part(t, records)
+                   if records[p]["kind"] == "activation")
+
+
+def test_select_weighs_a_unit_by_its_layers(setup, tmp_path, monkeypatch):
+    """Ranked by damage alone, the four-layer score-map unit comes first; weighed per layer it comes after the
+    one-layer units. The prefix chosen is the one with the fewest layers among the orders tried."""
+    onnx.save(_grouped_model(), tmp_path / "grouped.onnx")
+    plain = build(load_model(tmp_path / "grouped.onnx"), _cfg(), BuildOptions(dataset=str(setup / "dataset.txt")))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    units, unit_layers = hb._unit_table(plain.float_model, tensors)
+    sizes = {u: len(m) for u, m in unit_layers.items()}
+    big = max(sizes, key=sizes.get)
+    monkeypatch.setattr(hq, "damage", lambda model, *a, **k: {u: (1.0 if u == big else 0.9) for u in model.units})
+    feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
+    picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.99999, progress=False,
+                                sizes=sizes)
+    orders = detail["orders"]
+    assert orders["sensitivity"][0] == big and orders["sensitivity per layer"][-1] == big
+    cost = {kd: sum(sizes[u] for u in orders[kd][:k]) for kd, k in detail["found"].items()}
+    assert sum(sizes[u] for u in picked) == min(cost.values())
+    assert picked == orders[detail["order_kind"]][:len(picked)]

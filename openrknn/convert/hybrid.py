@@ -44,19 +44,61 @@ def _calibration_feeds(dataset: Optional[str], metas: List[dict], cfg: BuildConf
     return list(calibration_data(dataset, metas, cfg))
 
 
-def _units(float_model: onnx.ModelProto, tensors: Dict[str, dict]) -> Dict[str, List[str]]:
-    """Layer name -> override names, one entry per distinct set of activation points (conv+act is one unit)."""
+def _unit_table(float_model: onnx.ModelProto, tensors: Dict[str, dict]
+                ) -> Tuple[Dict[str, List[str]], Dict[str, List[str]]]:
+    """(unit -> override names, unit -> its layers), units in graph order.
+
+    A unit is what auto hybrid promotes as one: the layers whose activation points share a scale group, since the
+    quantizer gives a group one format whichever member is asked (a score map's sigmoid and the reshape and transpose
+    that carry it to the output; the convs a concat joins). Searching layer by layer would weigh choices the build
+    cannot make apart. A unit is named after its first layer that computes (a weight, or a point that is not
+    derived), not after the data movement that carries it."""
+    group_of, derived = hq.scale_groups(float_model, requantized_pre_activations=True)
+    layers: Dict[str, List[str]] = {}
     seen = set()
-    out = {}
     # the map with requantized pre-activations, cut to the package's tensors: right for either kind of chip
     for name, names in hq.layer_map(float_model, requantized_pre_activations=True).items():
         known = [t for t in names if hq.present(t, tensors)]
         acts = frozenset(_activations(known, tensors))
-        if not known or (acts and acts in seen):
+        if not known or (acts and acts in seen):  # conv+act is one layer
             continue
         seen.add(acts)
-        out[name] = known
-    return out
+        layers[name] = known
+    order = {name: i for i, name in enumerate(layers)}
+    root = {name: name for name in layers}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            n = root[n]
+        return n
+
+    owner: Dict[int, str] = {}
+    for name, known in layers.items():
+        for t in _activations(known, tensors):
+            g = group_of.get(hq.override_name(t))
+            if g is None:
+                continue
+            if g not in owner:
+                owner[g] = name
+                continue
+            a, b = find(owner[g]), find(name)
+            if a != b:  # the earlier layer stays the root
+                root[max(a, b, key=order.get)] = min(a, b, key=order.get)
+
+    def computes(known: List[str]) -> bool:
+        return any(tensors[p].get("kind") == "weight" or hq.override_name(p) not in derived
+                   for t in known for p in hq.every_part(t, tensors))
+
+    members: Dict[str, List[str]] = {}
+    for name in layers:
+        members.setdefault(find(name), []).append(name)
+    units: Dict[str, List[str]] = {}
+    unit_layers: Dict[str, List[str]] = {}
+    for group in members.values():
+        key = next((n for n in group if computes(layers[n])), group[0])
+        units[key] = list(dict.fromkeys(t for n in group for t in layers[n]))
+        unit_layers[key] = group
+    return units, unit_layers
 
 
 def _activations(names: Sequence[str], tensors: Dict[str, dict]) -> List[str]:
@@ -123,13 +165,14 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     ref = hq.run_outputs(float_model, sample, names=names)
     if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
+    units, unit_layers = _unit_table(float_model, result.tensors)
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
-                             progress, ref, names, weights=result.float_weights)
-    units = _units(float_model, result.tensors)
+                             progress, ref, names, weights=result.float_weights,
+                             sizes={u: len(m) for u, m in unit_layers.items()})
     k, _ = _confirm(detail["order"], len(picked), units, "float",
                     lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref, sample,
                     cfg.auto_hybrid_cos_thresh, names)
-    return detail["order"][:k]
+    return [n for u in detail["order"][:k] for n in unit_layers[u]]
 
 
 def _jsonable(obj):
@@ -225,7 +268,7 @@ def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: 
     """The units auto hybrid can promote (those with activation points) and the QDQ graph with each one switchable
     to float: its activation points (every range-split part), its weights and their biases. With ``weights``
     (QuantResult.float_weights) every weight and bias is restorable and all units float is the float model."""
-    units = {k: v for k, v in _units(float_model, tensors).items() if _activations(v, tensors)}
+    units = {k: v for k, v in _unit_table(float_model, tensors)[0].items() if _activations(v, tensors)}
     # weights count too: with per-tensor (u8) weights they are as large an error source as the activations; a bias
     # goes back to float with its weight (bias correction fitted it to the quantized layer's error)
     bias_of = hq.biases_by_weight(qmodel)
@@ -242,13 +285,13 @@ def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: 
 def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
             reference: Optional[List[list]] = None, names: Optional[List[str]] = None,
-            rank_samples: int = RANK_SAMPLES, weights: Optional[Dict[str, np.ndarray]] = None
-            ) -> Tuple[List[str], dict]:
+            rank_samples: int = RANK_SAMPLES, weights: Optional[Dict[str, np.ndarray]] = None,
+            sizes: Optional[Dict[str, int]] = None) -> Tuple[List[str], dict]:
     """Rank units by sensitivity (the damage each one does quantized alone, every other float: hq.damage, on
-    ``rank_samples`` feeds) and return the shortest prefix, of that ranking or of the graph order, that, left float
-    together, lifts every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every
-    estimate runs on one switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no
-    rebuild.
+    ``rank_samples`` feeds) and return the prefix with the fewest layers (``sizes``: layers per unit, default 1),
+    of that ranking, of the ranking by damage per layer or of the graph order, that, left float together, lifts
+    every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every estimate runs on one
+    switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no rebuild.
     weights: QuantResult.float_weights of the build (every weight restorable, rewritten ones included); without
     them only the weights the quantizer did not rewrite are."""
     units, switch = _switchable(float_model, qmodel, tensors, names, weights)
@@ -280,13 +323,20 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
     orders = {"sensitivity": ranked, "graph order": topological}
     if not ranked:
         return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity", "orders": orders, "estimate": {}}
-    k_ranked, k_topo = shortest("sensitivity", ranked), shortest("graph order", topological)
-    order, kind = (topological, "graph order") if k_topo < k_ranked else (ranked, "sensitivity")
-    k = min(k_ranked, k_topo)
-    log.info("hybrid: %d layer(s) by sensitivity, %d in graph order reach cosine %.4f (estimate); trying %s first",
-             k_ranked, k_topo, thresh, kind)
+    size = {u: (sizes or {}).get(u, 1) for u in units}
+    # a unit of several layers (a score map's sigmoid with the reshape and transpose that carry it) costs each
+    per_layer = sorted(units, key=lambda u: -sens[u] / size[u])
+    if per_layer != ranked:
+        orders["sensitivity per layer"] = per_layer
+    found = {kind: shortest(kind, order) for kind, order in orders.items()}
+    # fewest layers, then fewest units; ties keep the first order listed
+    kind = min(orders, key=lambda kd: (sum(size[u] for u in orders[kd][:found[kd]]), found[kd]))
+    order, k = orders[kind], found[kind]
+    log.info("hybrid: %s reach cosine %.4f (estimate); trying %s first",
+             ", ".join(f"{found[kd]} unit(s) by {kd}" for kd in orders), thresh, kind)
     return order[:k], {"sensitivity": {u: sens[u] for u in ranked}, "order": order, "order_kind": kind,
-                       "orders": orders, "estimate": {f"{kd}:{n}": c for (kd, n), c in estimates.items()},
+                       "orders": orders, "found": found,
+                       "estimate": {f"{kd}:{n}": c for (kd, n), c in estimates.items()},
                        "estimate_runs": len(estimates) + len(units)}
 
 
@@ -308,7 +358,7 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
         made = make({t: promote for u in order[:n] for t in units[u]})
         cos = hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names, workers=hq.run_workers()))
         done[n] = (made, cos)
-        log.info("hybrid: %d layer(s) promoted -> worst output cosine %.5f", n, min(cos))
+        log.info("hybrid: %d unit(s) promoted -> worst output cosine %.5f", n, min(cos))
         return min(cos) >= thresh
 
     k = max(1, min(k, len(order)))
@@ -379,10 +429,11 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
              else hq.scored_outputs(plain.model))  # the graph outputs; an index output by the scores it picks from
     ref = hq.run_outputs(plain.float_model, feeds, names=names, workers=hq.run_workers())
     base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names, workers=hq.run_workers()))
+    units, unit_layers = _unit_table(plain.float_model, tensors)
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
               "cosine_before": base, "cosine_after": base, "met": min(base) >= thresh,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
-              "units_total": len(_units(plain.float_model, tensors))}
+              "units_total": sum(len(v) for v in unit_layers.values())}
     report["cost_after"] = report["cost_before"]
     if min(base) >= thresh:
         log.info("auto hybrid: plain quantization already meets cosine %.4f (worst %.5f)", thresh, min(base))
@@ -390,8 +441,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
         return plain
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
                              ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names,
-                             weights=plain.float_weights)
-    units = _units(plain.float_model, tensors)
+                             weights=plain.float_weights, sizes={u: len(m) for u, m in unit_layers.items()})
 
     def make(overrides):
         report["builds"] += 1
@@ -401,13 +451,15 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     order, kind = detail["order"], detail["order_kind"]
     k, (result, cos) = _confirm(order, len(picked), units, promote, make, ref, feeds, thresh, names)
     overrides = {t: promote for u in order[:k] for t in units[u]}
-    report.update({"layers": order[:k], "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
+    # every layer the promoted units hold: the data movement that carries a promoted tensor is 16-bit too
+    report.update({"layers": [n for u in order[:k] for n in unit_layers[u]], "units": order[:k],
+                   "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
                    "selection": kind, "estimate_runs": detail.get("estimate_runs"),
                    "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},
                    "cost_after": _cost(result.model, cfg)})
     if not report["met"]:
-        log.warning("auto hybrid: %d layer(s) promoted and the worst output cosine is %.5f < %.4f", k, min(cos),
-                    thresh)
+        log.warning("auto hybrid: %d layer(s) promoted and the worst output cosine is %.5f < %.4f",
+                    len(report["layers"]), min(cos), thresh)
     if result.package.metadata.get("quantization") is not None:
         result.package.metadata["quantization"]["auto_hybrid"] = {
             k_: report[k_] for k_ in ("threshold", "promote", "layers", "selection", "cosine_before", "cosine_after",

@@ -82,6 +82,15 @@ def layer_map(float_model: onnx.ModelProto, requantized_pre_activations: bool = 
     return out
 
 
+def scale_groups(float_model: onnx.ModelProto, requantized_pre_activations: bool = False
+                 ) -> Tuple[Dict[str, int], set]:
+    """(point -> scale group id, the derived points). The quantizer gives a whole group one format (the widest
+    asked for), so the layers whose points share a group are promoted together whichever one is asked; a derived
+    point (a reshape, transpose, max-pool, nearest resize or concat of its group's members) only moves data."""
+    plan = build_plan(GraphInfo(normalize(float_model)), requantized_pre_activations=requantized_pre_activations)
+    return plan.group_of, plan.derived
+
+
 SPLIT_MARKS = ("__split", "__perm_")
 
 
