@@ -259,7 +259,7 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 
 
 RANK_SAMPLES = 2    # feeds the per-unit ranking runs on: one switchable-model run per unit and feed
-MAX_CONFIRM = 4     # real builds that confirm the estimated prefix, extend it or search below it
+MAX_CONFIRM = 5     # real builds that confirm the estimated prefix, extend it or search below it
 
 
 def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
