@@ -25,12 +25,12 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
 
 def calibration_data(dataset: Optional[str], metas: List[dict], cfg: BuildConfig):
     """Read dataset.txt for the deployed inputs ``metas`` as the quantizer consumes it (streamed)."""
-    from ..quant.dataset import InputSpec, read_dataset
+    from ..quant.dataset import InputSpec, graph_dtype, read_dataset
 
     if not dataset:
         raise DatasetError("quantization needs dataset='dataset.txt': a text file listing one calibration image (or "
                            ".npy) per line; or build with do_quantization=False for a float model")
-    specs = [InputSpec(m["name"], list(m["shape"])) for m in metas]
+    specs = [InputSpec(m["name"], list(m["shape"]), graph_dtype(m)) for m in metas]
     return read_dataset(dataset, specs, rgb2bgr=cfg.quant_img_RGB2BGR, batch_size=cfg.batch_size, epochs=cfg.epochs)
 
 

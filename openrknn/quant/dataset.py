@@ -10,7 +10,8 @@ Each entry is decoded exactly as the deployed model sees its input (the model it
   size differs (one warning names the sizes seen), and handed over as float32 NHWC ``[1,H,W,C]`` raw pixel values
   0..255 (no mean/std);
 - ``.npy`` files hold what a user would pass to ``inference()``: NHWC ``[H,W,C]`` or ``[1,H,W,C]`` (any shape equal
-  to the input shape with or without its leading batch dim for non-image inputs), converted to float32.
+  to the input shape with or without its leading batch dim for non-image inputs), converted to float32; an input the
+  graph takes as integers (token or byte ids) keeps them, in its own type, and refuses values that are not.
 
 ``batch_size`` / ``epochs`` follow the vendor's meaning: quantization runs ``epochs`` iterations of ``batch_size``
 samples each. With ``epochs > 0`` exactly ``batch_size * epochs`` samples are used, cycling through the file when it
@@ -39,10 +40,12 @@ CACHE_BYTES = 512 * 1024 * 1024
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input as deployed: its name and NHWC shape ``[1,H,W,C]`` (other ranks: .npy data only)."""
+    """One model input as deployed: its name, NHWC shape ``[1,H,W,C]`` (other ranks: .npy data only) and the element
+    type the graph takes (an integer input, e.g. token or byte ids, gets its .npy values as integers)."""
 
     name: str
     shape: Tuple[int, ...]
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
@@ -50,6 +53,12 @@ class InputSpec:
     @property
     def is_image(self) -> bool:
         return len(self.shape) == 4 and self.shape[0] == 1 and self.shape[3] in (1, 3, 4)
+
+
+def graph_dtype(meta: dict) -> str:
+    """The element type the graph takes for a package input record: an NHWC image input is fed float32 (its
+    record's dtype is the uint8 a user passes); any other input takes its record's dtype (e.g. int32 ids)."""
+    return "float32" if meta.get("layout") == "nhwc" else (meta.get("dtype") or "float32")
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,8 @@ class _Entry:
 
 
 class CalibrationData:
-    """Re-iterable calibration samples: each iteration yields ``{input name: float32 array}`` feeds in file order."""
+    """Re-iterable calibration samples: each iteration yields ``{input name: array}`` feeds in file order (float32;
+    an integer input's .npy values in its own type)."""
 
     def __init__(self, source: Path, inputs: Sequence[InputSpec], entries: Sequence[_Entry], order: Sequence[int],
                  rgb2bgr: bool, batch_size: int):
@@ -168,6 +178,14 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> np.ndarray:
                            f"{spec.name!r} expects {hint}{list(shape)} (NHWC, what inference() takes)")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise DatasetError(f"{where}: {path.name!r} has dtype {arr.dtype}, not numeric; save numbers with numpy.save")
+    target = np.dtype(spec.dtype)
+    if np.issubdtype(target, np.integer):
+        info = np.iinfo(target)
+        if arr.size and (not np.array_equal(arr, np.rint(arr)) or arr.min() < info.min or arr.max() > info.max):
+            raise DatasetError(f"{where}: input {spec.name!r} takes {target} values (ids, not a signal) but "
+                               f"{path.name!r} holds values that are not {target} ({arr.min()} .. {arr.max()}, "
+                               f"dtype {arr.dtype}); save the integers the model reads")
+        return np.ascontiguousarray(arr, dtype=target)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

@@ -91,7 +91,14 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
             if np.issubdtype(x.dtype, np.floating) and dtype in ("uint8", "int8", "int16"):
                 x = np.clip(np.rint(x), np.iinfo(DATA_TYPES[dtype]).min, np.iinfo(DATA_TYPES[dtype]).max)
             x = x.astype(DATA_TYPES[dtype])
-        if x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
+        takes = np.dtype(meta.get("dtype") or "float32")
+        if np.issubdtype(takes, np.integer) and np.issubdtype(x.dtype, np.integer):
+            # ids (tokens, bytes) for a graph that takes integers: any integer type whose values fit
+            info = np.iinfo(takes)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise InferenceInputError(f"input '{name}' takes {takes} values but holds {x.min()} .. {x.max()}")
+            x = x.astype(takes, copy=False)
+        elif x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
             raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
         if meta["layout"] != "nhwc":
             shape = list(meta["shape"])

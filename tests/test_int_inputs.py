@@ -1,0 +1,86 @@
+"""A model whose input is integer ids (bytes, tokens): calibration reads them as integers, inference takes any
+integer array whose values fit, the float and int8 builds run through the public API."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.api import RKNN
+from openrknn.errors import DatasetError
+from openrknn.quant.dataset import InputSpec, read_dataset
+
+N, VOCAB, DIM, CLASSES = 16, 257, 8, 5  # 16 byte ids in 0..256 (256: padding), as magika's file-type model
+
+
+def byte_model() -> onnx.ModelProto:
+    """ids [1, N] int32 -> one-hot (Equal against 0..256, Cast) -> embedding MatMul -> tanh -> mean over the
+    positions -> dense -> class scores. The one-hot is how jax2tf exports an embedding lookup."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.arange(VOCAB, dtype=np.int32).reshape(1, 1, VOCAB), "vocab"),
+             numpy_helper.from_array(np.array([1, N, 1], np.int64), "col"),
+             numpy_helper.from_array(rng.normal(0, 1.0, (VOCAB, DIM)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (DIM, CLASSES)).astype(np.float32), "dense"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    n = helper.make_node
+    nodes = [n("Reshape", ["ids", "col"], ["ids3"]),
+             n("Equal", ["ids3", "vocab"], ["hot_b"]),
+             n("Cast", ["hot_b"], ["hot"], to=TensorProto.FLOAT),
+             n("MatMul", ["hot", "emb"], ["e"]),
+             n("Tanh", ["e"], ["t"]),
+             n("ReduceMean", ["t", "axis1"], ["m"], keepdims=0),
+             n("MatMul", ["m", "dense"], ["scores"])]
+    g = helper.make_graph(nodes, "bytes", [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, N])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, CLASSES])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ids")
+    onnx.save(byte_model(), d / "bytes.onnx")
+    rng = np.random.default_rng(1)
+    for k in range(8):  # saved as int64, what np.array(list_of_ints) gives: read as the input's int32
+        np.save(d / f"{k}.npy", rng.integers(0, VOCAB, (N,)))
+    (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(8)))
+    return d
+
+
+def test_calibration_keeps_integer_ids(setup):
+    data = read_dataset(setup / "dataset.txt", [InputSpec("ids", (1, N), "int32")])
+    feed = next(iter(data))["ids"]
+    assert feed.dtype == np.int32 and feed.shape == (1, N)
+    assert np.array_equal(feed[0], np.load(setup / "0.npy"))
+
+
+def test_calibration_refuses_values_that_are_not_ids(setup, tmp_path):
+    np.save(tmp_path / "bad.npy", np.full((N,), 0.5, np.float32))
+    (tmp_path / "ds.txt").write_text("bad.npy\n")
+    with pytest.raises(DatasetError, match="'ids' takes int32 values"):
+        next(iter(read_dataset(tmp_path / "ds.txt", [InputSpec("ids", (1, N), "int32")])))
+
+
+@pytest.mark.parametrize("dtype", [None, "w8a8"])
+def test_an_id_model_builds_and_runs_through_the_api(setup, dtype):
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
+    assert rk.load_onnx(str(setup / "bytes.onnx")) == 0
+    assert rk.build(do_quantization=dtype is not None, dataset=str(setup / "dataset.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    ref = ort.InferenceSession(str(setup / "bytes.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(2).integers(0, VOCAB, (1, N))
+    want = ref.run(None, {"ids": ids.astype(np.int32)})[0]
+    for x in (ids.astype(np.int32), ids.astype(np.int64), ids.astype(np.int16), ids.astype(np.uint16)):
+        got = rk.inference(inputs=[x])
+        assert got is not None, rk.last_error
+        if dtype is None:
+            np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+        else:  # int8: close to the float model, the same for every integer type given
+            a, b = want.ravel(), np.asarray(got[0]).ravel()
+            assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.98
+    assert rk.inference(inputs=[np.full((1, N), 2 ** 40, np.int64)]) is None
+    assert "takes int32 values" in str(rk.last_error)
+    rk.release()
