@@ -166,10 +166,51 @@ def _speech_feeds(entry, cache: Path) -> List[np.ndarray]:
     return out
 
 
+# Real files for a file-type model, the same on every machine: members of the model's own package (sources,
+# configs, metadata, its ELF command-line tool) and the shared data (text, images, ONNX and PyTorch models, .npy).
+# Two of each kind, next to each other, so the even (calibration) and odd (held-out) halves both see every kind.
+FILES = [("wheel", "magika/magika.py"), ("wheel", "magika/cli/magika_client.py"),
+         ("wheel", "magika/config/content_types_kb.min.json"), ("wheel", "magika-1.0.3.dist-info/sboms/"
+                                                                         "magika-cli.cyclonedx.json"),
+         ("wheel", "magika/models/standard_v3_3/README.md"), ("shared", "README.md"),
+         ("wheel", "magika-1.0.3.dist-info/METADATA"), ("wheel", "magika-1.0.3.dist-info/WHEEL"),
+         ("shared", "coco_80_labels.txt"), ("shared", "imagenet_1000_labels.txt"),
+         ("wheel", "magika-1.0.3.dist-info/RECORD"), ("shared", "yolox_pytorch_ref/yolox_pytorch_state_dict_keys.json"),
+         ("shared", "images/coco/000000000785.jpg"), ("shared", "images/imagenet/ILSVRC2012_val_00000011.JPEG"),
+         ("shared", "models/nanodet_m_coco.onnx"), ("shared", "models/ultraface_rfb320.onnx"),
+         ("shared", "models/mobilenet_v2_imagenet.pt"), ("shared", "yolox_pytorch_ref/yolox_nano_3cls_seed0.pth"),
+         ("shared", "yolox_pytorch_ref/input_nchw_float32.npy"), ("shared", "yolox_pytorch_ref/output0.npy"),
+         ("wheel", "magika-1.0.3.data/scripts/magika"), ("wheel", "magika/types/magika_result.py")]
+
+
+def _file_feeds(entry, cache: Path) -> List[np.ndarray]:
+    """The model's input for each of FILES, computed as magika does: the first and the last block of the file,
+    whitespace stripped at the file's two ends, beg_size bytes from the start (padded after) and end_size bytes
+    from the end (padded before), as int32 ids with the padding token (256)."""
+    import zipfile
+
+    from corpus_fetch import _download
+
+    wheel = _download(entry["source"][len("pypi:"):], cache / "dl")
+    out = []
+    with zipfile.ZipFile(wheel) as z:
+        cfg = json.loads(z.read(str(Path(entry["member"]).parent / "config.min.json")))
+        beg, end, block, pad = cfg["beg_size"], cfg["end_size"], cfg["block_size"], cfg["padding_token"]
+        for where, name in FILES:
+            data = z.read(name) if where == "wheel" else (SHARED / name).read_bytes()
+            head, tail = data[:block].lstrip(), data[-block:].rstrip()
+            b = list(head[:beg]) + [pad] * max(0, beg - len(head))
+            e = [pad] * max(0, end - len(tail)) + list(tail[-end:] if tail else b"")
+            out.append(np.asarray(b + e, np.int32)[None])
+    return out
+
+
 def feeds(entry, cache: Path, n: int):
     """(calibration feeds, held-out feeds), each a list of arrays as passed to inference()."""
     if entry["images"] == ["speech"]:
         all_feeds = _speech_feeds(entry, cache)
+    elif entry["images"] == ["files"]:
+        all_feeds = _file_feeds(entry, cache)
     else:
         all_feeds = [_image_feed(p, entry) for p in _image_paths(entry["images"])]
     return all_feeds[0::2][:n], all_feeds[1::2][:n]
@@ -177,6 +218,8 @@ def feeds(entry, cache: Path, n: int):
 
 def reference_input(entry, feed: np.ndarray) -> np.ndarray:
     """The original model's input for one feed: normalised, in the model's own layout."""
+    if entry["images"] == ["files"]:
+        return feed  # byte ids, as the model takes them
     if entry["layout"] == "flat" or entry["images"] == ["speech"]:
         return feed.astype(np.float32)
     x = (feed.astype(np.float32) - np.asarray(entry["mean"], np.float32)) / np.asarray(entry["std"], np.float32)
@@ -184,7 +227,7 @@ def reference_input(entry, feed: np.ndarray) -> np.ndarray:
 
 
 def _uses_mean(entry) -> bool:
-    return entry["images"] != ["speech"]
+    return entry["images"] not in (["speech"], ["files"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

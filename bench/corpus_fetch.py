@@ -39,9 +39,11 @@ HALF = [127.5, 127.5, 127.5]
 #   sha256      of the .onnx file
 #   shape       static input shape to feed, batch 1, in the model's own layout
 #   layout      "nchw" | "nhwc" (channel-last export) | "flat" (non-image tensor)
-#   images      shared image folders that fit it ("coco", "imagenet", "text", "misc") or "speech" (espeak-ng audio)
+#   images      shared image folders that fit it ("coco", "imagenet", "text", "misc"), "speech" (espeak-ng audio) or
+#               "files" (real files of many types, read as the byte features the package computes)
 #   fit         how an image becomes the input: "stretch" | "letterbox" (top-left, pad 114) | "crop" (centre crop
-#               after resizing the short side) | "strip" (a horizontal text band cut from the middle of a page)
+#               after resizing the short side) | "strip" (a horizontal text band cut from the middle of a page) |
+#               "audio" | "mel" | "bytes" (non-image feeds)
 #   color       channel order the model was trained on: "rgb" | "bgr" | "gray"
 #   mean, std   per model channel, 0..255 scale
 #   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table
@@ -170,6 +172,11 @@ MANIFEST: List[Dict] = [
          sha256="ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51",
          shape=[1, 76, 32, 1], layout="nhwc", images=["speech"], fit="mel", color="none",
          mean=[0], std=[1], kind="audio"),
+    # byte ids in, one-hot embedding (Equal/Cast/MatMul), spelled-out tanh GELU and LayerNorm, 214 file types out
+    dict(name="magika_filetype", source="pypi:magika==1.0.3", member="magika/models/standard_v3_3/model.onnx",
+         sha256="fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+         shape=[1, 2048], layout="flat", images=["files"], fit="bytes", color="none",
+         mean=[0], std=[1], kind="classifier"),
 ]
 BY_NAME = {m["name"]: m for m in MANIFEST}
 

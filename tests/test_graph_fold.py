@@ -161,6 +161,23 @@ def test_gelu_below_opset_20_stays_spelled_out_but_is_one_fused_step(first_mul_h
     assert {"c", "d", "e", "p", "h"} <= plan.internal and plan.fused["y"] == "Gelu"
 
 
+def test_jax2tf_tanh_gelu_in_nine_nodes_is_one_fused_step():
+    """jax2tf writes the tanh GELU as k * x, x * (k x), x * (x k x) (three Muls for 0.044715 x^3), then x + ..., *
+    sqrt(2 / pi), Tanh, 1 + ..., * 0.5, x * ...: nine nodes (magika's file-type model)."""
+    consts = {"k": np.float32(0.044715), "c": np.float32(math.sqrt(2 / math.pi)), "one": np.float32(1),
+              "half": np.float32(0.5), "w": W, "b": B}
+    nodes = [n("Conv", ["x", "w", "b"], ["a"], pads=[1, 1, 1, 1]),
+             n("Mul", ["k", "a"], ["m1"]), n("Mul", ["a", "m1"], ["m2"]), n("Mul", ["a", "m2"], ["m3"]),
+             n("Add", ["a", "m3"], ["s"]), n("Mul", ["c", "s"], ["ti"]), n("Tanh", ["ti"], ["t"]),
+             n("Add", ["one", "t"], ["u"]), n("Mul", ["half", "u"], ["v"]), n("Mul", ["a", "v"], ["y"])]
+    info = GraphInfo(normalize(_model(nodes, consts, opset=17)))
+    regions = find_regions(info.nodes, {k: info.const(k) for k in info.inits if info.const(k).size == 1},
+                           set(info.output_set))
+    assert [(r.x, r.z, r.name, len(r.nodes)) for r in regions] == [("a", "y", "GeluTanh", 9)]
+    plan = build_plan(info)
+    assert plan.points[-1] == "y" and {"a", "m1", "m3", "t", "v"} <= plan.internal
+
+
 def test_unknown_elementwise_chains_and_visible_intermediates_are_left_alone():
     consts = {"two": np.float32(2), "one": np.float32(1), "w": W, "b": B}
     odd = _model([n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "two"], ["d"]),
