@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Set
 import numpy as np
 import onnx
 
+from ..graph.norms import find_norm_regions
 from .ir import GraphInfo
 
 # Ops whose output reuses the input's scale (no requantization on the NPU: pure data movement or max/min).
@@ -248,15 +249,21 @@ def _regions(info: GraphInfo) -> List:
     """Spelled-out activations (graph/activations.py) the graph still holds: GELU and Mish below the opsets that
     have them as ops (the optimizer rewrote the others into their op)."""
     from ..graph.activations import find_regions
-    from ..graph.names import subgraphs, used_names
 
     consts = {n: info.const(n) for n in info.inits if np.size(info.const(n)) == 1 and info.is_float(n)}
+    return [r for r in find_regions(info.nodes, consts, _kept(info))
+            if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
+
+
+def _kept(info: GraphInfo) -> Set[str]:
+    """Tensors no fused region may hide: the graph outputs and what sub-graphs read."""
+    from ..graph.names import subgraphs, used_names
+
     keep = set(info.output_set)
     for node in info.nodes:
         for sub in subgraphs(node):
             keep |= used_names(sub)
-    return [r for r in find_regions(info.nodes, consts, keep)
-            if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
+    return keep
 
 
 def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[int], gated: Dict[int, tuple]) -> str:
@@ -294,6 +301,12 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         internal.update(r.inner)
         fused[r.z] = r.name
         region_of[r.x] = r
+
+    # spelled-out normalisations (LayerNorm, RMSNorm): one step from x to z, as the NPU runs them
+    keep = _kept(info)
+    for r in find_norm_regions(info.nodes, dyn, keep, info.const):
+        if r.z not in fused and not any(t in internal for t in r.inner):
+            internal.update(r.inner)
 
     # conv/matmul output consumed only by its activation: the activation output is the quantization point
     pre_activations: Dict[str, str] = {}
