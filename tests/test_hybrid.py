@@ -156,6 +156,11 @@ def test_bad_cfg_entries_name_the_problem(step1, tmp_path, edit, needle):
         hb.hybrid_step2(step1["model"], step1["data"], _edit(step1, tmp_path, edit), progress=False)
 
 
+def test_a_missing_cfg_file_is_named_as_missing(step1, tmp_path):
+    with pytest.raises(ConfigError, match="no such file; pass the .quantization.cfg"):
+        hb.hybrid_step2(step1["model"], step1["data"], str(tmp_path / "edit.cfg"), progress=False)
+
+
 def test_layer_map_follows_fused_activations():
     lm = hq.layer_map(outlier_model())
     assert lm["conv1"] == ["r1", "w1"] and lm["relu1"] == ["r1", "w1"] and lm["conv2"] == ["out", "w2"]

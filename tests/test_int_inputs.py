@@ -84,3 +84,23 @@ def test_an_id_model_builds_and_runs_through_the_api(setup, dtype):
     assert rk.inference(inputs=[np.full((1, N), 2 ** 40, np.int64)]) is None
     assert "takes int32 values" in str(rk.last_error)
     rk.release()
+
+
+def test_openrknn_run_feeds_ids_from_npy_and_names_the_input_when_given_an_image(setup, tmp_path, capsys):
+    from openrknn.cli import main
+
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", quantized_dtype="w8a8")
+    rk.load_onnx(str(setup / "bytes.onnx"))
+    assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0
+    assert rk.export_rknn(str(tmp_path / "bytes.rknn")) == 0
+    rk.init_runtime()
+    ids = np.load(setup / "1.npy")  # int64, as saved
+    want = rk.inference(inputs=[ids[None]])[0]
+    assert main(["run", str(tmp_path / "bytes.rknn"), str(setup / "1.npy"), "--out", str(tmp_path / "o")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "1_out0.npy"), want)
+    img = tmp_path / "photo.jpg"
+    img.write_bytes(b"\xff\xd8\xff")
+    assert main(["run", str(tmp_path / "bytes.rknn"), str(img), "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "input 'ids' is not an image" in err and ".npy" in err and not (tmp_path / "o2").exists()

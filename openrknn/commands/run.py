@@ -66,9 +66,12 @@ def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str) -> List[n
             arrays.append(np.load(p, allow_pickle=False))
         elif p.suffix.lower() in IMAGE_SUFFIXES and meta["layout"] == "nhwc":
             arrays.append(_read_image(p, meta["shape"][1:3], bgr, resize))
+        elif meta["layout"] != "nhwc":
+            raise InferenceInputError(f"'{p}': input '{meta['name']}' is not an image (shape {list(meta['shape'])}, "
+                                      f"{meta.get('dtype', 'float32')}); give a .npy file holding that array")
         else:
-            raise InferenceInputError(f"'{p}': give an image ({', '.join(IMAGE_SUFFIXES)}) for image inputs or a "
-                                      ".npy file")
+            raise InferenceInputError(f"'{p}': give an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy file for "
+                                      f"input '{meta['name']}'")
     return arrays
 
 

@@ -217,6 +217,9 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 
     float_model, info = _read_model(model_input)
     feeds, meta = _read_data(data_input)
+    if not Path(cfg_path).is_file():
+        raise ConfigError("model_quantization_cfg", str(cfg_path),
+                          hint="no such file; pass the .quantization.cfg hybrid_quantization_step1 wrote")
     try:
         doc = yaml.safe_load(Path(cfg_path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
