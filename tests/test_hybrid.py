@@ -451,7 +451,7 @@ def test_select_weighs_a_unit_by_its_layers(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(hq, "damage", lambda model, *a, **k: {u: (1.0 if u == big else 0.9) for u in model.units})
     feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
     picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.99999, progress=False,
-                                sizes=sizes)
+                                table=(units, unit_layers))
     orders = detail["orders"]
     assert orders["sensitivity"][0] == big and orders["sensitivity per layer"][-1] == big
     cost = {kd: sum(sizes[u] for u in orders[kd][:k]) for kd, k in detail["found"].items()}

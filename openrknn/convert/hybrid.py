@@ -167,8 +167,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
         return []
     units, unit_layers = _unit_table(float_model, result.tensors)
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
-                             progress, ref, names, weights=result.float_weights,
-                             sizes={u: len(m) for u, m in unit_layers.items()})
+                             progress, ref, names, weights=result.float_weights, table=(units, unit_layers))
     k, _ = _confirm(detail["order"], len(picked), units, "float",
                     lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref, sample,
                     cfg.auto_hybrid_cos_thresh, names)
@@ -266,12 +265,14 @@ MAX_CONFIRM = 5     # real builds that confirm the estimated prefix, extend it o
 
 
 def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
-                names: Optional[List[str]] = None, weights: Optional[Dict[str, np.ndarray]] = None
-                ) -> Tuple[Dict[str, List[str]], hq.SwitchableModel]:
+                names: Optional[List[str]] = None, weights: Optional[Dict[str, np.ndarray]] = None,
+                all_units: Optional[Dict[str, List[str]]] = None) -> Tuple[Dict[str, List[str]], hq.SwitchableModel]:
     """The units auto hybrid can promote (those with activation points) and the QDQ graph with each one switchable
     to float: its activation points (every range-split part), its weights and their biases. With ``weights``
     (QuantResult.float_weights) every weight and bias is restorable and all units float is the float model."""
-    units = {k: v for k, v in _unit_table(float_model, tensors)[0].items() if _activations(v, tensors)}
+    if all_units is None:
+        all_units = _unit_table(float_model, tensors)[0]
+    units = {k: v for k, v in all_units.items() if _activations(v, tensors)}
     # weights count too: with per-tensor (u8) weights they are as large an error source as the activations; a bias
     # goes back to float with its weight (bias correction fitted it to the quantized layer's error)
     bias_of = hq.biases_by_weight(qmodel)
@@ -289,15 +290,17 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
             feeds: Sequence[Dict[str, np.ndarray]], thresh: float, progress: bool = True,
             reference: Optional[List[list]] = None, names: Optional[List[str]] = None,
             rank_samples: int = RANK_SAMPLES, weights: Optional[Dict[str, np.ndarray]] = None,
-            sizes: Optional[Dict[str, int]] = None) -> Tuple[List[str], dict]:
+            table: Optional[tuple] = None) -> Tuple[List[str], dict]:
     """Rank units by sensitivity (the damage each one does quantized alone, every other float: hq.damage, on
-    ``rank_samples`` feeds) and return the prefix with the fewest layers (``sizes``: layers per unit, default 1),
-    of that ranking, of the ranking by damage per layer or of the graph order, that, left float together, lifts
-    every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every estimate runs on one
-    switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no rebuild.
+    ``rank_samples`` feeds) and return the prefix with the fewest layers (``table``: _unit_table's, made here when
+    not given), of that ranking, of the ranking by damage per layer or of the graph order, that, left float
+    together, lifts every output cosine on ``feeds`` to ``thresh`` (binary search; at least one unit). Every
+    estimate runs on one switchable model (hq.SwitchableModel): one onnxruntime session for the whole search, no
+    rebuild.
     weights: QuantResult.float_weights of the build (every weight restorable, rewritten ones included); without
     them only the weights the quantizer did not rewrite are."""
-    units, switch = _switchable(float_model, qmodel, tensors, names, weights)
+    all_units, unit_layers = table if table is not None else _unit_table(float_model, tensors)
+    units, switch = _switchable(float_model, qmodel, tensors, names, weights, all_units)
     ref = reference if reference is not None else hq.run_outputs(float_model, feeds, names=names)
     workers = hq.run_workers()
     sens = hq.damage(switch, ref[:rank_samples], feeds[:rank_samples], progress)
@@ -326,7 +329,7 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
     orders = {"sensitivity": ranked, "graph order": topological}
     if not ranked:
         return [], {"sensitivity": {}, "order": [], "order_kind": "sensitivity", "orders": orders, "estimate": {}}
-    size = {u: (sizes or {}).get(u, 1) for u in units}
+    size = {u: len(unit_layers[u]) for u in units}
     # a unit of several layers (a score map's sigmoid with the reshape and transpose that carry it) costs each
     per_layer = sorted(units, key=lambda u: -sens[u] / size[u])
     if per_layer != ranked:
@@ -444,7 +447,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
         return plain
     picked, detail = _select(plain.float_model, plain.model, tensors, feeds[:sensitivity_samples], thresh, progress,
                              ref[:sensitivity_samples] if len(feeds) > sensitivity_samples else ref, names,
-                             weights=plain.float_weights, sizes={u: len(m) for u, m in unit_layers.items()})
+                             weights=plain.float_weights, table=(units, unit_layers))
 
     def make(overrides):
         report["builds"] += 1

@@ -4,8 +4,8 @@ Exporters spell LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, o
 ReduceSum, Max, Sqrt and Reciprocal, the statistics broadcast back with Reshape / Expand. The NPU runs a
 normalisation as one op that keeps its statistics at high precision. Rounding each step to 8 bits is what breaks
 it: a variance taken as the difference of two rounded means has no correct digit left once the mean is large
-against the spread (magika's file-type model: cosine 0.80 to its float model quantized step by step, 0.998 with the
-normalisations left whole).
+against the spread (magika's file-type model: cosine 0.80 to its float model quantized step by step, 0.997 with the
+normalisations one step each).
 
 A *normalisation region* is the set of nodes from a tensor x to a tensor z that read only x, data-independent
 tensors (constants, shape arithmetic) and each other, that nothing outside reads inside, and that hold a reduction
