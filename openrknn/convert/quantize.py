@@ -25,7 +25,8 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
 
 def calibration_data(dataset: Optional[str], metas: List[dict], cfg: BuildConfig):
     """Read dataset.txt for the deployed inputs ``metas`` as the quantizer consumes it (streamed)."""
-    from ..quant.dataset import InputSpec, graph_dtype, read_dataset
+    from ..quant.dataset import InputSpec, read_dataset
+    from ..runtime.feeds import graph_dtype
 
     if not dataset:
         raise DatasetError("quantization needs dataset='dataset.txt': a text file listing one calibration image (or "

@@ -55,12 +55,6 @@ class InputSpec:
         return len(self.shape) == 4 and self.shape[0] == 1 and self.shape[3] in (1, 3, 4)
 
 
-def graph_dtype(meta: dict) -> str:
-    """The element type the graph takes for a package input record: an NHWC image input is fed float32 (its
-    record's dtype is the uint8 a user passes); any other input takes its record's dtype (e.g. int32 ids)."""
-    return "float32" if meta.get("layout") == "nhwc" else (meta.get("dtype") or "float32")
-
-
 @dataclass(frozen=True)
 class _Entry:
     """One dataset line: its number and one resolved path per input."""

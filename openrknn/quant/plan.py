@@ -245,13 +245,13 @@ def _absorb_affine(info: GraphInfo, internal: Set[str], fused: Dict[str, str], s
             fused[z] = "affine"
 
 
-def _regions(info: GraphInfo) -> List:
+def _regions(info: GraphInfo, keep: Set[str]) -> List:
     """Spelled-out activations (graph/activations.py) the graph still holds: GELU and Mish below the opsets that
     have them as ops (the optimizer rewrote the others into their op)."""
     from ..graph.activations import find_regions
 
     consts = {n: info.const(n) for n in info.inits if np.size(info.const(n)) == 1 and info.is_float(n)}
-    return [r for r in find_regions(info.nodes, consts, _kept(info))
+    return [r for r in find_regions(info.nodes, consts, keep)
             if len(r.nodes) > 1 and r.name not in ("Sigmoid", "Tanh", "HardSigmoid")]
 
 
@@ -294,8 +294,9 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         internal.add(gate_out)
         fused[info.nodes[mul_i].output[0]] = name
     # other spelled-out activations: one fused step from x to z, whatever their node count
+    keep = _kept(info)
     region_of: Dict[str, object] = {}
-    for r in _regions(info):
+    for r in _regions(info, keep):
         if r.z in fused or any(t in internal for t in r.inner):
             continue
         internal.update(r.inner)
@@ -303,7 +304,6 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         region_of[r.x] = r
 
     # spelled-out normalisations (LayerNorm, RMSNorm): one step from x to z, as the NPU runs them
-    keep = _kept(info)
     for r in find_norm_regions(info.nodes, dyn, keep, info.const):
         if r.z not in fused and not any(t in internal for t in r.inner):
             internal.update(r.inner)

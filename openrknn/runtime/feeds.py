@@ -12,6 +12,12 @@ DATA_TYPES = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16, "float16": 
 DATA_FORMATS = ("nhwc", "nchw")
 
 
+def graph_dtype(meta: dict) -> str:
+    """The element type the graph takes for a package input record: an NHWC image input is fed float32 (its
+    record's dtype is the uint8 a user passes); any other input takes its record's dtype (e.g. int32 ids)."""
+    return "float32" if meta.get("layout") == "nhwc" else (meta.get("dtype") or "float32")
+
+
 def _check_args(inputs, n_inputs: int, data_type, data_format, pass_through) -> tuple:
     if isinstance(inputs, np.ndarray):
         inputs = [inputs]
@@ -91,7 +97,7 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
             if np.issubdtype(x.dtype, np.floating) and dtype in ("uint8", "int8", "int16"):
                 x = np.clip(np.rint(x), np.iinfo(DATA_TYPES[dtype]).min, np.iinfo(DATA_TYPES[dtype]).max)
             x = x.astype(DATA_TYPES[dtype])
-        takes = np.dtype(meta.get("dtype") or "float32")
+        takes = np.dtype(graph_dtype(meta))  # an image input's record says uint8, but any listed type is fine there
         if np.issubdtype(takes, np.integer) and np.issubdtype(x.dtype, np.integer):
             # ids (tokens, bytes) for a graph that takes integers: any integer type whose values fit
             info = np.iinfo(takes)

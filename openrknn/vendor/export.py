@@ -94,7 +94,8 @@ def _config(vm: VendorModel, metadata: dict, toolkit: str, target: str) -> Dict[
 
 def read_samples(samples: Sequence[PathLike], metadata: dict) -> List[tuple]:
     """[(stem, [array per input])] from a dataset.txt or image / .npy files, decoded as the package's build did."""
-    from ..quant.dataset import InputSpec, graph_dtype, read_dataset
+    from ..quant.dataset import InputSpec, read_dataset
+    from ..runtime.feeds import graph_dtype
 
     specs = [InputSpec(i["name"], tuple(i["shape"]), graph_dtype(i)) for i in metadata["inputs"]]
     rgb2bgr = bool((metadata.get("build") or {}).get("quant_img_RGB2BGR", False))
