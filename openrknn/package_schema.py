@@ -218,6 +218,8 @@ def runtime_problems(meta: dict) -> List[str]:
         shape = entry.get("shape")
         if shape is None:
             continue
+        if len(shape) == 0 and entry.get("layout") == "raw":
+            continue  # a scalar input (a sample rate, a flag): no batch to divide
         if p.check(len(shape) >= 1 and all(d >= 1 for d in shape), f"{path}.shape",
                    "a fixed shape, every dimension >= 1", shape):
             p.check(shape[0] % batch == 0, f"{path}.shape", f"a first dimension that build.rknn_batch_size={batch} "

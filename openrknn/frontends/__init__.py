@@ -47,11 +47,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def normalize_size_list(input_size_list, n_inputs: int | None = None,
-                        ranks: List[int] | None = None) -> List[List[int]]:
+                        ranks: List[int] | None = None, first_dims: List | None = None) -> List[List[int]]:
     """[[3,416,416]] (Toolkit v1) and [[1,3,416,416]] (Toolkit2) both mean one NCHW input of batch 1.
 
     With `ranks` (known for ONNX inputs) a shape one shorter than its input's rank gets the batch dim prepended;
     without them (TorchScript) every shape shorter than 4-D is taken as given without the batch dim.
+    `first_dims`: each input's own first dim where the model fixes it (None where dynamic); a fixed first dim other
+    than 1 is not a batch (an RNN state's [2, batch, 128]).
     """
     from ..errors import ModelLoadError
 
@@ -64,14 +66,18 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None,
         input_size_list = [input_size_list]
     shapes = []
     for k, s in enumerate(input_size_list):
+        rank = ranks[k] if ranks is not None and k < len(ranks) else 4
+        if rank == 0 and isinstance(s, (list, tuple)) and len(s) == 0:  # a scalar input (a sample rate, a flag)
+            shapes.append([])
+            continue
         if (not isinstance(s, (list, tuple)) or len(s) not in (1, 2, 3, 4)
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
             raise ModelLoadError(f"input_size_list entry {s!r} is not a shape of positive integers; give [C, H, W] "
-                                 "or [1, C, H, W] per input")
+                                 "or [1, C, H, W] per input ([] for a scalar input)")
         s = list(s)
-        rank = ranks[k] if ranks is not None and k < len(ranks) else 4
         has_batch = len(s) == rank
-        if has_batch and s[0] != 1:
+        fixed = first_dims[k] if first_dims is not None and k < len(first_dims) else None
+        if has_batch and s[0] != 1 and s[0] != fixed:
             raise ModelLoadError(f"input_size_list entry {s} has batch {s[0]}; give batch 1 (use "
                                  "build(rknn_batch_size=N) for batched inference)")
         shapes.append(s if has_batch else [1] + s)

@@ -10,6 +10,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import ModelLoadError
+from ..graph.names import subgraphs, used_names
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
 
 log = logging.getLogger("openrknn.frontends.onnx")
@@ -192,12 +193,20 @@ def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optio
                                      f"{sample} ... (open the model in Netron to see all)")
     in_names = list(inputs) if inputs else [i.name for i in model.graph.input]
     out_names = list(outputs) if outputs else [o.name for o in model.graph.output]
+    if sorted(in_names) == sorted(i.name for i in model.graph.input) and \
+            sorted(out_names) == sorted(o.name for o in model.graph.output):
+        return model  # the whole model (rknn-toolkit2 asks for inputs= with a dynamic model's sizes): nothing to cut
     model = onnx.shape_inference.infer_shapes(model)
     try:
-        return onnx.utils.Extractor(model).extract_model(in_names, out_names)
+        cut = onnx.utils.Extractor(model).extract_model(in_names, out_names)
     except Exception as e:
         raise ModelLoadError(f"cutting the sub-graph {in_names} -> {out_names} failed: {e}. The outputs must be "
                              "reachable from the given inputs alone.") from None
+    # the extractor keeps only the initializers the kept nodes name themselves, not those an If / Loop body reads
+    have = {t.name for t in cut.graph.initializer}
+    read = {x for n in cut.graph.node for sub in subgraphs(n) for x in used_names(sub)}
+    cut.graph.initializer.extend(t for t in model.graph.initializer if t.name in read - have)
+    return cut
 
 
 def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
@@ -216,15 +225,25 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     if renamed:
         notes.append(f"{renamed} nodes without a unique name were named")
     if inputs or outputs:
-        model = _cut(model, inputs, outputs)
-        notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
+        cut = _cut(model, inputs, outputs)
+        if cut is not model:
+            notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
+        model = cut
     ranks = [len(i.type.tensor_type.shape.dim) for i in model.graph.input]
-    shapes = normalize_size_list(input_size_list, ranks=ranks) if input_size_list is not None else []
+    first = [d[0].dim_value if len(d) and d[0].HasField("dim_value") else None
+             for d in (i.type.tensor_type.shape.dim for i in model.graph.input)]
+    shapes = normalize_size_list(input_size_list, ranks=ranks, first_dims=first) if input_size_list is not None \
+        else []
     notes += _fix_input_shapes(model, shapes)
     _clear_stale_shapes(model)
     if opset != OPSET:
         try:
+            hidden = _hide_new_forms(model) if opset > OPSET else 0
             model = version_converter.convert_version(model, OPSET)
+            if hidden:
+                _restore_hidden(model)
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(f"converting '{path}' from opset {opset} to {OPSET} failed ({str(e)[:300]}). "
                                  f"Re-export the model with opset_version={OPSET}.") from None
@@ -233,6 +252,82 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     log.info("loaded ONNX %s (opset %d): inputs %s", path, opset,
              [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input])
     return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
+
+
+_HIDDEN = "openrknn.hidden"  # a private domain, which onnx's version converter passes over
+REDUCE_AXES_INPUT_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from _graphs(sub)
+
+
+def _hide_new_forms(model: onnx.ModelProto) -> int:
+    """Ops whose opset-18 form onnx's version converter cannot step down (it has no adapter, and refuses every model
+    holding one), though they mean what opset 13 meant: the reductions with constant axes (rewritten here to the
+    attribute form), Pad without its new 'axes' input, Split into equal parts
+    (its new 'num_outputs' attribute: the same as opset 13's Split with no sizes when the axis divides evenly; the
+    load's run at the fixed shapes checks that it does). They go into a private domain for the conversion and come
+    back after it (_restore_hidden)."""
+    consts = {}
+    for g in _graphs(model.graph):
+        consts.update({t.name: t for t in g.initializer})
+        consts.update({nd.output[0]: a.t for nd in g.node if nd.op_type == "Constant" for a in nd.attribute
+                       if a.name == "value"})
+    n = 0
+    for g in _graphs(model.graph):
+        for node in g.node:
+            if node.domain in ("", "ai.onnx") and node.op_type in REDUCE_AXES_INPUT_18 and len(node.input) > 1:
+                # opset 18 moved these ops' axes from an attribute to an input; the converter's adapter finds it
+                # only in the node's own graph, not in an enclosing one (an If branch reading the main graph's)
+                if not node.input[1]:
+                    del node.input[1:]
+                elif node.input[1] in consts:
+                    axes = onnx.numpy_helper.to_array(consts[node.input[1]]).astype(int).ravel().tolist()
+                    del node.input[1:]
+                    node.attribute.append(onnx.helper.make_attribute("axes", axes))
+                else:
+                    raise ModelLoadError(f"{node.op_type} node '{node.name}' reduces over axes computed at run "
+                                         f"time, which have no opset-{OPSET} form; re-export the model with "
+                                         f"opset_version={OPSET}")
+                if any(a.name == "noop_with_empty_axes" and a.i for a in node.attribute):
+                    raise ModelLoadError(f"{node.op_type} node '{node.name}' sets noop_with_empty_axes, which has "
+                                         f"no opset-{OPSET} form; re-export the model with opset_version={OPSET}")
+                keep = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+                node.domain = _HIDDEN
+                n += 1
+                continue
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("Pad", "Split"):
+                continue
+            if node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+                raise ModelLoadError(f"Pad node '{node.name}' pads only some axes (its opset-18 'axes' input), "
+                                     f"which has no opset-{OPSET} form here; re-export the model with "
+                                     f"opset_version={OPSET}, or pad every axis")
+            if node.op_type == "Split":
+                keep = [a for a in node.attribute if a.name != "num_outputs"]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+            node.domain = _HIDDEN
+            n += 1
+    if n:
+        model.opset_import.append(onnx.helper.make_opsetid(_HIDDEN, 1))
+    return n
+
+
+def _restore_hidden(model: onnx.ModelProto) -> None:
+    for g in _graphs(model.graph):
+        for node in g.node:
+            if node.domain == _HIDDEN:
+                node.domain = ""
+    keep = [o for o in model.opset_import if o.domain != _HIDDEN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
 
 
 def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelProto:

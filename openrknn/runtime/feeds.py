@@ -106,6 +106,11 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
             x = x.astype(takes, copy=False)
         elif x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
             raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
+        if meta["layout"] != "nhwc" and not meta["shape"]:  # a scalar input: one value, whatever its wrapping
+            if x.size != 1:
+                raise InferenceInputError(f"input '{name}' is a scalar, but {list(x.shape)} values were given")
+            feeds.append(np.asarray(x.reshape(()), dtype=np.dtype(meta["dtype"])))
+            continue
         if meta["layout"] != "nhwc":
             shape = list(meta["shape"])
             k = x.shape[0] // shape[0] if many and x.ndim == len(shape) and shape[0] and x.shape[0] % shape[0] == 0 \
@@ -120,7 +125,7 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
         if passed and meta.get("preprocess"):
             x = _undo_preprocess(x, meta["preprocess"])
         feeds.append(np.ascontiguousarray(x))
-    if many and len({f.shape[0] // max(1, m["shape"][0]) for f, m in zip(feeds, input_meta)}) > 1:
+    if many and len({f.shape[0] // max(1, m["shape"][0]) for f, m in zip(feeds, input_meta) if m["shape"]}) > 1:
         raise InferenceInputError("inputs carry different numbers of frames "
                                   f"{[f.shape[0] for f in feeds]}; give every input the same number")
     return feeds

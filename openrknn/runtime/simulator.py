@@ -74,7 +74,7 @@ class Simulator:
         refuse every inference with its own error)."""
         dtype = "float32" if meta["layout"] == "nhwc" else meta["dtype"]
         want_type = f"tensor({_ORT_TYPE.get(dtype, dtype)})"
-        want_shape = [meta["shape"][0] // self.batch] + list(meta["shape"][1:])
+        want_shape = [meta["shape"][0] // self.batch] + list(meta["shape"][1:]) if meta["shape"] else []
         got_shape = list(graph_input.shape)
         fits = graph_input.type == want_type and len(got_shape) == len(want_shape) and all(
             not isinstance(g, int) or g == w for g, w in zip(got_shape, want_shape))
@@ -114,11 +114,11 @@ class Simulator:
 
     def _units(self, feeds: List[np.ndarray]) -> List[dict]:
         """Split prepared feeds into graph-sized runs (the graph takes one frame of an rknn_batch_size=N model)."""
-        per_run = [max(1, m["shape"][0] // self.batch) for m in self.inputs_meta]
-        n = feeds[0].shape[0] // per_run[0]
+        framed = [(f, m) for f, m in zip(feeds, self.inputs_meta) if m["shape"]]  # a scalar input has no frames
+        n = framed[0][0].shape[0] // max(1, framed[0][1]["shape"][0] // self.batch) if framed else 1
         if n == 1:
             return [dict(zip(self._input_names, feeds))]
-        parts = [np.split(f, n) for f in feeds]
+        parts = [np.split(f, n) if f.ndim else [f] * n for f in feeds]  # the same scalar for every frame
         return [{k: p[i] for k, p in zip(self._input_names, parts)} for i in range(n)]
 
     def _run_units(self, units: List[dict]) -> List[tuple]:

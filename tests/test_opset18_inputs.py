@@ -1,0 +1,106 @@
+"""A model of opset 18 with what silero-vad's export holds: a scalar input (the sample rate), an RNN state whose
+first dim is not a batch, an If whose branch reads a main-graph initializer, and opset 18's Pad, Split
+(num_outputs) and ReduceMean (axes as an input). It loads (also with inputs= naming every input), builds and runs
+as onnxruntime runs the original."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from openrknn.api import RKNN
+
+C, T = 4, 8
+n = helper.make_node
+
+
+def vad_like() -> onnx.ModelProto:
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "last"),  # read only inside the If branch
+             numpy_helper.from_array(np.array(16000, np.int64), "rate"),
+             numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    then = helper.make_graph([n("ReduceMean", ["x", "last"], ["m"], keepdims=1), n("Sub", ["x", "m"], ["y_then"])],
+                             "then", [], [helper.make_tensor_value_info("y_then", f, None)])
+    other = helper.make_graph([n("Mul", ["x", "half"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", f, None)])
+    nodes = [n("Equal", ["sr", "rate"], ["is16k"]),
+             n("If", ["is16k"], ["y"], then_branch=then, else_branch=other),
+             n("Pad", ["y", "pads"], ["p"]),                          # [N, C, T + 2]
+             n("Split", ["p"], ["a", "b"], axis=2, num_outputs=2),    # two halves of T / 2 + 1
+             n("Add", ["a", "b"], ["out"]),
+             n("Mul", ["state", "half"], ["state_n"])]
+    g = helper.make_graph(nodes, "vad_like",
+                          [helper.make_tensor_value_info("x", f, ["N", C, T]),
+                           helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+                           helper.make_tensor_value_info("state", f, [2, "N", C])],
+                          [helper.make_tensor_value_info("out", f, None),
+                           helper.make_tensor_value_info("state_n", f, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    d = tmp_path_factory.mktemp("op18")
+    onnx.save(vad_like(), d / "vad.onnx")
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        np.save(d / f"x{k}.npy", rng.normal(0, 1, (1, C, T)).astype(np.float32))
+        np.save(d / f"sr{k}.npy", np.array(16000 if k % 2 else 8000, np.int64))  # both branches calibrated
+        np.save(d / f"s{k}.npy", rng.normal(0, 1, (2, 1, C)).astype(np.float32))
+    (d / "ds.txt").write_text("".join(f"x{k}.npy sr{k}.npy s{k}.npy\n" for k in range(4)))
+    return d
+
+
+@pytest.mark.parametrize("named_inputs", [False, True])
+@pytest.mark.parametrize("dtype", [None, "w8a8"])
+def test_a_vad_like_opset18_model_loads_builds_and_runs(model_path, named_inputs, dtype):
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
+    kw = {"inputs": ["x", "sr", "state"]} if named_inputs else {}
+    assert rk.load_onnx(str(model_path / "vad.onnx"), input_size_list=[[1, C, T], [], [2, 1, C]], **kw) == 0, \
+        rk.last_error
+    assert rk.build(do_quantization=dtype is not None, dataset=str(model_path / "ds.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0, rk.last_error
+    ref = ort.InferenceSession(str(model_path / "vad.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for rate in (16000, 8000):  # both branches of the If
+        x, state = rng.normal(0, 1, (1, C, T)).astype(np.float32), rng.normal(0, 1, (2, 1, C)).astype(np.float32)
+        want = ref.run(None, {"x": x, "sr": np.array(rate, np.int64), "state": state})
+        got = rk.inference(inputs=[x, np.array(rate), state], data_format="nchw")
+        assert got is not None, rk.last_error
+        for w, g in zip(want, got):
+            if dtype is None:
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+            else:  # 20 values a step of 0.02 apart: one step of rounding each is what int8 costs here
+                assert np.dot(w.ravel(), g.ravel()) / np.linalg.norm(w) / np.linalg.norm(g) > 0.95
+    rk.release()
+
+
+def test_a_scalar_input_takes_one_value(model_path):
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588")
+    rk.load_onnx(str(model_path / "vad.onnx"), input_size_list=[[1, C, T], [], [2, 1, C]])
+    rk.build(do_quantization=False)
+    rk.init_runtime()
+    x, state = np.zeros((1, C, T), np.float32), np.zeros((2, 1, C), np.float32)
+    assert rk.inference(inputs=[x, np.array([16000, 8000]), state], data_format="nchw") is None
+    assert "'sr' is a scalar" in str(rk.last_error)
+    assert rk.load_onnx(str(model_path / "vad.onnx"), input_size_list=[[1, C, T], [], [3, 1, C]]) == -1
+    assert "batch 3" in str(rk.last_error)  # the state's fixed first dim is 2: 3 is neither it nor a batch of 1
+
+
+def test_a_cut_keeps_the_initializers_an_if_branch_reads(model_path):
+    """onnx's extractor keeps only the initializers the kept nodes name; the If's branch reads 'last' by itself."""
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588")
+    assert rk.load_onnx(str(model_path / "vad.onnx"), inputs=["x", "sr"], outputs=["out"],
+                        input_size_list=[[1, C, T], []]) == 0, rk.last_error
+    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
+    x = np.random.default_rng(2).normal(0, 1, (1, C, T)).astype(np.float32)
+    want = ort.InferenceSession(str(model_path / "vad.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["out"], {"x": x, "sr": np.array(16000, np.int64), "state": np.zeros((2, 1, C), np.float32)})[0]
+    np.testing.assert_allclose(rk.inference(inputs=[x, np.array(16000)])[0], want, rtol=1e-5, atol=1e-6)
