@@ -104,3 +104,21 @@ def test_a_cut_keeps_the_initializers_an_if_branch_reads(model_path):
     want = ort.InferenceSession(str(model_path / "vad.onnx"), providers=["CPUExecutionProvider"]).run(
         ["out"], {"x": x, "sr": np.array(16000, np.int64), "state": np.zeros((2, 1, C), np.float32)})[0]
     np.testing.assert_allclose(rk.inference(inputs=[x, np.array(16000)])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_written_file_records_output_shapes_inference_cannot_follow(model_path, tmp_path):
+    """Shape inference stops at the If: the build runs the graph once for its outputs' shapes, so export_rknn's
+    file passes the package checks and `openrknn run` reads it."""
+    from openrknn.cli import main
+
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588")
+    rk.load_onnx(str(model_path / "vad.onnx"), input_size_list=[[1, C, T], [], [2, 1, C]])
+    assert rk.build(do_quantization=False) == 0
+    assert rk.export_rknn(str(tmp_path / "vad.rknn")) == 0, rk.last_error
+    rk2 = RKNN(verbose=False)
+    assert rk2.load_rknn(str(tmp_path / "vad.rknn")) == 0
+    assert [o["shape"] for o in rk2._package.metadata["outputs"]] == [[1, C, T // 2 + 1], [2, 1, C]]
+    args = ",".join(str(model_path / f) for f in ("x0.npy", "sr0.npy", "s0.npy"))
+    assert main(["run", str(tmp_path / "vad.rknn"), args, "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o" / "x0+sr0+s0_out0.npy").shape == (1, C, T // 2 + 1)

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec[-40:]:40s} {ms:8.2f}  " + ", ".join(f"{list(o.shape)} {o.dtype}" for o in outs))
     print(f"{len(samples)} sample(s) in {wall:.2f} s on {sim.workers if len(samples) > 1 else 1} core(s): "
           f"{len(samples) / wall:.1f} samples/s")
-    print(f"channel order fed: {'BGR' if bgr else 'RGB'}; outputs saved in {out_dir}/")
+    order = f"channel order fed: {'BGR' if bgr else 'RGB'}; " if any(m["layout"] == "nhwc" for m in metas) else ""
+    print(f"{order}outputs saved in {out_dir}/")
     reorders = [m["preprocess"]["reorder_channel"] for m in metas if m.get("preprocess")]
     if not (args.rgb or args.bgr) and any(r and r != sorted(r) for r in reorders):
         logging.getLogger("openrknn").warning(
