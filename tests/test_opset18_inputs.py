@@ -23,9 +23,12 @@ def vad_like() -> onnx.ModelProto:
              numpy_helper.from_array(np.array(16000, np.int64), "rate"),
              numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads"),
              numpy_helper.from_array(np.array(0.5, np.float32), "half")]
-    then = helper.make_graph([n("ReduceMean", ["x", "last"], ["m"], keepdims=1), n("Sub", ["x", "m"], ["y_then"])],
+    inits.append(numpy_helper.from_array(np.array([1, C, T], np.int64), "shape3"))
+    # each branch ends in a Reshape by a main-graph initializer: shape inference loses the If's output dims there
+    then = helper.make_graph([n("ReduceMean", ["x", "last"], ["m"], keepdims=1), n("Sub", ["x", "m"], ["d"]),
+                              n("Reshape", ["d", "shape3"], ["y_then"])],
                              "then", [], [helper.make_tensor_value_info("y_then", f, None)])
-    other = helper.make_graph([n("Mul", ["x", "half"], ["y_else"])], "else", [],
+    other = helper.make_graph([n("Mul", ["x", "half"], ["h"]), n("Reshape", ["h", "shape3"], ["y_else"])], "else", [],
                               [helper.make_tensor_value_info("y_else", f, None)])
     nodes = [n("Equal", ["sr", "rate"], ["is16k"]),
              n("If", ["is16k"], ["y"], then_branch=then, else_branch=other),
