@@ -125,3 +125,22 @@ def test_the_written_file_records_output_shapes_inference_cannot_follow(model_pa
     args = ",".join(str(model_path / f) for f in ("x0.npy", "sr0.npy", "s0.npy"))
     assert main(["run", str(tmp_path / "vad.rknn"), args, "--out", str(tmp_path / "o")]) == 0
     assert np.load(tmp_path / "o" / "x0+sr0+s0_out0.npy").shape == (1, C, T // 2 + 1)
+
+
+@pytest.mark.parametrize("pad, words", [
+    ({"inputs": ["x", "pads6", "", "ax"]}, "pads only some axes"),
+    ({"inputs": ["x", "pads6"], "mode": "wrap"}, "mode 'wrap'"),
+])
+def test_a_pad_with_no_opset17_form_is_named(tmp_path, pad, words):
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 0, 0, 1], np.int64), "pads6"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    if words.startswith("pads only"):
+        inits[0] = numpy_helper.from_array(np.array([1, 1], np.int64), "pads6")
+    node = n("Pad", pad["inputs"], ["y"], **({"mode": pad["mode"]} if "mode" in pad else {}))
+    g = helper.make_graph([node], "pad", [helper.make_tensor_value_info("x", f, [1, C, T])],
+                          [helper.make_tensor_value_info("y", f, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), tmp_path / "pad.onnx")
+    rk = RKNN(verbose=False)
+    assert rk.load_onnx(str(tmp_path / "pad.onnx")) == -1
+    assert words in str(rk.last_error) and "'Pad" in str(rk.last_error)

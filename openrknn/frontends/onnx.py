@@ -305,6 +305,9 @@ def _hide_new_forms(model: onnx.ModelProto) -> int:
                 continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("Pad", "Split"):
                 continue
+            if node.op_type == "Pad" and any(a.name == "mode" and a.s == b"wrap" for a in node.attribute):
+                raise ModelLoadError(f"Pad node '{node.name}' wraps around (mode 'wrap', opset 19), which has no "
+                                     f"opset-{OPSET} form; re-export the model with another padding mode")
             if node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
                 raise ModelLoadError(f"Pad node '{node.name}' pads only some axes (its opset-18 'axes' input), "
                                      f"which has no opset-{OPSET} form here; re-export the model with "
