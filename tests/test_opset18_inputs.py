@@ -144,3 +144,42 @@ def test_a_pad_with_no_opset17_form_is_named(tmp_path, pad, words):
     rk = RKNN(verbose=False)
     assert rk.load_onnx(str(tmp_path / "pad.onnx")) == -1
     assert words in str(rk.last_error) and "'Pad" in str(rk.last_error)
+
+
+def _lens_model() -> onnx.ModelProto:
+    """A front end's pattern (whisper's in onnx-asr): a lengths input read only by a Shape, and an output that is
+    constant once the shapes are fixed."""
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.full((1, 1, 3), 0.5, np.float32), "w")]
+    nodes = [n("Unsqueeze", ["x", "one"], ["x3"]), n("Conv", ["x3", "w"], ["c"], pads=[1, 1]),
+             n("Shape", ["lens"], ["sh"]), n("Cast", ["sh"], ["count"], to=TensorProto.FLOAT)]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "one"))
+    g = helper.make_graph(nodes, "lens", [helper.make_tensor_value_info("x", f, ["N", 16]),
+                                          helper.make_tensor_value_info("lens", TensorProto.INT64, ["N"])],
+                          [helper.make_tensor_value_info("c", f, None),
+                           helper.make_tensor_value_info("count", f, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype", [None, "w8a8"])
+def test_an_input_only_shapes_read_stays_and_a_constant_output_survives_int8(tmp_path, dtype):
+    onnx.save(_lens_model(), tmp_path / "lens.onnx")
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        np.save(tmp_path / f"x{k}.npy", rng.normal(0, 1, (1, 16)).astype(np.float32))
+        np.save(tmp_path / f"l{k}.npy", np.array([16], np.int64))
+    (tmp_path / "ds.txt").write_text("".join(f"x{k}.npy l{k}.npy\n" for k in range(4)))
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
+    assert rk.load_onnx(str(tmp_path / "lens.onnx"), input_size_list=[[1, 16], [1]]) == 0, rk.last_error
+    assert rk.build(do_quantization=dtype is not None, dataset=str(tmp_path / "ds.txt")) == 0, rk.last_error
+    assert [m["name"] for m in rk._package.metadata["inputs"]] == ["x", "lens"]  # lens kept, though unread
+    assert rk.init_runtime() == 0
+    x = rng.normal(0, 1, (1, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "lens.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "lens": np.array([16], np.int64)})
+    got = rk.inference(inputs=[x, np.array([16])])
+    assert got is not None, rk.last_error
+    np.testing.assert_array_equal(got[1], want[1])  # the constant output, exactly
+    tol = 1e-5 if dtype is None else 0.05
+    np.testing.assert_allclose(got[0], want[0], atol=tol)

@@ -57,6 +57,20 @@ def _fold(model: onnx.ModelProto) -> None:
         log.info("folded: %s", ", ".join(f"{k} {v}" for k, v in total.items() if v))
 
 
+def _keep_inputs(model: onnx.ModelProto, declared) -> None:
+    """An input that only fed shape arithmetic is unused once the shapes are fixed, and onnxslim drops it; the
+    application still passes it (whisper's front end reads waveforms_lens only for its Shape), so it stays, in its
+    place, unread."""
+    have = {i.name for i in model.graph.input}
+    if all(d.name in have for d in declared):
+        return
+    kept = {i.name: i for i in model.graph.input}
+    ordered = [kept.get(d.name, d) for d in declared] + [i for i in model.graph.input
+                                                         if i.name not in {d.name for d in declared}]
+    del model.graph.input[:]
+    model.graph.input.extend(ordered)
+
+
 def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
     if level <= 0:
         return model
@@ -65,6 +79,7 @@ def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
     from .pads import explicit_pads
 
     before = Counter(n.op_type for n in model.graph.node)
+    declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
     _drop_inference_noops(model)
     explicit_pads(model)  # before onnxslim: its Pad+Conv fusion reads explicit pads only
     skip = [] if level >= 2 else ["graph_fusion"]
@@ -74,6 +89,7 @@ def optimize(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
         return model
     if level >= 2:
         _fold(out)
+    _keep_inputs(out, declared)
     after = Counter(n.op_type for n in out.graph.node)
     log.info("optimization_level %d: %d -> %d nodes (%s)", level, sum(before.values()), sum(after.values()),
              LEVELS[level])

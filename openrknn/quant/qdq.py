@@ -177,7 +177,7 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
     g = out.graph
     del g.node[:]
     g.node.extend(nodes)
-    used = {n for node in nodes for n in node.input}
+    used = {n for node in nodes for n in node.input} | {o.name for o in g.output}  # a constant output stays
     for node in nodes:  # a Loop / If body may read the outer graph's weights by name: keep those initializers
         for sub in subgraphs(node):
             used |= used_names(sub)
