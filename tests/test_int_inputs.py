@@ -83,6 +83,10 @@ def test_an_id_model_builds_and_runs_through_the_api(setup, dtype):
             assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.98
     assert rk.inference(inputs=[np.full((1, N), 2 ** 40, np.int64)]) is None
     assert "takes int32 values" in str(rk.last_error)
+    assert rk.inference(inputs=[np.full((1, N), 3.7, np.float32)]) is None  # not silently truncated to 3
+    assert "not whole numbers" in str(rk.last_error)
+    whole = rk.inference(inputs=[ids.astype(np.float32)])  # whole numbers in a float array are the ids they hold
+    np.testing.assert_array_equal(whole[0], rk.inference(inputs=[ids.astype(np.int32)])[0])
     rk.release()
 
 

@@ -106,6 +106,9 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
             x = x.astype(takes, copy=False)
         elif x.dtype not in [np.dtype(t) for t in DATA_TYPES.values()]:
             raise InferenceInputError(f"input '{name}' has dtype {x.dtype}; use one of {', '.join(DATA_TYPES)}")
+        elif np.issubdtype(takes, np.integer) and x.size and not np.array_equal(x, np.rint(x)):
+            raise InferenceInputError(f"input '{name}' takes {takes} values (ids, not a signal) but was given "
+                                      f"{x.dtype} values that are not whole numbers; pass the integers")
         if meta["layout"] != "nhwc" and not meta["shape"]:  # a scalar input: one value, whatever its wrapping
             if x.size != 1:
                 raise InferenceInputError(f"input '{name}' is a scalar, but {list(x.shape)} values were given")
