@@ -137,17 +137,24 @@ def find_regions(nodes: Sequence[onnx.NodeProto], consts: Dict[str, np.ndarray],
     """Spelled-out activations: for each tensor x, the largest region from x (at least 2 nodes) whose value is a
     known activation of x. ``consts``: constant tensors by name; ``keep``: tensors that must stay visible (graph
     outputs, what sub-graphs read), which no region may hide inside. Regions do not overlap."""
+    return scan_regions(nodes, lambda x, consumers, taken: None if x in consts else
+                        _largest_region(x, nodes, consts, consumers, keep, taken))
+
+
+def scan_regions(nodes: Sequence[onnx.NodeProto], grow: Callable) -> list:
+    """Every node output x in graph order, ``grow(x, consumers, taken)``: the region from x (with .nodes) or None;
+    ``taken``: the nodes earlier regions hold, which no later one may take."""
     consumers: Dict[str, List[int]] = {}
     for i, n in enumerate(nodes):
         for t in n.input:
             if t:
                 consumers.setdefault(t, []).append(i)
     taken: Set[int] = set()
-    found: List[Region] = []
+    found = []
     for node in nodes:
         for x in node.output:
-            if x and x not in consts:
-                r = _largest_region(x, nodes, consts, consumers, keep, taken)
+            if x:
+                r = grow(x, consumers, taken)
                 if r is not None:
                     found.append(r)
                     taken.update(r.nodes)
@@ -208,4 +215,4 @@ def _largest_region(x: str, nodes, consts, consumers, keep: Set[str], taken: Set
     return best
 
 
-__all__ = ["Region", "find_regions", "KNOWN"]
+__all__ = ["Region", "find_regions", "scan_regions", "KNOWN"]

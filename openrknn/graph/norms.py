@@ -15,12 +15,12 @@ and a square root.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from typing import Callable, List, Optional, Sequence, Set
 
 import numpy as np
 import onnx
 
-from .activations import BINARY, UNARY
+from .activations import BINARY, UNARY, scan_regions
 
 REDUCE = {"ReduceMean", "ReduceSum", "ReduceSumSquare"}
 MOVES = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity"}  # the statistics broadcast back to x's shape
@@ -53,21 +53,12 @@ def find_norm_regions(nodes: Sequence[onnx.NodeProto], dynamic: Set[str], keep: 
     """Normalisation regions, each the largest closed one from its x. ``dynamic``: tensors that depend on the
     input data; ``keep``: tensors that must stay visible (graph outputs, what sub-graphs read); ``const``: a
     constant's value by name (None for other tensors). Regions do not overlap."""
-    consumers: Dict[str, List[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            if t:
-                consumers.setdefault(t, []).append(i)
-    taken: Set[int] = set()
-    found: List[NormRegion] = []
-    for node in nodes:
-        for x in node.output:
-            if x in dynamic and len(consumers.get(x, [])) >= 2:  # read by the statistics and by the centring
-                r = _largest(x, nodes, dynamic, consumers, keep, taken, const)
-                if r is not None:
-                    found.append(r)
-                    taken.update(r.nodes)
-    return found
+    def grow(x: str, consumers, taken) -> Optional[NormRegion]:
+        if x not in dynamic or len(consumers.get(x, [])) < 2:  # x is read by the statistics and by the centring
+            return None
+        return _largest(x, nodes, dynamic, consumers, keep, taken, const)
+
+    return scan_regions(nodes, grow)
 
 
 def _largest(x: str, nodes, dynamic: Set[str], consumers, keep: Set[str], taken: Set[int],
