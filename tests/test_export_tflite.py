@@ -469,6 +469,47 @@ def test_float_islands_of_math_ops(tmp_path):
         assert cosine(ours, theirs) >= 0.999
 
 
+def test_sums_reciprocals_and_global_pools_of_sequences(tmp_path):
+    """A 1-D feature map [N, C, L] (magika's conv head): GlobalMaxPool / GlobalAveragePool over L as REDUCE_MAX /
+    MEAN, ReduceSum with axes as an input (int8 SUM) and a jax2tf-style norm's sum of squares and Reciprocal (float,
+    DIV by x): LiteRT computes what the simulator does."""
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(17)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
+             numpy_helper.from_array(np.asarray([1, 4, H * W], np.int64), "seq"),
+             numpy_helper.from_array(np.asarray([2], np.int64), "axis2"),
+             numpy_helper.from_array(np.float32(1.0), "one")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             n("Reshape", ["c", "seq"], ["r"], name="to_seq"),
+             n("GlobalMaxPool", ["r"], ["gm"], name="gmax"),
+             n("GlobalAveragePool", ["r"], ["ga"], name="gavg"),
+             n("ReduceSum", ["r", "axis2"], ["s"], name="sum", keepdims=1),
+             n("Mul", ["r", "r"], ["sq"], name="square"),
+             n("ReduceSum", ["sq", "axis2"], ["ss"], name="sum_sq", keepdims=1),
+             n("Add", ["ss", "one"], ["ss1"], name="plus1"),
+             n("Sqrt", ["ss1"], ["rt"], name="sqrt"),
+             n("Reciprocal", ["rt"], ["rc"], name="recip"),
+             n("Concat", ["gm", "ga", "s", "rc"], ["y"], name="cat", axis=2)]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "seq")
+    by_layer = {r.layer: r for r in report.layers}
+    assert "REDUCE_MAX" in by_layer["gmax"].tflite_ops and "MEAN" in by_layer["gavg"].tflite_ops
+    assert "SUM" in by_layer["sum"].tflite_ops and by_layer["recip"].tflite_ops[-1] == "DIV"
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert ours.shape == theirs.shape == (1, 4, 4)
+        assert cosine(ours, theirs) >= 0.999
+
+
 @pytest.mark.parametrize("layout", ["nhwc_output", "nchw_last_axis"])
 def test_softmax_over_the_models_last_axis(tmp_path, layout):
     """TFLite's SOFTMAX works on its tensor's last axis. MTCNN's P-Net ends in Transpose(0, 2, 3, 1) -> Softmax(-1)

@@ -108,3 +108,40 @@ def test_openrknn_run_feeds_ids_from_npy_and_names_the_input_when_given_an_image
     assert main(["run", str(tmp_path / "bytes.rknn"), str(img), "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert "input 'ids' is not an image" in err and ".npy" in err and not (tmp_path / "o2").exists()
+
+
+def test_an_id_model_exports_to_tflite_and_litert_matches_the_simulator(setup, tmp_path):
+    """The one-hot (Equal against the vocabulary, Cast) is exported on the ids' own int32 type: the .tflite takes
+    the same int32 ids and LiteRT gives what the int8 simulator gives. An int tensor that reaches an op without an
+    integer form is refused with its name."""
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", quantized_dtype="w8a8")
+    assert rk.load_onnx(str(setup / "bytes.onnx")) == 0
+    assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0
+    assert rk.init_runtime() == 0
+    data, report = export_tflite_bytes(rk._package)
+    by_layer = {r.op_type: r for r in report.layers}
+    assert by_layer["Equal"].tflite_ops == ["EQUAL"] and "int32" in by_layer["Equal"].note
+    assert by_layer["Cast"].tflite_ops == ["CAST"] and by_layer["Cast"].note == "bool -> float32"
+    runner = TfliteRunner(data, delegate=None)
+    assert runner.inputs[0]["dtype"] == np.int32
+    for k in range(4):
+        ids = np.random.default_rng(10 + k).integers(0, VOCAB, (1, N)).astype(np.int32)
+        np.testing.assert_allclose(runner.run([ids])[0], rk.inference(inputs=[ids])[0], rtol=0, atol=1e-6)
+    rk.release()
+
+    bad = byte_model()
+    bad.graph.node.insert(1, helper.make_node("Add", ["ids3", "ids3"], ["twice"], name="double_ids"))
+    bad.graph.node[2].input[0] = "twice"
+    onnx.save(bad, tmp_path / "bad.onnx")
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", quantized_dtype="w8a8")
+    assert rk.load_onnx(str(tmp_path / "bad.onnx")) == 0
+    assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0
+    assert rk.export_tflite(str(tmp_path / "bad.tflite")) == -1
+    assert "'double_ids' (Add) computes on int32 tensor" in str(rk.last_error)
+    assert not (tmp_path / "bad.tflite").exists()
+    rk.release()

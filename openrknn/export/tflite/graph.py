@@ -60,6 +60,10 @@ class QdqGraph:
         self.nodes: List[onnx.NodeProto] = list(g.node)
         self.inits: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in self.inits]
+        # element types of the graph inputs (byte / token ids are integer tensors, not pixels)
+        self.input_dtypes: Dict[str, np.dtype] = {
+            i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+            for i in g.input if i.name not in self.inits}
         self.outputs = [o.name for o in g.output]
         self.producer: Dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: Dict[str, List[onnx.NodeProto]] = defaultdict(list)

@@ -27,6 +27,8 @@ from .writer import Model, Quant, Tensor
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
+# ops whose TFLite form keeps an integer or boolean tensor's type (ids reshaped, compared, cast)
+INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 
@@ -192,6 +194,11 @@ class Lowerer:
         qn = self.g.sole_quantizer(onnx_name)
         self.values[qn.output[0]] = Value(tuple(shape), q=t, nhwc=nhwc and len(shape) == 4)
 
+    def set_f(self, onnx_name: str, t: Tensor, nhwc: bool = False) -> None:
+        """Register an unquantized tensor of any type (ids, a comparison's booleans) as the value of `onnx_name`."""
+        shape = self.out_shape(onnx_name)
+        self.values[onnx_name] = Value(shape, f=t, nhwc=nhwc and len(shape) == 4)
+
     def out_f(self, onnx_name: str, nhwc: bool, shape: Optional[Sequence[int]] = None) -> Tensor:
         logical = self.out_shape(onnx_name, shape)
         t = self.new_f(onnx_name, self.stored_shape(logical, nhwc))
@@ -262,7 +269,12 @@ class Lowerer:
             if shape is None:
                 raise NotSupportedError(f"export-tflite: graph input '{name}' has no static shape")
             meta = self._meta.get(name, {})
-            if meta.get("dtype") == "uint8" and meta.get("layout") == "nhwc" and not self._float_inputs:
+            dtype = self.g.input_dtypes.get(name, np.dtype(np.float32))
+            if np.issubdtype(dtype, np.integer) and meta.get("layout") != "nhwc":
+                # integer ids (bytes, tokens): the graph's own type, read only by ops that keep it (INT_OPS)
+                t = self.m.add_tensor(name, shape, np.int64 if dtype == np.int64 else np.int32)
+                self.values[name] = Value(tuple(shape), f=t)
+            elif meta.get("dtype") == "uint8" and meta.get("layout") == "nhwc" and not self._float_inputs:
                 # the deployed feed: uint8 pixels; the graph computes on their float values (scale 1, zero 0)
                 t = self.m.add_tensor(name, shape, np.uint8, Quant.per_tensor(1.0, 0))
                 self.values[name] = Value(tuple(shape), q=t)
@@ -314,6 +326,12 @@ class Lowerer:
                 self.layers.append(LayerRecord(act_node.name or act_node.output[0], act_node.op_type, "fused", [],
                                                f"fused into {layer}"))
         else:
+            typed = [i for i in acts if self.values.get(i) is not None and self.values[i].q is None
+                     and self.values[i].f.dtype != np.float32]
+            if typed and node.op_type not in INT_OPS:
+                raise NotSupportedError(f"export-tflite: layer '{layer}' ({node.op_type}) computes on "
+                                        f"{self.values[typed[0]].f.dtype.name} tensor '{typed[0]}'; integer and "
+                                        f"boolean tensors are exported only through {', '.join(sorted(INT_OPS))}")
             if rule.float is None:
                 raise NotSupportedError(f"export-tflite: layer '{layer}' ({node.op_type}) has only an int8 TFLite "
                                         "form here, but its inputs/outputs are not int8 quantization points")

@@ -16,6 +16,7 @@ SCHEMA_VERSION = 3
 
 # numpy dtype -> tflite.TensorType value
 TENSOR_TYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 2, np.dtype(np.uint8): 3, np.dtype(np.int64): 4,
+                np.dtype(np.bool_): 6,
                 np.dtype(np.int16): 7, np.dtype(np.int8): 9}
 
 

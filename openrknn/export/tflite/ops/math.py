@@ -24,6 +24,18 @@ for _op in UNARY:
     register(_op, float=_unary)
 
 
+def _reciprocal(ctx, node) -> str:
+    """1 / x as DIV (TFLite has no reciprocal op; a DIV by x is what its converter writes too)."""
+    v = ctx.value(node.input[0])
+    x = ctx.f_of(node.input[0], layer_name(node))
+    one = ctx.m.add_const(ctx._tname("one"), np.ones((), np.float32))
+    ctx.m.add_op("DIV", [one, x], [ctx.out_f(node.output[0], v.nhwc)], ("DivOptions", {"FusedActivationFunction": 0}))
+    return ""
+
+
+register("Reciprocal", float=_reciprocal)
+
+
 def _pow(ctx, node) -> str:
     """x ** constant: a square as MUL (exact, and what TFLite's delegates run), other exponents as POW."""
     nhwc = _layout(ctx, node)

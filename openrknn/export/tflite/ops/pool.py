@@ -1,4 +1,4 @@
-"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean / ReduceMax / ArgMax."""
+"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean / ReduceMax / ReduceSum / ArgMax."""
 
 from __future__ import annotations
 
@@ -67,8 +67,33 @@ def _emit(ctx, node, kind, x, builtin, kernel, strides, padding) -> str:
     return ""
 
 
+def _global_reduce(ctx, node, kind: str) -> str:
+    """Global pooling of a tensor that is not rank 4 (a 1-D conv's N,C,L): REDUCE_MAX / MEAN over the axes after
+    the channels, in the ONNX order."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    x = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    axes = ctx.m.add_const(ctx._tname("axes"), np.arange(2, len(v.shape), dtype=np.int32))
+    builtin = "REDUCE_MAX" if node.op_type == "GlobalMaxPool" else "MEAN"
+    opts = ("ReducerOptions", {"KeepDims": True})
+    shape = ctx.out_shape(node.output[0])
+    if kind == "f":
+        ctx.m.add_op(builtin, [x, axes], [ctx.out_f(node.output[0], False)], opts, layer=layer)
+    elif builtin == "MEAN":  # int8 MEAN requantizes onto our output scale itself
+        ctx.m.add_op(builtin, [x, axes], [ctx.out_q(node.output[0], False)], opts, version=2, layer=layer)
+    else:  # int8 REDUCE_MAX keeps its input's scale
+        mid = ctx.m.add_tensor(ctx._tname(node.output[0]), shape, np.int8, x.quant)
+        ctx.m.add_op(builtin, [x, axes], [mid], opts, version=2, layer=layer)
+        out = ctx.requantize(mid, ctx.out_point(node.output[0]), layer,
+                             "TFLite's int8 REDUCE_MAX keeps its input scale")
+        ctx.set_q(node.output[0], out, False, shape)
+    return ""
+
+
 def _global(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
+    if len(ctx.value(node.input[0]).shape) != 4:
+        return _global_reduce(ctx, node, kind)
     x = ctx.view(node.input[0], kind, True, layer)
     h, w = x.shape[1:3]
     builtin = "MAX_POOL_2D" if node.op_type == "GlobalMaxPool" else "AVERAGE_POOL_2D"
@@ -86,8 +111,14 @@ def _reduce(ctx, node, kind: str, builtin: str = "MEAN") -> str:
     v = ctx.value(node.input[0])
     axes = attr(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1]:
+        if not ctx.g.is_const(node.input[1]):
+            raise NotSupportedError(f"export-tflite: {layer} reduces over computed axes; only constant axes are "
+                                    "exported")
         axes = [int(a) for a in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
-    axes = [a % len(v.shape) for a in (axes if axes is not None else range(len(v.shape)))]
+        if not axes and attr(node, "noop_with_empty_axes", 0):  # ONNX: empty axes with this flag is the identity
+            ctx.values[node.output[0]] = v
+            return ""
+    axes = [a % len(v.shape) for a in (axes if axes else range(len(v.shape)))]
     keep = bool(attr(node, "keepdims", 1))
     nhwc = v.nhwc and keep
     if nhwc:
@@ -110,6 +141,7 @@ register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n
 register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, n: _reduce(c, n, "f"))
 register("ReduceMax", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MAX"),
          float=lambda c, n: _reduce(c, n, "f", "REDUCE_MAX"))
+register("ReduceSum", int8=lambda c, n, a: _reduce(c, n, "q", "SUM"), float=lambda c, n: _reduce(c, n, "f", "SUM"))
 
 
 def _arg_max(ctx, node) -> str:
