@@ -47,6 +47,7 @@ class BuildConfig:
     range_split: bool = True  # openrknn: exact channel range split of depthwise inputs (accuracy for more NPU ops)
     range_remap: bool = True  # openrknn: range split's part remap (more accuracy for a few more NPU ops)
     range_choice: bool = True  # openrknn: a 'normal' build may clip ranges (KL / MSE) where the outputs gain
+    log_ranges: bool = True  # openrknn: the ranges into a Log (log-mel audio) cut in decades where the outputs gain
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.
     input_layout: Optional[List[str]] = None
@@ -238,7 +239,7 @@ def make_config(**kwargs: Any) -> BuildConfig:
     if "epochs" in kwargs:
         cfg.epochs = _int("epochs", kwargs["epochs"], 1, extra=(-1,))
     for key in ("quantize_input_node", "force_builtin_perm", "quant_img_RGB2BGR", "range_split", "range_remap",
-                "range_choice"):
+                "range_choice", "log_ranges"):
         if key in kwargs:
             setattr(cfg, key, _bool(key, kwargs[key]))
     if "output_optimize" in kwargs:

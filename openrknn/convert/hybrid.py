@@ -141,7 +141,8 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
             arrays[f"s{i}/{k}"] = as_u8 if np.array_equal(as_u8, v) else v
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
             "weight_rounding": cfg.weight_rounding, "range_split": cfg.range_split,
-            "range_remap": cfg.range_remap, "range_choice": cfg.range_choice, "target": cfg.target,
+            "range_remap": cfg.range_remap, "range_choice": cfg.range_choice, "log_ranges": cfg.log_ranges,
+            "target": cfg.target,
             "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
             "input_dtypes": {k: str(v.dtype) for k, v in feeds[0].items()}, "tensors": result.tensors}
     arrays["__meta__"] = np.array(json.dumps(meta, default=_jsonable))
@@ -231,7 +232,7 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
     quant = {"quantized_dtype": meta["dtype"], "quantized_algorithm": meta["algorithm"],
              "quantized_method": meta["method"], "weight_rounding": meta.get("weight_rounding", "auto"),
              "range_split": meta.get("range_split", True), "range_remap": meta.get("range_remap", True),
-             "range_choice": meta.get("range_choice", True)}
+             "range_choice": meta.get("range_choice", True), "log_ranges": meta.get("log_ranges", True)}
     if any(getattr(cfg, k) != v for k, v in quant.items()):
         log.warning("hybrid step2 uses step1's quantization settings %s (the cfg's parameters were made with them)",
                     quant)

@@ -37,6 +37,8 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                     "accuracy for a few more NPU ops.", "quant"),
     "range_choice": ("Range choice", "With the normal algorithm, also try KL and MSE clipping and keep it where the "
                      "model's outputs on held-out calibration samples clearly gain.", "quant"),
+    "log_ranges": ("Log ranges", "Cut the ranges of the tensors on the way into a Log (a log-mel front end's power "
+                   "spectrum) together, by the decades the model's outputs prefer.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }

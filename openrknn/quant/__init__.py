@@ -77,6 +77,9 @@ class QuantOptions:
         'adaround' (learned floor/ceil choices, slower); 'auto' = gptq with every algorithm (1-2 s on
         YOLOX-nano; its statistics pass also measures bias correction's means). 16-bit weights keep nearest (their
         rounding error is negligible). See algorithms/rounding.py.
+    log_ranges: the scale groups on the way into a Log (a log-mel front end's amplitudes, power spectrum and mel
+        energies) get their ranges cut together by a number of decades searched on the outputs of
+        ``log_range_samples`` calibration samples, kept on range choice's rule (algorithms/log_ranges.py).
     range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups
         in graph order get their range shrunk (x0.5 / 0.7 / 0.85) where that lowers the error of the model's
         outputs on ``range_search_samples`` calibration samples by 5% or more (algorithms/range_search.py).
@@ -107,6 +110,8 @@ class QuantOptions:
     range_choice: bool = True
     range_choice_images: int = 8
     range_choice_samples: int = 4
+    log_ranges: bool = True
+    log_range_samples: int = 8
     range_search: bool = False
     range_search_groups: int = 32
     range_search_samples: int = 8
@@ -139,9 +144,11 @@ class QuantOptions:
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
-        if self.range_choice not in (True, False):
-            raise ConfigError("range_choice", self.range_choice, (True, False))
-        for key in ("range_search_groups", "range_search_samples", "range_choice_images", "range_choice_samples"):
+        for key in ("range_choice", "log_ranges"):
+            if getattr(self, key) not in (True, False):
+                raise ConfigError(key, getattr(self, key), (True, False))
+        for key in ("range_search_groups", "range_search_samples", "range_choice_images", "range_choice_samples",
+                    "log_range_samples"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(key, getattr(self, key), "an integer >= 1")
         if self.histogram_bins < 256:

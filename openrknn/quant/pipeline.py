@@ -148,6 +148,25 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
+    if options.log_ranges and scheme.act is not None:
+        from .algorithms.log_ranges import search_log_ranges
+
+        t = time.perf_counter()
+        # a floor Clip before the Log is a bounded op too, but the cut is judged on the outputs
+        keep = _clip_exempt(info, plan, bounded=False) | {plan.group_of[x] for x in fixed if x in plan.group_of}
+        acts, summary = search_log_ranges(m, info, plan, acts, weights, data, options.log_range_samples, keep,
+                                          options.threads)
+        if summary.get("decades"):  # the corrections were fitted to the old input scales
+            for wq in weights.values():
+                wq.bias = None
+            results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
+            runs, seen, score_feeds = None, [], data  # the range choice's runs no longer hold these ranges
+        if summary:
+            log.info("ranges into a Log: %s (output loss %.5f before, %s by decades cut)",
+                     f"cut by {summary['decades']:g} decades" if summary["decades"] else "kept", summary["loss_before"],
+                     ", ".join(f"{k}: {v:.5f}" for k, v in summary["losses"].items()))
+            results.append(StageResult("log_ranges", summary, round(time.perf_counter() - t, 3)))
+
     if options.range_search:
         from .algorithms.range_search import search_ranges
 
@@ -391,10 +410,11 @@ def _fmt_for(scheme: Scheme) -> TensorFormat:
     return scheme.act
 
 
-def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
-    """Groups whose range must not be clipped: bounded activations, graph outputs, what feeds a float concat, and
-    what an ArgMax / ArgMin / TopK decides on: a clipped top ties the strongest classes, and the index of the first
-    wins (ddddocr's recognizer read two characters as a third this way)."""
+def _clip_exempt(info: GraphInfo, plan: Plan, bounded: bool = True) -> Set[int]:
+    """Groups whose range must not be clipped: bounded activations (``bounded``: their range is their own, the
+    histogram searches leave it), graph outputs, what feeds a float concat, and what an ArgMax / ArgMin / TopK
+    decides on: a clipped top ties the strongest classes, and the index of the first wins (ddddocr's recognizer read
+    two characters as a third this way)."""
     exempt = set()
     for t in plan.points:
         p = info.producer.get(t)
@@ -402,7 +422,8 @@ def _clip_exempt(info: GraphInfo, plan: Plan) -> Set[int]:
         readers = [info.nodes[c] for c in info.consumers.get(t, [])]
         feeds_tail = any(o in plan.float_tail for c in readers for o in c.output)
         decides = any(c.op_type in DECIDED_BY_EXTREMES for c in readers)
-        if op in BOUNDED or plan.fused.get(t) in BOUNDED or t in info.output_set or feeds_tail or decides:
+        if (bounded and (op in BOUNDED or plan.fused.get(t) in BOUNDED)) or t in info.output_set or feeds_tail or \
+                decides:
             exempt.add(plan.group_of[t])
     return exempt
 
