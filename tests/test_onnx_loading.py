@@ -212,3 +212,57 @@ def test_a_model_that_cannot_run_at_the_given_size_names_the_node_and_what_to_do
     with pytest.raises(ModelLoadError, match=r"input shapes \{'x': \[1, 3, 12, 12\]\}.*node 'head_reshape' "
                                              r"\(Reshape\).*input_size_list"):
         load_onnx(path, input_size_list=[[3, 12, 12]])
+
+
+def _stft_front_end(path, output_shape=("batch", "frames", 12)):
+    """audio [batch, samples] -> STFT (onesided, as whisper / Kaldi / GigaAM front ends export it) -> power ->
+    mel MatMul -> Log. onnx infers the STFT's output with the full window (129 -> 256 bins here), which the MatMul then
+    refuses; onnxruntime computes it right."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(128, np.int64), "hop"),
+             numpy_helper.from_array(np.hanning(256).astype(np.float32), "window"),
+             numpy_helper.from_array(rng.uniform(0, 1, (129, 12)).astype(np.float32), "mel"),
+             numpy_helper.from_array(np.float32(1e-10), "floor")]
+    nodes = [helper.make_node("STFT", ["audio", "hop", "window"], ["spec"], name="stft"),
+             helper.make_node("ReduceSumSquare", ["spec"], ["power"], name="power", axes=[-1], keepdims=0),
+             helper.make_node("MatMul", ["power", "mel"], ["energies"], name="mel_filter"),
+             helper.make_node("Clip", ["energies", "floor"], ["floored"], name="floor"),
+             helper.make_node("Log", ["floored"], ["log_mel"], name="log")]
+    graph = helper.make_graph(nodes, "stft", [helper.make_tensor_value_info("audio", TensorProto.FLOAT,
+                                                                            ["batch", "samples"])],
+                              [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT,
+                                                             None if output_shape is None else list(output_shape))],
+                              inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("dtype,output_shape", [(None, ("batch", "frames", 12)), ("w8a8", ("batch", "frames", 12)),
+                                                (None, None)])
+def test_shapes_onnx_infers_wrong_are_taken_from_onnxruntime(tmp_path, dtype, output_shape):
+    """The float build and the int8 build of an STFT front end run and match onnxruntime on the original file, also
+    when the file's output has no shape (which onnx's inference, stopped at the MatMul, could not give it)."""
+    import onnxruntime as ort
+
+    from openrknn.metrics import cosine
+
+    path = _stft_front_end(tmp_path / "stft.onnx", output_shape)
+    rng = np.random.default_rng(1)
+    clips = [(rng.standard_normal((1, 2048)) * 10 ** rng.uniform(-2, 0)).astype(np.float32) for _ in range(6)]
+    for i, c in enumerate(clips[:4]):
+        np.save(tmp_path / f"c{i}.npy", c)
+    (tmp_path / "ds.txt").write_text("".join(f"c{i}.npy\n" for i in range(4)))
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
+    assert rk.load_onnx(str(path), input_size_list=[[1, 2048]]) == 0
+    assert rk.build(do_quantization=dtype is not None, dataset=str(tmp_path / "ds.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    for c in clips[4:]:
+        want, got = ref.run(None, {"audio": c})[0], rk.inference(inputs=[c])[0]
+        assert got.shape == want.shape == (1, 15, 12)
+        if dtype is None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        else:
+            assert cosine(want, got) > 0.9
+    rk.release()

@@ -12,6 +12,7 @@ from ..errors import BuildError, ConfigError
 from ..frontends import LoadedModel
 from ..graph import optimize as graph_optimize
 from ..graph import layout, preprocess
+from ..graph.shapes import infer_shapes
 
 log = logging.getLogger("openrknn.build")
 
@@ -80,7 +81,7 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
     transposes = layout.count_layout_transposes(model)
     if any(m.get("model_layout") == "nhwc" for m in metas):
         notes.append(f"layout: {transposes} Transpose(s) in the deployed graph (the input's NHWC->NCHW included)")
-    model = onnx.shape_inference.infer_shapes(model)
+    model = infer_shapes(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # a pass produced an invalid graph: that is our bug, say so plainly

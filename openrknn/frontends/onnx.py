@@ -11,6 +11,7 @@ from onnx import version_converter
 
 from ..errors import ModelLoadError
 from ..graph.names import subgraphs, used_names
+from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
 
 log = logging.getLogger("openrknn.frontends.onnx")
@@ -356,7 +357,7 @@ def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelPr
     log.warning("onnx's strict shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,
                 strict_error[:300])
     notes.append(f"onnx's strict shape inference objected ({strict_error[:160]}); onnxruntime runs the model")
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return infer_shapes(model, data_prop=True)
 
 
 def cut_loaded(loaded: LoadedModel, inputs: Optional[Sequence[str]], outputs: Optional[Sequence[str]]) -> LoadedModel:

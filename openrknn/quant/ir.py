@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..graph.shapes import infer_shapes
+
 FLOAT = onnx.TensorProto.FLOAT
 
 
@@ -47,7 +49,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         del g.input[:]
         g.input.extend(real_inputs)
     del g.value_info[:]
-    return onnx.shape_inference.infer_shapes(m)
+    return infer_shapes(m)
 
 
 class GraphInfo:
