@@ -118,20 +118,22 @@ def search_log_ranges(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts:
 
     base = losses(acts)
     tried = {float(e): losses(_cut(acts, plan, groups, float(e))) for e in DECADES}
-    # the shallowest cut that takes GAIN_SHARE of the largest gain away: a deep cut saturates more of the loud
-    # values, and which ones are loud depends on the samples (NeMo's front end, calibrated on two espeak voices
-    # and judged on two others: its best cut on the calibration voices, 3 decades, gives 0.07 on the others, against
-    # 0.57 uncut and 0.66 for the 1 decade this rule takes)
-    least = min(float(v.mean()) for v in tried.values())
-    enough = float(base.mean()) - GAIN_SHARE * (float(base.mean()) - least)
-    best = min(e for e, v in tried.items() if v.mean() <= enough)
-    gain = float(base.mean() - tried[best].mean())
-    wins = int(np.sum(tried[best] < base))
-    keep = tried[best].mean() <= (1.0 - MARGIN) * base.mean() and gain >= MIN_GAIN and \
-        wins >= MIN_WINS * len(feeds)
-    report = {"groups": len(groups), "samples": len(feeds), "loss_before": round(float(base.mean()), 6),
+    mean = {e: float(np.nan_to_num(v.mean(), nan=np.inf)) for e, v in tried.items()}  # a NaN output: no candidate
+    before = float(base.mean())
+    least = min(mean.values())
+    best, keep = 0.0, False
+    if least < before:
+        # the shallowest cut that takes GAIN_SHARE of the largest gain away: a deep cut saturates more of the loud
+        # values, and which ones are loud depends on the samples (NeMo's front end, calibrated on two espeak voices
+        # and judged on two others: its best cut on the calibration voices, 3 decades, gives 0.07 on the others,
+        # against 0.57 uncut and 0.66 for the 1 decade this rule takes)
+        enough = before - GAIN_SHARE * (before - least)
+        best = min(e for e, m in mean.items() if m <= enough)
+        keep = mean[best] <= (1.0 - MARGIN) * before and before - mean[best] >= MIN_GAIN and \
+            int(np.sum(tried[best] < base)) >= MIN_WINS * len(feeds)
+    report = {"groups": len(groups), "samples": len(feeds), "loss_before": round(before, 6),
               "per_sample": {f"{e:g}": [round(float(x), 4) for x in v] for e, v in {0.0: base, **tried}.items()},
-              "losses": {f"{e:g}": round(float(v.mean()), 6) for e, v in tried.items()},
+              "losses": {f"{e:g}": round(m, 6) for e, m in mean.items()},
               "decades": best if keep else 0.0}
     return (_cut(acts, plan, groups, best) if keep else acts), report
 
