@@ -79,7 +79,8 @@ class QuantOptions:
         rounding error is negligible). See algorithms/rounding.py.
     log_ranges: the scale groups on the way into a Log (a log-mel front end's amplitudes, power spectrum and mel
         energies) get their ranges cut together by a number of decades searched on the outputs of
-        ``log_range_samples`` calibration samples, kept on range choice's rule (algorithms/log_ranges.py).
+        ``log_range_samples`` calibration samples: the shallowest cut with three quarters of the best cut's gain,
+        kept on range choice's rule (algorithms/log_ranges.py).
     range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups
         in graph order get their range shrunk (x0.5 / 0.7 / 0.85) where that lowers the error of the model's
         outputs on ``range_search_samples`` calibration samples by 5% or more (algorithms/range_search.py).

@@ -156,10 +156,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         keep = _clip_exempt(info, plan, bounded=False) | {plan.group_of[x] for x in fixed if x in plan.group_of}
         acts, summary = search_log_ranges(m, info, plan, acts, weights, data, options.log_range_samples, keep,
                                           options.threads)
-        if summary.get("decades"):  # the corrections were fitted to the old input scales
-            for wq in weights.values():
-                wq.bias = None
-            results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
+        if summary.get("decades"):
+            results.append(_refit_biases(m, info, plan, acts, weights, stats, data, options, progress))
             runs, seen, score_feeds = None, [], data  # the range choice's runs no longer hold these ranges
         if summary:
             log.info("ranges into a Log: %s (output loss uncut %.5f; cut by n decades: %s)",
@@ -175,10 +173,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         keep = _clip_exempt(info, plan) | {plan.group_of[t] for t in fixed if t in plan.group_of}  # step2 edits
         summary = search_ranges(trial, m, plan, acts, data, keep, options.range_search_groups,
                                 options.range_search_samples, options.threads, progress)
-        if summary["changed"]:  # the corrections were fitted to the old input scales
-            for wq in weights.values():
-                wq.bias = None
-            results.append(_bias_correction(m, info, plan, acts, weights, stats, data, options, progress))
+        if summary["changed"]:
+            results.append(_refit_biases(m, info, plan, acts, weights, stats, data, options, progress))
             runs, seen, score_feeds = None, [], data  # the range choice's runs no longer hold these ranges
         results.append(StageResult("range_search", summary, round(time.perf_counter() - t, 3)))
 
@@ -259,6 +255,15 @@ def _bias_correction(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict
         return StageResult("bias_correction", empirical_bias_correction(
             m, info, plan, acts, weights, data, options.bias_correction_samples, progress, options.threads, probe))
     return None
+
+
+def _refit_biases(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
+                  weights: Dict[int, WeightQuant], stats: Stats, data, options: "QuantOptions",
+                  progress: bool) -> Optional[StageResult]:
+    """Activation ranges changed after bias correction: its corrections were fitted to the old input scales."""
+    for wq in weights.values():
+        wq.bias = None
+    return _bias_correction(m, info, plan, acts, weights, stats, data, options, progress)
 
 
 def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
