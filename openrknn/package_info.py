@@ -57,6 +57,7 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         quant_summary = {
             "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
             "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
+            "ranges": quant.get("ranges") or {},  # files from before the record: none
             **quant_counts(tensors),
         }
     return {
@@ -132,6 +133,12 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
     else:
         lines.append(f"quantization:    dtype {q['dtype']}, algorithm {q['algorithm']}, method {q['method']}, "
                      f"weight rounding {q['weight_rounding']}")
+        ranges = q["ranges"]
+        decided = ([f"range choice kept {ranges['chosen']}"] if ranges.get("chosen") else []) + \
+            ([f"ranges into a Log cut by {ranges['log_cut_decades']:g} decades"] if ranges.get("log_cut_decades")
+             else [])
+        if decided:
+            lines.append(f"                 {'; '.join(decided)}")
         lines.append(f"                 {_count(q['quantized_tensors'], 'quantized tensor')}: "
                      f"{_count(q['activations'], 'activation')}, {_count(q['weights'], 'weight')} "
                      f"({q['per_channel_tensors']} per-channel), {_count(q['biases'], 'bias')}")

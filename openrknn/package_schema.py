@@ -139,6 +139,12 @@ def _check_quantization(p: _Problems, quant: Any) -> None:
         return
     for key in ("dtype", "algorithm", "method", "weight_rounding"):
         p.text(quant, key, "quantization", nullable=True)
+    ranges = quant.get("ranges")
+    if ranges is not None and p.check(isinstance(ranges, dict), "quantization.ranges", "an object or null", ranges):
+        p.text(ranges, "chosen", "quantization.ranges", nullable=True)
+        if "log_cut_decades" in ranges:
+            p.check(is_number(ranges["log_cut_decades"]), "quantization.ranges.log_cut_decades", "a finite number",
+                    ranges["log_cut_decades"])
     tensors = quant.get("tensors")
     if tensors is None or not p.check(isinstance(tensors, dict), "quantization.tensors", "an object", tensors):
         return

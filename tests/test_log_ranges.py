@@ -70,6 +70,7 @@ def setup(tmp_path_factory):
 
 
 def _held_out_cosine(setup, dtype: str, target: str, **extra) -> float:
+    """Mean held-out cosine to onnxruntime; also checks what the container and `openrknn info` say of the cut."""
     d, held_out = setup
     ref = ort.InferenceSession(str(d / "log_mel.onnx"), providers=["CPUExecutionProvider"])
     rk = RKNN(verbose=False)
@@ -78,6 +79,14 @@ def _held_out_cosine(setup, dtype: str, target: str, **extra) -> float:
     assert rk.build(do_quantization=True, dataset=str(d / "dataset.txt")) == 0, rk.last_error
     assert rk.init_runtime() == 0
     cos = [cosine(ref.run(None, {"audio": x})[0], rk.inference(inputs=[x])[0]) for x in held_out]
+    decades = rk._package.metadata["quantization"]["ranges"].get("log_cut_decades")
+    assert (decades is None) if extra.get("log_ranges") is False else decades > 0
+    assert rk.export_rknn(str(d / "m.rknn")) == 0
+    from openrknn.package import read_package
+    from openrknn.package_info import describe_package
+
+    text = describe_package(read_package(d / "m.rknn"))
+    assert ("ranges into a Log cut by" in text) == (decades is not None)
     rk.release()
     return float(np.mean(cos))
 

@@ -460,6 +460,7 @@ def test_package_summary_is_json_and_consistent():
     assert s["payload_sha256"] == hashlib.sha256(payload).hexdigest()
     assert s["quantization"] == {"dtype": "asymmetric_quantized-u8", "algorithm": "kl_divergence",
                                  "method": "channel", "weight_rounding": "nearest",  # not recorded: older file
+                                 "ranges": {},  # not recorded either
                                  "quantized_tensors": 3, "activations": 2, "weights": 1, "biases": 0,
                                  "per_channel_tensors": 1}
     assert s["inputs"][0]["folded_into"] == "Conv_0" and s["outputs"][0]["name"] == "output"
@@ -582,6 +583,9 @@ def _edited(edit) -> dict:
     (_meta_json(_edited(lambda m: m["inputs"].append(dict(m["inputs"][0])))), "inputs must be a list of distinct"),
     (_meta_json(_edited(lambda m: m["quantization"]["tensors"]["images"].update(zero_point=[0.5]))),
      r"quantization.tensors\['images'\].zero_point"),
+    (_meta_json(_edited(lambda m: m["quantization"].update(ranges="kl"))), "quantization.ranges must be an object"),
+    (_meta_json(_edited(lambda m: m["quantization"].update(ranges={"log_cut_decades": "2"}))),
+     "quantization.ranges.log_cut_decades must be a finite number"),
     (_meta_json(_edited(lambda m: m.update(source="a.pt"))), "source must be an object or null"),
     (_meta_json(_edited(lambda m: m.update(payload_sections={"model": True, "float_reference": True}))),
      "payload_sections must be an object"),

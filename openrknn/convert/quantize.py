@@ -43,9 +43,20 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
               "range_split": bool(cfg.range_split), "range_remap": bool(cfg.range_remap),
               "range_choice": bool(cfg.range_choice), "log_ranges": bool(cfg.log_ranges),
               "calibration_samples": samples, "tensors": result.tensors,
-              "overrides": dict(overrides or {})}
+              "overrides": dict(overrides or {}), "ranges": ranges_decided(result.report)}
     record.update(extra)
     return record
+
+
+def ranges_decided(report: dict) -> dict:
+    """What the output-judged range stages decided: range choice's set ('normal' = min/max, 'kl_divergence',
+    'mmse') and the decades the ranges into a Log were cut by (absent where a stage did not run)."""
+    out = {}
+    if report.get("range_choice"):
+        out["chosen"] = report["range_choice"].get("chosen")
+    if report.get("log_ranges"):
+        out["log_cut_decades"] = float(report["log_ranges"].get("decades", 0.0))
+    return out
 
 
 def quantize_float_graph(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: Optional[str],
