@@ -216,7 +216,7 @@ def test_a_model_that_cannot_run_at_the_given_size_names_the_node_and_what_to_do
 
 def _stft_front_end(path, output_shape=("batch", "frames", 12)):
     """audio [batch, samples] -> STFT (onesided, as whisper / Kaldi / GigaAM front ends export it) -> power ->
-    mel MatMul -> Log. onnx infers the STFT's output with the full window (129 -> 256 bins here), which the MatMul then
+    mel MatMul -> Log. onnx infers the STFT's output with the full window (256 bins for 129 here), which the MatMul then
     refuses; onnxruntime computes it right."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array(128, np.int64), "hop"),
