@@ -136,3 +136,40 @@ def test_default_build_clips_where_outliers_rule_and_reports_it():
         return range_choice.output_loss([ort_outputs(model, f) for f in held], ref)
 
     assert err(res.model) < err(off.model)
+
+
+def hardswish_model() -> onnx.ModelProto:
+    """conv -> HardSwish -> conv -> Tanh -> conv: the HardSwish output is heavy-tailed (most values near zero, a
+    few channels far out, as in PP-LCNet backbones); the Tanh's is bounded."""
+    rng = np.random.default_rng(2)
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    w1[0] *= 12  # one channel far out
+    inits = [numpy_helper.from_array(w1, "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32), "w3")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), n("HardSwish", ["c1"], ["h1"]),
+             n("Conv", ["h1", "w2"], ["c2"], pads=[1, 1, 1, 1]), n("Tanh", ["c2"], ["t2"]),
+             n("Conv", ["t2", "w3"], ["y"])]
+    g = helper.make_graph(nodes, "hswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_clipped_ranges_on_hardswish_outputs_only_are_a_candidate():
+    """Range choice also judges KL clipping on the HardSwish outputs alone, min/max elsewhere (the layout
+    detector's backbone wants its HardSwish tails clipped and its score maps not)."""
+    from openrknn.quant.pipeline import KL_ON_HARDSWISH, _clipped_where
+
+    feeds = _feeds(8)
+    res = quantize(hardswish_model(), feeds, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert KL_ON_HARDSWISH in res.report["range_choice"]["losses"]
+    m, info, plan, acts, _ = _parts(hardswish_model(), feeds)
+    clipped = {t: ActQuant(a.scale / 2, a.zero_point, a.fmt) for t, a in acts.items()}
+    mixed = _clipped_where(info, plan, acts, clipped, ("HardSwish",))
+    hswish = {t for t in plan.points if plan.fused.get(t) == "HardSwish" or
+              (info.producer.get(t) is not None and info.nodes[info.producer[t]].op_type == "HardSwish")}
+    assert hswish
+    for t in acts:
+        assert mixed[t] is (clipped[t] if plan.group_of[t] in {plan.group_of[h] for h in hswish} else acts[t])
+    assert _clipped_where(info, plan, acts, clipped, ("Softsign",)) is None

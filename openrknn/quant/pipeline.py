@@ -32,6 +32,8 @@ log = logging.getLogger("openrknn.quant")
 
 # Activations with a fixed output range: calibration clipping (KL/MSE) would only cut real values (e.g. scores).
 BOUNDED = {"Sigmoid", "HardSigmoid", "Tanh", "Softmax", "Clip"}
+# range choice's candidate that clips only the HardSwish outputs (KL), min/max elsewhere
+KL_ON_HARDSWISH = "kl_divergence on HardSwish outputs"
 # Ops that read only the extremes of their input: clipping its top ties the strongest classes (_clip_exempt).
 DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 
@@ -83,6 +85,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
     choosing = _chooses_ranges(options, scheme)
+    if choosing and _loops(info):
+        log.info("activation ranges: as calibrated (a Loop computes part of the model: its outputs cannot judge "
+                 "ranges)")
+        choosing = False
     hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
     histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
     if options.algorithm != "normal" or choosing:
@@ -110,6 +116,11 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     if choosing:  # the clipped candidates the outputs will judge against min/max (algorithms/range_choice.py)
         variants = {alg: activation_params(info, plan, stats, scheme, alg, overrides, fixed, searched)
                     for alg in CANDIDATES}
+        # a backbone's HardSwish outputs (most values near zero, a few channels far out) want KL's clipping where
+        # the rest of the model (score maps, decoder states) wants min/max: the layout detector, 0.928 -> 0.953
+        mixed = _clipped_where(info, plan, acts, variants.get("kl_divergence", acts), ("HardSwish",))
+        if mixed is not None:
+            variants[KL_ON_HARDSWISH] = mixed
         variants = {k: v for k, v in variants.items() if _differs(v, acts)}
     seconds["activation_ranges"] = round(time.perf_counter() - t, 3)
 
@@ -148,7 +159,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
-    if options.log_ranges and scheme.act is not None:
+    if options.log_ranges and scheme.act is not None and not _loops(info):
         from .algorithms.log_ranges import search_log_ranges
 
         t = time.perf_counter()
@@ -266,6 +277,15 @@ def _refit_biases(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[st
     return _bias_correction(m, info, plan, acts, weights, stats, data, options, progress)
 
 
+def _loops(info: GraphInfo) -> bool:
+    """Whether a Loop or Scan computes part of the model (an autoregressive decoder, such as SLANet's table
+    decoder). Its outputs on a few calibration samples do not judge activation ranges: each step feeds its argmax to
+    the next, so a decode diverges on some inputs whatever the ranges, and the stages that choose ranges on the
+    outputs (range choice, the ranges into a Log) keep the calibrated ones (SLANet u8: a clipped set won on 3 of 4
+    calibration samples and took the held-out cosine from 0.88 to 0.77)."""
+    return any(n.op_type in ("Loop", "Scan") for n in info.nodes)
+
+
 def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
     """A default ('normal') build with 8-bit activations judges clipped ranges against min/max on its outputs."""
     return options.algorithm == "normal" and bool(options.range_choice) and scheme.act is not None and \
@@ -280,6 +300,25 @@ def _choice_feeds(data, options: "QuantOptions") -> Tuple[list, list]:
     if len(first) < 2:
         return first, first
     return first[0::2][:options.range_choice_images], first[1::2][:options.range_choice_samples]
+
+
+def _clipped_where(info: GraphInfo, plan: Plan, base: Dict[str, ActQuant], clipped: Dict[str, ActQuant],
+                   ops: Tuple[str, ...]) -> Optional[Dict[str, ActQuant]]:
+    """``base`` with the scale groups of the points that ``ops`` make (as a node or as a fused activation) taken
+    from ``clipped``; None when the model has no such point."""
+    groups = set()
+    for t in plan.points:
+        p = info.producer.get(t)
+        if (p is not None and info.nodes[p].op_type in ops) or plan.fused.get(t) in ops:
+            groups.add(plan.group_of[t])
+    if not groups:
+        return None
+    out = dict(base)
+    for g in groups:
+        for t in plan.groups[g]:
+            if t in clipped:
+                out[t] = clipped[t]
+    return out
 
 
 def _differs(a: Dict[str, ActQuant], b: Dict[str, ActQuant]) -> bool:
