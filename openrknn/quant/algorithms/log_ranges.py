@@ -12,7 +12,7 @@ says how the tensor scales with the Log's input (1 for the mel energies and the 
 amplitudes a square makes that power of), and e, in decades of the Log's input, is searched on the model's outputs
 on calibration samples. The loud values saturate instead; the outputs say whether that costs less than the quiet
 ones it brings back. Of the cuts, the shallowest that takes three quarters of the best one's gain is taken, and kept
-on range choice's rule (a tenth of the output error gone, on most samples).
+on range choice's rule (a tenth of the output error gone, better on at least half the samples).
 """
 
 from __future__ import annotations
