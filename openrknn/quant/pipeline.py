@@ -86,8 +86,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     overrides = _expand_overrides(options.overrides, plan)
     choosing = _chooses_ranges(options, scheme)
     if choosing and _loops(info):
-        log.info("activation ranges: as calibrated (a Loop computes part of the model: its outputs cannot judge "
-                 "ranges)")
+        log.info("activation ranges: as calibrated (a loop decodes step by step: its outputs cannot judge ranges)")
         choosing = False
     hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
     histogram_pass = stats_cache.collect_histograms if stats_cache is not None else collect_histograms
@@ -278,12 +277,18 @@ def _refit_biases(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[st
 
 
 def _loops(info: GraphInfo) -> bool:
-    """Whether a Loop or Scan computes part of the model (an autoregressive decoder, such as SLANet's table
-    decoder). Its outputs on a few calibration samples do not judge activation ranges: each step feeds its argmax to
-    the next, so a decode diverges on some inputs whatever the ranges, and the stages that choose ranges on the
-    outputs (range choice, the ranges into a Log) keep the calibrated ones (SLANet u8: a clipped set won on 3 of 4
-    calibration samples and took the held-out cosine from 0.88 to 0.77)."""
-    return any(n.op_type in ("Loop", "Scan") for n in info.nodes)
+    """Whether a Loop or Scan decodes step by step: its body takes an ArgMax / ArgMin / TopK, each step's choice
+    feeding the next (SLANet's table decoder). Such a model's outputs on a few calibration samples do not judge
+    activation ranges, since a decode diverges on some inputs whatever the ranges, so the stages that choose ranges
+    on the outputs (range choice, the ranges into a Log) keep the calibrated ones (SLANet u8: a clipped set won on 3
+    of 4 calibration samples and took the held-out cosine from 0.88 to 0.77). A loop without a choice (WeSpeaker's
+    framing Scan) does not count."""
+    from ..graph.names import subgraphs
+
+    def decides(graph: onnx.GraphProto) -> bool:
+        return any(n.op_type in DECIDED_BY_EXTREMES or any(decides(g) for g in subgraphs(n)) for n in graph.node)
+
+    return any(n.op_type in ("Loop", "Scan") and any(decides(g) for g in subgraphs(n)) for n in info.nodes)
 
 
 def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
