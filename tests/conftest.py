@@ -142,16 +142,30 @@ def make_two_input_onnx(path: Path, hw=(6, 6), seed: int = 1) -> Path:
     return path
 
 
+def write_samples(folder: Path, samples: Sequence, prefixes: Sequence[str] = ("",),
+                  name: str = "dataset.txt") -> Path:
+    """Calibration samples saved as .npy files in ``folder`` (sample k, input j: <prefixes[j]><k>.npy) plus the
+    dataset file listing them, one line per sample; returns that file. A sample is one array, or a tuple of arrays
+    for a model with several inputs."""
+    lines = []
+    for k, sample in enumerate(samples):
+        arrays = sample if isinstance(sample, tuple) else (sample,)
+        files = [f"{prefix}{k}.npy" for prefix in prefixes[:len(arrays)]]
+        for f, a in zip(files, arrays):
+            np.save(folder / f, a)
+        lines.append(" ".join(files) + "\n")
+    listing = folder / name
+    listing.write_text("".join(lines))
+    return listing
+
+
 def write_npy_dataset(folder: Path, shape: Sequence[int], n: int = 6, seed: int = 1, high: float = 255.0,
                       name: str = "dataset.txt") -> Path:
     """n calibration samples drawn uniform in [0, high) (float32, ``shape``, e.g. NHWC) saved as 0.npy, 1.npy, ...
     in ``folder``, plus the dataset file listing them; returns that file."""
     rng = np.random.default_rng(seed)
-    for k in range(n):
-        np.save(folder / f"{k}.npy", rng.uniform(0, high, tuple(shape)).astype(np.float32))
-    listing = folder / name
-    listing.write_text("".join(f"{k}.npy\n" for k in range(n)))
-    return listing
+    return write_samples(folder, [rng.uniform(0, high, tuple(shape)).astype(np.float32) for _ in range(n)],
+                         name=name)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_npy_dataset
+from conftest import write_npy_dataset, write_samples
 from openrknn.convert import hybrid as hb
 from openrknn.config import make_config
 from openrknn.errors import ConfigError
@@ -46,9 +46,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("hybrid")
     onnx.save(outlier_model(), d / "outlier.onnx")
     rng = np.random.default_rng(1)
-    for k in range(8):
-        np.save(d / f"{k}.npy", rng.integers(0, 256, (8, 8, 3)).astype(np.float32))
-    (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(8)))
+    write_samples(d, [rng.integers(0, 256, (8, 8, 3)).astype(np.float32) for _ in range(8)])
     return d
 
 

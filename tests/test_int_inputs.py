@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_samples
 from openrknn.api import RKNN
 from openrknn.errors import DatasetError
 from openrknn.quant.dataset import InputSpec, read_dataset
@@ -43,9 +44,8 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ids")
     onnx.save(byte_model(), d / "bytes.onnx")
     rng = np.random.default_rng(1)
-    for k in range(8):  # saved as int64, what np.array(list_of_ints) gives: read as the input's int32
-        np.save(d / f"{k}.npy", rng.integers(0, VOCAB, (N,)))
-    (d / "dataset.txt").write_text("".join(f"{k}.npy\n" for k in range(8)))
+    # saved as int64, what np.array(list_of_ints) gives: read as the input's int32
+    write_samples(d, [rng.integers(0, VOCAB, (N,)) for _ in range(8)])
     return d
 
 

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_samples
 from openrknn.api import RKNN
 from openrknn.metrics import cosine
 
@@ -63,9 +64,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("logmel")
     onnx.save(log_mel_model(), d / "log_mel.onnx")
     rng = np.random.default_rng(3)
-    for i in range(8):
-        np.save(d / f"c{i}.npy", signal(rng))
-    (d / "dataset.txt").write_text("".join(f"c{i}.npy\n" for i in range(8)))
+    write_samples(d, [signal(rng) for _ in range(8)])
     return d, [signal(rng) for _ in range(6)]
 
 

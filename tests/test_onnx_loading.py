@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_samples
 from openrknn.api import RKNN
 from openrknn.errors import ModelLoadError
 from openrknn.frontends.onnx import load_onnx
@@ -249,9 +250,7 @@ def test_shapes_onnx_infers_wrong_are_taken_from_onnxruntime(tmp_path, dtype, ou
     path = _stft_front_end(tmp_path / "stft.onnx", output_shape)
     rng = np.random.default_rng(1)
     clips = [(rng.standard_normal((1, 2048)) * 10 ** rng.uniform(-2, 0)).astype(np.float32) for _ in range(6)]
-    for i, c in enumerate(clips[:4]):
-        np.save(tmp_path / f"c{i}.npy", c)
-    (tmp_path / "ds.txt").write_text("".join(f"c{i}.npy\n" for i in range(4)))
+    write_samples(tmp_path, clips[:4], name="ds.txt")
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))

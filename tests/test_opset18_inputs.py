@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_samples
 from openrknn.api import RKNN
 
 C, T = 4, 8
@@ -50,11 +51,10 @@ def model_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("op18")
     onnx.save(vad_like(), d / "vad.onnx")
     rng = np.random.default_rng(0)
-    for k in range(4):
-        np.save(d / f"x{k}.npy", rng.normal(0, 1, (1, C, T)).astype(np.float32))
-        np.save(d / f"sr{k}.npy", np.array(16000 if k % 2 else 8000, np.int64))  # both branches calibrated
-        np.save(d / f"s{k}.npy", rng.normal(0, 1, (2, 1, C)).astype(np.float32))
-    (d / "ds.txt").write_text("".join(f"x{k}.npy sr{k}.npy s{k}.npy\n" for k in range(4)))
+    write_samples(d, [(rng.normal(0, 1, (1, C, T)).astype(np.float32),
+                       np.array(16000 if k % 2 else 8000, np.int64),  # both branches calibrated
+                       rng.normal(0, 1, (2, 1, C)).astype(np.float32)) for k in range(4)],
+                  prefixes=("x", "sr", "s"), name="ds.txt")
     return d
 
 
@@ -165,10 +165,8 @@ def _lens_model() -> onnx.ModelProto:
 def test_an_input_only_shapes_read_stays_and_a_constant_output_survives_int8(tmp_path, dtype):
     onnx.save(_lens_model(), tmp_path / "lens.onnx")
     rng = np.random.default_rng(3)
-    for k in range(4):
-        np.save(tmp_path / f"x{k}.npy", rng.normal(0, 1, (1, 16)).astype(np.float32))
-        np.save(tmp_path / f"l{k}.npy", np.array([16], np.int64))
-    (tmp_path / "ds.txt").write_text("".join(f"x{k}.npy l{k}.npy\n" for k in range(4)))
+    write_samples(tmp_path, [(rng.normal(0, 1, (1, 16)).astype(np.float32), np.array([16], np.int64))
+                             for _ in range(4)], prefixes=("x", "l"), name="ds.txt")
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
     assert rk.load_onnx(str(tmp_path / "lens.onnx"), input_size_list=[[1, 16], [1]]) == 0, rk.last_error
