@@ -13,6 +13,7 @@ from onnx import helper
 
 from .. import __version__
 from ..config import BuildConfig
+from ..graph.shapes import run_shapes
 from ..package import RknnPackage
 from .float_graph import dims
 
@@ -33,28 +34,10 @@ def output_metas(model: onnx.ModelProto) -> List[dict]:
             "dtype": helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name}
            for o in inferred.graph.output]
     if any(d < 0 for m in out for d in m["shape"]):
-        _run_for_shapes(model, out)
+        # dims shape inference cannot follow (through an If's branches): one run at the fixed input shapes
+        for m, shape in zip(out, run_shapes(model, [m["name"] for m in out])):
+            m["shape"] = list(shape)
     return out
-
-
-def _run_for_shapes(model: onnx.ModelProto, out: List[dict]) -> None:
-    """Output dims shape inference cannot follow (through an If's branches): one run of the graph, at its fixed
-    input shapes, gives them (the inputs' values do not change a static graph's shapes)."""
-    import numpy as np
-
-    from ..runtime.ort_session import make_session
-
-    sess = make_session(model, 1)
-    feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
-                              np.dtype(_ORT_NP.get(i.type, "float32")))
-             for i in sess.get_inputs()}
-    for m, value in zip(out, sess.run([m["name"] for m in out], feeds)):
-        m["shape"] = list(np.shape(value))
-
-
-_ORT_NP = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
-           "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(bool)": "bool"}
 
 
 def source_record(framework: str, source_file: Optional[str], sha256: Optional[str], notes: List[str]) -> dict:

@@ -11,7 +11,7 @@ from it.
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -39,31 +39,39 @@ def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelP
     return onnx.shape_inference.infer_shapes(inferred, data_prop=data_prop)  # what follows them, outputs included
 
 
+def run_shapes(model: onnx.ModelProto, names: Sequence[str]) -> List[Tuple[int, ...]]:
+    """The shapes of the tensors ``names`` in one run of the graph on zeros at its fixed input shapes (the inputs'
+    values do not change a static graph's shapes; a dim that is not fixed runs as 1). The stored shapes are left
+    out of the run: they may be what is in question."""
+    from ..runtime.ort_session import make_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {i.name: np.zeros([d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim],
+                              onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+             for i in model.graph.input if i.name not in inits}
+    return [tuple(np.shape(v)) for v in make_session(probe, 1).run(list(names), feeds)]
+
+
 def runtime_shapes(model: onnx.ModelProto) -> List[str]:
     """Set every fully static stored shape of a node output that a run at the fixed input shapes contradicts to the
     run's, in place; returns the names corrected."""
-    from ..runtime.ort_session import make_session
-
     stored = {v.name: v for v in model.graph.value_info
               if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
               and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
     names = [o for n in model.graph.node for o in n.output if o in stored]
     if not names:
         return []
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]  # the stored shapes are what is in question
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    sess = make_session(probe, 1)
-    feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim],
-                              onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
-             for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
     fixed = []
-    for name, value in zip(names, sess.run(names, feeds)):
+    for name, shape in zip(names, run_shapes(model, names)):
         dims = stored[name].type.tensor_type.shape.dim
-        if [d.dim_value for d in dims] != list(np.shape(value)):
+        if [d.dim_value for d in dims] != list(shape):
             del dims[:]
-            for d in np.shape(value):
+            for d in shape:
                 dims.add().dim_value = int(d)
             fixed.append(name)
     return fixed
