@@ -30,7 +30,7 @@ import quant_accuracy as qa  # noqa: E402  (the split, inputs, decode and matchi
 from corpus_tflite import unfused_outputs  # noqa: E402  (the floor: the simulator's graph, onnxruntime fusions off)
 
 from openrknn.api import RKNN  # noqa: E402
-from openrknn.export.teflon_support import teflon_placement  # noqa: E402
+from openrknn.export.teflon_support import CONV_OPS, teflon_placement  # noqa: E402
 from openrknn.export.tflite import export_tflite_bytes  # noqa: E402
 from openrknn.export.tflite.validate import cosine  # noqa: E402
 from openrknn.package import read_package  # noqa: E402
@@ -38,12 +38,13 @@ from openrknn.runtime.simulator import Simulator  # noqa: E402
 from openrknn.runtime.tflite_runner import TfliteRunner  # noqa: E402
 
 
-def build(name: str, folder: Path, method: str = "channel") -> tuple:
+def build(name: str, folder: Path, method: str = "channel", points: str = "chip") -> tuple:
     ds, rgb2bgr = qa.write_dataset(name, qa.split(name)[0], folder)
     rknn = RKNN()
     pre = ([[0, 0, 0]], [[1, 1, 1]]) if name == "yolox" else ([qa.IMAGENET_MEAN], [qa.IMAGENET_STD])
     rknn.config(mean_values=pre[0], std_values=pre[1], reorder_channel="0 1 2", target_platform="rk3588",
-                quantized_dtype="w8a8", quantized_method=method, quant_img_RGB2BGR=rgb2bgr)
+                quantized_dtype="w8a8", quantized_method=method, quant_img_RGB2BGR=rgb2bgr,
+                pre_activation_points=points)
     rc = rknn.load_onnx(str(qa.DATA / "models" / "yolox_nano_coco.onnx")) if name == "yolox" else \
         rknn.load_pytorch(str(qa.DATA / "models" / "mobilenet_v2_imagenet.pt"), [[1, 3, qa.MNV2_SIZE, qa.MNV2_SIZE]])
     t = time.perf_counter()
@@ -72,20 +73,23 @@ def main() -> None:
     ap.add_argument("--method", default="channel", choices=("channel", "layer"),
                     help="weight quantization: per channel (the default build) or per tensor, which today's rocket "
                          "driver needs to run convolutions on the NPU")
+    ap.add_argument("--points", default="chip", choices=("chip", "tflite"),
+                    help="config(pre_activation_points=...): 'tflite' gives every conv before a SiLU / Sigmoid its "
+                         "own int8 point, so the conv exports as an int8 op Teflon can offload")
     args = ap.parse_args()
     if not qa.DATA.is_dir():
         sys.exit(f"no data folder at {qa.DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="tflite_bench_"))
     header = ["model", "simulator kept/top1", "LiteRT kept/top1", "cosine mean", "cosine min",
               "floor: fusions off, mean (min)", "build s",
-              "export s (ratio)", "float layers", "Teflon NPU ops"]
+              "export s (ratio)", "float layers", "Teflon NPU ops", "convs on NPU"]
     rows = []
     for name in args.models.split(","):
         folder = tmp / name
         folder.mkdir()
         model, _ = qa.float_model(name)
         ref = qa.Reference(name, model)
-        pkg, build_s = build(name, folder, args.method)
+        pkg, build_s = build(name, folder, args.method, args.points)
         t = time.perf_counter()
         data, report = export_tflite_bytes(pkg)
         export_s = time.perf_counter() - t
@@ -97,11 +101,13 @@ def main() -> None:
         cos = [cosine(a, b) for a, b in zip(sim_outs, lite_outs)]
         floor = [cosine(a, b[0]) for a, b in zip(sim_outs, unfused_outputs(pkg, feeds))]
         places = teflon_placement(report.model)
+        convs = [p for p in places if p.builtin in CONV_OPS]
         rows.append([name, accuracy(name, ref, sim_outs), accuracy(name, ref, lite_outs), f"{np.mean(cos):.5f}",
                      f"{np.min(cos):.5f}", f"{np.mean(floor):.5f} ({np.min(floor):.5f})", f"{build_s:.1f}",
                      f"{export_s:.2f} ({export_s / build_s:.3f}x)",
                      f"{len(report.float_layers)}/{len(report.float_layers) + len(report.int8_layers)}",
-                     f"{sum(p.unit == 'NPU' for p in places)}/{len(places)}"])
+                     f"{sum(p.unit == 'NPU' for p in places)}/{len(places)}",
+                     f"{sum(p.unit == 'NPU' for p in convs)}/{len(convs)}"])
         print(f"# {name}: {len(report.changes)} rule changes; float layers by op: "
               f"{sorted({r.op_type for r in report.float_layers})}", flush=True)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

@@ -23,6 +23,11 @@ QUANTIZED_METHODS = ("layer", "channel")
 # openrknn's own option (not in the vendor's config): how weights are rounded onto their grid. The same tuple as
 # openrknn.quant.WEIGHT_ROUNDINGS (kept apart so config() does not import the quantizer).
 WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
+# openrknn: which conv outputs are int8 points of their own before their activation. 'chip': those the target chip
+# stores as integers (quant/plan.py); 'tflite': every conv output before a SiLU or Sigmoid, as TFLite's int8 ops
+# compute it, so export_tflite writes those convs as int8 ops that Teflon can offload (the .rknn's own simulator
+# computes the same; the chip's own graph would apply the activation in full precision).
+PRE_ACTIVATION_POINTS = ("chip", "tflite")
 ALL_QUANTIZED_DTYPES = tuple(d for gen in ("rknpu1", "rknpu2") for d in targets.QUANTIZED_DTYPES[gen])
 
 
@@ -48,6 +53,7 @@ class BuildConfig:
     range_remap: bool = True  # openrknn: range split's part remap (more accuracy for a few more NPU ops)
     range_choice: bool = True  # openrknn: a 'normal' build may clip ranges (KL / MSE) where the outputs gain
     log_ranges: bool = True  # openrknn: the ranges into a Log (log-mel audio) cut in decades where the outputs gain
+    pre_activation_points: str = "chip"  # openrknn: PRE_ACTIVATION_POINTS
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.
     input_layout: Optional[List[str]] = None
@@ -254,4 +260,14 @@ def make_config(**kwargs: Any) -> BuildConfig:
         raise ConfigError("weight_rounding", rounding, WEIGHT_ROUNDINGS,
                           "gptq: second-order rounding, a few seconds; adaround: learned rounding, slower")
     cfg.weight_rounding = rounding
+    points = kwargs.get("pre_activation_points", "chip")
+    if points not in PRE_ACTIVATION_POINTS:
+        raise ConfigError("pre_activation_points", points, PRE_ACTIVATION_POINTS,
+                          "'tflite' quantizes every conv output before a SiLU or Sigmoid, for export_tflite and "
+                          "Mesa's Teflon delegate; 'chip' keeps what the target chip does")
+    if points == "tflite" and gen != "rknpu2":
+        raise ConfigError("pre_activation_points", points, ("chip",),
+                          f"'tflite' is for w8a8 builds that export_tflite writes; {cfg.target} is an RKNPU1 chip "
+                          "(use target_platform='rk3588' with quantized_dtype='w8a8')")
+    cfg.pre_activation_points = points
     return cfg

@@ -58,6 +58,7 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
             "dtype": quant.get("dtype"), "algorithm": quant.get("algorithm"), "method": quant.get("method"),
             "weight_rounding": quant.get("weight_rounding") or "nearest",  # files from before the option: nearest
             "ranges": quant.get("ranges") or {},  # files from before the record: none
+            "pre_activation_points": quant.get("pre_activation_points") or "chip",  # files from before: chip
             **quant_counts(tensors),
         }
     return {
@@ -137,6 +138,9 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         decided = ([f"range choice kept {ranges['chosen']}"] if ranges.get("chosen") else []) + \
             ([f"ranges into a Log cut by {ranges['log_cut_decades']:g} decades"] if ranges.get("log_cut_decades")
              else [])
+        if q["pre_activation_points"] == "tflite":
+            decided.append("every conv before a SiLU / Sigmoid requantized, as TFLite int8 computes it "
+                           "(pre_activation_points='tflite')")
         if decided:
             lines.append(f"                 {'; '.join(decided)}")
         lines.append(f"                 {_count(q['quantized_tensors'], 'quantized tensor')}: "

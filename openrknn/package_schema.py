@@ -139,6 +139,9 @@ def _check_quantization(p: _Problems, quant: Any) -> None:
         return
     for key in ("dtype", "algorithm", "method", "weight_rounding"):
         p.text(quant, key, "quantization", nullable=True)
+    if "pre_activation_points" in quant:
+        p.check(quant["pre_activation_points"] in ("chip", "tflite"), "quantization.pre_activation_points",
+                "'chip' or 'tflite'", quant["pre_activation_points"])
     ranges = quant.get("ranges")
     if ranges is not None and p.check(isinstance(ranges, dict), "quantization.ranges", "an object or null", ranges):
         p.text(ranges, "chosen", "quantization.ranges", nullable=True)

@@ -71,10 +71,10 @@ def _dataset(folder: Path, n: int = 6) -> Path:
 
 
 def _build(folder: Path, dtype: str = "w8a8", method: str = "channel", target: str = "rk3588",
-           silu: bool = True) -> RKNN:
+           silu: bool = True, points: str = "chip") -> RKNN:
     rknn = RKNN()
     assert rknn.config(mean_values=[[120, 110, 100]], std_values=[[60, 60, 60]], target_platform=target,
-                       quantized_dtype=dtype, quantized_method=method) == 0
+                       quantized_dtype=dtype, quantized_method=method, pre_activation_points=points) == 0
     assert rknn.load_onnx(str(_tiny_cnn(folder / "tiny.onnx", silu))) == 0
     assert rknn.build(do_quantization=dtype != "float16", dataset=str(_dataset(folder))) == 0
     return rknn
@@ -220,6 +220,43 @@ def test_teflon_placement_per_channel_vs_per_tensor(tiny_rknn, tmp_path):
     convs = {p.layer: p.unit for p in places if p.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")}
     assert convs["pw_op"] == convs["dw_op"] == "NPU" and convs["sconv_op"] == "CPU"
     assert {p.unit for p in places if p.builtin == "LOGISTIC"} == {"CPU"}
+
+
+def test_tflite_pre_activation_points_put_a_silu_conv_on_the_npu(tmp_path):
+    """config(pre_activation_points='tflite'): the conv before the SiLU gets its own int8 point, so it exports as an
+    int8 CONV_2D that Teflon offloads (per-tensor weights); LiteRT still computes what the simulator does."""
+    from openrknn.export.teflon_support import teflon_placement
+    from openrknn.export.tflite import export_tflite_bytes
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.package import read_package
+    from openrknn.package_info import describe_package
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rknn = _build(tmp_path, method="layer", points="tflite")
+    path = tmp_path / "points.rknn"
+    assert rknn.export_rknn(str(path)) == 0
+    pkg = read_package(path)
+    assert pkg.metadata["quantization"]["pre_activation_points"] == "tflite"
+    assert "as TFLite int8 computes it" in describe_package(pkg)
+    data, report = export_tflite_bytes(pkg)
+    modes = {r.layer: r.mode for r in report.layers}
+    assert modes["sconv_op"] == "int8"                                 # was float with the chip's points
+    assert modes["sig_op"] == modes["silu_op"] == "float"              # x * sigmoid(x) from the conv's integers
+    convs = {p.layer: p.unit for p in teflon_placement(report.model) if p.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")}
+    assert set(convs.values()) == {"NPU"}
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs():
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+@pytest.mark.parametrize("kwargs,hint", [({"pre_activation_points": "npu"}, "'tflite' quantizes every conv"),
+                                         ({"pre_activation_points": "tflite", "target_platform": "rk1808"},
+                                          "RKNPU1 chip")])
+def test_pre_activation_points_refuses_bad_values(kwargs, hint, rknn_log, logged_errors):
+    assert RKNN().config(**kwargs) == -1
+    msg = logged_errors(rknn_log)[-1]
+    assert "pre_activation_points" in msg and hint in msg
 
 
 def _cli(*args, cwd=None):

@@ -461,6 +461,7 @@ def test_package_summary_is_json_and_consistent():
     assert s["quantization"] == {"dtype": "asymmetric_quantized-u8", "algorithm": "kl_divergence",
                                  "method": "channel", "weight_rounding": "nearest",  # not recorded: older file
                                  "ranges": {},  # not recorded either
+                                 "pre_activation_points": "chip",  # nor this: the chip's, as every file then
                                  "quantized_tensors": 3, "activations": 2, "weights": 1, "biases": 0,
                                  "per_channel_tensors": 1}
     assert s["inputs"][0]["folded_into"] == "Conv_0" and s["outputs"][0]["name"] == "output"
@@ -586,6 +587,8 @@ def _edited(edit) -> dict:
     (_meta_json(_edited(lambda m: m["quantization"].update(ranges="kl"))), "quantization.ranges must be an object"),
     (_meta_json(_edited(lambda m: m["quantization"].update(ranges={"log_cut_decades": "2"}))),
      "quantization.ranges.log_cut_decades must be a finite number"),
+    (_meta_json(_edited(lambda m: m["quantization"].update(pre_activation_points="npu"))),
+     "quantization.pre_activation_points must be 'chip' or 'tflite'"),
     (_meta_json(_edited(lambda m: m.update(source="a.pt"))), "source must be an object or null"),
     (_meta_json(_edited(lambda m: m.update(payload_sections={"model": True, "float_reference": True}))),
      "payload_sections must be an object"),

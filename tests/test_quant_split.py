@@ -105,6 +105,27 @@ def test_split_rescues_small_channels_after_quantization(calib):
     assert err(on) < 0.5 * err(off)
 
 
+def test_tflite_pre_activation_points_are_split_with_their_silu(calib):
+    """pre_activation_points='tflite': the stem conv's own output (before its SiLU) is an int8 point; when range
+    split cuts the SiLU output into channel groups, that point is cut into the same groups, each with its range."""
+    model = stem_model()
+    feeds = list(calib)
+    ref = [_run(model, f) for f in feeds]
+
+    def err(res):
+        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+
+    chip = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588"), progress=False)
+    tfl = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588",
+                                              pre_activation_points="tflite"), progress=False)
+    assert not any(t.startswith("c1") for t in chip.tensors)          # the chip applies the SiLU inside the conv
+    assert {"c1__split0", "c1__split1"} <= set(tfl.tensors) and "c1" not in tfl.tensors
+    assert tfl.tensors["c1__split0"]["scale"] != tfl.tensors["c1__split1"]["scale"]
+    # the depthwise conv's own output is cut into parts too, as on the chip
+    assert any(t.startswith("c2__split") for t in tfl.tensors) and any(t.startswith("c2__split") for t in chip.tensors)
+    assert err(tfl) < 1.5 * err(chip)
+
+
 def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
     from openrknn.analysis.accuracy import accuracy_analysis
     from openrknn.quant.qdq import channel_orders

@@ -122,7 +122,7 @@ def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progre
         if opts.keep_float:
             from .hybrid import keep_float_overrides
 
-            overrides = {**keep_float_overrides(float_model, opts.keep_float, cfg.target, cfg.quantized_dtype),
+            overrides = {**keep_float_overrides(float_model, opts.keep_float, cfg),
                          **overrides}
         t1 = time.perf_counter()
         result, quantization = quantize_float_graph(float_model, metas, cfg, opts.dataset, overrides, progress,

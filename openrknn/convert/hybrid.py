@@ -30,7 +30,7 @@ from ..errors import ConfigError, PackageError
 from ..frontends import LoadedModel
 from ..quant import quantize
 from ..quant import hybrid as hq
-from ..targets.chips import requantizes_pre_activations
+from ..quant.plan import ALL_PRE_ACTIVATIONS
 from .build import BuildOptions, BuildResult, build_once
 from .float_graph import build_float_graph
 from .package_meta import BuildFlags, make_package, source_record
@@ -53,11 +53,12 @@ def _unit_table(float_model: onnx.ModelProto, tensors: Dict[str, dict]
     that carry it to the output; the convs a concat joins). Searching layer by layer would weigh choices the build
     cannot make apart. A unit is named after its first layer that computes (a weight, or a point that is not
     derived), not after the data movement that carries it."""
-    group_of, derived = hq.scale_groups(float_model, requantized_pre_activations=True)
+    group_of, derived = hq.scale_groups(float_model, requantized_pre_activations=ALL_PRE_ACTIVATIONS)
     layers: Dict[str, List[str]] = {}
     seen = set()
-    # the map with requantized pre-activations, cut to the package's tensors: right for either kind of chip
-    for name, names in hq.layer_map(float_model, requantized_pre_activations=True).items():
+    # the map with every pre-activation requantized, cut to the package's tensors: right for either kind of chip
+    # and for pre_activation_points='tflite'
+    for name, names in hq.layer_map(float_model, requantized_pre_activations=ALL_PRE_ACTIVATIONS).items():
         known = [t for t in names if hq.present(t, tensors)]
         acts = frozenset(_activations(known, tensors))
         if not known or (acts and acts in seen):  # conv+act is one layer
@@ -142,7 +143,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     meta = {"dtype": cfg.quantized_dtype, "algorithm": cfg.quantized_algorithm, "method": cfg.quantized_method,
             "weight_rounding": cfg.weight_rounding, "range_split": cfg.range_split,
             "range_remap": cfg.range_remap, "range_choice": cfg.range_choice, "log_ranges": cfg.log_ranges,
-            "target": cfg.target,
+            "pre_activation_points": cfg.pre_activation_points, "target": cfg.target,
             "samples": len(feeds), "inputs": [m_["name"] for m_ in metas],
             "input_dtypes": {k: str(v.dtype) for k, v in feeds[0].items()}, "tensors": result.tensors}
     arrays["__meta__"] = np.array(json.dumps(meta, default=_jsonable))
@@ -232,15 +233,15 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
     quant = {"quantized_dtype": meta["dtype"], "quantized_algorithm": meta["algorithm"],
              "quantized_method": meta["method"], "weight_rounding": meta.get("weight_rounding", "auto"),
              "range_split": meta.get("range_split", True), "range_remap": meta.get("range_remap", True),
-             "range_choice": meta.get("range_choice", True), "log_ranges": meta.get("log_ranges", True)}
+             "range_choice": meta.get("range_choice", True), "log_ranges": meta.get("log_ranges", True),
+             "pre_activation_points": meta.get("pre_activation_points", "chip")}
     if any(getattr(cfg, k) != v for k, v in quant.items()):
         log.warning("hybrid step2 uses step1's quantization settings %s (the cfg's parameters were made with them)",
                     quant)
     cfg = dataclasses.replace(cfg, **quant)
     original = {k: v for k, v in meta["tensors"].items() if v.get("kind") != "bias"}
     overrides = hq.resolve_layers(doc.get("custom_quantize_layers") or {}, float_model, original,
-                                  requantized_pre_activations=requantizes_pre_activations(cfg.target,
-                                                                                          cfg.quantized_dtype))
+                                  requantized_pre_activations=quant_options(cfg).requantized_pre_activations)
     fixed = hq.edited_params(doc, original)
     for name in set(fixed) & set(overrides):
         log.warning("'%s': dtype changed to %s and scale edited; the edited scale is used as given", name,
@@ -477,11 +478,11 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     return result
 
 
-def keep_float_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str], target: Optional[str] = None,
-                         dtype: str = "") -> Dict[str, str]:
+def keep_float_overrides(float_model: onnx.ModelProto, keep_float: Sequence[str], cfg: BuildConfig
+                         ) -> Dict[str, str]:
     """Layers to keep in float (node names of the built float graph, as the GUI's layer table lists them) ->
     QuantOptions.overrides with 'float'."""
-    lmap = hq.layer_map(float_model, requantizes_pre_activations(target, dtype))
+    lmap = hq.layer_map(float_model, quant_options(cfg).requantized_pre_activations)
     out = {}
     for name in keep_float:
         if name not in lmap:

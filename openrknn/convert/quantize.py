@@ -20,7 +20,8 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
     return QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
                         target=cfg.target, weight_rounding=cfg.weight_rounding, range_split=cfg.range_split,
                         range_remap=cfg.range_remap, range_choice=cfg.range_choice, log_ranges=cfg.log_ranges,
-                        overrides=dict(overrides or {}), fixed=dict(fixed or {}))
+                        pre_activation_points=cfg.pre_activation_points, overrides=dict(overrides or {}),
+                        fixed=dict(fixed or {}))
 
 
 def calibration_data(dataset: Optional[str], metas: List[dict], cfg: BuildConfig):
@@ -42,7 +43,8 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
               "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),
               "range_split": bool(cfg.range_split), "range_remap": bool(cfg.range_remap),
               "range_choice": bool(cfg.range_choice), "log_ranges": bool(cfg.log_ranges),
-              "calibration_samples": samples, "tensors": result.tensors,
+              "pre_activation_points": cfg.pre_activation_points, "calibration_samples": samples,
+              "tensors": result.tensors,
               "overrides": dict(overrides or {}), "ranges": ranges_decided(result.report)}
     record.update(extra)
     return record

@@ -9,7 +9,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import targets
-from ..config import QUANTIZED_ALGORITHMS, QUANTIZED_METHODS, WEIGHT_ROUNDINGS, BuildConfig, make_config
+from ..config import (PRE_ACTIVATION_POINTS, QUANTIZED_ALGORITHMS, QUANTIZED_METHODS, WEIGHT_ROUNDINGS, BuildConfig,
+                      make_config)
 from ..errors import ConfigError
 
 # (label, help, section). Keys missing here still get a field (typed from the default) in "Advanced".
@@ -39,6 +40,9 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                      "model's outputs on held-out calibration samples clearly gain.", "quant"),
     "log_ranges": ("Log ranges", "Cut the ranges of the tensors on the way into a Log (a log-mel front end's power "
                    "spectrum) together, by the decades the model's outputs prefer.", "quant"),
+    "pre_activation_points": ("Pre-activation points", "chip = quantize as the target chip computes; tflite = an "
+                              "int8 point after every conv before a SiLU or Sigmoid, so an exported .tflite keeps "
+                              "those convs int8 for Mesa's Teflon delegate.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }
@@ -48,7 +52,8 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _kind(name: str, default: Any) -> str:
-    if name in ("target_platform", "quantized_dtype", "quantized_algorithm", "quantized_method", "weight_rounding"):
+    if name in ("target_platform", "quantized_dtype", "quantized_algorithm", "quantized_method", "weight_rounding",
+                "pre_activation_points"):
         return "select"
     if name in _FLOAT_LIST_KEYS:
         return "floats"
@@ -73,6 +78,8 @@ def _options(name: str) -> Optional[List[dict]]:
         return [{"value": a, "label": a, "group": ""} for a in QUANTIZED_ALGORITHMS]
     if name == "weight_rounding":
         return [{"value": r, "label": r, "group": ""} for r in WEIGHT_ROUNDINGS]
+    if name == "pre_activation_points":
+        return [{"value": p, "label": p, "group": ""} for p in PRE_ACTIVATION_POINTS]
     if name == "quantized_method":
         return [{"value": "", "label": "default for the dtype", "group": ""}] + [
             {"value": m, "label": m, "group": ""} for m in QUANTIZED_METHODS]

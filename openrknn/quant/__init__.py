@@ -112,6 +112,7 @@ class QuantOptions:
     range_choice_images: int = 8
     range_choice_samples: int = 4
     log_ranges: bool = True
+    pre_activation_points: str = "chip"
     log_range_samples: int = 8
     range_search: bool = False
     range_search_groups: int = 32
@@ -145,6 +146,8 @@ class QuantOptions:
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
+        if self.pre_activation_points not in ("chip", "tflite"):
+            raise ConfigError("pre_activation_points", self.pre_activation_points, ("chip", "tflite"))
         for key in ("range_choice", "log_ranges"):
             if getattr(self, key) not in (True, False):
                 raise ConfigError(key, getattr(self, key), (True, False))
@@ -160,10 +163,14 @@ class QuantOptions:
         return self.method or get_scheme(self.dtype).default_method
 
     @property
-    def requantized_pre_activations(self) -> bool:
-        """The target chip stores some conv outputs as integers before their activation (plan.py)."""
+    def requantized_pre_activations(self) -> object:
+        """Which conv outputs are integers before their activation (plan.py): True where the target chip stores
+        some so, plan.ALL_PRE_ACTIVATIONS for pre_activation_points='tflite' (every conv before a SiLU / Sigmoid)."""
         from ..targets.chips import requantizes_pre_activations
+        from .plan import ALL_PRE_ACTIVATIONS
 
+        if self.pre_activation_points == "tflite":
+            return ALL_PRE_ACTIVATIONS
         return requantizes_pre_activations(self.target, self.dtype)
 
     @property

@@ -44,6 +44,10 @@ FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "H
 GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
 # Node-name endings of range split's part remaps (algorithms/split.py writes them).
 REMAP_OPS = ("_remap_mul", "_remap_add")
+# the pre-activation policy of config(pre_activation_points='tflite'): every conv output before a SiLU or Sigmoid is
+# an int8 point of its own, so the conv is an int8 TFLite op (Teflon offloads it) and the activation is computed
+# from its integers, where the chip's own graph applies it in full precision inside the conv
+ALL_PRE_ACTIVATIONS = "all"
 # Ops whose output values do not depend on the input data (shape arithmetic).
 STATIC_OPS = {"Shape", "Size"}
 
@@ -266,22 +270,26 @@ def _kept(info: GraphInfo) -> Set[str]:
     return keep
 
 
-def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[int], gated: Dict[int, tuple]) -> str:
-    """'silu' / 'sigmoid' when a chip that requantizes pre-activations stores this conv output y as integers before
-    its activation; '' otherwise."""
+def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[int], gated: Dict[int, tuple],
+                            policy: object = True) -> str:
+    """'silu' / 'sigmoid' when this conv output y is stored as integers before its activation; '' otherwise.
+    policy True: as a chip that requantizes pre-activations does it (a depthwise conv before its SiLU, any conv
+    before a Sigmoid); ALL_PRE_ACTIVATIONS: every conv before a SiLU or Sigmoid, as TFLite's int8 ops compute it."""
     if info.nodes[w.node].op_type != "Conv":
         return ""
     if len(cons) == 1 and info.nodes[cons[0]].op_type == "Sigmoid":
         return "sigmoid"
-    if w.depthwise and len(cons) == 2 and any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
+    if (w.depthwise or policy == ALL_PRE_ACTIVATIONS) and len(cons) == 2 and \
+            any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
         return "silu"
     return ""
 
 
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
-               requantized_pre_activations: bool = False) -> Plan:
-    """requantized_pre_activations: the target chip stores some conv outputs as integers before their activation
-    (targets/chips.py Generation.requantizes_pre_activations)."""
+               requantized_pre_activations: object = False) -> Plan:
+    """requantized_pre_activations: True when the target chip stores some conv outputs as integers before their
+    activation (targets/chips.py Generation.requantizes_pre_activations); ALL_PRE_ACTIVATIONS for every conv
+    output before a SiLU or Sigmoid (config(pre_activation_points='tflite'))."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
@@ -315,7 +323,8 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if y in info.output_set:
             continue
         cons = info.consumers.get(y, [])
-        act = _requantized_activation(info, w, y, cons, gated) if requantized_pre_activations else ""
+        act = _requantized_activation(info, w, y, cons, gated, requantized_pre_activations) \
+            if requantized_pre_activations else ""
         if act:
             pre_activations[y] = act
             continue

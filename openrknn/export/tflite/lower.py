@@ -350,7 +350,8 @@ class Lowerer:
         if not all(self.is_q8(i) for i in acts):
             return "an input is a float intermediate of our graph (the NPU fuses it with the op before)"
         if not all(self.g.sole_quantizer(o) is not None for o in outs):
-            return "its output is not a quantization point (the NPU fuses it with the op after)"
+            return ("its output is not a quantization point (the NPU fuses it with the op after; "
+                    "config(pre_activation_points='tflite') makes it one before a SiLU or Sigmoid)")
         return "no int8 TFLite form for these attributes"
 
     def _outputs(self) -> None:

@@ -623,6 +623,11 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         origins.update({k: origins.get(v, v) for k, v in made.items()})
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
+        # a requantized conv output inside the producing chain (pre_activation_points='tflite': the conv before
+        # the SiLU whose output is split) is cut into the same channel parts
+        for pre in (o for i in prod for o in info.nodes[i].output[:1] if o in first_plan.pre_activations):
+            for g, idx in enumerate(groups):
+                parts[f"{pre}__split{g}"] = (pre, idx, None)
         for chain in cons:
             pre = info.nodes[chain[0]].output[0]
             if pre in first_plan.pre_activations:  # a part of its own: the NPU requantizes it before the activation
@@ -680,6 +685,9 @@ class RangeSplit(Rewrite):
             if state.options.range_remap else []
         pre = [o for t in found if t in sources for c in state.info.consumers.get(t, [])
                for o in state.info.nodes[c].output[:1] if o in state.plan.pre_activations]
+        # and the requantized conv output the split tensor's own activation reads (pre_activation_points='tflite')
+        pre += [i for t in found if t in sources and t in state.info.producer
+                for i in state.info.nodes[state.info.producer[t]].input if i in state.plan.pre_activations]
         self.candidates = [t for t in found if t in sources] + remap + pre
         # the remap measures rounding noise on sampled values of 8-bit outputs
         return Needs(channel_ranges=list(self.candidates),
