@@ -276,7 +276,8 @@ def test_float_weights_skips_a_weight_the_quantizer_rewrote():
 
 def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypatch):
     """A sensitivity ranking that misjudges the early layer (as single-layer bypass does when errors compound) would
-    need every layer; the graph-order prefix (the input's pre-processing, then conv1) needs two, so it wins."""
+    need every layer; the graph-order prefix (the input's pre-processing, then conv1) needs two, so it wins. Then
+    the pruning finds conv1 alone enough: the pre-processing unit only came with the prefix."""
     cfg = _cfg()
     plain = build(_loaded(setup), cfg, BuildOptions(dataset=str(setup / "dataset.txt")))
     tensors = plain.package.metadata["quantization"]["tensors"]
@@ -284,10 +285,41 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     monkeypatch.setattr(hq, "damage", lambda model, *a, **k: {u: (1.0 if u == "conv2" else 0.0)
                                                               for u in model.units})
     picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
-    assert detail["order_kind"] == "graph order" and picked[-1] == "conv1" and len(picked) == 2
+    assert detail["order_kind"] == "graph order" and detail["found"]["graph order"] == 2
+    first = detail["orders"]["graph order"][0]
+    assert picked == ["conv1"] and detail["pruned"] == [first] and detail["order"][:2] == ["conv1", first]
     monkeypatch.undo()
     picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.997, progress=False)
     assert detail["order_kind"] == "sensitivity" and picked == ["conv1"]  # the measured ranking finds it alone
+
+
+def test_prune_drops_the_units_the_others_make_unnecessary():
+    """A ranking prefix holds every unit ranked above the last one needed; the pruning tries the least damage per
+    layer first and keeps a unit out only where the estimate still meets the threshold."""
+    need = {"score_a", "score_b"}           # each output needs its own unit; "wide" helps neither
+
+    def estimate(units):
+        calls.append(list(units))
+        return 0.995 if need <= set(units) else 0.97
+
+    calls = []
+    size = {"score_a": 3, "wide": 1, "score_b": 3, "tail": 1}
+    sens = {"score_a": 0.9, "wide": 0.5, "score_b": 0.6, "tail": 0.05}
+    kept, dropped, runs = hb._prune(["score_a", "wide", "score_b", "tail"], size, sens, estimate, 0.99)
+    assert kept == ["score_a", "score_b"] and dropped == ["tail", "wide"] and runs == 4
+    assert calls[0] == ["score_a", "wide", "score_b"]       # tail first: the least damage per layer
+    # a prefix whose every unit is needed stays as it is; a single unit is never tried
+    assert hb._prune(["score_a", "score_b"], size, sens, estimate, 0.99)[:2] == (["score_a", "score_b"], [])
+    calls.clear()
+    assert hb._prune(["score_a"], size, sens, estimate, 0.99) == (["score_a"], [], 0) and not calls
+
+
+def test_prune_spends_at_most_its_estimate_runs(monkeypatch):
+    monkeypatch.setattr(hb, "PRUNE_TRIES", 2)
+    units = [f"u{i}" for i in range(6)]
+    kept, dropped, runs = hb._prune(units, dict.fromkeys(units, 1), {u: i for i, u in enumerate(units)},
+                                    lambda us: 1.0, 0.99)
+    assert runs == 2 and dropped == ["u0", "u1"] and kept == units[2:]
 
 
 def test_report_names_the_automatic_choice(setup):

@@ -264,6 +264,7 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
 
 RANK_SAMPLES = 2    # feeds the per-unit ranking runs on: one switchable-model run per unit and feed
 MAX_CONFIRM = 5     # real builds that confirm the estimated prefix, extend it or search below it
+PRUNE_TRIES = 12    # estimate runs the pruning of a found prefix may spend (one per unit tried)
 
 
 def _switchable(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict[str, dict],
@@ -342,10 +343,35 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
     order, k = orders[kind], found[kind]
     log.info("hybrid: %s reach cosine %.4f (estimate); trying %s first",
              ", ".join(f"{found[kd]} unit(s) by {kd}" for kd in orders), thresh, kind)
+    kept, dropped, prune_runs = _prune(order[:k], size, sens,
+                                       lambda us: min(hq.output_cosines(ref, switch.run(feeds, us, workers))), thresh)
+    if dropped:
+        # the confirming builds take prefixes: the kept units, then the dropped ones back, then the rest
+        order, k = kept + dropped + order[k:], len(kept)
+        log.info("hybrid: %d of those unit(s) are not needed together with the others (estimate): %s",
+                 len(dropped), ", ".join(dropped))
     return order[:k], {"sensitivity": {u: sens[u] for u in ranked}, "order": order, "order_kind": kind,
-                       "orders": orders, "found": found,
+                       "orders": orders, "found": found, "pruned": dropped,
                        "estimate": {f"{kd}:{n}": c for (kd, n), c in estimates.items()},
-                       "estimate_runs": len(estimates) + len(units)}
+                       "estimate_runs": len(estimates) + len(units) + prune_runs}
+
+
+def _prune(picked: List[str], size: Dict[str, int], sens: Dict[str, float], estimate, thresh: float
+           ) -> Tuple[List[str], List[str], int]:
+    """Drop the units of a found prefix that the others make unnecessary: a ranking prefix holds every unit ranked
+    above the last one it needs, and a unit that does damage alone can be harmless once its neighbours are float
+    (the layout detector's eight outputs each need their own few). Tries the units with the least damage per layer
+    first, keeps a unit out when the estimate still meets ``thresh``; at most PRUNE_TRIES units are tried (a model
+    whose prefix is long pays one estimate run per unit). Returns (kept, dropped, estimate runs)."""
+    kept, dropped, runs = list(picked), [], 0
+    for u in sorted(picked, key=lambda u: sens[u] / size[u])[:PRUNE_TRIES]:
+        if len(kept) == 1:
+            break
+        trial = [v for v in kept if v != u]
+        runs += 1
+        if estimate(trial) >= thresh:
+            kept, dropped = trial, dropped + [u]
+    return kept, dropped, runs
 
 
 def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str, make, ref: List[list],
@@ -462,7 +488,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     # every layer the promoted units hold: the data movement that carries a promoted tensor is 16-bit too
     report.update({"layers": [n for u in order[:k] for n in unit_layers[u]], "units": order[:k],
                    "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
-                   "selection": kind, "estimate_runs": detail.get("estimate_runs"),
+                   "selection": kind, "pruned": detail.get("pruned", []), "estimate_runs": detail.get("estimate_runs"),
                    "sensitivity": {u: detail["sensitivity"][u] for u in order[:k]},
                    "cost_after": _cost(result.model, cfg)})
     if not report["met"]:
