@@ -14,9 +14,12 @@ A model TFLite cannot express (an op without a TFLite form, dynamic shapes) is a
 exporter's message. Results are cached per model in <cache>/results/<model>/tflite-w8a8.json; --rerun recomputes.
 
 `--method layer`: the same with per-tensor weights (results in tflite-w8a8-layer.json), the build today's rocket
-driver can run convolutions of on the NPU.
+driver can run convolutions of on the NPU. `--points tflite`: built with config(pre_activation_points='tflite'), so
+a conv before a SiLU or Sigmoid has an int8 output and exports as an int8 conv (results in
+tflite-w8a8[-layer]-points.json). With both, the open path's build: "convs on NPU" is what Teflon would offload.
 
 Usage: python bench/corpus_tflite.py [--cache DIR] [--only NAME,...] [--rerun] [--table-only] [--method channel|layer]
+       [--points chip|tflite]
 """
 
 from __future__ import annotations
@@ -44,22 +47,26 @@ from corpus_fetch import BY_NAME, DEFAULT_CACHE, MANIFEST  # noqa: E402
 ROWS = {"channel": "tflite-w8a8", "layer": "tflite-w8a8-layer"}   # weights per channel (default) / per tensor
 
 
-def run_worker(name: str, cache: Path, method: str = "channel") -> None:
+def row_name(method: str, points: str) -> str:
+    return ROWS[method] + ("-points" if points == "tflite" else "")
+
+
+def run_worker(name: str, cache: Path, method: str = "channel", points: str = "chip") -> None:
     from openrknn.api import RKNN
-    from openrknn.export.teflon_support import teflon_placement
+    from openrknn.export.teflon_support import CONV_OPS, teflon_placement
     from openrknn.export.tflite import export_tflite_bytes
     from openrknn.runtime.tflite_runner import TfliteRunner
 
     entry = BY_NAME[name]
     wd = corpus.work_dir(cache, name)
     info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
-    row = ROWS[method]
+    row = row_name(method, points)
     res: Dict = {"row": row, "model": name}
     t0 = time.time()
     try:
         rknn = RKNN(verbose=False)
         cfg = {"target_platform": "rk3588", "quantized_dtype": "w8a8", "quantized_algorithm": "normal",
-               "quantized_method": method}
+               "quantized_method": method, "pre_activation_points": points}
         if corpus._uses_mean(entry):
             cfg.update(mean_values=[list(entry["mean"])], std_values=[list(entry["std"])])
         for step, rc in (("config", lambda: rknn.config(**cfg)),
@@ -109,7 +116,9 @@ def run_worker(name: str, cache: Path, method: str = "channel") -> None:
                    float_layers=len(report.float_layers),
                    layers=len(report.float_layers) + len(report.int8_layers),
                    float_ops=sorted({r.op_type for r in report.float_layers}),
-                   npu_ops=sum(p.unit == "NPU" for p in places), ops=len(places), tflite_bytes=len(data))
+                   npu_ops=sum(p.unit == "NPU" for p in places), ops=len(places), tflite_bytes=len(data),
+                   npu_convs=sum(p.unit == "NPU" for p in places if p.builtin in CONV_OPS),
+                   convs=sum(p.builtin in CONV_OPS for p in places))
     except Exception as e:
         msg = str(e)
         res["error"] = (msg if msg.startswith("fails in") else f"fails in {row}: {type(e).__name__}: {msg}")[:600]
@@ -147,19 +156,20 @@ def builtin_kernels(runner, data: bytes):
     return runner
 
 
-def run_model(entry, cache: Path, rerun: bool, method: str = "channel") -> Dict:
-    rfile = cache / "results" / entry["name"] / f"{ROWS[method]}.json"
+def run_model(entry, cache: Path, rerun: bool, method: str = "channel", points: str = "chip") -> Dict:
+    rfile = cache / "results" / entry["name"] / f"{row_name(method, points)}.json"
     if rfile.is_file() and not rerun:
         return json.loads(rfile.read_text())
     corpus.prepare(entry, cache, 10)
     rfile.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cache", str(cache), "--method", method,
-                        "--worker", entry["name"]], capture_output=True, text=True, env=env, timeout=7200)
+                        "--points", points, "--worker", entry["name"]], capture_output=True, text=True, env=env,
+                       timeout=7200)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     res = json.loads(lines[-1][len("RESULT "):]) if lines else {
         "error": f"fails in worker process (rc={p.returncode}): {p.stderr.strip()[-400:]}"}
-    res["row"] = ROWS[method]
+    res["row"] = row_name(method, points)
     tmp = rfile.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(rfile)
@@ -174,17 +184,18 @@ def _c(x: Optional[float], agree: Optional[float] = None) -> str:
 
 def row_text(name: str, r: Dict) -> str:
     if r.get("error"):
-        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | | {r['error'][:200]} |"
+        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | | | {r['error'][:200]} |"
+    convs = f"{r['npu_convs']}/{r['convs']}" if "convs" in r else "-"   # results from before the column: -
     return (f"| {name} | {BY_NAME[name]['kind']} | {_c(r['cos'], r.get('agree'))} | "
             f"{_c(r['sim_cos'], r.get('sim_agree'))} | {_c(r['vs_sim'])} ({r['vs_sim_min']:.4f}) | "
             f"{_c(r.get('floor'))} ({_c(r.get('floor_min'))}) | {_c(r.get('kernels'))} ({_c(r.get('kernels_min'))}) | "
-            f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | "
+            f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | {convs} | "
             f"{', '.join(r['float_ops']) if r['float_ops'] else ''} |")
 
 
 HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | "
           "simulator vs itself, fusions off (worst) | LiteRT XNNPACK vs builtin kernels (worst) | float layers | "
-          "Teflon NPU ops | computed in float |\n|---|---|---|---|---|---|---|---|---|---|")
+          "Teflon NPU ops | convs on NPU | computed in float |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:
@@ -196,21 +207,24 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="channel", choices=tuple(ROWS),
                     help="weights per channel (the default build) or per tensor (what today's rocket driver runs "
                          "convolutions of on the NPU)")
+    ap.add_argument("--points", default="chip", choices=("chip", "tflite"),
+                    help="config(pre_activation_points=...): 'tflite' gives each conv before a SiLU / Sigmoid an "
+                         "int8 output, so it exports as an int8 conv")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.cache, args.method)
+        run_worker(args.worker, args.cache, args.method, args.points)
         return 0
     names = [n for n in args.only.split(",") if n] or [e["name"] for e in MANIFEST]
     print("machine shared, timings noisy; LiteRT on the CPU (XNNPACK)", flush=True)
     print(HEADER, flush=True)
     for n in names:
-        rfile = args.cache / "results" / n / f"{ROWS[args.method]}.json"
+        rfile = args.cache / "results" / n / f"{row_name(args.method, args.points)}.json"
         if args.table_only:
             if rfile.is_file():
                 print(row_text(n, json.loads(rfile.read_text())), flush=True)
             continue
-        print(row_text(n, run_model(BY_NAME[n], args.cache, args.rerun, args.method)), flush=True)
+        print(row_text(n, run_model(BY_NAME[n], args.cache, args.rerun, args.method, args.points)), flush=True)
     return 0
 
 

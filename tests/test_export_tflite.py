@@ -100,16 +100,16 @@ def tiny_tflite(tiny_rknn):
     return out
 
 
-def _w8a8_tflite(model: onnx.ModelProto, tmp_path: Path, name: str):
-    """``model`` built w8a8 for rk3588 through the API (calibrated on _dataset) and exported: (package, .tflite
-    bytes, export report)."""
+def _w8a8_tflite(model: onnx.ModelProto, tmp_path: Path, name: str, **config):
+    """``model`` built w8a8 for rk3588 through the API (calibrated on _dataset; ``config``: more config() options)
+    and exported: (package, .tflite bytes, export report)."""
     from openrknn.export.tflite import export_tflite_bytes
     from openrknn.package import read_package
 
     onnx.save(model, str(tmp_path / f"{name}.onnx"))
     rknn = RKNN()
-    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
-                quantized_dtype="w8a8")
+    assert rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
+                       quantized_dtype="w8a8", **config) == 0
     assert rknn.load_onnx(str(tmp_path / f"{name}.onnx")) == 0
     assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
     assert rknn.export_rknn(str(tmp_path / f"{name}.rknn")) == 0
@@ -432,6 +432,51 @@ def test_hard_sigmoid_has_a_float_form(tmp_path):
     model.ir_version = 8
     pkg, data, report = _w8a8_tflite(model, tmp_path, "hs")
     assert {r.layer: r.mode for r in report.layers}["hsig"] == "float"
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_tflite_pre_activation_points_before_other_activations(tmp_path):
+    """pre_activation_points='tflite' with per-tensor weights: a conv before HardSwish (its range searched for the
+    HardSwish), LeakyRelu, PRelu or a written-out x * HardSigmoid(x) gets an int8 output too, so every conv is an int8
+    op Teflon offloads; the activations are computed from the conv's integers, as the simulator does."""
+    from openrknn.export.teflon_support import CONV_OPS, teflon_placement
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n) for n, s in
+             (("w1", (6, 3, 3, 3)), ("w2", (6, 6, 3, 3)), ("w3", (6, 6, 1, 1)), ("w4", (6, 6, 3, 3)),
+              ("w5", (4, 6, 1, 1)))]
+    inits += [numpy_helper.from_array(np.full(n, .1, np.float32), b) for b, n in (("b", 6), ("b5", 4))]
+    inits.append(numpy_helper.from_array(np.full((6, 1, 1), .25, np.float32), "slope"))
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             n("HardSwish", ["c1"], ["a1"], name="hswish"),
+             n("Conv", ["a1", "w2", "b"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             n("LeakyRelu", ["c2"], ["a2"], name="leaky", alpha=0.1),
+             n("Conv", ["a2", "w3", "b"], ["c3"], name="conv3"),
+             n("PRelu", ["c3", "slope"], ["a3"], name="prelu"),
+             n("Conv", ["a3", "w4", "b"], ["c4"], name="conv4", pads=[1, 1, 1, 1]),
+             n("HardSigmoid", ["c4"], ["h4"], name="hsig", alpha=0.2, beta=0.5),
+             n("Mul", ["c4", "h4"], ["a4"], name="gate"),
+             n("Conv", ["a4", "w5", "b5"], ["y"], name="conv5")]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    convs = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    _, _, chip = _w8a8_tflite(model, tmp_path, "chip", quantized_method="layer")
+    assert [r.mode for r in chip.layers if r.layer in convs].count("float") >= 3   # the chip fuses them
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "acts", quantized_method="layer",
+                                     pre_activation_points="tflite")
+    modes = {r.layer: r.mode for r in report.layers}
+    assert all(modes[c] == "int8" for c in convs), modes
+    assert modes["hswish"] == "int8"                                   # TFLite's int8 HARD_SWISH
+    on_npu = {p.layer: p.unit for p in teflon_placement(report.model) if p.builtin in CONV_OPS}
+    assert set(on_npu) == set(convs) and set(on_npu.values()) == {"NPU"}
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

@@ -65,6 +65,24 @@ def test_activation_range_keeps_the_top_and_the_silu_dip():
     assert -60.0 < lo3 < -3.0
 
 
+def test_the_tflite_policy_requantizes_every_conv_before_an_activation_tflite_cannot_fuse():
+    """pre_activation_points='tflite' (plan.ALL_PRE_ACTIVATIONS): the standard conv before its SiLU is a
+    pre-activation too; the depthwise conv before its ReLU stays fused (TFLite fuses ReLU into a conv)."""
+    from openrknn.quant.plan import ALL_PRE_ACTIVATIONS
+
+    plan = build_plan(GraphInfo(normalize(_blocks())), requantized_pre_activations=ALL_PRE_ACTIVATIONS)
+    assert plan.pre_activations == {"c1": "silu", "dw": "silu", "logit": "sigmoid"}
+    assert "dr" in plan.internal and "dr" not in plan.points
+
+
+def test_activation_range_for_hardswish_cuts_only_its_flat_part():
+    """HardSwish is zero below -3: the lower end moves up from a far outlier to no higher than -3."""
+    x = np.concatenate([rng.normal(0.0, 1.5, 200_000), [-40.0, 9.0]])
+    hist, _ = np.histogram(x, bins=2048, range=(x.min(), x.max()))
+    lo, hi = activation_range(hist, float(x.min()), float(x.max()), "hardswish", False, INT8)
+    assert hi == float(x.max()) and -40.0 < lo <= LOWEST_CUT["hardswish"] == -3.0
+
+
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
     return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("pre"), (12, 12, 3)),
@@ -75,7 +93,7 @@ def _producers(model: onnx.ModelProto) -> dict:
     return {o: n.op_type for n in model.graph.node for o in n.output}
 
 
-@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+@pytest.mark.parametrize("act", ["silu", "sigmoid", "hardswish"])
 def test_the_range_errors_are_the_bin_by_bin_sum(act):
     """_RangeErrors' level runs from arithmetic and prefix sums give what quantizing every bin centre gives:
     sum over bins of count * (f(dequant(quant(c))) - f(c))^2, for many ranges at once, empty bins included."""

@@ -44,10 +44,14 @@ FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "H
 GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
 # Node-name endings of range split's part remaps (algorithms/split.py writes them).
 REMAP_OPS = ("_remap_mul", "_remap_add")
-# the pre-activation policy of config(pre_activation_points='tflite'): every conv output before a SiLU or Sigmoid is
-# an int8 point of its own, so the conv is an int8 TFLite op (Teflon offloads it) and the activation is computed
-# from its integers, where the chip's own graph applies it in full precision inside the conv
+# the pre-activation policy of config(pre_activation_points='tflite'): every conv output before an activation TFLite
+# cannot fuse into a conv (all but Relu / Relu6) is an int8 point of its own, so the conv is an int8 TFLite op
+# (Teflon offloads it) and the activation is computed from its integers, where the chip's own graph applies it in
+# full precision inside the conv
 ALL_PRE_ACTIVATIONS = "all"
+# what _requantized_activation returns for such a conv output whose activation has no range search
+# (algorithms/activations.py ACTIVATIONS): an ordinary point, calibrated like any other
+PLAIN_POINT = "point"
 # Ops whose output values do not depend on the input data (shape arithmetic).
 STATIC_OPS = {"Shape", "Size"}
 
@@ -272,9 +276,11 @@ def _kept(info: GraphInfo) -> Set[str]:
 
 def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[int], gated: Dict[int, tuple],
                             policy: object = True) -> str:
-    """'silu' / 'sigmoid' when this conv output y is stored as integers before its activation; '' otherwise.
+    """'silu' / 'sigmoid' / 'hardswish' when this conv output y is stored as integers before its activation (a
+    pre-activation, its range searched for that activation), PLAIN_POINT when it is an ordinary point, '' otherwise.
     policy True: as a chip that requantizes pre-activations does it (a depthwise conv before its SiLU, any conv
-    before a Sigmoid); ALL_PRE_ACTIVATIONS: every conv before a SiLU or Sigmoid, as TFLite's int8 ops compute it."""
+    before a Sigmoid); ALL_PRE_ACTIVATIONS: every conv before an activation TFLite cannot fuse into it, as TFLite's
+    int8 ops compute it."""
     if info.nodes[w.node].op_type != "Conv":
         return ""
     if len(cons) == 1 and info.nodes[cons[0]].op_type == "Sigmoid":
@@ -282,6 +288,13 @@ def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[i
     if (w.depthwise or policy == ALL_PRE_ACTIVATIONS) and len(cons) == 2 and \
             any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
         return "silu"
+    if policy != ALL_PRE_ACTIVATIONS:
+        return ""
+    if len(cons) == 1 and info.nodes[cons[0]].op_type == "HardSwish":
+        return "hardswish"
+    if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS - {"Relu", "Clip"} or \
+            len(cons) == 2 and any(c in gated and gated[c][0] == y for c in cons):
+        return PLAIN_POINT
     return ""
 
 
@@ -325,6 +338,8 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         cons = info.consumers.get(y, [])
         act = _requantized_activation(info, w, y, cons, gated, requantized_pre_activations) \
             if requantized_pre_activations else ""
+        if act == PLAIN_POINT:
+            continue
         if act:
             pre_activations[y] = act
             continue

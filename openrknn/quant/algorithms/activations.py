@@ -153,10 +153,15 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x * _sigmoid(x)
 
 
-ACTIVATIONS = {"silu": _silu, "sigmoid": _sigmoid}
+def _hardswish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+ACTIVATIONS = {"silu": _silu, "sigmoid": _sigmoid, "hardswish": _hardswish}
 # the lower end never cuts into the part of the activation that is not flat: SiLU's dip down to its minimum at
-# x = -1.2785 (its output's own range starts there, so the output's quantizer keeps that value representable)
-LOWEST_CUT = {"silu": -1.2784645427610738, "sigmoid": 0.0}
+# x = -1.2785 (its output's own range starts there, so the output's quantizer keeps that value representable);
+# HardSwish is flat (zero) below -3
+LOWEST_CUT = {"silu": -1.2784645427610738, "sigmoid": 0.0, "hardswish": -3.0}
 PRE_ACTIVATION_GRID = 192
 PRE_ACTIVATION_BINS = 1024  # the search's histogram resolution (finer histograms are summed down to it)
 
@@ -174,7 +179,15 @@ def _silu_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.multiply(x, _sigmoid_into(x, out), out=out)
 
 
-ACTIVATIONS_INTO = {"silu": _silu_into, "sigmoid": _sigmoid_into}
+def _hardswish_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """_hardswish(x) written into ``out``: the same operations in the same order, so the same bits."""
+    np.add(x, 3.0, out=out)
+    np.clip(out, 0.0, 6.0, out=out)
+    np.multiply(x, out, out=out)
+    return np.divide(out, 6.0, out=out)
+
+
+ACTIVATIONS_INTO = {"silu": _silu_into, "sigmoid": _sigmoid_into, "hardswish": _hardswish_into}
 
 
 class _RangeErrors:
