@@ -126,6 +126,41 @@ def test_tflite_pre_activation_points_are_split_with_their_silu(calib):
     assert err(tfl) < 1.5 * err(chip)
 
 
+def _hardswish_affine_model() -> onnx.ModelProto:
+    """PP-LCNetV3's block: conv -> HardSwish -> learnable scalar affine (x * k + b) -> depthwise conv -> HardSwish
+    -> affine -> pointwise conv; the stem's channels span 1000x in range, so range split cuts them."""
+    rng = np.random.default_rng(4)
+    gain = np.logspace(0, -3, 8)
+    arrays = [("w1", rng.normal(0, 0.3, (8, 3, 3, 3)) * gain[:, None, None, None]), ("b1", np.zeros(8)),
+              ("wdw", rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None]), ("bdw", np.zeros(8)),
+              ("wpw", rng.normal(0, 0.5, (4, 8, 1, 1))), ("k", 1.3), ("b", 0.05)]
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in arrays]
+    n = helper.make_node
+    nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]),
+             n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("HardSwish", ["c1"], ["h1"]),
+             n("Mul", ["h1", "k"], ["s1"]), n("Add", ["s1", "b"], ["stem"]),
+             n("Conv", ["stem", "wdw", "bdw"], ["c2"], pads=[1, 1, 1, 1], group=8), n("HardSwish", ["c2"], ["h2"]),
+             n("Mul", ["h2", "k"], ["s2"]), n("Add", ["s2", "b"], ["dw"]),
+             n("Conv", ["dw", "wpw"], ["out"])]
+    g = helper.make_graph(nodes, "lcnet", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 12, 12, 3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_tflite_pre_activation_points_before_hardswish_and_an_affine_are_split(calib):
+    """The same with HardSwish and a scalar affine after it (PP-OCRv5 det's blocks): the requantized conv output is
+    found through the affine and cut into the split's groups; the remap after the depthwise HardSwish is absorbed."""
+    model = _hardswish_affine_model()
+    feeds = list(calib)
+    ref = [_run(model, f) for f in feeds]
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588",
+                                              pre_activation_points="tflite"), progress=False)
+    assert res.report["range_split"]["tensors"]
+    assert {"c1__split0", "c1__split1"} <= set(res.tensors)
+    err = np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+    assert err < 0.05
+
+
 def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
     from openrknn.analysis.accuracy import accuracy_analysis
     from openrknn.quant.qdq import channel_orders

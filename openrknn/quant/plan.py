@@ -338,6 +338,10 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         cons = info.consumers.get(y, [])
         act = _requantized_activation(info, w, y, cons, gated, requantized_pre_activations) \
             if requantized_pre_activations else ""
+        if act in (PLAIN_POINT, "hardswish") and len(cons) == 1:
+            # still the activation's own output stage: a scalar remap after it is absorbed or made a layer of its
+            # own there (_absorb_affine), as after a fused one
+            fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
         if act == PLAIN_POINT:
             continue
         if act:

@@ -685,9 +685,11 @@ class RangeSplit(Rewrite):
             if state.options.range_remap else []
         pre = [o for t in found if t in sources for c in state.info.consumers.get(t, [])
                for o in state.info.nodes[c].output[:1] if o in state.plan.pre_activations]
-        # and the requantized conv output the split tensor's own activation reads (pre_activation_points='tflite')
-        pre += [i for t in found if t in sources and t in state.info.producer
-                for i in state.info.nodes[state.info.producer[t]].input if i in state.plan.pre_activations]
+        # and a requantized conv output inside the chain that makes the split tensor (pre_activation_points='tflite':
+        # conv -> activation -> the tensor), cut into the same parts by range_split
+        chains = candidates(state.info, state.plan)
+        pre += [o for t in found if t in sources and t in chains for i in chains[t][0]
+                for o in state.info.nodes[i].output[:1] if o in state.plan.pre_activations]
         self.candidates = [t for t in found if t in sources] + remap + pre
         # the remap measures rounding noise on sampled values of 8-bit outputs
         return Needs(channel_ranges=list(self.candidates),
