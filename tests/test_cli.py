@@ -107,6 +107,23 @@ def test_convert_output_option_overrides_the_file(tmp_path, conv_onnx, capsys):
     assert (tmp_path / "chosen.rknn").is_file() and not (tmp_path / "ignored.rknn").exists()
 
 
+def test_convert_with_a_dataset_quantizes_unless_told_not_to(tmp_path, conv_onnx, capsys):
+    """A file that names a dataset quantizes, as build() and a sweep file do; do_quantization: false keeps float."""
+    from conftest import write_npy_dataset
+    from openrknn.package import read_package
+
+    model = conv_onnx()
+    write_npy_dataset(tmp_path, (H, W, 3))
+    for name, build in (("implied", {"dataset": "dataset.txt"}),
+                        ("float", {"dataset": "dataset.txt", "do_quantization": False})):
+        cfg = _write_yaml(tmp_path / f"{name}.yml", {"model": model.name, "build": build,
+                                                     "config": {"target_platform": "rk3588"}})
+        code, out, err = _cli(capsys, "convert", cfg, "-o", tmp_path / f"{name}.rknn")
+        assert code == 0, err
+    assert read_package(tmp_path / "implied.rknn").metadata["quantization"]["dtype"] == "w8a8"
+    assert read_package(tmp_path / "float.rknn").metadata["quantization"] is None
+
+
 @pytest.mark.parametrize("data, words", [
     ({"model": "conv.onnx", "mean_values": MEAN}, ["mean_values", "put it under 'config:'"]),
     ({"model": "conv.onnx", "do_quantization": False}, ["do_quantization", "put it under 'build:'"]),

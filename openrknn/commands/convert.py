@@ -17,7 +17,7 @@ EXAMPLE = """example config.yml:
     reorder_channel: '2 1 0'
     target_platform: rk1808
   build:                           # any build() option
-    do_quantization: true
+    do_quantization: true          # the default when a dataset is given; false builds float
     dataset: dataset.txt
 The vendor's rknn_convert layout (models: name/platform/model_file_path/quantize/dataset/configs; darknet_cfg_path +
 darknet_weights_path, prototxt_file_path + caffemodel_file_path) works too."""

@@ -115,7 +115,9 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
     return ConvertSpec(model=model, output=out, weights=_resolve(base, data.get("weights")),
                        input_size_list=data.get("input_size_list"),
                        inputs=data.get("inputs"), outputs=data.get("outputs"), config=cfg,
-                       do_quantization=bool(build.get("do_quantization", False)),
+                       # a dataset means quantize, as build() defaults to and a sweep file implies; a file with
+                       # no dataset builds float (build() would look for dataset.txt)
+                       do_quantization=bool(build.get("do_quantization", bool(build.get("dataset")))),
                        dataset=_resolve(base, build.get("dataset")), rknn_batch_size=build.get("rknn_batch_size"),
                        pre_compile=bool(build.get("pre_compile", False)),
                        auto_hybrid=bool(build.get("auto_hybrid", False)))
