@@ -24,9 +24,10 @@ QUANTIZED_METHODS = ("layer", "channel")
 # openrknn.quant.WEIGHT_ROUNDINGS (kept apart so config() does not import the quantizer).
 WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
 # openrknn: which conv outputs are int8 points of their own before their activation. 'chip': those the target chip
-# stores as integers (quant/plan.py); 'tflite': every conv output before a SiLU or Sigmoid, as TFLite's int8 ops
-# compute it, so export_tflite writes those convs as int8 ops that Teflon can offload (the .rknn's own simulator
-# computes the same; the chip's own graph would apply the activation in full precision).
+# stores as integers (quant/plan.py); 'tflite': every conv output before an activation TFLite cannot fuse into it
+# (SiLU, Sigmoid, HardSwish, LeakyRelu...), as TFLite's int8 ops compute it, so export_tflite writes those convs as
+# int8 ops that Teflon can offload (the .rknn's own simulator computes the same; the chip's own graph would apply
+# the activation in full precision).
 PRE_ACTIVATION_POINTS = ("chip", "tflite")
 ALL_QUANTIZED_DTYPES = tuple(d for gen in ("rknpu1", "rknpu2") for d in targets.QUANTIZED_DTYPES[gen])
 
@@ -263,8 +264,8 @@ def make_config(**kwargs: Any) -> BuildConfig:
     points = kwargs.get("pre_activation_points", "chip")
     if points not in PRE_ACTIVATION_POINTS:
         raise ConfigError("pre_activation_points", points, PRE_ACTIVATION_POINTS,
-                          "'tflite' quantizes every conv output before a SiLU or Sigmoid, for export_tflite and "
-                          "Mesa's Teflon delegate; 'chip' keeps what the target chip does")
+                          "'tflite' quantizes every conv output before an activation TFLite cannot fuse, for "
+                          "export_tflite and Mesa's Teflon delegate; 'chip' keeps what the target chip does")
     if points == "tflite" and gen != "rknpu2":
         raise ConfigError("pre_activation_points", points, ("chip",),
                           f"'tflite' is for w8a8 builds that export_tflite writes; {cfg.target} is an RKNPU1 chip "

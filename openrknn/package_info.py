@@ -139,8 +139,8 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
             ([f"ranges into a Log cut by {ranges['log_cut_decades']:g} decades"] if ranges.get("log_cut_decades")
              else [])
         if q["pre_activation_points"] == "tflite":
-            decided.append("every conv before a SiLU / Sigmoid requantized, as TFLite int8 computes it "
-                           "(pre_activation_points='tflite')")
+            decided.append("every conv before an activation TFLite cannot fuse into it requantized, as TFLite int8 "
+                           "computes it (pre_activation_points='tflite')")
         if decided:
             lines.append(f"                 {'; '.join(decided)}")
         lines.append(f"                 {_count(q['quantized_tensors'], 'quantized tensor')}: "

@@ -52,7 +52,7 @@ def _why_not(model, op) -> Optional[str]:
     if op.builtin in CONV_OPS:
         x, w, b, y = tensors[0], tensors[1], tensors[2], tensors[3]
         if x.dtype == np.float32 or y.dtype == np.float32:
-            return ("float convolution: our graph applies its activation (SiLU, Sigmoid) in full precision inside "
+            return ("float convolution: our graph applies its activation (SiLU, HardSwish...) in full precision inside "
                     "the conv; build with config(pre_activation_points='tflite') to give the conv an int8 output")
         if not _per_tensor(w):
             return ("per-channel weights: the rocket driver takes per-tensor weights only (build with "

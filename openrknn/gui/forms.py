@@ -41,8 +41,9 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
     "log_ranges": ("Log ranges", "Cut the ranges of the tensors on the way into a Log (a log-mel front end's power "
                    "spectrum) together, by the decades the model's outputs prefer.", "quant"),
     "pre_activation_points": ("Pre-activation points", "chip = quantize as the target chip computes; tflite = an "
-                              "int8 point after every conv before a SiLU or Sigmoid, so an exported .tflite keeps "
-                              "those convs int8 for Mesa's Teflon delegate.", "quant"),
+                              "int8 point after every conv before an activation TFLite cannot fuse (SiLU, Sigmoid, "
+                              "HardSwish...), so an exported .tflite keeps those convs int8 for Mesa's Teflon "
+                              "delegate.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
 }

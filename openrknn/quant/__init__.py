@@ -165,7 +165,8 @@ class QuantOptions:
     @property
     def requantized_pre_activations(self) -> object:
         """Which conv outputs are integers before their activation (plan.py): True where the target chip stores
-        some so, plan.ALL_PRE_ACTIVATIONS for pre_activation_points='tflite' (every conv before a SiLU / Sigmoid)."""
+        some so, plan.ALL_PRE_ACTIVATIONS for pre_activation_points='tflite' (every conv before an activation TFLite
+        cannot fuse)."""
         from ..targets.chips import requantizes_pre_activations
         from .plan import ALL_PRE_ACTIVATIONS
 

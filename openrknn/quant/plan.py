@@ -302,7 +302,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                requantized_pre_activations: object = False) -> Plan:
     """requantized_pre_activations: True when the target chip stores some conv outputs as integers before their
     activation (targets/chips.py Generation.requantizes_pre_activations); ALL_PRE_ACTIVATIONS for every conv
-    output before a SiLU or Sigmoid (config(pre_activation_points='tflite'))."""
+    output before an activation TFLite cannot fuse (config(pre_activation_points='tflite'))."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
