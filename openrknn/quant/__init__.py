@@ -81,6 +81,8 @@ class QuantOptions:
         energies) get their ranges cut together by a number of decades searched on the outputs of
         ``log_range_samples`` calibration samples: the shallowest cut with three quarters of the best cut's gain,
         kept on range choice's rule (algorithms/log_ranges.py).
+    pre_activation_points: 'chip' (the conv outputs the target chip stores as integers before their activation)
+        or 'tflite' (every conv output before an activation TFLite cannot fuse into the conv, for export_tflite).
     range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups
         in graph order get their range shrunk (x0.5 / 0.7 / 0.85) where that lowers the error of the model's
         outputs on ``range_search_samples`` calibration samples by 5% or more (algorithms/range_search.py).
@@ -112,8 +114,8 @@ class QuantOptions:
     range_choice_images: int = 8
     range_choice_samples: int = 4
     log_ranges: bool = True
-    pre_activation_points: str = "chip"
     log_range_samples: int = 8
+    pre_activation_points: str = "chip"
     range_search: bool = False
     range_search_groups: int = 32
     range_search_samples: int = 8
