@@ -182,6 +182,8 @@ def test_float_islands_are_reported_per_layer(tiny_rknn):
     # SiLU: our graph computes conv -> sigmoid -> mul in float between quantization points
     assert modes["sconv_op"] == modes["sig_op"] == modes["silu_op"] == "float"
     assert "not a quantization point" in next(r.note for r in report.layers if r.layer == "sconv_op")
+    # and the export says what would make that conv int8
+    assert [r.layer for r in report.fused_convs] == ["sconv_op"] and "pre_activation_points='tflite'" in report.hint()
     assert "DEPTHWISE_CONV_2D" in report.tflite_ops and "FULLY_CONNECTED" in report.tflite_ops
 
 
@@ -243,6 +245,7 @@ def test_tflite_pre_activation_points_put_a_silu_conv_on_the_npu(tmp_path):
     modes = {r.layer: r.mode for r in report.layers}
     assert modes["sconv_op"] == "int8"                                 # was float with the chip's points
     assert modes["sig_op"] == modes["silu_op"] == "float"              # x * sigmoid(x) from the conv's integers
+    assert report.hint() == ""
     convs = {p.layer: p.unit for p in teflon_placement(report.model) if p.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")}
     assert set(convs.values()) == {"NPU"}
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)

@@ -40,6 +40,19 @@ class ExportReport:
     def int8_layers(self) -> list:
         return [r for r in self.layers if r.mode == "int8"]
 
+    @property
+    def fused_convs(self) -> list:
+        """Convolutions left float because our graph applies their activation inside them (no int8 output)."""
+        return [r for r in self.float_layers if r.op_type == "Conv" and "pre_activation_points" in r.note]
+
+    def hint(self) -> str:
+        """What would put more of the model on Teflon's NPU, or '' when nothing would."""
+        n = len(self.fused_convs)
+        if not n:
+            return ""
+        return (f"{n} convolution(s) stay float on the CPU because their activation is applied inside them; "
+                f"rebuild with config(pre_activation_points='tflite') to export them as int8 convs Teflon offloads")
+
     def summary(self) -> str:
         lines = [f"{len(self.int8_layers)} layers int8, {len(self.float_layers)} float (our graph computes them in "
                  f"float between quantization points, or TFLite has no faithful int8 form), "
@@ -109,4 +122,6 @@ def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8") -> Ex
         log.info("export-tflite: layer %s (%s) stays float: %s", r.layer, r.op_type, r.note)
     log.info("export-tflite: wrote %s (%d int8 layers, %d float, %.2f MB) in %.2f s", path, len(report.int8_layers),
              len(report.float_layers), report.size_bytes / 1e6, report.seconds)
+    if report.hint():
+        log.info("export-tflite: %s", report.hint())
     return report
