@@ -487,3 +487,32 @@ def test_select_weighs_a_unit_by_its_layers(setup, tmp_path, monkeypatch):
     cost = {kd: sum(sizes[u] for u in orders[kd][:k]) for kd, k in detail["found"].items()}
     assert sum(sizes[u] for u in picked) == min(cost.values())
     assert picked == orders[detail["order_kind"]][:len(picked)]
+
+
+def _leaky_model() -> onnx.ModelProto:
+    """x -> conv -> LeakyRelu -> conv -> out (8x8, 3 -> 4 -> 4 channels)."""
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * .4).astype(np.float32), n)
+             for n, s in (("w1", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)))]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             n("LeakyRelu", ["c1"], ["a1"], name="leaky", alpha=0.1), n("Conv", ["a1", "w2"], ["out"], name="conv2")]
+    g = helper.make_graph(nodes, "leaky", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("points", ["chip", "tflite"])
+def test_units_follow_the_builds_pre_activation_points(setup, tmp_path, points):
+    """The chip applies LeakyRelu inside its conv: conv1 and its activation are one layer, promoted through the
+    activation's point. A pre_activation_points='tflite' build has conv1's own output as a point: two layers."""
+    onnx.save(_leaky_model(), tmp_path / "leaky.onnx")
+    cfg = make_config(target_platform="rk3588", quantized_dtype="w8a8", pre_activation_points=points)
+    plain = build(load_model(tmp_path / "leaky.onnx"), cfg, BuildOptions(dataset=str(setup / "dataset.txt")))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    units, unit_layers = hb._unit_table(plain.float_model, tensors, hb._unit_policy(cfg))
+    if points == "chip":   # one layer, promoted through its activation's point and its weight
+        assert "c1" not in tensors and units["conv1"] == ["a1", "w1"] and "leaky" not in unit_layers
+    else:                  # two layers: the conv with its own output, the activation with its output
+        assert "c1" in tensors and units["conv1"] == ["c1", "w1"] and units["leaky"] == ["a1"]
+    assert sum(len(v) for v in unit_layers.values()) == len({n for v in unit_layers.values() for n in v})

@@ -40,11 +40,17 @@ log = logging.getLogger("openrknn.hybrid")
 META_KEY = "openrknn.hybrid"
 
 
+def _unit_policy(cfg: BuildConfig) -> object:
+    """The pre-activation policy _unit_table maps layers with: the chip's (True) unless the build requantizes every
+    pre-activation (pre_activation_points='tflite')."""
+    return ALL_PRE_ACTIVATIONS if cfg.pre_activation_points == "tflite" else True
+
+
 def _calibration_feeds(dataset: Optional[str], metas: List[dict], cfg: BuildConfig) -> List[Dict[str, np.ndarray]]:
     return list(calibration_data(dataset, metas, cfg))
 
 
-def _unit_table(float_model: onnx.ModelProto, tensors: Dict[str, dict]
+def _unit_table(float_model: onnx.ModelProto, tensors: Dict[str, dict], policy: object = True
                 ) -> Tuple[Dict[str, List[str]], Dict[str, List[str]]]:
     """(unit -> override names, unit -> its layers), units in graph order.
 
@@ -53,12 +59,13 @@ def _unit_table(float_model: onnx.ModelProto, tensors: Dict[str, dict]
     that carry it to the output; the convs a concat joins). Searching layer by layer would weigh choices the build
     cannot make apart. A unit is named after its first layer that computes (a weight, or a point that is not
     derived), not after the data movement that carries it."""
-    group_of, derived = hq.scale_groups(float_model, requantized_pre_activations=ALL_PRE_ACTIVATIONS)
+    group_of, derived = hq.scale_groups(float_model, requantized_pre_activations=policy)
     layers: Dict[str, List[str]] = {}
     seen = set()
-    # the map with every pre-activation requantized, cut to the package's tensors: right for either kind of chip
-    # and for pre_activation_points='tflite'
-    for name, names in hq.layer_map(float_model, requantized_pre_activations=ALL_PRE_ACTIVATIONS).items():
+    # policy: the build's (QuantOptions.requantized_pre_activations). The default, the map with the chip's
+    # requantized pre-activations, cut to the package's tensors, is right for either kind of chip; a
+    # pre_activation_points='tflite' build makes more conv outputs points of their own and needs its own map
+    for name, names in hq.layer_map(float_model, requantized_pre_activations=policy).items():
         known = [t for t in names if hq.present(t, tensors)]
         acts = frozenset(_activations(known, tensors))
         if not known or (acts and acts in seen):  # conv+act is one layer
@@ -167,7 +174,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     ref = hq.run_outputs(float_model, sample, names=names)
     if min(hq.output_cosines(ref, hq.run_outputs(result.model, sample, names=names))) >= cfg.auto_hybrid_cos_thresh:
         return []
-    units, unit_layers = _unit_table(float_model, result.tensors)
+    units, unit_layers = _unit_table(float_model, result.tensors, _unit_policy(cfg))
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
                              progress, ref, names, weights=result.float_weights, table=(units, unit_layers))
     k, _ = _confirm(detail["order"], len(picked), units, "float",
@@ -463,7 +470,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
              else hq.scored_outputs(plain.model))  # the graph outputs; an index output by the scores it picks from
     ref = hq.run_outputs(plain.float_model, feeds, names=names, workers=hq.run_workers())
     base = hq.output_cosines(ref, hq.run_outputs(plain.model, feeds, names=names, workers=hq.run_workers()))
-    units, unit_layers = _unit_table(plain.float_model, tensors)
+    units, unit_layers = _unit_table(plain.float_model, tensors, _unit_policy(cfg))
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
               "cosine_before": base, "cosine_after": base, "met": min(base) >= thresh,
               "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
