@@ -516,3 +516,20 @@ def test_units_follow_the_builds_pre_activation_points(setup, tmp_path, points):
     else:                  # two layers: the conv with its own output, the activation with its output
         assert "c1" in tensors and units["conv1"] == ["c1", "w1"] and units["leaky"] == ["a1"]
     assert sum(len(v) for v in unit_layers.values()) == len({n for v in unit_layers.values() for n in v})
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_select_prunes_unless_the_model_decodes_step_by_step(setup, tmp_path, monkeypatch, decode):
+    """A decode loop's outputs on a few calibration samples cannot judge a unit unneeded: no pruning there."""
+    from test_quant_control_flow import loop_model
+
+    onnx.save(loop_model(decode), tmp_path / "loop.onnx")
+    plain = build(load_model(tmp_path / "loop.onnx"), _cfg(), BuildOptions(dataset=str(setup / "dataset.txt")))
+    tensors = plain.package.metadata["quantization"]["tensors"]
+    feeds = [{"x": np.load(setup / f"{k}.npy")[None]} for k in range(4)]
+    calls, prune = [], hb._prune
+    monkeypatch.setattr(hb, "_prune", lambda *a: calls.append(a) or prune(*a))
+    picked, detail = hb._select(plain.float_model, plain.model, tensors, feeds, 0.99999, progress=False)
+    assert picked and bool(calls) == (not decode)
+    if decode:
+        assert detail["pruned"] == []

@@ -85,7 +85,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
     overrides = _expand_overrides(options.overrides, plan)
     choosing = _chooses_ranges(options, scheme)
-    if choosing and _loops(info):
+    if choosing and decodes_step_by_step(info):
         log.info("activation ranges: as calibrated (a loop decodes step by step: its outputs cannot judge ranges)")
         choosing = False
     hist_feeds, judge_feeds = _choice_feeds(data, options) if choosing else ([], [])
@@ -158,7 +158,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
-    if options.log_ranges and scheme.act is not None and not _loops(info):
+    if options.log_ranges and scheme.act is not None and not decodes_step_by_step(info):
         from .algorithms.log_ranges import search_log_ranges
 
         t = time.perf_counter()
@@ -276,7 +276,7 @@ def _refit_biases(m: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[st
     return _bias_correction(m, info, plan, acts, weights, stats, data, options, progress)
 
 
-def _loops(info: GraphInfo) -> bool:
+def decodes_step_by_step(info: GraphInfo) -> bool:
     """Whether a Loop or Scan decodes step by step: its body takes an ArgMax / ArgMin / TopK, each step's choice
     feeding the next (SLANet's table decoder). Such a model's outputs on a few calibration samples do not judge
     activation ranges, since a decode diverges on some inputs whatever the ranges, so the stages that choose ranges
