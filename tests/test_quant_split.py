@@ -59,6 +59,18 @@ def _run(model, feed):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
+def _error_against(model, calib):
+    """err(result): a QuantResult's mean relative output error against ``model`` in float over the calibration
+    feeds."""
+    feeds = list(calib)
+    ref = [_run(model, f) for f in feeds]
+
+    def err(res):
+        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+
+    return err
+
+
 def test_group_channels_cuts_at_the_largest_gaps():
     r = np.array([100.0, 90.0, 80.0, 1.0, 0.9, 0.01])
     groups = group_channels(-0.0 * r, r, max_ratio=16, max_groups=3)
@@ -89,11 +101,7 @@ def test_split_is_exact_in_float(calib, extra_reader):
 
 def test_split_rescues_small_channels_after_quantization(calib):
     model = stem_model()
-    feeds = list(calib)
-    ref = [_run(model, f) for f in feeds]
-
-    def err(res):
-        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+    err = _error_against(model, calib)
 
     on = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588"), progress=False)
     off = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, range_split=False,
@@ -109,11 +117,7 @@ def test_tflite_pre_activation_points_are_split_with_their_silu(calib):
     """pre_activation_points='tflite': the stem conv's own output (before its SiLU) is an int8 point; when range
     split cuts the SiLU output into channel groups, that point is cut into the same groups, each with its range."""
     model = stem_model()
-    feeds = list(calib)
-    ref = [_run(model, f) for f in feeds]
-
-    def err(res):
-        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+    err = _error_against(model, calib)
 
     chip = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588"), progress=False)
     tfl = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588",
@@ -151,14 +155,11 @@ def test_tflite_pre_activation_points_before_hardswish_and_an_affine_are_split(c
     """The same with HardSwish and a scalar affine after it (PP-OCRv5 det's blocks): the requantized conv output is
     found through the affine and cut into the split's groups; the remap after the depthwise HardSwish is absorbed."""
     model = _hardswish_affine_model()
-    feeds = list(calib)
-    ref = [_run(model, f) for f in feeds]
     res = quantize(model, calib, QuantOptions(dtype="w8a8", bias_correction=False, target="rk3588",
                                               pre_activation_points="tflite"), progress=False)
     assert res.report["range_split"]["tensors"]
     assert {"c1__split0", "c1__split1"} <= set(res.tensors)
-    err = np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
-    assert err < 0.05
+    assert _error_against(model, calib)(res) < 0.05
 
 
 def test_accuracy_analysis_undoes_the_channel_grouping(calib, tmp_path):
@@ -255,11 +256,7 @@ def test_remap_is_exact_in_float_and_fused_into_the_parts(calib):
 @pytest.mark.parametrize("dtype", ["w8a8", "asymmetric_quantized-u8"])
 def test_remap_cuts_quantization_error(calib, dtype):
     model = remap_model()
-    feeds = list(calib)
-    ref = [_run(model, f) for f in feeds]
-
-    def err(res):
-        return np.mean([np.abs(_run(res.model, f) - y).mean() / np.abs(y).mean() for f, y in zip(feeds, ref)])
+    err = _error_against(model, calib)
 
     opts = dict(dtype=dtype, target="rk3588" if dtype == "w8a8" else "rk1808")
     on = quantize(model, calib, QuantOptions(**opts), progress=False)
