@@ -30,8 +30,9 @@ MARGIN = 0.1      # a clipped set must take at least this share of min/max's out
 MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
 MIN_WINS = 0.5    # ... and be better on at least this share of the samples, not on average only. A decoder that
                   # feeds its own argmax back diverges on some inputs whatever the ranges, so one sample decides a
-                  # mean: such a model (a Loop) skips range choice (pipeline._loops). With that, half is enough:
-                  # PP-OCRv3 rec's clipped set wins on 2 of 4 samples by 3x (held out 0.9815 -> 0.9941).
+                  # mean: such a model (a Loop) skips range choice (pipeline.decodes_step_by_step). With that,
+                  # half is enough: PP-OCRv3 rec's clipped set wins on 2 of 4 samples by 3x (held out 0.9815 ->
+                  # 0.9941).
 
 
 def sample_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
