@@ -181,3 +181,42 @@ def test_an_input_only_shapes_read_stays_and_a_constant_output_survives_int8(tmp
     np.testing.assert_array_equal(got[1], want[1])  # the constant output, exactly
     tol = 1e-5 if dtype is None else 0.05
     np.testing.assert_allclose(got[0], want[0], atol=tol)
+
+
+def _yolo26_like(value_type=TensorProto.FLOAT) -> onnx.ModelProto:
+    """What an Ultralytics YOLO26 export of opset 20 holds around its head: a ConstantOfShape of opset 20 (its
+    anchors' offsets), a Split of opset 18 into given sizes, a Sigmoid score branch."""
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([1, 2, 6], np.int64), "zshape"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "sizes")]
+    value = helper.make_tensor("v", value_type, [1], [0.5] if value_type == TensorProto.FLOAT else [0])
+    nodes = [n("Split", ["x", "sizes"], ["box", "cls"], axis=1),
+             n("ConstantOfShape", ["zshape"], ["half"], value=value),
+             n("Add", ["box", "half"], ["box_c"]),
+             n("Sigmoid", ["cls"], ["score"]),
+             n("Concat", ["box_c", "score"], ["out"], axis=1)]
+    g = helper.make_graph(nodes, "yolo26_like", [helper.make_tensor_value_info("x", f, ["N", 6, 6])],
+                          [helper.make_tensor_value_info("out", f, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_an_opset20_constant_of_shape_loads_and_runs_as_onnxruntime_runs_it(tmp_path):
+    path = tmp_path / "y26.onnx"
+    onnx.save(_yolo26_like(), path)
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588")
+    assert rk.load_onnx(str(path), input_size_list=[[1, 6, 6]]) == 0, rk.last_error
+    assert rk.build(do_quantization=False) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    x = np.random.default_rng(2).normal(0, 1, (1, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = rk.inference(inputs=[x], data_format="nchw")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_opset20_constant_of_shape_of_a_new_type_is_named(tmp_path):
+    path = tmp_path / "y26_bf16.onnx"
+    onnx.save(_yolo26_like(TensorProto.BFLOAT16), path)
+    rk = RKNN(verbose=False)
+    assert rk.load_onnx(str(path), input_size_list=[[1, 6, 6]]) != 0
+    assert "ConstantOfShape node" in str(rk.last_error) and "BFLOAT16" in str(rk.last_error)

@@ -260,6 +260,10 @@ REDUCE_AXES_INPUT_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "R
                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
 
+_CONSTANT_OF_SHAPE_9_TYPES = {getattr(onnx.TensorProto, t) for t in (
+    "FLOAT16", "FLOAT", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
+
+
 def _graphs(graph: onnx.GraphProto):
     yield graph
     for node in graph.node:
@@ -270,7 +274,7 @@ def _graphs(graph: onnx.GraphProto):
 def _hide_new_forms(model: onnx.ModelProto) -> int:
     """Ops whose opset-18 form onnx's version converter cannot step down (it has no adapter, and refuses every model
     holding one), though they mean what opset 13 meant: the reductions with constant axes (rewritten here to the
-    attribute form), Pad without its new 'axes' input, Split into equal parts
+    attribute form), Pad without its new 'axes' input, ConstantOfShape of a type opset 9 has, Split into equal parts
     (its new 'num_outputs' attribute: the same as opset 13's Split with no sizes when the axis divides evenly; the
     load's run at the fixed shapes checks that it does). They go into a private domain for the conversion and come
     back after it (_restore_hidden)."""
@@ -301,6 +305,16 @@ def _hide_new_forms(model: onnx.ModelProto) -> int:
                 keep = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
                 del node.attribute[:]
                 node.attribute.extend(keep)
+                node.domain = _HIDDEN
+                n += 1
+                continue
+            if node.domain in ("", "ai.onnx") and node.op_type == "ConstantOfShape":
+                # opsets 20 and 21 only added value types (bfloat16, float8, 4-bit), with no adapter back
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                if value is not None and value.data_type not in _CONSTANT_OF_SHAPE_9_TYPES:
+                    raise ModelLoadError(f"ConstantOfShape node '{node.name}' makes a tensor of ONNX type "
+                                         f"{onnx.TensorProto.DataType.Name(value.data_type)}, which has no "
+                                         f"opset-{OPSET} form; re-export the model with opset_version={OPSET}")
                 node.domain = _HIDDEN
                 n += 1
                 continue
