@@ -273,6 +273,38 @@ def test_fold_into_every_conv_reading_the_input(tmp_path, pixels, ort_reference,
     rknn.release()
 
 
+def _siamese_model(path):
+    """Two image inputs read by one shared conv weight (a siamese matcher, as capspot's tf2onnx export): each input
+    folds its own normalisation into its own copy of the weight."""
+    rng = np.random.default_rng(4)
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((2, 3, 1, 1)) * 0.3).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x1", "w", "b"], ["a"], kernel_shape=[1, 1], name="left"),
+             helper.make_node("Conv", ["x2", "w", "b"], ["c"], kernel_shape=[1, 1], name="right"),
+             helper.make_node("Sub", ["a", "c"], ["y"], name="diff")]
+    g = helper.make_graph(nodes, "siamese", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, H, W])
+                                             for n in ("x1", "x2")],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, H, W])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_two_inputs_sharing_their_first_weights_fold_each_its_own(tmp_path, pixels, ort_reference,
+                                                                  reference_normalise):
+    path = _siamese_model(tmp_path / "siamese.onnx")
+    other = [0.0, 50.0, 120.0]
+    rknn = _build(path, mean_values=[MEAN, other], std_values=[STD, [1.0, 1.0, 1.0]])
+    metas = rknn._package.metadata["inputs"]
+    assert [m["preprocess"]["folded_into"] for m in metas] == [["left"], ["right"]]
+    a, b = pixels(H, W, seed=1), pixels(H, W, seed=2)
+    expected = ort_reference(path, {"x1": reference_normalise(a, MEAN, STD),
+                                    "x2": reference_normalise(b, other, [1.0, 1.0, 1.0])})
+    np.testing.assert_allclose(rknn.inference([a, b])[0], expected[0], atol=1e-3, rtol=0)
+    rknn.release()
+
+
 def _fp16_model(path):
     rng = np.random.default_rng(1)
     inits = [onnx.numpy_helper.from_array((rng.standard_normal((2, 3, 3, 3)) * 0.3).astype(np.float16), "w"),

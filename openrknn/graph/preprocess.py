@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper, TensorProto
 
 from . import layout as layout_mod
-from .names import rename_uses, used_names
+from .names import rename_uses, unique_name, used_names
 
 log = logging.getLogger("openrknn.graph")
 
@@ -248,8 +248,10 @@ def fold_into_first_conv(model: onnx.ModelProto, metas: List[dict]) -> List[str]
                  if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
             if fold_mean:
                 b = b - (w_new * mean_fed.reshape(1, c, 1, 1)).sum(axis=(1, 2, 3))
-            w_name = f"{conv.input[1]}/{PREFIX}_folded"
-            b_name = f"{conv.input[1]}/{PREFIX}_folded_bias"
+            # unique: a siamese model's inputs read the same first weights, each input folds its own copy
+            taken = {t.name for t in graph.initializer}
+            w_name = unique_name(f"{conv.input[1]}/{PREFIX}_folded", taken)
+            b_name = unique_name(f"{conv.input[1]}/{PREFIX}_folded_bias", taken)
             graph.initializer.append(numpy_helper.from_array(w_new.astype(np.float32), w_name))
             graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), b_name))
             conv.input[1] = w_name
