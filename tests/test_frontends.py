@@ -42,6 +42,14 @@ def test_normalize_size_list_with_and_without_batch(given, expected):
     assert normalize_size_list(given) == expected
 
 
+def test_a_sequence_inputs_first_dim_is_taken_as_given():
+    # time-major [T, F] features (madmom's RNNs): T is not a batch; an image's first dim still is
+    assert normalize_size_list([[100, 80]], ranks=[2], first_dims=[None]) == [[100, 80]]
+    assert normalize_size_list([[100, 1, 80]], ranks=[3], first_dims=[None]) == [[100, 1, 80]]
+    with pytest.raises(ModelLoadError, match="batch 2"):
+        normalize_size_list([[2, 3, 8, 8]], ranks=[4], first_dims=[None])
+
+
 @pytest.mark.parametrize("bad, words", [
     ([[2, 3, 416, 416]], "batch 2"),
     ([[3, 0, 416]], "positive integers"),

@@ -93,7 +93,8 @@ def test_a_scalar_input_takes_one_value(model_path):
     assert rk.inference(inputs=[x, np.array([16000, 8000]), state], data_format="nchw") is None
     assert "'sr' is a scalar" in str(rk.last_error)
     assert rk.load_onnx(str(model_path / "vad.onnx"), input_size_list=[[1, C, T], [], [3, 1, C]]) == -1
-    assert "batch 3" in str(rk.last_error)  # the state's fixed first dim is 2: 3 is neither it nor a batch of 1
+    # the state's fixed first dim is 2: 3 cannot run (below 4-D a first dim is not read as a batch)
+    assert "gives [3, 1, 4] for input 'state'" in str(rk.last_error) and "[2, 'N', 4]" in str(rk.last_error)
 
 
 def test_a_cut_keeps_the_initializers_an_if_branch_reads(model_path):
@@ -220,3 +221,44 @@ def test_an_opset20_constant_of_shape_of_a_new_type_is_named(tmp_path):
     rk = RKNN(verbose=False)
     assert rk.load_onnx(str(path), input_size_list=[[1, 6, 6]]) != 0
     assert "ConstantOfShape node" in str(rk.last_error) and "BFLOAT16" in str(rk.last_error)
+
+
+def _time_major_gru(T_name="input_dim_0") -> onnx.ModelProto:
+    """madmom's exports (opset 18): [T, F] spectrogram frames, time first, into a GRU over T, a dense layer and a
+    sigmoid per frame."""
+    f, F, Hd = TensorProto.FLOAT, 6, 5
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array((rng.standard_normal((1, 3 * Hd, F)) * .4).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((1, 3 * Hd, Hd)) * .4).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((Hd, 1)) * .5).astype(np.float32), "dense")]
+    nodes = [n("Unsqueeze", ["x", "ax1"], ["x3"]),                        # [T, 1, F]
+             n("GRU", ["x3", "W", "R"], ["y"], hidden_size=Hd),          # [T, 1, 1, Hd]
+             n("Squeeze", ["y", "ax1"], ["y2"]),                          # [T, 1, Hd]
+             n("Squeeze", ["y2", "ax1"], ["y3"]),                         # [T, Hd]
+             n("MatMul", ["y3", "dense"], ["logit"]), n("Sigmoid", ["logit"], ["out"])]
+    g = helper.make_graph(nodes, "madmom_like", [helper.make_tensor_value_info("x", f, [T_name, F])],
+                          [helper.make_tensor_value_info("out", f, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("dtype", [None, "w8a8"])
+def test_time_major_features_take_their_length_as_the_first_dim(tmp_path, dtype):
+    T, F = 20, 6
+    path = tmp_path / "gru.onnx"
+    onnx.save(_time_major_gru(), path)
+    rng = np.random.default_rng(3)
+    frames = [np.abs(rng.normal(0, 1, (T, F))).astype(np.float32) for _ in range(5)]
+    write_samples(tmp_path, [(x,) for x in frames[:4]], prefixes=("x",), name="ds.txt")
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {}))
+    assert rk.load_onnx(str(path), input_size_list=[[T, F]]) == 0, rk.last_error
+    assert rk.build(do_quantization=dtype is not None, dataset=str(tmp_path / "ds.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": frames[4]})[0]
+    got = rk.inference(inputs=[frames[4]], data_format="nchw")[0]
+    assert got.shape == want.shape == (T, 1)
+    if dtype is None:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    else:
+        assert np.abs(got - want).max() < 0.05

@@ -53,7 +53,8 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None,
     With `ranks` (known for ONNX inputs) a shape one shorter than its input's rank gets the batch dim prepended;
     without them (TorchScript) every shape shorter than 4-D is taken as given without the batch dim.
     `first_dims`: each input's own first dim where the model fixes it (None where dynamic); a fixed first dim other
-    than 1 is not a batch (an RNN state's [2, batch, 128]).
+    than 1 is not a batch (an RNN state's [2, batch, 128]). Below 4-D a first dim other than 1 is taken as given
+    (a time axis: [T, F] features); a 4-D image input must have batch 1.
     """
     from ..errors import ModelLoadError
 
@@ -77,7 +78,8 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None,
         s = list(s)
         has_batch = len(s) == rank
         fixed = first_dims[k] if first_dims is not None and k < len(first_dims) else None
-        if has_batch and s[0] != 1 and s[0] != fixed:
+        # an image's first dim is its batch; a sequence's ([T, F] features of time-major RNNs, madmom's) may be time
+        if has_batch and s[0] != 1 and s[0] != fixed and len(s) == 4:
             raise ModelLoadError(f"input_size_list entry {s} has batch {s[0]}; give batch 1 (use "
                                  "build(rknn_batch_size=N) for batched inference)")
         shapes.append(s if has_batch else [1] + s)
