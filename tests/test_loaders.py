@@ -177,6 +177,56 @@ def test_tflite_api_float_build_feeds_nhwc(tmp_path):
     r.release()
 
 
+def _uint8_input_tflite(path: Path, scale: float = 0.0125, zero_point: int = 131) -> Path:
+    """EfficientNet-Lite0's input as shipped: uint8 pixels with a scale and zero point, DEQUANTIZE'd into a float
+    conv."""
+    from openrknn.export.tflite.writer import Model, Quant, serialize
+
+    rng = np.random.default_rng(11)
+    m = Model()
+    x = m.add_tensor("images", [1, 8, 8, 3], np.uint8, Quant.per_tensor(scale, zero_point))
+    m.inputs = [x.index]
+    real = m.add_tensor("real", [1, 8, 8, 3], np.float32)
+    m.add_op("DEQUANTIZE", [x], [real])
+    conv = m.add_tensor("conv", [1, 8, 8, 4], np.float32)
+    m.add_op("CONV_2D", [real, m.add_const("w", rng.normal(0, .4, (4, 3, 3, 3)).astype(np.float32)),
+                         m.add_const("b", rng.normal(0, .1, 4).astype(np.float32))], [conv],
+             ("Conv2DOptions", {"Padding": 0, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+                                "DilationWFactor": 1, "DilationHFactor": 1}))
+    m.outputs = [conv.index]
+    path.write_bytes(serialize(m))
+    return path
+
+
+def test_a_tflite_taking_integer_pixels_defaults_to_its_own_normalisation(tmp_path, rknn_log):
+    """With no mean/std in config() the file's input scale and zero point become them (logged): the pixels go in as
+    its runtime takes them. Without that they would reach the model as real values (EfficientNet-Lite0 as shipped:
+    top-1 0/12, bench/RESULTS.md). Values given in config() still win."""
+    import logging
+
+    path = _uint8_input_tflite(tmp_path / "u8in.tflite")
+    img = np.random.default_rng(2).integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    ref = _litert(path, img)[0]
+    outs = {}
+    for label, config in (("default", {}), ("given", {"mean_values": [131] * 3, "std_values": [80.0] * 3}),
+                          ("other", {"mean_values": [0] * 3, "std_values": [1] * 3})):
+        rknn_log.clear()
+        r = RKNN()
+        assert r.config(target_platform="rk3588", **config) == 0
+        assert r.load_tflite(str(path)) == 0
+        assert r.build(do_quantization=False) == 0
+        warned = [m.getMessage() for m in rknn_log.records
+                  if m.levelno == logging.WARNING and "takes integer pixels in the file" in m.getMessage()]
+        assert bool(warned) == (label == "default")
+        assert r.init_runtime() == 0
+        outs[label] = r.inference([img])[0]
+        r.release()
+    # build(do_quantization=False) keeps the file's input scale and quantizes the rest (an int8 package)
+    assert cosine(outs["default"], ref) >= 0.999
+    np.testing.assert_allclose(outs["given"], outs["default"], rtol=1e-5, atol=1e-5)  # 1 / 0.0125 = 80
+    assert cosine(outs["other"], ref) < 0.9
+
+
 # ---------------------------------------------------------------- the API: signatures, builds, errors
 
 

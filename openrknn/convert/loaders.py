@@ -7,6 +7,7 @@ a Caffe .prototxt the .caffemodel of the same name, unless ``weights`` is given.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
@@ -68,8 +69,7 @@ def _keep_quantization(loaded: LoadedModel) -> LoadedModel:
     model, params, notes = strip(loaded.model)
     if not params:
         return loaded
-    return LoadedModel(model, loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + notes,
-                       source_quant=params)
+    return dataclasses.replace(loaded, model=model, notes=loaded.notes + notes, source_quant=params)
 
 
 def load_onnx(path: str | Path, inputs: Optional[List[str]] = None, input_size_list=None,

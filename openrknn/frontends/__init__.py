@@ -24,6 +24,9 @@ class LoadedModel:
     # a model quantized elsewhere: {float tensor or weight: convert.qdq_import.SourceQuant}, kept by
     # build(do_quantization=False)
     source_quant: Optional[dict] = None
+    # inputs the file takes as integer pixels (a quantized TFLite input): {input name: (mean, std) per channel} that
+    # feed those integers as they are; build() uses them when config() gives no mean/std
+    input_normalisation: Optional[dict] = None
 
     @property
     def input_names(self) -> List[str]:

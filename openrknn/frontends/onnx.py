@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -379,4 +380,4 @@ def cut_loaded(loaded: LoadedModel, inputs: Optional[Sequence[str]], outputs: Op
     model = _cut(loaded.model, inputs, outputs)
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     note = f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}"
-    return LoadedModel(model, loaded.framework, loaded.source_file, loaded.source_sha256, loaded.notes + [note])
+    return dataclasses.replace(loaded, model=model, notes=loaded.notes + [note])

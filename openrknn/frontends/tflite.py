@@ -63,6 +63,7 @@ class _Reader:
         self.input_is_nchw = input_is_nchw
         self.quantized = 0
         self.sparse = 0
+        self.input_normalisation: Dict[str, tuple] = {}
         self.notes: List[str] = []
 
     # ---- tensors ----------------------------------------------------------------------------------------------
@@ -199,9 +200,14 @@ class _Reader:
             q = self.qparams(i)
             if q is not None and dtype in (np.int8, np.uint8):
                 scale, zp = float(q[0][0]), int(q[1][0])
+                mean = zp + (128 if dtype == np.int8 else 0)  # the feed is uint8 pixels: an int8 q is pixel - 128
                 self.notes.append(f"input '{self.tname(i)}' is {np.dtype(dtype).name} in the file: the loaded model "
-                                  f"takes its real value (q - {zp}) * {scale:.6g}; config(mean_values=[{zp}], "
-                                  f"std_values=[{1 / scale:.6g}]) feeds it the same integers")
+                                  f"takes its real value (q - {zp}) * {scale:.6g}; config(mean_values=[{mean}], "
+                                  f"std_values=[{1 / scale:.6g}]) feeds it the same integers (the default when "
+                                  "config() gives no mean/std)")
+                if len(shape) == 4:
+                    c = shape[3]
+                    self.input_normalisation[name] = ([float(mean)] * c, [1 / scale] * c)
             self.put(i, name, layout)
         displays = [self.b.unique(self.tname(g.Outputs(k))) for k in range(g.OutputsLength())]  # kept for them
         for k in range(g.OperatorsLength()):
@@ -628,4 +634,5 @@ def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
     if reader.model.SubgraphsLength() > 1:
         notes.append(f"only the main subgraph of {reader.model.SubgraphsLength()} was converted")
     log.info("loaded TFLite %s: %s", path, notes[0])
-    return LoadedModel(model, "tflite", str(path), file_sha256(path), notes)
+    return LoadedModel(model, "tflite", str(path), file_sha256(path), notes,
+                       input_normalisation=reader.input_normalisation or None)
