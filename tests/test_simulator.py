@@ -111,6 +111,17 @@ def test_prepare_feeds_undoes_normalisation_for_pass_through(pkg, pixels, refere
     np.testing.assert_allclose(back, raw, atol=1e-3, rtol=0)
 
 
+def test_a_feed_already_in_the_models_layout_is_named(pkg, pixels):
+    """An array given with data_format='nchw' that is already the deployed [N, H, W, C] (an audio model's 4-D cache
+    input, which the user passes as the model takes it) is refused with the format that fits; 'nhwc' takes it."""
+    fed = pixels(H, W, seed=5)
+    with pytest.raises(InferenceInputError, match="already the model's own layout: pass data_format='nhwc'"):
+        prepare_feeds([fed], pkg.metadata["inputs"], data_format="nchw")
+    assert prepare_feeds([fed], pkg.metadata["inputs"], data_format="nhwc")[0].shape == (1, H, W, 3)
+    with pytest.raises(InferenceInputError, match="It looks NCHW"):
+        prepare_feeds([fed.transpose(0, 3, 1, 2)], pkg.metadata["inputs"], data_format="nhwc")
+
+
 def test_runtime_imports_neither_torch_onnx_nor_builder(pkg, tmp_path, pixels, python_subprocess):
     model = tmp_path / "m.rknn"
     write_package(model, pkg)

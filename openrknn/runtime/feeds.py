@@ -63,6 +63,10 @@ def _to_nhwc(x: np.ndarray, fmt: str, deployed: Sequence[int], name: str, many: 
         hint = ""
         if fmt == "nhwc" and list(x.shape[1:]) == [c, h, w] and c != w:
             hint = " It looks NCHW: pass data_format='nchw'."
+        elif fmt == "nchw" and list(x.shape[1:]) == [w, c, h] and h != c:
+            # the array was already [N, H, W, C] (a 4-D input that is not a picture: an audio model's cache)
+            hint = (f" The array you gave, [{x.shape[0]}, {h}, {w}, {c}], is already the model's own layout: pass "
+                    "data_format='nhwc' for this input (a list gives one format per input).")
         elif list(x.shape[1:3]) != [h, w]:
             hint = f" Resize or letterbox the image to {w}x{h} first."
         many_hint = f" (or k x {n} frames at once)" if many else ""
