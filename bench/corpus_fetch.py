@@ -276,7 +276,7 @@ def fetch(entry: Dict, cache: Path) -> Path:
     # a model deployed cut (entry "outputs") keeps the shipped file beside it, the one the sha256 is of
     src = out.with_suffix(".shipped.onnx") if entry.get("outputs") else out
     if src.is_file() and _sha256(src) == entry["sha256"]:
-        if src != out and not out.is_file():
+        if src != out:  # cut again each time: the manifest's outputs may have changed (a second)
             _cut(src, out, entry["outputs"])
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
