@@ -11,6 +11,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import ModelLoadError
+from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.names import subgraphs, used_names
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
@@ -226,6 +227,12 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     renamed = _name_nodes(model)
     if renamed:
         notes.append(f"{renamed} nodes without a unique name were named")
+    dynamic = float_from_dynamic_quant(model)
+    if dynamic:
+        notes.append(f"{dynamic} dynamically quantized ops (onnxruntime quantize_dynamic: integer weights, activations "
+                     "quantized per call on the CPU) turned back into float ops with their weights dequantized; "
+                     "build() quantizes them for the NPU")
+        log.info("'%s': %s", path, notes[-1])
     if inputs or outputs:
         cut = _cut(model, inputs, outputs)
         if cut is not model:
