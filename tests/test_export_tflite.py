@@ -658,6 +658,7 @@ def test_decoder_and_normalization_layers(tmp_path):
     model.ir_version = 8
     pkg, data, report = _w8a8_tflite(model, tmp_path, "dec")
     by_layer = {r.layer: r for r in report.layers}
+    assert all(r.note for r in report.float_layers)  # a float-only form says so (the export log prints it)
     assert by_layer["up"].mode == "int8" and by_layer["up"].tflite_ops == ["TRANSPOSE_CONV", "SLICE"]
     assert by_layer["up_relu"].mode == "fused"
     assert "RSQRT" in by_layer["ln"].tflite_ops and by_layer["bn"].tflite_ops[-2:] == ["MUL", "ADD"]
@@ -882,6 +883,7 @@ def test_vit_tokens_class_token_and_spelled_out_gelu(tmp_path, gelu):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     pkg, data, report = _w8a8_tflite(model, tmp_path, f"vit_{gelu}")
+    assert all(r.note for r in report.float_layers)  # each float layer says why
     gelus = [r for r in report.layers if r.op_type == "Gelu"]
     assert len(gelus) == 1 and gelus[0].tflite_ops == ["GELU"] and "ERF" not in report.tflite_ops
     assert "CONCATENATION" in report.tflite_ops

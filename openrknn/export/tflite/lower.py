@@ -362,8 +362,9 @@ class Lowerer:
                                         "form here, but its inputs/outputs are not int8 quantization points")
             note = rule.float(self, node) or ""
             mode = "float"
-            if rule.int8 is not None and not note:
-                note = self._float_reason(node, acts, outs)
+            if not note:
+                note = self._float_reason(node, acts, outs) if rule.int8 is not None else \
+                    f"this exporter has no int8 TFLite form of {node.op_type}: float TFLite ops compute it"
         ops = [op.builtin for op in self.m.operators[start:]]
         for op in self.m.operators[start:]:
             op.layer = op.layer or layer
