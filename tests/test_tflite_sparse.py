@@ -80,159 +80,38 @@ def test_densify_refuses_inconsistent_metadata():
 def _write(path: Path, sparse_weights: bool, damage: bool = False) -> Path:
     """input [1, 8, 8, 3] -> CONV_2D (3x3, 5 channels, weight DENSIFY'd from CSR, uint8 indices) -> RESHAPE [1, 320]
     -> FULLY_CONNECTED (6 x 320, weight DENSIFY'd from 1x4 blocks, int32 indices) -> [1, 6]."""
-    import flatbuffers
-    import tflite as tfl
+    from openrknn.export.tflite.writer import Model, Sparsity, serialize
 
     rng = np.random.default_rng(7)
     conv_w = _pruned(rng, (5, 3, 3, 3))
     fc_w = _pruned(rng, (6, 320))
     fc_w[:, 40:120] = 0  # whole blocks empty
-    b = flatbuffers.Builder(1 << 16)
-
-    def ivec(values, kind):  # a SparseIndexVector union member
-        cls, np_t = {"u8": ("Uint8Vector", np.uint8), "i32": ("Int32Vector", np.int32)}[kind]
-        data = b.CreateNumpyVector(np.asarray(values, np_t))
-        getattr(tfl, f"{cls}Start")(b)
-        getattr(tfl, f"{cls}AddValues")(b, data)
-        return getattr(tfl, f"{cls}End")(b), getattr(tfl.SparseIndexVector, cls)
-
-    def sparsity(order, block_map, levels, kind):
-        dims = []
-        for fmt, size, seg, idx in levels:
-            s_off = i_off = None
-            if fmt == SPARSE_CSR:
-                s_off, s_type = ivec(seg, kind)
-                i_off, i_type = ivec(idx, kind)
-            tfl.DimensionMetadataStart(b)
-            tfl.DimensionMetadataAddFormat(b, fmt)
-            tfl.DimensionMetadataAddDenseSize(b, size)
-            if s_off is not None:
-                tfl.DimensionMetadataAddArraySegmentsType(b, s_type)
-                tfl.DimensionMetadataAddArraySegments(b, s_off)
-                tfl.DimensionMetadataAddArrayIndicesType(b, i_type)
-                tfl.DimensionMetadataAddArrayIndices(b, i_off)
-            dims.append(tfl.DimensionMetadataEnd(b))
-        order_v = b.CreateNumpyVector(np.asarray(order, np.int32))
-        block_v = b.CreateNumpyVector(np.asarray(block_map, np.int32)) if block_map else None
-        tfl.SparsityParametersStartDimMetadataVector(b, len(dims))
-        for d in reversed(dims):
-            b.PrependUOffsetTRelative(d)
-        dims_v = b.EndVector()
-        tfl.SparsityParametersStart(b)
-        tfl.SparsityParametersAddTraversalOrder(b, order_v)
-        if block_v is not None:
-            tfl.SparsityParametersAddBlockMap(b, block_v)
-        tfl.SparsityParametersAddDimMetadata(b, dims_v)
-        return tfl.SparsityParametersEnd(b)
-
-    conv_values, conv_order, conv_blocks, conv_levels = _csr_last(conv_w)
-    fc_values, *fc_sp = _block_rows(fc_w, 4)
-    if damage:
-        fc_values = fc_values[:-4]
-    # tensors: (name, shape, data or None, sparsity args or None)
-    tensors = [("image", [1, 8, 8, 3], None, None)]
+    m = Model()
+    x = m.add_tensor("image", [1, 8, 8, 3], np.float32)
+    m.inputs = [x.index]
     if sparse_weights:
-        tensors += [("conv_w_sparse", [5, 3, 3, 3], conv_values, (conv_order, conv_blocks, conv_levels, "u8")),
-                    ("conv_w", [5, 3, 3, 3], None, None),
-                    ("fc_w_sparse", [6, 320], fc_values, (*fc_sp, "i32")), ("fc_w", [6, 320], None, None)]
+        values, order, blocks, levels = _csr_last(conv_w)
+        conv_sparse = m.add_sparse_const("conv_w_sparse", conv_w.shape, values,
+                                         Sparsity(order, blocks, levels, "uint8"))
+        values, order, blocks, levels = _block_rows(fc_w, 4)
+        fc_sparse = m.add_sparse_const("fc_w_sparse", fc_w.shape, values[:-4] if damage else values,
+                                       Sparsity(order, blocks, levels, "int32"))
+        conv_t, fc_t = m.add_tensor("conv_w", conv_w.shape, np.float32), m.add_tensor("fc_w", fc_w.shape, np.float32)
+        m.add_op("DENSIFY", [conv_sparse], [conv_t])
+        m.add_op("DENSIFY", [fc_sparse], [fc_t])
     else:
-        tensors += [("conv_w", [5, 3, 3, 3], conv_w, None), ("fc_w", [6, 320], fc_w, None)]
-    tensors += [("conv_b", [5], rng.normal(0, .1, 5).astype(np.float32), None), ("conv", [1, 8, 8, 5], None, None),
-                ("shape", [2], np.array([1, 320], np.int32), None), ("flat", [1, 320], None, None),
-                ("fc_b", [6], rng.normal(0, .1, 6).astype(np.float32), None), ("out", [1, 6], None, None)]
-    index = {t[0]: i for i, t in enumerate(tensors)}
-    buffers = [None]
-    t_offs = []
-    buf_of = {}
-    for name, shape, data, _ in tensors:
-        if data is not None:
-            buf_of[name] = len(buffers)
-            buffers.append(np.ascontiguousarray(data).tobytes())
-    for name, shape, data, sp in tensors:
-        sp_off = sparsity(*sp) if sp is not None else None
-        n_off = b.CreateString(name)
-        s_off = b.CreateNumpyVector(np.asarray(shape, np.int32))
-        tfl.TensorStart(b)
-        tfl.TensorAddShape(b, s_off)
-        tfl.TensorAddType(b, tfl.TensorType.INT32 if name == "shape" else tfl.TensorType.FLOAT32)
-        tfl.TensorAddBuffer(b, buf_of.get(name, 0))
-        tfl.TensorAddName(b, n_off)
-        if sp_off is not None:
-            tfl.TensorAddSparsity(b, sp_off)
-        t_offs.append(tfl.TensorEnd(b))
-    ops = []  # (builtin, inputs, outputs, options)
-    if sparse_weights:
-        ops += [("DENSIFY", ["conv_w_sparse"], ["conv_w"], None), ("DENSIFY", ["fc_w_sparse"], ["fc_w"], None)]
-    ops += [("CONV_2D", ["image", "conv_w", "conv_b"], ["conv"], "Conv2DOptions"),
-            ("RESHAPE", ["conv", "shape"], ["flat"], None),
-            ("FULLY_CONNECTED", ["flat", "fc_w", "fc_b"], ["out"], "FullyConnectedOptions")]
-    codes = sorted({op[0] for op in ops})
-    op_offs = []
-    for builtin, ins, outs, opts in ops:
-        opt_off = None
-        if opts == "Conv2DOptions":
-            tfl.Conv2DOptionsStart(b)
-            tfl.Conv2DOptionsAddPadding(b, tfl.Padding.SAME)
-            tfl.Conv2DOptionsAddStrideW(b, 1)
-            tfl.Conv2DOptionsAddStrideH(b, 1)
-            tfl.Conv2DOptionsAddFusedActivationFunction(b, tfl.ActivationFunctionType.RELU)
-            tfl.Conv2DOptionsAddDilationWFactor(b, 1)
-            tfl.Conv2DOptionsAddDilationHFactor(b, 1)
-            opt_off = tfl.Conv2DOptionsEnd(b)
-        elif opts == "FullyConnectedOptions":
-            tfl.FullyConnectedOptionsStart(b)
-            opt_off = tfl.FullyConnectedOptionsEnd(b)
-        i_v = b.CreateNumpyVector(np.asarray([index[n] for n in ins], np.int32))
-        o_v = b.CreateNumpyVector(np.asarray([index[n] for n in outs], np.int32))
-        tfl.OperatorStart(b)
-        tfl.OperatorAddOpcodeIndex(b, codes.index(builtin))
-        tfl.OperatorAddInputs(b, i_v)
-        tfl.OperatorAddOutputs(b, o_v)
-        if opt_off is not None:
-            tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, opts))
-            tfl.OperatorAddBuiltinOptions(b, opt_off)
-        op_offs.append(tfl.OperatorEnd(b))
-
-    def vector(start, offs):
-        start(b, len(offs))
-        for off in reversed(offs):
-            b.PrependUOffsetTRelative(off)
-        return b.EndVector()
-
-    tens_v, ops_v = vector(tfl.SubGraphStartTensorsVector, t_offs), vector(tfl.SubGraphStartOperatorsVector, op_offs)
-    in_v = b.CreateNumpyVector(np.asarray([index["image"]], np.int32))
-    out_v = b.CreateNumpyVector(np.asarray([index["out"]], np.int32))
-    tfl.SubGraphStart(b)
-    tfl.SubGraphAddTensors(b, tens_v)
-    tfl.SubGraphAddInputs(b, in_v)
-    tfl.SubGraphAddOutputs(b, out_v)
-    tfl.SubGraphAddOperators(b, ops_v)
-    sg = tfl.SubGraphEnd(b)
-    code_offs = []
-    for name in codes:
-        code = getattr(tfl.BuiltinOperator, name)
-        tfl.OperatorCodeStart(b)
-        tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
-        tfl.OperatorCodeAddBuiltinCode(b, code)
-        tfl.OperatorCodeAddVersion(b, 1)
-        code_offs.append(tfl.OperatorCodeEnd(b))
-    buf_offs = []
-    for data in buffers:
-        d_off = b.CreateByteVector(data) if data is not None else None
-        tfl.BufferStart(b)
-        if d_off is not None:
-            tfl.BufferAddData(b, d_off)
-        buf_offs.append(tfl.BufferEnd(b))
-    codes_v = vector(tfl.ModelStartOperatorCodesVector, code_offs)
-    sgs_v = vector(tfl.ModelStartSubgraphsVector, [sg])
-    bufs_v = vector(tfl.ModelStartBuffersVector, buf_offs)
-    tfl.ModelStart(b)
-    tfl.ModelAddVersion(b, 3)
-    tfl.ModelAddOperatorCodes(b, codes_v)
-    tfl.ModelAddSubgraphs(b, sgs_v)
-    tfl.ModelAddBuffers(b, bufs_v)
-    b.Finish(tfl.ModelEnd(b), file_identifier=b"TFL3")
-    path.write_bytes(bytes(b.Output()))
+        conv_t, fc_t = m.add_const("conv_w", conv_w), m.add_const("fc_w", fc_w)
+    conv = m.add_tensor("conv", [1, 8, 8, 5], np.float32)
+    m.add_op("CONV_2D", [x, conv_t, m.add_const("conv_b", rng.normal(0, .1, 5).astype(np.float32))], [conv],
+             ("Conv2DOptions", {"Padding": 0, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 1,
+                                "DilationWFactor": 1, "DilationHFactor": 1}))
+    flat = m.add_tensor("flat", [1, 320], np.float32)
+    m.add_op("RESHAPE", [conv, m.add_const("shape", np.array([1, 320], np.int32))], [flat])
+    out = m.add_tensor("out", [1, 6], np.float32)
+    m.add_op("FULLY_CONNECTED", [flat, fc_t, m.add_const("fc_b", rng.normal(0, .1, 6).astype(np.float32))], [out],
+             ("FullyConnectedOptions", {"FusedActivationFunction": 0}))
+    m.outputs = [out.index]
+    path.write_bytes(serialize(m))
     return path
 
 

@@ -38,13 +38,27 @@ class Quant:
 
 
 @dataclass
+class Sparsity:
+    """A constant stored compressed, in TFLite's SparsityParameters: ``levels`` per traversed dimension
+    (format 0 dense / 1 CSR, dense size, segments, indices), as frontends/tflite_sparse.py reads them; ``index_type``
+    the indices' vector type (uint8 / uint16 / int32; 'auto' = the narrowest that holds them). openrknn's own export
+    writes dense weights; this lets the loader's tests write the converters' sparse files."""
+
+    order: List[int]
+    block_map: List[int]
+    levels: List[tuple]
+    index_type: str = "auto"
+
+
+@dataclass
 class Tensor:
     index: int
     name: str
     shape: Tuple[int, ...]
     dtype: np.dtype
     quant: Optional[Quant] = None
-    data: Optional[np.ndarray] = None
+    data: Optional[np.ndarray] = None    # the stored values: all of them, or a sparse tensor's non-zeros
+    sparsity: Optional[Sparsity] = None
 
     @property
     def quantized(self) -> bool:
@@ -80,6 +94,11 @@ class Model:
         data = np.asarray(data)
         return self.add_tensor(name, data.shape, data.dtype, quant, data)
 
+    def add_sparse_const(self, name: str, shape: Sequence[int], values: np.ndarray, sparsity: Sparsity) -> Tensor:
+        t = self.add_tensor(name, shape, np.asarray(values).dtype, None, values)
+        t.sparsity = sparsity
+        return t
+
     def add_op(self, builtin: str, inputs: Sequence[Tensor], outputs: Sequence[Tensor],
                options: Optional[Tuple[str, dict]] = None, version: int = 1, layer: str = "") -> Operator:
         op = Operator(builtin, [t.index if t is not None else -1 for t in inputs], [t.index for t in outputs],
@@ -108,11 +127,57 @@ def _options(tfl, b, table: str, fields: dict) -> int:
     return getattr(tfl, f"{table}End")(b)
 
 
+def _sparsity(tfl, b, sp: Sparsity, vector) -> int:
+    kinds = {"uint8": ("Uint8Vector", np.uint8), "uint16": ("Uint16Vector", np.uint16),
+             "int32": ("Int32Vector", np.int32)}
+
+    def index_vector(values) -> Tuple[int, int]:
+        values = np.asarray(values)
+        kind = sp.index_type
+        if kind == "auto":
+            top = int(values.max(initial=0))
+            kind = "uint8" if top < 256 else "uint16" if top < 65536 else "int32"
+        cls, dtype = kinds[kind]
+        data = b.CreateNumpyVector(values.astype(dtype))
+        getattr(tfl, f"{cls}Start")(b)
+        getattr(tfl, f"{cls}AddValues")(b, data)
+        return getattr(tfl, f"{cls}End")(b), getattr(tfl.SparseIndexVector, cls)
+
+    dims = []
+    for fmt, size, segments, indices in sp.levels:
+        csr = [index_vector(segments), index_vector(indices)] if fmt == 1 else None
+        tfl.DimensionMetadataStart(b)
+        tfl.DimensionMetadataAddFormat(b, fmt)
+        tfl.DimensionMetadataAddDenseSize(b, size)
+        if csr is not None:
+            tfl.DimensionMetadataAddArraySegmentsType(b, csr[0][1])
+            tfl.DimensionMetadataAddArraySegments(b, csr[0][0])
+            tfl.DimensionMetadataAddArrayIndicesType(b, csr[1][1])
+            tfl.DimensionMetadataAddArrayIndices(b, csr[1][0])
+        dims.append(tfl.DimensionMetadataEnd(b))
+    order = b.CreateNumpyVector(np.asarray(sp.order, np.int32))
+    block_map = b.CreateNumpyVector(np.asarray(sp.block_map, np.int32)) if sp.block_map else None
+    dims_vec = vector(tfl.SparsityParametersStartDimMetadataVector, dims)
+    tfl.SparsityParametersStart(b)
+    tfl.SparsityParametersAddTraversalOrder(b, order)
+    if block_map is not None:
+        tfl.SparsityParametersAddBlockMap(b, block_map)
+    tfl.SparsityParametersAddDimMetadata(b, dims_vec)
+    return tfl.SparsityParametersEnd(b)
+
+
 def serialize(model: Model) -> bytes:
     import flatbuffers
     import tflite as tfl
 
     b = flatbuffers.Builder(1 << 20)
+
+    def vector(start_fn, offsets):
+        start_fn(b, len(offsets))
+        for off in reversed(offsets):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+
     codes: Dict[Tuple[str, int], int] = {}
     for op in model.operators:
         codes.setdefault((op.builtin, op.version), len(codes))
@@ -149,6 +214,7 @@ def serialize(model: Model) -> bytes:
             tfl.QuantizationParametersAddZeroPoint(b, zp)
             tfl.QuantizationParametersAddQuantizedDimension(b, int(t.quant.axis))
             q_off = tfl.QuantizationParametersEnd(b)
+        sp_off = _sparsity(tfl, b, t.sparsity, vector) if t.sparsity is not None else None
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape)
         tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
@@ -156,6 +222,8 @@ def serialize(model: Model) -> bytes:
         tfl.TensorAddName(b, name)
         if q_off is not None:
             tfl.TensorAddQuantization(b, q_off)
+        if sp_off is not None:
+            tfl.TensorAddSparsity(b, sp_off)
         tensor_offsets.append(tfl.TensorEnd(b))
 
     op_offsets = []
@@ -173,12 +241,6 @@ def serialize(model: Model) -> bytes:
             tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, op.options[0]))
             tfl.OperatorAddBuiltinOptions(b, opts)
         op_offsets.append(tfl.OperatorEnd(b))
-
-    def vector(start_fn, offsets):
-        start_fn(b, len(offsets))
-        for off in reversed(offsets):
-            b.PrependUOffsetTRelative(off)
-        return b.EndVector()
 
     tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
     ops_vec = vector(tfl.SubGraphStartOperatorsVector, op_offsets)
