@@ -113,10 +113,13 @@ class RKNN:
 
     @_guarded()
     def load_onnx(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
-                  outputs: Optional[List[str]] = None) -> int:
+                  input_initial_val=None, outputs: Optional[List[str]] = None) -> int:
+        """input_initial_val (rknn-toolkit2's order and meaning): one entry per input, a value that input is fixed to
+        as a constant (a sample rate, a mode flag) or None; an If on such a value keeps only the branch it takes."""
         from .convert import load_onnx
 
-        self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs))
+        self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs,
+                                   input_initial_val=input_initial_val))
         return 0
 
     @_guarded()

@@ -73,10 +73,11 @@ def _keep_quantization(loaded: LoadedModel) -> LoadedModel:
 
 
 def load_onnx(path: str | Path, inputs: Optional[List[str]] = None, input_size_list=None,
-              outputs: Optional[List[str]] = None) -> LoadedModel:
+              outputs: Optional[List[str]] = None, input_initial_val=None) -> LoadedModel:
     from ..frontends.onnx import load_onnx as load
 
-    return _keep_quantization(load(path, inputs=inputs, input_size_list=input_size_list, outputs=outputs))
+    return _keep_quantization(load(path, inputs=inputs, input_size_list=input_size_list,
+                                   input_initial_val=input_initial_val, outputs=outputs))
 
 
 def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
@@ -112,12 +113,17 @@ def load_tensorflow(tf_pb: str | Path, inputs: Optional[List[str]], input_size_l
 
 
 def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str]] = None,
-               outputs: Optional[List[str]] = None, weights: Optional[str | Path] = None) -> LoadedModel:
+               outputs: Optional[List[str]] = None, weights: Optional[str | Path] = None,
+               input_initial_val=None) -> LoadedModel:
     """Dispatch on the file type (an .rknn is already converted). ``weights``: the second file of a Darknet or
-    Caffe model (default: the same name beside it)."""
+    Caffe model (default: the same name beside it). ``input_initial_val``: ONNX only, as load_onnx takes it."""
     kind = model_kind(path)
+    if input_initial_val is not None and kind != "onnx":
+        raise ModelLoadError(f"input_initial_val fixes inputs of ONNX models only; '{path}' is a {kind} model. "
+                             "Export it to ONNX, or feed that input at run time")
     if kind == "onnx":
-        return load_onnx(path, inputs=inputs, input_size_list=input_size_list, outputs=outputs)
+        return load_onnx(path, inputs=inputs, input_size_list=input_size_list, outputs=outputs,
+                         input_initial_val=input_initial_val)
     if kind == "pytorch":
         return load_pytorch(path, input_size_list, inputs, outputs)
     if kind == "tflite":

@@ -17,6 +17,7 @@ class ConvertSpec:
     output: Path
     weights: Optional[Path] = None  # Darknet .weights / Caffe .caffemodel (default: beside the model, same name)
     input_size_list: Optional[List[List[int]]] = None
+    input_initial_val: Optional[list] = None  # ONNX: one value or null per input, as load_onnx takes it
     inputs: Optional[List[str]] = None
     outputs: Optional[List[str]] = None
     config: Dict[str, Any] = field(default_factory=dict)
@@ -27,7 +28,8 @@ class ConvertSpec:
     auto_hybrid: bool = False
 
 
-_TOP_KEYS = {"model", "weights", "output", "input_size_list", "inputs", "outputs", "config", "build"}
+_TOP_KEYS = {"model", "weights", "output", "input_size_list", "input_initial_val", "inputs", "outputs", "config",
+             "build"}
 _BUILD_KEYS = {"do_quantization", "dataset", "rknn_batch_size", "pre_compile", "auto_hybrid"}
 # The vendor's rknn_convert layout: models: {name, platform, model_file_path, quantize, dataset, configs, ...}
 _VENDOR_KEYS = {"name", "platform", "model_file_path", "quantize", "dataset", "configs", "subgraphs",
@@ -113,7 +115,7 @@ def parse_spec(data: Any, base: Path, output: Optional[str] = None) -> ConvertSp
     model = _resolve(base, data["model"])
     out = Path(output) if output else (_resolve(base, data.get("output")) or model.with_suffix(".rknn"))
     return ConvertSpec(model=model, output=out, weights=_resolve(base, data.get("weights")),
-                       input_size_list=data.get("input_size_list"),
+                       input_size_list=data.get("input_size_list"), input_initial_val=data.get("input_initial_val"),
                        inputs=data.get("inputs"), outputs=data.get("outputs"), config=cfg,
                        # a dataset means quantize, as build() defaults to and a sweep file implies; a file with
                        # no dataset builds float (build() would look for dataset.txt)
@@ -130,7 +132,8 @@ def run_spec(spec: ConvertSpec):
     from .loaders import load_model
 
     cfg = make_config(**spec.config)
-    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs, weights=spec.weights)
+    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs, weights=spec.weights,
+                        input_initial_val=spec.input_initial_val)
     opts = BuildOptions(do_quantization=spec.do_quantization, dataset=str(spec.dataset) if spec.dataset else None,
                         pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size,
                         auto_hybrid=spec.auto_hybrid)

@@ -11,6 +11,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import ModelLoadError
+from ..graph.control_flow import inline_constant_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.names import subgraphs, used_names
 from ..graph.shapes import infer_shapes
@@ -92,6 +93,58 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> int:
     return dropped
 
 
+def _fix_input_values(model: onnx.ModelProto, values: Sequence, shapes: List[List[int]], notes: List[str]) -> \
+        List[List[int]]:
+    """rknn-toolkit2's input_initial_val: inputs given a value become constants (a sample rate, a mode flag), so
+    the graph can fold what depends on them. ``values`` holds one entry per model input, None for inputs fed at run
+    time. Returns ``shapes`` without the entries of the inputs that became constants."""
+    import numpy as np
+
+    inputs = list(model.graph.input)
+    if not isinstance(values, (list, tuple)) or len(values) != len(inputs):
+        given = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ModelLoadError(f"input_initial_val has {given} entries but the model has {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}); give one entry per input, in this order, with "
+                             "None for the inputs fed at run time")
+    keep, kept_shapes = [], []
+    for idx, (inp, value) in enumerate(zip(inputs, values)):
+        if value is None:
+            keep.append(inp)
+            if shapes:
+                kept_shapes.append(shapes[idx])
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        try:
+            raw = np.asarray(value)
+            arr = raw.astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"input_initial_val for input '{inp.name}' is not a {dtype.name} array ({e}); give a "
+                                 "numpy array or a number") from None
+        if raw.dtype.kind in "fc" and dtype.kind in "iub" and not np.array_equal(arr, raw):
+            raise ModelLoadError(f"input_initial_val for input '{inp.name}' holds {raw.ravel()[:4].tolist()}, but the "
+                                 f"input is {dtype.name}; give whole numbers")
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in inp.type.tensor_type.shape.dim]
+        want = list(shapes[idx]) if shapes else [d for d in dims]
+        if None not in want and list(arr.shape) != want and arr.size == int(np.prod(want, dtype=np.int64)):
+            arr = arr.reshape(want)  # 16000 for a [1] input
+        if len(arr.shape) != len(dims) or any(d is not None and d != s for d, s in zip(want, arr.shape)):
+            seen = [d if d is not None else "?" for d in want]
+            raise ModelLoadError(f"input_initial_val for input '{inp.name}' has shape {list(arr.shape)} but the "
+                                 f"input's shape is {seen}; give an array of that shape")
+        model.graph.initializer.append(onnx.numpy_helper.from_array(arr, inp.name))
+        notes.append(f"input '{inp.name}' fixed to the constant {arr.ravel()[:4].tolist()}"
+                     f"{' ...' if arr.size > 4 else ''} (input_initial_val)")
+    if len(keep) == len(inputs):
+        return shapes
+    if not keep:
+        raise ModelLoadError("input_initial_val gives a value for every input, which leaves the model nothing to feed "
+                             "at run time; give None for the inputs the model is run on")
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return kept_shapes
+
+
 def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[str]:
     notes = []
     inputs = list(model.graph.input)
@@ -122,8 +175,23 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[s
                     notes.append(f"input '{inp.name}': dynamic batch fixed to 1")
                 else:
                     raise ModelLoadError(f"input '{inp.name}' has a dynamic dimension {k} ('{d.dim_param or '?'}'); "
-                                         "give input_size_list to fix it, e.g. input_size_list=[[1, 3, 416, 416]]")
+                                         "give input_size_list to fix it, one full shape per input in this order: "
+                                         f"input_size_list={_size_list_example(inputs)}")
     return notes
+
+
+def _size_list_example(inputs) -> str:
+    """input_size_list as the user would write it for these inputs, a dynamic dim by its name: [[1, N], [2, 1, 128]]."""
+    shapes = []
+    for i in inputs:
+        dims = []
+        for k, d in enumerate(i.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(str(d.dim_value))
+            else:
+                dims.append("1" if k == 0 else (d.dim_param or "N"))
+        shapes.append("[" + ", ".join(dims) + "]")
+    return "[" + ", ".join(shapes) + "]"
 
 
 def _clear_stale_shapes(model: onnx.ModelProto) -> None:
@@ -177,6 +245,25 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
         return str(e)
 
 
+def _setting_hint(model: onnx.ModelProto) -> str:
+    """The check runs on zeros; an integer or bool input (a sample rate, a mode flag) may need a real value, which
+    input_initial_val gives."""
+    names = [i.name for i in model.graph.input]
+    def setting(i) -> bool:  # a few integers, not integer data such as a uint8 image
+        size = 1
+        for d in i.type.tensor_type.shape.dim:
+            size *= d.dim_value
+        return size <= 16 and onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+
+    settings = [i.name for i in model.graph.input if setting(i)]
+    if not settings:
+        return ""
+    example = ", ".join("np.array(VALUE)" if n in settings else "None" for n in names)
+    return (f" The check fed zeros to the integer input(s) {', '.join(repr(n) for n in settings)}; if the model "
+            f"needs a real value there (a sample rate, a mode flag), fix it: load_onnx(..., input_initial_val=["
+            f"{example}]).")
+
+
 def _node_in_message(model: onnx.ModelProto, message: str) -> str:
     """'node NAME (OP)' for the node an onnx/onnxruntime message names, to say where the problem is."""
     for node in model.graph.node:
@@ -213,7 +300,7 @@ def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optio
 
 
 def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
-              outputs: Optional[Sequence[str]] = None) -> LoadedModel:
+              input_initial_val: Optional[Sequence] = None, outputs: Optional[Sequence[str]] = None) -> LoadedModel:
     path = Path(path)
     model = _read(path)
     notes: List[str] = []
@@ -243,8 +330,16 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
              for d in (i.type.tensor_type.shape.dim for i in model.graph.input)]
     shapes = normalize_size_list(input_size_list, ranks=ranks, first_dims=first) if input_size_list is not None \
         else []
+    if input_initial_val is not None:
+        shapes = _fix_input_values(model, input_initial_val, shapes, notes)
     notes += _fix_input_shapes(model, shapes)
     _clear_stale_shapes(model)
+    inlined = inline_constant_ifs(model)
+    if inlined:
+        _name_nodes(model)
+        notes.append(f"{len(inlined)} If node(s) with a constant condition replaced by the branch taken: "
+                     + ", ".join(inlined))
+        log.info("'%s': %s", path, notes[-1])
     if opset != OPSET:
         try:
             hidden = _hide_new_forms(model) if opset > OPSET else 0
@@ -373,7 +468,7 @@ def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelPr
         raise ModelLoadError(f"'{path}' does not run at input shapes {shapes}: {where} fails in onnxruntime "
                              f"({run_error[:300]}). If the model was exported for another input size, give that size "
                              "in input_size_list; otherwise cut the model before that node with "
-                             "load_onnx(..., outputs=[...]) and run the rest on the CPU.")
+                             "load_onnx(..., outputs=[...]) and run the rest on the CPU." + _setting_hint(model))
     if strict_error is None:
         return checked
     log.warning("onnx's strict shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,

@@ -1,0 +1,197 @@
+"""If nodes whose condition is a constant, replaced by the branch they always take.
+
+A model exported with a branch on a setting (silero-vad branches on its sample-rate input) holds both networks inside
+an If. Once that setting is fixed (load_onnx's input_initial_val), the condition is a constant: the taken branch's
+nodes move into the graph and the If goes. The network is then an ordinary graph that the optimizer, the quantizer
+and the NPU see whole, rather than one opaque node.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .names import rename_uses, subgraphs, unique_name
+
+# ops a condition is computed with that are cheap and safe to evaluate at load time
+_EVALUABLE = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor", "Cast",
+              "Identity", "Squeeze", "Unsqueeze", "Reshape", "ReduceMin", "ReduceMax", "Add", "Sub", "Mul", "Div",
+              "Mod", "Abs", "Neg", "Gather", "Slice", "Concat"}
+
+
+def _constants(graph: onnx.GraphProto) -> Dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+# ops whose output shape can depend on input values: a Shape read after one of them is not fixed by the input sizes
+_VALUE_SHAPED = {"NonZero", "Unique", "NonMaxSuppression", "Compress", "Loop", "Scan", "TopK", "Range", "If"}
+
+
+class _Shapes:
+    """Fully known shapes of main-graph tensors at the fixed input sizes: onnx's inference first, else one run of
+    the graph (shapes that depend on input values only through the input sizes, as graph/shapes.run_shapes holds)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.known: Dict[str, List[int]] = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # pads computed from constants
+        except Exception:
+            return
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+            dims = vi.type.tensor_type.shape.dim
+            if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+                self.known[vi.name] = [d.dim_value for d in dims]
+
+    def _value_shaped(self, name: str) -> bool:
+        stack, seen = [name], set()
+        while stack:
+            node = self.producer.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type in _VALUE_SHAPED:
+                return True
+            stack.extend(x for x in node.input if x)
+        return False
+
+    def get(self, name: str) -> Optional[List[int]]:
+        if name not in self.known and not self._value_shaped(name):
+            from .shapes import run_shapes
+
+            try:
+                self.known[name] = list(run_shapes(self.model, [name])[0])
+            except Exception:
+                return None
+        return self.known.get(name)
+
+
+def _shape_value(node: onnx.NodeProto, shapes: _Shapes) -> Optional[np.ndarray]:
+    """A Shape (its start/end attributes applied) or Size node's output when its input's shape is fully known."""
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return None
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+    start = next((a.i for a in node.attribute if a.name == "start"), 0)
+    end = next((a.i for a in node.attribute if a.name == "end"), None)
+    return np.array(shape[start:end], np.int64)
+
+
+def _constant_value(graph: onnx.GraphProto, name: str, consts: Dict[str, np.ndarray], opset: int,
+                    shapes: _Shapes) -> Optional[np.ndarray]:
+    """The value of tensor ``name`` when it is computed from constants and known shapes by small arithmetic, else
+    None."""
+    if name in consts:
+        return consts[name]
+    producer = {o: n for n in graph.node for o in n.output}
+    needed: List[onnx.NodeProto] = []
+    leaves: Set[str] = set()
+    stack, seen = [name], set()
+    while stack:
+        t = stack.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in consts:
+            leaves.add(t)
+            continue
+        node = producer.get(t)
+        if node is not None and node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+            value = _shape_value(node, shapes)
+            if value is None:
+                return None
+            consts = dict(consts, **{t: value})
+            leaves.add(t)
+            continue
+        if node is None or node.op_type not in _EVALUABLE or node.domain not in ("", "ai.onnx"):
+            return None  # a graph input, an outer-scope name or an op not worth evaluating here
+        needed.append(node)
+        stack.extend(node.input)
+    order = [n for n in graph.node if any(n is m for m in needed)]
+    from onnx.reference import ReferenceEvaluator
+
+    mini = onnx.helper.make_graph(order, "cond", [], [onnx.helper.make_empty_tensor_value_info(name)],
+                                  initializer=[numpy_helper.from_array(np.asarray(consts[x]), x) for x in leaves])
+    try:
+        out = ReferenceEvaluator(onnx.helper.make_model(mini, opset_imports=[onnx.helper.make_opsetid("", opset)]))
+        return np.asarray(out.run(None, {})[0])
+    except Exception:
+        return None  # not evaluable after all; the If stays
+
+
+def _names(graph: onnx.GraphProto, skip: Optional[int] = None) -> Set[str]:
+    """Every tensor name of ``graph`` and its bodies, leaving out the bodies of node ``skip``."""
+    names = {o.name for o in graph.output} | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for k, node in enumerate(graph.node):
+        names.update(x for x in list(node.input) + list(node.output) if x)
+        if k != skip:
+            for sub in subgraphs(node):
+                names |= _names(sub)
+    return names
+
+
+def _inline(graph: onnx.GraphProto, index: int, branch: onnx.GraphProto, taken: Set[str]) -> None:
+    """Replace node ``index`` (an If) by ``branch``'s nodes; the branch's own names are renamed where they collide
+    with names of the graph, and the If's outputs become Identity copies of the branch's outputs."""
+    if_node = graph.node[index]
+    body = onnx.GraphProto()
+    body.CopyFrom(branch)
+    defined = [t.name for t in body.initializer] + [o for n in body.node for o in n.output if o]
+    for old in defined:
+        if old in taken:
+            new = unique_name(old, taken)
+            rename_uses(body, old, new)
+            for n in body.node:
+                n.output[:] = [new if o == old else o for o in n.output]
+            for t in body.initializer:
+                if t.name == old:
+                    t.name = new
+            for o in body.output:
+                if o.name == old:
+                    o.name = new
+        else:
+            taken.add(old)
+    nodes = list(body.node) + [onnx.helper.make_node("Identity", [src.name], [dst], name=unique_name(
+        f"{if_node.name}_out{k}", taken)) for k, (src, dst) in enumerate(zip(body.output, if_node.output))]
+    graph.initializer.extend(body.initializer)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(rest[:index] + nodes + rest[index + 1:])
+
+
+def inline_constant_ifs(model: onnx.ModelProto) -> List[str]:
+    """Inline every If of the main graph whose condition is a constant (nested ones too, as they come up); returns
+    the inlined nodes' names with the branch each took."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    graph = model.graph
+    done: List[str] = []
+    while True:
+        if not any(n.op_type == "If" for n in graph.node):
+            return done
+        consts = _constants(graph)
+        shapes = _Shapes(model)
+        hit = None
+        for k, node in enumerate(graph.node):
+            if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+                continue
+            cond = _constant_value(graph, node.input[0], consts, opset, shapes)
+            if cond is not None and cond.size == 1:
+                hit = (k, node, bool(cond.reshape(-1)[0]))
+                break
+        if hit is None:
+            return done
+        k, node, take = hit
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if take else "else_branch"))
+        _inline(graph, k, branch, _names(graph, skip=k))
+        done.append(f"{node.name} ({'then' if take else 'else'} branch)")
