@@ -53,7 +53,7 @@ class BuildConfig:
     range_split: bool = True  # openrknn: exact channel range split of depthwise inputs (accuracy for more NPU ops)
     range_remap: bool = True  # openrknn: range split's part remap (more accuracy for a few more NPU ops)
     range_choice: bool = True  # openrknn: a 'normal' build may clip ranges (KL / MSE) where the outputs gain
-    log_ranges: bool = True  # openrknn: the ranges into a Log (log-mel audio) cut in decades where the outputs gain
+    log_ranges: bool = True  # openrknn: the ranges into a Log / square root (audio front ends) cut in decades
     pre_activation_points: str = "chip"  # openrknn: PRE_ACTIVATION_POINTS
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.

@@ -136,8 +136,8 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
                      f"weight rounding {q['weight_rounding']}")
         ranges = q["ranges"]
         decided = ([f"range choice kept {ranges['chosen']}"] if ranges.get("chosen") else []) + \
-            ([f"ranges into a Log cut by {ranges['log_cut_decades']:g} decades"] if ranges.get("log_cut_decades")
-             else [])
+            ([f"ranges into a Log / square root cut by {ranges['log_cut_decades']:g} decades"]
+             if ranges.get("log_cut_decades") else [])
         if q["pre_activation_points"] == "tflite":
             decided.append("every conv before an activation TFLite cannot fuse into it requantized, as TFLite int8 "
                            "computes it (pre_activation_points='tflite')")

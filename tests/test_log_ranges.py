@@ -85,7 +85,7 @@ def _held_out_cosine(setup, dtype: str, target: str, **extra) -> float:
     from openrknn.package_info import describe_package
 
     text = describe_package(read_package(d / "m.rknn"))
-    assert ("ranges into a Log cut by" in text) == (decades is not None)
+    assert ("ranges into a Log / square root cut by" in text) == (decades is not None)
     rk.release()
     return float(np.mean(cos))
 
@@ -117,3 +117,58 @@ def test_a_bad_log_ranges_value_is_refused(rknn_log, logged_errors):
     rk = RKNN()
     assert rk.config(target_platform="rk3588", log_ranges="yes") == -1
     assert "log_ranges" in logged_errors(rknn_log)[-1]
+
+
+def magnitude_model() -> onnx.ModelProto:
+    """audio [1, N] -> the same STFT -> sqrt(re^2 + im^2) -> a 1x1 conv over the bins + Relu -> [1, 8, frames]: an
+    STFT magnitude front end as silero-vad exports its own (no Log anywhere)."""
+    m = log_mel_model()
+    g = m.graph
+    keep = [nd for nd in g.node if nd.op_type in ("Unsqueeze", "Conv", "Pow", "Add")]
+    w = np.random.default_rng(5).normal(0, 0.3, (8, BINS, 1)).astype(np.float32)
+    n = helper.make_node
+    nodes = keep + [n("Sqrt", ["power"], ["magnitude"], name="magnitude"),
+                    n("Conv", ["magnitude", "enc_w"], ["enc"], name="encoder"), n("Relu", ["enc"], ["features"])]
+    frames = (N - WIN) // HOP + 1
+    inits = [t for t in g.initializer if t.name not in ("mel", "floor")] + [numpy_helper.from_array(w, "enc_w")]
+    graph = helper.make_graph(nodes, "magnitude", list(g.input),
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 8, frames])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_ranges_into_a_magnitudes_square_root_are_cut_too(tmp_path):
+    onnx.save(magnitude_model(), tmp_path / "mag.onnx")
+    rng = np.random.default_rng(3)
+    write_samples(tmp_path, [signal(rng) for _ in range(8)])
+    held_out = [signal(rng) for _ in range(6)]
+    ref = ort.InferenceSession(str(tmp_path / "mag.onnx"), providers=["CPUExecutionProvider"])
+    result = {}
+    for cut in (False, True):
+        rk = RKNN(verbose=False)
+        assert rk.config(target_platform="rk3588", log_ranges=cut) == 0
+        assert rk.load_onnx(str(tmp_path / "mag.onnx")) == 0
+        assert rk.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
+        assert rk.init_runtime() == 0
+        decades = rk._package.metadata["quantization"]["ranges"].get("log_cut_decades")
+        cos = [cosine(ref.run(None, {"audio": x})[0], rk.inference(inputs=[x])[0]) for x in held_out]
+        result[cut] = (decades, float(np.mean(cos)))
+        rk.release()
+    assert result[False][0] is None and result[True][0] > 0
+    assert result[True][1] > result[False][1] + 0.01, result
+
+
+def test_a_normalisations_square_root_starts_no_cut():
+    from openrknn.quant.algorithms.log_ranges import log_groups
+    from openrknn.quant.ir import GraphInfo, normalize
+    from openrknn.quant.plan import build_plan
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-5), "eps")]
+    nodes = [n("ReduceMean", ["x"], ["mean"], axes=[-1]), n("Sub", ["x", "mean"], ["d"]),
+             n("Pow", ["d", "two"], ["d2"]), n("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             n("Add", ["var", "eps"], ["ve"]), n("Sqrt", ["ve"], ["std"]), n("Div", ["d", "std"], ["y"])]
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], inits)
+    info = GraphInfo(normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    plan = build_plan(info)
+    assert log_groups(info, plan, {t: None for t in plan.points}, set()) == {}

@@ -38,8 +38,9 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                     "accuracy for a few more NPU ops.", "quant"),
     "range_choice": ("Range choice", "With the normal algorithm, also try KL and MSE clipping and keep it where the "
                      "model's outputs on held-out calibration samples clearly gain.", "quant"),
-    "log_ranges": ("Log ranges", "Cut the ranges of the tensors on the way into a Log (a log-mel front end's power "
-                   "spectrum) together, by the decades the model's outputs prefer.", "quant"),
+    "log_ranges": ("Log ranges", "Cut the ranges of the tensors on the way into a Log or a square root (a "
+                   "log-mel front end's power spectrum, an STFT magnitude) together, by the decades the model's "
+                   "outputs prefer.", "quant"),
     "pre_activation_points": ("Pre-activation points", "chip = quantize as the target chip computes; tflite = an "
                               "int8 point after every conv before an activation TFLite cannot fuse (SiLU, Sigmoid, "
                               "HardSwish...), so an exported .tflite keeps those convs int8 for Mesa's Teflon "

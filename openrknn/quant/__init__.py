@@ -78,9 +78,9 @@ class QuantOptions:
         YOLOX-nano; its statistics pass also measures bias correction's means). 16-bit weights keep nearest (their
         rounding error is negligible). See algorithms/rounding.py.
     log_ranges: the scale groups on the way into a Log (a log-mel front end's amplitudes, power spectrum and mel
-        energies) get their ranges cut together by a number of decades searched on the outputs of
-        ``log_range_samples`` calibration samples: the shallowest cut with three quarters of the best cut's gain,
-        kept on range choice's rule (algorithms/log_ranges.py).
+        energies) or into a magnitude's square root (an STFT's power) get their ranges cut together by a number of
+        decades searched on the outputs of ``log_range_samples`` calibration samples: the shallowest cut with three
+        quarters of the best cut's gain, kept on range choice's rule (algorithms/log_ranges.py).
     pre_activation_points: 'chip' (the conv outputs the target chip stores as integers before their activation)
         or 'tflite' (every conv output before an activation TFLite cannot fuse into the conv, for export_tflite).
     range_search: output-aware activation ranges (opt-in): the first ``range_search_groups`` 8-bit scale groups

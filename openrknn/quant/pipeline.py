@@ -170,7 +170,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
             results.append(_refit_biases(m, info, plan, acts, weights, stats, data, options, progress))
             runs, seen, score_feeds = None, [], data  # the range choice's runs no longer hold these ranges
         if summary:
-            log.info("ranges into a Log: %s (output loss uncut %.5f; cut by n decades: %s)",
+            log.info("ranges into a Log / square root: %s (output loss uncut %.5f; cut by n decades: %s)",
                      f"cut by {summary['decades']:g} decades" if summary["decades"] else "kept", summary["loss_before"],
                      ", ".join(f"{k}: {v:.5f}" for k, v in summary["losses"].items()))
             results.append(StageResult("log_ranges", summary, round(time.perf_counter() - t, 3)))

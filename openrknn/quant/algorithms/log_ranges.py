@@ -1,4 +1,5 @@
-"""Ranges for the tensors on the way into a Log, cut together in decades where the model's outputs gain.
+"""Ranges for the tensors on the way into a Log or a magnitude's square root, cut together in decades where the
+model's outputs gain.
 
 A log-mel front end (speech recognisers, wake-word and speaker models) squares a spectrum into power, sums it into
 mel bands and takes the Log; the result spans 80 dB or more, eight decades of power. A linear 8-bit range that the
@@ -13,6 +14,12 @@ amplitudes a square makes that power of), and e, in decades of the Log's input, 
 on calibration samples. The loud values saturate instead; the outputs say whether that costs less than the quiet
 ones it brings back. Of the cuts, the shallowest that takes three quarters of the best one's gain is taken, and kept
 on range choice's rule (a tenth of the output error gone, better on at least half the samples).
+
+A magnitude spectrum has the same trouble one step earlier: sqrt(re^2 + im^2) squares the amplitudes into a power
+with twice their decades, and the quiet bins round to zero before the square root can bring them back (silero-vad's
+STFT front end: speech decisions 876/927 chunks uncut, 892 cut by 2.5 decades). A square root whose input is a
+quantized tensor starts such a walk too; a normalisation's square root does not (its statistics are not quantized:
+graph/norms.py).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ GAIN_SHARE = 0.75                             # of the best cut's gain, what the
 # ops whose output scales like their (non-constant) inputs: data movement, sums, linear layers, floors
 SAME_DEGREE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Identity", "Concat", "Split",
                "Pad", "Clip", "Relu", "Max", "Min", "Abs", "Add", "Sub", "ReduceSum", "ReduceMean", "AveragePool",
-               "GlobalAveragePool", "MatMul", "Gemm", "Conv", "ConvTranspose", "Mul", "Div"}
+               "GlobalAveragePool", "MatMul", "Gemm", "Conv", "ConvTranspose", "Mul", "Div", "Cast"}
 
 
 def _degrees_into(info: GraphInfo, t: str, degree: float, out: Dict[str, float], depth: int = 0) -> None:
@@ -74,11 +81,13 @@ def _degrees_into(info: GraphInfo, t: str, degree: float, out: Dict[str, float],
 
 
 def log_groups(info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant], exempt: Set[int]) -> Dict[int, float]:
-    """Scale group -> degree, for the quantized groups on the way into every Log, leaving out the model's inputs
-    (what the user feeds: saturating it distorts everything after) and the ``exempt`` groups."""
+    """Scale group -> degree, for the quantized groups on the way into every Log and every square root of a
+    quantized tensor, leaving out the model's inputs (what the user feeds: saturating it distorts everything after)
+    and the ``exempt`` groups."""
     degrees: Dict[str, float] = {}
     for i, node in enumerate(info.nodes):
-        if node.op_type == "Log" and info.activations(i):
+        into_root = node.op_type == "Sqrt" and node.input[0] in acts
+        if (node.op_type == "Log" or into_root) and info.activations(i):
             _degrees_into(info, node.input[0], 1.0, degrees)
     inputs = set(info.inputs) | plan.prefix
     out: Dict[int, float] = {}
