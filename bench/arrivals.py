@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "data" / "images"
 
 
@@ -198,13 +199,79 @@ def segmenter(cache: Path, work: Path) -> list:
     return ["czann nucleus segmenter (1024x1024 gray, 2-class softmax)"] + rows
 
 
+def silero(cache: Path, work: Path) -> list:
+    """Streaming voice detection as silero-vad's own wrapper runs it: 16 kHz chunks of 512 samples with the 64
+    before them (576 in), the LSTM state carried from chunk to chunk, the sample rate fixed with input_initial_val
+    (the network sits in an If on it). Speech: the corpus's espeak-ng clips between stretches of quiet noise;
+    calibration on the chunks and states of four clips, evaluation on eight others, each build carrying its own
+    state through the whole stream."""
+    import onnxruntime as ort
+    from corpus import _speech
+    from openrknn.api import RKNN
+
+    path = fetch(cache, "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx")
+    g = np.random.default_rng(0)
+    streams = []
+    for clip in _speech(cache):
+        quiet = lambda n: g.normal(0, 0.003, n).astype(np.float32)  # noqa: E731
+        a = np.concatenate([quiet(8000), clip / 32768.0, quiet(8000)]).astype(np.float32)
+        a = np.concatenate([np.zeros(64, np.float32), a[: (len(a) // 512) * 512]])
+        streams.append([a[None, k:k + 576] for k in range(0, len(a) - 576 + 1, 512)])
+    sess = ort.InferenceSession(str(path))
+
+    def run_float(chunks):
+        state, probs, states = np.zeros((2, 1, 128), np.float32), [], []
+        for c in chunks:
+            states.append(state)
+            p, state = sess.run(None, {"input": c, "state": state, "sr": np.array(16000, np.int64)})
+            probs.append(p.item())
+        return np.array(probs), states
+
+    calib = []
+    for chunks in streams[:4]:
+        _, states = run_float(chunks)
+        calib += [[c, s] for c, s in zip(chunks, states)][::3]
+    refs = [run_float(chunks)[0] for chunks in streams[4:]]
+    rows = []
+    for dtype in (None, "w8a8"):
+        lines = []
+        for k, (c, s) in enumerate(calib):
+            np.save(work / f"a{k}.npy", c)
+            np.save(work / f"s{k}.npy", s)
+            lines.append(f"a{k}.npy s{k}.npy")
+        (work / "ds.txt").write_text("\n".join(lines) + "\n")
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588", **({"quantized_dtype": dtype} if dtype else {})) == 0
+        assert r.load_onnx(str(path), input_size_list=[[1, 576], [2, 1, 128], []],
+                           input_initial_val=[None, None, np.array(16000)]) == 0, r.last_error
+        assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
+        assert r.init_runtime() == 0, r.last_error
+        errs, agree, total = [], 0, 0
+        for chunks, ref in zip(streams[4:], refs):
+            state, got = np.zeros((2, 1, 128), np.float32), []
+            for c in chunks:
+                p, state = r.inference(inputs=[c, state], data_format="nchw")
+                got.append(float(np.asarray(p).item()))
+            got = np.array(got)
+            errs.append(np.abs(got - ref).max())
+            agree += int(((got > 0.5) == (ref > 0.5)).sum())
+            total += len(ref)
+        rows.append(f"speech decisions {agree}/{total} chunks, largest probability error {max(errs):.4f}")
+        r.release()
+    return ["silero-vad 6.2.3 (If on the sample rate, LSTM state streamed)"] + rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
+    ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
+    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero)
+    if args.only:
+        runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime |")
     print("|---|---|---|")
-    for run in (siamese, captcha, fsmn, voicefilter, segmenter):
+    for run in runs:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 cells = run(args.cache, Path(tmp))
