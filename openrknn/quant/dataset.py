@@ -173,6 +173,11 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise DatasetError(f"{where}: {path.name!r} has dtype {arr.dtype}, not numeric; save numbers with numpy.save")
     target = np.dtype(spec.dtype)
+    if target == np.bool_:  # a mask: True/False, or 0/1 in any numeric type
+        if arr.dtype != np.bool_ and arr.size and not np.isin(arr, (0, 1)).all():
+            raise DatasetError(f"{where}: input {spec.name!r} is a boolean mask but {path.name!r} holds values other "
+                               f"than 0 and 1 ({arr.min()} .. {arr.max()}); save the mask as a bool array")
+        return np.ascontiguousarray(arr, dtype=np.bool_)
     if np.issubdtype(target, np.integer):
         info = np.iinfo(target)
         if arr.size and (not np.array_equal(arr, np.rint(arr)) or arr.min() < info.min or arr.max() > info.max):

@@ -102,7 +102,13 @@ def prepare_feeds(inputs, input_meta: List[dict], data_type=None, data_format="n
                 x = np.clip(np.rint(x), np.iinfo(DATA_TYPES[dtype]).min, np.iinfo(DATA_TYPES[dtype]).max)
             x = x.astype(DATA_TYPES[dtype])
         takes = np.dtype(graph_dtype(meta))  # an image input's record says uint8, but any listed type is fine there
-        if np.issubdtype(takes, np.integer) and np.issubdtype(x.dtype, np.integer):
+        if takes == np.bool_:
+            # a mask (attention padding): True/False, or the 0/1 of any numeric type
+            if x.dtype != np.bool_ and (x.dtype.kind not in "iuf" or (x.size and not np.isin(x, (0, 1)).all())):
+                raise InferenceInputError(f"input '{name}' is a boolean mask but was given {x.dtype} values other "
+                                          "than 0 and 1; pass a bool array (True where the data is)")
+            x = x.astype(np.bool_, copy=False)
+        elif np.issubdtype(takes, np.integer) and (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
             # ids (tokens, bytes) for a graph that takes integers: any integer type whose values fit
             info = np.iinfo(takes)
             if x.size and (x.min() < info.min or x.max() > info.max):
