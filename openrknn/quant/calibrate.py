@@ -244,9 +244,9 @@ def histogram_fixed(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarra
         out = np.zeros(bins, np.int64)
         out[0] = x.size
         return out
-    idx = ((x - np.float32(lo)) * np.float32(bins / (hi - lo))).astype(np.int32)
-    np.clip(idx, 0, bins - 1, out=idx)
-    return np.bincount(idx, minlength=bins)
+    pos = (x - np.float32(lo)) * np.float32(bins / (hi - lo))
+    np.clip(pos, 0, bins - 1, out=pos)  # before the cast: an attention mask's -inf goes to the first bin
+    return np.bincount(pos.astype(np.int32), minlength=bins)
 
 
 def collect_histograms(model: onnx.ModelProto, tensors: Sequence[str], data, stats: Stats, bins: int = 2048,
