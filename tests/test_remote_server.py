@@ -34,8 +34,9 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("remote_models")
     tiny = build_float_rknn(make_conv_onnx(d / "tiny.onnx", cin=3, cout=8, hw=(TINY_HW, TINY_HW), pads=1),
                             d / "tiny.rknn")
-    # ~1-2 s per inference on one thread: long enough to kill the server in the middle of one
-    slow = build_float_rknn(conv_stack_onnx(d / "slow.onnx", 192, 64, 30), d / "slow.rknn")
+    # ~1.4 s per inference on one thread of a fast 2026 core (30 layers took 0.45 s there, under the test's 0.5 s
+    # wait): long enough to kill the server in the middle of one
+    slow = build_float_rknn(conv_stack_onnx(d / "slow.onnx", 192, 64, 90), d / "slow.rknn")
     big = build_float_rknn(conv_stack_onnx(d / "big.onnx", 8, 512, 1), d / "big.rknn")  # ~9.5 MB of weights
     return {"tiny": tiny, "slow": slow, "big": big, "dir": d}
 
