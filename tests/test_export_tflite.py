@@ -812,6 +812,61 @@ def test_lstm_unrolled(tmp_path, direction):
     np.testing.assert_array_equal(runner.run([first])[0], TfliteRunner(data, delegate=None).run([first])[0])
 
 
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_state_fed_in_and_read_out(tmp_path, direction):
+    """A streaming model (silero-vad's decoder): the LSTM starts from a state the caller feeds and its final h and c
+    are outputs, to be fed back with the next chunk. The unrolled steps start from the fed state and write the final
+    states; LiteRT on the export computes what the simulator does, chunk after chunk with the state carried."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(21)
+    nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 3
+    inits = [numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, feat)) * .4).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, hid)) * .4).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((nd, 8 * hid)) * .2).astype(np.float32), "B")]
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "h_n", "c_n"], name="lstm",
+                              hidden_size=hid, direction=direction)]
+    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
+                                                 helper.make_tensor_value_info("h0", f, [nd, 1, hid]),
+                                                 helper.make_tensor_value_info("c0", f, [nd, 1, hid])],
+                              [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
+                               helper.make_tensor_value_info("h_n", f, [nd, 1, hid]),
+                               helper.make_tensor_value_info("c_n", f, [nd, 1, hid])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "stream.onnx"))
+
+    def chunk(g):
+        return [g.normal(0, 1, (steps, 1, feat)).astype(np.float32), g.normal(0, .5, (nd, 1, hid)).astype(np.float32),
+                g.normal(0, .5, (nd, 1, hid)).astype(np.float32)]
+
+    lines = []
+    for k in range(6):
+        for j, a in enumerate(chunk(rng)):
+            np.save(tmp_path / f"s{k}_{j}.npy", a)
+        lines.append(" ".join(f"s{k}_{j}.npy" for j in range(3)))
+    (tmp_path / "ds.txt").write_text("\n".join(lines) + "\n")
+    rknn = RKNN(verbose=False)
+    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+    assert rknn.load_onnx(str(tmp_path / "stream.onnx")) == 0
+    assert rknn.build(dataset=str(tmp_path / "ds.txt")) == 0, rknn.last_error
+    assert rknn.init_runtime() == 0
+    assert rknn.export_tflite(str(tmp_path / "stream.tflite")) == 0, rknn.last_error
+    runner = TfliteRunner(str(tmp_path / "stream.tflite"), delegate=None)
+    x, h, c = chunk(np.random.default_rng(3))
+    h_lite, c_lite = h, c
+    for _ in range(4):  # the state carried from chunk to chunk, by each runtime on its own
+        ours = rknn.inference(inputs=[x, h, c], data_format="nchw")
+        theirs = runner.run([x, h_lite, c_lite])
+        for a, b in zip(ours, theirs):
+            assert a.shape == b.shape and cosine(a, b) >= 0.999
+        (_, h, c), (_, h_lite, c_lite) = ours, theirs
+        x = np.roll(x, 1, axis=0)
+    rknn.release()
+
+
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_arg_max_gives_the_simulators_indices(tmp_path, keepdims):
     """A recognizer's greedy decode (ArgMax over the classes of an int8 tensor): int64 indices, as the simulator

@@ -19,25 +19,30 @@ L, VOCAB, D = 12, 20, 8
 
 
 def masked_model() -> onnx.ModelProto:
-    """ids [1, L] int64, mask [1, L] bool -> embedding Gather -> a score per position, -inf where the mask is False
-    -> softmax over the positions -> the attention-weighted mean of the embeddings [1, D]."""
+    """ids [1, L] int64, mask [1, L] bool -> embedding Gather -> two heads' scores per position [1, 2, L] plus the
+    padding's additive -inf (Not, Where, expanded over the heads, as a torch export spells masked_fill) -> softmax
+    over the positions -> each head's attention-weighted mean of the embeddings [1, 2, D]."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(0, 1, (VOCAB, D)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.normal(0, 1, (D, 1)).astype(np.float32), "query"),
-             numpy_helper.from_array(np.array([2], np.int64), "last"),
-             numpy_helper.from_array(np.array([1], np.int64), "positions"),
-             numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf")]
+             numpy_helper.from_array(rng.normal(0, 1, (D, 2)).astype(np.float32), "query"),
+             numpy_helper.from_array(np.array([1], np.int64), "heads_axis"),
+             numpy_helper.from_array(np.array([1, 2, L], np.int64), "per_head"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     n = helper.make_node
-    nodes = [n("Gather", ["emb", "ids"], ["e"]),                      # [1, L, D]
-             n("MatMul", ["e", "query"], ["s3"]), n("Squeeze", ["s3", "last"], ["s"]),  # [1, L]
-             n("Where", ["mask", "s", "minus_inf"], ["masked"]),
+    nodes = [n("Gather", ["emb", "ids"], ["e"]),                                       # [1, L, D]
+             n("MatMul", ["e", "query"], ["s_t"]), n("Transpose", ["s_t"], ["s"], perm=[0, 2, 1]),  # [1, 2, L]
+             n("Not", ["mask"], ["pad"]),
+             n("Where", ["pad", "minus_inf", "zero"], ["additive"]),                   # [1, L]
+             n("Unsqueeze", ["additive", "heads_axis"], ["additive3"]),
+             n("Expand", ["additive3", "per_head"], ["additive_heads"]),
+             n("Add", ["s", "additive_heads"], ["masked"]),
              n("Softmax", ["masked"], ["w"], axis=-1),
-             n("Unsqueeze", ["w", "last"], ["w3"]), n("Mul", ["e", "w3"], ["we"]),
-             n("ReduceSum", ["we", "positions"], ["out"], keepdims=0)]
+             n("MatMul", ["w", "e"], ["out"])]                                        # [1, 2, D]
     g = helper.make_graph(nodes, "masked",
                           [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, L]),
                            helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, L])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, D])], inits)
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, D])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -91,4 +96,26 @@ def test_a_masked_model_builds_and_runs_through_the_api(setup, dtype, rknn_log, 
             assert np.corrcoef(got[0].ravel(), want.ravel())[0, 1] > 0.99
     assert rk.inference(inputs=[ids, mask.astype(np.int64) * 2], data_format="nchw") is None
     assert "'mask' is a boolean mask" in logged_errors(rknn_log)[-1]
+    rk.release()
+
+
+def test_a_masked_model_exports_to_tflite_and_litert_computes_what_the_simulator_does(setup, tmp_path):
+    """The embedding lookup (GATHER at int64 ids), the mask (a bool input, LOGICAL_NOT, SELECT_V2) and its broadcast
+    over the heads (BROADCAST_TO) in the exported file; LiteRT on it against the simulator."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", quantized_dtype="w8a8")
+    assert rk.load_onnx(str(setup / "m.onnx")) == 0, rk.last_error
+    assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    assert rk.export_tflite(str(tmp_path / "m.tflite")) == 0, rk.last_error
+    runner = TfliteRunner(str(tmp_path / "m.tflite"), delegate=None)
+    assert [np.dtype(d["dtype"]) for d in runner.inputs] == [np.int64, np.bool_]
+    rng = np.random.default_rng(9)
+    for _ in range(4):
+        ids, mask = sample(rng)
+        got, want = runner.run([ids, mask])[0], rk.inference(inputs=[ids, mask], data_format="nchw")[0]
+        assert cosine(got, want) >= 0.999
     rk.release()

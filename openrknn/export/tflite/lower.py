@@ -28,7 +28,8 @@ from .writer import Model, Quant, Tensor
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 # ops whose TFLite form keeps an integer or boolean tensor's type (ids reshaped, compared, cast)
-INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast"})
+INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
+                     "Not", "And", "Or", "Where"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 
@@ -298,6 +299,9 @@ class Lowerer:
             if np.issubdtype(dtype, np.integer) and meta.get("layout") != "nhwc":
                 # integer ids (bytes, tokens): the graph's own type, read only by ops that keep it (INT_OPS)
                 t = self.m.add_tensor(name, shape, np.int64 if dtype == np.int64 else np.int32)
+                self.values[name] = Value(tuple(shape), f=t)
+            elif dtype == np.bool_:  # a mask (attention padding)
+                t = self.m.add_tensor(name, shape, np.bool_)
                 self.values[name] = Value(tuple(shape), f=t)
             elif meta.get("dtype") == "uint8" and meta.get("layout") == "nhwc" and not self._float_inputs:
                 # the deployed feed: uint8 pixels; the graph computes on their float values (scale 1, zero 0)

@@ -1,5 +1,7 @@
 """Equal / Cast: the integer-id ops a one-hot embedding is spelled with (byte or token ids compared with a constant
-range, the result cast to float and multiplied by a table). TFLite's EQUAL and CAST on the ids' own integer type."""
+range, the result cast to float and multiplied by a table). TFLite's EQUAL and CAST on the ids' own integer type.
+Not / And / Or / Where: an attention mask turned into the scores' additive -inf / 0 (a transformer over padded
+ids): TFLite's LOGICAL_* ops and SELECT_V2 on the boolean mask."""
 
 from __future__ import annotations
 
@@ -60,5 +62,52 @@ def _cast(ctx, node) -> str:
     return f"{x.dtype.name} -> {np.dtype(CAST_TO[to]).name}"
 
 
+def _bool_of(ctx, name: str, layer: str):
+    """A boolean operand: a computed mask, or a constant written as bool."""
+    if ctx.g.is_const(name):
+        return ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(np.asarray(ctx.g.const(name)).astype(np.bool_)))
+    t = ctx.f_of(name, layer)
+    if t.dtype != np.bool_:
+        raise NotSupportedError(f"export-tflite: {layer} reads {t.dtype.name} tensor '{name}' as a boolean")
+    return t
+
+
+def _logical(ctx, node) -> str:
+    layer = layer_name(node)
+    ins = [_bool_of(ctx, name, layer) for name in node.input]
+    shape = ctx.out_shape(node.output[0])
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), shape, np.bool_)
+    ctx.m.add_op({"Not": "LOGICAL_NOT", "And": "LOGICAL_AND", "Or": "LOGICAL_OR"}[node.op_type], ins, [out],
+                 layer=layer)
+    ctx.set_f(node.output[0], out)
+    return "on booleans, exact"
+
+
+def _where(ctx, node) -> str:
+    """SELECT_V2 (numpy broadcasting) of two float operands by a boolean condition, in the ONNX order of dims."""
+    layer = layer_name(node)
+    cond = _bool_of(ctx, node.input[0], layer)
+    ins = [cond]
+    for name in node.input[1:]:
+        if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
+            qc = ctx.g.quant_const(name)
+            arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name))
+            if arr.dtype.kind not in "f":
+                raise NotSupportedError(f"export-tflite: {layer} selects between {arr.dtype.name} values; only float "
+                                        "values are exported")
+            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(np.float32))))
+        else:
+            v = ctx.value(name)
+            if v.nhwc:
+                raise NotSupportedError(f"export-tflite: {layer} selects between channel-last tensors; only tensors "
+                                        "in the model's own order are exported")
+            ins.append(ctx.f_of(name, layer))
+    ctx.m.add_op("SELECT_V2", ins, [ctx.out_f(node.output[0], False)], layer=layer)
+    return "float values chosen by a boolean mask"
+
+
 register("Equal", float=_equal)
 register("Cast", float=_cast)
+for _op in ("Not", "And", "Or"):
+    register(_op, float=_logical)
+register("Where", float=_where)

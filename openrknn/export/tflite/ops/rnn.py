@@ -5,7 +5,9 @@ layers in float between quantization points, and so does this.
 Why not TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM: its h / c state are variable tensors that persist across invocations,
 so a second frame would start from the first frame's final state (measured: the first steps of every later frame
 off by up to 19 quantization steps) unless the caller resets the interpreter's variables before each run. ONNX's LSTM
-starts from its initial state on every run; the unrolled form does too, with no caller duty."""
+starts from its initial state on every run; the unrolled form does too, with no caller duty. A streaming model that
+feeds its state in and reads it out (silero-vad: initial_h / initial_c from an input, Y_h / Y_c to an output) gets
+the recurrence started from those tensors and its final states written out."""
 
 from __future__ import annotations
 
@@ -44,17 +46,29 @@ def _check(ctx, node) -> None:
         if seq is None or np.any(np.asarray(seq) != t):
             raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
                                     "unrolled LSTM runs every step")
-    for i in (5, 6):   # initial_h, initial_c: the unrolled steps start from zero
-        if len(node.input) > i and node.input[i]:
-            name = node.input[i]
-            init = ctx.g.const(name) if ctx.g.is_const(name) else None
-            if init is None or np.any(np.asarray(init) != 0):
-                raise NotSupportedError(f"export-tflite: {layer} starts from a non-zero or computed initial "
-                                        "state; only a zero initial state is exported")
 
 
-def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str):
-    """One direction's hidden states as ONNX's Y slice [seq, 1, batch, hidden]."""
+def _initial(ctx, node, index: int, d: int, batch: int, hidden: int, layer: str):
+    """Direction d's initial state (initial_h for index 5, initial_c for 6) as a float [batch, hidden] tensor, or None
+    where it is absent or zero (the unrolled steps then start from nothing)."""
+    if len(node.input) <= index or not node.input[index]:
+        return None
+    name = node.input[index]
+    if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
+        init = _float_const(ctx, node, name)[d]
+        if not np.any(init):
+            return None
+        return ctx.m.add_const(ctx._tname(f"{layer}/init{index}_{d}"), np.ascontiguousarray(init, np.float32))
+    state = ctx.f_of(name, layer)  # [num_directions, batch, hidden]
+    begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((d, 0, 0), np.int32))
+    size = ctx.m.add_const(ctx._tname("size"), np.asarray((1, batch, hidden), np.int32))
+    part = ctx.float_op("SLICE", [state, begin, size], (1, batch, hidden), f"{layer}/init{index}_{d}", layer)
+    return ctx.reshape(part, ctx.new_f(f"{layer}/init{index}_{d}/2d", (batch, hidden)), layer)
+
+
+def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str, h=None, c=None):
+    """One direction's hidden states as ONNX's Y slice [seq, 1, batch, hidden], and its final h and c
+    ([batch, hidden]); ``h`` / ``c``: the initial state (None: zero)."""
     seq, batch, feat = x.shape
     hidden = r.shape[1]
     tag = "reverse" if reverse else "forward"
@@ -67,7 +81,6 @@ def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: 
     r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
     gate_axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
     size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 4 * hidden), np.int32))
-    h = c = None
     hs = [None] * seq
     for t in (reversed(range(seq)) if reverse else range(seq)):
         name = f"{layer}/{tag}/t{t}"
@@ -90,14 +103,29 @@ def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: 
     stacked = hs[0] if seq == 1 else ctx.float_op(
         "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
         ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
-    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer)
+    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h, c
+
+
+def _final(ctx, node, index: int, states, batch: int, hidden: int, layer: str) -> None:
+    """ONNX's Y_h (index 1) or Y_c (2), [num_directions, batch, hidden], from each direction's last state."""
+    out = ctx.out_f(node.output[index], False)
+    parts = [ctx.reshape(t, ctx.new_f(f"{layer}/final{index}_{k}", (1, batch, hidden)), layer)
+             for k, t in enumerate(states)]
+    if len(parts) == 1:
+        ctx.reshape(parts[0], out, layer)
+    else:
+        ctx.m.add_op("CONCATENATION", parts, [out], ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}),
+                     layer=layer)
 
 
 def _lstm(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
     _check(ctx, node)
-    ctx.first_output_only(node, "final states Y_h / Y_c")
+    finals = [k for k in (1, 2) if len(node.output) > k and node.output[k] and ctx.is_read(node.output[k])]
+    for k in (1, 2):
+        if len(node.output) > k and node.output[k] and k not in finals:
+            ctx.skip_unread(node.output[k])
     direction = attr(node, "direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
@@ -105,15 +133,23 @@ def _lstm(ctx, node) -> str:
     b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
         np.zeros((len(reverse), 8 * hidden), np.float32)
     x = ctx.f_of(node.input[0], layer)
-    ys = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer)
-          for d, rev in enumerate(reverse)]
+    batch = x.shape[1]
+    inits = [(_initial(ctx, node, 5, d, batch, hidden, layer), _initial(ctx, node, 6, d, batch, hidden, layer))
+             for d in range(len(reverse))]
+    runs = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer, *inits[d])
+            for d, rev in enumerate(reverse)]
+    ys = [y for y, _, _ in runs]
+    for k in finals:
+        _final(ctx, node, k, [run[k] for run in runs], batch, hidden, layer)
     out = ctx.out_f(node.output[0], False)   # ONNX's Y: [seq, num_directions, batch, hidden]
     if len(ys) == 1:
         ctx.reshape(ys[0], out, layer)
     else:
         ctx.m.add_op("CONCATENATION", ys, [out], ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}),
                      layer=layer)
-    return ""
+    fed = any(t is not None for pair in inits for t in pair)
+    return ", ".join((["starts from the state fed in"] if fed else []) + (["final states written out"] if finals
+                                                                             else []))
 
 
 register("LSTM", float=_lstm)

@@ -208,13 +208,32 @@ def _gather_ok(ctx, node) -> bool:
     return ctx.g.is_const(node.input[1])
 
 
+def _lookup(ctx, node) -> str:
+    """An embedding lookup: rows of a constant table at computed integer ids (token or character ids). TFLite's
+    GATHER on the float table (a quantized one dequantized: the point after it quantizes the rows it picks)."""
+    layer = layer_name(node)
+    ids = ctx.f_of(node.input[1], layer)
+    if ids.dtype not in (np.int32, np.int64):
+        raise NotSupportedError(f"export-tflite: {layer} gathers at {ids.dtype.name} positions; TFLite's GATHER takes "
+                                "int32 or int64")
+    qc = ctx.g.quant_const(node.input[0])
+    table = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(node.input[0]), np.float32)
+    axis = attr(node, "axis", 0) % table.ndim
+    params = ctx.m.add_const(ctx._tname(node.input[0]), np.ascontiguousarray(table.astype(np.float32)))
+    ctx.m.add_op("GATHER", [params, ids], [ctx.out_f(node.output[0], False)],
+                 ("GatherOptions", {"Axis": axis, "BatchDims": 0}), layer=layer)
+    return f"an embedding lookup: float rows of the table at {ids.dtype.name} ids"
+
+
 def _gather(ctx, node, kind: str, act=None) -> str:
     """Gather with constant indices (e.g. the channel order range split writes): TFLite's GATHER, which keeps the
     input's scale."""
     layer = layer_name(node)
     if not ctx.g.is_const(node.input[1]):
-        raise NotSupportedError(f"export-tflite: {layer} gathers with computed indices; only constant indices are "
-                                "exported")
+        if kind == "f" and (ctx.g.is_const(node.input[0]) or ctx.g.quant_const(node.input[0]) is not None):
+            return _lookup(ctx, node)
+        raise NotSupportedError(f"export-tflite: {layer} gathers with computed indices from a computed tensor; only "
+                                "constant indices, or ids into a constant table, are exported")
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     axis = attr(node, "axis", 0) % rank
@@ -235,6 +254,27 @@ def _gather(ctx, node, kind: str, act=None) -> str:
 
 register("Gather", int8=lambda c, n, a: _gather(c, n, "q"), float=lambda c, n: _gather(c, n, "f"),
          int8_ok=_gather_ok)
+
+
+# ---------------------------------------------------------------------------------------------------------- Expand
+def _expand(ctx, node, kind: str, act=None) -> str:
+    """Expand to a constant shape: TFLite's BROADCAST_TO (numpy broadcasting, as ONNX's Expand), in the model's own
+    order of dims; int8 keeps the input's scale."""
+    layer = layer_name(node)
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer} expands to a computed shape; only constant shapes are "
+                                "exported")
+    src = ctx.view(node.input[0], kind, False, layer) if len(ctx.value(node.input[0]).shape) == 4 else \
+        (ctx.value(node.input[0]).q if kind == "q" else ctx.f_of(node.input[0], layer))
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], shape)
+    ctx.m.add_op("BROADCAST_TO", [src, ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))], [out],
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, False, layer, "TFLite's int8 BROADCAST_TO keeps its input scale")
+    return ""
+
+
+register("Expand", int8=lambda c, n, a: _expand(c, n, "q"), float=lambda c, n: _expand(c, n, "f"))
 
 
 # ---------------------------------------------------------------------------------------------------------- Resize
