@@ -103,3 +103,61 @@ def test_a_dynamically_quantized_model_builds_for_the_npu(models, tmp_path, dtyp
     for w, g in zip(want, got):
         assert cosine(w, g) > (0.99 if dtype else 0.999)
     r.release()
+
+
+V = 30
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """ids [1, T] int64 -> embedding Gather [1, T, F] -> time-major Transpose -> LSTM -> [T, H] -> MatMul -> [T, 6]:
+    a character tagger as text2tashkeel's ships (its table quantized too)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((V, F))).astype(np.float32), "table"),
+             numpy_helper.from_array((rng.standard_normal((1, 4 * H, F)) * .3).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((1, 4 * H, H)) * .3).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((H, 6)) * .3).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array([T, H], np.int64), "seq")]
+    nodes = [n("Gather", ["table", "ids"], ["e"]), n("Transpose", ["e"], ["t"], perm=[1, 0, 2]),
+             n("LSTM", ["t", "W", "R"], ["y"], hidden_size=H), n("Reshape", ["y", "seq"], ["y2"]),
+             n("MatMul", ["y2", "fc"], ["out"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, T])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [T, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_a_quantized_embedding_table_loads_as_its_float_rows_and_exports(tmp_path):
+    """quantize_dynamic stores the table as uint8: Gather picks integer rows, a Transpose moves them, a
+    DequantizeLinear makes them real. Loaded, the table is float and no DequantizeLinear is left; the w8a8 build
+    exports, and LiteRT computes what the simulator does (the integer rows passing through as values were 0.29
+    cosine before)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from openrknn.convert import load_onnx
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    onnx.save(_embedding_model(), tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Gather", "Transpose", "LSTM", "MatMul"])
+    dynamic = onnx.load(str(tmp_path / "dynamic.onnx"))
+    assert "DequantizeLinear" in {nd.op_type for nd in dynamic.graph.node}
+    loaded = load_onnx(tmp_path / "dynamic.onnx").model
+    assert "DequantizeLinear" not in {nd.op_type for nd in loaded.graph.node}
+    assert not any(t.data_type in (TensorProto.INT8, TensorProto.UINT8) for t in loaded.graph.initializer)
+    rng = np.random.default_rng(4)
+    write_samples(tmp_path, [rng.integers(0, V, (1, T)) for _ in range(6)], name="ds.txt")
+    r = RKNN(verbose=False)
+    r.config(target_platform="rk3588", quantized_dtype="w8a8")
+    assert r.load_onnx(str(tmp_path / "dynamic.onnx")) == 0, r.last_error
+    assert r.build(do_quantization=True, dataset=str(tmp_path / "ds.txt")) == 0, r.last_error
+    assert r.init_runtime() == 0
+    assert r.export_tflite(str(tmp_path / "m.tflite")) == 0, r.last_error
+    runner = TfliteRunner(str(tmp_path / "m.tflite"), delegate=None)
+    ref = ort.InferenceSession(str(tmp_path / "dynamic.onnx"), providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        ids = rng.integers(0, V, (1, T))
+        ours = r.inference(inputs=[ids], data_format="nchw")[0]
+        assert cosine(ours, ref.run(None, {"ids": ids})[0]) > 0.99
+        assert cosine(runner.run([ids])[0], ours) >= 0.999
+    r.release()

@@ -1,8 +1,9 @@
 """onnxruntime's dynamic quantization (`quantize_dynamic`) turned back into float ops with dequantized weights.
 
 Such a model quantizes its activations on the CPU at run time (DynamicQuantizeLinear, a scale per call) and keeps
-int8 weights: MatMulInteger / ConvInteger -> Cast -> Mul by the two scales, and com.microsoft's
-DynamicQuantizeLSTM / DynamicQuantizeMatMul. None of that runs on an NPU, and per-call activation scales have no
+int8 weights: MatMulInteger / ConvInteger -> Cast -> Mul by the two scales, com.microsoft's
+DynamicQuantizeLSTM / DynamicQuantizeMatMul, and an embedding table stored as integers (Gather on the uint8 table,
+then DequantizeLinear of the rows it picked). None of that runs on an NPU, and per-call activation scales have no
 NPU form. The weights' own integers and scales are what the file knows; they become float weights of the plain op
 (MatMul, Conv, LSTM), which build() then quantizes for the chip like any float model.
 """
@@ -106,6 +107,39 @@ def _lstm(ix: _Graph, node: onnx.NodeProto) -> Optional[onnx.NodeProto]:
                             list(node.output), name=node.name, **attrs)
 
 
+LAYOUT = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+
+
+def _quantized_lookup(ix: _Graph, node: onnx.NodeProto) -> Optional[Tuple[List[onnx.NodeProto], np.ndarray]]:
+    """A Gather from an integer table whose rows reach only per-tensor DequantizeLinears of one scale and zero point
+    (through layout ops: quantize_dynamic's embedding feeds its LSTM a Transpose of the integer rows): (those
+    DequantizeLinears, the float table). Gathering integer rows, moving them and dequantizing them is gathering
+    and moving rows of the dequantized table."""
+    table = ix.const(node.input[0])
+    if table is None or table.dtype.kind not in "iu":
+        return None
+    dqs, todo, params = [], [node.output[0]], None
+    while todo:
+        for r in ix.readers.get(todo.pop(), []):
+            if r.op_type in LAYOUT and r.domain in ("", "ai.onnx"):
+                todo.append(r.output[0])
+                continue
+            if r.op_type != "DequantizeLinear" or r.domain not in ("", "ai.onnx"):
+                return None
+            scale = ix.const(r.input[1])
+            zero = ix.const(r.input[2]) if len(r.input) > 2 and r.input[2] else np.zeros((), table.dtype)
+            if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+                return None
+            if params is not None and (float(params[0]) != float(scale.reshape(-1)[0])
+                                       or float(params[1]) != float(zero.reshape(-1)[0])):
+                return None
+            params = (scale.reshape(-1)[0], zero.reshape(-1)[0])
+            dqs.append(r)
+    if not dqs:
+        return None
+    return dqs, _dequantized(table, np.asarray(params[0]), np.asarray(params[1]), 0)
+
+
 def float_from_dynamic_quant(model: onnx.ModelProto) -> int:
     """Rewrite ``model``'s dynamically quantized ops to float, in place; returns how many. Whatever only they read
     (the DynamicQuantizeLinear, the scale products, the integer weights) is removed."""
@@ -142,6 +176,18 @@ def float_from_dynamic_quant(model: onnx.ModelProto) -> int:
                 mm = unique_name(out + "_matmul", ix.names)
                 new = [helper.make_node("MatMul", [node.input[0], w_name], [mm], name=node.name),
                        helper.make_node("Add", [mm, bias], [out], name=node.name + "_bias")]
+        elif node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
+            found = _quantized_lookup(ix, node)
+            if found is None:
+                continue
+            dqs, table = found
+            replace[k] = [helper.make_node("Gather", [ix.add_const(node.input[0] + "_float", table), node.input[1]],
+                                           list(node.output), name=node.name,
+                                           **{a.name: helper.get_attribute_value(a) for a in node.attribute})]
+            for dq in dqs:  # the rows are float already
+                replace[position[id(dq)]] = [helper.make_node("Identity", [dq.input[0]], list(dq.output),
+                                                              name=dq.name)]
+            continue
         elif node.op_type == "DynamicQuantizeLSTM" and node.domain == MS:
             lstm = _lstm(ix, node)
             if lstm is not None:
