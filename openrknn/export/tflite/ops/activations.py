@@ -223,16 +223,40 @@ def _softmax_layout(ctx, node) -> Optional[bool]:
     return v.nhwc if axis == rank - 1 else None
 
 
+def _moved_last(ctx, node, builtin: str, options=None) -> str:
+    """A softmax over an axis that is last in neither storage order (attention weights over the positions of a
+    Keras layer): TRANSPOSE that axis last, TFLite's float op, TRANSPOSE back."""
+    v = ctx.value(node.input[0])
+    layer = layer_name(node)
+    x = ctx.view(node.input[0], "f", False, layer) if len(v.shape) == 4 else ctx.f_of(node.input[0], layer)
+    rank = len(v.shape)
+    axis = attr(node, "axis", -1) % rank
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = tuple(v.shape[p] for p in perm)
+    perm_t = ctx.m.add_const(ctx._tname("perm"), np.asarray(perm, np.int32))
+    xt = ctx.float_op("TRANSPOSE", [x, perm_t], moved, f"{node.output[0]}/axis_last", layer)
+    yt = ctx.float_op(builtin, [xt], moved, f"{node.output[0]}/{builtin.lower()}", layer, options)
+    ctx.m.add_op("TRANSPOSE", [yt, perm_t], [ctx.out_f(node.output[0], False)], layer=layer)
+    return f"over axis {axis}: moved last for TFLite's {builtin} and back"
+
+
 def _softmax(ctx, node, kind: str) -> str:
     layout = _softmax_layout(ctx, node)
     if layout is None:
-        from ....errors import NotSupportedError
-
-        raise NotSupportedError(f"export-tflite: {layer_name(node)} is a Softmax over axis {attr(node, 'axis', -1)}; "
-                                "TFLite's SOFTMAX works on the last axis only")
+        return _moved_last(ctx, node, "SOFTMAX", ("SoftmaxOptions", {"Beta": 1.0}))
     return _unary(ctx, node, "SOFTMAX", kind, ("SoftmaxOptions", {"Beta": 1.0}), version=2 if kind == "q" else 1,
                   nhwc=layout)
 
 
+def _log_softmax(ctx, node) -> str:
+    """A decoder's LogSoftmax (a seq2seq model's next-token scores): TFLite's float LOG_SOFTMAX."""
+    layout = _softmax_layout(ctx, node)
+    if layout is None:
+        return _moved_last(ctx, node, "LOG_SOFTMAX")
+    return _unary(ctx, node, "LOG_SOFTMAX", "f", nhwc=layout)
+
+
+register("LogSoftmax", float=_log_softmax)
 register("Softmax", int8=lambda c, n, a: _softmax(c, n, "q"),
          **_fixed_output("SOFTMAX", lambda c, n: _softmax(c, n, "f"), lambda c, n: _softmax_layout(c, n) is not None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....errors import NotSupportedError
 from . import layer_name, register
 from .activations import NONE, fused_code
 
@@ -41,13 +42,47 @@ def _int8(ctx, node, act) -> str:
     nhwc = _layout(ctx, node)
     ins = _operands(ctx, node, "q", nhwc)
     out = ctx.out_q(act.output[0] if act is not None else node.output[0], nhwc, ctx.out_shape(node.output[0]))
+    if builtin in ("MAXIMUM", "MINIMUM"):
+        # TFLite's int8 MAXIMUM / MINIMUM compare the stored integers: both inputs must be on the output's scale
+        ins = [ctx.requantize(t, out.quant, layer_name(node), f"TFLite's int8 {builtin} takes its inputs on its "
+                              "output's scale") for t in ins]
     code = fused_code(ctx, act) if act is not None else NONE
     ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": code}) if opts else None, version=2)
     return ""
 
 
+def _integer(ctx, node, dtype) -> str:
+    """Index arithmetic on integer ids (a Keras embedding offsetting its ids: Cast to int32, then Add): TFLite's
+    ADD / SUB / MUL / MAXIMUM / MINIMUM on the ids' own type, a constant operand written in that type."""
+    builtin, opts = BUILTINS[node.op_type]
+    layer = layer_name(node)
+    if builtin == "DIV":
+        raise NotSupportedError(f"export-tflite: {layer} divides integer tensors; only float division is exported")
+    ins = []
+    for name in node.input:
+        if ctx.g.is_const(name):
+            arr = np.asarray(ctx.g.const(name))
+            if not np.array_equal(arr.astype(dtype), arr):
+                raise NotSupportedError(f"export-tflite: {layer} mixes {dtype.name} ids with constants that "
+                                        f"{dtype.name} cannot hold exactly")
+            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
+        else:
+            t = ctx.f_of(name, layer)
+            if np.dtype(t.dtype) != dtype:
+                raise NotSupportedError(f"export-tflite: {layer} mixes {t.dtype.name} and {dtype.name} tensors")
+            ins.append(t)
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
+    ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": NONE}) if opts else None, layer=layer)
+    ctx.set_f(node.output[0], out)
+    return f"on {dtype.name} values, exact"
+
+
 def _float(ctx, node) -> str:
     builtin, opts = BUILTINS[node.op_type]
+    typed = [ctx.value(i).f.dtype for i in ctx.activation_inputs(node)
+             if ctx.value(i).q is None and np.dtype(ctx.value(i).f.dtype).kind in "iu"]
+    if typed:
+        return _integer(ctx, node, np.dtype(typed[0]))
     nhwc = _layout(ctx, node)
     ins = _operands(ctx, node, "f", nhwc)
     out = ctx.out_f(node.output[0], nhwc)

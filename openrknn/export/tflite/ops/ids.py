@@ -17,8 +17,12 @@ CAST_TO = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT32: np.int32,
            onnx.TensorProto.INT16: np.int16}
 
 
+COMPARISONS = {"Equal": "EQUAL", "Less": "LESS", "Greater": "GREATER", "LessOrEqual": "LESS_EQUAL",
+               "GreaterOrEqual": "GREATER_EQUAL"}
+
+
 def _equal(ctx, node) -> str:
-    """EQUAL on two unquantized tensors; a constant operand is written in the other's type."""
+    """EQUAL (LESS, GREATER, ...) on two unquantized tensors; a constant operand is written in the other's type."""
     layer = layer_name(node)
     acts = ctx.activation_inputs(node)
     if any(len(ctx.value(i).shape) == 4 and ctx.value(i).nhwc for i in acts):
@@ -40,7 +44,7 @@ def _equal(ctx, node) -> str:
     if ins[0].dtype != ins[1].dtype:
         raise NotSupportedError(f"export-tflite: {layer} compares {ins[0].dtype.name} with {ins[1].dtype.name}")
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), np.bool_)
-    ctx.m.add_op("EQUAL", ins, [out], layer=layer)
+    ctx.m.add_op(COMPARISONS[node.op_type], ins, [out], layer=layer)
     ctx.set_f(node.output[0], out)
     return f"on {dtype.name} values, exact"
 
@@ -84,29 +88,42 @@ def _logical(ctx, node) -> str:
 
 
 def _where(ctx, node) -> str:
-    """SELECT_V2 (numpy broadcasting) of two float operands by a boolean condition, in the ONNX order of dims."""
+    """SELECT_V2 (numpy broadcasting) of two operands by a boolean condition, in the ONNX order of dims: float
+    values (a mask's -inf / 0), or integer ids (a Keras embedding wrapping negative ids); constants in that type."""
     layer = layer_name(node)
     cond = _bool_of(ctx, node.input[0], layer)
+    computed = [ctx.f_of(name, layer) for name in node.input[1:]
+                if not (ctx.g.is_const(name) or ctx.g.quant_const(name) is not None)]
+    if any(ctx.value(name).nhwc for name in node.input[1:] if ctx.values.get(name) is not None):
+        raise NotSupportedError(f"export-tflite: {layer} selects between channel-last tensors; only tensors in the "
+                                "model's own order are exported")
+    dtype = np.dtype(computed[0].dtype) if computed else np.dtype(np.float32)
     ins = [cond]
     for name in node.input[1:]:
         if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
             qc = ctx.g.quant_const(name)
             arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name))
-            if arr.dtype.kind not in "f":
-                raise NotSupportedError(f"export-tflite: {layer} selects between {arr.dtype.name} values; only float "
-                                        "values are exported")
-            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(np.float32))))
+            if not np.array_equal(arr.astype(dtype), arr, equal_nan=arr.dtype.kind == "f"):
+                raise NotSupportedError(f"export-tflite: {layer} selects between {dtype.name} values and constants "
+                                        f"{dtype.name} cannot hold exactly")
+            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
         else:
-            v = ctx.value(name)
-            if v.nhwc:
-                raise NotSupportedError(f"export-tflite: {layer} selects between channel-last tensors; only tensors "
-                                        "in the model's own order are exported")
-            ins.append(ctx.f_of(name, layer))
-    ctx.m.add_op("SELECT_V2", ins, [ctx.out_f(node.output[0], False)], layer=layer)
-    return "float values chosen by a boolean mask"
+            t = ctx.f_of(name, layer)
+            if np.dtype(t.dtype) != dtype:
+                raise NotSupportedError(f"export-tflite: {layer} selects between {dtype.name} and "
+                                        f"{np.dtype(t.dtype).name} tensors")
+            ins.append(t)
+    if dtype == np.float32:
+        out = ctx.out_f(node.output[0], False)
+    else:
+        out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
+        ctx.set_f(node.output[0], out)
+    ctx.m.add_op("SELECT_V2", ins, [out], layer=layer)
+    return f"{dtype.name} values chosen by a boolean mask"
 
 
-register("Equal", float=_equal)
+for _op in COMPARISONS:
+    register(_op, float=_equal)
 register("Cast", float=_cast)
 for _op in ("Not", "And", "Or"):
     register(_op, float=_logical)

@@ -213,16 +213,22 @@ def _lookup(ctx, node) -> str:
     GATHER on the float table (a quantized one dequantized: the point after it quantizes the rows it picks)."""
     layer = layer_name(node)
     ids = ctx.f_of(node.input[1], layer)
-    if ids.dtype not in (np.int32, np.int64):
+    if np.dtype(ids.dtype) not in (np.int32, np.int64):
         raise NotSupportedError(f"export-tflite: {layer} gathers at {ids.dtype.name} positions; TFLite's GATHER takes "
                                 "int32 or int64")
     qc = ctx.g.quant_const(node.input[0])
-    table = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(node.input[0]), np.float32)
+    table = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(node.input[0]))
+    if table.dtype.kind not in "iu":
+        table = table.astype(np.float32)
     axis = attr(node, "axis", 0) % table.ndim
-    params = ctx.m.add_const(ctx._tname(node.input[0]), np.ascontiguousarray(table.astype(np.float32)))
-    ctx.m.add_op("GATHER", [params, ids], [ctx.out_f(node.output[0], False)],
-                 ("GatherOptions", {"Axis": axis, "BatchDims": 0}), layer=layer)
-    return f"an embedding lookup: float rows of the table at {ids.dtype.name} ids"
+    params = ctx.m.add_const(ctx._tname(node.input[0]), np.ascontiguousarray(table))
+    if table.dtype == np.float32:
+        out = ctx.out_f(node.output[0], False)
+    else:  # an integer table keeps its type: whatever reads the rows decides what they mean
+        out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), table.dtype)
+        ctx.set_f(node.output[0], out)
+    ctx.m.add_op("GATHER", [params, ids], [out], ("GatherOptions", {"Axis": axis, "BatchDims": 0}), layer=layer)
+    return f"an embedding lookup: {table.dtype.name} rows of the table at {np.dtype(ids.dtype).name} ids"
 
 
 def _gather(ctx, node, kind: str, act=None) -> str:
