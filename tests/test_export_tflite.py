@@ -989,6 +989,35 @@ def test_integers_the_build_did_not_quantize_are_never_dequantized_as_if_they_we
     rknn.release()
 
 
+@pytest.mark.parametrize("op,mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"), ("SpaceToDepth", None)])
+def test_depth_and_space_moves(tmp_path, op, mode):
+    """A sub-pixel upsampler (the microscopy segmenter's decoder: TensorFlow's depth_to_space, ONNX DCR; PyTorch's
+    PixelShuffle is CRD) and its inverse: TFLite's DEPTH_TO_SPACE / SPACE_TO_DEPTH on int8, CRD channels gathered
+    into DCR order first."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(36)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4, 2 if op == "DepthToSpace" else 32, 3, 3)) * .3)
+                                     .astype(np.float32), "w2")]
+    moved = [1, 2, 2 * H, 2 * W] if op == "DepthToSpace" else [1, 32, H // 2, W // 2]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["m"], name="move", blocksize=2, **({"mode": mode} if mode else {})),
+             helper.make_node("Conv", ["m", "w2"], ["y"], name="after", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "ds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4] + moved[2:])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "ds")
+    layer = next(r for r in report.layers if r.layer == "move")
+    assert layer.mode == "int8" and ("GATHER" in layer.tflite_ops) == (mode == "CRD")
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(runner.run([img])[0], sim.run([img])[0]) >= 0.999
+
+
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_arg_max_gives_the_simulators_indices(tmp_path, keepdims):
     """A recognizer's greedy decode (ArgMax over the classes of an int8 tensor): int64 indices, as the simulator

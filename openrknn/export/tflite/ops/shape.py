@@ -327,6 +327,39 @@ def _resize(ctx, node, kind: str, act=None) -> str:
 register("Resize", int8=lambda c, n, a: _resize(c, n, "q"), float=lambda c, n: _resize(c, n, "f"))
 
 
+def _depth_space(ctx, node, kind: str, act=None) -> str:
+    """DepthToSpace / SpaceToDepth of a 4-D tensor: TFLite's DEPTH_TO_SPACE / SPACE_TO_DEPTH on NHWC, which move
+    channels in ONNX's DCR order (TensorFlow's); a CRD DepthToSpace (PyTorch's PixelShuffle) gets its channels put in
+    DCR order by a GATHER first. int8 keeps the input's scale."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    if len(v.shape) != 4:
+        raise NotSupportedError(f"export-tflite: {layer} moves depth of a {len(v.shape)}-D tensor; only 4-D")
+    b = int(attr(node, "blocksize"))
+    x = ctx.view(node.input[0], kind, True, layer)
+    note = ""
+    mode = attr(node, "mode", b"DCR")
+    if node.op_type == "DepthToSpace" and (mode.decode() if isinstance(mode, bytes) else mode) == "CRD":
+        c = v.shape[1] // (b * b)
+        # DCR channel (i * b + j) * c + k is CRD channel k * b * b + i * b + j
+        order = np.array([k * b * b + i * b + j for i in range(b) for j in range(b) for k in range(c)], np.int32)
+        moved = _like(ctx, x, node.output[0] + "/dcr", x.shape)
+        ctx.m.add_op("GATHER", [x, ctx.m.add_const(ctx._tname("dcr_order"), order)], [moved],
+                     ("GatherOptions", {"Axis": 3, "BatchDims": 0}), version=2 if kind == "q" else 1, layer=layer)
+        x, note = moved, "CRD channels gathered into DCR order"
+    builtin = "DEPTH_TO_SPACE" if node.op_type == "DepthToSpace" else "SPACE_TO_DEPTH"
+    out = _like(ctx, x, node.output[0], nhwc_shape(ctx.out_shape(node.output[0])))
+    ctx.m.add_op(builtin, [x], [out], ("DepthToSpaceOptions" if builtin == "DEPTH_TO_SPACE" else
+                                       "SpaceToDepthOptions", {"BlockSize": b}),
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, True, layer, f"TFLite's int8 {builtin} keeps its input scale")
+    return note
+
+
+register("DepthToSpace", "SpaceToDepth", int8=lambda c, n, a: _depth_space(c, n, "q"),
+         float=lambda c, n: _depth_space(c, n, "f"))
+
+
 def _identity(ctx, node, kind: str = "f", act=None) -> str:
     ctx.values[node.output[0]] = ctx.value(node.input[0])
     return ""
