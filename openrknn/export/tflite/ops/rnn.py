@@ -1,6 +1,6 @@
-"""ONNX LSTM -> TFLite float ops, unrolled over the (static) sequence: one FULLY_CONNECTED for every step's input
-projection, then per step the recurrent FULLY_CONNECTED, the gates and the cell update. Our graph computes recurrent
-layers in float between quantization points, and so does this.
+"""ONNX LSTM and GRU -> TFLite float ops, unrolled over the (static) sequence: one FULLY_CONNECTED for every step's
+input projection, then per step the recurrent FULLY_CONNECTED, the gates and the state update. Our graph computes
+recurrent layers in float between quantization points, and so does this.
 
 Why not TFLite's UNIDIRECTIONAL_SEQUENCE_LSTM: its h / c state are variable tensors that persist across invocations,
 so a second frame would start from the first frame's final state (measured: the first steps of every later frame
@@ -153,3 +153,100 @@ def _lstm(ctx, node) -> str:
 
 
 register("LSTM", float=_lstm)
+
+
+# ------------------------------------------------------------------------------------------------------------- GRU
+def _gru_direction(ctx, x, w: np.ndarray, r: np.ndarray, wb: np.ndarray, rb: np.ndarray, before_reset: bool,
+                   reverse: bool, layer: str, h=None):
+    """One GRU direction (ONNX's zrh gate order): its hidden states as ONNX's Y slice [seq, 1, batch, hidden] and its
+    final h. ``before_reset``: linear_before_reset=1 (PyTorch's GRU), the reset gate scaling R_h h + Rb_h."""
+    seq, batch, feat = x.shape
+    hidden = r.shape[1]
+    tag = "reverse" if reverse else "forward"
+    fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
+    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
+    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
+    wb_t = ctx.m.add_const(ctx._tname(f"{layer}/Wb_{tag}"), np.ascontiguousarray(wb))
+    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, wb_t], (seq * batch, 3 * hidden), f"{layer}/{tag}/xw", layer, fc)
+    r_all = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
+    rb_all = ctx.m.add_const(ctx._tname(f"{layer}/Rb_{tag}"), np.ascontiguousarray(rb))
+    r_h = ctx.m.add_const(ctx._tname(f"{layer}/Rh_{tag}"), np.ascontiguousarray(r[2 * hidden:]))
+    rb_h = ctx.m.add_const(ctx._tname(f"{layer}/Rbh_{tag}"), np.ascontiguousarray(rb[2 * hidden:]))
+    axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
+    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 3 * hidden), np.int32))
+    if h is None:
+        h = ctx.m.add_const(ctx._tname(f"{layer}/h0_{tag}"), np.zeros((batch, hidden), np.float32))
+    hs = [None] * seq
+    for t in (reversed(range(seq)) if reverse else range(seq)):
+        name = f"{layer}/{tag}/t{t}"
+        begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
+        xg = ctx.float_op("SLICE", [xw, begin, size], (batch, 3 * hidden), name + "/x", layer)
+        hg = ctx.float_op("FULLY_CONNECTED", [h, r_all, rb_all], (batch, 3 * hidden), name + "/rh", layer, fc)
+        xz, xr, xh = (ctx.new_f(f"{name}/x{g}", (batch, hidden)) for g in "zrh")
+        hz, hr, hh = (ctx.new_f(f"{name}/h{g}", (batch, hidden)) for g in "zrh")
+        ctx.m.add_op("SPLIT", [axis, xg], [xz, xr, xh], ("SplitOptions", {"NumSplits": 3}), layer=layer)
+        ctx.m.add_op("SPLIT", [axis, hg], [hz, hr, hh], ("SplitOptions", {"NumSplits": 3}), layer=layer)
+        z = ctx.float_op("LOGISTIC", [ctx.float_binary("ADD", xz, hz, name + "/z_in", layer)], (batch, hidden),
+                         name + "/z", layer)
+        rg = ctx.float_op("LOGISTIC", [ctx.float_binary("ADD", xr, hr, name + "/r_in", layer)], (batch, hidden),
+                          name + "/r", layer)
+        if before_reset:
+            gated = ctx.float_binary("MUL", rg, hh, name + "/r_hh", layer)
+        else:
+            rh = ctx.float_binary("MUL", rg, h, name + "/r_h", layer)
+            gated = ctx.float_op("FULLY_CONNECTED", [rh, r_h, rb_h], (batch, hidden), name + "/rh_h", layer, fc)
+        cand = ctx.float_op("TANH", [ctx.float_binary("ADD", xh, gated, name + "/h_in", layer)], (batch, hidden),
+                            name + "/h_tilde", layer)
+        # (1 - z) * h~ + z * h = h~ + z * (h - h~)
+        step = ctx.float_binary("MUL", z, ctx.float_binary("SUB", h, cand, name + "/h_diff", layer), name + "/zd",
+                                layer)
+        h = ctx.float_binary("ADD", cand, step, name + "/h", layer)
+        hs[t] = h
+    stacked = hs[0] if seq == 1 else ctx.float_op(
+        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
+        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
+    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h
+
+
+def _gru(ctx, node) -> str:
+    layer = layer_name(node)
+    hidden = int(attr(node, "hidden_size"))
+    acts = [a.decode() if isinstance(a, bytes) else a for a in (attr(node, "activations") or [])]
+    if acts and [a.lower() for a in acts] != ["sigmoid", "tanh"] * (len(acts) // 2):
+        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes sigmoid gates "
+                                "with a tanh candidate only")
+    if attr(node, "clip") is not None or attr(node, "layout", 0):
+        raise NotSupportedError(f"export-tflite: {layer} sets clip / layout=1, which this exporter does not unroll")
+    if len(node.input) > 4 and node.input[4]:
+        seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
+        if seq is None or np.any(np.asarray(seq) != ctx.value(node.input[0]).shape[0]):
+            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
+                                    "unrolled GRU runs every step")
+    finals = [1] if len(node.output) > 1 and node.output[1] and ctx.is_read(node.output[1]) else []
+    if len(node.output) > 1 and node.output[1] and not finals:
+        ctx.skip_unread(node.output[1])
+    direction = attr(node, "direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
+    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
+        np.zeros((len(reverse), 6 * hidden), np.float32)
+    before_reset = bool(attr(node, "linear_before_reset", 0))
+    x = ctx.f_of(node.input[0], layer)
+    batch = x.shape[1]
+    inits = [_initial(ctx, node, 5, d, batch, hidden, layer) for d in range(len(reverse))]
+    runs = [_gru_direction(ctx, x, w[d], r[d], b[d][:3 * hidden], b[d][3 * hidden:], before_reset, rev, layer,
+                           inits[d]) for d, rev in enumerate(reverse)]
+    out = ctx.out_f(node.output[0], False)
+    if len(runs) == 1:
+        ctx.reshape(runs[0][0], out, layer)
+    else:
+        ctx.m.add_op("CONCATENATION", [y for y, _ in runs], [out],
+                     ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}), layer=layer)
+    if finals:
+        _final(ctx, node, 1, [h for _, h in runs], batch, hidden, layer)
+    return ", ".join((["starts from the state fed in"] if any(t is not None for t in inits) else [])
+                     + (["final state written out"] if finals else []))
+
+
+register("GRU", float=_gru)
