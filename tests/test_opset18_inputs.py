@@ -147,6 +147,24 @@ def test_a_pad_with_no_opset17_form_is_named(tmp_path, pad, words):
     assert words in str(rk.last_error) and "'Pad" in str(rk.last_error)
 
 
+@pytest.mark.parametrize("reduction", ["max", "min"])
+def test_a_scatter_max_is_named_with_what_to_do(tmp_path, reduction):
+    """minimol's graph network pools node features with ScatterElements reduction='max' (opset 18): no opset-17 form
+    exists for onnx's converter to step down to (its assertion was the whole message), so the load names the node
+    and says to cut before it."""
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([[0, 1, 0, 1]], np.int64), "slots")]
+    node = n("ScatterElements", ["base", "slots", "x"], ["y"], name="pool", axis=1, reduction=reduction)
+    g = helper.make_graph([node], "scatter", [helper.make_tensor_value_info("base", f, [1, 2]),
+                                               helper.make_tensor_value_info("x", f, [1, 4])],
+                          [helper.make_tensor_value_info("y", f, [1, 2])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "scatter.onnx")
+    ort.InferenceSession(str(tmp_path / "scatter.onnx"), providers=["CPUExecutionProvider"])  # onnxruntime runs it
+    rk = RKNN(verbose=False)
+    assert rk.load_onnx(str(tmp_path / "scatter.onnx")) == -1
+    assert "ScatterElements node 'pool'" in str(rk.last_error) and "outputs=[...]" in str(rk.last_error)
+
+
 def _lens_model() -> onnx.ModelProto:
     """A front end's pattern (whisper's in onnx-asr): a lengths input read only by a Shape, and an output that is
     constant once the shapes are fixed."""

@@ -421,6 +421,12 @@ def _hide_new_forms(model: onnx.ModelProto) -> int:
                 node.domain = _HIDDEN
                 n += 1
                 continue
+            if node.domain in ("", "ai.onnx") and node.op_type in ("ScatterElements", "ScatterND") and \
+                    any(a.name == "reduction" and a.s in (b"max", b"min") for a in node.attribute):
+                raise ModelLoadError(f"{node.op_type} node '{node.name}' scatters with reduction 'max' / 'min' "
+                                     f"(opset 18), which has no opset-{OPSET} form and no NPU form (a graph network's "
+                                     "pooling); cut the model before it with load_onnx(..., outputs=[...]) and run "
+                                     "the rest on the CPU")
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("Pad", "Split"):
                 continue
             if node.op_type == "Pad" and any(a.name == "mode" and a.s == b"wrap" for a in node.attribute):
