@@ -176,6 +176,22 @@ def _prefix(info: GraphInfo, dyn: Set[str]) -> Set[str]:
     return prefix
 
 
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64,
+                  onnx.TensorProto.BOOL}
+
+
+def _id_tensors(info: GraphInfo) -> Set[str]:
+    """Float tensors read only by Casts to an integer type: ids carried as floats (a Keras embedding's input, cast to
+    int32 before its lookup). They are never quantization points: a rounded id is another id."""
+    out = set()
+    for t, readers in info.consumers.items():
+        if readers and all(info.nodes[c].op_type == "Cast" and int(info.attr(c, "to", 0)) in _INTEGER_TYPES
+                           for c in readers):
+            out.add(t)
+    return out
+
+
 def _gated(info: GraphInfo) -> Dict[int, tuple]:
     """Mul nodes computing x * gate(x): mul index -> (x, gate output, activation name)."""
     found = {}
@@ -377,9 +393,10 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
 
     points: List[str] = []
     seen: Set[str] = set()
+    ids = _id_tensors(info)
 
     def add(t: str) -> None:
-        if t not in seen and info.is_float(t) and t in dyn:
+        if t not in seen and info.is_float(t) and t in dyn and t not in ids:
             seen.add(t)
             points.append(t)
 
