@@ -65,14 +65,19 @@ class _Shapes:
             stack.extend(x for x in node.input if x)
         return False
 
-    def get(self, name: str) -> Optional[List[int]]:
-        if name not in self.known and not self._value_shaped(name):
-            from .shapes import run_shapes
+    def prefetch(self, names: List[str]) -> None:
+        """Run the graph once for every tensor of ``names`` whose shape onnx could not infer (one session for all)."""
+        from .shapes import run_shapes
 
-            try:
-                self.known[name] = list(run_shapes(self.model, [name])[0])
-            except Exception:
-                return None
+        wanted = sorted({n for n in names if n not in self.known and not self._value_shaped(n)})
+        if not wanted:
+            return
+        try:
+            self.known.update({n: list(s) for n, s in zip(wanted, run_shapes(self.model, wanted))})
+        except Exception:
+            pass  # the graph does not run at these sizes: those shapes stay unknown, their Ifs stay
+
+    def get(self, name: str) -> Optional[List[int]]:
         return self.known.get(name)
 
 
@@ -181,6 +186,7 @@ def inline_constant_ifs(model: onnx.ModelProto) -> List[str]:
             return done
         consts = _constants(graph)
         shapes = _Shapes(model)
+        shapes.prefetch([n.input[0] for n in graph.node if n.op_type in ("Shape", "Size") and n.input])
         hit = None
         for k, node in enumerate(graph.node):
             if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
