@@ -125,7 +125,7 @@ def _fix_input_values(model: onnx.ModelProto, values: Sequence, shapes: List[Lis
                                  f"input is {dtype.name}; give whole numbers")
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in inp.type.tensor_type.shape.dim]
-        want = list(shapes[idx]) if shapes else [d for d in dims]
+        want = list(shapes[idx]) if shapes else list(dims)
         if None not in want and list(arr.shape) != want and arr.size == int(np.prod(want, dtype=np.int64)):
             arr = arr.reshape(want)  # 16000 for a [1] input
         if len(arr.shape) != len(dims) or any(d is not None and d != s for d, s in zip(want, arr.shape)):
@@ -248,13 +248,13 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
 def _setting_hint(model: onnx.ModelProto) -> str:
     """The check runs on zeros; an integer or bool input (a sample rate, a mode flag) may need a real value, which
     input_initial_val gives."""
-    names = [i.name for i in model.graph.input]
     def setting(i) -> bool:  # a few integers, not integer data such as a uint8 image
         size = 1
         for d in i.type.tensor_type.shape.dim:
             size *= d.dim_value
         return size <= 16 and onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
 
+    names = [i.name for i in model.graph.input]
     settings = [i.name for i in model.graph.input if setting(i)]
     if not settings:
         return ""
