@@ -173,3 +173,9 @@ def test_openrknn_convert_takes_input_initial_val_from_its_yaml(model_dir, tmp_p
     assert main(["convert", str(cfg)]) == 0
     pkg = read_package(tmp_path / "m.rknn")
     assert [i["name"] for i in pkg.metadata["inputs"]] == ["x", "state"]
+
+
+def test_a_scalar_shape_for_an_input_with_dimensions_names_its_position(model_dir):
+    """silero-vad's op18 file orders its inputs (input, sr, state); [] given third is for the 3-D state."""
+    with pytest.raises(ModelLoadError, match=r"entry 3 is \[\] \(a scalar\), but input 3 of the model has 3 dim"):
+        load_onnx(model_dir / "m.onnx", input_size_list=[[1, C, T], [2, 1, C], []])

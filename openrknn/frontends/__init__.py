@@ -74,6 +74,10 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None,
         if rank == 0 and isinstance(s, (list, tuple)) and len(s) == 0:  # a scalar input (a sample rate, a flag)
             shapes.append([])
             continue
+        if isinstance(s, (list, tuple)) and len(s) == 0 and ranks is not None:
+            raise ModelLoadError(f"input_size_list entry {k + 1} is [] (a scalar), but input {k + 1} of the model has "
+                                 f"{rank} dimensions; check the order of the shapes: one per input, in the model's "
+                                 "input order")
         if (not isinstance(s, (list, tuple)) or len(s) not in (1, 2, 3, 4)
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
             raise ModelLoadError(f"input_size_list entry {s!r} is not a shape of positive integers; give [C, H, W] "
