@@ -151,6 +151,10 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         digest = src.get("sha256")
         lines.append(f"source:          {src.get('framework', '?')} {src.get('file', '?')}"
                      + (f" (sha256 {digest[:16]}...)" if isinstance(digest, str) and digest else ""))
+        # what the load changed: an input fixed to a constant, a branch kept, an opset stepped down
+        for note in src.get("notes") or []:
+            note = str(note)
+            lines.append(f"                 {note if len(note) <= 100 else note[:97] + '...'}")
     else:
         lines.append("source:          unknown")
     lines.append(f"payload:         ONNX model, {format_bytes(s['payload_bytes'])}, sha256 "

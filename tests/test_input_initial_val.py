@@ -160,7 +160,7 @@ def test_input_initial_val_is_for_onnx_only(tmp_path):
         load_model(tmp_path / "m.tflite", input_initial_val=[np.array(1)])
 
 
-def test_openrknn_convert_takes_input_initial_val_from_its_yaml(model_dir, tmp_path):
+def test_openrknn_convert_takes_input_initial_val_from_its_yaml(model_dir, tmp_path, capsys):
     import yaml
 
     from openrknn.cli import main
@@ -173,6 +173,9 @@ def test_openrknn_convert_takes_input_initial_val_from_its_yaml(model_dir, tmp_p
     assert main(["convert", str(cfg)]) == 0
     pkg = read_package(tmp_path / "m.rknn")
     assert [i["name"] for i in pkg.metadata["inputs"]] == ["x", "state"]
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m.rknn")]) == 0  # the file says what its load fixed
+    assert "input 'sr' fixed to the constant [16000]" in capsys.readouterr().out
 
 
 def test_a_scalar_shape_for_an_input_with_dimensions_names_its_position(model_dir):
