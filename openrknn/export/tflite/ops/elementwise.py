@@ -69,7 +69,8 @@ def _integer(ctx, node, dtype) -> str:
         else:
             t = ctx.f_of(name, layer)
             if np.dtype(t.dtype) != dtype:
-                raise NotSupportedError(f"export-tflite: {layer} mixes {t.dtype.name} and {dtype.name} tensors")
+                raise NotSupportedError(f"export-tflite: {layer} mixes {np.dtype(t.dtype).name} and {dtype.name} "
+                                        "tensors")
             ins.append(t)
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
     ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": NONE}) if opts else None, layer=layer)

@@ -72,7 +72,8 @@ def _bool_of(ctx, name: str, layer: str):
         return ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(np.asarray(ctx.g.const(name)).astype(np.bool_)))
     t = ctx.f_of(name, layer)
     if t.dtype != np.bool_:
-        raise NotSupportedError(f"export-tflite: {layer} reads {t.dtype.name} tensor '{name}' as a boolean")
+        raise NotSupportedError(f"export-tflite: {layer} reads {np.dtype(t.dtype).name} tensor '{name}' as a "
+                                "boolean")
     return t
 
 

@@ -210,7 +210,8 @@ def _gather_ok(ctx, node) -> bool:
 
 def _lookup(ctx, node) -> str:
     """An embedding lookup: rows of a constant table at computed integer ids (token or character ids). TFLite's
-    GATHER on the float table (a quantized one dequantized: the point after it quantizes the rows it picks)."""
+    GATHER on the float table (a quantized one dequantized: the point after it quantizes the rows it picks), or on
+    an integer table in its own type."""
     layer = layer_name(node)
     ids = ctx.f_of(node.input[1], layer)
     if np.dtype(ids.dtype) not in (np.int32, np.int64):
