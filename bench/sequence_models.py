@@ -105,7 +105,7 @@ def run_model(path: Path, clips: list, frames: int, work: Path) -> list:
         except Exception:
             continue
     if bands is None:
-        return ["-"] + ["no feature count up to 2047 runs in onnxruntime"] * len(ROWS)
+        return ["-"] + ["no feature count up to 2047 runs in onnxruntime"] * (len(ROWS) + 1)
 
     def feed(wav):
         return [features(wav, bands, frames)] + [np.zeros(s, np.float32) for s in states]
@@ -118,7 +118,7 @@ def run_model(path: Path, clips: list, frames: int, work: Path) -> list:
             names.append(f"c{k}_{j}.npy")
         lines.append(" ".join(names))
     (work / "ds.txt").write_text("\n".join(lines) + "\n")
-    cells = []
+    cells, exported = [], "-"
     for _, target, dtype in ROWS:
         r = RKNN(verbose=False)
         r.config(**({"target_platform": target, "quantized_dtype": dtype} if dtype else {"target_platform": "rk3588"}))
@@ -134,8 +134,23 @@ def run_model(path: Path, clips: list, frames: int, work: Path) -> list:
             got = r.inference(inputs=arrays, data_format="nchw")
             cos.append(min(cosine(g, w) for g, w in zip(got, want)))
         cells.append(f"{np.mean(cos):.4f} ({min(cos):.4f})")
+        if dtype == "w8a8":
+            exported = _litert(r, [feed(wav) for wav in clips[1::2]], work)
         r.release()
-    return [str(bands)] + cells
+    return [str(bands)] + cells + [exported]
+
+
+def _litert(r, feeds: list, work: Path) -> str:
+    """The w8a8 build through export_tflite (float input: features, not pixels) on the LiteRT interpreter, against
+    the simulator on the same inputs: mean (worst) of the worst output's cosine."""
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    if r.export_tflite(str(work / "m.tflite"), input_dtype="float32") != 0:
+        return f"export refused: {str(r.last_error)[:100]}"
+    runner = TfliteRunner(str(work / "m.tflite"), delegate=None)
+    worst = [min(cosine(a, b) for a, b in zip(r.inference(inputs=f, data_format="nchw"), runner.run(f)))
+             for f in feeds]
+    return f"{np.mean(worst):.5f} ({min(worst):.5f})"
 
 
 def main() -> None:
@@ -145,8 +160,8 @@ def main() -> None:
     args = ap.parse_args()
     models = fetch(args.cache)
     clips = speech_clips(args.cache)
-    print(f"| model | F | {' | '.join(r[0] for r in ROWS)} |")
-    print("|---|---|" + "---|" * len(ROWS))
+    print(f"| model | F | {' | '.join(r[0] for r in ROWS)} | w8a8 export_tflite: LiteRT vs simulator |")
+    print("|---|---|" + "---|" * (len(ROWS) + 1))
     for name in MODELS:
         with tempfile.TemporaryDirectory() as tmp:
             cells = run_model(models / name, clips, args.frames, Path(tmp))
