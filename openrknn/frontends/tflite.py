@@ -15,6 +15,7 @@ dense ones (tflite_sparse.py).
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -228,7 +229,12 @@ class _Reader:
         outs = [int(x) for x in op.OutputsAsNumpy()]
         layer = self.tname(outs[0]) if outs else kind
         if kind == "CUSTOM":
-            raise UnsupportedLayer("TFLite", layer, f"CUSTOM:{oc.CustomCode().decode('utf-8', 'replace')}")
+            custom = oc.CustomCode().decode("utf-8", "replace")
+            handler = _CUSTOM_OPS.get(custom)
+            if handler is None:
+                raise UnsupportedLayer("TFLite", layer, f"CUSTOM:{custom}")
+            handler(self, op, ins, outs, layer)
+            return
         handler = _OPS.get(kind)
         if handler is None:
             raise UnsupportedLayer("TFLite", layer, kind)
@@ -281,6 +287,17 @@ def _depthwise(r: _Reader, op, ins, outs, layer):
     r.put(outs[0], _fused(r, y, opt, layer), "nchw")
 
 
+def _transpose_pads(in_hw, strides, kernel, out_hw, same: bool = True):
+    """ONNX ConvTranspose pads and output_padding giving TFLite's output size exactly (explicit, as every graph of
+    openrknn carries them: no output_shape): stride * (in - 1) + kernel - pads = out, any surplus as
+    output_padding."""
+    total = [(i - 1) * s + k - o for i, s, k, o in zip(in_hw, strides, kernel, out_hw)]
+    if not same:  # VALID: TFLite crops nothing at the start
+        return [0, 0] + [max(t, 0) for t in total], [max(-t, 0) for t in total]
+    pads = [max(t, 0) for t in total]
+    return [t // 2 for t in pads] + [t - t // 2 for t in pads], [max(-t, 0) for t in total]
+
+
 def _transpose_conv(r: _Reader, op, ins, outs, layer):
     opt = r.options(op, "TransposeConvOptions")
     out_shape = [int(v) for v in r.array(ins[0])]  # NHWC
@@ -288,16 +305,38 @@ def _transpose_conv(r: _Reader, op, ins, outs, layer):
     x = r.value(ins[2], "nchw")
     w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {0: 1}, f"{layer}/weight")  # -> [I, O, H, W]
     strides = [opt.StrideH(), opt.StrideW()]
-    in_hw = r.shape(ins[2])[1:3]
-    pads = []
-    total = [max((i - 1) * s + k - o, 0) for i, s, k, o in zip(in_hw, strides, kshape[1:3], out_shape[1:3])]
-    pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    pads, extra = _transpose_pads(r.shape(ins[2])[1:3], strides, kshape[1:3], out_shape[1:3])
     inputs = [x.name, w] + ([r.weight(ins[3], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 3 and ins[3] >= 0
                             else [])
     y = r.b.node("ConvTranspose", inputs, layer, kernel_shape=kshape[1:3], strides=strides, pads=pads,
-                 output_shape=out_shape[1:3])
+                 output_padding=extra)
     kind = _ACT.get(opt.FusedActivationFunction(), "NONE") if hasattr(opt, "FusedActivationFunction") else "NONE"
     r.put(outs[0], activation(r.b, y, kind, f"{layer}/act"), "nchw")
+
+
+def _transpose_conv_bias(r: _Reader, op, ins, outs, layer):
+    """MediaPipe's custom Convolution2DTransposeBias (its selfie segmenters' decoder; XNNPACK runs it): a transpose
+    conv with a bias input, its padding and strides in the custom options as TfLiteTransposeConvParams (three int32:
+    padding 1 SAME / 2 VALID, stride_width, stride_height), the output size that of its output tensor."""
+    raw = op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else b""
+    if len(raw) < 12:
+        raise ModelLoadError(f"TFLite layer '{layer}' (Convolution2DTransposeBias) has {len(raw)} bytes of options, "
+                             "not the 12 of its padding and strides; the file is damaged")
+    padding, stride_w, stride_h = struct.unpack("<3i", raw[:12])
+    out_shape = r.shape(outs[0])  # NHWC
+    kshape = r.shape(ins[1])  # [O, H, W, I]
+    x = r.value(ins[0], "nchw")
+    w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {0: 1}, f"{layer}/weight")  # -> [I, O, H, W]
+    strides = [stride_h, stride_w]
+    pads, extra = _transpose_pads(r.shape(ins[0])[1:3], strides, kshape[1:3], out_shape[1:3], same=padding != 2)
+    inputs = [x.name, w] + ([r.weight(ins[2], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 2 and ins[2] >= 0
+                            else [])
+    y = r.b.node("ConvTranspose", inputs, layer, kernel_shape=kshape[1:3], strides=strides, pads=pads,
+                 output_padding=extra)
+    r.put(outs[0], y, "nchw")
+
+
+_CUSTOM_OPS = {"Convolution2DTransposeBias": _transpose_conv_bias}
 
 
 def _fully_connected(r: _Reader, op, ins, outs, layer):

@@ -73,6 +73,8 @@ class Operator:
     options: Optional[Tuple[str, dict]] = None   # (options table name, {CamelCase field: value})
     version: int = 1
     layer: str = ""                  # the ONNX node this operator comes from (reports)
+    custom: str = ""                 # builtin "CUSTOM": the custom op's name, and its options as raw bytes
+    custom_options: bytes = b""
 
 
 @dataclass
@@ -180,7 +182,7 @@ def serialize(model: Model) -> bytes:
 
     codes: Dict[Tuple[str, int], int] = {}
     for op in model.operators:
-        codes.setdefault((op.builtin, op.version), len(codes))
+        codes.setdefault((op.builtin, op.version, op.custom), len(codes))
 
     # buffers: 0 is the empty sentinel; one per constant tensor
     buffer_of: Dict[int, int] = {}
@@ -233,13 +235,16 @@ def serialize(model: Model) -> bytes:
             opts = _options(tfl, b, op.options[0], op.options[1])
         ins = b.CreateNumpyVector(np.asarray(op.inputs, np.int32))
         outs = b.CreateNumpyVector(np.asarray(op.outputs, np.int32))
+        custom = b.CreateNumpyVector(np.frombuffer(op.custom_options, np.uint8)) if op.custom_options else None
         tfl.OperatorStart(b)
-        tfl.OperatorAddOpcodeIndex(b, codes[(op.builtin, op.version)])
+        tfl.OperatorAddOpcodeIndex(b, codes[(op.builtin, op.version, op.custom)])
         tfl.OperatorAddInputs(b, ins)
         tfl.OperatorAddOutputs(b, outs)
         if opts is not None:
             tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, op.options[0]))
             tfl.OperatorAddBuiltinOptions(b, opts)
+        if custom is not None:
+            tfl.OperatorAddCustomOptions(b, custom)
         op_offsets.append(tfl.OperatorEnd(b))
 
     tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
@@ -256,9 +261,12 @@ def serialize(model: Model) -> bytes:
     subgraph = tfl.SubGraphEnd(b)
 
     code_offsets = []
-    for (builtin, version), _ in sorted(codes.items(), key=lambda kv: kv[1]):
+    for (builtin, version, custom_name), _ in sorted(codes.items(), key=lambda kv: kv[1]):
         code = getattr(tfl.BuiltinOperator, builtin)
+        name = b.CreateString(custom_name) if custom_name else None
         tfl.OperatorCodeStart(b)
+        if name is not None:
+            tfl.OperatorCodeAddCustomCode(b, name)
         tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
         tfl.OperatorCodeAddBuiltinCode(b, code)
         tfl.OperatorCodeAddVersion(b, version)
