@@ -18,7 +18,8 @@ from openrknn.metrics import cosine
 H = W = 8
 
 
-def _write(path: Path, padding: int, stride: int, custom: bool = True, options: bytes = None) -> Path:
+def _write(path: Path, padding: int, stride: int, custom: bool = True, options: bytes = None,
+           out_hw: int = None) -> Path:
     """x [1, 8, 8, 3] -> CONV_2D 3x3 (3 -> 4, RELU) -> transpose conv 3x3 (4 -> 2) with a bias -> y. ``custom``:
     MediaPipe's Convolution2DTransposeBias (custom options: padding, stride_w, stride_h as int32); else TFLite's
     builtin TRANSPOSE_CONV and an output-shape input."""
@@ -31,7 +32,7 @@ def _write(path: Path, padding: int, stride: int, custom: bool = True, options: 
     m.add_op("CONV_2D", [x, m.add_const("w1", rng.normal(0, .4, (4, 3, 3, 3)).astype(np.float32)),
                          m.add_const("b1", rng.normal(0, .1, 4).astype(np.float32))], [mid],
              ("Conv2DOptions", {"Padding": 0, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 1}))
-    out_hw = H * stride if padding == 1 else (H - 1) * stride + 3
+    out_hw = out_hw or (H * stride if padding == 1 else (H - 1) * stride + 3)
     y = m.add_tensor("y", (1, out_hw, out_hw, 2), np.float32)
     w2 = m.add_const("w2", rng.normal(0, .4, (2, 3, 3, 4)).astype(np.float32))
     b2 = m.add_const("b2", rng.normal(0, .1, 2).astype(np.float32))
@@ -70,6 +71,22 @@ def test_mediapipes_transpose_conv_bias_loads_as_litert_runs_it(tmp_path, paddin
     want = _litert(path, x)
     got = rk.inference(inputs=[x])[0]
     np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+    rk.release()
+
+
+def test_tflites_transpose_conv_crops_as_litert_does(tmp_path):
+    """TFLite's builtin TRANSPOSE_CONV with SAME padding and an output one smaller than the full one (16 of 17): the
+    crop falls where LiteRT puts it."""
+    path = _write(tmp_path / "t.tflite", 1, 2, custom=False, out_hw=2 * H)
+    rk = RKNN(verbose=False)
+    assert rk.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]]) == 0
+    assert rk.load_tflite(str(path)) == 0, rk.last_error
+    assert rk.build(do_quantization=False) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    x = np.random.default_rng(3).uniform(0, 1, (1, H, W, 3)).astype(np.float32)
+    want = _litert(path, x)
+    np.testing.assert_allclose(np.asarray(rk.inference(inputs=[x])[0]).reshape(want.shape), want, rtol=1e-4,
+                               atol=1e-5)
     rk.release()
 
 

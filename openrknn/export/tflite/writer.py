@@ -180,7 +180,7 @@ def serialize(model: Model) -> bytes:
             b.PrependUOffsetTRelative(off)
         return b.EndVector()
 
-    codes: Dict[Tuple[str, int], int] = {}
+    codes: Dict[Tuple[str, int, str], int] = {}  # (builtin, version, custom op name) -> opcode index
     for op in model.operators:
         codes.setdefault((op.builtin, op.version, op.custom), len(codes))
 
