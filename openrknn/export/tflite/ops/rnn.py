@@ -11,7 +11,7 @@ the recurrence started from those tensors and its final states written out."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -31,21 +31,50 @@ def _float_const(ctx, node, name: str) -> np.ndarray:
     return np.asarray(ctx.g.const(name), np.float32)
 
 
-def _check(ctx, node) -> None:
+def _activations(node) -> List[str]:
+    return [(a.decode() if isinstance(a, bytes) else a).lower() for a in (attr(node, "activations") or [])]
+
+
+def _unrollable(ctx, node) -> List[bool]:
+    """What every recurrent op must satisfy to unroll (no clip / input_forget / layout=1, every step run); returns
+    its directions as reverse flags."""
     layer = layer_name(node)
-    acts = [a.decode() if isinstance(a, bytes) else a for a in (attr(node, "activations") or [])]
-    if acts and [a.lower() for a in acts] != ["sigmoid", "tanh", "tanh"] * (len(acts) // 3):
-        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes "
-                                "sigmoid gates with tanh cell and hidden activations only")
     if attr(node, "clip") is not None or attr(node, "input_forget", 0) or attr(node, "layout", 0):
         raise NotSupportedError(f"export-tflite: {layer} sets clip / input_forget / layout=1, which this exporter "
                                 "does not unroll")
     if len(node.input) > 4 and node.input[4]:
         seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
-        t = ctx.value(node.input[0]).shape[0]
-        if seq is None or np.any(np.asarray(seq) != t):
+        if seq is None or np.any(np.asarray(seq) != ctx.value(node.input[0]).shape[0]):
             raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
-                                    "unrolled LSTM runs every step")
+                                    f"unrolled {node.op_type} runs every step")
+    direction = attr(node, "direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    return {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+
+
+def _finals(ctx, node, indices) -> List[int]:
+    """The final-state outputs (Y_h, Y_c) something reads; the quantize chains the builder put on unread ones go."""
+    read = [k for k in indices if len(node.output) > k and node.output[k] and ctx.is_read(node.output[k])]
+    for k in indices:
+        if len(node.output) > k and node.output[k] and k not in read:
+            ctx.skip_unread(node.output[k])
+    return read
+
+
+def _outputs(ctx, node, ys, finals, states, batch: int, hidden: int, fed: bool) -> str:
+    """ONNX's Y ([seq, num_directions, batch, hidden]) from each direction's Y slice; the read final states
+    (``states[k]``: each direction's last state for output k); the layer's note."""
+    layer = layer_name(node)
+    out = ctx.out_f(node.output[0], False)
+    if len(ys) == 1:
+        ctx.reshape(ys[0], out, layer)
+    else:
+        ctx.m.add_op("CONCATENATION", ys, [out], ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}),
+                     layer=layer)
+    for k in finals:
+        _final(ctx, node, k, states[k], batch, hidden, layer)
+    return ", ".join((["starts from the state fed in"] if fed else []) + (["final states written out"] if finals
+                                                                         else []))
 
 
 def _initial(ctx, node, index: int, d: int, batch: int, hidden: int, layer: str):
@@ -134,14 +163,12 @@ def _final(ctx, node, index: int, states, batch: int, hidden: int, layer: str) -
 def _lstm(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
-    _check(ctx, node)
-    finals = [k for k in (1, 2) if len(node.output) > k and node.output[k] and ctx.is_read(node.output[k])]
-    for k in (1, 2):
-        if len(node.output) > k and node.output[k] and k not in finals:
-            ctx.skip_unread(node.output[k])
-    direction = attr(node, "direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    acts = _activations(node)
+    if acts and acts != ["sigmoid", "tanh", "tanh"] * (len(acts) // 3):
+        raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes "
+                                "sigmoid gates with tanh cell and hidden activations only")
+    reverse = _unrollable(ctx, node)
+    finals = _finals(ctx, node, (1, 2))
     w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
     b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
         np.zeros((len(reverse), 8 * hidden), np.float32)
@@ -153,18 +180,8 @@ def _lstm(ctx, node) -> str:
     runs = [_direction(ctx, x, w[d], r[d], b[d][:4 * hidden] + b[d][4 * hidden:], rev, layer, *inits[d],
                        peep=None if peep is None or not np.any(peep[d]) else peep[d])
             for d, rev in enumerate(reverse)]
-    ys = [y for y, _, _ in runs]
-    for k in finals:
-        _final(ctx, node, k, [run[k] for run in runs], batch, hidden, layer)
-    out = ctx.out_f(node.output[0], False)   # ONNX's Y: [seq, num_directions, batch, hidden]
-    if len(ys) == 1:
-        ctx.reshape(ys[0], out, layer)
-    else:
-        ctx.m.add_op("CONCATENATION", ys, [out], ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}),
-                     layer=layer)
-    fed = any(t is not None for pair in inits for t in pair)
-    return ", ".join((["starts from the state fed in"] if fed else []) + (["final states written out"] if finals
-                                                                             else []))
+    return _outputs(ctx, node, [y for y, _, _ in runs], finals, {k: [run[k] for run in runs] for k in finals},
+                    batch, hidden, any(t is not None for pair in inits for t in pair))
 
 
 register("LSTM", float=_lstm)
@@ -226,23 +243,12 @@ def _gru_direction(ctx, x, w: np.ndarray, r: np.ndarray, wb: np.ndarray, rb: np.
 def _gru(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
-    acts = [a.decode() if isinstance(a, bytes) else a for a in (attr(node, "activations") or [])]
-    if acts and [a.lower() for a in acts] != ["sigmoid", "tanh"] * (len(acts) // 2):
+    acts = _activations(node)
+    if acts and acts != ["sigmoid", "tanh"] * (len(acts) // 2):
         raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes sigmoid gates "
                                 "with a tanh candidate only")
-    if attr(node, "clip") is not None or attr(node, "layout", 0):
-        raise NotSupportedError(f"export-tflite: {layer} sets clip / layout=1, which this exporter does not unroll")
-    if len(node.input) > 4 and node.input[4]:
-        seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
-        if seq is None or np.any(np.asarray(seq) != ctx.value(node.input[0]).shape[0]):
-            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
-                                    "unrolled GRU runs every step")
-    finals = [1] if len(node.output) > 1 and node.output[1] and ctx.is_read(node.output[1]) else []
-    if len(node.output) > 1 and node.output[1] and not finals:
-        ctx.skip_unread(node.output[1])
-    direction = attr(node, "direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    reverse = _unrollable(ctx, node)
+    finals = _finals(ctx, node, (1,))
     w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
     b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
         np.zeros((len(reverse), 6 * hidden), np.float32)
@@ -252,16 +258,8 @@ def _gru(ctx, node) -> str:
     inits = [_initial(ctx, node, 5, d, batch, hidden, layer) for d in range(len(reverse))]
     runs = [_gru_direction(ctx, x, w[d], r[d], b[d][:3 * hidden], b[d][3 * hidden:], before_reset, rev, layer,
                            inits[d]) for d, rev in enumerate(reverse)]
-    out = ctx.out_f(node.output[0], False)
-    if len(runs) == 1:
-        ctx.reshape(runs[0][0], out, layer)
-    else:
-        ctx.m.add_op("CONCATENATION", [y for y, _ in runs], [out],
-                     ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}), layer=layer)
-    if finals:
-        _final(ctx, node, 1, [h for _, h in runs], batch, hidden, layer)
-    return ", ".join((["starts from the state fed in"] if any(t is not None for t in inits) else [])
-                     + (["final state written out"] if finals else []))
+    return _outputs(ctx, node, [y for y, _ in runs], finals, {1: [h for _, h in runs]}, batch, hidden,
+                    any(t is not None for t in inits))
 
 
 register("GRU", float=_gru)
@@ -303,23 +301,12 @@ def _rnn_direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, act: 
 def _rnn(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
-    acts = [a.decode().lower() if isinstance(a, bytes) else a.lower() for a in (attr(node, "activations") or [])]
+    acts = _activations(node)
     if any(a not in RNN_ACTIVATIONS for a in acts) or len(set(acts)) > 1:
         raise NotSupportedError(f"export-tflite: {layer} uses activations {acts}; the export computes one of "
                                 f"{', '.join(RNN_ACTIVATIONS)} in every direction")
-    if attr(node, "clip") is not None or attr(node, "layout", 0):
-        raise NotSupportedError(f"export-tflite: {layer} sets clip / layout=1, which this exporter does not unroll")
-    if len(node.input) > 4 and node.input[4]:
-        seq = ctx.g.const(node.input[4]) if ctx.g.is_const(node.input[4]) else None
-        if seq is None or np.any(np.asarray(seq) != ctx.value(node.input[0]).shape[0]):
-            raise NotSupportedError(f"export-tflite: {layer} has sequence_lens shorter than the sequence; the "
-                                    "unrolled RNN runs every step")
-    finals = [1] if len(node.output) > 1 and node.output[1] and ctx.is_read(node.output[1]) else []
-    if len(node.output) > 1 and node.output[1] and not finals:
-        ctx.skip_unread(node.output[1])
-    direction = attr(node, "direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    reverse = _unrollable(ctx, node)
+    finals = _finals(ctx, node, (1,))
     w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
     b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
         np.zeros((len(reverse), 2 * hidden), np.float32)
@@ -329,16 +316,8 @@ def _rnn(ctx, node) -> str:
     act = RNN_ACTIVATIONS[acts[0] if acts else "tanh"]
     runs = [_rnn_direction(ctx, x, w[d], r[d], b[d][:hidden] + b[d][hidden:], act, rev, layer, inits[d])
             for d, rev in enumerate(reverse)]
-    out = ctx.out_f(node.output[0], False)
-    if len(runs) == 1:
-        ctx.reshape(runs[0][0], out, layer)
-    else:
-        ctx.m.add_op("CONCATENATION", [y for y, _ in runs], [out],
-                     ("ConcatenationOptions", {"Axis": 1, "FusedActivationFunction": 0}), layer=layer)
-    if finals:
-        _final(ctx, node, 1, [h for _, h in runs], batch, hidden, layer)
-    return ", ".join((["starts from the state fed in"] if any(t is not None for t in inits) else [])
-                     + (["final state written out"] if finals else []))
+    return _outputs(ctx, node, [y for y, _ in runs], finals, {1: [h for _, h in runs]}, batch, hidden,
+                    any(t is not None for t in inits))
 
 
 register("RNN", float=_rnn)
