@@ -95,32 +95,62 @@ def _initial(ctx, node, index: int, d: int, batch: int, hidden: int, layer: str)
     return ctx.reshape(part, ctx.new_f(f"{layer}/init{index}_{d}/2d", (batch, hidden)), layer)
 
 
+FC = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
+
+
+class _Steps:
+    """One direction's unrolled time steps: every step's input projection (x W^T + bias) as one FULLY_CONNECTED over
+    [seq * batch, width] rows in time order, read back one step at a time; the hidden states stacked into ONNX's
+    Y slice [seq, 1, batch, hidden]."""
+
+    def __init__(self, ctx, x, w: np.ndarray, bias: np.ndarray, reverse: bool, layer: str):
+        self.ctx, self.layer = ctx, layer
+        self.seq, self.batch, feat = x.shape
+        self.width = w.shape[0]
+        self.tag = "reverse" if reverse else "forward"
+        self.order = list(reversed(range(self.seq))) if reverse else list(range(self.seq))
+        flat = ctx.reshape(x, ctx.new_f(f"{layer}/{self.tag}/x_flat", (self.seq * self.batch, feat)), layer)
+        self.xw = ctx.float_op("FULLY_CONNECTED", [flat, self.const("W", w), self.const("B", bias)],
+                               (self.seq * self.batch, self.width), f"{layer}/{self.tag}/xw", layer, FC)
+        self.size = ctx.m.add_const(ctx._tname("size"), np.asarray((self.batch, self.width), np.int32))
+
+    def const(self, what: str, value: np.ndarray):
+        return self.ctx.m.add_const(self.ctx._tname(f"{self.layer}/{what}_{self.tag}"),
+                                    np.ascontiguousarray(value, np.float32))
+
+    def name(self, t: int) -> str:
+        return f"{self.layer}/{self.tag}/t{t}"
+
+    def projected(self, t: int):
+        """Step t's rows of the input projection, [batch, width]."""
+        begin = self.ctx.m.add_const(self.ctx._tname("begin"), np.asarray((t * self.batch, 0), np.int32))
+        return self.ctx.float_op("SLICE", [self.xw, begin, self.size], (self.batch, self.width),
+                                 self.name(t) + "/x", self.layer)
+
+    def stacked(self, hs: list, hidden: int):
+        ctx, seq, batch = self.ctx, self.seq, self.batch
+        flat = hs[0] if seq == 1 else ctx.float_op(
+            "CONCATENATION", hs, (seq * batch, hidden), f"{self.layer}/{self.tag}/y_flat", self.layer,
+            ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
+        return ctx.reshape(flat, ctx.new_f(f"{self.layer}/{self.tag}/y", (seq, 1, batch, hidden)), self.layer)
+
+
 def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: bool, layer: str, h=None, c=None,
                peep: Optional[np.ndarray] = None):
     """One direction's hidden states as ONNX's Y slice [seq, 1, batch, hidden], and its final h and c
     ([batch, hidden]); ``h`` / ``c``: the initial state (None: zero); ``peep``: peephole weights [3 * hidden] in
     ONNX's i, o, f order (madmom's LSTMs), the gates then also reading the cell."""
-    seq, batch, feat = x.shape
-    hidden = r.shape[1]
-    tag = "reverse" if reverse else "forward"
-    fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
-    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
-    # every step's input projection and both biases at once: [seq * batch, 4 * hidden], rows in time order
-    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
-    b_t = ctx.m.add_const(ctx._tname(f"{layer}/B_{tag}"), np.ascontiguousarray(bias))
-    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, b_t], (seq * batch, 4 * hidden), f"{layer}/{tag}/xw", layer, fc)
-    r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
+    steps = _Steps(ctx, x, w, bias, reverse, layer)  # both biases in the input projection
+    batch, hidden = steps.batch, r.shape[1]
+    r_t = steps.const("R", r)
     gate_axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
-    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 4 * hidden), np.int32))
-    peeps = [] if peep is None else [ctx.m.add_const(ctx._tname(f"{layer}/P{k}_{tag}"), np.ascontiguousarray(
-        peep[k * hidden:(k + 1) * hidden], np.float32)) for k in range(3)]
-    hs = [None] * seq
-    for t in (reversed(range(seq)) if reverse else range(seq)):
-        name = f"{layer}/{tag}/t{t}"
-        begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
-        gates = ctx.float_op("SLICE", [xw, begin, size], (batch, 4 * hidden), name + "/x", layer)
+    peeps = [] if peep is None else [steps.const(f"P{k}", peep[k * hidden:(k + 1) * hidden]) for k in range(3)]
+    hs = [None] * steps.seq
+    for t in steps.order:
+        name = steps.name(t)
+        gates = steps.projected(t)
         if h is not None:
-            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, 4 * hidden), name + "/rh", layer, fc)
+            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, 4 * hidden), name + "/rh", layer, FC)
             gates = ctx.float_binary("ADD", gates, rh, name + "/gates", layer)
         parts = [ctx.new_f(f"{name}/{g}", (batch, hidden)) for g in ONNX_GATES]
         ctx.m.add_op("SPLIT", [gate_axis, gates], parts, ("SplitOptions", {"NumSplits": 4}), layer=layer)
@@ -142,10 +172,7 @@ def _direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, reverse: 
         o = ctx.float_op("LOGISTIC", [pre["o"]], (batch, hidden), f"{name}/o_sig", layer)
         h = ctx.float_binary("MUL", o, ctx.float_op("TANH", [c], c.shape, name + "/tanh_c", layer), name + "/h", layer)
         hs[t] = h
-    stacked = hs[0] if seq == 1 else ctx.float_op(
-        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
-        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
-    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h, c
+    return steps.stacked(hs, hidden), h, c
 
 
 def _final(ctx, node, index: int, states, batch: int, hidden: int, layer: str) -> None:
@@ -192,28 +219,18 @@ def _gru_direction(ctx, x, w: np.ndarray, r: np.ndarray, wb: np.ndarray, rb: np.
                    reverse: bool, layer: str, h=None):
     """One GRU direction (ONNX's zrh gate order): its hidden states as ONNX's Y slice [seq, 1, batch, hidden] and its
     final h. ``before_reset``: linear_before_reset=1 (PyTorch's GRU), the reset gate scaling R_h h + Rb_h."""
-    seq, batch, feat = x.shape
-    hidden = r.shape[1]
-    tag = "reverse" if reverse else "forward"
-    fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
-    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
-    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
-    wb_t = ctx.m.add_const(ctx._tname(f"{layer}/Wb_{tag}"), np.ascontiguousarray(wb))
-    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, wb_t], (seq * batch, 3 * hidden), f"{layer}/{tag}/xw", layer, fc)
-    r_all = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
-    rb_all = ctx.m.add_const(ctx._tname(f"{layer}/Rb_{tag}"), np.ascontiguousarray(rb))
-    r_h = ctx.m.add_const(ctx._tname(f"{layer}/Rh_{tag}"), np.ascontiguousarray(r[2 * hidden:]))
-    rb_h = ctx.m.add_const(ctx._tname(f"{layer}/Rbh_{tag}"), np.ascontiguousarray(rb[2 * hidden:]))
+    steps = _Steps(ctx, x, w, wb, reverse, layer)
+    batch, hidden = steps.batch, r.shape[1]
+    r_all, rb_all = steps.const("R", r), steps.const("Rb", rb)
+    r_h, rb_h = steps.const("Rh", r[2 * hidden:]), steps.const("Rbh", rb[2 * hidden:])
     axis = ctx.m.add_const(ctx._tname("axis"), np.asarray(1, np.int32))
-    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, 3 * hidden), np.int32))
     if h is None:
-        h = ctx.m.add_const(ctx._tname(f"{layer}/h0_{tag}"), np.zeros((batch, hidden), np.float32))
-    hs = [None] * seq
-    for t in (reversed(range(seq)) if reverse else range(seq)):
-        name = f"{layer}/{tag}/t{t}"
-        begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
-        xg = ctx.float_op("SLICE", [xw, begin, size], (batch, 3 * hidden), name + "/x", layer)
-        hg = ctx.float_op("FULLY_CONNECTED", [h, r_all, rb_all], (batch, 3 * hidden), name + "/rh", layer, fc)
+        h = steps.const("h0", np.zeros((batch, hidden), np.float32))
+    hs = [None] * steps.seq
+    for t in steps.order:
+        name = steps.name(t)
+        xg = steps.projected(t)
+        hg = ctx.float_op("FULLY_CONNECTED", [h, r_all, rb_all], (batch, 3 * hidden), name + "/rh", layer, FC)
         xz, xr, xh = (ctx.new_f(f"{name}/x{g}", (batch, hidden)) for g in "zrh")
         hz, hr, hh = (ctx.new_f(f"{name}/h{g}", (batch, hidden)) for g in "zrh")
         ctx.m.add_op("SPLIT", [axis, xg], [xz, xr, xh], ("SplitOptions", {"NumSplits": 3}), layer=layer)
@@ -226,7 +243,7 @@ def _gru_direction(ctx, x, w: np.ndarray, r: np.ndarray, wb: np.ndarray, rb: np.
             gated = ctx.float_binary("MUL", rg, hh, name + "/r_hh", layer)
         else:
             rh = ctx.float_binary("MUL", rg, h, name + "/r_h", layer)
-            gated = ctx.float_op("FULLY_CONNECTED", [rh, r_h, rb_h], (batch, hidden), name + "/rh_h", layer, fc)
+            gated = ctx.float_op("FULLY_CONNECTED", [rh, r_h, rb_h], (batch, hidden), name + "/rh_h", layer, FC)
         cand = ctx.float_op("TANH", [ctx.float_binary("ADD", xh, gated, name + "/h_in", layer)], (batch, hidden),
                             name + "/h_tilde", layer)
         # (1 - z) * h~ + z * h = h~ + z * (h - h~)
@@ -234,10 +251,7 @@ def _gru_direction(ctx, x, w: np.ndarray, r: np.ndarray, wb: np.ndarray, rb: np.
                                 layer)
         h = ctx.float_binary("ADD", cand, step, name + "/h", layer)
         hs[t] = h
-    stacked = hs[0] if seq == 1 else ctx.float_op(
-        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
-        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
-    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h
+    return steps.stacked(hs, hidden), h
 
 
 def _gru(ctx, node) -> str:
@@ -272,30 +286,19 @@ RNN_ACTIVATIONS = {"tanh": "TANH", "relu": "RELU", "sigmoid": "LOGISTIC"}
 def _rnn_direction(ctx, x, w: np.ndarray, r: np.ndarray, bias: np.ndarray, act: str, reverse: bool, layer: str,
                    h=None):
     """One direction of a plain RNN (h = act(x W^T + h R^T + Wb + Rb)): ONNX's Y slice and the final h."""
-    seq, batch, feat = x.shape
-    hidden = r.shape[1]
-    tag = "reverse" if reverse else "forward"
-    fc = ("FullyConnectedOptions", {"FusedActivationFunction": 0})
-    flat = ctx.reshape(x, ctx.new_f(f"{layer}/{tag}/x_flat", (seq * batch, feat)), layer)
-    w_t = ctx.m.add_const(ctx._tname(f"{layer}/W_{tag}"), np.ascontiguousarray(w))
-    b_t = ctx.m.add_const(ctx._tname(f"{layer}/B_{tag}"), np.ascontiguousarray(bias))
-    xw = ctx.float_op("FULLY_CONNECTED", [flat, w_t, b_t], (seq * batch, hidden), f"{layer}/{tag}/xw", layer, fc)
-    r_t = ctx.m.add_const(ctx._tname(f"{layer}/R_{tag}"), np.ascontiguousarray(r))
-    size = ctx.m.add_const(ctx._tname("size"), np.asarray((batch, hidden), np.int32))
-    hs = [None] * seq
-    for t in (reversed(range(seq)) if reverse else range(seq)):
-        name = f"{layer}/{tag}/t{t}"
-        begin = ctx.m.add_const(ctx._tname("begin"), np.asarray((t * batch, 0), np.int32))
-        pre = ctx.float_op("SLICE", [xw, begin, size], (batch, hidden), name + "/x", layer)
+    steps = _Steps(ctx, x, w, bias, reverse, layer)
+    batch, hidden = steps.batch, r.shape[1]
+    r_t = steps.const("R", r)
+    hs = [None] * steps.seq
+    for t in steps.order:
+        name = steps.name(t)
+        pre = steps.projected(t)
         if h is not None:
-            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, hidden), name + "/rh", layer, fc)
+            rh = ctx.float_op("FULLY_CONNECTED", [h, r_t, None], (batch, hidden), name + "/rh", layer, FC)
             pre = ctx.float_binary("ADD", pre, rh, name + "/pre", layer)
         h = ctx.float_op(act, [pre], (batch, hidden), name + "/h", layer)
         hs[t] = h
-    stacked = hs[0] if seq == 1 else ctx.float_op(
-        "CONCATENATION", hs, (seq * batch, hidden), f"{layer}/{tag}/y_flat", layer,
-        ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}))
-    return ctx.reshape(stacked, ctx.new_f(f"{layer}/{tag}/y", (seq, 1, batch, hidden)), layer), h
+    return steps.stacked(hs, hidden), h
 
 
 def _rnn(ctx, node) -> str:
