@@ -7,6 +7,7 @@ import numpy as np
 from ....errors import NotSupportedError
 from . import layer_name, register
 from .activations import NONE, fused_code
+from .ids import typed_operands
 
 BUILTINS = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
             "Div": ("DIV", "DivOptions"), "Max": ("MAXIMUM", None), "Min": ("MINIMUM", None)}
@@ -58,20 +59,7 @@ def _integer(ctx, node, dtype) -> str:
     layer = layer_name(node)
     if builtin == "DIV":
         raise NotSupportedError(f"export-tflite: {layer} divides integer tensors; only float division is exported")
-    ins = []
-    for name in node.input:
-        if ctx.g.is_const(name):
-            arr = np.asarray(ctx.g.const(name))
-            if not np.array_equal(arr.astype(dtype), arr):
-                raise NotSupportedError(f"export-tflite: {layer} mixes {dtype.name} ids with constants that "
-                                        f"{dtype.name} cannot hold exactly")
-            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
-        else:
-            t = ctx.f_of(name, layer)
-            if np.dtype(t.dtype) != dtype:
-                raise NotSupportedError(f"export-tflite: {layer} mixes {np.dtype(t.dtype).name} and {dtype.name} "
-                                        "tensors")
-            ins.append(t)
+    ins = typed_operands(ctx, node.input, dtype, layer, "mixes")
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
     ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": NONE}) if opts else None, layer=layer)
     ctx.set_f(node.output[0], out)

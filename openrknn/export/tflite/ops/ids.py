@@ -17,6 +17,27 @@ CAST_TO = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT32: np.int32,
            onnx.TensorProto.INT16: np.int16}
 
 
+def typed_operands(ctx, names, dtype: np.dtype, layer: str, what: str) -> list:
+    """``names`` as TFLite tensors of one type: constants (a quantized one dequantized) written in it where it holds
+    their values exactly, computed tensors required to have it. ``what``: the op's verb for the errors."""
+    out = []
+    for name in names:
+        if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
+            qc = ctx.g.quant_const(name)
+            arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name))
+            if not np.array_equal(arr.astype(dtype), arr, equal_nan=arr.dtype.kind == "f"):
+                raise NotSupportedError(f"export-tflite: {layer} {what} {dtype.name} values and constants that "
+                                        f"{dtype.name} cannot hold exactly")
+            out.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
+        else:
+            t = ctx.f_of(name, layer)
+            if np.dtype(t.dtype) != dtype:
+                raise NotSupportedError(f"export-tflite: {layer} {what} {dtype.name} and {np.dtype(t.dtype).name} "
+                                        "tensors")
+            out.append(t)
+    return out
+
+
 COMPARISONS = {"Equal": "EQUAL", "Less": "LESS", "Greater": "GREATER", "LessOrEqual": "LESS_EQUAL",
                "GreaterOrEqual": "GREATER_EQUAL"}
 
@@ -28,21 +49,8 @@ def _equal(ctx, node) -> str:
     if any(len(ctx.value(i).shape) == 4 and ctx.value(i).nhwc for i in acts):
         raise NotSupportedError(f"export-tflite: {layer} compares a channel-last tensor; only ids in the model's own "
                                 "order are exported")
-    dtype = ctx.f_of(acts[0], layer).dtype
-    ins = []
-    for name in node.input:
-        if name in acts:
-            ins.append(ctx.f_of(name, layer))
-        elif ctx.g.is_const(name):
-            arr = np.asarray(ctx.g.const(name))
-            if not np.array_equal(arr.astype(dtype), arr):
-                raise NotSupportedError(f"export-tflite: {layer} compares with constants that {dtype.name} cannot "
-                                        "hold exactly")
-            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
-        else:
-            raise NotSupportedError(f"export-tflite: {layer} compares a quantized tensor; only ids and constants are")
-    if ins[0].dtype != ins[1].dtype:
-        raise NotSupportedError(f"export-tflite: {layer} compares {ins[0].dtype.name} with {ins[1].dtype.name}")
+    dtype = np.dtype(ctx.f_of(acts[0], layer).dtype)
+    ins = typed_operands(ctx, node.input, dtype, layer, "compares")
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), np.bool_)
     ctx.m.add_op(COMPARISONS[node.op_type], ins, [out], layer=layer)
     ctx.set_f(node.output[0], out)
@@ -99,21 +107,7 @@ def _where(ctx, node) -> str:
         raise NotSupportedError(f"export-tflite: {layer} selects between channel-last tensors; only tensors in the "
                                 "model's own order are exported")
     dtype = np.dtype(computed[0].dtype) if computed else np.dtype(np.float32)
-    ins = [cond]
-    for name in node.input[1:]:
-        if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
-            qc = ctx.g.quant_const(name)
-            arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name))
-            if not np.array_equal(arr.astype(dtype), arr, equal_nan=arr.dtype.kind == "f"):
-                raise NotSupportedError(f"export-tflite: {layer} selects between {dtype.name} values and constants "
-                                        f"{dtype.name} cannot hold exactly")
-            ins.append(ctx.m.add_const(ctx._tname(name), np.ascontiguousarray(arr.astype(dtype))))
-        else:
-            t = ctx.f_of(name, layer)
-            if np.dtype(t.dtype) != dtype:
-                raise NotSupportedError(f"export-tflite: {layer} selects between {dtype.name} and "
-                                        f"{np.dtype(t.dtype).name} tensors")
-            ins.append(t)
+    ins = [cond] + typed_operands(ctx, node.input[1:], dtype, layer, "selects between")
     if dtype == np.float32:
         out = ctx.out_f(node.output[0], False)
     else:
