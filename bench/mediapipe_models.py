@@ -15,7 +15,6 @@ cosine in the file's output order.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -26,19 +25,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 SHARED = ROOT.parent / "shared" / "data" / "images"
 SPEC = "mediapipe==0.10.14"
+
+from corpus_fetch import _download  # noqa: E402  (pip download --no-deps, once per package)
 
 
 def fetch(cache: Path) -> list:
     out = cache / "mediapipe_0.10.14"
     if not (out / ".complete").is_file():
-        dl = cache / "dl" / "mediapipe-0.10.14"
-        dl.mkdir(parents=True, exist_ok=True)
-        if not list(dl.glob("*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SPEC, "-d", str(dl)],
-                           check=True)
-        with zipfile.ZipFile(next(dl.glob("*.whl"))) as z:
+        with zipfile.ZipFile(_download(SPEC, cache / "dl")) as z:
             for name in z.namelist():
                 if name.startswith("mediapipe/modules/") and name.endswith(".tflite"):
                     (out / Path(name).name).parent.mkdir(parents=True, exist_ok=True)

