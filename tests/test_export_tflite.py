@@ -818,7 +818,6 @@ def test_lstm_state_fed_in_and_read_out(tmp_path, direction):
     are outputs, to be fed back with the next chunk. The unrolled steps start from the fed state and write the final
     states; LiteRT on the export computes what the simulator does, chunk after chunk with the state carried."""
     from openrknn.metrics import cosine
-    from openrknn.runtime.tflite_runner import TfliteRunner
 
     rng = np.random.default_rng(21)
     nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 3
@@ -826,35 +825,15 @@ def test_lstm_state_fed_in_and_read_out(tmp_path, direction):
              numpy_helper.from_array((rng.standard_normal((nd, 4 * hid, hid)) * .4).astype(np.float32), "R"),
              numpy_helper.from_array((rng.standard_normal((nd, 8 * hid)) * .2).astype(np.float32), "B")]
     f = TensorProto.FLOAT
-    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "h_n", "c_n"], name="lstm",
-                              hidden_size=hid, direction=direction)]
-    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
-                                                 helper.make_tensor_value_info("h0", f, [nd, 1, hid]),
-                                                 helper.make_tensor_value_info("c0", f, [nd, 1, hid])],
-                              [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
-                               helper.make_tensor_value_info("h_n", f, [nd, 1, hid]),
-                               helper.make_tensor_value_info("c_n", f, [nd, 1, hid])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "stream.onnx"))
-
-    def chunk(g):
-        return [g.normal(0, 1, (steps, 1, feat)).astype(np.float32), g.normal(0, .5, (nd, 1, hid)).astype(np.float32),
-                g.normal(0, .5, (nd, 1, hid)).astype(np.float32)]
-
-    lines = []
-    for k in range(6):
-        for j, a in enumerate(chunk(rng)):
-            np.save(tmp_path / f"s{k}_{j}.npy", a)
-        lines.append(" ".join(f"s{k}_{j}.npy" for j in range(3)))
-    (tmp_path / "ds.txt").write_text("\n".join(lines) + "\n")
-    rknn = RKNN(verbose=False)
-    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rknn.load_onnx(str(tmp_path / "stream.onnx")) == 0
-    assert rknn.build(dataset=str(tmp_path / "ds.txt")) == 0, rknn.last_error
-    assert rknn.init_runtime() == 0
-    assert rknn.export_tflite(str(tmp_path / "stream.tflite")) == 0, rknn.last_error
-    runner = TfliteRunner(str(tmp_path / "stream.tflite"), delegate=None)
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "h_n", "c_n"], name="lstm",
+                            hidden_size=hid, direction=direction)
+    rknn, runner, chunk = _sequence_rknn(
+        tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
+                         helper.make_tensor_value_info("h0", f, [nd, 1, hid]),
+                         helper.make_tensor_value_info("c0", f, [nd, 1, hid])],
+        [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
+         helper.make_tensor_value_info("h_n", f, [nd, 1, hid]),
+         helper.make_tensor_value_info("c_n", f, [nd, 1, hid])], inits, "stream")
     x, h, c = chunk(np.random.default_rng(3))
     h_lite, c_lite = h, c
     for _ in range(4):  # the state carried from chunk to chunk, by each runtime on its own
@@ -873,7 +852,6 @@ def test_gru_unrolled_with_its_state(tmp_path, direction, before_reset):
     started from a state fed in and writing its final state out: unrolled into float TFLite ops (zrh gates, the reset
     gate before or after the recurrent product), LiteRT computes what the simulator does."""
     from openrknn.metrics import cosine
-    from openrknn.runtime.tflite_runner import TfliteRunner
 
     rng = np.random.default_rng(22)
     nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 4
@@ -881,32 +859,13 @@ def test_gru_unrolled_with_its_state(tmp_path, direction, before_reset):
              numpy_helper.from_array((rng.standard_normal((nd, 3 * hid, hid)) * .4).astype(np.float32), "R"),
              numpy_helper.from_array((rng.standard_normal((nd, 6 * hid)) * .2).astype(np.float32), "B")]
     f = TensorProto.FLOAT
-    nodes = [helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="gru", hidden_size=hid,
-                              direction=direction, linear_before_reset=before_reset)]
-    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
-                                              helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
-                              [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
-                               helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "gru.onnx"))
-
-    def sample(g):
-        return [g.normal(0, 1, (steps, 1, feat)).astype(np.float32), g.normal(0, .5, (nd, 1, hid)).astype(np.float32)]
-
-    lines = []
-    for k in range(6):
-        for j, a in enumerate(sample(rng)):
-            np.save(tmp_path / f"g{k}_{j}.npy", a)
-        lines.append(f"g{k}_0.npy g{k}_1.npy")
-    (tmp_path / "ds.txt").write_text("\n".join(lines) + "\n")
-    rknn = RKNN(verbose=False)
-    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rknn.load_onnx(str(tmp_path / "gru.onnx")) == 0
-    assert rknn.build(dataset=str(tmp_path / "ds.txt")) == 0, rknn.last_error
-    assert rknn.init_runtime() == 0
-    assert rknn.export_tflite(str(tmp_path / "gru.tflite")) == 0, rknn.last_error
-    runner = TfliteRunner(str(tmp_path / "gru.tflite"), delegate=None)
+    node = helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="gru", hidden_size=hid,
+                            direction=direction, linear_before_reset=before_reset)
+    rknn, runner, sample = _sequence_rknn(
+        tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
+                         helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
+        [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
+         helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits, "gru")
     g = np.random.default_rng(5)
     for _ in range(3):
         x = sample(g)
