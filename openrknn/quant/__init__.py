@@ -91,6 +91,8 @@ class QuantOptions:
     fixed: {tensor or weight name: (scales, zero points)} used as given instead of calibrated (hybrid step 2's
         edited parameters); an activation's applies to its whole scale group.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
+    concat_input_scales: a Concat input that other layers also read and whose calibrated range is at most 1/8 of the
+        Concat's keeps its own scale; the Concat requantizes it (algorithms/concat_inputs.py; 8-bit affine only).
     """
 
     dtype: str = "asymmetric_quantized-u8"
@@ -120,6 +122,7 @@ class QuantOptions:
     range_search_groups: int = 32
     range_search_samples: int = 8
     keep_mixed_concat_float: bool = True
+    concat_input_scales: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
     fixed: Dict[str, tuple] = field(default_factory=dict)
     histogram_bins: int = 2048
@@ -143,8 +146,9 @@ class QuantOptions:
             raise ConfigError("bias_correction", self.bias_correction, (True, False, "empirical", "analytical"))
         if self.residual_equalization not in (True, False):
             raise ConfigError("residual_equalization", self.residual_equalization, (True, False))
-        if self.pow2_fit not in (True, False):
-            raise ConfigError("pow2_fit", self.pow2_fit, (True, False))
+        for key in ("pow2_fit", "concat_input_scales"):
+            if getattr(self, key) not in (True, False):
+                raise ConfigError(key, getattr(self, key), (True, False))
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .algorithms import activations as act_alg
+from .algorithms.concat_inputs import ConcatInputScales
 from .algorithms.equalize import CrossLayerEqualization
 from .algorithms.pow2_fit import Pow2Fit
 from .algorithms.residual_equalize import ResidualEqualization
@@ -40,7 +41,7 @@ DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 
 # The graph rewrites in the order they run (each in its algorithm's module; see stages.Rewrite). 'graph' stages run
 # before calibration, 'statistics' stages after pass 1, from its statistics.
-REWRITES = (CrossLayerEqualization, ResidualEqualization, RangeSplit, Pow2Fit)
+REWRITES = (CrossLayerEqualization, ResidualEqualization, RangeSplit, Pow2Fit, ConcatInputScales)
 # The order in which the rewrites' channel factors are multiplied into one per tensor (float products: fixed order).
 SCALE_ORDER = ("equalization", "residual_equalization", "pow2_fit", "range_split")
 

@@ -20,7 +20,7 @@ input's scale and a Concat's inputs share the output's scale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -131,6 +131,9 @@ class Plan:
     # member; a concat of members): calibration skips them, the group range is the union of the rest
     derived: Set[str] = field(default_factory=set)
     pre_activations: Dict[str, str] = field(default_factory=dict)  # point -> 'silu' | 'sigmoid' (its activation)
+    # (concat output, input) pairs kept out of one scale group: the input keeps its own scale, the Concat requantizes
+    # it (algorithms/concat_inputs.py)
+    detached: FrozenSet[Tuple[str, str]] = frozenset()
 
     @property
     def sources(self) -> List[str]:
@@ -315,10 +318,12 @@ def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[i
 
 
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
-               requantized_pre_activations: object = False) -> Plan:
+               requantized_pre_activations: object = False,
+               detached: FrozenSet[Tuple[str, str]] = frozenset()) -> Plan:
     """requantized_pre_activations: True when the target chip stores some conv outputs as integers before their
     activation (targets/chips.py Generation.requantizes_pre_activations); ALL_PRE_ACTIVATIONS for every conv
-    output before an activation TFLite cannot fuse (config(pre_activation_points='tflite'))."""
+    output before an activation TFLite cannot fuse (config(pre_activation_points='tflite')).
+    detached: (concat output, input) pairs whose scales stay apart (Plan.detached)."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
@@ -426,10 +431,11 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                         derived.add(o)
         elif node.op_type == "Concat" and node.output[0] in seen:
             acts = [t for t in node.input if t and not info.is_const(t)]
+            apart = [t for t in acts if (node.output[0], t) in detached]
             for t in acts:
-                if t in seen:
+                if t in seen and t not in apart:
                     uf.union(node.output[0], t)
-            if acts and all(t in seen for t in acts):
+            if acts and all(t in seen for t in acts) and not apart:
                 derived.add(node.output[0])
     ids: Dict[str, int] = {}
     group_of: Dict[str, int] = {}
@@ -439,4 +445,4 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         group_of[t] = gid
         groups.setdefault(gid, []).append(t)
     return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
-                {t: a for t, a in pre_activations.items() if t in seen})
+                {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached))

@@ -1,0 +1,91 @@
+"""A narrow Concat input that other layers also read keeps a scale of its own.
+
+A Concat's inputs share its output's scale (plan.py): the NPU then copies them without requantizing. When one input
+spans a small part of the concat's range and other layers read it too, that shared scale is all those layers get:
+DeepCut's character embedding spans 1/100 of the range of the concat that joins it to conv features, and twelve convs
+read it in a few integer steps. After calibration pass 1 such an input is detached from the Concat's scale group: it
+keeps its own range, and the Concat requantizes it onto the output's scale (one more rounding, on the Concat's side
+only, which the shared scale rounded just as coarsely). The Concat output's group keeps the range it had, so the
+concatenated tensor does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+from ..ir import GraphInfo
+from ..plan import Plan, build_plan
+from ..stages import QuantState, Rewrite, StageResult
+
+log = logging.getLogger("openrknn.quant")
+
+# an input is detached when sharing the concat's scale would cost it at least this factor of resolution (3 bits):
+# YOLOX's concat inputs span 1.0-1.8x of their groups (no change there), DeepCut's embedding 1/103
+MIN_RATIO = 8.0
+
+
+def _width(lo: float, hi: float) -> float:
+    return max(hi, 0.0) - min(lo, 0.0)  # the quantized range always holds zero
+
+
+def group_ranges(plan: Plan, minmax: Dict[str, Tuple[float, float]]) -> Dict[int, Tuple[float, float]]:
+    """Each scale group's calibrated range: the union of its measured members (the derived ones lie inside)."""
+    out: Dict[int, Tuple[float, float]] = {}
+    for g, members in plan.groups.items():
+        have = [minmax[t] for t in members if t in minmax]
+        if have:
+            out[g] = (min(r[0] for r in have), max(r[1] for r in have))
+    return out
+
+
+def narrow_inputs(info: GraphInfo, plan: Plan, minmax: Dict[str, Tuple[float, float]],
+                  min_ratio: float = MIN_RATIO) -> List[Tuple[str, str, float]]:
+    """(concat output, input, range ratio) for each Concat input that other nodes read too and whose measured range
+    is at most 1/``min_ratio`` of its scale group's."""
+    ranges = group_ranges(plan, minmax)
+    found: List[Tuple[str, str, float]] = []
+    for i, node in enumerate(info.nodes):
+        out = node.output[0] if node.output else ""
+        if node.op_type != "Concat" or out not in plan.group_of or plan.group_of[out] not in ranges:
+            continue
+        group = _width(*ranges[plan.group_of[out]])
+        for t in dict.fromkeys(node.input):
+            if plan.group_of.get(t) != plan.group_of[out] or t not in minmax:
+                continue
+            if not any(c != i for c in info.consumers.get(t, [])) and t not in info.output_set:
+                continue  # the concat is its only reader: the output's scale rounds it anyway
+            ratio = group / max(_width(*minmax[t]), 1e-30)
+            if ratio >= min_ratio:
+                found.append((out, t, ratio))
+    return found
+
+
+class ConcatInputScales(Rewrite):
+    """Detach narrow, shared Concat inputs from the Concat's scale group (the plan changes; the graph does not)."""
+
+    name = "concat_input_scales"
+
+    def enabled(self, state: QuantState) -> bool:
+        act = state.scheme.act
+        # dynamic fixed point shares power-of-two grids by design (pow2_fit fills them); 16 bits lose nothing here
+        return bool(state.options.concat_input_scales) and act is not None and act.bits == 8 and not act.pow2
+
+    def apply(self, state: QuantState) -> Optional[StageResult]:
+        stats, plan = state.stats, state.plan
+        found = narrow_inputs(state.info, plan, stats.minmax)
+        if not found:
+            return None
+        ranges = group_ranges(plan, stats.minmax)
+        pairs: FrozenSet[Tuple[str, str]] = plan.detached | {(out, t) for out, t, _ in found}
+        new = build_plan(state.info, state.options.keep_mixed_concat_float,
+                         state.options.requantized_pre_activations, pairs)
+        for out, _t, _r in found:
+            if out not in new.derived and out not in stats.minmax:
+                # measured as the old group's range: the concatenated tensor keeps the scale it had
+                stats.minmax[out] = ranges[plan.group_of[out]]
+        state.plan = new
+        log.info("own scale for %d narrow concat input(s) that other layers read: %s", len(found),
+                 ", ".join(f"{t} (1/{r:.0f} of {out})" for out, t, r in found))
+        return StageResult(self.name, {"detached": [{"concat_output": out, "input": t, "range_ratio": round(r, 1)}
+                                                    for out, t, r in found]})
