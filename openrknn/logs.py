@@ -19,7 +19,10 @@ class VendorStyleFormatter(logging.Formatter):
     """'E openrknn: ...' like the vendor's 'E RKNN: ...', so users' log greps keep working."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname[0]} openrknn: {record.getMessage()}"
+        text = f"{record.levelname[0]} openrknn: {record.getMessage()}"
+        if record.exc_info:  # verbose mode's traceback of an unexpected failure (api.py): the point of asking for it
+            text += "\n" + self.formatException(record.exc_info)
+        return text
 
 
 class _StderrHandler(logging.StreamHandler):

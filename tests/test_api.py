@@ -308,3 +308,21 @@ def test_export_overwrites_atomically(built, tmp_path):
     assert built.export_rknn(str(target)) == 0
     assert target.read_bytes()[:8] == b"ORKNN\x00\r\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.rknn"]  # no temp file left
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_failure(conv_onnx, capsys, monkeypatch):
+    """A bug of ours is one line by default and its whole traceback with verbose=True, as the message promises."""
+    import openrknn.convert as convert
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inner failure for the test")
+
+    monkeypatch.setattr(convert, "build", broken)
+    for verbose in (False, True):
+        rknn = RKNN(verbose=verbose)
+        assert rknn.load_onnx(str(conv_onnx())) == 0
+        assert rknn.build(do_quantization=False) == -1
+        err = capsys.readouterr().err
+        assert "build failed unexpectedly: RuntimeError: inner failure for the test" in err
+        assert ("Traceback (most recent call last)" in err and "in broken" in err) is verbose
+        rknn.release()
