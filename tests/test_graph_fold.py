@@ -223,3 +223,45 @@ def test_a_loop_body_reading_a_tensor_keeps_it():
     fold.fold_conv_affine(out)
     assert "c1" in {o for node in out.graph.node for o in node.output}  # the body reads c1
     _same(m, out)
+
+
+def _keras_conv1d_chain(second_reader: bool = False):
+    """tf2onnx's Keras Conv1D, twice: Conv on [1, C, 1, W] -> Squeeze(axis 2) -> bias Add ([C, 1]) -> Relu ->
+    Unsqueeze(axis 2) -> Conv -> Squeeze -> bias Add -> y [1, 4, 6]. ``second_reader``: the first Squeeze's output
+    is also a graph output (it must then stay where it is)."""
+    w1, w2 = RNG.normal(0, 0.5, (4, 3, 1, 3)), RNG.normal(0, 0.5, (4, 4, 1, 3))
+    consts = {"w1": w1, "w2": w2, "b1": RNG.normal(0, 1, (4, 1)), "b2": RNG.normal(0, 1, (4, 1)),
+              "axis": np.array([2], np.int64)}
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[0, 1, 0, 1]), n("Squeeze", ["c1", "axis"], ["s1"]),
+             n("Add", ["s1", "b1"], ["a1"]), n("Relu", ["a1"], ["r1"]), n("Unsqueeze", ["r1", "axis"], ["u1"]),
+             n("Conv", ["u1", "w2"], ["c2"], pads=[0, 1, 0, 1]), n("Squeeze", ["c2", "axis"], ["s2"]),
+             n("Add", ["s2", "b2"], ["y"])]
+    m = _model(nodes, consts, out_shape=(1, 4, 6), in_shape=(1, 3, 1, 6),
+               outputs=("y", "s1") if second_reader else ("y",))
+    axis = next(t for t in m.graph.initializer if t.name == "axis")
+    axis.CopyFrom(numpy_helper.from_array(np.array([2], np.int64), "axis"))  # _model stores constants as float
+    return m
+
+
+def test_keras_conv1d_bias_and_activation_move_next_to_the_conv_and_fold():
+    """The Squeeze moves after the bias and ReLU, the bias folds into the conv, and the Squeeze -> Unsqueeze pair
+    between the two convs goes: two fused conv layers, one quantization point each (slovorez's morpheme segmenter:
+    w8a8 per-character tags 972 -> 993 of 1032, rknn-toolkit2 990)."""
+    m = _keras_conv1d_chain()
+    out = optimize(_copy(m), 2)
+    assert _ops(out) == ["Conv", "Relu", "Conv", "Squeeze"]
+    _same(m, out, shape=(1, 3, 1, 6))
+    plan = build_plan(GraphInfo(normalize(out)))
+    # measured points: the input, the ReLU output, the second conv's output (the squeezed y shares its scale)
+    assert len(plan.sources) == 3 and plan.derived == {"y"}
+    without = _copy(m)
+    before = build_plan(GraphInfo(normalize(without)))
+    assert len(before.sources) == 6  # each conv output and its biased sum quantized on their own, and the ReLU
+
+
+def test_a_squeeze_read_elsewhere_stays():
+    m = _keras_conv1d_chain(second_reader=True)
+    out = _copy(m)
+    fold.sink_squeezes(out)
+    assert _ops(out)[:3] == ["Conv", "Squeeze", "Add"]  # s1 is a graph output: nothing moves across it
+    _same(m, out, shape=(1, 3, 1, 6))

@@ -9,7 +9,10 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
 - fold_input_scale: a constant per-channel Mul or Div read only by convs -> their weights; an Add or Sub -> their
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
-  Gelu and Mish where the opset has them).
+  Gelu and Mish where the opset has them);
+- sink_squeezes: Conv -> Squeeze -> bias Add / activation (how tf2onnx writes a Keras Conv1D: the 2-D conv's
+  size-1 axis squeezed before its bias and activation) -> the Squeeze after them, so the conv folds its bias and
+  fuses its activation; a Squeeze then undone by an Unsqueeze of the same axes goes.
 Each returns how many rewrites it made; constants shared with other nodes are copied, never edited in place.
 """
 
@@ -316,3 +319,114 @@ def canonical_activations(model: onnx.ModelProto) -> int:
 
 
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations"]
+
+
+# elementwise ops that commute with dropping size-1 axes (their other inputs, if any, are scalars)
+_UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
+          "Gelu", "Mish"}
+_BINARY = {"Add", "Sub", "Mul", "Div"}
+
+
+def _axes(ix: _Index, node: onnx.NodeProto, rank: Optional[int]) -> Optional[Tuple[int, ...]]:
+    """A Squeeze / Unsqueeze node's axes, normalised against ``rank`` (the Squeeze input's rank or the Unsqueeze
+    output's); None when they are not constant or the rank is unknown."""
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1] in ix.inits:
+        axes = numpy_helper.to_array(ix.inits[node.input[1]]).reshape(-1).tolist()
+    if axes is None or rank is None:
+        return None
+    return tuple(sorted(int(a) % rank for a in axes))
+
+
+def _scalar_inputs(ix: _Index, node: onnx.NodeProto) -> bool:
+    return all(not t or (t in ix.inits and numpy_helper.to_array(ix.inits[t]).size == 1) for t in node.input[1:])
+
+
+def sink_squeezes(model: onnx.ModelProto) -> int:
+    """Conv -> Squeeze -> elementwise op (an activation, or Add / Sub / Mul / Div by a constant) becomes Conv ->
+    elementwise op (its constant given the squeezed axes back) -> Squeeze, repeated along the chain; then a Squeeze
+    whose only reader is an Unsqueeze of the same axes is dropped with it. Exact."""
+    done = 0
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        shapes: Optional[Dict] = None
+        hit = None
+        for i, sq in enumerate(g.node):
+            if sq.op_type != "Squeeze" or sq.domain not in ("", "ai.onnx") or sq.output[0] in ix.keep:
+                continue
+            x, y = sq.input[0], sq.output[0]
+            p = producer.get(x)
+            cons = ix.consumers.get(y, [])
+            if p is None or g.node[p].op_type not in {"Conv", "ConvTranspose"} | _UNARY | _BINARY or len(cons) != 1:
+                continue
+            e = g.node[cons[0]]
+            if e.domain not in ("", "ai.onnx") or not e.input or (e.op_type not in _UNARY | _BINARY):
+                continue
+            if shapes is None:
+                shapes = _known_shapes(model)
+            rank = len(shapes[x]) if x in shapes else None
+            axes = _axes(ix, sq, rank)
+            if axes is None:
+                continue
+            if e.op_type in _UNARY:
+                if e.input[0] != y or not _scalar_inputs(ix, e):
+                    continue
+                hit = (i, cons[0], sq, e, None, axes, rank)
+                break
+            if len(e.input) != 2 or e.input[0] == e.input[1] or (e.op_type in ("Sub", "Div") and e.input[0] != y):
+                continue
+            other = e.input[1] if e.input[0] == y else e.input[0]
+            c = ix.const(other)
+            if c is None or c.ndim > rank - len(axes):
+                continue
+            c = c.reshape((1,) * (rank - len(axes) - c.ndim) + c.shape)
+            hit = (i, cons[0], sq, e, (other, np.expand_dims(c, axes)), axes, rank)
+            break
+        if hit is None:
+            return done + _cancel_squeeze_pairs(model)
+        i, ci, sq, e, const, axes, rank = hit
+        moved = onnx.NodeProto()
+        moved.CopyFrom(e)
+        x, out = sq.input[0], e.output[0]
+        inner = ix.unique(out + "_unsqueezed")
+        moved.input[list(moved.input).index(sq.output[0])] = x
+        if const is not None:
+            name, value = const
+            moved.input[list(moved.input).index(name)] = ix.add_const(name + "_unsqueezed", value)
+        moved.output[0] = inner
+        squeeze = onnx.NodeProto()
+        squeeze.CopyFrom(sq)
+        squeeze.input[0] = inner
+        squeeze.output[0] = out
+        g.node[i].CopyFrom(moved)
+        g.node[ci].CopyFrom(squeeze)
+        done += 1
+
+
+def _cancel_squeeze_pairs(model: onnx.ModelProto) -> int:
+    """Squeeze(axes) read only by Unsqueeze(the same axes): both go, the Unsqueeze's readers read the input."""
+    from .names import rename_uses
+
+    ix = _Index(model)
+    g = model.graph
+    shapes = _known_shapes(model)
+    drop: Set[int] = set()
+    for i, sq in enumerate(g.node):
+        if sq.op_type != "Squeeze" or sq.output[0] in ix.keep or sq.input[0] not in shapes:
+            continue
+        cons = ix.consumers.get(sq.output[0], [])
+        if len(cons) != 1 or g.node[cons[0]].op_type != "Unsqueeze" or g.node[cons[0]].output[0] in ix.keep:
+            continue
+        un = g.node[cons[0]]
+        rank = len(shapes[sq.input[0]])
+        if _axes(ix, sq, rank) is None or _axes(ix, sq, rank) != _axes(ix, un, rank):
+            continue
+        rename_uses(g, un.output[0], sq.input[0])
+        drop |= {i, cons[0]}
+    if drop:
+        keep = [n for k, n in enumerate(g.node) if k not in drop]
+        del g.node[:]
+        g.node.extend(keep)
+    return len(drop) // 2
