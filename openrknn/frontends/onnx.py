@@ -11,7 +11,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import ModelLoadError
-from ..graph.control_flow import inline_constant_ifs
+from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.float16 import widen_float16
 from ..graph.names import subgraphs, used_names
@@ -246,6 +246,20 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
         return str(e)
 
 
+def _predicated(model: onnx.ModelProto):
+    """(the model with its Ifs on data predicated, their names) when it has such Ifs and still runs at the fixed
+    sizes once predicated (a branch that cannot run on the inputs it is not taken for keeps its If), else None."""
+    if not any(n.op_type == "If" for n in model.graph.node):
+        return None
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(model)
+    names = predicate_ifs(candidate)
+    if not names or _dry_run(candidate) is not None:
+        return None
+    _name_nodes(candidate)
+    return candidate, names
+
+
 def _setting_hint(model: onnx.ModelProto) -> str:
     """The check runs on zeros; an integer or bool input (a sample rate, a mode flag) may need a real value, which
     input_initial_val gives."""
@@ -345,6 +359,12 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
         _name_nodes(model)
         notes.append(f"{len(inlined)} If node(s) with a constant condition replaced by the branch taken: "
                      + ", ".join(inlined))
+        log.info("'%s': %s", path, notes[-1])
+    predicated = _predicated(model)
+    if predicated is not None:
+        model, names = predicated
+        notes.append(f"{len(names)} If node(s) on data computed as both branches and a Where on the condition (an NPU "
+                     f"graph is static; the branch not taken runs too): " + ", ".join(names))
         log.info("'%s': %s", path, notes[-1])
     if opset != OPSET:
         try:

@@ -4,6 +4,10 @@ A model exported with a branch on a setting (silero-vad branches on its sample-r
 an If. Once that setting is fixed (load_onnx's input_initial_val), the condition is a constant: the taken branch's
 nodes move into the graph and the If goes. The network is then an ordinary graph that the optimizer, the quantizer
 and the NPU see whole, rather than one opaque node.
+
+An If on data (openWakeWord's hey_jarvis runs a second "verifier" network only when the first one's score reaches
+0.5) has no form in a static graph such as a TFLite file for an NPU delegate. predicate_ifs computes both branches
+and picks each output with a Where on the condition: the same values, at the cost of the branch not taken.
 """
 
 from __future__ import annotations
@@ -146,10 +150,9 @@ def _names(graph: onnx.GraphProto, skip: Optional[int] = None) -> Set[str]:
     return names
 
 
-def _inline(graph: onnx.GraphProto, index: int, branch: onnx.GraphProto, taken: Set[str]) -> None:
-    """Replace node ``index`` (an If) by ``branch``'s nodes; the branch's own names are renamed where they collide
-    with names of the graph, and the If's outputs become Identity copies of the branch's outputs."""
-    if_node = graph.node[index]
+def _renamed(branch: onnx.GraphProto, taken: Set[str]):
+    """A copy of ``branch`` whose own names are renamed where they collide with ``taken`` (which gains them all):
+    (its nodes, its initializers, its output names)."""
     body = onnx.GraphProto()
     body.CopyFrom(branch)
     defined = [t.name for t in body.initializer] + [o for n in body.node for o in n.output if o]
@@ -167,9 +170,17 @@ def _inline(graph: onnx.GraphProto, index: int, branch: onnx.GraphProto, taken: 
                     o.name = new
         else:
             taken.add(old)
-    nodes = list(body.node) + [onnx.helper.make_node("Identity", [src.name], [dst], name=unique_name(
-        f"{if_node.name}_out{k}", taken)) for k, (src, dst) in enumerate(zip(body.output, if_node.output))]
-    graph.initializer.extend(body.initializer)
+    return list(body.node), list(body.initializer), [o.name for o in body.output]
+
+
+def _inline(graph: onnx.GraphProto, index: int, branch: onnx.GraphProto, taken: Set[str]) -> None:
+    """Replace node ``index`` (an If) by ``branch``'s nodes; the branch's own names are renamed where they collide
+    with names of the graph, and the If's outputs become Identity copies of the branch's outputs."""
+    if_node = graph.node[index]
+    nodes, inits, outs = _renamed(branch, taken)
+    nodes += [onnx.helper.make_node("Identity", [src], [dst], name=unique_name(f"{if_node.name}_out{k}", taken))
+              for k, (src, dst) in enumerate(zip(outs, if_node.output))]
+    graph.initializer.extend(inits)
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(rest[:index] + nodes + rest[index + 1:])
@@ -201,3 +212,38 @@ def inline_constant_ifs(model: onnx.ModelProto) -> List[str]:
         branch = next(a.g for a in node.attribute if a.name == ("then_branch" if take else "else_branch"))
         _inline(graph, k, branch, _names(graph, skip=k))
         done.append(f"{node.name} ({'then' if take else 'else'} branch)")
+
+
+def _plain(graph: onnx.GraphProto) -> bool:
+    """A branch of tensor ops only (no nested control flow, no sequences): running it when not taken is harmless."""
+    return all(not list(subgraphs(n)) and "Sequence" not in n.op_type and not n.op_type.startswith("Optional")
+               for n in graph.node) and all(o.type.HasField("tensor_type") for o in graph.output)
+
+
+def predicate_ifs(model: onnx.ModelProto) -> List[str]:
+    """Replace every If of the main graph whose branches are plain tensor computations by both branches, inlined,
+    and one Where(condition, then output, else output) per output; returns the predicated nodes' names."""
+    graph = model.graph
+    done: List[str] = []
+    while True:
+        k = next((k for k, n in enumerate(graph.node) if n.op_type == "If" and n.domain in ("", "ai.onnx")
+                  and all(_plain(b) for b in subgraphs(n))), None)
+        if k is None:
+            return done
+        node = graph.node[k]
+        taken = _names(graph)
+        nodes: List[onnx.NodeProto] = []
+        outs = {}
+        for a in node.attribute:
+            body_nodes, inits, outs[a.name] = _renamed(a.g, taken)
+            nodes += body_nodes
+            graph.initializer.extend(inits)
+        cond = unique_name(f"{node.name or 'if'}_condition", taken)
+        nodes.append(onnx.helper.make_node("Cast", [node.input[0]], [cond], to=onnx.TensorProto.BOOL,
+                                           name=unique_name(f"{node.name}_condition", taken)))
+        nodes += [onnx.helper.make_node("Where", [cond, t, e], [o], name=unique_name(f"{node.name}_select{j}", taken))
+                  for j, (t, e, o) in enumerate(zip(outs["then_branch"], outs["else_branch"], node.output))]
+        rest = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(rest[:k] + nodes + rest[k + 1:])
+        done.append(node.name)
