@@ -85,7 +85,6 @@ def export_tflite_bytes(pkg: RknnPackage, input_dtype: str = "uint8") -> "tuple[
     float feeds do."""
     import onnx
 
-    from ...graph.control_flow import predicate_ifs
     from .graph import QdqGraph
     from .lower import Lowerer
     from .writer import serialize
@@ -101,11 +100,8 @@ def export_tflite_bytes(pkg: RknnPackage, input_dtype: str = "uint8") -> "tuple[
         raise NotSupportedError("export_tflite writes the file with the `tflite` schema package and `flatbuffers`: "
                                 "pip install 'openrknn[tflite]'") from None
     t0 = time.perf_counter()
-    graph = onnx.load_from_string(pkg.model_bytes)
-    predicated = predicate_ifs(graph)  # a static TFLite graph has no If on data: both branches and a SELECT
-    lowerer = Lowerer(QdqGraph(graph), pkg.metadata["inputs"], float_inputs=input_dtype == "float32")
-    lowerer.changes += [f"{name}: an If on data, exported as both branches and a SELECT of their outputs (the "
-                        "branch not taken runs too)" for name in predicated]
+    lowerer = Lowerer(QdqGraph(onnx.load_from_string(pkg.model_bytes)), pkg.metadata["inputs"],
+                      float_inputs=input_dtype == "float32")
     model = lowerer.run()
     model.description = f"openrknn {pkg.metadata.get('toolkit_version', '')} w8a8 export"
     data = serialize(model)
