@@ -84,6 +84,9 @@ class Model:
     inputs: List[int] = field(default_factory=list)
     outputs: List[int] = field(default_factory=list)
     description: str = "openrknn"
+    # subgraphs 1, 2, ... of the file (the bodies an IF or WHILE names by index), each a Model of its own tensors,
+    # operators, inputs and outputs; this Model is subgraph 0
+    subgraphs: List["Model"] = field(default_factory=list)
 
     def add_tensor(self, name: str, shape: Sequence[int], dtype, quant: Optional[Quant] = None,
                    data: Optional[np.ndarray] = None) -> Tensor:
@@ -180,85 +183,91 @@ def serialize(model: Model) -> bytes:
             b.PrependUOffsetTRelative(off)
         return b.EndVector()
 
+    graphs = [model] + list(model.subgraphs)
     codes: Dict[Tuple[str, int, str], int] = {}  # (builtin, version, custom op name) -> opcode index
-    for op in model.operators:
-        codes.setdefault((op.builtin, op.version, op.custom), len(codes))
+    for g in graphs:
+        for op in g.operators:
+            codes.setdefault((op.builtin, op.version, op.custom), len(codes))
 
     # buffers: 0 is the empty sentinel; one per constant tensor
-    buffer_of: Dict[int, int] = {}
+    buffer_of: Dict[Tuple[int, int], int] = {}  # (subgraph, tensor index) -> buffer
     buffer_offsets = []
     tfl.BufferStart(b)
     buffer_offsets.append(tfl.BufferEnd(b))
     by_content: Dict[bytes, int] = {}   # constants with the same bytes share one buffer (a weight read per time step)
-    for t in model.tensors:
-        if t.data is None:
-            continue
-        raw = t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes()
-        if raw in by_content:
-            buffer_of[t.index] = by_content[raw]
-            continue
-        data_vec = _aligned_bytes(b, raw)
-        tfl.BufferStart(b)
-        tfl.BufferAddData(b, data_vec)
-        buffer_of[t.index] = by_content[raw] = len(buffer_offsets)
-        buffer_offsets.append(tfl.BufferEnd(b))
+    for gi, g in enumerate(graphs):
+        for t in g.tensors:
+            if t.data is None:
+                continue
+            raw = t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes()
+            if raw in by_content:
+                buffer_of[gi, t.index] = by_content[raw]
+                continue
+            data_vec = _aligned_bytes(b, raw)
+            tfl.BufferStart(b)
+            tfl.BufferAddData(b, data_vec)
+            buffer_of[gi, t.index] = by_content[raw] = len(buffer_offsets)
+            buffer_offsets.append(tfl.BufferEnd(b))
 
-    tensor_offsets = []
-    for t in model.tensors:
-        name = b.CreateString(t.name)
-        shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
-        q_off = None
-        if t.quant is not None:
-            scale = b.CreateNumpyVector(np.asarray(t.quant.scale, np.float32).reshape(-1))
-            zp = b.CreateNumpyVector(np.asarray(t.quant.zero_point, np.int64).reshape(-1))
-            tfl.QuantizationParametersStart(b)
-            tfl.QuantizationParametersAddScale(b, scale)
-            tfl.QuantizationParametersAddZeroPoint(b, zp)
-            tfl.QuantizationParametersAddQuantizedDimension(b, int(t.quant.axis))
-            q_off = tfl.QuantizationParametersEnd(b)
-        sp_off = _sparsity(tfl, b, t.sparsity, vector) if t.sparsity is not None else None
-        tfl.TensorStart(b)
-        tfl.TensorAddShape(b, shape)
-        tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
-        tfl.TensorAddBuffer(b, buffer_of.get(t.index, 0))
-        tfl.TensorAddName(b, name)
-        if q_off is not None:
-            tfl.TensorAddQuantization(b, q_off)
-        if sp_off is not None:
-            tfl.TensorAddSparsity(b, sp_off)
-        tensor_offsets.append(tfl.TensorEnd(b))
+    def write_subgraph(gi: int, g: Model) -> int:
+        tensor_offsets = []
+        for t in g.tensors:
+            name = b.CreateString(t.name)
+            shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+            q_off = None
+            if t.quant is not None:
+                scale = b.CreateNumpyVector(np.asarray(t.quant.scale, np.float32).reshape(-1))
+                zp = b.CreateNumpyVector(np.asarray(t.quant.zero_point, np.int64).reshape(-1))
+                tfl.QuantizationParametersStart(b)
+                tfl.QuantizationParametersAddScale(b, scale)
+                tfl.QuantizationParametersAddZeroPoint(b, zp)
+                tfl.QuantizationParametersAddQuantizedDimension(b, int(t.quant.axis))
+                q_off = tfl.QuantizationParametersEnd(b)
+            sp_off = _sparsity(tfl, b, t.sparsity, vector) if t.sparsity is not None else None
+            tfl.TensorStart(b)
+            tfl.TensorAddShape(b, shape)
+            tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
+            tfl.TensorAddBuffer(b, buffer_of.get((gi, t.index), 0))
+            tfl.TensorAddName(b, name)
+            if q_off is not None:
+                tfl.TensorAddQuantization(b, q_off)
+            if sp_off is not None:
+                tfl.TensorAddSparsity(b, sp_off)
+            tensor_offsets.append(tfl.TensorEnd(b))
 
-    op_offsets = []
-    for op in model.operators:
-        opts = None
-        if op.options is not None:
-            opts = _options(tfl, b, op.options[0], op.options[1])
-        ins = b.CreateNumpyVector(np.asarray(op.inputs, np.int32))
-        outs = b.CreateNumpyVector(np.asarray(op.outputs, np.int32))
-        custom = b.CreateNumpyVector(np.frombuffer(op.custom_options, np.uint8)) if op.custom_options else None
-        tfl.OperatorStart(b)
-        tfl.OperatorAddOpcodeIndex(b, codes[(op.builtin, op.version, op.custom)])
-        tfl.OperatorAddInputs(b, ins)
-        tfl.OperatorAddOutputs(b, outs)
-        if opts is not None:
-            tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, op.options[0]))
-            tfl.OperatorAddBuiltinOptions(b, opts)
-        if custom is not None:
-            tfl.OperatorAddCustomOptions(b, custom)
-        op_offsets.append(tfl.OperatorEnd(b))
+        op_offsets = []
+        for op in g.operators:
+            opts = None
+            if op.options is not None:
+                opts = _options(tfl, b, op.options[0], op.options[1])
+            ins = b.CreateNumpyVector(np.asarray(op.inputs, np.int32))
+            outs = b.CreateNumpyVector(np.asarray(op.outputs, np.int32))
+            custom = b.CreateNumpyVector(np.frombuffer(op.custom_options, np.uint8)) if op.custom_options else None
+            tfl.OperatorStart(b)
+            tfl.OperatorAddOpcodeIndex(b, codes[(op.builtin, op.version, op.custom)])
+            tfl.OperatorAddInputs(b, ins)
+            tfl.OperatorAddOutputs(b, outs)
+            if opts is not None:
+                tfl.OperatorAddBuiltinOptionsType(b, getattr(tfl.BuiltinOptions, op.options[0]))
+                tfl.OperatorAddBuiltinOptions(b, opts)
+            if custom is not None:
+                tfl.OperatorAddCustomOptions(b, custom)
+            op_offsets.append(tfl.OperatorEnd(b))
 
-    tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
-    ops_vec = vector(tfl.SubGraphStartOperatorsVector, op_offsets)
-    in_vec = b.CreateNumpyVector(np.asarray(model.inputs, np.int32))
-    out_vec = b.CreateNumpyVector(np.asarray(model.outputs, np.int32))
-    sg_name = b.CreateString("main")
-    tfl.SubGraphStart(b)
-    tfl.SubGraphAddTensors(b, tensors_vec)
-    tfl.SubGraphAddInputs(b, in_vec)
-    tfl.SubGraphAddOutputs(b, out_vec)
-    tfl.SubGraphAddOperators(b, ops_vec)
-    tfl.SubGraphAddName(b, sg_name)
-    subgraph = tfl.SubGraphEnd(b)
+        tensors_vec = vector(tfl.SubGraphStartTensorsVector, tensor_offsets)
+        ops_vec = vector(tfl.SubGraphStartOperatorsVector, op_offsets)
+        in_vec = b.CreateNumpyVector(np.asarray(g.inputs, np.int32))
+        out_vec = b.CreateNumpyVector(np.asarray(g.outputs, np.int32))
+        sg_name = b.CreateString("main" if gi == 0 else f"subgraph{gi}")
+        tfl.SubGraphStart(b)
+        tfl.SubGraphAddTensors(b, tensors_vec)
+        tfl.SubGraphAddInputs(b, in_vec)
+        tfl.SubGraphAddOutputs(b, out_vec)
+        tfl.SubGraphAddOperators(b, ops_vec)
+        tfl.SubGraphAddName(b, sg_name)
+        return tfl.SubGraphEnd(b)
+
+    subgraph_offsets = [write_subgraph(gi, g) for gi, g in enumerate(graphs)]
 
     code_offsets = []
     for (builtin, version, custom_name), _ in sorted(codes.items(), key=lambda kv: kv[1]):
@@ -273,7 +282,7 @@ def serialize(model: Model) -> bytes:
         code_offsets.append(tfl.OperatorCodeEnd(b))
 
     codes_vec = vector(tfl.ModelStartOperatorCodesVector, code_offsets)
-    subgraphs_vec = vector(tfl.ModelStartSubgraphsVector, [subgraph])
+    subgraphs_vec = vector(tfl.ModelStartSubgraphsVector, subgraph_offsets)
     buffers_vec = vector(tfl.ModelStartBuffersVector, buffer_offsets)
     desc = b.CreateString(model.description)
     tfl.ModelStart(b)
