@@ -14,6 +14,7 @@ dense ones (tflite_sparse.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 import struct
 from pathlib import Path
@@ -630,6 +631,56 @@ def _cast(r, op, ins, outs, layer):
     r.put(outs[0], r.b.node("Cast", [x.name], layer, to=to), x.layout)
 
 
+def _not_equal(r, op, ins, outs, layer):
+    _binary("Equal", None)(r, op, ins, outs, f"{layer}/equal")
+    x = r.v.get(outs[0])
+    r.put(outs[0], r.b.node("Not", [x.name], layer), x.layout)
+
+
+def _select(r, op, ins, outs, layer):
+    vals = [r.value(i) for i in ins]
+    layout = next((v.layout for v in vals[1:] if v.rank == 4), "plain")
+    names = [v.name if v.rank != 4 else r.value(i, layout).name for i, v in zip(ins, vals)]
+    r.put(outs[0], r.b.node("Where", names, layer), layout)
+
+
+def _branch(r: "_Reader", index: int, args: List[int]) -> list:
+    """The outputs (Values) of subgraph ``index`` run on the caller's tensors ``args``, its ops emitted into the same
+    ONNX graph. A constant passed in (a converter hands a branch its weights as inputs) stays a constant there."""
+    if not 0 <= index < r.model.SubgraphsLength():
+        raise ModelLoadError(f"'{r.path}': an IF names subgraph {index}, which the file does not have")
+    child = copy.copy(r)  # the same builder and file; its own subgraph, tensor values and constants
+    child.g = r.model.Subgraphs(index)
+    child.consts = {}
+    child.v = ChannelLast(r.b, lambda i: child.shape(i) or None)
+    for k in range(child.g.InputsLength()):
+        inner, outer = child.g.Inputs(k), args[k]
+        if not r.v.has(outer) and r.raw(outer) is not None:
+            child.consts[inner] = r.raw(outer)
+        else:
+            val = r.value(outer)
+            child.v.set(inner, val.name, val.layout, val.rank)
+    for k in range(child.g.OperatorsLength()):
+        child.op(child.g.Operators(k))
+    r.quantized, r.sparse = child.quantized, child.sparse
+    return [child.v.get(child.g.Outputs(k)) for k in range(child.g.OutputsLength())]
+
+
+def _if(r, op, ins, outs, layer):
+    """TFLite's IF runs one of two subgraphs. A static NPU graph runs both and keeps each output with a Where on the
+    condition (as load_onnx does with an ONNX If on data); the load's check run proves both branches run."""
+    opt = r.options(op, "IfOptions")
+    then_vals = _branch(r, opt.ThenSubgraphIndex(), ins[1:])
+    else_vals = _branch(r, opt.ElseSubgraphIndex(), ins[1:])
+    cond = r.b.node("Cast", [r.value(ins[0]).name], f"{layer}/condition", to=TensorProto.BOOL)
+    for k, (t, e) in enumerate(zip(then_vals, else_vals)):
+        if t.rank == 4 and e.layout != t.layout:
+            raise ModelLoadError(f"IF '{layer}': its branches give output {k} in different layouts")
+        r.put(outs[k], r.b.node("Where", [cond, t.name, e.name], f"{layer}/select{k}"), t.layout)
+    r.notes.append(f"IF '{layer}': both branches computed and each output picked by the condition (a static NPU "
+                   "graph; the branch not taken runs too)")
+
+
 _OPS = {
     "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "TRANSPOSE_CONV": _transpose_conv,
     "FULLY_CONNECTED": _fully_connected, "AVERAGE_POOL_2D": _pool("AveragePool"), "MAX_POOL_2D": _pool("MaxPool"),
@@ -648,6 +699,10 @@ _OPS = {
     "SPACE_TO_DEPTH": _depth_space("SpaceToDepth", "SpaceToDepthOptions"),
     "DEQUANTIZE": _dequantize, "DENSIFY": _densify, "QUANTIZE": _quantize, "TRANSPOSE": _transpose, "SLICE": _slice,
     "STRIDED_SLICE": _strided_slice, "SPLIT": _split, "CAST": _cast,
+    "GREATER": _binary("Greater", None), "GREATER_EQUAL": _binary("GreaterOrEqual", None),
+    "LESS": _binary("Less", None), "LESS_EQUAL": _binary("LessOrEqual", None), "EQUAL": _binary("Equal", None),
+    "NOT_EQUAL": _not_equal, "LOGICAL_AND": _binary("And", None), "LOGICAL_OR": _binary("Or", None),
+    "LOGICAL_NOT": _unary("Not"), "SELECT": _select, "SELECT_V2": _select, "IF": _if,
 }
 _OPS = {k: v for k, v in _OPS.items() if v is not None}
 
@@ -663,6 +718,14 @@ def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
                              "file")
     reader = _Reader(path, buf, bool(input_is_nchw))
     model = reader.convert()
+    if any(n.startswith("IF ") for n in reader.notes):
+        from .onnx import _dry_run
+
+        failure = _dry_run(model)
+        if failure:
+            raise ModelLoadError(f"'{path}': an IF's two branches cannot both run at these input sizes "
+                                 f"({failure[:200]}); a static NPU graph computes both. Convert the model without the "
+                                 "IF (fix the condition at export) or cut it before the IF")
     notes = [f"TFLite converted to ONNX: {reader.g.OperatorsLength()} operators -> {len(model.graph.node)} nodes"]
     if reader.quantized:
         notes.append(f"quantized TFLite: {reader.quantized} scales / zero points kept as QuantizeLinear / "
@@ -670,7 +733,7 @@ def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
     if reader.sparse:
         notes.append(f"{reader.sparse} sparse weight(s) densified")
     notes += reader.notes
-    if reader.model.SubgraphsLength() > 1:
+    if reader.model.SubgraphsLength() > 1 and not any(n.startswith("IF ") for n in reader.notes):
         notes.append(f"only the main subgraph of {reader.model.SubgraphsLength()} was converted")
     log.info("loaded TFLite %s: %s", path, notes[0])
     return LoadedModel(model, "tflite", str(path), file_sha256(path), notes,
