@@ -13,7 +13,7 @@ from onnx import version_converter
 from ..errors import ModelLoadError
 from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
-from ..graph.float16 import widen_float16
+from ..graph.float_types import to_float32
 from ..graph.names import subgraphs, used_names
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
@@ -335,10 +335,10 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
                      "quantized per call on the CPU) turned back into float ops with their weights dequantized; "
                      "build() quantizes them for the NPU")
         log.info("'%s': %s", path, notes[-1])
-    widened = widen_float16(model)
+    widened = to_float32(model)
     if widened:
-        notes.append(f"float16 body widened to float32 ({widened} weights, casts and tensor types): the quantizer "
-                     "and simulator compute in float32, and the NPU runs float layers in its own fp16")
+        notes.append(f"float16 / float64 parts made float32 ({widened} weights, casts and tensor types): the "
+                     "quantizer and simulator compute in float32, and the NPU runs float layers in its own fp16")
         log.info("'%s': %s", path, notes[-1])
     if inputs or outputs:
         cut = _cut(model, inputs, outputs)

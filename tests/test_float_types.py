@@ -1,6 +1,6 @@
-"""Mixed-precision ONNX exports (a float16 body between Casts, float16 weights, inputs or outputs) load widened to
-float32 (graph/float16.py): slovorez's Keras mixed_float16 morpheme segmenter failed in the int8 build before
-("Type (tensor(float)) ... does not match expected type (tensor(float16))")."""
+"""Mixed-precision ONNX exports (a float16 body between Casts, float16 weights, inputs or outputs; a float64 part)
+load as float32 (graph/float_types.py): slovorez's Keras mixed_float16 morpheme segmenter failed in the int8 build
+before ("Type (tensor(float)) ... does not match expected type (tensor(float16))"), and so did a float64 part."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import write_samples
 from openrknn.api import RKNN
 from openrknn.frontends.onnx import load_onnx
-from openrknn.graph.float16 import widen_float16
+from openrknn.graph.float_types import to_float32
 from openrknn.metrics import cosine
 
 
@@ -41,16 +41,16 @@ def half_model(float16_io: bool) -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_widening_turns_every_float16_into_float32_and_keeps_the_function():
+def test_every_float16_becomes_float32_and_the_function_stays():
     m = half_model(float16_io=False)
     x = np.random.default_rng(1).standard_normal((1, 3, 12, 12)).astype(np.float32)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert widen_float16(m) == 4  # three weights and the Cast to float16 (the Cast to float32 stays)
+    assert to_float32(m) == 4  # three weights and the Cast to float16 (the Cast to float32 stays)
     assert not [t for t in m.graph.initializer if t.data_type == TensorProto.FLOAT16]
     assert [a.i for nd in m.graph.node for a in nd.attribute if a.name == "to"] == [TensorProto.FLOAT] * 2
     wide = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert wide.dtype == np.float32 and cosine(ref, wide) > 0.9999  # float32 arithmetic on the same weights
-    assert widen_float16(m) == 0  # nothing left to widen
+    assert to_float32(m) == 0  # nothing left to widen
 
 
 @pytest.mark.parametrize("float16_io", [False, True])
@@ -58,7 +58,7 @@ def test_float16_models_build_float_and_int8(tmp_path, float16_io):
     path = tmp_path / "half.onnx"
     onnx.save(half_model(float16_io), path)
     loaded = load_onnx(path)
-    assert any("float16 body widened to float32" in note for note in loaded.notes)
+    assert any("float16 / float64 parts made float32" in note for note in loaded.notes)
     assert loaded.model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     rng = np.random.default_rng(2)
     samples = [rng.uniform(-2, 2, (1, 12, 12, 3)).astype(np.float32) for _ in range(8)]  # NHWC, as inference takes
@@ -77,3 +77,26 @@ def test_float16_models_build_float_and_int8(tmp_path, float16_io):
         assert all(o.dtype == np.float32 for o in outs)
         assert min(cosine(r, o) for r, o in zip(refs, outs)) > bar
         rk.release()
+
+
+def test_a_float64_part_builds_in_int8(tmp_path):
+    """x -> Cast to double -> MatMul (float64 weights) -> Relu -> Cast to float -> y."""
+    rng = np.random.default_rng(5)
+    n = helper.make_node
+    g = helper.make_graph([n("Cast", ["x"], ["xd"], to=TensorProto.DOUBLE), n("MatMul", ["xd", "w"], ["yd"]),
+                           n("Relu", ["yd"], ["rd"]), n("Cast", ["rd"], ["y"], to=TensorProto.FLOAT)], "double",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(rng.normal(0, 1, (8, 4)), "w")])
+    path = tmp_path / "double.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    write_samples(tmp_path, [rng.normal(0, 1, (1, 8)).astype(np.float32) for _ in range(8)])
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    held = [rng.normal(0, 1, (1, 8)).astype(np.float32) for _ in range(6)]
+    rk = RKNN(verbose=False)
+    assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+    assert rk.load_onnx(str(path)) == 0
+    assert rk.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
+    assert rk.init_runtime() == 0
+    assert min(cosine(ref.run(None, {"x": x})[0], rk.inference(inputs=[x])[0]) for x in held) > 0.99
+    rk.release()
