@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import write_samples
@@ -21,10 +22,10 @@ n = helper.make_node
 F = TensorProto.FLOAT
 
 
-def verifier_model(failing_branch: bool = False) -> onnx.ModelProto:
+def verifier_model(failing_branch: bool = False, other_shape: bool = False) -> onnx.ModelProto:
     """x [1, D] -> p1 = sigmoid(x W1 + b1) [1, 1]; p1 >= 0.5: p2 = sigmoid(relu(x W2) W3) (the verifier), else p1.
     ``failing_branch``: the verifier reshapes x to twice its elements, which fails whenever it runs (inputs never
-    pass the threshold then: b1 is very negative)."""
+    pass the threshold then: b1 is very negative). ``other_shape``: the else branch gives p1 as [1], not [1, 1]."""
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.normal(0, 0.4, (D, 1)).astype(np.float32), "w1"),
              numpy_helper.from_array(np.array([-40.0 if failing_branch else 0.0], np.float32), "b1"),
@@ -39,13 +40,18 @@ def verifier_model(failing_branch: bool = False) -> onnx.ModelProto:
         then = helper.make_graph([n("MatMul", ["x", "w2"], ["h"]), n("Relu", ["h"], ["hr"]),
                                   n("MatMul", ["hr", "w3"], ["l2"]), n("Sigmoid", ["l2"], ["p2"])], "then", [],
                                  [helper.make_tensor_value_info("p2", F, [1, 1])], then_inits)
-    other = helper.make_graph([n("Identity", ["p1"], ["p1_out"])], "else", [],
-                              [helper.make_tensor_value_info("p1_out", F, [1, 1])])
+    if other_shape:
+        other = helper.make_graph([n("Reshape", ["p1", "flat"], ["p1_out"])], "else", [],
+                                  [helper.make_tensor_value_info("p1_out", F, [1])],
+                                  [numpy_helper.from_array(np.array([1], np.int64), "flat")])
+    else:
+        other = helper.make_graph([n("Identity", ["p1"], ["p1_out"])], "else", [],
+                                  [helper.make_tensor_value_info("p1_out", F, [1, 1])])
     nodes = [n("MatMul", ["x", "w1"], ["l1"]), n("Add", ["l1", "b1"], ["l1b"]), n("Sigmoid", ["l1b"], ["p1"]),
              n("GreaterOrEqual", ["p1", "half"], ["fire"]), n("Squeeze", ["fire"], ["fire1"]),
              n("If", ["fire1"], ["score"], then_branch=then, else_branch=other, name="verify")]
     g = helper.make_graph(nodes, "verifier", [helper.make_tensor_value_info("x", F, [1, D])],
-                          [helper.make_tensor_value_info("score", F, [1, 1])], inits)
+                          [helper.make_tensor_value_info("score", F, None if other_shape else [1, 1])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -97,12 +103,17 @@ def test_an_if_on_data_builds_as_one_static_quantized_graph_and_exports(tmp_path
     rk.release()
 
 
-def test_a_branch_that_cannot_run_untaken_keeps_its_if(tmp_path):
-    path = tmp_path / "failing.onnx"
-    onnx.save(verifier_model(failing_branch=True), path)
+@pytest.mark.parametrize("variant", ["failing_branch", "other_shape"])
+def test_a_branch_that_cannot_run_untaken_or_differs_in_shape_keeps_its_if(tmp_path, variant):
+    """A Where would run the failing branch on inputs it was never meant for, and broadcast the [1] output of the
+    other variant's else branch to [1, 1]."""
+    path = tmp_path / "kept.onnx"
+    onnx.save(verifier_model(**{variant: True}), path)
     loaded = load_onnx(path)
     assert [x for x in loaded.model.graph.node if x.op_type == "If"]
     assert not any("computed as both branches" in note for note in loaded.notes)
+    if variant == "other_shape":
+        return  # an output whose shape depends on the data has no static NPU form either way
     rk = RKNN(verbose=False)
     assert rk.load_onnx(str(path)) == 0 and rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
     x = _inputs(1)[0]

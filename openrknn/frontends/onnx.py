@@ -247,14 +247,24 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
 
 
 def _predicated(model: onnx.ModelProto):
-    """(the model with its Ifs on data predicated, their names) when it has such Ifs and still runs at the fixed
-    sizes once predicated (a branch that cannot run on the inputs it is not taken for keeps its If), else None."""
+    """(the model with its Ifs on data predicated, their names) when it has such Ifs and, once predicated, still runs
+    at the fixed sizes with each branch pair's outputs of one shape; else None (the Ifs stay: a branch that cannot
+    run on the inputs it is not taken for, or branches whose outputs differ in shape, which a Where would broadcast)."""
+    from ..graph.shapes import run_shapes
+
     if not any(n.op_type == "If" for n in model.graph.node):
         return None
     candidate = onnx.ModelProto()
     candidate.CopyFrom(model)
-    names = predicate_ifs(candidate)
+    pairs: List = []
+    names = predicate_ifs(candidate, pairs)
     if not names or _dry_run(candidate) is not None:
+        return None
+    try:
+        shapes = run_shapes(candidate, [t for pair in pairs for t in pair])
+    except Exception:
+        return None
+    if any(list(a) != list(b) for a, b in zip(shapes[0::2], shapes[1::2])):
         return None
     _name_nodes(candidate)
     return candidate, names

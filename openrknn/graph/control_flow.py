@@ -12,7 +12,7 @@ and picks each output with a Where on the condition: the same values, at the cos
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -220,9 +220,10 @@ def _plain(graph: onnx.GraphProto) -> bool:
                for n in graph.node) and all(o.type.HasField("tensor_type") for o in graph.output)
 
 
-def predicate_ifs(model: onnx.ModelProto) -> List[str]:
+def predicate_ifs(model: onnx.ModelProto, selected: Optional[List[Tuple[str, str]]] = None) -> List[str]:
     """Replace every If of the main graph whose branches are plain tensor computations by both branches, inlined,
-    and one Where(condition, then output, else output) per output; returns the predicated nodes' names."""
+    and one Where(condition, then output, else output) per output; returns the predicated nodes' names.
+    ``selected``: gets each Where's (then output, else output) names, for the caller to check their shapes agree."""
     graph = model.graph
     done: List[str] = []
     while True:
@@ -243,6 +244,8 @@ def predicate_ifs(model: onnx.ModelProto) -> List[str]:
                                            name=unique_name(f"{node.name}_condition", taken)))
         nodes += [onnx.helper.make_node("Where", [cond, t, e], [o], name=unique_name(f"{node.name}_select{j}", taken))
                   for j, (t, e, o) in enumerate(zip(outs["then_branch"], outs["else_branch"], node.output))]
+        if selected is not None:
+            selected.extend(zip(outs["then_branch"], outs["else_branch"]))
         rest = list(graph.node)
         del graph.node[:]
         graph.node.extend(rest[:k] + nodes + rest[k + 1:])

@@ -318,9 +318,6 @@ def canonical_activations(model: onnx.ModelProto) -> int:
     return len(replace)
 
 
-__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations"]
-
-
 # elementwise ops that commute with dropping size-1 axes (their other inputs, if any, are scalars)
 _UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
           "Gelu", "Mish"}
@@ -373,7 +370,7 @@ def sink_squeezes(model: onnx.ModelProto) -> int:
             if e.op_type in _UNARY:
                 if e.input[0] != y or not _scalar_inputs(ix, e):
                     continue
-                hit = (i, cons[0], sq, e, None, axes, rank)
+                hit = (i, cons[0], sq, e, None)
                 break
             if len(e.input) != 2 or e.input[0] == e.input[1] or (e.op_type in ("Sub", "Div") and e.input[0] != y):
                 continue
@@ -382,11 +379,11 @@ def sink_squeezes(model: onnx.ModelProto) -> int:
             if c is None or c.ndim > rank - len(axes):
                 continue
             c = c.reshape((1,) * (rank - len(axes) - c.ndim) + c.shape)
-            hit = (i, cons[0], sq, e, (other, np.expand_dims(c, axes)), axes, rank)
+            hit = (i, cons[0], sq, e, (other, np.expand_dims(c, axes)))
             break
         if hit is None:
             return done + _cancel_squeeze_pairs(model)
-        i, ci, sq, e, const, axes, rank = hit
+        i, ci, sq, e, const = hit
         moved = onnx.NodeProto()
         moved.CopyFrom(e)
         x, out = sq.input[0], e.output[0]
@@ -430,3 +427,6 @@ def _cancel_squeeze_pairs(model: onnx.ModelProto) -> int:
         del g.node[:]
         g.node.extend(keep)
     return len(drop) // 2
+
+
+__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "sink_squeezes"]
