@@ -159,6 +159,20 @@ def write_samples(folder: Path, samples: Sequence, prefixes: Sequence[str] = (""
     return listing
 
 
+def built_rknn(path: Path, dataset: Optional[Path] = None, loader: str = "onnx", **config):
+    """An RKNN with ``path`` loaded (load_onnx or load_tflite), built (int8 when ``dataset`` is given) and its
+    simulator started; each step asserted to succeed. The caller releases it."""
+    from openrknn.api import RKNN
+
+    rk = RKNN(verbose=False)
+    assert rk.config(**config) == 0
+    assert getattr(rk, f"load_{loader}")(str(path)) == 0, rk.last_error
+    assert rk.build(do_quantization=dataset is not None, dataset=str(dataset) if dataset else None) == 0, \
+        rk.last_error
+    assert rk.init_runtime() == 0
+    return rk
+
+
 def write_npy_dataset(folder: Path, shape: Sequence[int], n: int = 6, seed: int = 1, high: float = 255.0,
                       name: str = "dataset.txt") -> Path:
     """n calibration samples drawn uniform in [0, high) (float32, ``shape``, e.g. NHWC) saved as 0.npy, 1.npy, ...

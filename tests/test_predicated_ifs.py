@@ -11,8 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
-from openrknn.api import RKNN
+from conftest import built_rknn, write_samples
 from openrknn.convert import load_onnx
 from openrknn.graph.control_flow import predicate_ifs
 from openrknn.metrics import cosine
@@ -82,11 +81,7 @@ def test_an_if_on_data_builds_as_one_static_quantized_graph_and_exports(tmp_path
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     xs = _inputs(24, seed=500)
     refs = np.concatenate([ref.run(None, {"x": x})[0].ravel() for x in xs])
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rk.load_onnx(str(path)) == 0
-    assert rk.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, tmp_path / "dataset.txt", target_platform="rk3588", quantized_dtype="w8a8")
     ours = np.concatenate([rk.inference(inputs=[x])[0].ravel() for x in xs])
     assert cosine(ours, refs) > 0.99 and np.mean((ours >= 0.5) == (refs >= 0.5)) >= 0.9
     graph = onnx.load_from_string(rk._package.model_bytes).graph
@@ -114,8 +109,7 @@ def test_a_branch_that_cannot_run_untaken_or_differs_in_shape_keeps_its_if(tmp_p
     assert not any("computed as both branches" in note for note in loaded.notes)
     if variant == "other_shape":
         return  # an output whose shape depends on the data has no static NPU form either way
-    rk = RKNN(verbose=False)
-    assert rk.load_onnx(str(path)) == 0 and rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
+    rk = built_rknn(path)
     x = _inputs(1)[0]
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(rk.inference(inputs=[x])[0], ref, rtol=1e-5, atol=1e-7)

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_samples
-from openrknn.api import RKNN
+from conftest import built_rknn, write_samples
 from openrknn.errors import ModelLoadError
 from openrknn.frontends.tflite import load_tflite
 from openrknn.metrics import cosine
@@ -82,19 +81,12 @@ def test_an_if_loads_as_both_branches_and_matches_litert(tmp_path):
     refs = [runner.run([x])[0] for x in xs]
     p1 = [float(1 / (1 + np.exp(-x @ np.random.default_rng(4).normal(0, .5, (1, D)).T)).ravel()[0]) for x in xs]
     assert 5 < sum(v >= 0.5 for v in p1) < 25  # both branches are taken among these inputs
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588") == 0
-    assert rk.load_tflite(str(path)) == 0, rk.last_error
-    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
+    rk = built_rknn(path, loader="tflite", target_platform="rk3588")
     for x, ref in zip(xs, refs):
         np.testing.assert_allclose(rk.inference(inputs=[x])[0].reshape(ref.shape), ref, rtol=1e-5, atol=1e-6)
     rk.release()
     write_samples(tmp_path, _inputs(16, seed=100))
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rk.load_tflite(str(path)) == 0
-    assert rk.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, tmp_path / "dataset.txt", loader="tflite", target_platform="rk3588", quantized_dtype="w8a8")
     ours = np.concatenate([rk.inference(inputs=[x])[0].ravel() for x in xs])
     assert cosine(ours, np.concatenate([r.ravel() for r in refs])) > 0.99
     rk.release()
