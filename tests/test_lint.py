@@ -64,6 +64,16 @@ def test_op_support_flags_cpu_fallback_and_unsupported_ops():
         assert c not in fs
 
 
+def test_every_comparison_runs_on_the_cpu_on_both_generations():
+    """Greater and Less were CPU fallbacks while GreaterOrEqual and LessOrEqual (openWakeWord's hey_jarvis) were
+    'unsupported' errors; the four are one kind of op."""
+    from openrknn.targets.chips import placement
+
+    for gen in ("rknpu1", "rknpu2"):
+        assert {op: placement(op, gen) for op in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal")} == \
+            dict.fromkeys(("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"), "cpu")
+
+
 def test_op_support_is_quiet_on_npu_ops():
     g = G()
     m = g.model([g.op("Relu", [g.conv("x", 16, 16)])])

@@ -41,7 +41,8 @@ _RKNPU2_EXTRA_NPU_OPS = frozenset({
 _CPU_FALLBACK_OPS = NEVER_ON_NPU | frozenset({
     "HardSwish", "HardSigmoid", "Elu", "Exp", "Log", "InstanceNormalization", "LayerNormalization", "Gather",
     "Where", "Max", "Min", "Abs", "Neg", "Sqrt", "Reciprocal", "Pow", "Erf", "Gelu", "Mish", "Softplus", "Cast",
-    "Expand", "Tile", "ArgMax", "ArgMin", "ScatterND", "ScatterElements", "Equal", "Less", "Greater", "Not", "And",
+    "Expand", "Tile", "ArgMax", "ArgMin", "ScatterND", "ScatterElements", "Equal", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "Not", "And",
     "Or", "Floor", "Ceil", "Round", "Sin", "Cos", "NonZero", "OneHot", "ReduceProd", "ReduceL2", "LpNormalization",
     "GatherElements", "Mod", "Sign", "Swish", "Trilu",
 })
