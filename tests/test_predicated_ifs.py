@@ -107,9 +107,7 @@ def test_a_branch_that_cannot_run_untaken_or_differs_in_shape_keeps_its_if(tmp_p
     loaded = load_onnx(path)
     assert [x for x in loaded.model.graph.node if x.op_type == "If"]
     assert not any("computed as both branches" in note for note in loaded.notes)
-    if variant == "other_shape":
-        return  # an output whose shape depends on the data has no static NPU form either way
-    rk = built_rknn(path)
+    rk = built_rknn(path)  # the other_shape file fails onnx's strict check; onnxruntime runs it, and so do we
     x = _inputs(1)[0]
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(rk.inference(inputs=[x])[0], ref, rtol=1e-5, atol=1e-7)
