@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
+from conftest import built_rknn, write_samples
 from openrknn.api import RKNN
 from openrknn.metrics import cosine
 from openrknn.quant.algorithms.concat_inputs import ConcatInputScales, narrow_inputs
@@ -50,11 +50,7 @@ def _samples(rng, n):
 def _build(d, path, monkeypatch, detach: bool) -> RKNN:
     if not detach:
         monkeypatch.setattr(ConcatInputScales, "enabled", lambda self, state: False)
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rk.load_onnx(str(path)) == 0, rk.last_error
-    assert rk.build(do_quantization=True, dataset=str(d / "dataset.txt")) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, d / "dataset.txt", target_platform="rk3588", quantized_dtype="w8a8")
     monkeypatch.undo()
     return rk
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
+from conftest import built_rknn, write_samples
 from openrknn.api import RKNN
 from openrknn.graph.dynamic_quant import float_from_dynamic_quant
 from openrknn.metrics import cosine
@@ -147,11 +147,7 @@ def test_a_quantized_embedding_table_loads_as_its_float_rows_and_exports(tmp_pat
     assert not any(t.data_type in (TensorProto.INT8, TensorProto.UINT8) for t in loaded.graph.initializer)
     rng = np.random.default_rng(4)
     write_samples(tmp_path, [rng.integers(0, V, (1, T)) for _ in range(6)], name="ds.txt")
-    r = RKNN(verbose=False)
-    r.config(target_platform="rk3588", quantized_dtype="w8a8")
-    assert r.load_onnx(str(tmp_path / "dynamic.onnx")) == 0, r.last_error
-    assert r.build(do_quantization=True, dataset=str(tmp_path / "ds.txt")) == 0, r.last_error
-    assert r.init_runtime() == 0
+    r = built_rknn(tmp_path / "dynamic.onnx", tmp_path / "ds.txt", target_platform="rk3588", quantized_dtype="w8a8")
     assert r.export_tflite(str(tmp_path / "m.tflite")) == 0, r.last_error
     runner = TfliteRunner(str(tmp_path / "m.tflite"), delegate=None)
     ref = ort.InferenceSession(str(tmp_path / "dynamic.onnx"), providers=["CPUExecutionProvider"])

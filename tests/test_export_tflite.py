@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import built_rknn
 from openrknn.api import RKNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -851,22 +852,29 @@ def test_gru_unrolled_with_its_state(tmp_path, direction, before_reset):
     """A GRU (the Arabic name romanizer's encoder; PyTorch exports linear_before_reset=1, the ONNX default is 0),
     started from a state fed in and writing its final state out: unrolled into float TFLite ops (zrh gates, the reset
     gate before or after the recurrent product), LiteRT computes what the simulator does."""
-    from openrknn.metrics import cosine
-
     rng = np.random.default_rng(22)
     nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 4
     inits = [numpy_helper.from_array((rng.standard_normal((nd, 3 * hid, feat)) * .4).astype(np.float32), "W"),
              numpy_helper.from_array((rng.standard_normal((nd, 3 * hid, hid)) * .4).astype(np.float32), "R"),
              numpy_helper.from_array((rng.standard_normal((nd, 6 * hid)) * .2).astype(np.float32), "B")]
-    f = TensorProto.FLOAT
     node = helper.make_node("GRU", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="gru", hidden_size=hid,
                             direction=direction, linear_before_reset=before_reset)
+    _state_rnn_matches_litert(tmp_path, node, inits, (steps, feat, nd, hid), "gru", seed=5)
+
+
+def _state_rnn_matches_litert(tmp_path: Path, node, inits, sizes, name: str, seed: int) -> None:
+    """A GRU / RNN node reading x [steps, 1, feat] and h0, writing Y and Y_h, exported: LiteRT on three samples
+    computes what the simulator does, output by output."""
+    from openrknn.metrics import cosine
+
+    steps, feat, nd, hid = sizes
+    f = TensorProto.FLOAT
     rknn, runner, sample = _sequence_rknn(
         tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
                          helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
         [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
-         helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits, "gru")
-    g = np.random.default_rng(5)
+         helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits, name)
+    g = np.random.default_rng(seed)
     for _ in range(3):
         x = sample(g)
         for a, b in zip(rknn.inference(inputs=x, data_format="nchw"), runner.run(x)):
@@ -895,11 +903,8 @@ def _sequence_rknn(tmp_path: Path, node, inputs, outputs, inits, name: str):
             np.save(tmp_path / f"{name}{k}_{j}.npy", a)
         lines.append(" ".join(f"{name}{k}_{j}.npy" for j in range(len(shapes))))
     (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    rknn = RKNN(verbose=False)
-    assert rknn.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rknn.load_onnx(str(tmp_path / f"{name}.onnx")) == 0
-    assert rknn.build(dataset=str(tmp_path / f"{name}.txt")) == 0, rknn.last_error
-    assert rknn.init_runtime() == 0
+    rknn = built_rknn(tmp_path / f"{name}.onnx", tmp_path / f"{name}.txt", target_platform="rk3588",
+                      quantized_dtype="w8a8")
     assert rknn.export_tflite(str(tmp_path / f"{name}.tflite"), input_dtype="float32") == 0, rknn.last_error
     return rknn, TfliteRunner(str(tmp_path / f"{name}.tflite"), delegate=None), sample
 
@@ -908,27 +913,14 @@ def _sequence_rknn(tmp_path: Path, node, inputs, outputs, inits, name: str):
 def test_plain_rnn_unrolled(tmp_path, direction, act):
     """madmom's onset detectors are plain RNNs (h = tanh(x W + h R + b)): unrolled into float TFLite ops, started
     from a state fed in, the final state written out; LiteRT computes what the simulator does."""
-    from openrknn.metrics import cosine
-
     rng = np.random.default_rng(24)
     nd, hid, feat, steps = (2 if direction == "bidirectional" else 1), 6, 5, 4
-    f = TensorProto.FLOAT
     inits = [numpy_helper.from_array((rng.standard_normal((nd, hid, feat)) * .4).astype(np.float32), "W"),
              numpy_helper.from_array((rng.standard_normal((nd, hid, hid)) * .4).astype(np.float32), "R"),
              numpy_helper.from_array((rng.standard_normal((nd, 2 * hid)) * .2).astype(np.float32), "B")]
     node = helper.make_node("RNN", ["x", "W", "R", "B", "", "h0"], ["y", "h_n"], name="rnn", hidden_size=hid,
                             direction=direction, activations=[act] * nd)
-    rknn, runner, sample = _sequence_rknn(
-        tmp_path, node, [helper.make_tensor_value_info("x", f, [steps, 1, feat]),
-                         helper.make_tensor_value_info("h0", f, [nd, 1, hid])],
-        [helper.make_tensor_value_info("y", f, [steps, nd, 1, hid]),
-         helper.make_tensor_value_info("h_n", f, [nd, 1, hid])], inits, "rnn")
-    g = np.random.default_rng(6)
-    for _ in range(3):
-        x = sample(g)
-        for a, b in zip(rknn.inference(inputs=x, data_format="nchw"), runner.run(x)):
-            assert a.shape == b.shape and cosine(a, b) >= 0.999
-    rknn.release()
+    _state_rnn_matches_litert(tmp_path, node, inits, (steps, feat, nd, hid), "rnn", seed=6)
 
 
 def test_lstm_with_peepholes(tmp_path):

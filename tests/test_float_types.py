@@ -10,8 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
-from openrknn.api import RKNN
+from conftest import built_rknn, write_samples
 from openrknn.frontends.onnx import load_onnx
 from openrknn.graph.float_types import to_float32
 from openrknn.metrics import cosine
@@ -68,11 +67,8 @@ def test_float16_models_build_float_and_int8(tmp_path, float16_io):
     held = [rng.uniform(-2, 2, (1, 3, 12, 12)).astype(np.float32) for _ in range(4)]
     refs = [ref.run(None, {"x": x.astype(dtype)})[0].astype(np.float32) for x in held]
     for quantized, bar in ((False, 0.9999), (True, 0.99)):
-        rk = RKNN(verbose=False)
-        assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-        assert rk.load_onnx(str(path)) == 0, rk.last_error
-        assert rk.build(do_quantization=quantized, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
-        assert rk.init_runtime() == 0
+        rk = built_rknn(path, tmp_path / "dataset.txt" if quantized else None, target_platform="rk3588",
+                        quantized_dtype="w8a8")
         outs = [rk.inference(inputs=[x], data_format="nchw")[0] for x in held]
         assert all(o.dtype == np.float32 for o in outs)
         assert min(cosine(r, o) for r, o in zip(refs, outs)) > bar
@@ -93,10 +89,6 @@ def test_a_float64_part_builds_in_int8(tmp_path):
     write_samples(tmp_path, [rng.normal(0, 1, (1, 8)).astype(np.float32) for _ in range(8)])
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     held = [rng.normal(0, 1, (1, 8)).astype(np.float32) for _ in range(6)]
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
-    assert rk.load_onnx(str(path)) == 0
-    assert rk.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, tmp_path / "dataset.txt", target_platform="rk3588", quantized_dtype="w8a8")
     assert min(cosine(ref.run(None, {"x": x})[0], rk.inference(inputs=[x])[0]) for x in held) > 0.99
     rk.release()

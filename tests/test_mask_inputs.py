@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
+from conftest import built_rknn, write_samples
 from openrknn.api import RKNN
 from openrknn.errors import DatasetError
 from openrknn.quant.dataset import InputSpec, read_dataset
@@ -105,11 +105,7 @@ def test_a_masked_model_exports_to_tflite_and_litert_computes_what_the_simulator
     from openrknn.metrics import cosine
     from openrknn.runtime.tflite_runner import TfliteRunner
 
-    rk = RKNN(verbose=False)
-    rk.config(target_platform="rk3588", quantized_dtype="w8a8")
-    assert rk.load_onnx(str(setup / "m.onnx")) == 0, rk.last_error
-    assert rk.build(do_quantization=True, dataset=str(setup / "dataset.txt")) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(setup / "m.onnx", setup / "dataset.txt", target_platform="rk3588", quantized_dtype="w8a8")
     assert rk.export_tflite(str(tmp_path / "m.tflite")) == 0, rk.last_error
     runner = TfliteRunner(str(tmp_path / "m.tflite"), delegate=None)
     assert [np.dtype(d["dtype"]) for d in runner.inputs] == [np.int64, np.bool_]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import built_rknn
 from openrknn.api import RKNN
 from openrknn.errors import ModelLoadError
 from openrknn.metrics import cosine
@@ -62,11 +63,7 @@ def _litert(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("padding,stride", [(1, 2), (2, 2), (1, 1)])  # SAME / VALID
 def test_mediapipes_transpose_conv_bias_loads_as_litert_runs_it(tmp_path, padding, stride):
     path = _write(tmp_path / "t.tflite", padding, stride)
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]]) == 0
-    assert rk.load_tflite(str(path)) == 0, rk.last_error
-    assert rk.build(do_quantization=False) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, loader="tflite", target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]])
     x = np.random.default_rng(1).uniform(0, 1, (1, H, W, 3)).astype(np.float32)
     want = _litert(path, x)
     got = rk.inference(inputs=[x])[0]
@@ -78,11 +75,7 @@ def test_tflites_transpose_conv_crops_as_litert_does(tmp_path):
     """TFLite's builtin TRANSPOSE_CONV with SAME padding and an output one smaller than the full one (16 of 17): the
     crop falls where LiteRT puts it."""
     path = _write(tmp_path / "t.tflite", 1, 2, custom=False, out_hw=2 * H)
-    rk = RKNN(verbose=False)
-    assert rk.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]]) == 0
-    assert rk.load_tflite(str(path)) == 0, rk.last_error
-    assert rk.build(do_quantization=False) == 0, rk.last_error
-    assert rk.init_runtime() == 0
+    rk = built_rknn(path, loader="tflite", target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]])
     x = np.random.default_rng(3).uniform(0, 1, (1, H, W, 3)).astype(np.float32)
     want = _litert(path, x)
     np.testing.assert_allclose(np.asarray(rk.inference(inputs=[x])[0]).reshape(want.shape), want, rtol=1e-4,
