@@ -187,6 +187,15 @@ def _final(ctx, node, index: int, states, batch: int, hidden: int, layer: str) -
                      layer=layer)
 
 
+def _weights(ctx, node, directions: int, gate_rows: int):
+    """W, R and B of an ONNX LSTM / GRU / RNN node as float arrays; B is zeros when the node has none (its W and R
+    halves: 2 x ``gate_rows`` per direction)."""
+    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
+    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
+        np.zeros((directions, 2 * gate_rows), np.float32)
+    return w, r, b
+
+
 def _lstm(ctx, node) -> str:
     layer = layer_name(node)
     hidden = int(attr(node, "hidden_size"))
@@ -196,9 +205,7 @@ def _lstm(ctx, node) -> str:
                                 "sigmoid gates with tanh cell and hidden activations only")
     reverse = _unrollable(ctx, node)
     finals = _finals(ctx, node, (1, 2))
-    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
-    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
-        np.zeros((len(reverse), 8 * hidden), np.float32)
+    w, r, b = _weights(ctx, node, len(reverse), 4 * hidden)
     x = ctx.f_of(node.input[0], layer)
     batch = x.shape[1]
     inits = [(_initial(ctx, node, 5, d, batch, hidden, layer), _initial(ctx, node, 6, d, batch, hidden, layer))
@@ -263,9 +270,7 @@ def _gru(ctx, node) -> str:
                                 "with a tanh candidate only")
     reverse = _unrollable(ctx, node)
     finals = _finals(ctx, node, (1,))
-    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
-    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
-        np.zeros((len(reverse), 6 * hidden), np.float32)
+    w, r, b = _weights(ctx, node, len(reverse), 3 * hidden)
     before_reset = bool(attr(node, "linear_before_reset", 0))
     x = ctx.f_of(node.input[0], layer)
     batch = x.shape[1]
@@ -310,9 +315,7 @@ def _rnn(ctx, node) -> str:
                                 f"{', '.join(RNN_ACTIVATIONS)} in every direction")
     reverse = _unrollable(ctx, node)
     finals = _finals(ctx, node, (1,))
-    w, r = _float_const(ctx, node, node.input[1]), _float_const(ctx, node, node.input[2])
-    b = _float_const(ctx, node, node.input[3]) if len(node.input) > 3 and node.input[3] else \
-        np.zeros((len(reverse), 2 * hidden), np.float32)
+    w, r, b = _weights(ctx, node, len(reverse), hidden)
     x = ctx.f_of(node.input[0], layer)
     batch = x.shape[1]
     inits = [_initial(ctx, node, 5, d, batch, hidden, layer) for d in range(len(reverse))]
