@@ -11,6 +11,7 @@ import onnx
 from ..config import BuildConfig
 from ..errors import BuildError, ConfigError
 from ..frontends import LoadedModel
+from ..frontends.onnx import STRICT_CHECK_NOTE
 from ..graph import optimize as graph_optimize
 from ..graph import layout, preprocess
 from ..graph.shapes import infer_shapes
@@ -103,7 +104,7 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        if any("strict shape inference objected" in n for n in loaded.notes):
+        if any(n.startswith(STRICT_CHECK_NOTE) for n in loaded.notes):
             # the file itself fails onnx's strict check and onnxruntime runs it (load_onnx said so): not ours
             log.warning("onnx's checker still objects to the optimised graph (%s), as it did to the file; "
                         "onnxruntime runs it", str(e)[:160])

@@ -246,6 +246,10 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
         return str(e)
 
 
+# the load note of a file onnx's strict check rejects and onnxruntime runs (build() then accepts the same objection)
+STRICT_CHECK_NOTE = "onnx's strict shape inference objected"
+
+
 def _predicated(model: onnx.ModelProto):
     """(the model with its Ifs on data predicated, their names) when it has such Ifs and, once predicated, still runs
     at the fixed sizes with each branch pair's outputs of one shape; else None (the Ifs stay: a branch that cannot
@@ -258,9 +262,9 @@ def _predicated(model: onnx.ModelProto):
     candidate.CopyFrom(model)
     pairs: List = []
     names = predicate_ifs(candidate, pairs)
-    if not names or _dry_run(candidate) is not None:
+    if not names:
         return None
-    try:
+    try:  # one run on zeros: it fails where a branch cannot run, and gives each branch output's shape
         shapes = run_shapes(candidate, [t for pair in pairs for t in pair])
     except Exception:
         return None
@@ -515,7 +519,7 @@ def _check(model: onnx.ModelProto, path: Path, notes: List[str]) -> onnx.ModelPr
         return checked
     log.warning("onnx's strict shape inference objects to '%s' but onnxruntime runs it; continuing (%s)", path,
                 strict_error[:300])
-    notes.append(f"onnx's strict shape inference objected ({strict_error[:160]}); onnxruntime runs the model")
+    notes.append(f"{STRICT_CHECK_NOTE} ({strict_error[:160]}); onnxruntime runs the model")
     return infer_shapes(model, data_prop=True)
 
 

@@ -344,11 +344,11 @@ def sink_squeezes(model: onnx.ModelProto) -> int:
     elementwise op (its constant given the squeezed axes back) -> Squeeze, repeated along the chain; then a Squeeze
     whose only reader is an Unsqueeze of the same axes is dropped with it. Exact."""
     done = 0
+    shapes: Optional[Dict] = None  # inferred once: a rewrite keeps every rank (the moved op's output takes x's)
     while True:
         ix = _Index(model)
         g = model.graph
         producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-        shapes: Optional[Dict] = None
         hit = None
         for i, sq in enumerate(g.node):
             if sq.op_type != "Squeeze" or sq.domain not in ("", "ai.onnx") or sq.output[0] in ix.keep:
@@ -393,6 +393,7 @@ def sink_squeezes(model: onnx.ModelProto) -> int:
             name, value = const
             moved.input[list(moved.input).index(name)] = ix.add_const(name + "_unsqueezed", value)
         moved.output[0] = inner
+        shapes[inner] = shapes[x]
         squeeze = onnx.NodeProto()
         squeeze.CopyFrom(sq)
         squeeze.input[0] = inner

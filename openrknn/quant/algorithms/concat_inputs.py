@@ -40,10 +40,11 @@ def group_ranges(plan: Plan, minmax: Dict[str, Tuple[float, float]]) -> Dict[int
 
 
 def narrow_inputs(info: GraphInfo, plan: Plan, minmax: Dict[str, Tuple[float, float]],
+                  ranges: Optional[Dict[int, Tuple[float, float]]] = None,
                   min_ratio: float = MIN_RATIO) -> List[Tuple[str, str, float]]:
     """(concat output, input, range ratio) for each Concat input that other nodes read too and whose measured range
-    is at most 1/``min_ratio`` of its scale group's."""
-    ranges = group_ranges(plan, minmax)
+    is at most 1/``min_ratio`` of its scale group's. ``ranges``: group_ranges(plan, minmax), when already made."""
+    ranges = group_ranges(plan, minmax) if ranges is None else ranges
     found: List[Tuple[str, str, float]] = []
     for i, node in enumerate(info.nodes):
         out = node.output[0] if node.output else ""
@@ -73,10 +74,10 @@ class ConcatInputScales(Rewrite):
 
     def apply(self, state: QuantState) -> Optional[StageResult]:
         stats, plan = state.stats, state.plan
-        found = narrow_inputs(state.info, plan, stats.minmax)
+        ranges = group_ranges(plan, stats.minmax)
+        found = narrow_inputs(state.info, plan, stats.minmax, ranges)
         if not found:
             return None
-        ranges = group_ranges(plan, stats.minmax)
         pairs: FrozenSet[Tuple[str, str]] = plan.detached | {(out, t) for out, t, _ in found}
         new = build_plan(state.info, state.options.keep_mixed_concat_float,
                          state.options.requantized_pre_activations, pairs)
