@@ -11,6 +11,7 @@ EXAMPLE = """example config.yml:
   # weights: yolov3.weights        # Darknet / Caffe: the weights file (default: same name beside the model)
   input_size_list: [[3, 416, 416]]
   # input_initial_val: [null, 16000]  # ONNX: inputs fixed to a value (null: fed at run time), as load_onnx takes it
+  # outputs: [mask]                # keep only these outputs (the model is cut there), as load_onnx takes it
   output: yolox_nano.rknn
   config:                          # any config() option
     mean_values: [123.675, 116.28, 103.53]

@@ -15,6 +15,7 @@ from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.float_types import to_float32
 from ..graph.names import subgraphs, used_names
+from ..graph.outputs import exposed_intermediates
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
 
@@ -328,6 +329,25 @@ def _cut(model: onnx.ModelProto, inputs: Optional[Sequence[str]], outputs: Optio
     return cut
 
 
+def _note_exposed_intermediates(model: onnx.ModelProto, path: Path, notes: List[str]) -> None:
+    """Outputs the model also reads further cost int8 accuracy (graph/outputs.py); a user who needs only the final
+    outputs can say so with load_onnx(outputs=...)."""
+    exposed = exposed_intermediates(model.graph)
+    if not exposed:
+        return
+    finals = [o.name for o in model.graph.output if o.name not in exposed]
+    shown = ", ".join(repr(x) for x in exposed[:4]) + (f" and {len(exposed) - 4} more" if len(exposed) > 4 else "")
+    one = len(exposed) == 1
+    notes.append(f"output{'' if one else 's'} {shown} also feed{'s' if one else ''} the model's later layers (an "
+                 f"intermediate result{'' if one else 's'} it exposes): as {'an output it' if one else 'outputs they'} "
+                 "must stay exact, so build()'s range choice weighs "
+                 f"{'it' if one else 'them'} like the final outputs and cross-layer equalization (per-layer weights) "
+                 f"leaves {'it' if one else 'them'} alone"
+                 + (f"; if you use only {finals}, load_onnx(..., outputs={finals}) lifts these constraints"
+                    if finals else ""))
+    log.warning("'%s': %s", path, notes[-1])
+
+
 def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
               input_initial_val: Optional[Sequence] = None, outputs: Optional[Sequence[str]] = None) -> LoadedModel:
     path = Path(path)
@@ -359,6 +379,8 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
         if cut is not model:
             notes.append(f"sub-graph cut: inputs {list(inputs or [])}, outputs {list(outputs or [])}")
         model = cut
+    if not outputs:
+        _note_exposed_intermediates(model, path, notes)
     ranks = [len(i.type.tensor_type.shape.dim) for i in model.graph.input]
     first = [d[0].dim_value if len(d) and d[0].HasField("dim_value") else None
              for d in (i.type.tensor_type.shape.dim for i in model.graph.input)]
