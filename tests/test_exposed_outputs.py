@@ -64,3 +64,12 @@ def test_a_model_of_final_outputs_only_gets_no_note(tmp_path):
     path = tmp_path / "plain.onnx"
     onnx.save(decoder(["mask"]), path)
     assert not [n for n in load_onnx(path).notes if "later layers" in n]
+
+
+def test_several_are_named_in_one_note(tmp_path):
+    m = decoder(["mask", "feature"])
+    m.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 16, 16]))
+    onnx.save(m, tmp_path / "taps.onnx")
+    said = [n for n in load_onnx(tmp_path / "taps.onnx").notes if "later layers" in n]
+    assert len(said) == 1 and said[0].startswith("outputs 'feature', 'logits' also feed "), said
+    assert "outputs=['mask']" in said[0]

@@ -338,8 +338,9 @@ def _note_exposed_intermediates(model: onnx.ModelProto, path: Path, notes: List[
     finals = [o.name for o in model.graph.output if o.name not in exposed]
     shown = ", ".join(repr(x) for x in exposed[:4]) + (f" and {len(exposed) - 4} more" if len(exposed) > 4 else "")
     one = len(exposed) == 1
-    notes.append(f"output{'' if one else 's'} {shown} also feed{'s' if one else ''} the model's later layers (an "
-                 f"intermediate result{'' if one else 's'} it exposes): as {'an output it' if one else 'outputs they'} "
+    notes.append(f"output{'' if one else 's'} {shown} also feed{'s' if one else ''} the model's later layers "
+                 f"({'an intermediate result' if one else 'intermediate results'} it exposes): as "
+                 f"{'an output it' if one else 'outputs they'} "
                  "must stay exact, so build()'s range choice weighs "
                  f"{'it' if one else 'them'} like the final outputs and cross-layer equalization (per-layer weights) "
                  f"leaves {'it' if one else 'them'} alone"
