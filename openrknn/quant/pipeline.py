@@ -156,7 +156,9 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
 
         acts, summary, runs, seen = _choose_ranges(m, plan, acts, variants, weights, probe, info, judge_feeds,
                                                    options, head_tensors(score_heads))
-        score_feeds = hist_feeds  # the judged samples are measured already; the others of the first ones remain
+        # the judged samples are measured already (unless single outputs took other ranges since); the others of
+        # the first ones remain
+        score_feeds = data if "per_output" in summary else hist_feeds
         results.append(StageResult("range_choice", summary, round(time.perf_counter() - t, 3)))
 
     if options.log_ranges and scheme.act is not None and not decodes_step_by_step(info):
@@ -360,18 +362,32 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
     log.info("activation ranges: %s (output loss %s)", chosen,
              ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
 
+    def set_layer_biases(name: str, inputs: Set[str]) -> None:
+        if probe is None:
+            return
+        for w in plan.weighted:
+            if w.x in inputs and w.node in weights:
+                weights[w.node].bias = None
+        probe.apply(info, weights, "" if name == "normal" else name, inputs)
+
+    acts, heads = range_choice.choose_per_output(m, plan, info, chosen, candidates, weights, set_biases,
+                                                 set_layer_biases, runner, ref_sess, data)
+    if heads:
+        log.info("activation ranges of single outputs' own layers: %s",
+                 ", ".join(f"{k}: {v}" for k, v in heads.items()))
     params = {}
 
     def run_quant(names, feed):  # the chosen candidate with the biases it leaves (read when first run)
         if not params:
-            params.update(runner.feed(candidates[chosen], weights, m))
+            params.update(runner.feed(acts, weights, m))
         return runner.run([feed], params, names)[0]
 
     # the extra tensors of the judged samples as the chosen candidate computed them: (float, quantized) per sample
-    seen = list(zip(runner.recorded.get("float", []), runner.recorded.get(chosen, [])))
-    return candidates[chosen], {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
-                                "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
-                                "samples": len(data)}, (ref_sess.run, run_quant), seen
+    # (not when single outputs took other ranges since)
+    seen = [] if heads else list(zip(runner.recorded.get("float", []), runner.recorded.get(chosen, [])))
+    return acts, {"chosen": chosen, "losses": {k: round(v, 6) for k, v in losses.items()},
+                  "per_sample": {k: [round(float(x), 6) for x in v] for k, v in per_sample.items()},
+                  "samples": len(data), **({"per_output": heads} if heads else {})}, (ref_sess.run, run_quant), seen
 
 
 def _merged_scales(*parts: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ no extra pass. Border effects of padding are ignored (the interior dominates).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -125,12 +125,14 @@ class MeanShiftProbe:
         self.sums = [a + np.asarray(values[name], np.float64) for a, name in zip(self.sums, self.outputs)]
         self.n += 1
 
-    def apply(self, info: GraphInfo, weights: Dict, variant: str = "") -> Dict:
-        """Set ``WeightQuant.bias`` of every target from the measured means and its final integers (for the
-        activation parameters ``variant``; '' = the ones the probe was made with)."""
+    def apply(self, info: GraphInfo, weights: Dict, variant: str = "", inputs: Optional[Set[str]] = None) -> Dict:
+        """Set ``WeightQuant.bias`` of every target (or of those reading ``inputs``) from the measured means and its
+        final integers (for the activation parameters ``variant``; '' = the ones the probe was made with)."""
         means = {name: v / max(self.n, 1) for name, v in zip(self.outputs, self.sums)}
         largest = 0.0
         for w, _ in self.targets:
+            if inputs is not None and w.x not in inputs:
+                continue
             op = info.nodes[w.node].op_type
             wq = weights[w.node]
             wf = info.const(w.w).astype(np.float64)

@@ -173,5 +173,91 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     return default, losses, per_sample
 
 
-__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "output_loss",
-           "reference_session", "sample_losses"]
+def private_groups(info, plan: Plan, measured: Sequence[str]) -> Dict[str, List[int]]:
+    """Measured tensor -> the scale groups whose every member reaches that tensor and no other measured one (a
+    head's own layers). Changing such a group's ranges changes that output only. Empty for a model with control
+    flow (a Loop body reads outer tensors by name, so reachability would miss it)."""
+    from ...graph.names import subgraphs
+
+    if any(any(True for _ in subgraphs(n)) for n in info.nodes):
+        return {}
+    index = {t: k for k, t in enumerate(measured)}
+    reach: Dict[str, set] = {t: {k} for t, k in index.items()}
+    for node in reversed(info.nodes):  # topological order: every reader of an output is seen before its node
+        below = set()
+        for o in node.output:
+            below |= reach.get(o, set())
+        for x in node.input:
+            if x:
+                reach.setdefault(x, set()).update(below)
+    out: Dict[str, List[int]] = {}
+    for g, members in plan.groups.items():
+        seen = set()
+        for t in members:
+            seen |= reach.get(t, set())
+        if len(seen) == 1:
+            out.setdefault(measured[next(iter(seen))], []).append(g)
+    return out
+
+
+def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, candidates: Dict[str, Dict[str, ActQuant]],
+                      weights: Dict[int, WeightQuant], set_biases, set_layer_biases, runner: CandidateModel, ref_sess,
+                      data, margin: float = MARGIN, min_gain: float = MIN_GAIN
+                      ) -> Tuple[Dict[str, ActQuant], Dict[str, str]]:
+    """After the model-wide choice (``chosen``): each output's own layers (private_groups) may take another
+    candidate's ranges where that output alone prefers them by the same margins. IS-Net's mask logits want their
+    range clipped (loss 0.085 -> 0.025 under MSE ranges) where its exposed decoder features, judged in the same
+    worst output, want min/max. Every candidate switches all private groups at once: a private group moves its own
+    output only, so one run per candidate gives each output's loss under it. Returns the activation parameters
+    (``candidates[chosen]`` with the switched groups) and {output: candidate} for the switched ones; leaves
+    ``weights``' biases set for them. ``set_layer_biases(name, inputs)``: that candidate's corrected biases for the
+    layers reading ``inputs``."""
+    base = candidates[chosen]
+    private = private_groups(info, plan, runner.measured)
+    if not private:
+        return base, {}
+    feeds = list(data)
+    reference = [ref_sess.run(runner.measured, f) for f in feeds]
+
+    def per_output(acts: Dict[str, ActQuant]) -> np.ndarray:  # [samples, outputs] of 1 - cosine
+        outs = runner.run(feeds, runner.feed(acts, weights, model))
+        return np.array([[1.0 - cosine(r, o) for r, o in zip(ref, out)] for ref, out in zip(reference, outs)])
+
+    def members(groups) -> List[str]:
+        return [t for g in groups for t in plan.groups[g]]
+
+    def mixed(parts: Dict[str, str]) -> Dict[str, ActQuant]:
+        acts = dict(base)
+        for out, name in parts.items():
+            acts.update({t: candidates[name][t] for t in members(private[out]) if t in candidates[name]})
+        return acts
+
+    def bias_for(parts: Dict[str, str]) -> None:
+        set_biases(chosen)
+        for out, name in parts.items():
+            set_layer_biases(name, set(members(private[out])))
+
+    set_biases(chosen)
+    base_loss = per_output(base)
+    k_of = {t: k for k, t in enumerate(runner.measured)}
+    best: Dict[str, Tuple[str, float]] = {}
+    for name in candidates:
+        if name == chosen:
+            continue
+        trial = {out: name for out in private}
+        bias_for(trial)
+        loss = per_output(mixed(trial))
+        for out in private:
+            k = k_of[out]
+            was, now = float(base_loss[:, k].mean()), float(loss[:, k].mean())
+            wins = int(np.sum(loss[:, k] < base_loss[:, k]))
+            if now <= (1.0 - margin) * was and was - now >= min_gain and wins >= MIN_WINS * len(feeds) and \
+                    now < best.get(out, (None, was))[1]:
+                best[out] = (name, now)
+    parts = {out: name for out, (name, _) in best.items()}
+    bias_for(parts)
+    return mixed(parts), parts
+
+
+__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "choose_per_output",
+           "output_loss", "private_groups", "reference_session", "sample_losses"]
