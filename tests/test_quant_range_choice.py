@@ -173,3 +173,71 @@ def test_clipped_ranges_on_hardswish_outputs_only_are_a_candidate():
     for t in acts:
         assert mixed[t] is (clipped[t] if plan.group_of[t] in {plan.group_of[h] for h in hswish} else acts[t])
     assert _clipped_where(info, plan, acts, clipped, ("Softsign",)) is None
+
+
+def two_head_model() -> onnx.ModelProto:
+    """Two heads on one input: spiky_model's path ('spiky') and a cube of another conv ('power')."""
+    spiky = spiky_model()
+    rng = np.random.default_rng(3)
+    g = spiky.graph
+    g.node[-1].output[0] = "spiky"
+    g.initializer.append(numpy_helper.from_array(rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32), "wb"))
+    n = helper.make_node
+    g.node.extend([n("Conv", ["x", "wb"], ["cb"], pads=[1, 1, 1, 1]), n("Mul", ["cb", "cb"], ["cb2"]),
+                   n("Mul", ["cb2", "cb"], ["power"])])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 4, 16, 16]) for o in ("spiky", "power")])
+    return spiky
+
+
+def test_each_output_takes_another_candidates_ranges_for_its_own_layers_only():
+    """The model-wide choice kept a set whose 'spiky' head has scales 8x too coarse; the other candidate has the
+    calibrated ones. Per output, 'spiky' takes them for its own layers; 'power', equal under both, keeps its own,
+    and computes exactly as before."""
+    feeds = _feeds(4)
+    m, info, plan, acts, weights = _parts(two_head_model(), feeds)
+    spiky = set(private_of(two_head_model(), "spiky"))
+    coarse = {t: ActQuant(a.scale * 8, a.zero_point, a.fmt) if t in spiky else a for t, a in acts.items()}
+    candidates = {"normal": coarse, "mmse": acts}
+    runner = range_choice.CandidateModel(m, plan, coarse, weights)
+    ref_sess = range_choice.reference_session(m, runner)
+    switched = []
+    final, parts = range_choice.choose_per_output(m, plan, info, "normal", candidates, weights, lambda name: None,
+                                                  lambda name, inputs: switched.append((name, inputs)), runner,
+                                                  ref_sess, feeds)
+    assert parts == {"spiky": "mmse"}
+    assert {t for t in final if final[t] is not coarse[t]} == spiky & set(acts)
+    assert switched[-1] == ("mmse", spiky)  # the switched layers get that candidate's bias corrections
+    held = _feeds(6, seed=9)
+    ref = [ref_sess.run(runner.measured, f) for f in held]
+    before = runner.run(held, runner.feed(coarse, weights, m))
+    after = runner.run(held, runner.feed(final, weights, m))
+    k = runner.measured.index("spiky")
+    assert range_choice.output_loss([[o[k]] for o in after], [[r[k]] for r in ref]) < \
+        0.5 * range_choice.output_loss([[o[k]] for o in before], [[r[k]] for r in ref])
+    p = runner.measured.index("power")
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a[p], b[p])
+    # a candidate no output prefers by the margins changes nothing
+    final, parts = range_choice.choose_per_output(m, plan, info, "normal", {"normal": acts, "mmse": dict(acts)},
+                                                  weights, lambda name: None, lambda name, inputs: None, runner,
+                                                  ref_sess, feeds)
+    assert parts == {} and final == acts
+
+
+def private_of(model: onnx.ModelProto, output: str):
+    m = normalize(model)
+    info = GraphInfo(m)
+    plan = build_plan(info)
+    groups = range_choice.private_groups(info, plan, [o.name for o in m.graph.output])
+    return [t for g in groups.get(output, []) for t in plan.groups[g]]
+
+
+def test_private_groups_are_the_layers_that_reach_one_output_only():
+    spiky, power = private_of(two_head_model(), "spiky"), private_of(two_head_model(), "power")
+    assert not set(spiky) & set(power)
+    assert {"cb", "cb2"} <= set(power) and {"cube", "t2", "spiky"} <= set(spiky), (spiky, power)
+    # a model with one output: every group is its own
+    m = normalize(spiky_model())
+    plan = build_plan(GraphInfo(m))
+    assert sorted(range_choice.private_groups(GraphInfo(m), plan, ["y"])["y"]) == sorted(plan.groups)
