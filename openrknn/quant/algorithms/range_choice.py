@@ -35,11 +35,16 @@ MIN_WINS = 0.5    # ... and be better on at least this share of the samples, not
                   # 0.9941).
 
 
+def output_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
+    """[samples, outputs] of 1 - cosine."""
+    return np.array([[1.0 - cosine(r, o) for r, o in zip(ref, out)] for ref, out in zip(reference, outputs)])
+
+
 def sample_losses(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> np.ndarray:
     """Per sample, 1 - the worst output's cosine (what the corpus bench scores). An output assembled in float from
     parts with their own scales (a detector's boxes, objectness and classes) is measured part by part (see
     CandidateModel.measured): the boxes' pixel values would otherwise hide any change in the scores."""
-    return np.array([1.0 - min(cosine(r, o) for r, o in zip(ref, out)) for ref, out in zip(reference, outputs)])
+    return output_losses(outputs, reference).max(axis=1)
 
 
 def output_loss(outputs: Sequence[List[np.ndarray]], reference: Sequence[List[np.ndarray]]) -> float:
@@ -103,6 +108,9 @@ class CandidateModel:
         self.sess = make_session(qmodel, threads)
         # what choose() saw of the extra tensors: {"float": per feed, candidate name: per feed}
         self.recorded: Dict[str, List[list]] = {}
+        # and of the measured ones: the float model's per feed, each candidate's [feeds, outputs] losses
+        self.reference: List[list] = []
+        self.output_losses: Dict[str, np.ndarray] = {}
 
     def feed(self, acts: Dict[str, ActQuant], weights: Dict[int, WeightQuant], model: onnx.ModelProto
              ) -> Dict[str, np.ndarray]:
@@ -158,12 +166,14 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     reference = [ref_sess.run(names, f) for f in feeds]
     runner.recorded = {"float": [r[n:] for r in reference]}
     reference = [r[:n] for r in reference]
+    runner.reference, runner.output_losses = reference, {}
     per_sample = {}
     for name, acts in candidates.items():
         set_biases(name)
         outs = runner.run(feeds, runner.feed(acts, weights, model), names)
         runner.recorded[name] = [o[n:] for o in outs]
-        per_sample[name] = sample_losses([o[:n] for o in outs], reference)
+        runner.output_losses[name] = output_losses([o[:n] for o in outs], reference)
+        per_sample[name] = runner.output_losses[name].max(axis=1)
     losses = {k: float(v.mean()) for k, v in per_sample.items()}
     best = min(losses, key=losses.get)
     wins = int(np.sum(per_sample[best] < per_sample[default]))
@@ -205,10 +215,11 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
                       data, margin: float = MARGIN, min_gain: float = MIN_GAIN
                       ) -> Tuple[Dict[str, ActQuant], Dict[str, str]]:
     """After the model-wide choice (``chosen``): each output's own layers (private_groups) may take another
-    candidate's ranges where that output alone prefers them by the same margins. IS-Net's mask logits want their
-    range clipped (loss 0.085 -> 0.025 under MSE ranges) where its exposed decoder features, judged in the same
-    worst output, want min/max. Every candidate switches all private groups at once: a private group moves its own
-    output only, so one run per candidate gives each output's loss under it. Returns the activation parameters
+    candidate's ranges where that output alone prefers them by the same margins: IS-Net's mask logits want their
+    range clipped where its exposed decoder features, judged in the same worst output, want min/max. Every candidate
+    switches all private groups at once: a private group moves its own output only, so one run per candidate gives
+    each output's loss under it. ``data``: the samples choose() judged on (its runs of ``chosen`` are reused when
+    ``runner`` holds them). Returns the activation parameters
     (``candidates[chosen]`` with the switched groups) and {output: candidate} for the switched ones; leaves
     ``weights``' biases set for them. ``set_layer_biases(name, inputs)``: that candidate's corrected biases for the
     layers reading ``inputs``."""
@@ -217,11 +228,10 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
     if not private:
         return base, {}
     feeds = list(data)
-    reference = [ref_sess.run(runner.measured, f) for f in feeds]
+    reference = runner.reference or [ref_sess.run(runner.measured, f) for f in feeds]
 
-    def per_output(acts: Dict[str, ActQuant]) -> np.ndarray:  # [samples, outputs] of 1 - cosine
-        outs = runner.run(feeds, runner.feed(acts, weights, model))
-        return np.array([[1.0 - cosine(r, o) for r, o in zip(ref, out)] for ref, out in zip(reference, outs)])
+    def per_output(acts: Dict[str, ActQuant]) -> np.ndarray:
+        return output_losses(runner.run(feeds, runner.feed(acts, weights, model)), reference)
 
     def members(groups) -> List[str]:
         return [t for g in groups for t in plan.groups[g]]
@@ -238,7 +248,7 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
             set_layer_biases(name, set(members(private[out])))
 
     set_biases(chosen)
-    base_loss = per_output(base)
+    base_loss = runner.output_losses[chosen] if chosen in runner.output_losses else per_output(base)
     k_of = {t: k for k, t in enumerate(runner.measured)}
     best: Dict[str, Tuple[str, float]] = {}
     for name in candidates:
@@ -260,4 +270,4 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
 
 
 __all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "choose_per_output",
-           "output_loss", "private_groups", "reference_session", "sample_losses"]
+           "output_loss", "output_losses", "private_groups", "reference_session", "sample_losses"]
