@@ -224,7 +224,8 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
     ``weights``' biases set for them. ``set_layer_biases(name, inputs)``: that candidate's corrected biases for the
     layers reading ``inputs``."""
     base = candidates[chosen]
-    private = private_groups(info, plan, runner.measured)
+    # one output: its own layers are the whole model, which choose() has judged already
+    private = private_groups(info, plan, runner.measured) if len(runner.measured) > 1 else {}
     if not private:
         return base, {}
     feeds = list(data)
@@ -255,8 +256,12 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, can
         if name == chosen:
             continue
         trial = {out: name for out in private}
+        acts = mixed(trial)
+        # the same ranges on every output's own layers: nothing to judge
+        if all((a.scale, a.zero_point) == (base[t].scale, base[t].zero_point) for t, a in acts.items()):
+            continue
         bias_for(trial)
-        loss = per_output(mixed(trial))
+        loss = per_output(acts)
         for out in private:
             k = k_of[out]
             was, now = float(base_loss[:, k].mean()), float(loss[:, k].mean())
