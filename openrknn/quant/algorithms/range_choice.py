@@ -22,6 +22,7 @@ import onnx
 from onnx import helper
 
 from ...metrics import cosine
+from ..ir import GraphInfo
 from ..plan import Plan
 from ..qdq import ActQuant, WeightQuant, act_storage, bias_integers, build_qdq
 
@@ -115,8 +116,6 @@ class CandidateModel:
     def feed(self, acts: Dict[str, ActQuant], weights: Dict[int, WeightQuant], model: onnx.ModelProto
              ) -> Dict[str, np.ndarray]:
         """The inputs that make the session compute the candidate (``acts``; ``weights``' biases)."""
-        from ..ir import GraphInfo
-
         out: Dict[str, np.ndarray] = {}
         for point, (s_name, z_name) in self.act_inputs.items():
             a = acts[point]
@@ -183,7 +182,7 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     return default, losses, per_sample
 
 
-def private_groups(info, plan: Plan, measured: Sequence[str]) -> Dict[str, List[int]]:
+def private_groups(info: GraphInfo, plan: Plan, measured: Sequence[str]) -> Dict[str, List[int]]:
     """Measured tensor -> the scale groups whose every member reaches that tensor and no other measured one (a
     head's own layers). Changing such a group's ranges changes that output only. Empty for a model with control
     flow (a Loop body reads outer tensors by name, so reachability would miss it)."""
@@ -210,10 +209,10 @@ def private_groups(info, plan: Plan, measured: Sequence[str]) -> Dict[str, List[
     return out
 
 
-def choose_per_output(model: onnx.ModelProto, plan: Plan, info, chosen: str, candidates: Dict[str, Dict[str, ActQuant]],
-                      weights: Dict[int, WeightQuant], set_biases, set_layer_biases, runner: CandidateModel, ref_sess,
-                      data, margin: float = MARGIN, min_gain: float = MIN_GAIN
-                      ) -> Tuple[Dict[str, ActQuant], Dict[str, str]]:
+def choose_per_output(model: onnx.ModelProto, plan: Plan, info: GraphInfo, chosen: str,
+                      candidates: Dict[str, Dict[str, ActQuant]], weights: Dict[int, WeightQuant], set_biases,
+                      set_layer_biases, runner: CandidateModel, ref_sess, data, margin: float = MARGIN,
+                      min_gain: float = MIN_GAIN) -> Tuple[Dict[str, ActQuant], Dict[str, str]]:
     """After the model-wide choice (``chosen``): each output's own layers (private_groups) may take another
     candidate's ranges where that output alone prefers them by the same margins: IS-Net's mask logits want their
     range clipped where its exposed decoder features, judged in the same worst output, want min/max. Every candidate
