@@ -98,6 +98,23 @@ def test_gptq_dead_inputs_and_grid_edges():
     assert output_error(w, q, s, z, G) <= output_error(w, q0, s, z, G)
 
 
+@pytest.mark.parametrize("k", [9, 100, 300])
+def test_gptq_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(k):
+    """U is upper triangular with U^T U = (G + damping)^-1, for sizes below and above the halving's base case
+    (odd halves included), one G or a batch of them."""
+    from openrknn.quant.algorithms import gptq
+
+    rng = np.random.default_rng(k)
+    G = np.stack([_correlated_inputs(rng, k) for _ in range(2)])
+    U = gptq._upper_inverse_factor(G)
+    diag = np.einsum("bii->bi", G)
+    H = G + gptq.DAMP * diag.mean(axis=1)[:, None, None] * np.eye(k)  # every input alive: damping only
+    assert np.array_equal(U, np.triu(U))
+    assert np.all(np.einsum("bii->bi", U) > 0)
+    want = np.linalg.inv(H)
+    np.testing.assert_allclose(np.swapaxes(U, 1, 2) @ U, want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+
+
 def _tiny(tmp_path):
     from test_quant_schemes import SPEC, tiny_model
 

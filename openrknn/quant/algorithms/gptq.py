@@ -16,17 +16,32 @@ DAMP = 0.1    # damping, as a share of the mean input energy: G from a few thous
 BLOCK = 128   # columns rounded between two full updates of the rest (lazy batch updates)
 
 
+def _inverse_upper(V: np.ndarray) -> np.ndarray:
+    """V^-1 for upper-triangular V [B, K, K], by halves: [[A, B], [0, C]]^-1 = [[A^-1, -A^-1 B C^-1], [0, C^-1]].
+    Matrix products only, a third of a general inverse's work (numpy has no triangular inverse)."""
+    k = V.shape[-1]
+    if k <= 64:
+        return np.linalg.inv(V)
+    h = k // 2
+    a_inv, c_inv = _inverse_upper(V[:, :h, :h]), _inverse_upper(V[:, h:, h:])
+    out = np.zeros_like(V)
+    out[:, :h, :h] = a_inv
+    out[:, h:, h:] = c_inv
+    out[:, :h, h:] = -(a_inv @ V[:, :h, h:]) @ c_inv
+    return out
+
+
 def _upper_inverse_factor(G: np.ndarray) -> np.ndarray:
-    """U with U^T U = (G + damping)^-1, for G [B, K, K]."""
+    """U with U^T U = (G + damping)^-1, for G [B, K, K]: with H = V V^T (V upper: the Cholesky factor of H with
+    rows and columns reversed), U = V^-1. One Cholesky and one triangular inverse, no general inverse."""
     k = G.shape[-1]
     diag = np.einsum("bii->bi", G)
     H = G.copy()
     scale = np.maximum(diag.mean(axis=1, keepdims=True), 1e-30)
     idx = np.arange(k)
     H[:, idx, idx] += DAMP * scale + (diag <= 0) * scale  # a dead input gets a unit of energy: nothing to move
-    hinv = np.linalg.inv(H)
-    hinv = (hinv + np.swapaxes(hinv, 1, 2)) / 2
-    return np.swapaxes(np.linalg.cholesky(hinv), 1, 2)
+    V = np.linalg.cholesky(H[:, ::-1, ::-1])[:, ::-1, ::-1]
+    return _inverse_upper(np.ascontiguousarray(V))
 
 
 def gptq_rounding(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int,
