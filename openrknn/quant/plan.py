@@ -12,7 +12,9 @@ activation tensor, whether it is
   stage evaluates before the first layer; only the tensor that leaves the prefix is quantized,
 - *float tail*: a Concat whose result only reaches graph outputs through layout ops (the detector head that glues
   pixel-scale boxes to 0..1 scores), and the layout ops after it. Its inputs keep one scale each and are dequantized
-  before the concat, so the scores are not erased by the boxes' range.
+  before the concat, so the scores are not erased by the boxes' range. A box decode exported inside the model
+  (YOLOv8's distribution softmax and anchor arithmetic) that only feeds such a concat joins it: it is computed in
+  float from the head convs' outputs, as rknn_model_zoo's demo computes it on the CPU.
 Quantization points are grouped (union-find) where the NPU shares one scale: layout/pooling/resize ops keep their
 input's scale and a Concat's inputs share the output's scale.
 """
@@ -37,6 +39,10 @@ PREFIX_OPS = {"Transpose", "Sub", "Add", "Mul", "Div", "Slice", "Gather", "Conca
               "Split", "Squeeze", "Unsqueeze"}
 # Layout ops allowed between a mixed-range Concat and a graph output for it to stay float.
 TAIL_OPS = {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+# Decode steps a float tail extends back through (_decodes; with a sigmoid no layer feeds and a softmax's constant
+# 1x1 projection of at most MAX_DECODE_WEIGHTS weights).
+DECODE_OPS = TAIL_OPS | {"Slice", "Split", "Add", "Sub", "Mul", "Div", "Softmax", "Exp"}
+MAX_DECODE_WEIGHTS = 64
 # Activations the NPU applies inside the conv/matmul before requantizing.
 FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
               "Softplus", "Mish", "Gelu"}
@@ -229,6 +235,60 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
     return ok
 
 
+def _decodes(info: GraphInfo, i: int, layer_outputs: Set[str]) -> bool:
+    """Whether node i is a step of a detector's decode, which a float tail may take in: layout, slicing and
+    arithmetic on the head's outputs (anchor points, strides), a softmax over box-distribution bins and its
+    constant 1x1 projection to one channel (YOLOv8's DFL: 16 weights), exp, and a sigmoid that no layer feeds
+    directly (on concatenated class logits; a sigmoid right after a conv stays fused in it)."""
+    node = info.nodes[i]
+    if node.op_type in DECODE_OPS:
+        return True
+    if node.op_type == "Sigmoid":
+        return node.input[0] not in layer_outputs
+    if node.op_type == "Conv" and len(node.input) > 1 and info.is_const(node.input[1]):
+        w = info.const(node.input[1])
+        return w is not None and w.shape[0] == 1 and w.size <= MAX_DECODE_WEIGHTS and \
+            all(d == 1 for d in w.shape[2:]) and (len(node.input) < 3 or not node.input[2] or
+                                                  info.is_const(node.input[2])) and _after_softmax(info, node.input[0])
+    return False
+
+
+def _after_softmax(info: GraphInfo, t: str) -> bool:
+    """t is a Softmax output, or one through layout ops (a distribution over bins, transposed into channels)."""
+    while True:
+        p = info.producer.get(t)
+        if p is None:
+            return False
+        node = info.nodes[p]
+        if node.op_type == "Softmax":
+            return True
+        if node.op_type not in TAIL_OPS or not node.input:
+            return False
+        t = node.input[0]
+
+
+def _extend_decode_tail(info: GraphInfo, float_tail: Set[str], layer_outputs: Set[str], dyn: Set[str],
+                        fixed: Set[str], internal: Set[str]) -> None:
+    """Grow ``float_tail`` (in place) back from its concats through the decode steps that only feed it (_decodes):
+    a detector exported with its box decode inside (YOLOv8: head convs -> distribution softmax -> projection ->
+    anchor arithmetic -> x strides, class logits -> sigmoid, all joined in one output) then computes it in float
+    from the head's int8 outputs, each with its own scale, as rknn_model_zoo's YOLOv8 demo does on the CPU after
+    cutting the model there. In int8 the grid-unit coordinates of all levels share one scale (half a cell: 16
+    pixels at stride 32) and the levels' class logits one range. ``fixed``: outputs that stay as the plan has them
+    (the pre-processing prefix, an activation or an absorbed affine fused into its layer); a node that reads an
+    ``internal`` tensor (inside such a fused step, never stored) stays too."""
+    in_tail = {i for i, n in enumerate(info.nodes) if n.output and all(o in float_tail for o in n.output if o)}
+    for i in reversed(range(len(info.nodes))):
+        outs = [o for o in info.nodes[i].output if o]
+        if i in in_tail or not outs or any(o in fixed or o not in dyn or o in info.output_set for o in outs) or \
+                any(t in internal for t in info.nodes[i].input):
+            continue
+        readers = [c for o in outs for c in info.consumers.get(o, [])]
+        if readers and all(c in in_tail for c in readers) and _decodes(info, i, layer_outputs):
+            float_tail.update(outs)
+            in_tail.add(i)
+
+
 def _scalar_const(info: GraphInfo, node: onnx.NodeProto, x: str) -> bool:
     """node is x (op) c with c a one-element constant."""
     others = [t for t in node.input if t != x]
@@ -395,6 +455,12 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                 split_concats.append(info.node_label(i))
             elif node.op_type in TAIL_OPS and any(n in float_tail for n in node.input):
                 float_tail.update(o for o in node.output if o)
+        if float_tail:
+            layer_outputs = {info.nodes[w.node].output[0] for w in weighted}
+            fixed = set(prefix) | internal | set(fused)  # fused into a layer on the NPU: stays as it is
+            _extend_decode_tail(info, float_tail, layer_outputs, dyn, fixed, internal)
+            # a layer inside the decode (YOLOv8's distribution projection) keeps its float weights
+            weighted = [w for w in weighted if info.nodes[w.node].output[0] not in float_tail]
 
     points: List[str] = []
     seen: Set[str] = set()
