@@ -164,3 +164,25 @@ def test_the_shipped_model_in_int8_decodes_like_the_model_cut_at_its_head(calib)
         np.testing.assert_allclose(got, decoded, atol=1e-3)
         ref = run(model, feed)[0]
         assert np.abs(got[:, 4:] - ref[:, 4:]).max() < 0.03  # scores
+
+
+def test_the_float_decode_exports_to_tflite_and_matches_the_simulator(tmp_path):
+    """The projection stays a float CONV_2D with float weights, the rest float TFLite ops after DEQUANTIZE."""
+    from conftest import built_rknn
+    from openrknn.metrics import cosine
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    path = tmp_path / "m.onnx"
+    onnx.save(yolov8_like(), path)
+    rk = built_rknn(path, write_npy_dataset(tmp_path, (1, SIDE, SIDE, 3), high=1.0), target_platform="rk3588",
+                    quantized_dtype="w8a8")
+    out = tmp_path / "m.tflite"
+    assert rk.export_tflite(str(out), input_dtype="float32") == 0, rk.last_error
+    runner = TfliteRunner(str(out), delegate=None)
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        x = rng.uniform(0, 1, (1, SIDE, SIDE, 3)).astype(np.float32)
+        ours, theirs = rk.inference(inputs=[x]), runner.run([x])
+        assert cosine(ours[0], theirs[0]) > 0.999
+        assert np.abs(ours[0][:, :4] - theirs[0][:, :4]).max() < 0.5  # pixels
+    rk.release()

@@ -76,6 +76,18 @@ def _bias_int32(ctx, node, o: int, s_in: float, w_scale: np.ndarray, layer: str)
     return np.clip(q, -2 ** 31, 2 ** 31 - 1).astype(np.int32), want
 
 
+class _FloatWeights:
+    """A float weight constant where the lowering reads a QuantConst's array (.q): a layer the graph itself computes
+    in float (a box decode's projection in the float tail, quant/plan.py)."""
+
+    def __init__(self, w: np.ndarray):
+        self.q = np.asarray(w, np.float32)
+
+
+def _weights_or_float(ctx, node):
+    return ctx.g.quant_const(node.input[1]) or _FloatWeights(ctx.g.const(node.input[1]))
+
+
 def _weights(ctx, node):
     wq = ctx.g.quant_const(node.input[1])
     if wq is None:
@@ -100,7 +112,7 @@ def _conv_int8_ok(ctx, node) -> bool:
 
 def _geometry_2d(ctx, node) -> Tuple[List[int], List[int], List[int], List[int]]:
     """kernel, strides, dilations, pads [top, left, bottom, right]; a 1-D conv as a 2-D one over a height of 1."""
-    kernel = list(attr(node, "kernel_shape", None) or ctx.g.quant_const(node.input[1]).q.shape[2:])
+    kernel = list(attr(node, "kernel_shape", None) or _weights_or_float(ctx, node).q.shape[2:])
     if len(kernel) != 1:
         strides, dil, pads = geometry(node, kernel)
         return kernel, strides, dil, pads
@@ -216,14 +228,17 @@ def _float_bias(ctx, node, o: int) -> np.ndarray:
 
 def conv_float(ctx, node) -> str:
     layer = layer_name(node)
-    wq = _weights(ctx, node)
+    wq = _weights_or_float(ctx, node)
     depthwise, group = _conv_kind(ctx, node, wq)
     if group > 1 and not depthwise:
         raise NotSupportedError(f"export-tflite: {layer} is a grouped conv (group {group}) that is not depthwise; "
                                 "TFLite's CONV_2D kernels do not take groups")
     one_d = _is_1d(ctx, node)
     x = _rows_1d(ctx, node.input[0], "f", layer) if one_d else ctx.view(node.input[0], "f", True, layer)
-    filt = _dequantized_weights(ctx, wq, _filter(wq, depthwise), 3 if depthwise else 0, node.input[1], layer)
+    if isinstance(wq, _FloatWeights):
+        filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq, depthwise)))
+    else:
+        filt = _dequantized_weights(ctx, wq, _filter(wq, depthwise), 3 if depthwise else 0, node.input[1], layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[0]))
     out = ctx.out_f(node.output[0], not one_d)
     _emit_conv(ctx, node, x, filt, bias, out, NONE, depthwise, layer)
