@@ -73,3 +73,20 @@ def test_several_are_named_in_one_note(tmp_path):
     said = [n for n in load_onnx(tmp_path / "taps.onnx").notes if "later layers" in n]
     assert len(said) == 1 and said[0].startswith("outputs 'feature', 'logits' also feed "), said
     assert "outputs=['mask']" in said[0]
+
+
+def test_an_integer_output_that_later_layers_read_is_not_named(tmp_path):
+    """trueocr's recognizer returns its decoded lengths (int64) and reads them further: an integer is never quantized,
+    so it constrains nothing, and the user needs it."""
+    m = decoder(["mask"])
+    m.graph.node.extend([
+        helper.make_node("ArgMax", ["logits"], ["index"], name="argmax", axis=1),
+        helper.make_node("Cast", ["index"], ["index_f"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["index_f", "mask"], ["mixed"], name="add")])
+    m.graph.output.extend([helper.make_tensor_value_info("index", TensorProto.INT64, [1, 1, 16, 16]),
+                           helper.make_tensor_value_info("mixed", TensorProto.FLOAT, [1, 1, 16, 16])])
+    assert exposed_intermediates(m.graph) == ["mask"]
+    onnx.save(m, tmp_path / "lengths.onnx")
+    said = [n for n in load_onnx(tmp_path / "lengths.onnx").notes if "later layers" in n]
+    assert len(said) == 1 and said[0].startswith("output 'mask' also feeds"), said
+    assert "outputs=['index', 'mixed']" in said[0]  # the integer output is one the cut keeps

@@ -13,10 +13,14 @@ import onnx
 
 # ops that only copy a tensor (an fp16 export's output Cast): the tensor before them is what the output exposes
 COPIES = ("Cast", "Identity")
+# output types never quantized (an index, a length, a mask): they constrain nothing; 0 = not declared
+UNQUANTIZED = frozenset(t for t in onnx.TensorProto.DataType.values()) - {
+    0, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
-    """The graph's outputs that its own nodes also read, directly or before a Cast / Identity copy."""
+    """The graph's floating-point outputs that its own nodes also read, directly or before a Cast / Identity copy
+    (an integer output such as a decoder's lengths is never quantized, whatever reads it)."""
     producer: Dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output}
     readers: Dict[str, List[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -24,6 +28,8 @@ def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
             readers.setdefault(x, []).append(n)
     found = []
     for out in graph.output:
+        if out.type.tensor_type.elem_type in UNQUANTIZED:
+            continue
         t, seen = out.name, set()
         while t not in seen:
             seen.add(t)
