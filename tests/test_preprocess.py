@@ -99,6 +99,19 @@ def test_mean_is_kept_as_sub_when_the_first_conv_pads(conv_onnx, pixels, ort_ref
     rknn.release()
 
 
+@pytest.mark.parametrize("pads", [0, 1])
+def test_a_negative_std_inverts_the_feed(conv_onnx, pixels, ort_reference, reference_normalise, pads):
+    """An ink-map model (trueocr's: x = 1 - pixel / 255) is mean 255, std -255; with or without the fold into a
+    padding conv (whose zero padding the kept Sub has to respect)."""
+    path = conv_onnx(pads=pads)
+    mean, std = [255.0] * 3, [-255.0] * 3
+    rknn = _build(path, mean_values=[mean], std_values=[std])
+    fed = pixels(H, W, seed=4)
+    expected = ort_reference(path, {"x": reference_normalise(fed, mean, std, [0, 1, 2])})[0]
+    np.testing.assert_allclose(rknn.inference([fed])[0], expected, atol=1e-4, rtol=0)
+    rknn.release()
+
+
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_no_fold_below_level_3(conv_onnx, level):
     rknn = _build(conv_onnx(pads=0), level, reorder_channel="2 1 0", mean_values=[MEAN], std_values=[STD])
