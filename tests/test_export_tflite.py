@@ -945,6 +945,19 @@ def test_lstm_with_peepholes(tmp_path):
     rknn.release()
 
 
+def _conv_then(op: str, weight_scale: float, seed: int, **attrs) -> onnx.ModelProto:
+    """x [1, 3, H, W] -> 3x3 conv (4 channels, weights N(0, weight_scale)) -> ``op`` (node name: its lower case)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * weight_scale).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["y"], name=op.lower(), **attrs)]
+    graph = helper.make_graph(nodes, op.lower(), [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_elu(tmp_path, alpha):
     """ELU after a conv (madmom's TCN and note CNN): TFLite's float ELU (alpha 1), another alpha from its parts."""
@@ -952,15 +965,7 @@ def test_elu(tmp_path, alpha):
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
-    rng = np.random.default_rng(26)
-    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Elu", ["c"], ["y"], name="elu", alpha=alpha)]
-    graph = helper.make_graph(nodes, "elu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, "elu")
+    pkg, data, report = _w8a8_tflite(_conv_then("Elu", 0.4, seed=26, alpha=alpha), tmp_path, "elu")
     layer = next(r for r in report.layers if r.layer == "elu")
     assert "ELU" in layer.tflite_ops
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
@@ -975,15 +980,7 @@ def test_softplus(tmp_path):
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
-    rng = np.random.default_rng(27)
-    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 40).astype(np.float32), "w")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Softplus", ["c"], ["y"], name="softplus")]
-    graph = helper.make_graph(nodes, "softplus", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, "softplus")
+    pkg, data, report = _w8a8_tflite(_conv_then("Softplus", 40.0, seed=27), tmp_path, "softplus")
     layer = next(r for r in report.layers if r.layer == "softplus")
     assert {"EXP", "LOG", "MAXIMUM"} <= set(layer.tflite_ops)
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
