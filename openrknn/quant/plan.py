@@ -247,9 +247,9 @@ def _decodes(info: GraphInfo, i: int, layer_outputs: Set[str]) -> bool:
         return node.input[0] not in layer_outputs
     if node.op_type == "Conv" and len(node.input) > 1 and info.is_const(node.input[1]):
         w = info.const(node.input[1])
-        return w is not None and w.shape[0] == 1 and w.size <= MAX_DECODE_WEIGHTS and \
-            all(d == 1 for d in w.shape[2:]) and (len(node.input) < 3 or not node.input[2] or
-                                                  info.is_const(node.input[2])) and _after_softmax(info, node.input[0])
+        const_bias = len(node.input) < 3 or not node.input[2] or info.is_const(node.input[2])
+        projection = w.shape[0] == 1 and w.size <= MAX_DECODE_WEIGHTS and all(d == 1 for d in w.shape[2:])
+        return projection and const_bias and _after_softmax(info, node.input[0])
     return False
 
 
