@@ -709,7 +709,6 @@ def background_removal(cache: Path, work: Path) -> list:
     return rows
 
 
-
 def _document_pages(cache: Path, work: Path) -> list:
     """Real document pages: the sample PDFs in pypdf's source archive (resources/: papers, forms, manuals, a
     scanned book), up to four pages of each rendered with pypdfium2 at 1024 pixels on the long side; blank and
