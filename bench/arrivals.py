@@ -830,21 +830,25 @@ def _layout_cell(outs: list, refs: list) -> str:
 def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
     """rknn-toolkit2 2.5.0 (bench/corpus_vendor.py in its own virtualenv, where bench/corpus.py's vendor setup put
     it) built from ``path`` with ``job``'s settings, calibrated on ``calib`` (NCHW arrays, as it takes them) and run
-    on ``held`` (NHWC): (what it took, its outputs per feed as {index: array}) or (why it could not, None). A build
-    that fails naming a rule to disable is retried without that rule, as its message tells a user."""
+    on ``held`` (NHWC, or as job["data_format"] says); a sample of a model of several inputs is a list of arrays.
+    Returns (what it took, its outputs per feed as {index: array}) or (why it could not, None). A build that fails
+    naming a rule to disable is retried without that rule, as its message tells a user."""
     import re
 
     from corpus import VENDOR_PY, _vendor_attempt
 
     if not VENDOR_PY.is_file():
         return "rknn-toolkit2: not installed (bench/corpus.py's vendor virtualenv)", None
-    for i, x in enumerate(calib):
-        np.save(work / f"v{i}.npy", np.ascontiguousarray(x))
-    (work / "vendor_ds.txt").write_text("".join(f"v{i}.npy\n" for i in range(len(calib))))
-    for i, x in enumerate(held):
-        np.save(work / f"ve{i}.npy", np.ascontiguousarray(x))
+    def saved(prefix: str, sample) -> list:  # one .npy per input of the sample (a list for several inputs)
+        arrays = sample if isinstance(sample, list) else [sample]
+        for j, x in enumerate(arrays):
+            np.save(work / f"{prefix}_{j}.npy", np.ascontiguousarray(x))
+        return [f"{prefix}_{j}.npy" for j in range(len(arrays))]
+
+    (work / "vendor_ds.txt").write_text("".join(" ".join(saved(f"v{i}", x)) + "\n" for i, x in enumerate(calib)))
+    feeds = [[str(work / f) for f in saved(f"ve{i}", x)] for i, x in enumerate(held)]
     job = {"model": str(path), "platform": "rk3588", "dtype": "w8a8", "algorithm": "normal",
-           "dataset": str(work / "vendor_ds.txt"), "feeds": [str(work / f"ve{i}.npy") for i in range(len(held))],
+           "dataset": str(work / "vendor_ds.txt"), "feeds": [f if len(f) > 1 else f[0] for f in feeds],
            "out": str(work / "vendor_out"), **job}
     status, log_text = _vendor_attempt(job, work)
     said = ""
@@ -1026,6 +1030,12 @@ def vietnamese_lines(cache: Path, work: Path) -> list:
         cells.append(f"lines read as the float model reads them {texts}/{len(held)} (every time step's id the same: "
                      f"{steps}/{len(held)}), confidences' cosine {conf:.4f}")
         if dtype:
+            job = {"input_names": ["x", "widths"], "shapes": [[1, 1, 96, width], [1]], "data_format": "nchw"}
+            said, vouts = _vendor(path, job, [[x.transpose(0, 3, 1, 2), w] for x, w in calib], held, work)
+            if vouts is not None:
+                vtexts = sum(int(_ctc_text(o[0], w[2]) == _ctc_text(w[0], w[2])) for o, w in zip(vouts, refs))
+                said += f": lines read as the float model reads them {vtexts}/{len(held)}"
+            cells[-1] += "; " + said
             cells.append(litert(r, held[:3], work, "nchw", "float32"))
         r.release()
     return cells

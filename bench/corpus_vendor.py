@@ -1,7 +1,8 @@
 """rknn-toolkit2 side of bench/corpus.py: runs INSIDE the vendor's virtualenv, never imports openrknn.
 
 Reads one JSON job (argv[1]), builds the model with rknn-toolkit2 through its public API, runs its simulator on the
-evaluation feeds and writes the outputs to job["out"] (.npz, one array per feed and output: f{i}_o{k}) plus a JSON
+evaluation feeds (one .npy each, or a list of them for a model of several inputs: job["input_names"] and
+job["shapes"]) and writes the outputs to job["out"] (.npz, one array per feed and output: f{i}_o{k}) plus a JSON
 status next to it. Each failing step is recorded as "fails in <step>: <message>", not raised.
 """
 
@@ -33,7 +34,10 @@ def main(job_path):
         if rc not in (0, None):
             raise RuntimeError(f"fails in config: rc={rc}")
         step = "load_onnx"
-        rc = rknn.load_onnx(job["model"], inputs=[job["input_name"]], input_size_list=[job["shape"]],
+        # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)
+        names = job.get("input_names") or [job["input_name"]]
+        shapes = job.get("shapes") or [job["shape"]]
+        rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
                             **({"outputs": job["outputs"]} if job.get("outputs") else {}))
         if rc != 0:
             raise RuntimeError(f"fails in load_onnx: rc={rc}")
@@ -49,7 +53,8 @@ def main(job_path):
         step = "inference"
         arrays = {}
         for i, feed in enumerate(job["feeds"]):
-            outs = rknn.inference(inputs=[np.load(feed)], data_format=job.get("data_format", "nhwc"))
+            files = feed if isinstance(feed, list) else [feed]
+            outs = rknn.inference(inputs=[np.load(f) for f in files], data_format=job.get("data_format", "nhwc"))
             if outs is None:
                 raise RuntimeError("fails in inference: returned None")
             for k, o in enumerate(outs):
