@@ -836,12 +836,11 @@ def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
     on ``held`` (NHWC, or as job["data_format"] says); a sample of a model of several inputs is a list of arrays.
     Returns (what it took, its outputs per feed as {index: array}) or (why it could not, None). A build that fails
     naming a rule to disable is retried without that rule, as its message tells a user."""
-    import re
-
-    from corpus import VENDOR_PY, _vendor_attempt
+    from corpus import VENDOR_PY, vendor_build, vendor_error
 
     if not VENDOR_PY.is_file():
         return "rknn-toolkit2: not installed (bench/corpus.py's vendor virtualenv)", None
+
     def saved(prefix: str, sample) -> list:  # one .npy per input of the sample (a list for several inputs)
         arrays = sample if isinstance(sample, list) else [sample]
         for j, x in enumerate(arrays):
@@ -853,16 +852,10 @@ def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
     job = {"model": str(path), "platform": "rk3588", "dtype": "w8a8", "algorithm": "normal",
            "dataset": str(work / "vendor_ds.txt"), "feeds": [f if len(f) > 1 else f[0] for f in feeds],
            "out": str(work / "vendor_out"), **job}
-    status, log_text = _vendor_attempt(job, work)
-    said = ""
-    rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
-    if not status.get("ok") and rules:
-        job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
-        said = f"fails in build; with disable_rules={job['disable_rules']} as its message suggests: "
-        status, log_text = _vendor_attempt(job, work)
+    status, log_text, disabled = vendor_build(job, work)
+    said = f"fails in build; with disable_rules={disabled} as its message suggests: " if disabled else ""
     if not status.get("ok"):
-        raised = re.findall(r"^(\w*(?:Error|Exception): .+)$", log_text, re.M)
-        return said + "rknn-toolkit2 " + (raised[-1] if raised else status.get("error", "crashed"))[:120], None
+        return said + "rknn-toolkit2 " + vendor_error(status, log_text).split(": ", 1)[1][:120], None
     o = np.load(str(work / "vendor_out.npz"))
     outs = [{int(k.split("_o")[1]): o[k] for k in o.files if k.startswith(f"f{i}_")} for i in range(len(held))]
     return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s)", outs

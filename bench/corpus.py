@@ -477,6 +477,25 @@ def _vendor_attempt(job: Dict, wd: Path):
     return json.loads(st_path.read_text()), text
 
 
+def vendor_build(job: Dict, wd: Path):
+    """One rknn-toolkit2 run; when its build fails naming rules to disable (its message's advice to a user), one
+    more without them. (status, log text, the rules disabled or None)."""
+    st, log_text = _vendor_attempt(job, wd)
+    rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
+    if st.get("ok") or not rules:
+        return st, log_text, None
+    job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
+    st, log_text = _vendor_attempt(job, wd)
+    return st, log_text, job["disable_rules"]
+
+
+def vendor_error(st: Dict, log_text: str) -> str:
+    """The exception a failed run raised, as its log shows it, else the step the status names."""
+    raised = re.findall(r"^(\w*(?:Error|Exception): .+)$", log_text, re.M)
+    err = st.get("error", "fails in vendor process: no status written (crashed)")
+    return err.split(": ")[0] + ": " + (raised[-1] if raised else err)
+
+
 def run_vendor(entry, cache: Path) -> Dict:
     wd = work_dir(cache, entry["name"])
     info = json.loads(next(wd.glob("prepared_n*.json")).read_text())
@@ -498,18 +517,12 @@ def run_vendor(entry, cache: Path) -> Dict:
            "feeds": [str(wd / f"eval_{i:02d}.npy") for i in range(info["eval"])], "out": str(out)}
     if _uses_mean(entry):
         job.update(mean=list(entry["mean"]), std=list(entry["std"]))
-    st, log_text = _vendor_attempt(job, wd)
+    st, log_text, disabled = vendor_build(job, wd)
     res = {"build_s": st.get("build_s"), "peak_mb": st.get("peak_mb"), "total_s": st.get("total_s")}
-    rules = re.findall(r"disable_rules=\[([^\]]*)\]", log_text)
-    if not st.get("ok") and rules:  # what its message tells a user to do: disable the failing fusion rule, retry
-        job["disable_rules"] = [r.strip().strip("'\"") for r in rules[-1].split(",")]
-        st, log_text = _vendor_attempt(job, wd)
-        res = {"build_s": st.get("build_s"), "peak_mb": st.get("peak_mb"), "total_s": st.get("total_s"),
-               "note": f"built with disable_rules={job['disable_rules']} as its error message suggests"}
+    if disabled:
+        res["note"] = f"built with disable_rules={disabled} as its error message suggests"
     if not st.get("ok"):
-        raised = re.findall(r"^(\w*(?:Error|Exception): .+)$", log_text, re.M)
-        err = st.get("error", "fails in vendor process: no status written (crashed)")
-        res["error"] = (err.split(": ")[0] + ": " + (raised[-1] if raised else err))[:600]
+        res["error"] = vendor_error(st, log_text)[:600]
         return res
     refs = load_outputs(wd / "reference.npz", info["eval"])
     outs = load_outputs(Path(str(out) + ".npz"), info["eval"])
