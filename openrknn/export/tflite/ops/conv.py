@@ -76,16 +76,11 @@ def _bias_int32(ctx, node, o: int, s_in: float, w_scale: np.ndarray, layer: str)
     return np.clip(q, -2 ** 31, 2 ** 31 - 1).astype(np.int32), want
 
 
-class _FloatWeights:
-    """A float weight constant where the lowering reads a QuantConst's array (.q): a layer the graph itself computes
-    in float (a box decode's projection in the float tail, quant/plan.py)."""
-
-    def __init__(self, w: np.ndarray):
-        self.q = np.asarray(w, np.float32)
-
-
-def _weights_or_float(ctx, node):
-    return ctx.g.quant_const(node.input[1]) or _FloatWeights(ctx.g.const(node.input[1]))
+def _weight_array(ctx, node) -> np.ndarray:
+    """The conv's weight as stored: its integers, or the float constant of a layer the graph itself computes in
+    float (a box decode's projection in the float tail, quant/plan.py)."""
+    wq = ctx.g.quant_const(node.input[1])
+    return wq.q if wq is not None else np.asarray(ctx.g.const(node.input[1]), np.float32)
 
 
 def _weights(ctx, node):
@@ -96,23 +91,23 @@ def _weights(ctx, node):
     return wq
 
 
-def _conv_kind(ctx, node, wq) -> Tuple[bool, int]:
+def _conv_kind(ctx, node, w: np.ndarray) -> Tuple[bool, int]:
     group = int(attr(node, "group", 1))
     c_in = ctx.value(node.input[0]).shape[1]
-    return group > 1 and group == c_in and wq.q.shape[1] == 1, group
+    return group > 1 and group == c_in and w.shape[1] == 1, group
 
 
 def _conv_int8_ok(ctx, node) -> bool:
     wq = ctx.g.quant_const(node.input[1])
     if wq is None or wq.q.dtype != np.int8 or np.any(wq.zero_point != 0):
         return False
-    depthwise, group = _conv_kind(ctx, node, wq)
+    depthwise, group = _conv_kind(ctx, node, wq.q)
     return group == 1 or depthwise
 
 
 def _geometry_2d(ctx, node) -> Tuple[List[int], List[int], List[int], List[int]]:
     """kernel, strides, dilations, pads [top, left, bottom, right]; a 1-D conv as a 2-D one over a height of 1."""
-    kernel = list(attr(node, "kernel_shape", None) or _weights_or_float(ctx, node).q.shape[2:])
+    kernel = list(attr(node, "kernel_shape", None) or _weight_array(ctx, node).shape[2:])
     if len(kernel) != 1:
         strides, dil, pads = geometry(node, kernel)
         return kernel, strides, dil, pads
@@ -178,16 +173,16 @@ def _emit_conv(ctx, node, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, ac
         _unrows_1d(ctx, y, out, layer)
 
 
-def _filter(wq, depthwise: bool) -> np.ndarray:
+def _filter(w: np.ndarray, depthwise: bool) -> np.ndarray:
     # ONNX O,I,kh,kw -> TFLite O,kh,kw,I (conv) or 1,kh,kw,O (depthwise); a 1-D kernel O,I,k has kh = 1
-    q = wq.q.reshape(wq.q.shape[:2] + (1,) + wq.q.shape[2:]) if wq.q.ndim == 3 else wq.q
-    return q.transpose(1, 2, 3, 0) if depthwise else q.transpose(0, 2, 3, 1)
+    w = w.reshape(w.shape[:2] + (1,) + w.shape[2:]) if w.ndim == 3 else w
+    return w.transpose(1, 2, 3, 0) if depthwise else w.transpose(0, 2, 3, 1)
 
 
 def conv_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    depthwise, _ = _conv_kind(ctx, node, wq)
+    depthwise, _ = _conv_kind(ctx, node, wq.q)
     one_d = _is_1d(ctx, node)
     x = _rows_1d(ctx, node.input[0], "q", layer) if one_d else ctx.view(node.input[0], "q", True, layer)
     o = wq.q.shape[0]
@@ -195,7 +190,7 @@ def conv_int8(ctx, node, act) -> str:
     per_channel = wq.scale.size > 1
     fq = Quant(w_scale if per_channel else w_scale[:1], np.zeros(o if per_channel else 1, np.int64),
                3 if depthwise else 0)
-    filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq, depthwise)), fq)
+    filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq.q, depthwise)), fq)
     bq, bscale = _bias_int32(ctx, node, o, float(x.quant.scale[0]), w_scale, layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq,
                            Quant(bscale if per_channel else bscale[:1], np.zeros(o if per_channel else 1, np.int64)))
@@ -228,18 +223,19 @@ def _float_bias(ctx, node, o: int) -> np.ndarray:
 
 def conv_float(ctx, node) -> str:
     layer = layer_name(node)
-    wq = _weights_or_float(ctx, node)
-    depthwise, group = _conv_kind(ctx, node, wq)
+    wq = ctx.g.quant_const(node.input[1])
+    w = _weight_array(ctx, node)
+    depthwise, group = _conv_kind(ctx, node, w)
     if group > 1 and not depthwise:
         raise NotSupportedError(f"export-tflite: {layer} is a grouped conv (group {group}) that is not depthwise; "
                                 "TFLite's CONV_2D kernels do not take groups")
     one_d = _is_1d(ctx, node)
     x = _rows_1d(ctx, node.input[0], "f", layer) if one_d else ctx.view(node.input[0], "f", True, layer)
-    if isinstance(wq, _FloatWeights):
-        filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq, depthwise)))
+    if wq is None:  # float weights: a float filter
+        filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(w, depthwise)))
     else:
-        filt = _dequantized_weights(ctx, wq, _filter(wq, depthwise), 3 if depthwise else 0, node.input[1], layer)
-    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[0]))
+        filt = _dequantized_weights(ctx, wq, _filter(w, depthwise), 3 if depthwise else 0, node.input[1], layer)
+    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, w.shape[0]))
     out = ctx.out_f(node.output[0], not one_d)
     _emit_conv(ctx, node, x, filt, bias, out, NONE, depthwise, layer)
     return ""
