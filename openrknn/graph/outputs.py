@@ -13,9 +13,9 @@ import onnx
 
 # ops that only copy a tensor (an fp16 export's output Cast): the tensor before them is what the output exposes
 COPIES = ("Cast", "Identity")
-# output types never quantized (an index, a length, a mask): they constrain nothing; 0 = not declared
-UNQUANTIZED = frozenset(t for t in onnx.TensorProto.DataType.values()) - {
-    0, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+# output types that are quantized; any other (an index, a length, a mask) constrains nothing. 0: not declared
+QUANTIZED_TYPES = {0, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                   onnx.TensorProto.BFLOAT16}
 
 
 def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
@@ -28,7 +28,7 @@ def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
             readers.setdefault(x, []).append(n)
     found = []
     for out in graph.output:
-        if out.type.tensor_type.elem_type in UNQUANTIZED:
+        if out.type.tensor_type.elem_type not in QUANTIZED_TYPES:
             continue
         t, seen = out.name, set()
         while t not in seen:
