@@ -10,6 +10,7 @@ import onnx
 from ....errors import NotSupportedError
 from ..writer import Quant
 from . import attr, layer_name, register
+from .ids import typed_operands
 
 NONE, RELU, RELU_N1_TO_1, RELU6 = 0, 1, 2, 3
 FIXED_OUTPUT = {"LOGISTIC": (1.0 / 256, -128), "SOFTMAX": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
@@ -96,7 +97,30 @@ def _bound(ctx, node, i: int, default: float):
     return ctx.f_of(name, layer_name(node))
 
 
+def _clip_integer(ctx, node, dtype: np.dtype) -> str:
+    """Clip of integer values (a sequence length capped at the number of time steps): MAXIMUM / MINIMUM on their
+    own type, the bounds (constant or computed) in that type. (onnxruntime has no integer Relu.)"""
+    layer = layer_name(node)
+    x = ctx.f_of(node.input[0], layer)
+    bounds = [(b, name) for b, name in (("MAXIMUM", node.input[1] if len(node.input) > 1 else ""),
+                                        ("MINIMUM", node.input[2] if len(node.input) > 2 else "")) if name]
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
+    cur = x
+    for k, (builtin, name) in enumerate(bounds):
+        (bound,) = typed_operands(ctx, [name], dtype, layer, "clips")
+        nxt = out if k == len(bounds) - 1 else ctx.m.add_tensor(ctx._tname(node.output[0] + "/max"), x.shape, dtype)
+        ctx.m.add_op(builtin, [cur, bound], [nxt], layer=layer)
+        cur = nxt
+    if not bounds:
+        ctx.reshape(x, out, layer)
+    ctx.set_f(node.output[0], out)
+    return f"on {dtype.name} values, exact"
+
+
 def _clip(ctx, node, kind):
+    v = ctx.value(node.input[0])
+    if kind == "f" and node.op_type == "Clip" and v.q is None and np.dtype(v.f.dtype).kind in "iu":
+        return _clip_integer(ctx, node, np.dtype(v.f.dtype))
     computed = node.op_type == "Clip" and any(i and not ctx.g.is_const(i) for i in node.input[1:])
     lo, hi = clip_bounds(ctx, node) if node.op_type == "Clip" and not computed else (0.0, np.inf)
     code = None if computed else _bounds_code(lo, hi)

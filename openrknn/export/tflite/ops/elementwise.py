@@ -1,11 +1,12 @@
-"""Add / Sub / Mul / Div / Max / Min with numpy broadcasting, int8 (two quantized activations) or float."""
+"""Add / Sub / Mul / Div / Max / Min with numpy broadcasting, int8 (two quantized activations), float or on
+integer ids; Mod as FLOOR_MOD."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ....errors import NotSupportedError
-from . import layer_name, register
+from . import attr, layer_name, register
 from .activations import NONE, fused_code
 from .ids import typed_operands
 
@@ -53,17 +54,58 @@ def _int8(ctx, node, act) -> str:
 
 
 def _integer(ctx, node, dtype) -> str:
-    """Index arithmetic on integer ids (a Keras embedding offsetting its ids: Cast to int32, then Add): TFLite's
-    ADD / SUB / MUL / MAXIMUM / MINIMUM on the ids' own type, a constant operand written in that type."""
+    """Index arithmetic on integer ids (a Keras embedding offsetting its ids: Cast to int32, then Add; a recognizer
+    turning its input width into a sequence length): TFLite's ADD / SUB / MUL / MAXIMUM / MINIMUM on the ids' own
+    type, a constant operand written in that type. Division truncates toward zero in ONNX (onnxruntime's integer
+    Div) and in TFLite's int32 DIV, which has no int64 form: int64 operands are divided as int32 between CASTs,
+    exact while they fit in 32 bits (lengths, widths and ids do)."""
     builtin, opts = BUILTINS[node.op_type]
     layer = layer_name(node)
-    if builtin == "DIV":
-        raise NotSupportedError(f"export-tflite: {layer} divides integer tensors; only float division is exported")
     ins = typed_operands(ctx, node.input, dtype, layer, "mixes")
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
+    if builtin == "DIV" and dtype != np.int32:
+        if dtype != np.int64:
+            raise NotSupportedError(f"export-tflite: {layer} divides {dtype.name} tensors; TFLite's DIV takes "
+                                    "int32 and float")
+        narrow = []
+        for i, t in enumerate(ins):
+            n32 = ctx.m.add_tensor(ctx._tname(f"{node.output[0]}/int32_{i}"), t.shape, np.int32)
+            ctx.m.add_op("CAST", [t], [n32], layer=layer)
+            narrow.append(n32)
+        q32 = ctx.m.add_tensor(ctx._tname(node.output[0] + "/int32"), out.shape, np.int32)
+        ctx.m.add_op(builtin, narrow, [q32], (opts, {"FusedActivationFunction": NONE}), layer=layer)
+        ctx.m.add_op("CAST", [q32], [out], layer=layer)
+        ctx.set_f(node.output[0], out)
+        return "int64 divided as int32 (TFLite's DIV has no int64 form), truncating as ONNX does; exact below 2^31"
     ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": NONE}) if opts else None, layer=layer)
     ctx.set_f(node.output[0], out)
-    return f"on {dtype.name} values, exact"
+    return f"on {dtype.name} values, exact" + (", truncating as ONNX does" if builtin == "DIV" else "")
+
+
+def _mod(ctx, node) -> str:
+    """Mod with fmod=0 (the remainder takes the divisor's sign, as Python's %): TFLite's FLOOR_MOD, on int32,
+    int64 or float. fmod=1 (C's fmod, the dividend's sign) has no TFLite op of its own."""
+    layer = layer_name(node)
+    if attr(node, "fmod", 0):
+        raise NotSupportedError(f"export-tflite: {layer} is a Mod with fmod=1 (the remainder takes the dividend's "
+                                "sign); TFLite's FLOOR_MOD computes fmod=0 only")
+    acts = ctx.activation_inputs(node)
+    if any(ctx.value(i).nhwc for i in acts):
+        raise NotSupportedError(f"export-tflite: {layer} takes the remainder of a channel-last tensor; only "
+                                "tensors in the model's own order are exported")
+    first = ctx.value(acts[0])
+    dtype = np.dtype(np.float32) if first.q is not None else np.dtype(ctx.f_of(acts[0], layer).dtype)
+    if dtype not in (np.int32, np.int64, np.float32):
+        raise NotSupportedError(f"export-tflite: {layer} takes the remainder of {dtype.name} tensors; TFLite's "
+                                "FLOOR_MOD takes int32, int64 and float")
+    ins = typed_operands(ctx, node.input, dtype, layer, "takes the remainder of")
+    if dtype == np.float32:
+        out = ctx.out_f(node.output[0], False)
+    else:
+        out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
+        ctx.set_f(node.output[0], out)
+    ctx.m.add_op("FLOOR_MOD", ins, [out], layer=layer)
+    return f"on {dtype.name} values, the divisor's sign as ONNX's fmod=0"
 
 
 def _float(ctx, node) -> str:
@@ -87,3 +129,4 @@ def _int8_ok(ctx, node) -> bool:
 
 for _op in BUILTINS:
     register(_op, int8=_int8, float=_float, fuses_activation=_op in ("Add", "Sub", "Mul"), int8_ok=_int8_ok)
+register("Mod", float=_mod)

@@ -1,6 +1,6 @@
 """Equal / Cast: the integer-id ops a one-hot embedding is spelled with (byte or token ids compared with a constant
 range, the result cast to float and multiplied by a table). TFLite's EQUAL and CAST on the ids' own integer type.
-Not / And / Or / Where: an attention mask turned into the scores' additive -inf / 0 (a transformer over padded
+Not / And / Or / Xor / Where: an attention mask turned into the scores' additive -inf / 0 (a transformer over padded
 ids): TFLite's LOGICAL_* ops and SELECT_V2 on the boolean mask."""
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def _logical(ctx, node) -> str:
     ins = [_bool_of(ctx, name, layer) for name in node.input]
     shape = ctx.out_shape(node.output[0])
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), shape, np.bool_)
-    ctx.m.add_op({"Not": "LOGICAL_NOT", "And": "LOGICAL_AND", "Or": "LOGICAL_OR"}[node.op_type], ins, [out],
-                 layer=layer)
+    # Xor of two booleans is their inequality (TFLite has no LOGICAL_XOR; NOT_EQUAL takes bool)
+    ctx.m.add_op({"Not": "LOGICAL_NOT", "And": "LOGICAL_AND", "Or": "LOGICAL_OR", "Xor": "NOT_EQUAL"}[node.op_type],
+                 ins, [out], layer=layer)
     ctx.set_f(node.output[0], out)
     return "on booleans, exact"
 
@@ -120,6 +121,6 @@ def _where(ctx, node) -> str:
 for _op in COMPARISONS:
     register(_op, float=_equal)
 register("Cast", float=_cast)
-for _op in ("Not", "And", "Or"):
+for _op in ("Not", "And", "Or", "Xor"):
     register(_op, float=_logical)
 register("Where", float=_where)
