@@ -1000,6 +1000,25 @@ def _ctc_text(ids, length) -> tuple:
     return tuple(seq[keep])
 
 
+def _litert_lines(r, held, work: Path) -> str:
+    """The recognizer's export on LiteRT against the simulator: the lines read alike, the lengths (integer
+    arithmetic in the graph) equal, the confidences' cosine."""
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    out = work / "lines.tflite"
+    if r.export_tflite(str(out), input_dtype="float32") != 0:
+        return f"export refused: {str(r.last_error)[:100]}"
+    runner = TfliteRunner(str(out), delegate=None)
+    pairs = [(r.inference(inputs=[x, w], data_format="nchw"), runner.run([x.transpose(0, 2, 3, 1), w]))
+             for x, w in held]
+    texts = sum(int(_ctc_text(o[0], o[2]) == _ctc_text(t[0], t[2])) for o, t in pairs)
+    lengths = sum(int(np.array_equal(o[2], t[2])) for o, t in pairs)
+    conf = cosine(np.concatenate([np.ravel(o[1]) for o, _ in pairs]),
+                  np.concatenate([np.ravel(t[1]) for _, t in pairs]))
+    return (f"lines read as the simulator reads them {texts}/{len(pairs)}, lengths equal {lengths}/{len(pairs)}, "
+            f"confidences' cosine {conf:.5f}")
+
+
 def vietnamese_lines(cache: Path, work: Path) -> list:
     """trueocr's line recognizer (two inputs: the line's ink map [1, 1, 96, W] and its width; the greedy CTC decode
     inside, int64 ids and lengths out) on real text lines: the package's own PageEngine finds the lines of each
@@ -1048,7 +1067,7 @@ def vietnamese_lines(cache: Path, work: Path) -> list:
                 vtexts = sum(int(_ctc_text(o[0], w[2]) == _ctc_text(w[0], w[2])) for o, w in zip(vouts, refs))
                 said += f": lines read as the float model reads them {vtexts}/{len(held)}"
             cells[-1] += "; " + said
-            cells.append(litert(r, held[:3], work, "nchw", "float32"))
+            cells.append(_litert_lines(r, held, work))
         r.release()
     return cells
 
