@@ -44,3 +44,41 @@ def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
 
 
 __all__ = ["exposed_intermediates"]
+
+
+# ops whose output's length depends on the values (a detector's NMS inside the export): two builds of one model may
+# give different lengths, so such an output is compared through what its selection reads
+SELECTION_OPS = frozenset({"NonMaxSuppression", "NonZero", "Compress", "Unique"})
+
+
+def comparable_outputs(graph: onnx.GraphProto) -> List[str]:
+    """What to compare when two versions of the model (float and fake-quantized) are measured against each other:
+    each graph output, except that an output computed after a selection (SELECTION_OPS: the detections an NMS keeps)
+    is replaced by the tensors the selection's region reads from before it (the boxes and scores NMS ranks, the
+    decoded predictions it gathers from). Their shapes are fixed; the selected rows are a function of them."""
+    producer: Dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    after = set()  # outputs of the selection ops and of every node reading one (the value-shaped region)
+    for n in graph.node:  # nodes are in topological order
+        if n.op_type in SELECTION_OPS or any(i in after for i in n.input):
+            after.update(o for o in n.output if o)
+    if not after:
+        return [o.name for o in graph.output]
+    out: List[str] = []
+    for o in graph.output:
+        if o.name not in after:
+            if o.name not in out:
+                out.append(o.name)
+            continue
+        stack, seen = [o.name], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            node = producer.get(t)
+            if t in after and node is not None:
+                stack.extend(i for i in node.input if i)
+            elif t not in inits and node is not None and node.op_type != "Constant" and t not in out:
+                out.append(t)
+    return out

@@ -286,12 +286,15 @@ def scored_outputs(model: onnx.ModelProto) -> Optional[List[str]]:
 
 def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> List[str]:
     """What "every output" means for the threshold: each graph output, or where an output is assembled in float
-    from several quantized tensors (a detector head's boxes / objectness / classes concatenated), each of those."""
+    from several quantized tensors (a detector head's boxes / objectness / classes concatenated), each of those; an
+    output an NMS selects is measured through what the selection reads (graph.outputs.comparable_outputs)."""
+    from ..graph.outputs import comparable_outputs
+
     producer = {o: n for n in qmodel.graph.node for o in n.output}
     in_float = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
     out: List[str] = []
-    for o in qmodel.graph.output:
-        stack, seen, found = [o.name], set(), []
+    for name in comparable_outputs(qmodel.graph):  # an NMS's detections: the boxes and scores it selects from
+        stack, seen, found = [name], set(), []
         while stack:
             t = stack.pop()
             n = producer.get(t)
@@ -302,8 +305,8 @@ def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> L
                 found.append(t)
             else:
                 stack.extend(n.input)
-        found = [t for t in found if t in in_float and not t.startswith(o.name + "__")]
-        out += [o.name] if (not found or o.name in found) else [t for t in found if t not in out]
+        found = [t for t in found if t in in_float and not t.startswith(name + "__")]
+        out += [name] if (not found or name in found) else [t for t in found if t not in out]
     return out
 
 

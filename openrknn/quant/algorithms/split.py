@@ -511,7 +511,9 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
     show."""
     import itertools
 
+    from ...graph.outputs import comparable_outputs
     from ..calibrate import make_session
+    from ..qdq import with_outputs
 
     info = GraphInfo(model)
 
@@ -546,10 +548,12 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
         m.graph.node.extend(nodes)
         return m
 
-    sessions = [make_session(m, threads) for m in (model, rounded(False), rounded(True))]
+    # the outputs, or where one is an NMS's selection, what the selection reads (its length may differ per version)
+    names = comparable_outputs(model.graph)
+    sessions = [make_session(with_outputs(m, names), threads) for m in (model, rounded(False), rounded(True))]
     err, n = np.zeros(2), 0
     for feed in itertools.islice(data, samples):
-        ref, shared, grouped = (s.run(None, feed) for s in sessions)
+        ref, shared, grouped = (s.run(names, feed) for s in sessions)
         power = sum(float(np.square(r, dtype=np.float64).sum()) for r in ref)
         for k, out in enumerate((shared, grouped)):
             err[k] += sum(float(np.square(o - r, dtype=np.float64).sum()) for o, r in zip(out, ref)) / power
