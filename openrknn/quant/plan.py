@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from ..graph.norms import find_norm_regions
+from ..graph.outputs import SELECTION_OPS
 from .ir import GraphInfo
 
 # Ops whose output reuses the input's scale (no requantization on the NPU: pure data movement or max/min).
@@ -43,6 +44,14 @@ TAIL_OPS = {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze",
 # 1x1 projection of at most MAX_DECODE_WEIGHTS weights).
 DECODE_OPS = TAIL_OPS | {"Slice", "Split", "Add", "Sub", "Mul", "Div", "Softmax", "Exp"}
 MAX_DECODE_WEIGHTS = 64
+# A detector exported with its NMS inside (YOLOX "with post": the decode written into the head's output with
+# ScatterND, scores multiplied, boxes converted, NonMaxSuppression, the kept rows gathered): every step after the
+# mixed-range concat runs on the host CPU (the NPU runs no NMS), so the concat and all of that stay float, as with a
+# concat that is a graph output. Ops such a post-processing tail may hold:
+SELECTION_TAIL_OPS = DECODE_OPS | SELECTION_OPS | {
+    "ScatterND", "GatherND", "Gather", "GatherElements", "Cast", "Sqrt", "Max", "Min", "Clip", "ReduceMax", "ArgMax",
+    "TopK", "Where", "Greater", "Less", "Equal", "Not", "And", "Or", "Shape", "Expand", "Tile", "ConstantOfShape",
+    "Range", "Sigmoid"}
 # Activations the NPU applies inside the conv/matmul before requantizing.
 FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
               "Softplus", "Mish", "Gelu"}
@@ -233,6 +242,31 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
                     break
             ok[t] = good
     return ok
+
+
+def selection_tail(info: GraphInfo) -> Set[int]:
+    """Nodes of a post-processing tail that holds a selection (SELECTION_OPS, an NMS): every node whose outputs reach
+    graph outputs only through SELECTION_TAIL_OPS, and that feeds a selection or reads what one selected (the rows
+    gathered at the kept indices)."""
+    ok: Dict[str, bool] = {}
+    selects: Dict[str, bool] = {}
+    selected: Set[str] = set()
+    for n in info.nodes:
+        if n.op_type in SELECTION_OPS or any(t in selected for t in n.input):
+            selected.update(o for o in n.output if o)
+    for node in reversed(info.nodes):
+        for t in node.output:
+            if not t:
+                continue
+            cons = info.consumers.get(t, [])
+            ok[t] = (t in info.output_set or bool(cons)) and all(
+                info.nodes[c].op_type in SELECTION_TAIL_OPS and all(ok.get(o, False) for o in info.nodes[c].output if o)
+                for c in cons)
+            selects[t] = any(info.nodes[c].op_type in SELECTION_OPS or
+                             any(selects.get(o, False) for o in info.nodes[c].output if o) for c in cons)
+    return {i for i, n in enumerate(info.nodes) if n.op_type in SELECTION_TAIL_OPS and n.output and
+            all(ok.get(o, False) for o in n.output if o) and
+            (n.op_type in SELECTION_OPS or any(selects.get(o, False) or o in selected for o in n.output if o))}
 
 
 def _decodes(info: GraphInfo, i: int, layer_outputs: Set[str]) -> bool:
@@ -446,14 +480,15 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     split_concats: List[str] = []
     if keep_mixed_concat_float:
         ok = tail_ok(info)
+        post = selection_tail(info)
         for i, node in enumerate(info.nodes):
             out = node.output[0] if node.output else ""
             if out in prefix or out not in dyn:
                 continue
-            if node.op_type == "Concat" and ok.get(out, False):
+            if node.op_type == "Concat" and (ok.get(out, False) or i in post):
                 float_tail.add(out)
                 split_concats.append(info.node_label(i))
-            elif node.op_type in TAIL_OPS and any(n in float_tail for n in node.input):
+            elif (node.op_type in TAIL_OPS or i in post) and any(n in float_tail for n in node.input):
                 float_tail.update(o for o in node.output if o)
         if float_tail:
             layer_outputs = {info.nodes[w.node].output[0] for w in weighted}
