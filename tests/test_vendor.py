@@ -362,6 +362,20 @@ def test_vendor_compiles_silu_blocks_with_our_ranges_everywhere(vendor, csp_pack
 
 
 @pytest.mark.slow
+def test_silu_inputs_without_samples_fail_with_what_to_give(vendor, csp_package, tmp_path, monkeypatch):
+    """No calibration samples (the package keeps only its dataset's name, not found from this folder): the SiLU
+    inputs reach the vendor float, it refuses their float16 layers, and the error says what to give."""
+    from openrknn.vendor import export_vendor
+    from openrknn.vendor.env import VendorToolkitError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VendorToolkitError, match=r"2 SiLU input\(s\).*no range.*--dataset FILE \(this model was "
+                                                 r"built with 'dataset.txt'\)"):
+        export_vendor(csp_package, tmp_path / "csp.vendor.rknn", vendor=vendor)
+    assert not (tmp_path / "csp.vendor.rknn").exists()
+
+
+@pytest.mark.slow
 def test_hybrid_16_bit_layer_is_16_bit_in_the_vendor_file(vendor, hybrid_package, csp_package, tmp_path):
     """A layer our hybrid keeps in 16 bits: route qdq refuses the model, route ranges names it in the vendor's
     custom_quantize_layers by our tensor name and the compiled layer that makes it is INT16; so is the layer that

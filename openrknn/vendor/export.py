@@ -359,7 +359,18 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                     input_size_list=[list(s) if toolkit == "rknn-toolkit2" else list(s[1:]) for s in vm.input_shapes],
                     export="vendor.rknn", dataset=ds, ranges={k: list(v) for k, v in vm.ranges.items()},
                     custom_layers=vm.wide_tensors, weight_scales=vm.weight_scales, validate=val_spec)
-    result = _run_runner(vp, job, work, timeout)
+    try:
+        result = _run_runner(vp, job, work, timeout)
+    except VendorToolkitError as e:
+        if not vm.unranged:
+            raise
+        # left float, those inputs become float16 layers the vendor may refuse ("Invalid w_par['dtype'] = float16")
+        build_ds = (meta.get("build") or {}).get("dataset")
+        raise VendorToolkitError(
+            f"{e}\n{vm.unranged} SiLU input(s) (conv outputs before x * sigmoid(x)) have no range: the package does "
+            "not quantize them and no calibration samples were given to measure them. Give the build's calibration "
+            f"samples with --dataset FILE{f' (this model was built with {build_ds!r})' if build_ds else ''} "
+            "(export_vendor(..., dataset=FILE)) or --validate IMAGES") from e
     folded = result.get("custom_folded") or []
     if folded:
         vm.notes.append(f"{len(folded)} tensor(s) our hybrid kept out of int8 are constants the vendor folded away "

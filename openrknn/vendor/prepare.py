@@ -49,6 +49,7 @@ class VendorModel:
     weight_scales: Dict[str, List[float]] = field(default_factory=dict)
     ours: int = 0  # how many of `ranges` are the package's own quantized tensors (the rest: openrknn's extra ranges)
     preactivations: int = 0  # route "qdq": pre-activation tensors given an int8 quantizer with openrknn's range
+    unranged: int = 0  # route "qdq": SiLU inputs left float for lack of calibration samples (the vendor may fail)
 
 
 def _inits(g: onnx.GraphProto) -> Dict[str, onnx.TensorProto]:
@@ -459,7 +460,7 @@ def prepare(package, route: str, extra: Optional[Dict[str, Tuple[float, float]]]
             notes.append(f"{len(missing)} SiLU input(s) left float (no calibration samples): the vendor makes them "
                          "float16 layers")
         return VendorModel(model, means, stds, names, shapes, outputs, post, ours, wide, notes, ours=len(ours),
-                           preactivations=len(added))
+                           preactivations=len(added), unranged=len(missing))
     if route != "ranges":
         raise ValueError(route)
     scales = weight_scales(model)
