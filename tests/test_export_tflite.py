@@ -1221,3 +1221,37 @@ def test_vit_tokens_class_token_and_spelled_out_gelu(tmp_path, gelu):
         ours, theirs = sim.run([img])[0], runner.run([img])[0]
         assert ours.shape == theirs.shape == (1, tokens + 1, 2 * c)
         assert cosine(ours, theirs) >= 0.999
+
+
+def test_a_dead_squeeze_excite_branch_exports_and_xnnpack_runs_it(tmp_path):
+    """A squeeze-excite block whose reduce conv's ReLU is dead on every calibration sample (an empty range) and whose
+    expand conv has a channel trained to ~1e-16 (the PAN MobileNetV3 segmenter has both): the scales stay
+    representable (quant/schemes.py EMPTY_SCALE, weights.py CHANNEL_FLOOR), so LiteRT's default XNNPACK delegate
+    prepares the file (with a 1e-32 activation scale it failed: "Node ... failed to prepare") and computes what the
+    simulator does."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(5)
+    expand = (rng.standard_normal((6, 4, 1, 1)) * .5).astype(np.float32)
+    expand[3] *= 1e-16
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(6, .1, np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((4, 6, 1, 1)) * .1).astype(np.float32), "w_red"),
+             numpy_helper.from_array(np.full(4, -10.0, np.float32), "b_red"),       # ReLU(... - 10): always 0
+             numpy_helper.from_array(expand, "w_exp"), numpy_helper.from_array(np.full(6, .5, np.float32), "b_exp"),
+             numpy_helper.from_array((rng.standard_normal((4, 6, 1, 1)) * .4).astype(np.float32), "w2")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("GlobalAveragePool", ["r"], ["p"]), n("Conv", ["p", "w_red", "b_red"], ["red"]),
+             n("Relu", ["red"], ["dead"]), n("Conv", ["dead", "w_exp", "b_exp"], ["e"]),
+             n("Sigmoid", ["e"], ["gate"]), n("Mul", ["r", "gate"], ["se"]), n("Conv", ["se", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "dead_se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, _ = _w8a8_tflite(model, tmp_path, "dead_se")
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)  # XNNPACK
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

@@ -240,6 +240,37 @@ def test_qparams_edge_cases():
     assert s == 2.0 ** -5 and z == 0  # 3 / 127 = 0.0236 -> 2^-5 = 0.03125
 
 
+@pytest.mark.parametrize("dtype", ["asymmetric_quantized-u8", "w8a8", "w16a16i"])
+def test_an_empty_range_gets_a_scale_products_survive(dtype):
+    """A ReLU dead on every calibration sample (range [0, 0], or float noise like 3e-30): a scale of 2^-20 with zero
+    exact, not a denormal-sized one whose product with the next layer's weight scale underflows float32."""
+    from openrknn.quant.schemes import EMPTY_SCALE
+
+    for fmt in (get_scheme(dtype).act, get_scheme(dtype).weight):
+        for hi in (0.0, 3e-30):
+            s, z = qparams(np.float64(0.0), np.float64(hi), fmt)
+            assert s == np.float32(EMPTY_SCALE) and (z == 0 or z == fmt.qmin), (fmt, hi)
+            assert float(s) * 1e-12 > np.finfo(np.float32).tiny  # times a small weight scale: still a normal float
+    s, _ = qparams(np.float64(0.0), np.float64(1e-20), get_scheme("w8a8").act)  # tiny but real: its own scale
+    assert s == pytest.approx(1e-20 / 255, rel=1e-5)
+
+
+def test_a_channel_far_below_the_others_gets_a_floor_scale():
+    """Per-channel weights with one channel ~1e-16 (a squeeze-excite channel trained to nothing): its scale is
+    floored at 2^-20 of the widest channel's, so input x weight scale and TFLite's requantization multipliers stay
+    representable; its integers round to zero, and the other channels are untouched."""
+    from openrknn.quant.algorithms.weights import CHANNEL_FLOOR, quantize_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32)
+    w[2] *= 1e-16
+    fmt = get_scheme("w8a8").weight
+    q, scale, zp = quantize_weight(w, 0, fmt)
+    free, _, _ = quantize_weight(np.delete(w, 2, axis=0), 0, fmt)
+    assert scale[2] == pytest.approx(np.abs(w).max() * CHANNEL_FLOOR / 127, rel=1e-5)
+    assert np.all(q[2] == 0) and np.array_equal(np.delete(q, 2, axis=0), free)
+
+
 def test_equalization_keeps_the_function_and_evens_depthwise_ranges(calib):
     model = tiny_model()
     # range split off: it would also rescue the uneven depthwise channels, by another route

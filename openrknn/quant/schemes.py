@@ -17,11 +17,19 @@ def _pow2_ceil(x: np.ndarray) -> np.ndarray:
     return np.exp2(np.ceil(np.log2(x)))
 
 
+# The scale of an empty range. Any scale keeps its zeros exact; a float32 denormal-sized one (the old floor, 1e-32)
+# made every product with it underflow: the next conv's input x weight scale, TFLite's requantization multipliers
+# (XNNPACK refuses such a layer). This one still maps anything the calibration never saw to about zero.
+EMPTY_SCALE = 2.0 ** -20
+
+
 def qparams(lo: np.ndarray, hi: np.ndarray, fmt: TensorFormat) -> Tuple[np.ndarray, np.ndarray]:
     """Scale and nominal zero point for ranges [lo, hi] (arrays, elementwise). The range is widened to hold 0 so
-    that zero (padding, ReLU) is exact; a degenerate range gets a tiny positive scale."""
+    that zero (padding, ReLU) is exact; an empty range (a ReLU dead on every calibration sample) gets EMPTY_SCALE."""
     lo = np.minimum(np.asarray(lo, np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    empty = (hi - lo) <= np.finfo(np.float32).tiny * 2 ** 20 * fmt.levels
+    hi = np.where(empty, EMPTY_SCALE * fmt.levels / (2 if fmt.symmetric else 1), hi)
     tiny = np.finfo(np.float32).tiny * 2 ** 20
     if fmt.symmetric:
         amax = np.maximum(np.maximum(-lo, hi), tiny)

@@ -47,9 +47,20 @@ def mmse_range(w: np.ndarray, axis: Optional[int], fmt: TensorFormat, candidates
     return lo * best, hi * best
 
 
+# A channel whose weights span less than this share of the layer's widest channel gets that much of a range: its
+# output is below float32's resolution of the other channels' anyway, and a scale of 1e-18 (a squeeze-excite
+# channel trained to ~1e-16) makes input x weight scale underflow and requantization multipliers that TFLite's
+# XNNPACK refuses ("failed to prepare"). The channel's integers only get coarser.
+CHANNEL_FLOOR = 2.0 ** -20
+
+
 def quantize_weight(w: np.ndarray, axis: Optional[int], fmt: TensorFormat, method: str = "minmax"):
     """(q nominal ints, scale, zero_point) of w; per channel along ``axis`` or per tensor when axis is None."""
     lo, hi = mmse_range(w, axis, fmt) if method == "mmse" else minmax_range(w, axis)
+    if axis is not None and np.size(hi) > 1:
+        width = np.maximum(hi, -lo) if fmt.symmetric else np.maximum(hi, 0) - np.minimum(lo, 0)
+        floor = width.max() * CHANNEL_FLOOR
+        hi = np.where(width < floor, np.maximum(hi, floor), hi)
     scale, zp = qparams(lo, hi, fmt)
     if axis is None:
         scale, zp = scale.reshape(()), zp.reshape(())
