@@ -1255,3 +1255,37 @@ def test_a_dead_squeeze_excite_branch_exports_and_xnnpack_runs_it(tmp_path):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)  # XNNPACK
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_instance_norm_exports_as_float_ops_litert_agrees(tmp_path, first):
+    """InstanceNormalization (XFeat normalizes its input with one, LDC a feature map): MEAN over the channel-last
+    tensor's spatial axes, RSQRT, the per-channel scale and bias; at the input (before any quantizer) and between
+    two int8 convs."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(8)
+    c_in = 3 if first else 6
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4, 6, 1, 1)) * .4).astype(np.float32), "w2"),
+             numpy_helper.from_array((1 + rng.standard_normal(c_in) * .3).astype(np.float32), "gamma"),
+             numpy_helper.from_array((rng.standard_normal(c_in) * .3).astype(np.float32), "beta")]
+    n = helper.make_node
+    if first:
+        nodes = [n("InstanceNormalization", ["x", "gamma", "beta"], ["xn"], epsilon=1e-5),
+                 n("Conv", ["xn", "w"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+                 n("Conv", ["r", "w2"], ["y"])]
+    else:
+        nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("InstanceNormalization", ["c", "gamma", "beta"],
+                 ["cn"], epsilon=1e-3), n("Relu", ["cn"], ["r"]), n("Conv", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "inorm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "inorm")
+    assert {"MEAN", "RSQRT"} <= set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

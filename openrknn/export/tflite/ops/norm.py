@@ -1,5 +1,6 @@
-"""LayerNormalization and BatchNormalization: float forms built from TFLite's elementwise kernels (TFLite has no
-normalization builtin). Our graph computes both in float between quantization points, as the NPU does."""
+"""LayerNormalization, InstanceNormalization and BatchNormalization: float forms built from TFLite's elementwise
+kernels (TFLite has no normalization builtin). Our graph computes them in float between quantization points, as the
+NPU does."""
 
 from __future__ import annotations
 
@@ -48,6 +49,41 @@ def _layer_norm(ctx, node) -> str:
 
 
 register("LayerNormalization", float=_layer_norm)
+
+
+def _instance_norm(ctx, node) -> str:
+    """(x - mean) * rsqrt(var + eps) * scale_c + bias_c, mean and variance over each channel's own positions (every
+    axis after ONNX's channel axis 1): MEAN over the spatial axes of the channel-last tensor (an edge detector's and
+    XFeat's input normalization)."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    if rank < 3:
+        raise NotSupportedError(f"export-tflite: {layer} normalizes a rank-{rank} tensor; InstanceNormalization "
+                                "needs [N, C, ...]")
+    nhwc = v.nhwc and rank == 4
+    x = ctx.f_of(node.input[0], layer)
+    spatial = list(range(1, rank - 1)) if nhwc else list(range(2, rank))
+    axes = ctx.m.add_const(ctx._tname("axes"), np.asarray(spatial, np.int32))
+    reduced = tuple(1 if d in spatial else s for d, s in enumerate(x.shape))
+    mean = ctx.float_op("MEAN", [x, axes], reduced, layer + "/mean", layer, ("ReducerOptions", {"KeepDims": True}))
+    centred = ctx.float_binary("SUB", x, mean, layer + "/centred", layer)
+    square = ctx.float_binary("MUL", centred, centred, layer + "/square", layer)
+    var = ctx.float_op("MEAN", [square, axes], reduced, layer + "/var", layer, ("ReducerOptions", {"KeepDims": True}))
+    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
+    var_eps = ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)
+    inv = ctx.float_op("RSQRT", [var_eps], reduced, layer + "/rsqrt", layer)
+    y = ctx.float_binary("MUL", centred, inv, layer + "/normalized", layer)
+    bshape = (1, -1) + (1,) * (rank - 2)
+    gamma = np.asarray(_const_param(ctx, node, 1, 1.0), np.float32).reshape(bshape)
+    beta = np.asarray(_const_param(ctx, node, 2, 0.0), np.float32).reshape(bshape)
+    y = ctx.float_binary("MUL", y, ctx.const_for(gamma, rank, nhwc, "in_scale"), layer + "/scaled", layer)
+    ctx.m.add_op("ADD", [y, ctx.const_for(beta, rank, nhwc, "in_bias")], [ctx.out_f(node.output[0], nhwc)],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return ""
+
+
+register("InstanceNormalization", float=_instance_norm)
 
 
 def _batch_norm(ctx, node) -> str:
