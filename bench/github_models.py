@@ -1,0 +1,325 @@
+"""Real models from public GitHub repositories (committed files at a pinned commit, sha256-checked), through the
+public API as a user would run them: float and w8a8 builds against onnxruntime on the file, beside rknn-toolkit2
+2.5.0 where bench/corpus.py's vendor virtualenv exists.
+
+    python bench/github_models.py [--cache DIR] [--only ROWS]
+
+Each file is downloaded once from raw.githubusercontent.com into <cache>/github/<owner>/<repo>/; where GitHub is not
+reachable, put the file there yourself (the error names the path). The models, all from Kazuhito00's sample
+repositories (Apache-2.0 or MIT, as each says):
+- nms_inside: a YOLOX-nano hand-sign detector exported "with post" (its decode written with ScatterND, scores =
+  sqrt(objectness x class), NonMaxSuppression, the kept rows gathered: one [K, 7] output whose length depends on
+  the image; NARUTO-HandSignDetection). The metric: the float model's detections (score >= 0.3) found again with
+  the same class and IoU >= 0.5, and the extra ones.
+- person_detector: a one-class YOLOX (192x192, raw head output; MOT-Tracking-by-Detection-Pipeline), decoded as
+  openrknn's YOLOX path decodes; the same metric.
+- edges: LDC, a dense edge detector (640x360, five side outputs and their fusion, ConvTranspose, an InstanceNorm
+  at the input; LDC-ONNX-Sample); each output's cosine and the F1 of the fused edge map (sigmoid > 0.5) against
+  the float model's.
+- keypoints: XFeat (320x224; descriptors, keypoint logits over 65 bins, reliability; XFeat-Image-Matching-ONNX-
+  Sample); each output's cosine.
+- segmentation: a PAN with a MobileNetV3-small encoder (hard-swish, squeeze-excite; skin, clothes and hair masks
+  at 512x512; Skin-Clothes-Hair-Segmentation-using-SMP), fed the repository's own photos and COCO; the masks' IoU
+  (sigmoid > 0.5) against the float model's.
+- reid: OpenVINO's person-reidentification-retail-0288 converted through TF (NHWC [1, 256, 128, 3] input, an
+  OSNet with instance norms spelled out as ReduceMean / Sqrt / Div; MOT-Tracking-by-Detection-Pipeline), fed
+  vertical crops of the shared images as a tracker crops people; the embedding's cosine and the crops whose
+  nearest neighbour (cosine of embeddings) is the float model's.
+Calibration on the even-numbered inputs, evaluation on the odd-numbered ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from arrivals import _vendor, build, cosine, images  # also puts the repository root on sys.path
+
+REPOS = {
+    "naruto": ("Kazuhito00/NARUTO-HandSignDetection", "07f4d3231f43f97cbd37653c793825f1dbc94d0e"),
+    "mot": ("Kazuhito00/MOT-Tracking-by-Detection-Pipeline", "e50a76b8b430b778276e7fd04fd4cafd5d45eab2"),
+    "ldc": ("Kazuhito00/LDC-ONNX-Sample", "7556b4e80d5af66af13104efb5b0fbbde05cc8ba"),
+    "xfeat": ("Kazuhito00/XFeat-Image-Matching-ONNX-Sample", "6eb24aad8997243881f275a5963acc5d19f7c332"),
+    "smp": ("Kazuhito00/Skin-Clothes-Hair-Segmentation-using-SMP", "043fc08bf0ed845b36485a115085104c6459cbc4"),
+}
+FILES = {  # (repo key, path in the repository, sha256 prefix)
+    "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
+    "person": ("mot", "Detector/light_person_detector/model/model.onnx", "4bf5f704cd3bd900"),
+    "ldc": ("ldc", "model/LDC_640x360.onnx", "1895fa66262c9caa"),
+    "xfeat": ("xfeat", "onnx_model/xfeat_320x224.onnx", "4eb3d29927367b64"),
+    "pan": ("smp", "02.model/_old/PAN(timm-mobilenetv3_small_100)_452_1.02M_0.8028/best_model_simplifier.onnx",
+            "324a22a1c2e3a433"),
+    "reid": ("mot", "Tracker/person_reid/model/person-reidentification-retail-0288.onnx", "f3966d905e723202"),
+}
+SMP_PHOTOS = ["01.dataset/image/0.png"] + [f"01.dataset/image/{n}.png" for n in
+                                           ("000335", "000340", "000342", "000343", "000344", "000345")] + \
+    [f"XX.image/0{k}.png" for k in (1, 2, 3)]
+
+
+def fetch_github(cache: Path, key: str, path: str, sha_prefix: str = "") -> Path:
+    """``path`` of the repository ``key`` at its pinned commit, under <cache>/github/<owner>/<repo>/<path>."""
+    repo, commit = REPOS[key]
+    out = cache / "github" / repo / path
+    if not out.is_file():
+        url = f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+        try:
+            data = urllib.request.urlopen(url.replace(" ", "%20").replace("(", "%28").replace(")", "%29"),
+                                          timeout=60).read()
+        except OSError as e:
+            raise RuntimeError(f"could not download {url} ({e}); put the file at {out}") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".partial")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    got = hashlib.sha256(out.read_bytes()).hexdigest()
+    if sha_prefix and not got.startswith(sha_prefix):
+        raise RuntimeError(f"{out} has sha256 {got[:16]}..., not the pinned file's {sha_prefix}...")
+    return out
+
+
+def model(cache: Path, name: str) -> Path:
+    key, path, sha = FILES[name]
+    return fetch_github(cache, key, path, sha)
+
+
+def _letterbox(rgb: np.ndarray, side: int) -> np.ndarray:
+    """YOLOX's feed: BGR, scaled to fit, at the top left of a 114-gray square."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    r = min(side / h, side / w)
+    out = np.full((side, side, 3), 114, np.uint8)
+    out[:int(h * r), :int(w * r)] = cv2.resize(rgb[:, :, ::-1], (int(w * r), int(h * r)))
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
+    x2, y2 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter + 1e-9)
+
+
+def _kept_cell(refs: list, outs: list) -> str:
+    """refs, outs: per image [(class, xyxy)]; the float model's boxes found again (same class, IoU >= 0.5)."""
+    kept = extra = total = 0
+    for ref, got in zip(refs, outs):
+        total += len(ref)
+        used = set()
+        boxes = np.array([b for _, b in got]).reshape(-1, 4)
+        for c, box in ref:
+            ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
+            for j in np.argsort(-ious):
+                if j not in used and ious[j] >= 0.5 and got[j][0] == c:
+                    used.add(j)
+                    kept += 1
+                    break
+        extra += len(got) - len(used)
+    return f"detections kept {kept}/{total}, {extra} extra"
+
+
+def nms_inside(cache: Path, work: Path) -> list:
+    import onnxruntime as ort
+
+    path = model(cache, "nms_inside")
+    pics = [_letterbox(p, 416) for p in images(["coco", "misc", "imagenet"], None)]
+    calib, held = pics[0::2][:16], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def dets(out):  # rows: batch, class, score, x1, y1, x2, y2
+        rows = np.asarray(out).reshape(-1, 7)
+        return [(int(r[1]), r[3:]) for r in rows if r[2] >= 0.3]
+
+    refs = [dets(sess.run(None, {"images": p.transpose(2, 0, 1)[None].astype(np.float32)})[0]) for p in held]
+    cells = [f"YOLOX-nano hand signs with its decode and NMS inside (416, [K, 7] out; {len(held)} images)"]
+    cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        cells.append(_kept_cell(refs, [dets(r.inference(inputs=[p])[0]) for p in held]))
+        if dtype:
+            job = {"input_name": "images", "shape": [1, 3, 416, 416], "mean": [0] * 3, "std": [1] * 3}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets(o[0]) for o in outs]))
+            cells.append(_litert_refusal(r, work))
+        r.release()
+    return cells
+
+
+def _litert_refusal(r, work: Path) -> str:
+    """What export_tflite says of a model with ops it has no TFLite form for."""
+    if r.export_tflite(str(work / "m.tflite"), input_dtype="uint8") == 0:
+        return "exported"
+    return f"export refused: {str(r.last_error)[:90]}"
+
+
+def person_detector(cache: Path, work: Path) -> list:
+    import onnxruntime as ort
+
+    from openrknn.vision.letterbox import LetterboxTransform
+    from openrknn.vision.yolox.decode import postprocess_yolox
+
+    path = model(cache, "person")
+    pics = [_letterbox(p, 192) for p in images(["coco", "misc", "imagenet"], None)]
+    calib, held = pics[0::2][:16], pics[1::2]
+    identity = LetterboxTransform.identity(192, 192)
+
+    def dets(out):  # openrknn's YOLOX decode: grids, strides, exp, objectness x class, NMS
+        d = postprocess_yolox([np.asarray(out).reshape(1, -1, 6)], identity, 1, 0.3, 0.45, False, "flat")
+        return [(int(c), b) for c, b in zip(d.class_ids, d.boxes)]
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [dets(sess.run(None, {"images": p.transpose(2, 0, 1)[None].astype(np.float32)})[0]) for p in held]
+    cells = [f"one-class YOLOX person detector (192, raw head output; {len(held)} images)"]
+    cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        cells.append(_kept_cell(refs, [dets(r.inference(inputs=[p])[0]) for p in held]))
+        if dtype:
+            job = {"input_name": "images", "shape": [1, 3, 192, 192], "mean": [0] * 3, "std": [1] * 3}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets(o[0]) for o in outs]))
+            cells.append(_litert(r, held[:4], work))
+        r.release()
+    return cells
+
+
+def _litert(r, feeds: list, work: Path) -> str:
+    from arrivals import litert
+
+    return litert(r, [[f] for f in feeds], work)
+
+
+def _cosines(outs: list, refs: list) -> str:
+    n = len(refs[0])
+    per = [np.mean([cosine(o[k], w[k]) for o, w in zip(outs, refs)]) for k in range(n)]
+    worst = [min(cosine(o[k], w[k]) for o, w in zip(outs, refs)) for k in range(n)]
+    return "cosine per output " + ", ".join(f"{m:.5f}" for m in per) + f" (worst input {min(worst):.4f})"
+
+
+def _dense_row(path: Path, what: str, pics: list, cfg: dict, feed, job: dict, work: Path, task=None) -> list:
+    """Float and w8a8 builds of a dense model on ``pics`` (RGB HWC), each output's cosine to onnxruntime on
+    ``feed(pic)``, and ``task(outs, refs)`` (outs: per image the list of outputs)."""
+    import onnxruntime as ort
+
+    calib, held = pics[0::2][:12], pics[1::2][:12]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {sess.get_inputs()[0].name: feed(p)}) for p in held]
+    cells = [what + f" ({len(held)} images)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        got = [[np.asarray(o).reshape(w.shape) for o, w in zip(r.inference(inputs=[p]), ref)]
+               for p, ref in zip(held, refs)]
+        cells.append(_cosines(got, refs) + (f"; {task(got, refs)}" if task else ""))
+        if dtype:
+            vcal = [c.transpose(2, 0, 1)[None] if job["shape"][1] == 3 else c[None] for c in calib]
+            said, outs = _vendor(path, job, vcal, [p[None] for p in held], work)
+            if outs is not None:
+                outs = [[o[k].reshape(w.shape) for k, w in enumerate(ref)] for o, ref in zip(outs, refs)]
+                said += ": " + _cosines(outs, refs) + (f"; {task(outs, refs)}" if task else "")
+            cells[-1] += "; " + said
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
+def edges(cache: Path, work: Path) -> list:
+    def f1(outs, refs):
+        scores = []
+        for o, w in zip(outs, refs):
+            a, b = o[-1] > 0, w[-1] > 0  # sigmoid > 0.5
+            scores.append(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+        return f"fused edge map F1 {np.mean(scores):.4f}"
+
+    return _dense_row(model(cache, "ldc"), "LDC edge detector (640x360, 5 maps)", images(["coco", "misc"], (360, 640)),
+                      {"mean_values": [[0] * 3], "std_values": [[1] * 3]},
+                      lambda x: x.astype(np.float32).transpose(2, 0, 1)[None],
+                      {"input_name": "input_image", "shape": [1, 3, 360, 640], "mean": [0] * 3, "std": [1] * 3},
+                      work, f1)
+
+
+def keypoints(cache: Path, work: Path) -> list:
+    # the model takes BGR / 255: every build is fed the BGR images
+    pics = images(["coco", "misc"], (224, 320))
+    return _dense_row(model(cache, "xfeat"), "XFeat keypoints and descriptors (320x224, 3 outputs)",
+                      [p[:, :, ::-1].copy() for p in pics], {"mean_values": [[0] * 3], "std_values": [[255] * 3]},
+                      lambda x: (x.astype(np.float32) / 255).transpose(2, 0, 1)[None],
+                      {"input_name": "input", "shape": [1, 3, 224, 320], "mean": [0] * 3, "std": [255] * 3}, work)
+
+
+def segmentation(cache: Path, work: Path) -> list:
+    import cv2
+
+    photos = [cv2.resize(cv2.imread(str(fetch_github(cache, "smp", p)))[:, :, ::-1], (512, 512)) for p in SMP_PHOTOS]
+    mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
+
+    def masks(outs, refs):
+        ious = []
+        for o, w in zip(outs, refs):
+            for c in range(3):
+                a, b = o[0][0, c] > 0.5, w[0][0, c] > 0.5
+                if b.sum() > 500:  # a part the photo shows
+                    ious.append((a & b).sum() / (a | b).sum())
+        return f"masks' IoU {np.mean(ious):.4f} (worst {np.min(ious):.4f}, {len(ious)} masks)"
+
+    return _dense_row(model(cache, "pan"), "PAN MobileNetV3-small skin / clothes / hair segmenter (512x512)",
+                      photos + images(["coco"], (512, 512)),
+                      {"mean_values": [mean.tolist()], "std_values": [std.tolist()]},
+                      lambda x: ((x - mean) / std).astype(np.float32).transpose(2, 0, 1)[None],
+                      {"input_name": "x.1", "shape": [1, 3, 512, 512], "mean": mean.tolist(), "std": std.tolist()},
+                      work, masks)
+
+
+def reid(cache: Path, work: Path) -> list:
+    import cv2
+
+    crops = []
+    for p in images(["coco", "misc"], None):
+        w = p.shape[1]
+        for k in range(2):  # two upright crops per image, BGR, as the tracker cuts detected people
+            x0 = int(w * (0.15 + 0.4 * k))
+            crops.append(cv2.resize(p[:, x0:x0 + w // 3, ::-1], (128, 256)))
+
+    def neighbours(outs, refs):
+        def nn(embs):
+            e = np.stack([x[0].ravel() / np.linalg.norm(x[0]) for x in embs])
+            sim = e @ e.T
+            np.fill_diagonal(sim, -2)
+            return sim.argmax(1)
+
+        return f"nearest neighbour the float model's {int((nn(outs) == nn(refs)).sum())}/{len(refs)}"
+
+    return _dense_row(model(cache, "reid"), "person re-ID retail-0288 (NHWC 256x128 crops, OSNet instance norms)",
+                      crops, {"mean_values": [[0] * 3], "std_values": [[1] * 3]},
+                      lambda x: x[None].astype(np.float32),
+                      {"input_name": "inputs:0", "shape": [1, 256, 128, 3], "mean": [0] * 3, "std": [1] * 3},
+                      work, neighbours)
+
+
+ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
+    ap.add_argument("--only", default="", help="comma-separated rows, e.g. nms_inside,edges")
+    args = ap.parse_args()
+    runs = [r for r in ROWS if not args.only or r.__name__ in args.only.split(",")]
+    print("| model | float build vs onnxruntime | w8a8 vs onnxruntime; rknn-toolkit2 w8a8 | its export_tflite on "
+          "LiteRT vs the simulator |")
+    print("|---|---|---|---|")
+    for run in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                cells = run(args.cache, Path(tmp))
+            except Exception as e:  # one model's failure is a row, not the end of the bench
+                cells = [run.__name__, f"FAIL: {str(e)[:160]}", "", ""]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
