@@ -1289,3 +1289,39 @@ def test_instance_norm_exports_as_float_ops_litert_agrees(tmp_path, first):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
+def test_bilinear_resizes_export_in_float_as_the_graph_computes_them(tmp_path):
+    """A decoder of bilinear upsamplings between int8 convs: each RESIZE_BILINEAR runs in float between DEQUANTIZE and
+    our QUANTIZE, as our graph computes it (TFLite's int8 kernel interpolates with fixed-point weights and rounds
+    elsewhere; over five of them pose_landmark_full's segmentation fell to 0.969 against the simulator). A
+    nearest-neighbour resize copies values and stays int8."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(9)
+    inits, nodes, x = [], [], "x"
+    n = helper.make_node
+    chans = 3
+    for k in range(3):  # conv (stride 2) then upsample x2: the size stays, the resizes stack up
+        inits += [numpy_helper.from_array((rng.standard_normal((8, chans, 3, 3)) * .4).astype(np.float32), f"w{k}"),
+                  numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), f"s{k}")]
+        nodes += [n("Conv", [x, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                  n("Relu", [f"c{k}"], [f"r{k}"]),
+                  n("Resize", [f"r{k}", "", f"s{k}"], [f"u{k}"], mode="nearest" if k == 2 else "linear",
+                    coordinate_transformation_mode="asymmetric" if k == 2 else "half_pixel")]
+        x, chans = f"u{k}", 8
+    inits.append(numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * .4).astype(np.float32), "wo"))
+    nodes.append(n("Conv", [x, "wo"], ["y"]))
+    graph = helper.make_graph(nodes, "decoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "decoder")
+    resizes = [r for r in report.layers if r.op_type == "Resize"]
+    assert [r.mode for r in resizes] == ["float", "float", "int8"]
+    assert all("fixed-point" in r.note for r in resizes[:2])
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.9999
