@@ -73,34 +73,60 @@ def test_only_convs_whose_probabilities_reach_the_outputs_are_heads():
     heads = sigmoid_heads(info, plan, everything)
     # the SiLU's conv, the gate, the raw output and the scaled probabilities are not score heads; of the split
     # head only the scores are (its fifth channel, after four box channels)
-    assert sorted(heads.values()) == [[("h1", 0)], [("logit5", 4)]]
+    assert sorted(heads.values()) == [[("h1", 0, None)], [("logit5", 4, None)]]
     assert sigmoid_heads(info, plan, {}) == {}  # a head left float (hybrid) is not corrected
 
 
-def _detector(clip: float) -> onnx.ModelProto:
-    """A score map read from features through a ReLU; the strong responses live in a few wide channels."""
+def _detector(clip: float, moved: bool = False) -> onnx.ModelProto:
+    """A score map read from features through a ReLU; the strong responses live in a few wide channels. moved: two
+    anchors' scores per cell, carried to the Sigmoid by a Transpose and a Reshape into one [1, cells x 2, 1] output,
+    as SCRFD exports its face scores."""
     rng = np.random.default_rng(2)
     w0 = rng.normal(0, 0.02, (8, 3, 3, 3)) * np.array([8, 6, 1, 1, 1, 1, 1, 1])[:, None, None, None]
-    w1 = np.abs(rng.normal(0, 0.4, (1, 8, 1, 1)))
+    heads = 2 if moved else 1
+    w1 = np.abs(rng.normal(0, 0.4, (heads, 8, 1, 1)))
     inits = [numpy_helper.from_array(w0.astype(np.float32), "w0"), numpy_helper.from_array(w1.astype(np.float32), "w1"),
-             numpy_helper.from_array(np.array([-clip], np.float32), "b1")]
+             numpy_helper.from_array(np.full(heads, -clip, np.float32), "b1"),
+             numpy_helper.from_array(np.array([1, -1, 1], np.int64), "per_anchor")]
     n = helper.make_node
     nodes = [n("Transpose", ["raw"], ["x"], perm=[0, 3, 1, 2]), n("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
-             n("Relu", ["c0"], ["feat"]), n("Conv", ["feat", "w1", "b1"], ["logit"]), n("Sigmoid", ["logit"], ["p"])]
+             n("Relu", ["c0"], ["feat"]), n("Conv", ["feat", "w1", "b1"], ["logit"])]
+    if moved:
+        nodes += [n("Transpose", ["logit"], ["logit_hwc"], perm=[0, 2, 3, 1]),
+                  n("Reshape", ["logit_hwc", "per_anchor"], ["logit_flat"]), n("Sigmoid", ["logit_flat"], ["p"])]
+    else:
+        nodes.append(n("Sigmoid", ["logit"], ["p"]))
+    out = [1, 128, 1] if moved else [1, 1, 8, 8]
     g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 8, 8, 3])],
-                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1, 8, 8])], inits)
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, out)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("dtype,target", [("w8a8", "rk3588"), ("asymmetric_quantized-u8", "rk1808")])
-def test_a_score_map_loses_its_systematic_shift(tmp_path, dtype, target):
+def test_a_head_moved_to_its_sigmoid_by_layout_ops_is_a_head():
+    """conv -> Transpose -> Reshape -> Sigmoid -> output: the head is the Sigmoid's input, and each of its elements
+    is traced back to the conv channel (anchor) it came from."""
+    model = normalize(_detector(3.0, moved=True))
+    info = GraphInfo(model)
+    plan = build_plan(info)
+    heads = sigmoid_heads(info, plan, {w.node: object() for w in plan.weighted})
+    [(tensor, first, channel_of)] = [parts[0] for parts in heads.values()]
+    assert first == 0 and channel_of.shape == (1, 128, 1)
+    assert np.array_equal(channel_of.ravel(), np.tile([0, 1], 64))  # cell by cell, anchor 0 then anchor 1
+    f = np.random.default_rng(3).normal(0, 2, (1, 128, 1))
+    num, den = channel_delta(f, f - np.tile([0.5, -0.25], 64).reshape(1, 128, 1), channel_of)
+    assert np.allclose(num / den, [0.5, -0.25])
+
+
+@pytest.mark.parametrize("dtype,target,moved", [("w8a8", "rk3588", False), ("asymmetric_quantized-u8", "rk1808", False),
+                                                ("w8a8", "rk3588", True)])
+def test_a_score_map_loses_its_systematic_shift(tmp_path, dtype, target, moved):
     """The feature tensor's range is fixed at a third of what it reaches (as a clipping range choice would): the
     strong responses, which decide the scores, come out low, and bias correction, fitted to the mean logit over
     all positions, moves every position instead. With the correction the mean probability error on held-out
     inputs shrinks; without it, it stays."""
     import onnxruntime as ort
 
-    model = _detector(clip=3.0)
+    model = _detector(clip=3.0, moved=moved)
     calib = read_dataset(write_npy_dataset(tmp_path, (1, 8, 8, 3), n=8), SPEC)
     held = [np.random.default_rng(100 + k).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32) for k in range(8)]
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -48,11 +48,45 @@ def _split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
     return [channels // n] * n if channels % n == 0 else None
 
 
-def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[int, List[Tuple[str, int]]]:
-    """{weighted node: [(tensor a Sigmoid reads, first channel of the node's output it holds)]} for each quantized
-    Conv/ConvTranspose/Gemm whose output, alone or cut by a channel Split (a head's scores next to its box
+# ops that only move a head's logits between its conv and its Sigmoid (SCRFD: conv -> Transpose -> Reshape ->
+# Sigmoid, one score per anchor and cell in a [1, N, 1] output)
+MOVES = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+Head = Tuple[str, int, Optional[np.ndarray]]  # (tensor a Sigmoid reads, first channel, channel of each element)
+
+
+def _moved_channels(info: GraphInfo, y: str, channels: int) -> Optional[Tuple[str, np.ndarray]]:
+    """Follow ``y`` (a conv output, channels on axis 1) through MOVES, one reader at a time, to the tensor they end
+    in: (that tensor, the conv channel each of its elements came from), or None when no op moves it or a shape is
+    unknown."""
+    shape = info.shape.get(y)
+    if shape is None or None in shape or len(shape) < 2:
+        return None
+    index = np.broadcast_to(np.arange(channels).reshape((1, -1) + (1,) * (len(shape) - 2)), shape)
+    t, moved = y, False
+    while True:
+        readers = info.consumers.get(t, [])
+        if t in info.output_set or len(readers) != 1 or info.nodes[readers[0]].op_type not in MOVES:
+            return (t, np.ascontiguousarray(index)) if moved else None
+        i = readers[0]
+        out = info.nodes[i].output[0]
+        if info.nodes[i].op_type == "Transpose":
+            perm = info.attr(i, "perm", None)
+            index = np.transpose(index, perm)
+        else:
+            shape = info.shape.get(out)
+            if shape is None or None in shape or int(np.prod(shape)) != index.size:
+                return None
+            index = index.reshape(shape)
+        t, moved = out, True
+
+
+def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[int, List[Head]]:
+    """{weighted node: [(tensor a Sigmoid reads, first channel of the node's output it holds, None)]} for each
+    quantized Conv/ConvTranspose/Gemm whose output, alone or cut by a channel Split (a head's scores next to its box
     distribution), goes into Sigmoids whose probabilities reach the model's outputs unchanged: a detector's score
-    maps, not a SiLU or a gate. A Split's other parts are left as they are."""
+    maps, not a SiLU or a gate. A Split's other parts are left as they are. Where layout ops (MOVES) carry the
+    output to its Sigmoid, the third entry gives the conv channel of each element the Sigmoid reads."""
 
     # probabilities reach the outputs unchanged when only layout ops and concats follow (YOLOX-nano concatenates
     # objectness, classes and boxes and reshapes them): plan.py's float-tail walk
@@ -70,23 +104,33 @@ def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) 
             continue
         y = node.output[0]
         readers = info.consumers.get(y, [])
+        channels = int(np.shape(info.const(w.w))[w.axis])
         if scored(y):
-            out[w.node] = [(y, 0)]
+            out[w.node] = [(y, 0, None)]
         elif len(readers) == 1 and y not in info.output_set and info.nodes[readers[0]].op_type == "Split":
-            sizes = _split_sizes(info, readers[0], int(np.shape(info.const(w.w))[w.axis]))
+            sizes = _split_sizes(info, readers[0], channels)
             if sizes is None:
                 continue
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
-            parts = [(t, int(s)) for t, s in zip(info.nodes[readers[0]].output, starts) if scored(t)]
+            parts = [(t, int(s), None) for t, s in zip(info.nodes[readers[0]].output, starts) if scored(t)]
             if parts:
                 out[w.node] = parts
+        elif node.op_type != "Gemm":
+            moved = _moved_channels(info, y, channels)
+            if moved is not None and scored(moved[0]):
+                out[w.node] = [(moved[0], 0, moved[1])]
     return out
 
 
-def channel_delta(f: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per channel (axis 1): sum s'(f) (f - q) / sum s'(f), as float64 sums (numerator, denominator)."""
+def channel_delta(f: np.ndarray, q: np.ndarray, channel_of: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per channel (axis 1, or ``channel_of`` each element): sum s'(f) (f - q) / sum s'(f), as float64 sums
+    (numerator, denominator)."""
     s = 1.0 / (1.0 + np.exp(-f.astype(np.float64)))
     w = s * (1.0 - s)
+    if channel_of is not None:
+        c = channel_of.ravel()
+        n = int(c.max()) + 1
+        return np.stack([np.bincount(c, (w * (f - q)).ravel(), n), np.bincount(c, w.ravel(), n)])
     axes = tuple(a for a in range(f.ndim) if a != 1)
     return np.stack([(w * (f - q)).sum(axes), w.sum(axes)])
 
@@ -105,16 +149,16 @@ def shift(per_sample: List[np.ndarray]) -> np.ndarray:
     return mean * np.maximum(0.0, 1.0 - se2 / np.maximum(mean * mean, 1e-24))
 
 
-def head_tensors(heads: Dict[int, List[Tuple[str, int]]]) -> List[str]:
+def head_tensors(heads: Dict[int, List[Head]]) -> List[str]:
     """The tensors the heads' Sigmoids read, in order."""
-    return [t for parts in heads.values() for t, _ in parts]
+    return [t for parts in heads.values() for t, _, _ in parts]
 
 
 def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts: Dict[str, ActQuant],
                          weights: Dict[int, WeightQuant], data, samples: int = SAMPLES, threads: int = 0,
                          runs: Optional[Tuple[Callable, Callable]] = None,
                          measured: Sequence[Tuple[list, list]] = (),
-                         heads: Optional[Dict[int, List[Tuple[str, int]]]] = None) -> Optional[Dict]:
+                         heads: Optional[Dict[int, List[Head]]] = None) -> Optional[Dict]:
     """Shift the bias of every sigmoid head (``heads``, default sigmoid_heads) by its measured channel delta; sets
     WeightQuant.bias.
     ``runs``: (float run, quantized run), each (tensor names, feed) -> arrays, on sessions that already output the
@@ -138,14 +182,15 @@ def correct_score_biases(model: onnx.ModelProto, info: GraphInfo, plan: Plan, ac
     run_float, run_quant = runs
     pairs = itertools.chain(measured, ((run_float(names, feed), run_quant(names, feed)) for feed in feeds))
     sums: Dict[str, List[np.ndarray]] = {t: [] for t in names}
+    channel_of = {t: c for parts in heads.values() for t, _, c in parts}
     for floats, quants in pairs:
         for t, f, q in zip(names, floats, quants):
-            sums[t].append(channel_delta(f, q))
+            sums[t].append(channel_delta(f, q, channel_of[t]))
     layers = {}
     for node, parts in heads.items():
         w = next(x for x in plan.weighted if x.node == node)
         delta = np.zeros(int(np.shape(info.const(w.w))[w.axis]))
-        for t, first in parts:
+        for t, first, _ in parts:
             part = shift(sums[t])
             delta[first:first + len(part)] = part
         wq = weights[node]
