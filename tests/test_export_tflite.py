@@ -1325,3 +1325,38 @@ def test_bilinear_resizes_export_in_float_as_the_graph_computes_them(tmp_path):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.9999
+
+
+@pytest.mark.parametrize("count_pad", [0, 1])
+def test_average_pool_with_ceil_mode(tmp_path, count_pad):
+    """A 2x2 / 2 average pool with ceil_mode on an odd-sized map (SCRFD's ResNet-D shortcuts): the last window's
+    overhang is TFLite SAME's end padding, left out of the count as ONNX leaves it (count_include_pad=0), so LiteRT
+    computes what the simulator does; counting the pads has no TFLite form and is refused by name."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 2, 2)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4, 6, 1, 1)) * .4).astype(np.float32), "w2")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"]), n("Relu", ["c"], ["r"]),  # 15x15
+             n("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1,
+               count_include_pad=count_pad),                          # 8x8
+             n("Conv", ["p", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "ceil", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if count_pad:
+        from openrknn.errors import NotSupportedError
+
+        with pytest.raises(NotSupportedError, match="ceil_mode=1 counting its pads"):
+            _w8a8_tflite(model, tmp_path, "ceil")
+        return
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "ceil")
+    assert "AVERAGE_POOL_2D" in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert theirs.shape == ours.shape and cosine(ours, theirs) >= 0.999

@@ -31,10 +31,13 @@ def _pool(ctx, node, kind: str, act=None) -> str:
     strides, dil, pads = geometry(node, kernel)
     is_max = node.op_type == "MaxPool"
     if attr(node, "ceil_mode", 0):
-        if not is_max:
-            raise NotSupportedError(f"export-tflite: {layer} averages with ceil_mode=1; TFLite pooling rounds output "
-                                    "sizes down")
-        pads = _ceil_pads(x.shape[1:3], kernel, strides, dil, pads)  # max over a padded edge of minima: the same
+        if not is_max and attr(node, "count_include_pad", 0):
+            raise NotSupportedError(f"export-tflite: {layer} averages with ceil_mode=1 counting its pads; TFLite "
+                                    "pooling rounds output sizes down and cannot count part of a window")
+        # max: over a padded edge of minima, the same. average (pads not counted): the last window's overhang is
+        # end padding, which TFLite's SAME average leaves out of the count, as ONNX does (a ResNet-D shortcut's
+        # 2x2 / 2 pooling in SCRFD); where the pads are not SAME's, the explicit-pad refusal below says so
+        pads = _ceil_pads(x.shape[1:3], kernel, strides, dil, pads)
     padding = tfl_padding(x.shape[1:3], kernel, strides, dil, pads)
     if padding is not None and not is_max and padding != PADDING_VALID and attr(node, "count_include_pad", 0):
         padding = None  # TFLite's SAME average leaves the padding out of the count
