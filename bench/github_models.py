@@ -25,7 +25,16 @@ repositories (Apache-2.0 or MIT, as each says):
   OSNet with instance norms spelled out as ReduceMean / Sqrt / Div; MOT-Tracking-by-Detection-Pipeline), fed
   vertical crops of the shared images as a tracker crops people; the embedding's cosine and the crops whose
   nearest neighbour (cosine of embeddings) is the float model's.
-Calibration on the even-numbered inputs, evaluation on the odd-numbered ones.
+- faces: SCRFD-2.5G, insightface's face detector with five landmarks (640x640; per stride a score, box-distance and
+  landmark-distance output: nine; hpc203/scrfd-opencv), on the portraits and group selfies of two repositories and
+  the shared images, letterboxed; decoded as the repository's demo decodes (score 0.5, NMS 0.4). The metric: the
+  float model's faces found again (IoU >= 0.5) and the landmarks' mean error in face widths. Calibrated as a user
+  of a face detector would (crops of the group selfie and two portraits) and, to show what a calibration set
+  without faces does, on the shared COCO and misc images.
+- fastest: Yolo-FastestV2 (352x352, COCO; one [605, 95] output of raw grid predictions with the objectness and class
+  sigmoids inside; hpc203/yolo-fastestv2-opencv); the (cell, anchor, class) entries whose objectness x class score
+  passes 0.3, against the float model's.
+Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ REPOS = {
     "ldc": ("Kazuhito00/LDC-ONNX-Sample", "7556b4e80d5af66af13104efb5b0fbbde05cc8ba"),
     "xfeat": ("Kazuhito00/XFeat-Image-Matching-ONNX-Sample", "6eb24aad8997243881f275a5963acc5d19f7c332"),
     "smp": ("Kazuhito00/Skin-Clothes-Hair-Segmentation-using-SMP", "043fc08bf0ed845b36485a115085104c6459cbc4"),
+    "scrfd": ("hpc203/scrfd-opencv", "eee7bf1ee0dbe9615d8d8caaa53702e0d2dca001"),
+    "gaze": ("hpc203/gaze-estimation-opencv-dnn", "5181ebe24711932c5d1f2be40fe06ce7370d5f90"),
+    "fastest": ("hpc203/yolo-fastestv2-opencv", "f865b7c18780c5e5f699e5fcb66074fad0ba3497"),
 }
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
@@ -55,7 +67,11 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "pan": ("smp", "02.model/_old/PAN(timm-mobilenetv3_small_100)_452_1.02M_0.8028/best_model_simplifier.onnx",
             "324a22a1c2e3a433"),
     "reid": ("mot", "Tracker/person_reid/model/person-reidentification-retail-0288.onnx", "f3966d905e723202"),
+    "scrfd": ("scrfd", "weights/scrfd_2.5g_kps.onnx", "32d20c77b9e2dc1d"),
+    "fastest": ("fastest", "model.onnx", "27c34bbd0d054cf7"),
 }
+FACE_PHOTOS = [("gaze", f"images/{n}.jpg") for n in ("liuyifei", "vintage-635244", "woman-2003647")] + \
+    [("scrfd", "selfie.jpg"), ("scrfd", "s_l.jpg")]
 SMP_PHOTOS = ["01.dataset/image/0.png"] + [f"01.dataset/image/{n}.png" for n in
                                            ("000335", "000340", "000342", "000343", "000344", "000345")] + \
     [f"XX.image/0{k}.png" for k in (1, 2, 3)]
@@ -300,7 +316,125 @@ def reid(cache: Path, work: Path) -> list:
                       work, neighbours)
 
 
-ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid)
+def _face_letterbox(bgr: np.ndarray, side: int = 640) -> np.ndarray:
+    """SCRFD's demo feed: scaled to fit (INTER_AREA), at the top left of a black square; RGB out."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    r = min(side / h, side / w)
+    out = np.zeros((side, side, 3), np.uint8)
+    out[:int(h * r), :int(w * r)] = cv2.resize(bgr, (int(w * r), int(h * r)), interpolation=cv2.INTER_AREA)
+    return out[:, :, ::-1].copy()
+
+
+def _faces(outs, side: int = 640) -> list:
+    """SCRFD's decode: per stride 8 / 16 / 32 and 2 anchors per cell, score >= 0.5, box and landmarks as distances
+    from the cell's corner times the stride, NMS at IoU 0.4. [(0, xyxy, landmarks[10])]."""
+    boxes, scores, marks = [], [], []
+    for i, s in enumerate((8, 16, 32)):
+        sc, bb, kp = (np.asarray(outs[i + 3 * k]).reshape(-1, (1, 4, 10)[k]) for k in range(3))
+        n = side // s
+        corner = np.repeat((np.stack(np.mgrid[:n, :n][::-1], -1).reshape(-1, 2) * s).astype(np.float32), 2, axis=0)
+        keep = sc[:, 0] >= 0.5
+        boxes.append(np.concatenate([corner - bb[:, :2] * s, corner + bb[:, 2:] * s], 1)[keep])
+        scores.append(sc[keep, 0])
+        marks.append((np.tile(corner, 5) + kp * s)[keep])
+    b, sc, kp = np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)
+    order, out = np.argsort(-sc), []
+    while len(order):
+        i, rest = order[0], order[1:]
+        out.append((0, b[i], kp[i]))
+        order = rest[_iou(b[i], b[rest]) <= 0.4]
+    return out
+
+
+def _faces_cell(refs: list, outs: list) -> str:
+    kept = _kept_cell([[(c, b) for c, b, _ in r] for r in refs], [[(c, b) for c, b, _ in g] for g in outs])
+    errors = []
+    for ref, got in zip(refs, outs):
+        boxes = np.array([b for _, b, _ in got]).reshape(-1, 4)
+        for _, box, marks in ref:
+            ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
+            if len(ious) and ious.max() >= 0.5:
+                errors.append(np.abs(got[int(ious.argmax())][2] - marks).mean() / max(box[2] - box[0], 1.0))
+    return f"faces {kept.split(' ', 2)[2]}; landmark error {100 * np.mean(errors):.2f}% of the face width"
+
+
+def faces(cache: Path, work: Path) -> list:
+    import cv2
+    import onnxruntime as ort
+
+    path = model(cache, "scrfd")
+    photos = [cv2.imread(str(fetch_github(cache, k, p))) for k, p in FACE_PHOTOS]
+    shared = [_face_letterbox(p[:, :, ::-1]) for p in images(["coco", "misc"], None)]
+    pics = [_face_letterbox(p) for p in photos] + shared
+    held = pics[1::2]
+    selfie = photos[3]
+    h, w = selfie.shape[:2]
+    rng = np.random.default_rng(0)
+    crops = []
+    for _ in range(10):  # a face detector's calibration: the group selfie cropped at several scales and places
+        s = rng.uniform(0.4, 0.9)
+        ch, cw = int(h * s), int(w * s)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crops.append(_face_letterbox(selfie[y:y + ch, x:x + cw]))
+    on_faces = crops + [_face_letterbox(p) for p in photos[:2]]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = (lambda x: ((x.astype(np.float32) - 127.5) / 128).transpose(2, 0, 1)[None])
+    refs = [_faces(sess.run(None, {"images": feed(p)})) for p in held]
+    cfg = {"mean_values": [[127.5] * 3], "std_values": [[128] * 3]}
+    job = {"input_name": "images", "shape": [1, 3, 640, 640], "mean": [127.5] * 3, "std": [128] * 3}
+    cells = [f"SCRFD-2.5G faces and landmarks (640, 9 outputs; {sum(map(len, refs))} faces in {len(held)} images)"]
+    r = build(path, None, None, [[p] for p in on_faces], cfg, work)
+    cells.append(_faces_cell(refs, [_faces(r.inference(inputs=[p])) for p in held]))
+    r.release()
+    parts = []
+    for what, calib in (("calibrated on faces", on_faces), ("calibrated on the shared images", shared[0::2][:14])):
+        r = build(path, None, "w8a8", [[p] for p in calib], cfg, work)
+        cell = f"{what}: " + _faces_cell(refs, [_faces(r.inference(inputs=[p])) for p in held])
+        said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+        cell += f"; {said}" + ("" if outs is None else ": " + _faces_cell(refs, [_faces([o[k] for k in range(9)])
+                                                                                  for o in outs]))
+        parts.append(cell)
+        if what == "calibrated on faces":
+            tflite = _litert(r, held[:3], work)
+        r.release()
+    return cells + ["; ".join(parts), tflite]
+
+
+def fastest(cache: Path, work: Path) -> list:
+    import onnxruntime as ort
+
+    path = model(cache, "fastest")
+    pics = [p[:, :, ::-1].copy() for p in images(["coco", "misc"], (352, 352))]  # BGR, stretched, x / 255
+    calib, held = pics[0::2][:12], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"input.1": (p.astype(np.float32) / 255).transpose(2, 0, 1)[None]})[0] for p in held]
+
+    def hits(o):  # per cell: 4 box values x 3 anchors, 3 objectness, 80 class scores
+        o = np.asarray(o).reshape(-1, 95)
+        return set(zip(*np.where(o[:, 12:15, None] * o[:, None, 15:] > 0.3)))
+
+    def cell(outs):
+        kept = sum(len(hits(o) & hits(r)) for o, r in zip(outs, refs))
+        extra = sum(len(hits(o) - hits(r)) for o, r in zip(outs, refs))
+        return (f"cosine {np.mean([cosine(o, r) for o, r in zip(outs, refs)]):.5f}; (cell, anchor, class) over 0.3 "
+                f"kept {kept}/{sum(len(hits(r)) for r in refs)}, {extra} extra")
+
+    cells = ["Yolo-FastestV2 COCO (352, raw grid output)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], {"mean_values": [[0] * 3], "std_values": [[255] * 3]}, work)
+        cells.append(cell([r.inference(inputs=[p])[0] for p in held]))
+        if dtype:
+            job = {"input_name": "input.1", "shape": [1, 3, 352, 352], "mean": [0] * 3, "std": [255] * 3}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([o[0] for o in outs]))
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
+ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest)
 
 
 def main() -> None:
