@@ -8,7 +8,7 @@ import numpy as np
 from ....errors import NotSupportedError
 from . import attr, layer_name, register
 from .activations import NONE, fused_code
-from .ids import typed_operands
+from .ids import typed_operands, typed_output
 
 BUILTINS = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
             "Div": ("DIV", "DivOptions"), "Max": ("MAXIMUM", None), "Min": ("MINIMUM", None)}
@@ -99,12 +99,7 @@ def _mod(ctx, node) -> str:
         raise NotSupportedError(f"export-tflite: {layer} takes the remainder of {dtype.name} tensors; TFLite's "
                                 "FLOOR_MOD takes int32, int64 and float")
     ins = typed_operands(ctx, node.input, dtype, layer, "takes the remainder of")
-    if dtype == np.float32:
-        out = ctx.out_f(node.output[0], False)
-    else:
-        out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
-        ctx.set_f(node.output[0], out)
-    ctx.m.add_op("FLOOR_MOD", ins, [out], layer=layer)
+    ctx.m.add_op("FLOOR_MOD", ins, [typed_output(ctx, node.output[0], dtype)], layer=layer)
     return f"on {dtype.name} values, the divisor's sign as ONNX's fmod=0"
 
 

@@ -38,6 +38,16 @@ def typed_operands(ctx, names, dtype: np.dtype, layer: str, what: str) -> list:
     return out
 
 
+def typed_output(ctx, name: str, dtype: np.dtype):
+    """The TFLite tensor for ONNX output ``name`` in ``dtype``, in the model's own order of dims: a float one as
+    every float output is made, an integer one registered as a value of that type."""
+    if dtype == np.float32:
+        return ctx.out_f(name, False)
+    out = ctx.m.add_tensor(ctx._tname(name), ctx.out_shape(name), dtype)
+    ctx.set_f(name, out)
+    return out
+
+
 COMPARISONS = {"Equal": "EQUAL", "Less": "LESS", "Greater": "GREATER", "LessOrEqual": "LESS_EQUAL",
                "GreaterOrEqual": "GREATER_EQUAL"}
 
@@ -109,12 +119,7 @@ def _where(ctx, node) -> str:
                                 "model's own order are exported")
     dtype = np.dtype(computed[0].dtype) if computed else np.dtype(np.float32)
     ins = [cond] + typed_operands(ctx, node.input[1:], dtype, layer, "selects between")
-    if dtype == np.float32:
-        out = ctx.out_f(node.output[0], False)
-    else:
-        out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
-        ctx.set_f(node.output[0], out)
-    ctx.m.add_op("SELECT_V2", ins, [out], layer=layer)
+    ctx.m.add_op("SELECT_V2", ins, [typed_output(ctx, node.output[0], dtype)], layer=layer)
     return f"{dtype.name} values chosen by a boolean mask"
 
 

@@ -21,6 +21,21 @@ def _const_param(ctx, node, i: int, default: float):
     return np.asarray(ctx.g.const(node.input[i]), np.float32)
 
 
+def _normalized(ctx, node, x, axes: list, layer: str):
+    """(x - mean) * rsqrt(var + epsilon), mean and variance over ``axes`` of the stored tensor ``x``."""
+    axes_t = ctx.m.add_const(ctx._tname("axes"), np.asarray(axes, np.int32))
+    reduced = tuple(1 if d in axes else s for d, s in enumerate(x.shape))
+    keep = ("ReducerOptions", {"KeepDims": True})
+    mean = ctx.float_op("MEAN", [x, axes_t], reduced, layer + "/mean", layer, keep)
+    centred = ctx.float_binary("SUB", x, mean, layer + "/centred", layer)
+    square = ctx.float_binary("MUL", centred, centred, layer + "/square", layer)
+    var = ctx.float_op("MEAN", [square, axes_t], reduced, layer + "/var", layer, keep)
+    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
+    var_eps = ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)
+    inv = ctx.float_op("RSQRT", [var_eps], reduced, layer + "/rsqrt", layer)
+    return ctx.float_binary("MUL", centred, inv, layer + "/normalized", layer)
+
+
 def _layer_norm(ctx, node) -> str:
     """(x - mean) * rsqrt(var + eps) * gamma + beta over the trailing axes from `axis`, in the ONNX order."""
     layer = layer_name(node)
@@ -29,16 +44,7 @@ def _layer_norm(ctx, node) -> str:
     axis = int(attr(node, "axis", -1)) % rank
     ctx.first_output_only(node, "mean / inverse deviation outputs")
     x = ctx.view(node.input[0], "f", False, layer) if rank == 4 else ctx.f_of(node.input[0], layer)
-    axes = ctx.m.add_const(ctx._tname("axes"), np.arange(axis, rank, dtype=np.int32))
-    reduced = tuple(s if d < axis else 1 for d, s in enumerate(v.shape))
-    mean = ctx.float_op("MEAN", [x, axes], reduced, layer + "/mean", layer, ("ReducerOptions", {"KeepDims": True}))
-    centred = ctx.float_binary("SUB", x, mean, layer + "/centred", layer)
-    square = ctx.float_binary("MUL", centred, centred, layer + "/square", layer)
-    var = ctx.float_op("MEAN", [square, axes], reduced, layer + "/var", layer, ("ReducerOptions", {"KeepDims": True}))
-    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
-    var_eps = ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)
-    inv = ctx.float_op("RSQRT", [var_eps], reduced, layer + "/rsqrt", layer)
-    y = ctx.float_binary("MUL", centred, inv, layer + "/normalized", layer)
+    y = _normalized(ctx, node, x, list(range(axis, rank)), layer)
     gamma = np.asarray(_const_param(ctx, node, 1, 1.0), np.float32)
     beta = np.asarray(_const_param(ctx, node, 2, 0.0), np.float32)
     out = ctx.out_f(node.output[0], False)
@@ -64,16 +70,7 @@ def _instance_norm(ctx, node) -> str:
     nhwc = v.nhwc and rank == 4
     x = ctx.f_of(node.input[0], layer)
     spatial = list(range(1, rank - 1)) if nhwc else list(range(2, rank))
-    axes = ctx.m.add_const(ctx._tname("axes"), np.asarray(spatial, np.int32))
-    reduced = tuple(1 if d in spatial else s for d, s in enumerate(x.shape))
-    mean = ctx.float_op("MEAN", [x, axes], reduced, layer + "/mean", layer, ("ReducerOptions", {"KeepDims": True}))
-    centred = ctx.float_binary("SUB", x, mean, layer + "/centred", layer)
-    square = ctx.float_binary("MUL", centred, centred, layer + "/square", layer)
-    var = ctx.float_op("MEAN", [square, axes], reduced, layer + "/var", layer, ("ReducerOptions", {"KeepDims": True}))
-    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
-    var_eps = ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)
-    inv = ctx.float_op("RSQRT", [var_eps], reduced, layer + "/rsqrt", layer)
-    y = ctx.float_binary("MUL", centred, inv, layer + "/normalized", layer)
+    y = _normalized(ctx, node, x, spatial, layer)
     bshape = (1, -1) + (1,) * (rank - 2)
     gamma = np.asarray(_const_param(ctx, node, 1, 1.0), np.float32).reshape(bshape)
     beta = np.asarray(_const_param(ctx, node, 2, 0.0), np.float32).reshape(bshape)
