@@ -1082,13 +1082,19 @@ def main() -> None:
             vietnamese_lines)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
-    print("| model | float build vs onnxruntime | w8a8 vs onnxruntime | its export_tflite on LiteRT vs the simulator |")
+    print_rows(runs, args.cache, "w8a8 vs onnxruntime")
+
+
+def print_rows(runs, cache: Path, w8a8_column: str) -> None:
+    """The bench's table: each run(cache, work folder) gives a row's cells (or several rows); a run that raises is
+    a FAIL row, not the end of the bench."""
+    print(f"| model | float build vs onnxruntime | {w8a8_column} | its export_tflite on LiteRT vs the simulator |")
     print("|---|---|---|---|")
     for run in runs:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                cells = run(args.cache, Path(tmp))
-            except Exception as e:  # one model's failure is a row, not the end of the bench
+                cells = run(cache, Path(tmp))
+            except Exception as e:
                 cells = [run.__name__, f"FAIL: {str(e)[:160]}", "", ""]
         for row in (cells if isinstance(cells[0], list) else [cells]):  # a run may give several models' rows
             print("| " + " | ".join(row) + " |", flush=True)

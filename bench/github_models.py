@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from arrivals import _vendor, build, cosine, images  # also puts the repository root on sys.path
+from arrivals import _vendor, build, cosine, images, print_rows  # also puts the repository root on sys.path
 
 REPOS = {
     "naruto": ("Kazuhito00/NARUTO-HandSignDetection", "07f4d3231f43f97cbd37653c793825f1dbc94d0e"),
@@ -139,69 +138,49 @@ def _kept_cell(refs: list, outs: list) -> str:
     return f"detections kept {kept}/{total}, {extra} extra"
 
 
-def nms_inside(cache: Path, work: Path) -> list:
+def _detector_row(path: Path, what: str, side: int, dets, work: Path) -> list:
+    """A YOLOX-fed detector (BGR letterboxed with 114, x as is; input 'images') on the shared images: float and w8a8
+    builds beside rknn-toolkit2 and LiteRT, scored by ``dets`` (an output -> [(class, xyxy)])."""
     import onnxruntime as ort
 
-    path = model(cache, "nms_inside")
-    pics = [_letterbox(p, 416) for p in images(["coco", "misc", "imagenet"], None)]
+    pics = [_letterbox(p, side) for p in images(["coco", "misc", "imagenet"], None)]
     calib, held = pics[0::2][:16], pics[1::2]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def dets(out):  # rows: batch, class, score, x1, y1, x2, y2
-        rows = np.asarray(out).reshape(-1, 7)
-        return [(int(r[1]), r[3:]) for r in rows if r[2] >= 0.3]
-
     refs = [dets(sess.run(None, {"images": p.transpose(2, 0, 1)[None].astype(np.float32)})[0]) for p in held]
-    cells = [f"YOLOX-nano hand signs with its decode and NMS inside (416, [K, 7] out; {len(held)} images)"]
+    cells = [f"{what}; {len(held)} images)"]
     cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
     for dtype in (None, "w8a8"):
         r = build(path, None, dtype, [[p] for p in calib], cfg, work)
         cells.append(_kept_cell(refs, [dets(r.inference(inputs=[p])[0]) for p in held]))
         if dtype:
-            job = {"input_name": "images", "shape": [1, 3, 416, 416], "mean": [0] * 3, "std": [1] * 3}
+            job = {"input_name": "images", "shape": [1, 3, side, side], "mean": [0] * 3, "std": [1] * 3}
             said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
             cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets(o[0]) for o in outs]))
-            cells.append(_litert_refusal(r, work))
+            cells.append(_litert(r, held[:4], work))
         r.release()
     return cells
 
 
-def _litert_refusal(r, work: Path) -> str:
-    """What export_tflite says of a model with ops it has no TFLite form for."""
-    if r.export_tflite(str(work / "m.tflite"), input_dtype="uint8") == 0:
-        return "exported"
-    return f"export refused: {str(r.last_error)[:90]}"
+def nms_inside(cache: Path, work: Path) -> list:
+    def dets(out):  # rows: batch, class, score, x1, y1, x2, y2
+        return [(int(r[1]), r[3:]) for r in np.asarray(out).reshape(-1, 7) if r[2] >= 0.3]
+
+    return _detector_row(model(cache, "nms_inside"), "YOLOX-nano hand signs with its decode and NMS inside (416, "
+                         "[K, 7] out", 416, dets, work)
 
 
 def person_detector(cache: Path, work: Path) -> list:
-    import onnxruntime as ort
-
     from openrknn.vision.letterbox import LetterboxTransform
     from openrknn.vision.yolox.decode import postprocess_yolox
 
-    path = model(cache, "person")
-    pics = [_letterbox(p, 192) for p in images(["coco", "misc", "imagenet"], None)]
-    calib, held = pics[0::2][:16], pics[1::2]
     identity = LetterboxTransform.identity(192, 192)
 
     def dets(out):  # openrknn's YOLOX decode: grids, strides, exp, objectness x class, NMS
         d = postprocess_yolox([np.asarray(out).reshape(1, -1, 6)], identity, 1, 0.3, 0.45, False, "flat")
         return [(int(c), b) for c, b in zip(d.class_ids, d.boxes)]
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    refs = [dets(sess.run(None, {"images": p.transpose(2, 0, 1)[None].astype(np.float32)})[0]) for p in held]
-    cells = [f"one-class YOLOX person detector (192, raw head output; {len(held)} images)"]
-    cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
-    for dtype in (None, "w8a8"):
-        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
-        cells.append(_kept_cell(refs, [dets(r.inference(inputs=[p])[0]) for p in held]))
-        if dtype:
-            job = {"input_name": "images", "shape": [1, 3, 192, 192], "mean": [0] * 3, "std": [1] * 3}
-            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
-            cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets(o[0]) for o in outs]))
-            cells.append(_litert(r, held[:4], work))
-        r.release()
-    return cells
+    return _detector_row(model(cache, "person"), "one-class YOLOX person detector (192, raw head output", 192, dets,
+                         work)
 
 
 def _litert(r, feeds: list, work: Path) -> str:
@@ -443,16 +422,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated rows, e.g. nms_inside,edges")
     args = ap.parse_args()
     runs = [r for r in ROWS if not args.only or r.__name__ in args.only.split(",")]
-    print("| model | float build vs onnxruntime | w8a8 vs onnxruntime; rknn-toolkit2 w8a8 | its export_tflite on "
-          "LiteRT vs the simulator |")
-    print("|---|---|---|---|")
-    for run in runs:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                cells = run(args.cache, Path(tmp))
-            except Exception as e:  # one model's failure is a row, not the end of the bench
-                cells = [run.__name__, f"FAIL: {str(e)[:160]}", "", ""]
-        print("| " + " | ".join(cells) + " |", flush=True)
+    print_rows(runs, args.cache, "w8a8 vs onnxruntime; rknn-toolkit2 w8a8")
 
 
 if __name__ == "__main__":
