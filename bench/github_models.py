@@ -34,6 +34,10 @@ repositories (Apache-2.0 or MIT, as each says):
 - fastest: Yolo-FastestV2 (352x352, COCO; one [605, 95] output of raw grid predictions with the objectness and class
   sigmoids inside; hpc203/yolo-fastestv2-opencv); the (cell, anchor, class) entries whose objectness x class score
   passes 0.3, against the float model's.
+- line_segments: M-LSD tiny (512x512 NHWC RGB plus a channel of ones; its line centres found inside the model: a
+  sigmoid heat map, a 3x3 MaxPool equal to it marks the peaks, TopK keeps 200; hpc203/M-LSD-onnxrun-cpp-py), on
+  the repository's indoor photos and the shared images; the metric: the float model's centres (score > 0.1) with an
+  int8 centre within one pixel, and the int8 centres with no float one there.
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -57,6 +61,7 @@ REPOS = {
     "scrfd": ("hpc203/scrfd-opencv", "eee7bf1ee0dbe9615d8d8caaa53702e0d2dca001"),
     "gaze": ("hpc203/gaze-estimation-opencv-dnn", "5181ebe24711932c5d1f2be40fe06ce7370d5f90"),
     "fastest": ("hpc203/yolo-fastestv2-opencv", "f865b7c18780c5e5f699e5fcb66074fad0ba3497"),
+    "mlsd": ("hpc203/M-LSD-onnxrun-cpp-py", "cbe65521b99c32ce9458d2bdbc0a19f63bb4d85a"),
 }
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
@@ -68,7 +73,10 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "reid": ("mot", "Tracker/person_reid/model/person-reidentification-retail-0288.onnx", "f3966d905e723202"),
     "scrfd": ("scrfd", "weights/scrfd_2.5g_kps.onnx", "32d20c77b9e2dc1d"),
     "fastest": ("fastest", "model.onnx", "27c34bbd0d054cf7"),
+    "mlsd": ("mlsd", "weights/model_512x512_tiny.onnx", "d6b4aadb8ff3d756"),
 }
+MLSD_PHOTOS = [f"images/{n}" for n in ("1.jpg", "IMG_2383.JPG", "IMG_2496.JPG", "IMG_2502.JPG", "cam_image11.jpg",
+                                       "test1.jpg", "IMG_20170314_192719.jpg")]
 FACE_PHOTOS = [("gaze", f"images/{n}.jpg") for n in ("liuyifei", "vintage-635244", "woman-2003647")] + \
     [("scrfd", "selfie.jpg"), ("scrfd", "s_l.jpg")]
 SMP_PHOTOS = ["01.dataset/image/0.png"] + [f"01.dataset/image/{n}.png" for n in
@@ -413,7 +421,46 @@ def fastest(cache: Path, work: Path) -> list:
     return cells
 
 
-ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest)
+def line_segments(cache: Path, work: Path) -> list:
+    import cv2
+    import onnxruntime as ort
+
+    path = model(cache, "mlsd")
+    photos = [cv2.imread(str(fetch_github(cache, "mlsd", p)))[:, :, ::-1] for p in MLSD_PHOTOS]
+    pics = [cv2.resize(p, (512, 512), interpolation=cv2.INTER_AREA) for p in photos] + images(["coco", "misc"],
+                                                                                             (512, 512))
+    pics = [np.concatenate([p.astype(np.float32), np.ones((512, 512, 1), np.float32)], -1) for p in pics]
+    calib, held = pics[0::2][:12], pics[1::2][:12]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"input_image_with_alpha:0": p[None]}) for p in held]
+
+    def centres(out):
+        pts, scores = np.asarray(out[0]).reshape(-1, 2).astype(int), np.ravel(out[1])
+        return np.array([p for p, s in zip(pts, scores) if s > 0.1]).reshape(-1, 2)
+
+    def near(a, b):  # points of a with a point of b within one pixel
+        return sum(1 for p in a if len(b) and np.abs(b - p).max(1).min() <= 1)
+
+    def cell(outs):
+        pairs = [(centres(o), centres(r)) for o, r in zip(outs, refs)]
+        return (f"centres kept {sum(near(r, o) for o, r in pairs)}/{sum(len(r) for _, r in pairs)}, "
+                f"{sum(len(o) - near(o, r) for o, r in pairs)} extra")
+
+    cells = [f"M-LSD tiny line segments (512, NHWC 4 channels, heat-map peaks and TopK inside; {len(held)} images)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], {"mean_values": [[0] * 4], "std_values": [[1] * 4]}, work)
+        cells.append(cell([r.inference(inputs=[p]) for p in held]))
+        if dtype:
+            job = {"input_name": "input_image_with_alpha:0", "shape": [1, 512, 512, 4], "mean": [0] * 4,
+                   "std": [1] * 4}
+            said, outs = _vendor(path, job, [p[None] for p in calib], [p[None] for p in held], work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([[o[k] for k in range(3)] for o in outs]))
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
+ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments)
 
 
 def main() -> None:
