@@ -94,7 +94,7 @@ def fetch_github(cache: Path, key: str, path: str, sha_prefix: str = "") -> Path
             data = urllib.request.urlopen(url.replace(" ", "%20").replace("(", "%28").replace(")", "%29"),
                                           timeout=60).read()
         except OSError as e:
-            raise RuntimeError(f"could not download {url} ({e}); put the file at {out}") from None
+            raise RuntimeError(f"put the file at {out}: it could not be downloaded from {url} ({e})") from None
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")
         tmp.write_bytes(data)
