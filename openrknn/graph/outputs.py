@@ -3,6 +3,9 @@
 Training code often leaves them in an export (a U-Net's decoder features beside its mask, deep-supervision taps). An
 output must come out exactly as the float model computes it, so such a tensor constrains the int8 model around it:
 cross-layer equalization cannot rescale its channels, and the default range choice judges it like a final result.
+
+And what of the outputs two versions of a model are compared on, where an output is a selection (an NMS inside the
+export): comparable_outputs.
 """
 
 from __future__ import annotations
@@ -43,8 +46,6 @@ def exposed_intermediates(graph: onnx.GraphProto) -> List[str]:
     return found
 
 
-__all__ = ["exposed_intermediates"]
-
 
 # ops whose output's length depends on the values (a detector's NMS inside the export): two builds of one model may
 # give different lengths, so such an output is compared through what its selection reads
@@ -82,3 +83,6 @@ def comparable_outputs(graph: onnx.GraphProto) -> List[str]:
             elif t not in inits and node is not None and node.op_type != "Constant" and t not in out:
                 out.append(t)
     return out
+
+
+__all__ = ["SELECTION_OPS", "comparable_outputs", "exposed_intermediates"]
