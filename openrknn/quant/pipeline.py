@@ -16,6 +16,7 @@ from .algorithms.concat_inputs import ConcatInputScales
 from .algorithms.equalize import CrossLayerEqualization
 from .algorithms.pow2_fit import Pow2Fit
 from .algorithms.residual_equalize import ResidualEqualization
+from .algorithms.head_split import HeadSplit
 from .algorithms.split import RangeSplit
 from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
@@ -41,7 +42,7 @@ DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 
 # The graph rewrites in the order they run (each in its algorithm's module; see stages.Rewrite). 'graph' stages run
 # before calibration, 'statistics' stages after pass 1, from its statistics.
-REWRITES = (CrossLayerEqualization, ResidualEqualization, RangeSplit, Pow2Fit, ConcatInputScales)
+REWRITES = (CrossLayerEqualization, HeadSplit, ResidualEqualization, RangeSplit, Pow2Fit, ConcatInputScales)
 # The order in which the rewrites' channel factors are multiplied into one per tensor (float products: fixed order).
 SCALE_ORDER = ("equalization", "residual_equalization", "pow2_fit", "range_split")
 

@@ -31,7 +31,7 @@ from ..qdq import ActQuant, WeightQuant, build_qdq, with_outputs
 SAMPLES = 8  # calibration samples measured: on YOLOX-nano, 4 leave a third of the bias, 8 and 15 agree
 
 
-def _split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
+def split_sizes(info: GraphInfo, i: int, channels: int) -> Optional[List[int]]:
     """Channel counts of a Split along axis 1 (sizes from its input, its attribute, or equal parts)."""
     node = info.nodes[i]
     rank = info.rank(node.input[0])
@@ -108,7 +108,7 @@ def sigmoid_heads(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) 
         if scored(y):
             out[w.node] = [(y, 0, None)]
         elif len(readers) == 1 and y not in info.output_set and info.nodes[readers[0]].op_type == "Split":
-            sizes = _split_sizes(info, readers[0], channels)
+            sizes = split_sizes(info, readers[0], channels)
             if sizes is None:
                 continue
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
