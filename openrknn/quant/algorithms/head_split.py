@@ -75,7 +75,8 @@ def find_heads(info: GraphInfo) -> Dict[str, Head]:
     (one reader each), nothing but channel Slices or a channel Split that cut it into two or more groups."""
     out: Dict[str, Head] = {}
     for i, node in enumerate(info.nodes):
-        if node.op_type != "Conv" or len(node.input) < 2 or not info.is_const(node.input[1]):
+        if node.op_type != "Conv" or len(node.input) < 2 or not info.is_const(node.input[1]) or \
+                int(info.attr(i, "group", 1)) != 1:  # a grouped conv's output channels read only their group
             continue
         if len(node.input) > 2 and node.input[2] and not info.is_const(node.input[2]):
             continue
@@ -116,9 +117,17 @@ def find_heads(info: GraphInfo) -> Dict[str, Head]:
 
 
 def _copyable(info: GraphInfo, i: int) -> bool:
-    """A Resize whose scales or sizes are constants (a group's copy gets sizes with its own channel count)."""
+    """A Resize whose scales or sizes are constants that keep the batch and channel axes (a group's copy gets sizes
+    with its own channel count)."""
     node = info.nodes[i]
-    return all(not t or info.is_const(t) for t in node.input[1:])
+    if not all(not t or info.is_const(t) for t in node.input[1:]):
+        return False
+    scales = info.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scales is not None and np.size(scales) and not np.all(np.ravel(scales)[:2] == 1):
+        return False
+    sizes = info.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    shape = info.shape.get(node.input[0])
+    return sizes is None or (shape is not None and list(np.ravel(sizes)[:2]) == list(shape[:2]))
 
 
 def _copy_inputs(info: GraphInfo, m: onnx.ModelProto, src: onnx.NodeProto, x: str, channels: int, k: int) -> list:
