@@ -14,6 +14,7 @@ split uses (QuantOptions.range_split_ratio).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -28,15 +29,16 @@ from .score_bias import split_sizes
 # an op between the conv and the Slices that acts on each channel alone (the copy each group gets); one at most, so
 # every tensor the rewrite makes has its range from the conv output's channels
 PER_CHANNEL = ("Resize",)
-INT_MAX = np.iinfo(np.int64).max // 2
 
 
+@dataclass
 class Head:
-    """One candidate: conv node, the per-channel chain after it, and per group (the node cutting it out, the output
-    that node wrote, the conv channels it holds)."""
+    """One candidate: the conv node, the per-channel op after it (if any), and per group (the node cutting it out,
+    the output that node wrote, the conv channels it holds)."""
 
-    def __init__(self, conv: int, chain: List[int], groups: List[Tuple[int, str, List[int]]]):
-        self.conv, self.chain, self.groups = conv, chain, groups
+    conv: int
+    chain: List[int]
+    groups: List[Tuple[int, str, List[int]]]
 
 
 def _slice_channels(info: GraphInfo, i: int, shape: Tuple) -> Optional[List[int]]:
