@@ -1360,3 +1360,41 @@ def test_average_pool_with_ceil_mode(tmp_path, count_pad):
     for img in _inputs(3):
         ours, theirs = sim.run([img])[0], runner.run([img])[0]
         assert theirs.shape == ours.shape and cosine(ours, theirs) >= 0.999
+
+
+def test_topk_peaks_and_integer_coordinates_export(tmp_path):
+    """A heat map's best peaks found inside the model (M-LSD: sigmoid, a 3x3 MaxPool equal to the map, TopK) and
+    their coordinates computed from the indices (Div and Mod by the width, Unsqueeze, a Concat of int64): TOPK_V2 in
+    float with its int32 indices cast to int64, integer arithmetic and CONCATENATION on the integers. LiteRT finds
+    the simulator's peaks."""
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(12)
+    i64 = lambda v, name: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    inits = [numpy_helper.from_array((rng.standard_normal((1, 3, 3, 3)) * .6).astype(np.float32), "w"),
+             i64([1, -1], "flat"), i64([5], "k"), i64(W, "width"), i64([-1], "last")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c"], ["h"]),
+             n("MaxPool", ["h"], ["hmax"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), n("Equal", ["h", "hmax"], ["peak"]),
+             n("Cast", ["peak"], ["peak_f"], to=TensorProto.FLOAT), n("Mul", ["h", "peak_f"], ["peaks"]),
+             n("Reshape", ["peaks", "flat"], ["flat_peaks"]), n("TopK", ["flat_peaks", "k"], ["scores", "idx"]),
+             n("Div", ["idx", "width"], ["row"]), n("Mod", ["idx", "width"], ["col"]),
+             n("Unsqueeze", ["row", "last"], ["row1"]), n("Unsqueeze", ["col", "last"], ["col1"]),
+             n("Concat", ["row1", "col1"], ["coords"], axis=-1)]
+    graph = helper.make_graph(nodes, "peaks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5]),
+                               helper.make_tensor_value_info("coords", TensorProto.INT64, [1, 5, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "peaks")
+    assert {"TOPK_V2", "FLOOR_MOD", "CONCATENATION"} <= set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    found = total = 0
+    for img in _inputs(4):
+        ours, theirs = sim.run([img]), runner.run([img])
+        assert theirs[1].dtype == np.int64 and theirs[1].shape == (1, 5, 2)
+        assert np.allclose(np.sort(ours[0].ravel()), np.sort(theirs[0].ravel()), atol=0.02)
+        a, b = {tuple(p) for p in ours[1][0]}, {tuple(p) for p in theirs[1][0]}
+        found, total = found + len(a & b), total + len(a)
+    assert found >= 0.8 * total, (found, total)

@@ -1,5 +1,6 @@
 """Equal / Cast: the integer-id ops a one-hot embedding is spelled with (byte or token ids compared with a constant
-range, the result cast to float and multiplied by a table). TFLite's EQUAL and CAST on the ids' own integer type.
+range, the result cast to float and multiplied by a table). TFLite's EQUAL and CAST on the ids' own integer type;
+two float maps compared channel-last (a heat map's peak test).
 Not / And / Or / Xor / Where: an attention mask turned into the scores' additive -inf / 0 (a transformer over padded
 ids): TFLite's LOGICAL_* ops and SELECT_V2 on the boolean mask."""
 
@@ -57,14 +58,28 @@ def _equal(ctx, node) -> str:
     layer = layer_name(node)
     acts = ctx.activation_inputs(node)
     if any(len(ctx.value(i).shape) == 4 and ctx.value(i).nhwc for i in acts):
-        raise NotSupportedError(f"export-tflite: {layer} compares a channel-last tensor; only ids in the model's own "
-                                "order are exported")
+        return _equal_channel_last(ctx, node, acts, layer)
     dtype = np.dtype(ctx.f_of(acts[0], layer).dtype)
     ins = typed_operands(ctx, node.input, dtype, layer, "compares")
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), np.bool_)
     ctx.m.add_op(COMPARISONS[node.op_type], ins, [out], layer=layer)
     ctx.set_f(node.output[0], out)
     return f"on {dtype.name} values, exact"
+
+
+def _equal_channel_last(ctx, node, acts, layer: str) -> str:
+    """A comparison of two 4-D float maps stored channel-last (a heat map against its 3x3 MaxPool: the peaks),
+    made on that layout; the booleans keep it."""
+    if len(acts) != 2 or any(len(ctx.value(i).shape) != 4 for i in acts):
+        raise NotSupportedError(f"export-tflite: {layer} compares a channel-last tensor with a constant or a tensor "
+                                "of another rank; only two 4-D maps are compared channel-last")
+    ins = [ctx.view(i, "f", True, layer) for i in node.input]
+    if any(np.dtype(t.dtype) != np.float32 for t in ins):
+        raise NotSupportedError(f"export-tflite: {layer} compares channel-last integer tensors; only float maps are")
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), ins[0].shape, np.bool_)
+    ctx.m.add_op(COMPARISONS[node.op_type], ins, [out], layer=layer)
+    ctx.set_f(node.output[0], out, True)
+    return "on the float maps, channel-last, exact"
 
 
 def _cast(ctx, node) -> str:

@@ -175,3 +175,33 @@ def _arg_max(ctx, node) -> str:
 
 
 register("ArgMax", float=_arg_max)
+
+
+def _topk(ctx, node) -> str:
+    """TopK over the last axis, largest first, sorted (a heat map's k best peaks) -> TOPK_V2 in float: the values in
+    float and the indices int32, cast to ONNX's int64. Other axes, the smallest or unsorted have no TFLite form."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    if (int(attr(node, "axis", -1)) % rank != rank - 1 or not attr(node, "largest", 1) or not attr(node, "sorted", 1)
+            or (v.nhwc and rank == 4)):
+        raise NotSupportedError(f"export-tflite: {layer} is a TopK over an axis other than the last (in the model's "
+                                "own order), or of the smallest, or unsorted; TFLite's TOPK_V2 takes the largest "
+                                "along the last axis, sorted")
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer}'s k is computed; TFLite's TOPK_V2 takes a constant k here")
+    k = int(np.ravel(ctx.g.const(node.input[1]))[0])
+    x = ctx.f_of(node.input[0], layer)
+    shape = tuple(v.shape[:-1]) + (k,)
+    values = ctx.out_f(node.output[0], False, shape)
+    idx32 = ctx.m.add_tensor(ctx._tname(node.output[1] + "/int32"), shape, np.int32)
+    ctx.m.add_op("TOPK_V2", [x, ctx.m.add_const(ctx._tname("k"), np.asarray(k, np.int32).reshape(()))],
+                 [values, idx32], layer=layer)
+    if node.output[1]:
+        idx = ctx.m.add_tensor(ctx._tname(node.output[1]), shape, np.int64)
+        ctx.m.add_op("CAST", [idx32], [idx], layer=layer)
+        ctx.values[node.output[1]] = Value(shape, f=idx)
+    return f"the {k} largest along the last axis, in float; int32 indices cast to int64"
+
+
+register("TopK", float=_topk)

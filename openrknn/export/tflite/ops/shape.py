@@ -8,6 +8,7 @@ from ....errors import NotSupportedError
 from ..lower import TO_NCHW, TO_NHWC, Value, nhwc_shape, same_memory
 from ..writer import Tensor
 from . import attr, layer_name, register
+from .ids import typed_operands, typed_output
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 
@@ -43,6 +44,15 @@ def _concat_const(ctx, name: str, kind: str, rank: int, nhwc: bool, point) -> Te
 def _concat(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
     acts = set(ctx.activation_inputs(node))
+    typed = [ctx.value(i).f.dtype for i in acts
+             if ctx.value(i).q is None and np.dtype(ctx.value(i).f.dtype).kind in "iu"]
+    if kind == "f" and typed:  # integer ids or coordinates (M-LSD's line centres after its TopK), in the ONNX order
+        dtype = np.dtype(typed[0])
+        ins = typed_operands(ctx, node.input, dtype, layer, "joins")
+        axis = attr(node, "axis") % len(ctx.out_shape(node.output[0]))
+        ctx.m.add_op("CONCATENATION", ins, [typed_output(ctx, node.output[0], dtype)],
+                     ("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), layer=layer)
+        return f"on {dtype.name} values, exact"
     rank = len(ctx.out_shape(node.output[0]))
     axis = attr(node, "axis") % rank
     nhwc = rank == 4 and any(ctx.value(i).nhwc for i in acts)
