@@ -455,9 +455,22 @@ def line_segments(cache: Path, work: Path) -> list:
                    "std": [1] * 4}
             said, outs = _vendor(path, job, [p[None] for p in calib], [p[None] for p in held], work)
             cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([[o[k] for k in range(3)] for o in outs]))
-            cells.append(_litert(r, held[:3], work))
+            cells.append(_litert_centres(r, held, work, centres, near))
         r.release()
     return cells
+
+
+def _litert_centres(r, held: list, work: Path, centres, near) -> str:
+    """The export on LiteRT against the simulator, by the line centres each finds (the k best peaks' order and
+    coordinates are a selection: compared as sets, within one pixel)."""
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    if r.export_tflite(str(work / "lines.tflite"), input_dtype="float32") != 0:
+        return f"export refused: {str(r.last_error)[:100]}"
+    runner = TfliteRunner(str(work / "lines.tflite"), delegate=None)
+    pairs = [(centres(r.inference(inputs=[p])), centres(runner.run([p[None]]))) for p in held]
+    return (f"centres the simulator finds found on LiteRT {sum(near(s, t) for s, t in pairs)}/"
+            f"{sum(len(s) for s, _ in pairs)}, {sum(len(t) - near(t, s) for s, t in pairs)} extra")
 
 
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments)
