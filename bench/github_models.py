@@ -111,14 +111,10 @@ def model(cache: Path, name: str) -> Path:
 
 
 def _letterbox(rgb: np.ndarray, side: int) -> np.ndarray:
-    """YOLOX's feed: BGR, scaled to fit, at the top left of a 114-gray square."""
-    import cv2
+    """YOLOX's feed: BGR, scaled to fit, at the top left of a 114-gray square (openrknn's own letterbox)."""
+    from openrknn.vision.letterbox import letterbox
 
-    h, w = rgb.shape[:2]
-    r = min(side / h, side / w)
-    out = np.full((side, side, 3), 114, np.uint8)
-    out[:int(h * r), :int(w * r)] = cv2.resize(rgb[:, :, ::-1], (int(w * r), int(h * r)))
-    return out
+    return letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), side, mode="topleft", pad_value=114)[0]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -307,11 +303,10 @@ def _face_letterbox(bgr: np.ndarray, side: int = 640) -> np.ndarray:
     """SCRFD's demo feed: scaled to fit (INTER_AREA), at the top left of a black square; RGB out."""
     import cv2
 
-    h, w = bgr.shape[:2]
-    r = min(side / h, side / w)
-    out = np.zeros((side, side, 3), np.uint8)
-    out[:int(h * r), :int(w * r)] = cv2.resize(bgr, (int(w * r), int(h * r)), interpolation=cv2.INTER_AREA)
-    return out[:, :, ::-1].copy()
+    from openrknn.vision.letterbox import letterbox
+
+    boxed = letterbox(bgr, side, mode="topleft", pad_value=0, interpolation=cv2.INTER_AREA)[0]
+    return np.ascontiguousarray(boxed[:, :, ::-1])
 
 
 def _faces(outs, side: int = 640) -> list:
