@@ -377,6 +377,8 @@ def _binary(onnx_op, options: Optional[str]):
         act = [r.v.get(i) for i, c in zip(ins, (a_const, b_const)) if not c]
         layout = "nchw" if any(v.layout == "nchw" for v in act) else ("nhwc" if any(v.layout == "nhwc" for v in act)
                                                                        else "plain")
+        if layout == "nchw" and any(v.rank < 4 for v in act):
+            layout = "nhwc"  # a lower-rank activation broadcasts against the file's trailing (H, W, C) axes
         for k, (i, is_const) in enumerate(zip(ins, (a_const, b_const))):
             if is_const:
                 arr = r.array(i)
@@ -644,6 +646,68 @@ def _select(r, op, ins, outs, layer):
     r.put(outs[0], r.b.node("Where", names, layer), layout)
 
 
+def _file_layout(r, i: int):
+    """Tensor i as the file lays it out (NHWC for 4-D): ops that index axes or elements read it so."""
+    return r.value(i, "nhwc")
+
+
+def _layout_of(rank: int) -> str:
+    return "nhwc" if rank == 4 else "plain"
+
+
+def _arg_max(onnx_op):
+    def handler(r, op, ins, outs, layer):
+        x = _file_layout(r, ins[0])
+        axis = int(np.asarray(r.array(ins[1])).reshape(())) % len(r.shape(ins[0]))
+        y = r.b.node(onnx_op, [x.name], layer, axis=axis, keepdims=0)  # the first of equal values, as TFLite
+        if _NP.get(r.tensor(outs[0]).Type()) == np.int32:
+            y = r.b.node("Cast", [y], f"{layer}/int32", to=TensorProto.INT32)
+        r.put(outs[0], y, _layout_of(len(r.shape(outs[0]))))
+    return handler
+
+
+def _floor_div(r, op, ins, outs, layer):
+    """a // b rounded down. ONNX's integer Div truncates toward zero, so integers take away the floor remainder first
+    (Mod with fmod=0 has the divisor's sign): (a - a mod b) / b divides exactly."""
+    a, b = _file_layout(r, ins[0]), _file_layout(r, ins[1])
+    if _NP.get(r.tensor(outs[0]).Type()) in (np.int32, np.int64):
+        rest = r.b.node("Mod", [a.name, b.name], f"{layer}/mod", fmod=0)
+        y = r.b.node("Div", [r.b.node("Sub", [a.name, rest], f"{layer}/exact"), b.name], layer)
+    else:
+        y = r.b.node("Floor", [r.b.node("Div", [a.name, b.name], f"{layer}/div")], layer)
+    r.put(outs[0], y, _layout_of(len(r.shape(outs[0]))))
+
+
+def _gather_nd(r, op, ins, outs, layer):
+    x = _file_layout(r, ins[0])
+    idx = r.b.node("Cast", [_file_layout(r, ins[1]).name], f"{layer}/indices", to=TensorProto.INT64)
+    r.put(outs[0], r.b.node("GatherND", [x.name, idx], layer), _layout_of(len(r.shape(outs[0]))))
+
+
+def _pack(r, op, ins, outs, layer):
+    """TFLite's PACK (tf.stack): each input gets the new axis, then one Concat along it."""
+    out_shape = r.shape(outs[0])
+    axis = r.options(op, "PackOptions").Axis() % len(out_shape)
+    parts = []
+    for k, i in enumerate(ins):
+        shape = list(r.shape(i))
+        shape.insert(axis, 1)
+        parts.append(r.b.node("Reshape", [_file_layout(r, i).name,
+                                          r.b.const(np.array(shape, np.int64), f"{layer}/shape{k}")], f"{layer}/in{k}"))
+    r.put(outs[0], r.b.node("Concat", parts, layer, axis=axis), _layout_of(len(out_shape)))
+
+
+def _unpack(r, op, ins, outs, layer):
+    """TFLite's UNPACK (tf.unstack): a Split into ones along the axis, each part without it."""
+    in_shape = r.shape(ins[0])
+    axis = r.options(op, "UnpackOptions").Axis() % len(in_shape)
+    ys = r.b.node("Split", [_file_layout(r, ins[0]).name, r.b.const(np.ones(len(outs), np.int64), f"{layer}/split")],
+                  f"{layer}/split", n_out=len(outs), axis=axis)
+    for k, (o, y) in enumerate(zip(outs, ys if isinstance(ys, list) else [ys])):
+        shape = r.b.const(np.array(r.shape(o), np.int64), f"{layer}/shape{k}")
+        r.put(o, r.b.node("Reshape", [y, shape], f"{layer}/{k}"), _layout_of(len(r.shape(o))))
+
+
 def _branch(r: "_Reader", index: int, args: List[int]) -> list:
     """The outputs (Values) of subgraph ``index`` run on the caller's tensors ``args``, its ops emitted into the same
     ONNX graph. A constant passed in (a converter hands a branch its weights as inputs) stays a constant there."""
@@ -703,6 +767,8 @@ _OPS = {
     "LESS": _binary("Less", None), "LESS_EQUAL": _binary("LessOrEqual", None), "EQUAL": _binary("Equal", None),
     "NOT_EQUAL": _not_equal, "LOGICAL_AND": _binary("And", None), "LOGICAL_OR": _binary("Or", None),
     "LOGICAL_NOT": _unary("Not"), "SELECT": _select, "SELECT_V2": _select, "IF": _if,
+    "ARG_MAX": _arg_max("ArgMax"), "ARG_MIN": _arg_max("ArgMin"), "FLOOR_DIV": _floor_div, "GATHER_ND": _gather_nd,
+    "PACK": _pack, "UNPACK": _unpack,
 }
 _OPS = {k: v for k, v in _OPS.items() if v is not None}
 
