@@ -1,7 +1,7 @@
 """A MoveNet-style decode inside a TFLite file (TF Hub's movenet_singlepose int8 model ends so): a heat map from a
 conv, weighted by a rank-3 activation, flattened, ARG_MAX per channel, the row and column by FLOOR_DIV, PACKed into
 GATHER_ND indices, the picked values UNPACKed and PACKed again. load_tflite must give LiteRT's result on the same
-file, and a quantized build must keep the peaks."""
+file, a quantized build must keep the peaks, and its export_tflite must run on LiteRT as the simulator does."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from conftest import built_rknn, write_samples
 from openrknn.frontends.tflite import load_tflite
+from openrknn.metrics import cosine
 
 S, C, K = 6, 4, 3  # map side, input channels, heat map channels (keypoints)
 
@@ -128,5 +129,13 @@ def test_pose_tail_quantized_build_keeps_the_peaks(tmp_path):
         want = _litert(path, x)
         got = r.inference(inputs=[x[0]], data_format="nhwc")
         found += int(np.array_equal(got[1], want[1]))
-    r.release()
     assert found >= 5, f"the int8 build found the float peaks on {found} of 6 maps"
+    # exported back to TFLite with our scales (GATHER_ND at the computed peaks), it runs as the simulator does
+    out = tmp_path / "pose_tail_int8.tflite"
+    assert r.export_tflite(str(out), input_dtype="float32") == 0, r.last_error
+    for x in _inputs(6):
+        ours = r.inference(inputs=[x[0]], data_format="nhwc")
+        theirs = _litert(out, x)
+        np.testing.assert_array_equal(theirs[1], ours[1])
+        assert cosine(theirs[0], ours[0]) > 0.999
+    r.release()

@@ -29,8 +29,8 @@ TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 # ops whose TFLite form keeps an integer or boolean tensor's type (ids reshaped, compared, cast)
 INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
-                     "Concat", "Not", "And", "Or", "Xor", "Where", "Add", "Sub", "Mul", "Div", "Mod", "Max", "Min",
-                     "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+                     "GatherND", "Split", "Concat", "Not", "And", "Or", "Xor", "Where", "Add", "Sub", "Mul", "Div",
+                     "Mod", "Max", "Min", "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 

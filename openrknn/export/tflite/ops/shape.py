@@ -273,6 +273,30 @@ register("Gather", int8=lambda c, n, a: _gather(c, n, "q"), float=lambda c, n: _
          int8_ok=_gather_ok)
 
 
+def _gather_nd(ctx, node, kind: str, act=None) -> str:
+    """GatherND (batch_dims 0) at computed indices (a pose model picks its peak cells so) -> GATHER_ND on the tensor
+    in the model's own order of dims; int8 keeps the input's scale."""
+    layer = layer_name(node)
+    if attr(node, "batch_dims", 0):
+        raise NotSupportedError(f"export-tflite: {layer} is a GatherND with batch_dims; TFLite's GATHER_ND has none")
+    v = ctx.value(node.input[0])
+    src = ctx.view(node.input[0], kind, False, layer) if v.nhwc else (v.q if kind == "q" else
+                                                                      ctx.f_of(node.input[0], layer))
+    idx = ctx.g.const(node.input[1]) if ctx.g.is_const(node.input[1]) else None
+    idx = (ctx.m.add_const(ctx._tname("indices"), np.asarray(idx, np.int32)) if idx is not None
+           else ctx.f_of(node.input[1], layer))
+    if np.dtype(idx.dtype) not in (np.int32, np.int64):
+        raise NotSupportedError(f"export-tflite: {layer} gathers at {np.dtype(idx.dtype).name} indices; TFLite's "
+                                "GATHER_ND takes int32 or int64")
+    out = _like(ctx, src, node.output[0], ctx.out_shape(node.output[0]))
+    ctx.m.add_op("GATHER_ND", [src, idx], [out], version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, False, layer, "TFLite's int8 GATHER_ND keeps its input scale")
+    return ""
+
+
+register("GatherND", int8=lambda c, n, a: _gather_nd(c, n, "q"), float=lambda c, n: _gather_nd(c, n, "f"))
+
+
 # ---------------------------------------------------------------------------------------------------------- Expand
 def _expand(ctx, node, kind: str, act=None) -> str:
     """Expand to a constant shape: TFLite's BROADCAST_TO (numpy broadcasting, as ONNX's Expand), in the model's own
