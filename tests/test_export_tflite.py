@@ -1398,3 +1398,36 @@ def test_topk_peaks_and_integer_coordinates_export(tmp_path):
         a, b = {tuple(p) for p in ours[1][0]}, {tuple(p) for p in theirs[1][0]}
         found, total = found + len(a & b), total + len(a)
     assert found >= 0.8 * total, (found, total)
+
+
+def test_sine_position_encoding_and_tiled_queries_export(tmp_path):
+    """A DETR-style head (LSTR's lane transformer): the position encoding counts a computed mask down the rows and
+    across the columns with CumSum (one of them exclusive and reversed, flags TFLite's CUMSUM has too), scales the
+    counts and takes Sin and Cos; a pooled row is Tiled down the map. CUMSUM, SIN, COS and TILE on LiteRT give the
+    simulator's outputs."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(21)
+    i64 = lambda v, name: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(0.4, np.float32), "freq"), i64(2, "rows"), i64(3, "cols"),
+             i64([1, 1, H, 1], "reps")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["f"]), n("Sigmoid", ["c"], ["mask"]),
+             n("CumSum", ["mask", "rows"], ["y_embed"]),
+             n("CumSum", ["mask", "cols"], ["x_embed"], exclusive=1, reverse=1),
+             n("Mul", ["y_embed", "freq"], ["y_phase"]), n("Mul", ["x_embed", "freq"], ["x_phase"]),
+             n("Sin", ["y_phase"], ["y_sin"]), n("Cos", ["x_phase"], ["x_cos"]), n("Add", ["y_sin", "x_cos"], ["pos"]),
+             n("ReduceMean", ["f"], ["row"], axes=[2], keepdims=1), n("Tile", ["row", "reps"], ["rows_down"]),
+             n("Mul", ["f", "pos"], ["fp"]), n("Add", ["fp", "rows_down"], ["out"])]
+    graph = helper.make_graph(nodes, "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "pos")
+    assert {"CUMSUM", "SIN", "COS", "TILE"} <= set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) > 0.999

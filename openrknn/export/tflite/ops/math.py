@@ -10,7 +10,7 @@ from ..lower import TO_NHWC
 from . import attr, layer_name, register
 from .elementwise import _layout, _operands
 
-UNARY = {"Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Neg": "NEG", "Abs": "ABS"}
+UNARY = {"Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Neg": "NEG", "Abs": "ABS", "Sin": "SIN", "Cos": "COS"}
 
 
 def _unary(ctx, node) -> str:
@@ -22,6 +22,29 @@ def _unary(ctx, node) -> str:
 
 for _op in UNARY:
     register(_op, float=_unary)
+
+
+def _cumsum(ctx, node) -> str:
+    """CumSum along a constant axis (a transformer's sine position encoding counts its mask so) -> CUMSUM in float,
+    exclusive and reverse as ONNX says."""
+    layer = layer_name(node)
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer}'s axis is computed; TFLite's CUMSUM takes a constant axis "
+                                "here")
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    axis = int(np.ravel(ctx.g.const(node.input[1]))[0]) % rank
+    if v.nhwc and rank == 4:
+        axis = {0: 0, 1: 3, 2: 1, 3: 2}[axis]
+    x = ctx.f_of(node.input[0], layer)
+    ctx.m.add_op("CUMSUM", [x, ctx.m.add_const(ctx._tname("axis"), np.asarray(axis, np.int32))],
+                 [ctx.out_f(node.output[0], v.nhwc)],
+                 ("CumsumOptions", {"Exclusive": bool(attr(node, "exclusive", 0)),
+                                    "Reverse": bool(attr(node, "reverse", 0))}), layer=layer)
+    return ""
+
+
+register("CumSum", float=_cumsum)
 
 
 def _reciprocal(ctx, node) -> str:

@@ -297,6 +297,30 @@ def _gather_nd(ctx, node, kind: str, act=None) -> str:
 register("GatherND", int8=lambda c, n, a: _gather_nd(c, n, "q"), float=lambda c, n: _gather_nd(c, n, "f"))
 
 
+def _tile(ctx, node, kind: str, act=None) -> str:
+    """Tile by constant repeats (a transformer's queries repeated over the batch) -> TILE, in the layout the input
+    is stored in; int8 keeps the input's scale."""
+    layer = layer_name(node)
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer} tiles by computed repeats; only constant repeats are "
+                                "exported")
+    v = ctx.value(node.input[0])
+    reps = [int(r) for r in np.ravel(ctx.g.const(node.input[1]))]
+    nhwc = v.nhwc and len(v.shape) == 4
+    if nhwc:
+        reps = [reps[0], reps[2], reps[3], reps[1]]
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
+    ctx.m.add_op("TILE", [src, ctx.m.add_const(ctx._tname("multiples"), np.asarray(reps, np.int32))], [out],
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 TILE keeps its input scale")
+    return ""
+
+
+register("Tile", int8=lambda c, n, a: _tile(c, n, "q"), float=lambda c, n: _tile(c, n, "f"))
+
+
 # ---------------------------------------------------------------------------------------------------------- Expand
 def _expand(ctx, node, kind: str, act=None) -> str:
     """Expand to a constant shape: TFLite's BROADCAST_TO (numpy broadcasting, as ONNX's Expand), in the model's own
