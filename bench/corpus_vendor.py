@@ -33,17 +33,21 @@ def main(job_path):
         rc = rknn.config(**cfg)
         if rc not in (0, None):
             raise RuntimeError(f"fails in config: rc={rc}")
-        step = "load_onnx"
-        # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)
-        names = job.get("input_names") or [job["input_name"]]
-        shapes = job.get("shapes") or [job["shape"]]
-        rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
-                            **({"outputs": job["outputs"]} if job.get("outputs") else {}))
+        if job.get("loader") == "tflite":  # a .tflite; one quantized in the file is built without requantizing
+            step = "load_tflite"
+            rc = rknn.load_tflite(job["model"])
+        else:
+            step = "load_onnx"
+            # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)
+            names = job.get("input_names") or [job["input_name"]]
+            shapes = job.get("shapes") or [job["shape"]]
+            rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
+                                **({"outputs": job["outputs"]} if job.get("outputs") else {}))
         if rc != 0:
-            raise RuntimeError(f"fails in load_onnx: rc={rc}")
+            raise RuntimeError(f"fails in {step}: rc={rc}")
         step = "build"
         tb = time.time()
-        rc = rknn.build(do_quantization=True, dataset=job["dataset"])
+        rc = rknn.build(do_quantization=job.get("do_quantization", True), dataset=job["dataset"])
         status["build_s"] = time.time() - tb
         if rc != 0:
             raise RuntimeError(f"fails in build: rc={rc}")

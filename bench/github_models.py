@@ -62,6 +62,8 @@ REPOS = {
     "gaze": ("hpc203/gaze-estimation-opencv-dnn", "5181ebe24711932c5d1f2be40fe06ce7370d5f90"),
     "fastest": ("hpc203/yolo-fastestv2-opencv", "f865b7c18780c5e5f699e5fcb66074fad0ba3497"),
     "mlsd": ("hpc203/M-LSD-onnxrun-cpp-py", "cbe65521b99c32ce9458d2bdbc0a19f63bb4d85a"),
+    "lstr": ("hpc203/LSTR-lane-detect-onnxrun-cpp-py", "8d82a8a273dc71e73e03d7060a7479820a8e54eb"),
+    "movenet": ("Kazuhito00/MoveNet-Python-Example", "515743a113e49b4f31677b1f6252c0041f237e30"),
 }
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
@@ -74,6 +76,9 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "scrfd": ("scrfd", "weights/scrfd_2.5g_kps.onnx", "32d20c77b9e2dc1d"),
     "fastest": ("fastest", "model.onnx", "27c34bbd0d054cf7"),
     "mlsd": ("mlsd", "weights/model_512x512_tiny.onnx", "d6b4aadb8ff3d756"),
+    "nanodet": ("mot", "Detector/nanodet/model/nanodet_m_320.onnx", "88e9fb97a54bb003"),
+    "lstr": ("lstr", "lstr_360x640.onnx", "a36f5368c53ff01e"),
+    "movenet": ("movenet", "tflite/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite", "cd7cc22fa946e5d1"),
 }
 MLSD_PHOTOS = [f"images/{n}" for n in ("1.jpg", "IMG_2383.JPG", "IMG_2496.JPG", "IMG_2502.JPG", "cam_image11.jpg",
                                        "test1.jpg", "IMG_20170314_192719.jpg")]
@@ -468,7 +473,186 @@ def _litert_centres(r, held: list, work: Path, centres, near) -> str:
             f"{sum(len(s) for s, _ in pairs)}, {sum(len(t) - near(t, s) for s, t in pairs)} extra")
 
 
-ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments)
+def _centred(bgr: np.ndarray, side: int) -> np.ndarray:
+    """NanoDet's demo feed: scaled to fit (INTER_AREA), centred on a black square."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    s = side / max(h, w)
+    small = cv2.resize(bgr, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+    out = np.zeros((side, side, 3), np.uint8)
+    top, left = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+    out[top:top + small.shape[0], left:left + small.shape[1]] = small
+    return out
+
+
+def _gfl_boxes(outs, side: int = 320, conf: float = 0.35, iou: float = 0.6) -> list:
+    """NanoDet's decode: per stride 8 / 16 / 32 a sigmoid class map and, per side of the box, a distribution over 8
+    distances (softmax, its expectation in strides from the cell's centre); per-class NMS."""
+    import cv2
+
+    found = []
+    for k, stride in enumerate((8, 16, 32)):
+        cls, dist = np.asarray(outs[k]).reshape(-1, 80), np.asarray(outs[3 + k]).reshape(-1, 4, 8)
+        n = side // stride
+        ys, xs = np.divmod(np.arange(n * n), n)
+        cx, cy = xs * stride + (stride - 1) / 2, ys * stride + (stride - 1) / 2
+        e = np.exp(dist - dist.max(-1, keepdims=True))
+        d = (e / e.sum(-1, keepdims=True) * np.arange(8)).sum(-1) * stride
+        score, label = cls.max(1), cls.argmax(1)
+        keep = score >= conf
+        boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], 1)[keep]
+        found += list(zip(label[keep], score[keep], boxes))
+    if not found:
+        return []
+    labels, scores, boxes = np.array([f[0] for f in found]), np.array([f[1] for f in found]), np.array(
+        [f[2] for f in found])
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), labels.tolist(), conf, iou)
+    return [(int(labels[i]), boxes[i]) for i in np.ravel(kept)]
+
+
+def gfl_detector(cache: Path, work: Path) -> list:
+    """NanoDet-m: a ShuffleNetV2 GFL detector whose file lists its weights as graph inputs (an old exporter's
+    habit); BGR feed with the demo's per-channel mean and std."""
+    import onnxruntime as ort
+
+    path = model(cache, "nanodet")
+    mean, std = [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]
+    pics = [_centred(p[:, :, ::-1], 320) for p in images(["coco", "misc"], None)]
+    calib, held = pics[0::2][:16], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = sess.get_inputs()[0].name
+    refs = [_gfl_boxes(sess.run(None, {feed: ((p - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+                                       .astype(np.float32)})) for p in held]
+    cells = [f"NanoDet-m COCO (320, GFL head: 3 sigmoid class maps, 3 box-distance distributions; {len(held)} images)"]
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], {"mean_values": [mean], "std_values": [std]}, work)
+        cells.append(_kept_cell(refs, [_gfl_boxes(r.inference(inputs=[p])) for p in held]))
+        if dtype:
+            job = {"input_name": feed, "shape": [1, 3, 320, 320], "mean": mean, "std": std}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _kept_cell(
+                refs, [_gfl_boxes([o[k] for k in range(6)]) for o in outs]))
+            cells.append(_litert(r, held[:4], work))
+        r.release()
+    return cells
+
+
+def lanes(cache: Path, work: Path) -> list:
+    """LSTR: a lane-shape transformer (ResNet-18 stem, sine position encoding from a CumSum of the padding mask,
+    attention as MatMul / Softmax) with two inputs, the image and a padding mask of zeros; fed as the repository's
+    demo feeds it (its BGR frames normalised with ImageNet's RGB mean and std). The metric: the lanes (of 7
+    queries) whose class is 'lane', as the float model says, and their curve parameters' largest difference."""
+    import cv2
+    import onnxruntime as ort
+
+    path = model(cache, "lstr")
+    mean, std = [0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255]
+    roads = [cv2.resize(cv2.imread(str(fetch_github(cache, "lstr", f"images/{k}.jpg"))), (640, 360)) for k in range(4)]
+    pics = roads + [p[:, :, ::-1].copy() for p in images(["coco"], (360, 640))[:8]]
+    calib, held = pics[1::2], pics[0::2]  # two roads each side; COCO photos as the scenes without lanes
+    mask = np.zeros((360, 640, 1), np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    refs = [sess.run(None, {names[0]: ((p - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+                            .astype(np.float32), names[1]: mask.transpose(2, 0, 1)[None]}) for p in held]
+
+    def cell(outs):
+        is_lane = [(np.asarray(o[0]).reshape(7, 2).argmax(1) == 1) for o in outs]
+        want = [np.asarray(r[0]).reshape(7, 2).argmax(1) == 1 for r in refs]
+        same = sum(int((a == b).all()) for a, b in zip(is_lane, want))
+        curve = max(float(np.abs(np.asarray(o[1]).reshape(7, 8) - r[1].reshape(7, 8))[w].max(initial=0))
+                    for o, r, w in zip(outs, refs, want))
+        return (f"cosine {np.mean([min(cosine(o[k], r[k]) for k in range(4)) for o, r in zip(outs, refs)]):.5f}; "
+                f"lane / no-lane of the 7 queries as the float model on {same}/{len(refs)} images "
+                f"({sum(int(w.sum()) for w in want)} lanes), curve parameters within {curve:.3f}")
+
+    cells = [f"LSTR lane transformer (360x640 image + padding mask, 2 inputs; {len(held)} images, 2 roads)"]
+    cfg = {"mean_values": [mean, [0]], "std_values": [std, [1]]}
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p, mask] for p in calib], cfg, work)
+        cells.append(cell([r.inference(inputs=[p, mask]) for p in held]))
+        if dtype:
+            job = {"input_names": names, "shapes": [[1, 3, 360, 640], [1, 1, 360, 640]], "mean": None}
+            said, outs = _vendor(path, job, [[((p - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+                                              .astype(np.float32), mask.transpose(2, 0, 1)[None]] for p in calib],
+                                 [[((p - np.float32(mean)) / np.float32(std))[None].astype(np.float32), mask[None]]
+                                  for p in held], work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([[o[k] for k in range(5)] for o in outs]))
+            cells.append(_litert_two(r, held[:3], mask, work))
+        r.release()
+    return cells
+
+
+def _litert_two(r, held: list, mask: np.ndarray, work: Path) -> str:
+    from arrivals import litert
+
+    return litert(r, [[p, mask] for p in held], work, input_dtype="float32")
+
+
+def _movenet_points(out) -> np.ndarray:
+    return np.asarray(out).reshape(17, 3)
+
+
+def pose(cache: Path, work: Path) -> list:
+    """MoveNet SinglePose Lightning int8 (TF Hub's fully quantized TFLite; uint8 192x192 RGB in, 17 keypoints as
+    [y, x, score] out, its decode inside: centre heat map, ARG_MAX, GATHER_ND of the regressions, a distance-weighted
+    keypoint heat map, ARG_MAX, GATHER_ND of the offsets). load_tflite keeps the file's int8 scales, so the
+    reference is LiteRT on the file. The metric: the keypoints LiteRT is sure of (score > 0.3) found within 4
+    pixels (one heat-map cell) of 192, and the median distance; LiteRT's own reference kernels against its XNNPACK
+    kernels are the floor (the file's integer rounding, ties up, is not ONNX's, ties to even)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    path = model(cache, "movenet")
+    pics = [_letterbox(p[:, :, ::-1], 192)[:, :, ::-1].copy() for p in images(["coco"], None)]
+    calib, held = pics[0::2][:12], pics[1::2]
+
+    def litert_run(**kw):
+        it = Interpreter(model_path=str(path), **kw)
+        it.allocate_tensors()
+        feed, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        got = []
+        for p in held:
+            it.set_tensor(feed, p[None])
+            it.invoke()
+            got.append(_movenet_points(it.get_tensor(out)))
+        return got
+
+    refs = litert_run()
+
+    def cell(outs):
+        d = np.concatenate([np.hypot(*(o[:, :2] - w[:, :2]).T)[w[:, 2] > 0.3] * 192 for o, w in zip(outs, refs)])
+        return (f"keypoints within 4 px {int((d <= 4).sum())}/{d.size}, median {np.median(d):.1f} px; score "
+                f"difference {np.mean([np.abs(o[:, 2] - w[:, 2]).mean() for o, w in zip(outs, refs)]):.3f}")
+
+    cells = [f"MoveNet Lightning int8 TFLite (192, decode inside; {len(held)} images; LiteRT's reference kernels "
+             f"vs its XNNPACK: {cell(litert_run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF))})"]
+    for quantize in (False, True):
+        from openrknn.api import RKNN
+
+        lines = []
+        for k, p in enumerate(calib):
+            np.save(work / f"m{k}.npy", p)
+            lines.append(f"m{k}.npy")
+        (work / "ds.txt").write_text("\n".join(lines) + "\n")
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588", mean_values=[[0] * 3], std_values=[[1] * 3]) == 0
+        assert r.load_tflite(str(path)) == 0, r.last_error
+        assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+        assert r.init_runtime() == 0
+        cells.append(cell([_movenet_points(r.inference(inputs=[p])[0]) for p in held]))
+        if quantize:
+            job = {"loader": "tflite", "do_quantization": False, "mean": [0] * 3, "std": [1] * 3}
+            said, outs = _vendor(path, job, [p[None] for p in calib], [p[None] for p in held], work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([_movenet_points(o[0]) for o in outs]))
+            cells.append(_litert(r, held[:4], work))
+        r.release()
+    return cells
+
+
+ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
+        gfl_detector, lanes, pose)
 
 
 def main() -> None:
