@@ -190,6 +190,29 @@ def test_unknown_elementwise_chains_and_visible_intermediates_are_left_alone():
     assert fold.canonical_activations(out) == 0 and "Clip" in _ops(out)
 
 
+def test_a_relu_then_a_small_scale_is_not_a_hard_sigmoid():
+    """relu(x) / 127.5 (a quantized TFLite's input normalisation once its zero-based range is a ReLU again) is the
+    line clip(x / 127.5, 0, 1) on the grid's [-12, 12], but not beyond 127.5: a HardSigmoid must show both clips.
+    A HardSigmoid spelled out, clip(x / 5 + 0.5, 0, 1), still is one."""
+    consts = {"k": np.float32(1 / 127.5), "fifth": np.float32(0.2), "half": np.float32(0.5), "zero": np.float32(0),
+              "one": np.float32(1), "w": W, "b": B}
+    conv = n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])
+    scaled = _model([conv, n("Relu", ["c"], ["r"]), n("Mul", ["r", "k"], ["y"])], consts)
+    out = _copy(scaled)
+    fold.canonical_activations(out)
+    assert "HardSigmoid" not in _ops(out)
+    x = RNG.uniform(0, 255, (1, 3, 6, 6)).astype(np.float32)  # conv outputs well past 127.5
+    want = ort_run(scaled, {"x": x})[0]
+    assert want.max() > 1.5
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    spelled = _model([conv, n("Mul", ["c", "fifth"], ["m"]), n("Add", ["m", "half"], ["a"]),
+                      n("Clip", ["a", "zero", "one"], ["y"])], consts)
+    info = GraphInfo(normalize(spelled))
+    regions = find_regions(info.nodes, {k: info.const(k) for k in info.inits if info.const(k).size == 1},
+                           set(info.output_set))
+    assert [(r.x, r.z, r.name) for r in regions] == [("c", "y", "HardSigmoid")]
+
+
 def test_optimize_folds_a_pp_lcnet_style_block_to_conv_plus_hardswish():
     """Conv, per-channel Mul/Add (batch norm), spelled-out HardSwish, scalar affine, conv: the NPU's two fused ops."""
     pw = RNG.normal(0, 0.5, (4, 4, 1, 1))

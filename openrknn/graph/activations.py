@@ -124,9 +124,10 @@ def _identify(f: np.ndarray) -> Optional[Tuple[str, Tuple[float, ...]]]:
         ref = g(_GRID).astype(np.float64)
         if np.max(np.abs(f - ref)) <= TOLERANCE * max(1.0, float(np.max(np.abs(ref)))):
             return name, ()
-    # HardSigmoid with any slope: clip(alpha x + beta, 0, 1), alpha > 0
+    # HardSigmoid with any slope: clip(alpha x + beta, 0, 1), alpha > 0; both clips must show on the grid (a ReLU
+    # then a small scale, relu(x) / 127.5, is that line up to x = 12 but not beyond)
     mid = (f > 1e-3) & (f < 1 - 1e-3)
-    if mid.sum() >= 4 and f.min() >= -1e-6 and f.max() <= 1 + 1e-6:
+    if mid.sum() >= 4 and abs(f.min()) <= 1e-6 and abs(f.max() - 1) <= 1e-6:
         alpha, beta = np.polyfit(_GRID[mid], f[mid], 1)
         if alpha > 0 and np.max(np.abs(np.clip(alpha * _GRID + beta, 0, 1) - f)) <= TOLERANCE:
             return "HardSigmoid", (float(alpha), float(beta))
