@@ -193,3 +193,58 @@ def test_int8_tflite_round_trip(tmp_path):
         np.testing.assert_allclose(qdq, ref, atol=1e-6)
         assert np.abs(r.inference([img])[0] - ref).max() <= 2 * out_scale * 1.001
     r.release()
+
+
+def _relu_free_qdq(path: Path) -> Path:
+    """x -> Q/DQ -> two Convs -> Q/DQ each -> their product -> Q/DQ (uint8, zero point 0) -> y: the last range starts
+    at exactly 0, so the import puts the ReLU that such a range implies back after the Mul, which is not a fused
+    op."""
+    rng = np.random.default_rng(3)
+    f = lambda v, name: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    u8 = lambda v, name: numpy_helper.from_array(np.asarray(v, np.uint8), name)  # noqa: E731
+    i8 = lambda v, name: numpy_helper.from_array(np.asarray(v, np.int8), name)  # noqa: E731
+    w = rng.normal(0, .4, (6, 3, 3, 3)).astype(np.float32)
+    w_scale = np.abs(w).reshape(6, -1).max(1) / 127
+    inits = [f(1 / 64, "s_in"), u8(128, "z_in"), i8(np.round(w / w_scale[:, None, None, None]), "w_q"),
+             f(w_scale, "w_s"), i8(np.zeros(6), "w_z"), f(0.021, "s1"), u8(121, "z1"), f(0.0113, "s2"), u8(0, "z2"),
+             i8(rng.integers(-127, 128, (6, 3, 1, 1)), "v_q"), f(0.003, "v_s"), i8(0, "v_z"), f(0.017, "s3"),
+             u8(117, "z3")]
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"]), n("DequantizeLinear", ["xq", "s_in", "z_in"], ["xd"]),
+             n("DequantizeLinear", ["w_q", "w_s", "w_z"], ["wd"], axis=0),
+             n("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+             n("QuantizeLinear", ["c", "s1", "z1"], ["cq"]), n("DequantizeLinear", ["cq", "s1", "z1"], ["cd"]),
+             n("DequantizeLinear", ["v_q", "v_s", "v_z"], ["vd"]), n("Conv", ["xd", "vd"], ["e"]),
+             n("QuantizeLinear", ["e", "s3", "z3"], ["eq"]), n("DequantizeLinear", ["eq", "s3", "z3"], ["ed"]),
+             n("Mul", ["cd", "ed"], ["m"]),
+             n("QuantizeLinear", ["m", "s2", "z2"], ["mq"]), n("DequantizeLinear", ["mq", "s2", "z2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 12, 12])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_restored_relu_rounds_once_as_the_source_did(tmp_path):
+    """The tensor before a restored ReLU takes the ReLU output's (source) grid: one rounding, clamped at 0, as the
+    source computes it. A grid of its own (calibrated) would round twice and move some values by a step. The
+    package's graph, evaluated as QDQ arithmetic, gives the source model's values exactly."""
+    from openrknn.package import read_package
+
+    path = _relu_free_qdq(tmp_path / "relu_free.onnx")
+    r = RKNN(verbose=False)
+    assert r.config(target_platform="rk3588", mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]]) == 0
+    assert r.load_onnx(str(path)) == 0
+    assert r.build(do_quantization=False) == 0, r.last_error
+    assert r.export_rknn(str(tmp_path / "kept.rknn")) == 0
+    r.release()
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = ort.InferenceSession(str(path), plain)
+    kept = ort.InferenceSession(read_package(tmp_path / "kept.rknn").model_bytes, plain)
+    feed = kept.get_inputs()[0]
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.uniform(-2, 2, (1, 3, 12, 12)).astype(np.float32)
+        want = source.run(None, {"x": x})[0]
+        got = kept.run(None, {feed.name: x if feed.shape[1] == 3 else x.transpose(0, 2, 3, 1)})[0]
+        np.testing.assert_array_equal(got.reshape(want.shape), want)

@@ -257,6 +257,13 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
             zp = zp - 128
         fixed[name] = (p.scale, zp)
     wanted = dict(fixed)  # the source's own values, to count what the package keeps
+    # a ReLU's input that the source did not quantize (the ReLU restored above, or one after a cast to float): the
+    # source rounded once, onto the ReLU output's zero-based grid, so the input takes that grid and rounds the same
+    made_by = {o: n for n in float_model.graph.node for o in n.output}
+    for name in list(fixed):
+        relu = made_by.get(name)
+        if relu is not None and relu.op_type == "Relu" and relu.input[0] in points and relu.input[0] not in fixed:
+            fixed[relu.input[0]] = fixed[name]
     changes += _share_group_scales(fixed, plan, scheme.act)
     return fixed, changes, wanted
 
