@@ -626,8 +626,10 @@ def pose(cache: Path, work: Path) -> list:
         return (f"keypoints within 4 px {int((d <= 4).sum())}/{d.size}, median {np.median(d):.1f} px; score "
                 f"difference {np.mean([np.abs(o[:, 2] - w[:, 2]).mean() for o, w in zip(outs, refs)]):.3f}")
 
-    cells = [f"MoveNet Lightning int8 TFLite (192, decode inside; {len(held)} images; LiteRT's reference kernels "
-             f"vs its XNNPACK: {cell(litert_run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF))})"]
+    cells = [f"MoveNet Lightning int8 TFLite (192, decode inside; {len(held)} images; the float column is "
+             "build(do_quantization=False), which keeps the file's int8 scales, the w8a8 column openrknn's own "
+             "requantization; against LiteRT on the file. LiteRT's reference kernels against its XNNPACK ones: "
+             f"{cell(litert_run(experimental_op_resolver_type=OpResolverType.BUILTIN_REF))})"]
     for quantize in (False, True):
         from openrknn.api import RKNN
 
