@@ -64,6 +64,8 @@ REPOS = {
     "mlsd": ("hpc203/M-LSD-onnxrun-cpp-py", "cbe65521b99c32ce9458d2bdbc0a19f63bb4d85a"),
     "lstr": ("hpc203/LSTR-lane-detect-onnxrun-cpp-py", "8d82a8a273dc71e73e03d7060a7479820a8e54eb"),
     "movenet": ("Kazuhito00/MoveNet-Python-Example", "515743a113e49b4f31677b1f6252c0041f237e30"),
+    "ultralight": ("Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB", "dffdddda9794a50607cba8f318507a28c1c27cab"),
+    "yunet": ("ShiqiYu/libfacedetection.train", "0047ac24afb1a50a0c6105001c89d1b5b805dbf1"),
 }
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
@@ -79,7 +81,11 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nanodet": ("mot", "Detector/nanodet/model/nanodet_m_320.onnx", "88e9fb97a54bb003"),
     "lstr": ("lstr", "lstr_360x640.onnx", "a36f5368c53ff01e"),
     "movenet": ("movenet", "tflite/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite", "cd7cc22fa946e5d1"),
+    "rfb": ("ultralight", "models/onnx/version-RFB-640.onnx", "8f4c659275977e7a"),
+    "yunet": ("yunet", "onnx/yunet_s_640_640.onnx", "8f2383e4dd3cfbb4"),
 }
+GROUP_PHOTOS = [f"imgs/{k}.jpg" for k in (1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                          25, 26, 27)]
 MLSD_PHOTOS = [f"images/{n}" for n in ("1.jpg", "IMG_2383.JPG", "IMG_2496.JPG", "IMG_2502.JPG", "cam_image11.jpg",
                                        "test1.jpg", "IMG_20170314_192719.jpg")]
 FACE_PHOTOS = [("gaze", f"images/{n}.jpg") for n in ("liuyifei", "vintage-635244", "woman-2003647")] + \
@@ -653,8 +659,107 @@ def pose(cache: Path, work: Path) -> list:
     return cells
 
 
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list:
+    order, kept = list(np.argsort(-scores)), []
+    while order:
+        i, order = order[0], order[1:]
+        kept.append(i)
+        order = [j for j in order if _iou(boxes[i], boxes[j:j + 1])[0] <= iou]
+    return kept
+
+
+def _rfb_faces(outs, w: int = 640, h: int = 480) -> list:
+    """Ultra-Light's decode: its face probability (softmax inside) over 0.7, the boxes (decoded inside, corners
+    relative to the image) scaled, hard NMS at IoU 0.3."""
+    scores, boxes = np.asarray(outs[0]).reshape(-1, 2)[:, 1], np.asarray(outs[1]).reshape(-1, 4) * [w, h, w, h]
+    keep = scores > 0.7
+    boxes, scores = boxes[keep], scores[keep]
+    return [(0, boxes[i]) for i in _nms(boxes, scores, 0.3)]
+
+
+def _yunet_faces(outs, side: int = 640) -> list:
+    """YuNet's decode (OpenCV's FaceDetectorYN): per stride 8 / 16 / 32 a class and an objectness sigmoid (score the
+    square root of their product, over 0.6), the box centre as an offset within the cell and its size as the log of
+    strides, five landmarks as cell offsets; NMS at IoU 0.3. [(0, xyxy, landmarks[10])]."""
+    boxes, scores, marks = [], [], []
+    for i, s in enumerate((8, 16, 32)):
+        cls, obj, bb, kp = (np.asarray(outs[i + 3 * k]).reshape(-1, (1, 1, 4, 10)[k]) for k in range(4))
+        n = side // s
+        cell = np.stack(np.mgrid[:n, :n][::-1], -1).reshape(-1, 2).astype(np.float32)
+        score = np.sqrt(np.clip(cls[:, 0], 0, 1) * np.clip(obj[:, 0], 0, 1))
+        keep = score > 0.6
+        centre, size = (cell + bb[:, :2]) * s, np.exp(bb[:, 2:]) * s
+        boxes.append(np.concatenate([centre - size / 2, centre + size / 2], 1)[keep])
+        scores.append(score[keep])
+        marks.append(((np.tile(cell, 5) + kp) * s)[keep])
+    b, sc, kp = np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)
+    return [(0, b[i], kp[i]) for i in _nms(b, sc, 0.3)]
+
+
+def light_faces(cache: Path, work: Path) -> list:
+    """Ultra-Light-Fast-Generic-Face-Detector RFB-640 (an SSD of 17,640 priors, its softmax and box decode inside, its
+    weights listed as graph inputs), fed as its demo feeds it: RGB stretched to 640x480, (x - 127) / 128; on the
+    repository's own photos of people."""
+    import cv2
+    import onnxruntime as ort
+
+    path = model(cache, "rfb")
+    pics = [cv2.resize(cv2.imread(str(fetch_github(cache, "ultralight", p)))[:, :, ::-1], (640, 480))
+            for p in GROUP_PHOTOS]
+    calib, held = pics[0::2], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = sess.get_inputs()[0].name
+    refs = [_rfb_faces(sess.run(None, {feed: ((p - np.float32(127)) / 128).transpose(2, 0, 1)[None]
+                                       .astype(np.float32)})) for p in held]
+    cells = [f"Ultra-Light face detector RFB-640 (640x480, SSD with its decode inside; {sum(map(len, refs))} faces "
+             f"in {len(held)} photos)"]
+    cfg = {"mean_values": [[127] * 3], "std_values": [[128] * 3]}
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        cells.append(_kept_cell(refs, [_rfb_faces(r.inference(inputs=[p])) for p in held]).replace("detections",
+                                                                                                    "faces"))
+        if dtype:
+            job = {"input_name": feed, "shape": [1, 3, 480, 640], "mean": [127] * 3, "std": [128] * 3}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _kept_cell(
+                refs, [_rfb_faces([o[0], o[1]]) for o in outs]).replace("detections", "faces"))
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
+def yunet(cache: Path, work: Path) -> list:
+    """YuNet-s (libfacedetection, OpenCV's FaceDetectorYN model: 12 outputs, class / objectness / box / landmarks per
+    stride), fed BGR pixels as they are, letterboxed at the top left of a black 640 square; on the Ultra-Light
+    repository's photos of people."""
+    import cv2
+    import onnxruntime as ort
+
+    from openrknn.vision.letterbox import letterbox
+
+    path = model(cache, "yunet")
+    pics = [letterbox(cv2.imread(str(fetch_github(cache, "ultralight", p))), 640, mode="topleft", pad_value=0)[0]
+            for p in GROUP_PHOTOS]
+    calib, held = pics[0::2], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [_yunet_faces(sess.run(None, {"input": p.transpose(2, 0, 1)[None].astype(np.float32)})) for p in held]
+    cells = [f"YuNet-s faces and landmarks (640, 12 outputs; {sum(map(len, refs))} faces in {len(held)} photos)"]
+    cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        cells.append(_faces_cell(refs, [_yunet_faces(r.inference(inputs=[p])) for p in held]))
+        if dtype:
+            job = {"input_name": "input", "shape": [1, 3, 640, 640], "mean": [0] * 3, "std": [1] * 3}
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _faces_cell(
+                refs, [_yunet_faces([o[k] for k in range(12)]) for o in outs]))
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
-        gfl_detector, lanes, pose)
+        gfl_detector, lanes, pose, light_faces, yunet)
 
 
 def main() -> None:
