@@ -152,19 +152,37 @@ def _bar(total: int, desc: str, progress: bool):
     return progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
 
 
+SOFTMAX_SPAN = 20.0  # e^-20: the weight, against its row's largest, of a value this far below it
+
+
+def softmax_floor(lo: float, row_max_low: float) -> float:
+    """The lowest value a Softmax's input range needs: SOFTMAX_SPAN below the smallest row maximum seen. Softmax is
+    the same for a row shifted by a constant, so what it reads is each value's distance below its row's maximum; a
+    value further down than SOFTMAX_SPAN weighs under 2e-9 of that maximum, and clamping it to the floor keeps it so
+    (every row's maximum is at or above the smallest). A classifier's logits reach -315 on a few samples while the
+    winners sit near 0: a range from -315 rounds them in steps of 1.4, from the floor in steps of about 0.2."""
+    return max(lo, row_max_low - SOFTMAX_SPAN) if np.isfinite(row_max_low) else lo
+
+
 def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs: Dict[str, Sequence[int]],
                    stats: Stats, progress: bool = True, threads: int = 0,
                    known_min: Optional[Dict[str, float]] = None, channel_tensors: Sequence[str] = (),
-                   sample_tensors: Sequence[str] = (), sample_images: int = 4, sample_positions: int = 4096) -> None:
+                   sample_tensors: Sequence[str] = (), sample_images: int = 4, sample_positions: int = 4096,
+                   softmax_axes: Optional[Dict[str, Tuple[int, ...]]] = None) -> None:
     """Pass 1: global min/max of every tensor, per-channel means of ``mean_inputs`` {tensor: reduce axes} and
     per-channel (axis 1) min/max of the NCHW ``channel_tensors`` (range split candidates); the values of the NCHW
     ``sample_tensors`` at up to ``sample_positions`` strided positions of each of the first ``sample_images``
     samples (range split measures rounding noise on them).
     ``known_min`` {tensor: bound}: activations whose minimum is known in closed form (ReLU 0, SiLU -0.2785) are
-    not reduced for it; the bound is used instead (one reduction less per such tensor)."""
+    not reduced for it; the bound is used instead (one reduction less per such tensor).
+    ``softmax_axes`` {tensor: axes}: tensors read only by a Softmax over those axes; their range starts SOFTMAX_SPAN
+    below the smallest maximum over the axes seen (softmax_floor)."""
     t0 = time.perf_counter()
     known_min = known_min or {}
+    softmax_axes = softmax_axes or {}
     outs: Dict[str, Tuple[str, str, Optional[Sequence[int]]]] = {}
+    for t, axes in softmax_axes.items():
+        outs[t + "__rowmax"] = ("ReduceMax", t, tuple(axes))
     for t in tensors:
         if t not in known_min and t not in channel_tensors:
             outs[t + "__qmin"] = ("ReduceMin", t, None)
@@ -181,6 +199,7 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
     names = list(outs)
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
+    row_max_low = {t: np.inf for t in softmax_axes}
     sums: Dict[str, np.ndarray] = {}
     n = 0
     samples: Dict[str, List[np.ndarray]] = {t: [] for t in sample_tensors}
@@ -201,6 +220,8 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
                 if t not in known_min:
                     lo[t] = min(lo[t], float(res[t + "__qmin"]))
                 hi[t] = max(hi[t], float(res[t + "__qmax"]))
+            for t in softmax_axes:
+                row_max_low[t] = min(row_max_low[t], float(np.min(res[t + "__rowmax"])))
             for t in mean_inputs:
                 sums[t] = sums.get(t, 0.0) + np.asarray(res[t + "__qmean"], np.float64)
             for t in channel_tensors:
@@ -215,6 +236,8 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
         raise DatasetError("calibration dataset yielded no samples; list at least one image or .npy per line")
     for t in tensors:
         a, b = (lo[t] if t in channel_tensors else known_min.get(t, lo[t])), hi[t]
+        if t in softmax_axes:
+            a = softmax_floor(a, row_max_low[t])
         if not (np.isfinite(a) and np.isfinite(b)):
             log.warning("tensor %s had non-finite values during calibration (min %s, max %s)", t, a, b)
             a, b = (0.0 if not np.isfinite(a) else a), (0.0 if not np.isfinite(b) else b)

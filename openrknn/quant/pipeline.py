@@ -81,7 +81,8 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         needs = needs.merge(stage.needs(state))
     minmax_pass = stats_cache.collect_minmax if stats_cache is not None else collect_minmax
     minmax_pass(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
-                known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples)
+                known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples,
+                softmax_axes=softmax_inputs(state.info, state.plan))
     for stage in later:
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
@@ -417,6 +418,27 @@ def _target_warnings(options: "QuantOptions") -> List[str]:
 # x * hardsigmoid(x) >= -0.375).
 ACT_MIN = {"Relu": 0.0, "Sigmoid": 0.0, "HardSigmoid": 0.0, "Softmax": 0.0, "SiLU": -0.2784645427610738,
            "HardSwish": -0.375}
+
+
+def softmax_inputs(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[int, ...]]:
+    """Measured tensors that only Softmaxes read (not a graph output: no one else sees the values calibrate.
+    softmax_floor clamps), with the axes each row spans: the one axis from opset 13 on, the axis and every later one
+    before it (a Softmax then flattens to 2-D at its axis)."""
+    opset = next((o.version for o in info.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    out: Dict[str, Tuple[int, ...]] = {}
+    for t in plan.sources:
+        readers = info.consumers.get(t, [])
+        rank = info.rank(t)
+        if t in info.output_set or not readers or rank is None or any(
+                info.nodes[i].op_type != "Softmax" for i in readers):
+            continue
+        spans = set()
+        for i in readers:
+            axis = int(info.attr(i, "axis", -1 if opset >= 13 else 1)) % rank
+            spans.add((axis,) if opset >= 13 else tuple(range(axis, rank)))
+        if len(spans) == 1:
+            out[t] = spans.pop()
+    return out
 
 
 def known_minimum(info: GraphInfo, plan: Plan) -> Dict[str, float]:

@@ -110,15 +110,15 @@ class StatsCache:
     # ------------------------------------------------------------------ the passes
     def collect_minmax(self, model: onnx.ModelProto, tensors: Sequence[str], data, mean_inputs, stats: Stats,
                        progress: bool = True, threads: int = 0, known_min=None, channel_tensors: Sequence[str] = (),
-                       sample_tensors: Sequence[str] = ()) -> None:
+                       sample_tensors: Sequence[str] = (), softmax_axes=None) -> None:
         request = {"pass": "minmax", "tensors": list(tensors),
                    "mean_inputs": {k: list(v) for k, v in sorted(mean_inputs.items())},
                    "known_min": sorted((known_min or {}).items()), "channel_tensors": list(channel_tensors),
-                   "sample_tensors": list(sample_tensors)}
+                   "sample_tensors": list(sample_tensors), "softmax_axes": sorted((softmax_axes or {}).items())}
 
         def run(fresh: Stats) -> None:
             collect_minmax(model, tensors, data, mean_inputs, fresh, progress, threads, known_min, channel_tensors,
-                           sample_tensors)
+                           sample_tensors, softmax_axes=softmax_axes)
 
         self._cached(self._key(model, data, request), run, stats, Stats())
 
