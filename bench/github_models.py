@@ -66,6 +66,7 @@ REPOS = {
     "movenet": ("Kazuhito00/MoveNet-Python-Example", "515743a113e49b4f31677b1f6252c0041f237e30"),
     "ultralight": ("Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB", "dffdddda9794a50607cba8f318507a28c1c27cab"),
     "yunet": ("ShiqiYu/libfacedetection.train", "0047ac24afb1a50a0c6105001c89d1b5b805dbf1"),
+    "gesture": ("Kazuhito00/hand-gesture-recognition-using-mediapipe", "19311a68b16b42d3ee89e505e3f185693dbd7147"),
 }
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
@@ -758,8 +759,67 @@ def yunet(cache: Path, work: Path) -> list:
     return cells
 
 
+def gestures(cache: Path, work: Path) -> list:
+    """The two gesture classifiers of hand-gesture-recognition-using-mediapipe (Keras MLPs as float TFLite: 21 hand
+    keypoints, or a 16-step fingertip history, as relative coordinates in; the gesture's probabilities out), on the
+    repository's own labelled recordings (keypoint.csv, point_history.csv): one row in ten calibrates, the rest
+    evaluate. The metric: accuracy against the recorded labels and agreement with the float model's choice."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from openrknn.api import RKNN
+
+    rows = []
+    for name, size, shas in (("keypoint_classifier", 42, ("de646612f7294152", "2684890313fd6e6e")),
+                              ("point_history_classifier", 32, ("b726eb7c146d5213", "13a9881cd5e047bd"))):
+        folder = "model/" + name + "/"
+        path = fetch_github(cache, "gesture", folder + name + ".tflite", shas[0])
+        csv = fetch_github(cache, "gesture", folder + ("keypoint.csv" if size == 42 else "point_history.csv"),
+                           shas[1])
+        data = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+        labels, x = data[:, 0].astype(int), data[:, 1:size + 1]
+        calib, held, truth = x[0::10], np.delete(x, np.s_[0::10], 0), np.delete(labels, np.s_[0::10])
+        it = Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        feed, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        ref = []
+        for v in held:
+            it.set_tensor(feed, v[None])
+            it.invoke()
+            ref.append(int(it.get_tensor(out).argmax()))
+        ref = np.array(ref)
+
+        def cell(choice):
+            return (f"accuracy {np.mean(choice == truth):.4f}, the float model's choice on "
+                    f"{int(np.sum(choice == ref))}/{len(ref)}")
+
+        cells = [f"{name} (float TFLite MLP, {size} inputs; {len(held)} recorded samples, float accuracy "
+                 f"{np.mean(ref == truth):.4f})"]
+        for k, v in enumerate(calib):
+            np.save(work / f"g{k}.npy", v[None])
+        (work / "ds.txt").write_text("".join(f"g{k}.npy\n" for k in range(len(calib))))
+        for quantize in (False, True):
+            r = RKNN(verbose=False)
+            assert r.config(target_platform="rk3588") == 0
+            assert r.load_tflite(str(path)) == 0, r.last_error
+            assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+            assert r.init_runtime() == 0
+            outs = [r.inference(inputs=[v[None]])[0] for v in held]
+            cells.append(cell(np.array([int(np.argmax(o)) for o in outs])))
+            if quantize:
+                job = {"loader": "tflite", "mean": None}
+                said, vout = _vendor(path, job, [v[None] for v in calib], [v[None] for v in held], work)
+                cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell(
+                    np.array([int(np.argmax(o[0])) for o in vout])))
+                from arrivals import litert
+
+                cells.append(litert(r, [[v[None]] for v in held[:50]], work, input_dtype="float32"))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
-        gfl_detector, lanes, pose, light_faces, yunet)
+        gfl_detector, lanes, pose, light_faces, yunet, gestures)
 
 
 def main() -> None:
