@@ -2,13 +2,56 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Union
 
 import onnxruntime as ort
 
+log = logging.getLogger("openrknn.runtime")
+
 
 _EMPTY: list = []
+_SATURATES: list = []
+
+
+def int8_dots_saturate(machine: Optional[str] = None, flags: Optional[set] = None) -> bool:
+    """True on an x86-64 CPU without VNNI. There onnxruntime's uint8 x int8 kernels (the simulator's QDQ types)
+    add pairs of products in 16 bits (VPMADDUBSW), which saturate: 255 x 127 x 2 does not fit, and a conv whose
+    inputs and weights are both large gets a wrong sum (onnxruntime issues 5849, 6004, 14642; VNNI's VPDPBUSD adds
+    in 32 bits). ``machine`` / ``flags``: platform.machine() and the CPU's feature flags, read when not given (Linux
+    /proc/cpuinfo, else numpy's CPU feature table)."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    if flags is None:
+        flags = set()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        if not flags:
+            try:
+                from numpy._core._multiarray_umath import __cpu_features__ as features
+            except ImportError:  # numpy 1.x
+                from numpy.core._multiarray_umath import __cpu_features__ as features
+            flags = {"avx512_vnni"} if features.get("AVX512VNNI") else {"no_vnni_known"}
+    return not ({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def _saturates() -> bool:
+    if not _SATURATES:
+        _SATURATES.append(int8_dots_saturate())
+        if _SATURATES[0]:
+            log.info("this x86-64 CPU has no VNNI: onnxruntime's int8 sums are widened to 16 bits first "
+                     "(session.x64quantprecision), exact where its pairwise 16-bit adds would saturate, and slower")
+    return _SATURATES[0]
 
 
 def _empty_folder() -> str:
@@ -42,6 +85,8 @@ def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = No
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1  # graphs run sequentially: no second pool
+    if _saturates():  # widen the int8 products to 16 bits before adding them: exact sums, about a third slower
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     if not allow_spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
