@@ -85,7 +85,7 @@ def make_session(model: Union[bytes, str, "object"], threads: Optional[int] = No
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1  # graphs run sequentially: no second pool
-    if _saturates():  # widen the int8 products to 16 bits before adding them: exact sums, about a third slower
+    if _saturates():  # widen the int8 products to 16 bits before adding them: exact sums, slower
         opts.add_session_config_entry("session.x64quantprecision", "1")
     if not allow_spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
