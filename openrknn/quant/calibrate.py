@@ -158,7 +158,7 @@ SOFTMAX_SPAN = 40.0  # e^-40: the weight, against its row's largest, of a value 
 def softmax_floor(lo: float, row_max_low: float) -> float:
     """The lowest value a Softmax's input range needs: SOFTMAX_SPAN below the smallest row maximum seen. Softmax is
     the same for a row shifted by a constant, so what it reads is each value's distance below its row's maximum; a
-    value further down than SOFTMAX_SPAN weighs under 2e-9 of that maximum, and clamping it to the floor keeps it so
+    value further down than SOFTMAX_SPAN weighs under e^-40 of that maximum, and clamping it to the floor keeps it so
     (every row's maximum is at or above the smallest). A classifier's logits reach -315 on a few samples while the
     winners sit near 0: a range from -315 rounds them in steps of 1.4, from the floor in steps of about 0.3. The
     span leaves room for a row whose maximum falls below every calibration row's: at 20 a ViT's attention lost

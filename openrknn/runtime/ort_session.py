@@ -37,10 +37,13 @@ def int8_dots_saturate(machine: Optional[str] = None, flags: Optional[set] = Non
         except OSError:
             pass
         if not flags:
-            try:
-                from numpy._core._multiarray_umath import __cpu_features__ as features
-            except ImportError:  # numpy 1.x
-                from numpy.core._multiarray_umath import __cpu_features__ as features
+            features: dict = {}
+            for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2, numpy 1
+                try:
+                    features = __import__(module, fromlist=["__cpu_features__"]).__cpu_features__
+                    break
+                except (ImportError, AttributeError):
+                    continue
             flags = {"avx512_vnni"} if features.get("AVX512VNNI") else {"no_vnni_known"}
     return not ({"avx512_vnni", "avx_vnni"} & flags)
 
