@@ -159,10 +159,10 @@ def softmax_floor(lo: float, row_max_low: float) -> float:
     """The lowest value a Softmax's input range needs: SOFTMAX_SPAN below the smallest row maximum seen. Softmax is
     the same for a row shifted by a constant, so what it reads is each value's distance below its row's maximum; a
     value further down than SOFTMAX_SPAN weighs under e^-40 of that maximum, and clamping it to the floor keeps it so
-    (every row's maximum is at or above the smallest). A classifier's logits reach -315 on a few samples while the
-    winners sit near 0: a range from -315 rounds them in steps of 1.4, from the floor in steps of about 0.3. The
-    span leaves room for a row whose maximum falls below every calibration row's: at 20 a ViT's attention lost
-    0.0007 of output cosine on held-out images, at 40 nothing (bench/RESULTS.md)."""
+    (every row's maximum is at or above the smallest). A classifier whose logits fall far below its winners on the
+    samples that are clearly not a class otherwise rounds its close decisions in coarse steps. The span leaves room
+    for a held-out row whose maximum falls below every calibration row's (a transformer's attention): a narrower
+    one clamped such rows (bench/RESULTS.md)."""
     return max(lo, row_max_low - SOFTMAX_SPAN) if np.isfinite(row_max_low) else lo
 
 
