@@ -1431,3 +1431,45 @@ def test_sine_position_encoding_and_tiled_queries_export(tmp_path):
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) > 0.999
+
+
+def test_a_decode_written_in_place_with_scatter_nd_exports(tmp_path):
+    """YOLOX / YOLOv5 exports write their decoded boxes into the head's output with ScatterND at constant indices
+    (y[..., 0:2] = ...). TFLite's SCATTER_ND starts from zeros, so the export adds the data where no update lands:
+    LiteRT gives the simulator's output, the untouched columns and the written ones."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    rng = np.random.default_rng(31)
+    n_cells = (H // 2) * (W // 2)
+    idx = np.zeros((1, n_cells, 2, 3), np.int64)
+    idx[0, :, :, 1] = np.arange(n_cells)[:, None]
+    idx[0, :, :, 2] = np.arange(2)[None, :]
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 6, n_cells], np.int64), "flat"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([2], np.int64),
+                                                                                          "s2"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax"), numpy_helper.from_array(np.float32(8), "stride"),
+             numpy_helper.from_array(idx, "idx")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]), n("Reshape", ["c", "flat"], ["r"]),
+             n("Transpose", ["r"], ["head"], perm=[0, 2, 1]), n("Slice", ["head", "s0", "s2", "ax"], ["xy"]),
+             n("Mul", ["xy", "stride"], ["xy_px"]), n("ScatterND", ["head", "idx", "xy_px"], ["decoded"])]
+    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("decoded", TensorProto.FLOAT, [1, n_cells, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, "decode")
+    assert "SCATTER_ND" in set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert cosine(ours[..., :2], theirs[..., :2]) > 0.999 and cosine(ours[..., 2:], theirs[..., 2:]) > 0.999
+    # the same place written twice: undefined in ONNX, a sum in TFLite; refused with the layer's name
+    idx[0, 1] = idx[0, 0]
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(idx, "idx"))
+    from openrknn.errors import NotSupportedError
+
+    with pytest.raises(NotSupportedError, match="writes one place twice"):
+        _w8a8_tflite(model, tmp_path, "twice")

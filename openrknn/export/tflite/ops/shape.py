@@ -321,6 +321,43 @@ def _tile(ctx, node, kind: str, act=None) -> str:
 register("Tile", int8=lambda c, n, a: _tile(c, n, "q"), float=lambda c, n: _tile(c, n, "f"))
 
 
+def _scatter_nd(ctx, node) -> str:
+    """ScatterND at constant indices (a decode written into its output in place: YOLOX's and YOLOv5's exports assign
+    the decoded boxes to a slice so) -> in float, SCATTER_ND of the updates onto zeros plus the data times a
+    constant mask that is 0 where an update lands: TFLite's SCATTER_ND starts from zeros, ONNX's from the data."""
+    layer = layer_name(node)
+    reduction = attr(node, "reduction", b"none")
+    if (reduction.decode() if isinstance(reduction, bytes) else reduction) != "none":
+        raise NotSupportedError(f"export-tflite: {layer} is a ScatterND with reduction '{reduction}'; only plain "
+                                "assignment is exported")
+    if not ctx.g.is_const(node.input[1]):
+        raise NotSupportedError(f"export-tflite: {layer} scatters at computed indices; only constant indices are "
+                                "exported")
+    shape = tuple(ctx.value(node.input[0]).shape)
+    idx = np.asarray(ctx.g.const(node.input[1]), np.int64)
+    idx = np.where(idx < 0, idx + np.asarray(shape[:idx.shape[-1]]), idx)
+    flat = idx.reshape(-1, idx.shape[-1])
+    if len({tuple(r) for r in flat.tolist()}) != len(flat):
+        raise NotSupportedError(f"export-tflite: {layer} writes one place twice; ONNX leaves the result undefined "
+                                "and TFLite's SCATTER_ND would add the updates")
+    keep = np.ones(shape, np.float32)
+    keep[tuple(flat.T)] = 0.0
+    data = ctx.view(node.input[0], "f", False, layer) if len(shape) == 4 else ctx.f_of(node.input[0], layer)
+    v_upd = ctx.value(node.input[2])
+    updates = (ctx.view(node.input[2], "f", False, layer) if len(v_upd.shape) == 4
+               else ctx.f_of(node.input[2], layer))
+    scattered = ctx.float_op("SCATTER_ND", [ctx.m.add_const(ctx._tname("indices"), idx.astype(np.int32)), updates,
+                                            ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))],
+                             shape, node.output[0] + "/scattered", layer)
+    kept = ctx.float_binary("MUL", data, ctx.m.add_const(ctx._tname("keep"), keep), node.output[0] + "/kept", layer)
+    ctx.m.add_op("ADD", [kept, scattered], [ctx.out_f(node.output[0], False)],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return "the data where no update lands, plus SCATTER_ND of the updates onto zeros"
+
+
+register("ScatterND", float=_scatter_nd)
+
+
 # ---------------------------------------------------------------------------------------------------------- Expand
 def _expand(ctx, node, kind: str, act=None) -> str:
     """Expand to a constant shape: TFLite's BROADCAST_TO (numpy broadcasting, as ONNX's Expand), in the model's own
