@@ -27,6 +27,17 @@ def _like(ctx, x, name: str, shape):
     return ctx.m.add_tensor(ctx._tname(name), shape, x.dtype, x.quant)
 
 
+def _moved(ctx, node, kind: str, builtin: str, src, operand: str, values, stored_shape, nhwc: bool,
+           layer: str) -> str:
+    """A data-movement op (TRANSPOSE, TILE, BROADCAST_TO) of ``src`` with one int32 constant operand, writing the
+    node's output stored as ``stored_shape``; int8 keeps the input's scale."""
+    out = _like(ctx, src, node.output[0], stored_shape)
+    ctx.m.add_op(builtin, [src, ctx.m.add_const(ctx._tname(operand), np.asarray(values, np.int32))], [out],
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, nhwc, layer, f"TFLite's int8 {builtin} keeps its input scale")
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------------------- Concat
 def _concat_const(ctx, name: str, kind: str, rank: int, nhwc: bool, point) -> Tensor:
     """A constant part of a concatenation (a ViT's class token, folded from its Expand): float, or on the output's
@@ -112,11 +123,8 @@ def _transpose(ctx, node, kind: str, act=None) -> str:
             ctx.values[node.output[0]] = Value(ctx.out_shape(node.output[0]), q=v.q, f=v.f, nhwc=out_nhwc)
         return ""
     shape = ctx.out_shape(node.output[0])
-    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if out_nhwc else shape)
-    ctx.m.add_op("TRANSPOSE", [src, ctx.m.add_const(ctx._tname("perm"), np.asarray(perm, np.int32))], [out],
-                 version=2 if kind == "q" else 1, layer=layer)
-    _finish(ctx, node, kind, out, out_nhwc, layer, "TFLite's int8 TRANSPOSE keeps its input scale")
-    return ""
+    return _moved(ctx, node, kind, "TRANSPOSE", src, "perm", perm, nhwc_shape(shape) if out_nhwc else shape,
+                  out_nhwc, layer)
 
 
 register("Transpose", int8=lambda c, n, a: _transpose(c, n, "q"), float=lambda c, n: _transpose(c, n, "f"))
@@ -311,11 +319,7 @@ def _tile(ctx, node, kind: str, act=None) -> str:
         reps = [reps[0], reps[2], reps[3], reps[1]]
     src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
     shape = ctx.out_shape(node.output[0])
-    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if nhwc else shape)
-    ctx.m.add_op("TILE", [src, ctx.m.add_const(ctx._tname("multiples"), np.asarray(reps, np.int32))], [out],
-                 version=2 if kind == "q" else 1, layer=layer)
-    _finish(ctx, node, kind, out, nhwc, layer, "TFLite's int8 TILE keeps its input scale")
-    return ""
+    return _moved(ctx, node, kind, "TILE", src, "multiples", reps, nhwc_shape(shape) if nhwc else shape, nhwc, layer)
 
 
 register("Tile", int8=lambda c, n, a: _tile(c, n, "q"), float=lambda c, n: _tile(c, n, "f"))
@@ -369,11 +373,7 @@ def _expand(ctx, node, kind: str, act=None) -> str:
     src = ctx.view(node.input[0], kind, False, layer) if len(ctx.value(node.input[0]).shape) == 4 else \
         (ctx.value(node.input[0]).q if kind == "q" else ctx.f_of(node.input[0], layer))
     shape = ctx.out_shape(node.output[0])
-    out = _like(ctx, src, node.output[0], shape)
-    ctx.m.add_op("BROADCAST_TO", [src, ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))], [out],
-                 version=2 if kind == "q" else 1, layer=layer)
-    _finish(ctx, node, kind, out, False, layer, "TFLite's int8 BROADCAST_TO keeps its input scale")
-    return ""
+    return _moved(ctx, node, kind, "BROADCAST_TO", src, "shape", shape, shape, False, layer)
 
 
 register("Expand", int8=lambda c, n, a: _expand(c, n, "q"), float=lambda c, n: _expand(c, n, "f"))
