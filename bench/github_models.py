@@ -493,6 +493,22 @@ def _centred(bgr: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
+def _scored_builds(path: Path, calib: list, held: list, cfg: dict, job: dict, score, n_out: int, work: Path) -> list:
+    """The float and w8a8 cells of an image model fed CHW by the vendor: each build's outputs on ``held`` scored by
+    ``score`` (per image, the list of outputs -> a cell), rknn-toolkit2 beside the w8a8 one, then LiteRT's cell."""
+    cells = []
+    for dtype in (None, "w8a8"):
+        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+        cells.append(score([r.inference(inputs=[p]) for p in held]))
+        if dtype:
+            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+            cells[-1] += f"; {said}" + ("" if outs is None else ": " + score([[o[k] for k in range(n_out)]
+                                                                                 for o in outs]))
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
 def _gfl_boxes(outs, side: int = 320, conf: float = 0.35, iou: float = 0.6) -> list:
     """NanoDet's decode: per stride 8 / 16 / 32 a sigmoid class map and, per side of the box, a distribution over 8
     distances (softmax, its expectation in strides from the cell's centre); per-class NMS."""
@@ -532,18 +548,10 @@ def gfl_detector(cache: Path, work: Path) -> list:
     feed = sess.get_inputs()[0].name
     refs = [_gfl_boxes(sess.run(None, {feed: ((p - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
                                        .astype(np.float32)})) for p in held]
-    cells = [f"NanoDet-m COCO (320, GFL head: 3 sigmoid class maps, 3 box-distance distributions; {len(held)} images)"]
-    for dtype in (None, "w8a8"):
-        r = build(path, None, dtype, [[p] for p in calib], {"mean_values": [mean], "std_values": [std]}, work)
-        cells.append(_kept_cell(refs, [_gfl_boxes(r.inference(inputs=[p])) for p in held]))
-        if dtype:
-            job = {"input_name": feed, "shape": [1, 3, 320, 320], "mean": mean, "std": std}
-            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
-            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _kept_cell(
-                refs, [_gfl_boxes([o[k] for k in range(6)]) for o in outs]))
-            cells.append(_litert(r, held[:4], work))
-        r.release()
-    return cells
+    job = {"input_name": feed, "shape": [1, 3, 320, 320], "mean": mean, "std": std}
+    return [f"NanoDet-m COCO (320, GFL head: 3 sigmoid class maps, 3 box-distance distributions; {len(held)} images)"
+            ] + _scored_builds(path, calib, held, {"mean_values": [mean], "std_values": [std]}, job,
+                               lambda outs: _kept_cell(refs, [_gfl_boxes(o) for o in outs]), 6, work)
 
 
 def lanes(cache: Path, work: Path) -> list:
@@ -712,21 +720,11 @@ def light_faces(cache: Path, work: Path) -> list:
     feed = sess.get_inputs()[0].name
     refs = [_rfb_faces(sess.run(None, {feed: ((p - np.float32(127)) / 128).transpose(2, 0, 1)[None]
                                        .astype(np.float32)})) for p in held]
-    cells = [f"Ultra-Light face detector RFB-640 (640x480, SSD with its decode inside; {sum(map(len, refs))} faces "
-             f"in {len(held)} photos)"]
-    cfg = {"mean_values": [[127] * 3], "std_values": [[128] * 3]}
-    for dtype in (None, "w8a8"):
-        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
-        cells.append(_kept_cell(refs, [_rfb_faces(r.inference(inputs=[p])) for p in held]).replace("detections",
-                                                                                                    "faces"))
-        if dtype:
-            job = {"input_name": feed, "shape": [1, 3, 480, 640], "mean": [127] * 3, "std": [128] * 3}
-            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
-            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _kept_cell(
-                refs, [_rfb_faces([o[0], o[1]]) for o in outs]).replace("detections", "faces"))
-            cells.append(_litert(r, held[:3], work))
-        r.release()
-    return cells
+    job = {"input_name": feed, "shape": [1, 3, 480, 640], "mean": [127] * 3, "std": [128] * 3}
+    return [f"Ultra-Light face detector RFB-640 (640x480, SSD with its decode inside; {sum(map(len, refs))} faces "
+            f"in {len(held)} photos)"] + _scored_builds(
+        path, calib, held, {"mean_values": [[127] * 3], "std_values": [[128] * 3]}, job,
+        lambda outs: _kept_cell(refs, [_rfb_faces(o) for o in outs]).replace("detections", "faces"), 2, work)
 
 
 def yunet(cache: Path, work: Path) -> list:
@@ -744,19 +742,10 @@ def yunet(cache: Path, work: Path) -> list:
     calib, held = pics[0::2], pics[1::2]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     refs = [_yunet_faces(sess.run(None, {"input": p.transpose(2, 0, 1)[None].astype(np.float32)})) for p in held]
-    cells = [f"YuNet-s faces and landmarks (640, 12 outputs; {sum(map(len, refs))} faces in {len(held)} photos)"]
-    cfg = {"mean_values": [[0] * 3], "std_values": [[1] * 3]}
-    for dtype in (None, "w8a8"):
-        r = build(path, None, dtype, [[p] for p in calib], cfg, work)
-        cells.append(_faces_cell(refs, [_yunet_faces(r.inference(inputs=[p])) for p in held]))
-        if dtype:
-            job = {"input_name": "input", "shape": [1, 3, 640, 640], "mean": [0] * 3, "std": [1] * 3}
-            said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
-            cells[-1] += f"; {said}" + ("" if outs is None else ": " + _faces_cell(
-                refs, [_yunet_faces([o[k] for k in range(12)]) for o in outs]))
-            cells.append(_litert(r, held[:3], work))
-        r.release()
-    return cells
+    job = {"input_name": "input", "shape": [1, 3, 640, 640], "mean": [0] * 3, "std": [1] * 3}
+    return [f"YuNet-s faces and landmarks (640, 12 outputs; {sum(map(len, refs))} faces in {len(held)} photos)"
+            ] + _scored_builds(path, calib, held, {"mean_values": [[0] * 3], "std_values": [[1] * 3]}, job,
+                               lambda outs: _faces_cell(refs, [_yunet_faces(o) for o in outs]), 12, work)
 
 
 def gestures(cache: Path, work: Path) -> list:
