@@ -606,6 +606,21 @@ def _litert_two(r, held: list, mask: np.ndarray, work: Path) -> str:
     return litert(r, [[p, mask] for p in held], work, input_dtype="float32")
 
 
+def _litert_first_output(path: Path, feeds: list, **interpreter_options) -> list:
+    """A .tflite file's first output on each feed, on the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), **interpreter_options)
+    it.allocate_tensors()
+    feed, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    got = []
+    for x in feeds:
+        it.set_tensor(feed, x)
+        it.invoke()
+        got.append(it.get_tensor(out).copy())
+    return got
+
+
 def _movenet_points(out) -> np.ndarray:
     return np.asarray(out).reshape(17, 3)
 
@@ -616,23 +631,16 @@ def pose(cache: Path, work: Path) -> list:
     keypoint heat map, ARG_MAX, GATHER_ND of the offsets). load_tflite keeps the file's int8 scales, so the
     reference is LiteRT on the file. The metric: the keypoints LiteRT is sure of (score > 0.3) found within 4
     pixels (one heat-map cell) of 192, and the median distance; LiteRT's own reference kernels against its XNNPACK
-    kernels are the floor (the file's integer rounding, ties up, is not ONNX's, ties to even)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kernels are the floor (they round some requantizations differently, and the argmax decode turns one step into
+    a cell)."""
+    from ai_edge_litert.interpreter import OpResolverType
 
     path = model(cache, "movenet")
     pics = [_letterbox(p[:, :, ::-1], 192)[:, :, ::-1].copy() for p in images(["coco"], None)]
     calib, held = pics[0::2][:12], pics[1::2]
 
     def litert_run(**kw):
-        it = Interpreter(model_path=str(path), **kw)
-        it.allocate_tensors()
-        feed, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-        got = []
-        for p in held:
-            it.set_tensor(feed, p[None])
-            it.invoke()
-            got.append(_movenet_points(it.get_tensor(out)))
-        return got
+        return [_movenet_points(o) for o in _litert_first_output(path, [p[None] for p in held], **kw)]
 
     refs = litert_run()
 
@@ -753,8 +761,6 @@ def gestures(cache: Path, work: Path) -> list:
     keypoints, or a 16-step fingertip history, as relative coordinates in; the gesture's probabilities out), on the
     repository's own labelled recordings (keypoint.csv, point_history.csv): one row in ten calibrates, the rest
     evaluate. The metric: accuracy against the recorded labels and agreement with the float model's choice."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from openrknn.api import RKNN
 
     rows = []
@@ -767,15 +773,7 @@ def gestures(cache: Path, work: Path) -> list:
         data = np.loadtxt(csv, delimiter=",", dtype=np.float32)
         labels, x = data[:, 0].astype(int), data[:, 1:size + 1]
         calib, held, truth = x[0::10], np.delete(x, np.s_[0::10], 0), np.delete(labels, np.s_[0::10])
-        it = Interpreter(model_path=str(path))
-        it.allocate_tensors()
-        feed, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-        ref = []
-        for v in held:
-            it.set_tensor(feed, v[None])
-            it.invoke()
-            ref.append(int(it.get_tensor(out).argmax()))
-        ref = np.array(ref)
+        ref = np.array([int(o.argmax()) for o in _litert_first_output(path, [v[None] for v in held])])
 
         def cell(choice):
             return (f"accuracy {np.mean(choice == truth):.4f}, the float model's choice on "

@@ -27,6 +27,14 @@ def _like(ctx, x, name: str, shape):
     return ctx.m.add_tensor(ctx._tname(name), shape, x.dtype, x.quant)
 
 
+def _constant(ctx, node, k: int, what: str) -> np.ndarray:
+    """Input k of the node, which its TFLite form takes as a constant; refused with the layer's name when computed."""
+    if not ctx.g.is_const(node.input[k]):
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} takes computed {what}; only constant {what} are "
+                                "exported")
+    return np.asarray(ctx.g.const(node.input[k]))
+
+
 def _moved(ctx, node, kind: str, builtin: str, src, operand: str, values, stored_shape, nhwc: bool,
            layer: str) -> str:
     """A data-movement op (TRANSPOSE, TILE, BROADCAST_TO) of ``src`` with one int32 constant operand, writing the
@@ -309,11 +317,8 @@ def _tile(ctx, node, kind: str, act=None) -> str:
     """Tile by constant repeats (a transformer's queries repeated over the batch) -> TILE, in the layout the input
     is stored in; int8 keeps the input's scale."""
     layer = layer_name(node)
-    if not ctx.g.is_const(node.input[1]):
-        raise NotSupportedError(f"export-tflite: {layer} tiles by computed repeats; only constant repeats are "
-                                "exported")
+    reps = [int(r) for r in np.ravel(_constant(ctx, node, 1, "repeats"))]
     v = ctx.value(node.input[0])
-    reps = [int(r) for r in np.ravel(ctx.g.const(node.input[1]))]
     nhwc = v.nhwc and len(v.shape) == 4
     if nhwc:
         reps = [reps[0], reps[2], reps[3], reps[1]]
@@ -334,11 +339,8 @@ def _scatter_nd(ctx, node) -> str:
     if (reduction.decode() if isinstance(reduction, bytes) else reduction) != "none":
         raise NotSupportedError(f"export-tflite: {layer} is a ScatterND with reduction '{reduction}'; only plain "
                                 "assignment is exported")
-    if not ctx.g.is_const(node.input[1]):
-        raise NotSupportedError(f"export-tflite: {layer} scatters at computed indices; only constant indices are "
-                                "exported")
+    idx = _constant(ctx, node, 1, "indices").astype(np.int64)
     shape = tuple(ctx.value(node.input[0]).shape)
-    idx = np.asarray(ctx.g.const(node.input[1]), np.int64)
     idx = np.where(idx < 0, idx + np.asarray(shape[:idx.shape[-1]]), idx)
     flat = idx.reshape(-1, idx.shape[-1])
     if len({tuple(r) for r in flat.tolist()}) != len(flat):
@@ -367,9 +369,7 @@ def _expand(ctx, node, kind: str, act=None) -> str:
     """Expand to a constant shape: TFLite's BROADCAST_TO (numpy broadcasting, as ONNX's Expand), in the model's own
     order of dims; int8 keeps the input's scale."""
     layer = layer_name(node)
-    if not ctx.g.is_const(node.input[1]):
-        raise NotSupportedError(f"export-tflite: {layer} expands to a computed shape; only constant shapes are "
-                                "exported")
+    _constant(ctx, node, 1, "shapes")
     src = ctx.view(node.input[0], kind, False, layer) if len(ctx.value(node.input[0]).shape) == 4 else \
         (ctx.value(node.input[0]).q if kind == "q" else ctx.f_of(node.input[0], layer))
     shape = ctx.out_shape(node.output[0])
