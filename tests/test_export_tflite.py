@@ -1434,9 +1434,9 @@ def test_sine_position_encoding_and_tiled_queries_export(tmp_path):
 
 
 def test_a_decode_written_in_place_with_scatter_nd_exports(tmp_path):
-    """YOLOX / YOLOv5 exports write their decoded boxes into the head's output with ScatterND at constant indices
-    (y[..., 0:2] = ...). TFLite's SCATTER_ND starts from zeros, so the export adds the data where no update lands:
-    LiteRT gives the simulator's output, the untouched columns and the written ones."""
+    """'With post' YOLOX and older YOLOv5 exports write their decoded boxes into the head's output with ScatterND at
+    constant indices (y[..., 0:2] = ...). TFLite's SCATTER_ND starts from zeros, so the export adds the data where no
+    update lands: LiteRT gives the simulator's output, the untouched columns and the written ones."""
     from openrknn.metrics import cosine
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner

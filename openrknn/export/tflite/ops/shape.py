@@ -331,9 +331,10 @@ register("Tile", int8=lambda c, n, a: _tile(c, n, "q"), float=lambda c, n: _tile
 
 
 def _scatter_nd(ctx, node) -> str:
-    """ScatterND at constant indices (a decode written into its output in place: YOLOX's and YOLOv5's exports assign
-    the decoded boxes to a slice so) -> in float, SCATTER_ND of the updates onto zeros plus the data times a
-    constant mask that is 0 where an update lands: TFLite's SCATTER_ND starts from zeros, ONNX's from the data."""
+    """ScatterND at constant indices (a decode written into its output in place: "with post" YOLOX and older YOLOv5
+    exports assign the decoded boxes to a slice so) -> in float, SCATTER_ND of the updates onto zeros plus the data
+    times a constant mask that is 0 where an update lands: TFLite's SCATTER_ND starts from zeros, ONNX's from the
+    data."""
     layer = layer_name(node)
     reduction = attr(node, "reduction", b"none")
     if (reduction.decode() if isinstance(reduction, bytes) else reduction) != "none":
