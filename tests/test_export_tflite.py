@@ -119,6 +119,25 @@ def _w8a8_tflite(model: onnx.ModelProto, tmp_path: Path, name: str, **config):
     return pkg, data, report
 
 
+def _exports_as_simulated(tmp_path: Path, nodes, inits, name: str, ops, out_shape=(1, 4, H, W), opset: int = 17):
+    """A [1, 3, H, W] -> ``out_shape`` graph of ``nodes`` built w8a8 and exported: its TFLite file uses ``ops`` and
+    LiteRT gives the simulator's output (cosine >= 0.999) on three inputs."""
+    from openrknn.metrics import cosine
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, list(out_shape))],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    pkg, data, report = _w8a8_tflite(model, tmp_path, name)
+    assert set(ops) <= set(report.tflite_ops)
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    for img in _inputs(3):
+        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+
+
 def _inputs(n=4):
     rng = np.random.default_rng(7)
     return [cv2.GaussianBlur(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), (3, 3), 0)[None] for _ in range(n)]
@@ -1262,9 +1281,6 @@ def test_instance_norm_exports_as_float_ops_litert_agrees(tmp_path, first):
     """InstanceNormalization (XFeat normalizes its input with one, LDC a feature map): MEAN over the channel-last
     tensor's spatial axes, RSQRT, the per-channel scale and bias; at the input (before any quantizer) and between
     two int8 convs."""
-    from openrknn.metrics import cosine
-    from openrknn.runtime.simulator import Simulator
-    from openrknn.runtime.tflite_runner import TfliteRunner
 
     rng = np.random.default_rng(8)
     c_in = 3 if first else 6
@@ -1280,15 +1296,7 @@ def test_instance_norm_exports_as_float_ops_litert_agrees(tmp_path, first):
     else:
         nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("InstanceNormalization", ["c", "gamma", "beta"],
                  ["cn"], epsilon=1e-3), n("Relu", ["cn"], ["r"]), n("Conv", ["r", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "inorm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, "inorm")
-    assert {"MEAN", "RSQRT"} <= set(report.tflite_ops)
-    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
-    for img in _inputs(3):
-        assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+    _exports_as_simulated(tmp_path, nodes, inits, "inorm", {"MEAN", "RSQRT"})
 
 
 def test_bilinear_resizes_export_in_float_as_the_graph_computes_them(tmp_path):
@@ -1405,9 +1413,6 @@ def test_sine_position_encoding_and_tiled_queries_export(tmp_path):
     across the columns with CumSum (one of them exclusive and reversed, flags TFLite's CUMSUM has too), scales the
     counts and takes Sin and Cos; a pooled row is Tiled down the map. CUMSUM, SIN, COS and TILE on LiteRT give the
     simulator's outputs."""
-    from openrknn.metrics import cosine
-    from openrknn.runtime.simulator import Simulator
-    from openrknn.runtime.tflite_runner import TfliteRunner
 
     rng = np.random.default_rng(21)
     i64 = lambda v, name: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
@@ -1422,15 +1427,7 @@ def test_sine_position_encoding_and_tiled_queries_export(tmp_path):
              n("Sin", ["y_phase"], ["y_sin"]), n("Cos", ["x_phase"], ["x_cos"]), n("Add", ["y_sin", "x_cos"], ["pos"]),
              n("ReduceMean", ["f"], ["row"], axes=[2], keepdims=1), n("Tile", ["row", "reps"], ["rows_down"]),
              n("Mul", ["f", "pos"], ["fp"]), n("Add", ["fp", "rows_down"], ["out"])]
-    graph = helper.make_graph(nodes, "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, "pos")
-    assert {"CUMSUM", "SIN", "COS", "TILE"} <= set(report.tflite_ops)
-    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
-    for img in _inputs(3):
-        assert cosine(sim.run([img])[0], runner.run([img])[0]) > 0.999
+    _exports_as_simulated(tmp_path, nodes, inits, "pos", {"CUMSUM", "SIN", "COS", "TILE"})
 
 
 def test_a_decode_written_in_place_with_scatter_nd_exports(tmp_path):
@@ -1482,9 +1479,6 @@ def test_erf_exports_as_float_ops(tmp_path):
     import math
 
     from openrknn.export.tflite.ops.math import _ERF_A, _ERF_P
-    from openrknn.metrics import cosine
-    from openrknn.runtime.simulator import Simulator
-    from openrknn.runtime.tflite_runner import TfliteRunner
 
     x = np.linspace(-6, 6, 20001)
     t = 1 / (1 + _ERF_P * np.abs(x))
@@ -1499,12 +1493,4 @@ def test_erf_exports_as_float_ops(tmp_path):
              numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * .6).astype(np.float32), "w2")]
     n = helper.make_node
     nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Erf", ["c"], ["e"]), n("Conv", ["e", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, H, W])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, "erf")
-    assert {"ABS", "EXP"} <= set(report.tflite_ops)
-    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
-    for img in _inputs(3):
-        assert cosine(sim.run([img])[0], runner.run([img])[0]) > 0.999
+    _exports_as_simulated(tmp_path, nodes, inits, "erf", {"ABS", "EXP"})
