@@ -36,6 +36,9 @@ def main(job_path):
         if job.get("loader") == "tflite":  # a .tflite; one quantized in the file is built without requantizing
             step = "load_tflite"
             rc = rknn.load_tflite(job["model"])
+        elif job.get("loader") == "caffe":  # a .prototxt with its .caffemodel as job["blobs"]
+            step = "load_caffe"
+            rc = rknn.load_caffe(job["model"], blobs=job["blobs"])
         else:
             step = "load_onnx"
             # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)

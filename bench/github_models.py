@@ -67,7 +67,19 @@ REPOS = {
     "ultralight": ("Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB", "dffdddda9794a50607cba8f318507a28c1c27cab"),
     "yunet": ("ShiqiYu/libfacedetection.train", "0047ac24afb1a50a0c6105001c89d1b5b805dbf1"),
     "gesture": ("Kazuhito00/hand-gesture-recognition-using-mediapipe", "19311a68b16b42d3ee89e505e3f185693dbd7147"),
+    "yoloface": ("hpc203/yoloface-landmark106", "2fe96d7147326216a695bed8c109f4505b93efee"),
+    "facemask": ("hpc203/FaceMaskDetection-dnn", "61b21d324298002748c010420b334dc95d74bda2"),
 }
+CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
+    ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
+     ("ed1c8e6bb68ea0e4", "2eea6eaafe072975"), 56, 1 / 256, True,
+     "a 50k-parameter YOLO face detector (Darknet through Caffe)"),
+    ("landmark106", "yoloface", "caffemodel/landmark106.prototxt", "caffemodel/landmark106.caffemodel",
+     ("462bdd80f8f21778", "e114822b48810876"), 112, 1 / 255, False, "a PFLD 106-point face landmark regressor"),
+    ("face_mask_detection", "facemask", "models/face_mask_detection.prototxt",
+     "models/face_mask_detection.caffemodel", ("8de363802d3557f3", "3c2e89cffdc9459a"), 260, 1 / 255, True,
+     "an SSD face / mask detector, two concatenated heads"),
+)
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
     "person": ("mot", "Detector/light_person_detector/model/model.onnx", "4bf5f704cd3bd900"),
@@ -805,8 +817,57 @@ def gestures(cache: Path, work: Path) -> list:
     return rows
 
 
+def caffe_faces(cache: Path, work: Path) -> list:
+    """Three Caffe models from hpc203's repositories, through load_caffe, on the Ultra-Light and gaze repositories'
+    photos (resized to each input, scaled as each demo scales it). The reference is OpenCV 4.x's Caffe reader in its
+    own virtualenv (bench/loader_refs.py; OpenCV 5 reads no Caffe), rknn-toolkit2's load_caffe beside ours. The
+    metric: each output's cosine to OpenCV's."""
+    import cv2
+    from loaders import CV4_PY, _opencv_refs
+
+    from openrknn.api import RKNN
+
+    if not CV4_PY.is_file():
+        return [["caffe_faces", f"needs OpenCV 4 at {CV4_PY} (see bench/loader_refs.py)", "", ""]]
+    photos = [cv2.imread(str(fetch_github(cache, "ultralight", p))) for p in GROUP_PHOTOS] + \
+        [cv2.imread(str(fetch_github(cache, k, p))) for k, p in FACE_PHOTOS[:3]]
+    rows = []
+    for name, key, proto, weights, shas, side, scale, rgb, what in CAFFE:
+        files = [fetch_github(cache, key, proto, shas[0]), fetch_github(cache, key, weights, shas[1])]
+        pics = [cv2.resize(b, (side, side)) for b in photos]
+        pics = [np.ascontiguousarray(p[:, :, ::-1]) if rgb else p for p in pics]
+        calib, held = pics[0::2], pics[1::2]
+        spec = {"name": name, "fmt": "caffe", "files": files, "mean": [0.0] * 3, "std": [1 / scale] * 3}
+        refs = _opencv_refs(spec, held, work)
+
+        def cell(outs):
+            return _cosines([[np.ravel(o) for o in out] for out in outs], [[np.ravel(r) for r in ref] for ref in refs])
+
+        cells = [f"{name}: {what} (Caffe, {side}x{side}; {len(held)} photos)"]
+        for k, p in enumerate(calib):
+            np.save(work / f"f{k}.npy", p)
+        (work / "ds.txt").write_text("".join(f"f{k}.npy\n" for k in range(len(calib))))
+        for quantize in (False, True):
+            r = RKNN(verbose=False)
+            assert r.config(target_platform="rk3588", mean_values=[[0] * 3], std_values=[[1 / scale] * 3]) == 0
+            assert r.load_caffe(model=str(files[0]), blobs=str(files[1])) == 0, r.last_error
+            assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+            assert r.init_runtime() == 0
+            cells.append(cell([r.inference(inputs=[p]) for p in held]))
+            if quantize:
+                job = {"loader": "caffe", "model": str(files[0]), "blobs": str(files[1]), "mean": [0] * 3,
+                       "std": [1 / scale] * 3}
+                said, outs = _vendor(files[0], job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
+                cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell(
+                    [[o[k] for k in range(len(refs[0]))] for o in outs]))
+                cells.append(_litert(r, held[:3], work))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
-        gfl_detector, lanes, pose, light_faces, yunet, gestures)
+        gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces)
 
 
 def main() -> None:
