@@ -44,15 +44,16 @@ def _erf(ctx, node) -> str:
     def op(builtin, a, b, tag):
         return ctx.float_binary(builtin, a, b, f"{name}/{tag}", layer)
 
+    one = const(1.0, "one")
     a = ctx.float_op("ABS", [x], x.shape, f"{name}/abs", layer)
-    t = op("DIV", const(1.0, "one"), op("ADD", const(1.0, "one_"), op("MUL", a, const(_ERF_P, "p"), "pa"), "den"), "t")
+    t = op("DIV", one, op("ADD", one, op("MUL", a, const(_ERF_P, "p"), "pa"), "den"), "t")
     poly = const(_ERF_A[-1], "a5")
     for k, coef in enumerate(reversed(_ERF_A[:-1])):
         poly = op("ADD", op("MUL", poly, t, f"h{k}"), const(coef, f"a{4 - k}"), f"s{k}")
     tail = op("MUL", op("MUL", poly, t, "pt"),
               ctx.float_op("EXP", [ctx.float_op("NEG", [op("MUL", a, a, "sq")], x.shape, f"{name}/neg", layer)],
                            x.shape, f"{name}/exp", layer), "tail")
-    y = op("SUB", const(1.0, "one__"), tail, "abs_erf")
+    y = op("SUB", one, tail, "abs_erf")
     sign = op("DIV", x, ctx.float_op("MAXIMUM", [a, const(1e-30, "tiny")], x.shape, f"{name}/safe", layer), "sign")
     ctx.m.add_op("MUL", [sign, y], [ctx.out_f(node.output[0], v.nhwc)], ("MulOptions", {"FusedActivationFunction": 0}),
                  layer=layer)
