@@ -161,8 +161,8 @@ def softmax_floor(lo: float, row_max_low: float) -> float:
     value further down than SOFTMAX_SPAN weighs under e^-40 of that maximum, and clamping it to the floor keeps it so
     (every row's maximum is at or above the smallest). A classifier whose logits fall far below its winners on the
     samples that are clearly not a class otherwise rounds its close decisions in coarse steps. The span leaves room
-    for a held-out row whose maximum falls below every calibration row's (a transformer's attention): a narrower
-    one clamped such rows (bench/RESULTS.md)."""
+    for a held-out row whose maximum falls below every calibration row's; a narrower one cost a transformer's
+    attention accuracy (bench/RESULTS.md)."""
     return max(lo, row_max_low - SOFTMAX_SPAN) if np.isfinite(row_max_low) else lo
 
 
