@@ -66,15 +66,14 @@ register("Erf", float=_erf)
 def _cumsum(ctx, node) -> str:
     """CumSum along a constant axis (a transformer's sine position encoding counts its mask so) -> CUMSUM in float,
     exclusive and reverse as ONNX says."""
+    from .shape import NHWC_AXIS, _constant
+
     layer = layer_name(node)
-    if not ctx.g.is_const(node.input[1]):
-        raise NotSupportedError(f"export-tflite: {layer}'s axis is computed; TFLite's CUMSUM takes a constant axis "
-                                "here")
     v = ctx.value(node.input[0])
     rank = len(v.shape)
-    axis = int(np.ravel(ctx.g.const(node.input[1]))[0]) % rank
+    axis = int(np.ravel(_constant(ctx, node, 1, "axes"))[0]) % rank
     if v.nhwc and rank == 4:
-        axis = {0: 0, 1: 3, 2: 1, 3: 2}[axis]
+        axis = NHWC_AXIS[axis]
     x = ctx.f_of(node.input[0], layer)
     ctx.m.add_op("CUMSUM", [x, ctx.m.add_const(ctx._tname("axis"), np.asarray(axis, np.int32))],
                  [ctx.out_f(node.output[0], v.nhwc)],

@@ -295,9 +295,7 @@ def _gather_nd(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
     if attr(node, "batch_dims", 0):
         raise NotSupportedError(f"export-tflite: {layer} is a GatherND with batch_dims; TFLite's GATHER_ND has none")
-    v = ctx.value(node.input[0])
-    src = ctx.view(node.input[0], kind, False, layer) if v.nhwc else (v.q if kind == "q" else
-                                                                      ctx.f_of(node.input[0], layer))
+    src = ctx.view(node.input[0], kind, False, layer)  # in the model's own order of dims
     idx = ctx.g.const(node.input[1]) if ctx.g.is_const(node.input[1]) else None
     idx = (ctx.m.add_const(ctx._tname("indices"), np.asarray(idx, np.int32)) if idx is not None
            else ctx.f_of(node.input[1], layer))
@@ -349,10 +347,7 @@ def _scatter_nd(ctx, node) -> str:
                                 "and TFLite's SCATTER_ND would add the updates")
     keep = np.ones(shape, np.float32)
     keep[tuple(flat.T)] = 0.0
-    data = ctx.view(node.input[0], "f", False, layer) if len(shape) == 4 else ctx.f_of(node.input[0], layer)
-    v_upd = ctx.value(node.input[2])
-    updates = (ctx.view(node.input[2], "f", False, layer) if len(v_upd.shape) == 4
-               else ctx.f_of(node.input[2], layer))
+    data, updates = (ctx.view(node.input[k], "f", False, layer) for k in (0, 2))
     scattered = ctx.float_op("SCATTER_ND", [ctx.m.add_const(ctx._tname("indices"), idx.astype(np.int32)), updates,
                                             ctx.m.add_const(ctx._tname("shape"), np.asarray(shape, np.int32))],
                              shape, node.output[0] + "/scattered", layer)
@@ -371,8 +366,7 @@ def _expand(ctx, node, kind: str, act=None) -> str:
     order of dims; int8 keeps the input's scale."""
     layer = layer_name(node)
     _constant(ctx, node, 1, "shapes")
-    src = ctx.view(node.input[0], kind, False, layer) if len(ctx.value(node.input[0]).shape) == 4 else \
-        (ctx.value(node.input[0]).q if kind == "q" else ctx.f_of(node.input[0], layer))
+    src = ctx.view(node.input[0], kind, False, layer)
     shape = ctx.out_shape(node.output[0])
     return _moved(ctx, node, kind, "BROADCAST_TO", src, "shape", shape, shape, False, layer)
 
