@@ -136,6 +136,7 @@ def _exports_as_simulated(tmp_path: Path, nodes, inits, name: str, ops, out_shap
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
+    return report
 
 
 def _inputs(n=4):
@@ -1494,3 +1495,18 @@ def test_erf_exports_as_float_ops(tmp_path):
     n = helper.make_node
     nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Erf", ["c"], ["e"]), n("Conv", ["e", "w2"], ["y"])]
     _exports_as_simulated(tmp_path, nodes, inits, "erf", {"ABS", "EXP"})
+
+
+def test_a_sum_read_by_a_relu_exports_as_one_add_with_its_relu_fused(tmp_path):
+    """The quantizer makes a Relu after a sum of two activations part of the sum (the NPU's elementwise unit applies
+    it before requantizing): the export writes one ADD with TFLite's fused RELU, and LiteRT gives the simulator's
+    outputs."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "wa"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 1, 1)) * .5).astype(np.float32), "wb")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]), n("Conv", ["x", "wb"], ["b"]),
+             n("Add", ["a", "b"], ["s"]), n("Relu", ["s"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "add_relu", {"ADD"})
+    assert "RELU" not in report.tflite_ops
+    assert any(layer.op_type == "Relu" and layer.mode == "fused" for layer in report.layers)

@@ -472,6 +472,17 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                 internal.add(y)
         if y in region_of and all(c in region_of[y].nodes for c in cons):
             internal.add(y)
+    # a sum or difference of two activations read only by a Relu: the NPU's elementwise unit applies the Relu before
+    # it requantizes (rknn-toolkit2 gives the sum the Relu's range), so the negative half of the sum never takes
+    # int8 levels of its own
+    for node in info.nodes:
+        y = node.output[0] if node.output else ""
+        cons = info.consumers.get(y, [])
+        if node.op_type in ("Add", "Sub") and y in dyn and y not in info.output_set and y not in internal and \
+                y not in fused and sum(t in dyn for t in node.input) == 2 and len(cons) == 1 and \
+                info.nodes[cons[0]].op_type == "Relu":
+            internal.add(y)
+            fused[info.nodes[cons[0]].output[0]] = "Relu"
     conv_outputs = {info.nodes[w.node].output[0] for w in weighted if info.nodes[w.node].op_type in
                     ("Conv", "ConvTranspose", "Gemm")}
     _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)
