@@ -27,6 +27,8 @@ def main(job_path):
                    quantized_algorithm=job["algorithm"])
         if job.get("mean") is not None:
             cfg.update(mean_values=[job["mean"]], std_values=[job["std"]])
+        elif job.get("means") is not None:  # one list per input, for a model of several inputs
+            cfg.update(mean_values=job["means"], std_values=job["stds"])
         if job.get("disable_rules"):
             cfg.update(disable_rules=job["disable_rules"])
         step = "config"

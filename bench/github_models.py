@@ -69,6 +69,9 @@ REPOS = {
     "gesture": ("Kazuhito00/hand-gesture-recognition-using-mediapipe", "19311a68b16b42d3ee89e505e3f185693dbd7147"),
     "yoloface": ("hpc203/yoloface-landmark106", "2fe96d7147326216a695bed8c109f4505b93efee"),
     "facemask": ("hpc203/FaceMaskDetection-dnn", "61b21d324298002748c010420b334dc95d74bda2"),
+    "lowlight": ("hpc203/low-light-image-enhancement-opencv-dnn", "c4c98f7a76f19596225bc0dbeef1cbd3f3677742"),
+    "retouch": ("hpc203/image-retouching-opencv-dnn", "6c5e92dc11dbd0131efa4fad7850fd744d10dec1"),
+    "v8face": ("hpc203/yolov8-face-landmarks-opencv-dnn", "1f91851f7d8d9475e5b4f0c1d6e5e385aa9bf0f4"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -96,7 +99,15 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "movenet": ("movenet", "tflite/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite", "cd7cc22fa946e5d1"),
     "rfb": ("ultralight", "models/onnx/version-RFB-640.onnx", "8f4c659275977e7a"),
     "yunet": ("yunet", "onnx/yunet_s_640_640.onnx", "8f2383e4dd3cfbb4"),
+    "pairlie": ("lowlight", "weights/pairlie_240x320.onnx", "0413bbe9a7010414"),
+    "csrnet": ("retouch", "weights/csrnet_240x320.onnx", "36c7a337d0e925b0"),
+    "v8face": ("v8face", "weights/yolov8-lite-t.onnx", "caa9eb121eee8fbf"),
+    "face_quality": ("v8face", "weights/face-quality-assessment.onnx", "4d0e02b72f987989"),
 }
+LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
+                                             "Farmhouse.png", "Madison.png")]
+RETOUCH_PHOTOS = [f"testimgs/{n}.jpg" for n in ("0014", "0020", "0034", "0065", "0084")]
+V8FACE_PHOTOS = ["images/1.jpg", "images/2.jpg", "images/3.jpg", "images/4.png", "images/test.jpg"]
 GROUP_PHOTOS = [f"imgs/{k}.jpg" for k in (1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
                                           25, 26, 27)]
 MLSD_PHOTOS = [f"images/{n}" for n in ("1.jpg", "IMG_2383.JPG", "IMG_2496.JPG", "IMG_2502.JPG", "cam_image11.jpg",
@@ -866,8 +877,156 @@ def caffe_faces(cache: Path, work: Path) -> list:
     return rows
 
 
+def _psnr(out, ref) -> float:
+    """The demo's 8-bit picture of ``out`` (x 255, clipped, truncated) against that of ``ref``, in dB."""
+    a, b = (np.clip(np.asarray(x, np.float32) * 255, 0, 255).astype(np.uint8).astype(np.float64) for x in (out, ref))
+    return float(10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-10)))
+
+
+def _picture_cell(outs: list, refs: list) -> str:
+    return (f"PSNR {np.mean([_psnr(o, w) for o, w in zip(outs, refs)]):.1f} dB (worst "
+            f"{min(_psnr(o, w) for o, w in zip(outs, refs)):.1f}), cosine "
+            f"{np.mean([cosine(o, w) for o, w in zip(outs, refs)]):.5f}")
+
+
+def enhancement(cache: Path, work: Path) -> list:
+    """Two image-to-image models of hpc203's, fed as their demos feed them (RGB stretched to 320x240, x / 255):
+    PairLIE, a low-light enhancer with a second input, the exposure (0.5 as the demo sets it; a Pow takes it as its
+    exponent), on the repository's dark photos and the shared COCO photos darkened (x 0.35, gamma 2); CSRNet, a photo
+    retoucher whose condition branch (a global average) scales every layer, on the repository's photos and the shared
+    COCO ones. The metric: the PSNR of the demo's 8-bit picture against the float model's, and the cosine."""
+    import cv2
+    import onnxruntime as ort
+
+    coco = images(["coco"], None)
+    dark = [np.clip(255 * 0.35 * (p / 255.0) ** 2, 0, 255).astype(np.uint8) for p in coco]
+    rows = []
+    for name, key, photos, extra, what in (
+            ("pairlie", "lowlight", LOWLIGHT_PHOTOS, dark, "PairLIE low-light enhancer (320x240 and an exposure "
+             "input; Pow with a computed exponent"),
+            ("csrnet", "retouch", RETOUCH_PHOTOS, coco, "CSRNet photo retoucher (320x240; a global-average "
+             "condition branch scales each layer")):
+        path = model(cache, name)
+        pics = [cv2.resize(cv2.imread(str(fetch_github(cache, key, p)))[:, :, ::-1], (320, 240)) for p in photos]
+        pics += [cv2.resize(p, (320, 240), interpolation=cv2.INTER_AREA) for p in extra]
+        calib, held = pics[0::2], pics[1::2]
+        exposure = np.array([0.5], np.float32)
+        second = [exposure] if name == "pairlie" else []
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        refs = [sess.run(None, {"input": (p / np.float32(255)).transpose(2, 0, 1)[None],
+                                **({"exposure": exposure} if second else {})})[0] for p in held]
+        cfg = {"mean_values": [[0] * 3] + [[0]] * len(second), "std_values": [[255] * 3] + [[1]] * len(second)}
+        cells = [f"{what}; {len(held)} images)"]
+        for dtype in (None, "w8a8"):
+            r = build(path, None, dtype, [[p] + second for p in calib], cfg, work)
+            cells.append(_picture_cell([r.inference(inputs=[p] + second)[0].reshape(w.shape)
+                                        for p, w in zip(held, refs)], refs))
+            if dtype:
+                job = {"input_names": ["input"] + ["exposure"] * len(second),
+                       "shapes": [[1, 3, 240, 320]] + [[1]] * len(second),
+                       "means": cfg["mean_values"], "stds": cfg["std_values"]}
+                said, outs = _vendor(path, job, [[p.transpose(2, 0, 1)[None]] + second for p in calib],
+                                     [[p[None]] + second for p in held], work)
+                cells[-1] += f"; {said}" + ("" if outs is None else ": " + _picture_cell(
+                    [o[0].reshape(w.shape) for o, w in zip(outs, refs)], refs))
+                from arrivals import litert
+
+                cells.append(litert(r, [[p[None]] + second for p in held[:3]], work))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
+def _v8_faces(outs, side: int = 640, conf: float = 0.45) -> list:
+    """The YOLOv8-face demo's decode: per stride 8 / 16 / 32 an [80, h, w] map: four 16-bin box-distance
+    distributions (softmax, expectation), a class logit (sigmoid over ``conf``), five landmarks (x, y, visibility)
+    as offsets from the cell centre times two; NMS at IoU 0.5. [(0, xyxy, landmarks[10])]."""
+    boxes, scores, marks = [], [], []
+    for out, s in zip(outs, (8, 16, 32)):
+        pred = np.asarray(out, np.float64).reshape(80, -1).T
+        n = side // s
+        centre = np.stack(np.mgrid[:n, :n][::-1], -1).reshape(-1, 2) + 0.5
+        bins = np.exp(pred[:, :64].reshape(-1, 4, 16) - pred[:, :64].reshape(-1, 4, 16).max(-1, keepdims=True))
+        dist = (bins / bins.sum(-1, keepdims=True)) @ np.arange(16)
+        score = 1 / (1 + np.exp(-pred[:, 64]))
+        keep = score > conf
+        xy = np.clip(np.concatenate([centre - dist[:, :2], centre + dist[:, 2:]], 1) * s, 0, side)
+        kp = pred[:, 65:].reshape(-1, 5, 3)[:, :, :2] * 2 + (centre - 0.5)[:, None]
+        boxes.append(xy[keep])
+        scores.append(score[keep])
+        marks.append((kp * s).reshape(-1, 10)[keep])
+    b, sc, kp = np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)
+    return [(0, b[i], kp[i]) for i in _nms(b, sc, 0.5)]
+
+
+def _v8_photos(cache: Path) -> list:
+    """(BGR photo, its 640 feed as the demo makes it: scaled to fit with INTER_AREA, centred on black, RGB)."""
+    import cv2
+
+    bgrs = [cv2.imread(str(fetch_github(cache, "ultralight", p))) for p in GROUP_PHOTOS]
+    bgrs += [cv2.imread(str(fetch_github(cache, "v8face", p))) for p in V8FACE_PHOTOS]
+    return [(b, np.ascontiguousarray(_centred(b, 640)[:, :, ::-1])) for b in bgrs]
+
+
+def v8_faces(cache: Path, work: Path) -> list:
+    """YOLOv8-lite-t faces with five landmarks (hpc203/yolov8-face-landmarks-opencv-dnn; 640, three [80, h, w]
+    outputs: DFL box distributions, a class logit, landmarks), fed as its demo feeds it (RGB, x / 255, centred on
+    black), on the Ultra-Light repository's photos of people and its own."""
+    import onnxruntime as ort
+
+    path = model(cache, "v8face")
+    pics = [p for _, p in _v8_photos(cache)]
+    calib, held = pics[0::2], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [_v8_faces(sess.run(None, {"images": (p / np.float32(255)).transpose(2, 0, 1)[None]})) for p in held]
+    job = {"input_name": "images", "shape": [1, 3, 640, 640], "mean": [0] * 3, "std": [255] * 3}
+    return [f"YOLOv8-lite-t faces and landmarks (640, three outputs of 80 channels; {sum(map(len, refs))} faces in "
+            f"{len(held)} photos)"] + _scored_builds(
+        path, calib, held, {"mean_values": [[0] * 3], "std_values": [[255] * 3]}, job,
+        lambda outs: _faces_cell(refs, [_v8_faces(o) for o in outs]), 3, work)
+
+
+def face_quality(cache: Path, work: Path) -> list:
+    """The face-quality regressor of the same repository (112x112, PReLU; ten sigmoid scores, the demo shows their
+    mean), fed as its demo feeds it: each face YOLOv8-lite-t finds (float, in onnxruntime), cropped from the photo,
+    RGB stretched to 112, (x / 255 - 0.5) / 0.5. Calibrated on the faces of the even-numbered photos. The metric: the
+    mean score's error against the float model's, and the cosine of the ten scores."""
+    import cv2
+    import onnxruntime as ort
+
+    det = ort.InferenceSession(str(model(cache, "v8face")), providers=["CPUExecutionProvider"])
+    crops = []
+    for k, (bgr, feed) in enumerate(_v8_photos(cache)):
+        s = 640 / max(bgr.shape[:2])
+        offset = (np.array([640, 640]) - np.array(bgr.shape[1::-1]) * s).astype(int) // 2
+        for _, box, _ in _v8_faces(det.run(None, {"images": (feed / np.float32(255)).transpose(2, 0, 1)[None]})):
+            x1, y1, x2, y2 = np.round(np.concatenate([box[:2] - offset, box[2:] - offset]) / s).astype(int)
+            face = bgr[max(y1, 0):y2, max(x1, 0):x2]
+            if face.size:
+                crops.append((k % 2, np.ascontiguousarray(cv2.resize(face, (112, 112))[:, :, ::-1])))
+    calib, held = [c for k, c in crops if k == 0], [c for k, c in crops if k == 1]
+    path = model(cache, "face_quality")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"input": ((c / np.float32(127.5)) - 1).transpose(2, 0, 1)[None]})[0].ravel()
+            for c in held]
+
+    def cell(outs):
+        err = np.abs([np.mean(o) - np.mean(w) for o, w in zip(outs, refs)])
+        return (f"mean score error {err.mean():.4f} (largest {err.max():.4f}), cosine "
+                f"{np.mean([cosine(o, w) for o, w in zip(outs, refs)]):.6f}")
+
+    job = {"input_name": "input", "shape": [1, 3, 112, 112], "mean": [127.5] * 3, "std": [127.5] * 3}
+    cells = [f"face-quality regressor (112, PReLU, ten sigmoid scores; {len(held)} faces found by the float "
+             f"YOLOv8-lite-t, float scores {np.min([r.mean() for r in refs]):.2f} to "
+             f"{np.max([r.mean() for r in refs]):.2f})"]
+    cells += _scored_builds(path, calib, held, {"mean_values": [[127.5] * 3], "std_values": [[127.5] * 3]}, job,
+                            lambda outs: cell([np.ravel(o[0]) for o in outs]), 1, work)
+    return cells
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
-        gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces)
+        gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
+        face_quality)
 
 
 def main() -> None:
