@@ -1510,3 +1510,24 @@ def test_a_sum_read_by_a_relu_exports_as_one_add_with_its_relu_fused(tmp_path):
     report = _exports_as_simulated(tmp_path, nodes, inits, "add_relu", {"ADD"})
     assert "RELU" not in report.tflite_ops
     assert any(layer.op_type == "Relu" and layer.mode == "fused" for layer in report.layers)
+
+
+def test_a_grouped_conv_exports_as_split_convs_and_concatenation(tmp_path):
+    """A grouped conv that is not depthwise (the face-quality regressor's, group 24): TFLite's kernels and Teflon
+    take no groups, so the export splits the channels, runs one CONV_2D per group and concatenates; LiteRT gives
+    the simulator's outputs. The int8 conv (its Relu fused) and the float one (before a SiLU, which our graph
+    computes in float) both."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * .5).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, 2, 3, 3)) * .5).astype(np.float32), "wg"),
+             numpy_helper.from_array((rng.standard_normal(8) * .2).astype(np.float32), "bg"),
+             numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * .5).astype(np.float32), "ws")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             n("Conv", ["a", "wg", "bg"], ["g"], pads=[1, 1, 1, 1], group=4), n("Relu", ["g"], ["r"]),
+             n("Conv", ["r", "ws"], ["s"], group=2), n("Sigmoid", ["s"], ["sg"]), n("Mul", ["s", "sg"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "grouped", {"SPLIT", "CONV_2D", "CONCATENATION"},
+                                   out_shape=(1, 4, H, W))
+    modes = {r.layer: r.mode for r in report.layers}  # layers named by op and position
+    assert modes["Conv_1"] == "int8" and modes["Relu_2"] == "fused" and modes["Conv_3"] == "float"
+    assert sum(op == "CONV_2D" for r in report.layers for op in r.tflite_ops) >= 1 + 4 + 2

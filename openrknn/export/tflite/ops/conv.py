@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from ....errors import NotSupportedError
+from ..graph import QuantConst
 from ..writer import Quant, Tensor
 from . import attr, layer_name, register
 from .activations import NONE, fused_code
@@ -102,7 +103,36 @@ def _conv_int8_ok(ctx, node) -> bool:
     if wq is None or wq.q.dtype != np.int8 or np.any(wq.zero_point != 0):
         return False
     depthwise, group = _conv_kind(ctx, node, wq.q)
-    return group == 1 or depthwise
+    return group == 1 or depthwise or not _is_1d(ctx, node)
+
+
+def _check_groups(ctx, node, group: int, depthwise: bool, layer: str) -> None:
+    if group > 1 and not depthwise and _is_1d(ctx, node):
+        raise NotSupportedError(f"export-tflite: {layer} is a 1-D grouped conv (group {group}); the exporter splits "
+                                "grouped 2-D convs only")
+
+
+def _split_channels(ctx, x: Tensor, group: int, layer: str) -> List[Tensor]:
+    """An N,H,W,C tensor cut into ``group`` equal channel slices (SPLIT keeps an int8 tensor's scale)."""
+    n, h, w, c = x.shape
+    parts = [ctx.m.add_tensor(ctx._tname(x.name.split("#")[0] + f"/group{k}"), (n, h, w, c // group), x.dtype,
+                              x.quant) for k in range(group)]
+    axis = ctx.m.add_const(ctx._tname("split_axis"), np.asarray(3, np.int32))
+    ctx.m.add_op("SPLIT", [axis, x], parts, ("SplitOptions", {"NumSplits": group}), layer=layer)
+    return parts
+
+
+def _grouped(ctx, node, x: Tensor, out: Tensor, group: int, conv_of, layer: str) -> str:
+    """A grouped conv that is not depthwise as TFLite's kernels and Teflon take it: the input's channels split into
+    the groups, one CONV_2D per group (``conv_of(k, part, y)`` emits group k's), the outputs concatenated. Every
+    group's output carries the conv's own output quantization, so the concatenation moves integers only."""
+    ys = [ctx.m.add_tensor(ctx._tname(out.name.split("#")[0] + f"/group{k}"),
+                           out.shape[:3] + (out.shape[3] // group,), out.dtype, out.quant) for k in range(group)]
+    for k, (part, y) in enumerate(zip(_split_channels(ctx, x, group, layer), ys)):
+        conv_of(k, part, y)
+    ctx.m.add_op("CONCATENATION", ys, [out], ("ConcatenationOptions", {"Axis": 3, "FusedActivationFunction": 0}),
+                 layer=layer)
+    return f"{layer}: grouped conv (group {group}) written as SPLIT, {group} CONV_2D, CONCATENATION"
 
 
 def _geometry_2d(ctx, node) -> Tuple[List[int], List[int], List[int], List[int]]:
@@ -182,21 +212,39 @@ def _filter(w: np.ndarray, depthwise: bool) -> np.ndarray:
 def conv_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    depthwise, _ = _conv_kind(ctx, node, wq.q)
+    depthwise, group = _conv_kind(ctx, node, wq.q)
+    _check_groups(ctx, node, group, depthwise, layer)
     one_d = _is_1d(ctx, node)
     x = _rows_1d(ctx, node.input[0], "q", layer) if one_d else ctx.view(node.input[0], "q", True, layer)
     o = wq.q.shape[0]
     w_scale = np.broadcast_to(wq.scale, (o,)).astype(np.float32)
     per_channel = wq.scale.size > 1
-    fq = Quant(w_scale if per_channel else w_scale[:1], np.zeros(o if per_channel else 1, np.int64),
-               3 if depthwise else 0)
-    filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq.q, depthwise)), fq)
     bq, bscale = _bias_int32(ctx, node, o, float(x.quant.scale[0]), w_scale, layer)
-    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq,
-                           Quant(bscale if per_channel else bscale[:1], np.zeros(o if per_channel else 1, np.int64)))
     out = ctx.out_q(act.output[0] if act is not None else node.output[0], not one_d, ctx.out_shape(node.output[0]))
-    _emit_conv(ctx, node, x, filt, bias, out, fused_code(ctx, act) if act is not None else NONE, depthwise, layer)
+    code = fused_code(ctx, act) if act is not None else NONE
+
+    def conv(rows: slice, x_in: Tensor, y: Tensor) -> None:  # the output channels ``rows`` of the filter
+        n = rows.stop - rows.start
+        fq = Quant(w_scale[rows] if per_channel else w_scale[:1], np.zeros(n if per_channel else 1, np.int64),
+                   3 if depthwise else 0)
+        filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(wq.q[rows], depthwise)), fq)
+        bias = ctx.m.add_const(ctx._tname(layer + "/bias"), bq[rows], Quant(
+            bscale[rows] if per_channel else bscale[:1], np.zeros(n if per_channel else 1, np.int64)))
+        _emit_conv(ctx, node, x_in, filt, bias, y, code, depthwise, layer)
+
+    if group > 1 and not depthwise:
+        step = o // group
+        return _grouped(ctx, node, x, out, group, lambda k, part, y: conv(slice(k * step, (k + 1) * step), part, y),
+                        layer)
+    conv(slice(0, o), x, out)
     return ""
+
+
+def _rows_of(wq: QuantConst, rows: slice) -> QuantConst:
+    """The output channels ``rows`` of a weight, with their own scales and zero points."""
+    per_channel = wq.scale.size > 1
+    return QuantConst(wq.q[rows], wq.scale[rows] if per_channel else wq.scale,
+                      wq.zero_point[rows] if wq.zero_point.size > 1 else wq.zero_point, wq.axis)
 
 
 def _dequantized_weights(ctx, wq, arr: np.ndarray, axis: int, name: str, layer: str) -> Tensor:
@@ -226,18 +274,26 @@ def conv_float(ctx, node) -> str:
     wq = ctx.g.quant_const(node.input[1])
     w = _weight_array(ctx, node)
     depthwise, group = _conv_kind(ctx, node, w)
-    if group > 1 and not depthwise:
-        raise NotSupportedError(f"export-tflite: {layer} is a grouped conv (group {group}) that is not depthwise; "
-                                "TFLite's CONV_2D kernels do not take groups")
+    _check_groups(ctx, node, group, depthwise, layer)
     one_d = _is_1d(ctx, node)
     x = _rows_1d(ctx, node.input[0], "f", layer) if one_d else ctx.view(node.input[0], "f", True, layer)
-    if wq is None:  # float weights: a float filter
-        filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(w, depthwise)))
-    else:
-        filt = _dequantized_weights(ctx, wq, _filter(w, depthwise), 3 if depthwise else 0, node.input[1], layer)
-    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, w.shape[0]))
+    biases = _float_bias(ctx, node, w.shape[0])
     out = ctx.out_f(node.output[0], not one_d)
-    _emit_conv(ctx, node, x, filt, bias, out, NONE, depthwise, layer)
+
+    def conv(rows: slice, x_in: Tensor, y: Tensor) -> None:  # the output channels ``rows`` of the filter
+        if wq is None:  # float weights: a float filter
+            filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(_filter(w[rows], depthwise)))
+        else:
+            filt = _dequantized_weights(ctx, _rows_of(wq, rows), _filter(w[rows], depthwise), 3 if depthwise else 0,
+                                        node.input[1], layer)
+        bias = ctx.m.add_const(ctx._tname(layer + "/bias"), biases[rows])
+        _emit_conv(ctx, node, x_in, filt, bias, y, NONE, depthwise, layer)
+
+    if group > 1 and not depthwise:
+        step = w.shape[0] // group
+        return _grouped(ctx, node, x, out, group, lambda k, part, y: conv(slice(k * step, (k + 1) * step), part, y),
+                        layer)
+    conv(slice(0, w.shape[0]), x, out)
     return ""
 
 
