@@ -101,10 +101,31 @@ def test_missing_dataset_file(tmp_path):
 
 
 def test_wrong_npy_shape_names_expected_shapes(tmp_path):
-    np.save(tmp_path / "a.npy", np.zeros((3, 8, 12)))  # NCHW by mistake
+    np.save(tmp_path / "a.npy", np.zeros((3, 12, 8)))  # width and height swapped as well
     ds = tmp_path / "d.txt"
     ds.write_text("a.npy\n")
     with pytest.raises(DatasetError) as ei:
         read_dataset(ds, SPEC)
     msg = str(ei.value)
-    assert "[3, 8, 12]" in msg and "[8, 12, 3]" in msg and "[1, 8, 12, 3]" in msg
+    assert "[3, 12, 8]" in msg and "[8, 12, 3]" in msg and "[1, 8, 12, 3]" in msg
+
+
+def test_nchw_npy_files_as_rknn_toolkit2_writes_them_are_transposed(tmp_path, caplog):
+    """rknn-toolkit2 reads an NCHW model's .npy calibration files as NCHW (its accuracy_analysis refuses anything
+    else), so a user's vendor dataset holds [1, C, H, W] arrays: read as such, transposed, and logged."""
+    img = np.arange(8 * 12 * 3, dtype=np.float32).reshape(1, 8, 12, 3)
+    np.save(tmp_path / "a.npy", img.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "b.npy", img[0].transpose(2, 0, 1))
+    np.save(tmp_path / "c.npy", img)
+    ds = tmp_path / "d.txt"
+    ds.write_text("a.npy\nb.npy\nc.npy\n")
+    with caplog.at_level(logging.INFO, logger="openrknn"):
+        feeds = list(read_dataset(ds, SPEC))
+    assert all(np.array_equal(f["img"], img) for f in feeds)
+    assert "2 .npy file(s) hold NCHW" in caplog.text
+    # where NHWC can be what the array holds (here C = H = W), it is read as NHWC, as inference() takes it
+    square = np.arange(27, dtype=np.float32).reshape(1, 3, 3, 3)
+    np.save(tmp_path / "s.npy", square)
+    ds.write_text("s.npy\n")
+    (feed,) = list(read_dataset(ds, [InputSpec("img", (1, 3, 3, 3))]))
+    assert np.array_equal(feed["img"], square)

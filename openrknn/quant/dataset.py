@@ -11,7 +11,9 @@ Each entry is decoded exactly as the deployed model sees its input (the model it
   0..255 (no mean/std);
 - ``.npy`` files hold what a user would pass to ``inference()``: NHWC ``[H,W,C]`` or ``[1,H,W,C]`` (any shape equal
   to the input shape with or without its leading batch dim for non-image inputs), converted to float32; an input the
-  graph takes as integers (token or byte ids) keeps them, in its own type, and refuses values that are not.
+  graph takes as integers (token or byte ids) keeps them, in its own type, and refuses values that are not. An image
+  input's array in NCHW ``[1,C,H,W]`` or ``[C,H,W]`` (rknn-toolkit2's layout for .npy calibration files of an NCHW
+  model) is transposed to NHWC when NHWC cannot be what it holds, and the count is logged.
 
 ``batch_size`` / ``epochs`` follow the vendor's meaning: quantization runs ``epochs`` iterations of ``batch_size``
 samples each. With ``epochs > 0`` exactly ``batch_size * epochs`` samples are used, cycling through the file when it
@@ -79,6 +81,7 @@ class CalibrationData:
         self._cache_bytes = 0
         self._resized: Dict[Tuple[int, int], int] = {}
         self._images = 0
+        self._nchw = 0  # .npy files read as NCHW
 
     def __len__(self) -> int:
         return len(self._order)
@@ -119,7 +122,8 @@ class CalibrationData:
         path = entry.paths[k]
         where = f"{self.source}:{entry.lineno}"
         if path.suffix.lower() == ".npy":
-            arr = _load_npy(path, spec, where)
+            arr, nchw = _load_npy(path, spec, where)
+            self._nchw += nchw
         else:
             arr = self._load_image(path, spec, where)
         arr.setflags(write=False)  # cached arrays are shared between passes
@@ -155,17 +159,22 @@ class CalibrationData:
         return np.ascontiguousarray(img.reshape(1, h, w, c), dtype=np.float32)
 
 
-def _load_npy(path: Path, spec: InputSpec, where: str) -> np.ndarray:
+def _load_npy(path: Path, spec: InputSpec, where: str) -> Tuple[np.ndarray, bool]:
+    """The array as the input takes it, and whether it was NCHW (transposed here)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{where}: cannot load {str(path)!r} as a .npy array ({exc}); save it with numpy.save") \
             from exc
     shape = tuple(spec.shape)
+    nchw = (1, shape[3], shape[1], shape[2]) if spec.is_image else None
+    transposed = nchw is not None and arr.shape in (nchw, nchw[1:]) and arr.shape not in (shape, shape[1:])
     if arr.shape == shape:
         pass
     elif shape and shape[0] == 1 and arr.shape == shape[1:]:
         arr = arr.reshape(shape)
+    elif nchw is not None and arr.shape in (nchw, nchw[1:]):
+        arr = arr.reshape(nchw).transpose(0, 2, 3, 1)
     else:
         hint = f"[{', '.join(map(str, shape[1:]))}] or " if shape and shape[0] == 1 else ""
         raise DatasetError(f"{where}: {path.name!r} holds an array of shape {list(arr.shape)} but input "
@@ -177,15 +186,15 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> np.ndarray:
         if arr.dtype != np.bool_ and arr.size and not np.isin(arr, (0, 1)).all():
             raise DatasetError(f"{where}: input {spec.name!r} is a boolean mask but {path.name!r} holds values other "
                                f"than 0 and 1 ({arr.min()} .. {arr.max()}); save the mask as a bool array")
-        return np.ascontiguousarray(arr, dtype=np.bool_)
+        return np.ascontiguousarray(arr, dtype=np.bool_), transposed
     if np.issubdtype(target, np.integer):
         info = np.iinfo(target)
         if arr.size and (not np.array_equal(arr, np.rint(arr)) or arr.min() < info.min or arr.max() > info.max):
             raise DatasetError(f"{where}: input {spec.name!r} takes {target} values (ids, not a signal) but "
                                f"{path.name!r} holds values that are not {target} ({arr.min()} .. {arr.max()}, "
                                f"dtype {arr.dtype}); save the integers the model reads")
-        return np.ascontiguousarray(arr, dtype=target)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.ascontiguousarray(arr, dtype=target), transposed
+    return np.ascontiguousarray(arr, dtype=np.float32), transposed
 
 
 def _parse(path: Path, n_inputs: int, names: List[str]) -> List[_Entry]:
@@ -256,6 +265,9 @@ def read_dataset(path: Union[str, os.PathLike], inputs: List[InputSpec], rgb2bgr
         targets = ", ".join(f"{s.name} {s.shape[2]}x{s.shape[1]}" for s in inputs if s.is_image)
         log.warning("calibration images resized (cv2.INTER_LINEAR, no letterbox) to the input size %s from %s%s; "
                     "resize them the way the deployed pipeline does if that differs", targets, sizes, more)
+    if data._nchw:
+        log.info("calibration: %d .npy file(s) hold NCHW [1,C,H,W] arrays (rknn-toolkit2's layout for them); read "
+                 "as such and transposed to NHWC", data._nchw)
     if data._images and any(s.is_image and s.shape[3] >= 3 for s in inputs):
         order_name = "BGR (quant_img_RGB2BGR=True)" if rgb2bgr else "RGB (OpenCV BGR converted; set " \
             "quant_img_RGB2BGR=True to keep BGR)"
