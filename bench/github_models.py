@@ -72,6 +72,7 @@ REPOS = {
     "lowlight": ("hpc203/low-light-image-enhancement-opencv-dnn", "c4c98f7a76f19596225bc0dbeef1cbd3f3677742"),
     "retouch": ("hpc203/image-retouching-opencv-dnn", "6c5e92dc11dbd0131efa4fad7850fd744d10dec1"),
     "v8face": ("hpc203/yolov8-face-landmarks-opencv-dnn", "1f91851f7d8d9475e5b4f0c1d6e5e385aa9bf0f4"),
+    "lyt": ("hpc203/Low-Light-Image-Enhancement-onnxrun", "c05d3e1aa3d2fc80b0ca8506bb17dfbf99684b51"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -101,6 +102,7 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "yunet": ("yunet", "onnx/yunet_s_640_640.onnx", "8f2383e4dd3cfbb4"),
     "pairlie": ("lowlight", "weights/pairlie_240x320.onnx", "0413bbe9a7010414"),
     "csrnet": ("retouch", "weights/csrnet_240x320.onnx", "36c7a337d0e925b0"),
+    "lyt_net": ("lyt", "weights/lyt_net_lolv1_320x240.onnx", "33e4e15e5a202c58"),
     "v8face": ("v8face", "weights/yolov8-lite-t.onnx", "caa9eb121eee8fbf"),
     "face_quality": ("v8face", "weights/face-quality-assessment.onnx", "4d0e02b72f987989"),
 }
@@ -877,60 +879,75 @@ def caffe_faces(cache: Path, work: Path) -> list:
     return rows
 
 
-def _psnr(out, ref) -> float:
-    """The demo's 8-bit picture of ``out`` (x 255, clipped, truncated) against that of ``ref``, in dB."""
-    a, b = (np.clip(np.asarray(x, np.float32) * 255, 0, 255).astype(np.uint8).astype(np.float64) for x in (out, ref))
+def _psnr(out, ref, low: float = 0.0) -> float:
+    """The demo's 8-bit picture of ``out`` ([low, 1] stretched to 0..255, clipped, truncated) against that of
+    ``ref``, in dB."""
+    a, b = (np.clip((np.asarray(x, np.float32) - low) * (255 / (1 - low)), 0, 255).astype(np.uint8)
+            .astype(np.float64) for x in (out, ref))
     return float(10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-10)))
 
 
-def _picture_cell(outs: list, refs: list) -> str:
-    return (f"PSNR {np.mean([_psnr(o, w) for o, w in zip(outs, refs)]):.1f} dB (worst "
-            f"{min(_psnr(o, w) for o, w in zip(outs, refs)):.1f}), cosine "
+def _picture_cell(outs: list, refs: list, low: float) -> str:
+    psnr = [_psnr(o, w, low) for o, w in zip(outs, refs)]
+    return (f"PSNR {np.mean(psnr):.1f} dB (worst {min(psnr):.1f}), cosine "
             f"{np.mean([cosine(o, w) for o, w in zip(outs, refs)]):.5f}")
 
 
+# name, repository key, photos, the shared COCO photos darkened (else as they are), what it is, fed BGR, NHWC input,
+# mean and std of the feed, the output's low end, the second input (name, value) or None
+ENHANCERS = (
+    ("pairlie", "lowlight", LOWLIGHT_PHOTOS, True, "PairLIE low-light enhancer (320x240 and an exposure input; Pow "
+     "with a computed exponent", False, False, 0.0, 255.0, 0.0, ("exposure", 0.5)),
+    ("lyt_net", "lyt", LOWLIGHT_PHOTOS, True, "LYT-Net low-light enhancer (TF export, NHWC, opset 16: YUV split, "
+     "channel attention with Softmax, Tanh out", True, True, 127.5, 127.5, -1.0, None),
+    ("csrnet", "retouch", RETOUCH_PHOTOS, False, "CSRNet photo retoucher (320x240; a global-average condition branch "
+     "scales each layer", False, False, 0.0, 255.0, 0.0, None),
+)
+
+
 def enhancement(cache: Path, work: Path) -> list:
-    """Two image-to-image models of hpc203's, fed as their demos feed them (RGB stretched to 320x240, x / 255):
-    PairLIE, a low-light enhancer with a second input, the exposure (0.5 as the demo sets it; a Pow takes it as its
-    exponent), on the repository's dark photos and the shared COCO photos darkened (x 0.35, gamma 2); CSRNet, a photo
-    retoucher whose condition branch (a global average) scales every layer, on the repository's photos and the shared
+    """Three image-to-image models of hpc203's at 320x240, fed as their demos feed them: PairLIE, a low-light
+    enhancer with a second input, the exposure (0.5 as the demo sets it; a Pow takes it as its exponent), RGB, x /
+    255; LYT-Net, a low-light transformer exported from TensorFlow (NHWC), BGR, x / 127.5 - 1; both on the
+    repository's dark photos and the shared COCO photos darkened (x 0.35, gamma 2); CSRNet, a photo retoucher whose
+    condition branch (a global average) scales every layer, RGB, x / 255, on the repository's photos and the shared
     COCO ones. The metric: the PSNR of the demo's 8-bit picture against the float model's, and the cosine."""
     import cv2
     import onnxruntime as ort
 
+    from arrivals import litert
+
     coco = images(["coco"], None)
     dark = [np.clip(255 * 0.35 * (p / 255.0) ** 2, 0, 255).astype(np.uint8) for p in coco]
     rows = []
-    for name, key, photos, extra, what in (
-            ("pairlie", "lowlight", LOWLIGHT_PHOTOS, dark, "PairLIE low-light enhancer (320x240 and an exposure "
-             "input; Pow with a computed exponent"),
-            ("csrnet", "retouch", RETOUCH_PHOTOS, coco, "CSRNet photo retoucher (320x240; a global-average "
-             "condition branch scales each layer")):
+    for name, key, photos, darkened, what, bgr, nhwc, mean, std, low, extra in ENHANCERS:
         path = model(cache, name)
         pics = [cv2.resize(cv2.imread(str(fetch_github(cache, key, p)))[:, :, ::-1], (320, 240)) for p in photos]
-        pics += [cv2.resize(p, (320, 240), interpolation=cv2.INTER_AREA) for p in extra]
+        pics += [cv2.resize(p, (320, 240), interpolation=cv2.INTER_AREA) for p in (dark if darkened else coco)]
+        pics = [np.ascontiguousarray(p[:, :, ::-1]) if bgr else p for p in pics]
         calib, held = pics[0::2], pics[1::2]
-        exposure = np.array([0.5], np.float32)
-        second = [exposure] if name == "pairlie" else []
+        second = [np.array([extra[1]], np.float32)] if extra else []
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        refs = [sess.run(None, {"input": (p / np.float32(255)).transpose(2, 0, 1)[None],
-                                **({"exposure": exposure} if second else {})})[0] for p in held]
-        cfg = {"mean_values": [[0] * 3] + [[0]] * len(second), "std_values": [[255] * 3] + [[1]] * len(second)}
+        names = [i.name for i in sess.get_inputs()]
+
+        def feed(p):
+            x = (p - np.float32(mean)) / np.float32(std)
+            return dict(zip(names, [x[None] if nhwc else x.transpose(2, 0, 1)[None]] + second))
+
+        refs = [sess.run(None, feed(p))[0] for p in held]
+        cfg = {"mean_values": [[mean] * 3] + [[0]] * len(second), "std_values": [[std] * 3] + [[1]] * len(second)}
         cells = [f"{what}; {len(held)} images)"]
         for dtype in (None, "w8a8"):
-            r = build(path, None, dtype, [[p] + second for p in calib], cfg, work)
+            r = build(path, [[1, 240, 320, 3]] if nhwc else None, dtype, [[p] + second for p in calib], cfg, work)
             cells.append(_picture_cell([r.inference(inputs=[p] + second)[0].reshape(w.shape)
-                                        for p, w in zip(held, refs)], refs))
+                                        for p, w in zip(held, refs)], refs, low))
             if dtype:
-                job = {"input_names": ["input"] + ["exposure"] * len(second),
-                       "shapes": [[1, 3, 240, 320]] + [[1]] * len(second),
-                       "means": cfg["mean_values"], "stds": cfg["std_values"]}
-                said, outs = _vendor(path, job, [[p.transpose(2, 0, 1)[None]] + second for p in calib],
-                                     [[p[None]] + second for p in held], work)
+                job = {"input_names": names, "shapes": [[1, 240, 320, 3] if nhwc else [1, 3, 240, 320]] +
+                       [[1]] * len(second), "means": cfg["mean_values"], "stds": cfg["std_values"]}
+                said, outs = _vendor(path, job, [[p[None] if nhwc else p.transpose(2, 0, 1)[None]] + second
+                                                 for p in calib], [[p[None]] + second for p in held], work)
                 cells[-1] += f"; {said}" + ("" if outs is None else ": " + _picture_cell(
-                    [o[0].reshape(w.shape) for o, w in zip(outs, refs)], refs))
-                from arrivals import litert
-
+                    [o[0].reshape(w.shape) for o, w in zip(outs, refs)], refs, low))
                 cells.append(litert(r, [[p[None]] + second for p in held[:3]], work))
             r.release()
         rows.append(cells)
