@@ -708,6 +708,64 @@ def _unpack(r, op, ins, outs, layer):
         r.put(o, r.b.node("Reshape", [y, shape], f"{layer}/{k}"), _layout_of(len(r.shape(o))))
 
 
+# UNIDIRECTIONAL_SEQUENCE_LSTM's inputs: the input_to_* weights (1-4), recurrent_to_* (5-8), the peephole cell_to_*
+# (9-11), the gate biases (12-15), each in the file's gate order input, forget, cell, output; ONNX's is i, o, f, c
+_LSTM_GATES = (0, 3, 1, 2)  # ONNX gate k is the file's gate _LSTM_GATES[k]
+_LSTM_ACTS = {1: "Relu", 4: "Tanh"}
+
+
+def _sequence_lstm(r, op, ins, outs, layer):
+    """UNIDIRECTIONAL_SEQUENCE_LSTM -> one ONNX LSTM over the whole sequence (its weights dequantized when the file
+    stores integers: the chip's own quantizer decides how to run it), the states it starts from taken from the
+    file's state tensors. Variants ONNX's LSTM has no form for (no input gate, a projection, layer norms) are
+    refused by name."""
+    opt = r.options(op, "UnidirectionalSequenceLSTMOptions")
+    given = [k < len(ins) and ins[k] >= 0 for k in range(24)]
+    missing = [what for what, ks in (("an input gate (a CIFG LSTM couples it to the forget gate)", (1, 5, 12)),
+                                     ("a projection", (16, 17)), ("layer normalisation", (20, 21, 22, 23)))
+               if (what.startswith("an input") and not all(given[k] for k in ks))
+               or (not what.startswith("an input") and any(given[k] for k in ks))]
+    act = _LSTM_ACTS.get(opt.FusedActivationFunction())
+    if missing or act is None:
+        what = missing[0] if missing else f"a {_ACT.get(opt.FusedActivationFunction(), '?')} cell activation"
+        raise ModelLoadError(f"TFLite layer '{layer}' (UNIDIRECTIONAL_SEQUENCE_LSTM) has {what}, which ONNX's LSTM "
+                             "cannot express; convert the model to ONNX with a tool that unrolls it and use "
+                             "load_onnx()")
+
+    def stacked(first: int):  # four per-gate constants from index ``first`` on, in ONNX's gate order
+        return np.concatenate([r.array(ins[first + g]) for g in _LSTM_GATES])[None].astype(np.float32)
+
+    w, rec = stacked(1), stacked(5)
+    hidden = rec.shape[2]
+    bias = np.concatenate([stacked(12), np.zeros((1, 4 * hidden), np.float32)], axis=1)
+    inputs = [r.b.const(w, f"{layer}/W"), r.b.const(rec, f"{layer}/R"), r.b.const(bias, f"{layer}/B")]
+    x = _file_layout(r, ins[0]).name
+    if not opt.TimeMajor():
+        x = r.b.node("Transpose", [x], f"{layer}/time_major", perm=[1, 0, 2])
+    batch = r.shape(ins[0])[1 if opt.TimeMajor() else 0]
+    states = []
+    for k in (18, 19):  # output_state, cell_state: variables that start at their stored value (zeros if none)
+        v = r.array(ins[k]) if given[k] else None
+        states.append(r.b.const(np.zeros((1, batch, hidden), np.float32) if v is None else
+                                np.asarray(v, np.float32).reshape(1, batch, hidden), f"{layer}/state{k - 18}"))
+    inputs += ["", states[0], states[1]]
+    r.notes.append(f"LSTM '{layer}': its states are variables in the file, which LiteRT carries from one invoke to "
+                   "the next; the loaded model starts every inference from their stored value (feed whole "
+                   "sequences, or reset LiteRT's variables, to compare)")
+    if any(given[k] for k in (9, 10, 11)):  # peepholes, ONNX's order i, o, f
+        inputs.append(r.b.const(np.concatenate([r.array(ins[k]) for k in (9, 11, 10)])[None].astype(np.float32),
+                                f"{layer}/P"))
+    if opt.CellClip() > 0:
+        r.notes.append(f"LSTM '{layer}': cell_clip {opt.CellClip():g} not carried over (ONNX's LSTM clips no cell "
+                       "state); a cell state beyond it would differ")
+    y = r.b.node("LSTM", [x] + inputs, f"{layer}/lstm", hidden_size=hidden,
+                 activations=["Sigmoid", act, act])
+    y = r.b.node("Squeeze", [y, r.b.const(np.array([1], np.int64), f"{layer}/axes")], f"{layer}/squeeze")
+    if not opt.TimeMajor():
+        y = r.b.node("Transpose", [y], layer, perm=[1, 0, 2])
+    r.put(outs[0], y, "plain")
+
+
 def _branch(r: "_Reader", index: int, args: List[int]) -> list:
     """The outputs (Values) of subgraph ``index`` run on the caller's tensors ``args``, its ops emitted into the same
     ONNX graph. A constant passed in (a converter hands a branch its weights as inputs) stays a constant there."""
@@ -768,7 +826,7 @@ _OPS = {
     "NOT_EQUAL": _not_equal, "LOGICAL_AND": _binary("And", None), "LOGICAL_OR": _binary("Or", None),
     "LOGICAL_NOT": _unary("Not"), "SELECT": _select, "SELECT_V2": _select, "IF": _if,
     "ARG_MAX": _arg_max("ArgMax"), "ARG_MIN": _arg_max("ArgMin"), "FLOOR_DIV": _floor_div, "GATHER_ND": _gather_nd,
-    "PACK": _pack, "UNPACK": _unpack,
+    "PACK": _pack, "UNPACK": _unpack, "UNIDIRECTIONAL_SEQUENCE_LSTM": _sequence_lstm,
 }
 _OPS = {k: v for k, v in _OPS.items() if v is not None}
 

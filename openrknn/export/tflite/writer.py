@@ -59,6 +59,7 @@ class Tensor:
     quant: Optional[Quant] = None
     data: Optional[np.ndarray] = None    # the stored values: all of them, or a sparse tensor's non-zeros
     sparsity: Optional[Sparsity] = None
+    variable: bool = False               # a state the interpreter keeps between invokes (an LSTM's)
 
     @property
     def quantized(self) -> bool:
@@ -233,6 +234,8 @@ def serialize(model: Model) -> bytes:
                 tfl.TensorAddQuantization(b, q_off)
             if sp_off is not None:
                 tfl.TensorAddSparsity(b, sp_off)
+            if t.variable:
+                tfl.TensorAddIsVariable(b, True)
             tensor_offsets.append(tfl.TensorEnd(b))
 
         op_offsets = []
