@@ -1531,3 +1531,15 @@ def test_a_grouped_conv_exports_as_split_convs_and_concatenation(tmp_path):
     modes = {r.layer: r.mode for r in report.layers}  # layers named by op and position
     assert modes["Conv_1"] == "int8" and modes["Relu_2"] == "fused" and modes["Conv_3"] == "float"
     assert sum(op == "CONV_2D" for r in report.layers for op in r.tflite_ops) >= 1 + 4 + 2
+
+
+def test_reduce_sum_square_exports_as_mul_and_sum(tmp_path):
+    """ReduceSumSquare (LYT-Net, a TensorFlow export, normalises its attention with it), which TFLite's builtins
+    lack: x * x then SUM, in float, as LiteRT runs it."""
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("ReduceSumSquare", ["c", "axes"], ["y"], keepdims=1)]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "sumsq", {"MUL", "SUM"}, out_shape=(1, 1, H, W), opset=18)
+    assert any(r.layer == "ReduceSumSquare_1" and r.mode == "float" for r in report.layers)

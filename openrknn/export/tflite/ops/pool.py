@@ -1,4 +1,5 @@
-"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean / ReduceMax / ReduceSum / ArgMax."""
+"""MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool / ReduceMean / ReduceMax / ReduceSum / ReduceSumSquare /
+ArgMax."""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def _global(ctx, node, kind: str, act=None) -> str:
     return _emit(ctx, node, kind, x, builtin, [h, w], [1, 1], PADDING_VALID)
 
 
-def _reduce(ctx, node, kind: str, builtin: str = "MEAN") -> str:
+def _reduce(ctx, node, kind: str, builtin: str = "MEAN", square: bool = False) -> str:
+    """``square``: ReduceSumSquare, which TFLite's builtins lack, as the float MUL of x by itself, then SUM."""
     layer = layer_name(node)
     v = ctx.value(node.input[0])
     axes = attr(node, "axes", None)
@@ -128,6 +130,10 @@ def _reduce(ctx, node, kind: str, builtin: str = "MEAN") -> str:
         axes = [{0: 0, 1: 3, 2: 1, 3: 2}[a] for a in axes]
     x = ctx.view(node.input[0], kind, nhwc, layer) if len(v.shape) == 4 else (
         v.q if kind == "q" else ctx.f_of(node.input[0], layer))
+    if square:
+        sq = ctx.new_f(node.output[0] + "/square", x.shape)
+        ctx.m.add_op("MUL", [x, x], [sq], ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
+        x = sq
     axes_t = ctx.m.add_const(ctx._tname("axes"), np.asarray(sorted(axes), np.int32))
     opts = ("ReducerOptions", {"KeepDims": keep})
     if kind == "q":
@@ -145,6 +151,7 @@ register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, 
 register("ReduceMax", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MAX"),
          float=lambda c, n: _reduce(c, n, "f", "REDUCE_MAX"))
 register("ReduceSum", int8=lambda c, n, a: _reduce(c, n, "q", "SUM"), float=lambda c, n: _reduce(c, n, "f", "SUM"))
+register("ReduceSumSquare", float=lambda c, n: _reduce(c, n, "f", "SUM", square=True))
 
 
 def _arg_max(ctx, node) -> str:
