@@ -1543,3 +1543,20 @@ def test_reduce_sum_square_exports_as_mul_and_sum(tmp_path):
     nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("ReduceSumSquare", ["c", "axes"], ["y"], keepdims=1)]
     report = _exports_as_simulated(tmp_path, nodes, inits, "sumsq", {"MUL", "SUM"}, out_shape=(1, 1, H, W), opset=18)
     assert any(r.layer == "ReduceSumSquare_1" and r.mode == "float" for r in report.layers)
+
+
+def test_a_batch_norm_fed_computed_statistics_exports_in_float(tmp_path):
+    """tf2onnx writes a LayerNorm as a BatchNormalization fed the input's own mean and variance (LYT-Net): its
+    statistics are computed, not constants, and the export computes it from those tensors, as LiteRT runs it."""
+    rng = np.random.default_rng(13)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0, 2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.array([1.0, 0.5, 2.0, 1.5], np.float32), "gamma"),
+             numpy_helper.from_array(np.array([0.1, -0.2, 0.0, 0.3], np.float32), "beta")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             n("ReduceMean", ["c", "axes"], ["mean"], keepdims=0), n("Abs", ["c"], ["a"]),
+             n("ReduceMean", ["a", "axes"], ["var"], keepdims=0),
+             n("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], epsilon=1e-3)]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "bn_stats", {"RSQRT"}, opset=18)
+    assert any(r.op_type == "BatchNormalization" and r.mode == "float" for r in report.layers)

@@ -92,6 +92,9 @@ def _batch_norm(ctx, node) -> str:
     ctx.first_output_only(node, "running mean / variance outputs (training mode)")
     v = ctx.value(node.input[0])
     rank = len(v.shape)
+    if any(node.input[i] and ctx.g.quant_const(node.input[i]) is None and not ctx.g.is_const(node.input[i])
+           for i in range(1, min(len(node.input), 5))):
+        return _batch_norm_computed(ctx, node, v, rank)
     gamma, beta, mean, var = (np.asarray(_const_param(ctx, node, i, 0.0), np.float64) for i in range(1, 5))
     scale = gamma / np.sqrt(var + float(attr(node, "epsilon", 1e-5)))
     shift = beta - mean * scale
@@ -103,6 +106,35 @@ def _batch_norm(ctx, node) -> str:
                  ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
     ctx.m.add_op("ADD", [scaled, ctx.const_for(shift.reshape(bshape), rank, nhwc, "bn_shift")],
                  [ctx.out_f(node.output[0], nhwc)], ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return ""
+
+
+def _batch_norm_computed(ctx, node, v, rank: int) -> str:
+    """A BatchNormalization whose statistics or scale are computed (tf2onnx writes a LayerNorm so: the input's own
+    mean and variance fed in as the running ones): (x - mean) * scale * rsqrt(var + epsilon) + bias in float ops,
+    each parameter a [C] tensor broadcast along the channel axis."""
+    layer = layer_name(node)
+    nhwc = v.nhwc and rank == 4
+    bshape = (1, 1, 1, -1) if nhwc else (1, -1) + (1,) * (rank - 2)
+
+    def param(i: int, default: float):
+        if len(node.input) <= i or not node.input[i] or ctx.g.quant_const(node.input[i]) is not None or \
+                ctx.g.is_const(node.input[i]):
+            return ctx.m.add_const(ctx._tname(f"bn_param{i}"), np.asarray(_const_param(ctx, node, i, default),
+                                                                          np.float32).reshape(bshape))
+        flat = ctx.f_of(node.input[i], layer)
+        shape = tuple(int(np.prod(flat.shape)) if d == -1 else d for d in bshape)
+        return ctx.reshape(flat, ctx.new_f(f"{layer}/param{i}", shape), layer)
+
+    gamma, beta, mean, var = param(1, 1.0), param(2, 0.0), param(3, 0.0), param(4, 1.0)
+    eps = ctx.m.add_const(ctx._tname("eps"), np.float32(attr(node, "epsilon", 1e-5)).reshape(()))
+    inv = ctx.float_op("RSQRT", [ctx.float_binary("ADD", var, eps, layer + "/var_eps", layer)], var.shape,
+                       layer + "/rsqrt", layer)
+    mult = ctx.float_binary("MUL", gamma, inv, layer + "/mult", layer)
+    centred = ctx.float_binary("SUB", ctx.f_of(node.input[0], layer), mean, layer + "/centred", layer)
+    scaled = ctx.float_binary("MUL", centred, mult, layer + "/scaled", layer)
+    ctx.m.add_op("ADD", [scaled, beta], [ctx.out_f(node.output[0], nhwc)],
+                 ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
     return ""
 
 
