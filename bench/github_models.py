@@ -73,6 +73,7 @@ REPOS = {
     "retouch": ("hpc203/image-retouching-opencv-dnn", "6c5e92dc11dbd0131efa4fad7850fd744d10dec1"),
     "v8face": ("hpc203/yolov8-face-landmarks-opencv-dnn", "1f91851f7d8d9475e5b4f0c1d6e5e385aa9bf0f4"),
     "lyt": ("hpc203/Low-Light-Image-Enhancement-onnxrun", "c05d3e1aa3d2fc80b0ca8506bb17dfbf99684b51"),
+    "tflm": ("tensorflow/tflite-micro", "90b983c2b3f1480642e040bbd2ddb37b998f3424"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -1041,9 +1042,83 @@ def face_quality(cache: Path, work: Path) -> list:
     return cells
 
 
+def _litert_sequences(path: Path, feeds: list) -> list:
+    """A .tflite file's first output on each float feed, on the LiteRT interpreter, its variables (an LSTM's
+    states) reset before each: every feed is a whole sequence. An int8 input or output goes through its scale."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    feed, out = it.get_input_details()[0], it.get_output_details()[0]
+    got = []
+    for x in feeds:
+        it.reset_all_variables()
+        if feed["dtype"] == np.int8:
+            scale, zero = feed["quantization"]
+            x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+        it.set_tensor(feed["index"], x)
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] == np.int8:
+            scale, zero = out["quantization"]
+            y = (y - zero) * scale
+        got.append(y)
+    return got
+
+
+def micro_lstm(cache: Path, work: Path) -> list:
+    """TensorFlow Lite Micro's MNIST LSTM (examples/mnist_lstm: an image read as 28 steps of 28 pixels by a
+    UNIDIRECTIONAL_SEQUENCE_LSTM of 20 units, then a classifier), as the float file and as its int8 file (int8
+    weights, int16 cell state), on the ten digit samples the example ships, each also shifted by a pixel or two in
+    four directions: the even digits' calibrate, the odd digits' judge. Reference: LiteRT on the same file, its
+    states reset for each image. The metric: the digit read and the probabilities' largest difference."""
+    import cv2
+
+    from openrknn.api import RKNN
+
+    from arrivals import litert
+
+    folder = "tensorflow/lite/micro/examples/mnist_lstm/"
+    digits = [cv2.imread(str(fetch_github(cache, "tflm", f"{folder}samples/sample{k}.png")), cv2.IMREAD_GRAYSCALE)
+              for k in range(10)]
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 2), (0, -2)]
+    samples = [(k, (np.roll(d, m, axis=(0, 1)) / np.float32(255))[None]) for k, d in enumerate(digits) for m in moves]
+    calib = [x for k, x in samples if k % 2 == 0]
+    held, truth = [x for k, x in samples if k % 2], np.array([k for k, _ in samples if k % 2])
+    for k, x in enumerate(calib):
+        np.save(work / f"m{k}.npy", x)
+    (work / "ds.txt").write_text("".join(f"m{k}.npy\n" for k in range(len(calib))))
+    rows = []
+    for name, sha in (("trained_lstm.tflite", "479430996e6d6fce"), ("trained_lstm_int8.tflite", "a44e4d8a6c051db5")):
+        path = fetch_github(cache, "tflm", folder + name, sha)
+        refs = _litert_sequences(path, held)
+
+        def cell(outs):
+            read = np.array([int(np.argmax(o)) for o in outs])
+            diff = max(float(np.abs(np.ravel(o) - np.ravel(w)).max()) for o, w in zip(outs, refs))
+            return f"digits read {int(np.sum(read == truth))}/{len(truth)}, probabilities within {diff:.4f}"
+
+        cells = [f"MNIST LSTM, {name} (28 steps x 28 pixels, 20 units; {len(held)} images; LiteRT reads "
+                 f"{int(np.sum(np.array([int(np.argmax(w)) for w in refs]) == truth))}/{len(truth)})"]
+        for quantize in (False, True):
+            r = RKNN(verbose=False)
+            assert r.config(target_platform="rk3588") == 0
+            assert r.load_tflite(str(path)) == 0, r.last_error
+            assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+            assert r.init_runtime() == 0
+            cells.append(cell([r.inference(inputs=[x])[0] for x in held]))
+            if quantize:
+                said, vout = _vendor(path, {"loader": "tflite", "mean": None}, calib, held, work)
+                cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell([o[0] for o in vout]))
+                cells.append(litert(r, [[x] for x in held[:10]], work, input_dtype="float32"))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality)
+        face_quality, micro_lstm)
 
 
 def main() -> None:
