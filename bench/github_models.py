@@ -38,6 +38,11 @@ repositories (Apache-2.0 or MIT, as each says):
   sigmoid heat map, a 3x3 MaxPool equal to it marks the peaks, TopK keeps 200; hpc203/M-LSD-onnxrun-cpp-py), on
   the repository's indoor photos and the shared images; the metric: the float model's centres (score > 0.1) with an
   int8 centre within one pixel, and the int8 centres with no float one there.
+Later rounds (each row's docstring says how it is fed and judged): gfl_detector (NanoDet-m), lanes (LSTR), pose
+(MoveNet's int8 TFLite), light_faces (Ultra-Light RFB-640), yunet, gestures (two TFLite MLPs), caffe_faces (three
+Caffe files), enhancement (PairLIE, LYT-Net, CSRNet: image to image, judged by PSNR), v8_faces (YOLOv8-lite-t faces),
+face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorFlow Lite Micro's MNIST LSTM, float and
+int8) and pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -1116,9 +1121,69 @@ def micro_lstm(cache: Path, work: Path) -> list:
     return rows
 
 
+def _imagenet_crops() -> list:
+    """The shared ImageNet photos as torchvision's eval transform crops them: RGB, short side to 256, centre 224."""
+    import cv2
+
+    from arrivals import SHARED
+
+    out = []
+    for f in sorted((SHARED / "imagenet").glob("*.JPEG")):
+        im = cv2.imread(str(f))[:, :, ::-1]
+        h, w = im.shape[:2]
+        s = 256 / min(h, w)
+        im = cv2.resize(im, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR)
+        top, left = (im.shape[0] - 224) // 2, (im.shape[1] - 224) // 2
+        out.append(np.ascontiguousarray(im[top:top + 224, left:left + 224]))
+    return out
+
+
+def pytorch_int8_tflite(cache: Path, work: Path) -> list:
+    """A MobileNetV2 quantization-aware-trained in PyTorch and written as an int8 TFLite file with its NCHW input
+    kept ([1, 3, 224, 224]; TRANSPOSE ops inside; TensorFlow Lite Micro's third_party/xtensa/examples/
+    pytorch_to_tflite), fed ImageNet-normalised crops of the shared photos (mean / std given to config(), the file
+    quantizes them with its own input scale). Reference: LiteRT on the file. The metric: its top-1 class kept, on
+    the odd-numbered photos (the even ones calibrate the requantized build)."""
+    from openrknn.api import RKNN
+
+    from arrivals import litert
+
+    path = fetch_github(cache, "tflm", "third_party/xtensa/examples/pytorch_to_tflite/"
+                        "mobilenet_v2_quantized_1x3x224x224.tflite", "2778683128d56fe4")
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    crops = _imagenet_crops()
+    calib, held = crops[0::2], crops[1::2]
+    refs = _litert_sequences(path, [((c - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+                                    for c in held])
+    for k, c in enumerate(calib):
+        np.save(work / f"i{k}.npy", c[None])
+    (work / "ds.txt").write_text("".join(f"i{k}.npy\n" for k in range(len(calib))))
+
+    def cell(outs):
+        return f"top-1 kept {sum(int(np.argmax(o) == np.argmax(w)) for o, w in zip(outs, refs))}/{len(refs)}"
+
+    cells = [f"MobileNetV2 int8 TFLite from PyTorch QAT (NCHW input kept, TRANSPOSE inside; {len(held)} ImageNet "
+             "photos, against LiteRT on the file)"]
+    for quantize in (False, True):
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588", mean_values=[mean], std_values=[std]) == 0
+        assert r.load_tflite(str(path)) == 0, r.last_error
+        assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+        assert r.init_runtime() == 0
+        cells.append(cell([r.inference(inputs=[c[None]])[0] for c in held]) + (
+            "" if quantize else " (the file's own scales)"))
+        if quantize:
+            said, vout = _vendor(path, {"loader": "tflite", "mean": mean, "std": std},
+                                 [c.transpose(2, 0, 1)[None] for c in calib], [c[None] for c in held], work)
+            cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell([o[0] for o in vout]))
+            cells.append(litert(r, [[c[None]] for c in held[:4]], work))
+        r.release()
+    return cells
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm)
+        face_quality, micro_lstm, pytorch_int8_tflite)
 
 
 def main() -> None:
