@@ -367,3 +367,47 @@ def test_int8_build_of_tensorflow_mobilenet(tmp_path):
     want = _run(loaded.model, (img - 127.5) / 127.5)[0]
     got = _run(res.model, img)[0]
     assert cosine(got, want) >= 0.98
+
+
+def test_a_tflite_file_with_an_nchw_input_stays_nchw(tmp_path):
+    """A file written from PyTorch keeps its NCHW input ([1, 3, H, W], a TRANSPOSE to NHWC inside; TensorFlow Lite
+    Micro's int8 MobileNetV2 from PyTorch QAT is so): input_is_nchw=True, which a user reading 'my input is NCHW'
+    sets, leaves it as it is instead of taking it for an NHWC input with 16 channels, and the three channels are the
+    ones a build normalises."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from openrknn.export.tflite.writer import Model, serialize
+    from openrknn.frontends.tflite import load_tflite
+
+    rng = np.random.default_rng(9)
+    m = Model()
+    x = m.add_tensor("x", [1, 3, 16, 16], np.float32)
+    m.inputs = [x.index]
+    nhwc = m.add_tensor("nhwc", [1, 16, 16, 3], np.float32)
+    m.add_op("TRANSPOSE", [x, m.add_const("perm", np.array([0, 2, 3, 1], np.int32))], [nhwc])
+    y = m.add_tensor("y", [1, 16, 16, 4], np.float32)
+    m.add_op("CONV_2D", [nhwc, m.add_const("w", rng.normal(0, .3, (4, 3, 3, 3)).astype(np.float32)),
+                         m.add_const("b", np.zeros(4, np.float32))], [y],
+             ("Conv2DOptions", {"Padding": 0, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+                                "DilationWFactor": 1, "DilationHFactor": 1}))
+    m.outputs = [y.index]
+    path = tmp_path / "nchw.tflite"
+    path.write_bytes(serialize(m))
+    img = rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], np.ascontiguousarray(((img - 127.5) / 64).transpose(0, 3, 1, 2)))
+    it.invoke()
+    want = it.get_tensor(it.get_output_details()[0]["index"])
+    for flag in (False, True):
+        loaded = load_tflite(path, input_is_nchw=flag)
+        assert [d.dim_value for d in loaded.model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 16, 16]
+        assert not flag or any("NCHW in the file already" in n for n in loaded.notes)
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588", mean_values=[[127.5] * 3], std_values=[[64] * 3]) == 0
+        assert r.load_tflite(str(path), input_is_nchw=flag) == 0
+        assert r.build(do_quantization=False) == 0, r.last_error
+        assert r.init_runtime() == 0
+        got = np.asarray(r.inference(inputs=[img])[0]).reshape(want.shape)
+        assert np.abs(got - want).max() < 1e-4
+        r.release()

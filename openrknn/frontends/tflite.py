@@ -189,7 +189,14 @@ class _Reader:
                 raise ModelLoadError(f"input '{self.tname(i)}' has shape {shape}; openrknn needs static input "
                                      "shapes")
             dtype = _NP.get(self.tensor(i).Type())
-            if len(shape) == 4 and self.input_is_nchw:
+            file_nchw = len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4)
+            if file_nchw and self.input_is_nchw:
+                # a file written from PyTorch keeps its NCHW input: it is NCHW already, not an NHWC to present so
+                self.notes.append(f"input '{self.tname(i)}' {shape} is NCHW in the file already; input_is_nchw "
+                                  "leaves it as it is")
+                name = self.b.add_input(self.tname(i), shape)
+                layout = "nhwc"  # the file's own layout, whatever its dims mean
+            elif len(shape) == 4 and self.input_is_nchw:
                 n, h, w, c = shape
                 name = self.b.add_input(self.tname(i), [n, c, h, w])
                 layout = "nchw"
@@ -208,7 +215,7 @@ class _Reader:
                                   f"std_values=[{1 / scale:.6g}]) feeds it the same integers (the default when "
                                   "config() gives no mean/std)")
                 if len(shape) == 4:
-                    c = shape[3]
+                    c = shape[1] if file_nchw else shape[3]
                     self.input_normalisation[name] = ([float(mean)] * c, [1 / scale] * c)
             self.put(i, name, layout)
         displays = [self.b.unique(self.tname(g.Outputs(k))) for k in range(g.OutputsLength())]  # kept for them
