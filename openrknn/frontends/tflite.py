@@ -728,15 +728,14 @@ def _sequence_lstm(r, op, ins, outs, layer):
     refused by name."""
     opt = r.options(op, "UnidirectionalSequenceLSTMOptions")
     given = [k < len(ins) and ins[k] >= 0 for k in range(24)]
-    missing = [what for what, ks in (("an input gate (a CIFG LSTM couples it to the forget gate)", (1, 5, 12)),
-                                     ("a projection", (16, 17)), ("layer normalisation", (20, 21, 22, 23)))
-               if (what.startswith("an input") and not all(given[k] for k in ks))
-               or (not what.startswith("an input") and any(given[k] for k in ks))]
     act = _LSTM_ACTS.get(opt.FusedActivationFunction())
-    if missing or act is None:
-        what = missing[0] if missing else f"a {_ACT.get(opt.FusedActivationFunction(), '?')} cell activation"
-        raise ModelLoadError(f"TFLite layer '{layer}' (UNIDIRECTIONAL_SEQUENCE_LSTM) has {what}, which ONNX's LSTM "
-                             "cannot express; convert the model to ONNX with a tool that unrolls it and use "
+    problem = ("no input gate (a CIFG LSTM couples it to the forget gate)" if not all(given[k] for k in (1, 5, 12))
+               else "a projection" if given[16] or given[17]
+               else "layer normalisation" if any(given[20:24])
+               else f"a {_ACT.get(opt.FusedActivationFunction(), '?')} cell activation" if act is None else "")
+    if problem:
+        raise ModelLoadError(f"TFLite layer '{layer}' (UNIDIRECTIONAL_SEQUENCE_LSTM) has {problem}, which ONNX's "
+                             "LSTM cannot express; convert the model to ONNX with a tool that unrolls it and use "
                              "load_onnx()")
 
     def stacked(first: int):  # four per-gate constants from index ``first`` on, in ONNX's gate order

@@ -173,7 +173,7 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> Tuple[np.ndarray, bool
         pass
     elif shape and shape[0] == 1 and arr.shape == shape[1:]:
         arr = arr.reshape(shape)
-    elif nchw is not None and arr.shape in (nchw, nchw[1:]):
+    elif transposed:
         arr = arr.reshape(nchw).transpose(0, 2, 3, 1)
     else:
         hint = f"[{', '.join(map(str, shape[1:]))}] or " if shape and shape[0] == 1 else ""
