@@ -411,3 +411,43 @@ def test_a_tflite_file_with_an_nchw_input_stays_nchw(tmp_path):
         got = np.asarray(r.inference(inputs=[img])[0]).reshape(want.shape)
         assert np.abs(got - want).max() < 1e-4
         r.release()
+
+
+def test_a_16x8_conv_reads_its_int64_bias_and_unnamed_tensors(tmp_path):
+    """A 16x8 TFLite conv (int16 activations, int8 weights; TensorFlow Lite Micro's SEANet layer tests) keeps its
+    bias as int64 with a per-channel scale: read as raw integers it was off by 1e5 int16 steps. Its input tensor
+    carries no name either, which crashed the loader. The loaded graph now gives LiteRT's int16 kernel's result
+    within a step and a half."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from openrknn.export.tflite.writer import Model, Quant, serialize
+    from openrknn.frontends.tflite import load_tflite
+
+    rng = np.random.default_rng(21)
+    s_in, s_out = 0.0009, 0.0017
+    w = rng.integers(-127, 128, (3, 3, 3, 2)).astype(np.int8)
+    s_w = np.array([0.009, 0.013, 0.011], np.float32)
+    bias = rng.integers(-20000, 20000, 3).astype(np.int64)
+    m = Model()
+    x = m.add_tensor("", [1, 6, 6, 2], np.int16, Quant.per_tensor(s_in, 0))
+    m.inputs = [x.index]
+    y = m.add_tensor("y", [1, 4, 4, 3], np.int16, Quant.per_tensor(s_out, 0))
+    s_b = (s_w * np.float32(s_in)).astype(np.float32)
+    m.add_op("CONV_2D", [x, m.add_const("w", w, Quant(s_w, np.zeros(3, np.int64), 0)),
+                         m.add_const("b", bias, Quant(s_b, np.zeros(3, np.int64), 0))], [y],
+             ("Conv2DOptions", {"Padding": 1, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+                                "DilationWFactor": 1, "DilationHFactor": 1}), version=4)
+    m.outputs = [y.index]
+    path = tmp_path / "conv16x8.tflite"
+    path.write_bytes(serialize(m))
+    q = rng.integers(-6000, 6000, (1, 6, 6, 2)).astype(np.int16)
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], q)
+    it.invoke()
+    want = it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float64)
+    loaded = load_tflite(path)
+    assert any("int16 activations" in n for n in loaded.notes)
+    sess = ort.InferenceSession(loaded.model.SerializeToString())
+    got = sess.run(None, {sess.get_inputs()[0].name: q.astype(np.float32) * np.float32(s_in)})[0]
+    assert np.abs(got.reshape(want.shape) / s_out - want).max() < 1.5

@@ -18,7 +18,7 @@ from ..config import BuildConfig
 from ..errors import BuildError, ConfigError
 from ..frontends import LoadedModel
 from ..package import RknnPackage
-from .float_graph import build_float_graph, file_normalisation
+from .float_graph import build_float_graph, file_layouts, file_normalisation
 from .package_meta import BuildFlags, make_package, source_record
 from .quantize import quantize_float_graph
 
@@ -79,7 +79,7 @@ def build(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions = BuildOptio
     from threadpoolctl import threadpool_limits
 
     opts.validate()
-    cfg = file_normalisation(loaded, cfg)
+    cfg = file_layouts(loaded, file_normalisation(loaded, cfg))
     # numpy's BLAS on one thread for the whole build: its matrices here are small, and its idle threads spin on the
     # cores that onnxruntime and our own worker threads use (auto hybrid's sensitivity ranking on nanodet-m, two
     # units at a time: 16 s with BLAS threads, 10 s without)

@@ -54,6 +54,23 @@ def file_normalisation(loaded: LoadedModel, cfg: BuildConfig) -> BuildConfig:
     return dataclasses.replace(cfg, mean_values=mean, std_values=std)
 
 
+def file_layouts(loaded: LoadedModel, cfg: BuildConfig) -> BuildConfig:
+    """The layout a file states for its inputs (a TFLite input is NHWC whatever its dims look like: [1, 3, 22, 32]
+    is 3 rows of 22 columns of 32 channels there) is the default where config(input_layout=...) says nothing; the
+    shape alone would read that one as NCHW with 3 channels."""
+    stated = loaded.input_layouts
+    if not stated or cfg.input_layout is not None:
+        return cfg
+    layouts = [stated.get(i.name, "auto") for i in loaded.model.graph.input]
+    if all(v == "auto" for v in layouts):
+        return cfg
+    for i, v in zip(loaded.model.graph.input, layouts):
+        if v != "auto":
+            log.info("input '%s': %s, as the %s file lays it out (config(input_layout=...) overrides)", i.name,
+                     v.upper(), loaded.framework)
+    return dataclasses.replace(cfg, input_layout=layouts)
+
+
 def fold_shape_arithmetic(model: onnx.ModelProto, cfg: BuildConfig, notes: List[str]) -> onnx.ModelProto:
     """Shape computations (exporters' SAME-padding and resize arithmetic: Shape -> Gather -> ... -> Pad) are folded
     by onnxruntime, the reference implementation, before the graph optimiser: onnxslim's own folding evaluates a Slice

@@ -34,7 +34,7 @@ from ..quant.ir import GraphInfo
 from ..quant.pipeline import decodes_step_by_step
 from ..quant.plan import ALL_PRE_ACTIVATIONS
 from .build import BuildOptions, BuildResult, build_once
-from .float_graph import build_float_graph, file_normalisation
+from .float_graph import build_float_graph, file_layouts, file_normalisation
 from .package_meta import BuildFlags, make_package, source_record
 from .quantize import calibration_data, quant_options, quantization_record
 
@@ -126,7 +126,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     sensitive one)."""
     import yaml
 
-    cfg = file_normalisation(loaded, cfg)
+    cfg = file_layouts(loaded, file_normalisation(loaded, cfg))
     float_model, metas, notes = build_float_graph(loaded, cfg)
     feeds = _calibration_feeds(dataset, metas, cfg)
     result = quantize(float_model, feeds, quant_options(cfg), progress)

@@ -370,6 +370,13 @@ def build_kept(loaded, cfg, dataset: Optional[str], progress: bool = True):
     else:  # build(do_quantization=False)'s dataset is optional (the vendor ignores it)
         log.info("no calibration dataset (%s): tensors the source left unquantized get ranges from synthetic "
                  "inputs", dataset or "none given")
+        loose = [m["name"] for m in metas if m["name"] not in fixed and f"{PRE_PREFIX}/{m['name']}/model_input" not in
+                 fixed]
+        if loose:
+            # synthetic pixels (0..255) or normal noise would set this input's range: right only by chance
+            log.warning("input(s) %s carry no quantization in the source (a 16x8 TFLite's int16 input, a QDQ model's "
+                        "float input), so synthetic values set their ranges and real inputs of another range come "
+                        "out wrong; give build(dataset=...) real inputs", ", ".join(repr(n) for n in loose))
         dataset = None
         feeds = synthetic_feeds(metas)
     result = quantize(float_model, feeds, kept_options(cfg, fixed), progress)

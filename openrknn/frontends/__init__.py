@@ -27,6 +27,9 @@ class LoadedModel:
     # inputs the file takes as integer pixels (a quantized TFLite input): {input name: (mean, std) per channel} that
     # feed those integers as they are; build() uses them when config() gives no mean/std
     input_normalisation: Optional[dict] = None
+    # the layout the file states for its 4-D inputs ({input name: 'nhwc' | 'nchw'}: TFLite's are NHWC whatever their
+    # dims look like); build() takes it where config(input_layout=...) says nothing
+    input_layouts: Optional[dict] = None
 
     @property
     def input_names(self) -> List[str]:

@@ -66,6 +66,8 @@ class _Reader:
         self.quantized = 0
         self.sparse = 0
         self.input_normalisation: Dict[str, tuple] = {}
+        self.input_layouts: Dict[str, str] = {}
+        self.int16_activations = 0  # a 16x8 model's: an 8-bit QDQ graph cannot hold their scales
         self.notes: List[str] = []
 
     # ---- tensors ----------------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ class _Reader:
         return self.g.Tensors(i)
 
     def tname(self, i: int) -> str:
-        return self.tensor(i).Name().decode("utf-8", "replace") or f"tensor_{i}"
+        return (self.tensor(i).Name() or b"").decode("utf-8", "replace") or f"tensor_{i}"
 
     def shape(self, i: int) -> List[int]:
         t = self.tensor(i)
@@ -120,7 +122,7 @@ class _Reader:
         if a is None:
             return None
         q = self.qparams(i)
-        if q is not None and a.dtype in (np.int8, np.uint8, np.int16, np.int32):
+        if q is not None and a.dtype in (np.int8, np.uint8, np.int16, np.int32, np.int64):  # int64: a 16x8 bias
             scale, zp, axis = q
             shape = [1] * a.ndim
             if scale.size > 1:
@@ -169,6 +171,8 @@ class _Reader:
         """Record op output tensor i; a quantized activation gets its QuantizeLinear -> DequantizeLinear."""
         q = self.qparams(i)
         dtype = _NP.get(self.tensor(i).Type())
+        if q is not None and dtype == np.int16:
+            self.int16_activations += 1
         if q is not None and dtype in (np.int8, np.uint8) and q[0].size == 1:
             scale, zp, _ = q
             base = self.tname(i)
@@ -189,7 +193,7 @@ class _Reader:
                 raise ModelLoadError(f"input '{self.tname(i)}' has shape {shape}; openrknn needs static input "
                                      "shapes")
             dtype = _NP.get(self.tensor(i).Type())
-            file_nchw = len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4)
+            file_nchw = len(shape) == 4 and self._read_as_nchw(i)
             if file_nchw and self.input_is_nchw:
                 # a file written from PyTorch keeps its NCHW input: it is NCHW already, not an NHWC to present so
                 self.notes.append(f"input '{self.tname(i)}' {shape} is NCHW in the file already; input_is_nchw "
@@ -203,6 +207,8 @@ class _Reader:
             else:
                 name = self.b.add_input(self.tname(i), shape)
                 layout = "nhwc"
+            if len(shape) == 4:  # build() takes the layout the file states, unless config(input_layout=...) says
+                self.input_layouts[name] = "nchw" if file_nchw or self.input_is_nchw else "nhwc"
             if dtype not in (np.float32, np.int8, np.uint8, np.int16):
                 raise ModelLoadError(f"input '{self.tname(i)}' has type {dtype}; openrknn loads float and "
                                      "quantized-integer TFLite inputs")
@@ -247,6 +253,23 @@ class _Reader:
         if handler is None:
             raise UnsupportedLayer("TFLite", layer, kind)
         handler(self, op, ins, outs, layer)
+
+    def _read_as_nchw(self, i: int) -> bool:
+        """The file's own ops read 4-D input i as NCHW: every reader is a TRANSPOSE to NHWC (a file written from
+        PyTorch keeps its input so). TFLite's convention otherwise: NHWC, whatever the dims look like."""
+        readers = []
+        for k in range(self.g.OperatorsLength()):
+            op = self.g.Operators(k)
+            if op.InputsLength() and i in [int(x) for x in op.InputsAsNumpy()]:
+                readers.append(op)
+        for op in readers:
+            oc = self.model.OperatorCodes(op.OpcodeIndex())
+            if self.opcode2name(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())) != "TRANSPOSE":
+                return False
+            perm = self.array(int(op.InputsAsNumpy()[1]))
+            if perm is None or [int(v) for v in np.ravel(perm)] != [0, 2, 3, 1]:
+                return False
+        return bool(readers)
 
     def options(self, op, cls_name: str):
         table = op.BuiltinOptions()
@@ -862,9 +885,14 @@ def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:
                      "DequantizeLinear")
     if reader.sparse:
         notes.append(f"{reader.sparse} sparse weight(s) densified")
+    if reader.int16_activations:
+        notes.append(f"{reader.int16_activations} int16 activations (a 16x8 model) load as float: their scales are "
+                     "not kept, and build(do_quantization=False) quantizes them from its dataset at the configured "
+                     "quantized_dtype (give it real inputs)")
     notes += reader.notes
     if reader.model.SubgraphsLength() > 1 and not any(n.startswith("IF ") for n in reader.notes):
         notes.append(f"only the main subgraph of {reader.model.SubgraphsLength()} was converted")
     log.info("loaded TFLite %s: %s", path, notes[0])
     return LoadedModel(model, "tflite", str(path), file_sha256(path), notes,
-                       input_normalisation=reader.input_normalisation or None)
+                       input_normalisation=reader.input_normalisation or None,
+                       input_layouts=reader.input_layouts or None)
