@@ -451,3 +451,38 @@ def test_a_16x8_conv_reads_its_int64_bias_and_unnamed_tensors(tmp_path):
     sess = ort.InferenceSession(loaded.model.SerializeToString())
     got = sess.run(None, {sess.get_inputs()[0].name: q.astype(np.float32) * np.float32(s_in)})[0]
     assert np.abs(got.reshape(want.shape) / s_out - want).max() < 1.5
+
+
+def test_a_tflite_input_is_nhwc_whatever_its_dims_look_like(tmp_path):
+    """TFLite lays a 4-D input out NHWC: [1, 3, 8, 16] is 3 rows of 8 columns of 16 channels (SEANet's layers are so).
+    With no conv first to say so, the shape alone read it as NCHW with 3 channels and build() asked for [1, 8, 16, 3];
+    the loader now states the file's layout, and inference takes the file's own tensor."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from openrknn.export.tflite.writer import Model, serialize
+
+    rng = np.random.default_rng(22)
+    m = Model()
+    x = m.add_tensor("x", [1, 3, 8, 16], np.float32)
+    m.inputs = [x.index]
+    y = m.add_tensor("y", [1, 3, 8, 16], np.float32)
+    m.add_op("MUL", [x, m.add_const("k", rng.normal(0, 1, (16,)).astype(np.float32))], [y],
+             ("MulOptions", {"FusedActivationFunction": 0}))
+    m.outputs = [y.index]
+    path = tmp_path / "nhwc.tflite"
+    path.write_bytes(serialize(m))
+    feed = rng.normal(0, 1, (1, 3, 8, 16)).astype(np.float32)
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], feed)
+    it.invoke()
+    want = it.get_tensor(it.get_output_details()[0]["index"])
+    r = RKNN(verbose=False)
+    assert r.config(target_platform="rk3588") == 0
+    assert r.load_tflite(str(path)) == 0
+    assert r.build(do_quantization=False) == 0, r.last_error
+    assert r.init_runtime() == 0
+    got = r.inference(inputs=[feed])
+    assert got is not None, r.last_error
+    assert np.abs(np.asarray(got[0]).reshape(want.shape) - want).max() < 1e-5
+    r.release()
