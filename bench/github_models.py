@@ -42,7 +42,8 @@ Later rounds (each row's docstring says how it is fed and judged): gfl_detector 
 (MoveNet's int8 TFLite), light_faces (Ultra-Light RFB-640), yunet, gestures (two TFLite MLPs), caffe_faces (three
 Caffe files), enhancement (PairLIE, LYT-Net, CSRNet: image to image, judged by PSNR), v8_faces (YOLOv8-lite-t faces),
 face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorFlow Lite Micro's MNIST LSTM, float and
-int8) and pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input).
+int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
+(TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -1181,9 +1182,65 @@ def pytorch_int8_tflite(cache: Path, work: Path) -> list:
     return cells
 
 
+# TensorFlow Lite Micro's SEANet layer tests: (folder, how many)
+SEANET = (("add", 17), ("conv", 22), ("leaky_relu", 23), ("pad", 19), ("strided_slice", 34), ("sub", 5),
+          ("transpose_conv", 5), ("quantize", 2))
+
+
+def int16_layers(cache: Path, work: Path) -> list:
+    """TensorFlow Lite Micro's integration tests of SEANet's layers (tensorflow/lite/micro/integration_tests/seanet:
+    16x8 TFLite files, int16 activations and int8 weights, each with the int16 input and the golden output of its
+    reference kernels), through load_tflite and onnxruntime on the loaded graph: the largest difference from the
+    golden output in int16 steps, over the values the file's kernels did not saturate (a float graph does not clamp
+    at int16's ends). Files whose runtime inputs include what the loader takes as constants are skipped."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from openrknn.frontends.tflite import load_tflite
+
+    folder = "tensorflow/lite/micro/integration_tests/seanet/"
+    worst, within, tried, failed = {}, 0, 0, []
+    for op, count in SEANET:
+        for k in range(count):
+            path = fetch_github(cache, "tflm", f"{folder}{op}/{op}{k}.tflite")
+            it = Interpreter(model_path=str(path))
+            dets, od = it.get_input_details(), it.get_output_details()[0]
+            # the csv files beside it (fetched with it): inputs and golden output, named by their integer type
+            arrs = [np.loadtxt(f, delimiter=",", dtype=np.int64).ravel()
+                    for f in sorted(path.parent.glob(f"{op}{k}_input*.csv"))]
+            if sorted(a.size for a in arrs) != sorted(int(np.prod(d["shape"])) for d in dets):
+                continue
+            feeds = []
+            for d in dets:  # the csv files in the order of the inputs of their sizes
+                q = arrs.pop(next(j for j, a in enumerate(arrs) if a.size == int(np.prod(d["shape"]))))
+                feeds.append(((q.reshape(d["shape"]) - d["quantization"][1]) * d["quantization"][0]).astype(np.float32))
+            gold = np.loadtxt(next(path.parent.glob(f"{op}{k}_golden_*.csv")), delimiter=",",
+                              dtype=np.int64).reshape(od["shape"])
+            scale, zero = od["quantization"]
+            info = np.iinfo(od["dtype"])
+            keep = (gold > info.min) & (gold < info.max)
+            tried += 1
+            try:
+                sess = ort.InferenceSession(load_tflite(path).model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"])
+                got = sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), feeds)})[0].reshape(gold.shape)
+            except Exception as e:  # the table shows it
+                failed.append(f"{op}{k} ({str(e).split(';')[0][-40:]})")
+                continue
+            err = float(np.abs(got / scale + zero - gold)[keep].max()) if keep.any() else 0.0
+            worst[op] = max(worst.get(op, 0.0), err)
+            within += err <= 2.5
+    return [f"SEANet's 16x8 layers from TensorFlow Lite Micro's integration tests ({tried} files, {len(SEANET)} op "
+            "kinds; golden int16 outputs of its reference kernels)",
+            f"{within}/{tried} within 2.5 int16 steps of the golden output; largest per op: " +
+            ", ".join(f"{op} {v:.1f}" for op, v in worst.items()) + (f"; refused: {', '.join(failed)}" if failed
+                                                                       else ""),
+            "(not built: a w8a8 build quantizes these activations to 8 bits)", ""]
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers)
 
 
 def main() -> None:
