@@ -788,13 +788,36 @@ def yunet(cache: Path, work: Path) -> list:
                                lambda outs: _faces_cell(refs, [_yunet_faces(o) for o in outs]), 12, work)
 
 
+def _tflite_builds(path: Path, dataset: Path, feeds: list, cell, vendor: tuple, work: Path, litert_feeds: int,
+                   input_dtype: str = "uint8", **config) -> list:
+    """The float and w8a8 cells of a .tflite file built through load_tflite: each build's first output on ``feeds``
+    scored by ``cell`` (the list of outputs -> a cell), rknn-toolkit2 beside the w8a8 one (``vendor``: its job and
+    its calibration arrays), then LiteRT's cell on the w8a8 export over the first ``litert_feeds`` feeds."""
+    from openrknn.api import RKNN
+
+    from arrivals import litert
+
+    cells = []
+    for quantize in (False, True):
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588", **config) == 0
+        assert r.load_tflite(str(path)) == 0, r.last_error
+        assert r.build(do_quantization=quantize, dataset=str(dataset)) == 0, r.last_error
+        assert r.init_runtime() == 0
+        cells.append(cell([r.inference(inputs=[x])[0] for x in feeds]))
+        if quantize:
+            said, vout = _vendor(path, vendor[0], vendor[1], feeds, work)
+            cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell([o[0] for o in vout]))
+            cells.append(litert(r, [[x] for x in feeds[:litert_feeds]], work, input_dtype=input_dtype))
+        r.release()
+    return cells
+
+
 def gestures(cache: Path, work: Path) -> list:
     """The two gesture classifiers of hand-gesture-recognition-using-mediapipe (Keras MLPs as float TFLite: 21 hand
     keypoints, or a 16-step fingertip history, as relative coordinates in; the gesture's probabilities out), on the
     repository's own labelled recordings (keypoint.csv, point_history.csv): one row in ten calibrates, the rest
     evaluate. The metric: accuracy against the recorded labels and agreement with the float model's choice."""
-    from openrknn.api import RKNN
-
     rows = []
     for name, size, shas in (("keypoint_classifier", 42, ("de646612f7294152", "2684890313fd6e6e")),
                               ("point_history_classifier", 32, ("b726eb7c146d5213", "13a9881cd5e047bd"))):
@@ -807,7 +830,8 @@ def gestures(cache: Path, work: Path) -> list:
         calib, held, truth = x[0::10], np.delete(x, np.s_[0::10], 0), np.delete(labels, np.s_[0::10])
         ref = np.array([int(o.argmax()) for o in _litert_first_output(path, [v[None] for v in held])])
 
-        def cell(choice):
+        def cell(outs):
+            choice = np.array([int(np.argmax(o)) for o in outs])
             return (f"accuracy {np.mean(choice == truth):.4f}, the float model's choice on "
                     f"{int(np.sum(choice == ref))}/{len(ref)}")
 
@@ -816,23 +840,9 @@ def gestures(cache: Path, work: Path) -> list:
         for k, v in enumerate(calib):
             np.save(work / f"g{k}.npy", v[None])
         (work / "ds.txt").write_text("".join(f"g{k}.npy\n" for k in range(len(calib))))
-        for quantize in (False, True):
-            r = RKNN(verbose=False)
-            assert r.config(target_platform="rk3588") == 0
-            assert r.load_tflite(str(path)) == 0, r.last_error
-            assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
-            assert r.init_runtime() == 0
-            outs = [r.inference(inputs=[v[None]])[0] for v in held]
-            cells.append(cell(np.array([int(np.argmax(o)) for o in outs])))
-            if quantize:
-                job = {"loader": "tflite", "mean": None}
-                said, vout = _vendor(path, job, [v[None] for v in calib], [v[None] for v in held], work)
-                cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell(
-                    np.array([int(np.argmax(o[0])) for o in vout])))
-                from arrivals import litert
-
-                cells.append(litert(r, [[v[None]] for v in held[:50]], work, input_dtype="float32"))
-            r.release()
+        cells += _tflite_builds(path, work / "ds.txt", [v[None] for v in held], cell,
+                                ({"loader": "tflite", "mean": None}, [v[None] for v in calib]), work, 50,
+                                input_dtype="float32")
         rows.append(cells)
     return rows
 
@@ -1080,10 +1090,6 @@ def micro_lstm(cache: Path, work: Path) -> list:
     states reset for each image. The metric: the digit read and the probabilities' largest difference."""
     import cv2
 
-    from openrknn.api import RKNN
-
-    from arrivals import litert
-
     folder = "tensorflow/lite/micro/examples/mnist_lstm/"
     digits = [cv2.imread(str(fetch_github(cache, "tflm", f"{folder}samples/sample{k}.png")), cv2.IMREAD_GRAYSCALE)
               for k in range(10)]
@@ -1106,18 +1112,8 @@ def micro_lstm(cache: Path, work: Path) -> list:
 
         cells = [f"MNIST LSTM, {name} (28 steps x 28 pixels, 20 units; {len(held)} images; LiteRT reads "
                  f"{int(np.sum(np.array([int(np.argmax(w)) for w in refs]) == truth))}/{len(truth)})"]
-        for quantize in (False, True):
-            r = RKNN(verbose=False)
-            assert r.config(target_platform="rk3588") == 0
-            assert r.load_tflite(str(path)) == 0, r.last_error
-            assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
-            assert r.init_runtime() == 0
-            cells.append(cell([r.inference(inputs=[x])[0] for x in held]))
-            if quantize:
-                said, vout = _vendor(path, {"loader": "tflite", "mean": None}, calib, held, work)
-                cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell([o[0] for o in vout]))
-                cells.append(litert(r, [[x] for x in held[:10]], work, input_dtype="float32"))
-            r.release()
+        cells += _tflite_builds(path, work / "ds.txt", held, cell, ({"loader": "tflite", "mean": None}, calib), work,
+                                10, input_dtype="float32")
         rows.append(cells)
     return rows
 
@@ -1145,9 +1141,6 @@ def pytorch_int8_tflite(cache: Path, work: Path) -> list:
     pytorch_to_tflite), fed ImageNet-normalised crops of the shared photos (mean / std given to config(), the file
     quantizes them with its own input scale). Reference: LiteRT on the file. The metric: its top-1 class kept, on
     the odd-numbered photos (the even ones calibrate the requantized build)."""
-    from openrknn.api import RKNN
-
-    from arrivals import litert
 
     path = fetch_github(cache, "tflm", "third_party/xtensa/examples/pytorch_to_tflite/"
                         "mobilenet_v2_quantized_1x3x224x224.tflite", "2778683128d56fe4")
@@ -1165,20 +1158,10 @@ def pytorch_int8_tflite(cache: Path, work: Path) -> list:
 
     cells = [f"MobileNetV2 int8 TFLite from PyTorch QAT (NCHW input kept, TRANSPOSE inside; {len(held)} ImageNet "
              "photos, against LiteRT on the file)"]
-    for quantize in (False, True):
-        r = RKNN(verbose=False)
-        assert r.config(target_platform="rk3588", mean_values=[mean], std_values=[std]) == 0
-        assert r.load_tflite(str(path)) == 0, r.last_error
-        assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
-        assert r.init_runtime() == 0
-        cells.append(cell([r.inference(inputs=[c[None]])[0] for c in held]) + (
-            "" if quantize else " (the file's own scales)"))
-        if quantize:
-            said, vout = _vendor(path, {"loader": "tflite", "mean": mean, "std": std},
-                                 [c.transpose(2, 0, 1)[None] for c in calib], [c[None] for c in held], work)
-            cells[-1] += f"; {said}" + ("" if vout is None else ": " + cell([o[0] for o in vout]))
-            cells.append(litert(r, [[c[None]] for c in held[:4]], work))
-        r.release()
+    vendor = ({"loader": "tflite", "mean": mean, "std": std}, [c.transpose(2, 0, 1)[None] for c in calib])
+    cells += _tflite_builds(path, work / "ds.txt", [c[None] for c in held], cell, vendor, work, 4,
+                            mean_values=[mean], std_values=[std])
+    cells[1] += " (the file's own scales)"
     return cells
 
 
