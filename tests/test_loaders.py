@@ -374,7 +374,6 @@ def test_a_tflite_file_with_an_nchw_input_stays_nchw(tmp_path):
     Micro's int8 MobileNetV2 from PyTorch QAT is so): input_is_nchw=True, which a user reading 'my input is NCHW'
     sets, leaves it as it is instead of taking it for an NHWC input with 16 channels, and the three channels are the
     ones a build normalises."""
-    from ai_edge_litert.interpreter import Interpreter
 
     from openrknn.export.tflite.writer import Model, serialize
     from openrknn.frontends.tflite import load_tflite
@@ -394,11 +393,7 @@ def test_a_tflite_file_with_an_nchw_input_stays_nchw(tmp_path):
     path = tmp_path / "nchw.tflite"
     path.write_bytes(serialize(m))
     img = rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], np.ascontiguousarray(((img - 127.5) / 64).transpose(0, 3, 1, 2)))
-    it.invoke()
-    want = it.get_tensor(it.get_output_details()[0]["index"])
+    want = _litert(path, np.ascontiguousarray(((img - 127.5) / 64).transpose(0, 3, 1, 2)))[0]
     for flag in (False, True):
         loaded = load_tflite(path, input_is_nchw=flag)
         assert [d.dim_value for d in loaded.model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 16, 16]
@@ -418,7 +413,6 @@ def test_a_16x8_conv_reads_its_int64_bias_and_unnamed_tensors(tmp_path):
     bias as int64 with a per-channel scale: read as raw integers it was off by 1e5 int16 steps. Its input tensor
     carries no name either, which crashed the loader. The loaded graph now gives LiteRT's int16 kernel's result
     within a step and a half."""
-    from ai_edge_litert.interpreter import Interpreter
 
     from openrknn.export.tflite.writer import Model, Quant, serialize
     from openrknn.frontends.tflite import load_tflite
@@ -441,11 +435,7 @@ def test_a_16x8_conv_reads_its_int64_bias_and_unnamed_tensors(tmp_path):
     path = tmp_path / "conv16x8.tflite"
     path.write_bytes(serialize(m))
     q = rng.integers(-6000, 6000, (1, 6, 6, 2)).astype(np.int16)
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], q)
-    it.invoke()
-    want = it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float64)
+    want = _litert(path, q)[0].astype(np.float64)
     loaded = load_tflite(path)
     assert any("int16 activations" in n for n in loaded.notes)
     sess = ort.InferenceSession(loaded.model.SerializeToString())
@@ -457,7 +447,6 @@ def test_a_tflite_input_is_nhwc_whatever_its_dims_look_like(tmp_path):
     """TFLite lays a 4-D input out NHWC: [1, 3, 8, 16] is 3 rows of 8 columns of 16 channels (SEANet's layers are so).
     With no conv first to say so, the shape alone read it as NCHW with 3 channels and build() asked for [1, 8, 16, 3];
     the loader now states the file's layout, and inference takes the file's own tensor."""
-    from ai_edge_litert.interpreter import Interpreter
 
     from openrknn.export.tflite.writer import Model, serialize
 
@@ -472,11 +461,7 @@ def test_a_tflite_input_is_nhwc_whatever_its_dims_look_like(tmp_path):
     path = tmp_path / "nhwc.tflite"
     path.write_bytes(serialize(m))
     feed = rng.normal(0, 1, (1, 3, 8, 16)).astype(np.float32)
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], feed)
-    it.invoke()
-    want = it.get_tensor(it.get_output_details()[0]["index"])
+    want = _litert(path, feed)[0]
     r = RKNN(verbose=False)
     assert r.config(target_platform="rk3588") == 0
     assert r.load_tflite(str(path)) == 0

@@ -10,8 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_samples
-from openrknn.api import RKNN
+from conftest import built_rknn, write_samples
 from openrknn.quant.ir import GraphInfo, normalize
 from openrknn.quant.plan import build_plan
 
@@ -63,12 +62,8 @@ def test_the_relu_output_is_the_point_and_the_sum_is_not(tmp_path):
 
 def test_int8_keeps_the_relu_range_fine(tmp_path):
     path = _model(tmp_path / "m.onnx")
-    ds = write_samples(tmp_path, _samples(12, 1))
-    r = RKNN(verbose=False)
-    assert r.config(target_platform="rk3588", mean_values=[[0] * C], std_values=[[1] * C]) == 0
-    assert r.load_onnx(str(path)) == 0
-    assert r.build(do_quantization=True, dataset=str(ds)) == 0, r.last_error
-    assert r.init_runtime() == 0
+    r = built_rknn(path, write_samples(tmp_path, _samples(12, 1)), target_platform="rk3588",
+                   mean_values=[[0] * C], std_values=[[1] * C])
     sess = ort.InferenceSession(str(path))
     worst = 0.0
     for x in _samples(6, 9):
