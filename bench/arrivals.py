@@ -98,7 +98,7 @@ def cosine(a, b) -> float:
 def images(folders, hw):
     import cv2
 
-    files = sorted(p for f in folders for p in (SHARED / f).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    files = sorted(p for f in folders for p in (SHARED / f).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     rgb = [np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1]) for p in files]
     return rgb if hw is None else [cv2.resize(x, (hw[1], hw[0])) for x in rgb]  # hw None: as stored
 

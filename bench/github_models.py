@@ -1122,11 +1122,8 @@ def _imagenet_crops() -> list:
     """The shared ImageNet photos as torchvision's eval transform crops them: RGB, short side to 256, centre 224."""
     import cv2
 
-    from arrivals import SHARED
-
     out = []
-    for f in sorted((SHARED / "imagenet").glob("*.JPEG")):
-        im = cv2.imread(str(f))[:, :, ::-1]
+    for im in images(["imagenet"], None):
         h, w = im.shape[:2]
         s = 256 / min(h, w)
         im = cv2.resize(im, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR)
