@@ -129,3 +129,22 @@ def test_nchw_npy_files_as_rknn_toolkit2_writes_them_are_transposed(tmp_path, ca
     ds.write_text("s.npy\n")
     (feed,) = list(read_dataset(ds, [InputSpec("img", (1, 3, 3, 3))]))
     assert np.array_equal(feed["img"], square)
+
+
+def test_accuracy_analysis_reads_an_nchw_npy_as_the_vendor_asks_for_it(tmp_path):
+    """rknn-toolkit2's accuracy_analysis refuses anything but NCHW .npy inputs for an NCHW model; a user's call
+    carried over gives the same analysis as with the NHWC array."""
+    from conftest import built_rknn, make_conv_onnx, write_npy_dataset
+
+    path = make_conv_onnx(tmp_path / "m.onnx", hw=(8, 10))
+    r = built_rknn(path, write_npy_dataset(tmp_path, (1, 8, 10, 3)), target_platform="rk3588")
+    img = np.random.default_rng(3).uniform(0, 255, (1, 8, 10, 3)).astype(np.float32)
+    np.save(tmp_path / "nhwc.npy", img)
+    np.save(tmp_path / "nchw.npy", img.transpose(0, 3, 1, 2))
+    reports = []
+    for name in ("nhwc", "nchw"):
+        assert r.accuracy_analysis(inputs=[str(tmp_path / f"{name}.npy")], output_dir=str(tmp_path / name)) == 0, \
+            r.last_error
+        reports.append((tmp_path / name / "error_analysis.txt").read_text())
+    assert reports[0] == reports[1] and "1 input(s), 3 layers" in reports[0]
+    r.release()

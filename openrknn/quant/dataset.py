@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -159,6 +159,17 @@ class CalibrationData:
         return np.ascontiguousarray(img.reshape(1, h, w, c), dtype=np.float32)
 
 
+def nchw_image(arr: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """``arr`` as the NHWC image input of ``shape`` ([1, H, W, C]) takes it when it holds that image NCHW
+    ([1, C, H, W] or [C, H, W]: rknn-toolkit2's layout for an NCHW model's .npy files) and NHWC cannot be what it
+    holds; else None."""
+    shape = tuple(shape)
+    if len(shape) != 4 or shape[0] != 1 or arr.shape in (shape, shape[1:]):
+        return None
+    nchw = (1, shape[3], shape[1], shape[2])
+    return arr.reshape(nchw).transpose(0, 2, 3, 1) if arr.shape in (nchw, nchw[1:]) else None
+
+
 def _load_npy(path: Path, spec: InputSpec, where: str) -> Tuple[np.ndarray, bool]:
     """The array as the input takes it, and whether it was NCHW (transposed here)."""
     try:
@@ -167,14 +178,14 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> Tuple[np.ndarray, bool
         raise DatasetError(f"{where}: cannot load {str(path)!r} as a .npy array ({exc}); save it with numpy.save") \
             from exc
     shape = tuple(spec.shape)
-    nchw = (1, shape[3], shape[1], shape[2]) if spec.is_image else None
-    transposed = nchw is not None and arr.shape in (nchw, nchw[1:]) and arr.shape not in (shape, shape[1:])
+    nhwc = nchw_image(arr, shape) if spec.is_image else None
+    transposed = nhwc is not None
     if arr.shape == shape:
         pass
     elif shape and shape[0] == 1 and arr.shape == shape[1:]:
         arr = arr.reshape(shape)
     elif transposed:
-        arr = arr.reshape(nchw).transpose(0, 2, 3, 1)
+        arr = nhwc
     else:
         hint = f"[{', '.join(map(str, shape[1:]))}] or " if shape and shape[0] == 1 else ""
         raise DatasetError(f"{where}: {path.name!r} holds an array of shape {list(arr.shape)} but input "
