@@ -1560,3 +1560,31 @@ def test_a_batch_norm_fed_computed_statistics_exports_in_float(tmp_path):
              n("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], epsilon=1e-3)]
     report = _exports_as_simulated(tmp_path, nodes, inits, "bn_stats", {"RSQRT"}, opset=18)
     assert any(r.op_type == "BatchNormalization" and r.mode == "float" for r in report.layers)
+
+
+@pytest.mark.parametrize("factor,rounding", [(2, "round_prefer_floor"), (3, "round_prefer_ceil"),
+                                             (4, "round_prefer_floor")])
+def test_a_half_pixel_nearest_upscale_by_an_integer_exports(tmp_path, factor, rounding):
+    """A nearest Resize with half-pixel centres and an integer upscale k picks (i + 0.5) / k - 0.5, within half a
+    pixel of i // k, where rounding to the nearest lands (an opset-9 Upsample stepped up to a Resize is written so:
+    hpc203's plate detector). It exports as TFLite's asymmetric nearest resize, int8, and LiteRT gives the
+    simulator's outputs. Floor rounding there is another resize, and stays refused."""
+    rng = np.random.default_rng(14)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, factor, factor], np.float32), "scales")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[factor, factor]),
+             n("Resize", ["c", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="half_pixel",
+               nearest_mode=rounding)]
+    side = -(-H // factor) * factor
+    report = _exports_as_simulated(tmp_path, nodes, inits, f"up{factor}", {"RESIZE_NEAREST_NEIGHBOR"},
+                                   out_shape=(1, 4, side, side))
+    assert any(r.op_type == "Resize" and r.mode == "int8" for r in report.layers)
+    if factor == 4:
+        nodes[1] = n("Resize", ["c", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="half_pixel",
+                     nearest_mode="floor")
+        from openrknn.errors import NotSupportedError
+
+        with pytest.raises(NotSupportedError, match="nearest_mode='floor'"):
+            _exports_as_simulated(tmp_path, nodes, inits, "floor4", {"RESIZE_NEAREST_NEIGHBOR"},
+                                  out_shape=(1, 4, side, side))

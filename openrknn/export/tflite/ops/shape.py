@@ -394,6 +394,12 @@ def _resize(ctx, node, kind: str, act=None) -> str:
     mode, ctm, nearest = _resize_mode(node)
     factors = [shape[2] / v.shape[2], shape[3] / v.shape[3]]
     if mode == "nearest":
+        # an integer upscale k with half-pixel centres picks (i + 0.5) / k - 0.5, within half a pixel of i // k,
+        # which rounding to the nearest takes there: the asymmetric floor (an opset-9 Upsample stepped up to a
+        # Resize is written so)
+        if ctm in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_floor", "round_prefer_ceil") \
+                and all(f >= 1 and float(f).is_integer() for f in factors):
+            ctm, nearest = "asymmetric", "floor"
         ok = ctm in ("asymmetric", "tf_half_pixel_for_nn", "align_corners") and (
             nearest == "floor" or (nearest == "round_prefer_floor" and all(f in (1.0, 2.0) for f in factors)))
         builtin, opts_name = "RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions"
