@@ -80,6 +80,8 @@ REPOS = {
     "v8face": ("hpc203/yolov8-face-landmarks-opencv-dnn", "1f91851f7d8d9475e5b4f0c1d6e5e385aa9bf0f4"),
     "lyt": ("hpc203/Low-Light-Image-Enhancement-onnxrun", "c05d3e1aa3d2fc80b0ca8506bb17dfbf99684b51"),
     "tflm": ("tensorflow/tflite-micro", "90b983c2b3f1480642e040bbd2ddb37b998f3424"),
+    "plate": ("hpc203/license-plate-detect-recoginition-opencv", "db1d1e40dc79a7658b2fc97fe532cf9d26ad85de"),
+    "plate_photos": ("hpc203/yolov5-detect-car_plate_corner", "06674273526a48405dab812050051d479299af84"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -112,6 +114,8 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "lyt_net": ("lyt", "weights/lyt_net_lolv1_320x240.onnx", "33e4e15e5a202c58"),
     "v8face": ("v8face", "weights/yolov8-lite-t.onnx", "caa9eb121eee8fbf"),
     "face_quality": ("v8face", "weights/face-quality-assessment.onnx", "4d0e02b72f987989"),
+    "plate_detector": ("plate", "mnet_plate.onnx", "b4a208f937ad01d7"),
+    "lprnet": ("plate", "Final_LPRNet_model.onnx", "63753cfed58d4c9d"),
 }
 LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
                                              "Farmhouse.png", "Madison.png")]
@@ -1162,6 +1166,134 @@ def pytorch_int8_tflite(cache: Path, work: Path) -> list:
     return cells
 
 
+PLATE_CHARS = 31 + 10 + 26  # province characters, digits, letters; the last of LPRNet's 68 classes is the blank
+
+
+def _plate_priors(side: int = 640) -> np.ndarray:
+    """RetinaFace's anchors as the plate demo makes them: per stride 8 / 16 / 32 two square sizes per cell, centre and
+    size relative to the image."""
+    out = []
+    for step, sizes in ((8, (24, 48)), (16, (96, 192)), (32, (384, 768))):
+        n = -(-side // step)
+        for i in range(n):
+            for j in range(n):
+                for size in sizes:
+                    out.append(((j + 0.5) * step / side, (i + 0.5) * step / side, size / side, size / side))
+    return np.array(out)
+
+
+def _plates(outs, side: int = 640, conf: float = 0.6) -> list:
+    """The plate demo's decode: softmax plate score over ``conf``, box and four corners from the anchors (variances
+    0.1 / 0.2), NMS at IoU 0.4. [(0, xyxy, corners[8])] in the 640 square's pixels."""
+    loc, score, marks = (np.asarray(o, np.float64).reshape(-1, k) for o, k in zip(outs, (4, 2, 8)))
+    pri = _plate_priors(side)
+    centre = pri[:, :2] + loc[:, :2] * 0.1 * pri[:, 2:]
+    size = pri[:, 2:] * np.exp(loc[:, 2:] * 0.2)
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], 1) * side
+    corners = (np.tile(pri[:, :2], 4) + marks * 0.1 * np.tile(pri[:, 2:], 4)) * side
+    keep = score[:, 1] > conf
+    b, sc, kp = boxes[keep], score[keep, 1], corners[keep]
+    return [(0, b[i], kp[i]) for i in _nms(b, sc, 0.4)]
+
+
+def _plate_crop(square: np.ndarray, box, corners) -> np.ndarray:
+    """The demo's 94x24 plate: the box's crop warped so its four corners (in its order) fill the rectangle."""
+    import cv2
+
+    x1, y1 = int(box[0]), int(box[1])
+    pts = np.float32(corners).reshape(4, 2)[[2, 3, 1, 0]] - np.float32([x1, y1])
+    warp = cv2.getPerspectiveTransform(pts, np.float32([[0, 0], [94, 0], [0, 24], [94, 24]]))
+    return cv2.warpPerspective(square[max(y1, 0):int(box[3]), max(x1, 0):int(box[2])], warp, (94, 24))
+
+
+def _plate_text(logits) -> str:
+    """LPRNet's greedy CTC reading: the best class per position, repeats and blanks dropped (class indices)."""
+    best = np.asarray(logits).reshape(68, 18).argmax(0)
+    out, prev = [], -1
+    for c in best:
+        if c != prev and c != PLATE_CHARS:
+            out.append(str(int(c)))
+        prev = c
+    return ",".join(out)
+
+
+def plates(cache: Path, work: Path) -> list:
+    """hpc203's license-plate pipeline (license-plate-detect-recoginition-opencv): a RetinaFace-style plate detector
+    (640; boxes, scores and four corners over 16,800 anchors; BGR - (104, 117, 123)) and LPRNet (94x24, (x - 127.5) /
+    128; 68 classes x 18 positions, read by greedy CTC), on the 20 car photos of the same author's plate-corner
+    repository, letterboxed as the demo does (scaled to fit, centred on black). The detector's row: the float
+    model's plates found again and the corners' mean error in plate widths. LPRNet's row: the plate read (its class
+    sequence) as the float model reads it, on the crops the float detector gives (the even photos' crops
+    calibrate); then end to end, both int8 models chained, against the float chain."""
+    import cv2
+    import onnxruntime as ort
+
+    det_path, rec_path = model(cache, "plate_detector"), model(cache, "lprnet")
+    squares = [_centred(cv2.imread(str(fetch_github(cache, "plate_photos", f"onnxruntime/imgs/{k}.jpg"))), 640)
+               for k in range(1, 21)]
+    calib, held = squares[0::2], squares[1::2]
+    det = ort.InferenceSession(str(det_path), providers=["CPUExecutionProvider"])
+    rec = ort.InferenceSession(str(rec_path), providers=["CPUExecutionProvider"])
+
+    def float_plates(sq):
+        return _plates(det.run(None, {"input.1": (sq - np.float32([104, 117, 123])).transpose(2, 0, 1)[None]}))
+
+    def crops(sq, found):
+        return [_plate_crop(sq, b, c) for _, b, c in found]
+
+    refs = [float_plates(sq) for sq in held]
+    calib_crops = [c for sq in calib for c in crops(sq, float_plates(sq))]
+    held_crops = [c for sq, found in zip(held, refs) for c in crops(sq, found)]
+
+    def read_float(crop):
+        return _plate_text(rec.run(None, {"input.1": ((crop - np.float32(127.5)) / 128).transpose(2, 0, 1)[None]
+                                          .astype(np.float32)})[0])
+
+    texts = [read_float(c) for c in held_crops]
+
+    def corner_cell(outs):
+        got = [_plates(o) for o in outs]
+        errors = []
+        for ref, found in zip(refs, got):
+            boxes = np.array([b for _, b, _ in found]).reshape(-1, 4)
+            for _, box, corners in ref:
+                ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
+                if len(ious) and ious.max() >= 0.5:
+                    errors.append(np.abs(found[int(ious.argmax())][2] - corners).mean() / max(box[2] - box[0], 1.0))
+        kept = _kept_cell([[(c, b) for c, b, _ in r] for r in refs], [[(c, b) for c, b, _ in g] for g in got])
+        return f"plates {kept.split(' ', 2)[2]}; corners {100 * np.mean(errors):.2f}% of the plate width"
+
+    job = {"input_name": "input.1", "shape": [1, 3, 640, 640], "mean": [104, 117, 123], "std": [1] * 3}
+    det_cells = [f"plate detector, RetinaFace-style (640; 3 outputs over 16,800 anchors; {sum(map(len, refs))} "
+                 f"plates in {len(held)} photos)"] + _scored_builds(
+        det_path, calib, held, {"mean_values": [[104, 117, 123]], "std_values": [[1] * 3]}, job, corner_cell, 3, work)
+
+    def read_cell(outs):
+        return f"plates read as the float model reads them {sum(_plate_text(o[0]) == t for o, t in zip(outs, texts))}" \
+               f"/{len(texts)}"
+
+    job = {"input_name": "input.1", "shape": [1, 3, 24, 94], "mean": [127.5] * 3, "std": [128] * 3}
+    cfg = {"mean_values": [[127.5] * 3], "std_values": [[128] * 3]}
+    rec_cells = [f"LPRNet (94x24, 68 classes x 18 positions, greedy CTC; the {len(texts)} plates the float detector "
+                 "finds)"] + _scored_builds(rec_path, calib_crops, held_crops, cfg, job, read_cell, 1, work)
+    # end to end: the int8 detector's plates, warped, read by the int8 LPRNet, against the float chain's reading
+    r_det = build(det_path, None, "w8a8", [[p] for p in calib], {"mean_values": [[104, 117, 123]],
+                                                                 "std_values": [[1] * 3]}, work)
+    found = [_plates(r_det.inference(inputs=[sq])) for sq in held]
+    r_det.release()
+    r_rec = build(rec_path, None, "w8a8", [[c] for c in calib_crops], cfg, work)
+    chained = [[_plate_text(r_rec.inference(inputs=[c])[0]) for c in crops(sq, f)] for sq, f in zip(held, found)]
+    r_rec.release()
+    by_photo, k = [], 0
+    for ref in refs:
+        by_photo.append(texts[k:k + len(ref)])
+        k += len(ref)
+    same = sum(sorted(a) == sorted(b) for a, b in zip(chained, by_photo))
+    rec_cells[2] += f"; end to end (both int8): each photo's plates read as the float chain reads them {same}/" \
+                    f"{len(held)}"
+    return [det_cells, rec_cells]
+
+
 # TensorFlow Lite Micro's SEANet layer tests: (folder, how many)
 SEANET = (("add", 17), ("conv", 22), ("leaky_relu", 23), ("pad", 19), ("strided_slice", 34), ("sub", 5),
           ("transpose_conv", 5), ("quantize", 2))
@@ -1220,7 +1352,7 @@ def int16_layers(cache: Path, work: Path) -> list:
 
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates)
 
 
 def main() -> None:
