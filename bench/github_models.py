@@ -378,7 +378,9 @@ def _faces(outs, side: int = 640) -> list:
     return out
 
 
-def _faces_cell(refs: list, outs: list) -> str:
+def _faces_cell(refs: list, outs: list, things: str = "faces", marks: str = "landmark error", of: str = "face") -> str:
+    """The float model's objects found again (``refs``, ``outs``: per image [(class, xyxy, points)]) and the points'
+    mean error in the object's width."""
     kept = _kept_cell([[(c, b) for c, b, _ in r] for r in refs], [[(c, b) for c, b, _ in g] for g in outs])
     errors = []
     for ref, got in zip(refs, outs):
@@ -387,7 +389,7 @@ def _faces_cell(refs: list, outs: list) -> str:
             ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
             if len(ious) and ious.max() >= 0.5:
                 errors.append(np.abs(got[int(ious.argmax())][2] - marks).mean() / max(box[2] - box[0], 1.0))
-    return f"faces {kept.split(' ', 2)[2]}; landmark error {100 * np.mean(errors):.2f}% of the face width"
+    return f"{things} {kept.split(' ', 2)[2]}; {marks} {100 * np.mean(errors):.2f}% of the {of} width"
 
 
 def faces(cache: Path, work: Path) -> list:
@@ -1252,16 +1254,7 @@ def plates(cache: Path, work: Path) -> list:
     texts = [read_float(c) for c in held_crops]
 
     def corner_cell(outs):
-        got = [_plates(o) for o in outs]
-        errors = []
-        for ref, found in zip(refs, got):
-            boxes = np.array([b for _, b, _ in found]).reshape(-1, 4)
-            for _, box, corners in ref:
-                ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
-                if len(ious) and ious.max() >= 0.5:
-                    errors.append(np.abs(found[int(ious.argmax())][2] - corners).mean() / max(box[2] - box[0], 1.0))
-        kept = _kept_cell([[(c, b) for c, b, _ in r] for r in refs], [[(c, b) for c, b, _ in g] for g in got])
-        return f"plates {kept.split(' ', 2)[2]}; corners {100 * np.mean(errors):.2f}% of the plate width"
+        return _faces_cell(refs, [_plates(o) for o in outs], "plates", "corners", "plate")
 
     job = {"input_name": "input.1", "shape": [1, 3, 640, 640], "mean": [104, 117, 123], "std": [1] * 3}
     det_cells = [f"plate detector, RetinaFace-style (640; 3 outputs over 16,800 anchors; {sum(map(len, refs))} "
