@@ -155,7 +155,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
     import cv2
 
     from ..errors import InferenceInputError
-    from ..quant.dataset import nchw_image
+    from ..quant.dataset import nhwc_from_nchw
 
     if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
         inputs = [inputs]
@@ -170,7 +170,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
             path = str(item)
             if path.endswith(".npy"):
                 arr = np.load(path, allow_pickle=False)
-                nhwc = nchw_image(arr, meta["shape"]) if meta.get("layout") == "nhwc" else None
+                nhwc = nhwc_from_nchw(arr, meta["shape"]) if meta.get("layout") == "nhwc" else None
                 if nhwc is not None:  # the NCHW .npy rknn-toolkit2's accuracy_analysis asks for
                     log.info("accuracy_analysis: '%s' holds an NCHW %s array; read as such", path, list(arr.shape))
                 samples.append(arr if nhwc is None else nhwc)

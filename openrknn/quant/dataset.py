@@ -159,7 +159,7 @@ class CalibrationData:
         return np.ascontiguousarray(img.reshape(1, h, w, c), dtype=np.float32)
 
 
-def nchw_image(arr: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
+def nhwc_from_nchw(arr: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
     """``arr`` as the NHWC image input of ``shape`` ([1, H, W, C]) takes it when it holds that image NCHW
     ([1, C, H, W] or [C, H, W]: rknn-toolkit2's layout for an NCHW model's .npy files) and NHWC cannot be what it
     holds; else None."""
@@ -178,7 +178,7 @@ def _load_npy(path: Path, spec: InputSpec, where: str) -> Tuple[np.ndarray, bool
         raise DatasetError(f"{where}: cannot load {str(path)!r} as a .npy array ({exc}); save it with numpy.save") \
             from exc
     shape = tuple(spec.shape)
-    nhwc = nchw_image(arr, shape) if spec.is_image else None
+    nhwc = nhwc_from_nchw(arr, shape) if spec.is_image else None
     transposed = nhwc is not None
     if arr.shape == shape:
         pass
