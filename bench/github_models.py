@@ -378,7 +378,7 @@ def _faces(outs, side: int = 640) -> list:
     return out
 
 
-def _faces_cell(refs: list, outs: list, things: str = "faces", marks: str = "landmark error", of: str = "face") -> str:
+def _faces_cell(refs: list, outs: list, things: str = "faces", error: str = "landmark error", of: str = "face") -> str:
     """The float model's objects found again (``refs``, ``outs``: per image [(class, xyxy, points)]) and the points'
     mean error in the object's width."""
     kept = _kept_cell([[(c, b) for c, b, _ in r] for r in refs], [[(c, b) for c, b, _ in g] for g in outs])
@@ -389,7 +389,7 @@ def _faces_cell(refs: list, outs: list, things: str = "faces", marks: str = "lan
             ious = _iou(box, boxes) if len(boxes) else np.zeros(0)
             if len(ious) and ious.max() >= 0.5:
                 errors.append(np.abs(got[int(ious.argmax())][2] - marks).mean() / max(box[2] - box[0], 1.0))
-    return f"{things} {kept.split(' ', 2)[2]}; {marks} {100 * np.mean(errors):.2f}% of the {of} width"
+    return f"{things} {kept.split(' ', 2)[2]}; {error} {100 * np.mean(errors):.2f}% of the {of} width"
 
 
 def faces(cache: Path, work: Path) -> list:
