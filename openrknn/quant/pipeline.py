@@ -454,7 +454,7 @@ def known_minimum(info: GraphInfo, plan: Plan) -> Dict[str, float]:
             node = info.nodes[info.producer[t]]
             lo = info.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
             if lo is not None and np.size(lo) == 1:
-                out[t] = float(lo)
+                out[t] = float(np.reshape(lo, ()))  # a [1]-shaped bound is as common as a scalar
     return out
 
 
