@@ -125,8 +125,13 @@ def _absorb_model_transposes(graph, name: str, inner: str) -> List[str]:
     """The channel-last input's own Transpose(0,3,1,2) readers are dropped: their readers read ``inner`` (the NCHW
     pre-processed tensor). Returns their names."""
     dropped = []
+    outputs = {o.name for o in graph.output}
     for t in layout_mod.consumers(graph, name):
-        rename_uses(graph, t.output[0], inner)
+        if t.output[0] in outputs:  # a graph output keeps its name: an Identity writes it (hwc_to_chw's one node)
+            index = list(graph.node).index(t)
+            graph.node.insert(index, helper.make_node("Identity", [inner], [t.output[0]], name=t.name or t.output[0]))
+        else:
+            rename_uses(graph, t.output[0], inner)
         graph.node.remove(t)
         dropped.append(t.name or t.output[0])
     return dropped
