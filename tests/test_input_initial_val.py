@@ -182,3 +182,26 @@ def test_a_scalar_shape_for_an_input_with_dimensions_names_its_position(model_di
     """silero-vad's op18 file orders its inputs (input, sr, state); [] given third is for the 3-D state."""
     with pytest.raises(ModelLoadError, match=r"entry 3 is \[\] \(a scalar\), but input 3 of the model has 3 dim"):
         load_onnx(model_dir / "m.onnx", input_size_list=[[1, C, T], [2, 1, C], []])
+
+
+def test_a_float_scale_that_sizes_the_output_is_named_and_fixing_it_builds(tmp_path, rknn_log, logged_errors):
+    """onnx-cv-graph's resize: a [1] float input is the Resize's scale factor, so the output's size is the input's
+    value. The check's zeros make the Resize fail; the message names the input and input_initial_val fixes it."""
+    g = helper.make_graph([n("Concat", ["one", "one", "scale", "scale"], ["scales"], axis=0),
+                           n("Resize", ["x", "", "scales"], ["y"], mode="linear", name="resize")], "resize",
+                          [helper.make_tensor_value_info("x", F, [1, 3, 8, 12]),
+                           helper.make_tensor_value_info("scale", F, [1])],
+                          [helper.make_tensor_value_info("y", F, None)],
+                          [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    rk = RKNN(verbose=False)
+    assert rk.load_onnx(str(tmp_path / "r.onnx")) == -1
+    msg = logged_errors(rknn_log)[-1]
+    assert "node 'resize' (Resize)" in msg and "'scale'" in msg and "input_initial_val=[None, np.array(VALUE)]" in msg
+    assert rk.load_onnx(str(tmp_path / "r.onnx"), input_initial_val=[None, np.array([0.5], np.float32)]) == 0
+    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
+    x = np.random.default_rng(1).random((1, 3, 8, 12), np.float32)
+    want = ort.InferenceSession(str(tmp_path / "r.onnx")).run(None, {"x": x, "scale": np.array([0.5], np.float32)})[0]
+    got = rk.inference(inputs=[x], data_format="nchw")[0]
+    assert got.shape == (1, 3, 4, 6)
+    np.testing.assert_allclose(got, want, atol=1e-6)

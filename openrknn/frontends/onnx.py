@@ -276,22 +276,24 @@ def _predicated(model: onnx.ModelProto):
 
 
 def _setting_hint(model: onnx.ModelProto) -> str:
-    """The check runs on zeros; an integer or bool input (a sample rate, a mode flag) may need a real value, which
-    input_initial_val gives."""
-    def setting(i) -> bool:  # a few integers, not integer data such as a uint8 image
+    """The check runs on zeros; a setting input (a sample rate, a mode flag, a resize factor) may need a real value,
+    which input_initial_val gives."""
+    def setting(i) -> bool:  # a few numbers, not data such as an image or a feature vector
+        dims = i.type.tensor_type.shape.dim
         size = 1
-        for d in i.type.tensor_type.shape.dim:
+        for d in dims:
             size *= d.dim_value
-        return size <= 16 and onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        kind = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind
+        return kind in "iub" and size <= 16 or kind == "f" and len(dims) <= 1 and size <= 4
 
     names = [i.name for i in model.graph.input]
     settings = [i.name for i in model.graph.input if setting(i)]
     if not settings:
         return ""
     example = ", ".join("np.array(VALUE)" if n in settings else "None" for n in names)
-    return (f" The check fed zeros to the integer input(s) {', '.join(repr(n) for n in settings)}; if the model "
-            f"needs a real value there (a sample rate, a mode flag), fix it: load_onnx(..., input_initial_val=["
-            f"{example}]).")
+    return (f" The check fed zeros to the setting input(s) {', '.join(repr(n) for n in settings)}; if the model "
+            f"needs a real value there (a sample rate, a mode flag, a scale that sizes an output: the NPU's graph "
+            f"has fixed shapes), fix it: load_onnx(..., input_initial_val=[{example}]).")
 
 
 def _node_in_message(model: onnx.ModelProto, message: str) -> str:
