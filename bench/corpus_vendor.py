@@ -46,8 +46,11 @@ def main(job_path):
             # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)
             names = job.get("input_names") or [job["input_name"]]
             shapes = job.get("shapes") or [job["shape"]]
+            fixed = job.get("input_initial_val")  # settings fixed to constants: a list of values or nulls
             rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
-                                **({"outputs": job["outputs"]} if job.get("outputs") else {}))
+                                **({"outputs": job["outputs"]} if job.get("outputs") else {}),
+                                **({"input_initial_val": [None if v is None else np.array(v, np.float32)
+                                                          for v in fixed]} if fixed else {}))
         if rc != 0:
             raise RuntimeError(f"fails in {step}: rc={rc}")
         step = "build"
