@@ -54,7 +54,7 @@ SELECTION_TAIL_OPS = DECODE_OPS | SELECTION_OPS | {
     "Range", "Sigmoid"}
 # Activations the NPU applies inside the conv/matmul before requantizing.
 FUSED_ACTS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-              "Softplus", "Mish", "Gelu"}
+              "Softplus", "Mish", "Gelu", "Abs"}  # Abs: rknn-toolkit2 writes it as a LeakyRelu of slope -1
 # x * gate(x) written out as two nodes (SiLU = x*sigmoid(x), HardSwish = x*hardsigmoid(x)): one activation.
 GATES = {"Sigmoid": "SiLU", "HardSigmoid": "HardSwish"}
 # Node-name endings of range split's part remaps (algorithms/split.py writes them).
@@ -411,6 +411,22 @@ def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[i
     return ""
 
 
+def _channel_split(info: GraphInfo, w: WeightedOp, i: int, y: str) -> bool:
+    """Node ``i`` splits the Conv output ``y`` along its channels."""
+    node = info.nodes[i]
+    rank = info.rank(y)
+    return info.nodes[w.node].op_type == "Conv" and node.op_type == "Split" and node.input[0] == y and \
+        rank is not None and int(info.attr(i, "axis", 0)) % rank == 1
+
+
+def _clamps(info: GraphInfo, node, x: str) -> bool:
+    """``node`` is a Relu of ``x``, or a Clip of ``x`` whose bounds are constants (or absent)."""
+    if node.op_type == "Relu":
+        return True
+    return node.op_type == "Clip" and node.input[0] == x and \
+        all(info.const(b) is not None for b in node.input[1:] if b)
+
+
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                requantized_pre_activations: object = False,
                detached: FrozenSet[Tuple[str, str]] = frozenset()) -> Plan:
@@ -465,6 +481,17 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS and info.nodes[cons[0]].input[0] == y:
             internal.add(y)
             fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
+        elif len(cons) == 1 and _channel_split(info, w, cons[0], y):
+            # rknn-toolkit2 compiles a conv read only by a channel Split as one conv per part: each part is
+            # requantized with a range of its own and takes its own fused activation (onnx-cv-graph's Sobel: the x
+            # and y gradients of one conv, each then an Abs)
+            internal.add(y)
+            for part in info.nodes[cons[0]].output:
+                readers = info.consumers.get(part, [])
+                if part and part not in info.output_set and len(readers) == 1 and \
+                        info.nodes[readers[0]].op_type in FUSED_ACTS and info.nodes[readers[0]].input[0] == part:
+                    internal.add(part)
+                    fused[info.nodes[readers[0]].output[0]] = info.nodes[readers[0]].op_type
         elif len(cons) == 2:
             muls = [c for c in cons if c in gated and gated[c][0] == y]
             gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
@@ -472,17 +499,18 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                 internal.add(y)
         if y in region_of and all(c in region_of[y].nodes for c in cons):
             internal.add(y)
-    # a sum or difference of two activations read only by a Relu: the NPU's elementwise unit applies the Relu before
-    # it requantizes (rknn-toolkit2 gives the sum the Relu's range), so the negative half of the sum never takes
-    # int8 levels of its own
+    # a sum or difference of two activations read only by a Relu, or a Clip with constant bounds: the NPU's
+    # elementwise unit applies it before it requantizes (rknn-toolkit2 gives the sum the activation's range), so
+    # what the activation cuts off never takes int8 levels of its own (onnx-cv-graph's Sobel: |gx| + |gy| clipped
+    # to [0, 1] spans [0, 4.6] before the Clip)
     for node in info.nodes:
         y = node.output[0] if node.output else ""
         cons = info.consumers.get(y, [])
         if node.op_type in ("Add", "Sub") and y in dyn and y not in info.output_set and y not in internal and \
                 y not in fused and sum(t in dyn for t in node.input) == 2 and len(cons) == 1 and \
-                info.nodes[cons[0]].op_type == "Relu":
+                _clamps(info, info.nodes[cons[0]], y):
             internal.add(y)
-            fused[info.nodes[cons[0]].output[0]] = "Relu"
+            fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
     conv_outputs = {info.nodes[w.node].output[0] for w in weighted if info.nodes[w.node].op_type in
                     ("Conv", "ConvTranspose", "Gemm")}
     _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)

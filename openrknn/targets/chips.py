@@ -139,9 +139,10 @@ GENERATIONS: dict[str, Generation] = {
         cpu_ops=_CPU_FALLBACK_OPS - _RKNPU2_EXTRA_NPU_OPS,
         conv=ConvLimits(kernel_min=1, kernel_max=31, kernel_max_per_stride=None, stride_max=7, pad_max=15,
                         dilation_max=31, depthwise_kernel_max=8),
-        # FACTS.md: conv fuses Relu/Clip/PRelu/LeakyRelu/Add/Sigmoid/HardSwish/...
+        # FACTS.md: conv fuses Relu/Clip/PRelu/LeakyRelu/Add/Sigmoid/HardSwish/...; MEASURED: rknn-toolkit2 2.5.0
+        # compiles an Abs after a conv as a LeakyRelu of slope -1 fused into it (its quantization config)
         fused_activations=frozenset({"Relu", "Clip", "PRelu", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid",
-                                     "Tanh"}),
+                                     "Tanh", "Abs"}),
         # MODELLED: the elementwise unit applies activations to its output like the conv does
         activation_hosts=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Add", "Sub",
                                     "Mul"}),
