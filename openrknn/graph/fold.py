@@ -10,6 +10,8 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
   Gelu and Mish where the opset has them);
+- channel_sums_as_convs: a ReduceSum / ReduceMean over the channels (of x times a per-channel constant: a
+  grayscale conversion) -> a 1x1 Conv;
 - sink_squeezes: Conv -> Squeeze -> bias Add / activation (how tf2onnx writes a Keras Conv1D: the 2-D conv's
   size-1 axis squeezed before its bias and activation) -> the Squeeze after them, so the conv folds its bias and
   fuses its activation; a Squeeze then undone by an Unsqueeze of the same axes goes.
@@ -261,6 +263,65 @@ def fold_input_scale(model: onnx.ModelProto) -> int:
                     conv.input.append(name)
             conv.input[0] = x
         _drop(g, i)
+        done += 1
+
+
+def _reduce_axes(ix: _Index, node: onnx.NodeProto, rank: int) -> Optional[Tuple[int, ...]]:
+    """A ReduceSum / ReduceMean's axes (attribute, or the constant second input from opsets 13 / 18), normalised;
+    None when they are not constant or name no axis (every axis, or none with noop_with_empty_axes)."""
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in ix.inits:
+            return None
+        axes = numpy_helper.to_array(ix.inits[node.input[1]]).reshape(-1).tolist()
+    if not axes:
+        return None
+    return tuple(sorted(int(a) % rank for a in axes))
+
+
+def channel_sums_as_convs(model: onnx.ModelProto) -> int:
+    """ReduceSum / ReduceMean over the channels of an [N, C, H, W] tensor (keepdims), optionally of x times a
+    per-channel constant read only by it (a grayscale conversion: x * luma, summed) -> one 1x1 Conv with those
+    weights. The NPU runs it as a conv, and an int8 build no longer rounds the weighted channels at a point of their
+    own. Exact up to float summation order."""
+    done = 0
+    shapes = _known_shapes(model)
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        hit = None
+        for i, node in enumerate(g.node):
+            if node.op_type not in ("ReduceSum", "ReduceMean") or node.domain not in ("", "ai.onnx") or \
+                    int(_attr(node, "keepdims", 1)) != 1:
+                continue
+            x = node.input[0]
+            shape = shapes.get(x)
+            if shape is None or len(shape) != 4 or shape[1] is None or _reduce_axes(ix, node, 4) != (1,):
+                continue
+            c = shape[1]
+            weights = np.full(c, 1.0 / c if node.op_type == "ReduceMean" else 1.0, np.float32)
+            mul = None
+            p = producer.get(x)
+            if p is not None and g.node[p].op_type == "Mul" and x not in ix.keep and ix.consumers.get(x) == [i]:
+                a, b = g.node[p].input
+                if ix.const(a) is not None:
+                    a, b = b, a
+                vec = ix.const(b)
+                vec = None if vec is None or ix.const(a) is not None else _channel_vector(vec, 4, c)
+                if vec is not None and _keeps_shape(shapes.get(a), ix.const(b).shape, c):
+                    weights, mul, x = weights * vec, p, a
+            hit = (i, node, x, weights, mul)
+            break
+        if hit is None:
+            return done
+        i, node, x, weights, mul = hit
+        w = ix.add_const((node.name or node.output[0]) + "_weights", weights.reshape(1, -1, 1, 1))
+        conv = helper.make_node("Conv", [x, w], [node.output[0]], name=ix.unique((node.name or "channel_sum") + "_conv"))
+        g.node.insert(i, conv)
+        g.node.remove(node)
+        if mul is not None:
+            g.node.remove(g.node[mul if mul < i else mul + 1])
         done += 1
 
 
