@@ -1588,3 +1588,15 @@ def test_a_half_pixel_nearest_upscale_by_an_integer_exports(tmp_path, factor, ro
         with pytest.raises(NotSupportedError, match="nearest_mode='floor'"):
             _exports_as_simulated(tmp_path, nodes, inits, "floor4", {"RESIZE_NEAREST_NEIGHBOR"},
                                   out_shape=(1, 4, side, side))
+
+
+def test_a_max_of_three_tensors_exports_as_two_maximums(tmp_path):
+    """ONNX's Max takes any number of inputs (onnx-cv-graph's HSV value: the max of the three channels); TFLite's
+    MAXIMUM takes two, so three become two ops, left to right."""
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.array([1, 1, 1], np.int64), "parts")]
+    nodes = [n("Split", ["x", "parts"], ["r", "g", "b"], axis=1), n("Max", ["r", "g", "b"], ["v"]),
+             n("Min", ["r", "g", "b"], ["lo"]), n("Sub", ["v", "lo"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "max3", {"MAXIMUM", "MINIMUM"}, out_shape=(1, 1, H, W))
+    layer = next(rec for rec in report.layers if rec.op_type == "Max")
+    assert layer.tflite_ops.count("MAXIMUM") == 2

@@ -61,7 +61,7 @@ def _integer(ctx, node, dtype) -> str:
     exact while they fit in 32 bits (lengths, widths and ids do)."""
     builtin, opts = BUILTINS[node.op_type]
     layer = layer_name(node)
-    ins = typed_operands(ctx, node.input, dtype, layer, "mixes")
+    ins = _pairwise(ctx, node, builtin, typed_operands(ctx, node.input, dtype, layer, "mixes"), dtype)
     out = ctx.m.add_tensor(ctx._tname(node.output[0]), ctx.out_shape(node.output[0]), dtype)
     if builtin == "DIV" and dtype != np.int32:
         if dtype != np.int64:
@@ -103,6 +103,18 @@ def _mod(ctx, node) -> str:
     return f"on {dtype.name} values, the divisor's sign as ONNX's fmod=0"
 
 
+def _pairwise(ctx, node, builtin: str, ins: list, dtype) -> list:
+    """ONNX's Max / Min take any number of inputs, TFLite's MAXIMUM / MINIMUM two: all but the last pair are
+    combined first, left to right (onnx-cv-graph's HSV saturation: the max of three channels)."""
+    k = 0
+    while len(ins) > 2:
+        shape = list(np.broadcast_shapes(tuple(ins[0].shape), tuple(ins[1].shape)))
+        part = ctx.m.add_tensor(ctx._tname(f"{node.output[0]}/{builtin.lower()}_{k}"), shape, dtype)
+        ctx.m.add_op(builtin, ins[:2], [part], layer=layer_name(node))
+        ins, k = [part] + ins[2:], k + 1
+    return ins
+
+
 def _float(ctx, node) -> str:
     builtin, opts = BUILTINS[node.op_type]
     typed = [ctx.value(i).f.dtype for i in ctx.activation_inputs(node)
@@ -110,7 +122,7 @@ def _float(ctx, node) -> str:
     if typed:
         return _integer(ctx, node, np.dtype(typed[0]))
     nhwc = _layout(ctx, node)
-    ins = _operands(ctx, node, "f", nhwc)
+    ins = _pairwise(ctx, node, builtin, _operands(ctx, node, "f", nhwc), np.float32)
     out = ctx.out_f(node.output[0], nhwc)
     ctx.m.add_op(builtin, ins, [out], (opts, {"FusedActivationFunction": NONE}) if opts else None)
     return ""
