@@ -1600,3 +1600,36 @@ def test_a_max_of_three_tensors_exports_as_two_maximums(tmp_path):
     report = _exports_as_simulated(tmp_path, nodes, inits, "max3", {"MAXIMUM", "MINIMUM"}, out_shape=(1, 1, H, W))
     layer = next(rec for rec in report.layers if rec.op_type == "Max")
     assert layer.tflite_ops.count("MAXIMUM") == 2
+
+
+def test_a_threshold_mask_on_channel_last_maps_exports(tmp_path):
+    """Thresholds written with ONNX ops (onnx-cv-graph's in-range and solarize): the pixels compared with a scalar
+    and with a per-channel constant, the two masks And-ed, a Where choosing between the pixels and a constant. Every
+    step runs on the channel-last layout, the constants laid out to match. (On the pixels, which both sides hold
+    exactly: a conv output would differ by a rounding step here and there, and a threshold turns that into a flip.)"""
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.array([0.3], np.float32), "lo"),
+             numpy_helper.from_array(np.array([0.5, 0.7, 0.9], np.float32).reshape(1, 3, 1, 1), "hi"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero")]
+    nodes = [n("GreaterOrEqual", ["x", "lo"], ["above"]), n("Less", ["x", "hi"], ["below"]),
+             n("And", ["above", "below"], ["inside"]), n("Where", ["inside", "x", "zero"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "in_range", {"GREATER_EQUAL", "LESS", "LOGICAL_AND",
+                                                                        "SELECT_V2"}, out_shape=(1, 3, H, W))
+    # the masks stay channel-last: the one layout change is the output's, back to the model's NCHW
+    assert report.tflite_ops.count("TRANSPOSE") == 1
+
+
+def test_floor_ceil_round_sign_and_reduce_min_export(tmp_path):
+    """The float forms of Floor, Ceil, Round (half to even, as ONNX), Sign and ReduceMin (onnx-cv-graph's colour maps,
+    posterize, warps and min-max normalisation)."""
+    rng = np.random.default_rng(9)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([4.0], np.float32), "four"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "four"], ["c4"]),
+             n("Floor", ["c4"], ["f"]), n("Ceil", ["c4"], ["e"]), n("Round", ["c4"], ["r"]), n("Sign", ["c"], ["s"]),
+             n("Add", ["f", "e"], ["fe"]), n("Add", ["r", "s"], ["rs"]), n("Add", ["fe", "rs"], ["t"]),
+             n("ReduceMin", ["t", "axes"], ["m"], keepdims=1), n("Sub", ["t", "m"], ["y"])]
+    _exports_as_simulated(tmp_path, nodes, inits, "rounding", {"FLOOR", "CEIL", "ROUND", "SIGN", "REDUCE_MIN"},
+                          opset=18)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from ....errors import NotSupportedError
+from ..lower import nhwc_shape
 from . import attr, layer_name, register
 
 # ONNX Cast targets TFLite can hold (writer.TENSOR_TYPES)
@@ -67,19 +68,40 @@ def _equal(ctx, node) -> str:
     return f"on {dtype.name} values, exact"
 
 
+def _stored_channel_last(ctx, node) -> bool:
+    """The op is computed on the channel-last layout: its output is 4-D and a 4-D activation input is stored so."""
+    return len(ctx.out_shape(node.output[0])) == 4 and any(
+        ctx.values.get(i) is not None and len(ctx.value(i).shape) == 4 and ctx.value(i).nhwc
+        for i in node.input if i and not ctx.g.is_const(i) and ctx.g.quant_const(i) is None)
+
+
+def _channel_last_operand(ctx, name: str, layer: str, dtype=None):
+    """``name`` as an operand of a channel-last op: a 4-D activation viewed N,H,W,C; a constant laid out so (in
+    ``dtype``, default its own); a one-element tensor as it is (it broadcasts the same in either layout)."""
+    if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:
+        qc = ctx.g.quant_const(name)
+        arr = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name))
+        return ctx.const_for(arr, 4, True, name, dtype or (np.float32 if arr.dtype.kind == "f" else arr.dtype))
+    if len(ctx.value(name).shape) == 4:
+        return ctx.view(name, "f", True, layer)
+    if int(np.prod(ctx.value(name).shape)) == 1:
+        return ctx.f_of(name, layer)
+    raise NotSupportedError(f"export-tflite: {layer} combines a channel-last tensor with a tensor of another rank "
+                            f"('{name}', {list(ctx.value(name).shape)}); only 4-D maps, constants and single values "
+                            "are combined channel-last")
+
+
 def _equal_channel_last(ctx, node, acts, layer: str) -> str:
-    """A comparison of two 4-D float maps stored channel-last (a heat map against its 3x3 MaxPool: the peaks),
+    """A comparison of a 4-D float map stored channel-last with another (a heat map against its 3x3 MaxPool: the
+    peaks), a constant (a threshold, a per-channel bound) or a one-element tensor (a threshold given as an input),
     made on that layout; the booleans keep it."""
-    if len(acts) != 2 or any(len(ctx.value(i).shape) != 4 for i in acts):
-        raise NotSupportedError(f"export-tflite: {layer} compares a channel-last tensor with a constant or a tensor "
-                                "of another rank; only two 4-D maps are compared channel-last")
-    ins = [ctx.view(i, "f", True, layer) for i in node.input]
+    ins = [_channel_last_operand(ctx, i, layer, np.float32) for i in node.input]
     if any(np.dtype(t.dtype) != np.float32 for t in ins):
         raise NotSupportedError(f"export-tflite: {layer} compares channel-last integer tensors; only float maps are")
-    out = ctx.m.add_tensor(ctx._tname(node.output[0]), ins[0].shape, np.bool_)
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), nhwc_shape(ctx.out_shape(node.output[0])), np.bool_)
     ctx.m.add_op(COMPARISONS[node.op_type], ins, [out], layer=layer)
     ctx.set_f(node.output[0], out, True)
-    return "on the float maps, channel-last, exact"
+    return "on the float values, channel-last, exact"
 
 
 def _cast(ctx, node) -> str:
@@ -112,27 +134,37 @@ def _bool_of(ctx, name: str, layer: str):
 
 def _logical(ctx, node) -> str:
     layer = layer_name(node)
-    ins = [_bool_of(ctx, name, layer) for name in node.input]
+    nhwc = _stored_channel_last(ctx, node)  # masks of channel-last maps (a pixel in range: two comparisons, And)
+    ins = [_channel_last_operand(ctx, name, layer, np.bool_) if nhwc else _bool_of(ctx, name, layer)
+           for name in node.input]
+    if any(t.dtype != np.bool_ for t in ins):
+        raise NotSupportedError(f"export-tflite: {layer} reads a {np.dtype(ins[0].dtype).name} tensor as a boolean")
     shape = ctx.out_shape(node.output[0])
-    out = ctx.m.add_tensor(ctx._tname(node.output[0]), shape, np.bool_)
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), nhwc_shape(shape) if nhwc else shape, np.bool_)
     # Xor of two booleans is their inequality (TFLite has no LOGICAL_XOR; NOT_EQUAL takes bool)
     ctx.m.add_op({"Not": "LOGICAL_NOT", "And": "LOGICAL_AND", "Or": "LOGICAL_OR", "Xor": "NOT_EQUAL"}[node.op_type],
                  ins, [out], layer=layer)
-    ctx.set_f(node.output[0], out)
-    return "on booleans, exact"
+    ctx.set_f(node.output[0], out, nhwc)
+    return "on booleans, exact" + (", channel-last" if nhwc else "")
 
 
 def _where(ctx, node) -> str:
     """SELECT_V2 (numpy broadcasting) of two operands by a boolean condition, in the ONNX order of dims: float
     values (a mask's -inf / 0), or integer ids (a Keras embedding wrapping negative ids); constants in that type."""
     layer = layer_name(node)
-    cond = _bool_of(ctx, node.input[0], layer)
     computed = [ctx.f_of(name, layer) for name in node.input[1:]
                 if not (ctx.g.is_const(name) or ctx.g.quant_const(name) is not None)]
-    if any(ctx.value(name).nhwc for name in node.input[1:] if ctx.values.get(name) is not None):
-        raise NotSupportedError(f"export-tflite: {layer} selects between channel-last tensors; only tensors in the "
-                                "model's own order are exported")
     dtype = np.dtype(computed[0].dtype) if computed else np.dtype(np.float32)
+    if _stored_channel_last(ctx, node):  # a pixel chosen between two maps (solarize, overlay), channel-last
+        ins = [_channel_last_operand(ctx, node.input[0], layer, np.bool_)] + \
+            [_channel_last_operand(ctx, name, layer, dtype) for name in node.input[1:]]
+        if ins[0].dtype != np.bool_ or any(np.dtype(t.dtype) != dtype for t in ins[1:]):
+            raise NotSupportedError(f"export-tflite: {layer} selects between tensors of different types")
+        out = ctx.m.add_tensor(ctx._tname(node.output[0]), nhwc_shape(ctx.out_shape(node.output[0])), dtype)
+        ctx.m.add_op("SELECT_V2", ins, [out], layer=layer)
+        ctx.set_f(node.output[0], out, True)
+        return f"{dtype.name} values chosen by a boolean mask, channel-last"
+    cond = _bool_of(ctx, node.input[0], layer)
     ins = [cond] + typed_operands(ctx, node.input[1:], dtype, layer, "selects between")
     ctx.m.add_op("SELECT_V2", ins, [typed_output(ctx, node.output[0], dtype)], layer=layer)
     return f"{dtype.name} values chosen by a boolean mask"

@@ -10,7 +10,8 @@ from ..lower import TO_NHWC
 from . import attr, layer_name, register
 from .elementwise import _layout, _operands
 
-UNARY = {"Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Neg": "NEG", "Abs": "ABS", "Sin": "SIN", "Cos": "COS"}
+UNARY = {"Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Neg": "NEG", "Abs": "ABS", "Sin": "SIN", "Cos": "COS",
+         "Floor": "FLOOR", "Ceil": "CEIL", "Round": "ROUND", "Sign": "SIGN"}  # ROUND: half to even, as ONNX's
 
 
 def _unary(ctx, node) -> str:

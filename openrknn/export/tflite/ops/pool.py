@@ -150,6 +150,8 @@ register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n
 register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, n: _reduce(c, n, "f"))
 register("ReduceMax", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MAX"),
          float=lambda c, n: _reduce(c, n, "f", "REDUCE_MAX"))
+register("ReduceMin", int8=lambda c, n, a: _reduce(c, n, "q", "REDUCE_MIN"),
+         float=lambda c, n: _reduce(c, n, "f", "REDUCE_MIN"))
 register("ReduceSum", int8=lambda c, n, a: _reduce(c, n, "q", "SUM"), float=lambda c, n: _reduce(c, n, "f", "SUM"))
 register("ReduceSumSquare", float=lambda c, n: _reduce(c, n, "f", "SUM", square=True))
 
