@@ -317,7 +317,8 @@ def channel_sums_as_convs(model: onnx.ModelProto) -> int:
             return done
         i, node, x, weights, mul = hit
         w = ix.add_const((node.name or node.output[0]) + "_weights", weights.reshape(1, -1, 1, 1))
-        conv = helper.make_node("Conv", [x, w], [node.output[0]], name=ix.unique((node.name or "channel_sum") + "_conv"))
+        conv = helper.make_node("Conv", [x, w], [node.output[0]],
+                                name=ix.unique((node.name or "channel_sum") + "_conv"))
         g.node.insert(i, conv)
         g.node.remove(node)
         if mul is not None:
