@@ -18,7 +18,9 @@ from openrknn.convert import load_onnx
     ("Upsample", 9, "nearest", [1, 1, 1.5, 2.7]), ("Resize", 10, "linear", [1, 1, 2.5, 1.5]),
     ("Resize", 10, "nearest", [1, 1, 2.5, 2]), ("Resize", 10, "nearest", [1, 1, 0.5, 0.6])])
 def test_an_old_resize_loads_as_onnxruntime_runs_it(tmp_path, op, opset, mode, scales):
-    g = helper.make_graph([helper.make_node(op, ["x", "s"], ["y"], mode=mode)], "g",
+    # a node after it, as in a real model: the converter renames the resize's output then
+    g = helper.make_graph([helper.make_node(op, ["x", "s"], ["u"], mode=mode, name="up"),
+                           helper.make_node("Relu", ["u"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 9, 11])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(np.array(scales, np.float32), "s")])

@@ -408,11 +408,11 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     if opset != OPSET:
         try:
             hidden = _hide_new_forms(model) if opset > OPSET else 0
-            old_resizes = _old_resizes(model) if opset < 11 else set()
             model = version_converter.convert_version(model, OPSET)
             if hidden:
                 _restore_hidden(model)
-            _keep_asymmetric(model, old_resizes)
+            if opset < 11:
+                _keep_asymmetric(model)
         except ModelLoadError:
             raise
         except Exception as e:
@@ -425,20 +425,16 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
 
 
-def _old_resizes(model: onnx.ModelProto) -> set:
-    """The outputs of Upsample (opsets 7-9) and Resize (opset 10) nodes: both sample at x_out / scale."""
-    return {n.output[0] for g in _graphs(model.graph) for n in g.node if n.op_type in ("Upsample", "Resize")}
-
-
-def _keep_asymmetric(model: onnx.ModelProto, outputs: set) -> None:
-    """onnx's version converter turns Upsample-9 and Resize-10 into Resize without their sampling rule, so a linear
-    one takes Resize's default half-pixel centres (a DeepLabV3 from TFLite: logits off by up to 4). Their rule,
+def _keep_asymmetric(model: onnx.ModelProto) -> None:
+    """onnx's version converter turns Upsample (opsets 7-9) and Resize-10 into Resize without their sampling rule,
+    so a linear one takes Resize's default half-pixel centres (a DeepLabV3 from TFLite: logits off by up to 4). Below
+    opset 11 every Resize of the converted model is one of them (it renames their outputs and names). Their rule,
     written as Resize-11 writes it: asymmetric coordinates; nearest rounds down where it enlarges and up where it
     shrinks (onnxruntime's Resize-10, the reference; one that does both on different axes rounds down)."""
     for g in _graphs(model.graph):
         consts = {t.name: t for t in g.initializer}
         for n in g.node:
-            if n.op_type != "Resize" or n.output[0] not in outputs:
+            if n.op_type != "Resize":
                 continue
             scales = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
             shrinks = scales is not None and all(s <= 1 for s in onnx.numpy_helper.to_array(scales).reshape(-1))
