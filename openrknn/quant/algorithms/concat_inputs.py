@@ -5,8 +5,13 @@ spans a small part of the concat's range and other layers read it too, that shar
 DeepCut's character embedding spans 1/100 of the range of the concat that joins it to conv features, and twelve convs
 read it in a few integer steps. After calibration pass 1 such an input is detached from the Concat's scale group: it
 keeps its own range, and the Concat requantizes it onto the output's scale (one more rounding, on the Concat's side
-only, which the shared scale rounded just as coarsely). The Concat output's group keeps the range it had, so the
-concatenated tensor does not change.
+only, which the shared scale rounded just as coarsely). The Concat output takes the range of the values it holds, its
+inputs' ranges joined.
+
+A tensor that several Concats join links their groups into one: AGLLNet, a low-light enhancer, joins its attention
+map to ten other tensors in seven Concats, and the chain put its input image, the map and the decoder's features on
+one scale four times the image's range (23.0 dB against the float picture, rknn-toolkit2 36.9). Such a tensor is
+detached from one bit of lost resolution on.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ log = logging.getLogger("openrknn.quant")
 # an input is detached when sharing the concat's scale would cost it at least this factor of resolution (3 bits):
 # YOLOX's concat inputs span 1.0-1.8x of their groups (no change there), DeepCut's embedding 1/103
 MIN_RATIO = 8.0
+# a tensor several Concats join (a dense block reusing its features, AGLLNet's attention map) would chain their groups
+# into one scale for all of them: from one bit on, it keeps its own scale at each
+MIN_RATIO_SHARED = 2.0
 
 
 def _width(lo: float, hi: float) -> float:
@@ -57,9 +65,16 @@ def narrow_inputs(info: GraphInfo, plan: Plan, minmax: Dict[str, Tuple[float, fl
             if not any(c != i for c in info.consumers.get(t, [])) and t not in info.output_set:
                 continue  # the concat is its only reader: the output's scale rounds it anyway
             ratio = group / max(_width(*minmax[t]), 1e-30)
-            if ratio >= min_ratio:
+            if ratio >= _threshold(info, t, min_ratio):
                 found.append((out, t, ratio))
     return found
+
+
+def _threshold(info: GraphInfo, t: str, min_ratio: float) -> float:
+    """The range ratio from which input ``t`` is detached."""
+    if sum(info.nodes[c].op_type == "Concat" for c in set(info.consumers.get(t, []))) >= 2:
+        return min(min_ratio, MIN_RATIO_SHARED)
+    return min_ratio
 
 
 class ConcatInputScales(Rewrite):
@@ -82,9 +97,13 @@ class ConcatInputScales(Rewrite):
         new = build_plan(state.info, state.options.keep_mixed_concat_float,
                          state.options.requantized_pre_activations, pairs)
         for out, _t, _r in found:
-            if out not in new.derived and out not in stats.minmax:
-                # measured as the old group's range: the concatenated tensor keeps the scale it had
-                stats.minmax[out] = ranges[plan.group_of[out]]
+            if out in new.derived or out in stats.minmax:
+                continue
+            # measured as its inputs' ranges joined: the values it holds. (The old group's range can be far wider:
+            # a chain of concats sharing inputs, which the detached inputs no longer join.)
+            parts = [stats.minmax[t] for t in state.info.nodes[state.info.producer[out]].input if t in stats.minmax]
+            stats.minmax[out] = (min(r[0] for r in parts), max(r[1] for r in parts)) if parts else \
+                ranges[plan.group_of[out]]
         state.plan = new
         log.info("own scale for %d narrow concat input(s) that other layers read: %s", len(found),
                  ", ".join(f"{t} (1/{r:.0f} of {out})" for out, t, r in found))
