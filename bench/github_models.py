@@ -43,7 +43,8 @@ Later rounds (each row's docstring says how it is fed and judged): gfl_detector 
 Caffe files), enhancement (PairLIE, LYT-Net, CSRNet: image to image, judged by PSNR), v8_faces (YOLOv8-lite-t faces),
 face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorFlow Lite Micro's MNIST LSTM, float and
 int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
-(TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs).
+(TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs), plates (a plate detector and
+LPRNet, chained) and converted (PINTO's conversions of two low-light enhancers and two segmenters).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -82,6 +83,7 @@ REPOS = {
     "tflm": ("tensorflow/tflite-micro", "90b983c2b3f1480642e040bbd2ddb37b998f3424"),
     "plate": ("hpc203/license-plate-detect-recoginition-opencv", "db1d1e40dc79a7658b2fc97fe532cf9d26ad85de"),
     "plate_photos": ("hpc203/yolov5-detect-car_plate_corner", "06674273526a48405dab812050051d479299af84"),
+    "ipne": ("Kazuhito00/Image-Processing-Node-Editor", "46979d5b8eacb181abe970e4dd18e8f4cf0e750b"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -116,6 +118,14 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "face_quality": ("v8face", "weights/face-quality-assessment.onnx", "4d0e02b72f987989"),
     "plate_detector": ("plate", "mnet_plate.onnx", "b4a208f937ad01d7"),
     "lprnet": ("plate", "Final_LPRNet_model.onnx", "63753cfed58d4c9d"),
+    "tbefn": ("ipne", "node/deep_learning_node/low_light_image_enhancement/TBEFN/saved_model_180x320/"
+              "model_float32.onnx", "f979014a3a422c31"),
+    "agllnet": ("ipne", "node/deep_learning_node/low_light_image_enhancement/AGLLNet/saved_model_256x384/"
+                "model_float32.onnx", "87408a428310c0ea"),
+    "deeplab": ("ipne", "node/deep_learning_node/semantic_segmentation/deeplab_v3/model/deeplab_v3_1_default_1.onnx",
+                "48a46b346ca7e2e9"),
+    "road": ("ipne", "node/deep_learning_node/semantic_segmentation/road_segmentation_adas_0001/saved_model/"
+             "model_float32.onnx", "931f80db4faa9eb3"),
 }
 LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
                                              "Farmhouse.png", "Madison.png")]
@@ -1343,9 +1353,86 @@ def int16_layers(cache: Path, work: Path) -> list:
             "(not built: a w8a8 build quantizes these activations to 8 bits)", ""]
 
 
+# name, input (height, width), its layout is NHWC, mean, std, fed BGR, what it is; PINTO's conversions (OpenVINO or
+# TFLite through TensorFlow to ONNX) that Image-Processing-Node-Editor runs
+CONVERTED = (
+    ("tbefn", (180, 320), False, 0.0, 255.0, False, "TBEFN low-light enhancer (NCHW in, NHWC out, 109 nodes)"),
+    ("agllnet", (256, 384), False, 0.0, 255.0, False, "AGLLNet low-light enhancer (NCHW in, NHWC out: ten channels, "
+     "the picture in 4..6; dense decoder: its attention map joins ten tensors in seven Concats)"),
+    ("deeplab", (257, 257), True, 127.5, 127.5, False, "DeepLabV3 MobileNetV2, PASCAL VOC (TFLite to ONNX: opset 9, "
+     "NHWC in, the logits upsampled 33 -> 257 by an Upsample-9)"),
+    ("road", (512, 896), True, 0.0, 1.0, True, "road-segmentation-adas-0001 (OpenVINO to ONNX: NHWC BGR pixels in, "
+     "four classes)"),
+)
+
+
+def converted(cache: Path, work: Path) -> list:
+    """Four models of PINTO's model zoo as Kazuhito00's Image-Processing-Node-Editor ships and feeds them: two
+    low-light enhancers (RGB, x / 255) on hpc203's dark photos and the shared COCO photos darkened, judged as the
+    enhancement row judges (PSNR of the 8-bit picture against the float model's); two segmenters on the shared COCO
+    photos, judged by the pixels whose class (argmax) is the float model's. rknn-toolkit2 reads an NHWC input's dim 1
+    as its channels, so for the two NHWC models it gets normalised float feeds and no mean / std (as a user of it
+    must), and the cell says so."""
+    import cv2
+    import onnxruntime as ort
+
+    from arrivals import litert
+
+    coco = images(["coco"], None)
+    dark = [np.clip(255 * 0.35 * (p / 255.0) ** 2, 0, 255).astype(np.uint8) for p in coco]
+    lows = [cv2.imread(str(fetch_github(cache, "lowlight", p)))[:, :, ::-1] for p in LOWLIGHT_PHOTOS]
+    rows = []
+    for name, (h, w), nhwc, mean, std, bgr, what in CONVERTED:
+        path = model(cache, name)
+        enhancer = name in ("tbefn", "agllnet")
+        pics = [np.ascontiguousarray(cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA))
+                for p in ((lows + dark) if enhancer else coco)][:16]
+        pics = [np.ascontiguousarray(p[:, :, ::-1]) if bgr else p for p in pics]
+        calib, held = pics[0::2], pics[1::2]
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        iname = sess.get_inputs()[0].name
+
+        def feed(p):
+            x = ((p - np.float32(mean)) / np.float32(std)).astype(np.float32)
+            return x[None] if nhwc else x.transpose(2, 0, 1)[None]
+
+        refs = [sess.run(None, {iname: feed(p)})[0] for p in held]
+
+        def cell(outs):
+            outs = [np.asarray(o).reshape(r.shape) for o, r in zip(outs, refs)]
+            if name == "agllnet":
+                return _picture_cell([o[..., 4:7] for o in outs], [r[..., 4:7] for r in refs], 0.0)
+            if enhancer:
+                return _picture_cell(outs, refs, 0.0)
+            agree = [float((o.argmax(-1) == r.argmax(-1)).mean()) for o, r in zip(outs, refs)]
+            return (f"{100 * np.mean(agree):.2f}% of the pixels in the float model's class (worst "
+                    f"{100 * min(agree):.2f}%), cosine {np.mean([cosine(o, r) for o, r in zip(outs, refs)]):.5f}")
+
+        cells = [f"{what}; {len(held)} {'dark photos' if enhancer else 'photos'}"]
+        cfg = {"mean_values": [[mean] * 3], "std_values": [[std] * 3]}
+        for dtype in (None, "w8a8"):
+            r = build(path, None, dtype, [[p] for p in calib], cfg, work)
+            cells.append(cell([r.inference(inputs=[p])[0] for p in held]))
+            if dtype:
+                shape = list(sess.get_inputs()[0].shape)
+                if nhwc:
+                    job = {"input_name": iname, "shape": shape, "data_format": "nchw"}
+                    said, outs = _vendor(path, job, [feed(p) for p in calib], [feed(p) for p in held], work)
+                    said += " (fed normalised floats, no mean / std)"
+                else:
+                    job = {"input_name": iname, "shape": shape, "mean": [mean] * 3, "std": [std] * 3}
+                    said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib],
+                                         [p[None] for p in held], work)
+                cells[-1] += f"; {said}" + ("" if outs is None else ": " + cell([o[0] for o in outs]))
+                cells.append(litert(r, [[p[None]] for p in held[:2]], work))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted)
 
 
 def main() -> None:
