@@ -1633,3 +1633,16 @@ def test_floor_ceil_round_sign_and_reduce_min_export(tmp_path):
              n("ReduceMin", ["t", "axes"], ["m"], keepdims=1), n("Sub", ["t", "m"], ["y"])]
     _exports_as_simulated(tmp_path, nodes, inits, "rounding", {"FLOOR", "CEIL", "ROUND", "SIGN", "REDUCE_MIN"},
                           opset=18)
+
+
+def test_an_average_over_explicit_pads_it_does_not_count_exports(tmp_path):
+    """AveragePool with pads only at the bottom and right and count_include_pad=0 (onnx-cv-graph's Kuwahara
+    windows): no TFLite padding mode leaves such pads out of the count, so the float form pads with zeros, averages
+    VALID and rescales each window by its size over the values it covers."""
+    rng = np.random.default_rng(10)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w")]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             n("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], pads=[0, 0, 2, 2], count_include_pad=0)]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "uncounted", {"PAD", "AVERAGE_POOL_2D", "MUL"})
+    assert next(rec for rec in report.layers if rec.op_type == "AveragePool").mode == "float"

@@ -44,13 +44,50 @@ def _pool(ctx, node, kind: str, act=None) -> str:
         padding = None  # TFLite's SAME average leaves the padding out of the count
     if padding is None:
         if not is_max and not attr(node, "count_include_pad", 0):
+            if kind == "f" and dil == [1, 1]:
+                return _average_uncounted(ctx, node, x, kernel, strides, pads)
             raise NotSupportedError(f"export-tflite: {layer} averages over explicit pads without counting them; "
-                                    "TFLite cannot express that")
+                                    "TFLite's int8 pooling cannot express that")
         fill = None if not is_max else (-128 if kind == "q" else float(np.finfo(np.float32).min))
         x = pad_input(ctx, x, pads, layer, fill)
         padding = PADDING_VALID
     builtin = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
     return _emit(ctx, node, kind, x, builtin, kernel, strides, padding)
+
+
+def _uncounted_pads(ctx, node) -> bool:
+    """An AveragePool over explicit pads (not SAME's) that leaves them out of its count (a Kuwahara filter's window
+    means at the image border)."""
+    if node.op_type != "AveragePool" or attr(node, "count_include_pad", 0) or len(ctx.value(node.input[0]).shape) != 4:
+        return False
+    kernel = list(attr(node, "kernel_shape"))
+    strides, dil, pads = geometry(node, kernel)
+    hw = list(ctx.value(node.input[0]).shape[2:4])
+    if attr(node, "ceil_mode", 0):
+        pads = _ceil_pads(hw, kernel, strides, dil, pads)
+    return tfl_padding(hw, kernel, strides, dil, pads) is None
+
+
+def _average_uncounted(ctx, node, x, kernel, strides, pads) -> str:
+    """The float form: the input padded with zeros, a VALID AVERAGE_POOL_2D (which divides by the whole window),
+    times each window's size over the real values it covers (a constant map)."""
+    layer = layer_name(node)
+    (kh, kw), (sh, sw), (t, left, b, r) = kernel, strides, pads
+    h, w, c = x.shape[1:4]
+    inside = np.zeros((h + t + b, w + left + r), np.float64)
+    inside[t:t + h, left:left + w] = 1
+    ho, wo = (h + t + b - kh) // sh + 1, (w + left + r - kw) // sw + 1
+    count = np.array([[inside[i * sh:i * sh + kh, j * sw:j * sw + kw].sum() for j in range(wo)] for i in range(ho)])
+    factor = ctx.m.add_const(ctx._tname(node.output[0] + "/window_over_count"),
+                             (kh * kw / np.maximum(count, 1)).astype(np.float32).reshape(1, ho, wo, 1))
+    padded = pad_input(ctx, x, pads, layer)
+    opts = ("Pool2DOptions", {"Padding": PADDING_VALID, "StrideW": sw, "StrideH": sh, "FilterWidth": kw,
+                              "FilterHeight": kh, "FusedActivationFunction": 0})
+    mean = ctx.float_op("AVERAGE_POOL_2D", [padded], (1, ho, wo, c), node.output[0] + "/zero_padded_mean", layer,
+                        opts)
+    ctx.m.add_op("MUL", [mean, factor], [ctx.out_f(node.output[0], True)],
+                 ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return "the pads left out of the count: a zero-padded average times window size / values covered"
 
 
 def _emit(ctx, node, kind, x, builtin, kernel, strides, padding) -> str:
@@ -144,7 +181,8 @@ def _reduce(ctx, node, kind: str, builtin: str = "MEAN", square: bool = False) -
     return ""
 
 
-register("MaxPool", "AveragePool", int8=lambda c, n, a: _pool(c, n, "q"), float=lambda c, n: _pool(c, n, "f"))
+register("MaxPool", "AveragePool", int8=lambda c, n, a: _pool(c, n, "q"), float=lambda c, n: _pool(c, n, "f"),
+         int8_ok=lambda c, n: not _uncounted_pads(c, n))
 register("GlobalAveragePool", "GlobalMaxPool", int8=lambda c, n, a: _global(c, n, "q"),
          float=lambda c, n: _global(c, n, "f"))
 register("ReduceMean", int8=lambda c, n, a: _reduce(c, n, "q"), float=lambda c, n: _reduce(c, n, "f"))
