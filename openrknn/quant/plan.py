@@ -419,6 +419,15 @@ def _channel_split(info: GraphInfo, w: WeightedOp, i: int, y: str) -> bool:
         rank is not None and int(info.attr(i, "axis", 0)) % rank == 1
 
 
+def _activation_reader(info: GraphInfo, t: str) -> Optional[int]:
+    """The node of the activation that is ``t``'s only reader (and ``t`` no graph output), else None."""
+    readers = info.consumers.get(t, [])
+    if not t or t in info.output_set or len(readers) != 1 or info.nodes[readers[0]].op_type not in FUSED_ACTS or \
+            info.nodes[readers[0]].input[0] != t:
+        return None
+    return readers[0]
+
+
 def _clamps(info: GraphInfo, node, x: str) -> bool:
     """``node`` is a Relu of ``x``, or a Clip of ``x`` whose bounds are constants (or absent)."""
     if node.op_type == "Relu":
@@ -481,17 +490,17 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS and info.nodes[cons[0]].input[0] == y:
             internal.add(y)
             fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
-        elif len(cons) == 1 and _channel_split(info, w, cons[0], y):
-            # rknn-toolkit2 compiles a conv read only by a channel Split as one conv per part: each part is
-            # requantized with a range of its own and takes its own fused activation (onnx-cv-graph's Sobel: the x
-            # and y gradients of one conv, each then an Abs)
+        elif len(cons) == 1 and _channel_split(info, w, cons[0], y) and \
+                all(_activation_reader(info, part) is not None for part in info.nodes[cons[0]].output):
+            # rknn-toolkit2 compiles a conv read only by a channel Split whose parts each go to an activation as one
+            # conv per part with its activation fused (onnx-cv-graph's Sobel: the x and y gradients of one conv,
+            # each then an Abs). Parts read otherwise are head_split's (algorithms/head_split.py), which cuts the
+            # conv itself where their ranges differ.
             internal.add(y)
             for part in info.nodes[cons[0]].output:
-                readers = info.consumers.get(part, [])
-                if part and part not in info.output_set and len(readers) == 1 and \
-                        info.nodes[readers[0]].op_type in FUSED_ACTS and info.nodes[readers[0]].input[0] == part:
-                    internal.add(part)
-                    fused[info.nodes[readers[0]].output[0]] = info.nodes[readers[0]].op_type
+                act = _activation_reader(info, part)
+                internal.add(part)
+                fused[info.nodes[act].output[0]] = info.nodes[act].op_type
         elif len(cons) == 2:
             muls = [c for c in cons if c in gated and gated[c][0] == y]
             gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
