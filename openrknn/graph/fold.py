@@ -10,7 +10,7 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
   Gelu and Mish where the opset has them);
-- channel_sums_as_convs: a ReduceSum / ReduceMean over the channels (of x times a per-channel constant: a
+- channel_sums_as_convs: a ReduceSum / ReduceMean over the channels of x times a per-channel constant (a
   grayscale conversion) -> a 1x1 Conv;
 - sink_squeezes: Conv -> Squeeze -> bias Add / activation (how tf2onnx writes a Keras Conv1D: the 2-D conv's
   size-1 axis squeezed before its bias and activation) -> the Squeeze after them, so the conv folds its bias and
@@ -280,10 +280,10 @@ def _reduce_axes(ix: _Index, node: onnx.NodeProto, rank: int) -> Optional[Tuple[
 
 
 def channel_sums_as_convs(model: onnx.ModelProto) -> int:
-    """ReduceSum / ReduceMean over the channels of an [N, C, H, W] tensor (keepdims), optionally of x times a
-    per-channel constant read only by it (a grayscale conversion: x * luma, summed) -> one 1x1 Conv with those
-    weights. The NPU runs it as a conv, and an int8 build no longer rounds the weighted channels at a point of their
-    own. Exact up to float summation order."""
+    """ReduceSum / ReduceMean over the channels (keepdims) of x times a per-channel constant read only by it (a
+    grayscale conversion: x * luma, summed), x an [N, C, H, W] tensor -> one 1x1 Conv with those weights. The NPU
+    runs it as a conv, and an int8 build no longer rounds the weighted channels at a point of their own. Exact up to
+    float summation order."""
     done = 0
     shapes = _known_shapes(model)
     while True:
@@ -300,18 +300,19 @@ def channel_sums_as_convs(model: onnx.ModelProto) -> int:
             if shape is None or len(shape) != 4 or shape[1] is None or _reduce_axes(ix, node, 4) != (1,):
                 continue
             c = shape[1]
-            weights = np.full(c, 1.0 / c if node.op_type == "ReduceMean" else 1.0, np.float32)
-            mul = None
+            # weighted channels only: a plain channel sum or mean is a norm's statistic (an L2 or layer norm over
+            # the channels), which the quantizer keeps inside the norm's one step (graph/norms.py)
             p = producer.get(x)
-            if p is not None and g.node[p].op_type == "Mul" and x not in ix.keep and ix.consumers.get(x) == [i]:
-                a, b = g.node[p].input
-                if ix.const(a) is not None:
-                    a, b = b, a
-                vec = ix.const(b)
-                vec = None if vec is None or ix.const(a) is not None else _channel_vector(vec, 4, c)
-                if vec is not None and _keeps_shape(shapes.get(a), ix.const(b).shape, c):
-                    weights, mul, x = weights * vec, p, a
-            hit = (i, node, x, weights, mul)
+            if p is None or g.node[p].op_type != "Mul" or x in ix.keep or ix.consumers.get(x) != [i]:
+                continue
+            a, b = g.node[p].input
+            if ix.const(a) is not None:
+                a, b = b, a
+            vec = ix.const(b)
+            vec = None if vec is None or ix.const(a) is not None else _channel_vector(vec, 4, c)
+            if vec is None or not _keeps_shape(shapes.get(a), ix.const(b).shape, c):
+                continue
+            hit = (i, node, a, vec * (1.0 / c if node.op_type == "ReduceMean" else 1.0), g.node[p])
             break
         if hit is None:
             return done
@@ -321,8 +322,7 @@ def channel_sums_as_convs(model: onnx.ModelProto) -> int:
                                 name=ix.unique((node.name or "channel_sum") + "_conv"))
         g.node.insert(i, conv)
         g.node.remove(node)
-        if mul is not None:
-            g.node.remove(g.node[mul if mul < i else mul + 1])
+        g.node.remove(mul)
         done += 1
 
 
