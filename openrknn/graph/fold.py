@@ -266,19 +266,6 @@ def fold_input_scale(model: onnx.ModelProto) -> int:
         done += 1
 
 
-def _reduce_axes(ix: _Index, node: onnx.NodeProto, rank: int) -> Optional[Tuple[int, ...]]:
-    """A ReduceSum / ReduceMean's axes (attribute, or the constant second input from opsets 13 / 18), normalised;
-    None when they are not constant or name no axis (every axis, or none with noop_with_empty_axes)."""
-    axes = _attr(node, "axes", None)
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        if node.input[1] not in ix.inits:
-            return None
-        axes = numpy_helper.to_array(ix.inits[node.input[1]]).reshape(-1).tolist()
-    if not axes:
-        return None
-    return tuple(sorted(int(a) % rank for a in axes))
-
-
 def channel_sums_as_convs(model: onnx.ModelProto) -> int:
     """ReduceSum / ReduceMean over the channels (keepdims) of x times a per-channel constant read only by it (a
     grayscale conversion: x * luma, summed), x an [N, C, H, W] tensor -> one 1x1 Conv with those weights. The NPU
@@ -297,7 +284,7 @@ def channel_sums_as_convs(model: onnx.ModelProto) -> int:
                 continue
             x = node.input[0]
             shape = shapes.get(x)
-            if shape is None or len(shape) != 4 or shape[1] is None or _reduce_axes(ix, node, 4) != (1,):
+            if shape is None or len(shape) != 4 or shape[1] is None or _axes(ix, node, 4) != (1,):
                 continue
             c = shape[1]
             # weighted channels only: a plain channel sum or mean is a norm's statistic (an L2 or layer norm over
@@ -387,8 +374,8 @@ _BINARY = {"Add", "Sub", "Mul", "Div"}
 
 
 def _axes(ix: _Index, node: onnx.NodeProto, rank: Optional[int]) -> Optional[Tuple[int, ...]]:
-    """A Squeeze / Unsqueeze node's axes, normalised against ``rank`` (the Squeeze input's rank or the Unsqueeze
-    output's); None when they are not constant or the rank is unknown."""
+    """A Squeeze / Unsqueeze (or reduction) node's axes, normalised against ``rank`` (the Squeeze input's rank or the
+    Unsqueeze output's); None when they are not constant or the rank is unknown."""
     axes = _attr(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1] in ix.inits:
         axes = numpy_helper.to_array(ix.inits[node.input[1]]).reshape(-1).tolist()
