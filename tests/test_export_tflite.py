@@ -1646,3 +1646,21 @@ def test_an_average_over_explicit_pads_it_does_not_count_exports(tmp_path):
              n("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], pads=[0, 0, 2, 2], count_include_pad=0)]
     report = _exports_as_simulated(tmp_path, nodes, inits, "uncounted", {"PAD", "AVERAGE_POOL_2D", "MUL"})
     assert next(rec for rec in report.layers if rec.op_type == "AveragePool").mode == "float"
+
+
+@pytest.mark.parametrize("mode, padding, corners", [("bilinear", "zeros", 0), ("bilinear", "border", 1),
+                                                    ("nearest", "zeros", 1), ("nearest", "border", 0)])
+def test_a_grid_sample_at_computed_points_exports(tmp_path, mode, padding, corners):
+    """GridSample, which TFLite lacks (onnx-cv-graph's affine, perspective and rotation warps): a grid computed from
+    the image (a conv, Tanh, times 1.2 so some points fall outside it), sampled as onnxruntime samples it."""
+    rng = np.random.default_rng(11)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((2, 3, 1, 1)) * .8).astype(np.float32), "wg"),
+             numpy_helper.from_array(np.array([1.2], np.float32), "reach")]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Conv", ["x", "wg"], ["g"]), n("Tanh", ["g"], ["t"]),
+             n("Mul", ["t", "reach"], ["s"]), n("Transpose", ["s"], ["grid"], perm=[0, 2, 3, 1]),
+             n("GridSample", ["c", "grid"], ["y"], mode=mode, padding_mode=padding, align_corners=corners)]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "warp", {"GATHER", "FLOOR" if mode == "bilinear" else
+                                                                    "ROUND"})
+    assert next(rec for rec in report.layers if rec.op_type == "GridSample").mode == "float"

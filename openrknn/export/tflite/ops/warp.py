@@ -1,0 +1,108 @@
+"""GridSample, which TFLite's builtins lack (a warp: an affine or perspective map sampled at computed points), in
+float ops: the grid's normalised coordinates to pixels, then for bilinear sampling the four neighbours gathered from
+the input flattened to rows of channels and weighted, for nearest the one neighbour; zeros padding masks the
+neighbours outside the image, border padding clamps the coordinates first. As onnxruntime computes it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import NotSupportedError
+from . import attr, layer_name, register
+
+_NAMES = {b"bilinear": "linear", b"linear": "linear", b"nearest": "nearest"}
+
+
+def _grid_sample(ctx, node) -> str:
+    layer = layer_name(node)
+    mode = _NAMES.get(attr(node, "mode", b"bilinear"))
+    padding = attr(node, "padding_mode", b"zeros")
+    corners = bool(attr(node, "align_corners", 0))
+    n, c, h, w = ctx.value(node.input[0]).shape
+    grid_shape = tuple(ctx.value(node.input[1]).shape)
+    if mode is None or padding not in (b"zeros", b"border") or n != 1 or len(grid_shape) != 4:
+        raise NotSupportedError(f"export-tflite: {layer} is a GridSample ({attr(node, 'mode', b'bilinear').decode()}, "
+                                f"{padding.decode()} padding, batch {n}); bilinear or nearest sampling with zeros or "
+                                "border padding of one image is exported")
+    ho, wo = grid_shape[1:3]
+    name = node.output[0]
+
+    def const(value, tag, dtype=np.float32):
+        return ctx.m.add_const(ctx._tname(f"{name}/{tag}"), np.asarray(value, dtype))
+
+    def op(builtin, a, b, tag):
+        if builtin in ("MAXIMUM", "MINIMUM"):  # no options of their own
+            return ctx.float_op(builtin, [a, b], a.shape if len(a.shape) >= len(b.shape) else b.shape,
+                                f"{name}/{tag}", layer)
+        return ctx.float_binary(builtin, a, b, f"{name}/{tag}", layer)
+
+    def unary(builtin, x, tag):
+        return ctx.float_op(builtin, [x], x.shape, f"{name}/{tag}", layer)
+
+    rows = ctx.m.add_tensor(ctx._tname(f"{name}/rows"), (h * w, c), np.float32)
+    ctx.m.add_op("RESHAPE", [ctx.view(node.input[0], "f", True, layer), const([h * w, c], "rows_shape", np.int32)],
+                 [rows], layer=layer)
+    grid = ctx.view(node.input[1], "f", False, layer)  # [1, Ho, Wo, 2] in the model's own order: (x, y) last
+    xy = [ctx.m.add_tensor(ctx._tname(f"{name}/{a}"), (1, ho, wo, 1), np.float32) for a in "xy"]
+    ctx.m.add_op("SPLIT", [const(3, "axis", np.int32), grid], xy, ("SplitOptions", {"NumSplits": 2}), layer=layer)
+
+    def pixels(g, size, tag):  # ONNX's unnormalisation; border padding clamps it into the image
+        p = op("MUL", op("ADD", g, const(1.0, "one_" + tag), tag + "_shift"),
+               const((size - 1) / 2 if corners else size / 2, tag + "_half"), tag + "_scaled")
+        if not corners:
+            p = op("SUB", p, const(0.5, tag + "_centre"), tag + "_px")
+        if padding == b"border":
+            p = op("MINIMUM", op("MAXIMUM", p, const(0.0, tag + "_lo"), tag + "_above"),
+                   const(size - 1.0, tag + "_hi"), tag + "_clamped")
+        return p
+
+    px, py = pixels(xy[0], w, "x"), pixels(xy[1], h, "y")
+    if mode == "nearest":  # ONNX rounds half to even, as ROUND does
+        corners_xy = [(unary("ROUND", px, "rx"), unary("ROUND", py, "ry"), None)]
+    else:
+        x0, y0 = unary("FLOOR", px, "x0"), unary("FLOOR", py, "y0")
+        one = const(1.0, "one")
+        x1, y1 = op("ADD", x0, one, "x1"), op("ADD", y0, one, "y1")
+        fx, fy = op("SUB", px, x0, "fx"), op("SUB", py, y0, "fy")
+        gx, gy = op("SUB", one, fx, "gx"), op("SUB", one, fy, "gy")
+        corners_xy = [(x0, y0, op("MUL", gx, gy, "w00")), (x1, y0, op("MUL", fx, gy, "w01")),
+                      (x0, y1, op("MUL", gx, fy, "w10")), (x1, y1, op("MUL", fx, fy, "w11"))]
+    total = None
+    for k, (cx, cy, weight) in enumerate(corners_xy):
+        if padding == b"zeros":  # a neighbour outside the image contributes nothing
+            inside = None
+            for v, lo_hi, t in ((cx, w, "x"), (cy, h, "y")):
+                for builtin, bound, side in (("GREATER_EQUAL", 0.0, "lo"), ("LESS_EQUAL", lo_hi - 1.0, "hi")):
+                    m = ctx.m.add_tensor(ctx._tname(f"{name}/in{k}{t}{side}"), v.shape, np.bool_)
+                    ctx.m.add_op(builtin, [v, const(bound, f"b{k}{t}{side}")], [m], layer=layer)
+                    if inside is None:
+                        inside = m
+                    else:
+                        both = ctx.m.add_tensor(ctx._tname(f"{name}/in{k}{t}{side}_and"), v.shape, np.bool_)
+                        ctx.m.add_op("LOGICAL_AND", [inside, m], [both], layer=layer)
+                        inside = both
+            mask = unary("CAST", inside, f"mask{k}")
+            weight = mask if weight is None else op("MUL", weight, mask, f"wm{k}")
+        sx = op("MINIMUM", op("MAXIMUM", cx, const(0.0, f"sx_lo{k}"), f"sx_a{k}"), const(w - 1.0, f"sx_hi{k}"),
+                f"sx{k}")
+        sy = op("MINIMUM", op("MAXIMUM", cy, const(0.0, f"sy_lo{k}"), f"sy_a{k}"), const(h - 1.0, f"sy_hi{k}"),
+                f"sy{k}")
+        index = op("ADD", op("MUL", sy, const(float(w), f"row{k}"), f"rowoff{k}"), sx, f"index{k}")
+        ids = ctx.m.add_tensor(ctx._tname(f"{name}/ids{k}"), (ho * wo,), np.int32)
+        flat = ctx.m.add_tensor(ctx._tname(f"{name}/flat{k}"), (ho * wo,), np.float32)
+        ctx.m.add_op("RESHAPE", [index, const([ho * wo], f"flat_shape{k}", np.int32)], [flat], layer=layer)
+        ctx.m.add_op("CAST", [flat], [ids], layer=layer)
+        picked = ctx.m.add_tensor(ctx._tname(f"{name}/picked{k}"), (ho * wo, c), np.float32)
+        ctx.m.add_op("GATHER", [rows, ids], [picked], ("GatherOptions", {"Axis": 0, "BatchDims": 0}), layer=layer)
+        value = ctx.m.add_tensor(ctx._tname(f"{name}/value{k}"), (1, ho, wo, c), np.float32)
+        ctx.m.add_op("RESHAPE", [picked, const([1, ho, wo, c], f"value_shape{k}", np.int32)], [value], layer=layer)
+        if weight is not None:
+            value = op("MUL", value, weight, f"weighted{k}")
+        total = value if total is None else op("ADD", total, value, f"sum{k}")
+    ctx.m.add_op("MUL", [total, const(1.0, "out")], [ctx.out_f(node.output[0], True)],
+                 ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
+    return (f"{mode} sampling, {padding.decode()} padding, in float ops: {len(corners_xy)} GATHER(s) from the input "
+            "flattened to rows of channels")
+
+
+register("GridSample", float=_grid_sample)
