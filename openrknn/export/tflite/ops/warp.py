@@ -67,40 +67,51 @@ def _grid_sample(ctx, node) -> str:
         gx, gy = op("SUB", one, fx, "gx"), op("SUB", one, fy, "gy")
         corners_xy = [(x0, y0, op("MUL", gx, gy, "w00")), (x1, y0, op("MUL", fx, gy, "w01")),
                       (x0, y1, op("MUL", gx, fy, "w10")), (x1, y1, op("MUL", fx, fy, "w11"))]
+    zero, right, bottom = const(0.0, "zero"), const(w - 1.0, "right"), const(h - 1.0, "bottom")
+    row, flat_shape = const(float(w), "row"), const([ho * wo], "flat_shape", np.int32)
+    value_shape = const([1, ho, wo, c], "value_shape", np.int32)
+    out = ctx.out_f(node.output[0], True)
     total = None
     for k, (cx, cy, weight) in enumerate(corners_xy):
+        last = k == len(corners_xy) - 1
         if padding == b"zeros":  # a neighbour outside the image contributes nothing
+            tests = [("GREATER_EQUAL", cx, zero), ("LESS_EQUAL", cx, right), ("GREATER_EQUAL", cy, zero),
+                     ("LESS_EQUAL", cy, bottom)]
             inside = None
-            for v, lo_hi, t in ((cx, w, "x"), (cy, h, "y")):
-                for builtin, bound, side in (("GREATER_EQUAL", 0.0, "lo"), ("LESS_EQUAL", lo_hi - 1.0, "hi")):
-                    m = ctx.m.add_tensor(ctx._tname(f"{name}/in{k}{t}{side}"), v.shape, np.bool_)
-                    ctx.m.add_op(builtin, [v, const(bound, f"b{k}{t}{side}")], [m], layer=layer)
-                    if inside is None:
-                        inside = m
-                    else:
-                        both = ctx.m.add_tensor(ctx._tname(f"{name}/in{k}{t}{side}_and"), v.shape, np.bool_)
-                        ctx.m.add_op("LOGICAL_AND", [inside, m], [both], layer=layer)
-                        inside = both
+            for j, (builtin, v, bound) in enumerate(tests):
+                m = ctx.m.add_tensor(ctx._tname(f"{name}/inside{k}_{j}"), v.shape, np.bool_)
+                ctx.m.add_op(builtin, [v, bound], [m], layer=layer)
+                if inside is not None:
+                    both = ctx.m.add_tensor(ctx._tname(f"{name}/inside{k}_{j}_and"), v.shape, np.bool_)
+                    ctx.m.add_op("LOGICAL_AND", [inside, m], [both], layer=layer)
+                    m = both
+                inside = m
             mask = unary("CAST", inside, f"mask{k}")
             weight = mask if weight is None else op("MUL", weight, mask, f"wm{k}")
-        sx = op("MINIMUM", op("MAXIMUM", cx, const(0.0, f"sx_lo{k}"), f"sx_a{k}"), const(w - 1.0, f"sx_hi{k}"),
-                f"sx{k}")
-        sy = op("MINIMUM", op("MAXIMUM", cy, const(0.0, f"sy_lo{k}"), f"sy_a{k}"), const(h - 1.0, f"sy_hi{k}"),
-                f"sy{k}")
-        index = op("ADD", op("MUL", sy, const(float(w), f"row{k}"), f"rowoff{k}"), sx, f"index{k}")
-        ids = ctx.m.add_tensor(ctx._tname(f"{name}/ids{k}"), (ho * wo,), np.int32)
+        sx = op("MINIMUM", op("MAXIMUM", cx, zero, f"sx_a{k}"), right, f"sx{k}")
+        sy = op("MINIMUM", op("MAXIMUM", cy, zero, f"sy_a{k}"), bottom, f"sy{k}")
+        index = op("ADD", op("MUL", sy, row, f"rowoff{k}"), sx, f"index{k}")
         flat = ctx.m.add_tensor(ctx._tname(f"{name}/flat{k}"), (ho * wo,), np.float32)
-        ctx.m.add_op("RESHAPE", [index, const([ho * wo], f"flat_shape{k}", np.int32)], [flat], layer=layer)
+        ctx.m.add_op("RESHAPE", [index, flat_shape], [flat], layer=layer)
+        ids = ctx.m.add_tensor(ctx._tname(f"{name}/ids{k}"), (ho * wo,), np.int32)
         ctx.m.add_op("CAST", [flat], [ids], layer=layer)
         picked = ctx.m.add_tensor(ctx._tname(f"{name}/picked{k}"), (ho * wo, c), np.float32)
         ctx.m.add_op("GATHER", [rows, ids], [picked], ("GatherOptions", {"Axis": 0, "BatchDims": 0}), layer=layer)
-        value = ctx.m.add_tensor(ctx._tname(f"{name}/value{k}"), (1, ho, wo, c), np.float32)
-        ctx.m.add_op("RESHAPE", [picked, const([1, ho, wo, c], f"value_shape{k}", np.int32)], [value], layer=layer)
+        # the last step of the last neighbour writes the output itself
+        ends = last and total is None and weight is None
+        value = out if ends else ctx.m.add_tensor(ctx._tname(f"{name}/value{k}"), (1, ho, wo, c), np.float32)
+        ctx.m.add_op("RESHAPE", [picked, value_shape], [value], layer=layer)
         if weight is not None:
-            value = op("MUL", value, weight, f"weighted{k}")
-        total = value if total is None else op("ADD", total, value, f"sum{k}")
-    ctx.m.add_op("MUL", [total, const(1.0, "out")], [ctx.out_f(node.output[0], True)],
-                 ("MulOptions", {"FusedActivationFunction": 0}), layer=layer)
+            weighted = out if last and total is None else ctx.new_f(f"{name}/weighted{k}", (1, ho, wo, c))
+            ctx.m.add_op("MUL", [value, weight], [weighted], ("MulOptions", {"FusedActivationFunction": 0}),
+                         layer=layer)
+            value = weighted
+        if total is None:
+            total = value
+        else:
+            summed = out if last else ctx.new_f(f"{name}/sum{k}", (1, ho, wo, c))
+            ctx.m.add_op("ADD", [total, value], [summed], ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+            total = summed
     return (f"{mode} sampling, {padding.decode()} padding, in float ops: {len(corners_xy)} GATHER(s) from the input "
             "flattened to rows of channels")
 
