@@ -32,9 +32,28 @@ def check_config_against_model(cfg: BuildConfig, model: onnx.ModelProto) -> List
             v is not None for v in (cfg.mean_values, cfg.std_values, cfg.reorder_channel)):
         raise ConfigError("mean_values", cfg.mean_values, hint="the model has no 4-D image input, so mean/std/reorder "
                           "cannot apply; leave them unset")
-    cfg.check_channels(channels, [lay.describe(inp.name, dims(inp)) if lay is not None else None
-                                  for lay, inp in zip(layouts, model.graph.input)])
+    counts = list(channels)
+    for i, (lay, inp) in enumerate(zip(layouts, model.graph.input)):
+        if lay is None:
+            counts[i] = _plain_input_count(cfg, i, inp)
+    cfg.check_channels(counts, [lay.describe(inp.name, dims(inp)) if lay is not None else None
+                                for lay, inp in zip(layouts, model.graph.input)])
     return channels
+
+
+def _plain_input_count(cfg: BuildConfig, i: int, inp) -> int:
+    """mean/std/reorder entries of an input that is not a 4-D image (sizes, ids, states) are placeholders: one
+    value, or one per element of its last dim as rknn-toolkit2 counts them; anything but mean 0 / std 1 would be
+    silently dropped, so it is refused."""
+    shape = dims(inp)
+    given = [v[i] for v in (cfg.mean_values, cfg.std_values) if v is not None and i < len(v)]
+    for key, values, identity in (("mean_values", cfg.mean_values, 0.0), ("std_values", cfg.std_values, 1.0)):
+        if values is not None and i < len(values) and any(float(x) != identity for x in values[i]):
+            raise ConfigError(key, values[i], hint=f"input {i} ('{inp.name}', shape {shape}) is not a 4-D image "
+                              f"input, so pre-processing does not apply to it; give [{identity:g}] for it and feed "
+                              "its values already as the model takes them")
+    last = shape[-1] if shape and shape[-1] > 0 else 1
+    return last if any(len(v) == last for v in given) else 1
 
 
 def file_normalisation(loaded: LoadedModel, cfg: BuildConfig) -> BuildConfig:

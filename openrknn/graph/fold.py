@@ -14,7 +14,8 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
   grayscale conversion) -> a 1x1 Conv;
 - sink_squeezes: Conv -> Squeeze -> bias Add / activation (how tf2onnx writes a Keras Conv1D: the 2-D conv's
   size-1 axis squeezed before its bias and activation) -> the Squeeze after them, so the conv folds its bias and
-  fuses its activation; a Squeeze then undone by an Unsqueeze of the same axes goes.
+  fuses its activation; a Squeeze then undone by an Unsqueeze of the same axes goes;
+- logit_of_sigmoid: a DETR decoder's inverse sigmoid of a sigmoid -> a Clip of the sigmoid's input.
 Each returns how many rewrites it made; constants shared with other nodes are copied, never edited in place.
 """
 
@@ -480,3 +481,92 @@ def _cancel_squeeze_pairs(model: onnx.ModelProto) -> int:
 
 
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "sink_squeezes"]
+
+
+def _clip_bounds(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[float, float]]:
+    """A Clip's constant (min, max), -inf / inf where absent; None when a bound is not a constant scalar."""
+    lo, hi = _attr(node, "min", -np.inf), _attr(node, "max", np.inf)  # attributes before opset 11
+    for k in (1, 2):
+        if len(node.input) > k and node.input[k]:
+            v = ix.const(node.input[k])
+            if v is None or v.size != 1:
+                return None
+            if k == 1:
+                lo = float(v.reshape(()))
+            else:
+                hi = float(v.reshape(()))
+    return float(lo), float(hi)
+
+
+# the largest clamp an inverse sigmoid may use for its fold to count as exact (the fold moves values by at most it)
+_LOGIT_EPS = 1e-3
+
+
+def logit_of_sigmoid(model: onnx.ModelProto) -> int:
+    """DETR-family decoders take the inverse sigmoid of a sigmoid: log(max(s, e) / max(1 - s, e)) with
+    s = sigmoid(a), sometimes clamped to [0, 1] first. That is a itself, clamped where s meets e: the Log's output
+    becomes Clip(a, logit(e), -logit(e)). Exact up to e (1e-5 in these models; float32's own sigmoid is further
+    off near the clamp), and an int8 build no longer rounds s near 0 and 1 (where the logit magnifies each step:
+    DEIMv2's decoder kept 7 of 62 detections until this rule)."""
+    done = 0
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+
+        def made_by(t: str, op: str) -> Optional[onnx.NodeProto]:
+            p = producer.get(t)
+            return g.node[p] if p is not None and g.node[p].op_type == op and \
+                g.node[p].domain in ("", "ai.onnx") else None
+
+        hit = None
+        for node in g.node:
+            div = made_by(node.input[0], "Div") if node.op_type == "Log" else None
+            num = made_by(div.input[0], "Clip") if div is not None else None
+            den = made_by(div.input[1], "Clip") if div is not None else None
+            sub = made_by(den.input[0], "Sub") if den is not None else None
+            if num is None or sub is None:
+                continue
+            one = ix.const(sub.input[0])
+            bn, bd = _clip_bounds(ix, num), _clip_bounds(ix, den)
+            if one is None or one.size != 1 or float(one.reshape(())) != 1.0 or sub.input[1] != num.input[0] or \
+                    bn is None or bd is None or not (0 < bn[0] <= _LOGIT_EPS and 0 < bd[0] <= _LOGIT_EPS):
+                continue
+            s = num.input[0]
+            clamp = made_by(s, "Clip")
+            if clamp is not None:  # a [0, 1] clamp of a sigmoid changes nothing
+                b = _clip_bounds(ix, clamp)
+                if b is None or b[0] > 0 or b[1] < 1:
+                    continue
+                s = clamp.input[0]
+            sig = made_by(s, "Sigmoid")
+            if sig is None:
+                continue
+            e1, e2 = bn[0], bd[0]
+            hit = (node, sig.input[0], float(np.log(e1 / (1 - e1))), float(np.log((1 - e2) / e2)))
+            break
+        if hit is None:
+            if done:
+                _drop_dead(model)
+            return done
+        log_node, a, lo, hi = hit
+        name = log_node.name or log_node.output[0]
+        clip = helper.make_node("Clip", [a, ix.add_const(name + "_logit_min", np.float32(lo)),
+                                         ix.add_const(name + "_logit_max", np.float32(hi))],
+                                [log_node.output[0]], name=ix.unique(name + "_logit"))
+        at = list(g.node).index(log_node)
+        g.node.insert(at, clip)
+        g.node.remove(log_node)
+        done += 1
+
+
+def _drop_dead(model: onnx.ModelProto) -> None:
+    """Nodes whose outputs nothing reads (and that are no graph output) go, until none is left."""
+    while True:
+        ix = _Index(model)
+        dead = [n for n in model.graph.node if not any(subgraphs(n)) and all(
+            o not in ix.keep and not ix.consumers.get(o) for o in n.output if o)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)

@@ -50,6 +50,7 @@ def _fold(model: onnx.ModelProto) -> None:
         step = Counter({"activations": fold.canonical_activations(model),
                         "squeezes sunk": fold.sink_squeezes(model),
                         "channel sums": fold.channel_sums_as_convs(model),
+                        "logits of sigmoids": fold.logit_of_sigmoid(model),
                         "conv affine": fold.fold_conv_affine(model),
                         "input scales": fold.fold_input_scale(model)})
         total.update(step)

@@ -453,8 +453,10 @@ def known_minimum(info: GraphInfo, plan: Plan) -> Dict[str, float]:
         elif act == "Clip":
             node = info.nodes[info.producer[t]]
             lo = info.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-            if lo is not None and np.size(lo) == 1:
-                out[t] = float(np.reshape(lo, ()))  # a [1]-shaped bound is as common as a scalar
+            # a [1]-shaped bound is as common as a scalar; a negative floor is measured instead: exports clamp to
+            # float16's range (-65504) as a guard, and that bound as the int8 minimum would zero the tensor
+            if lo is not None and np.size(lo) == 1 and float(np.reshape(lo, ())) >= 0:
+                out[t] = float(np.reshape(lo, ()))
     return out
 
 
