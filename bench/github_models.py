@@ -44,7 +44,8 @@ Caffe files), enhancement (PairLIE, LYT-Net, CSRNet: image to image, judged by P
 face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorFlow Lite Micro's MNIST LSTM, float and
 int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
 (TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs), plates (a plate detector and
-LPRNet, chained) and converted (PINTO's conversions of two low-light enhancers and two segmenters).
+LPRNet, chained), converted (PINTO's conversions of two low-light enhancers and two segmenters) and detr (DEIMv2, a
+DETR-family detector with its query selection and postprocessor inside).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -84,6 +85,7 @@ REPOS = {
     "plate": ("hpc203/license-plate-detect-recoginition-opencv", "db1d1e40dc79a7658b2fc97fe532cf9d26ad85de"),
     "plate_photos": ("hpc203/yolov5-detect-car_plate_corner", "06674273526a48405dab812050051d479299af84"),
     "ipne": ("Kazuhito00/Image-Processing-Node-Editor", "46979d5b8eacb181abe970e4dd18e8f4cf0e750b"),
+    "purego": ("Kazuhito00/onnx-purego-interpreter", "7681e2537da1e608969cb054b2b4e4c004002d68"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -126,6 +128,7 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
                 "48a46b346ca7e2e9"),
     "road": ("ipne", "node/deep_learning_node/semantic_segmentation/road_segmentation_adas_0001/saved_model/"
              "model_float32.onnx", "931f80db4faa9eb3"),
+    "deimv2": ("purego", "examples/DEIMv2/deimv2_hgnetv2_atto_coco.onnx", "b114aa6610ac7c2b"),
 }
 LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
                                              "Farmhouse.png", "Madison.png")]
@@ -1430,9 +1433,88 @@ def converted(cache: Path, work: Path) -> list:
     return rows
 
 
+HYBRID_SCORES = 0.995  # DEIMv2's sorted scores: 0.992 plain; 0.995 promotes 6% of the layers, 0.999 38%
+
+
+def detr(cache: Path, work: Path) -> list:
+    """DEIMv2 (HGNetV2-Atto, COCO, 320x320) as Kazuhito00/onnx-purego-interpreter ships it: a DETR-family detector
+    (an AIFI encoder, a deformable decoder sampling with GridSample, D-FINE's bin integral, TopK query selection and a
+    TopK postprocessor inside; two inputs, the image (RGB / 255, stretched to 320 as the sample does) and its
+    original size (int64 [1, 2], here 320 x 320 so boxes stay in the fed pixels); labels, boxes and scores out). The
+    metric is the float model's detections at score 0.5 found again (same class, IoU >= 0.5); auto hybrid is the
+    public build(auto_hybrid=True) with auto_hybrid_cos_thresh=HYBRID_SCORES (it measures the TopK's sorted
+    scores), timed beside the plain build."""
+    import time
+
+    import cv2
+    import onnxruntime as ort
+
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    path = model(cache, "deimv2")
+    sample = cv2.imread(str(fetch_github(cache, "purego", "examples/DEIMv2/sample.jpg", "e1b872d255bebdb8")))
+    pics = [np.ascontiguousarray(cv2.resize(p, (320, 320), interpolation=cv2.INTER_LINEAR))
+            for p in images(["coco", "misc", "imagenet"], None) + [sample[:, :, ::-1]]]
+    calib, held = pics[0::2][:16], pics[1::2]
+    size = np.array([[320, 320]], np.int64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def dets(outs):
+        labels, boxes, scores = (np.asarray(o) for o in outs[:3])
+        keep = scores.reshape(-1) > 0.5
+        return [(int(c), b) for c, b in zip(labels.reshape(-1)[keep], boxes.reshape(-1, 4)[keep])]
+
+    refs = [dets(sess.run(None, {"images": (p / np.float32(255)).transpose(2, 0, 1)[None], "orig_target_sizes": size}))
+            for p in held]
+    cells = [f"DEIMv2 atto COCO (DETR: TopK queries, GridSample, 2 inputs); {len(held)} images, "
+             f"{sum(map(len, refs))} float detections"]
+    cfg = {"mean_values": [[0] * 3, [0, 0]], "std_values": [[255] * 3, [1, 1]]}
+    shapes = [[1, 3, 320, 320], [1, 2]]
+    for dtype in (None, "w8a8"):
+        t = time.perf_counter()
+        r = build(path, shapes, dtype, [[p[None], size] for p in calib], cfg, work)
+        took = time.perf_counter() - t
+        cells.append(_kept_cell(refs, [dets(r.inference(inputs=[p[None], size])) for p in held]))
+        if dtype:
+            cells[-1] += f" (build {took:.1f} s)"
+            job = {"input_names": ["images", "orig_target_sizes"], "shapes": shapes, "means": cfg["mean_values"],
+                   "stds": cfg["std_values"]}
+            said, outs = _vendor(path, job, [[p.transpose(2, 0, 1)[None], size] for p in calib],
+                                 [[p[None], size] for p in held], work)
+            cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets([o[0], o[1], o[2]])
+                                                                                        for o in outs]))
+            out = work / "detr.tflite"
+            if r.export_tflite(str(out)) != 0:
+                cells.append(f"export refused: {str(r.last_error)[:100]}")
+            else:
+                runner = TfliteRunner(str(out), delegate=None)
+                cells.append("LiteRT " + _kept_cell(refs, [dets(runner.run([p[None], size])) for p in held]))
+        r.release()
+    from openrknn.api import RKNN
+
+    t = time.perf_counter()
+    r = build(path, shapes, "w8a8", [[p[None], size] for p in calib], cfg, work)  # writes ds.txt for the hybrid
+    plain = time.perf_counter() - t
+    h = RKNN(verbose=False)
+    assert h.config(target_platform="rk3588", quantized_dtype="w8a8", auto_hybrid_cos_thresh=HYBRID_SCORES, **cfg) == 0
+    assert h.load_onnx(str(path), input_size_list=shapes) == 0
+    t = time.perf_counter()
+    assert h.build(dataset=str(work / "ds.txt"), auto_hybrid=True) == 0, h.last_error
+    took = time.perf_counter() - t
+    h.init_runtime()
+    rep = h.hybrid_report
+    cells[2] += (f"; auto hybrid: {_kept_cell(refs, [dets(h.inference(inputs=[p[None], size])) for p in held])}, "
+                 f"{len(rep['layers'])} of {rep['units_total']} layers in int16 (sorted scores' cosine "
+                 f"{min(rep['cosine_before']):.4f} -> {min(rep['cosine_after']):.4f}), build {took:.0f} s "
+                 f"({took / plain:.1f}x the plain build)")
+    h.release()
+    r.release()
+    return [cells]
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr)
 
 
 def main() -> None:

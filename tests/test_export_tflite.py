@@ -1664,3 +1664,44 @@ def test_a_grid_sample_at_computed_points_exports(tmp_path, mode, padding, corne
     report = _exports_as_simulated(tmp_path, nodes, inits, "warp", {"GATHER", "FLOOR" if mode == "bilinear" else
                                                                     "ROUND"})
     assert next(rec for rec in report.layers if rec.op_type == "GridSample").mode == "float"
+
+
+def test_a_grid_sample_of_several_images_exports(tmp_path):
+    """A deformable attention samples each head's value map as one image of a batch (DEIMv2: 8 heads): the
+    neighbours of image k are gathered from its own rows."""
+    rng = np.random.default_rng(12)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4, 3, 1, 1)) * .8).astype(np.float32), "wg"),
+             numpy_helper.from_array(np.array([2, 2, H, W], np.int64), "heads"),
+             numpy_helper.from_array(np.array([1, 4, H, W], np.int64), "back")]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Reshape", ["c", "heads"], ["v"]),
+             n("Conv", ["x", "wg"], ["g"]), n("Tanh", ["g"], ["t"]), n("Reshape", ["t", "heads"], ["t2"]),
+             n("Transpose", ["t2"], ["grid"], perm=[0, 2, 3, 1]),
+             n("GridSample", ["v", "grid"], ["s"], mode="bilinear", padding_mode="zeros", align_corners=0),
+             n("Reshape", ["s", "back"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "heads", {"GATHER", "FLOOR"})
+    assert next(rec for rec in report.layers if rec.op_type == "GridSample").mode == "float"
+
+
+def test_a_detr_query_selection_exports(tmp_path):
+    """DEIMv2's selection of its top queries: TopK over each position's best score, the indices tiled over the
+    features (an int64 Tile) and GatherElements of the features at them (GATHER_ND at full indices), then a
+    MatMul by a vector (D-FINE's bin integral). The gathered features stay int8."""
+    rng = np.random.default_rng(13)
+    n = helper.make_node
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 4, H * W], np.int64), "flat"),
+             numpy_helper.from_array(np.array([6], np.int64), "k"),
+             numpy_helper.from_array(np.array([2], np.int64), "last"),
+             numpy_helper.from_array(np.array([1, 1, 4], np.int64), "reps"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bins")]
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Reshape", ["c", "flat"], ["f"]),
+             n("Transpose", ["f"], ["feats"], perm=[0, 2, 1]),
+             n("ReduceMax", ["feats"], ["best"], axes=[2], keepdims=0),
+             n("TopK", ["best", "k"], ["top", "idx"]), n("Unsqueeze", ["idx", "last"], ["idx3"]),
+             n("Tile", ["idx3", "reps"], ["idx4"]), n("GatherElements", ["feats", "idx4"], ["picked"], axis=1),
+             n("MatMul", ["picked", "bins"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "select", {"TOPK_V2", "TILE", "GATHER_ND",
+                                                                       "BATCH_MATMUL"}, out_shape=(1, 6))
+    assert next(rec for rec in report.layers if rec.op_type == "GatherElements").mode == "int8"

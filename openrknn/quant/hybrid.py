@@ -268,20 +268,51 @@ _LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"
 def scored_outputs(model: onnx.ModelProto) -> Optional[List[str]]:
     """What to measure for "every output" when an output is an index (ArgMax/ArgMin, through layout-only ops): the
     scores it is picked from. The cosine of two index vectors says nothing about how close they are (class 5 for 6
-    weighs as little as for 500) and jumps as single indices flip. None when no output is an index."""
+    weighs as little as for 500) and jumps as single indices flip. Likewise an output a TopK's indices pick or
+    compute (a DETR's labels and boxes, in score order): the TopK's sorted values, since a swap of two near-equal
+    scores moves whole rows without changing a detection. None when no output changes."""
     producer = {o: n for n in model.graph.node for o in n.output}
+    sorted_values = {}  # TopK output name -> the graph output that is its values (through Q/DQ and layout ops)
+    for o in model.graph.output:
+        t, n = o.name, producer.get(o.name)
+        while n is not None and n.op_type in _LAYOUT_OPS + ("QuantizeLinear", "DequantizeLinear"):
+            t = n.input[0]
+            n = producer.get(t)
+        if n is not None and n.op_type == "TopK" and t == n.output[0]:
+            sorted_values[n.output[0]] = o.name
     out, changed = [], False
     for o in model.graph.output:
         t, n = o.name, producer.get(o.name)
         while n is not None and n.op_type in _LAYOUT_OPS:
             t = n.input[0]
             n = producer.get(t)
+        top = _nearest_topk(o.name, producer)
         if n is not None and n.op_type in INDEX_OPS:
             out.append(n.input[0])
             changed = True
+        elif top is not None and sorted_values.get(top.output[0], o.name) != o.name:
+            out.append(sorted_values[top.output[0]])
+            changed = True
         else:
             out.append(o.name)
-    return out if changed else None
+    return list(dict.fromkeys(out)) if changed else None
+
+
+def _nearest_topk(name: str, producer: Dict[str, onnx.NodeProto], depth: int = 8) -> Optional[onnx.NodeProto]:
+    """The TopK closest above ``name`` (breadth first, up to ``depth`` ops); None when there is none that near."""
+    level, seen = [name], {name}
+    for _ in range(depth):
+        above = []
+        for t in level:
+            n = producer.get(t)
+            if n is None:
+                continue
+            if n.op_type == "TopK":
+                return n
+            above += [i for i in n.input if i and i not in seen]
+            seen.update(n.input)
+        level = above
+    return None
 
 
 def measured_tensors(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> List[str]:

@@ -30,7 +30,10 @@ TO_NCHW = (0, 3, 1, 2)
 # ops whose TFLite form keeps an integer or boolean tensor's type (ids reshaped, compared, cast)
 INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
                      "GatherND", "Split", "Concat", "Not", "And", "Or", "Xor", "Where", "Add", "Sub", "Mul", "Div",
-                     "Mod", "Max", "Min", "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+                     "Mod", "Max", "Min", "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Tile",
+                     "GatherElements"})
+# ops whose second input is integer positions: int8 when the data (the first input) is an int8 point
+INDEXED = frozenset({"GatherND", "GatherElements"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
 
 
@@ -350,7 +353,8 @@ class Lowerer:
         acts = self.activation_inputs(node)
         act_node = self.fused_activation(node) if rule.fuses_activation else None
         outs = [act_node.output[0]] if act_node is not None else [o for o in node.output if o]
-        int8 = (rule.int8 is not None and bool(acts) and all(self.is_q8(i) for i in acts)
+        data = acts[:1] if node.op_type in INDEXED else acts
+        int8 = (rule.int8 is not None and bool(data) and all(self.is_q8(i) for i in data)
                 and all(self.g.sole_quantizer(o) is not None and self.g.act_point(self.g.sole_quantizer(o)).bits == 8
                         for o in outs)
                 and (rule.int8_ok is None or rule.int8_ok(self, node)))

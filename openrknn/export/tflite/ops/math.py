@@ -137,10 +137,23 @@ def _matmul(ctx, node) -> str:
             ins.append(ctx.view(name, "f", False, layer))
         else:
             ins.append(ctx.f_of(name, layer))
-    if any(len(t.shape) < 2 for t in ins):
-        raise NotSupportedError(f"export-tflite: {layer} multiplies a vector; TFLite's BATCH_MATMUL takes matrices")
-    ctx.m.add_op("BATCH_MATMUL", ins, [ctx.out_f(node.output[0], False)],
-                 ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}))
+    # a vector operand (D-FINE's bin weights: distances = softmax(bins) @ w) is a one-row or one-column matrix, as
+    # ONNX's MatMul treats it; the output then drops that dim again
+    vectors = [len(t.shape) == 1 for t in ins]
+    for k, t in enumerate(ins):
+        if vectors[k]:
+            ins[k] = ctx.reshape(t, ctx.new_f(f"{layer}/matrix{k}", (1, t.shape[0]) if k == 0 else (t.shape[0], 1)),
+                                 layer)
+    out = ctx.out_f(node.output[0], False)
+    if any(vectors):
+        a, b = ins
+        wide = tuple(np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))) + (a.shape[-2], b.shape[-1])
+        full = ctx.new_f(f"{layer}/product", wide)
+        ctx.m.add_op("BATCH_MATMUL", ins, [full], ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}),
+                     layer=layer)
+        ctx.reshape(full, out, layer)
+        return "a vector operand as a one-row or one-column matrix, the product reshaped back"
+    ctx.m.add_op("BATCH_MATMUL", ins, [out], ("BatchMatMulOptions", {"AdjX": False, "AdjY": False}))
     return ""
 
 

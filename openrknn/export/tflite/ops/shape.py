@@ -311,6 +311,57 @@ def _gather_nd(ctx, node, kind: str, act=None) -> str:
 register("GatherND", int8=lambda c, n, a: _gather_nd(c, n, "q"), float=lambda c, n: _gather_nd(c, n, "f"))
 
 
+def _gather_elements(ctx, node, kind: str, act=None) -> str:
+    """GatherElements (a DETR decoder picks its top queries' features and boxes so, at TopK's indices) ->
+    GATHER_ND at the full index of each output element: the given index (wrapped by FLOOR_MOD, as ONNX allows
+    negative ones) on the gathered axis, the element's own position on every other axis. In the model's own order of
+    dims; int8 keeps the input's scale."""
+    layer = layer_name(node)
+    name = node.input[0]
+    if ctx.g.is_const(name) or ctx.g.quant_const(name) is not None:  # a table (a DETR's anchors): float
+        qc = ctx.g.quant_const(name)
+        table = qc.dequantized() if qc is not None else np.asarray(ctx.g.const(name), np.float32)
+        src, dims = ctx.m.add_const(ctx._tname(name), table), list(table.shape)
+    else:
+        src, dims = ctx.view(name, kind, False, layer), list(ctx.value(name).shape)
+    rank = len(dims)
+    axis = attr(node, "axis", 0) % rank
+    shape = tuple(ctx.out_shape(node.output[0]))
+    grid = np.stack(np.meshgrid(*[np.arange(d) for d in shape], indexing="ij"), -1).astype(np.int32)
+    if ctx.g.is_const(node.input[1]):
+        idx = np.asarray(ctx.g.const(node.input[1]), np.int64).reshape(shape)
+        grid[..., axis] = np.where(idx < 0, idx + dims[axis], idx)
+        index = ctx.m.add_const(ctx._tname("indices"), grid)
+    else:
+        idx = ctx.view(node.input[1], "f", False, layer)
+        if np.dtype(idx.dtype) not in (np.int32, np.int64):
+            raise NotSupportedError(f"export-tflite: {layer} gathers at {np.dtype(idx.dtype).name} indices; "
+                                    "GatherElements takes int32 or int64")
+        if np.dtype(idx.dtype) != np.int32:
+            idx32 = ctx.m.add_tensor(ctx._tname(f"{layer}/indices_int32"), shape, np.int32)
+            ctx.m.add_op("CAST", [idx], [idx32], layer=layer)
+            idx = idx32
+        wrapped = ctx.m.add_tensor(ctx._tname(f"{layer}/indices_wrapped"), shape, np.int32)
+        ctx.m.add_op("FLOOR_MOD", [idx, ctx.m.add_const(ctx._tname("size"), np.asarray(dims[axis], np.int32))],
+                     [wrapped], layer=layer)
+        column = ctx.m.add_tensor(ctx._tname(f"{layer}/indices_column"), shape + (1,), np.int32)
+        ctx.reshape(wrapped, column, layer)
+        parts = [column if k == axis else ctx.m.add_const(ctx._tname(f"position{k}"), grid[..., k:k + 1])
+                 for k in range(rank)]
+        index = ctx.m.add_tensor(ctx._tname(f"{layer}/indices_full"), shape + (rank,), np.int32)
+        ctx.m.add_op("CONCATENATION", parts, [index], ("ConcatenationOptions", {"Axis": rank,
+                                                                               "FusedActivationFunction": 0}),
+                     layer=layer)
+    out = _like(ctx, src, node.output[0], shape)
+    ctx.m.add_op("GATHER_ND", [src, index], [out], version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, False, layer, "TFLite's int8 GATHER_ND keeps its input scale")
+    return ""
+
+
+register("GatherElements", int8=lambda c, n, a: _gather_elements(c, n, "q"),
+         float=lambda c, n: _gather_elements(c, n, "f"))
+
+
 def _tile(ctx, node, kind: str, act=None) -> str:
     """Tile by constant repeats (a transformer's queries repeated over the batch) -> TILE, in the layout the input
     is stored in; int8 keeps the input's scale."""

@@ -20,10 +20,11 @@ def _grid_sample(ctx, node) -> str:
     corners = bool(attr(node, "align_corners", 0))
     n, c, h, w = ctx.value(node.input[0]).shape
     grid_shape = tuple(ctx.value(node.input[1]).shape)
-    if mode is None or padding not in (b"zeros", b"border") or n != 1 or len(grid_shape) != 4:
+    if mode is None or padding not in (b"zeros", b"border") or len(grid_shape) != 4 or n * h * w > 2 ** 24:
         raise NotSupportedError(f"export-tflite: {layer} is a GridSample ({attr(node, 'mode', b'bilinear').decode()}, "
-                                f"{padding.decode()} padding, batch {n}); bilinear or nearest sampling with zeros or "
-                                "border padding of one image is exported")
+                                f"{padding.decode()} padding, {n} x {h} x {w} pixels); bilinear or nearest sampling "
+                                "with zeros or border padding, of up to 2^24 pixels (float32's exact integers), is "
+                                "exported")
     ho, wo = grid_shape[1:3]
     name = node.output[0]
 
@@ -39,11 +40,11 @@ def _grid_sample(ctx, node) -> str:
     def unary(builtin, x, tag):
         return ctx.float_op(builtin, [x], x.shape, f"{name}/{tag}", layer)
 
-    rows = ctx.m.add_tensor(ctx._tname(f"{name}/rows"), (h * w, c), np.float32)
-    ctx.m.add_op("RESHAPE", [ctx.view(node.input[0], "f", True, layer), const([h * w, c], "rows_shape", np.int32)],
-                 [rows], layer=layer)
-    grid = ctx.view(node.input[1], "f", False, layer)  # [1, Ho, Wo, 2] in the model's own order: (x, y) last
-    xy = [ctx.m.add_tensor(ctx._tname(f"{name}/{a}"), (1, ho, wo, 1), np.float32) for a in "xy"]
+    rows = ctx.m.add_tensor(ctx._tname(f"{name}/rows"), (n * h * w, c), np.float32)
+    ctx.m.add_op("RESHAPE", [ctx.view(node.input[0], "f", True, layer),
+                             const([n * h * w, c], "rows_shape", np.int32)], [rows], layer=layer)
+    grid = ctx.view(node.input[1], "f", False, layer)  # [N, Ho, Wo, 2] in the model's own order: (x, y) last
+    xy = [ctx.m.add_tensor(ctx._tname(f"{name}/{a}"), (n, ho, wo, 1), np.float32) for a in "xy"]
     ctx.m.add_op("SPLIT", [const(3, "axis", np.int32), grid], xy, ("SplitOptions", {"NumSplits": 2}), layer=layer)
 
     def pixels(g, size, tag):  # ONNX's unnormalisation; border padding clamps it into the image
@@ -68,8 +69,10 @@ def _grid_sample(ctx, node) -> str:
         corners_xy = [(x0, y0, op("MUL", gx, gy, "w00")), (x1, y0, op("MUL", fx, gy, "w01")),
                       (x0, y1, op("MUL", gx, fy, "w10")), (x1, y1, op("MUL", fx, fy, "w11"))]
     zero, right, bottom = const(0.0, "zero"), const(w - 1.0, "right"), const(h - 1.0, "bottom")
-    row, flat_shape = const(float(w), "row"), const([ho * wo], "flat_shape", np.int32)
-    value_shape = const([1, ho, wo, c], "value_shape", np.int32)
+    row, flat_shape = const(float(w), "row"), const([n * ho * wo], "flat_shape", np.int32)
+    value_shape = const([n, ho, wo, c], "value_shape", np.int32)
+    # image k's rows start at k * H * W (a deformable attention samples each head's map as one image of a batch)
+    first_row = const((np.arange(n) * (h * w)).reshape(n, 1, 1, 1), "first_row") if n > 1 else None
     out = ctx.out_f(node.output[0], True)
     total = None
     for k, (cx, cy, weight) in enumerate(corners_xy):
@@ -91,25 +94,27 @@ def _grid_sample(ctx, node) -> str:
         sx = op("MINIMUM", op("MAXIMUM", cx, zero, f"sx_a{k}"), right, f"sx{k}")
         sy = op("MINIMUM", op("MAXIMUM", cy, zero, f"sy_a{k}"), bottom, f"sy{k}")
         index = op("ADD", op("MUL", sy, row, f"rowoff{k}"), sx, f"index{k}")
-        flat = ctx.m.add_tensor(ctx._tname(f"{name}/flat{k}"), (ho * wo,), np.float32)
+        if first_row is not None:
+            index = op("ADD", index, first_row, f"image_index{k}")
+        flat = ctx.m.add_tensor(ctx._tname(f"{name}/flat{k}"), (n * ho * wo,), np.float32)
         ctx.m.add_op("RESHAPE", [index, flat_shape], [flat], layer=layer)
-        ids = ctx.m.add_tensor(ctx._tname(f"{name}/ids{k}"), (ho * wo,), np.int32)
+        ids = ctx.m.add_tensor(ctx._tname(f"{name}/ids{k}"), (n * ho * wo,), np.int32)
         ctx.m.add_op("CAST", [flat], [ids], layer=layer)
-        picked = ctx.m.add_tensor(ctx._tname(f"{name}/picked{k}"), (ho * wo, c), np.float32)
+        picked = ctx.m.add_tensor(ctx._tname(f"{name}/picked{k}"), (n * ho * wo, c), np.float32)
         ctx.m.add_op("GATHER", [rows, ids], [picked], ("GatherOptions", {"Axis": 0, "BatchDims": 0}), layer=layer)
         # the last step of the last neighbour writes the output itself
         ends = last and total is None and weight is None
-        value = out if ends else ctx.m.add_tensor(ctx._tname(f"{name}/value{k}"), (1, ho, wo, c), np.float32)
+        value = out if ends else ctx.m.add_tensor(ctx._tname(f"{name}/value{k}"), (n, ho, wo, c), np.float32)
         ctx.m.add_op("RESHAPE", [picked, value_shape], [value], layer=layer)
         if weight is not None:
-            weighted = out if last and total is None else ctx.new_f(f"{name}/weighted{k}", (1, ho, wo, c))
+            weighted = out if last and total is None else ctx.new_f(f"{name}/weighted{k}", (n, ho, wo, c))
             ctx.m.add_op("MUL", [value, weight], [weighted], ("MulOptions", {"FusedActivationFunction": 0}),
                          layer=layer)
             value = weighted
         if total is None:
             total = value
         else:
-            summed = out if last else ctx.new_f(f"{name}/sum{k}", (1, ho, wo, c))
+            summed = out if last else ctx.new_f(f"{name}/sum{k}", (n, ho, wo, c))
             ctx.m.add_op("ADD", [total, value], [summed], ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
             total = summed
     return (f"{mode} sampling, {padding.decode()} padding, in float ops: {len(corners_xy)} GATHER(s) from the input "
