@@ -44,8 +44,8 @@ Caffe files), enhancement (PairLIE, LYT-Net, CSRNet: image to image, judged by P
 face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorFlow Lite Micro's MNIST LSTM, float and
 int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
 (TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs), plates (a plate detector and
-LPRNet, chained), converted (PINTO's conversions of two low-light enhancers and two segmenters) and detr (DEIMv2, a
-DETR-family detector with its query selection and postprocessor inside).
+LPRNet, chained), converted (PINTO's conversions of two low-light enhancers and two segmenters), detr (DEIMv2, a
+DETR-family detector with its query selection and postprocessor inside) and speech_enhancement (GTCRN, streamed).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -86,6 +86,7 @@ REPOS = {
     "plate_photos": ("hpc203/yolov5-detect-car_plate_corner", "06674273526a48405dab812050051d479299af84"),
     "ipne": ("Kazuhito00/Image-Processing-Node-Editor", "46979d5b8eacb181abe970e4dd18e8f4cf0e750b"),
     "purego": ("Kazuhito00/onnx-purego-interpreter", "7681e2537da1e608969cb054b2b4e4c004002d68"),
+    "apne": ("Kazuhito00/Audio-Processing-Node-Editor", "f82bafe9d3e0050d9ca3d9b4ab0e5f9e70eaf01b"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -129,6 +130,7 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "road": ("ipne", "node/deep_learning_node/semantic_segmentation/road_segmentation_adas_0001/saved_model/"
              "model_float32.onnx", "931f80db4faa9eb3"),
     "deimv2": ("purego", "examples/DEIMv2/deimv2_hgnetv2_atto_coco.onnx", "b114aa6610ac7c2b"),
+    "gtcrn": ("apne", "node/audio_enhance_node/model/gtcrn_simple.onnx", "b4718df6228e7bdf"),
 }
 LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
                                              "Farmhouse.png", "Madison.png")]
@@ -1512,9 +1514,110 @@ def detr(cache: Path, work: Path) -> list:
     return [cells]
 
 
+SPEECH = ["the birch canoe slid on the smooth planks", "glue the sheet to the dark blue background",
+          "it is easy to tell the depth of a well", "these days a chicken leg is a rare dish",
+          "rice is often served in round bowls", "the juice of lemons makes fine punch"]
+
+
+def _noisy_speech(work: Path) -> list:
+    """(clean, noisy) 16 kHz float pairs: each sentence spoken by espeak-ng in two voices, with white noise at
+    5 dB SNR over the whole clip (0.3 s of it alone before the speech)."""
+    import subprocess
+    import wave
+
+    rng = np.random.default_rng(5)
+    out = []
+    for k, text in enumerate(SPEECH):
+        for voice in ("en-us", "en+f3"):
+            wav = work / f"speech{k}_{voice.replace('+', '_')}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(wav), text], check=True,
+                           capture_output=True)
+            with wave.open(str(wav)) as w:
+                rate, a = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16) / 32768.0
+            clean = np.concatenate([np.zeros(4800), np.interp(np.arange(0, len(a) / rate, 1 / 16000),
+                                                              np.arange(len(a)) / rate, a)])
+            noise = rng.standard_normal(len(clean))
+            noise *= np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** 0.5)
+            out.append((clean, clean + noise))
+    return out
+
+
+def _enhance(run, noisy: np.ndarray, shapes) -> tuple:
+    """gtcrn streamed as the node editor streams it: 512-sample frames every 256, a sqrt-Hann window, one rfft frame
+    [1, 257, 1, 2] per step with the three caches carried; overlap-added back. ``run`` (feeds -> outputs).
+    Returns (enhanced waveform, the feeds it was given)."""
+    window = np.sqrt(np.hanning(512))
+    caches = [np.zeros(s, np.float32) for s in shapes[1:]]
+    out, norm, feeds = np.zeros(len(noisy) + 512), np.zeros(len(noisy) + 512), []
+    for start in range(0, len(noisy) - 512, 256):
+        spec = np.fft.rfft(noisy[start:start + 512] * window)
+        feed = [np.stack([spec.real, spec.imag], -1)[None, :, None, :].astype(np.float32)] + caches
+        feeds.append(feed)
+        enh, *caches = [np.asarray(o, np.float32) for o in run(feed)]
+        enh = enh.reshape(257, 2)
+        out[start:start + 512] += np.fft.irfft(enh[:, 0] + 1j * enh[:, 1], n=512) * window
+        norm[start:start + 512] += window ** 2
+    return out[:len(noisy)] / np.maximum(norm[:len(noisy)], 1e-3), feeds
+
+
+def _snr(x: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref ** 2) / max(np.sum((x - ref) ** 2), 1e-20)))
+
+
+def speech_enhancement(cache: Path, work: Path) -> list:
+    """GTCRN (a streaming speech enhancer: grouped RNNs (14 GRUs), ConvTranspose, PReLU, ScatterND; a noisy STFT
+    frame and three caches in, two of them 5-D) as Kazuhito00's Audio-Processing-Node-Editor ships and streams it,
+    on espeak-ng sentences in white noise at 5 dB. Calibration: every fourth frame of the even clips, with the caches
+    onnxruntime carried to it; evaluation on the odd clips, each build streaming its own caches. The metrics: the
+    SNR of the enhanced waveform against onnxruntime's (how faithful), and the SNR against the clean speech (what the
+    enhancement is worth: the noisy input's and onnxruntime's beside it). rknn-toolkit2 is fed the frames with
+    onnxruntime's caches (it runs one frame at a time); its enhanced frames' cosine to onnxruntime's."""
+    import onnxruntime as ort
+
+    from arrivals import litert
+
+    path = model(cache, "gtcrn")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    shapes = [list(i.shape) for i in sess.get_inputs()]
+    ort_run = lambda feed: sess.run(None, dict(zip(names, feed)))  # noqa: E731
+    clips = _noisy_speech(work)
+    runs = [_enhance(ort_run, noisy, shapes) for _, noisy in clips]
+    calib = [f for (_, feeds) in runs[0::2] for f in feeds[::4]]
+    held = list(zip(clips[1::2], runs[1::2]))
+    noisy_snr = np.mean([_snr(noisy, clean) for (clean, noisy), _ in held])
+    ort_snr = np.mean([_snr(enh, clean) for (clean, _), (enh, _) in held])
+    cells = [f"GTCRN speech enhancer (14 GRUs, 5-D caches, streamed 16 ms frames); {len(held)} noisy clips "
+             f"({noisy_snr:.1f} dB, onnxruntime's output {ort_snr:.1f} dB against the clean speech)"]
+    cfg = {"input_layout": "nhwc#nchw#nchw#nhwc"}  # the 4-D frame and cache as the model takes them
+    for dtype in (None, "w8a8", "w8a16"):
+        r = build(path, shapes, dtype, calib, cfg, work)
+        ours = [_enhance(lambda feed: r.inference(inputs=feed), noisy, shapes)[0] for (_, noisy), _ in held]
+        said = (f"{np.mean([_snr(o, e) for o, (_, (e, _)) in zip(ours, held)]):.1f} dB to onnxruntime's output, "
+                f"{np.mean([_snr(o, c) for o, ((c, _), _) in zip(ours, held)]):.1f} dB to the clean speech")
+        if dtype == "w8a16":  # int16 activations, as the chip runs them: the precision this model needs
+            cells[2] += "; w8a16: " + said
+            r.release()
+            continue
+        cells.append(said)
+        if dtype:
+            frames = [f for _, (_, feeds) in held[:2] for f in feeds[::6]]
+            job = {"input_names": names, "shapes": shapes, "data_format": "nchw"}
+            said, outs = _vendor(path, job, calib, frames, work)
+            if outs is not None:
+                refs = [ort_run(f)[0] for f in frames]
+                ours_f = [np.asarray(r.inference(inputs=f)[0]).reshape(x.shape) for f, x in zip(frames, refs)]
+                said += (f": enhanced frames' cosine {np.mean([cosine(o[0], x) for o, x in zip(outs, refs)]):.5f}, "
+                         f"openrknn's on the same frames {np.mean([cosine(o, x) for o, x in zip(ours_f, refs)]):.5f}")
+            cells[-1] += "; " + said
+            cells.append(litert(r, frames[:6], work, input_dtype="float32"))
+        r.release()
+    return [cells]
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement)
 
 
 def main() -> None:

@@ -288,3 +288,28 @@ def test_a_squeeze_read_elsewhere_stays():
     fold.sink_squeezes(out)
     assert _ops(out)[:3] == ["Conv", "Squeeze", "Add"]  # s1 is a graph output: nothing moves across it
     _same(m, out, shape=(1, 3, 1, 6))
+
+
+@pytest.mark.parametrize("group, cin, cout, kernel, dil, pads", [
+    (16, 16, 16, (3, 3), (5, 1), (10, 1, 10, 1)),  # GTCRN's dilated depthwise "deconv"
+    (1, 4, 6, (3, 3), (1, 1), (1, 1, 1, 1)),
+    (2, 4, 6, (3, 2), (2, 1), (2, 0, 1, 1)),        # asymmetric pads, a grouped one
+])
+def test_a_unit_stride_transposed_conv_becomes_the_conv_it_equals(group, cin, cout, kernel, dil, pads):
+    rng = np.random.default_rng(4)
+    inits = {"w": rng.normal(0, 0.5, (cin, cout // group) + kernel), "b": rng.normal(0, 0.1, cout)}
+    m = _model([n("ConvTranspose", ["x", "w", "b"], ["y"], group=group, dilations=list(dil), pads=list(pads),
+                  kernel_shape=list(kernel))], inits, in_shape=(1, cin, 12, 7))
+    folded = _copy(m)
+    assert fold.unit_stride_transposed_convs(folded) == 1
+    assert _ops(folded) == ["Conv"] and {t.name for t in folded.graph.initializer} == {"w_as_conv", "b"}
+    _same(m, folded, shape=(1, cin, 12, 7))
+
+
+def test_a_strided_or_output_padded_transposed_conv_stays():
+    rng = np.random.default_rng(5)
+    inits = {"w": rng.normal(0, 0.5, (4, 2, 1, 5))}
+    for attrs in ({"strides": [1, 2], "pads": [0, 2, 0, 2]}, {"pads": [0, 5, 0, 5]}):  # strided; pads > d(k-1)
+        m = _model([n("ConvTranspose", ["x", "w"], ["y"], group=2, kernel_shape=[1, 5], **attrs)], inits,
+                   in_shape=(1, 4, 3, 9))
+        assert fold.unit_stride_transposed_convs(m) == 0 and _ops(m) == ["ConvTranspose"]

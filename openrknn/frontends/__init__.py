@@ -81,10 +81,12 @@ def normalize_size_list(input_size_list, n_inputs: int | None = None,
             raise ModelLoadError(f"input_size_list entry {k + 1} is [] (a scalar), but input {k + 1} of the model has "
                                  f"{rank} dimensions; check the order of the shapes: one per input, in the model's "
                                  "input order")
-        if (not isinstance(s, (list, tuple)) or len(s) not in (1, 2, 3, 4)
+        # up to 4 dims, or the input's own rank in full (a streaming model's 5-D caches)
+        if (not isinstance(s, (list, tuple)) or (len(s) not in (1, 2, 3, 4) and len(s) != rank)
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
             raise ModelLoadError(f"input_size_list entry {s!r} is not a shape of positive integers; give [C, H, W] "
-                                 "or [1, C, H, W] per input ([] for a scalar input)")
+                                 "or [1, C, H, W] per input, or its full shape for an input of more dims ([] for a "
+                                 "scalar input)")
         s = list(s)
         has_batch = len(s) == rank
         fixed = first_dims[k] if first_dims is not None and k < len(first_dims) else None

@@ -15,7 +15,8 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
 - sink_squeezes: Conv -> Squeeze -> bias Add / activation (how tf2onnx writes a Keras Conv1D: the 2-D conv's
   size-1 axis squeezed before its bias and activation) -> the Squeeze after them, so the conv folds its bias and
   fuses its activation; a Squeeze then undone by an Unsqueeze of the same axes goes;
-- logit_of_sigmoid: a DETR decoder's inverse sigmoid of a sigmoid -> a Clip of the sigmoid's input.
+- logit_of_sigmoid: a DETR decoder's inverse sigmoid of a sigmoid -> a Clip of the sigmoid's input;
+- unit_stride_transposed_convs: a ConvTranspose with unit strides -> the Conv it equals.
 Each returns how many rewrites it made; constants shared with other nodes are copied, never edited in place.
 """
 
@@ -481,6 +482,56 @@ def _cancel_squeeze_pairs(model: onnx.ModelProto) -> int:
 
 
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "sink_squeezes"]
+
+
+def unit_stride_transposed_convs(model: onnx.ModelProto) -> int:
+    """ConvTranspose with unit strides (a decoder's same-size "deconv", often dilated and grouped as GTCRN's) -> the
+    Conv it equals: each group's weight transposed (in <-> out) and flipped, pads d * (k - 1) - p. Exact; the NPU
+    and the quantizer then treat it as any conv (a grouped ConvTranspose has no per-channel weight axis and stayed
+    float, which also kept the model out of the TFLite export)."""
+    done = 0
+    ix = _Index(model)
+    g = model.graph
+    for k, node in enumerate(list(g.node)):
+        if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        w = ix.const(node.input[1])
+        if w is None or w.ndim < 3 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
+                _attr(node, "output_shape") is not None:
+            continue
+        spatial = w.ndim - 2
+        strides = list(_attr(node, "strides", [1] * spatial))
+        dil = list(_attr(node, "dilations", [1] * spatial))
+        pads = list(_attr(node, "pads", [0] * 2 * spatial))
+        extra = list(_attr(node, "output_padding", [0] * spatial))
+        kernel = list(w.shape[2:])
+        new_pads = [d * (kk - 1) - p for d, kk, p in zip(dil * 2, kernel * 2, pads)]
+        if any(s != 1 for s in strides) or any(extra) or min(new_pads) < 0:
+            continue
+        group = int(_attr(node, "group", 1))
+        cin, cout_g = w.shape[0], w.shape[1]
+        flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * spatial]
+        parts = flipped.reshape((group, cin // group, cout_g) + tuple(kernel))
+        conv_w = np.swapaxes(parts, 1, 2).reshape((group * cout_g, cin // group) + tuple(kernel))
+        inputs = [node.input[0], ix.add_const(node.input[1] + "_as_conv", conv_w)] + list(node.input[2:3])
+        conv = helper.make_node("Conv", inputs, list(node.output), name=ix.unique((node.name or "deconv") + "_conv"),
+                                pads=new_pads, dilations=dil, group=group, kernel_shape=kernel, strides=strides)
+        g.node.insert(list(g.node).index(node), conv)
+        g.node.remove(node)
+        done += 1
+    if done:
+        _drop_unused_initializers(model)
+    return done
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        for sub in subgraphs(n):
+            used |= used_names(sub)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
 
 
 def _clip_bounds(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[float, float]]:

@@ -51,6 +51,7 @@ def _fold(model: onnx.ModelProto) -> None:
                         "squeezes sunk": fold.sink_squeezes(model),
                         "channel sums": fold.channel_sums_as_convs(model),
                         "logits of sigmoids": fold.logit_of_sigmoid(model),
+                        "unit-stride deconvs": fold.unit_stride_transposed_convs(model),
                         "conv affine": fold.fold_conv_affine(model),
                         "input scales": fold.fold_input_scale(model)})
         total.update(step)

@@ -87,8 +87,12 @@ def _weight_array(ctx, node) -> np.ndarray:
 def _weights(ctx, node):
     wq = ctx.g.quant_const(node.input[1])
     if wq is None:
-        raise NotSupportedError(f"export-tflite: {layer_name(node)} has float weights; export needs a quantized "
-                                "build (w8a8)")
+        why = (" (a grouped transposed conv with strides: its output channels are no one axis of the weight, so "
+               "the quantizer leaves it float)" if node.op_type == "ConvTranspose" and attr(node, "group", 1) != 1
+               else "")
+        raise NotSupportedError(f"export-tflite: {layer_name(node)} ({node.op_type}) has float weights in this "
+                                f"build{why}; the export writes it from int8 weights only: build w8a8, or keep the "
+                                "model's part from it on the CPU (load_onnx(..., outputs=[...]))")
     return wq
 
 
