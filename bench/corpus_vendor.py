@@ -15,6 +15,12 @@ import traceback
 import numpy as np
 
 
+def _setting(value) -> np.ndarray:
+    """A fixed input's value as the vendor checks it: int64 for integers (an image size), float32 otherwise."""
+    a = np.asarray(value)
+    return a.astype(np.int64 if a.dtype.kind in "iu" else np.float32)
+
+
 def main(job_path):
     job = json.load(open(job_path))
     status = {"ok": False}
@@ -49,8 +55,8 @@ def main(job_path):
             fixed = job.get("input_initial_val")  # settings fixed to constants: a list of values or nulls
             rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
                                 **({"outputs": job["outputs"]} if job.get("outputs") else {}),
-                                **({"input_initial_val": [None if v is None else np.array(v, np.float32)
-                                                          for v in fixed]} if fixed else {}))
+                                **({"input_initial_val": [None if v is None else _setting(v) for v in fixed]}
+                                   if fixed else {}))
         if rc != 0:
             raise RuntimeError(f"fails in {step}: rc={rc}")
         step = "build"
