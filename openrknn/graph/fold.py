@@ -481,8 +481,6 @@ def _cancel_squeeze_pairs(model: onnx.ModelProto) -> int:
     return len(drop) // 2
 
 
-__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "sink_squeezes"]
-
 
 def unit_stride_transposed_convs(model: onnx.ModelProto) -> int:
     """ConvTranspose with unit strides (a decoder's same-size "deconv", often dilated and grouped as GTCRN's) -> the
@@ -492,7 +490,7 @@ def unit_stride_transposed_convs(model: onnx.ModelProto) -> int:
     done = 0
     ix = _Index(model)
     g = model.graph
-    for k, node in enumerate(list(g.node)):
+    for node in list(g.node):
         if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         w = ix.const(node.input[1])
@@ -621,3 +619,7 @@ def _drop_dead(model: onnx.ModelProto) -> None:
             return
         for n in dead:
             model.graph.node.remove(n)
+
+
+__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
+           "logit_of_sigmoid", "unit_stride_transposed_convs"]
