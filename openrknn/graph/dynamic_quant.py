@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .names import splice_nodes, unique_name, used_names
+from .names import drop_unread, splice_nodes, unique_name
 
 MS = "com.microsoft"
 
@@ -197,18 +197,7 @@ def float_from_dynamic_quant(model: onnx.ModelProto) -> int:
     if not replace:
         return 0
     splice_nodes(g, list(g.node), replace, drop)
-    # what only the old ops read: DynamicQuantizeLinear, the scale products, the integer weights
-    while True:
-        used = used_names(g)
-        keep = [n for n in g.node if any(o in used for o in n.output if o)]
-        if len(keep) == len(g.node):
-            break
-        del g.node[:]
-        g.node.extend(keep)
-    used = used_names(g)
-    inits = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    drop_unread(g)  # what only the old ops read: DynamicQuantizeLinear, the scale products, the integer weights
     return len(replace)
 
 

@@ -29,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .activations import find_regions
-from .names import splice_nodes, subgraphs, unique_name, used_names
+from .names import drop_unread, splice_nodes, subgraphs, unique_name, used_names
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -41,6 +41,7 @@ class _Index:
         g = model.graph
         self.g = g
         self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: i for i, n in enumerate(g.node) for o in n.output}  # tensor -> index of its node
         self.consumers: Dict[str, List[int]] = {}
         for i, n in enumerate(g.node):
             for t in n.input:
@@ -278,7 +279,7 @@ def channel_sums_as_convs(model: onnx.ModelProto) -> int:
     while True:
         ix = _Index(model)
         g = model.graph
-        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        producer = ix.producer
         hit = None
         for i, node in enumerate(g.node):
             if node.op_type not in ("ReduceSum", "ReduceMean") or node.domain not in ("", "ai.onnx") or \
@@ -399,7 +400,7 @@ def sink_squeezes(model: onnx.ModelProto) -> int:
     while True:
         ix = _Index(model)
         g = model.graph
-        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        producer = ix.producer
         hit = None
         for i, sq in enumerate(g.node):
             if sq.op_type != "Squeeze" or sq.domain not in ("", "ai.onnx") or sq.output[0] in ix.keep:
@@ -518,18 +519,8 @@ def unit_stride_transposed_convs(model: onnx.ModelProto) -> int:
         g.node.remove(node)
         done += 1
     if done:
-        _drop_unused_initializers(model)
+        drop_unread(model.graph)  # the ConvTranspose weights
     return done
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for n in model.graph.node:
-        for sub in subgraphs(n):
-            used |= used_names(sub)
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 def _clip_bounds(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[float, float]]:
@@ -561,7 +552,7 @@ def logit_of_sigmoid(model: onnx.ModelProto) -> int:
     while True:
         ix = _Index(model)
         g = model.graph
-        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        producer = ix.producer
 
         def made_by(t: str, op: str) -> Optional[onnx.NodeProto]:
             p = producer.get(t)
@@ -596,7 +587,7 @@ def logit_of_sigmoid(model: onnx.ModelProto) -> int:
             break
         if hit is None:
             if done:
-                _drop_dead(model)
+                drop_unread(model.graph)  # the Div, Clips and Sub the Log read, and their constants
             return done
         log_node, a, lo, hi = hit
         name = log_node.name or log_node.output[0]
@@ -607,18 +598,6 @@ def logit_of_sigmoid(model: onnx.ModelProto) -> int:
         g.node.insert(at, clip)
         g.node.remove(log_node)
         done += 1
-
-
-def _drop_dead(model: onnx.ModelProto) -> None:
-    """Nodes whose outputs nothing reads (and that are no graph output) go, until none is left."""
-    while True:
-        ix = _Index(model)
-        dead = [n for n in model.graph.node if not any(subgraphs(n)) and all(
-            o not in ix.keep and not ix.consumers.get(o) for o in n.output if o)]
-        if not dead:
-            return
-        for n in dead:
-            model.graph.node.remove(n)
 
 
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",

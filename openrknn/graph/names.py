@@ -29,6 +29,23 @@ def used_names(graph: onnx.GraphProto) -> Set[str]:
     return used
 
 
+def drop_unread(graph: onnx.GraphProto) -> None:
+    """Drop the nodes none of whose outputs is read (here, in a nested body, or as a graph output), until none is
+    left, then the initializers nothing reads (one an old-IR file also lists as a graph input stays: dropping it would
+    turn it into an input to feed): what a rewrite leaves behind."""
+    while True:
+        used = used_names(graph)
+        keep = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = used_names(graph) | {i.name for i in graph.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
 def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Make every reader of `old` (in this graph and in nested bodies) read `new` instead."""
     for node in graph.node:
