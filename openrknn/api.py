@@ -6,6 +6,7 @@ clear logged error, and delegates every real step to convert/ (load, build, hybr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -15,7 +16,7 @@ from typing import Any, List, Optional
 
 from . import __version__, logs
 from .config import BuildConfig, make_config
-from .errors import ConfigError, OpenRKNNError, RuntimeStateError
+from .errors import ConfigError, ModelLoadError, OpenRKNNError, RuntimeStateError
 
 log = logs.LOGGER
 
@@ -108,7 +109,8 @@ class RKNN:
                      outputs: Optional[List[str]] = None, convert_engine: str = "torch") -> int:
         from .convert import load_pytorch
 
-        self._set_loaded(load_pytorch(model, input_size_list, inputs, outputs))
+        with self._loading_at_dynamic_base(input_size_list) as sizes:
+            self._set_loaded(load_pytorch(model, sizes, inputs, outputs))
         return 0
 
     @_guarded()
@@ -118,9 +120,23 @@ class RKNN:
         as a constant (a sample rate, a mode flag) or None; an If on such a value keeps only the branch it takes."""
         from .convert import load_onnx
 
-        self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=input_size_list, outputs=outputs,
-                                   input_initial_val=input_initial_val))
+        with self._loading_at_dynamic_base(input_size_list) as sizes:
+            self._set_loaded(load_onnx(model, inputs=inputs, input_size_list=sizes, outputs=outputs,
+                                       input_initial_val=input_initial_val))
         return 0
+
+    @contextlib.contextmanager
+    def _loading_at_dynamic_base(self, input_size_list):
+        """input_size_list as given; with config(dynamic_input=...) and none given, its largest set (where build()
+        calibrates), and a load that fails there says so."""
+        base = None if input_size_list else self._config.dynamic_base
+        try:
+            yield input_size_list or base
+        except ModelLoadError as e:
+            if base is None:
+                raise
+            raise ModelLoadError(f"config(dynamic_input=...) loads the model at its largest shape set {base}, and "
+                                 f"it does not load there: {e}") from None
 
     @_guarded()
     def load_tflite(self, model: str, input_is_nchw: bool = False) -> int:

@@ -58,6 +58,9 @@ class BuildConfig:
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.
     input_layout: Optional[List[str]] = None
+    # rknn-toolkit2's option: the input shape sets one model takes, one shape per input in each set, in the model's
+    # own layout ([[[1, 3, 240, 320]], [[1, 3, 360, 640]]]); None = the one shape the model was loaded at
+    dynamic_input: Optional[List[List[List[int]]]] = None
 
     @property
     def target(self) -> str:
@@ -66,6 +69,14 @@ class BuildConfig:
     @property
     def generation(self) -> str:
         return targets.generation(self.target)
+
+    @property
+    def dynamic_base(self) -> Optional[List[List[int]]]:
+        """The dynamic_input set the model is built and calibrated at: the largest (rknn-toolkit2's 'MaxShape'; the
+        first of equals)."""
+        if not self.dynamic_input:
+            return None
+        return max(self.dynamic_input, key=lambda shapes: sum(_product(s) for s in shapes))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +149,42 @@ def _reorder(value: Any) -> Optional[List[List[int]]]:
                               f"'{part.strip()}' is not a permutation")
         orders.append(perm)
     return orders
+
+
+def _product(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _dynamic_input(value: Any) -> Optional[List[List[List[int]]]]:
+    """[[shape of input 1, shape of input 2, ...] per set]: every set lists the same inputs at the same ranks."""
+    if value is None:
+        return None
+    example = "e.g. [[[1, 3, 240, 320]], [[1, 3, 360, 640]]]: one list per set, holding one shape per model input"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("dynamic_input", value, "a list of input shape sets", example)
+    sets = []
+    for k, shapes in enumerate(value):
+        if not isinstance(shapes, (list, tuple)) or not shapes or not all(
+                isinstance(s, (list, tuple)) and s for s in shapes):
+            raise ConfigError("dynamic_input", value, "a list of input shape sets",
+                              f"set {k + 1} ({shapes!r}) is not a list of shapes; {example}")
+        for s in shapes:
+            if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in s):
+                raise ConfigError("dynamic_input", value, hint=f"set {k + 1} has {list(s)!r}, which is not a shape "
+                                  "of positive integers")
+        sets.append([[int(d) for d in s] for s in shapes])
+    ranks = [len(s) for s in sets[0]]
+    for k, shapes in enumerate(sets[1:], 2):
+        if [len(s) for s in shapes] != ranks:
+            raise ConfigError("dynamic_input", value, hint=f"set {k} gives {len(shapes)} shape(s) of rank "
+                              f"{[len(s) for s in shapes]}, set 1 {len(ranks)} of rank {ranks}: every set lists "
+                              "each model input once, at its rank")
+        if shapes in sets[:k - 1]:
+            raise ConfigError("dynamic_input", value, hint=f"set {k} repeats an earlier set; list each once")
+    return sets
 
 
 INPUT_LAYOUTS = ("auto", "nchw", "nhwc")
@@ -215,6 +262,7 @@ def make_config(**kwargs: Any) -> BuildConfig:
     cfg.std_values = _per_input_floats("std_values", kwargs.get("std_values"))
     cfg.reorder_channel = _reorder(kwargs.get("reorder_channel"))
     cfg.input_layout = _input_layout(kwargs.get("input_layout"))
+    cfg.dynamic_input = _dynamic_input(kwargs.get("dynamic_input"))
 
     dtype = kwargs.get("quantized_dtype")
     if dtype is None:

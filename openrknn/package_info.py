@@ -70,7 +70,19 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         "metadata_bytes": meta_len, "payload_bytes": len(pkg.model_bytes),
         "payload_sha256": hashlib.sha256(pkg.model_bytes).hexdigest(),
         "float_reference_bytes": float_len,
+        "shape_sets": _shape_sets(meta),
     }
+
+
+def _shape_sets(meta: dict) -> list:
+    """config(dynamic_input=...): each set's deployed input and output shapes (None for a one-shape model)."""
+    entry = meta.get("dynamic_input")
+    if not entry:
+        return None
+    return [{"shapes": e["shapes"], "inputs": [m["shape"] for m in e["inputs"]],
+             "outputs": [m["shape"] for m in e["outputs"]], "base": k == entry["base"],
+             "patched_constants": len(e["patch"].get("constants", {})),
+             "patched_attributes": len(e["patch"].get("attributes", {}))} for k, e in enumerate(entry["sets"])]
 
 
 def _fmt_list(values: Any) -> str:
@@ -126,6 +138,15 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
                      f"std {_fmt_list(i['std'])}; folded into the model: {folded}")
     lines.append(f"outputs ({len(s['outputs'])}):")
     lines += [f"  {o['name']}: {_fmt_list(o['shape'])} {o['dtype'] or '?'}" for o in s["outputs"]]
+    if s["shape_sets"]:
+        lines.append(f"input shape sets ({len(s['shape_sets'])}, config dynamic_input; the inputs and outputs above "
+                     "are the base set's):")
+        for e in s["shape_sets"]:
+            how = "built and calibrated here" if e["base"] else \
+                f"{e['patched_constants']} constants, {e['patched_attributes']} attributes differ"
+            lines.append(f"  {' + '.join(map(_fmt_list, e['shapes']))}: deployed "
+                         f"{' + '.join(map(_fmt_list, e['inputs']))} -> {' + '.join(map(_fmt_list, e['outputs']))}"
+                         f" ({how})")
     lines.append("build options:")
     lines += _wrap_options(s["build"], "  ")
     q = s["quantization"]

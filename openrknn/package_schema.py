@@ -117,7 +117,7 @@ def _check_tensors(p: _Problems, entries: Any, key: str) -> None:
     if not p.check(isinstance(entries, list) and bool(entries), key, "a non-empty list of objects", entries):
         return
     for i, entry in enumerate(entries):
-        _check_tensor(p, entry, f"{key}[{i}]", key == "inputs")
+        _check_tensor(p, entry, f"{key}[{i}]", key.endswith("inputs"))
     names = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     p.check(not dupes, key, "a list of distinct names", dupes)
@@ -185,8 +185,32 @@ def check_sections(p: _Problems, sections: Any, payload_len: Optional[int]) -> N
                 f"sizes that add up to the payload's {payload_len} bytes", sections)
 
 
+def _check_shape_sets(p: _Problems, entry: Any) -> None:
+    """config(dynamic_input=...): {"base": index, "sets": [{"shapes", "inputs", "outputs", "patch"}]}."""
+    if not p.check(isinstance(entry, dict) and isinstance(entry.get("sets"), list) and bool(entry.get("sets")),
+                   "dynamic_input", "an object with a non-empty list 'sets'", entry):
+        return
+    sets = entry["sets"]
+    p.check(is_int(entry.get("base")) and 0 <= entry["base"] < len(sets), "dynamic_input.base",
+            f"an index into its {len(sets)} sets", entry.get("base"))
+    for k, e in enumerate(sets):
+        path = f"dynamic_input.sets[{k}]"
+        if not p.check(isinstance(e, dict), path, "an object", e):
+            continue
+        for key in ("inputs", "outputs"):
+            if key in e:
+                _check_tensors(p, e[key], f"{path}.{key}")
+            else:
+                p.lines.append(f"{path} has no '{key}'")
+        patch = e.get("patch")
+        if p.check(isinstance(patch, dict), f"{path}.patch", "an object", patch):
+            for key in ("inputs", "outputs", "constants", "attributes"):
+                p.check(isinstance(patch.get(key, {}), dict), f"{path}.patch.{key}", "an object", patch.get(key))
+
+
 _TOP_LEVEL: Dict[str, Callable[[_Problems, Any], None]] = {
-    "build": _check_build, "quantization": _check_quantization, "source": _check_source}
+    "build": _check_build, "quantization": _check_quantization, "source": _check_source,
+    "dynamic_input": _check_shape_sets}
 
 
 def metadata_problems(meta: Any, payload_len: Optional[int] = None) -> List[str]:

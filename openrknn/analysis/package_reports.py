@@ -52,6 +52,14 @@ def host_rss_bytes() -> Optional[int]:
         return None
 
 
+def _base_set_note(pkg: RknnPackage, what: str) -> None:
+    from ..runtime.shape_sets import base_set_only
+
+    note = base_set_only(pkg.metadata, what)
+    if note:
+        log.info("%s", note)
+
+
 def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: bool, target: Optional[str] = None,
               runs: int = 10, show_parts: bool = False) -> dict:
     """eval_perf's report. With perf_debug, "layers" (the built graph's nodes, each with its user "layer") and
@@ -61,6 +69,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
     from .perf import eval_perf_report, format_perf_report, user_layer_rows
 
     model, chip, qd = model_facts(pkg, target)
+    _base_set_note(pkg, "the NPU estimate")
     remote_perf = getattr(runtime, "perf", None)
     if runtime is None or remote_perf is not None:  # a board measures there; the estimate is made here
         report = eval_perf_report(model, None, chip, qd, None, True, is_print=False)
@@ -106,6 +115,7 @@ def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str]
     from .memory import eval_memory_report
 
     model, chip, qd = model_facts(pkg, target)
+    _base_set_note(pkg, "the memory estimate (the largest set: what the board allocates)")
     remote_memory = getattr(runtime, "memory", None)
     rss = (remote_memory().get("rss_bytes") if remote_memory is not None else
            host_rss_bytes() if runtime is not None else None)

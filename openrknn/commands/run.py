@@ -24,12 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "calibrated: RGB unless it was built with quant_img_RGB2BGR)")
     order.add_argument("--bgr", action="store_true", help="feed images in OpenCV's BGR order")
     p.add_argument("--resize", choices=("stretch", "letterbox", "none"), default="stretch",
-                   help="how to fit images to the model input (default: stretch)")
+                   help="how to fit images to the model input (default: stretch; a dynamic_input model takes "
+                   "an image of any of its shape sets as it is)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     p.set_defaults(func=run)
 
 
-def _read_image(path: Path, size_hw, bgr: bool, resize: str) -> np.ndarray:
+def _read_image(path: Path, size_hw, bgr: bool, resize: str, sizes=()) -> np.ndarray:
+    """sizes: the other (h, w) the input takes (a dynamic_input model's shape sets): an image of one of them is fed
+    as it is; any other is resized to size_hw."""
     import cv2
 
     from ..errors import InferenceInputError
@@ -38,7 +41,7 @@ def _read_image(path: Path, size_hw, bgr: bool, resize: str) -> np.ndarray:
     if img is None:
         raise InferenceInputError(f"'{path}' could not be decoded as an image (missing, empty or corrupt)")
     h, w = size_hw
-    if img.shape[:2] != (h, w):
+    if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in sizes:
         if resize == "none":
             raise InferenceInputError(f"'{path}' is {img.shape[1]}x{img.shape[0]} but the model takes {w}x{h}; use "
                                       "--resize stretch or letterbox")
@@ -51,7 +54,7 @@ def _read_image(path: Path, size_hw, bgr: bool, resize: str) -> np.ndarray:
     return img if bgr else img[:, :, ::-1].copy()
 
 
-def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str) -> List[np.ndarray]:
+def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str, sets=None) -> List[np.ndarray]:
     from ..errors import InferenceInputError
 
     parts = [Path(p) for p in spec.split(",")]
@@ -59,13 +62,14 @@ def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str) -> List[n
         raise InferenceInputError(f"sample '{spec}' gives {len(parts)} file(s) but the model has {len(metas)} inputs; "
                                   "join one file per input with commas")
     arrays = []
-    for p, meta in zip(parts, metas):
+    for j, (p, meta) in enumerate(zip(parts, metas)):
+        sizes = [tuple(e["inputs"][j]["shape"][1:3]) for e in sets or ()]
         if not p.is_file():
             raise InferenceInputError(f"sample file not found: '{p}'")
         if p.suffix.lower() == ".npy":
             arrays.append(np.load(p, allow_pickle=False))
         elif p.suffix.lower() in IMAGE_SUFFIXES and meta["layout"] == "nhwc":
-            arrays.append(_read_image(p, meta["shape"][1:3], bgr, resize))
+            arrays.append(_read_image(p, meta["shape"][1:3], bgr, resize, sizes))
         elif meta["layout"] != "nhwc":
             raise InferenceInputError(f"'{p}': input '{meta['name']}' is not an image (shape {list(meta['shape'])}, "
                                       f"{meta.get('dtype', 'float32')}); give a .npy file holding that array")
@@ -87,13 +91,15 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..package import read_package
+    from ..runtime.shape_sets import shape_sets
     from ..runtime.simulator import Simulator
     from ..timing import WARMUP_RUNS
 
     pkg = read_package(args.model)
     metas = pkg.metadata["inputs"]
     bgr = args.bgr or (not args.rgb and bool(pkg.metadata.get("build", {}).get("quant_img_RGB2BGR")))
-    samples = [_load_sample(s, metas, bgr, args.resize) for s in args.samples]  # all read before anything is written
+    sets = shape_sets(pkg.metadata)
+    samples = [_load_sample(s, metas, bgr, args.resize, sets) for s in args.samples]  # all read before any write
     sim = Simulator(pkg.model_bytes, pkg.metadata, threads=args.threads)
     for _ in range(WARMUP_RUNS):  # the times printed are warm ones, as detect and perf report them (timing.py)
         sim.run(samples[0])

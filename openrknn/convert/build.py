@@ -84,11 +84,19 @@ def build(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions = BuildOptio
     # cores that onnxruntime and our own worker threads use (auto hybrid's sensitivity ranking on nanodet-m, two
     # units at a time: 16 s with BLAS threads, 10 s without)
     with threadpool_limits(limits=1, user_api="blas"):
-        if opts.auto_hybrid:
-            from .hybrid import auto_hybrid
+        if cfg.dynamic_input:  # one build at the largest shape set, the others as patches of it
+            from .dynamic_input import build_shape_sets
 
-            return auto_hybrid(loaded, cfg, opts, progress=progress)
-        return build_once(loaded, cfg, opts, progress=progress)
+            return build_shape_sets(loaded, cfg, lambda at, c: _build_at(at, c, opts, progress), opts)
+        return _build_at(loaded, cfg, opts, progress)
+
+
+def _build_at(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progress: bool) -> BuildResult:
+    if opts.auto_hybrid:
+        from .hybrid import auto_hybrid
+
+        return auto_hybrid(loaded, cfg, opts, progress=progress)
+    return build_once(loaded, cfg, opts, progress=progress)
 
 
 def build_once(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, progress: bool = True,

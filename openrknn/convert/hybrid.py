@@ -126,6 +126,9 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     sensitive one)."""
     import yaml
 
+    if cfg.dynamic_input:
+        raise ConfigError("dynamic_input", cfg.dynamic_input, hint="the hybrid quantization steps build one shape "
+                          "set; use build(auto_hybrid=True), which keeps every set, or leave dynamic_input out here")
     cfg = file_layouts(loaded, file_normalisation(loaded, cfg))
     float_model, metas, notes = build_float_graph(loaded, cfg)
     feeds = _calibration_feeds(dataset, metas, cfg)

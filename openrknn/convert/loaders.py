@@ -8,6 +8,7 @@ a Caffe .prototxt the .caffemodel of the same name, unless ``weights`` is given.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -53,11 +54,21 @@ def _cut(loaded: LoadedModel, inputs, outputs) -> LoadedModel:
     return loaded
 
 
+def _reload(load, path, options: dict, input_size_list) -> LoadedModel:
+    return load(path, input_size_list=input_size_list, **options)
+
+
+def _reloadable(loaded: LoadedModel, load, path, **options) -> LoadedModel:
+    """``loaded`` with the way to load the same file at other input sizes (config(dynamic_input=...))."""
+    return dataclasses.replace(loaded, reload=partial(_reload, load, path, options))
+
+
 def load_pytorch(path: str | Path, input_size_list, inputs: Optional[List[str]] = None,
                  outputs: Optional[List[str]] = None) -> LoadedModel:
     from ..frontends.pytorch import load_pytorch as load
 
-    return _cut(load(path, input_size_list), inputs, outputs)
+    loaded = _cut(load(path, input_size_list), inputs, outputs)
+    return _reloadable(loaded, load_pytorch, path, inputs=inputs, outputs=outputs)
 
 
 def _keep_quantization(loaded: LoadedModel) -> LoadedModel:
@@ -76,8 +87,9 @@ def load_onnx(path: str | Path, inputs: Optional[List[str]] = None, input_size_l
               outputs: Optional[List[str]] = None, input_initial_val=None) -> LoadedModel:
     from ..frontends.onnx import load_onnx as load
 
-    return _keep_quantization(load(path, inputs=inputs, input_size_list=input_size_list,
-                                   input_initial_val=input_initial_val, outputs=outputs))
+    loaded = _keep_quantization(load(path, inputs=inputs, input_size_list=input_size_list,
+                                     input_initial_val=input_initial_val, outputs=outputs))
+    return _reloadable(loaded, load_onnx, path, inputs=inputs, outputs=outputs, input_initial_val=input_initial_val)
 
 
 def load_tflite(path: str | Path, input_is_nchw: bool = False) -> LoadedModel:

@@ -132,8 +132,8 @@ def run_spec(spec: ConvertSpec):
     from .loaders import load_model
 
     cfg = make_config(**spec.config)
-    loaded = load_model(spec.model, spec.input_size_list, spec.inputs, spec.outputs, weights=spec.weights,
-                        input_initial_val=spec.input_initial_val)
+    loaded = load_model(spec.model, spec.input_size_list or cfg.dynamic_base, spec.inputs, spec.outputs,
+                        weights=spec.weights, input_initial_val=spec.input_initial_val)
     opts = BuildOptions(do_quantization=spec.do_quantization, dataset=str(spec.dataset) if spec.dataset else None,
                         pre_compile=spec.pre_compile, rknn_batch_size=spec.rknn_batch_size,
                         auto_hybrid=spec.auto_hybrid)

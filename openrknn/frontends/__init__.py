@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import onnx
 
@@ -30,6 +30,9 @@ class LoadedModel:
     # the layout the file states for its 4-D inputs ({input name: 'nhwc' | 'nchw'}: TFLite's are NHWC whatever their
     # dims look like); build() takes it where config(input_layout=...) says nothing
     input_layouts: Optional[dict] = None
+    # the same file loaded again at other input sizes (input_size_list -> LoadedModel), where the loader can:
+    # config(dynamic_input=...) builds every shape set from it
+    reload: Optional[Callable[[list], "LoadedModel"]] = field(default=None, compare=False, repr=False)
 
     @property
     def input_names(self) -> List[str]:

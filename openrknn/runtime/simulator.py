@@ -16,10 +16,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import CorruptPackageError, RuntimeStateError
+from ..errors import CorruptPackageError, InferenceInputError, RuntimeStateError
 from ..package import check_runnable
 from .feeds import prepare_feeds
 from .ort_session import make_session
+from .shape_sets import apply_patch, patched_metadata
 from .speedups import speed_up
 
 log = logging.getLogger("openrknn.runtime")
@@ -41,9 +42,15 @@ class Simulator:
                  allow_spinning: bool = True):
         check_runnable(metadata)
         self.metadata = metadata
+        # config(dynamic_input=...): the other shape sets, each a Simulator of its own made on first use
+        entry = metadata.get("dynamic_input")
+        self._sets = entry["sets"] if entry and len(entry["sets"]) > 1 else None
+        self._base_set = entry["base"] if self._sets else 0
+        self._set_sims: dict = {}
         self.inputs_meta: List[dict] = metadata["inputs"]
         self.batch = int(metadata.get("build", {}).get("rknn_batch_size") or 1)
         # exact rewrites: same outputs, faster onnxruntime kernels
+        self._source_bytes, self._threads, self._allow_spinning = model_bytes, threads, allow_spinning
         fast = speed_up(model_bytes, {m["name"]: m["shape"] for m in self.inputs_meta if m.get("shape")})
         if fast.applied:
             log.debug("simulator graph rewrites: %s", fast.applied)
@@ -96,6 +103,11 @@ class Simulator:
         times_ms: if given, gets each sample's own run time (ms)."""
         if self.session is None:
             raise RuntimeStateError("the runtime was released; call init_runtime() again")
+        if self._sets:
+            return self._run_shape_sets(samples, data_type, data_format, pass_through, times_ms)
+        return self._run_samples(samples, data_type, data_format, pass_through, times_ms)
+
+    def _run_samples(self, samples: Sequence, data_type, data_format, pass_through, times_ms) -> list:
         prepared = [self._units(prepare_feeds(x, self.inputs_meta, data_type, data_format, pass_through, many=True))
                     for x in samples]
         flat = [u for units in prepared for u in units]
@@ -111,6 +123,49 @@ class Simulator:
             results.append(outs[0] if len(outs) == 1 else
                            [np.concatenate([fr[k] for fr in outs], axis=0) for k in range(len(self._output_names))])
         return results
+
+    def _run_shape_sets(self, samples: Sequence, data_type, data_format, pass_through, times_ms) -> list:
+        """Each sample on the shape set its inputs have (their model made on first use), in sample order."""
+        groups: dict = {}
+        for k, x in enumerate(samples):
+            groups.setdefault(self._shape_set_of(x, data_type, data_format, pass_through), []).append(k)
+        results: list = [None] * len(samples)
+        times: list = [0.0] * len(samples)
+        for index, members in groups.items():
+            run = self._run_samples if index == self._base_set else self._set_simulator(index).run_many
+            took: list = []
+            outs = run([samples[k] for k in members], data_type, data_format, pass_through, took)
+            for k, o, ms in zip(members, outs, took):
+                results[k], times[k] = o, ms
+        if times_ms is not None:
+            times_ms.extend(times)
+        return results
+
+    def _shape_set_of(self, inputs, data_type, data_format, pass_through) -> int:
+        order = [self._base_set] + [k for k in range(len(self._sets)) if k != self._base_set]
+        first = None
+        for k in order:
+            try:
+                prepare_feeds(inputs, self._sets[k]["inputs"], data_type, data_format, pass_through, many=True)
+                return k
+            except InferenceInputError as e:
+                first = first or e
+        if "shape" not in str(first):  # not a size the sets differ in (a dtype, a count): the base set's own words
+            raise first
+        given = [list(np.shape(x)) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+        fed = ", ".join(" + ".join(str(m["shape"]) for m in e["inputs"]) for e in self._sets)
+        raise InferenceInputError(f"the inputs have shape(s) {' + '.join(map(str, given))} ({data_format}), which is "
+                                  f"not one of the shape sets this model was built for: {fed} as fed (config "
+                                  "dynamic_input). Resize or letterbox to one of them, or build with this shape in "
+                                  "dynamic_input") from None
+
+    def _set_simulator(self, index: int) -> "Simulator":
+        if index not in self._set_sims:
+            entry = self._sets[index]
+            self._set_sims[index] = Simulator(apply_patch(self._source_bytes, entry["patch"]),
+                                              patched_metadata(self.metadata, entry), self._threads,
+                                              self._allow_spinning)
+        return self._set_sims[index]
 
     def _units(self, feeds: List[np.ndarray]) -> List[dict]:
         """Split prepared feeds into graph-sized runs (the graph takes one frame of an rknn_batch_size=N model)."""
@@ -154,6 +209,9 @@ class Simulator:
         return self.session.run(self._output_names, feeds)
 
     def release(self) -> None:
+        for sim in self._set_sims.values():
+            sim.release()
+        self._set_sims = {}
         self.session = None
         self._frame_session = None
         if self._pool is not None:

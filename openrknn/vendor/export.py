@@ -216,12 +216,15 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
     at what the vendor did; by default they go to a temporary folder that is removed."""
     from ..package import RknnPackage, read_package
+    from ..runtime.shape_sets import base_set_only
 
     if route not in ROUTES:
         raise NotSupportedError(f"route {route!r} is not one of {', '.join(ROUTES)}")
     pkg = package_or_path if isinstance(package_or_path, RknnPackage) else read_package(package_or_path)
     meta = pkg.metadata
     chip = _target(meta, target)
+    if base_set_only(meta, "the vendor .rknn"):
+        log.warning("vendor-export: %s", base_set_only(meta, "the vendor .rknn"))
     from ..targets import NPU_GENERATION
 
     toolkit = TOOLKIT_FOR[NPU_GENERATION[chip]]

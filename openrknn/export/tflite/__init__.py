@@ -114,8 +114,12 @@ def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8") -> Ex
     """Write `path` atomically; log the changes TFLite's rules made and the layers left in float."""
     from ...atomic import write_bytes_atomic
 
+    from ...runtime.shape_sets import base_set_only
+
     data, report = export_tflite_bytes(pkg, input_dtype)
     write_bytes_atomic(path, data)
+    if base_set_only(pkg.metadata, "the .tflite"):
+        log.warning("export-tflite: %s", base_set_only(pkg.metadata, "the .tflite"))
     for c in report.changes:
         log.info("export-tflite: %s", c)
     for r in report.float_layers:

@@ -1,0 +1,194 @@
+"""config(dynamic_input=...): one .rknn that takes several input shapes, as rknn-toolkit2's option does.
+
+The model is built once, at the largest set (its calibration, weights and scales; the vendor's 'MaxShape'). Every
+other set gets the float graph built again at its shapes, compared with the base one node by node: the same ops in
+the same order, differing only in dims and in the constants and attributes that follow the input size. Those
+differences are the set's patch (runtime/shape_sets.py), applied to the built graph, int8 or float. A graph whose
+structure changes with the size (an op folded away at one size only) cannot share one build; the error says where.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..config import BuildConfig
+from ..errors import BuildError, ConfigError
+from ..frontends import LoadedModel
+from ..runtime.shape_sets import apply_patch, set_label
+from .float_graph import build_float_graph, dims
+from .package_meta import output_metas
+
+log = logging.getLogger("openrknn.build")
+
+# a constant that follows the input size and is larger than this is not a shape (a positional table): refused
+MAX_PATCH_VALUES = 4096
+_NUMBER_ATTRIBUTES = (onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT,
+                      onnx.AttributeProto.FLOATS)
+
+
+def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable, opts) -> object:
+    """build_one(loaded, cfg) at the base set, then every other set's patch; returns the base BuildResult with
+    metadata['dynamic_input'] filled in."""
+    sets = cfg.dynamic_input
+    if loaded.reload is None:
+        raise ConfigError("dynamic_input", sets, hint=f"a {loaded.framework} model is loaded at one fixed size; "
+                          "dynamic_input works with load_onnx and load_pytorch models (convert this one to ONNX), "
+                          "or build one model per shape")
+    if (opts.rknn_batch_size or 1) > 1:
+        raise ConfigError("dynamic_input", sets, hint="rknn_batch_size > 1 and dynamic_input together are not "
+                          "supported: give the batch as the first dim of each shape set instead")
+    base = cfg.dynamic_base
+    log.info("dynamic_input: %d shape sets; building at the largest, %s (calibration images are resized to it)",
+             len(sets), set_label(base))
+    result = build_one(_at(loaded, base), cfg)
+    entries = []
+    for shapes in sets:
+        if shapes == base:
+            meta = result.package.metadata
+            entries.append({"shapes": shapes, "inputs": meta["inputs"], "outputs": meta["outputs"],
+                            "patch": {"inputs": {}, "outputs": {}, "constants": {}, "attributes": {}}})
+            continue
+        float_model, metas, _ = build_float_graph(_at(loaded, shapes), cfg)
+        patch = shape_patch(result.float_model, float_model, shapes, base)
+        _check_patch(result.float_model, float_model, patch, shapes)
+        _check_built(result.model, result.float_model, patch, shapes)
+        entries.append({"shapes": shapes, "inputs": [dict(m) for m in metas], "outputs": output_metas(float_model),
+                        "patch": patch})
+        log.info("dynamic_input: set %s shares the build (%d constants, %d attributes differ)", set_label(shapes),
+                 len(patch["constants"]), len(patch["attributes"]))
+    result.package.metadata["dynamic_input"] = {"base": sets.index(base), "sets": entries}
+    return result
+
+
+def _at(loaded: LoadedModel, shapes: List[List[int]]) -> LoadedModel:
+    from ..errors import ModelLoadError
+
+    try:
+        return loaded.reload(shapes)
+    except ModelLoadError as e:
+        raise ConfigError("dynamic_input", shapes, hint=f"the model does not load at this shape set: {e}") from None
+
+
+def _differs(where: str, shapes, base) -> BuildError:
+    return BuildError(f"dynamic_input: the graph built at {set_label(shapes)} is not the one built at "
+                      f"{set_label(base)} with other sizes: {where}. The model's structure depends on its input size "
+                      "there, so one build cannot serve both; build one model per shape set")
+
+
+def shape_patch(base: onnx.ModelProto, other: onnx.ModelProto, shapes, base_shapes) -> dict:
+    """What ``other`` (the float graph at ``shapes``) changes in ``base`` (the float graph at the base set)."""
+    a, b = base.graph, other.graph
+    if [i.name for i in a.input] != [i.name for i in b.input] or \
+            [o.name for o in a.output] != [o.name for o in b.output]:
+        raise _differs("the graph inputs or outputs differ", shapes, base_shapes)
+    if len(a.node) != len(b.node):
+        raise _differs(f"{len(b.node)} nodes against {len(a.node)}", shapes, base_shapes)
+    attributes: Dict[str, dict] = {}
+    for x, y in zip(a.node, b.node):
+        if (x.op_type, x.domain, list(x.input), list(x.output)) != (y.op_type, y.domain, list(y.input),
+                                                                    list(y.output)):
+            raise _differs(f"node '{x.name or x.output[0]}' ({x.op_type}) is '{y.name or y.output[0]}' ({y.op_type})",
+                           shapes, base_shapes)
+        changed = _attribute_changes(x, y, shapes, base_shapes)
+        if changed:
+            if not x.name or sum(n.name == x.name for n in a.node) > 1:
+                raise _differs(f"an attribute of an unnamed (or not uniquely named) {x.op_type} node", shapes,
+                               base_shapes)
+            attributes[x.name] = changed
+    a_init = {t.name: t for t in a.initializer}
+    b_init = {t.name: t for t in b.initializer}
+    if set(a_init) != set(b_init):
+        raise _differs(f"constants {sorted(set(a_init) ^ set(b_init))[:4]} are in one graph only", shapes, base_shapes)
+    constants = {}
+    for name, t in a_init.items():
+        u = b_init[name]
+        if t.SerializeToString() == u.SerializeToString():
+            continue
+        constants[name] = _record(numpy_helper.to_array(u), f"constant '{name}'", shapes, base_shapes)
+    return {"inputs": {i.name: dims(i) for i in b.input}, "outputs": {o.name: dims(o) for o in b.output},
+            "constants": constants, "attributes": attributes}
+
+
+def _record(arr: np.ndarray, what: str, shapes, base_shapes) -> dict:
+    if arr.size > MAX_PATCH_VALUES or arr.dtype.kind not in "iuf":
+        raise _differs(f"{what} ({arr.dtype}, {arr.size} values) changes with the input size", shapes, base_shapes)
+    return {"dtype": arr.dtype.name, "dims": list(arr.shape), "values": arr.ravel().tolist()}
+
+
+def _attribute_changes(x, y, shapes, base_shapes) -> dict:
+    xa = {at.name: at for at in x.attribute}
+    ya = {at.name: at for at in y.attribute}
+    if set(xa) != set(ya):
+        raise _differs(f"node '{x.name}' ({x.op_type}) has attributes {sorted(ya)} against {sorted(xa)}", shapes,
+                       base_shapes)
+    changed = {}
+    for name, at in ya.items():
+        if at == xa[name]:
+            continue
+        if at.type in _NUMBER_ATTRIBUTES:
+            value = helper.get_attribute_value(at)
+            changed[name] = list(value) if isinstance(value, (list, tuple)) else value
+        elif at.type == onnx.AttributeProto.TENSOR:
+            changed[name] = _record(numpy_helper.to_array(at.t), f"{x.op_type} '{x.name}''s {name}", shapes,
+                                    base_shapes)
+        else:
+            raise _differs(f"attribute {name} of node '{x.name}' ({x.op_type})", shapes, base_shapes)
+    return changed
+
+
+def _feeds(model: onnx.ModelProto, seed: int = 0) -> dict:
+    """A random feed for every graph input: values in the pixel range for real inputs, zeros for integer ones."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in model.graph.input:
+        dtype = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        shape = dims(i)
+        feeds[i.name] = (rng.uniform(0, 255, shape).astype(dtype) if np.issubdtype(dtype, np.floating)
+                         else np.zeros(shape, dtype))
+    return feeds
+
+
+def _run(model_bytes: bytes, feeds: dict) -> list:
+    from ..runtime.ort_session import make_session
+
+    return make_session(model_bytes).run(None, feeds)
+
+
+def _check_patch(base: onnx.ModelProto, other: onnx.ModelProto, patch: dict, shapes) -> None:
+    """The base float graph patched to ``shapes`` computes what the float graph built there computes."""
+    feeds = _feeds(other)
+    want = _run(other.SerializeToString(), feeds)
+    got = _run(apply_patch(base.SerializeToString(), patch), feeds)
+    for o, w, g in zip(other.graph.output, want, got):
+        scale = float(np.max(np.abs(w))) if np.size(w) and np.issubdtype(w.dtype, np.number) else 0.0
+        if np.shape(g) != np.shape(w) or (np.size(w) and not np.allclose(g, w, rtol=1e-4, atol=1e-4 * max(scale, 1))):
+            raise BuildError(f"dynamic_input: at {set_label(shapes)} the patched graph's output '{o.name}' differs "
+                             "from the graph built there (internal error: please report this model); build one "
+                             "model per shape set meanwhile")
+
+
+def _check_built(model: onnx.ModelProto, float_model: onnx.ModelProto, patch: dict, shapes) -> None:
+    """The built graph (int8 or float) holds every patched constant as the float graph has it, and runs patched."""
+    built = {t.name: t for t in model.graph.initializer}
+    plain = {t.name: t for t in float_model.graph.initializer}
+    for name in patch["constants"]:
+        if name not in built or built[name].SerializeToString() != plain[name].SerializeToString():
+            raise BuildError(f"dynamic_input: constant '{name}' follows the input size, and quantization changed "
+                             "or folded it; build one model per shape set, or build float (do_quantization=False)")
+    names = {n.name for n in model.graph.node}
+    for node in patch["attributes"]:
+        if node not in names:
+            raise BuildError(f"dynamic_input: node '{node}' has attributes that follow the input size, and "
+                             "quantization replaced it; build one model per shape set")
+    _run(apply_patch(model.SerializeToString(), patch), _feeds(model_at(float_model, patch)))
+
+
+def model_at(model: onnx.ModelProto, patch: dict) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.ParseFromString(apply_patch(model.SerializeToString(), patch))
+    return out

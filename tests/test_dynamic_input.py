@@ -1,0 +1,214 @@
+"""config(dynamic_input=...): one model that takes several input shapes (rknn-toolkit2's option). Built once at the
+largest set; every set runs on the simulator as onnxruntime runs the original model at that shape, after export and
+load_rknn too; shapes outside the sets, bad sets and models that cannot share one build are refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ort_run, write_npy_dataset
+from openrknn.api import RKNN
+from openrknn.config import make_config
+from openrknn.errors import ConfigError
+
+SETS = [[[1, 3, 12, 16]], [[1, 3, 20, 24]], [[1, 3, 8, 8]]]  # the largest, 20x24, is the base
+
+
+def flattening_model(path, slice_end: int = 0):
+    """x [1, 3, H, W] (symbolic H, W) -> Conv 3->8 -> Relu -> flattened to [1, 8, H*W] (the Reshape target computed
+    from Shape, so it folds to a constant that follows the size) -> Sigmoid -> back to [1, 8, H, W] -> DepthToSpace
+    2: [1, 2, 2H, 2W]. slice_end > 0 also slices the width to [0, slice_end): a no-op the optimiser drops where
+    W <= slice_end, a real Slice elsewhere."""
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("Shape", ["r"], ["shape"]), n("Slice", ["shape", "two", "four"], ["hw"]),
+             n("ReduceProd", ["hw"], ["n_pos"], keepdims=1), n("Concat", ["head", "n_pos"], ["flat_shape"], axis=0),
+             n("Reshape", ["r", "flat_shape"], ["flat"]), n("Sigmoid", ["flat"], ["soft"]),
+             n("Reshape", ["soft", "shape"], ["back"]), n("DepthToSpace", ["back"], ["y"], blocksize=2, mode="CRD")]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([4], np.int64), "four"),
+             numpy_helper.from_array(np.array([1, 8], np.int64), "head")]
+    if slice_end:
+        nodes.insert(0, n("Slice", ["x_in", "zero", "end", "three"], ["x"]))
+        inits += [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                  numpy_helper.from_array(np.array([slice_end], np.int64), "end"),
+                  numpy_helper.from_array(np.array([3], np.int64), "three")]
+    source = "x_in" if slice_end else "x"
+    g = helper.make_graph(nodes, "spatial", [helper.make_tensor_value_info(source, TensorProto.FLOAT,
+                                                                           [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "H2", "W2"])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _pixels(shapes, seed: int) -> np.ndarray:
+    _, c, h, w = shapes[0]
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c)).astype(np.uint8)
+
+
+def _reference(path, pixels: np.ndarray) -> np.ndarray:
+    x = (pixels.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    return ort_run(path, {onnx.load(str(path)).graph.input[0].name: x})[0]
+
+
+def _cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _build(path, dataset=None, sets=SETS, **config):
+    rk = RKNN(verbose=False)
+    assert rk.config(target_platform="rk3588", mean_values=[[0] * 3], std_values=[[255] * 3], dynamic_input=sets,
+                     **config) == 0, rk.last_error
+    assert rk.load_onnx(str(path)) == 0, rk.last_error  # no input_size_list: loaded at the largest set
+    assert rk.build(do_quantization=dataset is not None, dataset=str(dataset) if dataset else None) == 0, \
+        rk.last_error
+    return rk
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_every_set_runs_as_onnxruntime_runs_the_model_at_that_shape(tmp_path, quantized):
+    path = flattening_model(tmp_path / "m.onnx")
+    dataset = write_npy_dataset(tmp_path, [20, 24, 3], n=8) if quantized else None  # at the base set
+    rk = _build(path, dataset)
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    loaded = RKNN(verbose=False)
+    assert loaded.load_rknn(str(tmp_path / "m.rknn")) == 0
+    for r in (rk, loaded):
+        assert r.init_runtime() == 0
+        for k, shapes in enumerate(SETS):
+            pixels = _pixels(shapes, k)
+            want = _reference(path, pixels)
+            got = np.asarray(r.inference(inputs=[pixels])[0])
+            assert got.shape == want.shape == (1, 2, 2 * shapes[0][2], 2 * shapes[0][3])
+            if quantized:
+                assert _cosine(got, want) > 0.99
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # several sets in one call: each sample on its own set, in order
+        mixed = [[_pixels(SETS[0], 5)], [_pixels(SETS[1], 6)], [_pixels(SETS[0], 7)]]
+        outs = r._runtime.run_many(mixed)
+        assert [o[0].shape[2] for o in outs] == [24, 40, 24]
+        r.release()
+    rk.release()
+
+
+def test_the_file_records_each_set_and_info_shows_them(tmp_path):
+    from openrknn.package import read_package
+    from openrknn.package_info import describe_package
+
+    rk = _build(flattening_model(tmp_path / "m.onnx"))
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.release()
+    pkg = read_package(str(tmp_path / "m.rknn"))
+    entry = pkg.metadata["dynamic_input"]
+    assert entry["base"] == 1 and [e["shapes"] for e in entry["sets"]] == SETS
+    assert pkg.metadata["inputs"][0]["shape"] == [1, 20, 24, 3]  # the base set is what the file's inputs say
+    small = entry["sets"][2]
+    assert small["inputs"][0]["shape"] == [1, 8, 8, 3] and small["outputs"][0]["shape"] == [1, 2, 16, 16]
+    # the two Reshape targets followed the size: [1, 8, H*W] and back to [1, 8, H, W]
+    assert sorted(c["values"] for c in small["patch"]["constants"].values()) == [[1, 8, 8, 8], [1, 8, 64]]
+    text = describe_package(pkg)
+    assert "input shape sets (3" in text and "[1, 3, 8, 8]: deployed [1, 8, 8, 3] -> [1, 2, 16, 16]" in text
+    assert "[1, 3, 20, 24]: deployed [1, 20, 24, 3] -> [1, 2, 40, 48] (built and calibrated here)" in text
+
+
+def test_a_shape_outside_the_sets_is_refused_with_the_sets_it_takes(tmp_path):
+    rk = _build(flattening_model(tmp_path / "m.onnx"))
+    rk.init_runtime()
+    assert rk.inference(inputs=[np.zeros((10, 10, 3), np.uint8)]) is None
+    msg = str(rk.last_error)
+    assert "[10, 10, 3]" in msg and "[1, 12, 16, 3], [1, 20, 24, 3], [1, 8, 8, 3]" in msg and "dynamic_input" in msg
+    rk.release()
+
+
+def test_pytorch_models_take_shape_sets_too(tmp_path, torch_mod):
+    torch = torch_mod
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.ReLU(), torch.nn.PixelShuffle(2)).eval()
+    torch.jit.trace(net, torch.rand(1, 3, 8, 8)).save(str(tmp_path / "sr.pt"))
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", mean_values=[[0] * 3], std_values=[[255] * 3],
+              dynamic_input=[[[1, 3, 8, 8]], [[1, 3, 16, 24]]])
+    assert rk.load_pytorch(str(tmp_path / "sr.pt")) == 0, rk.last_error  # no input_size_list needed
+    assert rk.build(do_quantization=False) == 0, rk.last_error
+    rk.init_runtime()
+    for h, w in ((8, 8), (16, 24)):
+        pixels = np.random.default_rng(h).integers(0, 256, (h, w, 3)).astype(np.uint8)
+        with torch.no_grad():
+            want = net(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]).numpy()
+        np.testing.assert_allclose(rk.inference(inputs=[pixels])[0], want, rtol=1e-5, atol=1e-6)
+    rk.release()
+
+
+def test_a_model_whose_structure_follows_the_size_is_refused(tmp_path):
+    # the width Slice [0, 16) is a no-op at widths <= 16 (dropped) and a real Slice at 24: no shared build
+    path = flattening_model(tmp_path / "m.onnx", slice_end=16)
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", dynamic_input=[[[1, 3, 12, 16]], [[1, 3, 20, 24]]])
+    assert rk.load_onnx(str(path)) == 0
+    assert rk.build(do_quantization=False) != 0
+    msg = str(rk.last_error)
+    assert "dynamic_input" in msg and "1x3x12x16" in msg and "build one model per shape set" in msg
+
+
+@pytest.mark.parametrize("bad, says", [
+    ([[1, 3, 8, 8]], "is not a list of shapes"),
+    ([[[1, 3, 8, 0]]], "not a shape of positive integers"),
+    ([[[1, 3, 8, 8]], [[1, 3, 8]]], "every set lists each model input once"),
+    ([[[1, 3, 8, 8]], [[1, 3, 8, 8]]], "repeats an earlier set"),
+    ("1x3x8x8", "a list of input shape sets"),
+])
+def test_bad_shape_sets_are_refused_at_config(bad, says):
+    with pytest.raises(ConfigError, match=says):
+        make_config(dynamic_input=bad)
+
+
+def test_a_set_the_model_cannot_take_is_refused_naming_it(tmp_path):
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", dynamic_input=[[[1, 3, 8, 8], [1, 3, 8, 8]], [[1, 3, 4, 4], [1, 3, 4, 4]]])
+    assert rk.load_onnx(str(flattening_model(tmp_path / "m.onnx"))) != 0
+    assert "largest shape set" in str(rk.last_error) and "2 shapes" in str(rk.last_error)
+
+
+def test_batched_and_hybrid_step_builds_say_they_take_one_set(tmp_path):
+    path = flattening_model(tmp_path / "m.onnx")
+    dataset = write_npy_dataset(tmp_path, [20, 24, 3], n=2)
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", dynamic_input=SETS)
+    rk.load_onnx(str(path))
+    assert rk.build(dataset=str(dataset), rknn_batch_size=2) != 0
+    assert "rknn_batch_size" in str(rk.last_error)
+    assert rk.hybrid_quantization_step1(dataset=str(dataset), output_dir=str(tmp_path)) != 0
+    assert "auto_hybrid=True" in str(rk.last_error)
+
+
+def test_the_command_line_converts_shape_sets_and_runs_images_of_each(tmp_path, capsys):
+    import cv2
+    import yaml
+
+    from openrknn.cli import main
+
+    path = flattening_model(tmp_path / "m.onnx")
+    spec = {"model": path.name, "output": "m.rknn",
+            "config": {"target_platform": "rk3588", "mean_values": [0, 0, 0], "std_values": [255, 255, 255],
+                       "dynamic_input": SETS}}
+    (tmp_path / "m.yml").write_text(yaml.safe_dump(spec))
+    assert main(["convert", str(tmp_path / "m.yml")]) == 0
+    assert "input shape sets (3" in (main(["info", str(tmp_path / "m.rknn")]) == 0 and capsys.readouterr().out)
+    images = []
+    for k, (h, w) in enumerate([(8, 8), (20, 24), (30, 30)]):  # two sets as they are, one resized to the base
+        rgb = np.random.default_rng(k).integers(0, 256, (h, w, 3)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"i{k}.png"), rgb[:, :, ::-1])
+        images.append(rgb)
+    assert main(["run", str(tmp_path / "m.rknn"), *(str(tmp_path / f"i{k}.png") for k in range(3)),
+                 "--out", str(tmp_path / "out")]) == 0
+    for k, side in enumerate((16, 40, 40)):
+        assert np.load(tmp_path / "out" / f"i{k}_out0.npy").shape[2] == side
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "i0_out0.npy"), _reference(path, images[0]), atol=1e-5)
