@@ -45,7 +45,8 @@ face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorF
 int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
 (TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs), plates (a plate detector and
 LPRNet, chained), converted (PINTO's conversions of two low-light enhancers and two segmenters), detr (DEIMv2, a
-DETR-family detector with its query selection and postprocessor inside) and speech_enhancement (GTCRN, streamed).
+DETR-family detector with its query selection and postprocessor inside), speech_enhancement (GTCRN, streamed) and
+super_resolution (ESPCN x2, a webcam upscaler from SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler, and its float16 file).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -87,6 +88,7 @@ REPOS = {
     "ipne": ("Kazuhito00/Image-Processing-Node-Editor", "46979d5b8eacb181abe970e4dd18e8f4cf0e750b"),
     "purego": ("Kazuhito00/onnx-purego-interpreter", "7681e2537da1e608969cb054b2b4e4c004002d68"),
     "apne": ("Kazuhito00/Audio-Processing-Node-Editor", "f82bafe9d3e0050d9ca3d9b4ab0e5f9e70eaf01b"),
+    "espcn": ("SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler", "901e83e1b3a25165293849627011628d8f3100ec"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -131,6 +133,9 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
              "model_float32.onnx", "931f80db4faa9eb3"),
     "deimv2": ("purego", "examples/DEIMv2/deimv2_hgnetv2_atto_coco.onnx", "b114aa6610ac7c2b"),
     "gtcrn": ("apne", "node/audio_enhance_node/model/gtcrn_simple.onnx", "b4718df6228e7bdf"),
+    "espcn_quality": ("espcn", "Models/quality_espcn_x2.onnx", "bd067f96bbeb14d0"),
+    "espcn_quality_fp16": ("espcn", "Models/quality_espcn_x2_fp16.onnx", "23f8caf1b7e0029c"),
+    "espcn_performance_pth": ("espcn", "Models/performance_espcn_x2.pth", "2b7425f98a1aa683"),
 }
 LOWLIGHT_PHOTOS = [f"testimgs/{n}" for n in ("1.png", "1_1.JPG", "22.png", "23.png", "3_1.JPG", "4_1.JPG", "Cave.png",
                                              "Farmhouse.png", "Madison.png")]
@@ -1612,9 +1617,100 @@ def speech_enhancement(cache: Path, work: Path) -> list:
     return [cells]
 
 
+def sr_frames(size_hw, photos: list) -> tuple:
+    """Low-resolution frames of ``size_hw`` and their real high-resolution originals (twice the size, cut from the
+    middle of each photo, portraits turned), the low one made as the model was trained: PIL's bicubic downscale."""
+    from PIL import Image
+
+    h, w = size_hw
+    lows, highs = [], []
+    for p in photos:
+        p = np.ascontiguousarray(p.transpose(1, 0, 2)) if p.shape[0] > p.shape[1] else p
+        if p.shape[0] < 2 * h or p.shape[1] < 2 * w:
+            continue
+        y, x = (p.shape[0] - 2 * h) // 2, (p.shape[1] - 2 * w) // 2
+        high = np.ascontiguousarray(p[y:y + 2 * h, x:x + 2 * w])
+        lows.append(np.asarray(Image.fromarray(high).resize((w, h), Image.BICUBIC)))
+        highs.append(high)
+    return lows, highs
+
+
+def sr_picture(out) -> np.ndarray:
+    """The demo's 8-bit RGB picture of an ESPCN output [1, 3, H, W] in 0..1."""
+    return np.clip(np.asarray(out, np.float32)[0].transpose(1, 2, 0) * 255, 0, 255).astype(np.uint8)
+
+
+def _picture_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255 ** 2 / max(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2), 1e-10)))
+
+
+def _sr_cell(outs: list, refs: list, highs: list) -> str:
+    pics = [sr_picture(o) for o in outs]
+    return (f"PSNR {np.mean([_picture_psnr(p, sr_picture(r)) for p, r in zip(pics, refs)]):.1f} dB to the float "
+            f"model's picture, {np.mean([_picture_psnr(p, h) for p, h in zip(pics, highs)]):.2f} dB to the real "
+            "high-resolution photo")
+
+
+def super_resolution(cache: Path, work: Path) -> list:
+    """ESPCN x2 (SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler, a real-time webcam upscaler: three convs and a
+    DepthToSpace; ONNX opset 20 with dynamic height and width, and its float16 twin), fed as its batch tool feeds it:
+    RGB, x / 255, at 208x320, the low-resolution frame made from the middle 416x640 of each shared COCO photo that
+    large (25 of 30) by PIL's bicubic downscale (as the model was trained). The metrics: PSNR of the 8-bit picture
+    against the float model's, and against the real high-resolution photo (the upscaler's worth: bicubic upscaling's
+    and the float model's beside it). rknn-toolkit2 refuses opset 20 and is given the file converted to opset 19 by
+    onnx's version converter, as its error leads a user to do."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import version_converter
+    from PIL import Image
+
+    lows, highs = sr_frames((208, 320), images(["coco"], None))
+    calib, held, held_high = lows[0::2], lows[1::2], highs[1::2]
+    path = model(cache, "espcn_quality")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [sess.run(None, {"input": (p / np.float32(255)).transpose(2, 0, 1)[None]})[0] for p in held]
+    bicubic = np.mean([_picture_psnr(np.asarray(Image.fromarray(p).resize((640, 416), Image.BICUBIC)), h)
+                       for p, h in zip(held, held_high)])
+    ort_psnr = np.mean([_picture_psnr(sr_picture(r), h) for r, h in zip(refs, held_high)])
+    cells = [f"ESPCN x2 super-resolution (opset 20, DepthToSpace, dynamic H and W; 208x320 -> 416x640); {len(held)} "
+             f"frames (bicubic upscaling {bicubic:.2f} dB, onnxruntime's float model {ort_psnr:.2f} dB to the real "
+             "photo)"]
+    cfg = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
+    for dtype in (None, "w8a8", "w8a16"):
+        r = build(path, [[1, 3, 208, 320]], dtype, [[p] for p in calib], cfg, work)
+        said = _sr_cell([r.inference(inputs=[p])[0] for p in held], refs, held_high)
+        if dtype == "w8a16":
+            cells[2] += f"; w8a16: {said}"
+            r.release()
+            continue
+        cells.append(said)
+        if dtype is None:  # the float16 twin of the file (float16 input and weights) loads and builds too
+            half = model(cache, "espcn_quality_fp16")
+            sess16 = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+            refs16 = [sess16.run(None, {"input": (p / np.float32(255)).transpose(2, 0, 1)[None].astype(np.float16)})[0]
+                      .astype(np.float32) for p in held]
+            r16 = build(half, [[1, 3, 208, 320]], None, [], cfg, work)
+            cells[-1] += "; its float16 file: " + _sr_cell([r16.inference(inputs=[p])[0] for p in held], refs16,
+                                                          held_high).replace("float model", "float16 model")
+            r16.release()
+        else:
+            opset19 = work / "espcn_opset19.onnx"
+            onnx.save(version_converter.convert_version(onnx.load(str(path)), 19), str(opset19))
+            job = {"input_name": "input", "shape": [1, 3, 208, 320], "mean": [0] * 3, "std": [255] * 3}
+            said, outs = _vendor(opset19, job, [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held],
+                                 work)
+            if outs is not None:
+                said += " on the opset-19 file: " + _sr_cell([o[0] for o in outs], refs, held_high)
+            cells[-1] += "; " + said
+            cells.append(_litert(r, held[:3], work))
+        r.release()
+    return cells
+
+
 ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement)
+        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement,
+        super_resolution)
 
 
 def main() -> None:
