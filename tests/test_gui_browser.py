@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,16 @@ def page(browser, gui):
     # a failed request the test provoked on purpose logs a console error; anything else is a bug in the page
     unexpected = [p for p in problems if "status of 4" not in p]
     assert not unexpected, unexpected
+
+
+def wait_until(pg, expression: str, timeout_ms: int = TIMEOUT_MS) -> None:
+    """Poll ``expression`` through page.evaluate until it is true. Not wait_for_function: its polling evaluates a
+    string in the page, which the GUI's Content-Security-Policy (script-src 'self') refuses whenever the condition
+    is not already true at the first check (a loaded machine)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not pg.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        pg.wait_for_timeout(50)
 
 
 def screenshot(pg, name: str) -> Path:
@@ -233,7 +244,7 @@ def test_yolox_nano_inference_draws_boxes(page, real_data):
     page.fill("#infer-names", ", ".join(n.strip() for n in labels if n.strip()))
     page.click("#infer-btn")
     page.wait_for_selector("#infer-figure:not([hidden])")
-    page.wait_for_function("document.querySelector('#infer-image').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#infer-image').naturalWidth > 0")
     assert page.evaluate("document.querySelector('#infer-image').naturalWidth") == 768
     classes = page.eval_on_selector_all("#det-table tbody tr td:first-child", "tds => tds.map(t => t.textContent)")
     assert {"dog", "bicycle"} <= set(classes), classes

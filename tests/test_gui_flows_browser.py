@@ -200,7 +200,7 @@ def test_build_waits_for_calibration_uploads(page, tmp_path):
     held, holding = [], [True]  # the first upload is held in the browser until the checks below are done
     page.route("**/api/dataset/upload*", lambda route: held.append(route) if holding[0] else route.continue_())
     page.set_input_files("#dataset-files", [str(p) for p in calibration_images(tmp_path, n=2, hw=16)])
-    page.wait_for_function("document.querySelector('#dataset-msg').textContent.startsWith('Uploading')")
+    page.wait_for_selector("#dataset-msg:text-matches('^Uploading')")
     assert page.is_disabled("#build-btn")
     assert page.get_attribute("#build-btn", "title") == "Calibration images are still uploading"
     holding[0] = False
