@@ -37,6 +37,8 @@ def main(job_path):
             cfg.update(mean_values=job["means"], std_values=job["stds"])
         if job.get("disable_rules"):
             cfg.update(disable_rules=job["disable_rules"])
+        if job.get("dynamic_input"):  # its shape sets; the model is then loaded without input_size_list
+            cfg.update(dynamic_input=job["dynamic_input"])
         step = "config"
         rc = rknn.config(**cfg)
         if rc not in (0, None):
@@ -50,9 +52,11 @@ def main(job_path):
         else:
             step = "load_onnx"
             # one input (input_name, shape) or several (input_names, shapes; each feed then a list of .npy files)
-            names = job.get("input_names") or [job["input_name"]]
-            shapes = job.get("shapes") or [job["shape"]]
+            names = job.get("input_names") or [job.get("input_name")]
+            shapes = job.get("shapes") or [job.get("shape")]
             fixed = job.get("input_initial_val")  # settings fixed to constants: a list of values or nulls
+            if job.get("dynamic_input"):  # loaded as it is; the sets give the shapes
+                names = shapes = None
             rc = rknn.load_onnx(job["model"], inputs=names, input_size_list=shapes,
                                 **({"outputs": job["outputs"]} if job.get("outputs") else {}),
                                 **({"input_initial_val": [None if v is None else _setting(v) for v in fixed]}
