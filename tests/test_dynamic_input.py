@@ -212,3 +212,30 @@ def test_the_command_line_converts_shape_sets_and_runs_images_of_each(tmp_path, 
     for k, side in enumerate((16, 40, 40)):
         assert np.load(tmp_path / "out" / f"i{k}_out0.npy").shape[2] == side
     np.testing.assert_allclose(np.load(tmp_path / "out" / "i0_out0.npy"), _reference(path, images[0]), atol=1e-5)
+
+
+def test_a_board_through_the_runtime_server_takes_every_set(tmp_path, monkeypatch):
+    from test_remote_support import ServerProcess
+
+    path = flattening_model(tmp_path / "m.onnx")
+    rk = _build(path)
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.release()
+    (tmp_path / "server").mkdir()
+    srv = ServerProcess(tmp_path / "server")
+    try:
+        monkeypatch.setenv("OPENRKNN_TOKEN", srv.token)
+        monkeypatch.setenv("OPENRKNN_DEVICES", str(srv.folder / "no-devices.json"))
+        monkeypatch.setenv("OPENRKNN_ADB", str(srv.folder / "no-adb"))
+        r = RKNN(verbose=False)
+        assert r.load_rknn(str(tmp_path / "m.rknn")) == 0
+        assert r.init_runtime(target="rk3588", device_id=f"127.0.0.1:{srv.port}") == 0, r.last_error
+        for k, shapes in enumerate(SETS):
+            pixels = _pixels(shapes, k)
+            np.testing.assert_allclose(r.inference(inputs=[pixels])[0], _reference(path, pixels), rtol=1e-5,
+                                       atol=1e-6)
+        assert r.inference(inputs=[np.zeros((10, 10, 3), np.uint8)]) is None
+        assert "[1, 8, 8, 3]" in str(r.last_error)
+        r.release()
+    finally:
+        srv.stop()
