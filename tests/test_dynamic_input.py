@@ -239,3 +239,17 @@ def test_a_board_through_the_runtime_server_takes_every_set(tmp_path, monkeypatc
         r.release()
     finally:
         srv.stop()
+
+
+def test_accuracy_analysis_runs_at_the_set_of_its_sample(tmp_path):
+    path = flattening_model(tmp_path / "m.onnx")
+    rk = _build(path, write_npy_dataset(tmp_path, [20, 24, 3], n=4))
+    rk.init_runtime()
+    for k, shapes in enumerate(SETS):
+        assert rk.accuracy_analysis(inputs=[_pixels(shapes, k)], output_dir=str(tmp_path / f"aa{k}")) == 0, \
+            rk.last_error
+        dumps = tmp_path / f"aa{k}" / "dumps"
+        _, _, h, w = shapes[0]
+        assert np.load(dumps / "y.quant.npy").shape == np.load(dumps / "y.float.npy").shape == (1, 2, 2 * h, 2 * w)
+        np.testing.assert_allclose(np.load(dumps / "y.float.npy"), _reference(path, _pixels(shapes, k)), atol=1e-5)
+    rk.release()

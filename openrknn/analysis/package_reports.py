@@ -150,12 +150,15 @@ def check(pkg: RknnPackage, target: Optional[str] = None, calib_count: Optional[
 
 
 def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:
+    from ..runtime.shape_sets import package_at
     from .accuracy import accuracy_analysis as run_analysis
 
     if not pkg.metadata.get("quantization"):
         log.warning("accuracy_analysis: the model is not quantized; float vs float will match exactly")
+    sample = _one_sample(inputs, pkg)
+    pkg = package_at(pkg, sample)  # a dynamic_input model: the graphs of the set the sample has
     float_bytes = pkg.float_model_bytes or pkg.model_bytes
-    feeds = [_feeds(pkg, _one_sample(inputs, pkg))]
+    feeds = [_feeds(pkg, sample)]
     return run_analysis(onnx.load_from_string(float_bytes), onnx.load_from_string(pkg.model_bytes), feeds, output_dir)
 
 
@@ -174,8 +177,9 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
     if len(inputs) != len(metas):
         raise InferenceInputError(f"accuracy_analysis: the model has {len(metas)} input(s) but {len(inputs)} were "
                                   "given; pass one image path, .npy path or array per input")
+    sets = (pkg.metadata.get("dynamic_input") or {}).get("sets") or []
     samples = []
-    for item, meta in zip(inputs, metas):
+    for j, (item, meta) in enumerate(zip(inputs, metas)):
         if isinstance(item, (str, os.PathLike)):
             path = str(item)
             if path.endswith(".npy"):
@@ -189,7 +193,8 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
             if img is None:
                 raise InferenceInputError(f"accuracy_analysis: '{path}' is not a readable image")
             h, w = meta["shape"][1:3]
-            if img.shape[:2] != (h, w):
+            sizes = [tuple(e["inputs"][j]["shape"][1:3]) for e in sets]  # a dynamic_input set's size: kept
+            if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in sizes:
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
             samples.append(img if rgb2bgr else img[:, :, ::-1].copy())  # decoded like the calibration images
         else:

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import CorruptPackageError
+from ..errors import CorruptPackageError, InferenceInputError
 
-__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only"]
+__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at"]
 
 
 def shape_sets(metadata: dict) -> Optional[List[dict]]:
@@ -47,6 +47,43 @@ def patched_metadata(metadata: dict, entry: dict) -> dict:
     out = {k: v for k, v in metadata.items() if k != "dynamic_input"}
     out["inputs"], out["outputs"] = entry["inputs"], entry["outputs"]
     return out
+
+
+def set_of(inputs, metadata: dict, data_type=None, data_format="nhwc", pass_through=None) -> int:
+    """The index of the set whose inputs ``inputs`` fit (as inference() takes them); the base set is tried first.
+    InferenceInputError naming the sets when none fits."""
+    from .feeds import prepare_feeds
+
+    sets, base = metadata["dynamic_input"]["sets"], metadata["dynamic_input"]["base"]
+    first = None
+    for k in [base] + [k for k in range(len(sets)) if k != base]:
+        try:
+            prepare_feeds(inputs, sets[k]["inputs"], data_type, data_format, pass_through, many=True)
+            return k
+        except InferenceInputError as e:
+            first = first or e
+    if "shape" not in str(first):  # not a size the sets differ in (a dtype, a count): the base set's own words
+        raise first
+    given = [list(np.shape(x)) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    fed = ", ".join(" + ".join(str(m["shape"]) for m in e["inputs"]) for e in sets)
+    raise InferenceInputError(f"the inputs have shape(s) {' + '.join(map(str, given))} ({data_format}), which is not "
+                              f"one of the shape sets this model was built for: {fed} as fed (config dynamic_input). "
+                              "Resize or letterbox to one of them, or build with this shape in dynamic_input") from None
+
+
+def package_at(pkg, inputs):
+    """``pkg`` as the one-shape package of the set ``inputs`` fit (its float reference patched alike); ``pkg``
+    itself for a one-shape model or the base set."""
+    from ..package import RknnPackage
+
+    if not shape_sets(pkg.metadata):
+        return pkg
+    k = set_of(inputs, pkg.metadata)
+    entry = pkg.metadata["dynamic_input"]["sets"][k]
+    if k == pkg.metadata["dynamic_input"]["base"]:
+        return RknnPackage(patched_metadata(pkg.metadata, entry), pkg.model_bytes, pkg.float_model_bytes)
+    return RknnPackage(patched_metadata(pkg.metadata, entry), apply_patch(pkg.model_bytes, entry["patch"]),
+                       apply_patch(pkg.float_model_bytes, entry["patch"]) if pkg.float_model_bytes else None)
 
 
 def _set_dims(value_info, dims: List[int]) -> None:

@@ -16,11 +16,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import CorruptPackageError, InferenceInputError, RuntimeStateError
+from ..errors import CorruptPackageError, RuntimeStateError
 from ..package import check_runnable
 from .feeds import prepare_feeds
 from .ort_session import make_session
-from .shape_sets import apply_patch, patched_metadata
+from .shape_sets import apply_patch, patched_metadata, set_of
 from .speedups import speed_up
 
 log = logging.getLogger("openrknn.runtime")
@@ -142,22 +142,7 @@ class Simulator:
         return results
 
     def _shape_set_of(self, inputs, data_type, data_format, pass_through) -> int:
-        order = [self._base_set] + [k for k in range(len(self._sets)) if k != self._base_set]
-        first = None
-        for k in order:
-            try:
-                prepare_feeds(inputs, self._sets[k]["inputs"], data_type, data_format, pass_through, many=True)
-                return k
-            except InferenceInputError as e:
-                first = first or e
-        if "shape" not in str(first):  # not a size the sets differ in (a dtype, a count): the base set's own words
-            raise first
-        given = [list(np.shape(x)) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
-        fed = ", ".join(" + ".join(str(m["shape"]) for m in e["inputs"]) for e in self._sets)
-        raise InferenceInputError(f"the inputs have shape(s) {' + '.join(map(str, given))} ({data_format}), which is "
-                                  f"not one of the shape sets this model was built for: {fed} as fed (config "
-                                  "dynamic_input). Resize or letterbox to one of them, or build with this shape in "
-                                  "dynamic_input") from None
+        return set_of(inputs, self.metadata, data_type, data_format, pass_through)
 
     def _set_simulator(self, index: int) -> "Simulator":
         if index not in self._set_sims:
