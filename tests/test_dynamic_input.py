@@ -253,3 +253,37 @@ def test_accuracy_analysis_runs_at_the_set_of_its_sample(tmp_path):
         assert np.load(dumps / "y.quant.npy").shape == np.load(dumps / "y.float.npy").shape == (1, 2, 2 * h, 2 * w)
         np.testing.assert_allclose(np.load(dumps / "y.float.npy"), _reference(path, _pixels(shapes, k)), atol=1e-5)
     rk.release()
+
+
+def test_the_wire_level_patch_writes_what_onnx_reads():
+    """runtime/graph_edit.patch_model (the board has no onnx package): dims, initializers and every attribute kind a
+    patch carries, read back with onnx."""
+    from openrknn.runtime.graph_edit import patch_model
+
+    n = helper.make_node
+    nodes = [n("Constant", [], ["c"], name="const", value=numpy_helper.from_array(np.ones(2, np.float32))),
+             n("AveragePool", ["x"], ["p"], name="pool", kernel_shape=[2, 2]),
+             n("LeakyRelu", ["p"], ["l"], name="leaky", alpha=0.1), n("Reshape", ["l", "shape"], ["y"], name="flat")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9])],
+                          [numpy_helper.from_array(np.array([1, 9], np.int64), "shape")],
+                          value_info=[helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1, 3, 3])])
+    raw = helper.make_model(g).SerializeToString()
+    out = onnx.ModelProto()
+    out.ParseFromString(patch_model(raw, {"x": [1, 1, 6, 6], "y": [1, 16]},
+                                    {"shape": np.array([1, 16], np.int64)},
+                                    {"pool": {"kernel_shape": [3, 3]}, "leaky": {"alpha": -0.25},
+                                     "const": {"value": np.full(3, 2.0, np.float32)}}))
+    onnx.checker.check_model(out)
+    graph = out.graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 1, 6, 6]
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == [1, 16] and not graph.value_info
+    assert numpy_helper.to_array(graph.initializer[0]).tolist() == [1, 16]
+    attrs = {nd.name: {a.name: helper.get_attribute_value(a) for a in nd.attribute} for nd in graph.node}
+    assert attrs["pool"]["kernel_shape"] == [3, 3] and abs(attrs["leaky"]["alpha"] + 0.25) < 1e-7
+    assert numpy_helper.to_array(attrs["const"]["value"]).tolist() == [2.0, 2.0, 2.0]
+    y = ort_run(out, {"x": np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)})[0]
+    assert y.shape == (1, 16)
+    with pytest.raises(Exception, match="no initializer or node named"):
+        patch_model(raw, {}, {"absent": np.zeros(1, np.float32)}, {})

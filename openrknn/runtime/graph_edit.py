@@ -306,3 +306,98 @@ class WireModel:
         for number, _wire, key_at, _a, b in _spans(self.data, 0, len(self.data)):
             out += _len_field(_MODEL_GRAPH, bytes(graph)) if number == _MODEL_GRAPH else self.data[key_at:b]
         return bytes(out)
+
+
+# ---- a model at other input sizes (config dynamic_input: runtime/shape_sets.py) -----------------------------------
+_GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_VALUE_INFO = 11, 12, 13
+_ATTR_F, _ATTR_FLOATS = 2, 7
+_ATTR_TYPES = {"float": 1, "int": 2, "tensor": 4, "floats": 6, "ints": 7}
+
+
+def _field_str(raw: bytes, number: int) -> str:
+    data = memoryview(raw)
+    return next((_str(data, a, b) for n, w, _, a, b in _spans(data, 0, len(raw)) if n == number and w == _LEN), "")
+
+
+def _value_info_with_dims(raw: bytes, dims: List[int]) -> bytes:
+    """A tensor ValueInfoProto with its shape replaced by ``dims`` (its name and element type kept)."""
+    data = memoryview(raw)
+    elem = 0
+    for n, w, _, a, b in _spans(data, 0, len(raw)):
+        if n == 2 and w == _LEN:  # type
+            for tn, tw, _, ta, tb in _spans(data, a, b):
+                if tn == 1 and tw == _LEN:  # tensor_type
+                    elem = next((ea for en, ew, _, ea, _eb in _spans(data, ta, tb) if en == 1 and ew == _VARINT), 0)
+    shape = b"".join(_len_field(1, _key(1, _VARINT) + _encode_varint(int(d))) for d in dims)
+    tensor = _key(1, _VARINT) + _encode_varint(elem) + _len_field(2, shape)
+    return _len_field(1, _field_str(raw, 1).encode("utf-8")) + _len_field(2, _len_field(1, tensor))
+
+
+def _attribute(name: str, value, tensor_name: str) -> bytes:
+    out = _len_field(_ATTR_NAME, name.encode("utf-8"))
+    if isinstance(value, np.ndarray):
+        return out + _len_field(_ATTR_T, encode_tensor(tensor_name, value)) + \
+            _key(_ATTR_TYPE, _VARINT) + _encode_varint(_ATTR_TYPES["tensor"])
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, int) for v in value):
+            out += b"".join(_key(_ATTR_INTS, _VARINT) + _encode_varint(int(v)) for v in value)
+            return out + _key(_ATTR_TYPE, _VARINT) + _encode_varint(_ATTR_TYPES["ints"])
+        out += b"".join(_key(_ATTR_FLOATS, _I32) + struct.pack("<f", float(v)) for v in value)
+        return out + _key(_ATTR_TYPE, _VARINT) + _encode_varint(_ATTR_TYPES["floats"])
+    if isinstance(value, int):
+        return out + _key(_ATTR_I, _VARINT) + _encode_varint(value) + _key(_ATTR_TYPE, _VARINT) + \
+            _encode_varint(_ATTR_TYPES["int"])
+    return out + _key(_ATTR_F, _I32) + struct.pack("<f", float(value)) + _key(_ATTR_TYPE, _VARINT) + \
+        _encode_varint(_ATTR_TYPES["float"])
+
+
+def _node_with_attributes(raw: bytes, values: Dict[str, object]) -> bytes:
+    data = memoryview(raw)
+    out = bytearray()
+    outputs = []
+    for number, wire, key_at, a, b in _spans(data, 0, len(raw)):
+        if number == _NODE_OUTPUT and wire == _LEN:
+            outputs.append(_str(data, a, b))
+        if number == _NODE_ATTRIBUTE and wire == _LEN and _field_str(bytes(data[a:b]), _ATTR_NAME) in values:
+            continue
+        out += data[key_at:b]
+    for name, value in values.items():
+        out += _len_field(_NODE_ATTRIBUTE, _attribute(name, value, outputs[0] if outputs else name))
+    return bytes(out)
+
+
+def patch_model(model_bytes: bytes, dims: Dict[str, List[int]], tensors: Dict[str, np.ndarray],
+                attributes: Dict[str, Dict[str, object]]) -> bytes:
+    """The model with graph inputs / outputs ``dims`` replaced, initializers ``tensors`` replaced and node attributes
+    ``attributes`` ({node name: {attribute: int, float, list or array}}) replaced; the graph's value_info dropped
+    (shapes of the old sizes). WireError if a name given is not in the graph."""
+    data = memoryview(model_bytes)
+    spans = [(a, b) for n, w, _, a, b in _spans(data, 0, len(data)) if n == _MODEL_GRAPH and w == _LEN]
+    if len(spans) != 1:
+        raise WireError("the model does not hold exactly one graph")
+    graph, done = bytearray(), set()
+    for number, wire, key_at, a, b in _spans(data, *spans[0]):
+        raw = bytes(data[a:b]) if wire == _LEN else b""
+        if number == _GRAPH_VALUE_INFO:
+            continue
+        if number in (_GRAPH_INPUT, _GRAPH_OUTPUT) and wire == _LEN and _field_str(raw, 1) in dims:
+            graph += _len_field(number, _value_info_with_dims(raw, dims[_field_str(raw, 1)]))
+            continue
+        if number == _GRAPH_INITIALIZER and wire == _LEN and _field_str(raw, _T_NAME) in tensors:
+            name = _field_str(raw, _T_NAME)
+            graph += _len_field(number, encode_tensor(name, tensors[name]))
+            done.add(name)
+            continue
+        if number == _GRAPH_NODE and wire == _LEN and attributes and _field_str(raw, _NODE_NAME) in attributes:
+            name = _field_str(raw, _NODE_NAME)
+            graph += _len_field(number, _node_with_attributes(raw, attributes[name]))
+            done.add(name)
+            continue
+        graph += data[key_at:b]
+    missing = (set(tensors) | set(attributes)) - done
+    if missing:
+        raise WireError(f"the graph has no initializer or node named {sorted(missing)[:4]}")
+    out = bytearray()
+    for number, _wire, key_at, _a, b in _spans(data, 0, len(data)):
+        out += _len_field(_MODEL_GRAPH, bytes(graph)) if number == _MODEL_GRAPH else data[key_at:b]
+    return bytes(out)

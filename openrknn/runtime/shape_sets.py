@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import List, Optional
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import CorruptPackageError, InferenceInputError
+from ..onnx_wire import WireError
+from .graph_edit import patch_model
 
 __all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at"]
 
@@ -86,45 +86,19 @@ def package_at(pkg, inputs):
                        apply_patch(pkg.float_model_bytes, entry["patch"]) if pkg.float_model_bytes else None)
 
 
-def _set_dims(value_info, dims: List[int]) -> None:
-    shape = value_info.type.tensor_type.shape
-    shape.ClearField("dim")
-    for d in dims:
-        shape.dim.add().dim_value = int(d)
-
-
-def _attribute(node, name: str, value):
-    if isinstance(value, dict):  # a tensor (a Constant node's value)
-        return helper.make_attribute(name, _tensor(value, node.output[0]))
-    return helper.make_attribute(name, value)
-
-
-def _tensor(record: dict, name: str) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.array(record["values"], dtype=record["dtype"]).reshape(record["dims"]), name)
+def _array(record: dict) -> np.ndarray:
+    return np.array(record["values"], dtype=record["dtype"]).reshape(record["dims"])
 
 
 def apply_patch(model_bytes: bytes, patch: dict) -> bytes:
-    """The base graph with one set's dims, constants and attributes. A name the graph lacks means the file does not
-    belong together (CorruptPackageError)."""
-    model = onnx.ModelProto()
-    model.ParseFromString(model_bytes)
-    graph = model.graph
-    del graph.value_info[:]  # the base set's shapes; onnxruntime infers this set's own
-    for group, dims in ((graph.input, patch["inputs"]), (graph.output, patch["outputs"])):
-        for v in group:
-            if v.name in dims:
-                _set_dims(v, dims[v.name])
-    constants, attributes = dict(patch.get("constants", {})), dict(patch.get("attributes", {}))
-    for k, t in enumerate(graph.initializer):
-        if t.name in constants:
-            graph.initializer[k].CopyFrom(_tensor(constants.pop(t.name), t.name))
-    for node in graph.node:
-        for name, value in attributes.pop(node.name, {}).items() if node.name else ():
-            kept = [a for a in node.attribute if a.name != name]
-            del node.attribute[:]
-            node.attribute.extend(kept + [_attribute(node, name, value)])
-    if constants or attributes:
-        missing = list(constants) + list(attributes)
-        raise CorruptPackageError(f"the model's shape set patch names {missing[:4]}, which its graph lacks: the file "
-                                  "was edited or damaged; re-export it")
-    return model.SerializeToString()
+    """The base graph with one set's dims, constants and attributes (at the protobuf wire level: the board has no
+    onnx package). A name the graph lacks means the file does not belong together (CorruptPackageError)."""
+    dims = {**patch.get("inputs", {}), **patch.get("outputs", {})}
+    tensors = {name: _array(r) for name, r in patch.get("constants", {}).items()}
+    attributes = {node: {k: _array(v) if isinstance(v, dict) else v for k, v in values.items()}
+                  for node, values in patch.get("attributes", {}).items()}
+    try:
+        return patch_model(model_bytes, dims, tensors, attributes)
+    except WireError as e:
+        raise CorruptPackageError(f"the model's shape set patch does not fit its graph ({e}): the file was edited "
+                                  "or damaged; re-export it") from None
