@@ -287,3 +287,32 @@ def test_the_wire_level_patch_writes_what_onnx_reads():
     assert y.shape == (1, 16)
     with pytest.raises(Exception, match="no initializer or node named"):
         patch_model(raw, {}, {"absent": np.zeros(1, np.float32)}, {})
+
+
+def test_a_board_without_onnx_runs_every_set(tmp_path, python_subprocess):
+    import textwrap
+
+    path = flattening_model(tmp_path / "m.onnx")
+    rk = _build(path)
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.release()
+    for k, shapes in enumerate(SETS):
+        np.save(tmp_path / f"in{k}.npy", _pixels(shapes, k))
+        np.save(tmp_path / f"want{k}.npy", _reference(path, _pixels(shapes, k)))
+    script = tmp_path / "board.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from openrknn.api import RKNN
+
+        rknn = RKNN()
+        assert rknn.load_rknn({str(tmp_path / 'm.rknn')!r}) == 0 and rknn.init_runtime() == 0
+        for k in range({len(SETS)}):
+            out = rknn.inference(inputs=[np.load({str(tmp_path)!r} + f'/in{{k}}.npy')])[0]
+            np.testing.assert_allclose(out, np.load({str(tmp_path)!r} + f'/want{{k}}.npy'), rtol=1e-5, atol=1e-6)
+        heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxslim'))
+        print('HEAVY', heavy)
+        sys.exit(1 if heavy else 0)
+    """))
+    proc = python_subprocess([script])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
