@@ -46,6 +46,9 @@ def main(job_path):
         if job.get("loader") == "tflite":  # a .tflite; one quantized in the file is built without requantizing
             step = "load_tflite"
             rc = rknn.load_tflite(job["model"])
+        elif job.get("loader") == "pytorch":  # a traced .pt at job["shape"] (with dynamic_input: the largest set)
+            step = "load_pytorch"
+            rc = rknn.load_pytorch(job["model"], input_size_list=[job["shape"]])
         elif job.get("loader") == "caffe":  # a .prototxt with its .caffemodel as job["blobs"]
             step = "load_caffe"
             rc = rknn.load_caffe(job["model"], blobs=job["blobs"])

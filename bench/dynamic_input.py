@@ -1,5 +1,5 @@
 """config(dynamic_input=...) on real models through the public API: one int8 build (w8a8, rk3588) that takes several
-input sizes, against a separate build at each size and rknn-toolkit2 2.5.0's own dynamic_input, in the same run.
+input sizes, against a separate build at each size, and rknn-toolkit2 2.5.0 both ways, in the same run.
 
     python bench/dynamic_input.py [--cache DIR]
 
@@ -16,7 +16,7 @@ images at that size, evaluation on the odd-numbered ones at every size):
 - PP-OCRv4 detector (the corpus file): the text photos at 320x480, 480x640 and 640x640; metric: the worst output's
   cosine and the IoU of the text maps (> 0.3).
 rknn-toolkit2 needs opset <= 19: the ESPCN file goes to it through onnx's version converter, as its error leads a
-user to do; it has no PyTorch path for a .pt here (its load_pytorch needs its own torch), so that row has none.
+user to do; the traced .pt goes to its load_pytorch (torch 2.13 in its virtualenv) at the largest set.
 """
 
 from __future__ import annotations
@@ -94,20 +94,24 @@ def compare(name: str, path: Path, loader: str, sets, cfg: dict, feeds_at, refs_
         own_s, own_bytes = own_s + sec, own_bytes + size
         r.release()
     vendor = {str(s): "" for s in sets}
+    vendor_own = dict(vendor)
     if job is not None:
+        path_v = job.pop("model")
         feeds = [x for s in sets for x in held[str(s)]]
-        said, outs = _vendor(job.pop("model"), {**job, "dynamic_input": sets},
+        said, outs = _vendor(path_v, {**job, "dynamic_input": sets},
                              [x.transpose(0, 3, 1, 2) for x in feeds_at(base)[0]], feeds, work)
         k = 0
         for s in sets:
             n = len(held[str(s)])
             vendor[str(s)] = said if outs is None else metric([o[0] for o in outs[k:k + n]], refs[str(s)])
             k += n
-        vendor[str(base)] += f" (build {said.split('(build ')[-1]}" if outs is not None and "(build" in said else ""
+            said_own, outs_own = _vendor(path_v, {**job, "shape": s[0]},
+                                         [x.transpose(0, 3, 1, 2) for x in feeds_at(s)[0]], held[str(s)], work)
+            vendor_own[str(s)] = said_own if outs_own is None else metric([o[0] for o in outs_own], refs[str(s)])
     rows = [[name if k == 0 else "", "x".join(map(str, s[0])) + (" (base)" if s == base else ""), shared[str(s)],
-             own[str(s)], vendor[str(s)] or "no PyTorch path"] for k, s in enumerate(sets)]
+             own[str(s)], vendor[str(s)], vendor_own[str(s)]] for k, s in enumerate(sets)]
     rows.append(["", "one file for all sets", f"build {one_s:.1f} s, {one_bytes / 1e3:.0f} kB",
-                 f"{len(sets)} builds {own_s:.1f} s, {len(sets)} files {own_bytes / 1e3:.0f} kB", ""])
+                 f"{len(sets)} builds {own_s:.1f} s, {len(sets)} files {own_bytes / 1e3:.0f} kB", "", ""])
     return rows
 
 
@@ -148,7 +152,7 @@ def espcn_rows(cache: Path, work: Path) -> list:
     opset19 = work / "espcn_opset19.onnx"
     onnx.save(version_converter.convert_version(onnx.load(str(path)), 19), str(opset19))
     cfg = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
-    job = {"model": opset19, "mean": [0] * 3, "std": [255] * 3}
+    job = {"model": opset19, "input_name": "input", "mean": [0] * 3, "std": [255] * 3}
     feeds = _sr_feeds(images(["coco"], None))
     return compare("ESPCN x2 quality (ONNX, opset 20)", path, "onnx", SR_SETS, cfg, feeds,
                    _onnx_refs(path, 0, 255), _sr_metric, job, work)
@@ -183,8 +187,9 @@ def espcn_pytorch_rows(cache: Path, work: Path) -> list:
             return [net(torch.from_numpy(x.astype(np.float32) / 255).permute(0, 3, 1, 2)).numpy() for x in held]
 
     cfg = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
+    job = {"model": pt, "loader": "pytorch", "shape": _largest(SR_SETS)[0], "mean": [0] * 3, "std": [255] * 3}
     return compare("ESPCN x2 performance (.pth -> traced .pt)", pt, "pytorch", SR_SETS, cfg,
-                   _sr_feeds(images(["coco"], None)), refs, _sr_metric, None, work)
+                   _sr_feeds(images(["coco"], None)), refs, _sr_metric, job, work)
 
 
 def _corpus_rows(cache: Path, work: Path, name: str, sets, kind_metric: str) -> list:
@@ -212,7 +217,7 @@ def _corpus_rows(cache: Path, work: Path, name: str, sets, kind_metric: str) -> 
         return f"cosine {np.mean([cosine(o, r) for o, r in zip(outs, refs)]):.4f}, {kind_metric} agreement {agree:.3f}"
 
     cfg = {"mean_values": [entry["mean"]], "std_values": [entry["std"]]}
-    job = {"model": path, "mean": entry["mean"], "std": entry["std"]}
+    job = {"model": path, "input_name": iname, "mean": entry["mean"], "std": entry["std"]}
     return compare(f"{name} (corpus)", path, "onnx", sets, cfg, feeds_at, refs_at, metric, job, work)
 
 
@@ -234,8 +239,8 @@ def main() -> None:
     args = ap.parse_args()
     print("w8a8 on rk3588; every cell against the float model at that set")
     print("| model | shape set | openrknn: one build, dynamic_input | openrknn: a build per set | "
-          "rknn-toolkit2 2.5.0: dynamic_input |")
-    print("|---|---|---|---|---|")
+          "rknn-toolkit2 2.5.0: dynamic_input | rknn-toolkit2 2.5.0: a build per set |")
+    print("|---|---|---|---|---|---|")
     for run in RUNS:
         if args.only and run.__name__ not in args.only.split(","):
             continue
@@ -243,7 +248,7 @@ def main() -> None:
             try:
                 rows = run(args.cache, Path(tmp))
             except Exception as e:
-                rows = [[run.__name__, f"FAIL: {str(e)[:200]}", "", "", ""]]
+                rows = [[run.__name__, f"FAIL: {str(e)[:200]}", "", "", "", ""]]
         for row in rows:
             print("| " + " | ".join(row) + " |", flush=True)
 
