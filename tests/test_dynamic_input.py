@@ -316,3 +316,16 @@ def test_a_board_without_onnx_runs_every_set(tmp_path, python_subprocess):
     """))
     proc = python_subprocess([script])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_perf_estimates_every_set(tmp_path):
+    from openrknn.analysis.package_reports import eval_perf
+
+    rk = _build(flattening_model(tmp_path / "m.onnx"))
+    report = eval_perf(rk._package, None, None, False, False)
+    by_set = {e["set"]: e for e in report["shape_sets"]}
+    assert list(by_set) == ["1x3x12x16", "1x3x20x24", "1x3x8x8"]
+    assert by_set["1x3x20x24"]["total_us"] == report["npu_estimate"]["total_us"]  # the base set is the table's
+    # the work grows with the pixels: 8x8 < 12x16 < 20x24
+    assert by_set["1x3x8x8"]["total_us"] < by_set["1x3x12x16"]["total_us"] < by_set["1x3x20x24"]["total_us"]
+    rk.release()

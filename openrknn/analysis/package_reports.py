@@ -52,10 +52,10 @@ def host_rss_bytes() -> Optional[int]:
         return None
 
 
-def _base_set_note(pkg: RknnPackage, what: str) -> None:
+def _base_set_note(pkg: RknnPackage, what: str, then: str) -> None:
     from ..runtime.shape_sets import base_set_only
 
-    note = base_set_only(pkg.metadata, what)
+    note = base_set_only(pkg.metadata, what, then)
     if note:
         log.info("%s", note)
 
@@ -69,7 +69,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
     from .perf import eval_perf_report, format_perf_report, user_layer_rows
 
     model, chip, qd = model_facts(pkg, target)
-    _base_set_note(pkg, "the NPU estimate")
+    _base_set_note(pkg, "the per-layer NPU estimate", "every set's total follows the table")
     remote_perf = getattr(runtime, "perf", None)
     if runtime is None or remote_perf is not None:  # a board measures there; the estimate is made here
         report = eval_perf_report(model, None, chip, qd, None, True, is_print=False)
@@ -89,9 +89,30 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
         report["user_layers"] = user_layer_rows(report["layers"], names.of, names.op_types)
     else:
         report.pop("layers", None)
+    report["shape_sets"] = _shape_set_estimates(pkg, chip, qd)
     if is_print:
         print(format_perf_report(report, show_parts))
+        for e in report["shape_sets"] or ():
+            print(f"  shape set {e['set']}: NPU estimate {e['total_us'] / 1e3:.2f} ms ({e['fps']:.1f} FPS, "
+                  f"{e['gmacs']:.3f} GMAC)")
     return report
+
+
+def _shape_set_estimates(pkg: RknnPackage, chip: str, qd) -> Optional[list]:
+    """config(dynamic_input=...): the NPU estimate of every shape set (each set's own graph), else None."""
+    from ..runtime.shape_sets import apply_patch, set_label, shape_sets
+    from .perf import eval_perf_report
+
+    sets = shape_sets(pkg.metadata)
+    if not sets:
+        return None
+    out = []
+    for e in sets:
+        model = onnx.load_from_string(apply_patch(pkg.model_bytes, e["patch"]))
+        est = eval_perf_report(model, None, chip, qd, None, False, is_print=False)["npu_estimate"]
+        out.append({"set": set_label(e["shapes"]), "total_us": est["total_us"], "fps": est["fps"],
+                    "gmacs": est.get("gmacs", 0.0)})
+    return out
 
 
 def inference_time(pkg: RknnPackage, runtime, inputs, runs: int) -> dict:
@@ -115,7 +136,7 @@ def eval_memory(pkg: RknnPackage, runtime, is_print: bool, target: Optional[str]
     from .memory import eval_memory_report
 
     model, chip, qd = model_facts(pkg, target)
-    _base_set_note(pkg, "the memory estimate (the largest set: what the board allocates)")
+    _base_set_note(pkg, "the memory estimate", "the largest, whose buffers serve every set")
     remote_memory = getattr(runtime, "memory", None)
     rss = (remote_memory().get("rss_bytes") if remote_memory is not None else
            host_rss_bytes() if runtime is not None else None)

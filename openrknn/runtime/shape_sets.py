@@ -28,14 +28,15 @@ def shape_sets(metadata: dict) -> Optional[List[dict]]:
     return list(entry["sets"]) if entry else None
 
 
-def base_set_only(metadata: dict, what: str) -> Optional[str]:
-    """The warning for a tool that takes one shape (an export, a perf estimate) given a dynamic_input model."""
+def base_set_only(metadata: dict, what: str, then: str = "build a model at another set to get that one"
+                  ) -> Optional[str]:
+    """The note for a tool that takes one shape (an export, a per-layer estimate) given a dynamic_input model."""
     sets = shape_sets(metadata)
     if not sets or len(sets) < 2:
         return None
     base = sets[metadata["dynamic_input"]["base"]]
     return (f"{what} covers the base shape set {set_label(base['shapes'])} only, of this model's {len(sets)} "
-            "(config dynamic_input); build a model at another set to get that one")
+            f"(config dynamic_input); {then}")
 
 
 def set_label(shapes) -> str:
