@@ -419,14 +419,16 @@ class RKNN:
         self.release()
 
     @_guarded()
-    def export_tflite(self, export_path: str, input_dtype: str = "uint8") -> int:
+    def export_tflite(self, export_path: str, input_dtype: str = "uint8", shape_set=None) -> int:
         """Write the w8a8 model as an int8 .tflite with its scales and integers kept (Mesa Teflon runs it).
-        input_dtype: 'uint8' (image pixels, the board's feed) or 'float32' (features that are not whole numbers)."""
+        input_dtype: 'uint8' (image pixels, the board's feed) or 'float32' (features that are not whole numbers).
+        shape_set: with config(dynamic_input=...), the set to write ('1x3x240x320' or its index; default the
+        largest): a .tflite takes one shape."""
         from .export.tflite import export_tflite
 
         if self._package is None:
             raise RuntimeStateError("export_tflite() needs a built model: build() a w8a8 model or load_rknn() one")
-        export_tflite(self._package, export_path, input_dtype)
+        export_tflite(self._package, export_path, input_dtype, shape_set)
         return 0
 
     def __del__(self):  # handlers must not pile up across objects in long sessions

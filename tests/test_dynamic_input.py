@@ -329,3 +329,27 @@ def test_perf_estimates_every_set(tmp_path):
     # the work grows with the pixels: 8x8 < 12x16 < 20x24
     assert by_set["1x3x8x8"]["total_us"] < by_set["1x3x12x16"]["total_us"] < by_set["1x3x20x24"]["total_us"]
     rk.release()
+
+
+def test_each_set_exports_to_its_own_tflite(tmp_path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from openrknn.cli import main
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    path = flattening_model(tmp_path / "m.onnx")
+    rk = _build(path, write_npy_dataset(tmp_path, [20, 24, 3], n=8), quantized_dtype="w8a8")
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.init_runtime()
+    assert rk.export_tflite(str(tmp_path / "small.tflite"), shape_set="1x3x8x8") == 0, rk.last_error
+    pixels = _pixels(SETS[2], 2)
+    got = TfliteRunner(str(tmp_path / "small.tflite")).run([pixels[None]])[0]
+    assert _cosine(got, rk.inference(inputs=[pixels])[0]) > 0.999
+    assert rk.export_tflite(str(tmp_path / "x.tflite"), shape_set="1x3x9x9") != 0
+    assert "1x3x8x8" in str(rk.last_error) and not (tmp_path / "x.tflite").exists()
+    rk.release()
+    # the command line: --shape-set by label or index
+    out = str(tmp_path / "mid.tflite")
+    assert main(["export-tflite", str(tmp_path / "m.rknn"), "-o", out, "--shape-set", "0"]) == 0
+    got = TfliteRunner(str(tmp_path / "mid.tflite")).run([_pixels(SETS[0], 0)[None]])[0]
+    assert np.shape(got) == (1, 2, 24, 32)
+    assert _cosine(got, _reference(path, _pixels(SETS[0], 0))) > 0.99

@@ -17,14 +17,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the .tflite input: uint8 image pixels (default, as the .rknn takes them) or float32 for "
                         "inputs that are not whole numbers (audio features, embeddings)")
     p.add_argument("--layers", action="store_true", help="list every layer left in float and every rule change")
+    p.add_argument("--shape-set", default=None, metavar="SET",
+                   help="a dynamic_input model's shape set to write, e.g. 1x3x240x320 (`openrknn info` lists them; "
+                        "default: the largest)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..export.tflite import export_tflite
     from ..package import read_package
+    from ..runtime.shape_sets import package_of_set
 
     pkg = read_package(args.model)
+    if args.shape_set is not None:  # that set's one-shape model, exported and validated
+        pkg = package_of_set(pkg, int(args.shape_set) if args.shape_set.isdigit() else args.shape_set)
     report = export_tflite(pkg, args.output, args.input_dtype)
     text = report.summary()
     print(text if args.layers else text.splitlines()[0])

@@ -19,7 +19,8 @@ from ..errors import CorruptPackageError, InferenceInputError
 from ..onnx_wire import WireError
 from .graph_edit import patch_model
 
-__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at"]
+__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at",
+           "package_of_set"]
 
 
 def shape_sets(metadata: dict) -> Optional[List[dict]]:
@@ -73,17 +74,33 @@ def set_of(inputs, metadata: dict, data_type=None, data_format="nhwc", pass_thro
 
 
 def package_at(pkg, inputs):
-    """``pkg`` as the one-shape package of the set ``inputs`` fit (its float reference patched alike); ``pkg``
-    itself for a one-shape model or the base set."""
-    from ..package import RknnPackage
-
+    """``pkg`` as the one-shape package of the set ``inputs`` fit (see package_of_set); ``pkg`` itself for a
+    one-shape model."""
     if not shape_sets(pkg.metadata):
         return pkg
-    k = set_of(inputs, pkg.metadata)
-    entry = pkg.metadata["dynamic_input"]["sets"][k]
+    return package_of_set(pkg, set_of(inputs, pkg.metadata))
+
+
+def package_of_set(pkg, which):
+    """The one-shape package of a dynamic_input model's set ``which`` (its index in config() order, or its label
+    such as '1x3x240x320'): that set's graph and metadata, its float reference patched alike."""
+    from ..errors import ConfigError
+    from ..package import RknnPackage
+
+    sets = shape_sets(pkg.metadata)
+    labels = [set_label(e["shapes"]) for e in sets or ()]
+    if not sets:
+        raise ConfigError("shape_set", which, hint="this model takes one input shape (it was built without "
+                          "config(dynamic_input=...)); leave shape_set out")
+    k = which if isinstance(which, int) and not isinstance(which, bool) else \
+        labels.index(which) if which in labels else None
+    if k is None or not 0 <= k < len(sets):
+        raise ConfigError("shape_set", which, labels + list(range(len(sets))), "a set's label or its index")
+    entry = sets[k]
+    meta = patched_metadata(pkg.metadata, entry)
     if k == pkg.metadata["dynamic_input"]["base"]:
-        return RknnPackage(patched_metadata(pkg.metadata, entry), pkg.model_bytes, pkg.float_model_bytes)
-    return RknnPackage(patched_metadata(pkg.metadata, entry), apply_patch(pkg.model_bytes, entry["patch"]),
+        return RknnPackage(meta, pkg.model_bytes, pkg.float_model_bytes)
+    return RknnPackage(meta, apply_patch(pkg.model_bytes, entry["patch"]),
                        apply_patch(pkg.float_model_bytes, entry["patch"]) if pkg.float_model_bytes else None)
 
 

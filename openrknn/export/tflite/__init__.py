@@ -110,16 +110,20 @@ def export_tflite_bytes(pkg: RknnPackage, input_dtype: str = "uint8") -> "tuple[
     return data, report
 
 
-def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8") -> ExportReport:
-    """Write `path` atomically; log the changes TFLite's rules made and the layers left in float."""
+def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8", shape_set=None) -> ExportReport:
+    """Write `path` atomically; log the changes TFLite's rules made and the layers left in float. shape_set: a
+    dynamic_input model's set to write (its label such as '1x3x240x320', or its index; default: the base set)."""
     from ...atomic import write_bytes_atomic
+    from ...runtime.shape_sets import base_set_only, package_of_set
 
-    from ...runtime.shape_sets import base_set_only
-
+    note = base_set_only(pkg.metadata, "the .tflite", "shape_set= (--shape-set) writes another") \
+        if shape_set is None else None
+    if shape_set is not None:
+        pkg = package_of_set(pkg, shape_set)
     data, report = export_tflite_bytes(pkg, input_dtype)
     write_bytes_atomic(path, data)
-    if base_set_only(pkg.metadata, "the .tflite"):
-        log.warning("export-tflite: %s", base_set_only(pkg.metadata, "the .tflite"))
+    if note:
+        log.warning("export-tflite: %s", note)
     for c in report.changes:
         log.info("export-tflite: %s", c)
     for r in report.float_layers:
