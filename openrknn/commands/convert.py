@@ -18,6 +18,7 @@ EXAMPLE = """example config.yml:
     std_values: [58.395, 57.12, 57.375]
     reorder_channel: '2 1 0'
     target_platform: rk1808
+    # dynamic_input: [[[1, 3, 320, 320]], [[1, 3, 416, 416]]]  # one model for several input sizes (ONNX / .pt)
   build:                           # any build() option
     do_quantization: true          # the default when a dataset is given; false builds float
     dataset: dataset.txt
