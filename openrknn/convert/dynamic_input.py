@@ -25,8 +25,9 @@ from .package_meta import output_metas
 
 log = logging.getLogger("openrknn.build")
 
-# a constant that follows the input size and is larger than this is not a shape (a positional table): refused
-MAX_PATCH_VALUES = 4096
+# a constant that follows the input size and is larger than this (a detector's anchor grid at 1280x1280 has 67,200
+# values) is refused: the file's metadata (JSON) would carry more than a few MB per set
+MAX_PATCH_VALUES = 1 << 18
 _NUMBER_ATTRIBUTES = (onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT,
                       onnx.AttributeProto.FLOATS)
 
