@@ -442,18 +442,19 @@ class RKNN:
     @_guarded()
     def export_vendor_rknn(self, export_path: str, target: Optional[str] = None, validate=None,
                            validate_out: Optional[str] = None, route: str = "auto",
-                           dataset: Optional[str] = None) -> int:
+                           dataset: Optional[str] = None, shape_set=None) -> int:
         """Compile the built or loaded model into a vendor .rknn with rknn-toolkit2 running in its own Python
         (`openrknn vendor-setup`, or OPENRKNN_VENDOR_PYTHON). validate: a dataset.txt or image/.npy paths run on the
         vendor simulator right after compiling; per-output cosine against openrknn's simulator goes to
-        <export_path>.validation.json. See docs/vendor.md."""
+        <export_path>.validation.json. shape_set: with config(dynamic_input=...), the set to compile (default the
+        largest). See docs/vendor.md."""
         from .vendor import export_vendor
 
         if self._package is None:
             raise RuntimeStateError("export_vendor_rknn() needs a model: build() one or load_rknn() a file first")
         samples = [validate] if isinstance(validate, (str, os.PathLike)) else validate
         res = export_vendor(self._package, export_path, target=target, validate=samples, validate_out=validate_out,
-                            route=route, dataset=dataset)
+                            route=route, dataset=dataset, shape_set=shape_set)
         self.vendor_export = res
         log.info("exported vendor model %s (%s, route %s)", res.path, res.toolkit, res.route)
         return 0

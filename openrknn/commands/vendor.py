@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the model does not (a conv output before its SiLU...): openrknn chooses their ranges from them "
                    "(default: the --validate samples, else the model's build dataset)")
     p.add_argument("--keep-work", default=None, help="keep each route's job folder (model, vendor cfg, log) here")
+    p.add_argument("--shape-set", default=None, metavar="SET",
+                   help="a dynamic_input model's shape set to compile, e.g. 1x3x240x320 (`openrknn info` lists them; "
+                        "default: the largest)")
     p.set_defaults(func=run_export)
 
     s = sub.add_parser("vendor-setup", help="create the vendor toolkit's own virtualenv (rknn-toolkit2) in the "
@@ -46,7 +49,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     res = export_vendor(args.model, args.out, target=args.target, validate=args.validate,
                         validate_out=args.validate_out, route=args.route, dataset=args.dataset,
-                        keep_work=args.keep_work)
+                        keep_work=args.keep_work, shape_set=None if args.shape_set is None else
+                        int(args.shape_set) if args.shape_set.isdigit() else args.shape_set)
     print(f"wrote {res.path} ({Path(res.path).stat().st_size / 1e6:.2f} MB) with {res.toolkit}, route "
           f"{res.route!r}, {res.seconds:.1f} s")
     for note in res.notes:

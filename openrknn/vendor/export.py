@@ -204,7 +204,7 @@ def _vendor_errors(text: str) -> str:
 def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                   validate: Optional[Sequence[PathLike]] = None, validate_out: Optional[PathLike] = None,
                   route: str = "auto", dataset: Optional[PathLike] = None, vendor: Optional[VendorPython] = None,
-                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None) -> VendorExport:
+                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None, shape_set=None) -> VendorExport:
     """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
 
     route: 'qdq' (the vendor compiles our QDQ graph, with our int8 quantizer on every pre-activation), 'ranges' (the
@@ -214,17 +214,21 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     validation samples, else the package's build dataset). validate: samples (one dataset.txt or
     image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator.
     keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
-    at what the vendor did; by default they go to a temporary folder that is removed."""
+    at what the vendor did; by default they go to a temporary folder that is removed. shape_set: a dynamic_input
+    model's set to compile (its label such as '1x3x240x320', or its index; default: the largest)."""
     from ..package import RknnPackage, read_package
-    from ..runtime.shape_sets import base_set_only
+    from ..runtime.shape_sets import base_set_only, package_of_set
 
     if route not in ROUTES:
         raise NotSupportedError(f"route {route!r} is not one of {', '.join(ROUTES)}")
     pkg = package_or_path if isinstance(package_or_path, RknnPackage) else read_package(package_or_path)
+    if shape_set is not None:
+        pkg = package_of_set(pkg, shape_set)
+    elif base_set_only(pkg.metadata, "the vendor .rknn"):
+        log.warning("vendor-export: %s", base_set_only(pkg.metadata, "the vendor .rknn", "shape_set= "
+                                                       "(--shape-set) compiles another"))
     meta = pkg.metadata
     chip = _target(meta, target)
-    if base_set_only(meta, "the vendor .rknn"):
-        log.warning("vendor-export: %s", base_set_only(meta, "the vendor .rknn"))
     from ..targets import NPU_GENERATION
 
     toolkit = TOOLKIT_FOR[NPU_GENERATION[chip]]
