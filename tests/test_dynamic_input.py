@@ -390,3 +390,21 @@ def test_rknn_toolkit2_compiles_any_one_set(tmp_path, route):
     assert out.read_bytes()[:4] == b"RKNN"
     report = json.loads(Path(str(out) + ".validation.json").read_text())
     assert report["samples"] == 3 and all(o["cosine_min"] >= 0.99 for o in report["outputs"]), report
+
+
+def test_one_shape_exports_say_which_set_they_took(tmp_path, rknn_log, monkeypatch):
+    from openrknn.export.tflite import export_tflite
+    from openrknn.package import read_package
+    from openrknn.vendor import VendorToolkitError, export_vendor
+
+    pytest.importorskip("tflite")
+    rk = _build(flattening_model(tmp_path / "m.onnx"), write_npy_dataset(tmp_path, [20, 24, 3], n=4))
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.release()
+    pkg = read_package(str(tmp_path / "m.rknn"))
+    export_tflite(pkg, str(tmp_path / "m.tflite"))
+    monkeypatch.setenv("OPENRKNN_VENDOR_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(VendorToolkitError):
+        export_vendor(pkg, tmp_path / "v.rknn")
+    notes = [r.getMessage() for r in rknn_log.records if "covers the base shape set 1x3x20x24" in r.getMessage()]
+    assert len(notes) == 2 and "--shape-set" in notes[0] and "--shape-set" in notes[1]

@@ -10,7 +10,7 @@ structure changes with the size (an op folded away at one size only) cannot shar
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List
 
 import numpy as np
 import onnx
@@ -23,6 +23,9 @@ from ..runtime.shape_sets import apply_patch, set_label
 from .float_graph import build_float_graph, dims
 from .package_meta import output_metas
 
+if TYPE_CHECKING:
+    from .build import BuildResult
+
 log = logging.getLogger("openrknn.build")
 
 # a constant that follows the input size and is larger than this (a detector's anchor grid at 1280x1280 has 67,200
@@ -32,7 +35,7 @@ _NUMBER_ATTRIBUTES = (onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.At
                       onnx.AttributeProto.FLOATS)
 
 
-def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable, opts) -> object:
+def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable, opts) -> "BuildResult":
     """build_one(loaded, cfg) at the base set, then every other set's patch; returns the base BuildResult with
     metadata['dynamic_input'] filled in."""
     sets = cfg.dynamic_input
@@ -186,10 +189,10 @@ def _check_built(model: onnx.ModelProto, float_model: onnx.ModelProto, patch: di
         if node not in names:
             raise BuildError(f"dynamic_input: node '{node}' has attributes that follow the input size, and "
                              "quantization replaced it; build one model per shape set")
-    _run(apply_patch(model.SerializeToString(), patch), _feeds(model_at(float_model, patch)))
+    _run(apply_patch(model.SerializeToString(), patch), _feeds(_model_at(float_model, patch)))
 
 
-def model_at(model: onnx.ModelProto, patch: dict) -> onnx.ModelProto:
+def _model_at(model: onnx.ModelProto, patch: dict) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.ParseFromString(apply_patch(model.SerializeToString(), patch))
     return out

@@ -2,7 +2,7 @@
 
 The package holds the graph at its base set (the largest, where it was calibrated) and, for every other set, the
 few things that differ there: the input and output dims and the constants and node attributes that follow the input
-size (Reshape targets, Resize sizes, Slice ends, pool kernels). The weights and scales are the base graph's, as on
+size (Reshape targets, Resize sizes, Slice ends, an anchor grid). The weights and scales are the base graph's, as on
 the chip, where every shape set shares one copy of them. metadata["dynamic_input"] = {"base": index, "sets": [{
 "shapes": the set as config() gave it, "inputs": input records, "outputs": output records, "patch": {"inputs":
 {name: dims}, "outputs": {name: dims}, "constants": {name: {"dtype", "dims", "values"}}, "attributes": {node name:
@@ -29,8 +29,7 @@ def shape_sets(metadata: dict) -> Optional[List[dict]]:
     return list(entry["sets"]) if entry else None
 
 
-def base_set_only(metadata: dict, what: str, then: str = "build a model at another set to get that one"
-                  ) -> Optional[str]:
+def base_set_only(metadata: dict, what: str, then: str) -> Optional[str]:
     """The note for a tool that takes one shape (an export, a per-layer estimate) given a dynamic_input model."""
     sets = shape_sets(metadata)
     if not sets or len(sets) < 2:

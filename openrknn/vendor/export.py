@@ -222,11 +222,11 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     if route not in ROUTES:
         raise NotSupportedError(f"route {route!r} is not one of {', '.join(ROUTES)}")
     pkg = package_or_path if isinstance(package_or_path, RknnPackage) else read_package(package_or_path)
+    note = base_set_only(pkg.metadata, "the vendor .rknn", "shape_set= (--shape-set) compiles another")
     if shape_set is not None:
         pkg = package_of_set(pkg, shape_set)
-    elif base_set_only(pkg.metadata, "the vendor .rknn"):
-        log.warning("vendor-export: %s", base_set_only(pkg.metadata, "the vendor .rknn", "shape_set= "
-                                                       "(--shape-set) compiles another"))
+    elif note:
+        log.warning("vendor-export: %s", note)
     meta = pkg.metadata
     chip = _target(meta, target)
     from ..targets import NPU_GENERATION
