@@ -408,3 +408,31 @@ def test_one_shape_exports_say_which_set_they_took(tmp_path, rknn_log, monkeypat
         export_vendor(pkg, tmp_path / "v.rknn")
     notes = [r.getMessage() for r in rknn_log.records if "covers the base shape set 1x3x20x24" in r.getMessage()]
     assert len(notes) == 2 and "--shape-set" in notes[0] and "--shape-set" in notes[1]
+
+
+def test_a_model_of_two_inputs_takes_sets_that_differ_in_one(tmp_path):
+    """An image of any set's size and a size vector [1, 2] (a DETR's original-size input): each set lists both."""
+    rng = np.random.default_rng(5)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0),
+             n("MatMul", ["s", "k"], ["z"]), n("Add", ["m", "z"], ["y"])]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"]),
+                                         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                          [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+                           numpy_helper.from_array(rng.normal(0, 0.01, (2, 8)).astype(np.float32), "k")])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    sets = [[[1, 3, 8, 8], [1, 2]], [[1, 3, 16, 12], [1, 2]]]
+    rk = RKNN(verbose=False)
+    assert rk.config(target_platform="rk3588", mean_values=[[0] * 3, [0]], std_values=[[255] * 3, [1]],
+                     dynamic_input=sets) == 0
+    assert rk.load_onnx(str(path)) == 0, rk.last_error
+    assert rk.build(do_quantization=False) == 0, rk.last_error
+    rk.init_runtime()
+    size = np.array([[480.0, 640.0]], np.float32)
+    for k, shapes in enumerate(sets):
+        pixels = _pixels(shapes, k)
+        want = ort_run(path, {"x": (pixels.astype(np.float32) / 255).transpose(2, 0, 1)[None], "s": size})[0]
+        np.testing.assert_allclose(rk.inference(inputs=[pixels, size])[0], want, rtol=1e-5, atol=1e-5)
+    rk.release()
