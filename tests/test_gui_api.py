@@ -369,6 +369,37 @@ def test_build_streams_progress_and_the_download_runs(gui, client, tiny_model, t
     assert "id: 3\n" not in replay and f"id: {len(events) - 1}\n" in replay
 
 
+def test_a_model_of_free_sizes_builds_for_several_shape_sets(gui, client, tmp_path):
+    """The 'Input shape sets' field (config dynamic_input): no input size needed; the file takes every set."""
+    from openrknn.package import read_package
+    from openrknn.runtime.simulator import Simulator
+
+    model = tiny_image_model(tmp_path / "free.onnx")
+    m = onnx.load(str(model))
+    for v in (m.graph.input[0], m.graph.output[0]):
+        for k, name in ((2, "H"), (3, "W")):
+            v.type.tensor_type.shape.dim[k].dim_param = name
+    onnx.save(m, str(model))
+    assert upload(client, "model", "free.onnx", model.read_bytes())[0] == 200
+    _, events = build_and_wait(client, {"config": {"dynamic_input": "1x3x8x8; 1x3x16x24"}, "output_name": "free.rknn"})
+    assert events[-1]["state"] == "done", [e for e in events if e["type"] in ("error", "log")][-3:]
+    status, _, data = client.request("GET", "/api/download/free.rknn")
+    (tmp_path / "free.rknn").write_bytes(data)
+    pkg = read_package(tmp_path / "free.rknn")
+    sim = Simulator(pkg.model_bytes, pkg.metadata, threads=1)
+    for h, w in ((8, 8), (16, 24)):
+        pixels = np.random.default_rng(h).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        assert sim.run([pixels])[0].shape == (1, 4, h, w)
+
+
+def test_shape_sets_field_parses_as_info_writes_them():
+    assert form_to_kwargs({"dynamic_input": "1x3x240x320; 1x3x360x640"}) == {
+        "dynamic_input": [[[1, 3, 240, 320]], [[1, 3, 360, 640]]]}
+    assert form_to_kwargs({"dynamic_input": "1x3x8x8 + 1x2; 1x3x16x12 + 1x2"}) == {
+        "dynamic_input": [[[1, 3, 8, 8], [1, 2]], [[1, 3, 16, 12], [1, 2]]]}
+    assert validate_form({"dynamic_input": "1x3xHx8"})["key"] == "dynamic_input"
+
+
 def test_build_with_a_bad_value_is_refused_with_the_validators_words(gui, client, tiny_model):
     client.json("POST", "/api/model/path", {"path": str(tiny_model)})
     status, r = client.json("POST", "/api/build", {"config": {"quantized_algorithm": "magic"}})

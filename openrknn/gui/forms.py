@@ -47,6 +47,9 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                               "delegate.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
+    "dynamic_input": ("Input shape sets", "Several input sizes in one model (rknn-toolkit2's dynamic_input), in the "
+                      "model's own layout: '1x3x240x320; 1x3x360x640', '+' between the inputs of one set; built at "
+                      "the largest. Empty = the one input size.", "pre"),
 }
 SECTIONS = (("target", "Target"), ("pre", "Pre-processing"), ("quant", "Quantization"), ("advanced", "Advanced"))
 _FLOAT_LIST_KEYS = ("mean_values", "std_values")
@@ -59,6 +62,8 @@ def _kind(name: str, default: Any) -> str:
         return "select"
     if name in _FLOAT_LIST_KEYS:
         return "floats"
+    if name == "dynamic_input":
+        return "shape_sets"
     if name == "output_optimize" or isinstance(default, bool):
         return "bool"
     if isinstance(default, int):
@@ -128,6 +133,29 @@ def _floats(text: str) -> Any:
     return groups[0] if len(groups) == 1 else groups
 
 
+def _shape_sets(text: str) -> Any:
+    """'1x3x240x320; 1x3x360x640' (';' between sets, '+' between the inputs of a set, as `openrknn info` writes
+    them) or JSON-like [[[1, 3, 240, 320]], ...] -> the list config() takes; anything else stays text."""
+    t = text.strip()
+    if t.startswith("["):
+        import json
+
+        try:
+            return json.loads(t)
+        except ValueError:
+            return text
+    sets = []
+    for part in t.split(";"):
+        shapes = []
+        for shape in part.split("+"):
+            dims = [d for d in re.split(r"[x,\s]+", shape.strip().lower()) if d]
+            if not dims or not all(d.isdigit() for d in dims):
+                return text
+            shapes.append([int(d) for d in dims])
+        sets.append(shapes)
+    return sets
+
+
 def _number(text: str, integer: bool) -> Any:
     t = text.strip()
     if integer and re.fullmatch(r"[+-]?\d+", t):
@@ -156,6 +184,8 @@ def form_to_kwargs(form: Mapping[str, Any]) -> dict:
             kwargs[key] = raw
         elif kind == "floats":
             kwargs[key] = _floats(raw)
+        elif kind == "shape_sets":
+            kwargs[key] = _shape_sets(raw)
         elif kind in ("int", "float"):
             kwargs[key] = _number(raw, kind == "int")
         else:
@@ -213,6 +243,8 @@ def check_against_model(form_result: dict, model: Optional[Mapping[str, Any]], i
     except ConfigError as e:
         return refused(e.key, e.value, str(e))
     recorded = model.get("inputs") or []
+    if sizes is None:  # dynamic_input: the model loads at its largest set
+        sizes = make_config(**form_result["kwargs"]).dynamic_base
     if sizes is None and model.get("needs_input_size"):
         what = "TorchScript files record no input shapes" if model.get("framework") == "pytorch" else \
             "the model's input shapes are not fixed"

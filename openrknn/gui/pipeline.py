@@ -200,7 +200,7 @@ def run_build(job: Job, req: BuildRequest) -> dict:
     job.stage("Validate config")
     cfg = make_config(**req.config)
     job.stage("Load model")
-    loaded = load_model(req.model_path, req.input_size_list)
+    loaded = load_model(req.model_path, req.input_size_list or cfg.dynamic_base)  # dynamic_input: its largest set
     log.info("loaded %s: inputs %s", req.model_path.name, list(zip(loaded.input_names, loaded.input_shapes)))
     job.stage("Calibration data")
     dataset = _dataset_path(req)
