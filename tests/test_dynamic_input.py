@@ -436,3 +436,17 @@ def test_a_model_of_two_inputs_takes_sets_that_differ_in_one(tmp_path):
         want = ort_run(path, {"x": (pixels.astype(np.float32) / 255).transpose(2, 0, 1)[None], "s": size})[0]
         np.testing.assert_allclose(rk.inference(inputs=[pixels, size])[0], want, rtol=1e-5, atol=1e-5)
     rk.release()
+
+
+def test_eval_perf_at_the_set_of_its_inputs_and_npy_samples_of_another_set(tmp_path):
+    path = flattening_model(tmp_path / "m.onnx")
+    rk = _build(path)
+    rk.init_runtime()
+    report = rk.eval_perf(inputs=[_pixels(SETS[2], 0)], is_print=False)
+    assert report["npu_estimate"]["total_us"] == {e["set"]: e for e in report["shape_sets"]}["1x3x8x8"]["total_us"]
+    rk.release()
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588", dynamic_input=SETS)
+    rk.load_onnx(str(path))
+    assert rk.build(dataset=str(write_npy_dataset(tmp_path, [8, 8, 3], n=2))) != 0  # samples of a smaller set
+    assert "calibrates at the largest set, 1x3x20x24" in str(rk.last_error)

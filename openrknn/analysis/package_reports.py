@@ -68,8 +68,14 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
     from .layer_names import package_layer_names
     from .perf import eval_perf_report, format_perf_report, user_layer_rows
 
+    sets_of = pkg
+    if inputs is not None:  # a dynamic_input model measured at the set its inputs have
+        from ..runtime.shape_sets import package_at
+
+        pkg = package_at(pkg, inputs)
     model, chip, qd = model_facts(pkg, target)
-    _base_set_note(pkg, "the per-layer NPU estimate", "every set's total follows the table")
+    if pkg is sets_of:
+        _base_set_note(pkg, "the per-layer NPU estimate", "every set's total follows the table")
     remote_perf = getattr(runtime, "perf", None)
     if runtime is None or remote_perf is not None:  # a board measures there; the estimate is made here
         report = eval_perf_report(model, None, chip, qd, None, True, is_print=False)
@@ -89,7 +95,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
         report["user_layers"] = user_layer_rows(report["layers"], names.of, names.op_types)
     else:
         report.pop("layers", None)
-    report["shape_sets"] = _shape_set_estimates(pkg, chip, qd)
+    report["shape_sets"] = _shape_set_estimates(sets_of, chip, qd)
     if is_print:
         print(format_perf_report(report, show_parts))
         for e in report["shape_sets"] or ():

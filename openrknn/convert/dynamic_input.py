@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..config import BuildConfig
-from ..errors import BuildError, ConfigError
+from ..errors import BuildError, ConfigError, DatasetError
 from ..frontends import LoadedModel
 from ..runtime.shape_sets import apply_patch, set_label
 from .float_graph import build_float_graph, dims
@@ -49,7 +49,11 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
     base = cfg.dynamic_base
     log.info("dynamic_input: %d shape sets; building at the largest, %s (calibration images are resized to it)",
              len(sets), set_label(base))
-    result = build_one(_at(loaded, base), cfg)
+    try:
+        result = build_one(_at(loaded, base), cfg)
+    except DatasetError as e:
+        raise DatasetError(f"{e} (config dynamic_input calibrates at the largest set, {set_label(base)}: images are "
+                           "resized to it; .npy samples must have its shape)") from None
     entries = []
     for shapes in sets:
         if shapes == base:
