@@ -152,11 +152,11 @@ def test_pytorch_models_take_shape_sets_too(tmp_path, torch_mod):
 def test_a_model_whose_structure_follows_the_size_is_refused(tmp_path):
     # the width Slice [0, 16) is a no-op at widths <= 16 (dropped) and a real Slice at 24: no shared build
     path = flattening_model(tmp_path / "m.onnx", slice_end=16)
-    rk = RKNN(verbose=False)
-    rk.config(target_platform="rk3588", dynamic_input=[[[1, 3, 12, 16]], [[1, 3, 20, 24]]])
-    assert rk.load_onnx(str(path)) == 0
-    assert rk.build(do_quantization=False) != 0
-    msg = str(rk.last_error)
+    with RKNN(verbose=False) as rk:
+        rk.config(target_platform="rk3588", dynamic_input=[[[1, 3, 12, 16]], [[1, 3, 20, 24]]])
+        assert rk.load_onnx(str(path)) == 0
+        assert rk.build(do_quantization=False) != 0
+        msg = str(rk.last_error)
     assert "dynamic_input" in msg and "1x3x12x16" in msg and "build one model per shape set" in msg
 
 
@@ -173,22 +173,23 @@ def test_bad_shape_sets_are_refused_at_config(bad, says):
 
 
 def test_a_set_the_model_cannot_take_is_refused_naming_it(tmp_path):
-    rk = RKNN(verbose=False)
-    rk.config(target_platform="rk3588", dynamic_input=[[[1, 3, 8, 8], [1, 3, 8, 8]], [[1, 3, 4, 4], [1, 3, 4, 4]]])
-    assert rk.load_onnx(str(flattening_model(tmp_path / "m.onnx"))) != 0
-    assert "largest shape set" in str(rk.last_error) and "2 shapes" in str(rk.last_error)
+    with RKNN(verbose=False) as rk:
+        rk.config(target_platform="rk3588",
+                  dynamic_input=[[[1, 3, 8, 8], [1, 3, 8, 8]], [[1, 3, 4, 4], [1, 3, 4, 4]]])
+        assert rk.load_onnx(str(flattening_model(tmp_path / "m.onnx"))) != 0
+        assert "largest shape set" in str(rk.last_error) and "2 shapes" in str(rk.last_error)
 
 
 def test_batched_and_hybrid_step_builds_say_they_take_one_set(tmp_path):
     path = flattening_model(tmp_path / "m.onnx")
     dataset = write_npy_dataset(tmp_path, [20, 24, 3], n=2)
-    rk = RKNN(verbose=False)
-    rk.config(target_platform="rk3588", dynamic_input=SETS)
-    rk.load_onnx(str(path))
-    assert rk.build(dataset=str(dataset), rknn_batch_size=2) != 0
-    assert "rknn_batch_size" in str(rk.last_error)
-    assert rk.hybrid_quantization_step1(dataset=str(dataset), output_dir=str(tmp_path)) != 0
-    assert "auto_hybrid=True" in str(rk.last_error)
+    with RKNN(verbose=False) as rk:
+        rk.config(target_platform="rk3588", dynamic_input=SETS)
+        rk.load_onnx(str(path))
+        assert rk.build(dataset=str(dataset), rknn_batch_size=2) != 0
+        assert "rknn_batch_size" in str(rk.last_error)
+        assert rk.hybrid_quantization_step1(dataset=str(dataset), output_dir=str(tmp_path)) != 0
+        assert "auto_hybrid=True" in str(rk.last_error)
 
 
 def test_the_command_line_converts_shape_sets_and_runs_images_of_each(tmp_path, capsys):
@@ -445,8 +446,8 @@ def test_eval_perf_at_the_set_of_its_inputs_and_npy_samples_of_another_set(tmp_p
     report = rk.eval_perf(inputs=[_pixels(SETS[2], 0)], is_print=False)
     assert report["npu_estimate"]["total_us"] == {e["set"]: e for e in report["shape_sets"]}["1x3x8x8"]["total_us"]
     rk.release()
-    rk = RKNN(verbose=False)
-    rk.config(target_platform="rk3588", dynamic_input=SETS)
-    rk.load_onnx(str(path))
-    assert rk.build(dataset=str(write_npy_dataset(tmp_path, [8, 8, 3], n=2))) != 0  # samples of a smaller set
-    assert "calibrates at the largest set, 1x3x20x24" in str(rk.last_error)
+    with RKNN(verbose=False) as rk:
+        rk.config(target_platform="rk3588", dynamic_input=SETS)
+        rk.load_onnx(str(path))
+        assert rk.build(dataset=str(write_npy_dataset(tmp_path, [8, 8, 3], n=2))) != 0  # samples of a smaller set
+        assert "calibrates at the largest set, 1x3x20x24" in str(rk.last_error)
