@@ -196,6 +196,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
 
     from ..errors import InferenceInputError
     from ..quant.dataset import nhwc_from_nchw
+    from ..runtime.shape_sets import image_sizes
 
     if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
         inputs = [inputs]
@@ -204,7 +205,6 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
     if len(inputs) != len(metas):
         raise InferenceInputError(f"accuracy_analysis: the model has {len(metas)} input(s) but {len(inputs)} were "
                                   "given; pass one image path, .npy path or array per input")
-    sets = (pkg.metadata.get("dynamic_input") or {}).get("sets") or []
     samples = []
     for j, (item, meta) in enumerate(zip(inputs, metas)):
         if isinstance(item, (str, os.PathLike)):
@@ -220,8 +220,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
             if img is None:
                 raise InferenceInputError(f"accuracy_analysis: '{path}' is not a readable image")
             h, w = meta["shape"][1:3]
-            sizes = [tuple(e["inputs"][j]["shape"][1:3]) for e in sets]  # a dynamic_input set's size: kept
-            if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in sizes:
+            if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in image_sizes(pkg.metadata, j):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
             samples.append(img if rgb2bgr else img[:, :, ::-1].copy())  # decoded like the calibration images
         else:

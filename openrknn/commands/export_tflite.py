@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export.tflite import export_tflite
     from ..package import read_package
-    from ..runtime.shape_sets import package_of_set
+    from ..runtime.shape_sets import package_of_set, set_argument
 
     pkg = read_package(args.model)
     if args.shape_set is not None:  # that set's one-shape model, exported and validated
-        pkg = package_of_set(pkg, int(args.shape_set) if args.shape_set.isdigit() else args.shape_set)
+        pkg = package_of_set(pkg, set_argument(args.shape_set))
     report = export_tflite(pkg, args.output, args.input_dtype)
     text = report.summary()
     print(text if args.layers else text.splitlines()[0])

@@ -54,8 +54,11 @@ def _read_image(path: Path, size_hw, bgr: bool, resize: str, sizes=()) -> np.nda
     return img if bgr else img[:, :, ::-1].copy()
 
 
-def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str, sets=None) -> List[np.ndarray]:
+def _load_sample(spec: str, metadata: dict, bgr: bool, resize: str) -> List[np.ndarray]:
     from ..errors import InferenceInputError
+    from ..runtime.shape_sets import image_sizes
+
+    metas = metadata["inputs"]
 
     parts = [Path(p) for p in spec.split(",")]
     if len(parts) != len(metas):
@@ -63,7 +66,7 @@ def _load_sample(spec: str, metas: List[dict], bgr: bool, resize: str, sets=None
                                   "join one file per input with commas")
     arrays = []
     for j, (p, meta) in enumerate(zip(parts, metas)):
-        sizes = [tuple(e["inputs"][j]["shape"][1:3]) for e in sets or ()]
+        sizes = image_sizes(metadata, j)
         if not p.is_file():
             raise InferenceInputError(f"sample file not found: '{p}'")
         if p.suffix.lower() == ".npy":
@@ -91,15 +94,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..package import read_package
-    from ..runtime.shape_sets import shape_sets
     from ..runtime.simulator import Simulator
     from ..timing import WARMUP_RUNS
 
     pkg = read_package(args.model)
     metas = pkg.metadata["inputs"]
     bgr = args.bgr or (not args.rgb and bool(pkg.metadata.get("build", {}).get("quant_img_RGB2BGR")))
-    sets = shape_sets(pkg.metadata)
-    samples = [_load_sample(s, metas, bgr, args.resize, sets) for s in args.samples]  # all read before any write
+    samples = [_load_sample(s, pkg.metadata, bgr, args.resize) for s in args.samples]  # all read before any write
     sim = Simulator(pkg.model_bytes, pkg.metadata, threads=args.threads)
     for _ in range(WARMUP_RUNS):  # the times printed are warm ones, as detect and perf report them (timing.py)
         sim.run(samples[0])

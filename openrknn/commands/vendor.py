@@ -45,12 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..runtime.shape_sets import set_argument
     from ..vendor import export_vendor
 
     res = export_vendor(args.model, args.out, target=args.target, validate=args.validate,
                         validate_out=args.validate_out, route=args.route, dataset=args.dataset,
-                        keep_work=args.keep_work, shape_set=None if args.shape_set is None else
-                        int(args.shape_set) if args.shape_set.isdigit() else args.shape_set)
+                        keep_work=args.keep_work,
+                        shape_set=None if args.shape_set is None else set_argument(args.shape_set))
     print(f"wrote {res.path} ({Path(res.path).stat().st_size / 1e6:.2f} MB) with {res.toolkit}, route "
           f"{res.route!r}, {res.seconds:.1f} s")
     for note in res.notes:

@@ -20,7 +20,7 @@ from ..onnx_wire import WireError
 from .graph_edit import patch_model
 
 __all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at",
-           "package_of_set"]
+           "package_of_set", "image_sizes", "set_argument"]
 
 
 def shape_sets(metadata: dict) -> Optional[List[dict]]:
@@ -37,6 +37,17 @@ def base_set_only(metadata: dict, what: str, then: str) -> Optional[str]:
     base = sets[metadata["dynamic_input"]["base"]]
     return (f"{what} covers the base shape set {set_label(base['shapes'])} only, of this model's {len(sets)} "
             f"(config dynamic_input); {then}")
+
+
+def image_sizes(metadata: dict, j: int) -> List[tuple]:
+    """The (h, w) input ``j`` takes in each shape set (none for a one-shape model): an image of one of these sizes is
+    fed as it is, where a one-shape model's tools resize it."""
+    return [tuple(e["inputs"][j]["shape"][1:3]) for e in shape_sets(metadata) or ()]
+
+
+def set_argument(text: str):
+    """A command line's --shape-set: an index ('0') or a label ('1x3x240x320')."""
+    return int(text) if text.isdigit() else text
 
 
 def set_label(shapes) -> str:
