@@ -82,7 +82,8 @@ def _shape_sets(meta: dict) -> list:
     return [{"shapes": e["shapes"], "inputs": [m["shape"] for m in e["inputs"]],
              "outputs": [m["shape"] for m in e["outputs"]], "base": k == entry["base"],
              "patched_constants": len(e["patch"].get("constants", {})),
-             "patched_attributes": len(e["patch"].get("attributes", {}))} for k, e in enumerate(entry["sets"])]
+             "patched_attributes": len(e["patch"].get("attributes", {})),
+             "clipped": e.get("clipped")} for k, e in enumerate(entry["sets"])]
 
 
 def _fmt_list(values: Any) -> str:
@@ -144,6 +145,9 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         for e in s["shape_sets"]:
             how = "built and calibrated here" if e["base"] else \
                 f"{e['patched_constants']} constants, {e['patched_attributes']} attributes differ"
+            if e["clipped"]:
+                how += (f"; {len(e['clipped'])} tensor(s) reach past the calibrated range, worst "
+                        f"{e['clipped'][0]['tensor']} x{e['clipped'][0]['factor']:g}")
             lines.append(f"  {' + '.join(map(_fmt_list, e['shapes']))}: deployed "
                          f"{' + '.join(map(_fmt_list, e['inputs']))} -> {' + '.join(map(_fmt_list, e['outputs']))}"
                          f" ({how})")

@@ -451,3 +451,33 @@ def test_eval_perf_at_the_set_of_its_inputs_and_npy_samples_of_another_set(tmp_p
         rk.load_onnx(str(path))
         assert rk.build(dataset=str(write_npy_dataset(tmp_path, [8, 8, 3], n=2))) != 0  # samples of a smaller set
         assert "calibrates at the largest set, 1x3x20x24" in str(rk.last_error)
+
+
+def test_a_set_whose_values_leave_the_calibrated_ranges_is_named(tmp_path, rknn_log):
+    """A softmax over the positions: at 8x8 its values are several times those at 20x24, where the build calibrated.
+    The build says which tensors of which set reach past their range, the file keeps it and info shows it; the
+    sigmoid twin, whose ranges do not follow the size, reports none."""
+    import cv2
+
+    from openrknn.package_info import describe_package
+
+    for k in range(6):
+        cv2.imwrite(str(tmp_path / f"c{k}.png"), _pixels(SETS[1], 20 + k))
+    (tmp_path / "images.txt").write_text("".join(f"c{k}.png\n" for k in range(6)))
+    soft = flattening_model(tmp_path / "sigmoid.onnx")
+    m = onnx.load(str(soft))
+    node = next(n for n in m.graph.node if n.op_type == "Sigmoid")
+    node.op_type = "Softmax"
+    node.attribute.append(helper.make_attribute("axis", 2))
+    onnx.save(m, str(tmp_path / "softmax.onnx"))
+    found = {}
+    for name in ("sigmoid", "softmax"):
+        rk = _build(tmp_path / f"{name}.onnx", tmp_path / "images.txt")
+        found[name] = {e["shapes"][0][2]: e.get("clipped") for e in rk._package.metadata["dynamic_input"]["sets"]}
+        text = describe_package(rk._package)
+        rk.release()
+    assert found["sigmoid"] == {12: [], 20: None, 8: []}  # checked at both other sets, nothing past its range
+    assert found["softmax"][20] is None and {c["tensor"] for c in found["softmax"][8]} >= {"soft"}
+    assert min(c["factor"] for c in found["softmax"][8]) >= 1.25
+    assert "reach past the calibrated range, worst" in text
+    assert any("at 1x3x8x8" in r.getMessage() and "reach past the range" in r.getMessage() for r in rknn_log.records)

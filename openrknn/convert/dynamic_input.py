@@ -10,7 +10,7 @@ structure changes with the size (an op folded away at one size only) cannot shar
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -65,12 +65,83 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
         patch = shape_patch(result.float_model, float_model, shapes, base)
         _check_patch(result.float_model, float_model, patch, shapes)
         _check_built(result.model, result.float_model, patch, shapes)
-        entries.append({"shapes": shapes, "inputs": [dict(m) for m in metas], "outputs": output_metas(float_model),
-                        "patch": patch})
+        entry = {"shapes": shapes, "inputs": [dict(m) for m in metas], "outputs": output_metas(float_model),
+                 "patch": patch}
+        quant = result.package.metadata.get("quantization")
+        clipped = _clipped_ranges(float_model, metas, cfg, opts.dataset, quant.get("tensors") or {}, shapes) \
+            if quant and opts.dataset else None
+        if clipped is not None:
+            entry["clipped"] = clipped
+        entries.append(entry)
         log.info("dynamic_input: set %s shares the build (%d constants, %d attributes differ)", set_label(shapes),
                  len(patch["constants"]), len(patch["attributes"]))
     result.package.metadata["dynamic_input"] = {"base": sets.index(base), "sets": entries}
     return result
+
+
+# a set's tensor is reported when its values reach this far past the range calibrated at the largest set
+CLIP_REPORT_FACTOR = 1.25
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
+
+
+def _clipped_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: str,
+                    tensors: dict, shapes, samples: int = 8) -> Optional[List[dict]]:
+    """The activations whose values at this set, on the calibration data resized to it, reach past the range the
+    build calibrated at the largest set (a softmax over the positions of a smaller image): [{"tensor", "factor"}],
+    worst first. None where the data cannot be read at this set (.npy samples have one shape)."""
+    from ..errors import DatasetError
+    from .quantize import calibration_data
+
+    produced = {o for node in float_model.graph.node for o in node.output}
+    ranges = {}
+    for name, r in tensors.items():
+        if r.get("kind") == "activation" and r.get("axis") is None and name in produced and r.get("dtype") in _QRANGE:
+            qmin, qmax = _QRANGE[r["dtype"]]
+            scale, zero = float(r["scale"][0]), float(r["zero_point"][0])
+            ranges[name] = ((qmin - zero) * scale, (qmax - zero) * scale)
+    if not ranges:
+        return None
+    quiet = logging.getLogger("openrknn.quant.dataset")  # its resize notice was given once, for the base set
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        data = calibration_data(dataset, metas, cfg)
+    except DatasetError as e:
+        log.debug("dynamic_input: set %s: ranges not checked (%s)", set_label(shapes), e)
+        return None
+    finally:
+        quiet.setLevel(level)
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    names = sorted(ranges)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    session_outputs = [o.name for o in float_model.graph.output] + names
+    lo, hi = {n: 0.0 for n in names}, {n: 0.0 for n in names}
+    from ..runtime.ort_session import make_session
+
+    sess = make_session(model.SerializeToString())
+    try:
+        for k, feed in enumerate(data):
+            if k >= samples:
+                break
+            for n, v in zip(names, sess.run(session_outputs, feed)[len(float_model.graph.output):]):
+                lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
+    except DatasetError as e:
+        log.debug("dynamic_input: set %s: ranges not checked (%s)", set_label(shapes), e)
+        return None
+    clipped = []
+    for n in names:
+        low, high = ranges[n]
+        factor = max(hi[n] / high if high > 0 else 0.0, lo[n] / low if low < 0 else 0.0)
+        if factor >= CLIP_REPORT_FACTOR:
+            clipped.append({"tensor": n, "factor": round(factor, 2)})
+    clipped.sort(key=lambda c: -c["factor"])
+    if clipped:
+        worst = ", ".join(f"{c['tensor']} x{c['factor']:g}" for c in clipped[:3])
+        log.warning("dynamic_input: at %s, %d tensor(s) reach past the range calibrated at the largest set (worst: "
+                    "%s); that set loses accuracy there: build it as a model of its own, or those layers in 16-bit",
+                    set_label(shapes), len(clipped), worst)
+    return clipped
 
 
 def _at(loaded: LoadedModel, shapes: List[List[int]]) -> LoadedModel:
