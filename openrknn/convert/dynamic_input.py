@@ -55,6 +55,7 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
         raise DatasetError(f"{e} (config dynamic_input calibrates at the largest set, {set_label(base)}: images are "
                            "resized to it; .npy samples must have its shape)") from None
     entries = []
+    base_metas = result.package.metadata["inputs"]
     for shapes in sets:
         if shapes == base:
             meta = result.package.metadata
@@ -68,8 +69,8 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
         entry = {"shapes": shapes, "inputs": [dict(m) for m in metas], "outputs": output_metas(float_model),
                  "patch": patch}
         quant = result.package.metadata.get("quantization")
-        clipped = _clipped_ranges(float_model, metas, cfg, opts.dataset, quant.get("tensors") or {}, shapes) \
-            if quant and opts.dataset else None
+        clipped = _clipped_ranges(result.float_model, base_metas, float_model, metas, cfg, opts.dataset,
+                                  quant.get("tensors") or {}, shapes) if quant and opts.dataset else None
         if clipped is not None:
             entry["clipped"] = clipped
         entries.append(entry)
@@ -79,19 +80,51 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
     return result
 
 
-# a set's tensor is reported when its values reach this far past the range calibrated at the largest set
+# a set's tensor is reported when it reaches past its int8 range and its extreme is this many times what the same
+# images give it at the largest set
 CLIP_REPORT_FACTOR = 1.25
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
 
 
-def _clipped_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: str,
-                    tensors: dict, shapes, samples: int = 8) -> Optional[List[dict]]:
-    """The activations whose values at this set, on the calibration data resized to it, reach past the range the
-    build calibrated at the largest set (a softmax over the positions of a smaller image): [{"tensor", "factor"}],
-    worst first. None where the data cannot be read at this set (.npy samples have one shape)."""
+def _observed_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: str,
+                     names: List[str], samples: int) -> Optional[Dict[str, tuple]]:
+    """{tensor: (min, max)} of ``names`` over the first ``samples`` calibration samples read at ``metas``' shapes
+    (images resized to them); None where the data cannot be read there (.npy samples have one shape)."""
     from ..errors import DatasetError
+    from ..runtime.ort_session import make_session
     from .quantize import calibration_data
 
+    quiet = logging.getLogger("openrknn.quant.dataset")  # its resize notice was given once, for the base set
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        data = calibration_data(dataset, metas, cfg)
+    except DatasetError as e:
+        log.debug("dynamic_input: ranges not checked at %s (%s)", [m["shape"] for m in metas], e)
+        return None
+    finally:
+        quiet.setLevel(level)
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    sess = make_session(model.SerializeToString())
+    first = len(float_model.graph.output)
+    out = {n: (0.0, 0.0) for n in names}
+    for k, feed in enumerate(data):
+        if k >= samples:
+            break
+        for n, v in zip(names, sess.run([o.name for o in model.graph.output], feed)[first:]):
+            out[n] = (min(out[n][0], float(np.min(v))), max(out[n][1], float(np.max(v))))
+    return out
+
+
+def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_model: onnx.ModelProto,
+                    metas: List[dict], cfg: BuildConfig, dataset: str, tensors: dict, shapes,
+                    samples: int = 8) -> Optional[List[dict]]:
+    """The activations that reach, at this set, past their int8 range and past what the same calibration images
+    give them at the largest set, where the build calibrated (a softmax over the positions of a smaller image):
+    [{"tensor", "factor"}] (the set's extreme over the base set's), worst first. None where the data cannot be read
+    at this set."""
     produced = {o for node in float_model.graph.node for o in node.output}
     ranges = {}
     for name, r in tensors.items():
@@ -99,47 +132,24 @@ def _clipped_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildC
             qmin, qmax = _QRANGE[r["dtype"]]
             scale, zero = float(r["scale"][0]), float(r["zero_point"][0])
             ranges[name] = ((qmin - zero) * scale, (qmax - zero) * scale)
-    if not ranges:
-        return None
-    quiet = logging.getLogger("openrknn.quant.dataset")  # its resize notice was given once, for the base set
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        data = calibration_data(dataset, metas, cfg)
-    except DatasetError as e:
-        log.debug("dynamic_input: set %s: ranges not checked (%s)", set_label(shapes), e)
-        return None
-    finally:
-        quiet.setLevel(level)
-    model = onnx.ModelProto()
-    model.CopyFrom(float_model)
     names = sorted(ranges)
-    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    session_outputs = [o.name for o in float_model.graph.output] + names
-    lo, hi = {n: 0.0 for n in names}, {n: 0.0 for n in names}
-    from ..runtime.ort_session import make_session
-
-    sess = make_session(model.SerializeToString())
-    try:
-        for k, feed in enumerate(data):
-            if k >= samples:
-                break
-            for n, v in zip(names, sess.run(session_outputs, feed)[len(float_model.graph.output):]):
-                lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
-    except DatasetError as e:
-        log.debug("dynamic_input: set %s: ranges not checked (%s)", set_label(shapes), e)
+    here = _observed_ranges(float_model, metas, cfg, dataset, names, samples) if names else None
+    there = _observed_ranges(base_model, base_metas, cfg, dataset, names, samples) if here else None
+    if here is None or there is None:
         return None
     clipped = []
     for n in names:
-        low, high = ranges[n]
-        factor = max(hi[n] / high if high > 0 else 0.0, lo[n] / low if low < 0 else 0.0)
-        if factor >= CLIP_REPORT_FACTOR:
+        (low, high), (lo, hi), (base_lo, base_hi) = ranges[n], here[n], there[n]
+        past = hi > high or lo < low
+        factor = max(hi / base_hi if base_hi > 0 else 0.0, lo / base_lo if base_lo < 0 else 0.0)
+        if past and factor >= CLIP_REPORT_FACTOR:
             clipped.append({"tensor": n, "factor": round(factor, 2)})
     clipped.sort(key=lambda c: -c["factor"])
     if clipped:
         worst = ", ".join(f"{c['tensor']} x{c['factor']:g}" for c in clipped[:3])
-        log.warning("dynamic_input: at %s, %d tensor(s) reach past the range calibrated at the largest set (worst: "
-                    "%s); that set loses accuracy there: build it as a model of its own, or those layers in 16-bit",
+        log.warning("dynamic_input: at %s, %d tensor(s) reach past their int8 range, beyond what the same images give "
+                    "them at the largest set (worst: %s): their values are clipped there, and that set may lose "
+                    "accuracy; compare it with a model built at that size, or keep those layers in 16-bit",
                     set_label(shapes), len(clipped), worst)
     return clipped
 
