@@ -55,7 +55,7 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
         raise DatasetError(f"{e} (config dynamic_input calibrates at the largest set, {set_label(base)}: images are "
                            "resized to it; .npy samples must have its shape)") from None
     entries = []
-    base_metas = result.package.metadata["inputs"]
+    base_metas, base_seen = result.package.metadata["inputs"], {}
     for shapes in sets:
         if shapes == base:
             meta = result.package.metadata
@@ -70,7 +70,7 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
                  "patch": patch}
         quant = result.package.metadata.get("quantization")
         clipped = _clipped_ranges(result.float_model, base_metas, float_model, metas, cfg, opts.dataset,
-                                  quant.get("tensors") or {}, shapes) if quant and opts.dataset else None
+                                  quant.get("tensors") or {}, shapes, base_seen) if quant and opts.dataset else None
         if clipped is not None:
             entry["clipped"] = clipped
         entries.append(entry)
@@ -119,7 +119,7 @@ def _observed_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: Build
 
 
 def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_model: onnx.ModelProto,
-                    metas: List[dict], cfg: BuildConfig, dataset: str, tensors: dict, shapes,
+                    metas: List[dict], cfg: BuildConfig, dataset: str, tensors: dict, shapes, base_seen: dict,
                     samples: int = 8) -> Optional[List[dict]]:
     """The activations that reach, at this set, past their int8 range and past what the same calibration images
     give them at the largest set, where the build calibrated (a softmax over the positions of a smaller image):
@@ -134,8 +134,13 @@ def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_m
             ranges[name] = ((qmin - zero) * scale, (qmax - zero) * scale)
     names = sorted(ranges)
     here = _observed_ranges(float_model, metas, cfg, dataset, names, samples) if names else None
-    there = _observed_ranges(base_model, base_metas, cfg, dataset, names, samples) if here else None
-    if here is None or there is None:
+    if here is None:
+        return None
+    missing = [n for n in names if n not in base_seen]  # the base set's, measured once for every set
+    if missing:
+        base_seen.update(_observed_ranges(base_model, base_metas, cfg, dataset, missing, samples) or {})
+    there = {n: base_seen[n] for n in names if n in base_seen}
+    if len(there) != len(names):
         return None
     clipped = []
     for n in names:
