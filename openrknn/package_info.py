@@ -146,7 +146,7 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
             how = "built and calibrated here" if e["base"] else \
                 f"{e['patched_constants']} constants, {e['patched_attributes']} attributes differ"
             if e["clipped"]:
-                how += (f"; {len(e['clipped'])} tensor(s) reach past their int8 range, worst "
+                how += (f"; {len(e['clipped'])} tensor(s) reach past their quantized range, worst "
                         f"{e['clipped'][0]['tensor']} x{e['clipped'][0]['factor']:g}")
             lines.append(f"  {' + '.join(map(_fmt_list, e['shapes']))}: deployed "
                          f"{' + '.join(map(_fmt_list, e['inputs']))} -> {' + '.join(map(_fmt_list, e['outputs']))}"

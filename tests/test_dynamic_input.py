@@ -479,6 +479,6 @@ def test_a_set_whose_values_leave_the_calibrated_ranges_is_named(tmp_path, rknn_
     assert found["sigmoid"] == {12: [], 20: None, 8: []}  # checked at both other sets, nothing past its range
     assert found["softmax"][20] is None and {c["tensor"] for c in found["softmax"][8]} >= {"soft"}
     assert min(c["factor"] for c in found["softmax"][8]) >= 1.25
-    assert "reach past their int8 range, worst" in text
+    assert "reach past their quantized range, worst" in text
     said = [r.getMessage() for r in rknn_log.records]
-    assert any("at 1x3x8x8" in m and "reach past their int8 range" in m for m in said)
+    assert any("at 1x3x8x8" in m and "reach past their quantized range" in m for m in said)

@@ -80,7 +80,7 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
     return result
 
 
-# a set's tensor is reported when it reaches past its int8 range and its extreme is this many times what the same
+# a set's tensor is reported when it reaches past its quantized range and its extreme is this many times what the same
 # images give it at the largest set
 CLIP_REPORT_FACTOR = 1.25
 _QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
@@ -90,7 +90,6 @@ def _observed_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: Build
                      names: List[str], samples: int) -> Optional[Dict[str, tuple]]:
     """{tensor: (min, max)} of ``names`` over the first ``samples`` calibration samples read at ``metas``' shapes
     (images resized to them); None where the data cannot be read there (.npy samples have one shape)."""
-    from ..errors import DatasetError
     from ..runtime.ort_session import make_session
     from .quantize import calibration_data
 
@@ -121,7 +120,7 @@ def _observed_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: Build
 def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_model: onnx.ModelProto,
                     metas: List[dict], cfg: BuildConfig, dataset: str, tensors: dict, shapes, base_seen: dict,
                     samples: int = 8) -> Optional[List[dict]]:
-    """The activations that reach, at this set, past their int8 range and past what the same calibration images
+    """The activations that reach, at this set, past their quantized range and past what the same calibration images
     give them at the largest set, where the build calibrated (a softmax over the positions of a smaller image):
     [{"tensor", "factor"}] (the set's extreme over the base set's), worst first. None where the data cannot be read
     at this set."""
@@ -152,8 +151,8 @@ def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_m
     clipped.sort(key=lambda c: -c["factor"])
     if clipped:
         worst = ", ".join(f"{c['tensor']} x{c['factor']:g}" for c in clipped[:3])
-        log.warning("dynamic_input: at %s, %d tensor(s) reach past their int8 range, beyond what the same images give "
-                    "them at the largest set (worst: %s): their values are clipped there, and that set may lose "
+        log.warning("dynamic_input: at %s, %d tensor(s) reach past their quantized range, beyond what the same images "
+                    "give them at the largest set (worst: %s): their values are clipped there, and that set may lose "
                     "accuracy; compare it with a model built at that size, or keep those layers in 16-bit",
                     set_label(shapes), len(clipped), worst)
     return clipped
