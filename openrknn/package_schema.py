@@ -206,6 +206,11 @@ def _check_shape_sets(p: _Problems, entry: Any) -> None:
         if p.check(isinstance(patch, dict), f"{path}.patch", "an object", patch):
             for key in ("inputs", "outputs", "constants", "attributes"):
                 p.check(isinstance(patch.get(key, {}), dict), f"{path}.patch.{key}", "an object", patch.get(key))
+        if "clipped" in e:
+            clipped = e["clipped"]
+            p.check(isinstance(clipped, list) and all(isinstance(c, dict) and isinstance(c.get("tensor"), str)
+                                                      and is_number(c.get("factor")) for c in clipped),
+                    f"{path}.clipped", "a list of {tensor, factor} objects", clipped)
 
 
 _TOP_LEVEL: Dict[str, Callable[[_Problems, Any], None]] = {

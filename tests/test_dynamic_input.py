@@ -482,3 +482,22 @@ def test_a_set_whose_values_leave_the_calibrated_ranges_is_named(tmp_path, rknn_
     assert "reach past their quantized range, worst" in text
     said = [r.getMessage() for r in rknn_log.records]
     assert any("at 1x3x8x8" in m and "reach past their quantized range" in m for m in said)
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: d.update(base=7), "dynamic_input.base"),
+    (lambda d: d["sets"][0].pop("inputs"), "has no 'inputs'"),
+    (lambda d: d["sets"][0].update(patch=[]), "patch"),
+    (lambda d: d["sets"][0].update(clipped=[{"tensor": 3}]), "clipped"),
+])
+def test_a_damaged_shape_set_record_is_refused_on_read(tmp_path, damage, says):
+    from openrknn.errors import PackageError
+    from openrknn.package import read_package, write_package
+
+    rk = _build(flattening_model(tmp_path / "m.onnx"))
+    pkg = rk._package
+    rk.release()
+    damage(pkg.metadata["dynamic_input"])
+    with pytest.raises(PackageError, match=says):
+        write_package(tmp_path / "bad.rknn", pkg)  # the writer runs the reader's checks: nothing half-valid is written
+        read_package(tmp_path / "bad.rknn")
