@@ -1705,3 +1705,24 @@ def test_a_detr_query_selection_exports(tmp_path):
     report = _exports_as_simulated(tmp_path, nodes, inits, "select", {"TOPK_V2", "TILE", "GATHER_ND",
                                                                        "BATCH_MATMUL"}, out_shape=(1, 6))
     assert next(rec for rec in report.layers if rec.op_type == "GatherElements").mode == "int8"
+
+
+def test_a_grouped_strided_transposed_conv_exports_one_per_group(tmp_path):
+    """A grouped ConvTranspose with strides (GTCRN's decoder): its output channels span two weight axes, so the build
+    keeps it float; the export writes it as SPLIT, one float TRANSPOSE_CONV per group (pads cropped) and
+    CONCATENATION, and LiteRT gives the simulator's output."""
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * .5).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, 2, 3, 3)) * .3).astype(np.float32), "wt"),
+             numpy_helper.from_array((rng.standard_normal(4) * .2).astype(np.float32), "bt"),
+             numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * .5).astype(np.float32), "w2")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]), n("Relu", ["a"], ["r"]),
+             n("ConvTranspose", ["r", "wt", "bt"], ["up"], group=2, strides=[2, 2], pads=[1, 1, 0, 0],
+               output_padding=[0, 0]),
+             n("Conv", ["up", "w2"], ["y"])]
+    report = _exports_as_simulated(tmp_path, nodes, inits, "grouped_deconv", {"SPLIT", "TRANSPOSE_CONV",
+                                                                             "CONCATENATION"}, out_shape=(1, 4, H, W))
+    modes = {r.layer: r.mode for r in report.layers}
+    assert modes["ConvTranspose_2"] == "float"
+    assert sum(op == "TRANSPOSE_CONV" for r in report.layers for op in r.tflite_ops) == 2

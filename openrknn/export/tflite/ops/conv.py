@@ -362,14 +362,16 @@ register("Gemm", int8=gemm_int8, float=gemm_float, fuses_activation=True, int8_o
 
 
 # -------------------------------------------------------------------------------------------------- ConvTranspose
-def _deconv_geometry(ctx, node, wq) -> Tuple[List[int], List[int], List[int], Tuple[int, ...]]:
-    """strides, kernel, ONNX pads and the uncropped N,H,W,C output TRANSPOSE_CONV writes with VALID padding."""
+def _deconv_geometry(ctx, node, w_shape, grouped_ok: bool = False
+                     ) -> Tuple[List[int], List[int], List[int], Tuple[int, ...]]:
+    """strides, kernel, ONNX pads and the uncropped N,H,W,C output TRANSPOSE_CONV writes with VALID padding (C: one
+    group's output channels, ONNX's weight dim 1). grouped_ok: the caller writes one TRANSPOSE_CONV per group."""
     layer = layer_name(node)
-    kernel = list(wq.q.shape[2:])
+    kernel = list(w_shape[2:])
     if len(kernel) != 2:
         raise NotSupportedError(f"export-tflite: {layer} is a {len(kernel)}-D ConvTranspose; TFLite's "
                                 "TRANSPOSE_CONV takes 2-D kernels only")
-    if int(attr(node, "group", 1)) != 1 or any(d != 1 for d in attr(node, "dilations", [1, 1])):
+    if (int(attr(node, "group", 1)) != 1 and not grouped_ok) or any(d != 1 for d in attr(node, "dilations", [1, 1])):
         raise NotSupportedError(f"export-tflite: {layer} is a grouped or dilated ConvTranspose; TFLite's "
                                 "TRANSPOSE_CONV has neither")
     if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or attr(node, "output_shape") is not None:
@@ -382,7 +384,7 @@ def _deconv_geometry(ctx, node, wq) -> Tuple[List[int], List[int], List[int], Tu
         raise NotSupportedError(f"export-tflite: {layer} has output_padding beyond its end pads; TFLite's "
                                 "TRANSPOSE_CONV cannot write those rows")
     n, _, h, w = ctx.value(node.input[0]).shape
-    full = (n, (h - 1) * strides[0] + kernel[0], (w - 1) * strides[1] + kernel[1], wq.q.shape[1])
+    full = (n, (h - 1) * strides[0] + kernel[0], (w - 1) * strides[1] + kernel[1], w_shape[1])
     return strides, kernel, pads, full
 
 
@@ -407,9 +409,9 @@ def _deconv_emit(ctx, geom, x: Tensor, filt: Tensor, bias: Tensor, out: Tensor, 
                      version=2 if q else 1, layer=layer)
 
 
-def _deconv_filter(wq) -> np.ndarray:
+def _deconv_filter(w: np.ndarray) -> np.ndarray:
     # ONNX C_in,C_out,kh,kw -> TFLite C_out,kh,kw,C_in (TFLite's TRANSPOSE_CONV is the same gradient-of-conv map)
-    return np.ascontiguousarray(wq.q.transpose(1, 2, 3, 0))
+    return np.ascontiguousarray(w.transpose(1, 2, 3, 0))
 
 
 def _deconv_int8_ok(ctx, node) -> bool:
@@ -422,12 +424,12 @@ def _deconv_int8_ok(ctx, node) -> bool:
 def deconv_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    geom = _deconv_geometry(ctx, node, wq)
+    geom = _deconv_geometry(ctx, node, wq.q.shape)
     x = ctx.view(node.input[0], "q", True, layer)
     o = wq.q.shape[1]
     w_scale = np.broadcast_to(wq.scale.reshape(-1), (o,)).astype(np.float32)
     per_channel = wq.scale.size > 1
-    filt = ctx.m.add_const(ctx._tname(node.input[1]), _deconv_filter(wq),
+    filt = ctx.m.add_const(ctx._tname(node.input[1]), _deconv_filter(wq.q),
                            Quant(w_scale if per_channel else w_scale[:1],
                                  np.zeros(o if per_channel else 1, np.int64), 0))
     bq, bscale = _bias_int32(ctx, node, o, float(x.quant.scale[0]), w_scale, layer)
@@ -439,19 +441,35 @@ def deconv_int8(ctx, node, act) -> str:
 
 
 def deconv_float(ctx, node) -> str:
+    """A float TRANSPOSE_CONV (int8 weights DEQUANTIZE'd, or the float weights of a layer the build left float: a
+    grouped strided ConvTranspose, whose output channels span two weight axes). Grouped: one TRANSPOSE_CONV per
+    group, as the grouped convs are written."""
     layer = layer_name(node)
-    wq = _weights(ctx, node)
-    geom = _deconv_geometry(ctx, node, wq)
+    wq = ctx.g.quant_const(node.input[1])
+    w = _weight_array(ctx, node)  # ONNX C_in, C_out / group, kh, kw
+    group = int(attr(node, "group", 1))
+    geom = _deconv_geometry(ctx, node, w.shape, grouped_ok=wq is None)
     x = ctx.view(node.input[0], "f", True, layer)
-    if wq.scale.size > 1 and wq.axis != 1:
+    if wq is not None and wq.scale.size > 1 and wq.axis != 1:
         raise NotSupportedError(f"export-tflite: {layer}'s weights are quantized per input channel; TFLite keeps "
                                 "per-channel weights along the output channels only")
-    arr = _deconv_filter(wq)
-    wq_out = type(wq)(arr, wq.scale.reshape(-1), wq.zero_point.reshape(-1), 0 if wq.scale.size > 1 else None)
-    filt = _dequantized_weights(ctx, wq_out, arr, 0, node.input[1], layer)
-    bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, wq.q.shape[1]))
+    c_in, c_out = w.shape[0] // group, w.shape[1]
+    biases = _float_bias(ctx, node, c_out * group)
     out = ctx.out_f(node.output[0], True)
-    _deconv_emit(ctx, geom, x, filt, bias, out, NONE, layer)
+
+    def deconv(k: int, x_in: Tensor, y: Tensor) -> None:  # group k
+        arr = _deconv_filter(w[k * c_in:(k + 1) * c_in])
+        if wq is None:
+            filt = ctx.m.add_const(ctx._tname(node.input[1]), np.ascontiguousarray(arr, np.float32))
+        else:
+            wq_out = type(wq)(arr, wq.scale.reshape(-1), wq.zero_point.reshape(-1), 0 if wq.scale.size > 1 else None)
+            filt = _dequantized_weights(ctx, wq_out, arr, 0, node.input[1], layer)
+        bias = ctx.m.add_const(ctx._tname(layer + "/bias"), biases[k * c_out:(k + 1) * c_out])
+        _deconv_emit(ctx, geom, x_in, filt, bias, y, NONE, layer)
+
+    if group > 1:
+        return _grouped(ctx, node, x, out, group, deconv, layer).replace("CONV_2D", "TRANSPOSE_CONV")
+    deconv(0, x, out)
     return ""
 
 
