@@ -501,3 +501,15 @@ def test_a_damaged_shape_set_record_is_refused_on_read(tmp_path, damage, says):
     with pytest.raises(PackageError, match=says):
         write_package(tmp_path / "bad.rknn", pkg)  # the writer runs the reader's checks: nothing half-valid is written
         read_package(tmp_path / "bad.rknn")
+
+
+def test_the_html_report_lists_the_sets_and_each_sets_speed(tmp_path):
+    from openrknn.analysis.report import model_report
+
+    rk = _build(flattening_model(tmp_path / "m.onnx"))
+    html_text = model_report(rk._package, tmp_path / "report.html").read_text()
+    rk.release()
+    assert "Input shape sets (dynamic_input)" in html_text and "Every input shape set" in html_text
+    for label in ("1x3x12x16", "1x3x20x24", "1x3x8x8"):
+        assert html_text.count(f"<td>{label}</td>") == 2  # in the model's table and the speed table
+    assert "built and calibrated here" in html_text and "NPU estimate (board-free), set 1x3x20x24" in html_text

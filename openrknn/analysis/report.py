@@ -116,7 +116,19 @@ def model_section(pkg, path: Optional[str] = None) -> Section:
                      f"{i['reorder_channel'] or 'none'}, mean {i['mean']}, std {i['std']}"))
     for o in s["outputs"]:
         rows.append((f"output {o['name']}", f"{o['shape']} {o['dtype']}"))
-    return Section("Model", key_values(rows))
+    html_text = key_values(rows)
+    if s["shape_sets"]:  # config(dynamic_input=...): the inputs and outputs above are the base set's
+        set_rows = [(" + ".join("x".join(map(str, x)) for x in e["shapes"]),
+                     " + ".join(map(str, e["inputs"])), " + ".join(map(str, e["outputs"])),
+                     "built and calibrated here" if e["base"] else
+                     f"{e['patched_constants']} constants, {e['patched_attributes']} attributes differ",
+                     "" if not e["clipped"] else f"{len(e['clipped'])}, worst {e['clipped'][0]['tensor']} "
+                     f"x{e['clipped'][0]['factor']:g}")
+                    for e in s["shape_sets"]]
+        html_text += ("<h3>Input shape sets (dynamic_input)</h3>" +
+                      table(["set", "deployed inputs", "outputs", "how", "tensors past their quantized range"],
+                            set_rows))
+    return Section("Model", html_text)
 
 
 def findings_section(findings) -> Section:
@@ -153,14 +165,22 @@ def _layers_cell(findings) -> str:
 
 def perf_section(perf: dict, chart: Optional[str]) -> Section:
     est, host = perf["npu_estimate"], perf.get("host_measured")
-    rows = [("NPU estimate (board-free)", f"{est['total_us'] / 1e3:.2f} ms, {est['fps']:.1f} FPS, "
+    base = next((e["set"] for e in perf.get("shape_sets") or () if e["total_us"] == est["total_us"]), None)
+    rows = [("NPU estimate (board-free)" + (f", set {base}" if base else ""),
+             f"{est['total_us'] / 1e3:.2f} ms, {est['fps']:.1f} FPS, "
              f"{est['gmacs']:.3f} GMAC on {perf['target']} ({perf.get('quantized_dtype') or 'float'})")]
     if host:
         rows.append(("measured on this host", f"{host['total_us'] / 1e3:.2f} ms, {host['fps']:.1f} FPS"))
     top = table(["op type", "NPU time (us)", "share"],
                 [(t["op_type"], f"{t['time_us']:.1f}", f"{t['share'] * 100:.1f}%") for t in perf["top_op_types"]],
                 numeric=(1, 2))
-    return Section("Speed (eval_perf)", key_values(rows) + "<h3>Top op types</h3>" + top,
+    sets = ""
+    if perf.get("shape_sets"):  # the table and chart are the base set's; every set's total here
+        sets = "<h3>Every input shape set</h3>" + table(
+            ["set", "NPU estimate (ms)", "FPS", "GMAC"],
+            [(e["set"], f"{e['total_us'] / 1e3:.2f}", f"{e['fps']:.1f}", f"{e['gmacs']:.3f}")
+             for e in perf["shape_sets"]], numeric=(1, 2, 3))
+    return Section("Speed (eval_perf)", key_values(rows) + sets + "<h3>Top op types</h3>" + top,
                    [chart] if chart else [])
 
 
