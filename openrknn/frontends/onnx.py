@@ -178,7 +178,9 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: List[List[int]]) -> List[s
                 else:
                     raise ModelLoadError(f"input '{inp.name}' has a dynamic dimension {k} ('{d.dim_param or '?'}'); "
                                          "give input_size_list to fix it, one full shape per input in this order: "
-                                         f"input_size_list={_size_list_example(inputs)}")
+                                         f"input_size_list={_size_list_example(inputs)} (or, for several sizes in "
+                                         "one model, config(dynamic_input=[[shapes of set 1], [shapes of set 2], "
+                                         "...]) before loading)")
     return notes
 
 
