@@ -83,7 +83,6 @@ def build_shape_sets(loaded: LoadedModel, cfg: BuildConfig, build_one: Callable,
 # a set's tensor is reported when it reaches past its quantized range and its extreme is this many times what the same
 # images give it at the largest set
 CLIP_REPORT_FACTOR = 1.25
-_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
 
 
 def _observed_ranges(float_model: onnx.ModelProto, metas: List[dict], cfg: BuildConfig, dataset: str,
@@ -124,13 +123,11 @@ def _clipped_ranges(base_model: onnx.ModelProto, base_metas: List[dict], float_m
     give them at the largest set, where the build calibrated (a softmax over the positions of a smaller image):
     [{"tensor", "factor"}] (the set's extreme over the base set's), worst first. None where the data cannot be read
     at this set."""
+    from ..quant.hybrid import qparam_ranges
+
     produced = {o for node in float_model.graph.node for o in node.output}
-    ranges = {}
-    for name, r in tensors.items():
-        if r.get("kind") == "activation" and r.get("axis") is None and name in produced and r.get("dtype") in _QRANGE:
-            qmin, qmax = _QRANGE[r["dtype"]]
-            scale, zero = float(r["scale"][0]), float(r["zero_point"][0])
-            ranges[name] = ((qmin - zero) * scale, (qmax - zero) * scale)
+    ranges = {n: r for n, r in qparam_ranges(tensors).items()
+              if n in produced and tensors[n].get("kind") == "activation"}
     names = sorted(ranges)
     here = _observed_ranges(float_model, metas, cfg, dataset, names, samples) if names else None
     if here is None:
