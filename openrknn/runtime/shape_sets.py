@@ -19,8 +19,8 @@ from ..errors import CorruptPackageError, InferenceInputError
 from ..onnx_wire import WireError
 from .graph_edit import patch_model
 
-__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "package_at",
-           "package_of_set", "image_sizes", "set_argument"]
+__all__ = ["shape_sets", "apply_patch", "patched_metadata", "set_label", "base_set_only", "set_of", "matching_set",
+           "package_at", "package_of_set", "image_sizes", "set_argument"]
 
 
 def shape_sets(metadata: dict) -> Optional[List[dict]]:
@@ -64,14 +64,18 @@ def patched_metadata(metadata: dict, entry: dict) -> dict:
 def set_of(inputs, metadata: dict, data_type=None, data_format="nhwc", pass_through=None) -> int:
     """The index of the set whose inputs ``inputs`` fit (as inference() takes them); the base set is tried first.
     InferenceInputError naming the sets when none fits."""
+    return matching_set(inputs, metadata, data_type, data_format, pass_through)[0]
+
+
+def matching_set(inputs, metadata: dict, data_type=None, data_format="nhwc", pass_through=None) -> tuple:
+    """(index, feeds): set_of's set and the feeds prepare_feeds made for it (run them; no second conversion)."""
     from .feeds import prepare_feeds
 
     sets, base = metadata["dynamic_input"]["sets"], metadata["dynamic_input"]["base"]
     first = None
     for k in [base] + [k for k in range(len(sets)) if k != base]:
         try:
-            prepare_feeds(inputs, sets[k]["inputs"], data_type, data_format, pass_through, many=True)
-            return k
+            return k, prepare_feeds(inputs, sets[k]["inputs"], data_type, data_format, pass_through, many=True)
         except InferenceInputError as e:
             first = first or e
     if "shape" not in str(first):  # not a size the sets differ in (a dtype, a count): the base set's own words

@@ -20,7 +20,7 @@ from ..errors import CorruptPackageError, RuntimeStateError
 from ..package import check_runnable
 from .feeds import prepare_feeds
 from .ort_session import make_session
-from .shape_sets import apply_patch, patched_metadata, set_of
+from .shape_sets import apply_patch, matching_set, patched_metadata
 from .speedups import speed_up
 
 log = logging.getLogger("openrknn.runtime")
@@ -108,8 +108,11 @@ class Simulator:
         return self._run_samples(samples, data_type, data_format, pass_through, times_ms)
 
     def _run_samples(self, samples: Sequence, data_type, data_format, pass_through, times_ms) -> list:
-        prepared = [self._units(prepare_feeds(x, self.inputs_meta, data_type, data_format, pass_through, many=True))
-                    for x in samples]
+        return self._run_prepared([prepare_feeds(x, self.inputs_meta, data_type, data_format, pass_through,
+                                                 many=True) for x in samples], times_ms)
+
+    def _run_prepared(self, feeds_per_sample: Sequence[List[np.ndarray]], times_ms) -> list:
+        prepared = [self._units(feeds) for feeds in feeds_per_sample]
         flat = [u for units in prepared for u in units]
         done = self._run_units(flat)
         results, pos = [], 0
@@ -125,24 +128,23 @@ class Simulator:
         return results
 
     def _run_shape_sets(self, samples: Sequence, data_type, data_format, pass_through, times_ms) -> list:
-        """Each sample on the shape set its inputs have (their model made on first use), in sample order."""
+        """Each sample on the shape set its inputs have (their model made on first use), in sample order; the
+        feeds prepared while matching the set are the ones that run."""
         groups: dict = {}
         for k, x in enumerate(samples):
-            groups.setdefault(self._shape_set_of(x, data_type, data_format, pass_through), []).append(k)
+            index, feeds = matching_set(x, self.metadata, data_type, data_format, pass_through)
+            groups.setdefault(index, []).append((k, feeds))
         results: list = [None] * len(samples)
         times: list = [0.0] * len(samples)
         for index, members in groups.items():
-            run = self._run_samples if index == self._base_set else self._set_simulator(index).run_many
+            sim = self if index == self._base_set else self._set_simulator(index)
             took: list = []
-            outs = run([samples[k] for k in members], data_type, data_format, pass_through, took)
-            for k, o, ms in zip(members, outs, took):
+            outs = sim._run_prepared([feeds for _, feeds in members], took)
+            for (k, _), o, ms in zip(members, outs, took):
                 results[k], times[k] = o, ms
         if times_ms is not None:
             times_ms.extend(times)
         return results
-
-    def _shape_set_of(self, inputs, data_type, data_format, pass_through) -> int:
-        return set_of(inputs, self.metadata, data_type, data_format, pass_through)
 
     def _set_simulator(self, index: int) -> "Simulator":
         if index not in self._set_sims:
