@@ -95,7 +95,7 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
         report["user_layers"] = user_layer_rows(report["layers"], names.of, names.op_types)
     else:
         report.pop("layers", None)
-    report["shape_sets"] = _shape_set_estimates(sets_of, chip, qd)
+    report["shape_sets"] = _shape_set_estimates(sets_of, chip, qd, report["npu_estimate"] if pkg is sets_of else None)
     if is_print:
         print(format_perf_report(report, show_parts))
         for e in report["shape_sets"] or ():
@@ -104,8 +104,9 @@ def eval_perf(pkg: RknnPackage, runtime, inputs, perf_debug: bool, is_print: boo
     return report
 
 
-def _shape_set_estimates(pkg: RknnPackage, chip: str, qd) -> Optional[list]:
-    """config(dynamic_input=...): the NPU estimate of every shape set (each set's own graph), else None."""
+def _shape_set_estimates(pkg: RknnPackage, chip: str, qd, base_estimate: Optional[dict]) -> Optional[list]:
+    """config(dynamic_input=...): the NPU estimate of every shape set (each set's own graph), else None.
+    base_estimate: the base set's, already made by the caller."""
     from ..runtime.shape_sets import apply_patch, set_label, shape_sets
     from .perf import eval_perf_report
 
@@ -113,9 +114,12 @@ def _shape_set_estimates(pkg: RknnPackage, chip: str, qd) -> Optional[list]:
     if not sets:
         return None
     out = []
-    for e in sets:
-        model = onnx.load_from_string(apply_patch(pkg.model_bytes, e["patch"]))
-        est = eval_perf_report(model, None, chip, qd, None, False, is_print=False)["npu_estimate"]
+    for k, e in enumerate(sets):
+        if k == pkg.metadata["dynamic_input"]["base"] and base_estimate is not None:
+            est = base_estimate
+        else:
+            model = onnx.load_from_string(apply_patch(pkg.model_bytes, e["patch"]))
+            est = eval_perf_report(model, None, chip, qd, None, False, is_print=False)["npu_estimate"]
         out.append({"set": set_label(e["shapes"]), "total_us": est["total_us"], "fps": est["fps"],
                     "gmacs": est.get("gmacs", 0.0)})
     return out
