@@ -33,19 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arrivals import _vendor, cosine, images  # noqa: E402  (also puts the repository root on sys.path)
 from corpus import BY_NAME, _image_feed, _image_paths, agreement, reference_input  # noqa: E402
 from corpus_fetch import fetch  # noqa: E402
-from github_models import fetch_github, model, sr_picture  # noqa: E402
+from github_models import _picture_psnr, fetch_github, model, sr_picture  # noqa: E402
 
 SR_SETS = [[[1, 3, 180, 320]], [[1, 3, 240, 320]], [[1, 3, 360, 640]]]
 REC_SETS = [[[1, 3, 48, 160]], [[1, 3, 48, 320]], [[1, 3, 48, 640]]]
 DET_SETS = [[[1, 3, 320, 480]], [[1, 3, 480, 640]], [[1, 3, 640, 640]]]
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255 ** 2 / max(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2), 1e-10)))
-
-
 def _largest(sets):
-    return max(sets, key=lambda s: int(np.prod(s[0])))
+    """The set a dynamic_input build calibrates at (config's own choice)."""
+    from openrknn.config import make_config
+
+    return make_config(dynamic_input=sets).dynamic_base
 
 
 def _write_dataset(work: Path, feeds: list) -> Path:
@@ -129,7 +128,7 @@ def _sr_feeds(photos: list):
 
 
 def _sr_metric(outs, refs) -> str:
-    return f"PSNR {np.mean([_psnr(sr_picture(o), sr_picture(r)) for o, r in zip(outs, refs)]):.1f} dB"
+    return f"PSNR {np.mean([_picture_psnr(sr_picture(o), sr_picture(r)) for o, r in zip(outs, refs)]):.1f} dB"
 
 
 def _onnx_refs(path: Path, mean, std, layout="nchw"):
