@@ -210,9 +210,11 @@ def _kept_cell(refs: list, outs: list) -> str:
     return f"detections kept {kept}/{total}, {extra} extra"
 
 
-def _detector_row(path: Path, what: str, side: int, dets, work: Path) -> list:
+def _detector_row(path: Path, what: str, side: int, dets, work: Path, litert_by_detections: bool = False) -> list:
     """A YOLOX-fed detector (BGR letterboxed with 114, x as is; input 'images') on the shared images: float and w8a8
-    builds beside rknn-toolkit2 and LiteRT, scored by ``dets`` (an output -> [(class, xyxy)])."""
+    builds beside rknn-toolkit2 and LiteRT, scored by ``dets`` (an output -> [(class, xyxy)]).
+    ``litert_by_detections``: LiteRT's detections against the simulator's (an NMS inside: its rows are the image's
+    own number, so a cosine of the two outputs says little), on every held-out image."""
     import onnxruntime as ort
 
     pics = [_letterbox(p, side) for p in images(["coco", "misc", "imagenet"], None)]
@@ -228,9 +230,21 @@ def _detector_row(path: Path, what: str, side: int, dets, work: Path) -> list:
             job = {"input_name": "images", "shape": [1, 3, side, side], "mean": [0] * 3, "std": [1] * 3}
             said, outs = _vendor(path, job, [p.transpose(2, 0, 1)[None] for p in calib], held, work)
             cells[-1] += "; " + said + ("" if outs is None else ": " + _kept_cell(refs, [dets(o[0]) for o in outs]))
-            cells.append(_litert(r, held[:4], work))
+            cells.append(_litert_detections(r, held, dets, work) if litert_by_detections else
+                         _litert(r, held[:4], work))
         r.release()
     return cells
+
+
+def _litert_detections(r, held: list, dets, work: Path) -> str:
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    out = work / "arrival.tflite"
+    if r.export_tflite(str(out)) != 0:
+        return f"export refused: {str(r.last_error)[:100]}"
+    runner = TfliteRunner(str(out), delegate=None)
+    sim = [dets(r.inference(inputs=[p])[0]) for p in held]
+    return "LiteRT against the simulator's: " + _kept_cell(sim, [dets(runner.run([p])[0]) for p in held])
 
 
 def nms_inside(cache: Path, work: Path) -> list:
@@ -238,7 +252,7 @@ def nms_inside(cache: Path, work: Path) -> list:
         return [(int(r[1]), r[3:]) for r in np.asarray(out).reshape(-1, 7) if r[2] >= 0.3]
 
     return _detector_row(model(cache, "nms_inside"), "YOLOX-nano hand signs with its decode and NMS inside (416, "
-                         "[K, 7] out", 416, dets, work)
+                         "[K, 7] out", 416, dets, work, litert_by_detections=True)
 
 
 def person_detector(cache: Path, work: Path) -> list:

@@ -97,7 +97,9 @@ def _kept(ref, got, iou_thr=0.5):
     return kept, total, extra
 
 
-def test_a_detector_with_nms_inside_builds_int8_and_keeps_the_float_detections(setup):
+@pytest.fixture(scope="module")
+def builds(setup):
+    """The float and w8a8 builds' outputs on the held-out images; the w8a8 build kept as d / 'post.rknn'."""
     from openrknn.api import RKNN
 
     d, held, raw = setup
@@ -111,6 +113,7 @@ def test_a_detector_with_nms_inside_builds_int8_and_keeps_the_float_detections(s
         assert rk.init_runtime() == 0
         results[dtype] = [rk.inference(inputs=[x])[0] for x in held]
         if dtype:  # the head's output and everything after it float: nothing quantized from there on
+            assert rk.export_rknn(str(d / "post.rknn")) == 0
             qmodel = rk._build.model
             producer = {o: node for node in qmodel.graph.node for o in node.output}
             assert producer[raw].op_type != "DequantizeLinear"
@@ -119,9 +122,33 @@ def test_a_detector_with_nms_inside_builds_int8_and_keeps_the_float_detections(s
                 tail = tail or raw in node.input
                 assert not (tail and node.op_type == "QuantizeLinear"), node.name
         rk.release()
-    kept, total, extra = _kept(results[None], results["w8a8"])
+    return results
+
+
+def test_a_detector_with_nms_inside_builds_int8_and_keeps_the_float_detections(builds):
+    kept, total, extra = _kept(builds[None], builds["w8a8"])
     assert total >= 20                        # the float model finds things on these images
     assert kept >= 0.9 * total and extra <= 0.15 * total, (kept, total, extra)
+
+
+def test_the_nms_inside_exports_to_tflite_and_litert_keeps_the_simulators_detections(setup, builds):
+    """The open path: the whole detector, NMS included, on the LiteRT interpreter (one TFLite NMS per class, the
+    rows' number known when it runs) finds the int8 simulator's detections."""
+    from openrknn.api import RKNN
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    d, held, _ = setup
+    rk = RKNN(verbose=False)
+    assert rk.load_rknn(str(d / "post.rknn")) == 0
+    assert rk.export_tflite(str(d / "post.tflite")) == 0, rk.last_error
+    rk.release()
+    runner = TfliteRunner(str(d / "post.tflite"), delegate=None)
+    got = [runner.run([x])[0] for x in held]
+    assert all(g.ndim == 2 and g.shape[1] == 6 for g in got)
+    kept, total, extra = _kept(builds["w8a8"], got)
+    assert total >= 20
+    # what differs is the head's int8 arithmetic near the score threshold, not the selection
+    assert kept >= 0.9 * total and extra <= 0.1 * total, (kept, total, extra)
 
 
 def test_the_outputs_compared_are_what_the_nms_reads(setup):

@@ -357,6 +357,9 @@ def _choose_ranges(m: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant],
             probe.apply(info, weights, name)
 
     runner = range_choice.CandidateModel(m, plan, acts, weights, options.threads, extra)
+    if not runner.measured:  # nothing the float model computes too (an NMS reading the graph inputs): min/max
+        log.info("activation ranges: normal (no output of the model to judge other ranges on)")
+        return acts, {"chosen": "normal", "losses": {}, "samples": 0}, None, []
     ref_sess = range_choice.reference_session(m, runner, options.threads)
     chosen, losses, per_sample = range_choice.choose(m, plan, candidates, weights, set_biases, data, len(data),
                                                      options.threads, runner=runner, ref_sess=ref_sess)

@@ -17,6 +17,7 @@ from onnx import numpy_helper, shape_inference
 
 Q_OPS = ("QuantizeLinear",)
 DQ_OPS = ("DequantizeLinear",)
+LENGTH_OPS = ("NonMaxSuppression",)   # outputs whose length is the image's own
 
 
 @dataclass
@@ -78,6 +79,25 @@ class QdqGraph:
                 self.shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
         for name, arr in self.inits.items():
             self.shapes[name] = tuple(arr.shape)
+        # after an NMS, a length known only when the model runs: -1 in those dims (the writer's shape signature)
+        for vi in list(g.value_info) + list(g.output):
+            if vi.name in self.run_time_length() and vi.type.tensor_type.HasField("shape"):
+                self.shapes.setdefault(vi.name, tuple(int(d.dim_value) if d.HasField("dim_value") else -1
+                                                      for d in vi.type.tensor_type.shape.dim))
+
+    def run_time_length(self) -> set:
+        """Tensors computed from an NMS's selection, whose length depends on the image."""
+        if not hasattr(self, "_run_time_length"):
+            todo = [o for n in self.nodes if n.op_type in LENGTH_OPS for o in n.output if o]
+            seen = set(todo)
+            while todo:
+                for reader in self.consumers.get(todo.pop(), []):
+                    for o in reader.output:
+                        if o and o not in seen:
+                            seen.add(o)
+                            todo.append(o)
+            self._run_time_length = seen
+        return self._run_time_length
 
     # ---- constants ------------------------------------------------------------------------------------------------
     def is_const(self, name: str) -> bool:

@@ -31,7 +31,7 @@ TO_NCHW = (0, 3, 1, 2)
 INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
                      "GatherND", "Split", "Concat", "Not", "And", "Or", "Xor", "Where", "Add", "Sub", "Mul", "Div",
                      "Mod", "Max", "Min", "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Tile",
-                     "GatherElements"})
+                     "GatherElements", "Slice", "NonMaxSuppression"})
 # ops whose second input is integer positions: int8 when the data (the first input) is an int8 point
 INDEXED = frozenset({"GatherND", "GatherElements"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
@@ -114,7 +114,10 @@ class Lowerer:
         return v is not None and v.q is not None and v.q.dtype == np.int8
 
     def reshape(self, x: Tensor, out: Tensor, layer: str = "") -> Tensor:
-        """RESHAPE x into ``out`` (the same elements in out's shape)."""
+        """RESHAPE x into ``out`` (the same elements in out's shape; one dim may be a run-time length, -1)."""
+        if sum(d < 0 for d in out.shape) > 1:
+            raise NotSupportedError(f"export-tflite: {layer or out.name} reshapes into {list(out.shape)}, with more "
+                                    "than one length known only when the model runs")
         self.m.add_op("RESHAPE", [x, self.m.add_const(self._tname("shape"), np.asarray(out.shape, np.int32))], [out],
                       ("ReshapeOptions", {"NewShape": list(out.shape)}), layer=layer)
         return out

@@ -54,7 +54,7 @@ class Sparsity:
 class Tensor:
     index: int
     name: str
-    shape: Tuple[int, ...]
+    shape: Tuple[int, ...]               # -1: a length known only when the model runs (after an NMS)
     dtype: np.dtype
     quant: Optional[Quant] = None
     data: Optional[np.ndarray] = None    # the stored values: all of them, or a sparse tensor's non-zeros
@@ -214,7 +214,10 @@ def serialize(model: Model) -> bytes:
         tensor_offsets = []
         for t in g.tensors:
             name = b.CreateString(t.name)
-            shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+            dims = np.asarray(t.shape, np.int32)
+            # a run-time length: the interpreter resizes it when the op making it runs; the stored shape holds 1
+            signature = b.CreateNumpyVector(dims) if (dims < 0).any() else None
+            shape = b.CreateNumpyVector(np.where(dims < 0, 1, dims).astype(np.int32))
             q_off = None
             if t.quant is not None:
                 scale = b.CreateNumpyVector(np.asarray(t.quant.scale, np.float32).reshape(-1))
@@ -227,6 +230,8 @@ def serialize(model: Model) -> bytes:
             sp_off = _sparsity(tfl, b, t.sparsity, vector) if t.sparsity is not None else None
             tfl.TensorStart(b)
             tfl.TensorAddShape(b, shape)
+            if signature is not None:
+                tfl.TensorAddShapeSignature(b, signature)
             tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
             tfl.TensorAddBuffer(b, buffer_of.get((gi, t.index), 0))
             tfl.TensorAddName(b, name)

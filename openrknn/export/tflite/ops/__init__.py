@@ -41,4 +41,4 @@ def layer_name(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-from . import activations, conv, elementwise, ids, math, norm, pool, rnn, shape, warp  # noqa: E402,F401  (registration)
+from . import activations, conv, elementwise, ids, math, nms, norm, pool, rnn, shape, warp  # noqa: E402,F401  (registration)

@@ -152,9 +152,20 @@ def _slice(ctx, node, kind: str, act=None) -> str:
     if any(s == 0 for s in steps):
         raise NotSupportedError(f"export-tflite: {layer} slices with step 0, which ONNX does not allow")
     begin, end, stride = [0] * rank, list(v.shape), [1] * rank
-    to_start = [False] * rank    # a backward slice that runs through index 0 (TFLite's end mask)
+    # TFLite's end mask: a backward slice that runs through index 0, or a forward one to the end of a length known
+    # only when the model runs (after an NMS)
+    to_start = [d < 0 for d in v.shape]
+    end = [max(d, 0) for d in end]
     for s, e, a, st in zip(starts, ends, axes, steps):
         dim = v.shape[a]
+        if dim < 0:
+            if st != 1 or s < 0 or e < 0:
+                raise NotSupportedError(f"export-tflite: {layer} slices axis {a}, whose length is known only when "
+                                        "the model runs, from its end or with a step; only forward slices from "
+                                        "its start are exported")
+            to_start[a] = e >= 2 ** 31 - 1     # to the end; a smaller end TFLite clamps to the length, as ONNX
+            begin[a], end[a] = s, 0 if to_start[a] else e
+            continue
         s, e = (s + dim if s < 0 else s), (e + dim if e < 0 else e)
         if st > 0:
             s, e = max(0, min(dim, s)), max(0, min(dim, e))
