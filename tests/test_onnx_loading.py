@@ -108,6 +108,39 @@ def test_an_opset_7_export_with_attribute_forms_is_converted(tmp_path, ort_refer
     np.testing.assert_allclose(out[0], ort_reference(path, {"x": x})[0], atol=1e-4, rtol=0)
 
 
+def _opset_11_unsqueeze(path, opsets):
+    """A conv and an opset-11 Unsqueeze (axes as an attribute, an input from opset 13 on) declared with ``opsets``."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["m"], ["y"], name="unsqueeze", axes=[1])]
+    g = helper.make_graph(nodes, "merged", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                          [numpy_helper.from_array(_w(2, 3, 3, 3), "w")])
+    m = helper.make_model(g, opset_imports=opsets)
+    m.ir_version = 7
+    return _save(m, path, check=False)
+
+
+def test_the_default_domain_listed_twice_as_onnx_compose_writes_it_loads(tmp_path, ort_reference):
+    """onnx.compose.merge_models lists the default domain twice (domain '' and unset); onnxruntime reads it as one,
+    onnx's version converter upgraded only one of them, and the upgraded Unsqueeze failed in the loader's check."""
+    twice = [helper.make_opsetid("", 11), onnx.OperatorSetIdProto(version=11)]
+    path = _opset_11_unsqueeze(tmp_path / "merged.onnx", twice)
+    loaded = load_onnx(path)
+    assert [(o.domain, o.version) for o in loaded.model.opset_import if o.domain == ""] != [] and \
+        len([o for o in loaded.model.opset_import if o.domain == ""]) == 1
+    assert any("domain twice" in n for n in loaded.notes)
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    out, _ = _float_outputs(path, x)
+    np.testing.assert_allclose(out[0], ort_reference(path, {"x": x})[0], atol=1e-5, rtol=0)
+
+
+def test_a_domain_declared_at_two_opsets_is_refused_by_name(tmp_path):
+    path = _opset_11_unsqueeze(tmp_path / "two.onnx", [helper.make_opsetid("", 11), helper.make_opsetid("", 13)])
+    with pytest.raises(ModelLoadError, match="declares the opset of domain 'ai.onnx' twice, as 11 and 13"):
+        load_onnx(path)
+
+
 def _loop_model(path):
     """As the SLANet table recognizer: a Loop whose body reads tensors of the main graph (a constant and an Identity's
     output) that nothing else in the main graph reads; the image input goes through a padded conv first."""

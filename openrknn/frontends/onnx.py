@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import onnx
 from onnx import version_converter
@@ -75,6 +75,22 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     except Exception as e:
         raise ModelLoadError(f"reading the external weights of '{path}' failed ({type(e).__name__}: "
                              f"{str(e)[:200]}); check that the data files beside it are complete") from None
+
+
+def _merge_opset_imports(model: onnx.ModelProto, path: Path, notes: List[str]) -> None:
+    """One entry per domain: onnx.compose.merge_models writes the default domain twice (once as '', once unset),
+    which onnxruntime reads as one but onnx's version converter upgrades only one of."""
+    seen: Dict[str, int] = {}
+    for imp in model.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        if domain in seen and seen[domain] != imp.version:
+            raise ModelLoadError(f"'{path}' declares the opset of domain '{domain or 'ai.onnx'}' twice, as "
+                                 f"{seen[domain]} and {imp.version}; re-export or merge the model with one opset")
+        seen[domain] = imp.version
+    if len(seen) < len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in seen.items())
+        notes.append("the opset imports listed a domain twice (as onnx.compose writes them): merged")
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -358,6 +374,7 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     path = Path(path)
     model = _read(path)
     notes: List[str] = []
+    _merge_opset_imports(model, path, notes)
     opset = _default_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelLoadError(f"'{path}' uses opset {opset}; supported are {MIN_OPSET}..{MAX_OPSET}. Re-export the "

@@ -254,17 +254,21 @@ def selection_tail(info: GraphInfo) -> Set[int]:
     for n in info.nodes:
         if n.op_type in SELECTION_OPS or any(t in selected for t in n.input):
             selected.update(o for o in n.output if o)
+
+    def tail_op(n) -> bool:  # yolov7's end2end export turns the boxes into corners by a constant 4x4 MatMul
+        return n.op_type in SELECTION_TAIL_OPS or (
+            n.op_type == "MatMul" and info.is_const(n.input[1]) and info.const(n.input[1]).size <= MAX_DECODE_WEIGHTS)
+
     for node in reversed(info.nodes):
         for t in node.output:
             if not t:
                 continue
             cons = info.consumers.get(t, [])
             ok[t] = (t in info.output_set or bool(cons)) and all(
-                info.nodes[c].op_type in SELECTION_TAIL_OPS and all(ok.get(o, False) for o in info.nodes[c].output if o)
-                for c in cons)
+                tail_op(info.nodes[c]) and all(ok.get(o, False) for o in info.nodes[c].output if o) for c in cons)
             selects[t] = any(info.nodes[c].op_type in SELECTION_OPS or
                              any(selects.get(o, False) for o in info.nodes[c].output if o) for c in cons)
-    return {i for i, n in enumerate(info.nodes) if n.op_type in SELECTION_TAIL_OPS and n.output and
+    return {i for i, n in enumerate(info.nodes) if tail_op(n) and n.output and
             all(ok.get(o, False) for o in n.output if o) and
             (n.op_type in SELECTION_OPS or any(selects.get(o, False) or o in selected for o in n.output if o))}
 

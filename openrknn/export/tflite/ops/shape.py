@@ -276,8 +276,7 @@ def _gather(ctx, node, kind: str, act=None) -> str:
     if not ctx.g.is_const(node.input[1]):
         if kind == "f" and (ctx.g.is_const(node.input[0]) or ctx.g.quant_const(node.input[0]) is not None):
             return _lookup(ctx, node)
-        raise NotSupportedError(f"export-tflite: {layer} gathers with computed indices from a computed tensor; only "
-                                "constant indices, or ids into a constant table, are exported")
+        return _picked(ctx, node, layer)
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     axis = attr(node, "axis", 0) % rank
@@ -298,6 +297,23 @@ def _gather(ctx, node, kind: str, act=None) -> str:
 
 register("Gather", int8=lambda c, n, a: _gather(c, n, "q"), float=lambda c, n: _gather(c, n, "f"),
          int8_ok=_gather_ok)
+
+
+def _picked(ctx, node, layer: str) -> str:
+    """Gather at computed positions from a computed tensor (the rows an NMS kept, at a flat index the graph works
+    out) -> GATHER on the tensor in the model's own order of dims, in its own type (float, or integer ids)."""
+    v = ctx.value(node.input[0])
+    src = ctx.view(node.input[0], "f", False, layer) if len(v.shape) == 4 else ctx.f_of(node.input[0], layer)
+    idx = ctx.f_of(node.input[1], layer)
+    if np.dtype(idx.dtype) not in (np.int32, np.int64):
+        raise NotSupportedError(f"export-tflite: {layer} gathers at {np.dtype(idx.dtype).name} positions; TFLite's "
+                                "GATHER takes int32 or int64")
+    axis = attr(node, "axis", 0) % len(v.shape)
+    out = _like(ctx, src, node.output[0], ctx.out_shape(node.output[0]))
+    ctx.m.add_op("GATHER", [src, idx], [out], ("GatherOptions", {"Axis": axis, "BatchDims": 0}), layer=layer)
+    ctx.values[node.output[0]] = Value(tuple(out.shape), f=out)
+    return ("at computed positions, which must not be negative (TFLite's GATHER reads no index from the end; the "
+            "interpreter stops with an error on one)")
 
 
 def _gather_nd(ctx, node, kind: str, act=None) -> str:
