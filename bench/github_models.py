@@ -11,6 +11,9 @@ repositories (Apache-2.0 or MIT, as each says):
   sqrt(objectness x class), NonMaxSuppression, the kept rows gathered: one [K, 7] output whose length depends on
   the image; NARUTO-HandSignDetection). The metric: the float model's detections (score >= 0.3) found again with
   the same class and IoU >= 0.5, and the extra ones.
+- end2end: not a download: the shared COCO YOLOX-nano with the "end2end" tail yolov7-style exporters write for
+  onnxruntime (boxes to corners by a 4x4 MatMul, the best class per box, class-offset boxes into one NMS, the kept
+  rows read back by advanced indexing), made with torch (openrknn.testing.yolov7_end2end); the same metric.
 - person_detector: a one-class YOLOX (192x192, raw head output; MOT-Tracking-by-Detection-Pipeline), decoded as
   openrknn's YOLOX path decodes; the same metric.
 - edges: LDC, a dense edge detector (640x360, five side outputs and their fusion, ConvTranspose, an InstanceNorm
@@ -253,6 +256,22 @@ def nms_inside(cache: Path, work: Path) -> list:
 
     return _detector_row(model(cache, "nms_inside"), "YOLOX-nano hand signs with its decode and NMS inside (416, "
                          "[K, 7] out", 416, dets, work, litert_by_detections=True)
+
+
+def end2end(cache: Path, work: Path) -> list:
+    """The shared COCO YOLOX-nano with the end2end tail yolov7-style exporters write for onnxruntime (class-offset
+    boxes, one NMS, the kept rows read back by advanced indexing; openrknn.testing.yolov7_end2end)."""
+    from arrivals import SHARED
+
+    from openrknn.testing import yolov7_end2end
+
+    path = yolov7_end2end(SHARED.parent / "models" / "yolox_nano_coco.onnx", work / "end2end.onnx")
+
+    def dets(out):  # rows: batch, x1, y1, x2, y2, class, score
+        return [(int(r[5]), r[1:5]) for r in np.asarray(out).reshape(-1, 7) if r[6] >= 0.3]
+
+    return _detector_row(path, "COCO YOLOX-nano with a yolov7-style end2end tail (416; class-offset boxes, one NMS, "
+                         "advanced-indexing Gathers; [K, 7] out", 416, dets, work, litert_by_detections=True)
 
 
 def person_detector(cache: Path, work: Path) -> list:
@@ -1721,7 +1740,7 @@ def super_resolution(cache: Path, work: Path) -> list:
     return cells
 
 
-ROWS = (nms_inside, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
+ROWS = (nms_inside, end2end, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
         face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement,
         super_resolution)

@@ -35,3 +35,67 @@ def spawn_server(args: Sequence[str] = (), env: Optional[dict] = None, timeout: 
                                f"first line {line!r}); run `{' '.join(cmd)}` by hand to see why")
     port = int(line.split("listening on ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
     return proc, port
+
+
+def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80):
+    """A YOLOX head with an "end2end" tail as yolov7-style exporters (export.py --end2end, for onnxruntime)
+    write it with torch: decode, boxes to corners by a constant 4x4 MatMul, the best class per box (ReduceMax,
+    ArgMax), each class's boxes moved apart by class x 640 so one NMS keeps classes apart, NonMaxSuppression, then
+    the kept rows read back by advanced indexing (Shape / Gather / Flatten / Mul / Add index arithmetic): one
+    [K, 7] output = batch, x1, y1, x2, y2, class, score. ``head_path``: a YOLOX raw head ([1, N, 5 + classes]);
+    the tail is exported with torch's TorchScript exporter and joined with onnx.compose. Returns ``out_path``."""
+    import os
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import compose, helper
+
+    class NMS(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, boxes, scores, limit, iou, score_min):
+            return torch.zeros(4, 3, dtype=torch.int64)  # export traces the shape only
+
+        @staticmethod
+        def symbolic(g, boxes, scores, limit, iou, score_min):
+            return g.op("NonMaxSuppression", boxes, scores, limit, iou, score_min)
+
+    class Tail(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            grids, strides = [], []
+            for stride in (8, 16, 32):
+                side = size // stride
+                gy, gx = np.mgrid[:side, :side]
+                grids.append(np.stack([gx.ravel(), gy.ravel()], 1))
+                strides.append(np.full((side * side, 1), float(stride)))
+            self.register_buffer("grid", torch.tensor(np.concatenate(grids)[None], dtype=torch.float32))
+            self.register_buffer("stride", torch.tensor(np.concatenate(strides)[None], dtype=torch.float32))
+            self.register_buffer("corners", torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [-.5, 0, .5, 0],
+                                                          [0, -.5, 0, .5]], dtype=torch.float32))
+
+        def forward(self, x):
+            xy = (x[:, :, :2] + self.grid) * self.stride
+            wh = torch.exp(x[:, :, 2:4]) * self.stride
+            boxes = torch.cat([xy, wh], 2) @ self.corners
+            scores = x[:, :, 5:] * x[:, :, 4:5]
+            best, cls = scores.max(2, keepdim=True)
+            kept = NMS.apply(boxes + cls.float() * 640, best.transpose(1, 2).contiguous(), torch.tensor([100]),
+                             torch.tensor([0.45]), torch.tensor([0.3]))
+            b, i = kept[:, 0], kept[:, 2]
+            return torch.cat([b.unsqueeze(1).float(), boxes[b, i, :], cls[b, i, :].float(), best[b, i, :]], 1)
+
+    boxes = sum((size // s) ** 2 for s in (8, 16, 32))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.onnx.export(Tail(), torch.rand(1, boxes, 5 + classes), os.path.join(tmp, "tail.onnx"),
+                          input_names=["raw"], output_names=["dets"], opset_version=11, dynamo=False,
+                          dynamic_axes={"dets": {0: "K"}})
+        head, tail = onnx.load(str(head_path)), onnx.load(os.path.join(tmp, "tail.onnx"))
+    tail.ir_version = head.ir_version
+    model = compose.merge_models(head, tail, io_map=[(head.graph.output[0].name, "raw")])
+    opsets = {o.domain: o.version for o in model.opset_import}  # one entry per domain, as one exporter writes it
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+    onnx.save(model, str(out_path))
+    return out_path

@@ -10,7 +10,6 @@ length depends on the image). The real COCO YOLOX-nano with that tail appended h
 from __future__ import annotations
 
 import glob
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from openrknn.testing import yolov7_end2end
 from openrknn.vision.letterbox import letterbox
 from openrknn.vision.nms import box_iou
 
@@ -166,61 +166,6 @@ def test_the_outputs_compared_are_what_the_nms_reads(setup):
     assert comparable_outputs(graph) == ["scores"]  # no selection: the outputs themselves
 
 
-def _end2end(head_path: Path, folder: Path) -> Path:
-    """The COCO YOLOX-nano with an "end2end" tail as yolov7-style exporters (export.py --end2end, for onnxruntime)
-    write it with torch: decode, boxes to corners by a constant 4x4 MatMul, the best class per box (ReduceMax,
-    ArgMax), each class's boxes moved apart by class x 640 so one NMS keeps classes apart, NonMaxSuppression, then
-    the kept rows read back by advanced indexing (Shape / Gather / Flatten / Mul / Add index arithmetic): one
-    [K, 7] output = batch, x1, y1, x2, y2, class, score."""
-    import torch
-    from onnx import compose
-
-    class NMS(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, boxes, scores, limit, iou, score_min):
-            return torch.zeros(4, 3, dtype=torch.int64)  # export traces the shape only
-
-        @staticmethod
-        def symbolic(g, boxes, scores, limit, iou, score_min):
-            return g.op("NonMaxSuppression", boxes, scores, limit, iou, score_min)
-
-    class Tail(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            grids, strides = [], []
-            for stride in (8, 16, 32):
-                side = SIZE // stride
-                gy, gx = np.mgrid[:side, :side]
-                grids.append(np.stack([gx.ravel(), gy.ravel()], 1))
-                strides.append(np.full((side * side, 1), float(stride)))
-            self.register_buffer("grid", torch.tensor(np.concatenate(grids)[None], dtype=torch.float32))
-            self.register_buffer("stride", torch.tensor(np.concatenate(strides)[None], dtype=torch.float32))
-            self.register_buffer("corners", torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [-.5, 0, .5, 0],
-                                                          [0, -.5, 0, .5]], dtype=torch.float32))
-
-        def forward(self, x):
-            xy = (x[:, :, :2] + self.grid) * self.stride
-            wh = torch.exp(x[:, :, 2:4]) * self.stride
-            boxes = torch.cat([xy, wh], 2) @ self.corners
-            scores = x[:, :, 5:] * x[:, :, 4:5]
-            best, cls = scores.max(2, keepdim=True)
-            kept = NMS.apply(boxes + cls.float() * 640, best.transpose(1, 2).contiguous(), torch.tensor([100]),
-                             torch.tensor([0.45]), torch.tensor([0.3]))
-            b, i = kept[:, 0], kept[:, 2]
-            return torch.cat([b.unsqueeze(1).float(), boxes[b, i, :], cls[b, i, :].float(), best[b, i, :]], 1)
-
-    torch.onnx.export(Tail(), torch.rand(1, 3549, 5 + CLASSES), str(folder / "tail.onnx"), input_names=["raw"],
-                      output_names=["dets"], opset_version=11, dynamo=False, dynamic_axes={"dets": {0: "K"}})
-    head, tail = onnx.load(str(head_path)), onnx.load(str(folder / "tail.onnx"))
-    tail.ir_version = head.ir_version
-    model = compose.merge_models(head, tail, io_map=[(head.graph.output[0].name, "raw")])
-    opsets = {o.domain: o.version for o in model.opset_import}  # one entry per domain, as one exporter writes it
-    del model.opset_import[:]
-    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
-    onnx.save(model, str(folder / "end2end.onnx"))
-    return folder / "end2end.onnx"
-
-
 def test_a_yolov7_style_end2end_detector_builds_int8_and_exports_whole(real_data, setup):
     """Its class offsets put the NMS's boxes at up to 51,200 pixels: quantized, one step was 200 pixels and the
     int8 build kept 52 of 119 float detections with 529 extra. The whole tail after the head stays float, as with
@@ -232,7 +177,7 @@ def test_a_yolov7_style_end2end_detector_builds_int8_and_exports_whole(real_data
     from openrknn.runtime.tflite_runner import TfliteRunner
 
     d, held, _ = setup
-    path = _end2end(real_data("models/yolox_nano_coco.onnx"), d)
+    path = yolov7_end2end(real_data("models/yolox_nano_coco.onnx"), d / "end2end.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     as_rows = lambda o: np.concatenate([o[:, 5:7], o[:, 1:5]], 1)  # noqa: E731  (class, score, box) as _kept reads
     ref = [as_rows(sess.run(None, {"images": x.transpose(2, 0, 1)[None].astype(np.float32)})[0]) for x in held]
