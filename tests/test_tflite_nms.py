@@ -15,8 +15,10 @@ from openrknn.api import RKNN
 
 
 def _nms_model(batches: int, classes: int, boxes: int, center: int, score_threshold, limit: int,
-               computed_limit: bool = False, tail_from_end: bool = False) -> onnx.ModelProto:
-    """boxes [B, N, 4] and scores [B, C, N] in; the kept rows out as [K, 6] = class, score, the four box values."""
+               computed_limit: bool = False, tail_from_end: bool = False, split: bool = False,
+               reduced: bool = False) -> onnx.ModelProto:
+    """boxes [B, N, 4] and scores [B, C, N] in; the kept rows out as [K, 6] = class, score, the four box values.
+    ``split``: the columns of the kept rows taken by one Split (torch's unbind) instead of three Slices."""
     n = helper.make_node
     inits = [numpy_helper.from_array(np.asarray([limit], np.int64), "limit"),
              numpy_helper.from_array(np.asarray([0.5], np.float32), "iou")]
@@ -33,9 +35,10 @@ def _nms_model(batches: int, classes: int, boxes: int, center: int, score_thresh
         nodes += [n("ReduceMax", ["scores"], ["smax"], keepdims=0), n("Reshape", ["smax", "s1"], ["smax1"]),
                   n("Add", ["smax1", "one"], ["lim_f"]), n("Cast", ["lim_f"], ["limit_c"], to=TensorProto.INT64)]
     nodes += [n("NonMaxSuppression", ins, ["sel"], center_point_box=center),
-              n("Slice", ["sel", "s0", "s1", "ax1"], ["sel_b"]),
-              n("Slice", ["sel", "s1", "s2", "ax1"], ["sel_c"]),
-              n("Slice", ["sel", "s2", "big", "ax1"], ["sel_i"]),          # to the end, as exporters write it
+              *([n("Split", ["sel"], ["sel_b", "sel_c", "sel_i"], axis=1)] if split else
+                [n("Slice", ["sel", "s0", "s1", "ax1"], ["sel_b"]),
+                 n("Slice", ["sel", "s1", "s2", "ax1"], ["sel_c"]),
+                 n("Slice", ["sel", "s2", "big", "ax1"], ["sel_i"])]),     # to the end, as exporters write it
               n("Concat", ["sel_b", "sel_i"], ["sel_bi"], axis=1),
               n("GatherND", ["boxes", "sel_bi"], ["kept_boxes"]),
               n("GatherND", ["scores", "sel"], ["kept_scores"]),
@@ -46,6 +49,9 @@ def _nms_model(batches: int, classes: int, boxes: int, center: int, score_thresh
     if tail_from_end:  # every row but the last: a slice of the run-time length from its end
         nodes.append(n("Slice", ["rows", "s0", "m1", "ax0"], ["all_but_last"]))
         out = "all_but_last"
+    if reduced:  # the rows' largest values: an op whose export here needs a fixed length
+        nodes.append(n("ReduceMax", ["rows"], ["largest"], axes=[0], keepdims=1))
+        out = "largest"
     graph = helper.make_graph(nodes, "nms", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT,
                                                                            [batches, boxes, 4]),
                                              helper.make_tensor_value_info("scores", TensorProto.FLOAT,
@@ -87,19 +93,20 @@ def _built(tmp_path: Path, model: onnx.ModelProto, shape: tuple, seed: int = 0):
     return tmp_path / "nms.rknn", rng
 
 
-@pytest.mark.parametrize("shape, score_threshold, limit", [
-    ((1, 3, 40, 1), 0.3, 10),       # centre boxes, a score threshold, at most 10 per class
-    ((2, 2, 30, 0), None, 100),     # two images, corner boxes, no threshold, a limit above the box count
-    ((1, 1, 25, 0), 0.9, 5),        # one class, a high threshold: a few kept
-    ((1, 1, 25, 0), 1.0, 5),        # nothing above the threshold: no rows at all
+@pytest.mark.parametrize("shape, score_threshold, limit, split", [
+    ((1, 3, 40, 1), 0.3, 10, False),     # centre boxes, a score threshold, at most 10 per class
+    ((1, 3, 40, 1), 0.3, 10, True),      # the same, its rows' columns split apart (the last row once went missing)
+    ((2, 2, 30, 0), None, 100, False),   # two images, corner boxes, no threshold, a limit above the box count
+    ((1, 1, 25, 0), 0.9, 5, False),      # one class, a high threshold: a few kept
+    ((1, 1, 25, 0), 1.0, 5, False),      # nothing above the threshold: no rows at all
 ])
-def test_nms_exports_and_litert_keeps_the_simulators_rows(tmp_path, shape, score_threshold, limit):
+def test_nms_exports_and_litert_keeps_the_simulators_rows(tmp_path, shape, score_threshold, limit, split):
     from openrknn.export.tflite import export_tflite_bytes
     from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
-    path, rng = _built(tmp_path, _nms_model(*shape, score_threshold, limit), shape)
+    path, rng = _built(tmp_path, _nms_model(*shape, score_threshold, limit, split=split), shape)
     pkg = read_package(path)
     data, report = export_tflite_bytes(pkg, input_dtype="float32")
     batches, classes = shape[:2]
@@ -134,6 +141,7 @@ def test_the_kept_rows_have_a_run_time_length_in_the_file(tmp_path):
 @pytest.mark.parametrize("kwargs, said", [
     ({"computed_limit": True}, "takes a computed max_output_boxes_per_class"),
     ({"tail_from_end": True}, "whose length is known only when the model runs, from its end"),
+    ({"reduced": True}, "(ReduceMax) computes on a tensor whose length is known only when the model runs"),
 ])
 def test_what_the_nms_export_refuses_is_named(tmp_path, kwargs, said, rknn_log, logged_errors):
     shape = (1, 2, 20, 0)

@@ -35,6 +35,11 @@ INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", 
 # ops whose second input is integer positions: int8 when the data (the first input) is an int8 point
 INDEXED = frozenset({"GatherND", "GatherElements"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
+# ops whose lowering takes a length known only when the model runs (an NMS's rows: -1 in the shape), writing no
+# constant from that length; any other op on such a tensor is refused rather than given a wrong constant
+RUN_TIME_LENGTH_OPS = frozenset({"NonMaxSuppression", "Slice", "Split", "Concat", "Reshape", "Flatten", "Squeeze",
+                                 "Unsqueeze", "Cast", "Gather", "GatherND", "Add", "Sub", "Mul", "Div", "Identity",
+                                 "QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass
@@ -62,8 +67,9 @@ def nhwc_shape(shape: Sequence[int]) -> Tuple[int, ...]:
 
 
 def same_memory(shape: Sequence[int]) -> bool:
-    """Whether N,C,H,W and N,H,W,C orders of this shape are the same bytes (C == 1 or H*W == 1)."""
-    return len(shape) == 4 and (shape[1] == 1 or shape[2] * shape[3] == 1)
+    """Whether N,C,H,W and N,H,W,C orders of this shape are the same bytes (C == 1 or H*W == 1); never for a
+    run-time length (-1)."""
+    return len(shape) == 4 and min(shape) > 0 and (shape[1] == 1 or shape[2] * shape[3] == 1)
 
 
 class Lowerer:
@@ -353,6 +359,12 @@ class Lowerer:
         if rule is None:
             raise NotSupportedError(f"export-tflite: layer '{layer}' is an ONNX {node.op_type}, which this exporter "
                                     f"has no TFLite form for (supported: {', '.join(sorted(self.rules))})")
+        if node.op_type not in RUN_TIME_LENGTH_OPS and any(
+                d < 0 for t in list(node.input) + list(node.output) if t for d in (self.g.shape(t) or ())):
+            raise NotSupportedError(f"export-tflite: layer '{layer}' ({node.op_type}) computes on a tensor whose "
+                                    "length is known only when the model runs (after an NMS); its TFLite form "
+                                    f"here needs a fixed one (ops that take it: "
+                                    f"{', '.join(sorted(RUN_TIME_LENGTH_OPS))})")
         acts = self.activation_inputs(node)
         act_node = self.fused_activation(node) if rule.fuses_activation else None
         outs = [act_node.output[0]] if act_node is not None else [o for o in node.output if o]

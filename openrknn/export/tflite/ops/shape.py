@@ -210,23 +210,29 @@ def _split(ctx, node, kind: str, act=None) -> str:
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     axis = attr(node, "axis", 0) % rank
+    if v.shape[axis] < 0:
+        raise NotSupportedError(f"export-tflite: {layer} splits axis {axis}, whose length is known only when the "
+                                "model runs")
     sizes = _split_sizes(ctx, node, v.shape[axis])
     src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
     nhwc = v.nhwc
     start = 0
+    whole = [d < 0 for d in v.shape]   # a run-time length: taken whole (TFLite's end mask)
     for out_name, size in zip(node.output, sizes):
-        begin, end = [0] * rank, list(v.shape)
+        begin, end = [0] * rank, [max(d, 0) for d in v.shape]
         begin[axis], end[axis] = start, start + size
         start += size
         if not out_name:
             continue
+        mask = whole
         if nhwc:
-            begin, end = [begin[i] for i in TO_NHWC], [end[i] for i in TO_NHWC]
+            begin, end, mask = ([x[i] for i in TO_NHWC] for x in (begin, end, whole))
+        end_mask = sum(1 << i for i, m in enumerate(mask) if m)
         shape = ctx.out_shape(out_name)
         out = _like(ctx, src, out_name, nhwc_shape(shape) if nhwc else shape)
         consts = [ctx.m.add_const(ctx._tname(n), np.asarray(x, np.int32)) for n, x in
                   (("begin", begin), ("end", end), ("strides", [1] * rank))]
-        ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {}),
+        ctx.m.add_op("STRIDED_SLICE", [src] + consts, [out], ("StridedSliceOptions", {"EndMask": end_mask}),
                      version=2 if kind == "q" else 1, layer=layer)
         if kind == "q":
             t = ctx.requantize(out, ctx.out_point(out_name), layer, "TFLite's int8 STRIDED_SLICE keeps its input "
@@ -281,6 +287,9 @@ def _gather(ctx, node, kind: str, act=None) -> str:
     rank = len(v.shape)
     axis = attr(node, "axis", 0) % rank
     idx = np.asarray(ctx.g.const(node.input[1]), np.int64)
+    if v.shape[axis] < 0 and (idx < 0).any():
+        raise NotSupportedError(f"export-tflite: {layer} gathers from the end of axis {axis}, whose length is known "
+                                "only when the model runs")
     idx = np.where(idx < 0, idx + v.shape[axis], idx).astype(np.int32)
     nhwc = v.nhwc and rank == 4 and idx.ndim == 1
     src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
