@@ -14,6 +14,7 @@ repositories (Apache-2.0 or MIT, as each says):
 - end2end: not a download: the shared COCO YOLOX-nano with the "end2end" tail yolov7-style exporters write for
   onnxruntime (boxes to corners by a 4x4 MatMul, the best class per box, class-offset boxes into one NMS, the kept
   rows read back by advanced indexing), made with torch (openrknn.testing.yolov7_end2end); the same metric.
+  end2end_per_class: the variant other forks write (one NMS over every class's scores, the rows unbound).
 - person_detector: a one-class YOLOX (192x192, raw head output; MOT-Tracking-by-Detection-Pipeline), decoded as
   openrknn's YOLOX path decodes; the same metric.
 - edges: LDC, a dense edge detector (640x360, five side outputs and their fusion, ConvTranspose, an InstanceNorm
@@ -272,6 +273,23 @@ def end2end(cache: Path, work: Path) -> list:
 
     return _detector_row(path, "COCO YOLOX-nano with a yolov7-style end2end tail (416; class-offset boxes, one NMS, "
                          "advanced-indexing Gathers; [K, 7] out", 416, dets, work, litert_by_detections=True)
+
+
+def end2end_per_class(cache: Path, work: Path) -> list:
+    """The same with the per-class variant of that tail (an NMS over all 80 classes' scores, unbind)."""
+    from arrivals import SHARED
+
+    from openrknn.testing import yolov7_end2end
+
+    path = yolov7_end2end(SHARED.parent / "models" / "yolox_nano_coco.onnx", work / "end2end_pc.onnx",
+                          per_class=True)
+
+    def dets(out):  # rows: batch, x1, y1, x2, y2, class, score
+        return [(int(r[5]), r[1:5]) for r in np.asarray(out).reshape(-1, 7) if r[6] >= 0.3]
+
+    return _detector_row(path, "the same with the per-class variant of that tail (an NMS over [1, 80, N] scores, "
+                         "its rows unbound, each score read at (batch, class, box); [K, 7] out", 416, dets, work,
+                         litert_by_detections=True)
 
 
 def person_detector(cache: Path, work: Path) -> list:
@@ -1740,7 +1758,8 @@ def super_resolution(cache: Path, work: Path) -> list:
     return cells
 
 
-ROWS = (nms_inside, end2end, person_detector, edges, keypoints, segmentation, reid, faces, fastest, line_segments,
+ROWS = (nms_inside, end2end, end2end_per_class, person_detector, edges, keypoints, segmentation, reid, faces,
+        fastest, line_segments,
         gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
         face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement,
         super_resolution)

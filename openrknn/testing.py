@@ -37,13 +37,15 @@ def spawn_server(args: Sequence[str] = (), env: Optional[dict] = None, timeout: 
     return proc, port
 
 
-def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80):
+def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80, per_class: bool = False):
     """A YOLOX head with an "end2end" tail as yolov7-style exporters (export.py --end2end, for onnxruntime)
     write it with torch: decode, boxes to corners by a constant 4x4 MatMul, the best class per box (ReduceMax,
     ArgMax), each class's boxes moved apart by class x 640 so one NMS keeps classes apart, NonMaxSuppression, then
     the kept rows read back by advanced indexing (Shape / Gather / Flatten / Mul / Add index arithmetic): one
-    [K, 7] output = batch, x1, y1, x2, y2, class, score. ``head_path``: a YOLOX raw head ([1, N, 5 + classes]);
-    the tail is exported with torch's TorchScript exporter and joined with onnx.compose. Returns ``out_path``."""
+    [K, 7] output = batch, x1, y1, x2, y2, class, score. ``per_class``: the variant other forks write (an NMS
+    over every class's scores [1, C, N], its rows split apart by unbind, each row's score read back at
+    (batch, class, box)). ``head_path``: a YOLOX raw head ([1, N, 5 + classes]); the tail is exported with
+    torch's TorchScript exporter and joined with onnx.compose. Returns ``out_path``."""
     import os
     import tempfile
 
@@ -80,6 +82,12 @@ def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80):
             wh = torch.exp(x[:, :, 2:4]) * self.stride
             boxes = torch.cat([xy, wh], 2) @ self.corners
             scores = x[:, :, 5:] * x[:, :, 4:5]
+            if per_class:
+                by_class = scores.transpose(1, 2).contiguous()
+                b, c, i = NMS.apply(boxes, by_class, torch.tensor([100]), torch.tensor([0.45]),
+                                    torch.tensor([0.3])).unbind(1)
+                return torch.cat([b.unsqueeze(1).float(), boxes[b, i, ...], c.unsqueeze(1).float(),
+                                  by_class[b, c, i].unsqueeze(1)], 1)
             best, cls = scores.max(2, keepdim=True)
             kept = NMS.apply(boxes + cls.float() * 640, best.transpose(1, 2).contiguous(), torch.tensor([100]),
                              torch.tensor([0.45]), torch.tensor([0.3]))
