@@ -1759,8 +1759,8 @@ def super_resolution(cache: Path, work: Path) -> list:
 
 
 ROWS = (nms_inside, end2end, end2end_per_class, person_detector, edges, keypoints, segmentation, reid, faces,
-        fastest, line_segments,
-        gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement, v8_faces,
+        fastest, line_segments, gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement,
+        v8_faces,
         face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement,
         super_resolution)
 
