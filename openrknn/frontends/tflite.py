@@ -27,6 +27,7 @@ from ..errors import ModelLoadError
 from . import LoadedModel, file_sha256
 from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, activation, const_for_layout,
                       same_pads)
+from .tflite_detection import detection_postprocess
 from .tflite_sparse import densify, read_sparsity
 
 log = logging.getLogger("openrknn.frontends.tflite")
@@ -367,7 +368,8 @@ def _transpose_conv_bias(r: _Reader, op, ins, outs, layer):
     r.put(outs[0], y, "nchw")
 
 
-_CUSTOM_OPS = {"Convolution2DTransposeBias": _transpose_conv_bias}
+_CUSTOM_OPS = {"Convolution2DTransposeBias": _transpose_conv_bias,
+               "TFLite_Detection_PostProcess": detection_postprocess}
 
 
 def _fully_connected(r: _Reader, op, ins, outs, layer):

@@ -325,6 +325,24 @@ def _picked(ctx, node, layer: str) -> str:
             "interpreter stops with an error on one)")
 
 
+def _shape(ctx, node) -> str:
+    """Shape of a tensor whose length is known only when the model runs (the number of rows an NMS kept; any other
+    shape the build folded into a constant) -> TFLite's SHAPE, in the ONNX order of dims."""
+    layer = layer_name(node)
+    if attr(node, "start", 0) != 0 or attr(node, "end") is not None:
+        raise NotSupportedError(f"export-tflite: {layer} takes part of a shape (start / end); only whole shapes of "
+                                "run-time lengths are exported")
+    v = ctx.value(node.input[0])
+    src = ctx.view(node.input[0], "f", False, layer) if len(v.shape) == 4 else ctx.f_of(node.input[0], layer)
+    out = ctx.m.add_tensor(ctx._tname(node.output[0]), (len(v.shape),), np.int64)
+    ctx.m.add_op("SHAPE", [src], [out], ("ShapeOptions", {"OutType": 4}), layer=layer)   # 4: INT64, as ONNX's
+    ctx.set_f(node.output[0], out)
+    return "the run-time shape"
+
+
+register("Shape", float=_shape)
+
+
 def _gather_nd(ctx, node, kind: str, act=None) -> str:
     """GatherND (batch_dims 0) at computed indices (a pose model picks its peak cells so) -> GATHER_ND on the tensor
     in the model's own order of dims; int8 keeps the input's scale."""
