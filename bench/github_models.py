@@ -15,6 +15,9 @@ repositories (Apache-2.0 or MIT, as each says):
   onnxruntime (boxes to corners by a 4x4 MatMul, the best class per box, class-offset boxes into one NMS, the kept
   rows read back by advanced indexing), made with torch (openrknn.testing.yolov7_end2end); the same metric.
   end2end_per_class: the variant other forks write (one NMS over every class's scores, the rows unbound).
+- ssd_pets, ssd_pets_b: two quantized SSD MobileNet pet detectors (37 breeds) as TensorFlow's object detection API
+  exports them for TFLite (uint8 300x300 in; TFLite_Detection_PostProcess: the anchor decode and NMS as one custom
+  op; mmmwembe/pet-ai-detector, gmikels/cloud-cmle-mobilenet); against LiteRT on the file, the same metric.
 - person_detector: a one-class YOLOX (192x192, raw head output; MOT-Tracking-by-Detection-Pipeline), decoded as
   openrknn's YOLOX path decodes; the same metric.
 - edges: LDC, a dense edge detector (640x360, five side outputs and their fusion, ConvTranspose, an InstanceNorm
@@ -93,6 +96,8 @@ REPOS = {
     "purego": ("Kazuhito00/onnx-purego-interpreter", "7681e2537da1e608969cb054b2b4e4c004002d68"),
     "apne": ("Kazuhito00/Audio-Processing-Node-Editor", "f82bafe9d3e0050d9ca3d9b4ab0e5f9e70eaf01b"),
     "espcn": ("SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler", "901e83e1b3a25165293849627011628d8f3100ec"),
+    "pets_a": ("mmmwembe/pet-ai-detector", "9e71790244a4ea7c2b3d7cabcff51635b1de4d24"),
+    "pets_b": ("gmikels/cloud-cmle-mobilenet", "bda23a9bd89fab08a874797b957b6e8f029c3f56"),
 }
 CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input side, scale, RGB, what it is
     ("yoloface-50k", "yoloface", "caffemodel/yoloface-50k.prototxt", "caffemodel/yoloface-50k.caffemodel",
@@ -118,6 +123,8 @@ FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nanodet": ("mot", "Detector/nanodet/model/nanodet_m_320.onnx", "88e9fb97a54bb003"),
     "lstr": ("lstr", "lstr_360x640.onnx", "a36f5368c53ff01e"),
     "movenet": ("movenet", "tflite/lite-model_movenet_singlepose_lightning_tflite_int8_4.tflite", "cd7cc22fa946e5d1"),
+    "ssd_pets_a": ("pets_a", "detect.tflite", "c6f9425c06358457"),
+    "ssd_pets_b": ("pets_b", "detect.tflite", "7e60c3c2ea49233b"),
     "rfb": ("ultralight", "models/onnx/version-RFB-640.onnx", "8f4c659275977e7a"),
     "yunet": ("yunet", "onnx/yunet_s_640_640.onnx", "8f2383e4dd3cfbb4"),
     "pairlie": ("lowlight", "weights/pairlie_240x320.onnx", "0413bbe9a7010414"),
@@ -783,6 +790,72 @@ def pose(cache: Path, work: Path) -> list:
             cells.append(_litert(r, held[:4], work))
         r.release()
     return cells
+
+
+def _ssd_row(path: Path, what: str, work: Path) -> list:
+    """A quantized SSD from TensorFlow's object detection API (uint8 300x300 in, TFLite_Detection_PostProcess out:
+    boxes, classes, scores, count), fed the shared images resized as its pipeline resizes them. The reference is
+    LiteRT on the file; the float column keeps the file's scales (build(do_quantization=False)), the w8a8 column
+    is openrknn's own requantization. The metric: LiteRT's detections at score >= 0.5 found again (same class,
+    IoU >= 0.5), and the extra ones."""
+    from openrknn.api import RKNN
+
+    pics = [np.ascontiguousarray(p) for p in images(["coco", "imagenet", "misc"], (300, 300))]
+    calib, held = pics[0::2][:16], pics[1::2]
+
+    def found(outs, thr=0.5):  # boxes [1, D, 4] ymin xmin ymax xmax, classes, scores, count
+        boxes, cls, score, n = (np.asarray(o) for o in outs)
+        return [(int(cls.ravel()[k]), boxes.reshape(-1, 4)[k][[1, 0, 3, 2]]) for k in range(int(n.ravel()[0]))
+                if score.ravel()[k] >= thr]
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    feed, outs = it.get_input_details()[0]["index"], [o["index"] for o in it.get_output_details()]
+    refs = []
+    for p in held:
+        it.set_tensor(feed, p[None])
+        it.invoke()
+        refs.append(found([it.get_tensor(o) for o in outs]))
+    for k, p in enumerate(calib):
+        np.save(work / f"ssd{k}.npy", p)
+    (work / "ds.txt").write_text("".join(f"ssd{k}.npy\n" for k in range(len(calib))))
+    cells = [f"{what}; {len(held)} images, {sum(map(len, refs))} detections of LiteRT on the file at 0.5)"]
+    for quantize in (False, True):
+        r = RKNN(verbose=False)
+        assert r.config(target_platform="rk3588") == 0
+        assert r.load_tflite(str(path)) == 0, r.last_error
+        assert r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) == 0, r.last_error
+        assert r.init_runtime() == 0
+        ours = [found(r.inference(inputs=[p])) for p in held]
+        cells.append(_kept_cell(refs, ours))
+        if quantize:
+            job = {"loader": "tflite", "do_quantization": False, "mean": [128] * 3, "std": [128] * 3}
+            said, vouts = _vendor(path, job, [p[None] for p in calib], [p[None] for p in held], work)
+            cells[-1] += "; " + said + ("" if vouts is None else ": " + _kept_cell(
+                refs, [found([o[k] for k in range(4)]) for o in vouts]))
+            out = work / "ssd.tflite"
+            if r.export_tflite(str(out)) != 0:
+                cells.append(f"export refused: {str(r.last_error)[:100]}")
+            else:
+                from openrknn.runtime.tflite_runner import TfliteRunner
+
+                runner = TfliteRunner(str(out), delegate=None)
+                cells.append("LiteRT against the simulator's: " + _kept_cell(
+                    ours, [found(runner.run([p])) for p in held]))
+        r.release()
+    return cells
+
+
+def ssd_pets(cache: Path, work: Path) -> list:
+    return _ssd_row(model(cache, "ssd_pets_a"), "SSD MobileNet pet detector, quantized TFLite with "
+                    "TFLite_Detection_PostProcess (300, 37 breeds, its decode and NMS inside; pet-ai-detector", work)
+
+
+def ssd_pets_b(cache: Path, work: Path) -> list:
+    return _ssd_row(model(cache, "ssd_pets_b"), "another SSD MobileNet pet detector, trained on a Cloud TPU (300, 37 "
+                    "breeds; cloud-cmle-mobilenet", work)
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list:
@@ -1758,11 +1831,10 @@ def super_resolution(cache: Path, work: Path) -> list:
     return cells
 
 
-ROWS = (nms_inside, end2end, end2end_per_class, person_detector, edges, keypoints, segmentation, reid, faces,
-        fastest, line_segments, gfl_detector, lanes, pose, light_faces, yunet, gestures, caffe_faces, enhancement,
-        v8_faces,
-        face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates, converted, detr, speech_enhancement,
-        super_resolution)
+ROWS = (nms_inside, end2end, end2end_per_class, ssd_pets, ssd_pets_b, person_detector, edges, keypoints,
+        segmentation, reid, faces, fastest, line_segments, gfl_detector, lanes, pose, light_faces, yunet, gestures,
+        caffe_faces, enhancement, v8_faces, face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates,
+        converted, detr, speech_enhancement, super_resolution)
 
 
 def main() -> None:

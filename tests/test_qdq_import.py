@@ -52,7 +52,7 @@ def _normalised(img):
     return ((img.transpose(0, 3, 1, 2).astype(np.float32) - MEAN) / STD).astype(np.float32)
 
 
-def _qdq(tmp_path: Path, activation: str = "QUInt8") -> Path:
+def _qdq(tmp_path: Path, activation: str = "QUInt8", weight: str = "QInt8", per_channel: bool = True) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -62,9 +62,10 @@ def _qdq(tmp_path: Path, activation: str = "QUInt8") -> Path:
         def get_next(self):
             return next(self.it, None)
 
-    out = tmp_path / f"q_{activation}.onnx"
+    out = tmp_path / f"q_{activation}_{weight}.onnx"
     quantize_static(str(_float_model(tmp_path / "f.onnx")), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8)
+                    per_channel=per_channel, activation_type=getattr(QuantType, activation),
+                    weight_type=getattr(QuantType, weight))
     return out
 
 
@@ -95,6 +96,41 @@ def test_qdq_onnx_keeps_its_scales(tmp_path, activation):
     np.save(tmp_path / "a.npy", _pixels(1, 9)[0][0])
     assert r.accuracy_analysis(inputs=[str(tmp_path / "a.npy")], output_dir=str(tmp_path / "snap")) == 0
     assert any((tmp_path / "snap").iterdir())
+    r.release()
+
+
+def test_asymmetric_uint8_weights_keep_their_integers_on_a_symmetric_target(tmp_path, rknn_log):
+    """onnxruntime's U8U8 (and old uint8 TFLite) weights: per tensor, with a zero point. RK3588's weights are
+    symmetric, so each output channel whose integers less the zero point fit [-127, 127] keeps the source's scale
+    and those integers exactly; only the others are rounded anew. (Rounding them all anew cost a QAT-trained SSD
+    6 of its 20 detections.)"""
+    path = _qdq(tmp_path, "QUInt8", "QUInt8", per_channel=False)
+    source = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in source.graph.initializer}
+    r = RKNN()
+    assert r.config(mean_values=[MEAN] * 3, std_values=[STD] * 3, target_platform="rk3588") == 0
+    assert r.load_onnx(str(path)) == 0
+    with rknn_log.at_level(logging.INFO, logger="openrknn"):
+        assert r.build(do_quantization=False) == 0
+    said = [rec.getMessage() for rec in rknn_log.records if "on the source's own scale" in rec.getMessage()]
+    assert len(said) == 4
+    package = {t.name: numpy_helper.to_array(t) for t in r._build.model.graph.initializer}
+    exact = 0
+    for dq in (n for n in source.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.uint8):
+        q, scale, zp = (inits[i] for i in dq.input)
+        ints = q.astype(np.int64) - int(zp)
+        ours = next(n for n in r._build.model.graph.node if n.op_type == "DequantizeLinear"
+                    and n.output[0].startswith(dq.output[0].split("_DequantizeLinear")[0]))
+        our_q, our_scale = package[ours.input[0]].astype(np.int64), np.ravel(package[ours.input[1]])
+        axis = 1 if q.shape[0] != our_scale.size else 0   # Gemm's weight is [out, in] read as MatMul's [in, out]
+        for c in range(our_scale.size):
+            src_c, our_c = np.take(ints, c, axis=axis), np.take(our_q, c, axis=axis)
+            if np.abs(src_c).max() <= 127:
+                assert our_scale[c] == pytest.approx(float(scale), rel=1e-6)
+                np.testing.assert_array_equal(our_c, src_c)
+                exact += 1
+    assert exact >= 20
     r.release()
 
 

@@ -217,6 +217,7 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
                       requantized_pre_activations=requantizes_pre_activations(None, dtype))
     points = set(plan.points)
     weights = {w.w: w for w in plan.weighted}
+    values = {t.name: t for t in float_model.graph.initializer}
     fixed: Dict[str, tuple] = {}
     changes: List[str] = []
     fed = {m["name"] for m in metas or [] if m.get("preprocess") is not None}
@@ -249,8 +250,15 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
                            f"quantized_method='{method}')")
             continue
         if scheme.weight.symmetric and np.any(p.zero_point != 0):
-            changes.append(f"'{name}': asymmetric weights (zero point {p.zero_point[:3].tolist()}...) re-derived "
-                           f"symmetric, as {dtype} requires")
+            on_grid = _symmetric_on_source_grid(values.get(name), p, weights[name].axis, scheme.weight, method)
+            if on_grid is None:
+                changes.append(f"'{name}': asymmetric weights (zero point {p.zero_point[:3].tolist()}...) re-derived "
+                               f"symmetric, as {dtype} requires")
+                continue
+            fixed[name], kept = on_grid
+            changes.append(f"'{name}': asymmetric weights made symmetric, as {dtype} requires, on the source's own "
+                           f"scale in {kept} of {fixed[name][0].size} channels (their integers less the zero point, "
+                           "exactly); the others' scale from their largest weight")
             continue
         zp = p.zero_point
         if p.dtype == "uint8" and scheme.weight.signed:
@@ -266,6 +274,33 @@ def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant
             fixed[relu.input[0]] = fixed[name]
     changes += _share_group_scales(fixed, plan, scheme.act)
     return fixed, changes, wanted
+
+
+def _symmetric_on_source_grid(tensor, p: SourceQuant, axis: int, fmt, method: str):
+    """Asymmetric source weights (old uint8 TFLite and onnxruntime U8U8 models, often trained with their fake
+    quantization) for a target whose weights are symmetric: each output channel whose integers less the zero point
+    fit the symmetric range keeps the source's scale, so its weights are exactly the source's; any other channel
+    gets the scale of its largest weight, as a fresh quantization would. ((scales, zero points), channels kept) or
+    None (per tensor with some channel out of range, or weights it cannot read)."""
+    if tensor is None:
+        return None
+    w = numpy_helper.to_array(tensor).astype(np.float64)
+    if w.ndim == 0 or p.zero_point.size > 1 and p.zero_point.size != w.shape[axis]:
+        return None
+    chans = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    src = np.broadcast_to(np.asarray(p.scale, np.float64).reshape(-1), (chans.shape[0],)) if p.scale.size in (
+        1, chans.shape[0]) else None
+    if src is None:
+        return None
+    ints = np.round(chans / src[:, None])
+    fits = (ints.min(axis=1) >= fmt.qmin) & (ints.max(axis=1) <= fmt.qmax)
+    largest = np.abs(chans).max(axis=1)
+    scales = np.where(fits, src, np.maximum(largest, np.finfo(np.float32).tiny) / fmt.qmax)
+    if method != "channel":
+        if not fits.all() or np.unique(src).size > 1:
+            return None
+        scales = src[:1]
+    return (scales.astype(np.float64), np.zeros(scales.size, np.int64)), int(fits.sum())
 
 
 def _share_group_scales(fixed: Dict[str, tuple], plan, fmt) -> List[str]:
