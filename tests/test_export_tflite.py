@@ -393,6 +393,39 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
 
 
+def test_a_slice_at_positions_the_image_decides_is_refused_by_name(tmp_path, rknn_log, logged_errors):
+    """A crop whose start row is computed from the picture (its brightest value / 64): the output's height is known
+    only when the model runs, and TFLite's STRIDED_SLICE here takes constant positions. Refused, naming the layer,
+    and nothing is written (a non-constant start once reached an onnx error about an UNDEFINED element type)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+             helper.make_node("Div", ["peak", "sixty_four"], ["row_f"]),
+             helper.make_node("Floor", ["row_f"], ["row_floor"]),
+             helper.make_node("Cast", ["row_floor"], ["row"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["row", "one"], ["starts"]),
+             helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["crop"], name="crop_rows")]
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
+             numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
+             numpy_helper.from_array(np.float32(64.0), "sixty_four"),
+             numpy_helper.from_array(np.asarray([1], np.int64), "one"),
+             numpy_helper.from_array(np.asarray([H], np.int64), "ends"),
+             numpy_helper.from_array(np.asarray([2], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "crop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("crop", TensorProto.FLOAT, [1, 4, "h", W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "crop.onnx"))
+    rknn = RKNN()
+    assert rknn.config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], target_platform="rk3588") == 0
+    assert rknn.load_onnx(str(tmp_path / "crop.onnx")) == 0
+    assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
+    assert rknn.export_tflite(str(tmp_path / "crop.tflite")) == -1
+    assert "crop_rows takes computed start positions" in logged_errors(rknn_log)[-1]
+    assert not (tmp_path / "crop.tflite").exists()
+    rknn.release()
+
+
 def _split_graph(path: Path) -> Path:
     """Conv, then Split into two channel groups read by their own convs (NanoDet's head pattern), a MaxPool whose
     explicit pads TFLite's SAME/VALID cannot express (a PADV2 with the int8 minimum), Concat."""

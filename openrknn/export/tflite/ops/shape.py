@@ -143,11 +143,11 @@ def _slice(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
     v = ctx.value(node.input[0])
     rank = len(v.shape)
-    starts = [int(s) for s in np.asarray(ctx.g.const(node.input[1])).reshape(-1)]
-    ends = [int(e) for e in np.asarray(ctx.g.const(node.input[2])).reshape(-1)]
-    axes = [int(a) % rank for a in np.asarray(ctx.g.const(node.input[3])).reshape(-1)] \
+    starts = [int(s) for s in _constant(ctx, node, 1, "start positions").reshape(-1)]
+    ends = [int(e) for e in _constant(ctx, node, 2, "end positions").reshape(-1)]
+    axes = [int(a) % rank for a in _constant(ctx, node, 3, "axes").reshape(-1)] \
         if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-    steps = [int(s) for s in np.asarray(ctx.g.const(node.input[4])).reshape(-1)] \
+    steps = [int(s) for s in _constant(ctx, node, 4, "steps").reshape(-1)] \
         if len(node.input) > 4 and node.input[4] else [1] * len(starts)
     if any(s == 0 for s in steps):
         raise NotSupportedError(f"export-tflite: {layer} slices with step 0, which ONNX does not allow")
