@@ -102,8 +102,8 @@ def test_qdq_onnx_keeps_its_scales(tmp_path, activation):
 def test_asymmetric_uint8_weights_keep_their_integers_on_a_symmetric_target(tmp_path, rknn_log):
     """onnxruntime's U8U8 (and old uint8 TFLite) weights: per tensor, with a zero point. RK3588's weights are
     symmetric, so each output channel whose integers less the zero point fit [-127, 127] keeps the source's scale
-    and those integers exactly; only the others are rounded anew. (Rounding them all anew cost a QAT-trained SSD
-    6 of its 20 detections.)"""
+    and those integers exactly; only the others are rounded anew. (Rounding them all anew, a QAT-trained SSD kept 13
+    of LiteRT's 20 detections.)"""
     path = _qdq(tmp_path, "QUInt8", "QUInt8", per_channel=False)
     source = onnx.load(path)
     inits = {t.name: numpy_helper.to_array(t) for t in source.graph.initializer}
