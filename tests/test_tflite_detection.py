@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_samples
 from openrknn.api import RKNN
 from openrknn.errors import ModelLoadError
 
@@ -98,17 +99,11 @@ def test_its_w8a8_build_exports_and_litert_agrees_with_the_simulator(tmp_path):
 
     path = _write(tmp_path / "ssd_tail.tflite", _options())
     rng = np.random.default_rng(2)
-    lines = []
-    for k in range(6):
-        enc, logits = _sample(rng)
-        np.save(tmp_path / f"e{k}.npy", enc)
-        np.save(tmp_path / f"l{k}.npy", logits)
-        lines.append(f"e{k}.npy l{k}.npy")
-    (tmp_path / "ds.txt").write_text("\n".join(lines) + "\n")
+    dataset = write_samples(tmp_path, [tuple(_sample(rng)) for _ in range(6)], ("e", "l"))
     rk = RKNN()
     assert rk.config(target_platform="rk3588") == 0
     assert rk.load_tflite(str(path)) == 0, rk.last_error
-    assert rk.build(do_quantization=True, dataset=str(tmp_path / "ds.txt")) == 0, rk.last_error
+    assert rk.build(do_quantization=True, dataset=str(dataset)) == 0, rk.last_error
     assert rk.export_rknn(str(tmp_path / "ssd_tail.rknn")) == 0
     assert rk.export_tflite(str(tmp_path / "export.tflite"), input_dtype="float32") == 0, rk.last_error
     rk.release()

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_samples
 from openrknn.api import RKNN
 
 
@@ -76,18 +77,12 @@ def _built(tmp_path: Path, model: onnx.ModelProto, shape: tuple, seed: int = 0):
     """The model built w8a8 for rk3588 from four random samples: (package path, rng for more samples)."""
     rng = np.random.default_rng(seed)
     onnx.save(model, str(tmp_path / "nms.onnx"))
-    lines = []
-    for k in range(4):
-        b, s = _sample(rng, *shape)
-        np.save(tmp_path / f"b{k}.npy", b)
-        np.save(tmp_path / f"s{k}.npy", s)
-        lines.append(f"b{k}.npy s{k}.npy")
-    (tmp_path / "dataset.txt").write_text("\n".join(lines) + "\n")
+    dataset = write_samples(tmp_path, [tuple(_sample(rng, *shape)) for _ in range(4)], ("b", "s"))
     rknn = RKNN()
     assert rknn.config(target_platform="rk3588") == 0
     assert rknn.load_onnx(str(tmp_path / "nms.onnx")) == 0, rknn.last_error
     # an NMS reading the graph inputs: nothing before it that the float model computes too (range choice skips)
-    assert rknn.build(do_quantization=True, dataset=str(tmp_path / "dataset.txt")) == 0, rknn.last_error
+    assert rknn.build(do_quantization=True, dataset=str(dataset)) == 0, rknn.last_error
     assert rknn.export_rknn(str(tmp_path / "nms.rknn")) == 0
     rknn.release()
     return tmp_path / "nms.rknn", rng
