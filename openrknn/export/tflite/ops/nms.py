@@ -41,7 +41,7 @@ def _corners(ctx, boxes, n_boxes: int, name: str, layer: str):
         return out
     centre, size = part(0, "centre"), part(2, "size")
     half = ctx.float_binary("MUL", size, ctx.m.add_const(ctx._tname("half"), np.asarray(0.5, np.float32)),
-                      f"{name}/half", layer)
+                            f"{name}/half", layer)
     low = ctx.float_binary("SUB", centre, half, f"{name}/low", layer)
     high = ctx.float_binary("ADD", centre, half, f"{name}/high", layer)
     return ctx.float_op("CONCATENATION", [low, high], (n_boxes, 4), f"{name}/corners", layer,
