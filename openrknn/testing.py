@@ -45,8 +45,8 @@ def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80, per_
     [K, 7] output = batch, x1, y1, x2, y2, class, score. ``per_class``: the variant other forks write (an NMS
     over every class's scores [1, C, N], its rows split apart by unbind, each row's score read back at
     (batch, class, box)). ``head_path``: a YOLOX raw head ([1, N, 5 + classes]) at opset 11, as the shared
-    YOLOX-nano; the tail is exported at that opset with
-    torch's TorchScript exporter and joined with onnx.compose. Returns ``out_path``."""
+    YOLOX-nano; the tail is exported at that opset with torch's TorchScript exporter and joined with onnx.compose.
+    Returns ``out_path``."""
     import os
     import tempfile
 
