@@ -393,36 +393,69 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999
 
 
-def test_a_slice_at_positions_the_image_decides_is_refused_by_name(tmp_path, rknn_log, logged_errors):
-    """A crop whose start row is computed from the picture (its brightest value / 64): the output's height is known
-    only when the model runs, and TFLite's STRIDED_SLICE here takes constant positions. Refused, naming the layer,
-    and nothing is written (a non-constant start once reached an onnx error about an UNDEFINED element type)."""
+def _picture_sized(op: str, mode: str = "reflect") -> onnx.ModelProto:
+    """x -> conv -> a crop (Slice) of the rows from `amount` on, or a border (Pad, ``mode``) of `amount` rows above
+    and below and one column at the right, where amount = floor(brightest value in [0, 1] / 0.25)."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
-             helper.make_node("Div", ["peak", "sixty_four"], ["row_f"]),
+             helper.make_node("Div", ["peak", "quarter"], ["row_f"]),
              helper.make_node("Floor", ["row_f"], ["row_floor"]),
              helper.make_node("Cast", ["row_floor"], ["row"], to=TensorProto.INT64),
-             helper.make_node("Reshape", ["row", "one"], ["starts"]),
-             helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["crop"], name="crop_rows")]
+             helper.make_node("Reshape", ["row", "one"], ["amount"])]
+    if op == "Slice":   # rows from `amount` on
+        nodes.append(helper.make_node("Slice", ["c", "amount", "ends", "axes"], ["y"], name="crop_rows"))
+    else:               # `amount` rows reflected above and below, one column at the right
+        nodes += [helper.make_node("Concat", ["zeros2", "amount", "zero1", "zeros2", "amount", "one"], ["pads"],
+                                   axis=0),
+                  helper.make_node("Pad", ["c", "pads"], ["y"], name="border_rows", mode=mode)]
     inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * .4).astype(np.float32), "w"),
              numpy_helper.from_array(np.full(4, .1, np.float32), "b"),
-             numpy_helper.from_array(np.float32(64.0), "sixty_four"),
+             numpy_helper.from_array(np.float32(0.25), "quarter"),
              numpy_helper.from_array(np.asarray([1], np.int64), "one"),
+             numpy_helper.from_array(np.asarray([0], np.int64), "zero1"),
+             numpy_helper.from_array(np.asarray([0, 0], np.int64), "zeros2"),
              numpy_helper.from_array(np.asarray([H], np.int64), "ends"),
              numpy_helper.from_array(np.asarray([2], np.int64), "axes")]
-    graph = helper.make_graph(nodes, "crop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
-                              [helper.make_tensor_value_info("crop", TensorProto.FLOAT, [1, 4, "h", W])], inits)
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "h", "w"])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "crop.onnx"))
+    return model
+
+
+@pytest.mark.parametrize("op", ["Slice", "Pad"])
+def test_a_crop_or_border_the_picture_decides_exports(tmp_path, op):
+    """A crop (Slice) or a reflected border (Pad) whose size the picture decides (_picture_sized): the output's size
+    is known only when the model runs. STRIDED_SLICE / MIRROR_PAD take their positions as tensors gathered into the
+    stored order of dims, and LiteRT gives the simulator's output at each size. (Before, a Slice at computed
+    positions reached an onnx error about an UNDEFINED element type.)"""
+    from openrknn.runtime.simulator import Simulator
+    from openrknn.runtime.tflite_runner import TfliteRunner
+
+    pkg, data, report = _w8a8_tflite(_picture_sized(op), tmp_path, op)
+    assert {"Slice": "STRIDED_SLICE", "Pad": "MIRROR_PAD"}[op] in report.tflite_ops
+    sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
+    rng, heights = np.random.default_rng(4), set()
+    for peak in (40, 100, 200, 255):   # the amount: 0, 1, 3, and 3 or 4 (its int8 range may stop short of 4)
+        img = np.clip(rng.normal(20, 8, (1, H, W, 3)), 0, 255).astype(np.uint8)
+        img[0, 3, 5, 1] = peak
+        ours, theirs = sim.run([img])[0], runner.run([img])[0]
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)
+        heights.add(ours.shape[2])
+    assert len(heights) >= 3
+
+
+def test_an_edge_border_the_picture_decides_is_refused_by_name(tmp_path, rknn_log, logged_errors):
     rknn = RKNN()
-    assert rknn.config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], target_platform="rk3588") == 0
-    assert rknn.load_onnx(str(tmp_path / "crop.onnx")) == 0
+    onnx.save(_picture_sized("Pad", "edge"), str(tmp_path / "edge.onnx"))
+    assert rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588") == 0
+    assert rknn.load_onnx(str(tmp_path / "edge.onnx")) == 0
     assert rknn.build(dataset=str(_dataset(tmp_path))) == 0
-    assert rknn.export_tflite(str(tmp_path / "crop.tflite")) == -1
-    assert "crop_rows takes computed start positions" in logged_errors(rknn_log)[-1]
-    assert not (tmp_path / "crop.tflite").exists()
+    assert rknn.export_tflite(str(tmp_path / "edge.tflite")) == -1
+    assert "border_rows pads by computed amounts in mode 'edge'" in logged_errors(rknn_log)[-1]
+    assert not (tmp_path / "edge.tflite").exists()
     rknn.release()
 
 

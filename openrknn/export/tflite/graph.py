@@ -85,10 +85,17 @@ class QdqGraph:
                 self.shapes.setdefault(vi.name, tuple(int(d.dim_value) if d.HasField("dim_value") else -1
                                                       for d in vi.type.tensor_type.shape.dim))
 
+    def positions_computed(self, node: onnx.NodeProto) -> bool:
+        """A Slice or Pad whose positions the graph computes (a crop or border its inputs decide)."""
+        at = {"Slice": (1, 2), "Pad": (1,)}.get(node.op_type, ())
+        return any(k < len(node.input) and node.input[k] and not self.is_const(node.input[k]) for k in at)
+
     def run_time_length(self) -> set:
-        """Tensors computed from an NMS's selection, whose length depends on the image."""
+        """Tensors computed from an NMS's selection, or cut / padded at computed positions: their lengths depend
+        on the input."""
         if not hasattr(self, "_run_time_length"):
-            todo = [o for n in self.nodes if n.op_type in LENGTH_OPS for o in n.output if o]
+            todo = [o for n in self.nodes if n.op_type in LENGTH_OPS or self.positions_computed(n)
+                    for o in n.output if o]
             seen = set(todo)
             while todo:
                 for reader in self.consumers.get(todo.pop(), []):

@@ -31,7 +31,7 @@ TO_NCHW = (0, 3, 1, 2)
 INT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Equal", "Cast", "Gather",
                      "GatherND", "Split", "Concat", "Not", "And", "Or", "Xor", "Where", "Add", "Sub", "Mul", "Div",
                      "Mod", "Max", "Min", "Clip", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Tile",
-                     "GatherElements", "Slice", "NonMaxSuppression", "Shape"})
+                     "GatherElements", "Slice", "NonMaxSuppression", "Shape", "Pad"})
 # ops whose second input is integer positions: int8 when the data (the first input) is an int8 point
 INDEXED = frozenset({"GatherND", "GatherElements"})
 BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
@@ -39,7 +39,7 @@ BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions",
 # constant from that length; any other op on such a tensor is refused rather than given a wrong constant
 RUN_TIME_LENGTH_OPS = frozenset({"NonMaxSuppression", "Slice", "Split", "Concat", "Reshape", "Flatten", "Squeeze",
                                  "Unsqueeze", "Cast", "Gather", "GatherND", "Add", "Sub", "Mul", "Div", "Identity",
-                                 "QuantizeLinear", "DequantizeLinear", "Shape"})
+                                 "QuantizeLinear", "DequantizeLinear", "Shape", "Pad"})
 
 
 @dataclass

@@ -192,6 +192,8 @@ def _pad(ctx, node) -> str:
     layer = layer_name(node)
     mode = attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
+    if ctx.g.positions_computed(node):
+        return _pad_at_computed(ctx, node, mode, layer)
     if mode not in ("constant", "reflect", "edge") or not ctx.g.is_const(node.input[1]) or \
             (len(node.input) > 3 and node.input[3]):
         raise NotSupportedError(f"export-tflite: {layer} is a Pad mode={mode!r} or with computed pads / axes; only "
@@ -221,6 +223,43 @@ def _pad(ctx, node) -> str:
         ctx.m.add_op("PADV2", [x, paddings, ctx.m.add_const(ctx._tname("pad_value"), np.float32(value).reshape(()))],
                      [out])
     return ""
+
+
+def _pad_at_computed(ctx, node, mode: str, layer: str) -> str:
+    """A Pad whose pads the graph computes (a border its inputs decide), constant or reflect -> PAD / PADV2 /
+    MIRROR_PAD with a paddings tensor in the stored order of dims; the output's size is known only when the model
+    runs. A constant input (a mask of ones the graph pads) is written as a constant in the same layout."""
+    from .shape import positions
+
+    if mode not in ("constant", "reflect") or (len(node.input) > 3 and node.input[3]):
+        raise NotSupportedError(f"export-tflite: {layer} pads by computed amounts in mode {mode!r}"
+                                f"{' over given axes' if len(node.input) > 3 and node.input[3] else ''}; only "
+                                "constant and reflect padding of every axis is exported there")
+    shape = ctx.out_shape(node.output[0])
+    rank = len(shape)
+    if ctx.g.is_const(node.input[0]):
+        nhwc = rank == 4
+        x = ctx.const_for(np.asarray(ctx.g.const(node.input[0]), np.float32), rank, nhwc, node.input[0])
+    else:
+        nhwc = ctx.value(node.input[0]).nhwc and rank == 4
+        x = ctx.f_of(node.input[0], layer)
+    order = list(TO_NHWC) if nhwc else list(range(rank))           # stored dim -> ONNX dim
+    take = [k for d in order for k in (d, d + rank)]                 # (before, after) per stored dim
+    flat = positions(ctx, node.input[1], take, layer)
+    paddings = ctx.m.add_tensor(ctx._tname("paddings"), (rank, 2), np.int32)
+    ctx.reshape(flat, paddings, layer)
+    out = ctx.out_f(node.output[0], nhwc)
+    value = 0.0
+    if mode == "constant" and len(node.input) > 2 and node.input[2]:
+        value = float(np.asarray(ctx.g.const(node.input[2])).reshape(()))
+    if mode == "reflect":
+        ctx.m.add_op("MIRROR_PAD", [x, paddings], [out], ("MirrorPadOptions", {"Mode": 0}), layer=layer)
+    elif value == 0.0:
+        ctx.m.add_op("PAD", [x, paddings], [out], layer=layer)
+    else:
+        ctx.m.add_op("PADV2", [x, paddings, ctx.m.add_const(ctx._tname("pad_value"), np.float32(value).reshape(()))],
+                     [out], layer=layer)
+    return "by amounts the graph computes; the output's size is known when the model runs"
 
 
 register("Pad", float=_pad)

@@ -141,6 +141,8 @@ register("Transpose", int8=lambda c, n, a: _transpose(c, n, "q"), float=lambda c
 # ----------------------------------------------------------------------------------------------------------- Slice
 def _slice(ctx, node, kind: str, act=None) -> str:
     layer = layer_name(node)
+    if ctx.g.positions_computed(node):
+        return _slice_at_computed(ctx, node, kind, layer)
     v = ctx.value(node.input[0])
     rank = len(v.shape)
     starts = [int(s) for s in _constant(ctx, node, 1, "start positions").reshape(-1)]
@@ -190,6 +192,65 @@ def _slice(ctx, node, kind: str, act=None) -> str:
 
 
 register("Slice", int8=lambda c, n, a: _slice(c, n, "q"), float=lambda c, n: _slice(c, n, "f"))
+
+
+def positions(ctx, name: str, take: list, layer: str):
+    """An int32 vector of computed (or constant) integer positions ``name`` picked in ``take`` order, where -1 in
+    ``take`` means 0 (a dim left alone): GATHER from [0, positions...], the int64 values clamped to int32 first."""
+    if ctx.g.is_const(name):
+        values = np.asarray(ctx.g.const(name), np.int64).reshape(-1)
+        full = np.concatenate([[0], np.clip(values, -2 ** 31, 2 ** 31 - 1)])
+        return ctx.m.add_const(ctx._tname(name), full[[k + 1 for k in take]].astype(np.int32))
+    src = ctx.f_of(name, layer)
+    if np.dtype(src.dtype) not in (np.int32, np.int64):
+        raise NotSupportedError(f"export-tflite: {layer} takes {np.dtype(src.dtype).name} positions; ONNX gives "
+                                "integer ones")
+    n = int(np.prod(src.shape))
+    if np.dtype(src.dtype) == np.int64:  # TFLite's slicing ops take int32: INT64_MAX ("to the end") kept as the most
+        lo, hi = (ctx.m.add_const(ctx._tname(t), np.asarray(v, np.int64)) for t, v in (("lo", -2 ** 31),
+                                                                                       ("hi", 2 ** 31 - 1)))
+        low = ctx.m.add_tensor(ctx._tname(name + "/hi"), (n,), np.int64)
+        ctx.m.add_op("MINIMUM", [src, hi], [low], layer=layer)
+        high = ctx.m.add_tensor(ctx._tname(name + "/lo"), (n,), np.int64)
+        ctx.m.add_op("MAXIMUM", [low, lo], [high], layer=layer)
+        src = ctx.m.add_tensor(ctx._tname(name + "/i32"), (n,), np.int32)
+        ctx.m.add_op("CAST", [high], [src], layer=layer)
+    joined = ctx.m.add_tensor(ctx._tname(name + "/with_zero"), (n + 1,), np.int32)
+    ctx.m.add_op("CONCATENATION", [ctx.m.add_const(ctx._tname("zero"), np.zeros(1, np.int32)), src], [joined],
+                 ("ConcatenationOptions", {"Axis": 0, "FusedActivationFunction": 0}), layer=layer)
+    out = ctx.m.add_tensor(ctx._tname(name + "/picked"), (len(take),), np.int32)
+    ctx.m.add_op("GATHER", [joined, ctx.m.add_const(ctx._tname("take"), np.asarray([k + 1 for k in take],
+                                                                                    np.int32))],
+                 [out], ("GatherOptions", {"Axis": 0, "BatchDims": 0}), layer=layer)
+    return out
+
+
+def _slice_at_computed(ctx, node, kind: str, layer: str) -> str:
+    """A Slice whose starts / ends the graph computes (a crop its inputs decide) -> STRIDED_SLICE with begin and end
+    tensors in the stored order of dims; the dims it leaves alone run whole (end mask). Its output's size is known
+    only when the model runs."""
+    v = ctx.value(node.input[0])
+    rank = len(v.shape)
+    n_axes = int(np.prod(ctx.g.shape(node.input[1]) or (0,)))
+    axes = [int(a) % rank for a in _constant(ctx, node, 3, "axes").reshape(-1)] \
+        if len(node.input) > 3 and node.input[3] else list(range(n_axes))
+    steps = _constant(ctx, node, 4, "steps").reshape(-1) if len(node.input) > 4 and node.input[4] else [1]
+    if any(int(s) != 1 for s in steps) or not axes:
+        raise NotSupportedError(f"export-tflite: {layer} slices at computed positions with steps {list(steps)}; "
+                                "only steps of 1 are exported there")
+    order = list(TO_NHWC) if v.nhwc else list(range(rank))       # stored dim -> ONNX dim
+    take = [axes.index(d) if d in axes else -1 for d in order]
+    begin = positions(ctx, node.input[1], take, layer)
+    end = positions(ctx, node.input[2], take, layer)
+    end_mask = sum(1 << i for i, k in enumerate(take) if k < 0)
+    src = v.q if kind == "q" else ctx.f_of(node.input[0], layer)
+    shape = ctx.out_shape(node.output[0])
+    out = _like(ctx, src, node.output[0], nhwc_shape(shape) if v.nhwc else shape)
+    ctx.m.add_op("STRIDED_SLICE", [src, begin, end, ctx.m.add_const(ctx._tname("strides"), np.ones(rank, np.int32))],
+                 [out], ("StridedSliceOptions", {"BeginMask": end_mask, "EndMask": end_mask}),
+                 version=2 if kind == "q" else 1, layer=layer)
+    _finish(ctx, node, kind, out, v.nhwc, layer, "TFLite's int8 STRIDED_SLICE keeps its input scale")
+    return "at positions the graph computes; the output's size is known when the model runs"
 
 
 # ----------------------------------------------------------------------------------------------------------- Split
