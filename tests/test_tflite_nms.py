@@ -17,7 +17,7 @@ from openrknn.api import RKNN
 
 def _nms_model(batches: int, classes: int, boxes: int, center: int, score_threshold, limit: int,
                computed_limit: bool = False, tail_from_end: bool = False, split: bool = False,
-               reduced: bool = False) -> onnx.ModelProto:
+               reduced: bool = False, scaled: bool = False) -> onnx.ModelProto:
     """boxes [B, N, 4] and scores [B, C, N] in; the kept rows out as [K, 6] = class, score, the four box values.
     ``split``: the columns of the kept rows taken by one Split (torch's unbind) instead of three Slices."""
     n = helper.make_node
@@ -50,6 +50,12 @@ def _nms_model(batches: int, classes: int, boxes: int, center: int, score_thresh
     if tail_from_end:  # every row but the last: a slice of the run-time length from its end
         nodes.append(n("Slice", ["rows", "s0", "m1", "ax0"], ["all_but_last"]))
         out = "all_but_last"
+    if scaled:  # the rows scaled per column, shifted and turned into columns, as post-processing tails do
+        inits += [numpy_helper.from_array(np.asarray([[1, 1, 2, 2, 3, 3]], np.float32), "per_column"),
+                  numpy_helper.from_array(np.asarray(0.5, np.float32), "shift")]
+        nodes += [n("Mul", ["rows", "per_column"], ["rows_scaled"]), n("Sub", ["rows_scaled", "shift"], ["shifted"]),
+                  n("Transpose", ["shifted"], ["columns"], perm=[1, 0])]
+        out = "columns"
     if reduced:  # the rows' largest values: an op whose export here needs a fixed length
         nodes.append(n("ReduceMax", ["rows"], ["largest"], axes=[0], keepdims=1))
         out = "largest"
@@ -57,7 +63,8 @@ def _nms_model(batches: int, classes: int, boxes: int, center: int, score_thresh
                                                                            [batches, boxes, 4]),
                                              helper.make_tensor_value_info("scores", TensorProto.FLOAT,
                                                                            [batches, classes, boxes])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["K", 6])], inits)
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [6, "K"] if scaled else
+                                                             ["K", 6])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -88,20 +95,21 @@ def _built(tmp_path: Path, model: onnx.ModelProto, shape: tuple, seed: int = 0):
     return tmp_path / "nms.rknn", rng
 
 
-@pytest.mark.parametrize("shape, score_threshold, limit, split", [
-    ((1, 3, 40, 1), 0.3, 10, False),     # centre boxes, a score threshold, at most 10 per class
-    ((1, 3, 40, 1), 0.3, 10, True),      # the same, its rows' columns split apart (the last row once went missing)
-    ((2, 2, 30, 0), None, 100, False),   # two images, corner boxes, no threshold, a limit above the box count
-    ((1, 1, 25, 0), 0.9, 5, False),      # one class, a high threshold: a few kept
-    ((1, 1, 25, 0), 1.0, 5, False),      # nothing above the threshold: no rows at all
+@pytest.mark.parametrize("shape, score_threshold, limit, tail", [
+    ((1, 3, 40, 1), 0.3, 10, {}),                # centre boxes, a score threshold, at most 10 per class
+    ((1, 3, 40, 1), 0.3, 10, {"split": True}),   # its rows' columns split apart (the last row once went missing)
+    ((1, 3, 40, 1), 0.3, 10, {"scaled": True}),  # the rows transposed, scaled and shifted after the NMS
+    ((2, 2, 30, 0), None, 100, {}),              # two images, corner boxes, no threshold, a limit above the box count
+    ((1, 1, 25, 0), 0.9, 5, {}),                 # one class, a high threshold: a few kept
+    ((1, 1, 25, 0), 1.0, 5, {}),                 # nothing above the threshold: no rows at all
 ])
-def test_nms_exports_and_litert_keeps_the_simulators_rows(tmp_path, shape, score_threshold, limit, split):
+def test_nms_exports_and_litert_keeps_the_simulators_rows(tmp_path, shape, score_threshold, limit, tail):
     from openrknn.export.tflite import export_tflite_bytes
     from openrknn.package import read_package
     from openrknn.runtime.simulator import Simulator
     from openrknn.runtime.tflite_runner import TfliteRunner
 
-    path, rng = _built(tmp_path, _nms_model(*shape, score_threshold, limit, split=split), shape)
+    path, rng = _built(tmp_path, _nms_model(*shape, score_threshold, limit, **tail), shape)
     pkg = read_package(path)
     data, report = export_tflite_bytes(pkg, input_dtype="float32")
     batches, classes = shape[:2]

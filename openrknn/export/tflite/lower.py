@@ -39,7 +39,7 @@ BINARY_OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions",
 # constant from that length; any other op on such a tensor is refused rather than given a wrong constant
 RUN_TIME_LENGTH_OPS = frozenset({"NonMaxSuppression", "Slice", "Split", "Concat", "Reshape", "Flatten", "Squeeze",
                                  "Unsqueeze", "Cast", "Gather", "GatherND", "Add", "Sub", "Mul", "Div", "Identity",
-                                 "QuantizeLinear", "DequantizeLinear", "Shape", "Pad"})
+                                 "QuantizeLinear", "DequantizeLinear", "Shape", "Pad", "Transpose"})
 
 
 @dataclass
