@@ -37,6 +37,19 @@ def spawn_server(args: Sequence[str] = (), env: Optional[dict] = None, timeout: 
     return proc, port
 
 
+def yolox_cells(size: int):
+    """YOLOX's anchor points at input ``size`` (strides 8, 16, 32), level after level: (cell x, y [1, N, 2], stride
+    [1, N, 1]), float32; a decode is (xy + cell) * stride and exp(wh) * stride."""
+    import numpy as np
+
+    cells, strides = [], []
+    for stride in (8, 16, 32):
+        gy, gx = np.mgrid[:size // stride, :size // stride]
+        cells.append(np.stack([gx.ravel(), gy.ravel()], 1))
+        strides.append(np.full((gx.size, 1), float(stride)))
+    return (np.concatenate(cells)[None].astype(np.float32), np.concatenate(strides)[None].astype(np.float32))
+
+
 def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80, per_class: bool = False):
     """A YOLOX head with an "end2end" tail as yolov7-style exporters (export.py --end2end, for onnxruntime)
     write it with torch: decode, boxes to corners by a constant 4x4 MatMul, the best class per box (ReduceMax,
@@ -50,7 +63,6 @@ def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80, per_
     import os
     import tempfile
 
-    import numpy as np
     import onnx
     import torch
     from onnx import compose, helper
@@ -67,14 +79,9 @@ def yolov7_end2end(head_path, out_path, size: int = 416, classes: int = 80, per_
     class Tail(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            grids, strides = [], []
-            for stride in (8, 16, 32):
-                side = size // stride
-                gy, gx = np.mgrid[:side, :side]
-                grids.append(np.stack([gx.ravel(), gy.ravel()], 1))
-                strides.append(np.full((side * side, 1), float(stride)))
-            self.register_buffer("grid", torch.tensor(np.concatenate(grids)[None], dtype=torch.float32))
-            self.register_buffer("stride", torch.tensor(np.concatenate(strides)[None], dtype=torch.float32))
+            grid, stride = yolox_cells(size)
+            self.register_buffer("grid", torch.tensor(grid))
+            self.register_buffer("stride", torch.tensor(stride))
             self.register_buffer("corners", torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [-.5, 0, .5, 0],
                                                           [0, -.5, 0, .5]], dtype=torch.float32))
 

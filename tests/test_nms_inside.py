@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from openrknn.testing import yolov7_end2end
+from openrknn.testing import yolov7_end2end, yolox_cells
 from openrknn.vision.letterbox import letterbox
 from openrknn.vision.nms import box_iou
 
@@ -28,18 +28,12 @@ pytestmark = pytest.mark.slow  # YOLOX-nano builds, LiteRT runs
 def with_post(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (one output [1, N, 5 + CLASSES]: box logits, objectness, class scores) with the decode and NMS
     appended: output [K, 6] = class, score, x1, y1, x2, y2 in input pixels."""
-    grids, strides = [], []
-    for s in (8, 16, 32):
-        side = SIZE // s
-        gy, gx = np.mgrid[:side, :side]
-        grids.append(np.stack([gx.ravel(), gy.ravel()], 1))
-        strides.append(np.full((side * side, 1), float(s)))
+    cells, strides = yolox_cells(SIZE)
     f32 = lambda a, name: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
     i64 = lambda a, name: numpy_helper.from_array(np.asarray(a, np.int64), name)  # noqa: E731
     g = model.graph
     raw = g.output[0].name
-    g.initializer.extend([f32(np.concatenate(grids)[None], "post_grid"), f32(np.concatenate(strides)[None],
-                                                                            "post_stride"),
+    g.initializer.extend([f32(cells, "post_grid"), f32(strides, "post_stride"),
                           f32(0.5, "post_half"), i64([0], "s0"), i64([2], "s2"), i64([4], "s4"), i64([5], "s5"),
                           i64([5 + CLASSES], "s_end"), i64([2], "axis2"), i64([1], "s1"), i64([3], "s3"),
                           i64([1], "axis1"), i64([100], "max_out"), f32([0.45], "iou"), f32([0.3], "score_thr"),
