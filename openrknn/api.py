@@ -187,6 +187,17 @@ class RKNN:
         return 0
 
     @_guarded()
+    def load_tfjs(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
+                  outputs: Optional[List[str]] = None) -> int:
+        """A TensorFlow.js graph model: its model.json, the .bin weight shards beside it. inputs/outputs default to
+        the graph's placeholders and the outputs its signature names; input_size_list to the placeholders' shapes
+        (give it where H or W is -1). Not in rknn-toolkit2's API."""
+        from .convert.loaders import load_tfjs
+
+        self._set_loaded(load_tfjs(model, inputs, input_size_list, outputs))
+        return 0
+
+    @_guarded()
     def load_rknn(self, path: str, load_model_in_npu: bool = False) -> int:
         """An openrknn .rknn; or a model only a board runs (a vendor .rknn: its NPU runtime; an int8 .tflite: LiteRT,
         which also runs here), for init_runtime(target, device_id) to upload."""
@@ -247,7 +258,7 @@ class RKNN:
         self._check_config()
         if self._loaded is None:
             raise RuntimeStateError("build() needs a model: call a loader first (load_onnx, load_pytorch, "
-                                    "load_tflite, load_darknet, load_caffe or load_tensorflow)"
+                                    "load_tflite, load_darknet, load_caffe, load_tensorflow or load_tfjs)"
                                     + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
         self._release_runtime()
         opts = BuildOptions(do_quantization=bool(do_quantization), dataset=dataset, pre_compile=bool(pre_compile),

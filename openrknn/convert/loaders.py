@@ -18,21 +18,22 @@ from ..frontends import LoadedModel
 PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
 ONNX_SUFFIXES = (".onnx",)
 KINDS = {**{s: "pytorch" for s in PYTORCH_SUFFIXES}, ".onnx": "onnx", ".tflite": "tflite", ".cfg": "darknet",
-         ".prototxt": "caffe", ".pb": "tensorflow", ".rknn": "rknn"}
+         ".prototxt": "caffe", ".pb": "tensorflow", ".json": "tfjs", ".rknn": "rknn"}
 WEIGHT_SUFFIXES = {"darknet": ".weights", "caffe": ".caffemodel"}  # the second file of two-file formats
 MODEL_SUFFIXES = tuple(KINDS)
 
 
 def model_kind(path: str | Path) -> str:
-    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow' or 'rknn' from the file name; ModelLoadError
-    for anything else."""
+    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs' or 'rknn' from the file name;
+    ModelLoadError for anything else."""
     suffix = Path(path).suffix.lower()
     if suffix in KINDS:
         return KINDS[suffix]
     hint = " (a Darknet model is loaded from its .cfg, a Caffe model from its .prototxt)" if suffix in (
         ".weights", ".caffemodel") else ""
     raise ModelLoadError(f"'{path}': unknown model type '{suffix}'{hint}; give a TorchScript .pt, an .onnx, a "
-                         ".tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb or an .rknn file")
+                         ".tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb, a TensorFlow.js "
+                         "model.json or an .rknn file")
 
 
 def weights_beside(path: str | Path, kind: str) -> Path:
@@ -124,6 +125,15 @@ def load_tensorflow(tf_pb: str | Path, inputs: Optional[List[str]], input_size_l
     return tf.load_tensorflow(tf_pb, inputs, input_size_list, outputs, input_is_nchw=input_is_nchw)
 
 
+def load_tfjs(model_json: str | Path, inputs: Optional[List[str]] = None, input_size_list=None,
+              outputs: Optional[List[str]] = None) -> LoadedModel:
+    """A TensorFlow.js graph model; inputs / outputs None: its placeholders and the outputs its signature names."""
+    from ..frontends.tfjs import load_tfjs as load
+
+    return _reloadable(load(model_json, inputs, input_size_list, outputs), load_tfjs, model_json, inputs=inputs,
+                       outputs=outputs)
+
+
 def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str]] = None,
                outputs: Optional[List[str]] = None, weights: Optional[str | Path] = None,
                input_initial_val=None) -> LoadedModel:
@@ -146,5 +156,7 @@ def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str
         return _cut(load_caffe(path, weights or weights_beside(path, kind), None, input_size_list), inputs, outputs)
     if kind == "tensorflow":
         return load_tensorflow(path, inputs, input_size_list, outputs)
+    if kind == "tfjs":
+        return load_tfjs(path, inputs, input_size_list, outputs)
     raise ModelLoadError(f"'{path}' is already an .rknn model; nothing to convert (use `openrknn info` or "
                          "`openrknn run` on it, or load_rknn() in Python)")

@@ -472,6 +472,88 @@ def _rsqrt(c: _Converter, node):
     _same_shape(c, node, node.input[0])
 
 
+def _prelu(c: _Converter, node):
+    x = c.value(node.input[0])
+    alpha = c.const(node.input[1])
+    if alpha is None:
+        raise UnsupportedLayer("TensorFlow", node.name, "Prelu with a slope computed at run time")
+    alpha = alpha.astype(np.float32)
+    if x.layout == "nchw":
+        alpha = const_for_layout(alpha, "nchw")[0]  # [C] or [1, 1, C] -> [C, 1, 1]: ONNX PRelu's slope broadcasts
+    c.put(node, c.b.node("PRelu", [x.name, c.b.const(alpha, f"{node.name}/slope")], node.name), x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _add_n(c: _Converter, node):
+    refs = [i for i in node.input if not i.startswith("^")]
+    vals = [c.value(r) for r in refs]
+    layout = "nchw" if any(v.layout == "nchw" for v in vals) else vals[0].layout
+    names = [c.value(r, layout if layout != "plain" else "any").name for r in refs]
+    y = names[0]
+    for k, other in enumerate(names[1:]):
+        y = c.b.node("Add", [y, other], node.name if k == len(names) - 2 else f"{node.name}/add{k}")
+    if len(names) == 1:
+        y = c.b.node("Identity", [y], node.name)
+    c.put(node, y, layout, max(v.rank for v in vals))
+    _same_shape(c, node, refs[0])
+
+
+def _pack(c: _Converter, node):
+    """Pack (tf.stack): each input gains the new axis, then one Concat along it (in the graph's own layout)."""
+    refs = [i for i in node.input if not i.startswith("^")]
+    known = [c.shapes.get(_tensor_name(r)) for r in refs]
+    rank = c.rank(refs[0]) + 1
+    axis = int(c.attr(node, "axis", 0)) % rank
+    parts = []
+    for k, r in enumerate(refs):
+        x = c.value(r, "nhwc")
+        parts.append(c.b.node("Unsqueeze", [x.name, c.b.const(np.array([axis], np.int64), f"{node.name}/axis{k}")],
+                              f"{node.name}/unsqueeze{k}"))
+    y = parts[0] if len(parts) == 1 else c.b.node("Concat", parts, f"{node.name}/concat", axis=axis)
+    y = c.b.node("Identity", [y], node.name)
+    c.put(node, y, "nhwc" if rank == 4 else "plain", rank)
+    if known[0] is not None:
+        c.shapes[f"{node.name}:0"] = list(known[0][:axis]) + [len(refs)] + list(known[0][axis:])
+
+
+# the ops grappler (and the TensorFlow.js converter) fuse after a conv or matmul: the op's extra inputs they read
+_FUSED_ARGS = {"BiasAdd": 1, "FusedBatchNorm": 4, "FusedBatchNormV3": 4, "Prelu": 1, "Add": 1, "AddV2": 1}
+_FUSED_UNARY = {"Relu", "Relu6", "Elu", "Sigmoid", "Tanh", "LeakyRelu"}
+
+
+def _fused(base: str):
+    """_FusedConv2D / FusedDepthwiseConv2dNative / _FusedMatMul: the base op, then each fused op in turn, as
+    separate nodes (the fused_ops attr lists them; their operands follow the base op's two inputs)."""
+    def handler(c: _Converter, node):
+        from .tf_schema import NodeDef
+
+        refs = [i for i in node.input if not i.startswith("^")]
+        args = refs[2:]
+        fused = list(c.attr(node, "fused_ops", []))
+        steps = [NodeDef(name=f"{node.name}/{base}", op=base, input=refs[:2])]
+        for k in node.attr:
+            if k not in ("fused_ops", "num_args", "epsilon", "leakyrelu_alpha"):
+                steps[0].attr[k].CopyFrom(node.attr[k])
+        for op in fused:
+            if op not in _FUSED_ARGS and op not in _FUSED_UNARY:
+                raise UnsupportedLayer("TensorFlow", node.name, f"{node.op} fusing {op}")
+            n_args = _FUSED_ARGS.get(op, 0)
+            if len(args) < n_args:
+                raise ModelLoadError(f"'{node.name}' ({node.op}) fuses {fused} but has too few operands for {op}")
+            step = NodeDef(name=f"{node.name}/{op}", op=op, input=[steps[-1].name] + args[:n_args])
+            args = args[n_args:]
+            if op.startswith("FusedBatchNorm"):
+                step.attr["epsilon"].f = float(c.attr(node, "epsilon", 1e-3))
+            if op == "LeakyRelu":
+                step.attr["alpha"].f = float(c.attr(node, "leakyrelu_alpha", 0.2))
+            steps.append(step)
+        steps[-1].name = node.name  # the last step is what other nodes read
+        for step in steps:
+            c.nodes[step.name] = step
+            _OPS[step.op](c, step)
+    return handler
+
+
 def _square(c: _Converter, node):
     x = c.value(node.input[0])
     c.put(node, c.b.node("Mul", [x.name, x.name], node.name), x.layout, x.rank)
@@ -491,6 +573,9 @@ _OPS = {
     "Squeeze": _squeeze, "ConcatV2": _concat, "Concat": _concat, "Mean": _mean("ReduceMean"),
     "Max": _mean("ReduceMax"), "Softmax": _softmax, "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad,
     "ResizeBilinear": _resize("linear"), "ResizeNearestNeighbor": _resize("nearest"), "Transpose": _transpose,
+    "Prelu": _prelu, "AddN": _add_n, "Pack": _pack, "_FusedConv2D": _fused("Conv2D"),
+    "FusedDepthwiseConv2dNative": _fused("DepthwiseConv2dNative"), "_FusedDepthwiseConv2dNative":
+        _fused("DepthwiseConv2dNative"), "_FusedMatMul": _fused("MatMul"),
     **{k: _identity for k in _IDENTITY},
 }
 
@@ -523,23 +608,29 @@ def load_tensorflow(tf_pb: str | Path, inputs: Sequence[str], input_size_list, o
     if not inputs or not outputs:
         raise ModelLoadError("load_tensorflow needs inputs=[...] and outputs=[...] (tensor or node names, e.g. "
                              "inputs=['input'], outputs=['MobilenetV1/Predictions/Reshape_1'])")
+    if input_size_list is None:
+        raise ModelLoadError("load_tensorflow needs input_size_list, one shape per input, e.g. [[1, 224, 224, 3]]")
+    return convert_graph(_read_graph(path), path, "tensorflow", inputs, input_size_list, outputs, input_is_nchw)
+
+
+def convert_graph(graph, path: Path, framework: str, inputs: Sequence[str], input_size_list, outputs: Sequence[str],
+                  input_is_nchw: bool = False) -> LoadedModel:
+    """A GraphDef (read from a frozen .pb, or a TensorFlow.js graph model's topology with its weights) -> ONNX."""
     inputs, outputs = list(inputs), list(outputs)
-    graph = _read_graph(path)
     nodes = {n.name: n for n in graph.node}
     ranks = []
     for ref in inputs:
         node = nodes.get(_tensor_name(ref).rsplit(":", 1)[0])
         shape = list(c for c in (_Converter(graph, "probe").attr(node, "shape") or [])) if node is not None else []
         ranks.append(len(shape) or 4)
-    if input_size_list is None:
-        raise ModelLoadError("load_tensorflow needs input_size_list, one shape per input, e.g. [[1, 224, 224, 3]]")
     shapes = normalize_size_list(input_size_list, len(inputs), ranks=ranks)
     conv = _Converter(graph, path.stem)
     onnx_model = conv.convert(inputs, shapes, outputs, bool(input_is_nchw))
-    notes = [f"TensorFlow graph converted to ONNX: {len(graph.node)} nodes -> {len(onnx_model.graph.node)} ONNX nodes "
+    what = "TensorFlow graph" if framework == "tensorflow" else "TensorFlow.js graph model"
+    notes = [f"{what} converted to ONNX: {len(graph.node)} nodes -> {len(onnx_model.graph.node)} ONNX nodes "
              f"(inputs {inputs}, outputs {outputs})"]
-    log.info("loaded TensorFlow %s: %s", path, notes[0])
-    return LoadedModel(onnx_model, "tensorflow", str(path), file_sha256(path), notes)
+    log.info("loaded %s %s: %s", what, path, notes[0])
+    return LoadedModel(onnx_model, framework, str(path), file_sha256(path), notes)
 
 
 def save_graph(nodes: List, path: str | Path) -> None:
@@ -555,20 +646,26 @@ def save_graph(nodes: List, path: str | Path) -> None:
 
 def graph_io(tf_pb: str | Path):
     """(placeholders, final nodes): the defaults when load_model is not told a frozen graph's inputs and outputs."""
-    graph = _read_graph(Path(tf_pb))
+    return graph_io_of(_read_graph(Path(tf_pb)), str(tf_pb))
+
+
+def graph_io_of(graph, where: str):
     read = {_tensor_name(i).rsplit(":", 1)[0] for n in graph.node for i in n.input}
     inputs = [n.name for n in graph.node if n.op == "Placeholder"]
     outputs = [n.name for n in graph.node if n.name not in read and n.op not in ("Const", "NoOp", "Placeholder",
                                                                                  "Assert", "SaveV2", "RestoreV2")]
     if not inputs or not outputs:
-        raise ModelLoadError(f"'{tf_pb}': could not tell the graph's inputs and outputs (placeholders {inputs}, final "
+        raise ModelLoadError(f"'{where}': could not tell the graph's inputs and outputs (placeholders {inputs}, final "
                              f"nodes {outputs[:5]}); give inputs=[...] and outputs=[...]")
     return inputs, outputs
 
 
 def placeholder_shapes(tf_pb: str | Path, inputs: Sequence[str]) -> List[List[int]]:
     """The placeholders' own shapes (batch -1 taken as 1); an error naming the input when another dim is unknown."""
-    graph = _read_graph(Path(tf_pb))
+    return placeholder_shapes_of(_read_graph(Path(tf_pb)), inputs)
+
+
+def placeholder_shapes_of(graph, inputs: Sequence[str]) -> List[List[int]]:
     conv = _Converter(graph, "probe")
     shapes = []
     for ref in inputs:

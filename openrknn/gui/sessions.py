@@ -18,9 +18,9 @@ from ..errors import OpenRKNNError
 
 SESSION_COOKIE = "openrknn_session"
 # model files (the conversion core's loaders) and the weights files of two-file formats (uploaded beside them)
-MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".tflite", ".cfg", ".prototxt", ".pb", ".rknn",
-                  ".weights", ".caffemodel")
-WEIGHT_SUFFIXES = (".weights", ".caffemodel")
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".tflite", ".cfg", ".prototxt", ".pb", ".json",
+                  ".rknn", ".weights", ".caffemodel", ".bin")
+WEIGHT_SUFFIXES = (".weights", ".caffemodel", ".bin")  # .bin: a TensorFlow.js model's weight shards
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CALIB_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
@@ -36,8 +36,8 @@ class RequestRefused(OpenRKNNError):
 
 
 def framework_of(name: str) -> str:
-    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow' or 'rknn' from the file name, as the conversion
-    core's loaders dispatch."""
+    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs' or 'rknn' from the file name, as the
+    conversion core's loaders dispatch."""
     from ..convert.loaders import model_kind
     from ..errors import ModelLoadError
 
@@ -46,7 +46,7 @@ def framework_of(name: str) -> str:
     except ModelLoadError:
         raise RequestRefused(400, f"'{Path(name).name}': unknown model type '{Path(name).suffix.lower()}'; pick a "
                              "TorchScript .pt, an .onnx, a .tflite, a Darknet .cfg, a Caffe .prototxt, a "
-                             "TensorFlow .pb or an .rknn file") from None
+                             "TensorFlow .pb, a TensorFlow.js model.json or an .rknn file") from None
 
 
 def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:

@@ -23,14 +23,15 @@ router = APIRouter()
 
 _KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model",
           "tflite": "a TFLite model", "darknet": "a Darknet model", "caffe": "a Caffe model",
-          "tensorflow": "a TensorFlow frozen graph"}
+          "tensorflow": "a TensorFlow frozen graph", "tfjs": "a TensorFlow.js graph model"}
 _HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itself",
         "pytorch": "save it with torch.jit.trace(model, example).save('model.pt')",
         "rknn": "build it again or pick another .rknn file",
         "tflite": "pick the .tflite file the converter wrote",
         "darknet": "upload its .weights file first (or pick the .cfg by path with the .weights beside it)",
         "caffe": "upload its .caffemodel first (or pick the .prototxt by path with the .caffemodel beside it)",
-        "tensorflow": "freeze the graph (variables to constants) and pick the .pb"}
+        "tensorflow": "freeze the graph (variables to constants) and pick the .pb",
+        "tfjs": "upload its .bin weight files first (or pick the model.json by path with them beside it)"}
 
 
 def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
@@ -105,7 +106,7 @@ async def model_path(ctx: Ctx, session: CurrentSession, data: JsonBody):
     raw = str(data.get("path") or "").strip()
     if not raw:
         raise RequestRefused(400, "give the path of a model file on this machine (.onnx, .pt, .tflite, .cfg, "
-                             ".prototxt, .pb or .rknn)")
+                             ".prototxt, .pb, model.json or .rknn)")
     path = Path(raw).expanduser()
     if not path.is_file():
         raise RequestRefused(404, f"'{raw}' is not a file on this machine")

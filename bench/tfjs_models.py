@@ -1,0 +1,221 @@
+"""TensorFlow.js graph models as @vladmandic/human (npm) ships them, through load_tfjs as a user would run them:
+the float build against TensorFlow.js itself, w8a8 against the float model, beside rknn-toolkit2 and LiteRT.
+
+    python bench/tfjs_models.py [--cache DIR] [--only NAMES]
+
+The models are the eleven of the package's models/ folder (model.json + .bin shards, most with float16 or uint8
+weights): face detection (BlazeFace), face mesh, iris, anti-spoofing and liveness classifiers, emotion (gray 64x64),
+a face description net (age, gender, an embedding), hand landmarks, a hand detector (an SSD MobileNetV2-FPN from the
+TF object detection API), CenterNet (COCO objects) and MoveNet Lightning. Where the file carries its own decode (a
+top-k, an NMS, a while loop over the images), the bench loads the network up to its heads, as the package's own code
+reads them or before its post-processing, with inputs= / outputs= (the TensorFlow loader cuts there).
+
+Inputs: the 120 face crops of the package's own screenshot (assets/screenshot-facematch.jpg, a grid of extracted
+faces: face models; their eye regions: iris) and the shared COCO and misc photos (the detectors, pose, hand models);
+fed as each model's code in the package normalises them (config mean/std). Calibration on 10 inputs, evaluation on 10
+others. Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm, run by node:
+bench/tfjs_reference.js) on the same inputs. Columns: the float build's worst-output cosine to TensorFlow.js (mean
+over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers) kept, rknn-toolkit2 2.5.0's w8a8 on the float
+graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no TensorFlow.js loader), and the w8a8 build's
+export_tflite on LiteRT against our simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from arrivals import _vendor, cosine, fetch_npm, images, litert  # noqa: E402
+
+HUMAN = "@vladmandic/human@3.3.6"
+TFJS = ["@tensorflow/tfjs-core@4.22.0", "@tensorflow/tfjs-backend-cpu@4.22.0", "@tensorflow/tfjs-converter@4.22.0"]
+FACE_GRID = (3, 280, 96, 112.6, 20, 6)  # x0, y0, pitch x, pitch y, columns, rows of the screenshot's face grid
+
+# name: (file, side, channels, mean, std, images, load options, classifier outputs (top-1 compared), what it is)
+MODELS = {
+    "blazeface": ("blazeface", 256, 3, 127.5, 127.5, "scenes", {}, [], "face detector (BlazeFace, 4 outputs)"),
+    "facemesh": ("facemesh", 192, 3, 0, 255, "faces", {}, [], "face mesh (468 points, face flag, contours)"),
+    "iris": ("iris", 64, 3, 0, 255, "eyes", {}, [], "iris and eye contour points"),
+    "antispoof": ("antispoof", 128, 3, 0, 255, "faces", {}, [], "face anti-spoofing score"),
+    "liveness": ("liveness", 32, 3, 0, 255, "faces", {}, [0], "face liveness (2 classes)"),
+    "emotion": ("emotion", 64, 1, 127.5, 127.5, "faces", {}, [0], "emotion (7 classes, gray input)"),
+    "faceres": ("faceres", 224, 3, 0, 1, "faces", {}, [2], "face description: gender, embedding, age (100 bins)"),
+    "handlandmark": ("handlandmark-lite", 224, 3, 0, 255, "scenes", {}, [], "hand landmarks (21 points, flags)"),
+    "handtrack": ("handtrack", 320, 3, 127.5, 127.5, "scenes", {
+        "inputs": ["StatefulPartitionedCall/map/TensorArrayV2Stack/TensorListStack"],
+        "outputs": ["StatefulPartitionedCall/concat", "StatefulPartitionedCall/Postprocessor/convert_scores"]}, [],
+        "hand detector (SSD MobileNetV2-FPN, 12804 anchors), cut after its preprocessing loop, before its NMS"),
+    "centernet": ("centernet", 512, 3, 0, 1, "scenes", {"outputs": ["tower_0/keypoints", "tower_0/wh"]}, [],
+                  "CenterNet (80 COCO classes), cut before its top-k decode"),
+    "movenet": ("movenet-lightning", 192, 3, 0, 1, "scenes", {
+        "inputs": ["StatefulPartitionedCall/stack"],
+        "outputs": ["StatefulPartitionedCall/Sigmoid", "StatefulPartitionedCall/Sigmoid_1",
+                    "StatefulPartitionedCall/kpt_regress_0/conv2d_6/BiasAdd",
+                    "StatefulPartitionedCall/kpt_offset_0/conv2d_7/BiasAdd"]}, [],
+        "MoveNet Lightning (heatmaps, centre, offsets), cut before its argmax decode"),
+}
+
+
+def reference_runtime(cache: Path) -> Path:
+    """node_modules with TensorFlow.js's core, CPU backend and converter (npm install, once)."""
+    folder = cache / "tfjs-ref"
+    if not (folder / ".complete").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder), *TFJS], check=True,
+                       capture_output=True)
+        (folder / ".complete").write_text("")
+    return folder / "node_modules"
+
+
+def run_tfjs(model: Path, feeds: dict, outputs: list, inputs: list, work: Path, modules: Path) -> list:
+    """TensorFlow.js's outputs on ``feeds`` ({input: [float NHWC arrays]}), one list of arrays per feed."""
+    n = len(next(iter(feeds.values())))
+    samples = []
+    for i in range(n):
+        ins = {}
+        for name in inputs:
+            f = work / f"ref_in{i}_{len(ins)}.f32"
+            x = np.ascontiguousarray(feeds[name][i], np.float32)
+            x.tofile(f)
+            ins[name] = [str(f), list(x.shape)]
+        samples.append({"inputs": ins, "out": str(work / f"ref_out{i}")})
+    job = work / "ref_job.json"
+    job.write_text(json.dumps({"model": str(model), "outputs": outputs, "samples": samples}))
+    env = {**os.environ, "NODE_PATH": str(modules)}
+    subprocess.run(["node", str(ROOT / "bench" / "tfjs_reference.js"), str(job)], check=True, env=env,
+                   capture_output=True)
+    res = []
+    for s in samples:
+        shapes = json.loads(Path(s["out"] + ".json").read_text())
+        res.append([np.fromfile(f"{s['out']}.{k}.f32", np.float32).reshape(sh) for k, sh in enumerate(shapes)])
+    return res
+
+
+def face_crops(package: Path) -> list:
+    import cv2
+
+    shot = cv2.imread(str(package / "assets" / "screenshot-facematch.jpg"))[:, :, ::-1]
+    x0, y0, px, py, cols, rows = FACE_GRID
+    tops = [int(y0 + r * py) + 16 for r in range(rows)]  # below each cell's score line, above its caption
+    return [np.ascontiguousarray(shot[t:t + 76, x0 + c * px + 10:x0 + c * px + 86]) for t in tops for c in range(cols)]
+
+
+def inputs_for(kind: str, side: int, channels: int, package: Path) -> list:
+    import cv2
+
+    if kind == "scenes":
+        pics = images(["coco", "misc"], None)
+    elif kind == "eyes":  # the left eye's region of each face crop
+        pics = [f[14:48, 8:42] for f in face_crops(package)]
+    else:
+        pics = face_crops(package)
+    out = [cv2.resize(p, (side, side), interpolation=cv2.INTER_AREA) for p in pics]
+    if channels == 1:
+        out = [cv2.cvtColor(p, cv2.COLOR_RGB2GRAY)[:, :, None] for p in out]
+    return [np.ascontiguousarray(p) for p in out]
+
+
+def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
+    from openrknn.api import RKNN
+    from openrknn.frontends.tfjs import load_tfjs
+
+    file, side, ch, mean, std, kind, opts, classes, what = MODELS[name]
+    model = package / "models" / f"{file}.json"
+    pics = inputs_for(kind, side, ch, package)
+    calib, held = pics[0:20:2], pics[1:20:2]
+    loaded = load_tfjs(model, opts.get("inputs"), [[1, side, side, ch]] if opts.get("inputs") else None,
+                       opts.get("outputs"))
+    in_name, out_names = loaded.input_names[0], loaded.output_names
+    ref_in = opts.get("inputs", [in_name])[0]
+    ref = run_tfjs(model, {ref_in: [((p.astype(np.float32) - mean) / std)[None] for p in held]},
+                   opts.get("outputs") or out_names, [ref_in], work, modules)
+    row = {"model": name, "what": what, "outputs": len(out_names), "nodes": len(loaded.model.graph.node)}
+
+    def built(dtype):
+        ds = work / f"ds_{name}.txt"
+        for k, p in enumerate(calib):
+            np.save(work / f"c_{name}_{k}.npy", p[None])
+        ds.write_text("".join(f"c_{name}_{k}.npy\n" for k in range(len(calib))))
+        r = RKNN(verbose=False)
+        cfg = dict(target_platform="rk3588", mean_values=[[mean] * ch], std_values=[[std] * ch])
+        assert r.config(**cfg, **({"quantized_dtype": dtype} if dtype else {})) == 0
+        assert r.load_tfjs(str(model), inputs=opts.get("inputs"), outputs=opts.get("outputs"),
+                           input_size_list=[[1, side, side, ch]] if opts.get("inputs") else None) == 0, r.last_error
+        assert r.build(do_quantization=dtype is not None, dataset=str(ds)) == 0, r.last_error
+        assert r.init_runtime() == 0, r.last_error
+        return r
+
+    def scored(outs_per_feed):
+        worst = [min(cosine(np.ravel(a), np.ravel(b)) for a, b in zip(o, t)) for o, t in zip(outs_per_feed, ref)]
+        top1 = [sum(int(np.argmax(o[k]) == np.argmax(t[k])) for o, t in zip(outs_per_feed, ref)) for k in classes]
+        return float(np.mean(worst)), top1
+
+    r = built(None)
+    row["float"], _ = scored([r.inference(inputs=[p[None]], data_format="nhwc") for p in held])
+    r.release()
+    r = built("w8a8")
+    ours = [r.inference(inputs=[p[None]], data_format="nhwc") for p in held]
+    row["w8a8"], row["w8a8_top1"] = scored(ours)
+    row["litert"] = litert(r, [[p[None]] for p in held], work)
+    r.release()
+    # the vendor on the same float graph, as ONNX with an NCHW input (it takes NHWC ONNX inputs badly)
+    import onnx
+
+    nchw = load_tfjs(model, opts.get("inputs"), [[1, ch, side, side]], opts.get("outputs"), input_is_nchw=True)
+    onnx.save(nchw.model, str(work / f"{name}_nchw.onnx"))
+    said, outs = _vendor(work / f"{name}_nchw.onnx", {"mean": [mean] * ch, "std": [std] * ch,
+                                                      "shape": [1, ch, side, side], "input_name": nchw.input_names[0]},
+                         [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held], work)
+    if outs is None:
+        row["vendor"] = said
+    else:
+        vouts = [[np.asarray(o[k]).reshape(ref[i][k].shape) if np.size(o[k]) == np.size(ref[i][k]) else o[k]
+                  for k in range(len(ref[i]))] for i, o in enumerate(outs)]
+        cos, top1 = scored(vouts)
+        row["vendor"] = f"{cos:.4f}" + (f" (top-1 {'/'.join(f'{t}/{len(held)}' for t in top1)})" if top1 else "")
+    row["held"] = len(held)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
+                    .expanduser() / "corpus")
+    ap.add_argument("--only", default="", help="comma-separated model names")
+    args = ap.parse_args()
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("node and npm are needed (the package and the TensorFlow.js reference come from npm)")
+        return 2
+    package = fetch_npm(args.cache, HUMAN)
+    modules = reference_runtime(args.cache)
+    names = [n for n in MODELS if not args.only or n in args.only.split(",")]
+    print("| model | what | outputs | float vs TensorFlow.js | w8a8 openrknn vs TensorFlow.js | rknn-toolkit2 w8a8 "
+          "(same float graph) | export_tflite on LiteRT vs the simulator |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                row = evaluate(name, package, modules, Path(tmp))
+            except Exception as e:  # one model's failure is a row, not the end of the table
+                print(f"| {name} | {MODELS[name][-1]} | | FAIL: {type(e).__name__}: {str(e)[:150]} | | | |")
+                continue
+        top1 = "".join(f" (top-1 {t}/{row['held']})" for t in row["w8a8_top1"])
+        print(f"| {name} | {row['what']} | {row['outputs']} | {row['float']:.6f} | {row['w8a8']:.4f}{top1} | "
+              f"{row['vendor']} | {row['litert']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""TensorFlow.js graph model (model.json + its .bin weight shards) -> the TensorFlow frontend's GraphDef -> ONNX.
+
+A graph model's "modelTopology" is a TensorFlow GraphDef written as JSON (protobuf's JSON mapping), with the Const
+nodes' values left out: they are the weights the manifest lists, in order, in the shards beside the file. The
+converter may have stored them quantized (uint8 / uint16 with a min and a scale, or float16); they are read back to
+float32 here, as TensorFlow.js does when it loads them. A layers model (a Keras topology) is not a GraphDef.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from . import LoadedModel
+
+_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_, "uint8": np.uint8, "uint16": np.uint16,
+           "float16": np.float16, "int64": np.int64}
+_TF_DTYPE = {"float32": "DT_FLOAT", "int32": "DT_INT32", "bool": "DT_BOOL", "int64": "DT_INT64"}
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelLoadError(f"TensorFlow.js model not found: '{path}'. Give the graph model's model.json (its "
+                             ".bin weight files beside it)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"'{path}' is not a TensorFlow.js model.json ({e})") from None
+    if not isinstance(doc, dict) or "modelTopology" not in doc or "weightsManifest" not in doc:
+        raise ModelLoadError(f"'{path}' is JSON but not a TensorFlow.js model (no modelTopology / weightsManifest); "
+                             "give the model.json that tensorflowjs_converter wrote")
+    topology = doc["modelTopology"]
+    if doc.get("format") == "layers-model" or (isinstance(topology, dict) and "model_config" in topology):
+        raise ModelLoadError(f"'{path}' is a TensorFlow.js layers model (a Keras topology), not a graph model; "
+                             "convert it with tensorflowjs_converter --input_format=tfjs_layers_model "
+                             "--output_format=tfjs_graph_model, or export the Keras model to ONNX (tf2onnx)")
+    return doc
+
+
+def _weights(path: Path, manifest) -> dict:
+    """{weight name: float32 / int32 / bool array} from the shards, dequantized as TensorFlow.js loads them."""
+    out = {}
+    for group in manifest:
+        data = bytearray()
+        for rel in group.get("paths", []):
+            shard = path.parent / rel
+            if not shard.is_file():
+                raise ModelLoadError(f"'{path.name}' lists the weight file '{rel}', which is not beside it in "
+                                     f"{path.parent}; copy the model's .bin files with it")
+            data += shard.read_bytes()
+        offset = 0
+        for spec in group.get("weights", []):
+            name, shape, dtype = spec["name"], [int(d) for d in spec.get("shape", [])], spec.get("dtype", "float32")
+            quant = spec.get("quantization") or {}
+            stored = quant.get("dtype", dtype)
+            if stored not in _DTYPES or dtype not in _TF_DTYPE:
+                raise ModelLoadError(f"'{path.name}': weight '{name}' is stored as {stored} ({dtype}), which "
+                                     "openrknn cannot read; export the model without that weight type")
+            n = int(np.prod(shape)) if shape else 1
+            size = n * np.dtype(_DTYPES[stored]).itemsize
+            if offset + size > len(data):
+                raise ModelLoadError(f"'{path.name}': the weight files end before weight '{name}' ({len(data)} "
+                                     f"bytes, {offset + size} needed); the .bin files are incomplete or not this "
+                                     "model's")
+            raw = np.frombuffer(bytes(data[offset:offset + size]), _DTYPES[stored])
+            offset += size
+            if stored in ("uint8", "uint16"):  # affine quantization: value = q * scale + min
+                raw = raw.astype(np.float32) * np.float32(quant["scale"]) + np.float32(quant["min"])
+            arr = raw.astype(_DTYPES[dtype]).reshape(shape)
+            out[name] = arr
+    return out
+
+
+def read_graph(path: str | Path):
+    """The model's GraphDef with every Const filled from the weight shards."""
+    from google.protobuf import json_format
+
+    from .tf_schema import DT, GraphDef
+
+    path = Path(path)
+    doc = _read_json(path)
+    graph = GraphDef()
+    try:
+        json_format.ParseDict(doc["modelTopology"], graph, ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise ModelLoadError(f"'{path}': its modelTopology is not a TensorFlow GraphDef ({e})") from None
+    weights = _weights(path, doc["weightsManifest"])
+    for node in graph.node:
+        if node.op != "Const" or node.name not in weights:
+            continue
+        arr = weights.pop(node.name)
+        t = node.attr["value"].tensor
+        t.Clear()
+        t.dtype = DT[_TF_DTYPE[arr.dtype.name]]
+        for d in arr.shape:
+            t.tensor_shape.dim.add(size=d)
+        t.tensor_content = np.ascontiguousarray(arr).tobytes()
+    missing = [n.name for n in graph.node if n.op == "Const" and not n.attr["value"].tensor.tensor_content
+               and not _has_inline_value(n)]
+    if missing:
+        raise ModelLoadError(f"'{path.name}': constant(s) {missing[:5]} have no weights in the manifest; the "
+                             "model.json and its .bin files do not belong together")
+    return graph, doc
+
+
+def _has_inline_value(node) -> bool:
+    t = node.attr["value"].tensor
+    return bool(t.float_val or t.int_val or t.int64_val or t.bool_val or t.half_val or t.double_val)
+
+
+def _signature_outputs(doc: dict) -> List[str]:
+    sig = (doc.get("signature") or {}).get("outputs") or {}
+    return [v.get("name", k) if isinstance(v, dict) else k for k, v in sig.items()]
+
+
+def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
+              outputs: Optional[Sequence[str]] = None, input_is_nchw: bool = False) -> LoadedModel:
+    """inputs / outputs None: the graph's placeholders and the outputs its signature names (else its final nodes);
+    input_size_list None: the placeholders' shapes (a -1 batch taken as 1)."""
+    from .tensorflow import convert_graph, graph_io_of, placeholder_shapes_of
+
+    path = Path(model_json)
+    graph, doc = read_graph(path)
+    if not inputs or not outputs:
+        found_in, found_out = graph_io_of(graph, str(path))
+        inputs = list(inputs or found_in)
+        outputs = list(outputs or _signature_outputs(doc) or found_out)
+    if input_size_list is None:
+        input_size_list = placeholder_shapes_of(graph, inputs)
+    return convert_graph(graph, path, "tfjs", inputs, input_size_list, outputs, input_is_nchw)
