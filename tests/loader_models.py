@@ -361,6 +361,99 @@ def tiny_tf_graph(salt: int = 3) -> TFGraph:
     return g
 
 
+# ---------------------------------------------------------------- TensorFlow.js (graph model)
+
+
+def tiny_tfjs_graph(salt: int = 4) -> TFGraph:
+    """The ops grappler and the TensorFlow.js converter write: conv + bias + relu fused in one _FusedConv2D, a fused
+    depthwise conv with Relu6, Prelu, AddN, a squeeze-excitation gate, tf.stack + Reshape (TF object detection's
+    nearest-neighbour upsampling), Mean, a fused MatMul, Softmax; two outputs."""
+    g = TFGraph(salt)
+
+    def fused(op, name, inputs, ops, **attrs):
+        n = g.node(op, name, inputs, **attrs)
+        g.nodes[-1].attr["fused_ops"].list.s.extend([o.encode() for o in ops])
+        g.nodes[-1].attr["num_args"].i = len(inputs) - 2
+        return n
+
+    conv = dict(strides=[1, 1, 1, 1], padding="SAME", data_format="NHWC", dilations=[1, 1, 1, 1])
+    x = g.placeholder("input", [-1, 12, 12, 3])
+    w = g.const("conv/kernel", g.rng.normal(0, 0.4, (3, 3, 3, 8)).astype(np.float32))
+    b = g.const("conv/bias", g.rng.normal(0, 0.1, 8).astype(np.float32))
+    y = fused("_FusedConv2D", "conv/Relu", [x, w, b], ["BiasAdd", "Relu"], **conv)
+    dw = g.const("dw/kernel", g.rng.normal(0, 0.5, (3, 3, 8, 1)).astype(np.float32))
+    db = g.const("dw/bias", g.rng.normal(0, 0.1, 8).astype(np.float32))
+    d = fused("FusedDepthwiseConv2dNative", "dw/Relu6", [y, dw, db], ["BiasAdd", "Relu6"], **conv)
+    alpha = g.const("prelu/alpha", g.rng.uniform(0.05, 0.3, 8).astype(np.float32))
+    p = g.node("Prelu", "prelu", [d, alpha])
+    s = g.node("AddN", "sum", [y, d, p], N=3)
+    se = g.node("Mean", "se/pool", [s, g.const("se/axes", np.array([1, 2], np.int32))], keep_dims=True)
+    se = g.node("Sigmoid", "se/gate", [se])
+    s = g.node("Mul", "se/scale", [se, s])  # the [1, 1, 1, C] operand first: the product keeps s's shape
+    st = g.node("Pack", "up/stack", [s, s], axis=3, N=2)  # [1, 12, 12, 2, 8]
+    up = g.node("Reshape", "up/reshape", [st, g.const("up/shape", np.array([1, 12, 24, 8], np.int32))])
+    g.node("Identity", "map", [up])
+    axes = g.const("pool/axes", np.array([1, 2], np.int32))
+    m = g.node("Mean", "pool", [s, axes], keep_dims=False)
+    fw = g.const("dense/kernel", g.rng.normal(0, 0.3, (8, 5)).astype(np.float32))
+    fb = g.const("dense/bias", g.rng.normal(0, 0.1, 5).astype(np.float32))
+    z = fused("_FusedMatMul", "dense/Relu", [m, fw, fb], ["BiasAdd", "Relu"], transpose_a=False, transpose_b=False)
+    g.node("Softmax", "probs", [z])
+    return g
+
+
+# how the converter stored each weight of the tiny graph model (the rest float32): its two quantized forms
+TINY_TFJS_STORAGE = {"conv/kernel": "float16", "dw/kernel": "uint8", "dense/kernel": "uint8", "prelu/alpha": "float16"}
+
+
+def write_tfjs(folder: Path, graph: TFGraph, storage: Dict[str, str] = None) -> Path:
+    """``graph`` as a TensorFlow.js graph model: model.json (the topology without constant values) and the weights in
+    two shards, each weight stored as ``storage`` says ('float16', 'uint8' (min/scale), default float32)."""
+    import json
+
+    from google.protobuf import json_format
+
+    from openrknn.frontends.tensorflow import tensor_to_array
+    from openrknn.frontends.tf_schema import GraphDef
+
+    storage = storage or {}
+    g = GraphDef()
+    g.node.extend(graph.nodes)
+    g.versions.producer = 1087  # TensorFlow.js reads it
+    specs, data = [], bytearray()
+    for node in g.node:
+        if node.op != "Const":
+            continue
+        arr = tensor_to_array(node.attr["value"].tensor)
+        t = node.attr["value"].tensor
+        t.ClearField("tensor_content")
+        del t.float_val[:], t.int_val[:], t.int64_val[:]
+        spec = {"name": node.name, "shape": list(arr.shape), "dtype": "float32" if arr.dtype.kind == "f" else "int32"}
+        how = storage.get(node.name)
+        if how == "float16":
+            raw = arr.astype(np.float16).tobytes()
+            spec["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
+        elif how == "uint8":
+            lo, hi = float(arr.min()), float(arr.max())
+            scale = (hi - lo) / 255 or 1.0
+            raw = np.round((arr - lo) / scale).astype(np.uint8).tobytes()
+            spec["quantization"] = {"dtype": "uint8", "min": lo, "scale": scale, "original_dtype": "float32"}
+        else:
+            raw = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int32).tobytes()
+        specs.append(spec)
+        data += raw
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(data) // 2
+    (folder / "group1-shard1of2.bin").write_bytes(bytes(data[:half]))
+    (folder / "group1-shard2of2.bin").write_bytes(bytes(data[half:]))
+    doc = {"format": "graph-model", "generatedBy": "openrknn tests", "convertedBy": "openrknn tests",
+           "modelTopology": json_format.MessageToDict(g),
+           "weightsManifest": [{"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"], "weights": specs}]}
+    out = folder / "model.json"
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    return out
+
+
 def reference_input(shape, salt: int = 99, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
     return _rng(salt).uniform(lo, hi, shape).astype(np.float32)
 

@@ -629,3 +629,18 @@ def test_darknet_model_is_two_uploads_and_builds(gui, client, tmp_path):
     assert events[-1]["state"] == "done"
     result = next(e for e in events if e["type"] == "done")["result"]
     assert result["summary"]["inputs"][0]["shape"] == [1, 32, 32, 3]
+
+
+def test_tfjs_model_is_its_shards_then_model_json(gui, client, tmp_path):
+    """A TensorFlow.js graph model: its .bin shards are kept as uploads, then model.json is the model."""
+    import loader_models as lm
+
+    model = lm.write_tfjs(tmp_path / "tfjs", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE)
+    status, r = upload(client, "model", "model.json", model.read_bytes())
+    assert status == 400 and "group1-shard1of2.bin" in r["error"] and "upload its .bin" in r["error"]
+    assert "/" not in r["error"] and ".incoming" not in r["error"], r["error"]  # no server folder or temporary name
+    for shard in sorted(model.parent.glob("*.bin")):
+        assert upload(client, "model", shard.name, shard.read_bytes())[0] == 200
+    status, r = upload(client, "model", "model.json", model.read_bytes())
+    assert status == 200 and r["model"]["framework"] == "tfjs"
+    assert r["model"]["inputs"][0]["shape"] == [1, 12, 12, 3] and len(r["model"]["outputs"]) == 2

@@ -23,6 +23,7 @@ log = logging.getLogger("openrknn.frontends.tensorflow")
 
 _NP = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64, 10: np.bool_,
        17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+_LOOP_OPS = {"Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond"}  # TF1 control flow
 _IDENTITY = {"Identity", "StopGradient", "Snapshot", "PreventGradient", "IdentityN", "CheckNumerics"}
 
 
@@ -148,6 +149,7 @@ class _Converter:
     def convert_node(self, node) -> None:
         # iterative post-order: deep graphs must not hit Python's recursion limit
         stack = [(node, False)]
+        pending = set()  # on the current path: met again, the graph loops (a TF1 while loop's NextIteration)
         while stack:
             n, ready = stack.pop()
             if self.v.has(f"{n.name}:0"):
@@ -155,8 +157,13 @@ class _Converter:
             if n.op == "Placeholder":
                 raise ModelLoadError(f"placeholder '{n.name}' is needed for the outputs but is not in inputs=[...]; "
                                      "list every input the outputs depend on")
+            if n.op in _LOOP_OPS or (not ready and n.name in pending):
+                raise UnsupportedLayer("TensorFlow", n.name, f"{n.op} (a while loop)", "a loop over the images, "
+                                       "as TF object detection's preprocessor is, runs on the CPU: load the network "
+                                       "after it with inputs=['<the tensor the loop produces>']")
             deps = [i for i in n.input if not i.startswith("^")]
             if not ready:
+                pending.add(n.name)
                 stack.append((n, True))
                 for d in deps:
                     dn = _tensor_name(d)
@@ -170,6 +177,7 @@ class _Converter:
             if handler is None:
                 raise UnsupportedLayer("TensorFlow", n.name, n.op)
             handler(self, n)
+            pending.discard(n.name)
 
     def data_format(self, node) -> str:
         fmt = self.attr(node, "data_format", "NHWC")
@@ -290,8 +298,11 @@ def _binary(op):
                 names.append(c.value(i, layout if layout != "plain" else "any").name)
         rank = max([v.rank for v in acts] or [0])
         c.put(node, c.b.node(op, names, node.name), layout, rank)
-        src = next((i for i, k in zip(node.input[:2], consts) if k is None), node.input[0])
-        _same_shape(c, node, src)
+        known = [c.shapes.get(_tensor_name(i)) if k is None else list(k.shape) for i, k in zip(node.input[:2], consts)]
+        if all(s is not None for s in known):  # the broadcast of both (an SE block's x * scale[1, 1, 1, C])
+            c.shapes[f"{node.name}:0"] = list(np.broadcast_shapes(*map(tuple, known)))
+        else:
+            _same_shape(c, node, next((i for i, k in zip(node.input[:2], consts) if k is None), node.input[0]))
     return handler
 
 

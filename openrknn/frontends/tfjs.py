@@ -68,8 +68,10 @@ def _weights(path: Path, manifest) -> dict:
                                      "model's")
             raw = np.frombuffer(bytes(data[offset:offset + size]), _DTYPES[stored])
             offset += size
-            if stored in ("uint8", "uint16"):  # affine quantization: value = q * scale + min
-                raw = raw.astype(np.float32) * np.float32(quant["scale"]) + np.float32(quant["min"])
+            if stored in ("uint8", "uint16"):  # affine quantization: value = q * scale + min, in double as
+                # TensorFlow.js computes it (in float32 a stored zero comes back as 1e-7, which per-channel int8
+                # weights would then blow up to a full-scale channel)
+                raw = raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
             arr = raw.astype(_DTYPES[dtype]).reshape(shape)
             out[name] = arr
     return out
@@ -117,10 +119,26 @@ def _signature_outputs(doc: dict) -> List[str]:
     return [v.get("name", k) if isinstance(v, dict) else k for k, v in sig.items()]
 
 
+def _signature_shapes(doc: dict, inputs: Sequence[str]) -> Optional[List[List[int]]]:
+    """The signature's input shapes, where it gives every input a full one (batch -1 taken as 1)."""
+    sig = (doc.get("signature") or {}).get("inputs") or {}
+    by_name = {k.split(":")[0]: v for k, v in sig.items() if isinstance(v, dict)}
+    shapes = []
+    for name in inputs:
+        spec = by_name.get(name.split(":")[0])
+        dims = [int(d.get("size", -1)) for d in ((spec or {}).get("tensorShape") or {}).get("dim", [])]
+        dims = [1 if (i == 0 and d < 1) else d for i, d in enumerate(dims)]
+        if not dims or any(d < 1 for d in dims):
+            return None
+        shapes.append(dims)
+    return shapes
+
+
 def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, input_size_list=None,
               outputs: Optional[Sequence[str]] = None, input_is_nchw: bool = False) -> LoadedModel:
     """inputs / outputs None: the graph's placeholders and the outputs its signature names (else its final nodes);
-    input_size_list None: the placeholders' shapes (a -1 batch taken as 1)."""
+    input_size_list None: the placeholders' shapes, or the signature's where a placeholder leaves H or W at -1 (a -1
+    batch taken as 1)."""
     from .tensorflow import convert_graph, graph_io_of, placeholder_shapes_of
 
     path = Path(model_json)
@@ -130,5 +148,10 @@ def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, in
         inputs = list(inputs or found_in)
         outputs = list(outputs or _signature_outputs(doc) or found_out)
     if input_size_list is None:
-        input_size_list = placeholder_shapes_of(graph, inputs)
+        try:
+            input_size_list = placeholder_shapes_of(graph, inputs)
+        except ModelLoadError:  # a -1 height or width: the signature may state the size the model was made for
+            input_size_list = _signature_shapes(doc, inputs)
+            if input_size_list is None:
+                raise
     return convert_graph(graph, path, "tfjs", inputs, input_size_list, outputs, input_is_nchw)

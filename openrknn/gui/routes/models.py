@@ -49,13 +49,16 @@ def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
         weights = path.parent / f"{Path(name).stem}{BESIDE[framework]}"
         if not weights.is_file():
             raise refused(f"its weights file '{weights.name}' is not there")
+    def as_user_knows(text: str) -> str:  # the server's folders and the upload's temporary name never shown
+        return text.replace(str(path), name).replace(str(path.parent), "the upload folder").replace(path.name, name)
+
     try:
         info = inspect_model(path, framework, weights)
     except OpenRKNNError as e:
-        raise refused(str(e).replace(str(path), name)) from None
+        raise refused(as_user_knows(str(e))) from None
     except Exception as e:  # protobuf, zip, unicode...: the parser's words, without a traceback on the page
         log.info("'%s' is not %s", name, _KINDS[framework], exc_info=True)
-        detail = (str(e).splitlines() or [""])[0][:200].replace(str(path), name)
+        detail = as_user_knows((str(e).splitlines() or [""])[0][:200])
         raise refused(f"it could not be parsed ({type(e).__name__}{': ' + detail if detail else ''})") from None
     if framework == "onnx" and not info.get("nodes"):
         raise refused("it holds no graph nodes (a file that only looks like protobuf)")
