@@ -192,3 +192,37 @@ def test_gptq_weighs_the_covariance_when_the_bias_is_corrected():
     q_cov = gptq_rounding(w, s_row, z_row, fmt.qmin, fmt.qmax, cov)
     left = [output_error(w, q, s_row, z_row, cov) for q in (q0, q_raw, q_cov)]
     assert left[2] < 0.8 * left[1] < 0.8 * left[0]  # measured: 0.0074 against 0.0104 (raw) and 0.0132 (nearest)
+
+
+@pytest.mark.parametrize("dead", [0.0, 1.2e-7])
+def test_dead_channel_keeps_its_bias(tmp_path, dead):
+    """A channel whose weights are zero (pruned, or a stored zero read back as 1.2e-7) beside a bias of a few units:
+    its int32 bias at s_in * s_w must still hold the bias, or the NPU (and onnxruntime's QLinearConv) reads a
+    fraction of it. The channel's weight scale rises to fit; every channel's output stays within a step."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import built_rknn
+    from openrknn.metrics import cosine
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    w[1] = dead
+    b = np.array([0.1, 3.04, -0.2, 0.3], np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["y"])], "dead",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    ds = write_npy_dataset(tmp_path, (8, 8, 3), n=4, seed=5)
+    rk = built_rknn(path, ds, target_platform="rk3588", mean_values=[[127.5] * 3], std_values=[[127.5] * 3])
+    x = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    got = rk.inference([x])[0]
+    rk.release()
+    xf = (x.astype(np.float32) - 127.5) / 127.5
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(path)).run(None, {"x": xf.transpose(0, 3, 1, 2).copy()})[0]
+    np.testing.assert_allclose(got[0, 1], want[0, 1], atol=0.05)  # the dead channel: its bias, 3.04
+    assert cosine(got, want) > 0.999

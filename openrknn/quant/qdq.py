@@ -10,7 +10,7 @@ com.microsoft QuantizeLinear / DequantizeLinear, which onnxruntime's CPU provide
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -86,6 +86,31 @@ def bias_integers(bias: np.ndarray, x_act: Optional[ActQuant], wq: WeightQuant) 
     return np.clip(np.round(bias / scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32), scale
 
 
+def fit_bias(wq: WeightQuant, bias: Optional[np.ndarray], x_act: Optional[ActQuant]) -> WeightQuant:
+    """Per-channel 8-bit weights whose channel's bias would not fit int32 at s_in * s_w (a channel trained or stored
+    to ~zero weights beside a bias of a few units: its s_w is ~1e-9) get that channel's weight scale raised until it
+    fits, the channel's weights re-rounded on it (they are ~0 either way). The NPU, TFLite and onnxruntime's
+    QLinearConv all read the bias at s_in * s_w; a bias kept at another scale would be read wrong by them."""
+    if (bias is None or x_act is None or x_act.fmt.bits != 8 or wq.fmt.bits != 8 or wq.axis is None
+            or np.ndim(wq.scale) != 1 or np.any(np.asarray(wq.zero_point) != 0)):
+        return wq
+    b = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    scale = np.asarray(wq.scale, np.float64)
+    need = b / (np.float64(x_act.scale) * (2 ** 31 - 1)) * 2  # a factor of two below int32's edge
+    short = need > scale
+    if b.shape != scale.shape or not short.any():
+        return wq
+    scale = np.where(short, need, scale)
+    q = np.array(wq.q, copy=True)
+    qmax = (1 << (wq.fmt.bits - 1)) - 1
+    w = np.moveaxis(np.asarray(wq.q, np.float64), wq.axis, 0) * np.asarray(wq.scale, np.float64).reshape(
+        (-1,) + (1,) * (q.ndim - 1))
+    moved = np.moveaxis(q, wq.axis, 0)
+    for c in np.flatnonzero(short):
+        moved[c] = np.clip(np.round(w[c] / scale[c]), -qmax, qmax)
+    return replace(wq, q=q, scale=scale.astype(np.float32))
+
+
 def _bias_dq(b: "_Builder", nodes: List[onnx.NodeProto], tensors: Dict[str, dict], name: str, bias: np.ndarray,
              x_act: Optional[ActQuant], wq: WeightQuant) -> str:
     """Bias as int32 behind a DequantizeLinear (bias_integers). Never a float initializer: onnxruntime's
@@ -141,6 +166,8 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
         wop = by_node.get(i)
         if wop is not None and i in weights:
             wq = weights[i]
+            bias = wq.bias if wq.bias is not None else (info.const(wop.bias) if wop.bias else None)
+            wq = fit_bias(wq, bias, acts.get(wop.x))
             per_axis = wq.axis is not None and np.ndim(wq.scale) == 1
             dtype, shift = _weight_storage(wq.fmt)
             qname = b.const(wop.w + "__q", (wq.q + shift).astype(dtype))
@@ -156,7 +183,6 @@ def build_qdq(model: onnx.ModelProto, plan: Plan, acts: Dict[str, ActQuant], wei
             tensors[wop.w] = {"dtype": wq.fmt.nominal, "scale": np.atleast_1d(wq.scale).astype(float).tolist(),
                               "zero_point": np.atleast_1d(wq.zero_point).astype(int).tolist(),
                               "axis": int(wq.axis) if per_axis else None, "kind": "weight"}
-            bias = wq.bias if wq.bias is not None else (info.const(wop.bias) if wop.bias else None)
             if bias is not None:
                 bdq = _bias_dq(b, nodes, tensors, wop.bias or wop.w + "_bias", bias, acts.get(wop.x), wq)
                 if len(new.input) > 2:
