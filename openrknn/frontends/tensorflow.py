@@ -173,11 +173,34 @@ class _Converter:
                             raise ModelLoadError(f"node '{n.name}' reads '{d}', which is not in the graph")
                         stack.append((src, False))
                 continue
+            if n.op in _FOLD and self.fold(n):
+                pending.discard(n.name)
+                continue
             handler = _OPS.get(n.op)
             if handler is None:
                 raise UnsupportedLayer("TensorFlow", n.name, n.op)
             handler(self, n)
             pending.discard(n.name)
+
+    def fold(self, node) -> bool:
+        """Shape arithmetic on values known at load time (a Shape of a tensor whose size is fixed, and what is
+        computed from it: the target of a Reshape, an upsampling size) becomes a constant, as TensorFlow's own
+        constant folding would with static shapes. False: an input is not known, the node is converted as is."""
+        refs = [i for i in node.input if not i.startswith("^")]
+        if node.op == "Shape":
+            known = self.shapes.get(_tensor_name(refs[0]))
+            if known is None or any(d is None or d < 0 for d in known):
+                return False
+            out = np.array(known, np.int64 if self.attr(node, "out_type", 3) == 9 else np.int32)
+        else:
+            args = [self.const(r) for r in refs]
+            if any(a is None for a in args):
+                return False
+            out = _FOLD[node.op](self, node, args)
+            if out is None:
+                return False
+        self.consts[f"{node.name}:0"] = np.asarray(out)
+        return True
 
     def data_format(self, node) -> str:
         fmt = self.attr(node, "data_format", "NHWC")
@@ -402,7 +425,11 @@ def _mean(op):
                 x, layout, out_axes = c.value(node.input[0], "nhwc"), "nhwc", axes
         else:
             out_axes = axes
-        y = c.b.node(op, [x.name], node.name, axes=out_axes, keepdims=int(keep))
+        if op == "ReduceSum":  # its axes are an input since opset 13
+            y = c.b.node(op, [x.name, c.b.const(np.array(out_axes, np.int64), f"{node.name}/axes")], node.name,
+                         keepdims=int(keep))
+        else:
+            y = c.b.node(op, [x.name], node.name, axes=out_axes, keepdims=int(keep))
         known = c.shapes.get(_tensor_name(node.input[0]))
         if known:
             c.shapes[f"{node.name}:0"] = [1 if i in axes else d for i, d in enumerate(known)] if keep else \
@@ -483,6 +510,123 @@ def _rsqrt(c: _Converter, node):
     _same_shape(c, node, node.input[0])
 
 
+def _conv_transpose(c: _Converter, node):
+    """Conv2DBackpropInput (tf.nn.conv2d_transpose): its output size is an input; ONNX's pads crop to it exactly as
+    the forward conv's SAME / VALID padding would have padded (TF puts the odd pixel at the end)."""
+    c.data_format(node)
+    sizes, w = c.const(node.input[0]), c.const(node.input[1])
+    if sizes is None or w is None:
+        raise UnsupportedLayer("TensorFlow", node.name, "Conv2DBackpropInput with a size or filter computed at run "
+                               "time", "freeze it with static shapes")
+    x = c.value(node.input[2], "nchw")
+    in_hw = c.spatial(node, node.input[2])
+    out_hw = [int(v) for v in np.asarray(sizes).reshape(-1)[1:3]]
+    s = list(c.attr(node, "strides", [1, 1, 1, 1]))[1:3]
+    d = list(c.attr(node, "dilations", [1, 1, 1, 1]))[1:3]
+    kh, kw = w.shape[0], w.shape[1]
+    total = [max((i - 1) * st + (k - 1) * dl + 1 - o, 0) for i, st, k, dl, o in zip(in_hw, s, (kh, kw), d, out_hw)]
+    if c.attr(node, "padding", "VALID") == "VALID":
+        begin = [0, 0]
+    else:
+        begin = [t // 2 for t in total]
+    end = [t - b for t, b in zip(total, begin)]
+    extra = [o - ((i - 1) * st + (k - 1) * dl + 1 - t) for i, st, k, dl, t, o in
+             zip(in_hw, s, (kh, kw), d, total, out_hw)]  # VALID with a larger output size: output_padding
+    wt = np.ascontiguousarray(w.transpose(3, 2, 0, 1)).astype(np.float32)  # [H, W, O, I] -> [I, O, H, W]
+    y = c.b.node("ConvTranspose", [x.name, c.b.const(wt, f"{node.name}/weight")], node.name, kernel_shape=[kh, kw],
+                 strides=s, dilations=d, pads=begin + end, output_padding=[max(e, 0) for e in extra])
+    c.put(node, y, "nchw", 4)
+    n = c.shapes[_tensor_name(node.input[2])][0]
+    c.shapes[f"{node.name}:0"] = [n] + out_hw + [w.shape[2]]
+
+
+def _depth_to_space(c: _Converter, node):
+    c.data_format(node)
+    x = c.value(node.input[0], "nchw")
+    bs = int(c.attr(node, "block_size"))
+    # TF's NHWC order (block row, block column, channel) is ONNX's DCR mode
+    c.put(node, c.b.node("DepthToSpace", [x.name], node.name, blocksize=bs, mode="DCR"), "nchw", 4)
+    n, h, w, ch = c.shapes[_tensor_name(node.input[0])]
+    c.shapes[f"{node.name}:0"] = [n, h * bs, w * bs, ch // (bs * bs)]
+
+
+def _strided_slice(c: _Converter, node):
+    """StridedSlice with constant begin / end / strides (masks included, no ellipsis or new axes): an ONNX Slice in
+    the NHWC view, then a Reshape dropping the shrunk axes."""
+    x = c.value(node.input[0], "nhwc")
+    begin, end, strides = (c.const(i) for i in node.input[1:4])
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if begin is None or end is None or strides is None or known is None:
+        raise UnsupportedLayer("TensorFlow", node.name, "StridedSlice with bounds computed at run time")
+    if c.attr(node, "ellipsis_mask", 0) or c.attr(node, "new_axis_mask", 0):
+        raise UnsupportedLayer("TensorFlow", node.name, "StridedSlice with an ellipsis or new axes")
+    masks = {k: int(c.attr(node, k, 0)) for k in ("begin_mask", "end_mask", "shrink_axis_mask")}
+    index, starts, ends, steps, axes, shape = [], [], [], [], [], list(known)
+    for ax, (b, e, st) in enumerate(zip(*(np.asarray(v).reshape(-1).tolist() for v in (begin, end, strides)))):
+        if masks["shrink_axis_mask"] >> ax & 1:
+            sl = slice(b, b + 1 if b != -1 else None, 1)
+        else:
+            sl = slice(None if masks["begin_mask"] >> ax & 1 else b, None if masks["end_mask"] >> ax & 1 else e, st)
+        index.append(sl)
+        lo, hi, step = sl.indices(known[ax])
+        starts.append(lo)
+        ends.append(hi if hi >= 0 else -(2 ** 62))  # a backward slice to the start
+        steps.append(step)
+        axes.append(ax)
+        shape[ax] = len(range(lo, hi, step))
+    y = c.b.node("Slice", [x.name, *(c.b.const(np.array(v, np.int64), f"{node.name}/{k}") for k, v in
+                                      (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)))],
+                 f"{node.name}/slice")
+    out = [d for ax, d in enumerate(shape) if not (ax < len(axes) and masks["shrink_axis_mask"] >> ax & 1)]
+    y = c.b.node("Reshape", [y, c.b.const(np.array(out, np.int64), f"{node.name}/shape")], node.name)
+    c.put(node, y, "nhwc" if len(out) == 4 else "plain", len(out))
+    c.shapes[f"{node.name}:0"] = out
+
+
+_ONNX_TYPE = {1: 1, 3: 6, 9: 7, 10: 9, 19: 10, 2: 11}  # TF DataType -> ONNX TensorProto type
+
+
+def _cast(c: _Converter, node):
+    x = c.value(node.input[0])
+    to = c.attr(node, "DstT", 1)
+    if to == 1:  # to float: the graph's values are float already (inputs are fed as float)
+        c.v.set(f"{node.name}:0", x.name, x.layout, x.rank)
+    else:
+        if to not in _ONNX_TYPE:
+            raise UnsupportedLayer("TensorFlow", node.name, f"Cast to TensorFlow type {to}")
+        c.put(node, c.b.node("Cast", [x.name], node.name, to=_ONNX_TYPE[to]), x.layout, x.rank)
+    _same_shape(c, node, node.input[0])
+
+
+def _expand_dims(c: _Converter, node):
+    x = c.value(node.input[0], "nhwc")
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    rank = c.rank(node.input[0]) + 1
+    axis = int(np.asarray(c.const(node.input[1])).reshape(-1)[0]) % rank
+    y = c.b.node("Unsqueeze", [x.name, c.b.const(np.array([axis], np.int64), f"{node.name}/axes")], node.name)
+    c.put(node, y, "nhwc" if rank == 4 else "plain", rank)
+    if known is not None:
+        c.shapes[f"{node.name}:0"] = list(known[:axis]) + [1] + list(known[axis:])
+
+
+def _unpack(c: _Converter, node):
+    x = c.value(node.input[0], "nhwc")
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if known is None:
+        raise ModelLoadError(f"'{node.name}' (Unpack) needs its input's shape; give input_size_list")
+    axis = int(c.attr(node, "axis", 0)) % len(known)
+    n = known[axis]
+    parts = c.b.node("Split", [x.name, c.b.const(np.ones(n, np.int64), f"{node.name}/split")], f"{node.name}/split",
+                     n_out=n, axis=axis)
+    parts = [parts] if isinstance(parts, str) else parts
+    out = list(known[:axis]) + list(known[axis + 1:])
+    for k, part in enumerate(parts):
+        y = c.b.node("Reshape", [part, c.b.const(np.array(out, np.int64), f"{node.name}/shape{k}")],
+                     node.name if k == 0 else f"{node.name}_{k}")
+        c.put(node, y, "nhwc" if len(out) == 4 else "plain", len(out), index=k)
+        c.shapes[f"{node.name}:{k}"] = out
+
+
 def _prelu(c: _Converter, node):
     x = c.value(node.input[0])
     alpha = c.const(node.input[1])
@@ -525,6 +669,41 @@ def _pack(c: _Converter, node):
     c.put(node, y, "nhwc" if rank == 4 else "plain", rank)
     if known[0] is not None:
         c.shapes[f"{node.name}:0"] = list(known[0][:axis]) + [len(refs)] + list(known[0][axis:])
+
+
+def _fold_strided_slice(c: _Converter, node, args):
+    x, begin, end, strides = (np.asarray(a) for a in args)
+    if c.attr(node, "ellipsis_mask", 0) or c.attr(node, "new_axis_mask", 0):
+        return None
+    bm, em, sm = (int(c.attr(node, k, 0)) for k in ("begin_mask", "end_mask", "shrink_axis_mask"))
+    index = []
+    for ax, (b, e, st) in enumerate(zip(begin.reshape(-1), end.reshape(-1), strides.reshape(-1))):
+        if sm >> ax & 1:
+            index.append(int(b))
+        else:
+            index.append(slice(None if bm >> ax & 1 else int(b), None if em >> ax & 1 else int(e), int(st)))
+    return x[tuple(index)]
+
+
+def _fold_binary(fn):
+    return lambda c, node, args: fn(np.asarray(args[0]), np.asarray(args[1]))
+
+
+_FOLD = {  # op -> numpy on constant inputs (Shape is folded from the tracked shapes)
+    "Shape": None, "StridedSlice": _fold_strided_slice,
+    "Pack": lambda c, node, args: np.stack(args, axis=int(c.attr(node, "axis", 0))),
+    "ConcatV2": lambda c, node, args: np.concatenate(args[:-1], axis=int(args[-1])),
+    "Mul": _fold_binary(np.multiply), "Add": _fold_binary(np.add), "AddV2": _fold_binary(np.add),
+    "Sub": _fold_binary(np.subtract), "FloorDiv": _fold_binary(np.floor_divide), "Maximum": _fold_binary(np.maximum),
+    "Minimum": _fold_binary(np.minimum),
+    "RealDiv": lambda c, node, args: np.asarray(args[0]) / np.asarray(args[1]),
+    "Cast": lambda c, node, args: np.asarray(args[0]).astype(_NP.get(c.attr(node, "DstT", 1), np.float32)),
+    "Prod": lambda c, node, args: np.prod(args[0], axis=tuple(np.atleast_1d(args[1]).tolist()),
+                                         keepdims=bool(c.attr(node, "keep_dims", False))),
+    "ExpandDims": lambda c, node, args: np.expand_dims(args[0], int(np.asarray(args[1]).reshape(-1)[0])),
+    "Reshape": lambda c, node, args: np.reshape(args[0], [int(v) for v in np.asarray(args[1]).reshape(-1)]),
+    "Fill": lambda c, node, args: np.full([int(v) for v in np.asarray(args[0]).reshape(-1)], args[1]),
+}
 
 
 # the ops grappler (and the TensorFlow.js converter) fuse after a conv or matmul: the op's extra inputs they read
@@ -582,9 +761,12 @@ _OPS = {
     "RealDiv": _binary("Div"), "Maximum": _binary("Max"), "Minimum": _binary("Min"),
     "MaxPool": _pool("MaxPool"), "AvgPool": _pool("AveragePool"), "MatMul": _matmul, "Reshape": _reshape,
     "Squeeze": _squeeze, "ConcatV2": _concat, "Concat": _concat, "Mean": _mean("ReduceMean"),
-    "Max": _mean("ReduceMax"), "Softmax": _softmax, "Pad": _pad, "PadV2": _pad, "MirrorPad": _pad,
+    "Max": _mean("ReduceMax"), "Sum": _mean("ReduceSum"), "Softmax": _softmax, "Pad": _pad, "PadV2": _pad,
+    "MirrorPad": _pad,
     "ResizeBilinear": _resize("linear"), "ResizeNearestNeighbor": _resize("nearest"), "Transpose": _transpose,
-    "Prelu": _prelu, "AddN": _add_n, "Pack": _pack, "_FusedConv2D": _fused("Conv2D"),
+    "Prelu": _prelu, "AddN": _add_n, "Pack": _pack, "Conv2DBackpropInput": _conv_transpose,
+    "DepthToSpace": _depth_to_space, "StridedSlice": _strided_slice, "Cast": _cast, "ExpandDims": _expand_dims,
+    "Unpack": _unpack, "_FusedConv2D": _fused("Conv2D"),
     "FusedDepthwiseConv2dNative": _fused("DepthwiseConv2dNative"), "_FusedDepthwiseConv2dNative":
         _fused("DepthwiseConv2dNative"), "_FusedMatMul": _fused("MatMul"),
     **{k: _identity for k in _IDENTITY},

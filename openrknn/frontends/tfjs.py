@@ -102,11 +102,17 @@ def read_graph(path: str | Path):
             t.tensor_shape.dim.add(size=d)
         t.tensor_content = np.ascontiguousarray(arr).tobytes()
     missing = [n.name for n in graph.node if n.op == "Const" and not n.attr["value"].tensor.tensor_content
-               and not _has_inline_value(n)]
+               and not _has_inline_value(n) and not _is_empty(n)]
     if missing:
         raise ModelLoadError(f"'{path.name}': constant(s) {missing[:5]} have no weights in the manifest; the "
                              "model.json and its .bin files do not belong together")
     return graph, doc
+
+
+def _is_empty(node) -> bool:
+    """A constant of zero elements (a constant-folded empty Where): nothing to read."""
+    dims = node.attr["value"].tensor.tensor_shape.dim
+    return bool(dims) and any(d.size == 0 for d in dims)
 
 
 def _has_inline_value(node) -> bool:
