@@ -32,41 +32,36 @@ def _run(model, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
-def test_matches_tensorflow_js(tmp_path):
-    model = _write(tmp_path / "tiny")
-    ref = np.load(REF)
-    files = [model, *sorted(model.parent.glob("*.bin"))]
+def _check_against_tensorflow_js(model: Path, ref_name: str, input_shape) -> None:
+    """Our ONNX of ``model`` against TensorFlow.js's outputs stored in tests/data/loaders/<ref_name>.npz, computed
+    on these exact bytes (`python bench/tfjs_models.py --refs` writes them)."""
+    ref = np.load(REF.with_name(f"{ref_name}.npz"))
     h = hashlib.sha256()
-    for f in files:
+    for f in [model, *sorted(model.parent.glob("*.bin"))]:
         h.update(f.read_bytes())
-    assert str(ref["sha256"]) == h.hexdigest(), "regenerate tests/data/loaders/tiny_tfjs.npz (bench/tfjs_models.py)"
-    loaded = load_tfjs(model)
-    assert loaded.framework == "tfjs" and loaded.input_names == ["input"] and loaded.input_shapes == [[1, 12, 12, 3]]
-    assert loaded.output_names == ["map", "probs"]
-    outs = _run(loaded.model, lm.reference_input((1, 12, 12, 3)))
+    assert str(ref["sha256"]) == h.hexdigest(), "regenerate tests/data/loaders (bench/tfjs_models.py --refs)"
+    outs = _run(load_tfjs(model).model, lm.reference_input(input_shape))
     for k, got in enumerate(outs):
         want = ref[f"out{k}"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_matches_tensorflow_js(tmp_path):
+    model = _write(tmp_path / "tiny")
+    loaded = load_tfjs(model)
+    assert loaded.framework == "tfjs" and loaded.input_names == ["input"] and loaded.input_shapes == [[1, 12, 12, 3]]
+    assert loaded.output_names == ["map", "probs"]
+    _check_against_tensorflow_js(model, "tiny_tfjs", (1, 12, 12, 3))
 
 
 def test_decoder_ops_match_tensorflow_js(tmp_path):
     """Conv2DBackpropInput, DepthToSpace, StridedSlice (masks, shrink, a backward step), a Reshape target computed
     from Shape (folded to a constant: no shape arithmetic left in the graph), Sum, Unpack, ExpandDims, Cast."""
     model = lm.write_tfjs(tmp_path / "dec", lm.tiny_tfjs_decoder(), {})
-    ref = np.load(REF.with_name("tiny_tfjs_decoder.npz"))
-    h = hashlib.sha256()
-    for f in [model, *sorted(model.parent.glob("*.bin"))]:
-        h.update(f.read_bytes())
-    assert str(ref["sha256"]) == h.hexdigest(), "regenerate tests/data/loaders (bench/tfjs_models.py --refs)"
-    loaded = load_tfjs(model)
-    ops = {n.op_type for n in loaded.model.graph.node}
+    ops = {n.op_type for n in load_tfjs(model).model.graph.node}
     assert "ConvTranspose" in ops and "DepthToSpace" in ops and not ops & {"Shape", "ReduceProd", "Gather"}
-    outs = _run(loaded.model, lm.reference_input((1, 6, 6, 4)))
-    for k, got in enumerate(outs):
-        want = ref[f"out{k}"]
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    _check_against_tensorflow_js(model, "tiny_tfjs_decoder", (1, 6, 6, 4))
 
 
 def test_quantized_weights_read_back_as_stored(tmp_path):
