@@ -73,8 +73,9 @@ class _Builder:
 def bias_integers(bias: np.ndarray, x_act: Optional[ActQuant], wq: WeightQuant) -> Tuple[np.ndarray, np.ndarray]:
     """A bias as int32 and its per-channel scale. With 8-bit input and weights the scale is s_in * s_w, as the NPU
     accumulates; otherwise (16-bit, or a float input) the finest per-channel scale that fits int32 (the NPU keeps
-    wide accumulators there). A channel whose bias does not fit at s_in * s_w (weights trained to ~1e-16, so a
-    weight scale of ~1e-18) takes the finest scale alone: the other channels keep the chip's (and TFLite's) unit."""
+    wide accumulators there). Per-channel weights were already given a scale at which every bias fits (fit_bias);
+    with one weight scale for the layer, a channel whose bias does not fit at s_in * s_w takes the finest scale
+    alone: the other channels keep the chip's (and TFLite's) unit."""
     bias = bias.astype(np.float64).reshape(-1)
     finest = np.maximum(np.abs(bias), 1e-30) / (2 ** 30)
     if x_act is not None and x_act.fmt.bits == 8 and wq.fmt.bits == 8:
