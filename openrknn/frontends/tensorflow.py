@@ -178,9 +178,18 @@ class _Converter:
                 continue
             handler = _OPS.get(n.op)
             if handler is None:
-                raise UnsupportedLayer("TensorFlow", n.name, n.op)
+                raise UnsupportedLayer("TensorFlow", n.name, n.op, self.cut_hint(n))
             handler(self, n)
             pending.discard(n.name)
+
+    def cut_hint(self, node) -> str:
+        """Where the graph can end before ``node``: its inputs that are computed (a decode or NMS after a detector's
+        heads usually starts with such an op, and the heads are what goes on the NPU)."""
+        ready = [r.lstrip("^") for r in node.input if not r.startswith("^") and self.v.has(_tensor_name(r))]
+        if not ready:
+            return ""
+        names = [r[:-2] if r.endswith(":0") else r for r in ready]
+        return f"to deploy the network up to there, load it with outputs={names}"
 
     def fold(self, node) -> bool:
         """Shape arithmetic on values known at load time (a Shape of a tensor whose size is fixed, and what is
