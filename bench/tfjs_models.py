@@ -248,7 +248,7 @@ def _signature_outputs_of(doc: dict) -> list:
 
 
 def test_refs(modules: Path) -> None:
-    """TensorFlow.js's outputs of tests/loader_models.py's two tiny graph models -> tests/data/loaders/<name>.npz,
+    """TensorFlow.js's outputs of tests/loader_models.py's tiny graph models -> tests/data/loaders/<name>.npz,
     with the sha256 of the files they were computed on (tests/test_tfjs_loading.py checks both)."""
     from loaders import TEST_REFS, sha256
 
@@ -256,7 +256,8 @@ def test_refs(modules: Path) -> None:
     import loader_models as lm
 
     cases = [("tiny_tfjs", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE, (1, 12, 12, 3), ["map", "probs"]),
-             ("tiny_tfjs_decoder", lm.tiny_tfjs_decoder(), {}, (1, 6, 6, 4), ["pooled", "parts/float", "crop"])]
+             ("tiny_tfjs_decoder", lm.tiny_tfjs_decoder(), {}, (1, 6, 6, 4), ["pooled", "parts/float", "crop"]),
+             ("tiny_tfjs_tensor_ops", lm.tiny_tfjs_tensor_ops(), {}, (1, 8, 8, 6), ["floor", "low", "proj", "gram"])]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, graph, storage, shape, outputs in cases:

@@ -437,6 +437,31 @@ def tiny_tfjs_decoder(salt: int = 5) -> TFGraph:
     return g
 
 
+def tiny_tfjs_tensor_ops(salt: int = 6) -> TFGraph:
+    """Tensor ops on a conv's output (held NCHW inside the loader, so each axis is mapped): SplitV, Split, Slice,
+    GatherV2 on channels, Tile, Floor, Min, and BatchMatMulV2 with a constant and with adj_x; four outputs."""
+    g = TFGraph(salt)
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    x = g.placeholder("input", [1, 8, 8, 6])
+    w = g.const("conv/kernel", g.rng.normal(0, 0.5, (1, 1, 6, 6)).astype(np.float32))
+    y = g.node("Conv2D", "conv", [x, w], strides=[1, 1, 1, 1], padding="SAME", data_format="NHWC",
+               dilations=[1, 1, 1, 1])
+    parts = g.node("SplitV", "splitv", [y, g.const("splitv/sizes", i32(2, -1)), g.const("splitv/axis", i32(3))],
+                   num_split=2)
+    halves = g.node("Split", "split", [g.const("split/axis", i32(-1)), f"{parts}:1"], num_split=2)
+    t = g.node("AddV2", "sum", [parts, f"{halves}:1"])
+    t = g.node("Slice", "crop", [t, g.const("crop/begin", i32(0, 1, 2, 0)), g.const("crop/size", i32(-1, 6, 5, -1))])
+    t = g.node("Tile", "tile", [t, g.const("tile/reps", i32(1, 1, 2, 1))])
+    t = g.node("Mul", "scaled", [t, g.const("scaled/k", np.array(3.0, np.float32))])
+    g.node("Floor", "floor", [t])
+    picked = g.node("GatherV2", "pick", [y, g.const("pick/idx", i32(5, 0, 3)), g.const("pick/axis", i32(3))])
+    g.node("Min", "low", [picked, g.const("low/axes", i32(1, 2))], keep_dims=False)
+    rows = g.node("Reshape", "rows", [picked, g.const("rows/shape", i32(1, 64, 3))])
+    g.node("BatchMatMulV2", "proj", [rows, g.const("proj/w", g.rng.normal(0, 1, (3, 4)).astype(np.float32))])
+    g.node("BatchMatMulV2", "gram", [rows, rows], adj_x=True)
+    return g
+
+
 # how the converter stored each weight of the tiny graph model (the rest float32): its two quantized forms
 TINY_TFJS_STORAGE = {"conv/kernel": "float16", "dw/kernel": "uint8", "dense/kernel": "uint8", "prelu/alpha": "float16"}
 

@@ -64,6 +64,13 @@ def test_decoder_ops_match_tensorflow_js(tmp_path):
     _check_against_tensorflow_js(model, "tiny_tfjs_decoder", (1, 6, 6, 4))
 
 
+def test_tensor_ops_match_tensorflow_js(tmp_path):
+    """SplitV, Split, Slice, GatherV2, Tile, Floor, Min and BatchMatMulV2 (a constant operand, adj_x) on a conv's
+    output, which the loader holds NCHW: each axis mapped onto it."""
+    model = lm.write_tfjs(tmp_path / "ops", lm.tiny_tfjs_tensor_ops(), {})
+    _check_against_tensorflow_js(model, "tiny_tfjs_tensor_ops", (1, 8, 8, 6))
+
+
 def test_quantized_weights_read_back_as_stored(tmp_path):
     """float16 and uint8 (min + q * scale) weights give the values TensorFlow.js computes with, not the originals."""
     plain = load_tfjs(_write(tmp_path / "f32", storage={}))

@@ -636,6 +636,115 @@ def _unpack(c: _Converter, node):
         c.shapes[f"{node.name}:{k}"] = out
 
 
+def _axis_view(c: _Converter, ref: str, axis: int):
+    """(value, ONNX axis, layout) for an op along the NHWC-view ``axis`` of ``ref``: a 4-D tensor held NCHW is used
+    as it is, with the axis moved (no Transpose); anything else in its own layout."""
+    x = c.value(ref)
+    rank = max(x.rank, 1)
+    axis %= rank
+    if x.layout == "nchw" and x.rank == 4:
+        return x, NHWC_AXIS_IN_NCHW[axis], "nchw"
+    x = c.value(ref, "nhwc")
+    return x, axis, "nhwc" if x.rank == 4 else "plain"
+
+
+def _split(c: _Converter, node):
+    """Split (axis first, num_split equal parts) and SplitV (sizes, axis last)."""
+    refs = [i for i in node.input if not i.startswith("^")]
+    src, axis_ref = (refs[1], refs[0]) if node.op == "Split" else (refs[0], refs[2])
+    known = c.shapes.get(_tensor_name(src))
+    axis = int(np.asarray(c.const(axis_ref)).reshape(-1)[0])
+    if known is None:
+        raise ModelLoadError(f"'{node.name}' ({node.op}) needs its input's shape; give input_size_list")
+    axis %= len(known)
+    if node.op == "Split":
+        n = int(c.attr(node, "num_split"))
+        sizes = [known[axis] // n] * n
+    else:
+        sizes = [int(v) for v in np.asarray(c.const(refs[1])).reshape(-1)]
+        if -1 in sizes:
+            sizes[sizes.index(-1)] = known[axis] - sum(v for v in sizes if v != -1)
+    x, onnx_axis, layout = _axis_view(c, src, axis)
+    parts = c.b.node("Split", [x.name, c.b.const(np.array(sizes, np.int64), f"{node.name}/sizes")], node.name,
+                     n_out=len(sizes), axis=onnx_axis)
+    parts = [parts] if isinstance(parts, str) else parts
+    for k, (part, size) in enumerate(zip(parts, sizes)):
+        c.put(node, part, layout, x.rank, index=k)
+        c.shapes[f"{node.name}:{k}"] = [size if i == axis else d for i, d in enumerate(known)]
+
+
+def _slice(c: _Converter, node):
+    begin, size = (np.asarray(c.const(r)).reshape(-1) for r in node.input[1:3])
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if known is None:
+        raise ModelLoadError(f"'{node.name}' (Slice) needs its input's shape; give input_size_list")
+    ends = [int(b) + (int(n) if n >= 0 else known[i] - int(b)) for i, (b, n) in enumerate(zip(begin, size))]
+    x = c.value(node.input[0])
+    order = [NHWC_AXIS_IN_NCHW[a] for a in range(4)] if x.layout == "nchw" and x.rank == 4 else list(range(x.rank))
+    y = c.b.node("Slice", [x.name, c.b.const(np.array([int(b) for b in begin], np.int64), f"{node.name}/starts"),
+                           c.b.const(np.array(ends, np.int64), f"{node.name}/ends"),
+                           c.b.const(np.array(order, np.int64), f"{node.name}/axes")], node.name)
+    c.put(node, y, x.layout, x.rank)
+    c.shapes[f"{node.name}:0"] = [e - int(b) for b, e in zip(begin, ends)]
+
+
+def _gather(c: _Converter, node):
+    """GatherV2 with constant indices (a channel pick, a row lookup)."""
+    idx = c.const(node.input[1])
+    if idx is None or int(c.attr(node, "batch_dims", 0)):
+        raise UnsupportedLayer("TensorFlow", node.name, "GatherV2 with indices computed at run time or batch_dims")
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    axis = int(np.asarray(c.const(node.input[2])).reshape(-1)[0]) % len(known)
+    idx = np.asarray(idx, np.int64)
+    out = list(known[:axis]) + list(idx.shape) + list(known[axis + 1:])
+    if idx.ndim == 1 and len(out) == len(known):
+        x, onnx_axis, layout = _axis_view(c, node.input[0], axis)
+    else:
+        x, onnx_axis = c.value(node.input[0], "nhwc"), axis
+        layout = "nhwc" if len(out) == 4 else "plain"
+    y = c.b.node("Gather", [x.name, c.b.const(idx, f"{node.name}/indices")], node.name, axis=onnx_axis)
+    c.put(node, y, layout, len(out))
+    c.shapes[f"{node.name}:0"] = out
+
+
+def _tile(c: _Converter, node):
+    reps = [int(v) for v in np.asarray(c.const(node.input[1])).reshape(-1)]
+    x = c.value(node.input[0])
+    onnx_reps = [reps[a] for a in (0, 3, 1, 2)] if x.layout == "nchw" and x.rank == 4 else reps
+    c.put(node, c.b.node("Tile", [x.name, c.b.const(np.array(onnx_reps, np.int64), f"{node.name}/repeats")],
+                         node.name), x.layout, x.rank)
+    known = c.shapes.get(_tensor_name(node.input[0]))
+    if known is not None:
+        c.shapes[f"{node.name}:0"] = [d * r for d, r in zip(known, reps)]
+
+
+def _batch_matmul(c: _Converter, node):
+    """BatchMatMulV2 (adj_x / adj_y: the last two axes swapped first), in the graph's own layout."""
+    vals, shapes = [], []
+    for k, ref in enumerate(node.input[:2]):
+        arr = c.const(ref) if not c.v.has(_tensor_name(ref)) else None
+        if arr is not None:
+            name, shape = c.b.const(np.asarray(arr, np.float32), f"{node.name}/operand{k}"), list(arr.shape)
+        else:
+            name, shape = c.value(ref, "nhwc").name, c.shapes.get(_tensor_name(ref))
+        if c.attr(node, "adj_x" if k == 0 else "adj_y", False):
+            if shape is None:
+                raise ModelLoadError(f"'{node.name}' (BatchMatMulV2) needs its inputs' shapes")
+            perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
+            name = c.b.node("Transpose", [name], f"{node.name}/adj{k}", perm=perm)
+            shape = [shape[p] for p in perm]
+        vals.append(name)
+        shapes.append(shape)
+    y = c.b.node("MatMul", vals, node.name)
+    if all(s is not None for s in shapes):
+        batch = list(np.broadcast_shapes(tuple(shapes[0][:-2]), tuple(shapes[1][:-2])))
+        out = batch + [shapes[0][-2], shapes[1][-1]]
+        c.shapes[f"{node.name}:0"] = out
+        c.put(node, y, "nhwc" if len(out) == 4 else "plain", len(out))
+    else:
+        c.put(node, y, "plain", max(len(s or []) for s in shapes))
+
+
 def _prelu(c: _Converter, node):
     x = c.value(node.input[0])
     alpha = c.const(node.input[1])
@@ -712,6 +821,9 @@ _FOLD = {  # op -> numpy on constant inputs (Shape is folded from the tracked sh
     "ExpandDims": lambda c, node, args: np.expand_dims(args[0], int(np.asarray(args[1]).reshape(-1)[0])),
     "Reshape": lambda c, node, args: np.reshape(args[0], [int(v) for v in np.asarray(args[1]).reshape(-1)]),
     "Fill": lambda c, node, args: np.full([int(v) for v in np.asarray(args[0]).reshape(-1)], args[1]),
+    "GatherV2": lambda c, node, args: np.take(args[0], args[1], axis=int(np.asarray(args[2]).reshape(-1)[0])),
+    "Slice": lambda c, node, args: np.asarray(args[0])[tuple(
+        slice(int(b), None if int(n) < 0 else int(b) + int(n)) for b, n in zip(np.ravel(args[1]), np.ravel(args[2])))],
 }
 
 
@@ -775,7 +887,9 @@ _OPS = {
     "ResizeBilinear": _resize("linear"), "ResizeNearestNeighbor": _resize("nearest"), "Transpose": _transpose,
     "Prelu": _prelu, "AddN": _add_n, "Pack": _pack, "Conv2DBackpropInput": _conv_transpose,
     "DepthToSpace": _depth_to_space, "StridedSlice": _strided_slice, "Cast": _cast, "ExpandDims": _expand_dims,
-    "Unpack": _unpack, "_FusedConv2D": _fused("Conv2D"),
+    "Unpack": _unpack, "Split": _split, "SplitV": _split, "Slice": _slice, "GatherV2": _gather, "Tile": _tile,
+    "BatchMatMulV2": _batch_matmul, "BatchMatMul": _batch_matmul, "Floor": _unary("Floor"),
+    "Min": _mean("ReduceMin"), "_FusedConv2D": _fused("Conv2D"),
     "FusedDepthwiseConv2dNative": _fused("DepthwiseConv2dNative"), "_FusedDepthwiseConv2dNative":
         _fused("DepthwiseConv2dNative"), "_FusedMatMul": _fused("MatMul"),
     **{k: _identity for k in _IDENTITY},
