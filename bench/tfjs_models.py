@@ -257,7 +257,8 @@ def test_refs(modules: Path) -> None:
 
     cases = [("tiny_tfjs", lm.tiny_tfjs_graph(), lm.TINY_TFJS_STORAGE, (1, 12, 12, 3), ["map", "probs"]),
              ("tiny_tfjs_decoder", lm.tiny_tfjs_decoder(), {}, (1, 6, 6, 4), ["pooled", "parts/float", "crop"]),
-             ("tiny_tfjs_tensor_ops", lm.tiny_tfjs_tensor_ops(), {}, (1, 8, 8, 6), ["floor", "low", "proj", "gram"])]
+             ("tiny_tfjs_tensor_ops", lm.tiny_tfjs_tensor_ops(), {}, (1, 8, 8, 6), ["floor", "low", "proj", "gram"]),
+             ("tiny_tfjs_atrous", lm.tiny_tfjs_atrous(), {}, (1, 9, 9, 3), ["a/bias", "b/b2s"])]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, graph, storage, shape, outputs in cases:

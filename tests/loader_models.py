@@ -462,6 +462,27 @@ def tiny_tfjs_tensor_ops(salt: int = 6) -> TFGraph:
     return g
 
 
+def tiny_tfjs_atrous(salt: int = 7) -> TFGraph:
+    """Dilated convs as TensorFlow 1 writes them (tf.nn.atrous_conv2d): SpaceToBatchND -> conv -> BatchToSpaceND, on
+    an odd 9x9 input (padded to a multiple of the rate, cropped back): a VALID conv, and a depthwise conv whose own
+    padding is SAME; two outputs."""
+    g = TFGraph(salt)
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    x = g.placeholder("input", [1, 9, 9, 3])
+    conv = dict(strides=[1, 1, 1, 1], data_format="NHWC", dilations=[1, 1, 1, 1])
+    rate = g.const("rate", i32(2, 2))
+    s = g.node("SpaceToBatchND", "a/s2b", [x, rate, g.const("a/pads", i32([2, 3], [2, 3]))])
+    w = g.const("a/kernel", g.rng.normal(0, 0.4, (3, 3, 3, 5)).astype(np.float32))
+    y = g.node("Conv2D", "a/conv", [s, w], padding="VALID", **conv)
+    y = g.node("BatchToSpaceND", "a/b2s", [y, rate, g.const("a/crops", i32([0, 1], [0, 1]))])
+    g.node("BiasAdd", "a/bias", [y, g.const("a/b", g.rng.normal(0, 0.1, 5).astype(np.float32))])
+    s = g.node("SpaceToBatchND", "b/s2b", [x, rate, g.const("b/pads", i32([0, 1], [0, 1]))])
+    dw = g.const("b/kernel", g.rng.normal(0, 0.4, (3, 3, 3, 1)).astype(np.float32))
+    y = g.node("DepthwiseConv2dNative", "b/conv", [s, dw], padding="SAME", **conv)
+    g.node("BatchToSpaceND", "b/b2s", [y, rate, g.const("b/crops", i32([0, 1], [0, 1]))])
+    return g
+
+
 # how the converter stored each weight of the tiny graph model (the rest float32): its two quantized forms
 TINY_TFJS_STORAGE = {"conv/kernel": "float16", "dw/kernel": "uint8", "dense/kernel": "uint8", "prelu/alpha": "float16"}
 

@@ -71,6 +71,15 @@ def test_tensor_ops_match_tensorflow_js(tmp_path):
     _check_against_tensorflow_js(model, "tiny_tfjs_tensor_ops", (1, 8, 8, 6))
 
 
+def test_atrous_convs_match_tensorflow_js(tmp_path):
+    """SpaceToBatchND -> conv -> BatchToSpaceND becomes one dilated conv (VALID inside, and a SAME depthwise one, on
+    an odd size padded up and cropped back)."""
+    model = lm.write_tfjs(tmp_path / "atrous", lm.tiny_tfjs_atrous(), {})
+    convs = [n for n in load_tfjs(model).model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and all(list(a.ints) == [2, 2] for n in convs for a in n.attribute if a.name == "dilations")
+    _check_against_tensorflow_js(model, "tiny_tfjs_atrous", (1, 9, 9, 3))
+
+
 def test_quantized_weights_read_back_as_stored(tmp_path):
     """float16 and uint8 (min + q * scale) weights give the values TensorFlow.js computes with, not the originals."""
     plain = load_tfjs(_write(tmp_path / "f32", storage={}))

@@ -161,6 +161,8 @@ class _Converter:
                 raise UnsupportedLayer("TensorFlow", n.name, f"{n.op} (a while loop)", "a loop over the images, "
                                        "as TF object detection's preprocessor is, runs on the CPU: load the network "
                                        "after it with inputs=['<the tensor the loop produces>']")
+            if n.op == "BatchToSpaceND" and not ready:
+                n = self.nodes[n.name] = self.atrous_conv(n)
             deps = [i for i in n.input if not i.startswith("^")]
             if not ready:
                 pending.add(n.name)
@@ -181,6 +183,47 @@ class _Converter:
                 raise UnsupportedLayer("TensorFlow", n.name, n.op, self.cut_hint(n))
             handler(self, n)
             pending.discard(n.name)
+
+    def atrous_conv(self, node):
+        """SpaceToBatchND -> conv -> BatchToSpaceND (how TensorFlow 1 writes a dilated conv, tf.nn.atrous_conv2d)
+        as one conv with dilations, reading the SpaceToBatchND's input; its pads are the space-to-batch paddings
+        less the crops (plus the inner conv's own SAME pads, dilated). Anything else is refused by name."""
+        from .tf_schema import NodeDef
+
+        refs = [i for i in node.input if not i.startswith("^")]
+        conv = self.nodes.get(_tensor_name(refs[0]).rsplit(":", 1)[0])
+        s2b = self.nodes.get(_tensor_name(conv.input[0]).rsplit(":", 1)[0]) if conv is not None and \
+            conv.op in ("Conv2D", "DepthwiseConv2dNative") else None
+        if s2b is None or s2b.op != "SpaceToBatchND":
+            raise UnsupportedLayer("TensorFlow", node.name, "BatchToSpaceND not after SpaceToBatchND -> conv",
+                                   self.cut_hint(node))
+        block, crops = np.asarray(self.const(refs[1])).reshape(-1), self.const(refs[2])
+        s_block, paddings = np.asarray(self.const(s2b.input[1])).reshape(-1), self.const(s2b.input[2])
+        w = self.const(conv.input[1])
+        if crops is None or paddings is None or w is None or list(block) != list(s_block) or len(block) != 2 or \
+                list(self.attr(conv, "strides", [1, 1, 1, 1])) != [1, 1, 1, 1]:
+            raise UnsupportedLayer("TensorFlow", node.name, "BatchToSpaceND of a strided conv or of computed "
+                                   "paddings", self.cut_hint(node))
+        pads = np.asarray(paddings, np.int64) - np.asarray(crops, np.int64)  # [[top, bottom], [left, right]]
+        if self.attr(conv, "padding", "VALID") == "SAME":
+            x_hw = self.shapes.get(_tensor_name(s2b.input[0]))
+            if x_hw is None:
+                raise ModelLoadError(f"'{node.name}' needs its input's shape; give input_size_list")
+            inner = [(x_hw[1 + a] + int(paddings[a][0]) + int(paddings[a][1])) // int(block[a]) for a in range(2)]
+            same = same_pads(inner, list(w.shape[:2]), [1, 1])  # [top, left, bottom, right] in the batch domain
+            pads = pads + np.array([[same[0], same[2]], [same[1], same[3]]]) * block[:, None]
+        if (pads < 0).any():
+            raise UnsupportedLayer("TensorFlow", node.name, "BatchToSpaceND cropping more than was padded",
+                                   self.cut_hint(node))
+        out = NodeDef(name=node.name, op=conv.op, input=[s2b.input[0], conv.input[1]])
+        for k in conv.attr:
+            out.attr[k].CopyFrom(conv.attr[k])
+        out.attr["padding"].s = b"EXPLICIT"
+        del out.attr["explicit_paddings"].list.i[:]
+        out.attr["explicit_paddings"].list.i.extend([0, 0, *map(int, pads[0]), *map(int, pads[1]), 0, 0])
+        del out.attr["dilations"].list.i[:]
+        out.attr["dilations"].list.i.extend([1, int(block[0]), int(block[1]), 1])
+        return out
 
     def cut_hint(self, node) -> str:
         """Where the graph can end before ``node``: its inputs that are computed (a decode or NMS after a detector's
