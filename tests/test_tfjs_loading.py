@@ -131,6 +131,21 @@ def test_inputs_and_outputs_cut_the_graph(tmp_path):
     assert mid.input_shapes == [[1, 12, 12, 8]]
 
 
+def test_bounds_computed_at_run_time_are_refused_by_name(tmp_path):
+    """A Slice whose start the input decides (no constant to fold) is refused naming the layer and the cut."""
+    g = lm.tiny_tfjs_graph()
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    low = g.node("Min", "dyn/low", ["input", g.const("dyn/axes", i32(0, 1, 2, 3))], keep_dims=False)
+    low = g.node("Reshape", "dyn/one", [low, g.const("dyn/shape", i32(1))])
+    start = g.node("Tile", "dyn/four", [low, g.const("dyn/reps", i32(4))])
+    start = g.node("Cast", "dyn/int", [start])
+    g.nodes[-1].attr["SrcT"].type, g.nodes[-1].attr["DstT"].type = 1, 3
+    g.node("Slice", "dyn/crop", ["input", start, g.const("dyn/size", i32(1, 4, 4, 3))])
+    model = _write(tmp_path / "dyn", g)
+    with pytest.raises(UnsupportedLayer, match=r"'dyn/crop' of type Slice with bounds computed at run time"):
+        load_tfjs(model, outputs=["dyn/crop"])
+
+
 def test_while_loops_are_refused_not_followed(tmp_path):
     """TF1 control flow (Enter / Merge / NextIteration) makes the graph cyclic: the loader names the loop and how to
     start after it, rather than following the cycle for ever."""

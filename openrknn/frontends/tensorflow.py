@@ -695,6 +695,9 @@ def _split(c: _Converter, node):
     """Split (axis first, num_split equal parts) and SplitV (sizes, axis last)."""
     refs = [i for i in node.input if not i.startswith("^")]
     src, axis_ref = (refs[1], refs[0]) if node.op == "Split" else (refs[0], refs[2])
+    if c.const(axis_ref) is None or (node.op == "SplitV" and c.const(refs[1]) is None):
+        raise UnsupportedLayer("TensorFlow", node.name, f"{node.op} with sizes computed at run time",
+                               c.cut_hint(node))
     known = c.shapes.get(_tensor_name(src))
     axis = int(np.asarray(c.const(axis_ref)).reshape(-1)[0])
     if known is None:
@@ -717,6 +720,8 @@ def _split(c: _Converter, node):
 
 
 def _slice(c: _Converter, node):
+    if any(c.const(r) is None for r in node.input[1:3]):
+        raise UnsupportedLayer("TensorFlow", node.name, "Slice with bounds computed at run time", c.cut_hint(node))
     begin, size = (np.asarray(c.const(r)).reshape(-1) for r in node.input[1:3])
     known = c.shapes.get(_tensor_name(node.input[0]))
     if known is None:
@@ -737,6 +742,8 @@ def _gather(c: _Converter, node):
     if idx is None or int(c.attr(node, "batch_dims", 0)):
         raise UnsupportedLayer("TensorFlow", node.name, "GatherV2 with indices computed at run time or batch_dims")
     known = c.shapes.get(_tensor_name(node.input[0]))
+    if known is None:
+        raise ModelLoadError(f"'{node.name}' (GatherV2) needs its input's shape; give input_size_list")
     axis = int(np.asarray(c.const(node.input[2])).reshape(-1)[0]) % len(known)
     idx = np.asarray(idx, np.int64)
     out = list(known[:axis]) + list(idx.shape) + list(known[axis + 1:])
@@ -751,6 +758,8 @@ def _gather(c: _Converter, node):
 
 
 def _tile(c: _Converter, node):
+    if c.const(node.input[1]) is None:
+        raise UnsupportedLayer("TensorFlow", node.name, "Tile with multiples computed at run time", c.cut_hint(node))
     reps = [int(v) for v in np.asarray(c.const(node.input[1])).reshape(-1)]
     x = c.value(node.input[0])
     onnx_reps = [reps[a] for a in (0, 3, 1, 2)] if x.layout == "nchw" and x.rank == 4 else reps
