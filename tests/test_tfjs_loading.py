@@ -205,6 +205,24 @@ def test_bad_files_say_what_to_do(tmp_path):
     model.write_text(json.dumps(doc))
     with pytest.raises(ModelLoadError, match="stored as string"):
         load_tfjs(model)
+    # a manifest that names files outside the model's folder, or entries that are not weight specs
+    for edit, why in ((lambda d: d["weightsManifest"][0].__setitem__("paths", ["../../etc/hostname"]),
+                       "not a file name inside the model's folder"),
+                      (lambda d: d["weightsManifest"][0].__setitem__("paths", ["/etc/hostname"]),
+                       "not a file name inside the model's folder"),
+                      (lambda d: d["weightsManifest"][0]["weights"][0].__setitem__("shape", [-3, 3]),
+                       "not a weight spec"),
+                      (lambda d: d["weightsManifest"][0]["weights"][0].pop("name"), "not a weight spec"),
+                      (lambda d: next(w for w in d["weightsManifest"][0]["weights"] if w["name"] == "dw/kernel")
+                       ["quantization"].pop("scale"), "without a numeric min and scale"),
+                      (lambda d: d.__setitem__("weightsManifest", {}), "not a list of weight groups"),
+                      (lambda d: d["modelTopology"]["node"].append(5), "not a TensorFlow GraphDef")):
+        model = _write(tmp_path / "hostile")
+        doc = json.loads(model.read_text())
+        edit(doc)
+        model.write_text(json.dumps(doc))
+        with pytest.raises(ModelLoadError, match=why):
+            load_tfjs(model)
     # through the API: the vendor's failure code and the message kept
     r = RKNN()
     assert r.load_tfjs(str(tmp_path / "bad.json")) == -1 and "model.json" in str(r.last_error)

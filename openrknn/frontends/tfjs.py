@@ -41,39 +41,65 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
+def _shard(path: Path, rel) -> bytes:
+    """A weight file the manifest names: a file beside the model (or below its folder), never outside it."""
+    folder = path.parent.resolve()
+    shard = (folder / str(rel)).resolve() if isinstance(rel, str) and rel else None
+    if shard is None or folder not in shard.parents:
+        raise ModelLoadError(f"'{path.name}' names the weight file {rel!r}, which is not a file name inside the "
+                             "model's folder; a model.json lists its shards by their names beside it")
+    if not shard.is_file():
+        raise ModelLoadError(f"'{path.name}' lists the weight file '{rel}', which is not beside it in "
+                             f"{path.parent}; copy the model's .bin files with it")
+    return shard.read_bytes()
+
+
+def _spec(path: Path, spec) -> tuple:
+    """(name, shape, dtype, stored dtype, quantization) of one manifest entry, checked."""
+    bad = f"'{path.name}': a weightsManifest entry ({str(spec)[:80]}) is not a weight spec"
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ModelLoadError(bad + " (no name)")
+    shape = spec.get("shape", [])
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ModelLoadError(bad + f" (shape {shape!r}: a list of sizes >= 0)")
+    dtype = spec.get("dtype", "float32")
+    quant = spec.get("quantization") or {}
+    if not isinstance(quant, dict):
+        raise ModelLoadError(bad + " (quantization is not an object)")
+    stored = quant.get("dtype", dtype)
+    if stored not in _DTYPES or dtype not in _TF_DTYPE:
+        raise ModelLoadError(f"'{path.name}': weight '{spec['name']}' is stored as {stored} ({dtype}), which "
+                             "openrknn cannot read; export the model without that weight type")
+    if stored in ("uint8", "uint16") and not all(isinstance(quant.get(k), (int, float)) for k in ("min", "scale")):
+        raise ModelLoadError(f"'{path.name}': weight '{spec['name']}' is stored as {stored} without a numeric min "
+                             "and scale to read it back with")
+    return spec["name"], shape, dtype, stored, quant
+
+
 def _weights(path: Path, manifest) -> dict:
     """{weight name: float32 / int32 / bool array} from the shards, dequantized as TensorFlow.js loads them."""
+    if not isinstance(manifest, list) or not all(isinstance(g, dict) for g in manifest):
+        raise ModelLoadError(f"'{path.name}': weightsManifest is not a list of weight groups; the file is not a "
+                             "TensorFlow.js model.json as tensorflowjs_converter writes it")
     out = {}
     for group in manifest:
-        data = bytearray()
-        for rel in group.get("paths", []):
-            shard = path.parent / rel
-            if not shard.is_file():
-                raise ModelLoadError(f"'{path.name}' lists the weight file '{rel}', which is not beside it in "
-                                     f"{path.parent}; copy the model's .bin files with it")
-            data += shard.read_bytes()
+        data = b"".join(_shard(path, rel) for rel in group.get("paths", []))
         offset = 0
-        for spec in group.get("weights", []):
-            name, shape, dtype = spec["name"], [int(d) for d in spec.get("shape", [])], spec.get("dtype", "float32")
-            quant = spec.get("quantization") or {}
-            stored = quant.get("dtype", dtype)
-            if stored not in _DTYPES or dtype not in _TF_DTYPE:
-                raise ModelLoadError(f"'{path.name}': weight '{name}' is stored as {stored} ({dtype}), which "
-                                     "openrknn cannot read; export the model without that weight type")
+        for entry in group.get("weights", []):
+            name, shape, dtype, stored, quant = _spec(path, entry)
             n = int(np.prod(shape)) if shape else 1
             size = n * np.dtype(_DTYPES[stored]).itemsize
             if offset + size > len(data):
                 raise ModelLoadError(f"'{path.name}': the weight files end before weight '{name}' ({len(data)} "
                                      f"bytes, {offset + size} needed); the .bin files are incomplete or not this "
                                      "model's")
-            raw = np.frombuffer(bytes(data[offset:offset + size]), _DTYPES[stored])
+            raw = np.frombuffer(data, _DTYPES[stored], count=n, offset=offset)
             offset += size
             if stored in ("uint8", "uint16"):  # affine quantization: value = q * scale + min, in double as
                 # TensorFlow.js computes it (in float32 a stored zero comes back as 1e-7, which per-channel int8
                 # weights would then blow up to a full-scale channel)
                 raw = raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
-            arr = raw.astype(_DTYPES[dtype]).reshape(shape)
-            out[name] = arr
+            out[name] = raw.astype(_DTYPES[dtype]).reshape(shape)
     return out
 
 
@@ -87,9 +113,11 @@ def read_graph(path: str | Path):
     doc = _read_json(path)
     graph = GraphDef()
     try:
+        if not isinstance(doc["modelTopology"], dict):
+            raise json_format.ParseError("an object was expected")
         json_format.ParseDict(doc["modelTopology"], graph, ignore_unknown_fields=True)
-    except json_format.ParseError as e:
-        raise ModelLoadError(f"'{path}': its modelTopology is not a TensorFlow GraphDef ({e})") from None
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"'{path}': its modelTopology is not a TensorFlow GraphDef ({str(e)[:200]})") from None
     weights = _weights(path, doc["weightsManifest"])
     for node in graph.node:
         if node.op != "Const" or node.name not in weights:
