@@ -226,3 +226,30 @@ def test_dead_channel_keeps_its_bias(tmp_path, dead):
     want = ort.InferenceSession(str(path)).run(None, {"x": xf.transpose(0, 3, 1, 2).copy()})[0]
     np.testing.assert_allclose(got[0, 1], want[0, 1], atol=0.05)  # the dead channel: its bias, 3.04
     assert cosine(got, want) > 0.999
+
+
+def test_fc_sigmoid_output_reaches_half(tmp_path):
+    """A presence flag (Gemm -> Sigmoid as a model output) calibrated only on negatives (every probability < 0.01):
+    its int8 range reaches 0.5, as rknn-toolkit2 sets it, so a positive at run time reads ~0.3, not the few hundredths
+    the calibration reached."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import built_rknn, write_samples
+
+    w = np.concatenate([np.ones(8), -np.ones(8)]).astype(np.float32).reshape(16, 1)  # evidence for, against
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
+                          "flag", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-6.0], np.float32), "b")])
+    path = tmp_path / "flag.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    rng = np.random.default_rng(0)
+    ds = write_samples(tmp_path, [rng.uniform(0, 1, (1, 16)).astype(np.float32) for _ in range(6)])
+    rk = built_rknn(path, ds, target_platform="rk3588")
+    seen = [np.ravel(rk.inference([x])[0])[0] for x in [rng.uniform(0, 1, (1, 16)).astype(np.float32)
+                                                         for _ in range(6)]]
+    positive = np.concatenate([np.full(8, 0.7), np.full(8, 0.05)]).astype(np.float32)[None]  # logit -0.8: 0.31
+    high = float(np.ravel(rk.inference([positive])[0])[0])
+    rk.release()
+    assert max(seen) < 0.05  # what calibration saw: negatives only
+    assert abs(high - 1 / (1 + np.exp(0.8))) < 0.01

@@ -569,6 +569,32 @@ def search_pre_activations(info: GraphInfo, plan: Plan, stats: Stats, scheme: Sc
         searched.update(zip(jobs, pool.map(search, jobs)))
 
 
+_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def fc_sigmoid_outputs(info: GraphInfo) -> List[str]:
+    """Sigmoid outputs that are model outputs (through reshapes) after a fully connected layer (Gemm, or MatMul by a
+    constant, with or without its bias Add): a presence flag or a multi-label score. rknn-toolkit2 gives such an output
+    the sigmoid of its input's int8 range, which holds 0, so at least [0, 0.5] (its quantization file for a
+    hand-landmark model's presence flag: [0, 0.5] where calibration saw [0.0007, 0.009]); calibration images without a
+    single positive then do not cap the probability at what they reached (0.009 for a hand that scores 0.33)."""
+    found = []
+    for out in info.outputs:
+        t = out
+        while t in info.producer and info.nodes[info.producer[t]].op_type in _PASS_THROUGH:
+            t = info.nodes[info.producer[t]].input[0]
+        node = info.nodes[info.producer[t]] if t in info.producer else None
+        if node is None or node.op_type != "Sigmoid" or node.input[0] not in info.producer:
+            continue
+        fc = info.nodes[info.producer[node.input[0]]]
+        if fc.op_type == "Add" and any(info.is_const(i) for i in fc.input):
+            src = next(i for i in fc.input if not info.is_const(i))
+            fc = info.nodes[info.producer[src]] if src in info.producer else fc
+        if fc.op_type == "Gemm" or (fc.op_type == "MatMul" and any(info.is_const(i) for i in fc.input)):
+            found.append(t)
+    return found
+
+
 def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme, algorithm: str,
                       overrides: Optional[Dict[str, str]] = None,
                       fixed: Optional[Dict[str, tuple]] = None,
@@ -599,6 +625,9 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         elif algorithm != "normal" and plan.group_of[t] not in exempt and t in stats.hist:
             lo, hi = pick(stats.hist[t], lo, hi, fmt)
         chosen[t] = (lo, hi)
+    for t in fc_sigmoid_outputs(info):
+        if t in chosen:  # at least [0, 0.5]: the sigmoid of an int8 input range, which holds 0
+            chosen[t] = (min(chosen[t][0], 0.0), max(chosen[t][1], 0.5))
     acts: Dict[str, ActQuant] = {}
     for members in plan.groups.values():
         have = [chosen[t] for t in members if t in chosen]
