@@ -644,3 +644,7 @@ def test_tfjs_model_is_its_shards_then_model_json(gui, client, tmp_path):
     status, r = upload(client, "model", "model.json", model.read_bytes())
     assert status == 200 and r["model"]["framework"] == "tfjs"
     assert r["model"]["inputs"][0]["shape"] == [1, 12, 12, 3] and len(r["model"]["outputs"]) == 2
+    # picked by path on this machine: the user's own folder is named, as it helps them
+    (model.parent / "group1-shard2of2.bin").unlink()
+    status, r = client.json("POST", "/api/model/path", {"path": str(model)})
+    assert status == 400 and str(model.parent) in r["error"], r["error"]

@@ -49,8 +49,11 @@ def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
         weights = path.parent / f"{Path(name).stem}{BESIDE[framework]}"
         if not weights.is_file():
             raise refused(f"its weights file '{weights.name}' is not there")
-    def as_user_knows(text: str) -> str:  # the server's folders and the upload's temporary name never shown
-        return text.replace(str(path), name).replace(str(path.parent), "the upload folder").replace(path.name, name)
+    def as_user_knows(text: str) -> str:  # an upload's server folder and temporary name are never shown
+        text = text.replace(str(path), name)
+        if path.name != name:  # an upload (checked under a temporary name in the session's folder)
+            text = text.replace(str(path.parent), "the upload folder").replace(path.name, name)
+        return text
 
     try:
         info = inspect_model(path, framework, weights)
