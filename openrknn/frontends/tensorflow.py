@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ModelLoadError
 from . import LoadedModel, file_sha256, normalize_size_list
 from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, Value, const_for_layout,
-                      same_pads)
+                      same_pads, transpose_pads)
 
 log = logging.getLogger("openrknn.frontends.tensorflow")
 
@@ -576,17 +576,11 @@ def _conv_transpose(c: _Converter, node):
     s = list(c.attr(node, "strides", [1, 1, 1, 1]))[1:3]
     d = list(c.attr(node, "dilations", [1, 1, 1, 1]))[1:3]
     kh, kw = w.shape[0], w.shape[1]
-    total = [max((i - 1) * st + (k - 1) * dl + 1 - o, 0) for i, st, k, dl, o in zip(in_hw, s, (kh, kw), d, out_hw)]
-    if c.attr(node, "padding", "VALID") == "VALID":
-        begin = [0, 0]
-    else:
-        begin = [t // 2 for t in total]
-    end = [t - b for t, b in zip(total, begin)]
-    extra = [o - ((i - 1) * st + (k - 1) * dl + 1 - t) for i, st, k, dl, t, o in
-             zip(in_hw, s, (kh, kw), d, total, out_hw)]  # VALID with a larger output size: output_padding
+    pads, extra = transpose_pads(in_hw, s, [(k - 1) * dl + 1 for k, dl in zip((kh, kw), d)], out_hw,
+                                 same=c.attr(node, "padding", "VALID") == "SAME")
     wt = np.ascontiguousarray(w.transpose(3, 2, 0, 1)).astype(np.float32)  # [H, W, O, I] -> [I, O, H, W]
     y = c.b.node("ConvTranspose", [x.name, c.b.const(wt, f"{node.name}/weight")], node.name, kernel_shape=[kh, kw],
-                 strides=s, dilations=d, pads=begin + end, output_padding=[max(e, 0) for e in extra])
+                 strides=s, dilations=d, pads=pads, output_padding=extra)
     c.put(node, y, "nchw", 4)
     n = c.shapes[_tensor_name(node.input[2])][0]
     c.shapes[f"{node.name}:0"] = [n] + out_hw + [w.shape[2]]
@@ -602,34 +596,46 @@ def _depth_to_space(c: _Converter, node):
     c.shapes[f"{node.name}:0"] = [n, h * bs, w * bs, ch // (bs * bs)]
 
 
+def _strided_index(c: _Converter, node, begin, end, strides) -> Optional[list]:
+    """StridedSlice's constant bounds and masks as one Python index per axis (an int for a shrunk axis, else a
+    slice); None for an ellipsis or new axes."""
+    if c.attr(node, "ellipsis_mask", 0) or c.attr(node, "new_axis_mask", 0):
+        return None
+    bm, em, sm = (int(c.attr(node, k, 0)) for k in ("begin_mask", "end_mask", "shrink_axis_mask"))
+    index = []
+    for ax, (b, e, st) in enumerate(zip(*(np.asarray(v).reshape(-1).tolist() for v in (begin, end, strides)))):
+        if sm >> ax & 1:
+            index.append(int(b))
+        else:
+            index.append(slice(None if bm >> ax & 1 else int(b), None if em >> ax & 1 else int(e), int(st)))
+    return index
+
+
 def _strided_slice(c: _Converter, node):
     """StridedSlice with constant begin / end / strides (masks included, no ellipsis or new axes): an ONNX Slice in
     the NHWC view, then a Reshape dropping the shrunk axes."""
-    x = c.value(node.input[0], "nhwc")
-    begin, end, strides = (c.const(i) for i in node.input[1:4])
+    bounds = [c.const(i) for i in node.input[1:4]]
     known = c.shapes.get(_tensor_name(node.input[0]))
-    if begin is None or end is None or strides is None or known is None:
+    if any(v is None for v in bounds) or known is None:
         raise UnsupportedLayer("TensorFlow", node.name, "StridedSlice with bounds computed at run time")
-    if c.attr(node, "ellipsis_mask", 0) or c.attr(node, "new_axis_mask", 0):
+    index = _strided_index(c, node, *bounds)
+    if index is None:
         raise UnsupportedLayer("TensorFlow", node.name, "StridedSlice with an ellipsis or new axes")
-    masks = {k: int(c.attr(node, k, 0)) for k in ("begin_mask", "end_mask", "shrink_axis_mask")}
-    index, starts, ends, steps, axes, shape = [], [], [], [], [], list(known)
-    for ax, (b, e, st) in enumerate(zip(*(np.asarray(v).reshape(-1).tolist() for v in (begin, end, strides)))):
-        if masks["shrink_axis_mask"] >> ax & 1:
-            sl = slice(b, b + 1 if b != -1 else None, 1)
-        else:
-            sl = slice(None if masks["begin_mask"] >> ax & 1 else b, None if masks["end_mask"] >> ax & 1 else e, st)
-        index.append(sl)
+    x = c.value(node.input[0], "nhwc")
+    starts, ends, steps, out = [], [], [], []
+    for ax, ix in enumerate(index):
+        sl = slice(ix, ix + 1 if ix != -1 else None) if isinstance(ix, int) else ix
         lo, hi, step = sl.indices(known[ax])
         starts.append(lo)
         ends.append(hi if hi >= 0 else -(2 ** 62))  # a backward slice to the start
         steps.append(step)
-        axes.append(ax)
-        shape[ax] = len(range(lo, hi, step))
+        if not isinstance(ix, int):  # a shrunk axis leaves the shape
+            out.append(len(range(lo, hi, step)))
+    out += list(known[len(index):])
+    axes = list(range(len(index)))
     y = c.b.node("Slice", [x.name, *(c.b.const(np.array(v, np.int64), f"{node.name}/{k}") for k, v in
                                       (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)))],
                  f"{node.name}/slice")
-    out = [d for ax, d in enumerate(shape) if not (ax < len(axes) and masks["shrink_axis_mask"] >> ax & 1)]
     y = c.b.node("Reshape", [y, c.b.const(np.array(out, np.int64), f"{node.name}/shape")], node.name)
     c.put(node, y, "nhwc" if len(out) == 4 else "plain", len(out))
     c.shapes[f"{node.name}:0"] = out
@@ -842,17 +848,8 @@ def _pack(c: _Converter, node):
 
 
 def _fold_strided_slice(c: _Converter, node, args):
-    x, begin, end, strides = (np.asarray(a) for a in args)
-    if c.attr(node, "ellipsis_mask", 0) or c.attr(node, "new_axis_mask", 0):
-        return None
-    bm, em, sm = (int(c.attr(node, k, 0)) for k in ("begin_mask", "end_mask", "shrink_axis_mask"))
-    index = []
-    for ax, (b, e, st) in enumerate(zip(begin.reshape(-1), end.reshape(-1), strides.reshape(-1))):
-        if sm >> ax & 1:
-            index.append(int(b))
-        else:
-            index.append(slice(None if bm >> ax & 1 else int(b), None if em >> ax & 1 else int(e), int(st)))
-    return x[tuple(index)]
+    index = _strided_index(c, node, *args[1:4])
+    return None if index is None else np.asarray(args[0])[tuple(index)]
 
 
 def _fold_binary(fn):

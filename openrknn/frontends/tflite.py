@@ -26,7 +26,7 @@ from onnx import TensorProto
 from ..errors import ModelLoadError
 from . import LoadedModel, file_sha256
 from .builder import (NHWC_AXIS_IN_NCHW, ChannelLast, GraphBuilder, UnsupportedLayer, activation, const_for_layout,
-                      same_pads)
+                      same_pads, transpose_pads)
 from .tflite_detection import detection_postprocess
 from .tflite_sparse import densify, read_sparsity
 
@@ -319,17 +319,6 @@ def _depthwise(r: _Reader, op, ins, outs, layer):
     r.put(outs[0], _fused(r, y, opt, layer), "nchw")
 
 
-def _transpose_pads(in_hw, strides, kernel, out_hw, same: bool = True):
-    """ONNX ConvTranspose pads and output_padding giving TFLite's output size exactly (explicit, as every graph of
-    openrknn carries them: no output_shape): stride * (in - 1) + kernel - pads = out, any surplus as
-    output_padding."""
-    total = [(i - 1) * s + k - o for i, s, k, o in zip(in_hw, strides, kernel, out_hw)]
-    if not same:  # VALID: TFLite crops nothing at the start
-        return [0, 0] + [max(t, 0) for t in total], [max(-t, 0) for t in total]
-    pads = [max(t, 0) for t in total]
-    return [t // 2 for t in pads] + [t - t // 2 for t in pads], [max(-t, 0) for t in total]
-
-
 def _transpose_conv(r: _Reader, op, ins, outs, layer):
     opt = r.options(op, "TransposeConvOptions")
     out_shape = [int(v) for v in r.array(ins[0])]  # NHWC
@@ -337,7 +326,7 @@ def _transpose_conv(r: _Reader, op, ins, outs, layer):
     x = r.value(ins[2], "nchw")
     w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {0: 1}, f"{layer}/weight")  # -> [I, O, H, W]
     strides = [opt.StrideH(), opt.StrideW()]
-    pads, extra = _transpose_pads(r.shape(ins[2])[1:3], strides, kshape[1:3], out_shape[1:3])
+    pads, extra = transpose_pads(r.shape(ins[2])[1:3], strides, kshape[1:3], out_shape[1:3])
     inputs = [x.name, w] + ([r.weight(ins[3], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 3 and ins[3] >= 0
                             else [])
     y = r.b.node("ConvTranspose", inputs, layer, kernel_shape=kshape[1:3], strides=strides, pads=pads,
@@ -360,7 +349,7 @@ def _transpose_conv_bias(r: _Reader, op, ins, outs, layer):
     x = r.value(ins[0], "nchw")
     w = r.weight(ins[1], lambda a: a.transpose(3, 0, 1, 2), {0: 1}, f"{layer}/weight")  # -> [I, O, H, W]
     strides = [stride_h, stride_w]
-    pads, extra = _transpose_pads(r.shape(ins[0])[1:3], strides, kshape[1:3], out_shape[1:3], same=padding != 2)
+    pads, extra = transpose_pads(r.shape(ins[0])[1:3], strides, kshape[1:3], out_shape[1:3], same=padding != 2)
     inputs = [x.name, w] + ([r.weight(ins[2], lambda a: a, {}, f"{layer}/bias")] if len(ins) > 2 and ins[2] >= 0
                             else [])
     y = r.b.node("ConvTranspose", inputs, layer, kernel_shape=kshape[1:3], strides=strides, pads=pads,
