@@ -194,11 +194,12 @@ def test_gptq_weighs_the_covariance_when_the_bias_is_corrected():
     assert left[2] < 0.8 * left[1] < 0.8 * left[0]  # measured: 0.0074 against 0.0104 (raw) and 0.0132 (nearest)
 
 
-@pytest.mark.parametrize("dead", [0.0, 1.2e-7])
-def test_dead_channel_keeps_its_bias(tmp_path, dead):
+@pytest.mark.parametrize("dead,target", [(0.0, "rk3588"), (1.2e-7, "rk3588"), (0.0, "rk1808"), (1.2e-7, "rk1808")])
+def test_dead_channel_keeps_its_bias(tmp_path, dead, target):
     """A channel whose weights are zero (pruned, or a stored zero read back as 1.2e-7) beside a bias of a few units:
     its int32 bias at s_in * s_w must still hold the bias, or the NPU (and onnxruntime's QLinearConv) reads a
-    fraction of it. The channel's weight scale rises to fit; every channel's output stays within a step."""
+    fraction of it. The channel's weight scale rises to fit; every channel's output stays within a step. rk1808:
+    asymmetric uint8 weights per channel, whose zero point moves with the scale."""
     from onnx import TensorProto, helper, numpy_helper
 
     from conftest import built_rknn
@@ -216,7 +217,10 @@ def test_dead_channel_keeps_its_bias(tmp_path, dead):
     path = tmp_path / "dead.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     ds = write_npy_dataset(tmp_path, (8, 8, 3), n=4, seed=5)
-    rk = built_rknn(path, ds, target_platform="rk3588", mean_values=[[127.5] * 3], std_values=[[127.5] * 3])
+    per_channel_u8 = {"quantized_dtype": "asymmetric_quantized-u8", "quantized_method": "channel"} \
+        if target == "rk1808" else {}
+    rk = built_rknn(path, ds, target_platform=target, mean_values=[[127.5] * 3], std_values=[[127.5] * 3],
+                    **per_channel_u8)
     x = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
     got = rk.inference([x])[0]
     rk.release()

@@ -93,7 +93,7 @@ def fit_bias(wq: WeightQuant, bias: Optional[np.ndarray], x_act: Optional[ActQua
     fits, the channel's weights re-rounded on it (they are ~0 either way). The NPU, TFLite and onnxruntime's
     QLinearConv all read the bias at s_in * s_w; a bias kept at another scale would be read wrong by them."""
     if (bias is None or x_act is None or x_act.fmt.bits != 8 or wq.fmt.bits != 8 or wq.axis is None
-            or np.ndim(wq.scale) != 1 or np.any(np.asarray(wq.zero_point) != 0)):
+            or np.ndim(wq.scale) != 1):
         return wq
     b = np.abs(np.asarray(bias, np.float64).reshape(-1))
     scale = np.asarray(wq.scale, np.float64)
@@ -102,14 +102,17 @@ def fit_bias(wq: WeightQuant, bias: Optional[np.ndarray], x_act: Optional[ActQua
     if b.shape != scale.shape or not short.any():
         return wq
     scale = np.where(short, need, scale)
+    zp = np.broadcast_to(np.asarray(wq.zero_point, np.int64), scale.shape).copy()
     q = np.array(wq.q, copy=True)
-    qmax = (1 << (wq.fmt.bits - 1)) - 1
-    w = np.moveaxis(np.asarray(wq.q, np.float64), wq.axis, 0) * np.asarray(wq.scale, np.float64).reshape(
-        (-1,) + (1,) * (q.ndim - 1))
     moved = np.moveaxis(q, wq.axis, 0)
+    w = (moved.astype(np.float64) - zp.reshape((-1,) + (1,) * (q.ndim - 1))) * np.asarray(
+        wq.scale, np.float64).reshape((-1,) + (1,) * (q.ndim - 1))
+    fmt = wq.fmt
     for c in np.flatnonzero(short):
-        moved[c] = np.clip(np.round(w[c] / scale[c]), -qmax, qmax)
-    return replace(wq, q=q, scale=scale.astype(np.float32))
+        if not fmt.symmetric:  # the channel's zero point moves with its scale, 0 still exact
+            zp[c] = np.clip(np.round(fmt.qmin - min(float(w[c].min()), 0.0) / scale[c]), fmt.qmin, fmt.qmax)
+        moved[c] = np.clip(np.round(w[c] / scale[c]) + zp[c], fmt.qmin, fmt.qmax)
+    return replace(wq, q=q, scale=scale.astype(np.float32), zero_point=zp)
 
 
 def _bias_dq(b: "_Builder", nodes: List[onnx.NodeProto], tensors: Dict[str, dict], name: str, bias: np.ndarray,
