@@ -119,7 +119,8 @@ def _w8a8_tflite(model: onnx.ModelProto, tmp_path: Path, name: str, **config):
     return pkg, data, report
 
 
-def _exports_as_simulated(tmp_path: Path, nodes, inits, name: str, ops, out_shape=(1, 4, H, W), opset: int = 17):
+def _exports_as_simulated(tmp_path: Path, nodes, inits, name: str, ops, out_shape=(1, 4, H, W), opset: int = 17,
+                          **config):
     """A [1, 3, H, W] -> ``out_shape`` graph of ``nodes`` built w8a8 and exported: its TFLite file uses ``ops`` and
     LiteRT gives the simulator's output (cosine >= 0.999) on three inputs."""
     from openrknn.metrics import cosine
@@ -131,7 +132,7 @@ def _exports_as_simulated(tmp_path: Path, nodes, inits, name: str, ops, out_shap
                               inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    pkg, data, report = _w8a8_tflite(model, tmp_path, name)
+    pkg, data, report = _w8a8_tflite(model, tmp_path, name, **config)
     assert set(ops) <= set(report.tflite_ops)
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(3):
@@ -168,7 +169,7 @@ def test_weight_integers_scales_and_zero_points_are_the_containers(tiny_rknn, ti
     from openrknn.package import read_package
 
     g = QdqGraph(onnx.load_from_string(read_package(tiny_rknn).model_bytes))
-    conv = next(n for n in g.nodes if n.op_type == "Conv" and n.name.startswith("pw"))
+    conv = next(n for n in g.nodes if n.op_type == "Conv" and n.name.startswith("dw"))
     wq = g.quant_const(conv.input[1])
     model = tflite.Model.GetRootAsModel(tiny_tflite.read_bytes(), 0)
     sub = model.Subgraphs(0)
@@ -178,13 +179,13 @@ def test_weight_integers_scales_and_zero_points_are_the_containers(tiny_rknn, ti
         if t.Name().decode().split("#")[0] != conv.input[1] or t.Type() != tflite.TensorType.INT8:
             continue
         data = model.Buffers(t.Buffer()).DataAsNumpy().view(np.int8).reshape(t.ShapeAsNumpy())
-        np.testing.assert_array_equal(data, wq.q.transpose(0, 2, 3, 1))       # OHWI, the same integers
+        np.testing.assert_array_equal(data, wq.q.transpose(1, 2, 3, 0))       # depthwise 1HWO, the same integers
         np.testing.assert_array_equal(t.Quantization().ScaleAsNumpy(), wq.scale)
         assert not t.Quantization().ZeroPointAsNumpy().any()
         found = True
     assert found
     # activations: our zero point stored as uint8 with +128 is the int8 zero point
-    qn = g.sole_quantizer(conv.output[0])
+    qn = g.sole_quantizer("d6__f")  # the depthwise conv's Clip (ReLU6), fused into it, is its output point
     point = g.act_point(qn)
     names = {sub.Tensors(i).Name().decode().split("#")[0]: sub.Tensors(i) for i in range(sub.TensorsLength())}
     t = names[qn.output[0]]
@@ -198,13 +199,16 @@ def test_float_islands_are_reported_per_layer(tiny_rknn):
 
     _, report = export_tflite_bytes(read_package(tiny_rknn))
     modes = {r.layer: r.mode for r in report.layers}
-    assert modes["c1_op"] == "int8" and modes["dw_op"] == "int8" and modes["pw_op"] == "int8"
+    assert modes["c1_op"] == "int8" and modes["dw_op"] == "int8"
     assert modes["d6_op"] == "fused" and modes["r1_op"] == "fused"
     # SiLU: our graph computes conv -> sigmoid -> mul in float between quantization points
     assert modes["sconv_op"] == modes["sig_op"] == modes["silu_op"] == "float"
     assert "not a quantization point" in next(r.note for r in report.layers if r.layer == "sconv_op")
-    # and the export says what would make that conv int8
-    assert [r.layer for r in report.fused_convs] == ["sconv_op"] and "pre_activation_points='tflite'" in report.hint()
+    # the 1x1 conv before the residual Add: the chip adds the skip into it and rounds once, at the sum
+    assert modes["pw_op"] == modes["add_op"] == "float"
+    # and the export says what would make those convs int8
+    assert [r.layer for r in report.fused_convs] == ["pw_op", "sconv_op"]
+    assert "pre_activation_points='tflite'" in report.hint()
     assert "DEPTHWISE_CONV_2D" in report.tflite_ops and "FULLY_CONNECTED" in report.tflite_ops
 
 
@@ -232,8 +236,8 @@ def test_teflon_placement_per_channel_vs_per_tensor(tiny_rknn, tmp_path):
     _, report = export_tflite_bytes(read_package(tiny_rknn))
     per_channel = {p.layer: p for p in teflon_placement(report.model) if p.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")}
     assert all(p.unit == "CPU" for p in per_channel.values())
-    assert "per-channel" in per_channel["pw_op"].why
-    assert "float convolution" in per_channel["sconv_op"].why
+    assert "per-channel" in per_channel["dw_op"].why
+    assert "float convolution" in per_channel["sconv_op"].why and "float convolution" in per_channel["pw_op"].why
 
     rknn = _build(tmp_path, method="layer")
     path = tmp_path / "layer.rknn"
@@ -241,7 +245,7 @@ def test_teflon_placement_per_channel_vs_per_tensor(tiny_rknn, tmp_path):
     _, report = export_tflite_bytes(read_package(path))
     places = teflon_placement(report.model)
     convs = {p.layer: p.unit for p in places if p.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")}
-    assert convs["pw_op"] == convs["dw_op"] == "NPU" and convs["sconv_op"] == "CPU"
+    assert convs["c1_op"] == convs["dw_op"] == "NPU" and convs["sconv_op"] == convs["pw_op"] == "CPU"
     assert {p.unit for p in places if p.builtin == "LOGISTIC"} == {"CPU"}
 
 
@@ -1573,7 +1577,8 @@ def test_a_sum_read_by_a_relu_exports_as_one_add_with_its_relu_fused(tmp_path):
     n = helper.make_node
     nodes = [n("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]), n("Conv", ["x", "wb"], ["b"]),
              n("Add", ["a", "b"], ["s"]), n("Relu", ["s"], ["y"])]
-    report = _exports_as_simulated(tmp_path, nodes, inits, "add_relu", {"ADD"})
+    # built for TFLite: on the chip the later conv takes the Add into itself, with no int8 output for an ADD to read
+    report = _exports_as_simulated(tmp_path, nodes, inits, "add_relu", {"ADD"}, pre_activation_points="tflite")
     assert "RELU" not in report.tflite_ops
     assert any(layer.op_type == "Relu" and layer.mode == "fused" for layer in report.layers)
 

@@ -203,18 +203,18 @@ def _act_zero_point(p: SourceQuant, signed_target: bool) -> int:
 
 
 def fixed_parameters(float_model: onnx.ModelProto, params: Dict[str, SourceQuant], dtype: str,
-                     method: str, metas: Optional[List[dict]] = None
+                     method: str, metas: Optional[List[dict]] = None, pre_activation_points: str = "chip"
                      ) -> Tuple[Dict[str, tuple], List[str], Dict[str, tuple]]:
     """(QuantOptions.fixed for the target, one line per source parameter that cannot be kept and why, the source's
-    values for the tensors it could name)."""
+    values for the tensors it could name). pre_activation_points: the build's; 'tflite' has TFLite's points."""
     from ..quant.ir import GraphInfo, normalize
-    from ..quant.plan import build_plan
+    from ..quant.plan import ALL_PRE_ACTIVATIONS, build_plan
     from ..quant.schemes import get_scheme
     from ..targets.chips import requantizes_pre_activations
 
     scheme = get_scheme(dtype)
-    plan = build_plan(GraphInfo(normalize(float_model)),
-                      requantized_pre_activations=requantizes_pre_activations(None, dtype))
+    policy = ALL_PRE_ACTIVATIONS if pre_activation_points == "tflite" else requantizes_pre_activations(None, dtype)
+    plan = build_plan(GraphInfo(normalize(float_model)), requantized_pre_activations=policy)
     points = set(plan.points)
     weights = {w.w: w for w in plan.weighted}
     values = {t.name: t for t in float_model.graph.initializer}
@@ -397,7 +397,7 @@ def build_kept(loaded, cfg, dataset: Optional[str], progress: bool = True):
     float_model, metas, notes = build_float_graph(loaded, dataclasses.replace(
         cfg, optimization_level=min(cfg.optimization_level, 2)))
     fixed, changes, wanted = fixed_parameters(float_model, loaded.source_quant, cfg.quantized_dtype,
-                                              cfg.quantized_method, metas)
+                                              cfg.quantized_method, metas, cfg.pre_activation_points)
     from pathlib import Path
 
     if dataset and Path(dataset).is_file():

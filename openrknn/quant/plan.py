@@ -415,6 +415,29 @@ def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[i
     return ""
 
 
+def _residual_conv_outputs(info: GraphInfo, weighted: List[WeightedOp], dyn: Set[str], internal: Set[str],
+                           fused: Dict[str, str]) -> Set[str]:
+    """Conv outputs read only by a residual Add of two same-shape activations: the RKNPU2 adds the other operand
+    into the conv's accumulator and rounds once, at the sum (rknn-toolkit2 2.5.0's simulator: the projection convs of
+    BlazeFace's and MobileNetV2's residual blocks put out values on no int8 grid, their sums are on the Add's, or
+    its ReLU's). Where both operands are such convs, the later one takes the Add, as the other must exist first."""
+    taken: Dict[int, Tuple[int, str]] = {}  # Add node -> (conv node, conv output) of the conv it fuses into
+    for w in weighted:
+        y = info.nodes[w.node].output[0]
+        cons = info.consumers.get(y, [])
+        if info.nodes[w.node].op_type != "Conv" or y in info.output_set or y in internal or y in fused or \
+                y not in dyn or len(cons) != 1:
+            continue
+        add = info.nodes[cons[0]]
+        ops = [t for t in add.input if t]
+        if add.op_type != "Add" or len(ops) != 2 or ops[0] == ops[1] or not all(t in dyn for t in ops) or \
+                info.shape.get(ops[0]) is None or info.shape.get(ops[0]) != info.shape.get(ops[1]):
+            continue
+        if cons[0] not in taken or taken[cons[0]][0] < w.node:
+            taken[cons[0]] = (w.node, y)
+    return {y for _, y in taken.values()}
+
+
 def _channel_split(info: GraphInfo, w: WeightedOp, i: int, y: str) -> bool:
     """Node ``i`` splits the Conv output ``y`` along its channels."""
     node = info.nodes[i]
@@ -443,9 +466,10 @@ def _clamps(info: GraphInfo, node, x: str) -> bool:
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                requantized_pre_activations: object = False,
                detached: FrozenSet[Tuple[str, str]] = frozenset()) -> Plan:
-    """requantized_pre_activations: True when the target chip stores some conv outputs as integers before their
-    activation (targets/chips.py Generation.requantizes_pre_activations); ALL_PRE_ACTIVATIONS for every conv
-    output before an activation TFLite cannot fuse (config(pre_activation_points='tflite')).
+    """requantized_pre_activations: True for the RKNPU2's own points: the conv outputs it stores as integers before
+    their activation (targets/chips.py Generation.requantizes_pre_activations), and none for a conv whose residual
+    Add it fuses (_residual_conv_outputs); ALL_PRE_ACTIVATIONS for every conv output before an activation TFLite
+    cannot fuse (config(pre_activation_points='tflite')), each residual Add reading int8 operands as TFLite's ADD.
     detached: (concat output, input) pairs whose scales stay apart (Plan.detached)."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
@@ -524,6 +548,8 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                 _clamps(info, info.nodes[cons[0]], y):
             internal.add(y)
             fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
+    if requantized_pre_activations is True:
+        internal.update(_residual_conv_outputs(info, weighted, dyn, internal, fused))
     conv_outputs = {info.nodes[w.node].output[0] for w in weighted if info.nodes[w.node].op_type in
                     ("Conv", "ConvTranspose", "Gemm")}
     _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)

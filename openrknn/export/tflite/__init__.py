@@ -42,7 +42,8 @@ class ExportReport:
 
     @property
     def fused_convs(self) -> list:
-        """Convolutions left float because our graph applies their activation inside them (no int8 output)."""
+        """Convolutions left float because our graph applies the op after them inside them (an activation, a residual
+        Add: no int8 output)."""
         return [r for r in self.float_layers if r.op_type == "Conv" and "pre_activation_points" in r.note]
 
     def hint(self) -> str:
@@ -50,8 +51,9 @@ class ExportReport:
         n = len(self.fused_convs)
         if not n:
             return ""
-        return (f"{n} convolution(s) stay float on the CPU because their activation is applied inside them; "
-                f"rebuild with config(pre_activation_points='tflite') to export them as int8 convs Teflon offloads")
+        return (f"{n} convolution(s) stay float on the CPU because the op after them (their activation, a residual "
+                f"Add) is applied inside them; rebuild with config(pre_activation_points='tflite') to export them as "
+                f"int8 convs Teflon offloads")
 
     def summary(self) -> str:
         lines = [f"{len(self.int8_layers)} layers int8, {len(self.float_layers)} float (our graph computes them in "

@@ -408,7 +408,8 @@ class Lowerer:
             return "an input is a float intermediate of our graph (the NPU fuses it with the op before)"
         if not all(self.g.sole_quantizer(o) is not None for o in outs):
             return ("its output is not a quantization point (the NPU fuses it with the op after; "
-                    "config(pre_activation_points='tflite') makes it one before any activation but ReLU)")
+                    "config(pre_activation_points='tflite') makes it one before any activation but ReLU and before a "
+                    "residual Add)")
         return "no int8 TFLite form for these attributes"
 
     def _outputs(self) -> None:
