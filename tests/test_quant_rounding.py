@@ -257,3 +257,25 @@ def test_fc_sigmoid_output_reaches_half(tmp_path):
     rk.release()
     assert max(seen) < 0.05  # what calibration saw: negatives only
     assert abs(high - 1 / (1 + np.exp(0.8))) < 0.01
+
+
+def test_a_flags_logit_is_never_clipped():
+    """The logit of a flag (MatMul -> bias Add -> Sigmoid as a model output, as TensorFlow writes a dense layer) is
+    exempt from every clipping search (range choice's KL / MSE sets, kl_divergence, mmse): calibration images of one
+    class leave the other class in a thin tail, and clipping it capped that class's probability (a hand-landmark
+    model's handedness, its logit cut to [-0.03, 1.76] from [-2.55, 1.90], read 0.49 for 0.01 without a hand)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from openrknn.quant.ir import GraphInfo, normalize
+    from openrknn.quant.pipeline import _clip_exempt
+    from openrknn.quant.plan import build_plan
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["z"]),
+                           helper.make_node("Sigmoid", ["z"], ["p"])],
+                          "flag", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])],
+                          [numpy_helper.from_array(np.full((16, 1), 0.1, np.float32), "w"),
+                           numpy_helper.from_array(np.array([0.5], np.float32), "b")])
+    info = GraphInfo(normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])))
+    plan = build_plan(info)
+    assert "z" in plan.points and plan.group_of["z"] in _clip_exempt(info, plan)
