@@ -443,27 +443,29 @@ def test_outputs_a_topk_picks_are_judged_by_its_sorted_scores():
 
 
 def _grouped_model() -> onnx.ModelProto:
-    """Two conv+ReLU branches a Concat joins (one scale group), then a conv -> Sigmoid score map carried to the
-    output by a Reshape and a Transpose (the sigmoid's group)."""
+    """Two conv+ReLU branches a Concat joins (one scale group), then a conv -> Sigmoid score map (one layer on the
+    chip) carried to the output by a Reshape, a Transpose and a Reshape (the sigmoid's group)."""
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), k) for k, s in
              [("wa", (4, 3, 3, 3)), ("wb", (4, 3, 3, 3)), ("ws", (2, 8, 1, 1))]]
     inits.append(numpy_helper.from_array(np.array([1, 2, 64], np.int64), "shape"))
+    inits.append(numpy_helper.from_array(np.array([1, 128], np.int64), "flat"))
     n = helper.make_node
     nodes = [n("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"), n("Relu", ["a"], ["ra"], name="relu_a"),
              n("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"), n("Relu", ["b"], ["rb"], name="relu_b"),
              n("Concat", ["ra", "rb"], ["c"], axis=1, name="cat"),
              n("Conv", ["c", "ws"], ["s"], name="conv_s"), n("Sigmoid", ["s"], ["p"], name="sig"),
-             n("Reshape", ["p", "shape"], ["r"], name="reshape"), n("Transpose", ["r"], ["out"], perm=[0, 2, 1],
-                                                                     name="transpose")]
+             n("Reshape", ["p", "shape"], ["r"], name="reshape"), n("Transpose", ["r"], ["t"], perm=[0, 2, 1],
+                                                                     name="transpose"),
+             n("Reshape", ["t", "flat"], ["out"], name="flatten")]
     g = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 64, 2])], inits)
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 128])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_layers_a_scale_group_ties_together_are_one_unit(setup, tmp_path):
     """The quantizer gives a scale group one format whichever member is asked, so auto hybrid promotes whole groups:
-    the two convs a concat joins together, a score map's sigmoid with the reshape and transpose that carry it. The
+    the two convs a concat joins together, a score map's conv (its sigmoid fused) with the layout ops that carry it. The
     report counts every layer that ends up 16-bit, data movement included, and names units after a layer that
     computes."""
     onnx.save(_grouped_model(), tmp_path / "grouped.onnx")
@@ -477,11 +479,11 @@ def test_layers_a_scale_group_ties_together_are_one_unit(setup, tmp_path):
             if hq.override_name(t) in group_of:
                 assert owner.setdefault(group_of[hq.override_name(t)], unit) == unit  # no group split across units
     by_layer = {n: u for u, members in unit_layers.items() for n in members}
-    assert sorted(by_layer) == ["cat", "conv_a", "conv_b", "conv_s", "openrknn_pre/x/transpose", "reshape", "sig",
-                                "transpose"]
+    assert sorted(by_layer) == ["cat", "conv_a", "conv_b", "conv_s", "flatten", "openrknn_pre/x/transpose",
+                                "reshape", "transpose"]
     assert by_layer["conv_a"] == by_layer["conv_b"] == by_layer["cat"] == "conv_a"
-    assert by_layer["sig"] == by_layer["reshape"] == by_layer["transpose"]
-    assert not {"cat", "reshape", "transpose"} & set(units)
+    assert by_layer["conv_s"] == by_layer["reshape"] == by_layer["transpose"] == by_layer["flatten"] == "conv_s"
+    assert not {"cat", "reshape", "transpose", "flatten"} & set(units)
 
     res = hb.auto_hybrid(load_model(tmp_path / "grouped.onnx"), _cfg(),
                          BuildOptions(dataset=str(setup / "dataset.txt")), cos_thresh=0.99999, progress=False)

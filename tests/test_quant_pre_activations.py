@@ -1,6 +1,7 @@
-"""Pre-activations the chip requantizes: on RKNPU2 a depthwise conv's output before its SiLU and a conv's output
-before a standalone Sigmoid are int8 tensors (rknn-toolkit2 2.5.0's compiled layers, docs/vendor.md), so the
-quantizer makes them quantization points and picks their ranges for the activation's output."""
+"""Pre-activations the chip requantizes: on RKNPU2 a depthwise conv's output before its SiLU is an int8 tensor
+(rknn-toolkit2 2.5.0's compiled layers and its simulator's dumps, docs/vendor.md), so the quantizer makes it a
+quantization point and picks its range for the activation's output. A conv's output before a standalone Sigmoid is
+not (the simulator takes the Sigmoid of the unrounded sum); a build for TFLite requantizes both."""
 
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ def _blocks() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_the_plan_requantizes_depthwise_silu_and_sigmoid_head_inputs_only():
+def test_the_plan_requantizes_depthwise_silu_inputs_only():
     info = GraphInfo(normalize(_blocks()))
     plan = build_plan(info, requantized_pre_activations=True)
-    assert plan.pre_activations == {"dw": "silu", "logit": "sigmoid"}
-    assert {"dw", "logit"} <= set(plan.points)
-    # a standard conv's SiLU and a depthwise conv's ReLU stay fused, in full precision
-    assert {"c1", "dr"} <= plan.internal and not {"c1", "dr"} & set(plan.points)
+    assert plan.pre_activations == {"dw": "silu"}
+    assert "dw" in plan.points
+    # a standard conv's SiLU, a depthwise conv's ReLU and a score head's Sigmoid stay fused, in full precision
+    assert {"c1", "dr", "logit"} <= plan.internal and not {"c1", "dr", "logit"} & set(plan.points)
+    assert plan.fused["score"] == "Sigmoid"
     assert plan.fused["b"] == "SiLU" and "s2" in plan.internal  # the SiLU itself is still one step
     idealised = build_plan(info)
     assert idealised.pre_activations == {} and {"c1", "dw", "dr", "logit"} <= idealised.internal
@@ -119,12 +121,13 @@ def test_the_searches_on_a_thread_pool_give_the_ranges_of_one_by_one():
     activation_range gives alone (the clipped-top search for kl/mmse, the kept-top one for normal)."""
     from openrknn.quant.calibrate import Stats
     from openrknn.quant.pipeline import search_pre_activations
+    from openrknn.quant.plan import ALL_PRE_ACTIVATIONS
     from openrknn.quant.schemes import get_scheme
 
     info = GraphInfo(normalize(_blocks()))
-    plan = build_plan(info, requantized_pre_activations=True)
+    plan = build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS)  # a SiLU's and a Sigmoid's input
     stats = Stats()
-    for t, (mu, sd) in {"dw": (0.5, 2.0), "logit": (-1.0, 3.0)}.items():
+    for t, (mu, sd) in {"dw": (0.5, 2.0), "logit": (-1.0, 3.0), "c1": (0.0, 1.0)}.items():
         x = rng.normal(mu, sd, 50_000)
         stats.minmax[t] = (float(x.min()), float(x.max()))
         stats.hist[t] = np.histogram(x, bins=2048, range=stats.minmax[t])[0]
@@ -132,7 +135,7 @@ def test_the_searches_on_a_thread_pool_give_the_ranges_of_one_by_one():
     searched = {}
     search_pre_activations(info, plan, stats, scheme, ["normal", "kl_divergence", "mmse"], searched, threads=2)
     fmt = TensorFormat(8, True, False)
-    assert set(searched) == {(t, clip) for t in ("dw", "logit") for clip in (False, True)}
+    assert set(searched) == {(t, clip) for t in ("c1", "dw", "logit") for clip in (False, True)}
     for (t, clip), got in searched.items():
         assert got == activation_range(stats.hist[t], *stats.minmax[t], plan.pre_activations[t], clip, fmt)
     assert searched[("dw", True)] != searched[("dw", False)]  # the clipped search did move the top

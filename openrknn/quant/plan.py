@@ -5,9 +5,10 @@ activation tensor, whether it is
 - a *quantization point* (stored as an integer tensor with its own or its group's scale),
 - *internal* to a fused op (a conv output feeding its fused activation; the sigmoid inside SiLU; an activation
   output followed by a scalar multiply/add): never quantized, as the NPU applies them before requantizing,
-  except the *pre-activations* a chip requantizes (RKNPU2: a depthwise conv's output before its SiLU, a conv's
-  output before a standalone Sigmoid; measured on rknn-toolkit2's compiled layers, docs/vendor.md): they are
-  quantization points, whose range the activation decides (algorithms/activations.activation_range),
+  except the *pre-activations* a chip requantizes (RKNPU2: a depthwise conv's output before its SiLU, measured on
+  rknn-toolkit2's compiled layers and its simulator's dumps, docs/vendor.md; for TFLite, every conv output before
+  an activation TFLite cannot fuse): they are quantization points, whose range the activation decides
+  (algorithms/activations.activation_range),
 - *prefix*: the pre-processing chain from a graph input (transpose, channel reorder, mean/std), which the NPU's input
   stage evaluates before the first layer; only the tensor that leaves the prefix is quantized,
 - *float tail*: a Concat whose result only reaches graph outputs through layout ops (the detector head that glues
@@ -395,13 +396,14 @@ def _requantized_activation(info: GraphInfo, w: WeightedOp, y: str, cons: List[i
                             policy: object = True) -> str:
     """'silu' / 'sigmoid' / 'hardswish' when this conv output y is stored as integers before its activation (a
     pre-activation, its range searched for that activation), PLAIN_POINT when it is an ordinary point, '' otherwise.
-    policy True: as a chip that requantizes pre-activations does it (a depthwise conv before its SiLU, any conv
-    before a Sigmoid); ALL_PRE_ACTIVATIONS: every conv before an activation TFLite cannot fuse into it, as TFLite's
-    int8 ops compute it."""
+    policy True: as a chip that requantizes pre-activations does it (a depthwise conv before its SiLU; a conv
+    before a standalone Sigmoid is not: rknn-toolkit2's simulator computes the Sigmoid of the unrounded sum, exactly
+    so on every score head of YOLOX-nano and ddddocr's detector); ALL_PRE_ACTIVATIONS: every conv before an
+    activation TFLite cannot fuse into it, as TFLite's int8 ops compute it (LOGISTIC reads int8)."""
     if info.nodes[w.node].op_type != "Conv":
         return ""
     if len(cons) == 1 and info.nodes[cons[0]].op_type == "Sigmoid":
-        return "sigmoid"
+        return "sigmoid" if policy == ALL_PRE_ACTIVATIONS else ""
     if (w.depthwise or policy == ALL_PRE_ACTIVATIONS) and len(cons) == 2 and \
             any(c in gated and gated[c][0] == y and gated[c][2] == "SiLU" for c in cons):
         return "silu"

@@ -107,7 +107,7 @@ class Generation:
     # different output scale / zero point) instead of a pass of its own
     fuses_scalar_affine: bool
     # the conv outputs it requantizes before their activation instead of applying the activation in full precision
-    # (quant/plan.py: a depthwise conv before its SiLU, any conv before a standalone Sigmoid)
+    # (quant/plan.py: a depthwise conv before its SiLU)
     requantizes_pre_activations: bool
     cost: CostModel
 

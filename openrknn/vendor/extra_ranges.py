@@ -1,8 +1,9 @@
 """openrknn's ranges for the tensors the vendor quantizes and our package does not.
 
-An RKNPU2 package already stores as int8 what the chip requantizes (a depthwise conv's output before its SiLU, a
-conv's output before a standalone Sigmoid, an activation's output before range split's remap: quant/plan.py). What
-is left: tensors of the vendor's own making, the standard convs' pre-activations that route qdq must quantize, and
+An RKNPU2 package already stores as int8 what the chip requantizes (a depthwise conv's output before its SiLU, an
+activation's output before range split's remap: quant/plan.py). What is left: tensors of the vendor's own making,
+the pre-activations its quantization file lists but the chip computes inside the fused op (a standard conv's before
+its SiLU or a standalone Sigmoid), which route qdq must quantize, and
 every such tensor of a package built for another target. Without a range from us the vendor would use its own
 calibration; these ranges come from our calibration samples run through our own float graph (the package's graph
 with its rewrites, Q/DQ removed), chosen by openrknn:
