@@ -8,7 +8,9 @@ simulator what it computes. A 1x1 conv makes four channels from four inputs: cha
 coarser than the scale of the activation's output. Each activation's model is built and run by rknn-toolkit2 (w8a8,
 rk3588, normal; its own virtualenv) on 8 inputs, and the RMS error per channel against float is compared with the
 two candidate simulations: "fused" (input and activation output quantized, as openrknn does) and "requantized" (the
-conv output quantized too, with the range the vendor's cfg lists).
+conv output quantized too, with the range the vendor's cfg lists). Two more rows add the conv's input back to its
+output (a residual Add, then a ReLU or nothing): "fused" rounds once, at the sum, "requantized" rounds the conv
+output first. (The diagonal weights sit exactly on a symmetric and on an asymmetric int8 grid alike.)
 
 Usage: python bench/vendor_act_probe.py [--vendor-python /work/cache/vendor-venv/bin/python] [--work DIR]
 """
@@ -35,6 +37,11 @@ ACTS = {
     "Tanh": (np.tanh, [("Tanh", ["y"], ["out"], {})]),
     "LeakyRelu": (lambda y: np.where(y > 0, y, 0.1 * y), [("LeakyRelu", ["y"], ["out"], {"alpha": 0.1})]),
     "Relu": (lambda y: np.maximum(y, 0), [("Relu", ["y"], ["out"], {})]),
+}
+# conv output + the conv's input, then the function: a residual block's end
+RESIDUAL = {
+    "residual Add + Relu": (lambda v: np.maximum(v, 0), [("Add", ["y", "x"], ["a"], {}), ("Relu", ["a"], ["out"], {})]),
+    "residual Add": (lambda v: v, [("Add", ["y", "x"], ["out"], {})]),
 }
 
 VENDOR_JOB = r'''
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
     print("| activation | rknn-toolkit2 simulator | fused (openrknn) | requantized before the activation | "
           "vendor is |")
     print("|---|---|---|---|---|")
-    for name, (f, nodes) in ACTS.items():
+    for name, (f, nodes) in {**ACTS, **RESIDUAL}.items():
         d = work / name
         d.mkdir(exist_ok=True)
         make_model(nodes, d / "model.onnx")
@@ -117,10 +124,12 @@ def main(argv=None) -> int:
             print(f"| {name} | fails: {p.stderr.strip().splitlines()[-1][:120]} | | | |")
             continue
         vendor = np.load(d / "vendor.npy").reshape(xs.shape)
-        ref = f(xs * GAIN[None, :, None, None])
-        out = f(y)
+        skip = (xs, xq) if name in RESIDUAL else (0.0, 0.0)  # the residual rows add the input back
+        ref = f(xs * GAIN[None, :, None, None] + skip[0])
+        out = f(y + skip[1])
         fused = fake_quant(out, float(out.min()), float(out.max()))
-        requant = fake_quant(f(fake_quant(y, float(y.min()), float(y.max()))), float(out.min()), float(out.max()))
+        requant = fake_quant(f(fake_quant(y, float(y.min()), float(y.max())) + skip[1]), float(out.min()),
+                             float(out.max()))
 
         rv, rf, rr = (np.sqrt(np.mean((o - ref) ** 2, axis=(0, 2, 3))) for o in (vendor, fused, requant))
         verdict = "fused" if np.abs(rv - rf).sum() < np.abs(rv - rr).sum() else "requantized"
