@@ -7,9 +7,11 @@ ImageNet images and is scored on the other 20 (top-1 agreement with the float mo
   its own simulator right after build() (mmse only with --mmse: it takes tens of minutes on YOLOX-nano);
 - openrknn simulator: our w8a8 build on our simulator;
 - bridge qdq / ranges: our build compiled by the vendor through `export_vendor`, scored on the vendor simulator's
-  --validate outputs; "vs openrknn" is the cosine against our simulator (mean over images, and the worst image);
+  --validate outputs; "vs openrknn" is the cosine against our simulator (mean over images, and the worst image;
+  on the simulator's row, the floor: our simulator against its own graph with onnxruntime's fusions off);
   "carried" says what reached the vendor (cfg tensors with our ranges, weights on our integers, pre-activations
-  given our int8 range, compiled layer dtypes);
+  given our int8 range, compiled layer dtypes) and, for route ranges, the layer-by-layer comparison of the first
+  image (export_vendor(layers=True): values a step or more apart, and how many of them at rounding ties);
 - bridge ranges, hybrid (MobileNetV2): our build with build(auto_hybrid=True) promoting layers to 16 bits, compiled
   through route ranges; "carried" lists each 16-bit tensor with the dtype of the vendor layer that produces it.
 Rows print as they finish; the table is printed again at the end. Needs the vendor venv (openrknn vendor-setup, or
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import quant_accuracy as qa  # noqa: E402
+from corpus_tflite import unfused_outputs  # noqa: E402  (the floor: our graph with onnxruntime's fusions off)
 
 from openrknn.api import RKNN  # noqa: E402
 from openrknn.metrics import cosine  # noqa: E402
@@ -185,7 +188,11 @@ def main() -> None:
             ours = [sim.run([np.load(p)])[0] for p in evals]
             sim.release()
             acc, cos = score(name, ref, ours)
-            add((name, f"openrknn simulator{', ' + tag if tag else ''}", acc, f"{cos:.4f}", "1", f"{secs:.1f}",
+            # the floor: our simulator against its own graph with onnxruntime's fusions off (same integers, another
+            # summation order: only rounding ties differ), as far as any other arithmetic could agree
+            floor = [cosine(a[0], b) for a, b in zip(unfused_outputs(pkg, [np.load(p) for p in evals]), ours)]
+            add((name, f"openrknn simulator{', ' + tag if tag else ''}", acc, f"{cos:.4f}",
+                 f"1; floor {np.mean(floor):.4f} ({np.min(floor):.4f})", f"{secs:.1f}",
                  f"{len(pkg.metadata['quantization'].get('overrides') or {})} 16-bit overrides" if hybrid else ""))
             for route in (("ranges",) if hybrid else ("qdq", "ranges")):
                 label = f"bridge {route}{', ' + tag if tag else ''}"
@@ -193,7 +200,8 @@ def main() -> None:
                 t = time.time()
                 try:
                     res = export_vendor(pkg, out, validate=evals, validate_out=folder / f"val_{route}{tag}",
-                                        route=route, dataset=ds, vendor=vp, keep_work=folder / f"work_{route}{tag}")
+                                        route=route, dataset=ds, vendor=vp, keep_work=folder / f"work_{route}{tag}",
+                                        layers=route == "ranges" and not hybrid)
                 except Exception as e:  # a route the vendor cannot compile is a row, not the end of the bench
                     add((name, label, "FAILED", "", "", "", str(e).splitlines()[0][:160]))
                     continue
@@ -201,8 +209,11 @@ def main() -> None:
                 acc, cos = score(name, ref, outs)
                 vs = min(o["cosine_min"] for o in res.validation["outputs"])
                 vs_mean = min(o["cosine_mean"] for o in res.validation["outputs"])
+                lay = res.validation.get("layers")
+                lay = (f"; layer by layer (first image): {lay['differing']} of {lay['values']} values a step or "
+                       f"more apart, {lay['at_ties']} at rounding ties, on {lay['points']} points") if lay else ""
                 add((name, label, acc, f"{cos:.4f}", f"{vs_mean:.4f} ({vs:.4f})", f"{time.time() - t:.1f}",
-                     carried_text(res.carried)))
+                     carried_text(res.carried) + lay))
                 if res.carried.get("wide_layers"):
                     print("    16-bit tensors -> vendor layer dtype: " + json.dumps(res.carried["wide_layers"]),
                           flush=True)

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="calibration samples for the tensors the vendor quantizes and "
                    "the model does not (a conv output before its SiLU...): openrknn chooses their ranges from them "
                    "(default: the --validate samples, else the model's build dataset)")
+    p.add_argument("--layers", action="store_true",
+                   help="with --validate: run the vendor's accuracy_analysis on the first sample and compare every "
+                   "tensor it dumps with openrknn's, each computed from the vendor's own inputs (writes "
+                   "OUT.layers.json): where the two simulators compute different integers, and which differences "
+                   "are only rounding ties")
     p.add_argument("--keep-work", default=None, help="keep each route's job folder (model, vendor cfg, log) here")
     p.add_argument("--shape-set", default=None, metavar="SET",
                    help="a dynamic_input model's shape set to compile, e.g. 1x3x240x320 (`openrknn info` lists them; "
@@ -50,7 +55,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     res = export_vendor(args.model, args.out, target=args.target, validate=args.validate,
                         validate_out=args.validate_out, route=args.route, dataset=args.dataset,
-                        keep_work=args.keep_work,
+                        keep_work=args.keep_work, layers=args.layers,
                         shape_set=None if args.shape_set is None else set_argument(args.shape_set))
     print(f"wrote {res.path} ({Path(res.path).stat().st_size / 1e6:.2f} MB) with {res.toolkit}, route "
           f"{res.route!r}, {res.seconds:.1f} s")
@@ -76,6 +81,12 @@ def run_export(args: argparse.Namespace) -> int:
         for o in res.validation["outputs"]:
             print(f"  {o['name']}: cosine mean {o['cosine_mean']:.4f}, min {o['cosine_min']:.4f}")
         print(f"  outputs in {res.validation['out_dir']}; report {res.validation['json']}")
+        if res.validation.get("layers"):
+            from ..vendor.layers import summary_lines
+
+            for line in summary_lines(res.validation["layers"]):
+                print(line)
+            print(f"  every tensor: {res.validation['layers']['json']}")
         print(json.dumps({o["name"]: round(o["cosine_mean"], 4) for o in res.validation["outputs"]}))
     return 0
 

@@ -204,7 +204,8 @@ def _vendor_errors(text: str) -> str:
 def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
                   validate: Optional[Sequence[PathLike]] = None, validate_out: Optional[PathLike] = None,
                   route: str = "auto", dataset: Optional[PathLike] = None, vendor: Optional[VendorPython] = None,
-                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None, shape_set=None) -> VendorExport:
+                  timeout: float = 3600.0, keep_work: Optional[PathLike] = None, shape_set=None,
+                  layers: bool = False) -> VendorExport:
     """Compile an openrknn package (object or .rknn path) into a vendor .rknn at `out`.
 
     route: 'qdq' (the vendor compiles our QDQ graph, with our int8 quantizer on every pre-activation), 'ranges' (the
@@ -215,7 +216,9 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     image / .npy files) run on the vendor simulator right after compiling and compared with openrknn's simulator.
     keep_work: a folder that keeps each route's job, vendor files and log (<keep_work>/<route>/), for a closer look
     at what the vendor did; by default they go to a temporary folder that is removed. shape_set: a dynamic_input
-    model's set to compile (its label such as '1x3x240x320', or its index; default: the largest)."""
+    model's set to compile (its label such as '1x3x240x320', or its index; default: the largest). layers: also run
+    the vendor's accuracy_analysis on the first validation sample and compare every tensor it dumps with openrknn's,
+    layer by layer (vendor/layers.py; written to OUT.layers.json, summed up in ``validation["layers"]``)."""
     from ..package import RknnPackage, read_package
     from ..runtime.shape_sets import base_set_only, package_of_set
 
@@ -232,6 +235,12 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     from ..targets import NPU_GENERATION
 
     toolkit = TOOLKIT_FOR[NPU_GENERATION[chip]]
+    if layers and not validate:
+        raise PackageError("layers=True (--layers) compares the vendor's tensors on a validation sample: give one "
+                           "with validate= (--validate IMAGE)")
+    if layers and toolkit != "rknn-toolkit2":
+        raise NotSupportedError(f"--layers reads rknn-toolkit2's accuracy_analysis dumps; {chip} compiles with "
+                                f"{toolkit}")
     out = Path(out).absolute()
     if out.is_dir():
         raise PackageError(f"cannot write {out}: it is a folder; give a file name such as model.vendor.rknn")
@@ -255,7 +264,8 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
         with _work_folder(keep_work, r) as tmp:
             work = Path(tmp)
             try:
-                exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, calib, extra, timeout)
+                exp = _attempt(pkg, r, chip, toolkit, vp, work, out, samples, validate_out, calib, extra, timeout,
+                               layers)
             except (VendorToolkitError, NotSupportedError) as e:
                 if r == routes[-1]:
                     if errors:
@@ -338,7 +348,7 @@ def _wide_layers(vm: VendorModel, layers: List[dict]) -> Dict[str, str]:
 
 
 def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: Path, out: Path, samples, validate_out,
-             calib: List[tuple], extra: Optional[dict], timeout: float) -> VendorExport:
+             calib: List[tuple], extra: Optional[dict], timeout: float, layers: bool = False) -> VendorExport:
     meta = pkg.metadata
     vm = prepare(pkg, "qdq" if route == "float" else route, extra)
     onnx.save(vm.onnx_model, str(work / "model.onnx"))
@@ -361,11 +371,19 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                 row.append(p.name)
             files.append(row)
         val_spec = ValidateSpec(files, [s for s, _ in samples], "vendor_outputs")
+    dump = None
+    if layers:  # accuracy_analysis reads .npy inputs in the model's NCHW layout, as float
+        names = []
+        for i, a in enumerate(samples[0][1]):
+            np.save(work / f"dump_in_{i}.npy", (a.transpose(0, 3, 1, 2) if a.ndim == 4 else a).astype(np.float32))
+            names.append(f"dump_in_{i}.npy")
+        dump = {"inputs": names, "out_dir": "tensor_dumps"}
     job = VendorJob(toolkit=toolkit, route=route, model="model.onnx", config=_config(vm, meta, toolkit, chip),
                     inputs=vm.input_names, outputs=vm.outputs,
                     input_size_list=[list(s) if toolkit == "rknn-toolkit2" else list(s[1:]) for s in vm.input_shapes],
                     export="vendor.rknn", dataset=ds, ranges={k: list(v) for k, v in vm.ranges.items()},
-                    custom_layers=vm.wide_tensors, weight_scales=vm.weight_scales, validate=val_spec)
+                    custom_layers=vm.wide_tensors, weight_scales=vm.weight_scales, validate=val_spec,
+                    dump_tensors=dump)
     try:
         result = _run_runner(vp, job, work, timeout)
     except VendorToolkitError as e:
@@ -408,6 +426,10 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                                   out.with_name(out.stem + "_validation")))
         report = {"model": str(out), "route": route, "toolkit": exp.toolkit, "carried": exp.carried,
                   **exp.validation}
+        if layers:
+            exp.validation["layers"] = _compare_layers(pkg, samples[0][1], work / "tensor_dumps",
+                                                       str(out) + ".layers.json")
+            report["layers"] = exp.validation["layers"]
         write_text_atomic(str(out) + ".validation.json", json.dumps(report, indent=1))
         exp.validation["json"] = str(out) + ".validation.json"
     return exp
@@ -466,6 +488,21 @@ def _compare(pkg, vm: VendorModel, samples, raw_dir: Path, result: dict, out_dir
     outputs = [{"name": n, "cosine_mean": float(np.mean(c)), "cosine_min": float(np.min(c))}
                for n, c in zip(names, per_output)]
     return {"samples": len(samples), "outputs": outputs, "files": files, "out_dir": str(out_dir)}
+
+
+def _compare_layers(pkg, arrays: List[np.ndarray], dump_dir: Path, json_path: str) -> dict:
+    """vendor/layers.py on the sample the vendor's dumps were made from; the full table goes to ``json_path``, its
+    summary is returned."""
+    from ..runtime.feeds import prepare_feeds
+    from .layers import compare_layers, summary
+
+    m = onnx.load_from_string(pkg.model_bytes)
+    inits = {t.name for t in m.graph.initializer}
+    names = [i.name for i in m.graph.input if i.name not in inits]
+    report = compare_layers(pkg.model_bytes, dict(zip(names, prepare_feeds(arrays, pkg.metadata["inputs"]))),
+                            dump_dir)
+    write_text_atomic(json_path, json.dumps(report, indent=1))
+    return {**summary(report), "json": json_path}
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

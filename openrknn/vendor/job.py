@@ -44,6 +44,9 @@ class VendorJob:
     weight_scales: Dict[str, List[float]] = field(default_factory=dict)
     layer_table: bool = True  # capture the compiled layer table (op, dtype) from the vendor's verbose log
     validate: Optional[ValidateSpec] = None
+    # accuracy_analysis right after compiling: {"inputs": one .npy per model input (NCHW float, as it reads them),
+    # "out_dir": the folder its per-tensor dumps go to}
+    dump_tensors: Optional[Dict[str, object]] = None
     version: int = JOB_VERSION
 
     def __post_init__(self) -> None:

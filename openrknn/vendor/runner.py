@@ -268,6 +268,11 @@ def run(job, work):
         else:
             result["step"] = "build"
             _call(result, "build", rknn.build, do_quantization=False)
+        dump = job.get("dump_tensors")
+        if dump:  # the simulator's value of every tensor, for a layer-by-layer comparison on the host
+            result["step"] = "accuracy_analysis"
+            _call(result, "accuracy_analysis", rknn.accuracy_analysis, inputs=dump["inputs"],
+                  output_dir=dump["out_dir"])
         result["step"] = "export_rknn"
         _call(result, "export_rknn", rknn.export_rknn, job["export"])
         val = job.get("validate")
