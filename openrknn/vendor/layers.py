@@ -139,9 +139,13 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
             steps = np.abs(o - v) / scale
             differ = steps > 0.5
             u = np.asarray(ours[pre], np.float64) / scale
-            tie = np.abs(u - np.floor(u) - 0.5) < TIE
+            off_half = np.abs(u - np.floor(u) - 0.5)
+            tie = off_half < TIE
             row.update(point=True, scale=scale, differing=int(differ.sum()),
-                       at_ties=int((differ & tie).sum()), max_steps=int(np.round(steps.max())) if o.size else 0)
+                       at_ties=int((differ & tie).sum()), max_steps=int(np.round(steps.max())) if o.size else 0,
+                       # how far from x.5 the differing ties lie, in steps: the dumps' digits and the two
+                       # arithmetics' last bits
+                       tie_distance=float(off_half[differ & tie].max()) if (differ & tie).any() else 0.0)
         else:  # a tensor the package keeps unrounded (a fused conv output): the largest difference, relative
             big = max(float(np.abs(o).max()) if o.size else 0.0, 1e-30)
             row.update(point=False, max_relative=float(np.abs(o - v).max()) / big if o.size else 0.0)
@@ -157,6 +161,7 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
             "differing": int(sum(r["differing"] for r in on_grid)),
             "at_ties": int(sum(r["at_ties"] for r in on_grid)),
             "points_equal": sum(1 for r in on_grid if r["differing"] == 0),
+            "tie_distance": max((r["tie_distance"] for r in on_grid), default=0.0),
             "first_off_tie": first["tensor"] if first else None, "rows": rows}
 
 
@@ -172,7 +177,8 @@ def summary_lines(short: dict) -> List[str]:
     lines = [f"layer by layer, {short['tensors']} tensors the vendor dumped and openrknn computes "
              f"({short['points']} quantization points), each from the vendor's own inputs:",
              f"  {short['points_equal']} points equal on every value; {short['differing']} of {short['values']} "
-             f"values differ by a step or more, {short['at_ties']} of them at rounding ties"]
+             f"values differ by a step or more, {short['at_ties']} of them at rounding ties"
+             + (f" (unrounded within {short['tie_distance']:.2g} of a step of x.5)" if short["at_ties"] else "")]
     first: Optional[str] = short["first_off_tie"]
     lines.append(f"  first point that differs off a tie: {first}" if first else
                  "  no point differs off a rounding tie: the two compute the same integers")
