@@ -32,10 +32,14 @@ from ..graph.norms import find_norm_regions
 from ..graph.outputs import SELECTION_OPS
 from .ir import GraphInfo
 
-# Ops whose output reuses the input's scale (no requantization on the NPU: pure data movement or max/min).
-SAME_SCALE = {"MaxPool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
-              "Split", "Gather", "Resize", "Upsample", "Identity", "Pad", "DepthToSpace", "SpaceToDepth", "Expand",
-              "Tile", "ReduceMax", "ReduceMin"}
+# Ops whose output reuses the input's scale (no requantization on the NPU: pure data movement or max/min). A
+# windowed AveragePool too: rknn-toolkit2 gives its output the input's range in its own quantization file, and its
+# simulator keeps a pool's output on the input's grid whatever range is asked for (the vendor's accuracy_analysis
+# dumps, `vendor-export --layers`); TFLite's int8 AVERAGE_POOL_2D requires it as well. A GlobalAveragePool keeps a
+# range of its own (the vendor makes it a chain of convs).
+SAME_SCALE = {"MaxPool", "GlobalMaxPool", "AveragePool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+              "Slice", "Split", "Gather", "Resize", "Upsample", "Identity", "Pad", "DepthToSpace", "SpaceToDepth",
+              "Expand", "Tile", "ReduceMax", "ReduceMin"}
 # Ops the input stage evaluates before the first layer (mean/std, reorder, NHWC->NCHW, Focus-style slicing).
 PREFIX_OPS = {"Transpose", "Sub", "Add", "Mul", "Div", "Slice", "Gather", "Concat", "Reshape", "Cast", "Identity",
               "Split", "Squeeze", "Unsqueeze"}
