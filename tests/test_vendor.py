@@ -457,6 +457,17 @@ def test_runner_maps_vendor_copies_to_our_tensors():
     assert run._our_name("out_int8", ranges) == "out"
     assert run._our_name("pool_mp#1", ranges) == "pool"
     assert run._our_name("other", ranges) is None
+    # copies made by its layout rewrites: reshapes, transposes, channel splits, a range-split part's op merged back
+    ranges.update({"linear_37.tmp_1": [0, 3], "add__split0": [0, 4], "p2o.Slice.13": [0, 5]})
+    assert run._our_name("linear_37.tmp_1_sw-rs_sw_sw", ranges) == "linear_37.tmp_1"
+    assert run._our_name("out-rs", ranges) == "out"
+    assert run._our_name("p2o.Slice.13_rs", ranges) == "p2o.Slice.13"
+    assert run._our_name("pool_split_o1", ranges) == "pool" and run._our_name("pool_split", ranges) == "pool"
+    ranges.update({"add__split1": [0, 4], "mul__split0": [0, 1], "mul__split1": [0, 9]})
+    assert run._our_name("add__split0-split", ranges) == "add__split0"   # the parts share one range
+    assert run._our_name("mul__split0-split", ranges) is None            # they do not: the vendor's own
+    assert run._our_name("gemm_input_reshape_arg_token_19_tp_rs", ranges) is None
+    assert run._our_name("_rs", ranges) is None
 
 
 def test_runner_pins_weights_only_when_they_are_still_ours(tmp_path):

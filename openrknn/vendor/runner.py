@@ -9,6 +9,7 @@ toolkit version, per-step seconds, and on failure the step and the vendor's mess
 import glob
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -46,11 +47,25 @@ def _toolkit_version():
 # suffixes the vendor adds to tensors it derives from one of ours (its int8 copy of an output or input, the parts of
 # a max-pool it tiles, the 16-bit copy of a hybrid layer's input): such a tensor gets the range of the one it copies
 DERIVED_SUFFIXES = ("_int8", "__int8", "__float16", "_mp")
+# ... and the copies its layout rewrites make, data movement only: reshapes ('_rs', '-rs'), transposes ('_sw',
+# '_tp') and a channel split of a tensor ('_split', '_split_o1'). Without our range such a copy kept the vendor's own
+LAYOUT_COPY = re.compile(r"(?:[-_](?:rs|sw|tp))+$|_split(?:_o\d+)?$")
+# our range-split parts X__split0, X__split1, ... merged back into one op over all channels ('X__split0-split'):
+# their range when the parts share one (else the vendor's own); left to the vendor, the channel reorder after it was
+# moved onto that range (its log: "The (min, max) ... were changed") and PP-OCRv4's recognizer differed by a step
+MERGED_PARTS = re.compile(r"^(.+__split)\d+-split$")
 
 
 def _our_name(name, ranges):
-    """The tensor of ours a vendor cfg tensor carries: itself, or the one it was derived from (DERIVED_SUFFIXES and a
-    '#k' copy number stripped, repeatedly)."""
+    """The tensor of ours a vendor cfg tensor carries: itself, the one it was derived from (DERIVED_SUFFIXES, a
+    LAYOUT_COPY suffix and a '#k' copy number stripped, repeatedly), or for MERGED_PARTS the first part."""
+    merged = MERGED_PARTS.match(name)
+    if merged and name not in ranges:
+        parts = []
+        while merged.group(1) + str(len(parts)) in ranges:
+            parts.append(merged.group(1) + str(len(parts)))
+        same = parts and all(list(ranges[p]) == list(ranges[parts[0]]) for p in parts)
+        return parts[0] if same else None
     base = name
     while base not in ranges:
         stripped = base.split("#")[0] if "#" in base else base
@@ -58,7 +73,9 @@ def _our_name(name, ranges):
             if stripped.endswith(suffix):
                 stripped = stripped[: -len(suffix)]
                 break
-        if stripped == base:
+        else:
+            stripped = LAYOUT_COPY.sub("", stripped)
+        if stripped == base or not stripped:
             return None
         base = stripped
     return base
