@@ -22,6 +22,7 @@ from onnx import helper
 from ..errors import PackageError
 
 TIE = 0.01          # an unrounded value within this share of a step of x.5 is on a rounding tie
+UNRELATED = 0.5     # a dump this far from our tensor in a whole run holds another tensor under its name
 VENDOR_COPY = "_int8"  # the vendor's int8 copy of a tensor it keeps in float (a graph input, an output)
 FED = "openrknn_vendor_value:"  # graph input name prefix for the vendor's value of a tensor
 
@@ -102,16 +103,26 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
     if not source:
         raise PackageError("none of the vendor's dumped tensors is a tensor of this model (the dumps are of another "
                            "model, or the vendor renamed every tensor)")
-    order = [o for n in m.graph.node for o in n.output if o in source]
-    whole_sess = _session(_with_outputs(m, order))
-    whole = dict(zip(order, whole_sess.run(order, feeds)))
-    vendor = {}
-    for t in order:
+    named = [o for n in m.graph.node for o in n.output if o in source]
+    whole_sess = _session(_with_outputs(m, named))
+    whole = dict(zip(named, whole_sess.run(named, feeds)))
+    # a tensor the vendor rewrote keeps our name on other values (its attention fusion's reshapes): another size,
+    # or values unrelated to ours even in a whole run; such a tensor is neither compared nor fed to its readers
+    vendor, unmatched = {}, {}
+    for t in named:
         flat = np.loadtxt(files[source[t]], dtype=np.float32, ndmin=1)
         if flat.size != whole[t].size:
-            raise PackageError(f"the vendor's dump of {t} has {flat.size} values, openrknn's tensor {whole[t].size} "
-                               f"(shape {list(whole[t].shape)}): the dumps are of another build")
-        vendor[t] = flat.reshape(whole[t].shape)
+            unmatched[t] = f"{flat.size} values, openrknn's {whole[t].size}"
+        elif _cos(whole[t], flat) < UNRELATED:
+            unmatched[t] = f"whole-run cosine {_cos(whole[t], flat):.3f}"
+        else:
+            vendor[t] = flat.reshape(whole[t].shape)
+    if not vendor:
+        raise PackageError("no tensor the vendor dumped under this model's names holds this model's values ("
+                           + "; ".join(f"{t}: {why}" for t, why in list(unmatched.items())[:3])
+                           + "): the dumps are of another build")
+    order = [t for t in named if t in vendor]
+    source = {t: source[t] for t in order}
 
     # the single-layer graph: each node reads the vendor's value of every dumped tensor
     single = onnx.ModelProto()
@@ -154,7 +165,8 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
     first = next((r for r in on_grid if r["differing"] > r["at_ties"]), None)
     unrounded = [r for r in rows if not r["point"]]
     widest = max(unrounded, key=lambda r: r["max_relative"], default=None)
-    return {"tensors": len(rows), "points": len(on_grid), "vendor_only": sorted(set(files) - set(source.values())),
+    return {"tensors": len(rows), "points": len(on_grid), "unmatched": unmatched,
+            "vendor_only": sorted(set(files) - set(source.values()) - set(unmatched)),
             "unrounded": len(unrounded), "unrounded_widest": widest and {k: widest[k] for k in
                                                                         ("tensor", "op", "max_relative")},
             "values": int(sum(r["values"] for r in on_grid)),
@@ -187,6 +199,9 @@ def summary_lines(short: dict) -> List[str]:
         lines.append(f"  {short['unrounded']} tensors openrknn keeps unrounded (fused steps); the largest difference "
                      f"there: {wide['max_relative']:.2g} of the tensor's largest value, {wide['tensor']} "
                      f"({wide['op']})")
+    if short.get("unmatched"):
+        lines.append(f"  {len(short['unmatched'])} tensor(s) under our names hold other values (a rewrite of the "
+                     f"vendor's own), not compared: {', '.join(list(short['unmatched'])[:4])}")
     for r in short["worst"]:
         lines.append(f"  {r['tensor']} ({r['op']}): {r['differing']} of {r['values']} differ (at ties "
                      f"{r['at_ties']}, at most {r['max_steps']} step(s)); whole run cosine {r['whole_run_cosine']}")
