@@ -154,3 +154,22 @@ def test_vendor_dumps_hold_our_integers(vendor, csp_package, tmp_path):  # noqa:
     full = json.loads(Path(str(out) + ".layers.json").read_text())
     assert len(full["rows"]) == layers["tensors"]
     assert json.loads(Path(str(out) + ".validation.json").read_text())["layers"]["points"] == layers["points"]
+
+
+def test_a_model_with_a_loop_is_refused_before_any_work(tmp_path):
+    """rknn-toolkit2 refuses a Loop in its build ("will cause the graph to be a dynamic graph"); the bridge says so
+    first, naming the loop, instead of failing in its own calibration of the vendor's extra tensors."""
+    from openrknn.errors import NotSupportedError
+    from openrknn.vendor import export_vendor
+    from test_quant_control_flow import loop_model
+
+    onnx.save(loop_model(), str(tmp_path / "loop.onnx"))
+    from openrknn.api import RKNN
+
+    rk = RKNN(verbose=False)
+    assert rk.config(target_platform="rk3588") == 0 and rk.load_onnx(str(tmp_path / "loop.onnx")) == 0
+    assert rk.build(do_quantization=False) == 0 and rk.export_rknn(str(tmp_path / "loop.rknn")) == 0
+    rk.release()
+    with pytest.raises(NotSupportedError, match="Loop .*Cut the model before the loop"):
+        export_vendor(tmp_path / "loop.rknn", tmp_path / "v.rknn")
+    assert not (tmp_path / "v.rknn").exists()

@@ -246,6 +246,11 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
         raise PackageError(f"cannot write {out}: it is a folder; give a file name such as model.vendor.rknn")
     if not out.parent.is_dir():
         raise PackageError(f"cannot write {out}: the folder {out.parent} does not exist; create it first")
+    loops = [n.name or n.output[0] for n in onnx.load_from_string(pkg.model_bytes).graph.node if n.op_type == "Loop"]
+    if loops:  # measured on SLANet: it refuses them in build, after minutes of calibration on our side
+        raise NotSupportedError(f"rknn-toolkit2 refuses a model with a Loop ({', '.join(loops[:3])}): \"will cause "
+                                "the graph to be a dynamic graph! Remove it manually\". Cut the model before the loop "
+                                "(load_onnx(..., outputs=[...])) and run the loop on the host")
     vp = vendor or find_vendor_python()
     if vp.toolkit != "unknown" and vp.toolkit != toolkit:
         raise VendorToolkitError(f"{chip} needs {toolkit}, but the vendor Python {vp.python} has {vp.toolkit} "

@@ -130,6 +130,8 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
     single = onnx.ModelProto()
     single.CopyFrom(m)
     for n in single.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            continue  # a Loop / If / Scan body reads outer tensors by name: it keeps reading ours
         for k, x in enumerate(n.input):
             if x in source:
                 n.input[k] = FED + x
