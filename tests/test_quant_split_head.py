@@ -1,0 +1,71 @@
+"""A detector head's conv read by a channel Split whose score part goes to a Sigmoid and whose box part goes on
+(layout_cdla's four heads): rknn-toolkit2 compiles one conv per part; its simulator's values of a score part lie on
+no grid (the Sigmoid reads the unrounded sum, as after a score head's own conv) and its quantization file gives each
+part a range of its own. So on RKNPU2 the conv output is no point, the score part is fused with its Sigmoid and the
+box part is a point of its own. TFLite's SPLIT keeps one scale: a TFLite build keeps the conv's point."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import built_rknn, write_samples
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import ALL_PRE_ACTIVATIONS, build_plan
+
+C, H, W = 6, 8, 8
+
+
+def _model(path):
+    """x -> conv h (6 channels) -> Split [2, 4] -> s (score logits) -> Sigmoid -> score; b -> Reshape -> boxes."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((C, 3, 3, 3)) * 0.3).astype(np.float32)
+    w[:2] *= 0.2                   # the score logits span a few units, the boxes many more
+    bias = np.array([-4, -4, 0, 0, 0, 0], np.float32)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "bias"], ["h"], pads=[1, 1, 1, 1]),
+             n("Split", ["h", "sizes"], ["s", "b"], axis=1), n("Sigmoid", ["s"], ["score"]),
+             n("Reshape", ["b", "shape"], ["boxes"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "bias"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "sizes"),
+             numpy_helper.from_array(np.array([1, 4, H * W], np.int64), "shape")]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                          [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 2, H, W]),
+                           helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, H * W])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_the_plan_fuses_the_score_part_and_gives_the_box_part_its_own_point(tmp_path):
+    info = GraphInfo(normalize(onnx.load(str(_model(tmp_path / "m.onnx")))))
+    chip = build_plan(info, requantized_pre_activations=True)
+    assert {"h", "s"} <= chip.internal and "score" in chip.points and "b" in chip.points
+    assert chip.fused.get("score") == "Sigmoid"
+    for other in (False, ALL_PRE_ACTIVATIONS):
+        plan = build_plan(info, requantized_pre_activations=other)
+        assert "h" in plan.points and plan.group_of["b"] == plan.group_of["h"]
+
+
+def test_a_chip_build_rounds_the_box_part_on_its_own_range(tmp_path):
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(8)
+    ds = write_samples(tmp_path / "calib", [rng.uniform(0, 255, (1, H, W, 3)).astype(np.float32) for _ in range(6)])
+    path = _model(tmp_path / "m.onnx")
+
+    def scales(**config):
+        rknn = built_rknn(path, ds, target_platform="rk3588", quantized_dtype="w8a8", mean_values=[[128] * 3],
+                          std_values=[[64] * 3], **config)
+        m = onnx.load_from_string(rknn._package.model_bytes)
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        out = {n.input[0].split("__")[0]: float(inits[n.input[1]]) for n in m.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[1] in inits}
+        rknn.release()
+        return out
+
+    chip, tflite = scales(), scales(pre_activation_points="tflite")
+    assert "h" not in chip and "s" not in chip and "b" in chip
+    assert "h" in tflite and tflite["b"] == tflite["h"]
+    assert chip["b"] < tflite["h"]  # the box part alone spans less than the whole conv output
