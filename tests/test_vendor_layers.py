@@ -173,3 +173,16 @@ def test_a_model_with_a_loop_is_refused_before_any_work(tmp_path):
     with pytest.raises(NotSupportedError, match="Loop .*Cut the model before the loop"):
         export_vendor(tmp_path / "loop.rknn", tmp_path / "v.rknn")
     assert not (tmp_path / "v.rknn").exists()
+
+
+@pytest.mark.slow
+def test_route_qdq_says_it_has_no_layer_comparison(vendor, csp_package, tmp_path):  # noqa: F811
+    """rknn-toolkit2's accuracy_analysis refuses a QDQ model without a board ("The QAT model need set 'target'"):
+    route qdq compiles and validates as before and says why there is no layer table."""
+    from openrknn.vendor import export_vendor
+
+    imgs = sorted((csp_package.parent / "imgs").glob("*.png"))
+    res = export_vendor(csp_package, tmp_path / "q.rknn", validate=imgs[:1], route="qdq", vendor=vendor, layers=True)
+    assert res.route == "qdq" and res.validation["outputs"] and "layers" not in res.validation
+    assert any("--layers" in n and "board" in n for n in res.notes)
+    assert not (tmp_path / "q.rknn.layers.json").exists()

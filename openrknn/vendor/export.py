@@ -377,7 +377,10 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
             files.append(row)
         val_spec = ValidateSpec(files, [s for s, _ in samples], "vendor_outputs")
     dump = None
-    if layers:  # accuracy_analysis reads .npy inputs in the model's NCHW layout, as float
+    if layers and route == "qdq":  # measured: "The QAT model need set 'target'!"
+        vm.notes.append("--layers: rknn-toolkit2's accuracy_analysis simulates a QDQ model (route 'qdq') only on a "
+                        "board, so there is no layer-by-layer comparison on this route")
+    elif layers:  # accuracy_analysis reads .npy inputs in the model's NCHW layout, as float
         names = []
         for i, a in enumerate(samples[0][1]):
             np.save(work / f"dump_in_{i}.npy", (a.transpose(0, 3, 1, 2) if a.ndim == 4 else a).astype(np.float32))
@@ -431,7 +434,7 @@ def _attempt(pkg, route: str, chip: str, toolkit: str, vp: VendorPython, work: P
                                   out.with_name(out.stem + "_validation")))
         report = {"model": str(out), "route": route, "toolkit": exp.toolkit, "carried": exp.carried,
                   **exp.validation}
-        if layers:
+        if dump:
             exp.validation["layers"] = _compare_layers(pkg, samples[0][1], work / "tensor_dumps",
                                                        str(out) + ".layers.json")
             report["layers"] = exp.validation["layers"]
