@@ -419,6 +419,31 @@ def test_extra_ranges_cover_the_unquantized_tensors(csp_package):
         assert lo < 0 < hi
 
 
+def test_extra_ranges_of_a_model_whose_input_is_quantized_directly(tmp_path):
+    """Features in (no pixels, no pre-processing: the package quantizes the graph input itself, as openWakeWord's
+    embedding model's): the float graph names that input after its dequantized value, and the samples still feed it
+    (they were fed by the metadata's name and refused)."""
+    from conftest import write_samples
+    from openrknn.vendor.export import read_samples
+    from openrknn.vendor.extra_ranges import compute
+
+    w = numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.3).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["feat", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+                          "feat", [helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "feat.onnx"))
+    ds = write_samples(tmp_path, [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(4)])
+    rknn = RKNN()
+    assert rknn.config(target_platform="rk3588") == 0 and rknn.load_onnx(str(tmp_path / "feat.onnx")) == 0
+    assert rknn.build(do_quantization=True, dataset=str(ds)) == 0 and rknn.export_rknn(str(tmp_path / "f.rknn")) == 0
+    rknn.release()
+    pkg = read_package(tmp_path / "f.rknn")
+    extra = compute(pkg, read_samples([ds], pkg.metadata))
+    assert extra.samples == 4 and extra.ranges
+
+
 def test_qdq_route_quantizes_every_preactivation(csp_package):
     from openrknn.vendor.prepare import quantize_preactivations
 

@@ -85,8 +85,11 @@ def compute(package, samples: Sequence[Tuple[str, List[np.ndarray]]], skip: Sequ
     algorithm = (package.metadata.get("quantization") or {}).get("algorithm") or "normal"
     skip = set(skip)
     names = [o for n in model.graph.node for o in n.output if o and o not in skip]
-    feeds = [{m["name"]: a.astype(np.float32) for m, a in zip(package.metadata["inputs"], arrays)}
-             for _stem, arrays in samples]
+    # by position: a graph input the package quantizes directly (an audio model's features) is named after its
+    # dequantized value in the float graph (prepare.strip_qdq), not as the metadata names it
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    feeds = [{name: a.astype(np.float32) for name, a in zip(graph_inputs, arrays)} for _stem, arrays in samples]
     stats = Stats()
     collect_minmax(model, names, feeds, {}, stats, progress=progress)
     wanted = [t for t in names if t in pre or algorithm != "normal"]
