@@ -216,7 +216,10 @@ class HeadSplit(Rewrite):
         return bool(state.options.range_split)
 
     def needs(self, state: QuantState) -> Needs:
-        return Needs(channel_ranges=[y for y in find_heads(state.info) if y in state.plan.sources])
+        # a head whose conv output the plan keeps unrounded (on RKNPU2 a Split with a score part: one conv per part
+        # on the chip, plan.py) is measured too: cut here where its groups are uneven, it is the same per-part convs
+        return Needs(channel_ranges=[y for y in find_heads(state.info)
+                                     if y in state.plan.sources or y in state.plan.internal])
 
     def apply(self, state: QuantState) -> Optional[StageResult]:
         stats = state.stats
