@@ -13,13 +13,15 @@ tensor in a whole run (openrknn from the sample alone) shows how far such one-st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from ..errors import PackageError
+from ..metrics import cosine as _cos
+from ..quant.qdq import with_outputs as _with_outputs
 
 TIE = 0.01          # an unrounded value within this share of a step of x.5 is on a rounding tie
 UNRELATED = 0.5     # a dump this far from our tensor in a whole run holds another tensor under its name
@@ -58,31 +60,11 @@ def _points(m: onnx.ModelProto) -> Dict[str, tuple]:
 
 
 def _session(m: onnx.ModelProto):
-    import onnxruntime as ort
+    from ..runtime.ort_session import make_session
 
-    so = ort.SessionOptions()
     # float convs between DequantizeLinear and QuantizeLinear: the QDQ graph as written (fusions would be blocked by
     # the intermediate outputs anyway); differs from the fused kernels only at rounding ties
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def _with_outputs(m: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    m2 = onnx.ModelProto()
-    m2.CopyFrom(m)
-    have = {o.name for o in m2.graph.output}
-    for t in names:
-        if t not in have:
-            m2.graph.output.append(helper.make_empty_tensor_value_info(t))
-            have.add(t)
-    return m2
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return 1.0 if na == nb == 0 else float(a @ b / max(na * nb, 1e-300))
+    return make_session(m, optimize=False)
 
 
 def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: Path) -> dict:
