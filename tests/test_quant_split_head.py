@@ -69,3 +69,26 @@ def test_a_chip_build_rounds_the_box_part_on_its_own_range(tmp_path):
     assert "h" not in chip and "s" not in chip and "b" in chip
     assert "h" in tflite and tflite["b"] == tflite["h"]
     assert chip["b"] < tflite["h"]  # the box part alone spans less than the whole conv output
+
+
+def test_a_sigmoid_output_is_on_the_unit_grid_on_the_chip(tmp_path):
+    """rknn-toolkit2's simulator puts a standalone Sigmoid's output on the [0, 1] grid (1/255 steps) whatever range
+    its cfg asks for (layout_cdla's score maps: calibrated [0, 0.37], dumped values on 1/255 steps up to 144/255).
+    Here the score logits stay below -2 (probabilities under 0.12): the chip build still uses 1/255, a TFLite build
+    its calibrated range."""
+    info = GraphInfo(normalize(onnx.load(str(_model(tmp_path / "m.onnx")))))
+    assert build_plan(info, requantized_pre_activations=True).unit_ranges == {"score": (0.0, 1.0)}
+    assert not build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).unit_ranges
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(8)
+    ds = write_samples(tmp_path / "calib", [rng.uniform(0, 255, (1, H, W, 3)).astype(np.float32) for _ in range(6)])
+    for points, unit in (("chip", True), ("tflite", False)):
+        rknn = built_rknn(_model(tmp_path / "m.onnx"), ds, target_platform="rk3588", quantized_dtype="w8a8",
+                          mean_values=[[128] * 3], std_values=[[64] * 3], pre_activation_points=points)
+        m = onnx.load_from_string(rknn._package.model_bytes)
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0].split("__")[0] == "score")
+        z = inits[q.input[2]]
+        scale, zp = float(inits[q.input[1]]), int(z) - (128 if z.dtype == np.uint8 else 0)  # int8 stored as uint8
+        assert ((abs(scale - 1 / 255) < 1e-9 and zp == -128) == unit), (points, scale, zp)
+        rknn.release()

@@ -631,6 +631,9 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     for t in fc_sigmoid_outputs(info):
         if t in chosen:  # at least [0, 0.5]: the sigmoid of an int8 input range, which holds 0
             chosen[t] = (min(chosen[t][0], 0.0), max(chosen[t][1], 0.5))
+    for t, r in plan.unit_ranges.items():  # fixed by the NPU (plan.py)
+        if t in chosen:
+            chosen[t] = r
     acts: Dict[str, ActQuant] = {}
     for members in plan.groups.values():
         have = [chosen[t] for t in members if t in chosen]
