@@ -340,8 +340,8 @@ def test_runner_loads_teflon_when_found(tiny_tflite, tmp_path, monkeypatch, tefl
 
 
 def _small_graph(path: Path, tail: str) -> Path:
-    """Conv+ReLU, then `tail`: 'sigmoid' (probabilities that reach 1: int8 LOGISTIC on a quantization point),
-    'sigmoid_low' (probabilities that stay below ~0.9: a finer scale than LOGISTIC's), or 'sinh' (no TFLite form)."""
+    """Conv+ReLU, then `tail`: 'sigmoid' (probabilities that reach 1), 'sigmoid_low' (probabilities that stay below
+    ~0.9), or 'sinh' (no TFLite form)."""
     rng = np.random.default_rng(3)
     gain = 4.0 if tail == "sigmoid" else .4
     inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * gain).astype(np.float32), "w"),
@@ -368,8 +368,8 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
     from openrknn.runtime.tflite_runner import TfliteRunner
 
     rknn = RKNN()
-    # on the chip's points a Sigmoid's output is [0, 1] whatever calibration saw (plan.unit_ranges): the case of a
-    # calibrated range finer than LOGISTIC's is a build with TFLite's points
+    # a Sigmoid's output grid is fixed by the backend whatever calibration saw (plan.unit_ranges): the chip's [0, 1]
+    # for the default build, LOGISTIC's 1/256 steps for a build with TFLite's points
     rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588",
                 quantized_dtype="w8a8", pre_activation_points="tflite" if tail == "sigmoid_low" else "chip")
     assert rknn.load_onnx(str(_small_graph(tmp_path / "s.onnx", tail))) == 0
@@ -383,17 +383,16 @@ def test_logistic_rule_and_unsupported_ops(tmp_path, tail, rknn_log, logged_erro
     data, report = export_tflite_bytes(pkg)
     tail_scale = pkg.metadata["quantization"]["tensors"]["s"]["scale"][0]
     layer = {r.layer: r for r in report.layers}["tail"]
+    assert not any("LOGISTIC output has the fixed scale" in c for c in report.changes)
     if tail == "sigmoid":
-        # TFLite's LOGISTIC writes 1/256 steps; our calibrated sigmoid scale (probabilities up to 1) is a little
-        # coarser, so the int8 op stays and a requantize follows
-        assert layer.mode == "int8"
-        assert any("LOGISTIC output has the fixed scale 0.00390625" in c for c in report.changes)
-        assert report.tflite_ops.count("QUANTIZE") >= 2
+        # the chip's Sigmoid grid (1/255 steps) is not LOGISTIC's (1/256): the int8 op would round twice, so it
+        # runs in float between DEQUANTIZE / QUANTIZE, as our graph computes it
+        assert abs(tail_scale - 1 / 255) < 1e-9
+        assert layer.mode == "float" and "output step 0.00390625 is not ours (0.00392): it would round twice" in \
+            layer.note
     else:
-        # our scale is finer than 1/256: the int8 op would round away what our graph keeps, so it runs in float
-        assert layer.mode == "float" and f"output step 0.00390625 is coarser than ours ({tail_scale:.3g})" in layer.note
-        assert not any("LOGISTIC output has the fixed scale" in c for c in report.changes)
-    assert (tail_scale >= 1 / 256) == (tail == "sigmoid")
+        # a build for TFLite gives the Sigmoid LOGISTIC's own grid: the int8 op is exactly our Sigmoid
+        assert tail_scale == 1 / 256 and layer.mode == "int8"
     sim, runner = Simulator(pkg.model_bytes, pkg.metadata), TfliteRunner(data, delegate=None)
     for img in _inputs(2):
         assert cosine(sim.run([img])[0], runner.run([img])[0]) >= 0.999

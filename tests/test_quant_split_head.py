@@ -75,10 +75,11 @@ def test_a_sigmoid_output_is_on_the_unit_grid_on_the_chip(tmp_path):
     """rknn-toolkit2's simulator puts a standalone Sigmoid's output on the [0, 1] grid (1/255 steps) whatever range
     its cfg asks for (layout_cdla's score maps: calibrated [0, 0.37], dumped values on 1/255 steps up to 144/255).
     Here the score logits stay below -2 (probabilities under 0.12): the chip build still uses 1/255, a TFLite build
-    its calibrated range."""
+    LOGISTIC's own 1/256 steps."""
     info = GraphInfo(normalize(onnx.load(str(_model(tmp_path / "m.onnx")))))
     assert build_plan(info, requantized_pre_activations=True).unit_ranges == {"score": (0.0, 1.0)}
-    assert not build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).unit_ranges
+    assert build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).unit_ranges == {"score": (0, 255 / 256)}
+    assert not build_plan(info, requantized_pre_activations=False).unit_ranges  # RKNPU1: calibrated
     (tmp_path / "calib").mkdir()
     rng = np.random.default_rng(8)
     ds = write_samples(tmp_path / "calib", [rng.uniform(0, 255, (1, H, W, 3)).astype(np.float32) for _ in range(6)])

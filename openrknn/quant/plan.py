@@ -154,7 +154,8 @@ class Plan:
     # (concat output, input) pairs kept out of one scale group: the input keeps its own scale, the Concat requantizes
     # it (algorithms/concat_inputs.py)
     detached: FrozenSet[Tuple[str, str]] = frozenset()
-    # points whose range the NPU fixes whatever calibration saw: on RKNPU2 a Sigmoid's output is [0, 1] (scale 1/255)
+    # points whose range the NPU fixes whatever calibration saw: on RKNPU2 a Sigmoid's output is [0, 1] (scale 1/255),
+    # in TFLite's LOGISTIC [0, 255/256] (scale 1/256)
     unit_ranges: Dict[str, Tuple[float, float]] = field(default_factory=dict)
 
     @property
@@ -673,7 +674,10 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     # rknn-toolkit2's simulator puts every standalone Sigmoid's output on the [0, 1] grid (1/255 steps) whatever range
     # its cfg gives (its own cfg says [0, 0.5] for layout_cdla's score maps, whose dumped values go to 144 / 255; ours
     # were [0, 0.37] and a step apart on 28-74% of the values, `vendor-export --layers`)
-    unit = {t: (0.0, 1.0) for t in seen if requantized_pre_activations is True and t in info.producer and
+    # TFLite's int8 LOGISTIC writes a fixed grid too (1/256, zero point -128): a build for TFLite takes that one, so
+    # its LOGISTIC is exactly our Sigmoid and stays int8 (Teflon offloads it)
+    grid = {True: (0.0, 1.0), ALL_PRE_ACTIVATIONS: (0.0, 255.0 / 256.0)}.get(requantized_pre_activations)
+    unit = {t: grid for t in seen if grid is not None and t in info.producer and
             info.nodes[info.producer[t]].op_type == "Sigmoid"}
     return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
                 {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached), unit)

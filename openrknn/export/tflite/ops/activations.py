@@ -157,17 +157,19 @@ register("Relu", "Clip", int8=lambda c, n, a: _clip(c, n, "q"), float=lambda c, 
 
 def _fixed_output(builtin: str, lower_float: Callable, int8_form_ok: Optional[Callable] = None) -> dict:
     """OpRule's int8_ok and float for an op whose int8 TFLite form writes a fixed output step (LOGISTIC, SOFTMAX:
-    1/256, TANH: 1/128), requantized to our point after. Where that step is coarser than our point's (a score map
-    calibrated to 0..0.37 has steps of 0.0015), the int8 form would round away what our graph keeps: the layout
-    detector's small probabilities went from cosine 0.93 (our simulator) to 0.86 against the float model. Such a
-    layer is computed in float between DEQUANTIZE / QUANTIZE, as our graph computes it, and the report says why."""
+    1/256, TANH: 1/128). The int8 form computes what our graph does only where our point has that step: a finer
+    point (a score map calibrated to 0..0.37 has steps of 0.0015) would lose what our graph keeps (the layout
+    detector's small probabilities: cosine 0.93 -> 0.86 against the float model), and any other step means a second
+    rounding after it (the chip's Sigmoid grid of 1/255 against LOGISTIC's 1/256: an SSD's scores then ordered its
+    boxes otherwise on 7 of 8 inputs). Such a layer is computed in float between DEQUANTIZE / QUANTIZE, as our graph
+    computes it, and the report says why. A build for TFLite gives a Sigmoid LOGISTIC's own grid (quant/plan.py)."""
     fixed = FIXED_OUTPUT[builtin][0]
 
     def form_ok(ctx, node) -> bool:
         return int8_form_ok is None or int8_form_ok(ctx, node)
 
-    def finer(ctx, node) -> bool:
-        return ctx.out_point(node.output[0]).scale[0] < fixed * (1 - 1e-6)
+    def finer(ctx, node) -> bool:  # not the fixed step: finer, or another grid the int8 form would round twice to
+        return abs(ctx.out_point(node.output[0]).scale[0] - fixed) > fixed * 1e-6
 
     def int8_ok(ctx, node) -> bool:
         return form_ok(ctx, node) and not finer(ctx, node)
@@ -180,8 +182,11 @@ def _fixed_output(builtin: str, lower_float: Callable, int8_form_ok: Optional[Ca
         if not for_step:
             return ""
         ours = float(ctx.out_point(node.output[0]).scale[0])
-        return f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is coarser than ours " \
-               f"({ours:.3g})"
+        if ours < fixed:
+            return f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is coarser than " \
+                   f"ours ({ours:.3g})"
+        return f"float, as our graph computes it: TFLite's int8 {builtin} output step {fixed:g} is not ours " \
+               f"({ours:.3g}): it would round twice"
 
     return {"int8_ok": int8_ok, "float": lower}
 
