@@ -484,12 +484,6 @@ def _activation_reader(info: GraphInfo, t: str) -> Optional[int]:
     return readers[0]
 
 
-def _sigmoid_reader(info: GraphInfo, t: str) -> Optional[int]:
-    """The Sigmoid that is ``t``'s only reader (a score map's, not a SiLU's gate), else None."""
-    act = _activation_reader(info, t)
-    return act if act is not None and info.nodes[act].op_type == "Sigmoid" else None
-
-
 def _clamps(info: GraphInfo, node, x: str) -> bool:
     """``node`` is a Relu of ``x``, or a Clip of ``x`` whose bounds are constants (or absent)."""
     if node.op_type == "Relu":
@@ -553,29 +547,23 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if len(cons) == 1 and info.nodes[cons[0]].op_type in FUSED_ACTS and info.nodes[cons[0]].input[0] == y:
             internal.add(y)
             fused[info.nodes[cons[0]].output[0]] = info.nodes[cons[0]].op_type
-        elif len(cons) == 1 and _channel_split(info, w, cons[0], y) and \
-                all(_activation_reader(info, part) is not None for part in info.nodes[cons[0]].output):
-            # rknn-toolkit2 compiles a conv read only by a channel Split whose parts each go to an activation as one
-            # conv per part with its activation fused (onnx-cv-graph's Sobel: the x and y gradients of one conv,
-            # each then an Abs). Parts read otherwise are head_split's (algorithms/head_split.py), which cuts the
-            # conv itself where their ranges differ.
-            internal.add(y)
-            for part in info.nodes[cons[0]].output:
-                act = _activation_reader(info, part)
-                internal.add(part)
-                fused[info.nodes[act].output[0]] = info.nodes[act].op_type
-        elif requantized_pre_activations is True and len(cons) == 1 and _channel_split(info, w, cons[0], y) and \
-                any(_sigmoid_reader(info, part) is not None for part in info.nodes[cons[0]].output):
-            # the same conv per part when only some parts go to a Sigmoid (a detector head's score and box
-            # channels): a score part is fused with its Sigmoid, as a score head's conv is (rknn-toolkit2's
-            # simulator values of layout_cdla's four score parts lie on no grid, below its range), and every other
-            # part is requantized from the conv's sum on a range of its own (its own cfg gives each part one)
-            internal.add(y)
-            for part in info.nodes[cons[0]].output:
-                act = _sigmoid_reader(info, part)
-                if act is not None:
+        elif len(cons) == 1 and _channel_split(info, w, cons[0], y):
+            # rknn-toolkit2 compiles a conv read only by a channel Split as one conv per part: where each part goes
+            # to an activation, each with it fused (onnx-cv-graph's Sobel: the x and y gradients of one conv, each
+            # then an Abs); on RKNPU2 also where only some parts go to a Sigmoid (a detector head's score and box
+            # channels): the score parts are fused with it, as a score head's conv is (its simulator's values of
+            # layout_cdla's four score parts lie on no grid), and every other part is requantized from the conv's
+            # sum on a range of its own. Parts read otherwise are head_split's (algorithms/head_split.py), which
+            # cuts the conv itself where their ranges differ.
+            acts = {part: _activation_reader(info, part) for part in info.nodes[cons[0]].output}
+            every = all(a is not None for a in acts.values())
+            fuse = {part: a for part, a in acts.items() if a is not None and (
+                every or requantized_pre_activations is True and info.nodes[a].op_type == "Sigmoid")}
+            if fuse:
+                internal.add(y)
+                for part, act in fuse.items():
                     internal.add(part)
-                    fused[info.nodes[act].output[0]] = "Sigmoid"
+                    fused[info.nodes[act].output[0]] = info.nodes[act].op_type
         elif len(cons) == 2:
             muls = [c for c in cons if c in gated and gated[c][0] == y]
             gates = [c for c in cons if info.nodes[c].op_type in GATES and info.nodes[c].output[0] in internal]
