@@ -21,7 +21,7 @@ from onnx import helper
 
 from ..errors import PackageError
 from ..metrics import cosine as _cos
-from ..quant.qdq import with_outputs as _with_outputs
+from ..quant.qdq import quant_points, with_outputs as _with_outputs
 
 TIE = 0.01          # an unrounded value within this share of a step of x.5 is on a rounding tie
 UNRELATED = 0.5     # a dump this far from our tensor in a whole run holds another tensor under its name
@@ -43,19 +43,13 @@ def dump_files(folder: Path) -> Dict[str, Path]:
 
 
 def _points(m: onnx.ModelProto) -> Dict[str, tuple]:
-    """Quantization points of a QDQ graph: dequantized tensor -> (its unrounded tensor, scale, zero point)."""
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
+    """Per-tensor quantization points of a QDQ graph: dequantized tensor -> (its unrounded tensor, scale)."""
+    inits = {t.name: t for t in m.graph.initializer}
     out = {}
-    for n in m.graph.node:
-        if n.op_type != "DequantizeLinear" or n.input[0] in inits:
-            continue
-        q = producer.get(n.input[0])
-        scale = inits.get(n.input[1])
-        if q is None or q.op_type != "QuantizeLinear" or scale is None or np.size(scale) != 1:
-            continue
-        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
-        out[n.output[0]] = (q.input[0], float(np.ravel(scale)[0]), int(np.ravel(zp)[0]) if zp is not None else 0)
+    for name, (q, dq) in quant_points(m).items():
+        scale = onnx.numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
+        if scale is not None and np.size(scale) == 1:
+            out[name] = (q.input[0], float(np.ravel(scale)[0]))
     return out
 
 
@@ -132,7 +126,7 @@ def compare_layers(model_bytes: bytes, feeds: Dict[str, np.ndarray], dump_dir: P
         row = {"tensor": t, "op": producer[points[t][0]].op_type if t in points and points[t][0] in producer
                else producer[t].op_type, "values": int(o.size), "whole_run_cosine": round(_cos(whole[t], v), 6)}
         if t in points:
-            pre, scale, zp = points[t]
+            pre, scale = points[t]
             steps = np.abs(o - v) / scale
             differ = steps > 0.5
             u = np.asarray(ours[pre], np.float64) / scale
