@@ -69,6 +69,7 @@ class CandidateModel:
         qmodel, _ = build_qdq(model, plan, acts, weights)
         self.measured = measured_tensors(qmodel, model)
         self.extra = [t for t in extra if t not in self.measured]
+        self.asked = list(extra)  # recorded in this order (a head's logits may be a measured tensor too)
         qmodel = with_outputs(qmodel, self.measured + self.extra)
         g = qmodel.graph
         inits = {t.name: t for t in g.initializer}
@@ -162,15 +163,16 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     ref_sess = ref_sess or reference_session(model, runner, threads=threads)
     n = len(runner.measured)
     names = runner.measured + runner.extra  # the extra tensors ride along, recorded for the caller
+    asked = [names.index(t) for t in runner.asked]
     reference = [ref_sess.run(names, f) for f in feeds]
-    runner.recorded = {"float": [r[n:] for r in reference]}
+    runner.recorded = {"float": [[r[k] for k in asked] for r in reference]}
     reference = [r[:n] for r in reference]
     runner.reference, runner.output_losses = reference, {}
     per_sample = {}
     for name, acts in candidates.items():
         set_biases(name)
         outs = runner.run(feeds, runner.feed(acts, weights, model), names)
-        runner.recorded[name] = [o[n:] for o in outs]
+        runner.recorded[name] = [[o[k] for k in asked] for o in outs]
         runner.output_losses[name] = output_losses([o[:n] for o in outs], reference)
         per_sample[name] = runner.output_losses[name].max(axis=1)
     losses = {k: float(v.mean()) for k, v in per_sample.items()}
