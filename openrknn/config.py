@@ -29,6 +29,10 @@ WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
 # int8 ops that Teflon can offload (the .rknn's own simulator computes the same; the chip's own graph would apply
 # the activation in full precision).
 PRE_ACTIVATION_POINTS = ("chip", "tflite")
+# openrknn: a score head's Sigmoid (one that reaches the outputs only through layout ops and that the chip fuses
+# into its conv) on the host CPU in float from the int8 logits: 'auto' where that rounds the probabilities closer on
+# a few calibration samples, 'all', or 'none' (the same tuple as openrknn.quant.HOST_SIGMOID_HEADS)
+HOST_SIGMOID_HEADS = ("auto", "all", "none")
 ALL_QUANTIZED_DTYPES = tuple(d for gen in ("rknpu1", "rknpu2") for d in targets.QUANTIZED_DTYPES[gen])
 
 
@@ -55,6 +59,7 @@ class BuildConfig:
     range_choice: bool = True  # openrknn: a 'normal' build may clip ranges (KL / MSE) where the outputs gain
     log_ranges: bool = True  # openrknn: the ranges into a Log / square root (audio front ends) cut in decades
     pre_activation_points: str = "chip"  # openrknn: PRE_ACTIVATION_POINTS
+    host_sigmoid_heads: str = "auto"  # openrknn: HOST_SIGMOID_HEADS
     # openrknn: each image input's own layout, 'nchw' | 'nhwc' (channel-last: TFLite / TensorFlow / Keras exports);
     # None = detected per input (graph/layout.py). The feed is NHWC either way.
     input_layout: Optional[List[str]] = None
@@ -319,4 +324,10 @@ def make_config(**kwargs: Any) -> BuildConfig:
                           f"'tflite' is for w8a8 builds that export_tflite writes; {cfg.target} is an RKNPU1 chip "
                           "(use target_platform='rk3588' with quantized_dtype='w8a8')")
     cfg.pre_activation_points = points
+    heads = kwargs.get("host_sigmoid_heads", "auto")
+    if heads not in HOST_SIGMOID_HEADS:
+        raise ConfigError("host_sigmoid_heads", heads, HOST_SIGMOID_HEADS,
+                          "'auto' computes a score head's Sigmoid on the host where that loses less than the chip's "
+                          "[0, 1] output grid; 'all' / 'none' decide for every head")
+    cfg.host_sigmoid_heads = heads
     return cfg

@@ -163,6 +163,10 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
         decided = ([f"range choice kept {ranges['chosen']}"] if ranges.get("chosen") else []) + \
             ([f"ranges into a Log / square root cut by {ranges['log_cut_decades']:g} decades"]
              if ranges.get("log_cut_decades") else [])
+        if ranges.get("host_sigmoids"):
+            names = ranges["host_sigmoids"]
+            decided.append(f"{_count(len(names), 'output Sigmoid')} on the host CPU in float from int8 logits: "
+                           f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
         if q["pre_activation_points"] == "tflite":
             decided.append("every conv before an activation TFLite cannot fuse into it requantized, as TFLite int8 "
                            "computes it (pre_activation_points='tflite')")

@@ -278,4 +278,7 @@ def test_a_flags_logit_is_never_clipped():
                            numpy_helper.from_array(np.array([0.5], np.float32), "b")])
     info = GraphInfo(normalize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])))
     plan = build_plan(info)
-    assert "z" in plan.points and plan.group_of["z"] in _clip_exempt(info, plan)
+    # the host computes the output Sigmoid, and the bias Add before it joins its float tail: the MatMul's output is
+    # the last int8 tensor, the logit without its bias
+    assert plan.host_sigmoids == {"p": "z"} and "z" in plan.float_tail
+    assert "m" in plan.points and plan.group_of["m"] in _clip_exempt(info, plan)

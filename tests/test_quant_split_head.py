@@ -65,31 +65,43 @@ def test_a_chip_build_rounds_the_box_part_on_its_own_range(tmp_path):
         rknn.release()
         return out
 
-    chip, tflite = scales(), scales(pre_activation_points="tflite")
+    chip, tflite = scales(host_sigmoid_heads="none"), scales(pre_activation_points="tflite")
     assert "h" not in chip and "s" not in chip and "b" in chip
     assert "h" in tflite and tflite["b"] == tflite["h"]
     assert chip["b"] < tflite["h"]  # the box part alone spans less than the whole conv output
+    # by default the host computes this head's Sigmoid (its probabilities stay under 0.12): the score logits are
+    # int8 on a range of their own, finer than the box part's
+    auto = scales()
+    assert "s" in auto and "score" not in auto and auto["s"] < auto["b"]
 
 
 def test_a_sigmoid_output_is_on_the_unit_grid_on_the_chip(tmp_path):
     """rknn-toolkit2's simulator puts a standalone Sigmoid's output on the [0, 1] grid (1/255 steps) whatever range
     its cfg asks for (layout_cdla's score maps: calibrated [0, 0.37], dumped values on 1/255 steps up to 144/255).
-    Here the score logits stay below -2 (probabilities under 0.12): the chip build still uses 1/255, a TFLite build
-    LOGISTIC's own 1/256 steps."""
+    Here the score logits stay below -2 (probabilities under 0.12): a chip build that keeps the Sigmoid on the chip
+    still uses 1/255; TFLite's LOGISTIC would use its own 1/256 steps."""
     info = GraphInfo(normalize(onnx.load(str(_model(tmp_path / "m.onnx")))))
-    assert build_plan(info, requantized_pre_activations=True).unit_ranges == {"score": (0.0, 1.0)}
-    assert build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).unit_ranges == {"score": (0, 255 / 256)}
-    assert not build_plan(info, requantized_pre_activations=False).unit_ranges  # RKNPU1: calibrated
+    # (without a float tail, which would let the host compute an output Sigmoid: plan.host_sigmoids)
+    assert build_plan(info, False, requantized_pre_activations=True).unit_ranges == {"score": (0.0, 1.0)}
+    assert build_plan(info, False, requantized_pre_activations=ALL_PRE_ACTIVATIONS).unit_ranges == \
+        {"score": (0, 255 / 256)}
+    assert not build_plan(info, False, requantized_pre_activations=False).unit_ranges  # RKNPU1: calibrated
+    # a TFLite build's LOGISTIC would read the int8 score part: the host computes it from that, in float
+    assert build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).host_sigmoids == {"score": "s"}
     (tmp_path / "calib").mkdir()
     rng = np.random.default_rng(8)
     ds = write_samples(tmp_path / "calib", [rng.uniform(0, 255, (1, H, W, 3)).astype(np.float32) for _ in range(6)])
-    for points, unit in (("chip", True), ("tflite", False)):
+    for points in ("chip", "tflite"):
         rknn = built_rknn(_model(tmp_path / "m.onnx"), ds, target_platform="rk3588", quantized_dtype="w8a8",
-                          mean_values=[[128] * 3], std_values=[[64] * 3], pre_activation_points=points)
+                          mean_values=[[128] * 3], std_values=[[64] * 3], pre_activation_points=points,
+                          host_sigmoid_heads="none")
         m = onnx.load_from_string(rknn._package.model_bytes)
         inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0].split("__")[0] == "score")
-        z = inits[q.input[2]]
-        scale, zp = float(inits[q.input[1]]), int(z) - (128 if z.dtype == np.uint8 else 0)  # int8 stored as uint8
-        assert ((abs(scale - 1 / 255) < 1e-9 and zp == -128) == unit), (points, scale, zp)
+        q = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0].split("__")[0] == "score"]
+        if points == "tflite":
+            assert not q
+        else:
+            z = inits[q[0].input[2]]
+            scale, zp = float(inits[q[0].input[1]]), int(z) - (128 if z.dtype == np.uint8 else 0)  # int8 as uint8
+            assert abs(scale - 1 / 255) < 1e-9 and zp == -128, (scale, zp)
         rknn.release()

@@ -20,7 +20,8 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
     return QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
                         target=cfg.target, weight_rounding=cfg.weight_rounding, range_split=cfg.range_split,
                         range_remap=cfg.range_remap, range_choice=cfg.range_choice, log_ranges=cfg.log_ranges,
-                        pre_activation_points=cfg.pre_activation_points, overrides=dict(overrides or {}),
+                        pre_activation_points=cfg.pre_activation_points,
+                        host_sigmoid_heads=cfg.host_sigmoid_heads, overrides=dict(overrides or {}),
                         fixed=dict(fixed or {}))
 
 
@@ -43,7 +44,8 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
               "weight_rounding": result.report.get("weight_rounding", {}).get("method", "nearest"),
               "range_split": bool(cfg.range_split), "range_remap": bool(cfg.range_remap),
               "range_choice": bool(cfg.range_choice), "log_ranges": bool(cfg.log_ranges),
-              "pre_activation_points": cfg.pre_activation_points, "calibration_samples": samples,
+              "pre_activation_points": cfg.pre_activation_points, "host_sigmoid_heads": cfg.host_sigmoid_heads,
+              "calibration_samples": samples,
               "tensors": result.tensors,
               "overrides": dict(overrides or {}), "ranges": ranges_decided(result.report)}
     record.update(extra)
@@ -52,12 +54,15 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
 
 def ranges_decided(report: dict) -> dict:
     """What the output-judged range stages decided: range choice's set ('normal' = min/max, 'kl_divergence',
-    'mmse') and the decades the ranges into a Log were cut by (absent where a stage did not run)."""
+    'mmse'), the decades the ranges into a Log were cut by, the output Sigmoids the host computes (absent where a
+    stage did not run or decided nothing)."""
     out = {}
     if report.get("range_choice"):
         out["chosen"] = report["range_choice"].get("chosen")
     if report.get("log_ranges"):
         out["log_cut_decades"] = float(report["log_ranges"].get("decades", 0.0))
+    if report.get("host_sigmoids", {}).get("on_host"):
+        out["host_sigmoids"] = list(report["host_sigmoids"]["on_host"])
     return out
 
 

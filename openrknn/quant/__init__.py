@@ -30,6 +30,7 @@ log = logging.getLogger("openrknn.quant")
 ALGORITHMS = ("normal", "kl_divergence", "mmse")
 METHODS = ("layer", "channel")
 WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq", "adaround")
+HOST_SIGMOID_HEADS = ("auto", "all", "none")
 
 
 @dataclass
@@ -91,6 +92,11 @@ class QuantOptions:
     fixed: {tensor or weight name: (scales, zero points)} used as given instead of calibrated (hybrid step 2's
         edited parameters); an activation's applies to its whole scale group.
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
+        With it, a Sigmoid that reaches the outputs only through layout ops and reads a point (after an Add, a
+        Concat) is computed in float on the host from that point (one rounding fewer than the chip's output grid).
+    host_sigmoid_heads: such a Sigmoid the chip would fuse into its conv (a score head): 'auto' moves it to the host
+        where that rounds the probabilities closer on a few calibration samples (algorithms/host_sigmoids.py),
+        'all' moves every one, 'none' keeps them on the chip.
     concat_input_scales: a Concat input that other layers also read and whose calibrated range is at most 1/8 of the
         Concat's keeps its own scale; the Concat requantizes it (algorithms/concat_inputs.py; 8-bit affine only).
     """
@@ -122,6 +128,7 @@ class QuantOptions:
     range_search_groups: int = 32
     range_search_samples: int = 8
     keep_mixed_concat_float: bool = True
+    host_sigmoid_heads: str = "auto"
     concat_input_scales: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
     fixed: Dict[str, tuple] = field(default_factory=dict)
@@ -152,6 +159,8 @@ class QuantOptions:
         bad = {k: v for k, v in self.overrides.items() if v not in ("int8", "uint8", "int16", "float")}
         if bad:
             raise ConfigError("overrides", bad, ("int8", "uint8", "int16", "float"))
+        if self.host_sigmoid_heads not in HOST_SIGMOID_HEADS:
+            raise ConfigError("host_sigmoid_heads", self.host_sigmoid_heads, HOST_SIGMOID_HEADS)
         if self.pre_activation_points not in ("chip", "tflite"):
             raise ConfigError("pre_activation_points", self.pre_activation_points, ("chip", "tflite"))
         for key in ("range_choice", "log_ranges"):

@@ -62,10 +62,11 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         return QuantResult(out, _float16_tensors(out), _report(options, warnings, seconds, []))
 
     plan = build_plan(GraphInfo(m), options.keep_mixed_concat_float, options.requantized_pre_activations)
+    results: List[StageResult] = []
+    plan = _host_heads(m, plan, options, scheme, data, results)
     state = QuantState(m, GraphInfo(m), plan, options, scheme, data, progress)
     stages = [cls() for cls in REWRITES]
     stages = [s for s in stages if s.enabled(state)]
-    results: List[StageResult] = []
     for stage in (s for s in stages if s.phase == "graph"):
         results.append(stage.run(state))
     seconds["plan"] = round(time.perf_counter() - t, 3)
@@ -302,6 +303,31 @@ def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
         scheme.act.bits == 8
 
 
+def _host_heads(m: onnx.ModelProto, plan: Plan, options: "QuantOptions", scheme: Scheme, data,
+                results: List[StageResult]) -> Plan:
+    """The plan with the score heads' Sigmoids the host computes (options.host_sigmoid_heads;
+    algorithms/host_sigmoids.py measures them for 'auto')."""
+    from .algorithms import host_sigmoids
+
+    info = GraphInfo(m)
+    t = time.perf_counter()
+    heads, report = frozenset(), None
+    if options.host_sigmoid_heads == "none" or scheme.act is None or not options.keep_mixed_concat_float:
+        pass
+    elif options.host_sigmoid_heads == "all":
+        heads = frozenset(host_sigmoids.fused_heads(info, plan))
+    elif scheme.act.bits == 8:  # a 16-bit output grid loses nothing the host would win back
+        heads, report = host_sigmoids.choose(m, info, plan, data, scheme.act.bits,
+                                             options.requantized_pre_activations is True, options.threads)
+    if heads:
+        plan = build_plan(info, options.keep_mixed_concat_float, options.requantized_pre_activations,
+                          host_heads=heads)
+    if plan.host_sigmoids or report:
+        summary = {"on_host": sorted(plan.host_sigmoids), **({"heads": report} if report else {})}
+        results.append(StageResult("host_sigmoids", summary, round(time.perf_counter() - t, 3)))
+    return plan
+
+
 def _choice_feeds(data, options: "QuantOptions") -> Tuple[list, list]:
     """The range choice's samples: histograms from the even-numbered ones, judged on the odd-numbered ones (a
     clipping fitted to the samples it is judged on would look better than it is); from the same ones only when the
@@ -476,6 +502,8 @@ def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
         parts += [w for w in weights if w.startswith((name + "__split", name + "__perm_"))]
         if name in points or name in weights:
             out[name] = value
+        elif plan.host_sigmoids.get(name) in points:  # a Sigmoid the host computes: its layer is its logits'
+            out[plan.host_sigmoids[name]] = value
         elif parts:
             out.update({p: value for p in parts})
         else:

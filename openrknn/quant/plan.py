@@ -157,6 +157,11 @@ class Plan:
     # points whose range the NPU fixes whatever calibration saw: on RKNPU2 a Sigmoid's output is [0, 1] (scale 1/255),
     # in TFLite's LOGISTIC [0, 255/256] (scale 1/256)
     unit_ranges: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    # Sigmoids the host computes in float from their int8 logits (output_sigmoids that reach the graph outputs only
+    # through layout ops): every such Sigmoid that reads a point anyway, and the heads' Sigmoids the chip would fuse
+    # into their conv where host_heads asks for them (algorithms/host_sigmoids.py measures which)
+    host_sigmoids: Dict[str, str] = field(default_factory=dict)  # Sigmoid output -> the logits it reads
+    host_heads: FrozenSet[str] = frozenset()       # the build_plan argument, kept for the plans made after this one
 
     @property
     def sources(self) -> List[str]:
@@ -250,6 +255,14 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
                     break
             ok[t] = good
     return ok
+
+
+def output_sigmoids(info: GraphInfo, dyn: Set[str]) -> Set[str]:
+    """Outputs of the Sigmoids that reach graph outputs only through layout ops (TAIL_OPS): a detector's score maps,
+    a pose net's heatmaps, a text detector's probability map. Plan.host_sigmoids says which the host computes."""
+    ok = tail_ok(info)
+    return {n.output[0] for n in info.nodes if n.op_type == "Sigmoid" and n.input and n.input[0] in dyn and
+            ok.get(n.output[0], False)}
 
 
 def selection_tail(info: GraphInfo) -> Set[int]:
@@ -494,14 +507,19 @@ def _clamps(info: GraphInfo, node, x: str) -> bool:
 
 def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                requantized_pre_activations: object = False,
-               detached: FrozenSet[Tuple[str, str]] = frozenset()) -> Plan:
+               detached: FrozenSet[Tuple[str, str]] = frozenset(),
+               host_heads: FrozenSet[str] = frozenset()) -> Plan:
     """requantized_pre_activations: True for the RKNPU2's own points: the conv outputs it stores as integers before
     their activation (targets/chips.py Generation.requantizes_pre_activations), and none for a conv whose residual
     Add it fuses (_residual_conv_outputs); ALL_PRE_ACTIVATIONS for every conv output before an activation TFLite
     cannot fuse (config(pre_activation_points='tflite')), each residual Add reading int8 operands as TFLite's ADD.
-    detached: (concat output, input) pairs whose scales stay apart (Plan.detached)."""
+    detached: (concat output, input) pairs whose scales stay apart (Plan.detached).
+    host_heads: outputs of Sigmoids the chip would fuse into their conv (a score head) that the host computes instead
+    (Plan.host_sigmoids); output Sigmoids that read a point are the host's in any case."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
+    tail_sigmoids = output_sigmoids(info, dyn) - prefix if keep_mixed_concat_float else set()
+    host = set(host_heads) & tail_sigmoids
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
                 if w is not None]
     internal: Set[str] = set()
@@ -533,6 +551,8 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         if y in info.output_set:
             continue
         cons = info.consumers.get(y, [])
+        if len(cons) == 1 and info.nodes[cons[0]].output[0] in host:
+            continue  # the logits are the point: the host applies the sigmoid
         act = _requantized_activation(info, w, y, cons, gated, requantized_pre_activations) \
             if requantized_pre_activations else ""
         if act in (PLAIN_POINT, "hardswish") and len(cons) == 1:
@@ -556,10 +576,14 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
             # sum on a range of its own. Parts read otherwise are head_split's (algorithms/head_split.py), which
             # cuts the conv itself where their ranges differ.
             acts = {part: _activation_reader(info, part) for part in info.nodes[cons[0]].output}
+            # a score part whose Sigmoid the host computes is a point of its own on RKNPU2 (the chip puts out its
+            # logits: one conv per part still; rknn-toolkit2's values of NanoDet's parts are within a step of ours)
+            on_host = {part for part, a in acts.items() if a is not None and info.nodes[a].output[0] in host}
+            acts = {part: (None if part in on_host else a) for part, a in acts.items()}
             every = all(a is not None for a in acts.values())
             fuse = {part: a for part, a in acts.items() if a is not None and (
                 every or requantized_pre_activations is True and info.nodes[a].op_type == "Sigmoid")}
-            if fuse:
+            if fuse or on_host and requantized_pre_activations is True:
                 internal.add(y)
                 for part, act in fuse.items():
                     internal.add(part)
@@ -590,7 +614,12 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                     ("Conv", "ConvTranspose", "Gemm")}
     _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)
 
-    float_tail: Set[str] = set()
+    # an output Sigmoid that reads a point (not fused into its layer: after an Add, a Concat, a Resize, or any conv
+    # where TFLite's LOGISTIC reads int8) is the host's: the same logits, one rounding fewer than the chip's [0, 1]
+    # grid, which holds a score of 0.003 as one step and of 0.001 as none (yolo26n's class scores: cosine 0.30 ->
+    # 0.90, the PP-OCR text detectors' probability maps +0.001 .. +0.006)
+    host |= {t for t in tail_sigmoids if t not in fused}
+    float_tail: Set[str] = set(host)
     split_concats: List[str] = []
     if keep_mixed_concat_float:
         ok = tail_ok(info)
@@ -668,4 +697,5 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     unit = {t: grid for t in seen if grid is not None and t in info.producer and
             info.nodes[info.producer[t]].op_type == "Sigmoid"}
     return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
-                {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached), unit)
+                {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached), unit,
+                {t: info.nodes[info.producer[t]].input[0] for t in sorted(host)}, frozenset(host_heads))

@@ -46,7 +46,7 @@ class QuantState:
         self.model = model
         self.info = GraphInfo(model)
         self.plan = build_plan(self.info, self.options.keep_mixed_concat_float,
-                               self.options.requantized_pre_activations, self.plan.detached)
+                               self.options.requantized_pre_activations, self.plan.detached, self.plan.host_heads)
 
 
 @dataclass

@@ -95,7 +95,7 @@ class ConcatInputScales(Rewrite):
             return None
         pairs: FrozenSet[Tuple[str, str]] = plan.detached | {(out, t) for out, t, _ in found}
         new = build_plan(state.info, state.options.keep_mixed_concat_float,
-                         state.options.requantized_pre_activations, pairs)
+                         state.options.requantized_pre_activations, pairs, plan.host_heads)
         for out, _t, _r in found:
             if out in new.derived or out in stats.minmax:
                 continue

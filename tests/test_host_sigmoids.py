@@ -1,0 +1,201 @@
+"""An output Sigmoid computed on the host in float from int8 logits (quant/plan.py host_sigmoids,
+quant/algorithms/host_sigmoids.py): always where it reads a point anyway, for a score head the chip would fuse where
+that rounds the probabilities closer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import write_npy_dataset
+from openrknn.errors import ConfigError
+from openrknn.quant import QuantOptions, quantize
+from openrknn.quant.algorithms.host_sigmoids import head_errors
+from openrknn.quant.dataset import InputSpec, read_dataset
+from openrknn.quant.ir import GraphInfo, normalize
+from openrknn.quant.plan import build_plan
+
+SIDE = 16
+
+
+def _init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+
+def score_model(head_bias: float, head_gain: float, concat_logits: bool = False, with_boxes: bool = False
+                ) -> onnx.ModelProto:
+    """x [1, 3, 16, 16] -> stem conv + ReLU -> score conv (4 channels, bias ``head_bias``, weights x ``head_gain``)
+    -> Sigmoid -> output 'scores' [1, 4, 8, 8]. concat_logits: two score convs joined by a Concat before the Sigmoid
+    (yolo26n's class logits: the Sigmoid reads a point). with_boxes: the output is Concat(box conv, scores) (YOLOX's
+    head)."""
+    rng = np.random.default_rng(5)
+    n = helper.make_node
+    inits = [_init("w_stem", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b_stem", rng.normal(0, 0.1, 8)),
+             _init("w_cls", rng.normal(0, head_gain, (4, 8, 1, 1))), _init("b_cls", np.full(4, head_bias)),
+             _init("w_cls2", rng.normal(0, head_gain, (4, 8, 1, 1))), _init("b_cls2", np.full(4, head_bias)),
+             _init("w_box", rng.normal(0, 2.0, (4, 8, 1, 1))), _init("b_box", rng.normal(0, 4.0, 4))]
+    nodes = [n("Conv", ["x", "w_stem", "b_stem"], ["stem_c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             n("Relu", ["stem_c"], ["stem"]),
+             n("Conv", ["stem", "w_cls", "b_cls"], ["logits"])]
+    if concat_logits:
+        nodes += [n("Conv", ["stem", "w_cls2", "b_cls2"], ["logits2"]),
+                  n("Concat", ["logits", "logits2"], ["joined"], axis=1),
+                  n("Sigmoid", ["joined"], ["scores"])]
+        channels = 8
+    else:
+        nodes.append(n("Sigmoid", ["logits"], ["scores"]))
+        channels = 4
+    out = "scores"
+    if with_boxes:
+        nodes += [n("Conv", ["stem", "w_box", "b_box"], ["boxes"]), n("Concat", ["boxes", "scores"], ["det"], axis=1)]
+        out, channels = "det", channels + 4
+    g = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, channels, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    return read_dataset(write_npy_dataset(tmp_path_factory.mktemp("calib"), (1, 3, SIDE, SIDE), n=10, high=1.0),
+                        [InputSpec("x", (1, 3, SIDE, SIDE))])
+
+
+def _run(model: onnx.ModelProto, feed) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _error(model: onnx.ModelProto, q: onnx.ModelProto, calib) -> float:
+    return float(np.mean([np.mean((_run(q, f) - _run(model, f)) ** 2) for f in calib]))
+
+
+def _on_unit_grid(x: np.ndarray) -> bool:
+    return bool(np.allclose(x * 255, np.round(x * 255), atol=1e-3))
+
+
+def test_an_output_sigmoid_that_reads_a_point_is_the_hosts():
+    info = GraphInfo(normalize(score_model(0.0, 1.0, concat_logits=True)))
+    for policy in (False, True):
+        plan = build_plan(info, requantized_pre_activations=policy)
+        assert plan.host_sigmoids == {"scores": "joined"}
+        assert "scores" in plan.float_tail and "scores" not in plan.points
+        # the Concat it reads joins the float tail as a decode step: each conv's logits keep their own scale
+        assert {"logits", "logits2"} <= set(plan.points) and plan.group_of["logits"] != plan.group_of["logits2"]
+
+
+def test_a_score_head_is_fused_unless_asked_for_the_host():
+    info = GraphInfo(normalize(score_model(0.0, 1.0)))
+    plan = build_plan(info, requantized_pre_activations=True)
+    assert plan.host_sigmoids == {} and "logits" in plan.internal and "scores" in plan.points
+    assert plan.unit_ranges["scores"] == (0.0, 1.0)
+    plan = build_plan(info, requantized_pre_activations=True, host_heads=frozenset({"scores"}))
+    assert plan.host_sigmoids == {"scores": "logits"} and plan.host_heads == {"scores"}
+    assert "logits" in plan.points and "scores" in plan.float_tail and "scores" not in plan.unit_ranges
+    # TFLite's LOGISTIC reads an int8 point: there the Sigmoid is the host's in any case
+    from openrknn.quant.plan import ALL_PRE_ACTIVATIONS
+
+    assert build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).host_sigmoids == {"scores": "logits"}
+
+
+def test_head_errors_favour_the_host_for_small_probabilities_and_the_chip_for_wide_logits():
+    rng = np.random.default_rng(0)
+    small = rng.normal(-6.0, 1.0, 20000)  # probabilities around 0.0025: a few steps of 1/255 at most
+    host, chip = head_errors(small, 255, (0.0, 1.0))
+    assert host < 0.1 * chip
+    wide = np.concatenate([rng.uniform(-40, -10, 20000), rng.normal(0.0, 2.0, 5000)])  # 0.16 a logit step
+    host, chip = head_errors(wide, 255, (0.0, 1.0))
+    assert chip < host
+    # without a fixed grid (RKNPU1) the chip's grid is the probabilities' own range
+    host_free, chip_free = head_errors(small, 255, None)
+    assert chip_free < chip and host_free == host_free
+
+
+def test_auto_moves_a_head_of_small_probabilities_to_the_host_and_it_rounds_closer(calib):
+    model = score_model(-6.0, 0.3)
+    auto = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    chip = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="none"),
+                    progress=False)
+    heads = auto.report["host_sigmoids"]["heads"]
+    assert heads["scores"]["host"] and heads["scores"]["host_mse"] < heads["scores"]["chip_mse"]
+    assert "host_sigmoids" not in chip.report
+    assert "logits" in auto.tensors and "scores" not in auto.tensors and "scores" in chip.tensors
+    assert not _on_unit_grid(_run(auto.model, next(iter(calib))))
+    assert _error(model, auto.model, calib) < 0.5 * _error(model, chip.model, calib)
+
+
+def test_on_rknpu1_the_chips_grid_is_the_probabilities_own_range(calib):
+    """RK1808 calibrates a Sigmoid's output like any point: small probabilities get a fine grid of their own, and
+    the chip keeps the head."""
+    res = quantize(score_model(-6.0, 0.3), calib, QuantOptions(dtype="asymmetric_quantized-u8", target="rk1808"),
+                   progress=False)
+    head = res.report["host_sigmoids"]["heads"]["scores"]
+    assert not head["host"] and head["chip_mse"] < head["host_mse"]
+    assert res.tensors["scores"]["scale"][0] * 255 < 0.1  # not the [0, 1] grid
+
+
+def test_auto_keeps_a_head_of_wide_logits_on_the_chip(calib):
+    model = score_model(0.0, 8.0)
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588"), progress=False)
+    assert not res.report["host_sigmoids"]["heads"]["scores"]["host"]
+    assert "scores" in res.tensors and "logits" not in res.tensors
+    assert _on_unit_grid(_run(res.model, next(iter(calib))))
+
+
+def test_a_host_head_beside_boxes_builds_with_range_choice_and_score_bias(calib):
+    """YOLOX's layout: Concat(boxes, Sigmoid(head)). The head's logits are then a part the range choice measures,
+    and score bias correction reads them from its runs (they were once dropped from its list and misaligned)."""
+    model = score_model(-5.0, 0.5, with_boxes=True)
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="all"),
+                   progress=False)
+    assert "score_bias_correction" in res.report and "logits" in res.tensors
+    from openrknn.quant.qdq import with_outputs
+
+    feed = next(iter(calib))
+    sess = ort.InferenceSession(with_outputs(res.model, ["logits"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    det, q_logits = sess.run(["det", "logits"], feed)
+    # the scores are the float Sigmoid of the int8 logits, nothing rounded after it
+    np.testing.assert_allclose(det[:, 4:], 1.0 / (1.0 + np.exp(-q_logits)), rtol=1e-5, atol=1e-7)
+
+
+def test_an_override_on_a_host_sigmoid_applies_to_its_logits(calib):
+    model = score_model(-6.0, 0.3)
+    res = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="all",
+                                              overrides={"scores": "int16"}), progress=False)
+    assert res.tensors["logits"]["dtype"] == "int16"
+
+
+def test_bad_host_sigmoid_heads_values_are_refused():
+    from openrknn.api import RKNN
+
+    with pytest.raises(ConfigError, match="host_sigmoid_heads"):
+        QuantOptions(host_sigmoid_heads="cpu").validate()
+    rknn = RKNN(verbose=False)
+    assert rknn.config(host_sigmoid_heads="sometimes") != 0
+    assert "host_sigmoid_heads" in str(rknn.last_error) and "auto" in str(rknn.last_error)
+    assert rknn.config(host_sigmoid_heads="none") == 0
+
+
+def test_through_the_api_the_package_and_openrknn_info_say_which_sigmoids_the_host_computes(tmp_path):
+    """A user's build: the simulator's scores are the host's float Sigmoid (off the 1/255 grid, closer to the float
+    model), and `openrknn info` names the Sigmoid the host computes."""
+    from conftest import built_rknn
+    from openrknn.package import read_package
+    from openrknn.package_info import describe_package
+
+    path = tmp_path / "scores.onnx"
+    model = score_model(-6.0, 0.3)
+    onnx.save(model, path)
+    data = write_npy_dataset(tmp_path, (1, SIDE, SIDE, 3), n=10, high=1.0)
+    rk = built_rknn(path, data, target_platform="rk3588", quantized_dtype="w8a8")
+    x = np.random.default_rng(2).uniform(0, 1, (1, SIDE, SIDE, 3)).astype(np.float32)
+    got = rk.inference(inputs=[x])[0]
+    ref = _run(model, {"x": x.transpose(0, 3, 1, 2)})
+    assert not _on_unit_grid(got) and np.abs(got - ref).max() < 1e-3
+    out = tmp_path / "scores.rknn"
+    assert rk.export_rknn(str(out)) == 0
+    rk.release()
+    text = describe_package(read_package(str(out)))
+    assert "1 output Sigmoid on the host CPU in float from int8 logits: scores" in text
