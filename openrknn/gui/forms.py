@@ -9,8 +9,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import targets
-from ..config import (PRE_ACTIVATION_POINTS, QUANTIZED_ALGORITHMS, QUANTIZED_METHODS, WEIGHT_ROUNDINGS, BuildConfig,
-                      make_config)
+from ..config import (HOST_SIGMOID_HEADS, PRE_ACTIVATION_POINTS, QUANTIZED_ALGORITHMS, QUANTIZED_METHODS,
+                      WEIGHT_ROUNDINGS, BuildConfig, make_config)
 from ..errors import ConfigError
 
 # (label, help, section). Keys missing here still get a field (typed from the default) in "Advanced".
@@ -45,6 +45,10 @@ FIELD_INFO: Dict[str, Tuple[str, str, str]] = {
                               "int8 point after every conv before an activation TFLite cannot fuse (SiLU, Sigmoid, "
                               "HardSwish...), so an exported .tflite keeps those convs int8 for Mesa's Teflon "
                               "delegate.", "quant"),
+    "host_sigmoid_heads": ("Score heads' Sigmoid on the host", "auto = compute a score head's Sigmoid (one that "
+                           "reaches the outputs only through layout ops) in float on the CPU from the int8 logits "
+                           "where that rounds the probabilities closer than the chip's [0, 1] grid (small scores); "
+                           "all / none = every head on the host / on the chip.", "quant"),
     "auto_hybrid_cos_thresh": ("Auto hybrid cosine threshold", "Layers below this cosine are candidates to keep in "
                                "higher precision.", "quant"),
     "dynamic_input": ("Input shape sets", "Several input sizes in one model (rknn-toolkit2's dynamic_input), in the "
@@ -58,7 +62,7 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 def _kind(name: str, default: Any) -> str:
     if name in ("target_platform", "quantized_dtype", "quantized_algorithm", "quantized_method", "weight_rounding",
-                "pre_activation_points"):
+                "pre_activation_points", "host_sigmoid_heads"):
         return "select"
     if name in _FLOAT_LIST_KEYS:
         return "floats"
@@ -87,6 +91,8 @@ def _options(name: str) -> Optional[List[dict]]:
         return [{"value": r, "label": r, "group": ""} for r in WEIGHT_ROUNDINGS]
     if name == "pre_activation_points":
         return [{"value": p, "label": p, "group": ""} for p in PRE_ACTIVATION_POINTS]
+    if name == "host_sigmoid_heads":
+        return [{"value": h, "label": h, "group": ""} for h in HOST_SIGMOID_HEADS]
     if name == "quantized_method":
         return [{"value": "", "label": "default for the dtype", "group": ""}] + [
             {"value": m, "label": m, "group": ""} for m in QUANTIZED_METHODS]
