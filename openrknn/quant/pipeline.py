@@ -312,11 +312,10 @@ def _host_heads(m: onnx.ModelProto, plan: Plan, options: "QuantOptions", scheme:
     info = GraphInfo(m)
     t = time.perf_counter()
     heads, report = frozenset(), None
-    if options.host_sigmoid_heads == "none" or scheme.act is None or not options.keep_mixed_concat_float:
-        pass
-    elif options.host_sigmoid_heads == "all":
+    asked = options.host_sigmoid_heads if scheme.act is not None and options.keep_mixed_concat_float else "none"
+    if asked == "all":
         heads = frozenset(host_sigmoids.fused_heads(info, plan))
-    elif scheme.act.bits == 8:  # a 16-bit output grid loses nothing the host would win back
+    elif asked == "auto" and scheme.act.bits == 8:  # a 16-bit output grid loses nothing the host would win back
         heads, report = host_sigmoids.choose(m, info, plan, data, scheme.act.bits,
                                              options.requantized_pre_activations is True, options.threads)
     if heads:

@@ -616,9 +616,9 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
 
     # an output Sigmoid that reads a point (not fused into its layer: after an Add, a Concat, a Resize, or any conv
     # where TFLite's LOGISTIC reads int8) is the host's: the same logits, one rounding fewer than the chip's [0, 1]
-    # grid, which holds a score of 0.003 as one step and of 0.001 as none (yolo26n's class scores: cosine 0.30 ->
-    # 0.90, the PP-OCR text detectors' probability maps +0.001 .. +0.006)
-    host |= {t for t in tail_sigmoids if t not in fused}
+    # grid, which holds a score of 0.003 as one step and of 0.001 as none (yolo26n's class scores, most below 0.01,
+    # read by a Sigmoid after their Concat: cosine 0.30 -> 0.90)
+    host |= {t for t in tail_sigmoids if t not in fused and info.nodes[info.producer[t]].input[0] not in internal}
     float_tail: Set[str] = set(host)
     split_concats: List[str] = []
     if keep_mixed_concat_float:
