@@ -93,10 +93,11 @@ def test_a_score_head_is_fused_unless_asked_for_the_host():
     plan = build_plan(info, requantized_pre_activations=True, host_heads=frozenset({"scores"}))
     assert plan.host_sigmoids == {"scores": "logits"} and plan.host_heads == {"scores"}
     assert "logits" in plan.points and "scores" in plan.float_tail and "scores" not in plan.unit_ranges
-    # TFLite's LOGISTIC reads an int8 point: there the Sigmoid is the host's in any case
+    # a build for TFLite keeps a conv's Sigmoid as its int8 LOGISTIC (reading the conv's pre-activation point)
     from openrknn.quant.plan import ALL_PRE_ACTIVATIONS
 
-    assert build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS).host_sigmoids == {"scores": "logits"}
+    tflite = build_plan(info, requantized_pre_activations=ALL_PRE_ACTIVATIONS)
+    assert tflite.host_sigmoids == {} and tflite.pre_activations == {"logits": "sigmoid"} and "scores" in tflite.points
 
 
 def test_head_errors_favour_the_host_for_small_probabilities_and_the_chip_for_wide_logits():

@@ -161,7 +161,9 @@ class Plan:
     # through layout ops): every such Sigmoid that reads a point anyway, and the heads' Sigmoids the chip would fuse
     # into their conv where host_heads asks for them (algorithms/host_sigmoids.py measures which)
     host_sigmoids: Dict[str, str] = field(default_factory=dict)  # Sigmoid output -> the logits it reads
-    host_heads: FrozenSet[str] = frozenset()       # the build_plan argument, kept for the plans made after this one
+    # the same outputs as a build_plan argument for the plans made after this one: a rewrite (head split's conv per
+    # group) must not move a Sigmoid back to the chip once calibration planned it on the host
+    host_heads: FrozenSet[str] = frozenset()
 
     @property
     def sources(self) -> List[str]:
@@ -514,8 +516,9 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     Add it fuses (_residual_conv_outputs); ALL_PRE_ACTIVATIONS for every conv output before an activation TFLite
     cannot fuse (config(pre_activation_points='tflite')), each residual Add reading int8 operands as TFLite's ADD.
     detached: (concat output, input) pairs whose scales stay apart (Plan.detached).
-    host_heads: outputs of Sigmoids the chip would fuse into their conv (a score head) that the host computes instead
-    (Plan.host_sigmoids); output Sigmoids that read a point are the host's in any case."""
+    host_heads: output Sigmoids the host computes whatever this graph's structure says (Plan.host_sigmoids): score
+    heads the chip would fuse into their conv, and those an earlier plan of the same build gave the host; output
+    Sigmoids that read a point are the host's in any case."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
     tail_sigmoids = output_sigmoids(info, dyn) - prefix if keep_mixed_concat_float else set()
@@ -614,11 +617,14 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                     ("Conv", "ConvTranspose", "Gemm")}
     _absorb_affine(info, internal, fused, conv_outputs, requantized_pre_activations)
 
-    # an output Sigmoid that reads a point (not fused into its layer: after an Add, a Concat, a Resize, or any conv
-    # where TFLite's LOGISTIC reads int8) is the host's: the same logits, one rounding fewer than the chip's [0, 1]
-    # grid, which holds a score of 0.003 as one step and of 0.001 as none (yolo26n's class scores, most below 0.01,
-    # read by a Sigmoid after their Concat: cosine 0.30 -> 0.90)
-    host |= {t for t in tail_sigmoids if t not in fused and info.nodes[info.producer[t]].input[0] not in internal}
+    # an output Sigmoid that reads a point (not fused into its layer: after an Add, a Concat, a Resize) is the
+    # host's: the same logits, one rounding fewer than the chip's [0, 1] grid, which holds a score of 0.003 as one
+    # step and of 0.001 as none (yolo26n's class scores, most below 0.01, read by a Sigmoid after their Concat:
+    # cosine 0.30 -> 0.90). A conv's pre-activation in a build for TFLite stays with its int8 LOGISTIC, the op Teflon
+    # offloads (on the host, YOLOX-nano's TFLite build kept 111 detections of 118 instead of 112)
+    logits = {t: info.nodes[info.producer[t]].input[0] for t in tail_sigmoids}
+    host |= {t for t in tail_sigmoids if t not in fused and logits[t] not in internal and
+             pre_activations.get(logits[t]) != "sigmoid"}
     float_tail: Set[str] = set(host)
     split_concats: List[str] = []
     if keep_mixed_concat_float:
@@ -698,4 +704,4 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
             info.nodes[info.producer[t]].op_type == "Sigmoid"}
     return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
                 {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached), unit,
-                {t: info.nodes[info.producer[t]].input[0] for t in sorted(host)}, frozenset(host_heads))
+                {t: info.nodes[info.producer[t]].input[0] for t in sorted(host)}, frozenset(host))
