@@ -142,6 +142,14 @@ def make_two_input_onnx(path: Path, hw=(6, 6), seed: int = 1) -> Path:
     return path
 
 
+def save_graph(graph, path: Path, opset: int = 13) -> Path:
+    """``graph`` as a model of ``opset`` (IR version 8, which every onnxruntime reads) saved at ``path``."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def write_samples(folder: Path, samples: Sequence, prefixes: Sequence[str] = ("",),
                   name: str = "dataset.txt") -> Path:
     """Calibration samples saved as .npy files in ``folder`` (sample k, input j: <prefixes[j]><k>.npy) plus the

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import built_rknn, write_samples
+from conftest import built_rknn, save_graph, write_samples
 from openrknn.quant.ir import GraphInfo, normalize
 from openrknn.quant.plan import ALL_PRE_ACTIVATIONS, build_plan
 
@@ -28,10 +28,7 @@ def _model(path, sub: bool = False):
              n("Mul", ["s", "k"], ["m"]), n("Sub" if sub else "Add", ["m", "c"], ["y"]), n("Relu", ["y"], ["r"])]
     g = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
                           [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, C, H, W])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def test_the_product_is_no_point_on_the_chip_and_is_one_for_tflite(tmp_path):

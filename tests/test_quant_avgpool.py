@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import built_rknn, write_samples
+from conftest import built_rknn, save_graph, write_samples
 from openrknn.quant.ir import GraphInfo, normalize
 from openrknn.quant.plan import build_plan
 
@@ -31,10 +31,7 @@ def _model(path):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, H // 3, W // 2]),
                            helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, C, 1, 1])],
                           [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def _samples(n: int, seed: int) -> list:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import built_rknn, write_samples
+from conftest import built_rknn, save_graph, write_samples
 from openrknn.quant.ir import GraphInfo, normalize
 from openrknn.quant.plan import ALL_PRE_ACTIVATIONS, build_plan
 
@@ -33,10 +33,7 @@ def _model(path):
     g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
                           [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 2, H, W]),
                            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, H * W])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def test_the_plan_fuses_the_score_part_and_gives_the_box_part_its_own_point(tmp_path):
