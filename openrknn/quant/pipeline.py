@@ -61,10 +61,11 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
         seconds["float16"] = round(time.perf_counter() - t, 3)
         return QuantResult(out, _float16_tensors(out), _report(options, warnings, seconds, []))
 
-    plan = build_plan(GraphInfo(m), options.keep_mixed_concat_float, options.requantized_pre_activations)
+    info = GraphInfo(m)
+    plan = build_plan(info, options.keep_mixed_concat_float, options.requantized_pre_activations)
     results: List[StageResult] = []
-    plan = _host_heads(m, plan, options, scheme, data, results)
-    state = QuantState(m, GraphInfo(m), plan, options, scheme, data, progress)
+    plan = _host_heads(m, info, plan, options, scheme, data, results)
+    state = QuantState(m, info, plan, options, scheme, data, progress)
     stages = [cls() for cls in REWRITES]
     stages = [s for s in stages if s.enabled(state)]
     for stage in (s for s in stages if s.phase == "graph"):
@@ -303,13 +304,12 @@ def _chooses_ranges(options: "QuantOptions", scheme: Scheme) -> bool:
         scheme.act.bits == 8
 
 
-def _host_heads(m: onnx.ModelProto, plan: Plan, options: "QuantOptions", scheme: Scheme, data,
+def _host_heads(m: onnx.ModelProto, info: GraphInfo, plan: Plan, options: "QuantOptions", scheme: Scheme, data,
                 results: List[StageResult]) -> Plan:
     """The plan with the score heads' Sigmoids the host computes (options.host_sigmoid_heads;
     algorithms/host_sigmoids.py measures them for 'auto')."""
     from .algorithms import host_sigmoids
 
-    info = GraphInfo(m)
     t = time.perf_counter()
     heads, report = frozenset(), None
     asked = options.host_sigmoid_heads if scheme.act is not None and options.keep_mixed_concat_float else "none"

@@ -259,10 +259,11 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
     return ok
 
 
-def output_sigmoids(info: GraphInfo, dyn: Set[str]) -> Set[str]:
+def output_sigmoids(info: GraphInfo, dyn: Set[str], ok: Optional[Dict[str, bool]] = None) -> Set[str]:
     """Outputs of the Sigmoids that reach graph outputs only through layout ops (TAIL_OPS): a detector's score maps,
-    a pose net's heatmaps, a text detector's probability map. Plan.host_sigmoids says which the host computes."""
-    ok = tail_ok(info)
+    a pose net's heatmaps, a text detector's probability map. Plan.host_sigmoids says which the host computes.
+    ok: tail_ok(info), when already made."""
+    ok = tail_ok(info) if ok is None else ok
     return {n.output[0] for n in info.nodes if n.op_type == "Sigmoid" and n.input and n.input[0] in dyn and
             ok.get(n.output[0], False)}
 
@@ -521,7 +522,8 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     Sigmoids that read a point are the host's in any case."""
     dyn = _dynamic_tensors(info)
     prefix = _prefix(info, dyn)
-    tail_sigmoids = output_sigmoids(info, dyn) - prefix if keep_mixed_concat_float else set()
+    ok = tail_ok(info) if keep_mixed_concat_float else {}
+    tail_sigmoids = output_sigmoids(info, dyn, ok) - prefix if keep_mixed_concat_float else set()
     host = set(host_heads) & tail_sigmoids
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
                 if w is not None]
@@ -628,7 +630,6 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     float_tail: Set[str] = set(host)
     split_concats: List[str] = []
     if keep_mixed_concat_float:
-        ok = tail_ok(info)
         post = selection_tail(info)
         for i, node in enumerate(info.nodes):
             out = node.output[0] if node.output else ""
