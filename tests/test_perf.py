@@ -393,6 +393,52 @@ def test_a_layer_kept_float_in_a_quantized_graph_stays_fp16():
     assert gi.tensors["c_int8"].dtype == "uint8" and gi.tensors["c_float"].dtype == "float16"
 
 
+def test_the_float_tail_is_the_boards_cpu_after_the_npu():
+    """A quantized graph's layers after its last int8 tensor (an output Sigmoid computed on the host from int8
+    logits, the layout ops after it) run on the board's CPU once the NPU is done: rows of unit 'tail', costed at the
+    CPU's bandwidth in float32 (the logits read as int8), out of the NPU total. A float graph has no tail."""
+    from openrknn.analysis.perf import format_perf_report
+
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.asarray(v, dt), k) for k, v, dt in [
+        ("s", 0.05, np.float32), ("z", 128, np.uint8), ("ws", 0.01, np.float32), ("wz", 0, np.int8),
+        ("wq", np.ones((16, 16, 3, 3)), np.int8), ("shape", [1, 16, 64], np.int64)]]
+    nodes = [n("QuantizeLinear", ["x", "s", "z"], ["xq"]), n("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             n("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+             n("Conv", ["xd", "wd"], ["logits"], pads=[1] * 4, name="head"),
+             n("QuantizeLinear", ["logits", "s", "z"], ["lq"]), n("DequantizeLinear", ["lq", "s", "z"], ["ld"]),
+             n("Sigmoid", ["ld"], ["p"], name="scores"), n("Reshape", ["p", "shape"], ["flat"], name="flat"),
+             n("Transpose", ["flat"], ["y"], perm=[0, 2, 1], name="to_rows")]
+    g = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    q = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    est = estimate_perf(q, "rk3588", None)
+    by = rows(est)
+    assert by["head"].unit == "NPU" and by["scores"].unit == by["to_rows"].unit == "tail"
+    cpu = chip("rk3588").gen.cost.cpu_gbps * 1e9
+    assert by["scores"].time_us == pytest.approx(1024 * (1 + 4) / cpu * 1e6)   # int8 logits in, float32 out
+    assert by["to_rows"].time_us == pytest.approx(1024 * (4 + 4) / cpu * 1e6)
+    assert est.tail_us == pytest.approx(by["scores"].time_us + by["to_rows"].time_us)
+    assert est.total_us == pytest.approx(sum(r.time_us for r in est.rows if r.unit in ("NPU", "CPU")))
+    assert dict(est.by_op_type()).keys() <= {"Conv", "Reshape"}
+    # the same graph in float (the NPU's fp16) has no tail: every layer is the NPU's
+    f = onnx.ModelProto()
+    f.CopyFrom(q)
+    keep = [x for x in f.graph.node if x.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    rename = {"xd": "x", "wd": "wf", "ld": "logits"}
+    for x in keep:
+        x.input[:] = [rename.get(i, i) for i in x.input]
+    del f.graph.node[:]
+    f.graph.node.extend(keep)
+    f.graph.initializer.append(numpy_helper.from_array(np.ones((16, 16, 3, 3), np.float32), "wf"))
+    plain = estimate_perf(f, "rk3588", None)
+    assert plain.tail_us == 0 and "tail" not in {r.unit for r in plain.rows}
+    # eval_perf says it apart from the NPU time
+    report = eval_perf_report(q, None, "rk3588", None, None, is_print=False)
+    assert report["npu_estimate"]["tail_layers"] == 2
+    assert "float tail after the last int8 outputs" in format_perf_report(report)
+
+
 def test_a_split_part_of_few_channels_pays_for_whole_lanes():
     """Range split cuts a depthwise conv into parts of a few channels (a 1-channel part has group 1): each part
     occupies whole channel lanes, so its MACs run at 1/lane of the full conv's rate."""

@@ -5,6 +5,9 @@ Estimate, per layer group (a conv and what the NPU fuses into it):
             = bytes / (elementwise bytes per cycle x clock)                      (everything else on the NPU)
     memory  = (weights + activations read + written) / modelled DDR bandwidth
     time    = max(compute, memory) + per-layer overhead;  CPU-fallback ops use the board CPU's modelled speed.
+A quantized graph's float tail (host_tail: what follows its last quantized tensors, as output Sigmoids computed
+from int8 logits) runs on the board's CPU after the NPU: its rows (unit "tail") are costed there, in float32, and
+kept out of the NPU total (published board figures time the NPU graph alone).
 Utilisation rules live in the `COST_RULES` registry keyed by op type; their parameters in targets/chips.py.
 """
 
@@ -33,6 +36,11 @@ from .graph_info import GraphInfo, Layer, analyze, with_node_names
 
 log = logging.getLogger("openrknn.analysis.perf")
 
+# Board CPU speed for layers that fall back or follow the NPU (RK3588's Cortex-A76 cluster). A modelling assumption,
+# not a measurement: no primary source gives it, so read CPU rows as an order of magnitude.
+CPU_MACS_PER_SECOND = 20e9
+_QUANTIZED = ("int", "uint")  # tensor dtypes the NPU stores (int8, uint8, int16...), against float16 / float32
+
 
 @dataclass
 class PerfRow:
@@ -40,7 +48,8 @@ class PerfRow:
     name: str
     op_type: str
     time_us: float
-    unit: str              # NPU | CPU | fused (into the layer named in `fused_into`) | free
+    unit: str              # NPU | CPU | tail (the float tail, on the board's CPU after the NPU) | fused (into the
+                           # layer named in `fused_into`) | free
     bound: str = ""        # compute | memory | overhead
     macs: int = 0
     bytes: int = 0
@@ -53,9 +62,10 @@ class PerfEstimate:
     target: str
     quant_dtype: str | None
     rows: list[PerfRow]
-    total_us: float
+    total_us: float        # the NPU and the CPU fallbacks inside the graph; not the float tail
     macs: int
     cores: int = 1
+    tail_us: float = 0.0   # the float tail on the board's CPU after the NPU (rows with unit "tail")
 
     @property
     def fps(self) -> float:
@@ -64,6 +74,8 @@ class PerfEstimate:
     def by_op_type(self) -> list[tuple[str, float]]:
         acc: dict[str, float] = defaultdict(float)
         for r in self.rows:
+            if r.unit == "tail":
+                continue
             acc[r.op_type] += r.time_us
         return sorted(acc.items(), key=lambda kv: -kv[1])
 
@@ -208,8 +220,12 @@ def estimate_perf(model: onnx.ModelProto, target: str | ChipSpec, quant_dtype: s
     groups = _groups(gi, fused)
     cm = spec.cost
     bw = spec.ddr_bytes_per_second  # cores share the board's DDR, so more cores do not add bandwidth
+    tail = host_tail(gi)
     rows: list[PerfRow] = []
     for layer in gi.layers:
+        if layer.index in tail:
+            rows.append(_host_row(layer, gi, cm))
+            continue
         host_idx = fused.get(layer.index)
         if host_idx is not None:
             rows.append(PerfRow(layer.index, layer.name, layer.op_type, 0.0, "fused", macs=layer.macs,
@@ -240,9 +256,44 @@ def estimate_perf(model: onnx.ModelProto, target: str | ChipSpec, quant_dtype: s
         if cm.layer_overhead_us * 1e-6 > max(compute, memory):
             bound = "overhead"
         rows.append(PerfRow(layer.index, layer.name, g.op, t * 1e6, "NPU", bound, g.macs, moved, layer.act_dtype))
-    total = sum(r.time_us for r in rows)
+    total = sum(r.time_us for r in rows if r.unit != "tail")
     return PerfEstimate(spec.name, quant_dtype, rows, total, sum(layer.macs for layer in gi.layers),
-                        min(cores, spec.cores))
+                        min(cores, spec.cores), sum(r.time_us for r in rows if r.unit == "tail"))
+
+
+def host_tail(gi: GraphInfo) -> set[int]:
+    """The compute layers of a quantized graph that follow its last quantized tensors on the way to the outputs
+    (output Sigmoids computed from int8 logits, a detector's float Concat of boxes and scores, a last layer kept
+    float by hybrid quantization): the float tail the board's CPU runs after the NPU, as the vendor bridge's
+    .post.onnx and the runtime server do. Empty for a float graph."""
+    if not gi.quantized:
+        return set()
+    tail: set[int] = set()
+    seen: set[int] = set()
+    stack = list(gi.outputs)
+    while stack:
+        t = gi.tensors.get(stack.pop())
+        if t is None or t.producer is None or t.dtype.startswith(_QUANTIZED) or t.producer in seen:
+            continue
+        layer = gi.layers[t.producer]
+        seen.add(layer.index)
+        if layer.role in ("preprocess", "const"):
+            continue
+        if layer.role == "compute":
+            tail.add(layer.index)
+        stack.extend(layer.inputs)  # through views (a Reshape costs nothing on either side)
+    return tail
+
+
+def _host_row(layer: Layer, gi: GraphInfo, cm) -> PerfRow:
+    """A float-tail layer on the board's CPU, in float32: its int8 inputs read as stored, everything else 4 bytes
+    an element. The data crosses to the CPU once, as every model's outputs do: no per-op hand-over."""
+    moved = sum(gi.tensors[t].numel * (1 if gi.tensors[t].dtype.startswith(_QUANTIZED) else 4)
+                for t in layer.inputs + layer.outputs if t in gi.tensors)
+    moved += sum(gi.weights[w].nbytes for w in layer.weights if w in gi.weights)
+    compute, memory = layer.macs / CPU_MACS_PER_SECOND, moved / (cm.cpu_gbps * 1e9)
+    return PerfRow(layer.index, layer.name, layer.op_type, max(compute, memory) * 1e6, "tail",
+                   "compute" if compute >= memory else "memory", layer.macs, moved, "float32")
 
 
 def _first_consumer_name(layer: Layer, gi: GraphInfo) -> str:
@@ -383,7 +434,8 @@ def eval_perf_report(model: onnx.ModelProto, model_bytes: bytes | None, target: 
     """What RKNN.eval_perf prints and returns: the NPU estimate, and the host measurement when feeds are given.
 
     model_bytes: what the simulator runs (default: `model` serialized); its node names must be `model`'s.
-    Returns {"target", "quantized_dtype", "cores", "npu_estimate": {total_us, fps, gmacs}, "host_measured":
+    Returns {"target", "quantized_dtype", "cores", "npu_estimate": {total_us, fps, gmacs, tail_us, tail_layers},
+    "host_measured":
     {total_us, fps, runs, unmapped_us} | None, "top_op_types": [...5], "layers": [...] (perf_debug only)}.
     """
     gi = analyze(model, quant_dtype)
@@ -400,7 +452,8 @@ def eval_perf_report(model: onnx.ModelProto, model_bytes: bytes | None, target: 
     report: dict = {
         "target": est.target, "quantized_dtype": quant_dtype, "cores": est.cores,
         "npu_estimate": {"total_us": round(est.total_us, 1), "fps": round(est.fps, 2),
-                         "gmacs": round(est.macs / 1e9, 3)},
+                         "gmacs": round(est.macs / 1e9, 3), "tail_us": round(est.tail_us, 1),
+                         "tail_layers": sum(r.unit == "tail" for r in est.rows)},
         "host_measured": None if host is None else {"total_us": round(host.total_us, 1), "fps": round(host.fps, 2),
                                                      "runs": host.runs, "unmapped_us": round(host.unmapped_us, 1)},
         "top_op_types": [{"op_type": op, "time_us": round(t, 1), "share": round(t / est.total_us, 4)
@@ -433,9 +486,9 @@ def user_layer_rows(layers: list[dict], of: Callable[[str], str],
     for name in order:
         parts = members[name]
         units = [p["unit"] for p in parts]
-        timed = [p for p in parts if p["unit"] in ("NPU", "CPU")]
+        timed = [p for p in parts if p["unit"] in ("NPU", "CPU", "tail")]
         if timed:
-            unit = "CPU" if "CPU" in units else "NPU"
+            unit = "CPU" if "CPU" in units else "NPU" if "NPU" in units else "tail"
         else:  # no part costs time: "fused" only when every part is (else what its parts share, or "free")
             unit = units[0] if len(set(units)) == 1 else "free"
         hosts = [p["host_us"] for p in parts if p.get("host_us") is not None]
@@ -477,6 +530,9 @@ def format_perf_report(report: dict, show_parts: bool = False) -> str:
             lines.append(f"  {t['op_type']:<20} {t['time_us']:>12.1f} us  {100 * t['share']:5.1f}%")
     lines.append(f"Total NPU time (estimated, board-free): {est['total_us'] / 1e3:.2f} ms   FPS: {est['fps']:.2f}   "
                  f"({est['gmacs']} GMAC)")
+    if est.get("tail_layers"):
+        lines.append(f"Then on the board's CPU, the float tail after the last int8 outputs (estimated): "
+                     f"{est['tail_us'] / 1e3:.3f} ms over {est['tail_layers']} layer(s), not in the NPU time")
     host = report.get("host_measured")
     if host:
         what = f"after {host['warmup']} warm-up run, " if host.get("warmup") else ""

@@ -24,9 +24,6 @@ ROCKET_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "ADD"})
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 RELU6 = 3
 
-# Board CPU speed for layers that fall back (RK3588's Cortex-A76 cluster under the TFLite interpreter). A modelling
-# assumption, not a measurement: no primary source gives it, so read CPU rows as an order of magnitude.
-CPU_MACS_PER_SECOND = 20e9
 
 
 @dataclass
@@ -101,7 +98,7 @@ def estimate_with_fallbacks(onnx_model, report, places: List[Placement], target:
     NPU rows come from analysis.perf's cost model; a layer any of whose TFLite ops stays on the CPU costs
     max(MACs / CPU_MACS_PER_SECOND, bytes / CPU bandwidth) plus the chip's NPU<->CPU hand-over.
     """
-    from ..analysis.perf import estimate_perf
+    from ..analysis.perf import CPU_MACS_PER_SECOND, estimate_perf
     from ..targets.chips import chip
 
     est = estimate_perf(onnx_model, target, "w8a8")
