@@ -49,3 +49,14 @@ def test_model_report_has_the_standard_sections(tmp_path):
         assert f"<h2>{title}</h2>" in text
     assert text.count("data:image/png;base64,") == 2  # the perf and memory charts
     r.release()
+
+
+def test_the_speed_section_shows_the_float_tail_apart_from_the_npu_time():
+    from openrknn.analysis.report import perf_section
+
+    perf = {"target": "rk3588", "quantized_dtype": "w8a8", "top_op_types": [],
+            "npu_estimate": {"total_us": 4687.9, "fps": 213.3, "gmacs": 0.578, "tail_us": 922.7, "tail_layers": 6}}
+    text = perf_section(perf, None).html
+    assert "4.69 ms" in text and "0.923 ms, 6 layer(s) after the last int8 outputs" in text
+    perf["npu_estimate"].update(tail_us=0.0, tail_layers=0)
+    assert "float tail" not in perf_section(perf, None).html

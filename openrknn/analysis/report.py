@@ -169,6 +169,9 @@ def perf_section(perf: dict, chart: Optional[str]) -> Section:
     rows = [("NPU estimate (board-free)" + (f", set {base}" if base else ""),
              f"{est['total_us'] / 1e3:.2f} ms, {est['fps']:.1f} FPS, "
              f"{est['gmacs']:.3f} GMAC on {perf['target']} ({perf.get('quantized_dtype') or 'float'})")]
+    if est.get("tail_layers"):
+        rows.append(("then on the board's CPU (float tail)",
+                     f"{est['tail_us'] / 1e3:.3f} ms, {est['tail_layers']} layer(s) after the last int8 outputs"))
     if host:
         rows.append(("measured on this host", f"{host['total_us'] / 1e3:.2f} ms, {host['fps']:.1f} FPS"))
     top = table(["op type", "NPU time (us)", "share"],

@@ -608,6 +608,8 @@ function renderPerf(perf, note) {
   const host = perf.host_measured;
   const totals = [kv("NPU estimate", est.total_us !== undefined ? `${(est.total_us / 1000).toFixed(2)} ms` : "—"),
     kv("FPS (est.)", fmtNum(est.fps, 1)), kv("GMAC", fmtNum(est.gmacs, 3))];
+  // the float tail (output Sigmoids from int8 logits...) runs on the board's CPU after the NPU, apart from its time
+  if (est.tail_layers) totals.push(kv("Then board CPU", `${(est.tail_us / 1000).toFixed(3)} ms`));
   if (host) totals.push(kv("This host", `${(host.total_us / 1000).toFixed(2)} ms`));
   const rows = (perf.top_op_types || []).map((t) => ({ name: t.op_type, value: t.time_us,
     label: `${fmtNum(t.time_us, 1)} µs · ${(100 * t.share).toFixed(0)}%` }));
