@@ -25,12 +25,12 @@ def _init(name, arr):
     return numpy_helper.from_array(np.asarray(arr, np.float32), name)
 
 
-def score_model(head_bias: float, head_gain: float, concat_logits: bool = False, with_boxes: bool = False
-                ) -> onnx.ModelProto:
+def score_model(head_bias: float, head_gain: float, concat_logits: bool = False, with_boxes: bool = False,
+                as_rows: bool = False) -> onnx.ModelProto:
     """x [1, 3, 16, 16] -> stem conv + ReLU -> score conv (4 channels, bias ``head_bias``, weights x ``head_gain``)
     -> Sigmoid -> output 'scores' [1, 4, 8, 8]. concat_logits: two score convs joined by a Concat before the Sigmoid
     (yolo26n's class logits: the Sigmoid reads a point). with_boxes: the output is Concat(box conv, scores) (YOLOX's
-    head)."""
+    head). as_rows: the scores are reshaped and transposed to 'rows' [1, 64, 4], one row per cell (NanoDet's)."""
     rng = np.random.default_rng(5)
     n = helper.make_node
     inits = [_init("w_stem", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b_stem", rng.normal(0, 0.1, 8)),
@@ -49,6 +49,13 @@ def score_model(head_bias: float, head_gain: float, concat_logits: bool = False,
         nodes.append(n("Sigmoid", ["logits"], ["scores"]))
         channels = 4
     out = "scores"
+    if as_rows:
+        inits.append(numpy_helper.from_array(np.array([1, 4, 64], np.int64), "flat_shape"))
+        nodes += [n("Reshape", ["scores", "flat_shape"], ["flat"]), n("Transpose", ["flat"], ["rows"], perm=[0, 2, 1])]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIDE, SIDE])
+        rows = helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, 64, 4])
+        g = helper.make_graph(nodes, "rows", [x], [rows], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     if with_boxes:
         nodes += [n("Conv", ["stem", "w_box", "b_box"], ["boxes"]), n("Concat", ["boxes", "scores"], ["det"], axis=1)]
         out, channels = "det", channels + 4
@@ -200,3 +207,37 @@ def test_through_the_api_the_package_and_openrknn_info_say_which_sigmoids_the_ho
     rk.release()
     text = describe_package(read_package(str(out)))
     assert "1 output Sigmoid on the host CPU in float from int8 logits: scores" in text
+
+
+def test_a_host_sigmoid_moves_after_the_layout_ops_before_its_output(calib, monkeypatch):
+    """The layout ops between a host Sigmoid and its output move the int8 logits on the NPU, each on the logits'
+    grid, and the board's CPU computes the Sigmoid alone: the same outputs, the vendor bridge's host tail and the
+    perf estimate's float tail one Sigmoid."""
+    from openrknn.analysis.perf import estimate_perf
+    from openrknn.quant.algorithms import host_sigmoids
+    from openrknn.vendor.prepare import split_float_tail
+
+    model = score_model(-6.0, 0.3, as_rows=True)
+    opts = QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="all")
+    res = quantize(model, calib, opts, progress=False)
+    producer = {o: n for n in res.model.graph.node for o in n.output}
+    sigmoid = producer["rows"]
+    assert sigmoid.op_type == "Sigmoid" and producer[sigmoid.input[0]].op_type == "DequantizeLinear"
+    q = producer[producer[sigmoid.input[0]].input[0]]
+    assert q.op_type == "QuantizeLinear" and producer[q.input[0]].op_type == "Transpose"
+    transpose = producer[q.input[0]]
+    assert producer[transpose.input[0]].op_type == "DequantizeLinear"  # the Reshape's int8 output, dequantized
+    for name in (sigmoid.input[0], transpose.input[0]):
+        assert res.tensors[name]["scale"] == res.tensors["logits"]["scale"]  # the logits' own grid
+        assert res.tensors[name]["zero_point"] == res.tensors["logits"]["zero_point"]
+    tail = onnx.ModelProto()
+    tail.CopyFrom(res.model)
+    assert [n.op_type for n in split_float_tail(tail)[1].graph.node] == ["Sigmoid"]
+    est = estimate_perf(res.model, "rk3588", "w8a8")
+    assert [r.op_type for r in est.rows if r.unit == "tail"] == ["Sigmoid"]
+    assert {r.op_type: r.unit for r in est.rows}["Transpose"] == "NPU"
+    monkeypatch.setattr(host_sigmoids, "sink_past_layout", lambda *a: 0)
+    kept = quantize(model, calib, opts, progress=False)
+    assert {o: n for n in kept.model.graph.node for o in n.output}["rows"].op_type == "Transpose"
+    for feed in calib:
+        np.testing.assert_array_equal(_run(res.model, feed), _run(kept.model, feed))

@@ -206,6 +206,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
 
     t = time.perf_counter()
     qmodel, tensors = build_qdq(m, plan, acts, weights)
+    if plan.host_sigmoids:
+        from .algorithms.host_sigmoids import sink_past_layout
+
+        sink_past_layout(qmodel, tensors, plan.host_sigmoids)
     results = [r for r in results if r is not None]
     by_name = {r.name: r for r in results}
     scales = _merged_scales(*(by_name[n].channel_scales for n in SCALE_ORDER if n in by_name))

@@ -101,3 +101,64 @@ def choose(model: onnx.ModelProto, info: GraphInfo, plan: Plan, data, bits: int,
         log.info("score heads' Sigmoids on the host, from int8 logits (less error than the chip's output grid on "
                  "%d samples): %s", len(feeds), ", ".join(sorted(chosen)))
     return frozenset(chosen), report
+
+
+LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def sink_past_layout(qmodel: onnx.ModelProto, tensors: Dict[str, dict], host: Dict[str, str]) -> int:
+    """In the QDQ graph, move each host Sigmoid (``host``: Plan.host_sigmoids) after the layout ops between it and
+    the graph output (a score map's Reshape and Transpose), which then move the int8 logits on the NPU, each output
+    quantized on the logits' own grid (a layout op moves values, so that is exact): the board's CPU computes the
+    Sigmoid alone, on int8 logits already in the output's layout, instead of moving float probabilities. The
+    layout ops' outputs get new names (they now hold logits); the graph output keeps its name. Adds the new
+    points to ``tensors`` (build_qdq's record). Returns how many Sigmoids moved."""
+    from onnx import helper
+
+    g = qmodel.graph
+    outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: Dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    nodes = list(g.node)  # the graph's own messages: edited in place, written back once
+
+    def index(node: onnx.NodeProto) -> int:
+        return next(k for k, x in enumerate(nodes) if x is node)
+
+    moved = 0
+    for s in [n for n in nodes if n.op_type == "Sigmoid" and n.output[0] in host]:
+        dq = producer.get(s.input[0])
+        point = s.input[0]
+        if dq is None or dq.op_type != "DequantizeLinear" or point not in tensors or point in outputs:
+            continue
+        chain, t = [], s.output[0]
+        while t not in outputs and len(readers.get(t, [])) == 1 and readers[t][0].op_type in LAYOUT_OPS:
+            chain.append(readers[t][0])
+            t = chain[-1].output[0]
+        if not chain or len(readers.get(point, [])) != 1:  # the logits read elsewhere too: leave it as it is
+            continue
+        del nodes[index(s)]
+        x = point
+        for n in chain:
+            out = n.output[0]
+            f, q, dqo = out + "__logits_f", out + "__logits_q", out + "__logits"
+            n.input[0], n.output[0] = x, f
+            pair = [helper.make_node("QuantizeLinear", [f] + list(dq.input[1:]), [q], name=out + "__logits_Q",
+                                     domain=dq.domain),
+                    helper.make_node("DequantizeLinear", [q] + list(dq.input[1:]), [dqo], name=out + "__logits_DQ",
+                                     domain=dq.domain)]
+            at = index(n) + 1
+            nodes[at:at] = pair
+            tensors[dqo] = dict(tensors[point])
+            x = dqo
+        s.input[0], s.output[0] = x, t
+        nodes.insert(index(chain[-1]) + 3, s)  # after the last layout op's Q/DQ pair
+        moved += 1
+    if moved:
+        del g.node[:]
+        g.node.extend(nodes)
+        log.info("%d host Sigmoid(s) moved after the layout ops before their output: those move int8 logits on the "
+                 "NPU", moved)
+    return moved
