@@ -435,8 +435,8 @@ def eval_perf_report(model: onnx.ModelProto, model_bytes: bytes | None, target: 
 
     model_bytes: what the simulator runs (default: `model` serialized); its node names must be `model`'s.
     Returns {"target", "quantized_dtype", "cores", "npu_estimate": {total_us, fps, gmacs, tail_us, tail_layers},
-    "host_measured":
-    {total_us, fps, runs, unmapped_us} | None, "top_op_types": [...5], "layers": [...] (perf_debug only)}.
+    "host_measured": {total_us, fps, runs, unmapped_us} | None, "top_op_types": [...5], "layers": [...]
+    (perf_debug only)}; tail_us: the float tail on the board's CPU after the NPU, not in total_us.
     """
     gi = analyze(model, quant_dtype)
     est = estimate_perf(model, target, quant_dtype, info=gi)

@@ -25,7 +25,6 @@ CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 RELU6 = 3
 
 
-
 @dataclass
 class Placement:
     index: int           # operator index in the TFLite model
