@@ -108,6 +108,9 @@ def test_reload_then_rebuild_keeps_the_int8_model_and_the_table_follows(page, tm
     assert page.locator("#layers-table tr[data-name='dw_mul'] input.keep").count() == 1
     bars = page.eval_on_selector_all("#perf-chart .bar-name", "els => els.map(e => e.textContent)")
     assert "stem_conv" in bars and not [b for b in bars if "__split" in b], bars  # slowest layers: user's names
+    # the output's float Concat runs on the board's CPU after the NPU: its time beside the NPU estimate
+    totals = page.text_content("#perf-chart .chart-total")
+    assert "NPU estimate" in totals and re.search(r"Then board CPU\s*0\.\d{3} ms", totals), totals
     page.click("#layers-table tr[data-name='stem_conv'] .parts-toggle")
     parts = page.eval_on_selector_all("#layers-table tr.part-row[data-part-of='stem_conv']",
                                       "trs => trs.map(t => t.children[1].textContent)")
