@@ -193,6 +193,15 @@ def test_single_value_mean_applies_to_every_channel(two_input_onnx):
     rknn.release()
 
 
+def test_config_and_quantizer_spell_host_sigmoid_heads_alike():
+    """config.py keeps its own copy of the quantizer's choices (it does not import the quantizer): they must agree."""
+    from openrknn.config import HOST_SIGMOID_HEADS
+    from openrknn.quant import HOST_SIGMOID_HEADS as QUANT_HEADS
+
+    assert HOST_SIGMOID_HEADS == QUANT_HEADS
+    assert make_config().host_sigmoid_heads == "auto"
+
+
 def test_weight_rounding_reaches_the_quantizer(conv_onnx, tmp_path):
     """openrknn's weight_rounding option: the same names as the quantizer's, and a build reports the method used."""
     from openrknn.config import WEIGHT_ROUNDINGS
