@@ -333,6 +333,30 @@ def test_select_searches_a_later_order_only_below_the_best_prefix(monkeypatch):
     assert picked == ["u3"] and detail["pruned"] == ["u2", "u1", "u0"]  # the prefix's other units were not needed
 
 
+@pytest.mark.parametrize("need, builds, k", [(4, [4, 3], 4), (3, [4, 3], 3), (2, [4, 3], 3), (7, [4, 6, 9, 7], 7),
+                                             (11, [4, 6, 9, 10], 10)])
+def test_confirm_searches_between_the_estimate_and_the_first_build_that_meets(monkeypatch, need, builds, k):
+    """Real builds start at the estimate's prefix and grow by half until one meets the threshold, then search down
+    only to one unit fewer than the estimate's (a real build beats its estimate by one unit at most), so a build
+    that meets at once costs one more, and none is made below that. When none meets, every unit is promoted (here:
+    10)."""
+    order = [f"u{i}" for i in range(10)]
+    made = []
+
+    class Made:
+        def __init__(self, n):
+            self.model = n
+
+    def make(overrides):
+        made.append(len(overrides))
+        return Made(len(overrides))
+
+    monkeypatch.setattr(hq, "run_outputs", lambda model, *a, **kw: [model])
+    monkeypatch.setattr(hq, "output_cosines", lambda ref, outs: [0.995 if outs[0] >= need else 0.98])
+    got, (result, cos) = hb._confirm(order, 4, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99)
+    assert made == builds and got == k and result.model == k
+
+
 def test_prune_drops_the_units_the_others_make_unnecessary():
     """A ranking prefix holds every unit ranked above the last one needed; the pruning tries the least damage per
     layer first and keeps a unit out only where the estimate still meets the threshold."""
