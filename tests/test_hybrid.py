@@ -293,46 +293,6 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     assert detail["order_kind"] == "sensitivity" and picked == ["conv1"]  # the measured ranking finds it alone
 
 
-def _chain_select(monkeypatch, needed: set, sens: dict):
-    """_select on a chain of ten one-layer units u0..u9 whose estimate meets the threshold once every unit of
-    ``needed`` is float; damage as given. Returns (picked, detail, [float units of every estimate run])."""
-    names = [f"u{i}" for i in range(10)]
-    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=u) for i, u in enumerate(names)]
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("t10", TensorProto.FLOAT, [1, 4])])
-    runs = []
-
-    class Switch:
-        units = names
-
-        def run(self, feeds, float_units=(), workers=1):
-            runs.append(set(float_units))
-            return [[np.float32(0.995 if needed <= set(float_units) else 0.9)]]
-
-    monkeypatch.setattr(hb, "_switchable", lambda *a, **k: ({u: [u] for u in names}, Switch()))
-    monkeypatch.setattr(hq, "damage", lambda *a, **k: dict(sens))
-    monkeypatch.setattr(hq, "output_cosines", lambda ref, outs: [float(outs[0][0])])
-    table = ({u: [u] for u in names}, {u: [u] for u in names})
-    picked, detail = hb._select(helper.make_model(g), None, {}, [{}], 0.99, progress=False, reference=[[0]],
-                                table=table)
-    return picked, detail, runs
-
-
-def test_select_searches_a_later_order_only_below_the_best_prefix(monkeypatch):
-    """The graph order is searched only where it could beat the ranking's prefix: when the ranking needs one unit
-    no graph-order prefix can do better, and no estimate run is spent on it; when the ranking needs every unit the
-    graph order is searched below that and wins with four."""
-    sens = {f"u{i}": (1.0 if i == 3 else 0.1 / (i + 1)) for i in range(10)}
-    picked, detail, runs = _chain_select(monkeypatch, {"u3"}, sens)
-    assert picked == ["u3"] and detail["order_kind"] == "sensitivity" and list(detail["found"]) == ["sensitivity"]
-    assert not any(k.startswith("graph order") for k in detail["estimate"])
-    sens = {f"u{i}": (0.0 if i == 3 else 1.0 - i / 10) for i in range(10)}  # u3 ranked last
-    picked, detail, runs = _chain_select(monkeypatch, {"u3"}, sens)
-    assert detail["order_kind"] == "graph order" and detail["found"] == {"sensitivity": 10, "graph order": 4}
-    assert max(int(k.split(":")[1]) for k in detail["estimate"] if k.startswith("graph order")) == 9
-    assert picked == ["u3"] and detail["pruned"] == ["u2", "u1", "u0"]  # the prefix's other units were not needed
-
-
 @pytest.mark.parametrize("need, builds, k", [(4, [4, 3], 4), (3, [4, 3], 3), (2, [4, 3], 3), (7, [4, 6, 9, 7], 7),
                                              (11, [4, 6, 9, 10], 10)])
 def test_confirm_searches_between_the_estimate_and_the_first_build_that_meets(monkeypatch, need, builds, k):

@@ -332,8 +332,8 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
             estimates[kind, k] = min(hq.output_cosines(ref, switch.run(feeds, order[:k], workers)))
         return estimates[kind, k]
 
-    def shortest(kind: str, order: List[str], hi: int) -> int:
-        lo = 1
+    def shortest(kind: str, order: List[str]) -> int:
+        lo, hi = 1, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
             if estimate(kind, order, mid) >= thresh:
@@ -350,23 +350,12 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
     per_layer = sorted(units, key=lambda u: -sens[u] / size[u])
     if per_layer != ranked:
         orders["sensitivity per layer"] = per_layer
-    # fewest layers, then fewest units; ties keep the first order listed. An order after the first is searched
-    # only below the best prefix so far: one estimate run tells whether it can beat it at all (the graph order
-    # rarely can), instead of a whole binary search (layout detector: 20 -> 11 estimate runs)
-    found: Dict[str, int] = {}
-    best: Optional[Tuple[int, int]] = None
-    for kd, kd_order in orders.items():
-        layers = np.cumsum([size[u] for u in kd_order])
-        hi = len(kd_order) if best is None else \
-            sum(1 for j in range(len(kd_order)) if (int(layers[j]), j + 1) < best)
-        if hi == 0 or best is not None and estimate(kd, kd_order, hi) < thresh:
-            continue
-        found[kd] = shortest(kd, kd_order, hi)
-        if best is None or (int(layers[found[kd] - 1]), found[kd]) < best:
-            best, kind = (int(layers[found[kd] - 1]), found[kd]), kd
+    found = {kind: shortest(kind, order) for kind, order in orders.items()}
+    # fewest layers, then fewest units; ties keep the first order listed
+    kind = min(orders, key=lambda kd: (sum(size[u] for u in orders[kd][:found[kd]]), found[kd]))
     order, k = orders[kind], found[kind]
-    log.info("hybrid: %s reach cosine %.4f (estimate; an order not named cannot do it in fewer layers); "
-             "trying %s first", ", ".join(f"{found[kd]} unit(s) by {kd}" for kd in found), thresh, kind)
+    log.info("hybrid: %s reach cosine %.4f (estimate); trying %s first",
+             ", ".join(f"{found[kd]} unit(s) by {kd}" for kd in orders), thresh, kind)
     kept, dropped, prune_runs = order[:k], [], 0
     # a model that decodes step by step diverges on some inputs whatever is promoted: its estimate on a few
     # calibration samples cannot judge a unit unneeded (SLANet: 33 -> 26 layers, held-out cosine 0.92 -> 0.83)
