@@ -315,6 +315,10 @@ def test_confirm_searches_between_the_estimate_and_the_first_build_that_meets(mo
     monkeypatch.setattr(hq, "output_cosines", lambda ref, outs: [0.995 if outs[0] >= need else 0.98])
     got, (result, cos) = hb._confirm(order, 4, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99)
     assert made == builds and got == k and result.model == k
+    if need == 2:  # an estimate of one unit that a build confirms: no build below it (none with nothing promoted)
+        need, made[:] = 1, []
+        assert hb._confirm(order, 1, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99)[0] == 1
+        assert made == [1]
 
 
 def test_prune_drops_the_units_the_others_make_unnecessary():

@@ -417,7 +417,7 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
         return min(cos) >= thresh
 
     k = max(1, min(k, len(order)))
-    good, bad = None, k - 2
+    good, bad = None, max(0, k - 2)
     while len(done) < max_builds:
         if trial(k):
             good = k
