@@ -4,6 +4,8 @@ that rounds the probabilities closer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -241,3 +243,46 @@ def test_a_host_sigmoid_moves_after_the_layout_ops_before_its_output(calib, monk
     assert {o: n for n in kept.model.graph.node for o in n.output}["rows"].op_type == "Transpose"
     for feed in calib:
         np.testing.assert_array_equal(_run(res.model, feed), _run(kept.model, feed))
+
+
+def test_hybrid_steps_edit_the_logits_that_the_layout_ops_carry(tmp_path):
+    """Step1's cfg lists the logits point, not the layout ops' copies of it (they have no parameters of their own);
+    step2 applies an edit of the logits to every copy, promotes the logits when a copy is named in
+    custom_quantize_layers, and refuses a scale edit of a copy with the point to edit instead."""
+    import yaml
+
+    from openrknn.api import RKNN
+    from openrknn.package import read_package
+
+    onnx.save(score_model(-6.0, 0.3, as_rows=True), tmp_path / "rows.onnx")
+    data = write_npy_dataset(tmp_path, (1, SIDE, SIDE, 3), n=10, high=1.0)
+    r = RKNN()
+    assert r.config(target_platform="rk3588", quantized_dtype="w8a8", host_sigmoid_heads="all") == 0
+    assert r.load_onnx(str(tmp_path / "rows.onnx")) == 0
+    assert r.hybrid_quantization_step1(dataset=data, output_dir=str(tmp_path)) == 0
+    files = [str(tmp_path / f"rows.{ext}") for ext in ("model", "data", "quantization.cfg")]
+    doc = yaml.safe_load(Path(files[2]).read_text())
+    params = doc["quantize_parameters"]
+    assert "logits" in params and not any(name.endswith("__logits") for name in params)
+
+    def step2(edited: dict):
+        Path(files[2]).write_text(yaml.safe_dump(edited, sort_keys=False))
+        r2 = RKNN()
+        rc = r2.hybrid_quantization_step2(*files)
+        if rc != 0:
+            return rc, r2, None
+        assert r2.export_rknn(str(tmp_path / "h.rknn")) == 0
+        return rc, r2, read_package(str(tmp_path / "h.rknn")).metadata["quantization"]["tensors"]
+
+    scale = params["logits"]["scale"][0] * 1.5
+    rc, _, tensors = step2({**doc, "quantize_parameters": {**params, "logits": {**params["logits"],
+                                                                                 "scale": [scale]}}})
+    assert rc == 0
+    copies = [name for name, t in tensors.items() if t.get("follows") == "logits"]
+    assert sorted(copies) == ["flat__logits", "rows__logits"]
+    assert all(tensors[c]["scale"] == [pytest.approx(scale)] for c in copies + ["logits"])
+    rc, _, tensors = step2({**doc, "custom_quantize_layers": {"rows__logits": "int16"}})
+    assert rc == 0 and {tensors[name]["dtype"] for name in ["logits"] + copies} == {"int16"}
+    copy = {**params["logits"], "scale": [scale]}
+    rc, r2, _ = step2({**doc, "quantize_parameters": {**params, "flat__logits": copy}})
+    assert rc == -1 and "edit 'logits'" in str(r2.last_error)

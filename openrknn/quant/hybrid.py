@@ -118,9 +118,11 @@ def every_part(name: str, tensors: Iterable[str]) -> List[str]:
     return ([name] if name in tensors else []) + _split_parts(name, tensors)
 
 
-def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: Iterable[str],
+def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: "Iterable[str] | Dict[str, dict]",
                    where: str = "custom_quantize_layers", requantized_pre_activations: bool = False) -> Dict[str, str]:
-    """{layer, tensor or weight name: dtype} -> QuantOptions.overrides; unknown names or dtypes raise ConfigError."""
+    """{layer, tensor or weight name: dtype} -> QuantOptions.overrides; unknown names or dtypes raise ConfigError.
+    ``known``: names, or QuantResult.tensors (then a tensor that follows another's parameters means that one)."""
+    follows = {k: v["follows"] for k, v in known.items() if v.get("follows")} if isinstance(known, dict) else {}
     known = set(known)
     lmap = layer_map(float_model, requantized_pre_activations)
     out: Dict[str, str] = {}
@@ -128,7 +130,9 @@ def resolve_layers(layers: Dict[str, str], float_model: onnx.ModelProto, known: 
         value = DTYPE_ALIASES.get(str(dtype).strip().lower())
         if value is None:
             raise ConfigError(f"{where}[{name!r}]", dtype, sorted(DTYPE_ALIASES))
-        if name in known:
+        if name in follows:  # a layout op's copy of a host Sigmoid's logits: it takes the logits' format
+            targets = [override_name(follows[name])]
+        elif name in known:
             targets = [override_name(name)]
         elif name in lmap:
             targets = [t for t in lmap[name] if present(t, known)] or lmap[name]
@@ -148,8 +152,8 @@ def cfg_document(tensors: Dict[str, dict], ranges: Dict[str, Tuple[float, float]
     """The YAML document: the editable custom_quantize_layers map first, then every quantized tensor."""
     params = {}
     for name, t in tensors.items():
-        if t.get("kind") == "bias":
-            continue  # derived from input and weight scales; not an independent parameter
+        if t.get("kind") == "bias" or t.get("follows"):
+            continue  # derived from input and weight scales, or a copy of another point's; not independent
         entry = {"kind": t["kind"], "dtype": t["dtype"],
                  "method": "channel" if t.get("axis") is not None else "layer",
                  "scale": [float(s) for s in t["scale"]], "zero_point": [int(z) for z in t["zero_point"]]}
@@ -183,6 +187,10 @@ def edited_params(doc: dict, original: Dict[str, dict]) -> Dict[str, Tuple[list,
         if name not in original:
             raise ConfigError("quantize_parameters", name, hint="not a quantized tensor of this model (step1 "
                               "wrote every tensor; only edit values, do not rename entries)")
+        if original[name].get("follows"):
+            point = original[name]["follows"]
+            raise ConfigError("quantize_parameters", name, hint=f"a layout op's copy of '{point}' (host Sigmoid "
+                              f"logits moved on their own grid): it has no parameters of its own; edit '{point}'")
         try:
             s = [float(v) for v in np.ravel(entry.get("scale", original[name]["scale"]))]
             z = [int(v) for v in np.ravel(entry.get("zero_point", original[name]["zero_point"]))]

@@ -112,7 +112,8 @@ def sink_past_layout(qmodel: onnx.ModelProto, tensors: Dict[str, dict], host: Di
     quantized on the logits' own grid (a layout op moves values, so that is exact): the board's CPU computes the
     Sigmoid alone, on int8 logits already in the output's layout, instead of moving float probabilities. The
     layout ops' outputs get new names (they now hold logits); the graph output keeps its name. Adds the new
-    points to ``tensors`` (build_qdq's record). Returns how many Sigmoids moved."""
+    points to ``tensors`` (build_qdq's record), each with "follows": the logits point whose parameters it copies
+    (a hybrid edit goes to that point). Returns how many Sigmoids moved."""
     from onnx import helper
 
     g = qmodel.graph
@@ -151,7 +152,7 @@ def sink_past_layout(qmodel: onnx.ModelProto, tensors: Dict[str, dict], host: Di
                                      domain=dq.domain)]
             at = index(n) + 1
             nodes[at:at] = pair
-            tensors[dqo] = dict(tensors[point])
+            tensors[dqo] = {**tensors[point], "follows": point}  # not a parameter of its own: the logits' grid
             x = dqo
         s.input[0], s.output[0] = x, t
         nodes.insert(index(chain[-1]) + 3, s)  # after the last layout op's Q/DQ pair
