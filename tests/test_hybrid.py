@@ -293,6 +293,48 @@ def test_select_takes_the_graph_order_prefix_when_it_is_shorter(setup, monkeypat
     assert detail["order_kind"] == "sensitivity" and picked == ["conv1"]  # the measured ranking finds it alone
 
 
+def _chain_select(monkeypatch, needed: set, sens: dict):
+    """_select on a chain of ten one-layer units u0..u9 whose estimate meets the threshold once every unit of
+    ``needed`` is float; damage as given."""
+    names = [f"u{i}" for i in range(10)]
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=u) for i, u in enumerate(names)]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("t10", TensorProto.FLOAT, [1, 4])])
+
+    class Switch:
+        units = names
+
+        def run(self, feeds, float_units=(), workers=1):
+            return [[np.float32(0.995 if needed <= set(float_units) else 0.9)]]
+
+    monkeypatch.setattr(hb, "_switchable", lambda *a, **k: ({u: [u] for u in names}, Switch()))
+    monkeypatch.setattr(hq, "damage", lambda *a, **k: dict(sens))
+    monkeypatch.setattr(hq, "output_cosines", lambda ref, outs: [float(outs[0][0])])
+    table = ({u: [u] for u in names}, {u: [u] for u in names})
+    return hb._select(helper.make_model(g), None, {}, [{}], 0.99, progress=False, reference=[[0]], table=table)
+
+
+def test_select_searches_a_later_order_only_where_it_can_beat_the_best_prefix(monkeypatch):
+    """The graph order is searched only when its longest prefix that could beat the ranking's meets the threshold:
+    no estimate run against a one-unit prefix, one run where that prefix falls short, and where it meets, the
+    whole order's search (which wins here with four units against the ranking's ten)."""
+    def graph_runs(detail):
+        return sorted(int(k.split(":")[1]) for k in detail["estimate"] if k.startswith("graph order"))
+
+    sens = {f"u{i}": (1.0 if i == 3 else 0.1 / (i + 1)) for i in range(10)}
+    picked, detail = _chain_select(monkeypatch, {"u3"}, sens)
+    assert picked == ["u3"] and list(detail["found"]) == ["sensitivity"] and graph_runs(detail) == []
+    sens = {f"u{i}": (0.9 if i == 3 else 1.0 if i in (5, 7) else 0.1 / (i + 1)) for i in range(10)}  # u3 third
+    picked, detail = _chain_select(monkeypatch, {"u3"}, sens)
+    assert detail["found"] == {"sensitivity": 3} and graph_runs(detail) == [2]
+    assert picked == ["u3"] and detail["order_kind"] == "sensitivity"
+    sens = {f"u{i}": (0.0 if i == 3 else 1.0 - i / 10) for i in range(10)}  # u3 ranked last
+    picked, detail = _chain_select(monkeypatch, {"u3"}, sens)
+    assert detail["order_kind"] == "graph order" and detail["found"] == {"sensitivity": 10, "graph order": 4}
+    assert graph_runs(detail) == [3, 4, 5, 9]
+    assert picked == ["u3"] and detail["pruned"] == ["u2", "u1", "u0"]  # the prefix's other units were not needed
+
+
 @pytest.mark.parametrize("need, builds, k", [(4, [4, 3], 4), (3, [4, 3], 3), (2, [4, 3], 3), (7, [4, 6, 9, 7], 7),
                                              (11, [4, 6, 9, 10], 10)])
 def test_confirm_searches_between_the_estimate_and_the_first_build_that_meets(monkeypatch, need, builds, k):
