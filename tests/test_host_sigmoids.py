@@ -286,3 +286,6 @@ def test_hybrid_steps_edit_the_logits_that_the_layout_ops_carry(tmp_path):
     copy = {**params["logits"], "scale": [scale]}
     rc, r2, _ = step2({**doc, "quantize_parameters": {**params, "flat__logits": copy}})
     assert rc == -1 and "edit 'logits'" in str(r2.last_error)
+    # a cfg that lists the copies unedited (written before they were left out) still builds
+    rc, _, _ = step2({**doc, "quantize_parameters": {**params, "flat__logits": params["logits"]}})
+    assert rc == 0

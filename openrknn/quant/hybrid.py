@@ -187,18 +187,19 @@ def edited_params(doc: dict, original: Dict[str, dict]) -> Dict[str, Tuple[list,
         if name not in original:
             raise ConfigError("quantize_parameters", name, hint="not a quantized tensor of this model (step1 "
                               "wrote every tensor; only edit values, do not rename entries)")
-        if original[name].get("follows"):
-            point = original[name]["follows"]
-            raise ConfigError("quantize_parameters", name, hint=f"a layout op's copy of '{point}' (host Sigmoid "
-                              f"logits moved on their own grid): it has no parameters of its own; edit '{point}'")
         try:
             s = [float(v) for v in np.ravel(entry.get("scale", original[name]["scale"]))]
             z = [int(v) for v in np.ravel(entry.get("zero_point", original[name]["zero_point"]))]
         except (TypeError, ValueError, AttributeError):
             raise ConfigError(f"quantize_parameters[{name!r}]", entry, hint="scale and zero_point must be numbers "
                               "or lists of numbers") from None
-        if s != list(original[name]["scale"]) or z != list(original[name]["zero_point"]):
-            fixed[name] = (s, z)
+        if s == list(original[name]["scale"]) and z == list(original[name]["zero_point"]):
+            continue
+        point = original[name].get("follows")
+        if point:  # listed by an older step1; unedited it is harmless
+            raise ConfigError("quantize_parameters", name, hint=f"a layout op's copy of '{point}' (host Sigmoid "
+                              f"logits moved on their own grid): it has no parameters of its own; edit '{point}'")
+        fixed[name] = (s, z)
     return fixed
 
 
