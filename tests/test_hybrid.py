@@ -355,8 +355,11 @@ def test_confirm_searches_between_the_estimate_and_the_first_build_that_meets(mo
 
     monkeypatch.setattr(hq, "run_outputs", lambda model, *a, **kw: [model])
     monkeypatch.setattr(hq, "output_cosines", lambda ref, outs: [0.995 if outs[0] >= need else 0.98])
-    got, (result, cos) = hb._confirm(order, 4, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99)
+    trials = []
+    got, (result, cos) = hb._confirm(order, 4, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99,
+                                     trials=trials)
     assert made == builds and got == k and result.model == k
+    assert trials == [(n, 0.995 if n >= need else 0.98) for n in builds]
     if need == 2:  # an estimate of one unit that a build confirms: no build below it (none with nothing promoted)
         need, made[:] = 1, []
         assert hb._confirm(order, 1, {u: [u + "_t"] for u in order}, "int16", make, [[0]], [{}], 0.99)[0] == 1
@@ -400,6 +403,12 @@ def test_report_names_the_automatic_choice(setup):
     report = res.hybrid_report
     (section,) = hybrid_sections(res.package)
     assert "Chosen automatically: 1 layer(s) (conv1)" in section.html and report["selection"] in section.html
+    # every real build is listed, the chosen one the fewest layers that met the threshold
+    trials = report["trials"]
+    assert report["builds"] == 1 + len(trials)
+    assert min(t["layers"] for t in trials if t["met"]) == len(report["layers"]) == 1
+    assert all(t["met"] == (t["worst_cosine"] >= 0.999) for t in trials)
+    assert "Real builds tried" in section.html and "1 layer(s): " in section.html
 
 
 def test_switchable_model_matches_the_qdq_graph_and_its_bypass():

@@ -215,6 +215,10 @@ def hybrid_sections(pkg) -> List[Section]:
                  f"in {esc(auto.get('selection', 'sensitivity'))} order, lift the worst output cosine from "
                  f"{min(auto['cosine_before']):.4f} to {min(auto['cosine_after']):.4f} (threshold "
                  f"{auto['threshold']}).</p>")
+        if auto.get("trials"):  # the real builds that confirmed the estimate's choice, in the order made
+            made = "; ".join(f"{t['layers']} layer(s): {t['worst_cosine']:.5f}" + (" (met)" if t["met"] else "")
+                             for t in auto["trials"])
+            text += f"<p>Real builds tried, worst output cosine on the calibration samples: {esc(made)}.</p>"
     return [Section("Hybrid quantization", text + table(["tensor or weight", "stored as"], rows))]
 
 

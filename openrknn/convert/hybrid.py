@@ -408,7 +408,7 @@ def _prune(picked: List[str], size: Dict[str, int], sens: Dict[str, float], esti
 
 def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str, make, ref: List[list],
              feeds: Sequence[Dict[str, np.ndarray]], thresh: float, names: Optional[List[str]] = None,
-             max_builds: int = MAX_CONFIRM) -> Tuple[int, tuple]:
+             max_builds: int = MAX_CONFIRM, trials: Optional[List[Tuple[int, float]]] = None) -> Tuple[int, tuple]:
     """Real builds (``make(overrides)`` -> object with .model) with the first k units of ``order`` promoted,
     starting from the estimate's k: while none has met ``thresh``, half as many units again; once one has, a
     binary search below it down to one unit fewer than the estimate's k, at most ``max_builds`` builds in all
@@ -416,7 +416,8 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
     refitted), so the estimate is only the start; yet a real build beats it by one unit at most on the corpus
     (PP-OCRv5 det met with 2 where the estimate needed 3), and every build further below fell short (PP-OCRv5 det
     1 of 3, the layout detector 2 of 4, yolo26n 11 to 21 of 23): no build is spent there.
-    Returns (k, (made, cosines)) of the smallest k that met the threshold."""
+    Returns (k, (made, cosines)) of the smallest k that met the threshold; ``trials`` (a list) gets (units
+    promoted, worst output cosine) of every build, in the order made."""
     done: Dict[int, tuple] = {}
     if not order:  # nothing can be promoted: one build (what the plain build gave), not a search over nothing
         made = make({})
@@ -427,6 +428,8 @@ def _confirm(order: List[str], k: int, units: Dict[str, List[str]], promote: str
         made = make({t: promote for u in order[:n] for t in units[u]})
         cos = hq.output_cosines(ref, hq.run_outputs(made.model, feeds, names=names, workers=hq.run_workers()))
         done[n] = (made, cos)
+        if trials is not None:
+            trials.append((n, min(cos)))
         log.info("hybrid: %d unit(s) promoted -> worst output cosine %.5f", n, min(cos))
         return min(cos) >= thresh
 
@@ -518,8 +521,12 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
                           False, graph)
 
     order, kind = detail["order"], detail["order_kind"]
-    k, (result, cos) = _confirm(order, len(picked), units, promote, make, ref, feeds, thresh, names)
+    trials: List[Tuple[int, float]] = []
+    k, (result, cos) = _confirm(order, len(picked), units, promote, make, ref, feeds, thresh, names, trials=trials)
     overrides = {t: promote for u in order[:k] for t in units[u]}
+    # what each real build gave, so a report can say why this many layers (the estimate only starts the search)
+    report["trials"] = [{"units": n, "layers": sum(len(unit_layers[u]) for u in order[:n]), "worst_cosine": c,
+                         "met": c >= thresh} for n, c in trials]
     # every layer the promoted units hold: the data movement that carries a promoted tensor is 16-bit too
     report.update({"layers": [n for u in order[:k] for n in unit_layers[u]], "units": order[:k],
                    "overrides": overrides, "cosine_after": cos, "met": min(cos) >= thresh,
@@ -532,7 +539,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     if result.package.metadata.get("quantization") is not None:
         result.package.metadata["quantization"]["auto_hybrid"] = {
             k_: report[k_] for k_ in ("threshold", "promote", "layers", "selection", "cosine_before", "cosine_after",
-                                      "cost_before", "cost_after")}
+                                      "cost_before", "cost_after", "trials")}
     log.info("auto hybrid: %d layer(s) promoted, output cosine %s -> %s (target met: %s)", len(report["layers"]),
              report["cosine_before"], report["cosine_after"], report["met"])
     result.hybrid_report = report
