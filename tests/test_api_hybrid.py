@@ -56,6 +56,7 @@ def test_auto_hybrid_build_and_refusal_without_quantization(conv_onnx, tmp_path)
     assert r.build(do_quantization=False, auto_hybrid=True) == -1
     assert r.build(do_quantization=True, dataset=ds, auto_hybrid=True) == 0
     assert r.hybrid_report is not None and "layers" in r.hybrid_report
+    assert all(set(t) == {"units", "layers", "worst_cosine", "met"} for t in r.hybrid_report["trials"])
 
 
 def _silu_onnx(path):

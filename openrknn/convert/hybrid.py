@@ -504,7 +504,7 @@ def auto_hybrid(loaded: LoadedModel, cfg: BuildConfig, opts: BuildOptions, cos_t
     units, unit_layers = _unit_table(plain.float_model, tensors, _unit_policy(cfg))
     report = {"threshold": thresh, "promote": promote, "measured": names or [o.name for o in plain.model.graph.output],
               "cosine_before": base, "cosine_after": base, "met": min(base) >= thresh,
-              "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1,
+              "layers": [], "overrides": {}, "cost_before": _cost(plain.model, cfg), "builds": 1, "trials": [],
               "units_total": sum(len(v) for v in unit_layers.values())}
     report["cost_after"] = report["cost_before"]
     if min(base) >= thresh:
