@@ -16,6 +16,7 @@ Step2 re-runs the quantizer on the same feeds with the same settings, so an uned
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -358,13 +359,13 @@ def _select(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, tensors: Dict
     found: Dict[str, int] = {}
     best: Optional[Tuple[int, int]] = None
     for kd, kd_order in orders.items():
-        layers = np.cumsum([size[u] for u in kd_order])
+        layers = list(itertools.accumulate(size[u] for u in kd_order))  # of each prefix
         if best is not None:
-            hi = sum(1 for j in range(len(kd_order)) if (int(layers[j]), j + 1) < best)
+            hi = sum(1 for j, n in enumerate(layers) if (n, j + 1) < best)  # prefixes that would beat it
             if hi == 0 or estimate(kd, kd_order, hi) < thresh:
                 continue
         found[kd] = shortest(kd, kd_order)
-        cost = (int(layers[found[kd] - 1]), found[kd])
+        cost = (layers[found[kd] - 1], found[kd])
         if best is None or cost < best:
             best, kind = cost, kd
     order, k = orders[kind], found[kind]
