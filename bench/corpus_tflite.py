@@ -84,7 +84,8 @@ def run_worker(name: str, cache: Path, method: str = "channel", points: str = "c
             # feeds that are not whole numbers (audio features) need a float input, as a user would export it
             fractional = any(np.issubdtype(x.dtype, np.floating) and not np.array_equal(x, np.round(x))
                              for x in feeds)
-            data, report = export_tflite_bytes(rknn._package, "float32" if fractional else "uint8")
+            rknn_pkg = rknn._package
+            data, report = export_tflite_bytes(rknn_pkg, "float32" if fractional else "uint8")
         except Exception as e:
             raise RuntimeError(f"fails in export_tflite: {e}") from None
         res["export_s"] = time.time() - t
@@ -109,6 +110,7 @@ def run_worker(name: str, cache: Path, method: str = "channel", points: str = "c
         if "error" in lite:
             raise RuntimeError("fails in comparison: " + lite["error"])
         places = teflon_placement(report.model)
+        res["point_trace"] = point_trace(rknn_pkg, data, report, feeds, sim_outs, lite_outs)
         res.update(lite)
         res.update(sim_cos=sim.get("cos"), sim_agree=sim.get("agree"), vs_sim=vs.get("cos"),
                    vs_sim_min=vs.get("cos_min"), floor=floor.get("cos"), floor_min=floor.get("cos_min"),
@@ -126,6 +128,22 @@ def run_worker(name: str, cache: Path, method: str = "channel", points: str = "c
     res["total_s"] = time.time() - t0
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
+
+
+def point_trace(pkg, data: bytes, report, feeds, sim_outs, lite_outs) -> Dict:
+    """export.tflite.trace on the input where LiteRT and the simulator end furthest apart: per mode (int8 / float
+    layers) [points, values, values made otherwise from the same inputs, values that differ in the whole run], the
+    points not compared, and the three points with the highest rate of values made otherwise."""
+    from openrknn.export.tflite.trace import trace
+    from openrknn.export.tflite.validate import cosine
+
+    worst = int(np.argmin([min(cosine(a, b) for a, b in zip(s, t)) for s, t in zip(sim_outs, lite_outs)]))
+    t = time.time()
+    rep = trace(pkg, data, report.points, [r.layer for r in report.float_layers], [feeds[worst]], threads=2)
+    top = sorted((p for p in rep.points if p.made), key=lambda p: -p.made / p.size)[:3]
+    return {"input": worst, "int8": list(rep.totals("int8")), "float": list(rep.totals("float")),
+            "skipped": rep.skipped, "seconds": time.time() - t,
+            "top": [[p.point, p.ops, p.mode, p.made, p.size, p.made_max] for p in top]}
 
 
 def unfused_outputs(pkg, feeds):
@@ -184,18 +202,28 @@ def _c(x: Optional[float], agree: Optional[float] = None) -> str:
 
 def row_text(name: str, r: Dict) -> str:
     if r.get("error"):
-        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | | | {r['error'][:200]} |"
+        return f"| {name} | {BY_NAME[name]['kind']} | FAIL | | | | | | | | {r['error'][:200]} | | |"
     convs = f"{r['npu_convs']}/{r['convs']}" if "convs" in r else "-"   # results from before the column: -
     return (f"| {name} | {BY_NAME[name]['kind']} | {_c(r['cos'], r.get('agree'))} | "
             f"{_c(r['sim_cos'], r.get('sim_agree'))} | {_c(r['vs_sim'])} ({r['vs_sim_min']:.4f}) | "
             f"{_c(r.get('floor'))} ({_c(r.get('floor_min'))}) | {_c(r.get('kernels'))} ({_c(r.get('kernels_min'))}) | "
             f"{r['float_layers']}/{r['layers']} | {r['npu_ops']}/{r['ops']} | {convs} | "
-            f"{', '.join(r['float_ops']) if r['float_ops'] else ''} |")
+            f"{', '.join(r['float_ops']) if r['float_ops'] else ''} | {_made(r.get('point_trace'), 'int8')} | "
+            f"{_made(r.get('point_trace'), 'float')} |")
+
+
+def _made(tr: Optional[Dict], mode: str) -> str:
+    """'values made otherwise / values (rate)' of one mode's points in the point trace."""
+    if not tr or not tr[mode][0]:
+        return "-"
+    _, size, made, _ = tr[mode]
+    return f"{made:,} / {size:,} ({made / size:.0e})" if made else f"0 / {size:,}"
 
 
 HEADER = ("| model | kind | LiteRT vs float | simulator vs float | LiteRT vs simulator (worst) | "
           "simulator vs itself, fusions off (worst) | LiteRT XNNPACK vs builtin kernels (worst) | float layers | "
-          "Teflon NPU ops | convs on NPU | computed in float |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "Teflon NPU ops | convs on NPU | computed in float | made otherwise, int8 layers | made otherwise, float "
+          "layers |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""`openrknn export-tflite MODEL.rknn -o OUT.tflite [--validate IMAGES...]`: the open path to the NPU (Mesa Teflon)."""
+"""`openrknn export-tflite MODEL.rknn -o OUT.tflite [--validate IMAGES... [--trace]]`: the open path to the NPU (Mesa
+Teflon)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate", nargs="+", metavar="IMAGE", default=None,
                    help="images or .npy inputs: print each output's cosine between the LiteRT interpreter and "
                         "openrknn's int8 simulator (needs ai-edge-litert)")
+    p.add_argument("--trace", action="store_true",
+                   help="with --validate: on the input where the two end furthest apart, compare them at every int8 "
+                        "point from the same inputs, to tell values a layer computes otherwise from differences "
+                        "carried in from earlier layers")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
                    help="the .tflite input: uint8 image pixels (default, as the .rknn takes them) or float32 for "
                         "inputs that are not whole numbers (audio features, embeddings)")
@@ -28,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from ..package import read_package
     from ..runtime.shape_sets import package_of_set, set_argument
 
+    if args.trace and not args.validate:
+        raise SystemExit("openrknn export-tflite: --trace runs on the validation inputs; give them with "
+                         "--validate IMAGE... --trace")
     pkg = read_package(args.model)
     if args.shape_set is not None:  # that set's one-shape model, exported and validated
         pkg = package_of_set(pkg, set_argument(args.shape_set))
@@ -42,5 +50,13 @@ def run(args: argparse.Namespace) -> int:
 
         with open(args.output, "rb") as f:
             data = f.read()
-        print(format_validation(validate(pkg, data, load_inputs(args.validate, pkg))))
+        samples = load_inputs(args.validate, pkg)
+        res = validate(pkg, data, samples)
+        print(format_validation(res))
+        if args.trace:
+            from ..export.tflite.trace import trace
+
+            worst = min(range(len(samples)), key=lambda i: min(res["per_image"][i]))
+            print(f"trace on {args.validate[worst]}:")
+            print(trace(pkg, data, report.points, [r.layer for r in report.float_layers], samples[worst]).format())
     return 0

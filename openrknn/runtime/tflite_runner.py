@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import warnings
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -51,7 +52,9 @@ def find_teflon(search_dirs: Sequence[str] = SEARCH_DIRS) -> Optional[str]:
 class TfliteRunner:
     """One .tflite model in one interpreter. `run` takes one array per input, NHWC as the model was exported."""
 
-    def __init__(self, model: Union[str, bytes], delegate: Optional[str] = "auto", threads: Optional[int] = None):
+    def __init__(self, model: Union[str, bytes], delegate: Optional[str] = "auto", threads: Optional[int] = None,
+                 preserve_all_tensors: bool = False):
+        """preserve_all_tensors: keep every intermediate tensor readable after a run (export trace; more memory)."""
         mod = interpreter_module()
         path = find_teflon() if delegate == "auto" else delegate
         self.delegate_path: Optional[str] = None
@@ -67,9 +70,13 @@ class TfliteRunner:
                                          "without a delegate") from e
                 log.warning("Teflon delegate %s found but not loadable (%s): running on the CPU", path, e)
         source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": model}
+        if preserve_all_tensors:
+            source["experimental_preserve_all_tensors"] = True
         try:
-            self.interpreter = mod.Interpreter(**source, experimental_delegates=delegates or None,
-                                               num_threads=threads)
+            with warnings.catch_warnings():  # LiteRT warns that preserving tensors is for debugging: it is, here
+                warnings.simplefilter("ignore", UserWarning)
+                self.interpreter = mod.Interpreter(**source, experimental_delegates=delegates or None,
+                                                   num_threads=threads)
             self.interpreter.allocate_tensors()
         except ValueError as e:
             raise ModelLoadError(f"the TFLite interpreter refused the model: {e}") from e

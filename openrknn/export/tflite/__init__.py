@@ -31,6 +31,8 @@ class ExportReport:
     seconds: float = 0.0
     size_bytes: int = 0
     model: object = field(default=None, repr=False)   # the writer.Model (Teflon placement reads it)
+    # each quantization point the file holds as an int8 tensor -> (its tensor index, stored N,H,W,C); trace.py
+    points: dict = field(default_factory=dict, repr=False)
 
     @property
     def float_layers(self) -> list:
@@ -108,7 +110,7 @@ def export_tflite_bytes(pkg: RknnPackage, input_dtype: str = "uint8") -> "tuple[
     model.description = f"openrknn {pkg.metadata.get('toolkit_version', '')} w8a8 export"
     data = serialize(model)
     report = ExportReport(lowerer.layers, lowerer.changes, [op.builtin for op in model.operators],
-                          time.perf_counter() - t0, len(data), model)
+                          time.perf_counter() - t0, len(data), model, lowerer.int8_points())
     return data, report
 
 

@@ -302,6 +302,13 @@ class Lowerer:
         self._outputs()
         return self.m
 
+    def int8_points(self) -> Dict[str, Tuple[int, bool]]:
+        """Each quantization point held as an int8 tensor of the main graph -> (tensor index, stored N,H,W,C)."""
+        points = {n.output[0] for n in self.g.nodes if n.op_type in Q_OPS}
+        return {name: (v.q.index, v.nhwc) for name, v in self.values.items()
+                if name in points and v.q is not None and v.q.dtype == np.int8
+                and v.q.index < len(self.m.tensors) and self.m.tensors[v.q.index] is v.q}
+
     def _inputs(self) -> None:
         for name in self.g.inputs:
             shape = self.g.shape(name)

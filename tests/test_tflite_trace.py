@@ -1,0 +1,85 @@
+"""export-tflite --trace: LiteRT against the simulator at every int8 point, each layer fed the same inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from openrknn.export.tflite import export_tflite_bytes
+from openrknn.export.tflite.trace import trace
+from openrknn.package import RknnPackage, read_package
+from test_export_tflite import ROOT, _inputs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny CNN of test_export_tflite (int8 conv, depthwise, residual, pools, resize, concat, a SiLU conv in
+    float, a GAP and a Gemm) as package, .tflite bytes and export report."""
+    from test_export_tflite import _build
+
+    folder = tmp_path_factory.mktemp("trace")
+    rknn = _build(folder)
+    assert rknn.export_rknn(str(folder / "tiny.rknn")) == 0
+    rknn.release()
+    pkg = read_package(folder / "tiny.rknn")
+    data, report = export_tflite_bytes(pkg)
+    return folder, pkg, data, report
+
+
+def _trace(pkg, data, report, img):
+    return trace(pkg, data, report.points, [r.layer for r in report.float_layers], [img])
+
+
+def test_every_int8_layer_gives_the_simulators_integers(tiny):
+    _, pkg, data, report = tiny
+    for img in _inputs(2):
+        rep = _trace(pkg, data, report, img)
+        n, size, made, _ = rep.totals("int8")
+        assert n >= 6 and size > 1000 and made == 0
+        assert rep.totals("float")[0] >= 1          # the SiLU conv, computed in float by both
+        assert not rep.skipped
+        assert {p.mode for p in rep.points} == {"int8", "float"}
+        text = rep.format()
+        assert "int8 layers" in text and "bit for bit" in text
+
+
+def test_a_layer_computed_otherwise_is_found_where_it_is(tiny):
+    """The simulator's graph with one int8 conv's weights changed: the trace puts every value computed otherwise at
+    that conv's point, and none at the layers after it (they are fed LiteRT's values), although those differ in the
+    whole run."""
+    _, pkg, data, report = tiny
+    model = onnx.load_from_string(pkg.model_bytes)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weights = next(t for t in model.graph.initializer if t.name == producer[conv.input[1]].input[0])
+    w = numpy_helper.to_array(weights).copy()
+    w[0] = np.clip(w[0].astype(np.int32) + 9, -127, 127).astype(w.dtype)
+    weights.CopyFrom(numpy_helper.from_array(w, weights.name))
+    changed = RknnPackage(pkg.metadata, model.SerializeToString())
+    rep = _trace(changed, data, report, _inputs(1)[0])
+    made = {p.point: p.made for p in rep.points if p.made}
+    reader = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    after_conv = {q.output[0] for q in reader
+                  if q.input[0] in (conv.output[0],) or producer.get(q.input[0]) is not None
+                  and conv.output[0] in producer[q.input[0]].input}
+    assert made and set(made) <= after_conv
+    assert sum(p.differ > 0 for p in rep.points) > len(made)   # carried on in the whole run
+
+
+def test_cli_trace(tiny, tmp_path):
+    folder, _, _, _ = tiny
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), _inputs(1)[0][0])
+    cmd = [sys.executable, "-m", "openrknn", "export-tflite", str(folder / "tiny.rknn"), "-o",
+           str(tmp_path / "t.tflite")]
+    out = subprocess.run(cmd + ["--validate", str(img), "--trace"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert f"trace on {img}" in out.stdout and "point by point" in out.stdout and "bit for bit" in out.stdout
+    bad = subprocess.run(cmd + ["--trace"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "--validate IMAGE... --trace" in bad.stderr
