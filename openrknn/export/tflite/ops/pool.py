@@ -10,6 +10,10 @@ from ..lower import Value
 from . import attr, layer_name, register
 from .conv import PADDING_VALID, geometry, pad_input, tfl_padding
 
+# int8 averages over windows of at most this many values are exported as the simulator computes them, a slice and an
+# add per value (_average_as_simulated); larger windows keep TFLite's one int8 op
+SIMULATED_TAPS = 25
+
 
 def _ceil_pads(in_hw, kernel, strides, dil, pads) -> list:
     """ONNX pads [top, left, bottom, right] grown at the end so that a floor-rounding pool gives ceil_mode's output
@@ -52,7 +56,55 @@ def _pool(ctx, node, kind: str, act=None) -> str:
         x = pad_input(ctx, x, pads, layer, fill)
         padding = PADDING_VALID
     builtin = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
+    if kind == "q" and not is_max and padding == PADDING_VALID and dil == [1, 1] and \
+            kernel[0] * kernel[1] <= SIMULATED_TAPS:
+        return _average_as_simulated(ctx, node, kernel, strides)
     return _emit(ctx, node, kind, x, builtin, kernel, strides, padding)
+
+
+def _average_as_simulated(ctx, node, kernel, strides) -> str:
+    """An int8 average over whole windows, computed in float the way the simulator's onnxruntime kernel does, one
+    step per op: the dequantized values added one tap at a time in row order (a strided slice per tap: a depthwise
+    conv of ones adds them in another order), divided by the window size, divided by the output scale, plus the
+    output zero point, rounded half to even and clamped. Our int8 point holds that result. TFLite's int8
+    AVERAGE_POOL_2D rounds the window's exact mean, and the two break ties otherwise: over a 3x2 window (sums of
+    six) one output in twelve came out a level apart."""
+    layer = layer_name(node)
+    x = ctx.view(node.input[0], "f", True, layer)
+    qn = ctx.g.sole_quantizer(node.output[0])
+    scale = np.float32(np.ravel(ctx.g.inits[qn.input[1]])[0])
+    stored = np.asarray(ctx.g.inits[qn.input[2]])              # the simulator's zero point, in its own type
+    info = np.iinfo(stored.dtype)
+    zp = np.float32(stored.reshape(-1)[0])
+    (kh, kw), (sh, sw) = kernel, strides
+    shape = ctx.out_shape(node.output[0])
+    mid = (shape[0], shape[2], shape[3], shape[1])
+    out = node.output[0]
+
+    def const(name, value, dtype=np.float32):
+        return ctx.m.add_const(ctx._tname(name), np.asarray(value, dtype))
+
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            begin = [0, i, j, 0]
+            end = [mid[0], i + (mid[1] - 1) * sh + 1, j + (mid[2] - 1) * sw + 1, mid[3]]
+            tap = ctx.float_op("STRIDED_SLICE", [x, const("begin", begin, np.int32), const("end", end, np.int32),
+                                                 const("strides", [1, sh, sw, 1], np.int32)],
+                               mid, f"{out}/tap{i}_{j}", layer, ("StridedSliceOptions", {}))
+            total = tap if total is None else ctx.float_binary("ADD", total, tap, f"{out}/sum{i}_{j}", layer)
+    mean = ctx.float_binary("DIV", total, const("count", kh * kw), out + "/mean", layer)
+    levels = ctx.float_binary("ADD", ctx.float_binary("DIV", mean, const("scale", scale), out + "/levels", layer),
+                              const("zero_point", zp), out + "/shifted", layer)
+    rounded = ctx.float_op("ROUND", [levels], mid, out + "/rounded", layer)
+    low = ctx.float_op("MAXIMUM", [rounded, const("lowest", info.min)], mid, out + "/low", layer)
+    held = ctx.float_op("MINIMUM", [low, const("highest", info.max)], mid, out + "/held", layer)
+    # back to real terms on the point's grid: QUANTIZE then gives exactly these levels
+    real = ctx.float_binary("MUL", ctx.float_binary("SUB", held, const("zero_point", zp), out + "/centred", layer),
+                            const("scale", scale), out + "/real", layer)
+    ctx.m.add_op("QUANTIZE", [real], [ctx.out_q(out, True)], version=2, layer=layer)
+    return ("the simulator's arithmetic step by step in float (taps added in row order, / size, / scale, + zero "
+            "point, round half to even): TFLite's int8 average breaks ties otherwise")
 
 
 def _uncounted_pads(ctx, node) -> bool:
