@@ -24,7 +24,7 @@ from .ir import GraphInfo, normalize
 from .plan import Plan, build_plan
 from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_parts,
                   set_channel_scales, set_node_origins, to_float16)
-from .schemes import Scheme, TensorFormat, get_scheme, qparams
+from .schemes import Scheme, TensorFormat, get_scheme, qparams, whole_reciprocal_scale
 from .stages import Needs, QuantState, StageResult
 
 if TYPE_CHECKING:
@@ -679,6 +679,10 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         if gfmt is None:
             continue
         scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
+        if gfmt.bits == 8 and not gfmt.pow2 and (gfmt.symmetric or zp == gfmt.qmin) and \
+                any(info.producer.get(t) is not None and info.nodes[info.producer[t]].op_type == "Softmax"
+                    for t in members):
+            scale = whole_reciprocal_scale(scale)
         given = [fixed[t] for t in members if fixed and t in fixed]
         if given:
             scale, zp = float(np.ravel(given[0][0])[0]), int(np.ravel(given[0][1])[0])
