@@ -140,12 +140,33 @@ class Lowerer:
         return self.float_op(builtin, [a, b], a.shape if len(a.shape) >= len(b.shape) else b.shape, name, layer,
                              (BINARY_OPTIONS[builtin], {"FusedActivationFunction": 0}))
 
+    def quantize_as_simulated(self, x: Tensor, out: Tensor, layer: str) -> None:
+        """Write `x` into the int8 tensor `out` as onnxruntime's QuantizeLinear (the simulator's) computes it: the real
+        value divided by the scale, rounded half to even, plus the zero point. TFLite's QUANTIZE multiplies by the
+        scale's reciprocal instead (and requantizes int8 in fixed point), and a value within a rounding of a tie
+        between two levels lands on the other one: 4% of a detector's 2x bilinear upscale, where ties are common.
+        So: a float DIV, a QUANTIZE on scale 1 (the division's result is the level), and a RESHAPE that hands the
+        same integers on with the point's scale."""
+        if any(d < 0 for d in out.shape):   # a length known when the model runs: no RESHAPE to a fixed one
+            self.m.add_op("QUANTIZE", [x], [out], version=2, layer=layer)
+            return
+        if x.dtype != np.float32:
+            real = self.new_f(x.name.split("#")[0] + "/real", x.shape)
+            self.m.add_op("DEQUANTIZE", [x], [real], version=2, layer=layer)
+            x = real
+        base = out.name.split("#")[0]
+        scale = self.m.add_const(self._tname("scale"), np.asarray(out.quant.scale[0], np.float32))
+        levels = self.float_binary("DIV", x, scale, base + "/levels", layer)
+        unit = self.new_q(base + "/unit", out.shape, Quant.per_tensor(1.0, int(out.quant.zero_point[0])), out.dtype)
+        self.m.add_op("QUANTIZE", [levels], [unit], version=2, layer=layer)
+        self.reshape(unit, out, layer)
+
     def requantize(self, t: Tensor, quant: Quant, layer: str, why: str) -> Tensor:
-        """int8 -> int8 QUANTIZE onto another scale (TFLite's rule where ours differs)."""
+        """int8 -> int8 onto another scale (TFLite's rule where ours differs), rounded as the simulator rounds."""
         if quant.same_as(t.quant):
             return t
         out = self.new_q(t.name.split("#")[0] + "/requant", t.shape, quant)
-        self.m.add_op("QUANTIZE", [t], [out], version=2, layer=layer)
+        self.quantize_as_simulated(t, out, layer)
         self.changes.append(f"{layer}: {why}: requantized from scale {t.quant.scale[0]:.6g} zp "
                             f"{int(t.quant.zero_point[0])} to {quant.scale[0]:.6g} zp {int(quant.zero_point[0])}")
         return out
@@ -345,7 +366,11 @@ class Lowerer:
             return
         inp = src.q if src.q is not None else src.f
         out = self.new_q(node.output[0], inp.shape, self.quant(point))
-        self.m.add_op("QUANTIZE", [inp], [out], version=2, layer=layer)
+        if src.q is not None and src.q.quant is not None and out.quant.same_as(src.q.quant) and \
+                src.q.dtype == np.int8:
+            self.m.add_op("QUANTIZE", [inp], [out], version=2, layer=layer)   # the same grid: a copy
+        else:
+            self.quantize_as_simulated(inp, out, layer)
         self.values[node.output[0]] = Value(src.shape, q=out, nhwc=src.nhwc)
 
     def _dequantize(self, node: onnx.NodeProto) -> None:

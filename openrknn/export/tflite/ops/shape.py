@@ -581,6 +581,12 @@ def _resize(ctx, node, kind: str, act=None) -> str:
             "HalfPixelCenters": ctm in ("tf_half_pixel_for_nn", "half_pixel", "pytorch_half_pixel")}
     from_int8 = kind == "f" and ctx.is_q8(node.input[0])
     x = ctx.view(node.input[0], kind, True, layer)
+    if mode == "linear":
+        _bilinear_as_simulated(ctx, node, x, shape, ctm)
+        return ("the simulator's float arithmetic, op for op (four neighbours gathered, weighted and added in its "
+                "order): TFLite's RESIZE_BILINEAR interpolates in another order, and a tie between two levels, "
+                "which a 2x upscale makes often, then rounds the other way" + (
+                    "; its int8 kernel rounds fixed-point weights besides" if from_int8 else ""))
     size = ctx.m.add_const(ctx._tname("size"), np.asarray(shape[2:], np.int32))
     out = _like(ctx, x, node.output[0], nhwc_shape(shape))
     ctx.m.add_op(builtin, [x, size], [out], (opts_name, opts), version=2 if kind == "q" else 1, layer=layer)
@@ -589,6 +595,76 @@ def _resize(ctx, node, kind: str, act=None) -> str:
         return ("float, as our graph computes it: TFLite's int8 RESIZE_BILINEAR interpolates with fixed-point "
                 "weights and rounds differently, and a decoder's resizes amplify that (Teflon runs no resize)")
     return ""
+
+
+def _source_coordinates(n_out: int, n_in: int, ctm: str, scale=None) -> tuple:
+    """onnxruntime's linear Resize along one axis, in its float32 arithmetic: (first source index, second, weight of
+    the first, weight of the second) per output position. scale: the node's own scale for the axis, else
+    n_out / n_in as onnxruntime derives it from sizes."""
+    f32 = np.float32
+    scale = f32(n_out) / f32(n_in) if scale is None else f32(scale)
+    first, second, w_first, w_second = [], [], [], []
+    for i in range(n_out):
+        if scale == 1:
+            x = f32(i)
+        elif ctm == "asymmetric":
+            x = f32(i) / scale
+        elif ctm == "align_corners":
+            x = f32(0) if n_out == 1 else f32(f32(i) * f32(n_in - 1)) / f32(n_out - 1)
+        elif ctm == "pytorch_half_pixel" and n_out == 1:
+            x = f32(0)
+        else:   # half_pixel, pytorch_half_pixel
+            x = f32(f32(f32(i) + f32(0.5)) / scale) - f32(0.5)
+        x = max(f32(0), min(x, f32(n_in - 1)))
+        a = min(int(x), n_in - 1)
+        b = min(a + 1, n_in - 1)
+        wa, wb = (f32(abs(f32(x - f32(a)))), f32(abs(f32(x - f32(b))))) if a != b else (f32(0.5), f32(0.5))
+        # dx1 (distance to the first) weighs the second neighbour, dx2 the first
+        first.append(a)
+        second.append(b)
+        w_first.append(wb)
+        w_second.append(wa)
+    return (np.asarray(first, np.int32), np.asarray(second, np.int32), np.asarray(w_first, f32),
+            np.asarray(w_second, f32))
+
+
+def _bilinear_as_simulated(ctx, node, x, shape, ctm: str) -> None:
+    """A linear Resize as onnxruntime's float kernel (the simulator's) computes it: for each output value, the four
+    source neighbours X11 (first row, first column), X21, X12, X22 times the products of their row and column weights,
+    added left to right: dx2*dy2*X11 + dx1*dy2*X21 + dx2*dy1*X12 + dx1*dy1*X22. GATHERs pick the neighbours, the
+    weight products are constants computed in float32 as the kernel computes them."""
+    layer = layer_name(node)
+    (_, h, w, _), (_, _, ho, wo) = x.shape, shape
+    scales = [None, None]
+    if len(node.input) > 2 and node.input[2] and ctx.g.is_const(node.input[2]):
+        given = np.ravel(ctx.g.const(node.input[2]))
+        if given.size == 4:
+            scales = [float(given[2]), float(given[3])]
+    y1, y2, wy1, wy2 = _source_coordinates(ho, h, ctm, scales[0])
+    x1, x2, wx1, wx2 = _source_coordinates(wo, w, ctm, scales[1])
+    out_name = node.output[0]
+
+    def gather(src, idx, axis, name, n):
+        out_shape = list(src.shape)
+        out_shape[axis] = n
+        return ctx.float_op("GATHER", [src, ctx.m.add_const(ctx._tname("indices"), idx)], out_shape,
+                            f"{out_name}/{name}", layer, ("GatherOptions", {"Axis": axis, "BatchDims": 0}))
+
+    rows = {1: gather(x, y1, 1, "rows1", ho), 2: gather(x, y2, 1, "rows2", ho)}
+    total = None
+    for (r, wy), (c, wx), tag in (((1, wy1), (1, wx1), "11"), ((1, wy1), (2, wx2), "21"),
+                                  ((2, wy2), (1, wx1), "12"), ((2, wy2), (2, wx2), "22")):
+        picked = gather(rows[r], x1 if c == 1 else x2, 2, f"x{tag}", wo)
+        weight = (wx[None, :] * wy[:, None]).astype(np.float32).reshape(1, ho, wo, 1)
+        term = ctx.float_binary("MUL", ctx.m.add_const(ctx._tname(f"w{tag}"), weight), picked,
+                                f"{out_name}/term{tag}", layer)
+        if total is None:
+            total = term
+        elif tag != "22":
+            total = ctx.float_binary("ADD", total, term, f"{out_name}/sum{tag}", layer)
+        else:
+            ctx.m.add_op("ADD", [total, term], [ctx.out_f(out_name, True)],
+                         ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
 
 
 # nearest-neighbour resizes copy values: exact in int8. A bilinear one is computed in float between our int8
