@@ -85,6 +85,9 @@ class Lowerer:
         self.skip: set = set()
         self._meta = {m["name"]: m for m in inputs_meta}
         self._float_inputs = float_inputs
+        # float tensors whose values often sit exactly between two levels (a bilinear upscale's): quantized as the
+        # simulator quantizes them (quantize_as_simulated), not by TFLite's QUANTIZE
+        self.tie_prone: set = set()
 
     # ---------------------------------------------------------------------------------------------------- tensors
     def _tname(self, base: str) -> str:
@@ -144,9 +147,10 @@ class Lowerer:
         """Write `x` into the int8 tensor `out` as onnxruntime's QuantizeLinear (the simulator's) computes it: the real
         value divided by the scale, rounded half to even, plus the zero point. TFLite's QUANTIZE multiplies by the
         scale's reciprocal instead (and requantizes int8 in fixed point), and a value within a rounding of a tie
-        between two levels lands on the other one: 4% of a detector's 2x bilinear upscale, where ties are common.
-        So: a float DIV, a QUANTIZE on scale 1 (the division's result is the level), and a RESHAPE that hands the
-        same integers on with the point's scale."""
+        between two levels lands on the other one: 4% of a detector's 2x bilinear upscale, where ties are common
+        (after a conv and its activation they are rare: YOLOX-nano, 3 values in 16 million). So: a float DIV, a
+        QUANTIZE on scale 1 (the division's result is the level), and a RESHAPE that hands the same integers on
+        with the point's scale."""
         if any(d < 0 for d in out.shape):   # a length known when the model runs: no RESHAPE to a fixed one
             self.m.add_op("QUANTIZE", [x], [out], version=2, layer=layer)
             return
@@ -366,11 +370,15 @@ class Lowerer:
             return
         inp = src.q if src.q is not None else src.f
         out = self.new_q(node.output[0], inp.shape, self.quant(point))
-        if src.q is not None and src.q.quant is not None and out.quant.same_as(src.q.quant) and \
-                src.q.dtype == np.int8:
-            self.m.add_op("QUANTIZE", [inp], [out], version=2, layer=layer)   # the same grid: a copy
-        else:
+        same_grid = src.q is not None and src.q.quant is not None and out.quant.same_as(src.q.quant) and \
+            src.q.dtype == np.int8
+        # integers put on another grid, and what tie_prone names, land on rounding ties often: rounded as the
+        # simulator rounds. A conv's or an activation's float output lands on one about once in a million values,
+        # which is not worth two more ops per point on the board's CPU.
+        if not same_grid and (src.q is not None or node.input[0] in self.tie_prone):
             self.quantize_as_simulated(inp, out, layer)
+        else:
+            self.m.add_op("QUANTIZE", [inp], [out], version=2, layer=layer)
         self.values[node.output[0]] = Value(src.shape, q=out, nhwc=src.nhwc)
 
     def _dequantize(self, node: onnx.NodeProto) -> None:

@@ -665,6 +665,7 @@ def _bilinear_as_simulated(ctx, node, x, shape, ctm: str) -> None:
         else:
             ctx.m.add_op("ADD", [total, term], [ctx.out_f(out_name, True)],
                          ("AddOptions", {"FusedActivationFunction": 0}), layer=layer)
+    ctx.tie_prone.add(out_name)   # weights of quarters and halves: many values sit exactly between two levels
 
 
 # nearest-neighbour resizes copy values: exact in int8. A bilinear one is computed in float between our int8
