@@ -130,8 +130,8 @@ def export_tflite(pkg: RknnPackage, path: str, input_dtype: str = "uint8", shape
         log.warning("export-tflite: %s", note)
     for c in report.changes:
         log.info("export-tflite: %s", c)
-    for r in report.float_layers:
-        log.info("export-tflite: layer %s (%s) stays float: %s", r.layer, r.op_type, r.note)
+    for r in report.float_layers:   # hundreds on a detector: the summary below counts them, --layers lists them
+        log.debug("export-tflite: layer %s (%s) stays float: %s", r.layer, r.op_type, r.note)
     log.info("export-tflite: wrote %s (%d int8 layers, %d float, %.2f MB) in %.2f s", path, len(report.int8_layers),
              len(report.float_layers), report.size_bytes / 1e6, report.seconds)
     if report.hint():
