@@ -32,6 +32,7 @@ from corpus_tflite import unfused_outputs  # noqa: E402  (the floor: the simulat
 from openrknn.api import RKNN  # noqa: E402
 from openrknn.export.teflon_support import CONV_OPS, teflon_placement  # noqa: E402
 from openrknn.export.tflite import export_tflite_bytes  # noqa: E402
+from openrknn.export.tflite.trace import trace  # noqa: E402
 from openrknn.export.tflite.validate import cosine  # noqa: E402
 from openrknn.package import read_package  # noqa: E402
 from openrknn.runtime.simulator import Simulator  # noqa: E402
@@ -82,7 +83,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tflite_bench_"))
     header = ["model", "simulator kept/top1", "LiteRT kept/top1", "cosine mean", "cosine min",
               "floor: fusions off, mean (min)", "build s",
-              "export s (ratio)", "float layers", "Teflon NPU ops", "convs on NPU"]
+              "export s (ratio)", "float layers", "Teflon NPU ops", "convs on NPU",
+              "made otherwise: int8 / float layers"]
     rows = []
     for name in args.models.split(","):
         folder = tmp / name
@@ -102,12 +104,14 @@ def main() -> None:
         floor = [cosine(a, b[0]) for a, b in zip(sim_outs, unfused_outputs(pkg, feeds))]
         places = teflon_placement(report.model)
         convs = [p for p in places if p.builtin in CONV_OPS]
+        traced = trace(pkg, data, report.points, [r.layer for r in report.float_layers], [feeds[int(np.argmin(cos))]])
+        (_, n8, m8, _), (_, nf, mf, _) = traced.totals("int8"), traced.totals("float")
         rows.append([name, accuracy(name, ref, sim_outs), accuracy(name, ref, lite_outs), f"{np.mean(cos):.5f}",
                      f"{np.min(cos):.5f}", f"{np.mean(floor):.5f} ({np.min(floor):.5f})", f"{build_s:.1f}",
                      f"{export_s:.2f} ({export_s / build_s:.3f}x)",
                      f"{len(report.float_layers)}/{len(report.float_layers) + len(report.int8_layers)}",
                      f"{sum(p.unit == 'NPU' for p in places)}/{len(places)}",
-                     f"{sum(p.unit == 'NPU' for p in convs)}/{len(convs)}"])
+                     f"{sum(p.unit == 'NPU' for p in convs)}/{len(convs)}", f"{m8:,}/{n8:,} / {mf:,}/{nf:,}"])
         print(f"# {name}: {len(report.changes)} rule changes; float layers by op: "
               f"{sorted({r.op_type for r in report.float_layers})}", flush=True)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
