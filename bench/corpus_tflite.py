@@ -139,7 +139,7 @@ def point_trace(pkg, data: bytes, report, feeds, sim_outs, lite_outs) -> Dict:
 
     worst = int(np.argmin([min(cosine(a, b) for a, b in zip(s, t)) for s, t in zip(sim_outs, lite_outs)]))
     t = time.time()
-    rep = trace(pkg, data, report.points, [r.layer for r in report.float_layers], [feeds[worst]], threads=2)
+    rep = trace(pkg, data, report, [feeds[worst]], threads=2)
     top = sorted((p for p in rep.points if p.made), key=lambda p: -p.made / p.size)[:3]
     return {"input": worst, "int8": list(rep.totals("int8")), "float": list(rep.totals("float")),
             "skipped": rep.skipped, "seconds": time.time() - t,

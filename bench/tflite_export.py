@@ -104,7 +104,7 @@ def main() -> None:
         floor = [cosine(a, b[0]) for a, b in zip(sim_outs, unfused_outputs(pkg, feeds))]
         places = teflon_placement(report.model)
         convs = [p for p in places if p.builtin in CONV_OPS]
-        traced = trace(pkg, data, report.points, [r.layer for r in report.float_layers], [feeds[int(np.argmin(cos))]])
+        traced = trace(pkg, data, report, [feeds[int(np.argmin(cos))]])
         (_, n8, m8, _), (_, nf, mf, _) = traced.totals("int8"), traced.totals("float")
         rows.append([name, accuracy(name, ref, sim_outs), accuracy(name, ref, lite_outs), f"{np.mean(cos):.5f}",
                      f"{np.min(cos):.5f}", f"{np.mean(floor):.5f} ({np.min(floor):.5f})", f"{build_s:.1f}",

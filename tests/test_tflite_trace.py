@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
 
 
 def _trace(pkg, data, report, img):
-    return trace(pkg, data, report.points, [r.layer for r in report.float_layers], [img])
+    return trace(pkg, data, report, [img])
 
 
 def test_every_int8_layer_gives_the_simulators_integers(tiny):

@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
 
             worst = min(range(len(samples)), key=lambda i: min(res["per_image"][i]))
             print(f"trace on {args.validate[worst]}:")
-            print(trace(pkg, data, report.points, [r.layer for r in report.float_layers], samples[worst]).format())
+            print(trace(pkg, data, report, samples[worst]).format())
     return 0

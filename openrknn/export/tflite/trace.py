@@ -160,10 +160,9 @@ class _LiteValues:
         return np.clip(levels + s_zp, info.min, info.max).astype(ref.dtype), rescaled
 
 
-def trace(pkg, tflite: bytes, export_points: Dict[str, Tuple[int, bool]], float_layers: Sequence[str],
-          sample: List[np.ndarray], threads: Optional[int] = None) -> TraceReport:
+def trace(pkg, tflite: bytes, report, sample: List[np.ndarray], threads: Optional[int] = None) -> TraceReport:
     """Compare LiteRT and the simulator at every exported int8 point on one input sample (one array per input).
-    export_points: ExportReport.points; float_layers: the names of the layers the export computes in float."""
+    report: the ExportReport of `tflite` (which tensor holds each point, which layers it computes in float)."""
     from ...runtime.feeds import prepare_feeds
     from ...runtime.ort_session import make_session
     from ...runtime.tflite_runner import TfliteRunner
@@ -178,8 +177,8 @@ def trace(pkg, tflite: bytes, export_points: Dict[str, Tuple[int, bool]], float_
     sim = {n: np.asarray(v) for n, v in zip(names, full.run(names, feeds))}
     runner = TfliteRunner(tflite, delegate=None, threads=threads, preserve_all_tensors=True)
     runner.run(sample)
-    lite = _LiteValues(runner.interpreter, export_points, grid, sim)
-    floats = set(float_layers)
+    lite = _LiteValues(runner.interpreter, report.points, grid, sim)
+    floats = {r.layer for r in report.float_layers}
     extractor = onnx.utils.Extractor(exposed)
     rows: List[PointTrace] = []
     skipped: Counter = Counter()
