@@ -133,10 +133,10 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
     cfg = file_layouts(loaded, file_normalisation(loaded, cfg))
     float_model, metas, notes = build_float_graph(loaded, cfg)
     feeds = _calibration_feeds(dataset, metas, cfg)
-    result = quantize(float_model, feeds, quant_options(cfg), progress)
+    result = quantize(float_model, feeds, quant_options(cfg, metas=metas), progress)
     custom: Dict[str, str] = {}
     if proposal:
-        custom = {name: "float16" for name in _propose(float_model, result, feeds, cfg, progress)}
+        custom = {name: "float16" for name in _propose(float_model, result, feeds, cfg, metas, progress)}
     name = Path(loaded.source_file).stem if loaded.source_file else "model"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def hybrid_step1(loaded: LoadedModel, cfg: BuildConfig, dataset: str, out_dir: s
 
 
 def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndarray]], cfg: BuildConfig,
-             progress: bool) -> List[str]:
+             metas: List[dict], progress: bool) -> List[str]:
     """The fewest layers that, left float, bring every output to cfg.auto_hybrid_cos_thresh on the first 8
     calibration feeds (empty when plain quantization already does)."""
     sample = feeds[:8]
@@ -185,7 +185,7 @@ def _propose(float_model: onnx.ModelProto, result, feeds: List[Dict[str, np.ndar
     picked, detail = _select(float_model, result.model, result.tensors, sample, cfg.auto_hybrid_cos_thresh,
                              progress, ref, names, weights=result.float_weights, table=(units, unit_layers))
     k, _ = _confirm(detail["order"], len(picked), units, "float",
-                    lambda ov: quantize(float_model, feeds, quant_options(cfg, ov), False), ref, sample,
+                    lambda ov: quantize(float_model, feeds, quant_options(cfg, ov, metas=metas), False), ref, sample,
                     cfg.auto_hybrid_cos_thresh, names)
     return [n for u in detail["order"][:k] for n in unit_layers[u]]
 
@@ -260,7 +260,7 @@ def hybrid_step2(model_input: str, data_input: str, cfg_path: str, cfg: Optional
     for name in set(fixed) & set(overrides):
         log.warning("'%s': dtype changed to %s and scale edited; the edited scale is used as given", name,
                     overrides[name])
-    result = quantize(float_model, feeds, quant_options(cfg, overrides, fixed), progress)
+    result = quantize(float_model, feeds, quant_options(cfg, overrides, fixed, info["metas"]), progress)
     quantization = quantization_record(
         cfg, result, len(feeds), overrides,
         fixed={k: {"scale": s, "zero_point": z} for k, (s, z) in fixed.items()},

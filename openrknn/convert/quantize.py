@@ -12,9 +12,10 @@ from ..errors import DatasetError
 
 
 def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
-                  fixed: Optional[Dict[str, tuple]] = None):
+                  fixed: Optional[Dict[str, tuple]] = None, metas: Optional[List[dict]] = None):
     """QuantOptions for ``cfg``. overrides: {tensor or weight: 'int8' | 'uint8' | 'int16' | 'float'} (hybrid);
-    fixed: {tensor or weight: (scales, zero points)} used as given (edited hybrid parameters)."""
+    fixed: {tensor or weight: (scales, zero points)} used as given (edited hybrid parameters); metas: the deployed
+    inputs (their image inputs' first points cover every pixel value)."""
     from ..quant import QuantOptions
 
     return QuantOptions(dtype=cfg.quantized_dtype, algorithm=cfg.quantized_algorithm, method=cfg.quantized_method,
@@ -22,7 +23,12 @@ def quant_options(cfg: BuildConfig, overrides: Optional[Dict[str, str]] = None,
                         range_remap=cfg.range_remap, range_choice=cfg.range_choice, log_ranges=cfg.log_ranges,
                         pre_activation_points=cfg.pre_activation_points,
                         host_sigmoid_heads=cfg.host_sigmoid_heads, overrides=dict(overrides or {}),
-                        fixed=dict(fixed or {}))
+                        fixed=dict(fixed or {}), pixel_inputs=pixel_inputs(metas or []))
+
+
+def pixel_inputs(metas: List[dict]) -> tuple:
+    """The inputs fed image pixels: those config() pre-processes (an 8-bit NHWC feed)."""
+    return tuple(m["name"] for m in metas if m.get("preprocess") is not None and m.get("dtype") == "uint8")
 
 
 def calibration_data(dataset: Optional[str], metas: List[dict], cfg: BuildConfig):
@@ -73,5 +79,5 @@ def quantize_float_graph(float_model: onnx.ModelProto, metas: List[dict], cfg: B
     from ..quant import quantize
 
     data = calibration_data(dataset, metas, cfg)
-    result = quantize(float_model, data, quant_options(cfg, overrides), progress, stats_cache)
+    result = quantize(float_model, data, quant_options(cfg, overrides, metas=metas), progress, stats_cache)
     return result, quantization_record(cfg, result, len(data), overrides)

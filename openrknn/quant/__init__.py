@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -91,6 +91,9 @@ class QuantOptions:
         override applies to its whole scale group (the widest request wins); unknown names are an error.
     fixed: {tensor or weight name: (scales, zero points)} used as given instead of calibrated (hybrid step 2's
         edited parameters); an activation's applies to its whole scale group.
+    pixel_inputs: graph inputs that carry image pixels (an image input of config()): where their calibration
+        samples are integers in 0..255, the first quantization point after their pre-processing covers every pixel
+        value, not only those calibration saw (pixel_ranges.py).
     keep_mixed_concat_float: a Concat that only feeds graph outputs keeps one scale per input (see plan.py).
         With it, a Sigmoid that reaches the outputs only through layout ops and reads a point (after an Add, a
         Concat) is computed in float on the host from that point (one rounding fewer than the chip's output grid).
@@ -132,6 +135,7 @@ class QuantOptions:
     concat_input_scales: bool = True
     overrides: Dict[str, str] = field(default_factory=dict)
     fixed: Dict[str, tuple] = field(default_factory=dict)
+    pixel_inputs: Tuple[str, ...] = ()
     histogram_bins: int = 2048
     histogram_samples: int = 0         # values per tensor per image in the histograms; 0 = 2^20 / images, 2^14..2^18
     threads: int = 0                   # onnxruntime intra-op threads for calibration (0 = the idle cores)

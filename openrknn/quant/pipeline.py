@@ -85,6 +85,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     minmax_pass(state.model, state.plan.sources, data, needs.channel_means, state.stats, progress, options.threads,
                 known_minimum(state.info, state.plan), needs.channel_ranges, needs.channel_samples,
                 softmax_axes=softmax_inputs(state.info, state.plan))
+    _cover_pixels(state, data, options.pixel_inputs)
     for stage in later:
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
@@ -232,6 +233,17 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
                       "float_concats": plan.split_concats}
     report["calibration_samples"] = stats.samples
     return QuantResult(qmodel, tensors, report, rewritten)
+
+
+def _cover_pixels(state: QuantState, data, names) -> None:
+    """Widen the first points of image inputs to every pixel value (pixel_ranges.py)."""
+    from .pixel_ranges import pixel_point_ranges
+
+    ranges = pixel_point_ranges(state.info, state.plan, data, names) if names else {}
+    for t, (lo, hi) in ranges.items():
+        seen = state.stats.minmax.get(t, (lo, hi))
+        state.stats.minmax[t] = (min(seen[0], lo), max(seen[1], hi))
+    state.stats.pixel_ranges = ranges
 
 
 def _rewritten_float(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[str, np.ndarray]:
@@ -665,6 +677,9 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     for t, r in plan.unit_ranges.items():  # fixed by the NPU (plan.py)
         if t in chosen:
             chosen[t] = r
+    for t in stats.pixel_ranges:  # an image's first point holds every pixel: never clipped (pixel_ranges.py)
+        if t in chosen:
+            chosen[t] = stats.minmax[t]
     acts: Dict[str, ActQuant] = {}
     for members in plan.groups.values():
         have = [chosen[t] for t in members if t in chosen]

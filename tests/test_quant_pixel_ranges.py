@@ -1,0 +1,111 @@
+"""An image input's first quantization point covers every pixel value 0..255, not only those calibration saw.
+
+Calibrated on dim images (pixels 30..199), the old range clipped every brighter pixel of a real input and put the
+raw pixels between levels; the point now takes the range the pre-processing gives pixels 0 and 255. Inputs whose
+calibration samples are not 8-bit pixels (features, spectrograms) keep their calibrated range."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import built_rknn, write_samples
+from openrknn.metrics import cosine
+
+H = W = 16
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+
+
+def _conv_model(path, pads):
+    """x [1, 3, H, W] -> Conv 3x3 (pads 0: mean/std fold into it; pads 1: they stay before it) -> Relu."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[pads] * 4),
+             helper.make_node("Relu", ["y"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, H, W])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _dim_images(n=4, lo=30, hi=200, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(lo, hi, (1, H, W, 3)).astype(np.uint8) for _ in range(n)]
+
+
+def _input_point(rk):
+    """(name, scale, zero point) of the first point, as the package records it (the tensor that leaves the
+    pre-processing: its name starts with the input's)."""
+    tensors = rk._package.metadata["quantization"]["tensors"]
+    name = next(t for t, q in tensors.items() if q["kind"] == "activation" and t.startswith("openrknn_pre/x/"))
+    return name, float(tensors[name]["scale"][0]), int(tensors[name]["zero_point"][0])
+
+
+@pytest.mark.parametrize("target,dtype,zp", [("rk3588", "w8a8", -128), ("rk1808", "asymmetric_quantized-u8", 0)])
+def test_raw_pixels_take_all_256_levels(tmp_path, target, dtype, zp):
+    """mean/std folded into the first conv: the point is the raw pixel, [0, 255] on scale 1, each pixel a level."""
+    ds = write_samples(tmp_path, _dim_images())
+    rk = built_rknn(_conv_model(tmp_path / "m.onnx", 0), ds, target_platform=target, quantized_dtype=dtype,
+                    mean_values=[MEAN], std_values=[STD])
+    try:
+        _, scale, got_zp = _input_point(rk)
+        assert scale == pytest.approx(1.0, abs=1e-6)
+        assert got_zp == zp
+    finally:
+        rk.release()
+
+
+def test_normalized_point_spans_what_pixels_0_and_255_become(tmp_path):
+    """A padded conv takes the std but not the mean (a padded border would read the mean as a value): the point is
+    pixel - mean, over the widest channel extremes 0 - 123.675 and 255 - 103.53, not the dim images' narrower
+    range."""
+    ds = write_samples(tmp_path, _dim_images())
+    rk = built_rknn(_conv_model(tmp_path / "m.onnx", 1), ds, target_platform="rk3588", quantized_dtype="w8a8",
+                    mean_values=[MEAN], std_values=[STD])
+    try:
+        name, scale, zp = _input_point(rk)
+        assert name.endswith("/model_input")
+        lo, hi = 0 - max(MEAN), 255 - min(MEAN)
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-3)
+        assert (-128 - zp) * scale == pytest.approx(lo, abs=scale)
+    finally:
+        rk.release()
+
+
+def test_a_bright_image_is_not_clipped_after_dim_calibration(tmp_path):
+    """The point of it: calibrated on dim images, a full-range image still comes out close to the float model.
+    Its pixels above 199 were cut to 199 before (cosine 0.987-0.991 on three such images; now 0.998-0.999: what
+    remains is the conv output's range, which the dim images set)."""
+    path = _conv_model(tmp_path / "m.onnx", 1)
+    ds = write_samples(tmp_path, _dim_images())
+    cfg = dict(target_platform="rk3588", mean_values=[MEAN], std_values=[STD])
+    rk = built_rknn(path, ds, quantized_dtype="w8a8", **cfg)
+    ref = built_rknn(path, None, **cfg)
+    try:
+        bright = np.random.default_rng(7).integers(0, 256, (1, H, W, 3)).astype(np.uint8)
+        got, want = rk.inference(inputs=[bright])[0], ref.inference(inputs=[bright])[0]
+        assert cosine(want, got) > 0.995
+    finally:
+        rk.release()
+        ref.release()
+
+
+def test_feature_inputs_keep_their_calibrated_range(tmp_path):
+    """A 4-D float input calibrated on non-integer values (a feature map, not pixels) keeps its own range: the
+    pixel range would spend the 256 levels on [0, 255] for values in [0.5, 3.5]."""
+    rng = np.random.default_rng(2)
+    samples = [(rng.random((1, H, W, 3)) * 3 + 0.5).astype(np.float32) for _ in range(4)]
+    ds = write_samples(tmp_path, samples)
+    rk = built_rknn(_conv_model(tmp_path / "m.onnx", 1), ds, target_platform="rk3588", quantized_dtype="w8a8")
+    try:
+        _, scale, _ = _input_point(rk)
+        assert scale < 4.0 / 255
+    finally:
+        rk.release()
