@@ -109,3 +109,41 @@ def test_feature_inputs_keep_their_calibrated_range(tmp_path):
         assert scale < 4.0 / 255
     finally:
         rk.release()
+
+
+@pytest.mark.parametrize("mean,std,exact", [(0.0, 1.0, True), (0.0, 255.0, True), (127.0, 128.0, True),
+                                            (127.5, 127.5, False), (123.675, 58.395, False)])
+def test_the_levels_never_put_pixels_on_ties(mean, std, exact):
+    """The range the pixels quantize on with the least error: an integer mean puts every pixel on its own level (no
+    error at all); a mean of 127.5 would put every pixel of the extent's grid between two levels, and
+    round-half-even would merge them in pairs, so the range widens until they spread like any value (rms error
+    0.29 of a level instead of 0.5)."""
+    from openrknn.quant.pixel_ranges import grid_range
+    from openrknn.quant.schemes import get_scheme, qparams
+
+    fmt = get_scheme("w8a8").act
+    values = (np.arange(256) - mean) / std
+    lo, hi = grid_range(values, values[0], values[-1], fmt)
+    assert lo <= values[0] and hi >= values[-1]  # every pixel inside
+    scale, zp = (float(v) for v in qparams(lo, hi, fmt))
+    x = values / scale + zp
+    levels = np.round(x)
+    assert np.all((levels >= fmt.qmin) & (levels <= fmt.qmax))
+    rms = float(np.sqrt(np.mean((levels - x) ** 2)))
+    if exact:
+        assert rms < 1e-4 and len(np.unique(levels)) == 256
+    else:
+        assert np.count_nonzero(np.abs(x - np.floor(x) - 0.5) < 1e-3) < 8  # (almost) no pixel on a tie
+        assert rms < 0.3 and len(np.unique(levels)) >= 254
+
+
+def test_inputs_that_are_not_pixels_are_left_alone():
+    """Only integer samples in 0..255 count as pixels: features, negative values and fractions do not."""
+    from openrknn.quant.pixel_ranges import pixel_inputs
+
+    pixels = {"a": np.array([[0.0, 17.0, 255.0]], np.float32)}
+    assert pixel_inputs([pixels], ["a"])[0] == ["a"]
+    assert pixel_inputs([{"a": np.array([0.5, 3.0], np.float32)}], ["a"])[0] == []
+    assert pixel_inputs([{"a": np.array([-1.0, 3.0], np.float32)}], ["a"])[0] == []
+    assert pixel_inputs([{"a": np.array([0.0, 256.0], np.float32)}], ["a"])[0] == []
+    assert pixel_inputs([pixels, {"a": np.array([0.25], np.float32)}], ["a"])[0] == []  # any sample decides

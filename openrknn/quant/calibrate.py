@@ -33,9 +33,9 @@ class Stats:
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
     samples: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
-    # the first points of image inputs, over every pixel value 0..255 (pixel_ranges.py): minmax holds this range
-    # too, and no clipping algorithm narrows it
-    pixel_ranges: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    # the first points of image inputs: every value they take over the pixels 0..255 (pixel_ranges.py); minmax
+    # holds their extent too, and no clipping algorithm narrows it
+    pixel_values: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _IDLE_CACHE: List[float] = []  # [time measured, idle cores]

@@ -21,6 +21,7 @@ from .algorithms.split import RangeSplit
 from .algorithms.weights import quantize_weight
 from .calibrate import Stats, collect_histograms, collect_minmax
 from .ir import GraphInfo, normalize
+from .pixel_ranges import grid_range
 from .plan import Plan, build_plan
 from .qdq import (ActQuant, WeightQuant, build_qdq, set_channel_offsets, set_channel_orders, set_channel_parts,
                   set_channel_scales, set_node_origins, to_float16)
@@ -237,13 +238,13 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
 
 def _cover_pixels(state: QuantState, data, names) -> None:
     """Widen the first points of image inputs to every pixel value (pixel_ranges.py)."""
-    from .pixel_ranges import pixel_point_ranges
+    from .pixel_ranges import pixel_point_values
 
-    ranges = pixel_point_ranges(state.info, state.plan, data, names) if names else {}
-    for t, (lo, hi) in ranges.items():
-        seen = state.stats.minmax.get(t, (lo, hi))
-        state.stats.minmax[t] = (min(seen[0], lo), max(seen[1], hi))
-    state.stats.pixel_ranges = ranges
+    values = pixel_point_values(state.info, state.plan, data, names) if names else {}
+    for t, v in values.items():
+        seen = state.stats.minmax.get(t, (v[0], v[-1]))
+        state.stats.minmax[t] = (min(seen[0], float(v[0])), max(seen[1], float(v[-1])))
+    state.stats.pixel_values = values
 
 
 def _rewritten_float(info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant]) -> Dict[str, np.ndarray]:
@@ -677,7 +678,7 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
     for t, r in plan.unit_ranges.items():  # fixed by the NPU (plan.py)
         if t in chosen:
             chosen[t] = r
-    for t in stats.pixel_ranges:  # an image's first point holds every pixel: never clipped (pixel_ranges.py)
+    for t in stats.pixel_values:  # an image's first point holds every pixel: never clipped (pixel_ranges.py)
         if t in chosen:
             chosen[t] = stats.minmax[t]
     acts: Dict[str, ActQuant] = {}
@@ -693,6 +694,9 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
             gfmt = _override_format("activation", max(asked, key=("uint8", "int8", "int16", "float").index), fmt)
         if gfmt is None:
             continue
+        pixels = [stats.pixel_values[t] for t in members if t in stats.pixel_values]
+        if len(pixels) == 1:  # the levels that fit the pixels' own grid best (no pixel on a tie)
+            lo, hi = grid_range(pixels[0], lo, hi, gfmt)
         scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
         if gfmt.bits == 8 and not gfmt.pow2 and (gfmt.symmetric or zp == gfmt.qmin) and \
                 any(info.producer.get(t) is not None and info.nodes[info.producer[t]].op_type == "Softmax"
