@@ -41,11 +41,9 @@ LAYOUT_OPS = {"Transpose", "Slice", "Gather", "Concat", "Reshape", "Split", "Squ
 
 def pixel_inputs(data: Iterable[Dict[str, np.ndarray]], names: Sequence[str]) -> Tuple[List[str], dict]:
     """Those of ``names`` whose first calibration samples hold only integers in 0..255, and the first sample."""
-    keep, first = list(names), {}
-    for k, sample in enumerate(itertools.islice(iter(data), CHECKED_SAMPLES)):
-        first = sample if k == 0 else first
-        keep = [n for n in keep if n in sample and _is_pixels(np.asarray(sample[n]))]
-    return keep, first
+    samples = list(itertools.islice(iter(data), CHECKED_SAMPLES))
+    keep = [n for n in names if samples and all(n in s and _is_pixels(np.asarray(s[n])) for s in samples)]
+    return keep, samples[0] if samples else {}
 
 
 def _is_pixels(x: np.ndarray) -> bool:
