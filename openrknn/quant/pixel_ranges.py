@@ -11,8 +11,8 @@ The pre-processing is evaluated on an all-0 and an all-255 image: each of its st
 channel's mean and std, reorder, layout), so those two runs give every value the point can take.
 The range is then the one on which those values quantize with the least squared error, from their extent to one
 level wider: a mean of 127.5 with a std of 127.5 puts every pixel of the extent's grid exactly between two levels,
-and round-half-even merges pixels in pairs (a text recognizer lost 0.035 of cosine that way before this check);
-a hair wider, they spread over the levels like any calibrated value.
+and round-half-even resolves them to the even levels only (pixels merged in pairs, 7 bits of input); one level
+wider, all 255 levels are in use and no pixel is on a tie.
 
 Only inputs whose calibration samples are 8-bit pixels (integers in 0..255: image files, uint8 arrays) take it: a
 4-D float input calibrated on features or spectrograms keeps its calibrated range.
