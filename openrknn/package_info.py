@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, Dict
 
 from .package import FORMAT_VERSION, HEADER_SIZE, RknnPackage, encode_metadata
 from .units import format_bytes
@@ -40,13 +40,14 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         except OSError:
             pass
     inputs = []
+    firsts = _first_points(pkg.model_bytes, (meta.get("quantization") or {}).get("tensors") or {})
     for entry in meta.get("inputs") or []:
         pre = entry.get("preprocess") or {}
         inputs.append({
             "name": entry.get("name"), "shape": entry.get("shape"), "dtype": entry.get("dtype"),
             "layout": entry.get("layout"), "model_shape": entry.get("model_shape"),
             "reorder_channel": pre.get("reorder_channel"), "mean": pre.get("mean"), "std": pre.get("std"),
-            "folded_into": pre.get("folded_into"),
+            "folded_into": pre.get("folded_into"), "first_point": firsts.get(entry.get("name")),
         })
     outputs = [{"name": o.get("name"), "shape": o.get("shape"), "dtype": o.get("dtype")}
                for o in meta.get("outputs") or []]
@@ -72,6 +73,46 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
         "float_reference_bytes": float_len,
         "shape_sets": _shape_sets(meta),
     }
+
+
+_LEVELS = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+def _first_points(model_bytes: bytes, tensors: dict) -> dict:
+    """{input: the quantization of the first point its values reach (the tensor that leaves its pre-processing),
+    with the values the levels span}; empty for a float model. Found in the payload: the first QuantizeLinear on
+    the way from each graph input."""
+    if not tensors:
+        return {}
+    import onnx
+
+    graph = onnx.load_from_string(model_bytes).graph
+    readers: Dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    out = {}
+    for inp in graph.input:
+        seen, todo = set(), [inp.name]
+        while todo and inp.name not in out:
+            for node in readers.get(todo.pop(0), []):
+                if node.op_type == "QuantizeLinear":
+                    point = next((n.output[0] for n in readers.get(node.output[0], [])
+                                  if n.op_type == "DequantizeLinear"), node.output[0])
+                    if point in tensors:
+                        out[inp.name] = _point(point, tensors[point])
+                        break
+                elif node.name not in seen:
+                    seen.add(node.name)
+                    todo.extend(o for o in node.output if o)
+    return out
+
+
+def _point(name: str, q: dict) -> dict:
+    scale, zp = float(q["scale"][0]), int(q["zero_point"][0])
+    qmin, qmax = _LEVELS.get(q.get("dtype"), (None, None))
+    span = [(qmin - zp) * scale, (qmax - zp) * scale] if qmin is not None else None
+    return {"tensor": name, "dtype": q.get("dtype"), "scale": scale, "zero_point": zp, "range": span}
 
 
 def _shape_sets(meta: dict) -> list:
@@ -137,6 +178,11 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
                      f"model-side {_fmt_list(i['model_shape'])}")
         lines.append(f"      reorder_channel: {_fmt_reorder(i['reorder_channel'])}; mean {_fmt_list(i['mean'])}; "
                      f"std {_fmt_list(i['std'])}; folded into the model: {folded}")
+        p = i["first_point"]
+        if p:
+            span = f": levels span [{p['range'][0]:.6g}, {p['range'][1]:.6g}]" if p["range"] else ""
+            lines.append(f"      first quantized at {p['tensor']}: {p['dtype']}, scale {p['scale']:.6g}, zero point "
+                         f"{p['zero_point']}{span}")
     lines.append(f"outputs ({len(s['outputs'])}):")
     lines += [f"  {o['name']}: {_fmt_list(o['shape'])} {o['dtype'] or '?'}" for o in s["outputs"]]
     if s["shape_sets"]:

@@ -147,3 +147,26 @@ def test_inputs_that_are_not_pixels_are_left_alone():
     assert pixel_inputs([{"a": np.array([-1.0, 3.0], np.float32)}], ["a"])[0] == []
     assert pixel_inputs([{"a": np.array([0.0, 256.0], np.float32)}], ["a"])[0] == []
     assert pixel_inputs([pixels, {"a": np.array([0.25], np.float32)}], ["a"])[0] == []  # any sample decides
+
+
+def test_info_says_how_the_input_is_quantized(tmp_path):
+    """`openrknn info` names the input's first quantized tensor and the values its levels span, so the user sees
+    the pixels' range kept whole; a float build has none."""
+    from openrknn.package_info import describe_package, package_summary
+
+    path = _conv_model(tmp_path / "m.onnx", 0)
+    rk = built_rknn(path, write_samples(tmp_path, _dim_images()), target_platform="rk3588", quantized_dtype="w8a8",
+                    mean_values=[MEAN], std_values=[STD])
+    flt = built_rknn(path, None, target_platform="rk3588", mean_values=[MEAN], std_values=[STD])
+    try:
+        point = package_summary(rk._package)["inputs"][0]["first_point"]
+        assert point["tensor"] == _input_point(rk)[0]
+        assert (point["dtype"], point["scale"], point["zero_point"]) == ("int8", 1.0, -128)
+        assert point["range"] == [0.0, 255.0]
+        assert f"first quantized at {point['tensor']}: int8, scale 1, zero point -128: levels span [0, 255]" in \
+            describe_package(rk._package)
+        assert package_summary(flt._package)["inputs"][0]["first_point"] is None
+        assert "first quantized at" not in describe_package(flt._package)
+    finally:
+        rk.release()
+        flt.release()
