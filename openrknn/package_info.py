@@ -102,8 +102,8 @@ def _first_points(model_bytes: bytes, tensors: dict) -> dict:
                     if point in tensors:
                         out[inp.name] = _point(point, tensors[point])
                         break
-                elif node.name not in seen:
-                    seen.add(node.name)
+                elif id(node) not in seen:
+                    seen.add(id(node))
                     todo.extend(o for o in node.output if o)
     return out
 

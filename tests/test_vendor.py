@@ -212,8 +212,8 @@ def test_prepared_graph_plus_tail_equals_the_package(tiny_package):
     raw = sess.run(vm.outputs, {vm.input_names[0]: (nchw - mean) / std})
     final = run_post(vm.post, vm.outputs, raw)[0]
     # the boxes: equal, but for a value on an exact tie between two levels, which may round either way: the vendor
-    # graph stores int8 and onnxruntime's int8 and uint8 conv kernels part at a tie (here 1 box value of 1024, whose
-    # conv sum is 79.5 levels: the raw pixels sit exactly on the input point's levels)
+    # graph stores int8 and onnxruntime's int8 and uint8 conv kernels part at a tie (here, since the input point's
+    # range became the pixels' whole range, 1 box value of 1024, whose conv sum is 79.5 levels)
     box_step = np.abs(np.diff(np.unique(ours[:, :4]))).min()
     apart = np.abs(final[:, :4] - ours[:, :4])
     assert np.all((apart <= 1e-4) | (np.abs(apart - box_step) <= 1e-4))
