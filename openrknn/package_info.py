@@ -82,11 +82,15 @@ def _first_points(model_bytes: bytes, tensors: dict) -> dict:
     """{input: the quantization of the first point its values reach (the tensor that leaves its pre-processing),
     with the values the levels span}; empty for a float model. Found in the payload: the first QuantizeLinear on
     the way from each graph input."""
-    if not tensors:
+    if not isinstance(tensors, dict) or not tensors:
         return {}
     import onnx
+    from google.protobuf.message import DecodeError
 
-    graph = onnx.load_from_string(model_bytes).graph
+    try:
+        graph = onnx.load_from_string(model_bytes).graph
+    except (DecodeError, ValueError):  # a payload that does not parse: load_rknn refuses it; info leaves the line out
+        return {}
     readers: Dict[str, list] = {}
     for node in graph.node:
         for t in node.input:
@@ -96,20 +100,25 @@ def _first_points(model_bytes: bytes, tensors: dict) -> dict:
         seen, todo = set(), [inp.name]
         while todo and inp.name not in out:
             for node in readers.get(todo.pop(0), []):
-                if node.op_type == "QuantizeLinear":
+                if node.op_type == "QuantizeLinear" and node.output:
                     point = next((n.output[0] for n in readers.get(node.output[0], [])
-                                  if n.op_type == "DequantizeLinear"), node.output[0])
+                                  if n.op_type == "DequantizeLinear" and n.output), node.output[0])
                     if point in tensors:
                         out[inp.name] = _point(point, tensors[point])
-                        break
+                        break  # (None for a record without a readable scale and zero point)
                 elif id(node) not in seen:
                     seen.add(id(node))
                     todo.extend(o for o in node.output if o)
     return out
 
 
-def _point(name: str, q: dict) -> dict:
-    scale, zp = float(q["scale"][0]), int(q["zero_point"][0])
+def _point(name: str, q: dict) -> dict | None:
+    if not isinstance(q, dict):
+        return None
+    try:
+        scale, zp = float(q["scale"][0]), int(q["zero_point"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
     qmin, qmax = _LEVELS.get(q.get("dtype"), (None, None))
     span = [(qmin - zp) * scale, (qmax - zp) * scale] if qmin is not None else None
     return {"tensor": name, "dtype": q.get("dtype"), "scale": scale, "zero_point": zp, "range": span}
