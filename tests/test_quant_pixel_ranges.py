@@ -170,3 +170,16 @@ def test_info_says_how_the_input_is_quantized(tmp_path):
     finally:
         rk.release()
         flt.release()
+
+
+def test_the_report_says_it_too(tmp_path):
+    """The HTML report's model section carries the same line as `openrknn info`."""
+    from openrknn.analysis.report import model_section
+
+    rk = built_rknn(_conv_model(tmp_path / "m.onnx", 0), write_samples(tmp_path, _dim_images()),
+                    target_platform="rk3588", quantized_dtype="w8a8", mean_values=[MEAN], std_values=[STD])
+    try:
+        html = model_section(rk._package).html
+        assert "first quantized at" in html and "scale 1, zero point -128, levels span [0, 255]" in html
+    finally:
+        rk.release()
