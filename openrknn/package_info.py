@@ -75,9 +75,6 @@ def package_summary(pkg: RknnPackage, path: str | None = None) -> dict:
     }
 
 
-_LEVELS = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
-
-
 def _first_points(model_bytes: bytes, tensors: dict) -> dict:
     """{input: the quantization of the first point its values reach (the tensor that leaves its pre-processing),
     with the values the levels span}; empty for a float model. Found in the payload: the first QuantizeLinear on
@@ -113,15 +110,21 @@ def _first_points(model_bytes: bytes, tensors: dict) -> dict:
 
 
 def _point(name: str, q: dict) -> dict | None:
-    if not isinstance(q, dict):
-        return None
+    from .quant.hybrid import qparam_ranges
+
     try:
         scale, zp = float(q["scale"][0]), int(q["zero_point"][0])
-    except (KeyError, IndexError, TypeError, ValueError):
+        span = [float(v) for v in qparam_ranges({name: q})[name]]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
-    qmin, qmax = _LEVELS.get(q.get("dtype"), (None, None))
-    span = [(qmin - zp) * scale, (qmax - zp) * scale] if qmin is not None else None
     return {"tensor": name, "dtype": q.get("dtype"), "scale": scale, "zero_point": zp, "range": span}
+
+
+def first_point_text(point: dict, span_sep: str = ": ") -> str:
+    """`openrknn info`'s and the report's words for an input's first_point (the report's row is a list of
+    clauses: span_sep ', ')."""
+    return (f"first quantized at {point['tensor']}: {point['dtype']}, scale {point['scale']:.6g}, zero point "
+            f"{point['zero_point']}{span_sep}levels span [{point['range'][0]:.6g}, {point['range'][1]:.6g}]")
 
 
 def _shape_sets(meta: dict) -> list:
@@ -187,11 +190,8 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
                      f"model-side {_fmt_list(i['model_shape'])}")
         lines.append(f"      reorder_channel: {_fmt_reorder(i['reorder_channel'])}; mean {_fmt_list(i['mean'])}; "
                      f"std {_fmt_list(i['std'])}; folded into the model: {folded}")
-        p = i["first_point"]
-        if p:
-            span = f": levels span [{p['range'][0]:.6g}, {p['range'][1]:.6g}]" if p["range"] else ""
-            lines.append(f"      first quantized at {p['tensor']}: {p['dtype']}, scale {p['scale']:.6g}, zero point "
-                         f"{p['zero_point']}{span}")
+        if i["first_point"]:
+            lines.append(f"      {first_point_text(i['first_point'])}")
     lines.append(f"outputs ({len(s['outputs'])}):")
     lines += [f"  {o['name']}: {_fmt_list(o['shape'])} {o['dtype'] or '?'}" for o in s["outputs"]]
     if s["shape_sets"]:

@@ -100,7 +100,7 @@ def write_report(path: str | Path, title: str, subtitle: str, sections: Sequence
 # ---- standard sections for a model ------------------------------------------------------------------------------
 
 def model_section(pkg, path: Optional[str] = None) -> Section:
-    from ..package_info import package_summary
+    from ..package_info import first_point_text, package_summary
 
     s = package_summary(pkg, path)
     q = s["quantization"]
@@ -112,10 +112,8 @@ def model_section(pkg, path: Optional[str] = None) -> Section:
              f"({q['per_channel_tensors']} per-channel), {q['biases']} biases)"),
             ("source", f"{(s['source'] or {}).get('framework', '?')} {(s['source'] or {}).get('file', '')}")]
     for i in s["inputs"]:
-        p = i.get("first_point")  # where the input is first quantized: the pixels' range kept whole or not
-        first = "" if not p else (f"; first quantized at {p['tensor']}: {p['dtype']}, scale {p['scale']:.6g}, zero "
-                                  f"point {p['zero_point']}" +
-                                  (f", levels span [{p['range'][0]:.6g}, {p['range'][1]:.6g}]" if p["range"] else ""))
+        # where the input is first quantized: the pixels' range kept whole or not
+        first = f"; {first_point_text(i['first_point'], ', ')}" if i.get("first_point") else ""
         rows.append((f"input {i['name']}", f"{i['shape']} {i['dtype']} {i['layout']}; reorder "
                      f"{i['reorder_channel'] or 'none'}, mean {i['mean']}, std {i['std']}{first}"))
     for o in s["outputs"]:
