@@ -111,13 +111,19 @@ def test_feature_inputs_keep_their_calibrated_range(tmp_path):
         rk.release()
 
 
-@pytest.mark.parametrize("mean,std,exact", [(0.0, 1.0, True), (0.0, 255.0, True), (127.0, 128.0, True),
-                                            (127.5, 127.5, False), (123.675, 58.395, False)])
-def test_the_levels_never_put_pixels_on_ties(mean, std, exact):
-    """The range the pixels quantize on with the least error: an integer mean puts every pixel on its own level (no
-    error at all); a mean of 127.5 would put every pixel of the extent's grid between two levels, and
-    round-half-even would merge them in pairs, so the range widens until they spread like any value (rms error
-    0.29 of a level instead of 0.5)."""
+FLOAT16_127_5 = 1 / float(np.float16(1 / 127.5))  # 127.50194: 1 / 127.5 stored as float16
+
+
+@pytest.mark.parametrize("mean,std,kind", [(0.0, 1.0, "exact"), (0.0, 255.0, "exact"), (127.0, 128.0, "exact"),
+                                           (123.675, 58.395, "shifted"), (FLOAT16_127_5, FLOAT16_127_5, "shifted"),
+                                           (127.5, 127.5, "spread")])
+def test_the_levels_are_an_affine_image_of_the_pixels(mean, std, kind):
+    """The range on which the pixels' levels are as nearly an affine image of the pixels as can be: an integer mean
+    puts every pixel on its own level (no error at all); a mean like ImageNet's, or MoveNet's x / 127.5 - 1 with
+    its float16 constant (inside the model), on a grid as fine as the pixels' shifted by a fraction of a level:
+    each pixel is the same fraction off, which is a brightness change, not noise. A mean of 127.5 with a std of
+    127.5 puts every pixel of such a grid exactly on a tie, and round-half-even would merge them in pairs: the range
+    widens until they spread (rms error 0.29 of a level, one pixel in 256 merged)."""
     from openrknn.quant.pixel_ranges import grid_range
     from openrknn.quant.schemes import get_scheme, qparams
 
@@ -129,11 +135,15 @@ def test_the_levels_never_put_pixels_on_ties(mean, std, exact):
     x = values / scale + zp
     levels = np.round(x)
     assert np.all((levels >= fmt.qmin) & (levels <= fmt.qmax))
-    rms = float(np.sqrt(np.mean((levels - x) ** 2)))
-    if exact:
+    off = levels - x
+    rms = float(np.sqrt(np.mean(off ** 2)))
+    assert np.count_nonzero(np.abs(x - np.floor(x) - 0.5) < 1e-3) < 8  # (almost) no pixel on a tie
+    if kind == "exact":
         assert rms < 1e-4 and len(np.unique(levels)) == 256
+    elif kind == "shifted":  # one level per pixel, each the same fraction of a level off
+        assert np.all(np.diff(levels) == 1)
+        assert np.ptp(off) < 0.02 and rms > 0.1
     else:
-        assert np.count_nonzero(np.abs(x - np.floor(x) - 0.5) < 1e-3) < 8  # (almost) no pixel on a tie
         assert rms < 0.3 and len(np.unique(levels)) >= 254
 
 

@@ -33,8 +33,8 @@ class Stats:
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
     samples: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
-    # the first points of image inputs: every value they take over the pixels 0..255 (pixel_ranges.py); minmax
-    # holds their extent too, and no clipping algorithm narrows it
+    # the first points of image inputs: every value they take over the pixels 0..255, [lines, 256]
+    # (pixel_ranges.py); minmax holds their extent too, and no clipping algorithm narrows it
     pixel_values: Dict[str, np.ndarray] = field(default_factory=dict)
 
 

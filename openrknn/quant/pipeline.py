@@ -242,8 +242,8 @@ def _cover_pixels(state: QuantState, data, names) -> None:
 
     values = pixel_point_values(state.info, state.plan, data, names) if names else {}
     for t, v in values.items():
-        seen = state.stats.minmax.get(t, (v[0], v[-1]))
-        state.stats.minmax[t] = (min(seen[0], float(v[0])), max(seen[1], float(v[-1])))
+        seen = state.stats.minmax.get(t, (v.min(), v.max()))
+        state.stats.minmax[t] = (min(seen[0], float(v.min())), max(seen[1], float(v.max())))
     state.stats.pixel_values = values
 
 
@@ -695,7 +695,7 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
         if gfmt is None:
             continue
         pixels = [stats.pixel_values[t] for t in members if t in stats.pixel_values]
-        if len(pixels) == 1:  # the levels that fit the pixels' own grid best (no pixel on a tie)
+        if len(pixels) == 1:  # the levels that fit the pixels' own grid best (pixel_ranges.grid_range)
             lo, hi = grid_range(pixels[0], lo, hi, gfmt)
         scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
         if gfmt.bits == 8 and not gfmt.pow2 and (gfmt.symmetric or zp == gfmt.qmin) and \

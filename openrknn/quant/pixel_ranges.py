@@ -8,11 +8,19 @@ into the first conv, or none given), the whole range also puts every pixel exact
 levels is scale 1, where a calibrated [0, 228] puts one pixel in 70 on a tie.
 
 The pre-processing is evaluated on an all-0 and an all-255 image: each of its steps is affine per element (a
-channel's mean and std, reorder, layout), so those two runs give every value the point can take.
-The range is then the one on which those values quantize with the least squared error, from their extent to one
-level wider: a mean of 127.5 with a std of 127.5 puts every pixel of the extent's grid exactly between two levels,
-and round-half-even resolves them to the even levels only (pixels merged in pairs, 7 bits of input); one level
-wider, all 255 levels are in use and no pixel is on a tie.
+channel's mean and std, reorder, layout), so those two runs give every value the point can take, as lines (one per
+distinct per-element map: a channel's mean and std) over the pixels 0..255.
+
+The range is then the one, from their extent to one level wider, on which each line's pixels land on levels that
+are an affine image of the pixels, as nearly as can be; the least squared error breaks ties. An error that is the
+same affine map for every pixel (all of a line's pixels half a level up, or 0.4% apart) is a brightness or contrast
+change of under half a pixel value, which the next layer's bias correction takes back; an error that differs from
+pixel to pixel is noise the network carries. So a mean of 127.5 with a std of 127.5 on the extent's grid, which
+puts every pixel exactly between two levels, is the worst (round-half-even merges them in pairs, 7 bits of input),
+and a grid whose levels are as far apart as the pixels, shifted by under half a level, is the best even though each
+pixel is nearly half a level off (MoveNet's x / 127.5 - 1 inside the model: the least squared error took the range
+one level wider, where one pixel in 256 merges with its neighbour and the rest drift across the levels, and lost
+0.003 of cosine over 29 images). A pixel within float error of a tie counts as rounding either way.
 
 Only inputs whose calibration samples are 8-bit pixels (integers in 0..255: image files, uint8 arrays) take it: a
 4-D float input calibrated on features or spectrograms keeps its calibrated range.
@@ -35,6 +43,7 @@ log = logging.getLogger("openrknn")
 
 CHECKED_SAMPLES = 4  # calibration samples looked at to tell pixels from other data
 MAX_LINES = 1024     # distinct per-element maps kept (a channel's mean and std make one each)
+TIE = 1e-3           # a pixel this close to a tie (in levels) may round either way in float32
 LAYOUT_OPS = {"Transpose", "Slice", "Gather", "Concat", "Reshape", "Split", "Squeeze", "Unsqueeze", "Identity",
               "Cast"}
 
@@ -56,8 +65,9 @@ def _is_pixels(x: np.ndarray) -> bool:
 
 def pixel_point_values(info: GraphInfo, plan: Plan, data: Iterable[Dict[str, np.ndarray]],
                        names: Sequence[str]) -> Dict[str, np.ndarray]:
-    """{point: its possible values, sorted} for the quantization points that leave the pre-processing of the pixel
-    inputs among ``names`` (graph inputs). Empty where nothing qualifies."""
+    """{point: its possible values, [lines, 256]: each line's value at pixels 0..255} for the quantization points
+    that leave the pre-processing of the pixel inputs among ``names`` (graph inputs). Empty where nothing
+    qualifies."""
     names = [n for n in names if n in info.inputs and info.is_float(n)]
     if not names:
         return {}
@@ -79,7 +89,7 @@ def pixel_point_values(info: GraphInfo, plan: Plan, data: Iterable[Dict[str, np.
     out = {t: v for t, v in zip(points, values) if v.size and np.isfinite(v).all()}
     if out:
         log.debug("image input points over pixels 0..255: %s",
-                  ", ".join(f"{t} [{v[0]:.4g}, {v[-1]:.4g}] ({v.size} values)" for t, v in out.items()))
+                  ", ".join(f"{t} [{v.min():.4g}, {v.max():.4g}] ({len(v)} lines)" for t, v in out.items()))
     return out
 
 
@@ -97,13 +107,14 @@ def _elementwise(node: onnx.NodeProto, info: GraphInfo, n_dynamic: int) -> bool:
 
 def _evaluate(info: GraphInfo, shapes: Dict[str, tuple], nodes: List[onnx.NodeProto],
               points: List[str]) -> List[np.ndarray]:
-    """Per point, the sorted distinct values it takes over all pixel values (``shapes``: the calibration samples').
-    Each step being affine per element, an element that reads b at pixel 0 and c at pixel 255 reads
-    b + (c - b) * p / 255 at pixel p: two runs, an all-0 and an all-255 image, give every element's line."""
+    """Per point, its distinct lines, [lines, 256]: the values an element takes over pixels 0..255 (``shapes``: the
+    calibration samples'). Each step being affine per element, an element that reads b at pixel 0 and c at pixel
+    255 reads b + (c - b) * p / 255 at pixel p: two runs, an all-0 and an all-255 image, give every element's
+    line."""
     names = list(shapes)
     pixels = np.arange(256, dtype=np.float64)
     if not nodes:  # the points are the inputs themselves
-        return [pixels.copy() for _ in points]
+        return [pixels[None].copy() for _ in points]
     from .calibrate import make_session
 
     used = {t for node in nodes for t in node.input if t}
@@ -119,21 +130,34 @@ def _evaluate(info: GraphInfo, shapes: Dict[str, tuple], nodes: List[onnx.NodePr
     for b, c in zip(dark, bright):
         # distinct (b, c) pairs as complex numbers: a 1-D unique, 20x faster than unique rows on 640x640 images
         lines = np.unique(np.ravel(b).astype(np.float64) + 1j * np.ravel(c).astype(np.float64))[:MAX_LINES]
-        out.append(np.unique(lines.real[:, None] + (lines.imag - lines.real)[:, None] * pixels / 255.0))
+        out.append(lines.real[:, None] + (lines.imag - lines.real)[:, None] * pixels / 255.0)
     return out
 
 
-def grid_range(values: np.ndarray, lo: float, hi: float, fmt) -> Tuple[float, float]:
-    """The range from [lo, hi] (which holds ``values``) to one level wider on which ``values`` quantize with the
-    least squared error (``fmt``: the point's TensorFormat)."""
+def grid_range(lines: np.ndarray, lo: float, hi: float, fmt) -> Tuple[float, float]:
+    """The range from [lo, hi] (which holds ``lines``, [lines, pixels] or one line) to one level wider on which
+    each line's pixels quantize most nearly as an affine image of them, then with the least squared error
+    (``fmt``: the point's TensorFormat)."""
     from .schemes import qparams
 
-    best, best_err = (lo, hi), np.inf
+    lines = np.atleast_2d(np.asarray(lines, np.float64))
+    best, best_key = (lo, hi), (np.inf, np.inf)
     for k in range(9):
         top = hi + k * (hi - lo) / fmt.levels / 8
         scale, zp = (float(v) for v in qparams(lo, top, fmt))
-        q = np.clip(np.round(values / scale) + zp, fmt.qmin, fmt.qmax)
-        err = float(np.mean(((q - zp) * scale - values) ** 2))
-        if err < best_err * (1 - 1e-9):
-            best, best_err = (lo, top), err
+        x = lines / scale  # in levels
+        key = max(_level_errors(x, zp, fmt, nudge) for nudge in (-TIE, 0.0, TIE))
+        if key[0] < best_key[0] - 1e-9 or (key[0] < best_key[0] + 1e-9 and key[1] < best_key[1] * (1 - 1e-9)):
+            best, best_key = (lo, top), key
     return best
+
+
+def _level_errors(x: np.ndarray, zp: float, fmt, nudge: float) -> Tuple[float, float]:
+    """(mean over lines of the squared error left after each line's best affine fit, mean squared error), in
+    levels, of rounding ``x`` (+ ``nudge``: a tie's either way) to the levels of zero point ``zp``."""
+    err = np.clip(np.round(x + nudge) + zp, fmt.qmin, fmt.qmax) - zp - x
+    xc = x - x.mean(axis=1, keepdims=True)
+    ec = err - err.mean(axis=1, keepdims=True)
+    denom = np.sum(xc * xc, axis=1, keepdims=True)
+    slope = np.divide(np.sum(xc * ec, axis=1, keepdims=True), denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(np.mean((ec - slope * xc) ** 2)), float(np.mean(err * err))
