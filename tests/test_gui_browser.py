@@ -130,6 +130,7 @@ def test_convert_end_to_end_in_chromium(page, tmp_path):
     assert "exported tiny_conv.rknn" in log_text and "build done" in log_text
     assert page.inner_text("#result-name") == "tiny_conv.rknn"
     assert "[1, 32, 32, 3] uint8 NHWC" in page.inner_text("#result-inputs")
+    assert page.inner_text("#result-inputs tbody td:nth-child(4)") == "float"  # nothing quantized
 
     with page.expect_download() as download:
         page.click("#download-link")
@@ -211,6 +212,9 @@ def test_quantized_build_with_uploaded_calibration_and_layer_accuracy(page, tmp_
     page.wait_for_selector("#progress-text:text-matches('^Done')")
     assert "asymmetric_quantized-u8 · kl_divergence · per-layer" in page.inner_text("#result-meta")
     assert "calibration: 4 file(s)" in page.inner_text("#build-log")
+    # std 255 folds into the conv: the pixels themselves (in NCHW) are the first point, each on its own level
+    assert page.inner_text("#result-inputs tbody td:nth-child(4)").endswith(
+        ": uint8, scale 1, zero point 0; levels span [0, 255]")
     page.wait_for_selector("#layers-table tr[data-name='conv'] .prec.quant")
     assert page.inner_text("#layers-table tr[data-name='relu'] .prec") == "uint8"
     assert page.is_disabled("#accuracy-btn")  # measured on an inference image: none yet

@@ -549,6 +549,14 @@ function clearResult() {
 
 function kv(k, v) { return h("div", { class: "kv" }, h("div", { class: "k", text: k }), h("div", { class: "v" }, v)); }
 
+// the tensor an input is first quantized at and the values its levels span (what `openrknn info` prints): an image
+// input's covers every pixel 0..255, whatever the calibration images held
+function firstPoint(p, quantized) {
+  if (!p) return quantized ? "—" : "float";
+  return `${p.tensor}: ${p.dtype}, scale ${fmtNum(p.scale, 6)}, zero point ${p.zero_point}; ` +
+    `levels span [${fmtNum(p.range[0], 4)}, ${fmtNum(p.range[1], 4)}]`;
+}
+
 function renderResult(r) {
   if (!r || !r.summary) return;
   const s = r.summary;
@@ -577,7 +585,7 @@ function renderResult(r) {
     if (i.mean) pre.push(`mean ${fmtList(i.mean)}`);
     if (i.std) pre.push(`std ${fmtList(i.std)}`);
     return h("tr", {}, td(i.name, "mono"), td(`${fmtShape(i.shape)} ${i.dtype || ""} ${(i.layout || "").toUpperCase()}`, "mono"),
-      td(pre.join(" · ") || "none", "mono"));
+      td(pre.join(" · ") || "none", "mono"), td(firstPoint(i.first_point, q), "mono"));
   }));
   fillTable($("#result-outputs"), (s.outputs || []).map((o) =>
     h("tr", {}, td(o.name, "mono"), td(fmtShape(o.shape), "mono"), td(o.dtype, "mono"))));
