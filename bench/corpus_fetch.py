@@ -48,7 +48,8 @@ HALF = [127.5, 127.5, 127.5]
 #   mean, std   per model channel, 0..255 scale
 #   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table | saliency
 #   outputs     (optional) tensors to cut the shipped model at: the part a user deploys to the NPU, when the file
-#               ends in CPU post-processing (top-k selection) that a per-output cosine cannot compare
+#               ends in post-processing that a per-output cosine cannot compare (a top-k selection; an ArgMax,
+#               whose class indices are compared as numbers by a cosine: 0.87 for one wrong character in 30)
 MANIFEST: List[Dict] = [
     # --- OCR: PaddleOCR exports (paddle2onnx), dynamic H/W, DB detector heads with ConvTranspose + sigmoid map ---
     dict(name="ppocr_v3_det", source="pypi:rapidocr-onnxruntime==1.2.3",
@@ -110,7 +111,7 @@ MANIFEST: List[Dict] = [
     dict(name="ddddocr_rec", source="pypi:ddddocr==1.4.11", member="ddddocr/common.onnx",
          sha256="90e432635bfb100ac6b856220a10b186053264cc307dd049d58e8ea2643cb6e9",
          shape=[1, 1, 64, 256], layout="nchw", images=["text"], fit="strip", color="gray",
-         mean=[127.5], std=[127.5], kind="ocr-rec"),
+         mean=[127.5], std=[127.5], kind="ocr-rec", outputs=["387"]),  # the logits its ArgMax reads
     dict(name="captcha_crnn", source="pypi:captcha-whisperer==0.1.0",
          member="captcha_whisperer/models/captcha_crnn.onnx",
          sha256="7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b",
@@ -281,7 +282,8 @@ def _cut(src: Path, out: Path, outputs: List[str]) -> None:
     m = onnx.load(str(src))
     inits = {i.name for i in m.graph.initializer}
     inputs = [i.name for i in m.graph.input if i.name not in inits]
-    cut = onnx.utils.Extractor(m).extract_model(inputs, outputs)
+    # the extractor types the new outputs from value_info: a shipped file may carry none for them
+    cut = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(m)).extract_model(inputs, outputs)
     tmp = out.with_suffix(".tmp")
     onnx.save(cut, str(tmp))
     tmp.replace(out)
