@@ -49,7 +49,7 @@ HALF = [127.5, 127.5, 127.5]
 #   kind        classifier | detector | ocr-det | ocr-rec | ocr-cls | layout | face | audio | table | saliency
 #   outputs     (optional) tensors to cut the shipped model at: the part a user deploys to the NPU, when the file
 #               ends in post-processing that a per-output cosine cannot compare (a top-k selection; an ArgMax,
-#               whose class indices are compared as numbers by a cosine: 0.87 for one wrong character in 30)
+#               whose class indices a cosine compares as numbers: a character read as its neighbour scores 1.0)
 MANIFEST: List[Dict] = [
     # --- OCR: PaddleOCR exports (paddle2onnx), dynamic H/W, DB detector heads with ConvTranspose + sigmoid map ---
     dict(name="ppocr_v3_det", source="pypi:rapidocr-onnxruntime==1.2.3",
