@@ -11,16 +11,16 @@ The pre-processing is evaluated on an all-0 and an all-255 image: each of its st
 channel's mean and std, reorder, layout), so those two runs give every value the point can take, as lines (one per
 distinct per-element map: a channel's mean and std) over the pixels 0..255.
 
-The range is then the one, from their extent to one level wider, on which each line's pixels land on levels that
-are an affine image of the pixels, as nearly as can be; the least squared error breaks ties. An error that is the
-same affine map for every pixel (all of a line's pixels half a level up, or 0.4% apart) is a brightness or contrast
-change of under half a pixel value, which the next layer's bias correction takes back; an error that differs from
-pixel to pixel is noise the network carries. So a mean of 127.5 with a std of 127.5 on the extent's grid, which
-puts every pixel exactly between two levels, is the worst (round-half-even merges them in pairs, 7 bits of input),
-and a grid whose levels are as far apart as the pixels, shifted by under half a level, is the best even though each
-pixel is nearly half a level off (MoveNet's x / 127.5 - 1 inside the model: the least squared error took the range
-one level wider, where one pixel in 256 merges with its neighbour and the rest drift across the levels, and lost
-0.003 of cosine over 29 images). A pixel within float error of a tie counts as rounding either way.
+The range is then the one, from their extent to one level wider, on which each line's pixels land on levels that are
+an affine image of the pixels, as nearly as can be (within 5%); the least squared error breaks ties. An error that
+is the same affine map for every pixel (all of a line's pixels half a level up, or 0.4% apart) is a brightness or
+contrast change of under half a pixel value, which the next layer's bias correction takes back; an error that
+differs from pixel to pixel is noise the network carries. So a mean of 127.5 with a std of 127.5 on the extent's
+grid, which puts every pixel exactly between two levels, is the worst (round-half-even merges them in pairs, 7 bits
+of input), and a grid whose levels are as far apart as the pixels, shifted by under half a level, is the best even
+though each pixel is nearly half a level off (MoveNet's x / 127.5 - 1 inside the model: the least squared error took
+the range one level wider, where one pixel in 256 merges with its neighbour and the rest drift across the levels,
+and lost 0.003 of cosine over 29 images). A pixel within float error of a tie counts as rounding either way.
 
 Only inputs whose calibration samples are 8-bit pixels (integers in 0..255: image files, uint8 arrays) take it: a
 4-D float input calibrated on features or spectrograms keeps its calibrated range.
@@ -44,6 +44,7 @@ log = logging.getLogger("openrknn")
 CHECKED_SAMPLES = 4  # calibration samples looked at to tell pixels from other data
 MAX_LINES = 1024     # distinct per-element maps kept (a channel's mean and std make one each)
 TIE = 1e-3           # a pixel this close to a tie (in levels) may round either way in float32
+SAME_RESIDUAL = 0.05  # residuals within 5% of the least are equally good grids
 LAYOUT_OPS = {"Transpose", "Slice", "Gather", "Concat", "Reshape", "Split", "Squeeze", "Unsqueeze", "Identity",
               "Cast"}
 
@@ -141,15 +142,18 @@ def grid_range(lines: np.ndarray, lo: float, hi: float, fmt) -> Tuple[float, flo
     from .schemes import qparams
 
     lines = np.atleast_2d(np.asarray(lines, np.float64))
-    best, best_key = (lo, hi), (np.inf, np.inf)
-    for k in range(9):
-        top = hi + k * (hi - lo) / fmt.levels / 8
+    tops = [hi + k * (hi - lo) / fmt.levels / 8 for k in range(9)]
+    keys = []
+    for top in tops:
         scale, zp = (float(v) for v in qparams(lo, top, fmt))
         x = lines / scale  # in levels
-        key = max(_level_errors(x, zp, fmt, nudge) for nudge in (-TIE, 0.0, TIE))
-        if key[0] < best_key[0] - 1e-9 or (key[0] < best_key[0] + 1e-9 and key[1] < best_key[1] * (1 - 1e-9)):
-            best, best_key = (lo, top), key
-    return best
+        worst = max(_level_errors(x, zp, fmt, nudge) for nudge in (-TIE, 0.0, TIE))
+        keys.append(tuple(e * scale * scale for e in worst))  # in the values' units: a wider grid's levels are coarser
+    # residuals this close are the same grid quality (ImageNet's three channels: 0.083 on every candidate, where the
+    # pixels outnumber the levels); the least squared error decides among them
+    floor = min(k[0] for k in keys) * (1 + SAME_RESIDUAL) + 1e-6
+    best = min((k[1], i) for i, k in enumerate(keys) if k[0] <= floor)[1]
+    return lo, tops[best]
 
 
 def _level_errors(x: np.ndarray, zp: float, fmt, nudge: float) -> Tuple[float, float]:
