@@ -116,6 +116,7 @@ FLOAT16_127_5 = 1 / float(np.float16(1 / 127.5))  # 127.50194: 1 / 127.5 stored 
 
 @pytest.mark.parametrize("mean,std,kind", [(0.0, 1.0, "exact"), (0.0, 255.0, "exact"), (127.0, 128.0, "exact"),
                                            (123.675, 58.395, "shifted"), (FLOAT16_127_5, FLOAT16_127_5, "shifted"),
+                                           (FLOAT16_127_5, FLOAT16_127_5 * 1000, "shifted"),  # values near 1e-3
                                            (127.5, 127.5, "spread")])
 def test_the_levels_are_an_affine_image_of_the_pixels(mean, std, kind):
     """The range on which the pixels' levels are as nearly an affine image of the pixels as can be: an integer mean

@@ -143,12 +143,13 @@ def grid_range(lines: np.ndarray, lo: float, hi: float, fmt) -> Tuple[float, flo
 
     lines = np.atleast_2d(np.asarray(lines, np.float64))
     tops = [hi + k * (hi - lo) / fmt.levels / 8 for k in range(9)]
-    keys = []
+    keys, unit = [], None
     for top in tops:
         scale, zp = (float(v) for v in qparams(lo, top, fmt))
+        unit = unit or scale  # errors in levels of the extent's grid: a wider grid's levels are coarser
         x = lines / scale  # in levels
         worst = max(_level_errors(x, zp, fmt, nudge) for nudge in (-TIE, 0.0, TIE))
-        keys.append(tuple(e * scale * scale for e in worst))  # in the values' units: a wider grid's levels are coarser
+        keys.append(tuple(e * (scale / unit) ** 2 for e in worst))
     # residuals this close are the same grid quality (ImageNet's three channels: 0.083 on every candidate, where the
     # pixels outnumber the levels); the least squared error decides among them
     floor = min(k[0] for k in keys) * (1 + SAME_RESIDUAL) + 1e-6
