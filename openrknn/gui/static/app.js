@@ -77,9 +77,9 @@ function fmtBytes(n) {
   return `${(n / 1e9).toFixed(2)} GB`;
 }
 
-// Long identifiers (asymmetric_quantized-u8) may wrap only after '_' or '-', never mid-word.
-function breakable(text) {
-  const parts = String(text).split(/(?<=[_\-])/);
+// Long identifiers (asymmetric_quantized-u8) may wrap only after '_' or '-' (or the given split), never mid-word.
+function breakable(text, after = /(?<=[_\-])/) {
+  const parts = String(text).split(after);
   const out = [];
   parts.forEach((p, i) => { if (i) out.push(h("wbr")); out.push(p); });
   return out;
@@ -585,7 +585,8 @@ function renderResult(r) {
     if (i.mean) pre.push(`mean ${fmtList(i.mean)}`);
     if (i.std) pre.push(`std ${fmtList(i.std)}`);
     return h("tr", {}, td(i.name, "mono"), td(`${fmtShape(i.shape)} ${i.dtype || ""} ${(i.layout || "").toUpperCase()}`, "mono"),
-      td(pre.join(" · ") || "none", "mono"), td(firstPoint(i.first_point, q), "mono"));
+      td(pre.join(" · ") || "none", "mono"),
+      h("td", { class: "mono" }, ...breakable(firstPoint(i.first_point, q), /(?<=[_\-\/])/)));  // a path-like tensor name
   }));
   fillTable($("#result-outputs"), (s.outputs || []).map((o) =>
     h("tr", {}, td(o.name, "mono"), td(fmtShape(o.shape), "mono"), td(o.dtype, "mono"))));
