@@ -36,6 +36,7 @@ class Stats:
     # the first points of image inputs: every value they take over the pixels 0..255, [lines, 256]
     # (pixel_ranges.py); minmax holds their extent too, and no clipping algorithm narrows it
     pixel_values: Dict[str, np.ndarray] = field(default_factory=dict)
+    pixel_grids: Dict[tuple, Tuple[float, float]] = field(default_factory=dict)  # grid_range's answers
 
 
 _IDLE_CACHE: List[float] = []  # [time measured, idle cores]

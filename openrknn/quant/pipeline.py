@@ -694,9 +694,12 @@ def activation_params(info: GraphInfo, plan: Plan, stats: Stats, scheme: Scheme,
             gfmt = _override_format("activation", max(asked, key=("uint8", "int8", "int16", "float").index), fmt)
         if gfmt is None:
             continue
-        pixels = [stats.pixel_values[t] for t in members if t in stats.pixel_values]
+        pixels = [t for t in members if t in stats.pixel_values]
         if len(pixels) == 1:  # the levels that fit the pixels' own grid best (pixel_ranges.grid_range)
-            lo, hi = grid_range(pixels[0], lo, hi, gfmt)
+            key = (pixels[0], lo, hi, gfmt)  # the same for every candidate set: computed once per build
+            if key not in stats.pixel_grids:
+                stats.pixel_grids[key] = grid_range(stats.pixel_values[pixels[0]], lo, hi, gfmt)
+            lo, hi = stats.pixel_grids[key]
         scale, zp = qparams(np.float64(lo), np.float64(hi), gfmt)
         if gfmt.bits == 8 and not gfmt.pow2 and (gfmt.symmetric or zp == gfmt.qmin) and \
                 any(info.producer.get(t) is not None and info.nodes[info.producer[t]].op_type == "Softmax"

@@ -143,10 +143,10 @@ def grid_range(lines: np.ndarray, lo: float, hi: float, fmt) -> Tuple[float, flo
 
     lines = np.atleast_2d(np.asarray(lines, np.float64))
     tops = [hi + k * (hi - lo) / fmt.levels / 8 for k in range(9)]
-    keys, unit = [], None
+    unit = float(qparams(lo, hi, fmt)[0])  # errors in levels of the extent's grid: a wider grid's levels are coarser
+    keys = []
     for top in tops:
         scale, zp = (float(v) for v in qparams(lo, top, fmt))
-        unit = unit or scale  # errors in levels of the extent's grid: a wider grid's levels are coarser
         x = lines / scale  # in levels
         worst = max(_level_errors(x, zp, fmt, nudge) for nudge in (-TIE, 0.0, TIE))
         keys.append(tuple(e * (scale / unit) ** 2 for e in worst))
