@@ -196,10 +196,8 @@ def accuracy_analysis(pkg: RknnPackage, inputs, output_dir: str) -> dict:
 def _one_sample(inputs, pkg: RknnPackage) -> list:
     """accuracy_analysis(inputs=...) takes, as the vendor, one entry per model input: an image path, a .npy path or
     an array. Images are decoded like the calibration images (RGB unless built with quant_img_RGB2BGR)."""
-    import cv2
-
     from ..errors import InferenceInputError
-    from ..quant.dataset import nhwc_from_nchw
+    from ..quant.dataset import nhwc_from_nchw, read_image, resize_image
     from ..runtime.shape_sets import image_sizes
 
     if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
@@ -220,13 +218,17 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
                     log.info("accuracy_analysis: '%s' holds an NCHW %s array; read as such", path, list(arr.shape))
                 samples.append(arr if nhwc is None else nhwc)
                 continue
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            shape = meta["shape"]
+            try:
+                img = read_image(path, shape[3] if len(shape) == 4 else 0, rgb2bgr)  # as the calibration images
+            except ValueError as e:
+                raise InferenceInputError(f"accuracy_analysis: input '{meta['name']}': {e}") from None
             if img is None:
                 raise InferenceInputError(f"accuracy_analysis: '{path}' is not a readable image")
-            h, w = meta["shape"][1:3]
+            h, w = shape[1:3]
             if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in image_sizes(pkg.metadata, j):
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-            samples.append(img if rgb2bgr else img[:, :, ::-1].copy())  # decoded like the calibration images
+                img = resize_image(img, h, w)
+            samples.append(img)
         else:
             samples.append(item)
     return samples

@@ -30,28 +30,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_image(path: Path, size_hw, bgr: bool, resize: str, sizes=()) -> np.ndarray:
-    """sizes: the other (h, w) the input takes (a dynamic_input model's shape sets): an image of one of them is fed
-    as it is; any other is resized to size_hw."""
-    import cv2
-
+def _read_image(path: Path, shape, bgr: bool, resize: str, sizes=()) -> np.ndarray:
+    """The image at ``path`` as an input of NHWC ``shape`` takes it (gray, RGB or RGBA by its channels, decoded as
+    the calibration images are). sizes: the other (h, w) the input takes (a dynamic_input model's shape sets): an
+    image of one of them is fed as it is; any other is resized to the shape's."""
     from ..errors import InferenceInputError
+    from ..quant.dataset import read_image, resize_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        img = read_image(path, shape[3], bgr)
+    except ValueError as e:
+        raise InferenceInputError(f"'{path}': {e}") from None
     if img is None:
         raise InferenceInputError(f"'{path}' could not be decoded as an image (missing, empty or corrupt)")
-    h, w = size_hw
+    h, w = shape[1:3]
     if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in sizes:
         if resize == "none":
             raise InferenceInputError(f"'{path}' is {img.shape[1]}x{img.shape[0]} but the model takes {w}x{h}; use "
                                       "--resize stretch or letterbox")
         if resize == "stretch":
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            img = resize_image(img, h, w)
         else:
             from ..vision.letterbox import letterbox
 
             img, _ = letterbox(img, (w, h))
-    return img if bgr else img[:, :, ::-1].copy()
+            img = img.reshape(h, w, shape[3])
+    return img
 
 
 def _load_sample(spec: str, metadata: dict, bgr: bool, resize: str) -> List[np.ndarray]:
@@ -72,7 +76,7 @@ def _load_sample(spec: str, metadata: dict, bgr: bool, resize: str) -> List[np.n
         if p.suffix.lower() == ".npy":
             arrays.append(np.load(p, allow_pickle=False))
         elif p.suffix.lower() in IMAGE_SUFFIXES and meta["layout"] == "nhwc":
-            arrays.append(_read_image(p, meta["shape"][1:3], bgr, resize, sizes))
+            arrays.append(_read_image(p, meta["shape"], bgr, resize, sizes))
         elif meta["layout"] != "nhwc":
             raise InferenceInputError(f"'{p}': input '{meta['name']}' is not an image (shape {list(meta['shape'])}, "
                                       f"{meta.get('dtype', 'float32')}); give a .npy file holding that array")
@@ -119,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec[-40:]:40s} {ms:8.2f}  " + ", ".join(f"{list(o.shape)} {o.dtype}" for o in outs))
     print(f"{len(samples)} sample(s) in {wall:.2f} s on {sim.workers if len(samples) > 1 else 1} core(s): "
           f"{len(samples) / wall:.1f} samples/s")
-    order = f"channel order fed: {'BGR' if bgr else 'RGB'}; " if any(m["layout"] == "nhwc" for m in metas) else ""
+    colour = [m for m in metas if m["layout"] == "nhwc" and len(m["shape"]) == 4 and m["shape"][3] != 1]
+    gray = any(m["layout"] == "nhwc" and len(m["shape"]) == 4 and m["shape"][3] == 1 for m in metas)
+    order = f"channel order fed: {'BGR' if bgr else 'RGB'}; " if colour else "images fed gray; " if gray else ""
     print(f"{order}outputs saved in {out_dir}/")
     reorders = [m["preprocess"]["reorder_channel"] for m in metas if m.get("preprocess")]
     if not (args.rgb or args.bgr) and any(r and r != sorted(r) for r in reorders):

@@ -133,30 +133,57 @@ class CalibrationData:
         return arr
 
     def _load_image(self, path: Path, spec: InputSpec, where: str) -> np.ndarray:
-        import cv2
-
         if not spec.is_image:
             raise DatasetError(f"{where}: input {spec.name!r} has shape {list(spec.shape)}, which is not an NHWC "
                                f"image [1,H,W,C]; list a .npy file with that shape instead of {path.name!r}")
         _, h, w, c = spec.shape
-        flag = cv2.IMREAD_GRAYSCALE if c == 1 else (cv2.IMREAD_UNCHANGED if c == 4 else cv2.IMREAD_COLOR)
-        img = cv2.imread(str(path), flag)
+        try:
+            img = read_image(path, c, self.rgb2bgr)
+        except ValueError as e:
+            raise DatasetError(f"{where}: input {spec.name!r}: {e}") from None
         self._images += 1
         if img is None:
             raise DatasetError(f"{where}: cannot decode image {str(path)!r} (not an image OpenCV can read, or "
                                "damaged); replace it or remove the line")
-        if c == 4 and (img.ndim != 3 or img.shape[2] != 4):
-            raise DatasetError(f"{where}: input {spec.name!r} expects 4 channels but {path.name!r} has "
-                               f"{1 if img.ndim == 2 else img.shape[2]}; use a 4-channel PNG or a .npy file")
         if img.shape[:2] != (h, w):
             size = (img.shape[1], img.shape[0])
             self._resized[size] = self._resized.get(size, 0) + 1
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        if c == 3 and not self.rgb2bgr:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif c == 4 and not self.rgb2bgr:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+            img = resize_image(img, h, w)
         return np.ascontiguousarray(img.reshape(1, h, w, c), dtype=np.float32)
+
+
+def read_image(path: Union[str, Path], channels: int, rgb2bgr: bool = False) -> Optional[np.ndarray]:
+    """An image file as an image input of ``channels`` channels takes it, [H, W, C] uint8: gray for 1 channel, RGB
+    for 3 and RGBA for 4 (OpenCV's BGR / BGRA order with ``rgb2bgr``, Toolkit2's quant_img_RGB2BGR). Calibration,
+    inference from files, accuracy analysis and the TFLite validation all decode through here, so a model sees the
+    same pixels in each. None when OpenCV cannot decode the file; ValueError for an input no image file fits."""
+    import cv2
+
+    if channels not in (1, 3, 4):
+        raise ValueError(f"an image file has 1, 3 or 4 channels but the input takes {channels}; give a .npy file "
+                         "holding the array instead")
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else (cv2.IMREAD_UNCHANGED if channels == 4 else cv2.IMREAD_COLOR)
+    img = cv2.imread(os.fspath(path), flag)
+    if img is None:
+        return None
+    if channels == 4 and (img.ndim != 3 or img.shape[2] != 4):
+        raise ValueError(f"the input takes 4 channels but {Path(path).name!r} has "
+                         f"{1 if img.ndim == 2 else img.shape[2]}; use a 4-channel PNG or a .npy file")
+    if img.dtype != np.uint8:  # a 16-bit PNG read unchanged: its 8 high bits, as IMREAD_COLOR / GRAYSCALE give
+        img = (img >> 8).astype(np.uint8)
+    if channels == 3 and not rgb2bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif channels == 4 and not rgb2bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return img.reshape(img.shape[0], img.shape[1], channels)
+
+
+def resize_image(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``img`` ([H, W, C]) stretched to h x w with cv2.INTER_LINEAR, keeping its channel dim (OpenCV drops a single
+    one)."""
+    import cv2
+
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, img.shape[2])
 
 
 def nhwc_from_nchw(arr: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:

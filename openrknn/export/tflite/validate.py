@@ -13,7 +13,7 @@ from ...package import RknnPackage
 
 def load_inputs(paths: Sequence[str], pkg: RknnPackage) -> List[List[np.ndarray]]:
     """One sample per path (single-input models): images decoded like the calibration images, or .npy arrays."""
-    import cv2
+    from ...quant.dataset import read_image, resize_image
 
     metas = pkg.metadata["inputs"]
     if len(metas) != 1:
@@ -27,13 +27,17 @@ def load_inputs(paths: Sequence[str], pkg: RknnPackage) -> List[List[np.ndarray]
         if path.endswith(".npy"):
             samples.append([np.load(path, allow_pickle=False)])
             continue
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        shape = meta["shape"]
+        try:
+            img = read_image(path, shape[3] if len(shape) == 4 else 0, rgb2bgr)  # as the calibration images
+        except ValueError as e:
+            raise InferenceInputError(f"--validate: input '{meta['name']}': {e}") from None
         if img is None:
             raise InferenceInputError(f"--validate: '{path}' is not a readable image or .npy file")
-        h, w = meta["shape"][1:3]
+        h, w = shape[1:3]
         if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        samples.append([img if rgb2bgr else np.ascontiguousarray(img[:, :, ::-1])])
+            img = resize_image(img, h, w)
+        samples.append([img])
     return samples
 
 
