@@ -48,14 +48,42 @@ class QuantConst:
         return ((self.q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
 
 
+def _infer_shapes(model: onnx.ModelProto, rounds: int = 16) -> onnx.ModelProto:
+    """ONNX shape inference, carried across the Q/DQ pairs of 16-bit points (a peak map, a user's int16 layer),
+    which the simulator writes in onnxruntime's com.microsoft domain: onnx has no schema there and stops at them.
+    Each round gives their outputs their inputs' shapes and infers again. Shape inference is a help, never a
+    requirement: ops fall back to runtime shapes."""
+    for _ in range(rounds):
+        try:
+            inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:
+            return model
+        g = inferred.graph
+        inits = {t.name: t for t in g.initializer}
+        known = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)}
+        added = []
+        for n in g.node:
+            if n.domain != "com.microsoft" or n.op_type not in Q_OPS + DQ_OPS or n.input[0] not in known or \
+                    n.output[0] in known or not known[n.input[0]].type.tensor_type.HasField("shape"):
+                continue
+            typed = inits.get(n.input[2]) if n.op_type in Q_OPS and len(n.input) > 2 else inits.get(n.input[1])
+            if typed is None:
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else None
+                    for d in known[n.input[0]].type.tensor_type.shape.dim]
+            added.append(onnx.helper.make_tensor_value_info(n.output[0], typed.data_type, dims))
+        if not added:
+            return inferred
+        g.value_info.extend(added)
+        model = inferred
+    return model
+
+
 class QdqGraph:
     """Nodes, constants, quantization points and shapes of a QDQ model."""
 
     def __init__(self, model: onnx.ModelProto):
-        try:
-            inferred = shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:  # shape inference is a help, never a requirement; ops fall back to runtime shapes
-            inferred = model
+        inferred = _infer_shapes(model)
         g = inferred.graph
         self.model = inferred
         self.nodes: List[onnx.NodeProto] = list(g.node)

@@ -25,6 +25,23 @@ for _op in UNARY:
     register(_op, float=_unary)
 
 
+def _atan(ctx, node) -> str:
+    """Atan, which TFLite has only as ATAN2 (tf2onnx writes atan2 as Atan of y / x and sign corrections): ATAN2 of x
+    and ones FILLed at x's shape, since ATAN2 takes two inputs of one shape."""
+    layer = layer_name(node)
+    v = ctx.value(node.input[0])
+    x = ctx.f_of(node.input[0], layer)
+    name = node.output[0]
+    dims = ctx.m.add_const(ctx._tname(f"{name}/dims"), np.asarray(x.shape, np.int32))
+    one = ctx.m.add_const(ctx._tname(f"{name}/one"), np.asarray(1.0, np.float32))
+    ones = ctx.float_op("FILL", [dims, one], x.shape, f"{name}/ones", layer)
+    ctx.m.add_op("ATAN2", [x, ones], [ctx.out_f(node.output[0], v.nhwc)], layer=layer)
+    return "ATAN2(x, 1)"
+
+
+register("Atan", float=_atan)
+
+
 # Abramowitz & Stegun 7.1.26: erf(|x|) = 1 - t (a1 + t (a2 + ... + t a5)) exp(-x^2), t = 1 / (1 + p |x|); its largest
 # error is 1.5e-7, far under the int8 steps around it
 _ERF_P = 0.3275911
