@@ -92,3 +92,31 @@ def test_a_layer_norm_of_rows_with_a_large_mean_survives_int8(style, tmp_path):
         a, b = ref.run(None, {"x": x})[0].ravel(), np.asarray(rk.inference(inputs=[x])[0]).ravel()
         cos.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
     assert np.mean(cos) > 0.995, cos  # step by step: jax2tf 0.953 (torch's centred form: 0.998 either way)
+
+
+def _gelu_tanh(x: str) -> list:
+    """GELU's tanh form as tf2onnx writes a Keras GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    return [n("Mul", ["half", x], ["gh"]), n("Pow", [x, "three"], ["g3"]), n("Mul", ["g3", "k1"], ["gk"]),
+            n("Add", [x, "gk"], ["ga"]), n("Mul", ["ga", "k2"], ["gs"]), n("Tanh", ["gs"], ["gt"]),
+            n("Add", ["one", "gt"], ["g1"]), n("Mul", ["gh", "g1"], ["act"])]
+
+
+def test_a_layer_norm_before_a_spelled_out_gelu_is_still_one_step():
+    """The largest closed region from x runs on through the GELU after it, whose own fused step claims its output;
+    the LayerNorm must stop at the GELU's input rather than be dropped (LEADER's 24 norms were quantized step by
+    step: its stem's cosine 0.94 in that one layer)."""
+    m = model("torch")
+    g = m.graph
+    nodes = [nd for nd in g.node if nd.op_type != "MatMul" or nd.output[0] != "y"]
+    nodes += _gelu_tanh("z") + [n("MatMul", ["act", "w2"], ["y"])]
+    del g.node[:]
+    g.node.extend(nodes)
+    for k, v in {"half": 0.5, "three": 3.0, "k1": 0.044715, "k2": 0.7978845608, "one": 1.0}.items():
+        g.initializer.append(numpy_helper.from_array(np.array(v, np.float32), k))
+    info = GraphInfo(normalize(m))
+    plan = build_plan(info)
+    ln_inner = {"mu", "d", "d2", "var", "ve", "sd", "nrm", "g"}
+    assert plan.fused.get("act") == "GeluTanh"
+    assert "z" in plan.points and "act" in plan.points
+    assert not ln_inner & set(plan.points), sorted(ln_inner & set(plan.points))
+    assert not {"gh", "g3", "gt", "g1"} & set(plan.points)

@@ -49,20 +49,23 @@ def _root(node: onnx.NodeProto, const: Callable[[str], Optional[np.ndarray]]) ->
 
 
 def find_norm_regions(nodes: Sequence[onnx.NodeProto], dynamic: Set[str], keep: Set[str],
-                      const: Callable[[str], Optional[np.ndarray]]) -> List[NormRegion]:
+                      const: Callable[[str], Optional[np.ndarray]], claimed: Set[str] = frozenset()
+                      ) -> List[NormRegion]:
     """Normalisation regions, each the largest closed one from its x. ``dynamic``: tensors that depend on the
     input data; ``keep``: tensors that must stay visible (graph outputs, what sub-graphs read); ``const``: a
-    constant's value by name (None for other tensors). Regions do not overlap."""
+    constant's value by name (None for other tensors); ``claimed``: tensors other fused steps compute (a
+    spelled-out GELU after a LayerNorm, which the largest region would swallow): a region neither ends at nor
+    hides one. Regions do not overlap."""
     def grow(x: str, consumers, taken) -> Optional[NormRegion]:
         if x not in dynamic or len(consumers.get(x, [])) < 2:  # x is read by the statistics and by the centring
             return None
-        return _largest(x, nodes, dynamic, consumers, keep, taken, const)
+        return _largest(x, nodes, dynamic, consumers, keep, taken, const, claimed)
 
     return scan_regions(nodes, grow)
 
 
 def _largest(x: str, nodes, dynamic: Set[str], consumers, keep: Set[str], taken: Set[int],
-             const) -> Optional[NormRegion]:
+             const, claimed: Set[str] = frozenset()) -> Optional[NormRegion]:
     region: List[int] = []
     made = {x}
     while len(region) < MAX_NODES:
@@ -86,7 +89,8 @@ def _largest(x: str, nodes, dynamic: Set[str], consumers, keep: Set[str], taken:
                 part.add(k)
                 todo += [producer[t] for t in nodes[k].input if t in producer]
         inner = {nodes[k].output[0] for k in part} - {z}
-        closed = not any(t in keep or any(c not in part for c in consumers.get(t, [])) for t in inner)
+        closed = z not in claimed and not any(t in keep or t in claimed or any(c not in part for c in
+                                                                              consumers.get(t, [])) for t in inner)
         ops = [nodes[k] for k in part]
         if closed and any(n.op_type in REDUCE for n in ops) and any(_root(n, const) for n in ops) \
                 and (best is None or len(part) > len(best.nodes)):

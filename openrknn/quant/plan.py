@@ -545,7 +545,7 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
         region_of[r.x] = r
 
     # spelled-out normalisations (LayerNorm, RMSNorm): one step from x to z, as the NPU runs them
-    for r in find_norm_regions(info.nodes, dyn, keep, info.const):
+    for r in find_norm_regions(info.nodes, dyn, keep, info.const, claimed=internal | set(fused)):
         if r.z not in fused and not any(t in internal for t in r.inner):
             internal.update(r.inner)
 
