@@ -48,6 +48,12 @@ TAIL_OPS = {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze",
 # Decode steps a float tail extends back through (_decodes; with a sigmoid no layer feeds and a softmax's constant
 # 1x1 projection of at most MAX_DECODE_WEIGHTS weights).
 DECODE_OPS = TAIL_OPS | {"Slice", "Split", "Add", "Sub", "Mul", "Div", "Softmax", "Exp"}
+# ... and the host's own steps after a head: an angle from two maps (tf2onnx writes atan2 as Atan of y / x with sign
+# corrections), a peak test (map == MaxPool(map), the mask cast to float and multiplied in). The chip runs none of
+# these comparisons, signs and trigonometry; on int8 they would round y / x to a few levels of its range (LEADER's
+# minutia directions 35 degrees off). A max of int8 values is the same in float.
+HOST_DECODE_OPS = {"Atan", "Sign", "Neg", "Abs", "Cast", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
+                   "Not", "And", "Or", "Where", "MaxPool"}
 MAX_DECODE_WEIGHTS = 64
 # A detector exported with its NMS inside (YOLOX "with post": the decode written into the head's output with
 # ScatterND, scores multiplied, boxes converted, NonMaxSuppression, the kept rows gathered): every step after the
@@ -303,7 +309,7 @@ def _decodes(info: GraphInfo, i: int, layer_outputs: Set[str]) -> bool:
     constant 1x1 projection to one channel (YOLOv8's DFL: 16 weights), exp, and a sigmoid that no layer feeds
     directly (on concatenated class logits; a sigmoid right after a conv stays fused in it)."""
     node = info.nodes[i]
-    if node.op_type in DECODE_OPS:
+    if node.op_type in DECODE_OPS or node.op_type in HOST_DECODE_OPS:
         return True
     if node.op_type == "Sigmoid":
         return node.input[0] not in layer_outputs
