@@ -90,7 +90,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     for stage in later:
         results.append(stage.run(state))
     m, info, plan, stats = state.model, state.info, state.plan, state.stats
-    overrides = _expand_overrides(options.overrides, plan)
+    overrides = {**_peak_overrides(info, plan, scheme, options), **_expand_overrides(options.overrides, plan)}
     choosing = _chooses_ranges(options, scheme)
     if choosing and decodes_step_by_step(info):
         log.info("activation ranges: as calibrated (a loop decodes step by step: its outputs cannot judge ranges)")
@@ -502,6 +502,20 @@ def known_minimum(info: GraphInfo, plan: Plan) -> Dict[str, float]:
             # float16's range (-65504) as a guard, and that bound as the int8 minimum would zero the tensor
             if lo is not None and np.size(lo) == 1 and float(np.reshape(lo, ())) >= 0:
                 out[t] = float(np.reshape(lo, ()))
+    return out
+
+
+def _peak_overrides(info: GraphInfo, plan: Plan, scheme: Scheme, options: "QuantOptions") -> Dict[str, str]:
+    """16 bits for the maps a peak test reads (plan.peak_maps), where activations are 8-bit and the user asked
+    nothing else for them."""
+    from .plan import peak_maps
+
+    if scheme.act is None or scheme.act.bits != 8:
+        return {}
+    out = {t: "int16" for t in peak_maps(info, plan) if t not in options.overrides}
+    if out:
+        log.info("peak test on %s: kept at 16 bits (on int8 a peak's neighbours tie with it and pass the test too)",
+                 ", ".join(out))
     return out
 
 

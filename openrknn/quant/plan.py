@@ -265,6 +265,30 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
     return ok
 
 
+def peak_maps(info: GraphInfo, plan: "Plan") -> List[str]:
+    """Points a peak test reads: map == MaxPool(map), through layout ops (LEADER's minutiae, CenterNet's heat-map
+    NMS). Smooth maps near a peak differ from their neighbours by less than an 8-bit step of their range, so on
+    int8 a peak becomes a plateau of equal maxima and the test keeps all of it (LEADER: 0.6 of the float model's
+    minutia pixels in common); the pipeline gives such a map 16 bits."""
+    def source(t: str) -> str:  # back through the layout ops a comparison reads the map through
+        while t in info.producer and info.nodes[info.producer[t]].op_type in TAIL_OPS and \
+                info.nodes[info.producer[t]].op_type != "Concat":
+            t = info.nodes[info.producer[t]].input[0]
+        return t
+
+    found: List[str] = []
+    for node in info.nodes:
+        if node.op_type != "Equal" or len(node.input) != 2:
+            continue
+        a, b = source(node.input[0]), source(node.input[1])
+        for pooled, plain in ((a, b), (b, a)):
+            p = info.producer.get(pooled)
+            if p is not None and info.nodes[p].op_type == "MaxPool" and source(info.nodes[p].input[0]) == plain \
+                    and plain in plan.group_of and plain not in found:
+                found.append(plain)
+    return found
+
+
 def output_sigmoids(info: GraphInfo, dyn: Set[str], ok: Optional[Dict[str, bool]] = None) -> Set[str]:
     """Outputs of the Sigmoids that reach graph outputs only through layout ops (TAIL_OPS): a detector's score maps,
     a pose net's heatmaps, a text detector's probability map. Plan.host_sigmoids says which the host computes.
