@@ -50,8 +50,8 @@ TAIL_OPS = {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze",
 DECODE_OPS = TAIL_OPS | {"Slice", "Split", "Add", "Sub", "Mul", "Div", "Softmax", "Exp"}
 # ... and the host's own steps after a head: an angle from two maps (tf2onnx writes atan2 as Atan of y / x with sign
 # corrections), a peak test (map == MaxPool(map), the mask cast to float and multiplied in). The chip runs none of
-# these comparisons, signs and trigonometry; on int8 they would round y / x to a few levels of its range (LEADER's
-# minutia directions 35 degrees off). A max of int8 values is the same in float.
+# these comparisons, signs and trigonometry; on int8 they would round y / x, an unbounded ratio, to a few levels of
+# its calibrated range before the Atan (LEADER's minutia directions). A max of int8 values is the same in float.
 HOST_DECODE_OPS = {"Atan", "Sign", "Neg", "Abs", "Cast", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
                    "Not", "And", "Or", "Where", "MaxPool"}
 MAX_DECODE_WEIGHTS = 64
@@ -268,8 +268,8 @@ def tail_ok(info: GraphInfo) -> Dict[str, bool]:
 def peak_maps(info: GraphInfo, plan: "Plan") -> List[str]:
     """Points a peak test reads: map == MaxPool(map), through layout ops (LEADER's minutiae, CenterNet's heat-map
     NMS). Smooth maps near a peak differ from their neighbours by less than an 8-bit step of their range, so on
-    int8 a peak becomes a plateau of equal maxima and the test keeps all of it (LEADER: 0.6 of the float model's
-    minutia pixels in common); the pipeline gives such a map 16 bits."""
+    int8 a peak becomes a plateau of equal maxima and the test keeps all of it (LEADER reported each plateau's
+    pixels as minutiae); the pipeline gives such a map 16 bits."""
     def source(t: str) -> str:  # back through the layout ops a comparison reads the map through
         while t in info.producer and info.nodes[info.producer[t]].op_type in TAIL_OPS and \
                 info.nodes[info.producer[t]].op_type != "Concat":
