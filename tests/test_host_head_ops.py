@@ -170,3 +170,30 @@ def test_an_image_without_the_channels_the_input_takes_is_refused_clearly(tmp_pa
         read_image(rgb, 2)
     assert read_image(tmp_path / "missing.png", 1) is None
     assert read_image(rgb, 1).shape == (8, 8, 1)
+
+
+def test_the_gui_panel_feeds_a_gray_model_the_pixels_its_calibration_reads(gray_dataset, tmp_path):
+    """A colour JPEG uploaded for a 1-channel model: the file's own gray decode (libjpeg's luma, what calibration and
+    `openrknn run` read), not a grayscale conversion of its colour decode, which differs on this picture."""
+    from conftest import built_rknn
+    from openrknn.gui.infer import InferOptions, decode_image, run_image
+    from openrknn.package import read_package
+    from openrknn.quant.dataset import read_image
+    from openrknn.runtime.simulator import Simulator
+
+    rk = built_rknn(gray_dataset / "head.onnx", gray_dataset / "ds.txt", target_platform="rk3588",
+                    quantized_dtype="w8a8", mean_values=[[0]], std_values=[[1]])
+    assert rk.export_rknn(str(tmp_path / "head.rknn")) == 0
+    rk.release()
+    pkg = read_package(tmp_path / "head.rknn")
+    rng = np.random.default_rng(5)
+    colour = cv2.resize(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), (SIDE, SIDE),
+                        interpolation=cv2.INTER_NEAREST)
+    jpg = tmp_path / "upload.jpg"
+    cv2.imwrite(str(jpg), colour)
+    data = jpg.read_bytes()
+    calibration_reads = read_image(jpg, 1)
+    assert (cv2.cvtColor(decode_image(data), cv2.COLOR_BGR2GRAY) != calibration_reads[:, :, 0]).any()
+    _, _, feeds = run_image(Simulator(pkg.model_bytes, pkg.metadata), pkg.metadata, decode_image(data),
+                            InferOptions(), data)
+    np.testing.assert_array_equal(np.asarray(feeds[0]).reshape(SIDE, SIDE, 1), calibration_reads)

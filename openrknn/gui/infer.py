@@ -63,8 +63,9 @@ def decode_image(data: bytes) -> np.ndarray:
     return img
 
 
-def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str):
-    """The model's [1,H,W,C] uint8 feed from a BGR image, and the letterbox transform (None when stretched)."""
+def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str, gray: Optional[np.ndarray] = None):
+    """The model's [1,H,W,C] uint8 feed from a BGR image, and the letterbox transform (None when stretched).
+    ``gray``: the same file decoded gray, as the calibration reads it for a 1-channel input (quant/dataset.py)."""
     import cv2
 
     from ..vision.letterbox import letterbox
@@ -76,7 +77,8 @@ def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str):
     _, h, w, c = shape
     img = image_bgr if feed_bgr else image_bgr[:, :, ::-1]
     if c == 1:
-        img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+        img = (gray.reshape(gray.shape[:2]) if gray is not None else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
+        img = img[:, :, None]
     transform = None
     if resize == "stretch":
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -101,9 +103,10 @@ def summarize(name: str, arr: np.ndarray) -> dict:
     return out
 
 
-def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions) -> Tuple[dict, Optional[np.ndarray],
-                                                                                       List[np.ndarray]]:
-    """(report, drawn BGR image or None, the inputs fed). Only single-image-input models are fed from the panel."""
+def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions, data: Optional[bytes] = None
+              ) -> Tuple[dict, Optional[np.ndarray], List[np.ndarray]]:
+    """(report, drawn BGR image or None, the inputs fed). Only single-image-input models are fed from the panel.
+    ``data``: the uploaded file, which a 1-channel input reads gray as its calibration did."""
     opts.check()
     inputs_meta, outputs_meta = metadata["inputs"], metadata["outputs"]
     if len(inputs_meta) != 1:
@@ -115,7 +118,13 @@ def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions) ->
         resize = ("letterbox-topleft" if yolox["layout"] == "flat" else "letterbox") if yolox else "stretch"
     feed_bgr = opts.feed_order == "bgr" or (
         opts.feed_order == "auto" and bool((metadata.get("build") or {}).get("quant_img_RGB2BGR")))
-    feed, transform = fit_image(image_bgr, inputs_meta[0], feed_bgr, resize)
+    shape = inputs_meta[0].get("shape") or []
+    gray = None
+    if data is not None and len(shape) == 4 and shape[3] == 1:
+        from ..quant.dataset import decode_image_bytes
+
+        gray = decode_image_bytes(data, 1)
+    feed, transform = fit_image(image_bgr, inputs_meta[0], feed_bgr, resize, gray)
     outputs = sim.run([feed])
     names = [o["name"] for o in outputs_meta]
     report: dict = {"outputs": [summarize(n, o) for n, o in zip(names, outputs)], "feed_order": "bgr" if feed_bgr

@@ -155,19 +155,31 @@ class CalibrationData:
 def read_image(path: Union[str, Path], channels: int, rgb2bgr: bool = False) -> Optional[np.ndarray]:
     """An image file as an image input of ``channels`` channels takes it, [H, W, C] uint8: gray for 1 channel, RGB
     for 3 and RGBA for 4 (OpenCV's BGR / BGRA order with ``rgb2bgr``, Toolkit2's quant_img_RGB2BGR). Calibration,
-    inference from files, accuracy analysis and the TFLite validation all decode through here, so a model sees the
-    same pixels in each. None when OpenCV cannot decode the file; ValueError for an input no image file fits."""
+    inference from files, accuracy analysis, the TFLite validation and the GUI's panel all decode through here (or
+    decode_image_bytes), so a model sees the same pixels in each. None when the file is missing or OpenCV cannot
+    decode it; ValueError for an input no image file fits."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return decode_image_bytes(data, channels, rgb2bgr, Path(path).name)
+
+
+def decode_image_bytes(data: bytes, channels: int, rgb2bgr: bool = False, name: str = "the image"
+                       ) -> Optional[np.ndarray]:
+    """read_image for an image already in memory (an upload). A gray input reads the file's own gray decode:
+    libjpeg's luma differs from a grayscale conversion of its colour decode by up to 10 levels on COCO photos."""
     import cv2
 
     if channels not in (1, 3, 4):
         raise ValueError(f"an image file has 1, 3 or 4 channels but the input takes {channels}; give a .npy file "
                          "holding the array instead")
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else (cv2.IMREAD_UNCHANGED if channels == 4 else cv2.IMREAD_COLOR)
-    img = cv2.imread(os.fspath(path), flag)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if len(data) else None
     if img is None:
         return None
     if channels == 4 and (img.ndim != 3 or img.shape[2] != 4):
-        raise ValueError(f"the input takes 4 channels but {Path(path).name!r} has "
+        raise ValueError(f"the input takes 4 channels but {name!r} has "
                          f"{1 if img.ndim == 2 else img.shape[2]}; use a 4-channel PNG or a .npy file")
     if img.dtype != np.uint8:  # a 16-bit PNG read unchanged: its 8 high bits, as IMREAD_COLOR / GRAYSCALE give
         img = (img >> 8).astype(np.uint8)

@@ -46,8 +46,9 @@ async def infer(request: Request, filename: str, ctx: Ctx, session: CurrentSessi
         import cv2
 
         sim, pkg = ctx.sims.get(session.key, rknn)
-        image = decode_image(dest.read_bytes())
-        report, drawn, feeds = run_image(sim, pkg.metadata, image, opts)
+        data = dest.read_bytes()
+        image = decode_image(data)
+        report, drawn, feeds = run_image(sim, pkg.metadata, image, opts, data)
         report["image"] = {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])}
         if drawn is not None:
             out = session.outputs / (Path(name).stem + "_detections.png")
