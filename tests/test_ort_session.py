@@ -42,3 +42,25 @@ def test_a_model_from_a_path_keeps_its_external_data(tmp_path):
     (tmp_path / "m.onnx").write_bytes(_reads_a_file("w.bin"))
     assert make_session(str(tmp_path / "m.onnx")).run(None, {})[0].tolist() == [1.0] * 4
     assert onnx.load(str(tmp_path / "m.onnx")).graph.initializer[0].name == "w"
+
+
+def test_the_empty_lookup_folder_is_removed_when_the_process_exits(tmp_path):
+    """Each process that runs a session from bytes makes one private empty folder in the temp folder; it goes
+    when the process does (7,000 were left in /tmp by a day of test runs)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import onnx; from onnx import helper, TensorProto; from openrknn.runtime import ort_session\n"
+              "g = helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'g',"
+              " [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],"
+              " [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])\n"
+              "m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]); m.ir_version = 8\n"
+              "ort_session.make_session(m.SerializeToString())\n"
+              "print(ort_session._EMPTY[0])\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    folder = out.stdout.strip().splitlines()[-1]
+    assert folder.startswith(str(tmp_path)), folder
+    assert not os.path.exists(folder)
+    assert not any(p.name.startswith("openrknn-no-external-data-") for p in tmp_path.iterdir())

@@ -58,11 +58,16 @@ def _saturates() -> bool:
 
 
 def _empty_folder() -> str:
-    """A private empty folder (one per process) for external-data lookups of models given as bytes."""
+    """A private empty folder (one per process) for external-data lookups of models given as bytes, removed when
+    the process exits (every process that ran a session left one in the temp folder before)."""
     if not _EMPTY:
+        import atexit
+        import shutil
         import tempfile
 
-        _EMPTY.append(tempfile.mkdtemp(prefix="openrknn-no-external-data-"))
+        folder = tempfile.mkdtemp(prefix="openrknn-no-external-data-")
+        _EMPTY.append(folder)
+        atexit.register(shutil.rmtree, folder, True)  # a forked worker leaves by os._exit: its parent removes it
     return _EMPTY[0]
 
 
