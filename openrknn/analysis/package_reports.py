@@ -197,7 +197,7 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
     """accuracy_analysis(inputs=...) takes, as the vendor, one entry per model input: an image path, a .npy path or
     an array. Images are decoded like the calibration images (RGB unless built with quant_img_RGB2BGR)."""
     from ..errors import InferenceInputError
-    from ..quant.dataset import nhwc_from_nchw, read_image, resize_image
+    from ..quant.dataset import image_input, nhwc_from_nchw
     from ..runtime.shape_sets import image_sizes
 
     if isinstance(inputs, (str, os.PathLike)) or isinstance(inputs, np.ndarray):
@@ -218,16 +218,12 @@ def _one_sample(inputs, pkg: RknnPackage) -> list:
                     log.info("accuracy_analysis: '%s' holds an NCHW %s array; read as such", path, list(arr.shape))
                 samples.append(arr if nhwc is None else nhwc)
                 continue
-            shape = meta["shape"]
-            try:
-                img = read_image(path, shape[3] if len(shape) == 4 else 0, rgb2bgr)  # as the calibration images
+            try:  # as the calibration images
+                img = image_input(path, meta["shape"], rgb2bgr, image_sizes(pkg.metadata, j))
             except ValueError as e:
                 raise InferenceInputError(f"accuracy_analysis: input '{meta['name']}': {e}") from None
             if img is None:
                 raise InferenceInputError(f"accuracy_analysis: '{path}' is not a readable image")
-            h, w = shape[1:3]
-            if img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in image_sizes(pkg.metadata, j):
-                img = resize_image(img, h, w)
             samples.append(img)
         else:
             samples.append(item)

@@ -55,19 +55,21 @@ class InferOptions:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    import cv2
+    """The upload in OpenCV's BGR order (the picture the panel draws on)."""
+    from ..quant.dataset import decode_image_bytes
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = decode_image_bytes(data, 3, rgb2bgr=True)
     if img is None:
         raise InferenceInputError("the uploaded file could not be decoded as an image; use a JPEG, PNG, BMP or WebP")
     return img
 
 
-def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str, gray: Optional[np.ndarray] = None):
+def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str, data: Optional[bytes] = None):
     """The model's [1,H,W,C] uint8 feed from a BGR image, and the letterbox transform (None when stretched).
-    ``gray``: the same file decoded gray, as the calibration reads it for a 1-channel input (quant/dataset.py)."""
+    ``data``: the uploaded file, which a 1-channel input decodes gray, as its calibration read it."""
     import cv2
 
+    from ..quant.dataset import decode_image_bytes, resize_image
     from ..vision.letterbox import letterbox
 
     shape = meta.get("shape") or []
@@ -77,13 +79,11 @@ def fit_image(image_bgr: np.ndarray, meta: dict, feed_bgr: bool, resize: str, gr
     _, h, w, c = shape
     img = image_bgr if feed_bgr else image_bgr[:, :, ::-1]
     if c == 1:
-        img = (gray.reshape(gray.shape[:2]) if gray is not None else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
-        img = img[:, :, None]
+        gray = decode_image_bytes(data, 1) if data is not None else None
+        img = gray if gray is not None else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
     transform = None
     if resize == "stretch":
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        if c == 1:
-            img = img[:, :, None]
+        img = resize_image(img, h, w)
     else:
         img, transform = letterbox(img, (w, h), mode="topleft" if resize == "letterbox-topleft" else "center",
                                    pad_value=114)
@@ -118,13 +118,7 @@ def run_image(sim, metadata: dict, image_bgr: np.ndarray, opts: InferOptions, da
         resize = ("letterbox-topleft" if yolox["layout"] == "flat" else "letterbox") if yolox else "stretch"
     feed_bgr = opts.feed_order == "bgr" or (
         opts.feed_order == "auto" and bool((metadata.get("build") or {}).get("quant_img_RGB2BGR")))
-    shape = inputs_meta[0].get("shape") or []
-    gray = None
-    if data is not None and len(shape) == 4 and shape[3] == 1:
-        from ..quant.dataset import decode_image_bytes
-
-        gray = decode_image_bytes(data, 1)
-    feed, transform = fit_image(image_bgr, inputs_meta[0], feed_bgr, resize, gray)
+    feed, transform = fit_image(image_bgr, inputs_meta[0], feed_bgr, resize, data)
     outputs = sim.run([feed])
     names = [o["name"] for o in outputs_meta]
     report: dict = {"outputs": [summarize(n, o) for n, o in zip(names, outputs)], "feed_order": "bgr" if feed_bgr

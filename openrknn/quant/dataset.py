@@ -190,6 +190,17 @@ def decode_image_bytes(data: bytes, channels: int, rgb2bgr: bool = False, name: 
     return img.reshape(img.shape[0], img.shape[1], channels)
 
 
+def image_input(path: Union[str, Path], shape: Sequence[int], rgb2bgr: bool = False, sizes=()) -> Optional[np.ndarray]:
+    """The image at ``path`` as the NHWC input of ``shape`` ([1, H, W, C]) takes it: read_image by its channels,
+    stretched to H x W unless it already has one of ``sizes`` (a dynamic_input model's other sets). None and
+    ValueError as read_image."""
+    img = read_image(path, shape[3] if len(shape) == 4 else 0, rgb2bgr)
+    h, w = shape[1:3]
+    if img is not None and img.shape[:2] != (h, w) and tuple(img.shape[:2]) not in sizes:
+        img = resize_image(img, h, w)
+    return img
+
+
 def resize_image(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """``img`` ([H, W, C]) stretched to h x w with cv2.INTER_LINEAR, keeping its channel dim (OpenCV drops a single
     one)."""

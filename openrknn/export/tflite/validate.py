@@ -13,7 +13,7 @@ from ...package import RknnPackage
 
 def load_inputs(paths: Sequence[str], pkg: RknnPackage) -> List[List[np.ndarray]]:
     """One sample per path (single-input models): images decoded like the calibration images, or .npy arrays."""
-    from ...quant.dataset import read_image, resize_image
+    from ...quant.dataset import image_input
 
     metas = pkg.metadata["inputs"]
     if len(metas) != 1:
@@ -27,16 +27,12 @@ def load_inputs(paths: Sequence[str], pkg: RknnPackage) -> List[List[np.ndarray]
         if path.endswith(".npy"):
             samples.append([np.load(path, allow_pickle=False)])
             continue
-        shape = meta["shape"]
         try:
-            img = read_image(path, shape[3] if len(shape) == 4 else 0, rgb2bgr)  # as the calibration images
+            img = image_input(path, meta["shape"], rgb2bgr)  # as the calibration images
         except ValueError as e:
             raise InferenceInputError(f"--validate: input '{meta['name']}': {e}") from None
         if img is None:
             raise InferenceInputError(f"--validate: '{path}' is not a readable image or .npy file")
-        h, w = shape[1:3]
-        if img.shape[:2] != (h, w):
-            img = resize_image(img, h, w)
         samples.append([img])
     return samples
 
