@@ -311,3 +311,34 @@ def test_command_errors(tiny_sweep, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "bad.rknn"), str(tmp_path / "val"), "--metric", "iou"]) == 1
     assert "evaluation.metric" in capsys.readouterr().err
+
+
+def test_a_task_submitted_to_a_pool_a_dead_worker_broke_runs_on_the_next_pool(monkeypatch):
+    """A worker can die between one wait and the next submit: the submit finds the pool broken (CI saw
+    BrokenProcessPool escape from submit). The task is kept, and the restart sends it as its first attempt."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from openrknn.sweep import executors
+
+    class Pool:
+        def __init__(self, broken):
+            self.broken = broken
+
+        def submit(self, fn, name, args):
+            if self.broken:
+                raise BrokenProcessPool("a child process terminated abruptly")
+            f = Future()
+            f.set_result(("ran", name, args))
+            return f
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    pools = [Pool(broken=True), Pool(broken=False)]
+    monkeypatch.setattr(executors.LocalPool, "_start", lambda self: pools.pop(0))
+    pool = executors.LocalPool(2, ctx=None)
+    tid = pool.submit("eval", 7)
+    got = pool.wait()
+    assert got == [] and pool.restarts == 1 and pool._tasks[tid]["attempts"] == 1  # sent once, on the new pool
+    assert pool.wait() == [(tid, True, ("ran", "eval", (7,)))]

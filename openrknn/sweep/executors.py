@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
@@ -62,8 +62,13 @@ class LocalPool:
     def submit(self, name: str, *args: Any) -> int:
         tid = self._next
         self._next += 1
-        self._tasks[tid] = {"name": name, "args": args, "attempts": 1,
-                            "future": self._pool.submit(_run_local, name, args)}
+        sent = True
+        try:
+            future = self._pool.submit(_run_local, name, args)
+        except BrokenProcessPool:  # a worker died since the last wait: that wait's restart sends this task again
+            future, sent = Future(), False
+            future.set_exception(BrokenProcessPool("the pool broke before this task was sent"))
+        self._tasks[tid] = {"name": name, "args": args, "attempts": 1 if sent else 0, "future": future}
         return tid
 
     def wait(self) -> List[Tuple[int, bool, Any]]:
