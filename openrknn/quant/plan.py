@@ -28,6 +28,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 import numpy as np
 import onnx
 
+from ..graph.attention import find_attention_regions
 from ..graph.norms import find_norm_regions
 from ..graph.outputs import SELECTION_OPS
 from .ir import GraphInfo
@@ -543,8 +544,9 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
                detached: FrozenSet[Tuple[str, str]] = frozenset(),
                host_heads: FrozenSet[str] = frozenset()) -> Plan:
     """requantized_pre_activations: True for the RKNPU2's own points: the conv outputs it stores as integers before
-    their activation (targets/chips.py Generation.requantizes_pre_activations), and none for a conv whose residual
-    Add it fuses (_residual_conv_outputs); ALL_PRE_ACTIVATIONS for every conv output before an activation TFLite
+    their activation (targets/chips.py Generation.requantizes_pre_activations), none for a conv whose residual
+    Add it fuses (_residual_conv_outputs), and none inside an attention (its scores and probabilities: one fused
+    op there); ALL_PRE_ACTIVATIONS for every conv output before an activation TFLite
     cannot fuse (config(pre_activation_points='tflite')), each residual Add reading int8 operands as TFLite's ADD.
     detached: (concat output, input) pairs whose scales stay apart (Plan.detached).
     host_heads: output Sigmoids the host computes whatever this graph's structure says (Plan.host_sigmoids): score
@@ -578,6 +580,11 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     for r in find_norm_regions(info.nodes, dyn, keep, info.const, claimed=internal | set(fused)):
         if r.z not in fused and not any(t in internal for t in r.inner):
             internal.update(r.inner)
+    # scaled dot-product attention: one step from q, k and v to its output on RKNPU2 (graph/attention.py)
+    if requantized_pre_activations is True:
+        for a in find_attention_regions(info.nodes, dyn, keep, info.const):
+            if not any(t in internal or t in fused for t in a.inner):
+                internal.update(a.inner)
 
     # conv/matmul output consumed only by its activation: the activation output is the quantization point
     pre_activations: Dict[str, str] = {}
