@@ -33,7 +33,7 @@ import onnx
 from ..ir import GraphInfo
 from ..plan import Plan
 from ..qdq import ActQuant, WeightQuant
-from .range_choice import MARGIN, MIN_GAIN, MIN_WINS, CandidateModel, reference_session, sample_losses
+from .range_choice import MARGIN, MIN_GAIN, MIN_WINS, CandidateModel, reference_session, sample_losses, wins
 from .range_search import _scaled
 
 DECADES = tuple(np.arange(0.5, 6.01, 0.5))   # e, in decades of the Log's input
@@ -139,7 +139,7 @@ def search_log_ranges(model: onnx.ModelProto, info: GraphInfo, plan: Plan, acts:
         enough = before - GAIN_SHARE * (before - least)
         best = min(e for e, m in mean.items() if m <= enough)
         keep = mean[best] <= (1.0 - MARGIN) * before and before - mean[best] >= MIN_GAIN and \
-            int(np.sum(tried[best] < base)) >= MIN_WINS * len(feeds)
+            wins(tried[best], base) >= MIN_WINS * len(feeds)
     report = {"groups": len(groups), "samples": len(feeds), "loss_before": round(before, 6),
               "per_sample": {f"{e:g}": [round(float(x), 4) for x in v] for e, v in {0.0: base, **tried}.items()},
               "losses": {f"{e:g}": round(m, 6) for e, m in mean.items()},
