@@ -131,9 +131,13 @@ def reduce_node(op: str, src: str, dst: str, axes: Optional[Sequence[int]], opse
     return helper.make_node(op, [src], [dst], keepdims=0, axes=list(axes))
 
 
+CHANNELS = "channels"  # reduction axes: every axis but 1, whatever the tensor's rank (a Conv1D's [N, C, L] too)
+
+
 def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[Sequence[int]]]],
              fetch: Iterable[str] = ()) -> onnx.ModelProto:
-    """Copy of model with extra outputs: {new output: (op, source tensor, axes)} reductions, plus raw tensors."""
+    """Copy of model with extra outputs: {new output: (op, source tensor, axes)} reductions (axes CHANNELS: per
+    channel of axis 1), plus raw tensors."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -141,6 +145,13 @@ def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[
     extra: List = []
     existing = {o.name for o in g.output}
     for dst, (op, src, axes) in outputs.items():
+        if axes == CHANNELS:  # [N, C, ...] -> [N, C, rest], reduced over 0 and 2
+            rows = src + "__channel_rows"
+            if not any(rows in n.output for n in g.node):
+                shape = rows + "__shape"
+                extra.append(onnx.numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
+                g.node.append(helper.make_node("Reshape", [src, shape], [rows]))
+            src, axes = rows, (0, 2)
         g.node.append(reduce_node(op, src, dst, axes, opset, extra))
         g.output.append(helper.make_tensor_value_info(dst, onnx.TensorProto.FLOAT, None))
     for name in fetch:
@@ -176,9 +187,9 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
                    sample_tensors: Sequence[str] = (), sample_images: int = 4, sample_positions: int = 4096,
                    softmax_axes: Optional[Dict[str, Tuple[int, ...]]] = None) -> None:
     """Pass 1: global min/max of every tensor, per-channel means of ``mean_inputs`` {tensor: reduce axes} and
-    per-channel (axis 1) min/max of the NCHW ``channel_tensors`` (range split candidates); the values of the NCHW
-    ``sample_tensors`` at up to ``sample_positions`` strided positions of each of the first ``sample_images``
-    samples (range split measures rounding noise on them).
+    per-channel (axis 1) min/max of the ``channel_tensors`` (range split candidates, heads; any rank); the values
+    of the NCHW ``sample_tensors`` at up to ``sample_positions`` strided positions of each of the first
+    ``sample_images`` samples (range split measures rounding noise on them).
     ``known_min`` {tensor: bound}: activations whose minimum is known in closed form (ReLU 0, SiLU -0.2785) are
     not reduced for it; the bound is used instead (one reduction less per such tensor).
     ``softmax_axes`` {tensor: axes}: tensors read only by a Softmax over those axes; their range starts SOFTMAX_SPAN
@@ -197,8 +208,8 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
     for t, axes in mean_inputs.items():
         outs[t + "__qmean"] = ("ReduceMean", t, axes)
     for t in channel_tensors:
-        outs[t + "__cmin"] = ("ReduceMin", t, (0, 2, 3))
-        outs[t + "__cmax"] = ("ReduceMax", t, (0, 2, 3))
+        outs[t + "__cmin"] = ("ReduceMin", t, CHANNELS)
+        outs[t + "__cmax"] = ("ReduceMax", t, CHANNELS)
     sess = make_session(augment(model, outs, sample_tensors), threads)
     cmin: Dict[str, np.ndarray] = {}
     cmax: Dict[str, np.ndarray] = {}

@@ -53,7 +53,7 @@ class QuantState:
 class Needs:
     """Pass-1 statistics a stage asks for, beyond every point's min/max.
 
-    channel_ranges: NCHW tensors whose per-channel (axis 1) min/max it needs.
+    channel_ranges: tensors whose per-channel (axis 1) min/max it needs (NCHW, or a Conv1D's NCL).
     channel_samples: NCHW tensors whose values at a few positions of the first images it needs.
     channel_means: {tensor: reduce axes} whose per-channel means it needs.
     """
