@@ -91,23 +91,17 @@ def test_attention_over_many_positions_keeps_its_probabilities(style, tmp_path, 
     """Over 192 positions most probabilities are a level or two of an int8 grid; in one fused step they are not
     rounded at all, and the output's error to the float model is well under half of the step-by-step one's (measured
     0.0006 against 0.0016)."""
-    from openrknn.api import RKNN
+    from conftest import built_rknn, write_samples
 
     m = model(style)
     onnx.save(m, tmp_path / "att.onnx")
     rng = np.random.default_rng(1)
-    for k in range(8):
-        np.save(tmp_path / f"{k}.npy", rng.normal(0, 1, (1, T, C)).astype(np.float32))
-    (tmp_path / "ds.txt").write_text("".join(f"{k}.npy\n" for k in range(8)))
+    dataset = write_samples(tmp_path, [rng.normal(0, 1, (1, T, C)).astype(np.float32) for _ in range(8)])
     ref = ort.InferenceSession(str(tmp_path / "att.onnx"), providers=["CPUExecutionProvider"])
     xs = [rng.normal(0, 1, (1, T, C)).astype(np.float32) for _ in range(8)]
 
     def w8a8_cosine() -> float:
-        rk = RKNN(verbose=False)
-        rk.config(target_platform="rk3588", quantized_dtype="w8a8")
-        assert rk.load_onnx(str(tmp_path / "att.onnx")) == 0
-        assert rk.build(do_quantization=True, dataset=str(tmp_path / "ds.txt")) == 0, rk.last_error
-        assert rk.init_runtime() == 0
+        rk = built_rknn(tmp_path / "att.onnx", dataset, target_platform="rk3588", quantized_dtype="w8a8")
         cos = []
         for x in xs:
             a, b = ref.run(None, {"x": x})[0].ravel(), np.asarray(rk.inference(inputs=[x])[0]).ravel()
