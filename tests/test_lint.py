@@ -211,6 +211,26 @@ def test_mixed_range_output():
     assert fired(m2, "mixed-range-output") == []
 
 
+def test_mixed_range_output_is_quiet_on_a_build_that_keeps_the_parts_apart(tmp_path):
+    """openrknn's own build of that concat keeps one scale per part (the plan's float tail): checking the .rknn
+    warned all the same (a YOLO11n of Ultralytics, checked after its build)."""
+    import onnx
+
+    from conftest import built_rknn, write_npy_dataset
+    from openrknn.package import read_package
+
+    g = G()
+    box = g.conv("x", 16, 4, k=1)
+    mixed = g.op("Concat", [box, g.op("Sigmoid", [g.conv("x", 16, 2, k=1)])], name="mixed", axis=1)
+    onnx.save(g.model([mixed]), tmp_path / "m.onnx")
+    rk = built_rknn(tmp_path / "m.onnx", write_npy_dataset(tmp_path, (16, 16, 16), high=1.0),
+                    target_platform="rk3588", quantized_dtype="w8a8")
+    rk.export_rknn(str(tmp_path / "m.rknn"))
+    rk.release()
+    quantized = onnx.load_from_string(read_package(tmp_path / "m.rknn").model_bytes)
+    assert fired(quantized, "mixed-range-output", target="rk3588", quant="w8a8") == []
+
+
 @pytest.mark.parametrize("count,fires", [(30, True), (99, True), (100, False), (None, False)])
 def test_calibration_set_size(count, fires):
     g = G()

@@ -277,11 +277,14 @@ def _reduce_8bit(ctx: Context) -> Iterator[Finding]:
 @rule("mixed-range-output")
 def _mixed_range_output(ctx: Context) -> Iterator[Finding]:
     """A Concat feeding an output that joins 0..1 scores (sigmoid) with unbounded values: one int8 scale for both
-    erases the scores (FACTS.md: the known cause of 'all scores zero' after quantization)."""
+    erases the scores (FACTS.md: the known cause of 'all scores zero' after quantization). A quantized graph whose
+    concat is float already keeps one scale per part (openrknn's builds: the plan's float tail)."""
     gi = ctx.gi
     outputs = set(gi.outputs)
     for layer in _compute_layers(ctx, "Concat"):
         if not _reaches_output(layer, gi, outputs):
+            continue
+        if gi.quantized and all(gi.tensors[t].dtype.startswith("float") for t in layer.outputs if t in gi.tensors):
             continue
         kinds = {_source_kind(t, gi) for t in layer.inputs}
         if "bounded" in kinds and "unbounded" in kinds:
