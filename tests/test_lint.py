@@ -74,6 +74,16 @@ def test_every_comparison_runs_on_the_cpu_on_both_generations():
             dict.fromkeys(("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"), "cpu")
 
 
+def test_op_support_takes_an_lstm_as_an_rknpu2_npu_op():
+    """A CRNN recognizer's BiLSTM (EasyOCR's) was an error, 'replace it with supported ops', on rk3588, where
+    rknn-toolkit2 compiles it into one NPU op."""
+    from test_perf import _recurrent
+
+    m = _recurrent("LSTM", 20)
+    assert fired(m, "op-support", target="rk3588", quant="w8a8") == []
+    assert [f.severity for f in check_model(_recurrent("GRU", 20), "rk3588", rules=["op-support"])] == ["warning"]
+
+
 def test_op_support_is_quiet_on_npu_ops():
     g = G()
     m = g.model([g.op("Relu", [g.conv("x", 16, 16)])])

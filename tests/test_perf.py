@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from openrknn.analysis.charts import memory_chart, perf_chart
 from openrknn.analysis.graph_info import analyze, node_names
 from openrknn.analysis.memory import plan_memory
-from openrknn.analysis.perf import conv_utilisation, estimate_perf, eval_perf_report, measure_host_perf
+from openrknn.analysis.perf import (CPU_MACS_PER_SECOND, conv_utilisation, estimate_perf, eval_perf_report,
+                                    measure_host_perf)
 from openrknn.errors import ConfigError, InferenceInputError, NotSupportedError
 from openrknn.targets import PLATFORMS
 from openrknn.targets.chips import CHIPS, chip, placement
@@ -217,6 +218,36 @@ def test_cpu_fallback_and_in_place_concat():
     assert est["cumsum"].unit == "CPU" and est["cumsum"].time_us >= chip("rk3588").gen.cost.cpu_op_us
     assert est["cat"].unit == "free" and est["odd"].unit == "NPU"
     assert est["flat"].unit == "free"
+
+
+def _recurrent(op_type, steps, inp=64, hidden=32, dirs=2):
+    """One LSTM / GRU layer over [steps, 1, inp] with its gate weights as initializers."""
+    gates = 4 if op_type == "LSTM" else 3
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inp])
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("W", (dirs, gates * hidden, inp)), ("R", (dirs, gates * hidden, hidden)),
+              ("B", (dirs, 2 * gates * hidden)))]
+    node = helper.make_node(op_type, ["x", "W", "R", "B"], ["y"], name="rnn", hidden_size=hidden,
+                            direction="bidirectional" if dirs == 2 else "forward")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_lstm_runs_on_the_rknpu2_npu_one_task_per_time_step():
+    """rknn-toolkit2 compiles an LSTM into one NPU op (exLSTM): it was costed as a CPU fallback that only streams its
+    data, and `check` told the user to take it out of the model. Its steps depend on each other, so its time grows
+    with the sequence, each step reading the gate weights again."""
+    short, long = (rows(estimate_perf(_recurrent("LSTM", t), "rk3588", "w8a8"))["rnn"] for t in (20, 40))
+    assert short.unit == long.unit == "NPU"
+    assert short.macs == 20 * (2 * 128 * 64 + 2 * 128 * 32)
+    assert 1.9 < long.time_us / short.time_us < 2.1
+    assert placement("LSTM", "rknpu2") == "npu" and placement("GRU", "rknpu2") == "cpu"
+    gru = rows(estimate_perf(_recurrent("GRU", 2000, inp=256, hidden=256), "rk3588", "w8a8"))["rnn"]
+    assert gru.unit == "CPU" and gru.bound == "compute"  # its MACs on the board's CPU, not a stream of its data
+    assert gru.time_us >= gru.macs / CPU_MACS_PER_SECOND * 1e6
+    assert placement("LSTM", "rknpu1") == "unsupported"  # rknn-toolkit 1.x is not on PyPI: not known
 
 
 def test_qdq_graph_is_costed_with_its_own_types():

@@ -247,6 +247,22 @@ def _matmul_macs(layer: Layer, tensors: dict[str, Tensor], weights: dict[str, We
     return int(np.prod(out, dtype=np.int64) * k)
 
 
+@mac_rule("LSTM", "GRU", "RNN")
+def _recurrent_macs(layer: Layer, tensors: dict[str, Tensor], weights: dict[str, Weight]) -> int:
+    # every step multiplies the input and the state by each direction's gate weights: W [dirs, gates x hidden,
+    # input], R [dirs, gates x hidden, hidden]; X [steps, batch, input] (layout 1: [batch, steps, input])
+    steps, batch = recurrent_steps(layer, tensors), tensors[layer.inputs[0]].shape[1]
+    if layer.attrs.get("layout", 0):
+        batch = tensors[layer.inputs[0]].shape[0]
+    gates = [weights[n].shape for n in layer.weights if len(weights[n].shape) == 3]  # W and R (B is 2-D)
+    return int(steps * batch * sum(np.prod(s, dtype=np.int64) for s in gates))
+
+
+def recurrent_steps(layer: Layer, tensors: dict[str, Tensor]) -> int:
+    """The time steps of an LSTM / GRU / RNN layer (its input's first dim, or second with layout 1)."""
+    return int(tensors[layer.inputs[0]].shape[1 if layer.attrs.get("layout", 0) else 0])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

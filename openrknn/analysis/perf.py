@@ -32,7 +32,7 @@ import onnx
 from ..errors import InferenceInputError, ModelLoadError
 from ..targets.chips import ChipSpec, chip, placement
 from .fusion import fuse, logical_op
-from .graph_info import GraphInfo, Layer, analyze, with_node_names
+from .graph_info import GraphInfo, Layer, analyze, recurrent_steps, with_node_names
 
 log = logging.getLogger("openrknn.analysis.perf")
 
@@ -153,6 +153,18 @@ def _gemm_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
     return g.macs / (spec.macs_per_second(_mac_mode(g.host, spec)) * spec.cost.util_gemm)
 
 
+@cost_rule("LSTM")
+def _recurrent_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
+    """A recurrent layer is as many dependent NPU tasks as time steps, each a matrix-vector product per direction
+    that reads all gate weights again (megabytes of them do not stay in the NPU's buffer): per step the larger of
+    its MACs at the gemm utilisation and its weights at DDR speed, plus a task's overhead (MODELLED; no board
+    timing of an LSTM of known size is published)."""
+    steps = max(1, recurrent_steps(g.host, gi.tensors))
+    compute = g.macs / steps / (spec.macs_per_second(_mac_mode(g.host, spec)) * spec.cost.util_gemm)
+    memory = g.weight_bytes / spec.ddr_bytes_per_second
+    return steps * (max(compute, memory) + spec.cost.layer_overhead_us * 1e-6)
+
+
 def _elementwise_cost(g: Group, gi: GraphInfo, spec: ChipSpec) -> float:
     # vector unit: streams the larger of what it reads and writes
     return max(g.in_bytes, g.out_bytes) / (spec.cost.elementwise_bytes_per_cycle * spec.npu_clock_mhz * 1e6)
@@ -244,10 +256,11 @@ def estimate_perf(model: onnx.ModelProto, target: str | ChipSpec, quant_dtype: s
         moved = g.in_bytes + g.out_bytes + g.weight_bytes
         where = placement(layer.op_type, spec.generation)
         if where in ("cpu", "unsupported"):
-            # board CPU: streams the data, plus the NPU -> CPU -> NPU hand-over
-            t = moved / (cm.cpu_gbps * 1e9) + cm.cpu_op_us * 1e-6
-            rows.append(PerfRow(layer.index, layer.name, g.op, t * 1e6, "CPU", "memory", g.macs, moved,
-                                layer.act_dtype))
+            # board CPU: streams the data or computes its MACs (a GRU's steps), plus the NPU -> CPU -> NPU hand-over
+            compute, memory = g.macs / CPU_MACS_PER_SECOND, moved / (cm.cpu_gbps * 1e9)
+            t = max(compute, memory) + cm.cpu_op_us * 1e-6
+            rows.append(PerfRow(layer.index, layer.name, g.op, t * 1e6, "CPU",
+                                "compute" if compute > memory else "memory", g.macs, moved, layer.act_dtype))
             continue
         compute = COST_RULES.get(g.op, _elementwise_cost)(g, gi, spec) / max(1, min(cores, spec.cores))
         memory = moved / bw

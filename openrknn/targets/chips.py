@@ -37,6 +37,9 @@ _RKNPU2_EXTRA_NPU_OPS = frozenset({
     "HardSwish", "HardSigmoid", "Elu", "Exp", "InstanceNormalization", "LayerNormalization", "Gather", "Where",
     "Max", "Min", "Abs", "Neg", "Sqrt", "Reciprocal", "Pow", "Erf", "Gelu", "Mish", "Softplus", "Cast", "Expand",
     "Tile", "ArgMax", "ArgMin", "Swish",
+    # rknn-toolkit2 compiles an LSTM into one NPU op (exLSTM, seen in its build of a CRNN recognizer); a board's
+    # profile lists LSTM under NPU time with no CPU time (airockchip/rknn-toolkit2#402)
+    "LSTM",
 })
 _CPU_FALLBACK_OPS = NEVER_ON_NPU | frozenset({
     "HardSwish", "HardSigmoid", "Elu", "Exp", "Log", "InstanceNormalization", "LayerNormalization", "Gather",
@@ -46,6 +49,8 @@ _CPU_FALLBACK_OPS = NEVER_ON_NPU | frozenset({
     "Or", "Floor", "Ceil", "Round", "Sin", "Cos", "NonZero", "OneHot", "ReduceProd", "ReduceL2", "LpNormalization",
     "GatherElements", "Mod", "Sign", "Swish", "Trilu",
 })
+# rknpu2 1.5.0's release notes name GRU among its CPU operators (RKNPU1: not known)
+_RKNPU2_EXTRA_CPU_OPS = frozenset({"GRU"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ GENERATIONS: dict[str, Generation] = {
     "rknpu2": Generation(
         name="rknpu2",
         npu_ops=_COMMON_NPU_OPS | _RKNPU2_EXTRA_NPU_OPS,
-        cpu_ops=_CPU_FALLBACK_OPS - _RKNPU2_EXTRA_NPU_OPS,
+        cpu_ops=(_CPU_FALLBACK_OPS - _RKNPU2_EXTRA_NPU_OPS) | _RKNPU2_EXTRA_CPU_OPS,
         conv=ConvLimits(kernel_min=1, kernel_max=31, kernel_max_per_stride=None, stride_max=7, pad_max=15,
                         dilation_max=31, depthwise_kernel_max=8),
         # FACTS.md: conv fuses Relu/Clip/PRelu/LeakyRelu/Add/Sigmoid/HardSwish/...; MEASURED: rknn-toolkit2 2.5.0
