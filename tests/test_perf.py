@@ -250,6 +250,21 @@ def test_an_lstm_runs_on_the_rknpu2_npu_one_task_per_time_step():
     assert placement("LSTM", "rknpu1") == "unsupported"  # rknn-toolkit 1.x is not on PyPI: not known
 
 
+def test_an_lstm_in_a_quantized_build_stores_integer_gate_weights():
+    """rknn-toolkit2's exLSTM keeps W and R as int8 in a w8a8 model (its weight table): counted in fp16, the memory
+    report doubled them and the estimate, which reads them every step, took twice as long."""
+    m = _recurrent("LSTM", 20)
+    scale, zero = numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(0), "z")
+    m.graph.initializer.extend([scale, zero])
+    m.graph.node.insert(0, helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"))
+    m.graph.node.insert(1, helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"))
+    m.graph.node[2].input[0] = "xd"
+    built, plain = analyze(m, "w8a8"), analyze(_recurrent("LSTM", 20), None)
+    assert built.quantized
+    assert {built.weights[w].dtype for w in ("W", "R")} == {"int8"}
+    assert {plain.weights[w].dtype for w in ("W", "R")} == {"float16"}
+
+
 def test_qdq_graph_is_costed_with_its_own_types():
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 

@@ -476,6 +476,11 @@ def _float_weight_dtype(layer: Layer, name: str, shape: tuple[int, ...], sch: Sc
                         quantized: bool) -> tuple[str, int, int]:
     """NPU storage dtype of a float initializer: the scheme's weight type for conv/gemm kernels, int32 biases."""
     is_kernel = layer.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(shape) >= 2
+    if layer.op_type == "LSTM" and len(shape) == 3 and sch.weight_dtype != "float16":
+        # rknn-toolkit2's exLSTM stores the gate weights W and R as integers (its weight table, in a w8a8 build),
+        # though it computes the cell about as in float: so does our simulator, which keeps them float
+        count = shape[0] * shape[1] if sch.per_channel else 1
+        return sch.weight_dtype, 2 * count, count * 8
     if quantized or sch.weight_dtype == "float16":
         # a float model, or a layer left float in a quantized (hybrid) graph: the NPU stores it in fp16
         return "float16", 0, 0
