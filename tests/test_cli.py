@@ -211,6 +211,25 @@ def test_info_on_files_that_are_not_models(tmp_path, capsys, content, words):
 # ---------------------------------------------------------------- run
 
 
+def test_check_names_its_option_for_a_dynamic_input(tmp_path, capsys):
+    """An OCR recognizer of any line width: the load error told a `check` user to give input_size_list, an API
+    argument the command does not take."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 32, "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    path = tmp_path / "rec.onnx"
+    onnx.save(helper.make_model(helper.make_graph([conv], "g", [x], [y], [w]),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, out, err = _cli(capsys, "check", path, "--target", "rk3588")
+    assert code == 1 and "--input-size" in err and "dynamic dimension 3" in err
+    code, out, err = _cli(capsys, "check", path, "--target", "rk3588", "--input-size", "1,32,100")
+    assert code == 0 and "No findings" in out
+
+
 def _image(path: Path, h: int, w: int, seed: int) -> Path:
     cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
     return path

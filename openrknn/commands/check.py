@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=None, help="chip (default: the .rknn's target, else rk1808)")
     p.add_argument("--dtype", default=None, help="quantized dtype to check for (default: the .rknn's; float for "
                    ".onnx/.pt)")
-    p.add_argument("--input-size", default=None, help="C,H,W for TorchScript models, e.g. 3,416,416")
+    p.add_argument("--input-size", default=None, help="the input's shape (C,H,W or N,C,H,W) for a TorchScript "
+                   "model or an ONNX model with dynamic dimensions, e.g. 3,416,416")
     p.add_argument("--calib-count", type=int, default=None, help="number of calibration images you plan to use")
     p.add_argument("--format", choices=("rknn", "tflite"), default="rknn",
                    help="tflite: check the int8 TFLite export instead: which layers Mesa's Teflon delegate runs on "
@@ -36,9 +37,16 @@ def run(args: argparse.Namespace) -> int:
         findings = check(pkg, target=args.target, calib_count=args.calib_count, quant_dtype=args.dtype)
     else:
         from ..convert import load_model
+        from ..errors import ModelLoadError
 
         size = [[int(v) for v in args.input_size.split(",")]] if args.input_size else None
-        loaded = load_model(args.model, size)
+        try:
+            loaded = load_model(args.model, size)
+        except ModelLoadError as e:
+            if size is None and "dynamic dimension" in str(e):  # the API's words; say the option to use here
+                raise ModelLoadError(f"{e}. With openrknn check: --input-size N,C,H,W (that shape with its "
+                                     "dynamic dimensions filled in)") from e
+            raise
         findings = check_model(loaded.model, args.target or "rk1808", args.dtype, calib_count=args.calib_count)
     if args.json:
         print(json.dumps(findings_json(findings), indent=2))
