@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from openrknn.analysis.memory import eval_memory_report, plan_memory
+from openrknn.units import format_bytes
 
 
 class G:
@@ -236,6 +237,8 @@ def test_eval_memory_report_adds_up(capsys):
     # the host process's memory is printed apart, after the board figures, in the one unit convention (decimal)
     npu, host = out.rsplit("=" * 78, 1)
     assert "Internal memory" in npu and "resident" not in npu and "MiB" not in out
+    # the weight line is its parts' sum (it left the quantization params out while the total counted them)
+    assert f"Weight memory            {format_bytes(w['total'] + w['quant_param_bytes']):>10}" in npu
     assert "52.43 MB (resident set)" in host and "not part of the board estimate" in host
     r1 = eval_memory_report(model, "rk1808", "asymmetric_quantized-u8", is_print=False, host_rss_bytes=None)
     assert r1["weight"]["per_channel_tensors"] == 0  # Toolkit v1 quantizes per layer

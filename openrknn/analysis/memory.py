@@ -313,7 +313,8 @@ def _size(n: Optional[float]) -> str:
 def format_memory_report(r: dict) -> str:
     w = r["weight"]
     lines = ["=" * 78, f"Memory  target {r['target']}, dtype {r['quantized_dtype'] or 'float (fp16 on the NPU)'}"]
-    lines.append(f"  Weight memory            {_size(w['total'])}")
+    # the parts below add up to it, as the HTML report's 'weights' and the total count it
+    lines.append(f"  Weight memory            {_size(w['total'] + w['quant_param_bytes'])}")
     for dt, n in w["by_dtype"].items():
         lines.append(f"    {dt:<22} {_size(n)}")
     lines.append(f"    quantization params    {_size(w['quant_param_bytes'])}  ({w['quant_params']} values, "
