@@ -82,6 +82,11 @@ def test_op_support_takes_an_lstm_as_an_rknpu2_npu_op():
     m = _recurrent("LSTM", 20)
     assert fired(m, "op-support", target="rk3588", quant="w8a8") == []
     assert [f.severity for f in check_model(_recurrent("GRU", 20), "rk3588", rules=["op-support"])] == ["warning"]
+    # rknn-toolkit2's op list: batch 1 only, no input_forget
+    for bad, words in ((_recurrent("LSTM", 20, batch=4), "batch 4"), (_recurrent("GRU", 20, batch=2), "batch 2"),
+                       (_recurrent("LSTM", 20, input_forget=1), "input_forget=1")):
+        errors = [f for f in check_model(bad, "rk3588", rules=["op-support"]) if f.severity == "error"]
+        assert len(errors) == 1 and words in errors[0].why and "batch size 1" in errors[0].why
 
 
 def test_op_support_is_quiet_on_npu_ops():

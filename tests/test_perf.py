@@ -220,16 +220,16 @@ def test_cpu_fallback_and_in_place_concat():
     assert est["flat"].unit == "free"
 
 
-def _recurrent(op_type, steps, inp=64, hidden=32, dirs=2):
-    """One LSTM / GRU layer over [steps, 1, inp] with its gate weights as initializers."""
+def _recurrent(op_type, steps, inp=64, hidden=32, dirs=2, batch=1, **attrs):
+    """One LSTM / GRU layer over [steps, batch, inp] with its gate weights as initializers."""
     gates = 4 if op_type == "LSTM" else 3
     rng = np.random.default_rng(0)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, inp])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, inp])
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
              (("W", (dirs, gates * hidden, inp)), ("R", (dirs, gates * hidden, hidden)),
               ("B", (dirs, 2 * gates * hidden)))]
     node = helper.make_node(op_type, ["x", "W", "R", "B"], ["y"], name="rnn", hidden_size=hidden,
-                            direction="bidirectional" if dirs == 2 else "forward")
+                            direction="bidirectional" if dirs == 2 else "forward", **attrs)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     return helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
                              opset_imports=[helper.make_opsetid("", 17)])

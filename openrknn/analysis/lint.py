@@ -124,6 +124,23 @@ def _op_support(ctx: Context) -> Iterator[Finding]:
                           f"{layer.op_type} is not on the {ctx.spec.name} NPU: the graph falls back to the CPU here, "
                           f"copying activations NPU -> CPU -> NPU",
                           "move it to the end of the model (post-processing) or replace it with NPU ops")
+        if layer.op_type in ("LSTM", "GRU") and ctx.gen.name == "rknpu2":
+            yield from _recurrent_limits(ctx, layer)
+
+
+def _recurrent_limits(ctx: Context, layer: Layer) -> Iterator[Finding]:
+    """rknn-toolkit2's op list: LSTM and GRU at batch size 1 only, and an LSTM without input_forget."""
+    x = ctx.gi.tensors[layer.inputs[0]].shape
+    batch = x[0 if layer.attrs.get("layout", 0) else 1] if len(x) == 3 else 1
+    problems = [f"batch {batch}"] if batch != 1 else []
+    if layer.op_type == "LSTM" and layer.attrs.get("input_forget", 0):
+        problems.append("input_forget=1 (coupled input and forget gates)")
+    if problems:
+        yield Finding("error", "op-support", layer.name, layer.op_type,
+                      f"rknn-toolkit2 takes a {layer.op_type} at batch size 1"
+                      f"{' without input_forget' if layer.op_type == 'LSTM' else ''} only: " + "; ".join(problems),
+                      "export the recurrent part at batch 1 (run the sequences one after another)"
+                      + ("; untie the LSTM's input and forget gates" if "input_forget" in " ".join(problems) else ""))
 
 
 @rule("conv-limits")
