@@ -13,6 +13,7 @@ import onnx
 
 from .algorithms import activations as act_alg
 from .algorithms.concat_inputs import ConcatInputScales
+from .algorithms.conv_tiles import ConvTiles
 from .algorithms.equalize import CrossLayerEqualization
 from .algorithms.pow2_fit import Pow2Fit
 from .algorithms.residual_equalize import ResidualEqualization
@@ -43,7 +44,7 @@ DECIDED_BY_EXTREMES = ("ArgMax", "ArgMin", "TopK")
 
 # The graph rewrites in the order they run (each in its algorithm's module; see stages.Rewrite). 'graph' stages run
 # before calibration, 'statistics' stages after pass 1, from its statistics.
-REWRITES = (CrossLayerEqualization, HeadSplit, ResidualEqualization, RangeSplit, Pow2Fit, ConcatInputScales)
+REWRITES = (CrossLayerEqualization, ConvTiles, HeadSplit, ResidualEqualization, RangeSplit, Pow2Fit, ConcatInputScales)
 # The order in which the rewrites' channel factors are multiplied into one per tensor (float products: fixed order).
 SCALE_ORDER = ("equalization", "residual_equalization", "pow2_fit", "range_split")
 
