@@ -110,3 +110,18 @@ def test_a_build_tiles_only_for_the_rknpu2(tmp_path, config, tiled):
         assert cos > 0.99
     finally:
         rk.release()
+
+
+def test_an_override_of_a_tiled_convs_weight_reaches_its_slices_and_partial_sums():
+    """Auto hybrid names a layer by its points and its weight: the weight of a tiled conv is no longer one tensor
+    (an override naming it failed as an unknown name) and its partial sum is the layer's too."""
+    from openrknn.quant import QuantOptions, quantize
+
+    rng = np.random.default_rng(4)
+    data = [{"x": rng.normal(0, 1, (1, 4, 12, 12)).astype(np.float32)} for _ in range(4)]
+    options = dict(dtype="w8a8", target="rk3588", range_choice=False)
+    res = quantize(model(512), data, QuantOptions(**options, overrides={"w": "int16", "y": "int16"}), progress=False)
+    plain = quantize(model(512), data, QuantOptions(**options), progress=False)
+    assert plain.tensors["c__tile1"]["dtype"] == "int8"
+    assert res.tensors["c__tile1"]["dtype"] == "int16"
+    assert {res.tensors[f"w__tile{k}"]["dtype"] for k in (0, 1)} == {"int16"}

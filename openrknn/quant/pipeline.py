@@ -521,7 +521,8 @@ def _peak_overrides(info: GraphInfo, plan: Plan, scheme: Scheme, options: "Quant
 
 
 def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
-    """Check override names; a tensor that range split cut into parts applies to every part."""
+    """Check override names; a tensor that range split cut into parts applies to every part, a tiled conv's weight
+    to its slices and partial sums."""
     from ..errors import ConfigError
 
     points = set(plan.points)
@@ -531,6 +532,11 @@ def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
         parts = [p for p in plan.points if p.startswith(name + "__split")]
         # a split depthwise weight, or the permuted weight of a conv reading a split output
         parts += [w for w in weights if w.startswith((name + "__split", name + "__perm_"))]
+        # the weight of a conv the chip tiles (algorithms/conv_tiles.py): its slices' weights and its partial sums
+        for w in (w for w in plan.weighted if w.w.startswith(name + "__tile")):
+            conv = w.x.rsplit("__tile", 1)[0]
+            parts += [w.w] + [p for p in plan.points if p.startswith(conv + "__tile") and not p.endswith("_in")
+                              and p not in parts]
         if name in points or name in weights:
             out[name] = value
         elif plan.host_sigmoids.get(name) in points:  # a Sigmoid the host computes: its layer is its logits'
