@@ -138,6 +138,28 @@ def hybrid_package(tmp_path_factory, csp_package) -> Path:
     return d / "hybrid.rknn"
 
 
+def tiny_recurrent(path: Path) -> Path:
+    """A CRNN in small: conv-relu over a 16-pixel-high strip, its columns as a sequence into an LSTM whose node
+    spells out layout=0 (as PyTorch's export of a two-layer LSTM does), a linear head per step."""
+    n1, i1 = _conv("c1", "x", 3, 4)
+    w = numpy_helper.from_array((rng.standard_normal((1, 32, 64)) * 0.2).astype(np.float32), "lstm_w")
+    r = numpy_helper.from_array((rng.standard_normal((1, 32, 8)) * 0.2).astype(np.float32), "lstm_r")
+    head = numpy_helper.from_array((rng.standard_normal((8, 5)) * 0.5).astype(np.float32), "head_w")
+    shape = numpy_helper.from_array(np.array([64, 16], np.int64), "seq_shape")
+    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Reshape", ["r1", "seq_shape"], ["f"]),
+             helper.make_node("Transpose", ["f"], ["seq"], perm=[1, 0]),
+             helper.make_node("Unsqueeze", ["seq", "one"], ["seq3"]),
+             helper.make_node("LSTM", ["seq3", "lstm_w", "lstm_r"], ["h"], hidden_size=8, layout=0),
+             helper.make_node("Squeeze", ["h", "one"], ["h2"]), helper.make_node("MatMul", ["h2", "head_w"], ["y"])]
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    g = helper.make_graph(nodes, "crnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], i1 + [w, r, head, shape, one])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
 # ---------------------------------------------------------------- job format
 
 
@@ -606,3 +628,37 @@ def test_runner_leaves_out_custom_layers_the_vendor_folded_away(vendor, tmp_path
     assert result["custom_layers"] == ["a"] and sorted(result["custom_not_in_cfg"]) == ["absent", "gone"]
     text = out.read_text()
     assert "a: int16" in text and "gone: int16" not in text
+
+
+def test_a_recurrent_nodes_default_layout_is_left_out_and_batch_first_refused(tmp_path):
+    from openrknn.errors import NotSupportedError
+    from openrknn.vendor.prepare import recurrent_layouts
+
+    m = onnx.load(str(tiny_recurrent(tmp_path / "crnn.onnx")))
+    assert recurrent_layouts(m) == 1
+    assert [a.name for n in m.graph.node if n.op_type == "LSTM" for a in n.attribute] == ["hidden_size"]
+    lstm = next(n for n in m.graph.node if n.op_type == "LSTM")
+    lstm.attribute.append(helper.make_attribute("layout", 1))
+    with pytest.raises(NotSupportedError, match="batch_first=False"):
+        recurrent_layouts(m)
+
+
+@pytest.mark.slow
+def test_vendor_compiles_an_lstm_that_spells_out_its_layout(vendor, tmp_path):
+    """rknn-toolkit2 rebuilt the LSTM for its simulator in an older opset and refused the attribute ("Unrecognized
+    attribute: layout for operator LSTM"): a Khmer CRNN exported from PyTorch failed in vendor-export."""
+    from openrknn.vendor import export_vendor
+
+    ds = write_images(tmp_path / "imgs")
+    rknn = RKNN()
+    rknn.config(mean_values=[[0, 0, 0]], std_values=[[255, 255, 255]], target_platform="rk3588")
+    assert rknn.load_onnx(str(tiny_recurrent(tmp_path / "crnn.onnx"))) == 0
+    assert rknn.build(do_quantization=True, dataset=str(ds)) == 0
+    assert rknn.export_rknn(str(tmp_path / "crnn.rknn")) == 0
+    rknn.release()
+    imgs = sorted((tmp_path / "imgs").glob("*.png"))
+    out = tmp_path / "crnn.vendor.rknn"
+    export_vendor(tmp_path / "crnn.rknn", out, validate=imgs[:2], validate_out=tmp_path / "val", route="qdq",
+                  dataset=ds, vendor=vendor)
+    report = json.loads(Path(str(out) + ".validation.json").read_text())
+    assert report["outputs"][0]["cosine_min"] >= 0.99, report

@@ -385,6 +385,25 @@ def name_nodes(model: onnx.ModelProto) -> None:
             used.add(name)
 
 
+def recurrent_layouts(model: onnx.ModelProto) -> int:
+    """Drop the ``layout`` attribute of LSTM / GRU / RNN nodes where it is 0, its default (in place; how many).
+    rknn-toolkit2 2.5.0 rebuilds such a node in an older opset for its simulator, which refuses the attribute
+    (opset 14's): "Unrecognized attribute: layout for operator LSTM". A batch-first layout it cannot run at all."""
+    dropped = 0
+    for node in model.graph.node:
+        if node.op_type not in ("LSTM", "GRU", "RNN"):
+            continue
+        for a in list(node.attribute):
+            if a.name != "layout":
+                continue
+            if a.i != 0:
+                raise NotSupportedError(f"{node.op_type} {node.name!r} is batch-first (layout=1), which rknn-toolkit2 "
+                                        "2.5.0 does not read; export it sequence-first (PyTorch: batch_first=False)")
+            node.attribute.remove(a)
+            dropped += 1
+    return dropped
+
+
 def _layer_outputs(model: onnx.ModelProto, wide: Dict[str, str], notes: List[str]) -> Dict[str, str]:
     """custom_quantize_layers names layers by the tensor they make, and the vendor converts a 16-bit tensor back to
     int8 in front of an int8 reader; openrknn's readers of a 16-bit tensor read all 16 bits. So each such tensor's
@@ -430,6 +449,7 @@ def prepare(package, route: str, extra: Optional[Dict[str, Tuple[float, float]]]
     pre-activation ones into the graph as Q/DQ, route 'ranges' writes them into the vendor's cfg next to ours."""
     model = onnx.load_from_string(package.model_bytes)
     name_nodes(model)
+    recurrent_layouts(model)
     quantized = any(n.op_type in QDQ for n in model.graph.node)
     means, stds, names, shapes, notes = cut_input_preprocess(model, package.metadata)
     if not quantized:
