@@ -250,6 +250,9 @@ def test_run_saves_the_api_outputs(model_rknn, tmp_path, capsys):
     for name, frame in zip("abc", rgb):
         np.testing.assert_array_equal(np.load(out_dir / f"{name}_out0.npy"), _outputs(model_rknn, frame)[0])
     assert "channel order fed: RGB" in out
+    # -o names the output as in every other command (convert, report, export-tflite, vendor-export, sweep)
+    code, out, err = _cli(capsys, "run", model_rknn, a, "-o", tmp_path / "short")
+    assert code == 0 and [p.name for p in (tmp_path / "short").iterdir()] == ["a_out0.npy"], err
 
 
 def test_run_bgr_feeds_opencv_order(model_rknn, tmp_path, capsys):

@@ -8,7 +8,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="pth -> pt -> int8 rknn -> simulator -> boxes and a report, on the built-in "
                        "eye detector")
-    p.add_argument("--out", default="openrknn-demo", help="output folder (default: ./openrknn-demo)")
+    p.add_argument("-o", "--out", default="openrknn-demo", help="output folder (default: ./openrknn-demo)")
     p.add_argument("--weights", default=None, help="yolox-pytorch nano 3-class .pth (default: the built-in model)")
     p.add_argument("--calib-images", type=int, default=100, help="generated calibration images (default 100)")
     p.add_argument("--test-images", type=int, default=120,

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help=".rknn, or .pt/.onnx converted on the fly (see --config)")
     p.add_argument("source", help="image file, folder of images, video file, or camera index (0, 1, ...)")
-    p.add_argument("--out", default="detections", help="output folder (default: ./detections)")
+    p.add_argument("-o", "--out", default="detections", help="output folder (default: ./detections)")
     p.add_argument("--score", type=float, default=0.3, help="score threshold (objectness x class), default 0.3")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold, default 0.45")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help=".rknn file")
     p.add_argument("samples", nargs="+", help="image or .npy per sample; for several inputs join them with commas "
                    "(a.jpg,b.npy)")
-    p.add_argument("--out", default="outputs", help="folder for <sample>_out<k>.npy files (default: outputs)")
+    p.add_argument("-o", "--out", default="outputs", help="folder for <sample>_out<k>.npy files (default: outputs)")
     order = p.add_mutually_exclusive_group()
     order.add_argument("--rgb", action="store_true", help="decode images as RGB (default: as the model was "
                        "calibrated: RGB unless it was built with quant_img_RGB2BGR)")
