@@ -70,6 +70,25 @@ def test_the_tiled_graph_computes_the_same_and_rounds_where_the_chip_does(channe
     assert "c__tile0" in build_plan(GraphInfo(t), True, ALL_PRE_ACTIVATIONS).points
 
 
+def test_two_convs_sharing_a_weight_share_its_slices():
+    """A siamese net's branches read one set of weights: cut once, each branch its own tiles."""
+    m = model(512)
+    twin = helper.make_node("Conv", ["r", "w", "b"], ["c2"], pads=[1] * 4, name="twin")
+    m.graph.node.append(twin)
+    m.graph.output.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, None))
+    m = normalize(m)
+    info = GraphInfo(m)
+    t, report, _ = tile_convs(m, info, tiled_convs(info))
+    names = [i.name for i in t.graph.initializer]
+    assert len(names) == len(set(names)) and len(report["convs"]) == 2
+    onnx.checker.check_model(t)
+    x = np.random.default_rng(5).normal(0, 1, (1, 4, 12, 12)).astype(np.float32)
+    ours = ort.InferenceSession(t.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_convs_under_the_limit_and_grouped_convs_stay_whole():
     assert tiled_convs(GraphInfo(model(256))) == {}  # 256 x 9 = 2304
     m = model(512, kernel=1)

@@ -67,6 +67,7 @@ def tile_convs(model: onnx.ModelProto, info: GraphInfo, tiled: Dict[int, List[in
     replace: Dict[int, List[onnx.NodeProto]] = {}
     origins: Dict[str, str] = {}
     made = []
+    sliced = set()  # weights already cut (two convs may share one: a siamese net's branches)
     for i, parts in tiled.items():
         conv = info.nodes[i]
         name, y = conv.name or conv.output[0], conv.output[0]
@@ -80,8 +81,10 @@ def tile_convs(model: onnx.ModelProto, info: GraphInfo, tiled: Dict[int, List[in
         partial = {}
         for k in range(len(parts)):
             wk = f"{conv.input[1]}__tile{k}"
-            m.graph.initializer.append(numpy_helper.from_array(
-                np.ascontiguousarray(w[:, starts[k]:starts[k + 1]]), wk))
+            if wk not in sliced:
+                sliced.add(wk)
+                m.graph.initializer.append(numpy_helper.from_array(
+                    np.ascontiguousarray(w[:, starts[k]:starts[k + 1]]), wk))
             partial[k] = helper.make_node("Conv", [xs[k], wk] + ([bias] if bias and k == 1 else []),
                                           [f"{y}__tile{k}"], name=f"{name}__tile{k}")
             partial[k].attribute.extend(conv.attribute)
