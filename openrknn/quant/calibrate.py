@@ -144,10 +144,12 @@ def augment(model: onnx.ModelProto, outputs: Dict[str, Tuple[str, str, Optional[
     opset = opset_of(m)
     extra: List = []
     existing = {o.name for o in g.output}
+    reshaped: set = set()  # one Reshape per tensor, for its min and its max
     for dst, (op, src, axes) in outputs.items():
         if axes == CHANNELS:  # [N, C, ...] -> [N, C, rest], reduced over 0 and 2
             rows = src + "__channel_rows"
-            if not any(rows in n.output for n in g.node):
+            if rows not in reshaped:
+                reshaped.add(rows)
                 shape = rows + "__shape"
                 extra.append(onnx.numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
                 g.node.append(helper.make_node("Reshape", [src, shape], [rows]))

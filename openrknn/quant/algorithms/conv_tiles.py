@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ...graph.names import splice_nodes
+from ...graph.names import drop_unread, splice_nodes
 from ..ir import GraphInfo, normalize
 from ..stages import QuantState, Rewrite, StageResult
 
@@ -101,10 +101,7 @@ def tile_convs(model: onnx.ModelProto, info: GraphInfo, tiled: Dict[int, List[in
         replace[i] = nodes
         made.append({"conv": name, "slices": parts})
     splice_nodes(m.graph, list(m.graph.node), replace, set())
-    used = {t for n in m.graph.node for t in n.input}
-    keep = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    drop_unread(m.graph)  # the whole weights, now read by no conv
     return normalize(m), {"convs": made}, origins  # shapes for the new tensors: the plan reads them
 
 
