@@ -29,3 +29,22 @@ def test_per_channel_ranges_of_a_1d_conv_and_a_2d_map():
         np.testing.assert_allclose(lo, conv.min(axis=(0, 2)), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(hi, conv.max(axis=(0, 2)), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(stats.minmax[t], (conv.min(), conv.max()), rtol=1e-5, atol=1e-5)
+
+
+def test_steadiness_tells_a_channel_that_fires_in_one_sample_from_a_steady_one():
+    """Per channel: the median over samples of its span in one sample over its span in all of them. A ReLU channel
+    positive in one sample of five scores 0; one whose span is the same in every sample scores 1."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    data = []
+    for k in range(5):
+        x = np.full((1, 2, 4, 4), -1.0, np.float32)
+        x[0, 0] = np.linspace(0, 2, 16).reshape(4, 4)  # channel 0: the same span, 0..2, every time
+        if k == 3:
+            x[0, 1, 0, 0] = 0.7                          # channel 1: fires once
+        data.append({"x": x})
+    stats = Stats()
+    collect_minmax(m, ["y"], data, {}, stats, progress=False, threads=1, channel_tensors=["y"])
+    np.testing.assert_allclose(stats.channel_steadiness["y"], [1.0, 0.0])

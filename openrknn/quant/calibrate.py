@@ -29,6 +29,11 @@ class Stats:
     channel_mean: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_minmax: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     channel_samples: Dict[str, np.ndarray] = field(default_factory=dict)  # [C, positions] values of a few images
+    # per channel of channel_minmax's tensors: the median over samples of the channel's range in one sample, over its
+    # range in all of them (both spans include 0). Near 1: the channel reaches its range in a typical sample; small:
+    # it fires in a few samples only, and its calibrated range says little about the next one. Scale-free, so the
+    # rewrites that rescale channel_minmax leave it valid.
+    channel_steadiness: Dict[str, np.ndarray] = field(default_factory=dict)
     pooled: List[List[str]] = field(default_factory=list)  # tensors over one range whose histograms add up
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
     samples: int = 0
@@ -222,6 +227,7 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
     sums: Dict[str, np.ndarray] = {}
     n = 0
     samples: Dict[str, List[np.ndarray]] = {t: [] for t in sample_tensors}
+    spans: Dict[str, List[np.ndarray]] = {t: [] for t in channel_tensors}  # each sample's per-channel span
     with _bar(len(data), "calibrate min/max", progress) as bar:
         for feed in data:
             fetch = names + (list(sample_tensors) if n < sample_images else [])
@@ -247,6 +253,7 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
                 a, b = res[t + "__cmin"], res[t + "__cmax"]
                 cmin[t] = a if t not in cmin else np.minimum(cmin[t], a)
                 cmax[t] = b if t not in cmax else np.maximum(cmax[t], b)
+                spans[t].append(np.maximum(b, 0) - np.minimum(a, 0))
             n += 1
             bar.update()
     if n == 0:
@@ -265,6 +272,10 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
         stats.channel_mean[t] = (s / n).astype(np.float32)
     for t in cmin:
         stats.channel_minmax[t] = (cmin[t], cmax[t])
+        whole = np.maximum(cmax[t], 0) - np.minimum(cmin[t], 0)
+        typical = np.median(np.stack(spans[t]), axis=0)
+        stats.channel_steadiness[t] = np.where(whole > 0, typical / np.where(whole > 0, whole, 1), 1.0).astype(
+            np.float32)
     for t, parts in samples.items():
         stats.channel_samples[t] = np.concatenate(parts, 1)
     stats.samples = n

@@ -36,8 +36,8 @@ from .calibrate import Stats, collect_histograms, collect_minmax
 log = logging.getLogger("openrknn.quant.stats_cache")
 
 # Bump when what a pass stores, or how it computes it, changes: old entries then stop matching.
-FORMAT = 1
-_ARRAY_FIELDS = ("channel_mean", "channel_minmax", "channel_samples", "hist")
+FORMAT = 2
+_ARRAY_FIELDS = ("channel_mean", "channel_minmax", "channel_samples", "channel_steadiness", "hist")
 
 
 class MemoryStore:
@@ -212,6 +212,8 @@ def encode_stats(stats: Stats) -> bytes:
         index["channel_minmax"][t] = [add(lo), add(hi)]
     for t, v in stats.channel_samples.items():
         index["channel_samples"][t] = add(v)
+    for t, v in stats.channel_steadiness.items():
+        index["channel_steadiness"][t] = add(v)
     for t, v in stats.hist.items():
         index["hist"][t] = add(v)
     meta = {"minmax": {t: [float(a), float(b)] for t, (a, b) in stats.minmax.items()}, "samples": stats.samples,
@@ -230,6 +232,7 @@ def decode_stats(blob: bytes) -> Stats:
                      channel_mean={t: z[k] for t, k in idx["channel_mean"].items()},
                      channel_minmax={t: (z[a], z[b]) for t, (a, b) in idx["channel_minmax"].items()},
                      channel_samples={t: z[k] for t, k in idx["channel_samples"].items()},
+                     channel_steadiness={t: z[k] for t, k in idx["channel_steadiness"].items()},
                      pooled=meta["pooled"], hist={t: z[k] for t, k in idx["hist"].items()},
                      samples=int(meta["samples"]), seconds=dict(meta["seconds"]))
 

@@ -92,16 +92,29 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
 
 
 DEAD = 1e-6  # a channel whose range is below this share of the widest is constant (dead): it fits any group
+# a channel whose range in a typical calibration sample is under this share of its range in all of them fires in a
+# few samples only (calibrate.Stats.channel_steadiness): the next input may take it far past its calibrated range
+# (a landmark net's rarely firing ReLU channels, 2-16x on unseen faces), so it never sets a narrow group's range
+STEADY = 0.5
 
 
 def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_groups: int = 3,
-                   min_group: int = 1) -> Optional[List[np.ndarray]]:
+                   min_group: int = 1, steadiness: Optional[np.ndarray] = None) -> Optional[List[np.ndarray]]:
     """Cut channels, sorted by range, where the range drops the most, until each group spans <= max_ratio
-    (or max_groups is reached). Dead channels join the widest group. None when one group already does."""
+    (or max_groups is reached). Dead channels, and live ones under the STEADY share of ``steadiness`` that the
+    widest steady channel outranges, join the widest group. None when one group already does."""
     r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 0.0)
     live = r > r.max() * DEAD
+    if steadiness is not None:
+        steady = np.asarray(steadiness).reshape(r.shape) >= STEADY
+        if (live & steady).any():  # unsteady channels wider than every steady one are the widest group anyway
+            live &= steady | (r > r[live & steady].max())
+        else:
+            live[:] = False
     order = np.argsort(-r)
     order = order[live[order]]
+    if not len(order):
+        return None
     dead = np.flatnonzero(~live)
     groups = [order]
     while len(groups) < max_groups:
@@ -479,15 +492,19 @@ def _refine(groups: List[np.ndarray], finer: List[np.ndarray], channels: int) ->
 
 
 def _decide(info: GraphInfo, lo: np.ndarray, hi: np.ndarray, cons: List[List[int]], ranges, samples,
-            levels: int, max_ratio: float, max_groups: int, min_benefit: float):
+            levels: int, max_ratio: float, max_groups: int, min_benefit: float, steadiness=None, point: str = ""):
     """A candidate's channel groups, and the remaps {depthwise output: Remap} its outputs get: the split tensor's
-    own grouping, cut finer where a remappable output's remap onto the finer groups is worth it."""
-    groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups) or [np.arange(len(lo))]
+    own grouping, cut finer where a remappable output's remap onto the finer groups is worth it. ``steadiness``:
+    {tensor: per-channel steadiness} (group_channels), for ``point`` and the outputs."""
+    steadiness = steadiness or {}
+    groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups,
+                            steadiness=steadiness.get(point)) or [np.arange(len(lo))]
     chosen = {}
     for o in remappable_outputs(info, cons):
         if o not in ranges or o not in samples:
             continue
-        finer = group_channels(*ranges[o], max_ratio=REMAP_RATIO, max_groups=max_groups)
+        finer = group_channels(*ranges[o], max_ratio=REMAP_RATIO, max_groups=max_groups,
+                               steadiness=steadiness.get(o))
         trial = _refine(groups, finer, len(lo)) if finer else groups
         choice = choose_remap(info, o, *ranges[o], samples[o], trial, levels)
         if choice is not None and choice.benefit >= min_benefit:
@@ -566,8 +583,8 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
 
 def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.ndarray]], max_ratio: float = 8.0,
                 max_groups: int = 3, samples: Optional[Dict[str, np.ndarray]] = None, levels: int = 255,
-                min_benefit: float = REMAP_BENEFIT, confirm=None, requantized_pre_activations: bool = False
-                ) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
+                min_benefit: float = REMAP_BENEFIT, confirm=None, requantized_pre_activations: bool = False,
+                steadiness: Optional[Dict[str, np.ndarray]] = None) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
     """Split every candidate whose per-channel ranges (``ranges``: tensor -> (min[C], max[C]), from calibration)
     span more than ``max_ratio``, or whose remappable consumer outputs' ranges (also in ``ranges`` when measured)
     span more than REMAP_RATIO; those outputs' parts are remapped onto one range (see choose_remap).
@@ -580,7 +597,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     (the concat's) for kl_divergence / mmse. ``confirm``: called once with every remap the candidates would get,
     {depthwise output: channel groups}, before any is made; returns (make them?, a report entry).
     ``requantized_pre_activations``: the plan's (plan.py); a depthwise conv's requantized output is cut into parts
-    like its activation's, {part: (original, channel indices, None)}."""
+    like its activation's, {part: (original, channel indices, None)}. ``steadiness``: {tensor: per-channel
+    steadiness} from calibration (group_channels); None trusts every channel's range."""
     from ..ir import normalize
     from ..plan import build_plan
 
@@ -601,8 +619,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
              for t, (prod, cons) in found.items()}
     # each candidate's groups and remaps, decided on the model as given: a rewrite elsewhere only permutes, folds
     # or slices the weights the decision reads, so it would decide the same
-    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit)
-               for t, (lo, hi) in ranges.items() if t in found}
+    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit,
+                          steadiness, t) for t, (lo, hi) in ranges.items() if t in found}
     check = None
     proposed = {o: groups for groups, fitted in decided.values() for o in fitted}
     if confirm is not None and proposed:
@@ -610,7 +628,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         made, check = confirm(proposed)
         if not made:
             decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups,
-                                  float("inf")) for t, (lo, hi) in ranges.items() if t in found}
+                                  float("inf"), steadiness, t) for t, (lo, hi) in ranges.items() if t in found}
     for t, (lo, hi) in ranges.items():
         if t not in decided or len(decided[t][0]) == 1:  # the other keys are remap outputs' ranges
             continue
@@ -708,7 +726,7 @@ class RangeSplit(Rewrite):
             model, ranges, options.range_split_ratio, samples=stats.channel_samples,
             levels=(1 << state.scheme.act.bits) - 1,
             confirm=lambda proposed: remap_check(model, proposed, ranges, state.data, options.threads),
-            requantized_pre_activations=options.requantized_pre_activations)
+            requantized_pre_activations=options.requantized_pre_activations, steadiness=stats.channel_steadiness)
         stats.pooled = report.pop("pooled")
         for part, (orig, idx, remapped) in parts.items():
             if remapped is not None:
