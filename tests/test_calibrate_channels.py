@@ -48,3 +48,15 @@ def test_steadiness_tells_a_channel_that_fires_in_one_sample_from_a_steady_one()
     stats = Stats()
     collect_minmax(m, ["y"], data, {}, stats, progress=False, threads=1, channel_tensors=["y"])
     np.testing.assert_allclose(stats.channel_steadiness["y"], [1.0, 0.0])
+
+
+def test_histogram_of_a_range_of_denormals():
+    """An SSR-Net ReLU's values on every calibration face were 0 or about 1e-39: bins / range overflowed float32,
+    every position was NaN, and the build failed in numpy's bincount. They count like any other range now."""
+    from openrknn.quant.calibrate import histogram_fixed
+
+    hi = float(np.float32(1.4262261627066912e-39))
+    x = np.array([0.0, 0.0, 1.1e-39, hi, 5e-40], np.float32)
+    h = histogram_fixed(x, 0.0, hi, 2048)
+    assert h.sum() == 5 and h[0] == 2 and h[-1] == 1
+    assert histogram_fixed(np.array([0.0, 1.0, 2.0], np.float32), 0.0, 2.0, 4).tolist() == [1, 0, 1, 1]

@@ -297,7 +297,11 @@ def histogram_fixed(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarra
         out = np.zeros(bins, np.int64)
         out[0] = x.size
         return out
-    pos = (x - np.float32(lo)) * np.float32(bins / (hi - lo))
+    factor = bins / (hi - lo)
+    if factor < 1e30:
+        pos = (x - np.float32(lo)) * np.float32(factor)
+    else:  # a range of denormals (a ReLU's 1e-39s): the float32 factor would be inf and every bin NaN
+        pos = (x.astype(np.float64) - lo) * factor
     np.clip(pos, 0, bins - 1, out=pos)  # before the cast: an attention mask's -inf goes to the first bin
     return np.bincount(pos.astype(np.int32), minlength=bins)
 
