@@ -67,6 +67,28 @@ def test_conv_followed_by_constant_scale_and_shift_folds_into_the_conv(chain):
     _same(m, out)
 
 
+@pytest.mark.parametrize("trans_b,bias,beta", [(1, True, 1.0), (0, True, 0.5), (1, False, 1.0)])
+def test_batchnorm_after_a_gemm_folds_into_it(trans_b, bias, beta):
+    """A landmark head's Linear -> BatchNorm1d: onnxslim leaves the BatchNorm, which the NPU would run as its own op
+    (one more rounding of the head's output); it folds into the Gemm exactly."""
+    w = RNG.normal(0, 0.5, (5, 8) if trans_b else (8, 5))
+    inits = {"w": w, "g": RNG.uniform(0.05, 2, 5), "be": RNG.normal(0, 1, 5), "mu": RNG.normal(0, 1, 5),
+             "var": RNG.uniform(0.1, 3, 5)}
+    ins = ["x", "w"] + (["c"] if bias else [])
+    if bias:
+        inits["c"] = RNG.normal(0, 1, 5)
+    m = _model([n("Gemm", ins, ["h"], transB=trans_b, beta=beta, alpha=0.7),
+                n("BatchNormalization", ["h", "g", "be", "mu", "var"], ["y"], epsilon=1e-3)], inits, in_shape=(2, 8))
+    out = _copy(m)
+    assert fold.fold_gemm_batchnorm(out) == 1
+    assert _ops(out) == ["Gemm"] and out.graph.node[0].output[0] == "y"
+    _same(m, out, shape=(2, 8))
+    read_twice = _model([n("Gemm", ["x", "w"], ["h"], transB=trans_b), n("Relu", ["h"], ["r"]),
+                         n("BatchNormalization", ["h", "g", "be", "mu", "var"], ["y"])], inits, in_shape=(2, 8),
+                        outputs=("y", "r"))
+    assert fold.fold_gemm_batchnorm(_copy(read_twice)) == 0
+
+
 def test_conv_affine_is_not_folded_where_the_conv_output_is_read_elsewhere_or_broadcast_wider():
     nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["y"]),
              n("Relu", ["c"], ["r"])]

@@ -157,6 +157,57 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
         done += 1
 
 
+def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
+    """Gemm -> BatchNormalization (inference) folded into the Gemm: onnxslim fuses a BatchNorm into the conv before
+    it but leaves one after a fully connected layer (a landmark head's Linear -> BatchNorm1d), which the NPU would
+    compute as an op of its own, rounding the Gemm's output once more on its way."""
+    done = 0
+    while True:
+        ix = _Index(model)
+        g = model.graph
+        hit = None
+        for i, node in enumerate(g.node):
+            if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or _attr(node, "transA", 0):
+                continue
+            w = ix.const(node.input[1])
+            c = ix.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if w is None or w.ndim != 2 or (len(node.input) > 2 and node.input[2] and c is None):
+                continue
+            y = node.output[0]
+            cons = ix.consumers.get(y, [])
+            if y in ix.keep or len(cons) != 1:
+                continue
+            bn = g.node[cons[0]]
+            if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.output) != 1 or \
+                    _attr(bn, "training_mode", 0):
+                continue
+            params = [ix.const(t) for t in bn.input[1:5]]
+            n = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
+            if any(v is None or v.size != n for v in params) or (c is not None and c.size not in (1, n)):
+                continue
+            hit = (cons[0], node, bn, w, c, params)
+            break
+        if hit is None:
+            return done
+        ci, node, bn, w, c, (gamma, beta, mean, var) = hit
+        k = gamma.astype(np.float64).ravel() / np.sqrt(var.astype(np.float64).ravel() + _attr(bn, "epsilon", 1e-5))
+        w = w * (k[:, None] if _attr(node, "transB", 0) else k[None, :])
+        bias = np.zeros(len(k)) if c is None else np.broadcast_to(c.astype(np.float64).ravel(), k.shape)
+        bias = k * (_attr(node, "beta", 1.0) * bias - mean.ravel()) + beta.ravel()
+        node.input[1] = ix.add_const(node.input[1] + "_bn_folded", w.astype(np.float32))
+        new_c = ix.add_const((node.name or "gemm") + "_bias_bn_folded", bias.astype(np.float32))
+        if len(node.input) > 2:
+            node.input[2] = new_c
+        else:
+            node.input.append(new_c)
+        for a in node.attribute:
+            if a.name == "beta":
+                a.f = 1.0
+        node.output[0] = bn.output[0]
+        _drop(g, ci)
+        done += 1
+
+
 def _conv_readers(ix: _Index, t: str) -> Optional[List[int]]:
     """The convs reading t as their data input, with constant weights; None if anything else reads t."""
     out = []

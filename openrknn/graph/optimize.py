@@ -15,8 +15,8 @@ log = logging.getLogger("openrknn.graph")
 LEVELS = {
     0: "no graph changes",
     1: "constant folding, identity/dropout/dead-node removal, common sub-expressions, auto_pad as explicit pads",
-    2: "level 1 + fusions (Conv+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains), constant "
-       "per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op",
+    2: "level 1 + fusions (Conv+BatchNorm, Gemm+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains), "
+       "constant per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op",
     3: "level 2 + mean/std/channel-reorder folded into the first convolution where exact",
 }
 
@@ -53,6 +53,7 @@ def _fold(model: onnx.ModelProto) -> None:
                         "logits of sigmoids": fold.logit_of_sigmoid(model),
                         "unit-stride deconvs": fold.unit_stride_transposed_convs(model),
                         "conv affine": fold.fold_conv_affine(model),
+                        "batch norms after a Gemm": fold.fold_gemm_batchnorm(model),
                         "input scales": fold.fold_input_scale(model)})
         total.update(step)
         if not sum(step.values()):
