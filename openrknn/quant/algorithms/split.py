@@ -103,20 +103,13 @@ STEADY = 0.05
 def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_groups: int = 3,
                    min_group: int = 1, steadiness: Optional[np.ndarray] = None) -> Optional[List[np.ndarray]]:
     """Cut channels, sorted by range, where the range drops the most, until each group spans <= max_ratio
-    (or max_groups is reached). Dead channels, and live ones under the STEADY share of ``steadiness`` that the
-    widest steady channel outranges, join the widest group. None when one group already does."""
+    (or max_groups is reached). Dead channels join the widest group, and so do the channels under the STEADY share
+    of ``steadiness`` that the cuts put in a narrower one (the cuts stay where they were). None when one group
+    already does."""
     r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 0.0)
     live = r > r.max() * DEAD
-    if steadiness is not None:
-        steady = np.asarray(steadiness).reshape(r.shape) >= STEADY
-        if (live & steady).any():  # unsteady channels wider than every steady one are the widest group anyway
-            live &= steady | (r > r[live & steady].max())
-        else:
-            live[:] = False
     order = np.argsort(-r)
     order = order[live[order]]
-    if not len(order):
-        return None
     dead = np.flatnonzero(~live)
     groups = [order]
     while len(groups) < max_groups:
@@ -130,6 +123,10 @@ def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_g
             gaps[len(gaps) - min_group + 1:] = -1
         cut = int(np.argmax(gaps)) + 1
         groups[worst:worst + 1] = [g[:cut], g[cut:]]
+    if steadiness is not None:
+        unsteady = np.asarray(steadiness).reshape(r.shape) < STEADY
+        moved = [g[unsteady[g]] for g in groups[1:]]
+        groups = [np.concatenate([groups[0], *moved])] + [g for g in (g[~unsteady[g]] for g in groups[1:]) if len(g)]
     if len(groups) == 1:
         return None
     groups[0] = np.concatenate([groups[0], dead])
