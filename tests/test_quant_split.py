@@ -95,6 +95,10 @@ def test_group_channels_leaves_rarely_firing_channels_in_the_widest_group():
     groups = group_channels(np.zeros(5), r, steadiness=np.array([0.0, 0.9, 0.8, 0.8, 0.8]))
     assert [g.tolist() for g in groups] == [[0, 1], [2, 3, 4]]
     assert group_channels(np.zeros(5), r, steadiness=np.zeros(5)) is None
+    # a rarely firing channel far below its narrow group's steady top (HEADROOM) keeps its group
+    r = np.array([100.0, 90.0, 2.0, 1.6, 0.2])
+    groups = group_channels(np.zeros(5), r, max_ratio=16, steadiness=np.array([1.0, 1.0, 0.9, 0.0, 0.0]))
+    assert [g.tolist() for g in groups] == [[0, 1, 3], [2, 4]]
 
 
 @pytest.mark.parametrize("extra_reader", [False, True])

@@ -98,14 +98,17 @@ DEAD = 1e-6  # a channel whose range is below this share of the widest is consta
 # group's range. Channels that are active everywhere but vary (a recognizer's HardSwish features, 0.08-0.5) keep
 # their groups: moving them to the widest cost PP-OCR's recognizers 0.006-0.02 of cosine.
 STEADY = 0.05
+# how far above an unsteady channel's calibrated range its group's steady channels must reach for it to stay there:
+# the landmark net's rarely firing channels reached 2-16x theirs on unseen faces
+HEADROOM = 8.0
 
 
 def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_groups: int = 3,
                    min_group: int = 1, steadiness: Optional[np.ndarray] = None) -> Optional[List[np.ndarray]]:
     """Cut channels, sorted by range, where the range drops the most, until each group spans <= max_ratio
-    (or max_groups is reached). Dead channels join the widest group, and so do the channels under the STEADY share
-    of ``steadiness`` that the cuts put in a narrower one (the cuts stay where they were). None when one group
-    already does."""
+    (or max_groups is reached). Dead channels join the widest group; a channel under the STEADY share of
+    ``steadiness`` that the cuts put in a narrower group moves up unless that group's steady channels give it
+    HEADROOM (the cuts stay where they were). None when one group already does."""
     r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 0.0)
     live = r > r.max() * DEAD
     order = np.argsort(-r)
@@ -124,13 +127,25 @@ def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_g
         cut = int(np.argmax(gaps)) + 1
         groups[worst:worst + 1] = [g[:cut], g[cut:]]
     if steadiness is not None:
-        unsteady = np.asarray(steadiness).reshape(r.shape) < STEADY
-        moved = [g[unsteady[g]] for g in groups[1:]]
-        groups = [np.concatenate([groups[0], *moved])] + [g for g in (g[~unsteady[g]] for g in groups[1:]) if len(g)]
+        groups = _headroom_for_unsteady(groups, r, np.asarray(steadiness).reshape(r.shape) < STEADY)
     if len(groups) == 1:
         return None
     groups[0] = np.concatenate([groups[0], dead])
     return [np.sort(g) for g in groups]
+
+
+def _headroom_for_unsteady(groups: List[np.ndarray], r: np.ndarray, unsteady: np.ndarray) -> List[np.ndarray]:
+    """Groups (widest first) where each unsteady channel sits in the narrowest group whose steady channels span
+    HEADROOM times its calibrated range (the widest group when none does): a rarely firing channel far below its
+    group's steady top keeps its group; one that sets or nears a narrow group's range moves up."""
+    tops = [float(r[g[~unsteady[g]]].max()) if (~unsteady[g]).any() else 0.0 for g in groups]
+    out = [list(g[~unsteady[g]]) for g in groups]
+    out[0] = list(groups[0])
+    for k, g in enumerate(groups[1:], 1):
+        for c in g[unsteady[g]]:
+            j = next((j for j in range(k, 0, -1) if tops[j] >= HEADROOM * r[c]), 0)
+            out[j].append(c)
+    return [np.asarray(out[0], dtype=groups[0].dtype)] + [np.asarray(g, dtype=groups[0].dtype) for g in out[1:] if g]
 
 
 def _rename(node: onnx.NodeProto, mapping: Dict[str, str], suffix: str) -> onnx.NodeProto:
