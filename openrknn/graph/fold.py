@@ -96,45 +96,55 @@ def _drop(g: onnx.GraphProto, index: int) -> None:
     del g.node[index]
 
 
-def fold_conv_affine(model: onnx.ModelProto) -> int:
-    """Conv -> Mul/Div/Add/Sub by a per-output-channel constant, folded into the conv (repeated for chains)."""
+def _fold_each(model: onnx.ModelProto, match, apply) -> int:
+    """``apply(ix, hit)`` to the first hit ``match(ix, node)`` returns (None: no hit), then again on the changed
+    graph, until none is left; how many were applied."""
     done = 0
     while True:
         ix = _Index(model)
-        g = model.graph
-        hit = None
-        for i, node in enumerate(g.node):
-            if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or \
-                    node.domain not in ("", "ai.onnx"):
-                continue
-            w = ix.const(node.input[1])
-            has_bias = len(node.input) > 2 and bool(node.input[2])
-            bias = ix.const(node.input[2]) if has_bias else None
-            if w is None or (has_bias and bias is None):
-                continue
-            group = int(_attr(node, "group", 1))
-            if node.op_type == "ConvTranspose" and group != 1:
-                continue
-            y = node.output[0]
-            cons = ix.consumers.get(y, [])
-            if y in ix.keep or len(cons) != 1:
-                continue
-            c = g.node[cons[0]]
-            if c.op_type not in ("Mul", "Div", "Add", "Sub") or len(c.input) != 2 or c.domain not in ("", "ai.onnx"):
-                continue
-            if c.input[0] == c.input[1] or (c.op_type in ("Div", "Sub") and c.input[0] != y):
-                continue
-            other = c.input[1] if c.input[0] == y else c.input[0]
-            val = ix.const(other)
-            out_ch = w.shape[0] if node.op_type == "Conv" else w.shape[1]
-            vec = None if val is None else _channel_vector(val, w.ndim, out_ch)
-            if vec is None or not np.all(np.isfinite(vec)) or (c.op_type == "Div" and np.any(vec == 0)):
-                continue
-            hit = (i, cons[0], node, c, w, bias, vec)
-            break
+        hit = next((h for node in model.graph.node if (h := match(ix, node)) is not None), None)
         if hit is None:
             return done
-        i, ci, node, c, w, bias, vec = hit
+        apply(ix, hit)
+        done += 1
+
+
+def _sole_reader(ix: _Index, node: onnx.NodeProto) -> Optional[int]:
+    """The index of the one node reading ``node``'s first output, when that output is not a graph output."""
+    y = node.output[0]
+    cons = ix.consumers.get(y, [])
+    return cons[0] if y not in ix.keep and len(cons) == 1 else None
+
+
+def fold_conv_affine(model: onnx.ModelProto) -> int:
+    """Conv -> Mul/Div/Add/Sub by a per-output-channel constant, folded into the conv (repeated for chains)."""
+    def match(ix: _Index, node: onnx.NodeProto):
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.domain not in ("", "ai.onnx"):
+            return None
+        w = ix.const(node.input[1])
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = ix.const(node.input[2]) if has_bias else None
+        if w is None or (has_bias and bias is None):
+            return None
+        if node.op_type == "ConvTranspose" and int(_attr(node, "group", 1)) != 1:
+            return None
+        ci = _sole_reader(ix, node)
+        if ci is None:
+            return None
+        y, c = node.output[0], ix.g.node[ci]
+        if c.op_type not in ("Mul", "Div", "Add", "Sub") or len(c.input) != 2 or c.domain not in ("", "ai.onnx"):
+            return None
+        if c.input[0] == c.input[1] or (c.op_type in ("Div", "Sub") and c.input[0] != y):
+            return None
+        val = ix.const(c.input[1] if c.input[0] == y else c.input[0])
+        out_ch = w.shape[0] if node.op_type == "Conv" else w.shape[1]
+        vec = None if val is None else _channel_vector(val, w.ndim, out_ch)
+        if vec is None or not np.all(np.isfinite(vec)) or (c.op_type == "Div" and np.any(vec == 0)):
+            return None
+        return ci, node, c, w, bias, vec
+
+    def apply(ix: _Index, hit) -> None:
+        ci, node, c, w, bias, vec = hit
         axis = 0 if node.op_type == "Conv" else 1
         shape = [1] * w.ndim
         shape[axis] = -1
@@ -153,42 +163,34 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
         else:
             node.input.append(new_b)
         node.output[0] = c.output[0]
-        _drop(g, ci)
-        done += 1
+        _drop(ix.g, ci)
+
+    return _fold_each(model, match, apply)
 
 
 def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
     """Gemm -> BatchNormalization (inference) folded into the Gemm: onnxslim fuses a BatchNorm into the conv before
     it but leaves one after a fully connected layer (a landmark head's Linear -> BatchNorm1d), which the NPU would
     compute as an op of its own, rounding the Gemm's output once more on its way."""
-    done = 0
-    while True:
-        ix = _Index(model)
-        g = model.graph
-        hit = None
-        for i, node in enumerate(g.node):
-            if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or _attr(node, "transA", 0):
-                continue
-            w = ix.const(node.input[1])
-            c = ix.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if w is None or w.ndim != 2 or (len(node.input) > 2 and node.input[2] and c is None):
-                continue
-            y = node.output[0]
-            cons = ix.consumers.get(y, [])
-            if y in ix.keep or len(cons) != 1:
-                continue
-            bn = g.node[cons[0]]
-            if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.output) != 1 or \
-                    _attr(bn, "training_mode", 0):
-                continue
-            params = [ix.const(t) for t in bn.input[1:5]]
-            n = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
-            if any(v is None or v.size != n for v in params) or (c is not None and c.size not in (1, n)):
-                continue
-            hit = (cons[0], node, bn, w, c, params)
-            break
-        if hit is None:
-            return done
+    def match(ix: _Index, node: onnx.NodeProto):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or _attr(node, "transA", 0):
+            return None
+        w = ix.const(node.input[1])
+        c = ix.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if w is None or w.ndim != 2 or (len(node.input) > 2 and node.input[2] and c is None):
+            return None
+        ci = _sole_reader(ix, node)
+        bn = None if ci is None else ix.g.node[ci]
+        if bn is None or bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or \
+                len(bn.output) != 1 or _attr(bn, "training_mode", 0):
+            return None
+        params = [ix.const(t) for t in bn.input[1:5]]
+        n = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
+        if any(v is None or v.size != n for v in params) or (c is not None and c.size not in (1, n)):
+            return None
+        return ci, node, bn, w, c, params
+
+    def apply(ix: _Index, hit) -> None:
         ci, node, bn, w, c, (gamma, beta, mean, var) = hit
         k = gamma.astype(np.float64).ravel() / np.sqrt(var.astype(np.float64).ravel() + _attr(bn, "epsilon", 1e-5))
         w = w * (k[:, None] if _attr(node, "transB", 0) else k[None, :])
@@ -204,8 +206,9 @@ def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
             if a.name == "beta":
                 a.f = 1.0
         node.output[0] = bn.output[0]
-        _drop(g, ci)
-        done += 1
+        _drop(ix.g, ci)
+
+    return _fold_each(model, match, apply)
 
 
 def _conv_readers(ix: _Index, t: str) -> Optional[List[int]]:
