@@ -29,10 +29,10 @@ class Stats:
     channel_mean: Dict[str, np.ndarray] = field(default_factory=dict)
     channel_minmax: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     channel_samples: Dict[str, np.ndarray] = field(default_factory=dict)  # [C, positions] values of a few images
-    # per channel of channel_minmax's tensors: the median over samples of the channel's range in one sample, over its
-    # range in all of them (both spans include 0). Near 1: the channel reaches its range in a typical sample; small:
-    # it fires in a few samples only, and its calibrated range says little about the next one. Scale-free, so the
-    # rewrites that rescale channel_minmax leave it valid.
+    # per channel of channel_minmax's tensors: the median over samples (the first STEADINESS_SAMPLES) of the channel's
+    # span in one sample, over its span in all of them (spans include 0). Near 1: the channel reaches its
+    # range in a typical sample; near 0: it fires in a few samples only, and its calibrated range says little about
+    # the next one. Scale-free, so the rewrites that rescale channel_minmax leave it valid.
     channel_steadiness: Dict[str, np.ndarray] = field(default_factory=dict)
     pooled: List[List[str]] = field(default_factory=list)  # tensors over one range whose histograms add up
     hist: Dict[str, np.ndarray] = field(default_factory=dict)      # counts over minmax range, ``bins`` bins
@@ -45,6 +45,7 @@ class Stats:
 
 
 _IDLE_CACHE: List[float] = []  # [time measured, idle cores]
+STEADINESS_SAMPLES = 64  # per-sample spans kept for Stats.channel_steadiness: a median needs no more, memory stays flat
 
 
 def _idle_cores_now(cores: int) -> Optional[float]:
@@ -253,7 +254,8 @@ def collect_minmax(model: onnx.ModelProto, tensors: Sequence[str], data, mean_in
                 a, b = res[t + "__cmin"], res[t + "__cmax"]
                 cmin[t] = a if t not in cmin else np.minimum(cmin[t], a)
                 cmax[t] = b if t not in cmax else np.maximum(cmax[t], b)
-                spans[t].append(np.maximum(b, 0) - np.minimum(a, 0))
+                if n < STEADINESS_SAMPLES:
+                    spans[t].append(np.maximum(b, 0) - np.minimum(a, 0))
             n += 1
             bar.update()
     if n == 0:

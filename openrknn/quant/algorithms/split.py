@@ -92,14 +92,14 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
 
 
 DEAD = 1e-6  # a channel whose range is below this share of the widest is constant (dead): it fits any group
-# a channel whose range in a typical calibration sample is under this share of its range in all of them is silent in
+# a channel whose span in a typical calibration sample is under this share of its span in all of them is silent in
 # most samples and fires in a few (calibrate.Stats.channel_steadiness): the next input may take it far past its
-# calibrated range (a landmark net's rarely firing ReLU channels, 2-16x on unseen faces), so it never sets a narrow
-# group's range. Channels that are active everywhere but vary (a recognizer's HardSwish features, 0.08-0.5) keep
-# their groups: moving them to the widest cost PP-OCR's recognizers 0.006-0.02 of cosine.
+# calibrated range (a face landmark net's rarely firing ReLU channels did, and a narrow group clipped them), so it
+# does not set a narrow group's range. Channels active everywhere but varying (a recognizer's HardSwish features)
+# are above it and keep their groups (bench/RESULTS.md, session 58).
 STEADY = 0.05
 # how far above an unsteady channel's calibrated range its group's steady channels must reach for it to stay there:
-# the landmark net's rarely firing channels reached 2-16x theirs on unseen faces
+# about the growth such channels showed on unseen inputs
 HEADROOM = 8.0
 
 
