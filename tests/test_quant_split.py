@@ -82,23 +82,22 @@ def test_group_channels_cuts_at_the_largest_gaps():
     assert [g.tolist() for g in groups] == [[0, 1, 3], [2]]
 
 
-def test_group_channels_leaves_rarely_firing_channels_in_the_widest_group():
-    """A landmark net's ReLU channels that fire on one face in 19 got narrow groups of their own and clipped on the
-    next faces (2-16x their calibrated range): a channel under STEADY steadiness never sets a narrow group's range."""
-    r = np.array([100.0, 90.0, 1.0, 0.9, 0.5])
-    steady = np.array([1.0, 0.9, 0.8, 0.0, 0.2])  # channel 3 silent in most samples; 4 active, varying
-    groups = group_channels(np.zeros(5), r, steadiness=steady)
-    assert [g.tolist() for g in groups] == [[0, 1, 3], [2, 4]]
-    # every narrow channel silent in most samples: no split at all
-    assert group_channels(np.zeros(5), r, steadiness=np.array([1.0, 1.0, 0.01, 0.04, 0.0])) is None
-    # an unsteady channel wider than every steady one is the widest group's anyway: the cut below it stays
-    groups = group_channels(np.zeros(5), r, steadiness=np.array([0.0, 0.9, 0.8, 0.8, 0.8]))
-    assert [g.tolist() for g in groups] == [[0, 1], [2, 3, 4]]
-    assert group_channels(np.zeros(5), r, steadiness=np.zeros(5)) is None
-    # a rarely firing channel far below its narrow group's steady top (HEADROOM) keeps its group
-    r = np.array([100.0, 90.0, 2.0, 1.6, 0.2])
-    groups = group_channels(np.zeros(5), r, max_ratio=16, steadiness=np.array([1.0, 1.0, 0.9, 0.0, 0.0]))
-    assert [g.tolist() for g in groups] == [[0, 1, 3], [2, 4]]
+def test_a_part_holding_a_rarely_firing_channel_gets_headroom_above_it():
+    """A landmark net's ReLU channels that fire on one face in 19 set their narrow part's range and were clipped on
+    the next faces (2-16x their calibrated top): such a channel (steadiness under STEADY) widens its part's range
+    to HEADROOM times its top, never past the tensor's top; steady parts and the widest keep theirs."""
+    from openrknn.quant.algorithms.split import HEADROOM, part_range
+
+    hi = np.array([100.0, 90.0, 2.0, 0.9, 0.5, 0.1])
+    lo = np.zeros(6)
+    steady = np.array([1.0, 0.9, 0.8, 0.0, 0.6, 0.02])
+    assert part_range(lo, hi, np.array([2, 4])) == (0.0, 2.0)
+    assert part_range(lo, hi, np.array([2, 4]), steady) == (0.0, 2.0)          # all steady: as calibrated
+    assert part_range(lo, hi, np.array([3, 4]), steady) == (0.0, HEADROOM * 0.9)
+    assert part_range(lo, hi, np.array([2, 5]), steady) == (0.0, 2.0)          # 8 x 0.1 is inside the steady top
+    assert part_range(lo, hi, np.array([0, 1, 3]), steady) == (0.0, 100.0)    # never past the tensor's top
+    hi[3] = 20.0
+    assert part_range(lo, hi, np.array([3]), steady) == (0.0, 100.0)
 
 
 @pytest.mark.parametrize("extra_reader", [False, True])

@@ -94,21 +94,32 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
 DEAD = 1e-6  # a channel whose range is below this share of the widest is constant (dead): it fits any group
 # a channel whose span in a typical calibration sample is under this share of its span in all of them is silent in
 # most samples and fires in a few (calibrate.Stats.channel_steadiness): the next input may take it far past its
-# calibrated range (a face landmark net's rarely firing ReLU channels did, and a narrow group clipped them), so it
-# does not set a narrow group's range. Channels active everywhere but varying (a recognizer's HardSwish features)
-# are above it and keep their groups (bench/RESULTS.md, session 58).
+# calibrated range (a face landmark net's rarely firing ReLU channels did, and their narrow part clipped them).
+# Channels active everywhere but varying (a recognizer's HardSwish features) are above it (bench/RESULTS.md,
+# session 58).
 STEADY = 0.05
-# how far above an unsteady channel's calibrated range its group's steady channels must reach for it to stay there:
-# about the growth such channels showed on unseen inputs
+# the headroom a part gets above such a channel's calibrated top: about the growth they showed on unseen inputs
 HEADROOM = 8.0
 
 
+def part_range(lo: np.ndarray, hi: np.ndarray, idx: np.ndarray, steadiness: Optional[np.ndarray] = None
+               ) -> Tuple[float, float]:
+    """The calibration range of the part holding channels ``idx`` of a split tensor (per-channel ``lo`` / ``hi``):
+    theirs, widened up to HEADROOM times the top of any channel under STEADY ``steadiness`` in it, never past the
+    whole tensor's top. A part whose steady channels reach that far already is left as it is; so is the widest."""
+    lo, hi = np.ravel(lo), np.ravel(hi)
+    a, b = float(np.min(lo[idx])), float(np.max(hi[idx]))
+    if steadiness is not None:
+        rare = np.asarray(idx)[np.ravel(steadiness)[idx] < STEADY]
+        if len(rare):
+            b = min(max(b, HEADROOM * float(np.max(np.maximum(hi[rare], 0)))), float(np.max(hi)))
+    return a, b
+
+
 def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_groups: int = 3,
-                   min_group: int = 1, steadiness: Optional[np.ndarray] = None) -> Optional[List[np.ndarray]]:
+                   min_group: int = 1) -> Optional[List[np.ndarray]]:
     """Cut channels, sorted by range, where the range drops the most, until each group spans <= max_ratio
-    (or max_groups is reached). Dead channels join the widest group; a channel under the STEADY share of
-    ``steadiness`` that the cuts put in a narrower group moves up unless that group's steady channels give it
-    HEADROOM (the cuts stay where they were). None when one group already does."""
+    (or max_groups is reached). Dead channels join the widest group. None when one group already does."""
     r = np.maximum(np.maximum(hi, 0) - np.minimum(lo, 0), 0.0)
     live = r > r.max() * DEAD
     order = np.argsort(-r)
@@ -126,26 +137,10 @@ def group_channels(lo: np.ndarray, hi: np.ndarray, max_ratio: float = 8.0, max_g
             gaps[len(gaps) - min_group + 1:] = -1
         cut = int(np.argmax(gaps)) + 1
         groups[worst:worst + 1] = [g[:cut], g[cut:]]
-    if steadiness is not None:
-        groups = _headroom_for_unsteady(groups, r, np.asarray(steadiness).reshape(r.shape) < STEADY)
     if len(groups) == 1:
         return None
     groups[0] = np.concatenate([groups[0], dead])
     return [np.sort(g) for g in groups]
-
-
-def _headroom_for_unsteady(groups: List[np.ndarray], r: np.ndarray, unsteady: np.ndarray) -> List[np.ndarray]:
-    """Groups (widest first) where each unsteady channel sits in the narrowest group whose steady channels span
-    HEADROOM times its calibrated range (the widest group when none does): a rarely firing channel far below its
-    group's steady top keeps its group; one that sets or nears a narrow group's range moves up."""
-    tops = [float(r[g[~unsteady[g]]].max()) if (~unsteady[g]).any() else 0.0 for g in groups]
-    out = [list(g[~unsteady[g]]) for g in groups]
-    out[0] = list(groups[0])
-    for k, g in enumerate(groups[1:], 1):
-        for c in g[unsteady[g]]:
-            j = next((j for j in range(k, 0, -1) if tops[j] >= HEADROOM * r[c]), 0)
-            out[j].append(c)
-    return [np.asarray(out[0], dtype=groups[0].dtype)] + [np.asarray(g, dtype=groups[0].dtype) for g in out[1:] if g]
 
 
 def _rename(node: onnx.NodeProto, mapping: Dict[str, str], suffix: str) -> onnx.NodeProto:
@@ -506,19 +501,15 @@ def _refine(groups: List[np.ndarray], finer: List[np.ndarray], channels: int) ->
 
 
 def _decide(info: GraphInfo, lo: np.ndarray, hi: np.ndarray, cons: List[List[int]], ranges, samples,
-            levels: int, max_ratio: float, max_groups: int, min_benefit: float, steadiness=None, point: str = ""):
+            levels: int, max_ratio: float, max_groups: int, min_benefit: float):
     """A candidate's channel groups, and the remaps {depthwise output: Remap} its outputs get: the split tensor's
-    own grouping, cut finer where a remappable output's remap onto the finer groups is worth it. ``steadiness``:
-    {tensor: per-channel steadiness} (group_channels), for ``point`` and the outputs."""
-    steadiness = steadiness or {}
-    groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups,
-                            steadiness=steadiness.get(point)) or [np.arange(len(lo))]
+    own grouping, cut finer where a remappable output's remap onto the finer groups is worth it."""
+    groups = group_channels(lo, hi, max_ratio=max_ratio, max_groups=max_groups) or [np.arange(len(lo))]
     chosen = {}
     for o in remappable_outputs(info, cons):
         if o not in ranges or o not in samples:
             continue
-        finer = group_channels(*ranges[o], max_ratio=REMAP_RATIO, max_groups=max_groups,
-                               steadiness=steadiness.get(o))
+        finer = group_channels(*ranges[o], max_ratio=REMAP_RATIO, max_groups=max_groups)
         trial = _refine(groups, finer, len(lo)) if finer else groups
         choice = choose_remap(info, o, *ranges[o], samples[o], trial, levels)
         if choice is not None and choice.benefit >= min_benefit:
@@ -597,8 +588,8 @@ def remap_check(model: onnx.ModelProto, proposed: Dict[str, List[np.ndarray]],
 
 def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.ndarray]], max_ratio: float = 8.0,
                 max_groups: int = 3, samples: Optional[Dict[str, np.ndarray]] = None, levels: int = 255,
-                min_benefit: float = REMAP_BENEFIT, confirm=None, requantized_pre_activations: bool = False,
-                steadiness: Optional[Dict[str, np.ndarray]] = None) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
+                min_benefit: float = REMAP_BENEFIT, confirm=None, requantized_pre_activations: bool = False
+                ) -> Tuple[onnx.ModelProto, Dict, Dict[str, tuple]]:
     """Split every candidate whose per-channel ranges (``ranges``: tensor -> (min[C], max[C]), from calibration)
     span more than ``max_ratio``, or whose remappable consumer outputs' ranges (also in ``ranges`` when measured)
     span more than REMAP_RATIO; those outputs' parts are remapped onto one range (see choose_remap).
@@ -611,8 +602,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
     (the concat's) for kl_divergence / mmse. ``confirm``: called once with every remap the candidates would get,
     {depthwise output: channel groups}, before any is made; returns (make them?, a report entry).
     ``requantized_pre_activations``: the plan's (plan.py); a depthwise conv's requantized output is cut into parts
-    like its activation's, {part: (original, channel indices, None)}. ``steadiness``: {tensor: per-channel
-    steadiness} from calibration (group_channels); None trusts every channel's range."""
+    like its activation's, {part: (original, channel indices, None)}."""
     from ..ir import normalize
     from ..plan import build_plan
 
@@ -633,8 +623,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
              for t, (prod, cons) in found.items()}
     # each candidate's groups and remaps, decided on the model as given: a rewrite elsewhere only permutes, folds
     # or slices the weights the decision reads, so it would decide the same
-    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit,
-                          steadiness, t) for t, (lo, hi) in ranges.items() if t in found}
+    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit)
+               for t, (lo, hi) in ranges.items() if t in found}
     check = None
     proposed = {o: groups for groups, fitted in decided.values() for o in fitted}
     if confirm is not None and proposed:
@@ -642,7 +632,7 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         made, check = confirm(proposed)
         if not made:
             decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups,
-                                  float("inf"), steadiness, t) for t, (lo, hi) in ranges.items() if t in found}
+                                  float("inf")) for t, (lo, hi) in ranges.items() if t in found}
     for t, (lo, hi) in ranges.items():
         if t not in decided or len(decided[t][0]) == 1:  # the other keys are remap outputs' ranges
             continue
@@ -740,7 +730,7 @@ class RangeSplit(Rewrite):
             model, ranges, options.range_split_ratio, samples=stats.channel_samples,
             levels=(1 << state.scheme.act.bits) - 1,
             confirm=lambda proposed: remap_check(model, proposed, ranges, state.data, options.threads),
-            requantized_pre_activations=options.requantized_pre_activations, steadiness=stats.channel_steadiness)
+            requantized_pre_activations=options.requantized_pre_activations)
         stats.pooled = report.pop("pooled")
         for part, (orig, idx, remapped) in parts.items():
             if remapped is not None:
@@ -749,7 +739,7 @@ class RangeSplit(Rewrite):
                 stats.minmax[part] = stats.minmax[orig]
             else:
                 lo, hi = stats.channel_minmax[orig]
-                stats.minmax[part] = (float(np.min(lo[idx])), float(np.max(hi[idx])))
+                stats.minmax[part] = part_range(lo, hi, idx, stats.channel_steadiness.get(orig))
         affine = report.pop("channel_affine", {})
         orders = report.pop("channel_orders", None)
         origins, channels = report.pop("node_origins"), report.pop("channel_parts")
