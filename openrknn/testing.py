@@ -37,6 +37,35 @@ def spawn_server(args: Sequence[str] = (), env: Optional[dict] = None, timeout: 
     return proc, port
 
 
+def textbook_gptq(w, scale, zp, qmin: int, qmax: int, G):
+    """GPTQ as its paper writes it, the reference quant/algorithms/gptq.py is held to: U the upper Cholesky factor
+    of (G + damping)^-1 from a general inverse, columns in order of decreasing diag G (one G [K, K] for all rows),
+    each column's error e_j = (w_j - dequant(q_j)) / U_jj taken off the later columns as e_j U_j,j+1:. Unblocked,
+    float64; the same damping and dead-input rule as gptq.py. Returns int64 [rows, K]."""
+    import numpy as np
+
+    from .quant.algorithms.gptq import DAMP
+
+    G = np.asarray(G, np.float64)
+    order = np.argsort(-np.diag(G), kind="stable")
+    H = G[np.ix_(order, order)]
+    diag = np.diag(H).copy()
+    H[np.diag_indices_from(H)] += DAMP * max(diag.mean(), 1e-30) + (diag <= 0) * max(diag.mean(), 1e-30)
+    hinv = np.linalg.inv(H)
+    U = np.linalg.cholesky((hinv + hinv.T) / 2).T
+    s = np.asarray(scale, np.float64)
+    z = np.asarray(zp, np.float64)
+    W = np.array(w, np.float64)[:, order]
+    Q = np.empty_like(W)
+    for j in range(W.shape[1]):
+        Q[:, j] = np.clip(np.rint(W[:, j] / s) + z, qmin, qmax)
+        err = (W[:, j] - (Q[:, j] - z) * s) / U[j, j]
+        W[:, j + 1:] -= err[:, None] * U[j, j + 1:][None]
+    out = np.empty_like(Q)
+    out[:, order] = Q
+    return out.astype(np.int64)
+
+
 def yolox_cells(size: int):
     """YOLOX's anchor points at input ``size`` (strides 8, 16, 32), level after level: (cell x, y [1, N, 2], stride
     [1, N, 1]), float32; a decode is (xy + cell) * stride and exp(wh) * stride."""

@@ -99,20 +99,43 @@ def test_gptq_dead_inputs_and_grid_edges():
 
 
 @pytest.mark.parametrize("k", [9, 100, 300])
-def test_gptq_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(k):
-    """U is upper triangular with U^T U = (G + damping)^-1, for sizes below and above the halving's base case
-    (odd halves included), one G or a batch of them."""
+def test_gptq_factor_is_the_lower_cholesky_factor_of_the_damped_moment(k):
+    """M is lower triangular with M^T M = G + damping, one G or a batch of them."""
     from openrknn.quant.algorithms import gptq
 
     rng = np.random.default_rng(k)
     G = np.stack([_correlated_inputs(rng, k) for _ in range(2)])
-    U = gptq._upper_inverse_factor(G)
+    M = gptq._lower_factor(G)
     diag = np.einsum("bii->bi", G)
     H = G + gptq.DAMP * diag.mean(axis=1)[:, None, None] * np.eye(k)  # every input alive: damping only
-    assert np.array_equal(U, np.triu(U))
-    assert np.all(np.einsum("bii->bi", U) > 0)
-    want = np.linalg.inv(H)
-    np.testing.assert_allclose(np.swapaxes(U, 1, 2) @ U, want, rtol=1e-8, atol=1e-10 * np.abs(want).max())
+    assert np.array_equal(M, np.tril(M))
+    assert np.all(np.einsum("bii->bi", M) > 0)
+    np.testing.assert_allclose(np.swapaxes(M, 1, 2) @ M, H, rtol=1e-10, atol=1e-12 * np.abs(H).max())
+
+
+@pytest.mark.parametrize("k, rows, dead, wide", [(12, 4, False, False), (200, 32, True, False),
+                                                 (300, 6, True, True), (129, 3, False, True)])
+def test_gptq_gives_the_textbook_sweeps_integers(k, rows, dead, wide):
+    """The nearest-plane sweep over one Cholesky factor rounds every weight as the paper's sweep over the inverse's
+    factor does: below, at and across block boundaries, with dead inputs, and with weights pushed past the grid's
+    ends (``wide``: the range of the first rows only, so later rows clip)."""
+    from openrknn.testing import textbook_gptq
+
+    rng = np.random.default_rng(k + rows)
+    fmt = get_scheme("w8a8").weight
+    w = rng.normal(size=(rows, k)) * np.logspace(-1, 0, rows)[:, None]
+    G = _correlated_inputs(rng, k)
+    if dead:
+        G[:, 5] = G[5, :] = 0.0
+    q0, s, z = quantize_weight(w, 0, fmt)
+    if wide:
+        s = np.full_like(s, s.min())
+    want = textbook_gptq(w, s, z, fmt.qmin, fmt.qmax, G)
+    got = gptq_rounding(w, s, z, fmt.qmin, fmt.qmax, G)
+    assert np.array_equal(got, want)
+    if wide:
+        assert (want == fmt.qmin).any() or (want == fmt.qmax).any()  # the clipped case is exercised
+    assert not np.array_equal(got, q0)  # and the sweep did move integers off nearest
 
 
 def _tiny(tmp_path):
