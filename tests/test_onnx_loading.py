@@ -184,6 +184,53 @@ def test_loop_bodies_keep_the_main_graph_tensors_they_read(tmp_path, level, ort_
     np.testing.assert_allclose(out[0], ort_reference(path, {"x": np.ascontiguousarray(x)})[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("level", [0, 3])
+def test_nodes_listed_before_their_inputs_producers_are_put_in_graph_order(tmp_path, level, ort_reference):
+    """As @imgly's IS-Net file lists its input casts after their readers: onnxruntime sorts the graph itself, onnx's
+    checker does not (it objected, shape inference left those tensors untyped) and neither does a pass that reads
+    nodes in order. Here the Loop (whose body reads an Identity's output by name) and the conv come before the
+    nodes they read from."""
+    path = _loop_model(tmp_path / "sorted.onnx")
+    m = onnx.load(str(path))
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))  # loop, scale_identity, flatten, gap, conv
+    shuffled = _save(m, tmp_path / "shuffled.onnx", check=False)
+    loaded = load_onnx(shuffled)
+    # ready nodes go in the order they were listed: the Identity reads a weight only
+    assert [n.name for n in loaded.model.graph.node] == ["scale_identity", "conv", "gap", "flatten", "loop"]
+    assert any("nodes put in graph order: 3 were listed before" in n for n in loaded.notes)
+    assert not any("strict shape inference" in n for n in loaded.notes)
+    rknn = RKNN()
+    assert rknn.config(optimization_level=level) == 0
+    assert rknn.load_onnx(str(shuffled)) == 0
+    assert rknn.build(do_quantization=False) == 0
+    assert rknn.init_runtime() == 0
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    out = rknn.inference([x], data_type="float32", data_format="nchw")
+    rknn.release()
+    np.testing.assert_allclose(out[0], ort_reference(path, {"x": x})[0], atol=1e-5, rtol=0)
+
+
+def test_a_sorted_graph_is_left_as_it_is_and_a_cycle_is_named(tmp_path):
+    from openrknn.graph.names import sort_nodes
+
+    m = onnx.load(str(_loop_model(tmp_path / "loop.onnx")))
+    before = [n.name for n in m.graph.node]
+    assert sort_nodes(m.graph) == 0 and [n.name for n in m.graph.node] == before
+    # relu -> add -> relu: two nodes waiting on each other, and a Sigmoid after them that waits on the cycle only
+    nodes = [helper.make_node("Sigmoid", ["r"], ["y"], name="after"),
+             helper.make_node("Add", ["x", "r"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu")]
+    g = helper.make_graph(nodes, "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    path = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "cycle.onnx",
+                 check=False)
+    with pytest.raises(ModelLoadError, match=r"cycle.onnx' cannot run: node '(add|relu)' \((Add|Relu)\) is on a "
+                                             r"cycle.*Re-export the model"):
+        load_onnx(path)
+
+
 def _external(tmp_path):
     inits = [numpy_helper.from_array(_w(8, 3, 3, 3), "w"), numpy_helper.from_array(_w(8), "b")]
     g = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "ext",

@@ -14,7 +14,7 @@ from ..errors import ModelLoadError
 from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.float_types import to_float32
-from ..graph.names import subgraphs, used_names
+from ..graph.names import sort_nodes, subgraphs, used_names
 from ..graph.outputs import exposed_intermediates
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
@@ -385,6 +385,7 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     renamed = _name_nodes(model)
     if renamed:
         notes.append(f"{renamed} nodes without a unique name were named")
+    _sort(model, path, notes)
     dynamic = float_from_dynamic_quant(model)
     if dynamic:
         notes.append(f"{dynamic} dynamically quantized ops (onnxruntime quantize_dynamic: integer weights, activations "
@@ -442,6 +443,18 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
     log.info("loaded ONNX %s (opset %d): inputs %s", path, opset,
              [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input])
     return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
+
+
+def _sort(model: onnx.ModelProto, path: Path, notes: List[str]) -> None:
+    """Nodes listed before the producers of their inputs (onnxruntime sorts a graph itself; onnx's shape inference
+    and checker, and every pass here that reads nodes in order, do not) are put in graph order."""
+    try:
+        early = sort_nodes(model.graph)
+    except ValueError as e:
+        raise ModelLoadError(f"'{path}' cannot run: {e}. Re-export the model.") from None
+    if early:
+        notes.append(f"nodes put in graph order: {early} were listed before a node computing one of their inputs")
+        log.info("'%s': %s", path, notes[-1])
 
 
 def _keep_asymmetric(model: onnx.ModelProto) -> None:

@@ -77,3 +77,58 @@ def splice_nodes(graph: onnx.GraphProto, nodes: List[onnx.NodeProto], replace: D
             out.append(n)
     del graph.node[:]
     graph.node.extend(out)
+
+
+def outer_reads(node: onnx.NodeProto) -> Set[str]:
+    """The tensors of the graphs around ``node`` that its nested bodies read by name (not defined inside them)."""
+    out: Set[str] = set()
+    for sub in subgraphs(node):
+        defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+        defined |= {o for n in sub.node for o in n.output}
+        read = {o.name for o in sub.output}
+        for n in sub.node:
+            read.update(x for x in n.input if x)
+            read |= outer_reads(n)
+        out |= read - defined
+    return out
+
+
+def sort_nodes(graph: onnx.GraphProto) -> int:
+    """Put ``graph``'s nodes in topological order, in place: each after the producers of what it reads (its nested
+    bodies' outer reads included). Among nodes ready together the one listed first goes first, so a sorted graph is
+    left as it is. Returns how many nodes were listed before a producer of their inputs (0: nothing changed). Raises
+    ValueError naming a node that waits on itself (a cycle)."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[x] for x in ({x for x in n.input if x} | outer_reads(n)) if x in producer} - {k}
+            for k, n in enumerate(nodes)]
+    early = sum(1 for k, d in enumerate(deps) if any(j > k for j in d))
+    if not early:
+        return 0
+    readers: Dict[int, List[int]] = {}
+    for k, d in enumerate(deps):
+        for j in d:
+            readers.setdefault(j, []).append(k)
+    waiting = [len(d) for d in deps]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: List[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for r in readers.get(k, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) < len(nodes):  # walk back from a node never ready until a node repeats: that one is on a cycle
+        k, seen = next(k for k, w in enumerate(waiting) if w), set()
+        while k not in seen:
+            seen.add(k)
+            k = next(j for j in deps[k] if waiting[j])
+        raise ValueError(f"node '{nodes[k].name or nodes[k].op_type}' ({nodes[k].op_type}) is on a cycle: it reads, "
+                         "through other nodes, its own output")
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)
+    return early
