@@ -252,7 +252,7 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a check, not a fast session
-    opts.intra_op_num_threads = 1
+    # onnxruntime's default threads (the cores): a 1024x1024 segmenter's run is most of its load time
     try:
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
         feeds = {}
