@@ -305,3 +305,87 @@ def test_a_flags_logit_is_never_clipped():
     # the last int8 tensor, the logit without its bias
     assert plan.host_sigmoids == {"p": "z"} and "z" in plan.float_tail
     assert "m" in plan.points and plan.group_of["m"] in _clip_exempt(info, plan)
+
+
+def _geometries_model():
+    """Convs of every geometry the patch sampler handles, on an odd-sized input: padded 3x3, stride 2 with uneven
+    pads, a dilated depthwise conv, a padded 1x1; then a Gemm (whose input is fetched whole)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+
+    def w(name, *shape):
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32) * 0.3, name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[0, 1, 1, 0]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], group=8, dilations=[2, 2], pads=[2, 2, 2, 2]),
+             helper.make_node("Conv", ["c3", "w4"], ["c4"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c4"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w5"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "geometries", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 17, 19])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [w("w1", 8, 3, 3, 3), w("w2", 8, 8, 3, 3), w("w3", 8, 1, 3, 3), w("w4", 4, 8, 1, 1),
+                           w("w5", 5, 4)])
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_patches_gathered_in_the_graph_are_the_ones_taken_from_whole_inputs():
+    """The rounding pass gathers each conv's sampled pixels in the graph (a 1024x1024 segmenter's feature maps would
+    be gigabytes per sample); the statistics must be exactly those of patches cut from whole fetched inputs."""
+    from openrknn.quant import QuantOptions
+    from openrknn.quant.algorithms import rounding
+    from openrknn.quant.ir import GraphInfo, normalize
+    from openrknn.quant.plan import build_plan
+
+    m = normalize(_geometries_model())
+    info = GraphInfo(m)
+    plan = build_plan(info)
+    rng = np.random.default_rng(3)
+    data = [{"x": rng.normal(size=(1, 3, 17, 19)).astype(np.float32)} for _ in range(3)]
+
+    def statistics(gathered: bool):
+        layers = [rounding._Layer(info, w) for w in plan.weighted]
+        layers = [la for la in layers if la.ok]
+        gathers = rounding._in_graph_patches(info, layers) if gathered else None
+        rounding._statistics_pass(m, layers, data, QuantOptions(), 3, 0, None, gathers, "gptq", False)
+        return layers, gathers
+
+    (inside, gathers), (whole, _) = statistics(True), statistics(False)
+    assert gathers is not None and len(gathers) == 4 and len(inside) == 5  # four convs gathered, the Gemm whole
+    for a, b in zip(inside, whole):
+        assert a.n == b.n > 0
+        np.testing.assert_array_equal(a.G, b.G, err_msg=a.w.w)
+        np.testing.assert_array_equal(a.sum, b.sum, err_msg=a.w.w)
+
+
+def test_a_stored_shape_the_graph_contradicts_falls_back_to_whole_inputs(monkeypatch):
+    """Gathering needs each conv input's stored shape; where one is wrong the first run fails, and the pass is made
+    again from whole inputs, with the same statistics."""
+    from openrknn.quant import QuantOptions
+    from openrknn.quant.algorithms import rounding
+    from openrknn.quant.ir import GraphInfo, normalize
+    from openrknn.quant.plan import build_plan
+
+    m = normalize(_geometries_model())
+    info = GraphInfo(m)
+    plan = build_plan(info)
+    data = [{"x": np.random.default_rng(4).normal(size=(1, 3, 17, 19)).astype(np.float32)}]
+    w = next(w for w in plan.weighted if w.w == "w2")
+    true = info.shape[w.x]
+    info.shape[w.x] = true[:2] + (true[2] + 1, true[3])  # one row more than the graph computes
+    layers = [la for la in (rounding._Layer(info, w) for w in plan.weighted) if la.ok]
+    calls = []
+    real = rounding._statistics_pass
+    monkeypatch.setattr(rounding, "_statistics_pass", lambda *a: calls.append(a[7]) or real(*a))
+    rounding._collect(m, info, layers, data, QuantOptions(), 1, 0, None, "gptq", False)
+    assert calls[0] is not None and calls[1] is None  # tried in the graph, then made from whole inputs
+    info.shape[w.x] = true
+    whole = [la for la in (rounding._Layer(info, w) for w in plan.weighted) if la.ok]
+    real(m, whole, data, QuantOptions(), 1, 0, None, None, "gptq", False)
+    for a, b in zip(layers, whole):
+        assert a.n == b.n > 0
+        np.testing.assert_array_equal(a.G, b.G, err_msg=a.w.w)

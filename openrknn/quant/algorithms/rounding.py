@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ log = logging.getLogger("openrknn.quant.rounding")
 
 MAX_K = 2304          # patch length above which a layer keeps round-to-nearest (G would be too large)
 POSITIONS = 256       # patch positions sampled per image per layer
+PATCH_INDEX, PATCHES = "openrknn_rounding_patch_index_", "openrknn_rounding_patches_"  # the in-graph gathers' names
 
 def _conv_geometry(info: GraphInfo, i: int, w: np.ndarray):
     k = w.shape[2:]
@@ -37,33 +38,42 @@ def _conv_geometry(info: GraphInfo, i: int, w: np.ndarray):
     return k, pads, strides, dil, group
 
 
-def _patches(x: np.ndarray, k, pads, strides, dil, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random im2col patches of a [1, C, H, W] input: [C, n, kh*kw] (zero padding by masking, so the input is
-    never copied whole)."""
+def _positions(hw, k, pads, strides, dil, rng: np.random.Generator, n: int):
+    """n random im2col patch positions in an input of height x width ``hw``, drawn from ``rng``: (flat indices into
+    its H*W pixels [n, kk], clipped to the image; which taps fall inside it [n, kk], None when all do), or None for
+    an empty output (nothing drawn)."""
     if len(k) != 2 or pads and any(p < 0 for p in pads):
         raise ValueError("2-D convs only")
-    _, h, w = x[0].shape
+    h, w = hw
     oh = (h + pads[0] + pads[2] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
     ow = (w + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
     if oh <= 0 or ow <= 0:
-        return np.zeros((x.shape[1], 0, k[0] * k[1]), np.float32)
+        return None
     oy = rng.integers(0, oh, n) * strides[0] - pads[0]
     ox = rng.integers(0, ow, n) * strides[1] - pads[1]
-    flat_x = x[0].reshape(x.shape[1], -1)
-    if k[0] == k[1] == 1:  # pointwise: one pixel per patch (padding rows of a 1x1 conv only add zeros)
-        inside = (oy >= 0) & (oy < h) & (ox >= 0) & (ox < w)
-        p = np.take(flat_x, np.clip(oy, 0, h - 1) * w + np.clip(ox, 0, w - 1), axis=1)[:, :, None]
-        if not inside.all():
-            p *= inside[:, None]
-        return p
     rows = oy[:, None] + (np.arange(k[0]) * dil[0]).repeat(k[1])[None, :]
     cols = ox[:, None] + np.tile(np.arange(k[1]) * dil[1], k[0])[None, :]
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
     flat = np.clip(rows, 0, h - 1) * w + np.clip(cols, 0, w - 1)
-    p = np.take(flat_x, flat.reshape(-1), axis=1).reshape(x.shape[1], *flat.shape)
-    if not inside.all():
+    return flat, (None if inside.all() else inside)
+
+
+def _gathered(taken: np.ndarray, inside: Optional[np.ndarray], n: int) -> np.ndarray:
+    """[C, n * kk] pixels taken at _positions' indices -> patches [C, n, kk], zero where a tap is padding."""
+    p = taken.reshape(taken.shape[0], n, -1)
+    if inside is not None:
         p *= inside
-    return p  # [C, n, kk]
+    return p
+
+
+def _patches(x: np.ndarray, k, pads, strides, dil, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n random im2col patches of a [1, C, H, W] input: [C, n, kk] (zero padding by masking, so the input is
+    never copied whole)."""
+    at = _positions(x.shape[2:], k, pads, strides, dil, rng, n)
+    if at is None:
+        return np.zeros((x.shape[1], 0, k[0] * k[1]), np.float32)
+    flat, inside = at
+    return _gathered(np.take(x[0].reshape(x.shape[1], -1), flat.reshape(-1), axis=1), inside, len(flat))
 
 
 class _Layer:
@@ -87,19 +97,25 @@ class _Layer:
         self.n = 0
 
     def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        """One sample's input (a conv's: its patches at positions drawn from ``rng``)."""
         if self.op == "Conv":
             k, pads, strides, dil, _ = self.geom
-            p = _patches(x.astype(np.float32, copy=False), k, pads, strides, dil, rng, POSITIONS)  # [C, n, kk]
-            if self.depthwise:
-                g = np.matmul(p.transpose(0, 2, 1), p)                          # [C, kk, kk]
-                s = np.matmul(np.ones((1, p.shape[1]), np.float32), p)[:, 0]    # [C, kk] (10x a strided sum)
-            else:
-                flat = p.transpose(1, 0, 2).reshape(p.shape[1], -1)            # [n, C*kk]
-                g, s = flat.T @ flat, flat.sum(axis=0)
-            n = p.shape[1]
+            self.add_patches(_patches(x.astype(np.float32, copy=False), k, pads, strides, dil, rng, POSITIONS))
         else:
             flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-            g, s, n = flat.T @ flat, flat.sum(axis=0), flat.shape[0]
+            self._accumulate(flat.T @ flat, flat.sum(axis=0), flat.shape[0])
+
+    def add_patches(self, p: np.ndarray) -> None:
+        """A conv's patches of one sample, [C, n, kk]."""
+        if self.depthwise:
+            g = np.matmul(p.transpose(0, 2, 1), p)                          # [C, kk, kk]
+            s = np.matmul(np.ones((1, p.shape[1]), np.float32), p)[:, 0]    # [C, kk] (10x a strided sum)
+        else:
+            flat = p.transpose(1, 0, 2).reshape(p.shape[1], -1)            # [n, C*kk]
+            g, s = flat.T @ flat, flat.sum(axis=0)
+        self._accumulate(g, s, p.shape[1])
+
+    def _accumulate(self, g: np.ndarray, s: np.ndarray, n: int) -> None:
         self.G = g if self.G is None else self.G + g
         s = s.astype(np.float64)  # one image's sum in float32, the running sum in float64
         self.sum = s if self.sum is None else self.sum + s
@@ -125,6 +141,105 @@ def _solver(method: str, options) -> Callable[..., np.ndarray]:
     return lambda w, s, z, qmin, qmax, G: optimise_rounding(w, s, z, qmin, qmax, G, options.adaround_iters)
 
 
+def _in_graph_patches(info: GraphInfo, layers: List[_Layer]) -> Optional[Dict[int, Tuple[int, int, int]]]:
+    """{index in ``layers``: (C, H, W)} of each conv's [1, C, H, W] input, where every conv's is known: their patches
+    are then gathered in the graph and the pass fetches a few hundred pixels per layer instead of whole feature maps
+    (gigabytes per sample in a 1024x1024 segmenter). None: every input is fetched whole."""
+    out = {}
+    for j, la in enumerate(layers):
+        if la.op != "Conv":
+            continue
+        shape = info.shape.get(la.w.x)
+        if shape is None or len(shape) != 4 or shape[0] != 1 or not all(isinstance(d, int) and d > 0 for d in shape):
+            return None
+        out[j] = tuple(shape[1:])
+    return out
+
+
+def _gather_patches(m: onnx.ModelProto, layers: List[_Layer], gathers: Dict[int, Tuple[int, int, int]]) -> None:
+    """Per conv layer j: input PATCH_INDEX + j (the sample's pixel indices) and output PATCHES + j, its input's
+    [C, H*W] rows gathered at them, in place."""
+    from onnx import TensorProto, helper
+
+    g = m.graph
+    rows: Dict[str, str] = {}
+    for j, (c, h, w) in gathers.items():
+        x = layers[j].w.x
+        if x not in rows:
+            rows[x] = f"{PATCHES}rows_{len(rows)}"
+            shape = rows[x] + "_shape"
+            g.initializer.append(onnx.numpy_helper.from_array(np.array([c, h * w], np.int64), shape))
+            g.node.append(helper.make_node("Reshape", [x, shape], [rows[x]]))
+        g.input.append(helper.make_tensor_value_info(f"{PATCH_INDEX}{j}", TensorProto.INT64, [None]))
+        g.node.append(helper.make_node("Gather", [rows[x], f"{PATCH_INDEX}{j}"], [f"{PATCHES}{j}"], axis=1))
+        g.output.append(helper.make_tensor_value_info(f"{PATCHES}{j}", TensorProto.FLOAT, None))
+
+
+def _statistics_pass(model: onnx.ModelProto, layers: List[_Layer], data, options, total: int, rides: int,
+                     passenger, gathers: Optional[Dict[int, Tuple[int, int, int]]], method: str,
+                     progress: bool) -> None:
+    """One float run per sample: each layer's input statistics from the first ``total`` samples, the passenger's
+    from the first ``rides``. The patch positions come from one generator in the same order either way (sample
+    after sample, layer after layer), so gathering them in the graph (``gathers``) or from whole inputs gives the
+    same statistics."""
+    from ...progress import progress_bar
+
+    from ..calibrate import augment, auto_threads, make_session, run_ahead
+
+    whole = sorted({la.w.x for j, la in enumerate(layers) if gathers is None or j not in gathers})
+    m = augment(model, {}, whole)
+    if gathers:
+        _gather_patches(m, layers, gathers)
+    if passenger is not None:
+        passenger.augment(m)
+    # one core fewer than idle: the statistics are numpy work that runs beside the next sample's inference
+    # (run_ahead), and onnxruntime's spinning threads would take the core it needs
+    sess = make_session(m, options.threads or max(1, auto_threads() - 1))
+    rng = np.random.default_rng(0)
+    desc = f"{method} statistics" + (" + bias means" if rides else "")
+
+    def fetch(i: int, feed):
+        names = (whole if i < total else []) + (passenger.outputs if i < rides else [])
+        at: Dict[int, Optional[tuple]] = {}
+        if gathers and i < total:  # this sample's positions, drawn before its run (the worker draws in order)
+            feed = dict(feed)
+            for j, (c, h, w) in gathers.items():
+                k, pads, strides, dil, _ = layers[j].geom
+                at[j] = _positions((h, w), k, pads, strides, dil, rng, POSITIONS)
+                feed[f"{PATCH_INDEX}{j}"] = at[j][0].reshape(-1) if at[j] is not None else np.zeros(0, np.int64)
+                names.append(f"{PATCHES}{j}")
+        return dict(zip(names, sess.run(names, feed))), at
+
+    steps = run_ahead(itertools.islice(data, max(total, rides)), fetch)
+    for i, (_, (vals, at)) in enumerate(progress_bar(steps, total=max(total, rides), desc=desc, enabled=progress,
+                                                     leave=False)):
+        if i < total:
+            for j, la in enumerate(layers):
+                if j not in at:
+                    la.add(vals[la.w.x], rng)
+                elif at[j] is None:  # an empty output: no patches
+                    la.add_patches(np.zeros((gathers[j][0], 0, la.geom[0][0] * la.geom[0][1]), np.float32))
+                else:
+                    taken = vals[f"{PATCHES}{j}"].astype(np.float32, copy=False)
+                    la.add_patches(_gathered(taken, at[j][1], len(at[j][0])))
+        if i < rides:
+            passenger.add(vals)
+
+
+def _collect(model: onnx.ModelProto, info: GraphInfo, layers: List[_Layer], data, options, total: int, rides: int,
+             passenger, method: str, progress: bool) -> None:
+    """_statistics_pass with the convs' patches gathered in the graph where their inputs' shapes are known; from
+    whole inputs where the first run shows a stored shape is not the one the graph computes."""
+    gathers = _in_graph_patches(info, layers) if total else None
+    try:
+        _statistics_pass(model, layers, data, options, total, rides, passenger, gathers, method, progress)
+    except Exception as e:  # only at the first run, before any statistics were taken
+        if gathers is None or any(la.n for la in layers):
+            raise
+        log.debug("rounding statistics: patches taken from whole inputs (%s)", str(e)[:200])
+        _statistics_pass(model, layers, data, options, total, rides, passenger, None, method, progress)
+
+
 def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: Dict[int, WeightQuant], data,
                   options, method: str, progress: bool = True, passenger=None) -> Dict:
     """Replace round-to-nearest integers of every Conv/Gemm/MatMul weight by ``method``'s ('gptq' | 'adaround'),
@@ -133,35 +248,12 @@ def round_weights(model: onnx.ModelProto, info: GraphInfo, plan: Plan, weights: 
     so the two need one session and one inference per sample instead of two."""
     from ...progress import progress_bar
 
-    from ..calibrate import augment, auto_threads, make_session, run_ahead
-
     layers = [_Layer(info, w) for w in plan.weighted if w.node in weights]
     layers = [la for la in layers if la.ok and la.w.x in info.elem_type]
-    inputs = sorted({la.w.x for la in layers})
     total = min(options.rounding_samples, len(data)) if layers else 0
     rides = min(passenger.max_samples, len(data)) if passenger is not None else 0
     if total or rides:
-        m = augment(model, {}, inputs)
-        if passenger is not None:
-            passenger.augment(m)
-        # one core fewer than idle: the statistics are numpy work that runs beside the next sample's inference
-        # (run_ahead), and onnxruntime's spinning threads would take the core it needs
-        sess = make_session(m, options.threads or max(1, auto_threads() - 1))
-        rng = np.random.default_rng(0)
-        desc = f"{method} statistics" + (" + bias means" if rides else "")
-
-        def fetch(i: int, feed):
-            names = (inputs if i < total else []) + (passenger.outputs if i < rides else [])
-            return dict(zip(names, sess.run(names, feed)))
-
-        steps = run_ahead(itertools.islice(data, max(total, rides)), fetch)
-        for i, (_, vals) in enumerate(progress_bar(steps, total=max(total, rides), desc=desc, enabled=progress,
-                                                   leave=False)):
-            if i < total:
-                for la in layers:
-                    la.add(vals[la.w.x], rng)
-            if i < rides:
-                passenger.add(vals)
+        _collect(model, info, layers, data, options, total, rides, passenger, method, progress)
     if not layers:
         return {"method": method, "layers": 0}
     solve = _solver(method, options)
