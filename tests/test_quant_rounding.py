@@ -334,8 +334,8 @@ def _geometries_model():
 
 
 def test_patches_gathered_in_the_graph_are_the_ones_taken_from_whole_inputs():
-    """The rounding pass gathers each conv's sampled pixels in the graph (a 1024x1024 segmenter's feature maps would
-    be gigabytes per sample); the statistics must be exactly those of patches cut from whole fetched inputs."""
+    """The rounding pass gathers each conv's sampled pixels in the graph (a large input's whole feature maps would
+    dwarf all else it holds); the statistics must be exactly those of patches cut from whole fetched inputs."""
     from openrknn.quant import QuantOptions
     from openrknn.quant.algorithms import rounding
     from openrknn.quant.ir import GraphInfo, normalize

@@ -252,7 +252,7 @@ def _dry_run(model: onnx.ModelProto) -> Optional[str]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a check, not a fast session
-    # onnxruntime's default threads (the cores): a 1024x1024 segmenter's run is most of its load time
+    # onnxruntime's default threads (the cores): on a large input this one run is most of the load
     try:
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
         feeds = {}

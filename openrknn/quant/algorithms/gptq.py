@@ -9,8 +9,7 @@ freedom is left. The grid (scale, zero point) is fixed; integers stay inside it.
 The sweep is written in its nearest-plane form (Babai's algorithm, which GPTQ is; Chen et al., 2025): with H = G +
 damping = M^T M, M lower triangular, the error d = w - dequant(q) costs |M d|^2, and column i is rounded to cancel
 row i of M d given the columns before it: q_i = round(w_i + sum_{j<i} M_ij / M_ii * d_j). The same integers as the
-textbook sweep over the upper Cholesky factor of H^-1, but from one Cholesky factorisation and no inverse, which
-was half of the time on layers of a few thousand inputs.
+textbook sweep over the upper Cholesky factor of H^-1, but from one Cholesky factorisation and no inverse.
 """
 
 from __future__ import annotations

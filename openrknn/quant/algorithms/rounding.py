@@ -144,7 +144,7 @@ def _solver(method: str, options) -> Callable[..., np.ndarray]:
 def _in_graph_patches(info: GraphInfo, layers: List[_Layer]) -> Optional[Dict[int, Tuple[int, int, int]]]:
     """{index in ``layers``: (C, H, W)} of each conv's [1, C, H, W] input, where every conv's is known: their patches
     are then gathered in the graph and the pass fetches a few hundred pixels per layer instead of whole feature maps
-    (gigabytes per sample in a 1024x1024 segmenter). None: every input is fetched whole."""
+    (which a large input makes far larger than everything else the pass holds). None: every input is fetched whole."""
     out = {}
     for j, la in enumerate(layers):
         if la.op != "Conv":
