@@ -284,23 +284,13 @@ def single_layer_model(qmodel: onnx.ModelProto, points: Dict[str, Tuple[onnx.Nod
 
 
 def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
-    g = model.graph
-    avail = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    pending = list(g.node)
-    ordered = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in avail for i in n.input):
-                ordered.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("accuracy_analysis: cycle while re-wiring the quantized graph")
-        pending = rest
-    del g.node[:]
-    g.node.extend(ordered)
+    """The model with its nodes in graph order (graph/names.sort_nodes), in place."""
+    from ..graph.names import sort_nodes
+
+    try:
+        sort_nodes(model.graph)
+    except ValueError as e:
+        raise RuntimeError(f"accuracy_analysis: cycle while re-wiring the quantized graph ({e})") from None
     return model
 
 
