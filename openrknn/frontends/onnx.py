@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -18,6 +19,7 @@ from ..graph.names import sort_nodes, subgraphs, used_names
 from ..graph.outputs import exposed_intermediates
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
+from .newer_ops import EXPORT_ADVICE, spell_out
 
 log = logging.getLogger("openrknn.frontends.onnx")
 
@@ -426,8 +428,9 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
                      f"graph is static; the branch not taken runs too): " + ", ".join(names))
         log.info("'%s': %s", path, notes[-1])
     if opset != OPSET:
+        spelled = spell_out(model, OPSET) if opset > OPSET else {}
         try:
-            hidden = _hide_new_forms(model) if opset > OPSET else 0
+            hidden = _hide_new_forms(model, opset) if opset > OPSET else 0
             model = version_converter.convert_version(model, OPSET)
             if hidden:
                 _restore_hidden(model)
@@ -436,13 +439,28 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
         except ModelLoadError:
             raise
         except Exception as e:
-            raise ModelLoadError(f"converting '{path}' from opset {opset} to {OPSET} failed ({str(e)[:300]}). "
-                                 f"Re-export the model with opset_version={OPSET}.") from None
+            raise ModelLoadError(_conversion_failure(model, path, opset, str(e))) from None
         notes.append(f"converted from opset {opset} to {OPSET}")
+        if spelled:
+            notes.append(f"ops with no opset-{OPSET} form written as the opset-{OPSET} ops that compute them: "
+                         + ", ".join(f"{k} x{v}" for k, v in sorted(spelled.items())))
+            log.info("'%s': %s", path, notes[-1])
     model = _check(model, path, notes)
     log.info("loaded ONNX %s (opset %d): inputs %s", path, opset,
              [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input])
     return LoadedModel(model, "onnx", str(path), file_sha256(path), notes)
+
+
+def _conversion_failure(model: onnx.ModelProto, path: Path, opset: int, error: str) -> str:
+    """What failed in onnx's version converter, naming the first node of the op it had no way down for."""
+    found = re.search(r"(?:No Previous Version of|for) (\w+)\b", error)
+    op = found.group(1) if found else None
+    node = next((n for g in _graphs(model.graph) for n in g.node if op and n.op_type == op), None)
+    if opset > OPSET and node is not None:
+        return (f"{op} node '{node.name}' (opset {opset}) has no opset-{OPSET} form here ({error[:200]}); "
+                f"{EXPORT_ADVICE}")
+    advice = EXPORT_ADVICE if opset > OPSET else f"re-export the model with opset_version={OPSET}"
+    return f"converting '{path}' from opset {opset} to {OPSET} failed ({error[:300]}); {advice}"
 
 
 def _sort(model: onnx.ModelProto, path: Path, notes: List[str]) -> None:
@@ -492,13 +510,14 @@ def _graphs(graph: onnx.GraphProto):
             yield from _graphs(sub)
 
 
-def _hide_new_forms(model: onnx.ModelProto) -> int:
+def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
     """Ops whose opset-18 form onnx's version converter cannot step down (it has no adapter, and refuses every model
     holding one), though they mean what opset 13 meant: the reductions with constant axes (rewritten here to the
     attribute form), Pad without its new 'axes' input, ConstantOfShape of a type opset 9 has, Split into equal parts
     (its new 'num_outputs' attribute: the same as opset 13's Split with no sizes when the axis divides evenly; the
-    load's run at the fixed shapes checks that it does). They go into a private domain for the conversion and come
-    back after it (_restore_hidden)."""
+    load's run at the fixed shapes checks that it does), GridSample of ``opset`` 20 and later (opset 16's modes
+    renamed; the load's run checks it samples a 4-D input, the one kind opset 16 has). They go into a private
+    domain for the conversion and come back after it (_restore_hidden)."""
     consts = {}
     for g in _graphs(model.graph):
         consts.update({t.name: t for t in g.initializer})
@@ -545,6 +564,20 @@ def _hide_new_forms(model: onnx.ModelProto) -> int:
                                      f"(opset 18), which has no opset-{OPSET} form and no NPU form (a graph network's "
                                      "pooling); cut the model before it with load_onnx(..., outputs=[...]) and run "
                                      "the rest on the CPU")
+            if node.domain in ("", "ai.onnx") and node.op_type == "Resize" and \
+                    any(a.name == "antialias" and a.i for a in node.attribute):
+                raise ModelLoadError(f"Resize node '{node.name}' filters before it shrinks (antialias=1, opset 18: "
+                                     "F.interpolate(..., antialias=True)), which has no opset-17 form and no NPU "
+                                     "form; interpolate without antialias, or cut the model before this node with "
+                                     "load_onnx(..., outputs=[...]) and run the rest on the CPU")
+            if node.domain in ("", "ai.onnx") and node.op_type == "GridSample" and opset >= 20:
+                # opset 20 renamed the modes and allowed N-D sampling; a 4-D one means what opset 16's does
+                mode = next((a for a in node.attribute if a.name == "mode"), None)
+                if mode is not None:
+                    mode.s = {b"linear": b"bilinear", b"cubic": b"bicubic"}.get(mode.s, mode.s)
+                node.domain = _HIDDEN
+                n += 1
+                continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("Pad", "Split"):
                 continue
             if node.op_type == "Pad" and any(a.name == "mode" and a.s == b"wrap" for a in node.attribute):
