@@ -210,3 +210,15 @@ def test_an_op_with_no_way_down_is_named_not_the_converter_assertion(tmp_path):
              n("Cast", ["b"], ["y"], to=TensorProto.FLOAT)]
     words = _refused(tmp_path, _model(nodes, [("x", [1, 4])], [], 18), [1, 4])
     assert "BitwiseAnd node 'mask_bits'" in words and "opset_version=17" in words
+
+
+def test_an_attention_op_is_the_chain_the_quantizer_keeps_whole(tmp_path):
+    from openrknn.graph.attention import find_attention_regions
+    from openrknn.quant.ir import GraphInfo, normalize
+    from openrknn.quant.plan import _dynamic_tensors
+
+    onnx.save(_attention_model(True, causal=1), tmp_path / "attn.onnx")
+    rk = RKNN(verbose=False)
+    assert rk.load_onnx(str(tmp_path / "attn.onnx"), input_size_list=[[1, 5, 8]]) == 0, rk.last_error
+    info = GraphInfo(normalize(rk._loaded.model))
+    assert len(find_attention_regions(info.nodes, _dynamic_tensors(info), set(info.output_set), info.const)) == 1

@@ -13,6 +13,7 @@ import onnx
 
 from ..errors import ModelLoadError
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
+from .torch_fused import register as register_fused_kernels
 
 log = logging.getLogger("openrknn.frontends.pytorch")
 
@@ -91,6 +92,7 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
     buf = io.BytesIO()
     input_names = [f"input{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
     output_names = [f"output{i}" for i in range(n_out)]
+    register_fused_kernels(OPSET)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace warnings
