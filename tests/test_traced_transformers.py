@@ -136,3 +136,21 @@ def test_a_fused_encoder_with_a_mask_runs_as_torch_runs_it(tmp_path, kind):
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_traced_encoder_taking_tokens_loads_with_its_own_3d_shape(tmp_path):
+    """input_size_list=[[1, tokens, width]]: a shape below 4-D is taken without its batch dim ([3, H, W]) unless the
+    model only runs on it as given, as a bare encoder does."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        torch.jit.trace(encoder, torch.zeros(1, 16, 32)).save(str(tmp_path / "tokens.pt"))
+    rk = RKNN(verbose=False)
+    rk.config(target_platform="rk3588")
+    assert rk.load_pytorch(str(tmp_path / "tokens.pt"), input_size_list=[[1, 16, 32]]) == 0, rk.last_error
+    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
+    x = np.random.default_rng(1).normal(0, 1, (1, 16, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = encoder(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)

@@ -76,18 +76,27 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
         raise ModelLoadError("load_pytorch needs input_size_list (TorchScript files do not record input shapes), "
                              "e.g. input_size_list=[[3, 416, 416]]")
     module = load_torchscript(path)
-    torch.manual_seed(0)
-    dummy = tuple(torch.rand(*s) for s in shapes)
-    try:
-        with torch.no_grad():
-            sample_out = module(*dummy)
-    except Exception as e:
-        first = str(e).strip().splitlines()
-        msg = next((ln for ln in reversed(first) if ln.strip()), type(e).__name__)
+    # TorchScript does not record its inputs' ranks: a shape below 4-D is taken without its batch dim ([3, H, W]),
+    # unless the model only runs on it as given (a transformer's [1, tokens, width])
+    given = [list(s) for s in ([input_size_list] if all(isinstance(v, int) for v in input_size_list)
+                               else input_size_list)]
+    failure = None
+    for candidate in [shapes] + ([given] if given != shapes else []):
+        torch.manual_seed(0)
+        dummy = tuple(torch.rand(*s) for s in candidate)
+        try:
+            with torch.no_grad():
+                sample_out = module(*dummy)
+            shapes = candidate
+            break
+        except Exception as e:
+            failure = failure or e
+    else:
+        first = str(failure).strip().splitlines()
+        msg = next((ln for ln in reversed(first) if ln.strip()), type(failure).__name__)
         raise ModelLoadError(f"the TorchScript model in '{path}' does not run on inputs of shape "
                              f"{[list(s) for s in shapes]} from input_size_list: {msg.strip()}. Check the channel "
-                             "count "
-                             "and size the model was traced with.") from None
+                             "count and size the model was traced with.")
     n_out = len(_flatten_outputs(sample_out))
     buf = io.BytesIO()
     input_names = [f"input{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
