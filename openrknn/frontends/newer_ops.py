@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelLoadError
-from ..graph.names import subgraphs, unique_name
+from ..graph.names import graph_and_bodies, unique_name
 
 
 class _Writer:
@@ -229,7 +229,7 @@ class _Shapes:
         except Exception:  # the node that needs a shape says so
             inferred = self.model
         self.shapes = {}
-        for g in _graphs(inferred.graph):
+        for g in graph_and_bodies(inferred.graph):
             for vi in list(g.input) + list(g.value_info) + list(g.output):
                 t = vi.type.tensor_type
                 self.types[vi.name] = t.elem_type
@@ -263,12 +263,6 @@ class _Shapes:
         return None if t is None else numpy_helper.to_array(t).ravel()
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from _graphs(sub)
-
 
 def spell_out(model: onnx.ModelProto, target: int) -> Dict[str, int]:
     """Replace, in place, every op of ``model``'s opset that has no form at opset ``target`` and has a spelling
@@ -288,11 +282,11 @@ def spell_out(model: onnx.ModelProto, target: int) -> Dict[str, int]:
         return {}
     shape = _Shapes(model)
     taken: Set[str] = set()
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         taken |= {t.name for t in g.initializer} | {i.name for i in g.input} | {n.name for n in g.node}
         taken |= {o for n in g.node for o in n.output}
     done: Dict[str, int] = {}
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         nodes = list(g.node)
         if not any(n.domain in ("", "ai.onnx") and n.op_type in rules for n in nodes):
             continue

@@ -15,7 +15,7 @@ from ..errors import ModelLoadError
 from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.float_types import to_float32
-from ..graph.names import sort_nodes, subgraphs, used_names
+from ..graph.names import graph_and_bodies, sort_nodes, subgraphs, used_names
 from ..graph.outputs import exposed_intermediates
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
@@ -455,7 +455,7 @@ def _conversion_failure(model: onnx.ModelProto, path: Path, opset: int, error: s
     """What failed in onnx's version converter, naming the first node of the op it had no way down for."""
     found = re.search(r"(?:No Previous Version of|for) (\w+)\b", error)
     op = found.group(1) if found else None
-    node = next((n for g in _graphs(model.graph) for n in g.node if op and n.op_type == op), None)
+    node = next((n for g in graph_and_bodies(model.graph) for n in g.node if op and n.op_type == op), None)
     if opset > OPSET and node is not None:
         return (f"{op} node '{node.name}' (opset {opset}) has no opset-{OPSET} form here ({error[:200]}); "
                 f"{EXPORT_ADVICE}")
@@ -481,7 +481,7 @@ def _keep_asymmetric(model: onnx.ModelProto) -> None:
     opset 11 every Resize of the converted model is one of them (it renames their outputs and names). Their rule,
     written as Resize-11 writes it: asymmetric coordinates; nearest rounds down where it enlarges and up where it
     shrinks (onnxruntime's Resize-10, the reference; one that does both on different axes rounds down)."""
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         consts = {t.name: t for t in g.initializer}
         for n in g.node:
             if n.op_type != "Resize":
@@ -503,12 +503,6 @@ _CONSTANT_OF_SHAPE_9_TYPES = {getattr(onnx.TensorProto, t) for t in (
     "FLOAT16", "FLOAT", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from _graphs(sub)
-
 
 def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
     """Ops whose opset-18 form onnx's version converter cannot step down (it has no adapter, and refuses every model
@@ -519,12 +513,12 @@ def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
     renamed; the load's run checks it samples a 4-D input, the one kind opset 16 has). They go into a private
     domain for the conversion and come back after it (_restore_hidden)."""
     consts = {}
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         consts.update({t.name: t for t in g.initializer})
         consts.update({nd.output[0]: a.t for nd in g.node if nd.op_type == "Constant" for a in nd.attribute
                        if a.name == "value"})
     n = 0
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         for node in g.node:
             if node.domain in ("", "ai.onnx") and node.op_type in REDUCE_AXES_INPUT_18 and len(node.input) > 1:
                 # opset 18 moved these ops' axes from an attribute to an input; the converter's adapter finds it
@@ -599,7 +593,7 @@ def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
 
 
 def _restore_hidden(model: onnx.ModelProto) -> None:
-    for g in _graphs(model.graph):
+    for g in graph_and_bodies(model.graph):
         for node in g.node:
             if node.domain == _HIDDEN:
                 node.domain = ""

@@ -19,6 +19,14 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield from a.graphs
 
 
+def graph_and_bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph``, then every graph nested in its nodes (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from graph_and_bodies(sub)
+
+
 def used_names(graph: onnx.GraphProto) -> Set[str]:
     """Every tensor name read by a node of this graph or of any nested body, plus the graph outputs."""
     used = {o.name for o in graph.output}
