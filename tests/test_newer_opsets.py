@@ -222,3 +222,14 @@ def test_an_attention_op_is_the_chain_the_quantizer_keeps_whole(tmp_path):
     assert rk.load_onnx(str(tmp_path / "attn.onnx"), input_size_list=[[1, 5, 8]]) == 0, rk.last_error
     info = GraphInfo(normalize(rk._loaded.model))
     assert len(find_attention_regions(info.nodes, _dynamic_tensors(info), set(info.output_set), info.const)) == 1
+
+
+def test_a_reduction_whose_axes_are_a_computation_on_constants_loads(tmp_path):
+    """torch.onnx.export(..., optimize=False) leaves a ReduceMean's axes as a Reshape of two Constants (one of them an
+    int list attribute): the load evaluates it."""
+    nodes = [n("Constant", [], ["axes_flat"], value_ints=[2, 3]), n("Constant", [], ["shape"], value_ints=[2]),
+             n("Reshape", ["axes_flat", "shape"], ["axes"]),
+             n("ReduceMean", ["x", "axes"], ["y"], name="pool", keepdims=0)]
+    path = tmp_path / "pool.onnx"
+    onnx.save(_model(nodes, [("x", [1, 3, 8, 8])], [], 18), path)
+    _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32))

@@ -12,6 +12,7 @@ import onnx
 from onnx import version_converter
 
 from ..errors import ModelLoadError
+from ..graph.constants import constant_value, constants
 from ..graph.control_flow import inline_constant_ifs, predicate_ifs
 from ..graph.dynamic_quant import float_from_dynamic_quant
 from ..graph.float_types import to_float32
@@ -514,21 +515,20 @@ def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
     domain for the conversion and come back after it (_restore_hidden)."""
     consts = {}
     for g in graph_and_bodies(model.graph):
-        consts.update({t.name: t for t in g.initializer})
-        consts.update({nd.output[0]: a.t for nd in g.node if nd.op_type == "Constant" for a in nd.attribute
-                       if a.name == "value"})
+        consts.update(constants(g))
     n = 0
     for g in graph_and_bodies(model.graph):
         for node in g.node:
             if node.domain in ("", "ai.onnx") and node.op_type in REDUCE_AXES_INPUT_18 and len(node.input) > 1:
                 # opset 18 moved these ops' axes from an attribute to an input; the converter's adapter finds it
                 # only in the node's own graph, not in an enclosing one (an If branch reading the main graph's)
+                # (an exporter that did not fold its constants computes them: a Reshape of two Constants)
+                axes = constant_value(g, node.input[1], consts, opset, None) if node.input[1] else None
                 if not node.input[1]:
                     del node.input[1:]
-                elif node.input[1] in consts:
-                    axes = onnx.numpy_helper.to_array(consts[node.input[1]]).astype(int).ravel().tolist()
+                elif axes is not None:
                     del node.input[1:]
-                    node.attribute.append(onnx.helper.make_attribute("axes", axes))
+                    node.attribute.append(onnx.helper.make_attribute("axes", axes.astype(int).ravel().tolist()))
                 else:
                     raise ModelLoadError(f"{node.op_type} node '{node.name}' reduces over axes computed at run "
                                          f"time, which have no opset-{OPSET} form; re-export the model with "
