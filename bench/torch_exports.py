@@ -16,6 +16,8 @@ records torch's fused inference kernels (frontends/torch_fused.py). Rows:
 - <corpus model>_gelu_op: corpus models with spelled GELUs (vit_s_focus, ppocr_small_det, ppocr_small_rec,
   magika_filetype) stepped up to opset 20 with each GELU made the one Gelu op, as the dynamo exporter writes
   them, against the files as shipped (the corpus bench's calibration and held-out inputs).
+- blocks: bench/torch_blocks.py's architecture blocks (ConvNeXt, Swin, grid_sample, MBConv, ..., generated
+  weights, random pixels) through both exporters.
 
 Cosine = mean over held-out inputs of the worst output's cosine to the float reference (onnxruntime on the file, or
 torch eager for the traced module). The dynamo rows need `pip install onnxscript` (not a dependency of openrknn).
@@ -207,7 +209,8 @@ def _two_exporters(name: str, module, example, feeds, config, fmt, work: Path) -
         try:
             note = export(module, example, path, dynamo)
         except Exception as e:
-            rows.append([f"{name}, {'dynamo' if dynamo else 'TorchScript'} exporter", f"export fails: {e}"[:200]])
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            rows.append([f"{name}, {'dynamo' if dynamo else 'TorchScript'} exporter", f"export fails: {first}"[:160]])
             continue
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         mean, std = (np.array(config[k][0], np.float32) for k in ("mean_values", "std_values"))
@@ -264,6 +267,21 @@ def row_easyocr(cache: Path, work: Path) -> list:
                           [[x] for x in lines], {"mean_values": [[127.5]], "std_values": [[127.5]]}, "nhwc", work)
 
 
+def row_blocks(cache: Path, work: Path) -> list:
+    """bench/torch_blocks.py's blocks, generated weights, through both exporters; feeds are random pixels."""
+    import torch
+    from torch_blocks import BLOCKS
+
+    rows = []
+    for name, (block, hw) in BLOCKS.items():
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        feeds = [[rng.integers(0, 256, (1, *hw, 3), dtype=np.uint8)] for _ in range(8)]
+        rows += _two_exporters(f"{name} (generated weights)", block().eval(), torch.zeros(1, 3, *hw), feeds,
+                               {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]]}, "nhwc", work)
+    return rows
+
+
 def gelu_ops(path: Path, out: Path) -> int:
     """The model at opset 20 with every spelled-out GELU made one Gelu op (as the dynamo exporter writes it)."""
     import onnx
@@ -314,7 +332,7 @@ def row_gelu_ops(cache: Path, work: Path, names=("vit_s_focus", "ppocr_small_det
 
 
 ROWS = {"dinov2_traced": row_dinov2, "yolox_eye": row_yolox_eye, "easyocr_rec": row_easyocr,
-        "gelu_ops": row_gelu_ops}
+        "gelu_ops": row_gelu_ops, "blocks": row_blocks}
 
 
 def main() -> None:
