@@ -197,11 +197,27 @@ def test_an_attention_sharing_heads_is_named(tmp_path):
     assert "Attention node 'attn'" in words and "1 key / value heads among 2 query heads" in words
 
 
-def test_an_antialiased_resize_is_named_with_what_to_do(tmp_path):
-    nodes = [n("Resize", ["x", "", "scales"], ["y"], name="shrink", mode="linear", antialias=1)]
-    model = _model(nodes, [("x", [1, 3, 8, 8])], [_const("scales", np.array([1, 1, 0.5, 0.5], np.float32))], 18)
+@pytest.mark.parametrize("mode, given, value", [
+    ("linear", "scales", [1, 1, 0.5, 0.5]),      # torch's F.interpolate(scale_factor=0.5, antialias=True)
+    ("linear", "sizes", [1, 3, 5, 11]),           # uneven factors, both axes
+    ("cubic", "scales", [1, 1, 1, 0.375]),        # one axis
+    ("linear", "sizes", [1, 3, 16, 4]),           # one axis grows (the filter only widens where it shrinks)
+])
+def test_an_antialiased_resize_runs_as_onnxruntime_runs_it(tmp_path, mode, given, value):
+    dtype = np.float32 if given == "scales" else np.int64
+    ins = ["x", "", "r"] if given == "scales" else ["x", "", "", "r"]
+    nodes = [n("Resize", ins, ["y"], name="shrink", mode=mode, antialias=1)]
+    path = tmp_path / "aa.onnx"
+    onnx.save(_model(nodes, [("x", [1, 3, 8, 8])], [_const("r", np.array(value, dtype))], 18), path)
+    rk = _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32))
+    assert any("Resize x1" in note for note in rk._loaded.notes), rk._loaded.notes
+
+
+def test_an_antialiased_resize_over_chosen_axes_is_named_with_what_to_do(tmp_path):
+    nodes = [n("Resize", ["x", "", "scales"], ["y"], name="shrink", mode="linear", antialias=1, axes=[2, 3])]
+    model = _model(nodes, [("x", [1, 3, 8, 8])], [_const("scales", np.array([0.5, 0.5], np.float32))], 18)
     words = _refused(tmp_path, model, [1, 3, 8, 8])
-    assert "Resize node 'shrink'" in words and "antialias" in words and "cut the model" in words
+    assert "Resize node 'shrink'" in words and "antialias" in words and "cut it before this node" in words
 
 
 def test_an_op_with_no_way_down_is_named_not_the_converter_assertion(tmp_path):

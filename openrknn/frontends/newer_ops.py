@@ -217,6 +217,74 @@ def _col2im(w: _Writer, node: onnx.NodeProto, shape) -> None:
          dilations=dil, pads=pads, kernel_shape=kk, output_padding=[hw[a] - reach[a] for a in range(2)])
 
 
+def _antialiased_resize(w: _Writer, node: onnx.NodeProto, shape, opset: int) -> bool:
+    """A linear or cubic Resize that filters before it shrinks (antialias=1) is, per resized axis, one fixed matrix
+    of weights: taken from onnxruntime by resizing that axis of a stack of unit vectors with the node's own
+    settings, then applied as a MatMul (the axis moved last and back). False: not antialiased, left as it is."""
+    if not _attr(node, "antialias", 0):
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "antialias"}
+    ins = list(node.input) + [""] * (4 - len(node.input))
+    advice = "interpolate without antialias, or " + EXPORT_ADVICE.split(", or ", 1)[1]
+    if _attr(node, "mode", "nearest") == "nearest":
+        raise _refuse(node, "asks a nearest Resize to filter (antialias=1), which onnxruntime refuses too", advice)
+    if "axes" in attrs or _attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        raise _refuse(node, "filters before it shrinks (antialias=1) over chosen axes or a crop", advice)
+    xs = shape(ins[0])
+    scales = shape.const(ins[2]) if ins[2] else None
+    sizes = shape.const(ins[3]) if ins[3] else None
+    if xs is None or not all(isinstance(d, int) and d > 0 for d in xs) or (scales is None and sizes is None):
+        raise _refuse(node, "filters before it shrinks (antialias=1) at sizes not known here",
+                      "give load_onnx an input_size_list so every shape is known")
+    rank = len(xs)
+    ys = [int(v) for v in sizes] if sizes is not None and len(sizes) else \
+        [int(np.floor(d * float(s))) for d, s in zip(xs, scales)]
+    y = node.output[0]
+    moved = [a for a in range(rank) if ys[a] != xs[a] or (scales is not None and len(scales) and scales[a] != 1)]
+    if not moved or moved[0] == 0:
+        raise _refuse(node, "filters before it resizes its first axis", advice)
+    x = ins[0]
+    for k, a in enumerate(moved):
+        out = y if k == len(moved) - 1 else None
+        weights = w.const(f"axis{a}_weights", _resize_matrix(
+            attrs, xs[a], ys[a], rank, a, None if sizes is not None and len(sizes) else float(scales[a]), opset).T)
+        if a == rank - 1:
+            x = w.op("MatMul", [x, weights], out)
+        else:
+            perm = list(range(rank))
+            perm[a], perm[-1] = perm[-1], perm[a]
+            x = w.op("Transpose", [w.op("MatMul", [w.op("Transpose", [x], perm=perm), weights])], out, perm=perm)
+    return True
+
+
+def _resize_matrix(attrs: dict, n: int, m: int, rank: int, axis: int, scale: Optional[float], opset: int
+                   ) -> np.ndarray:
+    """[m, n]: what the node's Resize makes of each of the n unit vectors along ``axis`` (to m samples)."""
+    import onnxruntime as ort
+
+    shape_in = [n] + [1] * (rank - 1)
+    shape_in[axis] = n
+    unit = np.zeros(shape_in, np.float32)
+    unit[(np.arange(n),) + (0,) * (axis - 1) + (np.arange(n),)] = 1.0
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape_in)]
+    consts = []
+    if scale is None:
+        sizes = list(shape_in)
+        sizes[axis] = m
+        consts.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        feeds = ["x", "", "", "sizes"]
+    else:
+        scales = np.ones(rank, np.float32)
+        scales[axis] = scale
+        consts.append(numpy_helper.from_array(scales, "scales"))
+        feeds = ["x", "", "scales"]
+    graph = helper.make_graph([helper.make_node("Resize", feeds, ["y"], antialias=1, **attrs)], "axis", inputs,
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": unit})[0]
+    return np.moveaxis(out, axis, 1).reshape(n, m).T.astype(np.float32)  # row j: what output j takes
+
+
 class _Shapes:
     """Shapes, element types and constant values of the model's tensors, inferred once when first asked."""
 
@@ -275,6 +343,7 @@ def spell_out(model: onnx.ModelProto, target: int) -> Dict[str, int]:
         rules["Mish"] = _mish
         rules["Col2Im"] = _col2im
         rules["GroupNormalization"] = lambda w, n, s: _group_norm(w, n, s, opset)
+        rules["Resize"] = lambda w, n, s: _antialiased_resize(w, n, s, opset)
     if opset >= 23 > target:
         rules["RMSNormalization"] = _rms_norm
         rules["Attention"] = _attention
@@ -296,7 +365,9 @@ def spell_out(model: onnx.ModelProto, target: int) -> Dict[str, int]:
                 out.append(n)
                 continue
             w = _Writer(g, n, taken)
-            rules[n.op_type](w, n, shape)
+            if rules[n.op_type](w, n, shape) is False:  # not a form this rule is for
+                out.append(n)
+                continue
             out.extend(w.nodes)
             done[n.op_type] = done.get(n.op_type, 0) + 1
         del g.node[:]

@@ -558,12 +558,6 @@ def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
                                      f"(opset 18), which has no opset-{OPSET} form and no NPU form (a graph network's "
                                      "pooling); cut the model before it with load_onnx(..., outputs=[...]) and run "
                                      "the rest on the CPU")
-            if node.domain in ("", "ai.onnx") and node.op_type == "Resize" and \
-                    any(a.name == "antialias" and a.i for a in node.attribute):
-                raise ModelLoadError(f"Resize node '{node.name}' filters before it shrinks (antialias=1, opset 18: "
-                                     "F.interpolate(..., antialias=True)), which has no opset-17 form and no NPU "
-                                     "form; interpolate without antialias, or cut the model before this node with "
-                                     "load_onnx(..., outputs=[...]) and run the rest on the CPU")
             if node.domain in ("", "ai.onnx") and node.op_type == "GridSample" and opset >= 20:
                 # opset 20 renamed the modes and allowed N-D sampling; a 4-D one means what opset 16's does
                 mode = next((a for a in node.attribute if a.name == "mode"), None)
