@@ -125,7 +125,8 @@ def multi_head_attention(g, query, key, value, embed_dim, num_head, qkv_weight, 
 
 
 def register(opset: int) -> None:
-    """Make torch's TorchScript exporter write the fused kernels as above (at ``opset``)."""
+    """Make torch's TorchScript exporter write the fused kernels as above (at ``opset``). The registration is the
+    process's: any later torch.onnx.export(..., dynamo=False) there writes them so too, where it had no form."""
     from torch.onnx import register_custom_op_symbolic
 
     register_custom_op_symbolic(ENCODER_LAYER, encoder_layer, opset)
