@@ -154,3 +154,14 @@ def test_a_traced_encoder_taking_tokens_loads_with_its_own_3d_shape(tmp_path):
     with torch.no_grad():
         want = encoder(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_transformer_traced_with_gradients_on_is_refused_saying_how_to_trace_it(tmp_path):
+    """Traced with gradients on, nn.MultiheadAttention records its slow path, which torch's TorchScript exporter
+    cannot write (a transpose of unknown rank): the error says to trace under torch.no_grad()."""
+    torch.manual_seed(0)
+    module = PatchEncoder("gelu", False).eval()
+    torch.jit.trace(module, torch.zeros(1, 3, 64, 64), check_trace=False).save(str(tmp_path / "slow.pt"))
+    rk = RKNN(verbose=False)
+    assert rk.load_pytorch(str(tmp_path / "slow.pt"), input_size_list=[[1, 3, 64, 64]]) == -1
+    assert "torch.no_grad()" in str(rk.last_error) and "load_onnx()" in str(rk.last_error)

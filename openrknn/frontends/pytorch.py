@@ -109,8 +109,10 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
                               output_names=output_names, do_constant_folding=True)
     except Exception as e:
         raise ModelLoadError(f"exporting '{path}' to ONNX failed: {str(e).strip().splitlines()[0]}. An operator may "
-                             f"lack an ONNX mapping at opset {OPSET}; exporting the model to ONNX yourself and "
-                             "calling load_onnx() gives you more control.") from None
+                             f"lack an ONNX mapping at opset {OPSET} (a transformer's attention traced with "
+                             "gradients on: trace it under torch.no_grad()); exporting the nn.Module yourself, "
+                             "torch.onnx.export(model, x, 'model.onnx'), and calling load_onnx() gives you more "
+                             "control.") from None
     model = onnx.load_from_string(buf.getvalue())
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     notes = [f"TorchScript exported to ONNX opset {OPSET} with {len(model.graph.node)} nodes"]
