@@ -19,8 +19,9 @@ records torch's fused inference kernels (frontends/torch_fused.py). Rows:
 - blocks: bench/torch_blocks.py's architecture blocks (ConvNeXt, Swin, grid_sample, MBConv, ..., generated
   weights, random pixels) through both exporters.
 
-Cosine = mean over held-out inputs of the worst output's cosine to the float reference (onnxruntime on the file, or
-torch eager for the traced module). The dynamo rows need `pip install onnxscript` (not a dependency of openrknn).
+Cosine = mean over held-out inputs of the worst output's cosine to the float reference: torch eager on the module
+(onnxruntime on the file for the corpus rows; it computes some files wrongly). The dynamo rows need
+`pip install onnxscript` (not a dependency of openrknn).
 """
 
 from __future__ import annotations
@@ -199,10 +200,19 @@ def row_dinov2(cache: Path, work: Path) -> list:
     return rows
 
 
+def _flat(out) -> list:
+    return [o for x in out for o in _flat(x)] if isinstance(out, (list, tuple)) else [out]
+
+
 def _two_exporters(name: str, module, example, feeds, config, fmt, work: Path) -> list:
-    import onnxruntime as ort
+    import torch
 
     calib, held = feeds[0::2], feeds[1::2]
+    mean, std = (np.array(config[k][0], np.float32) for k in ("mean_values", "std_values"))
+    module.eval()  # (an export restores the mode it found, recursively: a wrapper left in training mode would
+    with torch.no_grad():  # put BatchNorms back into it) the truth is the module itself, computed before either
+        refs = [[o.numpy() for o in _flat(module(torch.from_numpy(
+            ((f[0].astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).copy())))] for f in held]
     rows = []
     for dynamo in ((True, False) if dynamo_available() else (False,)):
         path = work / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx"
@@ -212,10 +222,6 @@ def _two_exporters(name: str, module, example, feeds, config, fmt, work: Path) -
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             rows.append([f"{name}, {'dynamo' if dynamo else 'TorchScript'} exporter", f"export fails: {first}"[:160]])
             continue
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        mean, std = (np.array(config[k][0], np.float32) for k in ("mean_values", "std_values"))
-        refs = [sess.run(None, {"input": ((f[0].astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)})
-                for f in held]
         cells = [f"{name}, {'default (dynamo)' if dynamo else 'TorchScript (dynamo=False)'} exporter ({note})"]
         for quantize in (False, True):
             outs, secs = deploy(lambda r: r.load_onnx(str(path)), calib, held, fmt, quantize, config, work)

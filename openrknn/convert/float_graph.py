@@ -14,6 +14,7 @@ from ..frontends import LoadedModel
 from ..frontends.onnx import STRICT_CHECK_NOTE
 from ..graph import optimize as graph_optimize
 from ..graph import layout, preprocess
+from ..graph.fold import vector_matmuls
 from ..graph.shapes import infer_shapes
 
 log = logging.getLogger("openrknn.build")
@@ -126,6 +127,12 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
     model.CopyFrom(loaded.model)
     check_config_against_model(cfg, model)
     notes: List[str] = []
+    wrong = vector_matmuls(model)  # at every level: the simulator's onnxruntime would compute them wrongly
+    if wrong:
+        notes.append(f"onnxruntime computes {len(wrong)} MatMul(s) of a transposed matrix and a vector wrongly "
+                     f"({', '.join(wrong[:4])}): a reference run of the file on onnxruntime is off there; the "
+                     "simulator computes them as matrix products, as the NPU does")
+        log.warning(notes[-1])
     model = fold_shape_arithmetic(model, cfg, notes)
     model = graph_optimize.optimize(model, cfg.optimization_level)
     model = fold_layout(model, cfg, notes)

@@ -34,6 +34,8 @@ def _sniff_torch_file(path: Path) -> str:
             names = z.namelist()
         if any("/code/" in n or n.startswith("code/") or n.endswith("constants.pkl") for n in names):
             return "torchscript"
+        if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
+            return "exported"  # torch.export.save's archive (.pt2): an ExportedProgram
         if any(n.endswith("data.pkl") for n in names):
             return "torch.save"
         return "zip"
@@ -59,6 +61,8 @@ def load_torchscript(path: str | Path):
                              + _TRACE_HINT)
     if kind == "maybe-onnx" and path.suffix.lower() == ".onnx":
         raise ModelLoadError(f"'{path}' looks like an ONNX model; use load_onnx(model='{path}') instead.")
+    if kind == "exported":
+        return _load_exported(path).module()  # its graph, callable as an nn.Module (already in eval form)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError with long C++ traces; keep the first line
@@ -68,9 +72,34 @@ def load_torchscript(path: str | Path):
     return module
 
 
+def _load_exported(path: Path):
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"'{path}' is a torch.export archive that this torch ({torch.__version__}) cannot "
+                             f"read ({first}); save it again with this torch version, or trace the model to "
+                             "TorchScript.") from None
+
+
+def _example_shapes(path: Path) -> List[List[int]]:
+    """The input shapes a torch.export archive was exported with (it stores its example inputs)."""
+    examples = _load_exported(path).example_inputs
+    args = list(examples[0]) if examples else []
+    if not args or not all(hasattr(a, "shape") for a in args):
+        raise ModelLoadError(f"'{path}' stores no example tensors to take its input shapes from; give "
+                             "input_size_list, e.g. input_size_list=[[1, 3, 224, 224]]")
+    return [list(a.shape) for a in args]
+
+
 def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
     import torch
 
+    exported = Path(path).is_file() and _sniff_torch_file(Path(path)) == "exported"
+    if exported and not input_size_list:
+        input_size_list = _example_shapes(Path(path))
     shapes = normalize_size_list(input_size_list)
     if not shapes:
         raise ModelLoadError("load_pytorch needs input_size_list (TorchScript files do not record input shapes), "
@@ -108,6 +137,8 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
             torch.onnx.export(module, dummy, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
                               output_names=output_names, do_constant_folding=True)
     except Exception as e:
+        if exported and _has_onnxscript():  # torch's own exporter of ExportedPrograms (dynamo), then load_onnx
+            return _via_dynamo(Path(path), shapes, str(e).strip().splitlines()[0])
         raise ModelLoadError(f"exporting '{path}' to ONNX failed: {str(e).strip().splitlines()[0]}. An operator may "
                              f"lack an ONNX mapping at opset {OPSET} (a transformer's attention traced with "
                              "gradients on: trace it under torch.no_grad()); exporting the nn.Module yourself, "
@@ -115,9 +146,43 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
                              "control.") from None
     model = onnx.load_from_string(buf.getvalue())
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    notes = [f"TorchScript exported to ONNX opset {OPSET} with {len(model.graph.node)} nodes"]
-    log.info("loaded TorchScript %s: inputs %s, %d outputs", path, shapes, n_out)
+    what = "torch.export program" if exported else "TorchScript"
+    notes = [f"{what} exported to ONNX opset {OPSET} with {len(model.graph.node)} nodes"]
+    log.info("loaded %s %s: inputs %s, %d outputs", what, path, shapes, n_out)
     return LoadedModel(model, "pytorch", str(path), file_sha256(path), notes)
+
+
+def _has_onnxscript() -> bool:
+    try:
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it; openrknn does not depend on it)
+        return True
+    except ImportError:
+        return False
+
+
+def _via_dynamo(path: Path, shapes: List[List[int]], first_failure: str) -> LoadedModel:
+    """An ExportedProgram the TorchScript exporter could not write, through torch's own exporter of them (opset 18
+    or newer) and load_onnx, which steps it down."""
+    import tempfile
+
+    import torch
+
+    from .onnx import load_onnx
+
+    with tempfile.TemporaryDirectory(prefix="openrknn-export-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_load_exported(path), (), str(out), verbose=False)
+        except Exception as e:
+            raise ModelLoadError(f"exporting '{path}' to ONNX failed with both of torch's exporters "
+                                 f"({first_failure}; {str(e).strip().splitlines()[0]})") from None
+        loaded = load_onnx(out, input_size_list=shapes)
+    notes = [f"torch.export program exported by torch's dynamo exporter (the TorchScript one failed: "
+             f"{first_failure[:120]})"] + loaded.notes
+    log.info("loaded torch.export program %s: inputs %s", path, shapes)
+    return LoadedModel(loaded.model, "pytorch", str(path), file_sha256(path), notes)
 
 
 def _flatten_outputs(out) -> List:

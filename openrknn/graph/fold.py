@@ -656,3 +656,35 @@ def logit_of_sigmoid(model: onnx.ModelProto) -> int:
 
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
            "logit_of_sigmoid", "unit_stride_transposed_convs"]
+
+
+def vector_matmuls(model: onnx.ModelProto) -> List[str]:
+    """MatMul(A, v) with a constant vector v -> MatMul(A, v as a [K, 1] matrix) and a Squeeze of the last axis: the
+    same values. onnxruntime 1.32 (extended optimisations) fuses a Transpose of A's last two axes into such a MatMul
+    and then computes it wrongly (a YOLO head's distribution times its bins written as softmax(...).transpose(-1,
+    -2) @ bins: off by the bins' own scale), so every session openrknn runs would; the matrix form is fused right.
+    Returns the names of the MatMuls whose A was such a Transpose, the ones onnxruntime gets wrong on the file."""
+    ix = _Index(model)
+    g = model.graph
+    wrong: List[str] = []
+    replace: Dict[int, List[onnx.NodeProto]] = {}
+    for i, node in enumerate(g.node):
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        v = ix.const(node.input[1])
+        if v is None or v.ndim != 1:
+            continue
+        t = g.node[ix.producer[node.input[0]]] if node.input[0] in ix.producer else None
+        perm = _attr(t, "perm") if t is not None and t.op_type == "Transpose" else None
+        if perm is not None and len(perm) >= 2 and list(perm[-2:]) == [len(perm) - 1, len(perm) - 2]:
+            wrong.append(node.name or node.output[0])
+        column = ix.add_const(node.input[1] + "_column", v.reshape(-1, 1))
+        product = ix.unique(node.output[0] + "_column")
+        axes = ix.unique(node.output[0] + "_last_axis")
+        g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
+        replace[i] = [helper.make_node("MatMul", [node.input[0], column], [product], name=node.name),
+                      helper.make_node("Squeeze", [product, axes], [node.output[0]],
+                                       name=ix.unique((node.name or product) + "_squeeze"))]
+    if replace:
+        splice_nodes(g, list(g.node), replace, set())
+    return wrong
