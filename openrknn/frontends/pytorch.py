@@ -1,7 +1,9 @@
-"""TorchScript (.pt from torch.jit.trace / torch.jit.script) -> ONNX. torch is imported here only, lazily."""
+"""TorchScript (.pt from torch.jit.trace / torch.jit.script) and torch.export archives (.pt2) -> ONNX. torch is
+imported here only, lazily."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -18,10 +20,11 @@ from .torch_fused import register as register_fused_kernels
 log = logging.getLogger("openrknn.frontends.pytorch")
 
 _TRACE_HINT = (
-    "load_pytorch needs a TorchScript file made by torch.jit.trace (or torch.jit.script), which holds the network "
-    "structure. Make one with:\n"
+    "load_pytorch needs a TorchScript file made by torch.jit.trace (or torch.jit.script), or a torch.export "
+    "archive, which hold the network structure. Make one with:\n"
     "    model = YourNet(...); model.load_state_dict(torch.load('weights.pth')); model.eval()\n"
     "    torch.jit.trace(model, torch.rand(1, 3, H, W)).save('model.pt')\n"
+    "    # or: torch.export.save(torch.export.export(model, (torch.rand(1, 3, H, W),)), 'model.pt2')\n"
     "For YOLOX weights from the yolox-pytorch code use `openrknn yolox export --weights W.pth --phi nano "
     "--num-classes N -o model.pt`."
 )
@@ -127,18 +130,27 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
                              f"{[list(s) for s in shapes]} from input_size_list: {msg.strip()}. Check the channel "
                              "count and size the model was traced with.")
     n_out = len(_flatten_outputs(sample_out))
+    if exported:  # torch's TorchScript exporter cannot switch an exported graph's mode: give it a trace of it
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.trace(module, dummy, check_trace=False)
     buf = io.BytesIO()
     input_names = [f"input{i}" if len(shapes) > 1 else "input" for i in range(len(shapes))]
     output_names = [f"output{i}" for i in range(n_out)]
     register_fused_kernels(OPSET)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace warnings
+        # the TorchScript exporter's deprecation and trace warnings, and the graph it prints when it fails
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
             torch.onnx.export(module, dummy, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
                               output_names=output_names, do_constant_folding=True)
     except Exception as e:
         if exported and _has_onnxscript():  # torch's own exporter of ExportedPrograms (dynamo), then load_onnx
             return _via_dynamo(Path(path), shapes, str(e).strip().splitlines()[0])
+        if exported:
+            raise ModelLoadError(f"exporting '{path}' to ONNX with torch's TorchScript exporter failed: "
+                                 f"{str(e).strip().splitlines()[0]}. `pip install onnxscript` lets torch's own "
+                                 "exporter of torch.export programs write it instead.") from None
         raise ModelLoadError(f"exporting '{path}' to ONNX failed: {str(e).strip().splitlines()[0]}. An operator may "
                              f"lack an ONNX mapping at opset {OPSET} (a transformer's attention traced with "
                              "gradients on: trace it under torch.no_grad()); exporting the nn.Module yourself, "
