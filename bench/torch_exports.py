@@ -96,7 +96,14 @@ def export(module, example, path: Path, dynamo: bool) -> str:
         warnings.simplefilter("ignore")
         if dynamo:
             torch.onnx.export(module, (example,), str(path), input_names=["input"], verbose=False)
-        else:
+        else:  # torch's exporter as a user has it: without the fused-kernel forms load_pytorch registers
+            from openrknn.frontends.torch_fused import ATTENTION, ENCODER_LAYER
+
+            for kernel in (ATTENTION, ENCODER_LAYER):
+                try:
+                    torch.onnx.unregister_custom_op_symbolic(kernel, 17)
+                except Exception:  # not registered in this process
+                    pass
             torch.onnx.export(module, (example,), str(path), input_names=["input"], dynamo=False, opset_version=17)
     import onnx
 
@@ -187,6 +194,9 @@ def row_dinov2(cache: Path, work: Path) -> list:
                                                                      input_size_list=shape),
              "the ONNX file's encoder cut (load_onnx)": lambda r: r.load_onnx(
                  str(path), inputs=[ENCODER_IN], outputs=[ENCODER_OUT], input_size_list=shape)}
+    torch.export.save(torch.export.export(net, (torch.from_numpy(embeds[0]),)), str(work / "dinov2_encoder.pt2"))
+    loads["torch.export archive (.pt2, load_pytorch, its own shapes)"] = lambda r: r.load_pytorch(
+        str(work / "dinov2_encoder.pt2"), input_size_list=None)
     if dynamo_available():
         note = export(net, torch.from_numpy(embeds[0]), work / "dinov2_dynamo.onnx", True)
         loads[f"torch.onnx.export default ({note}, load_onnx)"] = lambda r: r.load_onnx(
