@@ -19,6 +19,9 @@ records torch's fused inference kernels (frontends/torch_fused.py). Rows:
 - blocks: bench/torch_blocks.py's architecture blocks (ConvNeXt, Swin, grid_sample, MBConv, ..., generated
   weights, random pixels) through both exporters.
 
+The TorchScript exporter runs with the fused-kernel forms load_pytorch registers in the process (registered
+first, so every row sees the same exporter); torch alone refuses nn.MultiheadAttention's fused kernel.
+
 Cosine = mean over held-out inputs of the worst output's cosine to the float reference: torch eager on the module
 (onnxruntime on the file for the corpus rows; it computes some files wrongly). The dynamo rows need
 `pip install onnxscript` (not a dependency of openrknn).
@@ -96,14 +99,7 @@ def export(module, example, path: Path, dynamo: bool) -> str:
         warnings.simplefilter("ignore")
         if dynamo:
             torch.onnx.export(module, (example,), str(path), input_names=["input"], verbose=False)
-        else:  # torch's exporter as a user has it: without the fused-kernel forms load_pytorch registers
-            from openrknn.frontends.torch_fused import ATTENTION, ENCODER_LAYER
-
-            for kernel in (ATTENTION, ENCODER_LAYER):
-                try:
-                    torch.onnx.unregister_custom_op_symbolic(kernel, 17)
-                except Exception:  # not registered in this process
-                    pass
+        else:
             torch.onnx.export(module, (example,), str(path), input_names=["input"], dynamo=False, opset_version=17)
     import onnx
 
@@ -359,6 +355,11 @@ def main() -> None:
     ap.add_argument("--only", default="", help="rows, comma-separated: " + ", ".join(ROWS))
     args = ap.parse_args()
     cache = Path(args.cache)
+    # the same TorchScript exporter in every row, whatever ran before: with the fused-kernel forms load_pytorch
+    # registers in the process (torch alone refuses nn.MultiheadAttention's fused kernel; see bench/RESULTS.md)
+    from openrknn.frontends.torch_fused import register
+
+    register(17)
     if not dynamo_available():
         print("onnxscript is not installed: the default-exporter rows are skipped (pip install onnxscript)")
     print("| model / path | float cosine (build s) | w8a8 cosine (build s) |\n|---|---|---|")
