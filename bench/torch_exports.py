@@ -17,7 +17,7 @@ records torch's fused inference kernels (frontends/torch_fused.py). Rows:
   magika_filetype) stepped up to opset 20 with each GELU made the one Gelu op, as the dynamo exporter writes
   them, against the files as shipped (the corpus bench's calibration and held-out inputs).
 - blocks: bench/torch_blocks.py's architecture blocks (ConvNeXt, Swin, grid_sample, MBConv, ..., generated
-  weights, random pixels) through both exporters.
+  weights, random pixels) through both exporters and as torch.export archives.
 
 The TorchScript exporter runs with the fused-kernel forms load_pytorch registers in the process (registered
 first, so every row sees the same exporter); torch alone refuses nn.MultiheadAttention's fused kernel.
@@ -289,8 +289,22 @@ def row_blocks(cache: Path, work: Path) -> list:
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
         feeds = [[rng.integers(0, 256, (1, *hw, 3), dtype=np.uint8)] for _ in range(8)]
-        rows += _two_exporters(f"{name} (generated weights)", block().eval(), torch.zeros(1, 3, *hw), feeds,
-                               {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]]}, "nhwc", work)
+        module = block().eval()
+        config = {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]]}
+        rows += _two_exporters(f"{name} (generated weights)", module, torch.zeros(1, 3, *hw), feeds, config, "nhwc",
+                               work)
+        with torch.no_grad():  # and as a torch.export archive
+            refs = [_flat(module(torch.from_numpy(f[0].transpose(0, 3, 1, 2) / np.float32(255))))
+                    for f in feeds[1::2]]
+        archive = work / "block.pt2"
+        torch.export.save(torch.export.export(module, (torch.zeros(1, 3, *hw),)), str(archive))
+        cells = [f"{name} (generated weights), torch.export archive (.pt2, load_pytorch, its own shapes)"]
+        for quantize in (False, True):
+            outs, secs = deploy(lambda r: r.load_pytorch(str(archive), input_size_list=None), feeds[0::2],
+                                feeds[1::2], "nhwc", quantize, config, work)
+            cells.append(outs if isinstance(outs, str) else
+                         f"{worst([[o.numpy() for o in r] for r in refs], outs):.6f} ({secs:.1f} s)")
+        rows.append(cells)
     return rows
 
 
