@@ -102,3 +102,22 @@ def test_the_default_exporters_file_of_a_gelu_net_loads(tmp_path):
     rk.config(target_platform="rk3588")
     assert rk.load_onnx(str(tmp_path / "net.onnx")) == 0, rk.last_error
     _runs_as_torch(rk, module)
+
+
+def test_the_cli_converts_an_exported_program_without_input_sizes(tmp_path, capsys):
+    import yaml
+
+    from openrknn.cli import main
+
+    torch.manual_seed(0)
+    module = _saved(Net(), tmp_path / "net.pt2")
+    (tmp_path / "convert.yml").write_text(yaml.safe_dump({
+        "model": "net.pt2", "output": "net.rknn", "config": {"target_platform": "rk3588"},
+        "build": {"do_quantization": False}}))
+    assert main(["convert", str(tmp_path / "convert.yml")]) == 0, capsys.readouterr().err
+    rk = RKNN(verbose=False)
+    assert rk.load_rknn(str(tmp_path / "net.rknn")) == 0 and rk.init_runtime() == 0
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)

@@ -521,6 +521,20 @@ def test_torchscript_model_takes_its_input_size_from_the_form(gui, client, tmp_p
     assert result["summary"]["source"]["framework"] == "pytorch"
 
 
+def test_a_torch_export_archive_shows_its_own_input_shapes_and_builds_without_them(gui, client, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    pt2 = tmp_path / "tiny_net.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 16, 20),)), str(pt2))
+    status, r = upload(client, "model", "tiny_net.pt2", pt2.read_bytes())
+    assert status == 200 and r["model"]["framework"] == "pytorch" and not r["model"]["needs_input_size"]
+    assert r["model"]["inputs"][0]["shape"] == [1, 3, 16, 20]
+    _, events = build_and_wait(client, {"config": {}})
+    result = next(e for e in events if e["type"] == "done")["result"]
+    assert result["summary"]["inputs"][0]["shape"] == [1, 16, 20, 3]
+
+
 def test_an_rknn_file_is_ready_for_inference_without_a_build(gui, client, tiny_model):
     client.json("POST", "/api/model/path", {"path": str(tiny_model)})
     assert build_and_wait(client, {"config": {}})[1][-1]["state"] == "done"

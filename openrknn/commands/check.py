@@ -8,8 +8,8 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check a model against a target NPU's rules and the design advice")
-    p.add_argument("model", help=".rknn, .onnx, .pt (TorchScript; needs --input-size), .tflite, a Darknet .cfg, a "
-                   "Caffe .prototxt or a TensorFlow .pb")
+    p.add_argument("model", help=".rknn, .onnx, .pt (TorchScript; needs --input-size), .pt2 (torch.export), "
+                   ".tflite, a Darknet .cfg, a Caffe .prototxt or a TensorFlow .pb")
     p.add_argument("--target", default=None, help="chip (default: the .rknn's target, else rk1808)")
     p.add_argument("--dtype", default=None, help="quantized dtype to check for (default: the .rknn's; float for "
                    ".onnx/.pt)")

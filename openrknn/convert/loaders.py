@@ -15,7 +15,7 @@ from typing import List, Optional
 from ..errors import ModelLoadError
 from ..frontends import LoadedModel
 
-PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
+PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit", ".pt2")  # .pt2: a torch.export archive
 ONNX_SUFFIXES = (".onnx",)
 KINDS = {**{s: "pytorch" for s in PYTORCH_SUFFIXES}, ".onnx": "onnx", ".tflite": "tflite", ".cfg": "darknet",
          ".prototxt": "caffe", ".pb": "tensorflow", ".json": "tfjs", ".rknn": "rknn"}
@@ -31,7 +31,8 @@ def model_kind(path: str | Path) -> str:
         return KINDS[suffix]
     hint = " (a Darknet model is loaded from its .cfg, a Caffe model from its .prototxt)" if suffix in (
         ".weights", ".caffemodel") else ""
-    raise ModelLoadError(f"'{path}': unknown model type '{suffix}'{hint}; give a TorchScript .pt, an .onnx, a "
+    raise ModelLoadError(f"'{path}': unknown model type '{suffix}'{hint}; give a TorchScript .pt, a torch.export "
+                         ".pt2, an .onnx, a "
                          ".tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb, a TensorFlow.js "
                          "model.json or an .rknn file")
 

@@ -63,9 +63,9 @@ def inspect_model(path: Path, framework: str, weights: Optional[Path] = None) ->
     info: dict = {"framework": framework, "size_bytes": path.stat().st_size}
     if framework == "onnx":
         info.update(_onnx_io(path))
-    elif framework in ("tflite", "darknet", "caffe", "tensorflow", "tfjs"):
-        # converted here as the build will (a Darknet / Caffe model's weights file beside it): what the picker shows
-        # is the graph the build starts from
+    elif framework in ("tflite", "darknet", "caffe", "tensorflow", "tfjs") or path.suffix.lower() == ".pt2":
+        # converted here as the build will (a Darknet / Caffe model's weights file beside it; a torch.export archive
+        # at the shapes it records): what the picker shows is the graph the build starts from
         from ..convert.loaders import load_model
 
         info.update(_onnx_io(load_model(path, weights=weights).model))

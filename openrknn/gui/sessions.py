@@ -18,8 +18,8 @@ from ..errors import OpenRKNNError
 
 SESSION_COOKIE = "openrknn_session"
 # model files (the conversion core's loaders) and the weights files of two-file formats (uploaded beside them)
-MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".tflite", ".cfg", ".prototxt", ".pb", ".json",
-                  ".rknn", ".weights", ".caffemodel", ".bin")
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".pt2", ".tflite", ".cfg", ".prototxt", ".pb",
+                  ".json", ".rknn", ".weights", ".caffemodel", ".bin")
 WEIGHT_SUFFIXES = (".weights", ".caffemodel", ".bin")  # .bin: a TensorFlow.js model's weight shards
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CALIB_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
@@ -45,7 +45,8 @@ def framework_of(name: str) -> str:
         return model_kind(name)
     except ModelLoadError:
         raise RequestRefused(400, f"'{Path(name).name}': unknown model type '{Path(name).suffix.lower()}'; pick a "
-                             "TorchScript .pt, an .onnx, a .tflite, a Darknet .cfg, a Caffe .prototxt, a "
+                             "TorchScript .pt, a torch.export .pt2, an .onnx, a .tflite, a Darknet .cfg, a Caffe "
+                             ".prototxt, a "
                              "TensorFlow .pb, a TensorFlow.js model.json or an .rknn file") from None
 
 
