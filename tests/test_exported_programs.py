@@ -12,6 +12,8 @@ from openrknn.api import RKNN
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from test_traced_transformers import PatchAttention, _runs_as_torch  # noqa: E402  (after torch's skip)
+
 
 class Net(nn.Module):
     def __init__(self):
@@ -23,17 +25,6 @@ class Net(nn.Module):
         return nn.functional.gelu(self.norm(self.conv(x)))
 
 
-class Attention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 8, 8)
-        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
-
-    def forward(self, x):
-        tokens = self.stem(x).flatten(2).transpose(1, 2)
-        return self.attention(tokens, tokens, tokens, need_weights=False)[0]
-
-
 def _saved(module, path, shape=(1, 3, 32, 32)):
     torch.manual_seed(0)
     module = module.eval()
@@ -41,13 +32,14 @@ def _saved(module, path, shape=(1, 3, 32, 32)):
     return module
 
 
-def _runs_as_torch(rk, module, shape=(1, 3, 32, 32)):
-    assert rk.build(do_quantization=False) == 0, rk.last_error
-    assert rk.init_runtime() == 0
-    x = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)
+def _x(shape=(1, 3, 32, 32)):
+    return np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
+
+
+def _refused(path, sizes) -> str:
+    rk = RKNN(verbose=False)
+    assert rk.load_pytorch(str(path), input_size_list=sizes) == -1
+    return str(rk.last_error)
 
 
 def test_an_exported_program_loads_with_the_shapes_it_was_exported_with(tmp_path):
@@ -57,35 +49,31 @@ def test_an_exported_program_loads_with_the_shapes_it_was_exported_with(tmp_path
     rk.config(target_platform="rk3588")
     assert rk.load_pytorch(str(tmp_path / "net.pt2"), input_size_list=None) == 0, rk.last_error
     assert rk._loaded.notes[0].startswith("torch.export program exported to ONNX opset 17")
-    _runs_as_torch(rk, module)
+    _runs_as_torch(rk, module, _x())
 
 
 def test_an_exported_program_refuses_shapes_it_was_not_exported_with(tmp_path):
     torch.manual_seed(0)
     _saved(Net(), tmp_path / "net.pt2")
-    rk = RKNN(verbose=False)
-    assert rk.load_pytorch(str(tmp_path / "net.pt2"), input_size_list=[[1, 3, 48, 48]]) == -1
-    assert "does not run on inputs of shape [[1, 3, 48, 48]]" in str(rk.last_error)
+    assert "does not run on inputs of shape [[1, 3, 48, 48]]" in _refused(tmp_path / "net.pt2", [[1, 3, 48, 48]])
 
 
 def test_an_exported_attention_goes_through_torchs_own_exporter(tmp_path):
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    module = _saved(Attention(), tmp_path / "attention.pt2")
+    module = _saved(PatchAttention(), tmp_path / "attention.pt2", (1, 3, 64, 64))
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588")
-    assert rk.load_pytorch(str(tmp_path / "attention.pt2"), input_size_list=[[1, 3, 32, 32]]) == 0, rk.last_error
+    assert rk.load_pytorch(str(tmp_path / "attention.pt2"), input_size_list=None) == 0, rk.last_error
     assert "dynamo exporter" in rk._loaded.notes[0]
-    _runs_as_torch(rk, module)
+    _runs_as_torch(rk, module, _x((1, 3, 64, 64)))
 
 
 def test_without_onnxscript_an_exported_attention_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("openrknn.frontends.pytorch._has_onnxscript", lambda: False)
     torch.manual_seed(0)
-    _saved(Attention(), tmp_path / "attention.pt2")
-    rk = RKNN(verbose=False)
-    assert rk.load_pytorch(str(tmp_path / "attention.pt2"), input_size_list=[[1, 3, 32, 32]]) == -1
-    assert "pip install onnxscript" in str(rk.last_error)
+    _saved(PatchAttention(), tmp_path / "attention.pt2", (1, 3, 64, 64))
+    assert "pip install onnxscript" in _refused(tmp_path / "attention.pt2", None)
 
 
 def test_the_default_exporters_file_of_a_gelu_net_loads(tmp_path):
@@ -101,7 +89,7 @@ def test_the_default_exporters_file_of_a_gelu_net_loads(tmp_path):
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588")
     assert rk.load_onnx(str(tmp_path / "net.onnx")) == 0, rk.last_error
-    _runs_as_torch(rk, module)
+    _runs_as_torch(rk, module, _x())
 
 
 def test_the_cli_converts_an_exported_program_without_input_sizes(tmp_path, capsys):

@@ -59,27 +59,23 @@ def _loaded(path):
     return rk
 
 
-@pytest.mark.parametrize("activation, norm_first", [("relu", False), ("gelu", True)])
-def test_a_traced_fused_encoder_loads_and_runs_as_torch_runs_it(tmp_path, activation, norm_first):
-    torch.manual_seed(0)
-    module = _traced(PatchEncoder(activation, norm_first), tmp_path / "enc.pt", "transformer_encoder_layer_fwd")
-    rk = _loaded(tmp_path / "enc.pt")
+def _runs_as_torch(rk, module, x):
     assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
-    x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)
 
 
-def test_a_traced_fused_attention_loads_and_runs_as_torch_runs_it(tmp_path):
+@pytest.mark.parametrize("make, fused", [
+    (lambda: PatchEncoder("relu", False), "transformer_encoder_layer_fwd"),
+    (lambda: PatchEncoder("gelu", True), "transformer_encoder_layer_fwd"),
+    (PatchAttention, "native_multi_head_attention"),
+])
+def test_a_traced_fused_kernel_loads_and_runs_as_torch_runs_it(tmp_path, make, fused):
     torch.manual_seed(0)
-    module = _traced(PatchAttention(), tmp_path / "mha.pt", "native_multi_head_attention")
-    rk = _loaded(tmp_path / "mha.pt")
-    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
-    x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)
+    module = _traced(make(), tmp_path / "fused.pt", fused)
+    _runs_as_torch(_loaded(tmp_path / "fused.pt"), module,
+                   np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32))
 
 
 def test_a_traced_fused_encoder_keeps_its_attentions_and_gelus_whole_in_int8(tmp_path):
@@ -130,12 +126,8 @@ def test_a_fused_encoder_with_a_mask_runs_as_torch_runs_it(tmp_path, kind):
         traced = torch.jit.trace(module, torch.zeros(1, 3, 64, 64), check_trace=False)
     assert any("transformer_encoder_layer_fwd" in n.kind() for n in traced.inlined_graph.nodes())
     traced.save(str(tmp_path / "masked.pt"))
-    rk = _loaded(tmp_path / "masked.pt")
-    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
-    x = np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-4)
+    _runs_as_torch(_loaded(tmp_path / "masked.pt"), module,
+                   np.random.default_rng(1).normal(0, 1, (1, 3, 64, 64)).astype(np.float32))
 
 
 def test_a_traced_encoder_taking_tokens_loads_with_its_own_3d_shape(tmp_path):
@@ -149,11 +141,7 @@ def test_a_traced_encoder_taking_tokens_loads_with_its_own_3d_shape(tmp_path):
     rk = RKNN(verbose=False)
     rk.config(target_platform="rk3588")
     assert rk.load_pytorch(str(tmp_path / "tokens.pt"), input_size_list=[[1, 16, 32]]) == 0, rk.last_error
-    assert rk.build(do_quantization=False) == 0 and rk.init_runtime() == 0
-    x = np.random.default_rng(1).normal(0, 1, (1, 16, 32)).astype(np.float32)
-    with torch.no_grad():
-        want = encoder(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(rk.inference(inputs=[x], data_format="nchw")[0], want, rtol=1e-4, atol=1e-5)
+    _runs_as_torch(rk, encoder, np.random.default_rng(1).normal(0, 1, (1, 16, 32)).astype(np.float32))
 
 
 def test_a_transformer_traced_with_gradients_on_is_refused_saying_how_to_trace_it(tmp_path):
