@@ -32,9 +32,8 @@ def model_kind(path: str | Path) -> str:
     hint = " (a Darknet model is loaded from its .cfg, a Caffe model from its .prototxt)" if suffix in (
         ".weights", ".caffemodel") else ""
     raise ModelLoadError(f"'{path}': unknown model type '{suffix}'{hint}; give a TorchScript .pt, a torch.export "
-                         ".pt2, an .onnx, a "
-                         ".tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb, a TensorFlow.js "
-                         "model.json or an .rknn file")
+                         ".pt2, an .onnx, a .tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb, a "
+                         "TensorFlow.js model.json or an .rknn file")
 
 
 def weights_beside(path: str | Path, kind: str) -> Path:

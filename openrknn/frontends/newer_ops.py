@@ -1,14 +1,14 @@
 """Ops newer than the opset the graph is kept at, written as the older ops that compute them.
 
 onnx's version converter steps a model down one opset at a time and refuses every model holding an op with no
-earlier form: GELU (opset 20), Mish (18), Col2Im (18), GroupNormalization's per-channel form (21),
-RMSNormalization and Attention (23). torch.onnx.export's default exporter (dynamo, torch 2.9 and later) cannot
-write below opset 18 and writes these ops wherever a model has them, so a transformer exported the default way
-did not load. Each is replaced here by what an older exporter writes for it, the spellings that
-graph/activations.py, graph/norms.py and graph/attention.py recognise (so the quantizer still sees the one op the
-NPU runs), in the model's own opset (a reduction's axes as an input), which the converter then steps down with
-the rest. Every replacement computes the same function in float; a form with no such spelling here is refused
-naming its node.
+earlier form: GELU (opset 20), Mish (18), Col2Im (18), GroupNormalization (18; per channel since 21),
+RMSNormalization and Attention (23), a Resize that filters as it shrinks (antialias, 18). torch.onnx.export's
+default exporter (dynamo, torch 2.9 and later) cannot write below opset 18 and writes these ops wherever a model
+has them, so a transformer exported the default way did not load. Each is replaced here by what an older exporter
+writes for it, the spellings that graph/activations.py, graph/norms.py and graph/attention.py recognise (so the
+quantizer still sees the one op the NPU runs), in the model's own opset (a reduction's axes as an input), which
+the converter then steps down with the rest. Every replacement computes the same function in float; a form with
+no such spelling here is refused naming its node.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelLoadError
+from ..graph.constants import constants
 from ..graph.names import graph_and_bodies, unique_name
 
 
@@ -65,8 +66,8 @@ def _gelu(w: _Writer, node: onnx.NodeProto, shape) -> None:
         cube = w.op("Mul", [w.op("Mul", [x, x]), x])
         inner = w.op("Add", [x, w.op("Mul", [cube, w.const("c", np.float32(0.044715))])])
         t = w.op("Tanh", [w.op("Mul", [inner, w.const("k", np.float32(math.sqrt(2.0 / math.pi)))])])
-        w.op("Mul", [w.op("Mul", [x, w.const("half", np.float32(0.5))]), w.op("Add", [t, w.const("one",
-                                                                                                 np.float32(1.0))])], y)
+        half_x = w.op("Mul", [x, w.const("half", np.float32(0.5))])
+        w.op("Mul", [half_x, w.op("Add", [t, w.const("one", np.float32(1.0))])], y)
         return
     e = w.op("Erf", [w.op("Div", [x, w.const("sqrt2", np.float32(math.sqrt(2.0)))])])  # 0.5 x (1 + erf(x / sqrt 2))
     w.op("Mul", [w.op("Mul", [x, w.op("Add", [e, w.const("one", np.float32(1.0))])]),
@@ -92,12 +93,12 @@ def _group_norm(w: _Writer, node: onnx.NodeProto, shape, opset: int) -> None:
     variance), then the affine."""
     x, scale, bias = node.input[0], node.input[1], node.input[2]
     groups, eps = int(_attr(node, "num_groups", 0)), float(_attr(node, "epsilon", 1e-5))
-    rank = _rank(node, shape, x, "the per-channel scale is broadcast over the spatial axes")
     grouped = w.op("Reshape", [x, w.const("grouped", np.array([0, groups, -1], np.int64))])
     if opset < 21:  # the scale and bias are per group: the InstanceNormalization's own
         normed = w.op("InstanceNormalization", [grouped, scale, bias], epsilon=eps)
         w.op("Reshape", [normed, w.op("Shape", [x])], node.output[0])
         return
+    rank = _rank(node, shape, x, "the per-channel scale is broadcast over the spatial axes")
     normed = w.op("InstanceNormalization", [grouped, w.const("ones", np.ones(groups, np.float32)),
                                             w.const("zeros", np.zeros(groups, np.float32))], epsilon=eps)
     back = w.op("Reshape", [normed, w.op("Shape", [x])])
@@ -151,8 +152,7 @@ def _attention(w: _Writer, node: onnx.NodeProto, shape) -> None:
             return w.op("Transpose", [split], perm=[0, 2, 1, 3])
 
         q, k, v = heads(q, heads_q, qs[2]), heads(k, heads_kv, ks[2]), heads(v, heads_kv, vs[2])
-        kv_heads = heads_kv
-        q_heads = heads_q
+        q_heads, kv_heads = heads_q, heads_kv
     elif len(qs) == 4 and len(ks) == 4 and len(vs) == 4:
         depth, q_heads, kv_heads = qs[3], qs[1], ks[1]
     else:
@@ -289,7 +289,7 @@ class _Shapes:
     """Shapes, element types and constant values of the model's tensors, inferred once when first asked."""
 
     def __init__(self, model: onnx.ModelProto):
-        self.model, self.shapes, self.types, self.values = model, None, {}, {}
+        self.model, self.shapes, self.types, self.values = model, None, {}, {}  # values: constants by name
 
     def _infer(self) -> None:
         try:
@@ -307,12 +307,7 @@ class _Shapes:
             for init in g.initializer:
                 self.shapes[init.name] = list(init.dims)
                 self.types[init.name] = init.data_type
-                self.values[init.name] = init
-            for n in g.node:
-                if n.op_type == "Constant":
-                    for a in n.attribute:
-                        if a.name == "value":
-                            self.values[n.output[0]] = a.t
+            self.values.update(constants(g))
 
     def __call__(self, name: str) -> Optional[List]:
         if self.shapes is None:
@@ -327,14 +322,13 @@ class _Shapes:
     def const(self, name: str) -> Optional[np.ndarray]:
         if self.shapes is None:
             self._infer()
-        t = self.values.get(name)
-        return None if t is None else numpy_helper.to_array(t).ravel()
-
+        value = self.values.get(name)
+        return None if value is None else np.asarray(value).ravel()
 
 
 def spell_out(model: onnx.ModelProto, target: int) -> Dict[str, int]:
     """Replace, in place, every op of ``model``'s opset that has no form at opset ``target`` and has a spelling
-    here (GroupNormalization only where its form changed after ``target``). Returns {op type: how many}."""
+    here (of Resize, the antialiased ones). Returns {op type: how many}."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     rules: Dict[str, Callable] = {}
     if opset >= 20 > target:

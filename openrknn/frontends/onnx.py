@@ -504,7 +504,6 @@ _CONSTANT_OF_SHAPE_9_TYPES = {getattr(onnx.TensorProto, t) for t in (
     "FLOAT16", "FLOAT", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
 
 
-
 def _hide_new_forms(model: onnx.ModelProto, opset: int) -> int:
     """Ops whose opset-18 form onnx's version converter cannot step down (it has no adapter, and refuses every model
     holding one), though they mean what opset 13 meant: the reductions with constant axes (rewritten here to the

@@ -166,7 +166,7 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
 
 def _has_onnxscript() -> bool:
     try:
-        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it; openrknn does not depend on it)
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it; in the torch extra, not a core dependency)
         return True
     except ImportError:
         return False

@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 # ops a condition is computed with that are cheap and safe to evaluate at load time
 EVALUABLE = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor", "Cast",
-              "Identity", "Squeeze", "Unsqueeze", "Reshape", "ReduceMin", "ReduceMax", "Add", "Sub", "Mul", "Div",
-              "Mod", "Abs", "Neg", "Gather", "Slice", "Concat"}
+             "Identity", "Squeeze", "Unsqueeze", "Reshape", "ReduceMin", "ReduceMax", "Add", "Sub", "Mul", "Div",
+             "Mod", "Abs", "Neg", "Gather", "Slice", "Concat"}
 
 
 def constants(graph: onnx.GraphProto) -> Dict[str, np.ndarray]:
@@ -98,9 +98,9 @@ def shape_value(node: onnx.NodeProto, shapes: KnownShapes) -> Optional[np.ndarra
 
 
 def constant_value(graph: onnx.GraphProto, name: str, consts: Dict[str, np.ndarray], opset: int,
-                    shapes: KnownShapes) -> Optional[np.ndarray]:
-    """The value of tensor ``name`` when it is computed from constants and known shapes by small arithmetic, else
-    None."""
+                    shapes: Optional[KnownShapes]) -> Optional[np.ndarray]:
+    """The value of tensor ``name`` when it is computed from constants and known shapes (``shapes``; None: no Shape
+    read) by small arithmetic, else None."""
     if name in consts:
         return consts[name]
     producer = {o: n for n in graph.node for o in n.output}

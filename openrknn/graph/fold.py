@@ -654,10 +654,6 @@ def logit_of_sigmoid(model: onnx.ModelProto) -> int:
         done += 1
 
 
-__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
-           "logit_of_sigmoid", "unit_stride_transposed_convs"]
-
-
 def vector_matmuls(model: onnx.ModelProto) -> List[str]:
     """MatMul(A, v) with a constant vector v -> MatMul(A, v as a [K, 1] matrix) and a Squeeze of the last axis: the
     same values. onnxruntime 1.32 (extended optimisations) fuses a Transpose of A's last two axes into such a MatMul
@@ -688,3 +684,7 @@ def vector_matmuls(model: onnx.ModelProto) -> List[str]:
     if replace:
         splice_nodes(g, list(g.node), replace, set())
     return wrong
+
+
+__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
+           "logit_of_sigmoid", "unit_stride_transposed_convs", "vector_matmuls"]
