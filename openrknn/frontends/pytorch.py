@@ -87,9 +87,9 @@ def _load_exported(path: Path):
                              "TorchScript.") from None
 
 
-def _example_shapes(path: Path) -> List[List[int]]:
+def _example_shapes(program, path: Path) -> List[List[int]]:
     """The input shapes a torch.export archive was exported with (it stores its example inputs)."""
-    examples = _load_exported(path).example_inputs
+    examples = program.example_inputs
     args = list(examples[0]) if examples else []
     if not args or not all(hasattr(a, "shape") for a in args):
         raise ModelLoadError(f"'{path}' stores no example tensors to take its input shapes from; give "
@@ -101,13 +101,14 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
     import torch
 
     exported = Path(path).is_file() and _sniff_torch_file(Path(path)) == "exported"
+    program = _load_exported(Path(path)) if exported else None  # read once
     if exported and not input_size_list:
-        input_size_list = _example_shapes(Path(path))
+        input_size_list = _example_shapes(program, Path(path))
     shapes = normalize_size_list(input_size_list)
     if not shapes:
         raise ModelLoadError("load_pytorch needs input_size_list (TorchScript files do not record input shapes), "
                              "e.g. input_size_list=[[3, 416, 416]]")
-    module = load_torchscript(path)
+    module = program.module() if exported else load_torchscript(path)
     # TorchScript does not record its inputs' ranks: a shape below 4-D is taken without its batch dim ([3, H, W]),
     # unless the model only runs on it as given (a transformer's [1, tokens, width])
     given = [list(s) for s in ([input_size_list] if all(isinstance(v, int) for v in input_size_list)
@@ -146,7 +147,7 @@ def load_pytorch(path: str | Path, input_size_list) -> LoadedModel:
                               output_names=output_names, do_constant_folding=True)
     except Exception as e:
         if exported and _has_onnxscript():  # torch's own exporter of ExportedPrograms (dynamo), then load_onnx
-            return _via_dynamo(Path(path), shapes, str(e).strip().splitlines()[0])
+            return _via_dynamo(program, Path(path), shapes, str(e).strip().splitlines()[0])
         if exported:
             raise ModelLoadError(f"exporting '{path}' to ONNX with torch's TorchScript exporter failed: "
                                  f"{str(e).strip().splitlines()[0]}. `pip install onnxscript` lets torch's own "
@@ -172,7 +173,7 @@ def _has_onnxscript() -> bool:
         return False
 
 
-def _via_dynamo(path: Path, shapes: List[List[int]], first_failure: str) -> LoadedModel:
+def _via_dynamo(program, path: Path, shapes: List[List[int]], first_failure: str) -> LoadedModel:
     """An ExportedProgram the TorchScript exporter could not write, through torch's own exporter of them (opset 18
     or newer) and load_onnx, which steps it down."""
     import tempfile
@@ -186,7 +187,7 @@ def _via_dynamo(path: Path, shapes: List[List[int]], first_failure: str) -> Load
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_load_exported(path), (), str(out), verbose=False)
+                torch.onnx.export(program, (), str(out), verbose=False)
         except Exception as e:
             raise ModelLoadError(f"exporting '{path}' to ONNX failed with both of torch's exporters "
                                  f"({first_failure}; {str(e).strip().splitlines()[0]})") from None
