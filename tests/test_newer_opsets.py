@@ -192,9 +192,21 @@ def test_an_attention_with_a_cache_is_named_with_what_to_do(tmp_path):
     assert "Attention node 'attn'" in words and "cache" in words and "dynamo=False" in words
 
 
-def test_an_attention_sharing_heads_is_named(tmp_path):
-    words = _refused(tmp_path, _attention_model(True, heads=(2, 1)), [1, 5, 8])
-    assert "Attention node 'attn'" in words and "1 key / value heads among 2 query heads" in words
+@pytest.mark.parametrize("causal", [0, 1])
+def test_a_grouped_query_attention_runs_as_onnxruntime_runs_it(tmp_path, causal):
+    """4 query heads sharing 2 key / value heads (3-D inputs: q [1, 5, 8], k and v [1, 5, 4])."""
+    inits = [_const("wq", rng.normal(0, 1, 8).astype(np.float32)),
+             _const("wkv", rng.normal(0, 1, (8, 4)).astype(np.float32))]
+    nodes = [n("Mul", ["x", "wq"], ["q"]), n("MatMul", ["x", "wkv"], ["k"]), n("Neg", ["k"], ["v"]),
+             n("Attention", ["q", "k", "v"], ["y"], name="attn", q_num_heads=4, kv_num_heads=2, is_causal=causal)]
+    path = tmp_path / "gqa.onnx"
+    onnx.save(_model(nodes, [("x", [1, 5, 8])], inits, 23), path)
+    _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 5, 8)).astype(np.float32))
+
+
+def test_an_attention_whose_heads_do_not_divide_is_named(tmp_path):
+    words = _refused(tmp_path, _attention_model(True, heads=(2, 3)), [1, 5, 8])
+    assert "Attention node 'attn'" in words and "3 key / value heads among 2 query heads" in words
 
 
 @pytest.mark.parametrize("mode, given, value", [

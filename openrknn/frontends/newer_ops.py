@@ -126,7 +126,8 @@ def _rms_norm(w: _Writer, node: onnx.NodeProto, shape) -> None:
 def _attention(w: _Writer, node: onnx.NodeProto, shape) -> None:
     """softmax(q k^T * scale [+ mask] [causal]) v per head, the chain graph/attention.py finds. Inputs [B, heads,
     S, D], or [B, S, heads * D] with q_num_heads / kv_num_heads; without a cache (past key / value) or its extra
-    outputs, and with as many key / value heads as query heads."""
+    outputs. Fewer key / value heads than query heads (grouped-query attention): each serves that many
+    consecutive query heads, repeated to them."""
     ins = list(node.input) + [""] * (6 - len(node.input))
     q, k, v, mask = ins[:4]
     if ins[4] or ins[5] or any(o for o in node.output[1:]):
@@ -158,7 +159,10 @@ def _attention(w: _Writer, node: onnx.NodeProto, shape) -> None:
     else:
         raise _refuse(node, f"has inputs of ranks {len(qs)}, {len(ks)}, {len(vs)}", EXPORT_ADVICE)
     if q_heads != kv_heads:
-        raise _refuse(node, f"shares {kv_heads} key / value heads among {q_heads} query heads", EXPORT_ADVICE)
+        if not all(isinstance(d, int) and d > 0 for d in (q_heads, kv_heads)) or q_heads % kv_heads:
+            raise _refuse(node, f"shares {kv_heads} key / value heads among {q_heads} query heads",
+                          "give load_onnx an input_size_list so every shape is known")
+        k, v = (_repeat_heads(w, t, q_heads // kv_heads, q_heads) for t in (k, v))
     scale = _attr(node, "scale", None)
     if scale is None:
         if not isinstance(depth, int) or depth <= 0:
@@ -187,6 +191,22 @@ def _attention(w: _Writer, node: onnx.NodeProto, shape) -> None:
         return
     out = w.op("Transpose", [w.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
     w.op("Reshape", [out, w.const("merged", np.array([0, 0, -1], np.int64))], node.output[0])
+
+
+def _repeat_heads(w: _Writer, t: str, times: int, heads: int) -> str:
+    """[B, H, S, D] -> [B, heads = H * times, S, D], each head ``times`` times in a row."""
+    wide = w.op("Unsqueeze", [t, w.const("head_axis", np.array([2], np.int64))])  # [B, H, 1, S, D]
+    dims = w.op("Shape", [wide])
+
+    def part(start: int, end: int) -> str:
+        return w.op("Slice", [dims, w.const("start", np.array([start], np.int64)),
+                              w.const("end", np.array([end], np.int64))])
+
+    batch_heads, rest = part(0, 2), part(3, 5)
+    repeated = w.op("Expand", [wide, w.op("Concat", [batch_heads, w.const("times", np.array([times], np.int64)),
+                                                     rest], axis=0)])
+    return w.op("Reshape", [repeated, w.op("Concat", [part(0, 1), w.const("heads", np.array([heads], np.int64)),
+                                                      rest], axis=0)])
 
 
 def _col2im(w: _Writer, node: onnx.NodeProto, shape) -> None:
