@@ -261,3 +261,16 @@ def test_a_reduction_whose_axes_are_a_computation_on_constants_loads(tmp_path):
     path = tmp_path / "pool.onnx"
     onnx.save(_model(nodes, [("x", [1, 3, 8, 8])], [], 18), path)
     _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32))
+
+
+def test_a_gelu_inside_an_if_branch_is_written_out_there(tmp_path):
+    """The newer ops are found in nested bodies too (an If on an input kept as a graph input, both branches run)."""
+    branch = {name: helper.make_graph([n("Gelu", ["x"], [f"y_{name}"], approximate=mode)], name, [],
+                                      [helper.make_tensor_value_info(f"y_{name}", F, None)])
+              for name, mode in (("then", "none"), ("else", "tanh"))}
+    nodes = [n("ReduceMax", ["x"], ["peak"], keepdims=0), n("Greater", ["peak", "zero"], ["positive"]),
+             n("If", ["positive"], ["y"], name="choose", then_branch=branch["then"], else_branch=branch["else"])]
+    path = tmp_path / "if_gelu.onnx"
+    onnx.save(_model(nodes, [("x", [1, 3, 4, 4])], [_const("zero", np.float32(0))], 20), path)
+    _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 3, 4, 4)).astype(np.float32))
+    _float_matches_onnxruntime(path, -np.abs(rng.normal(0, 1, (1, 3, 4, 4))).astype(np.float32))
