@@ -274,3 +274,56 @@ def test_a_gelu_inside_an_if_branch_is_written_out_there(tmp_path):
     onnx.save(_model(nodes, [("x", [1, 3, 4, 4])], [_const("zero", np.float32(0))], 20), path)
     _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 3, 4, 4)).astype(np.float32))
     _float_matches_onnxruntime(path, -np.abs(rng.normal(0, 1, (1, 3, 4, 4))).astype(np.float32))
+
+
+def _int4_weights_model(block_size: int = 0) -> onnx.ModelProto:
+    """x [1, 16] @ W [16, 8], W dequantized from 4-bit integers: per output column, or in blocks of 8 rows."""
+    q = rng.integers(-8, 8, (16, 8))
+    scale = rng.uniform(0.05, 0.2, (2, 8) if block_size else (8,)).astype(np.float32)
+    w = helper.make_tensor("w_q", TensorProto.INT4, [16, 8], q.ravel().tolist())
+    zero = helper.make_tensor("w_zero", TensorProto.INT4, list(scale.shape), np.zeros(scale.size, int).tolist())
+    attrs = {"axis": 0, "block_size": block_size} if block_size else {"axis": 1}
+    nodes = [n("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="weights", **attrs),
+             n("MatMul", ["x", "w"], ["y"])]
+    return _model(nodes, [("x", [1, 16])], [w, zero, _const("w_scale", scale)], 21)
+
+
+def test_block_quantized_four_bit_weights_load_as_the_float_weights_they_make(tmp_path):
+    path = tmp_path / "int4_blocks.onnx"
+    onnx.save(_int4_weights_model(block_size=8), path)
+    rk = _float_matches_onnxruntime(path, rng.normal(0, 1, (1, 16)).astype(np.float32), rtol=1e-6, atol=1e-6)
+    assert any("blocked or float-8 weights as float x1" in note for note in rk._loaded.notes), rk._loaded.notes
+
+
+def test_a_model_onnxruntime_quantized_with_four_bit_weights_keeps_its_integers(tmp_path):
+    """quantize_static(weight_type=QInt4) writes opset 21's 4-bit DequantizeLinear: read as the same integers in
+    8 bits with the same scales, the build that keeps the file's quantization computes what onnxruntime does."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    draw = np.random.default_rng(3)
+    conv, ws = _conv("conv", 3, 8, "x", "c", draw=draw)
+    float_path, path = tmp_path / "float.onnx", tmp_path / "int4.onnx"
+    model = _model([conv, n("Relu", ["c"], ["y"])], [("x", [1, 3, 8, 8])], ws, 21)
+    model.ir_version = 10
+    onnx.save(model, float_path)
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": draw.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(float_path), str(path), Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt4, activation_type=QuantType.QUInt8)
+    assert any(t.data_type == TensorProto.INT4 for t in onnx.load(str(path)).graph.initializer)
+    rk = _float_matches_onnxruntime(path, draw.normal(0, 1, (1, 3, 8, 8)).astype(np.float32), rtol=0, atol=1e-5)
+    assert any("4-bit weights as 8-bit integers x1" in note for note in rk._loaded.notes), rk._loaded.notes
+
+
+def test_activations_on_a_four_bit_grid_are_named_with_what_to_do(tmp_path):
+    zero = helper.make_tensor("zero", TensorProto.INT4, [], [0])
+    nodes = [n("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="to_int4"),
+             n("DequantizeLinear", ["q", "scale", "zero"], ["y"])]
+    words = _refused(tmp_path, _model(nodes, [("x", [1, 16])], [zero, _const("scale", np.float32(0.1))], 21), [1, 16])
+    assert "QuantizeLinear node 'to_int4'" in words and "QuantType.QInt8" in words

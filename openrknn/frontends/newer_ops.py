@@ -305,6 +305,60 @@ def _resize_matrix(attrs: dict, n: int, m: int, rank: int, axis: int, scale: Opt
     return np.moveaxis(out, axis, 1).reshape(n, m).T.astype(np.float32)  # row j: what output j takes
 
 
+# integer types opset 17's QuantizeLinear / DequantizeLinear lack -> the 8-bit type holding the same integers
+_FOUR_BIT = {onnx.TensorProto.INT4: (onnx.TensorProto.INT8, np.int8),
+             onnx.TensorProto.UINT4: (onnx.TensorProto.UINT8, np.uint8)}
+_QDQ_17 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
+
+
+def quantized_weights_in_older_types(model: onnx.ModelProto) -> Dict[str, int]:
+    """Weights quantized in forms opset 21 added, in ones opset 17 has. A DequantizeLinear of 4-bit integers
+    (onnxruntime's quantize_static(weight_type=QInt4)) reads the same integers as 8-bit ones, with the same scales
+    and zero points: exact, and the integers are kept. One with block-wise scales (block_size) or another new type
+    (float 8-bit) becomes the float weight it computes, which build() quantizes. A QuantizeLinear to such a type
+    (activations on a 4-bit grid) has no older form: refused naming its node. Returns {what: how many}."""
+    done: Dict[str, int] = {}
+    for g in graph_and_bodies(model.graph):
+        inits = {t.name: t for t in g.initializer}
+        keep: List[onnx.NodeProto] = []
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                keep.append(node)
+                continue
+            ins = list(node.input) + [""] * (3 - len(node.input))
+            types = {inits[x].data_type for x in (ins[0], ins[2]) if x in inits} if node.op_type == \
+                "DequantizeLinear" else {inits[ins[2]].data_type} if ins[2] in inits else set()
+            blocked = bool(_attr(node, "block_size", 0))
+            if not blocked and types <= _QDQ_17 | {onnx.TensorProto.FLOAT}:
+                keep.append(node)
+                continue
+            if node.op_type == "QuantizeLinear" or ins[0] not in inits or (ins[1] and ins[1] not in inits):
+                raise _refuse(node, "quantizes to a type opset 17 has no form for (4-bit, 8-bit float) or in "
+                              "blocks", "quantize the model to int8 / uint8 instead (onnxruntime's quantize_static "
+                              "with QuantType.QInt8 / QUInt8), or give the float model, which build() quantizes")
+            if not blocked and types <= set(_FOUR_BIT) | _QDQ_17:
+                for x in (ins[0], ins[2]):
+                    if x in inits and inits[x].data_type in _FOUR_BIT:
+                        wide, dtype = _FOUR_BIT[inits[x].data_type]
+                        inits[x].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[x]).astype(dtype), x))
+                keep.append(node)
+                done["4-bit weights as 8-bit integers"] = done.get("4-bit weights as 8-bit integers", 0) + 1
+                continue
+            # the float weight it computes, by onnx's own reference implementation of the op
+            from onnx.reference import ReferenceEvaluator
+
+            mini = helper.make_model(helper.make_graph(
+                [node], "dequantize", [], [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
+                                                                          None)],
+                [inits[x] for x in ins if x]), opset_imports=[helper.make_opsetid("", 21)])
+            value = ReferenceEvaluator(mini).run(None, {})[0]
+            g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), node.output[0]))
+            done["blocked or float-8 weights as float"] = done.get("blocked or float-8 weights as float", 0) + 1
+        del g.node[:]
+        g.node.extend(keep)
+    return done
+
+
 class _Shapes:
     """Shapes, element types and constant values of the model's tensors, inferred once when first asked."""
 

@@ -20,7 +20,7 @@ from ..graph.names import graph_and_bodies, sort_nodes, subgraphs, used_names
 from ..graph.outputs import exposed_intermediates
 from ..graph.shapes import infer_shapes
 from . import OPSET, LoadedModel, file_sha256, normalize_size_list
-from .newer_ops import EXPORT_ADVICE, spell_out
+from .newer_ops import EXPORT_ADVICE, quantized_weights_in_older_types, spell_out
 
 log = logging.getLogger("openrknn.frontends.onnx")
 
@@ -430,6 +430,8 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
         log.info("'%s': %s", path, notes[-1])
     if opset != OPSET:
         spelled = spell_out(model, OPSET) if opset > OPSET else {}
+        if opset >= 21:
+            spelled.update(quantized_weights_in_older_types(model))
         try:
             hidden = _hide_new_forms(model, opset) if opset > OPSET else 0
             model = version_converter.convert_version(model, OPSET)
@@ -443,7 +445,7 @@ def load_onnx(path: str | Path, inputs: Optional[Sequence[str]] = None, input_si
             raise ModelLoadError(_conversion_failure(model, path, opset, str(e))) from None
         notes.append(f"converted from opset {opset} to {OPSET}")
         if spelled:
-            notes.append(f"ops with no opset-{OPSET} form written as the opset-{OPSET} ops that compute them: "
+            notes.append(f"ops and types with no opset-{OPSET} form written as opset-{OPSET} ones computing the same: "
                          + ", ".join(f"{k} x{v}" for k, v in sorted(spelled.items())))
             log.info("'%s': %s", path, notes[-1])
     model = _check(model, path, notes)
