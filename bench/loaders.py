@@ -19,6 +19,7 @@ others; cosine = mean over images of the worst output's cosine to the reference 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -365,9 +366,9 @@ QDQ_MODELS = [  # (name, file in ../shared/data/models, input shape NCHW, mean, 
 
 
 def qdq() -> None:
-    """onnxruntime quantize_static (QDQ, per-channel S8 weights, U8 activations, MinMax) on real models, then
-    openrknn load_onnx + build(do_quantization=False): source scales kept, and the outputs against onnxruntime's
-    run of the same QDQ model, in units of each output's quantization step."""
+    """onnxruntime quantize_static (QDQ, per-channel S8 weights, or S4 weights at opset 21, U8 activations, MinMax)
+    on real models, then openrknn load_onnx + build(do_quantization=False): source scales kept, and the outputs
+    against onnxruntime's run of the same QDQ model, in units of each output's quantization step."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -377,10 +378,11 @@ def qdq() -> None:
     from openrknn.convert.loaders import load_onnx as load_float
     from openrknn.metrics import cosine
 
-    print("| model | scales given | kept exactly | re-derived | outputs: max error in output steps | cosine to "
-          "onnxruntime's QDQ run | cosine to the float model | onnxruntime QDQ's own cosine to the float model |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, fname, shape, mean, std, bgr, folder in QDQ_MODELS:
+    print("| model | weights | scales given | kept exactly | re-derived | outputs: max error in output steps | "
+          "cosine to onnxruntime's QDQ run | cosine to the float model | onnxruntime QDQ's own cosine to the float "
+          "model |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (name, fname, shape, mean, std, bgr, folder), weights in itertools.product(QDQ_MODELS, ("S8", "S4")):
         src = ROOT.parent / "shared" / "data" / "models" / fname
         h, w = shape[2:]
         calib = [_load_image(p, h, w, bgr) for p in _images(folder, 8, 0)]
@@ -393,6 +395,11 @@ def qdq() -> None:
             tmp = Path(tmp)
             # static input size, stale shapes cleared, opset 17 (per-channel QDQ needs 13+): what load_onnx gives
             m = load_float(src, input_size_list=[list(shape)]).model
+            if weights == "S4":  # 4-bit weights: opset 21's types
+                from onnx import version_converter
+
+                m = version_converter.convert_version(m, 21)
+                m.ir_version = max(m.ir_version, 10)
             onnx.save(m, tmp / "float.onnx")
             input_name = m.graph.input[0].name
 
@@ -404,7 +411,8 @@ def qdq() -> None:
                     return next(self.it, None)
 
             quantize_static(str(tmp / "float.onnx"), str(tmp / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt4 if weights == "S4" else QuantType.QInt8)
             qm = onnx.load(tmp / "qdq.onnx")
             inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
             steps = []
@@ -431,7 +439,7 @@ def qdq() -> None:
                 c_f.append(min(cosine(a, b) for a, b in zip(ours, flt)))
                 c_src.append(min(cosine(a, b) for a, b in zip(theirs, flt)))
             r.release()
-        print(f"| {name} | {srcq['given']} | {srcq['kept']} | {len(srcq['re_derived'])} | "
+        print(f"| {name} | {weights} | {srcq['given']} | {srcq['kept']} | {len(srcq['re_derived'])} | "
               f"{' / '.join(f'{e:.2f}' for e in err)} | {np.mean(c_q):.6f} | {np.mean(c_f):.6f} | "
               f"{np.mean(c_src):.6f} |", flush=True)
 

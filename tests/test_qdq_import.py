@@ -287,3 +287,43 @@ def test_a_restored_relu_rounds_once_as_the_source_did(tmp_path):
         want = source.run(None, {"x": x})[0]
         got = kept.run(None, {feed.name: x if feed.shape[1] == 3 else x.transpose(0, 2, 3, 1)})[0]
         np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+@pytest.mark.slow
+def test_an_onnxruntime_quantized_yolox_keeps_its_scores(tmp_path, real_data):
+    """YOLOX-nano quantized by onnxruntime (QDQ): its score heads' Sigmoid outputs are quantized on the source's
+    grid. Keeping the source's parameters keeps them there; moved to the host (the default build's rule for score
+    heads), the logits took that [0, 1] grid and the scores were lost."""
+    import cv2
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from openrknn.vision.letterbox import letterbox
+
+    onnx.save(load_onnx(real_data("models/yolox_nano_coco.onnx"), input_size_list=[[1, 3, 416, 416]]).model,
+              tmp_path / "float.onnx")
+    files = sorted(real_data("images/coco").iterdir())
+    pixels = [letterbox(cv2.imread(str(f)), (416, 416), mode="topleft", pad_value=114)[0][None] for f in files[:6]]
+
+    def feed(img):  # BGR, 0..255, NCHW: YOLOX's own input
+        return {"images": img.transpose(0, 3, 1, 2).astype(np.float32)}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feed(p) for p in pixels[:4])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    path = tmp_path / "yolox_qdq.onnx"
+    quantize_static(str(tmp_path / "float.onnx"), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    r = RKNN()
+    assert r.config(mean_values=[[0, 0, 0]], std_values=[[1, 1, 1]], target_platform="rk3588") == 0
+    assert r.load_onnx(str(path)) == 0 and r.build(do_quantization=False) == 0 and r.init_runtime() == 0
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for img in pixels[4:]:
+        ours, theirs = r.inference([img])[0], sess.run(None, feed(img))[0]
+        assert cosine(ours, theirs) > 0.9
+        # the scores: the chip's Concat gives them the boxes' scale, as it would on the board; not lost altogether
+        assert cosine(ours[..., 4:], theirs[..., 4:]) > 0.5
+

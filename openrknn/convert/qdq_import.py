@@ -334,7 +334,9 @@ def _share_group_scales(fixed: Dict[str, tuple], plan, fmt) -> List[str]:
 
 
 def kept_options(cfg, fixed: Dict[str, tuple]):
-    """QuantOptions that keep given parameters: every rewrite that would move a scale or change a weight is off."""
+    """QuantOptions that keep given parameters: every rewrite that would move a scale or change a weight is off,
+    output Sigmoids on the host included (the source quantized their outputs on its own grid; moved to the host,
+    the logits took that [0, 1] grid and a detector's scores were lost)."""
     import dataclasses
 
     from .quantize import quant_options
@@ -342,7 +344,7 @@ def kept_options(cfg, fixed: Dict[str, tuple]):
     opts = quant_options(cfg, fixed=fixed)
     return dataclasses.replace(opts, algorithm="normal", weight_rounding="nearest", equalization=False,
                                bias_correction=False, range_split=False, range_remap=False, pow2_fit=False,
-                               residual_equalization=False, range_search=False)
+                               residual_equalization=False, range_search=False, host_sigmoid_heads="none")
 
 
 def synthetic_feeds(metas: List[dict], count: int = 8, seed: int = 0) -> List[Dict[str, np.ndarray]]:
