@@ -289,3 +289,16 @@ def test_hybrid_steps_edit_the_logits_that_the_layout_ops_carry(tmp_path):
     # a cfg that lists the copies unedited (written before they were left out) still builds
     rc, _, _ = step2({**doc, "quantize_parameters": {**params, "flat__logits": params["logits"]}})
     assert rc == 0
+
+
+def test_a_scale_given_for_a_host_sigmoids_output_is_not_put_on_its_logits(calib):
+    """A scale given for the Sigmoid's output (a source model's, an older hybrid cfg's) is on the probabilities'
+    [0, 1] grid: with the Sigmoid on the host its logits are the point, and keep a range of their own."""
+    model = score_model(-6.0, 0.3)
+    free = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="all"),
+                    progress=False)
+    given = quantize(model, calib, QuantOptions(dtype="w8a8", target="rk3588", host_sigmoid_heads="all",
+                                                fixed={"scores": (np.array([1 / 255]), np.array([-128]))}),
+                     progress=False)
+    assert given.tensors["logits"]["scale"] == pytest.approx(free.tensors["logits"]["scale"])
+    assert given.tensors["logits"]["scale"] != pytest.approx([1 / 255])

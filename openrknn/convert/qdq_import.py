@@ -335,8 +335,8 @@ def _share_group_scales(fixed: Dict[str, tuple], plan, fmt) -> List[str]:
 
 def kept_options(cfg, fixed: Dict[str, tuple]):
     """QuantOptions that keep given parameters: every rewrite that would move a scale or change a weight is off,
-    output Sigmoids on the host included (the source quantized their outputs on its own grid; moved to the host,
-    the logits took that [0, 1] grid and a detector's scores were lost)."""
+    output Sigmoids on the host included (the source quantized their outputs on a grid of its own; the build keeps
+    that grid, as it keeps every other)."""
     import dataclasses
 
     from .quantize import quant_options

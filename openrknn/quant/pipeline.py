@@ -110,7 +110,7 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     seconds.update({k: round(v, 3) for k, v in stats.seconds.items()})
 
     t = time.perf_counter()
-    fixed = _expand_overrides(options.fixed, plan)  # hybrid step2: scale/zero point as given
+    fixed = _expand_overrides(options.fixed, plan, scales=True)  # hybrid step2, a quantized source: as given
     searched: Dict[tuple, Tuple[float, float]] = {}  # pre-activation ranges, the same for every candidate set
     algorithms = [options.algorithm]
     if choosing:
@@ -520,9 +520,11 @@ def _peak_overrides(info: GraphInfo, plan: Plan, scheme: Scheme, options: "Quant
     return out
 
 
-def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
+def _expand_overrides(overrides: Dict[str, str], plan: Plan, scales: bool = False) -> Dict[str, str]:
     """Check override names; a tensor that range split cut into parts applies to every part, a tiled conv's weight
-    to its slices and partial sums."""
+    to its slices and partial sums. A Sigmoid the host computes: a dtype applies to its logits, its point; a scale
+    (``scales``) given for its output is on the probabilities' grid, which the host's float output does not have,
+    and is set aside."""
     from ..errors import ConfigError
 
     points = set(plan.points)
@@ -540,7 +542,11 @@ def _expand_overrides(overrides: Dict[str, str], plan: Plan) -> Dict[str, str]:
         if name in points or name in weights:
             out[name] = value
         elif plan.host_sigmoids.get(name) in points:  # a Sigmoid the host computes: its layer is its logits'
-            out[plan.host_sigmoids[name]] = value
+            if scales:
+                log.info("the scale given for '%s' is set aside: the host computes that Sigmoid in float, and its "
+                         "logits '%s' keep a range of their own", name, plan.host_sigmoids[name])
+            else:
+                out[plan.host_sigmoids[name]] = value
         elif parts:
             out.update({p: value for p in parts})
         else:
