@@ -56,8 +56,9 @@ def _refuse(node: onnx.NodeProto, what: str, advice: str) -> ModelLoadError:
     return ModelLoadError(f"{node.op_type} node '{node.name}' {what}; {advice}")
 
 
-EXPORT_ADVICE = ("export the model with torch.onnx.export(..., dynamo=False, opset_version=17), or cut it before this "
-                 "node with load_onnx(..., outputs=[...]) and run the rest on the CPU")
+EXPORT_ADVICE = ("re-export the model at opset 17 (from PyTorch: torch.onnx.export(..., dynamo=False, "
+                 "opset_version=17)), or cut it before this node with load_onnx(..., outputs=[...]) and run the rest "
+                 "on the CPU")
 
 
 def _gelu(w: _Writer, node: onnx.NodeProto, shape) -> None:
