@@ -22,11 +22,11 @@ from openrknn.quant.plan import build_plan
 D = 16
 
 
-def concat_model(narrow_has_reader: bool = True) -> onnx.ModelProto:
-    """x [1, D] -> wide = x @ Wb (+-100), narrow = x @ We (+-1) -> Concat -> @ Wc -> joined; and, when
+def concat_model(narrow_has_reader: bool = True, wide: float = 25.0) -> onnx.ModelProto:
+    """x [1, D] -> wide = x @ Wb (+-4 ``wide``), narrow = x @ We (+-1) -> Concat -> @ Wc -> joined; and, when
     ``narrow_has_reader``, narrow @ Wd -> own (the narrow feature's other reader)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((D, D)) * 25).astype(np.float32), "Wb"),
+    inits = [numpy_helper.from_array((rng.standard_normal((D, D)) * wide).astype(np.float32), "Wb"),
              numpy_helper.from_array((rng.standard_normal((D, D)) * 0.25).astype(np.float32), "We"),
              numpy_helper.from_array((rng.standard_normal((2 * D, 4)) * 0.1).astype(np.float32), "Wc"),
              numpy_helper.from_array(rng.standard_normal((D, 4)).astype(np.float32), "Wd")]
@@ -130,3 +130,33 @@ def test_narrow_inputs_threshold():
     assert detached.group_of["narrow"] != detached.group_of["joined_in"]
     assert detached.group_of["wide"] == detached.group_of["joined_in"]
     assert "joined_in" not in detached.derived and "joined_in" in plan.derived
+
+
+def test_sixteen_bit_points_detach_from_a_range_ratio_sixteen_bits_cannot_hold(data, tmp_path, monkeypatch):
+    """A diffusion UNet's first conv (a range of 6) meets its decoder's last features (4e9) in a skip Concat: one
+    shared 16-bit scale left the conv a step of 6e4, all its values zero. 16-bit points keep one scale up to a ratio
+    2 ** 8 times the 8-bit threshold (as many levels left), and detach beyond it."""
+    info = GraphInfo(normalize(concat_model()))
+    plan = build_plan(info)
+    minmax = {"wide": (-100.0, 100.0), "narrow": (-1.0, 1.0)}
+    assert [t for _, t, _ in narrow_inputs(info, plan, minmax)] == ["narrow"]  # 8-bit: 100x is detached
+    assert narrow_inputs(info, plan, minmax, bits=16) == []  # 16 bits hold 100x: one scale
+    far = {"wide": (-1e7, 1e7), "narrow": (-1.0, 1.0)}
+    assert [t for _, t, _ in narrow_inputs(info, plan, far, bits=16)] == ["narrow"]
+
+    d, held_out = data
+    path = tmp_path / "m.onnx"
+    onnx.save(concat_model(wide=2.5e6), path)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [ref.run(None, {"x": x})[1] for x in held_out]  # the narrow feature's own reader
+    own = {}
+    for detach in (False, True):
+        if not detach:
+            monkeypatch.setattr(ConcatInputScales, "enabled", lambda self, state: False)
+        rk = built_rknn(path, d / "dataset.txt", target_platform="rk3588", quantized_dtype="w16a16i")
+        monkeypatch.undo()
+        own[detach] = float(np.mean([cosine(r, rk.inference(inputs=[x])[1]) for r, x in zip(refs, held_out)]))
+        if detach:
+            assert _scale(rk, "narrow") < _scale(rk, "joined_in") / 1e5
+        rk.release()
+    assert own[False] < 0.5 and own[True] > 0.998, own  # a held-out value or two past the calibrated range
