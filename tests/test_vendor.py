@@ -662,3 +662,14 @@ def test_vendor_compiles_an_lstm_that_spells_out_its_layout(vendor, tmp_path):
                   dataset=ds, vendor=vendor)
     report = json.loads(Path(str(out) + ".validation.json").read_text())
     assert report["outputs"][0]["cosine_min"] >= 0.99, report
+
+
+def test_pixel_samples_stay_bytes_for_the_vendor(csp_package):
+    """Images (whole numbers in 0..255) are handed to the vendor as the uint8 a board is fed, PNG for its
+    calibration; no host branch to warn about in an image model."""
+    from openrknn.vendor.export import _host_branch, read_samples
+
+    pkg = read_package(csp_package)
+    samples = read_samples([csp_package.parent / "imgs" / "dataset.txt"], pkg.metadata)
+    assert all(a.dtype == np.uint8 for _stem, arrays in samples for a in arrays)
+    assert _host_branch(pkg) == ""

@@ -232,11 +232,14 @@ def estimate_perf(model: onnx.ModelProto, target: str | ChipSpec, quant_dtype: s
     groups = _groups(gi, fused)
     cm = spec.cost
     bw = spec.ddr_bytes_per_second  # cores share the board's DDR, so more cores do not add bandwidth
-    tail = host_tail(gi)
+    tail, head = host_tail(gi), host_head(gi)
     rows: list[PerfRow] = []
     for layer in gi.layers:
         if layer.index in tail:
             rows.append(_host_row(layer, gi, cm))
+            continue
+        if layer.index in head:
+            rows.append(_host_row(layer, gi, cm, "CPU"))
             continue
         host_idx = fused.get(layer.index)
         if host_idx is not None:
@@ -298,14 +301,38 @@ def host_tail(gi: GraphInfo) -> set[int]:
     return tail
 
 
-def _host_row(layer: Layer, gi: GraphInfo, cm) -> PerfRow:
-    """A float-tail layer on the board's CPU, in float32: its int8 inputs read as stored, everything else 4 bytes
-    an element. The data crosses to the CPU once, as every model's outputs do: no per-op hand-over."""
+def host_head(gi: GraphInfo) -> set[int]:
+    """The compute layers of a quantized graph that only float graph inputs feed and that put out no quantized
+    tensor (a diffusion model's noise-level embedding: quant/plan.host_conditioning): the board's CPU computes them
+    in float before the NPU runs and hands it their results. Empty for a float graph."""
+    from ..quant.plan import CONDITION_BRANCH_MAX, CONDITION_MAX
+
+    if not gi.quantized:
+        return set()
+    host = {t for t in gi.inputs if t in gi.tensors and not gi.tensors[t].dtype.startswith(_QUANTIZED)
+            and gi.tensors[t].known and gi.tensors[t].numel <= CONDITION_MAX}
+    head: set[int] = set()
+    for layer in gi.layers:
+        if layer.role not in ("compute", "view") or not layer.inputs or not all(t in host for t in layer.inputs):
+            continue
+        outs = [gi.tensors[t] for t in layer.outputs if t in gi.tensors]
+        if any(t.dtype.startswith(_QUANTIZED) or not t.known or t.numel > CONDITION_BRANCH_MAX for t in outs):
+            continue
+        host.update(layer.outputs)
+        if layer.role == "compute":
+            head.add(layer.index)
+    return head
+
+
+def _host_row(layer: Layer, gi: GraphInfo, cm, unit: str = "tail") -> PerfRow:
+    """A layer on the board's CPU in float32 (``unit`` "tail": after the NPU; "CPU": before it): its int8 inputs
+    read as stored, everything else 4 bytes an element. The data crosses between CPU and NPU once, as every
+    model's inputs and outputs do: no per-op hand-over."""
     moved = sum(gi.tensors[t].numel * (1 if gi.tensors[t].dtype.startswith(_QUANTIZED) else 4)
                 for t in layer.inputs + layer.outputs if t in gi.tensors)
     moved += sum(gi.weights[w].nbytes for w in layer.weights if w in gi.weights)
     compute, memory = layer.macs / CPU_MACS_PER_SECOND, moved / (cm.cpu_gbps * 1e9)
-    return PerfRow(layer.index, layer.name, layer.op_type, max(compute, memory) * 1e6, "tail",
+    return PerfRow(layer.index, layer.name, layer.op_type, max(compute, memory) * 1e6, unit,
                    "compute" if compute >= memory else "memory", layer.macs, moved, "float32")
 
 

@@ -221,6 +221,39 @@ _INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProt
                   onnx.TensorProto.BOOL}
 
 
+# A conditioning input: a few numbers per sample beside the main input (a diffusion model's noise level or timestep,
+# a class or difficulty label), and the largest tensor its branch of the graph computes on the host
+CONDITION_MAX = 64
+CONDITION_BRANCH_MAX = 4096
+
+
+def _numel(info: GraphInfo, t: str) -> Optional[int]:
+    s = info.shape.get(t)
+    return None if s is None or any(d is None for d in s) else int(np.prod(s, dtype=np.int64))
+
+
+def host_conditioning(info: GraphInfo, dyn: Set[str]) -> Set[str]:
+    """The float tensors of a conditioning branch: computed only from small float inputs (at most CONDITION_MAX
+    values) of a model that also has a large one, and themselves small. The board's CPU computes such a branch in
+    float before the NPU runs (a handful of values: an NPU layer per op would cost more in hand-overs than the
+    arithmetic), and int8 could not hold it: a diffusion model's sinusoidal noise-level embedding is the Sin and Cos
+    of log(sigma) times frequencies up to 250, a range one int8 step of which is several radians. Where the branch
+    meets the main path (an Add onto a feature map), the tensor it hands over is an ordinary point."""
+    sizes = {t: _numel(info, t) for t in info.inputs if info.is_float(t)}
+    small = {t for t, n in sizes.items() if n is not None and n <= CONDITION_MAX}
+    if not small or len(small) == len(sizes):
+        return set()
+    branch = set(small)
+    for node in info.nodes:
+        acts = [t for t in node.input if t in dyn]
+        outs = [o for o in node.output if o]
+        if acts and all(t in branch for t in acts) and all(
+                info.is_float(o) and (_numel(info, o) or CONDITION_BRANCH_MAX + 1) <= CONDITION_BRANCH_MAX
+                for o in outs):
+            branch.update(outs)
+    return branch
+
+
 def _id_tensors(info: GraphInfo) -> Set[str]:
     """Float tensors read only by Casts to an integer type: ids carried as floats (a Keras embedding's input, cast to
     int32 before its lookup). They are never quantization points: a rounded id is another id."""
@@ -553,12 +586,13 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     heads the chip would fuse into their conv, and those an earlier plan of the same build gave the host; output
     Sigmoids that read a point are the host's in any case."""
     dyn = _dynamic_tensors(info)
-    prefix = _prefix(info, dyn)
+    condition = host_conditioning(info, dyn)
+    prefix = _prefix(info, dyn) - condition
     ok = tail_ok(info) if keep_mixed_concat_float else {}
     tail_sigmoids = output_sigmoids(info, dyn, ok) - prefix if keep_mixed_concat_float else set()
     host = set(host_heads) & tail_sigmoids
     weighted = [w for i, n in enumerate(info.nodes) if n.op_type in WEIGHTED for w in [WEIGHTED[n.op_type](info, i)]
-                if w is not None]
+                if w is not None and n.output[0] not in condition]  # the host's layers keep float weights
     internal: Set[str] = set()
     fused: Dict[str, str] = {}
 
@@ -688,7 +722,12 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
     seen: Set[str] = set()
     ids = _id_tensors(info)
 
+    # what the conditioning branch hands to the NPU: the tensors a node outside it reads
+    handed = {t for t in condition if any(info.nodes[c].output[0] not in condition for c in info.consumers.get(t, []))}
+
     def add(t: str) -> None:
+        if t in condition and t not in handed:
+            return
         if t not in seen and info.is_float(t) and t in dyn and t not in ids:
             seen.add(t)
             points.append(t)

@@ -120,25 +120,34 @@ def read_samples(samples: Sequence[PathLike], metadata: dict) -> List[tuple]:
             used[stem] = used.get(stem, 0) + 1
             if used[stem] > 1:
                 stem = f"{stem}-{used[stem]}"
-            out.append((stem, [np.clip(np.round(feeds[s.name]), 0, 255).astype(np.uint8).reshape(s.shape)
-                               for s in specs]))
+            out.append((stem, [_as_fed(feeds[s.name], s.shape) for s in specs]))
         return out
     finally:
         if tmp is not None:
             os.unlink(tmp.name)
 
 
+def _as_fed(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """Pixels (whole numbers in 0..255: an image, a uint8 .npy) as the uint8 a board is fed; any other values (a
+    float feature, a diffusion model's noise level) as float32: rounded to bytes they would be other inputs (a noise
+    level of 0.3 became 0, whose log is -inf)."""
+    a = np.asarray(a).reshape(shape)
+    if np.all((a >= 0) & (a <= 255) & (a == np.round(a))):
+        return a.astype(np.uint8)
+    return a.astype(np.float32)
+
+
 def _write_calibration(samples: List[tuple], folder: Path, rgb2bgr: bool) -> str:
-    """The vendor's dataset.txt: 3-channel inputs as PNG (lossless; it decodes images with OpenCV and turns them to
-    RGB unless quant_img_RGB2BGR, so the file holds the channels it will hand back in our feed order), others as
-    NCHW .npy (the layout it asks of .npy calibration files)."""
+    """The vendor's dataset.txt: 3-channel pixel inputs as PNG (lossless; it decodes images with OpenCV and turns
+    them to RGB unless quant_img_RGB2BGR, so the file holds the channels it will hand back in our feed order), others
+    as NCHW .npy (the layout it asks of .npy calibration files)."""
     import cv2
 
     lines = []
     for k, (_stem, arrays) in enumerate(samples):
         names = []
         for i, a in enumerate(arrays):
-            if a.ndim == 4 and a.shape[3] == 3:
+            if a.ndim == 4 and a.shape[3] == 3 and a.dtype == np.uint8:
                 p = folder / f"calib_{k}_{i}.png"
                 cv2.imwrite(str(p), np.ascontiguousarray(a[0] if rgb2bgr else a[0, :, :, ::-1]))
             else:
@@ -231,6 +240,9 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
     elif note:
         log.warning("vendor-export: %s", note)
     meta = pkg.metadata
+    branch = _host_branch(pkg)
+    if branch:
+        log.warning("vendor-export: %s", branch)
     chip = _target(meta, target)
     from ..targets import NPU_GENERATION
 
@@ -283,8 +295,31 @@ def export_vendor(package_or_path, out: PathLike, target: Optional[str] = None,
         exp.seconds = time.time() - t0
         if errors:
             exp.notes.insert(0, "; ".join(errors))
+        if branch:
+            exp.notes.insert(0, branch)
         return exp
     raise AssertionError("unreachable")
+
+
+def _host_branch(pkg) -> str:
+    """What to tell a user whose package computes a conditioning branch on the host in float (quant/plan.py
+    host_conditioning: a diffusion model's noise-level embedding), which the vendor file cannot do: rknn-toolkit2
+    compiles the whole graph and quantizes that branch like the rest."""
+    from ..analysis.graph_info import analyze
+    from ..analysis.perf import host_head
+
+    if not pkg.metadata.get("quantization"):
+        return ""
+    gi = analyze(onnx.load_from_string(pkg.model_bytes), None)
+    layers = [gi.layers[i].name for i in sorted(host_head(gi))]
+    if not layers:
+        return ""
+    return (f"{len(layers)} layer(s) computed in float from small inputs ({', '.join(layers[:4])}"
+            f"{', ...' if len(layers) > 4 else ''}) run quantized in the vendor file: rknn-toolkit2 quantizes the "
+            "branch openrknn keeps on the host (an int8 Sin or Log input can be several radians or decades a step), "
+            "so its outputs may part from openrknn's (validate=... measures how far). To keep it float there, "
+            "compute the branch before the model and feed its results (load_onnx(..., inputs=[...]) at the tensors "
+            "it hands over)")
 
 
 @contextlib.contextmanager

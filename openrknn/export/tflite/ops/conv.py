@@ -305,11 +305,12 @@ register("Conv", int8=conv_int8, float=conv_float, fuses_activation=True, int8_o
 
 
 # ----------------------------------------------------------------------------------------------------------- Gemm
-def _gemm_matrix(ctx, node, wq) -> np.ndarray:
+def _gemm_matrix(ctx, node, w: np.ndarray) -> np.ndarray:
+    """The weight ``w`` (integers or float) as FULLY_CONNECTED reads it: [out, in]."""
     if attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
         raise NotSupportedError(f"export-tflite: {layer_name(node)} is a Gemm with transA/alpha/beta; only "
                                 "y = x W^T + b maps to FULLY_CONNECTED")
-    return wq.q if attr(node, "transB", 0) else wq.q.T
+    return w if attr(node, "transB", 0) else w.T
 
 
 def _gemm_int8_ok(ctx, node) -> bool:
@@ -324,7 +325,7 @@ def _gemm_int8_ok(ctx, node) -> bool:
 def gemm_int8(ctx, node, act) -> str:
     layer = layer_name(node)
     wq = _weights(ctx, node)
-    w = np.ascontiguousarray(_gemm_matrix(ctx, node, wq))
+    w = np.ascontiguousarray(_gemm_matrix(ctx, node, wq.q))
     o = w.shape[0]
     x = ctx.value(node.input[0]).q
     w_scale = np.broadcast_to(wq.scale, (o,)).astype(np.float32)
@@ -343,14 +344,14 @@ def gemm_int8(ctx, node, act) -> str:
 
 def gemm_float(ctx, node) -> str:
     layer = layer_name(node)
-    wq = _weights(ctx, node)
-    w = np.ascontiguousarray(_gemm_matrix(ctx, node, wq))
+    wq = ctx.g.quant_const(node.input[1])
+    w = np.ascontiguousarray(_gemm_matrix(ctx, node, _weight_array(ctx, node)))
     x = ctx.f_of(node.input[0], layer)
-    if wq.scale.size > 1:
-        wq_axis0 = type(wq)(w, wq.scale, wq.zero_point, 0)
+    if wq is None:  # float weights: a layer the build computes in float (a conditioning branch, quant/plan.py)
+        filt = ctx.m.add_const(ctx._tname(node.input[1]), w)
     else:
-        wq_axis0 = wq
-    filt = _dequantized_weights(ctx, wq_axis0, w, 0, node.input[1], layer)
+        wq_axis0 = type(wq)(w, wq.scale, wq.zero_point, 0) if wq.scale.size > 1 else wq
+        filt = _dequantized_weights(ctx, wq_axis0, w, 0, node.input[1], layer)
     bias = ctx.m.add_const(ctx._tname(layer + "/bias"), _float_bias(ctx, node, w.shape[0]))
     out = ctx.out_f(node.output[0], False)
     ctx.m.add_op("FULLY_CONNECTED", [x, filt, bias], [out], ("FullyConnectedOptions", {"FusedActivationFunction": 0}),
