@@ -14,7 +14,7 @@ from ..frontends import LoadedModel
 from ..frontends.onnx import STRICT_CHECK_NOTE
 from ..graph import optimize as graph_optimize
 from ..graph import layout, preprocess
-from ..graph.fold import vector_matmuls
+from ..graph.fold import einsum_as_matmul, vector_matmuls
 from ..graph.shapes import infer_shapes
 
 log = logging.getLogger("openrknn.build")
@@ -133,6 +133,9 @@ def build_float_graph(loaded: LoadedModel, cfg: BuildConfig) -> Tuple[onnx.Model
                      f"({', '.join(wrong[:4])}): a reference run of the file on onnxruntime is off there; the "
                      "simulator computes them as matrix products, as the NPU does")
         log.warning(notes[-1])
+    products = einsum_as_matmul(model)  # at every level: the NPU runs a MatMul, not an Einsum
+    if products:
+        notes.append(f"{products} Einsum(s) written as MatMuls")
     model = fold_shape_arithmetic(model, cfg, notes)
     model = graph_optimize.optimize(model, cfg.optimization_level)
     model = fold_layout(model, cfg, notes)

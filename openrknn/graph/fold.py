@@ -686,5 +686,63 @@ def vector_matmuls(model: onnx.ModelProto) -> List[str]:
     return wrong
 
 
+def _einsum_as_product(equation: str) -> Optional[Tuple[List[int], List[int], List[int]]]:
+    """(perm of the first operand to [batch.., m, k], of the second to [batch.., k, n], of the [batch.., m, n]
+    product to the output) for a two-operand equation that is a batched matrix product: every letter once per
+    operand, batch letters in both operands and the output, one contracted letter, one free letter per operand.
+    None for anything else (an ellipsis, a trace, a letter summed away, several free letters)."""
+    if "->" not in equation or "." in equation:
+        return None
+    lhs, out = equation.split("->")
+    ins = lhs.split(",")
+    if len(ins) != 2 or any(len(set(s)) != len(s) for s in (*ins, out)):
+        return None
+    x, y = ins
+    batch = [c for c in out if c in x and c in y]
+    k = [c for c in x if c in y and c not in out]
+    m = [c for c in x if c not in y]
+    n = [c for c in y if c not in x]
+    if len(k) != 1 or len(m) != 1 or len(n) != 1 or sorted(out) != sorted(batch + m + n) or \
+            len(x) != len(batch) + 2 or len(y) != len(batch) + 2:
+        return None
+    product = batch + m + n
+    return ([x.index(c) for c in batch + m + k], [y.index(c) for c in batch + k + n],
+            [product.index(c) for c in out])
+
+
+def einsum_as_matmul(model: onnx.ModelProto) -> int:
+    """An Einsum of two operands that is a batched matrix product -> Transposes around a MatMul: the same sums, in
+    ops the NPU, the quantizer and the TFLite export know (attention written as einsum('bct,bcs->bts', q, k) in a
+    diffusion UNet). Others stay Einsums (the board's CPU runs them). Returns how many were rewritten."""
+    ix = _Index(model)
+    g = model.graph
+    replace: Dict[int, List[onnx.NodeProto]] = {}
+    for i, node in enumerate(g.node):
+        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        eq = _attr(node, "equation", b"")
+        perms = _einsum_as_product((eq.decode() if isinstance(eq, bytes) else eq).replace(" ", ""))
+        if perms is None:
+            continue
+        name = node.name or node.output[0]
+        nodes, operands = [], []
+        for x, perm in zip(node.input, perms[:2]):
+            if perm != sorted(perm):
+                t = ix.unique(f"{x}_{name}_t")
+                nodes.append(helper.make_node("Transpose", [x], [t], name=ix.unique(f"{name}_t"), perm=perm))
+                x = t
+            operands.append(x)
+        last = perms[2] == sorted(perms[2])
+        product = node.output[0] if last else ix.unique(node.output[0] + "_product")
+        nodes.append(helper.make_node("MatMul", operands, [product], name=name))
+        if not last:
+            nodes.append(helper.make_node("Transpose", [product], [node.output[0]], name=ix.unique(f"{name}_out"),
+                                          perm=perms[2]))
+        replace[i] = nodes
+    if replace:
+        splice_nodes(g, list(g.node), replace, set())
+    return len(replace)
+
+
 __all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
-           "logit_of_sigmoid", "unit_stride_transposed_convs", "vector_matmuls"]
+           "logit_of_sigmoid", "unit_stride_transposed_convs", "vector_matmuls", "einsum_as_matmul"]
