@@ -302,9 +302,10 @@ def host_tail(gi: GraphInfo) -> set[int]:
 
 
 def host_head(gi: GraphInfo) -> set[int]:
-    """The compute layers of a quantized graph that only float graph inputs feed and that put out no quantized
-    tensor (a diffusion model's noise-level embedding: quant/plan.host_conditioning): the board's CPU computes them
-    in float before the NPU runs and hands it their results. Empty for a float graph."""
+    """The compute layers of a quantized graph fed only from small float graph inputs through float tensors, whose
+    outputs are small too (a diffusion model's noise-level embedding: quant/plan.host_conditioning): the board's CPU
+    computes them in float before the NPU runs, and a quantized output of one is what it hands the NPU. Empty for a
+    float graph."""
     from ..quant.plan import CONDITION_BRANCH_MAX, CONDITION_MAX
 
     if not gi.quantized:
@@ -316,9 +317,10 @@ def host_head(gi: GraphInfo) -> set[int]:
         if layer.role not in ("compute", "view") or not layer.inputs or not all(t in host for t in layer.inputs):
             continue
         outs = [gi.tensors[t] for t in layer.outputs if t in gi.tensors]
-        if any(t.dtype.startswith(_QUANTIZED) or not t.known or t.numel > CONDITION_BRANCH_MAX for t in outs):
+        if any(not t.known or t.numel > CONDITION_BRANCH_MAX for t in outs):
             continue
-        host.update(layer.outputs)
+        if not any(t.dtype.startswith(_QUANTIZED) for t in outs):
+            host.update(layer.outputs)  # still float: the branch goes on
         if layer.role == "compute":
             head.add(layer.index)
     return head
