@@ -158,3 +158,24 @@ def test_vendor_export_reads_float_samples_as_floats_and_names_the_branch(built)
     note = _host_branch(rk._package)
     assert "run quantized in the vendor file" in note and "Log" in note, note
     rk.release()
+
+
+def test_check_places_the_branch_on_the_host_before_and_after_the_build(built, tmp_path, capsys):
+    """`openrknn check` on the .onnx and on the built .rknn: the branch's Log, Sin and Cos are no NPU -> CPU -> NPU
+    round trip (one note says where they run), as the build places them."""
+    import json
+
+    from openrknn.cli import main
+
+    path, dataset, held_out = built
+    _, rk = _held_out_cosine(path, dataset, held_out[:1])
+    built_file = tmp_path / "denoiser.rknn"
+    assert rk.export_rknn(str(built_file)) == 0
+    rk.release()
+    for model in (path, built_file):
+        capsys.readouterr()
+        assert main(["check", str(model), "--target", "rk3588", "--json"]) == 0
+        findings = json.loads(capsys.readouterr().out)
+        support = [f for f in findings if f["rule"] == "op-support"]
+        assert [f["severity"] for f in support] == ["info"], support
+        assert "Sin" in support[0]["why"] and "before the NPU" in support[0]["why"]

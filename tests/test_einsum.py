@@ -96,3 +96,16 @@ def test_einsum_attention_builds_int8_and_exports_to_tflite(tmp_path):
         assert theirs.shape == ours.shape  # the export gives the model's outputs in its own layout
         assert cosine(ours, theirs) > 0.999
     rk.release()
+
+
+def test_check_speaks_of_the_matmul_the_build_makes(tmp_path, capsys):
+    """`openrknn check` on the .onnx sees the graph as the build will: no 'Einsum falls back to the CPU' warning."""
+    import json
+
+    from openrknn.cli import main
+
+    path = tmp_path / "attention.onnx"
+    onnx.save(attention_model(), path)
+    assert main(["check", str(path), "--target", "rk3588", "--json"]) == 0
+    findings = json.loads(capsys.readouterr().out)
+    assert not [f for f in findings if f["op_type"] == "Einsum"], findings

@@ -109,9 +109,35 @@ def _is_8bit(ctx: Context) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+def host_branch(model: onnx.ModelProto, gi: GraphInfo) -> set[str]:
+    """Names of the layers a build computes on the board's CPU in float before the NPU runs: a conditioning branch
+    of small inputs (quant/plan.host_conditioning), read from the package's quantization for a built model, from the
+    plan for a float one."""
+    from ..quant.ir import GraphInfo as PlanInfo
+    from ..quant.ir import normalize
+    from ..quant.plan import _dynamic_tensors, host_conditioning
+    from .perf import host_head
+
+    if gi.quantized:
+        return {gi.layers[i].name for i in host_head(gi)}
+    info = PlanInfo(normalize(model))
+    branch = host_conditioning(info, _dynamic_tensors(info))
+    return {layer.name for layer in gi.layers if layer.outputs and all(t in branch for t in layer.outputs)}
+
+
 @rule("op-support")
 def _op_support(ctx: Context) -> Iterator[Finding]:
+    branch = host_branch(ctx.model, ctx.gi)
+    if branch:
+        ops = sorted({layer.op_type for layer in ctx.gi.layers if layer.name in branch})
+        yield Finding("info", "op-support", "", "",
+                      f"{len(branch)} layer(s) computed only from small inputs ({', '.join(ops)}) run on the board's "
+                      "CPU in float before the NPU (a conditioning branch: a noise level's or a label's embedding); "
+                      "what they hand the NPU is quantized",
+                      "nothing to do: no NPU -> CPU round trip, and no int8 rounding inside the branch")
     for layer in _compute_layers(ctx):
+        if layer.name in branch:
+            continue
         where = placement(layer.op_type, ctx.gen.name)
         if where == "unsupported":
             yield Finding("error", "op-support", layer.name, layer.op_type,
