@@ -31,10 +31,9 @@ MIN_RATIO = 8.0
 # a tensor several Concats join (a dense block reusing its features, AGLLNet's attention map) would chain their groups
 # into one scale for all of them: from one bit on, it keeps its own scale at each
 MIN_RATIO_SHARED = 2.0
-# Both for 8-bit points. With wider points an input has as many levels left at a ratio 2 ** (bits - 8) times larger,
-# so the thresholds scale by that: 16 bits lose nothing at YOLOX's ratios, but a diffusion UNet's first conv (a range
-# of 6) joins its decoder's last features (a range of 4e9) in a skip Concat, and one shared 16-bit scale gave that
-# conv a step of 6e4.
+# Both are bits of resolution lost, whatever the points' width: 16-bit points keep 16 bits' worth. A diffusion UNet's
+# first conv (a range of 6) joins its decoder's last features (a range of 4e9) in a skip Concat, where one shared
+# 16-bit scale gave that conv a step of 6e4, and each encoder block's output (4e5) joins features 300x wider.
 
 
 def _width(lo: float, hi: float) -> float:
@@ -53,11 +52,9 @@ def group_ranges(plan: Plan, minmax: Dict[str, Tuple[float, float]]) -> Dict[int
 
 def narrow_inputs(info: GraphInfo, plan: Plan, minmax: Dict[str, Tuple[float, float]],
                   ranges: Optional[Dict[int, Tuple[float, float]]] = None,
-                  min_ratio: float = MIN_RATIO, bits: int = 8) -> List[Tuple[str, str, float]]:
+                  min_ratio: float = MIN_RATIO) -> List[Tuple[str, str, float]]:
     """(concat output, input, range ratio) for each Concat input that other nodes read too and whose measured range
-    is at most 1/``min_ratio`` of its scale group's (for ``bits``-bit points: 1/(min_ratio * 2 ** (bits - 8))).
-    ``ranges``: group_ranges(plan, minmax), when already made."""
-    wider = 2.0 ** (bits - 8)
+    is at most 1/``min_ratio`` of its scale group's. ``ranges``: group_ranges(plan, minmax), when already made."""
     ranges = group_ranges(plan, minmax) if ranges is None else ranges
     found: List[Tuple[str, str, float]] = []
     for i, node in enumerate(info.nodes):
@@ -71,7 +68,7 @@ def narrow_inputs(info: GraphInfo, plan: Plan, minmax: Dict[str, Tuple[float, fl
             if not any(c != i for c in info.consumers.get(t, [])) and t not in info.output_set:
                 continue  # the concat is its only reader: the output's scale rounds it anyway
             ratio = group / max(_width(*minmax[t]), 1e-30)
-            if ratio >= _threshold(info, t, min_ratio) * wider:
+            if ratio >= _threshold(info, t, min_ratio):
                 found.append((out, t, ratio))
     return found
 
@@ -96,7 +93,7 @@ class ConcatInputScales(Rewrite):
     def apply(self, state: QuantState) -> Optional[StageResult]:
         stats, plan = state.stats, state.plan
         ranges = group_ranges(plan, stats.minmax)
-        found = narrow_inputs(state.info, plan, stats.minmax, ranges, bits=state.scheme.act.bits)
+        found = narrow_inputs(state.info, plan, stats.minmax, ranges)
         if not found:
             return None
         pairs: FrozenSet[Tuple[str, str]] = plan.detached | {(out, t) for out, t, _ in found}
