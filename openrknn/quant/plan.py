@@ -232,13 +232,15 @@ def _numel(info: GraphInfo, t: str) -> Optional[int]:
     return None if s is None or any(d is None for d in s) else int(np.prod(s, dtype=np.int64))
 
 
-def host_conditioning(info: GraphInfo, dyn: Set[str]) -> Set[str]:
+def host_conditioning(info: GraphInfo, dyn: Optional[Set[str]] = None) -> Set[str]:
     """The float tensors of a conditioning branch: computed only from small float inputs (at most CONDITION_MAX
     values) of a model that also has a large one, and themselves small. The board's CPU computes such a branch in
     float before the NPU runs (a handful of values: an NPU layer per op would cost more in hand-overs than the
     arithmetic), and int8 could not hold it: a diffusion model's sinusoidal noise-level embedding is the Sin and Cos
     of log(sigma) times frequencies up to 250, a range one int8 step of which is several radians. Where the branch
-    meets the main path (an Add onto a feature map), the tensor it hands over is an ordinary point."""
+    meets the main path (an Add onto a feature map), the tensor it hands over is an ordinary point. dyn: the graph's
+    data-dependent tensors (_dynamic_tensors), when already known."""
+    dyn = _dynamic_tensors(info) if dyn is None else dyn
     sizes = {t: _numel(info, t) for t in info.inputs if info.is_float(t)}
     small = {t for t, n in sizes.items() if n is not None and n <= CONDITION_MAX}
     if not small or len(small) == len(sizes):
