@@ -222,6 +222,10 @@ def describe_package(pkg: RknnPackage, path: str | None = None) -> str:
             names = ranges["host_sigmoids"]
             decided.append(f"{_count(len(names), 'output Sigmoid')} on the host CPU in float from int8 logits: "
                            f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
+        if ranges.get("host_branch"):
+            branch = ranges["host_branch"]
+            decided.append(f"{_count(branch['layers'], 'layer')} computed from {', '.join(branch['inputs'])} on the "
+                           "host CPU in float before the NPU (a conditioning branch)")
         if q["pre_activation_points"] == "tflite":
             decided.append("every conv before an activation TFLite cannot fuse into it requantized, as TFLite int8 "
                            "computes it (pre_activation_points='tflite')")

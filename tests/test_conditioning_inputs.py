@@ -179,3 +179,17 @@ def test_check_places_the_branch_on_the_host_before_and_after_the_build(built, t
         support = [f for f in findings if f["rule"] == "op-support"]
         assert [f["severity"] for f in support] == ["info"], support
         assert "Sin" in support[0]["why"] and "before the NPU" in support[0]["why"]
+
+
+def test_info_names_the_branch_the_host_computes(built, tmp_path):
+    """`openrknn info` on the built file says which inputs' branch runs on the host, and how many layers it has."""
+    from openrknn.package import read_package
+    from openrknn.package_info import describe_package
+
+    path, dataset, held_out = built
+    _, rk = _held_out_cosine(path, dataset, held_out[:1])
+    out = tmp_path / "denoiser.rknn"
+    assert rk.export_rknn(str(out)) == 0
+    rk.release()
+    text = describe_package(read_package(out), str(out))
+    assert "computed from sigma on the host CPU in float before the NPU" in text, text

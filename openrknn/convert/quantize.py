@@ -60,8 +60,8 @@ def quantization_record(cfg: BuildConfig, result, samples: int, overrides: Optio
 
 def ranges_decided(report: dict) -> dict:
     """What the output-judged range stages decided: range choice's set ('normal' = min/max, 'kl_divergence',
-    'mmse'), the decades the ranges into a Log were cut by, the output Sigmoids the host computes (absent where a
-    stage did not run or decided nothing)."""
+    'mmse'), the decades the ranges into a Log were cut by, the output Sigmoids the host computes, the conditioning
+    branch it computes before the NPU (absent where a stage did not run or decided nothing)."""
     out = {}
     if report.get("range_choice"):
         out["chosen"] = report["range_choice"].get("chosen")
@@ -69,6 +69,8 @@ def ranges_decided(report: dict) -> dict:
         out["log_cut_decades"] = float(report["log_ranges"].get("decades", 0.0))
     if report.get("host_sigmoids", {}).get("on_host"):
         out["host_sigmoids"] = list(report["host_sigmoids"]["on_host"])
+    if (report.get("plan") or {}).get("host_branch"):
+        out["host_branch"] = dict(report["plan"]["host_branch"])
     return out
 
 

@@ -233,6 +233,10 @@ def run(model: onnx.ModelProto, data, options: "QuantOptions", progress: bool, s
     report["plan"] = {"quantization_points": len(plan.points), "scale_groups": len(plan.groups),
                       "weighted_ops": len(plan.weighted), "fused_activations": len(plan.fused),
                       "float_concats": plan.split_concats}
+    if plan.host_branch:
+        report["plan"]["host_branch"] = {
+            "inputs": [t for t in info.inputs if t in plan.host_branch],
+            "layers": sum(1 for n in info.nodes if n.output and n.output[0] in plan.host_branch)}
     report["calibration_samples"] = stats.samples
     return QuantResult(qmodel, tensors, report, rewritten)
 

@@ -171,6 +171,8 @@ class Plan:
     # the same outputs as a build_plan argument for the plans made after this one: a rewrite (head split's conv per
     # group) must not move a Sigmoid back to the chip once calibration planned it on the host
     host_heads: FrozenSet[str] = frozenset()
+    # the conditioning branch the host computes in float before the NPU runs (host_conditioning): its tensors
+    host_branch: FrozenSet[str] = frozenset()
 
     @property
     def sources(self) -> List[str]:
@@ -783,4 +785,5 @@ def build_plan(info: GraphInfo, keep_mixed_concat_float: bool = True,
             info.nodes[info.producer[t]].op_type == "Sigmoid"}
     return Plan(points, group_of, groups, weighted, internal, prefix, float_tail, fused, split_concats, derived,
                 {t: a for t, a in pre_activations.items() if t in seen}, frozenset(detached), unit,
-                {t: info.nodes[info.producer[t]].input[0] for t in sorted(host)}, frozenset(host))
+                {t: info.nodes[info.producer[t]].input[0] for t in sorted(host)}, frozenset(host),
+                frozenset(condition))
