@@ -255,6 +255,17 @@ def test_run_saves_the_api_outputs(model_rknn, tmp_path, capsys):
     assert code == 0 and [p.name for p in (tmp_path / "short").iterdir()] == ["a_out0.npy"], err
 
 
+def test_run_reads_an_nchw_npy_as_build_does(model_rknn, tmp_path, capsys):
+    """The NCHW .npy rknn-toolkit2 asks for (and build's calibration reads): the same outputs as its NHWC form (it
+    failed with advice to pass data_format='nchw', which the command has no option for)."""
+    frame = np.random.default_rng(5).integers(0, 256, (1, H, W, 3), dtype=np.uint8)
+    np.save(tmp_path / "nhwc.npy", frame)
+    np.save(tmp_path / "nchw.npy", frame.transpose(0, 3, 1, 2))
+    code, out, err = _cli(capsys, "run", model_rknn, tmp_path / "nhwc.npy", tmp_path / "nchw.npy", "-o", tmp_path / "o")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "nchw_out0.npy"), np.load(tmp_path / "o" / "nhwc_out0.npy"))
+
+
 def test_run_bgr_feeds_opencv_order(model_rknn, tmp_path, capsys):
     b = _image(tmp_path / "b.png", H, W, seed=4)
     code, out, err = _cli(capsys, "run", model_rknn, b, "--bgr", "--out", tmp_path / "o")

@@ -60,6 +60,7 @@ def _read_image(path: Path, shape, bgr: bool, resize: str, sizes=()) -> np.ndarr
 
 def _load_sample(spec: str, metadata: dict, bgr: bool, resize: str) -> List[np.ndarray]:
     from ..errors import InferenceInputError
+    from ..quant.dataset import nhwc_from_nchw
     from ..runtime.shape_sets import image_sizes
 
     metas = metadata["inputs"]
@@ -74,7 +75,11 @@ def _load_sample(spec: str, metadata: dict, bgr: bool, resize: str) -> List[np.n
         if not p.is_file():
             raise InferenceInputError(f"sample file not found: '{p}'")
         if p.suffix.lower() == ".npy":
-            arrays.append(np.load(p, allow_pickle=False))
+            arr = np.load(p, allow_pickle=False)
+            # an image input's NCHW array (rknn-toolkit2's layout for .npy files), as build and accuracy_analysis
+            # read them
+            nhwc = nhwc_from_nchw(arr, meta["shape"]) if meta["layout"] == "nhwc" else None
+            arrays.append(arr if nhwc is None else nhwc)
         elif p.suffix.lower() in IMAGE_SUFFIXES and meta["layout"] == "nhwc":
             arrays.append(_read_image(p, meta["shape"], bgr, resize, sizes))
         elif meta["layout"] != "nhwc":
