@@ -32,6 +32,9 @@ def _einsum_model(equation: str, a_shape, b_shape, out_shape) -> onnx.ModelProto
     ("bhqd,bhkd->bhqk", [1, 3, 5, 8], [1, 3, 7, 8], [1, 3, 5, 7]),
     ("ij,jk->ik", [3, 4], [4, 5], [3, 5]),
     ("b i d, b j d -> b i j", [2, 3, 4], [2, 5, 4], [2, 3, 5]),  # spaces, as einops writes them
+    ("bij,bj->bi", [2, 3, 4], [2, 4], [2, 3]),                  # a matrix times a vector
+    ("bj,bjk->kb", [2, 4], [2, 4, 5], [5, 2]),                  # a vector times a matrix, the output transposed
+    ("bi,bi->b", [2, 4], [2, 4], [2]),                          # a dot product per batch
 ])
 def test_products_become_matmuls_with_the_same_values(equation, a, b, out):
     m = _einsum_model(equation, a, b, out)
@@ -45,8 +48,8 @@ def test_products_become_matmuls_with_the_same_values(equation, a, b, out):
 
 
 @pytest.mark.parametrize("equation,a,b,out", [
-    ("bij,bj->bi", [2, 3, 4], [2, 4], [2, 3]),        # a matrix times a vector: no free letter on one side
     ("ii,ij->ij", [3, 3], [3, 4], [3, 4]),            # a repeated letter (a diagonal)
+    ("ij,kl->ijkl", [2, 3], [4, 5], [2, 3, 4, 5]),    # an outer product: nothing contracted
     ("...ij,...jk->...ik", [2, 3, 4], [2, 4, 5], [2, 3, 5]),
     ("bij,bjk->bk", [2, 3, 4], [2, 4, 5], [2, 5]),    # a letter summed away
 ])

@@ -686,11 +686,12 @@ def vector_matmuls(model: onnx.ModelProto) -> List[str]:
     return wrong
 
 
-def _einsum_as_product(equation: str) -> Optional[Tuple[List[int], List[int], List[int]]]:
-    """(perm of the first operand to [batch.., m, k], of the second to [batch.., k, n], of the [batch.., m, n]
-    product to the output) for a two-operand equation that is a batched matrix product: every letter once per
-    operand, batch letters in both operands and the output, one contracted letter, one free letter per operand.
-    None for anything else (an ellipsis, a trace, a letter summed away, several free letters)."""
+def _einsum_as_product(equation: str) -> Optional[Tuple[List[int], List[int], bool, bool, List[int]]]:
+    """(perm of the first operand to [batch.., m, k], of the second to [batch.., k, n], whether the first and the
+    second are vectors (no free letter: m or n missing), perm of the [batch.., m, n] product to the output) for a
+    two-operand equation that is a batched matrix or matrix-vector product: every letter once per operand, batch
+    letters in both operands and the output, one contracted letter, at most one free letter per operand. None for
+    anything else (an ellipsis, a trace, a letter summed away, several free or contracted letters)."""
     if "->" not in equation or "." in equation:
         return None
     lhs, out = equation.split("->")
@@ -702,42 +703,64 @@ def _einsum_as_product(equation: str) -> Optional[Tuple[List[int], List[int], Li
     k = [c for c in x if c in y and c not in out]
     m = [c for c in x if c not in y]
     n = [c for c in y if c not in x]
-    if len(k) != 1 or len(m) != 1 or len(n) != 1 or sorted(out) != sorted(batch + m + n) or \
-            len(x) != len(batch) + 2 or len(y) != len(batch) + 2:
+    if len(k) != 1 or len(m) > 1 or len(n) > 1 or sorted(out) != sorted(batch + m + n) or \
+            len(x) != len(batch) + len(m) + 1 or len(y) != len(batch) + len(n) + 1:
         return None
     product = batch + m + n
-    return ([x.index(c) for c in batch + m + k], [y.index(c) for c in batch + k + n],
+    return ([x.index(c) for c in batch + m + k], [y.index(c) for c in batch + k + n], not m, not n,
             [product.index(c) for c in out])
 
 
 def einsum_as_matmul(model: onnx.ModelProto) -> int:
-    """An Einsum of two operands that is a batched matrix product -> Transposes around a MatMul: the same sums, in
-    ops the NPU, the quantizer and the TFLite export know (attention written as einsum('bct,bcs->bts', q, k) in a
-    diffusion UNet). Others stay Einsums (the board's CPU runs them). Returns how many were rewritten."""
+    """An Einsum of two operands that is a batched matrix (or matrix-vector) product -> Transposes around a MatMul:
+    the same sums, in ops the NPU, the quantizer and the TFLite export know (attention written as
+    einsum('bct,bcs->bts', q, k) in a diffusion UNet); a vector operand takes a unit axis for the product, squeezed
+    after it. Others stay Einsums (the board's CPU runs them). Returns how many were rewritten."""
     ix = _Index(model)
     g = model.graph
     replace: Dict[int, List[onnx.NodeProto]] = {}
+
+    def axes(base: str, values: List[int]) -> str:
+        name = ix.unique(base)
+        g.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
     for i, node in enumerate(g.node):
         if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
         eq = _attr(node, "equation", b"")
-        perms = _einsum_as_product((eq.decode() if isinstance(eq, bytes) else eq).replace(" ", ""))
-        if perms is None:
+        plan = _einsum_as_product((eq.decode() if isinstance(eq, bytes) else eq).replace(" ", ""))
+        if plan is None:
             continue
+        perm_x, perm_y, x_vec, y_vec, perm_out = plan
+        nb = len(perm_x) - (1 if x_vec else 2)  # batch axes
         name = node.name or node.output[0]
         nodes, operands = [], []
-        for x, perm in zip(node.input, perms[:2]):
+        # the left operand [batch.., m, k] ([batch.., 1, k] for a vector), the right [batch.., k, n] ([.., k, 1])
+        for x, perm, vec, unit in ((node.input[0], perm_x, x_vec, nb), (node.input[1], perm_y, y_vec, nb + 1)):
             if perm != sorted(perm):
                 t = ix.unique(f"{x}_{name}_t")
                 nodes.append(helper.make_node("Transpose", [x], [t], name=ix.unique(f"{name}_t"), perm=perm))
                 x = t
+            if vec:
+                t = ix.unique(f"{x}_{name}_unit")
+                nodes.append(helper.make_node("Unsqueeze", [x, axes(f"{name}_unit_axis", [unit])], [t],
+                                              name=ix.unique(f"{name}_unit")))
+                x = t
             operands.append(x)
-        last = perms[2] == sorted(perms[2])
-        product = node.output[0] if last else ix.unique(node.output[0] + "_product")
-        nodes.append(helper.make_node("MatMul", operands, [product], name=name))
+        units = ([nb] if x_vec else []) + ([nb + 1] if y_vec else [])
+        last = perm_out == sorted(perm_out)
+        steps = [("MatMul", [], {})]
+        if units:
+            steps.append(("Squeeze", [axes(f"{name}_units", units)], {}))
         if not last:
-            nodes.append(helper.make_node("Transpose", [product], [node.output[0]], name=ix.unique(f"{name}_out"),
-                                          perm=perms[2]))
+            steps.append(("Transpose", [], {"perm": perm_out}))
+        t = operands
+        for k, (op, extra, attrs) in enumerate(steps):
+            out = node.output[0] if k == len(steps) - 1 else ix.unique(f"{node.output[0]}_{op.lower()}")
+            nodes.append(helper.make_node(op, t + extra, [out], name=name if op == "MatMul" else
+                                          ix.unique(f"{name}_{op.lower()}"), **attrs))
+            t = [out]
         replace[i] = nodes
     if replace:
         splice_nodes(g, list(g.node), replace, set())
