@@ -193,3 +193,60 @@ def test_info_names_the_branch_the_host_computes(built, tmp_path):
     rk.release()
     text = describe_package(read_package(out), str(out))
     assert "computed from sigma on the host CPU in float before the NPU" in text, text
+
+
+def timestep_denoiser() -> onnx.ModelProto:
+    """A DDPM-style denoiser in small: an int64 timestep (0..999) cast to float, its Sin and Cos at 16 frequencies
+    (an int8 step of t x 1 is 8 radians), a Gemm, added onto the first conv's features."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((0.5 ** np.arange(F))[None].astype(np.float32), "freqs"),
+             numpy_helper.from_array((rng.standard_normal((2 * F, C)) * 0.3).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((C, 1, 3, 3)) * 0.4).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((1, C, 3, 3)) * 0.2).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1, C, 1, 1], np.int64), "emb_shape"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    n = helper.make_node
+    nodes = [n("Unsqueeze", ["t", "axis1"], ["t_col"]), n("Cast", ["t_col"], ["t_f"], to=TensorProto.FLOAT),
+             n("Mul", ["t_f", "freqs"], ["phase"]), n("Sin", ["phase"], ["sin"]), n("Cos", ["phase"], ["cos"]),
+             n("Concat", ["sin", "cos"], ["fourier"], axis=1), n("Gemm", ["fourier", "W"], ["emb_lin"]),
+             n("Reshape", ["emb_lin", "emb_shape"], ["emb"]),
+             n("Conv", ["noisy", "w1"], ["feat"], pads=[1, 1, 1, 1]), n("Add", ["feat", "emb"], ["cond"]),
+             n("Relu", ["cond"], ["act"]), n("Conv", ["act", "w2"], ["out"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "timestep", [helper.make_tensor_value_info("noisy", TensorProto.FLOAT, [1, 1, S, S]),
+                                              helper.make_tensor_value_info("t", TensorProto.INT64, [1])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, S, S])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_integer_timestep_branch_is_the_hosts_too(tmp_path, monkeypatch):
+    path = tmp_path / "timestep.onnx"
+    onnx.save(timestep_denoiser(), path)
+    info = GraphInfo(normalize(timestep_denoiser()))
+    assert {"t_f", "phase", "sin", "cos"} <= plan_module.host_conditioning(info)
+    rng = np.random.default_rng(3)
+
+    def samples(n):
+        return [(rng.standard_normal((1, 1, S, S)).astype(np.float32), rng.integers(0, 1000, (1,)).astype(np.int64))
+                for _ in range(n)]
+
+    dataset = write_samples(tmp_path, samples(16), prefixes=("noisy_", "t_"))
+    held_out = samples(10)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cos = {}
+    for host in (True, False):
+        if not host:
+            monkeypatch.setattr(plan_module, "host_conditioning", lambda info, dyn=None: set())
+        rk = RKNN(verbose=False)
+        assert rk.config(target_platform="rk3588", quantized_dtype="w8a8") == 0
+        assert rk.load_onnx(str(path)) == 0, rk.last_error
+        assert rk.build(do_quantization=True, dataset=str(dataset)) == 0, rk.last_error
+        assert rk.init_runtime() == 0
+        cos[host] = float(np.mean([cosine(ref.run(None, {"noisy": x, "t": t})[0],
+                                          rk.inference(inputs=[x, t], data_format=["nchw", "nhwc"])[0])
+                                   for x, t in held_out]))
+        if host:
+            est = estimate_perf(onnx.load_from_string(rk._package.model_bytes), "rk3588", "w8a8")
+            assert {r.op_type: r.unit for r in est.rows if r.op_type in ("Sin", "Gemm")} == {"Sin": "CPU",
+                                                                                           "Gemm": "CPU"}
+        rk.release()
+    assert cos[True] > 0.99 and cos[False] < 0.9, cos

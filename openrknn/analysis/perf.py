@@ -302,25 +302,29 @@ def host_tail(gi: GraphInfo) -> set[int]:
 
 
 def host_head(gi: GraphInfo) -> set[int]:
-    """The compute layers of a quantized graph fed only from small float graph inputs through float tensors, whose
-    outputs are small too (a diffusion model's noise-level embedding: quant/plan.host_conditioning): the board's CPU
-    computes them in float before the NPU runs, and a quantized output of one is what it hands the NPU. Empty for a
-    float graph."""
+    """The compute layers of a quantized graph fed only from small float or integer graph inputs through tensors not
+    quantized, whose outputs are small too (a diffusion model's noise-level embedding: quant/plan.host_conditioning):
+    the board's CPU computes them in float before the NPU runs, and a quantized output of one is what it hands the
+    NPU. Empty for a float graph."""
     from ..quant.plan import CONDITION_BRANCH_MAX, CONDITION_MAX
 
     if not gi.quantized:
         return set()
-    host = {t for t in gi.inputs if t in gi.tensors and not gi.tensors[t].dtype.startswith(_QUANTIZED)
+    stored = ("int8", "uint8", "int16", "uint16")  # the NPU's quantized storage; an int64 timestep is no such thing
+    host = {t for t in gi.inputs if t in gi.tensors and gi.tensors[t].dtype not in stored
             and gi.tensors[t].known and gi.tensors[t].numel <= CONDITION_MAX}
     head: set[int] = set()
     for layer in gi.layers:
-        if layer.role not in ("compute", "view") or not layer.inputs or not all(t in host for t in layer.inputs):
+        # a Cast or a scaling of the input there reads as pre-processing (free on the NPU's input stage): it carries
+        # the branch on, costing nothing either way
+        if layer.role not in ("compute", "view", "preprocess") or not layer.inputs or \
+                not all(t in host for t in layer.inputs):
             continue
         outs = [gi.tensors[t] for t in layer.outputs if t in gi.tensors]
         if any(not t.known or t.numel > CONDITION_BRANCH_MAX for t in outs):
             continue
-        if not any(t.dtype.startswith(_QUANTIZED) for t in outs):
-            host.update(layer.outputs)  # still float: the branch goes on
+        if not any(t.dtype in stored for t in outs):
+            host.update(layer.outputs)  # not quantized yet: the branch goes on
         if layer.role == "compute":
             head.add(layer.index)
     return head

@@ -235,15 +235,15 @@ def _numel(info: GraphInfo, t: str) -> Optional[int]:
 
 
 def host_conditioning(info: GraphInfo, dyn: Optional[Set[str]] = None) -> Set[str]:
-    """The float tensors of a conditioning branch: computed only from small float inputs (at most CONDITION_MAX
-    values) of a model that also has a large one, and themselves small. The board's CPU computes such a branch in
-    float before the NPU runs (a handful of values: an NPU layer per op would cost more in hand-overs than the
-    arithmetic), and int8 could not hold it: a diffusion model's sinusoidal noise-level embedding is the Sin and Cos
-    of log(sigma) times frequencies up to 250, a range one int8 step of which is several radians. Where the branch
-    meets the main path (an Add onto a feature map), the tensor it hands over is an ordinary point. dyn: the graph's
-    data-dependent tensors (_dynamic_tensors), when already known."""
+    """The tensors of a conditioning branch: computed only from small float or integer inputs (at most
+    CONDITION_MAX values) of a model that also has a large one, and themselves small. The board's CPU computes such
+    a branch in float before the NPU runs (a handful of values: an NPU layer per op would cost more in hand-overs
+    than the arithmetic), and int8 could not hold it: a diffusion model's sinusoidal noise-level embedding is the
+    Sin and Cos of log(sigma) times frequencies up to 250, a range one int8 step of which is several radians. Where
+    the branch meets the main path (an Add onto a feature map), the tensor it hands over is an ordinary point. dyn:
+    the graph's data-dependent tensors (_dynamic_tensors), when already known."""
     dyn = _dynamic_tensors(info) if dyn is None else dyn
-    sizes = {t: _numel(info, t) for t in info.inputs if info.is_float(t)}
+    sizes = {t: _numel(info, t) for t in info.inputs if _numeric(info, t)}
     small = {t for t, n in sizes.items() if n is not None and n <= CONDITION_MAX}
     if not small or len(small) == len(sizes):
         return set()
@@ -252,10 +252,17 @@ def host_conditioning(info: GraphInfo, dyn: Optional[Set[str]] = None) -> Set[st
         acts = [t for t in node.input if t in dyn]
         outs = [o for o in node.output if o]
         if acts and all(t in branch for t in acts) and all(
-                info.is_float(o) and (_numel(info, o) or CONDITION_BRANCH_MAX + 1) <= CONDITION_BRANCH_MAX
+                _numeric(info, o) and (_numel(info, o) or CONDITION_BRANCH_MAX + 1) <= CONDITION_BRANCH_MAX
                 for o in outs):
             branch.update(outs)
     return branch
+
+
+def _numeric(info: GraphInfo, t: str) -> bool:
+    """A float or integer tensor (a timestep comes as an int64 and is cast to float for its embedding); not a bool
+    mask."""
+    return info.is_float(t) or (info.elem_type.get(t) in _INTEGER_TYPES and
+                                info.elem_type.get(t) != onnx.TensorProto.BOOL)
 
 
 def _id_tensors(info: GraphInfo) -> Set[str]:
