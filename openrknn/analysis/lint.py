@@ -115,11 +115,13 @@ def host_branch(model: onnx.ModelProto, gi: GraphInfo) -> set[str]:
     plan for a float one."""
     from ..quant.ir import GraphInfo as PlanInfo
     from ..quant.ir import normalize
-    from ..quant.plan import host_conditioning
+    from ..quant.plan import CONDITION_MAX, host_conditioning
     from .perf import host_head
 
     if gi.quantized:
         return {gi.layers[i].name for i in host_head(gi)}
+    if not any(t in gi.tensors and gi.tensors[t].known and gi.tensors[t].numel <= CONDITION_MAX for t in gi.inputs):
+        return set()  # no small input: no branch, and no copy of the model with its shapes inferred to find none
     info = PlanInfo(normalize(model))
     branch = host_conditioning(info)
     return {layer.name for layer in gi.layers if layer.outputs and all(t in branch for t in layer.outputs)}

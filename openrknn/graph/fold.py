@@ -716,6 +716,8 @@ def einsum_as_matmul(model: onnx.ModelProto) -> int:
     the same sums, in ops the NPU, the quantizer and the TFLite export know (attention written as
     einsum('bct,bcs->bts', q, k) in a diffusion UNet); a vector operand takes a unit axis for the product, squeezed
     after it. Others stay Einsums (the board's CPU runs them). Returns how many were rewritten."""
+    if not any(n.op_type == "Einsum" for n in model.graph.node):
+        return 0  # every build calls this: no index of a graph without one
     ix = _Index(model)
     g = model.graph
     replace: Dict[int, List[onnx.NodeProto]] = {}
