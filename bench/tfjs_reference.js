@@ -1,5 +1,5 @@
-// TensorFlow.js itself (tfjs-core + the CPU backend + tfjs-converter, from npm) running a graph model: the
-// reference bench/tfjs_models.py compares openrknn's load_tfjs against.
+// TensorFlow.js itself (tfjs-core + the CPU backend + tfjs-converter and tfjs-layers, from npm) running a graph
+// model or a layers model: the reference bench/tfjs_models.py compares openrknn's load_tfjs against.
 //   node tfjs_reference.js JOB.json
 // JOB: {"model": "model.json", "outputs": [names], "samples": [{"inputs": {name: [file, shape]}, "out": prefix}]};
 // each output is written to <prefix>.<k>.f32 (float32, little-endian) with its shape in <prefix>.json.
@@ -8,6 +8,7 @@ const path = require("path");
 const tf = require("@tensorflow/tfjs-core");
 require("@tensorflow/tfjs-backend-cpu");
 const converter = require("@tensorflow/tfjs-converter");
+const layers = require("@tensorflow/tfjs-layers");
 
 async function main() {
   const job = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
@@ -22,18 +23,23 @@ async function main() {
   const all = Buffer.concat(shards);
   const weightData = all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength);
   await tf.setBackend("cpu");
-  const model = await converter.loadGraphModel({
-    load: async () => ({modelTopology: doc.modelTopology, weightSpecs: specs, weightData, format: doc.format,
-                        generatedBy: doc.generatedBy, convertedBy: doc.convertedBy, signature: doc.signature,
-                        userDefinedMetadata: doc.userDefinedMetadata}),
-  });
+  const artifacts = {modelTopology: doc.modelTopology, weightSpecs: specs, weightData, format: doc.format,
+                     generatedBy: doc.generatedBy, convertedBy: doc.convertedBy, signature: doc.signature,
+                     userDefinedMetadata: doc.userDefinedMetadata};
+  // a layers model (a Keras topology) runs through tfjs-layers, its inputs in the model's order
+  const isLayers = doc.format === "layers-model" || (doc.modelTopology && doc.modelTopology.model_config);
+  const model = isLayers ? await layers.loadLayersModel({load: async () => artifacts})
+                         : await converter.loadGraphModel({load: async () => artifacts});
   for (const sample of job.samples) {
     const feeds = {};
     for (const [name, [file, shape]] of Object.entries(sample.inputs)) {
       const buf = fs.readFileSync(file);
       feeds[name] = tf.tensor(new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4), shape, "float32");
     }
-    let outs = await model.executeAsync(feeds, job.outputs);
+    // a Sequential model built lazily names no inputs: its one feed goes in as it is
+    const ordered = isLayers && model.inputNames.length ? model.inputNames.map((n) => feeds[n]) : Object.values(feeds);
+    let outs = isLayers ? model.predict(ordered)
+                        : await model.executeAsync(feeds, job.outputs);
     if (!Array.isArray(outs)) outs = [outs];
     const shapes = [];
     for (let k = 0; k < outs.length; k++) {

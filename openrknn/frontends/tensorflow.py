@@ -924,9 +924,9 @@ _OPS = {
     "Conv2D": _conv, "DepthwiseConv2dNative": lambda c, n: _conv(c, n, depthwise=True), "BiasAdd": _bias_add,
     "FusedBatchNorm": _batch_norm, "FusedBatchNormV2": _batch_norm, "FusedBatchNormV3": _batch_norm,
     "Relu": _unary("Relu"), "Relu6": _clip(0, 6), "Elu": _unary("Elu"), "Sigmoid": _unary("Sigmoid"),
-    "Tanh": _unary("Tanh"), "LeakyRelu": _leaky, "Softplus": _unary("Softplus"), "Exp": _unary("Exp"),
-    "Log": _unary("Log"), "Sqrt": _unary("Sqrt"), "Rsqrt": _rsqrt, "Square": _square, "Abs": _unary("Abs"),
-    "Neg": _unary("Neg"),
+    "Tanh": _unary("Tanh"), "Erf": _unary("Erf"), "LeakyRelu": _leaky, "Softplus": _unary("Softplus"),
+    "Exp": _unary("Exp"), "Log": _unary("Log"), "Sqrt": _unary("Sqrt"), "Rsqrt": _rsqrt, "Square": _square,
+    "Abs": _unary("Abs"), "Neg": _unary("Neg"),
     "Add": _binary("Add"), "AddV2": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"),
     "RealDiv": _binary("Div"), "Maximum": _binary("Max"), "Minimum": _binary("Min"),
     "MaxPool": _pool("MaxPool"), "AvgPool": _pool("AveragePool"), "MatMul": _matmul, "Reshape": _reshape,
@@ -979,8 +979,9 @@ def load_tensorflow(tf_pb: str | Path, inputs: Sequence[str], input_size_list, o
 
 
 def convert_graph(graph, path: Path, framework: str, inputs: Sequence[str], input_size_list, outputs: Sequence[str],
-                  input_is_nchw: bool = False) -> LoadedModel:
-    """A GraphDef (read from a frozen .pb, or a TensorFlow.js graph model's topology with its weights) -> ONNX."""
+                  input_is_nchw: bool = False, what: str = "TensorFlow graph") -> LoadedModel:
+    """A GraphDef (read from a frozen .pb, a TensorFlow.js graph model's topology with its weights, or lowered from a
+    layers model) -> ONNX. ``what``: the file's kind, for the notes."""
     inputs, outputs = list(inputs), list(outputs)
     nodes = {n.name: n for n in graph.node}
     ranks = []
@@ -991,7 +992,6 @@ def convert_graph(graph, path: Path, framework: str, inputs: Sequence[str], inpu
     shapes = normalize_size_list(input_size_list, len(inputs), ranks=ranks)
     conv = _Converter(graph, path.stem)
     onnx_model = conv.convert(inputs, shapes, outputs, bool(input_is_nchw))
-    what = "TensorFlow graph" if framework == "tensorflow" else "TensorFlow.js graph model"
     notes = [f"{what} converted to ONNX: {len(graph.node)} nodes -> {len(onnx_model.graph.node)} ONNX nodes "
              f"(inputs {inputs}, outputs {outputs})"]
     log.info("loaded %s %s: %s", what, path, notes[0])

@@ -1,9 +1,10 @@
-"""TensorFlow.js graph model (model.json + its .bin weight shards) -> the TensorFlow frontend's GraphDef -> ONNX.
+"""TensorFlow.js model (model.json + its .bin weight shards) -> the TensorFlow frontend's GraphDef -> ONNX.
 
 A graph model's "modelTopology" is a TensorFlow GraphDef written as JSON (protobuf's JSON mapping), with the Const
 nodes' values left out: they are the weights the manifest lists, in order, in the shards beside the file. The
 converter may have stored them quantized (uint8 / uint16 with a min and a scale, or float16); they are read back to
-float32 here, as TensorFlow.js does when it loads them. A layers model (a Keras topology) is not a GraphDef.
+float32 here, as TensorFlow.js does when it loads them. A layers model's "modelTopology" is a Keras topology
+instead: keras_layers lowers it to the GraphDef of what its layers compute, with the same weights.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ def _read_json(path: Path) -> dict:
     if not isinstance(doc, dict) or "modelTopology" not in doc or "weightsManifest" not in doc:
         raise ModelLoadError(f"'{path}' is JSON but not a TensorFlow.js model (no modelTopology / weightsManifest); "
                              "give the model.json that tensorflowjs_converter wrote")
-    topology = doc["modelTopology"]
-    if doc.get("format") == "layers-model" or (isinstance(topology, dict) and "model_config" in topology):
-        raise ModelLoadError(f"'{path}' is a TensorFlow.js layers model (a Keras topology), not a graph model; "
-                             "convert it with tensorflowjs_converter --input_format=tfjs_layers_model "
-                             "--output_format=tfjs_graph_model, or export the Keras model to ONNX (tf2onnx)")
     return doc
+
+
+def _is_layers_model(doc: dict) -> bool:
+    """A layers model (a Keras topology: what tf.LayersModel.save and Keras exports write) rather than a GraphDef."""
+    topology = doc["modelTopology"]
+    return doc.get("format") == "layers-model" or (isinstance(topology, dict) and "model_config" in topology)
 
 
 def _shard(path: Path, rel) -> bytes:
@@ -176,7 +178,22 @@ def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, in
     from .tensorflow import convert_graph, graph_io_of, placeholder_shapes_of
 
     path = Path(model_json)
-    graph, doc = read_graph(path)
+    doc = _read_json(path)
+    if _is_layers_model(doc):
+        from .keras_layers import graph_of_layers, model_config
+
+        model_config(doc["modelTopology"], str(path))
+        graph, found_in, found_out, shapes = graph_of_layers(doc["modelTopology"], _weights(
+            path, doc["weightsManifest"]), str(path), input_size_list if not inputs else None)
+        if inputs and input_size_list is None:
+            raise ModelLoadError("load_tfjs: inputs=[...] cuts a layers model at the tensors named; give "
+                                 "input_size_list with their shapes too")
+        input_size_list = input_size_list if inputs else shapes
+        inputs, outputs = list(inputs or found_in), list(outputs or found_out)
+        what = "TensorFlow.js layers model"
+    else:
+        graph, doc = read_graph(path)
+        what = "TensorFlow.js graph model"
     if not inputs or not outputs:
         found_in, found_out = graph_io_of(graph, str(path))
         inputs = list(inputs or found_in)
@@ -188,4 +205,4 @@ def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, in
             input_size_list = _signature_shapes(doc, inputs)
             if input_size_list is None:
                 raise
-    return convert_graph(graph, path, "tfjs", inputs, input_size_list, outputs, input_is_nchw)
+    return convert_graph(graph, path, "tfjs", inputs, input_size_list, outputs, input_is_nchw, what=what)
