@@ -79,6 +79,10 @@ def test_sequential_model_with_a_dynamic_size_through_the_api(tmp_path):
     got = _run(load_tfjs(model, input_size_list=[[1, 24, 28, 1]]), {"c1_input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert load_model(model, input_size_list=[[24, 28, 1]]).input_shapes == [[1, 24, 28, 1]]  # batch prepended
+    # an NCHW input (how the vendor toolkit takes ONNX): the sizes given NCHW, the same outputs
+    nchw = load_tfjs(model, input_size_list=[[1, 1, 24, 28]], input_is_nchw=True)
+    assert nchw.input_shapes == [[1, 1, 24, 28]]
+    np.testing.assert_allclose(_run(nchw, {"c1_input": x.transpose(0, 3, 1, 2)})[0], want, rtol=1e-4, atol=1e-5)
     calib = [np.sin(np.arange(24 * 28, dtype=np.float32) / s).reshape(1, 24, 28, 1) for s in (3, 5, 7, 9, 11)]
     for k, c in enumerate(calib):
         np.save(tmp_path / f"c{k}.npy", c)
@@ -202,6 +206,8 @@ def test_broken_files_say_what_is_wrong(tmp_path):
         load_tfjs(model, input_size_list=[[1, 16, 20, 3]])
     with pytest.raises(ModelLoadError, match=r"gives input 'image' the shape \[1, 32, 32, 3\], but the model fixes"):
         load_tfjs(model, input_size_list=[[1, 32, 32, 3], [1, 8, 10, 4]])
+    with pytest.raises(ModelLoadError, match=r"input layers \['image', 'extra'\], not at inputs=\['cat'\]"):
+        load_tfjs(model, inputs=["cat"], input_size_list=[[1, 8, 8, 24]])
     r = RKNN()
     assert r.load_tfjs(str(model), input_size_list=[[1, 16, 20, 3]]) == -1
     assert "one shape per input" in str(r.last_error)

@@ -169,9 +169,7 @@ class _Lowering:
             if shape is None:
                 raise ModelLoadError(f"'{self.where}': the Sequential model's first layer states no input shape "
                                      "(batch_input_shape); the file cannot be loaded without it")
-            is_input = layers[0].get("class_name") == "InputLayer"  # else Keras names it <first layer>_input
-            inputs = [self.placeholder(first.get("name", "input") if is_input else f"{first.get('name', 'x')}_input",
-                                       shape)]
+            inputs = [self.placeholder(model_inputs({"class_name": "Sequential", "config": config})[0], shape)]
         x = list(inputs)
         for spec in layers:
             if spec.get("class_name") == "InputLayer":
@@ -651,6 +649,18 @@ def model_config(topology, where: str) -> dict:
         found = config.get("class_name") if isinstance(config, dict) else type(topology).__name__
         raise ModelLoadError(f"'{where}': the layers model's topology is not a Keras Model or Sequential ({found})")
     return config
+
+
+def model_inputs(config: dict) -> List[str]:
+    """The names the model's inputs get (its input layers; a Sequential's first layer name + '_input' where it has
+    no InputLayer, as Keras names it)."""
+    if config.get("class_name") != "Sequential":
+        return [r[0] for r in _refs((config.get("config") or {}).get("input_layers"))]
+    cfg = config.get("config")
+    layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") or [{}]
+    first = layers[0] if isinstance(layers[0], dict) else {}
+    name = (first.get("config") or {}).get("name", "x")
+    return [name if first.get("class_name") == "InputLayer" else f"{name}_input"]
 
 
 def graph_of_layers(topology, weights: Dict[str, np.ndarray], where: str, input_size_list=None):
