@@ -2,6 +2,10 @@
 them: the float build against TensorFlow.js itself, w8a8 against the float model, beside rknn-toolkit2 and LiteRT.
 
     python bench/tfjs_layers_models.py [--cache DIR] [--only NAMES]
+    python bench/tfjs_layers_models.py --folder DIR [--mean 127.5 --std 127.5]   # your own: each DIR/*/model.json
+
+--folder runs every classifier found below DIR (a model.json with its weights, such as Teachable Machine's image
+exports, which take pixels / 127.5 - 1: the default --mean / --std) the same way, at its own input size.
 
 Models: UpscalerJS's super-resolution nets (@upscalerjs/default-model, esrgan-slim and esrgan-medium at x2, x3, x4,
 x8: residual dense blocks, Concatenate, UpSampling2D; esrgan-thick uses two layer classes its own JavaScript defines
@@ -104,29 +108,31 @@ def psnr(a, b) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def evaluate(name: str, cache: Path, modules: Path, work: Path) -> dict:
+def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules: Path, work: Path) -> dict:
+    """A row: ``kind`` 'sr' (an upscaler at ``LR_SIDE``) or 'cls' (a classifier at its own input size), fed
+    (pixels - mean) / std."""
     import cv2
 
     from openrknn.api import RKNN
     from openrknn.frontends.tfjs import load_tfjs
 
-    _, _, kind, size, what = MODELS[name]
-    model = model_file(cache, name)
+    shape = [1, LR_SIDE, LR_SIDE, 3] if kind == "sr" else None
+    loaded = load_tfjs(model, input_size_list=[shape] if shape else None)
+    if kind == "cls":
+        size = loaded.input_shapes[0][1]
     pics = inputs(kind, size)
     calib, held = pics[0:20:2], pics[1:20:2]
-    shape = [1, LR_SIDE, LR_SIDE, 3] if kind == "sr" else None
-    std = 1.0 if kind == "sr" else 255.0
-    loaded = load_tfjs(model, input_size_list=[shape] if shape else None)
     in_name = loaded.input_names[0]
-    ref = run_tfjs(model, {in_name: [p[None].astype(np.float32) / std for p in held]}, [], [in_name], work, modules)
-    row = {"model": name, "what": what, "layers": len(loaded.model.graph.node)}
+    ref = run_tfjs(model, {in_name: [(p[None].astype(np.float32) - mean) / std for p in held]}, [], [in_name],
+                   work, modules)
+    row = {"layers": len(loaded.model.graph.node)}
 
     def built(dtype):
         for k, p in enumerate(calib):
             np.save(work / f"c{k}.npy", p[None])
         (work / "ds.txt").write_text("".join(f"c{k}.npy\n" for k in range(len(calib))))
         r = RKNN(verbose=False)
-        assert r.config(target_platform="rk3588", mean_values=[[0] * 3], std_values=[[std] * 3],
+        assert r.config(target_platform="rk3588", mean_values=[[mean] * 3], std_values=[[std] * 3],
                         **({"quantized_dtype": dtype} if dtype else {})) == 0
         assert r.load_tfjs(str(model), input_size_list=[shape] if shape else None) == 0, r.last_error
         t = time.perf_counter()
@@ -162,9 +168,9 @@ def evaluate(name: str, cache: Path, modules: Path, work: Path) -> dict:
 
     side_hw = shape[1:3] if shape else [size, size]
     nchw = load_tfjs(model, [in_name], [[1, 3, *side_hw]], loaded.output_names, input_is_nchw=True)
-    onnx.save(nchw.model, str(work / f"{name}_nchw.onnx"))
+    onnx.save(nchw.model, str(work / "nchw.onnx"))
     t = time.perf_counter()
-    said, outs = _vendor(work / f"{name}_nchw.onnx", {"mean": [0] * 3, "std": [std] * 3, "shape": [1, 3, *side_hw],
+    said, outs = _vendor(work / "nchw.onnx", {"mean": [mean] * 3, "std": [std] * 3, "shape": [1, 3, *side_hw],
                                                       "input_name": nchw.input_names[0]},
                          [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held], work)
     row["vendor_s"] = time.perf_counter() - t
@@ -177,25 +183,32 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
                     .expanduser() / "corpus")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--folder", type=Path, help="run the classifiers below this folder instead (DIR/*/model.json)")
+    ap.add_argument("--mean", type=float, default=127.5, help="--folder models' input mean (default 127.5)")
+    ap.add_argument("--std", type=float, default=127.5, help="--folder models' input std (default 127.5)")
     args = ap.parse_args()
     if shutil.which("node") is None or shutil.which("npm") is None:
         print("node and npm are needed (the packages and the TensorFlow.js reference come from npm)")
         return 2
     modules = reference_runtime(args.cache)
-    names = [n for n in MODELS if not args.only or n in args.only.split(",")]
+    if args.folder:  # name: (model.json, kind, size, mean, std, what)
+        jobs = {p.parent.name: (p, "cls", 0, args.mean, args.std, "classifier from " + str(args.folder))
+                for p in sorted(args.folder.glob("*/model.json"))}
+    else:
+        jobs = {n: (None, kind, size, 0.0, 1.0 if kind == "sr" else 255.0, what)
+                for n, (_, _, kind, size, what) in MODELS.items() if not args.only or n in args.only.split(",")}
     print("| model | what | ONNX nodes | float vs TensorFlow.js | w8a8 openrknn vs float | bicubic vs float | "
           "rknn-toolkit2 w8a8 vs float (same float graph) | export_tflite on LiteRT vs the simulator | build s "
           "(float / w8a8; vendor's whole run) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in names:
+    for name, (model, kind, size, mean, std, what) in jobs.items():
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = evaluate(name, args.cache, modules, Path(tmp))
+                row = evaluate(model or model_file(args.cache, name), kind, size, mean, std, modules, Path(tmp))
             except Exception as e:  # one model's failure (or refusal) is a row, not the end of the table
-                print(f"| {name} | {MODELS[name][-1]} | | refused: {type(e).__name__}: {str(e)[:160]} | | | | | |",
-                      flush=True)
+                print(f"| {name} | {what} | | refused: {type(e).__name__}: {str(e)[:160]} | | | | | |", flush=True)
                 continue
-        print(f"| {name} | {row['what']} | {row['layers']} | {row['float']:.6f} | {row['w8a8']} | "
+        print(f"| {name} | {what} | {row['layers']} | {row['float']:.6f} | {row['w8a8']} | "
               f"{row.get('bicubic', '')} | {row['vendor']} | {row['litert']} | {row['build_float']:.1f} / "
               f"{row['build_w8a8']:.1f}; {row['vendor_s']:.1f} |", flush=True)
     return 0

@@ -27,7 +27,8 @@ async function main() {
                      generatedBy: doc.generatedBy, convertedBy: doc.convertedBy, signature: doc.signature,
                      userDefinedMetadata: doc.userDefinedMetadata};
   // a layers model (a Keras topology) runs through tfjs-layers, its inputs in the model's order
-  const isLayers = doc.format === "layers-model" || (doc.modelTopology && doc.modelTopology.model_config);
+  const isLayers = doc.format === "layers-model" ||
+                   (doc.modelTopology && (doc.modelTopology.model_config || doc.modelTopology.class_name));
   const model = isLayers ? await layers.loadLayersModel({load: async () => artifacts})
                          : await converter.loadGraphModel({load: async () => artifacts});
   for (const sample of job.samples) {

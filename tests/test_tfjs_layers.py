@@ -114,6 +114,19 @@ def test_keras_3_call_format_and_a_cut_at_a_layer(tmp_path):
     assert _run(cut, {n: REF[f"functional/in/{n}"] for n in cut.input_names})[0].shape == (1, 8, 8, 24)
 
 
+def test_teachable_machine_shape_a_model_first_in_a_sequential(tmp_path):
+    """Teachable Machine's export: no "format", the Keras config at the top of modelTopology, and an outer
+    Sequential whose first layer is a model (its MobileNet) that brings the input."""
+    path, doc = _copy(tmp_path, "sequential")
+    inner = doc["modelTopology"]["model_config"]
+    outer = {"class_name": "Sequential", "config": {"name": "outer", "layers": [inner]}, "keras_version": "tfjs"}
+    tm = {"modelTopology": outer, "weightsManifest": doc["weightsManifest"]}
+    loaded = load_tfjs(_save(path, tm), input_size_list=[[1, 24, 28, 1]])
+    assert loaded.input_names == ["c1_input"] and "layers model" in loaded.notes[0]
+    got = _run(loaded, {"c1_input": REF["sequential/in/c1_input"]})[0]
+    np.testing.assert_allclose(got, REF["sequential/out/0"], rtol=1e-4, atol=1e-5)
+
+
 def test_layers_tensorflow_js_lacks_follow_keras(tmp_path):
     """Subtract, ELU with alpha != 1 and LeakyReLU's default slope (0.3), which TensorFlow.js cannot run, against
     their Keras definitions."""

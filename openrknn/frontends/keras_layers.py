@@ -162,7 +162,12 @@ class _Lowering:
         if not isinstance(layers, list) or not layers:
             raise ModelLoadError(f"'{self.where}': a Sequential model without layers")
         first = layers[0].get("config", {}) if isinstance(layers[0], dict) else {}
-        if inputs is None:
+        start = 0
+        if inputs is None and layers[0].get("class_name") in _MODELS:
+            # a model as the first layer (Teachable Machine's Sequential of a MobileNet and a head) brings the inputs
+            inputs, x = self.model(layers[0]["class_name"], first, None)
+            start = 1
+        elif inputs is None:
             shape = first.get("batch_input_shape") or first.get("batch_shape")
             if shape is None and "input_shape" in first:
                 shape = [None] + list(first["input_shape"])
@@ -170,8 +175,9 @@ class _Lowering:
                 raise ModelLoadError(f"'{self.where}': the Sequential model's first layer states no input shape "
                                      "(batch_input_shape); the file cannot be loaded without it")
             inputs = [self.placeholder(model_inputs({"class_name": "Sequential", "config": config})[0], shape)]
-        x = list(inputs)
-        for spec in layers:
+        if start == 0:
+            x = list(inputs)
+        for spec in layers[start:]:
             if spec.get("class_name") == "InputLayer":
                 continue
             x = self.call(spec, x, 0)
@@ -659,6 +665,8 @@ def model_inputs(config: dict) -> List[str]:
     cfg = config.get("config")
     layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") or [{}]
     first = layers[0] if isinstance(layers[0], dict) else {}
+    if first.get("class_name") in _MODELS:
+        return model_inputs({"class_name": first["class_name"], "config": first.get("config")})
     name = (first.get("config") or {}).get("name", "x")
     return [name if first.get("class_name") == "InputLayer" else f"{name}_input"]
 

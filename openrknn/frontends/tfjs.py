@@ -40,7 +40,9 @@ def _read_json(path: Path) -> dict:
 def _is_layers_model(doc: dict) -> bool:
     """A layers model (a Keras topology: what tf.LayersModel.save and Keras exports write) rather than a GraphDef."""
     topology = doc["modelTopology"]
-    return doc.get("format") == "layers-model" or (isinstance(topology, dict) and "model_config" in topology)
+    # TensorFlow.js 1.x wrote no "format", and Teachable Machine's files keep the Keras config at the top
+    return doc.get("format") == "layers-model" or (isinstance(topology, dict) and ("model_config" in topology or
+                                                                                   "class_name" in topology))
 
 
 def _shard(path: Path, rel) -> bytes:
