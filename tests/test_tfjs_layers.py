@@ -45,7 +45,7 @@ def _layers(doc: dict) -> list:
 
 
 def test_reference_belongs_to_the_committed_models():
-    for name in ("functional", "sequential"):
+    for name in ("functional", "sequential", "temporal"):
         h = hashlib.sha256()
         for f in ("model.json", "weights.bin"):
             h.update((DATA / name / f).read_bytes())
@@ -97,6 +97,19 @@ def test_sequential_model_with_a_dynamic_size_through_the_api(tmp_path):
         out = r.inference([x], data_format="nhwc")[0]
         assert cosine(np.ravel(out), np.ravel(want)) >= (0.99 if dtype else 0.99999)
         r.release()
+
+
+def test_one_d_layers_match_tensorflow_js(tmp_path):
+    """Conv1D (dilated; strided SAME) and pooling over time on a [1, time, features] input, run as their 2-D forms;
+    a 'causal' Conv1D, which TensorFlow.js cannot run either, is refused by name."""
+    loaded = load_tfjs(DATA / "temporal" / "model.json")
+    assert loaded.input_shapes == [[1, 40, 5]]
+    got = _run(loaded, {"t1_input": REF["temporal/in/t1_input"]})[0]
+    np.testing.assert_allclose(got, REF["temporal/out/0"], rtol=1e-4, atol=1e-5)
+    path, doc = _copy(tmp_path, "temporal")
+    doc["modelTopology"]["model_config"]["config"]["layers"][0]["config"]["padding"] = "causal"
+    with pytest.raises(UnsupportedLayer, match="'t1' of type Conv1D with padding='causal'"):
+        load_tfjs(_save(path, doc))
 
 
 def test_keras_3_call_format_and_a_cut_at_a_layer(tmp_path):

@@ -632,6 +632,36 @@ def _rescaling(lo: _Lowering, cfg, name, base, xs):
     return lo.op("AddV2", [y, lo.const(np.float32(cfg.get("offset", 0.0)), f"{base}/offset")], base, s)
 
 
+def _one_d(handler, kind: str):
+    """A 1-D layer (Conv1D, pooling over time: the ones TensorFlow.js has) as its 2-D form on [1, 1, L, C]: the
+    sizes get a leading 1, the kernel a leading row."""
+    def wrapped(lo: _Lowering, cfg, name, base, xs):
+        x = _one(xs, name)
+        s = lo.shapes[x]
+        if len(s) != 3:
+            raise UnsupportedLayer("TensorFlow.js", name, f"{kind} on a rank-{len(s)} input")
+        cfg = dict(cfg)
+        if "Pooling" in kind:
+            cfg.setdefault("pool_size", 2)
+        for key in ("kernel_size", "strides", "dilation_rate", "pool_size"):
+            v = cfg.get(key)
+            if v is not None:
+                cfg[key] = [1, int(v[0] if isinstance(v, (list, tuple)) else v)]
+        for key in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+            found = lo.by_pair.get(f"{name}/{key}", [])
+            if len(found) == 1 and lo.weights[found[0]].ndim == 3:
+                lo.weights[found[0]] = lo.weights[found[0]][None]
+        y = lo.op("Reshape", [x, lo.const(np.array([1, 1, s[1], s[2]], np.int32), f"{base}/as_2d")],
+                  f"{base}/as_2d", [1, 1, s[1], s[2]])
+        if cfg.get("padding") not in (None, "same", "valid"):  # 'causal': TensorFlow.js cannot run it either
+            raise UnsupportedLayer("TensorFlow.js", name, f"{kind} with padding='{cfg.get('padding')}'")
+        y = handler(lo, cfg, name, f"{base}/2d", [y])
+        _, _, length, ch = lo.shapes[y]
+        return lo.op("Reshape", [y, lo.const(np.array([1, length, ch], np.int32), f"{base}/as_1d")], base,
+                     [1, length, ch])
+    return wrapped
+
+
 _LAYERS = {
     "Conv2D": _conv2d, "Convolution2D": _conv2d, "DepthwiseConv2D": _depthwise, "SeparableConv2D": _separable,
     "SeparableConvolution2D": _separable, "Conv2DTranspose": _conv_transpose, "Deconvolution2D": _conv_transpose,
@@ -644,6 +674,12 @@ _LAYERS = {
     "GlobalAvgPool2D": _global_pool("Mean"), "GlobalMaxPooling2D": _global_pool("Max"),
     "GlobalMaxPool2D": _global_pool("Max"), "UpSampling2D": _upsampling, "ZeroPadding2D": _zero_pad,
     "Cropping2D": _crop, "Reshape": _reshape, "Flatten": _flatten, "Permute": _permute, "Rescaling": _rescaling,
+    "Conv1D": _one_d(_conv2d, "Conv1D"), "Convolution1D": _one_d(_conv2d, "Conv1D"),
+    "MaxPooling1D": _one_d(_pool("MaxPool"), "MaxPooling1D"), "MaxPool1D": _one_d(_pool("MaxPool"), "MaxPooling1D"),
+    "AveragePooling1D": _one_d(_pool("AvgPool"), "AveragePooling1D"),
+    "AvgPool1D": _one_d(_pool("AvgPool"), "AveragePooling1D"),
+    "GlobalAveragePooling1D": _global_pool("Mean"), "GlobalAvgPool1D": _global_pool("Mean"),
+    "GlobalMaxPooling1D": _global_pool("Max"), "GlobalMaxPool1D": _global_pool("Max"),
     **{k: _identity for k in _IDENTITY},
 }
 

@@ -2,8 +2,9 @@
 fixed inputs (reference.npz), run by node with @tensorflow/tfjs-layers from npm. Run it again only to change the
 models: python tests/data/tfjs_layers/make.py <node_modules with @tensorflow/tfjs-core, -backend-cpu, -layers>.
 
-Two models: 'functional' (two inputs of which one is a Sequential model nested as a layer, two outputs, most
-built-in layers and activations) and 'sequential' (a Keras Sequential with a dynamic input size)."""
+Three models: 'functional' (two inputs of which one is a Sequential model nested as a layer, two outputs, most
+built-in layers and activations), 'sequential' (a Keras Sequential with a dynamic input size) and 'temporal' (1-D
+convolutions and pooling over a [time, features] input)."""
 
 import json
 import os
@@ -160,6 +161,28 @@ def sequential():
     m.save(HERE / "sequential", {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}})
 
 
+def temporal():
+    """1-D layers over a [time, features] input: a dilated Conv1D, pooling over time, a strided Conv1D."""
+    m = Model()
+    layers = []
+    m.w("t1", "kernel", [3, 5, 8])
+    m.w("t1", "bias", [8], scale=0.1)
+    layers.append({"class_name": "Conv1D", "config": {"name": "t1", "filters": 8, "kernel_size": [3], "strides": [1],
+                                                      "padding": "valid", "dilation_rate": [2], "activation": "relu",
+                                                      "use_bias": True, "batch_input_shape": [None, 40, 5]}})
+    layers.append({"class_name": "MaxPooling1D", "config": {"name": "p1", "pool_size": [2], "strides": [2],
+                                                            "padding": "valid"}})
+    m.w("t2", "kernel", [5, 8, 6])
+    m.w("t2", "bias", [6], scale=0.1)
+    layers.append({"class_name": "Conv1D", "config": {"name": "t2", "filters": 6, "kernel_size": [5], "strides": [2],
+                                                      "padding": "same", "dilation_rate": [1], "activation": "tanh",
+                                                      "use_bias": True}})
+    layers.append({"class_name": "AveragePooling1D", "config": {"name": "p2", "pool_size": [3], "strides": [1],
+                                                                "padding": "same"}})
+    layers.append({"class_name": "GlobalMaxPooling1D", "config": {"name": "gmp1"}})
+    m.save(HERE / "temporal", {"class_name": "Sequential", "config": {"name": "temporal", "layers": layers}})
+
+
 def sha256(folder: Path) -> str:
     """Of the model's files, so the test knows the reference was computed on these bytes."""
     import hashlib
@@ -176,7 +199,8 @@ def reference(modules: str):
     work.mkdir(exist_ok=True)
     feeds = {"functional": {"image": np.linspace(-2, 2, 16 * 20 * 3, dtype=np.float32).reshape(1, 16, 20, 3),
                             "extra": np.cos(np.arange(8 * 10 * 4, dtype=np.float32)).reshape(1, 8, 10, 4)},
-             "sequential": {"c1_input": np.sin(np.arange(24 * 28, dtype=np.float32) / 7).reshape(1, 24, 28, 1)}}
+             "sequential": {"c1_input": np.sin(np.arange(24 * 28, dtype=np.float32) / 7).reshape(1, 24, 28, 1)},
+             "temporal": {"t1_input": np.cos(np.arange(40 * 5, dtype=np.float32) / 3).reshape(1, 40, 5)}}
     out = {}
     for model, ins in feeds.items():
         out[f"{model}/sha256"] = np.array(sha256(HERE / model))
@@ -201,4 +225,5 @@ def reference(modules: str):
 if __name__ == "__main__":
     functional()
     sequential()
+    temporal()
     reference(sys.argv[1])
