@@ -189,9 +189,10 @@ class RKNN:
     @_guarded()
     def load_tfjs(self, model: str, inputs: Optional[List[str]] = None, input_size_list=None,
                   outputs: Optional[List[str]] = None) -> int:
-        """A TensorFlow.js graph model: its model.json, the .bin weight shards beside it. inputs/outputs default to
-        the graph's placeholders and the outputs its signature names; input_size_list to the placeholders' shapes
-        (give it where H or W is -1). Not in rknn-toolkit2's API."""
+        """A TensorFlow.js graph or layers (Keras) model: its model.json, the .bin weight shards beside it.
+        inputs/outputs default to the graph's placeholders (the model's input layers) and the outputs its signature
+        (the model) names; input_size_list to the placeholders' shapes, channel-last (give it where H or W is -1).
+        Not in rknn-toolkit2's API."""
         from .convert.loaders import load_tfjs
 
         self._set_loaded(load_tfjs(model, inputs, input_size_list, outputs))

@@ -127,7 +127,8 @@ def load_tensorflow(tf_pb: str | Path, inputs: Optional[List[str]], input_size_l
 
 def load_tfjs(model_json: str | Path, inputs: Optional[List[str]] = None, input_size_list=None,
               outputs: Optional[List[str]] = None) -> LoadedModel:
-    """A TensorFlow.js graph model; inputs / outputs None: its placeholders and the outputs its signature names."""
+    """A TensorFlow.js graph or layers model; inputs / outputs None: its placeholders (input layers) and the
+    outputs its signature (model) names."""
     from ..frontends.tfjs import load_tfjs as load
 
     return _reloadable(load(model_json, inputs, input_size_list, outputs), load_tfjs, model_json, inputs=inputs,

@@ -23,7 +23,7 @@ router = APIRouter()
 
 _KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model",
           "tflite": "a TFLite model", "darknet": "a Darknet model", "caffe": "a Caffe model",
-          "tensorflow": "a TensorFlow frozen graph", "tfjs": "a TensorFlow.js graph model"}
+          "tensorflow": "a TensorFlow frozen graph", "tfjs": "a TensorFlow.js model"}
 _HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itself",
         "pytorch": "save it with torch.jit.trace(model, example).save('model.pt')",
         "rknn": "build it again or pick another .rknn file",
