@@ -9,9 +9,10 @@ exports, which take pixels / 127.5 - 1: the default --mean / --std) the same way
 
 Models: UpscalerJS's super-resolution nets (@upscalerjs/default-model, esrgan-slim and esrgan-medium at x2, x3, x4,
 x8: residual dense blocks, Concatenate, UpSampling2D; esrgan-thick uses two layer classes its own JavaScript defines
-and is expected to be refused by name), and nsfwjs's three classifiers (Keras MobileNetV2 twice, InceptionV3:
-ZeroPadding2D, DepthwiseConv2D, BatchNormalization, ReLU(6), Flatten, Dense), which the package bundles as JavaScript
-modules: node unwraps them into the model.json and .bin files a user would save.
+and is expected to be refused by name), and nsfwjs's three classifiers (Keras MobileNetV2 and InceptionV3 as layers
+models: ZeroPadding2D, DepthwiseConv2D, BatchNormalization, ReLU(6), Flatten, Dense; its 'mid' MobileNetV2 is a
+graph model), which the package bundles as JavaScript modules: node unwraps them into the model.json and .bin files
+a user would save.
 
 Inputs: the shared COCO and misc photos. Super-resolution: each photo's centre square scaled down to 64x64 (INTER_AREA)
 is the low-resolution input, pixels 0..255 as UpscalerJS feeds them; the output is the image at 2-8x. Classifiers:
@@ -58,7 +59,7 @@ MODELS = {
     "nsfw_mobilenet_v2": ("nsfwjs@4.3.0", "dist/models/mobilenet_v2", "cls", 224,
                           "nsfwjs MobileNetV2 (5 classes), uint8-quantized weights"),
     "nsfw_mobilenet_v2_mid": ("nsfwjs@4.3.0", "dist/models/mobilenet_v2_mid", "cls", 224,
-                              "nsfwjs MobileNetV2 'mid' (5 classes), float16 weights"),
+                              "nsfwjs MobileNetV2 'mid' (5 classes; a graph model, for contrast)"),
     "nsfw_inception_v3": ("nsfwjs@4.3.0", "dist/models/inception_v3", "cls", 299, "nsfwjs InceptionV3 (5 classes)"),
 }
 
@@ -123,8 +124,8 @@ def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules
     pics = inputs(kind, size)
     calib, held = pics[0:20:2], pics[1:20:2]
     in_name = loaded.input_names[0]
-    ref = run_tfjs(model, {in_name: [(p[None].astype(np.float32) - mean) / std for p in held]}, [], [in_name],
-                   work, modules)
+    ref = run_tfjs(model, {in_name: [(p[None].astype(np.float32) - mean) / std for p in held]}, loaded.output_names,
+                   [in_name], work, modules)
     row = {"layers": len(loaded.model.graph.node)}
 
     def built(dtype):
