@@ -89,6 +89,30 @@ def test_batchnorm_after_a_gemm_folds_into_it(trans_b, bias, beta):
     assert fold.fold_gemm_batchnorm(_copy(read_twice)) == 0
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_bias_and_scale_fold_into_the_gemm(trans_b):
+    """MatMul-as-Gemm then BiasAdd (how the TensorFlow loaders write a Dense), a scale and a shift after it: one Gemm
+    with the same outputs; a per-row (not per-column) constant or a second reader keeps the ops."""
+    w = RNG.normal(0, 0.5, (5, 8) if trans_b else (8, 5))
+    inits = {"w": w, "c": RNG.normal(0, 1, (5,)), "b": RNG.normal(0, 1, (1, 5)), "s": RNG.uniform(0.5, 2, (5,)),
+             "t": np.float32(0.3)}
+    m = _model([n("Gemm", ["x", "w", "c"], ["g"], transB=trans_b, alpha=0.5, beta=2.0), n("Add", ["g", "b"], ["h"]),
+                n("Mul", ["s", "h"], ["k"]), n("Sub", ["k", "t"], ["y"])], inits, in_shape=(2, 8))
+    out = _copy(m)
+    assert fold.fold_gemm_affine(out) == 3
+    assert _ops(out) == ["Gemm"] and out.graph.node[0].output[0] == "y"
+    _same(m, out, shape=(2, 8))
+    per_row = _model([n("Gemm", ["x", "w"], ["g"], transB=trans_b), n("Add", ["g", "r"], ["y"])],
+                     {"w": w, "r": RNG.normal(0, 1, (2, 1))}, in_shape=(2, 8))
+    assert fold.fold_gemm_affine(_copy(per_row)) == 0
+    read_twice = _model([n("Gemm", ["x", "w"], ["g"], transB=trans_b), n("Add", ["g", "c"], ["y"]),
+                         n("Relu", ["g"], ["r"])], inits, in_shape=(2, 8), outputs=("y", "r"))
+    assert fold.fold_gemm_affine(_copy(read_twice)) == 0
+    subtracted_from = _model([n("Gemm", ["x", "w"], ["g"], transB=trans_b), n("Sub", ["c", "g"], ["y"])], inits,
+                             in_shape=(2, 8))
+    assert fold.fold_gemm_affine(_copy(subtracted_from)) == 0
+
+
 def test_conv_affine_is_not_folded_where_the_conv_output_is_read_elsewhere_or_broadcast_wider():
     nodes = [n("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), n("Mul", ["c", "k"], ["y"]),
              n("Relu", ["c"], ["r"])]

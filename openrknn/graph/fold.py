@@ -6,6 +6,8 @@ int8 build that quantizes every one of those tensors adds rounding noise at each
 so that the deployed function is unchanged and the ops are the ones the NPU fuses:
 - fold_conv_affine: Conv / ConvTranspose followed by a constant per-channel (or scalar) Mul, Div, Add or Sub ->
   new weights and bias;
+- fold_gemm_batchnorm / fold_gemm_affine: a BatchNormalization, or a constant per-column Mul, Div, Add or Sub, after
+  a Gemm -> its weights and bias;
 - fold_input_scale: a constant per-channel Mul or Div read only by convs -> their weights; an Add or Sub -> their
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
@@ -206,6 +208,62 @@ def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
             if a.name == "beta":
                 a.f = 1.0
         node.output[0] = bn.output[0]
+        _drop(ix.g, ci)
+
+    return _fold_each(model, match, apply)
+
+
+def fold_gemm_affine(model: onnx.ModelProto) -> int:
+    """Gemm -> Add / Sub / Mul / Div by a constant per output column (or a scalar), folded into the Gemm's weights
+    and bias: the TensorFlow and TensorFlow.js loaders write a Dense as MatMul then BiasAdd, and exporters leave a
+    head's scale after it; the NPU's fully connected op takes the bias itself, without rounding the product first."""
+    def row_vector(v: Optional[np.ndarray], n: int) -> Optional[np.ndarray]:
+        if v is None or v.ndim > 2 or v.size not in (1, n) or (v.ndim == 2 and v.shape[0] != 1):
+            return None
+        return np.broadcast_to(v.astype(np.float64).ravel(), (n,))
+
+    def match(ix: _Index, node: onnx.NodeProto):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or _attr(node, "transA", 0):
+            return None
+        w = ix.const(node.input[1])
+        has_c = len(node.input) > 2 and bool(node.input[2])
+        if w is None or w.ndim != 2:
+            return None
+        n_out = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
+        c = row_vector(ix.const(node.input[2]), n_out) if has_c else np.zeros(n_out)
+        ci = _sole_reader(ix, node)
+        if c is None or ci is None:
+            return None
+        y, a = node.output[0], ix.g.node[ci]
+        if a.op_type not in ("Mul", "Div", "Add", "Sub") or len(a.input) != 2 or a.domain not in ("", "ai.onnx"):
+            return None
+        if a.input[0] == a.input[1] or (a.op_type in ("Div", "Sub") and a.input[0] != y):
+            return None
+        vec = row_vector(ix.const(a.input[1] if a.input[0] == y else a.input[0]), n_out)
+        if vec is None or not np.all(np.isfinite(vec)) or (a.op_type == "Div" and np.any(vec == 0)):
+            return None
+        return ci, node, a, w, c, vec
+
+    def apply(ix: _Index, hit) -> None:
+        ci, node, a, w, c, vec = hit
+        trans_b = _attr(node, "transB", 0)
+        w = w.astype(np.float64) * _attr(node, "alpha", 1.0)
+        bias = c * _attr(node, "beta", 1.0)
+        if a.op_type in ("Mul", "Div"):
+            k = vec if a.op_type == "Mul" else 1.0 / vec
+            w, bias = w * (k[:, None] if trans_b else k[None, :]), bias * k
+        else:
+            bias = bias + (vec if a.op_type == "Add" else -vec)
+        node.input[1] = ix.add_const(node.input[1] + "_affine_folded", w.astype(np.float32))
+        new_c = ix.add_const((node.name or "gemm") + "_bias_affine_folded", bias.astype(np.float32))
+        if len(node.input) > 2:
+            node.input[2] = new_c
+        else:
+            node.input.append(new_c)
+        kept = [at for at in node.attribute if at.name not in ("alpha", "beta")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.output[0] = a.output[0]
         _drop(ix.g, ci)
 
     return _fold_each(model, match, apply)
@@ -769,5 +827,5 @@ def einsum_as_matmul(model: onnx.ModelProto) -> int:
     return len(replace)
 
 
-__all__ = ["fold_conv_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs", "sink_squeezes",
-           "logit_of_sigmoid", "unit_stride_transposed_convs", "vector_matmuls", "einsum_as_matmul"]
+__all__ = ["fold_conv_affine", "fold_gemm_affine", "fold_input_scale", "canonical_activations", "channel_sums_as_convs",
+           "sink_squeezes", "logit_of_sigmoid", "unit_stride_transposed_convs", "vector_matmuls", "einsum_as_matmul"]

@@ -54,6 +54,7 @@ def _fold(model: onnx.ModelProto) -> None:
                         "unit-stride deconvs": fold.unit_stride_transposed_convs(model),
                         "conv affine": fold.fold_conv_affine(model),
                         "batch norms after a Gemm": fold.fold_gemm_batchnorm(model),
+                        "Gemm affine": fold.fold_gemm_affine(model),
                         "input scales": fold.fold_input_scale(model)})
         total.update(step)
         if not sum(step.values()):
