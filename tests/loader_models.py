@@ -236,24 +236,15 @@ class TFGraph:
         self.rng = _rng(salt)
 
     def node(self, op: str, name: str, inputs=(), **attrs):
-        from openrknn.frontends.tf_schema import NodeDef
+        from openrknn.frontends.tf_schema import NodeDef, set_attr
 
         n = NodeDef(name=name, op=op)
         n.input.extend(inputs)
         for k, v in attrs.items():
-            a = n.attr[k]
-            if isinstance(v, bool):
-                a.b = v
-            elif isinstance(v, int):
-                a.i = v
-            elif isinstance(v, float):
-                a.f = v
-            elif isinstance(v, str):
-                a.s = v.encode()
-            elif isinstance(v, (list, tuple)):
-                a.list.i.extend(v)
-            elif isinstance(v, np.ndarray):
-                self._tensor(a.tensor, v)
+            if isinstance(v, np.ndarray):
+                self._tensor(n.attr[k].tensor, v)
+            else:
+                set_attr(n.attr[k], v)
         if op in ("Placeholder",):
             n.attr["dtype"].type = 1
         elif op != "Const":  # the type attributes TensorFlow writes on every op (readers look them up)

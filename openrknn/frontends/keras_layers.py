@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelLoadError
 from .builder import UnsupportedLayer
 from . import normalize_size_list
-from .tf_schema import DT, GraphDef
+from .tf_schema import DT, GraphDef, set_attr
 
 _MODELS = {"Model", "Functional", "Sequential"}
 _IDENTITY = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -82,19 +82,7 @@ class _Lowering:
     def op(self, op: str, inputs: Sequence[str], name: str, shape: Shape, **attrs) -> str:
         node = self.graph.node.add(name=self.unique(name), op=op, input=list(inputs))
         for key, v in attrs.items():
-            a = node.attr[key]
-            if isinstance(v, bool):
-                a.b = v
-            elif isinstance(v, int):
-                a.i = v
-            elif isinstance(v, float):
-                a.f = v
-            elif isinstance(v, str):
-                a.s = v.encode()
-            elif isinstance(v, (list, tuple)):
-                a.list.i.extend(int(x) for x in v)
-            else:
-                raise TypeError(key)
+            set_attr(node.attr[key], v)
         self.shapes[node.name] = [int(d) for d in shape]
         return node.name
 

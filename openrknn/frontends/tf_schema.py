@@ -87,3 +87,19 @@ GraphDef = MESSAGES["GraphDef"]
 NodeDef = MESSAGES["NodeDef"]
 AttrValue = MESSAGES["AttrValue"]
 TensorProto = MESSAGES["TensorProto"]
+
+
+def set_attr(a, v) -> None:
+    """An AttrValue from a Python value: bool, int, float, str, or a list of ints."""
+    if isinstance(v, bool):
+        a.b = v
+    elif isinstance(v, int):
+        a.i = v
+    elif isinstance(v, float):
+        a.f = v
+    elif isinstance(v, str):
+        a.s = v.encode()
+    elif isinstance(v, (list, tuple)):
+        a.list.i.extend(int(x) for x in v)
+    else:
+        raise TypeError(f"no attribute form for {type(v).__name__}")

@@ -118,6 +118,21 @@ def _sole_reader(ix: _Index, node: onnx.NodeProto) -> Optional[int]:
     return cons[0] if y not in ix.keep and len(cons) == 1 else None
 
 
+def _affine_reader(ix: _Index, node: onnx.NodeProto):
+    """(index, node, constant) of the one Mul / Div / Add / Sub reading ``node``'s output with a constant as its
+    other operand (``node``'s output first for Div and Sub); None otherwise."""
+    ci = _sole_reader(ix, node)
+    if ci is None:
+        return None
+    y, c = node.output[0], ix.g.node[ci]
+    if c.op_type not in ("Mul", "Div", "Add", "Sub") or len(c.input) != 2 or c.domain not in ("", "ai.onnx"):
+        return None
+    if c.input[0] == c.input[1] or (c.op_type in ("Div", "Sub") and c.input[0] != y):
+        return None
+    val = ix.const(c.input[1] if c.input[0] == y else c.input[0])
+    return None if val is None else (ci, c, val)
+
+
 def fold_conv_affine(model: onnx.ModelProto) -> int:
     """Conv -> Mul/Div/Add/Sub by a per-output-channel constant, folded into the conv (repeated for chains)."""
     def match(ix: _Index, node: onnx.NodeProto):
@@ -130,17 +145,12 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
             return None
         if node.op_type == "ConvTranspose" and int(_attr(node, "group", 1)) != 1:
             return None
-        ci = _sole_reader(ix, node)
-        if ci is None:
+        reader = _affine_reader(ix, node)
+        if reader is None:
             return None
-        y, c = node.output[0], ix.g.node[ci]
-        if c.op_type not in ("Mul", "Div", "Add", "Sub") or len(c.input) != 2 or c.domain not in ("", "ai.onnx"):
-            return None
-        if c.input[0] == c.input[1] or (c.op_type in ("Div", "Sub") and c.input[0] != y):
-            return None
-        val = ix.const(c.input[1] if c.input[0] == y else c.input[0])
+        ci, c, val = reader
         out_ch = w.shape[0] if node.op_type == "Conv" else w.shape[1]
-        vec = None if val is None else _channel_vector(val, w.ndim, out_ch)
+        vec = _channel_vector(val, w.ndim, out_ch)
         if vec is None or not np.all(np.isfinite(vec)) or (c.op_type == "Div" and np.any(vec == 0)):
             return None
         return ci, node, c, w, bias, vec
@@ -231,15 +241,11 @@ def fold_gemm_affine(model: onnx.ModelProto) -> int:
             return None
         n_out = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
         c = row_vector(ix.const(node.input[2]), n_out) if has_c else np.zeros(n_out)
-        ci = _sole_reader(ix, node)
-        if c is None or ci is None:
+        reader = _affine_reader(ix, node)
+        if c is None or reader is None:
             return None
-        y, a = node.output[0], ix.g.node[ci]
-        if a.op_type not in ("Mul", "Div", "Add", "Sub") or len(a.input) != 2 or a.domain not in ("", "ai.onnx"):
-            return None
-        if a.input[0] == a.input[1] or (a.op_type in ("Div", "Sub") and a.input[0] != y):
-            return None
-        vec = row_vector(ix.const(a.input[1] if a.input[0] == y else a.input[0]), n_out)
+        ci, a, val = reader
+        vec = row_vector(val, n_out)
         if vec is None or not np.all(np.isfinite(vec)) or (a.op_type == "Div" and np.any(vec == 0)):
             return None
         return ci, node, a, w, c, vec
