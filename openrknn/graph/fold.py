@@ -205,22 +205,29 @@ def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
     def apply(ix: _Index, hit) -> None:
         ci, node, bn, w, c, (gamma, beta, mean, var) = hit
         k = gamma.astype(np.float64).ravel() / np.sqrt(var.astype(np.float64).ravel() + _attr(bn, "epsilon", 1e-5))
-        w = w * (k[:, None] if _attr(node, "transB", 0) else k[None, :])
+        w = w.astype(np.float64) * _attr(node, "alpha", 1.0) * (k[:, None] if _attr(node, "transB", 0)
+                                                                 else k[None, :])
         bias = np.zeros(len(k)) if c is None else np.broadcast_to(c.astype(np.float64).ravel(), k.shape)
         bias = k * (_attr(node, "beta", 1.0) * bias - mean.ravel()) + beta.ravel()
-        node.input[1] = ix.add_const(node.input[1] + "_bn_folded", w.astype(np.float32))
-        new_c = ix.add_const((node.name or "gemm") + "_bias_bn_folded", bias.astype(np.float32))
-        if len(node.input) > 2:
-            node.input[2] = new_c
-        else:
-            node.input.append(new_c)
-        for a in node.attribute:
-            if a.name == "beta":
-                a.f = 1.0
-        node.output[0] = bn.output[0]
-        _drop(ix.g, ci)
+        _rewrite_gemm(ix, node, w, bias, ci, "bn")
 
     return _fold_each(model, match, apply)
+
+
+def _rewrite_gemm(ix: _Index, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray, ci: int, tag: str) -> None:
+    """The Gemm ``node`` with new weights (alpha folded in) and bias, taking over the output of the node at ``ci``,
+    which goes."""
+    node.input[1] = ix.add_const(node.input[1] + f"_{tag}_folded", w.astype(np.float32))
+    new_c = ix.add_const((node.name or "gemm") + f"_bias_{tag}_folded", bias.astype(np.float32))
+    if len(node.input) > 2:
+        node.input[2] = new_c
+    else:
+        node.input.append(new_c)
+    kept = [at for at in node.attribute if at.name not in ("alpha", "beta")]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.output[0] = ix.g.node[ci].output[0]
+    _drop(ix.g, ci)
 
 
 def fold_gemm_affine(model: onnx.ModelProto) -> int:
@@ -260,17 +267,7 @@ def fold_gemm_affine(model: onnx.ModelProto) -> int:
             w, bias = w * (k[:, None] if trans_b else k[None, :]), bias * k
         else:
             bias = bias + (vec if a.op_type == "Add" else -vec)
-        node.input[1] = ix.add_const(node.input[1] + "_affine_folded", w.astype(np.float32))
-        new_c = ix.add_const((node.name or "gemm") + "_bias_affine_folded", bias.astype(np.float32))
-        if len(node.input) > 2:
-            node.input[2] = new_c
-        else:
-            node.input.append(new_c)
-        kept = [at for at in node.attribute if at.name not in ("alpha", "beta")]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        node.output[0] = a.output[0]
-        _drop(ix.g, ci)
+        _rewrite_gemm(ix, node, w, bias, ci, "affine")
 
     return _fold_each(model, match, apply)
 
