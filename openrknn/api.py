@@ -199,6 +199,16 @@ class RKNN:
         return 0
 
     @_guarded()
+    def load_keras(self, model: str, input_size_list=None, outputs: Optional[List[str]] = None) -> int:
+        """A Keras model file: the .h5 / .hdf5 that model.save() writes in Keras 2 (or legacy format in Keras 3), or
+        Keras 3's .keras archive. input_size_list: channel-last, where the model leaves H or W open; outputs: layer
+        names to end at. RKNN-Toolkit 1's call (rknn-toolkit2 dropped it); TensorFlow and Keras are not needed."""
+        from .convert.loaders import load_keras
+
+        self._set_loaded(load_keras(model, input_size_list, outputs))
+        return 0
+
+    @_guarded()
     def load_rknn(self, path: str, load_model_in_npu: bool = False) -> int:
         """An openrknn .rknn; or a model only a board runs (a vendor .rknn: its NPU runtime; an int8 .tflite: LiteRT,
         which also runs here), for init_runtime(target, device_id) to upload."""
@@ -259,7 +269,7 @@ class RKNN:
         self._check_config()
         if self._loaded is None:
             raise RuntimeStateError("build() needs a model: call a loader first (load_onnx, load_pytorch, "
-                                    "load_tflite, load_darknet, load_caffe, load_tensorflow or load_tfjs)"
+                                    "load_tflite, load_darknet, load_caffe, load_tensorflow, load_tfjs or load_keras)"
                                     + (" (a loaded .rknn is already built; use it directly)" if self._package else ""))
         self._release_runtime()
         opts = BuildOptions(do_quantization=bool(do_quantization), dataset=dataset, pre_compile=bool(pre_compile),

@@ -113,12 +113,13 @@ def test_one_d_layers_match_tensorflow_js(tmp_path):
 
 
 def test_keras_3_call_format_and_a_cut_at_a_layer(tmp_path):
-    """Keras 3 writes each call as {"args": [keras tensors]}; outputs=[layer name] ends the graph at that layer."""
+    """Keras 3 writes each call as {"args": [keras tensors]}, and counts a nested model's calls from 0 (Keras 2 from
+    1); outputs=[layer name] ends the graph at that layer."""
     path, doc = _copy(tmp_path, "functional")
     for spec in _layers(doc):
-        spec["inbound_nodes"] = [{"args": [[{"class_name": "__keras_tensor__",
-                                              "config": {"keras_history": ref[:3]}} for ref in call]],
-                                  "kwargs": {}} for call in spec["inbound_nodes"]]
+        spec["inbound_nodes"] = [{"args": [[{"class_name": "__keras_tensor__", "config": {"keras_history": [
+            ref[0], ref[1] - (ref[0] == "inner"), ref[2]]}} for ref in call]], "kwargs": {}}
+            for call in spec["inbound_nodes"]]
     loaded = load_tfjs(_save(path, doc))
     outs = _run(loaded, {n: REF[f"functional/in/{n}"] for n in loaded.input_names})
     np.testing.assert_allclose(outs[0], REF["functional/out/0"], rtol=1e-4, atol=1e-5)

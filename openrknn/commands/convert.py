@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 EXAMPLE = """example config.yml:
-  model: yolox_nano.pt             # .pt, .onnx, .tflite, Darknet .cfg, Caffe .prototxt, TensorFlow .pb or a
-                                   # TensorFlow.js model.json; relative to this file
+  model: yolox_nano.pt             # .pt, .onnx, .tflite, Darknet .cfg, Caffe .prototxt, TensorFlow .pb, a
+                                   # TensorFlow.js model.json or a Keras .h5 / .keras; relative to this file
   # weights: yolov3.weights        # Darknet / Caffe: the weights file (default: same name beside the model)
   input_size_list: [[3, 416, 416]]
   # input_initial_val: [null, 16000]  # ONNX: inputs fixed to a value (null: fed at run time), as load_onnx takes it
@@ -27,8 +27,8 @@ darknet_weights_path, prototxt_file_path + caffemodel_file_path) works too."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a model (.pt .onnx .tflite .cfg .prototxt .pb .json) to .rknn "
-                       "from YAML",
+    p = sub.add_parser("convert", help="convert a model (.pt .onnx .tflite .cfg .prototxt .pb .json .h5 .keras) "
+                       "to .rknn from YAML",
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML conversion file")
     p.add_argument("-o", "--output", help="output .rknn path (overrides the file's 'output')")

@@ -18,13 +18,14 @@ from ..frontends import LoadedModel
 PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit", ".pt2")  # .pt2: a torch.export archive
 ONNX_SUFFIXES = (".onnx",)
 KINDS = {**{s: "pytorch" for s in PYTORCH_SUFFIXES}, ".onnx": "onnx", ".tflite": "tflite", ".cfg": "darknet",
-         ".prototxt": "caffe", ".pb": "tensorflow", ".json": "tfjs", ".rknn": "rknn"}
+         ".prototxt": "caffe", ".pb": "tensorflow", ".json": "tfjs", ".h5": "keras", ".hdf5": "keras",
+         ".keras": "keras", ".rknn": "rknn"}
 WEIGHT_SUFFIXES = {"darknet": ".weights", "caffe": ".caffemodel"}  # the second file of two-file formats
 MODEL_SUFFIXES = tuple(KINDS)
 
 
 def model_kind(path: str | Path) -> str:
-    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs' or 'rknn' from the file name;
+    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs', 'keras' or 'rknn' from the file name;
     ModelLoadError for anything else."""
     suffix = Path(path).suffix.lower()
     if suffix in KINDS:
@@ -33,7 +34,7 @@ def model_kind(path: str | Path) -> str:
         ".weights", ".caffemodel") else ""
     raise ModelLoadError(f"'{path}': unknown model type '{suffix}'{hint}; give a TorchScript .pt, a torch.export "
                          ".pt2, an .onnx, a .tflite, a Darknet .cfg, a Caffe .prototxt, a TensorFlow frozen .pb, a "
-                         "TensorFlow.js model.json or an .rknn file")
+                         "TensorFlow.js model.json, a Keras .h5 / .keras or an .rknn file")
 
 
 def weights_beside(path: str | Path, kind: str) -> Path:
@@ -135,6 +136,13 @@ def load_tfjs(model_json: str | Path, inputs: Optional[List[str]] = None, input_
                        outputs=outputs)
 
 
+def load_keras(path: str | Path, input_size_list=None, outputs: Optional[List[str]] = None) -> LoadedModel:
+    """A Keras .h5 / .hdf5 / .keras file; outputs None: the model's outputs."""
+    from ..frontends.keras import load_keras as load
+
+    return _reloadable(load(path, input_size_list, outputs), load_keras, path, outputs=outputs)
+
+
 def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str]] = None,
                outputs: Optional[List[str]] = None, weights: Optional[str | Path] = None,
                input_initial_val=None) -> LoadedModel:
@@ -159,5 +167,10 @@ def load_model(path: str | Path, input_size_list=None, inputs: Optional[List[str
         return load_tensorflow(path, inputs, input_size_list, outputs)
     if kind == "tfjs":
         return load_tfjs(path, inputs, input_size_list, outputs)
+    if kind == "keras":
+        if inputs:
+            raise ModelLoadError(f"'{path}': a Keras model starts at its input layers; leave inputs out (outputs= "
+                                 "can still end it at a layer)")
+        return load_keras(path, input_size_list, outputs)
     raise ModelLoadError(f"'{path}' is already an .rknn model; nothing to convert (use `openrknn info` or "
                          "`openrknn run` on it, or load_rknn() in Python)")

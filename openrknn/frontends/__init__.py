@@ -17,7 +17,7 @@ OPSET = 17
 @dataclass
 class LoadedModel:
     model: onnx.ModelProto
-    framework: str  # "pytorch" | "onnx" | "tflite" | "darknet" | "caffe" | "tensorflow" | "tfjs"
+    framework: str  # "pytorch" | "onnx" | "tflite" | "darknet" | "caffe" | "tensorflow" | "tfjs" | "keras"
     source_file: str
     source_sha256: str
     notes: List[str] = field(default_factory=list)  # what the loader changed, for the log and the report

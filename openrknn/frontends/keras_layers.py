@@ -1,14 +1,15 @@
-"""A Keras model topology (a TensorFlow.js layers model's "modelTopology") -> the TensorFlow GraphDef of what each
-layer computes at inference, its weights as constants; the TensorFlow frontend turns that graph into ONNX.
+"""A Keras model topology (a TensorFlow.js layers model's "modelTopology", or a Keras file's config) -> the
+TensorFlow GraphDef of what each layer computes at inference, its weights as constants; the TensorFlow frontend
+turns that graph into ONNX.
 
-Each layer is lowered to the TensorFlow ops TensorFlow.js runs for it (Conv2D + BiasAdd + the activation,
-FusedBatchNormV3, ResizeNearestNeighbor...), so the layout handling, SAME padding and shape folding are the ones
-frozen graphs and graph models already go through. Where Keras in Python and TensorFlow.js differ, TensorFlow.js is
-the model's own runtime and is followed: UpSampling2D's bilinear mode without half-pixel centres, hard_sigmoid as
-clip(0.2 x + 0.5, 0, 1). Functional models, Sequential models and models nested in either are flattened; a layer
-whose class the file's own JavaScript defines (a custom layer) or that runs a recurrence is refused by name.
+Each layer is lowered to the TensorFlow ops it runs as (Conv2D + BiasAdd + the activation, FusedBatchNormV3,
+ResizeNearestNeighbor...), so the layout handling, SAME padding and shape folding are the ones frozen graphs and
+graph models already go through. Where the runtimes differ, the file's own is followed (its dialect): UpSampling2D's
+bilinear mode without half-pixel centres in TensorFlow.js, with them in Keras; hard_sigmoid as clip(0.2 x + 0.5, 0,
+1) in TensorFlow.js and Keras 2, relu6(x + 3) / 6 in Keras 3. Functional models, Sequential models and models nested
+in either are flattened; a layer whose class the model's own code defines (a custom layer), a Lambda or a
+recurrence is refused by name.
 """
-
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -57,9 +58,11 @@ def _out_len(n: int, k: int, s: int, d: int, padding: str) -> int:
 
 
 class _Lowering:
-    def __init__(self, weights: Dict[str, np.ndarray], where: str, input_size_list=None):
+    def __init__(self, weights: Dict[str, np.ndarray], where: str, input_size_list=None, dialect: str = "tfjs"):
         self.graph = GraphDef()
         self.where = where
+        self.dialect = dialect  # whose runtime the file's semantics are: 'tfjs', 'keras2' or 'keras3'
+        self.framework = "TensorFlow.js" if dialect == "tfjs" else "Keras"
         self.given = input_size_list  # the user's shapes, one per input in the model's order (None: the file's)
         self.n_inputs = 0
         self.weights = weights
@@ -127,6 +130,8 @@ class _Lowering:
 
     def weight(self, layer: str, key: str, shape: Optional[Sequence[int]] = None) -> np.ndarray:
         found = self.by_pair.get(f"{layer}/{key}", [])
+        if not found and key == "depthwise_kernel":  # Keras 3 names a DepthwiseConv2D's kernel 'kernel'
+            found = self.by_pair.get(f"{layer}/kernel", [])
         if len(found) != 1:
             why = "is not in the weights manifest" if not found else f"matches {len(found)} weights ({found[:3]})"
             raise ModelLoadError(f"'{self.where}': layer '{layer}' needs its weight '{key}', which {why}; the "
@@ -225,13 +230,13 @@ class _Lowering:
             return self.model(kind, cfg, xs)[1]
         base = name if k == 0 else f"{name}_{k}"
         if kind in _RECURRENT:
-            raise UnsupportedLayer("TensorFlow.js", name, kind, "recurrent layers are not lowered from a layers "
+            raise UnsupportedLayer(self.framework, name, kind, "recurrent layers are not lowered from a layers "
                                    "model; export the Keras model to ONNX with tf2onnx")
         if kind == "Lambda":
-            raise UnsupportedLayer("TensorFlow.js", name, kind, "a Lambda layer's function is code, not in the file")
+            raise UnsupportedLayer(self.framework, name, kind, "a Lambda layer's function is code, not in the file")
         handler = _LAYERS.get(kind)
         if handler is None:
-            raise UnsupportedLayer("TensorFlow.js", name, kind, "not a built-in Keras layer: a custom layer that the "
+            raise UnsupportedLayer(self.framework, name, kind, "not a built-in Keras layer: a custom layer that the "
                                    "model's own JavaScript defines, or one openrknn does not lower")
         out = handler(self, cfg, name, base, xs)
         out = out if isinstance(out, list) else [out]
@@ -249,11 +254,12 @@ class _Lowering:
             return self.op(op, [x], base, s)
         if key in ("swish", "silu"):
             return self.op("Mul", [x, self.op("Sigmoid", [x], f"{base}/sigmoid", s)], base, s)
-        if key == "hardsigmoid":  # TensorFlow.js's (and Keras 2's) 0.2 x + 0.5, clipped to [0, 1]
-            y = self.op("AddV2", [self.op("Mul", [x, self.const(np.float32(0.2), f"{base}/slope")], f"{base}/mul",
-                                          s), self.const(np.float32(0.5), f"{base}/offset")], f"{base}/add", s)
-            y = self.op("Maximum", [y, self.const(np.float32(0), f"{base}/lo")], f"{base}/max", s)
-            return self.op("Minimum", [y, self.const(np.float32(1), f"{base}/hi")], base, s)
+        if key == "hardsigmoid":
+            return self.hard_sigmoid(x, base)
+        if key in ("hardsilu", "hardswish") and self.dialect == "keras3":
+            return self.op("Mul", [x, self.hard_sigmoid(x, f"{base}/gate")], base, s)
+        if key == "leakyrelu" and self.dialect == "keras3":  # Keras 3's activation function: slope 0.2
+            return self.op("LeakyRelu", [x], base, s, alpha=0.2)
         if key == "selu":
             return self.elu(x, 1.6732632423543772, base, scale=1.0507009873554805)
         if key == "softsign":
@@ -269,7 +275,16 @@ class _Lowering:
             e = self.op("AddV2", [e, self.const(np.float32(1), f"{base}/one")], f"{base}/plus1", s)
             half = self.op("Mul", [x, self.const(np.float32(0.5), f"{base}/half")], f"{base}/halfx", s)
             return self.op("Mul", [half, e], base, s)
-        raise UnsupportedLayer("TensorFlow.js", base, f"activation '{kind}'")
+        raise UnsupportedLayer(self.framework, base, f"activation '{kind}'")
+
+    def hard_sigmoid(self, x: str, base: str) -> str:
+        """clip(x / 6 + 0.5, 0, 1) in Keras 3 (relu6(x + 3) / 6); TensorFlow.js and Keras 2: clip(0.2 x + 0.5)."""
+        s = self.shapes[x]
+        slope = 1 / 6 if self.dialect == "keras3" else 0.2
+        y = self.op("AddV2", [self.op("Mul", [x, self.const(np.float32(slope), f"{base}/slope")], f"{base}/mul", s),
+                              self.const(np.float32(0.5), f"{base}/offset")], f"{base}/add", s)
+        y = self.op("Maximum", [y, self.const(np.float32(0), f"{base}/lo")], f"{base}/max", s)
+        return self.op("Minimum", [y, self.const(np.float32(1), f"{base}/hi")], base, s)
 
     def elu(self, x: str, alpha: float, base: str, scale: float = 1.0) -> str:
         """scale * (max(x, 0) + alpha * (exp(min(x, 0)) - 1)): Elu with any alpha (TensorFlow's Elu has 1)."""
@@ -291,14 +306,16 @@ class _Lowering:
     def spatial_input(self, x: str, name: str, kind: str) -> Shape:
         s = self.shapes[x]
         if len(s) != 4:
-            raise UnsupportedLayer("TensorFlow.js", name, f"{kind} on a rank-{len(s)} input")
+            raise UnsupportedLayer(self.framework, name, f"{kind} on a rank-{len(s)} input")
         return s
 
 
 def _first_call(spec: dict) -> int:
-    """The node index Keras gives a layer's first call in the model: 1 for a nested model with its own input (its
-    node 0 is that input, made when it was built), else 0."""
-    if spec.get("class_name") not in _MODELS:
+    """The node index Keras gives a layer's first call in the model: 1 for a nested model with its own input in
+    Keras 2 and TensorFlow.js (its node 0 is that input, made when it was built), else 0; Keras 3 (calls written as
+    {"args": ...}) counts the outer calls only."""
+    calls = spec.get("inbound_nodes") or []
+    if spec.get("class_name") not in _MODELS or (calls and isinstance(calls[0], dict)):
         return 0
     cfg = spec.get("config")
     if spec.get("class_name") != "Sequential":
@@ -357,13 +374,13 @@ def _conv2d(lo: _Lowering, cfg, name, base, xs):
     x = _one(xs, name)
     n, h, w, c = lo.spatial_input(x, name, "Conv2D")
     if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
-        raise UnsupportedLayer("TensorFlow.js", name, f"Conv2D with data_format={cfg.get('data_format')}")
+        raise UnsupportedLayer(lo.framework, name, f"Conv2D with data_format={cfg.get('data_format')}")
     (kh, kw), (sh, sw) = _pair(cfg.get("kernel_size"), "kernel_size", name), _pair(cfg.get("strides", 1), "strides",
                                                                                     name)
     dh, dw = _pair(cfg.get("dilation_rate", 1), "dilation_rate", name)
     padding, filters, groups = cfg.get("padding", "valid"), int(cfg["filters"]), int(cfg.get("groups", 1) or 1)
     if padding not in ("same", "valid"):
-        raise UnsupportedLayer("TensorFlow.js", name, f"Conv2D with padding='{padding}'")
+        raise UnsupportedLayer(lo.framework, name, f"Conv2D with padding='{padding}'")
     kernel = lo.weight(name, "kernel", [kh, kw, c // groups, filters])
     shape = [n, _out_len(h, kh, sh, dh, padding), _out_len(w, kw, sw, dw, padding), filters]
     y = lo.op("Conv2D", [x, lo.const(kernel, f"{base}/kernel")], f"{base}/Conv2D", shape, strides=[1, sh, sw, 1],
@@ -400,7 +417,7 @@ def _conv_transpose(lo: _Lowering, cfg, name, base, xs):
     (kh, kw), (sh, sw) = _pair(cfg.get("kernel_size"), "kernel_size", name), _pair(cfg.get("strides", 1), "strides",
                                                                                     name)
     if _pair(cfg.get("dilation_rate", 1), "dilation_rate", name) != [1, 1] or cfg.get("output_padding"):
-        raise UnsupportedLayer("TensorFlow.js", name, "Conv2DTranspose with dilation or output_padding")
+        raise UnsupportedLayer(lo.framework, name, "Conv2DTranspose with dilation or output_padding")
     padding, filters = cfg.get("padding", "valid"), int(cfg["filters"])
     kernel = lo.weight(name, "kernel", [kh, kw, filters, c])
     out = [v * s if padding == "same" else v * s + max(k - s, 0) for v, s, k in ((h, sh, kh), (w, sw, kw))]
@@ -431,7 +448,7 @@ def _batch_norm(lo: _Lowering, cfg, name, base, xs):
     axis = cfg.get("axis", -1)
     axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
     if not isinstance(axis, int) or axis % len(s) != len(s) - 1:
-        raise UnsupportedLayer("TensorFlow.js", name, f"BatchNormalization over axis {axis} (not the channels)")
+        raise UnsupportedLayer(lo.framework, name, f"BatchNormalization over axis {axis} (not the channels)")
     ch = s[-1]
     gamma = lo.weight(name, "gamma", [ch]) if cfg.get("scale", True) else np.ones(ch, np.float32)
     beta = lo.weight(name, "beta", [ch]) if cfg.get("center", True) else np.zeros(ch, np.float32)
@@ -457,7 +474,7 @@ def _relu(lo: _Lowering, cfg, name, base, xs):
     s = lo.shapes[x]
     top, slope = cfg.get("max_value"), float(cfg.get("negative_slope", 0) or 0)
     if float(cfg.get("threshold", 0) or 0) != 0:
-        raise UnsupportedLayer("TensorFlow.js", name, "ReLU with a threshold")
+        raise UnsupportedLayer(lo.framework, name, "ReLU with a threshold")
     if slope == 0 and top is not None and float(top) == 6:
         return lo.op("Relu6", [x], base, s)
     y = lo.op("LeakyRelu", [x], base if top is None else f"{base}/leaky", s, alpha=slope) if slope else \
@@ -491,7 +508,7 @@ def _softmax_layer(lo: _Lowering, cfg, name, base, xs):
     axis = cfg.get("axis", -1)
     axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
     if axis % len(lo.shapes[x]) != len(lo.shapes[x]) - 1:
-        raise UnsupportedLayer("TensorFlow.js", name, f"Softmax over axis {axis} (not the last)")
+        raise UnsupportedLayer(lo.framework, name, f"Softmax over axis {axis} (not the last)")
     return lo.op("Softmax", [x], base, lo.shapes[x])
 
 
@@ -554,10 +571,12 @@ def _upsampling(lo: _Lowering, cfg, name, base, xs):
     fy, fx = _pair(cfg.get("size", 2), "size", name)
     mode = cfg.get("interpolation", "nearest")
     if mode not in ("nearest", "bilinear"):
-        raise UnsupportedLayer("TensorFlow.js", name, f"UpSampling2D with interpolation='{mode}'")
+        raise UnsupportedLayer(lo.framework, name, f"UpSampling2D with interpolation='{mode}'")
     op = "ResizeNearestNeighbor" if mode == "nearest" else "ResizeBilinear"
-    # TensorFlow.js resizes without aligned corners or half-pixel centres (Keras in Python uses half-pixel)
-    return lo.op(op, [x, lo.const(np.array([h * fy, w * fx], np.int32), f"{base}/size")], base, [n, h * fy, w * fx, c])
+    # TensorFlow.js resizes without aligned corners or half-pixel centres; Keras in Python (tf.image.resize, or the
+    # torch and JAX backends) with half-pixel centres (for whole factors, nearest picks the same pixels either way)
+    return lo.op(op, [x, lo.const(np.array([h * fy, w * fx], np.int32), f"{base}/size")], base, [n, h * fy, w * fx, c],
+                 half_pixel_centers=lo.dialect != "tfjs" and mode == "bilinear")
 
 
 def _zero_pad(lo: _Lowering, cfg, name, base, xs):
@@ -627,7 +646,7 @@ def _one_d(handler, kind: str):
         x = _one(xs, name)
         s = lo.shapes[x]
         if len(s) != 3:
-            raise UnsupportedLayer("TensorFlow.js", name, f"{kind} on a rank-{len(s)} input")
+            raise UnsupportedLayer(lo.framework, name, f"{kind} on a rank-{len(s)} input")
         cfg = dict(cfg)
         if "Pooling" in kind:
             cfg.setdefault("pool_size", 2)
@@ -642,7 +661,7 @@ def _one_d(handler, kind: str):
         y = lo.op("Reshape", [x, lo.const(np.array([1, 1, s[1], s[2]], np.int32), f"{base}/as_2d")],
                   f"{base}/as_2d", [1, 1, s[1], s[2]])
         if cfg.get("padding") not in (None, "same", "valid"):  # 'causal': TensorFlow.js cannot run it either
-            raise UnsupportedLayer("TensorFlow.js", name, f"{kind} with padding='{cfg.get('padding')}'")
+            raise UnsupportedLayer(lo.framework, name, f"{kind} with padding='{cfg.get('padding')}'")
         y = handler(lo, cfg, name, f"{base}/2d", [y])
         _, _, length, ch = lo.shapes[y]
         return lo.op("Reshape", [y, lo.const(np.array([1, length, ch], np.int32), f"{base}/as_1d")], base,
@@ -695,12 +714,13 @@ def model_inputs(config: dict) -> List[str]:
     return [name if first.get("class_name") == "InputLayer" else f"{name}_input"]
 
 
-def graph_of_layers(topology, weights: Dict[str, np.ndarray], where: str, input_size_list=None):
+def graph_of_layers(topology, weights: Dict[str, np.ndarray], where: str, input_size_list=None, dialect="tfjs"):
     """(GraphDef, input names, output names, input shapes) of a layers model's topology and its weights, the inputs
-    at ``input_size_list`` (channel-last, one per input; None: the sizes the file states)."""
+    at ``input_size_list`` (channel-last, one per input; None: the sizes the file states). ``dialect``: the runtime
+    whose semantics the file has where they differ ('tfjs', 'keras2', 'keras3')."""
     config = model_config(topology, where)
     given = normalize_size_list(input_size_list) if input_size_list is not None else None
-    lo = _Lowering(weights, where, given)
+    lo = _Lowering(weights, where, given, dialect)
     inputs, outputs = lo.model(config["class_name"], config.get("config"), None)
     if given and len(given) != len(inputs):
         raise ModelLoadError(f"input_size_list has {len(given)} shapes but the model has {len(inputs)} inputs "

@@ -63,7 +63,7 @@ def inspect_model(path: Path, framework: str, weights: Optional[Path] = None) ->
     info: dict = {"framework": framework, "size_bytes": path.stat().st_size}
     if framework == "onnx":
         info.update(_onnx_io(path))
-    elif framework in ("tflite", "darknet", "caffe", "tensorflow", "tfjs") or path.suffix.lower() == ".pt2":
+    elif framework in ("tflite", "darknet", "caffe", "tensorflow", "tfjs", "keras") or path.suffix.lower() == ".pt2":
         # converted here as the build will (a Darknet / Caffe model's weights file beside it; a torch.export archive
         # at the shapes it records): what the picker shows is the graph the build starts from
         from ..convert.loaders import load_model

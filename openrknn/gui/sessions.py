@@ -19,7 +19,7 @@ from ..errors import OpenRKNNError
 SESSION_COOKIE = "openrknn_session"
 # model files (the conversion core's loaders) and the weights files of two-file formats (uploaded beside them)
 MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript", ".jit", ".pt2", ".tflite", ".cfg", ".prototxt", ".pb",
-                  ".json", ".rknn", ".weights", ".caffemodel", ".bin")
+                  ".json", ".h5", ".hdf5", ".keras", ".rknn", ".weights", ".caffemodel", ".bin")
 WEIGHT_SUFFIXES = (".weights", ".caffemodel", ".bin")  # .bin: a TensorFlow.js model's weight shards
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CALIB_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
@@ -36,8 +36,8 @@ class RequestRefused(OpenRKNNError):
 
 
 def framework_of(name: str) -> str:
-    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs' or 'rknn' from the file name, as the
-    conversion core's loaders dispatch."""
+    """'onnx', 'pytorch', 'tflite', 'darknet', 'caffe', 'tensorflow', 'tfjs', 'keras' or 'rknn' from the file name,
+    as the conversion core's loaders dispatch."""
     from ..convert.loaders import model_kind
     from ..errors import ModelLoadError
 
@@ -46,8 +46,8 @@ def framework_of(name: str) -> str:
     except ModelLoadError:
         raise RequestRefused(400, f"'{Path(name).name}': unknown model type '{Path(name).suffix.lower()}'; pick a "
                              "TorchScript .pt, a torch.export .pt2, an .onnx, a .tflite, a Darknet .cfg, a Caffe "
-                             ".prototxt, a "
-                             "TensorFlow .pb, a TensorFlow.js model.json or an .rknn file") from None
+                             ".prototxt, a TensorFlow .pb, a TensorFlow.js model.json, a Keras .h5 / .keras or an "
+                             ".rknn file") from None
 
 
 def sanitize_filename(name: str, allowed_suffixes: Iterable[str] = ()) -> str:

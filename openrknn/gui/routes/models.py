@@ -23,7 +23,7 @@ router = APIRouter()
 
 _KINDS = {"onnx": "an ONNX model", "pytorch": "a TorchScript model", "rknn": "an .rknn model",
           "tflite": "a TFLite model", "darknet": "a Darknet model", "caffe": "a Caffe model",
-          "tensorflow": "a TensorFlow frozen graph", "tfjs": "a TensorFlow.js model"}
+          "tensorflow": "a TensorFlow frozen graph", "tfjs": "a TensorFlow.js model", "keras": "a Keras model"}
 _HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itself",
         "pytorch": "save it with torch.jit.trace(model, example).save('model.pt')",
         "rknn": "build it again or pick another .rknn file",
@@ -31,7 +31,8 @@ _HOW = {"onnx": "export it again (torch.onnx.export) or pick the .onnx file itse
         "darknet": "upload its .weights file first (or pick the .cfg by path with the .weights beside it)",
         "caffe": "upload its .caffemodel first (or pick the .prototxt by path with the .caffemodel beside it)",
         "tensorflow": "freeze the graph (variables to constants) and pick the .pb",
-        "tfjs": "upload its .bin weight files first (or pick the model.json by path with them beside it)"}
+        "tfjs": "upload its .bin weight files first (or pick the model.json by path with them beside it)",
+        "keras": "save the whole model with model.save('model.keras') (or .h5), not only its weights"}
 
 
 def inspect_or_refuse(path: Path, name: str, framework: str) -> dict:
