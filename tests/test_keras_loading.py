@@ -52,6 +52,10 @@ def test_matches_keras(file, name):
 
 def test_through_the_api_and_the_file_dispatch(tmp_path):
     assert model_kind("m.h5") == model_kind("m.hdf5") == model_kind("m.keras") == "keras"
+    nchw = load_keras(DATA / "functional.keras", [[1, 3, 24, 20]], input_is_nchw=True)  # as the vendor takes ONNX
+    assert nchw.input_shapes == [[1, 3, 24, 20]]
+    np.testing.assert_allclose(_run(nchw, REF["functional/in"].transpose(0, 3, 1, 2))[0], REF["functional/out/0"],
+                               rtol=1e-4, atol=1e-5)
     loaded = load_model(DATA / "functional.keras")
     assert loaded.input_names == ["image"] and loaded.output_names == ["probs", "mask"]
     assert load_model(DATA / "functional.keras", outputs=["cat"]).output_names == ["cat"]

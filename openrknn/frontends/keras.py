@@ -135,14 +135,17 @@ def read_keras(path: Path):
         return config, _keras2_weights(f, config), "keras3" if version.startswith("3") else "keras2"
 
 
-def load_keras(path: str | Path, input_size_list=None, outputs: Optional[Sequence[str]] = None) -> LoadedModel:
-    """A Keras model file; inputs at ``input_size_list`` (channel-last; None: the sizes its input layers state),
-    ``outputs``: layer names to end at (None: the model's outputs)."""
-    from .keras_layers import graph_of_layers, model_config
+def load_keras(path: str | Path, input_size_list=None, outputs: Optional[Sequence[str]] = None,
+               input_is_nchw: bool = False) -> LoadedModel:
+    """A Keras model file; inputs at ``input_size_list`` (channel-last, or NCHW with ``input_is_nchw``; None: the
+    sizes its input layers state), ``outputs``: layer names to end at (None: the model's outputs)."""
+    from .keras_layers import graph_of_layers, model_config, nchw_shapes, nhwc_sizes
     from .tensorflow import convert_graph
 
     path = Path(path)
     config, weights, dialect = read_keras(path)
     model_config(config, str(path))
-    graph, inputs, found_out, shapes = graph_of_layers(config, weights, str(path), input_size_list, dialect)
-    return convert_graph(graph, path, "keras", inputs, shapes, list(outputs or found_out), what="Keras model")
+    sizes = nhwc_sizes(input_size_list) if input_size_list is not None and input_is_nchw else input_size_list
+    graph, inputs, found_out, shapes = graph_of_layers(config, weights, str(path), sizes, dialect)
+    return convert_graph(graph, path, "keras", inputs, nchw_shapes(shapes) if input_is_nchw else shapes,
+                         list(outputs or found_out), input_is_nchw, what="Keras model")

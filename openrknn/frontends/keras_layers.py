@@ -691,6 +691,15 @@ _LAYERS = {
 }
 
 
+def nhwc_sizes(sizes) -> list:
+    """input_size_list given NCHW (the layout the vendor toolkit feeds ONNX in) as the file's channel-last sizes."""
+    return [[s[0], s[2], s[3], s[1]] if len(s) == 4 else s for s in normalize_size_list(sizes)]
+
+
+def nchw_shapes(shapes) -> list:
+    return [[s[0], s[3], s[1], s[2]] if len(s) == 4 else s for s in shapes]
+
+
 def model_config(topology, where: str) -> dict:
     """The Keras model config of a layers model's topology, checked before its weights are read."""
     config = topology.get("model_config", topology) if isinstance(topology, dict) else None

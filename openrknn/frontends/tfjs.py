@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import ModelLoadError
-from . import LoadedModel, normalize_size_list
+from . import LoadedModel
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_, "uint8": np.uint8, "uint16": np.uint16,
            "float16": np.float16, "int64": np.int64}
@@ -182,19 +182,17 @@ def load_tfjs(model_json: str | Path, inputs: Optional[Sequence[str]] = None, in
     path = Path(model_json)
     doc = _read_json(path)
     if _is_layers_model(doc):
-        from .keras_layers import graph_of_layers, model_config, model_inputs
+        from .keras_layers import graph_of_layers, model_config, model_inputs, nchw_shapes, nhwc_sizes
 
         own = model_inputs(model_config(doc["modelTopology"], str(path)))
         if inputs and [str(i).split(":")[0] for i in inputs] != own:
             raise ModelLoadError(f"load_tfjs: a layers model starts at its input layers {own}, not at "
                                  f"inputs={list(inputs)}; leave inputs out (outputs=[...] can still end it early)")
-        sizes = input_size_list
-        if sizes is not None and input_is_nchw:  # the layers are lowered at the file's channel-last sizes
-            sizes = [[s[0], s[2], s[3], s[1]] if len(s) == 4 else s for s in normalize_size_list(sizes)]
+        # the layers are lowered at the file's channel-last sizes
+        sizes = nhwc_sizes(input_size_list) if input_size_list is not None and input_is_nchw else input_size_list
         graph, found_in, found_out, shapes = graph_of_layers(doc["modelTopology"], _weights(
             path, doc["weightsManifest"]), str(path), sizes)
-        input_size_list = [[s[0], s[3], s[1], s[2]] if len(s) == 4 else s for s in shapes] if input_is_nchw \
-            else shapes
+        input_size_list = nchw_shapes(shapes) if input_is_nchw else shapes
         inputs, outputs = found_in, list(outputs or found_out)
         what = "TensorFlow.js layers model"
     else:
