@@ -28,7 +28,10 @@ from ..qdq import ActQuant, WeightQuant, act_storage, bias_integers, build_qdq
 
 CANDIDATES = ("kl_divergence", "mmse")
 MARGIN = 0.1      # a clipped set must take at least this share of min/max's output error away to replace it
-MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart
+MIN_GAIN = 1e-3   # ... and at least this much of it (1 - cosine): below, the few samples cannot tell them apart,
+RELATIVE_GAIN = 0.2  # ... or this share of it where that is less: outputs already at 0.9999 (a super-resolution
+                  # net's image) have no 1e-3 left to gain, yet a set that takes a fifth of their error away, and
+                  # MARGIN of it on most samples, is a real gain, not a draw
 MIN_WINS = 0.5    # ... and win on at least this share of the samples, not on average only: take MARGIN of
                   # min/max's error away on each of them (a sample a candidate is a few percent better on is a
                   # draw; counted as a win, it let one clear sample out of four decide, and the clipped set lost
@@ -36,6 +39,11 @@ MIN_WINS = 0.5    # ... and win on at least this share of the samples, not on av
                   # the ranges, so one sample decides a mean: such a model (a Loop) skips range choice
                   # (pipeline.decodes_step_by_step). With that, half is enough: a recognizer whose clipped set
                   # wins two of four samples by 3x keeps it on held-out inputs too.
+
+
+def clear_gain(before: float, after: float, min_gain: float = MIN_GAIN) -> bool:
+    """Whether a loss drop from ``before`` to ``after`` is large enough to act on (MIN_GAIN, RELATIVE_GAIN)."""
+    return before - after >= min(min_gain, RELATIVE_GAIN * before)
 
 
 def wins(losses: np.ndarray, baseline: np.ndarray, margin: float = MARGIN) -> int:
@@ -185,7 +193,7 @@ def choose(model: onnx.ModelProto, plan: Plan, candidates: Dict[str, Dict[str, A
     losses = {k: float(v.mean()) for k, v in per_sample.items()}
     best = min(losses, key=losses.get)
     if best != default and losses[best] <= (1.0 - margin) * losses[default] and \
-            losses[default] - losses[best] >= min_gain and \
+            clear_gain(losses[default], losses[best], min_gain) and \
             wins(per_sample[best], per_sample[default], margin) >= MIN_WINS * len(feeds):
         return best, losses, per_sample
     return default, losses, per_sample
@@ -273,7 +281,7 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info: GraphInfo, chose
         for out in private:
             k = k_of[out]
             was, now = float(base_loss[:, k].mean()), float(loss[:, k].mean())
-            if now <= (1.0 - margin) * was and was - now >= min_gain and \
+            if now <= (1.0 - margin) * was and clear_gain(was, now, min_gain) and \
                     wins(loss[:, k], base_loss[:, k], margin) >= MIN_WINS * len(feeds) and \
                     now < best.get(out, (None, was))[1]:
                 best[out] = (name, now)
@@ -282,5 +290,6 @@ def choose_per_output(model: onnx.ModelProto, plan: Plan, info: GraphInfo, chose
     return mixed(parts), parts
 
 
-__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "CandidateModel", "choose", "choose_per_output", "wins",
-           "output_loss", "output_losses", "private_groups", "reference_session", "sample_losses"]
+__all__ = ["CANDIDATES", "MARGIN", "MIN_GAIN", "MIN_WINS", "RELATIVE_GAIN", "clear_gain", "CandidateModel", "choose",
+           "choose_per_output", "wins", "output_loss", "output_losses", "private_groups", "reference_session",
+           "sample_losses"]
