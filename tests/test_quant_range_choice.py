@@ -99,6 +99,18 @@ def test_a_sample_is_won_only_by_taking_the_margin_of_its_error_away():
     assert range_choice.wins(normal / 3, normal) == 4 and range_choice.wins(normal, normal) == 0
 
 
+def test_a_tiny_loss_is_judged_by_the_share_taken_away():
+    """ESRGAN-medium x4's four judged samples (1 - cosine of the upscaled image) under min/max and MSE ranges: MSE
+    takes 23% of an error of 6e-5 away, winning on all four, which MIN_GAIN alone could never let through; at
+    ordinary losses MIN_GAIN still decides (a classifier at 4e-3 does not switch for a fifth of it)."""
+    normal = np.array([1.0674e-4, 3.4563e-5, 5.8952e-5, 2.0670e-5])
+    mmse = np.array([7.4941e-5, 2.9976e-5, 5.0752e-5, 1.4150e-5])
+    assert normal.mean() < range_choice.TINY_LOSS and normal.mean() - mmse.mean() < range_choice.MIN_GAIN
+    assert range_choice.clear_gain(normal.mean(), mmse.mean()) and range_choice.wins(mmse, normal) == 4
+    assert not range_choice.clear_gain(normal.mean(), normal.mean() * 0.85)  # under RELATIVE_GAIN
+    assert not range_choice.clear_gain(4.4e-3, 4.4e-3 * 0.8) and range_choice.clear_gain(4.4e-3, 3.3e-3)
+
+
 def test_probe_measures_every_variant_in_one_pass():
     """A probe with variants corrects each one's biases as a probe made for that variant alone would."""
     feeds = _feeds(3)
