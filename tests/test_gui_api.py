@@ -662,3 +662,18 @@ def test_tfjs_model_is_its_shards_then_model_json(gui, client, tmp_path):
     (model.parent / "group1-shard2of2.bin").unlink()
     status, r = client.json("POST", "/api/model/path", {"path": str(model)})
     assert status == 400 and str(model.parent) in r["error"], r["error"]
+
+
+def test_keras_model_uploads_as_one_file(gui, client, tmp_path):
+    """A Keras .keras archive (and .h5) is one file; a weights-only .h5 is refused with what to save instead."""
+    data = Path(__file__).resolve().parent / "data" / "keras"
+    status, r = upload(client, "model", "functional.keras", (data / "functional.keras").read_bytes())
+    assert status == 200 and r["model"]["framework"] == "keras", r
+    assert r["model"]["inputs"][0]["shape"] == [1, 24, 20, 3] and len(r["model"]["outputs"]) == 2
+    h5py = pytest.importorskip("h5py")
+    weights = tmp_path / "weights.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("dense/kernel", data=np.zeros((2, 2), np.float32))
+    status, r = upload(client, "model", "weights.h5", weights.read_bytes())
+    assert status == 400 and "not a Keras model" in r["error"] and "model.save" in r["error"], r
+    assert ".incoming" not in r["error"], r["error"]
