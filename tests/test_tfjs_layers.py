@@ -219,7 +219,8 @@ def test_broken_files_say_what_is_wrong(tmp_path):
     def missing_weight(layers, doc):
         doc["weightsManifest"][0]["weights"][0]["name"] = "elsewhere/kernel"
 
-    with pytest.raises(ModelLoadError, match="layer 'stem' needs its weight 'kernel', which is not in the weights"):
+    with pytest.raises(ModelLoadError, match="layer 'stem' needs its weight 'kernel', which is not among the "
+                                             "file's weights; the model.json"):
         load_tfjs(_edited(tmp_path / "b", missing_weight))
 
     def wrong_shape(layers, doc):

@@ -9,6 +9,7 @@ Both are read with h5py; TensorFlow and Keras are not needed.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import zipfile
@@ -114,8 +115,6 @@ def read_keras(path: Path):
                 raise ModelLoadError(f"'{path}' is a zip archive but not a Keras 3 model (config.json and "
                                      f"model.weights.h5 expected, found {sorted(names)[:5]})")
             config = json.loads(z.read("config.json"))
-            import io
-
             with h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
                 weights: Dict[str, np.ndarray] = {}
                 _keras3_weights(config, f, weights)

@@ -133,9 +133,10 @@ class _Lowering:
         if not found and key == "depthwise_kernel":  # Keras 3 names a DepthwiseConv2D's kernel 'kernel'
             found = self.by_pair.get(f"{layer}/kernel", [])
         if len(found) != 1:
-            why = "is not in the weights manifest" if not found else f"matches {len(found)} weights ({found[:3]})"
-            raise ModelLoadError(f"'{self.where}': layer '{layer}' needs its weight '{key}', which {why}; the "
-                                 "model.json and its .bin files do not belong together")
+            why = "is not among the file's weights" if not found else f"matches {len(found)} weights ({found[:3]})"
+            fix = "the model.json and its .bin files do not belong together" if self.dialect == "tfjs" else \
+                "the file's weights do not match its config"
+            raise ModelLoadError(f"'{self.where}': layer '{layer}' needs its weight '{key}', which {why}; {fix}")
         arr = self.weights[found[0]]
         if shape is not None and list(arr.shape) != list(shape):
             raise ModelLoadError(f"'{self.where}': weight '{found[0]}' has shape {list(arr.shape)}, but layer "
@@ -237,7 +238,7 @@ class _Lowering:
         handler = _LAYERS.get(kind)
         if handler is None:
             raise UnsupportedLayer(self.framework, name, kind, "not a built-in Keras layer: a custom layer that the "
-                                   "model's own JavaScript defines, or one openrknn does not lower")
+                                   "model's own code defines, or one openrknn does not lower")
         out = handler(self, cfg, name, base, xs)
         out = out if isinstance(out, list) else [out]
         # the layer's name on its (last) op, so outputs=[layer name] cuts there and the ONNX outputs keep the names
@@ -399,7 +400,7 @@ def _depthwise(lo: _Lowering, cfg, name, base, xs):
     shape = [n, _out_len(h, kh, sh, dh, padding), _out_len(w, kw, sw, dw, padding), c * mult]
     y = lo.op("DepthwiseConv2dNative", [x, lo.const(kernel, f"{base}/depthwise_kernel")], f"{base}/depthwise",
               shape, strides=[1, sh, sw, 1], dilations=[1, dh, dw, 1], padding=padding.upper(), data_format="NHWC")
-    if cfg.get("class_name_separable"):  # SeparableConv2D's pointwise step (set by _separable)
+    if cfg.get("_separable"):  # SeparableConv2D's pointwise step (set by _separable)
         pw = lo.weight(name, "pointwise_kernel", [1, 1, c * mult, int(cfg["filters"])])
         shape = shape[:3] + [int(cfg["filters"])]
         y = lo.op("Conv2D", [y, lo.const(pw, f"{base}/pointwise_kernel")], f"{base}/pointwise", shape,
@@ -408,7 +409,7 @@ def _depthwise(lo: _Lowering, cfg, name, base, xs):
 
 
 def _separable(lo: _Lowering, cfg, name, base, xs):
-    return _depthwise(lo, {**cfg, "class_name_separable": True}, name, base, xs)
+    return _depthwise(lo, {**cfg, "_separable": True}, name, base, xs)
 
 
 def _conv_transpose(lo: _Lowering, cfg, name, base, xs):
