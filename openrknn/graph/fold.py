@@ -8,6 +8,9 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
   new weights and bias;
 - fold_gemm_batchnorm / fold_gemm_affine: a BatchNormalization, or a constant per-column Mul, Div, Add or Sub, after
   a Gemm -> its weights and bias;
+- distribute_affine_over_concat: a BatchNormalization (or a constant per-channel scale and shift) after a channel
+  Concat -> the Concat of each piece's own scale and shift (DenseNet, CSP blocks); a piece that is a conv's output
+  read by nothing else then folds it;
 - fold_input_scale: a constant per-channel Mul or Div read only by convs -> their weights; an Add or Sub -> their
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
@@ -270,6 +273,111 @@ def fold_gemm_affine(model: onnx.ModelProto) -> int:
         _rewrite_gemm(ix, node, w, bias, ci, "affine")
 
     return _fold_each(model, match, apply)
+
+
+def _concat_pieces(ix: _Index, t: str, axis: int) -> List[str]:
+    """The tensors joined along ``axis`` into ``t``, with Concats on the same axis inside it opened (Keras writes a
+    dense block as nested two-input Concats); ``[t]`` when ``t`` is no such Concat."""
+    p = ix.producer.get(t)
+    node = None if p is None else ix.g.node[p]
+    if node is None or node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or _attr(node, "axis") != axis:
+        return [t]
+    return [piece for x in node.input for piece in _concat_pieces(ix, x, axis)]
+
+
+def _batchnorm_affine(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(scale, shift) per channel of an inference BatchNormalization with constant parameters; None otherwise."""
+    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or \
+            _attr(node, "training_mode", 0) or len(node.input) != 5:
+        return None
+    params = [ix.const(t) for t in node.input[1:5]]
+    if any(v is None for v in params) or len({v.size for v in params}) != 1:
+        return None
+    gamma, beta, mean, var = (v.astype(np.float64).ravel() for v in params)
+    scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
+def _scale_and_shift(ix: _Index, node: onnx.NodeProto, at: int, rank: int, channels: int):
+    """(scale, shift, index of the last node) per channel of ``node`` (at index ``at``), a Mul / Div by a constant
+    channel vector, and of the constant Add / Sub that alone reads it, if any; None when ``node`` is no such scale."""
+    if len(node.input) != 2 or node.input[0] == node.input[1]:
+        return None
+    val = ix.const(node.input[1])
+    vec = None if val is None else _channel_vector(val, rank, channels)
+    if vec is None or not np.all(np.isfinite(vec)) or np.any(vec == 0):
+        return None
+    scale = vec.astype(np.float64) if node.op_type == "Mul" else 1.0 / vec.astype(np.float64)
+    reader = _affine_reader(ix, node)
+    shift = None if reader is None or reader[1].op_type not in ("Add", "Sub") else \
+        _channel_vector(reader[2], rank, channels)
+    if shift is None or not np.all(np.isfinite(shift)):
+        return scale, np.zeros_like(scale), at
+    return scale, shift.astype(np.float64) * (1 if reader[1].op_type == "Add" else -1), reader[0]
+
+
+def distribute_affine_over_concat(model: onnx.ModelProto) -> int:
+    """y = x * s + b per channel right after x = Concat(pieces) on the channel axis (a BatchNormalization, or a
+    constant Mul / Div with an optional Add / Sub after it) -> Concat(piece_i * s_i + b_i).
+
+    Why: the NPU stores a Concat's output at one int8 scale, set by its widest channels. DenseNet's BatchNorm then
+    multiplies each channel by gamma / std, so a channel of small variance gets its rounding error multiplied too,
+    and every dense layer reads the block's growing Concat this way. Applied to each piece, the scale and shift read
+    the piece at its own producer's scale, and the Concat joins channels already brought to similar ranges. A piece
+    that a conv writes for this Concat alone (CSP's BatchNorm after its two branches) then folds the pair into that
+    conv (fold_conv_affine): fewer ops. Otherwise each piece costs one Mul + Add, which the NPU runs as one layer."""
+    shapes: Optional[Dict[str, Tuple[Optional[int], ...]]] = None
+    ix = _Index(model)
+    replace: Dict[int, List[onnx.NodeProto]] = {}
+    drop: Set[int] = set()
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in ("BatchNormalization", "Mul", "Div") or node.domain not in ("", "ai.onnx"):
+            continue
+        c = ix.producer.get(node.input[0])
+        if c is None or ix.g.node[c].op_type != "Concat" or ix.g.node[c].domain not in ("", "ai.onnx"):
+            continue
+        if shapes is None:
+            shapes = _known_shapes(model)  # the rewrites below never change the shape of a tensor already there
+        x = node.input[0]
+        rank = len(shapes.get(x, ()))
+        axis = int(_attr(ix.g.node[c], "axis"))
+        if rank < 2 or axis not in (1, 1 - rank) or shapes[x][1] is None:
+            continue
+        pieces = _concat_pieces(ix, x, axis)
+        widths = [shapes.get(t, (None, None))[1] if len(shapes.get(t, ())) == rank else None for t in pieces]
+        if len(pieces) < 2 or None in widths or sum(widths) != shapes[x][1]:
+            continue
+        if node.op_type == "BatchNormalization":
+            found = _batchnorm_affine(ix, node)
+            found = None if found is None else (*found, i)
+        else:
+            found = _scale_and_shift(ix, node, i, rank, shapes[x][1])
+        if found is None or np.ptp(found[0]) == 0:
+            continue  # a scalar scale keeps the channels' relative ranges: nothing to gain
+        scale, shift, last = found
+        new: List[onnx.NodeProto] = []
+        joined: List[str] = []
+        start = 0
+        for piece, width in zip(pieces, widths):
+            shape = [1, width] + [1] * (rank - 2)
+            s = scale[start:start + width].reshape(shape)
+            b = shift[start:start + width].reshape(shape)
+            start += width
+            y = ix.unique(f"{piece}/scaled")
+            new.append(helper.make_node("Mul", [piece, ix.add_const(f"{piece}/scale", s)], [y], name=y))
+            if np.any(b != 0):
+                z = ix.unique(f"{piece}/shifted")
+                new.append(helper.make_node("Add", [y, ix.add_const(f"{piece}/shift", b)], [z], name=z))
+                y = z
+            joined.append(y)
+        out = ix.g.node[last].output[0]
+        new.append(helper.make_node("Concat", joined, [out], axis=axis, name=ix.unique(f"{out}/concat")))
+        replace[last] = new
+        drop |= {i, last}
+    if replace:
+        splice_nodes(model.graph, list(model.graph.node), replace, drop - set(replace))
+        drop_unread(model.graph)
+    return len(replace)
 
 
 def _conv_readers(ix: _Index, t: str) -> Optional[List[int]]:

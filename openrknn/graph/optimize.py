@@ -52,6 +52,7 @@ def _fold(model: onnx.ModelProto) -> None:
                         "channel sums": fold.channel_sums_as_convs(model),
                         "logits of sigmoids": fold.logit_of_sigmoid(model),
                         "unit-stride deconvs": fold.unit_stride_transposed_convs(model),
+                        "scales after a Concat": fold.distribute_affine_over_concat(model),
                         "conv affine": fold.fold_conv_affine(model),
                         "batch norms after a Gemm": fold.fold_gemm_batchnorm(model),
                         "Gemm affine": fold.fold_gemm_affine(model),

@@ -1,0 +1,150 @@
+"""A BatchNorm (or a per-channel scale and shift) after a channel Concat is applied to each piece before the Concat
+(graph/fold.distribute_affine_over_concat): DenseNet's dense layers each normalise the block's growing Concat, whose
+one int8 scale is set by its widest pieces, so a narrow piece's rounding error was multiplied by its large
+gamma / std. The rewrite is exact in float; on int8 it keeps the narrow pieces' precision; in a CSP block (a
+BatchNorm over the Concat of two convs read by nothing else) the pieces' scale and shift fold into those convs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import built_rknn, ort_run, write_samples
+from openrknn.graph import fold
+from openrknn.graph.optimize import optimize
+from openrknn.metrics import cosine
+
+n = helper.make_node
+RNG = np.random.default_rng(7)
+
+
+def _graph(nodes, inits, out="y", in_shape=(1, 3, 8, 8)):
+    return helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                             [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                             [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+
+
+def _bn(name: str, channels: int, spread: np.ndarray = None) -> dict:
+    """A BatchNorm's parameters; ``spread``: the channels' standard deviations (its running variances)."""
+    std = RNG.uniform(0.2, 3.0, channels) if spread is None else spread
+    return {f"{name}_g": RNG.uniform(0.5, 1.5, channels), f"{name}_b": RNG.normal(0, 0.3, channels),
+            f"{name}_m": RNG.normal(0, 0.5, channels), f"{name}_v": std ** 2}
+
+
+def _bn_node(name: str, x: str, y: str):
+    return n("BatchNormalization", [x] + [f"{name}_{k}" for k in "gbmv"], [y], name=name)
+
+
+def _dense_block(nested: bool, spread=None, spatial: int = 8):
+    """x -> stem conv (6 ch) -> two dense layers (BN -> Relu -> conv, 4 new channels each), then a transition BN:
+    Keras writes the growing Concat nested (Concat(Concat(a, b), c)), torchvision flat (Concat(a, b, c))."""
+    inits = {"w0": RNG.normal(0, 0.4, (6, 3, 3, 3)), "w1": RNG.normal(0, 0.3, (4, 6, 3, 3)),
+             "w2": RNG.normal(0, 0.3, (4, 10, 3, 3))}
+    inits.update(_bn("bn1", 6, None if spread is None else spread[:6]))
+    inits.update(_bn("bn2", 10, None if spread is None else spread[:10]))
+    inits.update(_bn("bn3", 14, spread))
+    nodes = [n("Conv", ["x", "w0"], ["a"], pads=[1] * 4),
+             _bn_node("bn1", "a", "n1"), n("Relu", ["n1"], ["r1"]), n("Conv", ["r1", "w1"], ["b"], pads=[1] * 4),
+             n("Concat", ["a", "b"], ["ab"], axis=1),
+             _bn_node("bn2", "ab", "n2"), n("Relu", ["n2"], ["r2"]), n("Conv", ["r2", "w2"], ["c"], pads=[1] * 4),
+             n("Concat", ["ab", "c"] if nested else ["a", "b", "c"], ["abc"], axis=1),
+             _bn_node("bn3", "abc", "y")]
+    model = helper.make_model(_graph(nodes, inits, in_shape=(1, 3, spatial, spatial)),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _copy(m):
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_a_dense_blocks_batchnorms_move_onto_each_piece(nested):
+    m = _dense_block(nested)
+    out = _copy(m)
+    assert fold.distribute_affine_over_concat(out) == 2  # bn1 reads a conv, not a Concat
+    ops = [node.op_type for node in out.graph.node]
+    assert ops.count("BatchNormalization") == 1
+    last = next(node for node in out.graph.node if node.output[0] == "y")
+    assert last.op_type == "Concat" and len(last.input) == 3  # the nested Concat opened: a, b and c, each scaled
+    producers = {o: node for node in out.graph.node for o in node.output}
+    for t in last.input:
+        add = producers[t]
+        assert add.op_type == "Add" and producers[add.input[0]].op_type == "Mul"
+    assert [producers[producers[t].input[0]].input[0] for t in last.input] == ["a", "b", "c"]
+    x = RNG.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_csp_blocks_batchnorm_folds_into_its_two_convs():
+    """CSP (YOLOv4/v5's BottleneckCSP): BatchNorm(Concat(conv(x), conv(x))) -> Relu: after the rewrite each piece's
+    scale and shift fold into its conv, leaving two convs and the Concat."""
+    inits = {"wa": RNG.normal(0, 0.4, (4, 3, 1, 1)), "wb": RNG.normal(0, 0.4, (5, 3, 3, 3))}
+    inits.update(_bn("bn", 9))
+    nodes = [n("Conv", ["x", "wa"], ["a"]), n("Conv", ["x", "wb"], ["b"], pads=[1] * 4),
+             n("Concat", ["a", "b"], ["ab"], axis=1), _bn_node("bn", "ab", "n"), n("Relu", ["n"], ["y"])]
+    m = helper.make_model(_graph(nodes, inits), opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    out = optimize(_copy(m), 2)
+    assert sorted(node.op_type for node in out.graph.node) == ["Concat", "Conv", "Conv", "Relu"]
+    x = RNG.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_spelled_out_scale_and_shift_moves_too_and_other_constants_stay():
+    """Mul then Add (how the TensorFlow loaders write a Keras BatchNormalization), Div then Sub: moved; a scalar
+    scale (the relative ranges stay), a scale varying over space, or a Concat along the width: left alone."""
+    inits = {"wa": RNG.normal(0, 0.4, (4, 3, 1, 1)), "wb": RNG.normal(0, 0.4, (2, 3, 1, 1)),
+             "s": RNG.uniform(0.5, 4, (1, 6, 1, 1)), "t": RNG.normal(0, 1, (6, 1, 1)),
+             "k": np.float32(3.0), "sp": RNG.uniform(0.5, 4, (1, 1, 8, 8)), "w6": RNG.uniform(0.5, 4, (1, 4, 1, 1))}
+
+    def model(tail, axis=1):
+        nodes = [n("Conv", ["x", "wa"], ["a"]), n("Conv", ["x", "wb"], ["b"]),
+                 n("Concat", ["a", "b"] if axis == 1 else ["a", "a"], ["ab"], axis=axis)] + tail
+        m = helper.make_model(_graph(nodes, inits), opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+    x = RNG.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    for tail in ([n("Mul", ["ab", "s"], ["m"]), n("Add", ["m", "t"], ["y"])],
+                 [n("Div", ["ab", "s"], ["m"]), n("Sub", ["m", "t"], ["y"])],
+                 [n("Mul", ["ab", "s"], ["y"])]):
+        m = model(tail)
+        out = _copy(m)
+        assert fold.distribute_affine_over_concat(out) == 1
+        assert [node.op_type for node in out.graph.node].count("Concat") == 1
+        np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    for m in (model([n("Mul", ["ab", "k"], ["y"])]), model([n("Mul", ["ab", "sp"], ["y"])]),
+              model([n("Mul", ["ab", "w6"], ["y"])], axis=3)):
+        assert fold.distribute_affine_over_concat(_copy(m)) == 0
+
+
+def test_int8_keeps_a_narrow_piece_that_the_batchnorm_widens(tmp_path, monkeypatch):
+    """The stem's 6 channels are wide (std 30) and the dense layers' new ones narrow (std 0.05); each BatchNorm
+    brings every channel to unit scale. With one int8 scale over the Concat the narrow channels are a few levels
+    wide; moved onto the pieces, each is normalised at its own scale."""
+    spread = np.r_[np.full(6, 30.0), np.full(8, 0.05)]
+    m = _dense_block(nested=False, spread=spread, spatial=12)
+    for name, shape in (("w0", (6, 3, 3, 3)), ("w1", (4, 6, 3, 3)), ("w2", (4, 10, 3, 3))):
+        scale = {"w0": 0.4, "w1": 0.0015, "w2": 0.001}[name]  # the stem wide, the dense layers' outputs narrow
+        w = next(t for t in m.graph.initializer if t.name == name)
+        w.CopyFrom(numpy_helper.from_array(RNG.normal(0, scale, shape).astype(np.float32), name))
+    path = tmp_path / "dense.onnx"
+    onnx.save(m, str(path))
+    (tmp_path / "calib").mkdir()
+    pics = [RNG.uniform(0, 255, (1, 12, 12, 3)).astype(np.float32) for _ in range(8)]
+    ds = write_samples(tmp_path / "calib", pics[:6])
+    ref = [ort_run(m, {"x": p.transpose(0, 3, 1, 2).copy()})[0] for p in pics[6:]]
+    scores = {}
+    for moved in (True, False):
+        if not moved:
+            monkeypatch.setattr(fold, "distribute_affine_over_concat", lambda model: 0)
+        rk = built_rknn(path, ds, target_platform="rk3588", quantized_dtype="w8a8")
+        scores[moved] = min(cosine(rk.inference(inputs=[p])[0], r) for p, r in zip(pics[6:], ref))
+        rk.release()
+    assert scores[True] > 0.999 and 1 - scores[True] < (1 - scores[False]) / 10, scores
