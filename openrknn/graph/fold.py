@@ -8,9 +8,9 @@ so that the deployed function is unchanged and the ops are the ones the NPU fuse
   new weights and bias;
 - fold_gemm_batchnorm / fold_gemm_affine: a BatchNormalization, or a constant per-column Mul, Div, Add or Sub, after
   a Gemm -> its weights and bias;
-- distribute_affine_over_concat: a BatchNormalization (or a constant per-channel scale and shift) after a channel
-  Concat -> the Concat of each piece's own scale and shift (DenseNet, CSP blocks); a piece that is a conv's output
-  read by nothing else then folds it;
+- normalize_concat_pieces: the pieces of channel Concats that BatchNormalizations read -> standardised where they are
+  made, the BatchNorms rescaled (DenseNet); a Concat's one BatchNorm or constant scale and shift -> into its pieces
+  (CSP blocks); a piece a conv makes takes that into its weights;
 - fold_input_scale: a constant per-channel Mul or Div read only by convs -> their weights; an Add or Sub -> their
   biases where no conv pads (a padded border would see the shift where the original saw zeros);
 - canonical_activations: spelled-out activations -> the ONNX op (HardSwish, HardSigmoid, Sigmoid + Mul for SiLU;
@@ -34,7 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .activations import find_regions
-from .names import drop_unread, splice_nodes, subgraphs, unique_name, used_names
+from .names import drop_unread, rename_uses, splice_nodes, subgraphs, unique_name, used_names
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -275,16 +275,6 @@ def fold_gemm_affine(model: onnx.ModelProto) -> int:
     return _fold_each(model, match, apply)
 
 
-def _concat_pieces(ix: _Index, t: str, axis: int) -> List[str]:
-    """The tensors joined along ``axis`` into ``t``, with Concats on the same axis inside it opened (Keras writes a
-    dense block as nested two-input Concats); ``[t]`` when ``t`` is no such Concat."""
-    p = ix.producer.get(t)
-    node = None if p is None else ix.g.node[p]
-    if node is None or node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or _attr(node, "axis") != axis:
-        return [t]
-    return [piece for x in node.input for piece in _concat_pieces(ix, x, axis)]
-
-
 def _batchnorm_affine(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(scale, shift) per channel of an inference BatchNormalization with constant parameters; None otherwise."""
     if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or \
@@ -316,68 +306,201 @@ def _scale_and_shift(ix: _Index, node: onnx.NodeProto, at: int, rank: int, chann
     return scale, shift.astype(np.float64) * (1 if reader[1].op_type == "Add" else -1), reader[0]
 
 
-def distribute_affine_over_concat(model: onnx.ModelProto) -> int:
-    """y = x * s + b per channel right after x = Concat(pieces) on the channel axis (a BatchNormalization, or a
-    constant Mul / Div with an optional Add / Sub after it) -> Concat(piece_i * s_i + b_i).
+class _Affine:
+    """y = x * scale + shift per channel, read from ``x`` by the nodes at ``nodes``: a BatchNormalization (``stats``:
+    its running mean and standard deviation per channel) or a Mul / Div by a constant, and the constant Add / Sub
+    that alone reads it."""
 
-    Why: the NPU stores a Concat's output at one int8 scale, set by its widest channels. DenseNet's BatchNorm then
-    multiplies each channel by gamma / std, so a channel of small variance gets its rounding error multiplied too,
-    and every dense layer reads the block's growing Concat this way. Applied to each piece, the scale and shift read
-    the piece at its own producer's scale, and the Concat joins channels already brought to similar ranges. A piece
-    that a conv writes for this Concat alone (CSP's BatchNorm after its two branches) then folds the pair into that
-    conv (fold_conv_affine): fewer ops. Otherwise each piece costs one Mul + Add, which the NPU runs as one layer."""
-    shapes: Optional[Dict[str, Tuple[Optional[int], ...]]] = None
+    def __init__(self, x: str, nodes: List[int], scale: np.ndarray, shift: np.ndarray,
+                 stats: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+        self.x, self.nodes, self.scale, self.shift, self.stats = x, nodes, scale, shift, stats
+
+    def channels(self, start: int, width: int) -> tuple:
+        """(scale, shift, stats) of channels start .. start + width."""
+        part = slice(start, start + width)
+        stats = None if self.stats is None else (self.stats[0][part], self.stats[1][part])
+        return self.scale[part], self.shift[part], stats
+
+
+def _affine_of(ix: _Index, i: int, x: str, rank: int, channels: int) -> Optional[_Affine]:
+    """The per-channel affine that node ``i`` starts on ``x`` (of ``rank`` and ``channels``); None if it is none."""
+    node = ix.g.node[i]
+    if node.input[0] != x or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "BatchNormalization":
+        found = _batchnorm_affine(ix, node)
+        if found is None or found[0].size != channels:
+            return None
+        mean, var = (ix.const(t).astype(np.float64).ravel() for t in node.input[3:5])
+        return _Affine(x, [i], *found, stats=(mean, np.sqrt(var + _attr(node, "epsilon", 1e-5))))
+    if node.op_type in ("Mul", "Div"):
+        found = _scale_and_shift(ix, node, i, rank, channels)
+        if found is not None:
+            return _Affine(x, sorted({i, found[2]}), found[0], found[1])
+    return None
+
+
+def normalize_concat_pieces(model: onnx.ModelProto) -> int:
+    """The pieces of channel Concats that per-channel affines read (BatchNormalizations; a Mul / Div by a constant
+    and an Add / Sub after it) are standardised where they are made, and the affines rescaled to match.
+
+    Why: the NPU stores a Concat and its pieces at one int8 scale, set by the widest channels. Each layer of a
+    DenseNet block reads the block's growing Concat through a BatchNorm that multiplies every channel by
+    gamma / std, so a channel of small variance had its rounding error multiplied as well. A piece read by several
+    BatchNorms is now written as (x - mean) / std, from the running statistics of the first (all of them measure the
+    same channel), so the Concat joins channels of one size and each BatchNorm becomes about gamma * x + beta. A
+    piece read by one affine takes it whole, and that affine goes (a CSP block's BatchNorm after its two branches).
+    A piece that a conv writes for these readers alone takes the factor into its weights (fold_conv_affine runs
+    next): no new op; any other piece (a pooled block input) gets one Mul and Add. A piece read by several affines
+    none of which is a BatchNorm has no statistics and stays as it is.
+    Runs once: the rescaled affines would match again. Returns how many pieces it rescaled."""
     ix = _Index(model)
-    replace: Dict[int, List[onnx.NodeProto]] = {}
-    drop: Set[int] = set()
-    for i, node in enumerate(model.graph.node):
-        if node.op_type not in ("BatchNormalization", "Mul", "Div") or node.domain not in ("", "ai.onnx"):
-            continue
-        c = ix.producer.get(node.input[0])
-        if c is None or ix.g.node[c].op_type != "Concat" or ix.g.node[c].domain not in ("", "ai.onnx"):
-            continue
-        if shapes is None:
-            shapes = _known_shapes(model)  # the rewrites below never change the shape of a tensor already there
-        x = node.input[0]
-        rank = len(shapes.get(x, ()))
-        axis = int(_attr(ix.g.node[c], "axis"))
-        if rank < 2 or axis not in (1, 1 - rank) or shapes[x][1] is None:
-            continue
-        pieces = _concat_pieces(ix, x, axis)
-        widths = [shapes.get(t, (None, None))[1] if len(shapes.get(t, ())) == rank else None for t in pieces]
-        if len(pieces) < 2 or None in widths or sum(widths) != shapes[x][1]:
-            continue
-        if node.op_type == "BatchNormalization":
-            found = _batchnorm_affine(ix, node)
-            found = None if found is None else (*found, i)
-        else:
-            found = _scale_and_shift(ix, node, i, rank, shapes[x][1])
-        if found is None or np.ptp(found[0]) == 0:
-            continue  # a scalar scale keeps the channels' relative ranges: nothing to gain
-        scale, shift, last = found
-        new: List[onnx.NodeProto] = []
-        joined: List[str] = []
+    concats = [i for i, node in enumerate(model.graph.node) if node.op_type == "Concat"]
+    if not concats:
+        return 0
+    shapes = _known_shapes(model)
+    ranks = {i: r for i in concats if (r := _channel_concat_rank(model.graph.node[i], shapes)) is not None}
+    family: Dict[int, int] = {i: i for i in ranks}  # union-find over Concats reading one another or one piece
+    first_reader: Dict[str, int] = {}
+
+    def root(i: int) -> int:
+        while family[i] != i:
+            i = family[i]
+        return i
+
+    for i in ranks:
+        for t in model.graph.node[i].input:
+            other = ix.producer.get(t)
+            other = other if other in ranks else first_reader.setdefault(t, i)
+            family[root(other)] = root(i)
+    members: Dict[int, List[int]] = {}
+    for i in ranks:
+        members.setdefault(root(i), []).append(i)
+    after: Dict[int, List[onnx.NodeProto]] = {}  # producer index (-1: a graph input) -> the nodes that follow it
+    rescaled = sum(_normalize_family(ix, group, ranks, shapes, after) for group in members.values())
+    if rescaled:
+        nodes = list(after.get(-1, []))
+        for k, node in enumerate(model.graph.node):
+            nodes += [node] + after.get(k, [])
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        drop_unread(model.graph)  # the affines that became the identity
+    return rescaled
+
+
+def _channel_concat_rank(node: onnx.NodeProto, shapes) -> Optional[int]:
+    """The output rank of a Concat along the channels (axis 1, channel count known); None for any other node."""
+    if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
+        return None
+    shape = shapes.get(node.output[0], ())
+    ok = len(shape) >= 2 and int(_attr(node, "axis", 1)) in (1, 1 - len(shape)) and shape[1] is not None
+    return len(shape) if ok else None
+
+
+def _normalize_family(ix: _Index, group: List[int], ranks: Dict[int, int], shapes,
+                      after: Dict[int, List[onnx.NodeProto]]) -> int:
+    """normalize_concat_pieces on one family of Concats; nothing when anything but a Concat of the family or a
+    per-channel affine reads one of them (it would see the rescaled values)."""
+    g = ix.g
+    outs = {g.node[i].output[0]: i for i in group}
+    pieces: Dict[str, int] = {}  # piece -> its channels
+    affines: List[_Affine] = []
+    for i in group:
+        for t in g.node[i].input:
+            if t not in outs:
+                shape = shapes.get(t, ())
+                if not t or t in ix.keep or len(shape) != ranks[i] or shape[1] is None:
+                    return 0
+                pieces[t] = shape[1]
+        y = g.node[i].output[0]
+        readers = [c for c in ix.consumers.get(y, []) if c not in group]
+        found = [_affine_of(ix, c, y, ranks[i], shapes[y][1]) for c in readers]
+        if y in ix.keep or None in found:
+            return 0
+        affines += found
+    if not affines:
+        return 0
+    for t, width in pieces.items():  # an affine reading a piece itself (a block's first layer) reads it too
+        found = [_affine_of(ix, c, t, len(shapes[t]), width) for c in ix.consumers.get(t, []) if c not in group]
+        affines += [a for a in found if a is not None]
+    affines.sort(key=lambda a: a.nodes[0])  # graph order: a piece's statistics come from its first BatchNorm
+
+    def layout(t: str) -> List[Tuple[str, int]]:  # (piece, channels) in the order they make up t
+        return [(t, pieces[t])] if t not in outs else [p for x in g.node[outs[t]].input for p in layout(x)]
+
+    layouts = {a.x: layout(a.x) for a in affines}  # before the Concats are rewired
+    seen: Dict[str, list] = {t: [] for t in pieces}
+    for a in affines:
         start = 0
-        for piece, width in zip(pieces, widths):
-            shape = [1, width] + [1] * (rank - 2)
-            s = scale[start:start + width].reshape(shape)
-            b = shift[start:start + width].reshape(shape)
+        for t, width in layouts[a.x]:
+            seen[t].append(a.channels(start, width))
             start += width
-            y = ix.unique(f"{piece}/scaled")
-            new.append(helper.make_node("Mul", [piece, ix.add_const(f"{piece}/scale", s)], [y], name=y))
-            if np.any(b != 0):
-                z = ix.unique(f"{piece}/shifted")
-                new.append(helper.make_node("Add", [y, ix.add_const(f"{piece}/shift", b)], [z], name=z))
-                y = z
-            joined.append(y)
-        out = ix.g.node[last].output[0]
-        new.append(helper.make_node("Concat", joined, [out], axis=axis, name=ix.unique(f"{out}/concat")))
-        replace[last] = new
-        drop |= {i, last}
-    if replace:
-        splice_nodes(model.graph, list(model.graph.node), replace, drop - set(replace))
-        drop_unread(model.graph)
-    return len(replace)
+    factors = {t: _piece_factor(found, pieces[t]) for t, found in seen.items()}
+    made: Dict[str, str] = {}
+    for t, (scale, shift) in factors.items():
+        if np.all(scale == 1) and np.all(shift == 0):
+            continue
+        shape = [1, scale.size] + [1] * (len(shapes[t]) - 2)
+        y = ix.unique(f"{t}/normalized")
+        new = [helper.make_node("Mul", [t, ix.add_const(f"{t}/norm_scale", scale.reshape(shape))], [y], name=y)]
+        if np.any(shift != 0):
+            z = ix.unique(f"{t}/normalized_shift")
+            new.append(helper.make_node("Add", [y, ix.add_const(f"{t}/norm_shift", shift.reshape(shape))], [z],
+                                        name=z))
+            y = z
+        made[t] = y
+        after.setdefault(ix.producer.get(t, -1), []).extend(new)
+    for i in group:
+        g.node[i].input[:] = [made.get(x, x) for x in g.node[i].input]
+    for a in affines:
+        scale = np.concatenate([factors[t][0] for t, _ in layouts[a.x]])
+        shift = np.concatenate([factors[t][1] for t, _ in layouts[a.x]])
+        x, last = made.get(a.x, a.x), g.node[a.nodes[-1]]
+        g.node[a.nodes[0]].input[0] = x
+        new_scale, new_shift = a.scale / scale, a.shift - a.scale * shift / scale
+        if np.allclose(new_scale, 1, rtol=1e-12, atol=0) and np.allclose(new_shift, 0, rtol=0, atol=1e-12) and \
+                last.output[0] not in ix.keep:
+            rename_uses(g, last.output[0], x)  # nothing reads it now: drop_unread removes it
+        else:
+            _set_affine(ix, a, new_scale, new_shift, len(shapes[a.x]), after)
+    return len(made)
+
+
+def _piece_factor(found: list, channels: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) a piece is rescaled by, from what its readers apply to it: [(scale, shift, stats)]."""
+    if len(found) == 1:
+        scale, shift = found[0][0], found[0][1]
+    else:
+        stats = next((f[2] for f in found if f[2] is not None), None)
+        if stats is None:  # several readers and no statistics: a guess would do harm (see the docstring)
+            return np.ones(channels), np.zeros(channels)
+        scale, shift = 1.0 / stats[1], -stats[0] / stats[1]
+    ok = np.isfinite(scale) & (np.abs(scale) > 1e-12) & np.isfinite(shift)
+    return np.where(ok, scale, 1.0), np.where(ok, shift, 0.0)
+
+
+def _set_affine(ix: _Index, a: _Affine, scale: np.ndarray, shift: np.ndarray, rank: int,
+                after: Dict[int, List[onnx.NodeProto]]) -> None:
+    """The nodes of ``a`` computing x * scale + shift instead (an Add placed in ``after`` where a Mul had none)."""
+    first, last = ix.g.node[a.nodes[0]], ix.g.node[a.nodes[-1]]
+    if first.op_type == "BatchNormalization":  # (x - 0) / sqrt(1 - eps + eps) * scale + shift
+        eps = float(_attr(first, "epsilon", 1e-5))
+        values = (scale, shift, np.zeros_like(scale), np.full_like(scale, 1.0 - eps))
+        for k, (part, v) in enumerate(zip(("gamma", "beta", "mean", "var"), values)):
+            first.input[1 + k] = ix.add_const(f"{first.name or 'bn'}/{part}_rescaled", v)
+        return
+    shape = [1, scale.size] + [1] * (rank - 2)
+    first.op_type = "Mul"
+    first.input[:] = [first.input[0], ix.add_const(f"{first.name or 'mul'}/scale_rescaled", scale.reshape(shape))]
+    if len(a.nodes) == 2:
+        last.op_type = "Add"
+        last.input[:] = [first.output[0], ix.add_const(f"{last.name or 'add'}/shift_rescaled", shift.reshape(shape))]
+    elif np.any(shift != 0):  # a lone Mul whose pieces were standardised: it needs a shift after it now
+        y = first.output[0]
+        first.output[0] = ix.unique(f"{y}/scaled")
+        add = helper.make_node("Add", [first.output[0], ix.add_const(f"{y}/shift", shift.reshape(shape))], [y],
+                               name=ix.unique(f"{first.name or 'mul'}/shift"))
+        after.setdefault(a.nodes[0], []).append(add)
 
 
 def _conv_readers(ix: _Index, t: str) -> Optional[List[int]]:

@@ -45,14 +45,13 @@ def _fold(model: onnx.ModelProto) -> None:
     """graph/fold.py's exact rewrites, until none applies (a folded scale can expose an activation and back)."""
     from . import fold
 
-    total: Counter = Counter()
+    total: Counter = Counter({"Concat pieces rescaled": fold.normalize_concat_pieces(model)})  # once: see there
     for _ in range(4):
         step = Counter({"activations": fold.canonical_activations(model),
                         "squeezes sunk": fold.sink_squeezes(model),
                         "channel sums": fold.channel_sums_as_convs(model),
                         "logits of sigmoids": fold.logit_of_sigmoid(model),
                         "unit-stride deconvs": fold.unit_stride_transposed_convs(model),
-                        "scales after a Concat": fold.distribute_affine_over_concat(model),
                         "conv affine": fold.fold_conv_affine(model),
                         "batch norms after a Gemm": fold.fold_gemm_batchnorm(model),
                         "Gemm affine": fold.fold_gemm_affine(model),
