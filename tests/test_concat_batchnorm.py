@@ -168,3 +168,27 @@ def test_int8_keeps_a_narrow_piece_that_the_batchnorm_widens(tmp_path, monkeypat
         scores[moved] = min(cosine(rk.inference(inputs=[p])[0], r) for p, r in zip(pics[6:], ref))
         rk.release()
     assert scores[True] > 0.999 and 1 - scores[True] < (1 - scores[False]) / 10, scores
+
+
+def test_a_tensorflow_batchnorm_after_a_concat_keeps_its_statistics(tmp_path):
+    """A frozen graph's FusedBatchNormV3 arrives as one BatchNormalization with its mean and variance (a Mul and an
+    Add would lose them), so a Keras or TensorFlow DenseNet's Concat pieces can be standardised too."""
+    from loader_models import TFGraph
+    from openrknn.convert.loaders import load_tensorflow
+
+    g = TFGraph(5)
+    x = g.placeholder("image", [-1, 8, 8, 3])
+    a = g.conv_bn_relu6(x, "a", 3, 4, 3, 1)
+    b = g.conv_bn_relu6(a, "b", 4, 4, 3, 1)
+    cat = g.node("ConcatV2", "cat", [a, b, g.const("cat/axis", np.array(3, np.int32))], N=2)
+    stats = {"gamma": RNG.uniform(0.5, 1.5, 8), "beta": RNG.normal(0, 0.1, 8), "mean": RNG.normal(0, 1, 8),
+             "var": RNG.uniform(0.01, 4, 8)}
+    g.node("FusedBatchNormV3", "output", [cat] + [g.const(f"bn/{p}", v.astype(np.float32)) for p, v in stats.items()],
+           epsilon=0.001, is_training=False, data_format="NHWC")
+    loaded = load_tensorflow(g.save(tmp_path / "m.pb"), ["image"], [[1, 8, 8, 3]], ["output"])
+    bn = [node for node in loaded.model.graph.node if node.op_type == "BatchNormalization"]
+    assert len(bn) == 3 and not any(node.op_type in ("Mul", "Add") for node in loaded.model.graph.node)
+    inits = {t.name: numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
+    for k, part in enumerate(stats, 1):  # in the channel order of the Concat, which the layout keeps at axis 1
+        np.testing.assert_array_equal(inits[bn[-1].input[k]], stats[part].astype(np.float32))
+    assert bn[-1].attribute[0].f == np.float32(0.001)
