@@ -16,7 +16,8 @@ LEVELS = {
     0: "no graph changes",
     1: "constant folding, identity/dropout/dead-node removal, common sub-expressions, auto_pad as explicit pads",
     2: "level 1 + fusions (Conv+BatchNorm, Gemm+BatchNorm, Conv+Add/Mul, Gemm, Pad+Conv, reshape/transpose chains), "
-       "constant per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op",
+       "constant per-channel scales and shifts folded into the convs next to them, spelled-out activations as one op, "
+       "the pieces of Concats that BatchNorms read standardised where they are made",
     3: "level 2 + mean/std/channel-reorder folded into the first convolution where exact",
 }
 
