@@ -171,8 +171,9 @@ def test_int8_keeps_a_narrow_piece_that_the_batchnorm_widens(tmp_path, monkeypat
 
 
 def test_a_tensorflow_batchnorm_after_a_concat_keeps_its_statistics(tmp_path):
-    """A frozen graph's FusedBatchNormV3 arrives as one BatchNormalization with its mean and variance (a Mul and an
-    Add would lose them), so a Keras or TensorFlow DenseNet's Concat pieces can be standardised too."""
+    """A frozen graph's FusedBatchNormV3 after a Concat arrives as one BatchNormalization with its mean and variance
+    (a Mul and an Add would lose them), so a Keras or TensorFlow DenseNet's Concat pieces can be standardised too;
+    after a conv it stays a Mul and an Add computed in float64, which fold into the conv."""
     from loader_models import TFGraph
     from openrknn.convert.loaders import load_tensorflow
 
@@ -187,7 +188,8 @@ def test_a_tensorflow_batchnorm_after_a_concat_keeps_its_statistics(tmp_path):
            epsilon=0.001, is_training=False, data_format="NHWC")
     loaded = load_tensorflow(g.save(tmp_path / "m.pb"), ["image"], [[1, 8, 8, 3]], ["output"])
     bn = [node for node in loaded.model.graph.node if node.op_type == "BatchNormalization"]
-    assert len(bn) == 3 and not any(node.op_type in ("Mul", "Add") for node in loaded.model.graph.node)
+    producers = {o: node for node in loaded.model.graph.node for o in node.output}
+    assert len(bn) == 1 and producers[bn[0].input[0]].op_type == "Concat"  # the convs' BatchNorms: Mul + Add
     inits = {t.name: numpy_helper.to_array(t) for t in loaded.model.graph.initializer}
     for k, part in enumerate(stats, 1):  # in the channel order of the Concat, which the layout keeps at axis 1
         np.testing.assert_array_equal(inits[bn[-1].input[k]], stats[part].astype(np.float32))

@@ -325,14 +325,23 @@ def _bias_add(c: _Converter, node):
 
 
 def _batch_norm(c: _Converter, node):
-    """One BatchNormalization: the running statistics stay in the graph (graph/fold standardises the pieces of a
-    Concat by them); onnxslim and graph/fold fold it into a conv before it as they would a Mul and Add."""
+    """After a conv: a Mul and an Add, computed in float64, which graph/fold folds into the conv. Anywhere else (after
+    a Concat, a pool, an Add): one BatchNormalization, whose running statistics graph/fold needs to standardise a
+    DenseNet's Concat pieces."""
     x = c.value(node.input[0], "nchw")
     if c.attr(node, "is_training", False):
         log.info("'%s': is_training=True in a frozen graph; using its stored mean and variance", node.name)
-    params = [c.b.const(c.const(i).astype(np.float32).reshape(-1), f"{node.name}/{part}")
-              for i, part in zip(node.input[1:5], ("scale", "offset", "mean", "variance"))]
-    y = c.b.node("BatchNormalization", [x.name] + params, node.name, epsilon=float(c.attr(node, "epsilon", 1e-3)))
+    scale, offset, mean, var = (c.const(i).astype(np.float64) for i in node.input[1:5])
+    eps = c.attr(node, "epsilon", 1e-3)
+    if any(n.op_type in ("Conv", "ConvTranspose") and x.name in n.output for n in c.b.nodes):
+        f = scale / np.sqrt(var + eps)
+        mul = c.b.const((f.reshape(1, -1, 1, 1)).astype(np.float32), f"{node.name}/scale")
+        add = c.b.const(((offset - mean * f).reshape(1, -1, 1, 1)).astype(np.float32), f"{node.name}/offset")
+        y = c.b.node("Add", [c.b.node("Mul", [x.name, mul], f"{node.name}/mul"), add], node.name)
+    else:
+        params = [c.b.const(v.astype(np.float32).reshape(-1), f"{node.name}/{part}")
+                  for v, part in zip((scale, offset, mean, var), ("scale", "offset", "mean", "variance"))]
+        y = c.b.node("BatchNormalization", [x.name] + params, node.name, epsilon=float(eps))
     c.put(node, y, "nchw", 4)
     _same_shape(c, node, node.input[0])
 
