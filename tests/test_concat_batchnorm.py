@@ -161,11 +161,11 @@ def test_int8_keeps_a_narrow_piece_that_the_batchnorm_widens(tmp_path, monkeypat
     ds = write_samples(tmp_path / "calib", pics[:6])
     ref = [ort_run(m, {"x": p.transpose(0, 3, 1, 2).copy()})[0] for p in pics[6:]]
     scores = {}
-    for moved in (True, False):
-        if not moved:
+    for standardised in (True, False):
+        if not standardised:
             monkeypatch.setattr(fold, "normalize_concat_pieces", lambda model: 0)
         rk = built_rknn(path, ds, target_platform="rk3588", quantized_dtype="w8a8")
-        scores[moved] = min(cosine(rk.inference(inputs=[p])[0], r) for p, r in zip(pics[6:], ref))
+        scores[standardised] = min(cosine(rk.inference(inputs=[p])[0], r) for p, r in zip(pics[6:], ref))
         rk.release()
     assert scores[True] > 0.999 and 1 - scores[True] < (1 - scores[False]) / 10, scores
 
