@@ -183,6 +183,19 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
     return _fold_each(model, match, apply)
 
 
+def _batchnorm_affine(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(scale, shift) per channel of an inference BatchNormalization with constant parameters; None otherwise."""
+    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or \
+            _attr(node, "training_mode", 0) or len(node.input) != 5:
+        return None
+    params = [ix.const(t) for t in node.input[1:5]]
+    if any(v is None for v in params) or len({v.size for v in params}) != 1:
+        return None
+    gamma, beta, mean, var = (v.astype(np.float64).ravel() for v in params)
+    scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
 def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
     """Gemm -> BatchNormalization (inference) folded into the Gemm: onnxslim fuses a BatchNorm into the conv before
     it but leaves one after a fully connected layer (a landmark head's Linear -> BatchNorm1d), which the NPU would
@@ -195,24 +208,18 @@ def fold_gemm_batchnorm(model: onnx.ModelProto) -> int:
         if w is None or w.ndim != 2 or (len(node.input) > 2 and node.input[2] and c is None):
             return None
         ci = _sole_reader(ix, node)
-        bn = None if ci is None else ix.g.node[ci]
-        if bn is None or bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or \
-                len(bn.output) != 1 or _attr(bn, "training_mode", 0):
-            return None
-        params = [ix.const(t) for t in bn.input[1:5]]
+        affine = None if ci is None else _batchnorm_affine(ix, ix.g.node[ci])
         n = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
-        if any(v is None or v.size != n for v in params) or (c is not None and c.size not in (1, n)):
+        if affine is None or affine[0].size != n or (c is not None and c.size not in (1, n)):
             return None
-        return ci, node, bn, w, c, params
+        return ci, node, w, c, affine
 
     def apply(ix: _Index, hit) -> None:
-        ci, node, bn, w, c, (gamma, beta, mean, var) = hit
-        k = gamma.astype(np.float64).ravel() / np.sqrt(var.astype(np.float64).ravel() + _attr(bn, "epsilon", 1e-5))
+        ci, node, w, c, (k, shift) = hit
         w = w.astype(np.float64) * _attr(node, "alpha", 1.0) * (k[:, None] if _attr(node, "transB", 0)
                                                                  else k[None, :])
         bias = np.zeros(len(k)) if c is None else np.broadcast_to(c.astype(np.float64).ravel(), k.shape)
-        bias = k * (_attr(node, "beta", 1.0) * bias - mean.ravel()) + beta.ravel()
-        _rewrite_gemm(ix, node, w, bias, ci, "bn")
+        _rewrite_gemm(ix, node, w, k * _attr(node, "beta", 1.0) * bias + shift, ci, "bn")
 
     return _fold_each(model, match, apply)
 
@@ -273,19 +280,6 @@ def fold_gemm_affine(model: onnx.ModelProto) -> int:
         _rewrite_gemm(ix, node, w, bias, ci, "affine")
 
     return _fold_each(model, match, apply)
-
-
-def _batchnorm_affine(ix: _Index, node: onnx.NodeProto) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(scale, shift) per channel of an inference BatchNormalization with constant parameters; None otherwise."""
-    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or \
-            _attr(node, "training_mode", 0) or len(node.input) != 5:
-        return None
-    params = [ix.const(t) for t in node.input[1:5]]
-    if any(v is None for v in params) or len({v.size for v in params}) != 1:
-        return None
-    gamma, beta, mean, var = (v.astype(np.float64).ravel() for v in params)
-    scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
-    return scale, beta - mean * scale
 
 
 def _scale_and_shift(ix: _Index, node: onnx.NodeProto, at: int, rank: int, channels: int):
