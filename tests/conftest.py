@@ -29,6 +29,34 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:`{api}` is deprecated:DeprecationWarning")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _exact_int8_sums_in_test_sessions():
+    """On an x86-64 CPU without VNNI onnxruntime's uint8 x int8 kernels add pairs of products in 16 bits and
+    saturate; every session openrknn makes there widens them (runtime/ort_session.py). The onnxruntime sessions the
+    tests make themselves (references, error measures on quantized graphs) are widened the same way, so a test
+    compares openrknn's integers, not this CPU's saturated ones."""
+    import onnxruntime as ort
+
+    from openrknn.runtime.ort_session import int8_dots_saturate
+
+    if not int8_dots_saturate():
+        yield
+        return
+    original = ort.InferenceSession.__init__
+
+    def widened(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        sess_options = sess_options or ort.SessionOptions()
+        try:
+            sess_options.get_session_config_entry("session.x64quantprecision")
+        except RuntimeError:  # not set yet (openrknn's own sessions set it)
+            sess_options.add_session_config_entry("session.x64quantprecision", "1")
+        original(self, path_or_bytes, sess_options, *args, **kwargs)
+
+    ort.InferenceSession.__init__ = widened
+    yield
+    ort.InferenceSession.__init__ = original
+
+
 # ---------------------------------------------------------------- real models and images
 
 
