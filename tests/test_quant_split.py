@@ -131,6 +131,68 @@ def test_split_rescues_small_channels_after_quantization(calib):
     assert err(on) < 0.5 * err(off)
 
 
+def _spread_weights(decades: float):
+    """Stem, depthwise and pointwise weights whose stem channel ranges span 1 .. 10^-decades; the depthwise weights
+    amplify the narrow channels back to the others' size."""
+    rng = np.random.default_rng(0)
+    gain = np.logspace(0, -decades, 8)
+    return (rng.normal(0, 0.02, (8, 3, 3, 3)) * gain[:, None, None, None],
+            rng.normal(0, 1, (8, 1, 3, 3)) / gain[:, None, None, None],
+            rng.normal(0, 0.5, (8, 8, 1, 1)), np.zeros(8))
+
+
+def csp_model(decades: float = 3.0) -> onnx.ModelProto:
+    """Like a CSPNeXt block (RTMDet): the stem's output is read by a depthwise conv + SiLU -> pointwise conv branch
+    and by the residual Add that closes the block."""
+    model = _dw_pw_model(*_spread_weights(decades))
+    g = model.graph
+    g.node[-1].output[0] = "branch"
+    g.node.append(helper.make_node("Add", ["stem", "branch"], ["out"]))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 12, 12]))
+    return model
+
+
+def test_a_tensor_a_residual_add_reads_too_is_split_for_its_depthwise_reader(calib):
+    model = normalize(csp_model())
+    assert list(split_candidates(model)) == ["stem"]
+    split, report, parts = range_split(model, channel_ranges(model, ["stem"], calib), max_ratio=8)
+    # at most two parts, and the Add reads them joined back in channel order at the whole tensor's range
+    assert report["tensors"][0]["tensor"] == "stem" and len(report["tensors"][0]["groups"]) == 2
+    assert parts["stem__split_cat"] == ("stem", None, None)
+    made = {o: n for n in split.graph.node for o in n.output}
+    assert made["stem"].op_type == "Gather" and made["stem__split_cat"].op_type == "Concat"
+    assert sorted(n.op_type for n in split.graph.node if "stem" in n.input) == ["Add"]
+    for feed in calib:
+        np.testing.assert_allclose(_run(split, feed), _run(model, feed), rtol=1e-4, atol=1e-4)
+
+    err = _error_against(model, calib)
+    opts = dict(dtype="w8a8", bias_correction=False, target="rk3588")
+    on = quantize(model, calib, QuantOptions(**opts), progress=False)
+    off = quantize(model, calib, QuantOptions(**opts, range_split=False), progress=False)
+    assert on.tensors["stem__split0"]["scale"] != on.tensors["stem__split1"]["scale"]
+    # the joined tensor keeps the scale the unsplit one had
+    assert on.tensors["stem__split_cat"]["scale"] == pytest.approx(off.tensors["stem"]["scale"], rel=1e-6)
+    assert err(on) < 0.5 * err(off)
+
+
+def test_a_tensor_a_plain_conv_reads_beside_its_depthwise_reader_is_left_whole():
+    model = csp_model()
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.full((8, 8, 1, 1), 0.1, np.float32), "wl"))
+    g.node.insert(len(g.node) - 1, helper.make_node("Conv", ["stem", "wl"], ["lateral"]))
+    g.node[-1].input[0] = "lateral"
+    assert split_candidates(normalize(model)) == {}
+
+
+def test_a_tensor_other_ops_read_too_needs_a_wider_spread_to_be_split(calib):
+    """Channel ranges 10x apart: enough for a tensor only depthwise convs read, not for one a residual Add reads
+    too (its split adds the join's two ops and helps one reader)."""
+    for model, split in ((_dw_pw_model(*_spread_weights(1.0)), True), (csp_model(1.0), False)):
+        model = normalize(model)
+        report = range_split(model, channel_ranges(model, ["stem"], calib), max_ratio=8)[1]
+        assert bool(report["tensors"]) == split
+
+
 def test_tflite_pre_activation_points_are_split_with_their_silu(calib):
     """pre_activation_points='tflite': the stem conv's own output (before its SiLU) is an int8 point; when range
     split cuts the SiLU output into channel groups, that point is cut into the same groups, each with its range."""

@@ -57,9 +57,10 @@ class QuantOptions:
     score_bias_correction: with bias correction on, a conv whose output goes through a Sigmoid to the model's
         outputs (a detector's score maps) also gets its bias shifted so the probabilities' mean error, measured on
         the complete quantized model, is zero where they can change (algorithms/score_bias.py).
-    range_split: a conv output read only by depthwise convs whose channel ranges span more than
-        ``range_split_ratio`` is cut into channel groups with their own scales by an exact graph rewrite
-        (algorithms/split.py); the op count grows a little, the function does not change.
+    range_split: a conv output read by depthwise convs (and at most by residual Adds besides, which get the parts
+        joined back) whose channel ranges span more than ``range_split_ratio`` (4x that with an Add) is cut into
+        channel groups with their own scales by an exact graph rewrite (algorithms/split.py); the op count grows a
+        little, the function does not change.
     range_remap: where range split cuts a depthwise conv whose output only pointwise-style convs (no padding)
         read, also stretch each part of that output onto the widest part's range (x -> k x + b, folded into the
         part's output quantizer; the readers' weights and biases undo it), so the scale the parts share gives

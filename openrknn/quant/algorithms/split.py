@@ -2,12 +2,13 @@
 
 A per-tensor activation scale spans the widest channel; a channel whose range is 100x smaller keeps 2-3 levels
 and its information is gone (detector stems do this: a few very wide channels next to narrow ones that the network
-amplifies). When every consumer of such a tensor is a depthwise conv, the tensor can be cut by channels
-without changing the function: the producing conv (with its fused activation) becomes one conv per channel
-group, each depthwise consumer becomes one depthwise conv per group, and their activated outputs are concatenated
-in group order; the convs that read them get their input channels permuted to match (or, for other readers, a
-Gather puts the channels back in order, pure data movement). Every new tensor is an ordinary per-tensor
-quantized NPU tensor; only the op count grows. SiLU/ReLU6 need no homogeneity here (unlike equalization).
+amplifies). When depthwise convs read such a tensor, it can be cut by channels without changing the function:
+the producing conv (with its fused activation) becomes one conv per channel group, each depthwise consumer becomes
+one depthwise conv per group, and their activated outputs are concatenated in group order; the convs that read
+them get their input channels permuted to match (or, for other readers, a Gather puts the channels back in order,
+pure data movement). Other readers of the split tensor itself (a CSP block's residual Add) read its parts joined
+the same way. Every new tensor is an ordinary per-tensor quantized NPU tensor; only the op count grows.
+SiLU/ReLU6 need no homogeneity here (unlike equalization).
 
 The concatenated depthwise outputs still share one scale. Where only pointwise-style convs (no padding) read them,
 each part is also remapped: x -> k x + b stretches its range onto the widest part's, the part's output quantizer
@@ -70,7 +71,8 @@ def _is_depthwise(info: GraphInfo, i: int) -> bool:
 
 
 def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[List[int]]]]:
-    """point -> (producer chain, [consumer chains]) for points made by a conv and read only by depthwise convs."""
+    """point -> (producer chain, [depthwise consumer chains]) for points made by a conv and read by depthwise convs
+    and, besides them, at most by residual Adds (which get the parts joined back, see split_tensor)."""
     producer_conv = {}
     for w in plan.weighted:
         if info.nodes[w.node].op_type == "Conv":
@@ -79,8 +81,11 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
                 producer_conv[fc[1]] = fc[0]
     out = {}
     for t, chain in producer_conv.items():
-        cons = info.consumers.get(t, [])
-        if not cons or t in info.output_set or not all(_is_depthwise(info, c) for c in cons):
+        readers = info.consumers.get(t, [])
+        cons = [c for c in readers if _is_depthwise(info, c)]
+        # besides depthwise convs, only residual Adds: other readers (plain convs, a Concat, a Resize) measured
+        # worse on the corpus with the parts joined back for them (bench/RESULTS.md, session 64)
+        if not cons or t in info.output_set or any(info.nodes[c].op_type != "Add" for c in readers if c not in cons):
             continue
         if int(info.attr(chain[0], "group", 1)) != 1 and not _is_depthwise(info, chain[0]):
             continue
@@ -91,6 +96,12 @@ def candidates(info: GraphInfo, plan: Plan) -> Dict[str, Tuple[List[int], List[L
     return out
 
 
+# A tensor read by depthwise convs and by residual Adds (a CSP block's input, which the block's Add reads too) is
+# split for the depthwise convs alone; the Adds take the parts joined back (a Concat and a Gather, two more ops, at
+# the whole tensor's scale as before). It is cut where its channel ranges span this many times the usual ratio (the
+# narrowest keep under 3 bits of 8), into at most this many parts.
+SHARED_RATIO = 4.0
+SHARED_GROUPS = 2
 DEAD = 1e-6  # a channel whose range is below this share of the widest is constant (dead): it fits any group
 # a channel whose span in a typical calibration sample is under this share of its span in all of them is silent in
 # most samples and fires in a few (calibrate.Stats.channel_steadiness): the next input may take it far past its
@@ -241,9 +252,17 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             made[n.name] = info.nodes[i].name
         point_parts.append(mapping[point])
         held[mapping[point]] = (point, idx)
-    new_nodes[max(producer)] = prod_nodes
     order = np.concatenate(groups).astype(np.int64)
     inv = np.argsort(order).astype(np.int64)
+    if any(c not in drop for c in info.consumers.get(point, [])):
+        # readers other than the depthwise convs (a residual Add) read the parts joined back in channel order
+        cat, perm = point + "__split_cat", point + "__split_perm"
+        inits.append(numpy_helper.from_array(inv, perm))
+        prod_nodes.append(helper.make_node("Concat", point_parts, [cat], axis=1, name=point + "_split_concat"))
+        prod_nodes.append(helper.make_node("Gather", [cat, perm], [point], axis=1, name=point + "_split_order"))
+        for n in prod_nodes[-2:]:
+            made[n.name] = info.nodes[producer[0]].name
+    new_nodes[max(producer)] = prod_nodes
     replaced: Dict[int, onnx.NodeProto] = {}
     for chain in consumers:
         out_point = None
@@ -413,8 +432,8 @@ def remappable_outputs(info: GraphInfo, consumers: List[List[int]]) -> List[str]
 
 
 def split_candidates(model: onnx.ModelProto) -> Dict[str, List[str]]:
-    """The NCHW tensors range split could cut (made by a conv, read only by depthwise convs), each with its
-    remappable consumer outputs (see remappable_outputs)."""
+    """The NCHW tensors range split could cut (made by a conv, read by depthwise convs and at most residual Adds),
+    each with its remappable consumer outputs (see remappable_outputs)."""
     from ..plan import build_plan
 
     info = GraphInfo(model)
@@ -623,7 +642,10 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
              for t, (prod, cons) in found.items()}
     # each candidate's groups and remaps, decided on the model as given: a rewrite elsewhere only permutes, folds
     # or slices the weights the decision reads, so it would decide the same
-    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups, min_benefit)
+    # a tensor that other ops read too (see candidates) is held to a stricter bar and fewer parts
+    limits = {t: (max_ratio * SHARED_RATIO, SHARED_GROUPS) if len(first.consumers.get(t, [])) > len(cons)
+              else (max_ratio, max_groups) for t, (_, cons) in found.items()}
+    decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, *limits[t], min_benefit)
                for t, (lo, hi) in ranges.items() if t in found}
     check = None
     proposed = {o: groups for groups, fitted in decided.values() for o in fitted}
@@ -631,8 +653,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         # all the remaps, judged together on the model's outputs before any is made
         made, check = confirm(proposed)
         if not made:
-            decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, max_ratio, max_groups,
-                                  float("inf")) for t, (lo, hi) in ranges.items() if t in found}
+            decided = {t: _decide(first, lo, hi, found[t][1], ranges, samples, levels, *limits[t], float("inf"))
+                       for t, (lo, hi) in ranges.items() if t in found}
     for t, (lo, hi) in ranges.items():
         if t not in decided or len(decided[t][0]) == 1:  # the other keys are remap outputs' ranges
             continue
@@ -649,6 +671,8 @@ def range_split(model: onnx.ModelProto, ranges: Dict[str, Tuple[np.ndarray, np.n
         origins.update({k: origins.get(v, v) for k, v in made.items()})
         for g, idx in enumerate(groups):
             parts[f"{t}__split{g}"] = (t, idx, None)
+        if len(info.consumers.get(t, [])) > len(cons):  # the parts joined back for the other readers
+            parts[f"{t}__split_cat"] = (t, None, None)
         # a requantized conv output inside the producing chain (pre_activation_points='tflite': the conv before
         # the SiLU whose output is split) is cut into the same channel parts
         for pre in (o for i in prod for o in info.nodes[i].output[:1] if o in first_plan.pre_activations):
