@@ -52,8 +52,9 @@ face_quality (a face-quality regressor fed v8_faces' crops), micro_lstm (TensorF
 int8), pytorch_int8_tflite (a PyTorch QAT MobileNetV2 as an int8 TFLite with an NCHW input) and int16_layers
 (TensorFlow Lite Micro's 16x8 SEANet layer tests against their golden outputs), plates (a plate detector and
 LPRNet, chained), converted (PINTO's conversions of two low-light enhancers and two segmenters), detr (DEIMv2, a
-DETR-family detector with its query selection and postprocessor inside), speech_enhancement (GTCRN, streamed) and
-super_resolution (ESPCN x2, a webcam upscaler from SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler, and its float16 file).
+DETR-family detector with its query selection and postprocessor inside), speech_enhancement (GTCRN, streamed),
+super_resolution (ESPCN x2, a webcam upscaler from SCUMBAG0LEE/ESPCN-Realtime-Webcam-Upscaler, and its float16 file)
+and rtmdet (an RTMDet-nano people detector from a repository that deploys it to RK3588 with rknn-toolkit2).
 Calibration on the even-numbered inputs, evaluation on the odd-numbered ones, unless a row says otherwise.
 """
 
@@ -87,6 +88,7 @@ REPOS = {
     "facemask": ("hpc203/FaceMaskDetection-dnn", "61b21d324298002748c010420b334dc95d74bda2"),
     "lowlight": ("hpc203/low-light-image-enhancement-opencv-dnn", "c4c98f7a76f19596225bc0dbeef1cbd3f3677742"),
     "retouch": ("hpc203/image-retouching-opencv-dnn", "6c5e92dc11dbd0131efa4fad7850fd744d10dec1"),
+    "rtmdet": ("morgan322/rknn_yolox_nano-rtmpose", "b0b88d0df80206ffc2d2b7023ed121521877d785"),
     "v8face": ("hpc203/yolov8-face-landmarks-opencv-dnn", "1f91851f7d8d9475e5b4f0c1d6e5e385aa9bf0f4"),
     "lyt": ("hpc203/Low-Light-Image-Enhancement-onnxrun", "c05d3e1aa3d2fc80b0ca8506bb17dfbf99684b51"),
     "tflm": ("tensorflow/tflite-micro", "90b983c2b3f1480642e040bbd2ddb37b998f3424"),
@@ -112,6 +114,7 @@ CAFFE = (  # name, repo key, prototxt, caffemodel, their sha256 prefixes, input 
 FILES = {  # (repo key, path in the repository, sha256 prefix)
     "nms_inside": ("naruto", "model/yolox/yolox_nano_with_post.onnx", "da1310c497cb165b"),
     "person": ("mot", "Detector/light_person_detector/model/model.onnx", "4bf5f704cd3bd900"),
+    "rtmdet": ("rtmdet", "examples/aeke_pose_deploy/model/det/rtmdetnp.onnx", "661254d12badb765"),
     "ldc": ("ldc", "model/LDC_640x360.onnx", "1895fa66262c9caa"),
     "xfeat": ("xfeat", "onnx_model/xfeat_320x224.onnx", "4eb3d29927367b64"),
     "pan": ("smp", "02.model/_old/PAN(timm-mobilenetv3_small_100)_452_1.02M_0.8028/best_model_simplifier.onnx",
@@ -311,6 +314,47 @@ def person_detector(cache: Path, work: Path) -> list:
 
     return _detector_row(model(cache, "person"), "one-class YOLOX person detector (192, raw head output", 192, dets,
                          work)
+
+
+def _rtmdet_people(outs, side: int = 640, conf: float = 0.3, iou: float = 0.6) -> list:
+    """RTMDet's decode as the repository's demo writes it: per stride 8 / 16 / 32 a class logit map (one class) and
+    the box's four distances in pixels from the cell's corner; sigmoid >= conf, NMS."""
+    import cv2
+
+    boxes, scores = [], []
+    for k, stride in enumerate((8, 16, 32)):
+        logit, dist = np.asarray(outs[k])[0, 0], np.asarray(outs[3 + k])[0]
+        ys, xs = np.nonzero(1 / (1 + np.exp(-logit)) >= conf)
+        d = dist[:, ys, xs]
+        px, py = xs * stride, ys * stride
+        boxes += list(np.stack([px - d[0], py - d[1], px + d[2], py + d[3]], 1))
+        scores += list(1 / (1 + np.exp(-logit[ys, xs])))
+    if not boxes:
+        return []
+    b = np.array(boxes)
+    kept = cv2.dnn.NMSBoxes(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist(), scores, conf, iou)
+    return [(0, b[i]) for i in np.ravel(kept)]
+
+
+def rtmdet(cache: Path, work: Path) -> list:
+    """RTMDet-nano people detector (mmdet's CSPNeXt: SiLU, 5x5 depthwise convs, channel attention with a HardSigmoid;
+    its two heads cut before the decode) as a user of rknn-toolkit2 deploys it to RK3588 (the file the repository
+    builds its rknn model from; its script feeds a 640x640 BGR resize, and the model needs mmdet's mean and std).
+    The metric: the float model's people (score >= 0.3) found again."""
+    import cv2
+    import onnxruntime as ort
+
+    path = model(cache, "rtmdet")
+    mean, std = [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]
+    pics = [cv2.resize(p[:, :, ::-1], (640, 640)) for p in images(["coco", "misc"], None)]
+    calib, held = pics[0::2], pics[1::2]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [_rtmdet_people(sess.run(None, {"input": ((p - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+                                           .astype(np.float32)})) for p in held]
+    job = {"input_name": "input", "shape": [1, 3, 640, 640], "mean": mean, "std": std}
+    return [f"RTMDet-nano people (640, cut heads: 3 class logit maps, 3 box-distance maps; {len(held)} images)"
+            ] + _scored_builds(path, calib, held, {"mean_values": [mean], "std_values": [std]}, job,
+                               lambda outs: _kept_cell(refs, [_rtmdet_people(o) for o in outs]), 6, work)
 
 
 def _litert(r, feeds: list, work: Path) -> str:
@@ -1834,7 +1878,7 @@ def super_resolution(cache: Path, work: Path) -> list:
 ROWS = (nms_inside, end2end, end2end_per_class, ssd_pets, ssd_pets_b, person_detector, edges, keypoints,
         segmentation, reid, faces, fastest, line_segments, gfl_detector, lanes, pose, light_faces, yunet, gestures,
         caffe_faces, enhancement, v8_faces, face_quality, micro_lstm, pytorch_int8_tflite, int16_layers, plates,
-        converted, detr, speech_enhancement, super_resolution)
+        converted, detr, speech_enhancement, super_resolution, rtmdet)
 
 
 def main() -> None:
