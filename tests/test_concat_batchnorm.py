@@ -83,6 +83,26 @@ def test_a_dense_blocks_pieces_are_standardised_at_their_convs(nested):
     np.testing.assert_allclose(ort_run(slim, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pads", [0, 1])
+def test_a_pooled_block_input_takes_its_factor_into_the_conv_before_the_pool(pads):
+    """A DenseNet transition: conv -> AveragePool makes the next block's first piece. An unpadded pool commutes with
+    the piece's scale and shift, so they go into the transition conv (no op added); a padded one averages zeros
+    in, which a shift would not commute with: the Mul and Add stay after it."""
+    m = _dense_block(True, spatial=16)
+    g = m.graph
+    assert g.node[0].output[0] == "a"  # the block's first piece: now pooled from a transition conv
+    g.initializer.append(numpy_helper.from_array(RNG.normal(0, 0.4, (6, 3, 1, 1)).astype(np.float32), "wt"))
+    g.node.remove(g.node[0])
+    g.node.insert(0, n("AveragePool", ["t"], ["a"], kernel_shape=[2, 2], strides=[2, 2], pads=[pads] * 4,
+                       count_include_pad=1))
+    g.node.insert(0, n("Conv", ["x", "wt"], ["t"]))
+    out = optimize(_copy(m), 2)
+    x = RNG.normal(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    added = sorted(node.op_type for node in out.graph.node if node.op_type in ("Mul", "Add"))
+    assert added == ([] if pads == 0 else ["Add", "Mul"])
+
+
 def test_a_csp_blocks_batchnorm_folds_into_its_two_convs():
     """CSP (YOLOv4/v5's BottleneckCSP): BatchNorm(Concat(conv(x), conv(x))) -> Relu: each piece takes its whole
     scale and shift, which fold into its conv, leaving two convs and the Concat."""

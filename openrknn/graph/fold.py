@@ -345,8 +345,9 @@ def normalize_concat_pieces(model: onnx.ModelProto) -> int:
     same channel), so the Concat joins channels of one size and each BatchNorm becomes about gamma * x + beta. A
     piece read by one affine takes it whole, and that affine goes (a CSP block's BatchNorm after its two branches).
     A piece that a conv writes for these readers alone takes the factor into its weights (fold_conv_affine runs
-    next): no new op; any other piece (a pooled block input) gets one Mul and Add. A piece read by several affines
-    none of which is a BatchNorm has no statistics and stays as it is.
+    next): no new op; so does one that an unpadded AveragePool makes from such a conv's output (a DenseNet
+    transition: the factor commutes with the pool); any other piece gets one Mul and Add. A piece read by several
+    affines none of which is a BatchNorm has no statistics and stays as it is.
     Runs once: the rescaled affines would match again. Returns how many pieces it rescaled."""
     ix = _Index(model)
     concats = [i for i, node in enumerate(model.graph.node) if node.op_type == "Concat"]
@@ -431,19 +432,26 @@ def _normalize_family(ix: _Index, group: List[int], ranks: Dict[int, int], shape
             start += width
     factors = {t: _piece_factor(found, pieces[t]) for t, found in seen.items()}
     made: Dict[str, str] = {}
+    rewired = {a.nodes[0] for a in affines} | set(group)
     for t, (scale, shift) in factors.items():
         if np.all(scale == 1) and np.all(shift == 0):
             continue
+        pool = _pooled_conv_output(ix, t, rewired)
+        x = t if pool is None else ix.g.node[pool].input[0]  # the affine commutes with the pool: before it
         shape = [1, scale.size] + [1] * (len(shapes[t]) - 2)
         y = ix.unique(f"{t}/normalized")
-        new = [helper.make_node("Mul", [t, ix.add_const(f"{t}/norm_scale", scale.reshape(shape))], [y], name=y)]
+        new = [helper.make_node("Mul", [x, ix.add_const(f"{t}/norm_scale", scale.reshape(shape))], [y], name=y)]
         if np.any(shift != 0):
             z = ix.unique(f"{t}/normalized_shift")
             new.append(helper.make_node("Add", [y, ix.add_const(f"{t}/norm_shift", shift.reshape(shape))], [z],
                                         name=z))
             y = z
-        made[t] = y
-        after.setdefault(ix.producer.get(t, -1), []).extend(new)
+        if pool is None:
+            made[t] = y
+        else:  # the pool reads the normalized conv output (folded into that conv next) and is the piece
+            ix.g.node[pool].input[0] = y
+            made[t] = t
+        after.setdefault(ix.producer.get(x, -1), []).extend(new)
     for i in group:
         g.node[i].input[:] = [made.get(x, x) for x in g.node[i].input]
     for a in affines:
@@ -458,6 +466,26 @@ def _normalize_family(ix: _Index, group: List[int], ranks: Dict[int, int], shape
         else:
             _set_affine(ix, a, new_scale, new_shift, len(shapes[a.x]), after)
     return len(made)
+
+
+def _pooled_conv_output(ix: _Index, t: str, rewired: set) -> Optional[int]:
+    """The AveragePool that makes piece ``t`` from a conv's output that nothing else reads (a DenseNet transition),
+    when it pads nothing (a per-channel scale and shift then commute with it) and every reader of ``t`` is one that
+    _normalize_family rewires; else None."""
+    i = ix.producer.get(t)
+    if i is None or t in ix.keep or any(c not in rewired for c in ix.consumers.get(t, [])):
+        return None
+    pool = ix.g.node[i]
+    auto = _attr(pool, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if pool.op_type != "AveragePool" or auto not in ("NOTSET", "VALID") or any(_attr(pool, "pads", [0])) \
+            or _attr(pool, "ceil_mode", 0):
+        return None
+    x = pool.input[0]
+    conv = ix.producer.get(x)
+    if conv is None or ix.g.node[conv].op_type != "Conv" or x in ix.keep or ix.consumers.get(x, []) != [i]:
+        return None
+    return i
 
 
 def _piece_factor(found: list, channels: int) -> Tuple[np.ndarray, np.ndarray]:
