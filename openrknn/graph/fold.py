@@ -476,10 +476,7 @@ def _pooled_conv_output(ix: _Index, t: str, rewired: set) -> Optional[int]:
     if i is None or t in ix.keep or any(c not in rewired for c in ix.consumers.get(t, [])):
         return None
     pool = ix.g.node[i]
-    auto = _attr(pool, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if pool.op_type != "AveragePool" or auto not in ("NOTSET", "VALID") or any(_attr(pool, "pads", [0])) \
-            or _attr(pool, "ceil_mode", 0):
+    if pool.op_type != "AveragePool" or not _unpadded(pool) or _attr(pool, "ceil_mode", 0):
         return None
     x = pool.input[0]
     conv = ix.producer.get(x)
