@@ -256,12 +256,9 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
     inv = np.argsort(order).astype(np.int64)
     if any(c not in drop for c in info.consumers.get(point, [])):
         # readers other than the depthwise convs (a residual Add) read the parts joined back in channel order
-        cat, perm = point + "__split_cat", point + "__split_perm"
-        inits.append(numpy_helper.from_array(inv, perm))
-        prod_nodes.append(helper.make_node("Concat", point_parts, [cat], axis=1, name=point + "_split_concat"))
-        prod_nodes.append(helper.make_node("Gather", [cat, perm], [point], axis=1, name=point + "_split_order"))
-        for n in prod_nodes[-2:]:
-            made[n.name] = info.nodes[producer[0]].name
+        joined = _joined_back(point, point_parts, inv, inits)
+        prod_nodes += joined
+        made.update({n.name: info.nodes[producer[0]].name for n in joined})
     new_nodes[max(producer)] = prod_nodes
     replaced: Dict[int, onnx.NodeProto] = {}
     for chain in consumers:
@@ -316,12 +313,7 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
                 node.input[1] = wname
                 replaced[r] = node
         else:
-            cat = out_point + "__split_cat"
-            perm = out_point + "__split_perm"
-            inits.append(numpy_helper.from_array(inv, perm))
-            nodes.append(helper.make_node("Concat", parts, [cat], axis=1, name=out_point + "_split_concat"))
-            nodes.append(helper.make_node("Gather", [cat, perm], [out_point], axis=1,
-                                          name=out_point + "_split_order"))
+            nodes += _joined_back(out_point, parts, inv, inits)
         new_nodes[max(chain)] = nodes
         for n in nodes:  # the join, reorder and remap nodes rebuild the chain's output
             made.setdefault(n.name, info.nodes[info.producer[out_point]].name)
@@ -340,6 +332,15 @@ def split_tensor(model: onnx.ModelProto, info: GraphInfo, point: str, producer: 
             if o not in known and o not in info.output_set:
                 g.value_info.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None))
     return out
+
+
+def _joined_back(t: str, parts: List[str], inv: np.ndarray, inits: list) -> List[onnx.NodeProto]:
+    """The nodes that rebuild ``t`` in its channel order from its ``parts`` (in group order): a Concat, then a
+    Gather by ``inv``, pure data movement."""
+    cat, perm = t + "__split_cat", t + "__split_perm"
+    inits.append(numpy_helper.from_array(inv, perm))
+    return [helper.make_node("Concat", parts, [cat], axis=1, name=t + "_split_concat"),
+            helper.make_node("Gather", [cat, perm], [t], axis=1, name=t + "_split_order")]
 
 
 def _remap_parts(parts: List[str], affine: List[Tuple[float, float]], nodes: list, inits: list) -> List[str]:
